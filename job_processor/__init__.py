@@ -1,0 +1,41 @@
+"""job-processor: background jobs and cron schedules stored in MongoDB."""
+
+from .clock import Clock, FakeClock, SystemClock
+from .definitions import CronDef, JobDef
+from .errors import (
+    InvalidDatabaseError,
+    InvalidDefinitionError,
+    InvalidPayloadError,
+    JobAbortedError,
+    JobLostError,
+    JobNotFoundError,
+    JobProcessorError,
+    UnknownJobError,
+)
+from .models import Job, JobOutput, JobStatus, ProcessorStatus, WorkerInfo
+from .processor import JobProcessor, init_job_processor
+from .signals import AbortSignal
+
+__all__ = [
+    "AbortSignal",
+    "Clock",
+    "CronDef",
+    "FakeClock",
+    "InvalidDatabaseError",
+    "InvalidDefinitionError",
+    "InvalidPayloadError",
+    "Job",
+    "JobAbortedError",
+    "JobDef",
+    "JobLostError",
+    "JobNotFoundError",
+    "JobOutput",
+    "JobProcessor",
+    "JobProcessorError",
+    "JobStatus",
+    "ProcessorStatus",
+    "SystemClock",
+    "UnknownJobError",
+    "WorkerInfo",
+    "init_job_processor",
+]

@@ -1,0 +1,91 @@
+"""Injectable clock: every timestamp and every timed wait goes through one of these."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Protocol
+
+UTC = dt.UTC
+
+
+def to_millis(value: dt.datetime) -> dt.datetime:
+    """Aware UTC, truncated to milliseconds (BSON precision) so a value read back compares equal."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime:
+        """Aware UTC datetime, millisecond precision."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """Wall clock and asyncio.sleep."""
+
+    def now(self) -> dt.datetime:
+        return to_millis(dt.datetime.now(UTC))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that only moves when told to: `advance()` wakes the sleepers whose time has come."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = to_millis(start or dt.datetime(2030, 1, 1, tzinfo=UTC))
+        self._sleepers: list[tuple[dt.datetime, asyncio.Future[None]]] = []
+
+    def now(self) -> dt.datetime:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._now + dt.timedelta(seconds=seconds), fut))
+        try:
+            await fut
+        finally:
+            self._sleepers = [(t, f) for t, f in self._sleepers if f is not fut]
+
+    def set(self, value: dt.datetime) -> None:
+        self._now = to_millis(value)
+        for due, fut in list(self._sleepers):
+            if due <= self._now and not fut.done():
+                fut.set_result(None)
+
+    def advance(self, seconds: float) -> None:
+        self.set(self._now + dt.timedelta(seconds=seconds))
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, f in self._sleepers if not f.done())
+
+
+async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float) -> bool:
+    """Sleep on `clock` for `seconds` unless `event` is set first. Returns True if woken."""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (waiter, sleeper):
+            t.cancel()
+    return event.is_set()
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """Datetimes read back from MongoDB: naive (client without tz_aware=True) means UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

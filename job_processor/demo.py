@@ -1,0 +1,169 @@
+"""`job-processor demo`: jobs scheduled and run, one failing, one killed, one resumed after a
+restart. Uses MONGODB_URL when set, otherwise a throwaway local nx-27017 server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from .definitions import JobDef
+from .local_server import LocalServerError, local_server
+from .models import Job, JobStatus
+from .processor import JobProcessor, init_job_processor
+from .signals import AbortSignal
+
+STEPS = 6
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def show(job: Job) -> None:
+    extra = ""
+    if job.status == JobStatus.FINISHED:
+        extra = f"result={job.result!r}"
+    elif job.error:
+        extra = f"error={job.error.splitlines()[0]!r}"
+    if job.state:
+        extra += f" checkpoint={job.state}"
+    say(f"    {job.name:<16} {job.status.value:<9} runs={job.attempt} {extra}")
+
+
+async def send_email(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    await asyncio.sleep(0.2)
+    return {"sent_to": job.payload["to"]}
+
+
+async def flaky_report(job: Job, signal: AbortSignal) -> None:
+    await asyncio.sleep(0.1)
+    raise ConnectionError("report provider answered 503")
+
+
+async def long_import(job: Job, signal: AbortSignal) -> None:
+    await signal.wait()  # a well-behaved handler returns soon after the signal
+    signal.raise_if_aborted()
+
+
+async def reindex(job: Job, signal: AbortSignal) -> dict[str, int]:
+    done = (job.state or {}).get("done", 0)
+    while done < STEPS:
+        signal.raise_if_aborted()  # on shutdown: stop here, the checkpoint is saved
+        await asyncio.sleep(0.3)
+        done += 1
+        await job.checkpoint({"done": done})
+    return {"indexed_batches": done}
+
+
+exits: list[str] = []
+
+
+def on_exit(job: Job) -> None:
+    exits.append(f"{job.name}:{job.status.value}")
+
+
+JOBS = {
+    "send-email": JobDef(handler=send_email, on_job_exited=on_exit),
+    "flaky-report": JobDef(handler=flaky_report, on_job_exited=on_exit),
+    "long-import": JobDef(handler=long_import, on_job_exited=on_exit),
+    "reindex": JobDef(handler=reindex, resumable=True, on_job_exited=on_exit),
+}
+
+
+async def _processor(db: Any) -> JobProcessor:
+    return await init_job_processor(
+        db,
+        jobs=JOBS,
+        concurrency=4,
+        poll_interval=0.5,
+        heartbeat_interval=1,
+        worker_timeout=5,
+        shutdown_grace=2,
+    )
+
+
+async def _wait(processor: JobProcessor, job_id: str, *statuses: JobStatus) -> Job:
+    for _ in range(200):
+        job = await processor.get_job(job_id)
+        if job.status in statuses:
+            return job
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"job {job_id} did not reach {statuses}")
+
+
+@contextlib.contextmanager
+def _server(url: str | None) -> Iterator[str]:
+    if url:
+        say(f"Using MONGODB_URL={url}")
+        yield url
+        return
+    say("No MONGODB_URL set: starting a throwaway local server (nx-27017, MongoDB wire protocol")
+    say("over SQLite; for trying things out only, production uses MongoDB).")
+    with local_server() as server:
+        say(f"  listening on {server.url}\n")
+        yield server.url
+
+
+async def run_demo(url: str | None) -> int:
+    from pymongo import AsyncMongoClient
+
+    try:
+        with _server(url) as server_url:
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server_url, tz_aware=True)
+            db = client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
+            try:
+                await _demo(db)
+            finally:
+                await client.drop_database(db.name)
+                await client.close()
+    except LocalServerError as exc:
+        say(f"error: {exc}")
+        return 1
+    return 0
+
+
+async def _demo(db: Any) -> None:
+    processor = await _processor(db)
+    say("1. A worker starts (concurrency 4) and jobs are scheduled:")
+    await processor.start()
+    email = await processor.schedule_job("send-email", {"to": "ada@example.com"})
+    report = await processor.schedule_job("flaky-report", {"month": "2026-11"})
+    imp = await processor.schedule_job("long-import", {"file": "big.csv"})
+    idx = await processor.schedule_job("reindex", {})
+    for job in (email, report, imp, idx):
+        say(f"    scheduled {job.name:<14} id={job.id}")
+
+    say("\n2. send-email finishes, flaky-report fails (the error is kept on the job):")
+    show(await _wait(processor, email.id, JobStatus.FINISHED))
+    show(await _wait(processor, report.id, JobStatus.ERRORED))
+
+    say("\n3. long-import is killed while running (kill_job works from any process):")
+    await _wait(processor, imp.id, JobStatus.RUNNING)
+    await processor.kill_job(imp.id)
+    show(await _wait(processor, imp.id, JobStatus.KILLED))
+
+    say("\n4. reindex checkpoints its progress; the worker is restarted in the middle:")
+    for _ in range(100):
+        current = await processor.get_job(idx.id)
+        if (current.state or {}).get("done", 0) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    await processor.stop()  # what SIGTERM does: abort signal "shutdown", then pause
+    paused = await processor.get_job(idx.id)
+    show(paused)
+
+    say("\n5. A new worker process starts and resumes reindex from its checkpoint:")
+    processor2 = await _processor(db)
+    async with processor2:
+        done = await _wait(processor2, idx.id, JobStatus.FINISHED)
+    show(done)
+    same = "same" if done.started_at == paused.started_at else "different"
+    say(f"    started_at kept across the restart: {same} ({done.started_at:%H:%M:%S.%f})")
+
+    say("\n6. on_job_exited ran once per terminal exit (never for the pause):")
+    say("    " + ", ".join(sorted(exits)))
+    status = await processor2.get_status()
+    say(f"\nStatus: {status.jobs}")

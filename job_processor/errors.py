@@ -1,0 +1,50 @@
+"""Exceptions. Every message names what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class JobProcessorError(Exception):
+    """Root of every error raised by job_processor."""
+
+
+class InvalidDefinitionError(JobProcessorError, ValueError):
+    """A JobDef or CronDef (or an init_job_processor option) is invalid."""
+
+
+class UnknownJobError(JobProcessorError, KeyError):
+    """A job name that was not given to init_job_processor."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"unknown job {name!r}: add it to init_job_processor(jobs={{...}}) "
+            f"(known jobs: {listing})"
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class InvalidPayloadError(JobProcessorError, ValueError):
+    """A payload that is not a dict or cannot be stored as BSON."""
+
+
+class InvalidDatabaseError(JobProcessorError, TypeError):
+    """init_job_processor was given something other than an async MongoDB database."""
+
+
+class JobNotFoundError(JobProcessorError, LookupError):
+    """No job has that id."""
+
+
+class JobAbortedError(JobProcessorError):
+    """Raised by AbortSignal.raise_if_aborted() once the job was asked to stop."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"job aborted: {reason}")
+
+
+class JobLostError(JobProcessorError):
+    """This process no longer owns the job (it was recovered by another worker or killed)."""

@@ -1,0 +1,55 @@
+"""One small adapter: structured events whatever logger the user gave (structlog or stdlib)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+
+class EventLog:
+    """`log.info("job_claimed", job_id=..., ...)` on structlog or a stdlib logger."""
+
+    def __init__(self, target: Any, context: dict[str, Any] | None = None) -> None:
+        self._target = target
+        self._context = dict(context or {})
+        self._stdlib = isinstance(target, logging.Logger | logging.LoggerAdapter)
+
+    def bind(self, **fields: Any) -> EventLog:
+        return EventLog(self._target, {**self._context, **fields})
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        merged = {**self._context, **fields}
+        if self._stdlib:
+            text = " ".join(f"{k}={v!r}" for k, v in merged.items())
+            getattr(self._target, level)(
+                "%s %s", event, text, exc_info=exc, extra={"event": event, "fields": merged}
+            )
+        else:
+            if exc:
+                merged["exc_info"] = True
+            getattr(self._target, level)(event, **merged)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields, exc=True)
+
+
+def make_log(logger: Any | None) -> EventLog:
+    if logger is None:
+        logger = structlog.get_logger("job_processor")
+    if isinstance(logger, EventLog):
+        return logger
+    return EventLog(logger)

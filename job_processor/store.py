@@ -1,0 +1,429 @@
+"""The only module that talks to MongoDB.
+
+Every status change is ONE single-document atomic update whose filter restates what must still be
+true (compare-and-set). A verb that returns None / False lost the race: the caller re-reads and
+decides; it never retries blindly. The same code serves PyMongo's AsyncMongoClient, motor and
+mongomock-motor: only `async for`, awaited collection methods, and `_aggregate` below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import bson
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .clock import as_utc
+from .errors import InvalidDatabaseError, JobNotFoundError
+from .models import CLAIMABLE, JobStatus, check_transition
+
+Doc = dict[str, Any]
+AFTER = ReturnDocument.AFTER
+S = JobStatus
+
+#: Claim query: equality on status and name, range on scheduled_for; sort below.
+CLAIM_SORT = [("priority", DESCENDING), ("scheduled_for", ASCENDING), ("_id", ASCENDING)]
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "jobs": [
+        # claim_next: {status: $in, name: $in, scheduled_for: $lte} sorted by CLAIM_SORT
+        (
+            [
+                ("status", ASCENDING),
+                ("name", ASCENDING),
+                ("priority", DESCENDING),
+                ("scheduled_for", ASCENDING),
+            ],
+            {},
+        ),
+        # "only one active job of this name": exists only while active, $unset when terminal
+        ([("exclusive_key", ASCENDING)], {"unique": True, "sparse": True}),
+        # a worker's running jobs (kill checks, recovery sweep)
+        ([("status", ASCENDING), ("worker_id", ASCENDING)], {}),
+        # listing a job's history
+        ([("name", ASCENDING), ("created_at", DESCENDING)], {}),
+    ],
+    "workers": [([("last_seen", ASCENDING)], {})],
+}
+
+
+#: Top-level date fields. nx-27017 stores a date written by a top-level `$set` as a string
+#: ("2030-01-01 10:00:00.123000"); comparisons still work there, and we decode on read.
+DATE_FIELDS = frozenset(
+    {
+        "scheduled_for",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "run_started_at",
+        "ended_at",
+        "kill_requested_at",
+        "last_seen",
+    }
+)
+_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
+
+
+def decode(doc: Doc) -> Doc:
+    """Documents read back: dates as aware UTC datetimes, whatever the server stored."""
+    for key in DATE_FIELDS.intersection(doc):
+        value = doc[key]
+        if isinstance(value, str) and _DATE_TEXT.match(value):
+            doc[key] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+        elif isinstance(value, dt.datetime):
+            doc[key] = as_utc(value)
+    return doc
+
+
+def check_database(db: Any) -> None:
+    """Refuse sync databases and clients with a message that says what to pass instead."""
+    from pymongo.database import Database
+    from pymongo.mongo_client import MongoClient
+
+    if isinstance(db, Database):
+        raise InvalidDatabaseError(
+            "db is a synchronous pymongo Database; pass an async one: "
+            "pymongo.AsyncMongoClient(url)['mydb'] (or motor's AsyncIOMotorClient(url)['mydb'])"
+        )
+    if isinstance(db, MongoClient) or type(db).__name__ in {
+        "AsyncMongoClient",
+        "AsyncIOMotorClient",
+        "AsyncMongoMockClient",
+    }:
+        raise InvalidDatabaseError(
+            "db is a client, not a database: pass client['mydb'] (or client.get_default_database())"
+        )
+    if type(db).__module__.startswith("mongomock.") or not hasattr(db, "get_collection"):
+        raise InvalidDatabaseError(
+            f"db must be an async MongoDB database (pymongo AsyncDatabase or motor "
+            f"AsyncIOMotorDatabase), got {type(db).__name__}"
+        )
+
+
+def decode_opt(doc: Doc | None) -> Doc | None:
+    return None if doc is None else decode(doc)
+
+
+async def _all(cursor: Any) -> list[Doc]:
+    return [decode(doc) async for doc in cursor]
+
+
+async def _aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
+    cursor = collection.aggregate(pipeline)
+    if inspect.isawaitable(cursor):  # PyMongo async returns a coroutine; motor a cursor
+        cursor = await cursor
+    return [doc async for doc in cursor]
+
+
+def object_id(job_id: str | ObjectId) -> ObjectId:
+    if isinstance(job_id, ObjectId):
+        return job_id
+    try:
+        return ObjectId(job_id)
+    except (bson.errors.InvalidId, TypeError):
+        raise JobNotFoundError(f"{job_id!r} is not a job id (24 hex characters)") from None
+
+
+class Store:
+    def __init__(self, db: Any, prefix: str = "job_processor_") -> None:
+        check_database(db)
+        self.db = db
+        self.jobs = db.get_collection(f"{prefix}jobs")
+        self.workers = db.get_collection(f"{prefix}workers")
+        self.crons = db.get_collection(f"{prefix}crons")
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent: created from key specs, never looked up by name."""
+        for coll_name, specs in INDEXES.items():
+            coll = getattr(self, coll_name)
+            for keys, opts in specs:
+                await coll.create_index(keys, **opts)
+
+    # ---- jobs: creation -------------------------------------------------------------------
+
+    @staticmethod
+    def new_job(
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        now: dt.datetime,
+        scheduled_for: dt.datetime | None = None,
+        tag: str | None = None,
+        priority: int = 0,
+        exclusive: bool = False,
+        job_type: str = "simple",
+        extra: Mapping[str, Any] | None = None,
+    ) -> Doc:
+        """A complete job document: every field written (see the test-server notes)."""
+        doc: Doc = {
+            "_id": ObjectId(),
+            "name": name,
+            "type": job_type,
+            "status": S.PENDING.value,
+            "payload": dict(payload),
+            "priority": priority,
+            "tag": tag,
+            "scheduled_for": scheduled_for or now,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": None,
+            "run_started_at": None,
+            "ended_at": None,
+            "worker_id": None,
+            "run_id": None,
+            "attempt": 0,
+            "state": None,
+            "output": None,
+            "kill_requested_at": None,
+            "skip_reason": None,
+            "conflicting_job_id": None,
+            **(extra or {}),
+        }
+        if exclusive:
+            doc["exclusive_key"] = name
+        return doc
+
+    async def insert_job(self, doc: Doc) -> Doc:
+        """Insert a pending (or running) job. An exclusive job whose name already has an active job
+        is inserted as `skipped` instead, recording the conflicting job's id. Race-free: the unique
+        sparse index on `exclusive_key` decides."""
+        check_transition(None, S(doc["status"]))
+        for _ in range(10):
+            try:
+                await self.jobs.insert_one(doc)
+                return doc
+            except DuplicateKeyError:
+                if "exclusive_key" not in doc:
+                    raise
+                holder = await self.jobs.find_one(
+                    {"exclusive_key": doc["exclusive_key"]}, {"_id": 1}
+                )
+                if holder is None:  # it ended between our insert and this read: try again
+                    continue
+                check_transition(None, S.SKIPPED)
+                skipped = {k: v for k, v in doc.items() if k not in {"exclusive_key", "_id"}} | {
+                    "_id": ObjectId(),
+                    "status": S.SKIPPED.value,
+                    "skip_reason": "exclusive",
+                    "conflicting_job_id": holder["_id"],
+                    "ended_at": doc["created_at"],
+                    "worker_id": None,
+                    "run_id": None,
+                    "run_started_at": None,
+                    "attempt": 0,
+                }
+                await self.jobs.insert_one(skipped)
+                return skipped
+        raise RuntimeError(f"could not insert exclusive job {doc['name']!r}: constant contention")
+
+    # ---- jobs: claim and run --------------------------------------------------------------
+
+    async def claim_next(
+        self, names: Iterable[str], worker_id: str, now: dt.datetime
+    ) -> Doc | None:
+        """Atomically take the best due job among `names` (pending or paused)."""
+        check_transition(S.PENDING, S.RUNNING)
+        check_transition(S.PAUSED, S.RUNNING)
+        result: Doc | None = await self.jobs.find_one_and_update(
+            {
+                "status": {"$in": [s.value for s in CLAIMABLE]},
+                "name": {"$in": list(names)},
+                "scheduled_for": {"$lte": now},
+            },
+            {
+                "$set": {
+                    "status": S.RUNNING.value,
+                    "worker_id": worker_id,
+                    "run_id": str(ObjectId()),
+                    "run_started_at": now,
+                    "updated_at": now,
+                },
+                "$inc": {"attempt": 1},
+            },
+            sort=CLAIM_SORT,
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    @staticmethod
+    def mark_running(doc: Doc, worker_id: str, now: dt.datetime) -> Doc:
+        """For run_job: a new document claimed at insert by the calling process."""
+        return doc | {
+            "status": S.RUNNING.value,
+            "worker_id": worker_id,
+            "run_id": str(ObjectId()),
+            "run_started_at": now,
+            "attempt": 1,
+        }
+
+    async def save_checkpoint(
+        self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime
+    ) -> bool:
+        res = await self.jobs.update_one(
+            {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id},
+            {"$set": {"state": state, "updated_at": now}},
+        )
+        return bool(res.matched_count)
+
+    async def end_run(
+        self,
+        claimed: Doc,
+        status: JobStatus,
+        now: dt.datetime,
+        output: Doc | None,
+    ) -> Doc | None:
+        """Running -> finished | errored | killed | paused, only if this run still owns the job.
+
+        Returns the updated document, or None when another process changed the job first (it was
+        recovered after this worker was declared dead, for instance): the caller must not act.
+        """
+        check_transition(S.RUNNING, status)
+        update: Doc = {
+            "$set": {"status": status.value, "updated_at": now, "output": output},
+        }
+        if claimed.get("started_at") is None:
+            update["$set"]["started_at"] = claimed["run_started_at"]
+        if status == S.PAUSED:
+            update["$set"] |= {"worker_id": None, "run_id": None}
+        else:
+            update["$set"]["ended_at"] = now
+            update["$unset"] = {"exclusive_key": ""}
+        result: Doc | None = await self.jobs.find_one_and_update(
+            {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]},
+            update,
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    # ---- jobs: kill ---------------------------------------------------------------------
+
+    async def kill(self, job_id: ObjectId, now: dt.datetime) -> tuple[str, Doc]:
+        """Returns ("killed", doc) if this call moved a pending/paused job to killed (the caller
+        then owns on_job_exited), ("requested", doc) if the job is running and its worker will
+        abort it, ("ended", doc) if it had already ended."""
+        check_transition(S.PENDING, S.KILLED)
+        check_transition(S.PAUSED, S.KILLED)
+        doc = await self.jobs.find_one_and_update(
+            {"_id": job_id, "status": {"$in": [S.PENDING.value, S.PAUSED.value]}},
+            {
+                "$set": {
+                    "status": S.KILLED.value,
+                    "kill_requested_at": now,
+                    "ended_at": now,
+                    "updated_at": now,
+                    "worker_id": None,
+                    "run_id": None,
+                },
+                "$unset": {"exclusive_key": ""},
+            },
+            return_document=AFTER,
+        )
+        if doc is not None:
+            return "killed", decode(doc)
+        doc = await self.jobs.find_one_and_update(
+            {"_id": job_id, "status": S.RUNNING.value},
+            {"$set": {"kill_requested_at": now, "updated_at": now}},
+            return_document=AFTER,
+        )
+        if doc is not None:
+            return "requested", decode(doc)
+        doc = await self.jobs.find_one({"_id": job_id})
+        if doc is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        if doc["status"] in {S.PENDING.value, S.PAUSED.value, S.RUNNING.value}:
+            return await self.kill(job_id, now)  # it moved between our two updates
+        return "ended", decode(doc)
+
+    async def kill_requests(self, worker_id: str) -> list[Doc]:
+        """One query: this worker's running jobs that someone asked to kill."""
+        return [
+            doc
+            async for doc in self.jobs.find(
+                {"status": S.RUNNING.value, "worker_id": worker_id},
+                {"_id": 1, "run_id": 1, "kill_requested_at": 1},
+            )
+            if doc.get("kill_requested_at") is not None
+        ]
+
+    # ---- workers and recovery -------------------------------------------------------------
+
+    async def register_worker(self, doc: Doc) -> None:
+        await self.workers.insert_one(doc)
+
+    async def beat(self, worker_id: str, now: dt.datetime) -> bool:
+        """False when this worker's document is gone: it was declared dead."""
+        res = await self.workers.update_one({"_id": worker_id}, {"$set": {"last_seen": now}})
+        return bool(res.matched_count)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self.workers.delete_one({"_id": worker_id})
+
+    async def list_workers(self) -> list[Doc]:
+        return await _all(self.workers.find({}))
+
+    async def delete_stale_worker(self, worker_id: str, cutoff: dt.datetime) -> bool:
+        res = await self.workers.delete_one({"_id": worker_id, "last_seen": {"$lt": cutoff}})
+        return bool(res.deleted_count)
+
+    async def orphaned_jobs(self, live_worker_ids: list[str], cutoff: dt.datetime) -> list[Doc]:
+        """Running jobs whose worker is not alive, claimed before `cutoff` (a worker registering
+        right now is never mistaken for a dead one)."""
+        return await _all(
+            self.jobs.find(
+                {
+                    "status": S.RUNNING.value,
+                    "worker_id": {"$nin": live_worker_ids},
+                    "run_started_at": {"$lt": cutoff},
+                }
+            )
+        )
+
+    async def recover(self, doc: Doc, resumable: bool, now: dt.datetime) -> Doc | None:
+        """Exactly once per job across all sweepers: CAS on the dead run's id."""
+        if doc.get("kill_requested_at") is not None:
+            status, error = S.KILLED, "killed (its worker crashed)"
+        elif resumable:
+            status, error = S.PAUSED, None
+        else:
+            status, error = S.ERRORED, "worker crashed"
+        output = dict(doc.get("output") or {}) | {"error": error} if error else doc.get("output")
+        return await self.end_run(doc, status, now, output)
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: ObjectId) -> Doc | None:
+        return decode_opt(await self.jobs.find_one({"_id": job_id}))
+
+    async def list_jobs(
+        self, name: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Doc]:
+        query: Doc = {}
+        if name is not None:
+            query["name"] = name
+        if status is not None:
+            query["status"] = status
+        cursor = self.jobs.find(query).sort([("created_at", DESCENDING)]).limit(limit)
+        return await _all(cursor)
+
+    async def running_jobs(self) -> list[Doc]:
+        return await _all(
+            self.jobs.find(
+                {"status": S.RUNNING.value},
+                {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
+            )
+        )
+
+    async def count(self, query: Doc) -> int:
+        return int(await self.jobs.count_documents(query))
+
+    async def counts_by_name(self, status: JobStatus) -> dict[str, int]:
+        rows = await _aggregate(
+            self.jobs,
+            [{"$match": {"status": status.value}}, {"$group": {"_id": "$name", "n": {"$sum": 1}}}],
+        )
+        return {str(r["_id"]): int(r["n"]) for r in rows}
