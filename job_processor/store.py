@@ -373,15 +373,13 @@ class Store:
     async def orphaned_jobs(self, live_worker_ids: list[str], cutoff: dt.datetime) -> list[Doc]:
         """Running jobs whose worker is not alive, claimed before `cutoff` (a worker registering
         right now is never mistaken for a dead one)."""
-        return await _all(
-            self.jobs.find(
-                {
-                    "status": S.RUNNING.value,
-                    "worker_id": {"$nin": live_worker_ids},
-                    "run_started_at": {"$lt": cutoff},
-                }
-            )
+        # worker_id is filtered here: nx-27017 silently matches nothing for `$nin` combined with
+        # a date range, and running jobs are few.
+        live = set(live_worker_ids)
+        candidates = await _all(
+            self.jobs.find({"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}})
         )
+        return [doc for doc in candidates if doc.get("worker_id") not in live]
 
     async def recover(self, doc: Doc, resumable: bool, now: dt.datetime) -> Doc | None:
         """Exactly once per job across all sweepers: CAS on the dead run's id."""

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from job_processor import CronDef, JobDef
+from job_processor.definitions import parse_crons, parse_jobs
+from job_processor.errors import InvalidDefinitionError
+
+
+async def handler(job: object, signal: object) -> None:
+    return None
+
+
+def test_job_defaults() -> None:
+    d = JobDef(handler=handler)
+    assert d.resumable is False
+    assert d.tag is None
+    assert d.concurrency == "concurrent"
+    assert d.max_runtime_in_minutes is None
+    assert d.on_job_exited is None
+
+
+def test_dicts_are_accepted_and_validated() -> None:
+    jobs = parse_jobs({"a": {"handler": handler, "resumable": True, "tag": "main"}})
+    assert jobs["a"].resumable is True
+    assert jobs["a"].tag == "main"
+
+
+@pytest.mark.parametrize(
+    ("definition", "needle"),
+    [
+        ({"handler": "not a function"}, "'handler'"),
+        ({"handler": handler, "concurrency": "sometimes"}, "'concurrency'"),
+        ({"handler": handler, "max_runtime_in_minutes": 0}, "'max_runtime_in_minutes'"),
+        ({"handler": handler, "retries": 3}, "'retries'"),
+        ({}, "'handler'"),
+        ({"handler": handler, "tag": " "}, "'tag'"),
+    ],
+)
+def test_invalid_job_names_the_job_and_field(definition: dict[str, object], needle: str) -> None:
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_jobs({"send-email": definition})
+    assert "job 'send-email'" in str(err.value)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("definition", "needle"),
+    [
+        ({"cron_string": "61 * * * *"}, "'cron_string'"),
+        ({"cron_string": "* * *"}, "5 fields"),
+        ({"cron_string": "0 2 * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
+        ({"cron_string": "0 2 * * *", "checkin_margin": -1}, "'checkin_margin'"),
+        ({"cron_string": "0 2 * * *", "cron": "x"}, "unknown key"),
+    ],
+)
+def test_invalid_cron_names_the_cron_and_field(definition: dict[str, object], needle: str) -> None:
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_crons({"daily-export": {"handler": handler, **definition}})
+    assert "cron 'daily-export'" in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_cron_accepts_seconds_field_and_timezone() -> None:
+    crons = parse_crons(
+        {"tick": {"handler": handler, "cron_string": "*/10 * * * * *", "timezone": "Europe/Paris"}}
+    )
+    assert isinstance(crons["tick"], CronDef)
+    assert crons["tick"].timezone == "Europe/Paris"
+
+
+def test_jobdef_given_as_cron_is_refused() -> None:
+    with pytest.raises(InvalidDefinitionError, match="cron 'x'"):
+        parse_crons({"x": JobDef(handler=handler)})

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from bson import ObjectId
+
+from job_processor import Job, JobStatus
+from job_processor.models import (
+    ACTIVE,
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransitionError,
+    check_transition,
+)
+
+S = JobStatus
+
+
+def test_every_status_is_active_or_terminal() -> None:
+    assert set(S) == ACTIVE | TERMINAL
+    assert not ACTIVE & TERMINAL
+
+
+def test_terminal_statuses_never_change() -> None:
+    for old, _new in TRANSITIONS:
+        assert old not in TERMINAL
+
+
+def test_allowed_and_forbidden_transitions() -> None:
+    check_transition(S.PENDING, S.RUNNING)
+    check_transition(S.RUNNING, S.PAUSED)
+    check_transition(S.PAUSED, S.RUNNING)
+    for old, new in [
+        (S.FINISHED, S.RUNNING),
+        (S.PAUSED, S.FINISHED),
+        (S.PENDING, S.FINISHED),
+        (None, S.FINISHED),
+        (S.KILLED, S.PENDING),
+    ]:
+        with pytest.raises(InvalidTransitionError):
+            check_transition(old, new)
+
+
+def test_job_from_document_normalises_ids_and_dates() -> None:
+    naive = dt.datetime(2030, 1, 1, 12, 0)
+    doc = {
+        "_id": ObjectId(),
+        "name": "x",
+        "status": "running",
+        "scheduled_for": naive,
+        "created_at": naive,
+        "updated_at": naive,
+        "started_at": None,
+        "run_started_at": naive,
+        "conflicting_job_id": ObjectId(),
+        "unknown_future_field": 1,
+    }
+    job = Job.model_validate(doc)
+    assert job.id == str(doc["_id"])
+    assert job.scheduled_for.tzinfo is not None
+    assert job.scheduled_for == naive.replace(tzinfo=dt.UTC)
+    assert job.started_at == job.run_started_at  # first run: started_at is the run's start
+    assert job.conflicting_job_id == str(doc["conflicting_job_id"])
+
+
+async def test_checkpoint_outside_a_handler_is_an_error() -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    job = Job(id="x", name="x", status=S.PENDING, scheduled_for=now, created_at=now, updated_at=now)
+    with pytest.raises(RuntimeError, match="inside a running handler"):
+        await job.checkpoint({"a": 1})
