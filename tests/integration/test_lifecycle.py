@@ -1,0 +1,339 @@
+"""The processor as a user sees it: schedule, run, fail, kill, stop, resume, exclusive, tags."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+
+from .helpers import make, wait_for, wait_status
+
+S = JobStatus
+
+
+class Exits:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    async def __call__(self, job: Job) -> None:
+        self.jobs.append(job)
+
+    def of(self, job_id: str) -> list[str]:
+        return [j.status.value for j in self.jobs if j.id == job_id]
+
+
+async def test_scheduled_job_runs_and_records_output(driver_db: Any) -> None:
+    exits = Exits()
+
+    async def send(job: Job, signal: AbortSignal) -> dict[str, str]:
+        return {"sent_to": job.payload["to"]}
+
+    processor = await make(driver_db, {"send-email": JobDef(handler=send, on_job_exited=exits)})
+    async with processor:
+        job = await processor.schedule_job("send-email", {"to": "a@b.c"})
+        assert job.status == S.PENDING
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert done.output is not None
+    assert done.result == {"sent_to": "a@b.c"}
+    assert done.error is None
+    assert done.output.duration_ms is not None
+    assert done.attempt == 1
+    assert done.worker_id == processor.worker_id
+    assert done.started_at is not None
+    assert done.ended_at is not None
+    assert done.ended_at >= done.started_at
+    await wait_for(lambda: exits.of(job.id) == ["finished"])
+
+
+async def test_failing_job_is_errored_with_type_and_traceback(db: Any) -> None:
+    exits = Exits()
+
+    async def boom(job: Job, signal: AbortSignal) -> None:
+        raise ValueError(f"row {job.payload['row']} is bad")
+
+    processor = await make(db, {"import": JobDef(handler=boom, on_job_exited=exits)})
+    async with processor:
+        job = await processor.schedule_job("import", {"row": 7})
+        failed = await wait_status(processor, job.id, S.ERRORED)
+    assert failed.error is not None
+    assert failed.error.startswith("ValueError: row 7 is bad")
+    assert "Traceback" in failed.error
+    assert exits.of(job.id) == ["errored"]
+
+
+async def test_plain_function_handler_runs_in_a_thread(db: Any) -> None:
+    threads: list[str] = []
+
+    def blocking(job: Job, signal: AbortSignal) -> int:
+        threads.append(threading.current_thread().name)
+        return 42
+
+    processor = await make(db, {"sync": JobDef(handler=blocking)})
+    done = await processor.run_job("sync")
+    assert done.status == S.FINISHED
+    assert done.result == 42
+    assert threads
+    assert threads[0] != threading.main_thread().name
+
+
+async def test_run_job_runs_here_is_recorded_and_unregisters(driver_db: Any) -> None:
+    exits = Exits()
+    seen: list[Job] = []
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        seen.append(await processor.get_job(job.id))
+        return "ok"
+
+    processor = await make(driver_db, {"w": JobDef(handler=work, on_job_exited=exits)})
+    done = await processor.run_job("w", {"x": 1})
+    assert done.status == S.FINISHED
+    assert done.result == "ok"
+    assert seen[0].status == S.RUNNING
+    assert seen[0].worker_id == processor.worker_id
+    assert (await processor.get_job(done.id)).status == S.FINISHED
+    assert exits.of(done.id) == ["finished"]
+    status = await processor.get_status()
+    assert status.workers == []  # the temporary worker document is gone
+
+
+async def test_kill_pending_job_at_once(db: Any) -> None:
+    exits = Exits()
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        raise AssertionError("must not run")
+
+    processor = await make(db, {"n": JobDef(handler=never, on_job_exited=exits)})
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    job = await processor.schedule_job("n", {}, scheduled_for=future)
+    killed = await processor.kill_job(job.id)
+    assert killed.status == S.KILLED
+    assert exits.of(job.id) == ["killed"]
+    again = await processor.kill_job(job.id)  # idempotent, no second hook
+    assert again.status == S.KILLED
+    assert exits.of(job.id) == ["killed"]
+
+
+async def test_kill_running_job_from_another_processor(db: Any) -> None:
+    exits = Exits()
+    reasons: list[str | None] = []
+
+    async def long(job: Job, signal: AbortSignal) -> None:
+        await signal.wait()
+        reasons.append(signal.reason)
+        signal.raise_if_aborted()
+
+    jobs = {"long": JobDef(handler=long, on_job_exited=exits)}
+    runner = await make(db, jobs)
+    other = await make(db, jobs)  # another "process": shares only the database
+    async with runner:
+        job = await runner.schedule_job("long")
+        await wait_status(runner, job.id, S.RUNNING)
+        requested = await other.kill_job(job.id)
+        assert requested.status == S.RUNNING
+        assert requested.kill_requested_at is not None
+        killed = await wait_status(runner, job.id, S.KILLED, timeout=5)
+    assert reasons == ["killed"]
+    assert killed.error == "killed"
+    await wait_for(lambda: exits.of(job.id) == ["killed"])
+
+
+async def test_max_runtime_aborts_with_timeout_then_cancels(db: Any) -> None:
+    exits = Exits()
+    reasons: list[str | None] = []
+
+    async def stubborn(job: Job, signal: AbortSignal) -> None:
+        await signal.wait()
+        reasons.append(signal.reason)
+        await asyncio.sleep(60)  # ignores the signal: cancelled after the grace period
+
+    processor = await make(
+        db,
+        {"slow": JobDef(handler=stubborn, max_runtime_in_minutes=0.01, on_job_exited=exits)},
+        shutdown_grace=0.3,
+    )
+    done = await processor.run_job("slow")
+    assert reasons == ["timeout"]
+    assert done.status == S.ERRORED
+    assert done.error == "max runtime exceeded"
+    assert exits.of(done.id) == ["errored"]
+
+
+async def test_graceful_stop_pauses_resumable_and_a_new_worker_resumes(db: Any) -> None:
+    exits = Exits()
+    runs: list[dict[str, Any] | None] = []
+
+    async def index(job: Job, signal: AbortSignal) -> int:
+        runs.append(job.state)
+        done = (job.state or {}).get("done", 0)
+        while done < 6:
+            signal.raise_if_aborted()
+            await asyncio.sleep(0.1)
+            done += 1
+            await job.checkpoint({"done": done})
+        return done
+
+    jobs = {"index": JobDef(handler=index, resumable=True, on_job_exited=exits)}
+    first = await make(db, jobs)
+    await first.start()
+    job = await first.schedule_job("index")
+    await wait_for(lambda: bool(runs))
+    await asyncio.sleep(0.25)
+    await first.stop()
+    paused = await first.get_job(job.id)
+    assert paused.status == S.PAUSED
+    assert paused.state is not None
+    assert 1 <= paused.state["done"] < 6
+    assert exits.of(job.id) == []  # never for paused
+
+    second = await make(db, jobs)
+    async with second:
+        done = await wait_status(second, job.id, S.FINISHED)
+    assert runs[1] == paused.state  # the resumed run saw the checkpoint
+    assert done.result == 6
+    assert done.started_at == paused.started_at
+    assert done.attempt == 2
+    assert exits.of(job.id) == ["finished"]
+
+
+async def test_graceful_stop_errors_non_resumable_and_cancels_stubborn(db: Any) -> None:
+    exits = Exits()
+
+    async def polite(job: Job, signal: AbortSignal) -> None:
+        await signal.wait()
+        signal.raise_if_aborted()
+
+    async def stubborn(job: Job, signal: AbortSignal) -> None:
+        await asyncio.sleep(60)
+
+    processor = await make(
+        db,
+        {
+            "polite": JobDef(handler=polite, on_job_exited=exits),
+            "stubborn": JobDef(handler=stubborn, on_job_exited=exits),
+        },
+        concurrency=2,
+        shutdown_grace=0.3,
+    )
+    await processor.start()
+    a = await processor.schedule_job("polite")
+    b = await processor.schedule_job("stubborn")
+    await wait_status(processor, a.id, S.RUNNING)
+    await wait_status(processor, b.id, S.RUNNING)
+    await asyncio.wait_for(processor.stop(), 5)
+    for job in (a, b):
+        ended = await processor.get_job(job.id)
+        assert ended.status == S.ERRORED
+        assert ended.error == "interrupted"
+        assert exits.of(job.id) == ["errored"]
+
+
+async def test_handler_that_finishes_during_shutdown_is_finished(db: Any) -> None:
+    async def quick(job: Job, signal: AbortSignal) -> str:
+        await signal.wait()
+        await asyncio.sleep(0.05)
+        return "completed anyway"
+
+    processor = await make(db, {"q": JobDef(handler=quick)})
+    await processor.start()
+    job = await processor.schedule_job("q")
+    await wait_status(processor, job.id, S.RUNNING)
+    await processor.stop()
+    done = await processor.get_job(job.id)
+    assert done.status == S.FINISHED
+    assert done.result == "completed anyway"
+
+
+async def test_exclusive_job_skips_while_active(db: Any) -> None:
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    processor = await make(db, {"ex": JobDef(handler=hold, concurrency="exclusive")})
+    async with processor:
+        first = await processor.schedule_job("ex")
+        await wait_status(processor, first.id, S.RUNNING)
+        racing = await asyncio.gather(*(processor.schedule_job("ex") for _ in range(5)))
+        assert all(j.status == S.SKIPPED for j in racing)
+        assert all(j.conflicting_job_id == first.id for j in racing)
+        release.set()
+        await wait_status(processor, first.id, S.FINISHED)
+        after = await processor.schedule_job("ex")
+        assert after.status == S.PENDING
+
+
+async def test_worker_tags_choose_who_runs_what(db: Any) -> None:
+    ran_by: dict[str, str] = {}
+
+    async def record(job: Job, signal: AbortSignal) -> None:
+        ran_by[job.name] = job.worker_id or ""
+
+    jobs = {
+        "anywhere": JobDef(handler=record),
+        "main-only": JobDef(handler=record, tag="main"),
+        "reports": JobDef(handler=record, tag="reports"),
+    }
+    main = await make(db, jobs, worker_tags=["main"])
+    async with main:
+        ids = [(await main.schedule_job(n)).id for n in jobs]
+        await wait_status(main, ids[0], S.FINISHED)
+        await wait_status(main, ids[1], S.FINISHED)
+        await asyncio.sleep(0.5)
+        assert (await main.get_job(ids[2])).status == S.PENDING
+    reports = await make(db, jobs, worker_tags=["reports"])
+    async with reports:
+        await wait_status(reports, ids[2], S.FINISHED)
+    assert ran_by["main-only"] == main.worker_id
+    assert ran_by["reports"] == reports.worker_id
+
+
+async def test_concurrency_overlaps_jobs(db: Any) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(job: Job, signal: AbortSignal) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.4)
+        active -= 1
+
+    processor = await make(db, {"s": JobDef(handler=slow)}, concurrency=3)
+    async with processor:
+        ids = [(await processor.schedule_job("s")).id for _ in range(3)]
+        for i in ids:
+            await wait_status(processor, i, S.FINISHED)
+    assert peak == 3
+
+
+async def test_job_scheduled_for_later_waits(db: Any) -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"n": JobDef(handler=noop)})
+    async with processor:
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.8)
+        job = await processor.schedule_job("n", scheduled_for=when)
+        await asyncio.sleep(0.4)
+        assert (await processor.get_job(job.id)).status == S.PENDING
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert done.started_at is not None
+    assert done.started_at >= when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+async def test_on_job_exited_errors_are_logged_not_fatal(db: Any) -> None:
+    async def ok(job: Job, signal: AbortSignal) -> int:
+        return 1
+
+    def bad_hook(job: Job) -> None:
+        raise RuntimeError("hook failed")
+
+    processor = await make(db, {"j": JobDef(handler=ok, on_job_exited=bad_hook)})
+    async with processor:
+        a = await processor.schedule_job("j")
+        b = await processor.schedule_job("j")
+        await wait_status(processor, a.id, S.FINISHED)
+        await wait_status(processor, b.id, S.FINISHED)

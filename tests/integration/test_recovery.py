@@ -1,0 +1,120 @@
+"""Dead workers: exactly-once recovery, and a worker declared dead never overwrites the new state."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+
+from .helpers import make, wait_for, wait_status
+
+S = JobStatus
+
+
+async def plant_dead_worker_job(processor: Any, name: str, seconds_ago: float = 60) -> str:
+    """What a SIGKILLed worker leaves behind: a stale worker document and its running job."""
+    store = processor.store
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
+    past = past.replace(microsecond=past.microsecond // 1000 * 1000)
+    await store.register_worker(
+        {"_id": "dead-worker", "hostname": "gone", "pid": 1, "started_at": past, "last_seen": past}
+    )
+    doc = store.mark_running(store.new_job(name, {}, now=past), "dead-worker", past)
+    await store.insert_job(doc)
+    await store.save_checkpoint(doc["_id"], doc["run_id"], {"step": 2}, past)
+    return str(doc["_id"])
+
+
+async def test_crashed_non_resumable_job_is_errored_once_with_hook(db: Any) -> None:
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    jobs = {"send": JobDef(handler=noop, on_job_exited=hook)}
+    sweepers = [await make(db, jobs) for _ in range(3)]
+    job_id = await plant_dead_worker_job(sweepers[0], "send")
+    await asyncio.gather(*(p.start() for p in sweepers))  # three live workers sweep at once
+    try:
+        job = await wait_status(sweepers[0], job_id, S.ERRORED)
+        await asyncio.sleep(0.5)
+    finally:
+        await asyncio.gather(*(p.stop() for p in sweepers))
+    assert job.error == "worker crashed"
+    assert calls == ["errored"]
+    status = await sweepers[0].get_status()
+    assert all(w.id != "dead-worker" for w in status.workers)
+
+
+async def test_crashed_resumable_job_is_paused_and_resumed_from_checkpoint(db: Any) -> None:
+    states: list[Any] = []
+
+    async def resume(job: Job, signal: AbortSignal) -> str:
+        states.append(job.state)
+        return "resumed"
+
+    processor = await make(db, {"index": JobDef(handler=resume, resumable=True)})
+    job_id = await plant_dead_worker_job(processor, "index")
+    before = await processor.get_job(job_id)
+    async with processor:
+        done = await wait_status(processor, job_id, S.FINISHED)
+    assert states == [{"step": 2}]
+    assert done.attempt == 2
+    assert done.started_at == before.started_at
+
+
+async def test_a_recent_claim_without_worker_document_is_left_alone(db: Any) -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"n": JobDef(handler=noop)})
+    store = processor.store
+    now = processor.clock.now()
+    doc = store.mark_running(store.new_job("n", {}, now=now), "registering-now", now)
+    await store.insert_job(doc)
+    assert await processor.heartbeat.sweep(now) == 0
+    assert await processor.heartbeat.sweep(now + dt.timedelta(seconds=2.5)) == 1
+
+
+async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) -> None:
+    release = asyncio.Event()
+    reasons: list[tuple[int, str | None]] = []
+
+    async def slow(job: Job, signal: AbortSignal) -> str:
+        await release.wait()
+        reasons.append((job.attempt, signal.reason))
+        return f"run {job.attempt}"
+
+    jobs = {"slow": JobDef(handler=slow, resumable=True)}
+    zombie = await make(db, jobs)
+    await zombie.start()
+    job = await zombie.schedule_job("slow")
+    await wait_status(zombie, job.id, S.RUNNING)
+    old_worker = zombie.worker_id
+    # Another worker declares it dead (e.g. after a long pause) and recovers its job.
+    rescuer = await make(db, jobs)
+    store = rescuer.store
+    await store.unregister_worker(old_worker)
+    running = await store.get_job(ObjectId(job.id))
+    assert running is not None
+    recovered = await store.recover(running, True, rescuer.clock.now())
+    assert recovered is not None
+    assert recovered["status"] == "paused"
+    # The zombie notices at its next heartbeat: aborts its run and registers afresh.
+    await wait_for(lambda: zombie.worker_id != old_worker, timeout=5)
+    release.set()
+    done = await wait_status(zombie, job.id, S.FINISHED)
+    await zombie.stop()
+    # Run 1 (the zombie's) returned "run 1" but its write was refused: the job is the
+    # recovered one, resumed as run 2 under the new registration.
+    assert (1, "shutdown") in reasons
+    assert done.result == "run 2"
+    assert done.attempt == 2
+    assert done.worker_id == zombie.worker_id
