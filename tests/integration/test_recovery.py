@@ -1,4 +1,4 @@
-"""Dead workers: exactly-once recovery, and a worker declared dead never overwrites the new state."""
+"""Dead workers: exactly-once recovery; a worker declared dead never overwrites new state."""
 
 from __future__ import annotations
 

@@ -1,0 +1,67 @@
+"""Embedding job-processor in a web service's startup (Starlette lifespan; FastAPI is the same).
+
+The web process schedules jobs and also runs them (worker_tags=None); in production you would
+usually run the web app with `worker_tags=["web"]` (or not start() at all) and let the
+`job-processor run` containers do the work.
+
+To run:
+    pip install -e '.[demo]' starlette uvicorn
+    MONGODB_URL=mongodb://localhost:27017/myapp uvicorn examples.web_service:app
+    curl -X POST 'localhost:8000/emails?to=ada@example.com'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+
+
+async def send_email(job: Job, signal: AbortSignal) -> dict[str, str]:
+    # call your mail provider here; raise on failure, check signal.aborted in long loops
+    return {"sent_to": job.payload["to"]}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        os.environ["MONGODB_URL"], tz_aware=True
+    )
+    processor = await init_job_processor(
+        client.get_default_database(default="myapp"),
+        jobs={"send-email": JobDef(handler=send_email)},
+    )
+    app.state.jobs = processor
+    async with processor:  # start() now, graceful stop() at shutdown
+        yield
+    await client.close()
+
+
+async def schedule_email(request: Request) -> JSONResponse:
+    job = await request.app.state.jobs.schedule_job(
+        "send-email", {"to": request.query_params["to"]}
+    )
+    return JSONResponse({"job_id": job.id, "status": job.status.value}, status_code=202)
+
+
+async def get_job(request: Request) -> JSONResponse:
+    job = await request.app.state.jobs.get_job(request.path_params["job_id"])
+    return JSONResponse(job.model_dump(mode="json"))
+
+
+app = Starlette(
+    routes=[
+        Route("/emails", schedule_email, methods=["POST"]),
+        Route("/jobs/{job_id}", get_job),
+    ],
+    lifespan=lifespan,
+)

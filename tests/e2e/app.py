@@ -1,0 +1,57 @@
+"""The app the end-to-end tests serve with `job-processor run tests.e2e.app:make`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
+from job_processor.cli import RunContext
+
+
+def me() -> dict[str, Any]:
+    return {"instance_id": os.environ.get("INSTANCE_ID"), "pid": os.getpid()}
+
+
+async def report(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    await asyncio.sleep(0.05)
+    return me()
+
+
+async def long_resumable(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    step = start = (job.state or {}).get("step", 0)
+    while step < job.payload["steps"]:
+        signal.raise_if_aborted()
+        await asyncio.sleep(0.1)
+        step += 1
+        await job.checkpoint({"step": step})
+    return me() | {"resumed_from": start}
+
+
+async def long_plain(job: Job, signal: AbortSignal) -> None:
+    await signal.wait()
+    signal.raise_if_aborted()
+
+
+JOBS = {
+    "main-report": JobDef(handler=report, tag="main"),
+    "anywhere": JobDef(handler=report),
+    "long-resumable": JobDef(handler=long_resumable, resumable=True),
+    "long-plain": JobDef(handler=long_plain),
+}
+
+
+async def make(ctx: RunContext) -> JobProcessor:
+    # the README's rule: runner-1 runs the "main" jobs, the other replicas the rest
+    tags = ctx.worker_tags or (["main"] if ctx.instance_id == "runner-1" else ["secondary"])
+    return await init_job_processor(
+        ctx.db,
+        jobs=JOBS,
+        worker_tags=tags,
+        concurrency=2,
+        poll_interval=0.2,
+        heartbeat_interval=0.5,
+        worker_timeout=2.0,
+        shutdown_grace=1.0,
+    )

@@ -1,0 +1,175 @@
+"""Real worker processes (`job-processor run`), real SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job_processor import JobProcessor, JobStatus, init_job_processor
+
+from ..integration.helpers import wait_status
+from .app import JOBS
+
+S = JobStatus
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def url_with_db(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/{name}" + (f"?{query}" if query else "")
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(mongo_url: str, db: Any, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(instance_id: str) -> Worker:
+        log = tmp_path / f"{instance_id}-{len(workers)}.log"
+        env = os.environ | {
+            "MONGODB_URL": url_with_db(mongo_url, db.name),
+            "INSTANCE_ID": instance_id,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("JOB_PROCESSOR_WORKER_TAGS", None)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        worker = Worker(proc, log)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait(10)
+
+
+@pytest.fixture
+async def client(db: Any) -> AsyncIterator[JobProcessor]:
+    """This test process: schedules, kills and reads, never runs jobs."""
+    yield await init_job_processor(db, jobs=JOBS, worker_timeout=2.0, heartbeat_interval=0.5)
+
+
+async def wait_workers(client: JobProcessor, count: int, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len((await client.get_status()).workers) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{count} workers did not register")
+        await asyncio.sleep(0.1)
+
+
+async def wait_exit(worker: Worker, timeout: float = 15) -> int:
+    for _ in range(int(timeout * 10)):
+        if worker.proc.poll() is not None:
+            return worker.proc.returncode
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker did not exit:\n{worker.output()[-3000:]}")
+
+
+async def test_tags_follow_instance_id(spawn: Callable[..., Worker], client: JobProcessor) -> None:
+    r1, r2 = spawn("runner-1"), spawn("runner-2")
+    await wait_workers(client, 2)
+    mains = [await client.schedule_job("main-report") for _ in range(3)]
+    others = [await client.schedule_job("anywhere") for _ in range(4)]
+    for job in mains:
+        done = await wait_status(client, job.id, S.FINISHED)
+        assert done.result["instance_id"] == "runner-1"
+    for job in others:
+        await wait_status(client, job.id, S.FINISHED)
+    status = await client.get_status()
+    assert sorted(w.instance_id or "" for w in status.workers) == ["runner-1", "runner-2"]
+    assert {tuple(w.tags or []) for w in status.workers} == {("main",), ("secondary",)}
+    for w in (r1, r2):
+        w.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(w) == 0, w.output()
+    assert (await client.get_status()).workers == []
+
+
+async def test_sigterm_pauses_resumable_and_another_worker_resumes(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    a = spawn("runner-2")
+    job = await client.schedule_job("long-resumable", {"steps": 30})
+    for _ in range(200):
+        current = await client.get_job(job.id)
+        if (current.state or {}).get("step", 0) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    a.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(a) == 0, a.output()
+    paused = await client.get_job(job.id)
+    assert paused.status == S.PAUSED, a.output()
+    step = paused.state["step"] if paused.state else 0
+    assert 3 <= step < 30
+    b = spawn("runner-3")
+    done = await wait_status(client, job.id, S.FINISHED, timeout=30)
+    assert done.result["instance_id"] == "runner-3"
+    assert done.result["resumed_from"] == step  # this run started from the checkpoint
+    assert done.state is not None
+    assert done.state["step"] == 30
+    assert done.started_at == paused.started_at
+    assert done.attempt == 2
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
+
+
+async def test_sigkill_is_recovered_by_another_worker(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    a = spawn("runner-2")
+    plain = await client.schedule_job("long-plain")
+    resumable = await client.schedule_job("long-resumable", {"steps": 20})
+    await wait_status(client, plain.id, S.RUNNING)
+    await wait_status(client, resumable.id, S.RUNNING)
+    await asyncio.sleep(0.5)
+    a.proc.send_signal(signal.SIGKILL)
+    await wait_exit(a)
+    assert (await client.get_job(plain.id)).status == S.RUNNING  # nobody knows yet
+    b = spawn("runner-3")
+    crashed = await wait_status(client, plain.id, S.ERRORED, timeout=30)
+    assert crashed.error == "worker crashed"
+    done = await wait_status(client, resumable.id, S.FINISHED, timeout=30)
+    assert done.result["instance_id"] == "runner-3"
+    assert done.result["resumed_from"] > 0  # continued from the checkpoint, not from zero
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
+
+
+async def test_kill_reaches_the_process_running_the_job(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    a = spawn("runner-2")
+    job = await client.schedule_job("long-plain")
+    await wait_status(client, job.id, S.RUNNING)
+    await client.kill_job(job.id)
+    killed = await wait_status(client, job.id, S.KILLED, timeout=5)
+    assert killed.worker_id is not None
+    assert "job_abort_requested" in a.output()
+    a.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(a) == 0
