@@ -8,6 +8,7 @@ mongomock-motor: only `async for`, awaited collection methods, and `_aggregate` 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import re
@@ -17,7 +18,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import AutoReconnect, DuplicateKeyError
 
 from .clock import as_utc
 from .errors import InvalidDatabaseError, JobNotFoundError
@@ -103,6 +104,17 @@ def check_database(db: Any) -> None:
             f"db must be an async MongoDB database (pymongo AsyncDatabase or motor "
             f"AsyncIOMotorDatabase), got {type(db).__name__}"
         )
+
+
+#: Seconds between retries of a final write after a transient network error.
+TRANSIENT_BACKOFF = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def _applied(current: Doc, claimed: Doc, status: JobStatus, now: dt.datetime) -> bool:
+    """Is `current` our own end_run write, made by an attempt whose reply was lost?"""
+    if current["status"] != status.value or current.get("updated_at") != now:
+        return False
+    return status == S.PAUSED or current.get("run_id") == claimed["run_id"]
 
 
 def decode_opt(doc: Doc | None) -> Doc | None:
@@ -281,8 +293,28 @@ class Store:
 
         Returns the updated document, or None when another process changed the job first (it was
         recovered after this worker was declared dead, for instance): the caller must not act.
+        Transient network errors are retried with backoff; a retry that finds the write already
+        applied (the first attempt landed, its answer was lost) returns the document.
         """
         check_transition(S.RUNNING, status)
+        for delay in (*TRANSIENT_BACKOFF, None):
+            try:
+                result = await self._end_run_once(claimed, status, now, output)
+            except AutoReconnect:  # includes NetworkTimeout
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if result is None and delay != TRANSIENT_BACKOFF[0]:
+                current = await self.get_job(claimed["_id"])
+                if current is not None and _applied(current, claimed, status, now):
+                    return current
+            return result
+        raise AssertionError("unreachable")
+
+    async def _end_run_once(
+        self, claimed: Doc, status: JobStatus, now: dt.datetime, output: Doc | None
+    ) -> Doc | None:
         update: Doc = {
             "$set": {"status": status.value, "updated_at": now, "output": output},
         }

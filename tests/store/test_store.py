@@ -171,3 +171,51 @@ async def test_counts(store: Store) -> None:
     await add(store, name="b")
     assert await store.counts_by_name(S.PENDING) == {"a": 2, "b": 1}
     assert await store.count({"status": "pending", "name": "a"}) == 2
+
+
+async def test_final_write_survives_a_lost_reply(store: Store, monkeypatch: Any) -> None:
+    """The write lands but the connection drops before the answer: the retry sees it applied."""
+    from pymongo.errors import AutoReconnect
+
+    await add(store)
+    claimed = await store.claim_next(["a"], "w1", NOW)
+    assert claimed is not None
+    real = store.jobs.find_one_and_update
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await real(*args, **kwargs)
+        if calls == 1:
+            raise AutoReconnect("connection reset")
+        return result
+
+    monkeypatch.setattr(store.jobs, "find_one_and_update", flaky)
+    done = await store.end_run(claimed, S.FINISHED, later(1), {"result": 1})
+    assert calls == 2
+    assert done is not None
+    assert done["status"] == "finished"
+
+
+async def test_final_write_retries_until_the_server_answers(store: Store, monkeypatch: Any) -> None:
+    from pymongo.errors import AutoReconnect
+
+    await add(store)
+    claimed = await store.claim_next(["a"], "w1", NOW)
+    assert claimed is not None
+    real = store.jobs.find_one_and_update
+    calls = 0
+
+    async def down_twice(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise AutoReconnect("no primary")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store.jobs, "find_one_and_update", down_twice)
+    monkeypatch.setattr("job_processor.store.TRANSIENT_BACKOFF", (0.0, 0.01, 0.01))
+    done = await store.end_run(claimed, S.ERRORED, later(1), {"error": "x"})
+    assert done is not None
+    assert done["status"] == "errored"
