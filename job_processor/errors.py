@@ -22,6 +22,16 @@ class UnknownJobError(JobProcessorError, KeyError):
             f"(known jobs: {listing})"
         )
 
+    @classmethod
+    def for_cron(cls, name: str, known: str) -> UnknownJobError:
+        err = cls.__new__(cls)
+        err.name = name
+        Exception.__init__(
+            err,
+            f"unknown cron {name!r}: add it to init_job_processor(crons={{...}}) (known: {known})",
+        )
+        return err
+
     def __str__(self) -> str:  # KeyError would repr() the message otherwise
         return str(self.args[0])
 

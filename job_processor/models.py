@@ -47,6 +47,8 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (JobStatus.RUNNING, JobStatus.ERRORED),  # exception, timeout, interrupted, crash
         (JobStatus.RUNNING, JobStatus.KILLED),
         (JobStatus.RUNNING, JobStatus.PAUSED),  # resumable: graceful stop or crash recovery
+        (JobStatus.PENDING, JobStatus.SKIPPED),  # cron task not started within its margin
+        (JobStatus.RUNNING, JobStatus.SKIPPED),  # cron task claimed after its margin: not run
     }
 )
 
@@ -101,7 +103,12 @@ class Job(BaseModel):
     output: JobOutput | None = None
     kill_requested_at: dt.datetime | None = None
     skip_reason: str | None = None
+    """"exclusive" (a job of that name was active) or "missed" (a cron slot not started in time)."""
     conflicting_job_id: str | None = None
+    trigger: str | None = None
+    """Cron tasks: "schedule" (a slot; its time is `scheduled_for`) or "manual" (trigger_cron)."""
+    start_deadline: dt.datetime | None = None
+    """Cron tasks: the slot plus its check-in margin; not started by then, it is never run."""
 
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
 

@@ -13,14 +13,16 @@ from typing import Any
 import bson
 from bson import ObjectId
 
+from . import sentry
 from .clock import Clock, SystemClock, to_millis
+from .crons import CronScheduler, schedule_of
 from .definitions import CronDef, JobDef, parse_crons, parse_jobs
 from .errors import InvalidDefinitionError, InvalidPayloadError, JobNotFoundError, UnknownJobError
 from .heartbeat import Heartbeat
 from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, WorkerInfo
 from .signals import KillWatcher, stop_on_signals
-from .store import Store, object_id
+from .store import Doc, Store, object_id
 from .worker import Settings, Worker, call_exit_hook
 
 S = JobStatus
@@ -54,10 +56,11 @@ class JobProcessor:
             store, self.worker, self.definitions, clock, log, worker_tags, instance_id
         )
         self.kill_watcher = KillWatcher(self.worker, store, clock, settings.poll_interval)
+        self.scheduler = CronScheduler(store, crons, clock, log, self._on_cron_task)
         self._users = 0
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
-        self._claim_loop: asyncio.Task[None] | None = None
+        self._worker_loops: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
         """Set when a background loop died: `serve()` then exits with an error."""
 
@@ -67,7 +70,7 @@ class JobProcessor:
 
     @property
     def started(self) -> bool:
-        return self._claim_loop is not None
+        return self._worker_loops is not None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -110,14 +113,18 @@ class JobProcessor:
         if self.started:
             return
         self.worker.stopping.clear()
+        self.scheduler.stop_event.clear()
         await self._acquire_runtime()
         # recover what dead workers left behind before taking new work
         await self.heartbeat.sweep(self.clock.now())
-        self._claim_loop = asyncio.create_task(self._run_claim_loop(), name="claim-loop")
+        self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
 
-    async def _run_claim_loop(self) -> None:
+    async def _run_worker_loops(self) -> None:
+        """The claim loop and the cron scheduler: if one dies, both stop, loudly."""
         try:
-            await self.worker.claim_loop()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.worker.claim_loop(), name="claim-loop")
+                tg.create_task(self.scheduler.loop(), name="cron-scheduler")
         except Exception:
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             self.failed.set()
@@ -131,11 +138,12 @@ class JobProcessor:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
         self.worker.request_stop()
-        assert self._claim_loop is not None
+        self.scheduler.stop_event.set()
+        assert self._worker_loops is not None
         with contextlib.suppress(Exception):
-            await self._claim_loop
+            await self._worker_loops
         await self.worker.drain()
-        self._claim_loop = None
+        self._worker_loops = None
         await self._release_runtime()
 
     async def serve(self) -> None:
@@ -212,8 +220,7 @@ class JobProcessor:
             priority=priority,
             exclusive=definition.concurrency == "exclusive",
         )
-        doc = await self.store.insert_job(doc)
-        job = Job.model_validate(doc)
+        job = Job.model_validate(await self._insert(doc))
         if job.status == S.SKIPPED:
             self.log.info(
                 "job_skipped",
@@ -246,7 +253,7 @@ class JobProcessor:
                 tag=definition.tag,
                 exclusive=definition.concurrency == "exclusive",
             )
-            doc = await self.store.insert_job(self.store.mark_running(doc, self.worker_id, now))
+            doc = await self._insert(self.store.mark_running(doc, self.worker_id, now))
             if doc["status"] == S.SKIPPED:
                 return Job.model_validate(doc)
             final = await self.worker.spawn(doc)
@@ -255,6 +262,39 @@ class JobProcessor:
             return Job.model_validate(final)
         finally:
             await self._release_runtime()
+
+    async def _insert(self, doc: Doc) -> Doc:
+        inserted = await self.store.insert_job(doc)
+        assert inserted is not None  # None only for cron slots, which these are not
+        return inserted
+
+    def _on_cron_task(self, task: Doc) -> None:
+        if task["status"] == S.PENDING and task["name"] in self.worker.names:
+            self.worker.wake.set()
+        elif task["status"] == S.SKIPPED and task.get("skip_reason") == "exclusive":
+            # the previous run covers this slot: tell monitoring it is fine, not missed
+            sentry.checkin(task["name"], self.crons[task["name"]], "ok")
+
+    async def trigger_cron(self, name: str) -> Job:
+        """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
+        if name not in self.crons:
+            known = ", ".join(sorted(self.crons)) or "none"
+            raise UnknownJobError.for_cron(name, known)
+        cron = self.crons[name]
+        doc = self.store.new_job(
+            name,
+            {},
+            now=self.clock.now(),
+            tag=cron.tag,
+            exclusive=cron.concurrency == "exclusive",
+            job_type="cron_task",
+            extra={"trigger": "manual", "start_deadline": None},
+        )
+        job = Job.model_validate(await self._insert(doc))
+        self.log.info("cron_triggered", job_id=job.id, job_name=name, status=job.status.value)
+        if job.status == S.PENDING and self.started and name in self.worker.names:
+            self.worker.wake.set()
+        return job
 
     async def get_job(self, job_id: str | ObjectId) -> Job:
         doc = await self.store.get_job(object_id(job_id))
@@ -308,8 +348,42 @@ class JobProcessor:
             "running": len(running),
         }
         return ProcessorStatus(
-            now=now, worker_id=self.worker_id, workers=workers, queue=queue, jobs=jobs
+            now=now,
+            worker_id=self.worker_id,
+            workers=workers,
+            queue=queue,
+            jobs=jobs,
+            crons=await self._cron_status(running),
         )
+
+    async def _cron_status(self, running: list[Doc]) -> list[dict[str, Any]]:
+        docs = {d["_id"]: d for d in await self.store.cron_docs(list(self.crons))}
+        out = []
+        for name, cron in self.crons.items():
+            schedule = schedule_of(cron)
+            next_slot = docs.get(name, {}).get("next_slot")
+            out.append(
+                {
+                    "name": name,
+                    "cron_string": cron.cron_string,
+                    "timezone": cron.timezone,
+                    "next_slot_utc": next_slot,
+                    "next_slot_local": schedule.local(next_slot) if next_slot else None,
+                    "running": [str(r["_id"]) for r in running if r["name"] == name],
+                    "recent": [
+                        {
+                            "id": str(t["_id"]),
+                            "slot": t["scheduled_for"],
+                            "trigger": t.get("trigger"),
+                            "status": t["status"],
+                            "skip_reason": t.get("skip_reason"),
+                            "error": (t.get("output") or {}).get("error"),
+                        }
+                        for t in await self.store.recent_tasks(name)
+                    ],
+                }
+            )
+        return out
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -378,6 +452,13 @@ async def init_job_processor(
     store = Store(db, collection_prefix)
     await store.ensure_indexes()
     log = make_log(logger)
+    now = (clock or SystemClock()).now()
+    registered = await store.register_crons(
+        cron_defs, {name: schedule_of(c).next_after(now) for name, c in cron_defs.items()}, now
+    )
+    for name, what in registered.items():
+        if what != "kept":
+            log.info(f"cron_{what}", job_name=name)
     processor = JobProcessor(
         store,
         job_defs,

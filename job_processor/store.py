@@ -9,6 +9,7 @@ mongomock-motor: only `async for`, awaited collection methods, and `_aggregate` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import re
@@ -44,6 +45,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ),
         # "only one active job of this name": exists only while active, $unset when terminal
         ([("exclusive_key", ASCENDING)], {"unique": True, "sparse": True}),
+        # one task per cron slot, ever ("<cron>|<slot UTC>"); absent on other jobs
+        ([("cron_slot_key", ASCENDING)], {"unique": True, "sparse": True}),
+        # cron tasks that waited past their check-in margin
+        ([("type", ASCENDING), ("status", ASCENDING), ("start_deadline", ASCENDING)], {}),
         # a worker's running jobs (kill checks, recovery sweep)
         ([("status", ASCENDING), ("worker_id", ASCENDING)], {}),
         # listing a job's history
@@ -65,6 +70,8 @@ DATE_FIELDS = frozenset(
         "ended_at",
         "kill_requested_at",
         "last_seen",
+        "next_slot",
+        "start_deadline",
     }
 )
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
@@ -200,16 +207,19 @@ class Store:
             doc["exclusive_key"] = name
         return doc
 
-    async def insert_job(self, doc: Doc) -> Doc:
+    async def insert_job(self, doc: Doc) -> Doc | None:
         """Insert a pending (or running) job. An exclusive job whose name already has an active job
         is inserted as `skipped` instead, recording the conflicting job's id. Race-free: the unique
-        sparse index on `exclusive_key` decides."""
+        sparse index on `exclusive_key` decides. Returns None only for a cron slot whose task
+        already exists (`cron_slot_key`): another replica created it."""
         check_transition(None, S(doc["status"]))
         for _ in range(10):
             try:
                 await self.jobs.insert_one(doc)
                 return doc
             except DuplicateKeyError:
+                if await self._slot_taken(doc):
+                    return None
                 if "exclusive_key" not in doc:
                     raise
                 holder = await self.jobs.find_one(
@@ -229,9 +239,150 @@ class Store:
                     "run_started_at": None,
                     "attempt": 0,
                 }
-                await self.jobs.insert_one(skipped)
+                try:
+                    await self.jobs.insert_one(skipped)
+                except DuplicateKeyError:
+                    if await self._slot_taken(doc):
+                        return None
+                    raise
                 return skipped
         raise RuntimeError(f"could not insert exclusive job {doc['name']!r}: constant contention")
+
+    async def _slot_taken(self, doc: Doc) -> bool:
+        key = doc.get("cron_slot_key")
+        return (
+            key is not None
+            and await self.jobs.find_one({"cron_slot_key": key}, {"_id": 1}) is not None
+        )
+
+    # ---- crons ------------------------------------------------------------------------------
+
+    @staticmethod
+    def slot_key(name: str, slot: dt.datetime) -> str:
+        return f"{name}|{as_utc(slot).isoformat(timespec='milliseconds')}"
+
+    def _cron_task(self, name: str, cron: Any, slot: dt.datetime, now: dt.datetime) -> Doc:
+        deadline = slot + dt.timedelta(minutes=cron.checkin_margin)
+        return self.new_job(
+            name,
+            {},
+            now=now,
+            scheduled_for=slot,
+            tag=cron.tag,
+            exclusive=cron.concurrency == "exclusive",
+            job_type="cron_task",
+            extra={
+                "trigger": "schedule",
+                "start_deadline": deadline,
+                "cron_slot_key": self.slot_key(name, slot),
+            },
+        )
+
+    async def insert_cron_task(
+        self, name: str, cron: Any, slot: dt.datetime, now: dt.datetime
+    ) -> Doc | None:
+        """The slot's task (pending, or skipped on an exclusive conflict); None if it existed."""
+        return await self.insert_job(self._cron_task(name, cron, slot, now))
+
+    async def insert_missed_slot(
+        self, name: str, cron: Any, slot: dt.datetime, now: dt.datetime
+    ) -> bool:
+        """Record a slot that was not started within its margin: skipped, reason "missed"."""
+        doc = self._cron_task(name, cron, slot, now)
+        doc.pop("exclusive_key", None)
+        doc |= {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now}
+        return await self.insert_job(doc) is not None
+
+    async def expire_missed_cron_tasks(self, now: dt.datetime) -> int:
+        """Pending cron tasks past their start deadline never run late: skipped, "missed"."""
+        check_transition(S.PENDING, S.SKIPPED)
+        res = await self.jobs.update_many(
+            {"type": "cron_task", "status": S.PENDING.value, "start_deadline": {"$lt": now}},
+            {
+                "$set": {
+                    "status": S.SKIPPED.value,
+                    "skip_reason": "missed",
+                    "ended_at": now,
+                    "updated_at": now,
+                },
+                "$unset": {"exclusive_key": ""},
+            },
+        )
+        return int(res.modified_count)
+
+    async def register_crons(
+        self, crons: Mapping[str, Any], first_slots: Mapping[str, dt.datetime], now: dt.datetime
+    ) -> dict[str, str]:
+        """Upsert one document per cron; reschedule from now when its schedule changed; remove
+        crons no longer defined with their pending tasks. Safe when replicas start together.
+        Returns what happened to each cron name ("created", "rescheduled", "kept", "removed")."""
+        outcome: dict[str, str] = {}
+        for name, cron in crons.items():
+            settings = {
+                "cron_string": cron.cron_string,
+                "timezone": cron.timezone,
+                "checkin_margin": cron.checkin_margin,
+                "max_runtime_in_minutes": cron.max_runtime_in_minutes,
+                "tag": cron.tag,
+                "concurrency": cron.concurrency,
+                "resumable": cron.resumable,
+            }
+            existing = await self.crons.find_one({"_id": name})
+            if existing is None:
+                with contextlib.suppress(DuplicateKeyError):  # a replica starting now made it
+                    await self.crons.update_one(
+                        {"_id": name},
+                        {
+                            "$setOnInsert": settings
+                            | {"next_slot": first_slots[name], "created_at": now, "updated_at": now}
+                        },
+                        upsert=True,
+                    )
+                outcome[name] = "created"
+            elif (existing["cron_string"], existing["timezone"]) != (
+                cron.cron_string,
+                cron.timezone,
+            ):
+                await self.crons.update_one(
+                    {
+                        "_id": name,
+                        "cron_string": existing["cron_string"],
+                        "timezone": existing["timezone"],
+                    },
+                    {"$set": settings | {"next_slot": first_slots[name], "updated_at": now}},
+                )
+                outcome[name] = "rescheduled"
+            else:
+                await self.crons.update_one({"_id": name}, {"$set": settings})
+                outcome[name] = "kept"
+        names = list(crons)
+        async for gone in self.crons.find({"_id": {"$nin": names}}, {"_id": 1}):
+            outcome[gone["_id"]] = "removed"
+        await self.crons.delete_many({"_id": {"$nin": names}})
+        await self.jobs.delete_many(
+            {"type": "cron_task", "status": S.PENDING.value, "name": {"$nin": names}}
+        )
+        return outcome
+
+    async def cron_docs(self, names: list[str]) -> list[Doc]:
+        return await _all(self.crons.find({"_id": {"$in": names}}))
+
+    async def advance_cron(
+        self, name: str, old: dt.datetime, new: dt.datetime, now: dt.datetime
+    ) -> bool:
+        """Compare-and-set: only moves a cron whose next slot is still `old`."""
+        res = await self.crons.update_one(
+            {"_id": name, "next_slot": old}, {"$set": {"next_slot": new, "updated_at": now}}
+        )
+        return bool(res.modified_count)
+
+    async def recent_tasks(self, name: str, limit: int = 5) -> list[Doc]:
+        cursor = (
+            self.jobs.find({"name": name, "type": "cron_task"})
+            .sort([("scheduled_for", DESCENDING)])
+            .limit(limit)
+        )
+        return await _all(cursor)
 
     # ---- jobs: claim and run --------------------------------------------------------------
 
@@ -288,6 +439,7 @@ class Store:
         status: JobStatus,
         now: dt.datetime,
         output: Doc | None,
+        extra: Doc | None = None,
     ) -> Doc | None:
         """Running -> finished | errored | killed | paused, only if this run still owns the job.
 
@@ -299,7 +451,7 @@ class Store:
         check_transition(S.RUNNING, status)
         for delay in (*TRANSIENT_BACKOFF, None):
             try:
-                result = await self._end_run_once(claimed, status, now, output)
+                result = await self._end_run_once(claimed, status, now, output, extra)
             except AutoReconnect:  # includes NetworkTimeout
                 if delay is None:
                     raise
@@ -313,15 +465,24 @@ class Store:
         raise AssertionError("unreachable")
 
     async def _end_run_once(
-        self, claimed: Doc, status: JobStatus, now: dt.datetime, output: Doc | None
+        self,
+        claimed: Doc,
+        status: JobStatus,
+        now: dt.datetime,
+        output: Doc | None,
+        extra: Doc | None,
     ) -> Doc | None:
         update: Doc = {
-            "$set": {"status": status.value, "updated_at": now, "output": output},
+            "$set": {"status": status.value, "updated_at": now, "output": output, **(extra or {})},
         }
         if claimed.get("started_at") is None:
             update["$set"]["started_at"] = claimed["run_started_at"]
         if status == S.PAUSED:
             update["$set"] |= {"worker_id": None, "run_id": None}
+        elif status == S.SKIPPED:  # claimed too late to run: it never started
+            update["$set"]["started_at"] = None
+            update["$set"]["ended_at"] = now
+            update["$unset"] = {"exclusive_key": ""}
         else:
             update["$set"]["ended_at"] = now
             update["$unset"] = {"exclusive_key": ""}

@@ -13,8 +13,9 @@ from typing import Any
 import bson
 from pymongo.errors import PyMongoError
 
+from . import sentry
 from .clock import Clock, sleep_or_wake
-from .definitions import JobDef
+from .definitions import CronDef, JobDef
 from .errors import JobLostError
 from .log import EventLog
 from .models import Job, JobStatus
@@ -191,20 +192,58 @@ class Worker:
         self.runs[job_id] = run
         fields = self._fields(doc)
         try:
+            if self._claimed_too_late(doc):
+                return await asyncio.shield(self._skip_missed(run))
             job = Job.model_validate(doc)
             job._checkpointer = lambda state: self._checkpoint(run, state)
+            check_in = self._checkin(run, "in_progress")
             resumed = doc.get("state") is not None or doc.get("started_at") is not None
             self.log.info("job_started", attempt=doc.get("attempt"), resumed=resumed, **fields)
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             status, output = await self._run_handler(run, job)
             output["duration_ms"] = int((loop.time() - t0) * 1000)
-            return await asyncio.shield(self._finalize(run, status, output))
+            final = await asyncio.shield(self._finalize(run, status, output))
+            if final is not None and status != S.PAUSED:
+                ok = "ok" if status == S.FINISHED else "error"
+                self._checkin(run, ok, check_in, output["duration_ms"] / 1000)
+            return final
         except Exception:  # a bug of ours: never let it kill the worker silently
             self.log.exception("job_execution_failed", **fields)
             return None
         finally:
             self.runs.pop(job_id, None)
+
+    def _claimed_too_late(self, doc: Doc) -> bool:
+        """A cron task must start within its check-in margin; a late one is never run late."""
+        deadline = doc.get("start_deadline")
+        return (
+            doc.get("type") == "cron_task"
+            and deadline is not None
+            and doc.get("started_at") is None  # a resumed task is not late
+            and self.clock.now() > deadline
+        )
+
+    async def _skip_missed(self, run: Run) -> Doc | None:
+        now = self.clock.now()
+        updated = await self.store.end_run(
+            run.doc, S.SKIPPED, now, None, extra={"skip_reason": "missed"}
+        )
+        if updated is not None:
+            self.log.warning(
+                "cron_slot_missed",
+                slot=run.doc["scheduled_for"].isoformat(),
+                now=now.isoformat(),
+                **self._fields(run.doc),
+            )
+        return updated
+
+    def _checkin(
+        self, run: Run, status: str, check_in_id: str | None = None, duration: float | None = None
+    ) -> str | None:
+        if run.doc.get("type") != "cron_task" or not isinstance(run.definition, CronDef):
+            return None
+        return sentry.checkin(run.doc["name"], run.definition, status, check_in_id, duration)
 
     async def _run_handler(self, run: Run, job: Job) -> tuple[JobStatus, Doc]:
         definition, signal = run.definition, run.signal
