@@ -315,6 +315,7 @@ class Store:
     ) -> dict[str, str]:
         """Upsert one document per cron; reschedule from now when its schedule changed; remove
         crons no longer defined with their pending tasks. Safe when replicas start together.
+        A process that defines no cron (a web app that only schedules jobs) removes nothing.
         Returns what happened to each cron name ("created", "rescheduled", "kept", "removed")."""
         outcome: dict[str, str] = {}
         for name, cron in crons.items():
@@ -356,6 +357,8 @@ class Store:
                 await self.crons.update_one({"_id": name}, {"$set": settings})
                 outcome[name] = "kept"
         names = list(crons)
+        if not names:
+            return outcome
         async for gone in self.crons.find({"_id": {"$nin": names}}, {"_id": 1}):
             outcome[gone["_id"]] = "removed"
         await self.crons.delete_many({"_id": {"$nin": names}})

@@ -42,12 +42,20 @@ JOBS = {
 }
 
 
+async def tick(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    return me()
+
+
+CRONS = {"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.5}}
+
+
 async def make(ctx: RunContext) -> JobProcessor:
     # the README's rule: runner-1 runs the "main" jobs, the other replicas the rest
     tags = ctx.worker_tags or (["main"] if ctx.instance_id == "runner-1" else ["secondary"])
     return await init_job_processor(
         ctx.db,
         jobs=JOBS,
+        crons=CRONS if os.environ.get("E2E_CRON") else {},
         worker_tags=tags,
         concurrency=2,
         poll_interval=0.2,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 import os
 import signal
 import subprocess
@@ -43,13 +45,17 @@ class Worker:
 def spawn(mongo_url: str, db: Any, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(instance_id: str) -> Worker:
+    def start(instance_id: str, **extra_env: str) -> Worker:
         log = tmp_path / f"{instance_id}-{len(workers)}.log"
-        env = os.environ | {
-            "MONGODB_URL": url_with_db(mongo_url, db.name),
-            "INSTANCE_ID": instance_id,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = (
+            os.environ
+            | {
+                "MONGODB_URL": url_with_db(mongo_url, db.name),
+                "INSTANCE_ID": instance_id,
+                "PYTHONUNBUFFERED": "1",
+            }
+            | extra_env
+        )
         env.pop("JOB_PROCESSOR_WORKER_TAGS", None)
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -173,3 +179,25 @@ async def test_kill_reaches_the_process_running_the_job(
     assert "job_abort_requested" in a.output()
     a.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(a) == 0
+
+
+async def test_seconds_cron_across_worker_processes_runs_each_slot_once(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    workers = [spawn(f"runner-{i}", E2E_CRON="1") for i in (1, 2, 3)]
+    await wait_workers(client, 3)
+    await asyncio.sleep(30)
+    for w in workers:
+        w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        assert await wait_exit(w) == 0, w.output()
+    tasks = sorted(await client.list_jobs("tick", limit=1000), key=lambda j: j.scheduled_for)
+    slots = [t.scheduled_for for t in tasks]
+    assert len(slots) >= 25
+    assert len(slots) == len(set(slots)), "a slot ran twice"
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert all(g == dt.timedelta(seconds=1) for g in gaps), "a slot is missing"
+    done = [t for t in tasks if t.status == JobStatus.FINISHED]
+    assert len(done) >= len(tasks) - 3  # the stop may interrupt the last ones
+    runners = {t.result["instance_id"] for t in done}
+    assert len(runners) >= 2  # the replicas share the work
