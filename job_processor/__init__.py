@@ -1,8 +1,9 @@
 """job-processor: background jobs and cron schedules stored in MongoDB."""
 
 from .clock import Clock, FakeClock, SystemClock
-from .definitions import CronDef, JobDef
+from .definitions import Backoff, CronDef, JobDef
 from .errors import (
+    DoNotRetry,
     InvalidDatabaseError,
     InvalidDefinitionError,
     InvalidPayloadError,
@@ -10,6 +11,7 @@ from .errors import (
     JobLostError,
     JobNotFoundError,
     JobProcessorError,
+    RetryLater,
     UnknownJobError,
 )
 from .models import Job, JobOutput, JobStatus, ProcessorStatus, WorkerInfo
@@ -18,8 +20,10 @@ from .signals import AbortSignal
 
 __all__ = [
     "AbortSignal",
+    "Backoff",
     "Clock",
     "CronDef",
+    "DoNotRetry",
     "FakeClock",
     "InvalidDatabaseError",
     "InvalidDefinitionError",
@@ -34,6 +38,7 @@ __all__ = [
     "JobProcessorError",
     "JobStatus",
     "ProcessorStatus",
+    "RetryLater",
     "SystemClock",
     "UnknownJobError",
     "WorkerInfo",

@@ -20,6 +20,18 @@ def _check_callable(value: Any, field: str) -> Any:
     return value
 
 
+class Backoff(BaseModel):
+    """Delay before retry n (n = failures so far, from 1): fixed base; linear base*n;
+    exponential base*2**(n-1); capped at max_seconds; jitter draws uniformly in [delay/2, delay]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["fixed", "linear", "exponential"] = "exponential"
+    base_seconds: float = Field(default=2, gt=0)
+    max_seconds: float | None = Field(default=600, gt=0)
+    jitter: bool = True
+
+
 class JobDef(BaseModel):
     """How one kind of job runs.
 
@@ -35,6 +47,9 @@ class JobDef(BaseModel):
     tag: str | None = None
     concurrency: Concurrency = "concurrent"
     max_runtime_in_minutes: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=1, ge=1)
+    """Runs allowed before the job is errored for good (1 = no retry)."""
+    backoff: Backoff = Backoff()
 
     @field_validator("handler")
     @classmethod

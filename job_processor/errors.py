@@ -56,5 +56,19 @@ class JobAbortedError(JobProcessorError):
         super().__init__(f"job aborted: {reason}")
 
 
+class RetryLater(JobProcessorError):
+    """Raise from a handler to retry after `delay` seconds instead of the backoff's delay.
+    It counts as a failed attempt: with no attempt left the job is errored."""
+
+    def __init__(self, delay: float, reason: str = "") -> None:
+        self.delay = float(delay)
+        self.reason = reason
+        super().__init__(f"retry in {self.delay:g}s" + (f": {reason}" if reason else ""))
+
+
+class DoNotRetry(JobProcessorError):
+    """Raise from a handler to fail the job for good, whatever attempts are left."""
+
+
 class JobLostError(JobProcessorError):
     """This process no longer owns the job (it was recovered by another worker or killed)."""

@@ -12,8 +12,10 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from .clock import Clock, as_utc, sleep_or_wake
-from .definitions import JobDef
+from .definitions import Backoff, JobDef
 from .log import EventLog
+from .models import JobStatus
+from .retries import after_failure, history_entry, with_history
 from .store import Doc, Store
 from .worker import Worker, call_exit_hook
 
@@ -35,6 +37,19 @@ def new_worker_doc(
         "started_at": now,
         "last_seen": now,
     }
+
+
+def recovery_outcome(
+    doc: Doc, definition: JobDef | None, now: dt.datetime
+) -> tuple[JobStatus, str | None, Doc]:
+    """What a crashed run becomes: killed if a kill was asked, paused if resumable, else a failed
+    attempt (retried with backoff while attempts remain, else errored "worker crashed")."""
+    if doc.get("kill_requested_at") is not None:
+        return JobStatus.KILLED, "killed (its worker crashed)", {}
+    if definition is not None and definition.resumable:
+        return JobStatus.PAUSED, None, {}
+    status, extra = after_failure(doc, definition.backoff if definition else Backoff(), now)
+    return status, "worker crashed", extra
 
 
 def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
@@ -135,8 +150,9 @@ class Heartbeat:
         recovered = 0
         for doc in await self.store.orphaned_jobs(live, cutoff):
             definition = self.definitions.get(doc["name"])
-            resumable = definition.resumable if definition else False
-            updated = await self.store.recover(doc, resumable, now)
+            status, error, extra = recovery_outcome(doc, definition, now)
+            extra["history"] = with_history(doc, history_entry(doc, status, error, now))
+            updated = await self.store.recover(doc, status, error, now, extra)
             if updated is None:
                 continue  # another sweeper (or the owner) got there first
             recovered += 1
@@ -148,8 +164,8 @@ class Heartbeat:
                 status=updated["status"],
                 by=self.worker.worker_id,
             )
-            if updated["status"] != "paused":
-                await call_exit_hook(definition, updated, self.log)
-            else:
+            if updated["status"] in ("paused", "pending"):
                 self.worker.wake.set()
+            else:
+                await call_exit_hook(definition, updated, self.log)
         return recovered

@@ -47,6 +47,9 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (JobStatus.RUNNING, JobStatus.ERRORED),  # exception, timeout, interrupted, crash
         (JobStatus.RUNNING, JobStatus.KILLED),
         (JobStatus.RUNNING, JobStatus.PAUSED),  # resumable: graceful stop or crash recovery
+        (JobStatus.RUNNING, JobStatus.PENDING),  # failed attempt with attempts left: retry later
+        (JobStatus.ERRORED, JobStatus.PENDING),  # retry_job
+        (JobStatus.KILLED, JobStatus.PENDING),  # retry_job
         (JobStatus.PENDING, JobStatus.SKIPPED),  # cron task not started within its margin
         (JobStatus.RUNNING, JobStatus.SKIPPED),  # cron task claimed after its margin: not run
     }
@@ -98,6 +101,13 @@ class Job(BaseModel):
     run_id: str | None = None
     attempt: int = 0
     """How many runs have started (a resume counts as a run)."""
+    failures: int = 0
+    """Failed attempts so far (exception, max runtime, crash or interruption of a non-resumable)."""
+    max_attempts: int = 1
+    history: list[dict[str, Any]] = []
+    """The last runs (bounded): attempt, worker_id, started_at, ended_at, status, error."""
+    key: str | None = None
+    """Dedup key: while a job with this key is active, scheduling the key returns that job."""
     state: dict[str, Any] | None = None
     """The last checkpoint saved by a resumable job."""
     output: JobOutput | None = None

@@ -12,12 +12,19 @@ from typing import Any
 
 import bson
 from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
 
 from . import sentry
 from .clock import Clock, SystemClock, to_millis
 from .crons import CronScheduler, schedule_of
 from .definitions import CronDef, JobDef, parse_crons, parse_jobs
-from .errors import InvalidDefinitionError, InvalidPayloadError, JobNotFoundError, UnknownJobError
+from .errors import (
+    InvalidDefinitionError,
+    InvalidPayloadError,
+    JobNotFoundError,
+    JobProcessorError,
+    UnknownJobError,
+)
 from .heartbeat import Heartbeat
 from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, WorkerInfo
@@ -204,11 +211,29 @@ class JobProcessor:
         scheduled_for: dt.datetime | None = None,
         *,
         priority: int = 0,
+        key: str | None = None,
+        max_attempts: int | None = None,
     ) -> Job:
         """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (default: now).
+
+        priority: higher first (then scheduled_for, then insertion order).
+        key: dedup key; while a job with this key is pending, running or paused, that job is
+        returned instead of a new one.
+        max_attempts: overrides the definition's (1 = no retry).
         An exclusive job whose name already has an active job is recorded as skipped."""
         definition = self._definition(name)
         body = self._check_payload(name, payload)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidPayloadError(
+                f"job {name!r}: priority must be an integer, got {priority!r}"
+            )
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
+        attempts = definition.max_attempts if max_attempts is None else max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise InvalidPayloadError(
+                f"job {name!r}: max_attempts must be an integer >= 1, got {max_attempts!r}"
+            )
         now = self.clock.now()
         when = to_millis(scheduled_for) if scheduled_for is not None else now
         doc = self.store.new_job(
@@ -219,8 +244,13 @@ class JobProcessor:
             tag=definition.tag,
             priority=priority,
             exclusive=definition.concurrency == "exclusive",
+            key=key,
+            max_attempts=attempts,
         )
         job = Job.model_validate(await self._insert(doc))
+        if job.id != str(doc["_id"]):
+            self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
+            return job
         if job.status == S.SKIPPED:
             self.log.info(
                 "job_skipped",
@@ -231,11 +261,34 @@ class JobProcessor:
             return job
         self.log.info("job_scheduled", job_id=job.id, job_name=name, scheduled_for=when.isoformat())
         if self.started and name in self.worker.names:
-            delay = (when - now).total_seconds()
-            if delay <= 0:
-                self.worker.wake.set()
-            else:
-                asyncio.get_running_loop().call_later(delay, self.worker.wake.set)
+            self.worker.wake_at(when)
+        return job
+
+    async def retry_job(self, job_id: str | ObjectId) -> Job:
+        """Re-queue an errored or killed job now, keeping its history; its attempts count afresh."""
+        oid = object_id(job_id)
+        current = await self.get_job(oid)
+        definition = self.definitions.get(current.name)
+        exclusive = definition is not None and definition.concurrency == "exclusive"
+        try:
+            doc = await self.store.retry(oid, self.clock.now(), exclusive)
+        except DuplicateKeyError:
+            doc = None
+        if doc is None:
+            after = await self.get_job(oid)
+            if after.status in (S.ERRORED, S.KILLED):
+                raise JobProcessorError(
+                    f"job {after.name!r} {after.id}: cannot retry while another job with the same "
+                    f"{'key' if after.key else 'name (exclusive)'} is active; retry it later"
+                )
+            raise JobProcessorError(
+                f"job {after.name!r} {after.id} is {after.status.value}: only errored or killed "
+                "jobs can be retried"
+            )
+        job = Job.model_validate(doc)
+        self.log.info("job_retried", job_id=job.id, job_name=job.name)
+        if self.started and job.name in self.worker.names:
+            self.worker.wake.set()
         return job
 
     async def run_job(self, name: str, payload: Mapping[str, Any] | None = None) -> Job:
@@ -252,6 +305,7 @@ class JobProcessor:
                 now=now,
                 tag=definition.tag,
                 exclusive=definition.concurrency == "exclusive",
+                max_attempts=definition.max_attempts,
             )
             doc = await self._insert(self.store.mark_running(doc, self.worker_id, now))
             if doc["status"] == S.SKIPPED:

@@ -45,6 +45,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ),
         # "only one active job of this name": exists only while active, $unset when terminal
         ([("exclusive_key", ASCENDING)], {"unique": True, "sparse": True}),
+        # dedup keys: the same, for `schedule_job(key=...)`
+        ([("dedup_key", ASCENDING)], {"unique": True, "sparse": True}),
         # one task per cron slot, ever ("<cron>|<slot UTC>"); absent on other jobs
         ([("cron_slot_key", ASCENDING)], {"unique": True, "sparse": True}),
         # cron tasks that waited past their check-in margin
@@ -177,6 +179,8 @@ class Store:
         exclusive: bool = False,
         job_type: str = "simple",
         extra: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        max_attempts: int = 1,
     ) -> Doc:
         """A complete job document: every field written (see the test-server notes)."""
         doc: Doc = {
@@ -201,17 +205,24 @@ class Store:
             "kill_requested_at": None,
             "skip_reason": None,
             "conflicting_job_id": None,
+            "key": key,
+            "max_attempts": max_attempts,
+            "failures": 0,
+            "history": [],
             **(extra or {}),
         }
         if exclusive:
             doc["exclusive_key"] = name
+        if key is not None:
+            doc["dedup_key"] = key
         return doc
 
     async def insert_job(self, doc: Doc) -> Doc | None:
-        """Insert a pending (or running) job. An exclusive job whose name already has an active job
-        is inserted as `skipped` instead, recording the conflicting job's id. Race-free: the unique
-        sparse index on `exclusive_key` decides. Returns None only for a cron slot whose task
-        already exists (`cron_slot_key`): another replica created it."""
+        """Insert a pending (or running) job. With a dedup key held by an active job, that job is
+        returned instead (compare `_id`). An exclusive job whose name already has an active job is
+        inserted as `skipped`, recording the conflicting job's id. Race-free: unique sparse
+        indexes on `dedup_key` / `exclusive_key` decide. Returns None only for a cron slot whose
+        task already exists (`cron_slot_key`): another replica created it."""
         check_transition(None, S(doc["status"]))
         for _ in range(10):
             try:
@@ -220,6 +231,12 @@ class Store:
             except DuplicateKeyError:
                 if await self._slot_taken(doc):
                     return None
+                if "dedup_key" in doc:
+                    same = await self.jobs.find_one({"dedup_key": doc["dedup_key"]})
+                    if same is not None:
+                        return decode(same)
+                    if "exclusive_key" not in doc:
+                        continue  # it ended meanwhile: try again
                 if "exclusive_key" not in doc:
                     raise
                 holder = await self.jobs.find_one(
@@ -228,7 +245,8 @@ class Store:
                 if holder is None:  # it ended between our insert and this read: try again
                     continue
                 check_transition(None, S.SKIPPED)
-                skipped = {k: v for k, v in doc.items() if k not in {"exclusive_key", "_id"}} | {
+                dropped = {"exclusive_key", "dedup_key", "_id"}
+                skipped = {k: v for k, v in doc.items() if k not in dropped} | {
                     "_id": ObjectId(),
                     "status": S.SKIPPED.value,
                     "skip_reason": "exclusive",
@@ -305,7 +323,7 @@ class Store:
                     "ended_at": now,
                     "updated_at": now,
                 },
-                "$unset": {"exclusive_key": ""},
+                "$unset": {"exclusive_key": "", "dedup_key": ""},
             },
         )
         return int(res.modified_count)
@@ -480,15 +498,13 @@ class Store:
         }
         if claimed.get("started_at") is None:
             update["$set"]["started_at"] = claimed["run_started_at"]
-        if status == S.PAUSED:
+        if status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries at scheduled_for
             update["$set"] |= {"worker_id": None, "run_id": None}
-        elif status == S.SKIPPED:  # claimed too late to run: it never started
-            update["$set"]["started_at"] = None
-            update["$set"]["ended_at"] = now
-            update["$unset"] = {"exclusive_key": ""}
         else:
+            if status == S.SKIPPED:  # claimed too late to run: it never started
+                update["$set"]["started_at"] = None
             update["$set"]["ended_at"] = now
-            update["$unset"] = {"exclusive_key": ""}
+            update["$unset"] = {"exclusive_key": "", "dedup_key": ""}
         result: Doc | None = await self.jobs.find_one_and_update(
             {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]},
             update,
@@ -515,7 +531,7 @@ class Store:
                     "worker_id": None,
                     "run_id": None,
                 },
-                "$unset": {"exclusive_key": ""},
+                "$unset": {"exclusive_key": "", "dedup_key": ""},
             },
             return_document=AFTER,
         )
@@ -577,16 +593,42 @@ class Store:
         )
         return [doc for doc in candidates if doc.get("worker_id") not in live]
 
-    async def recover(self, doc: Doc, resumable: bool, now: dt.datetime) -> Doc | None:
+    async def recover(
+        self, doc: Doc, status: JobStatus, error: str | None, now: dt.datetime, extra: Doc
+    ) -> Doc | None:
         """Exactly once per job across all sweepers: CAS on the dead run's id."""
-        if doc.get("kill_requested_at") is not None:
-            status, error = S.KILLED, "killed (its worker crashed)"
-        elif resumable:
-            status, error = S.PAUSED, None
-        else:
-            status, error = S.ERRORED, "worker crashed"
         output = dict(doc.get("output") or {}) | {"error": error} if error else doc.get("output")
-        return await self.end_run(doc, status, now, output)
+        return await self.end_run(doc, status, now, output, extra)
+
+    async def retry(self, job_id: ObjectId, now: dt.datetime, exclusive: bool) -> Doc | None:
+        """errored | killed -> pending now, attempts counted afresh, history kept. Restores the
+        exclusive / dedup keys: a DuplicateKeyError means another active job holds them.
+        Returns None when the job is not errored or killed."""
+        check_transition(S.ERRORED, S.PENDING)
+        check_transition(S.KILLED, S.PENDING)
+        current = await self.jobs.find_one({"_id": job_id}, {"key": 1, "name": 1})
+        if current is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        fields: Doc = {
+            "status": S.PENDING.value,
+            "scheduled_for": now,
+            "updated_at": now,
+            "ended_at": None,
+            "failures": 0,
+            "worker_id": None,
+            "run_id": None,
+            "kill_requested_at": None,
+        }
+        if exclusive:
+            fields["exclusive_key"] = current["name"]
+        if current.get("key") is not None:
+            fields["dedup_key"] = current["key"]
+        result = await self.jobs.find_one_and_update(
+            {"_id": job_id, "status": {"$in": [S.ERRORED.value, S.KILLED.value]}},
+            {"$set": fields},
+            return_document=AFTER,
+        )
+        return decode_opt(result)
 
     # ---- reads ------------------------------------------------------------------------------
 

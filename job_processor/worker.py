@@ -16,9 +16,10 @@ from pymongo.errors import PyMongoError
 from . import sentry
 from .clock import Clock, sleep_or_wake
 from .definitions import CronDef, JobDef
-from .errors import JobLostError
+from .errors import DoNotRetry, JobLostError, RetryLater
 from .log import EventLog
 from .models import Job, JobStatus
+from .retries import after_failure, history_entry, with_history
 from .signals import AbortSignal
 from .store import Doc, Store
 
@@ -148,6 +149,14 @@ class Worker:
         task.add_done_callback(done)
         return task
 
+    def wake_at(self, when: Any) -> None:
+        """Wake the claim loop when `when` comes (a retry, a job scheduled for later)."""
+        delay = (when - self.clock.now()).total_seconds()
+        if delay <= 0:
+            self.wake.set()
+        else:
+            asyncio.get_running_loop().call_later(delay, self.wake.set)
+
     def request_stop(self) -> None:
         self.stopping.set()
         self.wake.set()
@@ -201,10 +210,10 @@ class Worker:
             self.log.info("job_started", attempt=doc.get("attempt"), resumed=resumed, **fields)
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            status, output = await self._run_handler(run, job)
+            status, output, extra = await self._run_handler(run, job)
             output["duration_ms"] = int((loop.time() - t0) * 1000)
-            final = await asyncio.shield(self._finalize(run, status, output))
-            if final is not None and status != S.PAUSED:
+            final = await asyncio.shield(self._finalize(run, status, output, extra))
+            if final is not None and status not in (S.PAUSED, S.PENDING):
                 ok = "ok" if status == S.FINISHED else "error"
                 self._checkin(run, ok, check_in, output["duration_ms"] / 1000)
             return final
@@ -245,7 +254,7 @@ class Worker:
             return None
         return sentry.checkin(run.doc["name"], run.definition, status, check_in_id, duration)
 
-    async def _run_handler(self, run: Run, job: Job) -> tuple[JobStatus, Doc]:
+    async def _run_handler(self, run: Run, job: Job) -> tuple[JobStatus, Doc, Doc]:
         definition, signal = run.definition, run.signal
         handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
         aborted = asyncio.create_task(signal.wait())
@@ -274,23 +283,36 @@ class Worker:
         await self.clock.sleep(seconds)
         signal.abort("timeout")
 
-    def _outcome(self, run: Run, handler: asyncio.Task[Any]) -> tuple[JobStatus, Doc]:
+    def _outcome(self, run: Run, handler: asyncio.Task[Any]) -> tuple[JobStatus, Doc, Doc]:
+        """(status, output, extra fields). A failed attempt goes back to pending while attempts
+        remain (`retries.after_failure`), else errored."""
         reason = run.signal.reason
         exc = None if handler.cancelled() else handler.exception()
         completed = not handler.cancelled() and exc is None
         result = storable(handler.result()) if completed else None
+        now = self.clock.now()
+        backoff = run.definition.backoff
         if reason == "killed":
-            return S.KILLED, {"result": result, "error": "killed"}
+            return S.KILLED, {"result": result, "error": "killed"}, {}
         if reason == "timeout":
-            return S.ERRORED, {"result": result, "error": "max runtime exceeded"}
+            status, extra = after_failure(run.doc, backoff, now)
+            return status, {"result": result, "error": "max runtime exceeded"}, extra
         if completed:  # returned normally (even if asked to shut down meanwhile)
-            return S.FINISHED, {"result": result, "error": None}
+            return S.FINISHED, {"result": result, "error": None}, {}
         if reason == "shutdown":
             if run.definition.resumable:
-                return S.PAUSED, {"result": None, "error": None}
-            return S.ERRORED, {"result": None, "error": "interrupted"}
+                return S.PAUSED, {"result": None, "error": None}, {}
+            status, extra = after_failure(run.doc, backoff, now, retry_in=0)
+            return status, {"result": None, "error": "interrupted"}, extra
         assert exc is not None
-        return S.ERRORED, {"result": None, "error": describe_error(exc)}
+        status, extra = after_failure(
+            run.doc,
+            backoff,
+            now,
+            retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+            final=isinstance(exc, DoNotRetry),
+        )
+        return status, {"result": None, "error": describe_error(exc)}, extra
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         if run.lost or not await self.store.save_checkpoint(
@@ -302,13 +324,16 @@ class Worker:
                 f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker"
             )
 
-    async def _finalize(self, run: Run, status: JobStatus, output: Doc) -> Doc | None:
+    async def _finalize(self, run: Run, status: JobStatus, output: Doc, extra: Doc) -> Doc | None:
         fields = self._fields(run.doc)
         if run.lost:
             self.log.warning("job_lost", status=status.value, **fields)
             return None
+        now = self.clock.now()
+        entry = history_entry(run.doc, status, output.get("error"), now)
+        extra = extra | {"history": with_history(run.doc, entry)}
         try:
-            updated = await self.store.end_run(run.doc, status, self.clock.now(), output)
+            updated = await self.store.end_run(run.doc, status, now, output, extra)
         except PyMongoError:
             self.log.exception("job_status_write_failed", status=status.value, **fields)
             return None
@@ -321,11 +346,16 @@ class Worker:
             S.ERRORED: "job_errored",
             S.KILLED: "job_killed",
             S.PAUSED: "job_paused",
+            S.PENDING: "job_retry_scheduled",
         }[status]
+        if status == S.PENDING:
+            fields["retry_at"] = updated["scheduled_for"].isoformat()
+            fields["failures"] = updated.get("failures")
+            self.wake_at(updated["scheduled_for"])
         extra = {"error": output["error"].splitlines()[0]} if output.get("error") else {}
         log = self.log.warning if status == S.ERRORED else self.log.info
         log(event, duration_ms=output.get("duration_ms"), **extra, **fields)
-        if status != S.PAUSED:
+        if status not in (S.PAUSED, S.PENDING):
             await call_exit_hook(run.definition, updated, self.log)
         return updated
 

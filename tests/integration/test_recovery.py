@@ -106,7 +106,7 @@ async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) ->
     await store.unregister_worker(old_worker)
     running = await store.get_job(ObjectId(job.id))
     assert running is not None
-    recovered = await store.recover(running, True, rescuer.clock.now())
+    recovered = await store.recover(running, JobStatus.PAUSED, None, rescuer.clock.now(), {})
     assert recovered is not None
     assert recovered["status"] == "paused"
     # The zombie notices at its next heartbeat: aborts its run and registers afresh.

@@ -147,7 +147,9 @@ async def test_recovery_happens_once_per_job(store: Store) -> None:
     assert [o["_id"] for o in orphans] == [claimed["_id"]]
     assert await store.orphaned_jobs(["dead"], later(31)) == []  # its worker is alive
     assert await store.orphaned_jobs(["alive"], NOW) == []  # claimed too recently
-    results = await asyncio.gather(*(store.recover(orphans[0], False, later(31)) for _ in range(5)))
+    results = await asyncio.gather(
+        *(store.recover(orphans[0], S.ERRORED, "worker crashed", later(31), {}) for _ in range(5))
+    )
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     assert winners[0]["status"] == "errored"

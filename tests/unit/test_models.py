@@ -22,9 +22,10 @@ def test_every_status_is_active_or_terminal() -> None:
     assert not ACTIVE & TERMINAL
 
 
-def test_terminal_statuses_never_change() -> None:
-    for old, _new in TRANSITIONS:
-        assert old not in TERMINAL
+def test_terminal_statuses_change_only_by_explicit_retry() -> None:
+    leaving_terminal = {(old, new) for old, new in TRANSITIONS if old in TERMINAL}
+    assert leaving_terminal == {(S.ERRORED, S.PENDING), (S.KILLED, S.PENDING)}  # retry_job
+    assert not any(old in (S.FINISHED, S.SKIPPED) for old, _ in TRANSITIONS)
 
 
 def test_allowed_and_forbidden_transitions() -> None:
@@ -36,7 +37,7 @@ def test_allowed_and_forbidden_transitions() -> None:
         (S.PAUSED, S.FINISHED),
         (S.PENDING, S.FINISHED),
         (None, S.FINISHED),
-        (S.KILLED, S.PENDING),
+        (S.FINISHED, S.PENDING),
     ]:
         with pytest.raises(InvalidTransitionError):
             check_transition(old, new)
