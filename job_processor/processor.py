@@ -29,7 +29,7 @@ from .heartbeat import Heartbeat
 from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, WorkerInfo
 from .signals import KillWatcher, stop_on_signals
-from .store import Doc, Store, object_id
+from .store import Doc, Store, epoch_ms, object_id
 from .worker import Settings, Worker, call_exit_hook
 
 S = JobStatus
@@ -396,7 +396,7 @@ class JobProcessor:
         queue = {
             "pending": sum(j.get("pending", 0) for j in jobs.values()),
             "due": await self.store.count(
-                {"status": S.PENDING.value, "scheduled_for": {"$lte": now}}
+                {"status": S.PENDING.value, "due_ms": {"$lte": epoch_ms(now)}}
             ),
             "paused": sum(j.get("paused", 0) for j in jobs.values()),
             "running": len(running),

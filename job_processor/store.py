@@ -30,16 +30,16 @@ AFTER = ReturnDocument.AFTER
 S = JobStatus
 
 #: Claim query: equality on status and name, range on scheduled_for; sort below.
-CLAIM_SORT = [("priority", DESCENDING), ("scheduled_for", ASCENDING), ("_id", ASCENDING)]
+CLAIM_SORT = [("priority", DESCENDING), ("due_ms", ASCENDING), ("_id", ASCENDING)]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "jobs": [
-        # claim_next: {status: $in, name: $in, scheduled_for: $lte} sorted by CLAIM_SORT
+        # claim_next: {status: $in, name: $in, due_ms: $lte} sorted by CLAIM_SORT
         (
             [
                 ("status", ASCENDING),
                 ("name", ASCENDING),
                 ("priority", DESCENDING),
-                ("scheduled_for", ASCENDING),
+                ("due_ms", ASCENDING),
             ],
             {},
         ),
@@ -126,6 +126,12 @@ def _applied(current: Doc, claimed: Doc, status: JobStatus, now: dt.datetime) ->
     return status == S.PAUSED or current.get("run_id") == claimed["run_id"]
 
 
+def epoch_ms(value: dt.datetime) -> int:
+    """`due_ms`: scheduled_for as an integer, the field claims filter and sort on. Integers compare
+    the same on every server (nx-27017 stores a `$set` date as text, which breaks `$in` + range)."""
+    return int(as_utc(value).timestamp() * 1000)
+
+
 def decode_opt(doc: Doc | None) -> Doc | None:
     return None if doc is None else decode(doc)
 
@@ -192,6 +198,7 @@ class Store:
             "priority": priority,
             "tag": tag,
             "scheduled_for": scheduled_for or now,
+            "due_ms": epoch_ms(scheduled_for or now),
             "created_at": now,
             "updated_at": now,
             "started_at": None,
@@ -417,7 +424,7 @@ class Store:
             {
                 "status": {"$in": [s.value for s in CLAIMABLE]},
                 "name": {"$in": list(names)},
-                "scheduled_for": {"$lte": now},
+                "due_ms": {"$lte": epoch_ms(now)},
             },
             {
                 "$set": {
@@ -496,6 +503,8 @@ class Store:
         update: Doc = {
             "$set": {"status": status.value, "updated_at": now, "output": output, **(extra or {})},
         }
+        if extra and "scheduled_for" in extra:
+            update["$set"]["due_ms"] = epoch_ms(extra["scheduled_for"])
         if claimed.get("started_at") is None:
             update["$set"]["started_at"] = claimed["run_started_at"]
         if status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries at scheduled_for
@@ -612,6 +621,7 @@ class Store:
         fields: Doc = {
             "status": S.PENDING.value,
             "scheduled_for": now,
+            "due_ms": epoch_ms(now),
             "updated_at": now,
             "ended_at": None,
             "failures": 0,

@@ -206,8 +206,13 @@ class Worker:
             job = Job.model_validate(doc)
             job._checkpointer = lambda state: self._checkpoint(run, state)
             check_in = self._checkin(run, "in_progress")
-            resumed = doc.get("state") is not None or doc.get("started_at") is not None
-            self.log.info("job_started", attempt=doc.get("attempt"), resumed=resumed, **fields)
+            self.log.info(
+                "job_started",
+                attempt=doc.get("attempt"),
+                failures=doc.get("failures", 0),
+                from_checkpoint=doc.get("state") is not None,
+                **fields,
+            )
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             status, output, extra = await self._run_handler(run, job)

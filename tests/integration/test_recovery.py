@@ -15,15 +15,21 @@ from .helpers import make, wait_for, wait_status
 S = JobStatus
 
 
-async def plant_dead_worker_job(processor: Any, name: str, seconds_ago: float = 60) -> str:
+async def plant_dead_worker_job(
+    processor: Any,
+    name: str,
+    seconds_ago: float = 60,
+    worker_id: str = "dead-worker",
+    **fields: Any,
+) -> str:
     """What a SIGKILLed worker leaves behind: a stale worker document and its running job."""
     store = processor.store
     past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
     past = past.replace(microsecond=past.microsecond // 1000 * 1000)
     await store.register_worker(
-        {"_id": "dead-worker", "hostname": "gone", "pid": 1, "started_at": past, "last_seen": past}
+        {"_id": worker_id, "hostname": "gone", "pid": 1, "started_at": past, "last_seen": past}
     )
-    doc = store.mark_running(store.new_job(name, {}, now=past), "dead-worker", past)
+    doc = store.mark_running(store.new_job(name, {}, now=past, **fields), worker_id, past)
     await store.insert_job(doc)
     await store.save_checkpoint(doc["_id"], doc["run_id"], {"step": 2}, past)
     return str(doc["_id"])

@@ -1,0 +1,296 @@
+"""Retries, backoff, dedup keys and priorities, as a user sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from job_processor import (
+    AbortSignal,
+    Backoff,
+    DoNotRetry,
+    FakeClock,
+    Job,
+    JobDef,
+    JobProcessorError,
+    JobStatus,
+    RetryLater,
+    init_job_processor,
+)
+
+from .helpers import FAST, make, wait_for, wait_status
+from .test_recovery import plant_dead_worker_job
+
+S = JobStatus
+QUICK = Backoff(kind="fixed", base_seconds=0.1, jitter=False)
+
+
+class Flaky:
+    def __init__(self, failures: int, exc: BaseException | None = None) -> None:
+        self.left = failures
+        self.calls = 0
+        self.exc = exc
+
+    async def __call__(self, job: Job, signal: AbortSignal) -> str:
+        self.calls += 1
+        if self.left > 0:
+            self.left -= 1
+            raise self.exc or ConnectionError(f"provider down (call {self.calls})")
+        return "sent"
+
+
+async def test_backoff_schedule_with_an_injected_clock(db: Any) -> None:
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    t0 = clock.now()
+    flaky = Flaky(failures=10)
+    backoff = Backoff(kind="exponential", base_seconds=2, max_seconds=5, jitter=False)
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=flaky, max_attempts=4, backoff=backoff)},
+        clock=clock,
+        **FAST,
+    )
+    job = await processor.run_job("send")
+    assert job.status == S.PENDING
+    assert job.scheduled_for == t0 + dt.timedelta(seconds=2)
+    await processor.heartbeat.register()
+    assert await processor.worker.claim_once() is None  # not due yet
+    expected = [t0 + dt.timedelta(seconds=2 + 4), t0 + dt.timedelta(seconds=2 + 4 + 5)]
+    for when in [t0 + dt.timedelta(seconds=2), *expected]:
+        clock.set(when)
+        doc = await processor.worker.claim_once()
+        assert doc is not None
+        await asyncio.gather(*list(processor.worker._tasks))  # that run, to its final write
+    final = await processor.get_job(job.id)
+    assert final.status == S.ERRORED
+    assert final.failures == 4
+    assert flaky.calls == 4
+    assert [h["status"] for h in final.history] == ["pending", "pending", "pending", "errored"]
+    assert all("ConnectionError" in (h["error"] or "") for h in final.history)
+    # the recorded retry times are the backoff schedule: 2 s, then 4 s, then the 5 s cap
+    assert [h["ended_at"] for h in final.history[:3]] == [
+        t0,
+        t0 + dt.timedelta(seconds=2),
+        expected[0],
+    ]
+
+
+async def test_retried_until_success_calls_the_hook_once(db: Any) -> None:
+    exits: list[str] = []
+    flaky = Flaky(failures=2)
+    processor = await make(
+        db,
+        {
+            "send": JobDef(
+                handler=flaky,
+                max_attempts=5,
+                backoff=QUICK,
+                on_job_exited=lambda j: exits.append(j.status.value),
+            )
+        },
+    )
+    async with processor:
+        job = await processor.schedule_job("send")
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert done.result == "sent"
+    assert done.failures == 2
+    assert done.attempt == 3
+    assert [h["status"] for h in done.history] == ["pending", "pending", "finished"]
+    assert exits == ["finished"]
+
+
+async def test_exhausted_retries_error_once(db: Any) -> None:
+    exits: list[str] = []
+    processor = await make(
+        db,
+        {
+            "send": JobDef(
+                handler=Flaky(99),
+                max_attempts=3,
+                backoff=QUICK,
+                on_job_exited=lambda j: exits.append(j.id),
+            )
+        },
+    )
+    async with processor:
+        job = await processor.schedule_job("send")
+        done = await wait_status(processor, job.id, S.ERRORED)
+        await asyncio.sleep(0.3)
+    assert done.failures == 3
+    assert len(done.history) == 3
+    assert done.error is not None and "call 3" in done.error
+    assert exits == [job.id]
+
+
+async def test_per_job_max_attempts_overrides_the_definition(db: Any) -> None:
+    flaky = Flaky(99)
+    processor = await make(db, {"send": JobDef(handler=flaky, max_attempts=5, backoff=QUICK)})
+    async with processor:
+        job = await processor.schedule_job("send", max_attempts=2)
+        done = await wait_status(processor, job.id, S.ERRORED)
+    assert done.max_attempts == 2
+    assert flaky.calls == 2
+
+
+async def test_retry_later_and_do_not_retry(db: Any) -> None:
+    later = Flaky(1, RetryLater(0.3, "rate limited"))
+    never = Flaky(5, DoNotRetry("address rejected"))
+    processor = await make(
+        db,
+        {
+            "later": JobDef(handler=later, max_attempts=3, backoff=Backoff(base_seconds=60)),
+            "never": JobDef(handler=never, max_attempts=3, backoff=QUICK),
+        },
+    )
+    async with processor:
+        a = await processor.schedule_job("later")
+        b = await processor.schedule_job("never")
+        done = await wait_status(processor, a.id, S.FINISHED, timeout=5)  # not 60 s later
+        failed = await wait_status(processor, b.id, S.ERRORED)
+    assert done.failures == 1
+    assert failed.failures == 1
+    assert failed.error is not None and failed.error.startswith("DoNotRetry: address rejected")
+    assert never.calls == 1
+
+
+async def test_max_runtime_exceeded_is_a_failed_attempt(db: Any) -> None:
+    calls = 0
+
+    async def slow_once(job: Job, signal: AbortSignal) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(60)
+        return "second try"
+
+    processor = await make(
+        db,
+        {
+            "s": JobDef(
+                handler=slow_once, max_runtime_in_minutes=0.005, max_attempts=2, backoff=QUICK
+            )
+        },
+        shutdown_grace=0.2,
+    )
+    async with processor:
+        job = await processor.schedule_job("s")
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert done.history[0]["error"] == "max runtime exceeded"
+    assert done.result == "second try"
+
+
+async def test_retry_job_requeues_errored_and_keeps_history(db: Any) -> None:
+    flaky = Flaky(1)
+    processor = await make(db, {"send": JobDef(handler=flaky)})
+    async with processor:
+        job = await processor.schedule_job("send")
+        await wait_status(processor, job.id, S.ERRORED)
+        again = await processor.retry_job(job.id)
+        assert again.status == S.PENDING
+        done = await wait_status(processor, job.id, S.FINISHED)
+        with pytest.raises(JobProcessorError, match="only errored or killed"):
+            await processor.retry_job(job.id)
+    assert [h["status"] for h in done.history] == ["errored", "finished"]
+
+
+async def test_crash_during_a_retried_job_counts_as_an_attempt(db: Any) -> None:
+    ran: list[int] = []
+
+    async def send(job: Job, signal: AbortSignal) -> str:
+        ran.append(job.failures)
+        return "ok"
+
+    jobs = {"send": JobDef(handler=send, max_attempts=3, backoff=QUICK)}
+    processor = await make(db, jobs)
+    retried = await plant_dead_worker_job(processor, "send", max_attempts=3)
+    last = await plant_dead_worker_job(processor, "send", worker_id="dead-2", max_attempts=3)
+    await processor.store.jobs.update_one({"_id": ObjectId(last)}, {"$set": {"failures": 2}})
+    async with processor:
+        done = await wait_status(processor, retried, S.FINISHED)
+        crashed = await wait_status(processor, last, S.ERRORED)
+    assert done.failures == 1
+    assert done.history[0]["error"] == "worker crashed"
+    assert crashed.error == "worker crashed"
+    assert crashed.failures == 3
+    assert ran == [1]
+
+
+async def test_dedup_key_returns_the_active_job_then_frees(db: Any) -> None:
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    processor = await make(db, {"send": JobDef(handler=hold)})
+    first = await processor.schedule_job("send", {"n": 1}, key="order-42")
+    same = await asyncio.gather(
+        *(processor.schedule_job("send", {"n": 2}, key="order-42") for _ in range(5))
+    )
+    assert {j.id for j in same} == {first.id}
+    other = await processor.schedule_job("send", key="order-43")
+    assert other.id != first.id
+    async with processor:
+        await wait_status(processor, first.id, S.RUNNING)
+        assert (await processor.schedule_job("send", key="order-42")).id == first.id
+        release.set()
+        await wait_status(processor, first.id, S.FINISHED)
+        fresh = await processor.schedule_job("send", key="order-42")
+    assert fresh.id != first.id
+    assert fresh.key == "order-42"
+
+
+async def test_dedup_race_from_several_processes(db: Any, mongo_url: str) -> None:
+    from ..e2e.test_processes import url_with_db
+
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from pymongo import AsyncMongoClient
+        from job_processor import JobDef, init_job_processor
+
+        async def noop(job, signal): return None
+
+        async def main():
+            client = AsyncMongoClient(sys.argv[1], tz_aware=True)
+            p = await init_job_processor(client.get_default_database(), logger=None,
+                                         jobs={"send": JobDef(handler=noop)})
+            ids = await asyncio.gather(*(p.schedule_job("send", key="k") for _ in range(10)))
+            print(",".join(sorted({j.id for j in ids})))
+            await client.close()
+
+        asyncio.run(main())
+        """
+    )
+    url = url_with_db(mongo_url, db.name)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        for _ in range(4)
+    ]
+    outputs = {p.communicate(timeout=60)[0].decode().strip().splitlines()[-1] for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(outputs) == 1  # every process got the same single job
+    processor = await make(db, {"send": JobDef(handler=Flaky(0))})
+    assert len(await processor.list_jobs("send")) == 1
+
+
+async def test_priority_then_time_then_insertion(db: Any) -> None:
+    order: list[str] = []
+
+    async def record(job: Job, signal: AbortSignal) -> None:
+        order.append(job.payload["n"])
+
+    processor = await make(db, {"r": JobDef(handler=record)})
+    for n, prio in [("low-1", 0), ("low-2", 0), ("high", 10), ("mid", 5), ("low-3", 0)]:
+        await processor.schedule_job("r", {"n": n}, priority=prio)
+    async with processor:
+        await wait_for(lambda: len(order) == 5)
+    assert order == ["high", "mid", "low-1", "low-2", "low-3"]
