@@ -30,6 +30,7 @@ from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, WorkerInfo
 from .signals import KillWatcher, stop_on_signals
 from .store import Doc, Store, epoch_ms, object_id
+from .wakeup import ChangeStreamWaker
 from .worker import Settings, Worker, call_exit_hook
 
 S = JobStatus
@@ -64,6 +65,10 @@ class JobProcessor:
         )
         self.kill_watcher = KillWatcher(self.worker, store, clock, settings.poll_interval)
         self.scheduler = CronScheduler(store, crons, clock, log, self._on_cron_task)
+        self.waker = ChangeStreamWaker(
+            store, self.worker, clock, log, settings.change_stream_max_await
+        )
+        self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True  # type: ignore[method-assign]
         self._users = 0
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
@@ -121,6 +126,7 @@ class JobProcessor:
             return
         self.worker.stopping.clear()
         self.scheduler.stop_event.clear()
+        self.waker.stop_event.clear()
         await self._acquire_runtime()
         # recover what dead workers left behind before taking new work
         await self.heartbeat.sweep(self.clock.now())
@@ -132,6 +138,8 @@ class JobProcessor:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.worker.claim_loop(), name="claim-loop")
                 tg.create_task(self.scheduler.loop(), name="cron-scheduler")
+                if self.settings.change_streams and self.worker.names:
+                    tg.create_task(self.waker.loop(), name="change-stream")
         except Exception:
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             self.failed.set()
@@ -146,6 +154,7 @@ class JobProcessor:
         self.log.info("worker_stopping", worker_id=self.worker_id)
         self.worker.request_stop()
         self.scheduler.stop_event.set()
+        self.waker.stop_event.set()
         assert self._worker_loops is not None
         with contextlib.suppress(Exception):
             await self._worker_loops
@@ -458,6 +467,9 @@ async def init_job_processor(
     heartbeat_interval: float = 5.0,
     worker_timeout: float = 30.0,
     shutdown_grace: float = 10.0,
+    change_streams: bool = True,
+    change_stream_max_await: float = 10.0,
+    idle_poll_interval: float = 15.0,
     collection_prefix: str = "job_processor_",
     clock: Clock | None = None,
     instance_id: str | None = None,
@@ -493,6 +505,11 @@ async def init_job_processor(
         heartbeat_interval=_check_positive("heartbeat_interval", heartbeat_interval),
         worker_timeout=_check_positive("worker_timeout", worker_timeout),
         shutdown_grace=_check_positive("shutdown_grace", shutdown_grace),
+        change_streams=bool(change_streams),
+        change_stream_max_await=_check_positive("change_stream_max_await", change_stream_max_await),
+        idle_poll_interval=max(
+            _check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
+        ),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:
         raise InvalidDefinitionError(

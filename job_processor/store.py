@@ -640,6 +640,23 @@ class Store:
         )
         return decode_opt(result)
 
+    # ---- change streams (the one driver difference: motor's watch() is not awaited) --------
+
+    async def watch_jobs(self, max_await_ms: int) -> Any:
+        stream = self.jobs.watch(
+            [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}],
+            max_await_time_ms=max_await_ms,
+        )
+        if inspect.isawaitable(stream):
+            stream = await stream
+        return stream
+
+    @staticmethod
+    async def close_stream(stream: Any) -> None:
+        result = stream.close()
+        if inspect.isawaitable(result):
+            await result
+
     # ---- reads ------------------------------------------------------------------------------
 
     async def get_job(self, job_id: ObjectId) -> Doc | None:

@@ -33,6 +33,9 @@ class Settings:
     heartbeat_interval: float = 5.0
     worker_timeout: float = 30.0
     shutdown_grace: float = 10.0
+    change_streams: bool = True
+    change_stream_max_await: float = 10.0
+    idle_poll_interval: float = 15.0
 
 
 @dataclass
@@ -111,6 +114,18 @@ class Worker:
 
     # ---- claim loop --------------------------------------------------------------------
 
+    def idle_wait(self) -> float:
+        """Seconds an idle worker waits before polling again: `poll_interval`, stretched to
+        `idle_poll_interval` while a blocking change stream will wake it."""
+        return (
+            self.settings.idle_poll_interval
+            if self.stream_blocking()
+            else self.settings.poll_interval
+        )
+
+    def stream_blocking(self) -> bool:
+        return False
+
     async def claim_loop(self) -> None:
         self.log.info("worker_started", worker_id=self.worker_id, jobs=self.names)
         while not self.stopping.is_set():
@@ -125,7 +140,7 @@ class Worker:
                 self.log.warning("claim_failed", worker_id=self.worker_id, error=str(exc))
                 doc = None
             if doc is None:
-                await sleep_or_wake(self.clock, self.wake, self.settings.poll_interval)
+                await sleep_or_wake(self.clock, self.wake, self.idle_wait())
 
     async def claim_once(self) -> Doc | None:
         if not self.names or not self.worker_id:

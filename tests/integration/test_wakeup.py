@@ -1,0 +1,97 @@
+"""Wake-up paths: change streams (when the server has them), polling (always), no spinning."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+
+from ..conftest import REAL_SERVER
+from .helpers import FAST, make, wait_for, wait_status
+
+
+async def noop(job: Job, signal: AbortSignal) -> str:
+    return "ok"
+
+
+JOBS = {"n": JobDef(handler=noop)}
+
+
+async def test_change_stream_wakes_a_worker_for_another_processs_job(db: Any) -> None:
+    worker = await make(
+        db, JOBS, poll_interval=30, idle_poll_interval=30, change_stream_max_await=0.3
+    )
+    producer = await make(db, JOBS)  # shares only the database: no in-process wake-up
+    async with worker:
+        await wait_for(lambda: worker.waker.active, timeout=5)
+        await asyncio.sleep(0.5)  # the worker is idle now, its next poll is 30 s away
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        job = await producer.schedule_job("n")
+        await wait_status(worker, job.id, "finished", timeout=5)  # type: ignore[arg-type]
+        assert loop.time() - t0 < 3
+        # nx-27017 answers getMore at once; a real replica set blocks
+        assert worker.waker.blocking is REAL_SERVER
+
+
+async def test_polling_alone_picks_up_work(db: Any) -> None:
+    worker = await make(db, JOBS, change_streams=False, poll_interval=0.3)
+    producer = await make(db, JOBS)
+    async with worker:
+        assert not worker.waker.active
+        job = await producer.schedule_job("n")
+        await wait_status(worker, job.id, "finished", timeout=5)  # type: ignore[arg-type]
+
+
+class Counter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_an_idle_worker_does_not_spin_on_a_non_blocking_stream(
+    mongo_url: str, db: Any
+) -> None:
+    counter = Counter()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[counter]
+    )
+    try:
+        worker = await init_job_processor(
+            client[db.name],
+            jobs=JOBS,
+            **(FAST | {"poll_interval": 1.0, "change_stream_max_await": 1.0}),
+        )
+        async with worker:
+            await asyncio.sleep(0.5)
+            counter.names.clear()
+            await asyncio.sleep(3)
+            idle = list(counter.names)
+    finally:
+        await client.close()
+    assert idle.count("getMore") <= 4  # about one per second at most, never thousands
+    assert idle.count("findAndModify") <= 5  # about one claim per poll_interval
+    assert len(idle) < 30
+
+
+async def test_without_watch_support_polling_carries_on() -> None:
+    from mongomock_motor import AsyncMongoMockClient
+
+    db = AsyncMongoMockClient(tz_aware=True)["wake"]
+    worker = await init_job_processor(db, jobs=JOBS, **FAST)
+    async with worker:
+        job = await worker.schedule_job("n")
+        await wait_status(worker, job.id, "finished", timeout=5)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert not worker.waker.active
