@@ -76,13 +76,11 @@ class ChangeStreamWaker:
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
 
     async def _follow(self) -> None:
-        loop = asyncio.get_running_loop()
         stream = await self.store.watch_jobs(int(self.max_await * 1000))
         try:
             self.active = True
             while not self.stop_event.is_set():
-                started = loop.time()
-                change = await self._next_or_stop(stream)
+                change, waited = await self._next_or_stop(stream)
                 if self.stop_event.is_set():
                     return
                 if change is not None:
@@ -93,7 +91,7 @@ class ChangeStreamWaker:
                         else:
                             self.worker.wake_at(when)
                     continue
-                if loop.time() - started < self.max_await / 2:
+                if waited < self.max_await / 2:
                     if self.blocking is not False:
                         self.log.info("change_stream_not_blocking", throttle_seconds=self.max_await)
                     self.blocking = False
@@ -104,8 +102,22 @@ class ChangeStreamWaker:
             self.active = False
             await self.store.close_stream(stream)
 
-    async def _next_or_stop(self, stream: Any) -> Any:
-        """One getMore, abandoned at once on stop (on a real server it may wait max_await)."""
+    async def _next_or_stop(self, stream: Any) -> tuple[Any, float]:
+        """One getMore, abandoned at once on stop (on a real server it may wait max_await).
+        Read only while the worker is idle: a busy worker claims again anyway, so its events wait
+        in the cursor and come back batched (no getMore per job)."""
+        if not self.worker.idle.is_set():
+            idle = asyncio.ensure_future(self.worker.idle.wait())
+            stop = asyncio.ensure_future(self.stop_event.wait())
+            try:
+                await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                idle.cancel()
+                stop.cancel()
+            if self.stop_event.is_set():
+                return None, 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         nxt = asyncio.ensure_future(stream.try_next())
         stop = asyncio.ensure_future(self.stop_event.wait())
         try:
@@ -116,5 +128,5 @@ class ChangeStreamWaker:
             nxt.cancel()
             with contextlib.suppress(asyncio.CancelledError, PyMongoError):
                 await nxt
-            return None
-        return nxt.result()
+            return None, 0.0
+        return nxt.result(), loop.time() - started

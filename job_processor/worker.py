@@ -106,6 +106,8 @@ class Worker:
         self.worker_id = ""
         self.runs: dict[str, Run] = {}
         self.wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        """Set while the last claim found nothing: only then is a wake-up source worth reading."""
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[Doc | None]] = set()
@@ -140,7 +142,10 @@ class Worker:
                 self.log.warning("claim_failed", worker_id=self.worker_id, error=str(exc))
                 doc = None
             if doc is None:
+                self.idle.set()
                 await sleep_or_wake(self.clock, self.wake, self.idle_wait())
+            else:
+                self.idle.clear()
 
     async def claim_once(self) -> Doc | None:
         if not self.names or not self.worker_id:

@@ -1,0 +1,40 @@
+"""The benchmark script runs and prints every figure (the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench.py",
+            "--jobs",
+            "20",
+            "--idle-seconds",
+            "1",
+            "--pickups",
+            "3",
+        ],
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": mongo_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for figure in (
+        "throughput:",
+        "worker commands per job:",
+        "worker CPU per job:",
+        "idle worker:",
+        "pickup latency (job from another process",
+        "pickup latency (in-process wake-up)",
+    ):
+        assert figure in out, out
