@@ -38,8 +38,11 @@ def wakes_worker(change: dict[str, Any]) -> tuple[bool, dt.datetime | None]:
         described = change.get("updateDescription")
         if not described:
             return True, None  # not described (nx-27017): wake conservatively
-        status = (described.get("updatedFields") or {}).get("status")
-        return status in WAKING_STATUSES, None
+        fields = described.get("updatedFields") or {}
+        when = fields.get("scheduled_for")  # a retry: wake at its time
+        return fields.get("status") in WAKING_STATUSES, (
+            as_utc(when) if isinstance(when, dt.datetime) else None
+        )
     return False, None
 
 

@@ -29,7 +29,8 @@ def test_updates_wake_only_when_a_job_becomes_claimable() -> None:
     def upd(fields: dict[str, object]) -> dict[str, object]:
         return {"operationType": "update", "updateDescription": {"updatedFields": fields}}
 
-    assert wakes_worker(upd({"status": "pending"}))[0] is True  # a retry, retry_job
+    assert wakes_worker(upd({"status": "pending"}))[0] is True  # retry_job
+    assert wakes_worker(upd({"status": "pending", "scheduled_for": WHEN})) == (True, WHEN)
     assert wakes_worker(upd({"status": "paused"}))[0] is True  # a recovered resumable job
     assert wakes_worker(upd({"status": "finished"}))[0] is False
     assert wakes_worker(upd({"state": {"i": 1}}))[0] is False  # a checkpoint
