@@ -215,3 +215,41 @@ async def test_sentry_check_ins(db: Any) -> None:
         "max_runtime": 60,
     }
     assert end["duration"] >= 0
+
+
+async def test_resumable_cron_task_pauses_resumes_and_exits_once(db: Any) -> None:
+    exits: list[str] = []
+    seen: list[Any] = []
+
+    async def export(job: Job, signal: AbortSignal) -> int:
+        seen.append(job.state)
+        done = (job.state or {}).get("rows", 0)
+        while done < 8:
+            signal.raise_if_aborted()
+            await asyncio.sleep(0.1)
+            done += 1
+            await job.checkpoint({"rows": done})
+        return done
+
+    crons = {
+        "export": {
+            "cron_string": "0 2 * * *",
+            "handler": export,
+            "resumable": True,
+            "on_job_exited": lambda j: exits.append(j.status.value),
+        }
+    }
+    first = await make(db, crons)
+    await first.start()
+    task = await first.trigger_cron("export")
+    await asyncio.sleep(0.4)
+    await first.stop()
+    paused = await first.get_job(task.id)
+    assert paused.status == "paused"
+    assert exits == []
+    second = await make(db, crons)
+    async with second:
+        done = await wait_status(second, task.id, "finished")  # type: ignore[arg-type]
+    assert seen[1] == paused.state
+    assert done.result == 8
+    assert exits == ["finished"]
