@@ -68,7 +68,7 @@ class JobProcessor:
         self.waker = ChangeStreamWaker(
             store, self.worker, clock, log, settings.change_stream_max_await
         )
-        self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True  # type: ignore[method-assign]
+        self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
         self._users = 0
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None

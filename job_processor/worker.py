@@ -111,6 +111,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[Doc | None]] = set()
+        self.stream_blocking: Callable[[], bool] = lambda: False
+        """Set by the processor: is a blocking change stream watching for this worker?"""
         self._claimed = 0
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
 
@@ -124,9 +126,6 @@ class Worker:
             if self.stream_blocking()
             else self.settings.poll_interval
         )
-
-    def stream_blocking(self) -> bool:
-        return False
 
     async def claim_loop(self) -> None:
         self.log.info("worker_started", worker_id=self.worker_id, jobs=self.names)
