@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from .definitions import JobDef
+from .definitions import Backoff, JobDef
 from .local_server import LocalServerError, local_server
 from .models import Job, JobStatus
 from .processor import JobProcessor, init_job_processor
@@ -43,6 +43,16 @@ async def flaky_report(job: Job, signal: AbortSignal) -> None:
     raise ConnectionError("report provider answered 503")
 
 
+async def webhook(job: Job, signal: AbortSignal) -> str:
+    if job.failures < 2:  # the third-party endpoint is flaky: the first two attempts fail
+        raise TimeoutError("webhook endpoint timed out")
+    return "delivered"
+
+
+async def tick(job: Job, signal: AbortSignal) -> str:
+    return job.scheduled_for.strftime("%H:%M:%S")
+
+
 async def long_import(job: Job, signal: AbortSignal) -> None:
     await signal.wait()  # a well-behaved handler returns soon after the signal
     signal.raise_if_aborted()
@@ -69,6 +79,12 @@ JOBS = {
     "send-email": JobDef(handler=send_email, on_job_exited=on_exit),
     "flaky-report": JobDef(handler=flaky_report, on_job_exited=on_exit),
     "long-import": JobDef(handler=long_import, on_job_exited=on_exit),
+    "webhook": JobDef(
+        handler=webhook,
+        on_job_exited=on_exit,
+        max_attempts=3,
+        backoff=Backoff(kind="fixed", base_seconds=0.3, jitter=False),
+    ),
     "reindex": JobDef(handler=reindex, resumable=True, on_job_exited=on_exit),
 }
 
@@ -77,6 +93,7 @@ async def _processor(db: Any) -> JobProcessor:
     return await init_job_processor(
         db,
         jobs=JOBS,
+        crons={"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.5}},
         concurrency=4,
         poll_interval=0.5,
         heartbeat_interval=1,
@@ -136,9 +153,17 @@ async def _demo(db: Any) -> None:
     for job in (email, report, imp, idx):
         say(f"    scheduled {job.name:<14} id={job.id}")
 
-    say("\n2. send-email finishes, flaky-report fails (the error is kept on the job):")
+    hook = await processor.schedule_job("webhook", {"url": "https://example.com/hook"})
+    say(f"    scheduled {hook.name:<14} id={hook.id} (3 attempts, fixed backoff)")
+
+    say("\n2. send-email finishes, flaky-report fails (the error is kept on the job),")
+    say("   webhook fails twice and succeeds on its third attempt:")
     show(await _wait(processor, email.id, JobStatus.FINISHED))
     show(await _wait(processor, report.id, JobStatus.ERRORED))
+    delivered = await _wait(processor, hook.id, JobStatus.FINISHED)
+    show(delivered)
+    for h in delivered.history:
+        say(f"      attempt {h['attempt']}: {h['status']:<8} {h['error'] or ''}")
 
     say("\n3. long-import is killed while running (kill_job works from any process):")
     await _wait(processor, imp.id, JobStatus.RUNNING)
@@ -157,13 +182,26 @@ async def _demo(db: Any) -> None:
 
     say("\n5. A new worker process starts and resumes reindex from its checkpoint:")
     processor2 = await _processor(db)
-    async with processor2:
-        done = await _wait(processor2, idx.id, JobStatus.FINISHED)
+    await processor2.start()
+    done = await _wait(processor2, idx.id, JobStatus.FINISHED)
     show(done)
     same = "same" if done.started_at == paused.started_at else "different"
     say(f"    started_at kept across the restart: {same} ({done.started_at:%H:%M:%S.%f})")
 
-    say("\n6. on_job_exited ran once per terminal exit (never for the pause):")
+    say("\n6. on_job_exited ran once per terminal exit (never for the pause or a retry):")
     say("    " + ", ".join(sorted(exits)))
+
+    say("\n7. Meanwhile the every-second cron 'tick' ran on both workers (3 s more now):")
+    await asyncio.sleep(3)
+    ticks = [j for j in await processor2.list_jobs("tick", limit=100) if j.trigger == "schedule"]
+    slots = sorted(j.scheduled_for for j in ticks)
+    finished = sum(j.status == JobStatus.FINISHED for j in ticks)
+    say(
+        f"    {len(slots)} slots, {len(set(slots))} distinct (one task per slot), "
+        f"{finished} finished"
+    )
+    await processor2.stop()
     status = await processor2.get_status()
-    say(f"\nStatus: {status.jobs}")
+    say("\nStatus (jobs by name and status):")
+    for name, counts in status.jobs.items():
+        say(f"    {name:<14} {counts}")
