@@ -8,7 +8,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
 
 from .helpers import make, wait_for, wait_status
 
@@ -126,3 +126,20 @@ async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) ->
     assert done.result == "run 2"
     assert done.attempt == 2
     assert done.worker_id == zombie.worker_id
+
+
+async def test_a_worker_silent_too_long_abandons_its_runs_and_registers_afresh(db: Any) -> None:
+    from job_processor import FakeClock
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=lambda job, signal: None)}, clock=clock, worker_timeout=30
+    )
+    first = await processor.heartbeat.register()
+    await processor.heartbeat.tick()
+    assert processor.worker_id == first
+    clock.advance(31)  # e.g. the event loop was blocked, or MongoDB unreachable, for 31 s
+    await processor.heartbeat.tick()
+    assert processor.worker_id != first
+    ids = [w.id for w in (await processor.get_status()).workers]
+    assert ids == [processor.worker_id]
