@@ -29,6 +29,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor import documents as D
 from job_processor.local_server import local_server
 
 
@@ -48,6 +49,10 @@ class Counter(monitoring.CommandListener):
     def take(self) -> collections.Counter[str]:
         out, self.counts = self.counts, collections.Counter()
         return out
+
+
+async def finished(worker: Any) -> int:
+    return int(await worker.storage.jobs.coll.count_documents({"status": "finished"}))
 
 
 async def noop(job: Job, signal: AbortSignal) -> None:
@@ -102,13 +107,13 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
             db, logger=quiet, jobs=JOBS, concurrency=concurrency, **SETTINGS
         )
         for _ in range(jobs):
-            await worker.store.insert_job(worker.store.new_job("noop", {}, now=worker.clock.now()))
+            await worker.storage.jobs.insert(D.new_job("noop", {}, now=worker.clock.now()))
 
         # 1. throughput and commands per job (steady state: a full queue)
         counter.take()
         cpu0, t0 = time.process_time(), time.perf_counter()
         await worker.start()
-        while await worker.store.count({"status": "finished"}) < jobs:
+        while await finished(worker) < jobs:
             await asyncio.sleep(0.05)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         counts = counter.take()
@@ -160,7 +165,7 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
         )
         await proc.wait()
         deadline = time.monotonic() + 30
-        while await worker.store.count({"status": "finished"}) < jobs + pickups:
+        while await finished(worker) < jobs + pickups:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)

@@ -1,9 +1,12 @@
 """job-processor: background jobs and cron schedules stored in MongoDB."""
 
+from .abort import AbortSignal
 from .clock import Clock, FakeClock, SystemClock
 from .definitions import Backoff, CronDef, JobDef
 from .errors import (
+    DatabaseUnreachableError,
     DoNotRetry,
+    InvalidArgumentError,
     InvalidDatabaseError,
     InvalidDefinitionError,
     InvalidPayloadError,
@@ -16,15 +19,16 @@ from .errors import (
 )
 from .models import Job, JobOutput, JobStatus, ProcessorStatus, WorkerInfo
 from .processor import JobProcessor, init_job_processor
-from .signals import AbortSignal
 
 __all__ = [
     "AbortSignal",
     "Backoff",
     "Clock",
     "CronDef",
+    "DatabaseUnreachableError",
     "DoNotRetry",
     "FakeClock",
+    "InvalidArgumentError",
     "InvalidDatabaseError",
     "InvalidDefinitionError",
     "InvalidPayloadError",

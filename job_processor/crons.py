@@ -27,9 +27,12 @@ from typing import Any
 from croniter import croniter
 from pymongo.errors import PyMongoError
 
+from . import documents as D
+from . import sentry
 from .clock import Clock, sleep_or_wake
 from .definitions import CronDef
 from .log import EventLog
+from .storage import Storage
 
 UTC = dt.UTC
 MS = dt.timedelta(milliseconds=1)
@@ -135,14 +138,14 @@ class CronScheduler:
 
     def __init__(
         self,
-        store: Any,
+        storage: Storage,
         crons: Mapping[str, CronDef],
         clock: Clock,
         log: EventLog,
         on_task_created: Callable[[dict[str, Any]], None],
         refresh_interval: float = 30.0,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.crons = crons
         self.clock = clock
         self.log = log
@@ -168,9 +171,10 @@ class CronScheduler:
         now = self.clock.now()
         due = [d for d in self._docs.values() if d["next_slot"] <= now]
         if due or self._refresh_at is None or now >= self._refresh_at:
-            self._docs = {d["_id"]: d for d in await self.store.cron_docs(list(self.crons))}
+            docs = await self.storage.crons.docs(list(self.crons))
+            self._docs = {d["_id"]: d for d in docs}
             self._refresh_at = now + dt.timedelta(seconds=self.refresh_interval)
-            await self.store.expire_missed_cron_tasks(now)
+            await self.storage.jobs.expire_missed_cron_tasks(now)
         for doc in list(self._docs.values()):
             if doc["next_slot"] <= now and doc["_id"] in self.crons:
                 await self.fire(doc, now)
@@ -178,29 +182,37 @@ class CronScheduler:
         wait: float = (min(upcoming) - self.clock.now()).total_seconds()
         return max(0.0, wait)
 
+    def task_doc(self, name: str, slot: dt.datetime, now: dt.datetime) -> dict[str, Any]:
+        cron = self.crons[name]
+        return D.cron_task(
+            name,
+            slot=slot,
+            now=now,
+            margin=margin_of(cron),
+            tag=cron.tag,
+            exclusive=cron.concurrency == "exclusive",
+            max_attempts=cron.attempts,
+            resumable=cron.resumable,
+        )
+
     async def fire(self, doc: dict[str, Any], now: dt.datetime) -> None:
         name = doc["_id"]
         cron = self.crons[name]
         plan = plan_slots(schedule_of(cron), doc["next_slot"], now, margin_of(cron))
         for slot in plan.missed:
-            if await self.store.insert_missed_slot(name, cron, slot, now):
+            missed = D.as_missed(self.task_doc(name, slot, now), now)
+            if await self.storage.jobs.insert(missed) is not None:
                 self.log.warning(
                     "cron_slot_missed", job_name=name, slot=slot.isoformat(), now=now.isoformat()
                 )
         if plan.more_missed:
             self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
         for slot in plan.run:
-            task = await self.store.insert_cron_task(name, cron, slot, now)
+            task = await self.storage.jobs.insert(self.task_doc(name, slot, now))
             if task is None:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":
-                self.log.info(
-                    "cron_slot_skipped",
-                    job_name=name,
-                    job_id=str(task["_id"]),
-                    slot=slot.isoformat(),
-                    conflicting_job_id=str(task["conflicting_job_id"]),
-                )
+                await self._skipped(name, cron, task, slot)
             else:
                 self.log.info(
                     "cron_task_created",
@@ -210,5 +222,25 @@ class CronScheduler:
                 )
             self.on_task_created(task)
         assert plan.next_slot is not None
-        await self.store.advance_cron(name, doc["next_slot"], plan.next_slot, now)
+        await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
+
+    async def _skipped(
+        self, name: str, cron: CronDef, task: dict[str, Any], slot: dt.datetime
+    ) -> None:
+        """An exclusive slot skipped because the previous task is still active. That is fine
+        while the previous task is running; when it is pending or paused (stuck, or on a tag no
+        live worker serves) nothing runs at all, and monitoring must say so."""
+        holder = await self.storage.jobs.get(task["conflicting_job_id"])
+        holder_status = holder["status"] if holder else None
+        running = holder_status == "running"
+        log = self.log.info if running else self.log.warning
+        log(
+            "cron_slot_skipped",
+            job_name=name,
+            job_id=str(task["_id"]),
+            slot=slot.isoformat(),
+            conflicting_job_id=str(task["conflicting_job_id"]),
+            conflicting_status=holder_status,
+        )
+        sentry.checkin(name, cron, "ok" if running else "error")

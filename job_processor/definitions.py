@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -12,11 +13,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InvalidDefinitionError
 
 Concurrency = Literal["concurrent", "exclusive"]
+#: max_attempts of a resumable job when not given: a crash counts as an attempt.
+RESUMABLE_DEFAULT_ATTEMPTS = 3
 
 
-def _check_callable(value: Any, field: str) -> Any:
-    if value is not None and not callable(value):
+def _check_callable(value: Any, field: str, params: str) -> Any:
+    """A function that can be called with the parameters named in `params` ("job, signal")."""
+    if value is None:
+        return value
+    if not callable(value):
         raise ValueError(f"{field} must be a function (async def or plain def), got {value!r}")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return value
+    args = [object()] * len(params.split(","))
+    try:
+        signature.bind(*args)
+    except TypeError:
+        raise ValueError(
+            f"{field} must accept ({params}); "
+            f"{getattr(value, '__name__', value)!r} takes {signature}"
+        ) from None
     return value
 
 
@@ -36,32 +54,54 @@ class JobDef(BaseModel):
     """How one kind of job runs.
 
     handler(job, signal): async def, or a plain function (run in a thread).
-    on_job_exited(job): called once per terminal exit (finished, errored, killed, crash recovered).
+    on_job_exited(job): called for each terminal exit (finished, errored, killed), at least once
+    (recorded in the job; see docs/guide.md), bounded by `on_job_exited_timeout` seconds.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
+    on_job_exited_timeout: float = Field(default=60, gt=0)
+    """Seconds the hook may take; past that it is recorded as failed ("timed out")."""
     resumable: bool = False
     tag: str | None = None
     concurrency: Concurrency = "concurrent"
     max_runtime_in_minutes: float | None = Field(default=None, gt=0)
-    max_attempts: int = Field(default=1, ge=1)
-    """Runs allowed before the job is errored for good (1 = no retry)."""
+    max_attempts: int | None = Field(default=None, ge=1)
+    """Failed attempts allowed before the job is errored for good (1 = no retry). A crash of the
+    worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
+    from its checkpoint after up to two crashes)."""
     backoff: Backoff = Backoff()
+    payload_model: type[BaseModel] | None = None
+    """A pydantic model for the payload: schedule_job validates against it (the error names the
+    job and the field) and the handler receives `job.payload` as an instance of it."""
 
     @field_validator("handler")
     @classmethod
     def _handler(cls, v: Any) -> Any:
         if v is None:
             raise ValueError("handler is required: give the function that runs the job")
-        return _check_callable(v, "handler")
+        return _check_callable(v, "handler", "job, signal")
 
     @field_validator("on_job_exited")
     @classmethod
     def _hook(cls, v: Any) -> Any:
-        return _check_callable(v, "on_job_exited")
+        return _check_callable(v, "on_job_exited", "job")
+
+    @field_validator("payload_model")
+    @classmethod
+    def _payload_model(cls, v: Any) -> Any:
+        if v is not None and not (isinstance(v, type) and issubclass(v, BaseModel)):
+            raise ValueError(f"payload_model must be a pydantic BaseModel class, got {v!r}")
+        return v
+
+    @property
+    def attempts(self) -> int:
+        """max_attempts with its default resolved."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return RESUMABLE_DEFAULT_ATTEMPTS if self.resumable else 1
 
     @field_validator("tag")
     @classmethod
@@ -103,13 +143,17 @@ class CronDef(JobDef):
         return v
 
 
-def _explain(kind: str, name: str, exc: ValidationError) -> InvalidDefinitionError:
+def _explain(
+    kind: str, name: str, exc: ValidationError, model: type[BaseModel]
+) -> InvalidDefinitionError:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(definition)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed keys are {', '.join(CronDef.model_fields)}"
+            msg = f"unknown key; allowed keys are {', '.join(model.model_fields)}"
+            if model is JobDef and err["loc"] and err["loc"][0] in CronDef.model_fields:
+                msg += f" ({err['loc'][0]!r} belongs to a CronDef: declare it in crons={{...}})"
         parts.append(f"field {field!r}: {msg}")
     return InvalidDefinitionError(f"{kind} {name!r}: " + "; ".join(parts))
 
@@ -123,7 +167,7 @@ def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:
         try:
             out[name] = value if isinstance(value, JobDef) else JobDef.model_validate(value)
         except ValidationError as exc:
-            raise _explain("job", name, exc) from None
+            raise _explain("job", name, exc, JobDef) from None
     return out
 
 
@@ -141,7 +185,7 @@ def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
             else:
                 out[name] = CronDef.model_validate(value)
         except ValidationError as exc:
-            raise _explain("cron", name, exc) from None
+            raise _explain("cron", name, exc, CronDef) from None
     return out
 
 

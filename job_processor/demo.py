@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from .abort import AbortSignal
 from .definitions import Backoff, JobDef
 from .local_server import LocalServerError, local_server
 from .models import Job, JobStatus
 from .processor import JobProcessor, init_job_processor
-from .signals import AbortSignal
 
 STEPS = 6
 

@@ -37,7 +37,15 @@ class UnknownJobError(JobProcessorError, KeyError):
 
 
 class InvalidPayloadError(JobProcessorError, ValueError):
-    """A payload that is not a dict or cannot be stored as BSON."""
+    """A payload that is not a dict, fails the job's payload model, or cannot be stored as BSON."""
+
+
+class InvalidArgumentError(JobProcessorError, ValueError):
+    """An argument of a JobProcessor method is invalid (a naive datetime, an unknown status)."""
+
+
+class DatabaseUnreachableError(JobProcessorError, ConnectionError):
+    """MongoDB did not answer within the connect timeout."""
 
 
 class InvalidDatabaseError(JobProcessorError, TypeError):

@@ -1,77 +1,43 @@
-"""Worker documents, heartbeats, and the dead-worker sweep (exactly-once recovery)."""
+"""The worker document and its heartbeat; the periodic recovery sweep."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import socket
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from .clock import Clock, as_utc, sleep_or_wake
-from .definitions import Backoff, JobDef
+from . import documents as D
+from .clock import Clock, sleep_or_wake
 from .log import EventLog
-from .models import JobStatus
-from .retries import after_failure, history_entry, with_history
-from .store import Doc, Store
-from .worker import Worker, call_exit_hook
+from .recovery import Recovery, is_dead
+from .storage import Storage
 
-
-def new_worker_doc(
-    now: dt.datetime,
-    worker_tags: list[str] | None,
-    instance_id: str | None,
-    concurrency: int,
-) -> Doc:
-    host = socket.gethostname()
-    return {
-        "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
-        "hostname": host,
-        "pid": os.getpid(),
-        "instance_id": instance_id,
-        "tags": worker_tags,
-        "concurrency": concurrency,
-        "started_at": now,
-        "last_seen": now,
-    }
-
-
-def recovery_outcome(
-    doc: Doc, definition: JobDef | None, now: dt.datetime
-) -> tuple[JobStatus, str | None, Doc]:
-    """What a crashed run becomes: killed if a kill was asked, paused if resumable, else a failed
-    attempt (retried with backoff while attempts remain, else errored "worker crashed")."""
-    if doc.get("kill_requested_at") is not None:
-        return JobStatus.KILLED, "killed (its worker crashed)", {}
-    if definition is not None and definition.resumable:
-        return JobStatus.PAUSED, None, {}
-    status, extra = after_failure(doc, definition.backoff if definition else Backoff(), now)
-    return status, "worker crashed", extra
-
-
-def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
-    return last_seen < now - dt.timedelta(seconds=worker_timeout)
+if TYPE_CHECKING:
+    from .worker import Worker
 
 
 class Heartbeat:
-    """Keeps this process's worker document fresh and recovers the jobs of dead workers."""
+    """Keeps this process's worker document fresh; sweeps every `worker_timeout / 2`.
+
+    A worker that finds its own document gone (another worker declared it dead) or whose last
+    successful heartbeat is older than `worker_timeout` abandons its runs (writes nothing for
+    them: recovery owns them now) and registers afresh under a new id."""
 
     def __init__(
         self,
-        store: Store,
+        storage: Storage,
         worker: Worker,
-        definitions: Mapping[str, JobDef],
+        recovery: Recovery,
         clock: Clock,
         log: EventLog,
         worker_tags: list[str] | None,
         instance_id: str | None,
     ) -> None:
-        self.store = store
+        self.workers = storage.workers
         self.worker = worker
-        self.definitions = definitions
+        self.recovery = recovery
         self.clock = clock
         self.log = log
         self.worker_tags = worker_tags
@@ -83,8 +49,10 @@ class Heartbeat:
 
     async def register(self) -> str:
         now = self.clock.now()
-        doc = new_worker_doc(now, self.worker_tags, self.instance_id, self.settings.concurrency)
-        await self.store.register_worker(doc)
+        doc = D.new_worker(
+            now, self.worker_tags, self.instance_id, self.settings.concurrency, self.worker.names
+        )
+        await self.workers.register(doc)
         self.worker.worker_id = doc["_id"]
         self._last_ok = now
         self.log.info(
@@ -96,7 +64,7 @@ class Heartbeat:
         return str(doc["_id"])
 
     async def unregister(self) -> None:
-        await self.store.unregister_worker(self.worker.worker_id)
+        await self.workers.unregister(self.worker.worker_id)
         self.log.info("worker_stopped", worker_id=self.worker.worker_id)
 
     async def loop(self) -> None:
@@ -114,58 +82,18 @@ class Heartbeat:
         stale = self._last_ok is not None and is_dead(
             self._last_ok, now, self.settings.worker_timeout
         )
-        alive = await self.store.beat(self.worker.worker_id, now)
+        alive = await self.workers.beat(self.worker.worker_id, now)
         if not alive or stale:
             # Others may already have recovered our jobs: stop touching them, start afresh.
             why = "worker_document_missing" if not alive else "heartbeat_stale"
             self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)
             self.worker.abandon_all(why)
             if alive:
-                await self.store.unregister_worker(self.worker.worker_id)
+                await self.workers.unregister(self.worker.worker_id)
             await self.register()
         else:
             self._last_ok = now
         sweep_every = self.settings.worker_timeout / 2
         if self._last_sweep is None or (now - self._last_sweep).total_seconds() >= sweep_every:
             self._last_sweep = now
-            await self.sweep(now)
-
-    async def sweep(self, now: dt.datetime) -> int:
-        """Recover running jobs of dead workers. Safe when many workers sweep at once: each job
-        is recovered by a compare-and-set on its run id, so exactly one sweeper wins it."""
-        cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
-        live: list[str] = []
-        for w in await self.store.list_workers():
-            if as_utc(w["last_seen"]) >= cutoff or w["_id"] == self.worker.worker_id:
-                live.append(w["_id"])
-            elif await self.store.delete_stale_worker(w["_id"], cutoff):
-                self.log.warning(
-                    "worker_declared_dead",
-                    worker_id=w["_id"],
-                    hostname=w.get("hostname"),
-                    instance_id=w.get("instance_id"),
-                    last_seen=w["last_seen"].isoformat(),
-                    by=self.worker.worker_id,
-                )
-        recovered = 0
-        for doc in await self.store.orphaned_jobs(live, cutoff):
-            definition = self.definitions.get(doc["name"])
-            status, error, extra = recovery_outcome(doc, definition, now)
-            extra["history"] = with_history(doc, history_entry(doc, status, error, now))
-            updated = await self.store.recover(doc, status, error, now, extra)
-            if updated is None:
-                continue  # another sweeper (or the owner) got there first
-            recovered += 1
-            self.log.warning(
-                "job_recovered",
-                job_id=str(doc["_id"]),
-                job_name=doc["name"],
-                worker_id=doc.get("worker_id"),
-                status=updated["status"],
-                by=self.worker.worker_id,
-            )
-            if updated["status"] in ("paused", "pending"):
-                self.worker.wake.set()
-            else:
-                await call_exit_hook(definition, updated, self.log)
-        return recovered
+            await self.recovery.sweep(now)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal
 
-from bson import ObjectId
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from bson import Binary, Decimal128, ObjectId
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer, model_validator
+from typing_extensions import TypeVar
 
 from .clock import as_utc
+
+if TYPE_CHECKING:
+    from .processor import JobProcessor
 
 
 class JobStatus(StrEnum):
@@ -23,35 +30,37 @@ class JobStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+S = JobStatus
+
 #: A job in one of these holds its exclusive slot and can still run.
-ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.PAUSED})
-#: A job in one of these will never run again (until an explicit retry, later).
-TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.FINISHED, JobStatus.ERRORED, JobStatus.KILLED, JobStatus.SKIPPED}
-)
+ACTIVE: frozenset[JobStatus] = frozenset({S.PENDING, S.RUNNING, S.PAUSED})
+#: A job in one of these will never run again (until an explicit retry).
+TERMINAL: frozenset[JobStatus] = frozenset({S.FINISHED, S.ERRORED, S.KILLED, S.SKIPPED})
 #: A worker may claim these.
-CLAIMABLE: tuple[JobStatus, ...] = (JobStatus.PENDING, JobStatus.PAUSED)
+CLAIMABLE: tuple[JobStatus, ...] = (S.PENDING, S.PAUSED)
+#: Terminal statuses that owe an `on_job_exited` call (a skipped job never ran: no hook).
+HOOKED: frozenset[JobStatus] = frozenset({S.FINISHED, S.ERRORED, S.KILLED})
 
 #: Every status change the store may make: (from, to). `None` = inserted with that status.
 #: The store checks each compare-and-set against this table; nothing else happens to a job.
 TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
     {
-        (None, JobStatus.PENDING),  # schedule_job
-        (None, JobStatus.RUNNING),  # run_job (claimed at insert by the caller)
-        (None, JobStatus.SKIPPED),  # exclusive conflict
-        (JobStatus.PENDING, JobStatus.RUNNING),  # claim
-        (JobStatus.PAUSED, JobStatus.RUNNING),  # resume
-        (JobStatus.PENDING, JobStatus.KILLED),  # kill before it ran
-        (JobStatus.PAUSED, JobStatus.KILLED),  # kill while paused
-        (JobStatus.RUNNING, JobStatus.FINISHED),
-        (JobStatus.RUNNING, JobStatus.ERRORED),  # exception, timeout, interrupted, crash
-        (JobStatus.RUNNING, JobStatus.KILLED),
-        (JobStatus.RUNNING, JobStatus.PAUSED),  # resumable: graceful stop or crash recovery
-        (JobStatus.RUNNING, JobStatus.PENDING),  # failed attempt with attempts left: retry later
-        (JobStatus.ERRORED, JobStatus.PENDING),  # retry_job
-        (JobStatus.KILLED, JobStatus.PENDING),  # retry_job
-        (JobStatus.PENDING, JobStatus.SKIPPED),  # cron task not started within its margin
-        (JobStatus.RUNNING, JobStatus.SKIPPED),  # cron task claimed after its margin: not run
+        (None, S.PENDING),  # schedule_job
+        (None, S.RUNNING),  # run_job (claimed at insert by the caller)
+        (None, S.SKIPPED),  # exclusive conflict, missed cron slot
+        (S.PENDING, S.RUNNING),  # claim
+        (S.PAUSED, S.RUNNING),  # resume
+        (S.PENDING, S.KILLED),  # kill before it ran
+        (S.PAUSED, S.KILLED),  # kill while paused
+        (S.RUNNING, S.FINISHED),
+        (S.RUNNING, S.ERRORED),  # exception, timeout, crash with no attempt left, invalid job
+        (S.RUNNING, S.KILLED),
+        (S.RUNNING, S.PAUSED),  # resumable: graceful stop, or crash recovery with attempts left
+        (S.RUNNING, S.PENDING),  # failed attempt with attempts left, or interrupted by a stop
+        (S.ERRORED, S.PENDING),  # retry_job
+        (S.KILLED, S.PENDING),  # retry_job
+        (S.PENDING, S.SKIPPED),  # cron task not started within its margin
+        (S.RUNNING, S.SKIPPED),  # cron task claimed after its margin: not run
     }
 )
 
@@ -65,6 +74,37 @@ def check_transition(old: JobStatus | None, new: JobStatus) -> None:
         raise InvalidTransitionError(f"job status {old} -> {new} is not an allowed transition")
 
 
+def parse_status(value: Any) -> JobStatus:
+    """A status given by a user (`list_jobs(status=...)`, the CLI): a clear error if unknown."""
+    from .errors import InvalidArgumentError
+
+    try:
+        return JobStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise InvalidArgumentError(f"unknown status {value!r}: use one of {known}") from None
+
+
+def to_jsonable(value: Any) -> Any:
+    """BSON values that JSON has no type for, made JSON-friendly: ObjectId and UUID as text,
+    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, ObjectId | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | Binary):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Decimal128 | Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
 class JobOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -72,13 +112,26 @@ class JobOutput(BaseModel):
     error: str | None = None
     duration_ms: int | None = None
 
+    @field_serializer("result", when_used="json")
+    def _json_result(self, value: Any) -> Any:
+        return to_jsonable(value)
+
 
 def _utc(value: Any) -> Any:
     return as_utc(value) if isinstance(value, dt.datetime) else value
 
 
-class Job(BaseModel):
-    """A job as stored in MongoDB. Handlers get one; `await job.checkpoint({...})` saves state."""
+PayloadT = TypeVar("PayloadT", default=dict[str, Any])
+
+ExitHookState = Literal["owed", "done", "failed", "none"]
+
+
+class Job(BaseModel, Generic[PayloadT]):
+    """A job as stored in MongoDB. Handlers get one; `await job.checkpoint({...})` saves state.
+
+    `Job[MyModel]` when the JobDef declares `payload_model=MyModel`: `job.payload` is then a
+    `MyModel`, validated when the job was scheduled and again when it runs.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -86,7 +139,7 @@ class Job(BaseModel):
     name: str
     type: Literal["simple", "cron_task"] = "simple"
     status: JobStatus
-    payload: dict[str, Any] = {}
+    payload: PayloadT
     priority: int = 0
     tag: str | None = None
     scheduled_for: dt.datetime
@@ -102,14 +155,15 @@ class Job(BaseModel):
     attempt: int = 0
     """How many runs have started (a resume counts as a run)."""
     failures: int = 0
-    """Failed attempts so far (exception, max runtime, crash or interruption of a non-resumable)."""
+    """Failed attempts so far: exceptions, max runtime, crashes of its worker."""
     max_attempts: int = 1
     history: list[dict[str, Any]] = []
     """The last runs (bounded): attempt, worker_id, started_at, ended_at, status, error."""
     key: str | None = None
-    """Dedup key: while a job with this key is active, scheduling the key returns that job."""
+    """Dedup key (scoped by job name): while a job with this key is active, scheduling the same
+    name and key returns that job."""
     state: dict[str, Any] | None = None
-    """The last checkpoint saved by a resumable job."""
+    """The last checkpoint saved by the job."""
     output: JobOutput | None = None
     kill_requested_at: dt.datetime | None = None
     skip_reason: str | None = None
@@ -119,8 +173,14 @@ class Job(BaseModel):
     """Cron tasks: "schedule" (a slot; its time is `scheduled_for`) or "manual" (trigger_cron)."""
     start_deadline: dt.datetime | None = None
     """Cron tasks: the slot plus its check-in margin; not started by then, it is never run."""
+    exit_hook: ExitHookState | None = None
+    """on_job_exited for the last exit: "owed" (recorded by the final write, not run yet),
+    "done", "failed" (it raised or timed out; see exit_hook_error), "none" (no hook defined)."""
+    exit_hook_error: str | None = None
+    exit_hook_at: dt.datetime | None = None
 
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
+    _processor: JobProcessor | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -134,14 +194,34 @@ class Job(BaseModel):
             doc["conflicting_job_id"] = str(doc["conflicting_job_id"])
         if doc.get("started_at") is None and doc.get("run_started_at") is not None:
             doc["started_at"] = doc["run_started_at"]
+        if doc.get("payload") is None:
+            doc["payload"] = {}
         return doc
 
+    @field_serializer("payload", "state", "history", when_used="json")
+    def _json_values(self, value: Any) -> Any:
+        return to_jsonable(value)
+
     async def checkpoint(self, state: dict[str, Any]) -> None:
-        """Save `state` for a resumable job; a resumed run sees it as `job.state`."""
+        """Save `state` on the job; a resumed or retried run sees it as `job.state`.
+
+        While MongoDB is unreachable this waits (up to the processor's `worker_timeout`); past
+        that the run is abandoned to recovery and this raises `JobLostError`."""
         if self._checkpointer is None:
-            raise RuntimeError("checkpoint() is only available inside a running handler")
+            raise RuntimeError(
+                "checkpoint() is only available inside a running handler; in a unit test, "
+                "build the job with job_processor.testing.JobHarness"
+            )
         await self._checkpointer(state)
         self.state = dict(state)
+
+    @property
+    def processor(self) -> JobProcessor:
+        """The processor running this job: chain jobs with
+        `await job.processor.schedule_job(...)` from inside a handler."""
+        if self._processor is None:
+            raise RuntimeError("job.processor is only available inside a running handler")
+        return self._processor
 
     @property
     def error(self) -> str | None:
@@ -184,7 +264,9 @@ class ProcessorStatus(BaseModel):
     worker_id: str
     workers: list[WorkerInfo]
     queue: dict[str, int]
-    """pending (all), due (pending and due now), paused, running."""
+    """pending (all), due (claimable and due now), paused, running."""
     jobs: dict[str, dict[str, int]]
     """job name -> status -> count."""
     crons: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    """Things an operator should look at (e.g. an exclusive cron that keeps skipping)."""

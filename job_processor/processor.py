@@ -1,4 +1,5 @@
-"""JobProcessor, the public object, and init_job_processor."""
+"""JobProcessor, the public object (thin: it validates arguments and delegates), and
+init_job_processor."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from typing import Any
 
 import bson
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from . import sentry
+from . import documents as D
 from .clock import Clock, SystemClock, to_millis
 from .crons import CronScheduler, schedule_of
 from .definitions import CronDef, JobDef, parse_crons, parse_jobs
 from .errors import (
+    DatabaseUnreachableError,
+    InvalidArgumentError,
     InvalidDefinitionError,
     InvalidPayloadError,
     JobNotFoundError,
@@ -26,14 +30,20 @@ from .errors import (
     UnknownJobError,
 )
 from .heartbeat import Heartbeat
+from .hooks import HookRunner
 from .log import EventLog, make_log
-from .models import Job, JobStatus, ProcessorStatus, WorkerInfo
-from .signals import KillWatcher, stop_on_signals
-from .store import Doc, Store, epoch_ms, object_id
+from .models import Job, JobStatus, ProcessorStatus, parse_status
+from .ownership import OwnershipWatcher
+from .recovery import Recovery
+from .signals import stop_on_signals
+from .status import build_status
+from .storage import Storage, object_id
+from .storage.jobs import MAX_VALUE_BYTES
 from .wakeup import ChangeStreamWaker
-from .worker import Settings, Worker, call_exit_hook
+from .worker import Settings, Worker
 
 S = JobStatus
+Doc = dict[str, Any]
 
 
 class JobProcessor:
@@ -41,7 +51,7 @@ class JobProcessor:
 
     def __init__(
         self,
-        store: Store,
+        storage: Storage,
         jobs: dict[str, JobDef],
         crons: dict[str, CronDef],
         worker_tags: list[str] | None,
@@ -50,7 +60,7 @@ class JobProcessor:
         settings: Settings,
         instance_id: str | None,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.jobs = jobs
         self.crons = crons
         self.definitions: dict[str, JobDef] = {**jobs, **crons}
@@ -59,16 +69,24 @@ class JobProcessor:
         self.log = log
         self.settings = settings
         self.instance_id = instance_id
-        self.worker = Worker(store, self.definitions, worker_tags, clock, log, settings)
-        self.heartbeat = Heartbeat(
-            store, self.worker, self.definitions, clock, log, worker_tags, instance_id
+        self.hooks = HookRunner(
+            storage, self.definitions, clock, log, settings.worker_timeout, lambda: self.worker_id
         )
-        self.kill_watcher = KillWatcher(self.worker, store, clock, settings.poll_interval)
-        self.scheduler = CronScheduler(store, crons, clock, log, self._on_cron_task)
+        self.worker = Worker(
+            storage, self.definitions, worker_tags, clock, log, settings, self.hooks
+        )
+        self.worker.processor = self
+        self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
+        self.heartbeat = Heartbeat(
+            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id
+        )
+        self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
+        self.scheduler = CronScheduler(storage, crons, clock, log, self._on_cron_task)
         self.waker = ChangeStreamWaker(
-            store, self.worker, clock, log, settings.change_stream_max_await
+            storage.jobs, self.worker, clock, log, settings.change_stream_max_await
         )
         self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
+        self._client_id = f"client-{os.getpid()}-{ObjectId()}"
         self._users = 0
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
@@ -93,15 +111,19 @@ class JobProcessor:
             if self._users > 1:
                 return
             self.heartbeat.stop_event.clear()
-            self.kill_watcher.stop_event.clear()
-            await self.heartbeat.register()
+            self.ownership.stop_event.clear()
+            try:
+                await self.heartbeat.register()
+            except BaseException:
+                self._users -= 1
+                raise
             self._side_loops = asyncio.create_task(self._run_side_loops(), name="side-loops")
 
     async def _run_side_loops(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.heartbeat.loop(), name="heartbeat")
-                tg.create_task(self.kill_watcher.loop(), name="kill-watcher")
+                tg.create_task(self.ownership.loop(), name="ownership")
         except Exception:
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             self.failed.set()
@@ -113,23 +135,29 @@ class JobProcessor:
             if self._users > 0:
                 return
             self.heartbeat.stop_event.set()
-            self.kill_watcher.stop_event.set()
+            self.ownership.stop_event.set()
             if self._side_loops is not None:
                 with contextlib.suppress(Exception):
                     await self._side_loops
                 self._side_loops = None
-            await self.heartbeat.unregister()
+            with contextlib.suppress(PyMongoError):
+                await self.heartbeat.unregister()
 
     async def start(self) -> None:
-        """Start claiming and running jobs in the background; returns at once."""
+        """Start claiming and running jobs in the background; returns at once. If it fails
+        (MongoDB unreachable), nothing is left behind and it can be called again."""
         if self.started:
             return
         self.worker.stopping.clear()
         self.scheduler.stop_event.clear()
         self.waker.stop_event.clear()
         await self._acquire_runtime()
-        # recover what dead workers left behind before taking new work
-        await self.heartbeat.sweep(self.clock.now())
+        try:
+            # recover what dead workers left behind before taking new work
+            await self.recovery.sweep(self.clock.now())
+        except BaseException:
+            await self._release_runtime()
+            raise
         self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
 
     async def _run_worker_loops(self) -> None:
@@ -147,8 +175,9 @@ class JobProcessor:
 
     async def stop(self) -> None:
         """Graceful: no new claims; running handlers get the abort signal (reason "shutdown") and
-        `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused, others
-        errored ("interrupted"). Returns when every final status is written."""
+        `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
+        handler returned), others finished if their handler returned, else pending again.
+        Returns when every final status is written and every owed hook has run (or timed out)."""
         if not self.started:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
@@ -189,7 +218,7 @@ class JobProcessor:
     ) -> None:
         await self.stop()
 
-    # ---- jobs -----------------------------------------------------------------------------
+    # ---- scheduling -------------------------------------------------------------------------
 
     def _definition(self, name: str) -> JobDef:
         if not isinstance(name, str) or name not in self.jobs:
@@ -197,55 +226,101 @@ class JobProcessor:
         return self.jobs[name]
 
     @staticmethod
-    def _check_payload(name: str, payload: Any) -> dict[str, Any]:
+    def _check_payload(name: str, definition: JobDef, payload: Any) -> dict[str, Any]:
+        model = definition.payload_model
+        if model is not None:
+            if isinstance(payload, BaseModel) and not isinstance(payload, model):
+                raise InvalidPayloadError(
+                    f"job {name!r}: payload must be a {model.__name__}, got "
+                    f"{type(payload).__name__}"
+                )
+            try:
+                value = payload if isinstance(payload, model) else model.model_validate(payload)
+            except ValidationError as exc:
+                fields = "; ".join(
+                    f"field {'.'.join(str(p) for p in e['loc']) or '(payload)'!r}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise InvalidPayloadError(
+                    f"job {name!r}: payload does not match {model.__name__}: {fields}"
+                ) from None
+            payload = value.model_dump(mode="json")
         if payload is None:
             return {}
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
         if not isinstance(payload, Mapping):
             raise InvalidPayloadError(
                 f"job {name!r}: payload must be a dict, got {type(payload).__name__}"
             )
         try:
-            bson.encode(dict(payload))
-        except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
+            size = len(bson.encode(dict(payload)))
+        except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
             raise InvalidPayloadError(
                 f"job {name!r}: payload cannot be stored in MongoDB ({exc}); "
-                "use str, int, float, bool, None, datetime, lists and dicts"
+                "use str, int, float, bool, None, datetime, lists and dicts "
+                "(convert UUIDs and Decimals to str)"
             ) from None
+        if size > MAX_VALUE_BYTES:
+            raise InvalidPayloadError(
+                f"job {name!r}: payload is {size / 1e6:.1f} MB, over the "
+                f"{MAX_VALUE_BYTES / 1e6:.1f} MB a job can carry (MongoDB's documents hold "
+                "16 MB): store the data elsewhere (GridFS, object storage) and pass a reference"
+            )
         return dict(payload)
+
+    @staticmethod
+    def _check_when(name: str, scheduled_for: Any) -> dt.datetime | None:
+        if scheduled_for is None:
+            return None
+        if not isinstance(scheduled_for, dt.datetime):
+            raise InvalidArgumentError(
+                f"job {name!r}: scheduled_for must be a timezone-aware datetime, got "
+                f"{type(scheduled_for).__name__} {scheduled_for!r}"
+            )
+        if scheduled_for.tzinfo is None or scheduled_for.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"job {name!r}: scheduled_for {scheduled_for.isoformat()} has no timezone; "
+                "pass an aware datetime, e.g. datetime.now(UTC) + timedelta(hours=1) or "
+                "datetime(2030, 1, 1, 9, tzinfo=ZoneInfo('Europe/Paris'))"
+            )
+        return to_millis(scheduled_for)
 
     async def schedule_job(
         self,
         name: str,
-        payload: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | BaseModel | None = None,
         scheduled_for: dt.datetime | None = None,
         *,
         priority: int = 0,
         key: str | None = None,
         max_attempts: int | None = None,
-    ) -> Job:
-        """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (default: now).
+    ) -> Job[Any]:
+        """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (aware; default
+        now).
 
         priority: higher first (then scheduled_for, then insertion order).
-        key: dedup key; while a job with this key is pending, running or paused, that job is
-        returned instead of a new one.
+        key: dedup key, scoped by job name: while a job of this name with this key is pending,
+        running or paused, that job is returned instead of a new one.
         max_attempts: overrides the definition's (1 = no retry).
         An exclusive job whose name already has an active job is recorded as skipped."""
         definition = self._definition(name)
-        body = self._check_payload(name, payload)
+        body = self._check_payload(name, definition, payload)
+        when = self._check_when(name, scheduled_for)
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise InvalidPayloadError(
                 f"job {name!r}: priority must be an integer, got {priority!r}"
             )
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
-        attempts = definition.max_attempts if max_attempts is None else max_attempts
+        attempts = definition.attempts if max_attempts is None else max_attempts
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
             raise InvalidPayloadError(
                 f"job {name!r}: max_attempts must be an integer >= 1, got {max_attempts!r}"
             )
         now = self.clock.now()
-        when = to_millis(scheduled_for) if scheduled_for is not None else now
-        doc = self.store.new_job(
+        when = when or now
+        doc = D.new_job(
             name,
             body,
             now=now,
@@ -255,6 +330,7 @@ class JobProcessor:
             exclusive=definition.concurrency == "exclusive",
             key=key,
             max_attempts=attempts,
+            resumable=definition.resumable,
         )
         job = Job.model_validate(await self._insert(doc))
         if job.id != str(doc["_id"]):
@@ -273,14 +349,15 @@ class JobProcessor:
             self.worker.wake_at(when)
         return job
 
-    async def retry_job(self, job_id: str | ObjectId) -> Job:
-        """Re-queue an errored or killed job now, keeping its history; its attempts count afresh."""
+    async def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """Re-queue an errored or killed job now, keeping its history and checkpoint; its
+        attempts count afresh. Its next exit calls on_job_exited again."""
         oid = object_id(job_id)
         current = await self.get_job(oid)
         definition = self.definitions.get(current.name)
         exclusive = definition is not None and definition.concurrency == "exclusive"
         try:
-            doc = await self.store.retry(oid, self.clock.now(), exclusive)
+            doc = await self.storage.jobs.retry(oid, self.clock.now(), exclusive)
         except DuplicateKeyError:
             doc = None
         if doc is None:
@@ -300,23 +377,26 @@ class JobProcessor:
             self.worker.wake.set()
         return job
 
-    async def run_job(self, name: str, payload: Mapping[str, Any] | None = None) -> Job:
+    async def run_job(
+        self, name: str, payload: Mapping[str, Any] | BaseModel | None = None
+    ) -> Job[Any]:
         """Run a job now in this process (recorded in MongoDB like any other) and return the
         final Job. The process heartbeats meanwhile, so a crash here is recovered as usual."""
         definition = self._definition(name)
-        body = self._check_payload(name, payload)
+        body = self._check_payload(name, definition, payload)
         await self._acquire_runtime()
         try:
             now = self.clock.now()
-            doc = self.store.new_job(
+            doc = D.new_job(
                 name,
                 body,
                 now=now,
                 tag=definition.tag,
                 exclusive=definition.concurrency == "exclusive",
-                max_attempts=definition.max_attempts,
+                max_attempts=definition.attempts,
+                resumable=definition.resumable,
             )
-            doc = await self._insert(self.store.mark_running(doc, self.worker_id, now))
+            doc = await self._insert(D.as_running(doc, self.worker_id, now))
             if doc["status"] == S.SKIPPED:
                 return Job.model_validate(doc)
             final = await self.worker.spawn(doc)
@@ -327,30 +407,29 @@ class JobProcessor:
             await self._release_runtime()
 
     async def _insert(self, doc: Doc) -> Doc:
-        inserted = await self.store.insert_job(doc)
+        inserted = await self.storage.jobs.insert(doc)
         assert inserted is not None  # None only for cron slots, which these are not
         return inserted
 
     def _on_cron_task(self, task: Doc) -> None:
         if task["status"] == S.PENDING and task["name"] in self.worker.names:
             self.worker.wake.set()
-        elif task["status"] == S.SKIPPED and task.get("skip_reason") == "exclusive":
-            # the previous run covers this slot: tell monitoring it is fine, not missed
-            sentry.checkin(task["name"], self.crons[task["name"]], "ok")
 
-    async def trigger_cron(self, name: str) -> Job:
+    async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
         if name not in self.crons:
             known = ", ".join(sorted(self.crons)) or "none"
             raise UnknownJobError.for_cron(name, known)
         cron = self.crons[name]
-        doc = self.store.new_job(
+        doc = D.new_job(
             name,
             {},
             now=self.clock.now(),
             tag=cron.tag,
             exclusive=cron.concurrency == "exclusive",
             job_type="cron_task",
+            max_attempts=cron.attempts,
+            resumable=cron.resumable,
             extra={"trigger": "manual", "start_deadline": None},
         )
         job = Job.model_validate(await self._insert(doc))
@@ -359,100 +438,100 @@ class JobProcessor:
             self.worker.wake.set()
         return job
 
-    async def get_job(self, job_id: str | ObjectId) -> Job:
-        doc = await self.store.get_job(object_id(job_id))
+    async def prune_crons(self) -> list[str]:
+        """Remove the crons stored in MongoDB that this processor does not define, with their
+        pending tasks. Explicit on purpose: init_job_processor never removes anything (an old
+        replica restarting during a rolling deploy must not delete the new crons)."""
+        gone = await self.storage.crons.names_other_than(list(self.crons))
+        if gone:
+            await self.storage.crons.remove(gone)
+            await self.storage.jobs.delete_pending_tasks_of(gone)
+            for name in gone:
+                self.log.info("cron_removed", job_name=name)
+        return sorted(gone)
+
+    # ---- reading and killing ----------------------------------------------------------------
+
+    async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
+        doc = await self.storage.jobs.get(object_id(job_id))
         if doc is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         return Job.model_validate(doc)
 
     async def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
-    ) -> list[Job]:
-        """Most recent first."""
-        return [Job.model_validate(d) for d in await self.store.list_jobs(name, status, limit)]
+    ) -> list[Job[Any]]:
+        """Most recent first. `status` is one of the JobStatus values."""
+        wanted = parse_status(status) if status is not None else None
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+        docs = await self.storage.jobs.find(name, wanted, limit)
+        return [Job.model_validate(d) for d in docs]
 
-    async def kill_job(self, job_id: str | ObjectId) -> Job:
-        """Kill a job from any process. Pending/paused jobs are killed at once; a running job's
-        handler gets the abort signal (reason "killed") on whichever process runs it."""
-        outcome, doc = await self.store.kill(object_id(job_id), self.clock.now())
+    async def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """Kill a job from any process. Pending/paused jobs are killed at once (this process
+        calls on_job_exited); a running job's handler gets the abort signal (reason "killed")
+        on whichever process runs it."""
+        writer = self.worker_id or self._client_id
+        outcome, doc = await self.storage.jobs.kill(object_id(job_id), self.clock.now(), writer)
         fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
         if outcome == "killed":
             self.log.info("job_killed", **fields)
-            await call_exit_hook(self.definitions.get(doc["name"]), doc, self.log)
+            await self.hooks.after_write(self.definitions.get(doc["name"]), doc)
         elif outcome == "requested":
             self.log.info("job_kill_requested", running_on=doc.get("worker_id"), **fields)
             self.worker.abort(str(doc["_id"]), "killed")  # at once when it runs in this process
         return Job.model_validate(doc)
 
     async def get_status(self) -> ProcessorStatus:
-        now = self.clock.now()
-        running = await self.store.running_jobs()
-        by_worker: dict[str, list[dict[str, Any]]] = {}
-        for r in running:
-            by_worker.setdefault(str(r.get("worker_id")), []).append(
-                {"id": str(r["_id"]), "name": r["name"], "started_at": r.get("run_started_at")}
-            )
-        workers = []
-        for w in await self.store.list_workers():
-            info = WorkerInfo.model_validate(w)
-            info.alive = info.last_seen >= now - dt.timedelta(seconds=self.settings.worker_timeout)
-            info.running_jobs = by_worker.get(info.id, [])
-            workers.append(info)
-        jobs: dict[str, dict[str, int]] = {name: {} for name in self.definitions}
-        for status in S:
-            for name, n in (await self.store.counts_by_name(status)).items():
-                jobs.setdefault(name, {})[status.value] = n
-        queue = {
-            "pending": sum(j.get("pending", 0) for j in jobs.values()),
-            "due": await self.store.count(
-                {"status": S.PENDING.value, "due_ms": {"$lte": epoch_ms(now)}}
-            ),
-            "paused": sum(j.get("paused", 0) for j in jobs.values()),
-            "running": len(running),
-        }
-        return ProcessorStatus(
-            now=now,
-            worker_id=self.worker_id,
-            workers=workers,
-            queue=queue,
-            jobs=jobs,
-            crons=await self._cron_status(running),
+        return await build_status(
+            self.storage,
+            self.definitions,
+            self.crons,
+            self.worker_id,
+            self.settings.worker_timeout,
+            self.clock.now(),
         )
-
-    async def _cron_status(self, running: list[Doc]) -> list[dict[str, Any]]:
-        docs = {d["_id"]: d for d in await self.store.cron_docs(list(self.crons))}
-        out = []
-        for name, cron in self.crons.items():
-            schedule = schedule_of(cron)
-            next_slot = docs.get(name, {}).get("next_slot")
-            out.append(
-                {
-                    "name": name,
-                    "cron_string": cron.cron_string,
-                    "timezone": cron.timezone,
-                    "next_slot_utc": next_slot,
-                    "next_slot_local": schedule.local(next_slot) if next_slot else None,
-                    "running": [str(r["_id"]) for r in running if r["name"] == name],
-                    "recent": [
-                        {
-                            "id": str(t["_id"]),
-                            "slot": t["scheduled_for"],
-                            "trigger": t.get("trigger"),
-                            "status": t["status"],
-                            "skip_reason": t.get("skip_reason"),
-                            "error": (t.get("output") or {}).get("error"),
-                        }
-                        for t in await self.store.recent_tasks(name)
-                    ],
-                }
-            )
-        return out
 
 
 def _check_positive(name: str, value: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _address(db: Any) -> str:
+    """host:port of the database's client, for error messages (never the credentials)."""
+    with contextlib.suppress(Exception):
+        seeds = db.client.topology_description.server_descriptions()
+        if seeds:
+            return ", ".join(f"{h}:{p}" for h, p in seeds)
+    return "the configured address"
+
+
+async def check_reachable(db: Any, wait: float) -> None:
+    """Ping MongoDB; a clear error within `wait` seconds instead of a long traceback."""
+    if type(db).__module__.startswith("mongomock_motor"):
+        return
+    try:
+        async with asyncio.timeout(wait):
+            await db.command("ping")
+    except (TimeoutError, PyMongoError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
+        raise DatabaseUnreachableError(
+            f"cannot reach MongoDB at {_address(db)} within {wait:g}s ({reason}); check "
+            "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
+        ) from None
+
+
+def warn_unexpanded_instance_id(instance_id: str | None, log: EventLog) -> None:
+    if instance_id and "{{" in instance_id:
+        log.warning(
+            "instance_id_not_expanded",
+            instance_id=instance_id,
+            hint="plain `docker compose` does not expand {{.Task.Slot}} (only swarm does): every "
+            "replica gets the same INSTANCE_ID and tags; see docs/operations.md",
+        )
 
 
 async def init_job_processor(
@@ -473,8 +552,11 @@ async def init_job_processor(
     collection_prefix: str = "job_processor_",
     clock: Clock | None = None,
     instance_id: str | None = None,
+    connect_timeout: float = 10.0,
 ) -> JobProcessor:
-    """Validate the definitions, create the collections' indexes, return a JobProcessor.
+    """Validate the definitions, check MongoDB answers, create the collections' indexes,
+    register the crons (never removing any: see `JobProcessor.prune_crons`), return a
+    JobProcessor.
 
     worker_tags: None = this process runs every job; ["main"] = untagged jobs + jobs tagged main.
     instance_id defaults to the INSTANCE_ID environment variable (recorded on the worker).
@@ -520,25 +602,24 @@ async def init_job_processor(
         raise InvalidDefinitionError(
             f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
         )
-    store = Store(db, collection_prefix)
-    await store.ensure_indexes()
+    _check_positive("connect_timeout", connect_timeout)
+    Storage(db, collection_prefix)  # refuses a sync database or a client, before any I/O
     log = make_log(logger)
-    now = (clock or SystemClock()).now()
-    registered = await store.register_crons(
+    await check_reachable(db, connect_timeout)
+    storage = await Storage.open(db, collection_prefix)
+    await storage.ensure_indexes()
+    clock = clock or SystemClock()
+    now = clock.now()
+    registered = await storage.crons.register(
         cron_defs, {name: schedule_of(c).next_after(now) for name, c in cron_defs.items()}, now
     )
     for name, what in registered.items():
         if what != "kept":
             log.info(f"cron_{what}", job_name=name)
+    instance = instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")
+    warn_unexpanded_instance_id(instance, log)
     processor = JobProcessor(
-        store,
-        job_defs,
-        cron_defs,
-        worker_tags,
-        clock or SystemClock(),
-        log,
-        settings,
-        instance_id if instance_id is not None else os.environ.get("INSTANCE_ID"),
+        storage, job_defs, cron_defs, worker_tags, clock, log, settings, instance
     )
     log.info(
         "job_processor_initialized",

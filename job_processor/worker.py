@@ -1,4 +1,11 @@
-"""Claim loop and per-job execution: abort signals, max runtime, grace then cancel, final writes."""
+"""Claim loop and per-job execution: abort signals, max runtime, grace then cancel, final writes.
+
+Every run ends in a recorded status: the handler's end is turned into an outcome by
+`outcome.decide`, written by `JobStore.end_run` (compare-and-set on the run), and when that write
+cannot be made the run is either recorded as errored with the reason (a result too large, an
+invalid document) or left to recovery (the database unreachable for longer than `worker_timeout`,
+after which this worker's own reconciliation or another worker's sweep recovers it).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +14,33 @@ import contextlib
 import inspect
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import bson
 from pymongo.errors import PyMongoError
 
 from . import sentry
+from .abort import AbortSignal
 from .clock import Clock, sleep_or_wake
 from .definitions import CronDef, JobDef
-from .errors import DoNotRetry, JobLostError, RetryLater
+from .errors import DoNotRetry, InvalidPayloadError, JobLostError, RetryLater
+from .hooks import HookRunner
 from .log import EventLog
 from .models import Job, JobStatus
-from .retries import after_failure, history_entry, with_history
-from .signals import AbortSignal
-from .store import Doc, Store
+from .outcome import Ending, Outcome, Policy, RunEnd, decide
+from .storage import Storage
+from .storage.jobs import MAX_VALUE_BYTES
+from .storage.transient import TRANSIENT
+from .wakeup import DueTimes
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from .processor import JobProcessor
 
 S = JobStatus
+Doc = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,19 @@ def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | N
     )
 
 
+def policy_of(definition: JobDef | None, doc: Doc) -> Policy:
+    """The rules for this job: its own document says whether it is resumable (so a worker that
+    does not know the definition recovers it right); the definition gives the rest."""
+    resumable = bool(doc.get("resumable", definition.resumable if definition else False))
+    if definition is None:
+        return Policy(resumable=resumable)
+    return Policy(
+        resumable=resumable,
+        backoff=definition.backoff,
+        has_hook=definition.on_job_exited is not None,
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     tb = "".join(traceback.format_exception(exc, limit=-5))
     text = f"{type(exc).__name__}: {exc}"
@@ -69,7 +99,7 @@ def storable(value: Any) -> Any:
     try:
         bson.encode({"v": value})
         return value
-    except (bson.errors.InvalidDocument, TypeError, OverflowError):
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError):
         return repr(value)
 
 
@@ -85,27 +115,40 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:
+    """The Job a handler receives (`Job[Model]` when the definition has a payload model)."""
+    model = definition.payload_model if definition is not None else None
+    cls: type[Job[Any]] = Job[model] if model is not None else Job  # type: ignore[valid-type]
+    return cls.model_validate(doc)
+
+
 class Worker:
     """Runs jobs for one processor: the claim loop (when started) and run_job executions."""
 
     def __init__(
         self,
-        store: Store,
+        storage: Storage,
         definitions: Mapping[str, JobDef],
         worker_tags: list[str] | None,
         clock: Clock,
         log: EventLog,
         settings: Settings,
+        hooks: HookRunner,
     ) -> None:
-        self.store = store
+        self.storage = storage
+        self.jobs = storage.jobs
         self.definitions = definitions
         self.names = eligible_names(definitions, worker_tags)
         self.clock = clock
         self.log = log
         self.settings = settings
+        self.hooks = hooks
+        self.processor: JobProcessor | None = None
         self.worker_id = ""
         self.runs: dict[str, Run] = {}
         self.wake = asyncio.Event()
+        self._rearm = asyncio.Event()
+        self.due = DueTimes()
         self.idle = asyncio.Event()
         """Set while the last claim found nothing: only then is a wake-up source worth reading."""
         self.stopping = asyncio.Event()
@@ -142,21 +185,49 @@ class Worker:
                 doc = None
             if doc is None:
                 self.idle.set()
-                await sleep_or_wake(self.clock, self.wake, self.idle_wait())
+                await self._sleep_until_due()
             else:
                 self.idle.clear()
+
+    async def _sleep_until_due(self) -> None:
+        """Idle: sleep until woken, the earliest known due time, or the poll interval."""
+        deadline = self.clock.now().timestamp() + self.idle_wait()
+        while not (self.wake.is_set() or self.stopping.is_set()):
+            now = self.clock.now()
+            if self.due.passed(now):
+                self.due.next_after(now)
+                return
+            nxt = self.due.next_after(now)
+            until = deadline if nxt is None else min(deadline, nxt.timestamp())
+            if until <= now.timestamp():
+                return
+            self._rearm.clear()
+            waiters = {
+                asyncio.ensure_future(self.wake.wait()),
+                asyncio.ensure_future(self._rearm.wait()),
+                asyncio.ensure_future(self.clock.sleep(until - now.timestamp())),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
 
     async def claim_once(self) -> Doc | None:
         if not self.names or not self.worker_id:
             return None
-        doc = await self.store.claim_next(self.names, self.worker_id, self.clock.now())
+        doc = await self.jobs.claim_next(self.names, self.worker_id, self.clock.now())
         if doc is not None:
             self._claimed += 1
             self.spawn(doc, claimed=True)
         return doc
 
     def spawn(self, doc: Doc, claimed: bool = False) -> asyncio.Task[Doc | None]:
-        task = asyncio.create_task(self.execute(doc), name=f"job-{doc['_id']}")
+        """Run a job this process owns. The run is registered at once (before its task starts),
+        so reconciliation never mistakes it for a stray."""
+        run = Run(doc=doc, definition=self.definitions[doc["name"]])
+        self.runs[str(doc["_id"])] = run
+        task = asyncio.create_task(self.execute(run), name=f"job-{doc['_id']}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[Doc | None]) -> None:
@@ -168,13 +239,12 @@ class Worker:
         task.add_done_callback(done)
         return task
 
-    def wake_at(self, when: Any) -> None:
+    def wake_at(self, when: dt.datetime) -> None:
         """Wake the claim loop when `when` comes (a retry, a job scheduled for later)."""
-        delay = (when - self.clock.now()).total_seconds()
-        if delay <= 0:
+        if when <= self.clock.now():
             self.wake.set()
-        else:
-            asyncio.get_running_loop().call_later(delay, self.wake.set)
+        elif self.due.add(when):
+            self._rearm.set()
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -190,11 +260,11 @@ class Worker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def abort(self, job_id: str, reason: Any) -> bool:
+        """Fire a running job's abort signal; True if this call fired it."""
         run = self.runs.get(job_id)
-        if run is None:
+        if run is None or not run.signal.abort(reason):
             return False
-        if run.signal.abort(reason):
-            self.log.info("job_abort_requested", reason=reason, **self._fields(run.doc))
+        self.log.info("job_abort_requested", reason=reason, **self._fields(run.doc))
         return True
 
     def abandon_all(self, why: str) -> None:
@@ -204,26 +274,34 @@ class Worker:
             run.signal.abort("shutdown")
             self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
 
+    def owns(self, doc: Doc) -> bool:
+        """Is this process really running that run of the job?"""
+        run = self.runs.get(str(doc["_id"]))
+        return run is not None and run.doc.get("run_id") == doc.get("run_id")
+
     # ---- executing one job -----------------------------------------------------------
 
     def _fields(self, doc: Doc) -> dict[str, Any]:
         return {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
 
-    async def execute(self, doc: Doc) -> Doc | None:
+    async def execute(self, run: Run) -> Doc | None:
         """Run a claimed job to its end and write the outcome. Never raises (but CancelledError).
 
         Returns the final document, or None when the job was lost to another process.
         """
-        definition = self.definitions[doc["name"]]
-        run = Run(doc=doc, definition=definition)
-        job_id = str(doc["_id"])
-        self.runs[job_id] = run
+        doc = run.doc
         fields = self._fields(doc)
         try:
             if self._claimed_too_late(doc):
                 return await asyncio.shield(self._skip_missed(run))
-            job = Job.model_validate(doc)
+            try:
+                job = build_job(doc, run.definition)
+            except Exception as exc:
+                error = f"invalid job document: {exc}"
+                end = RunEnd(Ending.INVALID, error=error)
+                return await asyncio.shield(self._finish(run, end, None))
             job._checkpointer = lambda state: self._checkpoint(run, state)
+            job._processor = self.processor
             check_in = self._checkin(run, "in_progress")
             self.log.info(
                 "job_started",
@@ -234,18 +312,22 @@ class Worker:
             )
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            status, output, extra = await self._run_handler(run, job)
-            output["duration_ms"] = int((loop.time() - t0) * 1000)
-            final = await asyncio.shield(self._finalize(run, status, output, extra))
-            if final is not None and status not in (S.PAUSED, S.PENDING):
-                ok = "ok" if status == S.FINISHED else "error"
-                self._checkin(run, ok, check_in, output["duration_ms"] / 1000)
+            end = await self._run_handler(run, job)
+            duration_ms = int((loop.time() - t0) * 1000)
+            final = await asyncio.shield(self._finish(run, end, duration_ms))
+            if final is not None and final["status"] not in (S.PAUSED, S.PENDING):
+                ok = "ok" if final["status"] == S.FINISHED else "error"
+                self._checkin(run, ok, check_in, duration_ms / 1000)
             return final
-        except Exception:  # a bug of ours: never let it kill the worker silently
+        except Exception as exc:  # a bug of ours: record it on the job, never kill the worker
             self.log.exception("job_execution_failed", **fields)
+            end = RunEnd(Ending.INVALID, error=f"internal error: {describe_error(exc)}")
+            with contextlib.suppress(Exception):
+                return await asyncio.shield(self._finish(run, end, None))
             return None
         finally:
-            self.runs.pop(job_id, None)
+            if self.runs.get(str(doc["_id"])) is run:
+                del self.runs[str(doc["_id"])]
 
     def _claimed_too_late(self, doc: Doc) -> bool:
         """A cron task must start within its check-in margin; a late one is never run late."""
@@ -253,23 +335,27 @@ class Worker:
         return (
             doc.get("type") == "cron_task"
             and deadline is not None
-            and doc.get("started_at") is None  # a resumed task is not late
+            and doc.get("started_at") is None  # a resumed or retried task is not late
             and self.clock.now() > deadline
         )
 
     async def _skip_missed(self, run: Run) -> Doc | None:
         now = self.clock.now()
-        updated = await self.store.end_run(
-            run.doc, S.SKIPPED, now, None, extra={"skip_reason": "missed"}
+        written = await self.jobs.end_run(
+            run.doc,
+            Outcome(S.SKIPPED),
+            now,
+            writer=self.worker_id,
+            budget=self.settings.worker_timeout,
         )
-        if updated is not None:
+        if written.doc is not None:
             self.log.warning(
                 "cron_slot_missed",
                 slot=run.doc["scheduled_for"].isoformat(),
                 now=now.isoformat(),
                 **self._fields(run.doc),
             )
-        return updated
+        return written.doc
 
     def _checkin(
         self, run: Run, status: str, check_in_id: str | None = None, duration: float | None = None
@@ -278,7 +364,7 @@ class Worker:
             return None
         return sentry.checkin(run.doc["name"], run.definition, status, check_in_id, duration)
 
-    async def _run_handler(self, run: Run, job: Job) -> tuple[JobStatus, Doc, Doc]:
+    async def _run_handler(self, run: Run, job: Job[Any]) -> RunEnd:
         definition, signal = run.definition, run.signal
         handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
         aborted = asyncio.create_task(signal.wait())
@@ -301,94 +387,122 @@ class Worker:
             aborted.cancel()
             if timer is not None:
                 timer.cancel()
-        return self._outcome(run, handler)
+        return self._run_end(run, handler)
 
     async def _abort_after(self, signal: AbortSignal, seconds: float) -> None:
         await self.clock.sleep(seconds)
         signal.abort("timeout")
 
-    def _outcome(self, run: Run, handler: asyncio.Task[Any]) -> tuple[JobStatus, Doc, Doc]:
-        """(status, output, extra fields). A failed attempt goes back to pending while attempts
-        remain (`retries.after_failure`), else errored."""
+    @staticmethod
+    def _run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
         reason = run.signal.reason
-        exc = None if handler.cancelled() else handler.exception()
-        completed = not handler.cancelled() and exc is None
-        result = storable(handler.result()) if completed else None
-        now = self.clock.now()
-        backoff = run.definition.backoff
-        if reason == "killed":
-            return S.KILLED, {"result": result, "error": "killed"}, {}
-        if reason == "timeout":
-            status, extra = after_failure(run.doc, backoff, now)
-            return status, {"result": result, "error": "max runtime exceeded"}, extra
-        if completed:  # returned normally (even if asked to shut down meanwhile)
-            return S.FINISHED, {"result": result, "error": None}, {}
-        if reason == "shutdown":
-            if run.definition.resumable:
-                return S.PAUSED, {"result": None, "error": None}, {}
-            status, extra = after_failure(run.doc, backoff, now, retry_in=0)
-            return status, {"result": None, "error": "interrupted"}, extra
-        assert exc is not None
-        status, extra = after_failure(
-            run.doc,
-            backoff,
-            now,
+        if handler.cancelled():
+            return RunEnd(Ending.CANCELLED, abort_reason=reason)
+        exc = handler.exception()
+        if exc is None:
+            return RunEnd(Ending.RETURNED, abort_reason=reason, result=storable(handler.result()))
+        return RunEnd(
+            Ending.RAISED,
+            abort_reason=reason,
+            error=describe_error(exc),
             retry_in=exc.delay if isinstance(exc, RetryLater) else None,
             final=isinstance(exc, DoNotRetry),
         )
-        return status, {"result": None, "error": describe_error(exc)}, extra
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
-        if run.lost or not await self.store.save_checkpoint(
-            run.doc["_id"], run.doc["run_id"], state, self.clock.now()
-        ):
+        if not isinstance(state, dict):
+            raise InvalidPayloadError(
+                f"checkpoint state must be a dict, got {type(state).__name__}"
+            )
+        try:
+            size = len(bson.encode(state))
+        except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+            raise InvalidPayloadError(
+                f"checkpoint state cannot be stored in MongoDB: {exc}"
+            ) from None
+        if size > MAX_VALUE_BYTES:
+            raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
+        ok = False
+        if not run.lost:
+            try:
+                ok = await self.jobs.save_checkpoint(
+                    run.doc["_id"],
+                    run.doc["run_id"],
+                    state,
+                    self.clock.now(),
+                    self.settings.worker_timeout,
+                )
+            except TRANSIENT as exc:
+                self.log.error("checkpoint_failed", error=str(exc), **self._fields(run.doc))
+        if not ok:
             run.lost = True
             run.signal.abort("shutdown")
             raise JobLostError(
-                f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker"
+                f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker "
+                "(recovered elsewhere, or MongoDB unreachable for longer than worker_timeout)"
             )
 
-    async def _finalize(self, run: Run, status: JobStatus, output: Doc, extra: Doc) -> Doc | None:
+    async def _finish(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
+        """Decide the outcome and write it. A write that cannot be stored is replaced by an
+        errored outcome saying why; a kill requested meanwhile makes us decide again."""
         fields = self._fields(run.doc)
         if run.lost:
-            self.log.warning("job_lost", status=status.value, **fields)
+            self.log.warning("job_lost", **fields)
             return None
-        now = self.clock.now()
-        entry = history_entry(run.doc, status, output.get("error"), now)
-        extra = extra | {"history": with_history(run.doc, entry)}
-        try:
-            updated = await self.store.end_run(run.doc, status, now, output, extra)
-        except PyMongoError:
-            self.log.exception("job_status_write_failed", status=status.value, **fields)
-            return None
-        if updated is None:
+        policy = policy_of(run.definition, run.doc)
+        written = None
+        outcome = decide(run.doc, policy, end, self.clock.now())
+        for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile
+            now = self.clock.now()
+            outcome = decide(run.doc, policy, end, now)
+            try:
+                written = await self.jobs.end_run(
+                    run.doc,
+                    outcome,
+                    now,
+                    writer=self.worker_id,
+                    budget=self.settings.worker_timeout,
+                    duration_ms=duration_ms,
+                )
+            except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
+                run.lost = True
+                self.log.error(
+                    "job_status_write_failed", status=outcome.status.value, error=str(exc), **fields
+                )
+                return None
+            except Exception as exc:  # e.g. DocumentTooLarge: record why, without the result
+                if end.how == Ending.UNRECORDABLE:
+                    self.log.exception("job_status_write_failed", **fields)
+                    return None
+                why = f"{type(exc).__name__}: {str(exc)[:500]}"
+                self.log.error("job_outcome_unrecordable", error=why, **fields)
+                end = RunEnd(
+                    Ending.UNRECORDABLE,
+                    error=f"could not record the run's outcome ({outcome.status.value}): {why}",
+                )
+                continue
+            if written.kill_requested:
+                end = replace(end, kill_requested=True)
+                continue
+            break
+        if written is None or written.doc is None:
             # someone else moved the job first (we were declared dead): their state stands
-            self.log.warning("job_lost", status=status.value, **fields)
+            self.log.warning("job_lost", status=outcome.status.value, **fields)
             return None
-        event = {
-            S.FINISHED: "job_finished",
-            S.ERRORED: "job_errored",
-            S.KILLED: "job_killed",
-            S.PAUSED: "job_paused",
-            S.PENDING: "job_retry_scheduled",
-        }[status]
-        if status == S.PENDING:
-            fields["retry_at"] = updated["scheduled_for"].isoformat()
-            fields["failures"] = updated.get("failures")
-            self.wake_at(updated["scheduled_for"])
-        extra = {"error": output["error"].splitlines()[0]} if output.get("error") else {}
-        log = self.log.warning if status == S.ERRORED else self.log.info
-        log(event, duration_ms=output.get("duration_ms"), **extra, **fields)
-        if status not in (S.PAUSED, S.PENDING):
-            await call_exit_hook(run.definition, updated, self.log)
-        return updated
+        final = written.doc
+        self._log_outcome(outcome, final, fields, duration_ms)
+        if outcome.status == S.PENDING and outcome.retry_at is not None:
+            self.wake_at(outcome.retry_at)
+        await self.hooks.after_write(run.definition, final)
+        return final
 
-
-async def call_exit_hook(definition: JobDef | None, doc: Doc, log: EventLog) -> None:
-    """on_job_exited, once, by the process whose compare-and-set ended the job."""
-    if definition is None or definition.on_job_exited is None:
-        return
-    try:
-        await call_maybe_async(definition.on_job_exited, Job.model_validate(doc))
-    except Exception:
-        log.exception("on_job_exited_failed", job_id=str(doc["_id"]), job_name=doc["name"])
+    def _log_outcome(
+        self, outcome: Outcome, final: Doc, fields: dict[str, Any], duration_ms: int | None
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if outcome.error:
+            extra["error"] = outcome.error.splitlines()[0]
+        if outcome.status == S.PENDING and outcome.retry_at is not None:
+            extra |= {"retry_at": outcome.retry_at.isoformat(), "failures": outcome.failures}
+        log = self.log.warning if outcome.status == S.ERRORED else self.log.info
+        log(outcome.event, duration_ms=duration_ms, **extra, **fields)

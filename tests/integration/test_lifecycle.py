@@ -198,7 +198,7 @@ async def test_graceful_stop_pauses_resumable_and_a_new_worker_resumes(db: Any) 
     assert exits.of(job.id) == ["finished"]
 
 
-async def test_graceful_stop_errors_non_resumable_and_cancels_stubborn(db: Any) -> None:
+async def test_graceful_stop_requeues_non_resumable_without_using_an_attempt(db: Any) -> None:
     exits = Exits()
 
     async def polite(job: Job, signal: AbortSignal) -> None:
@@ -225,9 +225,11 @@ async def test_graceful_stop_errors_non_resumable_and_cancels_stubborn(db: Any) 
     await asyncio.wait_for(processor.stop(), 5)
     for job in (a, b):
         ended = await processor.get_job(job.id)
-        assert ended.status == S.ERRORED
+        assert ended.status == S.PENDING  # runs again from scratch, on any worker
         assert ended.error == "interrupted"
-        assert exits.of(job.id) == ["errored"]
+        assert ended.failures == 0  # an interruption is not the job's fault
+        assert ended.max_attempts == 1
+        assert exits.of(job.id) == []  # not an exit
 
 
 async def test_handler_that_finishes_during_shutdown_is_finished(db: Any) -> None:

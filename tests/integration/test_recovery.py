@@ -9,6 +9,8 @@ from typing import Any
 from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor import documents as D
+from job_processor.outcome import Ending, RunEnd
 
 from .helpers import make, wait_for, wait_status
 
@@ -23,15 +25,15 @@ async def plant_dead_worker_job(
     **fields: Any,
 ) -> str:
     """What a SIGKILLed worker leaves behind: a stale worker document and its running job."""
-    store = processor.store
+    storage = processor.storage
     past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
     past = past.replace(microsecond=past.microsecond // 1000 * 1000)
-    await store.register_worker(
+    await storage.workers.register(
         {"_id": worker_id, "hostname": "gone", "pid": 1, "started_at": past, "last_seen": past}
     )
-    doc = store.mark_running(store.new_job(name, {}, now=past, **fields), worker_id, past)
-    await store.insert_job(doc)
-    await store.save_checkpoint(doc["_id"], doc["run_id"], {"step": 2}, past)
+    doc = D.as_running(D.new_job(name, {}, now=past, **fields), worker_id, past)
+    await storage.jobs.insert(doc)
+    await storage.jobs.save_checkpoint(doc["_id"], doc["run_id"], {"step": 2}, past, budget=5)
     return str(doc["_id"])
 
 
@@ -50,11 +52,12 @@ async def test_crashed_non_resumable_job_is_errored_once_with_hook(db: Any) -> N
     await asyncio.gather(*(p.start() for p in sweepers))  # three live workers sweep at once
     try:
         job = await wait_status(sweepers[0], job_id, S.ERRORED)
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: calls == ["errored"])
     finally:
-        await asyncio.gather(*(p.stop() for p in sweepers))
+        await asyncio.gather(*(p.stop() for p in sweepers))  # each waits for its hooks
     assert job.error == "worker crashed"
     assert calls == ["errored"]
+    assert (await sweepers[0].get_job(job_id)).exit_hook == "done"
     status = await sweepers[0].get_status()
     assert all(w.id != "dead-worker" for w in status.workers)
 
@@ -67,12 +70,13 @@ async def test_crashed_resumable_job_is_paused_and_resumed_from_checkpoint(db: A
         return "resumed"
 
     processor = await make(db, {"index": JobDef(handler=resume, resumable=True)})
-    job_id = await plant_dead_worker_job(processor, "index")
+    job_id = await plant_dead_worker_job(processor, "index", resumable=True, max_attempts=3)
     before = await processor.get_job(job_id)
     async with processor:
         done = await wait_status(processor, job_id, S.FINISHED)
     assert states == [{"step": 2}]
     assert done.attempt == 2
+    assert done.failures == 1  # the crash counted as an attempt
     assert done.started_at == before.started_at
 
 
@@ -81,14 +85,13 @@ async def test_a_recent_claim_without_worker_document_is_left_alone(db: Any) -> 
         return None
 
     processor = await make(db, {"n": JobDef(handler=noop)})
-    store = processor.store
     now = processor.clock.now()
-    doc = store.mark_running(store.new_job("n", {}, now=now), "registering-now", now)
-    await store.insert_job(doc)
-    assert await processor.heartbeat.sweep(now) == 0
-    assert await processor.heartbeat.sweep(now + dt.timedelta(seconds=1.5)) == 0
+    doc = D.as_running(D.new_job("n", {}, now=now), "registering-now", now)
+    await processor.storage.jobs.insert(doc)
+    assert await processor.recovery.sweep(now) == 0
+    assert await processor.recovery.sweep(now + dt.timedelta(seconds=1.5)) == 0
     # (whole seconds past the timeout: nx-27017 compares dates at one-second precision)
-    assert await processor.heartbeat.sweep(now + dt.timedelta(seconds=4)) == 1
+    assert await processor.recovery.sweep(now + dt.timedelta(seconds=4)) == 1
 
 
 async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) -> None:
@@ -108,11 +111,10 @@ async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) ->
     old_worker = zombie.worker_id
     # Another worker declares it dead (e.g. after a long pause) and recovers its job.
     rescuer = await make(db, jobs)
-    store = rescuer.store
-    await store.unregister_worker(old_worker)
-    running = await store.get_job(ObjectId(job.id))
+    await rescuer.storage.workers.unregister(old_worker)
+    running = await rescuer.storage.jobs.get(ObjectId(job.id))
     assert running is not None
-    recovered = await store.recover(running, JobStatus.PAUSED, None, rescuer.clock.now(), {})
+    recovered = await rescuer.recovery.recover(running, RunEnd(Ending.CRASHED))
     assert recovered is not None
     assert recovered["status"] == "paused"
     # The zombie notices at its next heartbeat: aborts its run and registers afresh.

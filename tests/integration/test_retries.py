@@ -211,7 +211,7 @@ async def test_crash_during_a_retried_job_counts_as_an_attempt(db: Any) -> None:
     processor = await make(db, jobs)
     retried = await plant_dead_worker_job(processor, "send", max_attempts=3)
     last = await plant_dead_worker_job(processor, "send", worker_id="dead-2", max_attempts=3)
-    await processor.store.jobs.update_one({"_id": ObjectId(last)}, {"$set": {"failures": 2}})
+    await processor.storage.jobs.coll.update_one({"_id": ObjectId(last)}, {"$set": {"failures": 2}})
     async with processor:
         done = await wait_status(processor, retried, S.FINISHED)
         crashed = await wait_status(processor, last, S.ERRORED)

@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import AutoReconnect
 
+from job_processor import documents as D
 from job_processor.errors import JobNotFoundError
 from job_processor.models import JobStatus
-from job_processor.store import Store
+from job_processor.outcome import Outcome
+from job_processor.storage import Storage
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -22,202 +25,292 @@ def later(seconds: float) -> dt.datetime:
 
 
 @pytest.fixture
-async def store(any_db: Any) -> Store:
-    s = Store(any_db, "t_")
+async def storage(any_db: Any) -> Storage:
+    s = await Storage.open(any_db, "t_")
     await s.ensure_indexes()
     await s.ensure_indexes()  # idempotent
     return s
 
 
-async def add(store: Store, name: str = "a", **kw: Any) -> dict[str, Any]:
-    return await store.insert_job(store.new_job(name, {"n": 1}, now=NOW, **kw))
+async def add(storage: Storage, name: str = "a", **kw: Any) -> dict[str, Any]:
+    doc = await storage.jobs.insert(D.new_job(name, {"n": 1}, now=NOW, **kw))
+    assert doc is not None
+    return doc
 
 
-async def test_claim_order_priority_then_time_then_insertion(store: Store) -> None:
-    first = await add(store, scheduled_for=later(-30))
-    second = await add(store, scheduled_for=later(-30))
-    urgent = await add(store, scheduled_for=later(-1), priority=5)
-    await add(store, scheduled_for=later(60))  # not due
-    await add(store, name="other")  # not eligible
+async def claim(storage: Storage, name: str = "a", worker: str = "w1", at: float = 0) -> Any:
+    doc = await storage.jobs.claim_next([name], worker, later(at))
+    assert doc is not None
+    return doc
+
+
+async def end(storage: Storage, claimed: Any, outcome: Outcome, at: float = 1) -> Any:
+    return (await storage.jobs.end_run(claimed, outcome, later(at), writer="w1", budget=2)).doc
+
+
+async def test_claim_order_priority_then_time_then_insertion(storage: Storage) -> None:
+    first = await add(storage, scheduled_for=later(-30))
+    second = await add(storage, scheduled_for=later(-30))
+    urgent = await add(storage, scheduled_for=later(-1), priority=5)
+    await add(storage, scheduled_for=later(60))  # not due
+    await add(storage, name="other")  # not eligible
     got = []
-    while (doc := await store.claim_next(["a"], "w1", NOW)) is not None:
+    while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
         got.append(doc["_id"])
     assert got == [urgent["_id"], first["_id"], second["_id"]]
 
 
-async def test_claim_sets_owner_and_run(store: Store) -> None:
-    job = await add(store)
-    doc = await store.claim_next(["a"], "w1", later(1))
-    assert doc is not None
+async def test_claim_sets_owner_and_run_and_leaves_the_claim_index(storage: Storage) -> None:
+    job = await add(storage)
+    assert job["claim_name"] == "a"
+    doc = await claim(storage, at=1)
     assert doc["_id"] == job["_id"]
     assert doc["status"] == "running"
+    assert "claim_name" not in doc
     assert doc["worker_id"] == "w1"
     assert doc["attempt"] == 1
     assert doc["run_started_at"] == later(1)
     assert doc["run_id"]
-    assert await store.claim_next(["a"], "w2", later(2)) is None
+    assert await storage.jobs.claim_next(["a"], "w2", later(2)) is None
 
 
-async def test_concurrent_claims_never_share_a_job(store: Store) -> None:
+async def test_concurrent_claims_never_share_a_job(storage: Storage) -> None:
     for _ in range(12):
-        await add(store)
-    results = await asyncio.gather(*(store.claim_next(["a"], f"w{i}", NOW) for i in range(16)))
+        await add(storage)
+    results = await asyncio.gather(
+        *(storage.jobs.claim_next(["a"], f"w{i}", NOW) for i in range(16))
+    )
     ids = [r["_id"] for r in results if r is not None]
     assert len(ids) == 12
     assert len(set(ids)) == 12
 
 
-async def test_end_run_is_compare_and_set_on_the_run(store: Store) -> None:
-    await add(store, exclusive=True)
-    claimed = await store.claim_next(["a"], "w1", NOW)
-    assert claimed is not None
+async def test_end_run_is_compare_and_set_on_the_run(storage: Storage) -> None:
+    await add(storage, exclusive=True)
+    claimed = await claim(storage)
     stale = claimed | {"run_id": "someone-else"}
-    assert await store.end_run(stale, S.FINISHED, later(1), {"result": 1}) is None
-    done = await store.end_run(claimed, S.FINISHED, later(2), {"result": 2})
-    assert done is not None
+    assert await end(storage, stale, Outcome(S.FINISHED, result=1)) is None
+    done = await end(storage, claimed, Outcome(S.FINISHED, result=2, hook_owed=True), at=2)
     assert done["status"] == "finished"
     assert done["ended_at"] == later(2)
     assert done["started_at"] == NOW
     assert "exclusive_key" not in done
-    assert done["output"] == {"result": 2}
+    assert done["output"]["result"] == 2
+    assert done["exit_hook"] == "owed"
+    assert done["exit_hook_owner"] == "w1"
     # a second final write (a zombie) changes nothing
-    assert await store.end_run(claimed, S.ERRORED, later(3), {"error": "x"}) is None
-    assert (await store.get_job(claimed["_id"]))["status"] == "finished"  # type: ignore[index]
+    assert await end(storage, claimed, Outcome(S.ERRORED, error="x"), at=3) is None
+    assert (await storage.jobs.get(claimed["_id"]))["status"] == "finished"  # type: ignore[index]
 
 
-async def test_pause_keeps_first_start_and_state_and_resume_keeps_them(store: Store) -> None:
-    await add(store)
-    claimed = await store.claim_next(["a"], "w1", NOW)
-    assert claimed is not None
-    assert await store.save_checkpoint(claimed["_id"], claimed["run_id"], {"i": 3}, later(1))
-    paused = await store.end_run(claimed, S.PAUSED, later(2), None)
-    assert paused is not None
+async def test_a_kill_requested_meanwhile_refuses_a_retry_write(storage: Storage) -> None:
+    await add(storage)
+    claimed = await claim(storage)
+    outcome, _ = await storage.jobs.kill(claimed["_id"], later(1), "w9")
+    assert outcome == "requested"
+    retry = Outcome(S.PENDING, error="e", failures=1, retry_at=later(5))
+    written = await storage.jobs.end_run(claimed, retry, later(2), writer="w1", budget=2)
+    assert written.doc is None
+    assert written.kill_requested  # the caller decides again: killed
+    killed = await end(storage, claimed, Outcome(S.KILLED, error="killed", hook_owed=True), 3)
+    assert killed["status"] == "killed"
+
+
+async def test_pause_keeps_first_start_and_state_and_resume_keeps_them(storage: Storage) -> None:
+    await add(storage)
+    claimed = await claim(storage)
+    assert await storage.jobs.save_checkpoint(
+        claimed["_id"], claimed["run_id"], {"i": 3}, later(1), budget=2
+    )
+    paused = await end(storage, claimed, Outcome(S.PAUSED), at=2)
     assert paused["status"] == "paused"
     assert paused["worker_id"] is None
-    resumed = await store.claim_next(["a"], "w2", later(3))
-    assert resumed is not None
+    assert paused["claim_name"] == "a"
+    resumed = await claim(storage, worker="w2", at=3)
     assert resumed["state"] == {"i": 3}
     assert resumed["started_at"] == NOW
     assert resumed["run_started_at"] == later(3)
     assert resumed["attempt"] == 2
-    assert not await store.save_checkpoint(claimed["_id"], claimed["run_id"], {"i": 9}, later(4))
+    assert not await storage.jobs.save_checkpoint(
+        claimed["_id"], claimed["run_id"], {"i": 9}, later(4), budget=2
+    )
 
 
-async def test_exclusive_insert_is_skipped_with_conflict_and_freed_at_the_end(store: Store) -> None:
-    first = await add(store, exclusive=True)
-    second = await add(store, exclusive=True)
+async def test_exclusive_insert_is_skipped_with_conflict_and_freed_at_the_end(
+    storage: Storage,
+) -> None:
+    first = await add(storage, exclusive=True)
+    second = await add(storage, exclusive=True)
     assert second["status"] == "skipped"
     assert second["conflicting_job_id"] == first["_id"]
     assert second["skip_reason"] == "exclusive"
     assert "exclusive_key" not in second
-    claimed = await store.claim_next(["a"], "w", NOW)
-    assert claimed is not None
-    await store.end_run(claimed, S.ERRORED, later(1), {"error": "x"})
-    third = await add(store, exclusive=True)
+    assert "claim_name" not in second
+    claimed = await claim(storage)
+    await end(storage, claimed, Outcome(S.ERRORED, error="x"))
+    third = await add(storage, exclusive=True)
     assert third["status"] == "pending"
 
 
-async def test_exclusive_race_creates_one_active_job(store: Store) -> None:
-    docs = await asyncio.gather(*(add(store, exclusive=True) for _ in range(8)))
+async def test_exclusive_race_creates_one_active_job(storage: Storage) -> None:
+    docs = await asyncio.gather(*(add(storage, exclusive=True) for _ in range(8)))
     assert sorted(d["status"] for d in docs).count("pending") == 1
 
 
-async def test_kill_pending_running_and_ended(store: Store) -> None:
-    pending = await add(store)
-    outcome, doc = await store.kill(pending["_id"], later(1))
+async def test_dedup_keys_are_scoped_by_job_name(storage: Storage) -> None:
+    a = await add(storage, name="a", key="k")
+    again = await add(storage, name="a", key="k")
+    b = await add(storage, name="b", key="k")
+    assert again["_id"] == a["_id"]
+    assert b["_id"] != a["_id"]
+    assert b["status"] == "pending"
+
+
+async def test_kill_pending_running_and_ended(storage: Storage) -> None:
+    pending = await add(storage)
+    outcome, doc = await storage.jobs.kill(pending["_id"], later(1), "w9")
     assert (outcome, doc["status"]) == ("killed", "killed")
-    await add(store, name="b")
-    running = await store.claim_next(["b"], "w1", NOW)
-    assert running is not None
-    outcome, doc = await store.kill(running["_id"], later(2))
+    assert doc["exit_hook"] == "owed"
+    assert "claim_name" not in doc
+    await add(storage, name="b")
+    running = await claim(storage, name="b")
+    outcome, doc = await storage.jobs.kill(running["_id"], later(2), None)
     assert (outcome, doc["status"]) == ("requested", "running")
-    assert [d["_id"] for d in await store.kill_requests("w1")] == [running["_id"]]
-    assert await store.kill_requests("w2") == []
-    outcome, doc = await store.kill(pending["_id"], later(3))
+    mine = await storage.jobs.running_on("w1")
+    assert [d["_id"] for d in mine] == [running["_id"]]
+    assert mine[0]["kill_requested_at"] == later(2)
+    assert await storage.jobs.running_on("w2") == []
+    outcome, doc = await storage.jobs.kill(pending["_id"], later(3), None)
     assert outcome == "ended"
     with pytest.raises(JobNotFoundError):
-        await store.kill(ObjectId(), NOW)
+        await storage.jobs.kill(ObjectId(), NOW, None)
 
 
-async def test_recovery_happens_once_per_job(store: Store) -> None:
-    await add(store)
-    claimed = await store.claim_next(["a"], "dead", NOW)
-    assert claimed is not None
-    orphans = await store.orphaned_jobs(["alive"], later(31))
+async def test_retry_restores_the_claim_and_its_keys(storage: Storage) -> None:
+    await add(storage, key="k", exclusive=True)
+    claimed = await claim(storage)
+    await end(storage, claimed, Outcome(S.ERRORED, error="x", failures=1))
+    retried = await storage.jobs.retry(claimed["_id"], later(5), exclusive=True)
+    assert retried is not None
+    assert (retried["status"], retried["failures"], retried["claim_name"]) == ("pending", 0, "a")
+    assert retried["dedup_key"] == "a|k"
+    assert retried["exclusive_key"] == "a"
+    assert await storage.jobs.retry(claimed["_id"], later(6), exclusive=True) is None
+
+
+async def test_recovery_happens_once_per_job(storage: Storage) -> None:
+    await add(storage)
+    claimed = await claim(storage, worker="dead")
+    orphans = await storage.jobs.orphaned(["alive"], later(31))
     assert [o["_id"] for o in orphans] == [claimed["_id"]]
-    assert await store.orphaned_jobs(["dead"], later(31)) == []  # its worker is alive
-    assert await store.orphaned_jobs(["alive"], NOW) == []  # claimed too recently
+    assert await storage.jobs.orphaned(["dead"], later(31)) == []  # its worker is alive
+    assert await storage.jobs.orphaned(["alive"], NOW) == []  # claimed too recently
+    crashed = Outcome(S.ERRORED, error="worker crashed", failures=1, hook_owed=True)
     results = await asyncio.gather(
-        *(store.recover(orphans[0], S.ERRORED, "worker crashed", later(31), {}) for _ in range(5))
+        *(
+            storage.jobs.end_run(orphans[0], crashed, later(31), writer=f"s{i}", budget=2)
+            for i in range(5)
+        )
     )
-    winners = [r for r in results if r is not None]
+    winners = [r.doc for r in results if r.doc is not None]
     assert len(winners) == 1
     assert winners[0]["status"] == "errored"
     assert winners[0]["output"]["error"] == "worker crashed"
 
 
-async def test_workers_beat_and_stale_delete(store: Store) -> None:
-    await store.register_worker({"_id": "w1", "last_seen": NOW, "hostname": "h", "pid": 1})
-    assert await store.beat("w1", later(5))
-    assert not await store.beat("ghost", later(5))
-    (w,) = await store.list_workers()
-    assert w["last_seen"] == later(5)
-    assert not await store.delete_stale_worker("w1", later(5))
-    assert await store.delete_stale_worker("w1", later(6))
-    assert not await store.beat("w1", later(7))
+async def test_an_owed_hook_is_taken_over_once_and_recorded(storage: Storage) -> None:
+    await add(storage)
+    claimed = await claim(storage, worker="dead")
+    done = await end(storage, claimed, Outcome(S.FINISHED, hook_owed=True))
+    assert [d["_id"] for d in await storage.jobs.owed_hooks(later(2))] == [done["_id"]]
+    assert await storage.jobs.owed_hooks(NOW) == []
+    takers = await asyncio.gather(
+        *(storage.jobs.take_hook(done, f"w{i}", later(5)) for i in range(4))
+    )
+    (mine,) = [t for t in takers if t is not None]
+    assert not await storage.jobs.hook_ended(
+        done["_id"], done["exit_hook_id"], "done", None, later(6), budget=2
+    )  # the dead owner's hook id no longer matches
+    assert await storage.jobs.hook_ended(
+        done["_id"], mine["exit_hook_id"], "done", None, later(6), budget=2
+    )
+    assert (await storage.jobs.get(done["_id"]))["exit_hook"] == "done"  # type: ignore[index]
+    assert await storage.jobs.owed_hooks(later(60)) == []
 
 
-async def test_counts(store: Store) -> None:
-    await add(store)
-    await add(store)
-    await add(store, name="b")
-    assert await store.counts_by_name(S.PENDING) == {"a": 2, "b": 1}
-    assert await store.count({"status": "pending", "name": "a"}) == 2
+async def test_workers_beat_and_stale_delete(storage: Storage) -> None:
+    w = storage.workers
+    await w.register({"_id": "w1", "last_seen": NOW, "hostname": "h", "pid": 1})
+    assert await w.beat("w1", later(5))
+    assert not await w.beat("ghost", later(5))
+    (doc,) = await w.all()
+    assert doc["last_seen"] == later(5)
+    assert not await w.delete_stale("w1", later(5))
+    assert await w.delete_stale("w1", later(6))
+    assert not await w.beat("w1", later(7))
 
 
-async def test_final_write_survives_a_lost_reply(store: Store, monkeypatch: Any) -> None:
-    """The write lands but the connection drops before the answer: the retry sees it applied."""
-    from pymongo.errors import AutoReconnect
+async def test_counts(storage: Storage) -> None:
+    await add(storage)
+    await add(storage)
+    await add(storage, name="b")
+    assert await storage.jobs.counts_by_name(S.PENDING) == {"a": 2, "b": 1}
+    assert await storage.jobs.count_due(["a"], NOW) == 2
 
-    await add(store)
-    claimed = await store.claim_next(["a"], "w1", NOW)
-    assert claimed is not None
-    real = store.jobs.find_one_and_update
-    calls = 0
 
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        result = await real(*args, **kwargs)
-        if calls == 1:
+class LostReply:
+    """The write lands but the connection drops before the answer (the first `n` calls)."""
+
+    def __init__(self, real: Any, n: int = 1, land: bool = True) -> None:
+        self.real, self.n, self.land, self.calls = real, n, land, 0
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.n:
+            if self.land:
+                await self.real(*args, **kwargs)
             raise AutoReconnect("connection reset")
-        return result
+        return await self.real(*args, **kwargs)
 
-    monkeypatch.setattr(store.jobs, "find_one_and_update", flaky)
-    done = await store.end_run(claimed, S.FINISHED, later(1), {"result": 1})
-    assert calls == 2
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(S.FINISHED, result=1),
+        Outcome(S.PENDING, error="e", failures=1, retry_at=later(9)),  # a retry: run id cleared
+        Outcome(S.PAUSED),
+    ],
+)
+async def test_a_final_write_whose_reply_was_lost_is_recognised(
+    storage: Storage, monkeypatch: Any, outcome: Outcome
+) -> None:
+    await add(storage)
+    claimed = await claim(storage)
+    flaky = LostReply(storage.jobs.coll.find_one_and_update)
+    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    done = await end(storage, claimed, outcome)
+    assert flaky.calls == 2
     assert done is not None
-    assert done["status"] == "finished"
+    assert done["status"] == outcome.status.value
 
 
-async def test_final_write_retries_until_the_server_answers(store: Store, monkeypatch: Any) -> None:
-    from pymongo.errors import AutoReconnect
-
-    await add(store)
-    claimed = await store.claim_next(["a"], "w1", NOW)
-    assert claimed is not None
-    real = store.jobs.find_one_and_update
-    calls = 0
-
-    async def down_twice(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls <= 2:
-            raise AutoReconnect("no primary")
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(store.jobs, "find_one_and_update", down_twice)
-    monkeypatch.setattr("job_processor.store.TRANSIENT_BACKOFF", (0.0, 0.01, 0.01))
-    done = await store.end_run(claimed, S.ERRORED, later(1), {"error": "x"})
+async def test_final_write_retries_until_the_server_answers(
+    storage: Storage, monkeypatch: Any
+) -> None:
+    await add(storage)
+    claimed = await claim(storage)
+    flaky = LostReply(storage.jobs.coll.find_one_and_update, n=2, land=False)
+    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    done = await end(storage, claimed, Outcome(S.ERRORED, error="x"))
     assert done is not None
     assert done["status"] == "errored"
+
+
+async def test_final_write_gives_up_after_its_budget(storage: Storage, monkeypatch: Any) -> None:
+    await add(storage)
+    claimed = await claim(storage)
+    flaky = LostReply(storage.jobs.coll.find_one_and_update, n=10**6, land=False)
+    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    with pytest.raises(AutoReconnect):
+        await storage.jobs.end_run(claimed, Outcome(S.FINISHED), later(1), writer="w", budget=0.5)
+    assert 2 <= flaky.calls <= 6

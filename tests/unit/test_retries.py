@@ -1,14 +1,10 @@
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 
 from job_processor import Backoff
-from job_processor.models import JobStatus
-from job_processor.retries import HISTORY_LIMIT, after_failure, backoff_delay, with_history
-
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+from job_processor.documents import HISTORY_LIMIT, with_history
+from job_processor.retries import backoff_delay
 
 
 @pytest.mark.parametrize(
@@ -30,24 +26,6 @@ def test_backoff_cap_and_jitter_bounds() -> None:
     j = Backoff(kind="exponential", base_seconds=2, max_seconds=600, jitter=True)
     assert backoff_delay(j, 3, rand=lambda: 0.0) == 4
     assert backoff_delay(j, 3, rand=lambda: 1.0) == 8
-
-
-def test_after_failure_retries_until_attempts_run_out() -> None:
-    b = Backoff(kind="fixed", base_seconds=5, jitter=False)
-    doc = {"failures": 0, "max_attempts": 3}
-    status, extra = after_failure(doc, b, NOW)
-    assert status == JobStatus.PENDING
-    assert extra == {"failures": 1, "scheduled_for": NOW + dt.timedelta(seconds=5)}
-    status, extra = after_failure({"failures": 2, "max_attempts": 3}, b, NOW)
-    assert (status, extra) == (JobStatus.ERRORED, {"failures": 3})
-
-
-def test_retry_later_and_do_not_retry() -> None:
-    b = Backoff(jitter=False)
-    status, extra = after_failure({"failures": 0, "max_attempts": 5}, b, NOW, retry_in=0.25)
-    assert extra["scheduled_for"] == NOW + dt.timedelta(milliseconds=250)
-    status, _ = after_failure({"failures": 0, "max_attempts": 5}, b, NOW, final=True)
-    assert status == JobStatus.ERRORED
 
 
 def test_history_is_bounded() -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from job_processor import AbortSignal, FakeClock, JobAbortedError
 from job_processor.clock import SystemClock, sleep_or_wake, to_millis
-from job_processor.heartbeat import is_dead
-from job_processor.store import decode
+from job_processor.recovery import is_dead
+from job_processor.storage import decode
 from job_processor.worker import describe_error, eligible_names, storable
 
 

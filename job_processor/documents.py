@@ -1,0 +1,354 @@
+"""Pure document building: every job, worker and update document the storage layer writes.
+
+No I/O here. Each builder writes every field (the test servers treat a missing field and null
+alike in places; see docs/testing.md), and the "only while active" fields (`claim_name`,
+`exclusive_key`, `dedup_key`) are set and `$unset` by the same builders that change the status,
+so the unique sparse indexes and the claim index always agree with the status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from bson import ObjectId
+
+from .clock import as_utc
+from .models import HOOKED, JobStatus, check_transition
+from .outcome import Outcome
+
+Doc = dict[str, Any]
+S = JobStatus
+
+#: Run records kept on a job.
+HISTORY_LIMIT = 20
+
+
+def epoch_ms(value: dt.datetime) -> int:
+    """`due_ms`: scheduled_for as an integer, the field claims filter and sort on. Integers compare
+    the same on every server (nx-27017 stores a `$set` date as text, which breaks `$in` + range)."""
+    return int(as_utc(value).timestamp() * 1000)
+
+
+def new_id() -> str:
+    return str(ObjectId())
+
+
+def dedup_key(name: str, key: str) -> str:
+    """Dedup keys are scoped by job name: "a" keyed "k" and "b" keyed "k" never collide."""
+    return f"{name}|{key}"
+
+
+def slot_key(name: str, slot: dt.datetime) -> str:
+    """One task per cron slot, ever: "<cron>|<slot in UTC, ms>"."""
+    return f"{name}|{as_utc(slot).isoformat(timespec='milliseconds')}"
+
+
+# ---- jobs: creation -----------------------------------------------------------------------
+
+
+def new_job(
+    name: str,
+    payload: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    scheduled_for: dt.datetime | None = None,
+    tag: str | None = None,
+    priority: int = 0,
+    exclusive: bool = False,
+    job_type: str = "simple",
+    extra: Mapping[str, Any] | None = None,
+    key: str | None = None,
+    max_attempts: int = 1,
+    resumable: bool = False,
+) -> Doc:
+    """A complete pending job document."""
+    when = scheduled_for or now
+    doc: Doc = {
+        "_id": ObjectId(),
+        "name": name,
+        "type": job_type,
+        "status": S.PENDING.value,
+        "claim_name": name,
+        "payload": dict(payload),
+        "priority": priority,
+        "tag": tag,
+        "scheduled_for": when,
+        "due_ms": epoch_ms(when),
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "run_started_at": None,
+        "ended_at": None,
+        "worker_id": None,
+        "run_id": None,
+        "end_id": None,
+        "attempt": 0,
+        "state": None,
+        "output": None,
+        "kill_requested_at": None,
+        "skip_reason": None,
+        "conflicting_job_id": None,
+        "key": key,
+        "max_attempts": max_attempts,
+        "resumable": resumable,
+        "failures": 0,
+        "history": [],
+        "exit_hook": None,
+        "exit_hook_id": None,
+        "exit_hook_owner": None,
+        "exit_hook_at": None,
+        "exit_hook_error": None,
+        **(extra or {}),
+    }
+    if exclusive:
+        doc["exclusive_key"] = name
+    if key is not None:
+        doc["dedup_key"] = dedup_key(name, key)
+    return doc
+
+
+def cron_task(
+    name: str,
+    *,
+    slot: dt.datetime,
+    now: dt.datetime,
+    margin: dt.timedelta,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+) -> Doc:
+    """The pending task of one cron slot."""
+    return new_job(
+        name,
+        {},
+        now=now,
+        scheduled_for=slot,
+        tag=tag,
+        exclusive=exclusive,
+        job_type="cron_task",
+        max_attempts=max_attempts,
+        resumable=resumable,
+        extra={
+            "trigger": "schedule",
+            "start_deadline": slot + margin,
+            "cron_slot_key": slot_key(name, slot),
+        },
+    )
+
+
+def as_missed(task: Doc, now: dt.datetime) -> Doc:
+    """A cron slot that was not started within its margin, recorded as skipped "missed"."""
+    check_transition(None, S.SKIPPED)
+    doc = {k: v for k, v in task.items() if k not in {"exclusive_key", "dedup_key", "claim_name"}}
+    return doc | {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now}
+
+
+def as_skipped(doc: Doc, holder_id: Any) -> Doc:
+    """An exclusive job whose name already has an active job: recorded as skipped."""
+    check_transition(None, S.SKIPPED)
+    dropped = {"exclusive_key", "dedup_key", "claim_name", "_id"}
+    return {k: v for k, v in doc.items() if k not in dropped} | {
+        "_id": ObjectId(),
+        "status": S.SKIPPED.value,
+        "skip_reason": "exclusive",
+        "conflicting_job_id": holder_id,
+        "ended_at": doc["created_at"],
+        "worker_id": None,
+        "run_id": None,
+        "run_started_at": None,
+        "attempt": 0,
+    }
+
+
+def as_running(doc: Doc, worker_id: str, now: dt.datetime) -> Doc:
+    """For run_job: a new document claimed at insert by the calling process."""
+    check_transition(None, S.RUNNING)
+    out = {k: v for k, v in doc.items() if k != "claim_name"}
+    return out | {
+        "status": S.RUNNING.value,
+        "worker_id": worker_id,
+        "run_id": new_id(),
+        "run_started_at": now,
+        "attempt": 1,
+    }
+
+
+# ---- jobs: claim, checkpoint, end of a run -------------------------------------------------
+
+
+def claim_filter(names: list[str], now: dt.datetime) -> Doc:
+    """Claimable jobs of these names, due now. `claim_name` exists only while the job is pending
+    or paused, so one `$in` on it is both the status and the name condition."""
+    return {"claim_name": {"$in": names}, "due_ms": {"$lte": epoch_ms(now)}}
+
+
+def claim_update(worker_id: str, now: dt.datetime) -> Doc:
+    check_transition(S.PENDING, S.RUNNING)
+    check_transition(S.PAUSED, S.RUNNING)
+    return {
+        "$set": {
+            "status": S.RUNNING.value,
+            "worker_id": worker_id,
+            "run_id": new_id(),
+            "run_started_at": now,
+            "updated_at": now,
+        },
+        "$unset": {"claim_name": ""},
+        "$inc": {"attempt": 1},
+    }
+
+
+def history_entry(claimed: Doc, outcome: Outcome, now: dt.datetime) -> Doc:
+    return {
+        "attempt": claimed.get("attempt"),
+        "worker_id": claimed.get("worker_id"),
+        "started_at": claimed.get("run_started_at"),
+        "ended_at": now,
+        "status": outcome.status.value,
+        "error": outcome.error.splitlines()[0][:500] if outcome.error else None,
+    }
+
+
+def with_history(doc: Doc, entry: Doc) -> list[Doc]:
+    return [*(doc.get("history") or []), entry][-HISTORY_LIMIT:]
+
+
+def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
+    """The final write applies only while this run still owns the job. An outcome that a kill
+    request should override (a retry, a pause, an error) also requires that no kill was
+    requested meanwhile: if one was, the write matches nothing and the caller decides again."""
+    query: Doc = {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]}
+    if outcome.status not in (S.KILLED, S.FINISHED):
+        query["kill_requested_at"] = None
+    return query
+
+
+def end_update(
+    claimed: Doc,
+    outcome: Outcome,
+    now: dt.datetime,
+    *,
+    end_id: str,
+    writer: str | None,
+    duration_ms: int | None = None,
+) -> Doc:
+    """running -> outcome.status, in one update. A terminal status `$unset`s the active-only
+    keys and records `on_job_exited` as owed by `writer` (when the job has a hook)."""
+    check_transition(S.RUNNING, outcome.status)
+    output: Doc = {"result": outcome.result, "error": outcome.error, "duration_ms": duration_ms}
+    fields: Doc = {
+        "status": outcome.status.value,
+        "updated_at": now,
+        "output": output,
+        "failures": outcome.failures,
+        "end_id": end_id,
+        "history": with_history(claimed, history_entry(claimed, outcome, now)),
+    }
+    if claimed.get("started_at") is None:
+        fields["started_at"] = claimed["run_started_at"]
+    update: Doc = {"$set": fields}
+    if outcome.status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries later
+        fields |= {"worker_id": None, "run_id": None, "claim_name": claimed["name"]}
+        if outcome.retry_at is not None:
+            fields |= {"scheduled_for": outcome.retry_at, "due_ms": epoch_ms(outcome.retry_at)}
+    else:
+        if outcome.status == S.SKIPPED:  # claimed too late to run: it never started
+            fields["started_at"] = None
+            fields["skip_reason"] = "missed"
+        fields["ended_at"] = now
+        fields |= hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
+        update["$unset"] = {"exclusive_key": "", "dedup_key": ""}
+    return update
+
+
+def hook_owed_fields(
+    status: JobStatus, owed: bool, hook_id: str, writer: str | None, now: dt.datetime
+) -> Doc:
+    """What a terminal write records about on_job_exited: owed by `writer`, or nothing to do."""
+    if status not in HOOKED or not owed:
+        state = None if status not in HOOKED else "none"
+        return {"exit_hook": state, "exit_hook_id": None, "exit_hook_owner": None}
+    return {
+        "exit_hook": "owed",
+        "exit_hook_id": hook_id,
+        "exit_hook_owner": writer,
+        "exit_hook_at": now,
+        "exit_hook_error": None,
+    }
+
+
+# ---- jobs: kill and retry ------------------------------------------------------------------
+
+
+def kill_update(now: dt.datetime, writer: str | None, hook_owed: bool) -> Doc:
+    """pending | paused -> killed."""
+    check_transition(S.PENDING, S.KILLED)
+    check_transition(S.PAUSED, S.KILLED)
+    hook_id = new_id()
+    return {
+        "$set": {
+            "status": S.KILLED.value,
+            "kill_requested_at": now,
+            "ended_at": now,
+            "updated_at": now,
+            "worker_id": None,
+            "run_id": None,
+            "end_id": hook_id,
+            "output": {"result": None, "error": "killed", "duration_ms": None},
+            **hook_owed_fields(S.KILLED, hook_owed, hook_id, writer, now),
+        },
+        "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
+    }
+
+
+def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
+    """errored | killed -> pending now: attempts counted afresh, history and checkpoint kept,
+    the exclusive / dedup keys restored (a duplicate-key error means another job holds them)."""
+    check_transition(S.ERRORED, S.PENDING)
+    check_transition(S.KILLED, S.PENDING)
+    fields: Doc = {
+        "status": S.PENDING.value,
+        "claim_name": current["name"],
+        "scheduled_for": now,
+        "due_ms": epoch_ms(now),
+        "updated_at": now,
+        "ended_at": None,
+        "failures": 0,
+        "worker_id": None,
+        "run_id": None,
+        "kill_requested_at": None,
+    }
+    if exclusive:
+        fields["exclusive_key"] = current["name"]
+    if current.get("key") is not None:
+        fields["dedup_key"] = dedup_key(current["name"], current["key"])
+    return {"$set": fields}
+
+
+# ---- workers -------------------------------------------------------------------------------
+
+
+def new_worker(
+    now: dt.datetime,
+    worker_tags: list[str] | None,
+    instance_id: str | None,
+    concurrency: int,
+    names: list[str],
+) -> Doc:
+    host = socket.gethostname()
+    return {
+        "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
+        "hostname": host,
+        "pid": os.getpid(),
+        "instance_id": instance_id,
+        "tags": worker_tags,
+        "concurrency": concurrency,
+        "names": names,
+        "started_at": now,
+        "last_seen": now,
+    }

@@ -1,0 +1,119 @@
+"""on_job_exited, durably: at least once per terminal exit, recorded on the job.
+
+The final write that makes a job finished, errored or killed records `exit_hook: "owed"` with a
+hook id and its owner (the writing process), in the same single-document update. The owner then
+calls the hook, bounded by the definition's `on_job_exited_timeout`, and records the outcome
+("done", or "failed" with the error) with a compare-and-set on the hook id. If the owner dies in
+between, the hook stays owed; a live worker that knows the definition takes it over (a
+compare-and-set on the hook id, so one taker) once the owner is gone and the record is older
+than `worker_timeout` plus the hook's timeout, and calls it again. A hook recorded with no owner
+(a kill from a process that has no handlers, such as the CLI) is called by the next sweep.
+A hook can therefore run twice only when a process died while running it (or before recording
+that it ran).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .clock import Clock
+from .definitions import JobDef
+from .log import EventLog
+from .models import Job
+from .storage import Storage
+from .storage.transient import TRANSIENT
+
+Doc = dict[str, Any]
+
+
+class HookRunner:
+    def __init__(
+        self,
+        storage: Storage,
+        definitions: Mapping[str, JobDef],
+        clock: Clock,
+        log: EventLog,
+        budget: float,
+        worker_id: Callable[[], str],
+    ) -> None:
+        self.jobs = storage.jobs
+        self.definitions = definitions
+        self.clock = clock
+        self.log = log
+        self.budget = budget
+        self.worker_id = worker_id
+        self.in_flight: set[str] = set()
+
+    async def after_write(self, definition: JobDef | None, doc: Doc) -> None:
+        """Call the hook that a final write just recorded as owed by this process."""
+        if doc.get("exit_hook") == "owed":
+            await self.run(definition, doc)
+
+    async def run(self, definition: JobDef | None, doc: Doc) -> None:
+        if definition is None:
+            return  # unknown here: it stays owed for a process that knows the job
+        job_id, hook_id = doc["_id"], doc["exit_hook_id"]
+        fields = {"job_id": str(job_id), "job_name": doc["name"], "worker_id": self.worker_id()}
+        if definition.on_job_exited is None:
+            await self._record(job_id, hook_id, "none", None, fields)
+            return
+        from .worker import build_job, call_maybe_async, describe_error
+
+        try:
+            job: Job[Any] = build_job(doc, definition)
+        except Exception:  # an invalid payload: the hook still gets the job, payload as stored
+            job = Job.model_validate(doc)
+        timeout = definition.on_job_exited_timeout
+        self.in_flight.add(str(job_id))
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                await call_maybe_async(definition.on_job_exited, job)
+        except TimeoutError:
+            error = f"timed out after {timeout:g}s"
+            self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
+        except Exception as exc:
+            error = describe_error(exc)
+            self.log.exception("on_job_exited_failed", **fields)
+        finally:
+            self.in_flight.discard(str(job_id))
+        await self._record(job_id, hook_id, "failed" if error else "done", error, fields)
+
+    async def _record(
+        self, job_id: Any, hook_id: str, state: str, error: str | None, fields: dict[str, Any]
+    ) -> None:
+        try:
+            await self.jobs.hook_ended(job_id, hook_id, state, error, self.clock.now(), self.budget)
+        except TRANSIENT as exc:  # it stays owed, and will be called again
+            self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
+
+    async def recover(self, now: dt.datetime, live: set[str], worker_timeout: float) -> int:
+        """Call the hooks owed by processes that are gone. Returns how many were taken."""
+        me = self.worker_id()
+        taken = 0
+        for doc in await self.jobs.owed_hooks(now):
+            owner = doc.get("exit_hook_owner")
+            definition = self.definitions.get(doc["name"])
+            if definition is None or (owner in live and owner != me):
+                continue
+            if str(doc["_id"]) in self.in_flight:
+                continue
+            wait = worker_timeout + definition.on_job_exited_timeout
+            if owner is not None and doc["exit_hook_at"] > now - dt.timedelta(seconds=wait):
+                continue  # its owner (a process that is not a worker) may still be calling it
+            mine = await self.jobs.take_hook(doc, me, now)
+            if mine is None:
+                continue  # another worker took it
+            taken += 1
+            self.log.warning(
+                "on_job_exited_recovered",
+                job_id=str(doc["_id"]),
+                job_name=doc["name"],
+                owner=owner,
+                worker_id=me,
+            )
+            await self.run(definition, mine)
+        return taken

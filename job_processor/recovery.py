@@ -1,0 +1,123 @@
+"""Recovery: what dead workers (or a worker's failed writes) left behind, taken over exactly once.
+
+- Running jobs of a dead worker: one compare-and-set per job on its run id, so several live
+  workers sweeping at once recover each job exactly once. The outcome comes from
+  `outcome.decide` (a crash counts as a failed attempt; killed if a kill was requested; a
+  resumable job with attempts left is paused and resumes from its checkpoint).
+- Running jobs of a live worker that does not run them (`reconcile`): the same, with the reason.
+- on_job_exited hooks owed by processes that are gone (`HookRunner.recover`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock, as_utc
+from .definitions import JobDef
+from .hooks import HookRunner
+from .log import EventLog
+from .models import JobStatus
+from .outcome import Ending, RunEnd, decide
+from .storage import Storage
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+Doc = dict[str, Any]
+S = JobStatus
+
+
+def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
+    return last_seen < now - dt.timedelta(seconds=worker_timeout)
+
+
+class Recovery:
+    def __init__(
+        self,
+        storage: Storage,
+        worker: Worker,
+        definitions: Mapping[str, JobDef],
+        hooks: HookRunner,
+        clock: Clock,
+        log: EventLog,
+    ) -> None:
+        self.storage = storage
+        self.worker = worker
+        self.definitions = definitions
+        self.hooks = hooks
+        self.clock = clock
+        self.log = log
+        self.worker_timeout = worker.settings.worker_timeout
+
+    async def sweep(self, now: dt.datetime) -> int:
+        """Delete stale worker documents, recover their running jobs and owed hooks."""
+        cutoff = now - dt.timedelta(seconds=self.worker_timeout)
+        me = self.worker.worker_id
+        live: set[str] = set()
+        for w in await self.storage.workers.all():
+            if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
+                live.add(w["_id"])
+            elif await self.storage.workers.delete_stale(w["_id"], cutoff):
+                self.log.warning(
+                    "worker_declared_dead",
+                    worker_id=w["_id"],
+                    hostname=w.get("hostname"),
+                    instance_id=w.get("instance_id"),
+                    last_seen=w["last_seen"].isoformat(),
+                    by=me,
+                )
+        recovered = 0
+        for doc in await self.storage.jobs.orphaned(list(live), cutoff):
+            end = RunEnd(Ending.CRASHED, kill_requested=bool(doc.get("kill_requested_at")))
+            if await self.recover(doc, end) is not None:
+                recovered += 1
+        await self.hooks.recover(now, live, self.worker_timeout)
+        return recovered
+
+    async def reconcile(self, doc: Doc) -> Doc | None:
+        """A job the database says this live worker runs, but it does not (its final write
+        failed, or a claim's reply was lost)."""
+        end = RunEnd(
+            Ending.LOST_TRACK,
+            kill_requested=bool(doc.get("kill_requested_at")),
+            error="its worker lost track of the run (the final write failed or a reply was lost)",
+        )
+        return await self.recover(doc, end, event="job_reconciled")
+
+    async def recover(self, doc: Doc, end: RunEnd, event: str = "job_recovered") -> Doc | None:
+        """Exactly once per run: the final write is a compare-and-set on the run id."""
+        from .worker import policy_of
+
+        definition = self.definitions.get(doc["name"])
+        policy = policy_of(definition, doc)
+        now = self.clock.now()
+        for _ in range(2):
+            outcome = decide(doc, policy, end, now)
+            written = await self.storage.jobs.end_run(
+                doc, outcome, now, writer=self.worker.worker_id, budget=self.worker_timeout
+            )
+            if not written.kill_requested:
+                break
+            end = replace(end, kill_requested=True)
+        if written.doc is None:
+            return None  # another sweeper (or the owner) got there first
+        self.log.warning(
+            event,
+            job_id=str(doc["_id"]),
+            job_name=doc["name"],
+            worker_id=doc.get("worker_id"),
+            status=written.doc["status"],
+            error=outcome.error,
+            by=self.worker.worker_id,
+        )
+        if written.doc["status"] in (S.PAUSED, S.PENDING):
+            if outcome.retry_at is not None:
+                self.worker.wake_at(outcome.retry_at)
+            else:
+                self.worker.wake.set()
+        else:
+            await self.hooks.after_write(definition, written.doc)
+        return written.doc

@@ -1,0 +1,125 @@
+"""Server differences and test-server workarounds, each named, in one place.
+
+The storage modules call these instead of branching on the server themselves:
+
+- `ServerProfile`: what the connected server is (a real MongoDB, nx-27017, mongomock) and the
+  few choices that depend on it (whether a compound index may contain `_id`; whether a change
+  stream can be filtered with `$or`).
+- `decode`: nx-27017 stores a date written by a top-level `$set` as text; known date fields are
+  turned back into aware UTC datetimes on read (on every server: it is a no-op elsewhere).
+- `aggregate`, `open_stream`, `close_stream`: PyMongo's async API awaits `aggregate()` and
+  `watch()`, motor returns cursors directly.
+
+See docs/testing.md for what nx-27017 and mongomock get wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from ..clock import as_utc
+
+Doc = dict[str, Any]
+IndexKeys = list[tuple[str, int]]
+
+#: Top-level date fields of our documents.
+DATE_FIELDS = frozenset(
+    {
+        "scheduled_for",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "run_started_at",
+        "ended_at",
+        "kill_requested_at",
+        "last_seen",
+        "next_slot",
+        "start_deadline",
+        "exit_hook_at",
+        "emitted_at",
+        "expires_at",
+    }
+)
+_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
+
+
+def decode(doc: Doc) -> Doc:
+    """Documents read back: dates as aware UTC datetimes, whatever the server stored."""
+    for key in DATE_FIELDS.intersection(doc):
+        value = doc[key]
+        if isinstance(value, str) and _DATE_TEXT.match(value):
+            doc[key] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+        elif isinstance(value, dt.datetime):
+            doc[key] = as_utc(value)
+    return doc
+
+
+def decode_opt(doc: Doc | None) -> Doc | None:
+    return None if doc is None else decode(doc)
+
+
+async def all_docs(cursor: Any) -> list[Doc]:
+    return [decode(doc) async for doc in cursor]
+
+
+async def aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
+    cursor = collection.aggregate(pipeline)
+    if inspect.isawaitable(cursor):  # PyMongo async returns a coroutine; motor a cursor
+        cursor = await cursor
+    return [doc async for doc in cursor]
+
+
+async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -> Any:
+    stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
+    if inspect.isawaitable(stream):
+        stream = await stream
+    return stream
+
+
+async def close_stream(stream: Any) -> None:
+    result = stream.close()
+    if inspect.isawaitable(result):
+        await result
+
+
+ServerKind = Literal["mongodb", "nx-27017", "mongomock"]
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    kind: ServerKind = "mongodb"
+
+    @property
+    def index_with_id(self) -> bool:
+        """nx-27017 fails every insert into a collection with `_id` in a compound index."""
+        return self.kind != "nx-27017"
+
+    @property
+    def stream_or(self) -> bool:
+        """nx-27017 change streams deliver nothing for a `$match` with `$or`."""
+        return self.kind == "mongodb"
+
+    def index_keys(self, keys: IndexKeys) -> IndexKeys:
+        """The `_id` tie-breaker is left out of compound indexes where the server breaks on it
+        (nx-27017 has no query planner anyway: it scans)."""
+        if self.index_with_id or len(keys) == 1:
+            return keys
+        return [(k, d) for k, d in keys if k != "_id"]
+
+
+async def detect(db: Any) -> ServerProfile:
+    if type(db).__module__.startswith("mongomock_motor"):
+        return ServerProfile("mongomock")
+    try:
+        info = await db.command("buildInfo")
+    except (OperationFailure, PyMongoError):
+        return ServerProfile("mongodb")
+    if str(info.get("process", "")).startswith("nx"):
+        return ServerProfile("nx-27017")
+    return ServerProfile("mongodb")

@@ -1,0 +1,436 @@
+"""The jobs collection: the domain verbs on jobs, and nothing else talks to it.
+
+Every status change is ONE single-document atomic update whose filter restates what must still be
+true (compare-and-set), built by `documents`. A verb that returns None / False lost the race: the
+caller re-reads and decides; it never retries blindly. Writes use write concern "majority" (see
+docs/guide.md, "Durability").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .. import documents as D
+from ..errors import JobNotFoundError
+from ..models import JobStatus, check_transition
+from ..outcome import Outcome
+from .compat import (
+    IndexKeys,
+    ServerProfile,
+    aggregate,
+    all_docs,
+    close_stream,
+    decode,
+    decode_opt,
+    open_stream,
+)
+from .transient import ride_out
+
+Doc = dict[str, Any]
+AFTER = ReturnDocument.AFTER
+S = JobStatus
+
+#: The claim's sort: priority first, then due time, then insertion order.
+CLAIM_SORT = [("priority", DESCENDING), ("due_ms", ASCENDING), ("_id", ASCENDING)]
+#: Listing order: newest first.
+LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+#: (keys, options). Each query a worker or a user runs often has its index here; the real-server
+#: tier (tests/store/test_real_mongodb.py) asserts the plans.
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    # claim_next: {claim_name: $in, due_ms: $lte} sorted by CLAIM_SORT. One $in (claim_name
+    # exists only while claimable, so it carries status and name): the planner merges one
+    # sorted scan per name, no blocking SORT (up to 200 names per worker).
+    ([("claim_name", 1), ("priority", -1), ("due_ms", 1), ("_id", 1)], {}),
+    # only one active job per name / dedup key / cron slot: fields present only while active
+    ([("exclusive_key", 1)], {"unique": True, "sparse": True}),
+    ([("dedup_key", 1)], {"unique": True, "sparse": True}),
+    ([("cron_slot_key", 1)], {"unique": True, "sparse": True}),
+    # cron tasks that waited past their check-in margin
+    ([("type", 1), ("status", 1), ("start_deadline", 1)], {}),
+    # a worker's running jobs (kill checks, reconciliation, the recovery sweep)
+    ([("status", 1), ("worker_id", 1)], {}),
+    # listings, newest first: all jobs, by status, by name (and cron history), by name+status;
+    # {status, name} is also the covered scan behind counts_by_name
+    ([("created_at", -1), ("_id", -1)], {}),
+    ([("status", 1), ("created_at", -1), ("_id", -1)], {}),
+    ([("name", 1), ("created_at", -1), ("_id", -1)], {}),
+    ([("status", 1), ("name", 1), ("created_at", -1), ("_id", -1)], {}),
+    # on_job_exited hooks owed by a worker that died
+    ([("exit_hook", 1), ("exit_hook_at", 1)], {}),
+]
+
+#: BSON's document limit, less room for the rest of the job document.
+MAX_VALUE_BYTES = 15 * 1024 * 1024
+
+
+def object_id(job_id: str | ObjectId) -> ObjectId:
+    if isinstance(job_id, ObjectId):
+        return job_id
+    try:
+        return ObjectId(job_id)
+    except (bson.errors.InvalidId, TypeError):
+        raise JobNotFoundError(f"{job_id!r} is not a job id (24 hex characters)") from None
+
+
+@dataclass(frozen=True)
+class EndWrite:
+    """What a final write did: `doc` is the job after it, or None when it did not apply.
+    `kill_requested`: it did not apply because a kill was requested meanwhile (decide again)."""
+
+    doc: Doc | None
+    kill_requested: bool = False
+
+
+class JobStore:
+    def __init__(self, collection: Any, profile: ServerProfile) -> None:
+        self.coll = collection
+        self.profile = profile
+
+    @property
+    def name(self) -> str:
+        return str(self.coll.name)
+
+    # ---- creation ---------------------------------------------------------------------------
+
+    async def insert(self, doc: Doc) -> Doc | None:
+        """Insert a pending (or running) job. With a dedup key held by an active job, that job is
+        returned instead (compare `_id`). An exclusive job whose name already has an active job is
+        inserted as `skipped`, recording the conflicting job's id. Race-free: unique sparse
+        indexes on `dedup_key` / `exclusive_key` decide. Returns None only for a cron slot whose
+        task already exists (`cron_slot_key`): another replica created it."""
+        check_transition(None, S(doc["status"]))
+        for _ in range(10):
+            try:
+                await self.coll.insert_one(doc)
+                return doc
+            except DuplicateKeyError:
+                if await self._slot_taken(doc):
+                    return None
+                if "dedup_key" in doc:
+                    same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
+                    if same is not None:
+                        return decode(same)
+                    if "exclusive_key" not in doc:
+                        continue  # it ended meanwhile: try again
+                if "exclusive_key" not in doc:
+                    raise
+                holder = await self.coll.find_one(
+                    {"exclusive_key": doc["exclusive_key"]}, {"_id": 1}
+                )
+                if holder is None:  # it ended between our insert and this read: try again
+                    continue
+                skipped = D.as_skipped(doc, holder["_id"])
+                try:
+                    await self.coll.insert_one(skipped)
+                except DuplicateKeyError:
+                    if await self._slot_taken(doc):
+                        return None
+                    raise
+                return skipped
+        raise RuntimeError(f"could not insert exclusive job {doc['name']!r}: constant contention")
+
+    async def _slot_taken(self, doc: Doc) -> bool:
+        key = doc.get("cron_slot_key")
+        return (
+            key is not None
+            and await self.coll.find_one({"cron_slot_key": key}, {"_id": 1}) is not None
+        )
+
+    async def expire_missed_cron_tasks(self, now: dt.datetime) -> int:
+        """Pending cron tasks that never started and are past their start deadline never run
+        late: skipped, "missed". (A retry of a task that did start is not expired.)"""
+        check_transition(S.PENDING, S.SKIPPED)
+        res = await self.coll.update_many(
+            {
+                "type": "cron_task",
+                "status": S.PENDING.value,
+                "start_deadline": {"$lt": now},
+                "attempt": 0,
+            },
+            {
+                "$set": {
+                    "status": S.SKIPPED.value,
+                    "skip_reason": "missed",
+                    "ended_at": now,
+                    "updated_at": now,
+                },
+                "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
+            },
+        )
+        return int(res.modified_count)
+
+    async def delete_pending_tasks_of(self, names: list[str]) -> int:
+        """Pending tasks of crons that were removed."""
+        res = await self.coll.delete_many(
+            {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
+        )
+        return int(res.deleted_count)
+
+    # ---- claim and run ----------------------------------------------------------------------
+
+    async def claim_next(
+        self, names: Iterable[str], worker_id: str, now: dt.datetime
+    ) -> Doc | None:
+        """Atomically take the best due job among `names` (pending or paused)."""
+        result: Doc | None = await self.coll.find_one_and_update(
+            D.claim_filter(list(names), now),
+            D.claim_update(worker_id, now),
+            sort=CLAIM_SORT,
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    async def save_checkpoint(
+        self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
+    ) -> bool:
+        """False when this run no longer owns the job."""
+
+        async def once() -> bool:
+            res = await self.coll.update_one(
+                {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id},
+                {"$set": {"state": state, "updated_at": now}},
+            )
+            return bool(res.matched_count)
+
+        return await ride_out(once, budget)
+
+    async def end_run(
+        self,
+        claimed: Doc,
+        outcome: Outcome,
+        now: dt.datetime,
+        *,
+        writer: str | None,
+        budget: float,
+        duration_ms: int | None = None,
+    ) -> EndWrite:
+        """Running -> outcome.status, only if this run still owns the job (and, for outcomes a
+        kill overrides, no kill was requested). Transient errors are retried within `budget`;
+        a write whose reply was lost is recognised by its `end_id`."""
+        end_id = D.new_id()
+        query = D.end_filter(claimed, outcome)
+        update = D.end_update(
+            claimed, outcome, now, end_id=end_id, writer=writer, duration_ms=duration_ms
+        )
+
+        async def once() -> Doc | None:
+            found: Doc | None = await self.coll.find_one_and_update(
+                query, update, return_document=AFTER
+            )
+            return found
+
+        doc = await ride_out(once, budget)
+        if doc is not None:
+            return EndWrite(decode(doc))
+        current = await ride_out(lambda: self.get(claimed["_id"]), budget)
+        if current is None:
+            return EndWrite(None)
+        if current.get("end_id") == end_id:  # our write landed; its reply was lost
+            return EndWrite(current)
+        still_ours = current["status"] == S.RUNNING.value and current.get("run_id") == claimed.get(
+            "run_id"
+        )
+        return EndWrite(None, kill_requested=still_ours and bool(current.get("kill_requested_at")))
+
+    # ---- kill and retry ---------------------------------------------------------------------
+
+    async def kill(self, job_id: ObjectId, now: dt.datetime, writer: str | None) -> tuple[str, Doc]:
+        """Returns ("killed", doc) if this call moved a pending/paused job to killed (its
+        on_job_exited is then recorded as owed by `writer`), ("requested", doc) if the job is
+        running and its worker will abort it, ("ended", doc) if it had already ended."""
+        for _ in range(10):
+            doc = await self.coll.find_one_and_update(
+                {"_id": job_id, "status": {"$in": [S.PENDING.value, S.PAUSED.value]}},
+                D.kill_update(now, writer, hook_owed=True),
+                return_document=AFTER,
+            )
+            if doc is not None:
+                return "killed", decode(doc)
+            doc = await self.coll.find_one_and_update(
+                {"_id": job_id, "status": S.RUNNING.value},
+                {"$set": {"kill_requested_at": now, "updated_at": now}},
+                return_document=AFTER,
+            )
+            if doc is not None:
+                return "requested", decode(doc)
+            doc = await self.coll.find_one({"_id": job_id})
+            if doc is None:
+                raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+            if doc["status"] not in {S.PENDING.value, S.PAUSED.value, S.RUNNING.value}:
+                return "ended", decode(doc)
+            # it moved between our two updates: try again
+        raise RuntimeError(f"could not kill job {job_id}: its status keeps changing")
+
+    async def retry(self, job_id: ObjectId, now: dt.datetime, exclusive: bool) -> Doc | None:
+        """errored | killed -> pending now. Raises DuplicateKeyError when another active job
+        holds the exclusive / dedup key. Returns None when the job is not errored or killed."""
+        current = await self.coll.find_one({"_id": job_id}, {"key": 1, "name": 1})
+        if current is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        result = await self.coll.find_one_and_update(
+            {"_id": job_id, "status": {"$in": [S.ERRORED.value, S.KILLED.value]}},
+            D.retry_update(current, now, exclusive),
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    # ---- a worker's own jobs, and recovery ----------------------------------------------------
+
+    def running_on_cursor(self, worker_id: str) -> Any:
+        return self.coll.find({"status": S.RUNNING.value, "worker_id": worker_id})
+
+    async def running_on(self, worker_id: str) -> list[Doc]:
+        """One query: the jobs the database says this worker is running (kill requests are
+        read from these; reconciliation compares them with what the worker really runs)."""
+        return await all_docs(self.running_on_cursor(worker_id))
+
+    async def orphaned(self, live_worker_ids: list[str], cutoff: dt.datetime) -> list[Doc]:
+        """Running jobs whose worker is not alive, claimed before `cutoff` (a worker registering
+        right now is never mistaken for a dead one)."""
+        # worker ids are filtered here: nx-27017 matches nothing for `$nin` with a date range,
+        # and running jobs are few.
+        live = set(live_worker_ids)
+        candidates = await all_docs(
+            self.coll.find({"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}})
+        )
+        return [doc for doc in candidates if doc.get("worker_id") not in live]
+
+    # ---- on_job_exited records ----------------------------------------------------------------
+
+    def owed_hooks_cursor(self, cutoff: dt.datetime) -> Any:
+        return self.coll.find({"exit_hook": "owed", "exit_hook_at": {"$lt": cutoff}}).limit(500)
+
+    async def owed_hooks(self, cutoff: dt.datetime) -> list[Doc]:
+        """Jobs whose on_job_exited was recorded as owed before `cutoff` and not marked done."""
+        return await all_docs(self.owed_hooks_cursor(cutoff))
+
+    async def take_hook(self, doc: Doc, writer: str, now: dt.datetime) -> Doc | None:
+        """Take over an owed hook (its owner died): compare-and-set on its hook id."""
+        result = await self.coll.find_one_and_update(
+            {"_id": doc["_id"], "exit_hook": "owed", "exit_hook_id": doc["exit_hook_id"]},
+            {
+                "$set": {
+                    "exit_hook_id": D.new_id(),
+                    "exit_hook_owner": writer,
+                    "exit_hook_at": now,
+                }
+            },
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    async def hook_ended(
+        self,
+        job_id: ObjectId,
+        hook_id: str,
+        state: str,
+        error: str | None,
+        now: dt.datetime,
+        budget: float,
+    ) -> bool:
+        """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none")."""
+
+        async def once() -> bool:
+            res = await self.coll.update_one(
+                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id},
+                {"$set": {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}},
+            )
+            return bool(res.matched_count)
+
+        return await ride_out(once, budget)
+
+    # ---- change stream --------------------------------------------------------------------
+
+    def wake_pipeline(self) -> list[Doc]:
+        """Only what can make a job claimable: inserts of pending jobs, and updates that set
+        `claim_name` (a retry, a pause, retry_job). nx-27017 cannot filter with `$or` (and sends
+        no updateDescription): there, inserts and updates pass and the waker decides."""
+        if not self.profile.stream_or:
+            return [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+        return [
+            {
+                "$match": {
+                    "$or": [
+                        {"operationType": "insert", "fullDocument.claim_name": {"$exists": True}},
+                        {"operationType": "replace"},
+                        {
+                            "operationType": "update",
+                            "updateDescription.updatedFields.claim_name": {"$exists": True},
+                        },
+                    ]
+                }
+            },
+            {
+                "$project": {
+                    "operationType": 1,
+                    "fullDocument.status": 1,
+                    "fullDocument.scheduled_for": 1,
+                    "updateDescription.updatedFields.status": 1,
+                    "updateDescription.updatedFields.scheduled_for": 1,
+                }
+            },
+        ]
+
+    async def watch(self, max_await_ms: int) -> Any:
+        return await open_stream(self.coll, self.wake_pipeline(), max_await_ms)
+
+    @staticmethod
+    async def close_stream(stream: Any) -> None:
+        await close_stream(stream)
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def get(self, job_id: ObjectId) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": job_id}))
+
+    def find_cursor(
+        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
+    ) -> Any:
+        query: Doc = {}
+        if name is not None:
+            query["name"] = name
+        if status is not None:
+            query["status"] = status.value
+        return self.coll.find(query).sort(LIST_SORT).limit(limit)
+
+    async def find(
+        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
+    ) -> list[Doc]:
+        """Newest first, by name and/or status (each shape has its index)."""
+        return await all_docs(self.find_cursor(name, status, limit))
+
+    async def recent_tasks(self, name: str, limit: int = 5) -> list[Doc]:
+        """A cron's latest tasks (the {name, created_at} index: a task is created at its slot)."""
+        return await all_docs(self.find_cursor(name, None, limit))
+
+    async def running(self) -> list[Doc]:
+        return await all_docs(
+            self.coll.find(
+                {"status": S.RUNNING.value},
+                {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
+            )
+        )
+
+    async def count_due(self, names: list[str], now: dt.datetime) -> int:
+        return int(await self.coll.count_documents(D.claim_filter(names, now)))
+
+    @staticmethod
+    def counts_pipeline(status: JobStatus) -> list[Doc]:
+        """A covered scan of the {status, name, ...} index."""
+        return [
+            {"$match": {"status": status.value}},
+            {"$group": {"_id": "$name", "n": {"$sum": 1}}},
+        ]
+
+    async def counts_by_name(self, status: JobStatus) -> dict[str, int]:
+        rows = await aggregate(self.coll, self.counts_pipeline(status))
+        return {str(r["_id"]): int(r["n"]) for r in rows}

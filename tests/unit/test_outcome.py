@@ -1,0 +1,149 @@
+"""The one outcome function, rule by rule (pure: no server, no clock)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from job_processor import Backoff
+from job_processor.models import JobStatus
+from job_processor.outcome import Ending, Policy, RunEnd, decide
+
+S = JobStatus
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+FIXED = Backoff(kind="fixed", base_seconds=5, jitter=False)
+PLAIN = Policy(backoff=FIXED, has_hook=True)
+RESUMABLE = Policy(resumable=True, backoff=FIXED, has_hook=True)
+
+
+def job(failures: int = 0, max_attempts: int = 3) -> dict[str, Any]:
+    return {"failures": failures, "max_attempts": max_attempts}
+
+
+def test_returned_is_finished_with_its_result_and_owes_the_hook() -> None:
+    out = decide(job(), PLAIN, RunEnd(Ending.RETURNED, result=42), NOW)
+    assert (out.status, out.result, out.error, out.hook_owed) == (S.FINISHED, 42, None, True)
+    no_hook = Policy(has_hook=False)
+    assert not decide(job(), no_hook, RunEnd(Ending.RETURNED), NOW).hook_owed
+    unknown = Policy()  # the definition is unknown here: owed, a process that knows decides
+    assert decide(job(), unknown, RunEnd(Ending.RETURNED), NOW).hook_owed
+
+
+def test_a_failed_attempt_retries_at_the_backoff_time_until_attempts_run_out() -> None:
+    end = RunEnd(Ending.RAISED, error="ValueError: x")
+    out = decide(job(0, 3), PLAIN, end, NOW)
+    assert (out.status, out.failures, out.retry_at) == (S.PENDING, 1, NOW + dt.timedelta(seconds=5))
+    assert not out.hook_owed
+    last = decide(job(2, 3), PLAIN, end, NOW)
+    assert (last.status, last.failures, last.error, last.hook_owed) == (
+        S.ERRORED,
+        3,
+        "ValueError: x",
+        True,
+    )
+
+
+def test_retry_later_sets_the_delay_and_do_not_retry_ends_it() -> None:
+    later = decide(job(0, 5), PLAIN, RunEnd(Ending.RAISED, error="e", retry_in=0.25), NOW)
+    assert later.retry_at == NOW + dt.timedelta(milliseconds=250)
+    final = decide(job(0, 5), PLAIN, RunEnd(Ending.RAISED, error="e", final=True), NOW)
+    assert final.status == S.ERRORED
+
+
+def test_timeout_is_a_failed_attempt() -> None:
+    end = RunEnd(Ending.CANCELLED, abort_reason="timeout")
+    assert decide(job(0, 2), PLAIN, end, NOW).status == S.PENDING
+    out = decide(job(1, 2), PLAIN, end, NOW)
+    assert (out.status, out.error) == (S.ERRORED, "max runtime exceeded")
+
+
+@pytest.mark.parametrize("how", [Ending.RAISED, Ending.CANCELLED, Ending.RETURNED])
+def test_the_kill_signal_always_kills(how: Ending) -> None:
+    out = decide(job(0, 5), PLAIN, RunEnd(how, abort_reason="killed", error="e"), NOW)
+    assert (out.status, out.error, out.hook_owed) == (S.KILLED, "killed", True)
+
+
+@pytest.mark.parametrize(
+    ("end", "policy"),
+    [
+        (RunEnd(Ending.RAISED, error="e"), PLAIN),  # would retry
+        (RunEnd(Ending.CANCELLED, abort_reason="timeout"), PLAIN),  # would retry
+        (RunEnd(Ending.RAISED, abort_reason="shutdown"), RESUMABLE),  # would pause
+        (RunEnd(Ending.RETURNED, abort_reason="shutdown"), RESUMABLE),  # would pause
+        (RunEnd(Ending.RAISED, abort_reason="shutdown"), PLAIN),  # would be re-queued
+        (RunEnd(Ending.CRASHED), RESUMABLE),  # would resume
+        (RunEnd(Ending.CRASHED), PLAIN),  # would retry
+    ],
+)
+def test_a_kill_requested_in_the_database_wins_over_retry_and_pause(
+    end: RunEnd, policy: Policy
+) -> None:
+    from dataclasses import replace
+
+    assert decide(job(0, 5), policy, end, NOW).status in (S.PENDING, S.PAUSED)
+    out = decide(job(0, 5), policy, replace(end, kill_requested=True), NOW)
+    assert out.status == S.KILLED
+
+
+def test_a_finished_run_stands_even_if_a_kill_was_requested_meanwhile() -> None:
+    end = RunEnd(Ending.RETURNED, result="done", kill_requested=True)
+    assert decide(job(), PLAIN, end, NOW).status == S.FINISHED
+
+
+def test_after_the_shutdown_signal_a_resumable_job_is_paused_however_it_returned() -> None:
+    for end in (
+        RunEnd(Ending.RETURNED, abort_reason="shutdown", result="half done"),
+        RunEnd(Ending.RAISED, abort_reason="shutdown", error="JobAbortedError"),
+        RunEnd(Ending.CANCELLED, abort_reason="shutdown"),
+    ):
+        out = decide(job(1, 3), RESUMABLE, end, NOW)
+        assert (out.status, out.failures, out.hook_owed) == (S.PAUSED, 1, False)
+
+
+def test_a_non_resumable_job_interrupted_by_a_stop_is_requeued_without_using_an_attempt() -> None:
+    out = decide(job(0, 1), PLAIN, RunEnd(Ending.RAISED, abort_reason="shutdown"), NOW)
+    assert (out.status, out.failures, out.error, out.retry_at) == (
+        S.PENDING,
+        0,
+        "interrupted",
+        NOW,
+    )
+    returned = RunEnd(Ending.RETURNED, abort_reason="shutdown", result=1)
+    assert decide(job(0, 1), PLAIN, returned, NOW).status == S.FINISHED
+
+
+def test_a_crash_counts_as_an_attempt_for_resumable_jobs_too() -> None:
+    crash = RunEnd(Ending.CRASHED)
+    first = decide(job(0, 3), RESUMABLE, crash, NOW)
+    assert (first.status, first.failures) == (S.PAUSED, 1)
+    second = decide(job(1, 3), RESUMABLE, crash, NOW)
+    assert (second.status, second.failures) == (S.PAUSED, 2)
+    third = decide(job(2, 3), RESUMABLE, crash, NOW)
+    assert third.status == S.ERRORED
+    assert third.error == "worker crashed: crashed during 3 attempts, not resumed again"
+    assert third.hook_owed
+
+
+def test_a_crash_of_a_plain_job_is_a_failed_attempt() -> None:
+    out = decide(job(0, 1), PLAIN, RunEnd(Ending.CRASHED), NOW)
+    assert (out.status, out.error) == (S.ERRORED, "worker crashed")
+    killed = decide(job(0, 1), PLAIN, RunEnd(Ending.CRASHED, kill_requested=True), NOW)
+    assert (killed.status, killed.error) == (S.KILLED, "killed (its worker crashed)")
+
+
+def test_lost_track_is_recovered_like_a_crash_with_its_reason() -> None:
+    end = RunEnd(Ending.LOST_TRACK, error="its worker lost track of the run")
+    out = decide(job(0, 2), PLAIN, end, NOW)
+    assert (out.status, out.failures, out.error) == (
+        S.PENDING,
+        1,
+        "its worker lost track of the run",
+    )
+
+
+@pytest.mark.parametrize("how", [Ending.INVALID, Ending.UNRECORDABLE])
+def test_invalid_or_unrecordable_runs_are_errored_for_good(how: Ending) -> None:
+    out = decide(job(0, 5), PLAIN, RunEnd(how, error="why"), NOW)
+    assert (out.status, out.error, out.hook_owed) == (S.ERRORED, "why", True)
