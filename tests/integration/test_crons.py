@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 from typing import Any
 
 import pytest
 
 from job_processor import (
     AbortSignal,
+    FakeClock,
     InvalidDefinitionError,
     Job,
     JobProcessor,
@@ -36,27 +36,54 @@ async def tasks(processor: JobProcessor, name: str) -> list[Job]:
     return sorted(jobs, key=lambda j: j.scheduled_for)
 
 
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+async def until(predicate: Any, timeout: float = 10) -> Any:
+    """Wait (real time) until `await predicate()` is truthy; return its value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def slot_done(processor: JobProcessor, name: str, slot: dt.datetime, *statuses: str) -> Any:
+    async def done() -> Any:
+        got = [j for j in await tasks(processor, name) if j.scheduled_for == slot]
+        return got if got and all(j.status in statuses for j in got) else None
+
+    return await until(done)
+
+
 async def test_every_slot_runs_once_across_replicas(db: Any) -> None:
+    clock = FakeClock(T0)
     crons = {"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.5}}
-    replicas = [await make(db, crons, concurrency=2) for _ in range(3)]
+    replicas = [await make(db, crons, concurrency=2, clock=clock) for _ in range(3)]
     await asyncio.gather(*(r.start() for r in replicas))
-    await asyncio.sleep(6)
-    await asyncio.gather(*(r.stop() for r in replicas))
+    try:
+        for i in range(1, 7):
+            clock.set(T0 + i * SECOND)  # every replica's scheduler sees the slot come
+            await slot_done(replicas[0], "tick", T0 + i * SECOND, "finished")
+    finally:
+        await asyncio.gather(*(r.stop() for r in replicas))
     got = await tasks(replicas[0], "tick")
-    slots = [j.scheduled_for for j in got if j.trigger == "schedule"]
-    assert len(slots) >= 4
-    assert len(slots) == len(set(slots))  # never twice
-    assert all(b - a == SECOND for a, b in itertools.pairwise(slots))  # none missing
-    finished = [j for j in got if j.status == "finished"]
-    assert len(finished) >= len(got) - 1  # the last may have been interrupted by the stop
-    delays = sorted((j.run_started_at - j.scheduled_for).total_seconds() for j in finished)  # type: ignore[operator]
-    assert delays[len(delays) // 2] < 1.0  # starts within about a second of its slot
+    slots = [j.scheduled_for for j in got]
+    assert slots == [T0 + i * SECOND for i in range(1, 7)]  # each once, none missing
+    assert all(j.status == "finished" and j.trigger == "schedule" for j in got)
+    assert all(j.run_started_at == j.scheduled_for for j in got)  # started at its slot
 
 
 async def test_exclusive_cron_skips_overlaps_without_missing_the_next(db: Any) -> None:
-    async def slow(job: Job, signal: AbortSignal) -> None:
-        await asyncio.sleep(2.2)
+    import sentry_sdk
 
+    release = asyncio.Event()
+
+    async def slow(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    clock = FakeClock(T0)
     crons = {
         "slow": {
             "cron_string": "* * * * * *",
@@ -65,48 +92,147 @@ async def test_exclusive_cron_skips_overlaps_without_missing_the_next(db: Any) -
             "checkin_margin": 0.5,
         }
     }
-    processor = await make(db, crons, concurrency=2)
-    async with processor:
-        await asyncio.sleep(7)
-    got = [j for j in await tasks(processor, "slow") if j.status != "running"]
-    statuses = [(j.status.value, j.skip_reason) for j in got]
-    assert ("skipped", "missed") not in statuses  # no false "missed"
-    ran = [j for j in got if j.status in ("finished", "errored")]
-    skipped = [j for j in got if j.skip_reason == "exclusive"]
-    assert len(ran) >= 2
-    assert skipped
-    for job in skipped:
-        assert job.conflicting_job_id in {r.id for r in ran} | {
-            j.id for j in await tasks(processor, "slow")
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, concurrency=2, clock=clock)
+        async with processor:
+            clock.set(T0 + SECOND)
+            await slot_done(processor, "slow", T0 + SECOND, "running")
+            for i in (2, 3):  # the first run still holds the name: these slots are skipped
+                clock.set(T0 + i * SECOND)
+                await slot_done(processor, "slow", T0 + i * SECOND, "skipped")
+            release.set()
+            await slot_done(processor, "slow", T0 + SECOND, "finished")
+            clock.set(T0 + 4 * SECOND)  # the very next slot runs: a skip never cascades
+            await slot_done(processor, "slow", T0 + 4 * SECOND, "finished")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    got = await tasks(processor, "slow")
+    first = got[0]
+    assert [(j.status.value, j.skip_reason) for j in got] == [
+        ("finished", None),
+        ("skipped", "exclusive"),
+        ("skipped", "exclusive"),
+        ("finished", None),
+    ]
+    assert {j.conflicting_job_id for j in got[1:3]} == {first.id}
+    # skipping behind a job that is running is fine for monitoring
+    assert [c["status"] for c in checkins if c["monitor_slug"] == "slow"] == [
+        "in_progress",
+        "ok",
+        "ok",
+        "ok",
+        "in_progress",
+        "ok",
+    ]
+
+
+async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_red(
+    db: Any,
+) -> None:
+    import sentry_sdk
+
+    clock = FakeClock(T0)
+    crons = {
+        "report": {
+            "cron_string": "* * * * * *",
+            "handler": tick,
+            "concurrency": "exclusive",
+            "tag": "main",  # no worker here serves "main": its task stays pending
+            "checkin_margin": 1,
         }
-    # once a run ends, one of the next two slots runs: a skip never makes the next slot skip
-    checked = 0
-    for run in ran:
-        assert run.ended_at is not None
-        following = [j for j in got if j.scheduled_for >= run.ended_at][:2]
-        if len(following) == 2:  # (not for the run the stop interrupted)
-            assert any(j.status in ("finished", "errored") for j in following), statuses
-            checked += 1
-    assert checked >= 1
+    }
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, clock=clock, worker_tags=["secondary"])
+        async with processor:
+            clock.set(T0 + SECOND)
+            await slot_done(processor, "report", T0 + SECOND, "pending")
+            for i in (2, 3, 4):
+                clock.set(T0 + i * SECOND)
+                await slot_done(processor, "report", T0 + i * SECOND, "skipped")
+            status = await processor.get_status()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert [c["status"] for c in checkins] == ["error", "error", "error"]
+    (warning,) = status.warnings
+    assert "cron 'report'" in warning
+    assert "pending, not running" in warning
 
 
 async def test_downtime_longer_than_the_margin_records_missed_slots(db: Any) -> None:
+    clock = FakeClock(T0)
     crons = {"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.02}}
-    first = await make(db, crons)
+    first = await make(db, crons, clock=clock)
     async with first:
-        await asyncio.sleep(2.5)
-    await asyncio.sleep(4)  # all workers down for longer than the 1.2 s margin
-    second = await make(db, crons)
+        for i in (1, 2):
+            clock.set(T0 + i * SECOND)
+            await slot_done(first, "tick", T0 + i * SECOND, "finished")
+    clock.set(T0 + 6 * SECOND)  # every worker down for longer than the 1.2 s margin
+    second = await make(db, crons, clock=clock)
     async with second:
-        await asyncio.sleep(2.5)
-    got = await tasks(second, "tick")
-    missed = [j for j in got if j.skip_reason == "missed"]
-    ran = [j for j in got if j.status == "finished"]
-    assert len(missed) >= 2
-    for job in ran:  # nothing ran late: no burst after the restart
-        assert job.run_started_at - job.scheduled_for <= dt.timedelta(seconds=1.2 + 1)  # type: ignore[operator]
-    slots = [j.scheduled_for for j in got]
-    assert len(slots) == len(set(slots))
+        await slot_done(second, "tick", T0 + 6 * SECOND, "finished")
+    got = {j.scheduled_for: j for j in await tasks(second, "tick")}
+    assert sorted(got) == [T0 + i * SECOND for i in range(1, 7)]  # each slot recorded once
+    outcome = {(t - T0).seconds: (j.status.value, j.skip_reason) for t, j in got.items()}
+    assert outcome == {
+        1: ("finished", None),
+        2: ("finished", None),
+        3: ("skipped", "missed"),  # 3 s late: past the margin, never run late
+        4: ("skipped", "missed"),
+        5: ("finished", None),  # 1 s late: within the margin, runs late
+        6: ("finished", None),
+    }
+
+
+async def test_cron_tasks_are_retried_with_the_crons_attempts_and_backoff(db: Any) -> None:
+    calls: list[int] = []
+
+    async def flaky(job: Job, signal: AbortSignal) -> str:
+        calls.append(job.failures)
+        if job.failures == 0:
+            raise ConnectionError("provider down")
+        return "ok"
+
+    clock = FakeClock(T0)
+    crons = {
+        "sync": {
+            "cron_string": "0 2 * * *",
+            "handler": flaky,
+            "max_attempts": 2,
+            "backoff": {"kind": "fixed", "base_seconds": 30, "jitter": False},
+        }
+    }
+    processor = await make(db, crons, clock=clock)
+    async with processor:
+        job = await processor.trigger_cron("sync")
+
+        async def retried() -> Job | None:
+            current = await processor.get_job(job.id)
+            return current if current.failures == 1 and current.status == "pending" else None
+
+        retry = await until(retried)
+        assert retry.scheduled_for == T0 + 30 * SECOND
+        clock.set(T0 + 30 * SECOND)
+        done = await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+    assert calls == [0, 1]
+    assert done.max_attempts == 2
+
+
+async def test_crons_are_pruned_only_when_asked(db: Any) -> None:
+    both = {
+        "a": {"cron_string": "0 2 * * *", "handler": tick},
+        "b": {"cron_string": "0 3 * * *", "handler": tick},
+    }
+    await make(db, both)
+    # an old replica (or the CLI's factory) that only knows "a" starts: "b" must survive
+    old = await make(db, {"a": both["a"]})
+    assert [c["name"] for c in (await old.get_status()).crons] == ["a"]  # it reports its own...
+    assert {d["_id"] for d in await old.storage.crons.docs()} == {"a", "b"}  # ...and kept b
+    assert await old.prune_crons() == ["b"]
+    assert {d["_id"] for d in await old.storage.crons.docs()} == {"a"}
 
 
 async def test_trigger_cron_runs_now_recorded_as_manual(db: Any) -> None:
@@ -164,15 +290,22 @@ async def test_status_lists_crons_with_next_slot_in_both_zones(db: Any) -> None:
     assert [r["id"] for r in entry["recent"]] == [job.id]
 
 
-async def test_sentry_check_ins(db: Any) -> None:
-    import sentry_sdk
+def capture_checkins(sentry_sdk: Any) -> list[dict[str, Any]]:
+    """Initialise Sentry with a transport that keeps the check-ins it would send."""
     from sentry_sdk.transport import Transport
 
-    envelopes: list[Any] = []
+    checkins: list[dict[str, Any]] = []
 
     class Capture(Transport):
         def capture_envelope(self, envelope: Any) -> None:
-            envelopes.append(envelope)
+            checkins.extend(i.payload.json for i in envelope.items if i.type == "check_in")
+
+    sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Capture)
+    return checkins
+
+
+async def test_sentry_check_ins(db: Any) -> None:
+    import sentry_sdk
 
     async def boom(job: Job, signal: AbortSignal) -> None:
         raise RuntimeError("export failed")
@@ -187,7 +320,7 @@ async def test_sentry_check_ins(db: Any) -> None:
         },
         "broken": {"cron_string": "*/5 * * * *", "handler": boom},
     }
-    sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Capture)
+    checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons)
         ok = await processor.trigger_cron("export")
@@ -198,10 +331,7 @@ async def test_sentry_check_ins(db: Any) -> None:
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
-    checkins = [
-        item.payload.json for env in envelopes for item in env.items if item.type == "check_in"
-    ]
-    by_slug = {}
+    by_slug: dict[str, list[dict[str, Any]]] = {}
     for c in checkins:
         by_slug.setdefault(c["monitor_slug"], []).append(c)
     assert [c["status"] for c in by_slug["export"]] == ["in_progress", "ok"]
