@@ -72,14 +72,18 @@ def _ping(port: int) -> bool:
         client.close()
 
 
-def start_local_server(data_dir: Path | None = None, timeout: float = 20.0) -> LocalServer:
-    """Start nx-27017 on a free port and wait until it answers ping. Raises LocalServerError
-    (with the server's log) when it cannot start: callers must fail loudly, never skip."""
+def start_local_server(
+    data_dir: Path | None = None, timeout: float = 20.0, port: int | None = None
+) -> LocalServer:
+    """Start nx-27017 on a free port (or `port`, to restart a stopped one on its data) and wait
+    until it answers ping. Raises LocalServerError (with the server's log) when it cannot start:
+    callers must fail loudly, never skip."""
     exe = _executable()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="job-processor-nx-"))
     last_log = ""
+    fixed = port
     for _ in range(5):  # a port taken between free_port() and bind: pick another
-        port = free_port()
+        port = fixed or free_port()
         log_file = data_dir / f"server-{port}.log"
         proc = subprocess.Popen(
             [
@@ -107,7 +111,7 @@ def start_local_server(data_dir: Path | None = None, timeout: float = 20.0) -> L
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if "Errno 98" not in last_log:
+        if "Errno 98" not in last_log or fixed:
             break
     raise LocalServerError(f"nx-27017 did not start on 127.0.0.1:{port}. Its log:\n{last_log}")
 
