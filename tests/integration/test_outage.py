@@ -1,0 +1,90 @@
+"""A real database outage: the test's own nx-27017 is stopped and restarted on the same data
+while a resumable job checkpoints. Shorter than worker_timeout, it must not be visible to the
+handler beyond a slow `checkpoint()`: no error, no attempt lost, no recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor.local_server import LocalServer, start_local_server
+
+from .helpers import wait_status
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("JOB_PROCESSOR_TEST_MONGODB_URL")),
+    reason="stops and restarts its own nx-27017 server; a real MongoDB is not restarted here",
+)
+
+
+@pytest.fixture
+def own_server() -> Iterator[LocalServer]:
+    data = Path(tempfile.mkdtemp(prefix="jp-outage-"))
+    server = start_local_server(data)
+    yield server
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_checkpoints_and_final_writes_ride_out_a_short_outage(
+    own_server: LocalServer,
+) -> None:
+    progress: list[int] = []
+    errors: list[BaseException] = []
+    outage_started = asyncio.Event()
+
+    async def index(job: Job, signal: AbortSignal) -> int:
+        step = (job.state or {}).get("step", 0)
+        while step < 30:
+            step += 1
+            try:
+                await job.checkpoint({"step": step})
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+            progress.append(step)
+            if step == 5:
+                outage_started.set()
+            await asyncio.sleep(0.05)
+        return step
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        own_server.url, tz_aware=True, serverSelectionTimeoutMS=20000
+    )
+    processor = await init_job_processor(
+        client["outage"],
+        jobs={"index": JobDef(handler=index, resumable=True)},
+        poll_interval=0.2,
+        heartbeat_interval=1.0,
+        worker_timeout=8.0,
+    )
+    try:
+        async with processor:
+            job = await processor.schedule_job("index")
+            await asyncio.wait_for(outage_started.wait(), 10)
+            own_server.stop()  # MongoDB goes away for about two seconds
+            stopped_at = len(progress)
+            await asyncio.sleep(2)
+            assert len(progress) <= stopped_at + 1  # the handler was waiting in checkpoint()
+            restarted = start_local_server(own_server.data_dir, port=own_server.port)
+            try:
+                done = await wait_status(processor, job.id, JobStatus.FINISHED, timeout=30)
+            finally:
+                await processor.stop()
+                restarted.stop()
+    finally:
+        await client.close()
+    assert errors == []
+    assert done.result == 30
+    assert done.attempt == 1  # same run: nothing was recovered or retried
+    assert done.failures == 0
+    assert progress == list(range(1, 31))
