@@ -7,10 +7,13 @@ import logging
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from pymongo import AsyncMongoClient, MongoClient
 
 from job_processor import (
     AbortSignal,
+    DatabaseUnreachableError,
+    InvalidArgumentError,
     InvalidDatabaseError,
     InvalidDefinitionError,
     InvalidPayloadError,
@@ -126,3 +129,108 @@ async def test_stdlib_logger_gets_structured_events(
     finished = next(r for r in caplog.records if r.__dict__.get("event") == "job_finished")
     assert finished.__dict__["fields"]["job_id"] == done.id
     assert finished.__dict__["fields"]["job_name"] == "send-email"
+
+
+async def test_scheduled_for_must_be_an_aware_datetime(db: Any) -> None:
+    processor = await make(db, JOBS)
+    naive = dt.datetime.now() + dt.timedelta(hours=1)
+    with pytest.raises(
+        InvalidArgumentError, match=r"job 'send-email': scheduled_for .* no timezone"
+    ):
+        await processor.schedule_job("send-email", {}, scheduled_for=naive)
+    with pytest.raises(InvalidArgumentError, match=r"must be a timezone-aware datetime, got str"):
+        await processor.schedule_job("send-email", {}, scheduled_for="2030-01-01")  # type: ignore[arg-type]
+    assert await processor.list_jobs() == []
+
+
+async def test_payloads_bson_cannot_hold_or_too_big_name_the_job(db: Any) -> None:
+    import uuid
+
+    processor = await make(db, JOBS)
+    with pytest.raises(InvalidPayloadError, match=r"job 'send-email': payload cannot be stored"):
+        await processor.schedule_job("send-email", {"id": uuid.uuid4()})
+    with pytest.raises(InvalidPayloadError, match=r"job 'send-email': payload is 17\.\d MB"):
+        await processor.schedule_job("send-email", {"blob": "x" * 17_000_000})
+    assert await processor.list_jobs() == []
+
+
+async def test_bson_only_values_serialize_to_json(db: Any) -> None:
+    from bson import ObjectId
+
+    async def echo(job: Job, signal: AbortSignal) -> Any:
+        return {"ref": job.payload["ref"], "raw": job.payload["raw"]}
+
+    processor = await make(db, {"echo": JobDef(handler=echo)})
+    ref = ObjectId()
+    done = await processor.run_job("echo", {"ref": ref, "raw": b"\x00\x01"})
+    dumped = done.model_dump(mode="json")  # what a web service returns
+    assert dumped["payload"] == {"ref": str(ref), "raw": "AAE="}
+    assert dumped["output"]["result"] == {"ref": str(ref), "raw": "AAE="}
+    assert done.payload["ref"] == ref  # the Python values stay what was stored
+
+
+async def test_list_jobs_refuses_an_unknown_status(db: Any) -> None:
+    processor = await make(db, JOBS)
+    with pytest.raises(InvalidArgumentError, match=r"unknown status 'done': use one of pending"):
+        await processor.list_jobs(status="done")
+
+
+async def test_dedup_keys_do_not_collide_across_job_names(db: Any) -> None:
+    processor = await make(db, {"a": JobDef(handler=noop), "b": JobDef(handler=noop)})
+    a = await processor.schedule_job("a", {}, key="order-1")
+    b = await processor.schedule_job("b", {}, key="order-1")
+    assert a.id != b.id
+    assert (await processor.schedule_job("a", {}, key="order-1")).id == a.id
+
+
+async def test_an_unreachable_server_fails_fast_with_its_address() -> None:
+    import asyncio
+
+    from job_processor.local_server import free_port
+
+    port = free_port()  # nothing listens there
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        with pytest.raises(DatabaseUnreachableError) as err:
+            await init_job_processor(client["x"], jobs=JOBS, connect_timeout=1)
+    finally:
+        await client.close()
+    assert loop.time() - t0 < 3
+    assert f"cannot reach MongoDB at 127.0.0.1:{port} within 1s" in str(err.value)
+    assert "MONGODB_URL" in str(err.value)
+
+
+async def test_an_unexpanded_instance_id_is_warned_about(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("myservice.jobs")
+    with caplog.at_level(logging.WARNING, logger="myservice.jobs"):
+        await init_job_processor(db, logger=logger, jobs=JOBS, instance_id="runner-{{.Task.Slot}}")
+    (record,) = [r for r in caplog.records if r.__dict__.get("event") == "instance_id_not_expanded"]
+    assert "only swarm" in record.__dict__["fields"]["hint"]
+
+
+class Email(BaseModel):
+    to: str
+    cc: list[str] = []
+
+
+async def test_typed_payloads_are_validated_and_handed_to_the_handler(db: Any) -> None:
+    seen: list[Email] = []
+
+    async def send(job: Job[Email], signal: AbortSignal) -> str:
+        seen.append(job.payload)
+        return job.payload.to
+
+    processor = await make(db, {"send": JobDef(handler=send, payload_model=Email)})
+    with pytest.raises(InvalidPayloadError, match=r"job 'send': payload does not match Email: "):
+        await processor.schedule_job("send", {"cc": ["x"]})
+    with pytest.raises(InvalidPayloadError, match=r"field 'to': Field required"):
+        await processor.schedule_job("send", {})
+    done = await processor.run_job("send", Email(to="ada@example.com"))
+    also = await processor.run_job("send", {"to": "bob@example.com"})
+    assert [done.result, also.result] == ["ada@example.com", "bob@example.com"]
+    assert seen == [Email(to="ada@example.com"), Email(to="bob@example.com")]
+    assert (await processor.get_job(done.id)).payload == {"to": "ada@example.com", "cc": []}

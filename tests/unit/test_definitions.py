@@ -72,3 +72,42 @@ def test_cron_accepts_seconds_field_and_timezone() -> None:
 def test_jobdef_given_as_cron_is_refused() -> None:
     with pytest.raises(InvalidDefinitionError, match="cron 'x'"):
         parse_crons({"x": JobDef(handler=handler)})
+
+
+def test_handlers_with_the_wrong_parameters_are_refused() -> None:
+    async def one(job: object) -> None: ...
+
+    async def hook(job: object, extra: object) -> None: ...
+
+    with pytest.raises(
+        InvalidDefinitionError, match=r"job 'x': field 'handler': .*accept \(job, signal\)"
+    ):
+        parse_jobs({"x": {"handler": one}})
+    with pytest.raises(InvalidDefinitionError, match=r"field 'on_job_exited': .*accept \(job\)"):
+        parse_jobs({"x": {"handler": lambda job, signal: None, "on_job_exited": hook}})
+    parse_jobs({"x": {"handler": lambda *args: None}})  # *args can take them
+
+
+def test_unknown_job_keys_list_job_keys_and_point_cron_keys_to_crons() -> None:
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_jobs({"x": {"handler": lambda job, signal: None, "cron_string": "* * * * *"}})
+    text = str(err.value)
+    assert "allowed keys are handler, on_job_exited" in text
+    assert "checkin_margin" not in text.split("(")[0]  # only JobDef's keys are listed
+    assert "'cron_string' belongs to a CronDef" in text
+
+
+def test_resumable_jobs_default_to_three_attempts() -> None:
+    jobs = parse_jobs(
+        {
+            "a": {"handler": lambda j, s: None},
+            "b": {"handler": lambda j, s: None, "resumable": True},
+        }
+    )
+    assert (jobs["a"].attempts, jobs["b"].attempts) == (1, 3)
+    assert (
+        parse_jobs({"c": {"handler": lambda j, s: None, "resumable": True, "max_attempts": 1}})[
+            "c"
+        ].attempts
+        == 1
+    )
