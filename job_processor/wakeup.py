@@ -66,10 +66,11 @@ class DueTimes:
         return len(self._times)
 
     def add(self, when: dt.datetime) -> bool:
-        """Remember `when`; True if it is now the earliest."""
+        """Remember `when`; True if it is earlier than every time known before."""
+        earliest = self._times[0] if self._times else None
         bisect.insort(self._times, when)
         del self._times[self.limit :]
-        return bool(self._times) and self._times[0] == when
+        return earliest is None or when < earliest
 
     def next_after(self, now: dt.datetime) -> dt.datetime | None:
         """The earliest time still to come (times that passed are dropped)."""

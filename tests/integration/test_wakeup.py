@@ -95,3 +95,28 @@ async def test_without_watch_support_polling_carries_on() -> None:
         await wait_status(worker, job.id, "finished", timeout=5)  # type: ignore[arg-type]
         await asyncio.sleep(0.1)
         assert not worker.waker.active
+
+
+async def test_jobs_scheduled_far_ahead_cost_one_timer_per_worker(db: Any) -> None:
+    import datetime as dt
+
+    processor = await make(db, JOBS, poll_interval=30, idle_poll_interval=30, change_streams=False)
+    loop = asyncio.get_running_loop()
+
+    def timers() -> int:
+        return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    async with processor:
+        timers_before = timers()
+        month = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+        jobs = [await processor.schedule_job("n", scheduled_for=month) for _ in range(300)]
+        soon = await processor.schedule_job(
+            "n", scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        )
+        assert timers() <= timers_before + 1
+        assert len(processor.worker.due) == 301  # due times are data, not timers
+        # the job due in a second still runs on time though the next poll is 30 s away
+        await wait_status(processor, soon.id, "finished", timeout=5)  # type: ignore[arg-type]
+        for job in jobs:
+            await processor.kill_job(job.id)
+    assert len(processor.worker.due) == 300  # killed jobs leave inert entries, no timers

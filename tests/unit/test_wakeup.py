@@ -35,3 +35,106 @@ def test_updates_wake_only_when_a_job_becomes_claimable() -> None:
     assert wakes_worker(upd({"status": "finished"}))[0] is False
     assert wakes_worker(upd({"state": {"i": 1}}))[0] is False  # a checkpoint
     assert wakes_worker({"operationType": "delete"})[0] is False
+
+
+def test_due_times_keep_the_earliest_and_are_bounded() -> None:
+    from job_processor.wakeup import DueTimes
+
+    due = DueTimes(limit=3)
+    sec = dt.timedelta(seconds=1)
+    assert due.add(WHEN + 5 * sec) is True
+    assert due.add(WHEN + 9 * sec) is False
+    assert due.add(WHEN + 2 * sec) is True  # the new earliest: the sleeper re-arms
+    due.add(WHEN + 7 * sec)  # the latest (9 s) is dropped: polling finds it
+    assert len(due) == 3
+    assert due.next_after(WHEN) == WHEN + 2 * sec
+    assert not due.passed(WHEN + sec)
+    assert due.passed(WHEN + 3 * sec)
+    assert due.next_after(WHEN + 3 * sec) == WHEN + 5 * sec  # passed times are dropped
+    assert len(due) == 2
+
+
+def test_watch_refusals_switch_streams_off_but_other_errors_do_not() -> None:
+    from pymongo.errors import AutoReconnect, OperationFailure
+
+    from job_processor.wakeup import refuses_streams
+
+    not_a_replica_set = OperationFailure(
+        "The $changeStream stage is only supported on replica sets", 40573
+    )
+    assert refuses_streams(not_a_replica_set)
+    assert refuses_streams(NotImplementedError())  # mongomock
+    assert not refuses_streams(OperationFailure("resume point no longer in the oplog", 286))
+    assert not refuses_streams(AutoReconnect("primary stepped down"))
+
+
+def test_the_stream_is_filtered_on_the_server_where_it_can_be() -> None:
+    from job_processor.storage import ServerProfile
+    from job_processor.storage.jobs import JobStore
+
+    real = JobStore(None, ServerProfile("mongodb")).wake_pipeline()
+    match = real[0]["$match"]["$or"]
+    assert {"operationType": "insert", "fullDocument.claim_name": {"$exists": True}} in match
+    assert {
+        "operationType": "update",
+        "updateDescription.updatedFields.claim_name": {"$exists": True},
+    } in match
+    nx = JobStore(None, ServerProfile("nx-27017")).wake_pipeline()  # no $or there
+    assert nx == [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+
+
+async def test_a_stream_that_fails_is_reopened_and_the_worker_woken() -> None:
+    import asyncio
+
+    from pymongo.errors import OperationFailure
+
+    from job_processor import FakeClock
+    from job_processor.log import make_log
+    from job_processor.wakeup import ChangeStreamWaker
+
+    class Stream:
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.alive = fail, True
+
+        async def try_next(self) -> object:
+            await asyncio.sleep(0)
+            if self.fail:
+                raise OperationFailure("resume of change stream was not possible", 280)
+            await asyncio.Event().wait()  # a healthy, idle, blocking stream
+            return None
+
+        async def close(self) -> None:
+            self.alive = False
+
+    class Store:
+        def __init__(self) -> None:
+            self.opened: list[Stream] = []
+
+        async def watch(self, max_await_ms: int) -> Stream:
+            self.opened.append(Stream(fail=not self.opened))
+            return self.opened[-1]
+
+        async def close_stream(self, stream: Stream) -> None:
+            await stream.close()
+
+    class Worker:
+        def __init__(self) -> None:
+            self.wake, self.idle = asyncio.Event(), asyncio.Event()
+            self.idle.set()
+
+        def wake_at(self, when: object) -> None: ...
+
+    store, worker, clock = Store(), Worker(), FakeClock()
+    waker = ChangeStreamWaker(store, worker, clock, make_log(None), max_await=1.0)
+    task = asyncio.create_task(waker.loop())
+    while not worker.wake.is_set():
+        await asyncio.sleep(0)
+    assert waker.reopened == 1  # wake-ups stay on...
+    while clock.sleepers == 0:  # it waits a moment before reopening
+        await asyncio.sleep(0)
+    clock.advance(1)
+    while len(store.opened) < 2 or not waker.active:
+        await asyncio.sleep(0)
+    assert store.opened[0].alive is False  # ...on a fresh stream
+    waker.stop_event.set()
+    await asyncio.wait_for(task, 1)
