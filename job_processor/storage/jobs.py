@@ -420,6 +420,13 @@ class JobStore:
             )
         )
 
+    async def next_due(self, names: list[str]) -> dt.datetime | None:
+        """When the earliest claimable job of these names is due (tests, `testing`)."""
+        cursor = self.coll.find({"claim_name": {"$in": names}}).sort([("due_ms", ASCENDING)])
+        async for doc in cursor.limit(1):
+            return decode(doc)["scheduled_for"]  # type: ignore[no-any-return]
+        return None
+
     async def count_due(self, names: list[str], now: dt.datetime) -> int:
         return int(await self.coll.count_documents(D.claim_filter(names, now)))
 

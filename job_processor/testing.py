@@ -1,0 +1,185 @@
+"""Test your handlers and flows without a MongoDB server.
+
+Handler unit tests (no database at all)::
+
+    from job_processor.testing import JobHarness
+
+    async def test_reindex_resumes_from_its_checkpoint():
+        harness = JobHarness(payload={"index": "users"}, state={"batch": 98})
+        assert await harness.run(reindex) == 100
+        assert harness.checkpoints == [{"batch": 99}, {"batch": 100}]
+
+    async def test_reindex_stops_on_shutdown():
+        harness = JobHarness(abort_after_checkpoints=(1, "shutdown"))
+        with pytest.raises(JobAbortedError):
+            await harness.run(reindex)
+
+Flows (an in-memory database and a fake clock; needs `pip install job-processor[testing]`)::
+
+    from job_processor.testing import in_memory_processor, run_until_idle
+
+    async def test_signup_sends_the_welcome_email():
+        async with in_memory_processor(jobs=JOBS) as processor:
+            await processor.schedule_job("signup", {"email": "ada@example.com"})
+            ran = await run_until_idle(processor)   # runs due jobs, and retries as they come due
+            assert [j.name for j in ran] == ["signup", "send-email"]
+
+The in-memory database is mongomock-motor: right on the features the processor uses, but one
+process only and no change streams. Keep a few tests on a real server too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import documents as D
+from .abort import AbortReason, AbortSignal
+from .clock import FakeClock
+from .definitions import CronDef, JobDef
+from .errors import InvalidPayloadError
+from .models import Job
+from .processor import JobProcessor, init_job_processor
+from .worker import build_job, call_maybe_async
+
+__all__ = ["JobHarness", "in_memory_processor", "run_until_idle"]
+
+
+class JobHarness:
+    """A Job and an AbortSignal for calling a handler directly, the test in control.
+
+    - `checkpoints`: every state the handler saved, in order (`job.state` is the last).
+    - `abort(reason)`: fire the signal ("shutdown", "killed" or "timeout").
+    - `abort_after_checkpoints=(n, reason)`: fire it as the n-th checkpoint is saved.
+    - `processor`: what `job.processor` returns inside the handler (e.g. a processor from
+      `in_memory_processor`, to test chaining); unset, `job.processor` raises.
+    """
+
+    def __init__(
+        self,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        name: str = "job",
+        state: dict[str, Any] | None = None,
+        attempt: int = 1,
+        failures: int = 0,
+        max_attempts: int = 1,
+        payload_model: type[BaseModel] | None = None,
+        now: dt.datetime | None = None,
+        abort_after_checkpoints: tuple[int, AbortReason] | None = None,
+        processor: JobProcessor | None = None,
+    ) -> None:
+        now = now or FakeClock().now()
+        if isinstance(payload, BaseModel):
+            payload_model = payload_model or type(payload)
+            payload = payload.model_dump(mode="json")
+        doc = D.as_running(
+            D.new_job(name, dict(payload or {}), now=now, max_attempts=max_attempts),
+            "test-worker",
+            now,
+        ) | {"state": state, "attempt": attempt, "failures": failures}
+        definition = JobDef(handler=lambda job, signal: None, payload_model=payload_model)
+        try:
+            self.job: Job[Any] = build_job(doc, definition)
+        except ValueError as exc:
+            raise InvalidPayloadError(f"JobHarness payload: {exc}") from None
+        self.signal = AbortSignal()
+        self.checkpoints: list[dict[str, Any]] = []
+        self._abort_after = abort_after_checkpoints
+        self.job._checkpointer = self._save
+        self.job._processor = processor
+
+    async def _save(self, state: dict[str, Any]) -> None:
+        self.checkpoints.append(dict(state))
+        if self._abort_after is not None and len(self.checkpoints) == self._abort_after[0]:
+            self.signal.abort(self._abort_after[1])
+
+    def abort(self, reason: AbortReason = "shutdown") -> None:
+        self.signal.abort(reason)
+
+    async def run(self, handler: Callable[..., Awaitable[Any] | Any]) -> Any:
+        """Call `handler(job, signal)` (a plain function runs in a thread, as in a worker)."""
+        return await call_maybe_async(handler, self.job, self.signal)
+
+
+@contextlib.asynccontextmanager
+async def in_memory_processor(
+    jobs: Mapping[str, JobDef | Mapping[str, Any]] | None = None,
+    crons: Mapping[str, CronDef | Mapping[str, Any]] | None = None,
+    *,
+    clock: FakeClock | None = None,
+    **options: Any,
+) -> AsyncIterator[JobProcessor]:
+    """A JobProcessor on a fresh in-memory database (mongomock-motor) and a FakeClock
+    (`processor.clock`). It is not started: drive it with `run_until_idle`, or `start()` it."""
+    try:
+        from mongomock_motor import AsyncMongoMockClient
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "in_memory_processor needs mongomock-motor: pip install 'job-processor[testing]'"
+        ) from None
+    client: Any = AsyncMongoMockClient(tz_aware=True)
+    processor = await init_job_processor(
+        client["job_processor_tests"],
+        jobs=jobs,
+        crons=crons,
+        clock=clock or FakeClock(),
+        change_streams=False,
+        **options,
+    )
+    try:
+        yield processor
+    finally:
+        await processor.stop()
+
+
+async def run_until_idle(
+    processor: JobProcessor,
+    *,
+    advance_clock: bool = True,
+    until: dt.datetime | None = None,
+    max_runs: int = 1000,
+) -> list[Job[Any]]:
+    """Run the jobs that are due, one at a time in this process, until none is left. With a
+    FakeClock and `advance_clock`, move the clock to the next scheduled job (a retry's backoff,
+    a job scheduled for later) and go on; with `until`, also to each cron slot up to that time.
+    Returns each run's final Job, in order (a retried job appears once per attempt)."""
+    if processor.started:
+        raise RuntimeError("run_until_idle drives a processor that is not started")
+    worker = processor.worker
+    clock = processor.clock
+    ran: list[Job[Any]] = []
+    # a worker document, but no heartbeat loop: the test moves the clock in big steps
+    await processor.heartbeat.register()
+    try:
+        while len(ran) < max_runs:
+            if processor.crons:
+                await processor.scheduler.tick()
+            doc = await worker.jobs.claim_next(worker.names, worker.worker_id, clock.now())
+            if doc is not None:
+                final = await worker.spawn(doc)
+                after = final or await processor.storage.jobs.get(doc["_id"])
+                if after is not None:
+                    ran.append(Job.model_validate(after))
+                continue
+            if not (advance_clock and isinstance(clock, FakeClock)):
+                break
+            upcoming = [await processor.storage.jobs.next_due(worker.names)]
+            if until is not None:
+                upcoming += [d["next_slot"] for d in await processor.storage.crons.docs()]
+            later = [
+                t
+                for t in upcoming
+                if t is not None and t > clock.now() and (until is None or t <= until)
+            ]
+            if not later:
+                break
+            clock.set(min(later))
+    finally:
+        await processor.heartbeat.unregister()
+        worker.worker_id = ""
+    return ran

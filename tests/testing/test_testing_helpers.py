@@ -1,0 +1,105 @@
+"""job_processor.testing, used the way its docstring tells users to (no server at all)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from job_processor import AbortSignal, Job, JobAbortedError, JobDef, JobStatus, RetryLater
+from job_processor.testing import JobHarness, in_memory_processor, run_until_idle
+
+S = JobStatus
+
+
+async def reindex(job: Job, signal: AbortSignal) -> int:
+    batch = (job.state or {}).get("batch", 0)
+    while batch < 100:
+        signal.raise_if_aborted()
+        batch += 1
+        await job.checkpoint({"batch": batch})
+    return batch
+
+
+async def test_a_handler_resumes_from_the_state_it_is_given() -> None:
+    harness = JobHarness(payload={"index": "users"}, state={"batch": 98})
+    assert await harness.run(reindex) == 100
+    assert harness.checkpoints == [{"batch": 99}, {"batch": 100}]
+    assert harness.job.state == {"batch": 100}
+
+
+async def test_the_test_controls_the_abort_signal() -> None:
+    harness = JobHarness(abort_after_checkpoints=(3, "shutdown"))
+    with pytest.raises(JobAbortedError, match="shutdown"):
+        await harness.run(reindex)
+    assert harness.checkpoints[-1] == {"batch": 3}
+    killed = JobHarness()
+    killed.abort("killed")
+    with pytest.raises(JobAbortedError, match="killed"):
+        await killed.run(reindex)
+
+
+class Email(BaseModel):
+    to: str
+
+
+async def test_a_typed_payload_reaches_the_handler_as_its_model() -> None:
+    async def send(job: Job[Email], signal: AbortSignal) -> str:
+        return job.payload.to.upper()
+
+    assert await JobHarness(Email(to="ada@example.com")).run(send) == "ADA@EXAMPLE.COM"
+
+
+def test_a_plain_function_handler_runs_too() -> None:
+    import asyncio
+
+    def count(job: Job, signal: AbortSignal) -> int:
+        return len(job.payload["rows"])
+
+    assert asyncio.run(JobHarness({"rows": [1, 2, 3]}).run(count)) == 3
+
+
+async def test_a_flow_with_chaining_and_retries_on_the_in_memory_processor() -> None:
+    sent: list[str] = []
+
+    async def signup(job: Job, signal: AbortSignal) -> None:
+        await job.processor.schedule_job("send-email", {"to": job.payload["email"]})
+
+    async def send_email(job: Job, signal: AbortSignal) -> None:
+        if job.failures < 2:
+            raise RetryLater(60, "provider busy")
+        sent.append(job.payload["to"])
+
+    jobs = {
+        "signup": JobDef(handler=signup),
+        "send-email": JobDef(handler=send_email, max_attempts=5),
+    }
+    async with in_memory_processor(jobs=jobs) as processor:
+        t0 = processor.clock.now()
+        await processor.schedule_job("signup", {"email": "ada@example.com"})
+        ran = await run_until_idle(processor)
+        assert [(j.name, j.status) for j in ran] == [
+            ("signup", S.FINISHED),
+            ("send-email", S.PENDING),
+            ("send-email", S.PENDING),
+            ("send-email", S.FINISHED),
+        ]
+        assert processor.clock.now() == t0 + dt.timedelta(seconds=120)  # two retries, 60 s each
+        assert sent == ["ada@example.com"]
+        assert (await processor.get_status()).workers == []
+
+
+async def test_crons_run_when_the_clock_is_moved_until_a_time() -> None:
+    runs: list[Any] = []
+
+    async def hourly(job: Job, signal: AbortSignal) -> None:
+        runs.append(job.scheduled_for)
+
+    crons = {"hourly": {"cron_string": "0 * * * *", "handler": hourly}}
+    async with in_memory_processor(crons=crons) as processor:
+        t0 = processor.clock.now()
+        ran = await run_until_idle(processor, until=t0 + dt.timedelta(hours=3))
+    assert [j.status for j in ran] == [S.FINISHED] * 3
+    assert runs == [t0 + dt.timedelta(hours=h) for h in (1, 2, 3)]
