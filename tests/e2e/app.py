@@ -34,7 +34,21 @@ async def long_plain(job: Job, signal: AbortSignal) -> None:
     signal.raise_if_aborted()
 
 
+def record_exit(job: Job) -> None:
+    """Appends one line per call to $E2E_HOOK_LOG; hangs in the replica named by
+    $E2E_HOOK_HANG_ON (the test SIGKILLs it there, mid-hook)."""
+    log = os.environ.get("E2E_HOOK_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{job.id} {job.status.value} {os.environ.get('INSTANCE_ID')}\n")
+    if os.environ.get("E2E_HOOK_HANG_ON") == os.environ.get("INSTANCE_ID"):
+        import time
+
+        time.sleep(60)
+
+
 JOBS = {
+    "hooked": JobDef(handler=report, on_job_exited=record_exit, on_job_exited_timeout=2),
     "main-report": JobDef(handler=report, tag="main"),
     "anywhere": JobDef(handler=report),
     "long-resumable": JobDef(handler=long_resumable, resumable=True),

@@ -153,7 +153,10 @@ async def test_sigkill_is_recovered_by_another_worker(
     resumable = await client.schedule_job("long-resumable", {"steps": 20})
     await wait_status(client, plain.id, S.RUNNING)
     await wait_status(client, resumable.id, S.RUNNING)
-    await asyncio.sleep(0.5)
+    for _ in range(200):  # until it has checkpointed a few steps
+        if ((await client.get_job(resumable.id)).state or {}).get("step", 0) >= 3:
+            break
+        await asyncio.sleep(0.05)
     a.proc.send_signal(signal.SIGKILL)
     await wait_exit(a)
     assert (await client.get_job(plain.id)).status == S.RUNNING  # nobody knows yet
@@ -163,6 +166,35 @@ async def test_sigkill_is_recovered_by_another_worker(
     done = await wait_status(client, resumable.id, S.FINISHED, timeout=30)
     assert done.result["instance_id"] == "runner-3"
     assert done.result["resumed_from"] > 0  # continued from the checkpoint, not from zero
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
+
+
+async def test_a_hook_cut_by_sigkill_is_called_again_by_another_worker(
+    spawn: Callable[..., Worker], client: JobProcessor, tmp_path: Path
+) -> None:
+    hook_log = tmp_path / "hooks.log"
+    a = spawn("runner-2", E2E_HOOK_LOG=str(hook_log), E2E_HOOK_HANG_ON="runner-2")
+    job = await client.schedule_job("hooked")
+    for _ in range(200):  # until the hook has started in runner-2
+        if hook_log.exists() and hook_log.read_text():
+            break
+        await asyncio.sleep(0.05)
+    a.proc.send_signal(signal.SIGKILL)  # after the final write, during on_job_exited
+    await wait_exit(a)
+    cut = await client.get_job(job.id)
+    assert (cut.status, cut.exit_hook) == (S.FINISHED, "owed")
+    b = spawn("runner-3", E2E_HOOK_LOG=str(hook_log), E2E_HOOK_HANG_ON="runner-2")
+    for _ in range(300):
+        if (await client.get_job(job.id)).exit_hook == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.get_job(job.id)).exit_hook == "done", b.output()
+    assert hook_log.read_text().splitlines() == [
+        f"{job.id} finished runner-2",  # cut by the SIGKILL
+        f"{job.id} finished runner-3",  # taken over: at least once
+    ]
+    assert "on_job_exited_recovered" in b.output()
     b.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(b) == 0
 

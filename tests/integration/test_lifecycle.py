@@ -7,6 +7,8 @@ import datetime as dt
 import threading
 from typing import Any
 
+import pytest
+
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 
 from .helpers import make, wait_for, wait_status
@@ -326,16 +328,30 @@ async def test_job_scheduled_for_later_waits(db: Any) -> None:
     assert done.started_at >= when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 
-async def test_on_job_exited_errors_are_logged_not_fatal(db: Any) -> None:
+async def test_on_job_exited_errors_are_logged_recorded_and_not_fatal(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
     async def ok(job: Job, signal: AbortSignal) -> int:
         return 1
 
     def bad_hook(job: Job) -> None:
         raise RuntimeError("hook failed")
 
-    processor = await make(db, {"j": JobDef(handler=ok, on_job_exited=bad_hook)})
-    async with processor:
-        a = await processor.schedule_job("j")
-        b = await processor.schedule_job("j")
-        await wait_status(processor, a.id, S.FINISHED)
-        await wait_status(processor, b.id, S.FINISHED)
+    logger = logging.getLogger("test.hooks")
+    processor = await make(db, {"j": JobDef(handler=ok, on_job_exited=bad_hook)}, logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.hooks"):
+        async with processor:
+            a = await processor.schedule_job("j")
+            b = await processor.schedule_job("j")
+            await wait_status(processor, a.id, S.FINISHED)
+            await wait_status(processor, b.id, S.FINISHED)  # the worker went on
+    failures = [r for r in caplog.records if r.__dict__.get("event") == "on_job_exited_failed"]
+    assert sorted(r.__dict__["fields"]["job_id"] for r in failures) == sorted([a.id, b.id])
+    assert all(r.exc_info and "hook failed" in str(r.exc_info[1]) for r in failures)
+    for job_id in (a.id, b.id):
+        job = await processor.get_job(job_id)
+        assert job.exit_hook == "failed"
+        assert job.exit_hook_error is not None
+        assert job.exit_hook_error.startswith("RuntimeError: hook failed")
