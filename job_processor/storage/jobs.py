@@ -64,6 +64,11 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("status", 1), ("created_at", -1), ("_id", -1)], {}),
     ([("name", 1), ("created_at", -1), ("_id", -1)], {}),
     ([("status", 1), ("name", 1), ("created_at", -1), ("_id", -1)], {}),
+    # operator listings by tag and by dedup key (job_processor.admin)
+    ([("tag", 1), ("created_at", -1), ("_id", -1)], {}),
+    ([("key", 1), ("created_at", -1), ("_id", -1)], {}),
+    # ended jobs by end time: purges, and jobs per minute (a covered scan)
+    ([("status", 1), ("ended_at", 1)], {}),
     # on_job_exited hooks owed by a worker that died
     ([("exit_hook", 1), ("exit_hook_at", 1)], {}),
 ]
