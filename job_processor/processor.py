@@ -35,6 +35,7 @@ from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, parse_status
 from .ownership import OwnershipWatcher
 from .recovery import Recovery
+from .registry import Registry
 from .signals import stop_on_signals
 from .status import build_status
 from .storage import Storage, object_id
@@ -77,8 +78,9 @@ class JobProcessor:
         )
         self.worker.processor = self
         self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
+        self.registry = Registry(storage, self.definitions, log)
         self.heartbeat = Heartbeat(
-            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id
+            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
         )
         self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
         self.scheduler = CronScheduler(storage, crons, clock, log, self._on_cron_task)

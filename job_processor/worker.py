@@ -158,6 +158,8 @@ class Worker:
         """Set by the processor: is a blocking change stream watching for this worker?"""
         self._claimed = 0
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
+        self.paused: frozenset[str] = frozenset()
+        """Names paused by an operator (read by the heartbeat): left out of claims."""
 
     # ---- claim loop --------------------------------------------------------------------
 
@@ -214,9 +216,10 @@ class Worker:
                     w.cancel()
 
     async def claim_once(self) -> Doc | None:
-        if not self.names or not self.worker_id:
+        names = [n for n in self.names if n not in self.paused] if self.paused else self.names
+        if not names or not self.worker_id:
             return None
-        doc = await self.jobs.claim_next(self.names, self.worker_id, self.clock.now())
+        doc = await self.jobs.claim_next(names, self.worker_id, self.clock.now())
         if doc is not None:
             self._claimed += 1
             self.spawn(doc, claimed=True)

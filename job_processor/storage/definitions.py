@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .compat import IndexKeys, all_docs
+from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]
 
@@ -89,8 +89,7 @@ class DefinitionStore:
         return await all_docs(self.coll.find({}))
 
     async def get(self, name: str) -> Doc | None:
-        doc: Doc | None = await self.coll.find_one({"_id": name})
-        return doc
+        return decode_opt(await self.coll.find_one({"_id": name}))
 
 
 class PausedStore:

@@ -371,6 +371,10 @@ class JobStore:
                             "operationType": "update",
                             "updateDescription.updatedFields.claim_name": {"$exists": True},
                         },
+                        {  # an operator's run-now: a pending job's due time moved
+                            "operationType": "update",
+                            "updateDescription.updatedFields.due_ms": {"$exists": True},
+                        },
                     ]
                 }
             },
@@ -381,6 +385,7 @@ class JobStore:
                     "fullDocument.scheduled_for": 1,
                     "updateDescription.updatedFields.status": 1,
                     "updateDescription.updatedFields.scheduled_for": 1,
+                    "updateDescription.updatedFields.due_ms": 1,
                 }
             },
         ]

@@ -35,3 +35,11 @@ def test_updates_wake_only_when_a_job_becomes_claimable() -> None:
     assert wakes_worker(upd({"status": "finished"}))[0] is False
     assert wakes_worker(upd({"state": {"i": 1}}))[0] is False  # a checkpoint
     assert wakes_worker({"operationType": "delete"})[0] is False
+
+
+def test_an_operators_run_now_wakes_at_the_new_time() -> None:
+    change = {
+        "operationType": "update",
+        "updateDescription": {"updatedFields": {"due_ms": 1, "scheduled_for": WHEN}},
+    }
+    assert wakes_worker(change) == (True, WHEN)
