@@ -107,7 +107,24 @@ def configure_logging(level: str) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     processor = await build_processor(args.target, args.tags)
-    await processor.serve()
+    server = None
+    if args.metrics_port is not None:
+        try:
+            from . import metrics
+        except ImportError:
+            raise SystemExit(
+                "error: --metrics-port needs prometheus-client: "
+                "pip install 'job-processor[metrics]'"
+            ) from None
+        server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
+        processor.log.info(
+            "metrics_served", host=args.metrics_host, port=args.metrics_port, path="/metrics"
+        )
+    try:
+        await processor.serve()
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 
@@ -160,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tags", help="worker tags, comma-separated (default: JOB_PROCESSOR_WORKER_TAGS)"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (job-processor[metrics])",
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="default 0.0.0.0")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
         "demo", parents=[common], help="show the product working (starts a local server)"

@@ -40,6 +40,7 @@ from .signals import stop_on_signals
 from .status import build_status
 from .storage import Storage, object_id
 from .storage.jobs import MAX_VALUE_BYTES
+from .telemetry import Telemetry
 from .wakeup import ChangeStreamWaker
 from .worker import Settings, Worker
 
@@ -88,6 +89,9 @@ class JobProcessor:
             storage.jobs, self.worker, clock, log, settings.change_stream_max_await
         )
         self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
+        self.telemetry = Telemetry()
+        """Metrics observers (job_processor.metrics.enable attaches Prometheus's)."""
+        self.worker.telemetry = self.scheduler.telemetry = self.telemetry
         self._client_id = f"client-{os.getpid()}-{ObjectId()}"
         self._users = 0
         self._runtime_lock = asyncio.Lock()

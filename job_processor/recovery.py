@@ -104,6 +104,7 @@ class Recovery:
             end = replace(end, kill_requested=True)
         if written.doc is None:
             return None  # another sweeper (or the owner) got there first
+        self.worker.telemetry.recovered(doc, written.doc)
         self.log.warning(
             event,
             job_id=str(doc["_id"]),

@@ -32,6 +32,7 @@ from .outcome import Ending, Outcome, Policy, RunEnd, decide
 from .storage import Storage
 from .storage.jobs import MAX_VALUE_BYTES
 from .storage.transient import TRANSIENT
+from .telemetry import Telemetry
 from .wakeup import DueTimes
 
 if TYPE_CHECKING:
@@ -160,6 +161,8 @@ class Worker:
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
         self.paused: frozenset[str] = frozenset()
         """Names paused by an operator (read by the heartbeat): left out of claims."""
+        self.telemetry = Telemetry()
+        """Metrics hook (the processor's): one call per run end."""
 
     # ---- claim loop --------------------------------------------------------------------
 
@@ -352,6 +355,7 @@ class Worker:
             budget=self.settings.worker_timeout,
         )
         if written.doc is not None:
+            self.telemetry.cron_slot(run.doc["name"], "missed")
             self.log.warning(
                 "cron_slot_missed",
                 slot=run.doc["scheduled_for"].isoformat(),
@@ -494,6 +498,7 @@ class Worker:
             return None
         final = written.doc
         self._log_outcome(outcome, final, fields, duration_ms)
+        self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
         await self.hooks.after_write(run.definition, final)

@@ -4,6 +4,7 @@ from MONGODB_URL alone: what an operator sees, and the exit codes scripts rely o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -169,3 +170,45 @@ async def test_clear_errors(mongo_url: str) -> None:
     bad = await cli(mongo_url, "run", "tests.e2e.app")
     assert bad.returncode != 0
     assert "must be MODULE:ATTR" in bad.stderr
+
+
+async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
+    import signal
+    import urllib.request
+
+    from job_processor.local_server import free_port
+
+    url = url_with_db(mongo_url, db.name)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "job_processor",
+        "run",
+        "tests.e2e.app:make",
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": url, "INSTANCE_ID": "runner-1"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return bytes(r.read()).decode()
+
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        body = ""
+        while 'job_processor_workers{state="alive"} 1.0' not in body:
+            assert asyncio.get_running_loop().time() < deadline, body
+            with contextlib.suppress(OSError):  # not listening yet
+                body = await asyncio.to_thread(scrape)
+            await asyncio.sleep(0.1)
+        assert "job_processor_scrape_timeout 0.0" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
