@@ -65,6 +65,8 @@ class Run:
     signal: AbortSignal = field(default_factory=AbortSignal)
     lost: bool = False
     """Set when this process learns it no longer owns the job: it must write nothing."""
+    exc: BaseException | None = None
+    """The handler's exception, if it raised (for Sentry)."""
 
 
 def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:
@@ -297,6 +299,7 @@ class Worker:
         """
         doc = run.doc
         fields = self._fields(doc)
+        trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
         try:
             if self._claimed_too_late(doc):
                 return await asyncio.shield(self._skip_missed(run))
@@ -305,7 +308,9 @@ class Worker:
             except Exception as exc:
                 error = f"invalid job document: {exc}"
                 end = RunEnd(Ending.INVALID, error=error)
-                return await asyncio.shield(self._finish(run, end, None))
+                final = await asyncio.shield(self._finish(run, end, None))
+                sentry.run_ended(trace, final, exc)
+                return final
             job._checkpointer = lambda state: self._checkpoint(run, state)
             job._processor = self.processor
             check_in = self._checkin(run, "in_progress")
@@ -321,6 +326,7 @@ class Worker:
             end = await self._run_handler(run, job)
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))
+            sentry.run_ended(trace, final, run.exc)
             if final is not None and final["status"] not in (S.PAUSED, S.PENDING):
                 ok = "ok" if final["status"] == S.FINISHED else "error"
                 self._checkin(run, ok, check_in, duration_ms / 1000)
@@ -332,6 +338,7 @@ class Worker:
                 return await asyncio.shield(self._finish(run, end, None))
             return None
         finally:
+            sentry.finish_run(trace)
             if self.runs.get(str(doc["_id"])) is run:
                 del self.runs[str(doc["_id"])]
 
@@ -405,7 +412,7 @@ class Worker:
         reason = run.signal.reason
         if handler.cancelled():
             return RunEnd(Ending.CANCELLED, abort_reason=reason)
-        exc = handler.exception()
+        exc = run.exc = handler.exception()
         if exc is None:
             return RunEnd(Ending.RETURNED, abort_reason=reason, result=storable(handler.result()))
         return RunEnd(
