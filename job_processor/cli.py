@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import inspect
-import json
 import logging
 import os
 import sys
@@ -108,24 +107,24 @@ def configure_logging(level: str) -> None:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     processor = await build_processor(args.target, args.tags)
-    await processor.serve()
-    return 0
-
-
-async def cmd_status(args: argparse.Namespace) -> int:
-    processor = await build_processor(args.target, None)
-    status = await processor.get_status()
-    print(json.dumps(status.model_dump(mode="json"), indent=2))
-    return 0
-
-
-async def cmd_kill(args: argparse.Namespace) -> int:
-    processor = await build_processor(args.target, None)
-    job = await processor.kill_job(args.job_id)
-    print(
-        f"{job.id} {job.name}: {job.status.value}"
-        + (" (kill requested: its worker aborts it)" if job.status == "running" else "")
-    )
+    server = None
+    if args.metrics_port is not None:
+        try:
+            from . import metrics
+        except ImportError:
+            raise SystemExit(
+                "error: --metrics-port needs prometheus-client: "
+                "pip install 'job-processor[metrics]'"
+            ) from None
+        server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
+        processor.log.info(
+            "metrics_served", host=args.metrics_host, port=args.metrics_port, path="/metrics"
+        )
+    try:
+        await processor.serve()
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 
@@ -135,33 +134,183 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(os.environ.get("MONGODB_URL"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="job-processor", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    from . import cli_ops as ops
+
+    # accepted before or after the subcommand: subparsers only set what was given
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error (LOG_LEVEL)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds to wait for MongoDB (default 5)",
+    )
+    common.add_argument(
+        "--prefix",
+        default=argparse.SUPPRESS,
+        help="collection prefix given to init_job_processor (default job_processor_)",
+    )
+    opt = argparse.ArgumentParser(add_help=False, parents=[common])
+    opt.add_argument("--json", action="store_true", help="machine-readable output")
+    opt.add_argument(
+        "--actor", default=argparse.SUPPRESS, help="who to record in the audit log (user@host)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="job-processor",
+        description="Run a job processor, or operate one from MONGODB_URL alone "
+        "(exit codes: 0 done, 1 nothing done, 2 bad input, 3 MongoDB unreachable).",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--prefix", default="job_processor_")
+    parser.add_argument("--actor", default="")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="serve MODULE:ATTR's processor until SIGTERM/SIGINT")
+
+    p = sub.add_parser(
+        "run", parents=[common], help="serve MODULE:ATTR's processor until SIGTERM/SIGINT"
+    )
     p.add_argument("target", help="MODULE:ATTR, an async function returning the JobProcessor")
     p.add_argument(
         "--tags", help="worker tags, comma-separated (default: JOB_PROCESSOR_WORKER_TAGS)"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (job-processor[metrics])",
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="default 0.0.0.0")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("status", help="print workers, queue and job counts as JSON")
-    p.add_argument("target")
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("kill", help="kill a job by id, whichever worker runs it")
-    p.add_argument("target")
-    p.add_argument("job_id")
-    p.set_defaults(func=cmd_kill)
-    p = sub.add_parser("demo", help="show the product working (starts a local server if needed)")
+    p = sub.add_parser(
+        "demo", parents=[common], help="show the product working (starts a local server)"
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", parents=[opt], help="workers, queue, counts, warnings (JSON)")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # the old MODULE:ATTR: ignored
+    p.set_defaults(func=ops.status)
+    p = sub.add_parser(
+        "health", parents=[opt], help="exit 0 if this instance's heartbeat is fresh, else 1"
+    )
+    p.add_argument("--instance-id", default=None, help="default: INSTANCE_ID")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        help="seconds a heartbeat stays fresh (default: the worker's worker_timeout)",
+    )
+    p.set_defaults(func=ops.health)
+    p = sub.add_parser("kill", parents=[opt], help="kill a job (same as `jobs kill ID`)")
+    p.add_argument("args", nargs="+", metavar="JOB_ID")
+    p.set_defaults(func=ops.legacy_kill)
+
+    jobs = sub.add_parser("jobs", help="list, show and act on jobs").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    p = jobs.add_parser("list", parents=[opt], help="jobs newest first")
+    p.add_argument("--name")
+    p.add_argument("--status", help="pending, running, paused, finished, errored, killed, skipped")
+    p.add_argument("--tag")
+    p.add_argument("--key", help="dedup key")
+    p.add_argument("--since", help="created at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", help="created before (ISO 8601)")
+    p.add_argument("--id", help="this job only")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
+    p.set_defaults(func=ops.jobs_list)
+    p = jobs.add_parser("show", parents=[opt], help="one job in full")
+    p.add_argument("job_id")
+    p.set_defaults(func=ops.jobs_show)
+    p = jobs.add_parser("retry", parents=[opt], help="retry errored/killed jobs")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("--name")
+    p.add_argument("--status", choices=["errored", "killed"])
+    p.add_argument("--limit", type=int, default=10_000)
+    p.set_defaults(func=ops.jobs_retry)
+    for verb, method, text in (
+        ("kill", "kill", "kill jobs (running ones: their worker aborts them)"),
+        ("run-now", "run_now", "make pending jobs scheduled for later due now"),
+        ("delete", "delete", "delete ended jobs"),
+    ):
+        p = jobs.add_parser(verb, parents=[opt], help=text)
+        p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+        p.set_defaults(func=ops.action(method))
+    p = jobs.add_parser("purge", parents=[opt], help="delete ended jobs older than a duration")
+    p.add_argument("--status", required=True, help="finished, errored, killed or skipped")
+    p.add_argument("--older-than", required=True, help="ended more than this ago: 7d, 12h, 30m")
+    p.add_argument("--name")
+    p.set_defaults(func=ops.jobs_purge)
+    p = jobs.add_parser("new", parents=[opt], help="schedule a job of a registered name")
+    p.add_argument("name")
+    p.add_argument("--payload", default="{}", help="a JSON object")
+    p.add_argument("--at", help="scheduled for (ISO 8601; default now)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--key", help="dedup key")
+    p.set_defaults(func=ops.jobs_new)
+    p = jobs.add_parser("duplicate", parents=[opt], help="a new pending copy of a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=ops.jobs_duplicate)
+
+    crons = sub.add_parser("crons", help="list and trigger crons").add_subparsers(
+        dest="crons_command", required=True
+    )
+    p = crons.add_parser("list", parents=[opt], help="schedules, next slot, last runs")
+    p.set_defaults(func=ops.crons_list)
+    p = crons.add_parser("trigger", parents=[opt], help="run a cron once now")
+    p.add_argument("name")
+    p.set_defaults(func=ops.crons_trigger)
+
+    workers = sub.add_parser("workers", help="list workers").add_subparsers(
+        dest="workers_command", required=True
+    )
+    p = workers.add_parser("list", parents=[opt], help="host, pid, instance, tags, heartbeat")
+    p.set_defaults(func=ops.workers_list)
+
+    names = sub.add_parser("names", help="job names: list, pause, resume").add_subparsers(
+        dest="names_command", required=True
+    )
+    p = names.add_parser("list", parents=[opt], help="registered names and who serves them")
+    p.set_defaults(func=ops.names_list)
+    for verb in ("pause", "resume"):
+        p = names.add_parser(
+            verb,
+            parents=[opt],
+            help="workers stop claiming NAME" if verb == "pause" else "claim NAME again",
+        )
+        p.add_argument("name")
+        p.set_defaults(func=ops.names_pause)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pymongo.errors import PyMongoError
+
+    from . import cli_ops as ops
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = {"demo": "error", "status": "warning", "kill": "warning"}
-    configure_logging(quiet.get(args.command, args.log_level))
+    quiet = {"demo": "error"}
+    operations = args.command not in ("run", "demo")
+    level = quiet.get(args.command, args.log_level)
+    if operations and "--log-level" not in (argv if argv is not None else sys.argv):
+        level = "warning"  # operations print results; logs only when asked for
+    configure_logging(level)
     try:
         return int(asyncio.run(args.func(args)))
-    except JobProcessorError as exc:
+    except ops.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ops.BAD_INPUT
+    except JobProcessorError as exc:
+        return ops.handle_errors(exc)
+    except PyMongoError as exc:
+        if not operations:
+            raise
+        print(f"error: MongoDB: {str(exc).split(',')[0]}", file=sys.stderr)
+        return ops.UNREACHABLE
     except KeyboardInterrupt:
         return 130
 

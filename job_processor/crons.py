@@ -33,6 +33,7 @@ from .clock import Clock, sleep_or_wake
 from .definitions import CronDef
 from .log import EventLog
 from .storage import Storage
+from .telemetry import Telemetry
 
 UTC = dt.UTC
 MS = dt.timedelta(milliseconds=1)
@@ -154,6 +155,7 @@ class CronScheduler:
         self.stop_event = asyncio.Event()
         self._docs: dict[str, dict[str, Any]] = {}
         self._refresh_at: dt.datetime | None = None
+        self.telemetry = Telemetry()
 
     async def loop(self) -> None:
         if not self.crons:
@@ -202,6 +204,7 @@ class CronScheduler:
         for slot in plan.missed:
             missed = D.as_missed(self.task_doc(name, slot, now), now)
             if await self.storage.jobs.insert(missed) is not None:
+                self.telemetry.cron_slot(name, "missed")
                 self.log.warning(
                     "cron_slot_missed", job_name=name, slot=slot.isoformat(), now=now.isoformat()
                 )
@@ -212,8 +215,10 @@ class CronScheduler:
             if task is None:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":
+                self.telemetry.cron_slot(name, "skipped")
                 await self._skipped(name, cron, task, slot)
             else:
+                self.telemetry.cron_slot(name, "run")
                 self.log.info(
                     "cron_task_created",
                     job_name=name,

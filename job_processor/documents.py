@@ -330,6 +330,35 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
     return {"$set": fields}
 
 
+def run_now_update(now: dt.datetime) -> Doc:
+    """A pending job scheduled for later becomes due now (no status change: the filter requires
+    pending and a due time still in the future)."""
+    return {"$set": {"scheduled_for": now, "due_ms": epoch_ms(now), "updated_at": now}}
+
+
+def manual_cron_task(
+    name: str,
+    *,
+    now: dt.datetime,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+) -> Doc:
+    """A cron run outside its schedule (trigger "manual"): no slot, no start deadline."""
+    return new_job(
+        name,
+        {},
+        now=now,
+        tag=tag,
+        exclusive=exclusive,
+        job_type="cron_task",
+        max_attempts=max_attempts,
+        resumable=resumable,
+        extra={"trigger": "manual", "start_deadline": None},
+    )
+
+
 # ---- workers -------------------------------------------------------------------------------
 
 
@@ -339,7 +368,10 @@ def new_worker(
     instance_id: str | None,
     concurrency: int,
     names: list[str],
+    worker_timeout: float | None = None,
 ) -> Doc:
+    """`worker_timeout` is recorded so that a process without the settings (the CLI, a
+    dashboard) can tell whether this worker is alive."""
     host = socket.gethostname()
     return {
         "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
@@ -351,4 +383,5 @@ def new_worker(
         "names": names,
         "started_at": now,
         "last_seen": now,
+        "worker_timeout": worker_timeout,
     }

@@ -15,6 +15,7 @@ from .recovery import Recovery, is_dead
 from .storage import Storage
 
 if TYPE_CHECKING:
+    from .registry import Registry
     from .worker import Worker
 
 
@@ -34,8 +35,12 @@ class Heartbeat:
         log: EventLog,
         worker_tags: list[str] | None,
         instance_id: str | None,
+        registry: Registry | None = None,
     ) -> None:
         self.workers = storage.workers
+        self.registry = registry
+        """Definitions registry and paused names (registered at start, refreshed per sweep,
+        paused names read once per heartbeat)."""
         self.worker = worker
         self.recovery = recovery
         self.clock = clock
@@ -50,10 +55,18 @@ class Heartbeat:
     async def register(self) -> str:
         now = self.clock.now()
         doc = D.new_worker(
-            now, self.worker_tags, self.instance_id, self.settings.concurrency, self.worker.names
+            now,
+            self.worker_tags,
+            self.instance_id,
+            self.settings.concurrency,
+            self.worker.names,
+            self.settings.worker_timeout,
         )
         await self.workers.register(doc)
         self.worker.worker_id = doc["_id"]
+        if self.registry is not None:
+            await self.registry.register(doc["_id"], now)
+            self.worker.paused = await self.registry.read_paused(doc["_id"])
         self._last_ok = now
         self.log.info(
             "worker_registered",
@@ -93,7 +106,11 @@ class Heartbeat:
             await self.register()
         else:
             self._last_ok = now
+        if self.registry is not None:  # one query: claims leave paused names out
+            self.worker.paused = await self.registry.read_paused(self.worker.worker_id)
         sweep_every = self.settings.worker_timeout / 2
         if self._last_sweep is None or (now - self._last_sweep).total_seconds() >= sweep_every:
             self._last_sweep = now
             await self.recovery.sweep(now)
+            if self.registry is not None:
+                await self.registry.refresh(now)

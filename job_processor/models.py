@@ -269,4 +269,9 @@ class ProcessorStatus(BaseModel):
     """job name -> status -> count."""
     crons: list[dict[str, Any]] = []
     warnings: list[str] = []
-    """Things an operator should look at (e.g. an exclusive cron that keeps skipping)."""
+    """Things an operator should look at (e.g. an exclusive cron that keeps skipping, a job
+    name no live worker can run, waiting jobs of a name no worker defines)."""
+    paused_names: list[str] = []
+    """Names workers do not claim (job_processor.admin pause/resume)."""
+    unserved_names: list[str] = []
+    """Known job and cron names (registry and this process) that no live worker claims."""

@@ -35,10 +35,12 @@ from .log import EventLog, make_log
 from .models import Job, JobStatus, ProcessorStatus, parse_status
 from .ownership import OwnershipWatcher
 from .recovery import Recovery
+from .registry import Registry
 from .signals import stop_on_signals
 from .status import build_status
 from .storage import Storage, object_id
 from .storage.jobs import MAX_VALUE_BYTES
+from .telemetry import Telemetry
 from .wakeup import ChangeStreamWaker
 from .worker import Settings, Worker
 
@@ -77,8 +79,9 @@ class JobProcessor:
         )
         self.worker.processor = self
         self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
+        self.registry = Registry(storage, self.definitions, log)
         self.heartbeat = Heartbeat(
-            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id
+            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
         )
         self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
         self.scheduler = CronScheduler(storage, crons, clock, log, self._on_cron_task)
@@ -86,6 +89,9 @@ class JobProcessor:
             storage.jobs, self.worker, clock, log, settings.change_stream_max_await
         )
         self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
+        self.telemetry = Telemetry()
+        """Metrics observers (job_processor.metrics.enable attaches Prometheus's)."""
+        self.worker.telemetry = self.scheduler.telemetry = self.telemetry
         self._client_id = f"client-{os.getpid()}-{ObjectId()}"
         self._users = 0
         self._runtime_lock = asyncio.Lock()

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from . import sentry
 from .clock import Clock, as_utc
 from .definitions import JobDef
 from .hooks import HookRunner
@@ -104,6 +105,8 @@ class Recovery:
             end = replace(end, kill_requested=True)
         if written.doc is None:
             return None  # another sweeper (or the owner) got there first
+        self.worker.telemetry.recovered(doc, written.doc)
+        sentry.recovered(doc, written.doc, self.worker.worker_id)
         self.log.warning(
             event,
             job_id=str(doc["_id"]),

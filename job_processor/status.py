@@ -9,6 +9,7 @@ from typing import Any
 from .crons import schedule_of
 from .definitions import CronDef, JobDef
 from .models import JobStatus, ProcessorStatus, WorkerInfo
+from .registry import coverage
 from .storage import Storage
 
 Doc = dict[str, Any]
@@ -32,11 +33,14 @@ async def build_status(
             {"id": str(r["_id"]), "name": r["name"], "started_at": r.get("run_started_at")}
         )
     workers = []
+    live: list[Doc] = []
     for w in await storage.workers.all():
         info = WorkerInfo.model_validate(w)
         info.alive = info.last_seen >= now - dt.timedelta(seconds=worker_timeout)
         info.running_jobs = by_worker.get(info.id, [])
         workers.append(info)
+        if info.alive:
+            live.append(w)
     jobs: dict[str, dict[str, int]] = {name: {} for name in definitions}
     for status in S:
         for name, n in (await storage.jobs.counts_by_name(status)).items():
@@ -48,6 +52,14 @@ async def build_status(
         "running": len(running),
     }
     cron_rows, warnings = await cron_status(storage, crons, running)
+    # names no live worker can run, waiting jobs of unknown names, paused names (registry)
+    known: dict[str, Doc] = {str(d["_id"]): d for d in await storage.definitions.all()}
+    for name, definition in definitions.items():
+        kind = "cron" if name in crons else "job"
+        known[name] = known.get(name, {}) | {"kind": kind, "tag": definition.tag}
+    paused = await storage.paused.names()
+    cov = coverage(known, live, jobs, paused, now)
+    warnings += cov.warnings
     return ProcessorStatus(
         now=now,
         worker_id=worker_id,
@@ -56,6 +68,8 @@ async def build_status(
         jobs=jobs,
         crons=cron_rows,
         warnings=warnings,
+        paused_names=sorted(paused),
+        unserved_names=cov.unserved,
     )
 
 

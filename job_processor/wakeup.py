@@ -47,8 +47,9 @@ def wakes_worker(change: dict[str, Any]) -> tuple[bool, dt.datetime | None]:
         if not described:
             return True, None  # not described (nx-27017): wake conservatively
         fields = described.get("updatedFields") or {}
-        when = fields.get("scheduled_for")  # a retry: wake at its time
-        return fields.get("status") in WAKING_STATUSES, (
+        when = fields.get("scheduled_for")  # a retry (or a run-now): wake at its time
+        moved = "due_ms" in fields and "status" not in fields  # run-now of a pending job
+        return moved or fields.get("status") in WAKING_STATUSES, (
             as_utc(when) if isinstance(when, dt.datetime) else None
         )
     return False, None

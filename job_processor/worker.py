@@ -32,6 +32,7 @@ from .outcome import Ending, Outcome, Policy, RunEnd, decide
 from .storage import Storage
 from .storage.jobs import MAX_VALUE_BYTES
 from .storage.transient import TRANSIENT
+from .telemetry import Telemetry
 from .wakeup import DueTimes
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Run:
     signal: AbortSignal = field(default_factory=AbortSignal)
     lost: bool = False
     """Set when this process learns it no longer owns the job: it must write nothing."""
+    exc: BaseException | None = None
+    """The handler's exception, if it raised (for Sentry)."""
 
 
 def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:
@@ -158,6 +161,10 @@ class Worker:
         """Set by the processor: is a blocking change stream watching for this worker?"""
         self._claimed = 0
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
+        self.paused: frozenset[str] = frozenset()
+        """Names paused by an operator (read by the heartbeat): left out of claims."""
+        self.telemetry = Telemetry()
+        """Metrics hook (the processor's): one call per run end."""
 
     # ---- claim loop --------------------------------------------------------------------
 
@@ -214,9 +221,10 @@ class Worker:
                     w.cancel()
 
     async def claim_once(self) -> Doc | None:
-        if not self.names or not self.worker_id:
+        names = [n for n in self.names if n not in self.paused] if self.paused else self.names
+        if not names or not self.worker_id:
             return None
-        doc = await self.jobs.claim_next(self.names, self.worker_id, self.clock.now())
+        doc = await self.jobs.claim_next(names, self.worker_id, self.clock.now())
         if doc is not None:
             self._claimed += 1
             self.spawn(doc, claimed=True)
@@ -291,6 +299,7 @@ class Worker:
         """
         doc = run.doc
         fields = self._fields(doc)
+        trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
         try:
             if self._claimed_too_late(doc):
                 return await asyncio.shield(self._skip_missed(run))
@@ -299,7 +308,9 @@ class Worker:
             except Exception as exc:
                 error = f"invalid job document: {exc}"
                 end = RunEnd(Ending.INVALID, error=error)
-                return await asyncio.shield(self._finish(run, end, None))
+                final = await asyncio.shield(self._finish(run, end, None))
+                sentry.run_ended(trace, final, exc)
+                return final
             job._checkpointer = lambda state: self._checkpoint(run, state)
             job._processor = self.processor
             check_in = self._checkin(run, "in_progress")
@@ -315,6 +326,7 @@ class Worker:
             end = await self._run_handler(run, job)
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))
+            sentry.run_ended(trace, final, run.exc)
             if final is not None and final["status"] not in (S.PAUSED, S.PENDING):
                 ok = "ok" if final["status"] == S.FINISHED else "error"
                 self._checkin(run, ok, check_in, duration_ms / 1000)
@@ -326,6 +338,7 @@ class Worker:
                 return await asyncio.shield(self._finish(run, end, None))
             return None
         finally:
+            sentry.finish_run(trace)
             if self.runs.get(str(doc["_id"])) is run:
                 del self.runs[str(doc["_id"])]
 
@@ -349,6 +362,7 @@ class Worker:
             budget=self.settings.worker_timeout,
         )
         if written.doc is not None:
+            self.telemetry.cron_slot(run.doc["name"], "missed")
             self.log.warning(
                 "cron_slot_missed",
                 slot=run.doc["scheduled_for"].isoformat(),
@@ -398,7 +412,7 @@ class Worker:
         reason = run.signal.reason
         if handler.cancelled():
             return RunEnd(Ending.CANCELLED, abort_reason=reason)
-        exc = handler.exception()
+        exc = run.exc = handler.exception()
         if exc is None:
             return RunEnd(Ending.RETURNED, abort_reason=reason, result=storable(handler.result()))
         return RunEnd(
@@ -491,6 +505,7 @@ class Worker:
             return None
         final = written.doc
         self._log_outcome(outcome, final, fields, duration_ms)
+        self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
         await self.hooks.after_write(run.definition, final)

@@ -12,19 +12,29 @@ from typing import Any
 from pymongo import WriteConcern
 
 from ..errors import InvalidDatabaseError
+from . import audit as audit_mod
 from . import crons as crons_mod
+from . import definitions as definitions_mod
 from . import jobs as jobs_mod
 from . import workers as workers_mod
+from .admin import JobAdminStore, JobQuery
+from .audit import AuditStore
 from .compat import ServerProfile, decode, detect
 from .crons import CronStore
+from .definitions import DefinitionStore, PausedStore
 from .jobs import CLAIM_SORT, EndWrite, JobStore, object_id
 from .workers import WorkerStore
 
 __all__ = [
     "CLAIM_SORT",
+    "AuditStore",
     "CronStore",
+    "DefinitionStore",
     "EndWrite",
+    "JobAdminStore",
+    "JobQuery",
     "JobStore",
+    "PausedStore",
     "ServerProfile",
     "Storage",
     "WorkerStore",
@@ -75,6 +85,10 @@ class Storage:
         )
         self.workers = WorkerStore(db.get_collection(f"{prefix}workers"))
         self.crons = CronStore(db.get_collection(f"{prefix}crons", write_concern=MAJORITY))
+        self.job_admin = JobAdminStore(self.jobs.coll, self.profile)
+        self.definitions = DefinitionStore(db.get_collection(f"{prefix}definitions"))
+        self.paused = PausedStore(db.get_collection(f"{prefix}paused", write_concern=MAJORITY))
+        self.audit = AuditStore(db.get_collection(f"{prefix}audit", write_concern=MAJORITY))
 
     @classmethod
     async def open(cls, db: Any, prefix: str = "job_processor_") -> Storage:
@@ -87,6 +101,9 @@ class Storage:
             (self.jobs, jobs_mod.INDEXES),
             (self.workers, workers_mod.INDEXES),
             (self.crons, crons_mod.INDEXES),
+            (self.definitions, definitions_mod.INDEXES),
+            (self.paused, definitions_mod.PAUSED_INDEXES),
+            (self.audit, audit_mod.INDEXES),
         ):
             for keys, opts in specs:
                 await store.coll.create_index(self.profile.index_keys(keys), **opts)

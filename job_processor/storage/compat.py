@@ -44,6 +44,9 @@ DATE_FIELDS = frozenset(
         "exit_hook_at",
         "emitted_at",
         "expires_at",
+        "first_seen",
+        "registered_at",
+        "paused_at",
     }
 )
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")

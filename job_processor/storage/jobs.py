@@ -64,6 +64,11 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("status", 1), ("created_at", -1), ("_id", -1)], {}),
     ([("name", 1), ("created_at", -1), ("_id", -1)], {}),
     ([("status", 1), ("name", 1), ("created_at", -1), ("_id", -1)], {}),
+    # operator listings by tag and by dedup key (job_processor.admin)
+    ([("tag", 1), ("created_at", -1), ("_id", -1)], {}),
+    ([("key", 1), ("created_at", -1), ("_id", -1)], {}),
+    # ended jobs by end time: purges, and jobs per minute (a covered scan)
+    ([("status", 1), ("ended_at", 1)], {}),
     # on_job_exited hooks owed by a worker that died
     ([("exit_hook", 1), ("exit_hook_at", 1)], {}),
 ]
@@ -366,6 +371,10 @@ class JobStore:
                             "operationType": "update",
                             "updateDescription.updatedFields.claim_name": {"$exists": True},
                         },
+                        {  # an operator's run-now: a pending job's due time moved
+                            "operationType": "update",
+                            "updateDescription.updatedFields.due_ms": {"$exists": True},
+                        },
                     ]
                 }
             },
@@ -376,6 +385,7 @@ class JobStore:
                     "fullDocument.scheduled_for": 1,
                     "updateDescription.updatedFields.status": 1,
                     "updateDescription.updatedFields.scheduled_for": 1,
+                    "updateDescription.updatedFields.due_ms": 1,
                 }
             },
         ]

@@ -9,10 +9,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from job_processor import documents as D
 from job_processor.models import JobStatus
-from job_processor.storage import CLAIM_SORT, Storage
+from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 
 from ..conftest import REAL_SERVER
 
@@ -108,3 +109,60 @@ async def test_counts_by_name_is_a_covered_index_scan(db: Any, storage: Storage)
 
 async def test_writes_use_majority(storage: Storage) -> None:
     assert storage.jobs.coll.write_concern.document == {"w": "majority"}
+
+
+# ---- operator listings and numbers (job_processor.admin) -----------------------------------
+
+WHEN = NOW - dt.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        JobQuery(),
+        JobQuery(status=S.ERRORED),
+        JobQuery(name="job-3"),
+        JobQuery(name="job-3", status=S.PENDING),
+        JobQuery(tag="main"),
+        JobQuery(key="k"),
+        JobQuery(created_after=WHEN, created_before=NOW),
+        JobQuery(status=S.ERRORED, created_after=WHEN),
+        JobQuery(name="job-3", tag="main"),
+    ],
+)
+@pytest.mark.parametrize("after", [None, (NOW, ObjectId())])
+async def test_admin_pages_are_index_backed(storage: Storage, query: JobQuery, after: Any) -> None:
+    assert_indexed(await storage.job_admin.page_cursor(query, after).limit(51).explain())
+
+
+async def test_ended_jobs_by_time_are_a_covered_index_scan(storage: Storage) -> None:
+    plan = await storage.job_admin.ended_cursor(S.FINISHED, WHEN, 100).explain()
+    winning = assert_indexed(plan)
+    assert "FETCH" not in winning, winning
+
+
+async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
+    plan = await db.command(
+        "explain",
+        {
+            "delete": storage.jobs.name,
+            "deletes": [{"q": {"status": "finished", "ended_at": {"$lt": NOW}}, "limit": 0}],
+        },
+        verbosity="queryPlanner",
+    )
+    assert_indexed(plan)
+
+
+async def test_due_jobs_per_name_use_the_claim_index(db: Any, storage: Storage) -> None:
+    plan = await db.command(
+        "explain",
+        {
+            "aggregate": storage.jobs.name,
+            "pipeline": storage.job_admin.due_pipeline([f"job-{i}" for i in range(150)], NOW),
+            "cursor": {},
+        },
+        verbosity="queryPlanner",
+    )
+    text = str(plan)
+    assert "COLLSCAN" not in text
+    assert "IXSCAN" in text

@@ -138,3 +138,11 @@ async def test_a_stream_that_fails_is_reopened_and_the_worker_woken() -> None:
     assert store.opened[0].alive is False  # ...on a fresh stream
     waker.stop_event.set()
     await asyncio.wait_for(task, 1)
+
+
+def test_an_operators_run_now_wakes_at_the_new_time() -> None:
+    change = {
+        "operationType": "update",
+        "updateDescription": {"updatedFields": {"due_ms": 1, "scheduled_for": WHEN}},
+    }
+    assert wakes_worker(change) == (True, WHEN)

@@ -1,0 +1,198 @@
+"""Operator verbs on the jobs collection: listings with cursor pagination, run-now, deletes and
+purges, and the numbers behind the overview. Used by `job_processor.admin` only.
+
+Every listing is `{equality filters..., created_at range}` sorted by (created_at desc, _id desc),
+which the jobs indexes serve without a blocking sort (asserted with explain() against a real
+MongoDB in tests/store/test_real_mongodb.py). Pages continue from a (created_at, _id) position:
+the query bounds `created_at <= position` on the server, and the few jobs created in that same
+instant that were already shown are dropped here (no `skip`, no `$or`). On nx-27017, whose date
+comparisons have whole-second precision, the bound is a second wide; the client-side check
+keeps pages exact there too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+
+from .. import documents as D
+from ..models import TERMINAL, JobStatus
+from .compat import ServerProfile, aggregate, all_docs, decode, decode_opt
+from .jobs import LIST_SORT
+
+Doc = dict[str, Any]
+S = JobStatus
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Equality filters and a creation-time range; all optional."""
+
+    name: str | None = None
+    status: JobStatus | None = None
+    tag: str | None = None
+    key: str | None = None
+    created_after: dt.datetime | None = None
+    """Inclusive."""
+    created_before: dt.datetime | None = None
+    """Exclusive."""
+
+    def filter(self) -> Doc:
+        query: Doc = {}
+        if self.name is not None:
+            query["name"] = self.name
+        if self.status is not None:
+            query["status"] = self.status.value
+        if self.tag is not None:
+            query["tag"] = self.tag
+        if self.key is not None:
+            query["key"] = self.key
+        created: Doc = {}
+        if self.created_after is not None:
+            created["$gte"] = self.created_after
+        if self.created_before is not None:
+            created["$lt"] = self.created_before
+        if created:
+            query["created_at"] = created
+        return query
+
+    def matches(self, doc: Doc) -> bool:
+        """The same conditions, checked on a document read by id."""
+        pairs = [("name", self.name), ("tag", self.tag), ("key", self.key)]
+        if any(v is not None and doc.get(k) != v for k, v in pairs):
+            return False
+        if self.status is not None and doc.get("status") != self.status.value:
+            return False
+        created = doc.get("created_at")
+        if self.created_after is not None and (created is None or created < self.created_after):
+            return False
+        return not (
+            self.created_before is not None and (created is None or created >= self.created_before)
+        )
+
+
+Position = tuple[dt.datetime, ObjectId]
+
+
+def _before(doc: Doc, position: Position) -> bool:
+    """Strictly after `position` in listing order (created_at desc, _id desc)."""
+    created, oid = position
+    return bool(doc["created_at"] < created or (doc["created_at"] == created and doc["_id"] < oid))
+
+
+class JobAdminStore:
+    def __init__(self, collection: Any, profile: ServerProfile) -> None:
+        self.coll = collection
+        self.profile = profile
+
+    # ---- listings ---------------------------------------------------------------------------
+
+    def page_query(self, query: JobQuery, after: Position | None) -> Doc:
+        """The server-side filter of a page (exposed for the explain() tests)."""
+        doc = query.filter()
+        if after is not None:
+            created = dict(doc.get("created_at", {}))
+            bound = created.get("$lte")
+            created["$lte"] = after[0] if bound is None else min(bound, after[0])
+            doc["created_at"] = created
+        return doc
+
+    def page_cursor(self, query: JobQuery, after: Position | None) -> Any:
+        return self.coll.find(self.page_query(query, after)).sort(LIST_SORT)
+
+    async def page(self, query: JobQuery, after: Position | None, limit: int) -> list[Doc]:
+        """Up to `limit` jobs after `after`, newest first."""
+        out: list[Doc] = []
+        cursor = self.page_cursor(query, after)
+        # after a position, the jobs created in its instant (its second on nx-27017) that were
+        # already shown are read again and dropped; the cursor is closed once the page is full
+        cursor = cursor.limit(limit) if after is None else cursor.batch_size(min(limit + 50, 1000))
+        try:
+            async for raw in cursor:
+                doc = decode(raw)
+                if after is not None and not _before(doc, after):
+                    continue
+                out.append(doc)
+                if len(out) >= limit:
+                    break
+        finally:
+            result = cursor.close()
+            if inspect.isawaitable(result):
+                await result
+        return out
+
+    async def by_id(self, oid: ObjectId) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": oid}))
+
+    # ---- actions ----------------------------------------------------------------------------
+
+    async def run_now(self, oid: ObjectId, now: dt.datetime) -> Doc | None:
+        """pending and scheduled later -> due now (compare-and-set); None if it was not."""
+        doc = await self.coll.find_one_and_update(
+            {"_id": oid, "status": S.PENDING.value, "due_ms": {"$gt": D.epoch_ms(now)}},
+            D.run_now_update(now),
+            return_document=ReturnDocument.AFTER,
+        )
+        return decode_opt(doc)
+
+    async def delete_ended(self, oid: ObjectId) -> Doc | None:
+        """Delete a job that has ended (finished, errored, killed, skipped); None if it is
+        active or gone. Active jobs are never deleted: kill them first."""
+        doc = await self.coll.find_one_and_delete(
+            {"_id": oid, "status": {"$in": sorted(s.value for s in TERMINAL)}}
+        )
+        return decode_opt(doc)
+
+    async def purge(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> int:
+        """Delete the jobs of an ended `status` that ended before `ended_before` (the
+        {status, ended_at} index)."""
+        if status not in TERMINAL:
+            raise ValueError(f"only ended jobs can be purged, not {status.value}")
+        query: Doc = {"status": status.value, "ended_at": {"$lt": ended_before}}
+        if name is not None:
+            query["name"] = name
+        res = await self.coll.delete_many(query)
+        return int(res.deleted_count)
+
+    # ---- numbers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def due_pipeline(names: list[str], now: dt.datetime) -> list[Doc]:
+        """Due claimable jobs per name with the earliest due time: the claim index, covered."""
+        return [
+            {"$match": D.claim_filter(names, now)},
+            {"$group": {"_id": "$claim_name", "n": {"$sum": 1}, "oldest": {"$min": "$due_ms"}}},
+        ]
+
+    async def due_by_name(
+        self, names: Iterable[str], now: dt.datetime
+    ) -> dict[str, tuple[int, int]]:
+        """name -> (due jobs, earliest due time in epoch ms)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        rows = await aggregate(self.coll, self.due_pipeline(wanted, now))
+        return {str(r["_id"]): (int(r["n"]), int(r["oldest"])) for r in rows}
+
+    def ended_cursor(self, status: JobStatus, since: dt.datetime, cap: int) -> Any:
+        return (
+            self.coll.find(
+                {"status": status.value, "ended_at": {"$gte": since}},
+                {"_id": 0, "ended_at": 1},
+            )
+            .sort([("ended_at", ASCENDING)])
+            .limit(cap)
+        )
+
+    async def ended_since(
+        self, status: JobStatus, since: dt.datetime, cap: int
+    ) -> list[dt.datetime]:
+        """End times of the jobs of `status` that ended since `since` (at most `cap`: a covered
+        scan of the {status, ended_at} index)."""
+        return [d["ended_at"] for d in await all_docs(self.ended_cursor(status, since, cap))]

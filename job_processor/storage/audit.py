@@ -1,0 +1,34 @@
+"""The audit log: one document per operator action (who, when, what, which jobs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from pymongo import DESCENDING
+
+from .compat import IndexKeys, all_docs
+
+Doc = dict[str, Any]
+
+#: Listed newest first by `_id` (ObjectIds grow with time): no other index needed.
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
+#: Ids recorded per entry; an action on more jobs records the count and the first ones.
+MAX_IDS = 1000
+
+
+class AuditStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def record(self, entry: Doc) -> Doc:
+        doc = {"_id": ObjectId(), **entry}
+        ids = list(doc.get("ids") or [])
+        doc["ids"] = ids[:MAX_IDS]
+        doc["ids_truncated"] = len(ids) > MAX_IDS
+        await self.coll.insert_one(doc)
+        return doc
+
+    async def recent(self, limit: int = 50, before: ObjectId | None = None) -> list[Doc]:
+        query: Doc = {} if before is None else {"_id": {"$lt": before}}
+        return await all_docs(self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit))

@@ -1,0 +1,118 @@
+"""The definitions registry and the paused names: what workers serve, and what they must not claim.
+
+`<prefix>definitions`: one document per job or cron name (`_id` = name), written by every worker
+that serves it when it registers (one `update_one` per name: nx-27017 and mongomock break
+`bulk_write`), and its `last_seen` refreshed with one `update_many` per recovery sweep. Which
+live workers serve a name is not stored here: each worker document lists the names it claims
+(`names`), which is exact whatever tags or code version the worker runs.
+
+`<prefix>paused`: one document per paused name (`_id` = name). Workers read the whole (small)
+collection once per heartbeat and leave those names out of their claims.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .compat import IndexKeys, all_docs, decode_opt
+
+Doc = dict[str, Any]
+
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []  # read whole, or by _id
+PAUSED_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
+
+
+def definition_fields(definition: Any) -> Doc:
+    """What the registry records of a JobDef / CronDef (never the handler itself)."""
+    from ..definitions import CronDef
+
+    model = definition.payload_model
+    fields: Doc = {
+        "kind": "cron" if isinstance(definition, CronDef) else "job",
+        "tag": definition.tag,
+        "resumable": bool(definition.resumable),
+        "concurrency": definition.concurrency,
+        "max_attempts": definition.attempts,
+        "max_runtime_in_minutes": definition.max_runtime_in_minutes,
+        "backoff": definition.backoff.model_dump(mode="json"),
+        "has_exit_hook": definition.on_job_exited is not None,
+        "payload_model": model.__name__ if model is not None else None,
+        "payload_schema": _schema(model),
+        "cron_string": getattr(definition, "cron_string", None),
+        "timezone": getattr(definition, "timezone", None),
+    }
+    return fields
+
+
+def _schema(model: Any) -> Doc | None:
+    if model is None:
+        return None
+    try:
+        schema: Doc = model.model_json_schema()
+    except Exception:  # a model whose schema cannot be generated: the name is enough
+        return None
+    # MongoDB field names may not start with "$" ("$defs", "$ref"): keep the schema as text
+    import json
+
+    return {"json": json.dumps(schema, sort_keys=True)}
+
+
+class DefinitionStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def register(
+        self, definitions: Mapping[str, Any], worker_id: str, now: dt.datetime
+    ) -> None:
+        """Upsert each definition this worker serves (the last worker to start wins when two
+        versions of a definition run side by side during a deploy)."""
+        for name, definition in definitions.items():
+            await self.coll.update_one(
+                {"_id": name},
+                {
+                    "$set": definition_fields(definition)
+                    | {"last_seen": now, "registered_by": worker_id, "registered_at": now},
+                    "$setOnInsert": {"first_seen": now},
+                },
+                upsert=True,
+            )
+
+    async def seen(self, names: Iterable[str], now: dt.datetime) -> None:
+        """One write for all of a worker's names: they are still served."""
+        names = list(names)
+        if names:
+            await self.coll.update_many({"_id": {"$in": names}}, {"$set": {"last_seen": now}})
+
+    async def all(self) -> list[Doc]:
+        return await all_docs(self.coll.find({}))
+
+    async def get(self, name: str) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": name}))
+
+
+class PausedStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def pause(self, name: str, by: str, now: dt.datetime) -> bool:
+        """True if this call paused the name (False: it already was)."""
+        res = await self.coll.update_one(
+            {"_id": name},
+            {"$setOnInsert": {"paused_at": now, "paused_by": by}},
+            upsert=True,
+        )
+        return res.upserted_id is not None
+
+    async def resume(self, name: str) -> bool:
+        """True if the name was paused."""
+        res = await self.coll.delete_one({"_id": name})
+        return bool(res.deleted_count)
+
+    async def names(self) -> set[str]:
+        """One query: every paused name."""
+        return {str(d["_id"]) async for d in self.coll.find({}, {"_id": 1})}
+
+    async def all(self) -> list[Doc]:
+        return await all_docs(self.coll.find({}))

@@ -1,0 +1,301 @@
+"""job_processor.admin on nx-27017 (PyMongo async and motor) and mongomock-motor: what an
+operator sees and what each action does, from the database alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from job_processor import CronDef, FakeClock, JobDef
+from job_processor import documents as D
+from job_processor.admin import Admin, parse_duration
+from job_processor.errors import (
+    InvalidArgumentError,
+    InvalidPayloadError,
+    JobNotFoundError,
+    UnknownJobError,
+)
+from job_processor.models import JobStatus
+from job_processor.outcome import Outcome
+from job_processor.storage import Storage
+
+S = JobStatus
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+async def noop(job: object, signal: object) -> None:
+    return None
+
+
+DEFS: dict[str, Any] = {
+    "email": JobDef(handler=noop),
+    "report": JobDef(handler=noop, tag="main", concurrency="exclusive"),
+    "nightly": CronDef(handler=noop, cron_string="0 2 * * *", timezone="Europe/Paris"),
+}
+
+
+@pytest.fixture
+async def env(any_db: Any) -> tuple[Admin, Storage, FakeClock]:
+    clock = FakeClock(NOW)
+    storage = await Storage.open(any_db, "t_")
+    await storage.ensure_indexes()
+    await storage.definitions.register(DEFS, "w-setup", NOW)
+    nightly = DEFS["nightly"]
+    await storage.crons.register(
+        {"nightly": nightly}, {"nightly": NOW + dt.timedelta(hours=14)}, NOW
+    )
+    admin = await Admin.open(any_db, "t_", clock, actor="alice")
+    return admin, storage, clock
+
+
+async def add(storage: Storage, name: str = "email", at: float = 0, **kw: Any) -> dict[str, Any]:
+    doc = await storage.jobs.insert(
+        D.new_job(name, {"n": 1}, now=NOW + dt.timedelta(seconds=at), **kw)
+    )
+    assert doc is not None
+    return doc
+
+
+async def ended(storage: Storage, status: JobStatus, name: str = "email", at: float = 0) -> str:
+    doc = await add(storage, name, at=at, priority=1000)  # claimed before any pending job
+    claimed = await storage.jobs.claim_next([name], "w1", NOW + dt.timedelta(seconds=at))
+    assert claimed is not None and claimed["_id"] == doc["_id"]
+    outcome = Outcome(status, error="boom" if status == S.ERRORED else None)
+    end = await storage.jobs.end_run(
+        claimed, outcome, NOW + dt.timedelta(seconds=at + 1), writer="w1", budget=2
+    )
+    assert end.doc is not None
+    return str(doc["_id"])
+
+
+async def test_pages_cover_every_job_once_newest_first_even_with_ties(env: Any) -> None:
+    admin, storage, _ = env
+    ids = [str((await add(storage, at=0))["_id"]) for _ in range(7)]  # same instant
+    ids += [str((await add(storage, at=1.5))["_id"]) for _ in range(3)]
+    ids += [str((await add(storage, "report", at=3))["_id"])]
+    expected = sorted(ids, key=lambda i: i)  # ObjectIds grow: the insertion order
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = await admin.list_jobs(limit=3, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(expected))
+    assert pages == 4
+    json.dumps(page.model_dump(mode="json"))  # serializable as is
+
+
+async def test_filters(env: Any) -> None:
+    admin, storage, _ = env
+    email = await add(storage, key="k1")
+    report = await add(storage, "report", at=5, tag="main")
+    failed = await ended(storage, S.ERRORED, at=10)
+    assert [j.id for j in (await admin.list_jobs(name="report")).jobs] == [str(report["_id"])]
+    assert [j.id for j in (await admin.list_jobs(status="errored")).jobs] == [failed]
+    assert [j.id for j in (await admin.list_jobs(tag="main")).jobs] == [str(report["_id"])]
+    assert [j.id for j in (await admin.list_jobs(key="k1")).jobs] == [str(email["_id"])]
+    window = await admin.list_jobs(
+        created_after=NOW + dt.timedelta(seconds=3), created_before="2030-01-01T12:00:08Z"
+    )
+    assert [j.id for j in window.jobs] == [str(report["_id"])]
+    assert [j.id for j in (await admin.list_jobs(id=failed)).jobs] == [failed]
+    assert (await admin.list_jobs(id=failed, status="pending")).jobs == []
+    with pytest.raises(InvalidArgumentError, match="unknown status 'broken'"):
+        await admin.list_jobs(status="broken")
+    with pytest.raises(InvalidArgumentError, match="not a job id"):
+        await admin.list_jobs(id="nope")
+    with pytest.raises(InvalidArgumentError, match="not a cursor"):
+        await admin.list_jobs(cursor="garbage!")
+    with pytest.raises(InvalidArgumentError, match="created_after"):
+        await admin.list_jobs(created_after="yesterday")
+
+
+async def test_retry_one_and_many_and_what_cannot_be_retried(env: Any) -> None:
+    admin, storage, _ = env
+    a = await ended(storage, S.ERRORED)
+    b = await ended(storage, S.ERRORED, at=2)
+    done = await ended(storage, S.FINISHED, at=4)
+    other = await ended(storage, S.ERRORED, "report", at=6)
+    one = await admin.retry([a, done])
+    assert one.changed == [a]
+    assert one.skipped == {done: "finished: only errored or killed jobs can be retried"}
+    assert one.done
+    assert (await admin.get_job(a)).status == S.PENDING
+    many = await admin.retry_many(name="email", status="errored")
+    assert many.changed == [b]
+    assert (await admin.get_job(other)).status == S.ERRORED
+    nothing = await admin.retry_many(name="email")
+    assert not nothing.done
+    with pytest.raises(InvalidArgumentError, match="errored or killed"):
+        await admin.retry_many(status="finished")
+
+
+async def test_kill_pending_running_and_ended(env: Any) -> None:
+    admin, storage, _ = env
+    pending = str((await add(storage))["_id"])
+    running = str((await add(storage, "report", tag="main"))["_id"])
+    assert await storage.jobs.claim_next(["report"], "w1", NOW) is not None
+    finished = await ended(storage, S.FINISHED, at=1)
+    result = await admin.kill([pending, running, finished])
+    assert result.changed == [pending, running]
+    assert result.detail["requested"] == [running]
+    assert result.skipped == {finished: "already ended (finished)"}
+    killed = await admin.get_job(pending)
+    assert killed.status == S.KILLED
+    assert killed.exit_hook == "owed"  # called by the next sweep of a worker that defines it
+    assert (await admin.get_job(running)).kill_requested_at == NOW
+
+
+async def test_run_now_makes_a_later_job_due(env: Any) -> None:
+    admin, storage, clock = env
+    later = str((await add(storage, scheduled_for=NOW + dt.timedelta(hours=3)))["_id"])
+    due = str((await add(storage))["_id"])
+    assert await storage.jobs.claim_next(["email"], "w1", NOW) is not None  # takes `due`
+    clock.advance(1)
+    result = await admin.run_now([later, due])
+    assert result.changed == [later]
+    assert result.skipped == {due: "running: only pending jobs can be run now"}
+    job = await admin.get_job(later)
+    assert job.scheduled_for == clock.now()
+    claimed = await storage.jobs.claim_next(["email"], "w1", clock.now())
+    assert claimed is not None and str(claimed["_id"]) == later
+    again = await admin.run_now(later)
+    assert not again.done
+
+
+async def test_delete_refuses_active_jobs_and_purge_deletes_old_ended_ones(env: Any) -> None:
+    admin, storage, clock = env
+    pending = str((await add(storage))["_id"])
+    old = await ended(storage, S.FINISHED, at=0)
+    errored = await ended(storage, S.ERRORED, at=0)
+    deleted = await admin.delete([pending, errored])
+    assert deleted.changed == [errored]
+    assert deleted.skipped == {pending: "pending: active jobs are not deleted (kill it first)"}
+    clock.advance(8 * 86400)
+    recent = await ended(storage, S.FINISHED, at=8 * 86400 - 10)
+    purged = await admin.purge(status="finished", older_than="7d")
+    assert purged.count == 1
+    assert purged.done
+    with pytest.raises(JobNotFoundError):
+        await admin.get_job(old)
+    assert (await admin.get_job(recent)).status == S.FINISHED
+    with pytest.raises(InvalidArgumentError, match="only finished, errored, killed or skipped"):
+        await admin.purge(status="pending", older_than="1d")
+    with pytest.raises(InvalidArgumentError, match="not a duration"):
+        await admin.purge(status="finished", older_than="a week")
+
+
+async def test_new_job_duplicate_and_trigger(env: Any) -> None:
+    admin, _, _ = env
+    created = await admin.new_job("email", '{"to": "a@b.c"}', priority=3)
+    assert created.done
+    job = created.jobs[0]
+    assert (job.name, job.payload, job.priority, job.status) == (
+        "email",
+        {"to": "a@b.c"},
+        3,
+        "pending",
+    )
+    with pytest.raises(UnknownJobError, match="unknown job 'emial'"):
+        await admin.new_job("emial", {})
+    with pytest.raises(InvalidPayloadError, match="not valid JSON"):
+        await admin.new_job("email", "{to: 1}")
+    with pytest.raises(InvalidPayloadError, match="must be a JSON object"):
+        await admin.new_job("email", "[1, 2]")
+    with pytest.raises(InvalidArgumentError, match="is a cron"):
+        await admin.new_job("nightly", {})
+    dup = await admin.duplicate(job.id)
+    copy = dup.jobs[0]
+    assert dup.done and copy.id != job.id
+    assert (copy.name, copy.payload, copy.priority) == ("email", {"to": "a@b.c"}, 3)
+    # exclusive: the registry knows "report" is exclusive, so a second active one is skipped
+    first = await admin.new_job("report", {})
+    second = await admin.new_job("report", {})
+    assert first.done and first.jobs[0].tag == "main"
+    assert not second.done
+    assert "exclusive" in next(iter(second.skipped.values()))
+    triggered = await admin.trigger_cron("nightly")
+    task = triggered.jobs[0]
+    assert (task.type, task.trigger, task.status) == ("cron_task", "manual", "pending")
+    with pytest.raises(UnknownJobError, match="unknown cron 'daily'"):
+        await admin.trigger_cron("daily")
+
+
+async def test_pause_resume_and_the_audit_log(env: Any) -> None:
+    admin, storage, _ = env
+    assert (await admin.pause("email")).done
+    assert not (await admin.pause("email", actor="bob")).done
+    assert await storage.paused.names() == {"email"}
+    views = {d.name: d for d in await admin.list_definitions()}
+    assert views["email"].paused and not views["report"].paused
+    assert views["report"].tag == "main" and views["report"].concurrency == "exclusive"
+    assert views["nightly"].kind == "cron"
+    with pytest.raises(UnknownJobError):
+        await admin.pause("nope")
+    assert (await admin.resume("email")).done
+    assert not (await admin.resume("email")).done
+    log = await admin.audit_log()
+    assert [(e.action, e.actor, e.ids) for e in log] == [
+        ("name_resumed", "alice", []),
+        ("name_resumed", "alice", ["email"]),
+        ("name_paused", "bob", []),
+        ("name_paused", "alice", ["email"]),
+    ]
+
+
+async def test_overview_numbers_and_warnings(env: Any) -> None:
+    admin, storage, _ = env
+    await add(storage, at=-120)
+    await add(storage, at=-30)
+    await add(storage, scheduled_for=NOW + dt.timedelta(hours=1))
+    await add(storage, "ghost")  # no worker defines it
+    await add(storage, "report", tag="main")
+    for i in range(3):
+        await ended(storage, S.FINISHED, at=-200 + i)
+    await ended(storage, S.ERRORED, at=-100)
+    # a live worker serving "email" and the cron, but not "report" (tag main)
+    worker = D.new_worker(NOW, ["secondary"], "runner-2", 1, ["email", "nightly"], 10.0)
+    await storage.workers.register(worker)
+    dead = D.new_worker(NOW - dt.timedelta(minutes=5), ["main"], "runner-1", 1, ["report"], 10.0)
+    await storage.workers.register(dead)
+    ov = await admin.overview(minutes=5)
+    assert ov.counts["email"] == {"pending": 3, "finished": 3, "errored": 1}
+    q = ov.queue["email"]
+    assert (q.pending, q.due) == (3, 2)
+    assert q.oldest_due_age_seconds == 120
+    assert ov.queue["report"].due == 1
+    assert sum(r.finished for r in ov.throughput) == 3
+    assert sum(r.errored for r in ov.throughput) == 1
+    assert len(ov.throughput) == 5 and ov.throughput[-1].minute == NOW
+    assert (ov.workers_alive, ov.workers_dead) == (1, 1)
+    assert ov.unserved_names == ["report"]
+    assert ov.unknown_names == {"ghost": 1}
+    text = "\n".join(ov.warnings)
+    assert "job 'report' (tag 'main'): no live worker can run it (1 waiting)" in text
+    assert "1 waiting jobs of unknown name 'ghost'" in text
+    assert "runner-1" in text and "heartbeat" in text
+    workers = await admin.list_workers()
+    assert [(w.instance_id, w.alive) for w in workers] == [("runner-2", True), ("runner-1", False)]
+    crons = await admin.list_crons()
+    assert crons[0].name == "nightly" and crons[0].timezone == "Europe/Paris"
+    assert crons[0].next_slot_local is not None and crons[0].next_slot_local.hour == 3
+    assert crons[0].served_by == [worker["_id"]]
+    status = await admin.status()
+    assert status.queue["pending"] == 5
+    assert status.unserved_names == ["report"]
+    json.dumps(ov.model_dump(mode="json"))
+
+
+def test_durations() -> None:
+    assert parse_duration("7d") == dt.timedelta(days=7)
+    assert parse_duration("90s") == dt.timedelta(seconds=90)
+    assert parse_duration("1.5h") == dt.timedelta(minutes=90)
+    with pytest.raises(InvalidArgumentError, match="must be positive"):
+        parse_duration(0)

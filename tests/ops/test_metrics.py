@@ -1,0 +1,132 @@
+"""Prometheus metrics: what a scrape shows after real runs, the scrape budget, the HTTP server,
+and nothing of prometheus_client on the hot path when metrics are off."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from job_processor import AbortSignal, Job, JobDef, metrics
+from job_processor import documents as D
+from job_processor.local_server import free_port
+
+from ..integration.helpers import make, wait_for, wait_status
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def ok(job: Job, signal: AbortSignal) -> str:
+    return "ok"
+
+
+async def flaky(job: Job, signal: AbortSignal) -> None:
+    raise RuntimeError("flaky")
+
+
+async def tick(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+JOBS: dict[str, Any] = {
+    "ok": JobDef(handler=ok),
+    "flaky": JobDef(handler=flaky, max_attempts=2, backoff={"kind": "fixed", "base_seconds": 0.1}),
+    "crashy": JobDef(handler=ok),
+}
+CRONS: dict[str, Any] = {"every-second": {"cron_string": "* * * * * *", "handler": tick}}
+
+
+async def test_a_scrape_after_real_runs(db: Any) -> None:
+    processor = await make(db, JOBS)
+    processor2 = await make(db, {}, crons=CRONS)  # a replica running the cron scheduler
+    m = metrics.enable(processor)
+    m2 = metrics.enable(processor2)
+    # a run left behind by a dead worker, recovered when the processor starts
+    long_ago = processor.clock.now() - dt.timedelta(minutes=5)
+    orphan = D.as_running(D.new_job("crashy", {}, now=long_ago), "dead-worker", long_ago)
+    await processor.storage.jobs.insert(orphan)
+    later = await processor.schedule_job(
+        "ok", {}, scheduled_for=processor.clock.now() + dt.timedelta(days=1)
+    )
+    async with processor, processor2:
+        done = await processor.schedule_job("ok", {})
+        failed = await processor.schedule_job("flaky", {})
+        await wait_status(processor, done.id, "finished")  # type: ignore[arg-type]
+        await wait_status(processor, failed.id, "errored")  # type: ignore[arg-type]
+        await wait_for(lambda: m2.cron_slots.labels("every-second", "run")._value.get() >= 1)
+        got = samples((await metrics.render(m)).decode())
+        cron = samples((await metrics.render(m2)).decode())
+    ended = "job_processor_jobs_ended_total"
+    assert got[(ended, (("name", "ok"), ("status", "finished")))] == 1
+    assert got[(ended, (("name", "flaky"), ("status", "errored")))] == 1
+    assert got[(ended, (("name", "crashy"), ("status", "errored")))] == 1  # by the recovery
+    assert got[("job_processor_job_retries_total", (("name", "flaky"),))] == 1
+    assert (
+        got[("job_processor_job_recoveries_total", (("name", "crashy"), ("status", "errored")))]
+        == 1
+    )
+    assert got[("job_processor_job_run_duration_seconds_count", (("name", "flaky"),))] == 2
+    assert got[("job_processor_job_start_delay_seconds_count", (("name", "ok"),))] == 1
+    # database gauges: every status of every name, the queue, the workers
+    assert got[("job_processor_jobs", (("name", "ok"), ("status", "finished")))] == 1
+    assert got[("job_processor_jobs", (("name", "ok"), ("status", "pending")))] == 1
+    assert ("job_processor_jobs_due", (("name", "ok"),)) not in got  # `later` is not due
+    assert got[("job_processor_workers", (("state", "alive"),))] == 2
+    assert got[("job_processor_scrape_timeout", ())] == 0
+    assert (
+        cron[("job_processor_cron_slots_total", (("name", "every-second"), ("outcome", "run")))]
+        >= 1
+    )
+    assert later.status == "pending"
+
+
+async def test_a_scrape_over_budget_serves_what_it_has(db: Any) -> None:
+    processor = await make(db, JOBS)
+    await processor.schedule_job("ok", {})
+    m = metrics.enable(processor, budget=0.000001)
+    got = samples((await metrics.render(m)).decode())
+    assert got[("job_processor_scrape_timeout", ())] == 1
+    full = await metrics.for_database(db, budget=5)
+    got = samples((await metrics.render(full)).decode())
+    assert got[("job_processor_scrape_timeout", ())] == 0
+    assert got[("job_processor_jobs_due", (("name", "ok"),))] == 1
+    assert got[("job_processor_oldest_due_age_seconds", (("name", "ok"),))] >= 0
+
+
+async def test_served_over_http(db: Any) -> None:
+    processor = await make(db, JOBS)
+    await processor.schedule_job("ok", {})
+    port = free_port()
+    server = metrics.serve(metrics.enable(processor), port, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return bytes(response.read())
+
+        body = await asyncio.to_thread(fetch)
+    finally:
+        server.close()
+    got = samples(body.decode())
+    assert got[("job_processor_jobs", (("name", "ok"), ("status", "pending")))] == 1
+
+
+def test_metrics_off_import_nothing_from_prometheus() -> None:
+    code = (
+        "import sys, job_processor, job_processor.admin, job_processor.cli;"
+        "print('prometheus_client' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,71 @@
+"""The definitions registry and paused names, with real processors on the test server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef
+from job_processor import documents as D
+from job_processor.admin import Admin
+
+from ..integration.helpers import make, wait_for, wait_status
+
+
+async def quick(job: Job, signal: AbortSignal) -> str:
+    return job.name
+
+
+JOBS: dict[str, Any] = {
+    "main-report": JobDef(handler=quick, tag="main", max_attempts=2),
+    "anywhere": JobDef(handler=quick, resumable=True),
+    "other": JobDef(handler=quick),
+}
+
+
+async def test_workers_register_definitions_and_status_flags_what_nobody_runs(db: Any) -> None:
+    processor = await make(db, JOBS, worker_tags=["secondary"])
+    admin = await Admin.open(db)
+    waiting = await processor.schedule_job("main-report", {})
+    await processor.storage.jobs.insert(D.new_job("retired", {}, now=processor.clock.now()))
+    async with processor:
+        views = {d.name: d for d in await admin.list_definitions()}
+        assert set(views) == {"main-report", "anywhere", "other"}
+        assert views["main-report"].tag == "main"
+        assert views["main-report"].max_attempts == 2
+        assert views["anywhere"].resumable
+        assert views["anywhere"].served_by == [processor.worker_id]
+        assert views["main-report"].served_by == []
+        status = await processor.get_status()
+        assert status.unserved_names == ["main-report"]
+        assert any(
+            "job 'main-report' (tag 'main'): no live worker can run it (1 waiting)" in w
+            for w in status.warnings
+        ), status.warnings
+        assert any("unknown name 'retired'" in w for w in status.warnings), status.warnings
+        ov = await admin.overview()
+        assert ov.unserved_names == ["main-report"]
+        assert ov.unknown_names == {"retired": 1}
+        assert (await processor.get_job(waiting.id)).status == "pending"
+        # a "main" worker comes up: the name is served, the job runs, the warning goes
+        main = await make(db, JOBS, worker_tags=["main"])
+        async with main:
+            await wait_status(main, waiting.id, "finished")  # type: ignore[arg-type]
+            assert (await processor.get_status()).unserved_names == []
+
+
+async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
+    processor = await make(db, JOBS)
+    admin = await Admin.open(db, actor="ops")
+    async with processor:
+        assert (await admin.pause("anywhere")).done
+        await wait_for(lambda: "anywhere" in processor.worker.paused)  # next heartbeat
+        held = await processor.schedule_job("anywhere", {})
+        after = await processor.schedule_job("other", {})  # would be claimed second
+        await wait_status(processor, after.id, "finished")  # type: ignore[arg-type]
+        assert (await processor.get_job(held.id)).status == "pending"
+        status = await processor.get_status()
+        assert status.paused_names == ["anywhere"]
+        assert any("'anywhere' is paused: 1 jobs wait" in w for w in status.warnings)
+        assert (await admin.resume("anywhere")).done
+        await wait_status(processor, held.id, "finished")  # type: ignore[arg-type]
+        assert processor.worker.paused == frozenset()

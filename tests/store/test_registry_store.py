@@ -1,0 +1,70 @@
+"""The definitions registry, paused names and audit log on the three backends."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from job_processor import CronDef, JobDef
+from job_processor.storage import Storage
+
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+async def noop(job: object, signal: object) -> None:
+    return None
+
+
+class Mail(BaseModel):
+    to: str
+
+
+@pytest.fixture
+async def storage(any_db: Any) -> Storage:
+    s = await Storage.open(any_db, "t_")
+    await s.ensure_indexes()
+    return s
+
+
+async def test_register_keeps_first_seen_and_refreshes_last_seen(storage: Storage) -> None:
+    defs = {
+        "mail": JobDef(handler=noop, tag="main", payload_model=Mail, resumable=True),
+        "tick": CronDef(handler=noop, cron_string="* * * * *"),
+    }
+    await storage.definitions.register(defs, "w1", NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    await storage.definitions.register(defs, "w2", later)
+    docs = {d["_id"]: d for d in await storage.definitions.all()}
+    mail = docs["mail"]
+    assert (mail["kind"], mail["tag"], mail["registered_by"]) == ("job", "main", "w2")
+    assert bool(mail["resumable"]) is True
+    assert mail["payload_model"] == "Mail"
+    assert mail["first_seen"] == NOW
+    assert mail["last_seen"] == later
+    assert docs["tick"]["kind"] == "cron" and docs["tick"]["cron_string"] == "* * * * *"
+    await storage.definitions.seen(["mail"], NOW + dt.timedelta(hours=1))
+    assert (await storage.definitions.get("mail"))["last_seen"] == NOW + dt.timedelta(hours=1)  # type: ignore[index]
+    assert (await storage.definitions.get("tick"))["last_seen"] == later  # type: ignore[index]
+
+
+async def test_paused_names(storage: Storage) -> None:
+    assert await storage.paused.names() == set()
+    assert await storage.paused.pause("mail", "alice", NOW)
+    assert not await storage.paused.pause("mail", "bob", NOW)
+    assert await storage.paused.names() == {"mail"}
+    [doc] = await storage.paused.all()
+    assert doc["paused_by"] == "alice"
+    assert await storage.paused.resume("mail")
+    assert not await storage.paused.resume("mail")
+    assert await storage.paused.names() == set()
+
+
+async def test_audit_entries_newest_first(storage: Storage) -> None:
+    first = await storage.audit.record({"at": NOW, "action": "a", "ids": ["1"] * 1500})
+    second = await storage.audit.record({"at": NOW, "action": "b", "ids": []})
+    assert first["ids_truncated"] and len(first["ids"]) == 1000
+    assert [d["action"] for d in await storage.audit.recent()] == ["b", "a"]
+    assert [d["action"] for d in await storage.audit.recent(before=second["_id"])] == ["a"]
