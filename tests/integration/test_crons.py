@@ -157,9 +157,11 @@ async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_re
     finally:
         sentry_sdk.init(dsn=None)
     assert [c["status"] for c in checkins] == ["error", "error", "error"]
-    (warning,) = status.warnings
-    assert "cron 'report'" in warning
-    assert "pending, not running" in warning
+    (stuck,) = [w for w in status.warnings if "skipped behind" in w]
+    assert stuck.startswith("cron 'report': its last 3 slots were skipped behind job")
+    assert "pending, not running" in stuck
+    (unserved,) = [w for w in status.warnings if "no live worker can run it" in w]
+    assert unserved.startswith("cron 'report' (tag 'main')")
 
 
 async def test_downtime_longer_than_the_margin_records_missed_slots(db: Any) -> None:
