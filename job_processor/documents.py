@@ -203,6 +203,16 @@ def claim_update(worker_id: str, now: dt.datetime) -> Doc:
     }
 
 
+def applied(doc: Doc, update: Doc) -> Doc:
+    """`doc` after `update` (the $set / $unset / $inc these builders write), computed here: a
+    batch claim or a grouped final write that matched every document need not read them back."""
+    out = {k: v for k, v in doc.items() if k not in update.get("$unset", {})}
+    out |= update.get("$set", {})
+    for key, n in update.get("$inc", {}).items():
+        out[key] = (out.get(key) or 0) + n
+    return out
+
+
 def history_entry(claimed: Doc, outcome: Outcome, now: dt.datetime) -> Doc:
     return {
         "attempt": claimed.get("attempt"),

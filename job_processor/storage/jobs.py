@@ -15,7 +15,7 @@ from typing import Any
 
 import bson
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from .. import documents as D
@@ -32,7 +32,7 @@ from .compat import (
     decode_opt,
     open_stream,
 )
-from .transient import ride_out
+from .transient import TRANSIENT, ride_out
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
@@ -84,6 +84,17 @@ def object_id(job_id: str | ObjectId) -> ObjectId:
         return ObjectId(job_id)
     except (bson.errors.InvalidId, TypeError):
         raise JobNotFoundError(f"{job_id!r} is not a job id (24 hex characters)") from None
+
+
+@dataclass(frozen=True)
+class EndItem:
+    """One final write waiting to be grouped with others (`JobStore.end_runs`)."""
+
+    claimed: Doc
+    outcome: Outcome
+    now: dt.datetime
+    writer: str | None
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,32 @@ class JobStore:
         )
         return decode_opt(result)
 
+    async def claim_more(
+        self, names: list[str], worker_id: str, now: dt.datetime, k: int
+    ) -> list[Doc]:
+        """Up to `k` more due jobs, in order, in two commands: find the best `k`, then claim
+        those still claimable with one update_many (they share its run id). Only when another
+        worker took some meanwhile are the ones claimed here read back (a third command)."""
+        candidates = await all_docs(
+            self.coll.find(D.claim_filter(names, now)).sort(CLAIM_SORT).limit(k)
+        )
+        if not candidates:
+            return []
+        update = D.claim_update(worker_id, now)
+        ids = [c["_id"] for c in candidates]
+        query = {"_id": {"$in": ids}} | D.claim_filter(names, now)
+        try:
+            res = await self.coll.update_many(query, update)
+        except TRANSIENT:  # it may have landed: take what carries our run id
+            res = None
+        if res is not None and res.modified_count == len(ids):
+            return [D.applied(c, update) for c in candidates]
+        if res is not None and res.modified_count == 0:
+            return []
+        mine = {"_id": {"$in": ids}, "run_id": update["$set"]["run_id"]}
+        claimed = {d["_id"]: d for d in await all_docs(self.coll.find(mine))}
+        return [claimed[i] for i in ids if i in claimed]
+
     async def save_checkpoint(
         self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
     ) -> bool:
@@ -237,9 +274,70 @@ class JobStore:
         if doc is not None:
             return EndWrite(decode(doc))
         current = await ride_out(lambda: self.get(claimed["_id"]), budget)
+        return self._resolve(claimed, current, end_id)
+
+    async def end_runs(self, items: list[EndItem], budget: float) -> list[EndWrite | Exception]:
+        """Several final writes in one bulk_write (one command). When every write matched, the
+        documents are computed here; otherwise each is resolved from one read (its `end_id`
+        tells whether it landed; a kill requested meanwhile is reported). A write that cannot be
+        encoded (e.g. over 16 MB) makes the batch fall back to single writes, so only that job
+        gets the error."""
+        if len(items) == 1 or not self.profile.bulk_ok:
+            return [await self._end_one(item, budget) for item in items]
+        end_ids = [D.new_id() for _ in items]
+        built = [
+            (
+                D.end_filter(i.claimed, i.outcome),
+                D.end_update(
+                    i.claimed,
+                    i.outcome,
+                    i.now,
+                    end_id=end_id,
+                    writer=i.writer,
+                    duration_ms=i.duration_ms,
+                ),
+            )
+            for i, end_id in zip(items, end_ids, strict=True)
+        ]
+        ops = [UpdateOne(q, u) for q, u in built]
+        try:
+            res = await ride_out(lambda: self.coll.bulk_write(ops, ordered=False), budget)
+        except TRANSIENT:
+            raise
+        except Exception:
+            return [await self._end_one(item, budget) for item in items]
+        if res.matched_count == len(ops):
+            return [
+                EndWrite(D.applied(i.claimed, u)) for i, (_, u) in zip(items, built, strict=True)
+            ]
+        ids = [i.claimed["_id"] for i in items]
+        current = {d["_id"]: d for d in await ride_out(lambda: self._get_many(ids), budget)}
+        return [
+            self._resolve(i.claimed, current.get(i.claimed["_id"]), end_id)
+            for i, end_id in zip(items, end_ids, strict=True)
+        ]
+
+    async def _get_many(self, ids: list[ObjectId]) -> list[Doc]:
+        return await all_docs(self.coll.find({"_id": {"$in": ids}}))
+
+    async def _end_one(self, item: EndItem, budget: float) -> EndWrite | Exception:
+        try:
+            return await self.end_run(
+                item.claimed,
+                item.outcome,
+                item.now,
+                writer=item.writer,
+                budget=budget,
+                duration_ms=item.duration_ms,
+            )
+        except Exception as exc:
+            return exc
+
+    @staticmethod
+    def _resolve(claimed: Doc, current: Doc | None, end_id: str) -> EndWrite:
         if current is None:
             return EndWrite(None)
-        if current.get("end_id") == end_id:  # our write landed; its reply was lost
+        if current.get("end_id") == end_id:  # our write landed (its reply may have been lost)
             return EndWrite(current)
         still_ours = current["status"] == S.RUNNING.value and current.get("run_id") == claimed.get(
             "run_id"

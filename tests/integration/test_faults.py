@@ -39,7 +39,8 @@ async def test_a_result_too_large_to_store_is_errored_with_the_reason(db: Any) -
     done = await processor.run_job("export")
     assert done.status == S.ERRORED
     assert done.error is not None
-    assert done.error.startswith("could not record the run's outcome (finished): DocumentTooLarge")
+    assert done.error.startswith("could not record the run's outcome (finished): the result is 17.")
+    assert "over the 15.7 MB a job can hold" in done.error
     assert exits.statuses == ["errored"]
     # the exclusive name was freed with the final write: the next one is not skipped
     assert (await processor.schedule_job("export")).status == S.PENDING

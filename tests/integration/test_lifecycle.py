@@ -355,3 +355,30 @@ async def test_on_job_exited_errors_are_logged_recorded_and_not_fatal(
         assert job.exit_hook == "failed"
         assert job.exit_hook_error is not None
         assert job.exit_hook_error.startswith("RuntimeError: hook failed")
+
+
+async def test_a_backlog_runs_in_batches_each_job_exactly_once(driver_db: Any) -> None:
+    runs: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> int:
+        runs.append(job.id)
+        await asyncio.sleep(0.01)
+        return job.payload["n"]
+
+    exits = Exits()
+    jobs = {"w": JobDef(handler=work, on_job_exited=exits)}
+    processors = [await make(driver_db, jobs, concurrency=8) for _ in range(2)]
+    ids = [(await processors[0].schedule_job("w", {"n": n})).id for n in range(80)]
+    await asyncio.gather(*(p.start() for p in processors))
+    try:
+        for job_id in ids:
+            await wait_status(processors[0], job_id, S.FINISHED)
+        await wait_for(lambda: len(exits.jobs) == 80)
+    finally:
+        await asyncio.gather(*(p.stop() for p in processors))
+    assert sorted(runs) == sorted(ids)  # each job ran once, across two batching workers
+    done = [await processors[0].get_job(i) for i in ids]
+    assert [j.result for j in done] == list(range(80))
+    assert all(j.attempt == 1 and j.exit_hook == "done" for j in done)
+    flushes = sum(p.worker.finals.flushes for p in processors)
+    assert flushes <= 80  # never more than one write per job (fewer when grouped)

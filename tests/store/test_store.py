@@ -15,6 +15,7 @@ from job_processor.errors import JobNotFoundError
 from job_processor.models import JobStatus
 from job_processor.outcome import Outcome
 from job_processor.storage import Storage
+from job_processor.storage.jobs import EndWrite
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -314,3 +315,87 @@ async def test_final_write_gives_up_after_its_budget(storage: Storage, monkeypat
     with pytest.raises(AutoReconnect):
         await storage.jobs.end_run(claimed, Outcome(S.FINISHED), later(1), writer="w", budget=0.5)
     assert 2 <= flaky.calls <= 6
+
+
+async def test_claim_more_takes_the_best_k_in_order_and_never_shares(storage: Storage) -> None:
+    ids = [(await add(storage, scheduled_for=later(-i)))["_id"] for i in range(10)]
+    batches = await asyncio.gather(
+        *(storage.jobs.claim_more(["a"], f"w{i}", NOW, 4) for i in range(3))
+    )
+    while more := await storage.jobs.claim_more(["a"], "w3", NOW, 4):  # what contention left
+        batches.append(more)
+    got = [d["_id"] for batch in batches for d in batch]
+    assert len(got) == len(set(got)) == 10  # each job claimed exactly once
+    for worker, batch in enumerate(batches):
+        for doc in batch:
+            worker = min(worker, 3)
+            stored = await storage.jobs.get(doc["_id"])
+            assert stored is not None
+            assert {k: stored[k] for k in ("status", "worker_id", "run_id", "attempt")} == {
+                "status": "running",
+                "worker_id": f"w{worker}",
+                "run_id": doc["run_id"],
+                "attempt": 1,
+            }
+            assert "claim_name" not in stored
+    alone = await storage.jobs.claim_more(["a"], "w9", NOW, 4)
+    assert alone == []
+    assert sorted(got) == sorted(ids)
+
+
+async def test_claim_more_computes_what_it_claimed(storage: Storage) -> None:
+    for i in range(3):
+        await add(storage, scheduled_for=later(-i), priority=i)
+    batch = await storage.jobs.claim_more(["a"], "w1", NOW, 5)
+    assert [d["priority"] for d in batch] == [2, 1, 0]  # the claim's order
+    for doc in batch:
+        assert doc == await storage.jobs.get(doc["_id"])  # computed == stored
+
+
+async def test_grouped_final_writes_apply_each_compare_and_set(storage: Storage) -> None:
+    from job_processor.storage.jobs import EndItem
+
+    for _ in range(4):
+        await add(storage)
+    claimed = await storage.jobs.claim_more(["a"], "w1", NOW, 4)
+    stale = claimed[1] | {"run_id": "a-zombie"}
+    await storage.jobs.kill(claimed[2]["_id"], later(1), None)  # a kill requested meanwhile
+    items = [
+        EndItem(claimed[0], Outcome(S.FINISHED, result=1, hook_owed=True), later(2), "w1", 5),
+        EndItem(stale, Outcome(S.FINISHED), later(2), "w1"),
+        EndItem(
+            claimed[2], Outcome(S.PENDING, error="e", failures=1, retry_at=later(9)), later(2), "w1"
+        ),
+        EndItem(claimed[3], Outcome(S.ERRORED, error="x"), later(2), "w1"),
+    ]
+    done, lost, kill, errored = await storage.jobs.end_runs(items, budget=2)
+    assert isinstance(done, EndWrite) and done.doc is not None
+    assert done.doc == await storage.jobs.get(claimed[0]["_id"])
+    assert (done.doc["status"], done.doc["exit_hook"], done.doc["output"]["duration_ms"]) == (
+        "finished",
+        "owed",
+        5,
+    )
+    assert lost == EndWrite(None)
+    assert kill == EndWrite(None, kill_requested=True)
+    assert isinstance(errored, EndWrite) and errored.doc is not None
+    assert errored.doc["status"] == "errored"
+
+
+async def test_a_write_that_cannot_be_encoded_fails_alone_in_its_group(driver_db: Any) -> None:
+    """(On the wire servers only: mongomock stores Python objects without encoding them.)"""
+    from job_processor.storage.jobs import EndItem
+
+    storage = await Storage.open(driver_db, "t_")
+    await storage.ensure_indexes()
+    for _ in range(2):
+        await add(storage)
+    a, b = await storage.jobs.claim_more(["a"], "w1", NOW, 2)
+    unstorable = Outcome(S.FINISHED, result=object())
+    bad, fine = await storage.jobs.end_runs(
+        [EndItem(a, unstorable, later(1), "w1"), EndItem(b, Outcome(S.FINISHED), later(1), "w1")],
+        budget=2,
+    )
+    assert isinstance(bad, Exception)  # bson cannot encode it: that job alone gets the error
+    assert isinstance(fine, EndWrite) and fine.doc is not None
+    assert (await storage.jobs.get(a["_id"]))["status"] == "running"  # type: ignore[index]
