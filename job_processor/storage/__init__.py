@@ -13,20 +13,28 @@ from pymongo import WriteConcern
 
 from ..errors import InvalidDatabaseError
 from . import crons as crons_mod
+from . import events as events_mod
 from . import jobs as jobs_mod
+from . import webhooks as webhooks_mod
 from . import workers as workers_mod
 from .compat import ServerProfile, decode, detect
 from .crons import CronStore
+from .events import DeliveryStore, EventStore, SubscriberStore
 from .jobs import CLAIM_SORT, EndWrite, JobStore, object_id
+from .webhooks import WebhookStore
 from .workers import WorkerStore
 
 __all__ = [
     "CLAIM_SORT",
     "CronStore",
+    "DeliveryStore",
     "EndWrite",
+    "EventStore",
     "JobStore",
     "ServerProfile",
     "Storage",
+    "SubscriberStore",
+    "WebhookStore",
     "WorkerStore",
     "check_database",
     "decode",
@@ -75,6 +83,11 @@ class Storage:
         )
         self.workers = WorkerStore(db.get_collection(f"{prefix}workers"))
         self.crons = CronStore(db.get_collection(f"{prefix}crons", write_concern=MAJORITY))
+        # events and webhooks (docs/events.md): deliveries are jobs, in the jobs collection
+        self.events = EventStore(db.get_collection(f"{prefix}events", write_concern=MAJORITY))
+        self.subscribers = SubscriberStore(db.get_collection(f"{prefix}subscribers"))
+        self.deliveries = DeliveryStore(self.jobs.coll)
+        self.webhooks = WebhookStore(db.get_collection(f"{prefix}webhooks"))
 
     @classmethod
     async def open(cls, db: Any, prefix: str = "job_processor_") -> Storage:
@@ -87,6 +100,10 @@ class Storage:
             (self.jobs, jobs_mod.INDEXES),
             (self.workers, workers_mod.INDEXES),
             (self.crons, crons_mod.INDEXES),
+            (self.events, events_mod.EVENT_INDEXES),
+            (self.subscribers, events_mod.SUBSCRIBER_INDEXES),
+            (self.deliveries, events_mod.DELIVERY_INDEXES),
+            (self.webhooks, webhooks_mod.INDEXES),
         ):
             for keys, opts in specs:
                 await store.coll.create_index(self.profile.index_keys(keys), **opts)

@@ -44,6 +44,13 @@ DATE_FIELDS = frozenset(
         "exit_hook_at",
         "emitted_at",
         "expires_at",
+        # events, subscribers, webhook endpoints
+        "fanout_owed_at",
+        "fanout_done_at",
+        "last_replayed_at",
+        "declared_at",
+        "disabled_at",
+        "last_failure_at",
     }
 )
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
