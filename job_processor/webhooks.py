@@ -523,8 +523,9 @@ class WebhookSender:
                 )
         except httpx.TimeoutException:
             record["error"] = f"timed out after {self.options.timeout:g}s"
-        except httpx.HTTPError as exc:
-            record["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        except httpx.HTTPError as exc:  # the URL's path and query stay out of the message
+            text = str(exc).replace(url, url_host(url))[:200]
+            record["error"] = f"{type(exc).__name__}: {text}"
         record["duration_ms"] = int((loop.time() - t0) * 1000)
         return record, decision
 
