@@ -136,10 +136,12 @@ class SubscriberStore:
         for row in rows:
             await self.coll.update_one({"_id": row["_id"]}, {"$set": row}, upsert=True)
 
+    def for_event_cursor(self, event: str) -> Any:
+        return self.coll.find({"event": event}).sort([("position", 1)])
+
     async def for_event(self, event: str) -> list[Doc]:
-        """The subscribers of an event, in declaration order."""
-        cursor = self.coll.find({"event": event}).sort([("position", 1), ("_id", 1)])
-        return await all_docs(cursor)
+        """The subscribers of an event, in declaration order (read by every emit)."""
+        return await all_docs(self.for_event_cursor(event))
 
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}).sort([("event", 1), ("position", 1)]))
@@ -174,8 +176,11 @@ class DeliveryStore:
         existing = {d["delivery_key"]: d for d in await self.by_keys(taken)}
         return [existing.get(d["delivery_key"], d) for d in docs]
 
+    def by_keys_cursor(self, keys: list[str]) -> Any:
+        return self.coll.find({"delivery_key": {"$in": keys}})
+
     async def by_keys(self, keys: list[str]) -> list[Doc]:
-        return await all_docs(self.coll.find({"delivery_key": {"$in": keys}}))
+        return await all_docs(self.by_keys_cursor(keys))
 
     def for_event_cursor(self, event_id: str) -> Any:
         return self.coll.find({"event_id": event_id}).sort(DELIVERY_SORT)
