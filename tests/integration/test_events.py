@@ -386,3 +386,55 @@ async def test_the_registry_lists_subscribers_with_their_live_workers(db: Any) -
         assert infos[0].live_workers == [p.worker_id]
     assert await other.prune_subscribers() == ["x:one"]
     assert await other.list_subscribers() == []
+
+
+async def test_retrying_the_failed_serial_delivery_resumes_the_chain(db: Any) -> None:
+    fixed = False
+    ran: list[str] = []
+
+    async def flaky(event: Event, signal: AbortSignal) -> None:
+        if not fixed:
+            raise DoNotRetry("bug")
+        ran.append("first")
+
+    async def after(event: Event, signal: AbortSignal) -> None:
+        ran.append("after")
+
+    subs = {
+        "shipped": [
+            Subscriber("first", handler=flaky, mode="serial"),
+            Subscriber("after", handler=after, mode="serial"),
+        ]
+    }
+    p = await make(db, subs)
+    async with p:
+        event = await p.emit("shipped", {})
+        stopped = await wait_delivered(p, event.id, "first", "after")
+        assert [d.status for d in stopped.deliveries] == ["errored", "skipped"]
+        fixed = True
+        await p.retry_job(stopped.deliveries[0].job_id or "")
+        await wait_for(lambda: ran == ["first", "after"])
+        resumed = await p.get_event(event.id)
+        while resumed.deliveries[-1].status != "finished":
+            await asyncio.sleep(0.05)
+            resumed = await p.get_event(event.id)
+    assert [(d.target, d.status) for d in resumed.deliveries] == [
+        ("first", "finished"),
+        ("after", "finished"),
+    ]
+
+
+async def test_job_names_cannot_take_a_delivery_name(db: Any) -> None:
+    from job_processor import InvalidDefinitionError, JobDef
+
+    async def h(*args: Any) -> None:
+        return None
+
+    with pytest.raises(InvalidDefinitionError, match="taken by event deliveries"):
+        await init_job_processor(
+            db,
+            jobs={"shipped:email": JobDef(handler=h)},
+            subscribers={"shipped": [Subscriber("email", handler=h)]},
+        )
+    with pytest.raises(InvalidDefinitionError, match="taken by event deliveries"):
+        await init_job_processor(db, jobs={"webhook-delivery": JobDef(handler=h)})

@@ -223,3 +223,17 @@ async def test_managing_endpoints_with_clear_errors(db: Any, receiver: Receiver)
         await p.webhooks.remove(ep.id)
     with pytest.raises(WebhookNotFoundError, match="not a webhook endpoint id"):
         await p.webhooks.get("nope")
+
+
+async def test_a_removed_endpoint_stops_its_retries(db: Any, receiver: Receiver) -> None:
+    p = await make(db)
+    ep = await p.webhooks.add(url=closed_port_url(), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await delivery(p, event.id, ep)).failures < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await p.webhooks.remove(ep.id)
+        ended = await wait_delivery(p, event.id, ep, "errored")
+    assert f"webhook endpoint {ep.id} was removed" in (ended.error or "")
