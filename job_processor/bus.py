@@ -60,6 +60,9 @@ Doc = dict[str, Any]
 S = JobStatus
 ENDED = frozenset(s.value for s in TERMINAL)
 FAILED = frozenset({S.ERRORED.value, S.KILLED.value})
+#: Seconds a serial chain's hook may take; recovery takes over a dead owner's hook after
+#: worker_timeout + this.
+CHAIN_HOOK_TIMEOUT = 10.0
 
 
 def _first_line(text: str | None) -> str:
@@ -107,6 +110,8 @@ class EventBus:
                     backoff=sub.backoff,
                     max_runtime_in_minutes=sub.max_runtime_in_minutes,
                     on_job_exited=self._advance_chain if sub.mode == "serial" else None,
+                    # two writes at most: a dead owner's hook is taken over sooner
+                    on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
                 )
         if self.options.deliver:
             defs[E.WEBHOOK_JOB] = JobDef(
