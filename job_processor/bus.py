@@ -49,7 +49,8 @@ from .events import (
 from .log import EventLog
 from .models import TERMINAL, JobStatus
 from .storage import Storage
-from .webhooks import Format, Secret, WebhookOptions, Webhooks, WebhookSender, standard_format
+from .webhook_sender import WebhookSender
+from .webhooks import Format, Secret, WebhookOptions, Webhooks, standard_format
 
 if TYPE_CHECKING:
     from .abort import AbortSignal
