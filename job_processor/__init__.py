@@ -6,6 +6,9 @@ from .definitions import Backoff, CronDef, JobDef
 from .errors import (
     DatabaseUnreachableError,
     DoNotRetry,
+    EventDeliveryError,
+    EventNotFoundError,
+    EventTimeoutError,
     InvalidArgumentError,
     InvalidDatabaseError,
     InvalidDefinitionError,
@@ -16,9 +19,12 @@ from .errors import (
     JobProcessorError,
     RetryLater,
     UnknownJobError,
+    WebhookNotFoundError,
 )
+from .events import Delivery, Event, Subscriber
 from .models import Job, JobOutput, JobStatus, ProcessorStatus, WorkerInfo
 from .processor import JobProcessor, init_job_processor
+from .webhooks import WebhookEndpoint, WebhookOptions
 
 __all__ = [
     "AbortSignal",
@@ -26,7 +32,12 @@ __all__ = [
     "Clock",
     "CronDef",
     "DatabaseUnreachableError",
+    "Delivery",
     "DoNotRetry",
+    "Event",
+    "EventDeliveryError",
+    "EventNotFoundError",
+    "EventTimeoutError",
     "FakeClock",
     "InvalidArgumentError",
     "InvalidDatabaseError",
@@ -43,8 +54,12 @@ __all__ = [
     "JobStatus",
     "ProcessorStatus",
     "RetryLater",
+    "Subscriber",
     "SystemClock",
     "UnknownJobError",
+    "WebhookEndpoint",
+    "WebhookNotFoundError",
+    "WebhookOptions",
     "WorkerInfo",
     "init_job_processor",
 ]

@@ -1,19 +1,24 @@
 """`job-processor demo`: jobs scheduled and run, one failing, one killed, one resumed after a
-restart. Uses MONGODB_URL when set, otherwise a throwaway local nx-27017 server."""
+restart; an event delivered to its subscribers and to a webhook endpoint (a local receiver that
+fails twice). Uses MONGODB_URL when set, otherwise a throwaway local nx-27017 server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .abort import AbortSignal
 from .definitions import Backoff, JobDef
+from .events import Event, Subscriber
 from .local_server import LocalServerError, local_server
 from .models import Job, JobStatus
 from .processor import JobProcessor, init_job_processor
+from .webhooks import generate_secret
 
 STEPS = 6
 
@@ -89,11 +94,69 @@ JOBS = {
 }
 
 
+reactions: list[str] = []
+
+
+def react(name: str, delay: float = 0.1) -> Any:
+    async def handler(event: Event, signal: AbortSignal) -> str:
+        await asyncio.sleep(delay)
+        reactions.append(name)
+        return f"{name} done for order {event.payload['order']}"
+
+    return handler
+
+
+SUBSCRIBERS = {
+    "order_placed": [
+        Subscriber("email", handler=react("email", 0.3)),  # async: emit does not wait
+        Subscriber("audit", handler=react("audit"), mode="sync"),  # emit waits for it
+        Subscriber("invoice", handler=react("invoice"), mode="serial"),  # then ship, in order
+        Subscriber("ship", handler=react("ship"), mode="serial"),
+    ]
+}
+SECRET = generate_secret()
+
+
+class Receiver:
+    """A local webhook receiver: answers 503 twice, then 204."""
+
+    def __init__(self) -> None:
+        self.statuses = [503, 503]
+        self.got: list[dict[str, str]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                receiver.got.append({k.lower(): v for k, v in self.headers.items()})
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/orders"
+
+    def __enter__(self) -> Receiver:
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 async def _processor(db: Any) -> JobProcessor:
     return await init_job_processor(
         db,
         jobs=JOBS,
         crons={"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.5}},
+        subscribers=SUBSCRIBERS,
+        webhook_secrets={"partner": SECRET},
+        webhook_options={"backoff": {"kind": "fixed", "base_seconds": 0.3, "jitter": False}},
         concurrency=4,
         poll_interval=0.5,
         heartbeat_interval=1,
@@ -200,8 +263,39 @@ async def _demo(db: Any) -> None:
         f"    {len(slots)} slots, {len(set(slots))} distinct (one task per slot), "
         f"{finished} finished"
     )
+    await _events(processor2)
     await processor2.stop()
     status = await processor2.get_status()
     say("\nStatus (jobs by name and status):")
     for name, counts in status.jobs.items():
-        say(f"    {name:<14} {counts}")
+        say(f"    {name:<22} {counts}")
+
+
+async def _events(processor: JobProcessor) -> None:
+    say("\n8. An event with four subscribers (async, sync, two serial) and a webhook endpoint")
+    say("   (a local receiver that answers 503 twice, then 204):")
+    with Receiver() as receiver:
+        endpoint = await processor.webhooks.add(
+            url=receiver.url, events=["order_placed"], secret_ref="partner"
+        )
+        event = await processor.emit("order_placed", {"order": 1001})
+        say(f"    emitted order_placed id={event.id}; emit returned after: {', '.join(reactions)}")
+        for _ in range(200):
+            shown = await processor.get_event(event.id)
+            if all(d.status == JobStatus.FINISHED for d in shown.deliveries):
+                break
+            await asyncio.sleep(0.1)
+        for d in shown.deliveries:
+            mode = f"({d.mode})" if d.mode else ""
+            codes = ", ".join(str(a["status_code"]) for a in d.attempts)
+            extra = f"HTTP {codes}" if d.kind == "webhook" else repr(d.result)
+            target = "webhook" if d.kind == "webhook" else d.target
+            say(f"    {target:<8} {mode:<8} {d.status:<9} runs={d.attempt} {extra}")
+        say(f"    subscribers ran in this order: {', '.join(reactions)}")
+        ids = {h["webhook-id"] for h in receiver.got}
+        signed = all(h.get("webhook-signature", "").startswith("v1,") for h in receiver.got)
+        say(
+            f"    the receiver got {len(receiver.got)} requests, webhook-id the same each time: "
+            f"{ids == {event.id}}, signed: {signed} (Standard Webhooks)"
+        )
+        await processor.webhooks.remove(endpoint.id)

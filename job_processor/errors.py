@@ -80,3 +80,26 @@ class DoNotRetry(JobProcessorError):
 
 class JobLostError(JobProcessorError):
     """This process no longer owns the job (it was recovered by another worker or killed)."""
+
+
+class EventNotFoundError(JobProcessorError, LookupError):
+    """No event has that id."""
+
+
+class EventDeliveryError(JobProcessorError):
+    """A sync subscriber's delivery failed for good (it is recorded on its delivery job).
+
+    `event_id` and `deliveries` (the failed Delivery records) say which and why."""
+
+    def __init__(self, message: str, event_id: str, deliveries: list[object]) -> None:
+        self.event_id = event_id
+        self.deliveries = deliveries
+        super().__init__(message)
+
+
+class EventTimeoutError(EventDeliveryError, TimeoutError):
+    """A sync subscriber's delivery did not end within emit's `sync_timeout`; it still runs."""
+
+
+class WebhookNotFoundError(JobProcessorError, LookupError):
+    """No webhook endpoint has that id."""

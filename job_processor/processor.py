@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from . import documents as D
+from .bus import EventBus
 from .clock import Clock, SystemClock, to_millis
 from .crons import CronScheduler, schedule_of
 from .definitions import CronDef, JobDef, parse_crons, parse_jobs
@@ -29,6 +30,8 @@ from .errors import (
     JobProcessorError,
     UnknownJobError,
 )
+from .event_api import EventsAPI
+from .events import Subscriber, parse_subscribers
 from .heartbeat import Heartbeat
 from .hooks import HookRunner
 from .log import EventLog, make_log
@@ -42,14 +45,16 @@ from .storage import Storage, object_id
 from .storage.jobs import MAX_VALUE_BYTES
 from .telemetry import Telemetry
 from .wakeup import ChangeStreamWaker
+from .webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
 from .worker import Settings, Worker
 
 S = JobStatus
 Doc = dict[str, Any]
 
 
-class JobProcessor:
-    """Schedules, runs and supervises jobs. Create it with `await init_job_processor(...)`."""
+class JobProcessor(EventsAPI):
+    """Schedules, runs and supervises jobs; emits events and delivers them (event_api.py).
+    Create it with `await init_job_processor(...)`."""
 
     def __init__(
         self,
@@ -61,11 +66,24 @@ class JobProcessor:
         log: EventLog,
         settings: Settings,
         instance_id: str | None,
+        bus: EventBus | None = None,
     ) -> None:
         self.storage = storage
         self.jobs = jobs
         self.crons = crons
-        self.definitions: dict[str, JobDef] = {**jobs, **crons}
+        # events (docs/events.md): delivery jobs are defined by the bus, run like any job
+        self.events = bus or EventBus(
+            storage,
+            {},
+            clock,
+            log,
+            secrets={},
+            formats=None,
+            options=WebhookOptions(),
+            worker_timeout=settings.worker_timeout,
+            instance_id=instance_id,
+        )
+        self.definitions: dict[str, JobDef] = {**jobs, **crons, **self.events.definitions()}
         self.worker_tags = worker_tags
         self.clock = clock
         self.log = log
@@ -80,6 +98,8 @@ class JobProcessor:
         self.worker.processor = self
         self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
         self.registry = Registry(storage, self.definitions, log)
+        self.recovery.sweeps.append(self.events.sweep)  # owed event fan-outs
+        self.events.bind(self)
         self.heartbeat = Heartbeat(
             storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
         )
@@ -196,6 +216,7 @@ class JobProcessor:
         await self.worker.drain()
         self._worker_loops = None
         await self._release_runtime()
+        await self.events.close()  # the webhooks' HTTP client
 
     async def serve(self) -> None:
         """start(), block until SIGTERM/SIGINT (or a crashed loop), then stop()."""
@@ -490,7 +511,7 @@ class JobProcessor:
         return Job.model_validate(doc)
 
     async def get_status(self) -> ProcessorStatus:
-        return await build_status(
+        status = await build_status(
             self.storage,
             self.definitions,
             self.crons,
@@ -498,6 +519,20 @@ class JobProcessor:
             self.settings.worker_timeout,
             self.clock.now(),
         )
+        status.warnings += await webhook_warnings(self.storage)
+        return status
+
+
+def _webhook_options(value: Any) -> WebhookOptions:
+    if value is None or isinstance(value, WebhookOptions):
+        return value or WebhookOptions()
+    try:
+        return WebhookOptions.model_validate(value)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"field {'.'.join(str(p) for p in e['loc'])!r}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidDefinitionError(f"webhook_options: {fields}") from None
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -559,6 +594,10 @@ async def init_job_processor(
     clock: Clock | None = None,
     instance_id: str | None = None,
     connect_timeout: float = 10.0,
+    subscribers: Mapping[str, list[Subscriber] | list[Mapping[str, Any]]] | None = None,
+    webhook_secrets: Mapping[str, str] | None = None,
+    webhook_formats: Mapping[str, Format] | None = None,
+    webhook_options: WebhookOptions | Mapping[str, Any] | None = None,
 ) -> JobProcessor:
     """Validate the definitions, check MongoDB answers, create the collections' indexes,
     register the crons (never removing any: see `JobProcessor.prune_crons`), return a
@@ -566,6 +605,10 @@ async def init_job_processor(
 
     worker_tags: None = this process runs every job; ["main"] = untagged jobs + jobs tagged main.
     instance_id defaults to the INSTANCE_ID environment variable (recorded on the worker).
+    subscribers: event name -> [Subscriber, ...] (registered in MongoDB for every publisher);
+    webhook_secrets: secret_ref -> "whsec_..." (default: JSON in JOB_PROCESSOR_WEBHOOK_SECRETS);
+    webhook_formats: format name -> fn(event, endpoint); webhook_options: WebhookOptions.
+    See docs/events.md.
     """
     job_defs = parse_jobs(jobs)
     cron_defs = parse_crons(crons)
@@ -609,6 +652,9 @@ async def init_job_processor(
             f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
         )
     _check_positive("connect_timeout", connect_timeout)
+    subscriber_defs = parse_subscribers(subscribers)
+    secrets = load_secrets(webhook_secrets)
+    hook_options = _webhook_options(webhook_options)
     Storage(db, collection_prefix)  # refuses a sync database or a client, before any I/O
     log = make_log(logger)
     await check_reachable(db, connect_timeout)
@@ -624,9 +670,22 @@ async def init_job_processor(
             log.info(f"cron_{what}", job_name=name)
     instance = instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")
     warn_unexpanded_instance_id(instance, log)
-    processor = JobProcessor(
-        storage, job_defs, cron_defs, worker_tags, clock, log, settings, instance
+    bus = EventBus(
+        storage,
+        subscriber_defs,
+        clock,
+        log,
+        secrets=secrets,
+        formats=webhook_formats,
+        options=hook_options,
+        worker_timeout=settings.worker_timeout,
+        instance_id=instance,
     )
+    EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
+    processor = JobProcessor(
+        storage, job_defs, cron_defs, worker_tags, clock, log, settings, instance, bus
+    )
+    await bus.register()
     log.info(
         "job_processor_initialized",
         jobs=sorted(job_defs),

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,9 @@ class Recovery:
         self.clock = clock
         self.log = log
         self.worker_timeout = worker.settings.worker_timeout
+        self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
+        """Extension point: more owed side effects to complete at each sweep, after the jobs
+        and hooks (the event bus adds its owed fan-outs)."""
 
     async def sweep(self, now: dt.datetime) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks."""
@@ -76,6 +79,8 @@ class Recovery:
             if await self.recover(doc, end) is not None:
                 recovered += 1
         await self.hooks.recover(now, live, self.worker_timeout)
+        for extra in self.sweeps:
+            await extra(now)
         return recovered
 
     async def reconcile(self, doc: Doc) -> Doc | None:

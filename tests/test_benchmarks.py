@@ -38,3 +38,17 @@ def test_benchmark_prints_its_figures(mongo_url: str) -> None:
         "pickup latency (in-process wake-up)",
     ):
         assert figure in out, out
+
+
+def test_event_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "benchmarks/bench_events.py", "--events", "5", "--poll-interval", "0.2"],
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": mongo_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.count("publisher commands per emit:") == 3, out
+    assert out.count("worker commands per delivery:") == 3, out

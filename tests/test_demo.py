@@ -38,6 +38,17 @@ def test_demo_on_the_given_server(mongo_url: str) -> None:
         "webhook:finished",
     ):
         assert line in out, out
+    for line in (
+        "emit returned after: audit",  # the sync subscriber
+        "email    (async)  finished",
+        "invoice  (serial) finished",
+        "ship     (serial) finished",
+        "webhook           finished  runs=3 HTTP 503, 503, 204",
+        "the receiver got 3 requests, webhook-id the same each time: True, signed: True",
+    ):
+        assert line in out, out
+    order = next(line for line in out.splitlines() if "subscribers ran in this order" in line)
+    assert order.index("invoice") < order.index("ship"), order
     slots_line = next(line for line in out.splitlines() if "distinct (one task per slot)" in line)
     total, distinct = slots_line.split()[0], slots_line.split()[2]
     assert total == distinct

@@ -15,14 +15,18 @@ from ..errors import InvalidDatabaseError
 from . import audit as audit_mod
 from . import crons as crons_mod
 from . import definitions as definitions_mod
+from . import events as events_mod
 from . import jobs as jobs_mod
+from . import webhooks as webhooks_mod
 from . import workers as workers_mod
 from .admin import JobAdminStore, JobQuery
 from .audit import AuditStore
 from .compat import ServerProfile, decode, detect
 from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
+from .events import DeliveryStore, EventStore, SubscriberStore
 from .jobs import CLAIM_SORT, EndWrite, JobStore, object_id
+from .webhooks import WebhookStore
 from .workers import WorkerStore
 
 __all__ = [
@@ -30,13 +34,17 @@ __all__ = [
     "AuditStore",
     "CronStore",
     "DefinitionStore",
+    "DeliveryStore",
     "EndWrite",
+    "EventStore",
     "JobAdminStore",
     "JobQuery",
     "JobStore",
     "PausedStore",
     "ServerProfile",
     "Storage",
+    "SubscriberStore",
+    "WebhookStore",
     "WorkerStore",
     "check_database",
     "decode",
@@ -89,6 +97,11 @@ class Storage:
         self.definitions = DefinitionStore(db.get_collection(f"{prefix}definitions"))
         self.paused = PausedStore(db.get_collection(f"{prefix}paused", write_concern=MAJORITY))
         self.audit = AuditStore(db.get_collection(f"{prefix}audit", write_concern=MAJORITY))
+        # events and webhooks (docs/events.md): deliveries are jobs, in the jobs collection
+        self.events = EventStore(db.get_collection(f"{prefix}events", write_concern=MAJORITY))
+        self.subscribers = SubscriberStore(db.get_collection(f"{prefix}subscribers"))
+        self.deliveries = DeliveryStore(self.jobs.coll)
+        self.webhooks = WebhookStore(db.get_collection(f"{prefix}webhooks"))
 
     @classmethod
     async def open(cls, db: Any, prefix: str = "job_processor_") -> Storage:
@@ -104,6 +117,10 @@ class Storage:
             (self.definitions, definitions_mod.INDEXES),
             (self.paused, definitions_mod.PAUSED_INDEXES),
             (self.audit, audit_mod.INDEXES),
+            (self.events, events_mod.EVENT_INDEXES),
+            (self.subscribers, events_mod.SUBSCRIBER_INDEXES),
+            (self.deliveries, events_mod.DELIVERY_INDEXES),
+            (self.webhooks, webhooks_mod.INDEXES),
         ):
             for keys, opts in specs:
                 await store.coll.create_index(self.profile.index_keys(keys), **opts)

@@ -47,6 +47,13 @@ DATE_FIELDS = frozenset(
         "first_seen",
         "registered_at",
         "paused_at",
+        # events, subscribers, webhook endpoints
+        "fanout_owed_at",
+        "fanout_done_at",
+        "last_replayed_at",
+        "declared_at",
+        "disabled_at",
+        "last_failure_at",
     }
 )
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")

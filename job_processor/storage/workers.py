@@ -33,3 +33,10 @@ class WorkerStore:
     async def delete_stale(self, worker_id: str, cutoff: dt.datetime) -> bool:
         res = await self.coll.delete_one({"_id": worker_id, "last_seen": {"$lt": cutoff}})
         return bool(res.deleted_count)
+
+    async def serving(self, job_name: str, cutoff: dt.datetime) -> list[Doc]:
+        """Live workers (seen since `cutoff`) that may claim jobs named `job_name` (a worker
+        document lists the names it claims)."""
+        # last_seen is filtered here: nx-27017 stores a `$set` date as text, and workers are few
+        found = await all_docs(self.coll.find({"names": job_name}, {"_id": 1, "last_seen": 1}))
+        return [w for w in found if w["last_seen"] >= cutoff]

@@ -12,6 +12,7 @@ import pytest
 from bson import ObjectId
 
 from job_processor import documents as D
+from job_processor import event_documents as E
 from job_processor.models import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 
@@ -166,3 +167,40 @@ async def test_due_jobs_per_name_use_the_claim_index(db: Any, storage: Storage) 
     text = str(plan)
     assert "COLLSCAN" not in text
     assert "IXSCAN" in text
+
+
+async def test_event_queries_are_index_backed(storage: Storage) -> None:
+    """emit (the registry and the endpoints listening), sync waits and get_event (an event's
+    deliveries), list_events (by name, by window), the recovery sweep (owed fan-outs)."""
+    later = NOW + dt.timedelta(hours=1)
+    for i in range(20):
+        event = E.new_event(
+            f"e{i % 4}", {}, key=None, now=NOW, emitted_by="w", instance_id=None, targets=[]
+        )
+        await storage.events.insert(event)
+        target = E.endpoint_target(f"ep{i}", 3)
+        await storage.deliveries.create([E.delivery(event, target, now=NOW)])
+    await storage.subscribers.register(
+        [
+            E.subscriber_row(
+                f"e{i % 4}",
+                f"s{i}",
+                mode="async",
+                position=i,
+                tag=None,
+                max_attempts=1,
+                now=NOW,
+                declared_by="w",
+            )
+            for i in range(8)
+        ]
+    )
+    assert_indexed(await storage.subscribers.for_event_cursor("e1").explain())
+    assert_indexed(await storage.webhooks.matching_cursor("e1").explain())
+    assert_indexed(await storage.deliveries.for_event_cursor(str(event["_id"])).explain())
+    assert_indexed(await storage.deliveries.by_keys_cursor(["a|b|", "c|d|"]).explain())
+    assert_indexed(await storage.events.find_cursor().explain())
+    assert_indexed(await storage.events.find_cursor("e1").explain())
+    assert_indexed(await storage.events.find_cursor("e1", NOW, later).explain())
+    assert_indexed(await storage.events.find_cursor(None, NOW, later).explain())
+    assert_indexed(await storage.events.owed_cursor(later).explain())

@@ -1,0 +1,201 @@
+"""The events collection, the subscriber registry, and the delivery verbs on the jobs collection.
+
+- `EventStore` (`<prefix>events`): one document per emitted event. `fanout_owed_at` exists only
+  while the event's fan-out (creating its delivery jobs) is owed: a sparse index finds the owed
+  ones, `$unset` in the write that records the fan-out as done.
+- `SubscriberStore` (`<prefix>subscribers`): one document per (event, subscriber), upserted by
+  every process that declares it, so a publisher that defines no subscriber knows whom to
+  deliver to.
+- `DeliveryStore`: delivery jobs are ordinary jobs in the jobs collection, with two more fields:
+  `event_id` (index: an event's deliveries) and `delivery_key` (unique, sparse, never unset: one
+  delivery per (event, target, replay), ever). Documents are built by `event_documents`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from .compat import IndexKeys, all_docs, decode, decode_opt
+
+Doc = dict[str, Any]
+
+#: Listing order: newest first.
+EVENT_SORT = [("emitted_at", DESCENDING), ("_id", DESCENDING)]
+#: An event's deliveries, in creation order.
+DELIVERY_SORT = [("created_at", ASCENDING), ("_id", ASCENDING)]
+DUPLICATE_KEY = 11000
+
+EVENT_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    # emit(key=...): one event per (name, key), ever
+    ([("dedup_key", 1)], {"unique": True, "sparse": True}),
+    # list_events(name=..., since/until) and list_events() newest first
+    ([("name", 1), ("emitted_at", -1), ("_id", -1)], {}),
+    ([("emitted_at", -1), ("_id", -1)], {}),
+    # the recovery sweep: fan-outs still owed (the field exists only while owed)
+    ([("fanout_owed_at", 1)], {"sparse": True}),
+]
+
+SUBSCRIBER_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    ([("event", 1), ("position", 1)], {}),
+]
+
+#: Indexes on the jobs collection for deliveries (created with the jobs collection's own).
+DELIVERY_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    ([("delivery_key", 1)], {"unique": True, "sparse": True}),
+    # an event's deliveries in creation order (not sparse: a sparse compound index would still
+    # hold every job, since each has `created_at`)
+    ([("event_id", 1), ("created_at", 1), ("_id", 1)], {}),
+]
+
+
+class EventStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    @property
+    def name(self) -> str:
+        return str(self.coll.name)
+
+    async def insert(self, doc: Doc) -> Doc:
+        """Store a new event. With a `dedup_key` already taken, the event holding it is
+        returned instead (compare `_id`): the unique index decides, race-free."""
+        try:
+            await self.coll.insert_one(doc)
+            return doc
+        except DuplicateKeyError:
+            if "dedup_key" not in doc:
+                raise
+            same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
+            if same is None:  # cannot happen: keys of events are never removed
+                raise
+            return decode(same)
+
+    async def fanout_done(self, event_id: ObjectId, now: dt.datetime) -> bool:
+        res = await self.coll.update_one(
+            {"_id": event_id, "fanout": "owed"},
+            {"$set": {"fanout": "done", "fanout_done_at": now}, "$unset": {"fanout_owed_at": ""}},
+        )
+        return bool(res.modified_count)
+
+    def owed_cursor(self, cutoff: dt.datetime, limit: int = 200) -> Any:
+        return self.coll.find({"fanout_owed_at": {"$lt": cutoff}}).limit(limit)
+
+    async def owed(self, cutoff: dt.datetime, limit: int = 200) -> list[Doc]:
+        """Events whose fan-out was recorded as owed before `cutoff` and not completed."""
+        return await all_docs(self.owed_cursor(cutoff, limit))
+
+    async def get(self, event_id: ObjectId) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": event_id}))
+
+    def find_cursor(
+        self,
+        name: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+    ) -> Any:
+        query: Doc = {}
+        if name is not None:
+            query["name"] = name
+        if since is not None or until is not None:
+            window: Doc = {}
+            if since is not None:
+                window["$gte"] = since
+            if until is not None:
+                window["$lt"] = until
+            query["emitted_at"] = window
+        return self.coll.find(query).sort(EVENT_SORT).limit(limit)
+
+    async def find(
+        self,
+        name: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+    ) -> list[Doc]:
+        """Newest first; `since` inclusive, `until` exclusive."""
+        return await all_docs(self.find_cursor(name, since, until, limit))
+
+    async def replayed(self, event_id: ObjectId, now: dt.datetime) -> None:
+        await self.coll.update_one(
+            {"_id": event_id}, {"$inc": {"replays": 1}, "$set": {"last_replayed_at": now}}
+        )
+
+
+class SubscriberStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def register(self, rows: list[Doc]) -> None:
+        """Upsert each (event, subscriber) declared by this process (never removes any)."""
+        for row in rows:
+            await self.coll.update_one({"_id": row["_id"]}, {"$set": row}, upsert=True)
+
+    def for_event_cursor(self, event: str) -> Any:
+        return self.coll.find({"event": event}).sort([("position", 1)])
+
+    async def for_event(self, event: str) -> list[Doc]:
+        """The subscribers of an event, in declaration order (read by every emit)."""
+        return await all_docs(self.for_event_cursor(event))
+
+    async def all(self) -> list[Doc]:
+        return await all_docs(self.coll.find({}).sort([("event", 1), ("position", 1)]))
+
+    async def remove(self, ids: list[str]) -> int:
+        res = await self.coll.delete_many({"_id": {"$in": ids}})
+        return int(res.deleted_count)
+
+
+class DeliveryStore:
+    """Delivery verbs on the jobs collection (claims, runs and final writes are the JobStore's)."""
+
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def create(self, docs: list[Doc]) -> list[Doc]:
+        """Insert delivery jobs in one round trip; those whose `delivery_key` exists already
+        (created by another process completing the same fan-out) are read back instead.
+        Returns the delivery of each key, as stored."""
+        if not docs:
+            return []
+        taken: list[str] = []
+        try:
+            await self.coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            taken = [docs[e["index"]]["delivery_key"] for e in errors]
+        if not taken:
+            return docs
+        existing = {d["delivery_key"]: d for d in await self.by_keys(taken)}
+        return [existing.get(d["delivery_key"], d) for d in docs]
+
+    def by_keys_cursor(self, keys: list[str]) -> Any:
+        return self.coll.find({"delivery_key": {"$in": keys}})
+
+    async def by_keys(self, keys: list[str]) -> list[Doc]:
+        return await all_docs(self.by_keys_cursor(keys))
+
+    def for_event_cursor(self, event_id: str) -> Any:
+        return self.coll.find({"event_id": event_id}).sort(DELIVERY_SORT)
+
+    async def for_event(self, event_id: str) -> list[Doc]:
+        """Every delivery of an event (replays included), in creation order."""
+        return await all_docs(self.for_event_cursor(event_id))
+
+    async def get_many(self, ids: list[ObjectId]) -> list[Doc]:
+        return await all_docs(self.coll.find({"_id": {"$in": ids}}))
+
+    async def delete_chain_stopped(self, key: str) -> bool:
+        """The placeholder of a serial subscriber skipped because the chain stopped before it,
+        removed when the chain resumes (a retried delivery before it finished)."""
+        res = await self.coll.delete_one(
+            {"delivery_key": key, "status": "skipped", "skip_reason": "chain_stopped"}
+        )
+        return bool(res.deleted_count)

@@ -1,0 +1,105 @@
+"""The webhook endpoints collection (`<prefix>webhooks`).
+
+`state` is "enabled" or "disabled" (a string: nx-27017 stores a `$set` of True as 1). `events`
+is a list of event names, or ["*"] for every event. Secrets are never stored here: only the
+`secret_ref` naming one in the processes' secrets configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from .compat import IndexKeys, all_docs, decode_opt
+
+Doc = dict[str, Any]
+AFTER = ReturnDocument.AFTER
+
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    # emit: the enabled endpoints listening to an event (multikey on `events`)
+    ([("events", 1), ("state", 1)], {}),
+]
+
+
+class WebhookStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def add(self, doc: Doc) -> Doc:
+        await self.coll.insert_one(doc)
+        return doc
+
+    async def get(self, endpoint_id: ObjectId) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": endpoint_id}))
+
+    async def all(self) -> list[Doc]:
+        return await all_docs(self.coll.find({}).sort([("created_at", 1), ("_id", 1)]))
+
+    def matching_cursor(self, event: str) -> Any:
+        return self.coll.find({"events": {"$in": [event, "*"]}, "state": "enabled"})
+
+    async def matching(self, event: str) -> list[Doc]:
+        """Enabled endpoints that listen to `event` (by name, or "*")."""
+        return await all_docs(self.matching_cursor(event))
+
+    async def update(self, endpoint_id: ObjectId, fields: Doc) -> Doc | None:
+        found = await self.coll.find_one_and_update(
+            {"_id": endpoint_id}, {"$set": fields}, return_document=AFTER
+        )
+        return decode_opt(found)
+
+    async def disable(self, endpoint_id: ObjectId, reason: str, now: dt.datetime) -> Doc | None:
+        """enabled -> disabled (compare-and-set: None when it was not enabled)."""
+        found = await self.coll.find_one_and_update(
+            {"_id": endpoint_id, "state": "enabled"},
+            {
+                "$set": {
+                    "state": "disabled",
+                    "disabled_reason": reason,
+                    "disabled_at": now,
+                    "updated_at": now,
+                }
+            },
+            return_document=AFTER,
+        )
+        return decode_opt(found)
+
+    async def enable(self, endpoint_id: ObjectId, now: dt.datetime) -> Doc | None:
+        """Enabled again, its count of consecutive failures reset."""
+        found = await self.coll.find_one_and_update(
+            {"_id": endpoint_id},
+            {
+                "$set": {
+                    "state": "enabled",
+                    "disabled_reason": None,
+                    "disabled_at": None,
+                    "consecutive_failures": 0,
+                    "updated_at": now,
+                }
+            },
+            return_document=AFTER,
+        )
+        return decode_opt(found)
+
+    async def remove(self, endpoint_id: ObjectId) -> bool:
+        res = await self.coll.delete_one({"_id": endpoint_id})
+        return bool(res.deleted_count)
+
+    async def failed_delivery(self, endpoint_id: ObjectId, now: dt.datetime) -> int:
+        """One more delivery failed for good: returns the consecutive failures now counted."""
+        found = await self.coll.find_one_and_update(
+            {"_id": endpoint_id},
+            {"$inc": {"consecutive_failures": 1}, "$set": {"last_failure_at": now}},
+            return_document=AFTER,
+        )
+        return int((found or {}).get("consecutive_failures") or 0)
+
+    async def delivered(self, endpoint_id: ObjectId) -> None:
+        """A delivery succeeded: the run of consecutive failures is over."""
+        await self.coll.update_one({"_id": endpoint_id}, {"$set": {"consecutive_failures": 0}})
+
+    async def disabled(self) -> list[Doc]:
+        return await all_docs(self.coll.find({"state": "disabled"}))

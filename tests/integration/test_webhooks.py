@@ -1,0 +1,239 @@
+"""Webhook deliveries to a real HTTP receiver on 127.0.0.1, through the job engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from job_processor import (
+    Event,
+    InvalidArgumentError,
+    JobProcessor,
+    WebhookEndpoint,
+    WebhookNotFoundError,
+    WebhookOptions,
+    init_job_processor,
+)
+from job_processor.definitions import Backoff
+from job_processor.webhooks import generate_secret
+
+from ..receiver import Receiver, Reply, closed_port_url, receiving
+from .helpers import FAST
+
+SECRET = generate_secret()
+QUICK = Backoff(kind="fixed", base_seconds=0.2, jitter=False)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
+
+
+async def make(db: Any, logger: Any = None, **options: Any) -> JobProcessor:
+    return await init_job_processor(
+        db,
+        logger=logger,
+        webhook_secrets={"crm": SECRET},
+        webhook_options=WebhookOptions(
+            **({"backoff": QUICK, "max_attempts": 10, "timeout": 2.0} | options)
+        ),
+        **FAST,
+    )
+
+
+async def delivery(p: JobProcessor, event_id: str, endpoint: WebhookEndpoint) -> Any:
+    event = await p.get_event(event_id)
+    return next(d for d in event.deliveries if d.target == f"webhook:{endpoint.id}")
+
+
+async def wait_delivery(
+    p: JobProcessor, event_id: str, endpoint: WebhookEndpoint, *states: str, timeout: float = 15
+) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (d := await delivery(p, event_id, endpoint)).status not in states:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"delivery is {d.status}, expected {states}")
+        await asyncio.sleep(0.05)
+    return d
+
+
+async def test_one_endpoint_down_one_up_then_the_fixed_one_delivers(
+    db: Any, receiver: Receiver
+) -> None:
+    p = await make(db)
+    up = await p.webhooks.add(url=receiver.url("/up"), events=["shipped"], secret_ref="crm")
+    down = await p.webhooks.add(url=closed_port_url(), events=["*"], secret_ref="crm")
+    async with p:
+        event = await p.emit("shipped", {"shipment_id": "s1"})
+        assert sorted(d.target for d in event.deliveries) == sorted(
+            [f"webhook:{up.id}", f"webhook:{down.id}"]
+        )
+        await wait_delivery(p, event.id, up, "finished")
+        # the down endpoint keeps retrying on its own...
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await delivery(p, event.id, down)).failures < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        # ...while the up one got exactly one delivery
+        assert len(receiver.received("/up")) == 1
+        failing = await delivery(p, event.id, down)
+        assert failing.status in ("pending", "running")
+        assert all(a["error"].startswith("ConnectError") for a in failing.attempts[:3])
+        # fixing the configuration takes effect at the next attempt
+        await p.webhooks.update(down.id, url=receiver.url("/fixed"))
+        fixed = await wait_delivery(p, event.id, down, "finished")
+    assert fixed.attempts[-1]["status_code"] == 200
+    assert len(receiver.received("/fixed")) == 1
+    assert len(receiver.received("/up")) == 1
+    for request in receiver.received():
+        assert request.headers["webhook-id"] == event.id  # stable across retries
+        body = Webhook(SECRET).verify(request.body, request.headers)
+        assert body["type"] == "shipped"
+        assert body["data"] == {"shipment_id": "s1"}
+
+
+async def test_status_codes_decide_retries(db: Any, receiver: Receiver) -> None:
+    p = await make(db)
+    gone = await p.webhooks.add(url=receiver.script("/gone", Reply(410)), events=["e"])
+    bad = await p.webhooks.add(
+        url=receiver.script("/bad", Reply(422, body=b"bad field")), events=["e"]
+    )
+    busy = await p.webhooks.add(
+        url=receiver.script("/busy", Reply(429, {"Retry-After": "1"}), Reply(200)), events=["e"]
+    )
+    flaky = await p.webhooks.add(
+        url=receiver.script("/flaky", Reply(500, body=b"oops"), Reply(503), Reply(204, body=b"")),
+        events=["e"],
+    )
+    async with p:
+        event = await p.emit("e", {})
+        g = await wait_delivery(p, event.id, gone, "errored")
+        b = await wait_delivery(p, event.id, bad, "errored")
+        r = await wait_delivery(p, event.id, busy, "finished")
+        f = await wait_delivery(p, event.id, flaky, "finished")
+    assert g.attempt == 1
+    assert "HTTP 410" in (g.error or "")
+    assert not (await p.webhooks.get(gone.id)).enabled  # 410 disables the endpoint
+    assert b.attempt == 1  # other 4xx: no retry
+    assert b.attempts[0]["status_code"] == 422
+    assert b.attempts[0]["response_excerpt"] == "bad field"
+    assert (await p.webhooks.get(bad.id)).enabled
+    assert r.attempt == 2
+    first, second = receiver.received("/busy")
+    assert second.at - first.at >= 0.9  # Retry-After honoured (the backoff is 0.2 s)
+    assert [a["status_code"] for a in f.attempts] == [500, 503, 204]
+    assert f.attempts[0]["response_excerpt"] == "oops"
+    assert all(isinstance(a["duration_ms"], int) for a in f.attempts)
+    # a disabled endpoint gets no more deliveries
+    assert f"webhook:{gone.id}" not in [t.target for t in (await p.emit("e", {})).targets]
+
+
+async def test_consecutive_failed_deliveries_disable_an_endpoint(
+    db: Any, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("test-webhooks")
+    p = await make(db, logger, max_attempts=1, disable_after=2)
+    ep = await p.webhooks.add(
+        url=receiver.script("/down", Reply(500)), events=["e"], secret_ref="crm"
+    )
+    with caplog.at_level(logging.INFO, logger="test-webhooks"):
+        async with p:
+            first = await p.emit("e", {})
+            await wait_delivery(p, first.id, ep, "errored")
+            assert (await p.webhooks.get(ep.id)).consecutive_failures == 1
+            second = await p.emit("e", {})
+            await wait_delivery(p, second.id, ep, "errored")
+    endpoint = await p.webhooks.get(ep.id)
+    assert not endpoint.enabled
+    assert endpoint.disabled_reason == "2 consecutive failed deliveries"
+    warnings = (await p.get_status()).warnings
+    assert any(ep.id in w and "is disabled" in w for w in warnings), warnings
+    assert "webhook_endpoint_disabled" in caplog.text
+    # the secret never shows: not in logs, not in any stored document
+    assert SECRET not in caplog.text
+    assert SECRET[6:] not in caplog.text
+    for coll in ("job_processor_jobs", "job_processor_events", "job_processor_webhooks"):
+        async for doc in db[coll].find({}):
+            assert SECRET[6:] not in json.dumps(doc, default=str)
+    enabled = await p.webhooks.enable(ep.id)
+    assert enabled.enabled and enabled.consecutive_failures == 0
+
+
+async def test_custom_formats_headers_and_replays(db: Any, receiver: Receiver) -> None:
+    def slack(event: Event, endpoint: WebhookEndpoint) -> dict[str, Any]:
+        return {"text": f"{event.name}: {event.payload['shipment_id']}"}
+
+    p = await init_job_processor(
+        db,
+        webhook_secrets={"crm": SECRET},
+        webhook_formats={"slack": slack},
+        webhook_options={"backoff": QUICK},
+        **FAST,
+    )
+    ep = await p.webhooks.add(
+        url=receiver.url("/slack"),
+        events=["shipped"],
+        format="slack",
+        headers={"X-Team": "ops"},
+        description="ops channel",
+    )
+    async with p:
+        event = await p.emit("shipped", {"shipment_id": "s9"})
+        await wait_delivery(p, event.id, ep, "finished")
+        replayed = await p.replay_event(event.id)
+        assert [d.target for d in replayed] == [f"webhook:{ep.id}"]
+        await receiver.wait("/slack", 2)
+    first, again = receiver.received("/slack")
+    assert json.loads(first.body) == {"text": "shipped: s9"}
+    assert first.headers["x-team"] == "ops"
+    assert "webhook-signature" not in first.headers  # no secret_ref: unsigned
+    assert again.body == first.body
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] == event.id
+
+
+async def test_managing_endpoints_with_clear_errors(db: Any, receiver: Receiver) -> None:
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="http:// or https://"):
+        await p.webhooks.add(url="ftp://example.com/x", events=["e"])
+    with pytest.raises(InvalidArgumentError, match="unknown webhook format 'xml'"):
+        await p.webhooks.add(url=receiver.url("/x"), events=["e"], format="xml")
+    with pytest.raises(InvalidArgumentError, match="unknown secret_ref 'nope'"):
+        await p.webhooks.add(url=receiver.url("/x"), events=["e"], secret_ref="nope")
+    with pytest.raises(InvalidArgumentError, match="use \\['e'\\]"):
+        await p.webhooks.add(url=receiver.url("/x"), events="e")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="cannot be overridden"):
+        await p.webhooks.add(url=receiver.url("/x"), events=["e"], headers={"Webhook-Id": "x"})
+    ep = await p.webhooks.add(url=receiver.url("/x"), events=["e"])
+    assert [e.id for e in await p.webhooks.list()] == [ep.id]
+    assert (await p.webhooks.update(ep.id, events=["f", "g"])).events == ["f", "g"]
+    disabled = await p.webhooks.disable(ep.id, reason="maintenance")
+    assert (disabled.enabled, disabled.disabled_reason) == (False, "maintenance")
+    assert (await p.emit("f", {})).targets == []
+    assert (await p.webhooks.enable(ep.id)).enabled
+    await p.webhooks.remove(ep.id)
+    assert await p.webhooks.list() == []
+    with pytest.raises(WebhookNotFoundError, match="no webhook endpoint"):
+        await p.webhooks.remove(ep.id)
+    with pytest.raises(WebhookNotFoundError, match="not a webhook endpoint id"):
+        await p.webhooks.get("nope")
+
+
+async def test_a_removed_endpoint_stops_its_retries(db: Any, receiver: Receiver) -> None:
+    p = await make(db)
+    ep = await p.webhooks.add(url=closed_port_url(), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await delivery(p, event.id, ep)).failures < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await p.webhooks.remove(ep.id)
+        ended = await wait_delivery(p, event.id, ep, "errored")
+    assert f"webhook endpoint {ep.id} was removed" in (ended.error or "")

@@ -1,0 +1,204 @@
+"""Event, subscriber, delivery and webhook storage verbs on nx-27017 (PyMongo async and motor)
+and mongomock-motor."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from job_processor import event_documents as E
+from job_processor import events as ev
+from job_processor.clock import FakeClock
+from job_processor.errors import EventNotFoundError, InvalidArgumentError
+from job_processor.storage import Storage
+
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def later(seconds: float) -> dt.datetime:
+    return NOW + dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def storage(any_db: Any) -> Storage:
+    s = await Storage.open(any_db, "t_")
+    await s.ensure_indexes()
+    await s.ensure_indexes()  # idempotent
+    return s
+
+
+def row(event: str, name: str, position: int, mode: str = "async") -> dict[str, Any]:
+    return E.subscriber_row(
+        event,
+        name,
+        mode=mode,
+        position=position,
+        tag=None,
+        max_attempts=2,
+        now=NOW,
+        declared_by="w",
+    )
+
+
+async def register(storage: Storage) -> None:
+    await storage.subscribers.register(
+        [
+            row("shipped", "email", 0),
+            row("shipped", "crm", 1, "serial"),
+            row("shipped", "audit", 2, "sync"),
+            row("shipped", "ledger", 3, "serial"),
+            row("other", "x", 0),
+        ]
+    )
+
+
+async def emit(storage: Storage, name: str = "shipped", key: str | None = None, at: float = 0):
+    targets = await ev.current_targets(storage, name, 10)
+    doc = E.new_event(
+        name, {"n": 1}, key=key, now=later(at), emitted_by="w", instance_id=None, targets=targets
+    )
+    return doc, await storage.events.insert(doc)
+
+
+async def test_an_events_key_is_unique_forever(storage: Storage) -> None:
+    first, stored = await emit(storage, key="k1")
+    assert stored["_id"] == first["_id"]
+    again, stored = await emit(storage, key="k1", at=5)
+    assert stored["_id"] == first["_id"] != again["_id"]
+    _, other = await emit(storage, "other", key="k1")  # keys are scoped by event name
+    assert other["_id"] != first["_id"]
+    _, a = await emit(storage)
+    _, b = await emit(storage)  # no key: never deduplicated
+    assert a["_id"] != b["_id"]
+
+
+async def test_the_registry_gives_targets_in_declaration_order(storage: Storage) -> None:
+    await register(storage)
+    await register(storage)  # upserts: no duplicates
+    targets = await ev.current_targets(storage, "shipped", 10)
+    assert [t["target"] for t in targets] == ["email", "crm", "audit", "ledger"]
+    assert next(t["job_name"] for t in targets) == "shipped:email"
+    assert await ev.current_targets(storage, "nobody", 10) == []
+
+
+async def test_fanout_creates_each_delivery_once_and_only_the_serial_head(storage: Storage) -> None:
+    await register(storage)
+    _, event = await emit(storage)
+    assert event["fanout"] == "owed"
+    assert [e["_id"] for e in await storage.events.owed(later(1))] == [event["_id"]]
+    first = await ev.complete_fanout(storage, event, later(1))
+    again = await ev.complete_fanout(storage, event, later(2))  # a second completer
+    assert [d["name"] for d in first] == ["shipped:email", "shipped:audit", "shipped:crm"]
+    assert [d["_id"] for d in again] == [d["_id"] for d in first]
+    stored = await storage.deliveries.for_event(str(event["_id"]))
+    assert sorted(d["name"] for d in stored) == ["shipped:audit", "shipped:crm", "shipped:email"]
+    crm = next(d for d in stored if d["name"] == "shipped:crm")
+    assert [t["target"] for t in crm["payload"]["chain"]] == ["ledger"]
+    assert await storage.events.owed(later(60)) == []
+    assert (await storage.events.get(event["_id"]))["fanout"] == "done"
+
+
+async def test_get_event_shows_deliveries_and_waiting_serial_subscribers(storage: Storage) -> None:
+    await register(storage)
+    _, event = await emit(storage)
+    await ev.complete_fanout(storage, event, later(1))
+    got = await ev.get_event(storage, str(event["_id"]))
+    states = {d.target: d.status for d in got.deliveries}
+    assert states == {"email": "pending", "crm": "pending", "audit": "pending", "ledger": "waiting"}
+    with pytest.raises(EventNotFoundError, match="not an event id"):
+        await ev.get_event(storage, "nope")
+
+
+async def test_chain_placeholders_hold_their_key_until_the_chain_resumes(storage: Storage) -> None:
+    await register(storage)
+    _, event = await emit(storage)
+    targets = event["targets"]
+    ledger = next(t for t in targets if t["target"] == "ledger")
+    skipped = E.chain_stopped(event, ledger, now=later(1), replay_id=None, reason="crm failed")
+    [held] = await storage.deliveries.create([skipped])
+    assert held["status"] == "skipped"
+    nxt = E.next_in_chain(event, [ledger], now=later(2), replay_id=None)
+    [stored] = await storage.deliveries.create([nxt])
+    assert stored["_id"] == skipped["_id"]  # the key is taken by the placeholder
+    assert await storage.deliveries.delete_chain_stopped(nxt["delivery_key"])
+    [stored] = await storage.deliveries.create([nxt])
+    assert stored["_id"] == nxt["_id"]
+    assert stored["status"] == "pending"
+    assert not await storage.deliveries.delete_chain_stopped(nxt["delivery_key"])
+
+
+async def test_replays_get_keys_of_their_own(storage: Storage) -> None:
+    await register(storage)
+    _, event = await emit(storage)
+    await ev.complete_fanout(storage, event, later(1))
+    clock = FakeClock(later(2))
+    first = await ev.replay_event(storage, str(event["_id"]), ["email"], clock=clock)
+    second = await ev.replay_event(storage, str(event["_id"]), ["email"], clock=clock)
+    assert [d.target for d in first] == ["email"]
+    assert first[0].replay_id and second[0].replay_id and first[0].replay_id != second[0].replay_id
+    emails = list((await ev.get_event(storage, str(event["_id"]))).deliveries)
+    assert [(d.target, d.replay_id is None) for d in emails if d.target == "email"] == [
+        ("email", True),
+        ("email", False),
+        ("email", False),
+    ]
+    assert (await storage.events.get(event["_id"]))["replays"] == 2
+    with pytest.raises(InvalidArgumentError, match="no subscriber or enabled webhook"):
+        await ev.replay_event(storage, str(event["_id"]), ["nobody"], clock=clock)
+
+
+async def test_list_events_newest_first_by_name_and_window(storage: Storage) -> None:
+    for i in range(4):
+        await emit(storage, at=i * 10)
+    await emit(storage, "other", at=15)
+    listed = await ev.list_events(storage, "shipped")
+    assert [e.emitted_at for e in listed] == [later(30), later(20), later(10), later(0)]
+    window = await ev.list_events(storage, "shipped", since=later(10), until=later(30))
+    assert [e.emitted_at for e in window] == [later(20), later(10)]
+    assert len(await ev.list_events(storage, limit=2)) == 2
+    with pytest.raises(InvalidArgumentError, match="timezone-aware"):
+        await ev.list_events(storage, since=dt.datetime(2030, 1, 1))
+
+
+async def test_webhook_endpoints_match_by_name_or_star_while_enabled(storage: Storage) -> None:
+    store = storage.webhooks
+
+    def endpoint(events: list[str]) -> dict[str, Any]:
+        from bson import ObjectId
+
+        return {"_id": ObjectId(), "url": "http://x", "events": events, "state": "enabled"}
+
+    a = await store.add(endpoint(["shipped", "other"]))
+    star = await store.add(endpoint(["*"]))
+    await store.add(endpoint(["nothing"]))
+    assert {d["_id"] for d in await store.matching("shipped")} == {a["_id"], star["_id"]}
+    assert await store.disable(star["_id"], "test", NOW) is not None
+    assert await store.disable(star["_id"], "again", NOW) is None  # compare-and-set
+    assert {d["_id"] for d in await store.matching("shipped")} == {a["_id"]}
+    assert await store.failed_delivery(a["_id"], NOW) == 1
+    assert await store.failed_delivery(a["_id"], NOW) == 2
+    await store.delivered(a["_id"])
+    assert (await store.get(a["_id"]))["consecutive_failures"] == 0
+    enabled = await store.enable(star["_id"], later(1))
+    assert enabled is not None
+    assert enabled["state"] == "enabled"
+    assert enabled["disabled_reason"] is None
+
+
+async def test_live_workers_serving_a_delivery(storage: Storage) -> None:
+    await storage.workers.register(
+        {"_id": "w1", "names": ["shipped:email"], "last_seen": NOW, "hostname": "h", "pid": 1}
+    )
+    await storage.workers.register(
+        {
+            "_id": "w2",
+            "names": ["shipped:email"],
+            "last_seen": later(-60),
+            "hostname": "h",
+            "pid": 2,
+        }
+    )
+    assert [w["_id"] for w in await storage.workers.serving("shipped:email", later(-30))] == ["w1"]
+    assert await storage.workers.serving("shipped:crm", later(-30)) == []
