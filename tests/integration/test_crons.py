@@ -204,7 +204,8 @@ async def test_cron_tasks_are_retried_with_the_crons_attempts_and_backoff(db: An
             "cron_string": "0 2 * * *",
             "handler": flaky,
             "max_attempts": 2,
-            "backoff": {"kind": "fixed", "base_seconds": 30, "jitter": False},
+            # (a fake-clock jump longer than worker_timeout would declare the worker dead)
+            "backoff": {"kind": "fixed", "base_seconds": 1.5, "jitter": False},
         }
     }
     processor = await make(db, crons, clock=clock)
@@ -216,8 +217,8 @@ async def test_cron_tasks_are_retried_with_the_crons_attempts_and_backoff(db: An
             return current if current.failures == 1 and current.status == "pending" else None
 
         retry = await until(retried)
-        assert retry.scheduled_for == T0 + 30 * SECOND
-        clock.set(T0 + 30 * SECOND)
+        assert retry.scheduled_for == T0 + 1.5 * SECOND
+        clock.set(T0 + 1.5 * SECOND)
         done = await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
     assert calls == [0, 1]
     assert done.max_attempts == 2
