@@ -299,3 +299,19 @@ def test_durations() -> None:
     assert parse_duration("1.5h") == dt.timedelta(minutes=90)
     with pytest.raises(InvalidArgumentError, match="must be positive"):
         parse_duration(0)
+
+
+async def test_pages_step_over_a_burst_created_in_one_instant(env: Any) -> None:
+    admin, storage, _ = env
+    from job_processor.storage import admin as store_admin
+
+    n = store_admin.TIES_SLACK + 30
+    docs = [D.new_job("email", {}, now=NOW) for _ in range(n)]
+    await storage.jobs.coll.insert_many(docs)
+    seen: list[str] = []
+    page = await admin.list_jobs(limit=10)
+    seen += [j.id for j in page.jobs]
+    while page.next_cursor:
+        page = await admin.list_jobs(limit=10, cursor=page.next_cursor)
+        seen += [j.id for j in page.jobs]
+    assert seen == sorted((str(d["_id"]) for d in docs), reverse=True)
