@@ -38,3 +38,17 @@ def test_benchmark_prints_its_figures(mongo_url: str) -> None:
         "pickup latency (in-process wake-up)",
     ):
         assert figure in out, out
+
+
+def test_operator_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "benchmarks/ops_bench.py", "--jobs", "300", "--runs", "1"],
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": mongo_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for figure in ("jobs page 2 (cursor)", "overview (15 min)", "metrics scrape"):
+        assert figure in out, out
