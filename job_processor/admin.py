@@ -125,6 +125,8 @@ class DefinitionView(BaseModel):
     payload_model: str | None = None
     payload_schema: dict[str, Any] | None = None
     """The payload model's JSON schema, when the definition has one."""
+    sensitive_fields: list[str] = []
+    """Payload / checkpoint paths this module never shows ("[redacted]")."""
     cron_string: str | None = None
     timezone: str | None = None
     first_seen: dt.datetime | None = None
@@ -322,6 +324,33 @@ def _ids(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]:
     return out
 
 
+REDACTED = "[redacted]"
+
+
+def redact(value: Any, paths: Sequence[str]) -> Any:
+    """A copy of `value` (a payload or checkpoint) with each dotted path replaced by
+    "[redacted]" (inside lists of objects too)."""
+    if not paths or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    nested: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if head not in out:
+            continue
+        if rest:
+            nested.setdefault(head, []).append(rest)
+        else:
+            out[head] = REDACTED
+    for head, rests in nested.items():
+        inner = out[head]
+        if isinstance(inner, list):
+            out[head] = [redact(item, rests) for item in inner]
+        elif inner != REDACTED:
+            out[head] = redact(inner, rests)
+    return out
+
+
 def default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -342,6 +371,9 @@ class Admin:
     actor: recorded in the audit log when an action gives none (default "user@host").
     worker_timeout: liveness threshold for worker documents that do not record their own.
     logger: structlog or stdlib logger (default structlog "job_processor").
+    sensitive_fields: payload / checkpoint keys (dotted paths) never shown for any job, on top of
+    each definition's own `JobDef(sensitive_fields=...)` (read from the registry). Every Job this
+    class returns is redacted; actions work on the stored values.
     """
 
     def __init__(
@@ -353,8 +385,10 @@ class Admin:
         actor: str | None = None,
         worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
         logger: Any | None = None,
+        sensitive_fields: Sequence[str] = (),
         storage: Storage | None = None,
     ) -> None:
+        self.sensitive_fields = tuple(sensitive_fields)
         self.storage = storage or Storage(db, collection_prefix)
         self.clock = clock or SystemClock()
         self.actor = actor or default_actor()
@@ -421,24 +455,41 @@ class Admin:
             oid = _ids(id)[0]
             doc = await self.storage.job_admin.by_id(oid)
             jobs = [Job.model_validate(doc)] if doc is not None and query.matches(doc) else []
-            return JobPage(jobs=jobs)
+            return JobPage(jobs=await self._redacted(jobs))
         after = decode_cursor(cursor) if cursor else None
         docs = await self.storage.job_admin.page(query, after, limit + 1)
         more = len(docs) > limit
         docs = docs[:limit]
         return JobPage(
-            jobs=[Job.model_validate(d) for d in docs],
+            jobs=await self._redacted([Job.model_validate(d) for d in docs]),
             next_cursor=encode_cursor(docs[-1]) if more and docs else None,
         )
 
     async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
         """One job: payload, output (result, error with traceback), history of runs, checkpoint
         (`state`), timestamps, worker, on_job_exited record (`exit_hook`)."""
-        oid = _ids(job_id)[0]
-        doc = await self.storage.job_admin.by_id(oid)
+        [job] = await self._redacted([await self._stored_job(job_id)])
+        return job
+
+    async def _stored_job(self, job_id: str | ObjectId) -> Job[Any]:
+        doc = await self.storage.job_admin.by_id(_ids(job_id)[0])
         if doc is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         return Job.model_validate(doc)
+
+    async def _redacted(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        """Hide the sensitive fields (the definitions' and this Admin's) of these jobs."""
+        if not jobs:
+            return jobs
+        per_name: dict[str, list[str]] = {}
+        for doc in await self.storage.definitions.all():
+            per_name[str(doc["_id"])] = [str(p) for p in doc.get("sensitive_fields") or []]
+        for job in jobs:
+            paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
+            if paths:
+                job.payload = redact(job.payload, paths)
+                job.state = redact(job.state, paths)
+        return jobs
 
     async def _workers(self, now: dt.datetime) -> list[WorkerView]:
         running = await self.storage.jobs.running()
@@ -659,6 +710,7 @@ class Admin:
     # ---- actions ----------------------------------------------------------------------------
 
     async def _record(self, result: ActionResult, detail: dict[str, Any] | None = None) -> None:
+        result.jobs = await self._redacted(result.jobs)
         result.count = result.count or len(result.changed)
         if detail:
             result.detail |= detail
@@ -935,7 +987,7 @@ class Admin:
         """A new pending job with the same name, payload and priority (not the dedup key, which
         would return the original while it is active). A cron task is duplicated as a manual
         trigger of its cron. Action "job_duplicated" (detail["duplicate_of"] is the original id)."""
-        original = await self.get_job(job_id)
+        original = await self._stored_job(job_id)  # the stored payload, not the redacted one
         if original.type == "cron_task":
             result = await self._trigger(original.name, actor, "job_duplicated")
         else:

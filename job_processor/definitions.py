@@ -76,6 +76,21 @@ class JobDef(BaseModel):
     payload_model: type[BaseModel] | None = None
     """A pydantic model for the payload: schedule_job validates against it (the error names the
     job and the field) and the handler receives `job.payload` as an instance of it."""
+    sensitive_fields: tuple[str, ...] = ()
+    """Payload and checkpoint keys (dotted paths for nested ones: "card.number") that operator
+    tools (job_processor.admin, the CLI, the dashboard) never show: replaced by "[redacted]".
+    Handlers see them as usual."""
+
+    @field_validator("sensitive_fields")
+    @classmethod
+    def _sensitive(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            if not isinstance(path, str) or not path.strip() or any(not p for p in path.split(".")):
+                raise ValueError(
+                    f"sensitive_fields entries must be payload keys or dotted paths such as "
+                    f"'card.number', got {path!r}"
+                )
+        return v
 
     @field_validator("handler")
     @classmethod

@@ -40,9 +40,9 @@ def test_benchmark_prints_its_figures(mongo_url: str) -> None:
         assert figure in out, out
 
 
-def test_event_benchmark_prints_its_figures(mongo_url: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_events.py", "--events", "5", "--poll-interval", "0.2"],
+def run_benchmark(mongo_url: str, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env=os.environ | {"MONGODB_URL": mongo_url},
         capture_output=True,
@@ -50,5 +50,17 @@ def test_event_benchmark_prints_its_figures(mongo_url: str) -> None:
         timeout=120,
         check=True,
     ).stdout
+
+
+def test_event_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(
+        mongo_url, "benchmarks/bench_events.py", "--events", "5", "--poll-interval", "0.2"
+    )
     assert out.count("publisher commands per emit:") == 3, out
     assert out.count("worker commands per delivery:") == 3, out
+
+
+def test_operator_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(mongo_url, "benchmarks/ops_bench.py", "--jobs", "300", "--runs", "1")
+    for figure in ("jobs page 2 (cursor)", "overview (15 min)", "metrics scrape"):
+        assert figure in out, out

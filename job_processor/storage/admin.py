@@ -28,6 +28,8 @@ from .jobs import LIST_SORT
 
 Doc = dict[str, Any]
 S = JobStatus
+#: Jobs read beyond a page to step over those created in the position's instant.
+TIES_SLACK = 100
 
 
 @dataclass(frozen=True)
@@ -108,19 +110,25 @@ class JobAdminStore:
 
     async def page(self, query: JobQuery, after: Position | None, limit: int) -> list[Doc]:
         """Up to `limit` jobs after `after`, newest first."""
-        out: list[Doc] = []
-        cursor = self.page_cursor(query, after)
+        if after is None:
+            return await all_docs(self.page_cursor(query, None).limit(limit))
         # after a position, the jobs created in its instant (its second on nx-27017) that were
-        # already shown are read again and dropped; the cursor is closed once the page is full
-        cursor = cursor.limit(limit) if after is None else cursor.batch_size(min(limit + 50, 1000))
+        # already shown are read again and dropped: read a few more than a page, and only when
+        # that many were dropped (a burst created in one instant), read on without a limit
+        slack = limit + TIES_SLACK
+        docs = await all_docs(self.page_cursor(query, after).limit(slack))
+        out = [d for d in docs if _before(d, after)][:limit]
+        if len(out) == limit or len(docs) < slack:
+            return out
+        out = []
+        cursor = self.page_cursor(query, after)
         try:
             async for raw in cursor:
                 doc = decode(raw)
-                if after is not None and not _before(doc, after):
-                    continue
-                out.append(doc)
-                if len(out) >= limit:
-                    break
+                if _before(doc, after):
+                    out.append(doc)
+                    if len(out) >= limit:
+                        break
         finally:
             result = cursor.close()
             if inspect.isawaitable(result):

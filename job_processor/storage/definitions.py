@@ -40,6 +40,7 @@ def definition_fields(definition: Any) -> Doc:
         "has_exit_hook": definition.on_job_exited is not None,
         "payload_model": model.__name__ if model is not None else None,
         "payload_schema": _schema(model),
+        "sensitive_fields": list(definition.sensitive_fields),
         "cron_string": getattr(definition, "cron_string", None),
         "timezone": getattr(definition, "timezone", None),
     }

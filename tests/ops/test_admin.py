@@ -11,7 +11,7 @@ import pytest
 
 from job_processor import CronDef, FakeClock, JobDef
 from job_processor import documents as D
-from job_processor.admin import Admin, parse_duration
+from job_processor.admin import Admin, parse_duration, redact
 from job_processor.errors import (
     InvalidArgumentError,
     InvalidPayloadError,
@@ -20,7 +20,7 @@ from job_processor.errors import (
 )
 from job_processor.models import JobStatus
 from job_processor.outcome import Outcome
-from job_processor.storage import Storage
+from job_processor.storage import Storage, object_id
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -31,7 +31,7 @@ async def noop(job: object, signal: object) -> None:
 
 
 DEFS: dict[str, Any] = {
-    "email": JobDef(handler=noop),
+    "email": JobDef(handler=noop, sensitive_fields=("password", "card.number")),
     "report": JobDef(handler=noop, tag="main", concurrency="exclusive"),
     "nightly": CronDef(handler=noop, cron_string="0 2 * * *", timezone="Europe/Paris"),
 }
@@ -299,3 +299,51 @@ def test_durations() -> None:
     assert parse_duration("1.5h") == dt.timedelta(minutes=90)
     with pytest.raises(InvalidArgumentError, match="must be positive"):
         parse_duration(0)
+
+
+async def test_pages_step_over_a_burst_created_in_one_instant(env: Any) -> None:
+    admin, storage, _ = env
+    from job_processor.storage import admin as store_admin
+
+    n = store_admin.TIES_SLACK + 30
+    docs = [D.new_job("email", {}, now=NOW) for _ in range(n)]
+    await storage.jobs.coll.insert_many(docs)
+    seen: list[str] = []
+    page = await admin.list_jobs(limit=10)
+    seen += [j.id for j in page.jobs]
+    while page.next_cursor:
+        page = await admin.list_jobs(limit=10, cursor=page.next_cursor)
+        seen += [j.id for j in page.jobs]
+    assert seen == sorted((str(d["_id"]) for d in docs), reverse=True)
+
+
+async def test_sensitive_fields_are_never_shown_but_kept(env: Any) -> None:
+    admin, storage, _ = env
+    payload = {"to": "a@b.c", "password": "hunter2", "card": {"number": "4111", "exp": "12/30"}}
+    created = await admin.new_job("email", payload)
+    shown = created.jobs[0].payload
+    assert shown == {
+        "to": "a@b.c",
+        "password": "[redacted]",
+        "card": {"number": "[redacted]", "exp": "12/30"},
+    }
+    assert (await admin.get_job(created.jobs[0].id)).payload == shown
+    assert (await admin.list_jobs(name="email")).jobs[0].payload == shown
+    assert "hunter2" not in json.dumps((await admin.list_jobs()).model_dump(mode="json"))
+    copy = (await admin.duplicate(created.jobs[0].id)).jobs[0]
+    stored = await storage.jobs.get(object_id(copy.id))
+    assert stored is not None and stored["payload"] == payload  # the duplicate has the real values
+    strict = await Admin.open(admin.storage.db, "t_", sensitive_fields=["to"])
+    assert (await strict.get_job(copy.id)).payload["to"] == "[redacted]"
+    views = {d.name: d for d in await admin.list_definitions()}
+    assert views["email"].sensitive_fields == ["password", "card.number"]
+
+
+def test_redact_nested_and_lists() -> None:
+    value = {"a": [{"k": 1, "x": 2}, {"k": 3}], "b": {"c": {"d": 4}}, "e": 5}
+    assert redact(value, ["a.k", "b.c.d", "missing.x"]) == {
+        "a": [{"k": "[redacted]", "x": 2}, {"k": "[redacted]"}],
+        "b": {"c": {"d": "[redacted]"}},
+        "e": 5,
+    }
+    assert value["e"] == 5 and value["a"][0]["k"] == 1  # a copy
