@@ -8,7 +8,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InvalidDefinitionError
 
@@ -50,6 +57,34 @@ class Backoff(BaseModel):
     jitter: bool = True
 
 
+class Limit(BaseModel):
+    """A cluster-wide limit shared by every job whose JobDef names the same `key`: at most
+    `concurrency` runs at once across all worker processes, and at most `rate` starts per
+    `per_seconds` (a sliding window). Enforced in MongoDB, correct under crashes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    concurrency: int | None = Field(default=None, ge=1)
+    rate: int | None = Field(default=None, ge=1)
+    per_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not v.strip() or "." in v or v.startswith("$"):
+            raise ValueError("key must be a non-empty name without '.' or a leading '$'")
+        return v
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Limit:
+        if self.concurrency is None and self.rate is None:
+            raise ValueError("give concurrency=N, rate=R with per_seconds=S, or both")
+        if (self.rate is None) != (self.per_seconds is None):
+            raise ValueError("rate and per_seconds go together: rate=100, per_seconds=60")
+        return self
+
+
 class JobDef(BaseModel):
     """How one kind of job runs.
 
@@ -73,6 +108,8 @@ class JobDef(BaseModel):
     worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
     from its checkpoint after up to two crashes)."""
     backoff: Backoff = Backoff()
+    limit: Limit | None = None
+    """A cluster-wide concurrency and/or rate limit shared with the jobs naming the same key."""
     payload_model: type[BaseModel] | None = None
     """A pydantic model for the payload: schedule_job validates against it (the error names the
     job and the field) and the handler receives `job.payload` as an instance of it."""

@@ -64,6 +64,7 @@ def new_job(
     key: str | None = None,
     max_attempts: int = 1,
     resumable: bool = False,
+    limit_key: str | None = None,
 ) -> Doc:
     """A complete pending job document."""
     when = scheduled_for or now
@@ -95,6 +96,7 @@ def new_job(
         "key": key,
         "max_attempts": max_attempts,
         "resumable": resumable,
+        "limit_key": limit_key,
         "failures": 0,
         "history": [],
         "exit_hook": None,
@@ -187,14 +189,15 @@ def claim_filter(names: list[str], now: dt.datetime) -> Doc:
     return {"claim_name": {"$in": names}, "due_ms": {"$lte": epoch_ms(now)}}
 
 
-def claim_update(worker_id: str, now: dt.datetime) -> Doc:
+def claim_update(worker_id: str, now: dt.datetime, run_id: str | None = None) -> Doc:
+    """`run_id`: given when a limit slot was reserved for this run (its holder's id)."""
     check_transition(S.PENDING, S.RUNNING)
     check_transition(S.PAUSED, S.RUNNING)
     return {
         "$set": {
             "status": S.RUNNING.value,
             "worker_id": worker_id,
-            "run_id": new_id(),
+            "run_id": run_id or new_id(),
             "run_started_at": now,
             "updated_at": now,
         },

@@ -17,6 +17,7 @@ from . import crons as crons_mod
 from . import definitions as definitions_mod
 from . import events as events_mod
 from . import jobs as jobs_mod
+from . import limits as limits_mod
 from . import webhooks as webhooks_mod
 from . import workers as workers_mod
 from .admin import JobAdminStore, JobQuery
@@ -26,6 +27,7 @@ from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
 from .events import DeliveryStore, EventStore, SubscriberStore
 from .jobs import CLAIM_SORT, EndWrite, JobStore, object_id
+from .limits import LimitStore
 from .webhooks import WebhookStore
 from .workers import WorkerStore
 
@@ -40,6 +42,7 @@ __all__ = [
     "JobAdminStore",
     "JobQuery",
     "JobStore",
+    "LimitStore",
     "PausedStore",
     "ServerProfile",
     "Storage",
@@ -93,6 +96,7 @@ class Storage:
         )
         self.workers = WorkerStore(db.get_collection(f"{prefix}workers"))
         self.crons = CronStore(db.get_collection(f"{prefix}crons", write_concern=MAJORITY))
+        self.limits = LimitStore(db.get_collection(f"{prefix}limits", write_concern=MAJORITY))
         self.job_admin = JobAdminStore(self.jobs.coll, self.profile)
         self.definitions = DefinitionStore(db.get_collection(f"{prefix}definitions"))
         self.paused = PausedStore(db.get_collection(f"{prefix}paused", write_concern=MAJORITY))
@@ -114,6 +118,7 @@ class Storage:
             (self.jobs, jobs_mod.INDEXES),
             (self.workers, workers_mod.INDEXES),
             (self.crons, crons_mod.INDEXES),
+            (self.limits, limits_mod.INDEXES),
             (self.definitions, definitions_mod.INDEXES),
             (self.paused, definitions_mod.PAUSED_INDEXES),
             (self.audit, audit_mod.INDEXES),

@@ -194,12 +194,16 @@ class JobStore:
     # ---- claim and run ----------------------------------------------------------------------
 
     async def claim_next(
-        self, names: Iterable[str], worker_id: str, now: dt.datetime
+        self,
+        names: Iterable[str],
+        worker_id: str,
+        now: dt.datetime,
+        run_id: str | None = None,
     ) -> Doc | None:
         """Atomically take the best due job among `names` (pending or paused)."""
         result: Doc | None = await self.coll.find_one_and_update(
             D.claim_filter(list(names), now),
-            D.claim_update(worker_id, now),
+            D.claim_update(worker_id, now, run_id),
             sort=CLAIM_SORT,
             return_document=AFTER,
         )
@@ -527,6 +531,11 @@ class JobStore:
                 {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
             )
         )
+
+    async def any_due(self, names: list[str], now: dt.datetime) -> bool:
+        """Is a job of these names claimable now? (the claim index, one key read)."""
+        found = await self.coll.find_one(D.claim_filter(names, now), {"_id": 1})
+        return found is not None
 
     async def next_due(self, names: list[str]) -> dt.datetime | None:
         """When the earliest claimable job of these names is due (tests, `testing`)."""

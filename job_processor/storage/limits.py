@@ -1,0 +1,64 @@
+"""The limits collection: one document per cluster-wide limit key (see job_processor.limits)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from .. import limits as L
+from ..definitions import Limit
+from .compat import IndexKeys, all_docs, decode_opt
+
+Doc = dict[str, Any]
+
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []  # looked up by _id; a few documents
+
+
+class LimitStore:
+    def __init__(self, collection: Any) -> None:
+        self.coll = collection
+
+    async def get(self, key: str) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": key}))
+
+    async def all(self) -> list[Doc]:
+        return await all_docs(self.coll.find({}))
+
+    async def acquire(
+        self, limit: Limit, run_ids: list[str], worker_id: str, now: dt.datetime
+    ) -> tuple[list[str], dt.datetime | None]:
+        """Take up to len(run_ids) slots, one per run id. Returns the run ids granted and, when
+        the rate allows none, when it will allow one."""
+        for _ in range(10):
+            doc = await self.get(limit.key)
+            if doc is None:
+                with contextlib.suppress(DuplicateKeyError):
+                    empty = {"_id": limit.key, "rev": 0, "running": 0, "holders": {}, "starts": {}}
+                    await self.coll.insert_one(empty)
+                continue
+            grant = L.plan(doc, limit, len(run_ids), now)
+            if grant.slots == 0:
+                return [], grant.retry_at
+            ids = run_ids[: grant.slots]
+            res = await self.coll.update_one(
+                {"_id": limit.key, "rev": doc.get("rev", 0)},
+                L.taken(doc, limit, ids, worker_id, now),
+            )
+            if res.modified_count:
+                return ids, None
+        return [], None  # heavy contention: the caller tries again later
+
+    async def release(self, key: str, run_id: str, *, started: bool = True) -> bool:
+        """Give a slot back, once: only if its holder is still recorded. A reservation that was
+        not used (`started=False`) also leaves the rate window."""
+        unset = {f"holders.{run_id}": ""}
+        if not started:
+            unset[f"starts.{run_id}"] = ""
+        res = await self.coll.update_one(
+            {"_id": key, f"holders.{run_id}": {"$exists": True}},
+            {"$inc": {"running": -1, "rev": 1}, "$unset": unset},
+        )
+        return bool(res.modified_count)
