@@ -40,7 +40,7 @@
   }
 
   function busy() {
-    // never swap what the user is working in: a focused field or checked boxes in a live part
+    // never swap what the user is typing in (checked boxes are carried over by refresh())
     var a = document.activeElement;
     if (a && a.closest && a.closest("[data-live]") && /INPUT|SELECT|TEXTAREA/.test(a.tagName)) return true;
     return false;
