@@ -134,6 +134,17 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(os.environ.get("MONGODB_URL"))
 
 
+async def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard.serve import run
+    except ImportError as exc:
+        raise SystemExit(
+            f"error: the dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'job-processor[dashboard]'"
+        ) from None
+    return await run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_ops as ops
 
@@ -283,6 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("name")
         p.set_defaults(func=ops.names_pause)
+
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="serve the web dashboard (job-processor[dashboard])"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="default 8080")
+    p.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="HTTP basic auth (default: JOB_PROCESSOR_DASHBOARD_AUTH, which stays out of ps)",
+    )
+    p.add_argument("--no-auth", action="store_true", help="no authentication (a proxy does it)")
+    p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
+    p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
+    p.add_argument("--root-path", default="", help="path prefix a reverse proxy serves it under")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -1,0 +1,24 @@
+"""The web dashboard (optional extra: `pip install 'job-processor[dashboard]'`).
+
+    from job_processor.dashboard import create_dashboard
+    app.mount("/jobs", create_dashboard(processor_or_db, auth=("admin", "secret")))
+
+or `MONGODB_URL=... job-processor dashboard --host 127.0.0.1 --port 8080`. Pages: overview,
+jobs (filters, cursor pages), job, crons, workers, names, audit; actions through
+`job_processor.admin` (audit-logged with the signed-in user); `/metrics`, `/healthz`,
+`/readyz`. See docs/dashboard.md.
+"""
+
+from .app import Dashboard, create_dashboard
+from .auth import UNSET, DashboardConfigError
+from .masking import DEFAULT_SENSITIVE_FIELDS, MASK, Masker
+
+__all__ = [
+    "DEFAULT_SENSITIVE_FIELDS",
+    "MASK",
+    "UNSET",
+    "Dashboard",
+    "DashboardConfigError",
+    "Masker",
+    "create_dashboard",
+]

@@ -1,0 +1,107 @@
+"""Masking of secrets in what the dashboard shows: payloads, results, checkpoints, errors.
+
+A field is sensitive when its name, lower-cased with `-` read as `_`, equals one of the
+sensitive names, or starts with `name_` or ends with `_name` ("access_token", "x-api-key" and
+"password_hash" are caught by "token", "api_key" and "password"; "author" is not caught by
+"auth"). Values of sensitive fields are replaced by MASK wherever they sit (nested dicts and
+lists included). In free text (errors, tracebacks, audit details) `field=value` and
+`"field": "value"` pairs are masked, and so is every value the same job holds in a sensitive
+field (an exception message that quotes a password shows the mask instead).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "••••••"
+
+#: Used when `create_dashboard(sensitive_fields=...)` is not given.
+DEFAULT_SENSITIVE_FIELDS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "auth",
+    "authorization",
+    "cookie",
+    "credential",
+    "credentials",
+    "private_key",
+    "access_key",
+    "session",
+    "ssn",
+    "card_number",
+    "cvv",
+)
+
+#: Secret values shorter than this are not searched for in free text (too many false hits).
+MIN_SECRET_LENGTH = 4
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+class Masker:
+    def __init__(self, fields: Iterable[str]) -> None:
+        self.fields = tuple(sorted({_norm(f) for f in fields if f and f.strip()}))
+        self._pair: re.Pattern[str] | None = None
+        if self.fields:
+            names = "|".join(re.escape(f) for f in sorted(self.fields, key=len, reverse=True))
+            key = rf"(?:[\w-]*[_-])?(?:{names})(?:[_-][\w-]*)?\b"
+            self._pair = re.compile(
+                rf"""(?P<key>["']?\b{key}["']?\s*[:=]\s*)(?P<q>["']?)(?P<value>(?:(?:bearer|basic)\s+)?[^"'\s,;&}}\]]+)""",
+                re.IGNORECASE,
+            )
+
+    def sensitive(self, key: Any) -> bool:
+        if not isinstance(key, str):
+            return False
+        k = _norm(key)
+        return any(k == f or k.startswith(f + "_") or k.endswith("_" + f) for f in self.fields)
+
+    def value(self, value: Any) -> Any:
+        """A copy of `value` with sensitive fields masked (dicts and lists walked)."""
+        if isinstance(value, dict):
+            return {
+                k: (MASK if self.sensitive(k) and v is not None else self.value(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
+
+    def secrets(self, *values: Any) -> set[str]:
+        """The text of every value held in a sensitive field of `values` (to hide in text)."""
+        out: set[str] = set()
+
+        def walk(v: Any, hidden: bool) -> None:
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    walk(item, hidden or self.sensitive(k))
+            elif isinstance(v, list | tuple):
+                for item in v:
+                    walk(item, hidden)
+            elif hidden and v is not None and not isinstance(v, bool):
+                text = str(v)
+                if len(text) >= MIN_SECRET_LENGTH:
+                    out.add(text)
+
+        for value in values:
+            walk(value, False)
+        return out
+
+    def text(self, text: str | None, secrets: Iterable[str] = ()) -> str | None:
+        """Free text with `key=value` pairs of sensitive keys and the given secrets masked."""
+        if not text:
+            return text
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        if self._pair is not None:
+            text = self._pair.sub(lambda m: f"{m['key']}{m['q']}{MASK}", text)
+        return text

@@ -1,0 +1,184 @@
+"""Templates, filters and flash messages of the dashboard."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..admin import ActionResult
+from ..clock import as_utc
+from ..models import to_jsonable
+from .masking import Masker
+
+FLASH_COOKIE = "jp_dashboard_flash"
+#: Lines of ids / reasons a flash message shows (the cookie holds about 4 KB).
+FLASH_LINES = 12
+
+ACTION_LABELS = {
+    "jobs_retried": "Retry",
+    "jobs_killed": "Kill",
+    "jobs_run_now": "Run now",
+    "jobs_deleted": "Delete",
+    "jobs_purged": "Purge",
+    "job_created": "New job",
+    "job_duplicated": "Duplicate",
+    "cron_triggered": "Trigger cron",
+    "name_paused": "Pause",
+    "name_resumed": "Resume",
+}
+
+STATUS_ORDER = ("pending", "running", "paused", "finished", "errored", "killed", "skipped")
+
+
+def root_of(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = abs(float(seconds))
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s" if s < 600 else f"{int(s // 60)} min"
+    if s < 86400:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
+
+
+def relative(when: dt.datetime, now: dt.datetime) -> str:
+    """ "12 s ago", "3 min ago", "in 2 h", "5 d ago" (the page's script keeps it current)."""
+    delta = (as_utc(when) - now).total_seconds()
+    s = abs(delta)
+    if s < 1:
+        return "now"
+    if s < 60:
+        text = f"{int(s)} s"
+    elif s < 3600:
+        text = f"{int(s // 60)} min"
+    elif s < 86400:
+        text = f"{int(s // 3600)} h"
+    else:
+        text = f"{int(s // 86400)} d"
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def absolute(when: dt.datetime) -> str:
+    return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def make_env(masker: Masker) -> Environment:
+    env = Environment(
+        loader=PackageLoader("job_processor.dashboard", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def reltime(value: Any, now: dt.datetime | None = None) -> Markup:
+        if not isinstance(value, dt.datetime):
+            return Markup('<span class="muted">—</span>')
+        now = now or dt.datetime.now(dt.UTC)
+        iso = as_utc(value).isoformat()
+        return Markup('<time datetime="{}" title="{}">{}</time>').format(
+            iso, absolute(value), relative(value, now)
+        )
+
+    def pretty(value: Any) -> str:
+        return json.dumps(to_jsonable(masker.value(value)), indent=2, ensure_ascii=False)
+
+    def compact(value: Any, width: int = 80) -> str:
+        if not value:
+            return ""
+        text = json.dumps(to_jsonable(masker.value(value)), ensure_ascii=False)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    def short_id(value: Any) -> Markup:
+        text = str(value or "")
+        return Markup('<code class="id" title="{}">{}</code>').format(text, text[-8:])
+
+    def badge(status: Any) -> Markup:
+        text = str(getattr(status, "value", status))
+        return Markup('<span class="badge s-{0}">{0}</span>').format(text)
+
+    env.filters |= {
+        "reltime": reltime,
+        "pretty": pretty,
+        "compact": compact,
+        "short_id": short_id,
+        "badge": badge,
+        "duration": human_duration,
+        "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
+        "mask_text": lambda v, secrets=(): masker.text(v, secrets),
+    }
+    env.globals["STATUS_ORDER"] = STATUS_ORDER
+    return env
+
+
+def url(root: str, path: str, **params: Any) -> str:
+    query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
+    return f"{root}{path}" + (f"?{query}" if query else "")
+
+
+# ---- flash messages -------------------------------------------------------------------------
+
+
+def flash_from_result(result: ActionResult, masker: Masker) -> dict[str, Any]:
+    label = ACTION_LABELS.get(result.action, result.action)
+    requested = set(result.detail.get("requested") or [])
+    lines = [
+        f"{jid}: kill requested (its worker stops it)" if jid in requested else jid
+        for jid in result.changed[:FLASH_LINES]
+    ]
+    if len(result.changed) > FLASH_LINES:
+        lines.append(f"… and {len(result.changed) - FLASH_LINES} more changed")
+    for jid, why in list(result.skipped.items())[:FLASH_LINES]:
+        lines.append(f"{jid}: {masker.text(why)}")
+    if len(result.skipped) > FLASH_LINES:
+        lines.append(f"… and {len(result.skipped) - FLASH_LINES} more skipped")
+    skipped = len(result.skipped)
+    if result.done:
+        title = f"{label}: {result.count} changed" + (f", {skipped} skipped" if skipped else "")
+        kind = "warn" if skipped else "ok"
+    else:
+        title = f"{label}: nothing changed" + (f" ({skipped} skipped)" if skipped else "")
+        kind = "warn"
+    return {"kind": kind, "title": title, "lines": lines, "by": result.actor}
+
+
+def set_flash(response: Response, flash: dict[str, Any], path: str) -> None:
+    raw = json.dumps(flash, ensure_ascii=False).encode()
+    while len(raw) > 3000 and flash["lines"]:
+        flash["lines"] = flash["lines"][:-1]
+        raw = json.dumps(flash, ensure_ascii=False).encode()
+    value = base64.urlsafe_b64encode(raw).decode()
+    response.set_cookie(FLASH_COOKIE, value, path=path or "/", httponly=True, samesite="strict")
+
+
+def read_flash(request: Request) -> dict[str, Any] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    try:
+        flash = json.loads(base64.urlsafe_b64decode(raw.encode()))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(flash, dict) or not isinstance(flash.get("lines", []), list):
+        return None
+    return {
+        "kind": flash["kind"] if flash.get("kind") in ("ok", "warn", "error") else "ok",
+        "title": str(flash.get("title", "")),
+        "lines": [str(x) for x in flash.get("lines", [])],
+        "by": str(flash.get("by", "")),
+    }

@@ -1,0 +1,82 @@
+"""`job-processor dashboard`: serve the dashboard from MONGODB_URL alone (uvicorn).
+
+    MONGODB_URL=mongodb://... JOB_PROCESSOR_DASHBOARD_AUTH=admin:secret \\
+        job-processor dashboard --host 0.0.0.0 --port 8080
+
+Without credentials it serves loopback hosts only; `--no-auth` when a proxy in front of it
+authenticates. Never runs an app factory and never changes definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import JobProcessorError
+
+AUTH_ENV = "JOB_PROCESSOR_DASHBOARD_AUTH"
+
+
+class DashboardUsageError(JobProcessorError):
+    pass
+
+
+def parse_auth(value: str | None, no_auth: bool) -> Any:
+    from .auth import UNSET
+
+    if no_auth:
+        if value:
+            raise DashboardUsageError(f"give either --auth (or {AUTH_ENV}) or --no-auth, not both")
+        return None
+    if not value:
+        return UNSET
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise DashboardUsageError(
+            f"--auth / {AUTH_ENV} must be USER:PASSWORD, e.g. admin:a-long-secret"
+        )
+    return (user, password)
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise DashboardUsageError(
+            "the dashboard needs its extra: pip install 'job-processor[dashboard]'"
+        ) from None
+    from ..cli_ops import mongodb_url, open_db
+    from .app import create_dashboard
+
+    auth = parse_auth(args.auth or os.environ.get(AUTH_ENV) or None, args.no_auth)
+    fields = (
+        [f.strip() for f in args.sensitive_fields.split(",") if f.strip()]
+        if args.sensitive_fields is not None
+        else None
+    )
+    db = open_db(mongodb_url(), getattr(args, "timeout", 5.0))
+    app = create_dashboard(
+        db,
+        auth=auth,
+        read_only=args.read_only,
+        sensitive_fields=fields,
+        collection_prefix=getattr(args, "prefix", "job_processor_"),
+        host=args.host,
+    )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        root_path=args.root_path,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    print(
+        f"job-processor dashboard on http://{args.host}:{args.port}{args.root_path}/ "
+        f"(database {db.name}{', read-only' if args.read_only else ''})",
+        flush=True,
+    )
+    await server.serve()
+    return 0

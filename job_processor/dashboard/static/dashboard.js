@@ -1,0 +1,105 @@
+/* job-processor dashboard: live refresh of the [data-live] parts of a page, relative times,
+   "select all" checkboxes. Everything works without it: this only spares full reloads. */
+(function () {
+  "use strict";
+  var body = document.body;
+  var period = parseFloat(body.getAttribute("data-refresh") || "0") * 1000;
+  var toggle = document.getElementById("live-toggle");
+  var KEY = "jp-dashboard-live-paused";
+  var paused = false;
+  try { paused = localStorage.getItem(KEY) === "1"; } catch (e) { /* private mode */ }
+  var timer = null;
+  var inflight = false;
+  var lastOk = Date.now();
+
+  function units(s) {
+    if (s < 1) return null;
+    if (s < 60) return Math.floor(s) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    if (s < 86400) return Math.floor(s / 3600) + " h";
+    return Math.floor(s / 86400) + " d";
+  }
+
+  function relTimes(root) {
+    var now = Date.now();
+    (root || document).querySelectorAll("time[datetime]").forEach(function (el) {
+      if (el.closest(".foot")) return;
+      var t = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(t)) return;
+      var d = (t - now) / 1000;
+      var u = units(Math.abs(d));
+      el.textContent = u === null ? "now" : d > 0 ? "in " + u : u + " ago";
+    });
+  }
+
+  function label(text, cls) {
+    if (!toggle) return;
+    toggle.hidden = false;
+    toggle.className = "live " + (cls || "");
+    toggle.querySelector(".live-text").textContent = text;
+  }
+
+  function busy() {
+    // never swap what the user is typing in (checked boxes are carried over by refresh())
+    var a = document.activeElement;
+    if (a && a.closest && a.closest("[data-live]") && /INPUT|SELECT|TEXTAREA/.test(a.tagName)) return true;
+    return false;
+  }
+
+  function refresh() {
+    if (paused || inflight || document.hidden || busy()) return;
+    inflight = true;
+    fetch(location.href, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.text();
+      })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll("[data-live]").forEach(function (el) {
+          var fresh = el.id && doc.getElementById(el.id);
+          if (!fresh) return;
+          var checked = {};
+          el.querySelectorAll("input[type=checkbox]:checked").forEach(function (c) { checked[c.name + "=" + c.value] = true; });
+          el.innerHTML = fresh.innerHTML;
+          el.querySelectorAll("input[type=checkbox]").forEach(function (c) { if (checked[c.name + "=" + c.value]) c.checked = true; });
+        });
+        relTimes();
+        lastOk = Date.now();
+        body.setAttribute("data-refreshed", String(lastOk));
+        label("Live");
+      })
+      .catch(function () { label("Offline", "offline"); })
+      .finally(function () { inflight = false; });
+  }
+
+  function start() {
+    if (!period) return;
+    if (timer) clearInterval(timer);
+    timer = setInterval(refresh, period);
+    label(paused ? "Paused" : "Live", paused ? "paused" : "");
+  }
+
+  if (toggle && period) {
+    toggle.addEventListener("click", function () {
+      paused = !paused;
+      try { localStorage.setItem(KEY, paused ? "1" : "0"); } catch (e) { /* ignore */ }
+      label(paused ? "Paused" : "Live", paused ? "paused" : "");
+      toggle.setAttribute("aria-pressed", paused ? "true" : "false");
+      if (!paused) refresh();
+    });
+    toggle.title = "Live refresh every " + period / 1000 + " s — click to pause";
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
+    start();
+  }
+
+  document.addEventListener("change", function (ev) {
+    var t = ev.target;
+    if (t && t.matches && t.matches("input[data-check-all]")) {
+      var name = t.getAttribute("data-check-all");
+      document.querySelectorAll('input[type=checkbox][name="' + name + '"]').forEach(function (c) { c.checked = t.checked; });
+    }
+  });
+
+  setInterval(function () { relTimes(); }, 5000);
+})();

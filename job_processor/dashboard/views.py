@@ -1,0 +1,240 @@
+"""The dashboard's pages (GET): overview, jobs, job, crons, workers, names, audit, JSON, probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..admin import DEFAULT_LIMIT, JobPage
+from ..errors import InvalidArgumentError
+from ..models import ACTIVE, TERMINAL, JobStatus
+from .app import Dashboard, health_response, json_response
+from .render import STATUS_ORDER
+
+S = JobStatus
+FILTERS = ("name", "status", "tag", "key", "after", "before", "id")
+PAGE_SIZES = (20, 50, 100, 200)
+
+
+def job_filters(request: Request) -> dict[str, str]:
+    q = request.query_params
+    return {k: q.get(k, "").strip() for k in FILTERS}
+
+
+async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> JobPage:
+    admin = await d.admin()
+    try:
+        limit = int(request.query_params.get("limit") or DEFAULT_LIMIT)
+    except ValueError:
+        raise InvalidArgumentError("limit must be a whole number") from None
+    return await admin.list_jobs(
+        name=filters["name"] or None,
+        status=filters["status"] or None,
+        tag=filters["tag"] or None,
+        key=filters["key"] or None,
+        created_after=filters["after"] or None,
+        created_before=filters["before"] or None,
+        id=filters["id"] or None,
+        limit=limit,
+        cursor=request.query_params.get("cursor") or None,
+    )
+
+
+async def overview(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    ov = await admin.overview(minutes=30)
+    workers = await admin.list_workers()
+    totals = {s: sum(c.get(s, 0) for c in ov.counts.values()) for s in STATUS_ORDER}
+    last = ov.throughput[-5:]  # the current minute and the four before it
+    per_minute = sum(r.finished + r.errored + r.killed for r in last) / max(1, len(last))
+    peak = max((r.finished + r.errored + r.killed for r in ov.throughput), default=0)
+    return d.page(
+        request,
+        "overview.html",
+        ov=ov,
+        workers=workers,
+        totals=totals,
+        due=sum(q.due for q in ov.queue.values()),
+        per_minute=per_minute,
+        peak=peak,
+        live=True,
+    )
+
+
+async def jobs(d: Dashboard, request: Request) -> Response:
+    filters = job_filters(request)
+    admin = await d.admin()
+    error = None
+    page = JobPage(jobs=[])
+    try:
+        page = await list_page(d, request, filters)
+    except InvalidArgumentError as exc:
+        error = str(exc)
+    names = sorted({x.name for x in await admin.list_definitions()})
+    limit = request.query_params.get("limit") or ""
+    active = {k: v for k, v in filters.items() if v}
+    return d.page(
+        request,
+        "jobs.html",
+        status_code=400 if error else 200,
+        page=page,
+        filters=filters,
+        active=active,
+        params=active | ({"limit": limit} if limit else {}),
+        errors={j.id: last_error_line(d, j) for j in page.jobs if j.error},
+        names=names,
+        error=error,
+        cursor=request.query_params.get("cursor") or "",
+        limit=limit,
+        page_sizes=PAGE_SIZES,
+        statuses=[s.value for s in S],
+        ACTIVE={s.value for s in ACTIVE},
+        TERMINAL={s.value for s in TERMINAL},
+        live=True,
+    )
+
+
+def last_error_line(d: Dashboard, job: Any) -> str:
+    secrets = d.masker.secrets(job.payload, job.state, job.result)
+    lines = [x for x in (d.masker.text(job.error, secrets) or "").splitlines() if x.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+async def job(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    found = await admin.get_job(request.path_params["job_id"])
+    secrets = sorted(d.masker.secrets(found.payload, found.state, found.result))
+    return d.page(
+        request,
+        "job.html",
+        job=found,
+        secrets=secrets,
+        can_retry=found.status in (S.ERRORED, S.KILLED),
+        can_kill=found.status in ACTIVE and found.kill_requested_at is None,
+        can_run_now=found.status == S.PENDING and found.scheduled_for > d.now(),
+        can_delete=found.status in TERMINAL,
+        live=True,
+    )
+
+
+async def new_job_form(d: Dashboard, request: Request) -> Response:
+    return await render_new_job(d, request, {})
+
+
+async def render_new_job(
+    d: Dashboard, request: Request, form: dict[str, str], error: str | None = None
+) -> Response:
+    if d.read_only:
+        return d.error_page(
+            request, 403, "Read-only", "This dashboard is read-only: actions are refused."
+        )
+    admin = await d.admin()
+    definitions = [x for x in await admin.list_definitions() if x.kind == "job"]
+    chosen = form.get("name") or request.query_params.get("name") or ""
+    return d.page(
+        request,
+        "new_job.html",
+        status_code=400 if error else 200,
+        definitions=definitions,
+        form={"payload": "{}", "priority": "0"} | form | ({"name": chosen} if chosen else {}),
+        error=error,
+        live=False,
+    )
+
+
+async def crons(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    return d.page(request, "crons.html", crons=await admin.list_crons(recent=10), live=True)
+
+
+async def workers(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    return d.page(request, "workers.html", workers=await admin.list_workers(), live=True)
+
+
+async def names(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    ov = await admin.overview(minutes=1)
+    return d.page(
+        request,
+        "names.html",
+        definitions=await admin.list_definitions(),
+        counts=ov.counts,
+        queue=ov.queue,
+        unknown=ov.unknown_names,
+        live=True,
+    )
+
+
+async def audit(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    before = request.query_params.get("before") or None
+    entries = await admin.audit_log(limit=50, before=before)
+    details = [d.masker.text(_detail_text(e.detail)) if e.detail else "" for e in entries]
+    return d.page(
+        request,
+        "audit.html",
+        entries=list(zip(entries, details, strict=True)),
+        next_before=entries[-1].id if len(entries) == 50 else None,
+        live=True,
+    )
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, "", [], {}))
+
+
+# ---- JSON (the same data, masked) ------------------------------------------------------------
+
+
+async def api_overview(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    ov = await admin.overview(minutes=30)
+    workers = await admin.list_workers()
+    return json_response(
+        {
+            "overview": ov.model_dump(mode="json"),
+            "workers": [w.model_dump(mode="json") for w in workers],
+        }
+    )
+
+
+async def api_jobs(d: Dashboard, request: Request) -> Response:
+    try:
+        page = await list_page(d, request, job_filters(request))
+    except InvalidArgumentError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return json_response(
+        {"jobs": [d.mask_job(j) for j in page.jobs], "next_cursor": page.next_cursor}
+    )
+
+
+async def api_job(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    return json_response(d.mask_job(await admin.get_job(request.path_params["job_id"])))
+
+
+# ---- metrics and probes -----------------------------------------------------------------------
+
+
+async def metrics(d: Dashboard, request: Request) -> Response:
+    try:
+        from .. import metrics as m
+    except ImportError:
+        return Response(
+            "metrics need prometheus-client: pip install 'job-processor[dashboard]'\n",
+            status_code=501,
+            media_type="text/plain",
+        )
+    body = await m.render(await d.metrics())
+    return Response(body, media_type=m.CONTENT_TYPE)
+
+
+async def healthz(d: Dashboard, request: Request) -> Response:
+    return await health_response(d, ready=False)
+
+
+async def readyz(d: Dashboard, request: Request) -> Response:
+    return await health_response(d, ready=True)

@@ -1,0 +1,199 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium against uvicorn, a real
+started JobProcessor and the test server. Chromium missing is a failure, never a skip."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from job_processor import JobProcessor, JobStatus
+from job_processor.dashboard import create_dashboard
+
+from .harness import (
+    CHROMIUM_ARGS,
+    INSTALL_HINT,
+    Switches,
+    chromium_path,
+    host_app,
+    make_processor,
+    serve,
+    wait_until,
+)
+
+S = JobStatus
+AUTH = ("admin", "s3cret-pw")
+CREDENTIALS = {"username": AUTH[0], "password": AUTH[1]}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    exe = chromium_path()
+    if exe is None:
+        pytest.fail(INSTALL_HINT)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
+    switches = Switches()
+    p = await make_processor(db, switches)
+    async with p:
+        yield p, switches
+
+
+async def status_is(p: JobProcessor, job_id: str, status: JobStatus) -> bool:
+    return (await p.get_job(job_id)).status == status
+
+
+async def failed_email(p: JobProcessor) -> str:
+    job = await p.schedule_job("send-email", {"to": "ada@example.com", "fail": True})
+    await wait_until(lambda: status_is(p, job.id, S.ERRORED))
+    return job.id
+
+
+async def signed_in(browser: Browser, **kw: Any) -> Page:
+    context = await browser.new_context(http_credentials=CREDENTIALS, **kw)
+    context.set_default_timeout(10_000)
+    return await context.new_page()
+
+
+async def test_log_in_filter_retry_a_failed_job_and_watch_it_finish_then_trigger_a_cron(
+    browser: Browser, processor: Any
+) -> None:
+    p, switches = processor
+    ok = await p.run_job("send-email", {"to": "grace@example.com"})
+    failed = await failed_email(p)
+    app = host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0.3))
+    async with serve(app) as base:
+        # refused without credentials, and with wrong ones (the browser gives up on the page)
+        anonymous = await (await browser.new_context()).new_page()
+        refused = await anonymous.request.get(f"{base}/jobs/")
+        assert refused.status == 401 and "Log in" in await refused.text()
+        assert refused.headers["www-authenticate"].startswith("Basic")
+        wrong = await browser.new_context(http_credentials={"username": "admin", "password": "x"})
+        bad = await wrong.new_page()
+        response = await bad.goto(f"{base}/jobs/")
+        assert response is not None and response.status == 401
+        await expect(bad.get_by_role("heading", name="Not signed in")).to_be_visible()
+        await expect(bad.get_by_role("heading", name="Queues")).to_have_count(0)
+
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/")
+        await expect(page.get_by_role("heading", name="Queues")).to_be_visible()
+        row = page.locator("tr", has=page.get_by_role("link", name="send-email", exact=True))
+        await expect(row.locator("a.n.s-errored-text")).to_have_text("1")
+        await expect(page.get_by_text("runner-1")).to_be_visible()  # the worker's INSTANCE_ID
+
+        # filter the jobs list down to the failed one
+        await page.get_by_role("navigation").get_by_role("link", name="Jobs").click()
+        await page.locator("#filters").get_by_label("Status").select_option("errored")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page).to_have_url(re.compile(r"status=errored"))
+        rows = page.locator("table.jobs tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("SMTP server refused the login")
+        assert ok.id[-8:] not in await page.locator("table.jobs").inner_text()
+
+        # open it: the error with its traceback, the payload, the run history
+        await rows.first.get_by_role("link", name="send-email").click()
+        await expect(page).to_have_url(f"{base}/jobs/jobs/{failed}")
+        await expect(page.locator("#job-status")).to_have_text("errored")
+        await expect(page.locator("pre.error").first).to_contain_text("Traceback")
+        await expect(page.locator("pre.json").first).to_contain_text("ada@example.com")
+
+        # the mail server is fixed: retry, and watch the job finish without a reload
+        switches.email_fails = False
+        switches.hold = asyncio.Event()
+        await page.get_by_role("button", name="Retry").click()
+        await expect(page.locator("#flash")).to_contain_text("Retry: 1 changed")
+        await expect(page.locator("#job-status")).to_have_text(re.compile("pending|running"))
+        await page.evaluate("window.__not_reloaded = true")
+        switches.hold.set()
+        await expect(page.locator("#job-status")).to_have_text("finished")
+        assert await page.evaluate("window.__not_reloaded === true")
+        await expect(page.locator("pre.json").nth(1)).to_contain_text("ada@example.com")
+
+        # trigger a cron; its run appears on the crons page as it finishes
+        await page.get_by_role("navigation").get_by_role("link", name="Crons").click()
+        cron = page.locator("tr", has=page.get_by_role("link", name="nightly-cleanup"))
+        await expect(cron.locator("a.run")).to_have_count(0)
+        await cron.get_by_role("button", name="Trigger now").click()
+        await expect(page.locator("#flash")).to_contain_text("Trigger cron: 1 changed")
+        await expect(cron.locator("a.run.s-finished")).to_have_count(1)
+        tasks = await p.list_jobs(name="nightly-cleanup")
+        assert [(t.trigger, t.status) for t in tasks] == [("manual", S.FINISHED)]
+
+
+async def test_kill_a_running_job_after_confirming(browser: Browser, processor: Any) -> None:
+    p, _ = processor
+    job = await p.schedule_job("build-report", {"pages": 100_000, "page_seconds": 0.05})
+    await wait_until(lambda: status_is(p, job.id, S.RUNNING))
+    app = host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0.3))
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/jobs/{job.id}")
+        await expect(page.locator("#job-status")).to_have_text("running")
+        await page.get_by_role("button", name="Kill…").click()
+        await expect(page.get_by_role("heading", name=f"Kill job {job.id}?")).to_be_visible()
+        await page.get_by_role("button", name="Kill job").click()
+        await expect(page.locator("#flash")).to_contain_text("Kill: 1 changed")
+        await expect(page.locator("#job-status")).to_have_text("killed")
+        await expect(page.get_by_role("button", name="Retry")).to_be_visible()
+    killed = await p.get_job(job.id)
+    assert killed.status == S.KILLED
+    assert (killed.state or {}).get("pages_done", 0) > 0
+    entries = await p.storage.audit.recent(5)
+    assert entries[0]["action"] == "jobs_killed" and entries[0]["actor"].startswith("admin ")
+
+
+async def test_read_only_mode_shows_no_action_and_refuses_posts(
+    browser: Browser, processor: Any
+) -> None:
+    p, _ = processor
+    failed = await failed_email(p)
+    app = host_app(create_dashboard(p, auth=AUTH, read_only=True))
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        for path in ("/jobs/", "/jobs/jobs", f"/jobs/jobs/{failed}", "/jobs/crons", "/jobs/names"):
+            await page.goto(base + path)
+            await expect(page.locator(".pill.ro")).to_have_text("read-only")
+            await expect(page.locator("form[method=post]")).to_have_count(0)
+            actions = page.locator("button", has_text=re.compile("Retry|Kill|Trigger"))
+            await expect(actions).to_have_count(0)
+        await page.goto(f"{base}/jobs/jobs/{failed}")
+        await expect(page.locator("#job-status")).to_have_text("errored")
+        csrf = next(c["value"] for c in await page.context.cookies() if "csrf" in c["name"])
+        response = await page.request.post(
+            f"{base}/jobs/jobs/{failed}/retry", form={"csrf_token": csrf}
+        )
+        assert response.status == 403
+        assert "read-only" in await response.text()
+    assert (await p.get_job(failed)).status == S.ERRORED
+
+
+async def test_retry_with_javascript_disabled(browser: Browser, processor: Any) -> None:
+    p, switches = processor
+    failed = await failed_email(p)
+    app = host_app(create_dashboard(p, auth=AUTH))
+    async with serve(app) as base:
+        page = await signed_in(browser, java_script_enabled=False)
+        await page.goto(f"{base}/jobs/jobs?status=errored")
+        await expect(page.locator("#live-toggle")).to_be_hidden()  # no script ran
+        rows = page.locator("table.jobs tbody tr")
+        await expect(rows).to_have_count(1)
+        switches.email_fails = False
+        # select it and use the bulk "Retry" (a plain form: no script involved)
+        await rows.first.get_by_role("checkbox").check()
+        await page.locator("#bulk").get_by_role("button", name="Retry").click()
+        await expect(page.locator("#flash")).to_contain_text("Retry: 1 changed")
+        await wait_until(lambda: status_is(p, failed, S.FINISHED))
+        await page.goto(f"{base}/jobs/jobs/{failed}")
+        await expect(page.locator("#job-status")).to_have_text("finished")

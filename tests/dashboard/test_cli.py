@@ -1,0 +1,78 @@
+"""`job-processor dashboard` as a user runs it: from MONGODB_URL alone, as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from job_processor.local_server import free_port
+
+from ..e2e.test_processes import url_with_db
+from .harness import Switches, make_processor
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "job_processor"]
+
+
+def test_refuses_a_public_host_without_auth_and_bad_credentials_syntax() -> None:
+    env = os.environ | {"MONGODB_URL": "mongodb://127.0.0.1:9/x"}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    out = subprocess.run(
+        [*CLI, "dashboard", "--host", "0.0.0.0"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "refusing to serve the dashboard on '0.0.0.0' without authentication" in out.stderr
+    assert "--no-auth" in out.stderr
+    out = subprocess.run(
+        [*CLI, "dashboard", "--auth", "admin"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "USER:PASSWORD" in out.stderr
+
+
+async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
+    db: Any, mongo_url: str
+) -> None:
+    processor = await make_processor(db, Switches())
+    async with processor:  # a worker registers its names and heartbeats
+        port = free_port()
+        env = os.environ | {
+            "MONGODB_URL": url_with_db(mongo_url, db.name),
+            "JOB_PROCESSOR_DASHBOARD_AUTH": "ops:pa55word",
+        }
+        proc = subprocess.Popen(
+            [*CLI, "dashboard", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=5) as c:
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        health = await c.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        assert proc.poll() is None, proc.communicate()
+                        assert time.monotonic() < deadline, "the dashboard never answered"
+                        await asyncio.sleep(0.05)
+                assert health.status_code == 200 and health.json()["ok"] is True
+                assert (await c.get("/")).status_code == 401
+                page = await c.get("/", auth=("ops", "pa55word"))
+                assert page.status_code == 200
+                assert "send-email" in page.text and "runner-1" in page.text
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=10)
+        assert f"job-processor dashboard on http://127.0.0.1:{port}/" in out
+        assert "pa55word" not in out + err

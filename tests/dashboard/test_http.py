@@ -1,0 +1,331 @@
+"""The dashboard over HTTP without a browser (httpx in the same event loop as a real started
+JobProcessor on the test server): auth, CSRF, read-only, the public-host refusal, masking,
+actions and their flash messages, mounting under a prefix, metrics and probes."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from job_processor import JobProcessor, JobStatus
+from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
+
+from .harness import Switches, host_app, make_processor, wait_until
+
+S = JobStatus
+AUTH = ("admin", "s3cret-pw")
+SECRET = "hunter2-very-secret"
+
+
+@pytest.fixture
+async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
+    switches = Switches()
+    processor = await make_processor(db, switches)
+    async with processor:
+        yield processor, switches
+
+
+def client(app: Any, base: str = "http://127.0.0.1", auth: Any = AUTH) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=base, auth=auth, follow_redirects=False
+    )
+
+
+def token(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF field in the page"
+    return found.group(1)
+
+
+async def failed_email(processor: JobProcessor, **payload: Any) -> str:
+    job = await processor.schedule_job(
+        "send-email", {"to": "ada@example.com", "fail": True} | payload
+    )
+    await wait_until(lambda: _status(processor, job.id, S.ERRORED))
+    return job.id
+
+
+async def _status(processor: JobProcessor, job_id: str, *statuses: JobStatus) -> bool:
+    return (await processor.get_job(job_id)).status in statuses
+
+
+async def test_basic_auth_refuses_without_or_with_wrong_credentials(processor: Any) -> None:
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app, auth=None) as anonymous:
+        resp = await anonymous.get("/")
+        assert resp.status_code == 401
+        assert resp.headers["www-authenticate"].startswith("Basic ")
+        assert "Log in" in resp.text and "Queues" not in resp.text
+        bad = "Basic " + base64.b64encode(b"admin:nope").decode()
+        assert (await anonymous.get("/jobs", headers={"Authorization": bad})).status_code == 401
+        assert (await anonymous.get("/api/overview")).status_code == 401
+        # probes stay open for orchestrators
+        health = await anonymous.get("/healthz")
+        assert health.status_code == 200 and health.json()["ok"] is True
+        assert (await anonymous.get("/readyz")).json()["mongodb"] is True
+    async with client(app) as signed_in:
+        resp = await signed_in.get("/")
+        assert resp.status_code == 200
+        assert "Queues" in resp.text and "send-email" in resp.text and "runner-1" in resp.text
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_callable_auth_and_the_actor_in_the_audit_log(processor: Any, is_async: bool) -> None:
+    p, _ = processor
+
+    def decide(request: Any) -> bool | str:
+        return "carol" if request.headers.get("x-user") == "carol" else False
+
+    async def decide_async(request: Any) -> bool | str:
+        return decide(request)
+
+    app = create_dashboard(p, auth=decide_async if is_async else decide)
+    async with client(app, auth=None) as c:
+        assert (await c.get("/")).status_code == 403
+        c.headers["x-user"] = "carol"
+        page = await c.get("/crons")
+        assert page.status_code == 200 and "nightly-cleanup" in page.text
+        resp = await c.post("/crons/nightly-cleanup/trigger", data={"csrf_token": token(page.text)})
+        assert resp.status_code == 303
+        audit = await c.get("/audit")
+        assert "carol (dashboard" in audit.text and "cron_triggered" in audit.text
+
+
+async def test_no_auth_refuses_public_hosts_unless_auth_none_is_explicit(
+    db: Any, processor: Any
+) -> None:
+    p, _ = processor
+    with pytest.raises(DashboardConfigError, match="without authentication"):
+        create_dashboard(db, host="0.0.0.0")
+    create_dashboard(db, host="127.0.0.1")  # loopback: fine
+    create_dashboard(db, host="0.0.0.0", auth=None)  # explicit: fine
+    app = create_dashboard(p)
+    async with client(app, base="http://10.0.0.5", auth=None) as public:
+        resp = await public.get("/")
+        assert resp.status_code == 403
+        assert "only answers on a loopback address" in resp.text
+    async with client(app, base="http://127.0.0.1:8080", auth=None) as local:
+        assert (await local.get("/")).status_code == 200
+    async with client(create_dashboard(p, auth=None), base="http://10.0.0.5", auth=None) as c:
+        assert (await c.get("/")).status_code == 200
+
+
+async def test_csrf_refusals_and_a_genuine_post(processor: Any) -> None:
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        # no cookie, no token
+        resp = await c.post(f"/jobs/{job_id}/retry", data={})
+        assert resp.status_code == 403 and "security cookie is missing" in resp.text
+        page = await c.get(f"/jobs/{job_id}")
+        good = token(page.text)
+        # cookie set by the page, but a forged token
+        resp = await c.post(f"/jobs/{job_id}/retry", data={"csrf_token": "0" * 48})
+        assert resp.status_code == 403 and "does not match" in resp.text
+        # right token, posted from another site
+        resp = await c.post(
+            f"/jobs/{job_id}/retry",
+            data={"csrf_token": good},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert resp.status_code == 403 and "another site" in resp.text
+        assert (await p.get_job(job_id)).status == S.ERRORED  # nothing happened
+        resp = await c.post(
+            f"/jobs/{job_id}/retry",
+            data={"csrf_token": good},
+            headers={"Origin": "http://127.0.0.1"},
+        )
+        assert resp.status_code == 303 and resp.headers["location"] == f"/jobs/{job_id}"
+        shown = await c.get(resp.headers["location"])
+        assert "Retry: 1 changed" in shown.text
+        assert "admin (dashboard" in shown.text
+
+
+async def test_read_only_hides_and_refuses_every_action(processor: Any) -> None:
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p, auth=AUTH, read_only=True)
+    async with client(app) as c:
+        for path in ("/", "/jobs", f"/jobs/{job_id}", "/crons", "/names", "/workers"):
+            html = (await c.get(path)).text
+            assert 'method="post"' not in html, path
+            assert "read-only" in html
+        page = await c.get(f"/jobs/{job_id}")
+        assert ">Retry<" not in page.text and ">Kill" not in page.text
+        csrf = token_from_cookie(c)
+        for path in (
+            f"/jobs/{job_id}/retry",
+            f"/jobs/{job_id}/delete",
+            "/jobs/retry-all",
+            "/jobs/new",
+            "/crons/nightly-cleanup/trigger",
+            "/names/send-email/pause",
+        ):
+            resp = await c.post(path, data={"csrf_token": csrf, "confirm": "yes"})
+            assert resp.status_code == 403, path
+            assert "read-only" in resp.text
+        assert (await c.get("/jobs/new")).status_code == 403
+    assert (await p.get_job(job_id)).status == S.ERRORED
+    assert await p.storage.paused.names() == set()
+
+
+def token_from_cookie(c: httpx.AsyncClient) -> str:
+    value = c.cookies.get("jp_dashboard_csrf")
+    assert value
+    return str(value)
+
+
+async def test_sensitive_fields_are_never_shown(processor: Any) -> None:
+    p, _ = processor
+    job_id = await failed_email(
+        p, smtp_password=SECRET, nested={"api_token": "tok-123456789"}, author="bob"
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in (f"/jobs/{job_id}", "/jobs", f"/api/jobs/{job_id}", "/api/jobs"):
+            body = (await c.get(path)).text
+            assert SECRET not in body, path
+            assert "tok-123456789" not in body, path
+        page = (await c.get(f"/jobs/{job_id}")).text
+        assert MASK in page
+        assert "SMTP server refused the login" in page  # the error is shown, the secret is not
+        assert "bob" in page  # "author" is not "auth"
+        data = (await c.get(f"/api/jobs/{job_id}")).json()
+        assert data["payload"]["smtp_password"] == MASK
+        assert data["payload"]["nested"]["api_token"] == MASK
+        assert SECRET not in data["output"]["error"]
+    custom = create_dashboard(p, auth=AUTH, sensitive_fields=["to"])
+    async with client(custom) as c:
+        data = (await c.get(f"/api/jobs/{job_id}")).json()
+        assert data["payload"]["to"] == MASK
+        assert data["payload"]["smtp_password"] == SECRET  # the defaults were replaced
+
+
+async def test_new_job_from_json_with_a_clear_error_on_bad_json(processor: Any) -> None:
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        form = await c.get("/jobs/new")
+        assert "send-email" in form.text
+        data = {"csrf_token": token(form.text), "name": "send-email", "payload": '{"to": '}
+        resp = await c.post("/jobs/new", data=data)
+        assert resp.status_code == 400
+        assert "payload is not valid JSON" in resp.text
+        assert "{&#34;to&#34;: </textarea>" in resp.text  # what was typed is kept
+        data["payload"] = '{"to": "grace@example.com"}'
+        resp = await c.post("/jobs/new", data=data)
+        assert resp.status_code == 303
+        job_id = resp.headers["location"].rsplit("/", 1)[1]
+        page = await c.get(resp.headers["location"])
+        assert "New job: 1 changed" in page.text and "grace@example.com" in page.text
+    await wait_until(lambda: _status(p, job_id, S.FINISHED))
+
+
+async def test_destructive_actions_ask_for_confirmation_first(processor: Any) -> None:
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get(f"/jobs/{job_id}")).text)
+        resp = await c.post(f"/jobs/{job_id}/delete", data={"csrf_token": csrf})
+        assert resp.status_code == 200
+        assert f"Delete job {job_id}?" in resp.text and 'name="confirm" value="yes"' in resp.text
+        assert (await p.get_job(job_id)).status == S.ERRORED  # still there
+        resp = await c.post(f"/jobs/{job_id}/delete", data={"csrf_token": csrf, "confirm": "yes"})
+        assert resp.status_code == 303 and resp.headers["location"] == "/jobs"
+        assert "Delete: 1 changed" in (await c.get("/jobs")).text
+        assert (await c.get(f"/jobs/{job_id}")).status_code == 404
+        # an action that does nothing says so, and why
+        finished = await p.run_job("send-email", {"to": "x@example.com"})
+        resp = await c.post(f"/jobs/{finished.id}/retry", data={"csrf_token": csrf})
+        page = await c.get(resp.headers["location"])
+        assert "Retry: nothing changed" in page.text
+        assert "only errored or killed jobs can be retried" in page.text
+
+
+async def test_retry_all_errored_of_a_name_pause_and_purge(processor: Any) -> None:
+    p, switches = processor
+    ids = [await failed_email(p) for _ in range(3)]
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get("/")).text)
+        resp = await c.post("/names/send-email/pause", data={"csrf_token": csrf, "next": "/names"})
+        assert resp.status_code == 303
+        names = await c.get("/names")
+        assert "Pause: 1 changed" in names.text and "paused</span>" in names.text
+        assert await p.storage.paused.names() == {"send-email"}
+        switches.email_fails = False
+        fields = {"csrf_token": csrf, "name": "send-email", "status": "errored"}
+        confirm = await c.post("/jobs/retry-all", data=fields)
+        assert "Retry every errored job matching this filter?" in confirm.text
+        resp = await c.post("/jobs/retry-all", data=fields | {"confirm": "yes"})
+        assert "Retry: 3 changed" in (await c.get(resp.headers["location"])).text
+        await c.post("/names/send-email/resume", data={"csrf_token": csrf})
+        for job_id in ids:
+            await wait_until(lambda j=job_id: _status(p, j, S.FINISHED))
+        purge = {"csrf_token": csrf, "status": "finished", "older_than": "bogus"}
+        confirm = await c.post("/jobs/purge", data=purge)
+        assert "Delete finished jobs that ended more than bogus ago?" in confirm.text
+        resp = await c.post("/jobs/purge", data=purge | {"confirm": "yes"})
+        assert "is not a duration" in (await c.get(resp.headers["location"])).text
+
+        async def purged() -> bool:  # they ended within the last second: retry until past it
+            resp = await c.post("/jobs/purge", data=purge | {"older_than": "1s", "confirm": "yes"})
+            assert resp.status_code == 303
+            return not await p.list_jobs(name="send-email", status=S.FINISHED)
+
+        await wait_until(purged)
+    audit = await p.storage.audit.recent(1000)
+    actions = [a["action"] for a in audit]
+    assert {"name_paused", "jobs_retried", "name_resumed"} <= set(actions)
+
+
+async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
+    p, _ = processor
+    for i in range(5):
+        await p.schedule_job("send-email", {"to": f"u{i}@example.com"}, key=f"k{i}")
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        first = await c.get("/jobs", params={"name": "send-email", "limit": 2})
+        assert first.text.count('name="ids"') == 2
+        nxt = re.search(r'href="(/jobs\?[^"]*cursor=[^"]+)" *>Next page', first.text)
+        nxt = nxt or re.search(r'rel="next" href="([^"]+)"', first.text)
+        assert nxt, "no next-page link"
+        second = await c.get(nxt.group(1).replace("&amp;", "&"))
+        seen = set(re.findall(r'name="ids" value="([0-9a-f]{24})"', first.text))
+        again = set(re.findall(r'name="ids" value="([0-9a-f]{24})"', second.text))
+        assert len(again) == 2 and not seen & again
+        keyed = await c.get("/jobs", params={"key": "k3"})
+        assert keyed.text.count('name="ids"') == 1 and "u3@example.com" in keyed.text
+        bad = await c.get("/jobs", params={"after": "yesterday"})
+        assert bad.status_code == 400 and "is not a date" in bad.text
+
+
+async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor: Any) -> None:
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = host_app(create_dashboard(p, auth=AUTH))
+    async with client(app) as c:
+        assert (await c.get("/")).text == "my app"
+        page = await c.get("/jobs/")
+        assert page.status_code == 200
+        hrefs = re.findall(r'(?:href|action|src)="([^"#]+)"', page.text)
+        assert hrefs and all(h.startswith("/jobs/") or h == "/jobs" for h in hrefs), hrefs
+        job = await c.get(f"/jobs/jobs/{job_id}")
+        assert f'action="/jobs/jobs/{job_id}/retry"' in job.text
+        resp = await c.post(
+            f"/jobs/jobs/{job_id}/retry",
+            data={"csrf_token": token(job.text), "next": f"/jobs/{job_id}"},
+        )
+        assert resp.headers["location"] == f"/jobs/jobs/{job_id}"
+        assert (await c.get("/jobs/static/dashboard.css")).status_code == 200
+        metrics = await c.get("/jobs/metrics")
+        assert metrics.status_code == 200
+        assert 'job_processor_jobs{name="send-email"' in metrics.text
