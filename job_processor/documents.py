@@ -167,14 +167,14 @@ def as_skipped(doc: Doc, holder_id: Any) -> Doc:
     }
 
 
-def as_running(doc: Doc, worker_id: str, now: dt.datetime) -> Doc:
+def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = None) -> Doc:
     """For run_job: a new document claimed at insert by the calling process."""
     check_transition(None, S.RUNNING)
     out = {k: v for k, v in doc.items() if k != "claim_name"}
     return out | {
         "status": S.RUNNING.value,
         "worker_id": worker_id,
-        "run_id": new_id(),
+        "run_id": run_id or new_id(),
         "run_started_at": now,
         "attempt": 1,
     }
@@ -189,18 +189,24 @@ def claim_filter(names: list[str], now: dt.datetime) -> Doc:
     return {"claim_name": {"$in": names}, "due_ms": {"$lte": epoch_ms(now)}}
 
 
-def claim_update(worker_id: str, now: dt.datetime, run_id: str | None = None) -> Doc:
-    """`run_id`: given when a limit slot was reserved for this run (its holder's id)."""
+def claim_update(
+    worker_id: str, now: dt.datetime, run_id: str | None = None, limit_key: str | None = None
+) -> Doc:
+    """`run_id` and `limit_key`: given when a limit slot was reserved for this run (the slot's
+    holder has the run's id, so whoever ends the run gives that slot back)."""
     check_transition(S.PENDING, S.RUNNING)
     check_transition(S.PAUSED, S.RUNNING)
+    fields: Doc = {
+        "status": S.RUNNING.value,
+        "worker_id": worker_id,
+        "run_id": run_id or new_id(),
+        "run_started_at": now,
+        "updated_at": now,
+    }
+    if limit_key is not None:
+        fields["limit_key"] = limit_key
     return {
-        "$set": {
-            "status": S.RUNNING.value,
-            "worker_id": worker_id,
-            "run_id": run_id or new_id(),
-            "run_started_at": now,
-            "updated_at": now,
-        },
+        "$set": fields,
         "$unset": {"claim_name": ""},
         "$inc": {"attempt": 1},
     }

@@ -54,7 +54,7 @@ def plan(doc: Doc, limit: Limit, want: int, now: dt.datetime) -> Grant:
         if room <= 0:
             # the oldest start that must leave the window before another may begin
             oldest = starts[len(starts) - limit.rate]
-            retry_at = _at(oldest + int(limit.per_seconds * 1000) + 1)
+            retry_at = _at(oldest + int(limit.per_seconds * 1000))
         free = min(free, room)
     return Grant(max(free, 0), retry_at if free <= 0 else None)
 

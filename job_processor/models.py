@@ -275,3 +275,6 @@ class ProcessorStatus(BaseModel):
     """Names workers do not claim (job_processor.admin pause/resume)."""
     unserved_names: list[str] = []
     """Known job and cron names (registry and this process) that no live worker claims."""
+    limits: list[dict[str, Any]] = []
+    """Cluster-wide limits in use: key, running, concurrency, started_in_window, rate,
+    per_seconds."""

@@ -358,6 +358,7 @@ class JobProcessor(EventsAPI):
             key=key,
             max_attempts=attempts,
             resumable=definition.resumable,
+            limit_key=definition.limit.key if definition.limit else None,
         )
         job = Job.model_validate(await self._insert(doc))
         if job.id != str(doc["_id"]):
@@ -413,6 +414,11 @@ class JobProcessor(EventsAPI):
         body = self._check_payload(name, definition, payload)
         await self._acquire_runtime()
         try:
+            run_id = None
+            if definition.limit is not None:  # wait for a slot: it is cluster-wide
+                run_id = await self.worker.limiter.reserve(
+                    definition.limit, self.worker_id, self.clock, self.settings.poll_interval
+                )
             now = self.clock.now()
             doc = D.new_job(
                 name,
@@ -422,9 +428,17 @@ class JobProcessor(EventsAPI):
                 exclusive=definition.concurrency == "exclusive",
                 max_attempts=definition.attempts,
                 resumable=definition.resumable,
+                limit_key=definition.limit.key if definition.limit else None,
             )
-            doc = await self._insert(D.as_running(doc, self.worker_id, now))
+            try:
+                doc = await self._insert(D.as_running(doc, self.worker_id, now, run_id))
+            except BaseException:
+                if run_id is not None:
+                    await self.worker.limiter.release(doc | {"run_id": run_id})
+                raise
             if doc["status"] == S.SKIPPED:
+                if run_id is not None:  # never ran: its slot goes back
+                    await self.worker.limiter.release(doc | {"run_id": run_id})
                 return Job.model_validate(doc)
             final = await self.worker.spawn(doc)
             if final is None:  # lost to another process: report what the database says

@@ -78,6 +78,8 @@ class Recovery:
             end = RunEnd(Ending.CRASHED, kill_requested=bool(doc.get("kill_requested_at")))
             if await self.recover(doc, end) is not None:
                 recovered += 1
+        mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
+        await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
         await self.hooks.recover(now, live, self.worker_timeout)
         for extra in self.sweeps:
             await extra(now)
@@ -110,6 +112,7 @@ class Recovery:
             end = replace(end, kill_requested=True)
         if written.doc is None:
             return None  # another sweeper (or the owner) got there first
+        await self.worker.limiter.release(doc, self.worker)  # its slot, in the same step
         self.worker.telemetry.recovered(doc, written.doc)
         sentry.recovered(doc, written.doc, self.worker.worker_id)
         self.log.warning(

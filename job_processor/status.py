@@ -60,7 +60,9 @@ async def build_status(
     paused = await storage.paused.names()
     cov = coverage(known, live, jobs, paused, now)
     warnings += cov.warnings
+    limits = [limit_usage(doc, now) for doc in await storage.limits.all()]
     return ProcessorStatus(
+        limits=limits,
         now=now,
         worker_id=worker_id,
         workers=workers,
@@ -123,3 +125,18 @@ async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
     if holder is None or holder["status"] == S.RUNNING.value:
         return None
     return holder
+
+
+def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
+    """What a limit document says, for people: slots in use and starts in the window."""
+    per = doc.get("per_seconds")
+    since = (now.timestamp() - per) * 1000 if per else None
+    starts = doc.get("starts") or {}
+    return {
+        "key": doc["_id"],
+        "running": int(doc.get("running") or 0),
+        "concurrency": doc.get("concurrency"),
+        "started_in_window": sum(1 for t in starts.values() if since is not None and t > since),
+        "rate": doc.get("rate"),
+        "per_seconds": per,
+    }

@@ -27,6 +27,7 @@ from .definitions import CronDef, JobDef
 from .errors import DoNotRetry, InvalidPayloadError, JobLostError, RetryLater
 from .finals import FinalWrites
 from .hooks import HookRunner
+from .limiter import Limiter
 from .log import EventLog
 from .models import Job, JobStatus
 from .outcome import Ending, Outcome, Policy, RunEnd, decide
@@ -178,6 +179,7 @@ class Worker:
         self._backlog = False
         """The last claim found a job: the next one claims a whole batch (free slots)."""
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
+        self.limiter = Limiter(storage, definitions, self.names, log)
         self.paused: frozenset[str] = frozenset()
         """Names paused by an operator (read by the heartbeat): left out of claims."""
         self.telemetry = Telemetry()
@@ -259,7 +261,13 @@ class Worker:
                     w.cancel()
 
     def claimable_names(self) -> list[str]:
-        return [n for n in self.names if n not in self.paused] if self.paused else self.names
+        """Names claimed without a limit (those with one go through the limiter)."""
+        names = [n for n in self.names if n not in self.paused] if self.paused else self.names
+        return self.limiter.unlimited(names)
+
+    def start_claimed(self, doc: Doc) -> None:
+        self._claimed += 1
+        self.spawn(doc, claimed=True)
 
     async def claim_once(self) -> Doc | None:
         """Claim the best due job and start it (one command)."""
@@ -268,29 +276,31 @@ class Worker:
             return None
         doc = await self.jobs.claim_next(names, self.worker_id, self.clock.now())
         if doc is not None:
-            self._claimed += 1
-            self.spawn(doc, claimed=True)
+            self.start_claimed(doc)
         return doc
 
     async def claim_batch(self) -> int:
         """Fill the free slots. The best job is claimed alone first (one command: the same
         latency as a single claim when the queue is nearly empty); when the previous claim
-        found work too (a backlog), the other free slots are filled in two more commands."""
+        found work too (a backlog), the other free slots are filled in two more commands.
+        Then the limited names fill what is left, key by key (see `limiter`)."""
         free = self.settings.concurrency - self._claimed
-        doc = await self.claim_once()
+        got = 0
+        doc = await self.claim_once() if self.worker_id else None
         if doc is None:
             self._backlog = False
-            return 0
-        got = 1
-        if self._backlog and free > 1:
-            more = await self.jobs.claim_more(
-                self.claimable_names(), self.worker_id, self.clock.now(), free - 1
-            )
-            for other in more:
-                self._claimed += 1
-                self.spawn(other, claimed=True)
-            got += len(more)
-        self._backlog = True
+        else:
+            got = 1
+            if self._backlog and free > 1:
+                more = await self.jobs.claim_more(
+                    self.claimable_names(), self.worker_id, self.clock.now(), free - 1
+                )
+                for other in more:
+                    self.start_claimed(other)
+                got += len(more)
+            self._backlog = True
+        if self.limiter.groups and self.worker_id and free - got > 0:
+            got += await self.limiter.claim(self, free - got)
         return got
 
     def spawn(self, doc: Doc, claimed: bool = False) -> asyncio.Task[Doc | None]:
@@ -571,6 +581,7 @@ class Worker:
         self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
+        await self.limiter.release(run.doc, self)
         await self.hooks.after_write(run.definition, final)
         return final
 

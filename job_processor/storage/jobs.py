@@ -199,11 +199,12 @@ class JobStore:
         worker_id: str,
         now: dt.datetime,
         run_id: str | None = None,
+        limit_key: str | None = None,
     ) -> Doc | None:
         """Atomically take the best due job among `names` (pending or paused)."""
         result: Doc | None = await self.coll.find_one_and_update(
             D.claim_filter(list(names), now),
-            D.claim_update(worker_id, now, run_id),
+            D.claim_update(worker_id, now, run_id, limit_key),
             sort=CLAIM_SORT,
             return_document=AFTER,
         )
@@ -532,10 +533,10 @@ class JobStore:
             )
         )
 
-    async def any_due(self, names: list[str], now: dt.datetime) -> bool:
-        """Is a job of these names claimable now? (the claim index, one key read)."""
-        found = await self.coll.find_one(D.claim_filter(names, now), {"_id": 1})
-        return found is not None
+    async def count_due_upto(self, names: list[str], now: dt.datetime, most: int) -> int:
+        """How many jobs of these names are claimable now, counting at most `most` (the claim
+        index: a covered count of at most `most` keys)."""
+        return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
 
     async def next_due(self, names: list[str]) -> dt.datetime | None:
         """When the earliest claimable job of these names is due (tests, `testing`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -28,24 +29,30 @@ class LimitStore:
         return await all_docs(self.coll.find({}))
 
     async def acquire(
-        self, limit: Limit, run_ids: list[str], worker_id: str, now: dt.datetime
+        self,
+        limit: Limit,
+        run_ids: list[str],
+        worker_id: str,
+        now: dt.datetime | Callable[[], dt.datetime],
     ) -> tuple[list[str], dt.datetime | None]:
         """Take up to len(run_ids) slots, one per run id. Returns the run ids granted and, when
-        the rate allows none, when it will allow one."""
+        the rate allows none, when it will allow one. `now` may be a clock's `now` function:
+        the starts are then stamped when the document is read, just before the write."""
         for _ in range(10):
             doc = await self.get(limit.key)
+            at = now() if callable(now) else now
             if doc is None:
                 with contextlib.suppress(DuplicateKeyError):
                     empty = {"_id": limit.key, "rev": 0, "running": 0, "holders": {}, "starts": {}}
                     await self.coll.insert_one(empty)
                 continue
-            grant = L.plan(doc, limit, len(run_ids), now)
+            grant = L.plan(doc, limit, len(run_ids), at)
             if grant.slots == 0:
                 return [], grant.retry_at
             ids = run_ids[: grant.slots]
             res = await self.coll.update_one(
                 {"_id": limit.key, "rev": doc.get("rev", 0)},
-                L.taken(doc, limit, ids, worker_id, now),
+                L.taken(doc, limit, ids, worker_id, at),
             )
             if res.modified_count:
                 return ids, None

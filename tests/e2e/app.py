@@ -8,6 +8,7 @@ from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
 from job_processor.cli import RunContext
+from job_processor.definitions import Limit
 
 
 def me() -> dict[str, Any]:
@@ -47,7 +48,21 @@ def record_exit(job: Job) -> None:
         time.sleep(60)
 
 
+async def provider_call(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    """Times measured by the handler itself (wall clock, shared by the processes here)."""
+    import time
+
+    t0 = time.time()
+    await asyncio.sleep(job.payload.get("seconds", 0.15))
+    return me() | {"t0": t0, "t1": time.time()}
+
+
+PROVIDER = Limit(key="provider", concurrency=3)
+API = Limit(key="api", rate=5, per_seconds=1)
+
 JOBS = {
+    "limited": JobDef(handler=provider_call, limit=PROVIDER),
+    "rated": JobDef(handler=provider_call, limit=API),
     "hooked": JobDef(handler=report, on_job_exited=record_exit, on_job_exited_timeout=2),
     "main-report": JobDef(handler=report, tag="main"),
     "anywhere": JobDef(handler=report),
@@ -71,7 +86,7 @@ async def make(ctx: RunContext) -> JobProcessor:
         jobs=JOBS,
         crons=CRONS if os.environ.get("E2E_CRON") else {},
         worker_tags=tags,
-        concurrency=2,
+        concurrency=int(os.environ.get("E2E_CONCURRENCY", "2")),
         poll_interval=0.2,
         heartbeat_interval=0.5,
         worker_timeout=2.0,

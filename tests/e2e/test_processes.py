@@ -199,6 +199,32 @@ async def test_a_hook_cut_by_sigkill_is_called_again_by_another_worker(
     assert await wait_exit(b) == 0
 
 
+async def test_cluster_wide_limits_hold_across_worker_processes(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    workers = [spawn(f"runner-{i}", E2E_CONCURRENCY="8") for i in (1, 2, 3, 4)]
+    await wait_workers(client, 4)
+    limited = [await client.schedule_job("limited") for _ in range(24)]
+    rated = [await client.schedule_job("rated", {"seconds": 0}) for _ in range(15)]
+    done = [await wait_status(client, j.id, S.FINISHED, timeout=30) for j in limited + rated]
+    for w in workers:
+        w.proc.send_signal(signal.SIGTERM)
+    for w in workers:
+        assert await wait_exit(w) == 0, w.output()
+    spans = sorted((j.result["t0"], j.result["t1"]) for j in done[:24])
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 3, spans  # 32 slots in 4 processes, never more than the limit at once
+    starts = sorted(j.result["t0"] for j in done[24:])
+    # at most 5 starts per second: any 6 consecutive starts span at least a second (minus the
+    # few ms between a slot taken and the handler starting)
+    assert all(b - a >= 0.95 for a, b in zip(starts, starts[5:], strict=False)), starts
+    assert starts[-1] - starts[0] >= 1.9  # 15 starts at 5/s: three windows, two seconds apart
+
+
 async def test_kill_reaches_the_process_running_the_job(
     spawn: Callable[..., Worker], client: JobProcessor
 ) -> None:

@@ -1,0 +1,187 @@
+"""Cluster-wide limits as a user sees them: concurrency across processors, rate windows, slots
+freed promptly, dead workers' slots returned by the recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
+from job_processor import documents as D
+from job_processor.definitions import Limit
+
+from .helpers import make, wait_for, wait_status
+
+S = JobStatus
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+async def test_a_concurrency_limit_holds_across_processors(db: Any) -> None:
+    spans: list[tuple[float, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def call_provider(job: Job, signal: AbortSignal) -> None:
+        t0 = loop.time()
+        await asyncio.sleep(0.1)
+        spans.append((t0, loop.time()))
+
+    mail = Limit(key="mail-provider", concurrency=2)
+    jobs = {"send": JobDef(handler=call_provider, limit=mail)}
+    processors = [await make(db, jobs, concurrency=4) for _ in range(2)]
+    ids = [(await processors[0].schedule_job("send")).id for _ in range(10)]
+    await asyncio.gather(*(p.start() for p in processors))
+    try:
+        for job_id in ids:
+            await wait_status(processors[0], job_id, S.FINISHED)
+        usage = (await processors[0].get_status()).limits
+    finally:
+        await asyncio.gather(*(p.stop() for p in processors))
+    assert len(spans) == 10
+    assert max_overlap(spans) == 2  # measured by the handlers: never more than the limit
+    assert usage == [
+        {
+            "key": "mail-provider",
+            "running": 0,
+            "concurrency": 2,
+            "started_in_window": 0,
+            "rate": None,
+            "per_seconds": None,
+        }
+    ]
+
+
+async def test_a_full_limit_holds_back_only_its_names_and_a_freed_slot_is_used_at_once(
+    db: Any,
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    async def quick(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    one = Limit(key="one-at-a-time", concurrency=1)
+    jobs = {
+        "held": JobDef(handler=hold, limit=one),
+        "next": JobDef(handler=quick, limit=one),
+        "free": JobDef(handler=quick),
+    }
+    processor = await make(db, jobs, concurrency=4, poll_interval=30, change_streams=False)
+    async with processor:
+        first = await processor.schedule_job("held")
+        await wait_status(processor, first.id, S.RUNNING)
+        waiting = await processor.schedule_job("next")
+        other = await processor.schedule_job("free")
+        await wait_status(processor, other.id, S.FINISHED, timeout=5)  # not held back
+        assert (await processor.get_job(waiting.id)).status == S.PENDING  # held back
+        release.set()
+        done = await wait_status(processor, waiting.id, S.FINISHED, timeout=5)
+        ended = (await processor.get_job(first.id)).ended_at
+    assert done.run_started_at is not None and ended is not None
+    # the next poll is 30 s away: the slot given back in this process woke the claim
+    assert done.run_started_at - ended < dt.timedelta(seconds=1)
+
+
+async def test_a_rate_limit_spaces_starts_over_its_window(db: Any) -> None:
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    api = Limit(key="api", rate=2, per_seconds=1)
+
+    async def call(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    processor = await make(db, {"call": JobDef(handler=call, limit=api)}, clock=clock)
+    ids = [(await processor.schedule_job("call")).id for _ in range(5)]
+
+    async def finished() -> int:
+        return sum([(await processor.get_job(i)).status == S.FINISHED for i in ids])
+
+    async with processor:
+        for expected in (2, 4, 5):
+            await wait_for_async(lambda e=expected: finished_at_least(finished, e))
+            assert await finished() == expected  # no more than the rate allows
+            clock.advance(1.0)
+    starts = sorted([(await processor.get_job(i)).run_started_at for i in ids])  # type: ignore[type-var]
+    for earlier, later in zip(starts, starts[2:], strict=False):
+        assert later - earlier >= dt.timedelta(seconds=1)  # 2 per second, sliding
+
+
+async def finished_at_least(count: Any, n: int) -> bool:
+    return bool(await count() >= n)
+
+
+async def wait_for_async(predicate: Any, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_dead_workers_slots_are_returned_by_the_recovery_once(db: Any) -> None:
+    async def quick(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    one = Limit(key="one", concurrency=1)
+    processor = await make(db, {"send": JobDef(handler=quick, limit=one, max_attempts=2)})
+    # a worker SIGKILLed while running a limited job, holding the only slot
+    past = processor.clock.now() - dt.timedelta(minutes=1)
+    await processor.storage.workers.register(
+        {"_id": "dead-worker", "hostname": "gone", "pid": 1, "started_at": past, "last_seen": past}
+    )
+    (run_id,), _ = await processor.storage.limits.acquire(one, [D.new_id()], "dead-worker", past)
+    crashed = D.as_running(
+        D.new_job("send", {}, now=past, limit_key="one", max_attempts=2),
+        "dead-worker",
+        past,
+        run_id,
+    )
+    await processor.storage.jobs.insert(crashed)
+    waiting = await processor.schedule_job("send")
+    async with processor:
+        rerun = await wait_status(processor, str(crashed["_id"]), S.FINISHED, timeout=10)
+        await wait_status(processor, waiting.id, S.FINISHED, timeout=10)
+    assert rerun.failures == 1  # the crash counted; its slot came back with the recovery
+    doc = await processor.storage.limits.get("one")
+    assert doc is not None
+    assert (doc["running"], doc["holders"]) == (0, {})
+
+
+async def test_a_reservation_left_by_a_dead_worker_is_returned(db: Any) -> None:
+    one = Limit(key="one", concurrency=1)
+    processor = await make(db, {"send": JobDef(handler=lambda j, s: "ok", limit=one)})
+    past = processor.clock.now() - dt.timedelta(minutes=1)
+    # died between taking a slot and claiming a job: no job carries that run id
+    await processor.storage.limits.acquire(one, [D.new_id()], "dead-worker", past)
+    job = await processor.schedule_job("send")
+    async with processor:
+        await wait_status(processor, job.id, S.FINISHED, timeout=10)
+
+
+async def test_run_job_waits_for_a_slot(db: Any) -> None:
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> str:
+        await release.wait()
+        return "held"
+
+    one = Limit(key="one", concurrency=1)
+    processor = await make(db, {"hold": JobDef(handler=hold, limit=one)})
+    first = asyncio.create_task(processor.run_job("hold"))
+    await wait_for(lambda: bool(processor.worker.runs))
+    second = asyncio.create_task(processor.run_job("hold"))
+    await asyncio.sleep(0)
+    assert len(processor.worker.runs) == 1  # the second waits for the slot
+    release.set()
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert (a.status, b.status) == (S.FINISHED, S.FINISHED)
+    assert b.run_started_at is not None and a.ended_at is not None
+    assert b.run_started_at >= a.ended_at

@@ -1,0 +1,62 @@
+"""Limit documents on the three backends: races for slots, one release per slot."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from job_processor.definitions import Limit
+from job_processor.storage import Storage
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def storage(any_db: Any) -> Storage:
+    s = await Storage.open(any_db, "t_")
+    await s.ensure_indexes()
+    return s
+
+
+async def test_racing_workers_never_take_more_slots_than_the_limit(storage: Storage) -> None:
+    limit = Limit(key="mail", concurrency=3)
+    results = await asyncio.gather(
+        *(storage.limits.acquire(limit, [f"r{i}"], f"w{i}", NOW) for i in range(10))
+    )
+    granted = [ids for ids, _ in results if ids]
+    assert len(granted) <= 3
+    while len(granted) < 3:  # contention may have left some unused: take them now
+        ids, _ = await storage.limits.acquire(limit, [f"x{len(granted)}"], "w", NOW)
+        granted.append(ids)
+    assert (await storage.limits.acquire(limit, ["late"], "w", NOW))[0] == []
+    doc = await storage.limits.get("mail")
+    assert doc is not None
+    assert doc["running"] == 3
+    assert len(doc["holders"]) == 3
+
+
+async def test_a_slot_is_given_back_once(storage: Storage) -> None:
+    limit = Limit(key="mail", concurrency=1)
+    assert (await storage.limits.acquire(limit, ["r1"], "w1", NOW))[0] == ["r1"]
+    results = await asyncio.gather(*(storage.limits.release("mail", "r1") for _ in range(5)))
+    assert results.count(True) == 1
+    doc = await storage.limits.get("mail")
+    assert doc is not None
+    assert (doc["running"], doc["holders"]) == (0, {})
+    assert (await storage.limits.acquire(limit, ["r2"], "w1", NOW))[0] == ["r2"]
+
+
+async def test_rate_window_and_unused_reservations(storage: Storage) -> None:
+    limit = Limit(key="api", rate=2, per_seconds=10)
+    ids, _ = await storage.limits.acquire(limit, ["a", "b", "c"], "w", NOW)
+    assert ids == ["a", "b"]
+    none, retry_at = await storage.limits.acquire(limit, ["d"], "w", NOW)
+    assert none == []
+    assert retry_at == NOW + dt.timedelta(seconds=10)
+    assert await storage.limits.release("api", "b", started=False)  # b never started
+    assert (await storage.limits.acquire(limit, ["e"], "w", NOW))[0] == ["e"]
+    later = NOW + dt.timedelta(seconds=11)  # a and e left the window
+    assert (await storage.limits.acquire(limit, ["f", "g", "h"], "w", later))[0] == ["f", "g"]
