@@ -28,10 +28,13 @@ from croniter import croniter
 from pymongo.errors import PyMongoError
 
 from . import documents as D
+from . import retention as R
 from . import sentry
 from .clock import Clock, sleep_or_wake
 from .definitions import CronDef
 from .log import EventLog
+from .models import JobStatus
+from .retention import Retention
 from .storage import Storage
 from .telemetry import Telemetry
 
@@ -145,7 +148,9 @@ class CronScheduler:
         log: EventLog,
         on_task_created: Callable[[dict[str, Any]], None],
         refresh_interval: float = 30.0,
+        retention: Retention | None = None,
     ) -> None:
+        self.retention = retention or Retention()
         self.storage = storage
         self.crons = crons
         self.clock = clock
@@ -202,7 +207,7 @@ class CronScheduler:
         cron = self.crons[name]
         plan = plan_slots(schedule_of(cron), doc["next_slot"], now, margin_of(cron))
         for slot in plan.missed:
-            missed = D.as_missed(self.task_doc(name, slot, now), now)
+            missed = D.as_missed(self.task_doc(name, slot, now), now, self._skip_expiry(cron, now))
             if await self.storage.jobs.insert(missed) is not None:
                 self.telemetry.cron_slot(name, "missed")
                 self.log.warning(
@@ -211,7 +216,9 @@ class CronScheduler:
         if plan.more_missed:
             self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
         for slot in plan.run:
-            task = await self.storage.jobs.insert(self.task_doc(name, slot, now))
+            task = await self.storage.jobs.insert(
+                self.task_doc(name, slot, now), self._skip_expiry(cron, now)
+            )
             if task is None:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":
@@ -229,6 +236,10 @@ class CronScheduler:
         assert plan.next_slot is not None
         await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
+
+    def _skip_expiry(self, cron: CronDef, now: dt.datetime) -> dt.datetime | None:
+        keep = R.of(cron, self.retention)
+        return keep.expires_at(JobStatus.SKIPPED, now) if keep else None
 
     async def _skipped(
         self, name: str, cron: CronDef, task: dict[str, Any], slot: dt.datetime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -108,6 +109,11 @@ class JobDef(BaseModel):
     worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
     from its checkpoint after up to two crashes)."""
     backoff: Backoff = Backoff()
+    keep_finished: bool | int | dt.timedelta | None = None
+    """How long finished (and skipped) jobs are kept: a timedelta, the n most recent of this
+    name, False (deleted at once) or True (forever). None: the processor's default (1 day)."""
+    keep_failed: bool | int | dt.timedelta | None = None
+    """The same for errored and killed jobs. None: the processor's default (30 days)."""
     limit: Limit | None = None
     """A cluster-wide concurrency and/or rate limit shared with the jobs naming the same key."""
     payload_model: type[BaseModel] | None = None
@@ -140,6 +146,13 @@ class JobDef(BaseModel):
     @classmethod
     def _hook(cls, v: Any) -> Any:
         return _check_callable(v, "on_job_exited", "job")
+
+    @field_validator("keep_finished", "keep_failed", mode="before")
+    @classmethod
+    def _keep(cls, v: Any, info: Any) -> Any:
+        from .retention import check_keep
+
+        return check_keep(v, info.field_name)
 
     @field_validator("payload_model")
     @classmethod

@@ -143,28 +143,35 @@ def cron_task(
     )
 
 
-def as_missed(task: Doc, now: dt.datetime) -> Doc:
+def as_missed(task: Doc, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
     """A cron slot that was not started within its margin, recorded as skipped "missed"."""
     check_transition(None, S.SKIPPED)
     doc = {k: v for k, v in task.items() if k not in {"exclusive_key", "dedup_key", "claim_name"}}
-    return doc | {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now}
+    doc |= {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now}
+    return doc | ({"expires_at": expires_at} if expires_at is not None else {})
 
 
-def as_skipped(doc: Doc, holder_id: Any) -> Doc:
-    """An exclusive job whose name already has an active job: recorded as skipped."""
+def as_skipped(doc: Doc, holder_id: Any, expires_at: dt.datetime | None = None) -> Doc:
+    """An exclusive job whose name already has an active job: recorded as skipped (kept like a
+    finished job, until `expires_at`)."""
     check_transition(None, S.SKIPPED)
     dropped = {"exclusive_key", "dedup_key", "claim_name", "_id"}
-    return {k: v for k, v in doc.items() if k not in dropped} | {
-        "_id": ObjectId(),
-        "status": S.SKIPPED.value,
-        "skip_reason": "exclusive",
-        "conflicting_job_id": holder_id,
-        "ended_at": doc["created_at"],
-        "worker_id": None,
-        "run_id": None,
-        "run_started_at": None,
-        "attempt": 0,
-    }
+    expiry = {"expires_at": expires_at} if expires_at is not None else {}
+    return (
+        {k: v for k, v in doc.items() if k not in dropped}
+        | expiry
+        | {
+            "_id": ObjectId(),
+            "status": S.SKIPPED.value,
+            "skip_reason": "exclusive",
+            "conflicting_job_id": holder_id,
+            "ended_at": doc["created_at"],
+            "worker_id": None,
+            "run_id": None,
+            "run_started_at": None,
+            "attempt": 0,
+        }
+    )
 
 
 def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = None) -> Doc:
@@ -281,6 +288,8 @@ def end_update(
             fields["skip_reason"] = "missed"
         fields["ended_at"] = now
         fields |= hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
+        if outcome.expires_at is not None:
+            fields["expires_at"] = outcome.expires_at
         update["$unset"] = {"exclusive_key": "", "dedup_key": ""}
     return update
 

@@ -16,6 +16,7 @@ from .storage import Storage
 
 if TYPE_CHECKING:
     from .registry import Registry
+    from .retention import Trimmer
     from .worker import Worker
 
 
@@ -49,6 +50,8 @@ class Heartbeat:
         self.instance_id = instance_id
         self.settings = worker.settings
         self.stop_event = asyncio.Event()
+        self.trimmer: Trimmer | None = None
+        """Set by the processor: the pass behind keep_finished / keep_failed counts."""
         self._last_ok: dt.datetime | None = None
         self._last_sweep: dt.datetime | None = None
 
@@ -114,3 +117,5 @@ class Heartbeat:
             await self.recovery.sweep(now)
             if self.registry is not None:
                 await self.registry.refresh(now)
+            if self.trimmer is not None:  # count retentions (every few minutes)
+                await self.trimmer.maybe_run(now)

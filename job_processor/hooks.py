@@ -19,10 +19,12 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import retention as R
 from .clock import Clock
 from .definitions import JobDef
 from .log import EventLog
-from .models import Job
+from .models import Job, JobStatus
+from .retention import Retention
 from .storage import Storage
 from .storage.transient import TRANSIENT
 
@@ -38,6 +40,7 @@ class HookRunner:
         log: EventLog,
         budget: float,
         worker_id: Callable[[], str],
+        retention: Retention | None = None,
     ) -> None:
         self.jobs = storage.jobs
         self.definitions = definitions
@@ -46,6 +49,7 @@ class HookRunner:
         self.budget = budget
         self.worker_id = worker_id
         self.in_flight: set[str] = set()
+        self.retention = retention or Retention()
 
     async def after_write(self, definition: JobDef | None, doc: Doc) -> None:
         """Call the hook that a final write just recorded as owed by this process."""
@@ -57,8 +61,9 @@ class HookRunner:
             return  # unknown here: it stays owed for a process that knows the job
         job_id, hook_id = doc["_id"], doc["exit_hook_id"]
         fields = {"job_id": str(job_id), "job_name": doc["name"], "worker_id": self.worker_id()}
+        expires_at = self._expiry(definition, doc)
         if definition.on_job_exited is None:
-            await self._record(job_id, hook_id, "none", None, fields)
+            await self._record(job_id, hook_id, "none", None, fields, expires_at)
             return
         from .worker import build_job, call_maybe_async, describe_error
 
@@ -80,13 +85,29 @@ class HookRunner:
             self.log.exception("on_job_exited_failed", **fields)
         finally:
             self.in_flight.discard(str(job_id))
-        await self._record(job_id, hook_id, "failed" if error else "done", error, fields)
+        state = "failed" if error else "done"
+        await self._record(job_id, hook_id, state, error, fields, expires_at)
+
+    def _expiry(self, definition: JobDef, doc: Doc) -> dt.datetime | None:
+        """The job's retention starts when its hook is settled (never while it is owed)."""
+        keep = R.of(definition, self.retention)
+        if keep is None:
+            return None
+        return keep.expires_at(JobStatus(doc["status"]), self.clock.now())
 
     async def _record(
-        self, job_id: Any, hook_id: str, state: str, error: str | None, fields: dict[str, Any]
+        self,
+        job_id: Any,
+        hook_id: str,
+        state: str,
+        error: str | None,
+        fields: dict[str, Any],
+        expires_at: dt.datetime | None,
     ) -> None:
         try:
-            await self.jobs.hook_ended(job_id, hook_id, state, error, self.clock.now(), self.budget)
+            await self.jobs.hook_ended(
+                job_id, hook_id, state, error, self.clock.now(), self.budget, expires_at
+            )
         except TRANSIENT as exc:  # it stays owed, and will be called again
             self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
 

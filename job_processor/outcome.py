@@ -25,13 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from .abort import AbortReason
 from .definitions import Backoff
 from .models import HOOKED, JobStatus
+from .retention import Retention
 from .retries import backoff_delay
 
 S = JobStatus
@@ -73,6 +74,9 @@ class Policy:
     backoff: Backoff = field(default_factory=Backoff)
     has_hook: bool | None = None
     """None: the definition is unknown here; the hook is then recorded as owed."""
+    retention: Retention | None = None
+    """How long the job is kept once ended (None: unknown here, kept until a process that
+    knows the definition records its hook)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Outcome:
     failures: int = 0
     retry_at: dt.datetime | None = None
     hook_owed: bool = False
+    expires_at: dt.datetime | None = None
+    """When the ended job may be deleted (TTL); never set while its hook is owed."""
 
     @property
     def event(self) -> str:
@@ -140,6 +146,20 @@ def decide(
     end: RunEnd,
     now: dt.datetime,
     rand: Callable[[], float] = random.random,
+) -> Outcome:
+    outcome = _decide(doc, policy, end, now, rand)
+    if policy.retention is None or outcome.hook_owed:
+        return outcome
+    expires = policy.retention.expires_at(outcome.status, now)
+    return replace(outcome, expires_at=expires) if expires is not None else outcome
+
+
+def _decide(
+    doc: dict[str, Any],
+    policy: Policy,
+    end: RunEnd,
+    now: dt.datetime,
+    rand: Callable[[], float],
 ) -> Outcome:
     c = _Ctx(doc, policy, end, now, rand)
     if end.how in (Ending.INVALID, Ending.UNRECORDABLE):

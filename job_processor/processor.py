@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from . import documents as D
+from . import retention as R
 from .bus import EventBus
 from .clock import Clock, SystemClock, to_millis
 from .crons import CronScheduler, schedule_of
@@ -39,6 +40,7 @@ from .models import Job, JobStatus, ProcessorStatus, parse_status
 from .ownership import OwnershipWatcher
 from .recovery import Recovery
 from .registry import Registry
+from .retention import Keep, Trimmer
 from .signals import stop_on_signals
 from .status import build_status
 from .storage import Storage, object_id
@@ -90,7 +92,13 @@ class JobProcessor(EventsAPI):
         self.settings = settings
         self.instance_id = instance_id
         self.hooks = HookRunner(
-            storage, self.definitions, clock, log, settings.worker_timeout, lambda: self.worker_id
+            storage,
+            self.definitions,
+            clock,
+            log,
+            settings.worker_timeout,
+            lambda: self.worker_id,
+            settings.retention,
         )
         self.worker = Worker(
             storage, self.definitions, worker_tags, clock, log, settings, self.hooks
@@ -104,7 +112,11 @@ class JobProcessor(EventsAPI):
             storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
         )
         self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
-        self.scheduler = CronScheduler(storage, crons, clock, log, self._on_cron_task)
+        self.scheduler = CronScheduler(
+            storage, crons, clock, log, self._on_cron_task, retention=settings.retention
+        )
+        self.trimmer = Trimmer(storage, self.definitions, settings.retention, log)
+        self.heartbeat.trimmer = self.trimmer
         self.waker = ChangeStreamWaker(
             storage.jobs, self.worker, clock, log, settings.change_stream_max_await
         )
@@ -448,7 +460,10 @@ class JobProcessor(EventsAPI):
             await self._release_runtime()
 
     async def _insert(self, doc: Doc) -> Doc:
-        inserted = await self.storage.jobs.insert(doc)
+        """Insert; an exclusive conflict records the job as skipped, kept like a finished one."""
+        keep = R.of(self.definitions.get(doc["name"]), self.settings.retention)
+        skipped_expiry = keep.expires_at(S.SKIPPED, doc["created_at"]) if keep else None
+        inserted = await self.storage.jobs.insert(doc, skipped_expiry)
         assert inserted is not None  # None only for cron slots, which these are not
         return inserted
 
@@ -549,6 +564,19 @@ def _webhook_options(value: Any) -> WebhookOptions:
         raise InvalidDefinitionError(f"webhook_options: {fields}") from None
 
 
+def _retention(keep_finished: Keep, keep_failed: Keep) -> R.Retention:
+    try:
+        finished = R.check_keep(keep_finished, "keep_finished")
+        failed = R.check_keep(keep_failed, "keep_failed")
+    except ValueError as exc:
+        raise InvalidDefinitionError(str(exc)) from None
+    if finished is None or failed is None:
+        raise InvalidDefinitionError(
+            "keep_finished / keep_failed: give a timedelta, a count, True or False (not None)"
+        )
+    return R.Retention(finished=finished, failed=failed)
+
+
 def _check_positive(name: str, value: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -608,6 +636,8 @@ async def init_job_processor(
     clock: Clock | None = None,
     instance_id: str | None = None,
     connect_timeout: float = 10.0,
+    keep_finished: Keep = R.DEFAULT_KEEP_FINISHED,
+    keep_failed: Keep = R.DEFAULT_KEEP_FAILED,
     subscribers: Mapping[str, list[Subscriber] | list[Mapping[str, Any]]] | None = None,
     webhook_secrets: Mapping[str, str] | None = None,
     webhook_formats: Mapping[str, Format] | None = None,
@@ -655,6 +685,7 @@ async def init_job_processor(
         idle_poll_interval=max(
             _check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
         ),
+        retention=_retention(keep_finished, keep_failed),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:
         raise InvalidDefinitionError(

@@ -100,7 +100,7 @@ class Recovery:
         from .worker import policy_of
 
         definition = self.definitions.get(doc["name"])
-        policy = policy_of(definition, doc)
+        policy = policy_of(definition, doc, self.worker.settings.retention)
         now = self.clock.now()
         for _ in range(2):
             outcome = decide(doc, policy, end, now)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 from pymongo.errors import PyMongoError
 
+from . import retention as R
 from . import sentry
 from .abort import AbortSignal
 from .clock import Clock, sleep_or_wake
@@ -31,6 +32,7 @@ from .limiter import Limiter
 from .log import EventLog
 from .models import Job, JobStatus
 from .outcome import Ending, Outcome, Policy, RunEnd, decide
+from .retention import Retention
 from .storage import Storage
 from .storage.jobs import MAX_VALUE_BYTES, EndItem
 from .storage.transient import TRANSIENT
@@ -58,6 +60,8 @@ class Settings:
     change_streams: bool = True
     change_stream_max_await: float = 10.0
     idle_poll_interval: float = 15.0
+    retention: Retention = field(default_factory=Retention)
+    """The processor's defaults for keep_finished / keep_failed."""
 
 
 @dataclass
@@ -82,9 +86,10 @@ def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | N
     )
 
 
-def policy_of(definition: JobDef | None, doc: Doc) -> Policy:
+def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Policy:
     """The rules for this job: its own document says whether it is resumable (so a worker that
-    does not know the definition recovers it right); the definition gives the rest."""
+    does not know the definition recovers it right); the definition gives the rest, with the
+    processor's retention defaults."""
     resumable = bool(doc.get("resumable", definition.resumable if definition else False))
     if definition is None:
         return Policy(resumable=resumable)
@@ -92,6 +97,7 @@ def policy_of(definition: JobDef | None, doc: Doc) -> Policy:
         resumable=resumable,
         backoff=definition.backoff,
         has_hook=definition.on_job_exited is not None,
+        retention=R.of(definition, retention),
     )
 
 
@@ -541,7 +547,7 @@ class Worker:
         if run.lost:
             self.log.warning("job_lost", **fields)
             return None
-        policy = policy_of(run.definition, run.doc)
+        policy = policy_of(run.definition, run.doc, self.settings.retention)
         written = None
         outcome = decide(run.doc, policy, end, self.clock.now())
         for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile

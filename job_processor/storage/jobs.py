@@ -71,6 +71,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("status", 1), ("ended_at", 1)], {}),
     # on_job_exited hooks owed by a worker that died
     ([("exit_hook", 1), ("exit_hook_at", 1)], {}),
+    # retention: ended jobs expire at expires_at (set with the final write or the hook record)
+    ([("expires_at", 1)], {"expireAfterSeconds": 0}),
 ]
 
 #: BSON's document limit, less room for the rest of the job document.
@@ -117,7 +119,7 @@ class JobStore:
 
     # ---- creation ---------------------------------------------------------------------------
 
-    async def insert(self, doc: Doc) -> Doc | None:
+    async def insert(self, doc: Doc, skipped_expires_at: dt.datetime | None = None) -> Doc | None:
         """Insert a pending (or running) job. With a dedup key held by an active job, that job is
         returned instead (compare `_id`). An exclusive job whose name already has an active job is
         inserted as `skipped`, recording the conflicting job's id. Race-free: unique sparse
@@ -144,7 +146,7 @@ class JobStore:
                 )
                 if holder is None:  # it ended between our insert and this read: try again
                     continue
-                skipped = D.as_skipped(doc, holder["_id"])
+                skipped = D.as_skipped(doc, holder["_id"], skipped_expires_at)
                 try:
                     await self.coll.insert_one(skipped)
                 except DuplicateKeyError:
@@ -444,13 +446,17 @@ class JobStore:
         error: str | None,
         now: dt.datetime,
         budget: float,
+        expires_at: dt.datetime | None = None,
     ) -> bool:
-        """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none")."""
+        """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none"); the
+        job's retention starts counting then (`expires_at`)."""
+        fields: Doc = {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}
+        if expires_at is not None:
+            fields["expires_at"] = expires_at
 
         async def once() -> bool:
             res = await self.coll.update_one(
-                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id},
-                {"$set": {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}},
+                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}, {"$set": fields}
             )
             return bool(res.matched_count)
 
@@ -547,6 +553,25 @@ class JobStore:
 
     async def count_due(self, names: list[str], now: dt.datetime) -> int:
         return int(await self.coll.count_documents(D.claim_filter(names, now)))
+
+    async def trim(self, name: str, statuses: list[JobStatus], keep: int, batch: int) -> int:
+        """Delete the ended jobs of `name` in `statuses` older than its `keep` most recent (at
+        most `batch` of them; never one whose hook is owed). Reads at most keep + batch index
+        keys ({status, name, created_at, _id})."""
+        query: Doc = {"status": {"$in": [s.value for s in statuses]}, "name": name}
+        pivot = None
+        async for doc in (
+            self.coll.find(query, {"created_at": 1}).sort(LIST_SORT).skip(keep).limit(1)
+        ):
+            pivot = decode(doc)
+        if pivot is None:
+            return 0
+        older = query | {"created_at": {"$lte": pivot["created_at"]}, "exit_hook": {"$ne": "owed"}}
+        ids = [d["_id"] async for d in self.coll.find(older, {"_id": 1}).limit(batch)]
+        if not ids:
+            return 0
+        res = await self.coll.delete_many({"_id": {"$in": ids}})
+        return int(res.deleted_count)
 
     @staticmethod
     def counts_pipeline(status: JobStatus) -> list[Doc]:

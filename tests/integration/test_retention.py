@@ -1,0 +1,87 @@
+"""Retention as a user sees it: expiry dates on ended jobs, counts trimmed, hooks respected."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+
+from .helpers import make
+
+S = JobStatus
+DAY = dt.timedelta(days=1)
+
+
+async def ok(job: Job, signal: AbortSignal) -> str:
+    return "ok"
+
+
+async def boom(job: Job, signal: AbortSignal) -> None:
+    raise ValueError("no")
+
+
+async def expiry(processor: Any, job_id: str) -> Any:
+    doc = await processor.storage.jobs.get(ObjectId(job_id))
+    return doc.get("expires_at")
+
+
+async def test_ended_jobs_expire_after_their_retention(db: Any) -> None:
+    jobs = {
+        "default": JobDef(handler=ok),
+        "failing": JobDef(handler=boom),
+        "gone": JobDef(handler=ok, keep_finished=False),
+        "forever": JobDef(handler=ok, keep_finished=True),
+        "week": JobDef(handler=ok, keep_finished=dt.timedelta(days=7)),
+    }
+    processor = await make(db, jobs)
+    done = {name: await processor.run_job(name) for name in jobs}
+    for job in done.values():
+        assert job.ended_at is not None
+    assert await expiry(processor, done["default"].id) == done["default"].ended_at + DAY
+    assert await expiry(processor, done["failing"].id) == done["failing"].ended_at + 30 * DAY
+    assert await expiry(processor, done["gone"].id) == done["gone"].ended_at
+    assert await expiry(processor, done["forever"].id) is None
+    assert await expiry(processor, done["week"].id) == done["week"].ended_at + 7 * DAY
+
+
+async def test_processor_defaults_apply_and_an_owed_hook_delays_the_expiry(db: Any) -> None:
+    seen: list[Any] = []
+
+    async def hook(job: Job) -> None:
+        seen.append(await expiry(processor, job.id))  # while the hook runs: not expiring yet
+
+    processor = await make(
+        db, {"h": JobDef(handler=ok, on_job_exited=hook)}, keep_finished=dt.timedelta(hours=2)
+    )
+    done = await processor.run_job("h")
+    assert seen == [None]
+    after = await expiry(processor, done.id)
+    assert after is not None
+    assert after - done.ended_at >= dt.timedelta(hours=2)  # counted from the hook's record
+
+
+async def test_skipped_jobs_are_kept_like_finished_ones(db: Any) -> None:
+    processor = await make(
+        db,
+        {"x": JobDef(handler=ok, concurrency="exclusive", keep_finished=dt.timedelta(hours=1))},
+    )
+    far = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    await processor.schedule_job("x", scheduled_for=far)
+    skipped = await processor.schedule_job("x")
+    assert skipped.status == S.SKIPPED
+    assert await expiry(processor, skipped.id) == skipped.created_at + dt.timedelta(hours=1)
+
+
+async def test_a_count_keeps_the_most_recent_of_each_name(db: Any) -> None:
+    jobs = {"a": JobDef(handler=ok, keep_finished=3), "b": JobDef(handler=ok, keep_finished=3)}
+    processor = await make(db, jobs)
+    runs = [await processor.run_job("a") for _ in range(8)]
+    others = [await processor.run_job("b") for _ in range(2)]
+    assert await processor.trimmer.run() == 5
+    left = await processor.list_jobs("a", limit=100)
+    assert sorted(j.id for j in left) == sorted(j.id for j in runs[-3:])  # the 3 most recent
+    assert len(await processor.list_jobs("b", limit=100)) == len(others)  # under its count
+    assert await processor.trimmer.run() == 0
