@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Protocol
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
 
 UTC = dt.UTC
 
@@ -22,8 +23,8 @@ class Clock(Protocol):
         """Aware UTC datetime, millisecond precision."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait `seconds` of this clock's time."""
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait `seconds` of this clock's time (counted from this call)."""
         ...
 
 
@@ -47,15 +48,20 @@ class FakeClock:
     def now(self) -> dt.datetime:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        """The wake-up time is fixed now, at the call (not when a task first runs it): a test
+        that moves the clock right after a loop decided to sleep never makes it oversleep."""
         if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+            return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sleepers.append((self._now + dt.timedelta(seconds=seconds), fut))
+        return self._wait(fut)
+
+    async def _wait(self, fut: asyncio.Future[None]) -> None:
         try:
             await fut
         finally:
+            fut.cancel()
             self._sleepers = [(t, f) for t, f in self._sleepers if f is not fut]
 
     def set(self, value: dt.datetime) -> None:

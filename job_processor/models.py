@@ -178,6 +178,8 @@ class Job(BaseModel, Generic[PayloadT]):
     "done", "failed" (it raised or timed out; see exit_hook_error), "none" (no hook defined)."""
     exit_hook_error: str | None = None
     exit_hook_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    """When this ended job may be deleted (keep_finished / keep_failed); None: kept."""
 
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
     _processor: JobProcessor | None = PrivateAttr(default=None)

@@ -219,9 +219,9 @@ async def test_cluster_wide_limits_hold_across_worker_processes(
         peak = max(peak, running)
     assert peak == 3, spans  # 32 slots in 4 processes, never more than the limit at once
     starts = sorted(j.result["t0"] for j in done[24:])
-    # at most 5 starts per second: any 6 consecutive starts span at least a second (minus the
-    # few ms between a slot taken and the handler starting)
-    assert all(b - a >= 0.95 for a, b in zip(starts, starts[5:], strict=False)), starts
+    # at most 5 starts per second: any 6 consecutive starts span a second, less the time
+    # between a slot being taken and its handler starting (two round trips; ~100 ms under load)
+    assert all(b - a >= 0.8 for a, b in zip(starts, starts[5:], strict=False)), starts
     assert starts[-1] - starts[0] >= 1.9  # 15 starts at 5/s: three windows, two seconds apart
 
 
