@@ -187,6 +187,51 @@ def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = 
     }
 
 
+def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
+    """The fields a job inserted by another program (the minimal `{name, claim_name, due_ms,
+    payload}`) lacks, from its definition: written on its first claim, after which it is a job
+    like any other. Only missing fields are given; wrong ones are left for validation to report."""
+    due = doc.get("due_ms")
+    when = (
+        dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+        if isinstance(due, int | float) and not isinstance(due, bool)
+        else now
+    )
+    oid = doc.get("_id")
+    created = oid.generation_time if isinstance(oid, ObjectId) else now
+    full = new_job(
+        str(doc.get("name")),
+        {},
+        now=now,
+        scheduled_for=when,
+        tag=getattr(definition, "tag", None),
+        max_attempts=definition.attempts if definition is not None else 1,
+        resumable=bool(getattr(definition, "resumable", False)),
+        limit_key=definition.limit.key if getattr(definition, "limit", None) else None,
+    ) | {"created_at": created}
+    skip = {"_id", "claim_name", "exclusive_key", "dedup_key", "due_ms"}
+    return {k: v for k, v in full.items() if k not in doc and k not in skip}
+
+
+def unknown_name_update(name: str, now: dt.datetime) -> Doc:
+    """pending -> errored: a job of a name no worker has defined, past the grace period."""
+    check_transition(S.PENDING, S.ERRORED)
+    error = (
+        f"unknown job name {name!r}: no worker defines it (a typo, or a job removed from the "
+        "code); define it and retry the job"
+    )
+    return {
+        "$set": {
+            "status": S.ERRORED.value,
+            "output": {"result": None, "error": error, "duration_ms": None},
+            "ended_at": now,
+            "updated_at": now,
+            "exit_hook": None,
+        },
+        "$unset": {"claim_name": "", "exclusive_key": "", "dedup_key": ""},
+    }
+
+
 # ---- jobs: claim, checkpoint, end of a run -------------------------------------------------
 
 

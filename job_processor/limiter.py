@@ -142,6 +142,8 @@ class Limiter:
     ) -> int:
         """Slots held by dead workers, or by this one for runs it does not have (reserved, then
         the process died or a claim's reply was lost), older than `cutoff`."""
+        if not self.limits:
+            return 0  # a process that defines no limit holds none; those that do sweep them
         released = 0
         cutoff_ms = int(cutoff.timestamp() * 1000)
         for doc in await self.storage.limits.all():

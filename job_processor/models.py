@@ -60,6 +60,7 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (S.ERRORED, S.PENDING),  # retry_job
         (S.KILLED, S.PENDING),  # retry_job
         (S.PENDING, S.SKIPPED),  # cron task not started within its margin
+        (S.PENDING, S.ERRORED),  # inserted by another program under a name no worker defines
         (S.RUNNING, S.SKIPPED),  # cron task claimed after its margin: not run
     }
 )
@@ -119,6 +120,22 @@ class JobOutput(BaseModel):
 
 def _utc(value: Any) -> Any:
     return as_utc(value) if isinstance(value, dt.datetime) else value
+
+
+def _derive_missing(doc: dict[str, Any]) -> None:
+    """A job inserted by another program (`{name, claim_name, due_ms, payload}`) reads as the
+    pending job it is until a worker claims it and writes the rest (documents.completion)."""
+    if "created_at" in doc:
+        return
+    oid = doc.get("_id")
+    created = oid.generation_time if isinstance(oid, ObjectId) else None
+    due = doc.get("due_ms")
+    if "scheduled_for" not in doc and isinstance(due, int | float) and not isinstance(due, bool):
+        doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+    doc.setdefault("scheduled_for", created)
+    doc["created_at"] = created
+    doc.setdefault("updated_at", created)
+    doc.setdefault("status", "pending" if doc.get("claim_name") else None)
 
 
 PayloadT = TypeVar("PayloadT", default=dict[str, Any])
@@ -190,6 +207,11 @@ class Job(BaseModel, Generic[PayloadT]):
         if not isinstance(data, dict):
             return data
         doc = {k: _utc(v) for k, v in data.items()}
+        _derive_missing(doc)
+        payload = doc.get("payload")
+        if cls is Job and payload is not None and not isinstance(payload, dict):
+            # shown as stored (a run of it fails: see worker.build_job); reading never breaks
+            doc["payload"] = {"(not a document)": payload}
         if "_id" in doc:
             doc["id"] = str(doc.pop("_id"))
         if isinstance(doc.get("conflicting_job_id"), ObjectId):

@@ -638,6 +638,7 @@ async def init_job_processor(
     connect_timeout: float = 10.0,
     keep_finished: Keep = R.DEFAULT_KEEP_FINISHED,
     keep_failed: Keep = R.DEFAULT_KEEP_FAILED,
+    unknown_name_grace: float = 3600.0,
     subscribers: Mapping[str, list[Subscriber] | list[Mapping[str, Any]]] | None = None,
     webhook_secrets: Mapping[str, str] | None = None,
     webhook_formats: Mapping[str, Format] | None = None,
@@ -686,6 +687,7 @@ async def init_job_processor(
             _check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
         ),
         retention=_retention(keep_finished, keep_failed),
+        unknown_name_grace=_check_positive("unknown_name_grace", unknown_name_grace),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:
         raise InvalidDefinitionError(

@@ -52,6 +52,7 @@ class Recovery:
         self.clock = clock
         self.log = log
         self.worker_timeout = worker.settings.worker_timeout
+        self._unknown_checked: dt.datetime | None = None
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
@@ -80,10 +81,25 @@ class Recovery:
                 recovered += 1
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
+        if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 300:
+            self._unknown_checked = now  # every 5 minutes: its grace is an hour by default
+            await self.error_unknown_names(now)
         await self.hooks.recover(now, live, self.worker_timeout)
         for extra in self.sweeps:
             await extra(now)
         return recovered
+
+    async def error_unknown_names(self, now: dt.datetime) -> int:
+        """Jobs inserted under a name no worker defines (none in the registry, nor here) are
+        errored with the reason once `unknown_name_grace` has passed (time for a rolling deploy
+        to start the workers that define a new job)."""
+        known = {str(d["_id"]) for d in await self.storage.definitions.all()}
+        known |= set(self.definitions)
+        grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)
+        errored = await self.storage.jobs.error_unknown(sorted(known), now - grace, now)
+        if errored:
+            self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
+        return errored
 
     async def reconcile(self, doc: Doc) -> Doc | None:
         """A job the database says this live worker runs, but it does not (its final write

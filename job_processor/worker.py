@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 from pymongo.errors import PyMongoError
 
+from . import documents as D
 from . import retention as R
 from . import sentry
 from .abort import AbortSignal
@@ -62,6 +63,8 @@ class Settings:
     idle_poll_interval: float = 15.0
     retention: Retention = field(default_factory=Retention)
     """The processor's defaults for keep_finished / keep_failed."""
+    unknown_name_grace: float = 3600.0
+    """Seconds a job of a name no worker defines waits before it is errored."""
 
 
 @dataclass
@@ -142,6 +145,9 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
 def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:
     """The Job a handler receives (`Job[Model]` when the definition has a payload model)."""
     model = definition.payload_model if definition is not None else None
+    payload = doc.get("payload")
+    if model is None and payload is not None and not isinstance(payload, dict):
+        raise ValueError(f"payload must be a document (a dict), got {type(payload).__name__}")
     cls: type[Job[Any]] = Job[model] if model is not None else Job  # type: ignore[valid-type]
     return cls.model_validate(doc)
 
@@ -380,6 +386,10 @@ class Worker:
         fields = self._fields(doc)
         trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
         try:
+            if "created_at" not in doc:  # inserted by another program: fill in the rest
+                missing = D.completion(doc, run.definition, self.clock.now())
+                run.doc = doc = doc | missing
+                await self.jobs.complete(doc["_id"], doc["run_id"], missing)
             if self._claimed_too_late(doc):
                 return await asyncio.shield(self._skip_missed(run))
             try:

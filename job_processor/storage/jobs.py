@@ -238,6 +238,32 @@ class JobStore:
         claimed = {d["_id"]: d for d in await all_docs(self.coll.find(mine))}
         return [claimed[i] for i in ids if i in claimed]
 
+    async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
+        """Write the missing fields of a job inserted by another program (see
+        `documents.completion`), while this run owns it."""
+        if not fields:
+            return True
+        res = await self.coll.update_one({"_id": job_id, "run_id": run_id}, {"$set": fields})
+        return bool(res.matched_count)
+
+    async def error_unknown(
+        self, known: list[str], due_before: dt.datetime, now: dt.datetime
+    ) -> int:
+        """Claimable jobs of names not in `known`, due before `due_before` (a grace period):
+        errored with the reason. At most 100 per call; one compare-and-set each."""
+        query = {
+            "claim_name": {"$exists": True, "$nin": known},
+            "due_ms": {"$lt": D.epoch_ms(due_before)},
+        }
+        errored = 0
+        async for doc in self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100):
+            name = doc["claim_name"]
+            res = await self.coll.update_one(
+                {"_id": doc["_id"], "claim_name": name}, D.unknown_name_update(name, now)
+            )
+            errored += res.modified_count
+        return errored
+
     async def save_checkpoint(
         self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
     ) -> bool:

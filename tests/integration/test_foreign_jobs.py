@@ -1,0 +1,74 @@
+"""Jobs inserted by another program (mongosh, Node, a trigger): the minimal document runs like
+any other; a malformed one is errored with the reason; nothing blocks a worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+
+from .helpers import make, wait_status
+
+S = JobStatus
+
+
+async def send(job: Job, signal: AbortSignal) -> str:
+    return f"sent to {job.payload['to']}"
+
+
+async def test_the_minimal_document_runs_like_a_scheduled_job(db: Any) -> None:
+    processor = await make(db, {"send-email": JobDef(handler=send, max_attempts=3)})
+    # what docs/scale.md tells other programs to insert (mongosh's insertOne)
+    raw = {
+        "name": "send-email",
+        "claim_name": "send-email",
+        "due_ms": int(time.time() * 1000),
+        "payload": {"to": "ada@example.com"},
+    }
+    inserted = await db["job_processor_jobs"].insert_one(raw)
+    job_id = str(inserted.inserted_id)
+    async with processor:
+        done = await wait_status(processor, job_id, S.FINISHED)
+    assert done.result == "sent to ada@example.com"
+    assert (done.max_attempts, done.attempt, done.failures) == (3, 1, 0)
+    assert done.created_at == ObjectId(job_id).generation_time
+    assert done.started_at is not None and done.ended_at is not None
+    assert [j.id for j in await processor.list_jobs("send-email")] == [job_id]
+
+
+async def test_a_malformed_document_is_errored_with_the_reason(db: Any) -> None:
+    processor = await make(db, {"send-email": JobDef(handler=send)})
+    now_ms = int(time.time() * 1000)
+    bad = await db["job_processor_jobs"].insert_one(
+        {"name": "send-email", "claim_name": "send-email", "due_ms": now_ms, "payload": "oops"}
+    )
+    good = await processor.schedule_job("send-email", {"to": "bob@example.com"})
+    async with processor:
+        failed = await wait_status(processor, str(bad.inserted_id), S.ERRORED)
+        await wait_status(processor, good.id, S.FINISHED)  # the worker went on
+    assert failed.error is not None
+    assert failed.error.startswith("invalid job document:")
+    assert "payload" in failed.error
+
+
+async def test_a_job_of_a_name_no_worker_defines_is_errored_after_the_grace(db: Any) -> None:
+    processor = await make(db, {"send-email": JobDef(handler=send)}, unknown_name_grace=5)
+    now_ms = int(time.time() * 1000)
+    typo = await db["job_processor_jobs"].insert_one(
+        {"name": "send-emial", "claim_name": "send-emial", "due_ms": now_ms - 10_000}
+    )
+    recent = await db["job_processor_jobs"].insert_one(
+        {"name": "new-job", "claim_name": "new-job", "due_ms": now_ms}  # a deploy under way
+    )
+    async with processor:  # the start's sweep
+        failed = await wait_status(processor, str(typo.inserted_id), S.ERRORED)
+    assert failed.error == (
+        "unknown job name 'send-emial': no worker defines it (a typo, or a job removed from the "
+        "code); define it and retry the job"
+    )
+    still = await db["job_processor_jobs"].find_one({"_id": recent.inserted_id})
+    assert still is not None
+    assert still["claim_name"] == "new-job"  # within its grace: left alone
