@@ -303,7 +303,7 @@ class Worker:
             self._backlog = False
         else:
             got = 1
-            if self._backlog and free > 1:
+            if self._backlog and free > 2:  # a find + an update_many pay from two jobs up
                 more = await self.jobs.claim_more(
                     self.claimable_names(), self.worker_id, self.clock.now(), free - 1
                 )

@@ -64,3 +64,10 @@ def test_operator_benchmark_prints_its_figures(mongo_url: str) -> None:
     out = run_benchmark(mongo_url, "benchmarks/ops_bench.py", "--jobs", "300", "--runs", "1")
     for figure in ("jobs page 2 (cursor)", "overview (15 min)", "metrics scrape"):
         assert figure in out, out
+
+
+def test_scale_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(mongo_url, "benchmarks/bench_scale.py", "--jobs", "40")
+    assert "concurrency  1:" in out and "concurrency  8:" in out, out
+    assert "most running at once 3" in out, out  # the limit holds even in the smoke run
+    assert "retention keep_finished=100 after a burst of 40: 40 -> 40 documents" in out, out

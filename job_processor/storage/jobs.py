@@ -581,19 +581,17 @@ class JobStore:
         return int(await self.coll.count_documents(D.claim_filter(names, now)))
 
     async def trim(self, name: str, statuses: list[JobStatus], keep: int, batch: int) -> int:
-        """Delete the ended jobs of `name` in `statuses` older than its `keep` most recent (at
-        most `batch` of them; never one whose hook is owed). Reads at most keep + batch index
-        keys ({status, name, created_at, _id})."""
-        query: Doc = {"status": {"$in": [s.value for s in statuses]}, "name": name}
-        pivot = None
-        async for doc in (
-            self.coll.find(query, {"created_at": 1}).sort(LIST_SORT).skip(keep).limit(1)
-        ):
-            pivot = decode(doc)
-        if pivot is None:
-            return 0
-        older = query | {"created_at": {"$lte": pivot["created_at"]}, "exit_hook": {"$ne": "owed"}}
-        ids = [d["_id"] async for d in self.coll.find(older, {"_id": 1}).limit(batch)]
+        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
+        first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
+        of them per call, never one whose hook is owed. Reads at most keep + batch index keys
+        ({status, name, created_at, _id})."""
+        query: Doc = {
+            "status": {"$in": [s.value for s in statuses]},
+            "name": name,
+            "exit_hook": {"$ne": "owed"},
+        }
+        cursor = self.coll.find(query, {"_id": 1}).sort(LIST_SORT).skip(keep).limit(batch)
+        ids = [d["_id"] async for d in cursor]
         if not ids:
             return 0
         res = await self.coll.delete_many({"_id": {"$in": ids}})

@@ -86,3 +86,18 @@ async def test_a_count_keeps_the_most_recent_of_each_name(db: Any) -> None:
     assert sorted(j.id for j in left) == sorted(j.id for j in runs[-3:])  # the 3 most recent
     assert len(await processor.list_jobs("b", limit=100)) == len(others)  # under its count
     assert await processor.trimmer.run() == 0
+
+
+async def test_a_count_is_exact_when_jobs_share_a_millisecond(db: Any) -> None:
+    from job_processor import documents as D
+
+    processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
+    now = processor.clock.now()
+    burst = [
+        D.new_job("a", {}, now=now) | {"status": "finished", "ended_at": now} for _ in range(50)
+    ]
+    for doc in burst:
+        doc.pop("claim_name")
+    await processor.storage.jobs.coll.insert_many(burst)
+    assert await processor.trimmer.run() == 40
+    assert len(await processor.list_jobs("a", limit=100)) == 10
