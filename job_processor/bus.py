@@ -83,7 +83,10 @@ class EventBus:
         options: WebhookOptions,
         worker_timeout: float,
         instance_id: str | None,
+        keep_events: dt.timedelta | None = None,
     ) -> None:
+        self.keep_events = keep_events
+        """How long events are kept (None: forever); their deliveries follow job retention."""
         self.storage = storage
         self.subscribers = dict(subscribers)
         self.clock = clock
@@ -213,6 +216,7 @@ class EventBus:
             emitted_by=self._who(),
             instance_id=self.instance_id,
             targets=targets,
+            expires_at=now + self.keep_events if self.keep_events is not None else None,
         )
         stored = await self.storage.events.insert(doc)
         fields = {"event_id": str(stored["_id"]), "event_name": name}

@@ -123,8 +123,10 @@ def new_event(
     emitted_by: str,
     instance_id: str | None,
     targets: list[Doc],
+    expires_at: dt.datetime | None = None,
 ) -> Doc:
-    """A complete event document; its fan-out recorded as owed when it has targets."""
+    """A complete event document; its fan-out recorded as owed when it has targets. With
+    `expires_at` (keep_events) a TTL index deletes it then."""
     doc: Doc = {
         "_id": ObjectId(),
         "name": name,
@@ -143,6 +145,8 @@ def new_event(
         doc["fanout_owed_at"] = now
     if key is not None:
         doc["dedup_key"] = f"{name}|{key}"
+    if expires_at is not None:
+        doc["expires_at"] = expires_at
     return doc
 
 

@@ -564,6 +564,19 @@ def _webhook_options(value: Any) -> WebhookOptions:
         raise InvalidDefinitionError(f"webhook_options: {fields}") from None
 
 
+def _keep_events(value: Any) -> dt.timedelta | None:
+    """Events are kept for a duration (their deliveries, being jobs, follow keep_finished /
+    keep_failed): it must outlast a delivery's retries, so neither a count nor False."""
+    if value is True:
+        return None
+    if isinstance(value, dt.timedelta) and value > dt.timedelta(0):
+        return value
+    raise InvalidDefinitionError(
+        f"keep_events must be a positive timedelta (longer than your deliveries' retries) or "
+        f"True (keep forever), got {value!r}"
+    )
+
+
 def _retention(keep_finished: Keep, keep_failed: Keep) -> R.Retention:
     try:
         finished = R.check_keep(keep_finished, "keep_finished")
@@ -639,6 +652,7 @@ async def init_job_processor(
     keep_finished: Keep = R.DEFAULT_KEEP_FINISHED,
     keep_failed: Keep = R.DEFAULT_KEEP_FAILED,
     unknown_name_grace: float = 3600.0,
+    keep_events: dt.timedelta | bool = dt.timedelta(days=30),
     subscribers: Mapping[str, list[Subscriber] | list[Mapping[str, Any]]] | None = None,
     webhook_secrets: Mapping[str, str] | None = None,
     webhook_formats: Mapping[str, Format] | None = None,
@@ -727,6 +741,7 @@ async def init_job_processor(
         options=hook_options,
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
+        keep_events=_keep_events(keep_events),
     )
     EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
     processor = JobProcessor(

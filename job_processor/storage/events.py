@@ -38,6 +38,8 @@ EVENT_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("emitted_at", -1), ("_id", -1)], {}),
     # the recovery sweep: fan-outs still owed (the field exists only while owed)
     ([("fanout_owed_at", 1)], {"sparse": True}),
+    # retention (keep_events): a TTL on the time set at emit
+    ([("expires_at", 1)], {"expireAfterSeconds": 0}),
 ]
 
 SUBSCRIBER_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [

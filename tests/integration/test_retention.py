@@ -101,3 +101,23 @@ async def test_a_count_is_exact_when_jobs_share_a_millisecond(db: Any) -> None:
     await processor.storage.jobs.coll.insert_many(burst)
     assert await processor.trimmer.run() == 40
     assert len(await processor.list_jobs("a", limit=100)) == 10
+
+
+async def test_events_are_kept_for_keep_events(db: Any) -> None:
+    import pytest
+
+    from job_processor import InvalidDefinitionError, Subscriber, init_job_processor
+
+    async def audit(event: Any, signal: AbortSignal) -> None:
+        return None
+
+    subscribers = {"order_paid": [Subscriber("audit", handler=audit)]}
+    default = await init_job_processor(db, subscribers=subscribers)
+    event = await default.emit("order_paid", {"order": 1})
+    stored = await db["job_processor_events"].find_one({"_id": ObjectId(event.id)})
+    assert stored["expires_at"] - stored["emitted_at"] == 30 * DAY
+    forever = await init_job_processor(db, subscribers=subscribers, keep_events=True)
+    kept = await forever.emit("order_paid", {"order": 2})
+    assert "expires_at" not in await db["job_processor_events"].find_one({"_id": ObjectId(kept.id)})
+    with pytest.raises(InvalidDefinitionError, match="keep_events must be a positive timedelta"):
+        await init_job_processor(db, subscribers=subscribers, keep_events=False)
