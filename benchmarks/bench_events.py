@@ -20,35 +20,22 @@ import collections
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import Counter
 
 from job_processor import AbortSignal, Event, JobProcessor, Subscriber, init_job_processor
 from job_processor.local_server import local_server
-
-
-class Counter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def take(self) -> collections.Counter[str]:
-        out, self.counts = self.counts, collections.Counter()
-        return out
 
 
 @contextlib.contextmanager

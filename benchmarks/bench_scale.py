@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
 import sys
 import time
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import bson
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import server
+from bench import Counter, server
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor import documents as D
@@ -36,24 +35,6 @@ from job_processor.definitions import Limit
 
 SETTINGS: dict[str, Any] = {"poll_interval": 0.5, "heartbeat_interval": 5.0, "worker_timeout": 30.0}
 WORK = {"heartbeat", "startup"}
-
-
-class Counter(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def take(self) -> collections.Counter[str]:
-        out, self.counts = self.counts, collections.Counter()
-        return out
 
 
 async def noop(job: Job, signal: AbortSignal) -> None:

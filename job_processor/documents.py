@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+import bson
 from bson import ObjectId
 
 from .clock import as_utc
@@ -35,6 +36,38 @@ def epoch_ms(value: dt.datetime) -> int:
 
 def new_id() -> str:
     return str(ObjectId())
+
+
+def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
+    """A job's or an event's payload as stored: a dict (or a pydantic model, as JSON) that BSON
+    can hold and that fits; otherwise InvalidPayloadError naming the job or event and the fix."""
+    from pydantic import BaseModel
+
+    from .errors import InvalidPayloadError
+
+    if payload is None:
+        return {}
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    if not isinstance(payload, Mapping):
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
+        )
+    try:
+        size = len(bson.encode(dict(payload)))
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload cannot be stored in MongoDB ({exc}); "
+            "use str, int, float, bool, None, datetime, lists and dicts "
+            "(convert UUIDs and Decimals to str)"
+        ) from None
+    if size > max_bytes:
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "
+            f"{max_bytes / 1e6:.1f} MB a {kind} can carry (MongoDB's documents hold 16 MB): "
+            "store the data elsewhere (GridFS, object storage) and pass a reference"
+        )
+    return dict(payload)
 
 
 def dedup_key(name: str, key: str) -> str:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import documents as D
 from . import event_documents as E
 from .clock import Clock, SystemClock, as_utc, to_millis
 from .definitions import Backoff, _check_callable
@@ -32,7 +33,6 @@ from .errors import (
     EventNotFoundError,
     InvalidArgumentError,
     InvalidDefinitionError,
-    InvalidPayloadError,
 )
 from .models import JobStatus, to_jsonable
 from .storage import Storage
@@ -161,27 +161,7 @@ def check_event_name(name: Any, error: type[Exception] = InvalidArgumentError) -
 
 def check_payload(name: str, payload: Any) -> dict[str, Any]:
     """An event's payload: a dict (or a pydantic model) that MongoDB can store."""
-    if payload is None:
-        return {}
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json")
-    if not isinstance(payload, Mapping):
-        raise InvalidPayloadError(
-            f"event {name!r}: payload must be a dict, got {type(payload).__name__}"
-        )
-    try:
-        size = len(bson.encode(dict(payload)))
-    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-        raise InvalidPayloadError(
-            f"event {name!r}: payload cannot be stored in MongoDB ({exc}); use str, int, "
-            "float, bool, None, datetime, lists and dicts (convert UUIDs and Decimals to str)"
-        ) from None
-    if size > MAX_VALUE_BYTES:
-        raise InvalidPayloadError(
-            f"event {name!r}: payload is {size / 1e6:.1f} MB, over the "
-            f"{MAX_VALUE_BYTES / 1e6:.1f} MB an event can carry: pass a reference instead"
-        )
-    return dict(payload)
+    return D.checked_payload("event", name, payload, MAX_VALUE_BYTES)
 
 
 def _utc(value: Any) -> Any:

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import bson
 from bson import ObjectId
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -284,29 +283,7 @@ class JobProcessor(EventsAPI):
                     f"job {name!r}: payload does not match {model.__name__}: {fields}"
                 ) from None
             payload = value.model_dump(mode="json")
-        if payload is None:
-            return {}
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
-        if not isinstance(payload, Mapping):
-            raise InvalidPayloadError(
-                f"job {name!r}: payload must be a dict, got {type(payload).__name__}"
-            )
-        try:
-            size = len(bson.encode(dict(payload)))
-        except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-            raise InvalidPayloadError(
-                f"job {name!r}: payload cannot be stored in MongoDB ({exc}); "
-                "use str, int, float, bool, None, datetime, lists and dicts "
-                "(convert UUIDs and Decimals to str)"
-            ) from None
-        if size > MAX_VALUE_BYTES:
-            raise InvalidPayloadError(
-                f"job {name!r}: payload is {size / 1e6:.1f} MB, over the "
-                f"{MAX_VALUE_BYTES / 1e6:.1f} MB a job can carry (MongoDB's documents hold "
-                "16 MB): store the data elsewhere (GridFS, object storage) and pass a reference"
-            )
-        return dict(payload)
+        return D.checked_payload("job", name, payload, MAX_VALUE_BYTES)
 
     @staticmethod
     def _check_when(name: str, scheduled_for: Any) -> dt.datetime | None:
