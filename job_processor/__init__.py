@@ -2,7 +2,7 @@
 
 from .abort import AbortSignal
 from .clock import Clock, FakeClock, SystemClock
-from .definitions import Backoff, CronDef, JobDef
+from .definitions import Backoff, CronDef, JobDef, Limit
 from .errors import (
     DatabaseUnreachableError,
     DoNotRetry,
@@ -52,6 +52,7 @@ __all__ = [
     "JobProcessor",
     "JobProcessorError",
     "JobStatus",
+    "Limit",
     "ProcessorStatus",
     "RetryLater",
     "Subscriber",
