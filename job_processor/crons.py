@@ -181,7 +181,9 @@ class CronScheduler:
             docs = await self.storage.crons.docs(list(self.crons))
             self._docs = {d["_id"]: d for d in docs}
             self._refresh_at = now + dt.timedelta(seconds=self.refresh_interval)
-            await self.storage.jobs.expire_missed_cron_tasks(now)
+            await self.storage.jobs.expire_missed_cron_tasks(
+                now, {name: self._skip_expiry(cron, now) for name, cron in self.crons.items()}
+            )
         for doc in list(self._docs.values()):
             if doc["next_slot"] <= now and doc["_id"] in self.crons:
                 await self.fire(doc, now)

@@ -119,7 +119,7 @@ def new_job(
         "ended_at": None,
         "worker_id": None,
         "run_id": None,
-        "end_id": None,
+        "end_id": "",
         "attempt": 0,
         "state": None,
         "output": None,
@@ -433,7 +433,8 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
         fields["exclusive_key"] = current["name"]
     if current.get("key") is not None:
         fields["dedup_key"] = dedup_key(current["name"], current["key"])
-    return {"$set": fields}
+    # active again: nothing may expire it (its next end sets a new expiry)
+    return {"$set": fields, "$unset": {"expires_at": ""}}
 
 
 def run_now_update(now: dt.datetime) -> Doc:

@@ -1,4 +1,4 @@
-"""The worker document and its heartbeat; the periodic recovery sweep."""
+"""The worker document and its heartbeat (the recovery sweep has its own loop)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class Heartbeat:
-    """Keeps this process's worker document fresh; sweeps every `worker_timeout / 2`.
+    """Keeps this process's worker document fresh (and reads the paused names).
 
     A worker that finds its own document gone (another worker declared it dead) or whose last
     successful heartbeat is older than `worker_timeout` abandons its runs (writes nothing for
@@ -53,7 +53,6 @@ class Heartbeat:
         self.trimmer: Trimmer | None = None
         """Set by the processor: the pass behind keep_finished / keep_failed counts."""
         self._last_ok: dt.datetime | None = None
-        self._last_sweep: dt.datetime | None = None
 
     async def register(self) -> str:
         now = self.clock.now()
@@ -111,11 +110,10 @@ class Heartbeat:
             self._last_ok = now
         if self.registry is not None:  # one query: claims leave paused names out
             self.worker.paused = await self.registry.read_paused(self.worker.worker_id)
-        sweep_every = self.settings.worker_timeout / 2
-        if self._last_sweep is None or (now - self._last_sweep).total_seconds() >= sweep_every:
-            self._last_sweep = now
-            await self.recovery.sweep(now)
-            if self.registry is not None:
-                await self.registry.refresh(now)
-            if self.trimmer is not None:  # count retentions (every few minutes)
-                await self.trimmer.maybe_run(now)
+
+    async def after_sweep(self, now: dt.datetime) -> None:
+        """What runs with each sweep (in the recovery's loop, not the heartbeat's)."""
+        if self.registry is not None:
+            await self.registry.refresh(now)
+        if self.trimmer is not None:  # count retentions (every few minutes)
+            await self.trimmer.maybe_run(now)

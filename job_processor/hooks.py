@@ -50,20 +50,45 @@ class HookRunner:
         self.worker_id = worker_id
         self.in_flight: set[str] = set()
         self.retention = retention or Retention()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Hooks started in the background (recovered ones): never run inside a loop that
+        must stay prompt (the sweep, the heartbeat); `drain()` waits for them."""
 
     async def after_write(self, definition: JobDef | None, doc: Doc) -> None:
         """Call the hook that a final write just recorded as owed by this process."""
         if doc.get("exit_hook") == "owed":
             await self.run(definition, doc)
 
+    def start(self, definition: JobDef | None, doc: Doc) -> None:
+        """Call an owed hook in the background (recovery): its owner's loops go on meanwhile."""
+        if doc.get("exit_hook") != "owed":
+            return
+        self.in_flight.add(str(doc["_id"]))
+        task = asyncio.create_task(self.run(definition, doc), name=f"hook-{doc['_id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the hooks running in the background (each bounded by its timeout)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def run(self, definition: JobDef | None, doc: Doc) -> None:
-        if definition is None:
-            return  # unknown here: it stays owed for a process that knows the job
         job_id, hook_id = doc["_id"], doc["exit_hook_id"]
-        fields = {"job_id": str(job_id), "job_name": doc["name"], "worker_id": self.worker_id()}
+        if definition is None:
+            # unknown here: hand it to a process that knows the job (no owner: the next sweep
+            # of such a worker takes it at once), instead of holding it while this one lives
+            if doc.get("exit_hook_owner") is not None:
+                await self.jobs.disown_hook(job_id, hook_id)
+            self.in_flight.discard(str(job_id))
+            return
+        fields = {"job_id": str(job_id), "job_name": doc.get("name"), "worker_id": self.worker_id()}
         expires_at = self._expiry(definition, doc)
         if definition.on_job_exited is None:
-            await self._record(job_id, hook_id, "none", None, fields, expires_at)
+            try:
+                await self._record(job_id, hook_id, "none", None, fields, expires_at)
+            finally:
+                self.in_flight.discard(str(job_id))
             return
         from .worker import build_job, call_maybe_async, describe_error
 
@@ -83,10 +108,11 @@ class HookRunner:
         except Exception as exc:
             error = describe_error(exc)
             self.log.exception("on_job_exited_failed", **fields)
-        finally:
-            self.in_flight.discard(str(job_id))
         state = "failed" if error else "done"
-        await self._record(job_id, hook_id, state, error, fields, expires_at)
+        try:
+            await self._record(job_id, hook_id, state, error, fields, expires_at)
+        finally:  # only now: a sweep must not take it over while its record is being written
+            self.in_flight.discard(str(job_id))
 
     def _expiry(self, definition: JobDef, doc: Doc) -> dt.datetime | None:
         """The job's retention starts when its hook is settled (never while it is owed)."""
@@ -117,7 +143,7 @@ class HookRunner:
         taken = 0
         for doc in await self.jobs.owed_hooks(now):
             owner = doc.get("exit_hook_owner")
-            definition = self.definitions.get(doc["name"])
+            definition = self.definitions.get(str(doc.get("name")))
             if definition is None or (owner in live and owner != me):
                 continue
             if str(doc["_id"]) in self.in_flight:
@@ -132,9 +158,9 @@ class HookRunner:
             self.log.warning(
                 "on_job_exited_recovered",
                 job_id=str(doc["_id"]),
-                job_name=doc["name"],
+                job_name=doc.get("name"),
                 owner=owner,
                 worker_id=me,
             )
-            await self.run(definition, mine)
+            self.start(definition, mine)
         return taken

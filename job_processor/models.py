@@ -125,6 +125,8 @@ def _utc(value: Any) -> Any:
 def _derive_missing(doc: dict[str, Any]) -> None:
     """A job inserted by another program (`{name, claim_name, due_ms, payload}`) reads as the
     pending job it is until a worker claims it and writes the rest (documents.completion)."""
+    if not isinstance(doc.get("name"), str):  # shown as "" (its run is errored: no name)
+        doc["name"] = str(doc["name"]) if doc.get("name") is not None else ""
     if "created_at" in doc:
         return
     oid = doc.get("_id")

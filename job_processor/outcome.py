@@ -14,7 +14,8 @@ Rules, first match wins:
   left is paused (resumes from its checkpoint);
 - the shutdown signal, then the handler raised or was cancelled: paused if resumable, else
   pending at once ("interrupted"); neither consumes an attempt;
-- the handler raised: a failed attempt (`RetryLater` sets the delay, `DoNotRetry` ends it).
+- the handler raised: a failed attempt (`RetryLater` sets the delay, `DoNotRetry` ends it);
+- the claim's reply was lost and the handler never ran: pending again at once, no attempt used.
 
 A failed attempt goes back to pending (retry at the backoff's time) while `failures <
 max_attempts`, else errored.
@@ -50,6 +51,8 @@ class Ending(StrEnum):
     """The job document cannot be run (a malformed field, a payload failing its model)."""
     UNRECORDABLE = "unrecordable"
     """The outcome could not be stored (e.g. a result over MongoDB's 16 MB document limit)."""
+    UNSTARTED = "unstarted"
+    """Claimed, but the claim's reply was lost: the handler never ran."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ def _decide(
     c = _Ctx(doc, policy, end, now, rand)
     if end.how in (Ending.INVALID, Ending.UNRECORDABLE):
         return c.ended(S.ERRORED, end.error)
+    if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
+        return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now)
     killed = c.ended(S.KILLED, "killed (its worker crashed)" if c.crashed else "killed", end.result)
     if end.abort_reason == "killed":
         return killed

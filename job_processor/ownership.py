@@ -70,6 +70,9 @@ class OwnershipWatcher:
                     str(doc["_id"]), "killed"
                 ):
                     delivered += 1
+            elif doc.get("run_id") in self.worker.unstarted:  # its claim's reply was lost
+                await self.recovery.reconcile(doc, started=False)
+                self.worker.unstarted.discard(str(doc["run_id"]))
             elif reconcile and doc["run_started_at"] < cutoff:
                 await self.recovery.reconcile(doc)
         return delivered

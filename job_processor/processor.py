@@ -161,6 +161,10 @@ class JobProcessor(EventsAPI):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.heartbeat.loop(), name="heartbeat")
                 tg.create_task(self.ownership.loop(), name="ownership")
+                tg.create_task(
+                    self.recovery.loop(self.heartbeat.stop_event, self.heartbeat.after_sweep),
+                    name="sweep",
+                )
         except Exception:
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             self.failed.set()
@@ -225,6 +229,7 @@ class JobProcessor(EventsAPI):
         with contextlib.suppress(Exception):
             await self._worker_loops
         await self.worker.drain()
+        await self.hooks.drain()  # recovered hooks running in the background
         self._worker_loops = None
         await self._release_runtime()
         await self.events.close()  # the webhooks' HTTP client

@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import PyMongoError
+
 from . import sentry
-from .clock import Clock, as_utc
+from .clock import Clock, as_utc, sleep_or_wake
 from .definitions import JobDef
 from .hooks import HookRunner
 from .log import EventLog
@@ -56,6 +59,22 @@ class Recovery:
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
+
+    async def loop(self, stop_event: asyncio.Event, after: Any = None) -> None:
+        """The sweep every `worker_timeout / 2`, in its own loop (never inside the heartbeat:
+        a long sweep must not make this worker look dead). `after(now)`: the registry refresh,
+        the retention pass."""
+        while not stop_event.is_set():
+            await sleep_or_wake(self.clock, stop_event, self.worker_timeout / 2)
+            if stop_event.is_set():
+                return
+            now = self.clock.now()
+            try:
+                await self.sweep(now)
+                if after is not None:
+                    await after(now)
+            except PyMongoError as exc:
+                self.log.warning("sweep_failed", worker_id=self.worker.worker_id, error=str(exc))
 
     async def sweep(self, now: dt.datetime) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks."""
@@ -101,13 +120,16 @@ class Recovery:
             self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
         return errored
 
-    async def reconcile(self, doc: Doc) -> Doc | None:
-        """A job the database says this live worker runs, but it does not (its final write
-        failed, or a claim's reply was lost)."""
+    async def reconcile(self, doc: Doc, started: bool = True) -> Doc | None:
+        """A job the database says this live worker runs, but it does not: its final write
+        failed (a lost attempt), or (`started=False`) its claim's reply was lost and it never
+        ran (re-queued, no attempt used)."""
         end = RunEnd(
-            Ending.LOST_TRACK,
+            Ending.LOST_TRACK if started else Ending.UNSTARTED,
             kill_requested=bool(doc.get("kill_requested_at")),
-            error="its worker lost track of the run (the final write failed or a reply was lost)",
+            error="its worker lost track of the run (the final write failed or a reply was lost)"
+            if started
+            else "its claim's reply was lost: not run",
         )
         return await self.recover(doc, end, event="job_reconciled")
 
@@ -115,7 +137,7 @@ class Recovery:
         """Exactly once per run: the final write is a compare-and-set on the run id."""
         from .worker import policy_of
 
-        definition = self.definitions.get(doc["name"])
+        definition = self.definitions.get(str(doc.get("name")))
         policy = policy_of(definition, doc, self.worker.settings.retention)
         now = self.clock.now()
         for _ in range(2):
@@ -134,7 +156,7 @@ class Recovery:
         self.log.warning(
             event,
             job_id=str(doc["_id"]),
-            job_name=doc["name"],
+            job_name=doc.get("name"),
             worker_id=doc.get("worker_id"),
             status=written.doc["status"],
             error=outcome.error,
@@ -145,6 +167,6 @@ class Recovery:
                 self.worker.wake_at(outcome.retry_at)
             else:
                 self.worker.wake.set()
-        else:
-            await self.hooks.after_write(definition, written.doc)
+        else:  # in the background: the sweep (and the heartbeat) never wait for a hook
+            self.hooks.start(definition, written.doc)
         return written.doc

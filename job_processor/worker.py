@@ -35,7 +35,7 @@ from .models import Job, JobStatus
 from .outcome import Ending, Outcome, Policy, RunEnd, decide
 from .retention import Retention
 from .storage import Storage
-from .storage.jobs import MAX_VALUE_BYTES, EndItem
+from .storage.jobs import MAX_VALUE_BYTES, EndItem, LostClaim
 from .storage.transient import TRANSIENT
 from .telemetry import Telemetry
 from .wakeup import DueTimes
@@ -72,7 +72,8 @@ class Run:
     """One job being executed by this process."""
 
     doc: Doc
-    definition: JobDef
+    definition: JobDef | None
+    """None: the claimed document's name is missing or not one of this worker's jobs."""
     signal: AbortSignal = field(default_factory=AbortSignal)
     lost: bool = False
     """Set when this process learns it no longer owns the job: it must write nothing."""
@@ -190,6 +191,10 @@ class Worker:
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
         self._backlog = False
         """The last claim found a job: the next one claims a whole batch (free slots)."""
+        self.unstarted: set[str] = set()
+        """Run ids of claims whose reply was lost and could not be read back: a job running
+        under one of them here never started (reconciliation re-queues it, no attempt used)."""
+        self._limited_first = False
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
         self.limiter = Limiter(storage, definitions, self.names, log)
         self.paused: frozenset[str] = frozenset()
@@ -219,6 +224,10 @@ class Worker:
             self.wake.clear()
             try:
                 got = await self.claim_batch()
+            except LostClaim as lost:
+                self.unstarted.add(lost.run_id)
+                self.log.warning("claim_reply_lost", worker_id=self.worker_id, run_id=lost.run_id)
+                got = 0
             except PyMongoError as exc:
                 self.log.warning("claim_failed", worker_id=self.worker_id, error=str(exc))
                 got = 0
@@ -286,7 +295,9 @@ class Worker:
         names = self.claimable_names()
         if not names or not self.worker_id:
             return None
-        doc = await self.jobs.claim_next(names, self.worker_id, self.clock.now())
+        doc = await self.jobs.claim_next(
+            names, self.worker_id, self.clock.now(), budget=self.settings.worker_timeout
+        )
         if doc is not None:
             self.start_claimed(doc)
         return doc
@@ -298,27 +309,40 @@ class Worker:
         Then the limited names fill what is left, key by key (see `limiter`)."""
         free = self.settings.concurrency - self._claimed
         got = 0
+        # limited names go first every other time, so a backlog of unlimited ones never
+        # starves them (nor do they starve the others: a full limit claims nothing)
+        self._limited_first = not self._limited_first
+        if self._limited_first and self.limiter.groups and self.worker_id:
+            got = await self.limiter.claim(self, free)
+            free -= got
+            if free <= 0:
+                return got
         doc = await self.claim_once() if self.worker_id else None
         if doc is None:
             self._backlog = False
         else:
-            got = 1
+            got += 1
             if self._backlog and free > 2:  # a find + an update_many pay from two jobs up
                 more = await self.jobs.claim_more(
-                    self.claimable_names(), self.worker_id, self.clock.now(), free - 1
+                    self.claimable_names(),
+                    self.worker_id,
+                    self.clock.now(),
+                    free - 1,
+                    budget=self.settings.worker_timeout,
                 )
                 for other in more:
                     self.start_claimed(other)
                 got += len(more)
             self._backlog = True
-        if self.limiter.groups and self.worker_id and free - got > 0:
-            got += await self.limiter.claim(self, free - got)
+        left = self.settings.concurrency - self._claimed
+        if not self._limited_first and self.limiter.groups and self.worker_id and left > 0:
+            got += await self.limiter.claim(self, left)
         return got
 
     def spawn(self, doc: Doc, claimed: bool = False) -> asyncio.Task[Doc | None]:
         """Run a job this process owns. The run is registered at once (before its task starts),
         so reconciliation never mistakes it for a stray."""
-        run = Run(doc=doc, definition=self.definitions[doc["name"]])
+        run = Run(doc=doc, definition=self.definitions.get(str(doc.get("name"))))
         self.runs[str(doc["_id"])] = run
         task = asyncio.create_task(self.execute(run), name=f"job-{doc['_id']}")
         self._tasks.add(task)
@@ -375,7 +399,7 @@ class Worker:
     # ---- executing one job -----------------------------------------------------------
 
     def _fields(self, doc: Doc) -> dict[str, Any]:
-        return {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
+        return {"job_id": str(doc["_id"]), "job_name": doc.get("name"), "worker_id": self.worker_id}
 
     async def execute(self, run: Run) -> Doc | None:
         """Run a claimed job to its end and write the outcome. Never raises (but CancelledError).
@@ -386,6 +410,14 @@ class Worker:
         fields = self._fields(doc)
         trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
         try:
+            if run.definition is None:  # another program wrote a bad name: record why
+                error = (
+                    f"invalid job document: its name {doc.get('name')!r} is missing or not a "
+                    "job this worker defines (name and claim_name must be the same job name)"
+                )
+                return await asyncio.shield(
+                    self._finish(run, RunEnd(Ending.INVALID, error=error), None)
+                )
             if "created_at" not in doc:  # inserted by another program: fill in the rest
                 missing = D.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
@@ -443,15 +475,14 @@ class Worker:
 
     async def _skip_missed(self, run: Run) -> Doc | None:
         now = self.clock.now()
+        keep = R.of(run.definition, self.settings.retention)
+        skipped = Outcome(S.SKIPPED, expires_at=keep.expires_at(S.SKIPPED, now) if keep else None)
         written = await self.jobs.end_run(
-            run.doc,
-            Outcome(S.SKIPPED),
-            now,
-            writer=self.worker_id,
-            budget=self.settings.worker_timeout,
+            run.doc, skipped, now, writer=self.worker_id, budget=self.settings.worker_timeout
         )
+        await self.limiter.release(run.doc, self)
         if written.doc is not None:
-            self.telemetry.cron_slot(run.doc["name"], "missed")
+            self.telemetry.cron_slot(str(run.doc.get("name")), "missed")
             self.log.warning(
                 "cron_slot_missed",
                 slot=run.doc["scheduled_for"].isoformat(),
@@ -465,10 +496,13 @@ class Worker:
     ) -> str | None:
         if run.doc.get("type") != "cron_task" or not isinstance(run.definition, CronDef):
             return None
-        return sentry.checkin(run.doc["name"], run.definition, status, check_in_id, duration)
+        return sentry.checkin(
+            str(run.doc.get("name")), run.definition, status, check_in_id, duration
+        )
 
     async def _run_handler(self, run: Run, job: Job[Any]) -> RunEnd:
         definition, signal = run.definition, run.signal
+        assert definition is not None  # execute() records a run without one as invalid
         handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
         aborted = asyncio.create_task(signal.wait())
         timer: asyncio.Task[None] | None = None
@@ -542,6 +576,9 @@ class Worker:
                 )
             except TRANSIENT as exc:
                 self.log.error("checkpoint_failed", error=str(exc), **self._fields(run.doc))
+        if ok:
+            run.doc["state"] = dict(state)  # the final document (and its hook) see it
+            return
         if not ok:
             run.lost = True
             run.signal.abort("shutdown")

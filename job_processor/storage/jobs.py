@@ -9,7 +9,7 @@ docs/guide.md, "Durability").
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,15 @@ def object_id(job_id: str | ObjectId) -> ObjectId:
         raise JobNotFoundError(f"{job_id!r} is not a job id (24 hex characters)") from None
 
 
+class LostClaim(Exception):
+    """A claim's reply was lost and could not be read back (MongoDB unreachable past the
+    budget): jobs may be running under `run_id` that this worker never started."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"claim {run_id}: reply lost, not readable")
+        self.run_id = run_id
+
+
 @dataclass(frozen=True)
 class EndItem:
     """One final write waiting to be grouped with others (`JobStore.end_runs`)."""
@@ -163,28 +172,38 @@ class JobStore:
             and await self.coll.find_one({"cron_slot_key": key}, {"_id": 1}) is not None
         )
 
-    async def expire_missed_cron_tasks(self, now: dt.datetime) -> int:
+    async def expire_missed_cron_tasks(
+        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None] | None = None
+    ) -> int:
         """Pending cron tasks that never started and are past their start deadline never run
-        late: skipped, "missed". (A retry of a task that did start is not expired.)"""
+        late: skipped, "missed". (A retry of a task that did start is not expired.) `expiry`:
+        cron name -> when its skipped tasks may be deleted (its retention); without it, every
+        cron's tasks, kept."""
         check_transition(S.PENDING, S.SKIPPED)
-        res = await self.coll.update_many(
-            {
-                "type": "cron_task",
-                "status": S.PENDING.value,
-                "start_deadline": {"$lt": now},
-                "attempt": 0,
-            },
-            {
-                "$set": {
-                    "status": S.SKIPPED.value,
-                    "skip_reason": "missed",
-                    "ended_at": now,
-                    "updated_at": now,
-                },
-                "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
-            },
-        )
-        return int(res.modified_count)
+        query: Doc = {
+            "type": "cron_task",
+            "status": S.PENDING.value,
+            "start_deadline": {"$lt": now},
+            "attempt": 0,
+        }
+        fields: Doc = {
+            "status": S.SKIPPED.value,
+            "skip_reason": "missed",
+            "ended_at": now,
+            "updated_at": now,
+        }
+        unset = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
+        if expiry is None:
+            res = await self.coll.update_many(query, {"$set": fields, "$unset": unset})
+            return int(res.modified_count)
+        expired = 0
+        for name, expires_at in expiry.items():
+            extra = {"expires_at": expires_at} if expires_at is not None else {}
+            res = await self.coll.update_many(
+                query | {"name": name}, {"$set": fields | extra, "$unset": unset}
+            )
+            expired += int(res.modified_count)
+        return expired
 
     async def delete_pending_tasks_of(self, names: list[str]) -> int:
         """Pending tasks of crons that were removed."""
@@ -202,22 +221,36 @@ class JobStore:
         now: dt.datetime,
         run_id: str | None = None,
         limit_key: str | None = None,
+        budget: float = 30.0,
     ) -> Doc | None:
-        """Atomically take the best due job among `names` (pending or paused)."""
-        result: Doc | None = await self.coll.find_one_and_update(
-            D.claim_filter(list(names), now),
-            D.claim_update(worker_id, now, run_id, limit_key),
-            sort=CLAIM_SORT,
-            return_document=AFTER,
-        )
+        """Atomically take the best due job among `names` (pending or paused). A reply lost to
+        a network error is read back by the claim's run id (within `budget`); if even that
+        fails, LostClaim says which run id may hold a job."""
+        update = D.claim_update(worker_id, now, run_id, limit_key)
+        try:
+            result: Doc | None = await self.coll.find_one_and_update(
+                D.claim_filter(list(names), now), update, sort=CLAIM_SORT, return_document=AFTER
+            )
+        except TRANSIENT:
+            found = await self._read_back(update["$set"]["run_id"], budget)
+            return found[0] if found else None
         return decode_opt(result)
 
+    async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
+        """The jobs a claim under `run_id` took, when its reply was lost."""
+        mine = {"status": S.RUNNING.value, "run_id": run_id}
+        try:
+            return await ride_out(lambda: all_docs(self.coll.find(mine)), budget)
+        except TRANSIENT:
+            raise LostClaim(run_id) from None
+
     async def claim_more(
-        self, names: list[str], worker_id: str, now: dt.datetime, k: int
+        self, names: list[str], worker_id: str, now: dt.datetime, k: int, budget: float = 30.0
     ) -> list[Doc]:
         """Up to `k` more due jobs, in order, in two commands: find the best `k`, then claim
-        those still claimable with one update_many (they share its run id). Only when another
-        worker took some meanwhile are the ones claimed here read back (a third command)."""
+        those still claimable AND unchanged since (the same `end_id`: any write that makes a
+        job claimable again sets a new one) with one update_many; they share its run id. Only
+        when another worker took some meanwhile are the ones claimed here read back."""
         candidates = await all_docs(
             self.coll.find(D.claim_filter(names, now)).sort(CLAIM_SORT).limit(k)
         )
@@ -225,7 +258,8 @@ class JobStore:
             return []
         update = D.claim_update(worker_id, now)
         ids = [c["_id"] for c in candidates]
-        query = {"_id": {"$in": ids}} | D.claim_filter(names, now)
+        seen = sorted({c.get("end_id") for c in candidates}, key=lambda e: e or "")
+        query = {"_id": {"$in": ids}, "end_id": {"$in": seen}} | D.claim_filter(names, now)
         try:
             res = await self.coll.update_many(query, update)
         except TRANSIENT:  # it may have landed: take what carries our run id
@@ -234,8 +268,7 @@ class JobStore:
             return [D.applied(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:
             return []
-        mine = {"_id": {"$in": ids}, "run_id": update["$set"]["run_id"]}
-        claimed = {d["_id"]: d for d in await all_docs(self.coll.find(mine))}
+        claimed = {d["_id"]: d for d in await self._read_back(update["$set"]["run_id"], budget)}
         return [claimed[i] for i in ids if i in claimed]
 
     async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
@@ -287,11 +320,13 @@ class JobStore:
         writer: str | None,
         budget: float,
         duration_ms: int | None = None,
+        end_id: str | None = None,
     ) -> EndWrite:
         """Running -> outcome.status, only if this run still owns the job (and, for outcomes a
         kill overrides, no kill was requested). Transient errors are retried within `budget`;
-        a write whose reply was lost is recognised by its `end_id`."""
-        end_id = D.new_id()
+        a write whose reply was lost is recognised by its `end_id` (given when retrying a write
+        that may have landed)."""
+        end_id = end_id or D.new_id()
         query = D.end_filter(claimed, outcome)
         update = D.end_update(
             claimed, outcome, now, end_id=end_id, writer=writer, duration_ms=duration_ms
@@ -337,8 +372,11 @@ class JobStore:
             res = await ride_out(lambda: self.coll.bulk_write(ops, ordered=False), budget)
         except TRANSIENT:
             raise
-        except Exception:
-            return [await self._end_one(item, budget) for item in items]
+        except Exception:  # some writes may have landed (unordered): the same end ids tell
+            return [
+                await self._end_one(item, budget, end_id)
+                for item, end_id in zip(items, end_ids, strict=True)
+            ]
         if res.matched_count == len(ops):
             return [
                 EndWrite(D.applied(i.claimed, u)) for i, (_, u) in zip(items, built, strict=True)
@@ -353,7 +391,9 @@ class JobStore:
     async def _get_many(self, ids: list[ObjectId]) -> list[Doc]:
         return await all_docs(self.coll.find({"_id": {"$in": ids}}))
 
-    async def _end_one(self, item: EndItem, budget: float) -> EndWrite | Exception:
+    async def _end_one(
+        self, item: EndItem, budget: float, end_id: str | None = None
+    ) -> EndWrite | Exception:
         try:
             return await self.end_run(
                 item.claimed,
@@ -362,6 +402,7 @@ class JobStore:
                 writer=item.writer,
                 budget=budget,
                 duration_ms=item.duration_ms,
+                end_id=end_id,
             )
         except Exception as exc:
             return exc
@@ -463,6 +504,13 @@ class JobStore:
             return_document=AFTER,
         )
         return decode_opt(result)
+
+    async def disown_hook(self, job_id: ObjectId, hook_id: str) -> None:
+        """An owed hook whose owner cannot call it (it does not define the job): no owner."""
+        await self.coll.update_one(
+            {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id},
+            {"$set": {"exit_hook_owner": None}},
+        )
 
     async def hook_ended(
         self,
@@ -594,7 +642,8 @@ class JobStore:
         ids = [d["_id"] async for d in cursor]
         if not ids:
             return 0
-        res = await self.coll.delete_many({"_id": {"$in": ids}})
+        # the same conditions again: a job retried between the read and here is kept
+        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
         return int(res.deleted_count)
 
     @staticmethod

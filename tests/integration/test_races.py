@@ -1,0 +1,247 @@
+"""Races and lost replies found by an outside review; each test is the scenario it described."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo.errors import AutoReconnect
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import documents as D
+from job_processor.definitions import Limit
+from job_processor.outcome import Outcome
+
+from .helpers import make, wait_for, wait_status
+
+S = JobStatus
+
+
+async def test_a_slow_recovered_hook_never_stops_the_heartbeat(db: Any) -> None:
+    """A hook owed by a dead worker takes longer than worker_timeout: it runs in the background,
+    so this worker's heartbeat goes on and its own running job is not recovered elsewhere."""
+    hook_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_hook(job: Job) -> None:
+        hook_started.set()
+        await asyncio.sleep(3)  # longer than worker_timeout (2 s)
+
+    async def long(job: Job, signal: AbortSignal) -> str:
+        await release.wait()
+        return "done"
+
+    jobs = {
+        "b": JobDef(handler=lambda j, s: None, on_job_exited=slow_hook),
+        "long": JobDef(handler=long),
+    }
+    worker = await make(db, jobs)
+    other = await make(db, jobs)  # another live worker sweeping meanwhile
+    past = worker.clock.now() - dt.timedelta(minutes=5)
+    orphan = D.as_running(D.new_job("b", {}, now=past), "dead-worker", past)
+    await worker.storage.jobs.insert(orphan)
+    await worker.storage.jobs.end_run(
+        orphan, Outcome(S.FINISHED, hook_owed=True), past, writer="dead-worker", budget=2
+    )
+    async with worker:
+        job = await worker.schedule_job("long")
+        await wait_status(worker, job.id, S.RUNNING)
+        first_id = worker.worker_id
+        async with other:
+            await asyncio.wait_for(hook_started.wait(), 10)
+            deadline = asyncio.get_running_loop().time() + 3.5
+            while asyncio.get_running_loop().time() < deadline:  # the hook's whole run
+                assert (await worker.get_job(job.id)).status == S.RUNNING
+                await asyncio.sleep(0.2)
+            release.set()
+            done = await wait_status(worker, job.id, S.FINISHED)
+    assert worker.worker_id == first_id  # never declared dead
+    assert (done.attempt, done.failures, done.result) == (1, 0, "done")
+
+
+@pytest.mark.parametrize("doc", [{"claim_name": "send"}, {"name": "other", "claim_name": "send"}])
+async def test_a_claimed_document_with_a_bad_name_is_errored_not_fatal(
+    db: Any, doc: dict[str, Any]
+) -> None:
+    processor = await make(db, {"send": JobDef(handler=lambda j, s: "ok")})
+    bad = await db["job_processor_jobs"].insert_one(doc | {"due_ms": int(time.time() * 1000)})
+    good = await processor.schedule_job("send")
+    async with processor:
+        failed = await wait_status(processor, str(bad.inserted_id), S.ERRORED)
+        await wait_status(processor, good.id, S.FINISHED)
+        assert not processor.failed.is_set()  # every loop still up
+    assert failed.error is not None
+    assert "is missing or not a job this worker defines" in failed.error
+
+
+async def test_a_claim_whose_reply_was_lost_is_read_back_and_run_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        runs.append(job.attempt)
+
+    processor = await make(db, {"w": JobDef(handler=work)})
+    coll = processor.storage.jobs.coll
+    real = coll.find_one_and_update
+    lost: list[bool] = []
+
+    async def claim_lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
+        result = await real(query, update, **kw)
+        if "claim_name" in query and result is not None and not lost:
+            lost.append(True)
+            raise AutoReconnect("connection reset after the claim landed")
+        return result
+
+    monkeypatch.setattr(coll, "find_one_and_update", claim_lands_reply_lost)
+    job = await processor.schedule_job("w")
+    async with processor:
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert lost == [True]
+    assert runs == [1]
+    assert (done.attempt, done.failures) == (1, 0)
+
+
+async def test_a_claim_that_cannot_be_read_back_is_requeued_without_using_an_attempt(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        runs.append(job.attempt)
+
+    processor = await make(db, {"w": JobDef(handler=work)})  # max_attempts 1: no room for loss
+    coll = processor.storage.jobs.coll
+    real_fam, real_find = coll.find_one_and_update, coll.find
+    outage = asyncio.Event()
+
+    async def claim_lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
+        result = await real_fam(query, update, **kw)
+        if "claim_name" in query and result is not None and not outage.is_set():
+            outage.set()
+            raise AutoReconnect("connection reset")
+        return result
+
+    def find_during_outage(query: Any = None, *args: Any, **kw: Any) -> Any:
+        if outage.is_set() and query and "run_id" in query and "_id" not in query:
+            raise AutoReconnect("still down")  # the read-back fails: the claim is unknown
+        return real_find(query, *args, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", claim_lands_reply_lost)
+    monkeypatch.setattr(coll, "find", find_during_outage)
+    job = await processor.schedule_job("w")
+    async with processor:
+        await asyncio.wait_for(outage.wait(), 10)
+        await wait_for(lambda: bool(processor.worker.unstarted), timeout=15)
+        monkeypatch.setattr(coll, "find", real_find)
+        done = await wait_status(processor, job.id, S.FINISHED, timeout=20)
+    assert runs == [2]  # the lost claim never ran; the re-queued job ran once
+    assert done.failures == 0
+    assert done.history[0]["error"] == "its claim's reply was lost: not run"
+
+
+async def test_retry_job_clears_the_expiry(db: Any) -> None:
+    async def boom(job: Job, signal: AbortSignal) -> None:
+        raise ValueError("no")
+
+    processor = await make(db, {"x": JobDef(handler=boom)})
+    failed = await processor.run_job("x")
+    assert failed.expires_at is not None
+    retried = await processor.retry_job(failed.id)
+    assert retried.expires_at is None  # pending again: the TTL must not remove it
+
+
+async def test_a_hook_owed_by_a_worker_that_does_not_define_the_job_is_handed_over(
+    db: Any,
+) -> None:
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+
+    knows = {"x": JobDef(handler=lambda j, s: None, on_job_exited=hook)}
+    stranger = await make(db, {"other": JobDef(handler=lambda j, s: None)})
+    kill = await make(db, knows)
+    job = await kill.schedule_job("x", scheduled_for=dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+    await stranger.kill_job(job.id)  # a live process that cannot call x's hook
+    doc = await stranger.storage.jobs.get(ObjectId(job.id))
+    assert doc is not None and doc["exit_hook"] == "owed"
+    assert doc["exit_hook_owner"] is None  # handed over, not held while the stranger lives
+    async with kill:  # a worker that defines x takes it at its first sweep
+        await wait_for(lambda: calls == ["killed"])
+
+
+async def test_the_final_document_and_its_hook_see_the_last_checkpoint(db: Any) -> None:
+    seen: list[Any] = []
+
+    async def steps(job: Job, signal: AbortSignal) -> int:
+        for i in range(3):
+            await job.checkpoint({"step": i + 1})
+        return 3
+
+    async def hook(job: Job) -> None:
+        seen.append(job.state)
+
+    processor = await make(db, {"s": JobDef(handler=steps, on_job_exited=hook)}, concurrency=8)
+    ids = [(await processor.schedule_job("s")).id for _ in range(12)]
+    async with processor:  # grouped final writes compute the final documents locally
+        for job_id in ids:
+            await wait_status(processor, job_id, S.FINISHED)
+        await wait_for(lambda: len(seen) == 12)
+    assert seen == [{"step": 3}] * 12
+
+
+async def test_limited_names_are_not_starved_by_a_backlog_of_others(db: Any) -> None:
+    order: list[str] = []
+
+    async def plain(job: Job, signal: AbortSignal) -> None:
+        order.append("plain")
+        await asyncio.sleep(0.02)
+
+    async def limited(job: Job, signal: AbortSignal) -> None:
+        order.append("limited")
+
+    jobs = {
+        "plain": JobDef(handler=plain),
+        "limited": JobDef(handler=limited, limit=Limit(key="k", concurrency=1)),
+    }
+    processor = await make(db, jobs, concurrency=2)
+    for _ in range(30):
+        await processor.schedule_job("plain")
+    await processor.schedule_job("limited")
+    async with processor:
+        await wait_for(lambda: "limited" in order, timeout=10)
+    assert order.index("limited") < 10  # not after the whole backlog of 30
+
+
+async def test_missed_cron_slots_follow_retention(db: Any) -> None:
+    from job_processor import FakeClock
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    crons = {
+        "tick": {
+            "cron_string": "* * * * * *",
+            "handler": lambda j, s: None,
+            "checkin_margin": 0.02,
+            "keep_finished": dt.timedelta(hours=1),
+        }
+    }
+    processor = await make(db, {}, crons=crons, clock=clock)
+    clock.advance(5)  # all workers down: the slots are missed
+    async with processor:
+
+        async def missed() -> list[Any]:
+            return [j for j in await processor.list_jobs("tick") if j.skip_reason == "missed"]
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await missed():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        for job in await missed():
+            assert job.expires_at is not None
+            assert job.expires_at - job.ended_at == dt.timedelta(hours=1)  # type: ignore[operator]
