@@ -8,9 +8,9 @@ A retention is one of:
 
 `keep_finished` applies to finished and skipped jobs, `keep_failed` to errored and killed ones.
 A job whose on_job_exited is still owed is never expired: its `expires_at` is written with the
-record of the hook (`retain_until` holds it meanwhile), so a TTL never removes a job whose hook
-recovery still needs. Cron tasks follow their CronDef; event deliveries their subscriber's
-definition.
+record of the hook, so a TTL never removes a job whose hook recovery still needs. `retry_job`
+clears it (the job is active again). Cron tasks follow their CronDef; event deliveries the
+processor's defaults; events `keep_events`.
 """
 
 from __future__ import annotations

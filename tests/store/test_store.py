@@ -399,3 +399,55 @@ async def test_a_write_that_cannot_be_encoded_fails_alone_in_its_group(driver_db
     assert isinstance(bad, Exception)  # bson cannot encode it: that job alone gets the error
     assert isinstance(fine, EndWrite) and fine.doc is not None
     assert (await storage.jobs.get(a["_id"]))["status"] == "running"  # type: ignore[index]
+
+
+async def test_a_batch_never_claims_a_candidate_changed_since_it_was_read(
+    storage: Storage, monkeypatch: Any
+) -> None:
+    for _ in range(3):
+        await add(storage)
+    coll = storage.jobs.coll
+    real = coll.update_many
+
+    async def meanwhile(query: Any, update: Any, **kw: Any) -> Any:
+        # between the batch's find and its update_many, another worker claims one candidate,
+        # runs it and re-queues it (claimable again, but not the document the batch read)
+        other = await storage.jobs.claim_next(["a"], "w2", NOW)
+        assert other is not None
+        retry = Outcome(S.PENDING, error="e", failures=1, retry_at=NOW)
+        await storage.jobs.end_run(other, retry, NOW, writer="w2", budget=2)
+        monkeypatch.setattr(coll, "update_many", real)
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_many", meanwhile)
+    batch = await storage.jobs.claim_more(["a"], "w1", NOW, 3)
+    assert len(batch) == 2  # the changed one was left out
+    for doc in batch:
+        assert doc == await storage.jobs.get(doc["_id"])  # what runs is what is stored
+
+
+async def test_a_grouped_write_that_partly_failed_reports_what_landed(
+    driver_db: Any, monkeypatch: Any
+) -> None:
+    """(On the wire servers: the fault is injected after the real bulk_write.)"""
+    from pymongo.errors import BulkWriteError
+
+    from job_processor.storage.jobs import EndItem
+
+    storage = await Storage.open(driver_db, "t_")
+    await storage.ensure_indexes()
+    for _ in range(3):
+        await add(storage)
+    claimed = await storage.jobs.claim_more(["a"], "w1", NOW, 3)
+    real = storage.jobs.coll.bulk_write
+
+    async def applied_then_error(ops: Any, **kw: Any) -> Any:
+        await real(ops, **kw)  # every write lands, yet the server reports an error
+        raise BulkWriteError({"writeErrors": [{"index": 2, "code": 10334, "errmsg": "too big"}]})
+
+    monkeypatch.setattr(storage.jobs.coll, "bulk_write", applied_then_error)
+    items = [
+        EndItem(c, Outcome(S.FINISHED, result=i), later(1), "w1") for i, c in enumerate(claimed)
+    ]
+    results = await storage.jobs.end_runs(items, budget=2)
+    assert all(isinstance(r, EndWrite) and r.doc is not None for r in results)  # none "lost"
