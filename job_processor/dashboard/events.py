@@ -9,6 +9,7 @@ A delivery links to its job page, where it is killed or retried like any job.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -198,8 +199,18 @@ async def event(d: Dashboard, request: Request) -> Response:
         replayable=replayable,
         counts=counts,
         errors={i: _last_line(d, x.error, secrets) for i, x in enumerate(found.deliveries)},
+        attempts={i: [_attempt(a) for a in x.attempts] for i, x in enumerate(found.deliveries)},
         live=True,
     )
+
+
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    """A webhook attempt record, its time as a datetime (kept as text in the job's state)."""
+    at = record.get("at")
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):
+            at = as_utc(dt.datetime.fromisoformat(at.replace("Z", "+00:00")))
+    return record | {"at": at}
 
 
 def _last_line(d: Dashboard, text: str | None, secrets: set[str]) -> str:
