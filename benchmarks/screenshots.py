@@ -172,6 +172,7 @@ async def fill(db: Any, receiver: Receiver) -> tuple[Any, str, str, str]:
         instance_id="runner-1",
     )
     await processor.start()
+    event = await events(processor, receiver)  # first: the jobs page shows the jobs on top
     failed = ""
     for i in range(24):
         to = f"user{i}@bounce.example" if i % 8 == 3 else f"user{i}@example.com"
@@ -199,7 +200,6 @@ async def fill(db: Any, receiver: Receiver) -> tuple[Any, str, str, str]:
     await processor.kill_job(killed.id)
     await wait_until(lambda: _ended(processor, killed.id), 15)
     await wait_until(lambda: _running(processor, long.id), 15)
-    event = await events(processor, receiver)
     return processor, failed, long.id, event
 
 
