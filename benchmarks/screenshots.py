@@ -4,8 +4,9 @@ To run (needs Debian's chromium: apt-get install -y chromium):
     .venv/bin/python benchmarks/screenshots.py            # a throwaway nx-27017 server
     MONGODB_URL=mongodb://localhost:27017/shots .venv/bin/python benchmarks/screenshots.py
 
-It starts a real JobProcessor with a few jobs and crons, lets jobs finish, fail, run and get
-killed, serves the dashboard mounted at /jobs with uvicorn and drives Chromium with Playwright.
+It starts a real JobProcessor with a few jobs, crons, event subscribers and a webhook endpoint
+(a local HTTP receiver), lets jobs finish, fail, run and get killed, emits and replays events,
+serves the dashboard mounted at /jobs with uvicorn and drives Chromium with Playwright.
 """
 
 from __future__ import annotations
@@ -25,9 +26,20 @@ sys.path.insert(0, str(ROOT))
 
 from pymongo import AsyncMongoClient  # noqa: E402
 
-from job_processor import AbortSignal, CronDef, Job, JobDef, init_job_processor  # noqa: E402
+from job_processor import (  # noqa: E402
+    AbortSignal,
+    CronDef,
+    Event,
+    Job,
+    JobDef,
+    Subscriber,
+    WebhookOptions,
+    init_job_processor,
+)
 from job_processor.dashboard import create_dashboard  # noqa: E402
+from job_processor.definitions import Backoff, Limit  # noqa: E402
 from job_processor.local_server import local_server  # noqa: E402
+from job_processor.webhooks import generate_secret  # noqa: E402
 from tests.dashboard.harness import (  # noqa: E402
     CHROMIUM_ARGS,
     INSTALL_HINT,
@@ -36,12 +48,15 @@ from tests.dashboard.harness import (  # noqa: E402
     serve,
     wait_until,
 )
+from tests.receiver import Receiver, Reply, receiving  # noqa: E402
 
 PAGES = {
     "overview": "/jobs/",
     "jobs": "/jobs/jobs",
     "failed-job": None,  # filled in: the page of an errored job
     "crons": "/jobs/crons",
+    "events": "/jobs/events",
+    "event": None,  # filled in: an event with its deliveries, a webhook retried, a replay
 }
 #: With --all: the other pages too (to look at them; the docs show the four above).
 MORE = {
@@ -77,11 +92,69 @@ async def noop(job: Job, signal: AbortSignal) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def fill(db: Any) -> tuple[Any, str, str]:
+async def notify_customer(event: Event, signal: AbortSignal) -> dict[str, Any]:
+    return {"sms_sent_to": event.payload.get("phone")}
+
+
+async def update_crm(event: Event, signal: AbortSignal) -> None:
+    raise ConnectionError(f"CRM timeout updating order {event.payload.get('order_id')}")
+
+
+async def push_tracking(event: Event, signal: AbortSignal) -> dict[str, Any]:
+    return {"tracking_url": f"https://track.example/{event.payload.get('order_id')}"}
+
+
+SUBSCRIBERS: dict[str, Any] = {
+    "order_shipped": [
+        Subscriber("notify-customer", handler=notify_customer),
+        Subscriber("update-crm", handler=update_crm, mode="serial", max_attempts=2),
+        Subscriber("push-tracking", handler=push_tracking, mode="serial"),
+    ],
+    "invoice_paid": [Subscriber("notify-customer", handler=notify_customer)],
+}
+
+
+async def events(processor: Any, receiver: Receiver) -> str:
+    """A few events; the one returned has a webhook answered 503 then 200, a serial chain
+    stopped by a failing CRM, and a replay of one subscriber."""
+    url = receiver.script("/hooks/erp", Reply(503, body=b"Service Unavailable"), Reply(200))
+    await processor.webhooks.add(
+        url=url, events=["order_shipped"], secret_ref="erp", description="ERP"
+    )
+    for i in range(6):
+        await processor.emit("invoice_paid", {"invoice": f"INV-{2040 + i}", "amount": 120 + i})
+    shown = await processor.emit(
+        "order_shipped",
+        {"order_id": "A-1042", "phone": "+33 6 12 34 56 78", "api_token": "tok_live_8f2c"},
+        key="A-1042",
+    )
+    for i in range(3):
+        await processor.emit("order_shipped", {"order_id": f"A-{1043 + i}", "phone": "+33 6"})
+
+    async def ended() -> bool:
+        event = await processor.get_event(shown.id)
+        statuses = {d.target: d.status for d in event.deliveries}
+        return set(statuses.values()) <= {"finished", "errored", "skipped"} and len(statuses) == 4
+
+    await wait_until(ended, 30)
+    await processor.replay_event(shown.id, subscribers=["notify-customer"])
+    return str(shown.id)
+
+
+async def fill(db: Any, receiver: Receiver) -> tuple[Any, str, str, str]:
     processor = await init_job_processor(
         db,
+        subscribers=SUBSCRIBERS,
+        webhook_secrets={"erp": generate_secret()},
+        webhook_options=WebhookOptions(
+            backoff=Backoff(kind="fixed", base_seconds=0.3, jitter=False)
+        ),
         jobs={
-            "send-email": JobDef(handler=send_email, on_job_exited=lambda job: asyncio.sleep(0)),
+            "send-email": JobDef(
+                handler=send_email,
+                on_job_exited=lambda job: asyncio.sleep(0),
+                limit=Limit(key="smtp-provider", concurrency=3, rate=120, per_seconds=60),
+            ),
             "build-report": JobDef(handler=build_report, resumable=True, max_attempts=3),
             "sync-crm": JobDef(handler=noop, tag="main"),
         },
@@ -99,6 +172,7 @@ async def fill(db: Any) -> tuple[Any, str, str]:
         instance_id="runner-1",
     )
     await processor.start()
+    event = await events(processor, receiver)  # first: the jobs page shows the jobs on top
     failed = ""
     for i in range(24):
         to = f"user{i}@bounce.example" if i % 8 == 3 else f"user{i}@example.com"
@@ -126,7 +200,7 @@ async def fill(db: Any) -> tuple[Any, str, str]:
     await processor.kill_job(killed.id)
     await wait_until(lambda: _ended(processor, killed.id), 15)
     await wait_until(lambda: _running(processor, long.id), 15)
-    return processor, failed, long.id
+    return processor, failed, long.id, event
 
 
 async def _ended(processor: Any, job_id: str) -> bool:
@@ -176,9 +250,11 @@ async def main() -> None:
         url = os.environ.get("MONGODB_URL") or stack.enter_context(local_server()).url
         client: Any = AsyncMongoClient(url, tz_aware=True)
         db = client[f"jp_shots_{uuid.uuid4().hex[:8]}"]
+        receiver = stack.enter_context(receiving())
         try:
-            processor, failed, running = await fill(db)
+            processor, failed, running, event = await fill(db, receiver)
             PAGES["failed-job"] = f"/jobs/jobs/{failed}"
+            PAGES["event"] = f"/jobs/events/{event}"
             MORE["running-job"] = f"/jobs/jobs/{running}"
             pages = PAGES | (MORE if args.all else {})
             dashboard = create_dashboard(processor, auth=("admin", "secret"))

@@ -51,8 +51,10 @@ from .errors import (
 from .log import EventLog, make_log
 from .models import TERMINAL, Job, JobStatus, ProcessorStatus, WorkerInfo, parse_status
 from .registry import DEFAULT_WORKER_TIMEOUT, coverage, worker_alive
+from .status import limit_usage
 from .storage import JobQuery, Storage
 from .storage.jobs import MAX_VALUE_BYTES, object_id
+from .webhooks import webhook_warnings
 
 S = JobStatus
 Doc = dict[str, Any]
@@ -202,6 +204,9 @@ class Overview(BaseModel):
     unknown_names: dict[str, int] = {}
     """Names of waiting jobs that no worker defines -> how many wait."""
     warnings: list[str] = []
+    limits: list[dict[str, Any]] = []
+    """Cluster-wide limits (`status.limit_usage`): key, running, concurrency,
+    started_in_window, rate, per_seconds."""
 
 
 class AuditEntry(BaseModel):
@@ -603,8 +608,9 @@ class Admin:
     async def overview(self, minutes: int = 15) -> Overview:
         """The numbers of the dashboard's first page: counts by name and status, queue depth and
         oldest due age per name, jobs ended per minute over the last `minutes`, workers alive and
-        dead, paused names, and warnings (names no live worker can run, waiting jobs of unknown
-        names, paused names with waiting jobs, dead workers awaiting recovery)."""
+        dead, paused names, the cluster-wide limits in use, and warnings (names no live worker
+        can run, waiting jobs of unknown names, paused names with waiting jobs, dead workers
+        awaiting recovery, disabled webhook endpoints)."""
         minutes = _limit(minutes, "minutes", 24 * 60)
         now = self.clock.now()
         counts = await self._counts()
@@ -639,6 +645,7 @@ class Admin:
             )
         if not live_docs:
             warnings.append("no live worker: nothing is being run")
+        warnings += await webhook_warnings(self.storage)
         return Overview(
             now=now,
             counts={name: counts.get(name, {}) for name in names},
@@ -651,6 +658,7 @@ class Admin:
             unserved_names=cov.unserved,
             unknown_names=cov.unknown_waiting,
             warnings=warnings,
+            limits=[limit_usage(doc, now) for doc in await self.storage.limits.all()],
         )
 
     async def _throughput(self, now: dt.datetime, minutes: int) -> tuple[list[ThroughputRow], bool]:
@@ -699,6 +707,7 @@ class Admin:
             warnings=ov.warnings,
             paused_names=ov.paused_names,
             unserved_names=ov.unserved_names,
+            limits=ov.limits,
         )
 
     async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
@@ -1060,6 +1069,103 @@ class Admin:
         else:
             result.skipped[name] = "already paused" if pause else "not paused"
         await self._record(result, {"name": name})
+        return result
+
+    # ---- events (job_processor.events, recorded in the audit log) -----------------------------
+
+    async def replay_event(
+        self,
+        event_id: str,
+        subscribers: Sequence[str] | None = None,
+        *,
+        webhook_attempts: int = 10,
+        actor: str | None = None,
+    ) -> ActionResult:
+        """Deliver a stored event again (`events.replay_event`): new delivery jobs recorded
+        with a replay id of their own; `subscribers=None` is every subscriber registered for
+        it now and every enabled webhook endpoint listening to it. `changed` lists the new
+        delivery job ids, `detail["deliveries"]` the deliveries (target, job id, status).
+        Nothing to deliver to is reported in `skipped`. Action "event_replayed"."""
+        from . import events as ev
+
+        result = self._result("event_replayed", actor)
+        created = await ev.replay_event(
+            self.storage,
+            event_id,
+            subscribers,
+            webhook_attempts=webhook_attempts,
+            clock=self.clock,
+        )
+        nothing = (
+            "nothing to deliver to: no subscriber is registered for its name now and no "
+            "enabled webhook endpoint listens to it"
+        )
+        detail = {"event_id": str(event_id)}
+        return await self._replayed(result, created, detail, subscribers, str(event_id), nothing)
+
+    async def replay_events(
+        self,
+        name: str,
+        *,
+        since: str | dt.datetime | None,
+        until: str | dt.datetime | None = None,
+        subscribers: Sequence[str] | None = None,
+        limit: int = 1000,
+        webhook_attempts: int = 10,
+        actor: str | None = None,
+    ) -> ActionResult:
+        """`replay_event` for every event named `name` emitted in [since, until) (aware
+        datetimes or ISO text, UTC when no offset), oldest first, at most `limit` (1000).
+        Action "events_replayed"."""
+        from . import events as ev
+
+        lo = parse_time(since, "since")
+        if lo is None:
+            raise InvalidArgumentError(
+                "since is required to replay events by name: the start of the time window, "
+                "e.g. 2030-01-31T09:00:00Z"
+            )
+        hi = parse_time(until, "until")
+        result = self._result("events_replayed", actor)
+        created = await ev.replay_events(
+            self.storage,
+            name,
+            since=lo,
+            until=hi,
+            subscribers=subscribers,
+            limit=limit,
+            webhook_attempts=webhook_attempts,
+            clock=self.clock,
+        )
+        window = {"name": name, "since": lo.isoformat(), "until": hi.isoformat() if hi else ""}
+        nothing = (
+            f"nothing to deliver to: no event named {name!r} in the window, or no subscriber "
+            "registered for it now and no enabled webhook endpoint listening to it"
+        )
+        return await self._replayed(result, created, window, subscribers, name, nothing)
+
+    async def _replayed(
+        self,
+        result: ActionResult,
+        created: Sequence[Any],
+        detail: dict[str, Any],
+        subscribers: Sequence[str] | None,
+        what: str,
+        nothing: str,
+    ) -> ActionResult:
+        result.changed = [str(d.job_id) for d in created if d.job_id]
+        if not created:
+            result.skipped[what] = nothing
+        events = sorted({d.event_id for d in created})
+        replays = sorted({str(d.replay_id) for d in created if d.replay_id})
+        detail |= {
+            "subscribers": ",".join(subscribers) if subscribers is not None else "all",
+            "targets": sorted({d.target for d in created}),
+            "events": len(events),
+            "replay_ids": replays[:100],
+        }
+        await self._record(result, detail)
+        result.detail["deliveries"] = [d.model_dump(mode="json") for d in created]
         return result
 
 

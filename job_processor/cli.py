@@ -1,4 +1,5 @@
-"""`job-processor` command line: run an app's processor, the demo, status and kill."""
+"""`job-processor` command line: run an app's processor, the demo, the dashboard, and the
+operations commands (jobs, crons, workers, names, events, webhooks, status, health, kill)."""
 
 from __future__ import annotations
 
@@ -294,6 +295,44 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("name")
         p.set_defaults(func=ops.names_pause)
+
+    events = sub.add_parser("events", help="list, show and replay events").add_subparsers(
+        dest="events_command", required=True
+    )
+    p = events.add_parser("list", parents=[opt], help="events newest first")
+    p.add_argument("--name", help="one event name")
+    p.add_argument("--since", help="emitted at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", help="emitted before (ISO 8601)")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=ops.events_list)
+    p = events.add_parser("show", parents=[opt], help="one event with its deliveries")
+    p.add_argument("event_id")
+    p.set_defaults(func=ops.events_show)
+    p = events.add_parser(
+        "replay",
+        parents=[opt],
+        help="deliver an event again (new deliveries), or every event of a name in a window",
+    )
+    p.add_argument("event_id", nargs="?", help="the event (or give --name and --since)")
+    p.add_argument("--name", help="replay the events of this name emitted in --since/--until")
+    p.add_argument("--since", help="with --name: emitted at or after (ISO 8601)")
+    p.add_argument("--until", help="with --name: emitted before (ISO 8601; default now)")
+    p.add_argument(
+        "--subscriber",
+        action="append",
+        metavar="S",
+        help="only this subscriber (or webhook:<endpoint id>); repeat for more (default: all)",
+    )
+    p.add_argument("--limit", type=int, default=1000, help="with --name: at most this many")
+    p.set_defaults(func=ops.events_replay)
+
+    webhooks = sub.add_parser("webhooks", help="list webhook endpoints").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = webhooks.add_parser(
+        "list", parents=[opt], help="url (no query), events, enabled, failures, disabled reason"
+    )
+    p.set_defaults(func=ops.webhooks_list)
 
     p = sub.add_parser(
         "dashboard", parents=[common], help="serve the web dashboard (job-processor[dashboard])"

@@ -6,7 +6,8 @@ Two kinds of series (the full list, Grafana-ready, is in docs/operations.md):
   run durations, start delays (due -> started), retries, crash recoveries, cron slots run /
   missed / skipped. Fed by one call per run end (`job_processor.telemetry`).
 - from the database, computed once per scrape within a time budget (gauges): jobs by name and
-  status, due jobs and the oldest due age per name, live and dead workers, paused names. When the
+  status, due jobs and the oldest due age per name, live and dead workers, paused names, the
+  usage of each cluster-wide limit (running, capacity, starts in the window). When the
   budget runs out, the scrape serves what it has and `job_processor_scrape_timeout` is 1.
 
     from job_processor import metrics
@@ -42,6 +43,7 @@ from . import documents as D
 from .clock import Clock, SystemClock, as_utc
 from .models import TERMINAL, JobStatus
 from .registry import DEFAULT_WORKER_TIMEOUT, worker_alive
+from .status import limit_usage
 from .storage import Storage
 from .telemetry import CronOutcome
 
@@ -64,6 +66,8 @@ class Snapshot:
     oldest_due_age: dict[str, float] = field(default_factory=dict)
     workers: dict[str, int] | None = None
     paused: set[str] | None = None
+    limits: list[dict[str, Any]] | None = None
+    """Cluster-wide limits (`status.limit_usage`)."""
     timed_out: bool = False
     error: bool = False
     duration: float = 0.0
@@ -109,6 +113,7 @@ class DatabaseCollector(Collector):
         alive = sum(1 for w in docs if worker_alive(w, now, self.worker_timeout))
         snap.workers = {"alive": alive, "dead": len(docs) - alive}
         snap.paused = await self.storage.paused.names()
+        snap.limits = [limit_usage(doc, now) for doc in await self.storage.limits.all()]
         waiting: set[str] = set()
         for status in (S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():
@@ -168,6 +173,8 @@ class DatabaseCollector(Collector):
             for name in sorted(snap.paused):
                 paused.add_metric([name], 1)
             yield paused
+        if snap.limits is not None:
+            yield from _limit_families(snap.limits)
         yield GaugeMetricFamily(
             "job_processor_scrape_timeout",
             "1 when the database gauges ran out of their time budget (partial values)",
@@ -183,6 +190,41 @@ class DatabaseCollector(Collector):
             "Time spent reading the database gauges",
             value=snap.duration,
         )
+
+
+def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
+    running = GaugeMetricFamily(
+        "job_processor_limit_running",
+        "Slots of each cluster-wide limit held by running jobs (every worker)",
+        labels=["key"],
+    )
+    capacity = GaugeMetricFamily(
+        "job_processor_limit_capacity",
+        "The concurrency of each cluster-wide limit that has one",
+        labels=["key"],
+    )
+    started = GaugeMetricFamily(
+        "job_processor_limit_started_in_window",
+        "Starts within the rate window of each cluster-wide limit that has a rate",
+        labels=["key"],
+    )
+    rate = GaugeMetricFamily(
+        "job_processor_limit_rate",
+        "Starts allowed per window (its length is the limit's per_seconds)",
+        labels=["key"],
+    )
+    for usage in sorted(limits, key=lambda u: str(u["key"])):
+        key = str(usage["key"])
+        running.add_metric([key], usage["running"])
+        if usage.get("concurrency") is not None:
+            capacity.add_metric([key], usage["concurrency"])
+        if usage.get("rate") is not None and usage.get("per_seconds"):
+            started.add_metric([key], usage["started_in_window"])
+            rate.add_metric([key], usage["rate"])
+    yield running
+    yield capacity
+    yield started
+    yield rate
 
 
 class Metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import sys
@@ -12,12 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor import (
+    AbortSignal,
+    Event,
+    Job,
+    JobDef,
+    Subscriber,
+    WebhookOptions,
+    init_job_processor,
+)
 from job_processor.admin import Admin
+from job_processor.definitions import Backoff, Limit
+from job_processor.webhooks import generate_secret
 
 from .e2e.app import JOBS
 from .e2e.test_processes import url_with_db
 from .integration.helpers import FAST, wait_status
+from .receiver import Reply, receiving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,3 +224,166 @@ async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str) -> None:
+    async def send_email(event: Event, signal: AbortSignal) -> dict[str, str]:
+        return {"sent": event.payload["shipment_id"]}
+
+    async def update_crm(event: Event, signal: AbortSignal) -> None:
+        raise RuntimeError("crm down")
+
+    url = url_with_db(mongo_url, db.name)
+    subscribers: dict[str, Any] = {
+        "shipped": [
+            Subscriber("send-email", handler=send_email),
+            Subscriber("update-crm", handler=update_crm, max_attempts=1),
+        ]
+    }
+    limited: dict[str, Any] = {
+        "fine": JobDef(handler=tick, limit=Limit(key="mail-provider", concurrency=2))
+    }
+    with receiving() as receiver:
+        processor = await init_job_processor(
+            db,
+            jobs=limited,
+            subscribers=subscribers,
+            webhook_secrets={"crm": generate_secret()},
+            webhook_options=WebhookOptions(
+                backoff=Backoff(kind="fixed", base_seconds=0.2, jitter=False)
+            ),
+            **FAST,
+        )
+        hook = await processor.webhooks.add(
+            url=receiver.script("/hooks/crm", Reply(503, body=b"busy"), Reply(200)),
+            events=["shipped"],
+            secret_ref="crm",
+        )
+        token_path = "/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXX1"
+        retired = await processor.webhooks.add(
+            url=receiver.url(f"{token_path}?token=s3cr3t-query"), events=["*"], enabled=False
+        )
+        async with processor:
+            await processor.run_job("fine", {})
+            first = await processor.emit("shipped", {"shipment_id": "s1"}, key="s1")
+            second = await processor.emit("shipped", {"shipment_id": "s2"})
+
+            async def settled() -> bool:
+                events = [await processor.get_event(e.id) for e in (first, second)]
+                return all(
+                    d.status in ("finished", "errored") for e in events for d in e.deliveries
+                )
+
+            deadline = asyncio.get_running_loop().time() + 15
+            while not await settled():
+                assert asyncio.get_running_loop().time() < deadline, "deliveries did not end"
+                await asyncio.sleep(0.05)
+
+            listing, as_json, shown, shown_json, hooks, hooks_json, status = await asyncio.gather(
+                cli(url, "events", "list"),
+                cli(url, "events", "list", "--name", "shipped", "--limit", "1", "--json"),
+                cli(url, "events", "show", first.id),
+                cli(url, "events", "show", first.id, "--json"),
+                cli(url, "webhooks", "list"),
+                cli(url, "webhooks", "list", "--json"),
+                cli(url, "status"),
+            )
+            assert listing.returncode == 0, listing.stderr
+            assert listing.stdout.splitlines()[0].split() == [
+                "ID", "NAME", "EMITTED", "KEY", "SUBSCRIBERS", "WEBHOOKS", "REPLAYS",
+                "EMITTED", "BY",
+            ]  # fmt: skip
+            rows = listing.stdout.splitlines()[1:]
+            assert [r.split()[0] for r in rows] == [second.id, first.id]  # newest first
+            assert rows[1].split()[1:7] == [
+                "shipped",
+                *when_cells(first.emitted_at),
+                "s1",
+                "2",
+                "1",
+            ]
+            assert [e["id"] for e in json.loads(as_json.stdout)] == [second.id]
+
+            assert shown.returncode == 0, shown.stderr
+            assert "name:               shipped" in shown.stdout
+            assert '{"shipment_id": "s1"}' in shown.stdout
+            lines = {line.split()[0]: line for line in shown.stdout.splitlines() if line}
+            assert lines["send-email"].split()[1:5] == ["subscriber", "async", "finished", "1/3"]
+            assert lines["update-crm"].split()[3:5] == ["errored", "1/1"]
+            assert "RuntimeError: crm down" in lines["update-crm"]
+            assert f"webhook:{hook.id}" in lines
+            assert f"webhook attempts of webhook:{hook.id}" in shown.stdout
+            attempts = shown.stdout.split("webhook attempts of")[1].splitlines()[2:]
+            assert [a.split()[2] for a in attempts] == ["503", "200"]
+            assert "busy" in attempts[0]
+            data = json.loads(shown_json.stdout)
+            webhook = next(d for d in data["deliveries"] if d["kind"] == "webhook")
+            assert [a["status_code"] for a in webhook["attempts"]] == [503, 200]
+
+            assert hooks.returncode == 0, hooks.stderr
+            by_id = {line.split()[0]: line for line in hooks.stdout.splitlines()[1:]}
+            assert by_id[hook.id].split()[1:7] == [
+                receiver.url("/hooks/crm"), "shipped", "standard", "crm", "yes", "0"
+            ]  # fmt: skip
+            assert by_id[retired.id].split()[1] == receiver.url("/services/T0001/B0001/…?…")
+            assert "NO" in by_id[retired.id] and "added disabled" in by_id[retired.id]
+            assert "s3cr3t-query" not in hooks.stdout + hooks_json.stdout
+            assert "XXXXXXXXXXXXXXXXXXXXXXX1" not in hooks.stdout + hooks_json.stdout
+            endpoints = {e["id"]: e for e in json.loads(hooks_json.stdout)}
+            assert endpoints[retired.id]["enabled"] is False
+            assert endpoints[hook.id]["header_names"] == []
+
+            limits = json.loads(status.stdout)["limits"]
+            assert [(x["key"], x["running"], x["concurrency"]) for x in limits] == [
+                ("mail-provider", 0, 2)
+            ]
+            assert any(
+                "is disabled: added disabled" in w for w in json.loads(status.stdout)["warnings"]
+            )
+
+            # replay one subscriber of one event (and refuse bad input), then every event of
+            # the name in a window
+            one, *errors = await asyncio.gather(
+                cli(url, "events", "replay", first.id, "--subscriber", "send-email"),
+                cli(url, "events", "replay"),
+                cli(url, "events", "replay", first.id, "--subscriber", "nope"),
+                cli(url, "events", "replay", "--name", "shipped"),
+                cli(url, "events", "show", "nope"),
+            )
+            assert one.returncode == 0, one.stderr
+            assert "replayed: 1 new deliveries of 1 event(s)" in one.stdout
+            since = (first.emitted_at - dt.timedelta(seconds=1)).isoformat()
+            window = await cli(
+                url, "events", "replay", "--name", "shipped", "--since", since, "--json"
+            )
+            assert window.returncode == 0, window.stderr
+            result = json.loads(window.stdout)
+            replayed = sorted((d["event_id"], d["target"]) for d in result["detail"]["deliveries"])
+            assert replayed == sorted(
+                (e.id, t)
+                for e in (first, second)
+                for t in ("send-email", "update-crm", f"webhook:{hook.id}")
+            )
+            assert [e.returncode for e in errors] == [2, 2, 2, 2]
+            assert "give an event id, or --name N --since T" in errors[0].stderr
+            assert "no subscriber or enabled webhook endpoint ['nope']" in errors[1].stderr
+            assert "known: send-email, update-crm, webhook:" in errors[1].stderr
+            assert "--since is required with --name" in errors[2].stderr
+            assert "not an event id" in errors[3].stderr
+
+            event = await processor.get_event(first.id)
+            replays = [d for d in event.deliveries if d.replay_id]
+            assert sorted(d.target for d in replays) == sorted(
+                ["send-email", "send-email", "update-crm", f"webhook:{hook.id}"]
+            )
+            assert event.replays == 2
+
+    # recorded like every action (two processes: ObjectId order within a second is arbitrary)
+    audit = {a.action: a for a in await Admin(db).audit_log(limit=2)}
+    assert audit["event_replayed"].detail["event_id"] == first.id
+    assert audit["event_replayed"].detail["subscribers"] == "send-email"
+    assert len(audit["events_replayed"].ids) == 6
+
+
+def when_cells(value: dt.datetime) -> list[str]:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S").split()

@@ -4,9 +4,9 @@
     app.mount("/jobs", create_dashboard(processor_or_db, auth=("admin", "secret")))
 
 or `MONGODB_URL=... job-processor dashboard --host 127.0.0.1 --port 8080`. Pages: overview,
-jobs (filters, cursor pages), job, crons, workers, names, audit; actions through
-`job_processor.admin` (audit-logged with the signed-in user); `/metrics`, `/healthz`,
-`/readyz`. See docs/dashboard.md.
+jobs (filters, cursor pages), job, crons, workers, names, events (and replays), audit;
+actions through `job_processor.admin` (audit-logged with the signed-in user); `/metrics`,
+`/healthz`, `/readyz`. See docs/dashboard.md.
 """
 
 from .app import Dashboard, create_dashboard

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import health
 from ..admin import Admin
-from ..errors import JobNotFoundError, JobProcessorError
+from ..errors import EventNotFoundError, JobNotFoundError, JobProcessorError
 from ..models import Job, to_jsonable
 from ..processor import JobProcessor
 from . import csrf
@@ -37,14 +37,15 @@ from .render import FLASH_COOKIE, make_env, read_flash, root_of, set_flash, url
 Handler = Callable[[Request], Awaitable[Response]]
 PageHandler = Callable[["Dashboard", Request], Awaitable[Response]]
 
-#: The navigation: (path under the mount root, label). Pages added with `extra_nav` (e.g. an
-#: Events page) come after Names, before Audit.
+#: The navigation: (path under the mount root, label). Pages added with `extra_nav` come after
+#: Events, before Audit.
 NAV: tuple[tuple[str, str], ...] = (
     ("/", "Overview"),
     ("/jobs", "Jobs"),
     ("/crons", "Crons"),
     ("/workers", "Workers"),
     ("/names", "Names"),
+    ("/events", "Events"),
 )
 AUDIT_NAV = ("/audit", "Audit")
 #: Paths served without authentication (probes and the static files).
@@ -279,7 +280,7 @@ def _with_errors(dashboard: Dashboard, handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except JobNotFoundError as exc:
+        except (JobNotFoundError, EventNotFoundError) as exc:
             return dashboard.error_page(request, 404, "Not found", str(exc))
         except HTTPException as exc:
             return dashboard.error_page(request, exc.status_code, "Error", str(exc.detail))
@@ -320,7 +321,7 @@ def create_dashboard(
     refresh_seconds: how often pages refresh their live parts (0: never).
     metrics: a job_processor.metrics.Metrics to serve at /metrics (default: metrics.enable(
         processor) or metrics.for_database(db), created at the first scrape).
-    extra_routes, extra_nav: more pages (e.g. ("/events", "Events")), rendered with the
+    extra_routes, extra_nav: more pages (e.g. ("/reports", "Reports")), rendered with the
         dashboard's layout by `request.app.state.dashboard.page(request, template, ...)`.
     """
     if auth is UNSET and host is not None and not is_loopback(host):
@@ -344,6 +345,7 @@ def create_dashboard(
         extra_nav=extra_nav,
     )
     from . import actions, views
+    from . import events as event_pages
 
     def r(path: str, handler: PageHandler, **kw: Any) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -366,6 +368,9 @@ def create_dashboard(
         r("/workers", views.workers),
         r("/names", views.names),
         r("/names/{name:path}/{verb}", actions.pause_resume, methods=["POST"]),
+        r("/events", event_pages.events),
+        r("/events/{event_id}", event_pages.event),
+        r("/events/{event_id}/replay", event_pages.replay, methods=["POST"]),
         r("/audit", views.audit),
         r("/api/overview", views.api_overview),
         r("/api/jobs", views.api_jobs),

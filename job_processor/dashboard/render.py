@@ -33,6 +33,8 @@ ACTION_LABELS = {
     "cron_triggered": "Trigger cron",
     "name_paused": "Pause",
     "name_resumed": "Resume",
+    "event_replayed": "Replay",
+    "events_replayed": "Replay",
 }
 
 STATUS_ORDER = ("pending", "running", "paused", "finished", "errored", "killed", "skipped")
@@ -55,6 +57,16 @@ def human_duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
     return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
+
+
+def per_window(seconds: float | None) -> str:
+    """A rate window for "10 per minute": second, minute, hour, day, or "90 s"."""
+    if not seconds:
+        return "—"
+    for length, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds == length:
+            return unit
+    return human_duration(seconds)
 
 
 def relative(when: dt.datetime, now: dt.datetime) -> str:
@@ -119,6 +131,7 @@ def make_env(masker: Masker) -> Environment:
         "short_id": short_id,
         "badge": badge,
         "duration": human_duration,
+        "per_window": per_window,
         "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
     }

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from job_processor import JobProcessor, JobStatus
+from job_processor import AbortSignal, Event, JobProcessor, JobStatus, Subscriber
 from job_processor.dashboard import create_dashboard
 
 from .harness import (
@@ -197,3 +197,49 @@ async def test_retry_with_javascript_disabled(browser: Browser, processor: Any) 
         await wait_until(lambda: status_is(p, failed, S.FINISHED))
         await page.goto(f"{base}/jobs/jobs/{failed}")
         await expect(page.locator("#job-status")).to_have_text("finished")
+
+
+async def test_replay_an_event_after_confirming_and_watch_the_new_delivery_finish(
+    browser: Browser, db: Any
+) -> None:
+    gate = asyncio.Event()
+
+    async def send_email(event: Event, signal: AbortSignal) -> None:
+        if event.delivery is not None and event.delivery.replay_id is not None:
+            await gate.wait()  # the replay waits, so the page shows it pending, then finished
+
+    subscribers = {"shipped": [Subscriber("send-email", handler=send_email)]}
+    p = await make_processor(db, Switches(), subscribers=subscribers)
+    async with p:
+        event = await p.emit("shipped", {"shipment_id": "s1"})
+
+        async def delivered() -> bool:
+            return [d.status for d in (await p.get_event(event.id)).deliveries] == ["finished"]
+
+        await wait_until(delivered)
+        app = host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0.3))
+        async with serve(app) as base:
+            page = await signed_in(browser)
+            await page.goto(f"{base}/jobs/events")
+            await page.get_by_role("link", name="shipped").first.click()
+            await expect(page).to_have_url(f"{base}/jobs/events/{event.id}")
+            rows = page.locator("table.deliveries > tbody > tr[data-target]")
+            await expect(rows).to_have_count(1)
+            await page.get_by_role("button", name="Replay all…").click()
+            await expect(
+                page.get_by_role("heading", name=re.compile("Replay event"))
+            ).to_be_visible()
+            assert (await p.get_event(event.id)).replays == 0  # nothing before confirming
+            await page.get_by_role("button", name="Replay to all").click()
+            await expect(page.locator("#flash")).to_contain_text("Replay: 1 new delivery")
+            replay = page.locator("table.deliveries tr.replay")
+            await expect(replay).to_have_count(1)
+            await expect(replay.locator(".badge")).to_have_text(re.compile("pending|running"))
+            await page.evaluate("window.__not_reloaded = true")
+            gate.set()
+            await expect(replay.locator(".badge")).to_have_text("finished")
+            assert await page.evaluate("window.__not_reloaded === true")
+            await replay.get_by_role("link").last.click()  # the delivery's job page
+            await expect(page.locator("#job-status")).to_have_text("finished")
+    after = await p.get_event(event.id)
+    assert [d.replay_id is not None for d in after.deliveries] == [False, True]

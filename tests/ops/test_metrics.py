@@ -12,8 +12,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from job_processor import AbortSignal, Job, JobDef, metrics
+from job_processor import AbortSignal, Job, JobDef, JobStatus, metrics
 from job_processor import documents as D
+from job_processor.definitions import Limit
 from job_processor.local_server import free_port
 
 from ..integration.helpers import make, wait_for, wait_status
@@ -130,3 +131,40 @@ def test_metrics_off_import_nothing_from_prometheus() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_limit_gauges_show_slots_in_use_capacity_and_starts_in_the_window(db: Any) -> None:
+    release = asyncio.Event()
+
+    async def held(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    jobs: dict[str, Any] = {
+        "send": JobDef(
+            handler=held, limit=Limit(key="mail", concurrency=2, rate=10, per_seconds=60)
+        ),
+        "report": JobDef(handler=ok, limit=Limit(key="reports", rate=5, per_seconds=60)),
+        "export": JobDef(handler=ok, limit=Limit(key="exports", concurrency=3)),
+    }
+    processor = await make(db, jobs, concurrency=4)
+    m = metrics.enable(processor)
+    async with processor:
+        sending = await processor.schedule_job("send", {})
+        for name in ("report", "export"):
+            job = await processor.schedule_job(name, {})
+            await wait_status(processor, job.id, JobStatus.FINISHED)
+        await wait_status(processor, sending.id, JobStatus.RUNNING)
+        got = samples((await metrics.render(m)).decode())
+        release.set()
+        await wait_status(processor, sending.id, JobStatus.FINISHED)
+        after = samples((await metrics.render(m)).decode())
+
+    def series(name: str, values: dict[Any, float]) -> dict[str, float]:
+        return {dict(labels)["key"]: v for (n, labels), v in values.items() if n == name}
+
+    assert series("job_processor_limit_running", got) == {"mail": 1, "reports": 0, "exports": 0}
+    assert series("job_processor_limit_capacity", got) == {"mail": 2, "exports": 3}  # no rate-only
+    assert series("job_processor_limit_started_in_window", got) == {"mail": 1, "reports": 1}
+    assert series("job_processor_limit_rate", got) == {"mail": 10, "reports": 5}
+    assert series("job_processor_limit_running", after)["mail"] == 0
+    assert series("job_processor_limit_started_in_window", after)["mail"] == 1  # still in window

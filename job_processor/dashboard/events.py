@@ -1,0 +1,270 @@
+"""The dashboard's Events pages: recent events, an event with its deliveries, and replays.
+
+Reads go through `job_processor.events` (index-backed: `list_events` on `{name, emitted_at,
+_id}` / `{emitted_at, _id}`, `get_event` on the deliveries' `{event_id, created_at, _id}`);
+replays through `Admin.replay_event`, so they are recorded in the audit log like every action.
+A delivery links to its job page, where it is killed or retried like any job.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import events as ev
+from ..admin import ActionResult, parse_time
+from ..clock import as_utc
+from ..errors import InvalidArgumentError, JobProcessorError
+from ..storage import Storage
+from ..webhooks import url_host
+from .actions import _confirmed, _form, confirm_page
+from .app import Dashboard
+from .render import FLASH_LINES
+
+PAGE_SIZES = (20, 50, 100, 200)
+DEFAULT_LIMIT = 50
+#: Past a cursor, the events of the cursor's second are read again and those already shown
+#: dropped (nx-27017 compares dates to the second): read this many more, growing up to
+#: TIES_MAX when a burst was emitted within that second.
+TIES_SLACK = 100
+TIES_MAX = 10_000
+#: Attempts of a replayed webhook delivery when the dashboard has no processor to ask
+#: (WebhookOptions' default).
+WEBHOOK_ATTEMPTS = 10
+
+
+# ---- cursor pages over list_events --------------------------------------------------------------
+
+Position = tuple[dt.datetime, str]
+
+
+def encode_cursor(event: ev.Event) -> str:
+    ms = int(as_utc(event.emitted_at).timestamp() * 1000)
+    return base64.urlsafe_b64encode(f"{ms}.{event.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()).decode()
+        ms, oid = raw.split(".")
+        return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), str(ObjectId(oid))
+    except (ValueError, TypeError, InvalidId, UnicodeDecodeError):
+        raise InvalidArgumentError(
+            f"cursor {token!r} is not an events page cursor: follow the page's Older link"
+        ) from None
+
+
+def _older(event: ev.Event, position: Position) -> bool:
+    """After `position` in listing order (emitted_at desc, id desc)."""
+    at = as_utc(event.emitted_at)
+    return at < position[0] or (at == position[0] and event.id < position[1])
+
+
+async def event_page(
+    storage: Storage,
+    name: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    limit: int,
+    before: Position | None,
+) -> tuple[list[ev.Event], str | None, bool]:
+    """One page of events newest first, the next page's cursor, and whether a burst of more than
+    TIES_MAX events in one second cut the page short."""
+    want = limit + 1
+    if before is None:
+        found = await ev.list_events(storage, name, since=since, until=until, limit=want)
+        cut = False
+    else:
+        # list_events' `until` is exclusive, and nx-27017 compares to the second: bound the
+        # read by the end of the cursor's second and drop what was already shown
+        bound = before[0].replace(microsecond=0) + dt.timedelta(seconds=1)
+        hi = bound if until is None else min(until, bound)
+        n = want + TIES_SLACK
+        while True:
+            got = await ev.list_events(storage, name, since=since, until=hi, limit=n)
+            found = [e for e in got if _older(e, before)]
+            cut = len(got) == n and n >= TIES_MAX
+            if len(found) >= want or len(got) < n or cut:
+                break
+            n = min(n * 4, TIES_MAX)
+    page = found[:limit]
+    more = len(found) > limit
+    return page, encode_cursor(page[-1]) if more and page else None, cut and len(found) < want
+
+
+def _targets_summary(event: ev.Event) -> str:
+    subs = [t.target for t in event.targets if t.kind == "subscriber"]
+    hooks = len(event.targets) - len(subs)
+    text = ", ".join(subs[:4]) + (f" +{len(subs) - 4}" if len(subs) > 4 else "")
+    if hooks:
+        text += (" · " if text else "") + f"{hooks} webhook{'s' if hooks > 1 else ''}"
+    return text
+
+
+async def events(d: Dashboard, request: Request) -> Response:
+    q = request.query_params
+    filters = {k: q.get(k, "").strip() for k in ("name", "since", "until")}
+    limit_text = q.get("limit", "").strip()
+    cursor = q.get("before", "").strip()
+    admin = await d.admin()
+    error = None
+    page: list[ev.Event] = []
+    older: str | None = None
+    cut = False
+    try:
+        try:
+            limit = int(limit_text or DEFAULT_LIMIT)
+        except ValueError:
+            raise InvalidArgumentError("limit must be a whole number, e.g. 50") from None
+        if not 1 <= limit <= 1000:
+            raise InvalidArgumentError(f"limit must be between 1 and 1000, got {limit}")
+        page, older, cut = await event_page(
+            admin.storage,
+            filters["name"] or None,
+            parse_time(filters["since"] or None, "since"),
+            parse_time(filters["until"] or None, "until"),
+            limit,
+            decode_cursor(cursor) if cursor else None,
+        )
+    except InvalidArgumentError as exc:
+        error = str(exc)
+    names = sorted({str(r["event"]) for r in await admin.storage.subscribers.all()})
+    active = {k: v for k, v in filters.items() if v}
+    return d.page(
+        request,
+        "events.html",
+        status_code=400 if error else 200,
+        events=page,
+        targets={e.id: _targets_summary(e) for e in page},
+        older=older,
+        cut=cut,
+        cursor=cursor,
+        filters=filters,
+        active=active,
+        params=active | ({"limit": limit_text} if limit_text else {}),
+        limit=limit_text,
+        page_sizes=PAGE_SIZES,
+        names=names,
+        error=error,
+        live=not cursor,
+    )
+
+
+# ---- one event ----------------------------------------------------------------------------------
+
+
+def _webhook_attempts(d: Dashboard) -> int:
+    if d.processor is not None:
+        return int(d.processor.events.options.max_attempts)
+    return WEBHOOK_ATTEMPTS
+
+
+async def _replayable(d: Dashboard, storage: Storage, name: str) -> list[str]:
+    """The targets a replay of an event of this name reaches now."""
+    return [str(t["target"]) for t in await ev.current_targets(storage, name, _webhook_attempts(d))]
+
+
+async def event(d: Dashboard, request: Request) -> Response:
+    admin = await d.admin()
+    found = await ev.get_event(admin.storage, request.path_params["event_id"])
+    endpoints = {str(e["_id"]): e for e in await admin.storage.webhooks.all()}
+    hosts: dict[str, str] = {}  # what a webhook target is, never its path or query
+    for target in found.targets:
+        if target.kind != "webhook":
+            continue
+        doc = endpoints.get(target.endpoint_id or "")
+        if doc is None:
+            hosts[target.target] = "endpoint removed"
+            continue
+        about = f" · {doc['description']}" if doc.get("description") else ""
+        hosts[target.target] = url_host(str(doc["url"])) + about
+    secrets = d.masker.secrets(found.payload, *[x.result for x in found.deliveries])
+    replayable = await _replayable(d, admin.storage, found.name)
+    counts: dict[str, int] = {}
+    for x in found.deliveries:
+        counts[x.status] = counts.get(x.status, 0) + 1
+    return d.page(
+        request,
+        "event.html",
+        event=found,
+        hosts=hosts,
+        secrets=sorted(secrets),
+        replayable=replayable,
+        counts=counts,
+        errors={i: _last_line(d, x.error, secrets) for i, x in enumerate(found.deliveries)},
+        attempts={i: [_attempt(a) for a in x.attempts] for i, x in enumerate(found.deliveries)},
+        live=True,
+    )
+
+
+def _attempt(record: dict[str, Any]) -> dict[str, Any]:
+    """A webhook attempt record, its time as a datetime (kept as text in the job's state)."""
+    at = record.get("at")
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):
+            at = as_utc(dt.datetime.fromisoformat(at.replace("Z", "+00:00")))
+    return record | {"at": at}
+
+
+def _last_line(d: Dashboard, text: str | None, secrets: set[str]) -> str:
+    lines = [x for x in (d.masker.text(text, secrets) or "").splitlines() if x.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+async def replay(d: Dashboard, request: Request) -> Response:
+    """POST /events/{id}/replay, with `subscriber` (one target, else all of them now)."""
+    event_id = request.path_params["event_id"]
+    subscriber = _form(request).get("subscriber") or None
+    back = f"/events/{event_id}"
+    admin = await d.admin()
+    if not _confirmed(request):
+        found = await ev.get_event(admin.storage, event_id)
+        now = await _replayable(d, admin.storage, found.name)
+        targets = [subscriber] if subscriber else now
+        return confirm_page(
+            d,
+            request,
+            title=(
+                f"Replay event {found.id} to {subscriber}?"
+                if subscriber
+                else f"Replay event {found.id} to {len(targets)} target(s)?"
+            ),
+            lines=[
+                f"{found.name} · emitted {found.emitted_at:%Y-%m-%d %H:%M:%S} UTC.",
+                "New deliveries are created (recorded as a replay); the past ones stay as "
+                "they are. Receivers see the same event id again.",
+                "Targets: " + (", ".join(targets) or "none (nothing listens to it now)"),
+            ],
+            button="Replay to " + (subscriber or "all"),
+            danger=False,
+        )
+    try:
+        result = await admin.replay_event(
+            event_id,
+            [subscriber] if subscriber else None,
+            webhook_attempts=_webhook_attempts(d),
+            actor=d.actor(request),
+        )
+    except JobProcessorError as exc:
+        flash = {"kind": "error", "title": "Replay failed", "lines": [d.masker.text(str(exc))]}
+        return d.redirect(request, back, flash)
+    return d.redirect(request, back, replay_flash(result))
+
+
+def replay_flash(result: ActionResult) -> dict[str, Any]:
+    deliveries = result.detail.get("deliveries", [])
+    lines = [f"{x['target']}: new delivery {x['job_id']}" for x in deliveries[:FLASH_LINES]]
+    if len(deliveries) > FLASH_LINES:
+        lines.append(f"… and {len(deliveries) - FLASH_LINES} more")
+    if result.done:
+        title = f"Replay: {len(deliveries)} new deliver{'y' if len(deliveries) == 1 else 'ies'}"
+        return {"kind": "ok", "title": title, "lines": lines, "by": result.actor}
+    why = [f"{k}: {v}" for k, v in result.skipped.items()]
+    return {"kind": "warn", "title": "Replay: nothing delivered", "lines": why, "by": result.actor}
