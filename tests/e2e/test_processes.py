@@ -251,7 +251,7 @@ async def test_seconds_cron_across_worker_processes_runs_each_slot_once(
         )
 
     deadline = asyncio.get_running_loop().time() + 40
-    while await finished_slots() < 10:  # ten consecutive seconds of slots
+    while await finished_slots() < 6:  # six consecutive seconds of slots
         assert asyncio.get_running_loop().time() < deadline, "cron slots did not run"
         await asyncio.sleep(0.2)
     for w in workers:
@@ -260,7 +260,7 @@ async def test_seconds_cron_across_worker_processes_runs_each_slot_once(
         assert await wait_exit(w) == 0, w.output()
     tasks = sorted(await client.list_jobs("tick", limit=1000), key=lambda j: j.scheduled_for)
     slots = [t.scheduled_for for t in tasks]
-    assert len(slots) >= 10
+    assert len(slots) >= 6
     assert len(slots) == len(set(slots)), "a slot ran twice"
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert all(g == dt.timedelta(seconds=1) for g in gaps), "a slot is missing"
