@@ -296,18 +296,7 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
         raise InvalidPayloadError(
             f"job {name!r}: payload must be a JSON object ({{...}}), got {type(payload).__name__}"
         )
-    try:
-        size = len(bson.encode(dict(payload)))
-    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-        raise InvalidPayloadError(
-            f"job {name!r}: payload cannot be stored in MongoDB ({exc}); use JSON values"
-        ) from None
-    if size > MAX_VALUE_BYTES:
-        raise InvalidPayloadError(
-            f"job {name!r}: payload is {size / 1e6:.1f} MB, over the "
-            f"{MAX_VALUE_BYTES / 1e6:.1f} MB a job can carry"
-        )
-    return dict(payload)
+    return D.checked_payload("job", name, payload, MAX_VALUE_BYTES)
 
 
 def _limit(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:

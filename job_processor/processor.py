@@ -459,16 +459,13 @@ class JobProcessor(EventsAPI):
             known = ", ".join(sorted(self.crons)) or "none"
             raise UnknownJobError.for_cron(name, known)
         cron = self.crons[name]
-        doc = D.new_job(
+        doc = D.manual_cron_task(
             name,
-            {},
             now=self.clock.now(),
             tag=cron.tag,
             exclusive=cron.concurrency == "exclusive",
-            job_type="cron_task",
             max_attempts=cron.attempts,
             resumable=cron.resumable,
-            extra={"trigger": "manual", "start_deadline": None},
         )
         job = Job.model_validate(await self._insert(doc))
         self.log.info("cron_triggered", job_id=job.id, job_name=name, status=job.status.value)

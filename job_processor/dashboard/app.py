@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import health
 from ..admin import Admin
@@ -254,6 +254,8 @@ class Guard:
                 )
                 await response(scope, receive, send)
                 return
+            body = await request.body()
+            receive = _replaying(body, receive)  # what runs after us may read the body again
             form = await request.form()
             scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
             scope["state"]["form_lists"] = {
@@ -274,6 +276,22 @@ class Guard:
                 f"The database did not answer: {str(exc).split(',')[0]}",
             )
             await response(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read once more, then defers to the original
+    (for the disconnect): an app or middleware downstream (Sentry's Starlette integration reads
+    the body of every request) would otherwise wait for a body that never comes."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _with_errors(dashboard: Dashboard, handler: Handler) -> Handler:

@@ -329,3 +329,39 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
         metrics = await c.get("/jobs/metrics")
         assert metrics.status_code == 200
         assert 'job_processor_jobs{name="send-email"' in metrics.text
+
+
+async def test_what_runs_after_the_guard_can_read_the_body_again(processor: Any) -> None:
+    """The guard reads the form (auth, CSRF); an app or middleware after it (Sentry's Starlette
+    integration reads every request's body) must get that body too, not wait for it forever."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    from job_processor.dashboard.app import Guard
+
+    p, _ = processor
+    dashboard_app = create_dashboard(p, auth=AUTH)
+    seen: list[bytes] = []
+
+    async def reads_the_body_again(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await Request(scope, receive).body())
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    guard = Guard(reads_the_body_again, dashboard_app.state.dashboard)
+    async with client(dashboard_app) as c:
+        page = await c.get("/crons")
+    body = f"csrf_token={token(page.text)}&x=1".encode()
+    async with client(guard) as c:
+        c.cookies = dict(page.cookies.items()) | dict(c.cookies)
+        resp = await asyncio.wait_for(
+            c.post(
+                "/crons/nightly-cleanup/trigger",
+                content=body,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
+            5,
+        )
+    assert resp.text == "ok"
+    assert seen == [body]
