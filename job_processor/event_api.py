@@ -46,10 +46,10 @@ class EventsAPI:
     ) -> ev.Event:
         """Store an event and, before returning, make sure each of its subscribers and each
         enabled webhook endpoint listening to it gets one delivery (a job), even if this
-        process dies right after. `key`: one event per (name, key), ever; emitting again with
-        the same key returns the first event. Sync subscribers: waits until their deliveries
-        end (at most `sync_timeout` seconds, then EventTimeoutError) and raises
-        EventDeliveryError if one failed for good."""
+        process dies right after. `key`: one event per (name, key) while that event is kept
+        (`keep_events`); emitting again with the same key returns the first event. Sync
+        subscribers: waits until their deliveries end (at most `sync_timeout` seconds, then
+        EventTimeoutError) and raises EventDeliveryError if one failed for good."""
         return await self.events.emit(name, payload, key=key, sync_timeout=sync_timeout)
 
     async def get_event(self, event_id: str | ObjectId) -> ev.Event:

@@ -183,8 +183,9 @@ class Target(BaseModel):
 
 
 class Delivery(BaseModel):
-    """One delivery of an event to one target: a job, or a serial subscriber still waiting
-    for its turn (status "waiting", no job yet)."""
+    """One delivery of an event to one target: a job, or a row with no job: status "waiting"
+    (still to be created: a serial subscriber whose turn has not come, or a fan-out still
+    owed) or "deleted" (its job was removed by retention or a purge)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -194,7 +195,8 @@ class Delivery(BaseModel):
     kind: Literal["subscriber", "webhook"]
     mode: Mode | None = None
     status: str
-    """A JobStatus value, or "waiting" (a serial subscriber whose turn has not come)."""
+    """A JobStatus value, or "waiting" (no job yet: a serial subscriber whose turn has not
+    come, or a fan-out still owed), or "deleted" (its job was removed: retention, purge)."""
     replay_id: str | None = None
     """None for the event's own deliveries; the replay's id for an explicit replay."""
     attempt: int = 0
@@ -245,14 +247,14 @@ class Delivery(BaseModel):
         )
 
     @classmethod
-    def waiting(cls, event_id: str, target: Target) -> Delivery:
+    def without_job(cls, event_id: str, target: Target, status: str) -> Delivery:
         return cls(
             job_id=None,
             event_id=event_id,
             target=target.target,
             kind=target.kind,
             mode=target.mode,
-            status="waiting",
+            status=status,
         )
 
 
@@ -387,11 +389,33 @@ async def get_event(storage: Storage, event_id: str | ObjectId) -> Event:
     event = Event.model_validate(doc)
     jobs = await storage.deliveries.for_event(event.id)
     event.deliveries = [Delivery.of_job(j) for j in jobs]
-    created = {d.target for d in event.deliveries if d.replay_id is None}
-    event.deliveries += [
-        Delivery.waiting(event.id, t) for t in event.targets if t.target not in created
-    ]
+    event.deliveries += without_jobs(event, event.deliveries)
     return event
+
+
+#: A serial delivery in one of these states lets the chain go on (the next one is created).
+_CHAIN_GOES_ON = {"pending", "running", "paused", "finished", "waiting"}
+
+
+def without_jobs(event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The event's targets that have no delivery job of its own fan-out (replays aside):
+    "waiting" while one is still to be created (the fan-out is owed, or a serial subscriber
+    whose predecessor has not ended or finished), else "deleted" (retention or a purge
+    removed it: finished deliveries go after `keep_finished`, the event after `keep_events`)."""
+    own = {d.target: d.status for d in deliveries if d.replay_id is None}
+    out: list[Delivery] = []
+    before: str | None = None  # the status of the previous serial target
+    for t in event.targets:
+        status = own.get(t.target)
+        if status is None:
+            waits = event.fanout == "owed" or (
+                t.mode == "serial" and before is not None and before in _CHAIN_GOES_ON
+            )
+            status = "waiting" if waits else "deleted"
+            out.append(Delivery.without_job(event.id, t, status))
+        if t.mode == "serial":
+            before = status
+    return out
 
 
 async def current_targets(storage: Storage, name: str, webhook_attempts: int) -> list[Doc]:

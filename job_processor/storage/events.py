@@ -8,7 +8,7 @@
   deliver to.
 - `DeliveryStore`: delivery jobs are ordinary jobs in the jobs collection, with two more fields:
   `event_id` (index: an event's deliveries) and `delivery_key` (unique, sparse, never unset: one
-  delivery per (event, target, replay), ever). Documents are built by `event_documents`.
+  delivery per (event, target, replay)). Documents are built by `event_documents`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DELIVERY_SORT = [("created_at", ASCENDING), ("_id", ASCENDING)]
 DUPLICATE_KEY = 11000
 
 EVENT_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
-    # emit(key=...): one event per (name, key), ever
+    # emit(key=...): one event per (name, key) while the event is kept (keep_events)
     ([("dedup_key", 1)], {"unique": True, "sparse": True}),
     # list_events(name=..., since/until) and list_events() newest first
     ([("name", 1), ("emitted_at", -1), ("_id", -1)], {}),
@@ -73,7 +73,7 @@ class EventStore:
             if "dedup_key" not in doc:
                 raise
             same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
-            if same is None:  # cannot happen: keys of events are never removed
+            if same is None:  # expired (keep_events) between the insert and this read
                 raise
             return decode(same)
 

@@ -62,7 +62,7 @@ async def emit(storage: Storage, name: str = "shipped", key: str | None = None, 
     return doc, await storage.events.insert(doc)
 
 
-async def test_an_events_key_is_unique_forever(storage: Storage) -> None:
+async def test_an_events_key_is_unique_while_the_event_is_kept(storage: Storage) -> None:
     first, stored = await emit(storage, key="k1")
     assert stored["_id"] == first["_id"]
     again, stored = await emit(storage, key="k1", at=5)
