@@ -4,7 +4,8 @@ recovery, a worker reconciling its own jobs) asks `decide`, so each rule lives h
 
 Rules, first match wins:
 
-- the job document is invalid, or its outcome cannot be stored: errored for good, with why;
+- the job document is invalid, or its outcome cannot be stored: errored for good, with why
+  (killed, with why, if a kill was requested);
 - a kill was requested (signal, or in the database), unless the handler returned before it saw
   one: killed;
 - max runtime exceeded: a failed attempt ("max runtime exceeded");
@@ -116,7 +117,7 @@ class _Ctx:
 
     @property
     def failures(self) -> int:
-        return int(self.doc.get("failures") or 0)
+        return _count(self.doc.get("failures"), 0)
 
     @property
     def crashed(self) -> bool:
@@ -129,7 +130,7 @@ class _Ctx:
     def failed(self, error: str, *, final: bool = False, retry_in: float | None = None) -> Outcome:
         n = self.failures + 1
         resumable_crash = self.crashed and self.policy.resumable
-        if final or n >= int(self.doc.get("max_attempts") or 1):
+        if final or n >= _count(self.doc.get("max_attempts"), 1):
             if resumable_crash and n > 1:
                 error = f"{error}: crashed during {n} attempts, not resumed again"
             owed = self.policy.has_hook is not False
@@ -141,6 +142,14 @@ class _Ctx:
         )
         retry_at = self.now + dt.timedelta(milliseconds=int(delay * 1000))
         return Outcome(S.PENDING, self.end.result, error, failures=n, retry_at=retry_at)
+
+
+def _count(value: Any, default: int) -> int:
+    """A count read from a job document; a wrong type (another program wrote it, and the run
+    is then errored as invalid) reads as the default, never raises."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return int(value)
 
 
 def decide(
@@ -165,11 +174,20 @@ def _decide(
     rand: Callable[[], float],
 ) -> Outcome:
     c = _Ctx(doc, policy, end, now, rand)
+    kill = end.kill_requested or end.abort_reason == "killed"
     if end.how in (Ending.INVALID, Ending.UNRECORDABLE):
+        if kill:  # kill wins here too (the errored write would not land past the request)
+            return c.ended(S.KILLED, f"killed; {end.error}")
         return c.ended(S.ERRORED, end.error)
     if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
         return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now)
-    killed = c.ended(S.KILLED, "killed (its worker crashed)" if c.crashed else "killed", end.result)
+    if end.how == Ending.CRASHED:
+        why = "killed (its worker crashed)"
+    elif end.how == Ending.LOST_TRACK:
+        why = f"killed ({end.error or 'run lost'})"
+    else:
+        why = "killed"
+    killed = c.ended(S.KILLED, why, end.result)
     if end.abort_reason == "killed":
         return killed
     outcome = _unkilled(c)

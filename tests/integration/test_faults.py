@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pydantic import BaseModel
 from pymongo.errors import AutoReconnect
 
@@ -44,6 +45,28 @@ async def test_a_result_too_large_to_store_is_errored_with_the_reason(db: Any) -
     assert exits.statuses == ["errored"]
     # the exclusive name was freed with the final write: the next one is not skipped
     assert (await processor.schedule_job("export")).status == S.PENDING
+
+
+async def test_a_kill_requested_during_a_run_whose_result_cannot_be_stored_wins(db: Any) -> None:
+    """Kill wins on every path: an unstorable result with a kill requested meanwhile (by
+    another process: only the database knows) ends killed at once, not running until
+    reconciliation."""
+    processor: Any = None
+
+    async def huge(job: Job, signal: AbortSignal) -> str:
+        await processor.storage.jobs.coll.update_one(
+            {"_id": ObjectId(job.id)}, {"$set": {"kill_requested_at": processor.clock.now()}}
+        )
+        return "x" * (17 * 1024 * 1024)
+
+    exits = Calls()
+    processor = await make(db, {"export": JobDef(handler=huge, on_job_exited=exits)})
+    done = await processor.run_job("export")
+    assert done.status == S.KILLED
+    assert done.error is not None
+    assert done.error.startswith("killed; could not record the run's outcome (finished)")
+    assert (await processor.get_job(done.id)).status == S.KILLED
+    assert exits.statuses == ["killed"]
 
 
 class Email(BaseModel):

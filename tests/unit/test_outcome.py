@@ -147,3 +147,28 @@ def test_lost_track_is_recovered_like_a_crash_with_its_reason() -> None:
 def test_invalid_or_unrecordable_runs_are_errored_for_good(how: Ending) -> None:
     out = decide(job(0, 5), PLAIN, RunEnd(how, error="why"), NOW)
     assert (out.status, out.error, out.hook_owed) == (S.ERRORED, "why", True)
+
+
+@pytest.mark.parametrize("how", [Ending.INVALID, Ending.UNRECORDABLE])
+def test_a_kill_wins_over_an_invalid_or_unrecordable_run(how: Ending) -> None:
+    for end in (
+        RunEnd(how, error="why", kill_requested=True),
+        RunEnd(how, error="why", abort_reason="killed"),
+    ):
+        out = decide(job(0, 5), PLAIN, end, NOW)
+        assert (out.status, out.error, out.hook_owed) == (S.KILLED, "killed; why", True)
+
+
+def test_a_kill_of_a_lost_run_says_why_it_was_lost() -> None:
+    end = RunEnd(Ending.LOST_TRACK, error="its worker lost track of the run", kill_requested=True)
+    out = decide(job(0, 2), PLAIN, end, NOW)
+    assert (out.status, out.error) == (S.KILLED, "killed (its worker lost track of the run)")
+
+
+@pytest.mark.parametrize("bad", ["x", None, True, [1], {"n": 1}, float("nan")])
+def test_wrong_typed_counts_written_by_another_program_never_raise(bad: Any) -> None:
+    doc = {"failures": bad, "max_attempts": bad}
+    invalid = decide(doc, PLAIN, RunEnd(Ending.INVALID, error="invalid job document: x"), NOW)
+    assert (invalid.status, invalid.failures) == (S.ERRORED, 0)
+    crashed = decide(doc, PLAIN, RunEnd(Ending.CRASHED), NOW)
+    assert (crashed.status, crashed.failures) == (S.ERRORED, 1)  # max_attempts read as 1
