@@ -248,11 +248,32 @@ def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
 
 def unknown_name_update(name: str, now: dt.datetime) -> Doc:
     """pending -> errored: a job of a name no worker has defined, past the grace period."""
-    check_transition(S.PENDING, S.ERRORED)
     error = (
         f"unknown job name {name!r}: no worker defines it (a typo, or a job removed from the "
         "code); define it and retry the job"
     )
+    return unclaimable_update(error, now)
+
+
+#: The fields a claim increments: another program's document must hold numbers there.
+COUNTED = ("attempt",)
+
+
+def uncountable(doc: Doc) -> str | None:
+    """Why a claim cannot apply to `doc` (a field it increments is not a number), or None."""
+    for key in COUNTED:
+        value = doc.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return (
+                f"invalid job document: {key} is {value!r} ({type(value).__name__}), it must be "
+                "a number (or left out)"
+            )
+    return None
+
+
+def unclaimable_update(error: str, now: dt.datetime) -> Doc:
+    """pending -> errored without running: a job no claim can take, with why."""
+    check_transition(S.PENDING, S.ERRORED)
     return {
         "$set": {
             "status": S.ERRORED.value,
@@ -319,7 +340,8 @@ def history_entry(claimed: Doc, outcome: Outcome, now: dt.datetime) -> Doc:
 
 
 def with_history(doc: Doc, entry: Doc) -> list[Doc]:
-    return [*(doc.get("history") or []), entry][-HISTORY_LIMIT:]
+    past = doc.get("history")  # not a list: written by another program (the run is errored)
+    return [*(past if isinstance(past, list) else []), entry][-HISTORY_LIMIT:]
 
 
 def end_filter(claimed: Doc, outcome: Outcome) -> Doc:

@@ -95,7 +95,7 @@ class HookRunner:
         try:
             job: Job[Any] = build_job(doc, definition)
         except Exception:  # an invalid payload: the hook still gets the job, payload as stored
-            job = Job.model_validate(doc)
+            job = Job.read(doc)
         timeout = definition.on_job_exited_timeout
         self.in_flight.add(str(job_id))
         error: str | None = None

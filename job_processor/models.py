@@ -11,7 +11,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from bson import Binary, Decimal128, ObjectId
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 from typing_extensions import TypeVar
 
 from .clock import as_utc
@@ -199,6 +206,9 @@ class Job(BaseModel, Generic[PayloadT]):
     exit_hook_at: dt.datetime | None = None
     expires_at: dt.datetime | None = None
     """When this ended job may be deleted (keep_finished / keep_failed); None: kept."""
+    invalid_fields: dict[str, Any] = {}
+    """Fields of the stored document that do not have their type (another program wrote them),
+    as stored; `Job.read` shows the job without them. A run of such a job is errored."""
 
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
     _processor: JobProcessor | None = PrivateAttr(default=None)
@@ -224,9 +234,25 @@ class Job(BaseModel, Generic[PayloadT]):
             doc["payload"] = {}
         return doc
 
-    @field_serializer("payload", "state", "history", when_used="json")
+    @field_serializer("payload", "state", "history", "invalid_fields", when_used="json")
     def _json_values(self, value: Any) -> Any:
         return to_jsonable(value)
+
+    @classmethod
+    def read(cls, doc: dict[str, Any]) -> Job[Any]:
+        """A stored job, for reading (get_job, lists, the dashboard, hooks): never fails on a
+        field another program wrote with a wrong type; that field goes to `invalid_fields`.
+        (A run validates strictly: see worker.build_job.)"""
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - {"id"}
+            if not bad or "_id" not in doc:
+                raise
+            kept = {k: v for k, v in doc.items() if k not in bad}
+            job = cls.model_validate(kept)  # a wrong name or status still raises
+            job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
+            return job
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         """Save `state` on the job; a resumed or retried run sees it as `job.state`.

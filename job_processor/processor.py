@@ -354,7 +354,7 @@ class JobProcessor(EventsAPI):
             resumable=definition.resumable,
             limit_key=definition.limit.key if definition.limit else None,
         )
-        job = Job.model_validate(await self._insert(doc))
+        job = Job.read(await self._insert(doc))
         if job.id != str(doc["_id"]):
             self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
             return job
@@ -393,7 +393,7 @@ class JobProcessor(EventsAPI):
                 f"job {after.name!r} {after.id} is {after.status.value}: only errored or killed "
                 "jobs can be retried"
             )
-        job = Job.model_validate(doc)
+        job = Job.read(doc)
         self.log.info("job_retried", job_id=job.id, job_name=job.name)
         if self.started and job.name in self.worker.names:
             self.worker.wake.set()
@@ -433,11 +433,11 @@ class JobProcessor(EventsAPI):
             if doc["status"] == S.SKIPPED:
                 if run_id is not None:  # never ran: its slot goes back
                     await self.worker.limiter.release(doc | {"run_id": run_id})
-                return Job.model_validate(doc)
+                return Job.read(doc)
             final = await self.worker.spawn(doc)
             if final is None:  # lost to another process: report what the database says
                 return await self.get_job(str(doc["_id"]))
-            return Job.model_validate(final)
+            return Job.read(final)
         finally:
             await self._release_runtime()
 
@@ -467,7 +467,7 @@ class JobProcessor(EventsAPI):
             max_attempts=cron.attempts,
             resumable=cron.resumable,
         )
-        job = Job.model_validate(await self._insert(doc))
+        job = Job.read(await self._insert(doc))
         self.log.info("cron_triggered", job_id=job.id, job_name=name, status=job.status.value)
         if job.status == S.PENDING and self.started and name in self.worker.names:
             self.worker.wake.set()
@@ -491,7 +491,7 @@ class JobProcessor(EventsAPI):
         doc = await self.storage.jobs.get(object_id(job_id))
         if doc is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        return Job.model_validate(doc)
+        return Job.read(doc)
 
     async def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
@@ -501,7 +501,7 @@ class JobProcessor(EventsAPI):
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
         docs = await self.storage.jobs.find(name, wanted, limit)
-        return [Job.model_validate(d) for d in docs]
+        return [Job.read(d) for d in docs]
 
     async def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
         """Kill a job from any process. Pending/paused jobs are killed at once (this process
@@ -516,7 +516,7 @@ class JobProcessor(EventsAPI):
         elif outcome == "requested":
             self.log.info("job_kill_requested", running_on=doc.get("worker_id"), **fields)
             self.worker.abort(str(doc["_id"]), "killed")  # at once when it runs in this process
-        return Job.model_validate(doc)
+        return Job.read(doc)
 
     async def get_status(self) -> ProcessorStatus:
         status = await build_status(

@@ -134,7 +134,20 @@ class Recovery:
         return await self.recover(doc, end, event="job_reconciled")
 
     async def recover(self, doc: Doc, end: RunEnd, event: str = "job_recovered") -> Doc | None:
-        """Exactly once per run: the final write is a compare-and-set on the run id."""
+        """Exactly once per run: the final write is a compare-and-set on the run id. A document
+        this cannot handle (a bug, a field another program wrote) is logged and left for the
+        next pass: it never stops the sweep, the heartbeat or the other jobs' recovery."""
+        try:
+            return await self._recover(doc, end, event)
+        except PyMongoError:
+            raise  # the loop's own handling (outages are retried on the next pass)
+        except Exception:
+            self.log.exception(
+                "job_recovery_failed", job_id=str(doc.get("_id")), job_name=doc.get("name")
+            )
+            return None
+
+    async def _recover(self, doc: Doc, end: RunEnd, event: str) -> Doc | None:
         from .worker import policy_of
 
         definition = self.definitions.get(str(doc.get("name")))

@@ -164,7 +164,7 @@ async def run_until_idle(
                 final = await worker.spawn(doc)
                 after = final or await processor.storage.jobs.get(doc["_id"])
                 if after is not None:
-                    ran.append(Job.model_validate(after))
+                    ran.append(Job.read(after))
                 continue
             if not (advance_clock and isinstance(clock, FakeClock)):
                 break

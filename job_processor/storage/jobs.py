@@ -16,7 +16,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from .. import documents as D
 from ..errors import JobNotFoundError
@@ -33,6 +33,9 @@ from .compat import (
     open_stream,
 )
 from .transient import TRANSIENT, ride_out
+
+#: MongoDB's error code for an update that cannot apply to a field's type ($inc on a string).
+TYPE_MISMATCH = 14
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
@@ -227,14 +230,37 @@ class JobStore:
         a network error is read back by the claim's run id (within `budget`); if even that
         fails, LostClaim says which run id may hold a job."""
         update = D.claim_update(worker_id, now, run_id, limit_key)
-        try:
-            result: Doc | None = await self.coll.find_one_and_update(
-                D.claim_filter(list(names), now), update, sort=CLAIM_SORT, return_document=AFTER
-            )
-        except TRANSIENT:
-            found = await self._read_back(update["$set"]["run_id"], budget)
-            return found[0] if found else None
-        return decode_opt(result)
+        names = list(names)
+        for _ in range(3):
+            try:
+                result: Doc | None = await self.coll.find_one_and_update(
+                    D.claim_filter(names, now), update, sort=CLAIM_SORT, return_document=AFTER
+                )
+            except TRANSIENT:
+                found = await self._read_back(update["$set"]["run_id"], budget)
+                return found[0] if found else None
+            except OperationFailure as exc:
+                if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
+                    raise
+                continue  # the document no claim could take is errored: claim again
+            return decode_opt(result)
+        return None
+
+    async def error_uncountable(self, names: list[str], now: dt.datetime) -> int:
+        """After a claim failed with TypeMismatch (another program wrote `attempt: "x"`; the
+        claim's `$inc` cannot apply, on MongoDB): error the due jobs that caused it, with the
+        reason, so they stop blocking the claims of their names. Returns how many."""
+        query = D.claim_filter(names, now) | {"attempt": {"$exists": True}}
+        errored = 0
+        async for doc in self.coll.find(query).sort(CLAIM_SORT).limit(20):
+            why = D.uncountable(doc)
+            if why is not None:
+                res = await self.coll.update_one(
+                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
+                    D.unclaimable_update(why, now),
+                )
+                errored += res.modified_count
+        return errored
 
     async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
         """The jobs a claim under `run_id` took, when its reply was lost."""
@@ -264,6 +290,10 @@ class JobStore:
             res = await self.coll.update_many(query, update)
         except TRANSIENT:  # it may have landed: take what carries our run id
             res = None
+        except OperationFailure as exc:  # nothing was claimed: error the cause, claim later
+            if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
+                raise
+            return []
         if res is not None and res.modified_count == len(ids):
             return [D.applied(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
@@ -39,19 +40,33 @@ async def test_the_minimal_document_runs_like_a_scheduled_job(db: Any) -> None:
     assert [j.id for j in await processor.list_jobs("send-email")] == [job_id]
 
 
-async def test_a_malformed_document_is_errored_with_the_reason(db: Any) -> None:
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("payload", "oops"),
+        ("failures", "x"),
+        ("max_attempts", "three"),
+        ("priority", "high"),
+        ("history", 7),
+    ],
+)
+async def test_a_malformed_document_is_errored_with_the_reason(
+    db: Any, field: str, value: Any
+) -> None:
     processor = await make(db, {"send-email": JobDef(handler=send)})
     now_ms = int(time.time() * 1000)
-    bad = await db["job_processor_jobs"].insert_one(
-        {"name": "send-email", "claim_name": "send-email", "due_ms": now_ms, "payload": "oops"}
-    )
+    doc = {"name": "send-email", "claim_name": "send-email", "due_ms": now_ms, "payload": {}}
+    bad = await db["job_processor_jobs"].insert_one(doc | {field: value})
     good = await processor.schedule_job("send-email", {"to": "bob@example.com"})
     async with processor:
         failed = await wait_status(processor, str(bad.inserted_id), S.ERRORED)
         await wait_status(processor, good.id, S.FINISHED)  # the worker went on
+        later = await processor.schedule_job("send-email", {"to": "eve@example.com"})
+        await wait_status(processor, later.id, S.FINISHED)  # and its loops are alive
+        assert not processor.failed.is_set()
     assert failed.error is not None
     assert failed.error.startswith("invalid job document:")
-    assert "payload" in failed.error
+    assert field in failed.error
 
 
 async def test_a_job_of_a_name_no_worker_defines_is_errored_after_the_grace(db: Any) -> None:

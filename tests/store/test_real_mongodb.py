@@ -204,3 +204,21 @@ async def test_event_queries_are_index_backed(storage: Storage) -> None:
     assert_indexed(await storage.events.find_cursor("e1", NOW, later).explain())
     assert_indexed(await storage.events.find_cursor(None, NOW, later).explain())
     assert_indexed(await storage.events.owed_cursor(later).explain())
+
+
+async def test_mongodb_refuses_to_claim_a_non_numeric_attempt_and_the_cause_is_errored(
+    db: Any,
+) -> None:
+    """The store's handling of TypeMismatch, against MongoDB's own answer (test_store.py
+    reproduces it for the test server, which skips such a document silently)."""
+    s = await Storage.open(db, "tm_")
+    await s.ensure_indexes()
+    bad = D.new_job("a", {}, now=NOW - dt.timedelta(minutes=1)) | {"attempt": "x"}
+    await s.jobs.coll.insert_one(bad)
+    good = await s.jobs.insert(D.new_job("a", {}, now=NOW))
+    assert good is not None
+    claimed = await s.jobs.claim_next(["a"], "w1", NOW + dt.timedelta(seconds=1))
+    assert claimed is not None and claimed["_id"] == good["_id"]
+    stored = await s.jobs.coll.find_one({"_id": bad["_id"]})
+    assert stored["status"] == S.ERRORED
+    assert stored["output"]["error"].startswith("invalid job document: attempt is 'x'")

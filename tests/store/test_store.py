@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from job_processor import documents as D
 from job_processor.errors import JobNotFoundError
@@ -451,3 +451,55 @@ async def test_a_grouped_write_that_partly_failed_reports_what_landed(
     ]
     results = await storage.jobs.end_runs(items, budget=2)
     assert all(isinstance(r, EndWrite) and r.doc is not None for r in results)  # none "lost"
+
+
+def like_mongodb_refusing_inc_on_strings(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB refuses a claim whose `$inc` meets a non-numeric `attempt` (TypeMismatch, code
+    14); nx-27017 skips such a document silently instead. Reproduce MongoDB's answer here (the
+    real-server tier checks it against MongoDB itself)."""
+    coll = storage.jobs.coll
+    real_claim, real_many = coll.find_one_and_update, coll.update_many
+
+    async def refuse_if_uncountable(query: Any, sort: Any = None) -> None:
+        cursor = coll.find(query)
+        if sort is not None:
+            cursor = cursor.sort(sort).limit(1)
+        async for doc in cursor:
+            if isinstance(doc.get("attempt"), str):
+                raise OperationFailure("Cannot apply $inc to a value of non-numeric type", 14)
+
+    async def claim(query: Any, update: Any, **kw: Any) -> Any:
+        await refuse_if_uncountable(query, kw.get("sort"))
+        return await real_claim(query, update, **kw)
+
+    async def many(query: Any, update: Any, **kw: Any) -> Any:
+        await refuse_if_uncountable(query)
+        return await real_many(query, update, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", claim)
+    monkeypatch.setattr(coll, "update_many", many)
+
+
+async def test_a_document_the_claim_cannot_increment_is_errored_not_blocking(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    like_mongodb_refusing_inc_on_strings(storage, monkeypatch)
+    bad = D.new_job("a", {}, now=NOW, scheduled_for=later(-60)) | {"attempt": "x"}
+    await storage.jobs.coll.insert_one(bad)
+    good = await add(storage, scheduled_for=later(-30))
+    claimed = await storage.jobs.claim_next(["a"], "w1", NOW)
+    assert claimed is not None and claimed["_id"] == good["_id"]
+    stored = await storage.jobs.coll.find_one({"_id": bad["_id"]})
+    assert stored["status"] == S.ERRORED
+    assert stored["output"]["error"] == (
+        "invalid job document: attempt is 'x' (str), it must be a number (or left out)"
+    )
+    assert "claim_name" not in stored
+    # a batch claim meeting one is refused as a whole: the cause is errored, the next batch runs
+    worse = D.new_job("a", {}, now=NOW, scheduled_for=later(-60)) | {"attempt": "y"}
+    await storage.jobs.coll.insert_one(worse)
+    rest = [await add(storage, scheduled_for=later(-10)) for _ in range(2)]
+    assert await storage.jobs.claim_more(["a"], "w1", NOW, 4) == []
+    batch = await storage.jobs.claim_more(["a"], "w1", NOW, 4)
+    assert [d["_id"] for d in batch] == [d["_id"] for d in rest]
+    assert (await storage.jobs.coll.find_one({"_id": worse["_id"]}))["status"] == S.ERRORED
