@@ -49,6 +49,7 @@ from .errors import (
     UnknownJobError,
 )
 from .log import EventLog, make_log
+from .masking import MIN_SECRET_LENGTH
 from .models import TERMINAL, Job, JobStatus, ProcessorStatus, WorkerInfo, parse_status
 from .registry import DEFAULT_WORKER_TIMEOUT, coverage, worker_alive
 from .status import limit_usage
@@ -345,6 +346,49 @@ def redact(value: Any, paths: Sequence[str]) -> Any:
     return out
 
 
+def values_at(value: Any, paths: Sequence[str]) -> set[str]:
+    """The text of the values at these dotted paths (inside lists of objects too), long
+    enough to be looked for in free text (an error quoting a card number)."""
+    out: set[str] = set()
+    if not isinstance(value, dict):
+        return out
+    for path in paths:
+        head, _, rest = path.partition(".")
+        inner = value.get(head)
+        items = inner if isinstance(inner, list) else [inner]
+        for item in items:
+            if rest:
+                out |= values_at(item, [rest])
+            elif (
+                item is not None
+                and not isinstance(item, bool | dict | list)
+                and len(str(item)) >= MIN_SECRET_LENGTH
+            ):
+                out.add(str(item))
+    return out
+
+
+def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
+    """Replace these values in the job's error texts (its error, its runs' errors, the exit
+    hook's error) by REDACTED."""
+    if not hidden:
+        return
+
+    def clean(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for secret in sorted(hidden, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    if job.output is not None:
+        job.output.error = clean(job.output.error)
+    job.history = [
+        {**h, "error": clean(h.get("error"))} if "error" in h else h for h in job.history
+    ]
+    job.exit_hook_error = clean(job.exit_hook_error)
+
+
 def default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -448,14 +492,14 @@ class Admin:
         if id:
             oid = _ids(id)[0]
             doc = await self.storage.job_admin.by_id(oid)
-            jobs = [Job.model_validate(doc)] if doc is not None and query.matches(doc) else []
+            jobs = [Job.read(doc)] if doc is not None and query.matches(doc) else []
             return JobPage(jobs=await self._redacted(jobs))
         after = decode_cursor(cursor) if cursor else None
         docs = await self.storage.job_admin.page(query, after, limit + 1)
         more = len(docs) > limit
         docs = docs[:limit]
         return JobPage(
-            jobs=await self._redacted([Job.model_validate(d) for d in docs]),
+            jobs=await self._redacted([Job.read(d) for d in docs]),
             next_cursor=encode_cursor(docs[-1]) if more and docs else None,
         )
 
@@ -469,7 +513,7 @@ class Admin:
         doc = await self.storage.job_admin.by_id(_ids(job_id)[0])
         if doc is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        return Job.model_validate(doc)
+        return Job.read(doc)
 
     async def _redacted(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
         """Hide the sensitive fields (the definitions' and this Admin's) of these jobs."""
@@ -481,8 +525,10 @@ class Admin:
         for job in jobs:
             paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
             if paths:
+                hidden = values_at(job.payload, paths) | values_at(job.state, paths)
                 job.payload = redact(job.payload, paths)
                 job.state = redact(job.state, paths)
+                hide_in_texts(job, hidden)
         return jobs
 
     async def _workers(self, now: dt.datetime) -> list[WorkerView]:
@@ -781,7 +827,7 @@ class Admin:
             return
         result.changed.append(str(oid))
         if len(result.jobs) < 100:
-            result.jobs.append(Job.model_validate(doc))
+            result.jobs.append(Job.read(doc))
 
     async def retry_many(
         self,
@@ -839,7 +885,7 @@ class Admin:
                 result.changed.append(str(oid))
                 if what == "requested":
                     requested.append(str(oid))
-            result.jobs.append(Job.model_validate(doc))
+            result.jobs.append(Job.read(doc))
         await self._record(result, {"requested": requested} if requested else None)
         return result
 
@@ -853,7 +899,7 @@ class Admin:
             doc = await self.storage.job_admin.run_now(oid, self.clock.now())
             if doc is not None:
                 result.changed.append(str(oid))
-                result.jobs.append(Job.model_validate(doc))
+                result.jobs.append(Job.read(doc))
                 continue
             current = await self.storage.job_admin.by_id(oid)
             if current is None:
@@ -970,7 +1016,7 @@ class Admin:
     async def _insert(self, result: ActionResult, doc: Doc) -> None:
         inserted = await self.storage.jobs.insert(doc)
         assert inserted is not None  # None only for scheduled cron slots
-        job = Job.model_validate(inserted)
+        job = Job.read(inserted)
         result.jobs.append(job)
         if job.status == S.SKIPPED:  # recorded as skipped, with a new id
             result.skipped[job.id] = (

@@ -359,10 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = list(argv if argv is not None else sys.argv[1:])
+    ignored = [o for o in ("--timeout", "--prefix") if any(a.split("=")[0] == o for a in given)]
+    if args.command == "run" and ignored:  # the app factory's init_job_processor decides these
+        print(
+            f"error: {', '.join(ignored)} apply to operations commands; for run, pass "
+            "init_job_processor(connect_timeout=..., collection_prefix=...) in the app factory",
+            file=sys.stderr,
+        )
+        return ops.BAD_INPUT
     quiet = {"demo": "error"}
     operations = args.command not in ("run", "demo")
     level = quiet.get(args.command, args.log_level)
-    if operations and "--log-level" not in (argv if argv is not None else sys.argv):
+    if operations and not any(a.split("=")[0] == "--log-level" for a in given):
         level = "warning"  # operations print results; logs only when asked for
     configure_logging(level)
     try:
@@ -371,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return ops.BAD_INPUT
     except JobProcessorError as exc:
-        return ops.handle_errors(exc)
+        return ops.handle_errors(exc, args.command)
     except PyMongoError as exc:
         if not operations:
             raise

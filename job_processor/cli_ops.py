@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .admin import ActionResult, Admin, parse_time
 from .errors import DatabaseUnreachableError, JobProcessorError
+from .masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
 from .models import Job
 
 if TYPE_CHECKING:
@@ -109,9 +110,18 @@ def first_line(text: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+#: What the CLI never prints: the dashboard's default sensitive names (on top of each
+#: definition's `sensitive_fields`, which the Admin layer redacts for every reader).
+MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
+
+
+def masked(job: Job[Any]) -> dict[str, Any]:
+    return mask_job(MASKER, job)
+
+
 def report(result: ActionResult, as_json: bool) -> int:
     if as_json:
-        emit_json(result.model_dump(mode="json"))
+        emit_json(result.model_dump(mode="json") | {"jobs": [masked(j) for j in result.jobs]})
     else:
         verb = result.action.replace("_", " ")
         what = ", ".join(result.changed[:10]) + (" ..." if len(result.changed) > 10 else "")
@@ -135,14 +145,14 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
             when(j.created_at),
             when(j.ended_at if j.ended_at else j.scheduled_for),
             j.attempt,
-            first_line(j.error, 50),
+            first_line(MASKER.text(j.error, MASKER.secrets(j.payload, j.state, j.result)), 50),
         ]
         for j in jobs
     ]
 
 
 def show_job(job: Job[Any]) -> None:
-    data = job.model_dump(mode="json")
+    data = masked(job)
     for key in (
         "id",
         "name",
@@ -216,7 +226,7 @@ async def jobs_list(args: argparse.Namespace) -> int:
             cursor=args.cursor,
         )
         if args.json:
-            emit_json(page.model_dump(mode="json"))
+            emit_json(page.model_dump(mode="json") | {"jobs": [masked(j) for j in page.jobs]})
             return DONE
         table(
             ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "ATTEMPT", "ERROR"],
@@ -233,7 +243,7 @@ async def jobs_show(args: argparse.Namespace) -> int:
     async def run(admin: Admin) -> int:
         job = await admin.get_job(args.job_id)
         if args.json:
-            emit_json(job.model_dump(mode="json"))
+            emit_json(masked(job))
         else:
             show_job(job)
         return DONE
@@ -652,13 +662,18 @@ async def health(args: argparse.Namespace) -> int:
     return DONE if result.ok else NOTHING
 
 
-def handle_errors(exc: BaseException) -> int:
-    """Exit code and one-line message for an error of an operations command."""
+def handle_errors(exc: BaseException, command: str = "") -> int:
+    """Exit code and one-line message for an error of a command (`run`: the app factory's
+    init_job_processor decides how long to wait for MongoDB)."""
     if isinstance(exc, DatabaseUnreachableError):
         where = str(exc).split(";")[0]
+        wait = (
+            "init_job_processor(connect_timeout=...) in the app factory sets the wait"
+            if command == "run"
+            else "--timeout sets the wait"
+        )
         print(
-            f"error: {where}; check MONGODB_URL and that the server is running "
-            "(--timeout sets the wait)",
+            f"error: {where}; check MONGODB_URL and that the server is running ({wait})",
             file=sys.stderr,
         )
         return UNREACHABLE

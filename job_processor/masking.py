@@ -1,4 +1,5 @@
-"""Masking of secrets in what the dashboard shows: payloads, results, checkpoints, errors.
+"""Masking of secrets in what people see (the dashboard, the CLI): payloads, results,
+checkpoints, errors.
 
 A field is sensitive when its name, lower-cased with `-` read as `_`, equals one of the
 sensitive names, or starts with `name_` or ends with `_name` ("access_token", "x-api-key" and
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Job
 
 MASK = "••••••"
 
@@ -105,3 +109,26 @@ class Masker:
         if self._pair is not None:
             text = self._pair.sub(lambda m: f"{m['key']}{m['q']}{MASK}", text)
         return text
+
+
+def mask_job(masker: Masker, job: Job[Any]) -> dict[str, Any]:
+    """A job as JSON with sensitive fields, and the secrets they hold, masked everywhere
+    (payload, checkpoint, result, errors, history, the exit hook's error)."""
+    data: dict[str, Any] = job.model_dump(mode="json")
+    secrets = masker.secrets(data.get("payload"), data.get("state"), job.result)
+    data["payload"] = masker.value(data.get("payload"))
+    data["state"] = masker.value(data.get("state"))
+    data["invalid_fields"] = masker.value(data.get("invalid_fields"))
+    if data.get("output"):
+        out = dict(data["output"])
+        out["result"] = masker.value(out.get("result"))
+        out["error"] = masker.text(out.get("error"), secrets)
+        data["output"] = out
+    data["history"] = [
+        {**h, "error": masker.text(h.get("error"), secrets)}
+        if isinstance(h.get("error"), str)
+        else h
+        for h in masker.value(data.get("history") or [])
+    ]
+    data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
+    return data

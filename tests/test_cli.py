@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from job_processor import (
     AbortSignal,
     Event,
@@ -165,6 +167,56 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
     assert "jobs_retried" in actions and "name_paused" in actions
 
 
+async def leaky(job: Job, signal: AbortSignal) -> None:
+    raise RuntimeError(
+        f"login refused for password={job.payload['password']} card {job.payload['card']['number']}"
+    )
+
+
+async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_url: str) -> None:
+    url = url_with_db(mongo_url, db.name)
+    jobs: dict[str, Any] = {
+        "pay": JobDef(handler=leaky, sensitive_fields=("card.number",)),
+        "fine": JobDef(handler=tick),
+    }
+    processor = await init_job_processor(db, jobs=jobs, **FAST)
+    payload = {"to": "a@b.c", "password": "hunter2-secret", "card": {"number": "4111222233334444"}}
+    async with processor:
+        failed = await processor.schedule_job("pay", payload)
+        await wait_status(processor, failed.id, "errored")  # type: ignore[arg-type]
+    printed = [
+        await cli(url, "jobs", "show", failed.id),
+        await cli(url, "jobs", "show", failed.id, "--json"),
+        await cli(url, "jobs", "list"),
+        await cli(url, "jobs", "list", "--json"),
+    ]
+    for run in printed:
+        assert run.returncode == 0, run.stderr
+        assert "hunter2-secret" not in run.stdout + run.stderr  # a default sensitive name
+        assert "4111222233334444" not in run.stdout + run.stderr  # the definition's field
+    assert "login refused for password=" in printed[0].stdout  # the error is shown, not them
+
+    copy = await cli(url, "jobs", "duplicate", failed.id, "--json")
+    assert copy.returncode == 0, copy.stderr
+    (new,) = json.loads(copy.stdout)["jobs"]
+    assert new["status"] == "pending" and new["id"] != failed.id
+    stored = await processor.get_job(new["id"])
+    assert stored.payload == payload  # the copy has the real values, never shown
+    killed = await cli(url, "jobs", "kill", new["id"])
+    assert killed.returncode == 0, killed.stderr
+    assert (await processor.get_job(new["id"])).status == "killed"
+    assert (await cli(url, "jobs", "kill", new["id"])).returncode == 1  # already ended
+    deleted = await cli(url, "jobs", "delete", new["id"], failed.id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert [j.id for j in await processor.list_jobs("pay")] == []
+    assert (await cli(url, "jobs", "delete", failed.id)).returncode == 1  # nothing left
+
+    for listing in (("crons", "list"), ("workers", "list"), ("names", "list")):
+        out = await cli(url, *listing, "--json", "--log-level=error")
+        assert out.returncode == 0, out.stderr
+        assert isinstance(json.loads(out.stdout), list)
+
+
 async def test_clear_errors(mongo_url: str) -> None:
     unreachable = await cli("mongodb://127.0.0.1:1/x", "jobs", "list", "--timeout", "0.5")
     assert unreachable.returncode == 3
@@ -182,6 +234,22 @@ async def test_clear_errors(mongo_url: str) -> None:
     bad = await cli(mongo_url, "run", "tests.e2e.app")
     assert bad.returncode != 0
     assert "must be MODULE:ATTR" in bad.stderr
+    # run's factory decides how long to wait and which prefix: not silently ignored
+    ignored = await cli(mongo_url, "run", "tests.e2e.app:make", "--timeout", "1")
+    assert ignored.returncode == 2
+    assert "--timeout apply to operations commands" in ignored.stderr
+    assert "connect_timeout" in ignored.stderr
+
+
+def test_an_unreachable_server_names_what_sets_the_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    from job_processor.cli_ops import UNREACHABLE, handle_errors
+    from job_processor.errors import DatabaseUnreachableError
+
+    exc = DatabaseUnreachableError("cannot reach MongoDB at 127.0.0.1:1 within 1s; details")
+    assert handle_errors(exc, "run") == UNREACHABLE
+    assert "init_job_processor(connect_timeout=...)" in capsys.readouterr().err
+    assert handle_errors(exc, "jobs") == UNREACHABLE
+    assert "(--timeout sets the wait)" in capsys.readouterr().err
 
 
 async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:

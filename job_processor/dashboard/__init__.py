@@ -9,9 +9,9 @@ actions through `job_processor.admin` (audit-logged with the signed-in user); `/
 `/healthz`, `/readyz`. See docs/dashboard.md.
 """
 
+from ..masking import DEFAULT_SENSITIVE_FIELDS, MASK, Masker
 from .app import Dashboard, create_dashboard
 from .auth import UNSET, DashboardConfigError
-from .masking import DEFAULT_SENSITIVE_FIELDS, MASK, Masker
 
 __all__ = [
     "DEFAULT_SENSITIVE_FIELDS",

@@ -26,12 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import health
 from ..admin import Admin
 from ..errors import EventNotFoundError, JobNotFoundError, JobProcessorError
+from ..masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
 from ..models import Job, to_jsonable
 from ..processor import JobProcessor
 from . import csrf
 from .auth import UNSET, Authenticator, DashboardConfigError, Denied, is_loopback
 from .auth import refuse_public_host as _refuse
-from .masking import DEFAULT_SENSITIVE_FIELDS, Masker
 from .render import FLASH_COOKIE, make_env, read_flash, root_of, set_flash, url
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -192,23 +192,7 @@ class Dashboard:
 
     def mask_job(self, job: Job[Any]) -> dict[str, Any]:
         """A job as JSON with sensitive fields and the secrets they hold masked everywhere."""
-        data: dict[str, Any] = job.model_dump(mode="json")
-        secrets = self.masker.secrets(data.get("payload"), data.get("state"), job.result)
-        data["payload"] = self.masker.value(data.get("payload"))
-        data["state"] = self.masker.value(data.get("state"))
-        if data.get("output"):
-            out = dict(data["output"])
-            out["result"] = self.masker.value(out.get("result"))
-            out["error"] = self.masker.text(out.get("error"), secrets)
-            data["output"] = out
-        data["history"] = [
-            {**h, "error": self.masker.text(h.get("error"), secrets)}
-            if isinstance(h.get("error"), str)
-            else h
-            for h in self.masker.value(data.get("history") or [])
-        ]
-        data["exit_hook_error"] = self.masker.text(data.get("exit_hook_error"), secrets)
-        return data
+        return mask_job(self.masker, job)
 
 
 def safe_next(target: str | None) -> str:

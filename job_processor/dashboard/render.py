@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from ..admin import ActionResult
 from ..clock import as_utc
+from ..masking import Masker
 from ..models import to_jsonable
-from .masking import Masker
 
 FLASH_COOKIE = "jp_dashboard_flash"
 #: Lines of ids / reasons a flash message shows (the cookie holds about 4 KB).
