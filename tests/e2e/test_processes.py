@@ -220,9 +220,42 @@ async def test_cluster_wide_limits_hold_across_worker_processes(
     assert peak == 3, spans  # 32 slots in 4 processes, never more than the limit at once
     starts = sorted(j.result["t0"] for j in done[24:])
     # at most 5 starts per second: any 6 consecutive starts span a second, less the time
-    # between a slot being taken and its handler starting (two round trips; ~100 ms under load)
-    assert all(b - a >= 0.8 for a, b in zip(starts, starts[5:], strict=False)), starts
-    assert starts[-1] - starts[0] >= 1.9  # 15 starts at 5/s: three windows, two seconds apart
+    # between a slot being taken and its handler starting (two round trips: up to ~100 ms
+    # under load, allowed twice: one start late, the other on time)
+    late = 0.2
+    assert all(b - a >= 1 - late for a, b in zip(starts, starts[5:], strict=False)), starts
+    assert starts[-1] - starts[0] >= 2 - late, starts  # 15 starts at 5/s: three windows
+
+
+async def test_a_limit_slot_held_by_a_sigkilled_worker_is_given_back_once(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    async def provider() -> dict[str, Any]:
+        usage = {u["key"]: u for u in (await client.get_status()).limits}
+        return usage["provider"]
+
+    a = spawn("runner-2", E2E_CONCURRENCY="8")
+    held = [await client.schedule_job("limited", {"seconds": 60}) for _ in range(3)]
+    for job in held:
+        await wait_status(client, job.id, S.RUNNING)
+    assert (await provider())["running"] == 3  # the whole limit, in one process
+    waiting = [await client.schedule_job("limited", {"seconds": 0.05}) for _ in range(3)]
+    a.proc.send_signal(signal.SIGKILL)
+    await wait_exit(a)
+    assert [(await client.get_job(j.id)).status for j in waiting] == [S.PENDING] * 3
+    b = spawn("runner-3", E2E_CONCURRENCY="8")
+    for job in held:  # recovered by runner-3, with their slots in the same step
+        crashed = await wait_status(client, job.id, S.ERRORED, timeout=30)
+        assert crashed.error == "worker crashed"
+    for job in waiting:  # the slots given back are used
+        done = await wait_status(client, job.id, S.FINISHED, timeout=30)
+        assert done.result["instance_id"] == "runner-3"
+    usage = await provider()
+    assert usage["running"] == 0, usage  # each slot given back exactly once: not below zero
+    stored = await client.storage.limits.coll.find_one({"_id": "provider"})
+    assert stored is not None and not stored.get("holders"), stored
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
 
 
 async def test_kill_reaches_the_process_running_the_job(

@@ -382,3 +382,43 @@ async def test_a_backlog_runs_in_batches_each_job_exactly_once(driver_db: Any) -
     assert all(j.attempt == 1 and j.exit_hook == "done" for j in done)
     flushes = sum(p.worker.finals.flushes for p in processors)
     assert flushes <= 80  # never more than one write per job (fewer when grouped)
+
+
+async def test_a_backlog_costs_well_under_two_commands_per_job_on_the_wire(
+    mongo_url: str, db: Any
+) -> None:
+    """Batch claims and grouped final writes, counted on the wire (the figure itself is for
+    benchmarks/bench_scale.py): one claim and one final write per job would be 2.0."""
+    from pymongo import AsyncMongoClient, monitoring
+
+    counted: list[str] = []
+
+    class Count(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command.get(event.command_name) == "job_processor_jobs":
+                counted.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        await asyncio.sleep(0.02)
+
+    n = 96
+    scheduler = await make(db, {"w": JobDef(handler=work)})
+    ids = [(await scheduler.schedule_job("w")).id for _ in range(n)]
+    client: Any = AsyncMongoClient(mongo_url, tz_aware=True, event_listeners=[Count()])
+    try:
+        worker = await make(client[db.name], {"w": JobDef(handler=work)}, concurrency=8)
+        counted.clear()  # what init wrote
+        async with worker:
+            await wait_for(lambda: worker.worker.finals.flushes > 0)
+            for job_id in ids:
+                await wait_status(scheduler, job_id, S.FINISHED)
+        per_job = len([c for c in counted if c != "getMore"]) / n
+    finally:
+        await client.close()
+    assert per_job < 1.5, f"{per_job:.2f} commands per job: {sorted(set(counted))}"

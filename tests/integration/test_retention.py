@@ -121,3 +121,37 @@ async def test_events_are_kept_for_keep_events(db: Any) -> None:
     assert "expires_at" not in await db["job_processor_events"].find_one({"_id": ObjectId(kept.id)})
     with pytest.raises(InvalidDefinitionError, match="keep_events must be a positive timedelta"):
         await init_job_processor(db, subscribers=subscribers, keep_events=False)
+
+
+async def test_mongodb_deletes_expired_documents_through_ttl_indexes(db: Any) -> None:
+    """What deletes: a TTL index on `expires_at` (expireAfterSeconds 0: at that date) on the
+    jobs (event deliveries included) and on the events."""
+    processor = await make(db, {"a": JobDef(handler=ok)})
+    await processor.emit("nothing", {})  # creates the events collection's indexes too
+    for coll in ("job_processor_jobs", "job_processor_events"):
+        ttl = [
+            (dict(ix["key"]), ix.get("expireAfterSeconds"))
+            async for ix in await db[coll].list_indexes()
+            if "expireAfterSeconds" in ix
+        ]
+        assert ttl == [({"expires_at": 1}, 0)], (coll, ttl)
+
+
+async def test_event_deliveries_follow_the_processor_defaults(db: Any) -> None:
+    from job_processor import Subscriber
+
+    from .helpers import wait_status
+
+    async def audit(event: Any, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(
+        db, {}, subscribers={"paid": [Subscriber("audit", handler=audit)]}, keep_finished=2 * DAY
+    )
+    async with processor:
+        event = await processor.emit("paid", {})
+        job_id = event.deliveries[0].job_id
+        assert job_id is not None
+        done = await wait_status(processor, job_id, S.FINISHED)
+    assert done.ended_at is not None
+    assert done.expires_at == done.ended_at + 2 * DAY
