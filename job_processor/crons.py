@@ -247,11 +247,17 @@ class CronScheduler:
         self, name: str, cron: CronDef, task: dict[str, Any], slot: dt.datetime
     ) -> None:
         """An exclusive slot skipped because the previous task is still active. That is fine
-        while the previous task is running; when it is pending or paused (stuck, or on a tag no
-        live worker serves) nothing runs at all, and monitoring must say so."""
+        while the previous task is running, up to STUCK_CRON_SLOTS skipped slots in a row (a
+        long run; more looks hung: monitoring turns red); when it is pending or paused (stuck,
+        or on a tag no live worker serves) nothing runs at all, and monitoring says so at once."""
+        from .status import STUCK_CRON_SLOTS, skipped_in_a_row
+
         holder = await self.storage.jobs.get(task["conflicting_job_id"])
         holder_status = holder["status"] if holder else None
         running = holder_status == "running"
+        if running:
+            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
+            running = skipped_in_a_row(recent, task["conflicting_job_id"]) < STUCK_CRON_SLOTS
         log = self.log.info if running else self.log.warning
         log(
             "cron_slot_skipped",

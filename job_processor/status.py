@@ -107,7 +107,13 @@ async def cron_status(
             }
         )
         stuck = await stuck_behind(storage, recent)
-        if stuck is not None:
+        if stuck is not None and stuck["status"] == S.RUNNING.value:
+            warnings.append(
+                f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+                f"{stuck['_id']}, running since {stuck.get('run_started_at')}: a long run or "
+                "a hung one; give the cron a max_runtime_in_minutes, or kill that job"
+            )
+        elif stuck is not None:
             warnings.append(
                 f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
                 f"{stuck['_id']} which is {stuck['status']}, not running: nothing runs; "
@@ -116,15 +122,25 @@ async def cron_status(
     return out, warnings
 
 
+def skipped_in_a_row(recent: list[Doc], holder_id: Any) -> int:
+    """How many of a cron's latest tasks (newest first) were skipped behind `holder_id`."""
+    n = 0
+    for t in recent:
+        if t.get("skip_reason") != "exclusive" or t.get("conflicting_job_id") != holder_id:
+            break
+        n += 1
+    return n
+
+
 async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
-    """The job an exclusive cron's last slots keep skipping behind, when it is not running."""
+    """The job an exclusive cron's last STUCK_CRON_SLOTS slots were all skipped behind."""
     last = recent[:STUCK_CRON_SLOTS]
-    if len(last) < STUCK_CRON_SLOTS or any(t.get("skip_reason") != "exclusive" for t in last):
+    if len(last) < STUCK_CRON_SLOTS:
         return None
-    holder = await storage.jobs.get(last[0]["conflicting_job_id"])
-    if holder is None or holder["status"] == S.RUNNING.value:
+    holder_id = last[0].get("conflicting_job_id")
+    if holder_id is None or skipped_in_a_row(last, holder_id) < STUCK_CRON_SLOTS:
         return None
-    return holder
+    return await storage.jobs.get(holder_id)
 
 
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:

@@ -164,6 +164,47 @@ async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_re
     assert unserved.startswith("cron 'report' (tag 'main')")
 
 
+async def test_exclusive_cron_behind_a_run_that_lasts_three_slots_turns_monitoring_red(
+    db: Any,
+) -> None:
+    """A long run is fine for a slot or two; a run that makes three slots in a row skip looks
+    hung (nothing new has run): the check-in turns red and status says which job."""
+    import sentry_sdk
+
+    release = asyncio.Event()
+
+    async def hangs(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    clock = FakeClock(T0)
+    crons = {
+        "report": {
+            "cron_string": "* * * * * *",
+            "handler": hangs,
+            "concurrency": "exclusive",
+            "checkin_margin": 1,
+        }
+    }
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, clock=clock)
+        async with processor:
+            clock.set(T0 + SECOND)
+            await slot_done(processor, "report", T0 + SECOND, "running")
+            for i in (2, 3, 4):
+                clock.set(T0 + i * SECOND)
+                await slot_done(processor, "report", T0 + i * SECOND, "skipped")
+            status = await processor.get_status()
+            release.set()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert [c["status"] for c in checkins][:4] == ["in_progress", "ok", "ok", "error"]
+    (hung,) = [w for w in status.warnings if "skipped behind" in w]
+    assert hung.startswith("cron 'report': its last 3 slots were skipped behind job")
+    assert "a long run or a hung one" in hung
+
+
 async def test_downtime_longer_than_the_margin_records_missed_slots(db: Any) -> None:
     clock = FakeClock(T0)
     crons = {"tick": {"cron_string": "* * * * * *", "handler": tick, "checkin_margin": 0.02}}
