@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -33,7 +34,14 @@ from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor import documents as D
 from job_processor.definitions import Limit
 
-SETTINGS: dict[str, Any] = {"poll_interval": 0.5, "heartbeat_interval": 5.0, "worker_timeout": 30.0}
+QUIET = logging.getLogger("bench_scale")  # warnings only: the figures are the output
+QUIET.setLevel(logging.WARNING)
+SETTINGS: dict[str, Any] = {
+    "poll_interval": 0.5,
+    "heartbeat_interval": 5.0,
+    "worker_timeout": 30.0,
+    "logger": QUIET,
+}
 WORK = {"heartbeat", "startup"}
 
 

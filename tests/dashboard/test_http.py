@@ -250,6 +250,36 @@ async def test_destructive_actions_ask_for_confirmation_first(processor: Any) ->
         assert "only errored or killed jobs can be retried" in page.text
 
 
+async def test_run_a_scheduled_job_now_and_duplicate_a_job(processor: Any) -> None:
+    import datetime as dt
+
+    p, _ = processor
+    later = await p.schedule_job(
+        "send-email",
+        {"to": "later@example.com"},
+        scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get(f"/jobs/{later.id}")
+        assert "Run now" in page.text
+        resp = await c.post(f"/jobs/{later.id}/run-now", data={"csrf_token": token(page.text)})
+        assert resp.status_code == 303
+        assert "Run now: 1 changed" in (await c.get(resp.headers["location"])).text
+        await wait_until(lambda: _status(p, later.id, S.FINISHED))  # it did not wait a day
+
+        csrf = token((await c.get(f"/jobs/{later.id}")).text)
+        resp = await c.post(f"/jobs/{later.id}/duplicate", data={"csrf_token": csrf})
+        assert resp.status_code == 303
+        copy_id = resp.headers["location"].rsplit("/", 1)[1]
+        assert copy_id != later.id  # the redirect opens the new job's page
+        page = await c.get(resp.headers["location"])
+        assert "later@example.com" in page.text
+        await wait_until(lambda: _status(p, copy_id, S.FINISHED))
+    audit = [a["action"] for a in await p.storage.audit.recent(100)]
+    assert "jobs_run_now" in audit and "job_duplicated" in audit
+
+
 async def test_retry_all_errored_of_a_name_pause_and_purge(processor: Any) -> None:
     p, switches = processor
     ids = [await failed_email(p) for _ in range(3)]

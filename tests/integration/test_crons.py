@@ -16,7 +16,9 @@ from job_processor import (
     JobProcessor,
     UnknownJobError,
     init_job_processor,
+    metrics,
 )
+from job_processor.admin import Admin
 
 from .helpers import FAST, wait_status
 
@@ -188,6 +190,7 @@ async def test_exclusive_cron_behind_a_run_that_lasts_three_slots_turns_monitori
     checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons, clock=clock)
+        m = metrics.enable(processor)
         async with processor:
             clock.set(T0 + SECOND)
             await slot_done(processor, "report", T0 + SECOND, "running")
@@ -200,6 +203,7 @@ async def test_exclusive_cron_behind_a_run_that_lasts_three_slots_turns_monitori
     finally:
         sentry_sdk.init(dsn=None)
     assert [c["status"] for c in checkins][:4] == ["in_progress", "ok", "ok", "error"]
+    assert m.cron_slots.labels("report", "skipped")._value.get() == 3
     (hung,) = [w for w in status.warnings if "skipped behind" in w]
     assert hung.startswith("cron 'report': its last 3 slots were skipped behind job")
     assert "a long run or a hung one" in hung
@@ -215,8 +219,12 @@ async def test_downtime_longer_than_the_margin_records_missed_slots(db: Any) -> 
             await slot_done(first, "tick", T0 + i * SECOND, "finished")
     clock.set(T0 + 6 * SECOND)  # every worker down for longer than the 1.2 s margin
     second = await make(db, crons, clock=clock)
+    m = metrics.enable(second)
     async with second:
         await slot_done(second, "tick", T0 + 6 * SECOND, "finished")
+    assert m.cron_slots.labels("tick", "missed")._value.get() == 2
+    (shown,) = [c for c in await Admin(db).list_crons() if c.name == "tick"]
+    assert shown.missed_recent == 2  # the crons page's "missed" column
     got = {j.scheduled_for: j for j in await tasks(second, "tick")}
     assert sorted(got) == [T0 + i * SECOND for i in range(1, 7)]  # each slot recorded once
     outcome = {(t - T0).seconds: (j.status.value, j.skip_reason) for t, j in got.items()}

@@ -438,3 +438,32 @@ async def test_job_names_cannot_take_a_delivery_name(db: Any) -> None:
         )
     with pytest.raises(InvalidDefinitionError, match="taken by event deliveries"):
         await init_job_processor(db, jobs={"webhook-delivery": JobDef(handler=h)})
+
+
+async def test_subscriber_job_options_and_webhook_defaults_reach_their_delivery_jobs(
+    db: Any,
+) -> None:
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    sub = Subscriber(
+        "audit", handler=audit, tag="main", max_attempts=4, backoff=QUICK, max_runtime_in_minutes=2
+    )
+    p = await make(db, {"paid": [sub]})
+    job = p.definitions["paid:audit"]
+    assert (job.tag, job.max_attempts, job.backoff, job.max_runtime_in_minutes) == (
+        "main",
+        4,
+        QUICK,
+        2,
+    )
+    webhook = p.definitions[E.WEBHOOK_JOB]
+    assert webhook.max_attempts == 10  # the default: exponential backoff, 10 attempts
+    assert (webhook.backoff.kind, webhook.backoff.base_seconds) == ("exponential", 10)
+    await p.webhooks.add(url="http://127.0.0.1:9/hook", events=["paid"])
+    event = await p.emit("paid", {})
+    by = {d.kind: d for d in event.deliveries}
+    assert by["subscriber"].max_attempts == 4
+    assert by["webhook"].max_attempts == 10
+    stored = await p.get_job(by["subscriber"].job_id or "")
+    assert stored.tag == "main"

@@ -168,3 +168,15 @@ async def test_limit_gauges_show_slots_in_use_capacity_and_starts_in_the_window(
     assert series("job_processor_limit_rate", got) == {"mail": 10, "reports": 5}
     assert series("job_processor_limit_running", after)["mail"] == 0
     assert series("job_processor_limit_started_in_window", after)["mail"] == 1  # still in window
+
+
+async def test_a_paused_name_is_a_gauge(db: Any) -> None:
+    from job_processor.admin import Admin
+
+    processor = await make(db, JOBS)
+    m = metrics.enable(processor)
+    async with processor:  # registers its definitions
+        await Admin(db).pause("ok")
+        got = samples((await metrics.render(m)).decode())
+    assert got[("job_processor_name_paused", (("name", "ok"),))] == 1
+    assert ("job_processor_name_paused", (("name", "flaky"),)) not in got
