@@ -43,7 +43,7 @@ from .retention import Keep, Trimmer
 from .signals import stop_on_signals
 from .status import build_status
 from .storage import Storage, object_id
-from .storage.jobs import MAX_VALUE_BYTES
+from .storage.jobs import MAX_SORTED_NAMES, MAX_VALUE_BYTES
 from .telemetry import Telemetry
 from .wakeup import ChangeStreamWaker
 from .webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
@@ -734,4 +734,12 @@ async def init_job_processor(
         worker_tags=worker_tags,
         eligible=processor.worker.names,
     )
+    if len(processor.worker.names) > MAX_SORTED_NAMES:
+        log.warning(
+            "too_many_job_names",
+            names=len(processor.worker.names),
+            most=MAX_SORTED_NAMES,
+            hint="past this many names a claim on MongoDB sorts in memory (a blocking SORT "
+            "over every due job): split the names between workers with tags",
+        )
     return processor

@@ -9,6 +9,9 @@ The storage modules call these instead of branching on the server themselves:
   turned back into aware UTC datetimes on read (on every server: it is a no-op elsewhere).
 - `aggregate`, `open_stream`, `close_stream`: PyMongo's async API awaits `aggregate()` and
   `watch()`, motor returns cursors directly.
+- `not_in`, `seen_since`: conditions nx-27017 evaluates wrongly in a query (`$nin` combined
+  with a date range matches nothing; a date written by `$set` compares as text), applied in
+  Python instead to the few documents concerned (running jobs, worker documents).
 
 See docs/testing.md for what nx-27017 and mongomock get wrong.
 """
@@ -138,3 +141,15 @@ async def detect(db: Any) -> ServerProfile:
     if str(info.get("process", "")).startswith("nx"):
         return ServerProfile("nx-27017")
     return ServerProfile("mongodb")
+
+
+def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:
+    """`{key: {"$nin": values}}`, applied here: nx-27017 matches nothing for `$nin` next to a
+    date range (used on running jobs, which are few)."""
+    return [d for d in docs if d.get(key) not in values]
+
+
+def seen_since(docs: list[Doc], key: str, cutoff: dt.datetime) -> list[Doc]:
+    """`{key: {"$gte": cutoff}}`, applied here after `decode`: nx-27017 stores a date written by
+    `$set` as text, so a range on it in a query compares text (used on worker documents)."""
+    return [d for d in docs if (v := d.get(key)) is not None and v >= cutoff]

@@ -30,6 +30,7 @@ from .compat import (
     close_stream,
     decode,
     decode_opt,
+    not_in,
     open_stream,
 )
 from .transient import TRANSIENT, ride_out
@@ -40,6 +41,10 @@ TYPE_MISMATCH = 14
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
 S = JobStatus
+
+#: MongoDB merges one sorted index scan per name for the claim up to this many names; past
+#: it the claim sorts in memory (init_job_processor warns).
+MAX_SORTED_NAMES = 200
 
 #: The claim's sort: priority first, then due time, then insertion order.
 CLAIM_SORT = [("priority", DESCENDING), ("due_ms", ASCENDING), ("_id", ASCENDING)]
@@ -503,13 +508,10 @@ class JobStore:
     async def orphaned(self, live_worker_ids: list[str], cutoff: dt.datetime) -> list[Doc]:
         """Running jobs whose worker is not alive, claimed before `cutoff` (a worker registering
         right now is never mistaken for a dead one)."""
-        # worker ids are filtered here: nx-27017 matches nothing for `$nin` with a date range,
-        # and running jobs are few.
-        live = set(live_worker_ids)
         candidates = await all_docs(
             self.coll.find({"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}})
         )
-        return [doc for doc in candidates if doc.get("worker_id") not in live]
+        return not_in(candidates, "worker_id", set(live_worker_ids))
 
     # ---- on_job_exited records ----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .compat import IndexKeys, all_docs
+from .compat import IndexKeys, all_docs, seen_since
 
 Doc = dict[str, Any]
 
@@ -37,6 +37,5 @@ class WorkerStore:
     async def serving(self, job_name: str, cutoff: dt.datetime) -> list[Doc]:
         """Live workers (seen since `cutoff`) that may claim jobs named `job_name` (a worker
         document lists the names it claims)."""
-        # last_seen is filtered here: nx-27017 stores a `$set` date as text, and workers are few
         found = await all_docs(self.coll.find({"names": job_name}, {"_id": 1, "last_seen": 1}))
-        return [w for w in found if w["last_seen"] >= cutoff]
+        return seen_since(found, "last_seen", cutoff)

@@ -395,3 +395,23 @@ async def test_what_runs_after_the_guard_can_read_the_body_again(processor: Any)
         )
     assert resp.text == "ok"
     assert seen == [body]
+
+
+async def test_a_job_page_shows_its_checkpoint_runs_and_exit_hook(processor: Any) -> None:
+    p, _ = processor
+    report = await p.run_job("build-report", {"pages": 2})
+    failed_id = await failed_email(p)
+    await wait_until(lambda: _hook_done(p, failed_id))
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = (await c.get(f"/jobs/{report.id}")).text
+        assert "Checkpoint state" in page and "pages_done" in page
+        assert 'Runs <span class="count">1</span>' in page
+        failed = (await c.get(f"/jobs/{failed_id}")).text
+        assert '<span class="badge hook-done">done</span>' in failed  # on_job_exited ran
+        assert "No checkpoint saved." in failed
+        assert "ConnectionError: SMTP server refused the login" in failed
+
+
+async def _hook_done(p: JobProcessor, job_id: str) -> bool:
+    return (await p.get_job(job_id)).exit_hook == "done"

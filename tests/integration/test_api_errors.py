@@ -212,6 +212,20 @@ async def test_an_unexpanded_instance_id_is_warned_about(
     assert "only swarm" in record.__dict__["fields"]["hint"]
 
 
+async def test_more_job_names_than_a_claim_can_sort_is_warned_about(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    logger = logging.getLogger("myservice.jobs")
+    many = {f"job-{i}": JobDef(handler=noop) for i in range(201)}
+    with caplog.at_level(logging.WARNING, logger="myservice.jobs"):
+        await init_job_processor(db, logger=logger, jobs=many)
+    (record,) = [r for r in caplog.records if r.__dict__.get("event") == "too_many_job_names"]
+    assert "split the names between workers with tags" in record.__dict__["fields"]["hint"]
+
+
 class Email(BaseModel):
     to: str
     cc: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -237,3 +238,31 @@ async def test_a_removed_endpoint_stops_its_retries(db: Any, receiver: Receiver)
         await p.webhooks.remove(ep.id)
         ended = await wait_delivery(p, event.id, ep, "errored")
     assert f"webhook endpoint {ep.id} was removed" in (ended.error or "")
+
+
+async def test_a_timed_out_attempt_is_retried_and_a_success_resets_the_failure_count(
+    db: Any, receiver: Receiver
+) -> None:
+    release = threading.Event()
+    p = await make(db, timeout=0.5, max_attempts=2, disable_after=3)
+    slow = await p.webhooks.add(
+        url=receiver.script("/slow", Reply(200, hold=release), Reply(204)), events=["e"]
+    )
+    flaky = await p.webhooks.add(
+        url=receiver.script("/flaky", Reply(500), Reply(500), Reply(204)), events=["f"]
+    )
+    try:
+        async with p:
+            event = await p.emit("e", {})
+            done = await wait_delivery(p, event.id, slow, "finished")
+            failed = await p.emit("f", {})  # 500 twice: failed for good
+            await wait_delivery(p, failed.id, flaky, "errored")
+            assert (await p.webhooks.get(flaky.id)).consecutive_failures == 1
+            fixed = await p.emit("f", {})  # then 204: the run of failures starts again
+            await wait_delivery(p, fixed.id, flaky, "finished")
+    finally:
+        release.set()
+    assert done.attempts[0]["error"] == "timed out after 0.5s"
+    assert done.attempts[-1]["status_code"] == 204
+    assert done.attempt == 2
+    assert (await p.webhooks.get(flaky.id)).consecutive_failures == 0
