@@ -271,6 +271,23 @@ def uncountable(doc: Doc) -> str | None:
     return None
 
 
+def undue_filters(names: list[str], inserted_before: dt.datetime) -> list[Doc]:
+    """Claimable jobs of these names that can never be due: `due_ms` missing (or null), text,
+    or a date; inserted before `inserted_before` (each bounded on the claim index)."""
+    old = {"_id": {"$lt": ObjectId.from_datetime(inserted_before)}}
+    wrong: list[Any] = [None, {"$type": "string"}, {"$type": "date"}]
+    return [{"claim_name": {"$in": names}, "due_ms": w} | old for w in wrong]
+
+
+def undue(value: Any) -> str:
+    """Why a job whose `due_ms` is `value` (not a number) is never due."""
+    got = "missing" if value is None else f"{value!r} ({type(value).__name__})"
+    return (
+        f"invalid job document: due_ms is {got}, it must be a number: the due time in "
+        "milliseconds since the epoch (e.g. Date.now() in mongosh); the job could never be due"
+    )
+
+
 def unclaimable_update(error: str, now: dt.datetime) -> Doc:
     """pending -> errored without running: a job no claim can take, with why."""
     check_transition(S.PENDING, S.ERRORED)

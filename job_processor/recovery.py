@@ -118,7 +118,11 @@ class Recovery:
         errored = await self.storage.jobs.error_unknown(sorted(known), now - grace, now)
         if errored:
             self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
-        return errored
+        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
+        undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
+        if undue:
+            self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)
+        return errored + undue
 
     async def reconcile(self, doc: Doc, started: bool = True) -> Doc | None:
         """A job the database says this live worker runs, but it does not: its final write

@@ -332,6 +332,23 @@ class JobStore:
             errored += res.modified_count
         return errored
 
+    async def error_undue(
+        self, names: list[str], inserted_before: dt.datetime, now: dt.datetime
+    ) -> int:
+        """Claimable jobs of these names whose `due_ms` is missing, text or a date (another
+        program wrote it: such a job is never due), inserted before `inserted_before`: errored
+        with the reason. At most 100 per kind and call (index-bounded on the claim index)."""
+        errored = 0
+        for query in D.undue_filters(names, inserted_before):
+            fields = {"_id": 1, "claim_name": 1, "due_ms": 1}
+            async for doc in self.coll.find(query, fields).limit(100):
+                res = await self.coll.update_one(
+                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
+                    D.unclaimable_update(D.undue(doc.get("due_ms")), now),
+                )
+                errored += res.modified_count
+        return errored
+
     async def save_checkpoint(
         self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
     ) -> bool:

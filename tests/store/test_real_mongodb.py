@@ -222,3 +222,9 @@ async def test_mongodb_refuses_to_claim_a_non_numeric_attempt_and_the_cause_is_e
     stored = await s.jobs.coll.find_one({"_id": bad["_id"]})
     assert stored["status"] == S.ERRORED
     assert stored["output"]["error"].startswith("invalid job document: attempt is 'x'")
+
+
+async def test_the_pass_for_jobs_that_can_never_be_due_is_index_backed(storage: Storage) -> None:
+    names = [f"job-{i}" for i in range(150)]
+    for query in D.undue_filters(names, NOW):
+        assert_indexed(await storage.jobs.coll.find(query).limit(100).explain())
