@@ -77,23 +77,26 @@ async def test_every_slot_runs_once_across_replicas(db: Any) -> None:
     assert all(j.run_started_at == j.scheduled_for for j in got)  # started at its slot
 
 
+def exclusive_every_second(release: asyncio.Event, margin: float) -> dict[str, Any]:
+    """An exclusive every-second cron whose runs last until `release` is set."""
+
+    async def runs_until_released(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    return {
+        "cron_string": "* * * * * *",
+        "handler": runs_until_released,
+        "concurrency": "exclusive",
+        "checkin_margin": margin,
+    }
+
+
 async def test_exclusive_cron_skips_overlaps_without_missing_the_next(db: Any) -> None:
     import sentry_sdk
 
     release = asyncio.Event()
-
-    async def slow(job: Job, signal: AbortSignal) -> None:
-        await release.wait()
-
     clock = FakeClock(T0)
-    crons = {
-        "slow": {
-            "cron_string": "* * * * * *",
-            "handler": slow,
-            "concurrency": "exclusive",
-            "checkin_margin": 0.5,
-        }
-    }
+    crons = {"slow": exclusive_every_second(release, margin=0.5)}
     checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons, concurrency=2, clock=clock)
@@ -130,6 +133,17 @@ async def test_exclusive_cron_skips_overlaps_without_missing_the_next(db: Any) -
     ]
 
 
+async def three_skips(processor: JobProcessor, clock: FakeClock, first: str) -> Any:
+    """Slot 1 of cron "report" ends up `first`; slots 2 to 4 are skipped behind it. Returns
+    get_status() then."""
+    clock.set(T0 + SECOND)
+    await slot_done(processor, "report", T0 + SECOND, first)
+    for i in (2, 3, 4):
+        clock.set(T0 + i * SECOND)
+        await slot_done(processor, "report", T0 + i * SECOND, "skipped")
+    return await processor.get_status()
+
+
 async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_red(
     db: Any,
 ) -> None:
@@ -149,12 +163,7 @@ async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_re
     try:
         processor = await make(db, crons, clock=clock, worker_tags=["secondary"])
         async with processor:
-            clock.set(T0 + SECOND)
-            await slot_done(processor, "report", T0 + SECOND, "pending")
-            for i in (2, 3, 4):
-                clock.set(T0 + i * SECOND)
-                await slot_done(processor, "report", T0 + i * SECOND, "skipped")
-            status = await processor.get_status()
+            status = await three_skips(processor, clock, "pending")
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
@@ -174,30 +183,14 @@ async def test_exclusive_cron_behind_a_run_that_lasts_three_slots_turns_monitori
     import sentry_sdk
 
     release = asyncio.Event()
-
-    async def hangs(job: Job, signal: AbortSignal) -> None:
-        await release.wait()
-
     clock = FakeClock(T0)
-    crons = {
-        "report": {
-            "cron_string": "* * * * * *",
-            "handler": hangs,
-            "concurrency": "exclusive",
-            "checkin_margin": 1,
-        }
-    }
+    crons = {"report": exclusive_every_second(release, margin=1)}
     checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons, clock=clock)
         m = metrics.enable(processor)
         async with processor:
-            clock.set(T0 + SECOND)
-            await slot_done(processor, "report", T0 + SECOND, "running")
-            for i in (2, 3, 4):
-                clock.set(T0 + i * SECOND)
-                await slot_done(processor, "report", T0 + i * SECOND, "skipped")
-            status = await processor.get_status()
+            status = await three_skips(processor, clock, "running")
             release.set()
         sentry_sdk.flush()
     finally:
