@@ -50,7 +50,15 @@ from .errors import (
 )
 from .log import EventLog, make_log
 from .masking import MIN_SECRET_LENGTH
-from .models import TERMINAL, Job, JobStatus, ProcessorStatus, WorkerInfo, parse_status
+from .models import (
+    NOT_A_DOCUMENT,
+    TERMINAL,
+    Job,
+    JobStatus,
+    ProcessorStatus,
+    WorkerInfo,
+    parse_status,
+)
 from .registry import DEFAULT_WORKER_TIMEOUT, coverage, worker_alive
 from .status import limit_usage
 from .storage import JobQuery, Storage
@@ -322,6 +330,13 @@ def _ids(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]:
 REDACTED = "[redacted]"
 
 
+def redact_any(value: Any, paths: Sequence[str]) -> Any:
+    """`redact`, also inside a list (a payload or checkpoint another program stored as one)."""
+    if isinstance(value, list):
+        return [redact_any(v, paths) for v in value]
+    return redact(value, paths)
+
+
 def redact(value: Any, paths: Sequence[str]) -> Any:
     """A copy of `value` (a payload or checkpoint) with each dotted path replaced by
     "[redacted]" (inside lists of objects too)."""
@@ -347,25 +362,32 @@ def redact(value: Any, paths: Sequence[str]) -> Any:
 
 
 def values_at(value: Any, paths: Sequence[str]) -> set[str]:
-    """The text of the values at these dotted paths (inside lists of objects too), long
-    enough to be looked for in free text (an error quoting a card number)."""
+    """The text of every value at or under these dotted paths (inside lists of objects too),
+    long enough to be looked for in free text (an error quoting a card number)."""
     out: set[str] = set()
+    if isinstance(value, list):  # a list of objects (or a payload stored as a list)
+        for item in value:
+            out |= values_at(item, paths)
+        return out
     if not isinstance(value, dict):
         return out
     for path in paths:
         head, _, rest = path.partition(".")
-        inner = value.get(head)
-        items = inner if isinstance(inner, list) else [inner]
-        for item in items:
-            if rest:
-                out |= values_at(item, [rest])
-            elif (
-                item is not None
-                and not isinstance(item, bool | dict | list)
-                and len(str(item)) >= MIN_SECRET_LENGTH
-            ):
-                out.add(str(item))
+        if head not in value:
+            continue
+        out |= values_at(value[head], [rest]) if rest else leaves(value[head])
     return out
+
+
+def leaves(value: Any) -> set[str]:
+    """The text of every scalar in `value` (walking dicts and lists) long enough to hide."""
+    if isinstance(value, dict):
+        return set().union(*(leaves(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(leaves(v) for v in value))
+    if value is None or isinstance(value, bool) or len(str(value)) < MIN_SECRET_LENGTH:
+        return set()
+    return {str(value)}
 
 
 def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
@@ -525,9 +547,20 @@ class Admin:
         for job in jobs:
             paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
             if paths:
+                odd = job.invalid_fields  # as stored, wrong types: payload or state among them
                 hidden = values_at(job.payload, paths) | values_at(job.state, paths)
+                hidden |= values_at(odd.get("payload"), paths) | values_at(odd.get("state"), paths)
+                if isinstance(job.payload, dict) and list(job.payload) == [NOT_A_DOCUMENT]:
+                    raw = job.payload[NOT_A_DOCUMENT]  # stored as a list, say
+                    hidden |= values_at(raw, paths)
+                    job.payload = {NOT_A_DOCUMENT: redact_any(raw, paths)}
                 job.payload = redact(job.payload, paths)
                 job.state = redact(job.state, paths)
+                if odd:
+                    job.invalid_fields = {
+                        k: redact_any(v, paths) if k in ("payload", "state") else v
+                        for k, v in odd.items()
+                    }
                 hide_in_texts(job, hidden)
         return jobs
 

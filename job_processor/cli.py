@@ -146,6 +146,15 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
     return await run(args)
 
 
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Options are spelled out (`--time 9` is not `--timeout 9`), in every subcommand."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import cli_ops as ops
 
@@ -349,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
     p.add_argument("--root-path", default="", help="path prefix a reverse proxy serves it under")
     p.set_defaults(func=cmd_dashboard)
+    _no_abbreviations(parser)
     return parser
 
 
@@ -363,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ignored = [o for o in ("--timeout", "--prefix") if any(a.split("=")[0] == o for a in given)]
     if args.command == "run" and ignored:  # the app factory's init_job_processor decides these
         print(
-            f"error: {', '.join(ignored)} apply to operations commands; for run, pass "
+            f"error: {' and '.join(ignored)} {'apply' if len(ignored) > 1 else 'applies'} to "
+            "operations commands; for run, pass "
             "init_job_processor(connect_timeout=..., collection_prefix=...) in the app factory",
             file=sys.stderr,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import inspect
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -95,6 +96,16 @@ class JobDef(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        """JobDef(...) / CronDef(...) built directly: bad input raises InvalidDefinitionError
+        (a JobProcessorError), naming each field and the fix, like init_job_processor does."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            parts = _parts(exc, type(self))
+            message = f"{type(self).__name__}(...): " + "; ".join(parts)
+            raise _FieldsError(message, parts) from None
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
@@ -193,7 +204,9 @@ class CronDef(JobDef):
                 "or 6 with seconds first"
             )
         if not croniter.is_valid(v, second_at_beginning=len(fields) == 6):
-            raise ValueError(f"cron_string {v!r} is not a valid cron expression")
+            raise ValueError(
+                f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}"
+            )
         return v
 
     @field_validator("timezone")
@@ -208,19 +221,63 @@ class CronDef(JobDef):
         return v
 
 
-def _explain(
-    kind: str, name: str, exc: ValidationError, model: type[BaseModel]
-) -> InvalidDefinitionError:
-    parts = []
+#: Each cron field's name and range, in order (with seconds first when there are six).
+_CRON_FIELDS = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day of week", "0-6 (0 is Sunday) or sun-sat"),
+]
+
+
+def _bad_field(fields: list[str]) -> str:
+    """Which field of an invalid cron string is wrong, and its range (each tried alone)."""
+    seconds = len(fields) == 6
+    named = ([("second", "0-59")] if seconds else []) + _CRON_FIELDS
+    for i, (name, allowed) in enumerate(named):
+        alone = ["*"] * len(fields)
+        alone[i] = fields[i]
+        if not croniter.is_valid(" ".join(alone), second_at_beginning=seconds):
+            return (
+                f": its {name} field {fields[i]!r} is not valid ({name}: {allowed}; also *, "
+                "lists a,b, ranges a-b, steps */n)"
+            )
+    return ""
+
+
+class _FieldsError(InvalidDefinitionError):
+    """What JobDef(...) raises: the message, and its per-field parts (kept when pydantic wraps
+    it, as model_validate calls our __init__)."""
+
+    def __init__(self, message: str, parts: list[str]) -> None:
+        super().__init__(message)
+        self.parts = parts
+
+
+def _parts(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    parts: list[str] = []
     for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, _FieldsError):  # raised by our own __init__, already explained
+            parts += inner.parts
+            continue
         field = ".".join(str(p) for p in err["loc"]) or "(definition)"
-        msg = err["msg"]
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed keys are {', '.join(model.model_fields)}"
+            close = difflib.get_close_matches(str(err["loc"][0]), list(model.model_fields), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            msg = f"unknown key{hint}; allowed keys are {', '.join(model.model_fields)}"
             if model is JobDef and err["loc"] and err["loc"][0] in CronDef.model_fields:
                 msg += f" ({err['loc'][0]!r} belongs to a CronDef: declare it in crons={{...}})"
         parts.append(f"field {field!r}: {msg}")
-    return InvalidDefinitionError(f"{kind} {name!r}: " + "; ".join(parts))
+    return parts
+
+
+def _explain(
+    kind: str, name: str, exc: ValidationError, model: type[BaseModel]
+) -> InvalidDefinitionError:
+    return InvalidDefinitionError(f"{kind} {name!r}: " + "; ".join(_parts(exc, model)))
 
 
 def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:

@@ -261,7 +261,7 @@ async def _demo(db: Any) -> None:
     finished = sum(j.status == JobStatus.FINISHED for j in ticks)
     say(
         f"    {len(slots)} slots, {len(set(slots))} distinct (one task per slot), "
-        f"{finished} finished"
+        f"{finished} finished so far (it goes on during step 8)"
     )
     await _events(processor2)
     await processor2.stop()
@@ -279,7 +279,10 @@ async def _events(processor: JobProcessor) -> None:
             url=receiver.url, events=["order_placed"], secret_ref="partner"
         )
         event = await processor.emit("order_placed", {"order": 1001})
-        say(f"    emitted order_placed id={event.id}; emit returned after: {', '.join(reactions)}")
+        say(
+            f"    emitted order_placed id={event.id}; emit returned once the sync subscriber had "
+            f"run (ran by then: {', '.join(reactions)})"
+        )
         for _ in range(200):
             shown = await processor.get_event(event.id)
             if all(d.status == JobStatus.FINISHED for d in shown.deliveries):

@@ -246,13 +246,13 @@ def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
     return {k: v for k, v in full.items() if k not in doc and k not in skip}
 
 
-def unknown_name_update(name: str, now: dt.datetime) -> Doc:
+def unknown_name_update(name: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
     """pending -> errored: a job of a name no worker has defined, past the grace period."""
     error = (
         f"unknown job name {name!r}: no worker defines it (a typo, or a job removed from the "
         "code); define it and retry the job"
     )
-    return unclaimable_update(error, now)
+    return unclaimable_update(error, now, expires_at)
 
 
 #: The fields a claim increments: another program's document must hold numbers there.
@@ -262,8 +262,10 @@ COUNTED = ("attempt",)
 def uncountable(doc: Doc) -> str | None:
     """Why a claim cannot apply to `doc` (a field it increments is not a number), or None."""
     for key in COUNTED:
-        value = doc.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if key not in doc:
+            continue  # a claim creates it
+        value = doc[key]
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             return (
                 f"invalid job document: {key} is {value!r} ({type(value).__name__}), it must be "
                 "a number (or left out)"
@@ -288,19 +290,20 @@ def undue(value: Any) -> str:
     )
 
 
-def unclaimable_update(error: str, now: dt.datetime) -> Doc:
-    """pending -> errored without running: a job no claim can take, with why."""
+def unclaimable_update(error: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
+    """pending -> errored without running: a job no claim can take, with why. It never ran, so
+    no on_job_exited is owed; it expires like a failed job (`expires_at`)."""
     check_transition(S.PENDING, S.ERRORED)
-    return {
-        "$set": {
-            "status": S.ERRORED.value,
-            "output": {"result": None, "error": error, "duration_ms": None},
-            "ended_at": now,
-            "updated_at": now,
-            "exit_hook": None,
-        },
-        "$unset": {"claim_name": "", "exclusive_key": "", "dedup_key": ""},
+    fields: Doc = {
+        "status": S.ERRORED.value,
+        "output": {"result": None, "error": error, "duration_ms": None},
+        "ended_at": now,
+        "updated_at": now,
+        "exit_hook": None,
     }
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
+    return {"$set": fields, "$unset": {"claim_name": "", "exclusive_key": "", "dedup_key": ""}}
 
 
 # ---- jobs: claim, checkpoint, end of a run -------------------------------------------------

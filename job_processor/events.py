@@ -212,6 +212,9 @@ class Delivery(BaseModel):
     attempts: list[dict[str, Any]] = []
     """Webhooks: one record per HTTP attempt (status_code, duration_ms, response_excerpt,
     error, at)."""
+    exit_hook: str | None = None
+    """The delivery job's on_job_exited record ("owed" until a serial chain's next step is
+    written)."""
 
     @field_serializer("result", "attempts", when_used="json")
     def _json(self, value: Any) -> Any:
@@ -244,6 +247,7 @@ class Delivery(BaseModel):
             scheduled_for=_utc(doc.get("scheduled_for")),
             ended_at=_utc(doc.get("ended_at")),
             attempts=attempts,
+            exit_hook=doc.get("exit_hook"),
         )
 
     @classmethod
@@ -393,28 +397,35 @@ async def get_event(storage: Storage, event_id: str | ObjectId) -> Event:
     return event
 
 
-#: A serial delivery in one of these states lets the chain go on (the next one is created).
-_CHAIN_GOES_ON = {"pending", "running", "paused", "finished", "waiting"}
+#: A serial delivery still in one of these states has not ended: the next one comes after it.
+_NOT_ENDED = {"pending", "running", "paused"}
 
 
 def without_jobs(event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
     """The event's targets that have no delivery job of its own fan-out (replays aside):
-    "waiting" while one is still to be created (the fan-out is owed, or a serial subscriber
-    whose predecessor has not ended or finished), else "deleted" (retention or a purge
-    removed it: finished deliveries go after `keep_finished`, the event after `keep_events`)."""
-    own = {d.target: d.status for d in deliveries if d.replay_id is None}
+    "waiting" while one is still to be created (the fan-out is owed; or a serial subscriber
+    whose predecessor is waiting, has not ended, or ended with its hook still owed: that hook
+    creates the next delivery, or records the rest of the chain as skipped), else "deleted"
+    (retention or a purge removed it: finished deliveries go after `keep_finished`)."""
+    own = {d.target: d for d in deliveries if d.replay_id is None}
     out: list[Delivery] = []
-    before: str | None = None  # the status of the previous serial target
+    before: Delivery | None = None  # the previous serial target's row
     for t in event.targets:
-        status = own.get(t.target)
-        if status is None:
+        row = own.get(t.target)
+        if row is None:
             waits = event.fanout == "owed" or (
-                t.mode == "serial" and before is not None and before in _CHAIN_GOES_ON
+                t.mode == "serial"
+                and before is not None
+                and (
+                    before.status == "waiting"
+                    or before.status in _NOT_ENDED
+                    or (before.job_id is not None and before.exit_hook == "owed")
+                )
             )
-            status = "waiting" if waits else "deleted"
-            out.append(Delivery.without_job(event.id, t, status))
+            row = Delivery.without_job(event.id, t, "waiting" if waits else "deleted")
+            out.append(row)
         if t.mode == "serial":
-            before = status
+            before = row
     return out
 
 

@@ -149,6 +149,9 @@ def _derive_missing(doc: dict[str, Any]) -> None:
 
 PayloadT = TypeVar("PayloadT", default=dict[str, Any])
 
+#: The key a payload that is not a document is shown under (`{NOT_A_DOCUMENT: [...]}`).
+NOT_A_DOCUMENT = "(not a document)"
+
 ExitHookState = Literal["owed", "done", "failed", "none"]
 
 
@@ -223,7 +226,7 @@ class Job(BaseModel, Generic[PayloadT]):
         payload = doc.get("payload")
         if cls is Job and payload is not None and not isinstance(payload, dict):
             # shown as stored (a run of it fails: see worker.build_job); reading never breaks
-            doc["payload"] = {"(not a document)": payload}
+            doc["payload"] = {NOT_A_DOCUMENT: payload}
         if "_id" in doc:
             doc["id"] = str(doc.pop("_id"))
         if isinstance(doc.get("conflicting_job_id"), ObjectId):
@@ -250,7 +253,11 @@ class Job(BaseModel, Generic[PayloadT]):
             if not bad or "_id" not in doc:
                 raise
             kept = {k: v for k, v in doc.items() if k not in bad}
-            job = cls.model_validate(kept)  # a wrong name or status still raises
+            created = doc["_id"].generation_time if isinstance(doc["_id"], ObjectId) else None
+            for when in ("created_at", "scheduled_for", "updated_at"):  # required: insert time
+                if when in bad:
+                    kept[when] = created
+            job = cls.model_validate(kept)  # a status that is not a job status still raises
             job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
             return job
 

@@ -147,7 +147,9 @@ class _Ctx:
 def _count(value: Any, default: int) -> int:
     """A count read from a job document; a wrong type (another program wrote it, and the run
     is then errored as invalid) reads as the default, never raises."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    if not -(2**62) < value < 2**62:  # also NaN and infinities: BSON holds 64-bit integers
         return default
     return int(value)
 

@@ -26,6 +26,7 @@ from .log import EventLog
 from .models import JobStatus
 from .outcome import Ending, RunEnd, decide
 from .storage import Storage
+from .storage.transient import TRANSIENT
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -143,7 +144,7 @@ class Recovery:
         next pass: it never stops the sweep, the heartbeat or the other jobs' recovery."""
         try:
             return await self._recover(doc, end, event)
-        except PyMongoError:
+        except TRANSIENT:
             raise  # the loop's own handling (outages are retried on the next pass)
         except Exception:
             self.log.exception(

@@ -16,6 +16,8 @@ Doc = dict[str, Any]
 S = JobStatus
 #: An exclusive cron whose last slots were all skipped behind a job that is not running.
 STUCK_CRON_SLOTS = 3
+#: A job an exclusive cron can be stuck behind.
+ACTIVE = {S.PENDING.value, S.RUNNING.value, S.PAUSED.value}
 
 
 async def build_status(
@@ -140,7 +142,10 @@ async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
     holder_id = last[0].get("conflicting_job_id")
     if holder_id is None or skipped_in_a_row(last, holder_id) < STUCK_CRON_SLOTS:
         return None
-    return await storage.jobs.get(holder_id)
+    holder = await storage.jobs.get(holder_id)
+    if holder is None or holder.get("status") not in ACTIVE:
+        return None  # it has ended since: the next slot runs
+    return holder
 
 
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:

@@ -237,7 +237,9 @@ async def test_clear_errors(mongo_url: str) -> None:
     # run's factory decides how long to wait and which prefix: not silently ignored
     ignored = await cli(mongo_url, "run", "tests.e2e.app:make", "--timeout", "1")
     assert ignored.returncode == 2
-    assert "--timeout apply to operations commands" in ignored.stderr
+    assert "--timeout applies to operations commands" in ignored.stderr
+    abbreviated = await cli(mongo_url, "run", "tests.e2e.app:make", "--time", "1")
+    assert abbreviated.returncode == 2 and "unrecognized arguments: --time" in abbreviated.stderr
     assert "connect_timeout" in ignored.stderr
 
 

@@ -39,7 +39,7 @@ def test_demo_on_the_given_server(mongo_url: str) -> None:
     ):
         assert line in out, out
     for line in (
-        "emit returned after: audit",  # the sync subscriber
+        "emit returned once the sync subscriber had run (ran by then: audit",
         "email    (async)  finished",
         "invoice  (serial) finished",
         "ship     (serial) finished",

@@ -22,6 +22,7 @@ from .. import documents as D
 from ..errors import JobNotFoundError
 from ..models import JobStatus, check_transition
 from ..outcome import Outcome
+from ..retention import Retention
 from .compat import (
     IndexKeys,
     ServerProfile,
@@ -129,6 +130,11 @@ class JobStore:
     def __init__(self, collection: Any, profile: ServerProfile) -> None:
         self.coll = collection
         self.profile = profile
+        #: How long jobs errored without running are kept (the processor's keep_failed).
+        self.retention = Retention()
+
+    def _unclaimable(self, error: str, now: dt.datetime) -> Doc:
+        return D.unclaimable_update(error, now, self.retention.expires_at(S.ERRORED, now))
 
     @property
     def name(self) -> str:
@@ -256,15 +262,20 @@ class JobStore:
         claim's `$inc` cannot apply, on MongoDB): error the due jobs that caused it, with the
         reason, so they stop blocking the claims of their names. Returns how many."""
         query = D.claim_filter(names, now) | {"attempt": {"$exists": True}}
+        docs = await all_docs(self.coll.find(query).sort(CLAIM_SORT).limit(100))
+        return await self._error_uncountable_docs([d for d in docs if D.uncountable(d)], now)
+
+    async def _error_uncountable_docs(self, docs: list[Doc], now: dt.datetime) -> int:
         errored = 0
-        async for doc in self.coll.find(query).sort(CLAIM_SORT).limit(20):
+        for doc in docs:
             why = D.uncountable(doc)
-            if why is not None:
-                res = await self.coll.update_one(
-                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
-                    D.unclaimable_update(why, now),
-                )
-                errored += res.modified_count
+            if why is None:
+                continue
+            res = await self.coll.update_one(
+                {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
+                self._unclaimable(why, now),
+            )
+            errored += res.modified_count
         return errored
 
     async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
@@ -285,6 +296,9 @@ class JobStore:
         candidates = await all_docs(
             self.coll.find(D.claim_filter(names, now)).sort(CLAIM_SORT).limit(k)
         )
+        if any(D.uncountable(c) for c in candidates):  # no claim could take these: error them
+            await self._error_uncountable_docs([c for c in candidates if D.uncountable(c)], now)
+            candidates = [c for c in candidates if not D.uncountable(c)]
         if not candidates:
             return []
         update = D.claim_update(worker_id, now)
@@ -295,10 +309,13 @@ class JobStore:
             res = await self.coll.update_many(query, update)
         except TRANSIENT:  # it may have landed: take what carries our run id
             res = None
-        except OperationFailure as exc:  # nothing was claimed: error the cause, claim later
-            if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
+        except OperationFailure as exc:
+            # changed since read (another program): MongoDB stops a multi-update at the first
+            # document it cannot apply to and keeps the ones before; take those, error the cause
+            if exc.code != TYPE_MISMATCH:
                 raise
-            return []
+            await self.error_uncountable(names, now)
+            res = None
         if res is not None and res.modified_count == len(ids):
             return [D.applied(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:
@@ -327,7 +344,8 @@ class JobStore:
         async for doc in self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100):
             name = doc["claim_name"]
             res = await self.coll.update_one(
-                {"_id": doc["_id"], "claim_name": name}, D.unknown_name_update(name, now)
+                {"_id": doc["_id"], "claim_name": name},
+                D.unknown_name_update(name, now, self.retention.expires_at(S.ERRORED, now)),
             )
             errored += res.modified_count
         return errored
@@ -344,7 +362,7 @@ class JobStore:
             async for doc in self.coll.find(query, fields).limit(100):
                 res = await self.coll.update_one(
                     {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
-                    D.unclaimable_update(D.undue(doc.get("due_ms")), now),
+                    self._unclaimable(D.undue(doc.get("due_ms")), now),
                 )
                 errored += res.modified_count
         return errored

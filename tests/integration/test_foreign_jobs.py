@@ -48,6 +48,7 @@ async def test_the_minimal_document_runs_like_a_scheduled_job(db: Any) -> None:
         ("max_attempts", "three"),
         ("priority", "high"),
         ("history", 7),
+        ("scheduled_for", "soon"),
     ],
 )
 async def test_a_malformed_document_is_errored_with_the_reason(
@@ -67,6 +68,8 @@ async def test_a_malformed_document_is_errored_with_the_reason(
     assert failed.error is not None
     assert failed.error.startswith("invalid job document:")
     assert field in failed.error
+    listed = await processor.list_jobs("send-email", limit=10)  # reading never fails on it
+    assert str(bad.inserted_id) in [j.id for j in listed]
 
 
 async def test_a_job_of_a_name_no_worker_defines_is_errored_after_the_grace(db: Any) -> None:
@@ -121,6 +124,9 @@ async def test_a_job_that_could_never_be_due_is_errored_with_the_reason(db: Any)
         "invalid job document: due_ms is missing, it must be a number"
     )
     assert wrong.error is not None and "due_ms is 'now' (str)" in wrong.error
+    assert gone.ended_at is not None and gone.expires_at is not None  # kept like a failed job
+    assert gone.expires_at - gone.ended_at == dt.timedelta(days=30)
+    assert gone.exit_hook is None  # it never ran: no on_job_exited
     left = await coll.find_one({"_id": young})
     assert left is not None and left["claim_name"] == "send-email"  # not errored (yet)
     if REAL_SERVER:  # nx-27017 cannot select dates by $type: such a job stays pending there

@@ -347,3 +347,43 @@ def test_redact_nested_and_lists() -> None:
         "e": 5,
     }
     assert value["e"] == 5 and value["a"][0]["k"] == 1  # a copy
+
+
+def test_secret_values_under_a_sensitive_path_are_hidden_everywhere() -> None:
+    from bson import ObjectId
+
+    from job_processor.admin import hide_in_texts, redact_any, values_at
+    from job_processor.models import Job
+
+    card = {"number": "4111111111111111", "cvc": "123"}
+    assert values_at({"card": card}, ["card"]) == {"4111111111111111"}  # under it; "123" too short
+    assert values_at([{"card": card}], ["card.number"]) == {"4111111111111111"}  # in a list
+    assert redact_any([{"card": card}], ["card"]) == [{"card": "[redacted]"}]
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "pay",
+            "status": "errored",
+            "payload": {"card": card},
+            "output": {"error": "declined 4111111111111111"},
+            "history": [{"attempt": 1, "error": "declined 4111111111111111"}],
+        }
+    )
+    hide_in_texts(job, values_at(job.payload, ["card"]))
+    assert job.error == "declined [redacted]"
+    assert job.history[0]["error"] == "declined [redacted]"
+
+
+async def test_payloads_and_checkpoints_of_the_wrong_type_are_redacted_too(env: Any) -> None:
+    admin, storage, _ = env
+    secret = "4111222233334444"
+    doc = D.new_job("email", {}, now=NOW) | {
+        "payload": [{"card": {"number": secret}}],  # another program stored a list
+        "state": [{"password": "hunter2-hunter2"}],
+    }
+    await storage.jobs.coll.insert_one(doc)
+    shown = await admin.get_job(str(doc["_id"]))
+    text = json.dumps(shown.model_dump(mode="json"))
+    assert secret not in text and "hunter2-hunter2" not in text
+    assert shown.invalid_fields["state"] == [{"password": "[redacted]"}]
+    assert shown.payload == {"(not a document)": [{"card": {"number": "[redacted]"}}]}

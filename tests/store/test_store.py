@@ -465,7 +465,7 @@ def like_mongodb_refusing_inc_on_strings(storage: Storage, monkeypatch: pytest.M
         if sort is not None:
             cursor = cursor.sort(sort).limit(1)
         async for doc in cursor:
-            if isinstance(doc.get("attempt"), str):
+            if "attempt" in doc and not isinstance(doc["attempt"], int):
                 raise OperationFailure("Cannot apply $inc to a value of non-numeric type", 14)
 
     async def claim(query: Any, update: Any, **kw: Any) -> Any:
@@ -495,11 +495,38 @@ async def test_a_document_the_claim_cannot_increment_is_errored_not_blocking(
         "invalid job document: attempt is 'x' (str), it must be a number (or left out)"
     )
     assert "claim_name" not in stored
-    # a batch claim meeting one is refused as a whole: the cause is errored, the next batch runs
-    worse = D.new_job("a", {}, now=NOW, scheduled_for=later(-60)) | {"attempt": "y"}
+    # a batch meeting one (null counts as not a number: MongoDB refuses $inc on null) errors
+    # it and claims the others
+    worse = D.new_job("a", {}, now=NOW, scheduled_for=later(-60)) | {"attempt": None}
     await storage.jobs.coll.insert_one(worse)
     rest = [await add(storage, scheduled_for=later(-10)) for _ in range(2)]
-    assert await storage.jobs.claim_more(["a"], "w1", NOW, 4) == []
     batch = await storage.jobs.claim_more(["a"], "w1", NOW, 4)
     assert [d["_id"] for d in batch] == [d["_id"] for d in rest]
-    assert (await storage.jobs.coll.find_one({"_id": worse["_id"]}))["status"] == S.ERRORED
+    stored = await storage.jobs.coll.find_one({"_id": worse["_id"]})
+    assert stored["status"] == S.ERRORED
+    assert "attempt is None (NoneType)" in stored["output"]["error"]
+
+
+async def test_a_batch_stopped_midway_by_a_document_changed_meanwhile_keeps_what_it_claimed(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program writes `attempt: "x"` between the batch's find and its update_many:
+    MongoDB applies the update to the documents before that one, then fails. The ones it
+    claimed are read back by run id and run; the cause is errored."""
+    jobs = [await add(storage, scheduled_for=later(-30 + i)) for i in range(3)]
+    coll = storage.jobs.coll
+    real_many = coll.update_many
+
+    async def partly(query: Any, update: Any, **kw: Any) -> Any:
+        await coll.update_one({"_id": jobs[1]["_id"]}, {"$set": {"attempt": "x"}})
+        await real_many({"_id": jobs[0]["_id"]}, update, **kw)  # the one before it
+        raise OperationFailure("Cannot apply $inc to a value of non-numeric type", 14)
+
+    monkeypatch.setattr(coll, "update_many", partly)
+    batch = await storage.jobs.claim_more(["a"], "w1", NOW, 3)
+    assert [d["_id"] for d in batch] == [jobs[0]["_id"]]
+    assert batch[0]["status"] == S.RUNNING and batch[0]["worker_id"] == "w1"
+    bad = await coll.find_one({"_id": jobs[1]["_id"]})
+    assert bad["status"] == S.ERRORED
+    third = await coll.find_one({"_id": jobs[2]["_id"]})
+    assert third["status"] == S.PENDING  # untouched: the next claim takes it

@@ -111,3 +111,20 @@ def test_resumable_jobs_default_to_three_attempts() -> None:
         ].attempts
         == 1
     )
+
+
+def test_definitions_built_directly_raise_clear_errors_with_the_fix() -> None:
+    from job_processor import CronDef, JobDef, JobProcessorError
+
+    async def one(job: object) -> None: ...
+
+    with pytest.raises(JobProcessorError, match=r"^JobDef\(\.\.\.\): field 'handler': handler"):
+        JobDef(handler=one)
+    with pytest.raises(InvalidDefinitionError, match=r"did you mean 'max_attempts'\?"):
+        JobDef(handler=lambda job, signal: None, max_attemps=3)
+    with pytest.raises(
+        InvalidDefinitionError, match=r"its hour field '25' is not valid \(hour: 0-23"
+    ):
+        CronDef(handler=lambda job, signal: None, cron_string="0 25 * * *")
+    with pytest.raises(InvalidDefinitionError, match=r"its day of week field '8' is not valid"):
+        CronDef(handler=lambda job, signal: None, cron_string="* * * * 8")

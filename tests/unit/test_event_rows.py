@@ -35,18 +35,30 @@ def rows(e: Event, deliveries: list[Delivery]) -> dict[str, str]:
     return {d.target: d.status for d in without_jobs(e, deliveries)}
 
 
-def test_a_serial_subscriber_waits_while_the_one_before_runs_or_finished() -> None:
+def test_a_serial_subscriber_waits_while_the_one_before_runs_or_its_hook_is_owed() -> None:
     e = event(target("a", "serial"), target("b", "serial"), target("c", "serial"))
     assert rows(e, [delivered("a", "running")]) == {"b": "waiting", "c": "waiting"}
-    assert rows(e, [delivered("a", "finished")]) == {"b": "waiting", "c": "waiting"}
-    assert rows(e, [delivered("a", "finished"), delivered("b", "pending")]) == {"c": "waiting"}
+    finished = delivered("a", "finished", exit_hook="owed")  # the hook creates b
+    assert rows(e, [finished]) == {"b": "waiting", "c": "waiting"}
+    assert rows(e, [finished, delivered("b", "pending")]) == {"c": "waiting"}
+    for ended in ("errored", "killed"):  # the hook records the rest as skipped
+        stopped = delivered("a", ended, exit_hook="owed")
+        assert rows(e, [stopped]) == {"b": "waiting", "c": "waiting"}
 
 
 def test_a_delivery_removed_by_retention_shows_as_deleted_not_waiting() -> None:
     e = event(target("fast"), target("a", "serial"), target("b", "serial"))
     # a day later the finished deliveries are gone (keep_finished), the event is kept
     assert rows(e, []) == {"fast": "deleted", "a": "deleted", "b": "deleted"}
-    assert rows(e, [delivered("a", "errored")]) == {"fast": "deleted", "b": "deleted"}
+    assert rows(e, [delivered("a", "errored", exit_hook="done")]) == {
+        "fast": "deleted",
+        "b": "deleted",  # its skipped row was written, then removed
+    }
+    # a finished one whose hook ran created the next: missing now means removed
+    assert rows(e, [delivered("a", "finished", exit_hook="done")]) == {
+        "fast": "deleted",
+        "b": "deleted",
+    }
 
 
 def test_every_target_waits_while_the_fanout_is_owed() -> None:

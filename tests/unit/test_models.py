@@ -70,3 +70,30 @@ async def test_checkpoint_outside_a_handler_is_an_error() -> None:
     job = Job(id="x", name="x", status=S.PENDING, scheduled_for=now, created_at=now, updated_at=now)
     with pytest.raises(RuntimeError, match="inside a running handler"):
         await job.checkpoint({"a": 1})
+
+
+def test_reading_a_job_with_wrong_typed_fields_shows_them_apart() -> None:
+    from bson import ObjectId
+
+    from job_processor.models import Job
+
+    oid = ObjectId()
+    doc = {
+        "_id": oid,
+        "name": "send-email",
+        "status": "errored",
+        "created_at": "yesterday",
+        "scheduled_for": "soon",
+        "updated_at": "later",
+        "priority": "high",
+        "payload": {},
+    }
+    job = Job.read(doc)
+    assert job.invalid_fields == {
+        "created_at": "yesterday",
+        "priority": "high",
+        "scheduled_for": "soon",
+        "updated_at": "later",
+    }
+    assert job.created_at == job.scheduled_for == oid.generation_time  # its insert time
+    assert job.priority == 0

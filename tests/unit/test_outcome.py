@@ -165,7 +165,9 @@ def test_a_kill_of_a_lost_run_says_why_it_was_lost() -> None:
     assert (out.status, out.error) == (S.KILLED, "killed (its worker lost track of the run)")
 
 
-@pytest.mark.parametrize("bad", ["x", None, True, [1], {"n": 1}, float("nan")])
+@pytest.mark.parametrize(
+    "bad", ["x", None, True, [1], {"n": 1}, float("nan"), float("inf"), -float("inf"), 1e300]
+)
 def test_wrong_typed_counts_written_by_another_program_never_raise(bad: Any) -> None:
     doc = {"failures": bad, "max_attempts": bad}
     invalid = decide(doc, PLAIN, RunEnd(Ending.INVALID, error="invalid job document: x"), NOW)
