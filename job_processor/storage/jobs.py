@@ -296,8 +296,9 @@ class JobStore:
         candidates = await all_docs(
             self.coll.find(D.claim_filter(names, now)).sort(CLAIM_SORT).limit(k)
         )
-        if any(D.uncountable(c) for c in candidates):  # no claim could take these: error them
-            await self._error_uncountable_docs([c for c in candidates if D.uncountable(c)], now)
+        unclaimable = [c for c in candidates if D.uncountable(c)]
+        if unclaimable:  # no claim could take these (another program wrote them): error them
+            await self._error_uncountable_docs(unclaimable, now)
             candidates = [c for c in candidates if not D.uncountable(c)]
         if not candidates:
             return []
