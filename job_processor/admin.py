@@ -355,7 +355,7 @@ def redact(value: Any, paths: Sequence[str]) -> Any:
     for head, rests in nested.items():
         inner = out[head]
         if isinstance(inner, list):
-            out[head] = [redact(item, rests) for item in inner]
+            out[head] = [redact_any(item, rests) for item in inner]
         elif inner != REDACTED:
             out[head] = redact(inner, rests)
     return out
@@ -390,25 +390,28 @@ def leaves(value: Any) -> set[str]:
     return {str(value)}
 
 
+def scrub(value: Any, hidden: set[str]) -> Any:
+    """A copy of `value` with these values replaced by REDACTED in every string it holds."""
+    if isinstance(value, str):
+        for secret in sorted(hidden, key=len, reverse=True):
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, hidden) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, hidden) for v in value]
+    return value
+
+
 def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
     """Replace these values in the job's error texts (its error, its runs' errors, the exit
     hook's error) by REDACTED."""
     if not hidden:
         return
-
-    def clean(text: Any) -> Any:
-        if not isinstance(text, str):
-            return text
-        for secret in sorted(hidden, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
-
     if job.output is not None:
-        job.output.error = clean(job.output.error)
-    job.history = [
-        {**h, "error": clean(h.get("error"))} if "error" in h else h for h in job.history
-    ]
-    job.exit_hook_error = clean(job.exit_hook_error)
+        job.output.error = scrub(job.output.error, hidden)
+    job.history = scrub(job.history, hidden)
+    job.exit_hook_error = scrub(job.exit_hook_error, hidden)
 
 
 def default_actor() -> str:
@@ -556,9 +559,9 @@ class Admin:
                     job.payload = {NOT_A_DOCUMENT: redact_any(raw, paths)}
                 job.payload = redact(job.payload, paths)
                 job.state = redact(job.state, paths)
-                if odd:
+                if odd:  # the rest (output, history, ...) as text that may quote them
                     job.invalid_fields = {
-                        k: redact_any(v, paths) if k in ("payload", "state") else v
+                        k: redact_any(v, paths) if k in ("payload", "state") else scrub(v, hidden)
                         for k, v in odd.items()
                     }
                 hide_in_texts(job, hidden)

@@ -7,7 +7,7 @@ import difflib
 import inspect
 import zoneinfo
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from croniter import croniter
 from pydantic import (
@@ -97,15 +97,17 @@ class JobDef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
-    def __init__(self, /, **data: Any) -> None:
-        """JobDef(...) / CronDef(...) built directly: bad input raises InvalidDefinitionError
-        (a JobProcessorError), naming each field and the fix, like init_job_processor does."""
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            parts = _parts(exc, type(self))
-            message = f"{type(self).__name__}(...): " + "; ".join(parts)
-            raise _FieldsError(message, parts) from None
+    if not TYPE_CHECKING:  # type checkers keep the signature pydantic derives from the fields
+
+        def __init__(self, /, **data: Any) -> None:
+            """JobDef(...) / CronDef(...) built directly: bad input raises
+            InvalidDefinitionError (a JobProcessorError), naming each field and the fix."""
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                parts = _parts(exc, type(self))
+                message = f"{type(self).__name__}(...): " + "; ".join(parts)
+                raise InvalidFieldsError(message, parts) from None
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
@@ -246,7 +248,7 @@ def _bad_field(fields: list[str]) -> str:
     return ""
 
 
-class _FieldsError(InvalidDefinitionError):
+class InvalidFieldsError(InvalidDefinitionError):
     """What JobDef(...) raises: the message, and its per-field parts (kept when pydantic wraps
     it, as model_validate calls our __init__)."""
 
@@ -259,7 +261,7 @@ def _parts(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     parts: list[str] = []
     for err in exc.errors():
         inner = (err.get("ctx") or {}).get("error")
-        if isinstance(inner, _FieldsError):  # raised by our own __init__, already explained
+        if isinstance(inner, InvalidFieldsError):  # raised by our own __init__, already explained
             parts += inner.parts
             continue
         field = ".".join(str(p) for p in err["loc"]) or "(definition)"

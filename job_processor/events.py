@@ -419,7 +419,8 @@ def without_jobs(event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]
                 and (
                     before.status == "waiting"
                     or before.status in _NOT_ENDED
-                    or (before.job_id is not None and before.exit_hook == "owed")
+                    # owed: the hook writes it; failed: it could not (retry that delivery)
+                    or (before.job_id is not None and before.exit_hook in ("owed", "failed"))
                 )
             )
             row = Delivery.without_job(event.id, t, "waiting" if waits else "deleted")

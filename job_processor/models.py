@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
@@ -137,10 +138,13 @@ def _derive_missing(doc: dict[str, Any]) -> None:
     if "created_at" in doc:
         return
     oid = doc.get("_id")
-    created = oid.generation_time if isinstance(oid, ObjectId) else None
     due = doc.get("due_ms")
     if "scheduled_for" not in doc and isinstance(due, int | float) and not isinstance(due, bool):
-        doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+        with contextlib.suppress(ValueError, OverflowError, OSError):  # a due_ms out of range
+            doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+    # its insert time (an ObjectId's), else when it is due, else the epoch (a string _id)
+    created = oid.generation_time if isinstance(oid, ObjectId) else doc.get("scheduled_for")
+    created = created or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     doc.setdefault("scheduled_for", created)
     doc["created_at"] = created
     doc.setdefault("updated_at", created)
@@ -253,10 +257,11 @@ class Job(BaseModel, Generic[PayloadT]):
             if not bad or "_id" not in doc:
                 raise
             kept = {k: v for k, v in doc.items() if k not in bad}
-            created = doc["_id"].generation_time if isinstance(doc["_id"], ObjectId) else None
-            for when in ("created_at", "scheduled_for", "updated_at"):  # required: insert time
-                if when in bad:
-                    kept[when] = created
+            if "created_at" in kept:  # required dates: its creation date stands in
+                for when in ("scheduled_for", "updated_at"):
+                    if when in bad:
+                        kept[when] = kept["created_at"]
+            # else it reads as a document another program inserted: dates and status derived
             job = cls.model_validate(kept)  # a status that is not a job status still raises
             job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
             return job

@@ -50,7 +50,7 @@ class OwnershipWatcher:
             if self.worker.runs or reconcile_due:
                 try:
                     await self.check(now, reconcile=reconcile_due)
-                except PyMongoError as exc:
+                except (PyMongoError, TimeoutError) as exc:  # an outage: the next check retries
                     self.log.warning(
                         "kill_check_failed", worker_id=self.worker.worker_id, error=str(exc)
                     )

@@ -115,7 +115,9 @@ class JobProcessor(EventsAPI):
             storage, crons, clock, log, self._on_cron_task, retention=settings.retention
         )
         self.trimmer = Trimmer(storage, self.definitions, settings.retention, log)
-        storage.jobs.retention = settings.retention  # jobs errored without running expire too
+        storage.jobs.retention_of = lambda name: R.of(
+            self.definitions.get(name), settings.retention
+        )
         self.heartbeat.trimmer = self.trimmer
         self.waker = ChangeStreamWaker(
             storage.jobs, self.worker, clock, log, settings.change_stream_max_await

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError
 
 from . import sentry
 from .clock import Clock, as_utc, sleep_or_wake
@@ -26,7 +26,9 @@ from .log import EventLog
 from .models import JobStatus
 from .outcome import Ending, RunEnd, decide
 from .storage import Storage
-from .storage.transient import TRANSIENT
+
+#: Errors that mean MongoDB is unreachable (not a problem of one document).
+CONNECTION = (AutoReconnect, ConnectionFailure)
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -74,7 +76,7 @@ class Recovery:
                 await self.sweep(now)
                 if after is not None:
                     await after(now)
-            except PyMongoError as exc:
+            except (PyMongoError, TimeoutError) as exc:  # an outage: the next pass retries
                 self.log.warning("sweep_failed", worker_id=self.worker.worker_id, error=str(exc))
 
     async def sweep(self, now: dt.datetime) -> int:
@@ -144,8 +146,8 @@ class Recovery:
         next pass: it never stops the sweep, the heartbeat or the other jobs' recovery."""
         try:
             return await self._recover(doc, end, event)
-        except TRANSIENT:
-            raise  # the loop's own handling (outages are retried on the next pass)
+        except CONNECTION:
+            raise  # MongoDB unreachable: the loop's own handling (the next pass retries)
         except Exception:
             self.log.exception(
                 "job_recovery_failed", job_id=str(doc.get("_id")), job_name=doc.get("name")

@@ -8,15 +8,16 @@ docs/guide.md, "Durability").
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import bson
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from .. import documents as D
 from ..errors import JobNotFoundError
@@ -130,11 +131,13 @@ class JobStore:
     def __init__(self, collection: Any, profile: ServerProfile) -> None:
         self.coll = collection
         self.profile = profile
-        #: How long jobs errored without running are kept (the processor's keep_failed).
-        self.retention = Retention()
+        #: How long a name's jobs errored without running are kept (set by the processor:
+        #: the definition's keep_failed, else the processor's; None: a name unknown here, kept).
+        self.retention_of: Callable[[str], Retention | None] = lambda name: Retention()
 
-    def _unclaimable(self, error: str, now: dt.datetime) -> Doc:
-        return D.unclaimable_update(error, now, self.retention.expires_at(S.ERRORED, now))
+    def _unclaimable(self, error: str, now: dt.datetime, name: str) -> Doc:
+        keep = self.retention_of(name)
+        return D.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
 
     @property
     def name(self) -> str:
@@ -273,7 +276,7 @@ class JobStore:
                 continue
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
-                self._unclaimable(why, now),
+                self._unclaimable(why, now, str(doc["claim_name"])),
             )
             errored += res.modified_count
         return errored
@@ -315,13 +318,23 @@ class JobStore:
             # document it cannot apply to and keeps the ones before; take those, error the cause
             if exc.code != TYPE_MISMATCH:
                 raise
-            await self.error_uncountable(names, now)
             res = None
+            mismatch = True
+        else:
+            mismatch = False
         if res is not None and res.modified_count == len(ids):
             return [D.applied(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:
             return []
         claimed = {d["_id"]: d for d in await self._read_back(update["$set"]["run_id"], budget)}
+        if mismatch:  # after taking what landed; failing here only delays it to the next claim
+            with contextlib.suppress(PyMongoError, TimeoutError):
+                await self._error_uncountable_docs(
+                    await all_docs(
+                        self.coll.find({"_id": {"$in": ids}, "claim_name": {"$in": names}})
+                    ),
+                    now,
+                )
         return [claimed[i] for i in ids if i in claimed]
 
     async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
@@ -346,7 +359,7 @@ class JobStore:
             name = doc["claim_name"]
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "claim_name": name},
-                D.unknown_name_update(name, now, self.retention.expires_at(S.ERRORED, now)),
+                D.unknown_name_update(name, now),  # no definition here: kept until purged
             )
             errored += res.modified_count
         return errored
@@ -363,7 +376,7 @@ class JobStore:
             async for doc in self.coll.find(query, fields).limit(100):
                 res = await self.coll.update_one(
                     {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
-                    self._unclaimable(D.undue(doc.get("due_ms")), now),
+                    self._unclaimable(D.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
                 )
                 errored += res.modified_count
         return errored

@@ -100,13 +100,20 @@ async def test_a_job_that_could_never_be_due_is_errored_with_the_reason(db: Any)
 
     from ..conftest import REAL_SERVER
 
-    processor = await make(db, {"send-email": JobDef(handler=send)})
+    jobs = {"send-email": JobDef(handler=send), "audit": JobDef(handler=send, keep_failed=True)}
+    processor = await make(db, jobs)
     now = dt.datetime.now(dt.UTC)
     old = ObjectId.from_datetime(now - dt.timedelta(minutes=2))
     coll = db["job_processor_jobs"]
     base = {"name": "send-email", "claim_name": "send-email", "payload": {}}
     missing = (await coll.insert_one(base | {"_id": old})).inserted_id
     young = (await coll.insert_one(base)).inserted_id  # just inserted: left alone for now
+    audit = {
+        "name": "audit",
+        "claim_name": "audit",
+        "_id": ObjectId.from_datetime(now - dt.timedelta(minutes=5)),
+    }
+    await coll.insert_one(audit)
     text_old = (
         await coll.insert_one(
             base | {"_id": ObjectId.from_datetime(now - dt.timedelta(minutes=3)), "due_ms": "now"}
@@ -120,6 +127,8 @@ async def test_a_job_that_could_never_be_due_is_errored_with_the_reason(db: Any)
     async with processor:  # the start's sweep runs the pass
         gone = await wait_status(processor, str(missing), S.ERRORED)
         wrong = await wait_status(processor, str(text_old), S.ERRORED)
+        kept = await wait_status(processor, str(audit["_id"]), S.ERRORED)
+    assert kept.expires_at is None  # its definition keeps failed jobs for ever
     assert gone.error is not None and gone.error.startswith(
         "invalid job document: due_ms is missing, it must be a number"
     )

@@ -359,6 +359,9 @@ def test_secret_values_under_a_sensitive_path_are_hidden_everywhere() -> None:
     assert values_at({"card": card}, ["card"]) == {"4111111111111111"}  # under it; "123" too short
     assert values_at([{"card": card}], ["card.number"]) == {"4111111111111111"}  # in a list
     assert redact_any([{"card": card}], ["card"]) == [{"card": "[redacted]"}]
+    nested = {"cards": [[{"number": "4111111111111111"}]]}  # lists of lists
+    assert values_at(nested, ["cards.number"]) == {"4111111111111111"}
+    assert redact(nested, ["cards.number"]) == {"cards": [[{"number": "[redacted]"}]]}
     job = Job.read(
         {
             "_id": ObjectId(),
@@ -380,10 +383,12 @@ async def test_payloads_and_checkpoints_of_the_wrong_type_are_redacted_too(env: 
     doc = D.new_job("email", {}, now=NOW) | {
         "payload": [{"card": {"number": secret}}],  # another program stored a list
         "state": [{"password": "hunter2-hunter2"}],
+        "output": f"declined {secret}",  # not a document: shown in invalid_fields, scrubbed
     }
     await storage.jobs.coll.insert_one(doc)
     shown = await admin.get_job(str(doc["_id"]))
     text = json.dumps(shown.model_dump(mode="json"))
     assert secret not in text and "hunter2-hunter2" not in text
     assert shown.invalid_fields["state"] == [{"password": "[redacted]"}]
+    assert shown.invalid_fields["output"] == "declined [redacted]"
     assert shown.payload == {"(not a document)": [{"card": {"number": "[redacted]"}}]}

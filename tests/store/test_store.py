@@ -530,3 +530,24 @@ async def test_a_batch_stopped_midway_by_a_document_changed_meanwhile_keeps_what
     assert bad["status"] == S.ERRORED
     third = await coll.find_one({"_id": jobs[2]["_id"]})
     assert third["status"] == S.PENDING  # untouched: the next claim takes it
+
+
+async def test_a_batch_stopped_midway_keeps_its_claims_even_if_erroring_the_cause_fails(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [await add(storage, scheduled_for=later(-30 + i)) for i in range(2)]
+    coll = storage.jobs.coll
+    real_many = coll.update_many
+
+    async def partly(query: Any, update: Any, **kw: Any) -> Any:
+        await coll.update_one({"_id": jobs[1]["_id"]}, {"$set": {"attempt": "x"}})
+        await real_many({"_id": jobs[0]["_id"]}, update, **kw)
+        raise OperationFailure("Cannot apply $inc to a value of non-numeric type", 14)
+
+    async def unreachable(*args: Any) -> int:
+        raise AutoReconnect("blip")
+
+    monkeypatch.setattr(coll, "update_many", partly)
+    monkeypatch.setattr(storage.jobs, "_error_uncountable_docs", unreachable)
+    batch = await storage.jobs.claim_more(["a"], "w1", NOW, 2)
+    assert [d["_id"] for d in batch] == [jobs[0]["_id"]]  # run, not left running untracked

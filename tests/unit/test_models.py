@@ -97,3 +97,18 @@ def test_reading_a_job_with_wrong_typed_fields_shows_them_apart() -> None:
     }
     assert job.created_at == job.scheduled_for == oid.generation_time  # its insert time
     assert job.priority == 0
+
+
+def test_a_foreign_document_with_a_bad_created_at_or_a_string_id_still_reads() -> None:
+    from bson import ObjectId
+
+    from job_processor.models import Job
+
+    oid = ObjectId()
+    base = {"name": "send-email", "claim_name": "send-email", "due_ms": 1_900_000_000_000}
+    job = Job.read(base | {"_id": oid, "created_at": "yesterday"})
+    assert job.status == "pending" and job.created_at == oid.generation_time
+    assert job.invalid_fields == {"created_at": "yesterday"}
+    named = Job.read(base | {"_id": "job-1"})  # mongosh insertOne({_id: "job-1", ...})
+    assert named.id == "job-1" and named.status == "pending"
+    assert named.scheduled_for == named.created_at  # when it is due stands for its creation
