@@ -21,6 +21,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from .admin import ActionResult, Admin, parse_time
 from .errors import DatabaseUnreachableError, JobProcessorError
 from .masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
@@ -340,58 +342,53 @@ async def crons_trigger(args: argparse.Namespace) -> int:
     return await with_admin(args, lambda a: _report(a.trigger_cron(args.name), args.json))
 
 
-async def workers_list(args: argparse.Namespace) -> int:
-    async def run(admin: Admin) -> int:
-        workers = await admin.list_workers()
-        if args.json:
-            emit_json([w.model_dump(mode="json") for w in workers])
-            return DONE
-        table(
-            ["ID", "HOST", "PID", "INSTANCE", "TAGS", "RUNNING", "HEARTBEAT", "ALIVE"],
-            [
-                [
-                    w.id,
-                    w.hostname,
-                    w.pid,
-                    w.instance_id,
-                    ",".join(w.tags) if w.tags else "(all)",
-                    len(w.running_jobs),
-                    ago(w.seconds_since_heartbeat) + " ago",
-                    "yes" if w.alive else "NO",
-                ]
-                for w in workers
-            ],
-        )
-        return DONE
+async def listed(
+    fetch: Awaitable[Sequence[BaseModel]],
+    as_json: bool,
+    headers: list[str],
+    row: Callable[[Any], list[Any]],
+) -> int:
+    """A listing: JSON for scripts, else a table for people."""
+    items = await fetch
+    if as_json:
+        emit_json([i.model_dump(mode="json") for i in items])
+    else:
+        table(headers, [row(i) for i in items])
+    return DONE
 
-    return await with_admin(args, run)
+
+async def workers_list(args: argparse.Namespace) -> int:
+    def row(w: Any) -> list[Any]:
+        return [
+            w.id,
+            w.hostname,
+            w.pid,
+            w.instance_id,
+            ",".join(w.tags) if w.tags else "(all)",
+            len(w.running_jobs),
+            ago(w.seconds_since_heartbeat) + " ago",
+            "yes" if w.alive else "NO",
+        ]
+
+    headers = ["ID", "HOST", "PID", "INSTANCE", "TAGS", "RUNNING", "HEARTBEAT", "ALIVE"]
+    return await with_admin(args, lambda a: listed(a.list_workers(), args.json, headers, row))
 
 
 async def names_list(args: argparse.Namespace) -> int:
-    async def run(admin: Admin) -> int:
-        views = await admin.list_definitions()
-        if args.json:
-            emit_json([v.model_dump(mode="json") for v in views])
-            return DONE
-        table(
-            ["NAME", "KIND", "TAG", "CONCURRENCY", "ATTEMPTS", "WORKERS", "PAUSED", "LAST SEEN"],
-            [
-                [
-                    v.name,
-                    v.kind,
-                    v.tag,
-                    v.concurrency,
-                    v.max_attempts,
-                    len(v.served_by),
-                    "yes" if v.paused else "",
-                    when(v.last_seen),
-                ]
-                for v in views
-            ],
-        )
-        return DONE
+    def row(v: Any) -> list[Any]:
+        return [
+            v.name,
+            v.kind,
+            v.tag,
+            v.concurrency,
+            v.max_attempts,
+            len(v.served_by),
+            "yes" if v.paused else "",
+            when(v.last_seen),
+        ]
 
-    return await with_admin(args, run)
+    headers = ["NAME", "KIND", "TAG", "CONCURRENCY", "ATTEMPTS", "WORKERS", "PAUSED", "LAST SEEN"]
+    return await with_admin(args, lambda a: listed(a.list_definitions(), args.json, headers, row))
 
 
 async def names_pause(args: argparse.Namespace) -> int:

@@ -158,21 +158,35 @@ def cron_task(
     resumable: bool,
 ) -> Doc:
     """The pending task of one cron slot."""
+    extra = {
+        "trigger": "schedule",
+        "start_deadline": slot + margin,
+        "cron_slot_key": slot_key(name, slot),
+    }
+    return _cron_job(name, now, slot, tag, exclusive, max_attempts, resumable, extra)
+
+
+def _cron_job(
+    name: str,
+    now: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+    extra: Doc,
+) -> Doc:
     return new_job(
         name,
         {},
         now=now,
-        scheduled_for=slot,
+        scheduled_for=scheduled_for,
         tag=tag,
         exclusive=exclusive,
         job_type="cron_task",
         max_attempts=max_attempts,
         resumable=resumable,
-        extra={
-            "trigger": "schedule",
-            "start_deadline": slot + margin,
-            "cron_slot_key": slot_key(name, slot),
-        },
+        extra=extra,
     )
 
 
@@ -495,17 +509,8 @@ def manual_cron_task(
     resumable: bool,
 ) -> Doc:
     """A cron run outside its schedule (trigger "manual"): no slot, no start deadline."""
-    return new_job(
-        name,
-        {},
-        now=now,
-        tag=tag,
-        exclusive=exclusive,
-        job_type="cron_task",
-        max_attempts=max_attempts,
-        resumable=resumable,
-        extra={"trigger": "manual", "start_deadline": None},
-    )
+    extra = {"trigger": "manual", "start_deadline": None}
+    return _cron_job(name, now, None, tag, exclusive, max_attempts, resumable, extra)
 
 
 # ---- workers -------------------------------------------------------------------------------
