@@ -29,8 +29,8 @@ from typing import Any
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
-from job_processor import documents as D
-from job_processor.local_server import local_server
+from job_processor.core import documents as D
+from job_processor.storage.local_server import local_server
 
 
 class Counter(monitoring.CommandListener):

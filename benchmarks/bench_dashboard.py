@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 import httpx2 as httpx  # noqa: E402
 from pymongo import AsyncMongoClient, monitoring  # noqa: E402
 
-from job_processor import documents as D  # noqa: E402
+from job_processor.core import documents as D  # noqa: E402
 from job_processor.dashboard import create_dashboard  # noqa: E402
-from job_processor.local_server import local_server  # noqa: E402
 from job_processor.storage import Storage  # noqa: E402
+from job_processor.storage.local_server import local_server  # noqa: E402
 
 NAMES = [f"job-{i}" for i in range(10)]
 MIX = [  # status, share

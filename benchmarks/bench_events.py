@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Counter
 
 from job_processor import AbortSignal, Event, JobProcessor, Subscriber, init_job_processor
-from job_processor.local_server import local_server
+from job_processor.storage.local_server import local_server
 
 
 @contextlib.contextmanager

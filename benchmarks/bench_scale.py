@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Counter, server
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
-from job_processor import documents as D
-from job_processor.definitions import Limit
+from job_processor.core import documents as D
+from job_processor.core.definitions import Limit
 
 QUIET = logging.getLogger("bench_scale")  # warnings only: the figures are the output
 QUIET.setLevel(logging.WARNING)

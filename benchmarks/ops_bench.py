@@ -27,11 +27,11 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from job_processor import documents as D
-from job_processor import metrics
-from job_processor.admin import Admin
-from job_processor.local_server import local_server
+from job_processor.core import documents as D
+from job_processor.ops import metrics
+from job_processor.ops.admin import Admin
 from job_processor.storage import Storage
+from job_processor.storage.local_server import local_server
 
 NAMES = [f"job-{i}" for i in range(20)]
 MIX = [("finished", 80), ("errored", 5), ("killed", 2), ("skipped", 3), ("pending", 10)]

@@ -36,10 +36,10 @@ from job_processor import (  # noqa: E402
     WebhookOptions,
     init_job_processor,
 )
+from job_processor.core.definitions import Backoff, Limit  # noqa: E402
 from job_processor.dashboard import create_dashboard  # noqa: E402
-from job_processor.definitions import Backoff, Limit  # noqa: E402
-from job_processor.local_server import local_server  # noqa: E402
-from job_processor.webhooks import generate_secret  # noqa: E402
+from job_processor.events.webhooks import generate_secret  # noqa: E402
+from job_processor.storage.local_server import local_server  # noqa: E402
 from tests.dashboard.harness import (  # noqa: E402
     CHROMIUM_ARGS,
     INSTALL_HINT,

@@ -1,9 +1,9 @@
 """job-processor: background jobs and cron schedules stored in MongoDB."""
 
-from .abort import AbortSignal
-from .clock import Clock, FakeClock, SystemClock
-from .definitions import Backoff, CronDef, JobDef, Limit
-from .errors import (
+from .core.abort import AbortSignal
+from .core.clock import Clock, FakeClock, SystemClock
+from .core.definitions import Backoff, CronDef, JobDef, Limit, Subscriber
+from .core.errors import (
     DatabaseUnreachableError,
     DoNotRetry,
     EventDeliveryError,
@@ -21,10 +21,10 @@ from .errors import (
     UnknownJobError,
     WebhookNotFoundError,
 )
-from .events import Delivery, Event, Subscriber
-from .models import Job, JobOutput, JobStatus, ProcessorStatus, WorkerInfo
+from .core.models import Delivery, Event, Job, JobOutput, ProcessorStatus, WorkerInfo
+from .core.status import JobStatus
+from .events.webhooks import WebhookEndpoint, WebhookOptions
 from .processor import JobProcessor, init_job_processor
-from .webhooks import WebhookEndpoint, WebhookOptions
 
 __all__ = [
     "AbortSignal",

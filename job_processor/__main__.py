@@ -1,3 +1,17 @@
-from .cli import main
+"""The `job-processor` command (and `python -m job_processor`): the command line of
+`job_processor.cli`, with the demo, which is built on the public API above it."""
 
-raise SystemExit(main())
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import demo
+from .cli import main as cli_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main(argv, commands={"demo": demo.command})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

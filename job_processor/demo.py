@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .abort import AbortSignal
-from .definitions import Backoff, JobDef
-from .events import Event, Subscriber
-from .local_server import LocalServerError, local_server
-from .models import Job, JobStatus
+from pymongo import AsyncMongoClient
+
+from .core.abort import AbortSignal
+from .core.definitions import Backoff, JobDef, Subscriber
+from .core.models import Event, Job
+from .core.status import JobStatus
+from .events.webhooks import generate_secret
 from .processor import JobProcessor, init_job_processor
-from .webhooks import generate_secret
+from .storage.local_server import LocalServerError, local_server
 
 STEPS = 6
 
@@ -188,8 +191,6 @@ def _server(url: str | None) -> Iterator[str]:
 
 
 async def run_demo(url: str | None) -> int:
-    from pymongo import AsyncMongoClient
-
     try:
         with _server(url) as server_url:
             client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server_url, tz_aware=True)
@@ -302,3 +303,8 @@ async def _events(processor: JobProcessor) -> None:
             f"{ids == {event.id}}, signed: {signed} (Standard Webhooks)"
         )
         await processor.webhooks.remove(endpoint.id)
+
+
+async def command(args: Any) -> int:
+    """`job-processor demo` (given to the command line by the entry point)."""
+    return await run_demo(os.environ.get("MONGODB_URL"))

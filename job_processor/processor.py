@@ -3,26 +3,27 @@ init_job_processor."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import os
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from bson import ObjectId
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from . import documents as D
-from . import retention as R
-from .bus import EventBus
-from .clock import Clock, SystemClock, to_millis
-from .crons import CronScheduler, schedule_of
-from .definitions import CronDef, JobDef, parse_crons, parse_jobs
-from .errors import (
-    DatabaseUnreachableError,
+from .core import documents as D
+from .core import retention as R
+from .core.clock import Clock, SystemClock, to_millis
+from .core.definitions import (
+    CronDef,
+    JobDef,
+    Subscriber,
+    parse_crons,
+    parse_jobs,
+    parse_subscribers,
+)
+from .core.errors import (
     InvalidArgumentError,
     InvalidDefinitionError,
     InvalidPayloadError,
@@ -30,32 +31,31 @@ from .errors import (
     JobProcessorError,
     UnknownJobError,
 )
-from .event_api import EventsAPI
-from .events import Subscriber, parse_subscribers
-from .heartbeat import Heartbeat
-from .hooks import HookRunner
-from .log import EventLog, make_log
-from .models import Job, JobStatus, ProcessorStatus, parse_status
-from .ownership import OwnershipWatcher
-from .recovery import Recovery
-from .registry import Registry
-from .retention import Keep, Trimmer
-from .signals import stop_on_signals
-from .status import build_status
+from .core.log import EventLog, make_log
+from .core.models import Job, ProcessorStatus
+from .core.retention import Keep
+from .core.schedule import schedule_of
+from .core.settings import Settings, check_keep_events, check_positive, retention_of
+from .core.status import JobStatus, parse_status
+from .engine.runtime import Runtime
+from .events.api import EventsAPI
+from .events.bus import EventBus
+from .events.webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
+from .ops.status import build_status
 from .storage import Storage, object_id
+from .storage.connect import check_reachable
 from .storage.jobs import MAX_SORTED_NAMES, MAX_VALUE_BYTES
-from .telemetry import Telemetry
-from .wakeup import ChangeStreamWaker
-from .webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
-from .worker import Settings, Worker
 
 S = JobStatus
 Doc = dict[str, Any]
 
 
-class JobProcessor(EventsAPI):
-    """Schedules, runs and supervises jobs; emits events and delivers them (event_api.py).
-    Create it with `await init_job_processor(...)`."""
+class JobProcessor(Runtime, EventsAPI):
+    """Schedules, runs and supervises jobs; emits events and delivers them.
+
+    The engine underneath (worker, hooks, recovery, heartbeat, crons: `engine.runtime.Runtime`)
+    and the event methods (`events.api.EventsAPI`) are its bases; this class adds the
+    scheduling API. Create it with `await init_job_processor(...)`."""
 
     def __init__(
         self,
@@ -69,7 +69,6 @@ class JobProcessor(EventsAPI):
         instance_id: str | None,
         bus: EventBus | None = None,
     ) -> None:
-        self.storage = storage
         self.jobs = jobs
         self.crons = crons
         # events (docs/events.md): delivery jobs are defined by the bus, run like any job
@@ -84,187 +83,14 @@ class JobProcessor(EventsAPI):
             worker_timeout=settings.worker_timeout,
             instance_id=instance_id,
         )
-        self.definitions: dict[str, JobDef] = {**jobs, **crons, **self.events.definitions()}
-        self.worker_tags = worker_tags
-        self.clock = clock
-        self.log = log
-        self.settings = settings
-        self.instance_id = instance_id
-        self.hooks = HookRunner(
-            storage,
-            self.definitions,
-            clock,
-            log,
-            settings.worker_timeout,
-            lambda: self.worker_id,
-            settings.retention,
-        )
-        self.worker = Worker(
-            storage, self.definitions, worker_tags, clock, log, settings, self.hooks
+        definitions = {**jobs, **crons, **self.events.definitions()}
+        super().__init__(
+            storage, definitions, crons, worker_tags, clock, log, settings, instance_id
         )
         self.worker.processor = self
-        self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
-        self.registry = Registry(storage, self.definitions, log)
         self.recovery.sweeps.append(self.events.sweep)  # owed event fan-outs
-        self.events.bind(self)
-        self.heartbeat = Heartbeat(
-            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
-        )
-        self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
-        self.scheduler = CronScheduler(
-            storage, crons, clock, log, self._on_cron_task, retention=settings.retention
-        )
-        self.trimmer = Trimmer(storage, self.definitions, settings.retention, log)
-        storage.jobs.retention_of = lambda name: R.of(
-            self.definitions.get(name), settings.retention
-        )
-        self.heartbeat.trimmer = self.trimmer
-        self.waker = ChangeStreamWaker(
-            storage.jobs, self.worker, clock, log, settings.change_stream_max_await
-        )
-        self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
-        self.telemetry = Telemetry()
-        """Metrics observers (job_processor.metrics.enable attaches Prometheus's)."""
-        self.worker.telemetry = self.scheduler.telemetry = self.telemetry
-        self._client_id = f"client-{os.getpid()}-{ObjectId()}"
-        self._users = 0
-        self._runtime_lock = asyncio.Lock()
-        self._side_loops: asyncio.Task[None] | None = None
-        self._worker_loops: asyncio.Task[None] | None = None
-        self.failed = asyncio.Event()
-        """Set when a background loop died: `serve()` then exits with an error."""
-
-    @property
-    def worker_id(self) -> str:
-        return self.worker.worker_id
-
-    @property
-    def started(self) -> bool:
-        return self._worker_loops is not None
-
-    # ---- lifecycle ------------------------------------------------------------------------
-
-    async def _acquire_runtime(self) -> None:
-        """Worker document + heartbeat + kill delivery, held while started or running run_job."""
-        async with self._runtime_lock:
-            self._users += 1
-            if self._users > 1:
-                return
-            self.heartbeat.stop_event.clear()
-            self.ownership.stop_event.clear()
-            try:
-                await self.heartbeat.register()
-            except BaseException:
-                self._users -= 1
-                raise
-            self._side_loops = asyncio.create_task(self._run_side_loops(), name="side-loops")
-
-    async def _run_side_loops(self) -> None:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.heartbeat.loop(), name="heartbeat")
-                tg.create_task(self.ownership.loop(), name="ownership")
-                tg.create_task(
-                    self.recovery.loop(self.heartbeat.stop_event, self.heartbeat.after_sweep),
-                    name="sweep",
-                )
-        except Exception:
-            self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
-            self.failed.set()
-            raise
-
-    async def _release_runtime(self) -> None:
-        async with self._runtime_lock:
-            self._users -= 1
-            if self._users > 0:
-                return
-            self.heartbeat.stop_event.set()
-            self.ownership.stop_event.set()
-            if self._side_loops is not None:
-                with contextlib.suppress(Exception):
-                    await self._side_loops
-                self._side_loops = None
-            with contextlib.suppress(PyMongoError):
-                await self.heartbeat.unregister()
-
-    async def start(self) -> None:
-        """Start claiming and running jobs in the background; returns at once. If it fails
-        (MongoDB unreachable), nothing is left behind and it can be called again."""
-        if self.started:
-            return
-        self.worker.stopping.clear()
-        self.scheduler.stop_event.clear()
-        self.waker.stop_event.clear()
-        await self._acquire_runtime()
-        try:
-            # recover what dead workers left behind before taking new work
-            await self.recovery.sweep(self.clock.now())
-        except BaseException:
-            await self._release_runtime()
-            raise
-        self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
-
-    async def _run_worker_loops(self) -> None:
-        """The claim loop and the cron scheduler: if one dies, both stop, loudly."""
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.worker.claim_loop(), name="claim-loop")
-                tg.create_task(self.scheduler.loop(), name="cron-scheduler")
-                if self.settings.change_streams and self.worker.names:
-                    tg.create_task(self.waker.loop(), name="change-stream")
-        except Exception:
-            self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
-            self.failed.set()
-            raise
-
-    async def stop(self) -> None:
-        """Graceful: no new claims; running handlers get the abort signal (reason "shutdown") and
-        `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
-        handler returned), others finished if their handler returned, else pending again.
-        Returns when every final status is written and every owed hook has run (or timed out)."""
-        if not self.started:
-            return
-        self.log.info("worker_stopping", worker_id=self.worker_id)
-        self.worker.request_stop()
-        self.scheduler.stop_event.set()
-        self.waker.stop_event.set()
-        assert self._worker_loops is not None
-        with contextlib.suppress(Exception):
-            await self._worker_loops
-        await self.worker.drain()
-        await self.hooks.drain()  # recovered hooks running in the background
-        self._worker_loops = None
-        await self._release_runtime()
-        await self.events.close()  # the webhooks' HTTP client
-
-    async def serve(self) -> None:
-        """start(), block until SIGTERM/SIGINT (or a crashed loop), then stop()."""
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await self.start()
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
-                await self.stop()
-        if self.failed.is_set():
-            raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
-
-    async def __aenter__(self) -> JobProcessor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    # ---- scheduling -------------------------------------------------------------------------
+        self.events.bind(self, self)
+        self.on_stop.append(self.events.close)  # the webhooks' HTTP client
 
     def _definition(self, name: str) -> JobDef:
         if not isinstance(name, str) or name not in self.jobs:
@@ -452,10 +278,6 @@ class JobProcessor(EventsAPI):
         assert inserted is not None  # None only for cron slots, which these are not
         return inserted
 
-    def _on_cron_task(self, task: Doc) -> None:
-        if task["status"] == S.PENDING and task["name"] in self.worker.names:
-            self.worker.wake.set()
-
     async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
         if name not in self.crons:
@@ -510,7 +332,7 @@ class JobProcessor(EventsAPI):
         """Kill a job from any process. Pending/paused jobs are killed at once (this process
         calls on_job_exited); a running job's handler gets the abort signal (reason "killed")
         on whichever process runs it."""
-        writer = self.worker_id or self._client_id
+        writer = self.worker_id or self.client_id
         outcome, doc = await self.storage.jobs.kill(object_id(job_id), self.clock.now(), writer)
         fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
         if outcome == "killed":
@@ -544,62 +366,6 @@ def _webhook_options(value: Any) -> WebhookOptions:
             f"field {'.'.join(str(p) for p in e['loc'])!r}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidDefinitionError(f"webhook_options: {fields}") from None
-
-
-def _keep_events(value: Any) -> dt.timedelta | None:
-    """Events are kept for a duration (their deliveries, being jobs, follow keep_finished /
-    keep_failed): it must outlast a delivery's retries, so neither a count nor False."""
-    if value is True:
-        return None
-    if isinstance(value, dt.timedelta) and value > dt.timedelta(0):
-        return value
-    raise InvalidDefinitionError(
-        f"keep_events must be a positive timedelta (longer than your deliveries' retries) or "
-        f"True (keep forever), got {value!r}"
-    )
-
-
-def _retention(keep_finished: Keep, keep_failed: Keep) -> R.Retention:
-    try:
-        finished = R.check_keep(keep_finished, "keep_finished")
-        failed = R.check_keep(keep_failed, "keep_failed")
-    except ValueError as exc:
-        raise InvalidDefinitionError(str(exc)) from None
-    if finished is None or failed is None:
-        raise InvalidDefinitionError(
-            "keep_finished / keep_failed: give a timedelta, a count, True or False (not None)"
-        )
-    return R.Retention(finished=finished, failed=failed)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _address(db: Any) -> str:
-    """host:port of the database's client, for error messages (never the credentials)."""
-    with contextlib.suppress(Exception):
-        seeds = db.client.topology_description.server_descriptions()
-        if seeds:
-            return ", ".join(f"{h}:{p}" for h, p in seeds)
-    return "the configured address"
-
-
-async def check_reachable(db: Any, wait: float) -> None:
-    """Ping MongoDB; a clear error within `wait` seconds instead of a long traceback."""
-    if type(db).__module__.startswith("mongomock_motor"):
-        return
-    try:
-        async with asyncio.timeout(wait):
-            await db.command("ping")
-    except (TimeoutError, PyMongoError) as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
-        raise DatabaseUnreachableError(
-            f"cannot reach MongoDB at {_address(db)} within {wait:g}s ({reason}); check "
-            "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
-        ) from None
 
 
 def warn_unexpanded_instance_id(instance_id: str | None, log: EventLog) -> None:
@@ -673,17 +439,17 @@ async def init_job_processor(
         raise InvalidDefinitionError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     settings = Settings(
         concurrency=concurrency,
-        poll_interval=_check_positive("poll_interval", poll_interval),
-        heartbeat_interval=_check_positive("heartbeat_interval", heartbeat_interval),
-        worker_timeout=_check_positive("worker_timeout", worker_timeout),
-        shutdown_grace=_check_positive("shutdown_grace", shutdown_grace),
+        poll_interval=check_positive("poll_interval", poll_interval),
+        heartbeat_interval=check_positive("heartbeat_interval", heartbeat_interval),
+        worker_timeout=check_positive("worker_timeout", worker_timeout),
+        shutdown_grace=check_positive("shutdown_grace", shutdown_grace),
         change_streams=bool(change_streams),
-        change_stream_max_await=_check_positive("change_stream_max_await", change_stream_max_await),
+        change_stream_max_await=check_positive("change_stream_max_await", change_stream_max_await),
         idle_poll_interval=max(
-            _check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
+            check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
         ),
-        retention=_retention(keep_finished, keep_failed),
-        unknown_name_grace=_check_positive("unknown_name_grace", unknown_name_grace),
+        retention=retention_of(keep_finished, keep_failed),
+        unknown_name_grace=check_positive("unknown_name_grace", unknown_name_grace),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:
         raise InvalidDefinitionError(
@@ -694,7 +460,7 @@ async def init_job_processor(
         raise InvalidDefinitionError(
             f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
         )
-    _check_positive("connect_timeout", connect_timeout)
+    check_positive("connect_timeout", connect_timeout)
     subscriber_defs = parse_subscribers(subscribers)
     secrets = load_secrets(webhook_secrets)
     hook_options = _webhook_options(webhook_options)
@@ -723,7 +489,7 @@ async def init_job_processor(
         options=hook_options,
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
-        keep_events=_keep_events(keep_events),
+        keep_events=check_keep_events(keep_events),
     )
     EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
     processor = JobProcessor(

@@ -37,14 +37,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import documents as D
-from .abort import AbortReason, AbortSignal
-from .clock import FakeClock
-from .definitions import CronDef, JobDef
-from .errors import InvalidPayloadError
-from .models import Job
+from .core import documents as D
+from .core.abort import AbortReason, AbortSignal
+from .core.clock import FakeClock
+from .core.definitions import CronDef, JobDef
+from .core.errors import InvalidPayloadError
+from .core.models import Job
+from .engine.execution import build_job, call_maybe_async
 from .processor import JobProcessor, init_job_processor
-from .worker import build_job, call_maybe_async
 
 __all__ = ["JobHarness", "in_memory_processor", "run_until_idle"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from job_processor.local_server import local_server
+from job_processor.storage.local_server import local_server
 
 REAL_SERVER = bool(os.environ.get("JOB_PROCESSOR_TEST_MONGODB_URL"))
 

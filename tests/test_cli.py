@@ -24,9 +24,9 @@ from job_processor import (
     WebhookOptions,
     init_job_processor,
 )
-from job_processor.admin import Admin
-from job_processor.definitions import Backoff, Limit
-from job_processor.webhooks import generate_secret
+from job_processor.core.definitions import Backoff, Limit
+from job_processor.events.webhooks import generate_secret
+from job_processor.ops.admin import Admin
 
 from .e2e.app import JOBS
 from .e2e.test_processes import url_with_db
@@ -244,8 +244,8 @@ async def test_clear_errors(mongo_url: str) -> None:
 
 
 def test_an_unreachable_server_names_what_sets_the_wait(capsys: pytest.CaptureFixture[str]) -> None:
-    from job_processor.cli_ops import UNREACHABLE, handle_errors
-    from job_processor.errors import DatabaseUnreachableError
+    from job_processor.cli.common import UNREACHABLE, handle_errors
+    from job_processor.core.errors import DatabaseUnreachableError
 
     exc = DatabaseUnreachableError("cannot reach MongoDB at 127.0.0.1:1 within 1s; details")
     assert handle_errors(exc, "run") == UNREACHABLE
@@ -258,7 +258,7 @@ async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
     import signal
     import urllib.request
 
-    from job_processor.local_server import free_port
+    from job_processor.storage.local_server import free_port
 
     url = url_with_db(mongo_url, db.name)
     port = free_port()

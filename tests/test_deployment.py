@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from job_processor.cli import build_parser
+from job_processor.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..admin import ActionResult
-from ..errors import InvalidPayloadError, JobProcessorError
-from .app import Dashboard, safe_next
+from ..core.errors import InvalidPayloadError, JobProcessorError
+from ..ops.admin import ActionResult
 from .render import flash_from_result
+from .state import Dashboard, safe_next
 from .views import render_new_job
 
 JOB_VERBS = ("retry", "kill", "run-now", "delete", "duplicate")

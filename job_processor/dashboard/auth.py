@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..errors import JobProcessorError
+from ..core.errors import JobProcessorError
 
 AuthCallable = Callable[[Request], "bool | str | Awaitable[bool | str]"]
 

@@ -19,14 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import events as ev
-from ..admin import ActionResult, parse_time
-from ..clock import as_utc
-from ..errors import InvalidArgumentError, JobProcessorError
+from ..core.clock import as_utc
+from ..core.errors import InvalidArgumentError, JobProcessorError
+from ..events.api import EventsAPI
+from ..events.webhooks import url_host
+from ..ops.admin import ActionResult
+from ..ops.admin.inputs import parse_time
 from ..storage import Storage
-from ..webhooks import url_host
 from .actions import _confirmed, _form, confirm_page
-from .app import Dashboard
 from .render import FLASH_LINES
+from .state import Dashboard
 
 PAGE_SIZES = (20, 50, 100, 200)
 DEFAULT_LIMIT = 50
@@ -161,7 +163,7 @@ async def events(d: Dashboard, request: Request) -> Response:
 
 
 def _webhook_attempts(d: Dashboard) -> int:
-    if d.processor is not None:
+    if isinstance(d.processor, EventsAPI):  # a JobProcessor: its own webhook options
         return int(d.processor.events.options.max_attempts)
     return WEBHOOK_ATTEMPTS
 

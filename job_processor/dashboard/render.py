@@ -13,10 +13,10 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..admin import ActionResult
-from ..clock import as_utc
-from ..masking import Masker
-from ..models import to_jsonable
+from ..core.clock import as_utc
+from ..core.masking import Masker
+from ..core.models import to_jsonable
+from ..ops.admin import ActionResult
 
 FLASH_COOKIE = "jp_dashboard_flash"
 #: Lines of ids / reasons a flash message shows (the cookie holds about 4 KB).

@@ -13,7 +13,10 @@ import argparse
 import os
 from typing import Any
 
-from ..errors import JobProcessorError
+from ..core.errors import JobProcessorError
+from ..storage.connect import URL_ENV, open_database
+from .app import create_dashboard
+from .auth import UNSET
 
 AUTH_ENV = "JOB_PROCESSOR_DASHBOARD_AUTH"
 
@@ -23,8 +26,6 @@ class DashboardUsageError(JobProcessorError):
 
 
 def parse_auth(value: str | None, no_auth: bool) -> Any:
-    from .auth import UNSET
-
     if no_auth:
         if value:
             raise DashboardUsageError(f"give either --auth (or {AUTH_ENV}) or --no-auth, not both")
@@ -46,16 +47,16 @@ async def run(args: argparse.Namespace) -> int:
         raise DashboardUsageError(
             "the dashboard needs its extra: pip install 'job-processor[dashboard]'"
         ) from None
-    from ..cli_ops import mongodb_url, open_db
-    from .app import create_dashboard
-
     auth = parse_auth(args.auth or os.environ.get(AUTH_ENV) or None, args.no_auth)
     fields = (
         [f.strip() for f in args.sensitive_fields.split(",") if f.strip()]
         if args.sensitive_fields is not None
         else None
     )
-    db = open_db(mongodb_url(), getattr(args, "timeout", 5.0))
+    url = os.environ.get(URL_ENV)
+    if not url:
+        raise DashboardUsageError("set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+    db = open_database(url, getattr(args, "timeout", 5.0))
     app = create_dashboard(
         db,
         auth=auth,

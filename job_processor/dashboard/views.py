@@ -7,11 +7,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..admin import DEFAULT_LIMIT, JobPage
-from ..errors import InvalidArgumentError
-from ..models import ACTIVE, TERMINAL, JobStatus
-from .app import Dashboard, health_response, json_response
+from ..core.errors import InvalidArgumentError
+from ..core.status import ACTIVE, TERMINAL, JobStatus
+from ..ops.admin import JobPage
+from ..ops.admin.inputs import DEFAULT_LIMIT
 from .render import STATUS_ORDER
+from .state import Dashboard, health_response, json_response
 
 S = JobStatus
 FILTERS = ("name", "status", "tag", "key", "after", "before", "id")
@@ -221,7 +222,7 @@ async def api_job(d: Dashboard, request: Request) -> Response:
 
 async def metrics(d: Dashboard, request: Request) -> Response:
     try:
-        from .. import metrics as m
+        from ..ops import metrics as m
     except ImportError:
         return Response(
             "metrics need prometheus-client: pip install 'job-processor[dashboard]'\n",

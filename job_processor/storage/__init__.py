@@ -1,8 +1,13 @@
 """Storage: the only code that talks to MongoDB, split by collection.
 
 `Storage.open(db)` checks the database object, detects the server (see `compat`), and gives
-`jobs`, `crons` and `workers` stores holding the domain verbs (`claim_next`, `end_run`, `beat`,
-...). The same code serves PyMongo's AsyncMongoClient, motor and mongomock-motor.
+one store per collection holding its domain verbs (`jobs.claim_next`, `jobs.end_run`,
+`workers.beat`, ...). The same code serves PyMongo's AsyncMongoClient, motor and
+mongomock-motor. `connect` opens databases from a URL and checks that MongoDB answers;
+`compat` names every workaround for the test servers; `local_server` starts the embedded
+server (nx-27017) for the demo, development and the tests.
+
+May import: `core` (documents are built there), the drivers. Nothing above.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from typing import Any
 
 from pymongo import WriteConcern
 
-from ..errors import InvalidDatabaseError
 from . import audit as audit_mod
 from . import crons as crons_mod
 from . import definitions as definitions_mod
@@ -23,6 +27,7 @@ from . import workers as workers_mod
 from .admin import JobAdminStore, JobQuery
 from .audit import AuditStore
 from .compat import ServerProfile, decode, detect
+from .connect import check_database
 from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
 from .events import DeliveryStore, EventStore, SubscriberStore
@@ -56,31 +61,6 @@ __all__ = [
 
 #: Writes that change a job's state must survive a replica-set failover.
 MAJORITY = WriteConcern("majority")
-
-
-def check_database(db: Any) -> None:
-    """Refuse sync databases and clients with a message that says what to pass instead."""
-    from pymongo.database import Database
-    from pymongo.mongo_client import MongoClient
-
-    if isinstance(db, Database):
-        raise InvalidDatabaseError(
-            "db is a synchronous pymongo Database; pass an async one: "
-            "pymongo.AsyncMongoClient(url)['mydb'] (or motor's AsyncIOMotorClient(url)['mydb'])"
-        )
-    if isinstance(db, MongoClient) or type(db).__name__ in {
-        "AsyncMongoClient",
-        "AsyncIOMotorClient",
-        "AsyncMongoMockClient",
-    }:
-        raise InvalidDatabaseError(
-            "db is a client, not a database: pass client['mydb'] (or client.get_default_database())"
-        )
-    if type(db).__module__.startswith("mongomock.") or not hasattr(db, "get_collection"):
-        raise InvalidDatabaseError(
-            f"db must be an async MongoDB database (pymongo AsyncDatabase or motor "
-            f"AsyncIOMotorDatabase), got {type(db).__name__}"
-        )
 
 
 class Storage:

@@ -21,8 +21,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 
-from .. import documents as D
-from ..models import TERMINAL, JobStatus
+from ..core import documents as D
+from ..core.status import TERMINAL, JobStatus
 from .compat import ServerProfile, aggregate, all_docs, decode, decode_opt
 from .jobs import LIST_SORT
 

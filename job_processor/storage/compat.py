@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from ..clock import as_utc
+from ..core.clock import as_utc
 
 Doc = dict[str, Any]
 IndexKeys = list[tuple[str, int]]

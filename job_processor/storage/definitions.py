@@ -13,9 +13,11 @@ collection once per heartbeat and leave those names out of their claims.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..core.definitions import CronDef
 from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]
@@ -26,8 +28,6 @@ PAUSED_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
 
 def definition_fields(definition: Any) -> Doc:
     """What the registry records of a JobDef / CronDef (never the handler itself)."""
-    from ..definitions import CronDef
-
     model = definition.payload_model
     fields: Doc = {
         "kind": "cron" if isinstance(definition, CronDef) else "job",
@@ -55,8 +55,6 @@ def _schema(model: Any) -> Doc | None:
     except Exception:  # a model whose schema cannot be generated: the name is enough
         return None
     # MongoDB field names may not start with "$" ("$defs", "$ref"): keep the schema as text
-    import json
-
     return {"json": json.dumps(schema, sort_keys=True)}
 
 

@@ -19,11 +19,11 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from .. import documents as D
-from ..errors import JobNotFoundError
-from ..models import JobStatus, check_transition
-from ..outcome import Outcome
-from ..retention import Retention
+from ..core import documents as D
+from ..core.errors import JobNotFoundError
+from ..core.outcome import Outcome
+from ..core.retention import Retention
+from ..core.status import JobStatus, check_transition
 from .compat import (
     IndexKeys,
     ServerProfile,

@@ -9,8 +9,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from .. import limits as L
-from ..definitions import Limit
+from ..core import limits as L
+from ..core.definitions import Limit
 from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]

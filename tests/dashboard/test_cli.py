@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from job_processor.local_server import free_port
+from job_processor.storage.local_server import free_port
 
 from ..e2e.test_processes import url_with_db
 from .harness import Switches, make_processor

@@ -24,9 +24,9 @@ from job_processor import (
     WebhookOptions,
     init_job_processor,
 )
+from job_processor.core.definitions import Backoff, Limit
 from job_processor.dashboard import MASK, create_dashboard
-from job_processor.definitions import Backoff, Limit
-from job_processor.webhooks import generate_secret
+from job_processor.events.webhooks import generate_secret
 
 from ..integration.helpers import FAST, wait_status
 from ..receiver import Receiver, Reply, receiving

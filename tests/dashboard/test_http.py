@@ -369,7 +369,7 @@ async def test_what_runs_after_the_guard_can_read_the_body_again(processor: Any)
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
 
-    from job_processor.dashboard.app import Guard
+    from job_processor.dashboard.guard import Guard
 
     p, _ = processor
     dashboard_app = create_dashboard(p, auth=AUTH)

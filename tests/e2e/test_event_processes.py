@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from job_processor import JobProcessor, init_job_processor
-from job_processor.webhooks import generate_secret
+from job_processor.events.webhooks import generate_secret
 
 from ..receiver import Receiver, Reply, receiving
 from .test_processes import ROOT, Worker, url_with_db, wait_exit

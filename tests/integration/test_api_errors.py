@@ -186,7 +186,7 @@ async def test_dedup_keys_do_not_collide_across_job_names(db: Any) -> None:
 async def test_an_unreachable_server_fails_fast_with_its_address() -> None:
     import asyncio
 
-    from job_processor.local_server import free_port
+    from job_processor.storage.local_server import free_port
 
     port = free_port()  # nothing listens there
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/")

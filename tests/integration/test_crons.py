@@ -16,9 +16,9 @@ from job_processor import (
     JobProcessor,
     UnknownJobError,
     init_job_processor,
-    metrics,
 )
-from job_processor.admin import Admin
+from job_processor.ops import metrics
+from job_processor.ops.admin import Admin
 
 from .helpers import FAST, wait_status
 

@@ -22,9 +22,9 @@ from job_processor import (
     Subscriber,
     init_job_processor,
 )
-from job_processor import event_documents as E
 from job_processor import events as ev
-from job_processor.definitions import Backoff
+from job_processor.core import event_documents as E
+from job_processor.core.definitions import Backoff
 
 from .helpers import FAST, wait_for, wait_status
 
@@ -77,7 +77,7 @@ async def test_async_subscribers_get_the_event_and_publishers_need_no_subscriber
     got = dict(seen)["email"]
     assert got.id == event.id
     assert got.payload == {"shipment_id": "s1"}
-    assert got.emitted_by == publisher._client_id
+    assert got.emitted_by == publisher.client_id
     assert got.delivery is not None
     assert got.delivery.attempt == 1
     assert threads and threads[0] != threading.main_thread().name

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
-from job_processor import documents as D
+from job_processor.core import documents as D
 
 from .helpers import make, wait_for, wait_status
 from .test_recovery import plant_dead_worker_job
@@ -192,7 +192,7 @@ async def test_an_owed_hook_of_a_dead_process_is_called_by_a_live_worker(db: Any
     past = processor.clock.now() - dt.timedelta(minutes=5)
     doc = D.as_running(D.new_job("send", {}, now=past), "dead-worker", past)
     await processor.storage.jobs.insert(doc)
-    from job_processor.outcome import Outcome
+    from job_processor.core.outcome import Outcome
 
     written = await processor.storage.jobs.end_run(
         doc, Outcome(S.FINISHED, hook_owed=True), past, writer="dead-worker", budget=2

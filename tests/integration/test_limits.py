@@ -8,8 +8,8 @@ import datetime as dt
 from typing import Any
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
-from job_processor import documents as D
-from job_processor.definitions import Limit
+from job_processor.core import documents as D
+from job_processor.core.definitions import Limit
 
 from .helpers import make, wait_for, wait_status
 

@@ -16,7 +16,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
-from job_processor.local_server import LocalServer, start_local_server
+from job_processor.storage.local_server import LocalServer, start_local_server
 
 from .helpers import wait_status
 

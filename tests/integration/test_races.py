@@ -12,9 +12,9 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
-from job_processor import documents as D
-from job_processor.definitions import Limit
-from job_processor.outcome import Outcome
+from job_processor.core import documents as D
+from job_processor.core.definitions import Limit
+from job_processor.core.outcome import Outcome
 
 from .helpers import make, wait_for, wait_status
 

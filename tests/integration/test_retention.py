@@ -89,7 +89,7 @@ async def test_a_count_keeps_the_most_recent_of_each_name(db: Any) -> None:
 
 
 async def test_a_count_is_exact_when_jobs_share_a_millisecond(db: Any) -> None:
-    from job_processor import documents as D
+    from job_processor.core import documents as D
 
     processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
     now = processor.clock.now()

@@ -21,8 +21,8 @@ from job_processor import (
     WebhookOptions,
     init_job_processor,
 )
-from job_processor.definitions import Backoff
-from job_processor.webhooks import generate_secret
+from job_processor.core.definitions import Backoff
+from job_processor.events.webhooks import generate_secret
 
 from ..receiver import Receiver, Reply, closed_port_url, receiving
 from .helpers import FAST

@@ -10,16 +10,18 @@ from typing import Any
 import pytest
 
 from job_processor import CronDef, FakeClock, JobDef
-from job_processor import documents as D
-from job_processor.admin import Admin, parse_duration, redact
-from job_processor.errors import (
+from job_processor.core import documents as D
+from job_processor.core.errors import (
     InvalidArgumentError,
     InvalidPayloadError,
     JobNotFoundError,
     UnknownJobError,
 )
-from job_processor.models import JobStatus
-from job_processor.outcome import Outcome
+from job_processor.core.masking import redact
+from job_processor.core.outcome import Outcome
+from job_processor.core.status import JobStatus
+from job_processor.ops.admin import Admin
+from job_processor.ops.admin.inputs import parse_duration
 from job_processor.storage import Storage, object_id
 
 S = JobStatus
@@ -352,8 +354,8 @@ def test_redact_nested_and_lists() -> None:
 def test_secret_values_under_a_sensitive_path_are_hidden_everywhere() -> None:
     from bson import ObjectId
 
-    from job_processor.admin import hide_in_texts, redact_any, values_at
-    from job_processor.models import Job
+    from job_processor.core.masking import hide_in_texts, redact_any, values_at
+    from job_processor.core.models import Job
 
     card = {"number": "4111111111111111", "cvc": "123"}
     assert values_at({"card": card}, ["card"]) == {"4111111111111111"}  # under it; "123" too short

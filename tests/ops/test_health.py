@@ -6,8 +6,9 @@ import datetime as dt
 import socket
 from typing import Any
 
-from job_processor import FakeClock, health
-from job_processor import documents as D
+from job_processor import FakeClock
+from job_processor.core import documents as D
+from job_processor.ops import health
 from job_processor.storage import Storage
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)

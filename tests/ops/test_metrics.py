@@ -12,10 +12,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus, metrics
-from job_processor import documents as D
-from job_processor.definitions import Limit
-from job_processor.local_server import free_port
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.core import documents as D
+from job_processor.core.definitions import Limit
+from job_processor.ops import metrics
+from job_processor.storage.local_server import free_port
 
 from ..integration.helpers import make, wait_for, wait_status
 
@@ -171,7 +172,7 @@ async def test_limit_gauges_show_slots_in_use_capacity_and_starts_in_the_window(
 
 
 async def test_a_paused_name_is_a_gauge(db: Any) -> None:
-    from job_processor.admin import Admin
+    from job_processor.ops.admin import Admin
 
     processor = await make(db, JOBS)
     m = metrics.enable(processor)

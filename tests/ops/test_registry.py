@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef
-from job_processor import documents as D
-from job_processor.admin import Admin
+from job_processor.core import documents as D
+from job_processor.ops.admin import Admin
 
 from ..integration.helpers import make, wait_for, wait_status
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from job_processor import AbortSignal, Job, JobDef, sentry
-from job_processor import documents as D
+from job_processor import AbortSignal, Job, JobDef
+from job_processor.core import documents as D
+from job_processor.engine import sentry
 
 from ..integration.helpers import make, wait_status
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from job_processor import CronDef
-from job_processor import documents as D
-from job_processor.crons import margin_of
-from job_processor.models import JobStatus
-from job_processor.outcome import Outcome
+from job_processor.core import documents as D
+from job_processor.core.outcome import Outcome
+from job_processor.core.schedule import margin_of
+from job_processor.core.status import JobStatus
 from job_processor.storage import Storage
 
 S = JobStatus

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from job_processor import event_documents as E
 from job_processor import events as ev
-from job_processor.clock import FakeClock
-from job_processor.errors import EventNotFoundError, InvalidArgumentError
+from job_processor.core import event_documents as E
+from job_processor.core.clock import FakeClock
+from job_processor.core.errors import EventNotFoundError, InvalidArgumentError
 from job_processor.storage import Storage
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from job_processor.definitions import Limit
+from job_processor.core.definitions import Limit
 from job_processor.storage import Storage
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

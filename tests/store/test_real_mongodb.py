@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from job_processor import documents as D
-from job_processor import event_documents as E
-from job_processor.models import JobStatus
+from job_processor.core import documents as D
+from job_processor.core import event_documents as E
+from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 
 from ..conftest import REAL_SERVER

@@ -10,10 +10,10 @@ import pytest
 from bson import ObjectId
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from job_processor import documents as D
-from job_processor.errors import JobNotFoundError
-from job_processor.models import JobStatus
-from job_processor.outcome import Outcome
+from job_processor.core import documents as D
+from job_processor.core.errors import JobNotFoundError
+from job_processor.core.outcome import Outcome
+from job_processor.core.status import JobStatus
 from job_processor.storage import Storage
 from job_processor.storage.jobs import EndWrite
 

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 import zoneinfo
 
-from job_processor.crons import Schedule, local_to_utc, plan_slots
+from job_processor.core.schedule import Schedule, local_to_utc, plan_slots
 
 UTC = dt.UTC
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from job_processor import CronDef, JobDef
-from job_processor.definitions import parse_crons, parse_jobs
-from job_processor.errors import InvalidDefinitionError
+from job_processor.core.definitions import parse_crons, parse_jobs
+from job_processor.core.errors import InvalidDefinitionError
 
 
 async def handler(job: object, signal: object) -> None:

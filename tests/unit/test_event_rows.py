@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from job_processor.events import Delivery, Event, Target, without_jobs
+from job_processor.core.models import Delivery, Event, Target
+from job_processor.events.queries import without_jobs
 
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 

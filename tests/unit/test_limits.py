@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from job_processor import JobDef
-from job_processor.definitions import Limit
-from job_processor.errors import InvalidDefinitionError
-from job_processor.limits import check_limits, plan, taken
+from job_processor.core.definitions import Limit
+from job_processor.core.errors import InvalidDefinitionError
+from job_processor.core.limits import check_limits, plan, taken
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MS = int(NOW.timestamp() * 1000)

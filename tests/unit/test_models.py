@@ -6,7 +6,7 @@ import pytest
 from bson import ObjectId
 
 from job_processor import Job, JobStatus
-from job_processor.models import (
+from job_processor.core.status import (
     ACTIVE,
     TERMINAL,
     TRANSITIONS,
@@ -75,7 +75,7 @@ async def test_checkpoint_outside_a_handler_is_an_error() -> None:
 def test_reading_a_job_with_wrong_typed_fields_shows_them_apart() -> None:
     from bson import ObjectId
 
-    from job_processor.models import Job
+    from job_processor.core.models import Job
 
     oid = ObjectId()
     doc = {
@@ -102,7 +102,7 @@ def test_reading_a_job_with_wrong_typed_fields_shows_them_apart() -> None:
 def test_a_foreign_document_with_a_bad_created_at_or_a_string_id_still_reads() -> None:
     from bson import ObjectId
 
-    from job_processor.models import Job
+    from job_processor.core.models import Job
 
     oid = ObjectId()
     base = {"name": "send-email", "claim_name": "send-email", "due_ms": 1_900_000_000_000}

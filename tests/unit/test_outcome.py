@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from job_processor import Backoff
-from job_processor.models import JobStatus
-from job_processor.outcome import Ending, Policy, RunEnd, decide
+from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+from job_processor.core.status import JobStatus
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

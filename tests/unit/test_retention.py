@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from job_processor import JobDef
-from job_processor.models import JobStatus
-from job_processor.outcome import Ending, Policy, RunEnd, decide
-from job_processor.retention import Retention, check_keep, of
+from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+from job_processor.core.retention import Retention, check_keep, of
+from job_processor.core.status import JobStatus
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from job_processor import Backoff
-from job_processor.documents import HISTORY_LIMIT, with_history
-from job_processor.retries import backoff_delay
+from job_processor.core.documents import HISTORY_LIMIT, with_history
+from job_processor.core.retries import backoff_delay
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ import datetime as dt
 import pytest
 
 from job_processor import AbortSignal, FakeClock, JobAbortedError
-from job_processor.clock import SystemClock, sleep_or_wake, to_millis
-from job_processor.recovery import is_dead
+from job_processor.core.clock import SystemClock, sleep_or_wake, to_millis
+from job_processor.engine.execution import describe_error, eligible_names, storable
+from job_processor.engine.recovery import is_dead
 from job_processor.storage import decode
-from job_processor.worker import describe_error, eligible_names, storable
 
 
 async def handler(job: object, signal: object) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from job_processor.wakeup import wakes_worker
+from job_processor.engine.wakeup import wakes_worker
 
 WHEN = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -38,7 +38,7 @@ def test_updates_wake_only_when_a_job_becomes_claimable() -> None:
 
 
 def test_due_times_keep_the_earliest_and_are_bounded() -> None:
-    from job_processor.wakeup import DueTimes
+    from job_processor.engine.wakeup import DueTimes
 
     due = DueTimes(limit=3)
     sec = dt.timedelta(seconds=1)
@@ -57,7 +57,7 @@ def test_due_times_keep_the_earliest_and_are_bounded() -> None:
 def test_watch_refusals_switch_streams_off_but_other_errors_do_not() -> None:
     from pymongo.errors import AutoReconnect, OperationFailure
 
-    from job_processor.wakeup import refuses_streams
+    from job_processor.engine.wakeup import refuses_streams
 
     not_a_replica_set = OperationFailure(
         "The $changeStream stage is only supported on replica sets", 40573
@@ -89,8 +89,8 @@ async def test_a_stream_that_fails_is_reopened_and_the_worker_woken() -> None:
     from pymongo.errors import OperationFailure
 
     from job_processor import FakeClock
-    from job_processor.log import make_log
-    from job_processor.wakeup import ChangeStreamWaker
+    from job_processor.core.log import make_log
+    from job_processor.engine.wakeup import ChangeStreamWaker
 
     class Stream:
         def __init__(self, fail: bool) -> None:

@@ -12,9 +12,10 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from job_processor import Subscriber
-from job_processor.errors import InvalidArgumentError, InvalidDefinitionError
-from job_processor.events import Event, parse_subscribers
-from job_processor.webhooks import (
+from job_processor.core.definitions import parse_subscribers
+from job_processor.core.errors import InvalidArgumentError, InvalidDefinitionError
+from job_processor.core.models import Event
+from job_processor.events.webhooks import (
     Decision,
     WebhookEndpoint,
     check_url,

@@ -1,0 +1,75 @@
+"""`job-processor` command line: run an app's processor, the demo, the dashboard, and the
+operations commands (jobs, crons, workers, names, events, webhooks, status, health, kill).
+
+One module per area: `run` (run, dashboard), `jobs`, `crons`, `names` (names and workers),
+`events` (events and webhooks), `status` (status, health); `parser` builds the argument parser,
+`common` holds the exit codes, the Admin opened from MONGODB_URL and the output helpers.
+
+May import: every layer below (`ops`, `events`, `engine`, `storage`, `core`), and the
+dashboard (an optional extra, imported when its command runs). The commands that need the public
+top level (the demo) are given to `main()` by the entry point (`job_processor.__main__`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from pymongo.errors import PyMongoError
+
+from ..core.errors import JobProcessorError
+from . import common
+from .parser import build_parser
+from .run import RunContext, configure_logging
+
+__all__ = ["RunContext", "build_parser", "main"]
+
+Command = Callable[..., Awaitable[int]]
+
+
+def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | None = None) -> int:
+    """Run the command line. `commands`: the functions of the commands the parser declares
+    without one (the demo, given by the entry point)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.func is None:
+        given_func = (commands or {}).get(args.command)
+        if given_func is None:
+            print(
+                f"error: {args.command!r} is run by the job-processor command "
+                "(python -m job_processor)",
+                file=sys.stderr,
+            )
+            return common.BAD_INPUT
+        args.func = given_func
+    given = list(argv if argv is not None else sys.argv[1:])
+    ignored = [o for o in ("--timeout", "--prefix") if any(a.split("=")[0] == o for a in given)]
+    if args.command == "run" and ignored:  # the app factory's init_job_processor decides these
+        print(
+            f"error: {' and '.join(ignored)} {'apply' if len(ignored) > 1 else 'applies'} to "
+            "operations commands; for run, pass "
+            "init_job_processor(connect_timeout=..., collection_prefix=...) in the app factory",
+            file=sys.stderr,
+        )
+        return common.BAD_INPUT
+    quiet = {"demo": "error"}
+    operations = args.command not in ("run", "demo")
+    level = quiet.get(args.command, args.log_level)
+    if operations and not any(a.split("=")[0] == "--log-level" for a in given):
+        level = "warning"  # operations print results; logs only when asked for
+    configure_logging(level)
+    try:
+        return int(asyncio.run(args.func(args)))
+    except common.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return common.BAD_INPUT
+    except JobProcessorError as exc:
+        return common.handle_errors(exc, args.command)
+    except PyMongoError as exc:
+        if not operations:
+            raise
+        print(f"error: MongoDB: {str(exc).split(',')[0]}", file=sys.stderr)
+        return common.UNREACHABLE
+    except KeyboardInterrupt:
+        return 130

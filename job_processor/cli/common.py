@@ -1,0 +1,141 @@
+"""What every operations command shares: exit codes, usage errors, the Admin opened from
+MONGODB_URL, and the output (tables for people, JSON for scripts, secrets masked)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..core.errors import DatabaseUnreachableError, JobProcessorError
+from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
+from ..core.models import Job
+from ..ops.admin import ActionResult, Admin
+from ..storage.connect import check_reachable, close_database, open_database
+
+DONE, NOTHING, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(JobProcessorError):
+    """Bad command-line input: exit 2."""
+
+
+def mongodb_url() -> str:
+    url = os.environ.get("MONGODB_URL")
+    if not url:
+        raise UsageError("set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+    return url
+
+
+async def with_admin(args: argparse.Namespace, fn: Callable[[Admin], Awaitable[int]]) -> int:
+    db = open_database(mongodb_url(), args.timeout)
+    try:
+        await check_reachable(db, args.timeout)
+        admin = await Admin.open(db, args.prefix, actor=args.actor or None)
+        return await fn(admin)
+    finally:
+        await close_database(db)
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def first_line(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+#: What the CLI never prints: the dashboard's default sensitive names (on top of each
+#: definition's `sensitive_fields`, which the Admin layer redacts for every reader).
+MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
+
+
+def masked(job: Job[Any]) -> dict[str, Any]:
+    return mask_job(MASKER, job)
+
+
+def report(result: ActionResult, as_json: bool) -> int:
+    if as_json:
+        emit_json(result.model_dump(mode="json") | {"jobs": [masked(j) for j in result.jobs]})
+    else:
+        verb = result.action.replace("_", " ")
+        what = ", ".join(result.changed[:10]) + (" ..." if len(result.changed) > 10 else "")
+        if result.done:
+            print(f"{verb}: {result.count}" + (f" ({what})" if what else ""))
+        for job_id in result.detail.get("requested", []):
+            print(f"{job_id}: kill requested (its worker aborts it)")
+        for key, why in result.skipped.items():
+            print(f"{key}: nothing done: {why}", file=sys.stderr if result.done else sys.stdout)
+        if not result.done and not result.skipped:
+            print(f"{verb}: nothing matched")
+    return DONE if result.done else NOTHING
+
+
+async def reported(result: Awaitable[ActionResult], as_json: bool) -> int:
+    return report(await result, as_json)
+
+
+async def listed(
+    fetch: Awaitable[Sequence[BaseModel]],
+    as_json: bool,
+    headers: list[str],
+    row: Callable[[Any], list[Any]],
+) -> int:
+    """A listing: JSON for scripts, else a table for people."""
+    items = await fetch
+    if as_json:
+        emit_json([i.model_dump(mode="json") for i in items])
+    else:
+        table(headers, [row(i) for i in items])
+    return DONE
+
+
+def handle_errors(exc: BaseException, command: str = "") -> int:
+    """Exit code and one-line message for an error of a command (`run`: the app factory's
+    init_job_processor decides how long to wait for MongoDB)."""
+    if isinstance(exc, DatabaseUnreachableError):
+        where = str(exc).split(";")[0]
+        wait = (
+            "init_job_processor(connect_timeout=...) in the app factory sets the wait"
+            if command == "run"
+            else "--timeout sets the wait"
+        )
+        print(
+            f"error: {where}; check MONGODB_URL and that the server is running ({wait})",
+            file=sys.stderr,
+        )
+        return UNREACHABLE
+    print(f"error: {exc}", file=sys.stderr)
+    return BAD_INPUT

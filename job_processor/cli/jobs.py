@@ -1,0 +1,200 @@
+"""`job-processor jobs ...`: list, show, retry, kill, run-now, delete, purge, new, duplicate;
+and the old `kill JOB_ID`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..core.models import Job
+from ..ops.admin import Admin
+from .common import (
+    DONE,
+    MASKER,
+    UsageError,
+    emit_json,
+    first_line,
+    masked,
+    report,
+    reported,
+    table,
+    when,
+    with_admin,
+)
+
+
+def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
+    return [
+        [
+            j.id,
+            j.name,
+            j.status.value,
+            when(j.created_at),
+            when(j.ended_at if j.ended_at else j.scheduled_for),
+            j.attempt,
+            first_line(MASKER.text(j.error, MASKER.secrets(j.payload, j.state, j.result)), 50),
+        ]
+        for j in jobs
+    ]
+
+
+def show_job(job: Job[Any]) -> None:
+    data = masked(job)
+    for key in (
+        "id",
+        "name",
+        "type",
+        "status",
+        "tag",
+        "priority",
+        "key",
+        "trigger",
+        "created_at",
+        "scheduled_for",
+        "started_at",
+        "run_started_at",
+        "ended_at",
+        "worker_id",
+        "attempt",
+        "failures",
+        "max_attempts",
+        "kill_requested_at",
+        "skip_reason",
+        "conflicting_job_id",
+        "exit_hook",
+        "exit_hook_error",
+    ):
+        if data.get(key) is not None:
+            print(f"{key + ':':<20}{data[key]}")
+    print(f"{'payload:':<20}{json.dumps(data['payload'])}")
+    if data.get("state") is not None:
+        print(f"{'checkpoint:':<20}{json.dumps(data['state'])}")
+    output = data.get("output") or {}
+    if output.get("result") is not None:
+        print(f"{'result:':<20}{json.dumps(output['result'])}")
+    if output.get("duration_ms") is not None:
+        print(f"{'duration_ms:':<20}{output['duration_ms']}")
+    if output.get("error"):
+        print("error:")
+        for line in str(output["error"]).splitlines():
+            print(f"  {line}")
+    if data.get("history"):
+        print("runs:")
+        table(
+            ["ATTEMPT", "WORKER", "STARTED", "ENDED", "STATUS", "ERROR"],
+            [
+                [
+                    h.get("attempt"),
+                    h.get("worker_id"),
+                    h.get("started_at"),
+                    h.get("ended_at"),
+                    h.get("status"),
+                    first_line(h.get("error"), 40),
+                ]
+                for h in data["history"]
+            ],
+        )
+
+
+async def jobs_list(args: argparse.Namespace) -> int:
+    async def run(admin: Admin) -> int:
+        page = await admin.list_jobs(
+            name=args.name,
+            status=args.status,
+            tag=args.tag,
+            key=args.key,
+            created_after=args.since,
+            created_before=args.until,
+            id=args.id,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+        if args.json:
+            emit_json(page.model_dump(mode="json") | {"jobs": [masked(j) for j in page.jobs]})
+            return DONE
+        table(
+            ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "ATTEMPT", "ERROR"],
+            job_rows(page.jobs),
+        )
+        if page.next_cursor:
+            print(f"more: add --cursor {page.next_cursor}", file=sys.stderr)
+        return DONE
+
+    return await with_admin(args, run)
+
+
+async def jobs_show(args: argparse.Namespace) -> int:
+    async def run(admin: Admin) -> int:
+        job = await admin.get_job(args.job_id)
+        if args.json:
+            emit_json(masked(job))
+        else:
+            show_job(job)
+        return DONE
+
+    return await with_admin(args, run)
+
+
+async def jobs_retry(args: argparse.Namespace) -> int:
+    if args.job_ids and (args.name or args.status):
+        raise UsageError("give job ids, or --name/--status, not both")
+    if not args.job_ids and not (args.name or args.status):
+        raise UsageError("give job ids, or --name N --status errored to retry a name's jobs")
+
+    async def run(admin: Admin) -> int:
+        if args.job_ids:
+            return report(await admin.retry(args.job_ids), args.json)
+        result = await admin.retry_many(
+            name=args.name, status=args.status or "errored", limit=args.limit
+        )
+        return report(result, args.json)
+
+    return await with_admin(args, run)
+
+
+def action(verb: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    async def command(args: argparse.Namespace) -> int:
+        async def run(admin: Admin) -> int:
+            fn = getattr(admin, verb)
+            return report(await fn(args.job_ids), args.json)
+
+        return await with_admin(args, run)
+
+    return command
+
+
+async def jobs_purge(args: argparse.Namespace) -> int:
+    async def run(admin: Admin) -> int:
+        result = await admin.purge(status=args.status, older_than=args.older_than, name=args.name)
+        return report(result, args.json)
+
+    return await with_admin(args, run)
+
+
+async def jobs_new(args: argparse.Namespace) -> int:
+    async def run(admin: Admin) -> int:
+        result = await admin.new_job(
+            args.name,
+            args.payload,
+            scheduled_for=args.at,
+            priority=args.priority,
+            key=args.key,
+        )
+        return report(result, args.json)
+
+    return await with_admin(args, run)
+
+
+async def jobs_duplicate(args: argparse.Namespace) -> int:
+    return await with_admin(args, lambda a: reported(a.duplicate(args.job_id), args.json))
+
+
+async def legacy_kill(args: argparse.Namespace) -> int:
+    """`kill [MODULE:ATTR] JOB_ID`: the old form, same as `jobs kill JOB_ID`."""
+    if len(args.args) not in (1, 2):
+        raise UsageError("usage: job-processor kill JOB_ID")
+    args.job_ids = [args.args[-1]]
+    return await action("kill")(args)

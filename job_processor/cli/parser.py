@@ -1,0 +1,227 @@
+"""The `job-processor` argument parser: every verb and its own options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import crons as crons_cli
+from . import events as events_cli
+from . import jobs as jobs_cli
+from . import names as names_cli
+from . import run
+from . import status as status_cli
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Options are spelled out (`--time 9` is not `--timeout 9`), in every subcommand."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # accepted before or after the subcommand: subparsers only set what was given
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error (LOG_LEVEL)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds to wait for MongoDB (default 5)",
+    )
+    common.add_argument(
+        "--prefix",
+        default=argparse.SUPPRESS,
+        help="collection prefix given to init_job_processor (default job_processor_)",
+    )
+    opt = argparse.ArgumentParser(add_help=False, parents=[common])
+    opt.add_argument("--json", action="store_true", help="machine-readable output")
+    opt.add_argument(
+        "--actor", default=argparse.SUPPRESS, help="who to record in the audit log (user@host)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="job-processor",
+        description="Run a job processor, or operate one from MONGODB_URL alone "
+        "(exit codes: 0 done, 1 nothing done, 2 bad input, 3 MongoDB unreachable).",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--prefix", default="job_processor_")
+    parser.add_argument("--actor", default="")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "run", parents=[common], help="serve MODULE:ATTR's processor until SIGTERM/SIGINT"
+    )
+    p.add_argument("target", help="MODULE:ATTR, an async function returning the JobProcessor")
+    p.add_argument(
+        "--tags", help="worker tags, comma-separated (default: JOB_PROCESSOR_WORKER_TAGS)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (job-processor[metrics])",
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="default 0.0.0.0")
+    p.set_defaults(func=run.cmd_run)
+    p = sub.add_parser(
+        "demo", parents=[common], help="show the product working (starts a local server)"
+    )
+    p.set_defaults(func=None)  # given by the entry point: see main()
+
+    p = sub.add_parser("status", parents=[opt], help="workers, queue, counts, warnings (JSON)")
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # the old MODULE:ATTR: ignored
+    p.set_defaults(func=status_cli.status)
+    p = sub.add_parser(
+        "health", parents=[opt], help="exit 0 if this instance's heartbeat is fresh, else 1"
+    )
+    p.add_argument("--instance-id", default=None, help="default: INSTANCE_ID")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        help="seconds a heartbeat stays fresh (default: the worker's worker_timeout)",
+    )
+    p.set_defaults(func=status_cli.health)
+    p = sub.add_parser("kill", parents=[opt], help="kill a job (same as `jobs kill ID`)")
+    p.add_argument("args", nargs="+", metavar="JOB_ID")
+    p.set_defaults(func=jobs_cli.legacy_kill)
+
+    jobs = sub.add_parser("jobs", help="list, show and act on jobs").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    p = jobs.add_parser("list", parents=[opt], help="jobs newest first")
+    p.add_argument("--name")
+    p.add_argument("--status", help="pending, running, paused, finished, errored, killed, skipped")
+    p.add_argument("--tag")
+    p.add_argument("--key", help="dedup key")
+    p.add_argument("--since", help="created at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", help="created before (ISO 8601)")
+    p.add_argument("--id", help="this job only")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
+    p.set_defaults(func=jobs_cli.jobs_list)
+    p = jobs.add_parser("show", parents=[opt], help="one job in full")
+    p.add_argument("job_id")
+    p.set_defaults(func=jobs_cli.jobs_show)
+    p = jobs.add_parser("retry", parents=[opt], help="retry errored/killed jobs")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("--name")
+    p.add_argument("--status", choices=["errored", "killed"])
+    p.add_argument("--limit", type=int, default=10_000)
+    p.set_defaults(func=jobs_cli.jobs_retry)
+    for verb, method, text in (
+        ("kill", "kill", "kill jobs (running ones: their worker aborts them)"),
+        ("run-now", "run_now", "make pending jobs scheduled for later due now"),
+        ("delete", "delete", "delete ended jobs"),
+    ):
+        p = jobs.add_parser(verb, parents=[opt], help=text)
+        p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+        p.set_defaults(func=jobs_cli.action(method))
+    p = jobs.add_parser("purge", parents=[opt], help="delete ended jobs older than a duration")
+    p.add_argument("--status", required=True, help="finished, errored, killed or skipped")
+    p.add_argument("--older-than", required=True, help="ended more than this ago: 7d, 12h, 30m")
+    p.add_argument("--name")
+    p.set_defaults(func=jobs_cli.jobs_purge)
+    p = jobs.add_parser("new", parents=[opt], help="schedule a job of a registered name")
+    p.add_argument("name")
+    p.add_argument("--payload", default="{}", help="a JSON object")
+    p.add_argument("--at", help="scheduled for (ISO 8601; default now)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--key", help="dedup key")
+    p.set_defaults(func=jobs_cli.jobs_new)
+    p = jobs.add_parser("duplicate", parents=[opt], help="a new pending copy of a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=jobs_cli.jobs_duplicate)
+
+    crons = sub.add_parser("crons", help="list and trigger crons").add_subparsers(
+        dest="crons_command", required=True
+    )
+    p = crons.add_parser("list", parents=[opt], help="schedules, next slot, last runs")
+    p.set_defaults(func=crons_cli.crons_list)
+    p = crons.add_parser("trigger", parents=[opt], help="run a cron once now")
+    p.add_argument("name")
+    p.set_defaults(func=crons_cli.crons_trigger)
+
+    workers = sub.add_parser("workers", help="list workers").add_subparsers(
+        dest="workers_command", required=True
+    )
+    p = workers.add_parser("list", parents=[opt], help="host, pid, instance, tags, heartbeat")
+    p.set_defaults(func=names_cli.workers_list)
+
+    names = sub.add_parser("names", help="job names: list, pause, resume").add_subparsers(
+        dest="names_command", required=True
+    )
+    p = names.add_parser("list", parents=[opt], help="registered names and who serves them")
+    p.set_defaults(func=names_cli.names_list)
+    for verb in ("pause", "resume"):
+        p = names.add_parser(
+            verb,
+            parents=[opt],
+            help="workers stop claiming NAME" if verb == "pause" else "claim NAME again",
+        )
+        p.add_argument("name")
+        p.set_defaults(func=names_cli.names_pause)
+
+    events = sub.add_parser("events", help="list, show and replay events").add_subparsers(
+        dest="events_command", required=True
+    )
+    p = events.add_parser("list", parents=[opt], help="events newest first")
+    p.add_argument("--name", help="one event name")
+    p.add_argument("--since", help="emitted at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", help="emitted before (ISO 8601)")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=events_cli.events_list)
+    p = events.add_parser("show", parents=[opt], help="one event with its deliveries")
+    p.add_argument("event_id")
+    p.set_defaults(func=events_cli.events_show)
+    p = events.add_parser(
+        "replay",
+        parents=[opt],
+        help="deliver an event again (new deliveries), or every event of a name in a window",
+    )
+    p.add_argument("event_id", nargs="?", help="the event (or give --name and --since)")
+    p.add_argument("--name", help="replay the events of this name emitted in --since/--until")
+    p.add_argument("--since", help="with --name: emitted at or after (ISO 8601)")
+    p.add_argument("--until", help="with --name: emitted before (ISO 8601; default now)")
+    p.add_argument(
+        "--subscriber",
+        action="append",
+        metavar="S",
+        help="only this subscriber (or webhook:<endpoint id>); repeat for more (default: all)",
+    )
+    p.add_argument("--limit", type=int, default=1000, help="with --name: at most this many")
+    p.set_defaults(func=events_cli.events_replay)
+
+    webhooks = sub.add_parser("webhooks", help="list webhook endpoints").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = webhooks.add_parser(
+        "list", parents=[opt], help="url (no query), events, enabled, failures, disabled reason"
+    )
+    p.set_defaults(func=events_cli.webhooks_list)
+
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="serve the web dashboard (job-processor[dashboard])"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="default 8080")
+    p.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="HTTP basic auth (default: JOB_PROCESSOR_DASHBOARD_AUTH, which stays out of ps)",
+    )
+    p.add_argument("--no-auth", action="store_true", help="no authentication (a proxy does it)")
+    p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
+    p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
+    p.add_argument("--root-path", default="", help="path prefix a reverse proxy serves it under")
+    p.set_defaults(func=run.cmd_dashboard)
+    _no_abbreviations(parser)
+    return parser

@@ -1,0 +1,130 @@
+"""`job-processor run MODULE:ATTR`: serve an app's processor; `dashboard`: serve the dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ..engine.runtime import Runtime
+from ..storage.connect import open_database
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Given to the app's factory when it takes one argument: `async def make(ctx)`."""
+
+    mongodb_url: str
+    db: Any
+    """pymongo AsyncDatabase: the URL's database, or "job_processor" when the URL names none."""
+    instance_id: str | None
+    """INSTANCE_ID, e.g. "runner-1" (docker-compose: "runner-{{.Task.Slot}}")."""
+    worker_tags: list[str] | None
+    """--tags or JOB_PROCESSOR_WORKER_TAGS ("main,reports"); None when unset."""
+
+
+def parse_tags(value: str | None) -> list[str] | None:
+    if value is None or not value.strip():
+        return None
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def load_factory(target: str) -> Any:
+    if ":" not in target:
+        raise SystemExit(f"error: {target!r} must be MODULE:ATTR, e.g. myapp.jobs:make_processor")
+    module_name, attr = target.split(":", 1)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"error: {module_name!r} has no attribute {attr!r}") from None
+
+
+async def build_processor(target: str, tags: str | None) -> Runtime:
+    url = os.environ.get("MONGODB_URL")
+    if not url:
+        raise SystemExit("error: set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+    factory = load_factory(target)
+    ctx = RunContext(
+        mongodb_url=url,
+        db=open_database(url),
+        instance_id=os.environ.get("INSTANCE_ID") or None,
+        worker_tags=parse_tags(
+            tags if tags is not None else os.environ.get("JOB_PROCESSOR_WORKER_TAGS")
+        ),
+    )
+    params = inspect.signature(factory).parameters
+    result = factory(ctx) if params else factory()
+    if inspect.isawaitable(result):
+        result = await result
+    if not isinstance(result, Runtime):  # a JobProcessor is the Runtime with its API on top
+        raise SystemExit(
+            f"error: {target} returned {type(result).__name__}; it must return the JobProcessor "
+            "from init_job_processor(...)"
+        )
+    return result
+
+
+def configure_logging(level: str) -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=lvl, format="%(message)s", stream=sys.stderr)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer()
+            if os.environ.get("JOB_PROCESSOR_LOG_FORMAT") == "json"
+            else structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    processor = await build_processor(args.target, args.tags)
+    server = None
+    if args.metrics_port is not None:
+        try:
+            from ..ops import metrics
+        except ImportError:
+            raise SystemExit(
+                "error: --metrics-port needs prometheus-client: "
+                "pip install 'job-processor[metrics]'"
+            ) from None
+        server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
+        processor.log.info(
+            "metrics_served", host=args.metrics_host, port=args.metrics_port, path="/metrics"
+        )
+    try:
+        await processor.serve()
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+async def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from ..dashboard.serve import run
+    except ImportError as exc:
+        raise SystemExit(
+            f"error: the dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'job-processor[dashboard]'"
+        ) from None
+    return await run(args)

@@ -1,0 +1,95 @@
+"""What the registry tells an operator (pure): which live workers serve each name, and the
+warnings `get_status()` and the admin report (names no live worker can run, waiting jobs whose
+name no worker defines, paused names with waiting jobs).
+
+Which live workers serve a name comes from the worker documents, each listing the names it
+claims (`names`): exact whatever tags and code version each worker runs. The worker side of the
+registry (recording definitions, reading paused names) is `engine.upkeep.Registry`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import as_utc
+
+Doc = dict[str, Any]
+#: Used for worker documents that do not record their own worker_timeout.
+DEFAULT_WORKER_TIMEOUT = 30.0
+#: An unserved name with no waiting job is only worth a warning if it was served this recently.
+RECENTLY_SERVED = dt.timedelta(hours=24)
+
+
+def worker_alive(doc: Doc, now: dt.datetime, default_timeout: float) -> bool:
+    timeout = doc.get("worker_timeout") or default_timeout
+    return as_utc(doc["last_seen"]) >= now - dt.timedelta(seconds=float(timeout))
+
+
+@dataclass
+class Coverage:
+    served_by: dict[str, list[str]] = field(default_factory=dict)
+    """name -> ids of the live workers that claim it."""
+    unserved: list[str] = field(default_factory=list)
+    """Known names that no live worker claims."""
+    unknown_waiting: dict[str, int] = field(default_factory=dict)
+    """Names no process defines, with their pending/paused job counts."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def coverage(
+    known: Mapping[str, Doc],
+    live_workers: Iterable[Doc],
+    counts: Mapping[str, Mapping[str, int]],
+    paused: Iterable[str],
+    now: dt.datetime,
+) -> Coverage:
+    """`known`: name -> what is known of its definition (registry document fields: kind, tag,
+    last_seen; may be partial). `counts`: name -> status -> jobs."""
+    out = Coverage()
+    live = list(live_workers)
+    paused = set(paused)
+    for name in sorted(known):
+        out.served_by[name] = [str(w["_id"]) for w in live if name in (w.get("names") or [])]
+    for name in sorted(known):
+        if out.served_by[name]:
+            continue
+        out.unserved.append(name)
+        info = known[name]
+        waiting = _waiting(counts.get(name, {}))
+        seen = info.get("last_seen")
+        recent = isinstance(seen, dt.datetime) and as_utc(seen) >= now - RECENTLY_SERVED
+        if not waiting and not recent:
+            continue
+        kind = info.get("kind") or "job"
+        tag = info.get("tag")
+        fix = (
+            f"start a worker whose worker_tags include {tag!r} (or are None)"
+            if tag is not None
+            else "start a worker that defines it"
+        )
+        queued = f" ({waiting} waiting)" if waiting else ""
+        tagged = f" (tag {tag!r})" if tag is not None else ""
+        out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")
+    for name in sorted(counts):
+        waiting = _waiting(counts[name])
+        if name not in known and waiting:
+            out.unknown_waiting[name] = waiting
+            out.warnings.append(
+                f"{waiting} waiting jobs of unknown name {name!r}: no worker defines it "
+                "(a typo, or a job removed from the code); define it or delete them"
+            )
+    for name in sorted(paused):
+        waiting = _waiting(counts.get(name, {}))
+        if waiting:
+            out.warnings.append(
+                f"{name!r} is paused: {waiting} jobs wait until it is resumed "
+                f"(job-processor names resume {name})"
+            )
+    return out
+
+
+def _waiting(by_status: Mapping[str, int]) -> int:
+    return int(by_status.get("pending", 0)) + int(by_status.get("paused", 0))

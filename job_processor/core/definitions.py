@@ -1,0 +1,436 @@
+"""The user's declarations, validated at the boundary (pydantic): JobDef, CronDef, Backoff,
+Limit, and the event Subscriber."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import inspect
+import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InvalidArgumentError, InvalidDefinitionError
+from .retention import check_keep
+
+Concurrency = Literal["concurrent", "exclusive"]
+#: How an event is delivered to a subscriber: see `Subscriber`.
+Mode = Literal["async", "sync", "serial"]
+#: max_attempts of a resumable job when not given: a crash counts as an attempt.
+RESUMABLE_DEFAULT_ATTEMPTS = 3
+
+
+def _check_callable(value: Any, field: str, params: str) -> Any:
+    """A function that can be called with the parameters named in `params` ("job, signal")."""
+    if value is None:
+        return value
+    if not callable(value):
+        raise ValueError(f"{field} must be a function (async def or plain def), got {value!r}")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins have no signature: trust them
+        return value
+    args = [object()] * len(params.split(","))
+    try:
+        signature.bind(*args)
+    except TypeError:
+        raise ValueError(
+            f"{field} must accept ({params}); "
+            f"{getattr(value, '__name__', value)!r} takes {signature}"
+        ) from None
+    return value
+
+
+class Backoff(BaseModel):
+    """Delay before retry n (n = failures so far, from 1): fixed base; linear base*n;
+    exponential base*2**(n-1); capped at max_seconds; jitter draws uniformly in [delay/2, delay]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["fixed", "linear", "exponential"] = "exponential"
+    base_seconds: float = Field(default=2, gt=0)
+    max_seconds: float | None = Field(default=600, gt=0)
+    jitter: bool = True
+
+
+class Limit(BaseModel):
+    """A cluster-wide limit shared by every job whose JobDef names the same `key`: at most
+    `concurrency` runs at once across all worker processes, and at most `rate` starts per
+    `per_seconds` (a sliding window). Enforced in MongoDB, correct under crashes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    concurrency: int | None = Field(default=None, ge=1)
+    rate: int | None = Field(default=None, ge=1)
+    per_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not v.strip() or "." in v or v.startswith("$"):
+            raise ValueError("key must be a non-empty name without '.' or a leading '$'")
+        return v
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Limit:
+        if self.concurrency is None and self.rate is None:
+            raise ValueError("give concurrency=N, rate=R with per_seconds=S, or both")
+        if (self.rate is None) != (self.per_seconds is None):
+            raise ValueError("rate and per_seconds go together: rate=100, per_seconds=60")
+        return self
+
+
+class JobDef(BaseModel):
+    """How one kind of job runs.
+
+    handler(job, signal): async def, or a plain function (run in a thread).
+    on_job_exited(job): called for each terminal exit (finished, errored, killed), at least once
+    (recorded in the job; see docs/guide.md), bounded by `on_job_exited_timeout` seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    if not TYPE_CHECKING:  # type checkers keep the signature pydantic derives from the fields
+
+        def __init__(self, /, **data: Any) -> None:
+            """JobDef(...) / CronDef(...) built directly: bad input raises
+            InvalidDefinitionError (a JobProcessorError), naming each field and the fix."""
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                parts = _parts(exc, type(self))
+                message = f"{type(self).__name__}(...): " + "; ".join(parts)
+                raise InvalidFieldsError(message, parts) from None
+
+    handler: Callable[..., Any]
+    on_job_exited: Callable[..., Any] | None = None
+    on_job_exited_timeout: float = Field(default=60, gt=0)
+    """Seconds the hook may take; past that it is recorded as failed ("timed out")."""
+    resumable: bool = False
+    tag: str | None = None
+    concurrency: Concurrency = "concurrent"
+    max_runtime_in_minutes: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1)
+    """Failed attempts allowed before the job is errored for good (1 = no retry). A crash of the
+    worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
+    from its checkpoint after up to two crashes)."""
+    backoff: Backoff = Backoff()
+    keep_finished: bool | int | dt.timedelta | None = None
+    """How long finished (and skipped) jobs are kept: a timedelta, the n most recent of this
+    name, False (deleted at once) or True (forever). None: the processor's default (1 day)."""
+    keep_failed: bool | int | dt.timedelta | None = None
+    """The same for errored and killed jobs. None: the processor's default (30 days)."""
+    limit: Limit | None = None
+    """A cluster-wide concurrency and/or rate limit shared with the jobs naming the same key."""
+    payload_model: type[BaseModel] | None = None
+    """A pydantic model for the payload: schedule_job validates against it (the error names the
+    job and the field) and the handler receives `job.payload` as an instance of it."""
+    sensitive_fields: tuple[str, ...] = ()
+    """Payload and checkpoint keys (dotted paths for nested ones: "card.number") that operator
+    tools (job_processor.admin, the CLI, the dashboard) never show: replaced by "[redacted]".
+    Handlers see them as usual."""
+
+    @field_validator("sensitive_fields")
+    @classmethod
+    def _sensitive(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            if not isinstance(path, str) or not path.strip() or any(not p for p in path.split(".")):
+                raise ValueError(
+                    f"sensitive_fields entries must be payload keys or dotted paths such as "
+                    f"'card.number', got {path!r}"
+                )
+        return v
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("handler is required: give the function that runs the job")
+        return _check_callable(v, "handler", "job, signal")
+
+    @field_validator("on_job_exited")
+    @classmethod
+    def _hook(cls, v: Any) -> Any:
+        return _check_callable(v, "on_job_exited", "job")
+
+    @field_validator("keep_finished", "keep_failed", mode="before")
+    @classmethod
+    def _keep(cls, v: Any, info: Any) -> Any:
+        return check_keep(v, info.field_name)
+
+    @field_validator("payload_model")
+    @classmethod
+    def _payload_model(cls, v: Any) -> Any:
+        if v is not None and not (isinstance(v, type) and issubclass(v, BaseModel)):
+            raise ValueError(f"payload_model must be a pydantic BaseModel class, got {v!r}")
+        return v
+
+    @property
+    def attempts(self) -> int:
+        """max_attempts with its default resolved."""
+        if self.max_attempts is not None:
+            return self.max_attempts
+        return RESUMABLE_DEFAULT_ATTEMPTS if self.resumable else 1
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("tag must be a non-empty string, or None for 'any worker'")
+        return v
+
+
+class CronDef(JobDef):
+    """A job that runs on a schedule. `cron_string` has 5 fields, or 6 with seconds first."""
+
+    cron_string: str
+    checkin_margin: float = Field(default=5, gt=0, description="minutes")
+    timezone: str = "UTC"
+
+    @field_validator("cron_string")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) not in (5, 6):
+            raise ValueError(
+                f"cron_string {v!r} must have 5 fields (minute hour day month weekday) "
+                "or 6 with seconds first"
+            )
+        if not croniter.is_valid(v, second_at_beginning=len(fields) == 6):
+            raise ValueError(
+                f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}"
+            )
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown timezone {v!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
+            ) from exc
+        return v
+
+
+#: Each cron field's name and range, in order (with seconds first when there are six).
+_CRON_FIELDS = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day of week", "0-6 (0 is Sunday) or sun-sat"),
+]
+
+
+def _bad_field(fields: list[str]) -> str:
+    """Which field of an invalid cron string is wrong, and its range (each tried alone)."""
+    seconds = len(fields) == 6
+    named = ([("second", "0-59")] if seconds else []) + _CRON_FIELDS
+    for i, (name, allowed) in enumerate(named):
+        alone = ["*"] * len(fields)
+        alone[i] = fields[i]
+        if not croniter.is_valid(" ".join(alone), second_at_beginning=seconds):
+            return (
+                f": its {name} field {fields[i]!r} is not valid ({name}: {allowed}; also *, "
+                "lists a,b, ranges a-b, steps */n)"
+            )
+    return ""
+
+
+class InvalidFieldsError(InvalidDefinitionError):
+    """What JobDef(...) raises: the message, and its per-field parts (kept when pydantic wraps
+    it, as model_validate calls our __init__)."""
+
+    def __init__(self, message: str, parts: list[str]) -> None:
+        super().__init__(message)
+        self.parts = parts
+
+
+def _parts(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    parts: list[str] = []
+    for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, InvalidFieldsError):  # raised by our own __init__, already explained
+            parts += inner.parts
+            continue
+        field = ".".join(str(p) for p in err["loc"]) or "(definition)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][0]), list(model.model_fields), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            msg = f"unknown key{hint}; allowed keys are {', '.join(model.model_fields)}"
+            if model is JobDef and err["loc"] and err["loc"][0] in CronDef.model_fields:
+                msg += f" ({err['loc'][0]!r} belongs to a CronDef: declare it in crons={{...}})"
+        parts.append(f"field {field!r}: {msg}")
+    return parts
+
+
+def _explain(
+    kind: str, name: str, exc: ValidationError, model: type[BaseModel]
+) -> InvalidDefinitionError:
+    return InvalidDefinitionError(f"{kind} {name!r}: " + "; ".join(_parts(exc, model)))
+
+
+def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:
+    out: dict[str, JobDef] = {}
+    for name, value in (jobs or {}).items():
+        _check_name("job", name)
+        if isinstance(value, CronDef):
+            raise InvalidDefinitionError(f"job {name!r}: a CronDef belongs in crons={{...}}")
+        try:
+            out[name] = value if isinstance(value, JobDef) else JobDef.model_validate(value)
+        except ValidationError as exc:
+            raise _explain("job", name, exc, JobDef) from None
+    return out
+
+
+def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
+    out: dict[str, CronDef] = {}
+    for name, value in (crons or {}).items():
+        _check_name("cron", name)
+        try:
+            if isinstance(value, CronDef):
+                out[name] = value
+            elif isinstance(value, JobDef):
+                raise InvalidDefinitionError(
+                    f"cron {name!r}: got a JobDef; use CronDef(cron_string=..., ...) or a dict"
+                )
+            else:
+                out[name] = CronDef.model_validate(value)
+        except ValidationError as exc:
+            raise _explain("cron", name, exc, CronDef) from None
+    return out
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidDefinitionError(f"{kind} names must be non-empty strings, got {name!r}")
+
+
+# ---- events: subscribers -------------------------------------------------------------------
+
+#: Default attempts of a subscriber's delivery (the seed: "failures retry automatically").
+SUBSCRIBER_DEFAULT_ATTEMPTS = 3
+#: Subscriber names may not contain these (they separate parts of delivery job names and keys).
+RESERVED_CHARS = (":", "|")
+
+
+class Subscriber(BaseModel):
+    """One reaction to an event: `Subscriber("send-email", handler=send_email, mode="async")`.
+
+    handler(event, signal): async def, or a plain function (run in a thread). Its deliveries
+    are jobs named "<event>:<name>" with these job options.
+    mode: "async" (emit returns once the event is stored), "sync" (emit waits for this
+    delivery to end and raises if it failed), "serial" (async, but the serial subscribers of an
+    event run one after another, in declaration order).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    handler: Callable[..., Any]
+    mode: Mode = "async"
+    max_attempts: int = Field(default=SUBSCRIBER_DEFAULT_ATTEMPTS, ge=1)
+    backoff: Backoff = Backoff()
+    tag: str | None = None
+    max_runtime_in_minutes: float | None = Field(default=None, gt=0)
+
+    def __init__(self, name: str | None = None, /, **data: Any) -> None:
+        if name is not None:
+            data["name"] = name
+        super().__init__(**data)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("subscriber names must be non-empty strings")
+        bad = [c for c in RESERVED_CHARS if c in v]
+        if bad:
+            raise ValueError(
+                f"subscriber name {v!r} may not contain {' or '.join(map(repr, bad))} "
+                "(they separate the parts of delivery job names); use '-' or '_'"
+            )
+        return v
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, v: Any) -> Any:
+        return _check_callable(v, "handler", "event, signal")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("tag must be a non-empty string, or None for 'any worker'")
+        return v
+
+
+def parse_subscribers(
+    subscribers: Mapping[str, Sequence[Subscriber | Mapping[str, Any]]] | None,
+) -> dict[str, list[Subscriber]]:
+    """Validate `init_job_processor(subscribers=...)`: event name -> list of Subscriber."""
+    out: dict[str, list[Subscriber]] = {}
+    if subscribers is None:
+        return out
+    if not isinstance(subscribers, Mapping):
+        raise InvalidDefinitionError(
+            "subscribers must be a dict of event name -> list of Subscriber, got "
+            f"{type(subscribers).__name__}"
+        )
+    for event, subs in subscribers.items():
+        check_event_name(event, InvalidDefinitionError)
+        if isinstance(subs, Subscriber | Mapping) or not isinstance(subs, Sequence):
+            raise InvalidDefinitionError(
+                f"subscribers of event {event!r} must be a list of Subscriber, got "
+                f"{type(subs).__name__}"
+            )
+        parsed: list[Subscriber] = []
+        for i, sub in enumerate(subs):
+            if isinstance(sub, Subscriber):
+                parsed.append(sub)
+                continue
+            if not isinstance(sub, Mapping):
+                raise InvalidDefinitionError(
+                    f"event {event!r}, subscriber #{i}: expected a Subscriber, got {sub!r}"
+                )
+            try:
+                parsed.append(Subscriber.model_validate(sub))
+            except ValidationError as exc:
+                label = sub.get("name", f"#{i}")
+                fields = "; ".join(
+                    f"field {'.'.join(str(p) for p in e['loc']) or '(subscriber)'!r}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise InvalidDefinitionError(
+                    f"event {event!r}, subscriber {label!r}: {fields}"
+                ) from None
+        names = [s.name for s in parsed]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InvalidDefinitionError(
+                f"event {event!r}: subscriber names must be unique, {dupes} appear twice"
+            )
+        out[event] = parsed
+    return out
+
+
+def check_event_name(name: Any, error: type[Exception] = InvalidArgumentError) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise error(f"event names must be non-empty strings, got {name!r}")
+    if "|" in name:
+        raise error(f"event name {name!r} may not contain '|'")
+    return name

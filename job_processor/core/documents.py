@@ -1,0 +1,539 @@
+"""Pure document building: every job, worker and update document the storage layer writes.
+
+No I/O here. Each builder writes every field (the test servers treat a missing field and null
+alike in places; see docs/testing.md), and the "only while active" fields (`claim_name`,
+`exclusive_key`, `dedup_key`) are set and `$unset` by the same builders that change the status,
+so the unique sparse indexes and the claim index always agree with the status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import bson
+from bson import ObjectId
+from pydantic import BaseModel
+
+from .clock import as_utc
+from .errors import InvalidPayloadError
+from .outcome import Outcome
+from .status import HOOKED, JobStatus, check_transition
+
+Doc = dict[str, Any]
+S = JobStatus
+
+#: Run records kept on a job.
+HISTORY_LIMIT = 20
+
+
+def epoch_ms(value: dt.datetime) -> int:
+    """`due_ms`: scheduled_for as an integer, the field claims filter and sort on. Integers compare
+    the same on every server (nx-27017 stores a `$set` date as text, which breaks `$in` + range)."""
+    return int(as_utc(value).timestamp() * 1000)
+
+
+def new_id() -> str:
+    return str(ObjectId())
+
+
+def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
+    """A job's or an event's payload as stored: a dict (or a pydantic model, as JSON) that BSON
+    can hold and that fits; otherwise InvalidPayloadError naming the job or event and the fix."""
+    if payload is None:
+        return {}
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    if not isinstance(payload, Mapping):
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
+        )
+    try:
+        size = len(bson.encode(dict(payload)))
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload cannot be stored in MongoDB ({exc}); "
+            "use str, int, float, bool, None, datetime, lists and dicts "
+            "(convert UUIDs and Decimals to str)"
+        ) from None
+    if size > max_bytes:
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "
+            f"{max_bytes / 1e6:.1f} MB a {kind} can carry (MongoDB's documents hold 16 MB): "
+            "store the data elsewhere (GridFS, object storage) and pass a reference"
+        )
+    return dict(payload)
+
+
+def dedup_key(name: str, key: str) -> str:
+    """Dedup keys are scoped by job name: "a" keyed "k" and "b" keyed "k" never collide."""
+    return f"{name}|{key}"
+
+
+def slot_key(name: str, slot: dt.datetime) -> str:
+    """One task per cron slot, ever: "<cron>|<slot in UTC, ms>"."""
+    return f"{name}|{as_utc(slot).isoformat(timespec='milliseconds')}"
+
+
+# ---- jobs: creation -----------------------------------------------------------------------
+
+
+def new_job(
+    name: str,
+    payload: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    scheduled_for: dt.datetime | None = None,
+    tag: str | None = None,
+    priority: int = 0,
+    exclusive: bool = False,
+    job_type: str = "simple",
+    extra: Mapping[str, Any] | None = None,
+    key: str | None = None,
+    max_attempts: int = 1,
+    resumable: bool = False,
+    limit_key: str | None = None,
+) -> Doc:
+    """A complete pending job document."""
+    when = scheduled_for or now
+    doc: Doc = {
+        "_id": ObjectId(),
+        "name": name,
+        "type": job_type,
+        "status": S.PENDING.value,
+        "claim_name": name,
+        "payload": dict(payload),
+        "priority": priority,
+        "tag": tag,
+        "scheduled_for": when,
+        "due_ms": epoch_ms(when),
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "run_started_at": None,
+        "ended_at": None,
+        "worker_id": None,
+        "run_id": None,
+        "end_id": "",
+        "attempt": 0,
+        "state": None,
+        "output": None,
+        "kill_requested_at": None,
+        "skip_reason": None,
+        "conflicting_job_id": None,
+        "key": key,
+        "max_attempts": max_attempts,
+        "resumable": resumable,
+        "limit_key": limit_key,
+        "failures": 0,
+        "history": [],
+        "exit_hook": None,
+        "exit_hook_id": None,
+        "exit_hook_owner": None,
+        "exit_hook_at": None,
+        "exit_hook_error": None,
+        **(extra or {}),
+    }
+    if exclusive:
+        doc["exclusive_key"] = name
+    if key is not None:
+        doc["dedup_key"] = dedup_key(name, key)
+    return doc
+
+
+def cron_task(
+    name: str,
+    *,
+    slot: dt.datetime,
+    now: dt.datetime,
+    margin: dt.timedelta,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+) -> Doc:
+    """The pending task of one cron slot."""
+    extra = {
+        "trigger": "schedule",
+        "start_deadline": slot + margin,
+        "cron_slot_key": slot_key(name, slot),
+    }
+    return _cron_job(name, now, slot, tag, exclusive, max_attempts, resumable, extra)
+
+
+def _cron_job(
+    name: str,
+    now: dt.datetime,
+    scheduled_for: dt.datetime | None,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+    extra: Doc,
+) -> Doc:
+    return new_job(
+        name,
+        {},
+        now=now,
+        scheduled_for=scheduled_for,
+        tag=tag,
+        exclusive=exclusive,
+        job_type="cron_task",
+        max_attempts=max_attempts,
+        resumable=resumable,
+        extra=extra,
+    )
+
+
+def as_missed(task: Doc, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
+    """A cron slot that was not started within its margin, recorded as skipped "missed"."""
+    check_transition(None, S.SKIPPED)
+    doc = {k: v for k, v in task.items() if k not in {"exclusive_key", "dedup_key", "claim_name"}}
+    doc |= {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now}
+    return doc | ({"expires_at": expires_at} if expires_at is not None else {})
+
+
+def as_skipped(doc: Doc, holder_id: Any, expires_at: dt.datetime | None = None) -> Doc:
+    """An exclusive job whose name already has an active job: recorded as skipped (kept like a
+    finished job, until `expires_at`)."""
+    check_transition(None, S.SKIPPED)
+    dropped = {"exclusive_key", "dedup_key", "claim_name", "_id"}
+    expiry = {"expires_at": expires_at} if expires_at is not None else {}
+    return (
+        {k: v for k, v in doc.items() if k not in dropped}
+        | expiry
+        | {
+            "_id": ObjectId(),
+            "status": S.SKIPPED.value,
+            "skip_reason": "exclusive",
+            "conflicting_job_id": holder_id,
+            "ended_at": doc["created_at"],
+            "worker_id": None,
+            "run_id": None,
+            "run_started_at": None,
+            "attempt": 0,
+        }
+    )
+
+
+def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = None) -> Doc:
+    """For run_job: a new document claimed at insert by the calling process."""
+    check_transition(None, S.RUNNING)
+    out = {k: v for k, v in doc.items() if k != "claim_name"}
+    return out | {
+        "status": S.RUNNING.value,
+        "worker_id": worker_id,
+        "run_id": run_id or new_id(),
+        "run_started_at": now,
+        "attempt": 1,
+    }
+
+
+def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
+    """The fields a job inserted by another program (the minimal `{name, claim_name, due_ms,
+    payload}`) lacks, from its definition: written on its first claim, after which it is a job
+    like any other. Only missing fields are given; wrong ones are left for validation to report."""
+    due = doc.get("due_ms")
+    when = (
+        dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+        if isinstance(due, int | float) and not isinstance(due, bool)
+        else now
+    )
+    oid = doc.get("_id")
+    created = oid.generation_time if isinstance(oid, ObjectId) else now
+    full = new_job(
+        str(doc.get("name")),
+        {},
+        now=now,
+        scheduled_for=when,
+        tag=getattr(definition, "tag", None),
+        max_attempts=definition.attempts if definition is not None else 1,
+        resumable=bool(getattr(definition, "resumable", False)),
+        limit_key=definition.limit.key if getattr(definition, "limit", None) else None,
+    ) | {"created_at": created}
+    skip = {"_id", "claim_name", "exclusive_key", "dedup_key", "due_ms"}
+    return {k: v for k, v in full.items() if k not in doc and k not in skip}
+
+
+def unknown_name_update(name: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
+    """pending -> errored: a job of a name no worker has defined, past the grace period."""
+    error = (
+        f"unknown job name {name!r}: no worker defines it (a typo, or a job removed from the "
+        "code); define it and retry the job"
+    )
+    return unclaimable_update(error, now, expires_at)
+
+
+#: The fields a claim increments: another program's document must hold numbers there.
+COUNTED = ("attempt",)
+
+
+def uncountable(doc: Doc) -> str | None:
+    """Why a claim cannot apply to `doc` (a field it increments is not a number), or None."""
+    for key in COUNTED:
+        if key not in doc:
+            continue  # a claim creates it
+        value = doc[key]
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return (
+                f"invalid job document: {key} is {value!r} ({type(value).__name__}), it must be "
+                "a number (or left out)"
+            )
+    return None
+
+
+def undue_filters(names: list[str], inserted_before: dt.datetime) -> list[Doc]:
+    """Claimable jobs of these names that can never be due: `due_ms` missing (or null), text,
+    or a date; inserted before `inserted_before` (each bounded on the claim index)."""
+    old = {"_id": {"$lt": ObjectId.from_datetime(inserted_before)}}
+    wrong: list[Any] = [None, {"$type": "string"}, {"$type": "date"}]
+    return [{"claim_name": {"$in": names}, "due_ms": w} | old for w in wrong]
+
+
+def undue(value: Any) -> str:
+    """Why a job whose `due_ms` is `value` (not a number) is never due."""
+    got = "missing" if value is None else f"{value!r} ({type(value).__name__})"
+    return (
+        f"invalid job document: due_ms is {got}, it must be a number: the due time in "
+        "milliseconds since the epoch (e.g. Date.now() in mongosh); the job could never be due"
+    )
+
+
+def unclaimable_update(error: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:
+    """pending -> errored without running: a job no claim can take, with why. It never ran, so
+    no on_job_exited is owed; it expires like a failed job (`expires_at`)."""
+    check_transition(S.PENDING, S.ERRORED)
+    fields: Doc = {
+        "status": S.ERRORED.value,
+        "output": {"result": None, "error": error, "duration_ms": None},
+        "ended_at": now,
+        "updated_at": now,
+        "exit_hook": None,
+    }
+    if expires_at is not None:
+        fields["expires_at"] = expires_at
+    return {"$set": fields, "$unset": {"claim_name": "", "exclusive_key": "", "dedup_key": ""}}
+
+
+# ---- jobs: claim, checkpoint, end of a run -------------------------------------------------
+
+
+def claim_filter(names: list[str], now: dt.datetime) -> Doc:
+    """Claimable jobs of these names, due now. `claim_name` exists only while the job is pending
+    or paused, so one `$in` on it is both the status and the name condition."""
+    return {"claim_name": {"$in": names}, "due_ms": {"$lte": epoch_ms(now)}}
+
+
+def claim_update(
+    worker_id: str, now: dt.datetime, run_id: str | None = None, limit_key: str | None = None
+) -> Doc:
+    """`run_id` and `limit_key`: given when a limit slot was reserved for this run (the slot's
+    holder has the run's id, so whoever ends the run gives that slot back)."""
+    check_transition(S.PENDING, S.RUNNING)
+    check_transition(S.PAUSED, S.RUNNING)
+    fields: Doc = {
+        "status": S.RUNNING.value,
+        "worker_id": worker_id,
+        "run_id": run_id or new_id(),
+        "run_started_at": now,
+        "updated_at": now,
+    }
+    if limit_key is not None:
+        fields["limit_key"] = limit_key
+    return {
+        "$set": fields,
+        "$unset": {"claim_name": ""},
+        "$inc": {"attempt": 1},
+    }
+
+
+def applied(doc: Doc, update: Doc) -> Doc:
+    """`doc` after `update` (the $set / $unset / $inc these builders write), computed here: a
+    batch claim or a grouped final write that matched every document need not read them back."""
+    out = {k: v for k, v in doc.items() if k not in update.get("$unset", {})}
+    out |= update.get("$set", {})
+    for key, n in update.get("$inc", {}).items():
+        out[key] = (out.get(key) or 0) + n
+    return out
+
+
+def history_entry(claimed: Doc, outcome: Outcome, now: dt.datetime) -> Doc:
+    return {
+        "attempt": claimed.get("attempt"),
+        "worker_id": claimed.get("worker_id"),
+        "started_at": claimed.get("run_started_at"),
+        "ended_at": now,
+        "status": outcome.status.value,
+        "error": outcome.error.splitlines()[0][:500] if outcome.error else None,
+    }
+
+
+def with_history(doc: Doc, entry: Doc) -> list[Doc]:
+    past = doc.get("history")  # not a list: written by another program (the run is errored)
+    return [*(past if isinstance(past, list) else []), entry][-HISTORY_LIMIT:]
+
+
+def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
+    """The final write applies only while this run still owns the job. An outcome that a kill
+    request should override (a retry, a pause, an error) also requires that no kill was
+    requested meanwhile: if one was, the write matches nothing and the caller decides again."""
+    query: Doc = {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]}
+    if outcome.status not in (S.KILLED, S.FINISHED):
+        query["kill_requested_at"] = None
+    return query
+
+
+def end_update(
+    claimed: Doc,
+    outcome: Outcome,
+    now: dt.datetime,
+    *,
+    end_id: str,
+    writer: str | None,
+    duration_ms: int | None = None,
+) -> Doc:
+    """running -> outcome.status, in one update. A terminal status `$unset`s the active-only
+    keys and records `on_job_exited` as owed by `writer` (when the job has a hook)."""
+    check_transition(S.RUNNING, outcome.status)
+    output: Doc = {"result": outcome.result, "error": outcome.error, "duration_ms": duration_ms}
+    fields: Doc = {
+        "status": outcome.status.value,
+        "updated_at": now,
+        "output": output,
+        "failures": outcome.failures,
+        "end_id": end_id,
+        "history": with_history(claimed, history_entry(claimed, outcome, now)),
+    }
+    if claimed.get("started_at") is None:
+        fields["started_at"] = claimed["run_started_at"]
+    update: Doc = {"$set": fields}
+    if outcome.status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries later
+        fields |= {"worker_id": None, "run_id": None, "claim_name": claimed["name"]}
+        if outcome.retry_at is not None:
+            fields |= {"scheduled_for": outcome.retry_at, "due_ms": epoch_ms(outcome.retry_at)}
+    else:
+        if outcome.status == S.SKIPPED:  # claimed too late to run: it never started
+            fields["started_at"] = None
+            fields["skip_reason"] = "missed"
+        fields["ended_at"] = now
+        fields |= hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
+        if outcome.expires_at is not None:
+            fields["expires_at"] = outcome.expires_at
+        update["$unset"] = {"exclusive_key": "", "dedup_key": ""}
+    return update
+
+
+def hook_owed_fields(
+    status: JobStatus, owed: bool, hook_id: str, writer: str | None, now: dt.datetime
+) -> Doc:
+    """What a terminal write records about on_job_exited: owed by `writer`, or nothing to do."""
+    if status not in HOOKED or not owed:
+        state = None if status not in HOOKED else "none"
+        return {"exit_hook": state, "exit_hook_id": None, "exit_hook_owner": None}
+    return {
+        "exit_hook": "owed",
+        "exit_hook_id": hook_id,
+        "exit_hook_owner": writer,
+        "exit_hook_at": now,
+        "exit_hook_error": None,
+    }
+
+
+# ---- jobs: kill and retry ------------------------------------------------------------------
+
+
+def kill_update(now: dt.datetime, writer: str | None, hook_owed: bool) -> Doc:
+    """pending | paused -> killed."""
+    check_transition(S.PENDING, S.KILLED)
+    check_transition(S.PAUSED, S.KILLED)
+    hook_id = new_id()
+    return {
+        "$set": {
+            "status": S.KILLED.value,
+            "kill_requested_at": now,
+            "ended_at": now,
+            "updated_at": now,
+            "worker_id": None,
+            "run_id": None,
+            "end_id": hook_id,
+            "output": {"result": None, "error": "killed", "duration_ms": None},
+            **hook_owed_fields(S.KILLED, hook_owed, hook_id, writer, now),
+        },
+        "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
+    }
+
+
+def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
+    """errored | killed -> pending now: attempts counted afresh, history and checkpoint kept,
+    the exclusive / dedup keys restored (a duplicate-key error means another job holds them)."""
+    check_transition(S.ERRORED, S.PENDING)
+    check_transition(S.KILLED, S.PENDING)
+    fields: Doc = {
+        "status": S.PENDING.value,
+        "claim_name": current["name"],
+        "scheduled_for": now,
+        "due_ms": epoch_ms(now),
+        "updated_at": now,
+        "ended_at": None,
+        "failures": 0,
+        "worker_id": None,
+        "run_id": None,
+        "kill_requested_at": None,
+    }
+    if exclusive:
+        fields["exclusive_key"] = current["name"]
+    if current.get("key") is not None:
+        fields["dedup_key"] = dedup_key(current["name"], current["key"])
+    # active again: nothing may expire it (its next end sets a new expiry)
+    return {"$set": fields, "$unset": {"expires_at": ""}}
+
+
+def run_now_update(now: dt.datetime) -> Doc:
+    """A pending job scheduled for later becomes due now (no status change: the filter requires
+    pending and a due time still in the future)."""
+    return {"$set": {"scheduled_for": now, "due_ms": epoch_ms(now), "updated_at": now}}
+
+
+def manual_cron_task(
+    name: str,
+    *,
+    now: dt.datetime,
+    tag: str | None,
+    exclusive: bool,
+    max_attempts: int,
+    resumable: bool,
+) -> Doc:
+    """A cron run outside its schedule (trigger "manual"): no slot, no start deadline."""
+    extra = {"trigger": "manual", "start_deadline": None}
+    return _cron_job(name, now, None, tag, exclusive, max_attempts, resumable, extra)
+
+
+# ---- workers -------------------------------------------------------------------------------
+
+
+def new_worker(
+    now: dt.datetime,
+    worker_tags: list[str] | None,
+    instance_id: str | None,
+    concurrency: int,
+    names: list[str],
+    worker_timeout: float | None = None,
+) -> Doc:
+    """`worker_timeout` is recorded so that a process without the settings (the CLI, a
+    dashboard) can tell whether this worker is alive."""
+    host = socket.gethostname()
+    return {
+        "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
+        "hostname": host,
+        "pid": os.getpid(),
+        "instance_id": instance_id,
+        "tags": worker_tags,
+        "concurrency": concurrency,
+        "names": names,
+        "started_at": now,
+        "last_seen": now,
+        "worker_timeout": worker_timeout,
+    }

@@ -1,0 +1,114 @@
+"""Cluster-wide limits: pure maths of a limit document, and the checks on definitions.
+
+A limit lives in one document of `<prefix>limits`, `_id` = its key:
+
+    {_id, rev, running, holders: {<run id>: {worker_id, at_ms}}, starts: {<run id>: <epoch ms>},
+     concurrency, rate, per_seconds}
+
+Taking slots is a compare-and-set on `rev`: read the document, decide here how many slots may be
+taken (`plan`), write with `{_id, rev}` as the filter (another worker that got there first makes it
+match nothing: read again). Giving one back is a single update whose filter requires the holder
+to be there (`holders.<run id>` exists), so it happens once however many processes try. Holders
+and starts are maps keyed by run id (nx-27017's `$pull` with a condition removes every element).
+`starts` keeps the starts of the last `per_seconds`: at most `rate` of them, a sliding window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .definitions import JobDef, Limit
+from .errors import InvalidDefinitionError
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Grant:
+    slots: int
+    """How many slots may be taken now."""
+    retry_at: dt.datetime | None = None
+    """Rate-limited: when the next start will be allowed (None: wait for a slot to free)."""
+
+
+def recent_starts(doc: Doc, limit: Limit, now: dt.datetime) -> dict[str, int]:
+    """The starts inside the sliding window ending now."""
+    if limit.rate is None or limit.per_seconds is None:
+        return {}
+    since = _ms(now) - int(limit.per_seconds * 1000)
+    return {k: int(t) for k, t in (doc.get("starts") or {}).items() if int(t) > since}
+
+
+def plan(doc: Doc, limit: Limit, want: int, now: dt.datetime) -> Grant:
+    """How many of `want` slots the limit allows now (pure)."""
+    free = want
+    if limit.concurrency is not None:
+        free = min(free, limit.concurrency - int(doc.get("running") or 0))
+    retry_at = None
+    if limit.rate is not None and limit.per_seconds is not None:
+        starts = sorted(recent_starts(doc, limit, now).values())
+        room = limit.rate - len(starts)
+        if room <= 0:
+            # the oldest start that must leave the window before another may begin
+            oldest = starts[len(starts) - limit.rate]
+            retry_at = _at(oldest + int(limit.per_seconds * 1000))
+        free = min(free, room)
+    return Grant(max(free, 0), retry_at if free <= 0 else None)
+
+
+def taken(doc: Doc, limit: Limit, run_ids: list[str], worker_id: str, now: dt.datetime) -> Doc:
+    """The compare-and-set update that takes one slot per run id (and records their starts)."""
+    fields: Doc = {
+        "rev": int(doc.get("rev") or 0) + 1,
+        "concurrency": limit.concurrency,
+        "rate": limit.rate,
+        "per_seconds": limit.per_seconds,
+    }
+    if limit.rate is not None:
+        starts = recent_starts(doc, limit, now) | {rid: _ms(now) for rid in run_ids}
+        fields["starts"] = starts
+    for rid in run_ids:
+        fields[f"holders.{rid}"] = {"worker_id": worker_id, "at_ms": _ms(now)}
+    return {"$set": fields, "$inc": {"running": len(run_ids)}}
+
+
+def check_limits(definitions: Mapping[str, JobDef]) -> dict[str, Limit]:
+    """Definitions naming the same key must agree on it. Returns key -> Limit."""
+    out: dict[str, Limit] = {}
+    for name, d in definitions.items():
+        if d.limit is None:
+            continue
+        known = out.setdefault(d.limit.key, d.limit)
+        if known != d.limit:
+            raise InvalidDefinitionError(
+                f"job {name!r}: limit {d.limit.key!r} is declared differently by another job "
+                f"({known.model_dump()} vs {d.limit.model_dump()}): declare it once, e.g. "
+                f"MAIL = Limit(key={d.limit.key!r}, ...), and use it in each JobDef"
+            )
+    return out
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _at(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
+    """What a limit document says, for people: slots in use and starts in the window."""
+    per = doc.get("per_seconds")
+    since = (now.timestamp() - per) * 1000 if per else None
+    starts = doc.get("starts") or {}
+    return {
+        "key": doc["_id"],
+        "running": int(doc.get("running") or 0),
+        "concurrency": doc.get("concurrency"),
+        "started_in_window": sum(1 for t in starts.values() if since is not None and t > since),
+        "rate": doc.get("rate"),
+        "per_seconds": per,
+    }

@@ -1,0 +1,500 @@
+"""The domain records as stored and read back: jobs, events and their deliveries, workers,
+status reports; and `Processor`, what a running handler reaches as `job.processor`.
+
+Statuses and the transition table are in `status`."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any, Generic, Literal, Protocol
+
+from bson import Binary, Decimal128, ObjectId
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+from typing_extensions import TypeVar
+
+from .clock import as_utc
+from .definitions import Mode
+from .status import JobStatus
+
+S = JobStatus
+
+
+def to_jsonable(value: Any) -> Any:
+    """BSON values that JSON has no type for, made JSON-friendly: ObjectId and UUID as text,
+    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, ObjectId | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | Binary):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Decimal128 | Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
+class JobOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    result: Any = None
+    error: str | None = None
+    duration_ms: int | None = None
+
+    @field_serializer("result", when_used="json")
+    def _json_result(self, value: Any) -> Any:
+        return to_jsonable(value)
+
+
+def _utc(value: Any) -> Any:
+    return as_utc(value) if isinstance(value, dt.datetime) else value
+
+
+def _derive_missing(doc: dict[str, Any]) -> None:
+    """A job inserted by another program (`{name, claim_name, due_ms, payload}`) reads as the
+    pending job it is until a worker claims it and writes the rest (documents.completion)."""
+    if not isinstance(doc.get("name"), str):  # shown as "" (its run is errored: no name)
+        doc["name"] = str(doc["name"]) if doc.get("name") is not None else ""
+    if "created_at" in doc:
+        return
+    oid = doc.get("_id")
+    due = doc.get("due_ms")
+    if "scheduled_for" not in doc and isinstance(due, int | float) and not isinstance(due, bool):
+        with contextlib.suppress(ValueError, OverflowError, OSError):  # a due_ms out of range
+            doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
+    # its insert time (an ObjectId's), else when it is due, else the epoch (a string _id)
+    created = oid.generation_time if isinstance(oid, ObjectId) else doc.get("scheduled_for")
+    created = created or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    doc.setdefault("scheduled_for", created)
+    doc["created_at"] = created
+    doc.setdefault("updated_at", created)
+    doc.setdefault("status", "pending" if doc.get("claim_name") else None)
+
+
+PayloadT = TypeVar("PayloadT", default=dict[str, Any])
+
+#: The key a payload that is not a document is shown under (`{NOT_A_DOCUMENT: [...]}`).
+NOT_A_DOCUMENT = "(not a document)"
+
+ExitHookState = Literal["owed", "done", "failed", "none"]
+
+
+class Job(BaseModel, Generic[PayloadT]):
+    """A job as stored in MongoDB. Handlers get one; `await job.checkpoint({...})` saves state.
+
+    `Job[MyModel]` when the JobDef declares `payload_model=MyModel`: `job.payload` is then a
+    `MyModel`, validated when the job was scheduled and again when it runs.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    name: str
+    type: Literal["simple", "cron_task"] = "simple"
+    status: JobStatus
+    payload: PayloadT
+    priority: int = 0
+    tag: str | None = None
+    scheduled_for: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None = None
+    """When the job first started (kept across resumes)."""
+    run_started_at: dt.datetime | None = None
+    """When the current (or last) run started."""
+    ended_at: dt.datetime | None = None
+    worker_id: str | None = None
+    run_id: str | None = None
+    attempt: int = 0
+    """How many runs have started (a resume counts as a run)."""
+    failures: int = 0
+    """Failed attempts so far: exceptions, max runtime, crashes of its worker."""
+    max_attempts: int = 1
+    history: list[dict[str, Any]] = []
+    """The last runs (bounded): attempt, worker_id, started_at, ended_at, status, error."""
+    key: str | None = None
+    """Dedup key (scoped by job name): while a job with this key is active, scheduling the same
+    name and key returns that job."""
+    state: dict[str, Any] | None = None
+    """The last checkpoint saved by the job."""
+    output: JobOutput | None = None
+    kill_requested_at: dt.datetime | None = None
+    skip_reason: str | None = None
+    """"exclusive" (a job of that name was active) or "missed" (a cron slot not started in time)."""
+    conflicting_job_id: str | None = None
+    trigger: str | None = None
+    """Cron tasks: "schedule" (a slot; its time is `scheduled_for`) or "manual" (trigger_cron)."""
+    start_deadline: dt.datetime | None = None
+    """Cron tasks: the slot plus its check-in margin; not started by then, it is never run."""
+    exit_hook: ExitHookState | None = None
+    """on_job_exited for the last exit: "owed" (recorded by the final write, not run yet),
+    "done", "failed" (it raised or timed out; see exit_hook_error), "none" (no hook defined)."""
+    exit_hook_error: str | None = None
+    exit_hook_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    """When this ended job may be deleted (keep_finished / keep_failed); None: kept."""
+    invalid_fields: dict[str, Any] = {}
+    """Fields of the stored document that do not have their type (another program wrote them),
+    as stored; `Job.read` shows the job without them. A run of such a job is errored."""
+
+    _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
+    _processor: Processor | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_document(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        doc = {k: _utc(v) for k, v in data.items()}
+        _derive_missing(doc)
+        payload = doc.get("payload")
+        if cls is Job and payload is not None and not isinstance(payload, dict):
+            # shown as stored (a run of it fails: see worker.build_job); reading never breaks
+            doc["payload"] = {NOT_A_DOCUMENT: payload}
+        if "_id" in doc:
+            doc["id"] = str(doc.pop("_id"))
+        if isinstance(doc.get("conflicting_job_id"), ObjectId):
+            doc["conflicting_job_id"] = str(doc["conflicting_job_id"])
+        if doc.get("started_at") is None and doc.get("run_started_at") is not None:
+            doc["started_at"] = doc["run_started_at"]
+        if doc.get("payload") is None:
+            doc["payload"] = {}
+        return doc
+
+    @field_serializer("payload", "state", "history", "invalid_fields", when_used="json")
+    def _json_values(self, value: Any) -> Any:
+        return to_jsonable(value)
+
+    @classmethod
+    def read(cls, doc: dict[str, Any]) -> Job[Any]:
+        """A stored job, for reading (get_job, lists, the dashboard, hooks): never fails on a
+        field another program wrote with a wrong type; that field goes to `invalid_fields`.
+        (A run validates strictly: see worker.build_job.)"""
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - {"id"}
+            if not bad or "_id" not in doc:
+                raise
+            kept = {k: v for k, v in doc.items() if k not in bad}
+            if "created_at" in kept:  # required dates: its creation date stands in
+                for when in ("scheduled_for", "updated_at"):
+                    if when in bad:
+                        kept[when] = kept["created_at"]
+            # else it reads as a document another program inserted: dates and status derived
+            job = cls.model_validate(kept)  # a status that is not a job status still raises
+            job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
+            return job
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        """Save `state` on the job; a resumed or retried run sees it as `job.state`.
+
+        While MongoDB is unreachable this waits (up to the processor's `worker_timeout`); past
+        that the run is abandoned to recovery and this raises `JobLostError`."""
+        if self._checkpointer is None:
+            raise RuntimeError(
+                "checkpoint() is only available inside a running handler; in a unit test, "
+                "build the job with job_processor.testing.JobHarness"
+            )
+        await self._checkpointer(state)
+        self.state = dict(state)
+
+    @property
+    def processor(self) -> Processor:
+        """The processor running this job: chain jobs with
+        `await job.processor.schedule_job(...)` from inside a handler."""
+        if self._processor is None:
+            raise RuntimeError("job.processor is only available inside a running handler")
+        return self._processor
+
+    @property
+    def error(self) -> str | None:
+        return self.output.error if self.output else None
+
+    @property
+    def result(self) -> Any:
+        return self.output.result if self.output else None
+
+
+# ---- events and their deliveries ------------------------------------------------------------
+
+
+class Target(BaseModel):
+    """One recipient recorded on an event when it was emitted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["subscriber", "webhook"]
+    target: str
+    """The subscriber's name, or "webhook:<endpoint id>"."""
+    mode: Mode | None = None
+    position: int | None = None
+    job_name: str
+    endpoint_id: str | None = None
+
+
+class Delivery(BaseModel):
+    """One delivery of an event to one target: a job, or a row with no job: status "waiting"
+    (still to be created: a serial subscriber whose turn has not come, or a fan-out still
+    owed) or "deleted" (its job was removed by retention or a purge)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str | None
+    event_id: str
+    target: str
+    kind: Literal["subscriber", "webhook"]
+    mode: Mode | None = None
+    status: str
+    """A JobStatus value, or "waiting" (no job yet: a serial subscriber whose turn has not
+    come, or a fan-out still owed), or "deleted" (its job was removed: retention, purge)."""
+    replay_id: str | None = None
+    """None for the event's own deliveries; the replay's id for an explicit replay."""
+    attempt: int = 0
+    failures: int = 0
+    max_attempts: int = 1
+    error: str | None = None
+    skip_reason: str | None = None
+    result: Any = None
+    created_at: dt.datetime | None = None
+    scheduled_for: dt.datetime | None = None
+    """When it runs next (a retry's time while pending)."""
+    ended_at: dt.datetime | None = None
+    attempts: list[dict[str, Any]] = []
+    """Webhooks: one record per HTTP attempt (status_code, duration_ms, response_excerpt,
+    error, at)."""
+    exit_hook: str | None = None
+    """The delivery job's on_job_exited record ("owed" until a serial chain's next step is
+    written)."""
+
+    @field_serializer("result", "attempts", when_used="json")
+    def _json(self, value: Any) -> Any:
+        return to_jsonable(value)
+
+    @classmethod
+    def of_job(cls, doc: Mapping[str, Any]) -> Delivery:
+        payload = doc.get("payload") or {}
+        output = doc.get("output") or {}
+        attempts = list((doc.get("state") or {}).get("attempts") or [])
+        result = output.get("result")
+        finished = doc.get("status") == S.FINISHED.value
+        if finished and isinstance(result, dict) and "status_code" in result:
+            attempts.append(result)
+        return cls(
+            job_id=str(doc["_id"]),
+            event_id=str(doc.get("event_id") or payload.get("event_id")),
+            target=payload.get("target", ""),
+            kind=payload.get("kind", "subscriber"),
+            mode=payload.get("mode"),
+            status=str(doc["status"]),
+            replay_id=payload.get("replay_id"),
+            attempt=int(doc.get("attempt") or 0),
+            failures=int(doc.get("failures") or 0),
+            max_attempts=int(doc.get("max_attempts") or 1),
+            error=output.get("error"),
+            skip_reason=doc.get("skip_reason"),
+            result=result,
+            created_at=_utc(doc.get("created_at")),
+            scheduled_for=_utc(doc.get("scheduled_for")),
+            ended_at=_utc(doc.get("ended_at")),
+            attempts=attempts,
+            exit_hook=doc.get("exit_hook"),
+        )
+
+    @classmethod
+    def without_job(cls, event_id: str, target: Target, status: str) -> Delivery:
+        return cls(
+            job_id=None,
+            event_id=event_id,
+            target=target.target,
+            kind=target.kind,
+            mode=target.mode,
+            status=status,
+        )
+
+
+class Event(BaseModel):
+    """An emitted event, as stored. Subscriber handlers get one (with `delivery` set: which
+    delivery this run is); `get_event` fills `deliveries`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    """Stable: the `webhook-id` of its webhooks, and what idempotent receivers key on."""
+    name: str
+    payload: dict[str, Any]
+    key: str | None = None
+    emitted_at: dt.datetime
+    emitted_by: str | None = None
+    """The emitting process (its worker id, or a client id when it was not started)."""
+    instance_id: str | None = None
+    targets: list[Target] = []
+    """Who it was for, recorded when it was emitted: subscribers in declaration order, then
+    webhook endpoints."""
+    fanout: Literal["owed", "done"] = "done"
+    """"owed" until every first delivery exists (completed by emit, else by recovery)."""
+    replays: int = 0
+    last_replayed_at: dt.datetime | None = None
+    deliveries: list[Delivery] = []
+    delivery: Delivery | None = None
+    """In a subscriber's handler: the delivery being run (attempt, replay_id, job_id)."""
+
+    _processor: Processor | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_document(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        doc = {k: _utc(v) for k, v in data.items()}
+        if "_id" in doc:
+            doc["id"] = str(doc.pop("_id"))
+        if doc.get("payload") is None:
+            doc["payload"] = {}
+        return doc
+
+    @field_serializer("payload", when_used="json")
+    def _json_payload(self, value: Any) -> Any:
+        return to_jsonable(value)
+
+    @property
+    def processor(self) -> Processor:
+        """In a handler: the processor running it (emit follow-up events from here)."""
+        if self._processor is None:
+            raise RuntimeError("event.processor is only available inside a subscriber handler")
+        return self._processor
+
+
+class SubscriberInfo(BaseModel):
+    """A registry entry, with the live workers that serve it (for status pages)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event: str
+    subscriber: str
+    mode: Mode
+    position: int
+    job_name: str
+    tag: str | None = None
+    max_attempts: int = 1
+    declared_at: dt.datetime | None = None
+    declared_by: str | None = None
+    live_workers: list[str] = []
+
+
+# ---- workers and status reports ------------------------------------------------------------
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    hostname: str
+    pid: int
+    instance_id: str | None = None
+    tags: list[str] | None = None
+    concurrency: int = 1
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    alive: bool = True
+    running_jobs: list[dict[str, Any]] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_document(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        doc = {k: _utc(v) for k, v in data.items()}
+        if "_id" in doc:
+            doc["id"] = str(doc.pop("_id"))
+        return doc
+
+
+class ProcessorStatus(BaseModel):
+    """What `get_status()` returns: workers with their jobs, the queue, counts by job name."""
+
+    now: dt.datetime
+    worker_id: str
+    workers: list[WorkerInfo]
+    queue: dict[str, int]
+    """pending (all), due (claimable and due now), paused, running."""
+    jobs: dict[str, dict[str, int]]
+    """job name -> status -> count."""
+    crons: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    """Things an operator should look at (e.g. an exclusive cron that keeps skipping, a job
+    name no live worker can run, waiting jobs of a name no worker defines)."""
+    paused_names: list[str] = []
+    """Names workers do not claim (job_processor.admin pause/resume)."""
+    unserved_names: list[str] = []
+    """Known job and cron names (registry and this process) that no live worker claims."""
+    limits: list[dict[str, Any]] = []
+    """Cluster-wide limits in use: key, running, concurrency, started_in_window, rate,
+    per_seconds."""
+
+
+# ---- what a handler reaches through job.processor ------------------------------------------
+
+
+class Processor(Protocol):
+    """What a running handler reaches as `job.processor` (and a subscriber as
+    `event.processor`): the processor running it, to chain jobs and emit events. A
+    `JobProcessor` is one; `JobHarness(processor=...)` takes any object that is one."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    async def schedule_job(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        scheduled_for: dt.datetime | None = None,
+        *,
+        priority: int = 0,
+        key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> Job[Any]: ...
+
+    async def run_job(
+        self, name: str, payload: Mapping[str, Any] | BaseModel | None = None
+    ) -> Job[Any]: ...
+
+    async def get_job(self, job_id: str | ObjectId) -> Job[Any]: ...
+
+    async def list_jobs(
+        self, name: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Job[Any]]: ...
+
+    async def kill_job(self, job_id: str | ObjectId) -> Job[Any]: ...
+
+    async def retry_job(self, job_id: str | ObjectId) -> Job[Any]: ...
+
+    async def trigger_cron(self, name: str) -> Job[Any]: ...
+
+    async def emit(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        key: str | None = None,
+        sync_timeout: float = 30.0,
+    ) -> Event: ...
+
+    async def get_event(self, event_id: str | ObjectId) -> Event: ...

@@ -1,0 +1,29 @@
+"""Protocols that lower code needs from higher code: the narrow view a module takes of an
+object built above it, so that no import points up.
+
+(`models.Processor`, what a handler reaches as `job.processor`, lives beside `Job` in `models`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any, Protocol
+
+from .clock import Clock
+from .settings import Settings
+
+
+class ClaimingWorker(Protocol):
+    """What the limiter (`engine.limiter`) needs of the worker it claims for: who it is, what
+    it must not claim, its clock and settings, and how to start a claimed job or wake it."""
+
+    worker_id: str
+    paused: frozenset[str]
+    clock: Clock
+    settings: Settings
+    wake: asyncio.Event
+
+    def start_claimed(self, doc: dict[str, Any]) -> None: ...
+
+    def wake_at(self, when: dt.datetime) -> None: ...

@@ -1,0 +1,140 @@
+"""Cron schedules: pure slot maths (timezones, DST, check-in margins), no I/O.
+
+A slot's task is created when the slot is due (see `engine.crons`), with a unique
+`cron_slot_key` ("<cron name>|<slot in UTC>"), so however many replicas race, the database accepts
+exactly one task per slot.
+
+DST rules (computed on the cron's wall clock, then converted to UTC):
+- spring forward (a local time that does not exist, e.g. 02:30 in Europe/Paris on the last Sunday
+  of March): the slot runs once, at the first instant after the gap (03:00 local). Several slots
+  inside the gap collapse into that one run.
+- fall back (a local time that happens twice, e.g. 02:30 on the last Sunday of October): the slot
+  runs once, at its first occurrence (02:30 CEST); the repeated wall-clock hour does not run the
+  slots again.
+Each wall-clock slot therefore runs at most once and is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from croniter import croniter
+
+from .definitions import CronDef
+
+UTC = dt.UTC
+MS = dt.timedelta(milliseconds=1)
+
+
+def local_to_utc(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """Map a wall-clock time in `tz` to the UTC instant a slot at that time runs (rules above)."""
+    first = naive.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if first.astimezone(tz).replace(tzinfo=None) == naive:
+        return first  # exists; for an ambiguous time, fold=0 is the first occurrence
+    # Does not exist (DST gap): run at the transition, the first instant after the gap.
+    lo = naive.replace(tzinfo=tz, fold=1).astimezone(UTC)  # a valid instant before the gap
+    hi = first  # a valid instant after it
+    if lo > hi:
+        lo, hi = hi, lo
+    after_offset = hi.astimezone(tz).utcoffset()
+    while hi - lo > dt.timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(tz).utcoffset() == after_offset:
+            hi = mid
+        else:
+            lo = mid
+    return hi.replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cron_string: str
+    timezone: str = "UTC"
+
+    @cached_property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @cached_property
+    def has_seconds(self) -> bool:
+        return len(self.cron_string.split()) == 6
+
+    def next_after(self, after: dt.datetime) -> dt.datetime:
+        """The first slot strictly after `after` (aware), as aware UTC."""
+        local = after.astimezone(self.tz).replace(tzinfo=None)
+        it = croniter(
+            self.cron_string, local, second_at_beginning=self.has_seconds, ret_type=dt.datetime
+        )
+        for _ in range(100_000):  # bounded: only DST folds make it loop more than once
+            slot = local_to_utc(it.get_next(dt.datetime), self.tz)
+            if slot > after:
+                return slot
+        raise RuntimeError(f"no slot found after {after} for {self.cron_string!r}")
+
+    def local(self, instant: dt.datetime) -> dt.datetime:
+        return instant.astimezone(self.tz)
+
+
+@dataclass
+class SlotPlan:
+    """What to do for the slots that are due: run these, record those as missed, move on."""
+
+    run: list[dt.datetime] = field(default_factory=list)
+    missed: list[dt.datetime] = field(default_factory=list)
+    more_missed: bool = False
+    """More slots were missed than listed (long downtime): the rest are not recorded one by one."""
+    next_slot: dt.datetime | None = None
+
+
+def plan_slots(
+    schedule: Schedule,
+    next_slot: dt.datetime,
+    now: dt.datetime,
+    margin: dt.timedelta,
+    max_listed: int = 50,
+) -> SlotPlan:
+    """Pure: the due slots from `next_slot` up to `now`. A slot older than `margin` is missed
+    (never run late); one within the margin runs, late. `next_slot` of the plan is the first
+    slot in the future."""
+    plan = SlotPlan()
+    slot = next_slot
+    while slot <= now:
+        if now - slot > margin:
+            if len(plan.missed) >= max_listed:
+                plan.more_missed = True
+                # jump over the rest of the downtime without walking every slot
+                slot = schedule.next_after(now - margin - MS)
+                continue
+            plan.missed.append(slot)
+        else:
+            plan.run.append(slot)
+        slot = schedule.next_after(slot)
+    plan.next_slot = slot
+    return plan
+
+
+def margin_of(cron: CronDef) -> dt.timedelta:
+    return dt.timedelta(minutes=cron.checkin_margin)
+
+
+def schedule_of(cron: CronDef) -> Schedule:
+    return Schedule(cron.cron_string, cron.timezone)
+
+
+#: An exclusive cron whose last slots were all skipped behind one job: past this many in a row
+#: behind a running job, monitoring turns red (a run that long looks hung).
+STUCK_CRON_SLOTS = 3
+
+
+def skipped_in_a_row(recent: list[dict[str, Any]], holder_id: Any) -> int:
+    """How many of a cron's latest tasks (newest first) were skipped behind `holder_id`."""
+    n = 0
+    for t in recent:
+        if t.get("skip_reason") != "exclusive" or t.get("conflicting_job_id") != holder_id:
+            break
+        n += 1
+    return n

@@ -1,0 +1,58 @@
+"""The processor's settings, checked once at init (`init_job_processor`'s options)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidDefinitionError
+from .retention import Keep, Retention, check_keep
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int = 1
+    poll_interval: float = 2.0
+    heartbeat_interval: float = 5.0
+    worker_timeout: float = 30.0
+    shutdown_grace: float = 10.0
+    change_streams: bool = True
+    change_stream_max_await: float = 10.0
+    idle_poll_interval: float = 15.0
+    retention: Retention = field(default_factory=Retention)
+    """The processor's defaults for keep_finished / keep_failed."""
+    unknown_name_grace: float = 3600.0
+    """Seconds a job of a name no worker defines waits before it is errored."""
+
+
+def check_keep_events(value: Any) -> dt.timedelta | None:
+    """Events are kept for a duration (their deliveries, being jobs, follow keep_finished /
+    keep_failed): it must outlast a delivery's retries, so neither a count nor False."""
+    if value is True:
+        return None
+    if isinstance(value, dt.timedelta) and value > dt.timedelta(0):
+        return value
+    raise InvalidDefinitionError(
+        f"keep_events must be a positive timedelta (longer than your deliveries' retries) or "
+        f"True (keep forever), got {value!r}"
+    )
+
+
+def retention_of(keep_finished: Keep, keep_failed: Keep) -> Retention:
+    try:
+        finished = check_keep(keep_finished, "keep_finished")
+        failed = check_keep(keep_failed, "keep_failed")
+    except ValueError as exc:
+        raise InvalidDefinitionError(str(exc)) from None
+    if finished is None or failed is None:
+        raise InvalidDefinitionError(
+            "keep_finished / keep_failed: give a timedelta, a count, True or False (not None)"
+        )
+    return Retention(finished=finished, failed=failed)
+
+
+def check_positive(name: str, value: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)

@@ -1,0 +1,116 @@
+"""The ASGI middleware in front of every page: authentication, CSRF on POST, read-only
+refusal, error pages."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..core.errors import EventNotFoundError, JobNotFoundError, JobProcessorError
+from . import csrf
+from .auth import Denied
+from .state import Dashboard, route_path
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+#: Paths served without authentication (probes and the static files).
+
+#: Paths served without authentication (probes and the static files).
+OPEN_PATHS = ("/healthz", "/readyz")
+OPEN_PREFIXES = ("/static/",)
+BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
+
+
+class Guard:
+    """ASGI middleware: authentication, CSRF on POST, read-only refusal, error pages."""
+
+    def __init__(self, app: ASGIApp, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        d = self.dashboard
+        scope.setdefault("state", {})
+        request = Request(scope, receive)
+        verdict = await d.auth.check(request)
+        if isinstance(verdict, Denied):
+            scope["state"]["user"] = None
+            response = d.error_page(request, verdict.status, "Not signed in", verdict.message)
+            if verdict.status == 403:
+                response = d.error_page(request, 403, "Access denied", verdict.message)
+            if verdict.status == 401:
+                response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+            await response(scope, receive, send)
+            return
+        scope["state"]["user"] = verdict
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            if d.read_only:
+                response = d.error_page(
+                    request, 403, "Read-only", "This dashboard is read-only: actions are refused."
+                )
+                await response(scope, receive, send)
+                return
+            body = await request.body()
+            receive = _replaying(body, receive)  # what runs after us may read the body again
+            form = await request.form()
+            scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            scope["state"]["form_lists"] = {
+                k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
+            }
+            why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
+            if why is not None:
+                response = d.error_page(request, 403, "Request refused", f"Refused: {why}.")
+                await response(scope, receive, send)
+                return
+        try:
+            await self.app(scope, receive, send)
+        except PyMongoError as exc:
+            response = d.error_page(
+                request,
+                503,
+                "MongoDB unavailable",
+                f"The database did not answer: {str(exc).split(',')[0]}",
+            )
+            await response(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read once more, then defers to the original
+    (for the disconnect): an app or middleware downstream (Sentry's Starlette integration reads
+    the body of every request) would otherwise wait for a body that never comes."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def with_errors(dashboard: Dashboard, handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (JobNotFoundError, EventNotFoundError) as exc:
+            return dashboard.error_page(request, 404, "Not found", str(exc))
+        except HTTPException as exc:
+            return dashboard.error_page(request, exc.status_code, "Error", str(exc.detail))
+        except JobProcessorError as exc:
+            return dashboard.error_page(request, 400, "Invalid request", str(exc))
+
+    return wrapped

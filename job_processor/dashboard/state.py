@@ -1,0 +1,194 @@
+"""The state behind one dashboard app (`Dashboard`): its admin, masking, templates and the
+responses every page shares."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.types import Scope
+
+from ..core.masking import Masker, mask_job
+from ..core.models import Job, to_jsonable
+from ..engine.runtime import Runtime
+from ..ops import health
+from ..ops.admin import Admin
+from ..storage.connect import check_database
+from . import csrf
+from .auth import Authenticator
+from .render import FLASH_COOKIE, make_env, read_flash, root_of, set_flash, url
+
+#: The navigation: (path under the mount root, label). Pages added with `extra_nav` come after
+#: Events, before Audit.
+NAV: tuple[tuple[str, str], ...] = (
+    ("/", "Overview"),
+    ("/jobs", "Jobs"),
+    ("/crons", "Crons"),
+    ("/workers", "Workers"),
+    ("/names", "Names"),
+    ("/events", "Events"),
+)
+AUDIT_NAV = ("/audit", "Audit")
+
+
+def route_path(scope: Scope) -> str:
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+class Dashboard:
+    """The state behind one dashboard app (see `create_dashboard`)."""
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        auth: Any,
+        read_only: bool,
+        sensitive_fields: Iterable[str],
+        collection_prefix: str | None,
+        refresh_seconds: float,
+        metrics: Any,
+        title: str,
+        extra_nav: Sequence[tuple[str, str]],
+    ) -> None:
+        self.processor: Runtime | None = target if isinstance(target, Runtime) else None
+        if self.processor is not None:
+            self.db = self.processor.storage.db
+            self.prefix = self.processor.storage.prefix
+        else:
+            check_database(target)
+            self.db = target
+            self.prefix = collection_prefix or "job_processor_"
+        self.auth = Authenticator(auth)
+        self.read_only = bool(read_only)
+        self.masker = Masker(sensitive_fields)
+        self.refresh_seconds = float(refresh_seconds)
+        self.title = title
+        self.nav = (*NAV, *extra_nav, AUDIT_NAV)
+        self.env = make_env(self.masker)
+        self._metrics = metrics
+        self._admin: Admin | None = None
+        self._lock: asyncio.Lock | None = None
+
+    # ---- lazily opened (needs the serving event loop) ----------------------------------------
+
+    async def admin(self) -> Admin:
+        if self._admin is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._admin is None:
+                    if self.processor is not None:
+                        p = self.processor
+                        self._admin = Admin(
+                            self.db,
+                            self.prefix,
+                            p.clock,
+                            storage=p.storage,
+                            worker_timeout=p.settings.worker_timeout,
+                            logger=p.log,
+                        )
+                    else:
+                        self._admin = await Admin.open(self.db, self.prefix)
+        return self._admin
+
+    async def metrics(self) -> Any:
+        if self._metrics is None:
+            from ..ops import metrics
+
+            if self.processor is not None:
+                self._metrics = metrics.enable(self.processor)
+            else:
+                self._metrics = await metrics.for_database(self.db, self.prefix)
+        return self._metrics
+
+    def now(self) -> dt.datetime:
+        if self.processor is not None:
+            return self.processor.clock.now()
+        return dt.datetime.now(dt.UTC)
+
+    # ---- responses ---------------------------------------------------------------------------
+
+    def actor(self, request: Request) -> str:
+        client = request.client.host if request.client else "local"
+        return f"{request.state.user} (dashboard, {client})"
+
+    def page(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        root = root_of(request)
+        token, new = csrf.token_for(request)
+        flash = read_flash(request)
+        path = route_path(request.scope)
+        here = path + (f"?{request.url.query}" if request.url.query else "")
+        ctx = {
+            "request": request,
+            "root": root,
+            "url": lambda p, **kw: url(root, p, **kw),
+            "nav": self.nav,
+            "current": "/" + path.strip("/").split("/")[0] if path != "/" else "/",
+            "here": here,
+            "read_only": self.read_only,
+            "csrf_field": Markup('<input type="hidden" name="{}" value="{}">').format(
+                csrf.FIELD, token
+            ),
+            "csrf_token": token,
+            "flash": flash,
+            "user": getattr(request.state, "user", None),
+            "title": self.title,
+            "refresh_seconds": self.refresh_seconds,
+            "now": self.now(),
+        } | context
+        body = self.env.get_template(template).render(ctx)
+        response = HTMLResponse(body, status_code=status_code)
+        if new:
+            csrf.set_cookie(response, token, root or "/")
+        if flash is not None:
+            response.delete_cookie(FLASH_COOKIE, path=root or "/")
+        return response
+
+    def error_page(
+        self, request: Request, status_code: int, title: str, message: str
+    ) -> HTMLResponse:
+        return self.page(
+            request, "error.html", status_code, error_title=title, message=message, live=False
+        )
+
+    def redirect(self, request: Request, target: str, flash: dict[str, Any] | None) -> Response:
+        root = root_of(request)
+        response = RedirectResponse(root + safe_next(target), status_code=303)
+        if flash is not None:
+            set_flash(response, flash, root or "/")
+        return response
+
+    def mask_job(self, job: Job[Any]) -> dict[str, Any]:
+        """A job as JSON with sensitive fields and the secrets they hold masked everywhere."""
+        return mask_job(self.masker, job)
+
+
+def safe_next(target: str | None) -> str:
+    """A path inside the dashboard ("/jobs?status=errored"); anything else becomes "/"."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def json_response(data: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(to_jsonable(data), status_code=status_code)
+
+
+async def health_response(dashboard: Dashboard, ready: bool) -> Response:
+    if ready:
+        result = await health.ready(dashboard.db)
+    else:
+        result = await health.check(dashboard.db, collection_prefix=dashboard.prefix, worker=False)
+    return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ok else 503)

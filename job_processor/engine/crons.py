@@ -1,0 +1,159 @@
+"""The cron scheduler: creates each due slot's task, once across replicas.
+
+Every worker runs it. A slot's task is created when the slot is due, with a unique
+`cron_slot_key`, so however many replicas race, the database accepts exactly one task per slot;
+the losers' inserts fail with a duplicate-key error and are ignored. The slot maths (time
+zones, DST, margins, missed slots) are pure functions in `core.schedule`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from ..core import documents as D
+from ..core import retention as R
+from ..core.clock import Clock, sleep_or_wake
+from ..core.definitions import CronDef
+from ..core.log import EventLog
+from ..core.retention import Retention
+from ..core.schedule import STUCK_CRON_SLOTS, margin_of, plan_slots, schedule_of, skipped_in_a_row
+from ..core.status import JobStatus
+from ..core.telemetry import Telemetry
+from ..storage import Storage
+from . import sentry
+
+
+class CronScheduler:
+    """Creates each due slot's task (once across replicas) and keeps the cron documents moving."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        crons: Mapping[str, CronDef],
+        clock: Clock,
+        log: EventLog,
+        on_task_created: Callable[[dict[str, Any]], None],
+        refresh_interval: float = 30.0,
+        retention: Retention | None = None,
+    ) -> None:
+        self.retention = retention or Retention()
+        self.storage = storage
+        self.crons = crons
+        self.clock = clock
+        self.log = log
+        self.on_task_created = on_task_created
+        self.refresh_interval = refresh_interval
+        self.stop_event = asyncio.Event()
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._refresh_at: dt.datetime | None = None
+        self.telemetry = Telemetry()
+
+    async def loop(self) -> None:
+        if not self.crons:
+            return
+        while not self.stop_event.is_set():
+            try:
+                delay = await self.tick()
+            except PyMongoError as exc:
+                self.log.warning("cron_tick_failed", error=str(exc))
+                delay = 1.0
+            await sleep_or_wake(self.clock, self.stop_event, delay)
+
+    async def tick(self) -> float:
+        """Handle what is due; return the seconds until the next slot (or the next refresh)."""
+        now = self.clock.now()
+        due = [d for d in self._docs.values() if d["next_slot"] <= now]
+        if due or self._refresh_at is None or now >= self._refresh_at:
+            docs = await self.storage.crons.docs(list(self.crons))
+            self._docs = {d["_id"]: d for d in docs}
+            self._refresh_at = now + dt.timedelta(seconds=self.refresh_interval)
+            await self.storage.jobs.expire_missed_cron_tasks(
+                now, {name: self._skip_expiry(cron, now) for name, cron in self.crons.items()}
+            )
+        for doc in list(self._docs.values()):
+            if doc["next_slot"] <= now and doc["_id"] in self.crons:
+                await self.fire(doc, now)
+        upcoming = [d["next_slot"] for d in self._docs.values()] + [self._refresh_at]
+        wait: float = (min(upcoming) - self.clock.now()).total_seconds()
+        return max(0.0, wait)
+
+    def task_doc(self, name: str, slot: dt.datetime, now: dt.datetime) -> dict[str, Any]:
+        cron = self.crons[name]
+        return D.cron_task(
+            name,
+            slot=slot,
+            now=now,
+            margin=margin_of(cron),
+            tag=cron.tag,
+            exclusive=cron.concurrency == "exclusive",
+            max_attempts=cron.attempts,
+            resumable=cron.resumable,
+        )
+
+    async def fire(self, doc: dict[str, Any], now: dt.datetime) -> None:
+        name = doc["_id"]
+        cron = self.crons[name]
+        plan = plan_slots(schedule_of(cron), doc["next_slot"], now, margin_of(cron))
+        for slot in plan.missed:
+            missed = D.as_missed(self.task_doc(name, slot, now), now, self._skip_expiry(cron, now))
+            if await self.storage.jobs.insert(missed) is not None:
+                self.telemetry.cron_slot(name, "missed")
+                self.log.warning(
+                    "cron_slot_missed", job_name=name, slot=slot.isoformat(), now=now.isoformat()
+                )
+        if plan.more_missed:
+            self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
+        for slot in plan.run:
+            task = await self.storage.jobs.insert(
+                self.task_doc(name, slot, now), self._skip_expiry(cron, now)
+            )
+            if task is None:
+                continue  # another replica created this slot's task
+            if task["status"] == "skipped":
+                self.telemetry.cron_slot(name, "skipped")
+                await self._skipped(name, cron, task, slot)
+            else:
+                self.telemetry.cron_slot(name, "run")
+                self.log.info(
+                    "cron_task_created",
+                    job_name=name,
+                    job_id=str(task["_id"]),
+                    slot=slot.isoformat(),
+                )
+            self.on_task_created(task)
+        assert plan.next_slot is not None
+        await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
+        doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
+
+    def _skip_expiry(self, cron: CronDef, now: dt.datetime) -> dt.datetime | None:
+        keep = R.of(cron, self.retention)
+        return keep.expires_at(JobStatus.SKIPPED, now) if keep else None
+
+    async def _skipped(
+        self, name: str, cron: CronDef, task: dict[str, Any], slot: dt.datetime
+    ) -> None:
+        """An exclusive slot skipped because the previous task is still active. That is fine
+        while the previous task is running, up to STUCK_CRON_SLOTS skipped slots in a row (a
+        long run; more looks hung: monitoring turns red); when it is pending or paused (stuck,
+        or on a tag no live worker serves) nothing runs at all, and monitoring says so at once."""
+        holder = await self.storage.jobs.get(task["conflicting_job_id"])
+        holder_status = holder["status"] if holder else None
+        running = holder_status == "running"
+        if running:
+            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
+            running = skipped_in_a_row(recent, task["conflicting_job_id"]) < STUCK_CRON_SLOTS
+        log = self.log.info if running else self.log.warning
+        log(
+            "cron_slot_skipped",
+            job_name=name,
+            job_id=str(task["_id"]),
+            slot=slot.isoformat(),
+            conflicting_job_id=str(task["conflicting_job_id"]),
+            conflicting_status=holder_status,
+        )
+        sentry.checkin(name, cron, "ok" if running else "error")

@@ -1,0 +1,111 @@
+"""What running one job needs, shared by the worker, the hooks and the recovery: the Job a
+handler receives, calling a handler (async or plain), the policy of a job's definition,
+storable results and readable errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+
+from ..core import retention as R
+from ..core.abort import AbortSignal
+from ..core.definitions import JobDef
+from ..core.models import Job
+from ..core.outcome import Policy
+from ..core.retention import Retention
+from ..storage.jobs import MAX_VALUE_BYTES
+
+Doc = dict[str, Any]
+
+
+@dataclass
+class Run:
+    """One job being executed by this process."""
+
+    doc: Doc
+    definition: JobDef | None
+    """None: the claimed document's name is missing or not one of this worker's jobs."""
+    signal: AbortSignal = field(default_factory=AbortSignal)
+    lost: bool = False
+    """Set when this process learns it no longer owns the job: it must write nothing."""
+    exc: BaseException | None = None
+    """The handler's exception, if it raised (for Sentry)."""
+
+
+def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:
+    """Names this worker may claim: untagged ones, plus those whose tag is in worker_tags."""
+    return sorted(
+        name
+        for name, d in definitions.items()
+        if worker_tags is None or d.tag is None or d.tag in worker_tags
+    )
+
+
+def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Policy:
+    """The rules for this job: its own document says whether it is resumable (so a worker that
+    does not know the definition recovers it right); the definition gives the rest, with the
+    processor's retention defaults."""
+    resumable = bool(doc.get("resumable", definition.resumable if definition else False))
+    if definition is None:
+        return Policy(resumable=resumable)
+    return Policy(
+        resumable=resumable,
+        backoff=definition.backoff,
+        has_hook=definition.on_job_exited is not None,
+        retention=R.of(definition, retention),
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(exc, limit=-5))
+    text = f"{type(exc).__name__}: {exc}"
+    return f"{text}\n{tb}"[:4000]
+
+
+class ResultTooLarge(ValueError):
+    pass
+
+
+def storable(value: Any) -> Any:
+    """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise.
+    Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces)."""
+    try:
+        size = len(bson.encode({"v": value}))
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError):
+        value = repr(value)
+        size = len(value)
+    if size > MAX_VALUE_BYTES:
+        raise ResultTooLarge(
+            f"the result is {size / 1e6:.1f} MB, over the {MAX_VALUE_BYTES / 1e6:.1f} MB a job "
+            "can hold (MongoDB documents hold 16 MB): store it elsewhere and return a reference"
+        )
+    return value
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Await async functions; run plain ones in a thread so they never block the event loop."""
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    ):
+        return await fn(*args)
+    result = await asyncio.to_thread(fn, *args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:
+    """The Job a handler receives (`Job[Model]` when the definition has a payload model)."""
+    model = definition.payload_model if definition is not None else None
+    payload = doc.get("payload")
+    if model is None and payload is not None and not isinstance(payload, dict):
+        raise ValueError(f"payload must be a document (a dict), got {type(payload).__name__}")
+    cls: type[Job[Any]] = Job[model] if model is not None else Job  # type: ignore[valid-type]
+    return cls.model_validate(doc)

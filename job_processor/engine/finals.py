@@ -1,0 +1,51 @@
+"""Final writes, grouped (group commit): no added latency, fewer commands under load.
+
+A run's final write is queued; if no flush is in flight it is flushed at once, alone (a single
+`findAndModify`, as when the queue is nearly empty). Writes queued while a flush is in flight are
+flushed together when it returns (one `bulk_write`). Each write keeps its own compare-and-set
+filter, so grouping changes nothing about who wins a race (see `JobStore.end_runs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..storage.jobs import EndItem, EndWrite, JobStore
+
+
+class FinalWrites:
+    def __init__(self, jobs: JobStore, budget: float) -> None:
+        self.jobs = jobs
+        self.budget = budget
+        self._queue: list[tuple[EndItem, asyncio.Future[EndWrite]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.flushes = 0
+        """How many flushes (commands, mostly) were made: for benchmarks and tests."""
+
+    async def write(self, item: EndItem) -> EndWrite:
+        """Write `item` (grouped with others waiting), return what it did; raises that write's
+        own error (a transient error once `budget` is spent, or e.g. DocumentTooLarge)."""
+        future: asyncio.Future[EndWrite] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="final-writes")
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self.flushes += 1
+                try:
+                    results = await self.jobs.end_runs([item for item, _ in batch], self.budget)
+                except Exception as exc:  # transient, past the budget: each caller decides
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None

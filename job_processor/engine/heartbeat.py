@@ -1,0 +1,115 @@
+"""The worker document and its heartbeat (the recovery sweep has its own loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from pymongo.errors import PyMongoError
+
+from ..core import documents as D
+from ..core.clock import Clock, sleep_or_wake
+from ..core.log import EventLog
+from ..storage import Storage
+from .recovery import Recovery, is_dead
+from .upkeep import Registry, Trimmer
+from .worker import Worker
+
+
+class Heartbeat:
+    """Keeps this process's worker document fresh (and reads the paused names).
+
+    A worker that finds its own document gone (another worker declared it dead) or whose last
+    successful heartbeat is older than `worker_timeout` abandons its runs (writes nothing for
+    them: recovery owns them now) and registers afresh under a new id."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        worker: Worker,
+        recovery: Recovery,
+        clock: Clock,
+        log: EventLog,
+        worker_tags: list[str] | None,
+        instance_id: str | None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.workers = storage.workers
+        self.registry = registry
+        """Definitions registry and paused names (registered at start, refreshed per sweep,
+        paused names read once per heartbeat)."""
+        self.worker = worker
+        self.recovery = recovery
+        self.clock = clock
+        self.log = log
+        self.worker_tags = worker_tags
+        self.instance_id = instance_id
+        self.settings = worker.settings
+        self.stop_event = asyncio.Event()
+        self.trimmer: Trimmer | None = None
+        """Set by the processor: the pass behind keep_finished / keep_failed counts."""
+        self._last_ok: dt.datetime | None = None
+
+    async def register(self) -> str:
+        now = self.clock.now()
+        doc = D.new_worker(
+            now,
+            self.worker_tags,
+            self.instance_id,
+            self.settings.concurrency,
+            self.worker.names,
+            self.settings.worker_timeout,
+        )
+        await self.workers.register(doc)
+        self.worker.worker_id = doc["_id"]
+        if self.registry is not None:
+            await self.registry.register(doc["_id"], now)
+            self.worker.paused = await self.registry.read_paused(doc["_id"])
+        self._last_ok = now
+        self.log.info(
+            "worker_registered",
+            worker_id=doc["_id"],
+            instance_id=self.instance_id,
+            tags=self.worker_tags,
+        )
+        return str(doc["_id"])
+
+    async def unregister(self) -> None:
+        await self.workers.unregister(self.worker.worker_id)
+        self.log.info("worker_stopped", worker_id=self.worker.worker_id)
+
+    async def loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await self.tick()
+            except PyMongoError as exc:
+                self.log.warning(
+                    "heartbeat_failed", worker_id=self.worker.worker_id, error=str(exc)
+                )
+            await sleep_or_wake(self.clock, self.stop_event, self.settings.heartbeat_interval)
+
+    async def tick(self) -> None:
+        now = self.clock.now()
+        stale = self._last_ok is not None and is_dead(
+            self._last_ok, now, self.settings.worker_timeout
+        )
+        alive = await self.workers.beat(self.worker.worker_id, now)
+        if not alive or stale:
+            # Others may already have recovered our jobs: stop touching them, start afresh.
+            why = "worker_document_missing" if not alive else "heartbeat_stale"
+            self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)
+            self.worker.abandon_all(why)
+            if alive:
+                await self.workers.unregister(self.worker.worker_id)
+            await self.register()
+        else:
+            self._last_ok = now
+        if self.registry is not None:  # one query: claims leave paused names out
+            self.worker.paused = await self.registry.read_paused(self.worker.worker_id)
+
+    async def after_sweep(self, now: dt.datetime) -> None:
+        """What runs with each sweep (in the recovery's loop, not the heartbeat's)."""
+        if self.registry is not None:
+            await self.registry.refresh(now)
+        if self.trimmer is not None:  # count retentions (every few minutes)
+            await self.trimmer.maybe_run(now)

@@ -1,0 +1,166 @@
+"""on_job_exited, durably: at least once per terminal exit, recorded on the job.
+
+The final write that makes a job finished, errored or killed records `exit_hook: "owed"` with a
+hook id and its owner (the writing process), in the same single-document update. The owner then
+calls the hook, bounded by the definition's `on_job_exited_timeout`, and records the outcome
+("done", or "failed" with the error) with a compare-and-set on the hook id. If the owner dies in
+between, the hook stays owed; a live worker that knows the definition takes it over (a
+compare-and-set on the hook id, so one taker) once the owner is gone and the record is older
+than `worker_timeout` plus the hook's timeout, and calls it again. A hook recorded with no owner
+(a kill from a process that has no handlers, such as the CLI) is called by the next sweep.
+A hook can therefore run twice only when a process died while running it (or before recording
+that it ran).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..core import retention as R
+from ..core.clock import Clock
+from ..core.definitions import JobDef
+from ..core.log import EventLog
+from ..core.models import Job
+from ..core.retention import Retention
+from ..core.status import JobStatus
+from ..storage import Storage
+from ..storage.transient import TRANSIENT
+from .execution import build_job, call_maybe_async, describe_error
+
+Doc = dict[str, Any]
+
+
+class HookRunner:
+    def __init__(
+        self,
+        storage: Storage,
+        definitions: Mapping[str, JobDef],
+        clock: Clock,
+        log: EventLog,
+        budget: float,
+        worker_id: Callable[[], str],
+        retention: Retention | None = None,
+    ) -> None:
+        self.jobs = storage.jobs
+        self.definitions = definitions
+        self.clock = clock
+        self.log = log
+        self.budget = budget
+        self.worker_id = worker_id
+        self.in_flight: set[str] = set()
+        self.retention = retention or Retention()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Hooks started in the background (recovered ones): never run inside a loop that
+        must stay prompt (the sweep, the heartbeat); `drain()` waits for them."""
+
+    async def after_write(self, definition: JobDef | None, doc: Doc) -> None:
+        """Call the hook that a final write just recorded as owed by this process."""
+        if doc.get("exit_hook") == "owed":
+            await self.run(definition, doc)
+
+    def start(self, definition: JobDef | None, doc: Doc) -> None:
+        """Call an owed hook in the background (recovery): its owner's loops go on meanwhile."""
+        if doc.get("exit_hook") != "owed":
+            return
+        self.in_flight.add(str(doc["_id"]))
+        task = asyncio.create_task(self.run(definition, doc), name=f"hook-{doc['_id']}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the hooks running in the background (each bounded by its timeout)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run(self, definition: JobDef | None, doc: Doc) -> None:
+        job_id, hook_id = doc["_id"], doc["exit_hook_id"]
+        if definition is None:
+            # unknown here: hand it to a process that knows the job (no owner: the next sweep
+            # of such a worker takes it at once), instead of holding it while this one lives
+            if doc.get("exit_hook_owner") is not None:
+                await self.jobs.disown_hook(job_id, hook_id)
+            self.in_flight.discard(str(job_id))
+            return
+        fields = {"job_id": str(job_id), "job_name": doc.get("name"), "worker_id": self.worker_id()}
+        expires_at = self._expiry(definition, doc)
+        if definition.on_job_exited is None:
+            try:
+                await self._record(job_id, hook_id, "none", None, fields, expires_at)
+            finally:
+                self.in_flight.discard(str(job_id))
+            return
+        try:
+            job: Job[Any] = build_job(doc, definition)
+        except Exception:  # an invalid payload: the hook still gets the job, payload as stored
+            job = Job.read(doc)
+        timeout = definition.on_job_exited_timeout
+        self.in_flight.add(str(job_id))
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                await call_maybe_async(definition.on_job_exited, job)
+        except TimeoutError:
+            error = f"timed out after {timeout:g}s"
+            self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
+        except Exception as exc:
+            error = describe_error(exc)
+            self.log.exception("on_job_exited_failed", **fields)
+        state = "failed" if error else "done"
+        try:
+            await self._record(job_id, hook_id, state, error, fields, expires_at)
+        finally:  # only now: a sweep must not take it over while its record is being written
+            self.in_flight.discard(str(job_id))
+
+    def _expiry(self, definition: JobDef, doc: Doc) -> dt.datetime | None:
+        """The job's retention starts when its hook is settled (never while it is owed)."""
+        keep = R.of(definition, self.retention)
+        if keep is None:
+            return None
+        return keep.expires_at(JobStatus(doc["status"]), self.clock.now())
+
+    async def _record(
+        self,
+        job_id: Any,
+        hook_id: str,
+        state: str,
+        error: str | None,
+        fields: dict[str, Any],
+        expires_at: dt.datetime | None,
+    ) -> None:
+        try:
+            await self.jobs.hook_ended(
+                job_id, hook_id, state, error, self.clock.now(), self.budget, expires_at
+            )
+        except TRANSIENT as exc:  # it stays owed, and will be called again
+            self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
+
+    async def recover(self, now: dt.datetime, live: set[str], worker_timeout: float) -> int:
+        """Call the hooks owed by processes that are gone. Returns how many were taken."""
+        me = self.worker_id()
+        taken = 0
+        for doc in await self.jobs.owed_hooks(now):
+            owner = doc.get("exit_hook_owner")
+            definition = self.definitions.get(str(doc.get("name")))
+            if definition is None or (owner in live and owner != me):
+                continue
+            if str(doc["_id"]) in self.in_flight:
+                continue
+            wait = worker_timeout + definition.on_job_exited_timeout
+            if owner is not None and doc["exit_hook_at"] > now - dt.timedelta(seconds=wait):
+                continue  # its owner (a process that is not a worker) may still be calling it
+            mine = await self.jobs.take_hook(doc, me, now)
+            if mine is None:
+                continue  # another worker took it
+            taken += 1
+            self.log.warning(
+                "on_job_exited_recovered",
+                job_id=str(doc["_id"]),
+                job_name=doc.get("name"),
+                owner=owner,
+                worker_id=me,
+            )
+            self.start(definition, mine)
+        return taken

@@ -1,0 +1,158 @@
+"""Claiming under cluster-wide limits, and giving the slots back.
+
+Names whose JobDef has a `limit` are claimed here, one limit key at a time, after the names
+without one (so a full limit never holds back other names). For a key:
+
+1. count the due jobs of its names (one indexed count, at most the free slots): none, done;
+2. take that many slots (`LimitStore.acquire`, a compare-and-set: read + write), each under a
+   fresh run id;
+3. claim one job per slot with that run id (`claim_next`, one command each), so the job's run
+   and its slot share an id; give back the slots not used.
+
+A full limit blocks its key until a slot is given back in this process (wake-up at once) or,
+across processes, the next poll; a rate-limited key until the window allows a start. A slot is
+given back once (a compare-and-set on the holder) by whoever ends the run: the worker after its
+final write, the recovery after it recovered a crashed run, the sweep for a dead worker's
+reservations, or the worker's own reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from ..core import documents as D
+from ..core.definitions import JobDef, Limit
+from ..core.limits import check_limits
+from ..core.log import EventLog
+from ..core.protocols import ClaimingWorker
+from ..storage import Storage
+
+Doc = dict[str, Any]
+
+
+class Limiter:
+    def __init__(
+        self, storage: Storage, definitions: Mapping[str, JobDef], names: list[str], log: EventLog
+    ) -> None:
+        self.storage = storage
+        self.log = log
+        self.limits = check_limits(definitions)
+        self.groups: dict[str, list[str]] = {}
+        """limit key -> the names this worker claims under it."""
+        for name in names:
+            limit = definitions[name].limit
+            if limit is not None:
+                self.groups.setdefault(limit.key, []).append(name)
+        self.limited = {n for names in self.groups.values() for n in names}
+        self.blocked: dict[str, dt.datetime] = {}
+        self.freed = asyncio.Event()
+        """Set when this process gives a slot back (a reserve() waiting in run_job wakes)."""
+
+    def unlimited(self, names: list[str]) -> list[str]:
+        return [n for n in names if n not in self.limited] if self.limited else names
+
+    async def claim(self, worker: ClaimingWorker, free: int) -> int:
+        """Fill up to `free` slots with jobs of limited names. Returns how many were claimed."""
+        got = 0
+        now = worker.clock.now()
+        for key, group in self.groups.items():
+            if free - got <= 0:
+                break
+            names = [n for n in group if n not in worker.paused]
+            if not names or self.blocked.get(key, now) > now:
+                continue
+            got += await self._claim_key(worker, self.limits[key], names, free - got, now)
+        return got
+
+    async def _claim_key(
+        self, worker: ClaimingWorker, limit: Limit, names: list[str], free: int, now: dt.datetime
+    ) -> int:
+        due = await self.storage.jobs.count_due_upto(names, now, free)
+        if not due:
+            return 0
+        ids = [D.new_id() for _ in range(due)]
+        granted, retry_at = await self.storage.limits.acquire(
+            limit, ids, worker.worker_id, worker.clock.now
+        )
+        now = worker.clock.now()
+        if not granted:
+            self.blocked[limit.key] = retry_at or now + dt.timedelta(
+                seconds=worker.settings.poll_interval
+            )
+            if retry_at is not None:
+                worker.wake_at(retry_at)
+            return 0
+        claimed = 0
+        for run_id in granted:
+            doc = await self.storage.jobs.claim_next(
+                names, worker.worker_id, now, run_id=run_id, limit_key=limit.key
+            )
+            if doc is None:
+                break
+            worker.start_claimed(doc)
+            claimed += 1
+        for run_id in granted[claimed:]:
+            await self.storage.limits.release(limit.key, run_id, started=False)
+        return claimed
+
+    async def reserve(self, limit: Limit, worker_id: str, clock: Any, poll: float) -> str:
+        """One slot for run_job, waiting (without spinning) until the limit allows it."""
+        while True:
+            run_id = D.new_id()
+            granted, retry_at = await self.storage.limits.acquire(
+                limit, [run_id], worker_id, clock.now
+            )
+            if granted:
+                return run_id
+            self.freed.clear()
+            wait = poll
+            if retry_at is not None:
+                wait = max(0.0, min(poll, (retry_at - clock.now()).total_seconds()))
+            try:
+                async with asyncio.timeout(wait):
+                    await self.freed.wait()
+            except TimeoutError:
+                pass
+
+    async def release(self, doc: Doc, worker: ClaimingWorker | None = None) -> None:
+        """Give back the slot of the run that just ended (once, whoever calls)."""
+        key, run_id = doc.get("limit_key"), doc.get("run_id")
+        if not key or not run_id:
+            return
+        try:
+            released = await self.storage.limits.release(key, run_id)
+        except PyMongoError as exc:  # the dead-holder sweep or reconciliation gives it back
+            self.log.warning("limit_release_failed", limit=key, error=str(exc))
+            return
+        if released:
+            self.blocked.pop(key, None)
+            self.freed.set()
+            if worker is not None and key in self.groups:
+                worker.wake.set()
+
+    async def release_strays(
+        self, now: dt.datetime, cutoff: dt.datetime, live: set[str], mine: set[str], me: str
+    ) -> int:
+        """Slots held by dead workers, or by this one for runs it does not have (reserved, then
+        the process died or a claim's reply was lost), older than `cutoff`."""
+        if not self.limits:
+            return 0  # a process that defines no limit holds none; those that do sweep them
+        released = 0
+        cutoff_ms = int(cutoff.timestamp() * 1000)
+        for doc in await self.storage.limits.all():
+            for run_id, holder in (doc.get("holders") or {}).items():
+                owner = holder.get("worker_id")
+                if int(holder.get("at_ms") or 0) >= cutoff_ms:
+                    continue
+                stray = owner not in live or (owner == me and run_id not in mine)
+                if stray and await self.storage.limits.release(doc["_id"], run_id):
+                    released += 1
+                    self.log.warning("limit_slot_recovered", limit=doc["_id"], holder=owner)
+        if released:
+            self.freed.set()
+        return released

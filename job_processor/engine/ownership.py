@@ -1,0 +1,75 @@
+"""What this worker runs, compared with what the database says it runs.
+
+ONE query (`running_on(me)`) serves two purposes:
+- kill delivery across processes: `kill_job` anywhere writes `kill_requested_at` on the job; the
+  owning worker reads it here every `poll_interval` while it runs jobs and fires the handler's
+  abort signal (reason "killed") — never a query per job;
+- reconciliation: a job recorded as running on this worker that it does not run (its final
+  write failed for good, or a claim's reply was lost) is recovered like a crashed run, once its
+  run is older than `worker_timeout` (a claim in flight is never mistaken for a stray). This
+  runs at least every `worker_timeout / 2`, even when the worker is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from pymongo.errors import PyMongoError
+
+from ..core.clock import Clock, sleep_or_wake
+from ..core.log import EventLog
+from ..storage import Storage
+from .recovery import Recovery
+from .worker import Worker
+
+
+class OwnershipWatcher:
+    def __init__(
+        self, worker: Worker, storage: Storage, recovery: Recovery, clock: Clock, log: EventLog
+    ) -> None:
+        self.worker = worker
+        self.jobs = storage.jobs
+        self.recovery = recovery
+        self.clock = clock
+        self.log = log
+        self.interval = worker.settings.poll_interval
+        self.worker_timeout = worker.settings.worker_timeout
+        self.stop_event = asyncio.Event()
+        self._last_reconcile: dt.datetime | None = None
+
+    async def loop(self) -> None:
+        while not self.stop_event.is_set():
+            now = self.clock.now()
+            reconcile_due = self._last_reconcile is None or (
+                (now - self._last_reconcile).total_seconds() >= self.worker_timeout / 2
+            )
+            if self.worker.runs or reconcile_due:
+                try:
+                    await self.check(now, reconcile=reconcile_due)
+                except (PyMongoError, TimeoutError) as exc:  # an outage: the next check retries
+                    self.log.warning(
+                        "kill_check_failed", worker_id=self.worker.worker_id, error=str(exc)
+                    )
+            await sleep_or_wake(self.clock, self.stop_event, self.interval)
+
+    async def check(self, now: dt.datetime, reconcile: bool = True) -> int:
+        """Deliver kill requests; reconcile strays. Returns the kills delivered."""
+        if not self.worker.worker_id:
+            return 0
+        if reconcile:
+            self._last_reconcile = now
+        delivered = 0
+        cutoff = now - dt.timedelta(seconds=self.worker_timeout)
+        for doc in await self.jobs.running_on(self.worker.worker_id):
+            if self.worker.owns(doc):
+                if doc.get("kill_requested_at") is not None and self.worker.abort(
+                    str(doc["_id"]), "killed"
+                ):
+                    delivered += 1
+            elif doc.get("run_id") in self.worker.unstarted:  # its claim's reply was lost
+                await self.recovery.reconcile(doc, started=False)
+                self.worker.unstarted.discard(str(doc["run_id"]))
+            elif reconcile and doc["run_started_at"] < cutoff:
+                await self.recovery.reconcile(doc)
+        return delivered

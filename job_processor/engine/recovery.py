@@ -1,0 +1,190 @@
+"""Recovery: what dead workers (or a worker's failed writes) left behind, taken over exactly once.
+
+- Running jobs of a dead worker: one compare-and-set per job on its run id, so several live
+  workers sweeping at once recover each job exactly once. The outcome comes from
+  `outcome.decide` (a crash counts as a failed attempt; killed if a kill was requested; a
+  resumable job with attempts left is paused and resumes from its checkpoint).
+- Running jobs of a live worker that does not run them (`reconcile`): the same, with the reason.
+- on_job_exited hooks owed by processes that are gone (`HookRunner.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError
+
+from ..core.clock import Clock, as_utc, sleep_or_wake
+from ..core.definitions import JobDef
+from ..core.log import EventLog
+from ..core.outcome import Ending, RunEnd, decide
+from ..core.status import JobStatus
+from ..storage import Storage
+from . import sentry
+from .execution import policy_of
+from .hooks import HookRunner
+from .worker import Worker
+
+#: Errors that mean MongoDB is unreachable (not a problem of one document).
+CONNECTION = (AutoReconnect, ConnectionFailure)
+
+
+Doc = dict[str, Any]
+S = JobStatus
+
+
+def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
+    return last_seen < now - dt.timedelta(seconds=worker_timeout)
+
+
+class Recovery:
+    def __init__(
+        self,
+        storage: Storage,
+        worker: Worker,
+        definitions: Mapping[str, JobDef],
+        hooks: HookRunner,
+        clock: Clock,
+        log: EventLog,
+    ) -> None:
+        self.storage = storage
+        self.worker = worker
+        self.definitions = definitions
+        self.hooks = hooks
+        self.clock = clock
+        self.log = log
+        self.worker_timeout = worker.settings.worker_timeout
+        self._unknown_checked: dt.datetime | None = None
+        self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
+        """Extension point: more owed side effects to complete at each sweep, after the jobs
+        and hooks (the event bus adds its owed fan-outs)."""
+
+    async def loop(self, stop_event: asyncio.Event, after: Any = None) -> None:
+        """The sweep every `worker_timeout / 2`, in its own loop (never inside the heartbeat:
+        a long sweep must not make this worker look dead). `after(now)`: the registry refresh,
+        the retention pass."""
+        while not stop_event.is_set():
+            await sleep_or_wake(self.clock, stop_event, self.worker_timeout / 2)
+            if stop_event.is_set():
+                return
+            now = self.clock.now()
+            try:
+                await self.sweep(now)
+                if after is not None:
+                    await after(now)
+            except (PyMongoError, TimeoutError) as exc:  # an outage: the next pass retries
+                self.log.warning("sweep_failed", worker_id=self.worker.worker_id, error=str(exc))
+
+    async def sweep(self, now: dt.datetime) -> int:
+        """Delete stale worker documents, recover their running jobs and owed hooks."""
+        cutoff = now - dt.timedelta(seconds=self.worker_timeout)
+        me = self.worker.worker_id
+        live: set[str] = set()
+        for w in await self.storage.workers.all():
+            if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
+                live.add(w["_id"])
+            elif await self.storage.workers.delete_stale(w["_id"], cutoff):
+                self.log.warning(
+                    "worker_declared_dead",
+                    worker_id=w["_id"],
+                    hostname=w.get("hostname"),
+                    instance_id=w.get("instance_id"),
+                    last_seen=w["last_seen"].isoformat(),
+                    by=me,
+                )
+        recovered = 0
+        for doc in await self.storage.jobs.orphaned(list(live), cutoff):
+            end = RunEnd(Ending.CRASHED, kill_requested=bool(doc.get("kill_requested_at")))
+            if await self.recover(doc, end) is not None:
+                recovered += 1
+        mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
+        await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
+        if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 300:
+            self._unknown_checked = now  # every 5 minutes: its grace is an hour by default
+            await self.error_unknown_names(now)
+        await self.hooks.recover(now, live, self.worker_timeout)
+        for extra in self.sweeps:
+            await extra(now)
+        return recovered
+
+    async def error_unknown_names(self, now: dt.datetime) -> int:
+        """Jobs inserted under a name no worker defines (none in the registry, nor here) are
+        errored with the reason once `unknown_name_grace` has passed (time for a rolling deploy
+        to start the workers that define a new job)."""
+        known = {str(d["_id"]) for d in await self.storage.definitions.all()}
+        known |= set(self.definitions)
+        grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)
+        errored = await self.storage.jobs.error_unknown(sorted(known), now - grace, now)
+        if errored:
+            self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
+        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
+        undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
+        if undue:
+            self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)
+        return errored + undue
+
+    async def reconcile(self, doc: Doc, started: bool = True) -> Doc | None:
+        """A job the database says this live worker runs, but it does not: its final write
+        failed (a lost attempt), or (`started=False`) its claim's reply was lost and it never
+        ran (re-queued, no attempt used)."""
+        end = RunEnd(
+            Ending.LOST_TRACK if started else Ending.UNSTARTED,
+            kill_requested=bool(doc.get("kill_requested_at")),
+            error="its worker lost track of the run (the final write failed or a reply was lost)"
+            if started
+            else "its claim's reply was lost: not run",
+        )
+        return await self.recover(doc, end, event="job_reconciled")
+
+    async def recover(self, doc: Doc, end: RunEnd, event: str = "job_recovered") -> Doc | None:
+        """Exactly once per run: the final write is a compare-and-set on the run id. A document
+        this cannot handle (a bug, a field another program wrote) is logged and left for the
+        next pass: it never stops the sweep, the heartbeat or the other jobs' recovery."""
+        try:
+            return await self._recover(doc, end, event)
+        except CONNECTION:
+            raise  # MongoDB unreachable: the loop's own handling (the next pass retries)
+        except Exception:
+            self.log.exception(
+                "job_recovery_failed", job_id=str(doc.get("_id")), job_name=doc.get("name")
+            )
+            return None
+
+    async def _recover(self, doc: Doc, end: RunEnd, event: str) -> Doc | None:
+        definition = self.definitions.get(str(doc.get("name")))
+        policy = policy_of(definition, doc, self.worker.settings.retention)
+        now = self.clock.now()
+        for _ in range(2):
+            outcome = decide(doc, policy, end, now)
+            written = await self.storage.jobs.end_run(
+                doc, outcome, now, writer=self.worker.worker_id, budget=self.worker_timeout
+            )
+            if not written.kill_requested:
+                break
+            end = replace(end, kill_requested=True)
+        if written.doc is None:
+            return None  # another sweeper (or the owner) got there first
+        await self.worker.limiter.release(doc, self.worker)  # its slot, in the same step
+        self.worker.telemetry.recovered(doc, written.doc)
+        sentry.recovered(doc, written.doc, self.worker.worker_id)
+        self.log.warning(
+            event,
+            job_id=str(doc["_id"]),
+            job_name=doc.get("name"),
+            worker_id=doc.get("worker_id"),
+            status=written.doc["status"],
+            error=outcome.error,
+            by=self.worker.worker_id,
+        )
+        if written.doc["status"] in (S.PAUSED, S.PENDING):
+            if outcome.retry_at is not None:
+                self.worker.wake_at(outcome.retry_at)
+            else:
+                self.worker.wake.set()
+        else:  # in the background: the sweep (and the heartbeat) never wait for a hook
+            self.hooks.start(definition, written.doc)
+        return written.doc

@@ -1,0 +1,257 @@
+"""One process's runtime: the worker and its loops, wired together, started and stopped.
+
+`Runtime` owns the worker (claim loop, executions, final writes), the hooks, the recovery sweep,
+the heartbeat, the ownership watcher (kill delivery, reconciliation), the cron scheduler, the
+change-stream waker, the registry and the retention pass. `start()` runs them in two task groups
+(the worker's loops, and the side loops that also serve `run_job`); `stop()` stops them
+gracefully. The public `JobProcessor` is a Runtime with the scheduling API on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from ..core import retention as R
+from ..core.clock import Clock
+from ..core.definitions import CronDef, JobDef
+from ..core.log import EventLog
+from ..core.settings import Settings
+from ..core.status import JobStatus
+from ..core.telemetry import Telemetry
+from ..storage import Storage
+from .crons import CronScheduler
+from .heartbeat import Heartbeat
+from .hooks import HookRunner
+from .ownership import OwnershipWatcher
+from .recovery import Recovery
+from .signals import stop_on_signals
+from .upkeep import Registry, Trimmer
+from .wakeup import ChangeStreamWaker
+from .worker import Worker
+
+Doc = dict[str, Any]
+
+
+class Runtime:
+    """The engine of one processor (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        definitions: Mapping[str, JobDef],
+        crons: Mapping[str, CronDef],
+        worker_tags: list[str] | None,
+        clock: Clock,
+        log: EventLog,
+        settings: Settings,
+        instance_id: str | None,
+    ) -> None:
+        self.storage = storage
+        self.definitions: dict[str, JobDef] = dict(definitions)
+        """Every job this process can run: its jobs, its crons, its event deliveries."""
+        self.worker_tags = worker_tags
+        self.clock = clock
+        self.log = log
+        self.settings = settings
+        self.instance_id = instance_id
+        self.hooks = HookRunner(
+            storage,
+            self.definitions,
+            clock,
+            log,
+            settings.worker_timeout,
+            lambda: self.worker_id,
+            settings.retention,
+        )
+        self.worker = Worker(
+            storage, self.definitions, worker_tags, clock, log, settings, self.hooks
+        )
+        self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
+        self.registry = Registry(storage, self.definitions, log)
+        self.heartbeat = Heartbeat(
+            storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
+        )
+        self.ownership = OwnershipWatcher(self.worker, storage, self.recovery, clock, log)
+        self.scheduler = CronScheduler(
+            storage, crons, clock, log, self._on_cron_task, retention=settings.retention
+        )
+        self.trimmer = Trimmer(storage, self.definitions, settings.retention, log)
+        storage.jobs.retention_of = lambda name: R.of(
+            self.definitions.get(name), settings.retention
+        )
+        self.heartbeat.trimmer = self.trimmer
+        self.waker = ChangeStreamWaker(
+            storage.jobs, self.worker, clock, log, settings.change_stream_max_await
+        )
+        self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
+        self.telemetry = Telemetry()
+        """Metrics observers (job_processor.metrics.enable attaches Prometheus's)."""
+        self.worker.telemetry = self.scheduler.telemetry = self.telemetry
+        self.client_id = f"client-{os.getpid()}-{ObjectId()}"
+        """Who this process is while it has no worker document (a web app that only schedules)."""
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        """Called at the end of `stop()`, in order (the event bus closes its HTTP client)."""
+        self._users = 0
+        self._runtime_lock = asyncio.Lock()
+        self._side_loops: asyncio.Task[None] | None = None
+        self._worker_loops: asyncio.Task[None] | None = None
+        self.failed = asyncio.Event()
+        """Set when a background loop died: `serve()` then exits with an error."""
+
+    @property
+    def identity(self) -> str:
+        """The worker id while it has one (started, or inside run_job), else the client id."""
+        return self.worker_id or self.client_id
+
+    def wake_for(self, docs: list[Doc]) -> None:
+        """Wake the claim loop if one of these new documents is a pending job it claims."""
+        if self.started and any(
+            d.get("status") == JobStatus.PENDING.value and d.get("name") in self.worker.names
+            for d in docs
+        ):
+            self.worker.wake.set()
+
+    def _on_cron_task(self, task: Doc) -> None:
+        if task["status"] == JobStatus.PENDING and task["name"] in self.worker.names:
+            self.worker.wake.set()
+
+    @property
+    def worker_id(self) -> str:
+        return self.worker.worker_id
+
+    @property
+    def started(self) -> bool:
+        return self._worker_loops is not None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def _acquire_runtime(self) -> None:
+        """Worker document + heartbeat + kill delivery, held while started or running run_job."""
+        async with self._runtime_lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            self.heartbeat.stop_event.clear()
+            self.ownership.stop_event.clear()
+            try:
+                await self.heartbeat.register()
+            except BaseException:
+                self._users -= 1
+                raise
+            self._side_loops = asyncio.create_task(self._run_side_loops(), name="side-loops")
+
+    async def _run_side_loops(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.heartbeat.loop(), name="heartbeat")
+                tg.create_task(self.ownership.loop(), name="ownership")
+                tg.create_task(
+                    self.recovery.loop(self.heartbeat.stop_event, self.heartbeat.after_sweep),
+                    name="sweep",
+                )
+        except Exception:
+            self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
+            self.failed.set()
+            raise
+
+    async def _release_runtime(self) -> None:
+        async with self._runtime_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            self.heartbeat.stop_event.set()
+            self.ownership.stop_event.set()
+            if self._side_loops is not None:
+                with contextlib.suppress(Exception):
+                    await self._side_loops
+                self._side_loops = None
+            with contextlib.suppress(PyMongoError):
+                await self.heartbeat.unregister()
+
+    async def start(self) -> None:
+        """Start claiming and running jobs in the background; returns at once. If it fails
+        (MongoDB unreachable), nothing is left behind and it can be called again."""
+        if self.started:
+            return
+        self.worker.stopping.clear()
+        self.scheduler.stop_event.clear()
+        self.waker.stop_event.clear()
+        await self._acquire_runtime()
+        try:
+            # recover what dead workers left behind before taking new work
+            await self.recovery.sweep(self.clock.now())
+        except BaseException:
+            await self._release_runtime()
+            raise
+        self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
+
+    async def _run_worker_loops(self) -> None:
+        """The claim loop and the cron scheduler: if one dies, both stop, loudly."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.worker.claim_loop(), name="claim-loop")
+                tg.create_task(self.scheduler.loop(), name="cron-scheduler")
+                if self.settings.change_streams and self.worker.names:
+                    tg.create_task(self.waker.loop(), name="change-stream")
+        except Exception:
+            self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
+            self.failed.set()
+            raise
+
+    async def stop(self) -> None:
+        """Graceful: no new claims; running handlers get the abort signal (reason "shutdown") and
+        `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
+        handler returned), others finished if their handler returned, else pending again.
+        Returns when every final status is written and every owed hook has run (or timed out)."""
+        if not self.started:
+            return
+        self.log.info("worker_stopping", worker_id=self.worker_id)
+        self.worker.request_stop()
+        self.scheduler.stop_event.set()
+        self.waker.stop_event.set()
+        assert self._worker_loops is not None
+        with contextlib.suppress(Exception):
+            await self._worker_loops
+        await self.worker.drain()
+        await self.hooks.drain()  # recovered hooks running in the background
+        self._worker_loops = None
+        await self._release_runtime()
+        for closing in self.on_stop:  # e.g. the webhooks' HTTP client
+            await closing()
+
+    async def serve(self) -> None:
+        """start(), block until SIGTERM/SIGINT (or a crashed loop), then stop()."""
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await self.start()
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+                await self.stop()
+        if self.failed.is_set():
+            raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ---- scheduling -------------------------------------------------------------------------

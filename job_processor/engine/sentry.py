@@ -1,0 +1,201 @@
+"""Sentry, when sentry_sdk is installed and initialised (otherwise nothing happens):
+
+- jobs: each run is a transaction (op "queue.process", named after the job) in its own scope
+  tagged with the job's name, id, attempt, tag and worker (`job.name`, `job.id`, `job.attempt`,
+  `job.tag`, `job.worker_id`; the "job" context has the rest), so whatever the handler reports
+  to Sentry carries them too. A run that fails (an exception, max runtime exceeded, an invalid
+  job) is captured, with the handler's exception when there is one; so is a run recovered after
+  its worker crashed (`job.recovered_by` tag).
+- crons: check-ins (in_progress, then ok or error) with the monitor's schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.definitions import CronDef
+
+Doc = dict[str, Any]
+_sdk: Any = None
+"""sentry_sdk once imported; False when it is not installed (never tried again)."""
+
+
+def _client_active() -> bool:
+    global _sdk
+    if _sdk is None:
+        try:
+            import sentry_sdk
+
+            _sdk = sentry_sdk
+        except ImportError:
+            _sdk = False
+    if not _sdk:
+        return False
+    client = _sdk.get_client()
+    # sentry_sdk.init(dsn=None) leaves an active client that sends nothing: nothing to do
+    return bool(client.is_active()) and getattr(client, "transport", None) is not None
+
+
+def job_tags(doc: Doc, worker_id: str | None) -> dict[str, str]:
+    return {
+        "job.name": str(doc.get("name")),
+        "job.id": str(doc.get("_id")),
+        "job.attempt": str(doc.get("attempt")),
+        "job.tag": str(doc.get("tag")),
+        "job.worker_id": str(worker_id or doc.get("worker_id")),
+    }
+
+
+def _context(doc: Doc) -> dict[str, Any]:
+    keys = ("type", "priority", "max_attempts", "failures", "scheduled_for", "run_started_at")
+    return {k: str(doc.get(k)) for k in keys} | {"trigger": str(doc.get("trigger"))}
+
+
+@dataclass
+class RunTrace:
+    """One run's Sentry scope and transaction (entered by start_run, left by finish_run)."""
+
+    scope_cm: Any
+    transaction: Any
+    doc: Doc
+    finished: bool = False
+    captured: list[str] = field(default_factory=list)
+
+
+def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
+    """A scope and a transaction for one run; None without an active Sentry client."""
+    if not _client_active():
+        return None
+    try:
+        scope_cm = _sdk.isolation_scope()
+        scope = scope_cm.__enter__()
+        for key, value in job_tags(doc, worker_id).items():
+            scope.set_tag(key, value)
+        scope.set_context("job", _context(doc))
+        transaction = _sdk.start_transaction(
+            op="queue.process", name=str(doc.get("name")), source="task"
+        )
+        transaction.__enter__()
+        return RunTrace(scope_cm, transaction, doc)
+    except Exception:  # monitoring must never break a job
+        return None
+
+
+def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | None) -> None:
+    """Capture a failed run (errored, or a failed attempt going to be retried) and set the
+    transaction's status. Never raises."""
+    if trace is None:
+        return
+    try:
+        status = final.get("status") if final else None
+        error = ((final or {}).get("output") or {}).get("error")
+        failed = final is not None and (
+            status == "errored"
+            or (
+                status == "pending"
+                and int(final.get("failures") or 0) > int(trace.doc.get("failures") or 0)
+            )
+        )
+        trace.transaction.set_tag("job.status", str(status))
+        if failed:
+            assert final is not None
+            _sdk.get_isolation_scope().set_tag("job.will_retry", str(status == "pending").lower())
+            timed_out = error == "max runtime exceeded"  # the exception is only the abort
+            if exc is not None and not timed_out:
+                trace.captured.append(str(_sdk.capture_exception(exc)))
+            else:
+                first = str(error or "failed").splitlines()[0]
+                trace.captured.append(
+                    str(
+                        _sdk.capture_message(
+                            f"job {final['name']!r} failed: {first}", level="error"
+                        )
+                    )
+                )
+        trace.transaction.set_status(
+            "ok"
+            if status in ("finished", "paused", "pending") and not failed
+            else "deadline_exceeded"
+            if error == "max runtime exceeded"
+            else "cancelled"
+            if status == "killed"
+            else "internal_error"
+        )
+    except Exception:
+        return
+
+
+def finish_run(trace: RunTrace | None) -> None:
+    """Send the transaction and leave the scope (idempotent). Never raises."""
+    if trace is None or trace.finished:
+        return
+    trace.finished = True
+    try:
+        trace.transaction.__exit__(None, None, None)
+    finally:
+        try:
+            trace.scope_cm.__exit__(None, None, None)
+        except Exception:
+            return
+
+
+def recovered(doc: Doc, final: Doc, by: str) -> None:
+    """A run whose worker crashed (or lost track of it), recovered by worker `by`."""
+    if not _client_active():
+        return
+    try:
+        with _sdk.isolation_scope() as scope:
+            for key, value in job_tags(doc, doc.get("worker_id")).items():
+                scope.set_tag(key, value)
+            scope.set_tag("job.recovered_by", by)
+            scope.set_tag("job.status", str(final.get("status")))
+            scope.set_context("job", _context(doc))
+            error = (final.get("output") or {}).get("error") or "worker crashed"
+            level = "error" if final.get("status") in ("errored", "killed") else "warning"
+            _sdk.capture_message(
+                f"job {doc['name']!r} recovered ({final.get('status')}): {error}", level=level
+            )
+    except Exception:
+        return
+
+
+def monitor_config(cron: CronDef) -> dict[str, Any] | None:
+    """Upserts the monitor with our schedule. Sentry's crontab has no seconds field: 6-field
+    crons send check-ins without a config (create that monitor in Sentry by hand)."""
+    if len(cron.cron_string.split()) == 6:
+        return None
+    config: dict[str, Any] = {
+        "schedule": {"type": "crontab", "value": cron.cron_string},
+        "timezone": cron.timezone,
+        "checkin_margin": max(1, math.ceil(cron.checkin_margin)),
+    }
+    if cron.max_runtime_in_minutes is not None:
+        config["max_runtime"] = max(1, math.ceil(cron.max_runtime_in_minutes))
+    return config
+
+
+def checkin(
+    name: str,
+    cron: CronDef,
+    status: str,
+    check_in_id: str | None = None,
+    duration: float | None = None,
+) -> str | None:
+    """Send one check-in ("in_progress", "ok" or "error"); returns its id. Never raises."""
+    if not _client_active():
+        return None
+    try:
+        from sentry_sdk.crons import capture_checkin
+
+        result = capture_checkin(
+            monitor_slug=name,
+            check_in_id=check_in_id,
+            status=status,
+            duration=duration,
+            monitor_config=monitor_config(cron),  # type: ignore[arg-type]
+        )
+        return str(result) if result is not None else None
+    except Exception:  # monitoring must never break a job
+        return None

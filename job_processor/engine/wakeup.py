@@ -1,0 +1,194 @@
+"""Waking up: a worker claims as soon as work is claimable, without polling fast.
+
+Three sources feed one wake-up event per worker: in-process (`schedule_job` in the same process,
+a retry's time), this change stream, and polling (`poll_interval`, always on). Jobs due later are
+kept in `DueTimes`, one bounded list per worker: the idle worker sleeps until the earliest of them
+(capped by its poll interval), so there is one timer per worker whatever the number of jobs.
+
+The stream is an optimisation only. Where `watch()` is refused (a standalone server, mongomock)
+it is switched off and polling carries on. Where the server answers `getMore` at once instead of
+blocking (nx-27017), it is throttled to one `getMore` per `max_await`. An error while following
+it (history lost, an invalidate, a network error) reopens it and wakes the worker once, since
+events may have been missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import datetime as dt
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from ..core.clock import Clock, as_utc, sleep_or_wake
+from ..core.log import EventLog
+
+WAKING_STATUSES = {"pending", "paused"}
+#: Server error codes meaning "this server has no change streams" (not a replica set).
+NO_STREAMS = {40573, 40324, 136}
+
+
+def wakes_worker(change: dict[str, Any]) -> tuple[bool, dt.datetime | None]:
+    """Does this change make a job claimable? Returns (wake, when): `when` is the due time when
+    the event says so (a job scheduled for later), None for "now"."""
+    op = change.get("operationType")
+    if op in ("insert", "replace"):
+        doc = change.get("fullDocument")
+        if not isinstance(doc, dict):
+            return True, None
+        when = doc.get("scheduled_for")
+        if isinstance(when, dt.datetime):
+            return doc.get("status") in WAKING_STATUSES, as_utc(when)
+        return True, None  # servers that send no decodable document: wake, the claim decides
+    if op == "update":
+        described = change.get("updateDescription")
+        if not described:
+            return True, None  # not described (nx-27017): wake conservatively
+        fields = described.get("updatedFields") or {}
+        when = fields.get("scheduled_for")  # a retry (or a run-now): wake at its time
+        moved = "due_ms" in fields and "status" not in fields  # run-now of a pending job
+        return moved or fields.get("status") in WAKING_STATUSES, (
+            as_utc(when) if isinstance(when, dt.datetime) else None
+        )
+    return False, None
+
+
+class DueTimes:
+    """The earliest due times this worker knows of, sorted and bounded (the latest are dropped:
+    polling finds those). A killed or claimed-elsewhere job leaves a harmless early wake-up."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._times: list[dt.datetime] = []
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def add(self, when: dt.datetime) -> bool:
+        """Remember `when`; True if it is earlier than every time known before."""
+        earliest = self._times[0] if self._times else None
+        bisect.insort(self._times, when)
+        del self._times[self.limit :]
+        return earliest is None or when < earliest
+
+    def next_after(self, now: dt.datetime) -> dt.datetime | None:
+        """The earliest time still to come (times that passed are dropped)."""
+        i = bisect.bisect_right(self._times, now)
+        del self._times[:i]
+        return self._times[0] if self._times else None
+
+    def passed(self, now: dt.datetime) -> bool:
+        """Did a known due time pass (without being consumed)?"""
+        return bool(self._times) and self._times[0] <= now
+
+
+def refuses_streams(exc: BaseException) -> bool:
+    """watch() itself was refused: the server has no change streams."""
+    if isinstance(exc, NotImplementedError | AttributeError | TypeError):
+        return True  # mongomock, or a driver without watch()
+    if isinstance(exc, OperationFailure):
+        text = str(exc).lower()
+        return exc.code in NO_STREAMS or "replica set" in text or "not supported" in text
+    return False
+
+
+class ChangeStreamWaker:
+    def __init__(
+        self,
+        store: Any,
+        worker: Any,
+        clock: Clock,
+        log: EventLog,
+        max_await: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.worker = worker
+        self.clock = clock
+        self.log = log
+        self.max_await = max_await
+        self.stop_event = asyncio.Event()
+        self.blocking: bool | None = None
+        """None until known; False where the server's getMore does not wait for events."""
+        self.active = False
+        self.reopened = 0
+
+    async def loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                stream = await self.store.watch(int(self.max_await * 1000))
+            except Exception as exc:
+                if refuses_streams(exc):
+                    self.active = False
+                    self.log.info("change_stream_unavailable", reason=str(exc)[:200])
+                    return  # polling carries on alone
+                if not isinstance(exc, PyMongoError):
+                    raise
+                self.log.warning("change_stream_failed", error=str(exc)[:200])
+                await sleep_or_wake(self.clock, self.stop_event, self.max_await)
+                continue
+            try:
+                await self._follow(stream)
+            except PyMongoError as exc:  # history lost, invalidate, network: reopen
+                self.reopened += 1
+                self.log.warning("change_stream_reopened", error=str(exc)[:200])
+                self.worker.wake.set()  # events may have been missed: claim once
+                await sleep_or_wake(self.clock, self.stop_event, min(1.0, self.max_await))
+            finally:
+                self.active = False
+                with contextlib.suppress(Exception):
+                    await self.store.close_stream(stream)
+
+    async def _follow(self, stream: Any) -> None:
+        self.active = True
+        while not self.stop_event.is_set():
+            change, waited = await self._next_or_stop(stream)
+            if self.stop_event.is_set():
+                return
+            if change is not None:
+                wake, when = wakes_worker(change)
+                if wake:
+                    if when is None:
+                        self.worker.wake.set()
+                    else:
+                        self.worker.wake_at(when)
+                continue
+            if not getattr(stream, "alive", True):  # invalidated (collection dropped, renamed)
+                raise OperationFailure("change stream closed by the server (invalidate)")
+            if waited < self.max_await / 2:
+                if self.blocking is not False:
+                    self.log.info("change_stream_not_blocking", throttle_seconds=self.max_await)
+                self.blocking = False
+                await sleep_or_wake(self.clock, self.stop_event, self.max_await)
+            else:
+                self.blocking = True
+
+    async def _next_or_stop(self, stream: Any) -> tuple[Any, float]:
+        """One getMore, abandoned at once on stop (on a real server it may wait max_await).
+        Read only while the worker is idle: a busy worker claims again anyway, so its events wait
+        in the cursor and come back batched (no getMore per job)."""
+        if not self.worker.idle.is_set():
+            idle = asyncio.ensure_future(self.worker.idle.wait())
+            stop = asyncio.ensure_future(self.stop_event.wait())
+            try:
+                await asyncio.wait({idle, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                idle.cancel()
+                stop.cancel()
+            if self.stop_event.is_set():
+                return None, 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        nxt = asyncio.ensure_future(stream.try_next())
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PyMongoError):
+                await nxt
+            return None, 0.0
+        return nxt.result(), loop.time() - started

@@ -1,0 +1,554 @@
+"""Claim loop and per-job execution: abort signals, max runtime, grace then cancel, final writes.
+
+Every run ends in a recorded status: the handler's end is turned into an outcome by
+`outcome.decide`, written by `JobStore.end_run` (compare-and-set on the run), and when that write
+cannot be made the run is either recorded as errored with the reason (a result too large, an
+invalid document) or left to recovery (the database unreachable for longer than `worker_timeout`,
+after which this worker's own reconciliation or another worker's sweep recovers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import bson
+from pymongo.errors import PyMongoError
+
+from ..core import documents as D
+from ..core import retention as R
+from ..core.abort import AbortSignal
+from ..core.clock import Clock, sleep_or_wake
+from ..core.definitions import CronDef, JobDef
+from ..core.errors import DoNotRetry, InvalidPayloadError, JobLostError, RetryLater
+from ..core.log import EventLog
+from ..core.models import Job, Processor
+from ..core.outcome import Ending, Outcome, RunEnd, decide
+from ..core.settings import Settings
+from ..core.status import JobStatus
+from ..core.telemetry import Telemetry
+from ..storage import Storage
+from ..storage.jobs import MAX_VALUE_BYTES, EndItem, LostClaim
+from ..storage.transient import TRANSIENT
+from . import sentry
+from .execution import (
+    ResultTooLarge,
+    Run,
+    build_job,
+    call_maybe_async,
+    describe_error,
+    eligible_names,
+    policy_of,
+    storable,
+)
+from .finals import FinalWrites
+from .hooks import HookRunner
+from .limiter import Limiter
+from .wakeup import DueTimes
+
+S = JobStatus
+Doc = dict[str, Any]
+#: Seconds a worker with a backlog waits for more of its slots to free before claiming.
+BATCH_WINDOW = 0.02
+
+
+class Worker:
+    """Runs jobs for one processor: the claim loop (when started) and run_job executions."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        definitions: Mapping[str, JobDef],
+        worker_tags: list[str] | None,
+        clock: Clock,
+        log: EventLog,
+        settings: Settings,
+        hooks: HookRunner,
+    ) -> None:
+        self.storage = storage
+        self.jobs = storage.jobs
+        self.definitions = definitions
+        self.names = eligible_names(definitions, worker_tags)
+        self.clock = clock
+        self.log = log
+        self.settings = settings
+        self.hooks = hooks
+        self.processor: Processor | None = None
+        """What `job.processor` returns in a handler (set by the JobProcessor)."""
+        self.worker_id = ""
+        self.runs: dict[str, Run] = {}
+        self.wake = asyncio.Event()
+        self._rearm = asyncio.Event()
+        self.due = DueTimes()
+        self.idle = asyncio.Event()
+        """Set while the last claim found nothing: only then is a wake-up source worth reading."""
+        self.stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Doc | None]] = set()
+        self.stream_blocking: Callable[[], bool] = lambda: False
+        """Set by the processor: is a blocking change stream watching for this worker?"""
+        self._claimed = 0
+        """Jobs taken by the claim loop (run_job executions do not use its slots)."""
+        self._backlog = False
+        """The last claim found a job: the next one claims a whole batch (free slots)."""
+        self.unstarted: set[str] = set()
+        """Run ids of claims whose reply was lost and could not be read back: a job running
+        under one of them here never started (reconciliation re-queues it, no attempt used)."""
+        self._limited_first = False
+        self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
+        self.limiter = Limiter(storage, definitions, self.names, log)
+        self.paused: frozenset[str] = frozenset()
+        """Names paused by an operator (read by the heartbeat): left out of claims."""
+        self.telemetry = Telemetry()
+        """Metrics hook (the processor's): one call per run end."""
+
+    # ---- claim loop --------------------------------------------------------------------
+
+    def idle_wait(self) -> float:
+        """Seconds an idle worker waits before polling again: `poll_interval`, stretched to
+        `idle_poll_interval` while a blocking change stream will wake it."""
+        return (
+            self.settings.idle_poll_interval
+            if self.stream_blocking()
+            else self.settings.poll_interval
+        )
+
+    async def claim_loop(self) -> None:
+        self.log.info("worker_started", worker_id=self.worker_id, jobs=self.names)
+        while not self.stopping.is_set():
+            if self._claimed >= self.settings.concurrency:
+                self._slot_freed.clear()
+                await sleep_or_wake(self.clock, self._slot_freed, self.settings.poll_interval)
+                continue
+            await self._gather_free_slots()
+            self.wake.clear()
+            try:
+                got = await self.claim_batch()
+            except LostClaim as lost:
+                self.unstarted.add(lost.run_id)
+                self.log.warning("claim_reply_lost", worker_id=self.worker_id, run_id=lost.run_id)
+                got = 0
+            except PyMongoError as exc:
+                self.log.warning("claim_failed", worker_id=self.worker_id, error=str(exc))
+                got = 0
+            if not got:
+                self.idle.set()
+                await self._sleep_until_due()
+            else:
+                self.idle.clear()
+
+    async def _gather_free_slots(self) -> None:
+        """Under a backlog with few slots free, give the other runs BATCH_WINDOW seconds to end
+        too, so that their slots are claimed together (fewer commands per job). A micro-batching
+        delay in real time, not a schedule: it never waits for the clock."""
+        want = self.settings.concurrency // 2
+        if want < 2:
+            return  # nothing to gather with fewer than four slots
+        deadline = asyncio.get_running_loop().time() + BATCH_WINDOW
+        while (
+            self._backlog
+            and self.settings.concurrency - self._claimed < want
+            and not self.stopping.is_set()
+        ):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+
+    async def _sleep_until_due(self) -> None:
+        """Idle: sleep until woken, the earliest known due time, or the poll interval."""
+        deadline = self.clock.now().timestamp() + self.idle_wait()
+        while not (self.wake.is_set() or self.stopping.is_set()):
+            now = self.clock.now()
+            if self.due.passed(now):
+                self.due.next_after(now)
+                return
+            nxt = self.due.next_after(now)
+            until = deadline if nxt is None else min(deadline, nxt.timestamp())
+            if until <= now.timestamp():
+                return
+            self._rearm.clear()
+            waiters = {
+                asyncio.ensure_future(self.wake.wait()),
+                asyncio.ensure_future(self._rearm.wait()),
+                asyncio.ensure_future(self.clock.sleep(until - now.timestamp())),
+            }
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    def claimable_names(self) -> list[str]:
+        """Names claimed without a limit (those with one go through the limiter)."""
+        names = [n for n in self.names if n not in self.paused] if self.paused else self.names
+        return self.limiter.unlimited(names)
+
+    def start_claimed(self, doc: Doc) -> None:
+        self._claimed += 1
+        self.spawn(doc, claimed=True)
+
+    async def claim_once(self) -> Doc | None:
+        """Claim the best due job and start it (one command)."""
+        names = self.claimable_names()
+        if not names or not self.worker_id:
+            return None
+        doc = await self.jobs.claim_next(
+            names, self.worker_id, self.clock.now(), budget=self.settings.worker_timeout
+        )
+        if doc is not None:
+            self.start_claimed(doc)
+        return doc
+
+    async def claim_batch(self) -> int:
+        """Fill the free slots. The best job is claimed alone first (one command: the same
+        latency as a single claim when the queue is nearly empty); when the previous claim
+        found work too (a backlog), the other free slots are filled in two more commands.
+        Then the limited names fill what is left, key by key (see `limiter`)."""
+        free = self.settings.concurrency - self._claimed
+        got = 0
+        # limited names go first every other time, so a backlog of unlimited ones never
+        # starves them (nor do they starve the others: a full limit claims nothing)
+        self._limited_first = not self._limited_first
+        if self._limited_first and self.limiter.groups and self.worker_id:
+            got = await self.limiter.claim(self, free)
+            free -= got
+            if free <= 0:
+                return got
+        doc = await self.claim_once() if self.worker_id else None
+        if doc is None:
+            self._backlog = False
+        else:
+            got += 1
+            if self._backlog and free > 2:  # a find + an update_many pay from two jobs up
+                more = await self.jobs.claim_more(
+                    self.claimable_names(),
+                    self.worker_id,
+                    self.clock.now(),
+                    free - 1,
+                    budget=self.settings.worker_timeout,
+                )
+                for other in more:
+                    self.start_claimed(other)
+                got += len(more)
+            self._backlog = True
+        left = self.settings.concurrency - self._claimed
+        if not self._limited_first and self.limiter.groups and self.worker_id and left > 0:
+            got += await self.limiter.claim(self, left)
+        return got
+
+    def spawn(self, doc: Doc, claimed: bool = False) -> asyncio.Task[Doc | None]:
+        """Run a job this process owns. The run is registered at once (before its task starts),
+        so reconciliation never mistakes it for a stray."""
+        run = Run(doc=doc, definition=self.definitions.get(str(doc.get("name"))))
+        self.runs[str(doc["_id"])] = run
+        task = asyncio.create_task(self.execute(run), name=f"job-{doc['_id']}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Doc | None]) -> None:
+            self._tasks.discard(t)
+            if claimed:
+                self._claimed -= 1
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+        return task
+
+    def wake_at(self, when: dt.datetime) -> None:
+        """Wake the claim loop when `when` comes (a retry, a job scheduled for later)."""
+        if when <= self.clock.now():
+            self.wake.set()
+        elif self.due.add(when):
+            self._rearm.set()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self._slot_freed.set()
+
+    async def drain(self) -> None:
+        """Abort running jobs with reason 'shutdown' and wait until each has written its status."""
+        for run in list(self.runs.values()):
+            if run.signal.abort("shutdown"):
+                self.log.info("job_abort_requested", reason="shutdown", **self._fields(run.doc))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def abort(self, job_id: str, reason: Any) -> bool:
+        """Fire a running job's abort signal; True if this call fired it."""
+        run = self.runs.get(job_id)
+        if run is None or not run.signal.abort(reason):
+            return False
+        self.log.info("job_abort_requested", reason=reason, **self._fields(run.doc))
+        return True
+
+    def abandon_all(self, why: str) -> None:
+        """This worker was declared dead: its jobs now belong to the recovery, write nothing."""
+        for run in list(self.runs.values()):
+            run.lost = True
+            run.signal.abort("shutdown")
+            self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
+
+    def owns(self, doc: Doc) -> bool:
+        """Is this process really running that run of the job?"""
+        run = self.runs.get(str(doc["_id"]))
+        return run is not None and run.doc.get("run_id") == doc.get("run_id")
+
+    # ---- executing one job -----------------------------------------------------------
+
+    def _fields(self, doc: Doc) -> dict[str, Any]:
+        return {"job_id": str(doc["_id"]), "job_name": doc.get("name"), "worker_id": self.worker_id}
+
+    async def execute(self, run: Run) -> Doc | None:
+        """Run a claimed job to its end and write the outcome. Never raises (but CancelledError).
+
+        Returns the final document, or None when the job was lost to another process.
+        """
+        doc = run.doc
+        fields = self._fields(doc)
+        trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
+        try:
+            if run.definition is None:  # another program wrote a bad name: record why
+                error = (
+                    f"invalid job document: its name {doc.get('name')!r} is missing or not a "
+                    "job this worker defines (name and claim_name must be the same job name)"
+                )
+                return await asyncio.shield(
+                    self._finish(run, RunEnd(Ending.INVALID, error=error), None)
+                )
+            if "created_at" not in doc:  # inserted by another program: fill in the rest
+                missing = D.completion(doc, run.definition, self.clock.now())
+                run.doc = doc = doc | missing
+                await self.jobs.complete(doc["_id"], doc["run_id"], missing)
+            if self._claimed_too_late(doc):
+                return await asyncio.shield(self._skip_missed(run))
+            try:
+                job = build_job(doc, run.definition)
+            except Exception as exc:
+                error = f"invalid job document: {exc}"
+                end = RunEnd(Ending.INVALID, error=error)
+                final = await asyncio.shield(self._finish(run, end, None))
+                sentry.run_ended(trace, final, exc)
+                return final
+            job._checkpointer = lambda state: self._checkpoint(run, state)
+            job._processor = self.processor
+            check_in = self._checkin(run, "in_progress")
+            self.log.info(
+                "job_started",
+                attempt=doc.get("attempt"),
+                failures=doc.get("failures", 0),
+                from_checkpoint=doc.get("state") is not None,
+                **fields,
+            )
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            end = await self._run_handler(run, job)
+            duration_ms = int((loop.time() - t0) * 1000)
+            final = await asyncio.shield(self._finish(run, end, duration_ms))
+            sentry.run_ended(trace, final, run.exc)
+            if final is not None and final["status"] not in (S.PAUSED, S.PENDING):
+                ok = "ok" if final["status"] == S.FINISHED else "error"
+                self._checkin(run, ok, check_in, duration_ms / 1000)
+            return final
+        except Exception as exc:  # a bug of ours: record it on the job, never kill the worker
+            self.log.exception("job_execution_failed", **fields)
+            end = RunEnd(Ending.INVALID, error=f"internal error: {describe_error(exc)}")
+            with contextlib.suppress(Exception):
+                return await asyncio.shield(self._finish(run, end, None))
+            return None
+        finally:
+            sentry.finish_run(trace)
+            if self.runs.get(str(doc["_id"])) is run:
+                del self.runs[str(doc["_id"])]
+
+    def _claimed_too_late(self, doc: Doc) -> bool:
+        """A cron task must start within its check-in margin; a late one is never run late."""
+        deadline = doc.get("start_deadline")
+        return (
+            doc.get("type") == "cron_task"
+            and deadline is not None
+            and doc.get("started_at") is None  # a resumed or retried task is not late
+            and self.clock.now() > deadline
+        )
+
+    async def _skip_missed(self, run: Run) -> Doc | None:
+        now = self.clock.now()
+        keep = R.of(run.definition, self.settings.retention)
+        skipped = Outcome(S.SKIPPED, expires_at=keep.expires_at(S.SKIPPED, now) if keep else None)
+        written = await self.jobs.end_run(
+            run.doc, skipped, now, writer=self.worker_id, budget=self.settings.worker_timeout
+        )
+        await self.limiter.release(run.doc, self)
+        if written.doc is not None:
+            self.telemetry.cron_slot(str(run.doc.get("name")), "missed")
+            self.log.warning(
+                "cron_slot_missed",
+                slot=run.doc["scheduled_for"].isoformat(),
+                now=now.isoformat(),
+                **self._fields(run.doc),
+            )
+        return written.doc
+
+    def _checkin(
+        self, run: Run, status: str, check_in_id: str | None = None, duration: float | None = None
+    ) -> str | None:
+        if run.doc.get("type") != "cron_task" or not isinstance(run.definition, CronDef):
+            return None
+        return sentry.checkin(
+            str(run.doc.get("name")), run.definition, status, check_in_id, duration
+        )
+
+    async def _run_handler(self, run: Run, job: Job[Any]) -> RunEnd:
+        definition, signal = run.definition, run.signal
+        assert definition is not None  # execute() records a run without one as invalid
+        handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
+        aborted = asyncio.create_task(signal.wait())
+        timer: asyncio.Task[None] | None = None
+        if definition.max_runtime_in_minutes is not None:
+            timer = asyncio.create_task(
+                self._abort_after(signal, definition.max_runtime_in_minutes * 60)
+            )
+        try:
+            await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                # asked to stop: the handler has `shutdown_grace` seconds to return
+                await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
+            if not handler.done():
+                handler.cancel()
+                self.log.warning("job_cancelled", reason=signal.reason, **self._fields(run.doc))
+                with contextlib.suppress(BaseException):
+                    await handler
+        finally:
+            aborted.cancel()
+            if timer is not None:
+                timer.cancel()
+        return self._run_end(run, handler)
+
+    async def _abort_after(self, signal: AbortSignal, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        signal.abort("timeout")
+
+    @staticmethod
+    def _run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
+        reason = run.signal.reason
+        if handler.cancelled():
+            return RunEnd(Ending.CANCELLED, abort_reason=reason)
+        exc = run.exc = handler.exception()
+        if exc is None:
+            try:
+                result = storable(handler.result())
+            except ResultTooLarge as too_large:
+                error = f"could not record the run's outcome (finished): {too_large}"
+                return RunEnd(Ending.UNRECORDABLE, abort_reason=reason, error=error)
+            return RunEnd(Ending.RETURNED, abort_reason=reason, result=result)
+        return RunEnd(
+            Ending.RAISED,
+            abort_reason=reason,
+            error=describe_error(exc),
+            retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+            final=isinstance(exc, DoNotRetry),
+        )
+
+    async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise InvalidPayloadError(
+                f"checkpoint state must be a dict, got {type(state).__name__}"
+            )
+        try:
+            size = len(bson.encode(state))
+        except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+            raise InvalidPayloadError(
+                f"checkpoint state cannot be stored in MongoDB: {exc}"
+            ) from None
+        if size > MAX_VALUE_BYTES:
+            raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
+        ok = False
+        if not run.lost:
+            try:
+                ok = await self.jobs.save_checkpoint(
+                    run.doc["_id"],
+                    run.doc["run_id"],
+                    state,
+                    self.clock.now(),
+                    self.settings.worker_timeout,
+                )
+            except TRANSIENT as exc:
+                self.log.error("checkpoint_failed", error=str(exc), **self._fields(run.doc))
+        if ok:
+            run.doc["state"] = dict(state)  # the final document (and its hook) see it
+            return
+        if not ok:
+            run.lost = True
+            run.signal.abort("shutdown")
+            raise JobLostError(
+                f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker "
+                "(recovered elsewhere, or MongoDB unreachable for longer than worker_timeout)"
+            )
+
+    async def _finish(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
+        """Decide the outcome and write it. A write that cannot be stored is replaced by an
+        errored outcome saying why; a kill requested meanwhile makes us decide again."""
+        fields = self._fields(run.doc)
+        if run.lost:
+            self.log.warning("job_lost", **fields)
+            return None
+        policy = policy_of(run.definition, run.doc, self.settings.retention)
+        written = None
+        outcome = decide(run.doc, policy, end, self.clock.now())
+        for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile
+            now = self.clock.now()
+            outcome = decide(run.doc, policy, end, now)
+            try:
+                written = await self.finals.write(
+                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms)
+                )
+            except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
+                run.lost = True
+                self.log.error(
+                    "job_status_write_failed", status=outcome.status.value, error=str(exc), **fields
+                )
+                return None
+            except Exception as exc:  # e.g. DocumentTooLarge: record why, without the result
+                if end.how == Ending.UNRECORDABLE:
+                    self.log.exception("job_status_write_failed", **fields)
+                    return None
+                why = f"{type(exc).__name__}: {str(exc)[:500]}"
+                self.log.error("job_outcome_unrecordable", error=why, **fields)
+                end = RunEnd(
+                    Ending.UNRECORDABLE,
+                    error=f"could not record the run's outcome ({outcome.status.value}): {why}",
+                )
+                continue
+            if written.kill_requested:
+                end = replace(end, kill_requested=True)
+                continue
+            break
+        if written is None or written.doc is None:
+            # someone else moved the job first (we were declared dead): their state stands
+            self.log.warning("job_lost", status=outcome.status.value, **fields)
+            return None
+        final = written.doc
+        self._log_outcome(outcome, final, fields, duration_ms)
+        self.telemetry.run_ended(run.doc, final, duration_ms)
+        if outcome.status == S.PENDING and outcome.retry_at is not None:
+            self.wake_at(outcome.retry_at)
+        await self.limiter.release(run.doc, self)
+        await self.hooks.after_write(run.definition, final)
+        return final
+
+    def _log_outcome(
+        self, outcome: Outcome, final: Doc, fields: dict[str, Any], duration_ms: int | None
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if outcome.error:
+            extra["error"] = outcome.error.splitlines()[0]
+        if outcome.status == S.PENDING and outcome.retry_at is not None:
+            extra |= {"retry_at": outcome.retry_at.isoformat(), "failures": outcome.failures}
+        log = self.log.warning if outcome.status == S.ERRORED else self.log.info
+        log(outcome.event, duration_ms=duration_ms, **extra, **fields)

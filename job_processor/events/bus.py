@@ -1,0 +1,400 @@
+"""The event bus on the job engine: emit, fan-out, sync waits, serial chains, fan-out recovery.
+
+Every delivery is a job (claimed, retried with its backoff, killable, recovered after a crash,
+listed like any other). This module decides which jobs exist and when:
+
+- emit: reads who the event is for (the subscriber registry and the enabled webhook endpoints),
+  stores the event with those targets and `fanout: "owed"` (one insert: the commit point), then
+  creates the first deliveries in one `insert_many` (unique delivery keys: creating them twice
+  is harmless) and records the fan-out as done. A process that dies in between leaves the
+  fan-out owed; the periodic recovery sweep of any live worker completes it after
+  `worker_timeout`. So no stored event lacks its deliveries, and no (event, target) gets two
+  (replays apart, each recorded with its own replay id).
+- sync subscribers: emit then waits (polling their delivery jobs) until they end; raises
+  EventDeliveryError if one failed for good, EventTimeoutError past `sync_timeout`.
+- serial subscribers: only the first delivery is created by the fan-out; it carries the rest of
+  the chain. Its `on_job_exited` hook (recorded as owed by the final write, run again by
+  recovery if its process dies) creates the next one when it finished, or records the rest as
+  skipped ("chain_stopped", with the reason) when it failed for good or was killed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bson import ObjectId
+
+from ..core import event_documents as E
+from ..core.abort import AbortSignal
+from ..core.clock import Clock, to_millis
+from ..core.definitions import JobDef, Subscriber, check_event_name
+from ..core.errors import (
+    DoNotRetry,
+    EventDeliveryError,
+    EventTimeoutError,
+    InvalidArgumentError,
+    InvalidDefinitionError,
+)
+from ..core.log import EventLog
+from ..core.models import Delivery, Event, Job, Processor
+from ..core.status import TERMINAL, JobStatus
+from ..engine.execution import call_maybe_async
+from ..engine.runtime import Runtime
+from ..storage import Storage
+from .queries import check_payload, complete_fanout, current_targets, event_id_of, get_event
+from .sender import WebhookSender
+from .webhooks import Format, Secret, WebhookOptions, Webhooks, standard_format
+
+Doc = dict[str, Any]
+S = JobStatus
+ENDED = frozenset(s.value for s in TERMINAL)
+FAILED = frozenset({S.ERRORED.value, S.KILLED.value})
+#: Seconds a serial chain's hook may take; recovery takes over a dead owner's hook after
+#: worker_timeout + this.
+CHAIN_HOOK_TIMEOUT = 10.0
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").splitlines()[0][:300] if text else ""
+
+
+class EventBus:
+    def __init__(
+        self,
+        storage: Storage,
+        subscribers: Mapping[str, list[Subscriber]],
+        clock: Clock,
+        log: EventLog,
+        *,
+        secrets: Mapping[str, Secret],
+        formats: Mapping[str, Format] | None,
+        options: WebhookOptions,
+        worker_timeout: float,
+        instance_id: str | None,
+        keep_events: dt.timedelta | None = None,
+    ) -> None:
+        self.keep_events = keep_events
+        """How long events are kept (None: forever); their deliveries follow job retention."""
+        self.storage = storage
+        self.subscribers = dict(subscribers)
+        self.clock = clock
+        self.log = log
+        self.options = options
+        self.worker_timeout = worker_timeout
+        self.instance_id = instance_id
+        self.formats: dict[str, Format] = {"standard": standard_format, **(formats or {})}
+        self.sender = WebhookSender(storage, secrets, self.formats, options, clock, log)
+        self.webhooks = Webhooks(storage, self.formats, secrets, clock, log)
+        self.runtime: Runtime | None = None
+        """The process emitting and delivering (its identity; its worker, woken for new work)."""
+        self.processor: Processor | None = None
+        """What `event.processor` returns in a subscriber's handler."""
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def definitions(self) -> dict[str, JobDef]:
+        """The delivery jobs this process runs: one per declared subscriber, and the webhook
+        delivery (unless `webhook_options.deliver` is False)."""
+        defs: dict[str, JobDef] = {}
+        for event, subs in self.subscribers.items():
+            for sub in subs:
+                defs[E.delivery_job_name(event, sub.name)] = JobDef(
+                    handler=self._subscriber_handler(sub),
+                    tag=sub.tag,
+                    max_attempts=sub.max_attempts,
+                    backoff=sub.backoff,
+                    max_runtime_in_minutes=sub.max_runtime_in_minutes,
+                    on_job_exited=self._advance_chain if sub.mode == "serial" else None,
+                    # two writes at most: a dead owner's hook is taken over sooner
+                    on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
+                )
+        if self.options.deliver:
+            defs[E.WEBHOOK_JOB] = JobDef(
+                handler=self._webhook_handler,
+                max_attempts=self.options.max_attempts,
+                backoff=self.options.backoff,
+            )
+        return defs
+
+    @staticmethod
+    def check_names(jobs: Sequence[str], deliveries: Sequence[str]) -> None:
+        clash = sorted(set(jobs) & set(deliveries))
+        if clash:
+            raise InvalidDefinitionError(
+                f"job or cron names {clash} are taken by event deliveries ('<event>:<subscriber>' "
+                f"and {E.WEBHOOK_JOB!r}); rename the job"
+            )
+
+    def bind(self, runtime: Runtime, processor: Processor) -> None:
+        self.runtime = runtime
+        self.processor = processor
+
+    def _who(self) -> str:
+        return self.runtime.identity if self.runtime is not None else "unknown"
+
+    async def register(self) -> None:
+        """Upsert this process's subscribers in the registry (publishers elsewhere read it)."""
+        now = self.clock.now()
+        rows = [
+            E.subscriber_row(
+                event,
+                sub.name,
+                mode=sub.mode,
+                position=i,
+                tag=sub.tag,
+                max_attempts=sub.max_attempts,
+                now=now,
+                declared_by=self._who(),
+            )
+            for event, subs in self.subscribers.items()
+            for i, sub in enumerate(subs)
+        ]
+        await self.storage.subscribers.register(rows)
+
+    async def prune_subscribers(self) -> list[str]:
+        """Remove registry entries this process does not declare ("<event>:<subscriber>")."""
+        mine = {f"{e}|{s.name}" for e, subs in self.subscribers.items() for s in subs}
+        gone = [r for r in await self.storage.subscribers.all() if r["_id"] not in mine]
+        await self.storage.subscribers.remove([r["_id"] for r in gone])
+        names = sorted(r["job_name"] for r in gone)
+        for name in names:
+            self.log.info("subscriber_removed", job_name=name)
+        return names
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    def _wake(self, docs: Sequence[Doc]) -> None:
+        if self.runtime is not None:
+            self.runtime.wake_for(list(docs))
+
+    # ---- emit ------------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | Any = None,
+        *,
+        key: str | None = None,
+        sync_timeout: float = 30.0,
+    ) -> Event:
+        check_event_name(name)
+        body = check_payload(name, payload)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidArgumentError(
+                f"event {name!r}: key must be a non-empty string, got {key!r}"
+            )
+        if (
+            not isinstance(sync_timeout, int | float)
+            or isinstance(sync_timeout, bool)
+            or sync_timeout <= 0
+        ):
+            raise InvalidArgumentError(
+                f"sync_timeout must be a positive number of seconds, got {sync_timeout!r}"
+            )
+        now = self.clock.now()
+        targets = await current_targets(self.storage, name, self.options.max_attempts)
+        doc = E.new_event(
+            name,
+            body,
+            key=key,
+            now=now,
+            emitted_by=self._who(),
+            instance_id=self.instance_id,
+            targets=targets,
+            expires_at=now + self.keep_events if self.keep_events is not None else None,
+        )
+        stored = await self.storage.events.insert(doc)
+        fields = {"event_id": str(stored["_id"]), "event_name": name}
+        created: list[Doc] = []
+        if stored.get("fanout") == "owed":
+            created = await complete_fanout(self.storage, stored, now)
+            stored["fanout"] = "done"
+        self._wake(created)
+        if stored["_id"] != doc["_id"]:
+            self.log.info("event_deduplicated", key=key, **fields)
+            event = await self.get_event(str(stored["_id"]))
+        else:
+            event = Event.model_validate(stored)
+            event.deliveries = [Delivery.of_job(d) for d in created]
+            self.log.info("event_emitted", deliveries=len(created), **fields)
+        sync = [t.target for t in event.targets if t.mode == "sync"]
+        if sync:
+            await self._wait_sync(event, sync, float(sync_timeout))
+        return event
+
+    async def _wait_sync(self, event: Event, targets: list[str], wait: float) -> None:
+        """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s)."""
+        keys = [E.delivery_key(event.id, t, None) for t in targets]
+        deadline = self.clock.now() + dt.timedelta(seconds=wait)
+        delay = 0.02
+        while True:
+            docs = await self.storage.deliveries.by_keys(keys)
+            pending = [d for d in docs if d["status"] not in ENDED]
+            if not pending and len(docs) == len(keys):
+                break
+            remaining = (deadline - self.clock.now()).total_seconds()
+            if remaining <= 0:
+                raise await self._timed_out(event, docs, targets, wait)
+            await self.clock.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.5)
+        ended = {d["delivery_key"]: Delivery.of_job(d) for d in docs}
+        by_target = {d.target: d for d in ended.values()}
+        event.deliveries = [by_target.get(d.target, d) for d in event.deliveries]
+        failed = [d for d in ended.values() if d.status in FAILED]
+        if failed:
+            parts = [
+                f"{d.target!r} {d.status} after {d.attempt} attempt(s): {_first_line(d.error)}"
+                for d in failed
+            ]
+            raise EventDeliveryError(
+                f"event {event.name!r} {event.id}: sync subscriber "
+                + "; ".join(parts)
+                + " (recorded on its delivery job; replay with replay_event(event_id, "
+                "subscribers=[...]) once fixed)",
+                event.id,
+                list(failed),
+            )
+
+    async def _timed_out(
+        self, event: Event, docs: list[Doc], targets: list[str], wait: float
+    ) -> EventTimeoutError:
+        cutoff = self.clock.now() - dt.timedelta(seconds=self.worker_timeout)
+        by_target = {(d.get("payload") or {}).get("target"): d for d in docs}
+        parts = []
+        waiting: list[object] = []
+        for target in targets:
+            d = by_target.get(target)
+            if d is not None and d["status"] in ENDED:
+                continue
+            job_name = E.delivery_job_name(event.name, target)
+            served = await self.storage.workers.serving(job_name, cutoff)
+            status = d["status"] if d is not None else "not created"
+            hint = (
+                ""
+                if served
+                else f"; no live worker serves {job_name!r}: start one that declares it"
+            )
+            parts.append(f"{target!r} is {status}{hint}")
+            if d is not None:
+                waiting.append(Delivery.of_job(d))
+        return EventTimeoutError(
+            f"event {event.name!r} {event.id}: sync subscriber did not finish within "
+            f"{wait:g}s: " + "; ".join(parts) + " (the delivery goes on; see get_event)",
+            event.id,
+            waiting,
+        )
+
+    # ---- reads and replays (the events module's functions, with this process's settings) ----
+
+    async def get_event(self, event_id: str | ObjectId) -> Event:
+        return await get_event(self.storage, event_id)
+
+    async def replayed(self, deliveries: list[Delivery], **fields: Any) -> list[Delivery]:
+        if deliveries:
+            self.log.info("event_replayed", deliveries=len(deliveries), **fields)
+            if self.runtime is not None and self.runtime.started:
+                self.runtime.worker.wake.set()
+        return deliveries
+
+    # ---- delivery handlers -----------------------------------------------------------------
+
+    async def _load(self, job: Job[Any]) -> Event:
+        event_id = str(job.payload.get("event_id"))
+        doc = await self.storage.events.get(event_id_of(event_id))
+        if doc is None:
+            raise DoNotRetry(f"event {event_id} no longer exists")
+        event = Event.model_validate(doc)
+        event.delivery = Delivery.of_job(
+            {
+                "_id": job.id,
+                "event_id": event_id,
+                "payload": job.payload,
+                "status": job.status.value,
+                "attempt": job.attempt,
+                "failures": job.failures,
+                "max_attempts": job.max_attempts,
+                "created_at": job.created_at,
+                "scheduled_for": job.scheduled_for,
+            }
+        )
+        event._processor = self.processor
+        return event
+
+    def _subscriber_handler(self, sub: Subscriber) -> Any:
+        async def deliver(job: Job[Any], signal: AbortSignal) -> Any:
+            event = await self._load(job)
+            return await call_maybe_async(sub.handler, event, signal)
+
+        deliver.__qualname__ = deliver.__name__ = f"deliver_to_{sub.name}"
+        return deliver
+
+    async def _webhook_handler(self, job: Job[Any], signal: AbortSignal) -> Any:
+        return await self.sender.deliver(job, signal, await self._load(job))
+
+    # ---- serial chains ---------------------------------------------------------------------
+
+    async def _advance_chain(self, job: Job[Any]) -> None:
+        """on_job_exited of a serial delivery: the next one, or the rest recorded as skipped.
+        Idempotent (unique delivery keys): recovery may call it again after a crash."""
+        payload = job.payload
+        chain: list[Doc] = list(payload.get("chain") or [])
+        if not chain:
+            return
+        event = {"_id": payload["event_id"], "name": payload["event"]}
+        replay_id = payload.get("replay_id")
+        now = self.clock.now()
+        fields = {"event_id": payload["event_id"], "event_name": payload["event"]}
+        if job.status == S.FINISHED:
+            nxt = E.next_in_chain(event, chain, now=now, replay_id=replay_id)
+            stored = (await self.storage.deliveries.create([nxt]))[0]
+            if stored.get("skip_reason") == "chain_stopped":
+                # the chain had stopped here and resumes (the delivery before was retried)
+                await self.storage.deliveries.delete_chain_stopped(nxt["delivery_key"])
+                stored = (await self.storage.deliveries.create([nxt]))[0]
+            self.log.info(
+                "serial_chain_advanced",
+                after=payload["target"],
+                next=chain[0]["target"],
+                job_id=str(stored["_id"]),
+                **fields,
+            )
+            self._wake([stored])
+            return
+        reason = (
+            f"not run: serial subscriber {payload['target']!r} before it ended {job.status.value}"
+            + (f" ({_first_line(job.error)})" if job.error else "")
+        )
+        docs = [
+            E.chain_stopped(event, t, now=now, replay_id=replay_id, reason=reason) for t in chain
+        ]
+        await self.storage.deliveries.create(docs)
+        self.log.warning(
+            "serial_chain_stopped",
+            at=payload["target"],
+            status=job.status.value,
+            skipped=[t["target"] for t in chain],
+            **fields,
+        )
+
+    # ---- recovery --------------------------------------------------------------------------
+
+    async def sweep(self, now: dt.datetime) -> int:
+        """Complete the fan-outs still owed `worker_timeout` after their event was stored (its
+        emitter died, or lost MongoDB, in between). Called by the periodic recovery sweep."""
+        cutoff = to_millis(now - dt.timedelta(seconds=self.worker_timeout))
+        done = 0
+        for doc in await self.storage.events.owed(cutoff):
+            created = await complete_fanout(self.storage, doc, now)
+            done += 1
+            self.log.warning(
+                "event_fanout_recovered",
+                event_id=str(doc["_id"]),
+                event_name=doc["name"],
+                emitted_by=doc.get("emitted_by"),
+                deliveries=len(created),
+            )
+            self._wake(created)
+        return done

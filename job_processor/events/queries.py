@@ -1,0 +1,248 @@
+"""The functions behind list / show / replay of events, from a `Storage` alone.
+
+They need no handler: a CLI or a dashboard calls them directly (`list_events`, `get_event`,
+`replay_event`, `replay_events`, `list_subscribers`), and so do the processor's methods of the
+same names. The delivery side (emit, fan-out, sync waits, serial chains, recovery) is in
+`bus.py`. See docs/events.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import bson
+from bson import ObjectId
+
+from ..core import documents as D
+from ..core import event_documents as E
+from ..core.clock import Clock, SystemClock, to_millis
+from ..core.definitions import check_event_name
+from ..core.errors import EventNotFoundError, InvalidArgumentError
+from ..core.models import Delivery, Event, SubscriberInfo
+from ..core.status import JobStatus
+from ..storage import Storage
+from ..storage.jobs import MAX_VALUE_BYTES
+
+Doc = dict[str, Any]
+S = JobStatus
+
+#: At most this many events per replay_events call.
+REPLAY_LIMIT = 1000
+
+
+def check_payload(name: str, payload: Any) -> dict[str, Any]:
+    """An event's payload: a dict (or a pydantic model) that MongoDB can store."""
+    return D.checked_payload("event", name, payload, MAX_VALUE_BYTES)
+
+
+# ---- functions for the processor, a CLI or a dashboard ---------------------------------------
+
+
+def event_id_of(event_id: str | ObjectId) -> ObjectId:
+    if isinstance(event_id, ObjectId):
+        return event_id
+    try:
+        return ObjectId(event_id)
+    except (bson.errors.InvalidId, TypeError):
+        raise EventNotFoundError(f"{event_id!r} is not an event id (24 hex characters)") from None
+
+
+def _check_window(since: Any, until: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
+    out: list[dt.datetime | None] = []
+    for label, value in (("since", since), ("until", until)):
+        if value is None:
+            out.append(None)
+            continue
+        if not isinstance(value, dt.datetime) or value.utcoffset() is None:
+            raise InvalidArgumentError(
+                f"{label} must be a timezone-aware datetime, got {value!r}; "
+                "e.g. datetime.now(UTC) - timedelta(hours=1)"
+            )
+        out.append(to_millis(value))
+    return out[0], out[1]
+
+
+def _check_limit(limit: Any, most: int | None = None) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+    if most is not None and limit > most:
+        raise InvalidArgumentError(f"limit must be at most {most}, got {limit}")
+    return limit
+
+
+async def list_events(
+    storage: Storage,
+    name: str | None = None,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int = 50,
+) -> list[Event]:
+    """Newest first, optionally one event name and a window of `emitted_at` (since inclusive,
+    until exclusive). Deliveries are not filled in (use get_event)."""
+    if name is not None:
+        check_event_name(name)
+    lo, hi = _check_window(since, until)
+    docs = await storage.events.find(name, lo, hi, _check_limit(limit))
+    return [Event.model_validate(d) for d in docs]
+
+
+async def get_event(storage: Storage, event_id: str | ObjectId) -> Event:
+    """The event with every delivery (replays included, in creation order), and its serial
+    subscribers still waiting for their turn."""
+    oid = event_id_of(event_id)
+    doc = await storage.events.get(oid)
+    if doc is None:
+        raise EventNotFoundError(f"no event with id {str(event_id)!r}")
+    event = Event.model_validate(doc)
+    jobs = await storage.deliveries.for_event(event.id)
+    event.deliveries = [Delivery.of_job(j) for j in jobs]
+    event.deliveries += without_jobs(event, event.deliveries)
+    return event
+
+
+#: A serial delivery still in one of these states has not ended: the next one comes after it.
+_NOT_ENDED = {"pending", "running", "paused"}
+
+
+def without_jobs(event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The event's targets that have no delivery job of its own fan-out (replays aside):
+    "waiting" while one is still to be created (the fan-out is owed; or a serial subscriber
+    whose predecessor is waiting, has not ended, or ended with its hook still owed: that hook
+    creates the next delivery, or records the rest of the chain as skipped), else "deleted"
+    (retention or a purge removed it: finished deliveries go after `keep_finished`)."""
+    own = {d.target: d for d in deliveries if d.replay_id is None}
+    out: list[Delivery] = []
+    before: Delivery | None = None  # the previous serial target's row
+    for t in event.targets:
+        row = own.get(t.target)
+        if row is None:
+            waits = event.fanout == "owed" or (
+                t.mode == "serial"
+                and before is not None
+                and (
+                    before.status == "waiting"
+                    or before.status in _NOT_ENDED
+                    # owed: the hook writes it; failed: it could not (retry that delivery)
+                    or (before.job_id is not None and before.exit_hook in ("owed", "failed"))
+                )
+            )
+            row = Delivery.without_job(event.id, t, "waiting" if waits else "deleted")
+            out.append(row)
+        if t.mode == "serial":
+            before = row
+    return out
+
+
+async def current_targets(storage: Storage, name: str, webhook_attempts: int) -> list[Doc]:
+    """Who an event named `name` is for now: the registry's subscribers and the enabled
+    webhook endpoints listening to it (two reads)."""
+    rows = await storage.subscribers.for_event(name)
+    endpoints = [str(e["_id"]) for e in await storage.webhooks.matching(name)]
+    return E.targets_of(rows, endpoints, webhook_attempts)
+
+
+async def complete_fanout(storage: Storage, event: Doc, now: dt.datetime) -> list[Doc]:
+    """Create the event's first deliveries (idempotent: unique delivery keys) and record the
+    fan-out as done. Returns the deliveries as stored."""
+    targets = list(event.get("targets") or [])
+    docs = await storage.deliveries.create(E.fanout(event, targets, now=now))
+    if event.get("fanout") == "owed":
+        await storage.events.fanout_done(event["_id"], now)
+    return docs
+
+
+def _select(targets: list[Doc], subscribers: Sequence[str] | None, event: str) -> list[Doc]:
+    if subscribers is None:
+        return targets
+    if isinstance(subscribers, str):
+        raise InvalidArgumentError(
+            f"subscribers must be a list of names, got the string {subscribers!r}: "
+            f"use [{subscribers!r}]"
+        )
+    known = {t["target"]: t for t in targets}
+    unknown = [s for s in subscribers if s not in known]
+    if unknown:
+        listing = ", ".join(sorted(known)) or "none"
+        raise InvalidArgumentError(
+            f"event {event!r} has no subscriber or enabled webhook endpoint {unknown}; "
+            f"known: {listing} (webhook endpoints as 'webhook:<endpoint id>')"
+        )
+    wanted = set(subscribers)
+    return [t for t in targets if t["target"] in wanted]
+
+
+async def replay_event(
+    storage: Storage,
+    event_id: str | ObjectId,
+    subscribers: Sequence[str] | None = None,
+    *,
+    webhook_attempts: int = 10,
+    clock: Clock | None = None,
+) -> list[Delivery]:
+    """Deliver a stored event again, as new delivery jobs recorded with a replay id of their
+    own (the originals are kept). `subscribers=None`: every subscriber now registered for it
+    and every enabled webhook endpoint listening to it; or a list of subscriber names and
+    "webhook:<endpoint id>". Selected serial subscribers run one after another again."""
+    clock = clock or SystemClock()
+    oid = event_id_of(event_id)
+    doc = await storage.events.get(oid)
+    if doc is None:
+        raise EventNotFoundError(f"no event with id {str(event_id)!r}")
+    targets = _select(
+        await current_targets(storage, doc["name"], webhook_attempts), subscribers, doc["name"]
+    )
+    return await _replay(storage, doc, targets, clock.now())
+
+
+async def _replay(
+    storage: Storage, doc: Doc, targets: list[Doc], now: dt.datetime
+) -> list[Delivery]:
+    if not targets:
+        return []
+    replay_id = str(ObjectId())
+    created = await storage.deliveries.create(E.fanout(doc, targets, now=now, replay_id=replay_id))
+    await storage.events.replayed(doc["_id"], now)
+    return [Delivery.of_job(d) for d in created]
+
+
+async def replay_events(
+    storage: Storage,
+    name: str,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    subscribers: Sequence[str] | None = None,
+    limit: int = REPLAY_LIMIT,
+    webhook_attempts: int = 10,
+    clock: Clock | None = None,
+) -> list[Delivery]:
+    """replay_event for every event named `name` emitted in [since, until), oldest first, at
+    most `limit` events (at most 1000 per call: page with since/until)."""
+    clock = clock or SystemClock()
+    check_event_name(name)
+    lo, hi = _check_window(since, until)
+    docs = await storage.events.find(name, lo, hi, _check_limit(limit, REPLAY_LIMIT))
+    targets = _select(await current_targets(storage, name, webhook_attempts), subscribers, name)
+    out: list[Delivery] = []
+    for doc in reversed(docs):
+        out += await _replay(storage, doc, targets, clock.now())
+    return out
+
+
+async def list_subscribers(
+    storage: Storage, *, worker_timeout: float = 30.0, clock: Clock | None = None
+) -> list[SubscriberInfo]:
+    """Every registered (event, subscriber), with the live workers that claim its deliveries."""
+    now = (clock or SystemClock()).now()
+    cutoff = now - dt.timedelta(seconds=worker_timeout)
+    out: list[SubscriberInfo] = []
+    for row in await storage.subscribers.all():
+        info = SubscriberInfo.model_validate(row)
+        info.live_workers = [
+            str(w["_id"]) for w in await storage.workers.serving(info.job_name, cutoff)
+        ]
+        out.append(info)
+    return out

@@ -1,0 +1,227 @@
+"""Sending one webhook delivery: read the endpoint and the secret, build and sign the body,
+POST it with the processor's pooled httpx client, record the attempt, decide what the answer
+means (see `webhooks.classify`), and disable endpoints that keep failing. Rules in webhooks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..core.abort import AbortSignal
+from ..core.clock import Clock
+from ..core.errors import DoNotRetry, InvalidArgumentError, RetryLater
+from ..core.log import EventLog
+from ..core.models import Event, Job
+from ..storage import Storage
+from .webhooks import (
+    ATTEMPTS_KEPT,
+    EXCERPT_CHARS,
+    SECRETS_ENV,
+    USER_AGENT,
+    Decision,
+    Format,
+    Secret,
+    WebhookEndpoint,
+    WebhookError,
+    WebhookOptions,
+    check_url,
+    classify,
+    encode_body,
+    endpoint_id_of,
+    sign,
+    url_host,
+)
+
+
+class WebhookSender:
+    """Runs webhook deliveries: one pooled httpx.AsyncClient per processor (opened on the
+    first delivery, closed by stop())."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        secrets: Mapping[str, Secret],
+        formats: dict[str, Format],
+        options: WebhookOptions,
+        clock: Clock,
+        log: EventLog,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.endpoints = storage.webhooks
+        self.secrets = secrets
+        self.formats = formats
+        self.options = options
+        self.clock = clock
+        self.log = log
+        self.transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.options.timeout),
+                follow_redirects=False,
+                headers={"user-agent": USER_AGENT},
+                transport=self.transport,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def deliver(self, job: Job[Any], signal: AbortSignal, event: Event) -> dict[str, Any]:
+        """One attempt of one delivery. Returns the attempt's record; raises to fail it
+        (WebhookError: retry; RetryLater: retry at the server's time; DoNotRetry: for good)."""
+        endpoint_id = str(job.payload["endpoint_id"])
+        fields: dict[str, Any] = {
+            "job_id": job.id,
+            "event_id": event.id,
+            "endpoint_id": endpoint_id,
+        }
+        doc = await self.endpoints.get(endpoint_id_of(endpoint_id))
+        if doc is None:
+            raise DoNotRetry(f"webhook endpoint {endpoint_id} was removed")
+        endpoint = WebhookEndpoint.model_validate(doc)
+        if not endpoint.enabled:
+            raise DoNotRetry(
+                f"webhook endpoint {endpoint_id} is disabled"
+                + (f" ({endpoint.disabled_reason})" if endpoint.disabled_reason else "")
+                + ": enable it and replay the event"
+            )
+        final = job.failures + 1 >= job.max_attempts
+        try:
+            request = self._request(endpoint, event)
+        except WebhookError as exc:
+            await self._record(job, {"error": str(exc)}, 0)
+            if final:
+                await self._failed_for_good(endpoint, fields)
+            raise
+        record, decision = await self._send(endpoint, request, signal)
+        fields |= {"url": url_host(endpoint.url), "status_code": record.get("status_code")}
+        if decision.verdict == "delivered":
+            self.log.info("webhook_delivered", duration_ms=record["duration_ms"], **fields)
+            if endpoint.consecutive_failures:
+                await self.endpoints.delivered(endpoint_id_of(endpoint_id))
+            return record | {"attempt": job.attempt, "at": self._now()}
+        await self._record(job, record, record["duration_ms"])
+        what = record.get("error") or f"HTTP {record['status_code']}"
+        message = f"{what} from {url_host(endpoint.url)} in {record['duration_ms']} ms"
+        if record.get("response_excerpt"):
+            message += f": {record['response_excerpt'][:100]}"
+        self.log.warning("webhook_attempt_failed", attempt=job.attempt, error=what, **fields)
+        if decision.verdict == "gone":
+            await self._disable(endpoint, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields)
+            raise DoNotRetry(message + " (endpoint disabled)")
+        if decision.verdict == "fail" or final:
+            await self._failed_for_good(endpoint, fields)
+        if decision.verdict == "fail":
+            raise DoNotRetry(message)
+        if decision.verdict == "retry_later":
+            assert decision.delay is not None
+            raise RetryLater(decision.delay, message + " (Retry-After)")
+        raise WebhookError(message)
+
+    def _now(self) -> str:
+        return self.clock.now().isoformat()
+
+    def _request(
+        self, endpoint: WebhookEndpoint, event: Event
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """URL, body and headers of this attempt (config and secret read now)."""
+        try:
+            check_url(endpoint.url)
+        except InvalidArgumentError as exc:
+            raise WebhookError(f"endpoint {endpoint.id}: {exc}") from None
+        fmt = self.formats.get(endpoint.format)
+        if fmt is None:
+            known = ", ".join(sorted(self.formats))
+            raise WebhookError(
+                f"endpoint {endpoint.id}: format {endpoint.format!r} is not registered in this "
+                f"process (known: {known}); pass it in webhook_formats= to init_job_processor"
+            )
+        try:
+            body = encode_body(fmt(event, endpoint))
+        except Exception as exc:
+            raise WebhookError(
+                f"endpoint {endpoint.id}: format {endpoint.format!r} raised "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        ts = int(self.clock.now().timestamp())
+        headers = {
+            **endpoint.headers,
+            "content-type": "application/json",
+            "webhook-id": event.id,
+            "webhook-timestamp": str(ts),
+        }
+        if endpoint.secret_ref is not None:
+            secret = self.secrets.get(endpoint.secret_ref)
+            if secret is None:
+                raise WebhookError(
+                    f"endpoint {endpoint.id}: secret_ref {endpoint.secret_ref!r} is not in this "
+                    f"process's webhook secrets (webhook_secrets= or {SECRETS_ENV})"
+                )
+            headers["webhook-signature"] = sign(secret, event.id, ts, body)
+        return endpoint.url, body, headers
+
+    async def _send(
+        self,
+        endpoint: WebhookEndpoint,
+        request: tuple[str, bytes, dict[str, str]],
+        signal: AbortSignal,
+    ) -> tuple[dict[str, Any], Decision]:
+        url, body, headers = request
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        record: dict[str, Any] = {"status_code": None, "response_excerpt": None, "error": None}
+        decision = Decision("retry")
+        try:
+            async with self.client().stream("POST", url, content=body, headers=headers) as resp:
+                excerpt = b""
+                async for chunk in resp.aiter_bytes():
+                    excerpt += chunk
+                    if len(excerpt) >= EXCERPT_CHARS * 4:
+                        break
+                record["status_code"] = resp.status_code
+                record["response_excerpt"] = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
+                decision = classify(
+                    resp.status_code, resp.headers.get("retry-after"), self.clock.now()
+                )
+        except httpx.TimeoutException:
+            record["error"] = f"timed out after {self.options.timeout:g}s"
+        except httpx.HTTPError as exc:  # the URL's path and query stay out of the message
+            text = str(exc).replace(url, url_host(url))[:200]
+            record["error"] = f"{type(exc).__name__}: {text}"
+        record["duration_ms"] = int((loop.time() - t0) * 1000)
+        return record, decision
+
+    async def _record(self, job: Job[Any], record: dict[str, Any], duration_ms: int) -> None:
+        """Keep this failed attempt on the delivery (the next attempt sees it in job.state)."""
+        entry = {
+            "attempt": job.attempt,
+            "at": self._now(),
+            "status_code": record.get("status_code"),
+            "duration_ms": duration_ms,
+            "response_excerpt": record.get("response_excerpt"),
+            "error": record.get("error"),
+        }
+        previous = list((job.state or {}).get("attempts") or [])
+        await job.checkpoint({"attempts": [*previous, entry][-ATTEMPTS_KEPT:]})
+
+    async def _failed_for_good(self, endpoint: WebhookEndpoint, fields: dict[str, Any]) -> None:
+        limit = self.options.disable_after
+        count = await self.endpoints.failed_delivery(endpoint_id_of(endpoint.id), self.clock.now())
+        if limit is not None and count >= limit:
+            await self._disable(endpoint, f"{count} consecutive failed deliveries", fields)
+
+    async def _disable(
+        self, endpoint: WebhookEndpoint, reason: str, fields: dict[str, Any]
+    ) -> None:
+        done = await self.endpoints.disable(endpoint_id_of(endpoint.id), reason, self.clock.now())
+        if done is not None:
+            self.log.warning("webhook_endpoint_disabled", reason=reason, **fields)

@@ -1,0 +1,520 @@
+"""Webhooks: endpoints stored in MongoDB, signed HTTP deliveries, one delivery job per endpoint.
+
+- Endpoints (`processor.webhooks.add/update/disable/enable/remove/list`) live in
+  `<prefix>webhooks`: url (http or https only), events (names, or ["*"]), format, secret_ref,
+  headers, enabled, description. A secret is never stored there, only its reference.
+- Secrets: `init_job_processor(webhook_secrets={"crm": "whsec_..."})`, else the JSON object in
+  `JOB_PROCESSOR_WEBHOOK_SECRETS`. Each is "whsec_" + base64, as the Standard Webhooks spec
+  says. They never appear in logs, job documents or error messages.
+- Each event makes one "webhook-delivery" job per matching enabled endpoint (see `bus.py`),
+  retried on its own. Every attempt reads the endpoint and the secret afresh and builds the
+  payload with the endpoint's format (`"standard"`, or one registered with `webhook_formats=`),
+  so a configuration fixed between attempts takes effect.
+- Signing (https://www.standardwebhooks.com): headers `webhook-id` (the event id: stable across
+  retries and replays), `webhook-timestamp` (seconds, this attempt), `webhook-signature`
+  ("v1,<base64 HMAC-SHA256 of '{id}.{timestamp}.{body}'>").
+- Answers: 2xx delivered; 410 disables the endpoint; other 4xx except 408/425/429 fail without
+  retry; 429/503 honour Retry-After; 3xx, 5xx, timeouts and connection errors retry with the
+  backoff. An endpoint whose deliveries fail for good `disable_after` times in a row is
+  disabled (log event `webhook_endpoint_disabled`, and a warning in get_status()).
+
+This module holds the rules and the endpoint API; `webhook_sender.py` sends.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import secrets as _secrets
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bson import ObjectId
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..core.clock import Clock, as_utc
+from ..core.definitions import Backoff
+from ..core.errors import (
+    InvalidArgumentError,
+    InvalidDefinitionError,
+    JobProcessorError,
+    WebhookNotFoundError,
+)
+from ..core.log import EventLog
+from ..core.models import Event, to_jsonable
+from ..storage import Storage
+
+Doc = dict[str, Any]
+
+SECRETS_ENV = "JOB_PROCESSOR_WEBHOOK_SECRETS"
+SECRET_PREFIX = "whsec_"
+#: Characters of the response body kept per attempt.
+EXCERPT_CHARS = 200
+#: Retry-After is honoured up to this many seconds.
+RETRY_AFTER_CAP = 3600.0
+#: Attempt records kept on a delivery.
+ATTEMPTS_KEPT = 20
+#: Headers we set; an endpoint's own headers may not override them.
+RESERVED_HEADERS = frozenset(
+    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length"}
+)
+USER_AGENT = "job-processor-webhooks/0.1"
+
+
+class WebhookError(JobProcessorError):
+    """A webhook attempt that failed and will be retried (with the backoff)."""
+
+
+class WebhookOptions(BaseModel):
+    """How this process delivers webhooks: `init_job_processor(webhook_options=...)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=10, ge=1)
+    """Attempts per delivery (set on the delivery when the event is emitted)."""
+    backoff: Backoff = Backoff(kind="exponential", base_seconds=10, max_seconds=3600)
+    """Delay between attempts: 10 s, 20 s, 40 s, ... capped at an hour, with jitter."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Seconds for connecting, sending, and each read of the answer."""
+    disable_after: int | None = Field(default=20, ge=1)
+    """Disable an endpoint after this many deliveries in a row failed for good (None: never)."""
+    deliver: bool = True
+    """False: this process never claims webhook deliveries (it can still emit and manage)."""
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+
+class Secret:
+    """A webhook signing key. Its repr and str never show it."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+def parse_secret(ref: str, value: Any) -> Secret:
+    """'whsec_' + base64 -> the key bytes. Errors name the ref, never the value."""
+    fix = (
+        f"webhook secret {ref!r} must be 'whsec_' followed by base64 (the value is not shown); "
+        "generate one with job_processor.webhooks.generate_secret()"
+    )
+    if not isinstance(value, str) or not value.startswith(SECRET_PREFIX):
+        raise InvalidDefinitionError(fix)
+    body = value[len(SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (ValueError, TypeError):
+        raise InvalidDefinitionError(fix) from None
+    if len(key) < 16:
+        raise InvalidDefinitionError(
+            f"webhook secret {ref!r} is {len(key)} bytes once decoded: use at least 16 "
+            "(generate one with job_processor.webhooks.generate_secret())"
+        )
+    return Secret(key)
+
+
+def load_secrets(
+    given: Mapping[str, str] | None, environ: Mapping[str, str] | None = None
+) -> dict[str, Secret]:
+    """`webhook_secrets=` when given, else the JSON object in JOB_PROCESSOR_WEBHOOK_SECRETS."""
+    source = "webhook_secrets"
+    if given is None:
+        raw = (os.environ if environ is None else environ).get(SECRETS_ENV)
+        if not raw:
+            return {}
+        source = SECRETS_ENV
+        try:
+            given = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidDefinitionError(
+                f"{SECRETS_ENV} must be a JSON object of secret_ref -> 'whsec_...' "
+                f"(invalid JSON at character {exc.pos})"
+            ) from None
+    if not isinstance(given, Mapping):
+        raise InvalidDefinitionError(
+            f"{source} must be a mapping of secret_ref -> 'whsec_...', got {type(given).__name__}"
+        )
+    out: dict[str, Secret] = {}
+    for ref, value in given.items():
+        if not isinstance(ref, str) or not ref:
+            raise InvalidDefinitionError(f"{source}: secret refs must be non-empty strings")
+        out[ref] = parse_secret(ref, value)
+    return out
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new random signing secret, "whsec_" + base64."""
+    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
+
+
+def sign(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value: "v1,<base64 HMAC-SHA256>" over
+    "{msg_id}.{timestamp}.{body}"."""
+    mac = hmac.new(secret.key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+
+
+# ---- endpoints -------------------------------------------------------------------------------
+
+
+def check_url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgumentError(
+            f"url must be an http:// or https:// URL with a host, got scheme "
+            f"{parts.scheme or '(none)'!r}"
+        )
+    return url
+
+
+def url_host(url: str) -> str:
+    """What logs and errors show of a URL: scheme, host and port (a path or query may hold a
+    token)."""
+    parts = urllib.parse.urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+class WebhookEndpoint(BaseModel):
+    """A webhook endpoint as stored (no secret: `secret_ref` names one)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    url: str
+    events: list[str]
+    """Event names, or ["*"] for every event."""
+    format: str = "standard"
+    secret_ref: str | None = None
+    headers: dict[str, str] = {}
+    """Sent with every delivery; shown in listings: keep credentials in secrets."""
+    enabled: bool = True
+    description: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    consecutive_failures: int = 0
+    """Deliveries in a row that failed for good (reset by a success or enable())."""
+    disabled_reason: str | None = None
+    disabled_at: dt.datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_document(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        doc = {k: as_utc(v) if isinstance(v, dt.datetime) else v for k, v in data.items()}
+        if "_id" in doc:
+            doc["id"] = str(doc.pop("_id"))
+        if "state" in doc:
+            doc["enabled"] = doc.pop("state") == "enabled"
+        for key in ("headers",):
+            if doc.get(key) is None:
+                doc[key] = {}
+        return doc
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        return list(v)
+
+
+def _check_events(events: Any) -> list[str]:
+    if isinstance(events, str):
+        raise InvalidArgumentError(
+            f"events must be a list of event names (or ['*']), got the string {events!r}: "
+            f"use [{events!r}]"
+        )
+    if not isinstance(events, Sequence) or not events:
+        raise InvalidArgumentError(
+            f"events must be a non-empty list of event names, or ['*'] for all; got {events!r}"
+        )
+    for e in events:
+        if not isinstance(e, str) or not e.strip():
+            raise InvalidArgumentError(f"events must be non-empty strings, got {e!r}")
+    return list(dict.fromkeys(events))
+
+
+def _check_headers(headers: Any) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidArgumentError(f"headers must be a dict of str -> str, got {headers!r}")
+    out: dict[str, str] = {}
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgumentError("headers must be a dict of str -> str")
+        if k.lower() in RESERVED_HEADERS:
+            raise InvalidArgumentError(
+                f"header {k!r} is set by the webhook delivery itself and cannot be overridden"
+            )
+        out[k] = v
+    return out
+
+
+def endpoint_id_of(endpoint_id: str | ObjectId) -> ObjectId:
+    if isinstance(endpoint_id, ObjectId):
+        return endpoint_id
+    try:
+        return ObjectId(endpoint_id)
+    except Exception:
+        raise WebhookNotFoundError(
+            f"{endpoint_id!r} is not a webhook endpoint id (24 hex characters)"
+        ) from None
+
+
+# ---- formats ---------------------------------------------------------------------------------
+
+#: format(event, endpoint) -> the body: a dict (sent as JSON), str or bytes.
+Format = Callable[["Event", WebhookEndpoint], Any]
+
+
+def standard_format(event: Event, endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The Standard Webhooks payload shape: type, timestamp (the event's), data."""
+    return {
+        "type": event.name,
+        "timestamp": as_utc(event.emitted_at).isoformat().replace("+00:00", "Z"),
+        "data": to_jsonable(event.payload),
+    }
+
+
+def encode_body(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+Verdict = Literal["delivered", "retry", "retry_later", "fail", "gone"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    delay: float | None = None
+
+
+def retry_after_seconds(value: str | None, now: dt.datetime) -> float | None:
+    """Retry-After as seconds (a number of seconds, or an HTTP date), capped; None if absent
+    or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - now).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def classify(status: int, retry_after: str | None, now: dt.datetime) -> Decision:
+    """What an HTTP status means for the delivery (the issue's list, in order)."""
+    if 200 <= status < 300:
+        return Decision("delivered")
+    if status == 410:
+        return Decision("gone")
+    if status in (429, 503):
+        delay = retry_after_seconds(retry_after, now)
+        if delay is not None:
+            return Decision("retry_later", delay)
+        return Decision("retry")
+    if status in (408, 425):
+        return Decision("retry")
+    if 400 <= status < 500:
+        return Decision("fail")
+    return Decision("retry")  # 5xx, 3xx (redirects are not followed), 1xx
+
+
+# ---- the admin API: processor.webhooks --------------------------------------------------------
+
+
+class Webhooks:
+    """`processor.webhooks`: manage endpoints (stored in MongoDB, shared by every process)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        formats: dict[str, Format],
+        secrets: Mapping[str, Secret],
+        clock: Clock,
+        log: EventLog,
+    ) -> None:
+        self.store = storage.webhooks
+        self.formats = formats
+        self.secrets = secrets
+        self.clock = clock
+        self.log = log
+
+    def register_format(self, name: str, fn: Format) -> None:
+        """Add a payload format: fn(event, endpoint) -> dict (sent as JSON), str or bytes.
+        Register it in every process that delivers webhooks."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"format names must be non-empty strings, got {name!r}")
+        if not callable(fn):
+            raise InvalidArgumentError(f"format {name!r} must be a function (event, endpoint)")
+        self.formats[name] = fn
+
+    def _check_format(self, fmt: Any) -> str:
+        if fmt not in self.formats:
+            known = ", ".join(sorted(self.formats))
+            raise InvalidArgumentError(
+                f"unknown webhook format {fmt!r} (known here: {known}); register it with "
+                "webhook_formats={...} in init_job_processor, in every process that delivers"
+            )
+        return str(fmt)
+
+    def _check_secret_ref(self, ref: Any) -> str | None:
+        if ref is None:
+            return None
+        if ref not in self.secrets:
+            known = ", ".join(sorted(self.secrets)) or "none"
+            raise InvalidArgumentError(
+                f"unknown secret_ref {ref!r} (known here: {known}); add it to webhook_secrets= "
+                f"or {SECRETS_ENV} in every process that delivers webhooks"
+            )
+        return str(ref)
+
+    async def add(
+        self,
+        *,
+        url: str,
+        events: Sequence[str],
+        format: str = "standard",
+        secret_ref: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        description: str | None = None,
+        enabled: bool = True,
+    ) -> WebhookEndpoint:
+        now = self.clock.now()
+        doc: Doc = {
+            "_id": ObjectId(),
+            "url": check_url(url),
+            "events": _check_events(events),
+            "format": self._check_format(format),
+            "secret_ref": self._check_secret_ref(secret_ref),
+            "headers": _check_headers(headers),
+            "state": "enabled" if enabled else "disabled",
+            "description": description,
+            "created_at": now,
+            "updated_at": now,
+            "consecutive_failures": 0,
+            "disabled_reason": None if enabled else "added disabled",
+            "disabled_at": None if enabled else now,
+            "last_failure_at": None,
+        }
+        endpoint = WebhookEndpoint.model_validate(await self.store.add(doc))
+        self.log.info(
+            "webhook_endpoint_added",
+            endpoint_id=endpoint.id,
+            url=url_host(endpoint.url),
+            events=endpoint.events,
+        )
+        return endpoint
+
+    async def update(
+        self,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        events: Sequence[str] | None = None,
+        format: str | None = None,
+        secret_ref: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> WebhookEndpoint:
+        """Change the given fields; deliveries not yet sent use the new configuration."""
+        fields: Doc = {"updated_at": self.clock.now()}
+        if url is not None:
+            fields["url"] = check_url(url)
+        if events is not None:
+            fields["events"] = _check_events(events)
+        if format is not None:
+            fields["format"] = self._check_format(format)
+        if secret_ref is not None:
+            fields["secret_ref"] = self._check_secret_ref(secret_ref)
+        if headers is not None:
+            fields["headers"] = _check_headers(headers)
+        if description is not None:
+            fields["description"] = description
+        doc = await self.store.update(endpoint_id_of(endpoint_id), fields)
+        endpoint = self._found(doc, endpoint_id)
+        changed = sorted(k for k in fields if k != "updated_at")
+        self.log.info("webhook_endpoint_updated", endpoint_id=endpoint.id, fields=changed)
+        return endpoint
+
+    async def disable(self, endpoint_id: str, reason: str = "disabled by hand") -> WebhookEndpoint:
+        oid = endpoint_id_of(endpoint_id)
+        doc = await self.store.disable(oid, reason, self.clock.now())
+        if doc is None:
+            return self._found(await self.store.get(oid), endpoint_id)  # already disabled
+        self.log.info("webhook_endpoint_disabled", endpoint_id=str(oid), reason=reason)
+        return WebhookEndpoint.model_validate(doc)
+
+    async def enable(self, endpoint_id: str) -> WebhookEndpoint:
+        """Enabled again (its failure count reset). Deliveries that failed while it was
+        disabled are not re-sent: replay their events."""
+        doc = await self.store.enable(endpoint_id_of(endpoint_id), self.clock.now())
+        endpoint = self._found(doc, endpoint_id)
+        self.log.info("webhook_endpoint_enabled", endpoint_id=endpoint.id)
+        return endpoint
+
+    async def remove(self, endpoint_id: str) -> None:
+        if not await self.store.remove(endpoint_id_of(endpoint_id)):
+            raise WebhookNotFoundError(f"no webhook endpoint with id {endpoint_id!r}")
+        self.log.info("webhook_endpoint_removed", endpoint_id=str(endpoint_id))
+
+    async def list(self) -> builtins.list[WebhookEndpoint]:
+        return [WebhookEndpoint.model_validate(d) for d in await self.store.all()]
+
+    async def get(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._found(await self.store.get(endpoint_id_of(endpoint_id)), endpoint_id)
+
+    @staticmethod
+    def _found(doc: Doc | None, endpoint_id: str) -> WebhookEndpoint:
+        if doc is None:
+            raise WebhookNotFoundError(f"no webhook endpoint with id {endpoint_id!r}")
+        return WebhookEndpoint.model_validate(doc)
+
+
+async def webhook_warnings(storage: Storage) -> list[str]:
+    """For status pages: every disabled endpoint, with why and how to re-enable it."""
+    out = []
+    for doc in await storage.webhooks.disabled():
+        ep = WebhookEndpoint.model_validate(doc)
+        out.append(
+            f"webhook endpoint {ep.id} ({url_host(ep.url)}) is disabled: "
+            f"{ep.disabled_reason or 'no reason recorded'}; fix it, then "
+            "processor.webhooks.enable(id) and replay the events it missed"
+        )
+    return out

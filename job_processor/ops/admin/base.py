@@ -1,0 +1,236 @@
+"""What every admin area shares: the storage, the clock, the actor, the audit record of each
+action, the registry read, and the redaction of sensitive fields in every job returned."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Self
+
+from bson import ObjectId
+
+from ...core import documents as D
+from ...core.clock import Clock, SystemClock
+from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
+from ...core.errors import InvalidArgumentError, JobNotFoundError, UnknownJobError
+from ...core.log import EventLog, make_log
+from ...core.masking import hide_in_texts, redact, redact_any, scrub, values_at
+from ...core.models import NOT_A_DOCUMENT, Job
+from ...core.status import JobStatus, parse_status
+from ...storage import JobQuery, Storage
+from .inputs import default_actor, ids_of, parse_time
+from .results import ActionResult, WorkerView
+
+S = JobStatus
+Doc = dict[str, Any]
+
+
+class AdminBase:
+    """Operator verbs on one job-processor database (see the module docstring).
+
+    db: an async database (pymongo AsyncDatabase, motor, mongomock-motor).
+    collection_prefix: the prefix given to init_job_processor.
+    clock: injectable (FakeClock in tests).
+    actor: recorded in the audit log when an action gives none (default "user@host").
+    worker_timeout: liveness threshold for worker documents that do not record their own.
+    logger: structlog or stdlib logger (default structlog "job_processor").
+    sensitive_fields: payload / checkpoint keys (dotted paths) never shown for any job, on top of
+    each definition's own `JobDef(sensitive_fields=...)` (read from the registry). Every Job this
+    class returns is redacted; actions work on the stored values.
+    """
+
+    def __init__(
+        self,
+        db: Any,
+        collection_prefix: str = "job_processor_",
+        clock: Clock | None = None,
+        *,
+        actor: str | None = None,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+        logger: Any | None = None,
+        sensitive_fields: Sequence[str] = (),
+        storage: Storage | None = None,
+    ) -> None:
+        self.sensitive_fields = tuple(sensitive_fields)
+        self.storage = storage or Storage(db, collection_prefix)
+        self.clock = clock or SystemClock()
+        self.actor = actor or default_actor()
+        self.worker_timeout = worker_timeout
+        self.log: EventLog = make_log(logger)
+
+    @classmethod
+    async def open(
+        cls,
+        db: Any,
+        collection_prefix: str = "job_processor_",
+        clock: Clock | None = None,
+        **kw: Any,
+    ) -> Self:
+        """Like the constructor, after detecting the server (nx-27017 and mongomock need a few
+        workarounds). Does not create indexes or touch definitions."""
+        storage = await Storage.open(db, collection_prefix)
+        return cls(db, collection_prefix, clock, storage=storage, **kw)
+
+    def _query(
+        self,
+        name: str | None,
+        status: str | JobStatus | None,
+        tag: str | None,
+        key: str | None,
+        created_after: str | dt.datetime | None,
+        created_before: str | dt.datetime | None,
+    ) -> JobQuery:
+        for field, value in (("name", name), ("tag", tag), ("key", key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentError(f"{field} must be text, got {value!r}")
+        return JobQuery(
+            name=name or None,
+            status=parse_status(status) if status else None,
+            tag=tag or None,
+            key=key or None,
+            created_after=parse_time(created_after, "created_after"),
+            created_before=parse_time(created_before, "created_before"),
+        )
+
+    async def _stored_job(self, job_id: str | ObjectId) -> Job[Any]:
+        doc = await self.storage.job_admin.by_id(ids_of(job_id)[0])
+        if doc is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        return Job.read(doc)
+
+    async def _redacted(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
+        """Hide the sensitive fields (the definitions' and this Admin's) of these jobs."""
+        if not jobs:
+            return jobs
+        per_name: dict[str, list[str]] = {}
+        for doc in await self.storage.definitions.all():
+            per_name[str(doc["_id"])] = [str(p) for p in doc.get("sensitive_fields") or []]
+        for job in jobs:
+            paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
+            if paths:
+                odd = job.invalid_fields  # as stored, wrong types: payload or state among them
+                hidden = values_at(job.payload, paths) | values_at(job.state, paths)
+                hidden |= values_at(odd.get("payload"), paths) | values_at(odd.get("state"), paths)
+                if isinstance(job.payload, dict) and list(job.payload) == [NOT_A_DOCUMENT]:
+                    raw = job.payload[NOT_A_DOCUMENT]  # stored as a list, say
+                    hidden |= values_at(raw, paths)
+                    job.payload = {NOT_A_DOCUMENT: redact_any(raw, paths)}
+                job.payload = redact(job.payload, paths)
+                job.state = redact(job.state, paths)
+                if odd:  # the rest (output, history, ...) as text that may quote them
+                    job.invalid_fields = {
+                        k: redact_any(v, paths) if k in ("payload", "state") else scrub(v, hidden)
+                        for k, v in odd.items()
+                    }
+                hide_in_texts(job, hidden)
+        return jobs
+
+    async def _workers(self, now: dt.datetime) -> list[WorkerView]:
+        running = await self.storage.jobs.running()
+        by_worker: dict[str, list[dict[str, Any]]] = {}
+        for r in running:
+            by_worker.setdefault(str(r.get("worker_id")), []).append(
+                {"id": str(r["_id"]), "name": r["name"], "started_at": r.get("run_started_at")}
+            )
+        out = []
+        for w in await self.storage.workers.all():
+            view = WorkerView.model_validate(w)
+            view.alive = worker_alive(w, now, self.worker_timeout)
+            view.running_jobs = by_worker.get(view.id, [])
+            view.seconds_since_heartbeat = max(0.0, (now - view.last_seen).total_seconds())
+            out.append(view)
+        return sorted(out, key=lambda v: (not v.alive, v.hostname, v.instance_id or "", v.pid))
+
+    async def _known(self) -> dict[str, Doc]:
+        """name -> registry document (and crons registered by init_job_processor)."""
+        known: dict[str, Doc] = {}
+        for doc in await self.storage.crons.docs():
+            known[str(doc["_id"])] = {"kind": "cron", **doc}
+        for doc in await self.storage.definitions.all():
+            known[str(doc["_id"])] = {**known.get(str(doc["_id"]), {}), **doc}
+        return known
+
+    async def _counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for status in S:
+            for name, n in (await self.storage.jobs.counts_by_name(status)).items():
+                counts.setdefault(name, {})[status.value] = n
+        return counts
+
+    async def _record(self, result: ActionResult, detail: dict[str, Any] | None = None) -> None:
+        result.jobs = await self._redacted(result.jobs)
+        result.count = result.count or len(result.changed)
+        if detail:
+            result.detail |= detail
+        await self.storage.audit.record(
+            {
+                "at": result.at,
+                "actor": result.actor,
+                "action": result.action,
+                "ids": result.changed,
+                "count": result.count,
+                "skipped": len(result.skipped),
+                "detail": result.detail,
+            }
+        )
+        self.log.info(
+            result.action,
+            actor=result.actor,
+            ids=result.changed[:20],
+            count=result.count,
+            skipped=len(result.skipped),
+            via="admin",
+            **{k: v for k, v in result.detail.items() if isinstance(v, str | int | float)},
+        )
+
+    def _result(self, action: str, actor: str | None) -> ActionResult:
+        return ActionResult(action=action, actor=actor or self.actor, at=self.clock.now())
+
+    async def _exclusive(self, name: str) -> bool:
+        for doc in (
+            await self.storage.definitions.get(name),
+            *await self.storage.crons.docs([name]),
+        ):
+            if doc is not None and doc.get("concurrency") is not None:
+                return str(doc["concurrency"]) == "exclusive"
+        return False
+
+    async def _definition(self, name: str) -> Doc:
+        known = await self._known()
+        if name not in known:
+            jobs = [n for n, d in known.items() if d.get("kind", "job") == "job"]
+            raise UnknownJobError(name, jobs)
+        return known[name]
+
+    async def _insert(self, result: ActionResult, doc: Doc) -> None:
+        inserted = await self.storage.jobs.insert(doc)
+        assert inserted is not None  # None only for scheduled cron slots
+        job = Job.read(inserted)
+        result.jobs.append(job)
+        if job.status == S.SKIPPED:  # recorded as skipped, with a new id
+            result.skipped[job.id] = (
+                f"skipped: {job.name!r} is exclusive and job {job.conflicting_job_id} is active"
+            )
+        elif inserted["_id"] != doc["_id"]:
+            result.skipped[job.id] = f"deduplicated: job {job.id} with key {job.key!r} is active"
+        else:
+            result.changed.append(job.id)
+
+    async def _trigger(self, name: str, actor: str | None, action: str) -> ActionResult:
+        docs = await self.storage.crons.docs([name])
+        if not docs:
+            known = ", ".join(sorted(str(d["_id"]) for d in await self.storage.crons.docs()))
+            raise UnknownJobError.for_cron(name, known or "none")
+        cron = docs[0]
+        result = self._result(action, actor)
+        doc = D.manual_cron_task(
+            name,
+            now=result.at,
+            tag=cron.get("tag"),
+            exclusive=cron.get("concurrency") == "exclusive",
+            max_attempts=int(cron.get("max_attempts") or 1),
+            resumable=bool(cron.get("resumable", False)),
+        )
+        doc["created_by"] = result.actor
+        await self._insert(result, doc)
+        return result

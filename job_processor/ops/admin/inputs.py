@@ -1,0 +1,150 @@
+"""The admin verbs' input checks: durations, times, page cursors, payloads, limits, ids; and
+who acts. Bad input raises InvalidArgumentError (or InvalidPayloadError) naming the field and
+the fix."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import getpass
+import json
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import bson
+from bson import ObjectId
+
+from ...core import documents as D
+from ...core.clock import to_millis
+from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...storage import JobQuery
+from ...storage.jobs import MAX_VALUE_BYTES, object_id
+
+Doc = dict[str, Any]
+
+#: Jobs per page when not given; pages hold at most MAX_LIMIT.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+#: Jobs one retry_many / bulk action touches at most.
+MAX_BULK = 10_000
+#: End times read per status for the jobs-per-minute figures.
+THROUGHPUT_CAP = 20_000
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | dt.timedelta | float, field: str = "older_than") -> dt.timedelta:
+    """ "90s", "30m", "12h", "7d", "2w", a timedelta, or seconds."""
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise InvalidArgumentError(
+            f"{field} {value!r} is not a duration: use a number and a unit, e.g. 90s, 30m, 12h, "
+            "7d or 2w"
+        )
+    if seconds <= 0:
+        raise InvalidArgumentError(f"{field} must be positive, got {value!r}")
+    return dt.timedelta(seconds=seconds)
+
+
+def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | None:
+    """An aware datetime or ISO 8601 text (a time without offset is taken as UTC)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{field} {value!r} is not a date: use ISO 8601, e.g. 2030-01-31T09:00:00Z"
+            ) from None
+    if not isinstance(value, dt.datetime):
+        raise InvalidArgumentError(f"{field} must be a datetime or ISO 8601 text, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return to_millis(value)
+
+
+def encode_cursor(doc: Doc) -> str:
+    raw = f"{D.epoch_ms(doc['created_at'])}.{doc['_id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[dt.datetime, ObjectId]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".")
+        created = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
+        return to_millis(created), ObjectId(oid)
+    except (ValueError, TypeError, bson.errors.InvalidId, UnicodeDecodeError):
+        raise InvalidArgumentError(
+            f"cursor {token!r} is not a cursor returned by list_jobs (pass next_cursor as is)"
+        ) from None
+
+
+def check_payload(name: str, payload: Any) -> dict[str, Any]:
+    """JSON text or a dict; must be a JSON object that BSON can store (under ~15 MB)."""
+    if payload is None or payload == "":
+        return {}
+    if isinstance(payload, str | bytes):
+        try:
+            payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise InvalidPayloadError(
+                f"job {name!r}: payload is not valid JSON ({exc.msg} at line {exc.lineno} "
+                f'column {exc.colno}); give a JSON object such as {{"to": "a@b.c"}}'
+            ) from None
+    if not isinstance(payload, Mapping):
+        raise InvalidPayloadError(
+            f"job {name!r}: payload must be a JSON object ({{...}}), got {type(payload).__name__}"
+        )
+    return D.checked_payload("job", name, payload, MAX_VALUE_BYTES)
+
+
+def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"{field} must be a positive integer, got {value!r}")
+    return min(value, most)
+
+
+def ids_of(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]:
+    items = [job_ids] if isinstance(job_ids, str | ObjectId) else list(job_ids)
+    if not items:
+        raise InvalidArgumentError("give at least one job id")
+    out = []
+    for item in items:
+        try:
+            out.append(object_id(item))
+        except JobNotFoundError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+    return out
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def describe_query(query: JobQuery) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in ("name", "tag", "key"):
+        if getattr(query, field) is not None:
+            out[field] = getattr(query, field)
+    if query.status is not None:
+        out["status"] = query.status.value
+    for field in ("created_after", "created_before"):
+        value = getattr(query, field)
+        if value is not None:
+            out[field] = value.isoformat()
+    return out

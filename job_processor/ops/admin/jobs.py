@@ -1,0 +1,314 @@
+"""The admin verbs on jobs: list, show, retry (by id or by filter), kill, run now, delete,
+purge, schedule, duplicate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from ...core import documents as D
+from ...core.errors import InvalidArgumentError, JobNotFoundError
+from ...core.models import Job
+from ...core.status import TERMINAL, JobStatus, parse_status
+from .base import AdminBase
+from .inputs import (
+    DEFAULT_LIMIT,
+    MAX_BULK,
+    check_payload,
+    decode_cursor,
+    describe_query,
+    encode_cursor,
+    ids_of,
+    limit_of,
+    parse_duration,
+    parse_time,
+)
+from .results import ActionResult, JobPage
+
+S = JobStatus
+
+
+class JobsAdmin(AdminBase):
+    async def list_jobs(
+        self,
+        *,
+        name: str | None = None,
+        status: str | JobStatus | None = None,
+        tag: str | None = None,
+        key: str | None = None,
+        created_after: str | dt.datetime | None = None,
+        created_before: str | dt.datetime | None = None,
+        id: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first (created_at, then id), filtered by any of: name, status, tag, dedup
+        key, creation time (`created_after` inclusive, `created_before` exclusive; aware
+        datetimes or ISO text, UTC when no offset), and `id` (that one job, if it matches the
+        other filters). Empty strings count as "no filter". `limit` is capped at 1000.
+        `cursor`: the previous page's `next_cursor`."""
+        query = self._query(name, status, tag, key, created_after, created_before)
+        limit = limit_of(limit)
+        if id:
+            oid = ids_of(id)[0]
+            doc = await self.storage.job_admin.by_id(oid)
+            jobs = [Job.read(doc)] if doc is not None and query.matches(doc) else []
+            return JobPage(jobs=await self._redacted(jobs))
+        after = decode_cursor(cursor) if cursor else None
+        docs = await self.storage.job_admin.page(query, after, limit + 1)
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return JobPage(
+            jobs=await self._redacted([Job.read(d) for d in docs]),
+            next_cursor=encode_cursor(docs[-1]) if more and docs else None,
+        )
+
+    async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """One job: payload, output (result, error with traceback), history of runs, checkpoint
+        (`state`), timestamps, worker, on_job_exited record (`exit_hook`)."""
+        [job] = await self._redacted([await self._stored_job(job_id)])
+        return job
+
+    async def retry(
+        self, job_ids: str | Sequence[str], *, actor: str | None = None
+    ) -> ActionResult:
+        """errored | killed -> pending now, keeping history and checkpoint (attempts count
+        afresh). Action "jobs_retried"."""
+        result = self._result("jobs_retried", actor)
+        cache: dict[str, bool] = {}
+        for oid in ids_of(job_ids):
+            await self._retry_one(oid, result, cache)
+        await self._record(result)
+        return result
+
+    async def _retry_one(self, oid: ObjectId, result: ActionResult, cache: dict[str, bool]) -> None:
+        current = await self.storage.job_admin.by_id(oid)
+        if current is None:
+            result.skipped[str(oid)] = "not found"
+            return
+        name = current["name"]
+        if name not in cache:
+            cache[name] = await self._exclusive(name)
+        try:
+            doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name])
+        except DuplicateKeyError:
+            what = "dedup key" if current.get("key") else "name (exclusive)"
+            result.skipped[str(oid)] = f"another active job holds its {what}: retry it later"
+            return
+        except JobNotFoundError:
+            result.skipped[str(oid)] = "not found"
+            return
+        if doc is None:
+            after = await self.storage.job_admin.by_id(oid)
+            status = after["status"] if after else "gone"
+            result.skipped[str(oid)] = f"{status}: only errored or killed jobs can be retried"
+            return
+        result.changed.append(str(oid))
+        if len(result.jobs) < 100:
+            result.jobs.append(Job.read(doc))
+
+    async def retry_many(
+        self,
+        *,
+        name: str | None = None,
+        status: str | JobStatus = S.ERRORED,
+        tag: str | None = None,
+        key: str | None = None,
+        created_after: str | dt.datetime | None = None,
+        created_before: str | dt.datetime | None = None,
+        limit: int = MAX_BULK,
+        actor: str | None = None,
+    ) -> ActionResult:
+        """Retry every job matching the filter (status errored by default, or killed), at most
+        `limit` (capped at 10,000), newest first. Action "jobs_retried"."""
+        query = self._query(name, status, tag, key, created_after, created_before)
+        if query.status not in (S.ERRORED, S.KILLED):
+            raise InvalidArgumentError(
+                f"status must be errored or killed to retry, got {query.status}"
+            )
+        limit = limit_of(limit, most=MAX_BULK)
+        result = self._result("jobs_retried", actor)
+        cache: dict[str, bool] = {}
+        after = None
+        seen = 0
+        while seen < limit:
+            docs = await self.storage.job_admin.page(query, after, min(500, limit - seen))
+            if not docs:
+                break
+            for doc in docs:
+                await self._retry_one(doc["_id"], result, cache)
+            seen += len(docs)
+            after = (docs[-1]["created_at"], docs[-1]["_id"])
+        result.jobs = result.jobs[:20]
+        await self._record(result, {"filter": describe_query(query)})
+        return result
+
+    async def kill(self, job_ids: str | Sequence[str], *, actor: str | None = None) -> ActionResult:
+        """Pending / paused -> killed at once; running -> kill requested (its worker aborts the
+        handler within about one poll interval: the job stays running until then, and `changed`
+        lists it with detail["requested"]). Ended jobs are skipped. The job's on_job_exited is
+        recorded as owed and called by the next sweep of a worker that defines the job.
+        Action "jobs_killed"."""
+        result = self._result("jobs_killed", actor)
+        requested: list[str] = []
+        for oid in ids_of(job_ids):
+            try:
+                what, doc = await self.storage.jobs.kill(oid, self.clock.now(), None)
+            except JobNotFoundError:
+                result.skipped[str(oid)] = "not found"
+                continue
+            if what == "ended":
+                result.skipped[str(oid)] = f"already ended ({doc['status']})"
+            else:
+                result.changed.append(str(oid))
+                if what == "requested":
+                    requested.append(str(oid))
+            result.jobs.append(Job.read(doc))
+        await self._record(result, {"requested": requested} if requested else None)
+        return result
+
+    async def run_now(
+        self, job_ids: str | Sequence[str], *, actor: str | None = None
+    ) -> ActionResult:
+        """A pending job scheduled for later becomes due now (its scheduled_for is set to now);
+        jobs already due or not pending are skipped. Action "jobs_run_now"."""
+        result = self._result("jobs_run_now", actor)
+        for oid in ids_of(job_ids):
+            doc = await self.storage.job_admin.run_now(oid, self.clock.now())
+            if doc is not None:
+                result.changed.append(str(oid))
+                result.jobs.append(Job.read(doc))
+                continue
+            current = await self.storage.job_admin.by_id(oid)
+            if current is None:
+                result.skipped[str(oid)] = "not found"
+            elif current["status"] == S.PENDING.value:
+                result.skipped[str(oid)] = "already due"
+            else:
+                result.skipped[str(oid)] = f"{current['status']}: only pending jobs can be run now"
+        await self._record(result)
+        return result
+
+    async def delete(
+        self, job_ids: str | Sequence[str], *, actor: str | None = None
+    ) -> ActionResult:
+        """Delete ended jobs (finished, errored, killed, skipped). Active jobs (pending,
+        running, paused) are refused: kill them first. Action "jobs_deleted"."""
+        result = self._result("jobs_deleted", actor)
+        for oid in ids_of(job_ids):
+            doc = await self.storage.job_admin.delete_ended(oid)
+            if doc is not None:
+                result.changed.append(str(oid))
+                continue
+            current = await self.storage.job_admin.by_id(oid)
+            result.skipped[str(oid)] = (
+                "not found"
+                if current is None
+                else f"{current['status']}: active jobs are not deleted (kill it first)"
+            )
+        await self._record(result)
+        return result
+
+    async def purge(
+        self,
+        *,
+        status: str | JobStatus,
+        older_than: str | dt.timedelta | float,
+        name: str | None = None,
+        actor: str | None = None,
+    ) -> ActionResult:
+        """Delete the jobs of an ended status (finished, errored, killed, skipped) that ended
+        more than `older_than` ago ("7d", "12h", a timedelta, or seconds), optionally of one
+        name. Active statuses are refused. Action "jobs_purged" (with the count)."""
+        wanted = parse_status(status)
+        if wanted not in TERMINAL:
+            raise InvalidArgumentError(
+                f"status {wanted.value} is active: only finished, errored, killed or skipped "
+                "jobs can be purged"
+            )
+        age = parse_duration(older_than)
+        result = self._result("jobs_purged", actor)
+        cutoff = result.at - age
+        result.count = await self.storage.job_admin.purge(wanted, cutoff, name or None)
+        await self._record(
+            result,
+            {"status": wanted.value, "ended_before": cutoff.isoformat(), "name": name or ""},
+        )
+        return result
+
+    async def new_job(
+        self,
+        name: str,
+        payload: str | Mapping[str, Any] | None = None,
+        *,
+        scheduled_for: str | dt.datetime | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        max_attempts: int | None = None,
+        actor: str | None = None,
+    ) -> ActionResult:
+        """Schedule a job of a registered name (see list_definitions) with a payload given as
+        JSON text or a dict. Its payload model, if any, is checked when it runs (this process
+        has no models): a payload that fails it ends the job as errored, saying why. With a
+        dedup key held by an active job, nothing is created (`skipped`, and `jobs` holds that
+        job). Action "job_created"."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("name must be a job name (see list_definitions)")
+        definition = await self._definition(name)
+        if definition.get("kind") == "cron":
+            raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
+        body = check_payload(name, payload)
+        when = parse_time(scheduled_for, "scheduled_for")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InvalidArgumentError(f"priority must be an integer, got {priority!r}")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidArgumentError(f"key must be a non-empty string, got {key!r}")
+        attempts = max_attempts if max_attempts is not None else definition.get("max_attempts", 1)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            raise InvalidArgumentError(f"max_attempts must be an integer >= 1, got {attempts!r}")
+        result = self._result("job_created", actor)
+        doc = D.new_job(
+            name,
+            body,
+            now=result.at,
+            scheduled_for=when,
+            tag=definition.get("tag"),
+            priority=priority,
+            exclusive=definition.get("concurrency") == "exclusive",
+            key=key,
+            max_attempts=attempts,
+            resumable=bool(definition.get("resumable", False)),
+            extra={"created_by": result.actor},
+        )
+        await self._insert(result, doc)
+        await self._record(result, {"name": name})
+        return result
+
+    async def duplicate(self, job_id: str, *, actor: str | None = None) -> ActionResult:
+        """A new pending job with the same name, payload and priority (not the dedup key, which
+        would return the original while it is active). A cron task is duplicated as a manual
+        trigger of its cron. Action "job_duplicated" (detail["duplicate_of"] is the original id)."""
+        original = await self._stored_job(job_id)  # the stored payload, not the redacted one
+        if original.type == "cron_task":
+            result = await self._trigger(original.name, actor, "job_duplicated")
+        else:
+            definition = await self._definition(original.name)
+            result = self._result("job_duplicated", actor)
+            doc = D.new_job(
+                original.name,
+                original.payload,
+                now=result.at,
+                tag=definition.get("tag", original.tag),
+                priority=original.priority,
+                exclusive=definition.get("concurrency") == "exclusive",
+                max_attempts=int(definition.get("max_attempts", original.max_attempts)),
+                resumable=bool(definition.get("resumable", False)),
+                extra={"created_by": result.actor, "duplicate_of": ObjectId(original.id)},
+            )
+            await self._insert(result, doc)
+        await self._record(result, {"duplicate_of": original.id, "name": original.name})
+        return result

@@ -1,0 +1,69 @@
+"""The admin verbs on names and workers: the registry of definitions, pause and resume, the
+worker documents."""
+
+from __future__ import annotations
+
+import json
+
+from ...core.coverage import coverage, worker_alive
+from ...core.errors import InvalidArgumentError, UnknownJobError
+from .base import AdminBase
+from .results import ActionResult, DefinitionView, WorkerView
+
+
+class NamesAdmin(AdminBase):
+    async def list_workers(self) -> list[WorkerView]:
+        """Every worker document: host, pid, INSTANCE_ID, tags, the names it claims, its running
+        jobs, last heartbeat, alive. Dead ones are listed until a live worker's sweep removes
+        them (and recovers their jobs)."""
+        return await self._workers(self.clock.now())
+
+    async def list_definitions(self) -> list[DefinitionView]:
+        """Every job and cron name the workers registered, with the live workers serving it
+        and whether it is paused."""
+        now = self.clock.now()
+        known = await self._known()
+        live = [
+            w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
+        ]
+        paused = await self.storage.paused.names()
+        cov = coverage(known, live, {}, paused, now)
+        out = []
+        for name in sorted(known):
+            doc = {k: v for k, v in known[name].items() if k != "_id"}
+            schema = doc.get("payload_schema")
+            if isinstance(schema, dict) and isinstance(schema.get("json"), str):
+                doc["payload_schema"] = json.loads(schema["json"])
+            view = DefinitionView.model_validate(doc | {"name": name})
+            view.served_by = cov.served_by.get(name, [])
+            view.paused = name in paused
+            out.append(view)
+        return out
+
+    async def pause(self, name: str, *, actor: str | None = None) -> ActionResult:
+        """Workers stop claiming jobs of this name within about one heartbeat interval (jobs
+        already running go on). Persisted until resume(). Action "name_paused"."""
+        return await self._pause(name, actor, pause=True)
+
+    async def resume(self, name: str, *, actor: str | None = None) -> ActionResult:
+        """Undo pause(): workers claim the name again at their next heartbeat. Action
+        "name_resumed"."""
+        return await self._pause(name, actor, pause=False)
+
+    async def _pause(self, name: str, actor: str | None, *, pause: bool) -> ActionResult:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("name must be a job or cron name")
+        result = self._result("name_paused" if pause else "name_resumed", actor)
+        if pause:
+            known = await self._known()
+            if name not in known and name not in await self._counts():
+                raise UnknownJobError(name, list(known))
+            changed = await self.storage.paused.pause(name, result.actor, result.at)
+        else:
+            changed = await self.storage.paused.resume(name)
+        if changed:
+            result.changed.append(name)
+        else:
+            result.skipped[name] = "already paused" if pause else "not paused"
+        await self._record(result, {"name": name})
+        return result

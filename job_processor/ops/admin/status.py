@@ -1,0 +1,132 @@
+"""The admin's numbers: the overview (counts, queues, throughput, warnings), the status
+report, the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ...core import documents as D
+from ...core.clock import as_utc
+from ...core.coverage import coverage
+from ...core.limits import limit_usage
+from ...core.models import ProcessorStatus, WorkerInfo
+from ...core.status import JobStatus
+from ...events.webhooks import webhook_warnings
+from .crons import CronsAdmin
+from .inputs import THROUGHPUT_CAP, ids_of, limit_of
+from .results import AuditEntry, Overview, QueueRow, ThroughputRow
+
+S = JobStatus
+
+
+class StatusAdmin(CronsAdmin):
+    async def overview(self, minutes: int = 15) -> Overview:
+        """The numbers of the dashboard's first page: counts by name and status, queue depth and
+        oldest due age per name, jobs ended per minute over the last `minutes`, workers alive and
+        dead, paused names, the cluster-wide limits in use, and warnings (names no live worker
+        can run, waiting jobs of unknown names, paused names with waiting jobs, dead workers
+        awaiting recovery, disabled webhook endpoints)."""
+        minutes = limit_of(minutes, "minutes", 24 * 60)
+        now = self.clock.now()
+        counts = await self._counts()
+        known = await self._known()
+        workers = await self._workers(now)
+        live_docs = [{"_id": w.id, "names": w.names} for w in workers if w.alive]
+        paused = await self.storage.paused.names()
+        names = sorted(set(counts) | set(known))
+        due = await self.storage.job_admin.due_by_name(names, now)
+        queue: dict[str, QueueRow] = {}
+        now_ms = D.epoch_ms(now)
+        for name in names:
+            c = counts.get(name, {})
+            n_due, oldest = due.get(name, (0, now_ms))
+            queue[name] = QueueRow(
+                pending=c.get("pending", 0),
+                due=n_due,
+                paused=c.get("paused", 0),
+                running=c.get("running", 0),
+                oldest_due_age_seconds=max(0.0, (now_ms - oldest) / 1000) if n_due else None,
+            )
+        throughput, capped = await self._throughput(now, minutes)
+        cov = coverage(known, live_docs, counts, paused, now)
+        warnings = list(cov.warnings)
+        dead = [w for w in workers if not w.alive]
+        for w in dead:
+            jobs = f", {len(w.running_jobs)} running jobs to recover" if w.running_jobs else ""
+            warnings.append(
+                f"worker {w.id} ({w.hostname}, pid {w.pid}, instance {w.instance_id}) has not "
+                f"sent a heartbeat for {w.seconds_since_heartbeat:.0f}s{jobs}: a live worker's "
+                "next sweep recovers it"
+            )
+        if not live_docs:
+            warnings.append("no live worker: nothing is being run")
+        warnings += await webhook_warnings(self.storage)
+        return Overview(
+            now=now,
+            counts={name: counts.get(name, {}) for name in names},
+            queue=queue,
+            throughput=throughput,
+            throughput_capped=capped,
+            workers_alive=len(live_docs),
+            workers_dead=len(dead),
+            paused_names=sorted(paused),
+            unserved_names=cov.unserved,
+            unknown_names=cov.unknown_waiting,
+            warnings=warnings,
+            limits=[limit_usage(doc, now) for doc in await self.storage.limits.all()],
+        )
+
+    async def _throughput(self, now: dt.datetime, minutes: int) -> tuple[list[ThroughputRow], bool]:
+        start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=minutes - 1)
+        rows = [ThroughputRow(minute=start + dt.timedelta(minutes=i)) for i in range(minutes)]
+        capped = False
+        for status in (S.FINISHED, S.ERRORED, S.KILLED):
+            ended = await self.storage.job_admin.ended_since(status, start, THROUGHPUT_CAP)
+            capped = capped or len(ended) >= THROUGHPUT_CAP
+            for when in ended:
+                i = int((as_utc(when) - start).total_seconds() // 60)
+                if 0 <= i < minutes:
+                    row = rows[i]
+                    setattr(row, status.value, getattr(row, status.value) + 1)
+        return rows, capped
+
+    async def status(self) -> ProcessorStatus:
+        """What `JobProcessor.get_status()` reports, from the database alone (worker_id "")."""
+        now = self.clock.now()
+        ov = await self.overview(minutes=1)
+        workers = [WorkerInfo.model_validate(w.model_dump()) for w in await self._workers(now)]
+        crons = [
+            {
+                "name": c.name,
+                "cron_string": c.cron_string,
+                "timezone": c.timezone,
+                "next_slot_utc": c.next_slot_utc,
+                "next_slot_local": c.next_slot_local,
+                "running": c.running,
+                "recent": [r.model_dump() for r in c.recent[:5]],
+            }
+            for c in await self.list_crons(recent=5)
+        ]
+        return ProcessorStatus(
+            now=now,
+            worker_id="",
+            workers=workers,
+            queue={
+                "pending": sum(q.pending for q in ov.queue.values()),
+                "due": sum(q.due for q in ov.queue.values()),
+                "paused": sum(q.paused for q in ov.queue.values()),
+                "running": sum(q.running for q in ov.queue.values()),
+            },
+            jobs=ov.counts,
+            crons=crons,
+            warnings=ov.warnings,
+            paused_names=ov.paused_names,
+            unserved_names=ov.unserved_names,
+            limits=ov.limits,
+        )
+
+    async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
+        """The latest recorded actions, newest first (`before`: an entry id, for the next page)."""
+        oid = ids_of(before)[0] if before else None
+        docs = await self.storage.audit.recent(limit_of(limit), oid)
+        return [AuditEntry.model_validate(d | {"id": str(d["_id"])}) for d in docs]

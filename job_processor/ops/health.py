@@ -1,0 +1,116 @@
+"""Health checks: is MongoDB answering, and is this instance's worker heartbeat fresh?
+
+- `ready(db)`: MongoDB answers a ping within `timeout` (a dashboard's `/readyz`).
+- `check(db)`: `ready`, and a worker document of THIS instance has a fresh heartbeat (the
+  worker container's HEALTHCHECK: `job-processor health`). "This instance" means worker
+  documents whose `hostname` is this host's (in a container, the container's own hostname,
+  so a healthcheck run inside the container finds its worker) and, when INSTANCE_ID is set
+  (or `instance_id` is given), whose `instance_id` is that value. Fresh: the last heartbeat
+  is within the worker's own `worker_timeout` (recorded on its document), or `max_age`.
+  With `worker=False` it is `ready` plus nothing (a dashboard's `/healthz`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+from typing import Any
+
+from pydantic import BaseModel
+from pymongo.errors import PyMongoError
+
+from ..core.clock import Clock, SystemClock, as_utc
+from ..core.coverage import DEFAULT_WORKER_TIMEOUT
+from ..core.errors import DatabaseUnreachableError
+from ..storage import Storage
+from ..storage.connect import check_reachable
+
+
+class Health(BaseModel):
+    ok: bool
+    mongodb: bool
+    """MongoDB answered within the timeout."""
+    reason: str
+    """One line: why it is (not) healthy."""
+    checked_at: dt.datetime
+    worker: dict[str, Any] | None = None
+    """The freshest matching worker (id, hostname, instance_id, last_seen, age_seconds)."""
+
+
+async def ready(db: Any, wait: float = 2.0, clock: Clock | None = None) -> Health:
+    """ok when MongoDB answers a ping within `wait` seconds."""
+    now = (clock or SystemClock()).now()
+    try:
+        await check_reachable(db, wait)
+    except DatabaseUnreachableError as exc:
+        return Health(ok=False, mongodb=False, reason=str(exc).split(";")[0], checked_at=now)
+    return Health(ok=True, mongodb=True, reason="MongoDB answers", checked_at=now)
+
+
+async def check(
+    db: Any,
+    *,
+    collection_prefix: str = "job_processor_",
+    instance_id: str | None = None,
+    hostname: str | None = None,
+    max_age: float | None = None,
+    wait: float = 2.0,
+    worker: bool = True,
+    clock: Clock | None = None,
+) -> Health:
+    """`ready`, and (with `worker=True`) a fresh heartbeat of this instance's worker (see the
+    module docstring for what "this instance" and "fresh" mean)."""
+    clock = clock or SystemClock()
+    base = await ready(db, wait, clock)
+    if not base.ok or not worker:
+        return base
+    now = base.checked_at
+    host = hostname or socket.gethostname()
+    instance = instance_id if instance_id is not None else (os.environ.get("INSTANCE_ID") or None)
+    who = f"host {host!r}" + (f", instance {instance!r}" if instance else "")
+    try:
+        async with asyncio.timeout(wait):
+            docs = await Storage(db, collection_prefix).workers.all()
+    except (TimeoutError, PyMongoError) as exc:
+        return Health(ok=False, mongodb=False, reason=f"cannot read workers: {exc}", checked_at=now)
+    mine = [
+        d
+        for d in docs
+        if d.get("hostname") == host and (not instance or d.get("instance_id") == instance)
+    ]
+    if not mine:
+        return Health(
+            ok=False, mongodb=True, reason=f"no worker registered for {who}", checked_at=now
+        )
+    best = max(mine, key=lambda d: as_utc(d["last_seen"]))
+    age = (now - as_utc(best["last_seen"])).total_seconds()
+    limit = (
+        max_age
+        if max_age is not None
+        else float(best.get("worker_timeout") or DEFAULT_WORKER_TIMEOUT)
+    )
+    info = {
+        "id": str(best["_id"]),
+        "hostname": best.get("hostname"),
+        "instance_id": best.get("instance_id"),
+        "pid": best.get("pid"),
+        "last_seen": as_utc(best["last_seen"]).isoformat(),
+        "age_seconds": round(age, 3),
+    }
+    if age > limit:
+        return Health(
+            ok=False,
+            mongodb=True,
+            reason=f"worker {best['_id']} ({who}): last heartbeat {age:.1f}s ago, over {limit:g}s",
+            checked_at=now,
+            worker=info,
+        )
+    return Health(
+        ok=True,
+        mongodb=True,
+        reason=f"worker {best['_id']} ({who}): heartbeat {age:.1f}s ago",
+        checked_at=now,
+        worker=info,
+    )

@@ -1,0 +1,380 @@
+"""Prometheus metrics (optional extra: `pip install 'job-processor[metrics]'`).
+
+Two kinds of series (the full list, Grafana-ready, is in docs/operations.md):
+
+- from this process, as it runs jobs (counters and histograms): jobs ended by name and status,
+  run durations, start delays (due -> started), retries, crash recoveries, cron slots run /
+  missed / skipped. Fed by one call per run end (`job_processor.telemetry`).
+- from the database, computed once per scrape within a time budget (gauges): jobs by name and
+  status, due jobs and the oldest due age per name, live and dead workers, paused names, the
+  usage of each cluster-wide limit (running, capacity, starts in the window). When the
+  budget runs out, the scrape serves what it has and `job_processor_scrape_timeout` is 1.
+
+    from job_processor import metrics
+    m = metrics.enable(processor)                 # counters + database gauges
+    metrics.serve(m, port=9100)                   # or: job-processor run ... --metrics-port 9100
+    body = await metrics.render(m)                # the exposition text, e.g. for a /metrics route
+    # a process without a processor (a dashboard): database gauges only
+    m = metrics.for_database(db)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pymongo.errors import PyMongoError
+
+from ..core import documents as D
+from ..core.clock import Clock, SystemClock, as_utc
+from ..core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
+from ..core.limits import limit_usage
+from ..core.status import TERMINAL, JobStatus
+from ..core.telemetry import CronOutcome
+from ..storage import Storage
+
+S = JobStatus
+Doc = dict[str, Any]
+#: `Content-Type` of `render()`'s body.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: Seconds: runs from 50 ms to an hour; start delays from 10 ms to 30 min.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
+_TERMINAL = {s.value for s in TERMINAL}
+
+
+@dataclass
+class Snapshot:
+    """The database gauges of one scrape."""
+
+    jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    due: dict[str, int] = field(default_factory=dict)
+    oldest_due_age: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, int] | None = None
+    paused: set[str] | None = None
+    limits: list[dict[str, Any]] | None = None
+    """Cluster-wide limits (`status.limit_usage`)."""
+    timed_out: bool = False
+    error: bool = False
+    duration: float = 0.0
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from MongoDB once per scrape (a few aggregates on covered index scans),
+    within `budget` seconds."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        budget: float,
+        worker_timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.budget = budget
+        self.worker_timeout = worker_timeout
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self.snapshot = Snapshot()
+
+    async def refresh(self) -> Snapshot:
+        snap = Snapshot()
+        started = self.loop.time()
+        try:
+            async with asyncio.timeout(self.budget):
+                await self._read(snap)
+        except TimeoutError:
+            snap.timed_out = True
+        except PyMongoError:
+            snap.error = True
+        snap.duration = self.loop.time() - started
+        self.snapshot = snap
+        return snap
+
+    async def _read(self, snap: Snapshot) -> None:
+        now = self.clock.now()
+        docs = await self.storage.workers.all()
+        alive = sum(1 for w in docs if worker_alive(w, now, self.worker_timeout))
+        snap.workers = {"alive": alive, "dead": len(docs) - alive}
+        snap.paused = await self.storage.paused.names()
+        snap.limits = [limit_usage(doc, now) for doc in await self.storage.limits.all()]
+        waiting: set[str] = set()
+        for status in (S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
+            for name, n in (await self.storage.jobs.counts_by_name(status)).items():
+                snap.jobs[(name, status.value)] = n
+                if status in (S.PENDING, S.PAUSED):
+                    waiting.add(name)
+        now_ms = D.epoch_ms(now)
+        for name, (n, oldest) in (await self.storage.job_admin.due_by_name(waiting, now)).items():
+            snap.due[name] = n
+            snap.oldest_due_age[name] = max(0.0, (now_ms - oldest) / 1000)
+
+    def collect(self) -> Iterator[Metric]:
+        if threading.get_ident() != self._loop_thread and self.loop.is_running():
+            # a scrape from the HTTP server's thread: compute on the processor's loop
+            future = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
+            try:
+                future.result(timeout=self.budget + 1)
+            except Exception:
+                future.cancel()
+        # on the loop's own thread, render() refreshed just before
+        yield from self._families(self.snapshot)
+
+    @staticmethod
+    def _families(snap: Snapshot) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily(
+            "job_processor_jobs",
+            "Jobs in the database by name and status",
+            labels=["name", "status"],
+        )
+        for (name, status), n in sorted(snap.jobs.items()):
+            jobs.add_metric([name, status], n)
+        yield jobs
+        due = GaugeMetricFamily(
+            "job_processor_jobs_due", "Pending or paused jobs due now, by name", labels=["name"]
+        )
+        oldest = GaugeMetricFamily(
+            "job_processor_oldest_due_age_seconds",
+            "How long the longest-waiting due job of each name has been due",
+            labels=["name"],
+        )
+        for name in sorted(snap.due):
+            due.add_metric([name], snap.due[name])
+            oldest.add_metric([name], snap.oldest_due_age[name])
+        yield due
+        yield oldest
+        if snap.workers is not None:
+            workers = GaugeMetricFamily(
+                "job_processor_workers", "Worker documents by liveness", labels=["state"]
+            )
+            for state, n in sorted(snap.workers.items()):
+                workers.add_metric([state], n)
+            yield workers
+        if snap.paused is not None:
+            paused = GaugeMetricFamily(
+                "job_processor_name_paused", "1 for each paused job name", labels=["name"]
+            )
+            for name in sorted(snap.paused):
+                paused.add_metric([name], 1)
+            yield paused
+        if snap.limits is not None:
+            yield from _limit_families(snap.limits)
+        yield GaugeMetricFamily(
+            "job_processor_scrape_timeout",
+            "1 when the database gauges ran out of their time budget (partial values)",
+            value=1 if snap.timed_out else 0,
+        )
+        yield GaugeMetricFamily(
+            "job_processor_scrape_error",
+            "1 when the database gauges could not be read (MongoDB error)",
+            value=1 if snap.error else 0,
+        )
+        yield GaugeMetricFamily(
+            "job_processor_scrape_duration_seconds",
+            "Time spent reading the database gauges",
+            value=snap.duration,
+        )
+
+
+def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
+    running = GaugeMetricFamily(
+        "job_processor_limit_running",
+        "Slots of each cluster-wide limit held by running jobs (every worker)",
+        labels=["key"],
+    )
+    capacity = GaugeMetricFamily(
+        "job_processor_limit_capacity",
+        "The concurrency of each cluster-wide limit that has one",
+        labels=["key"],
+    )
+    started = GaugeMetricFamily(
+        "job_processor_limit_started_in_window",
+        "Starts within the rate window of each cluster-wide limit that has a rate",
+        labels=["key"],
+    )
+    rate = GaugeMetricFamily(
+        "job_processor_limit_rate",
+        "Starts allowed per window (its length is the limit's per_seconds)",
+        labels=["key"],
+    )
+    for usage in sorted(limits, key=lambda u: str(u["key"])):
+        key = str(usage["key"])
+        running.add_metric([key], usage["running"])
+        if usage.get("concurrency") is not None:
+            capacity.add_metric([key], usage["concurrency"])
+        if usage.get("rate") is not None and usage.get("per_seconds"):
+            started.add_metric([key], usage["started_in_window"])
+            rate.add_metric([key], usage["rate"])
+    yield running
+    yield capacity
+    yield started
+    yield rate
+
+
+class Metrics:
+    """Prometheus series of one process in their own registry (`self.registry`). It is a
+    telemetry observer: attach it with `enable(processor)`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.ended = Counter(
+            "job_processor_jobs_ended",
+            "Jobs that ended, by name and final status (finished, errored, killed, skipped)",
+            ["name", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "job_processor_job_run_duration_seconds",
+            "Handler run time of each run, by name",
+            ["name"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.start_delay = Histogram(
+            "job_processor_job_start_delay_seconds",
+            "Time from a run being due (scheduled_for) to its start, by name",
+            ["name"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "job_processor_job_retries",
+            "Failed attempts scheduled for a retry, by name",
+            ["name"],
+            registry=r,
+        )
+        self.recoveries = Counter(
+            "job_processor_job_recoveries",
+            "Runs of crashed or lost workers recovered by this process, by name and new status",
+            ["name", "status"],
+            registry=r,
+        )
+        self.cron_slots = Counter(
+            "job_processor_cron_slots",
+            "Cron slots handled by this process: run (task created), missed, skipped",
+            ["name", "outcome"],
+            registry=r,
+        )
+        self.database: DatabaseCollector | None = None
+
+    # ---- telemetry observer -------------------------------------------------------------
+
+    def run_ended(self, claimed: Doc, final: Doc, duration_ms: int | None) -> None:
+        name = str(final["name"])
+        status = str(final["status"])
+        if status in _TERMINAL:
+            self.ended.labels(name, status).inc()
+        elif status == S.PENDING.value and int(final.get("failures") or 0) > int(
+            claimed.get("failures") or 0
+        ):
+            self.retries.labels(name).inc()
+        if duration_ms is not None:
+            self.duration.labels(name).observe(duration_ms / 1000)
+        due, started = claimed.get("scheduled_for"), claimed.get("run_started_at")
+        if isinstance(due, dt.datetime) and isinstance(started, dt.datetime):
+            delay = (as_utc(started) - as_utc(due)).total_seconds()
+            self.start_delay.labels(name).observe(max(0.0, delay))
+
+    def recovered(self, doc: Doc, final: Doc) -> None:
+        name, status = str(final["name"]), str(final["status"])
+        self.recoveries.labels(name, status).inc()
+        if status in _TERMINAL:
+            self.ended.labels(name, status).inc()
+
+    def cron_slot(self, name: str, outcome: CronOutcome) -> None:
+        self.cron_slots.labels(name, outcome).inc()
+
+    # ---- database gauges ------------------------------------------------------------------
+
+    def watch_database(
+        self,
+        storage: Storage,
+        *,
+        clock: Clock | None = None,
+        budget: float = 2.0,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+    ) -> DatabaseCollector:
+        """Add the database gauges (call from the event loop that owns the database client)."""
+        if self.database is not None:
+            raise RuntimeError("this Metrics already watches a database")
+        self.database = DatabaseCollector(
+            storage, clock or SystemClock(), budget, worker_timeout, asyncio.get_running_loop()
+        )
+        self.registry.register(self.database)
+        return self.database
+
+    async def refresh(self) -> None:
+        if self.database is not None:
+            await self.database.refresh()
+
+
+def enable(
+    processor: Any, *, registry: CollectorRegistry | None = None, budget: float = 2.0
+) -> Metrics:
+    """Metrics for a JobProcessor: its counters and histograms, and the database gauges.
+    Call from its event loop (after init_job_processor)."""
+    m = Metrics(registry)
+    processor.telemetry.add(m)
+    m.watch_database(
+        processor.storage,
+        clock=processor.clock,
+        budget=budget,
+        worker_timeout=processor.settings.worker_timeout,
+    )
+    return m
+
+
+async def for_database(
+    db: Any,
+    collection_prefix: str = "job_processor_",
+    *,
+    registry: CollectorRegistry | None = None,
+    budget: float = 2.0,
+    clock: Clock | None = None,
+) -> Metrics:
+    """Database gauges only, for a process that runs no jobs (a dashboard)."""
+    m = Metrics(registry)
+    m.watch_database(await Storage.open(db, collection_prefix), clock=clock, budget=budget)
+    return m
+
+
+async def render(metrics: Metrics) -> bytes:
+    """The exposition text (`CONTENT_TYPE`), database gauges read now within their budget."""
+    await metrics.refresh()
+    return bytes(generate_latest(metrics.registry))
+
+
+class MetricsServer:
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.port = int(server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve `/metrics` over HTTP from a background thread (prometheus_client's server); each
+    scrape reads the database gauges on the processor's event loop. `close()` stops it."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return MetricsServer(server, thread)

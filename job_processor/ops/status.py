@@ -1,0 +1,138 @@
+"""Status reporting: workers with their running jobs, the queue, counts by name, crons."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from ..core.coverage import coverage
+from ..core.definitions import CronDef, JobDef
+from ..core.limits import limit_usage
+from ..core.models import ProcessorStatus, WorkerInfo
+from ..core.schedule import STUCK_CRON_SLOTS, schedule_of, skipped_in_a_row
+from ..core.status import JobStatus
+from ..storage import Storage
+
+Doc = dict[str, Any]
+S = JobStatus
+#: A job an exclusive cron can be stuck behind.
+ACTIVE = {S.PENDING.value, S.RUNNING.value, S.PAUSED.value}
+
+
+async def build_status(
+    storage: Storage,
+    definitions: Mapping[str, JobDef],
+    crons: Mapping[str, CronDef],
+    worker_id: str,
+    worker_timeout: float,
+    now: dt.datetime,
+) -> ProcessorStatus:
+    running = await storage.jobs.running()
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for r in running:
+        by_worker.setdefault(str(r.get("worker_id")), []).append(
+            {"id": str(r["_id"]), "name": r["name"], "started_at": r.get("run_started_at")}
+        )
+    workers = []
+    live: list[Doc] = []
+    for w in await storage.workers.all():
+        info = WorkerInfo.model_validate(w)
+        info.alive = info.last_seen >= now - dt.timedelta(seconds=worker_timeout)
+        info.running_jobs = by_worker.get(info.id, [])
+        workers.append(info)
+        if info.alive:
+            live.append(w)
+    jobs: dict[str, dict[str, int]] = {name: {} for name in definitions}
+    for status in S:
+        for name, n in (await storage.jobs.counts_by_name(status)).items():
+            jobs.setdefault(name, {})[status.value] = n
+    queue = {
+        "pending": sum(j.get("pending", 0) for j in jobs.values()),
+        "due": await storage.jobs.count_due(sorted(jobs), now) if jobs else 0,
+        "paused": sum(j.get("paused", 0) for j in jobs.values()),
+        "running": len(running),
+    }
+    cron_rows, warnings = await cron_status(storage, crons, running)
+    # names no live worker can run, waiting jobs of unknown names, paused names (registry)
+    known: dict[str, Doc] = {str(d["_id"]): d for d in await storage.definitions.all()}
+    for name, definition in definitions.items():
+        kind = "cron" if name in crons else "job"
+        known[name] = known.get(name, {}) | {"kind": kind, "tag": definition.tag}
+    paused = await storage.paused.names()
+    cov = coverage(known, live, jobs, paused, now)
+    warnings += cov.warnings
+    limits = [limit_usage(doc, now) for doc in await storage.limits.all()]
+    return ProcessorStatus(
+        limits=limits,
+        now=now,
+        worker_id=worker_id,
+        workers=workers,
+        queue=queue,
+        jobs=jobs,
+        crons=cron_rows,
+        warnings=warnings,
+        paused_names=sorted(paused),
+        unserved_names=cov.unserved,
+    )
+
+
+async def cron_status(
+    storage: Storage, crons: Mapping[str, CronDef], running: list[Doc]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    docs = {d["_id"]: d for d in await storage.crons.docs(list(crons))}
+    out: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for name, cron in crons.items():
+        schedule = schedule_of(cron)
+        next_slot = docs.get(name, {}).get("next_slot")
+        recent = await storage.jobs.recent_tasks(name)
+        out.append(
+            {
+                "name": name,
+                "cron_string": cron.cron_string,
+                "timezone": cron.timezone,
+                "next_slot_utc": next_slot,
+                "next_slot_local": schedule.local(next_slot) if next_slot else None,
+                "running": [str(r["_id"]) for r in running if r["name"] == name],
+                "recent": [
+                    {
+                        "id": str(t["_id"]),
+                        "slot": t["scheduled_for"],
+                        "trigger": t.get("trigger"),
+                        "status": t["status"],
+                        "skip_reason": t.get("skip_reason"),
+                        "error": (t.get("output") or {}).get("error"),
+                    }
+                    for t in recent
+                ],
+            }
+        )
+        stuck = await stuck_behind(storage, recent)
+        if stuck is not None and stuck["status"] == S.RUNNING.value:
+            warnings.append(
+                f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+                f"{stuck['_id']}, running since {stuck.get('run_started_at')}: a long run or "
+                "a hung one; give the cron a max_runtime_in_minutes, or kill that job"
+            )
+        elif stuck is not None:
+            warnings.append(
+                f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+                f"{stuck['_id']} which is {stuck['status']}, not running: nothing runs; "
+                "kill that job or start a worker that serves its tag"
+            )
+    return out, warnings
+
+
+async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
+    """The job an exclusive cron's last STUCK_CRON_SLOTS slots were all skipped behind."""
+    last = recent[:STUCK_CRON_SLOTS]
+    if len(last) < STUCK_CRON_SLOTS:
+        return None
+    holder_id = last[0].get("conflicting_job_id")
+    if holder_id is None or skipped_in_a_row(last, holder_id) < STUCK_CRON_SLOTS:
+        return None
+    holder = await storage.jobs.get(holder_id)
+    if holder is None or holder.get("status") not in ACTIVE:
+        return None  # it has ended since: the next slot runs
+    return holder

@@ -1,0 +1,86 @@
+"""Connecting: refusing what is not an async database, checking that MongoDB answers, and
+opening the database a `MONGODB_URL` names (the CLI, the dashboard, the demo).
+
+A URL without a database name means `DEFAULT_DATABASE` everywhere ("job_processor").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
+
+#: The database a MONGODB_URL without one names, for every command and example.
+DEFAULT_DATABASE = "job_processor"
+URL_ENV = "MONGODB_URL"
+
+
+def check_database(db: Any) -> None:
+    """Refuse sync databases and clients with a message that says what to pass instead."""
+    if isinstance(db, Database):
+        raise InvalidDatabaseError(
+            "db is a synchronous pymongo Database; pass an async one: "
+            "pymongo.AsyncMongoClient(url)['mydb'] (or motor's AsyncIOMotorClient(url)['mydb'])"
+        )
+    if isinstance(db, MongoClient) or type(db).__name__ in {
+        "AsyncMongoClient",
+        "AsyncIOMotorClient",
+        "AsyncMongoMockClient",
+    }:
+        raise InvalidDatabaseError(
+            "db is a client, not a database: pass client['mydb'] (or client.get_default_database())"
+        )
+    if type(db).__module__.startswith("mongomock.") or not hasattr(db, "get_collection"):
+        raise InvalidDatabaseError(
+            f"db must be an async MongoDB database (pymongo AsyncDatabase or motor "
+            f"AsyncIOMotorDatabase), got {type(db).__name__}"
+        )
+
+
+def address(db: Any) -> str:
+    """host:port of the database's client, for error messages (never the credentials)."""
+    with contextlib.suppress(Exception):
+        seeds = db.client.topology_description.server_descriptions()
+        if seeds:
+            return ", ".join(f"{h}:{p}" for h, p in seeds)
+    return "the configured address"
+
+
+async def check_reachable(db: Any, wait: float) -> None:
+    """Ping MongoDB; a clear error within `wait` seconds instead of a long traceback."""
+    if type(db).__module__.startswith("mongomock_motor"):
+        return
+    try:
+        async with asyncio.timeout(wait):
+            await db.command("ping")
+    except (TimeoutError, PyMongoError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
+        raise DatabaseUnreachableError(
+            f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
+            "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
+        ) from None
+
+
+def open_database(url: str, timeout: float | None = None) -> Any:
+    """The async database `url` names (DEFAULT_DATABASE when it names none). `timeout`: seconds
+    to select a server and to connect (the driver's defaults otherwise)."""
+    options: dict[str, Any] = {"tz_aware": True}
+    if timeout is not None:
+        options |= {
+            "serverSelectionTimeoutMS": int(timeout * 1000),
+            "connectTimeoutMS": int(timeout * 1000),
+        }
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, **options)
+    return client.get_default_database(default=DEFAULT_DATABASE)
+
+
+async def close_database(db: Any) -> None:
+    result = db.client.close()
+    if hasattr(result, "__await__"):
+        await result

@@ -1,0 +1,127 @@
+"""A throwaway local MongoDB-compatible server (nx-27017) for the demo and the tests.
+
+nx-27017 speaks MongoDB's wire protocol over SQLite (PyPI: `pip install job-processor[demo]`).
+It is a stand-in for trying things out, never for production: see docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+
+class LocalServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _executable() -> str:
+    beside = Path(sys.executable).parent / "nx-27017"
+    found = str(beside) if beside.exists() else shutil.which("nx-27017")
+    if not found:
+        raise LocalServerError(
+            "nx-27017 is not installed: pip install 'job-processor[demo]' "
+            "(or set MONGODB_URL to a real MongoDB)"
+        )
+    return found
+
+
+class LocalServer:
+    def __init__(self, data_dir: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.process = process
+        self.url = f"mongodb://127.0.0.1:{port}/"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _ping(port: int) -> bool:
+    client: MongoClient[dict[str, object]] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=300, connectTimeoutMS=300
+    )
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def start_local_server(
+    data_dir: Path | None = None, timeout: float = 20.0, port: int | None = None
+) -> LocalServer:
+    """Start nx-27017 on a free port (or `port`, to restart a stopped one on its data) and wait
+    until it answers ping. Raises LocalServerError (with the server's log) when it cannot start:
+    callers must fail loudly, never skip."""
+    exe = _executable()
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="job-processor-nx-"))
+    last_log = ""
+    fixed = port
+    for _ in range(5):  # a port taken between free_port() and bind: pick another
+        port = fixed or free_port()
+        log_file = data_dir / f"server-{port}.log"
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--data-dir",
+                str(data_dir),
+                "-p",
+                str(port),
+                "--log-file",
+                str(log_file),
+                "--pid-file",
+                str(data_dir / f"server-{port}.pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _ping(port):
+                return LocalServer(data_dir, port, proc)
+            time.sleep(0.1)
+        with contextlib.suppress(OSError):
+            last_log = log_file.read_text()[-2000:]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if "Errno 98" not in last_log or fixed:
+            break
+    raise LocalServerError(f"nx-27017 did not start on 127.0.0.1:{port}. Its log:\n{last_log}")
+
+
+@contextlib.contextmanager
+def local_server() -> Iterator[LocalServer]:
+    tmp = Path(tempfile.mkdtemp(prefix="job-processor-nx-"))
+    server = start_local_server(tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
