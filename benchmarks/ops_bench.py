@@ -8,7 +8,7 @@ To run:
 
 nx-27017 has no query planner: every query scans the collection, so its figures grow with the
 collection. On MongoDB each read is an index range (asserted with explain() in
-tests/store/test_real_mongodb.py): a page reads ~50 index keys whatever the collection size.
+tests/storage/test_real_mongodb.py): a page reads ~50 index keys whatever the collection size.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ purges, and the numbers behind the overview. Used by `job_processor.admin` only.
 
 Every listing is `{equality filters..., created_at range}` sorted by (created_at desc, _id desc),
 which the jobs indexes serve without a blocking sort (asserted with explain() against a real
-MongoDB in tests/store/test_real_mongodb.py). Pages continue from a (created_at, _id) position:
+MongoDB in tests/storage/test_real_mongodb.py). Pages continue from a (created_at, _id) position:
 the query bounds `created_at <= position` on the server, and the few jobs created in that same
 instant that were already shown are dropped here (no `skip`, no `$or`). On nx-27017, whose date
 comparisons have whole-second precision, the bound is a second wide; the client-side check

@@ -54,7 +54,7 @@ CLAIM_SORT = [("priority", DESCENDING), ("due_ms", ASCENDING), ("_id", ASCENDING
 LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
 #: (keys, options). Each query a worker or a user runs often has its index here; the real-server
-#: tier (tests/store/test_real_mongodb.py) asserts the plans.
+#: tier (tests/storage/test_real_mongodb.py) asserts the plans.
 INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # claim_next: {claim_name: $in, due_ms: $lte} sorted by CLAIM_SORT. One $in (claim_name
     # exists only while claimable, so it carries status and name): the planner merges one

@@ -27,8 +27,8 @@ from job_processor import (
 from job_processor.core.definitions import Backoff, Limit
 from job_processor.dashboard import MASK, create_dashboard
 from job_processor.events.webhooks import generate_secret
+from tests.helpers import FAST, wait_status
 
-from ..integration.helpers import FAST, wait_status
 from ..receiver import Receiver, Reply, receiving
 from .harness import Switches, make_processor, wait_until
 from .test_http import AUTH, SECRET, client, token

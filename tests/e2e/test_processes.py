@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from job_processor import JobProcessor, JobStatus, init_job_processor
+from tests.helpers import wait_status
 
-from ..integration.helpers import wait_status
 from .app import JOBS
 
 S = JobStatus

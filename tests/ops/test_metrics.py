@@ -17,8 +17,7 @@ from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
 from job_processor.ops import metrics
 from job_processor.storage.local_server import free_port
-
-from ..integration.helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

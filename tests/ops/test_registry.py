@@ -7,8 +7,7 @@ from typing import Any
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.core import documents as D
 from job_processor.ops.admin import Admin
-
-from ..integration.helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 
 async def quick(job: Job, signal: AbortSignal) -> str:

@@ -12,8 +12,7 @@ import pytest
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.core import documents as D
 from job_processor.engine import sentry
-
-from ..integration.helpers import make, wait_status
+from tests.helpers import make, wait_status
 
 
 async def ok(job: Job, signal: AbortSignal) -> str:

@@ -14,8 +14,8 @@ from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core import documents as D
+from tests.helpers import make, wait_for, wait_status
 
-from .helpers import make, wait_for, wait_status
 from .test_recovery import plant_dead_worker_job
 
 S = JobStatus

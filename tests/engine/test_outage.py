@@ -17,8 +17,7 @@ from pymongo import AsyncMongoClient
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
 from job_processor.storage.local_server import LocalServer, start_local_server
-
-from .helpers import wait_status
+from tests.helpers import wait_status
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("JOB_PROCESSOR_TEST_MONGODB_URL")),

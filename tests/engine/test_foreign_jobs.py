@@ -10,8 +10,7 @@ import pytest
 from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
-
-from .helpers import make, wait_status
+from tests.helpers import make, wait_status
 
 S = JobStatus
 

@@ -24,8 +24,7 @@ from job_processor import (
     UnknownJobError,
     init_job_processor,
 )
-
-from .helpers import make
+from tests.helpers import make
 
 
 async def noop(job: Job, signal: AbortSignal) -> None:

@@ -8,8 +8,7 @@ from typing import Any
 from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
-
-from .helpers import make
+from tests.helpers import make
 
 S = JobStatus
 DAY = dt.timedelta(days=1)
@@ -139,8 +138,7 @@ async def test_mongodb_deletes_expired_documents_through_ttl_indexes(db: Any) ->
 
 async def test_event_deliveries_follow_the_processor_defaults(db: Any) -> None:
     from job_processor import Subscriber
-
-    from .helpers import wait_status
+    from tests.helpers import wait_status
 
     async def audit(event: Any, signal: AbortSignal) -> None:
         return None

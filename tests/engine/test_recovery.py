@@ -11,8 +11,7 @@ from bson import ObjectId
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.outcome import Ending, RunEnd
-
-from .helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
 

@@ -24,8 +24,8 @@ from job_processor import (
     RetryLater,
     init_job_processor,
 )
+from tests.helpers import FAST, make, wait_for, wait_status
 
-from .helpers import FAST, make, wait_for, wait_status
 from .test_recovery import plant_dead_worker_job
 
 S = JobStatus

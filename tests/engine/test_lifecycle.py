@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
-
-from .helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
 

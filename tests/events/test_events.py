@@ -25,8 +25,7 @@ from job_processor import (
 from job_processor import events as ev
 from job_processor.core import event_documents as E
 from job_processor.core.definitions import Backoff
-
-from .helpers import FAST, wait_for, wait_status
+from tests.helpers import FAST, wait_for, wait_status
 
 S = JobStatus
 QUICK = Backoff(kind="fixed", base_seconds=0.1, jitter=False)

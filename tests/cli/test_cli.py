@@ -27,13 +27,12 @@ from job_processor import (
 from job_processor.core.definitions import Backoff, Limit
 from job_processor.events.webhooks import generate_secret
 from job_processor.ops.admin import Admin
+from tests.e2e.app import JOBS
+from tests.e2e.test_processes import url_with_db
+from tests.helpers import FAST, wait_status
+from tests.receiver import Reply, receiving
 
-from .e2e.app import JOBS
-from .e2e.test_processes import url_with_db
-from .integration.helpers import FAST, wait_status
-from .receiver import Reply, receiving
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from tests.helpers import FAST, make, wait_for, wait_status
 
 from ..conftest import REAL_SERVER
-from .helpers import FAST, make, wait_for, wait_status
 
 
 async def noop(job: Job, signal: AbortSignal) -> str:

@@ -10,8 +10,7 @@ from typing import Any
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
 from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
-
-from .helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
 

@@ -23,9 +23,9 @@ from job_processor import (
 )
 from job_processor.core.definitions import Backoff
 from job_processor.events.webhooks import generate_secret
+from tests.helpers import FAST
 
 from ..receiver import Receiver, Reply, closed_port_url, receiving
-from .helpers import FAST
 
 SECRET = generate_secret()
 QUICK = Backoff(kind="fixed", base_seconds=0.2, jitter=False)

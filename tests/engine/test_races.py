@@ -15,8 +15,7 @@ from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
 from job_processor.core.outcome import Outcome
-
-from .helpers import make, wait_for, wait_status
+from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
 

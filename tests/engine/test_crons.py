@@ -19,8 +19,7 @@ from job_processor import (
 )
 from job_processor.ops import metrics
 from job_processor.ops.admin import Admin
-
-from .helpers import FAST, wait_status
+from tests.helpers import FAST, wait_status
 
 SECOND = dt.timedelta(seconds=1)
 
