@@ -321,6 +321,10 @@ def unclaimable_update(error: str, now: dt.datetime, expires_at: dt.datetime | N
 # ---- jobs: claim, checkpoint, end of a run -------------------------------------------------
 
 
+#: The claim's sort: priority first (descending), then due time, then insertion order.
+CLAIM_SORT: list[tuple[str, int]] = [("priority", -1), ("due_ms", 1), ("_id", 1)]
+
+
 def claim_filter(names: list[str], now: dt.datetime) -> Doc:
     """Claimable jobs of these names, due now. `claim_name` exists only while the job is pending
     or paused, so one `$in` on it is both the status and the name condition."""

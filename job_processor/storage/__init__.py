@@ -16,6 +16,7 @@ from typing import Any
 
 from pymongo import WriteConcern
 
+from ..core.documents import CLAIM_SORT
 from . import audit as audit_mod
 from . import crons as crons_mod
 from . import definitions as definitions_mod
@@ -31,7 +32,7 @@ from .connect import check_database
 from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
 from .events import DeliveryStore, EventStore, SubscriberStore
-from .jobs import CLAIM_SORT, EndWrite, JobStore, object_id
+from .jobs import EndWrite, JobStore, object_id
 from .limits import LimitStore
 from .webhooks import WebhookStore
 from .workers import WorkerStore

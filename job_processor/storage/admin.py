@@ -24,7 +24,7 @@ from pymongo import ASCENDING, ReturnDocument
 from ..core import documents as D
 from ..core.status import TERMINAL, JobStatus
 from .compat import ServerProfile, aggregate, all_docs, decode, decode_opt
-from .jobs import LIST_SORT
+from .job_reads import LIST_SORT
 
 Doc = dict[str, Any]
 S = JobStatus

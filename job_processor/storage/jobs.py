@@ -16,10 +16,11 @@ from typing import Any
 
 import bson
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from ..core import documents as D
+from ..core.documents import CLAIM_SORT
 from ..core.errors import JobNotFoundError
 from ..core.outcome import Outcome
 from ..core.retention import Retention
@@ -27,18 +28,15 @@ from ..core.status import JobStatus, check_transition
 from .compat import (
     IndexKeys,
     ServerProfile,
-    aggregate,
     all_docs,
-    close_stream,
     decode,
     decode_opt,
     not_in,
-    open_stream,
 )
+from .job_hooks import HookRecords
+from .job_reads import JobReads
+from .job_strays import TYPE_MISMATCH, ForeignJobs
 from .transient import TRANSIENT, ride_out
-
-#: MongoDB's error code for an update that cannot apply to a field's type ($inc on a string).
-TYPE_MISMATCH = 14
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
@@ -48,10 +46,6 @@ S = JobStatus
 #: it the claim sorts in memory (init_job_processor warns).
 MAX_SORTED_NAMES = 200
 
-#: The claim's sort: priority first, then due time, then insertion order.
-CLAIM_SORT = [("priority", DESCENDING), ("due_ms", ASCENDING), ("_id", ASCENDING)]
-#: Listing order: newest first.
-LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
 #: (keys, options). Each query a worker or a user runs often has its index here; the real-server
 #: tier (tests/storage/test_real_mongodb.py) asserts the plans.
@@ -127,17 +121,17 @@ class EndWrite:
     kill_requested: bool = False
 
 
-class JobStore:
+class JobStore(ForeignJobs, HookRecords, JobReads):
+    """The domain verbs on jobs (see the module docstring); those on documents other programs
+    wrote, on on_job_exited records and the reads are in `job_strays`, `job_hooks`,
+    `job_reads`."""
+
     def __init__(self, collection: Any, profile: ServerProfile) -> None:
         self.coll = collection
         self.profile = profile
         #: How long a name's jobs errored without running are kept (set by the processor:
         #: the definition's keep_failed, else the processor's; None: a name unknown here, kept).
         self.retention_of: Callable[[str], Retention | None] = lambda name: Retention()
-
-    def _unclaimable(self, error: str, now: dt.datetime, name: str) -> Doc:
-        keep = self.retention_of(name)
-        return D.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
 
     @property
     def name(self) -> str:
@@ -260,27 +254,6 @@ class JobStore:
             return decode_opt(result)
         return None
 
-    async def error_uncountable(self, names: list[str], now: dt.datetime) -> int:
-        """After a claim failed with TypeMismatch (another program wrote `attempt: "x"`; the
-        claim's `$inc` cannot apply, on MongoDB): error the due jobs that caused it, with the
-        reason, so they stop blocking the claims of their names. Returns how many."""
-        query = D.claim_filter(names, now) | {"attempt": {"$exists": True}}
-        docs = await all_docs(self.coll.find(query).sort(CLAIM_SORT).limit(100))
-        return await self._error_uncountable_docs([d for d in docs if D.uncountable(d)], now)
-
-    async def _error_uncountable_docs(self, docs: list[Doc], now: dt.datetime) -> int:
-        errored = 0
-        for doc in docs:
-            why = D.uncountable(doc)
-            if why is None:
-                continue
-            res = await self.coll.update_one(
-                {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
-                self._unclaimable(why, now, str(doc["claim_name"])),
-            )
-            errored += res.modified_count
-        return errored
-
     async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
         """The jobs a claim under `run_id` took, when its reply was lost."""
         mine = {"status": S.RUNNING.value, "run_id": run_id}
@@ -336,50 +309,6 @@ class JobStore:
                     now,
                 )
         return [claimed[i] for i in ids if i in claimed]
-
-    async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
-        """Write the missing fields of a job inserted by another program (see
-        `documents.completion`), while this run owns it."""
-        if not fields:
-            return True
-        res = await self.coll.update_one({"_id": job_id, "run_id": run_id}, {"$set": fields})
-        return bool(res.matched_count)
-
-    async def error_unknown(
-        self, known: list[str], due_before: dt.datetime, now: dt.datetime
-    ) -> int:
-        """Claimable jobs of names not in `known`, due before `due_before` (a grace period):
-        errored with the reason. At most 100 per call; one compare-and-set each."""
-        query = {
-            "claim_name": {"$exists": True, "$nin": known},
-            "due_ms": {"$lt": D.epoch_ms(due_before)},
-        }
-        errored = 0
-        async for doc in self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100):
-            name = doc["claim_name"]
-            res = await self.coll.update_one(
-                {"_id": doc["_id"], "claim_name": name},
-                D.unknown_name_update(name, now),  # no definition here: kept until purged
-            )
-            errored += res.modified_count
-        return errored
-
-    async def error_undue(
-        self, names: list[str], inserted_before: dt.datetime, now: dt.datetime
-    ) -> int:
-        """Claimable jobs of these names whose `due_ms` is missing, text or a date (another
-        program wrote it: such a job is never due), inserted before `inserted_before`: errored
-        with the reason. At most 100 per kind and call (index-bounded on the claim index)."""
-        errored = 0
-        for query in D.undue_filters(names, inserted_before):
-            fields = {"_id": 1, "claim_name": 1, "due_ms": 1}
-            async for doc in self.coll.find(query, fields).limit(100):
-                res = await self.coll.update_one(
-                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
-                    self._unclaimable(D.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
-                )
-                errored += res.modified_count
-        return errored
 
     async def save_checkpoint(
         self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
@@ -561,180 +490,3 @@ class JobStore:
             self.coll.find({"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}})
         )
         return not_in(candidates, "worker_id", set(live_worker_ids))
-
-    # ---- on_job_exited records ----------------------------------------------------------------
-
-    def owed_hooks_cursor(self, cutoff: dt.datetime) -> Any:
-        return self.coll.find({"exit_hook": "owed", "exit_hook_at": {"$lt": cutoff}}).limit(500)
-
-    async def owed_hooks(self, cutoff: dt.datetime) -> list[Doc]:
-        """Jobs whose on_job_exited was recorded as owed before `cutoff` and not marked done."""
-        return await all_docs(self.owed_hooks_cursor(cutoff))
-
-    async def take_hook(self, doc: Doc, writer: str, now: dt.datetime) -> Doc | None:
-        """Take over an owed hook (its owner died): compare-and-set on its hook id."""
-        result = await self.coll.find_one_and_update(
-            {"_id": doc["_id"], "exit_hook": "owed", "exit_hook_id": doc["exit_hook_id"]},
-            {
-                "$set": {
-                    "exit_hook_id": D.new_id(),
-                    "exit_hook_owner": writer,
-                    "exit_hook_at": now,
-                }
-            },
-            return_document=AFTER,
-        )
-        return decode_opt(result)
-
-    async def disown_hook(self, job_id: ObjectId, hook_id: str) -> None:
-        """An owed hook whose owner cannot call it (it does not define the job): no owner."""
-        await self.coll.update_one(
-            {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id},
-            {"$set": {"exit_hook_owner": None}},
-        )
-
-    async def hook_ended(
-        self,
-        job_id: ObjectId,
-        hook_id: str,
-        state: str,
-        error: str | None,
-        now: dt.datetime,
-        budget: float,
-        expires_at: dt.datetime | None = None,
-    ) -> bool:
-        """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none"); the
-        job's retention starts counting then (`expires_at`)."""
-        fields: Doc = {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}
-        if expires_at is not None:
-            fields["expires_at"] = expires_at
-
-        async def once() -> bool:
-            res = await self.coll.update_one(
-                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}, {"$set": fields}
-            )
-            return bool(res.matched_count)
-
-        return await ride_out(once, budget)
-
-    # ---- change stream --------------------------------------------------------------------
-
-    def wake_pipeline(self) -> list[Doc]:
-        """Only what can make a job claimable: inserts of pending jobs, and updates that set
-        `claim_name` (a retry, a pause, retry_job). nx-27017 cannot filter with `$or` (and sends
-        no updateDescription): there, inserts and updates pass and the waker decides."""
-        if not self.profile.stream_or:
-            return [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
-        return [
-            {
-                "$match": {
-                    "$or": [
-                        {"operationType": "insert", "fullDocument.claim_name": {"$exists": True}},
-                        {"operationType": "replace"},
-                        {
-                            "operationType": "update",
-                            "updateDescription.updatedFields.claim_name": {"$exists": True},
-                        },
-                        {  # an operator's run-now: a pending job's due time moved
-                            "operationType": "update",
-                            "updateDescription.updatedFields.due_ms": {"$exists": True},
-                        },
-                    ]
-                }
-            },
-            {
-                "$project": {
-                    "operationType": 1,
-                    "fullDocument.status": 1,
-                    "fullDocument.scheduled_for": 1,
-                    "updateDescription.updatedFields.status": 1,
-                    "updateDescription.updatedFields.scheduled_for": 1,
-                    "updateDescription.updatedFields.due_ms": 1,
-                }
-            },
-        ]
-
-    async def watch(self, max_await_ms: int) -> Any:
-        return await open_stream(self.coll, self.wake_pipeline(), max_await_ms)
-
-    @staticmethod
-    async def close_stream(stream: Any) -> None:
-        await close_stream(stream)
-
-    # ---- reads ------------------------------------------------------------------------------
-
-    async def get(self, job_id: ObjectId) -> Doc | None:
-        return decode_opt(await self.coll.find_one({"_id": job_id}))
-
-    def find_cursor(
-        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
-    ) -> Any:
-        query: Doc = {}
-        if name is not None:
-            query["name"] = name
-        if status is not None:
-            query["status"] = status.value
-        return self.coll.find(query).sort(LIST_SORT).limit(limit)
-
-    async def find(
-        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
-    ) -> list[Doc]:
-        """Newest first, by name and/or status (each shape has its index)."""
-        return await all_docs(self.find_cursor(name, status, limit))
-
-    async def recent_tasks(self, name: str, limit: int = 5) -> list[Doc]:
-        """A cron's latest tasks (the {name, created_at} index: a task is created at its slot)."""
-        return await all_docs(self.find_cursor(name, None, limit))
-
-    async def running(self) -> list[Doc]:
-        return await all_docs(
-            self.coll.find(
-                {"status": S.RUNNING.value},
-                {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
-            )
-        )
-
-    async def count_due_upto(self, names: list[str], now: dt.datetime, most: int) -> int:
-        """How many jobs of these names are claimable now, counting at most `most` (the claim
-        index: a covered count of at most `most` keys)."""
-        return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
-
-    async def next_due(self, names: list[str]) -> dt.datetime | None:
-        """When the earliest claimable job of these names is due (tests, `testing`)."""
-        cursor = self.coll.find({"claim_name": {"$in": names}}).sort([("due_ms", ASCENDING)])
-        async for doc in cursor.limit(1):
-            return decode(doc)["scheduled_for"]  # type: ignore[no-any-return]
-        return None
-
-    async def count_due(self, names: list[str], now: dt.datetime) -> int:
-        return int(await self.coll.count_documents(D.claim_filter(names, now)))
-
-    async def trim(self, name: str, statuses: list[JobStatus], keep: int, batch: int) -> int:
-        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
-        first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
-        of them per call, never one whose hook is owed. Reads at most keep + batch index keys
-        ({status, name, created_at, _id})."""
-        query: Doc = {
-            "status": {"$in": [s.value for s in statuses]},
-            "name": name,
-            "exit_hook": {"$ne": "owed"},
-        }
-        cursor = self.coll.find(query, {"_id": 1}).sort(LIST_SORT).skip(keep).limit(batch)
-        ids = [d["_id"] async for d in cursor]
-        if not ids:
-            return 0
-        # the same conditions again: a job retried between the read and here is kept
-        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
-        return int(res.deleted_count)
-
-    @staticmethod
-    def counts_pipeline(status: JobStatus) -> list[Doc]:
-        """A covered scan of the {status, name, ...} index."""
-        return [
-            {"$match": {"status": status.value}},
-            {"$group": {"_id": "$name", "n": {"$sum": 1}}},
-        ]
-
-    async def counts_by_name(self, status: JobStatus) -> dict[str, int]:
-        rows = await aggregate(self.coll, self.counts_pipeline(status))
-        return {str(r["_id"]): int(r["n"]) for r in rows}

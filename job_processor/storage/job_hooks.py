@@ -1,0 +1,75 @@
+"""on_job_exited records on the jobs collection: the hooks owed by processes that are gone, taken
+over by compare-and-set on their hook id, and the record of how a hook ended. A mixin of
+`JobStore`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from ..core import documents as D
+from .compat import all_docs, decode_opt
+from .transient import ride_out
+
+Doc = dict[str, Any]
+AFTER = ReturnDocument.AFTER
+
+
+class HookRecords:
+    coll: Any
+
+    def owed_hooks_cursor(self, cutoff: dt.datetime) -> Any:
+        return self.coll.find({"exit_hook": "owed", "exit_hook_at": {"$lt": cutoff}}).limit(500)
+
+    async def owed_hooks(self, cutoff: dt.datetime) -> list[Doc]:
+        """Jobs whose on_job_exited was recorded as owed before `cutoff` and not marked done."""
+        return await all_docs(self.owed_hooks_cursor(cutoff))
+
+    async def take_hook(self, doc: Doc, writer: str, now: dt.datetime) -> Doc | None:
+        """Take over an owed hook (its owner died): compare-and-set on its hook id."""
+        result = await self.coll.find_one_and_update(
+            {"_id": doc["_id"], "exit_hook": "owed", "exit_hook_id": doc["exit_hook_id"]},
+            {
+                "$set": {
+                    "exit_hook_id": D.new_id(),
+                    "exit_hook_owner": writer,
+                    "exit_hook_at": now,
+                }
+            },
+            return_document=AFTER,
+        )
+        return decode_opt(result)
+
+    async def disown_hook(self, job_id: ObjectId, hook_id: str) -> None:
+        """An owed hook whose owner cannot call it (it does not define the job): no owner."""
+        await self.coll.update_one(
+            {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id},
+            {"$set": {"exit_hook_owner": None}},
+        )
+
+    async def hook_ended(
+        self,
+        job_id: ObjectId,
+        hook_id: str,
+        state: str,
+        error: str | None,
+        now: dt.datetime,
+        budget: float,
+        expires_at: dt.datetime | None = None,
+    ) -> bool:
+        """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none"); the
+        job's retention starts counting then (`expires_at`)."""
+        fields: Doc = {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}
+        if expires_at is not None:
+            fields["expires_at"] = expires_at
+
+        async def once() -> bool:
+            res = await self.coll.update_one(
+                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}, {"$set": fields}
+            )
+            return bool(res.matched_count)
+
+        return await ride_out(once, budget)

@@ -1,0 +1,150 @@
+"""Reads on the jobs collection (by id, listings, counts, due times) and the change stream that
+wakes idle workers. A mixin of `JobStore`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+
+from ..core import documents as D
+from ..core.status import JobStatus
+from .compat import (
+    ServerProfile,
+    aggregate,
+    all_docs,
+    close_stream,
+    decode,
+    decode_opt,
+    open_stream,
+)
+
+Doc = dict[str, Any]
+S = JobStatus
+#: Listing order: newest first.
+LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+
+class JobReads:
+    coll: Any
+    profile: ServerProfile
+
+    def wake_pipeline(self) -> list[Doc]:
+        """Only what can make a job claimable: inserts of pending jobs, and updates that set
+        `claim_name` (a retry, a pause, retry_job). nx-27017 cannot filter with `$or` (and sends
+        no updateDescription): there, inserts and updates pass and the waker decides."""
+        if not self.profile.stream_or:
+            return [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}]
+        return [
+            {
+                "$match": {
+                    "$or": [
+                        {"operationType": "insert", "fullDocument.claim_name": {"$exists": True}},
+                        {"operationType": "replace"},
+                        {
+                            "operationType": "update",
+                            "updateDescription.updatedFields.claim_name": {"$exists": True},
+                        },
+                        {  # an operator's run-now: a pending job's due time moved
+                            "operationType": "update",
+                            "updateDescription.updatedFields.due_ms": {"$exists": True},
+                        },
+                    ]
+                }
+            },
+            {
+                "$project": {
+                    "operationType": 1,
+                    "fullDocument.status": 1,
+                    "fullDocument.scheduled_for": 1,
+                    "updateDescription.updatedFields.status": 1,
+                    "updateDescription.updatedFields.scheduled_for": 1,
+                    "updateDescription.updatedFields.due_ms": 1,
+                }
+            },
+        ]
+
+    async def watch(self, max_await_ms: int) -> Any:
+        return await open_stream(self.coll, self.wake_pipeline(), max_await_ms)
+
+    @staticmethod
+    async def close_stream(stream: Any) -> None:
+        await close_stream(stream)
+
+    async def get(self, job_id: ObjectId) -> Doc | None:
+        return decode_opt(await self.coll.find_one({"_id": job_id}))
+
+    def find_cursor(
+        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
+    ) -> Any:
+        query: Doc = {}
+        if name is not None:
+            query["name"] = name
+        if status is not None:
+            query["status"] = status.value
+        return self.coll.find(query).sort(LIST_SORT).limit(limit)
+
+    async def find(
+        self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
+    ) -> list[Doc]:
+        """Newest first, by name and/or status (each shape has its index)."""
+        return await all_docs(self.find_cursor(name, status, limit))
+
+    async def recent_tasks(self, name: str, limit: int = 5) -> list[Doc]:
+        """A cron's latest tasks (the {name, created_at} index: a task is created at its slot)."""
+        return await all_docs(self.find_cursor(name, None, limit))
+
+    async def running(self) -> list[Doc]:
+        return await all_docs(
+            self.coll.find(
+                {"status": S.RUNNING.value},
+                {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
+            )
+        )
+
+    async def count_due_upto(self, names: list[str], now: dt.datetime, most: int) -> int:
+        """How many jobs of these names are claimable now, counting at most `most` (the claim
+        index: a covered count of at most `most` keys)."""
+        return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
+
+    async def next_due(self, names: list[str]) -> dt.datetime | None:
+        """When the earliest claimable job of these names is due (tests, `testing`)."""
+        cursor = self.coll.find({"claim_name": {"$in": names}}).sort([("due_ms", ASCENDING)])
+        async for doc in cursor.limit(1):
+            return decode(doc)["scheduled_for"]  # type: ignore[no-any-return]
+        return None
+
+    async def count_due(self, names: list[str], now: dt.datetime) -> int:
+        return int(await self.coll.count_documents(D.claim_filter(names, now)))
+
+    async def trim(self, name: str, statuses: list[JobStatus], keep: int, batch: int) -> int:
+        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
+        first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
+        of them per call, never one whose hook is owed. Reads at most keep + batch index keys
+        ({status, name, created_at, _id})."""
+        query: Doc = {
+            "status": {"$in": [s.value for s in statuses]},
+            "name": name,
+            "exit_hook": {"$ne": "owed"},
+        }
+        cursor = self.coll.find(query, {"_id": 1}).sort(LIST_SORT).skip(keep).limit(batch)
+        ids = [d["_id"] async for d in cursor]
+        if not ids:
+            return 0
+        # the same conditions again: a job retried between the read and here is kept
+        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
+        return int(res.deleted_count)
+
+    @staticmethod
+    def counts_pipeline(status: JobStatus) -> list[Doc]:
+        """A covered scan of the {status, name, ...} index."""
+        return [
+            {"$match": {"status": status.value}},
+            {"$group": {"_id": "$name", "n": {"$sum": 1}}},
+        ]
+
+    async def counts_by_name(self, status: JobStatus) -> dict[str, int]:
+        rows = await aggregate(self.coll, self.counts_pipeline(status))
+        return {str(r["_id"]): int(r["n"]) for r in rows}

@@ -1,0 +1,95 @@
+"""Jobs another program wrote, on the jobs collection: documents no claim can take (a counted
+field that is not a number, a due time that can never come, a name no worker defines) are
+errored with the reason; a minimal insert is completed on its first claim. A mixin of
+`JobStore`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from ..core import documents as D
+from ..core.documents import CLAIM_SORT
+from ..core.retention import Retention
+from ..core.status import JobStatus
+from .compat import all_docs
+
+Doc = dict[str, Any]
+S = JobStatus
+#: MongoDB's error code for an update that cannot apply to a field's type ($inc on a string).
+TYPE_MISMATCH = 14
+
+
+class ForeignJobs:
+    coll: Any
+    retention_of: Callable[[str], Retention | None]
+
+    def _unclaimable(self, error: str, now: dt.datetime, name: str) -> Doc:
+        keep = self.retention_of(name)
+        return D.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
+
+    async def error_uncountable(self, names: list[str], now: dt.datetime) -> int:
+        """After a claim failed with TypeMismatch (another program wrote `attempt: "x"`; the
+        claim's `$inc` cannot apply, on MongoDB): error the due jobs that caused it, with the
+        reason, so they stop blocking the claims of their names. Returns how many."""
+        query = D.claim_filter(names, now) | {"attempt": {"$exists": True}}
+        docs = await all_docs(self.coll.find(query).sort(CLAIM_SORT).limit(100))
+        return await self._error_uncountable_docs([d for d in docs if D.uncountable(d)], now)
+
+    async def _error_uncountable_docs(self, docs: list[Doc], now: dt.datetime) -> int:
+        errored = 0
+        for doc in docs:
+            why = D.uncountable(doc)
+            if why is None:
+                continue
+            res = await self.coll.update_one(
+                {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
+                self._unclaimable(why, now, str(doc["claim_name"])),
+            )
+            errored += res.modified_count
+        return errored
+
+    async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
+        """Write the missing fields of a job inserted by another program (see
+        `documents.completion`), while this run owns it."""
+        if not fields:
+            return True
+        res = await self.coll.update_one({"_id": job_id, "run_id": run_id}, {"$set": fields})
+        return bool(res.matched_count)
+
+    async def error_unknown(
+        self, known: list[str], due_before: dt.datetime, now: dt.datetime
+    ) -> int:
+        """Claimable jobs of names not in `known`, due before `due_before` (a grace period):
+        errored with the reason. At most 100 per call; one compare-and-set each."""
+        query = {
+            "claim_name": {"$exists": True, "$nin": known},
+            "due_ms": {"$lt": D.epoch_ms(due_before)},
+        }
+        errored = 0
+        async for doc in self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100):
+            name = doc["claim_name"]
+            res = await self.coll.update_one(
+                {"_id": doc["_id"], "claim_name": name},
+                D.unknown_name_update(name, now),  # no definition here: kept until purged
+            )
+            errored += res.modified_count
+        return errored
+
+    async def error_undue(
+        self, names: list[str], inserted_before: dt.datetime, now: dt.datetime
+    ) -> int:
+        """Claimable jobs of these names whose `due_ms` is missing, text or a date (another
+        program wrote it: such a job is never due), inserted before `inserted_before`: errored
+        with the reason. At most 100 per kind and call (index-bounded on the claim index)."""
+        errored = 0
+        for query in D.undue_filters(names, inserted_before):
+            fields = {"_id": 1, "claim_name": 1, "due_ms": 1}
+            async for doc in self.coll.find(query, fields).limit(100):
+                res = await self.coll.update_one(
+                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
+                    self._unclaimable(D.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
+                )
+                errored += res.modified_count
+        return errored
