@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
-from job_processor.cli.run import RunContext
+from job_processor.cli import RunContext
 
 HOOK_CALLS = "chaos_hook_calls"
 _db: Any = None

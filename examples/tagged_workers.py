@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
-from job_processor.cli.run import RunContext
+from job_processor.cli import RunContext
 
 
 async def rebuild_search_index(job: Job, signal: AbortSignal) -> dict[str, int]:

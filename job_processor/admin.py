@@ -1,5 +1,50 @@
 """`job_processor.admin`: the stable import path of the operator verbs (`Admin`), which live
-in `job_processor.ops.admin` (one module per area). See that package for the documentation."""
+in `job_processor.ops.admin` (one module per area; see that package for the documentation),
+and of the redaction helpers it used to hold (now in `job_processor.core.masking`)."""
 
-from .ops.admin import *  # noqa: F403 - the same names, from the path users import
-from .ops.admin import __all__ as __all__
+from .core.masking import hide_in_texts, leaves, redact, redact_any, scrub, values_at
+from .ops.admin import (
+    ActionResult,
+    Admin,
+    AuditEntry,
+    CronRun,
+    CronView,
+    DefinitionView,
+    JobPage,
+    Overview,
+    QueueRow,
+    ThroughputRow,
+    WorkerView,
+    check_payload,
+    decode_cursor,
+    default_actor,
+    encode_cursor,
+    parse_duration,
+    parse_time,
+)
+
+__all__ = [
+    "ActionResult",
+    "Admin",
+    "AuditEntry",
+    "CronRun",
+    "CronView",
+    "DefinitionView",
+    "JobPage",
+    "Overview",
+    "QueueRow",
+    "ThroughputRow",
+    "WorkerView",
+    "check_payload",
+    "decode_cursor",
+    "default_actor",
+    "encode_cursor",
+    "hide_in_texts",
+    "leaves",
+    "parse_duration",
+    "parse_time",
+    "redact",
+    "redact_any",
+    "scrub",
+    "values_at",
+]

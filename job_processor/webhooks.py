@@ -1,21 +1,45 @@
-"""`job_processor.webhooks`: the stable import path of the webhook helpers users call
-(`generate_secret`, `sign`, `webhook_warnings`, `WebhookEndpoint`, `WebhookOptions`), which
-live in `job_processor.events.webhooks`."""
+"""`job_processor.webhooks`: the stable import path of the webhook helpers (`generate_secret`,
+`sign`, `webhook_warnings`, the endpoint model, the rules), which live in
+`job_processor.events.webhooks`."""
 
 from .events.webhooks import (
+    Decision,
+    Secret,
     WebhookEndpoint,
+    WebhookError,
     WebhookOptions,
     Webhooks,
+    check_url,
+    classify,
+    encode_body,
+    endpoint_id_of,
     generate_secret,
+    load_secrets,
+    parse_secret,
+    retry_after_seconds,
     sign,
+    standard_format,
+    url_host,
     webhook_warnings,
 )
 
 __all__ = [
+    "Decision",
+    "Secret",
     "WebhookEndpoint",
+    "WebhookError",
     "WebhookOptions",
     "Webhooks",
+    "check_url",
+    "classify",
+    "encode_body",
+    "endpoint_id_of",
     "generate_secret",
+    "load_secrets",
+    "parse_secret",
+    "retry_after_seconds",
     "sign",
+    "standard_format",
+    "url_host",
     "webhook_warnings",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from job_processor import JobStatus
-from job_processor.cli.run import RunContext
+from job_processor.cli import RunContext
 
 from .e2e.test_processes import url_with_db
 

@@ -16,6 +16,7 @@ from ..core.definitions import Subscriber, check_event_name, parse_subscribers
 from ..core.models import Delivery, Event, SubscriberInfo, Target
 from .queries import (
     REPLAY_LIMIT,
+    check_payload,
     complete_fanout,
     current_targets,
     event_id_of,
@@ -35,6 +36,7 @@ __all__ = [
     "SubscriberInfo",
     "Target",
     "check_event_name",
+    "check_payload",
     "complete_fanout",
     "current_targets",
     "event_id_of",

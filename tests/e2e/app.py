@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
-from job_processor.cli.run import RunContext
+from job_processor.cli import RunContext
 from job_processor.core.definitions import Limit
 
 

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from job_processor import AbortSignal, Event, JobProcessor, Subscriber, init_job_processor
-from job_processor.cli.run import RunContext
+from job_processor.cli import RunContext
 
 
 async def record(event: Event, signal: AbortSignal) -> dict[str, Any]:
