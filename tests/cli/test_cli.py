@@ -1,5 +1,6 @@
-"""The operations CLI, run for real (`python -m job_processor ...`) against the test server,
-from MONGODB_URL alone: what an operator sees, and the exit codes scripts rely on."""
+"""The operations CLI, run for real (each command a process of its own, see
+tests/forked_cli.py) against the test server, from MONGODB_URL alone: what an operator sees, and
+the exit codes scripts rely on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import datetime as dt
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +29,16 @@ from job_processor.events.webhooks import generate_secret
 from job_processor.ops.admin import Admin
 from tests.e2e.app import JOBS
 from tests.e2e.test_processes import url_with_db
+from tests.forked_cli import Run, run_cli
 from tests.helpers import FAST, wait_status
 from tests.receiver import Reply, receiving
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 async def cli(url: str, *args: str, env: dict[str, str] | None = None) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "job_processor",
-        *args,
-        cwd=ROOT,
-        env=os.environ | {"MONGODB_URL": url} | (env or {}),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    """`job-processor ARGS` with MONGODB_URL=url, in a process of its own (tests/forked_cli.py)."""
+    return await run_cli(*args, env={"MONGODB_URL": url} | (env or {}))
 
 
 async def boom(job: Job, signal: AbortSignal) -> None:
