@@ -42,7 +42,7 @@ from .core.abort import AbortReason, AbortSignal
 from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
 from .core.errors import InvalidPayloadError
-from .core.models import Job
+from .core.models import Job, Processor
 from .engine.execution import build_job, call_maybe_async
 from .processor import JobProcessor, init_job_processor
 
@@ -71,7 +71,7 @@ class JobHarness:
         payload_model: type[BaseModel] | None = None,
         now: dt.datetime | None = None,
         abort_after_checkpoints: tuple[int, AbortReason] | None = None,
-        processor: JobProcessor | None = None,
+        processor: Processor | None = None,
     ) -> None:
         now = now or FakeClock().now()
         if isinstance(payload, BaseModel):
