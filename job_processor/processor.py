@@ -34,6 +34,7 @@ from .core.errors import (
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
 from .core.retention import Keep
+from .core.retries import retry_refusal
 from .core.schedule import schedule_of
 from .core.settings import Settings, check_keep_events, check_positive, retention_of
 from .core.status import JobStatus, parse_status
@@ -202,26 +203,27 @@ class JobProcessor(Runtime, EventsAPI):
 
     async def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
         """Re-queue an errored or killed job now, keeping its history and checkpoint; its
-        attempts count afresh. Its next exit calls on_job_exited again."""
+        attempts count afresh. Its next exit calls on_job_exited again. If the hook of the exit
+        being retried has not run yet, it runs here first (with that exit's status)."""
         oid = object_id(job_id)
-        current = await self.get_job(oid)
-        definition = self.definitions.get(current.name)
+        stored = await self.storage.jobs.get(oid)
+        if stored is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        if stored.get("exit_hook") == "owed":
+            stored = await self.hooks.settle(stored, self.identity) or stored
+        definition = self.definitions.get(str(stored["name"]))
         exclusive = definition is not None and definition.concurrency == "exclusive"
         try:
             doc = await self.storage.jobs.retry(oid, self.clock.now(), exclusive)
         except DuplicateKeyError:
-            doc = None
-        if doc is None:
-            after = await self.get_job(oid)
-            if after.status in (S.ERRORED, S.KILLED):
-                raise JobProcessorError(
-                    f"job {after.name!r} {after.id}: cannot retry while another job with the same "
-                    f"{'key' if after.key else 'name (exclusive)'} is active; retry it later"
-                )
+            what = "key" if stored.get("key") else "name (exclusive)"
             raise JobProcessorError(
-                f"job {after.name!r} {after.id} is {after.status.value}: only errored or killed "
-                "jobs can be retried"
-            )
+                f"job {stored['name']!r} {oid}: cannot retry while another job with the same "
+                f"{what} is active; retry it later"
+            ) from None
+        if doc is None:
+            why = retry_refusal(await self.storage.jobs.get(oid))
+            raise JobProcessorError(f"job {stored['name']!r} {oid}: {why}")
         job = Job.read(doc)
         self.log.info("job_retried", job_id=job.id, job_name=job.name)
         if self.started and job.name in self.worker.names:

@@ -472,7 +472,9 @@ def kill_update(now: dt.datetime, writer: str | None, hook_owed: bool) -> Doc:
 
 def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
     """errored | killed -> pending now: attempts counted afresh, history and checkpoint kept,
-    the exclusive / dedup keys restored (a duplicate-key error means another job holds them)."""
+    the exclusive / dedup keys restored (a duplicate-key error means another job holds them).
+    A cron task that never started gets a fresh start deadline (its margin, from now): a retry
+    runs it, where the old deadline would record it as missed."""
     check_transition(S.ERRORED, S.PENDING)
     check_transition(S.KILLED, S.PENDING)
     fields: Doc = {
@@ -487,12 +489,26 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
         "run_id": None,
         "kill_requested_at": None,
     }
+    deadline = fresh_deadline(current, now)
+    if deadline is not None:
+        fields["start_deadline"] = deadline
     if exclusive:
         fields["exclusive_key"] = current["name"]
     if current.get("key") is not None:
         fields["dedup_key"] = dedup_key(current["name"], current["key"])
     # active again: nothing may expire it (its next end sets a new expiry)
     return {"$set": fields, "$unset": {"expires_at": ""}}
+
+
+def fresh_deadline(current: Doc, now: dt.datetime) -> dt.datetime | None:
+    """A never-started cron task's start deadline moved to now plus its margin (the time its
+    slot allowed it), or None when it has none to move."""
+    deadline, slot = current.get("start_deadline"), current.get("scheduled_for")
+    if current.get("type") != "cron_task" or current.get("started_at") is not None:
+        return None
+    if not isinstance(deadline, dt.datetime) or not isinstance(slot, dt.datetime):
+        return None
+    return now + max(as_utc(deadline) - as_utc(slot), dt.timedelta(0))
 
 
 def run_now_update(now: dt.datetime) -> Doc:

@@ -1,9 +1,10 @@
-"""Backoff maths: a pure function of the definition's Backoff and the failures so far."""
+"""Retries, pure: the backoff's delay after n failures, and why a `retry_job` did not apply."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from .definitions import Backoff
 
@@ -24,3 +25,19 @@ def backoff_delay(
     if backoff.jitter:
         delay = delay / 2 + rand() * delay / 2
     return delay
+
+
+def retry_refusal(doc: dict[str, Any] | None) -> str:
+    """Why a retry (errored | killed -> pending) did not apply to the job as it is now."""
+    if doc is None:
+        return "not found"
+    status = doc.get("status")
+    if status not in ("errored", "killed"):
+        return f"{status}: only errored or killed jobs can be retried"
+    if doc.get("exit_hook") == "owed":
+        return (
+            f"its on_job_exited for the {status} exit has not run yet (a worker that defines "
+            f"{doc.get('name')!r} runs it within about its worker_timeout); retry it once it "
+            "has, so that the hook sees this exit"
+        )
+    return f"{status}: it changed meanwhile; try again"

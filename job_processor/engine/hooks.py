@@ -137,6 +137,35 @@ class HookRunner:
         except TRANSIENT as exc:  # it stays owed, and will be called again
             self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
 
+    async def settle(self, doc: Doc, who: str) -> Doc | None:
+        """Run the hook a job still owes, here and now, before anything changes the job (a
+        retry): each exit's hook runs once, with that exit's status. Takes it over (compare-and-
+        set on its hook id, so one runner) and waits for it; a hook already running elsewhere
+        is waited for (up to its timeout). Returns the job as it is after, or None when the
+        hook could not be settled here (its definition is unknown to this process, or it is
+        still running elsewhere)."""
+        definition = self.definitions.get(str(doc.get("name")))
+        if definition is None:
+            return None
+        deadline = self.clock.now() + dt.timedelta(seconds=definition.on_job_exited_timeout + 5)
+        current: Doc | None = doc
+        while current is not None and current.get("exit_hook") == "owed":
+            mine = await self.jobs.take_hook(current, who, self.clock.now())
+            if mine is not None:
+                self.log.info(
+                    "on_job_exited_settled",
+                    job_id=str(doc["_id"]),
+                    job_name=doc.get("name"),
+                    worker_id=who,
+                )
+                await self.run(definition, mine)
+            elif self.clock.now() >= deadline:
+                return None  # another process holds it, past its timeout: not settled here
+            else:
+                await self.clock.sleep(0.2)  # another process is running it
+            current = await self.jobs.get(doc["_id"])
+        return current
+
     async def recover(self, now: dt.datetime, live: set[str], worker_timeout: float) -> int:
         """Call the hooks owed by processes that are gone. Returns how many were taken."""
         me = self.worker_id()

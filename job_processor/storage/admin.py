@@ -150,23 +150,40 @@ class JobAdminStore:
         return decode_opt(doc)
 
     async def delete_ended(self, oid: ObjectId) -> Doc | None:
-        """Delete a job that has ended (finished, errored, killed, skipped); None if it is
-        active or gone. Active jobs are never deleted: kill them first."""
+        """Delete a job that has ended (finished, errored, killed, skipped) and owes no
+        on_job_exited; None if it is active, owes its hook, or is gone. Active jobs are never
+        deleted (kill them first), nor jobs whose hook has yet to run (it would be lost)."""
         doc = await self.coll.find_one_and_delete(
-            {"_id": oid, "status": {"$in": sorted(s.value for s in TERMINAL)}}
+            {
+                "_id": oid,
+                "status": {"$in": sorted(s.value for s in TERMINAL)},
+                "exit_hook": {"$ne": "owed"},
+            }
         )
         return decode_opt(doc)
 
-    async def purge(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> int:
-        """Delete the jobs of an ended `status` that ended before `ended_before` (the
-        {status, ended_at} index)."""
+    def purge_query(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> Doc:
+        """The jobs a purge deletes: of an ended `status`, ended before `ended_before` (the
+        {status, ended_at} index), never one whose on_job_exited is still owed."""
         if status not in TERMINAL:
             raise ValueError(f"only ended jobs can be purged, not {status.value}")
         query: Doc = {"status": status.value, "ended_at": {"$lt": ended_before}}
         if name is not None:
             query["name"] = name
-        res = await self.coll.delete_many(query)
+        return query | {"exit_hook": {"$ne": "owed"}}
+
+    async def purge(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> int:
+        """Delete the jobs of `purge_query`. Returns how many."""
+        res = await self.coll.delete_many(self.purge_query(status, ended_before, name))
         return int(res.deleted_count)
+
+    async def owing_hooks(
+        self, status: JobStatus, ended_before: dt.datetime, name: str | None
+    ) -> int:
+        """How many jobs a purge of these left alone because their hook is still owed."""
+        query = self.purge_query(status, ended_before, name) | {"exit_hook": "owed"}
+        # find, not count_documents: nx-27017 counts nothing with a range on a date ($set)
+        return len(await all_docs(self.coll.find(query, {"_id": 1}).limit(10_000)))
 
     # ---- numbers ----------------------------------------------------------------------------
 

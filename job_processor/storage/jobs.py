@@ -462,13 +462,20 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
 
     async def retry(self, job_id: ObjectId, now: dt.datetime, exclusive: bool) -> Doc | None:
         """errored | killed -> pending now. Raises DuplicateKeyError when another active job
-        holds the exclusive / dedup key. Returns None when the job is not errored or killed."""
-        current = await self.coll.find_one({"_id": job_id}, {"key": 1, "name": 1})
+        holds the exclusive / dedup key. Returns None when the job is not errored or killed, or
+        when its on_job_exited is still owed (each exit's hook runs with that exit's status:
+        settle it first, see `HookRunner.settle`)."""
+        fields = {"key": 1, "name": 1, "type": 1, "started_at": 1, "scheduled_for": 1}
+        current = await self.coll.find_one({"_id": job_id}, fields | {"start_deadline": 1})
         if current is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         result = await self.coll.find_one_and_update(
-            {"_id": job_id, "status": {"$in": [S.ERRORED.value, S.KILLED.value]}},
-            D.retry_update(current, now, exclusive),
+            {
+                "_id": job_id,
+                "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
+                "exit_hook": {"$ne": "owed"},
+            },
+            D.retry_update(decode(current), now, exclusive),
             return_document=AFTER,
         )
         return decode_opt(result)

@@ -13,6 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core.errors import InvalidArgumentError, JobNotFoundError
 from ...core.models import Job
+from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from .base import AdminBase
 from .inputs import (
@@ -103,9 +104,7 @@ class JobsAdmin(AdminBase):
             result.skipped[str(oid)] = "not found"
             return
         if doc is None:
-            after = await self.storage.job_admin.by_id(oid)
-            status = after["status"] if after else "gone"
-            result.skipped[str(oid)] = f"{status}: only errored or killed jobs can be retried"
+            result.skipped[str(oid)] = retry_refusal(await self.storage.job_admin.by_id(oid))
             return
         result.changed.append(str(oid))
         if len(result.jobs) < 100:
@@ -197,7 +196,8 @@ class JobsAdmin(AdminBase):
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
         """Delete ended jobs (finished, errored, killed, skipped). Active jobs (pending,
-        running, paused) are refused: kill them first. Action "jobs_deleted"."""
+        running, paused) are refused: kill them first; so are jobs whose on_job_exited has not
+        run yet (it would be lost): a worker runs it shortly. Action "jobs_deleted"."""
         result = self._result("jobs_deleted", actor)
         for oid in ids_of(job_ids):
             doc = await self.storage.job_admin.delete_ended(oid)
@@ -205,11 +205,16 @@ class JobsAdmin(AdminBase):
                 result.changed.append(str(oid))
                 continue
             current = await self.storage.job_admin.by_id(oid)
-            result.skipped[str(oid)] = (
-                "not found"
-                if current is None
-                else f"{current['status']}: active jobs are not deleted (kill it first)"
-            )
+            if current is None:
+                why = "not found"
+            elif current["status"] not in {s.value for s in TERMINAL}:
+                why = f"{current['status']}: active jobs are not deleted (kill it first)"
+            else:
+                why = (
+                    f"{current['status']}: its on_job_exited has not run yet (a worker that "
+                    f"defines {current['name']!r} runs it shortly); delete it after that"
+                )
+            result.skipped[str(oid)] = why
         await self._record(result)
         return result
 
@@ -223,7 +228,9 @@ class JobsAdmin(AdminBase):
     ) -> ActionResult:
         """Delete the jobs of an ended status (finished, errored, killed, skipped) that ended
         more than `older_than` ago ("7d", "12h", a timedelta, or seconds), optionally of one
-        name. Active statuses are refused. Action "jobs_purged" (with the count)."""
+        name. Active statuses are refused, and jobs whose on_job_exited has not run yet are
+        kept (`detail["kept_owing_hook"]` counts them: a worker runs their hooks shortly).
+        Action "jobs_purged" (with the count)."""
         wanted = parse_status(status)
         if wanted not in TERMINAL:
             raise InvalidArgumentError(
@@ -234,10 +241,18 @@ class JobsAdmin(AdminBase):
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
         result.count = await self.storage.job_admin.purge(wanted, cutoff, name or None)
-        await self._record(
-            result,
-            {"status": wanted.value, "ended_before": cutoff.isoformat(), "name": name or ""},
-        )
+        kept = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
+        detail: dict[str, Any] = {
+            "status": wanted.value,
+            "ended_before": cutoff.isoformat(),
+            "name": name or "",
+        }
+        if kept:
+            detail["kept_owing_hook"] = kept
+            result.skipped[f"{kept} job(s)"] = (
+                "kept: their on_job_exited has not run yet (a worker runs it shortly)"
+            )
+        await self._record(result, detail)
         return result
 
     async def new_job(
