@@ -9,11 +9,22 @@ import re
 import urllib.parse
 from typing import Any
 
+from ..core.masking import mask_event
 from ..core.models import Delivery, Event
 from ..events import queries as ev
 from ..events.webhooks import WebhookEndpoint
 from ..ops.admin import Admin, parse_time
-from .common import DONE, NOTHING, UsageError, emit_json, first_line, table, when, with_admin
+from .common import (
+    DONE,
+    MASKER,
+    NOTHING,
+    UsageError,
+    emit_json,
+    first_line,
+    table,
+    when,
+    with_admin,
+)
 
 
 def _event_row(e: Event) -> list[Any]:
@@ -42,7 +53,9 @@ async def events_list(args: argparse.Namespace) -> int:
         )
         if args.json:
             skip = {"deliveries", "delivery"}
-            emit_json([e.model_dump(mode="json", exclude=skip) for e in events])
+            emit_json(
+                [{k: v for k, v in mask_event(MASKER, e).items() if k not in skip} for e in events]
+            )
             return DONE
         table(
             ["ID", "NAME", "EMITTED", "KEY", "SUBSCRIBERS", "WEBHOOKS", "REPLAYS", "EMITTED BY"],
@@ -64,6 +77,8 @@ def _at(value: Any) -> str:
 
 
 def show_event(e: Event) -> None:
+    masked = mask_event(MASKER, e)
+    secrets = MASKER.secrets(e.payload, *[d.result for d in e.deliveries])
     fields: list[tuple[str, Any]] = [
         ("id", e.id),
         ("name", e.name),
@@ -77,7 +92,7 @@ def show_event(e: Event) -> None:
     for key, value in fields:
         if value is not None:
             print(f"{key + ':':<20}{value}")
-    print(f"{'payload:':<20}{json.dumps(e.model_dump(mode='json')['payload'])}")
+    print(f"{'payload:':<20}{json.dumps(masked['payload'])}")
     print("deliveries:")
     if not e.deliveries:
         print("  none: nobody was listening when it was emitted (replay it to deliver it now)")
@@ -93,7 +108,7 @@ def show_event(e: Event) -> None:
                 _attempts(d),
                 d.replay_id or "",
                 d.job_id,
-                first_line(d.error, 50),
+                first_line(MASKER.text(d.error, secrets), 50),
             ]
             for d in e.deliveries
         ],
@@ -109,7 +124,9 @@ def show_event(e: Event) -> None:
                     _at(a.get("at")),
                     a.get("status_code") or "-",
                     f"{a['duration_ms']} ms" if a.get("duration_ms") is not None else "-",
-                    first_line(a.get("error") or a.get("response_excerpt"), 60),
+                    first_line(
+                        MASKER.text(a.get("error") or a.get("response_excerpt"), secrets), 60
+                    ),
                 ]
                 for a in d.attempts
             ],
@@ -121,7 +138,7 @@ async def events_show(args: argparse.Namespace) -> int:
     async def run(admin: Admin) -> int:
         event = await ev.get_event(admin.storage, args.event_id)
         if args.json:
-            emit_json(event.model_dump(mode="json", exclude={"delivery"}))
+            emit_json(mask_event(MASKER, event))
         else:
             show_event(event)
         return DONE

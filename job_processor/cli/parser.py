@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
     p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
     p.add_argument("--root-path", default="", help="path prefix a reverse proxy serves it under")
+    p.add_argument(
+        "--allowed-hosts",
+        action="append",
+        metavar="HOSTS",
+        help="host names it answers to, comma-separated (default without auth: localhost, "
+        "127.0.0.1, ::1; with auth: any); others get a 400",
+    )
     p.set_defaults(func=run.cmd_dashboard)
     _no_abbreviations(parser)
     return parser

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .models import Job
+from .models import Event, Job
 
 MASK = "••••••"
 
@@ -63,8 +63,12 @@ class Masker:
         if self.fields:
             names = "|".join(re.escape(f) for f in sorted(self.fields, key=len, reverse=True))
             key = rf"(?:[\w-]*[_-])?(?:{names})(?:[_-][\w-]*)?\b"
+            # a quoted value is masked up to its closing quote (spaces included); an unquoted
+            # one up to the first space or separator
             self._pair = re.compile(
-                rf"""(?P<key>["']?\b{key}["']?\s*[:=]\s*)(?P<q>["']?)(?P<value>(?:(?:bearer|basic)\s+)?[^"'\s,;&}}\]]+)""",
+                rf"""(?P<key>["']?\b{key}["']?\s*[:=]\s*)"""
+                rf"""(?:(?P<q>["'])(?P<quoted>(?:\\.|(?!(?P=q)).)*)(?P=q)"""
+                rf"""|(?P<value>(?:(?:bearer|basic)\s+)?[^"'\s,;&}}\]]+))""",
                 re.IGNORECASE,
             )
 
@@ -109,11 +113,21 @@ class Masker:
         """Free text with `key=value` pairs of sensitive keys and the given secrets masked."""
         if not text:
             return text
-        for secret in sorted(set(secrets), key=len, reverse=True):
-            text = text.replace(secret, MASK)
+        text = scrub(text, set(secrets), MASK)
         if self._pair is not None:
-            text = self._pair.sub(lambda m: f"{m['key']}{m['q']}{MASK}", text)
+            text = self._pair.sub(_masked_pair, text)
         return text
+
+    def masked(self, value: Any, secrets: Iterable[str] = ()) -> Any:
+        """`value` (a payload, a checkpoint, a result, an event's payload) with its sensitive
+        fields masked, and every one of `secrets` masked inside each string it holds (a result
+        that echoes a password the payload holds in a sensitive field)."""
+        return scrub(self.value(value), set(secrets), MASK)
+
+
+def _masked_pair(m: re.Match[str]) -> str:
+    quote = m["q"] or ""
+    return f"{m['key']}{quote}{MASK}{quote}"
 
 
 def mask_job(masker: Masker, job: Job[Any]) -> dict[str, Any]:
@@ -121,21 +135,33 @@ def mask_job(masker: Masker, job: Job[Any]) -> dict[str, Any]:
     (payload, checkpoint, result, errors, history, the exit hook's error)."""
     data: dict[str, Any] = job.model_dump(mode="json")
     secrets = masker.secrets(data.get("payload"), data.get("state"), job.result)
-    data["payload"] = masker.value(data.get("payload"))
-    data["state"] = masker.value(data.get("state"))
-    data["invalid_fields"] = masker.value(data.get("invalid_fields"))
+    for field in ("payload", "state", "invalid_fields"):
+        data[field] = masker.masked(data.get(field), secrets)
     if data.get("output"):
         out = dict(data["output"])
-        out["result"] = masker.value(out.get("result"))
+        out["result"] = masker.masked(out.get("result"), secrets)
         out["error"] = masker.text(out.get("error"), secrets)
         data["output"] = out
     data["history"] = [
         {**h, "error": masker.text(h.get("error"), secrets)}
         if isinstance(h.get("error"), str)
         else h
-        for h in masker.value(data.get("history") or [])
+        for h in masker.masked(data.get("history") or [], secrets)
     ]
     data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
+    return data
+
+
+def mask_event(masker: Masker, event: Event) -> dict[str, Any]:
+    """An event as JSON with its payload's sensitive fields, and the secrets they hold, masked
+    everywhere: the payload, each delivery's result, error and webhook attempts."""
+    data: dict[str, Any] = event.model_dump(mode="json", exclude={"delivery"})
+    secrets = masker.secrets(data.get("payload"), *[d.result for d in event.deliveries])
+    data["payload"] = masker.masked(data.get("payload"), secrets)
+    data["deliveries"] = [
+        masker.masked(d, secrets) | {"error": masker.text(d.get("error"), secrets)}
+        for d in data.get("deliveries") or []
+    ]
     return data
 
 
@@ -204,25 +230,31 @@ def leaves(value: Any) -> set[str]:
     return {str(value)}
 
 
-def scrub(value: Any, hidden: set[str]) -> Any:
-    """A copy of `value` with these values replaced by REDACTED in every string it holds."""
+def scrub(value: Any, hidden: set[str], mask: str = REDACTED) -> Any:
+    """A copy of `value` with these values replaced by `mask` in every string it holds."""
+    if not hidden:
+        return value
     if isinstance(value, str):
         for secret in sorted(hidden, key=len, reverse=True):
-            value = value.replace(secret, REDACTED)
+            value = value.replace(secret, mask)
         return value
     if isinstance(value, dict):
-        return {k: scrub(v, hidden) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, hidden) for v in value]
+        return {k: scrub(v, hidden, mask) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v, hidden, mask) for v in value]
     return value
 
 
 def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
-    """Replace these values in the job's error texts (its error, its runs' errors, the exit
-    hook's error) by REDACTED."""
+    """Replace these values by REDACTED wherever the job holds them: its error texts (its
+    error, its runs' errors, the exit hook's error), its result, and the rest of its payload
+    and checkpoint (a field that is not sensitive but quotes one that is)."""
     if not hidden:
         return
     if job.output is not None:
         job.output.error = scrub(job.output.error, hidden)
+        job.output.result = scrub(job.output.result, hidden)
     job.history = scrub(job.history, hidden)
     job.exit_hook_error = scrub(job.exit_hook_error, hidden)
+    job.payload = scrub(job.payload, hidden)
+    job.state = scrub(job.state, hidden)

@@ -42,6 +42,7 @@ def create_dashboard(
     title: str = "job-processor",
     extra_routes: Sequence[BaseRoute] = (),
     extra_nav: Sequence[tuple[str, str]] = (),
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The dashboard as a Starlette app, to mount (`app.mount("/jobs", ...)`) or serve.
 
@@ -60,6 +61,10 @@ def create_dashboard(
     refresh_seconds: how often pages refresh their live parts (0: never).
     metrics: a job_processor.metrics.Metrics to serve at /metrics (default: metrics.enable(
         processor) or metrics.for_database(db), created at the first scrape).
+    allowed_hosts: the host names it answers to (`Host`, and the `Origin` of forms): exact
+        names, "*.example.com" or "*". Default: loopback names only ("localhost",
+        "*.localhost", "127.0.0.1", "::1") when `auth` is not given, any host otherwise. Other
+        hosts get a 400 (a defence against DNS rebinding).
     extra_routes, extra_nav: more pages (e.g. ("/reports", "Reports")), rendered with the
         dashboard's layout by `request.app.state.dashboard.page(request, template, ...)`.
     """
@@ -82,6 +87,7 @@ def create_dashboard(
         metrics=metrics,
         title=title,
         extra_nav=extra_nav,
+        allowed_hosts=allowed_hosts,
     )
 
     def r(path: str, handler: PageHandler, **kw: Any) -> Route:

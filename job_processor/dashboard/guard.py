@@ -1,14 +1,15 @@
-"""The ASGI middleware in front of every page: authentication, CSRF on POST, read-only
-refusal, error pages."""
+"""The ASGI middleware in front of every page: allowed hosts, authentication, CSRF on POST,
+read-only refusal, error pages."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 from pymongo.errors import PyMongoError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import EventNotFoundError, JobNotFoundError, JobProcessorError
@@ -19,15 +20,14 @@ from .state import Dashboard, route_path
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Paths served without authentication (probes and the static files).
-
-#: Paths served without authentication (probes and the static files).
 OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
 
 
 class Guard:
-    """ASGI middleware: authentication, CSRF on POST, read-only refusal, error pages."""
+    """ASGI middleware: allowed hosts, authentication, CSRF on POST, read-only refusal, error
+    pages."""
 
     def __init__(self, app: ASGIApp, dashboard: Dashboard) -> None:
         self.app = app
@@ -37,11 +37,13 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        d = self.dashboard
         path = route_path(scope)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            if await _refuse_host(d, scope, receive, send):
+                return
             await self.app(scope, receive, send)
             return
-        d = self.dashboard
         scope.setdefault("state", {})
         request = Request(scope, receive)
         verdict = await d.auth.check(request)
@@ -55,6 +57,8 @@ class Guard:
             await response(scope, receive, send)
             return
         scope["state"]["user"] = verdict
+        if await _refuse_host(d, scope, receive, send):
+            return
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             if d.read_only:
                 response = d.error_page(
@@ -70,6 +74,8 @@ class Guard:
                 k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
             }
             why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
+            if why is None and not d.allowed_hosts.origin_allowed(request.headers.get("origin")):
+                why = f"the request came from another site ({request.headers.get('origin')})"
             if why is not None:
                 response = d.error_page(request, 403, "Request refused", f"Refused: {why}.")
                 await response(scope, receive, send)
@@ -84,6 +90,22 @@ class Guard:
                 f"The database did not answer: {str(exc).split(',')[0]}",
             )
             await response(scope, receive, send)
+
+
+async def _refuse_host(dashboard: Dashboard, scope: Scope, receive: Receive, send: Send) -> bool:
+    """A request naming a host this dashboard does not answer to gets a 400 (DNS rebinding: a
+    page of another site whose name resolves to our address)."""
+    host = Headers(scope=scope).get("host")
+    if dashboard.allowed_hosts.allows(host):
+        return False
+    refused = PlainTextResponse(
+        f"Invalid Host header {host!r}: this dashboard answers to "
+        f"{dashboard.allowed_hosts.describe()} (create_dashboard(allowed_hosts=[...]), "
+        "job-processor dashboard --allowed-hosts ...)\n",
+        status_code=400,
+    )
+    await refused(scope, receive, send)
+    return True
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

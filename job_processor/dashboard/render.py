@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -107,13 +108,18 @@ def make_env(masker: Masker) -> Environment:
             iso, absolute(value), relative(value, now)
         )
 
-    def pretty(value: Any) -> str:
-        return json.dumps(to_jsonable(masker.value(value)), indent=2, ensure_ascii=False)
+    def masked(value: Any, secrets: Iterable[str]) -> Any:
+        """Sensitive fields masked, and the secrets the value itself holds in them (and those
+        given: the rest of the job's) masked wherever else they appear in it."""
+        return to_jsonable(masker.masked(value, {*masker.secrets(value), *secrets}))
 
-    def compact(value: Any, width: int = 80) -> str:
+    def pretty(value: Any, secrets: Iterable[str] = ()) -> str:
+        return json.dumps(masked(value, secrets), indent=2, ensure_ascii=False)
+
+    def compact(value: Any, width: int = 80, secrets: Iterable[str] = ()) -> str:
         if not value:
             return ""
-        text = json.dumps(to_jsonable(masker.value(value)), ensure_ascii=False)
+        text = json.dumps(masked(value, secrets), ensure_ascii=False)
         return text if len(text) <= width else text[: width - 1] + "…"
 
     def short_id(value: Any) -> Markup:

@@ -17,6 +17,7 @@ from ..core.errors import JobProcessorError
 from ..storage.connect import URL_ENV, open_database
 from .app import create_dashboard
 from .auth import UNSET
+from .hosts import patterns_from
 
 AUTH_ENV = "JOB_PROCESSOR_DASHBOARD_AUTH"
 
@@ -64,6 +65,7 @@ async def run(args: argparse.Namespace) -> int:
         sensitive_fields=fields,
         collection_prefix=getattr(args, "prefix", "job_processor_"),
         host=args.host,
+        allowed_hosts=patterns_from(args.allowed_hosts),
     )
     config = uvicorn.Config(
         app,

@@ -21,6 +21,7 @@ from ..ops.admin import Admin
 from ..storage.connect import check_database
 from . import csrf
 from .auth import Authenticator
+from .hosts import AllowedHosts
 from .render import FLASH_COOKIE, make_env, read_flash, root_of, set_flash, url
 
 #: The navigation: (path under the mount root, label). Pages added with `extra_nav` come after
@@ -59,6 +60,7 @@ class Dashboard:
         metrics: Any,
         title: str,
         extra_nav: Sequence[tuple[str, str]],
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         self.processor: Runtime | None = target if isinstance(target, Runtime) else None
         if self.processor is not None:
@@ -69,6 +71,7 @@ class Dashboard:
             self.db = target
             self.prefix = collection_prefix or "job_processor_"
         self.auth = Authenticator(auth)
+        self.allowed_hosts = AllowedHosts(allowed_hosts, loopback_only=self.auth.mode == "loopback")
         self.read_only = bool(read_only)
         self.masker = Masker(sensitive_fields)
         self.refresh_seconds = float(refresh_seconds)

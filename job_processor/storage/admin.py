@@ -149,17 +149,20 @@ class JobAdminStore:
         )
         return decode_opt(doc)
 
-    async def delete_ended(self, oid: ObjectId) -> Doc | None:
+    async def delete_ended(
+        self, oid: ObjectId, hookless: frozenset[str] = frozenset()
+    ) -> Doc | None:
         """Delete a job that has ended (finished, errored, killed, skipped) and owes no
         on_job_exited; None if it is active, owes its hook, or is gone. Active jobs are never
-        deleted (kill them first), nor jobs whose hook has yet to run (it would be lost)."""
-        doc = await self.coll.find_one_and_delete(
-            {
-                "_id": oid,
-                "status": {"$in": sorted(s.value for s in TERMINAL)},
-                "exit_hook": {"$ne": "owed"},
-            }
-        )
+        deleted (kill them first), nor jobs whose hook has yet to run (it would be lost). A job
+        of a name in `hookless` (the registry says its definition has no on_job_exited) owes
+        only the record of that, and is deleted."""
+        ended = {"_id": oid, "status": {"$in": sorted(s.value for s in TERMINAL)}}
+        doc = await self.coll.find_one_and_delete(ended | {"exit_hook": {"$ne": "owed"}})
+        if doc is None and hookless:
+            doc = await self.coll.find_one_and_delete(
+                ended | {"exit_hook": "owed", "name": {"$in": sorted(hookless)}}
+            )
         return decode_opt(doc)
 
     def purge_query(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> Doc:
@@ -172,10 +175,23 @@ class JobAdminStore:
             query["name"] = name
         return query | {"exit_hook": {"$ne": "owed"}}
 
-    async def purge(self, status: JobStatus, ended_before: dt.datetime, name: str | None) -> int:
-        """Delete the jobs of `purge_query`. Returns how many."""
-        res = await self.coll.delete_many(self.purge_query(status, ended_before, name))
-        return int(res.deleted_count)
+    async def purge(
+        self,
+        status: JobStatus,
+        ended_before: dt.datetime,
+        name: str | None,
+        hookless: frozenset[str] = frozenset(),
+    ) -> int:
+        """Delete the jobs of `purge_query`, and those that owe only the record of a hook their
+        definition does not have (names in `hookless`). Returns how many."""
+        query = self.purge_query(status, ended_before, name)
+        res = await self.coll.delete_many(query)
+        deleted = int(res.deleted_count)
+        names = sorted(hookless if name is None else hookless & {name})
+        if names:
+            owed = query | {"exit_hook": "owed", "name": {"$in": names}}
+            deleted += int((await self.coll.delete_many(owed)).deleted_count)
+        return deleted
 
     async def owing_hooks(
         self, status: JobStatus, ended_before: dt.datetime, name: str | None

@@ -155,20 +155,29 @@ async def leaky(job: Job, signal: AbortSignal) -> None:
     )
 
 
+async def echo(job: Job, signal: AbortSignal) -> dict[str, str]:
+    return {"echo": f"{job.payload['password']} {job.payload['card']['number']}"}
+
+
 async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_url: str) -> None:
     url = url_with_db(mongo_url, db.name)
     jobs: dict[str, Any] = {
         "pay": JobDef(handler=leaky, sensitive_fields=("card.number",)),
+        "echo": JobDef(handler=echo, sensitive_fields=("card.number",)),
         "fine": JobDef(handler=tick),
     }
     processor = await init_job_processor(db, jobs=jobs, **FAST)
     payload = {"to": "a@b.c", "password": "hunter2-secret", "card": {"number": "4111222233334444"}}
     async with processor:
         failed = await processor.schedule_job("pay", payload)
+        echoed = await processor.schedule_job("echo", payload)
         await wait_status(processor, failed.id, "errored")  # type: ignore[arg-type]
+        await wait_status(processor, echoed.id, "finished")  # type: ignore[arg-type]
     printed = [
         await cli(url, "jobs", "show", failed.id),
         await cli(url, "jobs", "show", failed.id, "--json"),
+        await cli(url, "jobs", "show", echoed.id),
+        await cli(url, "jobs", "show", echoed.id, "--json"),
         await cli(url, "jobs", "list"),
         await cli(url, "jobs", "list", "--json"),
     ]
@@ -188,7 +197,7 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
     assert killed.returncode == 0, killed.stderr
     assert (await processor.get_job(new["id"])).status == "killed"
     assert (await cli(url, "jobs", "kill", new["id"])).returncode == 1  # already ended
-    deleted = await cli(url, "jobs", "delete", new["id"], failed.id)
+    deleted = await cli(url, "jobs", "delete", new["id"], failed.id, echoed.id)
     assert deleted.returncode == 0, deleted.stderr
     assert [j.id for j in await processor.list_jobs("pay")] == []
     assert (await cli(url, "jobs", "delete", failed.id)).returncode == 1  # nothing left

@@ -47,7 +47,7 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
             "JOB_PROCESSOR_DASHBOARD_AUTH": "ops:pa55word",
         }
         proc = subprocess.Popen(
-            [*CLI, "dashboard", "--port", str(port)],
+            [*CLI, "dashboard", "--port", str(port), "--allowed-hosts", "127.0.0.1,jobs.internal"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -71,6 +71,11 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
                 page = await c.get("/", auth=("ops", "pa55word"))
                 assert page.status_code == 200
                 assert "send-email" in page.text and "runner-1" in page.text
+                creds = ("ops", "pa55word")
+                named = await c.get("/", auth=creds, headers={"host": "jobs.internal:8080"})
+                assert named.status_code == 200  # --allowed-hosts
+                rebound = await c.get("/", auth=creds, headers={"host": "evil.example"})
+                assert rebound.status_code == 400 and "Invalid Host header" in rebound.text
         finally:
             proc.terminate()
             out, err = proc.communicate(timeout=10)

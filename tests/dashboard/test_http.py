@@ -415,3 +415,68 @@ async def test_a_job_page_shows_its_checkpoint_runs_and_exit_hook(processor: Any
 
 async def _hook_done(p: JobProcessor, job_id: str) -> bool:
     return (await p.get_job(job_id)).exit_hook == "done"
+
+
+async def test_a_secret_echoed_by_the_result_or_quoted_with_spaces_is_masked(db: Any) -> None:
+    password = "correct horse battery staple"
+
+    async def echo(job: Any, signal: Any) -> dict[str, Any]:
+        return {"note": f"logged in with {job.payload['password']}"}
+
+    async def quoting(job: Any, signal: Any) -> None:
+        raise RuntimeError(f"login refused: password='{job.payload['password']}' user=ada")
+
+    from job_processor import JobDef, init_job_processor
+
+    p = await init_job_processor(
+        db, jobs={"echo": JobDef(handler=echo), "quote": JobDef(handler=quoting)}, poll_interval=0.2
+    )
+    async with p:
+        done = await p.schedule_job("echo", {"password": password})
+        failed = await p.schedule_job("quote", {"password": password})
+        await wait_until(lambda: _status(p, done.id, S.FINISHED))
+        await wait_until(lambda: _status(p, failed.id, S.ERRORED))
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in (f"/jobs/{done.id}", f"/api/jobs/{done.id}", f"/jobs/{failed.id}", "/jobs"):
+            body = (await c.get(path)).text
+            for word in ("correct horse", "horse battery", "battery staple"):
+                assert word not in body, (path, word)
+        result = (await c.get(f"/api/jobs/{done.id}")).json()["output"]["result"]
+        assert result == {"note": f"logged in with {MASK}"}
+        error = (await c.get(f"/api/jobs/{failed.id}")).json()["output"]["error"]
+        assert f"password='{MASK}' user=ada" in error
+
+
+async def test_a_loopback_dashboard_refuses_other_hosts_and_origins(processor: Any) -> None:
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 reaches the
+    dashboard with `Host: evil.example`, and posts forms with `Origin: http://evil.example`."""
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p)  # no auth: loopback only
+    async with client(app, base="http://127.0.0.1:8080", auth=None) as local:
+        page = await local.get(f"/jobs/{job_id}")
+        assert page.status_code == 200
+        csrf = token(page.text)
+        rebound = await local.get(f"/jobs/{job_id}", headers={"host": "evil.example:8080"})
+        assert rebound.status_code == 400 and "Invalid Host header" in rebound.text
+        assert (await local.get("/healthz", headers={"host": "evil.example"})).status_code == 400
+        evil = {"origin": "http://evil.example:8080", "host": "evil.example:8080"}
+        posted = await local.post(f"/jobs/{job_id}/retry", data={"csrf_token": csrf}, headers=evil)
+        assert posted.status_code == 400
+        from_evil = await local.post(
+            f"/jobs/{job_id}/retry",
+            data={"csrf_token": csrf},
+            headers={"origin": "http://evil.example:8080"},
+        )
+        assert from_evil.status_code == 403 and "another site" in from_evil.text
+        assert (await p.get_job(job_id)).status == S.ERRORED  # nothing was done
+        for name in ("localhost:8080", "[::1]:8080", "app.localhost"):
+            assert (await local.get("/", headers={"host": name})).status_code == 200, name
+    named = create_dashboard(p, auth=AUTH, allowed_hosts=["jobs.example.com", "*.internal"])
+    async with client(named, base="http://jobs.example.com") as c:
+        assert (await c.get("/")).status_code == 200
+        assert (await c.get("/", headers={"host": "a.internal"})).status_code == 200
+        assert (await c.get("/", headers={"host": "127.0.0.1"})).status_code == 400
+    with pytest.raises(DashboardConfigError, match="allowed_hosts"):
+        create_dashboard(p, allowed_hosts="jobs.example.com")  # type: ignore[arg-type]

@@ -125,6 +125,15 @@ class AdminBase:
                 hide_in_texts(job, hidden)
         return jobs
 
+    async def _hookless(self) -> frozenset[str]:
+        """Names whose registered definition has no on_job_exited (an owed record of one is a
+        formality); names the registry does not know are not among them."""
+        return frozenset(
+            str(d["_id"])
+            for d in await self.storage.definitions.all()
+            if d.get("has_exit_hook") is False
+        )
+
     async def _workers(self, now: dt.datetime) -> list[WorkerView]:
         running = await self.storage.jobs.running()
         by_worker: dict[str, list[dict[str, Any]]] = {}

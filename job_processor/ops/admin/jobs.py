@@ -199,8 +199,9 @@ class JobsAdmin(AdminBase):
         running, paused) are refused: kill them first; so are jobs whose on_job_exited has not
         run yet (it would be lost): a worker runs it shortly. Action "jobs_deleted"."""
         result = self._result("jobs_deleted", actor)
+        hookless = await self._hookless()
         for oid in ids_of(job_ids):
-            doc = await self.storage.job_admin.delete_ended(oid)
+            doc = await self.storage.job_admin.delete_ended(oid, hookless)
             if doc is not None:
                 result.changed.append(str(oid))
                 continue
@@ -240,7 +241,9 @@ class JobsAdmin(AdminBase):
         age = parse_duration(older_than)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
-        result.count = await self.storage.job_admin.purge(wanted, cutoff, name or None)
+        result.count = await self.storage.job_admin.purge(
+            wanted, cutoff, name or None, await self._hookless()
+        )
         kept = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
         detail: dict[str, Any] = {
             "status": wanted.value,

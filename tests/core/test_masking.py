@@ -1,0 +1,96 @@
+"""Masking, pure: every known sensitive value is hidden wherever it appears (payload, result,
+error, checkpoint, event payloads), quoted values with spaces included."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bson import ObjectId
+
+from job_processor.core.masking import (
+    DEFAULT_SENSITIVE_FIELDS,
+    MASK,
+    Masker,
+    hide_in_texts,
+    mask_event,
+    mask_job,
+    values_at,
+)
+from job_processor.core.models import Delivery, Event, Job
+
+M = Masker(DEFAULT_SENSITIVE_FIELDS)
+PASSWORD = "correct horse battery"
+
+
+def test_a_quoted_value_is_masked_to_its_closing_quote() -> None:
+    assert M.text(f"login failed: password='{PASSWORD}' for ada") == (
+        f"login failed: password='{MASK}' for ada"
+    )
+    assert M.text(f'{{"api_key": "{PASSWORD}", "user": "ada"}}') == (
+        f'{{"api_key": "{MASK}", "user": "ada"}}'
+    )
+    assert M.text("token=abc123 rest") == f"token={MASK} rest"  # unquoted: to the space
+    assert M.text("Authorization: Bearer abc.def.ghi now") == f"Authorization: {MASK} now"
+    assert M.text("author=bob") == "author=bob"  # "author" is not "auth"
+
+
+def test_a_secret_the_payload_holds_is_masked_in_the_result_checkpoint_and_errors() -> None:
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "mail",
+            "status": "errored",
+            "payload": {"password": PASSWORD, "note": f"pw is {PASSWORD}"},
+            "state": {"last": f"tried {PASSWORD}"},
+            "output": {"result": {"echo": [f"sent with {PASSWORD}"]}, "error": f"no: {PASSWORD}"},
+            "history": [{"attempt": 1, "error": f"no: {PASSWORD}"}],
+        }
+    )
+    shown = str(mask_job(M, job))
+    assert PASSWORD not in shown
+    data = mask_job(M, job)
+    assert data["payload"] == {"password": MASK, "note": f"pw is {MASK}"}
+    assert data["output"]["result"] == {"echo": [f"sent with {MASK}"]}
+    assert data["state"] == {"last": f"tried {MASK}"}
+
+
+def test_event_payloads_and_delivery_results_are_masked() -> None:
+    event = Event.model_validate(
+        {
+            "_id": ObjectId(),
+            "name": "signup",
+            "payload": {"email": "ada@example.com", "password": PASSWORD},
+            "emitted_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        }
+    )
+    event.deliveries = [
+        Delivery(
+            job_id=str(ObjectId()),
+            event_id=event.id,
+            target="crm",
+            kind="subscriber",
+            status="errored",
+            result={"sent": PASSWORD},
+            error=f"crm refused password='{PASSWORD}'",
+        )
+    ]
+    data = mask_event(M, event)
+    assert PASSWORD not in str(data)
+    assert data["payload"]["password"] == MASK
+    assert data["deliveries"][0]["result"] == {"sent": MASK}
+
+
+def test_definition_paths_are_hidden_in_the_result_and_the_rest_of_the_payload() -> None:
+    card = "4111111111111111"
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "pay",
+            "status": "finished",
+            "payload": {"card": {"number": card}, "memo": f"card {card}"},
+            "output": {"result": {"charged": card}},
+        }
+    )
+    hide_in_texts(job, values_at(job.payload, ["card.number"]))
+    assert job.result == {"charged": "[redacted]"}
+    assert job.payload["memo"] == "card [redacted]"
