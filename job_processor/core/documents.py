@@ -40,6 +40,20 @@ def new_id() -> str:
     return str(ObjectId())
 
 
+#: Processes that write without a worker document (a web app that only schedules, a CLI) are
+#: "client-<pid>-<id>": their liveness cannot be read, so a hook they own is taken over only
+#: once it has had time to finish (see `engine.hooks`).
+CLIENT_PREFIX = "client-"
+
+
+def new_client_id() -> str:
+    return f"{CLIENT_PREFIX}{os.getpid()}-{ObjectId()}"
+
+
+def is_client(owner: str | None) -> bool:
+    return owner is not None and owner.startswith(CLIENT_PREFIX)
+
+
 def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     """A job's or an event's payload as stored: a dict (or a pydantic model, as JSON) that BSON
     can hold and that fits; otherwise InvalidPayloadError naming the job or event and the fix."""

@@ -5,11 +5,13 @@ hook id and its owner (the writing process), in the same single-document update.
 calls the hook, bounded by the definition's `on_job_exited_timeout`, and records the outcome
 ("done", or "failed" with the error) with a compare-and-set on the hook id. If the owner dies in
 between, the hook stays owed; a live worker that knows the definition takes it over (a
-compare-and-set on the hook id, so one taker) once the owner is gone and the record is older
-than `worker_timeout` plus the hook's timeout, and calls it again. A hook recorded with no owner
-(a kill from a process that has no handlers, such as the CLI) is called by the next sweep.
-A hook can therefore run twice only when a process died while running it (or before recording
-that it ran).
+compare-and-set on the hook id, so one taker) once the owner is gone, and calls it again: a
+dead worker's hooks in the same sweep that recovers its jobs (about `worker_timeout` after its
+last heartbeat); a client's (a process with no worker document, whose liveness cannot be read)
+once the record is older than `worker_timeout` plus the hook's timeout. A hook recorded with no
+owner (a kill from a process that has no handlers, such as the CLI) is called by the next
+sweep. A hook can therefore run twice only when its process died, or was declared dead, while
+running it (or before recording that it ran).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..core import documents as D
 from ..core import retention as R
 from ..core.clock import Clock
 from ..core.definitions import JobDef
@@ -167,7 +170,13 @@ class HookRunner:
         return current
 
     async def recover(self, now: dt.datetime, live: set[str], worker_timeout: float) -> int:
-        """Call the hooks owed by processes that are gone. Returns how many were taken."""
+        """Call the hooks owed by processes that are gone. Returns how many were taken.
+
+        A worker's hook is taken over as soon as the worker is dead (the same sweep that
+        recovers its jobs, about `worker_timeout` after its last heartbeat). A hook owned by a
+        process without a worker document (a client: its liveness cannot be read) is taken
+        over once it has had time to finish: `worker_timeout` plus the hook's timeout after it
+        was recorded. One with no owner (a kill from the CLI) is taken at once."""
         me = self.worker_id()
         taken = 0
         for doc in await self.jobs.owed_hooks(now):
@@ -178,8 +187,8 @@ class HookRunner:
             if str(doc["_id"]) in self.in_flight:
                 continue
             wait = worker_timeout + definition.on_job_exited_timeout
-            if owner is not None and doc["exit_hook_at"] > now - dt.timedelta(seconds=wait):
-                continue  # its owner (a process that is not a worker) may still be calling it
+            if D.is_client(owner) and doc["exit_hook_at"] > now - dt.timedelta(seconds=wait):
+                continue  # a process that is not a worker may still be calling it
             mine = await self.jobs.take_hook(doc, me, now)
             if mine is None:
                 continue  # another worker took it

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from ..core import documents as D
 from ..core import retention as R
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
@@ -95,7 +94,7 @@ class Runtime:
         self.telemetry = Telemetry()
         """Metrics observers (job_processor.metrics.enable attaches Prometheus's)."""
         self.worker.telemetry = self.scheduler.telemetry = self.telemetry
-        self.client_id = f"client-{os.getpid()}-{ObjectId()}"
+        self.client_id = D.new_client_id()
         """Who this process is while it has no worker document (a web app that only schedules)."""
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
         """Called at the end of `stop()`, in order (the event bus closes its HTTP client)."""

@@ -185,6 +185,16 @@ def check_url(url: Any) -> str:
             f"url must be an http:// or https:// URL with a host, got scheme "
             f"{parts.scheme or '(none)'!r}"
         )
+    try:
+        port = parts.port
+    except ValueError:  # "Port out of range 0-65535", or not a number
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        written = parts.netloc.rpartition(":")[2]
+        raise InvalidArgumentError(
+            f"url {parts.scheme}://{parts.hostname} has an invalid port {written!r}: a port is a "
+            "number from 1 to 65535"
+        )
     return url
 
 
@@ -192,7 +202,10 @@ def url_host(url: str) -> str:
     """What logs and errors show of a URL: scheme, host and port (a path or query may hold a
     token)."""
     parts = urllib.parse.urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # an invalid port (refused by check_url): shown as written
+        port = f":{parts.netloc.rpartition(':')[2]}"
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 

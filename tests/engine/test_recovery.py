@@ -8,7 +8,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.outcome import Ending, RunEnd
 from tests.helpers import make, wait_for, wait_status
@@ -144,3 +144,47 @@ async def test_a_worker_silent_too_long_abandons_its_runs_and_registers_afresh(d
     assert processor.worker_id != first
     ids = [w.id for w in (await processor.get_status()).workers]
     assert ids == [processor.worker_id]
+
+
+async def test_a_dead_workers_hooks_are_taken_over_with_its_jobs(db: Any) -> None:
+    """A hook owed by a worker declared dead is called by the sweep that declares it dead,
+    about worker_timeout after its last heartbeat, not worker_timeout + the hook's timeout
+    later; one owed by a client (no worker document) still gets that much time."""
+    called: list[str] = []
+
+    async def hook(job: Job) -> None:
+        called.append(str(job.payload["who"]))
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    p = await make(db, {"send": JobDef(handler=noop, on_job_exited=hook)}, clock=clock)
+    last_seen = clock.now() - dt.timedelta(seconds=31)  # past worker_timeout (30 s)
+    await p.storage.workers.register(
+        {
+            "_id": "w-dead",
+            "hostname": "gone",
+            "pid": 1,
+            "started_at": last_seen,
+            "last_seen": last_seen,
+        }
+    )
+    for who, owner in (("worker", "w-dead"), ("client", D.new_client_id())):
+        doc = D.new_job("send", {"who": who}, now=last_seen)
+        hook_id = D.new_id()
+        doc |= {"status": "finished", "ended_at": last_seen, "end_id": hook_id}
+        doc |= D.hook_owed_fields(S.FINISHED, True, hook_id, owner, last_seen)
+        doc.pop("claim_name")
+        await p.storage.jobs.coll.insert_one(doc)  # as a worker left it, mid-hook
+    await p.heartbeat.register()
+    try:
+        await p.recovery.sweep(clock.now())
+        await p.hooks.drain()
+        assert called == ["worker"]  # the dead worker's at once; the client's waits
+        clock.advance(60)  # 91 s after the record: worker_timeout + the hook's 60 s
+        await p.recovery.sweep(clock.now())
+        await p.hooks.drain()
+        assert called == ["worker", "client"]
+    finally:
+        await p.heartbeat.unregister()

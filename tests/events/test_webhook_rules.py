@@ -113,6 +113,10 @@ def test_retry_after_as_seconds_or_http_date_capped() -> None:
 
 def test_only_http_and_https_urls() -> None:
     assert check_url("https://example.com/hook?token=abc") == "https://example.com/hook?token=abc"
+    for port in ("99999", "0", "http", "-1"):
+        with pytest.raises(InvalidArgumentError, match="port is a number from 1 to 65535"):
+            check_url(f"https://example.com:{port}/hook?token=abc")
+    assert check_url("https://example.com:65535/hook") == "https://example.com:65535/hook"
     for bad in ("ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http://", ""):
         with pytest.raises(InvalidArgumentError, match=r"http:// or https://|URL string"):
             check_url(bad)

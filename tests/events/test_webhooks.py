@@ -203,6 +203,13 @@ async def test_managing_endpoints_with_clear_errors(db: Any, receiver: Receiver)
     p = await make(db)
     with pytest.raises(InvalidArgumentError, match="http:// or https://"):
         await p.webhooks.add(url="ftp://example.com/x", events=["e"])
+    with pytest.raises(InvalidArgumentError, match="invalid port '99999'"):
+        await p.webhooks.add(url="https://example.com:99999/hook", events=["e"])
+    kept = await p.webhooks.add(url=receiver.url("/kept"), events=["e"])
+    with pytest.raises(InvalidArgumentError, match="a port is a number from 1 to 65535"):
+        await p.webhooks.update(kept.id, url="https://example.com:0/hook")
+    assert (await p.webhooks.get(kept.id)).url == receiver.url("/kept")  # nothing written
+    await p.webhooks.remove(kept.id)
     with pytest.raises(InvalidArgumentError, match="unknown webhook format 'xml'"):
         await p.webhooks.add(url=receiver.url("/x"), events=["e"], format="xml")
     with pytest.raises(InvalidArgumentError, match="unknown secret_ref 'nope'"):
