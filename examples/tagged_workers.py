@@ -1,7 +1,8 @@
 """A tagged multi-worker setup: runner-1 runs the "main" jobs, every replica the untagged ones.
 
 To run (two terminals, or the docker-compose.production.yml replicas):
-    export MONGODB_URL=mongodb://localhost:27017/myapp
+    job-processor server                   # no MongoDB? a local one, in another terminal
+    export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
     INSTANCE_ID=runner-1 job-processor run examples.tagged_workers:make
     INSTANCE_ID=runner-2 job-processor run examples.tagged_workers:make
 """

@@ -6,8 +6,10 @@ usually run the web app with `worker_tags=["web"]` (or not start() at all) and l
 
 To run:
     pip install -e '.[demo]' starlette uvicorn
-    MONGODB_URL=mongodb://localhost:27017/myapp uvicorn examples.web_service:app
+    job-processor server                    # no MongoDB? a local one, in another terminal
+    MONGODB_URL=mongodb://127.0.0.1:27017/job_processor uvicorn examples.web_service:app
     curl -X POST 'localhost:8000/emails?to=ada@example.com'
+    job-processor jobs list                 # the same database: the URL's, or job_processor
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         os.environ["MONGODB_URL"], tz_aware=True
     )
     processor = await init_job_processor(
-        client.get_default_database(default="myapp"),
+        client.get_default_database(default="job_processor"),  # the default everywhere
         jobs={"send-email": JobDef(handler=send_email)},
     )
     app.state.jobs = processor

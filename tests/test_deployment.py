@@ -33,6 +33,7 @@ def test_each_worker_service_runs_an_app_factory_the_cli_accepts() -> None:
         module, attr = args.target.split(":")
         assert callable(getattr(importlib.import_module(module), attr)), args.target
         assert args.metrics_port == 9100
+        assert args.metrics_host == "0.0.0.0"  # given explicitly: the default is loopback
         check = service["healthcheck"]["test"]
         assert check[:3] == ["CMD", "job-processor", "health"], check
         assert build_parser().parse_args(check[2:]).command == "health"

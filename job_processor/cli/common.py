@@ -17,7 +17,7 @@ from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
 from ..core.models import Job
 from ..ops.admin import ActionResult, Admin
-from ..storage.connect import check_reachable, close_database, open_database
+from ..storage.connect import MISSING_URL, check_reachable, close_database, open_database
 
 DONE, NOTHING, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
 
@@ -29,7 +29,7 @@ class UsageError(JobProcessorError):
 def mongodb_url() -> str:
     url = os.environ.get("MONGODB_URL")
     if not url:
-        raise UsageError("set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+        raise UsageError(MISSING_URL)
     return url
 
 

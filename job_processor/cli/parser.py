@@ -9,7 +9,7 @@ from . import crons as crons_cli
 from . import events as events_cli
 from . import jobs as jobs_cli
 from . import names as names_cli
-from . import run
+from . import run, server
 from . import status as status_cli
 
 
@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="collection prefix given to init_job_processor (default job_processor_)",
     )
+    # run and demo: --timeout and --prefix are the app factory's (init_job_processor), so they
+    # are not shown; main() explains that when they are given
+    logging_only = argparse.ArgumentParser(add_help=False)
+    logging_only.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error (LOG_LEVEL)"
+    )
+    refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
+    refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    refused.add_argument("--prefix", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     opt = argparse.ArgumentParser(add_help=False, parents=[common])
     opt.add_argument("--json", action="store_true", help="machine-readable output")
     opt.add_argument(
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "run", parents=[common], help="serve MODULE:ATTR's processor until SIGTERM/SIGINT"
+        "run", parents=[refused], help="serve MODULE:ATTR's processor until SIGTERM/SIGINT"
     )
     p.add_argument("target", help="MODULE:ATTR, an async function returning the JobProcessor")
     p.add_argument(
@@ -69,12 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (job-processor[metrics])",
     )
-    p.add_argument("--metrics-host", default="0.0.0.0", help="default 0.0.0.0")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="default 127.0.0.1 (this machine only: the metrics have no auth); 0.0.0.0 in a "
+        "container whose port a Prometheus on the network scrapes",
+    )
     p.set_defaults(func=run.cmd_run)
     p = sub.add_parser(
-        "demo", parents=[common], help="show the product working (starts a local server)"
+        "demo", parents=[refused], help="show the product working (starts a local server)"
     )
     p.set_defaults(func=None)  # given by the entry point: see main()
+    p = sub.add_parser(
+        "server",
+        parents=[logging_only],
+        help="a local MongoDB-compatible server for development (keeps its data; Ctrl-C stops)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"where it keeps its data (default: {server.default_data_dir()})",
+    )
+    p.add_argument(
+        "--port", type=int, default=server.DEFAULT_PORT, help="default 27017 (MongoDB's)"
+    )
+    p.set_defaults(func=server.cmd_server)
 
     p = sub.add_parser("status", parents=[opt], help="workers, queue, counts, warnings (JSON)")
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # the old MODULE:ATTR: ignored

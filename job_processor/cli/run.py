@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from ..engine.runtime import Runtime
-from ..storage.connect import open_database
+from ..storage.connect import MISSING_URL, open_database
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class RunContext:
 
     mongodb_url: str
     db: Any
-    """pymongo AsyncDatabase: the URL's database, or "job_processor" when the URL names none."""
+    """pymongo AsyncDatabase: the URL's database, or "job_processor" (the default everywhere)
+    when the URL names none."""
     instance_id: str | None
     """INSTANCE_ID, e.g. "runner-1" (docker-compose: "runner-{{.Task.Slot}}")."""
     worker_tags: list[str] | None
@@ -55,7 +56,7 @@ def load_factory(target: str) -> Any:
 async def build_processor(target: str, tags: str | None) -> Runtime:
     url = os.environ.get("MONGODB_URL")
     if not url:
-        raise SystemExit("error: set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+        raise SystemExit(f"error: {MISSING_URL}")
     factory = load_factory(target)
     ctx = RunContext(
         mongodb_url=url,
@@ -65,6 +66,12 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
             tags if tags is not None else os.environ.get("JOB_PROCESSOR_WORKER_TAGS")
         ),
     )
+    if not callable(factory) or isinstance(factory, type):
+        raise SystemExit(
+            f"error: {target} is {_what(factory)}, not a function: `run` expects MODULE:ATTR "
+            "naming a function (async def make(ctx) or make()) that returns the JobProcessor "
+            "from init_job_processor(...)"
+        )
     params = inspect.signature(factory).parameters
     result = factory(ctx) if params else factory()
     if inspect.isawaitable(result):
@@ -75,6 +82,12 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
             "from init_job_processor(...)"
         )
     return result
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
+    return f"a {type(value).__name__}"
 
 
 def configure_logging(level: str) -> None:

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from ..core.errors import JobProcessorError
-from ..storage.connect import URL_ENV, open_database
+from ..storage.connect import MISSING_URL, URL_ENV, open_database
 from .app import create_dashboard
 from .auth import UNSET
 from .hosts import patterns_from
@@ -56,7 +56,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     url = os.environ.get(URL_ENV)
     if not url:
-        raise DashboardUsageError("set MONGODB_URL, e.g. mongodb://localhost:27017/myapp")
+        raise DashboardUsageError(MISSING_URL)
     db = open_database(url, getattr(args, "timeout", 5.0))
     app = create_dashboard(
         db,

@@ -373,7 +373,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def serve(metrics: Metrics, port: int, host: str = "0.0.0.0") -> MetricsServer:
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve `/metrics` over HTTP from a background thread (prometheus_client's server); each
     scrape reads the database gauges on the processor's event loop. `close()` stops it."""
     server, thread = start_http_server(port, addr=host, registry=metrics.registry)

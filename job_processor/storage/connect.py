@@ -19,6 +19,11 @@ from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
 #: The database a MONGODB_URL without one names, for every command and example.
 DEFAULT_DATABASE = "job_processor"
 URL_ENV = "MONGODB_URL"
+#: What every command says when MONGODB_URL is not set.
+MISSING_URL = (
+    f"set MONGODB_URL, e.g. mongodb://127.0.0.1:27017/{DEFAULT_DATABASE} (no MongoDB? "
+    "`job-processor server` starts a local one for development and prints the URL)"
+)
 
 
 def check_database(db: Any) -> None:

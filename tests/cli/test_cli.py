@@ -4,6 +4,7 @@ the exit codes scripts rely on."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -232,6 +233,27 @@ async def test_clear_errors(mongo_url: str) -> None:
     abbreviated = await cli(mongo_url, "run", "tests.e2e.app:make", "--time", "1")
     assert abbreviated.returncode == 2 and "unrecognized arguments: --time" in abbreviated.stderr
     assert "connect_timeout" in ignored.stderr
+    # a target that is not a factory (a dict of JobDefs): one line saying what run expects
+    not_a_factory = await cli(mongo_url, "run", "tests.e2e.app:JOBS")
+    assert not_a_factory.returncode == 1
+    assert not_a_factory.stderr.strip().splitlines() == [
+        "error: tests.e2e.app:JOBS is a dict, not a function: `run` expects MODULE:ATTR naming "
+        "a function (async def make(ctx) or make()) that returns the JobProcessor from "
+        "init_job_processor(...)"
+    ]
+
+
+def test_each_command_shows_only_its_own_options() -> None:
+    from job_processor.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in ("run", "demo"):
+        text = subcommands.choices[verb].format_help()
+        assert "--timeout" not in text and "--prefix" not in text, verb  # refused there
+    assert "--timeout" in subcommands.choices["status"].format_help()
+    run = parser.parse_args(["run", "app:make", "--metrics-port", "9100"])
+    assert run.metrics_host == "127.0.0.1"  # metrics (no auth) stay on this machine by default
 
 
 def test_an_unreachable_server_names_what_sets_the_wait(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,92 @@
+"""`job-processor server`: a local MongoDB-compatible server for development, that keeps its data.
+
+It starts the embedded server (nx-27017: MongoDB's wire protocol over SQLite, from the `demo`
+extra) on 127.0.0.1, keeping its data in a folder of the user's (default: `DEFAULT_DATA_DIR`),
+prints the `MONGODB_URL` to give `job-processor run`, `dashboard` and every other command, and
+stops it cleanly on Ctrl-C or SIGTERM. For development only: production runs on MongoDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+from ..engine.signals import stop_on_signals
+from ..storage.connect import DEFAULT_DATABASE
+from ..storage.local_server import LocalServer, LocalServerError, start_local_server
+
+#: The default port: MongoDB's.
+DEFAULT_PORT = 27017
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/job-processor/server, else ~/.local/share/job-processor/server."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "job-processor" / "server"
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def prepared_data_dir(given: str | None) -> Path:
+    data_dir = Path(given).expanduser() if given else default_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+async def cmd_server(args: argparse.Namespace) -> int:
+    port = int(args.port)
+    if not 1 <= port <= 65535:
+        print(f"error: --port {port}: a port is a number from 1 to 65535", flush=True)
+        return 2
+    if port_in_use(port):
+        print(
+            f"error: 127.0.0.1:{port} is already in use (a MongoDB running there? then use it: "
+            f"MONGODB_URL=mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}); or pick another port: "
+            "job-processor server --port 27018",
+            flush=True,
+        )
+        return 2
+    data_dir = await asyncio.to_thread(prepared_data_dir, args.data_dir)
+    try:
+        server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port)
+    except LocalServerError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+    url = f"mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}"
+    print(
+        f"job-processor server: nx-27017 (MongoDB's wire protocol over SQLite, for development "
+        f"only) on 127.0.0.1:{port}, data in {data_dir}\n"
+        f"export MONGODB_URL={url}\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    try:
+        with stop_on_signals(stop):
+            died = await _serve(server, stop)
+    finally:
+        await asyncio.to_thread(server.stop)
+    if died:
+        print(f"error: the server stopped by itself (exit code {died}); its log is in {data_dir}")
+        return 1
+    print("job-processor server: stopped", flush=True)
+    return 0
+
+
+async def _serve(server: LocalServer, stop: asyncio.Event) -> int | None:
+    """Until Ctrl-C / SIGTERM; the server's exit code if it stopped by itself first."""
+    while not stop.is_set():
+        code = server.process.poll()
+        if code is not None:
+            return code
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return None

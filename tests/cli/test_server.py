@@ -1,0 +1,90 @@
+"""`job-processor server`: a persistent local server for development, as a user runs it (a real
+process; Ctrl-C and SIGTERM stop it cleanly, and its data is there again at the next start)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from job_processor.storage.local_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = [sys.executable, "-m", "job_processor", "server"]
+
+
+def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*SERVER, "--data-dir", str(data_dir), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("export MONGODB_URL="):
+            return proc, line.strip().removeprefix("export MONGODB_URL=")
+    proc.kill()
+    raise AssertionError("no MONGODB_URL printed:\n" + "".join(lines))
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_it_keeps_its_data_prints_the_url_and_stops_on_ctrl_c_or_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    proc, url = start(data, port)
+    assert url == f"mongodb://127.0.0.1:{port}/job_processor"  # the default database
+    with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+        client.get_default_database()["notes"].insert_one({"_id": 1, "text": "kept"})
+    assert "stopped" in stop(proc, signal.SIGINT)  # Ctrl-C
+    with MongoClient(url, serverSelectionTimeoutMS=300) as gone:  # the server stopped with it
+        try:
+            gone.admin.command("ping")
+            raise AssertionError("the server still answers after Ctrl-C")
+        except Exception as exc:
+            assert "Timeout" in type(exc).__name__ or "refused" in str(exc).lower()
+
+    proc, url = start(data, port)  # its data is there again
+    with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+        assert client.get_default_database()["notes"].find_one({"_id": 1}) == {
+            "_id": 1,
+            "text": "kept",
+        }
+    stop(proc, signal.SIGTERM)
+
+
+def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
+    port = free_port()
+    proc, _ = start(tmp_path / "a", port)
+    try:
+        second = subprocess.run(
+            [*SERVER, "--data-dir", str(tmp_path / "b"), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2
+        assert f"127.0.0.1:{port} is already in use" in second.stdout
+        assert "--port" in second.stdout
+    finally:
+        stop(proc, signal.SIGTERM)
