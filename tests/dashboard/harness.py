@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -32,9 +33,31 @@ INSTALL_HINT = (
     "$CHROMIUM, `chromium` on PATH and /usr/bin/chromium). Install Debian's package: "
     "apt-get update && apt-get install -y chromium (.ci/run does this)."
 )
+SKIP_HINT = (
+    "browser tests skipped: no Chromium here; to run them, apt-get install -y chromium (or set "
+    "CHROMIUM=/path/to/chromium). With CI set they fail instead."
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_chromium() -> str:
+    """Chromium's path; without it the browser tests skip (one line says how to enable them),
+    or fail under CI (CI=1), where Chromium is part of the setup."""
+    exe = chromium_path()
+    if exe is None:
+        if in_ci():
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(SKIP_HINT)
+    return exe
 
 
 def chromium_path() -> str | None:
+    """$CHROMIUM ("none": as if there were none), `chromium` on PATH, or /usr/bin/chromium."""
+    if os.environ.get("CHROMIUM") == "none":
+        return None
     for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
         if candidate and os.path.exists(candidate):
             return candidate

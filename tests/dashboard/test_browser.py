@@ -16,14 +16,19 @@ from job_processor.dashboard import create_dashboard
 
 from .harness import (
     CHROMIUM_ARGS,
-    INSTALL_HINT,
+    SKIP_HINT,
     Switches,
     chromium_path,
     host_app,
+    in_ci,
     make_processor,
+    require_chromium,
     serve,
     wait_until,
 )
+
+if chromium_path() is None and not in_ci():  # one line for the whole module, says how to enable
+    pytest.skip(SKIP_HINT, allow_module_level=True)
 
 S = JobStatus
 AUTH = ("admin", "s3cret-pw")
@@ -32,9 +37,7 @@ CREDENTIALS = {"username": AUTH[0], "password": AUTH[1]}
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    exe = chromium_path()
-    if exe is None:
-        pytest.fail(INSTALL_HINT)
+    exe = require_chromium()
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
         yield b

@@ -480,3 +480,23 @@ async def test_a_loopback_dashboard_refuses_other_hosts_and_origins(processor: A
         assert (await c.get("/", headers={"host": "127.0.0.1"})).status_code == 400
     with pytest.raises(DashboardConfigError, match="allowed_hosts"):
         create_dashboard(p, allowed_hosts="jobs.example.com")  # type: ignore[arg-type]
+
+
+def test_without_chromium_the_browser_tests_skip_in_one_line_and_fail_under_ci() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
+    command.append("tests/dashboard/test_browser.py")
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"CHROMIUM": "none"}
+    local = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert local.returncode in (0, 5), local.stdout  # 5: every test of the file skipped
+    skipped = [line for line in local.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "apt-get install -y chromium" in skipped[0], local.stdout
+    ci = subprocess.run(
+        command, cwd=root, env=env | {"CI": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert ci.returncode != 0 and "Chromium is needed" in ci.stdout
