@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..core.models import Job
+from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import Admin
 from .common import (
     DONE,
@@ -34,7 +35,7 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
             j.status.value,
             when(j.created_at),
             when(j.ended_at if j.ended_at else j.scheduled_for),
-            j.attempt,
+            f"{j.attempt} ({j.failures}/{j.max_attempts} failed)" if j.failures else j.attempt,
             first_line(MASKER.text(j.error, MASKER.secrets(j.payload, j.state, j.result)), 50),
         ]
         for j in jobs
@@ -69,6 +70,7 @@ def show_job(job: Job[Any]) -> None:
     ):
         if data.get(key) is not None:
             print(f"{key + ':':<20}{data[key]}")
+    print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts)}")
     print(f"{'payload:':<20}{json.dumps(data['payload'])}")
     if data.get("state") is not None:
         print(f"{'checkpoint:':<20}{json.dumps(data['state'])}")
@@ -84,14 +86,14 @@ def show_job(job: Job[Any]) -> None:
     if data.get("history"):
         print("runs:")
         table(
-            ["ATTEMPT", "WORKER", "STARTED", "ENDED", "STATUS", "ERROR"],
+            ["RUN", "OUTCOME", "WORKER", "STARTED", "ENDED", "ERROR"],
             [
                 [
                     h.get("attempt"),
+                    run_outcome(h),
                     h.get("worker_id"),
                     h.get("started_at"),
                     h.get("ended_at"),
-                    h.get("status"),
                     first_line(h.get("error"), 40),
                 ]
                 for h in data["history"]
@@ -116,7 +118,7 @@ async def jobs_list(args: argparse.Namespace) -> int:
             emit_json(page.model_dump(mode="json") | {"jobs": [masked(j) for j in page.jobs]})
             return DONE
         table(
-            ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "ATTEMPT", "ERROR"],
+            ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "RUNS", "ERROR"],
             job_rows(page.jobs),
         )
         if page.next_cursor:

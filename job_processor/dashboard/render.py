@@ -17,6 +17,7 @@ from starlette.responses import Response
 from ..core.clock import as_utc
 from ..core.masking import Masker
 from ..core.models import to_jsonable
+from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
 
 FLASH_COOKIE = "jp_dashboard_flash"
@@ -132,6 +133,7 @@ def make_env(masker: Masker) -> Environment:
 
     env.filters |= {
         "reltime": reltime,
+        "outcome": run_outcome,
         "pretty": pretty,
         "compact": compact,
         "short_id": short_id,
@@ -142,6 +144,7 @@ def make_env(masker: Masker) -> Environment:
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
     }
     env.globals["STATUS_ORDER"] = STATUS_ORDER
+    env.globals["runs_summary"] = runs_summary
     return env
 
 

@@ -85,7 +85,7 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         listing = await cli(url, "jobs", "list", "--status", "errored")
         assert listing.returncode == 0, listing.stderr
         assert listing.stdout.splitlines()[0].split() == [
-            "ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "ATTEMPT", "ERROR"
+            "ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "RUNS", "ERROR"
         ]  # fmt: skip
         assert failed.id in listing.stdout and "RuntimeError: smtp down" in listing.stdout
         assert done.id not in listing.stdout
@@ -94,6 +94,9 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         shown = await cli(url, "jobs", "show", failed.id)
         assert "status:             errored" in shown.stdout
         assert "RuntimeError: smtp down" in shown.stdout and "runs:" in shown.stdout
+        assert "run 1 · 1 of 1 failure used" in shown.stdout  # runs, failures, attempts add up
+        run_row = shown.stdout[shown.stdout.index("RUN ") :].splitlines()[1].split()
+        assert run_row[:2] == ["1", "failed"]  # the run's own outcome
         shown_json = json.loads((await cli(url, "jobs", "show", failed.id, "--json")).stdout)
         assert shown_json["payload"] == {"to": "a@b.c"}
 

@@ -500,3 +500,36 @@ def test_without_chromium_the_browser_tests_skip_in_one_line_and_fail_under_ci()
         command, cwd=root, env=env | {"CI": "1"}, capture_output=True, text=True, timeout=120
     )
     assert ci.returncode != 0 and "Chromium is needed" in ci.stdout
+
+
+async def test_runs_read_so_that_they_add_up_and_each_shows_its_outcome(processor: Any) -> None:
+    """A resumable job paused twice by graceful stops, now in its third run, used no attempt;
+    a failed attempt that was retried shows as failed, not as the pending it left."""
+    import datetime as dt
+
+    from job_processor.core import documents as D
+    from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+
+    p, _ = processor
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    doc = D.as_running(
+        D.new_job("send-email", {}, now=now, max_attempts=3, resumable=True), "w", now
+    )
+    history = []
+    for end in (
+        RunEnd(Ending.RETURNED, abort_reason="shutdown"),
+        RunEnd(Ending.RAISED, error="ValueError: smtp down"),
+    ):
+        outcome = decide(doc, Policy(resumable=True), end, now)
+        history.append(D.history_entry(doc, outcome, now))
+    doc |= {"attempt": 3, "failures": 1, "history": history, "status": "paused"}
+    doc.pop("worker_id")
+    await p.storage.jobs.coll.insert_one(doc)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = (await c.get(f"/jobs/{doc['_id']}")).text
+        assert "run 3 · 1 of 3 failures used" in page
+        assert "attempt 3 of 3" not in page
+        runs = page[page.index("<h2>Runs") :]
+        assert 'class="badge s-paused">paused<' in runs
+        assert 'class="badge s-failed">failed<' in runs

@@ -1,0 +1,44 @@
+"""Runs, failures and attempts read so that they add up, and each run shows its own outcome
+(the history entries as the final writes record them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from job_processor.core import documents as D
+from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+from job_processor.core.runs import run_outcome, runs_summary
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def entry(end: RunEnd, resumable: bool = False, failures: int = 0, attempts: int = 3) -> Any:
+    claimed = D.as_running(
+        D.new_job("x", {}, now=NOW, max_attempts=attempts, resumable=resumable), "w", NOW
+    ) | {"failures": failures}
+    outcome = decide(claimed, Policy(resumable=resumable), end, NOW, rand=lambda: 0.5)
+    return D.history_entry(claimed, outcome, NOW), outcome
+
+
+def test_each_run_shows_what_it_came_to_not_the_status_after_it() -> None:
+    failed, outcome = entry(RunEnd(Ending.RAISED, error="ValueError: boom"))
+    assert outcome.status == "pending"  # retried later: the job is pending again...
+    assert run_outcome(failed) == "failed"  # ...but this run failed
+    assert run_outcome(entry(RunEnd(Ending.RAISED, error="x"), failures=2)[0]) == "failed"
+    assert run_outcome(entry(RunEnd(Ending.RETURNED))[0]) == "finished"
+    assert run_outcome(entry(RunEnd(Ending.CRASHED))[0]) == "crashed"
+    assert run_outcome(entry(RunEnd(Ending.CRASHED), resumable=True)[0]) == "crashed"
+    graceful = RunEnd(Ending.RETURNED, abort_reason="shutdown")
+    assert run_outcome(entry(graceful, resumable=True)[0]) == "paused"
+    stopped = RunEnd(Ending.CANCELLED, abort_reason="shutdown")
+    assert run_outcome(entry(stopped)[0]) == "interrupted"
+    assert run_outcome(entry(RunEnd(Ending.RAISED, abort_reason="killed"))[0]) == "killed"
+
+
+def test_runs_failures_and_attempts_add_up() -> None:
+    # a resumable job paused twice by graceful stops, now in its third run: no failure used
+    assert runs_summary(3, 0, 3) == "run 3 · 0 of 3 failures used"
+    # retried by hand after three failures (failures count afresh), then one more failure
+    assert runs_summary(6, 1, 3) == "run 6 · 1 of 3 failures used"
+    assert runs_summary(0, 0, 1) == "not run yet · 0 of 1 failure used"
