@@ -19,6 +19,7 @@ from .core.definitions import (
     CronDef,
     JobDef,
     Subscriber,
+    cron_reading,
     parse_crons,
     parse_jobs,
     parse_subscribers,
@@ -41,6 +42,7 @@ from .core.status import JobStatus, parse_status
 from .engine.runtime import Runtime
 from .events.api import EventsAPI
 from .events.bus import EventBus
+from .events.queries import untargeted_warnings
 from .events.webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
 from .ops.status import build_status
 from .storage import Storage, object_id
@@ -355,6 +357,7 @@ class JobProcessor(Runtime, EventsAPI):
             self.clock.now(),
         )
         status.warnings += await webhook_warnings(self.storage)
+        status.warnings += await untargeted_warnings(self.storage, status.now)
         return status
 
 
@@ -407,6 +410,7 @@ async def init_job_processor(
     webhook_secrets: Mapping[str, str] | None = None,
     webhook_formats: Mapping[str, Format] | None = None,
     webhook_options: WebhookOptions | Mapping[str, Any] | None = None,
+    strict_events: bool = False,
 ) -> JobProcessor:
     """Validate the definitions, check MongoDB answers, create the collections' indexes,
     register the crons (never removing any: see `JobProcessor.prune_crons`), return a
@@ -417,6 +421,8 @@ async def init_job_processor(
     subscribers: event name -> [Subscriber, ...] (registered in MongoDB for every publisher);
     webhook_secrets: secret_ref -> "whsec_..." (default: JSON in JOB_PROCESSOR_WEBHOOK_SECRETS);
     webhook_formats: format name -> fn(event, endpoint); webhook_options: WebhookOptions.
+    strict_events: emit() raises (naming the closest known event names) for an event no
+    subscriber and no webhook endpoint listens to, instead of storing it with a warning.
     See docs/events.md.
     """
     job_defs = parse_jobs(jobs)
@@ -479,6 +485,16 @@ async def init_job_processor(
     for name, what in registered.items():
         if what != "kept":
             log.info(f"cron_{what}", job_name=name)
+    for name, cron in cron_defs.items():
+        reading = cron_reading(cron.cron_string)
+        if reading is not None:  # "*/5 * * * * 1" is every 5 s on Mondays, not what was meant?
+            log.warning(
+                "cron_string_has_seconds",
+                job_name=name,
+                cron_string=cron.cron_string,
+                reading=reading,
+                hint="write 5 fields (minute hour day month weekday) unless seconds are meant",
+            )
     instance = instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")
     warn_unexpanded_instance_id(instance, log)
     bus = EventBus(
@@ -492,6 +508,7 @@ async def init_job_processor(
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
         keep_events=check_keep_events(keep_events),
+        strict_events=bool(strict_events),
     )
     EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
     processor = JobProcessor(

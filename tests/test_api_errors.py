@@ -142,6 +142,24 @@ async def test_scheduled_for_must_be_an_aware_datetime(db: Any) -> None:
     assert await processor.list_jobs() == []
 
 
+async def test_naive_datetimes_are_refused_anywhere_in_a_payload(db: Any) -> None:
+    """One rule for every datetime a job or event carries: a naive one is refused, naming its
+    path (it would be read back as UTC), as scheduled_for is."""
+    processor = await make(db, JOBS)
+    naive = dt.datetime(2030, 1, 1, 9, 0)
+    aware = naive.replace(tzinfo=dt.UTC)
+    payload = {"to": "ada", "window": {"slots": [aware, naive]}}
+    with pytest.raises(
+        InvalidPayloadError, match=r"payload field 'window.slots\[1\]' is a datetime"
+    ):
+        await processor.schedule_job("send-email", payload)
+    with pytest.raises(InvalidPayloadError, match=r"event 'signed_up': payload field 'at'"):
+        await processor.emit("signed_up", {"at": naive})
+    assert await processor.list_jobs() == [] and await processor.list_events() == []
+    ok = await processor.schedule_job("send-email", {"at": aware})  # aware: stored as is
+    assert (await processor.get_job(ok.id)).payload["at"] == aware
+
+
 async def test_payloads_bson_cannot_hold_or_too_big_name_the_job(db: Any) -> None:
     import uuid
 
@@ -247,3 +265,19 @@ async def test_typed_payloads_are_validated_and_handed_to_the_handler(db: Any) -
     assert [done.result, also.result] == ["ada@example.com", "bob@example.com"]
     assert seen == [Email(to="ada@example.com"), Email(to="bob@example.com")]
     assert (await processor.get_job(done.id)).payload == {"to": "ada@example.com", "cc": []}
+
+
+async def test_init_warns_with_the_reading_of_a_six_field_cron(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from job_processor import init_job_processor
+
+    logger = logging.getLogger("test.crons.six")
+    crons = {"every5": {"cron_string": "*/5 * * * * 1", "handler": lambda job, signal: None}}
+    with caplog.at_level(logging.WARNING, logger="test.crons.six"):
+        await init_job_processor(db, logger, crons=crons)
+    [warned] = [r for r in caplog.records if r.__dict__.get("event") == "cron_string_has_seconds"]
+    assert "second=*/5" in warned.__dict__["fields"]["reading"]
+    assert "weekday=1" in warned.__dict__["fields"]["reading"]

@@ -208,8 +208,9 @@ class CronDef(JobDef):
                 "or 6 with seconds first"
             )
         if not croniter.is_valid(v, second_at_beginning=len(fields) == 6):
+            seconds = f" ({SIX_FIELDS}; a year field is not supported)" if len(fields) == 6 else ""
             raise ValueError(
-                f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}"
+                f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}{seconds}"
             )
         return v
 
@@ -223,6 +224,21 @@ class CronDef(JobDef):
                 f"unknown timezone {v!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
             ) from exc
         return v
+
+
+#: How a six-field cron string is read (croniter's seconds-first form).
+SIX_FIELDS = "6 fields: the first is seconds, then minute hour day month weekday"
+
+
+def cron_reading(cron_string: str) -> str | None:
+    """For a six-field cron string, how each field is read (an easy one to misread: the
+    sixth field is the day of week, not a year or seconds); None for five fields."""
+    fields = cron_string.split()
+    if len(fields) != 6:
+        return None
+    names = ("second", "minute", "hour", "day", "month", "weekday")
+    parts = " ".join(f"{n}={f}" for n, f in zip(names, fields, strict=True))
+    return f"{SIX_FIELDS}: {parts}"
 
 
 #: Each cron field's name and range, in order (with seconds first when there are six).

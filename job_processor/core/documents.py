@@ -65,6 +65,14 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
         raise InvalidPayloadError(
             f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
         )
+    naive = naive_datetime_at(payload)
+    if naive is not None:
+        path, value = naive
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload field {path!r} is a datetime without a time zone "
+            f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
+            "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
+        )
     try:
         size = len(bson.encode(dict(payload)))
     except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
@@ -80,6 +88,24 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
             "store the data elsewhere (GridFS, object storage) and pass a reference"
         )
     return dict(payload)
+
+
+def naive_datetime_at(value: Any, path: str = "") -> tuple[str, dt.datetime] | None:
+    """The path ("a.b[2]") and value of the first naive datetime in a payload, or None: one rule
+    for every datetime a job or event carries (scheduled_for refuses them too)."""
+    if isinstance(value, dt.datetime):
+        return (path or "(payload)", value) if value.utcoffset() is None else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = naive_datetime_at(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = naive_datetime_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def dedup_key(name: str, key: str) -> str:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" naming the closest known name first, or "" when none is close."""
+    close = difflib.get_close_matches(name, sorted(set(known)), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
 
 class JobProcessorError(Exception):
     """Root of every error raised by job_processor."""
@@ -18,17 +29,19 @@ class UnknownJobError(JobProcessorError, KeyError):
         self.name = name
         listing = ", ".join(sorted(known)) or "none"
         super().__init__(
-            f"unknown job {name!r}: add it to init_job_processor(jobs={{...}}) "
-            f"(known jobs: {listing})"
+            f"unknown job {name!r}{did_you_mean(name, known)}: add it to "
+            f"init_job_processor(jobs={{...}}) (known jobs: {listing})"
         )
 
     @classmethod
     def for_cron(cls, name: str, known: str) -> UnknownJobError:
         err = cls.__new__(cls)
         err.name = name
+        hint = did_you_mean(name, known.split(", "))
         Exception.__init__(
             err,
-            f"unknown cron {name!r}: add it to init_job_processor(crons={{...}}) (known: {known})",
+            f"unknown cron {name!r}{hint}: add it to init_job_processor(crons={{...}}) "
+            f"(known: {known})",
         )
         return err
 

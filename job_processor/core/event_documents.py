@@ -141,6 +141,8 @@ def new_event(
     }
     if targets:
         doc["fanout_owed_at"] = now
+    else:  # nobody listens: flagged for status pages (a misspelt name, often)
+        doc["no_targets"] = True
     if key is not None:
         doc["dedup_key"] = f"{name}|{key}"
     if expires_at is not None:

@@ -38,7 +38,7 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
 
 
 def runs_summary(attempt: Any, failures: Any, max_attempts: Any) -> str:
-    """"run 3 · 0 of 3 failures used" (or "not run yet · 0 of 3 failures used")."""
+    """ "run 3 · 0 of 3 failures used" (or "not run yet · 0 of 3 failures used")."""
     runs, allowed = int(attempt or 0), int(max_attempts or 1)
     head = f"run {runs}" if runs else "not run yet"
     return f"{head} · {int(failures or 0)} of {allowed} failure{'s' if allowed != 1 else ''} used"

@@ -36,6 +36,7 @@ from ..core.errors import (
     EventTimeoutError,
     InvalidArgumentError,
     InvalidDefinitionError,
+    did_you_mean,
 )
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
@@ -74,8 +75,12 @@ class EventBus:
         worker_timeout: float,
         instance_id: str | None,
         keep_events: dt.timedelta | None = None,
+        strict_events: bool = False,
     ) -> None:
         self.keep_events = keep_events
+        self.strict_events = strict_events
+        """Raise, instead of warning, on an event no subscriber or endpoint listens to."""
+        self._known_events: tuple[float, set[str]] | None = None
         """How long events are kept (None: forever); their deliveries follow job retention."""
         self.storage = storage
         self.subscribers = dict(subscribers)
@@ -196,6 +201,8 @@ class EventBus:
             )
         now = self.clock.now()
         targets = await current_targets(self.storage, name, self.options.max_attempts)
+        if not targets:
+            await self._untargeted(name)
         doc = E.new_event(
             name,
             body,
@@ -224,6 +231,35 @@ class EventBus:
         if sync:
             await self._wait_sync(event, sync, float(sync_timeout))
         return event
+
+    async def _untargeted(self, name: str) -> None:
+        """An event nobody listens to: often a misspelt name. Warn with the closest known event
+        names (or raise, with `strict_events=True`, before anything is stored)."""
+        known = await self.known_event_names()
+        hint = did_you_mean(name, known)
+        if self.strict_events:
+            listing = ", ".join(sorted(known)) or "none"
+            raise InvalidArgumentError(
+                f"event {name!r}{hint}: no subscriber and no webhook endpoint listens to it "
+                f"(strict_events=True); known events: {listing}"
+            )
+        self.log.warning(
+            "event_without_target",
+            event_name=name,
+            hint=f"no subscriber and no webhook endpoint listens to it{hint}; it is stored, "
+            "and a replay delivers it once one does",
+        )
+
+    async def known_event_names(self) -> set[str]:
+        """The event names subscribers and webhook endpoints listen to (read at most once a
+        minute per process)."""
+        at = self.clock.now().timestamp()
+        if self._known_events is None or at - self._known_events[0] > 60:
+            names = {str(r["event"]) for r in await self.storage.subscribers.all()}
+            for endpoint in await self.storage.webhooks.all():
+                names |= {str(e) for e in endpoint.get("events") or [] if e != "*"}
+            self._known_events = (at, names)
+        return self._known_events[1]
 
     async def _wait_sync(self, event: Event, targets: list[str], wait: float) -> None:
         """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s)."""

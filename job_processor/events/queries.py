@@ -19,7 +19,7 @@ from ..core import documents as D
 from ..core import event_documents as E
 from ..core.clock import Clock, SystemClock, to_millis
 from ..core.definitions import check_event_name
-from ..core.errors import EventNotFoundError, InvalidArgumentError
+from ..core.errors import EventNotFoundError, InvalidArgumentError, did_you_mean
 from ..core.models import Delivery, Event, SubscriberInfo
 from ..core.status import JobStatus
 from ..storage import Storage
@@ -246,3 +246,20 @@ async def list_subscribers(
         ]
         out.append(info)
     return out
+
+
+async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float = 24) -> list[str]:
+    """For status pages: events emitted in the last `hours` that no subscriber or webhook
+    endpoint listened to, with the closest known event names (a misspelt name, often)."""
+    counts = await storage.events.untargeted(now - dt.timedelta(hours=hours))
+    if not counts:
+        return []
+    known = {str(r["event"]) for r in await storage.subscribers.all()}
+    for endpoint in await storage.webhooks.all():
+        known |= {str(e) for e in endpoint.get("events") or [] if e != "*"}
+    return [
+        f"events with no subscriber or webhook: {name!r}{did_you_mean(name, known)} "
+        f"({n} in the last {hours:g} h; stored undelivered: add a subscriber or endpoint and "
+        "replay them, or fix the name where they are emitted)"
+        for name, n in sorted(counts.items())
+    ]

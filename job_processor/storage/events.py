@@ -40,6 +40,8 @@ EVENT_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("fanout_owed_at", 1)], {"sparse": True}),
     # retention (keep_events): a TTL on the time set at emit
     ([("expires_at", 1)], {"expireAfterSeconds": 0}),
+    # status pages: events emitted with no target (the field exists only then)
+    ([("no_targets", 1), ("emitted_at", -1)], {"sparse": True}),
 ]
 
 SUBSCRIBER_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
@@ -122,6 +124,22 @@ class EventStore:
     ) -> list[Doc]:
         """Newest first; `since` inclusive, `until` exclusive."""
         return await all_docs(self.find_cursor(name, since, until, limit))
+
+    async def untargeted(self, since: dt.datetime, limit: int = 1000) -> dict[str, int]:
+        """Names of the events emitted since `since` that no subscriber or endpoint listened
+        to, with how many (at most `limit` events read, newest first)."""
+        cursor = (
+            self.coll.find(
+                {"no_targets": True, "emitted_at": {"$gte": since}}, {"name": 1, "emitted_at": 1}
+            )
+            .sort([("no_targets", 1), ("emitted_at", -1)])
+            .limit(limit)
+        )
+        counts: dict[str, int] = {}
+        for doc in await all_docs(cursor):
+            if doc.get("emitted_at") is not None and doc["emitted_at"] >= since:
+                counts[str(doc["name"])] = counts.get(str(doc["name"]), 0) + 1
+        return counts
 
     async def replayed(self, event_id: ObjectId, now: dt.datetime) -> None:
         await self.coll.update_one(

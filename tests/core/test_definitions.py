@@ -128,3 +128,18 @@ def test_definitions_built_directly_raise_clear_errors_with_the_fix() -> None:
         CronDef(handler=lambda job, signal: None, cron_string="0 25 * * *")
     with pytest.raises(InvalidDefinitionError, match=r"its day of week field '8' is not valid"):
         CronDef(handler=lambda job, signal: None, cron_string="* * * * 8")
+
+
+def test_six_field_cron_strings_say_the_first_field_is_seconds() -> None:
+    from job_processor import CronDef, InvalidDefinitionError
+    from job_processor.core.definitions import cron_reading
+
+    with pytest.raises(InvalidDefinitionError) as caught:
+        CronDef(handler=lambda job, signal: None, cron_string="0 12 * * * 2027")
+    assert "6 fields: the first is seconds" in str(caught.value)
+    assert "a year field is not supported" in str(caught.value)
+    assert cron_reading("*/5 * * * * 1") == (
+        "6 fields: the first is seconds, then minute hour day month weekday: "
+        "second=*/5 minute=* hour=* day=* month=* weekday=1"
+    )
+    assert cron_reading("*/5 * * * *") is None

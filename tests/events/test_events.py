@@ -466,3 +466,34 @@ async def test_subscriber_job_options_and_webhook_defaults_reach_their_delivery_
     assert by["webhook"].max_attempts == 10
     stored = await p.get_job(by["subscriber"].job_id or "")
     assert stored.tag == "main"
+
+
+async def test_a_misspelt_event_name_warns_is_flagged_and_strict_mode_raises(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from job_processor import InvalidArgumentError
+    from job_processor.ops.admin import Admin
+
+    async def placed(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    logger = logging.getLogger("test.events.misspelt")
+    subs = {"order_placed": [Subscriber("email", handler=placed)]}
+    p = await make(db, subs, logger=logger)
+    with caplog.at_level(logging.WARNING, logger="test.events.misspelt"):
+        event = await p.emit("order_placd", {"order": 1})
+    assert event.targets == []  # stored, delivered to nobody
+    [warned] = [r for r in caplog.records if r.__dict__.get("event") == "event_without_target"]
+    assert "did you mean 'order_placed'?" in warned.__dict__["fields"]["hint"]
+    warning = "events with no subscriber or webhook: 'order_placd' (did you mean 'order_placed'?)"
+    status = await p.get_status()
+    assert any(w.startswith(warning) for w in status.warnings), status.warnings
+    overview = await (await Admin.open(db)).overview()
+    assert any(w.startswith(warning) for w in overview.warnings)  # the dashboard's overview
+    strict = await make(db, subs, strict_events=True)
+    with pytest.raises(InvalidArgumentError, match=r"'order_placd' \(did you mean 'order_placed'"):
+        await strict.emit("order_placd", {"order": 2})
+    assert len(await strict.list_events("order_placd")) == 1  # nothing written by the refusal
+    await strict.emit("order_placed", {"order": 3})  # a known name goes through

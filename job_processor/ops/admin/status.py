@@ -11,6 +11,7 @@ from ...core.coverage import coverage
 from ...core.limits import limit_usage
 from ...core.models import ProcessorStatus, WorkerInfo
 from ...core.status import JobStatus
+from ...events.queries import untargeted_warnings
 from ...events.webhooks import webhook_warnings
 from .crons import CronsAdmin
 from .inputs import THROUGHPUT_CAP, ids_of, limit_of
@@ -61,6 +62,7 @@ class StatusAdmin(CronsAdmin):
         if not live_docs:
             warnings.append("no live worker: nothing is being run")
         warnings += await webhook_warnings(self.storage)
+        warnings += await untargeted_warnings(self.storage, now)
         return Overview(
             now=now,
             counts={name: counts.get(name, {}) for name in names},
