@@ -91,10 +91,12 @@ def report(result: ActionResult, as_json: bool) -> int:
         emit_json(result.model_dump(mode="json") | {"jobs": [masked(j) for j in result.jobs]})
     else:
         verb = result.action.replace("_", " ")
-        what = ", ".join(result.changed[:10]) + (" ..." if len(result.changed) > 10 else "")
-        if result.done:
-            print(f"{verb}: {result.count}" + (f" ({what})" if what else ""))
-        for job_id in result.detail.get("requested", []):
+        requested = list(result.detail.get("requested", []))
+        now = [c for c in result.changed if c not in requested]  # done at once
+        what = ", ".join(now[:10]) + (" ..." if len(now) > 10 else "")
+        if result.done and (now or not result.changed):
+            print(f"{verb}: {result.count - len(requested)}" + (f" ({what})" if what else ""))
+        for job_id in requested:  # one line per job: a running one is aborted by its worker
             print(f"{job_id}: kill requested (its worker aborts it)")
         for key, why in result.skipped.items():
             print(f"{key}: nothing done: {why}", file=sys.stderr if result.done else sys.stdout)

@@ -78,17 +78,23 @@ def coverage(
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
             out.warnings.append(
-                f"{waiting} waiting jobs of unknown name {name!r}: no worker defines it "
+                f"{jobs(waiting, 'waiting job')} of unknown name {name!r}: no worker defines it "
                 "(a typo, or a job removed from the code); define it or delete them"
             )
     for name in sorted(paused):
         waiting = _waiting(counts.get(name, {}))
         if waiting:
             out.warnings.append(
-                f"{name!r} is paused: {waiting} jobs wait until it is resumed "
+                f"{name!r} is paused: {jobs(waiting, 'job')} {'waits' if waiting == 1 else 'wait'} "
+                "until it is resumed "
                 f"(job-processor names resume {name})"
             )
     return out
+
+
+def jobs(n: int, noun: str) -> str:
+    """"1 waiting job", "3 waiting jobs"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _waiting(by_status: Mapping[str, int]) -> int:

@@ -71,6 +71,26 @@ async def test_status_and_kill_need_no_app_factory(db: Any, mongo_url: str) -> N
     assert "already ended (killed)" in again.stdout
 
 
+async def test_killing_a_running_job_prints_one_line(db: Any, mongo_url: str) -> None:
+    url = url_with_db(mongo_url, db.name)
+    started = asyncio.Event()
+
+    async def slow(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await signal.wait()
+
+    processor = await init_job_processor(db, jobs={"slow": JobDef(handler=slow)}, **FAST)
+    async with processor:
+        job = await processor.schedule_job("slow", {})
+        await asyncio.wait_for(started.wait(), 10)
+        killed = await cli(url, "jobs", "kill", job.id)
+        assert killed.returncode == 0, killed.stderr
+        assert killed.stdout.strip().splitlines() == [
+            f"{job.id}: kill requested (its worker aborts it)"
+        ]
+        await wait_status(processor, job.id, "killed")  # type: ignore[arg-type]
+
+
 async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -> None:
     url = url_with_db(mongo_url, db.name)
     jobs: dict[str, Any] = {"mail": JobDef(handler=boom), "fine": JobDef(handler=tick)}
@@ -103,6 +123,9 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         nothing = await cli(url, "jobs", "retry", done.id)
         assert nothing.returncode == 1
         assert "finished: only errored or killed jobs can be retried" in nothing.stdout
+        typo = await cli(url, "jobs", "retry", "--name", "maill", "--status", "errored")
+        assert typo.returncode == 2  # not "nothing matched": the name is named, with the fix
+        assert "unknown job 'maill' (did you mean 'mail'?)" in typo.stderr
         retried = await cli(url, "jobs", "retry", "--name", "mail", "--status", "errored")
         assert retried.returncode == 0, retried.stderr
         assert f"jobs retried: 1 ({failed.id})" in retried.stdout

@@ -246,3 +246,34 @@ async def test_replay_an_event_after_confirming_and_watch_the_new_delivery_finis
             await expect(page.locator("#job-status")).to_have_text("finished")
     after = await p.get_event(event.id)
     assert [d.replay_id is not None for d in after.deliveries] == [False, True]
+
+
+async def test_the_jobs_table_fits_a_1400_pixel_window(browser: Browser, processor: Any) -> None:
+    import datetime as dt
+
+    from job_processor.core import documents as D
+
+    p, _ = processor
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    long = {"to": "a-rather-long-address@example.com", "subject": "x" * 80}
+    error = "ConnectionError: " + "the SMTP relay at smtp.example.com:587 refused the login " * 3
+    for i in range(4):
+        when = now - dt.timedelta(hours=30 + i, minutes=17)
+        doc = D.new_job(
+            "generate-monthly-customer-report", long, now=when, tag="reports-eu-west", key=f"k{i}"
+        ) | {"type": "cron_task" if i % 2 else "simple", "trigger": "schedule"}
+        doc |= {"status": "errored", "attempt": 12, "failures": 3, "max_attempts": 3}
+        doc |= {"ended_at": when + dt.timedelta(minutes=42), "worker_id": "host-1234-" + "f" * 24}
+        doc |= {"output": {"result": None, "error": error, "duration_ms": 2_512_345}}
+        doc.pop("claim_name")
+        await p.storage.jobs.coll.insert_one(doc)
+    async with serve(create_dashboard(p, auth=AUTH)) as base:
+        page = await signed_in(browser, viewport={"width": 1400, "height": 900})
+        await page.goto(f"{base}/jobs")
+        await expect(page.locator("table.jobs tbody tr")).to_have_count(4)
+        widths = await page.evaluate(
+            """() => ({page: document.documentElement.scrollWidth, window: window.innerWidth,
+                table: document.querySelector('table.jobs').getBoundingClientRect().right})"""
+        )
+        assert widths["page"] <= widths["window"], widths  # no horizontal scrolling
+        assert widths["table"] <= widths["window"], widths

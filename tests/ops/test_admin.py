@@ -281,7 +281,7 @@ async def test_overview_numbers_and_warnings(env: Any) -> None:
     assert ov.unknown_names == {"ghost": 1}
     text = "\n".join(ov.warnings)
     assert "job 'report' (tag 'main'): no live worker can run it (1 waiting)" in text
-    assert "1 waiting jobs of unknown name 'ghost'" in text
+    assert "1 waiting job of unknown name 'ghost'" in text
     assert "runner-1" in text and "heartbeat" in text
     workers = await admin.list_workers()
     assert [(w.instance_id, w.alive) for w in workers] == [("runner-2", True), ("runner-1", False)]
@@ -394,3 +394,13 @@ async def test_payloads_and_checkpoints_of_the_wrong_type_are_redacted_too(env: 
     assert shown.invalid_fields["state"] == [{"password": "[redacted]"}]
     assert shown.invalid_fields["output"] == "declined [redacted]"
     assert shown.payload == {"(not a document)": [{"card": {"number": "[redacted]"}}]}
+
+
+async def test_an_action_that_did_nothing_records_why_in_the_audit_log(env: Any) -> None:
+    admin, storage, _ = env
+    done = await ended(storage, S.FINISHED)
+    result = await admin.retry([done])
+    assert not result.done
+    [entry] = await admin.audit_log(limit=1)
+    assert entry.action == "jobs_retried" and entry.count == 0
+    assert entry.detail["skipped"] == {done: "finished: only errored or killed jobs can be retried"}

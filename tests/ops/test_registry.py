@@ -65,7 +65,7 @@ async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
         assert (await processor.get_job(held.id)).status == "pending"
         status = await processor.get_status()
         assert status.paused_names == ["anywhere"]
-        assert any("'anywhere' is paused: 1 jobs wait" in w for w in status.warnings)
+        assert any("'anywhere' is paused: 1 job waits" in w for w in status.warnings)
         assert (await admin.resume("anywhere")).done
         await wait_status(processor, held.id, "finished")  # type: ignore[arg-type]
         assert processor.worker.paused == frozenset()

@@ -125,6 +125,16 @@ class AdminBase:
                 hide_in_texts(job, hidden)
         return jobs
 
+    async def _check_name(self, name: str | None) -> None:
+        """A name filter that matches no registered definition and no job is a typo: say so,
+        with the closest known names, instead of "nothing matched"."""
+        if not name:
+            return
+        known = await self._known()
+        if name in known or await self.storage.job_admin.page(JobQuery(name=name), None, 1):
+            return
+        raise UnknownJobError(name, list(known))
+
     async def _hookless(self) -> frozenset[str]:
         """Names whose registered definition has no on_job_exited (an owed record of one is a
         formality); names the registry does not know are not among them."""
@@ -171,6 +181,8 @@ class AdminBase:
         result.count = result.count or len(result.changed)
         if detail:
             result.detail |= detail
+        if result.skipped:  # why nothing happened to these: never an empty record
+            result.detail.setdefault("skipped", dict(list(result.skipped.items())[:20]))
         await self.storage.audit.record(
             {
                 "at": result.at,

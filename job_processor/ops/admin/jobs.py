@@ -125,6 +125,7 @@ class JobsAdmin(AdminBase):
         """Retry every job matching the filter (status errored by default, or killed), at most
         `limit` (capped at 10,000), newest first. Action "jobs_retried"."""
         query = self._query(name, status, tag, key, created_after, created_before)
+        await self._check_name(query.name)
         if query.status not in (S.ERRORED, S.KILLED):
             raise InvalidArgumentError(
                 f"status must be errored or killed to retry, got {query.status}"
@@ -239,6 +240,7 @@ class JobsAdmin(AdminBase):
                 "jobs can be purged"
             )
         age = parse_duration(older_than)
+        await self._check_name(name)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
         result.count = await self.storage.job_admin.purge(
