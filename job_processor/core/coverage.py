@@ -93,7 +93,7 @@ def coverage(
 
 
 def jobs(n: int, noun: str) -> str:
-    """"1 waiting job", "3 waiting jobs"."""
+    """ "1 waiting job", "3 waiting jobs"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 

@@ -103,8 +103,8 @@ class Recovery:
                 recovered += 1
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
-        if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 300:
-            self._unknown_checked = now  # every 5 minutes: its grace is an hour by default
+        if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 60:
+            self._unknown_checked = now  # every minute (index-bounded queries, few documents)
             await self.error_unknown_names(now)
         await self.hooks.recover(now, live, self.worker_timeout)
         for extra in self.sweeps:
@@ -112,9 +112,11 @@ class Recovery:
         return recovered
 
     async def error_unknown_names(self, now: dt.datetime) -> int:
-        """Jobs inserted under a name no worker defines (none in the registry, nor here) are
-        errored with the reason once `unknown_name_grace` has passed (time for a rolling deploy
-        to start the workers that define a new job)."""
+        """Jobs other programs inserted, every minute: those under a name no worker defines
+        (none in the registry, nor here) are errored with the reason once `unknown_name_grace`
+        has passed (time for a rolling deploy to start the workers that define a new job); bare
+        inserts (`{name, payload}`) are adopted (made claimable); those whose due time can never
+        come are errored with the reason."""
         known = {str(d["_id"]) for d in await self.storage.definitions.all()}
         known |= set(self.definitions)
         grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)
@@ -122,6 +124,9 @@ class Recovery:
         if errored:
             self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
         minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
+        bare = await self.storage.jobs.adopt_bare(minute, now)
+        if bare:
+            self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
         undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
         if undue:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)

@@ -125,18 +125,19 @@ class EventStore:
         """Newest first; `since` inclusive, `until` exclusive."""
         return await all_docs(self.find_cursor(name, since, until, limit))
 
-    async def untargeted(self, since: dt.datetime, limit: int = 1000) -> dict[str, int]:
-        """Names of the events emitted since `since` that no subscriber or endpoint listened
-        to, with how many (at most `limit` events read, newest first)."""
-        cursor = (
-            self.coll.find(
-                {"no_targets": True, "emitted_at": {"$gte": since}}, {"name": 1, "emitted_at": 1}
-            )
+    def untargeted_cursor(self, since: dt.datetime, limit: int = 1000) -> Any:
+        query = {"no_targets": True, "emitted_at": {"$gte": since}}
+        return (
+            self.coll.find(query, {"name": 1, "emitted_at": 1})
             .sort([("no_targets", 1), ("emitted_at", -1)])
             .limit(limit)
         )
+
+    async def untargeted(self, since: dt.datetime, limit: int = 1000) -> dict[str, int]:
+        """Names of the events emitted since `since` that no subscriber or endpoint listened
+        to, with how many (at most `limit` events read, newest first)."""
         counts: dict[str, int] = {}
-        for doc in await all_docs(cursor):
+        for doc in await all_docs(self.untargeted_cursor(since, limit)):
             if doc.get("emitted_at") is not None and doc["emitted_at"] >= since:
                 counts[str(doc["name"])] = counts.get(str(doc["name"]), 0) + 1
         return counts

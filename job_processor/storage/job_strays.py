@@ -9,10 +9,12 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from bson import ObjectId
+
 from ..core import documents as D
 from ..core.documents import CLAIM_SORT
 from ..core.retention import Retention
-from ..core.status import JobStatus
+from ..core.status import JobStatus, check_transition
 from .compat import all_docs
 
 Doc = dict[str, Any]
@@ -93,3 +95,37 @@ class ForeignJobs:
                 )
                 errored += res.modified_count
         return errored
+
+    def bare_cursor(self, inserted_before: dt.datetime, limit: int = 100) -> Any:
+        """Documents with no status, inserted before `inserted_before` (the real-server tier
+        asserts its plan: the {status, worker_id} index, status missing reading as null)."""
+        old = {"status": None, "_id": {"$lt": ObjectId.from_datetime(inserted_before)}}
+        return self.coll.find(old, {"_id": 1, "name": 1, "scheduled_for": 1}).limit(limit)
+
+    async def adopt_bare(self, inserted_before: dt.datetime, now: dt.datetime) -> int:
+        """Jobs another program inserted as bare `{name, payload}` (no `status`, `claim_name`
+        or `due_ms`), before `inserted_before`: made pending and claimable, due at their
+        `scheduled_for` if they have one, else at their insert time. Their first claim fills in
+        the rest (a missing `created_at` marks them as foreign, see `documents.completion`).
+        At most 100 per call; one compare-and-set each (on the {status, ...} index: status
+        missing reads as null)."""
+        check_transition(None, S.PENDING)
+        adopted = 0
+        async for doc in self.bare_cursor(inserted_before):
+            name = doc.get("name")
+            if not isinstance(name, str) or not name:
+                continue  # no name to claim it under: `get_job` shows it as it is
+            when = doc.get("scheduled_for")
+            due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
+            res = await self.coll.update_one(
+                {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}},
+                {
+                    "$set": {
+                        "status": S.PENDING.value,
+                        "claim_name": name,
+                        "due_ms": D.epoch_ms(due),
+                    }
+                },
+            )
+            adopted += res.modified_count
+        return adopted

@@ -139,3 +139,22 @@ async def test_a_job_that_could_never_be_due_is_errored_with_the_reason(db: Any)
     assert left is not None and left["claim_name"] == "send-email"  # not errored (yet)
     if REAL_SERVER:  # nx-27017 cannot select dates by $type: such a job stays pending there
         assert (await processor.get_job(str(date))).status == S.ERRORED
+
+
+async def test_a_bare_insert_is_adopted_within_a_minute_and_runs(db: Any) -> None:
+    """`{name, payload}` alone (no status, claim_name or due_ms): the periodic pass makes it
+    claimable once it is a minute old, and it runs like any job; a younger one is left alone."""
+    import datetime as dt
+
+    processor = await make(db, {"send-email": JobDef(handler=send)})
+    now = dt.datetime.now(dt.UTC)
+    coll = db["job_processor_jobs"]
+    bare = {"name": "send-email", "payload": {"to": "ada@example.com"}}
+    old = ObjectId.from_datetime(now - dt.timedelta(minutes=2))
+    await coll.insert_one(bare | {"_id": old})
+    young = (await coll.insert_one(dict(bare))).inserted_id
+    async with processor:  # the start's sweep runs the pass
+        done = await wait_status(processor, str(old), S.FINISHED)
+    assert done.result == "sent to ada@example.com"
+    assert done.created_at == old.generation_time  # a foreign document: dated by its _id
+    assert "status" not in (await coll.find_one({"_id": young}) or {})  # left for the next pass

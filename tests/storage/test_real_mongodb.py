@@ -93,6 +93,13 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     assert_indexed(await storage.jobs.owed_hooks_cursor(NOW).explain())
 
 
+async def test_the_strays_pass_and_the_untargeted_events_are_index_backed(
+    storage: Storage,
+) -> None:
+    assert_indexed(await storage.jobs.bare_cursor(NOW).explain())  # bare inserts to adopt
+    assert_indexed(await storage.events.untargeted_cursor(NOW).explain())  # status warnings
+
+
 async def test_counts_by_name_is_a_covered_index_scan(db: Any, storage: Storage) -> None:
     plan = await db.command(
         "explain",
