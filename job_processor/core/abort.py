@@ -19,6 +19,7 @@ class AbortSignal:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._reason: AbortReason | None = None
+        self._waiters: list[asyncio.Future[AbortReason]] = []
 
     @property
     def aborted(self) -> bool:
@@ -34,7 +35,21 @@ class AbortSignal:
             return False
         self._reason = reason
         self._event.set()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(reason)
+        self._waiters.clear()
         return True
+
+    def future(self) -> asyncio.Future[AbortReason]:
+        """A future resolved with the reason when the signal fires (no task: for the worker,
+        which waits on the handler and on this together)."""
+        fut: asyncio.Future[AbortReason] = asyncio.get_running_loop().create_future()
+        if self._reason is not None:
+            fut.set_result(self._reason)
+        else:
+            self._waiters.append(fut)
+        return fut
 
     async def wait(self) -> AbortReason:
         await self._event.wait()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from .clock import as_utc
 from .errors import InvalidPayloadError
 from .outcome import Outcome
+from .runs import last_run
 from .status import HOOKED, JobStatus, check_transition
 
 Doc = dict[str, Any]
@@ -137,46 +138,32 @@ def new_job(
     resumable: bool = False,
     limit_key: str | None = None,
 ) -> Doc:
-    """A complete pending job document."""
+    """A pending job document, lean: a field that holds its default (None, 0, False, an empty
+    list, "simple") is left out, and readers (`Job.read`) fill the defaults in. What queries
+    select on is always written: `status`, `claim_name` (only while claimable), `priority` (the
+    claim sorts on it), `due_ms`, `created_at`; and the active-only unique keys."""
     when = scheduled_for or now
     doc: Doc = {
         "_id": ObjectId(),
         "name": name,
-        "type": job_type,
         "status": S.PENDING.value,
         "claim_name": name,
         "payload": dict(payload),
         "priority": priority,
-        "tag": tag,
         "scheduled_for": when,
         "due_ms": epoch_ms(when),
         "created_at": now,
-        "updated_at": now,
-        "started_at": None,
-        "run_started_at": None,
-        "ended_at": None,
-        "worker_id": None,
-        "run_id": None,
-        "end_id": "",
-        "attempt": 0,
-        "state": None,
-        "output": None,
-        "kill_requested_at": None,
-        "skip_reason": None,
-        "conflicting_job_id": None,
-        "key": key,
-        "max_attempts": max_attempts,
-        "resumable": resumable,
-        "limit_key": limit_key,
-        "failures": 0,
-        "history": [],
-        "exit_hook": None,
-        "exit_hook_id": None,
-        "exit_hook_owner": None,
-        "exit_hook_at": None,
-        "exit_hook_error": None,
-        **(extra or {}),
     }
+    optional = {
+        "type": job_type if job_type != "simple" else None,
+        "tag": tag,
+        "key": key,
+        "max_attempts": max_attempts if max_attempts != 1 else None,
+        "resumable": True if resumable else None,
+        "limit_key": limit_key,
+    }
+    doc |= {k: v for k, v in optional.items() if v is not None}
+    doc |= dict(extra or {})
     if exclusive:
         doc["exclusive_key"] = name
     if key is not None:
@@ -200,6 +187,7 @@ def cron_task(
         "trigger": "schedule",
         "start_deadline": slot + margin,
         "cron_slot_key": slot_key(name, slot),
+        "attempt": 0,  # the missed-task pass selects the tasks that never started by it
     }
     return _cron_job(name, now, slot, tag, exclusive, max_attempts, resumable, extra)
 
@@ -383,7 +371,6 @@ def claim_update(
         "worker_id": worker_id,
         "run_id": run_id or new_id(),
         "run_started_at": now,
-        "updated_at": now,
     }
     if limit_key is not None:
         fields["limit_key"] = limit_key
@@ -392,6 +379,17 @@ def claim_update(
         "$unset": {"claim_name": ""},
         "$inc": {"attempt": 1},
     }
+
+
+#: What a claim's reply leaves out: the fields its own update sets (the worker knows them).
+CLAIM_PROJECTION: Doc = {"status": 0, "worker_id": 0, "run_id": 0, "run_started_at": 0}
+
+
+def claimed_doc(reply: Doc, update: Doc) -> Doc:
+    """The claimed job: the claim's reply (after its `$inc`, without what CLAIM_PROJECTION
+    leaves out) with the fields the claim set."""
+    out: Doc = {k: v for k, v in reply.items() if k not in update.get("$unset", {})}
+    return out | dict(update["$set"])
 
 
 def applied(doc: Doc, update: Doc) -> Doc:
@@ -405,14 +403,17 @@ def applied(doc: Doc, update: Doc) -> Doc:
 
 
 def history_entry(claimed: Doc, outcome: Outcome, now: dt.datetime) -> Doc:
-    return {
+    """One run's record (its error only when it has one: readers show None)."""
+    entry = {
         "attempt": claimed.get("attempt"),
         "worker_id": claimed.get("worker_id"),
         "started_at": claimed.get("run_started_at"),
         "ended_at": now,
         "status": outcome.status.value,
-        "error": outcome.error.splitlines()[0][:500] if outcome.error else None,
     }
+    if outcome.error:
+        entry["error"] = outcome.error.splitlines()[0][:500]
+    return entry
 
 
 def with_history(doc: Doc, entry: Doc) -> list[Doc]:
@@ -440,33 +441,49 @@ def end_update(
     duration_ms: int | None = None,
 ) -> Doc:
     """running -> outcome.status, in one update. A terminal status `$unset`s the active-only
-    keys and records `on_job_exited` as owed by `writer` (when the job has a hook)."""
+    keys and records `on_job_exited` as owed by `writer` (when the job has a hook).
+
+    Lean: what holds its default is left out (an output's None result or error, failures that
+    did not change, the record of a hook the job does not have, keys it does not hold); readers
+    fill the defaults in (`Job.read`), and the job's last change is its end."""
     check_transition(S.RUNNING, outcome.status)
-    output: Doc = {"result": outcome.result, "error": outcome.error, "duration_ms": duration_ms}
-    fields: Doc = {
-        "status": outcome.status.value,
-        "updated_at": now,
-        "output": output,
-        "failures": outcome.failures,
-        "end_id": end_id,
-        "history": with_history(claimed, history_entry(claimed, outcome, now)),
-    }
-    if claimed.get("started_at") is None:
-        fields["started_at"] = claimed["run_started_at"]
+    output: Doc = {"duration_ms": duration_ms}
+    if outcome.result is not None:
+        output["result"] = outcome.result
+    if outcome.error is not None:
+        output["error"] = outcome.error
+    fields: Doc = {"status": outcome.status.value, "output": output, "end_id": end_id}
+    if outcome.failures != (claimed.get("failures") or 0):
+        fields["failures"] = outcome.failures
     update: Doc = {"$set": fields}
     if outcome.status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries later
+        # it runs again: this run's record goes to history, its first start is kept
+        fields["history"] = with_history(claimed, history_entry(claimed, outcome, now))
+        if claimed.get("started_at") is None:
+            fields["started_at"] = claimed["run_started_at"]
         fields |= {"worker_id": None, "run_id": None, "claim_name": claimed["name"]}
+        fields["updated_at"] = now
         if outcome.retry_at is not None:
             fields |= {"scheduled_for": outcome.retry_at, "due_ms": epoch_ms(outcome.retry_at)}
-    else:
-        if outcome.status == S.SKIPPED:  # claimed too late to run: it never started
-            fields["started_at"] = None
-            fields["skip_reason"] = "missed"
-        fields["ended_at"] = now
-        fields |= hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
-        if outcome.expires_at is not None:
-            fields["expires_at"] = outcome.expires_at
-        update["$unset"] = {"exclusive_key": "", "dedup_key": ""}
+        return update
+    # ended: this run's record is the job's own fields (`runs.last_run`), and a first run's
+    # start its `run_started_at`; `retry_job` moves both into place before the job runs again
+    if outcome.status == S.SKIPPED:  # claimed too late to run: it never started
+        fields["started_at"] = None
+        fields["skip_reason"] = "missed"
+    fields["ended_at"] = now
+    if claimed.get("updated_at") is not None:  # else the end is its last change (readers)
+        fields["updated_at"] = now
+    hook = hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
+    if hook.get("exit_hook") == "owed" or claimed.get("exit_hook") is not None:
+        fields |= hook  # owed; or "none" over a previous exit's record
+    elif outcome.status in HOOKED:  # written (not left to readers): queries select on it
+        fields["exit_hook"] = "none"
+    if outcome.expires_at is not None:
+        fields["expires_at"] = outcome.expires_at
+    held = [k for k in ("exclusive_key", "dedup_key") if k in claimed]
+    if held:
+        update["$unset"] = dict.fromkeys(held, "")
     return update
 
 
@@ -532,6 +549,11 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
     deadline = fresh_deadline(current, now)
     if deadline is not None:
         fields["start_deadline"] = deadline
+    last = last_run(current)
+    if last is not None:  # its record was the job's own fields: they change with the next run
+        fields["history"] = with_history(current, last)
+    if current.get("started_at") is None and current.get("run_started_at") is not None:
+        fields["started_at"] = current["run_started_at"]
     if exclusive:
         fields["exclusive_key"] = current["name"]
     if current.get("key") is not None:
@@ -581,6 +603,7 @@ def new_worker(
     concurrency: int,
     names: list[str],
     worker_timeout: float | None = None,
+    paused: list[str] | None = None,
 ) -> Doc:
     """`worker_timeout` is recorded so that a process without the settings (the CLI, a
     dashboard) can tell whether this worker is alive."""
@@ -596,4 +619,6 @@ def new_worker(
         "started_at": now,
         "last_seen": now,
         "worker_timeout": worker_timeout,
+        # the paused names, kept here by pause/resume and read with each heartbeat
+        "paused": sorted(paused or []),
     }

@@ -7,6 +7,13 @@ from typing import Any
 
 import structlog
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
 
 class EventLog:
     """`log.info("job_claimed", job_id=..., ...)` on structlog or a stdlib logger."""
@@ -20,6 +27,8 @@ class EventLog:
         return EventLog(self._target, {**self._context, **fields})
 
     def _emit(self, level: str, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        if self._stdlib and not self._target.isEnabledFor(_LEVELS[level]):
+            return  # below the logger's level: nothing is built (the worker's hot path)
         merged = {**self._context, **fields}
         if self._stdlib:
             text = " ".join(f"{k}={v!r}" for k, v in merged.items())

@@ -26,9 +26,11 @@ from typing_extensions import TypeVar
 
 from .clock import as_utc
 from .definitions import Mode
-from .status import JobStatus
+from .runs import with_last_run
+from .status import HOOKED, JobStatus
 
 S = JobStatus
+_HOOKED = {s.value for s in HOOKED}
 
 
 def to_jsonable(value: Any) -> Any:
@@ -176,6 +178,14 @@ class Job(BaseModel, Generic[PayloadT]):
             doc["started_at"] = doc["run_started_at"]
         if doc.get("payload") is None:
             doc["payload"] = {}
+        if doc.get("updated_at") is None:  # a lean document: its last change is its last date
+            doc["updated_at"] = (
+                doc.get("ended_at") or doc.get("run_started_at") or doc["created_at"]
+            )
+        if doc.get("exit_hook") is None and doc.get("status") in _HOOKED and doc.get("attempt"):
+            doc["exit_hook"] = "none"  # it ran and ended: a lean final write left "none" out
+        if isinstance(doc.get("history", []), list):  # else: invalid_fields shows it as stored
+            doc["history"] = with_last_run(doc)  # the last run's record is the job's fields
         return doc
 
     @field_serializer("payload", "state", "history", "invalid_fields", when_used="json")

@@ -1,5 +1,10 @@
-"""How a job's runs read for people (the dashboard, the CLI), pure: each run's own outcome, and
-runs, failures and attempts stated so that they add up.
+"""How a job's runs read (the dashboard, the CLI, `Job.history`), pure: each run's own outcome;
+runs, failures and attempts stated so that they add up; and the record of a job's last run.
+
+A job's `history` holds its runs' records, except the last run of a job that has ended: that
+one is the job's own top-level fields (attempt, worker_id, run_started_at, ended_at, status,
+error), and readers derive its record from them (`with_last_run`), so the final write does not
+send it twice. `retry_job` moves it into `history` before the job runs again.
 
 `attempt` counts the runs that started (a resume and a retry after a failure are runs too);
 `failures` counts the failed attempts since the job was scheduled or last retried by hand, and
@@ -42,3 +47,39 @@ def runs_summary(attempt: Any, failures: Any, max_attempts: Any) -> str:
     runs, allowed = int(attempt or 0), int(max_attempts or 1)
     head = f"run {runs}" if runs else "not run yet"
     return f"{head} · {int(failures or 0)} of {allowed} failure{'s' if allowed != 1 else ''} used"
+
+
+#: Ended statuses whose last run is read from the job's own fields.
+_ENDED = frozenset({"finished", "errored", "killed", "skipped"})
+
+
+def last_run(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record of an ended job's last run, from its own fields; None when it has none (it
+    never ran, or it is active) or when `history` already holds it (an older document)."""
+    attempt = doc.get("attempt")
+    if doc.get("status") not in _ENDED or not attempt or doc.get("run_started_at") is None:
+        return None
+    history = doc.get("history")
+    if isinstance(history, list) and history:
+        latest = history[-1]
+        if isinstance(latest, Mapping) and latest.get("attempt") == attempt:
+            return None
+    output = doc.get("output")
+    error = output.get("error") if isinstance(output, Mapping) else None
+    entry = {
+        "attempt": attempt,
+        "worker_id": doc.get("worker_id"),
+        "started_at": doc.get("run_started_at"),
+        "ended_at": doc.get("ended_at"),
+        "status": doc.get("status"),
+        "error": str(error).splitlines()[0][:500] if error else None,
+    }
+    return entry
+
+
+def with_last_run(doc: Mapping[str, Any]) -> list[Any]:
+    """`history` with the last run's record (derived from the job's fields) at its end."""
+    history = doc.get("history")
+    past = list(history) if isinstance(history, list) else []
+    last = last_run(doc)
+    return [*past, last][-20:] if last is not None else past

@@ -17,7 +17,8 @@ from .worker import Worker
 
 
 class Heartbeat:
-    """Keeps this process's worker document fresh (and reads the paused names).
+    """Keeps this process's worker document fresh, and reads the paused names in the same round
+    trip (pause/resume keep them on every worker document).
 
     A worker that finds its own document gone (another worker declared it dead) or whose last
     successful heartbeat is older than `worker_timeout` abandons its runs (writes nothing for
@@ -51,7 +52,11 @@ class Heartbeat:
         self._last_ok: dt.datetime | None = None
 
     async def register(self) -> str:
+        """A new worker document carrying the paused names (read before and after it exists,
+        so that a pause or resume made meanwhile is not missed: see
+        `WorkerStore.align_paused`)."""
         now = self.clock.now()
+        before = await self.registry.paused_names() if self.registry is not None else set()
         doc = D.new_worker(
             now,
             self.worker_tags,
@@ -59,12 +64,15 @@ class Heartbeat:
             self.settings.concurrency,
             self.worker.names,
             self.settings.worker_timeout,
+            paused=sorted(before),
         )
         await self.workers.register(doc)
         self.worker.worker_id = doc["_id"]
         if self.registry is not None:
             await self.registry.register(doc["_id"], now)
-            self.worker.paused = await self.registry.read_paused(doc["_id"])
+            after = await self.registry.paused_names()
+            await self.workers.align_paused(doc["_id"], before, after)
+            self.worker.paused = self.registry.note_paused(frozenset(after), doc["_id"])
         self._last_ok = now
         self.log.info(
             "worker_registered",
@@ -89,27 +97,32 @@ class Heartbeat:
             await sleep_or_wake(self.clock, self.stop_event, self.settings.heartbeat_interval)
 
     async def tick(self) -> None:
+        """One round trip: this worker is alive, and which names are paused (read back from
+        its own document, which pause/resume keep up to date)."""
         now = self.clock.now()
         stale = self._last_ok is not None and is_dead(
             self._last_ok, now, self.settings.worker_timeout
         )
-        alive = await self.workers.beat(self.worker.worker_id, now)
-        if not alive or stale:
+        paused = await self.workers.beat(self.worker.worker_id, now)
+        if paused is None or stale:
             # Others may already have recovered our jobs: stop touching them, start afresh.
-            why = "worker_document_missing" if not alive else "heartbeat_stale"
+            why = "worker_document_missing" if paused is None else "heartbeat_stale"
             self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)
             self.worker.abandon_all(why)
-            if alive:
+            if paused is not None:
                 await self.workers.unregister(self.worker.worker_id)
             await self.register()
+            return
+        self._last_ok = now
+        if self.registry is not None:
+            self.worker.paused = self.registry.note_paused(paused, self.worker.worker_id)
         else:
-            self._last_ok = now
-        if self.registry is not None:  # one query: claims leave paused names out
-            self.worker.paused = await self.registry.read_paused(self.worker.worker_id)
+            self.worker.paused = paused
 
     async def after_sweep(self, now: dt.datetime) -> None:
-        """What runs with each sweep (in the recovery's loop, not the heartbeat's)."""
+        """What runs with the sweep (in the recovery's loop, not the heartbeat's): the
+        registry's `last_seen` (every few minutes: it tells which names were served lately)."""
         if self.registry is not None:
-            await self.registry.refresh(now)
+            await self.registry.maybe_refresh(now)
         if self.trimmer is not None:  # count retentions (every few minutes)
             await self.trimmer.maybe_run(now)

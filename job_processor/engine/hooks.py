@@ -169,7 +169,13 @@ class HookRunner:
             current = await self.jobs.get(doc["_id"])
         return current
 
-    async def recover(self, now: dt.datetime, live: set[str], worker_timeout: float) -> int:
+    async def recover(
+        self,
+        now: dt.datetime,
+        live: set[str],
+        worker_timeout: float,
+        owed: list[Doc] | None = None,
+    ) -> int:
         """Call the hooks owed by processes that are gone. Returns how many were taken.
 
         A worker's hook is taken over as soon as the worker is dead (the same sweep that
@@ -179,7 +185,7 @@ class HookRunner:
         was recorded. One with no owner (a kill from the CLI) is taken at once."""
         me = self.worker_id()
         taken = 0
-        for doc in await self.jobs.owed_hooks(now):
+        for doc in owed if owed is not None else await self.jobs.owed_hooks(now):
             owner = doc.get("exit_hook_owner")
             definition = self.definitions.get(str(doc.get("name")))
             if definition is None or (owner in live and owner != me):

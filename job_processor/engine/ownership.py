@@ -7,7 +7,8 @@ ONE query (`running_on(me)`) serves two purposes:
 - reconciliation: a job recorded as running on this worker that it does not run (its final
   write failed for good, or a claim's reply was lost) is recovered like a crashed run, once its
   run is older than `worker_timeout` (a claim in flight is never mistaken for a stray). This
-  runs at least every `worker_timeout / 2`, even when the worker is idle.
+  runs at least every `worker_timeout / 2` while the worker runs jobs; while it is idle, the
+  recovery sweep does it with the query it makes anyway (no query of its own).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class OwnershipWatcher:
             reconcile_due = self._last_reconcile is None or (
                 (now - self._last_reconcile).total_seconds() >= self.worker_timeout / 2
             )
-            if self.worker.runs or reconcile_due:
+            if self.worker.runs or self.worker.unstarted:  # idle: the sweep reconciles
                 try:
                     await self.check(now, reconcile=reconcile_due)
                 except (PyMongoError, TimeoutError) as exc:  # an outage: the next check retries

@@ -35,6 +35,8 @@ CONNECTION = (AutoReconnect, ConnectionFailure)
 
 Doc = dict[str, Any]
 S = JobStatus
+#: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
+STRAYS_EVERY = dt.timedelta(minutes=5)
 
 
 def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
@@ -59,6 +61,7 @@ class Recovery:
         self.log = log
         self.worker_timeout = worker.settings.worker_timeout
         self._unknown_checked: dt.datetime | None = None
+        self._strays_checked: dt.datetime | None = None
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
@@ -97,36 +100,52 @@ class Recovery:
                     by=me,
                 )
         recovered = 0
-        for doc in await self.storage.jobs.orphaned(list(live), cutoff):
+        # one query: running jobs whose run started before the cutoff, and owed hooks
+        running, owed = await self.storage.jobs.needing_attention(cutoff, now)
+        for doc in running:
+            if doc.get("worker_id") == me and me:
+                if not self.worker.owns(doc):  # ours by the database, not running here
+                    started = doc.get("run_id") not in self.worker.unstarted
+                    await self.reconcile(doc, started=started)
+                    self.worker.unstarted.discard(str(doc.get("run_id")))
+                continue
+            if doc.get("worker_id") in live:
+                continue
             end = RunEnd(Ending.CRASHED, kill_requested=bool(doc.get("kill_requested_at")))
             if await self.recover(doc, end) is not None:
                 recovered += 1
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
         if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 60:
-            self._unknown_checked = now  # every minute (index-bounded queries, few documents)
-            await self.error_unknown_names(now)
-        await self.hooks.recover(now, live, self.worker_timeout)
+            full = self._strays_checked is None or (now - self._strays_checked) >= STRAYS_EVERY
+            self._unknown_checked = now
+            if full:
+                self._strays_checked = now
+            await self.error_unknown_names(now, full=full)
+        await self.hooks.recover(now, live, self.worker_timeout, owed)
         for extra in self.sweeps:
             await extra(now)
         return recovered
 
-    async def error_unknown_names(self, now: dt.datetime) -> int:
-        """Jobs other programs inserted, every minute: those under a name no worker defines
-        (none in the registry, nor here) are errored with the reason once `unknown_name_grace`
-        has passed (time for a rolling deploy to start the workers that define a new job); bare
-        inserts (`{name, payload}`) are adopted (made claimable); those whose due time can never
-        come are errored with the reason."""
+    async def error_unknown_names(self, now: dt.datetime, full: bool = True) -> int:
+        """Jobs other programs inserted. Every minute, bare inserts (`{name, payload}`) a
+        minute old are adopted (made claimable). With `full` (every five minutes), those under a
+        name no worker defines (none in the registry, nor here) are errored with the reason once
+        `unknown_name_grace` has passed (time for a rolling deploy to start the workers that
+        define a new job), and those whose due time can never come are errored with the
+        reason."""
+        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
+        bare = await self.storage.jobs.adopt_bare(minute, now)
+        if bare:
+            self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
+        if not full:
+            return 0
         known = {str(d["_id"]) for d in await self.storage.definitions.all()}
         known |= set(self.definitions)
         grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)
         errored = await self.storage.jobs.error_unknown(sorted(known), now - grace, now)
         if errored:
             self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
-        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
-        bare = await self.storage.jobs.adopt_bare(minute, now)
-        if bare:
-            self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
         undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
         if undue:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)

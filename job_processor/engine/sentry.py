@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,20 +20,18 @@ from ..core.definitions import CronDef
 
 Doc = dict[str, Any]
 _sdk: Any = None
-"""sentry_sdk once imported; False when it is not installed (never tried again)."""
+"""sentry_sdk, once the application has imported it (to call `sentry_sdk.init`)."""
 
 
 def _client_active() -> bool:
+    """Is a Sentry client active? Never imports sentry_sdk: an application that uses Sentry
+    has imported it to call `sentry_sdk.init`; one that has not pays nothing (one dict look-up
+    per run, and no import on the first run)."""
     global _sdk
     if _sdk is None:
-        try:
-            import sentry_sdk
-
-            _sdk = sentry_sdk
-        except ImportError:
-            _sdk = False
-    if not _sdk:
-        return False
+        _sdk = sys.modules.get("sentry_sdk")
+        if _sdk is None:
+            return False
     client = _sdk.get_client()
     # sentry_sdk.init(dsn=None) leaves an active client that sends nothing: nothing to do
     return bool(client.is_active()) and getattr(client, "transport", None) is not None

@@ -3,9 +3,10 @@
 - `Registry`, the worker side of the definitions registry: a worker records every JobDef and
   CronDef its process knows (not only the names it claims: a "main" job defined in every
   replica's code is then known even while no "main" worker is up) in `<prefix>definitions` when
-  it registers, refreshes their `last_seen` once per recovery sweep, and reads the paused names
-  once per heartbeat (one query) so that it stops claiming a paused name within about one
-  `heartbeat_interval`. What the registry tells an operator is `core.coverage`.
+  it registers and refreshes their `last_seen` every few minutes; the paused names it reads when
+  it registers, then with each heartbeat (pause/resume keep them on every worker document), so
+  that it stops claiming a paused name within about one `heartbeat_interval`. What the registry
+  tells an operator is `core.coverage`.
 - `Trimmer`, the bounded pass behind count retentions (`keep_finished=100`): see
   `core.retention` for the rules.
 """
@@ -27,6 +28,7 @@ class Registry:
         self.definitions = definitions
         self.log = log
         self.paused: frozenset[str] = frozenset()
+        self._refreshed: dt.datetime | None = None
 
     async def register(self, worker_id: str, now: dt.datetime) -> None:
         """One update_one per definition (at start and when the worker re-registers)."""
@@ -35,10 +37,19 @@ class Registry:
     async def refresh(self, now: dt.datetime) -> None:
         """One update_many: this process's definitions are still around."""
         await self.storage.definitions.seen(self.definitions, now)
+        self._refreshed = now
 
-    async def read_paused(self, worker_id: str) -> frozenset[str]:
-        """One query: the paused names. Logs when the set changes."""
-        paused = frozenset(await self.storage.paused.names())
+    async def maybe_refresh(self, now: dt.datetime, every: float = 300.0) -> None:
+        """`refresh`, at most every `every` seconds (warnings look at the last 24 hours)."""
+        if self._refreshed is None or (now - self._refreshed).total_seconds() >= every:
+            await self.refresh(now)
+
+    async def paused_names(self) -> set[str]:
+        """One query: every paused name (the collection pause/resume write first)."""
+        return set(await self.storage.paused.names())
+
+    def note_paused(self, paused: frozenset[str], worker_id: str) -> frozenset[str]:
+        """The paused names this worker now leaves out of its claims; logs when they change."""
         if paused != self.paused:
             self.log.info(
                 "paused_names_changed",

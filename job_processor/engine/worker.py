@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 from ..core import documents as D
 from ..core import retention as R
 from ..core.abort import AbortSignal
-from ..core.clock import Clock, sleep_or_wake
+from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import DoNotRetry, InvalidPayloadError, JobLostError, RetryLater
 from ..core.log import EventLog
@@ -122,7 +122,7 @@ class Worker:
         while not self.stopping.is_set():
             if self._claimed >= self.settings.concurrency:
                 self._slot_freed.clear()
-                await sleep_or_wake(self.clock, self._slot_freed, self.settings.poll_interval)
+                await self._slot_freed.wait()  # a run's end, or stop(), sets it
                 continue
             await self._gather_free_slots()
             self.wake.clear()
@@ -408,7 +408,7 @@ class Worker:
         definition, signal = run.definition, run.signal
         assert definition is not None  # execute() records a run without one as invalid
         handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
-        aborted = asyncio.create_task(signal.wait())
+        aborted = signal.future()
         timer: asyncio.Task[None] | None = None
         if definition.max_runtime_in_minutes is not None:
             timer = asyncio.create_task(

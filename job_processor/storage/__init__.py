@@ -94,7 +94,8 @@ class Storage:
         return cls(db, prefix, await detect(db))
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: created from key specs, never looked up by name."""
+        """Idempotent: created from key specs, never looked up by name (on nx-27017 only the
+        unique and TTL ones: see `ServerProfile.wants_index`)."""
         for store, specs in (
             (self.jobs, jobs_mod.INDEXES),
             (self.workers, workers_mod.INDEXES),
@@ -109,4 +110,5 @@ class Storage:
             (self.webhooks, webhooks_mod.INDEXES),
         ):
             for keys, opts in specs:
-                await store.coll.create_index(self.profile.index_keys(keys), **opts)
+                if self.profile.wants_index(opts):
+                    await store.coll.create_index(self.profile.index_keys(keys), **opts)

@@ -4,7 +4,8 @@ The storage modules call these instead of branching on the server themselves:
 
 - `ServerProfile`: what the connected server is (a real MongoDB, nx-27017, mongomock) and the
   few choices that depend on it (whether a compound index may contain `_id`; whether a change
-  stream can be filtered with `$or`).
+  stream can be filtered with `$or`; which indexes are worth creating: nx-27017 uses none to
+  query, and pays for each on every write).
 - `decode`: nx-27017 stores a date written by a top-level `$set` as text; known date fields are
   turned back into aware UTC datetimes on read (on every server: it is a no-op elsewhere).
 - `aggregate`, `open_stream`, `close_stream`: PyMongo's async API awaits `aggregate()` and
@@ -122,6 +123,14 @@ class ServerProfile:
     def bulk_ok(self) -> bool:
         """mongomock-motor's bulk_write breaks with pymongo 4.20: single writes there."""
         return self.kind != "mongomock"
+
+    def wants_index(self, options: dict[str, Any]) -> bool:
+        """nx-27017 answers every query by scanning (it never uses an index) but keeps each
+        index up to date on every write: there only the indexes that do something are created,
+        the unique ones (they enforce uniqueness) and the TTL ones (they expire documents)."""
+        if self.kind != "nx-27017":
+            return True
+        return bool(options.get("unique") or "expireAfterSeconds" in options)
 
     def index_keys(self, keys: IndexKeys) -> IndexKeys:
         """The `_id` tie-breaker is left out of compound indexes where the server breaks on it

@@ -96,6 +96,28 @@ class JobReads:
         """A cron's latest tasks (the {name, created_at} index: a task is created at its slot)."""
         return await all_docs(self.find_cursor(name, None, limit))
 
+    def attention_cursor(self, cutoff: dt.datetime, now: dt.datetime) -> Any:
+        """Running jobs whose run started before `cutoff` (their worker may be dead, or may not
+        run them), and owed on_job_exited hooks recorded before `now`: the sweep's one query
+        (each branch on its index: {status, worker_id} and {exit_hook, exit_hook_at})."""
+        return self.coll.find(
+            {
+                "$or": [
+                    {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
+                    {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
+                ]
+            }
+        ).limit(1000)
+
+    async def needing_attention(
+        self, cutoff: dt.datetime, now: dt.datetime
+    ) -> tuple[list[Doc], list[Doc]]:
+        """(running jobs started before `cutoff`, owed hooks), from one query."""
+        docs = await all_docs(self.attention_cursor(cutoff, now))
+        running = [d for d in docs if d.get("status") == S.RUNNING.value]
+        owed = [d for d in docs if d.get("exit_hook") == "owed"]
+        return running, owed
+
     async def running(self) -> list[Doc]:
         return await all_docs(
             self.coll.find(

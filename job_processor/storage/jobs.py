@@ -242,7 +242,11 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
         for _ in range(3):
             try:
                 result: Doc | None = await self.coll.find_one_and_update(
-                    D.claim_filter(names, now), update, sort=CLAIM_SORT, return_document=AFTER
+                    D.claim_filter(names, now),
+                    update,
+                    sort=CLAIM_SORT,
+                    projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
+                    return_document=AFTER,
                 )
             except TRANSIENT:
                 found = await self._read_back(update["$set"]["run_id"], budget)
@@ -251,7 +255,7 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
                 if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
                     raise
                 continue  # the document no claim could take is errored: claim again
-            return decode_opt(result)
+            return None if result is None else D.claimed_doc(decode(result), update)
         return None
 
     async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
@@ -345,15 +349,14 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
             claimed, outcome, now, end_id=end_id, writer=writer, duration_ms=duration_ms
         )
 
-        async def once() -> Doc | None:
-            found: Doc | None = await self.coll.find_one_and_update(
-                query, update, return_document=AFTER
-            )
-            return found
+        async def once() -> bool:
+            res = await self.coll.update_one(query, update)
+            return bool(res.matched_count)
 
-        doc = await ride_out(once, budget)
-        if doc is not None:
-            return EndWrite(decode(doc))
+        # no document comes back: the job after the write is computed here (one write, a
+        # small reply); only a write that did not apply reads the job to tell why
+        if await ride_out(once, budget):
+            return EndWrite(D.applied(claimed, update))
         current = await ride_out(lambda: self.get(claimed["_id"]), budget)
         return self._resolve(claimed, current, end_id)
 
@@ -465,8 +468,7 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
         holds the exclusive / dedup key. Returns None when the job is not errored or killed, or
         when its on_job_exited is still owed (each exit's hook runs with that exit's status:
         settle it first, see `HookRunner.settle`)."""
-        fields = {"key": 1, "name": 1, "type": 1, "started_at": 1, "scheduled_for": 1}
-        current = await self.coll.find_one({"_id": job_id}, fields | {"start_deadline": 1})
+        current = await self.coll.find_one({"_id": job_id}, {"payload": 0, "state": 0})
         if current is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         result = await self.coll.find_one_and_update(
@@ -474,6 +476,7 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
                 "_id": job_id,
                 "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
                 "exit_hook": {"$ne": "owed"},
+                "attempt": current.get("attempt"),  # the run `current` describes is the last
             },
             D.retry_update(decode(current), now, exclusive),
             return_document=AFTER,

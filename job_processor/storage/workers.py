@@ -19,10 +19,34 @@ class WorkerStore:
     async def register(self, doc: Doc) -> None:
         await self.coll.insert_one(doc)
 
-    async def beat(self, worker_id: str, now: dt.datetime) -> bool:
-        """False when this worker's document is gone: it was declared dead."""
-        res = await self.coll.update_one({"_id": worker_id}, {"$set": {"last_seen": now}})
-        return bool(res.matched_count)
+    async def beat(self, worker_id: str, now: dt.datetime) -> frozenset[str] | None:
+        """The heartbeat, and in the same round trip the names paused for this worker (kept on
+        its document by pause/resume); None when its document is gone: it was declared dead."""
+        found = await self.coll.find_one_and_update(
+            {"_id": worker_id}, {"$set": {"last_seen": now}}, projection={"paused": 1}
+        )
+        if found is None:
+            return None
+        return frozenset(str(n) for n in found.get("paused") or [])
+
+    async def align_paused(self, worker_id: str, before: set[str], now_paused: set[str]) -> None:
+        """Registration: the names paused or resumed while this worker was registering, applied
+        to its document as a difference (a pause or resume made meanwhile by an operator, which
+        also updates every worker document, is never undone)."""
+        added, removed = sorted(now_paused - before), sorted(before - now_paused)
+        if added:
+            await self.coll.update_one(
+                {"_id": worker_id}, {"$addToSet": {"paused": {"$each": added}}}
+            )
+        if removed:
+            await self.coll.update_one({"_id": worker_id}, {"$pull": {"paused": {"$in": removed}}})
+
+    async def pause_everywhere(self, name: str) -> None:
+        """Every worker document gets the name (workers read it with their heartbeat)."""
+        await self.coll.update_many({}, {"$addToSet": {"paused": name}})
+
+    async def resume_everywhere(self, name: str) -> None:
+        await self.coll.update_many({}, {"$pull": {"paused": name}})
 
     async def unregister(self, worker_id: str) -> None:
         await self.coll.delete_one({"_id": worker_id})

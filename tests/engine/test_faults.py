@@ -103,7 +103,7 @@ async def test_a_final_write_that_cannot_be_made_is_reconciled_by_its_own_worker
     quick = {"kind": "fixed", "base_seconds": 0.1, "jitter": False}
     processor = await make(db, {"w": JobDef(handler=work, max_attempts=2, backoff=quick)})
     coll = processor.storage.jobs.coll
-    real = coll.find_one_and_update
+    real = coll.update_one  # the final write is an update_one (no document comes back)
     refused = asyncio.Event()
     loop = asyncio.get_running_loop()
     election_ends: list[float] = []
@@ -118,7 +118,7 @@ async def test_a_final_write_that_cannot_be_made_is_reconciled_by_its_own_worker
                 raise AutoReconnect("no primary")
         return await real(query, update, **kw)
 
-    monkeypatch.setattr(coll, "find_one_and_update", election)
+    monkeypatch.setattr(coll, "update_one", election)
     async with processor:
         job = await processor.schedule_job("w")
         await asyncio.wait_for(refused.wait(), 10)

@@ -91,6 +91,8 @@ async def test_listings_are_index_backed(
 async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: Storage) -> None:
     assert_indexed(await storage.jobs.running_on_cursor("w").explain())
     assert_indexed(await storage.jobs.owed_hooks_cursor(NOW).explain())
+    # the sweep's one query: both $or branches on an index
+    assert_indexed(await storage.jobs.attention_cursor(NOW, NOW).explain())
 
 
 async def test_the_strays_pass_and_the_untargeted_events_are_index_backed(

@@ -12,6 +12,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 
 from job_processor.core import documents as D
 from job_processor.core.errors import JobNotFoundError
+from job_processor.core.models import Job
 from job_processor.core.outcome import Outcome
 from job_processor.core.status import JobStatus
 from job_processor.storage import Storage
@@ -94,7 +95,7 @@ async def test_end_run_is_compare_and_set_on_the_run(storage: Storage) -> None:
     done = await end(storage, claimed, Outcome(S.FINISHED, result=2, hook_owed=True), at=2)
     assert done["status"] == "finished"
     assert done["ended_at"] == later(2)
-    assert done["started_at"] == NOW
+    assert Job.read(done).started_at == NOW  # its first run's start (read from run_started_at)
     assert "exclusive_key" not in done
     assert done["output"]["result"] == 2
     assert done["exit_hook"] == "owed"
@@ -242,13 +243,13 @@ async def test_an_owed_hook_is_taken_over_once_and_recorded(storage: Storage) ->
 async def test_workers_beat_and_stale_delete(storage: Storage) -> None:
     w = storage.workers
     await w.register({"_id": "w1", "last_seen": NOW, "hostname": "h", "pid": 1})
-    assert await w.beat("w1", later(5))
-    assert not await w.beat("ghost", later(5))
+    assert await w.beat("w1", later(5)) is not None  # alive (no paused name)
+    assert await w.beat("ghost", later(5)) is None
     (doc,) = await w.all()
     assert doc["last_seen"] == later(5)
     assert not await w.delete_stale("w1", later(5))
     assert await w.delete_stale("w1", later(6))
-    assert not await w.beat("w1", later(7))
+    assert await w.beat("w1", later(7)) is None
 
 
 async def test_counts(storage: Storage) -> None:
@@ -287,8 +288,8 @@ async def test_a_final_write_whose_reply_was_lost_is_recognised(
 ) -> None:
     await add(storage)
     claimed = await claim(storage)
-    flaky = LostReply(storage.jobs.coll.find_one_and_update)
-    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    flaky = LostReply(storage.jobs.coll.update_one)  # the final write
+    monkeypatch.setattr(storage.jobs.coll, "update_one", flaky)
     done = await end(storage, claimed, outcome)
     assert flaky.calls == 2
     assert done is not None
@@ -300,8 +301,8 @@ async def test_final_write_retries_until_the_server_answers(
 ) -> None:
     await add(storage)
     claimed = await claim(storage)
-    flaky = LostReply(storage.jobs.coll.find_one_and_update, n=2, land=False)
-    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    flaky = LostReply(storage.jobs.coll.update_one, n=2, land=False)
+    monkeypatch.setattr(storage.jobs.coll, "update_one", flaky)
     done = await end(storage, claimed, Outcome(S.ERRORED, error="x"))
     assert done is not None
     assert done["status"] == "errored"
@@ -310,8 +311,8 @@ async def test_final_write_retries_until_the_server_answers(
 async def test_final_write_gives_up_after_its_budget(storage: Storage, monkeypatch: Any) -> None:
     await add(storage)
     claimed = await claim(storage)
-    flaky = LostReply(storage.jobs.coll.find_one_and_update, n=10**6, land=False)
-    monkeypatch.setattr(storage.jobs.coll, "find_one_and_update", flaky)
+    flaky = LostReply(storage.jobs.coll.update_one, n=10**6, land=False)
+    monkeypatch.setattr(storage.jobs.coll, "update_one", flaky)
     with pytest.raises(AutoReconnect):
         await storage.jobs.end_run(claimed, Outcome(S.FINISHED), later(1), writer="w", budget=0.5)
     assert 2 <= flaky.calls <= 6

@@ -59,8 +59,10 @@ class NamesAdmin(AdminBase):
             if name not in known and name not in await self._counts():
                 raise UnknownJobError(name, list(known))
             changed = await self.storage.paused.pause(name, result.actor, result.at)
+            await self.storage.workers.pause_everywhere(name)  # read with their heartbeats
         else:
             changed = await self.storage.paused.resume(name)
+            await self.storage.workers.resume_everywhere(name)
         if changed:
             result.changed.append(name)
         else:

@@ -1,0 +1,237 @@
+"""What each job costs, beside a minimal queue, in one run: bytes on the wire, server CPU, worker
+CPU, throughput; and what an idle worker sends.
+
+The minimal queue (`minimal_queue` below, about 40 lines) is the physical floor of a MongoDB job
+queue: the same atomic claim (`find_one_and_update`) and completion (`update_one`), with no
+feature at all (no retries, hooks, limits, recovery, history). Both run N no-op jobs on the same
+server, one after the other, each in its own collection, with one worker at the given
+concurrency. Printed per job:
+
+- wire bytes: each command's and each reply's BSON size plus the OP_MSG header (21 bytes),
+  from PyMongo's command monitoring on the worker's client (what crosses the network);
+- server CPU: the server process's user + system time (/proc), local servers only;
+- worker CPU: this process's CPU time while the worker runs (the jobs are inserted before);
+- throughput: jobs per second, wall clock.
+Then the idle worker's commands per second at the default 2 s poll.
+
+To run:
+    .venv/bin/python benchmarks/bench_lean.py                  # a throwaway nx-27017 server
+    .venv/bin/python benchmarks/bench_lean.py --jobs 300 --concurrency 8
+nx-27017's figures are not MongoDB's (it scans whole collections); the ratios are what compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, monitoring
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor.storage.local_server import local_server
+
+OP_MSG_HEADER = 21  # message header (16) + flag bits (4) + section kind (1)
+
+
+class Wire(monitoring.CommandListener):
+    """Commands and the bytes of each command and reply."""
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.bytes = 0
+        self.by_name: dict[str, int] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands += 1
+        self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
+        self.bytes += len(bson.encode(event.command)) + OP_MSG_HEADER
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self.bytes += len(bson.encode(event.reply)) + OP_MSG_HEADER
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.commands, self.bytes, self.by_name = 0, 0, {}
+
+
+# ---- the minimal queue: claim and complete, nothing else ---------------------------------------
+
+
+async def minimal_queue(coll: Any, handler: Callable[[dict[str, Any]], Any], slots: int) -> int:
+    """Run every pending job with `slots` concurrent runners; returns how many ran."""
+    done = 0
+
+    async def runner() -> None:
+        nonlocal done
+        while True:
+            job = await coll.find_one_and_update(
+                {"status": "pending"},
+                {"$set": {"status": "running"}},
+                sort=[("_id", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if job is None:
+                return
+            result = await handler(job)
+            await coll.update_one(
+                {"_id": job["_id"]}, {"$set": {"status": "finished", "result": result}}
+            )
+            done += 1
+
+    await asyncio.gather(*(runner() for _ in range(slots)))
+    return done
+
+
+async def minimal_handler(job: dict[str, Any]) -> None:
+    return None
+
+
+def minimal_job(i: int) -> dict[str, Any]:
+    return {"name": "noop", "status": "pending", "payload": {"n": i}, "created_at": time.time()}
+
+
+# ---- measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    jobs: int
+    seconds: float
+    worker_cpu: float
+    server_cpu: float | None
+    wire_bytes: int
+    commands: int
+
+    def per_job(self) -> dict[str, float]:
+        n = self.jobs
+        out = {
+            "jobs/s": n / self.seconds,
+            "worker CPU ms": self.worker_cpu / n * 1000,
+            "bytes": self.wire_bytes / n,
+            "commands": self.commands / n,
+        }
+        if self.server_cpu is not None:
+            out["server CPU ms"] = self.server_cpu / n * 1000
+        return out
+
+
+def server_cpu(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+async def measure(wire: Wire, pid: int | None, jobs: int, run: Callable[[], Any]) -> Figures:
+    wire.reset()
+    s0, c0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
+    await run()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    s1 = server_cpu(pid)
+    busy = None if s0 is None or s1 is None else s1 - s0
+    return Figures(jobs, seconds, cpu, busy, wire.bytes, wire.commands)
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def bench(url: str, pid: int | None, jobs: int, concurrency: int, idle: float) -> None:
+    wire = Wire()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, tz_aware=True, event_listeners=[wire]
+    )
+    db = client[f"jp_lean_{uuid.uuid4().hex[:8]}"]
+    quiet = logging.getLogger("bench_lean")
+    quiet.setLevel(logging.WARNING)
+    try:
+        coll = db["minimal"]
+        await coll.insert_many([minimal_job(i) for i in range(jobs)])
+        stored = len(bson.encode(await coll.find_one({}) or {}))
+        floor = await measure(
+            wire, pid, jobs, lambda: minimal_queue(coll, minimal_handler, concurrency)
+        )
+
+        processor = await init_job_processor(
+            db, quiet, jobs={"noop": JobDef(handler=noop)}, concurrency=concurrency
+        )
+        for i in range(jobs):
+            await processor.schedule_job("noop", {"n": i})
+        ours_doc = await processor.storage.jobs.coll.find_one({})
+        ours_stored = len(bson.encode(ours_doc or {}))
+        finished = asyncio.Event()
+        count = 0
+
+        def ended(claimed: Any, final: Any, duration_ms: Any) -> None:
+            nonlocal count
+            count += 1
+            if count >= jobs:
+                finished.set()
+
+        class Counting:
+            run_ended = staticmethod(ended)
+
+            def recovered(self, doc: Any, final: Any) -> None: ...
+
+            def cron_slot(self, name: str, outcome: Any) -> None: ...
+
+        processor.telemetry.add(Counting())
+
+        async def run_ours() -> None:
+            await processor.start()
+            await finished.wait()
+
+        ours = await measure(wire, pid, jobs, run_ours)
+        await asyncio.sleep(1.0)
+        wire.reset()
+        await asyncio.sleep(idle)
+        idle_commands = dict(wire.by_name)
+        idle_rate = wire.commands / idle
+        await processor.stop()
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+    a, b = floor.per_job(), ours.per_job()
+    print(f"server: {url}  jobs: {jobs}  concurrency: {concurrency}")
+    print(f"{'per job':<16}{'minimal queue':>15}{'job-processor':>15}{'ratio':>8}")
+    for key in ("jobs/s", "bytes", "server CPU ms", "worker CPU ms", "commands"):
+        if key in a and key in b:
+            print(f"{key:<16}{a[key]:>15.2f}{b[key]:>15.2f}{b[key] / a[key]:>7.2f}x")
+    print(f"{'stored doc (B)':<16}{stored:>15}{ours_stored:>15}{ours_stored / stored:>7.2f}x")
+    print(
+        f"idle worker: {idle_rate:.2f} commands/s over {idle:g} s  by name: "
+        + ", ".join(f"{k}={v / idle:.2f}/s" for k, v in sorted(idle_commands.items()))
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    url = os.environ.get("MONGODB_URL")
+    if url:
+        asyncio.run(bench(url, None, args.jobs, args.concurrency, args.idle_seconds))
+        return
+    with local_server() as server:
+        asyncio.run(
+            bench(server.url, server.process.pid, args.jobs, args.concurrency, args.idle_seconds)
+        )
+
+
+if __name__ == "__main__":
+    main()
