@@ -35,7 +35,7 @@ from .core.errors import (
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
 from .core.retention import Keep
-from .core.retries import retry_refusal
+from .core.retries import RETRYABLE, retry_refusal
 from .core.schedule import schedule_of
 from .core.settings import Settings, check_keep_events, check_positive, retention_of
 from .core.status import JobStatus, parse_status
@@ -211,8 +211,9 @@ class JobProcessor(Runtime, EventsAPI):
         stored = await self.storage.jobs.get(oid)
         if stored is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        if stored.get("exit_hook") == "owed":
-            stored = await self.hooks.settle(stored, self.identity) or stored
+        if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
+            settled = await self.hooks.settle(stored, self.identity, self.settings.worker_timeout)
+            stored = settled or stored
         definition = self.definitions.get(str(stored["name"]))
         exclusive = definition is not None and definition.concurrency == "exclusive"
         try:

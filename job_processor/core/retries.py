@@ -27,17 +27,22 @@ def backoff_delay(
     return delay
 
 
+#: The statuses a retry applies to.
+RETRYABLE = frozenset({"errored", "killed"})
+
+
 def retry_refusal(doc: dict[str, Any] | None) -> str:
     """Why a retry (errored | killed -> pending) did not apply to the job as it is now."""
     if doc is None:
         return "not found"
     status = doc.get("status")
-    if status not in ("errored", "killed"):
+    if status not in RETRYABLE:
         return f"{status}: only errored or killed jobs can be retried"
     if doc.get("exit_hook") == "owed":
         return (
             f"its on_job_exited for the {status} exit has not run yet (a worker that defines "
-            f"{doc.get('name')!r} runs it within about its worker_timeout); retry it once it "
-            "has, so that the hook sees this exit"
+            f"{doc.get('name')!r} runs it within about its worker_timeout, plus the hook's "
+            "timeout when a process other than a worker recorded it); retry it once it has, "
+            "so that the hook sees this exit"
         )
     return f"{status}: it changed meanwhile; try again"

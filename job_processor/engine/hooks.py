@@ -48,6 +48,7 @@ class HookRunner:
         retention: Retention | None = None,
     ) -> None:
         self.jobs = storage.jobs
+        self.workers = storage.workers
         self.definitions = definitions
         self.clock = clock
         self.log = log
@@ -140,20 +141,24 @@ class HookRunner:
         except TRANSIENT as exc:  # it stays owed, and will be called again
             self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
 
-    async def settle(self, doc: Doc, who: str) -> Doc | None:
+    async def settle(self, doc: Doc, who: str, worker_timeout: float) -> Doc | None:
         """Run the hook a job still owes, here and now, before anything changes the job (a
-        retry): each exit's hook runs once, with that exit's status. Takes it over (compare-and-
-        set on its hook id, so one runner) and waits for it; a hook already running elsewhere
-        is waited for (up to its timeout). Returns the job as it is after, or None when the
-        hook could not be settled here (its definition is unknown to this process, or it is
-        still running elsewhere)."""
+        retry): each exit's hook runs once, with that exit's status. A hook nobody can be
+        running (no owner, a dead worker's, a client's past its time) is taken over
+        (compare-and-set on its hook id, so one runner) and run here; one that its owner may be
+        running (a live worker, this process, a recent client) is waited for, up to its timeout.
+        Returns the job as it is after, or None when the hook could not be settled here (its
+        definition is unknown to this process, or its owner still holds it)."""
         definition = self.definitions.get(str(doc.get("name")))
         if definition is None:
             return None
         deadline = self.clock.now() + dt.timedelta(seconds=definition.on_job_exited_timeout + 5)
         current: Doc | None = doc
         while current is not None and current.get("exit_hook") == "owed":
-            mine = await self.jobs.take_hook(current, who, self.clock.now())
+            now = self.clock.now()
+            mine = None
+            if await self._abandoned(current, who, now, worker_timeout):
+                mine = await self.jobs.take_hook(current, who, now)
             if mine is not None:
                 self.log.info(
                     "on_job_exited_settled",
@@ -162,12 +167,28 @@ class HookRunner:
                     worker_id=who,
                 )
                 await self.run(definition, mine)
-            elif self.clock.now() >= deadline:
-                return None  # another process holds it, past its timeout: not settled here
+            elif now >= deadline:
+                return None  # its owner still holds it, past its timeout: not settled here
             else:
-                await self.clock.sleep(0.2)  # another process is running it
+                await self.clock.sleep(0.2)  # its owner is running it
             current = await self.jobs.get(doc["_id"])
         return current
+
+    async def _abandoned(self, doc: Doc, who: str, now: dt.datetime, worker_timeout: float) -> bool:
+        """Whether no process can be running this owed hook: it has no owner, or its owner is a
+        worker that is not live, or a client (liveness unknown) that has had time to finish."""
+        owner = doc.get("exit_hook_owner")
+        if owner is None:
+            return True
+        if owner in (who, self.worker_id()):
+            return False  # this process: it runs its own hooks right after its final writes
+        definition = self.definitions.get(str(doc.get("name")))
+        timeout = definition.on_job_exited_timeout if definition else 0.0
+        if D.is_client(str(owner)):
+            held = dt.timedelta(seconds=worker_timeout + timeout)
+            return bool(doc["exit_hook_at"] <= now - held)
+        cutoff = now - dt.timedelta(seconds=worker_timeout)
+        return not await self.workers.is_live(str(owner), cutoff)
 
     async def recover(
         self,

@@ -172,6 +172,9 @@ class Runtime:
                 with contextlib.suppress(Exception):
                     await self._side_loops
                 self._side_loops = None
+            # hooks the sweep started in the background finish while this process is still a
+            # live worker: once its document is gone, another worker would take them over
+            await self.hooks.drain()
             with contextlib.suppress(PyMongoError):
                 await self.heartbeat.unregister()
 

@@ -51,6 +51,11 @@ class WorkerStore:
     async def unregister(self, worker_id: str) -> None:
         await self.coll.delete_one({"_id": worker_id})
 
+    async def is_live(self, worker_id: str, cutoff: dt.datetime) -> bool:
+        """Whether this worker's document exists and it was seen since `cutoff`."""
+        found = await all_docs(self.coll.find({"_id": worker_id}, {"last_seen": 1}))
+        return bool(seen_since(found, "last_seen", cutoff))
+
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 

@@ -110,3 +110,131 @@ async def test_a_retried_cron_task_that_never_started_runs(db: Any) -> None:
     assert retried.start_deadline is not None and retried.start_deadline > clock.now()
     ran = await run_until_idle(processor)
     assert (task.id, S.FINISHED) in [(j.id, j.status) for j in ran]  # run, not "missed"
+
+
+async def test_an_admin_retry_of_a_job_without_a_hook_is_not_held(db: Any) -> None:
+    """A kill from the CLI records the hook as owed without knowing the definition; when the
+    registry says the definition has no on_job_exited, a retry does not wait for it."""
+    processor = await make(db, {"plain": JobDef(handler=ok)})
+    async with processor:  # registers the definition (no hook)
+        pass
+    job = await processor.schedule_job("plain")
+    admin = await Admin.open(db, clock=processor.clock)
+    await admin.kill([job.id])
+    assert (await processor.get_job(job.id)).exit_hook == "owed"
+    retried = await admin.retry([job.id])
+    assert retried.changed == [job.id], retried.skipped
+    assert (await processor.get_job(job.id)).status == S.PENDING
+
+
+async def test_a_retry_waits_for_a_hook_its_live_worker_is_running(db: Any) -> None:
+    """The errored exit's hook is running on the worker when another process retries the job:
+    the retry waits for it instead of running it a second time."""
+    seen: list[str] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        seen.append(job.status.value)
+        if len(seen) == 1:
+            started.set()
+            await release.wait()
+
+    async def fails_once(job: Job, signal: AbortSignal) -> str:
+        if len(seen) == 0:
+            from job_processor import DoNotRetry
+
+            raise DoNotRetry("first run fails")
+        return "ok"
+
+    defs = {"mail": JobDef(handler=fails_once, on_job_exited=hook)}
+    worker = await make(db, defs)
+    client = await make(db, defs)  # another process (a web app) that retries
+    job = await worker.schedule_job("mail")
+    async with worker:
+        await asyncio.wait_for(started.wait(), 10)
+        retry = asyncio.create_task(client.retry_job(job.id))
+        await asyncio.sleep(0.5)  # the retry polls the record meanwhile
+        assert not retry.done()
+        release.set()
+        retried = await asyncio.wait_for(retry, 10)
+        assert retried.status in (S.PENDING, S.RUNNING, S.FINISHED)
+        await wait_status(worker, job.id, S.FINISHED)
+        await wait_for(lambda: len(seen) == 2)
+    assert seen == ["errored", "finished"]
+
+
+async def test_retrying_a_finished_job_leaves_its_running_hook_alone(db: Any) -> None:
+    seen: list[str] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        seen.append(job.status.value)
+        started.set()
+        await release.wait()
+
+    defs = {"mail": JobDef(handler=ok, on_job_exited=hook)}
+    worker = await make(db, defs)
+    client = await make(db, defs)
+    job = await worker.schedule_job("mail")
+    async with worker:
+        await asyncio.wait_for(started.wait(), 10)
+        try:
+            await client.retry_job(job.id)
+        except Exception as exc:
+            assert "only errored or killed jobs can be retried" in str(exc)
+        else:
+            raise AssertionError("a finished job was retried")
+        release.set()
+        await wait_for_record(worker, job.id)
+    assert seen == ["finished"]
+
+
+async def test_run_job_finishes_the_hooks_its_sweep_started_before_leaving(db: Any) -> None:
+    """run_job's own sweep takes over a dead worker's owed hook; the hook has run and is
+    recorded when run_job returns (another worker must not find it owed by a gone process)."""
+    from bson import ObjectId
+
+    calls: list[str] = []
+    hook_started = asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        calls.append(job.id)
+        hook_started.set()
+        await asyncio.sleep(0.5)
+
+    async def until_the_sweep_took_it(job: Job, signal: AbortSignal) -> str:
+        await asyncio.wait_for(hook_started.wait(), 10)
+        return "ok"
+
+    async def fails(job: Job, signal: AbortSignal) -> str:
+        from job_processor import DoNotRetry
+
+        raise DoNotRetry("x")
+
+    setup = await make(db, {"mail": JobDef(handler=fails)})
+    ended = await setup.run_job("mail")
+    assert ended.status == S.ERRORED
+    old = setup.clock.now() - dt.timedelta(seconds=30)
+    await setup.storage.jobs.coll.update_one(
+        {"_id": ObjectId(ended.id)},
+        {
+            "$set": {
+                "exit_hook": "owed",
+                "exit_hook_id": "h1",
+                "exit_hook_owner": "deadhost-1-abc",
+                "exit_hook_at": old,
+            }
+        },
+    )
+    runner = await make(
+        db,
+        {
+            "mail": JobDef(handler=fails, on_job_exited=hook),
+            "quick": JobDef(handler=until_the_sweep_took_it),
+        },
+    )
+    await runner.run_job("quick")
+    assert calls == [ended.id]
+    assert (await runner.get_job(ended.id)).exit_hook == "done"

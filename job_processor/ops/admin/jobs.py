@@ -81,12 +81,19 @@ class JobsAdmin(AdminBase):
         afresh). Action "jobs_retried"."""
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
+        hookless = await self._hookless()
         for oid in ids_of(job_ids):
-            await self._retry_one(oid, result, cache)
+            await self._retry_one(oid, result, cache, hookless)
         await self._record(result)
         return result
 
-    async def _retry_one(self, oid: ObjectId, result: ActionResult, cache: dict[str, bool]) -> None:
+    async def _retry_one(
+        self,
+        oid: ObjectId,
+        result: ActionResult,
+        cache: dict[str, bool],
+        hookless: frozenset[str],
+    ) -> None:
         current = await self.storage.job_admin.by_id(oid)
         if current is None:
             result.skipped[str(oid)] = "not found"
@@ -94,6 +101,11 @@ class JobsAdmin(AdminBase):
         name = current["name"]
         if name not in cache:
             cache[name] = await self._exclusive(name)
+        if current.get("exit_hook") == "owed" and name in hookless:
+            # a kill recorded the hook as owed, but the definition has none: nothing to wait for
+            await self.storage.jobs.hook_ended(
+                oid, current["exit_hook_id"], "none", None, self.clock.now(), budget=5.0
+            )
         try:
             doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name])
         except DuplicateKeyError:
@@ -133,6 +145,7 @@ class JobsAdmin(AdminBase):
         limit = limit_of(limit, most=MAX_BULK)
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
+        hookless = await self._hookless()
         after = None
         seen = 0
         while seen < limit:
@@ -140,7 +153,7 @@ class JobsAdmin(AdminBase):
             if not docs:
                 break
             for doc in docs:
-                await self._retry_one(doc["_id"], result, cache)
+                await self._retry_one(doc["_id"], result, cache, hookless)
             seen += len(docs)
             after = (docs[-1]["created_at"], docs[-1]["_id"])
         result.jobs = result.jobs[:20]
