@@ -2,7 +2,15 @@
 in `job_processor.ops.admin` (one module per area; see that package for the documentation),
 and of the redaction helpers it used to hold (now in `job_processor.core.masking`)."""
 
-from .core.masking import hide_in_texts, leaves, redact, redact_any, scrub, values_at
+from .core.masking import (
+    REDACTED,
+    hide_in_texts,
+    leaves,
+    redact,
+    redact_any,
+    scrub,
+    values_at,
+)
 from .ops.admin import (
     ActionResult,
     Admin,
@@ -22,8 +30,11 @@ from .ops.admin import (
     parse_duration,
     parse_time,
 )
+from .ops.admin.inputs import MAX_BULK
 
 __all__ = [
+    "MAX_BULK",
+    "REDACTED",
     "ActionResult",
     "Admin",
     "AuditEntry",

@@ -94,6 +94,12 @@ class JobHarness:
         self.job._processor = processor
 
     async def _save(self, state: dict[str, Any]) -> None:
+        naive = D.naive_datetime_at(state)
+        if naive is not None:  # as a worker refuses it
+            raise InvalidPayloadError(
+                f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
+                f"({naive[1].isoformat()}): pass an aware datetime, e.g. datetime.now(UTC)"
+            )
         self.checkpoints.append(dict(state))
         if self._abort_after is not None and len(self.checkpoints) == self._abort_after[0]:
             self.signal.abort(self._abort_after[1])

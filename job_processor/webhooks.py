@@ -3,8 +3,10 @@
 `job_processor.events.webhooks`."""
 
 from .events.webhooks import (
+    SECRETS_ENV,
     Decision,
     Secret,
+    Verdict,
     WebhookEndpoint,
     WebhookError,
     WebhookOptions,
@@ -24,8 +26,10 @@ from .events.webhooks import (
 )
 
 __all__ = [
+    "SECRETS_ENV",
     "Decision",
     "Secret",
+    "Verdict",
     "WebhookEndpoint",
     "WebhookError",
     "WebhookOptions",

@@ -160,6 +160,26 @@ async def test_naive_datetimes_are_refused_anywhere_in_a_payload(db: Any) -> Non
     assert (await processor.get_job(ok.id)).payload["at"] == aware
 
 
+async def test_naive_datetimes_in_a_checkpoint_or_a_result_are_refused(db: Any) -> None:
+    """The same rule inside a run: checkpoint() raises, naming the field; a result holding one
+    ends the run errored with why (the result is not stored, never as a wrong UTC time)."""
+    naive = dt.datetime(2030, 1, 1, 9, 0)
+    refused: list[str] = []
+
+    async def saves(job: Job, signal: AbortSignal) -> Any:
+        try:
+            await job.checkpoint({"step": 1, "at": naive})
+        except InvalidPayloadError as exc:
+            refused.append(str(exc))
+        return {"done_at": naive}
+
+    processor = await make(db, {"saves": JobDef(handler=saves)})
+    done = await processor.run_job("saves")
+    assert refused and "checkpoint state field 'at' is a datetime without a time zone" in refused[0]
+    assert done.status == "errored" and done.state is None and done.result is None
+    assert "result field 'done_at' is a datetime without a time zone" in (done.error or "")
+
+
 async def test_payloads_bson_cannot_hold_or_too_big_name_the_job(db: Any) -> None:
     import uuid
 

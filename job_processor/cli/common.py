@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -82,8 +82,10 @@ def first_line(text: str | None, width: int = 60) -> str:
 MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
 
 
-def masked(job: Job[Any]) -> dict[str, Any]:
-    return mask_job(MASKER, job)
+def masked(job: Job[Any], carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The job as JSON, masked (with the secrets of the event a delivery job carries)."""
+    extra = (carried[job.id],) if carried and job.id in carried else ()
+    return mask_job(MASKER, job, *extra)
 
 
 def report(result: ActionResult, as_json: bool) -> int:

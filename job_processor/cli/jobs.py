@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ..core.models import Job
@@ -42,8 +42,8 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
     ]
 
 
-def show_job(job: Job[Any]) -> None:
-    data = masked(job)
+def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None) -> None:
+    data = masked(job, carried)
     for key in (
         "id",
         "name",
@@ -115,7 +115,9 @@ async def jobs_list(args: argparse.Namespace) -> int:
             cursor=args.cursor,
         )
         if args.json:
-            emit_json(page.model_dump(mode="json") | {"jobs": [masked(j) for j in page.jobs]})
+            carried = await admin.carried(page.jobs)
+            jobs = [masked(j, carried) for j in page.jobs]
+            emit_json(page.model_dump(mode="json") | {"jobs": jobs})
             return DONE
         table(
             ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "RUNS", "ERROR"],
@@ -131,10 +133,11 @@ async def jobs_list(args: argparse.Namespace) -> int:
 async def jobs_show(args: argparse.Namespace) -> int:
     async def run(admin: Admin) -> int:
         job = await admin.get_job(args.job_id)
+        carried = await admin.carried([job])
         if args.json:
-            emit_json(masked(job))
+            emit_json(masked(job, carried))
         else:
-            show_job(job)
+            show_job(job, carried)
         return DONE
 
     return await with_admin(args, run)

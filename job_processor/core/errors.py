@@ -7,8 +7,9 @@ from collections.abc import Iterable
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """ " (did you mean 'x'?)" naming the closest known name first, or "" when none is close."""
-    close = difflib.get_close_matches(name, sorted(set(known)), n=2, cutoff=0.6)
+    """ " (did you mean 'x'?)" naming the closest known name first, or "" when none is close
+    (the name itself is never suggested)."""
+    close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=2, cutoff=0.6)
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"

@@ -61,7 +61,11 @@ class Masker:
         self.fields = tuple(sorted({_norm(f) for f in fields if f and f.strip()}))
         self._pair: re.Pattern[str] | None = None
         if self.fields:
-            names = "|".join(re.escape(f) for f in sorted(self.fields, key=len, reverse=True))
+            # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines)
+            names = "|".join(
+                re.escape(f).replace("_", "[_-]")
+                for f in sorted(self.fields, key=len, reverse=True)
+            )
             key = rf"(?:[\w-]*[_-])?(?:{names})(?:[_-][\w-]*)?\b"
             # a quoted value is masked up to its closing quote (spaces included); an unquoted
             # one up to the first space or separator
@@ -130,11 +134,12 @@ def _masked_pair(m: re.Match[str]) -> str:
     return f"{m['key']}{quote}{MASK}{quote}"
 
 
-def mask_job(masker: Masker, job: Job[Any]) -> dict[str, Any]:
+def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     """A job as JSON with sensitive fields, and the secrets they hold, masked everywhere
-    (payload, checkpoint, result, errors, history, the exit hook's error)."""
+    (payload, checkpoint, result, errors, history, the exit hook's error). `carried`: what else
+    the job's run saw and may echo (a delivery job's event payload): its secrets are masked."""
     data: dict[str, Any] = job.model_dump(mode="json")
-    secrets = masker.secrets(data.get("payload"), data.get("state"), job.result)
+    secrets = masker.secrets(data.get("payload"), data.get("state"), job.result, *carried)
     for field in ("payload", "state", "invalid_fields"):
         data[field] = masker.masked(data.get(field), secrets)
     if data.get("output"):
@@ -231,9 +236,12 @@ def leaves(value: Any) -> set[str]:
 
 
 def scrub(value: Any, hidden: set[str], mask: str = REDACTED) -> Any:
-    """A copy of `value` with these values replaced by `mask` in every string it holds."""
+    """A copy of `value` with these values replaced by `mask` in every string it holds, and
+    every number that is one of them (a card number echoed as a number) replaced by `mask`."""
     if not hidden:
         return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return mask if str(value) in hidden else value
     if isinstance(value, str):
         for secret in sorted(hidden, key=len, reverse=True):
             value = value.replace(secret, mask)

@@ -33,6 +33,8 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return "missed"
     if error.startswith("worker crashed") or "crashed during" in error:
         return "crashed"
+    if error.startswith("its worker lost track of the run"):
+        return "lost"  # its final write failed for good: reconciled, not the handler's failure
     if status == "pending" and error == "interrupted":
         return "interrupted"  # a graceful stop: not the job's fault, no attempt used
     if status == "paused" and not error:

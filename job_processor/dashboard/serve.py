@@ -16,7 +16,7 @@ from typing import Any
 from ..core.errors import JobProcessorError
 from ..storage.connect import MISSING_URL, URL_ENV, open_database
 from .app import create_dashboard
-from .auth import UNSET
+from .auth import UNSET, is_loopback
 from .hosts import patterns_from
 
 AUTH_ENV = "JOB_PROCESSOR_DASHBOARD_AUTH"
@@ -57,6 +57,13 @@ async def run(args: argparse.Namespace) -> int:
     url = os.environ.get(URL_ENV)
     if not url:
         raise DashboardUsageError(MISSING_URL)
+    allowed = patterns_from(args.allowed_hosts)
+    if auth is None and allowed is None and not is_loopback(args.host):
+        raise DashboardUsageError(
+            f"--no-auth on {args.host} answers loopback host names only (a page of another site "
+            "must not reach an unauthenticated dashboard): pass --allowed-hosts with the names "
+            "your proxy forwards (e.g. --allowed-hosts jobs.example.com), or '*' for any"
+        )
     db = open_database(url, getattr(args, "timeout", 5.0))
     app = create_dashboard(
         db,
@@ -65,7 +72,7 @@ async def run(args: argparse.Namespace) -> int:
         sensitive_fields=fields,
         collection_prefix=getattr(args, "prefix", "job_processor_"),
         host=args.host,
-        allowed_hosts=patterns_from(args.allowed_hosts),
+        allowed_hosts=allowed,
     )
     config = uvicorn.Config(
         app,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from markupsafe import Markup
@@ -71,7 +71,11 @@ class Dashboard:
             self.db = target
             self.prefix = collection_prefix or "job_processor_"
         self.auth = Authenticator(auth)
-        self.allowed_hosts = AllowedHosts(allowed_hosts, loopback_only=self.auth.mode == "loopback")
+        # without credentials (auth not given, or None) a page of another site whose name
+        # resolves to this address (DNS rebinding) must not reach it: loopback names only
+        self.allowed_hosts = AllowedHosts(
+            allowed_hosts, loopback_only=self.auth.mode in ("loopback", "none")
+        )
         self.read_only = bool(read_only)
         self.masker = Masker(sensitive_fields)
         self.refresh_seconds = float(refresh_seconds)
@@ -173,9 +177,11 @@ class Dashboard:
             set_flash(response, flash, root or "/")
         return response
 
-    def mask_job(self, job: Job[Any]) -> dict[str, Any]:
-        """A job as JSON with sensitive fields and the secrets they hold masked everywhere."""
-        return mask_job(self.masker, job)
+    def mask_job(self, job: Job[Any], carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A job as JSON with sensitive fields and the secrets they hold masked everywhere
+        (with those of the event a delivery job carries: `Admin.carried`)."""
+        extra = (carried[job.id],) if carried and job.id in carried else ()
+        return mask_job(self.masker, job, *extra)
 
 
 def safe_next(target: str | None) -> str:

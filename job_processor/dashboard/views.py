@@ -74,6 +74,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     except InvalidArgumentError as exc:
         error = str(exc)
     names = sorted({x.name for x in await admin.list_definitions()})
+    carried = await admin.carried([j for j in page.jobs if j.error])
     limit = request.query_params.get("limit") or ""
     active = {k: v for k, v in filters.items() if v}
     return d.page(
@@ -84,7 +85,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         filters=filters,
         active=active,
         params=active | ({"limit": limit} if limit else {}),
-        errors={j.id: last_error_line(d, j) for j in page.jobs if j.error},
+        errors={j.id: last_error_line(d, j, carried) for j in page.jobs if j.error},
         names=names,
         error=error,
         cursor=request.query_params.get("cursor") or "",
@@ -97,8 +98,8 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     )
 
 
-def last_error_line(d: Dashboard, job: Any) -> str:
-    secrets = d.masker.secrets(job.payload, job.state, job.result)
+def last_error_line(d: Dashboard, job: Any, carried: dict[str, Any]) -> str:
+    secrets = d.masker.secrets(job.payload, job.state, job.result, carried.get(job.id))
     lines = [x for x in (d.masker.text(job.error, secrets) or "").splitlines() if x.strip()]
     return lines[-1].strip() if lines else ""
 
@@ -106,7 +107,8 @@ def last_error_line(d: Dashboard, job: Any) -> str:
 async def job(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
     found = await admin.get_job(request.path_params["job_id"])
-    secrets = sorted(d.masker.secrets(found.payload, found.state, found.result))
+    carried = (await admin.carried([found])).get(found.id)  # a delivery's event payload
+    secrets = sorted(d.masker.secrets(found.payload, found.state, found.result, carried))
     return d.page(
         request,
         "job.html",
@@ -207,14 +209,16 @@ async def api_jobs(d: Dashboard, request: Request) -> Response:
         page = await list_page(d, request, job_filters(request))
     except InvalidArgumentError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
+    carried = await (await d.admin()).carried(page.jobs)
     return json_response(
-        {"jobs": [d.mask_job(j) for j in page.jobs], "next_cursor": page.next_cursor}
+        {"jobs": [d.mask_job(j, carried) for j in page.jobs], "next_cursor": page.next_cursor}
     )
 
 
 async def api_job(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
-    return json_response(d.mask_job(await admin.get_job(request.path_params["job_id"])))
+    found = await admin.get_job(request.path_params["job_id"])
+    return json_response(d.mask_job(found, await admin.carried([found])))
 
 
 # ---- metrics and probes -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import bson
 
+from ..core import documents as D
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.definitions import JobDef
@@ -75,7 +76,16 @@ class ResultTooLarge(ValueError):
 
 def storable(value: Any) -> Any:
     """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise.
-    Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces)."""
+    Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces), and
+    for a datetime without a time zone (it would be read back as UTC: never silently)."""
+    naive = D.naive_datetime_at(value)
+    if naive is not None:
+        path, when = naive
+        where = f"result field {path!r}" if path else "the result"
+        raise ResultTooLarge(
+            f"{where} is a datetime without a time zone ({when.isoformat()}); it would be read "
+            "back as UTC: return an aware datetime, e.g. datetime.now(UTC)"
+        )
     try:
         size = len(bson.encode({"v": value}))
     except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError):

@@ -460,6 +460,13 @@ class Worker:
             raise InvalidPayloadError(
                 f"checkpoint state must be a dict, got {type(state).__name__}"
             )
+        naive = D.naive_datetime_at(state)
+        if naive is not None:
+            raise InvalidPayloadError(
+                f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
+                f"({naive[1].isoformat()}); it would be read back as UTC: pass an aware "
+                "datetime, e.g. datetime.now(UTC)"
+            )
         try:
             size = len(bson.encode(state))
         except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:

@@ -12,7 +12,13 @@ The records (`Event`, `Delivery`, `Target`) are in `core.models` and `Subscriber
 May import: `core`, `storage`, `engine`. Nothing above (`ops`, `cli`, `dashboard`, the top).
 """
 
-from ..core.definitions import Subscriber, check_event_name, parse_subscribers
+from ..core.definitions import (
+    SUBSCRIBER_DEFAULT_ATTEMPTS,
+    Mode,
+    Subscriber,
+    check_event_name,
+    parse_subscribers,
+)
 from ..core.models import Delivery, Event, SubscriberInfo, Target
 from .queries import (
     REPLAY_LIMIT,
@@ -30,8 +36,10 @@ from .queries import (
 
 __all__ = [
     "REPLAY_LIMIT",
+    "SUBSCRIBER_DEFAULT_ATTEMPTS",
     "Delivery",
     "Event",
+    "Mode",
     "Subscriber",
     "SubscriberInfo",
     "Target",

@@ -257,9 +257,19 @@ async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float =
     known = {str(r["event"]) for r in await storage.subscribers.all()}
     for endpoint in await storage.webhooks.all():
         known |= {str(e) for e in endpoint.get("events") or [] if e != "*"}
-    return [
-        f"events with no subscriber or webhook: {name!r}{did_you_mean(name, known)} "
-        f"({n} in the last {hours:g} h; stored undelivered: add a subscriber or endpoint and "
-        "replay them, or fix the name where they are emitted)"
-        for name, n in sorted(counts.items())
-    ]
+    out = []
+    for name, n in sorted(counts.items()):
+        if name in known:  # listened to now (or by a disabled endpoint): a replay delivers them
+            advice = "something listens to it now: replay them to deliver them"
+            hint = ""
+        else:
+            advice = (
+                "add a subscriber or endpoint and replay them, "
+                "or fix the name where they are emitted"
+            )
+            hint = did_you_mean(name, known)
+        out.append(
+            f"events with no subscriber or webhook: {name!r}{hint} ({n} in the last {hours:g} h; "
+            f"stored undelivered: {advice})"
+        )
+    return out

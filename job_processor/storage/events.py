@@ -96,6 +96,11 @@ class EventStore:
     async def get(self, event_id: ObjectId) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": event_id}))
 
+    async def payloads(self, event_ids: list[ObjectId]) -> dict[ObjectId, Any]:
+        """The payloads of these events, by id (one query)."""
+        found = await all_docs(self.coll.find({"_id": {"$in": event_ids}}, {"payload": 1}))
+        return {d["_id"]: d.get("payload") for d in found}
+
     def find_cursor(
         self,
         name: str | None = None,
@@ -143,8 +148,14 @@ class EventStore:
         return counts
 
     async def replayed(self, event_id: ObjectId, now: dt.datetime) -> None:
+        """A replay delivered it: it is no longer an event nobody listened to."""
         await self.coll.update_one(
-            {"_id": event_id}, {"$inc": {"replays": 1}, "$set": {"last_replayed_at": now}}
+            {"_id": event_id},
+            {
+                "$inc": {"replays": 1},
+                "$set": {"last_replayed_at": now},
+                "$unset": {"no_targets": ""},
+            },
         )
 
 

@@ -476,7 +476,9 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
                 "_id": job_id,
                 "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
                 "exit_hook": {"$ne": "owed"},
-                "attempt": current.get("attempt"),  # the run `current` describes is the last
+                # the run `current` describes is still the last (each claim increments the
+                # attempt): the update computed from it (history, deadlines) is right
+                "attempt": current.get("attempt"),
             },
             D.retry_update(decode(current), now, exclusive),
             return_document=AFTER,

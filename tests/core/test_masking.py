@@ -94,3 +94,45 @@ def test_definition_paths_are_hidden_in_the_result_and_the_rest_of_the_payload()
     hide_in_texts(job, values_at(job.payload, ["card.number"]))
     assert job.result == {"charged": "[redacted]"}
     assert job.payload["memo"] == "card [redacted]"
+
+
+def test_hyphenated_key_names_are_masked_in_free_text() -> None:
+    assert M.sensitive("x-api-key")
+    assert M.text("headers: {'x-api-key': 'abcdefgh123'}") == f"headers: {{'x-api-key': '{MASK}'}}"
+    assert M.text("X-Api-Key: abcdefgh123") == f"X-Api-Key: {MASK}"
+    assert M.text("private-key=abcdefgh rest") == f"private-key={MASK} rest"
+
+
+def test_a_number_held_in_a_sensitive_field_is_masked_where_a_result_repeats_it() -> None:
+    card = 4111111111111111
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "charge",
+            "status": "finished",
+            "payload": {"card_number": card, "amount": 12},
+            "output": {"result": {"charged": card, "amount": 12, "text": f"charged {card}"}},
+            "created_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        }
+    )
+    shown = mask_job(M, job)
+    assert shown["payload"] == {"card_number": MASK, "amount": 12}
+    assert shown["output"]["result"] == {"charged": MASK, "amount": 12, "text": f"charged {MASK}"}
+
+
+def test_what_a_delivery_job_carries_is_masked_with_it() -> None:
+    """A delivery job's payload holds the event's id; the event's secrets, echoed by the
+    subscriber's result or error, are masked when the event's payload is given."""
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "audit",
+            "status": "errored",
+            "payload": {"event_id": str(ObjectId()), "event": "user.login"},
+            "output": {"result": None, "error": f"refused: logged in with {PASSWORD}"},
+            "created_at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        }
+    )
+    assert PASSWORD in str(mask_job(M, job))
+    shown = mask_job(M, job, {"user": "ada", "password": PASSWORD})
+    assert PASSWORD not in str(shown) and MASK in shown["output"]["error"]

@@ -29,6 +29,10 @@ def test_each_run_shows_what_it_came_to_not_the_status_after_it() -> None:
     assert run_outcome(entry(RunEnd(Ending.RETURNED))[0]) == "finished"
     assert run_outcome(entry(RunEnd(Ending.CRASHED))[0]) == "crashed"
     assert run_outcome(entry(RunEnd(Ending.CRASHED), resumable=True)[0]) == "crashed"
+    lost = RunEnd(
+        Ending.LOST_TRACK, error="its worker lost track of the run (the final write failed)"
+    )
+    assert run_outcome(entry(lost)[0]) == "lost"  # reconciled: not the handler's failure
     graceful = RunEnd(Ending.RETURNED, abort_reason="shutdown")
     assert run_outcome(entry(graceful, resumable=True)[0]) == "paused"
     stopped = RunEnd(Ending.CANCELLED, abort_reason="shutdown")

@@ -1,5 +1,6 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium against uvicorn, a real
-started JobProcessor and the test server. Chromium missing is a failure, never a skip."""
+started JobProcessor and the test server. Without Chromium they are skipped with one line
+saying how to enable them; with CI set, Chromium missing is a failure."""
 
 from __future__ import annotations
 

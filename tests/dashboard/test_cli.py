@@ -31,6 +31,13 @@ def test_refuses_a_public_host_without_auth_and_bad_credentials_syntax() -> None
     assert "refusing to serve the dashboard on '0.0.0.0' without authentication" in out.stderr
     assert "--no-auth" in out.stderr
     out = subprocess.run(
+        [*CLI, "dashboard", "--host", "0.0.0.0", "--no-auth"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "--allowed-hosts" in out.stderr  # which names to answer
+    out = subprocess.run(
         [*CLI, "dashboard", "--auth", "admin"], env=env, capture_output=True, text=True
     )
     assert out.returncode == 2 and "USER:PASSWORD" in out.stderr

@@ -260,3 +260,27 @@ async def test_the_overview_shows_limits_and_disabled_webhook_endpoints(db: Any)
         "mail": "mail 1 / 2 1 / 10 per minute",
         "exports": "exports 0 / 1 no rate limit",
     }
+
+
+async def test_a_delivery_jobs_page_masks_the_secrets_of_its_event(
+    processor: tuple[JobProcessor, WebhookEndpoint],
+) -> None:
+    """update-crm's error quotes the event's api_key: its job page, its JSON and the jobs list
+    mask it as the event page does."""
+    p, _ = processor
+    event = await settled(p, (await p.emit("shipped", {"to": "ada", "api_key": SECRET})).id)
+    [crm] = [d for d in event.deliveries if d.target == "update-crm"]
+    job = await p.get_job(crm.job_id)
+    assert SECRET in (job.error or "")  # stored as the handler raised it
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for url in (
+            f"/jobs/{crm.job_id}",
+            f"/api/jobs/{crm.job_id}",
+            "/jobs?status=errored",
+            "/api/jobs?status=errored",
+            f"/events/{event.id}",
+        ):
+            page = await c.get(url)
+            assert page.status_code == 200, url
+            assert SECRET not in page.text, url

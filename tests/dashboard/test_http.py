@@ -112,8 +112,32 @@ async def test_no_auth_refuses_public_hosts_unless_auth_none_is_explicit(
         assert "only answers on a loopback address" in resp.text
     async with client(app, base="http://127.0.0.1:8080", auth=None) as local:
         assert (await local.get("/")).status_code == 200
-    async with client(create_dashboard(p, auth=None), base="http://10.0.0.5", auth=None) as c:
+    # auth=None (a proxy authenticates): the names it forwards are given; others get a 400
+    behind = create_dashboard(p, auth=None, allowed_hosts=["jobs.example.com"])
+    async with client(behind, base="http://jobs.example.com", auth=None) as c:
         assert (await c.get("/")).status_code == 200
+    async with client(behind, base="http://10.0.0.5", auth=None) as c:
+        assert (await c.get("/")).status_code == 400
+
+
+async def test_without_credentials_a_rebound_host_is_refused(processor: Any) -> None:
+    """auth=None on loopback (`--no-auth`): a page of another site whose name resolves to
+    127.0.0.1 (DNS rebinding) gets a 400 and cannot post."""
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p, auth=None, host="127.0.0.1")
+    evil = {"host": "evil.example:8080", "origin": "http://evil.example:8080"}
+    async with client(app, base="http://127.0.0.1:8080", auth=None) as c:
+        page = await c.get(f"/jobs/{job_id}")
+        assert page.status_code == 200
+        assert (
+            await c.get(f"/jobs/{job_id}", headers={"host": "evil.example:8080"})
+        ).status_code == 400
+        posted = await c.post(
+            f"/jobs/{job_id}/retry", data={"csrf_token": token(page.text)}, headers=evil
+        )
+        assert posted.status_code in (400, 403)
+    assert (await p.get_job(job_id)).status == S.ERRORED  # nothing happened
 
 
 async def test_csrf_refusals_and_a_genuine_post(processor: Any) -> None:

@@ -497,3 +497,32 @@ async def test_a_misspelt_event_name_warns_is_flagged_and_strict_mode_raises(
         await strict.emit("order_placd", {"order": 2})
     assert len(await strict.list_events("order_placd")) == 1  # nothing written by the refusal
     await strict.emit("order_placed", {"order": 3})  # a known name goes through
+
+
+async def test_an_event_whose_endpoint_is_disabled_is_not_a_typo_and_its_warning_clears(
+    db: Any,
+) -> None:
+    """Its only listener, a webhook endpoint, is disabled: strict_events does not refuse it
+    (the name is known), no did-you-mean names the event itself; once a subscriber listens and
+    the events are replayed, the status warning is gone."""
+    from job_processor.events.webhooks import generate_secret
+
+    strict = await make(db, None, strict_events=True, webhook_secrets={"s": generate_secret()})
+    hook = await strict.webhooks.add(
+        url="https://hooks.example.com/paid", events=["order.paid"], secret_ref="s"
+    )
+    await strict.webhooks.disable(hook.id)
+    event = await strict.emit("order.paid", {"order": 1})  # no raise
+    assert event.targets == []
+    [warning] = [w for w in (await strict.get_status()).warnings if "order.paid" in w]
+    assert "did you mean" not in warning and "replay them" in warning
+
+    async def paid(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    listening = await make(db, {"order.paid": [Subscriber("ledger", handler=paid)]})
+    async with listening:
+        [delivery] = await listening.replay_event(event.id)
+        assert delivery.target == "ledger"
+        await wait_status(listening, delivery.job_id, "finished")
+        assert not [w for w in (await listening.get_status()).warnings if "order.paid" in w]

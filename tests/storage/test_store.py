@@ -118,6 +118,30 @@ async def test_a_kill_requested_meanwhile_refuses_a_retry_write(storage: Storage
     assert killed["status"] == "killed"
 
 
+async def test_a_retry_computed_from_a_stale_read_is_refused(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the retry's read and its compare-and-set, the job was retried, ran again and
+    errored again: the update computed from the stale read (its history) must not apply."""
+    await add(storage)
+    first = await end(storage, await claim(storage), Outcome(S.ERRORED, error="one"))
+    stale = dict(await storage.jobs.get(first["_id"]) or {})
+    assert await storage.jobs.retry(first["_id"], later(2), False) is not None
+    again = await end(storage, await claim(storage, at=3), Outcome(S.ERRORED, error="two"), at=4)
+    assert again["attempt"] == stale["attempt"] + 1  # each claim counts: the guard
+    real = storage.jobs.coll.find_one
+
+    async def read_stale(query: Any, *args: Any, **kw: Any) -> Any:
+        return stale if query == {"_id": first["_id"]} else await real(query, *args, **kw)
+
+    monkeypatch.setattr(storage.jobs.coll, "find_one", read_stale)
+    assert await storage.jobs.retry(first["_id"], later(5), False) is None
+    monkeypatch.undo()
+    current = Job.read(await storage.jobs.get(first["_id"]) or {})
+    assert current.status == S.ERRORED and current.error == "two"
+    assert [run["error"] for run in current.history] == ["one", "two"]
+
+
 async def test_pause_keeps_first_start_and_state_and_resume_keeps_them(storage: Storage) -> None:
     await add(storage)
     claimed = await claim(storage)

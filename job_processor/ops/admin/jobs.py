@@ -74,6 +74,20 @@ class JobsAdmin(AdminBase):
         [job] = await self._redacted([await self._stored_job(job_id)])
         return job
 
+    async def carried(self, jobs: Sequence[Job[Any]]) -> dict[str, Any]:
+        """The payload of the event each delivery job among `jobs` carries, by job id (one
+        query): a subscriber's result or error may echo it, so whoever shows the job masks the
+        event's sensitive values too (`mask_job(masker, job, carried[job.id])`)."""
+        wanted: dict[str, ObjectId] = {}
+        for job in jobs:
+            event_id = job.payload.get("event_id") if isinstance(job.payload, dict) else None
+            if isinstance(event_id, str) and ObjectId.is_valid(event_id):
+                wanted[job.id] = ObjectId(event_id)
+        if not wanted:
+            return {}
+        payloads = await self.storage.events.payloads(sorted(set(wanted.values())))
+        return {jid: payloads[eid] for jid, eid in wanted.items() if eid in payloads}
+
     async def retry(
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
