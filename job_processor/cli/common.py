@@ -68,6 +68,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if not rows:
+        print("(none)")
 
 
 def first_line(text: str | None, width: int = 60) -> str:
@@ -88,9 +90,23 @@ def masked(job: Job[Any], carried: Mapping[str, Any] | None = None) -> dict[str,
     return mask_job(MASKER, job, *extra)
 
 
+#: Actions that make one job: reported as that job ("created job NAME ID, pending, due now").
+ONE_NEW_JOB = {"job_created": "created", "job_duplicated": "created (a copy)"}
+
+
 def report(result: ActionResult, as_json: bool) -> int:
+    made = result.jobs[0] if result.action in ONE_NEW_JOB and result.jobs else None
     if as_json:
-        emit_json(result.model_dump(mode="json") | {"jobs": [masked(j) for j in result.jobs]})
+        extra = {"id": made.id} if made is not None else {}
+        emit_json(
+            result.model_dump(mode="json") | extra | {"jobs": [masked(j) for j in result.jobs]}
+        )
+    elif made is not None:
+        due = made.scheduled_for
+        when = "due now" if due <= result.at else f"due {due.isoformat(timespec='seconds')}"
+        print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({made.status}, {when})")
+        for key, why in result.skipped.items():
+            print(f"{key}: {why}")
     else:
         verb = result.action.replace("_", " ")
         requested = list(result.detail.get("requested", []))

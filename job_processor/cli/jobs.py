@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.models import Job
 from ..core.runs import run_outcome, runs_summary
-from ..ops.admin import Admin
+from ..ops.admin import Admin, parse_duration
 from .common import (
     DONE,
     MASKER,
@@ -84,7 +84,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None) -> None:
         for line in str(output["error"]).splitlines():
             print(f"  {line}")
     if data.get("history"):
-        print("runs:")
+        print("run history:")
         table(
             ["RUN", "OUTCOME", "WORKER", "STARTED", "ENDED", "ERROR"],
             [
@@ -173,7 +173,8 @@ def action(verb: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
 
 async def jobs_purge(args: argparse.Namespace) -> int:
     async def run(admin: Admin) -> int:
-        result = await admin.purge(status=args.status, older_than=args.older_than, name=args.name)
+        age = parse_duration(args.older_than, "--older-than")  # named as the user typed it
+        result = await admin.purge(status=args.status, older_than=age, name=args.name)
         return report(result, args.json)
 
     return await with_admin(args, run)

@@ -59,14 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a job processor, or operate one from MONGODB_URL alone "
         "(exit codes: 0 done, 1 nothing done, 2 bad input, 3 MongoDB unreachable).",
     )
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--prefix", default="job_processor_")
-    parser.add_argument("--actor", default="")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "info"),
+        help="debug, info, warning, error (LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for MongoDB (default 5)"
+    )
+    parser.add_argument(
+        "--prefix", default="job_processor_", help="collection prefix (default job_processor_)"
+    )
+    parser.add_argument(
+        "--actor", default="", help="who to record in the audit log for actions (user@host)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "run", parents=[refused], help="serve MODULE:ATTR's processor until SIGTERM/SIGINT"
+        "run",
+        parents=[refused],
+        help="serve MODULE:ATTR's processor until SIGTERM/SIGINT",
+        description="Run a worker: import MODULE, call ATTR (async def make(ctx) or make()) to "
+        "get the JobProcessor, and serve it until SIGTERM/SIGINT (a graceful stop). Needs "
+        "MONGODB_URL (given to the factory as ctx.mongodb_url and ctx.db).",
     )
     p.add_argument("target", help="MODULE:ATTR, an async function returning the JobProcessor")
     p.add_argument(
@@ -93,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         parents=[logging_only],
         help="a local MongoDB-compatible server for development (keeps its data; Ctrl-C stops)",
+        description="Start nx-27017 (MongoDB's wire protocol over SQLite, from the demo extra) "
+        "on 127.0.0.1 for development, keeping its data in --data-dir, and print the "
+        "MONGODB_URL to use. Ctrl-C or SIGTERM stops it. Production runs on MongoDB.",
     )
     p.add_argument(
         "--data-dir",
@@ -104,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=server.cmd_server)
 
-    p = sub.add_parser("status", parents=[opt], help="workers, queue, counts, warnings (JSON)")
+    p = sub.add_parser(
+        "status", parents=[opt], help="workers, queue, counts by name, crons, warnings (or --json)"
+    )
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # the old MODULE:ATTR: ignored
     p.set_defaults(func=status_cli.status)
     p = sub.add_parser(
@@ -158,11 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", required=True, help="ended more than this ago: 7d, 12h, 30m")
     p.add_argument("--name")
     p.set_defaults(func=jobs_cli.jobs_purge)
-    p = jobs.add_parser("new", parents=[opt], help="schedule a job of a registered name")
-    p.add_argument("name")
+    p = jobs.add_parser(
+        "new",
+        parents=[opt],
+        help="schedule a job of a registered name",
+        description="Schedule a job of a name a worker has registered (see `names list`); a "
+        "worker that defines it runs it.",
+    )
+    p.add_argument("name", help="the job's name, as given to init_job_processor(jobs={...})")
     p.add_argument("--payload", default="{}", help="a JSON object")
     p.add_argument("--at", help="scheduled for (ISO 8601; default now)")
-    p.add_argument("--priority", type=int, default=0)
+    p.add_argument(
+        "--priority", type=int, default=0, help="higher runs first among due jobs (default 0)"
+    )
     p.add_argument("--key", help="dedup key")
     p.set_defaults(func=jobs_cli.jobs_new)
     p = jobs.add_parser("duplicate", parents=[opt], help="a new pending copy of a job")

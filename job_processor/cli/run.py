@@ -13,8 +13,10 @@ from typing import Any
 
 import structlog
 
+from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
 from ..storage.connect import MISSING_URL, open_database
+from .common import UsageError
 
 
 @dataclass(frozen=True)
@@ -39,24 +41,26 @@ def parse_tags(value: str | None) -> list[str] | None:
 
 def load_factory(target: str) -> Any:
     if ":" not in target:
-        raise SystemExit(f"error: {target!r} must be MODULE:ATTR, e.g. myapp.jobs:make_processor")
+        raise UsageError(f"{target!r} must be MODULE:ATTR, e.g. myapp.jobs:make_processor")
     module_name, attr = target.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from None
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise SystemExit(f"error: {module_name!r} has no attribute {attr!r}") from None
+        public = [n for n in dir(module) if not n.startswith("_")]
+        hint = did_you_mean(attr, public)
+        raise UsageError(f"{module_name!r} has no attribute {attr!r}{hint}") from None
 
 
 async def build_processor(target: str, tags: str | None) -> Runtime:
     url = os.environ.get("MONGODB_URL")
     if not url:
-        raise SystemExit(f"error: {MISSING_URL}")
+        raise UsageError(MISSING_URL)
     factory = load_factory(target)
     ctx = RunContext(
         mongodb_url=url,
@@ -67,8 +71,8 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
         ),
     )
     if not callable(factory) or isinstance(factory, type):
-        raise SystemExit(
-            f"error: {target} is {_what(factory)}, not a function: `run` expects MODULE:ATTR "
+        raise UsageError(
+            f"{target} is {_what(factory)}, not a function: `run` expects MODULE:ATTR "
             "naming a function (async def make(ctx) or make()) that returns the JobProcessor "
             "from init_job_processor(...)"
         )
@@ -77,8 +81,8 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, Runtime):  # a JobProcessor is the Runtime with its API on top
-        raise SystemExit(
-            f"error: {target} returned {type(result).__name__}; it must return the JobProcessor "
+        raise UsageError(
+            f"{target} returned {type(result).__name__}; it must return the JobProcessor "
             "from init_job_processor(...)"
         )
     return result
@@ -116,9 +120,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         try:
             from ..ops import metrics
         except ImportError:
-            raise SystemExit(
-                "error: --metrics-port needs prometheus-client: "
-                "pip install 'job-processor[metrics]'"
+            raise UsageError(
+                "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
             ) from None
         server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
         processor.log.info(
@@ -136,8 +139,8 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         from ..dashboard.serve import run
     except ImportError as exc:
-        raise SystemExit(
-            f"error: the dashboard needs its extra ({exc.name} is missing): "
+        raise UsageError(
+            f"the dashboard needs its extra ({exc.name} is missing): "
             "pip install 'job-processor[dashboard]'"
         ) from None
     return await run(args)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 from pathlib import Path
+from typing import TextIO
 
 from ..engine.signals import stop_on_signals
 from ..storage.connect import DEFAULT_DATABASE
@@ -21,6 +23,9 @@ from ..storage.local_server import LocalServer, LocalServerError, start_local_se
 
 #: The default port: MongoDB's.
 DEFAULT_PORT = 27017
+
+#: Held (flock) while a server uses the data folder: a second server on it is refused.
+LOCK_FILE = "job-processor-server.lock"
 
 
 def default_data_dir() -> Path:
@@ -55,6 +60,42 @@ async def cmd_server(args: argparse.Namespace) -> int:
         )
         return 2
     data_dir = await asyncio.to_thread(prepared_data_dir, args.data_dir)
+    try:
+        lock = await asyncio.to_thread(lock_data_dir, data_dir, port)
+    except DataDirInUse as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    with lock:  # held until this server has stopped
+        return await _run(data_dir, port)
+
+
+class DataDirInUse(Exception):
+    pass
+
+
+def lock_data_dir(data_dir: Path, port: int) -> TextIO:
+    """Hold the data folder's lock file (flock: released if this process dies), or raise
+    DataDirInUse naming the server that holds it."""
+    lock = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open while serving
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise DataDirInUse(
+            f"{data_dir} is in use by another job-processor server ({owner}); two servers on "
+            "one data folder would corrupt it: use that server, or give this one its own "
+            "folder with --data-dir"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}, port {port}\n")
+    lock.flush()
+    return lock
+
+
+async def _run(data_dir: Path, port: int) -> int:
     try:
         server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port)
     except LocalServerError as exc:

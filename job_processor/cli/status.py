@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 
+from ..core.models import ProcessorStatus
+from ..core.status import JobStatus
 from ..ops import health as health_mod
 from ..ops.admin import Admin
 from ..storage.connect import close_database, open_database
-from .common import DONE, NOTHING, emit_json, mongodb_url, with_admin
+from .common import DONE, NOTHING, emit_json, mongodb_url, table, with_admin
 
 
 async def status(args: argparse.Namespace) -> int:
@@ -19,10 +22,90 @@ async def status(args: argparse.Namespace) -> int:
         )
 
     async def run(admin: Admin) -> int:
-        emit_json((await admin.status()).model_dump(mode="json"))
+        found = await admin.status()
+        if getattr(args, "json", False):
+            emit_json(found.model_dump(mode="json", exclude={"worker_id"}))
+        else:
+            show_status(found)
         return DONE
 
     return await with_admin(args, run)
+
+
+def ago(now: dt.datetime, then: dt.datetime | None) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0, int((now - then).total_seconds()))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def show_status(found: ProcessorStatus) -> None:
+    """The status as a person reads it: workers, the queue, counts by name, crons, warnings."""
+    alive = [w for w in found.workers if w.alive]
+    print(
+        f"workers: {len(alive)} alive"
+        + (f", {len(found.workers) - len(alive)} silent" if len(alive) < len(found.workers) else "")
+    )
+    if found.workers:
+        table(
+            ["  ID", "HOST", "PID", "TAGS", "SLOTS", "RUNNING", "SEEN"],
+            [
+                [
+                    f"  {w.id}",
+                    w.hostname,
+                    w.pid,
+                    ",".join(w.tags) if w.tags else "any",
+                    w.concurrency,
+                    len(w.running_jobs),
+                    ago(found.now, w.last_seen) + ("" if w.alive else " (silent)"),
+                ]
+                for w in found.workers
+            ],
+        )
+    q = found.queue
+    print(
+        f"queue: {q.get('pending', 0)} pending, {q.get('paused', 0)} paused "
+        f"({q.get('due', 0)} of them due now), {q.get('running', 0)} running"
+    )
+    if found.jobs:
+        statuses = [s.value for s in JobStatus]
+        table(
+            ["  NAME", *[s.upper() for s in statuses]],
+            [
+                [f"  {name}", *[counts.get(s, 0) for s in statuses]]
+                for name, counts in sorted(found.jobs.items())
+            ],
+        )
+    if found.crons:
+        print("crons:")
+        table(
+            ["  NAME", "SCHEDULE", "TIMEZONE", "NEXT (LOCAL)", "LAST"],
+            [
+                [
+                    f"  {c.get('name')}",
+                    c.get("cron_string"),
+                    c.get("timezone"),
+                    str(c.get("next_slot_local") or "-"),
+                    (c.get("recent") or [{}])[0].get("status", "-"),
+                ]
+                for c in found.crons
+            ],
+        )
+    for label, names in (
+        ("paused names", found.paused_names),
+        ("unserved names", found.unserved_names),
+    ):
+        if names:
+            print(f"{label}: {', '.join(names)}")
+    for limit in found.limits:
+        most = limit.get("concurrency") or "-"
+        print(f"limit {limit.get('key')}: {limit.get('running')} of {most} running")
+    if found.warnings:
+        print("warnings:")
+        for warning in found.warnings:
+            print(f"  - {warning}")
+    else:
+        print("warnings: none")
 
 
 async def health(args: argparse.Namespace) -> int:

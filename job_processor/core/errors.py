@@ -29,9 +29,11 @@ class UnknownJobError(JobProcessorError, KeyError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         listing = ", ".join(sorted(known)) or "none"
+        hint = did_you_mean(name, known)
+        fix = "check the name, or add it to" if hint else "add it to"
         super().__init__(
-            f"unknown job {name!r}{did_you_mean(name, known)}: add it to "
-            f"init_job_processor(jobs={{...}}) (known jobs: {listing})"
+            f"unknown job {name!r}{hint}: {fix} init_job_processor(jobs={{...}}) "
+            f"(known jobs: {listing})"
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from typing import Any
 
 from ..core.errors import JobProcessorError
@@ -82,11 +83,22 @@ async def run(args: argparse.Namespace) -> int:
         log_level="warning",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        """Ctrl-C / SIGTERM stop it gracefully and the command exits 0 (as `run` and `server`
+        do), instead of uvicorn raising the signal again once it has stopped."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: do not wait for open connections
+            self.should_exit = True
+
+    server = Server(config)
     print(
         f"job-processor dashboard on http://{args.host}:{args.port}{args.root_path}/ "
         f"(database {db.name}{', read-only' if args.read_only else ''})",
         flush=True,
     )
     await server.serve()
+    print("job-processor dashboard: stopped", flush=True)
     return 0

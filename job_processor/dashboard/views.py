@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..core.errors import InvalidArgumentError
+from ..core.errors import InvalidArgumentError, UnknownJobError
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
 from ..ops.admin.inputs import DEFAULT_LIMIT
@@ -71,7 +71,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     page = JobPage(jobs=[])
     try:
         page = await list_page(d, request, filters)
-    except InvalidArgumentError as exc:
+    except (InvalidArgumentError, UnknownJobError) as exc:
         error = str(exc)
     names = sorted({x.name for x in await admin.list_definitions()})
     carried = await admin.carried([j for j in page.jobs if j.error])
@@ -207,7 +207,7 @@ async def api_overview(d: Dashboard, request: Request) -> Response:
 async def api_jobs(d: Dashboard, request: Request) -> Response:
     try:
         page = await list_page(d, request, job_filters(request))
-    except InvalidArgumentError as exc:
+    except (InvalidArgumentError, UnknownJobError) as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     carried = await (await d.admin()).carried(page.jobs)
     return json_response(

@@ -158,7 +158,7 @@ class ChangeStreamWaker:
                 raise OperationFailure("change stream closed by the server (invalidate)")
             if waited < self.max_await / 2:
                 if self.blocking is not False:
-                    self.log.info("change_stream_not_blocking", throttle_seconds=self.max_await)
+                    self.log.debug("change_stream_not_blocking", throttle_seconds=self.max_await)
                 self.blocking = False
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
             else:

@@ -54,9 +54,15 @@ async def test_status_and_kill_need_no_app_factory(db: Any, mongo_url: str) -> N
     url = url_with_db(mongo_url, db.name)
     processor = await init_job_processor(db, jobs=JOBS)
     job = await processor.schedule_job("anywhere", {})
-    status = await cli(url, "status")
+    status, summary = await asyncio.gather(cli(url, "status", "--json"), cli(url, "status"))
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
+    assert "worker_id" not in data  # the reading process is not a worker
+    lines = summary.stdout.splitlines()  # for a person: one line per part, a table by name
+    assert lines[0] == "workers: 0 alive"
+    assert "queue: 1 pending, 0 paused (1 of them due now), 0 running" in lines
+    assert any(line.split()[:3] == ["anywhere", "1", "0"] for line in lines), lines
+    assert any("no live worker" in line for line in lines)
     assert data["queue"]["pending"] == 1
     assert data["jobs"]["anywhere"] == {"pending": 1}
     assert any("no live worker" in w for w in data["warnings"])
@@ -134,12 +140,17 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         later = await cli(url, "jobs", "new", "fine", "--payload", '{"n": 1}', "--at", "2099-01-01")
         assert later.returncode == 0, later.stderr
         new_id = (await Admin(db).list_jobs(status="pending")).jobs[0].id
+        assert later.stdout.strip() == (
+            f"created job fine {new_id} (pending, due 2099-01-01T00:00:00+00:00)"
+        )
         run_now = await cli(url, "jobs", "run-now", new_id)
         assert run_now.returncode == 0, run_now.stderr
         await wait_status(processor, new_id, "finished")  # type: ignore[arg-type]
         bad_json = await cli(url, "jobs", "new", "fine", "--payload", "{n: 1}")
         assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
 
+        typo = await cli(url, "jobs", "purge", "--status", "finished", "--older-than", "7days")
+        assert typo.returncode == 2 and "--older-than '7days' is not a duration" in typo.stderr
         purge = await cli(url, "jobs", "purge", "--status", "finished", "--older-than", "7d")
         assert purge.returncode == 1  # nothing that old
         refused = await cli(url, "jobs", "purge", "--status", "pending", "--older-than", "1d")
@@ -218,6 +229,7 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
     assert copy.returncode == 0, copy.stderr
     (new,) = json.loads(copy.stdout)["jobs"]
     assert new["status"] == "pending" and new["id"] != failed.id
+    assert json.loads(copy.stdout)["id"] == new["id"]  # the new job's id, at the top
     stored = await processor.get_job(new["id"])
     assert stored.payload == payload  # the copy has the real values, never shown
     killed = await cli(url, "jobs", "kill", new["id"])
@@ -233,6 +245,12 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
         out = await cli(url, *listing, "--json", "--log-level=error")
         assert out.returncode == 0, out.stderr
         assert isinstance(json.loads(out.stdout), list)
+    empty, typo = await asyncio.gather(
+        cli(url, "jobs", "list", "--status", "paused"), cli(url, "jobs", "list", "--name", "fien")
+    )
+    assert empty.returncode == 0 and empty.stdout.splitlines()[-1] == "(none)"
+    assert typo.returncode == 2  # a misspelt name is named, not an empty table
+    assert "unknown job 'fien' (did you mean 'fine'?): check the name" in typo.stderr
 
 
 async def test_clear_errors(mongo_url: str) -> None:
@@ -247,11 +265,14 @@ async def test_clear_errors(mongo_url: str) -> None:
     usage = await cli(mongo_url, "jobs", "retry")
     assert usage.returncode == 2 and "give job ids" in usage.stderr
     missing = await cli("", "run", "tests.e2e.app:make")
-    assert missing.returncode != 0
+    assert missing.returncode == 2  # bad input, as for every command
     assert "set MONGODB_URL" in missing.stderr
     bad = await cli(mongo_url, "run", "tests.e2e.app")
-    assert bad.returncode != 0
+    assert bad.returncode == 2
     assert "must be MODULE:ATTR" in bad.stderr
+    typo = await cli(mongo_url, "run", "tests.e2e.app:mak")
+    assert typo.returncode == 2
+    assert "has no attribute 'mak' (did you mean 'make'?)" in typo.stderr
     # run's factory decides how long to wait and which prefix: not silently ignored
     ignored = await cli(mongo_url, "run", "tests.e2e.app:make", "--timeout", "1")
     assert ignored.returncode == 2
@@ -261,7 +282,7 @@ async def test_clear_errors(mongo_url: str) -> None:
     assert "connect_timeout" in ignored.stderr
     # a target that is not a factory (a dict of JobDefs): one line saying what run expects
     not_a_factory = await cli(mongo_url, "run", "tests.e2e.app:JOBS")
-    assert not_a_factory.returncode == 1
+    assert not_a_factory.returncode == 2
     assert not_a_factory.stderr.strip().splitlines() == [
         "error: tests.e2e.app:JOBS is a dict, not a function: `run` expects MODULE:ATTR naming "
         "a function (async def make(ctx) or make()) that returns the JobProcessor from "
@@ -395,7 +416,7 @@ async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str
                 cli(url, "events", "show", first.id, "--json"),
                 cli(url, "webhooks", "list"),
                 cli(url, "webhooks", "list", "--json"),
-                cli(url, "status"),
+                cli(url, "status", "--json"),
             )
             assert listing.returncode == 0, listing.stderr
             assert listing.stdout.splitlines()[0].split() == [

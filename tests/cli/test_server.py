@@ -88,3 +88,21 @@ def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
         assert "--port" in second.stdout
     finally:
         stop(proc, signal.SIGTERM)
+
+
+def test_a_data_folder_in_use_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc, _ = start(data, free_port())
+    try:
+        second = subprocess.run(
+            [*SERVER, "--data-dir", str(data), "--port", str(free_port())],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2
+        assert f"{data} is in use by another job-processor server (pid {proc.pid}" in second.stdout
+        assert "--data-dir" in second.stdout
+    finally:
+        stop(proc, signal.SIGTERM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,7 +85,9 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
                 rebound = await c.get("/", auth=creds, headers={"host": "evil.example"})
                 assert rebound.status_code == 400 and "Invalid Host header" in rebound.text
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop, exit 0, as run and server
             out, err = proc.communicate(timeout=10)
         assert f"job-processor dashboard on http://127.0.0.1:{port}/" in out
+        assert proc.returncode == 0 and "job-processor dashboard: stopped" in out, err
+        assert "Traceback" not in err
         assert "pa55word" not in out + err

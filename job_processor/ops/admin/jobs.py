@@ -61,6 +61,8 @@ class JobsAdmin(AdminBase):
             return JobPage(jobs=await self._redacted(jobs))
         after = decode_cursor(cursor) if cursor else None
         docs = await self.storage.job_admin.page(query, after, limit + 1)
+        if not docs and after is None:
+            await self._check_name(query.name)  # a typo is named, with a did-you-mean
         more = len(docs) > limit
         docs = docs[:limit]
         return JobPage(
