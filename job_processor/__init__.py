@@ -14,6 +14,7 @@ from .core.errors import (
     InvalidDefinitionError,
     InvalidPayloadError,
     JobAbortedError,
+    JobFailedError,
     JobLostError,
     JobNotFoundError,
     JobProcessorError,
@@ -22,6 +23,7 @@ from .core.errors import (
     WebhookNotFoundError,
 )
 from .core.models import Delivery, Event, Job, JobOutput, ProcessorStatus, WorkerInfo
+from .core.producing import JobSpec
 from .core.status import JobStatus
 from .events.webhooks import WebhookEndpoint, WebhookOptions
 from .processor import JobProcessor, init_job_processor
@@ -46,11 +48,13 @@ __all__ = [
     "Job",
     "JobAbortedError",
     "JobDef",
+    "JobFailedError",
     "JobLostError",
     "JobNotFoundError",
     "JobOutput",
     "JobProcessor",
     "JobProcessorError",
+    "JobSpec",
     "JobStatus",
     "Limit",
     "ProcessorStatus",

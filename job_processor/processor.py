@@ -8,13 +8,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from bson import ObjectId
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import DuplicateKeyError
 
 from .core import documents as D
 from .core import retention as R
-from .core.clock import Clock, SystemClock, to_millis
+from .core.clock import Clock, SystemClock
 from .core.definitions import (
     CronDef,
     JobDef,
@@ -25,40 +23,43 @@ from .core.definitions import (
     parse_subscribers,
 )
 from .core.errors import (
-    InvalidArgumentError,
     InvalidDefinitionError,
-    InvalidPayloadError,
-    JobNotFoundError,
-    JobProcessorError,
     UnknownJobError,
 )
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
+from .core.producing import checked_payload
 from .core.retention import Keep
-from .core.retries import RETRYABLE, retry_refusal
 from .core.schedule import schedule_of
-from .core.settings import Settings, check_keep_events, check_positive, retention_of
-from .core.status import JobStatus, parse_status
-from .engine.runtime import Runtime
+from .core.settings import (
+    Settings,
+    check_keep_events,
+    check_positive,
+    check_retry_budget,
+    retention_of,
+)
+from .core.status import JobStatus
+from .engine.jobs_api import JobsAPI
 from .events.api import EventsAPI
 from .events.bus import EventBus
 from .events.queries import untargeted_warnings
 from .events.webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
 from .ops.status import build_status
-from .storage import Storage, object_id
+from .storage import PRODUCER_RETRY_SECONDS, Storage
 from .storage.connect import check_reachable
-from .storage.jobs import MAX_SORTED_NAMES, MAX_VALUE_BYTES
+from .storage.jobs import MAX_SORTED_NAMES
 
 S = JobStatus
 Doc = dict[str, Any]
 
 
-class JobProcessor(Runtime, EventsAPI):
+class JobProcessor(JobsAPI, EventsAPI):
     """Schedules, runs and supervises jobs; emits events and delivers them.
 
-    The engine underneath (worker, hooks, recovery, heartbeat, crons: `engine.runtime.Runtime`)
-    and the event methods (`events.api.EventsAPI`) are its bases; this class adds the
-    scheduling API. Create it with `await init_job_processor(...)`."""
+    The engine underneath (worker, hooks, recovery, heartbeat, crons: `engine.runtime.Runtime`),
+    the producer's verbs on jobs (`engine.jobs_api.JobsAPI`) and the event methods
+    (`events.api.EventsAPI`) are its bases; this class adds run_job and the crons' verbs.
+    Create it with `await init_job_processor(...)`."""
 
     def __init__(
         self,
@@ -95,151 +96,13 @@ class JobProcessor(Runtime, EventsAPI):
         self.events.bind(self, self)
         self.on_stop.append(self.events.close)  # the webhooks' HTTP client
 
-    def _definition(self, name: str) -> JobDef:
-        if not isinstance(name, str) or name not in self.jobs:
-            raise UnknownJobError(str(name), list(self.jobs))
-        return self.jobs[name]
-
-    @staticmethod
-    def _check_payload(name: str, definition: JobDef, payload: Any) -> dict[str, Any]:
-        model = definition.payload_model
-        if model is not None:
-            if isinstance(payload, BaseModel) and not isinstance(payload, model):
-                raise InvalidPayloadError(
-                    f"job {name!r}: payload must be a {model.__name__}, got "
-                    f"{type(payload).__name__}"
-                )
-            try:
-                value = payload if isinstance(payload, model) else model.model_validate(payload)
-            except ValidationError as exc:
-                fields = "; ".join(
-                    f"field {'.'.join(str(p) for p in e['loc']) or '(payload)'!r}: {e['msg']}"
-                    for e in exc.errors()
-                )
-                raise InvalidPayloadError(
-                    f"job {name!r}: payload does not match {model.__name__}: {fields}"
-                ) from None
-            payload = value.model_dump(mode="json")
-        return D.checked_payload("job", name, payload, MAX_VALUE_BYTES)
-
-    @staticmethod
-    def _check_when(name: str, scheduled_for: Any) -> dt.datetime | None:
-        if scheduled_for is None:
-            return None
-        if not isinstance(scheduled_for, dt.datetime):
-            raise InvalidArgumentError(
-                f"job {name!r}: scheduled_for must be a timezone-aware datetime, got "
-                f"{type(scheduled_for).__name__} {scheduled_for!r}"
-            )
-        if scheduled_for.tzinfo is None or scheduled_for.utcoffset() is None:
-            raise InvalidArgumentError(
-                f"job {name!r}: scheduled_for {scheduled_for.isoformat()} has no timezone; "
-                "pass an aware datetime, e.g. datetime.now(UTC) + timedelta(hours=1) or "
-                "datetime(2030, 1, 1, 9, tzinfo=ZoneInfo('Europe/Paris'))"
-            )
-        return to_millis(scheduled_for)
-
-    async def schedule_job(
-        self,
-        name: str,
-        payload: Mapping[str, Any] | BaseModel | None = None,
-        scheduled_for: dt.datetime | None = None,
-        *,
-        priority: int = 0,
-        key: str | None = None,
-        max_attempts: int | None = None,
-    ) -> Job[Any]:
-        """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (aware; default
-        now).
-
-        priority: higher first (then scheduled_for, then insertion order).
-        key: dedup key, scoped by job name: while a job of this name with this key is pending,
-        running or paused, that job is returned instead of a new one.
-        max_attempts: overrides the definition's (1 = no retry).
-        An exclusive job whose name already has an active job is recorded as skipped."""
-        definition = self._definition(name)
-        body = self._check_payload(name, definition, payload)
-        when = self._check_when(name, scheduled_for)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise InvalidPayloadError(
-                f"job {name!r}: priority must be an integer, got {priority!r}"
-            )
-        if key is not None and (not isinstance(key, str) or not key):
-            raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
-        attempts = definition.attempts if max_attempts is None else max_attempts
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise InvalidPayloadError(
-                f"job {name!r}: max_attempts must be an integer >= 1, got {max_attempts!r}"
-            )
-        now = self.clock.now()
-        when = when or now
-        doc = D.new_job(
-            name,
-            body,
-            now=now,
-            scheduled_for=when,
-            tag=definition.tag,
-            priority=priority,
-            exclusive=definition.concurrency == "exclusive",
-            key=key,
-            max_attempts=attempts,
-            resumable=definition.resumable,
-            limit_key=definition.limit.key if definition.limit else None,
-        )
-        job = Job.read(await self._insert(doc))
-        if job.id != str(doc["_id"]):
-            self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
-            return job
-        if job.status == S.SKIPPED:
-            self.log.info(
-                "job_skipped",
-                job_id=job.id,
-                job_name=name,
-                conflicting_job_id=job.conflicting_job_id,
-            )
-            return job
-        self.log.info("job_scheduled", job_id=job.id, job_name=name, scheduled_for=when.isoformat())
-        if self.started and name in self.worker.names:
-            self.worker.wake_at(when)
-        return job
-
-    async def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
-        """Re-queue an errored or killed job now, keeping its history and checkpoint; its
-        attempts count afresh. Its next exit calls on_job_exited again. If the hook of the exit
-        being retried has not run yet, it runs here first (with that exit's status)."""
-        oid = object_id(job_id)
-        stored = await self.storage.jobs.get(oid)
-        if stored is None:
-            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
-            settled = await self.hooks.settle(stored, self.identity, self.settings.worker_timeout)
-            stored = settled or stored
-        definition = self.definitions.get(str(stored["name"]))
-        exclusive = definition is not None and definition.concurrency == "exclusive"
-        try:
-            doc = await self.storage.jobs.retry(oid, self.clock.now(), exclusive)
-        except DuplicateKeyError:
-            what = "key" if stored.get("key") else "name (exclusive)"
-            raise JobProcessorError(
-                f"job {stored['name']!r} {oid}: cannot retry while another job with the same "
-                f"{what} is active; retry it later"
-            ) from None
-        if doc is None:
-            why = retry_refusal(await self.storage.jobs.get(oid))
-            raise JobProcessorError(f"job {stored['name']!r} {oid}: {why}")
-        job = Job.read(doc)
-        self.log.info("job_retried", job_id=job.id, job_name=job.name)
-        if self.started and job.name in self.worker.names:
-            self.worker.wake.set()
-        return job
-
     async def run_job(
         self, name: str, payload: Mapping[str, Any] | BaseModel | None = None
     ) -> Job[Any]:
         """Run a job now in this process (recorded in MongoDB like any other) and return the
         final Job. The process heartbeats meanwhile, so a crash here is recovered as usual."""
         definition = self._definition(name)
-        body = self._check_payload(name, definition, payload)
+        body = checked_payload(name, definition.payload_model, payload)
         await self._acquire_runtime()
         try:
             run_id = None
@@ -275,14 +138,6 @@ class JobProcessor(Runtime, EventsAPI):
         finally:
             await self._release_runtime()
 
-    async def _insert(self, doc: Doc) -> Doc:
-        """Insert; an exclusive conflict records the job as skipped, kept like a finished one."""
-        keep = R.of(self.definitions.get(doc["name"]), self.settings.retention)
-        skipped_expiry = keep.expires_at(S.SKIPPED, doc["created_at"]) if keep else None
-        inserted = await self.storage.jobs.insert(doc, skipped_expiry)
-        assert inserted is not None  # None only for cron slots, which these are not
-        return inserted
-
     async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
         if name not in self.crons:
@@ -314,39 +169,6 @@ class JobProcessor(Runtime, EventsAPI):
             for name in gone:
                 self.log.info("cron_removed", job_name=name)
         return sorted(gone)
-
-    # ---- reading and killing ----------------------------------------------------------------
-
-    async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
-        doc = await self.storage.jobs.get(object_id(job_id))
-        if doc is None:
-            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        return Job.read(doc)
-
-    async def list_jobs(
-        self, name: str | None = None, status: str | None = None, limit: int = 50
-    ) -> list[Job[Any]]:
-        """Most recent first. `status` is one of the JobStatus values."""
-        wanted = parse_status(status) if status is not None else None
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
-        docs = await self.storage.jobs.find(name, wanted, limit)
-        return [Job.read(d) for d in docs]
-
-    async def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
-        """Kill a job from any process. Pending/paused jobs are killed at once (this process
-        calls on_job_exited); a running job's handler gets the abort signal (reason "killed")
-        on whichever process runs it."""
-        writer = self.worker_id or self.client_id
-        outcome, doc = await self.storage.jobs.kill(object_id(job_id), self.clock.now(), writer)
-        fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
-        if outcome == "killed":
-            self.log.info("job_killed", **fields)
-            await self.hooks.after_write(self.definitions.get(doc["name"]), doc)
-        elif outcome == "requested":
-            self.log.info("job_kill_requested", running_on=doc.get("worker_id"), **fields)
-            self.worker.abort(str(doc["_id"]), "killed")  # at once when it runs in this process
-        return Job.read(doc)
 
     async def get_status(self) -> ProcessorStatus:
         status = await build_status(
@@ -412,6 +234,7 @@ async def init_job_processor(
     webhook_formats: Mapping[str, Format] | None = None,
     webhook_options: WebhookOptions | Mapping[str, Any] | None = None,
     strict_events: bool = False,
+    producer_retry_seconds: float = PRODUCER_RETRY_SECONDS,
 ) -> JobProcessor:
     """Validate the definitions, check MongoDB answers, create the collections' indexes,
     register the crons (never removing any: see `JobProcessor.prune_crons`), return a
@@ -424,6 +247,8 @@ async def init_job_processor(
     webhook_formats: format name -> fn(event, endpoint); webhook_options: WebhookOptions.
     strict_events: emit() raises (naming the closest known event names) for an event no
     subscriber and no webhook endpoint listens to, instead of storing it with a warning.
+    producer_retry_seconds: how long schedule_job(s), kill_job, retry_job, emit and the reads
+    ride out a MongoDB outage before raising DatabaseUnreachableError (0: no retry).
     See docs/events.md.
     """
     job_defs = parse_jobs(jobs)
@@ -470,6 +295,7 @@ async def init_job_processor(
             f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
         )
     check_positive("connect_timeout", connect_timeout)
+    retry_budget = check_retry_budget(producer_retry_seconds)
     subscriber_defs = parse_subscribers(subscribers)
     secrets = load_secrets(webhook_secrets)
     hook_options = _webhook_options(webhook_options)
@@ -477,6 +303,7 @@ async def init_job_processor(
     log = make_log(logger)
     await check_reachable(db, connect_timeout)
     storage = await Storage.open(db, collection_prefix)
+    storage.producer.budget = retry_budget
     await storage.ensure_indexes()
     clock = clock or SystemClock()
     now = clock.now()

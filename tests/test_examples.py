@@ -47,3 +47,104 @@ def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) ->
             time.sleep(0.05)
         assert job["status"] == "finished"
         assert job["output"]["result"] == {"sent_to": "ada@example.com"}
+
+
+@pytest.fixture
+def report_workers(mongo_url: str, tmp_path: Any) -> Any:
+    """`job-processor run examples.report_jobs:make` on a fresh database: the async workers
+    behind the Django and Flask examples, in a process of their own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = url_with_db(mongo_url, f"jp_example_{time.time_ns()}")
+    root = Path(__file__).resolve().parents[1]
+    with (tmp_path / "worker.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "job_processor", "run", "examples.report_jobs:make"],
+            cwd=root,
+            env=os.environ | {"MONGODB_URL": url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    yield url
+    proc.terminate()
+    proc.wait(15)
+
+
+def poll(get: Any, url: str) -> Any:
+    """The poll view as a browser's script uses it: long polls until the job has ended."""
+    for _ in range(20):
+        resp = get(url)
+        if resp.status_code == 200:
+            return resp
+        assert resp.status_code == 202
+    raise AssertionError("the report never ended")
+
+
+def test_flask_example_enqueues_and_polls(
+    report_workers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples import flask_app
+
+    monkeypatch.setenv("MONGODB_URL", report_workers)
+    monkeypatch.setattr(flask_app, "_client", None)
+    web = flask_app.app.test_client()
+    try:
+        check_flask(web)
+    finally:
+        if flask_app._client is not None:
+            flask_app._client.database.client.close()
+
+
+def check_flask(web: Any) -> None:
+    bad = web.post("/reports", json={"customer": "acme", "rows": "many"})
+    assert bad.status_code == 400 and "field 'rows'" in bad.get_json()["error"]
+    made = web.post("/reports", json={"customer": "acme", "rows": 40})
+    assert made.status_code == 202
+    body = poll(web.get, made.get_json()["status_url"] + "?wait=2").get_json()
+    assert body["status"] == "finished"
+    assert body["result"] == {"customer": "acme", "rows": 40, "file": "acme.csv"}
+    failed = web.post("/reports", json={"customer": "nobody", "rows": 1}).get_json()
+    body = poll(web.get, failed["status_url"] + "?wait=2").get_json()
+    assert body["status"] == "errored" and "no customer named 'nobody'" in body["error"]
+    assert web.get("/reports/0123456789abcdef01234567").status_code == 404
+
+
+def test_django_example_enqueues_and_polls(
+    report_workers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
+    monkeypatch.setenv("MONGODB_URL", report_workers)
+    import django
+    from django.conf import settings
+    from django.test import Client
+
+    django.setup()
+    monkeypatch.setattr(settings, "MONGODB_URL", os.environ["MONGODB_URL"])
+    from examples.django_app import jobs
+
+    monkeypatch.setattr(jobs, "_client", None)
+    try:
+        check_django(Client())
+    finally:
+        if jobs._client is not None:
+            jobs._client.database.client.close()
+
+
+def check_django(web: Any) -> None:
+    bad = web.post("/reports", data='{"customer": "acme"}', content_type="application/json")
+    assert bad.status_code == 400 and "field 'rows'" in bad.json()["error"]
+    made = web.post(
+        "/reports", data='{"customer": "acme", "rows": 7}', content_type="application/json"
+    )
+    assert made.status_code == 202
+    body = poll(web.get, made.json()["status_url"] + "?wait=2").json()
+    assert body == {
+        "id": made.json()["id"],
+        "status": "finished",
+        "result": {"customer": "acme", "rows": 7, "file": "acme.csv"},
+    }

@@ -41,11 +41,13 @@ PUBLIC: dict[str, list[str]] = {
         "Job",
         "JobAbortedError",
         "JobDef",
+        "JobFailedError",
         "JobLostError",
         "JobNotFoundError",
         "JobOutput",
         "JobProcessor",
         "JobProcessorError",
+        "JobSpec",
         "JobStatus",
         "Limit",
         "ProcessorStatus",
@@ -60,6 +62,7 @@ PUBLIC: dict[str, list[str]] = {
         "init_job_processor",
     ],
     "job_processor.testing": ["JobHarness", "in_memory_processor", "run_until_idle"],
+    "job_processor.sync": ["JobClient", "JobSpec"],
     "job_processor.dashboard": [
         "DEFAULT_SENSITIVE_FIELDS",
         "MASK",
@@ -158,6 +161,9 @@ def test_one_object_whichever_path_imports_it() -> None:
     from job_processor.ops.admin import Admin
 
     assert admin.Admin is Admin
+    from job_processor import sync
+
+    assert sync.JobSpec is job_processor.JobSpec
     assert events.Event is job_processor.Event
     assert webhooks.WebhookOptions is job_processor.WebhookOptions
 

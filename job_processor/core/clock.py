@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
@@ -36,6 +37,14 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class BlockingClock(SystemClock):
+    """Wall clock whose sleep blocks the calling thread: the clock of code driven without an
+    event loop (`job_processor.sync`), where an asyncio sleep could never end."""
+
+    async def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))  # noqa: ASYNC251 - no event loop to yield to
 
 
 class FakeClock:

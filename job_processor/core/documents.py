@@ -30,6 +30,10 @@ S = JobStatus
 #: Run records kept on a job.
 HISTORY_LIMIT = 20
 
+#: What a payload, a checkpoint or a result may weigh: BSON's 16 MB document limit, less room
+#: for the rest of the job document.
+MAX_PAYLOAD_BYTES = 15 * 1024 * 1024
+
 
 def epoch_ms(value: dt.datetime) -> int:
     """`due_ms`: scheduled_for as an integer, the field claims filter and sort on. Integers compare
@@ -226,15 +230,15 @@ def as_missed(task: Doc, now: dt.datetime, expires_at: dt.datetime | None = None
 
 def as_skipped(doc: Doc, holder_id: Any, expires_at: dt.datetime | None = None) -> Doc:
     """An exclusive job whose name already has an active job: recorded as skipped (kept like a
-    finished job, until `expires_at`)."""
+    finished job, until `expires_at`), under the `_id` chosen for the job (a retried write of it
+    is recognised)."""
     check_transition(None, S.SKIPPED)
-    dropped = {"exclusive_key", "dedup_key", "claim_name", "_id"}
+    dropped = {"exclusive_key", "dedup_key", "claim_name"}
     expiry = {"expires_at": expires_at} if expires_at is not None else {}
     return (
         {k: v for k, v in doc.items() if k not in dropped}
         | expiry
         | {
-            "_id": ObjectId(),
             "status": S.SKIPPED.value,
             "skip_reason": "exclusive",
             "conflicting_job_id": holder_id,
@@ -506,11 +510,14 @@ def hook_owed_fields(
 # ---- jobs: kill and retry ------------------------------------------------------------------
 
 
-def kill_update(now: dt.datetime, writer: str | None, hook_owed: bool) -> Doc:
-    """pending | paused -> killed."""
+def kill_update(
+    now: dt.datetime, writer: str | None, hook_owed: bool, kill_id: str | None = None
+) -> Doc:
+    """pending | paused -> killed. `kill_id` (recorded as the job's `end_id` and hook id): a
+    kill retried after a lost reply recognises its own write."""
     check_transition(S.PENDING, S.KILLED)
     check_transition(S.PAUSED, S.KILLED)
-    hook_id = new_id()
+    hook_id = kill_id or new_id()
     return {
         "$set": {
             "status": S.KILLED.value,

@@ -72,6 +72,18 @@ class JobNotFoundError(JobProcessorError, LookupError):
     """No job has that id."""
 
 
+class JobFailedError(JobProcessorError):
+    """`result()` of a job that ended without a result: errored, killed or skipped. Carries
+    `job_id`, `status` and `error` (the job's error, or why it was skipped)."""
+
+    def __init__(self, job_id: str, status: str, error: str | None) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.error = error
+        why = (error or "").splitlines()[0] if error else "no error recorded"
+        super().__init__(f"job {job_id} {status}: {why}")
+
+
 class JobAbortedError(JobProcessorError):
     """Raised by AbortSignal.raise_if_aborted() once the job was asked to stop."""
 

@@ -52,6 +52,15 @@ def retention_of(keep_finished: Keep, keep_failed: Keep) -> Retention:
     return Retention(finished=finished, failed=failed)
 
 
+def check_retry_budget(value: Any) -> float:
+    """producer_retry_seconds: a number of seconds >= 0 (0 turns the retries off)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise InvalidDefinitionError(
+            f"producer_retry_seconds must be a number of seconds >= 0 (0: no retry), got {value!r}"
+        )
+    return float(value)
+
+
 def check_positive(name: str, value: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -36,6 +36,11 @@ from .execution import build_job, call_maybe_async, describe_error
 Doc = dict[str, Any]
 
 
+#: Seconds after which an owed hook this process owns, and is not running, is taken as never
+#: started here (the final write's reply was lost before the hook could start).
+OWN_HOOK_GRACE = 5.0
+
+
 class HookRunner:
     def __init__(
         self,
@@ -181,7 +186,10 @@ class HookRunner:
         if owner is None:
             return True
         if owner in (who, self.worker_id()):
-            return False  # this process: it runs its own hooks right after its final writes
+            # this process runs its own hooks right after its final writes; one it is not
+            # running a few seconds later was never started here (a reply lost on the way)
+            young = doc["exit_hook_at"] > now - dt.timedelta(seconds=OWN_HOOK_GRACE)
+            return str(doc["_id"]) not in self.in_flight and not young
         definition = self.definitions.get(str(doc.get("name")))
         timeout = definition.on_job_exited_timeout if definition else 0.0
         if D.is_client(str(owner)):

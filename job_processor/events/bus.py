@@ -200,7 +200,10 @@ class EventBus:
                 f"sync_timeout must be a positive number of seconds, got {sync_timeout!r}"
             )
         now = self.clock.now()
-        targets = await current_targets(self.storage, name, self.options.max_attempts)
+        produce = self.storage.producer.run  # short outages are ridden out (never twice)
+        targets = await produce(
+            lambda _: current_targets(self.storage, name, self.options.max_attempts)
+        )
         if not targets:
             await self._untargeted(name)
         doc = E.new_event(
@@ -213,11 +216,11 @@ class EventBus:
             targets=targets,
             expires_at=now + self.keep_events if self.keep_events is not None else None,
         )
-        stored = await self.storage.events.insert(doc)
+        stored = await produce(lambda retried: self.storage.events.insert(doc, retried=retried))
         fields = {"event_id": str(stored["_id"]), "event_name": name}
         created: list[Doc] = []
-        if stored.get("fanout") == "owed":
-            created = await complete_fanout(self.storage, stored, now)
+        if stored.get("fanout") == "owed":  # idempotent: unique delivery keys
+            created = await produce(lambda _: complete_fanout(self.storage, stored, now))
             stored["fanout"] = "done"
         self._wake(created)
         if stored["_id"] != doc["_id"]:

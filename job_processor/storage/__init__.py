@@ -28,12 +28,14 @@ from . import workers as workers_mod
 from .admin import JobAdminStore, JobQuery
 from .audit import AuditStore
 from .compat import ServerProfile, decode, detect
-from .connect import check_database
+from .connect import address, check_database
 from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
 from .events import DeliveryStore, EventStore, SubscriberStore
 from .jobs import EndWrite, JobStore, object_id
 from .limits import LimitStore
+from .sync_adapter import is_sync
+from .transient import ProducerRetry
 from .webhooks import WebhookStore
 from .workers import WorkerStore
 
@@ -59,6 +61,9 @@ __all__ = [
     "decode",
     "object_id",
 ]
+
+#: How long producer calls (schedule, kill, retry, emit) ride out an outage by default.
+PRODUCER_RETRY_SECONDS = 10.0
 
 #: Writes that change a job's state must survive a replica-set failover.
 MAJORITY = WriteConcern("majority")
@@ -87,6 +92,8 @@ class Storage:
         self.subscribers = SubscriberStore(db.get_collection(f"{prefix}subscribers"))
         self.deliveries = DeliveryStore(self.jobs.coll)
         self.webhooks = WebhookStore(db.get_collection(f"{prefix}webhooks"))
+        #: How producer calls ride out outages (init_job_processor sets the budget).
+        self.producer = ProducerRetry(PRODUCER_RETRY_SECONDS, is_sync(db), lambda: address(db))
 
     @classmethod
     async def open(cls, db: Any, prefix: str = "job_processor_") -> Storage:

@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
+from .sync_adapter import is_sync
 
 #: The database a MONGODB_URL without one names, for every command and example.
 DEFAULT_DATABASE = "job_processor"
@@ -28,6 +30,8 @@ MISSING_URL = (
 
 def check_database(db: Any) -> None:
     """Refuse sync databases and clients with a message that says what to pass instead."""
+    if is_sync(db):  # a synchronous database behind the async interface (JobClient)
+        return
     if isinstance(db, Database):
         raise InvalidDatabaseError(
             "db is a synchronous pymongo Database; pass an async one: "
@@ -62,8 +66,12 @@ async def check_reachable(db: Any, wait: float) -> None:
     if type(db).__module__.startswith("mongomock_motor"):
         return
     try:
-        async with asyncio.timeout(wait):
-            await db.command("ping")
+        if is_sync(db):  # no event loop: the driver's own client-side timeout
+            with pymongo.timeout(wait):
+                await db.command("ping")
+        else:
+            async with asyncio.timeout(wait):
+                await db.command("ping")
     except (TimeoutError, PyMongoError) as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
         raise DatabaseUnreachableError(

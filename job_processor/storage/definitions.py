@@ -38,6 +38,7 @@ def definition_fields(definition: Any) -> Doc:
         "max_runtime_in_minutes": definition.max_runtime_in_minutes,
         "backoff": definition.backoff.model_dump(mode="json"),
         "has_exit_hook": definition.on_job_exited is not None,
+        "limit_key": definition.limit.key if getattr(definition, "limit", None) else None,
         "payload_model": model.__name__ if model is not None else None,
         "payload_schema": _schema(model),
         "sensitive_fields": list(definition.sensitive_fields),

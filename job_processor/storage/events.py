@@ -65,13 +65,18 @@ class EventStore:
     def name(self) -> str:
         return str(self.coll.name)
 
-    async def insert(self, doc: Doc) -> Doc:
+    async def insert(self, doc: Doc, *, retried: bool = False) -> Doc:
         """Store a new event. With a `dedup_key` already taken, the event holding it is
-        returned instead (compare `_id`): the unique index decides, race-free."""
+        returned instead (compare `_id`): the unique index decides, race-free. `retried`: an
+        earlier attempt's reply was lost; a duplicate `_id` means it landed (returned as
+        stored)."""
         try:
             await self.coll.insert_one(doc)
             return doc
         except DuplicateKeyError:
+            landed = await self.coll.find_one({"_id": doc["_id"]}) if retried else None
+            if landed is not None:
+                return decode(landed)
             if "dedup_key" not in doc:
                 raise
             same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})

@@ -17,7 +17,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core import documents as D
 from ..core.documents import CLAIM_SORT
@@ -32,8 +32,10 @@ from .compat import (
     decode,
     decode_opt,
     not_in,
+    open_stream,
 )
 from .job_hooks import HookRecords
+from .job_inserts import JobInserts
 from .job_reads import JobReads
 from .job_strays import TYPE_MISMATCH, ForeignJobs
 from .transient import TRANSIENT, ride_out
@@ -80,7 +82,7 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
 ]
 
 #: BSON's document limit, less room for the rest of the job document.
-MAX_VALUE_BYTES = 15 * 1024 * 1024
+MAX_VALUE_BYTES = D.MAX_PAYLOAD_BYTES
 
 
 def object_id(job_id: str | ObjectId) -> ObjectId:
@@ -121,10 +123,10 @@ class EndWrite:
     kill_requested: bool = False
 
 
-class JobStore(ForeignJobs, HookRecords, JobReads):
-    """The domain verbs on jobs (see the module docstring); those on documents other programs
-    wrote, on on_job_exited records and the reads are in `job_strays`, `job_hooks`,
-    `job_reads`."""
+class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
+    """The domain verbs on jobs (see the module docstring); creation, those on documents other
+    programs wrote, on on_job_exited records and the reads are in `job_inserts`, `job_strays`,
+    `job_hooks`, `job_reads`."""
 
     def __init__(self, collection: Any, profile: ServerProfile) -> None:
         self.coll = collection
@@ -138,50 +140,6 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
         return str(self.coll.name)
 
     # ---- creation ---------------------------------------------------------------------------
-
-    async def insert(self, doc: Doc, skipped_expires_at: dt.datetime | None = None) -> Doc | None:
-        """Insert a pending (or running) job. With a dedup key held by an active job, that job is
-        returned instead (compare `_id`). An exclusive job whose name already has an active job is
-        inserted as `skipped`, recording the conflicting job's id. Race-free: unique sparse
-        indexes on `dedup_key` / `exclusive_key` decide. Returns None only for a cron slot whose
-        task already exists (`cron_slot_key`): another replica created it."""
-        check_transition(None, S(doc["status"]))
-        for _ in range(10):
-            try:
-                await self.coll.insert_one(doc)
-                return doc
-            except DuplicateKeyError:
-                if await self._slot_taken(doc):
-                    return None
-                if "dedup_key" in doc:
-                    same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
-                    if same is not None:
-                        return decode(same)
-                    if "exclusive_key" not in doc:
-                        continue  # it ended meanwhile: try again
-                if "exclusive_key" not in doc:
-                    raise
-                holder = await self.coll.find_one(
-                    {"exclusive_key": doc["exclusive_key"]}, {"_id": 1}
-                )
-                if holder is None:  # it ended between our insert and this read: try again
-                    continue
-                skipped = D.as_skipped(doc, holder["_id"], skipped_expires_at)
-                try:
-                    await self.coll.insert_one(skipped)
-                except DuplicateKeyError:
-                    if await self._slot_taken(doc):
-                        return None
-                    raise
-                return skipped
-        raise RuntimeError(f"could not insert exclusive job {doc['name']!r}: constant contention")
-
-    async def _slot_taken(self, doc: Doc) -> bool:
-        key = doc.get("cron_slot_key")
-        return (
-            key is not None
-            and await self.coll.find_one({"cron_slot_key": key}, {"_id": 1}) is not None
-        )
 
     async def expire_missed_cron_tasks(
         self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None] | None = None
@@ -436,14 +394,25 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
 
     # ---- kill and retry ---------------------------------------------------------------------
 
-    async def kill(self, job_id: ObjectId, now: dt.datetime, writer: str | None) -> tuple[str, Doc]:
+    async def kill(
+        self,
+        job_id: ObjectId,
+        now: dt.datetime,
+        writer: str | None,
+        *,
+        hook_owed: bool = True,
+        kill_id: str | None = None,
+        retried: bool = False,
+    ) -> tuple[str, Doc]:
         """Returns ("killed", doc) if this call moved a pending/paused job to killed (its
-        on_job_exited is then recorded as owed by `writer`), ("requested", doc) if the job is
-        running and its worker will abort it, ("ended", doc) if it had already ended."""
+        on_job_exited is then recorded as owed by `writer`, unless the caller knows the job has
+        none), ("requested", doc) if the job is running and its worker will abort it, ("ended",
+        doc) if it had already ended. `retried` after a lost reply: a job killed by this call's
+        `kill_id` is reported as killed by it."""
         for _ in range(10):
             doc = await self.coll.find_one_and_update(
                 {"_id": job_id, "status": {"$in": [S.PENDING.value, S.PAUSED.value]}},
-                D.kill_update(now, writer, hook_owed=True),
+                D.kill_update(now, writer, hook_owed=hook_owed, kill_id=kill_id),
                 return_document=AFTER,
             )
             if doc is not None:
@@ -459,18 +428,33 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
             if doc is None:
                 raise JobNotFoundError(f"no job with id {str(job_id)!r}")
             if doc["status"] not in {S.PENDING.value, S.PAUSED.value, S.RUNNING.value}:
-                return "ended", decode(doc)
+                mine = retried and kill_id is not None and doc.get("end_id") == kill_id
+                return ("killed" if mine else "ended"), decode(doc)
             # it moved between our two updates: try again
         raise RuntimeError(f"could not kill job {job_id}: its status keeps changing")
 
-    async def retry(self, job_id: ObjectId, now: dt.datetime, exclusive: bool) -> Doc | None:
+    async def retry(
+        self,
+        job_id: ObjectId,
+        now: dt.datetime,
+        exclusive: bool,
+        *,
+        retry_id: str | None = None,
+        retried: bool = False,
+    ) -> Doc | None:
         """errored | killed -> pending now. Raises DuplicateKeyError when another active job
         holds the exclusive / dedup key. Returns None when the job is not errored or killed, or
         when its on_job_exited is still owed (each exit's hook runs with that exit's status:
-        settle it first, see `HookRunner.settle`)."""
+        settle it first, see `HookRunner.settle`). `retry_id` is recorded on the job: a call
+        `retried` after a lost reply recognises its own write by it."""
         current = await self.coll.find_one({"_id": job_id}, {"payload": 0, "state": 0})
         if current is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        if retried and retry_id is not None and current.get("retry_id") == retry_id:
+            return decode(await self.coll.find_one({"_id": job_id}) or current)
+        update = D.retry_update(decode(current), now, exclusive)
+        if retry_id is not None:
+            update["$set"]["retry_id"] = retry_id
         result = await self.coll.find_one_and_update(
             {
                 "_id": job_id,
@@ -480,10 +464,14 @@ class JobStore(ForeignJobs, HookRecords, JobReads):
                 # attempt): the update computed from it (history, deadlines) is right
                 "attempt": current.get("attempt"),
             },
-            D.retry_update(decode(current), now, exclusive),
+            update,
             return_document=AFTER,
         )
         return decode_opt(result)
+
+    def watch_one(self, job_id: ObjectId, max_await_ms: int) -> Any:
+        """A change stream of one job's changes (`compat.open_stream` opens it)."""
+        return open_stream(self.coll, [{"$match": {"documentKey._id": job_id}}], max_await_ms)
 
     # ---- a worker's own jobs, and recovery ----------------------------------------------------
 

@@ -9,10 +9,14 @@ last error is raised and the caller abandons the run to recovery.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pymongo.errors import AutoReconnect, ConnectionFailure
+import pymongo
+from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
+
+from ..core.errors import DatabaseUnreachableError
 
 T = TypeVar("T")
 
@@ -29,6 +33,8 @@ async def ride_out(
 ) -> T:
     """Run `op()`; on a transient error, again after 0.1 s, 0.2 s, ... (at most 2 s apart),
     until `budget` seconds have passed. Each attempt is itself bounded by what remains."""
+    if budget <= 0:  # one attempt (also what code driven without an event loop asks for)
+        return await op()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
     delay = 0.1
@@ -48,3 +54,66 @@ async def ride_out(
                     await maybe
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A network error, no primary, a timeout, or a write the server labels retryable."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
+
+
+class ProducerRetry:
+    """Producer calls (schedule, kill, retry, emit; async or driven synchronously) ride out
+    short outages: a transient error is retried with backoff (0.1 s doubling, at most 2 s
+    apart) within `budget` seconds, each attempt bounded by what remains; past it, one
+    DatabaseUnreachableError naming the server and the time spent. `budget` 0: one attempt.
+
+    `op(retried)` is told whether an earlier attempt failed on the network: a write whose
+    reply was lost may have landed, and the op recognises it (a duplicate of the `_id` it
+    chose before the first attempt)."""
+
+    def __init__(self, budget: float, sync: bool, where: Callable[[], str]) -> None:
+        self.budget = budget
+        self.sync = sync
+        self.where = where
+
+    async def pause(self, seconds: float) -> None:
+        """Wait between two polls (a blocking sleep when driven without an event loop)."""
+        if self.sync:
+            time.sleep(max(seconds, 0.0))  # noqa: ASYNC251 - no event loop (sync_adapter)
+        else:
+            await asyncio.sleep(max(seconds, 0.0))
+
+    async def run(self, op: Callable[[bool], Awaitable[T]]) -> T:
+        if self.budget <= 0:  # retries turned off: the driver's own timeouts, raw errors
+            return await op(False)
+        start = time.monotonic()
+        deadline = start + self.budget
+        delay = 0.1
+        retried = False
+        while True:
+            remaining = max(deadline - time.monotonic(), 1.0)
+            try:
+                if self.sync:
+                    with pymongo.timeout(remaining):
+                        return await op(retried)
+                async with asyncio.timeout(remaining):
+                    return await op(retried)
+            except (PyMongoError, TimeoutError) as exc:
+                if not is_transient(exc):
+                    raise
+                if time.monotonic() + delay >= deadline:
+                    spent = time.monotonic() - start
+                    reason = str(exc).split(",")[0][:200] or type(exc).__name__
+                    raise DatabaseUnreachableError(
+                        f"MongoDB at {self.where()} did not answer for {spent:.1f}s ({reason}); "
+                        "the call did not complete (producer_retry_seconds="
+                        f"{self.budget:g} sets how long producer calls wait)"
+                    ) from exc
+                retried = True
+            if self.sync:
+                time.sleep(delay)  # noqa: ASYNC251 - driven without an event loop (sync_adapter)
+            else:
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -6,7 +6,14 @@ import asyncio
 import os
 from typing import Any
 
-from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
+from job_processor import (
+    AbortSignal,
+    DoNotRetry,
+    Job,
+    JobDef,
+    JobProcessor,
+    init_job_processor,
+)
 from job_processor.cli import RunContext
 from job_processor.core.definitions import Limit
 
@@ -92,3 +99,10 @@ async def make(ctx: RunContext) -> JobProcessor:
         worker_timeout=2.0,
         shutdown_grace=1.0,
     )
+
+
+async def refuse(job: Job, signal: AbortSignal) -> None:
+    raise DoNotRetry(f"refused {job.payload.get('what', 'it')}")
+
+
+JOBS["refused"] = JobDef(handler=refuse)

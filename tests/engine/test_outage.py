@@ -87,3 +87,67 @@ async def test_checkpoints_and_final_writes_ride_out_a_short_outage(
     assert done.attempt == 1  # same run: nothing was recovered or retried
     assert done.failures == 0
     assert progress == list(range(1, 31))
+
+
+def test_producers_ride_out_a_restarted_server_without_losing_or_doubling_a_job(
+    own_server: LocalServer,
+) -> None:
+    """The server is stopped and restarted twice (about 2.5 s down each time) while request
+    threads schedule jobs, one at a time and in batches, through the synchronous client: every
+    call returns, and the database holds each returned job once, nothing else."""
+    import threading
+    import time
+
+    from pymongo import MongoClient
+
+    from job_processor.sync import JobClient
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        raise AssertionError("not run here")
+
+    mongo: MongoClient[Any] = MongoClient(own_server.url, tz_aware=True)
+    client = JobClient(mongo["outage"], {"send": JobDef(handler=never)}, producer_retry_seconds=15)
+    returned: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def request_thread(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                if i % 5 == 4:
+                    jobs = client.schedule_jobs(
+                        [("send", {"t": n, "i": i, "k": k}) for k in range(20)]
+                    )
+                    returned.extend(j.id for j in jobs)
+                else:
+                    returned.append(client.schedule_job("send", {"t": n, "i": i}).id)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            i += 1
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    server = own_server
+    try:
+        for _ in range(2):
+            time.sleep(1.0)
+            server.stop()
+            time.sleep(2.5)
+            server = start_local_server(own_server.data_dir, port=own_server.port)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        stored = [str(d["_id"]) for d in mongo["outage"]["job_processor_jobs"].find({}, {"_id": 1})]
+        mongo.close()
+        if server is not own_server:
+            server.stop()
+    assert errors == []
+    assert len(returned) > 50
+    assert len(set(returned)) == len(returned)  # no job returned twice
+    assert sorted(stored) == sorted(returned)  # none lost, none written twice

@@ -1,0 +1,1 @@
+"""A Django project that enqueues jobs and polls their results (see views.py)."""

@@ -1,0 +1,24 @@
+"""The smallest Django settings for the example (no database of Django's own: the jobs live in
+MongoDB, behind job_processor.sync.JobClient).
+
+    pip install django
+    export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
+    job-processor run examples.report_jobs:make                       # the async workers
+    DJANGO_SETTINGS_MODULE=examples.django_app.settings django-admin runserver
+"""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
+DEBUG = True
+ALLOWED_HOSTS = ["localhost", "127.0.0.1", "testserver"]
+ROOT_URLCONF = "examples.django_app.urls"
+INSTALLED_APPS: list[str] = []
+MIDDLEWARE: list[str] = []
+DATABASES: dict[str, dict[str, str]] = {}
+USE_TZ = True
+
+#: Where the jobs are (the same database the workers use).
+MONGODB_URL = os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/job_processor")

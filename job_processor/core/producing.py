@@ -1,0 +1,265 @@
+"""What a producer does before anything is written, and how it waits for an ending: pure.
+
+- `Template`: what a job name's definition decides for each new job (tag, exclusive, attempts,
+  resumable, limit, payload model), from a `JobDef` or from the registry's record of one.
+- `new_job_doc`: one validated pending job document, its `_id` chosen here (so that a write
+  retried after a lost reply is recognised: a duplicate `_id` means the first attempt landed).
+- `JobSpec` and `batch_items`: the items of `schedule_jobs`, each validated as `schedule_job`
+  validates, the errors naming the item's index.
+- `WaitPacing`: the polling backoff of `wait_for` (at most one read per second on average over
+  any 5 s, after the first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import documents as D
+from .clock import to_millis
+from .definitions import JobDef
+from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError
+
+Doc = dict[str, Any]
+
+#: The job statuses `wait_for` returns on.
+ENDED = frozenset({"finished", "errored", "killed", "skipped"})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One item of `schedule_jobs`: `JobSpec(name, payload, key=..., delay=...)` (a plain
+    `(name, payload)` tuple is the same with the defaults)."""
+
+    name: str
+    payload: Mapping[str, Any] | BaseModel | None = None
+    key: str | None = None
+    priority: int | None = None
+    delay: dt.timedelta | float | None = None
+    scheduled_for: dt.datetime | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Template:
+    """What a name's definition decides for each of its new jobs."""
+
+    tag: str | None = None
+    exclusive: bool = False
+    attempts: int = 1
+    resumable: bool = False
+    limit_key: str | None = None
+    payload_model: type[BaseModel] | None = None
+
+    @classmethod
+    def of(cls, definition: JobDef) -> Template:
+        return cls(
+            tag=definition.tag,
+            exclusive=definition.concurrency == "exclusive",
+            attempts=definition.attempts,
+            resumable=definition.resumable,
+            limit_key=definition.limit.key if definition.limit else None,
+            payload_model=definition.payload_model,
+        )
+
+    @classmethod
+    def registered(cls, row: Mapping[str, Any]) -> Template:
+        """From the registry's record of a definition (no payload model: workers check it)."""
+        attempts = row.get("max_attempts")
+        return cls(
+            tag=row.get("tag") if isinstance(row.get("tag"), str) else None,
+            exclusive=row.get("concurrency") == "exclusive",
+            attempts=attempts if isinstance(attempts, int) and attempts >= 1 else 1,
+            resumable=bool(row.get("resumable", False)),
+            limit_key=row.get("limit_key") if isinstance(row.get("limit_key"), str) else None,
+        )
+
+
+def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> Doc:
+    """The payload as stored: validated by the definition's model when it has one (the errors
+    name the field), then a dict BSON can hold, with no naive datetime, that fits."""
+    if model is not None:
+        if isinstance(payload, BaseModel) and not isinstance(payload, model):
+            raise InvalidPayloadError(
+                f"job {name!r}: payload must be a {model.__name__}, got {type(payload).__name__}"
+            )
+        try:
+            value = payload if isinstance(payload, model) else model.model_validate(payload)
+        except ValidationError as exc:
+            fields = "; ".join(
+                f"field {'.'.join(str(p) for p in e['loc']) or '(payload)'!r}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise InvalidPayloadError(
+                f"job {name!r}: payload does not match {model.__name__}: {fields}"
+            ) from None
+        payload = value.model_dump(mode="json")
+    return D.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+
+
+def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.datetime:
+    """When the job is due: `scheduled_for` (aware), or now + `delay` (a timedelta or seconds,
+    not negative), or now; never both."""
+    if delay is not None:
+        if scheduled_for is not None:
+            raise InvalidArgumentError(
+                f"job {name!r}: give delay or scheduled_for, not both (delay counts from now)"
+            )
+        if isinstance(delay, dt.timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = float(delay)
+        else:
+            raise InvalidArgumentError(
+                f"job {name!r}: delay must be a timedelta or a number of seconds, got "
+                f"{type(delay).__name__} {delay!r}"
+            )
+        if seconds < 0 or seconds != seconds:
+            raise InvalidArgumentError(f"job {name!r}: delay must not be negative, got {delay!r}")
+        return to_millis(now + dt.timedelta(seconds=seconds))
+    if scheduled_for is None:
+        return now
+    if not isinstance(scheduled_for, dt.datetime):
+        raise InvalidArgumentError(
+            f"job {name!r}: scheduled_for must be a timezone-aware datetime, got "
+            f"{type(scheduled_for).__name__} {scheduled_for!r}"
+        )
+    if scheduled_for.tzinfo is None or scheduled_for.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"job {name!r}: scheduled_for {scheduled_for.isoformat()} has no timezone; pass an "
+            "aware datetime, e.g. datetime.now(UTC) + timedelta(hours=1) or "
+            "datetime(2030, 1, 1, 9, tzinfo=ZoneInfo('Europe/Paris')), or delay=3600"
+        )
+    return to_millis(scheduled_for)
+
+
+def new_job_doc(
+    name: str,
+    template: Template,
+    payload: Any,
+    *,
+    now: dt.datetime,
+    scheduled_for: Any = None,
+    delay: Any = None,
+    priority: Any = None,
+    key: Any = None,
+    max_attempts: Any = None,
+    tag: Any = None,
+) -> Doc:
+    """A validated pending job document; raises before anything is written."""
+    body = checked_payload(name, template.payload_model, payload)
+    when = due_at(name, scheduled_for, delay, now)
+    priority = 0 if priority is None else priority
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidPayloadError(f"job {name!r}: priority must be an integer, got {priority!r}")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
+    attempts = template.attempts if max_attempts is None else max_attempts
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise InvalidPayloadError(
+            f"job {name!r}: max_attempts must be an integer >= 1, got {max_attempts!r}"
+        )
+    if tag is not None and tag != template.tag:
+        raise InvalidArgumentError(
+            f"job {name!r}: tag {tag!r} differs from its definition's ({template.tag!r}); "
+            "workers claim jobs by name, and the definition's tag decides which workers run "
+            "them: define another job name for the other tag"
+        )
+    return D.new_job(
+        name,
+        body,
+        now=now,
+        scheduled_for=when,
+        tag=template.tag,
+        priority=priority,
+        exclusive=template.exclusive,
+        key=key,
+        max_attempts=attempts,
+        resumable=template.resumable,
+        limit_key=template.limit_key,
+    )
+
+
+def batch_items(
+    items: Iterable[Any], template_of: Callable[[str], Template], now: dt.datetime
+) -> list[Doc]:
+    """The documents of `schedule_jobs`' items, in order; the first invalid item raises,
+    naming its index (nothing is written)."""
+    if isinstance(items, str | bytes | Mapping):
+        raise InvalidArgumentError(
+            "schedule_jobs takes a list of (name, payload) tuples or JobSpec items, got "
+            f"{type(items).__name__}"
+        )
+    docs: list[Doc] = []
+    for index, item in enumerate(items):
+        try:
+            spec = as_spec(item)
+            docs.append(
+                new_job_doc(
+                    spec.name,
+                    template_of(spec.name),
+                    spec.payload,
+                    now=now,
+                    scheduled_for=spec.scheduled_for,
+                    delay=spec.delay,
+                    priority=spec.priority,
+                    key=spec.key,
+                    tag=spec.tag,
+                )
+            )
+        except JobProcessorError as exc:  # the same error, naming the item
+            exc.args = (f"item {index}: {exc}", *exc.args[1:])
+            raise
+    return docs
+
+
+def as_spec(item: Any) -> JobSpec:
+    if isinstance(item, JobSpec):
+        return item
+    if isinstance(item, tuple) and len(item) in (1, 2):
+        return JobSpec(*item)
+    raise InvalidArgumentError(
+        f"an item is a (name, payload) tuple or a JobSpec, got {type(item).__name__} {item!r}"
+    )
+
+
+def keyed_once(docs: Sequence[Doc]) -> dict[int, int]:
+    """Items that repeat an earlier item's dedup key, within one batch: index -> the index of
+    the first (they get that item's job, as a second `schedule_job` would)."""
+    first: dict[str, int] = {}
+    repeats: dict[int, int] = {}
+    for index, doc in enumerate(docs):
+        key = doc.get("dedup_key")
+        if key is None:
+            continue
+        if key in first:
+            repeats[index] = first[key]
+        else:
+            first[key] = index
+    return repeats
+
+
+class WaitPacing:
+    """Delays between reads while polling for a job's end: 0.1 s, doubling, at most 1 s, and
+    never more than `per_window` reads in any `window` seconds after the first (one read per
+    second on average). Pure: give it the times of the reads."""
+
+    def __init__(self, per_window: int = 5, window: float = 5.0) -> None:
+        self.per_window = per_window
+        self.window = window
+        self.reads: list[float] = []
+        self.step = 0.1
+
+    def next_read(self, now: float) -> float:
+        """Record a read at `now`; returns when the next may be made."""
+        self.reads.append(now)
+        later = now + self.step
+        self.step = min(self.step * 2, 1.0)
+        recent = [t for t in self.reads[1:] if t > later - self.window]
+        if len(recent) >= self.per_window:  # the oldest of them must leave the window first
+            later = max(later, recent[-self.per_window] + self.window)
+        return later

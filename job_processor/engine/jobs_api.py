@@ -1,0 +1,422 @@
+"""The producer's verbs on jobs, from any process: schedule one or many, read, kill, retry, and
+wait for an ending or a result. A mixin of `JobProcessor` (the same code drives the synchronous
+`job_processor.sync.JobClient`, see `storage.sync_adapter`).
+
+Every call validates its arguments before anything is written (`core.producing`), and its
+database round trips ride out short outages (`storage.producer`: a write retried after a lost
+reply is recognised by the `_id` or the retry id chosen before the first attempt, so nothing
+is written twice).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from bson import ObjectId
+from pydantic import BaseModel
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from ..core import documents as D
+from ..core import retention as R
+from ..core.definitions import JobDef
+from ..core.errors import (
+    InvalidArgumentError,
+    JobFailedError,
+    JobNotFoundError,
+    JobProcessorError,
+    UnknownJobError,
+    did_you_mean,
+)
+from ..core.models import Job
+from ..core.producing import ENDED, Template, WaitPacing, batch_items, new_job_doc
+from ..core.retries import RETRYABLE, retry_refusal
+from ..core.status import JobStatus, parse_status
+from ..storage import object_id
+from .runtime import Runtime
+
+S = JobStatus
+Doc = dict[str, Any]
+
+#: schedule_jobs writes this many jobs per insert_many.
+BATCH = 1000
+
+#: How long the registry's definitions are reused by a client without `jobs=`.
+REGISTRY_TTL = 60.0
+
+
+class JobsAPI(Runtime):
+    jobs: dict[str, JobDef]
+    open_names = False
+    """A client without `jobs=` (JobClient): names are read from the registry of the workers'
+    definitions, and a name it does not know is written as is (the workers decide)."""
+    hooks_here = True
+    """Whether this process calls on_job_exited (a JobClient never does: a worker does)."""
+    _registry: tuple[float, dict[str, Doc]] | None = None
+
+    # ---- templates: what a name's definition decides --------------------------------------
+
+    async def _templates(self) -> Callable[[str], Template]:
+        """name -> its Template; an unknown name raises UnknownJobError (with a did-you-mean),
+        except for an open client, which reads the registry and writes unknown names as is."""
+        if not self.open_names:
+            return self._template_of_definition
+        rows = await self._registry_rows()
+
+        def template(name: str) -> Template:
+            if not isinstance(name, str) or not name:
+                raise InvalidArgumentError(f"a job name is a non-empty string, got {name!r}")
+            if name in self.jobs:
+                return Template.of(self.jobs[name])
+            row = rows.get(name)
+            if row is None:
+                self.log.warning(
+                    "job_name_not_registered",
+                    job_name=name,
+                    hint="no worker has registered this name yet"
+                    f"{did_you_mean(name, list(rows))}; it is written as is, and a worker that "
+                    "defines it runs it (pass jobs= to JobClient to check names here)",
+                )
+                return Template()
+            if row.get("kind") == "cron":
+                raise InvalidArgumentError(f"{name!r} is a cron, not a job")
+            return Template.registered(row)
+
+        return template
+
+    def _template_of_definition(self, name: str) -> Template:
+        return Template.of(self._definition(name))
+
+    def _definition(self, name: str) -> JobDef:
+        if not isinstance(name, str) or name not in self.jobs:
+            raise UnknownJobError(str(name), list(self.jobs))
+        return self.jobs[name]
+
+    async def _registry_rows(self) -> dict[str, Doc]:
+        at = time.monotonic()
+        if self._registry is None or at - self._registry[0] > REGISTRY_TTL:
+            docs = await self.storage.producer.run(lambda _: self.storage.definitions.all())
+            self._registry = (at, {str(d["_id"]): d for d in docs})
+        return self._registry[1]
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    async def schedule_job(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        scheduled_for: dt.datetime | None = None,
+        *,
+        priority: int = 0,
+        key: str | None = None,
+        max_attempts: int | None = None,
+        delay: dt.timedelta | float | None = None,
+    ) -> Job[Any]:
+        """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (aware), or
+        `delay` (a timedelta or seconds) from now, or now.
+
+        priority: higher first (then due time, then insertion order).
+        key: dedup key, scoped by job name: while a job of this name with this key is pending,
+        running or paused, that job is returned instead of a new one.
+        max_attempts: overrides the definition's (1 = no retry).
+        An exclusive job whose name already has an active job is recorded as skipped."""
+        template = (await self._templates())(name)
+        doc = new_job_doc(
+            name,
+            template,
+            payload,
+            now=self.clock.now(),
+            scheduled_for=scheduled_for,
+            delay=delay,
+            priority=priority,
+            key=key,
+            max_attempts=max_attempts,
+        )
+        stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
+        job = Job.read(stored)
+        if job.id != str(doc["_id"]):
+            self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
+        elif job.status == S.SKIPPED:
+            self.log.info(
+                "job_skipped",
+                job_id=job.id,
+                job_name=name,
+                conflicting_job_id=job.conflicting_job_id,
+            )
+        else:
+            self.log.info(
+                "job_scheduled",
+                job_id=job.id,
+                job_name=name,
+                scheduled_for=job.scheduled_for.isoformat(),
+            )
+            if self.started and name in self.worker.names:
+                self.worker.wake_at(job.scheduled_for)
+        return job
+
+    async def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
+        """Queue many jobs: each item is `(name, payload)` or a `JobSpec`. Every item is
+        validated as `schedule_job` validates it before anything is written (an invalid one
+        raises, naming its index); then one `insert_many` per 1,000 jobs. Returns the jobs in
+        the order given; a dedup key held by an active job (or by an earlier item) gives that
+        job, an exclusive name already active gives a skipped job, as `schedule_job` does."""
+        docs = batch_items(items, await self._templates(), self.clock.now())
+        stored: list[Doc] = []
+        for start in range(0, len(docs), BATCH):
+            chunk = docs[start : start + BATCH]
+            stored += await self.storage.producer.run(
+                lambda retried, chunk=chunk: self.storage.jobs.insert_many(  # type: ignore[misc]
+                    chunk, self._skipped_expiry, retried=retried
+                )
+            )
+        jobs = [Job.read(d) for d in stored]
+        if jobs:
+            created = sum(1 for j, d in zip(jobs, docs, strict=True) if j.id == str(d["_id"]))
+            self.log.info("jobs_scheduled", count=len(jobs), created=created)
+            self.wake_for(stored)
+        return jobs
+
+    def _skipped_expiry(self, doc: Doc) -> dt.datetime | None:
+        keep = R.of(self.definitions.get(doc["name"]), self.settings.retention)
+        return keep.expires_at(S.SKIPPED, doc["created_at"]) if keep else None
+
+    async def _insert(self, doc: Doc, retried: bool = False) -> Doc:
+        """Insert; an exclusive conflict records the job as skipped, kept like a finished one."""
+        inserted = await self.storage.jobs.insert(doc, self._skipped_expiry(doc), retried=retried)
+        assert inserted is not None  # None only for cron slots, which these are not
+        return inserted
+
+    # ---- reading, killing, retrying ------------------------------------------------------------
+
+    async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
+        oid = object_id(job_id)
+        doc = await self.storage.producer.run(lambda _: self.storage.jobs.get(oid))
+        if doc is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        return Job.read(doc)
+
+    async def list_jobs(
+        self, name: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Job[Any]]:
+        """Most recent first. `status` is one of the JobStatus values."""
+        wanted = parse_status(status) if status is not None else None
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+        docs = await self.storage.producer.run(
+            lambda _: self.storage.jobs.find(name, wanted, limit)
+        )
+        return [Job.read(d) for d in docs]
+
+    async def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """Kill a job from any process. Pending/paused jobs are killed at once (this process
+        calls on_job_exited; a JobClient leaves it to a worker); a running job's handler gets
+        the abort signal (reason "killed") on whichever process runs it."""
+        oid = object_id(job_id)
+        writer = self.identity if self.hooks_here else None  # None: a worker's sweep calls it
+        owed = True
+        if not self.hooks_here:  # no hook to record for a name known to have none
+            current = await self.storage.producer.run(lambda _: self.storage.jobs.get(oid))
+            owed = current is None or await self._has_hook(str(current["name"])) is not False
+        kill_id = D.new_id()  # a kill retried after a lost reply recognises its own write
+        outcome, doc = await self.storage.producer.run(
+            lambda retried: self.storage.jobs.kill(
+                oid, self.clock.now(), writer, hook_owed=owed, kill_id=kill_id, retried=retried
+            )
+        )
+        fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
+        if outcome == "killed":
+            self.log.info("job_killed", **fields)
+            if self.hooks_here:
+                await self.hooks.after_write(self.definitions.get(doc["name"]), doc)
+        elif outcome == "requested":
+            self.log.info("job_kill_requested", running_on=doc.get("worker_id"), **fields)
+            self.worker.abort(str(doc["_id"]), "killed")  # at once when it runs in this process
+        return Job.read(doc)
+
+    async def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """Re-queue an errored or killed job now, keeping its history and checkpoint; its
+        attempts count afresh. Its next exit calls on_job_exited again. If the hook of the exit
+        being retried has not run yet, it is settled first (run here, or waited for while the
+        process that owns it runs it; a JobClient waits for a worker to run it)."""
+        oid = object_id(job_id)
+        produce = self.storage.producer.run
+        stored = await produce(lambda _: self.storage.jobs.get(oid))
+        if stored is None:
+            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+        if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
+            stored = await self._settle_hook(stored) or stored
+        name = str(stored["name"])
+        exclusive = await self._exclusive_of(name)
+        retry_id = D.new_id()
+        try:
+            doc = await produce(
+                lambda retried: self.storage.jobs.retry(
+                    oid, self.clock.now(), exclusive, retry_id=retry_id, retried=retried
+                )
+            )
+        except DuplicateKeyError:
+            what = "key" if stored.get("key") else "name (exclusive)"
+            raise JobProcessorError(
+                f"job {name!r} {oid}: cannot retry while another job with the same {what} is "
+                "active; retry it later"
+            ) from None
+        if doc is None:
+            why = retry_refusal(await produce(lambda _: self.storage.jobs.get(oid)))
+            raise JobProcessorError(f"job {name!r} {oid}: {why}")
+        job = Job.read(doc)
+        self.log.info("job_retried", job_id=job.id, job_name=job.name)
+        if self.started and job.name in self.worker.names:
+            self.worker.wake.set()
+        return job
+
+    async def _exclusive_of(self, name: str) -> bool:
+        definition = self.definitions.get(name)
+        if definition is not None:
+            return definition.concurrency == "exclusive"
+        if self.open_names:
+            row = (await self._registry_rows()).get(name) or {}
+            return row.get("concurrency") == "exclusive"
+        return False
+
+    async def _has_hook(self, name: str) -> bool | None:
+        """Whether jobs of this name have an on_job_exited (None: not known here)."""
+        definition = self.definitions.get(name)
+        if definition is not None:
+            return definition.on_job_exited is not None
+        if self.open_names:
+            has = (await self._registry_rows()).get(name, {}).get("has_exit_hook")
+            return has if isinstance(has, bool) else None
+        return None
+
+    async def _settle_hook(self, stored: Doc) -> Doc | None:
+        """The owed hook of the exit being retried: settled here, or waited for (a process
+        that does not call hooks waits for a worker to run it, up to about a minute; a hook
+        the definition does not have is recorded as settled at once)."""
+        if self.hooks_here:
+            return await self.hooks.settle(stored, self.identity, self.settings.worker_timeout)
+        if await self._has_hook(str(stored["name"])) is False:
+            await self.storage.producer.run(
+                lambda _: self.storage.jobs.hook_ended(
+                    stored["_id"], stored["exit_hook_id"], "none", None, self.clock.now(), 0
+                )
+            )
+            return await self.storage.producer.run(lambda _: self.storage.jobs.get(stored["_id"]))
+        pacing = WaitPacing()
+        give_up = time.monotonic() + self.settings.worker_timeout * 2 + 60
+        current: Doc | None = stored
+        while current is not None and current.get("exit_hook") == "owed":
+            now = time.monotonic()
+            if now >= give_up:
+                return current
+            await self.storage.producer.pause(pacing.next_read(now) - now)
+            current = await self.storage.producer.run(
+                lambda _: self.storage.jobs.get(stored["_id"])
+            )
+        return current
+
+    # ---- waiting for an ending -----------------------------------------------------------------
+
+    async def wait_for(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract; also runs without a loop
+    ) -> Job[Any]:
+        """Return once the job has ended (finished, errored, killed or skipped), from any
+        process: on a change stream where the server's blocks, else polling (0.1 s doubling to
+        1 s; at most one read per second on average). `timeout` (seconds): raise TimeoutError
+        naming the job and its last status."""
+        oid = object_id(job_id)
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
+        ):
+            raise InvalidArgumentError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        start = time.monotonic()
+        deadline = None if timeout is None else start + float(timeout)
+        stream = await self._open_stream(oid)  # before the first read: no change is missed
+        try:
+            return await self._wait(oid, str(job_id), timeout, deadline, stream)
+        finally:
+            if stream is not None:
+                await _close(stream)
+
+    async def _wait(
+        self,
+        oid: ObjectId,
+        shown: str,
+        waited: float | None,
+        deadline: float | None,
+        stream: Any,
+    ) -> Job[Any]:
+        produce = self.storage.producer
+        pacing = WaitPacing()
+        while True:
+            doc = await produce.run(lambda _: self.storage.jobs.get(oid))
+            if doc is None:
+                raise JobNotFoundError(f"no job with id {shown!r}")
+            if doc.get("status") in ENDED:
+                return Job.read(doc)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(
+                    f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after "
+                    f"{waited:g}s"
+                )
+            if stream is None:  # poll
+                wake = pacing.next_read(now)
+                await produce.pause(min(wake, deadline or wake) - now)
+                continue
+            # a blocking stream: read again on a change, or every 10 s as a safety net
+            until = min(now + 10.0, deadline or now + 10.0)
+            while time.monotonic() < until:
+                changed, stream = await self._next_change(stream, until - time.monotonic())
+                if changed or stream is None:
+                    break
+
+    async def _open_stream(self, oid: ObjectId) -> Any:
+        """A change stream on the job when the server's streams block (learnt from this
+        processor's waker, or tried here); None: poll."""
+        if self.waker.blocking is False or not self.settings.change_streams:
+            return None
+        try:
+            return await self.storage.producer.run(lambda _: self.storage.jobs.watch_one(oid, 1000))
+        except (PyMongoError, NotImplementedError, AttributeError, TypeError):
+            return None  # a standalone server, mongomock: poll
+
+    async def _next_change(self, stream: Any, wait: float) -> tuple[bool, Any]:
+        """(whether the job changed, the stream or None when it turned out not to block)."""
+        began = time.monotonic()
+        try:
+            change = await stream.try_next()
+        except PyMongoError:
+            await _close(stream)
+            return True, None  # read again, then poll
+        if change is not None:
+            return True, stream
+        if time.monotonic() - began < 0.25 and wait > 0.3:
+            await _close(stream)  # it answered at once with nothing: it does not block here
+            return False, None
+        return False, stream
+
+    async def result(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract (see wait_for)
+    ) -> Any:
+        """The handler's return value once the job has finished (`wait_for`, then its result).
+        An errored, killed or skipped job raises JobFailedError (job id, status, error)."""
+        job = await self.wait_for(job_id, timeout)
+        if job.status == S.FINISHED:
+            return job.result
+        why = job.error or (f"skipped ({job.skip_reason})" if job.skip_reason else None)
+        raise JobFailedError(job.id, job.status.value, why)
+
+
+async def _close(stream: Any) -> None:
+    try:
+        closed = stream.close()
+        if hasattr(closed, "__await__"):
+            await closed
+    except PyMongoError:
+        pass

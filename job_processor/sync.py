@@ -1,0 +1,152 @@
+"""`job_processor.sync.JobClient`: the producer API for synchronous code (Django, Flask, scripts,
+code migrating from Celery), on PyMongo's `MongoClient`.
+
+    from pymongo import MongoClient
+    from job_processor.sync import JobClient
+
+    client = JobClient(MongoClient(url, tz_aware=True).get_default_database("job_processor"))
+    job = client.schedule_job("send-email", {"to": "ada@example.com"}, delay=60)
+    print(client.result(job.id, timeout=30))
+
+The methods are the async `JobProcessor`'s, with the same arguments, return types and errors:
+the very same code, run without an event loop (see `storage.sync_adapter`), on the same
+documents, indexes and write concern. One client per process, shared by every request thread:
+it holds no state of its own besides the registry cache, and PyMongo's client is thread-safe.
+
+With `jobs=` (the workers' `JobDef` dict; handlers are never called here) names, payload models,
+dedup keys and exclusive names are checked before anything is written, exactly as the async API
+checks them. Without it, a name is looked up in the registry the workers keep (its tag,
+exclusive mode, attempts), and a payload model is checked by the worker when the job runs (a
+payload that fails it ends the job `errored`, saying why); a name no worker has registered yet
+is written as is, with a warning naming the closest registered names.
+
+A JobClient never calls on_job_exited (its handlers are not here): a kill records the hook for
+a worker to call, and a retry waits for a worker to have called the hook still owed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bson import ObjectId
+from pydantic import BaseModel
+from pymongo.database import Database
+
+from .core.clock import BlockingClock
+from .core.definitions import JobDef
+from .core.errors import InvalidDatabaseError
+from .core.models import Event, Job
+from .core.producing import JobSpec
+from .processor import JobProcessor, init_job_processor
+from .storage import PRODUCER_RETRY_SECONDS
+from .storage.sync_adapter import SyncDatabase, drive
+
+__all__ = ["JobClient", "JobSpec"]
+
+
+class JobClient:
+    """Schedule, read, kill, retry, wait for and emit from synchronous code (see the module
+    docstring)."""
+
+    def __init__(
+        self,
+        database: Database[Any],
+        jobs: Mapping[str, JobDef | Mapping[str, Any]] | None = None,
+        *,
+        prefix: str = "job_processor_",
+        producer_retry_seconds: float = PRODUCER_RETRY_SECONDS,
+        connect_timeout: float = 10.0,
+        logger: Any | None = None,
+    ) -> None:
+        if not isinstance(database, Database):
+            raise InvalidDatabaseError(
+                "JobClient takes a database of PyMongo's synchronous MongoClient: "
+                "MongoClient(url, tz_aware=True).get_default_database('job_processor') (the "
+                f"async API takes AsyncMongoClient's); got {type(database).__name__}"
+            )
+        self._processor: JobProcessor = drive(
+            init_job_processor(
+                SyncDatabase(database),
+                logger if logger is not None else logging.getLogger("job_processor.sync"),
+                jobs=jobs,
+                collection_prefix=prefix,
+                clock=BlockingClock(),
+                connect_timeout=connect_timeout,
+                producer_retry_seconds=producer_retry_seconds,
+                change_streams=False,  # wait_for polls: a blocking getMore would hold a thread
+            )
+        )
+        self._processor.open_names = jobs is None
+        self._processor.hooks_here = False
+
+    @property
+    def database(self) -> Database[Any]:
+        db: SyncDatabase = self._processor.storage.db
+        return db.database
+
+    def schedule_job(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | BaseModel | None = None,
+        scheduled_for: dt.datetime | None = None,
+        *,
+        priority: int = 0,
+        key: str | None = None,
+        max_attempts: int | None = None,
+        delay: dt.timedelta | float | None = None,
+    ) -> Job[Any]:
+        """See `JobProcessor.schedule_job`."""
+        return drive(
+            self._processor.schedule_job(
+                name,
+                payload,
+                scheduled_for,
+                priority=priority,
+                key=key,
+                max_attempts=max_attempts,
+                delay=delay,
+            )
+        )
+
+    def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
+        """See `JobProcessor.schedule_jobs`: `(name, payload)` tuples or `JobSpec`s."""
+        return drive(self._processor.schedule_jobs(items))
+
+    def get_job(self, job_id: str | ObjectId) -> Job[Any]:
+        return drive(self._processor.get_job(job_id))
+
+    def list_jobs(
+        self, name: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Job[Any]]:
+        return drive(self._processor.list_jobs(name, status, limit))
+
+    def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """See `JobProcessor.kill_job` (on_job_exited is left to a worker)."""
+        return drive(self._processor.kill_job(job_id))
+
+    def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
+        """See `JobProcessor.retry_job` (waits for a worker to run a hook still owed)."""
+        return drive(self._processor.retry_job(job_id))
+
+    def wait_for(self, job_id: str | ObjectId, timeout: float | None = None) -> Job[Any]:
+        """See `JobProcessor.wait_for`: blocks this thread, polling (at most one read per
+        second on average)."""
+        return drive(self._processor.wait_for(job_id, timeout))
+
+    def result(self, job_id: str | ObjectId, timeout: float | None = None) -> Any:
+        """See `JobProcessor.result`: the handler's return value, or JobFailedError."""
+        return drive(self._processor.result(job_id, timeout))
+
+    def emit(
+        self,
+        name: str,
+        payload: Mapping[str, Any] | Any = None,
+        *,
+        key: str | None = None,
+        sync_timeout: float = 30.0,
+    ) -> Event:
+        """See `JobProcessor.emit` (sync subscribers are waited for, polling)."""
+        return drive(self._processor.emit(name, payload, key=key, sync_timeout=sync_timeout))

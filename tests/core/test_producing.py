@@ -1,0 +1,102 @@
+"""What a producer checks and builds before anything is written, and how it paces its polls:
+pure, no server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from job_processor import InvalidArgumentError, InvalidPayloadError, JobDef, UnknownJobError
+from job_processor.core.producing import (
+    JobSpec,
+    Template,
+    WaitPacing,
+    batch_items,
+    due_at,
+    new_job_doc,
+)
+
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Email(BaseModel):
+    to: str
+
+
+async def noop(job: Any, signal: Any) -> None:
+    return None
+
+
+EMAIL = Template.of(JobDef(handler=noop, payload_model=Email, concurrency="exclusive"))
+
+
+def test_delay_is_seconds_or_a_timedelta_from_now_never_with_scheduled_for() -> None:
+    assert due_at("a", None, 90, NOW) == NOW + dt.timedelta(seconds=90)
+    assert due_at("a", None, dt.timedelta(minutes=2), NOW) == NOW + dt.timedelta(minutes=2)
+    assert due_at("a", None, 0.0015, NOW) == NOW + dt.timedelta(milliseconds=1)  # BSON's ms
+    assert due_at("a", None, None, NOW) == NOW
+    later = NOW + dt.timedelta(hours=1)
+    assert due_at("a", later, None, NOW) == later
+    with pytest.raises(InvalidArgumentError, match="give delay or scheduled_for, not both"):
+        due_at("a", later, 5, NOW)
+    with pytest.raises(InvalidArgumentError, match="delay must not be negative"):
+        due_at("a", None, -1, NOW)
+    with pytest.raises(InvalidArgumentError, match="delay must be a timedelta or a number"):
+        due_at("a", None, "5m", NOW)
+    with pytest.raises(InvalidArgumentError, match="has no timezone"):
+        due_at("a", dt.datetime(2030, 1, 1), None, NOW)
+
+
+def test_a_job_document_is_validated_and_carries_its_definitions_rules() -> None:
+    doc = new_job_doc("email", EMAIL, {"to": "ada"}, now=NOW, delay=60, key="k1")
+    assert doc["payload"] == {"to": "ada"}
+    assert doc["scheduled_for"] == NOW + dt.timedelta(seconds=60)
+    assert doc["exclusive_key"] == "email" and doc["dedup_key"]
+    with pytest.raises(InvalidPayloadError, match="field 'to'"):
+        new_job_doc("email", EMAIL, {"to": 3}, now=NOW)
+    with pytest.raises(InvalidPayloadError, match="priority must be an integer"):
+        new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority="high")
+    with pytest.raises(InvalidArgumentError, match="tag 'gpu' differs from its definition's"):
+        new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, tag="gpu")
+
+
+def test_a_batch_names_the_first_bad_item_by_its_index() -> None:
+    def template(name: str) -> Template:
+        if name != "email":
+            raise UnknownJobError(name, ["email"])
+        return EMAIL
+
+    good = [("email", {"to": "a"}), JobSpec("email", {"to": "b"}, key="x", delay=5)]
+    docs = batch_items(good, template, NOW)
+    assert [d["payload"]["to"] for d in docs] == ["a", "b"]
+    assert docs[1]["scheduled_for"] == NOW + dt.timedelta(seconds=5)
+    with pytest.raises(UnknownJobError, match=r"^item 2: unknown job 'emial' \(did you mean"):
+        batch_items([*good, ("emial", {"to": "c"})], template, NOW)
+    with pytest.raises(InvalidPayloadError, match=r"^item 1: job 'email': payload does not"):
+        batch_items([good[0], ("email", {"too": "c"})], template, NOW)
+    with pytest.raises(InvalidArgumentError, match=r"^item 0: an item is a \(name, payload\)"):
+        batch_items([{"name": "email"}], template, NOW)
+    with pytest.raises(InvalidArgumentError, match="a list of"):
+        batch_items("email", template, NOW)  # type: ignore[arg-type]
+
+
+def test_a_registered_definition_gives_its_template() -> None:
+    row = {"kind": "job", "tag": "main", "concurrency": "exclusive", "max_attempts": 3}
+    assert Template.registered(row) == Template(tag="main", exclusive=True, attempts=3)
+    assert Template.registered({"max_attempts": "x"}).attempts == 1  # garbage: the defaults
+
+
+def test_polling_starts_fast_then_stays_at_one_read_per_second_on_average() -> None:
+    pacing = WaitPacing()
+    reads = [0.0]
+    while reads[-1] < 60:
+        reads.append(pacing.next_read(reads[-1]))
+    pacing.next_read(reads[-1])
+    assert reads[1] - reads[0] == pytest.approx(0.1)  # a short job is seen quickly
+    later = reads[1:]  # after the first read
+    for start in [x / 10 for x in range(0, 560)]:  # every 5 s window, 0.1 s apart
+        assert sum(1 for t in later if start < t <= start + 5) <= 5, start
+    assert len(later) >= 55  # and it does read about once a second

@@ -1,0 +1,222 @@
+"""The producer's API on a server: delay=, schedule_jobs, wait_for / result, and short outages
+ridden out without a job lost or written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+from pymongo.errors import AutoReconnect
+
+from job_processor import (
+    AbortSignal,
+    DatabaseUnreachableError,
+    DoNotRetry,
+    InvalidDefinitionError,
+    InvalidPayloadError,
+    Job,
+    JobDef,
+    JobFailedError,
+    JobSpec,
+    JobStatus,
+    UnknownJobError,
+    init_job_processor,
+)
+from tests.helpers import FAST, make, wait_status
+
+S = JobStatus
+
+
+async def echo(job: Job, signal: AbortSignal) -> Any:
+    return job.payload.get("n")
+
+
+async def fails(job: Job, signal: AbortSignal) -> None:
+    raise DoNotRetry("the provider said no")
+
+
+async def blocks(job: Job, signal: AbortSignal) -> None:
+    await signal.wait()
+    signal.raise_if_aborted()
+
+
+JOBS = {
+    "echo": JobDef(handler=echo),
+    "fails": JobDef(handler=fails),
+    "blocks": JobDef(handler=blocks),
+    "solo": JobDef(handler=echo, concurrency="exclusive"),
+}
+
+
+async def test_delay_counts_from_now_and_excludes_scheduled_for(db: Any) -> None:
+    p = await make(db, JOBS)
+    before = p.clock.now()
+    job = await p.schedule_job("echo", {"n": 1}, delay=dt.timedelta(minutes=5))
+    assert (
+        before + dt.timedelta(minutes=5)
+        <= job.scheduled_for
+        <= p.clock.now() + dt.timedelta(minutes=5)
+    )
+    soon = await p.schedule_job("echo", delay=1.5)
+    assert (soon.scheduled_for - soon.created_at).total_seconds() == pytest.approx(1.5, abs=0.01)
+    with pytest.raises(Exception, match="give delay or scheduled_for, not both"):
+        await p.schedule_job("echo", scheduled_for=p.clock.now(), delay=5)
+
+
+async def test_a_batch_keeps_its_order_dedups_and_skips_like_single_calls(db: Any) -> None:
+    p = await make(db, JOBS)
+    existing = await p.schedule_job("echo", {"n": 0}, key="order-7")
+    solo = await p.schedule_job("solo")
+    jobs = await p.schedule_jobs(
+        [
+            ("echo", {"n": 1}),
+            JobSpec("echo", {"n": 2}, key="order-7"),  # held by an active job: that job
+            JobSpec("echo", {"n": 3}, key="order-8", priority=5, delay=60),
+            JobSpec("echo", {"n": 4}, key="order-8"),  # an earlier item's key: its job
+            ("solo", {}),  # exclusive, already active: skipped
+        ]
+    )
+    assert jobs[0].payload == {"n": 1} and jobs[0].status == S.PENDING
+    assert jobs[1].id == existing.id
+    assert jobs[2].priority == 5 and jobs[2].scheduled_for > jobs[2].created_at
+    assert jobs[3].id == jobs[2].id
+    assert jobs[4].status == S.SKIPPED and jobs[4].conflicting_job_id == solo.id
+    stored = await p.list_jobs(limit=100)
+    assert len(stored) == 5  # existing, solo, 1, 3, the skipped record: nothing twice
+    assert await p.schedule_jobs([]) == []
+
+
+async def test_a_batch_with_one_bad_item_writes_nothing_and_names_it(db: Any) -> None:
+    p = await make(db, JOBS)
+    items: list[Any] = [("echo", {"n": i}) for i in range(3)]
+    with pytest.raises(UnknownJobError, match=r"item 3: unknown job 'ecoh' \(did you mean 'echo'"):
+        await p.schedule_jobs([*items, ("ecoh", {})])
+    with pytest.raises(InvalidPayloadError, match=r"item 1: .*'at' is a datetime without"):
+        await p.schedule_jobs([items[0], ("echo", {"at": dt.datetime(2030, 1, 1)})])
+    assert await p.list_jobs() == []
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_large_batch_is_one_insert_per_thousand_jobs(mongo_url: str, db: Any) -> None:
+    commands = Commands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[commands]
+    )
+    try:
+        p = await init_job_processor(client[db.name], jobs=JOBS, **FAST)
+        commands.names.clear()
+        jobs = await p.schedule_jobs([("echo", {"n": i}) for i in range(2500)])
+        assert commands.names == ["insert", "insert", "insert"]
+    finally:
+        await client.close()
+    assert [j.payload["n"] for j in jobs] == list(range(2500))
+    assert await db[f"{p.storage.prefix}jobs"].count_documents({}) == 2500
+
+
+async def test_wait_for_and_result_see_what_another_process_ended(db: Any) -> None:
+    worker = await make(db, JOBS)
+    producer = await make(db, JOBS)  # shares only the database with the worker
+    async with worker:
+        finished = await producer.schedule_job("echo", {"n": 42})
+        failed = await producer.schedule_job("fails")
+        running = await producer.schedule_job("blocks")
+        assert await producer.result(finished.id, timeout=10) == 42
+        assert (await producer.wait_for(finished.id)).status == S.FINISHED
+        with pytest.raises(JobFailedError) as caught:
+            await producer.result(failed.id, timeout=10)
+        assert (caught.value.job_id, caught.value.status) == (failed.id, "errored")
+        assert "the provider said no" in (caught.value.error or "")
+        await wait_status(worker, running.id, S.RUNNING)
+        with pytest.raises(TimeoutError, match=rf"job {running.id} \(blocks\) is still running"):
+            await producer.wait_for(running.id, timeout=0.5)
+        waiting = asyncio.create_task(producer.result(running.id, timeout=10))
+        await asyncio.sleep(0.2)
+        await producer.kill_job(running.id)
+        with pytest.raises(JobFailedError, match="killed"):
+            await waiting
+    solo = await producer.schedule_job("solo")
+    skipped = await producer.schedule_job("solo")
+    with pytest.raises(JobFailedError, match="skipped"):
+        await producer.result(skipped.id, timeout=1)
+    assert solo.status == S.PENDING
+
+
+# ---- short outages: retried within the budget, never written twice -----------------------------
+
+
+def lose_the_reply(coll: Any, method: str, monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
+    """The first `times` calls of `method` reach the server, then their reply is lost."""
+    real = getattr(coll, method)
+    left = [times]
+
+    async def landed_then_lost(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        if left[0] > 0:
+            left[0] -= 1
+            raise AutoReconnect("connection closed (the reply was lost)")
+        return result
+
+    monkeypatch.setattr(coll, method, landed_then_lost)
+
+
+async def test_a_lost_reply_is_retried_and_recognised_not_written_twice(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await make(db, JOBS)
+    coll = p.storage.jobs.coll
+    lose_the_reply(coll, "insert_one", monkeypatch)
+    job = await p.schedule_job("echo", {"n": 1})
+    lose_the_reply(coll, "insert_many", monkeypatch)
+    batch = await p.schedule_jobs([("echo", {"n": i}) for i in range(10)])
+    assert len({j.id for j in batch}) == 10
+    lose_the_reply(coll, "insert_one", monkeypatch)
+    solo = await p.schedule_job("solo")
+    lose_the_reply(coll, "insert_one", monkeypatch)
+    skipped = await p.schedule_job("solo")  # its skipped record's reply is lost: written once
+    assert skipped.status == S.SKIPPED
+    assert await coll.count_documents({}) == 1 + 10 + 2
+    lose_the_reply(coll, "find_one_and_update", monkeypatch)
+    killed = await p.kill_job(job.id)
+    assert killed.status == S.KILLED
+    lose_the_reply(coll, "find_one_and_update", monkeypatch)
+    retried = await p.retry_job(job.id)  # the retry landed: recognised by its retry id
+    assert retried.status == S.PENDING
+    lose_the_reply(p.storage.events.coll, "insert_one", monkeypatch)
+    event = await p.emit("signed_up", {"user": 1})
+    assert await p.storage.events.coll.count_documents({}) == 1
+    assert solo.status == S.PENDING and event.id
+
+
+async def test_past_the_budget_the_call_says_where_and_how_long(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await make(db, JOBS, producer_retry_seconds=0.5)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("127.0.0.1:1: connection refused")
+
+    monkeypatch.setattr(p.storage.jobs.coll, "insert_one", down)
+    with pytest.raises(DatabaseUnreachableError, match=r"did not answer for 0\.\ds .*refused"):
+        await p.schedule_job("echo")
+    with pytest.raises(InvalidDefinitionError, match="producer_retry_seconds must be"):
+        await make(db, JOBS, producer_retry_seconds=-1)
+    off = await make(db, JOBS, producer_retry_seconds=0)
+    monkeypatch.setattr(off.storage.jobs.coll, "insert_one", down)
+    with pytest.raises(AutoReconnect):  # 0: no retry, the driver's error as it is
+        await off.schedule_job("echo")

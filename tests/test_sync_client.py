@@ -1,0 +1,177 @@
+"""job_processor.sync.JobClient, as a Django or Flask app uses it: PyMongo's synchronous client,
+request threads, async workers in processes of their own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pydantic import BaseModel
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from job_processor import (
+    InvalidDatabaseError,
+    InvalidPayloadError,
+    JobDef,
+    JobFailedError,
+    JobSpec,
+    JobStatus,
+    UnknownJobError,
+)
+from job_processor.sync import JobClient
+
+from .e2e.app import JOBS as APP_JOBS
+from .e2e.test_processes import url_with_db
+
+ROOT = Path(__file__).resolve().parents[1]
+S = JobStatus
+
+
+@pytest.fixture
+def sync_db(mongo_url: str) -> Iterator[Database[Any]]:
+    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    db = client[f"jp_sync_{uuid.uuid4().hex[:10]}"]
+    yield db
+    client.drop_database(db.name)
+    client.close()
+
+
+@pytest.fixture
+def worker(mongo_url: str, sync_db: Database[Any], tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """Start the e2e app's async worker (`job-processor run tests.e2e.app:make`) on sync_db."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        env = os.environ | {
+            "MONGODB_URL": url_with_db(mongo_url, sync_db.name),
+            "INSTANCE_ID": "runner-2",
+            "JOB_PROCESSOR_WORKER_TAGS": "secondary",
+            "E2E_CONCURRENCY": "4",
+        }
+        with (tmp_path / f"worker-{len(procs)}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class Order(BaseModel):
+    order_id: int
+
+
+async def never(job: Any, signal: Any) -> None:
+    raise AssertionError("a JobClient never runs handlers")
+
+
+CHECKED = {
+    "ship": JobDef(handler=never, payload_model=Order),
+    "solo": JobDef(handler=never, concurrency="exclusive"),
+}
+
+
+def test_with_jobs_it_checks_like_the_async_api_before_writing(sync_db: Database[Any]) -> None:
+    client = JobClient(sync_db, CHECKED)
+    with pytest.raises(UnknownJobError, match=r"unknown job 'shp' \(did you mean 'ship'\?\)"):
+        client.schedule_job("shp", {"order_id": 1})
+    with pytest.raises(InvalidPayloadError, match="field 'order_id'"):
+        client.schedule_job("ship", {"order_id": "one"})
+    with pytest.raises(InvalidPayloadError, match=r"item 1: job 'ship': payload does not"):
+        client.schedule_jobs([("ship", {"order_id": 1}), ("ship", {})])
+    assert client.list_jobs() == []  # nothing was written
+    first = client.schedule_job("ship", {"order_id": 1}, key="o-1", delay=30)
+    again = client.schedule_jobs(
+        [JobSpec("ship", {"order_id": 1}, key="o-1"), ("ship", {"order_id": 2}), ("solo", {})]
+    )
+    assert again[0].id == first.id and again[1].status == S.PENDING
+    assert client.schedule_job("solo").status == S.SKIPPED  # exclusive, one already active
+    assert (first.scheduled_for - first.created_at).total_seconds() == pytest.approx(30, abs=0.01)
+    assert client.kill_job(first.id).status == S.KILLED
+    assert client.retry_job(first.id).status == S.PENDING  # no hook to wait for
+    assert client.get_job(first.id).payload == {"order_id": 1}
+    assert {j.id for j in client.list_jobs("ship", "pending")} == {first.id, again[1].id}
+    stored = sync_db["job_processor_jobs"].find_one({"_id": ObjectId(first.id)})
+    assert stored is not None and stored["dedup_key"]  # the async API's documents
+    with pytest.raises(InvalidDatabaseError, match="synchronous MongoClient"):
+        JobClient(sync_db.client)  # type: ignore[arg-type]
+
+
+def test_without_jobs_it_follows_the_registry_and_leaves_payloads_to_workers(
+    sync_db: Database[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    sync_db["job_processor_definitions"].insert_one(
+        {"_id": "solo", "kind": "job", "concurrency": "exclusive", "max_attempts": 3}
+    )
+    client = JobClient(sync_db)
+    solo = client.schedule_job("solo")
+    assert solo.max_attempts == 3
+    assert client.schedule_job("solo").status == S.SKIPPED  # exclusive, from the registry
+    with caplog.at_level(logging.WARNING, logger="job_processor.sync"):
+        unknown = client.schedule_job("sollo", {"anything": True})  # written as is
+    assert unknown.status == S.PENDING
+    [warned] = [r for r in caplog.records if r.__dict__.get("event") == "job_name_not_registered"]
+    assert "(did you mean 'solo'?)" in warned.__dict__["fields"]["hint"]
+
+
+def test_threads_produce_and_wait_on_jobs_async_workers_run(
+    sync_db: Database[Any], worker: Callable[[], None]
+) -> None:
+    client = JobClient(sync_db, APP_JOBS)  # one per process, shared by the request threads
+    worker()
+    worker()
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def request_thread(n: int) -> None:
+        try:
+            job = client.schedule_job("anywhere", {"n": n})
+            results[n] = client.result(job.id, timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(results) == list(range(16))
+    assert all(r["pid"] != os.getpid() for r in results.values())  # run by the worker processes
+    assert sync_db["job_processor_jobs"].count_documents({"name": "anywhere"}) == 16
+
+    refused = client.schedule_job("refused", {"what": "the upload"})
+    with pytest.raises(JobFailedError) as caught:
+        client.result(refused.id, timeout=30)
+    assert caught.value.status == "errored" and "refused the upload" in str(caught.value.error)
+    blocked = client.schedule_job("long-plain")
+    with pytest.raises(TimeoutError, match=rf"job {blocked.id} \(long-plain\) is still"):
+        client.wait_for(blocked.id, timeout=1)
+    deadline = time.monotonic() + 20
+    while client.get_job(blocked.id).status != S.RUNNING:
+        assert time.monotonic() < deadline, "the worker never started it"
+        time.sleep(0.05)
+    client.kill_job(blocked.id)  # the worker process aborts it
+    assert client.wait_for(blocked.id, timeout=30).status == S.KILLED
