@@ -71,3 +71,26 @@ def test_scale_benchmark_prints_its_figures(mongo_url: str) -> None:
     assert "concurrency  1:" in out and "concurrency  8:" in out, out
     assert "most running at once 3" in out, out  # the limit holds even in the smoke run
     assert "retention keep_finished=100 after a burst of 40: 40 -> 40 documents" in out, out
+
+
+def test_producer_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(
+        mongo_url,
+        "benchmarks/bench_producers.py",
+        "--jobs",
+        "50",
+        "--singles",
+        "10",
+        "--wait-seconds",
+        "1.5",
+    )
+    for figure in ("schedule_jobs", "schedule_job ", "raw insert_many", "JobClient", "wait_for"):
+        assert figure in out, out
+
+
+def test_lean_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(
+        mongo_url, "benchmarks/bench_lean.py", "--jobs", "20", "--idle-seconds", "1"
+    )
+    for figure in ("minimal queue", "bytes", "worker CPU", "idle worker"):  # server CPU: local
+        assert figure in out, out

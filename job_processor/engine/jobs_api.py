@@ -352,6 +352,7 @@ class JobsAPI(Runtime):
         produce = self.storage.producer
         pacing = WaitPacing()
         while True:
+            read_at = time.monotonic()  # paced by when each read starts
             doc = await produce.run(lambda _: self.storage.jobs.get(oid))
             if doc is None:
                 raise JobNotFoundError(f"no job with id {shown!r}")
@@ -359,13 +360,13 @@ class JobsAPI(Runtime):
                 return Job.read(doc)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise TimeoutError(
-                    f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after "
-                    f"{waited:g}s"
-                )
+                raise _still(shown, doc, waited)
             if stream is None:  # poll
-                wake = pacing.next_read(now)
-                await produce.pause(min(wake, deadline or wake) - now)
+                wake = pacing.next_read(read_at)
+                if deadline is not None and wake >= deadline:  # no read is due before then
+                    await produce.pause(deadline - now)
+                    raise _still(shown, doc, waited)
+                await produce.pause(wake - now)
                 continue
             # a blocking stream: read again on a change, or every 10 s as a safety net
             until = min(now + 10.0, deadline or now + 10.0)
@@ -411,6 +412,12 @@ class JobsAPI(Runtime):
             return job.result
         why = job.error or (f"skipped ({job.skip_reason})" if job.skip_reason else None)
         raise JobFailedError(job.id, job.status.value, why)
+
+
+def _still(shown: str, doc: Doc, waited: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after {waited:g}s"
+    )
 
 
 async def _close(stream: Any) -> None:
