@@ -115,6 +115,9 @@ def test_with_jobs_it_checks_like_the_async_api_before_writing(sync_db: Database
     assert {j.id for j in client.list_jobs("ship", "pending")} == {first.id, again[1].id}
     stored = sync_db["job_processor_jobs"].find_one({"_id": ObjectId(first.id)})
     assert stored is not None and stored["dedup_key"]  # the async API's documents
+    event = client.emit("order.shipped", {"order_id": 1}, key="ship-1")
+    assert client.emit("order.shipped", {"order_id": 1}, key="ship-1").id == event.id
+    assert sync_db["job_processor_events"].count_documents({}) == 1
     with pytest.raises(InvalidDatabaseError, match="synchronous MongoClient"):
         JobClient(sync_db.client)  # type: ignore[arg-type]
 

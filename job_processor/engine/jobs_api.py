@@ -397,6 +397,7 @@ class JobsAPI(Runtime):
             return True, stream
         if time.monotonic() - began < 0.25 and wait > 0.3:
             await _close(stream)  # it answered at once with nothing: it does not block here
+            self.waker.blocking = False  # (the next waits poll at once)
             return False, None
         return False, stream
 
