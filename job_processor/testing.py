@@ -38,10 +38,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from .core import documents as D
+from .core import notes as N
 from .core.abort import AbortReason, AbortSignal
 from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
-from .core.errors import InvalidPayloadError
+from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor
 from .engine.execution import build_job, call_maybe_async
 from .processor import JobProcessor, init_job_processor
@@ -53,6 +54,8 @@ class JobHarness:
     """A Job and an AbortSignal for calling a handler directly, the test in control.
 
     - `checkpoints`: every state the handler saved, in order (`job.state` is the last).
+    - `progress_reports`: every `report_progress`, in order (`job.progress` is the last).
+    - `log_lines`: every line of `job.log` / `job.logger`, as the job would keep it.
     - `abort(reason)`: fire the signal ("shutdown", "killed" or "timeout").
     - `abort_after_checkpoints=(n, reason)`: fire it as the n-th checkpoint is saved.
     - `processor`: what `job.processor` returns inside the handler (e.g. a processor from
@@ -89,9 +92,26 @@ class JobHarness:
             raise InvalidPayloadError(f"JobHarness payload: {exc}") from None
         self.signal = AbortSignal()
         self.checkpoints: list[dict[str, Any]] = []
+        self.progress_reports: list[dict[str, Any]] = []
+        self.log_lines: list[dict[str, Any]] = []
         self._abort_after = abort_after_checkpoints
+        self._now = now
         self.job._checkpointer = self._save
         self.job._processor = processor
+        self.job._notes = self
+
+    # ---- the job's NoteSink: recorded, as a worker would write them --------------------------
+
+    async def progress(self, done: Any, total: Any, message: Any) -> dict[str, Any]:
+        try:
+            report = N.progress_of(done, total, message, self._now)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        self.progress_reports.append(report)
+        return report
+
+    def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None:
+        self.log_lines.append(N.log_line(self.job.attempt, level, message, fields, self._now))
 
     async def _save(self, state: dict[str, Any]) -> None:
         naive = D.naive_datetime_at(state)

@@ -42,7 +42,7 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
     ]
 
 
-def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None) -> None:
+def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool = False) -> None:
     data = masked(job, carried)
     for key in (
         "id",
@@ -71,6 +71,9 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None) -> None:
         if data.get(key) is not None:
             print(f"{key + ':':<20}{data[key]}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts)}")
+    progress = data.get("progress")
+    if progress:
+        print(f"{'progress:':<20}{progress_text(progress)}")
     print(f"{'payload:':<20}{json.dumps(data['payload'])}")
     if data.get("state") is not None:
         print(f"{'checkpoint:':<20}{json.dumps(data['state'])}")
@@ -99,6 +102,30 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None) -> None:
                 for h in data["history"]
             ],
         )
+    if logs:
+        lines = data.get("logs") or []
+        print(f"log ({len(lines)} line{'s' if len(lines) != 1 else ''}, the last 200 kept):")
+        for line in lines:
+            fields = line.get("fields")
+            extra = f"  {json.dumps(fields, default=str)}" if fields else ""
+            print(
+                f"  run {line.get('run')}  {line.get('at')}  {line.get('level', ''):<8}"
+                f"{line.get('message')}{extra}"
+            )
+    elif data.get("logs"):
+        print(f"{'log:':<20}{len(data['logs'])} lines (--logs shows them)")
+
+
+def progress_text(progress: Mapping[str, Any]) -> str:
+    """ "40% · 4 / 10 · indexing users" """
+    parts = []
+    if progress.get("fraction") is not None:
+        parts.append(f"{round(progress['fraction'] * 100)}%")
+    total = progress.get("total")
+    parts.append(f"{progress.get('done')}" + (f" / {total}" if total else ""))
+    if progress.get("message"):
+        parts.append(str(progress["message"]))
+    return " · ".join(parts)
 
 
 async def jobs_list(args: argparse.Namespace) -> int:
@@ -135,9 +162,12 @@ async def jobs_show(args: argparse.Namespace) -> int:
         job = await admin.get_job(args.job_id)
         carried = await admin.carried([job])
         if args.json:
-            emit_json(masked(job, carried))
+            shown = masked(job, carried)
+            if not args.logs:
+                shown.pop("logs", None)
+            emit_json(shown)
         else:
-            show_job(job, carried)
+            show_job(job, carried, logs=args.logs)
         return DONE
 
     return await with_admin(args, run)

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=jobs_cli.jobs_list)
     p = jobs.add_parser("show", parents=[opt], help="one job in full")
     p.add_argument("job_id")
+    p.add_argument("--logs", action="store_true", help="also the handler's own log lines (job.log)")
     p.set_defaults(func=jobs_cli.jobs_show)
     p = jobs.add_parser("retry", parents=[opt], help="retry errored/killed jobs")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID")

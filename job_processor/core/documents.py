@@ -385,8 +385,9 @@ def claim_update(
     }
 
 
-#: What a claim's reply leaves out: the fields its own update sets (the worker knows them).
-CLAIM_PROJECTION: Doc = {"status": 0, "worker_id": 0, "run_id": 0, "run_started_at": 0}
+#: What a claim's reply leaves out: the fields its own update sets (the worker knows them), and
+#: the job's log lines (shown to people, never read by a run).
+CLAIM_PROJECTION: Doc = {"status": 0, "worker_id": 0, "run_id": 0, "run_started_at": 0, "logs": 0}
 
 
 def claimed_doc(reply: Doc, update: Doc) -> Doc:
@@ -403,6 +404,9 @@ def applied(doc: Doc, update: Doc) -> Doc:
     out |= update.get("$set", {})
     for key, n in update.get("$inc", {}).items():
         out[key] = (out.get(key) or 0) + n
+    for key, push in update.get("$push", {}).items():  # {"$each": [...], "$slice": -n}
+        both = [*(out.get(key) or []), *push["$each"]]
+        out[key] = both[push["$slice"] :] if "$slice" in push else both
     return out
 
 

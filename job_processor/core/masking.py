@@ -154,7 +154,22 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
         for h in masker.masked(data.get("history") or [], secrets)
     ]
     data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
+    data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
+    if isinstance(data.get("progress"), dict):
+        progress = dict(data["progress"])
+        progress["message"] = masker.text(progress.get("message"), secrets)
+        data["progress"] = progress
     return data
+
+
+def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
+    """A job's log line as shown: its message masked like an error, its fields like a payload."""
+    out = dict(line)
+    if isinstance(out.get("message"), str):
+        out["message"] = masker.text(out["message"], secrets)
+    if "fields" in out:
+        out["fields"] = masker.masked(out["fields"], secrets)
+    return out
 
 
 def mask_event(masker: Masker, event: Event) -> dict[str, Any]:
@@ -264,5 +279,7 @@ def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
         job.output.result = scrub(job.output.result, hidden)
     job.history = scrub(job.history, hidden)
     job.exit_hook_error = scrub(job.exit_hook_error, hidden)
+    job.logs = scrub(job.logs, hidden)
+    job.progress = scrub(job.progress, hidden)
     job.payload = scrub(job.payload, hidden)
     job.state = scrub(job.state, hidden)

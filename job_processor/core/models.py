@@ -26,6 +26,7 @@ from typing_extensions import TypeVar
 
 from .clock import as_utc
 from .definitions import Mode
+from .notes import JobLogger, NoteSink
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
 
@@ -155,9 +156,16 @@ class Job(BaseModel, Generic[PayloadT]):
     invalid_fields: dict[str, Any] = {}
     """Fields of the stored document that do not have their type (another program wrote them),
     as stored; `Job.read` shows the job without them. A run of such a job is errored."""
+    progress: dict[str, Any] | None = None
+    """The last progress the handler reported (`report_progress`): done, total, fraction
+    (done / total, or None), message, at. A resumed run sees it."""
+    logs: list[dict[str, Any]] = []
+    """The handler's own log lines (`job.log`, `job.logger`), the last 200 across its runs:
+    at, run (the attempt that wrote it), level, message, fields."""
 
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
     _processor: Processor | None = PrivateAttr(default=None)
+    _notes: NoteSink | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -225,6 +233,30 @@ class Job(BaseModel, Generic[PayloadT]):
             )
         await self._checkpointer(state)
         self.state = dict(state)
+
+    async def report_progress(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report how far the run is: `done` of `total` (any unit), with an optional message.
+        Shown live by the dashboard and `jobs show`; writes are coalesced (at most one per
+        second per job, the last value always written, with a checkpoint when both happen)."""
+        if self._notes is None:
+            raise RuntimeError(
+                "report_progress() is only available inside a running handler; in a unit test, "
+                "build the job with job_processor.testing.JobHarness"
+            )
+        self.progress = await self._notes.progress(done, total, message)
+
+    def log(self, message: Any, **fields: Any) -> None:
+        """Add a line to the job's own log (kept on the job: the last 200 lines, each at most
+        2 KB; written with the next progress, checkpoint or final write, at most once a second;
+        masked like errors where shown)."""
+        self.logger.info(message, **fields)
+
+    @property
+    def logger(self) -> JobLogger:
+        """A structlog-style bound logger writing the job's log lines, with their level."""
+        return JobLogger(self._notes)
 
     @property
     def processor(self) -> Processor:

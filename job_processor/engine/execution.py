@@ -38,6 +38,8 @@ class Run:
     """Set when this process learns it no longer owns the job: it must write nothing."""
     exc: BaseException | None = None
     """The handler's exception, if it raised (for Sentry)."""
+    notes: Any = None
+    """Its progress and log lines not written yet (`engine.notes.RunNotes`), once it runs."""
 
 
 def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:

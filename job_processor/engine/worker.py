@@ -48,6 +48,7 @@ from .execution import (
 from .finals import FinalWrites
 from .hooks import HookRunner
 from .limiter import Limiter
+from .notes import RunNotes
 from .wakeup import DueTimes
 
 S = JobStatus
@@ -338,6 +339,7 @@ class Worker:
                 return final
             job._checkpointer = lambda state: self._checkpoint(run, state)
             job._processor = self.processor
+            job._notes = run.notes = RunNotes(run, self.jobs, self.clock, self.log, fields)
             check_in = self._checkin(run, "in_progress")
             self.log.info(
                 "job_started",
@@ -476,7 +478,9 @@ class Worker:
         if size > MAX_VALUE_BYTES:
             raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
         ok = False
+        notes: dict[str, Any] = {}
         if not run.lost:
+            notes = run.notes.take() if run.notes is not None else {}
             try:
                 ok = await self.jobs.save_checkpoint(
                     run.doc["_id"],
@@ -484,11 +488,14 @@ class Worker:
                     state,
                     self.clock.now(),
                     self.settings.worker_timeout,
+                    notes=notes,
                 )
             except TRANSIENT as exc:
                 self.log.error("checkpoint_failed", error=str(exc), **self._fields(run.doc))
         if ok:
             run.doc["state"] = dict(state)  # the final document (and its hook) see it
+            if notes and run.notes is not None:
+                run.notes.written(notes)
             return
         if not ok:
             run.lost = True
@@ -506,6 +513,7 @@ class Worker:
             self.log.warning("job_lost", **fields)
             return None
         policy = policy_of(run.definition, run.doc, self.settings.retention)
+        notes = await run.notes.close() if run.notes is not None else None
         written = None
         outcome = decide(run.doc, policy, end, self.clock.now())
         for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile
@@ -513,7 +521,7 @@ class Worker:
             outcome = decide(run.doc, policy, end, now)
             try:
                 written = await self.finals.write(
-                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms)
+                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms, notes)
                 )
             except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
                 run.lost = True

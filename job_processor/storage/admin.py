@@ -106,7 +106,8 @@ class JobAdminStore:
         return doc
 
     def page_cursor(self, query: JobQuery, after: Position | None) -> Any:
-        return self.coll.find(self.page_query(query, after)).sort(LIST_SORT)
+        """Listings leave each job's log lines out (up to 400 KB a job: read one job for them)."""
+        return self.coll.find(self.page_query(query, after), {"logs": 0}).sort(LIST_SORT)
 
     async def page(self, query: JobQuery, after: Position | None, limit: int) -> list[Doc]:
         """Up to `limit` jobs after `after`, newest first."""

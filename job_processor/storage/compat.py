@@ -19,12 +19,14 @@ See docs/testing.md for what nx-27017 and mongomock get wrong.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bson import json_util
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core.clock import as_utc
@@ -71,7 +73,27 @@ def decode(doc: Doc) -> Doc:
             doc[key] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         elif isinstance(value, dt.datetime):
             doc[key] = as_utc(value)
+    logs = doc.get("logs")
+    if isinstance(logs, list) and any(isinstance(line, str) for line in logs):
+        doc["logs"] = pushed_as_text(logs)
     return doc
+
+
+#: Extended JSON as nx-27017 writes it: dates without an offset are UTC.
+_EXTENDED_JSON = json_util.JSONOptions(tz_aware=True, tzinfo=dt.UTC)
+
+
+def pushed_as_text(items: list[Any]) -> list[Any]:
+    """nx-27017 stores the documents a `$push` appends to an array as extended-JSON text
+    (`'{"at": {"$date": ...}, "message": ...}'`): read them back as the documents they were
+    (a job's log lines)."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str) and item.startswith("{"):
+            with contextlib.suppress(ValueError):
+                item = json_util.loads(item, json_options=_EXTENDED_JSON)
+        out.append(item)
+    return out
 
 
 def decode_opt(doc: Doc | None) -> Doc | None:

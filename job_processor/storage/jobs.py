@@ -20,6 +20,7 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core import documents as D
+from ..core import notes as N
 from ..core.documents import CLAIM_SORT
 from ..core.errors import JobNotFoundError
 from ..core.outcome import Outcome
@@ -112,6 +113,8 @@ class EndItem:
     now: dt.datetime
     writer: str | None
     duration_ms: int | None = None
+    notes: Doc | None = None
+    """The run's pending progress and log lines, written with it."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         job claimable again sets a new one) with one update_many; they share its run id. Only
         when another worker took some meanwhile are the ones claimed here read back."""
         candidates = await all_docs(
-            self.coll.find(D.claim_filter(names, now)).sort(CLAIM_SORT).limit(k)
+            self.coll.find(D.claim_filter(names, now), {"logs": 0}).sort(CLAIM_SORT).limit(k)
         )
         unclaimable = [c for c in candidates if D.uncountable(c)]
         if unclaimable:  # no claim could take these (another program wrote them): error them
@@ -273,14 +276,25 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         return [claimed[i] for i in ids if i in claimed]
 
     async def save_checkpoint(
-        self, job_id: ObjectId, run_id: str, state: Doc, now: dt.datetime, budget: float
+        self,
+        job_id: ObjectId,
+        run_id: str,
+        state: Doc,
+        now: dt.datetime,
+        budget: float,
+        notes: Doc | None = None,
     ) -> bool:
-        """False when this run no longer owns the job."""
+        """False when this run no longer owns the job. `notes`: the run's pending progress and
+        log lines (`core.notes.notes_update`), written in the same update."""
+        update = N.merged({"$set": {"state": state, "updated_at": now}}, notes or {})
+        return await self.save_notes(job_id, run_id, update, budget)
+
+    async def save_notes(self, job_id: ObjectId, run_id: str, update: Doc, budget: float) -> bool:
+        """Apply `update` to the job while this run owns it (False when it no longer does)."""
 
         async def once() -> bool:
             res = await self.coll.update_one(
-                {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id},
-                {"$set": {"state": state, "updated_at": now}},
+                {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id}, update
             )
             return bool(res.matched_count)
 
@@ -296,6 +310,7 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         budget: float,
         duration_ms: int | None = None,
         end_id: str | None = None,
+        notes: Doc | None = None,
     ) -> EndWrite:
         """Running -> outcome.status, only if this run still owns the job (and, for outcomes a
         kill overrides, no kill was requested). Transient errors are retried within `budget`;
@@ -303,8 +318,11 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         that may have landed)."""
         end_id = end_id or D.new_id()
         query = D.end_filter(claimed, outcome)
-        update = D.end_update(
-            claimed, outcome, now, end_id=end_id, writer=writer, duration_ms=duration_ms
+        update = N.merged(
+            D.end_update(
+                claimed, outcome, now, end_id=end_id, writer=writer, duration_ms=duration_ms
+            ),
+            notes or {},
         )
 
         async def once() -> bool:
@@ -330,13 +348,16 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         built = [
             (
                 D.end_filter(i.claimed, i.outcome),
-                D.end_update(
-                    i.claimed,
-                    i.outcome,
-                    i.now,
-                    end_id=end_id,
-                    writer=i.writer,
-                    duration_ms=i.duration_ms,
+                N.merged(
+                    D.end_update(
+                        i.claimed,
+                        i.outcome,
+                        i.now,
+                        end_id=end_id,
+                        writer=i.writer,
+                        duration_ms=i.duration_ms,
+                    ),
+                    i.notes or {},
                 ),
             )
             for i, end_id in zip(items, end_ids, strict=True)
@@ -377,6 +398,7 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
                 budget=budget,
                 duration_ms=item.duration_ms,
                 end_id=end_id,
+                notes=item.notes,
             )
         except Exception as exc:
             return exc

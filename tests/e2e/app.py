@@ -101,8 +101,21 @@ async def make(ctx: RunContext) -> JobProcessor:
     )
 
 
+async def chatty(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    """Reports progress and logs a line every 50 ms (no checkpoint): its notes are written
+    coalesced, about once a second."""
+    steps = job.payload.get("steps", 100)
+    for step in range(1, steps + 1):
+        signal.raise_if_aborted()
+        await job.report_progress(step, steps, f"step {step}")
+        job.log("step done", step=step, instance_id=os.environ.get("INSTANCE_ID"))
+        await asyncio.sleep(0.05)
+    return me()
+
+
 async def refuse(job: Job, signal: AbortSignal) -> None:
     raise DoNotRetry(f"refused {job.payload.get('what', 'it')}")
 
 
 JOBS["refused"] = JobDef(handler=refuse)
+JOBS["chatty"] = JobDef(handler=chatty, max_attempts=2)

@@ -170,6 +170,34 @@ async def test_sigkill_is_recovered_by_another_worker(
     assert await wait_exit(b) == 0
 
 
+async def test_progress_and_lines_flushed_before_a_sigkill_are_kept(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    """Another process sees a job's progress and log lines while it runs; after its worker is
+    SIGKILLed, the lines already written stay, and the next run's lines follow them."""
+    a = spawn("runner-2")
+    job = await client.schedule_job("chatty", {"steps": 60})
+    for _ in range(200):
+        seen = await client.get_job(job.id)
+        if len(seen.logs) >= 10 and seen.progress:
+            break
+        await asyncio.sleep(0.05)
+    assert seen.status == S.RUNNING and seen.progress["done"] >= 10  # while it runs
+    a.proc.send_signal(signal.SIGKILL)
+    await wait_exit(a)
+    kept = (await client.get_job(job.id)).logs
+    assert len(kept) >= 10 and {x["run"] for x in kept} == {1}
+    assert [x["fields"]["step"] for x in kept] == list(range(1, len(kept) + 1))
+    b = spawn("runner-3")
+    done = await wait_status(client, job.id, S.FINISHED, timeout=30)
+    assert done.logs[: len(kept)] == kept  # the first run's lines, as they were
+    second = [x for x in done.logs if x["run"] == 2]
+    assert second[-1]["fields"] == {"step": 60, "instance_id": "runner-3"}
+    assert done.progress["done"] == 60
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
+
+
 async def test_a_hook_cut_by_sigkill_is_called_again_by_another_worker(
     spawn: Callable[..., Worker], client: JobProcessor, tmp_path: Path
 ) -> None:

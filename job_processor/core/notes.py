@@ -1,0 +1,174 @@
+"""What a running handler tells about itself: its progress and its own log lines. Pure.
+
+- `progress_of(done, total, message, now)`: the job's `progress` field, `{done, total, fraction,
+  message, at}`, validated.
+- `log_line(run, level, message, fields, now)`: one line, `{at, run, level, message, fields}`,
+  at most `LINE_BYTES` (the message is cut to fit), its fields made JSON-safe (they are shown,
+  never computed with).
+- `notes_update(progress, lines)`: the update that records them, merged into a checkpoint or
+  a final write, or written alone (coalesced: at most one write per second per job).
+- `NoteSink`: where a `Job` sends them (a worker's coalescing writer, or `JobHarness`'s record).
+
+The job keeps the last `LOG_LIMIT` lines (`$push` with `$slice`), across its runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+Doc = dict[str, Any]
+
+#: Lines kept on a job (the last ones, across its runs).
+LOG_LIMIT = 200
+#: A line's size limit, message and fields together (the message is cut to fit).
+LINE_BYTES = 2048
+#: Progress messages longer than this are cut.
+MESSAGE_CHARS = 500
+#: At most one write of progress and lines per job per this many seconds.
+FLUSH_EVERY = 1.0
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class NoteSink(Protocol):
+    """Where a running job's progress and log lines go (it validates and stamps them)."""
+
+    async def progress(self, done: Any, total: Any, message: Any) -> Doc:
+        """Record the progress; returns it as stored (`progress_of`)."""
+        ...
+
+    def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None: ...
+
+
+class JobLogger:
+    """`job.logger`: a structlog-style bound logger whose lines go to the job's log (the same
+    lines as `job.log`), with the level given: `job.logger.info("fetched", rows=40)`,
+    `job.logger.bind(batch=3).warning("slow")`."""
+
+    def __init__(self, sink: NoteSink | None, bound: Mapping[str, Any] | None = None) -> None:
+        self._sink = sink
+        self._bound = dict(bound or {})
+
+    def bind(self, **fields: Any) -> JobLogger:
+        return JobLogger(self._sink, self._bound | fields)
+
+    def new(self, **fields: Any) -> JobLogger:
+        return JobLogger(self._sink, fields)
+
+    def log(self, level: str, event: Any, **fields: Any) -> None:
+        if self._sink is None:
+            raise RuntimeError(
+                "job.log() and job.logger are only available inside a running handler; in a "
+                "unit test, build the job with job_processor.testing.JobHarness"
+            )
+        self._sink.line(level, event, self._bound | fields)
+
+    def debug(self, event: Any, **fields: Any) -> None:
+        self.log("debug", event, **fields)
+
+    def info(self, event: Any, **fields: Any) -> None:
+        self.log("info", event, **fields)
+
+    def warning(self, event: Any, **fields: Any) -> None:
+        self.log("warning", event, **fields)
+
+    warn = warning
+
+    def error(self, event: Any, **fields: Any) -> None:
+        self.log("error", event, **fields)
+
+    def critical(self, event: Any, **fields: Any) -> None:
+        self.log("critical", event, **fields)
+
+    def exception(self, event: Any, **fields: Any) -> None:
+        """An error line with the exception being handled (its type and message)."""
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            fields = fields | {"exception": f"{type(exc).__name__}: {exc}"}
+        self.log("error", event, **fields)
+
+
+def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
+    """`{done, total, fraction, message, at}`; `fraction` is done / total (None without a
+    total), at most 1."""
+    if not _number(done) or done < 0:
+        raise ValueError(f"report_progress: done must be a number >= 0, got {done!r}")
+    if total is not None and (not _number(total) or total <= 0):
+        raise ValueError(f"report_progress: total must be a number > 0 or None, got {total!r}")
+    if message is not None and not isinstance(message, str):
+        raise ValueError(f"report_progress: message must be text or None, got {message!r}")
+    fraction = min(float(done) / float(total), 1.0) if total else None
+    return {
+        "done": done,
+        "total": total,
+        "fraction": fraction,
+        "message": message[:MESSAGE_CHARS] if message else None,
+        "at": now,
+    }
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def log_line(
+    run: int, level: str, message: Any, fields: Mapping[str, Any], now: dt.datetime
+) -> Doc:
+    """One line of a job's log, at most LINE_BYTES once encoded (as JSON: its size in BSON is
+    about the same): the message is cut to fit; fields that alone do not fit become one text."""
+    safe = {str(k): _shown(v) for k, v in fields.items()}
+    line: Doc = {"at": now, "run": run, "level": level if level in LEVELS else "info"}
+    if safe:
+        line["fields"] = safe
+    if _size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
+        line["fields"] = {"fields": json.dumps(safe, default=str)[: LINE_BYTES // 4] + "…"}
+    text = str(message)
+    room = LINE_BYTES - _size(line | {"message": ""})
+    if _size({"m": text}) - 8 > room:
+        cut = text[:room]
+        while cut and _size({"m": cut + "…"}) - 8 > room:
+            cut = cut[: max(len(cut) - max((_size({"m": cut}) - 8 - room), 16), 0)]
+        text = cut + "…"
+    line["message"] = text
+    return line
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, default=str).encode())
+
+
+def _shown(value: Any) -> Any:
+    """A field as it is shown: JSON's own types kept, anything else as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_shown(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def notes_update(progress: Doc | None, lines: list[Doc]) -> Doc:
+    """The update recording the latest progress and the new lines (empty: nothing to write)."""
+    update: Doc = {}
+    if progress is not None:
+        update["$set"] = {"progress": progress}
+    if lines:
+        update["$push"] = {"logs": {"$each": list(lines), "$slice": -LOG_LIMIT}}
+    return update
+
+
+def merged(update: Doc, extra: Doc) -> Doc:
+    """`update` with `extra`'s operators added (their fields never overlap)."""
+    if not extra:
+        return update
+    out = {op: dict(fields) for op, fields in update.items()}
+    for op, fields in extra.items():
+        out[op] = out.get(op, {}) | dict(fields)
+    return out

@@ -1,0 +1,141 @@
+"""A running job's progress and log lines, written coalesced: `RunNotes` is the `NoteSink` a
+worker gives each job it runs.
+
+`report_progress` and `job.log` only record in memory. What is pending goes out with the run's
+next checkpoint or its final write (merged into that one update), or, when neither comes within
+a second, in one write of its own: at most one extra write per second per running job, whatever
+the call rate, and the last progress is always written. A write that cannot be made (MongoDB
+unreachable past a short budget) keeps its lines for the next one; a run that no longer owns
+its job writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from ..core import documents as D
+from ..core import notes as N
+from ..core.clock import Clock
+from ..core.errors import InvalidArgumentError
+from ..core.log import EventLog
+from ..storage.jobs import JobStore
+from ..storage.transient import TRANSIENT
+from .execution import Run
+
+Doc = dict[str, Any]
+
+#: How long one coalesced write rides out an outage (the final write carries what it missed).
+FLUSH_BUDGET = 5.0
+
+
+class RunNotes:
+    """The NoteSink of one run (see the module docstring)."""
+
+    def __init__(
+        self, run: Run, jobs: JobStore, clock: Clock, log: EventLog, fields: Mapping[str, Any]
+    ) -> None:
+        self.run = run
+        self.jobs = jobs
+        self.clock = clock
+        self.log = log
+        self.fields = dict(fields)
+        self.pending_progress: Doc | None = None
+        self.lines: list[Doc] = []
+        self.last_write: float | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._writing = False
+        self._closed = False
+
+    # ---- the NoteSink -------------------------------------------------------------------------
+
+    async def progress(self, done: Any, total: Any, message: Any) -> Doc:
+        try:
+            progress = N.progress_of(done, total, message, self.clock.now())
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        self.pending_progress = progress
+        self._soon()
+        return progress
+
+    def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None:
+        attempt = int(self.run.doc.get("attempt") or 0)
+        line = N.log_line(attempt, level, message, fields, self.clock.now())
+        self.lines.append(line)
+        if len(self.lines) > N.LOG_LIMIT:  # only the last ones would be kept anyway
+            del self.lines[: len(self.lines) - N.LOG_LIMIT]
+        method = getattr(self.log, level if level in _METHODS else "error")  # the worker's log too
+        method(
+            "job_logged", **(line.get("fields", {}) | self.fields | {"message": line["message"]})
+        )
+        self._soon()
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def take(self) -> Doc:
+        """What is pending, as an update to merge into a checkpoint or a final write (which
+        then counts as this second's write)."""
+        update = N.notes_update(self.pending_progress, self.lines)
+        self.pending_progress, self.lines = None, []
+        if update:
+            self.last_write = _now()
+        return update
+
+    async def close(self) -> Doc:
+        """The run is ending: no write of its own any more (one under way is waited for, so
+        that it lands before the final write); what is pending goes with the final write."""
+        self._closed = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            if not self._writing:
+                timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        return self.take()
+
+    def _soon(self) -> None:
+        if self._timer is None and not self._closed and not self.run.lost:
+            self._timer = asyncio.create_task(self._write_later(), name="job-notes")
+
+    async def _write_later(self) -> None:
+        try:
+            if self.last_write is not None:
+                wait = self.last_write + N.FLUSH_EVERY - _now()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            update = self.take()
+            if not update or self.run.lost:
+                return
+            doc = self.run.doc
+            self._writing = True
+            try:
+                if await self.jobs.save_notes(doc["_id"], doc["run_id"], update, FLUSH_BUDGET):
+                    self.written(update)
+            except TRANSIENT:  # kept for the next write (the final one at the latest)
+                self._give_back(update)
+        finally:
+            self._writing = False
+            if self._timer is asyncio.current_task():
+                self._timer = None
+            if (self.lines or self.pending_progress) and not self._closed:
+                self._soon()  # what came in while writing: within a second
+
+    def written(self, update: Doc) -> None:
+        """An update with notes landed: the run's document (the final one is computed from it)
+        holds them too."""
+        self.run.doc = D.applied(self.run.doc, update)
+
+    def _give_back(self, update: Doc) -> None:
+        if self.pending_progress is None:
+            self.pending_progress = update.get("$set", {}).get("progress")
+        earlier = update.get("$push", {}).get("logs", {}).get("$each", [])
+        self.lines = [*earlier, *self.lines][-N.LOG_LIMIT :]
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+_METHODS = frozenset({"debug", "info", "warning", "error"})

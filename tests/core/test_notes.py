@@ -1,0 +1,93 @@
+"""Progress and log lines, pure: what is stored for a report and a line, and what a handler
+unit test records with JobHarness."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from job_processor import InvalidArgumentError
+from job_processor.core import documents as D
+from job_processor.core.notes import (
+    LINE_BYTES,
+    LOG_LIMIT,
+    log_line,
+    merged,
+    notes_update,
+    progress_of,
+)
+from job_processor.testing import JobHarness
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def test_progress_has_its_fraction_and_refuses_nonsense() -> None:
+    assert progress_of(3, 12, "users", NOW) == {
+        "done": 3,
+        "total": 12,
+        "fraction": 0.25,
+        "message": "users",
+        "at": NOW,
+    }
+    assert progress_of(40, None, None, NOW)["fraction"] is None  # a count without a total
+    assert progress_of(15, 10, None, NOW)["fraction"] == 1.0
+    for done, total in ((-1, 10), ("3", 10), (3, 0), (True, 10)):
+        with pytest.raises(ValueError, match="report_progress"):
+            progress_of(done, total, None, NOW)
+
+
+def test_a_line_is_at_most_2_kb_and_its_fields_are_shown_as_json() -> None:
+    line = log_line(2, "warning", "x" * 10_000, {"when": NOW, "ids": (1, 2), "obj": object}, NOW)
+    assert line["run"] == 2 and line["level"] == "warning"
+    assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES
+    assert line["message"].endswith("…")
+    assert line["fields"]["when"] == NOW.isoformat() and line["fields"]["ids"] == [1, 2]
+    huge = log_line(1, "info", "ok", {"blob": "y" * 5000}, NOW)
+    assert len(json.dumps(huge, default=str).encode()) <= LINE_BYTES and huge["message"] == "ok"
+    assert log_line(1, "loud", "m", {}, NOW)["level"] == "info"
+
+
+def test_the_update_keeps_the_last_lines_and_merges_into_another_write() -> None:
+    lines = [log_line(1, "info", f"line {i}", {}, NOW) for i in range(3)]
+    update = notes_update(progress_of(1, 2, None, NOW), lines)
+    assert update["$push"]["logs"] == {"$each": lines, "$slice": -LOG_LIMIT}
+    final = merged({"$set": {"status": "finished"}, "$unset": {"claim_name": ""}}, update)
+    assert final["$set"]["status"] == "finished" and "progress" in final["$set"]
+    assert "$push" in final and "$unset" in final
+    assert notes_update(None, []) == {}
+    before = {"logs": [log_line(1, "info", f"old {i}", {}, NOW) for i in range(LOG_LIMIT)]}
+    after = D.applied(before, update)
+    assert len(after["logs"]) == LOG_LIMIT and after["logs"][-1]["message"] == "line 2"
+
+
+async def test_the_harness_records_progress_and_lines() -> None:
+    async def reindex(job: Any, signal: Any) -> None:
+        log = job.logger.bind(index="users")
+        for batch in range(3):
+            await job.report_progress(batch + 1, 3, f"batch {batch + 1}")
+            log.info("indexed", batch=batch)
+        job.log("done")
+        try:
+            raise ValueError("disk full")
+        except ValueError:
+            job.logger.exception("cleanup failed")
+
+    harness = JobHarness(attempt=2)
+    await harness.run(reindex)
+    assert [p["done"] for p in harness.progress_reports] == [1, 2, 3]
+    assert harness.job.progress is not None and harness.job.progress["fraction"] == 1.0
+    assert [(x["level"], x["message"]) for x in harness.log_lines] == [
+        ("info", "indexed"),
+        ("info", "indexed"),
+        ("info", "indexed"),
+        ("info", "done"),
+        ("error", "cleanup failed"),
+    ]
+    assert harness.log_lines[0]["fields"] == {"index": "users", "batch": 0}
+    assert harness.log_lines[-1]["fields"] == {"exception": "ValueError: disk full"}
+    assert {x["run"] for x in harness.log_lines} == {2}
+    with pytest.raises(InvalidArgumentError, match="total must be a number > 0"):
+        await harness.job.report_progress(1, 0)

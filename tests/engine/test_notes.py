@@ -1,0 +1,174 @@
+"""Progress and log lines on a server: seen from another process while the job runs, coalesced
+to at most one write per second, carried by checkpoints and the final write, kept (the last
+200) across runs, and masked where shown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor.dashboard import create_dashboard
+from tests.helpers import FAST, make, wait_for, wait_status
+
+S = JobStatus
+
+
+class Updates(monitoring.CommandListener):
+    """update commands on the jobs collection, with their update documents."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[float, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and str(event.command.get("update")).endswith("jobs"):
+            for u in event.command["updates"]:
+                self.updates.append((asyncio.get_event_loop().time(), dict(u["u"])))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_progress_and_lines_are_seen_from_another_process_while_it_runs(
+    mongo_url: str, db: Any
+) -> None:
+    seen = asyncio.Event()
+    release = asyncio.Event()
+
+    async def reindex(job: Job, signal: AbortSignal) -> int:
+        for batch in range(1, 301):  # 300 reports and 300 lines in about 1.5 s
+            await job.report_progress(batch, 300, f"batch {batch}")
+            job.log("indexed", batch=batch)
+            await asyncio.sleep(0.005)
+        await release.wait()
+        job.log("last line")  # pending at the end: the final write carries it
+        return 300
+
+    updates = Updates()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[updates]
+    )
+    try:
+        worker = await init_job_processor(
+            client[db.name], jobs={"reindex": JobDef(handler=reindex)}, **FAST
+        )
+        watcher = await make(db, {})  # another process: reads the database only
+        async with worker:
+            job = await worker.schedule_job("reindex")
+
+            async def visible() -> bool:
+                current = await watcher.get_job(job.id)
+                if current.progress and current.progress["done"] == 300 and current.logs:
+                    seen.set()
+                return seen.is_set()
+
+            for _ in range(200):
+                if await visible():
+                    break
+                await asyncio.sleep(0.05)
+            assert seen.is_set(), "progress never reached 300 from the other process"
+            running = await watcher.get_job(job.id)
+            assert running.status == S.RUNNING and running.progress["fraction"] == 1.0
+            assert running.progress["message"] == "batch 300"
+            release.set()
+            done = await wait_status(watcher, job.id, S.FINISHED)
+    finally:
+        await client.close()
+    notes = [(t, u) for t, u in updates.updates if "$push" in u or "progress" in u.get("$set", {})]
+    ends = [u for _, u in notes if u.get("$set", {}).get("status") == "finished"]
+    alone = [t for t, u in notes if "status" not in u.get("$set", {})]
+    assert len(ends) == 1  # the final write carried what was pending
+    assert len(alone) <= 4  # 1.5 s of reports: about one write a second, not 600
+    assert all(b - a >= 0.9 for a, b in zip(alone, alone[1:], strict=False))
+    assert len(done.logs) == 200  # the last 200 of 301
+    assert [line["fields"]["batch"] for line in done.logs[:-1]] == list(range(102, 301))
+    assert done.logs[-1]["message"] == "last line"
+    assert {line["run"] for line in done.logs} == {1}
+    assert done.progress is not None and done.progress["done"] == 300
+
+
+async def test_a_checkpoint_carries_the_notes_and_a_resumed_run_sees_the_progress(
+    db: Any,
+) -> None:
+    seen_on_resume: list[Any] = []
+    go = asyncio.Event()
+
+    async def index(job: Job, signal: AbortSignal) -> str:
+        if job.attempt == 1:
+            await job.report_progress(4, 10, "half")
+            job.logger.warning("slow disk", disk="sda")
+            await job.checkpoint({"step": 4})
+            go.set()
+            await signal.wait()  # stopped: paused, resumed by the next start
+            signal.raise_if_aborted()
+        seen_on_resume.append(job.progress)
+        job.log("resumed", step=job.state["step"])
+        return "ok"
+
+    p = await make(db, {"index": JobDef(handler=index, resumable=True)})
+    async with p:
+        job = await p.schedule_job("index")
+        await asyncio.wait_for(go.wait(), 10)
+        checkpointed = await p.get_job(job.id)
+    assert checkpointed.progress["done"] == 4 and checkpointed.logs[0]["message"] == "slow disk"
+    assert (await p.get_job(job.id)).status == S.PAUSED
+    async with p:
+        done = await wait_status(p, job.id, S.FINISHED)
+    assert seen_on_resume[0]["done"] == 4 and seen_on_resume[0]["message"] == "half"
+    assert [(x["run"], x["message"]) for x in done.logs] == [(1, "slow disk"), (2, "resumed")]
+
+
+async def test_lines_are_masked_where_they_are_shown(db: Any) -> None:
+    import httpx2 as httpx
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        job.log(f"logging in as ada with password={job.payload['password']}")
+        job.logger.info("token refreshed", token="tok-abcdef-123")
+        await job.report_progress(1, 2, f"using {job.payload['password']}")
+
+    p = await make(db, {"login": JobDef(handler=login)})
+    done = await p.run_job("login", {"password": "hunter2-very-secret"})
+    assert "hunter2-very-secret" in done.logs[0]["message"]  # stored as logged
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        for url in (f"/jobs/{done.id}", f"/api/jobs/{done.id}"):
+            page = (await c.get(url)).text
+            assert "logging in as ada" in page, url
+            assert "hunter2-very-secret" not in page and "tok-abcdef-123" not in page, url
+
+
+async def test_the_jobs_list_shows_a_running_jobs_progress(db: Any) -> None:
+    import httpx2 as httpx
+
+    started = asyncio.Event()
+
+    async def slow(job: Job, signal: AbortSignal) -> None:
+        await job.report_progress(3, 4, "almost")
+        started.set()
+        await signal.wait()
+
+    p = await make(db, {"slow": JobDef(handler=slow)})
+    async with p:
+        job = await p.schedule_job("slow")
+        await asyncio.wait_for(started.wait(), 10)
+        await wait_for(lambda: True)
+        for _ in range(100):
+            if (await p.get_job(job.id)).progress:
+                break
+            await asyncio.sleep(0.05)
+        app = create_dashboard(p, auth=None)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+        ) as c:
+            listing = (await c.get("/jobs")).text
+            page = (await c.get(f"/jobs/{job.id}")).text
+        await p.kill_job(job.id)
+    assert 'role="progressbar"' in listing and 'aria-valuenow="75"' in listing
+    assert 'aria-valuenow="75"' in page and "almost" in page
