@@ -24,6 +24,7 @@ from .core.definitions import (
 )
 from .core.errors import (
     InvalidDefinitionError,
+    InvalidPayloadError,
     UnknownJobError,
 )
 from .core.log import EventLog, make_log
@@ -103,12 +104,22 @@ class JobProcessor(JobsAPI, EventsAPI):
         final Job. The process heartbeats meanwhile, so a crash here is recovered as usual."""
         definition = self._definition(name)
         body = checked_payload(name, definition.payload_model, payload)
+        limit, limit_key = definition.limit, None
+        if limit is not None:  # a per-value limit: its key, from the payload
+            try:
+                limit_key = limit.key_for(body)
+            except ValueError as exc:
+                raise InvalidPayloadError(f"job {name!r}: {exc}") from None
         await self._acquire_runtime()
         try:
             run_id = None
-            if definition.limit is not None:  # wait for a slot: it is cluster-wide
+            if limit is not None and limit_key is not None:  # wait for a slot: cluster-wide
                 run_id = await self.worker.limiter.reserve(
-                    definition.limit, self.worker_id, self.clock, self.settings.poll_interval
+                    limit.for_key(limit_key),
+                    self.worker_id,
+                    self.clock,
+                    self.settings.poll_interval,
+                    limit.key if limit.templated else None,
                 )
             now = self.clock.now()
             doc = D.new_job(
@@ -119,7 +130,7 @@ class JobProcessor(JobsAPI, EventsAPI):
                 exclusive=definition.concurrency == "exclusive",
                 max_attempts=definition.attempts,
                 resumable=definition.resumable,
-                limit_key=definition.limit.key if definition.limit else None,
+                limit_key=limit_key,
             )
             try:
                 doc = await self._insert(D.as_running(doc, self.worker_id, now, run_id))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import inspect
+import string
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,10 +64,40 @@ class Backoff(BaseModel):
     jitter: bool = True
 
 
+def key_fields(key: str) -> tuple[str, ...]:
+    """The `{field}` placeholders of a limit key."""
+    return tuple(f for _, f, _, _ in string.Formatter().parse(key) if f)
+
+
+def fill_limit_key(key: str, payload: Any) -> str:
+    """A limit key with its placeholders filled from the payload (`"tenant:{tenant_id}"` ->
+    `"tenant:acme"`); the key itself when it has none. A missing or empty field, or one that
+    is not a scalar, raises ValueError naming it."""
+    fields = key_fields(key)
+    if not fields:
+        return key
+    values: dict[str, str] = {}
+    for f in fields:
+        value = payload.get(f) if isinstance(payload, Mapping) else None
+        if value is None or isinstance(value, dict | list) or str(value) == "":
+            raise ValueError(
+                f"limit key {key!r} needs the payload field {f!r}"
+                + (" (missing)" if value is None else f", got {value!r}")
+                + f": give every job of this limit a {f} (a text or a number)"
+            )
+        values[f] = str(value)
+    return key.format(**values)
+
+
 class Limit(BaseModel):
     """A cluster-wide limit shared by every job whose JobDef names the same `key`: at most
     `concurrency` runs at once across all worker processes, and at most `rate` starts per
-    `per_seconds` (a sliding window). Enforced in MongoDB, correct under crashes."""
+    `per_seconds` (a sliding window). Enforced in MongoDB, correct under crashes.
+
+    A key with `{field}` placeholders is a limit per value: `Limit(key="tenant:{tenant_id}",
+    concurrency=2)` gives each tenant its own limit, the key filled from the job's payload when
+    it is scheduled (`key_for`); each resulting key is created on first use and removed when
+    idle, and a worker claims fairly across them (a full key never holds back another)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,7 +111,34 @@ class Limit(BaseModel):
     def _key(cls, v: str) -> str:
         if not v.strip() or "." in v or v.startswith("$"):
             raise ValueError("key must be a non-empty name without '.' or a leading '$'")
+        try:
+            fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"key {v!r}: {exc} (placeholders are {{field}})") from None
+        for f in fields:
+            if not f.isidentifier():
+                raise ValueError(
+                    f"key {v!r}: placeholder {{{f}}} must name a top-level payload field, "
+                    "e.g. 'tenant:{tenant_id}'"
+                )
         return v
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The payload fields a templated key is filled from (empty: one key for all)."""
+        return key_fields(self.key)
+
+    @property
+    def templated(self) -> bool:
+        return bool(self.fields)
+
+    def key_for(self, payload: Any) -> str:
+        """The limit key of a job with this payload (see `fill_limit_key`)."""
+        return fill_limit_key(self.key, payload)
+
+    def for_key(self, key: str) -> Limit:
+        """This limit under one resulting key (a templated limit's, for one value)."""
+        return self if key == self.key else self.model_copy(update={"key": key})
 
     @model_validator(mode="after")
     def _some_limit(self) -> Limit:

@@ -284,10 +284,22 @@ def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
         tag=getattr(definition, "tag", None),
         max_attempts=definition.attempts if definition is not None else 1,
         resumable=bool(getattr(definition, "resumable", False)),
-        limit_key=definition.limit.key if getattr(definition, "limit", None) else None,
+        limit_key=_limit_key_of(definition, doc.get("payload")),
     ) | {"created_at": created}
     skip = {"_id", "claim_name", "exclusive_key", "dedup_key", "due_ms"}
     return {k: v for k, v in full.items() if k not in doc and k not in skip}
+
+
+def _limit_key_of(definition: Any, payload: Any) -> str | None:
+    """A foreign insert's limit key: filled from its payload (a per-value limit), else the
+    limit's own key (it then shares one limit with the jobs that lack the field)."""
+    limit = getattr(definition, "limit", None)
+    if limit is None:
+        return None
+    try:
+        return str(limit.key_for(payload))
+    except ValueError:
+        return str(limit.key)
 
 
 def unknown_name_update(name: str, now: dt.datetime, expires_at: dt.datetime | None = None) -> Doc:

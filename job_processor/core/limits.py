@@ -59,14 +59,26 @@ def plan(doc: Doc, limit: Limit, want: int, now: dt.datetime) -> Grant:
     return Grant(max(free, 0), retry_at if free <= 0 else None)
 
 
-def taken(doc: Doc, limit: Limit, run_ids: list[str], worker_id: str, now: dt.datetime) -> Doc:
-    """The compare-and-set update that takes one slot per run id (and records their starts)."""
+def taken(
+    doc: Doc,
+    limit: Limit,
+    run_ids: list[str],
+    worker_id: str,
+    now: dt.datetime,
+    template: str | None = None,
+) -> Doc:
+    """The compare-and-set update that takes one slot per run id (and records their starts).
+    `template`: the per-value limit's key this one was filled from (its document is removed
+    once idle: no run, no start left in its window, after `idle_after_ms`)."""
     fields: Doc = {
         "rev": int(doc.get("rev") or 0) + 1,
         "concurrency": limit.concurrency,
         "rate": limit.rate,
         "per_seconds": limit.per_seconds,
     }
+    if template is not None:
+        fields["template"] = template
+        fields["idle_after_ms"] = _ms(now) + int((limit.per_seconds or 0) * 1000)
     if limit.rate is not None:
         starts = recent_starts(doc, limit, now) | {rid: _ms(now) for rid in run_ids}
         fields["starts"] = starts
@@ -97,6 +109,45 @@ def _ms(value: dt.datetime) -> int:
 
 def _at(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+#: How many limit keys status pages and metrics show one by one.
+TOP_KEYS = 20
+
+
+def top_usage(docs: list[Doc], now: dt.datetime, most: int = TOP_KEYS) -> list[dict[str, Any]]:
+    """The limits in use for people and metrics: every static limit, the `most` busiest keys of
+    the per-value limits, and the rest of those folded into one row per template (`key`
+    "tenant:{tenant_id} (N more)", `keys` N): the number of rows stays bounded."""
+    usages = [
+        limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
+        for d in docs
+    ]
+    usages.sort(key=lambda u: (-u["running"], -u["started_in_window"], str(u["key"])))
+    static = [u for u in usages if not u.get("template")]
+    values = [u for u in usages if u.get("template")]
+    folded: dict[str, dict[str, Any]] = {}
+    for u in values[most:]:
+        name = str(u["template"])
+        row = folded.setdefault(
+            name,
+            {
+                "key": name,
+                "running": 0,
+                "concurrency": u["concurrency"],
+                "started_in_window": 0,
+                "rate": u["rate"],
+                "per_seconds": u["per_seconds"],
+                "template": name,
+                "keys": 0,
+            },
+        )
+        row["running"] += u["running"]
+        row["started_in_window"] += u["started_in_window"]
+        row["keys"] += 1
+    for row in folded.values():
+        row["key"] = f"{row['key']} ({row['keys']} more)"
+    return static + values[:most] + list(folded.values())
 
 
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import documents as D
 from .clock import to_millis
-from .definitions import JobDef
+from .definitions import JobDef, fill_limit_key
 from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError
 
 Doc = dict[str, Any]
@@ -169,6 +169,10 @@ def new_job_doc(
             "workers claim jobs by name, and the definition's tag decides which workers run "
             "them: define another job name for the other tag"
         )
+    try:  # a per-value limit ("tenant:{tenant_id}"): its key, from the payload
+        limit_key = fill_limit_key(template.limit_key, body) if template.limit_key else None
+    except ValueError as exc:
+        raise InvalidPayloadError(f"job {name!r}: {exc}") from None
     return D.new_job(
         name,
         body,
@@ -180,7 +184,7 @@ def new_job_doc(
         key=key,
         max_attempts=attempts,
         resumable=template.resumable,
-        limit_key=template.limit_key,
+        limit_key=limit_key,
     )
 
 

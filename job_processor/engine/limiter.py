@@ -10,7 +10,13 @@ without one (so a full limit never holds back other names). For a key:
    and its slot share an id; give back the slots not used.
 
 A full limit blocks its key until a slot is given back in this process (wake-up at once) or,
-across processes, the next poll; a rate-limited key until the window allows a start. A slot is
+across processes, the next poll; a rate-limited key until the window allows a start.
+
+A per-value limit (`Limit(key="tenant:{tenant_id}", ...)`: each job's key is filled from its
+payload when it is scheduled) is claimed fairly: the best due jobs whose key is not known to be
+full (one query), a slot for each from its own key's limit, then that very job (a claim on its
+`_id`); a key found full is left out of the next round, so one tenant's backlog never holds back
+another's. Idle keys' documents are removed by the sweep. A slot is
 given back once (a compare-and-set on the holder) by whoever ends the run: the worker after its
 final write, the recovery after it recovered a crashed run, the sweep for a dead worker's
 reservations, or the worker's own reconciliation.
@@ -50,6 +56,9 @@ class Limiter:
                 self.groups.setdefault(limit.key, []).append(name)
         self.limited = {n for names in self.groups.values() for n in names}
         self.blocked: dict[str, dt.datetime] = {}
+        """limit key -> until when it is known to be full (or out of starts)."""
+        self.template_of: dict[str, str] = {}
+        """A per-value key -> the templated key it was filled from."""
         self.freed = asyncio.Event()
         """Set when this process gives a slot back (a reserve() waiting in run_job wakes)."""
 
@@ -66,8 +75,57 @@ class Limiter:
             names = [n for n in group if n not in worker.paused]
             if not names or self.blocked.get(key, now) > now:
                 continue
-            got += await self._claim_key(worker, self.limits[key], names, free - got, now)
+            limit = self.limits[key]
+            if limit.templated:
+                got += await self._claim_values(worker, limit, names, free - got, now)
+            else:
+                got += await self._claim_key(worker, limit, names, free - got, now)
         return got
+
+    async def _claim_values(
+        self, worker: ClaimingWorker, limit: Limit, names: list[str], free: int, now: dt.datetime
+    ) -> int:
+        """A per-value limit: the best due jobs of keys not known to be full, each under a slot
+        of its own key (see the module docstring). A few rounds at most: each learns which keys
+        are full, none runs without a claim or a newly full key."""
+        claimed = 0
+        for _ in range(4):
+            if claimed >= free:
+                break
+            full = [k for k, t in self.blocked.items() if t > now and k in self.template_of]
+            candidates = await self.storage.jobs.due_by_key(names, now, full, free - claimed)
+            by_key: dict[str, list[Doc]] = {}
+            for doc in candidates:
+                by_key.setdefault(value_key(limit, doc), []).append(doc)
+            learnt = False
+            for key, docs in by_key.items():
+                ids = [D.new_id() for _ in docs]
+                granted, retry_at = await self.storage.limits.acquire(
+                    limit.for_key(key), ids, worker.worker_id, worker.clock.now, limit.key
+                )
+                if len(granted) < len(docs):  # full now: left out of the next round
+                    self._block(worker, key, retry_at, now)
+                    self.template_of[key] = limit.key
+                    learnt = True
+                for run_id, doc in zip(granted, docs, strict=False):
+                    got = await self.storage.jobs.claim_next(
+                        names, worker.worker_id, now, run_id=run_id, limit_key=key, only=doc["_id"]
+                    )
+                    if got is None:  # another worker took it meanwhile
+                        await self.storage.limits.release(key, run_id, started=False)
+                        continue
+                    worker.start_claimed(got)
+                    claimed += 1
+            if not learnt:
+                break
+        return claimed
+
+    def _block(
+        self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime
+    ) -> None:
+        self.blocked[key] = retry_at or now + dt.timedelta(seconds=worker.settings.poll_interval)
+        if retry_at is not None:
+            worker.wake_at(retry_at)
 
     async def _claim_key(
         self, worker: ClaimingWorker, limit: Limit, names: list[str], free: int, now: dt.datetime
@@ -81,11 +139,7 @@ class Limiter:
         )
         now = worker.clock.now()
         if not granted:
-            self.blocked[limit.key] = retry_at or now + dt.timedelta(
-                seconds=worker.settings.poll_interval
-            )
-            if retry_at is not None:
-                worker.wake_at(retry_at)
+            self._block(worker, limit.key, retry_at, now)
             return 0
         claimed = 0
         for run_id in granted:
@@ -100,12 +154,14 @@ class Limiter:
             await self.storage.limits.release(limit.key, run_id, started=False)
         return claimed
 
-    async def reserve(self, limit: Limit, worker_id: str, clock: Any, poll: float) -> str:
+    async def reserve(
+        self, limit: Limit, worker_id: str, clock: Any, poll: float, template: str | None = None
+    ) -> str:
         """One slot for run_job, waiting (without spinning) until the limit allows it."""
         while True:
             run_id = D.new_id()
             granted, retry_at = await self.storage.limits.acquire(
-                limit, [run_id], worker_id, clock.now
+                limit, [run_id], worker_id, clock.now, template
             )
             if granted:
                 return run_id
@@ -132,7 +188,7 @@ class Limiter:
         if released:
             self.blocked.pop(key, None)
             self.freed.set()
-            if worker is not None and key in self.groups:
+            if worker is not None and (key in self.groups or key in self.template_of):
                 worker.wake.set()
 
     async def release_strays(
@@ -142,6 +198,9 @@ class Limiter:
         the process died or a claim's reply was lost), older than `cutoff`."""
         if not self.limits:
             return 0  # a process that defines no limit holds none; those that do sweep them
+        if any(limit.templated for limit in self.limits.values()):
+            await self.storage.limits.remove_idle(int(now.timestamp() * 1000))
+            self.template_of = {k: t for k, t in self.template_of.items() if k in self.blocked}
         released = 0
         cutoff_ms = int(cutoff.timestamp() * 1000)
         for doc in await self.storage.limits.all():
@@ -156,3 +215,16 @@ class Limiter:
         if released:
             self.freed.set()
         return released
+
+
+def value_key(limit: Limit, doc: Doc) -> str:
+    """A job's key under a per-value limit: the one recorded when it was scheduled, else (a
+    job another program inserted) filled from its payload now, else the templated key itself
+    (it then shares one limit with the jobs that lack the field)."""
+    key = doc.get("limit_key")
+    if isinstance(key, str) and key:
+        return key
+    try:
+        return limit.key_for(doc.get("payload"))
+    except ValueError:
+        return limit.key

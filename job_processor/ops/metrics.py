@@ -42,7 +42,7 @@ from pymongo.errors import PyMongoError
 from ..core import documents as D
 from ..core.clock import Clock, SystemClock, as_utc
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
-from ..core.limits import limit_usage
+from ..core.limits import top_usage
 from ..core.status import TERMINAL, JobStatus
 from ..core.telemetry import CronOutcome
 from ..storage import Storage
@@ -113,7 +113,7 @@ class DatabaseCollector(Collector):
         alive = sum(1 for w in docs if worker_alive(w, now, self.worker_timeout))
         snap.workers = {"alive": alive, "dead": len(docs) - alive}
         snap.paused = await self.storage.paused.names()
-        snap.limits = [limit_usage(doc, now) for doc in await self.storage.limits.all()]
+        snap.limits = top_usage(await self.storage.limits.all(), now)
         waiting: set[str] = set()
         for status in (S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():

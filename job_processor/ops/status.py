@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.coverage import coverage
 from ..core.definitions import CronDef, JobDef
-from ..core.limits import limit_usage
+from ..core.limits import top_usage
 from ..core.models import ProcessorStatus, WorkerInfo
 from ..core.schedule import STUCK_CRON_SLOTS, schedule_of, skipped_in_a_row
 from ..core.status import JobStatus
@@ -62,7 +62,7 @@ async def build_status(
     paused = await storage.paused.names()
     cov = coverage(known, live, jobs, paused, now)
     warnings += cov.warnings
-    limits = [limit_usage(doc, now) for doc in await storage.limits.all()]
+    limits = top_usage(await storage.limits.all(), now)
     return ProcessorStatus(
         limits=limits,
         now=now,

@@ -177,6 +177,17 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
             expired += int(res.modified_count)
         return expired
 
+    async def due_by_key(
+        self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int
+    ) -> list[Doc]:
+        """The best `n` due jobs of these names whose limit key is not one of `skip_keys` (per-
+        value limits: the keys found full), in claim order; `_id`, `limit_key` and `payload`."""
+        query = D.claim_filter(names, now)
+        if skip_keys:
+            query["limit_key"] = {"$nin": sorted(skip_keys)}
+        fields = {"_id": 1, "limit_key": 1, "payload": 1, "priority": 1, "due_ms": 1}
+        return await all_docs(self.coll.find(query, fields).sort(CLAIM_SORT).limit(n))
+
     async def delete_pending_tasks_of(self, names: list[str]) -> int:
         """Pending tasks of crons that were removed."""
         res = await self.coll.delete_many(
@@ -194,16 +205,19 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         run_id: str | None = None,
         limit_key: str | None = None,
         budget: float = 30.0,
+        only: ObjectId | None = None,
     ) -> Doc | None:
-        """Atomically take the best due job among `names` (pending or paused). A reply lost to
-        a network error is read back by the claim's run id (within `budget`); if even that
-        fails, LostClaim says which run id may hold a job."""
+        """Atomically take the best due job among `names` (pending or paused); `only`: that
+        job, if it is still claimable. A reply lost to a network error is read back by the
+        claim's run id (within `budget`); if even that fails, LostClaim says which run id may
+        hold a job."""
         update = D.claim_update(worker_id, now, run_id, limit_key)
         names = list(names)
+        query = D.claim_filter(names, now) | ({"_id": only} if only is not None else {})
         for _ in range(3):
             try:
                 result: Doc | None = await self.coll.find_one_and_update(
-                    D.claim_filter(names, now),
+                    query,
                     update,
                     sort=CLAIM_SORT,
                     projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it

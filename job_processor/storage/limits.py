@@ -34,6 +34,7 @@ class LimitStore:
         run_ids: list[str],
         worker_id: str,
         now: dt.datetime | Callable[[], dt.datetime],
+        template: str | None = None,
     ) -> tuple[list[str], dt.datetime | None]:
         """Take up to len(run_ids) slots, one per run id. Returns the run ids granted and, when
         the rate allows none, when it will allow one. `now` may be a clock's `now` function:
@@ -52,11 +53,23 @@ class LimitStore:
             ids = run_ids[: grant.slots]
             res = await self.coll.update_one(
                 {"_id": limit.key, "rev": doc.get("rev", 0)},
-                L.taken(doc, limit, ids, worker_id, at),
+                L.taken(doc, limit, ids, worker_id, at, template),
             )
             if res.modified_count:
                 return ids, None
         return [], None  # heavy contention: the caller tries again later
+
+    async def remove_idle(self, now_ms: int) -> int:
+        """Per-value limits nobody uses any more: no run, no start in their window. One
+        delete per document, conditioned on that (an acquire meanwhile recreates it)."""
+        res = await self.coll.delete_many(
+            {
+                "template": {"$exists": True},
+                "running": {"$lte": 0},
+                "idle_after_ms": {"$lt": now_ms},
+            }
+        )
+        return int(res.deleted_count)
 
     async def release(self, key: str, run_id: str, *, started: bool = True) -> bool:
         """Give a slot back, once: only if its holder is still recorded. A reservation that was

@@ -119,3 +119,16 @@ async def refuse(job: Job, signal: AbortSignal) -> None:
 
 JOBS["refused"] = JobDef(handler=refuse)
 JOBS["chatty"] = JobDef(handler=chatty, max_attempts=2)
+
+
+async def tenant_work(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    """Times measured by the handler itself, with its tenant."""
+    import time
+
+    t0 = time.time()
+    await asyncio.sleep(job.payload.get("seconds", 0.3))
+    return me() | {"tenant": job.payload["tenant"], "t0": t0, "t1": time.time()}
+
+
+PER_TENANT = Limit(key="tenant:{tenant}", concurrency=4)
+JOBS["tenant-work"] = JobDef(handler=tenant_work, limit=PER_TENANT)

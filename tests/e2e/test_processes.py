@@ -198,6 +198,39 @@ async def test_progress_and_lines_flushed_before_a_sigkill_are_kept(
     assert await wait_exit(b) == 0
 
 
+async def test_a_tenants_backlog_does_not_hold_back_another_tenant(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    """One worker process with 8 slots, a limit of 4 per tenant: 300 jobs of tenant A queued,
+    then 10 of tenant B. B's jobs all start within 2 s of being scheduled, and the worker runs
+    4 of A and 4 of B at once (the handlers' own clocks)."""
+    import time
+
+    a = spawn("runner-2", E2E_CONCURRENCY="8")
+    await client.schedule_jobs([("tenant-work", {"tenant": "A"}) for _ in range(300)])
+    await wait_workers(client, 1)
+    await asyncio.sleep(1.0)  # A fills its 4 slots; the other 4 stay free
+    scheduled_at = time.time()
+    b_jobs = await client.schedule_jobs([("tenant-work", {"tenant": "B"}) for _ in range(10)])
+    done = [await wait_status(client, j.id, S.FINISHED, timeout=30) for j in b_jobs]
+    a.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(a) == 0
+    b_runs = [(j.result["t0"], j.result["t1"]) for j in done]
+    assert max(t0 for t0, _ in b_runs) - scheduled_at < 2.0, b_runs  # none waited behind A
+    finished_a = await client.list_jobs("tenant-work", "finished", limit=300)
+    a_runs = [(j.result["t0"], j.result["t1"]) for j in finished_a if j.result["tenant"] == "A"]
+
+    def most_at_once(runs: list[tuple[float, float]], at: float) -> int:
+        return sum(1 for t0, t1 in runs if t0 <= at < t1)
+
+    instants = [t0 for t0, _ in a_runs + b_runs]
+    assert max(most_at_once(a_runs, t) for t in instants) == 4  # never more than its limit
+    assert max(most_at_once(b_runs, t) for t in instants) == 4
+    both = max(most_at_once(a_runs, t) + most_at_once(b_runs, t) for t in instants)
+    assert both == 8  # every slot busy: 4 of A beside 4 of B
+    assert (await client.get_job(b_jobs[0].id)).payload == {"tenant": "B"}
+
+
 async def test_a_hook_cut_by_sigkill_is_called_again_by_another_worker(
     spawn: Callable[..., Worker], client: JobProcessor, tmp_path: Path
 ) -> None:

@@ -7,7 +7,10 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
+import pytest
+from bson import ObjectId
+
+from job_processor import AbortSignal, FakeClock, InvalidPayloadError, Job, JobDef, JobStatus
 from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
 from tests.helpers import make, wait_for, wait_status
@@ -184,3 +187,39 @@ async def test_run_job_waits_for_a_slot(db: Any) -> None:
     assert (a.status, b.status) == (S.FINISHED, S.FINISHED)
     assert b.run_started_at is not None and a.ended_at is not None
     assert b.run_started_at >= a.ended_at
+
+
+async def test_a_per_tenant_limit_holds_per_key_and_its_idle_keys_go_away(db: Any) -> None:
+    spans: dict[str, list[tuple[float, float]]] = {}
+    loop = asyncio.get_running_loop()
+
+    async def sync_account(job: Job, signal: AbortSignal) -> None:
+        t0 = loop.time()
+        await asyncio.sleep(0.1)
+        spans.setdefault(job.payload["tenant_id"], []).append((t0, loop.time()))
+
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=2)
+    jobs = {"sync": JobDef(handler=sync_account, limit=per_tenant)}
+    processors = [await make(db, jobs, concurrency=4) for _ in range(2)]
+    with pytest.raises(InvalidPayloadError, match="needs the payload field 'tenant_id'"):
+        await processors[0].schedule_job("sync", {"tenant": "acme"})
+    batch = [("sync", {"tenant_id": t}) for t in ("a", "b", "c") for _ in range(5)]
+    scheduled = await processors[0].schedule_jobs(batch)
+    assert {j.id for j in await processors[0].list_jobs(limit=100)} == {j.id for j in scheduled}
+    stored = await processors[0].storage.jobs.get(ObjectId(scheduled[0].id))
+    assert stored is not None and stored["limit_key"] == "tenant:a"
+    await asyncio.gather(*(p.start() for p in processors))
+    try:
+        for job in scheduled:
+            await wait_status(processors[0], job.id, S.FINISHED)
+        assert {t: max_overlap(s) for t, s in spans.items()} == {"a": 2, "b": 2, "c": 2}
+        status = await processors[0].get_status()
+        assert {u["key"] for u in status.limits} <= {"tenant:a", "tenant:b", "tenant:c"}
+
+        for _ in range(200):  # the sweep removes idle per-value keys
+            if await processors[0].storage.limits.all() == []:
+                break
+            await asyncio.sleep(0.05)
+        assert await processors[0].storage.limits.all() == []
+    finally:
+        await asyncio.gather(*(p.stop() for p in processors))

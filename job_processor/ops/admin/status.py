@@ -8,7 +8,7 @@ import datetime as dt
 from ...core import documents as D
 from ...core.clock import as_utc
 from ...core.coverage import coverage
-from ...core.limits import limit_usage
+from ...core.limits import top_usage
 from ...core.models import ProcessorStatus, WorkerInfo
 from ...core.status import JobStatus
 from ...events.queries import untargeted_warnings
@@ -75,7 +75,7 @@ class StatusAdmin(CronsAdmin):
             unserved_names=cov.unserved,
             unknown_names=cov.unknown_waiting,
             warnings=warnings,
-            limits=[limit_usage(doc, now) for doc in await self.storage.limits.all()],
+            limits=top_usage(await self.storage.limits.all(), now),
         )
 
     async def _throughput(self, now: dt.datetime, minutes: int) -> tuple[list[ThroughputRow], bool]:
