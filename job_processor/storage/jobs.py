@@ -177,16 +177,21 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
             expired += int(res.modified_count)
         return expired
 
+    def due_by_key_cursor(
+        self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int
+    ) -> Any:
+        query = D.claim_filter(names, now)
+        if skip_keys:
+            query["limit_key"] = {"$nin": sorted(skip_keys)}
+        fields = {"_id": 1, "limit_key": 1, "payload": 1, "priority": 1, "due_ms": 1}
+        return self.coll.find(query, fields).sort(CLAIM_SORT).limit(n)
+
     async def due_by_key(
         self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int
     ) -> list[Doc]:
         """The best `n` due jobs of these names whose limit key is not one of `skip_keys` (per-
         value limits: the keys found full), in claim order; `_id`, `limit_key` and `payload`."""
-        query = D.claim_filter(names, now)
-        if skip_keys:
-            query["limit_key"] = {"$nin": sorted(skip_keys)}
-        fields = {"_id": 1, "limit_key": 1, "payload": 1, "priority": 1, "due_ms": 1}
-        return await all_docs(self.coll.find(query, fields).sort(CLAIM_SORT).limit(n))
+        return await all_docs(self.due_by_key_cursor(names, now, skip_keys, n))
 
     async def delete_pending_tasks_of(self, names: list[str]) -> int:
         """Pending tasks of crons that were removed."""
