@@ -110,7 +110,7 @@ async def test_get_status_shows_workers_jobs_and_queue(db: Any) -> None:
     assert me.id == processor.worker_id
     assert me.alive
     assert [j["id"] for j in me.running_jobs] == [running.id]
-    assert status.queue == {"pending": 1, "due": 0, "paused": 0, "running": 1}
+    assert status.queue == {"pending": 1, "due": 0, "paused": 0, "running": 1, "waiting": 0}
     assert status.jobs["hold"] == {"running": 1}
     assert status.jobs["later"] == {"pending": 1}
 

@@ -63,9 +63,10 @@ def show_status(found: ProcessorStatus) -> None:
             ],
         )
     q = found.queue
+    waiting = f", {q['waiting']} waiting for other jobs" if q.get("waiting") else ""
     print(
         f"queue: {q.get('pending', 0)} pending, {q.get('paused', 0)} paused "
-        f"({q.get('due', 0)} of them due now), {q.get('running', 0)} running"
+        f"({q.get('due', 0)} of them due now), {q.get('running', 0)} running{waiting}"
     )
     if found.jobs:
         statuses = [s.value for s in JobStatus]

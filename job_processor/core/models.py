@@ -9,7 +9,7 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Generic, Literal, Protocol
 
@@ -156,6 +156,18 @@ class Job(BaseModel, Generic[PayloadT]):
     invalid_fields: dict[str, Any] = {}
     """Fields of the stored document that do not have their type (another program wrote them),
     as stored; `Job.read` shows the job without them. A run of such a job is errored."""
+    after: list[str] = []
+    """The jobs this one was scheduled after (`schedule_job(..., after=[...])`), in order."""
+    deps: dict[str, str] = {}
+    """Each dependency's id -> "waiting", then the status it ended with."""
+    waiting_on: int = 0
+    """How many dependencies have not ended yet (a `waiting` job is released at 0)."""
+    on_dependency_failure: str | None = None
+    """"skip" (default), "run" or "error": what a dependency that does not finish does to it."""
+    failed_dependency: str | None = None
+    """The dependency whose failure skipped (or errored) this job."""
+    has_dependents: bool = False
+    """Jobs were scheduled after this one."""
     progress: dict[str, Any] | None = None
     """The last progress the handler reported (`report_progress`): done, total, fraction
     (done / total, or None), message, at. A resumed run sees it."""
@@ -180,8 +192,11 @@ class Job(BaseModel, Generic[PayloadT]):
             doc["payload"] = {NOT_A_DOCUMENT: payload}
         if "_id" in doc:
             doc["id"] = str(doc.pop("_id"))
-        if isinstance(doc.get("conflicting_job_id"), ObjectId):
-            doc["conflicting_job_id"] = str(doc["conflicting_job_id"])
+        for one in ("conflicting_job_id", "failed_dependency"):
+            if isinstance(doc.get(one), ObjectId):
+                doc[one] = str(doc[one])
+        if isinstance(doc.get("after"), list):
+            doc["after"] = [str(d) for d in doc["after"]]
         if doc.get("started_at") is None and doc.get("run_started_at") is not None:
             doc["started_at"] = doc["run_started_at"]
         if doc.get("payload") is None:
@@ -257,6 +272,14 @@ class Job(BaseModel, Generic[PayloadT]):
     def logger(self) -> JobLogger:
         """A structlog-style bound logger writing the job's log lines, with their level."""
         return JobLogger(self._notes)
+
+    async def dependencies(self) -> list[Job[Any]]:
+        """The jobs this one was scheduled after (`after=[...]`), as they are now: their
+        status and result (one read; one that was deleted since is left out, its status stays
+        in `job.deps`)."""
+        if not self.after:
+            return []
+        return await self.processor.get_jobs(self.after)
 
     @property
     def processor(self) -> Processor:
@@ -519,6 +542,8 @@ class Processor(Protocol):
     ) -> Job[Any]: ...
 
     async def get_job(self, job_id: str | ObjectId) -> Job[Any]: ...
+
+    async def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]: ...
 
     async def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson import ObjectId
 from pydantic import BaseModel, ValidationError
 
 from . import documents as D
+from . import flows as F
 from .clock import to_millis
 from .definitions import JobDef, fill_limit_key
 from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError
@@ -42,6 +44,10 @@ class JobSpec:
     delay: dt.timedelta | float | None = None
     scheduled_for: dt.datetime | None = None
     tag: str | None = None
+    after: Sequence[Any] = ()
+    """Jobs this one waits for: ids or Jobs, or earlier items of the same batch (their index,
+    or the JobSpec itself): a whole flow in one call."""
+    on_dependency_failure: str = "skip"
 
 
 @dataclass(frozen=True)
@@ -149,9 +155,22 @@ def new_job_doc(
     key: Any = None,
     max_attempts: Any = None,
     tag: Any = None,
+    after: Sequence[ObjectId] = (),
+    on_dependency_failure: Any = "skip",
 ) -> Doc:
-    """A validated pending job document; raises before anything is written."""
+    """A validated pending job document (`waiting`, after `after`); raises before anything is
+    written."""
     body = checked_payload(name, template.payload_model, payload)
+    if after and (scheduled_for is not None or delay is not None):
+        raise InvalidArgumentError(
+            f"job {name!r}: a job scheduled after others starts when they have ended; give "
+            "after, or scheduled_for / delay, not both"
+        )
+    if on_dependency_failure not in F.POLICIES:
+        raise InvalidArgumentError(
+            f"job {name!r}: on_dependency_failure must be one of "
+            f"{', '.join(F.POLICIES)}, got {on_dependency_failure!r}"
+        )
     when = due_at(name, scheduled_for, delay, now)
     priority = 0 if priority is None else priority
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -173,7 +192,7 @@ def new_job_doc(
         limit_key = fill_limit_key(template.limit_key, body) if template.limit_key else None
     except ValueError as exc:
         raise InvalidPayloadError(f"job {name!r}: {exc}") from None
-    return D.new_job(
+    doc = D.new_job(
         name,
         body,
         now=now,
@@ -186,6 +205,36 @@ def new_job_doc(
         resumable=template.resumable,
         limit_key=limit_key,
     )
+    return doc | F.waiting_fields(after, on_dependency_failure) if after else doc
+
+
+def after_ids(after: Any, name: str = "") -> list[ObjectId]:
+    """`after=[...]`: job ids (text or ObjectId) or Jobs, as ObjectIds, in order, once each."""
+    if after is None:
+        return []
+    if isinstance(after, str | bytes | Mapping) or not isinstance(after, Iterable):
+        raise InvalidArgumentError(
+            f"job {name!r}: after must be a list of job ids or Jobs, got {type(after).__name__}"
+        )
+    out: list[ObjectId] = []
+    for ref in after:
+        oid = _job_id(ref)
+        if oid is None:
+            raise InvalidArgumentError(
+                f"job {name!r}: after holds {ref!r}: give job ids (24 hex characters) or Jobs"
+            )
+        if oid not in out:
+            out.append(oid)
+    return out
+
+
+def _job_id(ref: Any) -> ObjectId | None:
+    ref = getattr(ref, "id", ref)  # a Job
+    if isinstance(ref, ObjectId):
+        return ref
+    if isinstance(ref, str) and ObjectId.is_valid(ref):
+        return ObjectId(ref)
+    return None
 
 
 def batch_items(
@@ -199,9 +248,11 @@ def batch_items(
             f"{type(items).__name__}"
         )
     docs: list[Doc] = []
+    seen: dict[int, int] = {}  # id(JobSpec) -> its index: later items may wait on it
     for index, item in enumerate(items):
         try:
             spec = as_spec(item)
+            after = _batch_after(spec, docs, seen)
             docs.append(
                 new_job_doc(
                     spec.name,
@@ -213,12 +264,48 @@ def batch_items(
                     priority=spec.priority,
                     key=spec.key,
                     tag=spec.tag,
+                    after=after,
+                    on_dependency_failure=spec.on_dependency_failure,
                 )
             )
+            seen[id(item)] = index
         except JobProcessorError as exc:  # the same error, naming the item
             exc.args = (f"item {index}: {exc}", *exc.args[1:])
             raise
     return docs
+
+
+def _batch_after(spec: JobSpec, docs: list[Doc], seen: dict[int, int]) -> list[ObjectId]:
+    """A JobSpec's dependencies: earlier items (by index or the JobSpec itself, now marked as
+    having dependents), or jobs that exist (ids or Jobs: checked before writing)."""
+    if not spec.after:
+        return []
+    if isinstance(spec.after, str | bytes | Mapping):
+        raise InvalidArgumentError(f"job {spec.name!r}: after must be a list, got {spec.after!r}")
+    refs: list[Any] = []
+    for ref in spec.after:
+        index = ref if isinstance(ref, int) and not isinstance(ref, bool) else seen.get(id(ref))
+        if index is None and isinstance(ref, JobSpec):
+            raise InvalidArgumentError(
+                f"job {spec.name!r}: after holds a JobSpec that is not an earlier item of this "
+                "batch: a job can only wait on jobs scheduled before it"
+            )
+        if index is None:
+            refs.append(ref)
+            continue
+        if not 0 <= index < len(docs):
+            raise InvalidArgumentError(
+                f"job {spec.name!r}: after holds item {index}: only earlier items can be "
+                f"waited on (0 to {len(docs) - 1})"
+            )
+        if "dedup_key" in docs[index]:
+            raise InvalidArgumentError(
+                f"job {spec.name!r}: item {index} has a dedup key: a job other items wait on "
+                "cannot have one (its key could give another job)"
+            )
+        docs[index]["has_dependents"] = True
+        refs.append(docs[index]["_id"])
+    return after_ids(refs, spec.name)
 
 
 def as_spec(item: Any) -> JobSpec:

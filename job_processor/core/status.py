@@ -10,6 +10,8 @@ from .errors import InvalidArgumentError
 
 class JobStatus(StrEnum):
     PENDING = "pending"
+    WAITING = "waiting"
+    """Scheduled with `after=[...]`: waits for its dependencies to end."""
     RUNNING = "running"
     PAUSED = "paused"
     FINISHED = "finished"
@@ -21,7 +23,7 @@ class JobStatus(StrEnum):
 S = JobStatus
 
 #: A job in one of these holds its exclusive slot and can still run.
-ACTIVE: frozenset[JobStatus] = frozenset({S.PENDING, S.RUNNING, S.PAUSED})
+ACTIVE: frozenset[JobStatus] = frozenset({S.WAITING, S.PENDING, S.RUNNING, S.PAUSED})
 #: A job in one of these will never run again (until an explicit retry).
 TERMINAL: frozenset[JobStatus] = frozenset({S.FINISHED, S.ERRORED, S.KILLED, S.SKIPPED})
 #: A worker may claim these.
@@ -50,6 +52,11 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (S.PENDING, S.SKIPPED),  # cron task not started within its margin
         (S.PENDING, S.ERRORED),  # inserted by another program under a name no worker defines
         (S.RUNNING, S.SKIPPED),  # cron task claimed after its margin: not run
+        (None, S.WAITING),  # schedule_job(after=[...])
+        (S.WAITING, S.PENDING),  # its last dependency ended (or failed, with policy "run")
+        (S.WAITING, S.SKIPPED),  # a dependency failed, policy "skip"
+        (S.WAITING, S.ERRORED),  # a dependency failed, policy "error"
+        (S.WAITING, S.KILLED),  # kill while waiting
     }
 )
 

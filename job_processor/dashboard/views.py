@@ -109,10 +109,14 @@ async def job(d: Dashboard, request: Request) -> Response:
     found = await admin.get_job(request.path_params["job_id"])
     carried = (await admin.carried([found])).get(found.id)  # a delivery's event payload
     secrets = sorted(d.masker.secrets(found.payload, found.state, found.result, carried))
+    dependencies = await admin.get_jobs(found.after) if found.after else []
+    dependents = await admin.dependents(found.id) if found.has_dependents else []
     return d.page(
         request,
         "job.html",
         job=found,
+        dependencies=dependencies,
+        dependents=dependents,
         secrets=secrets,
         can_retry=found.status in (S.ERRORED, S.KILLED),
         can_kill=found.status in ACTIVE and found.kill_requested_at is None,

@@ -31,7 +31,7 @@ from ..core.errors import (
     did_you_mean,
 )
 from ..core.models import Job
-from ..core.producing import ENDED, Template, WaitPacing, batch_items, new_job_doc
+from ..core.producing import ENDED, Template, WaitPacing, after_ids, batch_items, new_job_doc
 from ..core.retries import RETRYABLE, retry_refusal
 from ..core.status import JobStatus, parse_status
 from ..storage import object_id
@@ -113,9 +113,14 @@ class JobsAPI(Runtime):
         key: str | None = None,
         max_attempts: int | None = None,
         delay: dt.timedelta | float | None = None,
+        after: Iterable[Any] | None = None,
+        on_dependency_failure: str = "skip",
     ) -> Job[Any]:
         """Queue a job; a worker whose tags allow it runs it at `scheduled_for` (aware), or
-        `delay` (a timedelta or seconds) from now, or now.
+        `delay` (a timedelta or seconds) from now, or now; or, with `after` (job ids or Jobs,
+        which must exist), once they have all ended: it waits meanwhile (status "waiting"),
+        and a dependency that does not finish skips it (`on_dependency_failure="skip"`, the
+        default), errors it ("error"), or counts as ended ("run").
 
         priority: higher first (then due time, then insertion order).
         key: dedup key, scoped by job name: while a job of this name with this key is pending,
@@ -123,6 +128,7 @@ class JobsAPI(Runtime):
         max_attempts: overrides the definition's (1 = no retry).
         An exclusive job whose name already has an active job is recorded as skipped."""
         template = (await self._templates())(name)
+        deps = after_ids(after, name)
         doc = new_job_doc(
             name,
             template,
@@ -133,11 +139,21 @@ class JobsAPI(Runtime):
             priority=priority,
             key=key,
             max_attempts=max_attempts,
+            after=deps,
+            on_dependency_failure=on_dependency_failure,
         )
+        if deps:
+            await self.flows.check_exist(deps, name)
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
+        registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
+        if registered and await self.flows.register(deps):  # some had ended: read it again
+            fresh = await self.storage.producer.run(lambda _: self.storage.jobs.get(doc["_id"]))
+            stored = fresh or stored
         job = Job.read(stored)
         if job.id != str(doc["_id"]):
             self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
+        elif job.status == S.WAITING:
+            self.log.info("job_waiting", job_id=job.id, job_name=name, after=job.after)
         elif job.status == S.SKIPPED:
             self.log.info(
                 "job_skipped",
@@ -163,6 +179,12 @@ class JobsAPI(Runtime):
         the order given; a dedup key held by an active job (or by an earlier item) gives that
         job, an exclusive name already active gives a skipped job, as `schedule_job` does."""
         docs = batch_items(items, await self._templates(), self.clock.now())
+        mine = {str(d["_id"]) for d in docs}
+        outside = [
+            ObjectId(a) for a in sorted({a for d in docs for a in d.get("after") or []} - mine)
+        ]
+        if outside:  # dependencies that are not items of this batch must exist
+            await self.flows.check_exist(outside, "schedule_jobs")
         stored: list[Doc] = []
         for start in range(0, len(docs), BATCH):
             chunk = docs[start : start + BATCH]
@@ -171,6 +193,15 @@ class JobsAPI(Runtime):
                     chunk, self._skipped_expiry, retried=retried
                 )
             )
+        waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
+        if waited and await self.flows.register(waited):  # some had ended already
+            fresh = {
+                d["_id"]: d
+                for d in await self.storage.producer.run(
+                    lambda _: self.storage.jobs.get_many([d["_id"] for d in stored])
+                )
+            }
+            stored = [fresh.get(d["_id"], d) for d in stored]
         jobs = [Job.read(d) for d in stored]
         if jobs:
             created = sum(1 for j, d in zip(jobs, docs, strict=True) if j.id == str(d["_id"]))
@@ -189,6 +220,14 @@ class JobsAPI(Runtime):
         return inserted
 
     # ---- reading, killing, retrying ------------------------------------------------------------
+
+    async def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
+        """These jobs, in the order given, in one query (those that do not exist are left
+        out): e.g. a flow's children, `job.after`."""
+        ids = [object_id(i) for i in job_ids]
+        found = await self.storage.producer.run(lambda _: self.storage.jobs.get_many(ids))
+        by_id = {d["_id"]: d for d in found}
+        return [Job.read(by_id[i]) for i in ids if i in by_id]
 
     async def get_job(self, job_id: str | ObjectId) -> Job[Any]:
         oid = object_id(job_id)
@@ -228,6 +267,7 @@ class JobsAPI(Runtime):
         fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
         if outcome == "killed":
             self.log.info("job_killed", **fields)
+            await self.flows.ended(doc)  # the jobs waiting on it
             if self.hooks_here:
                 await self.hooks.after_write(self.definitions.get(doc["name"]), doc)
         elif outcome == "requested":

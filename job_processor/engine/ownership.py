@@ -64,6 +64,9 @@ class OwnershipWatcher:
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
         for doc in await self.jobs.running_on(self.worker.worker_id):
             if self.worker.owns(doc):
+                run = self.worker.runs.get(str(doc["_id"]))
+                if run is not None and doc.get("has_dependents"):  # scheduled after it since
+                    run.doc["has_dependents"] = True  # its claim: its end settles them
                 if doc.get("kill_requested_at") is not None and self.worker.abort(
                     str(doc["_id"]), "killed"
                 ):

@@ -193,6 +193,8 @@ class Recovery:
         if written.doc is None:
             return None  # another sweeper (or the owner) got there first
         await self.worker.limiter.release(doc, self.worker)  # its slot, in the same step
+        if self.worker.on_ended is not None:  # the jobs waiting on it
+            await self.worker.on_ended(written.doc)
         self.worker.telemetry.recovered(doc, written.doc)
         sentry.recovered(doc, written.doc, self.worker.worker_id)
         self.log.warning(

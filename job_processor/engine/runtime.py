@@ -27,6 +27,7 @@ from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
 from .crons import CronScheduler
+from .flows import Flows
 from .heartbeat import Heartbeat
 from .hooks import HookRunner
 from .ownership import OwnershipWatcher
@@ -74,6 +75,9 @@ class Runtime:
             storage, self.definitions, worker_tags, clock, log, settings, self.hooks
         )
         self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
+        self.flows = Flows(storage, clock, log, self.worker.wake.set, settings.worker_timeout)
+        self.worker.on_ended = self.flows.ended
+        self.recovery.sweeps.append(self.flows.sweep)  # dependencies that ended unnoticed
         self.registry = Registry(storage, self.definitions, log)
         self.heartbeat = Heartbeat(
             storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -79,6 +79,9 @@ class Worker:
         self.settings = settings
         self.hooks = hooks
         self.processor: Processor | None = None
+        self.on_ended: Callable[[Doc], Awaitable[None]] | None = None
+        """Called after a final write, with the job as written (the runtime settles the jobs
+        waiting on it: `engine.flows.Flows.ended`)."""
         """What `job.processor` returns in a handler (set by the JobProcessor)."""
         self.worker_id = ""
         self.runs: dict[str, Run] = {}
@@ -554,6 +557,8 @@ class Worker:
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
         await self.limiter.release(run.doc, self)
+        if self.on_ended is not None:  # the jobs waiting on it (engine.flows)
+            await self.on_ended(final)
         await self.hooks.after_write(run.definition, final)
         return final
 

@@ -51,6 +51,7 @@ async def build_status(
         "pending": sum(j.get("pending", 0) for j in jobs.values()),
         "due": await storage.jobs.count_due(sorted(jobs), now) if jobs else 0,
         "paused": sum(j.get("paused", 0) for j in jobs.values()),
+        "waiting": sum(j.get("waiting", 0) for j in jobs.values()),
         "running": len(running),
     }
     cron_rows, warnings = await cron_status(storage, crons, running)

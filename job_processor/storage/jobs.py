@@ -35,6 +35,7 @@ from .compat import (
     not_in,
     open_stream,
 )
+from .job_flows import FlowRecords
 from .job_hooks import HookRecords
 from .job_inserts import JobInserts
 from .job_reads import JobReads
@@ -61,6 +62,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("exclusive_key", 1)], {"unique": True, "sparse": True}),
     ([("dedup_key", 1)], {"unique": True, "sparse": True}),
     ([("cron_slot_key", 1)], {"unique": True, "sparse": True}),
+    # the jobs waiting on a dependency that just ended (multikey: `after` lists their ids)
+    ([("after", 1), ("status", 1)], {}),
     # cron tasks that waited past their check-in margin
     ([("type", 1), ("status", 1), ("start_deadline", 1)], {}),
     # a worker's running jobs (kill checks, reconciliation, the recovery sweep)
@@ -126,7 +129,7 @@ class EndWrite:
     kill_requested: bool = False
 
 
-class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
+class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
     """The domain verbs on jobs (see the module docstring); creation, those on documents other
     programs wrote, on on_job_exited records and the reads are in `job_inserts`, `job_strays`,
     `job_hooks`, `job_reads`."""
@@ -396,13 +399,13 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
                 EndWrite(D.applied(i.claimed, u)) for i, (_, u) in zip(items, built, strict=True)
             ]
         ids = [i.claimed["_id"] for i in items]
-        current = {d["_id"]: d for d in await ride_out(lambda: self._get_many(ids), budget)}
+        current = {d["_id"]: d for d in await ride_out(lambda: self.get_many(ids), budget)}
         return [
             self._resolve(i.claimed, current.get(i.claimed["_id"]), end_id)
             for i, end_id in zip(items, end_ids, strict=True)
         ]
 
-    async def _get_many(self, ids: list[ObjectId]) -> list[Doc]:
+    async def get_many(self, ids: list[ObjectId]) -> list[Doc]:
         return await all_docs(self.coll.find({"_id": {"$in": ids}}))
 
     async def _end_one(
@@ -452,7 +455,10 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
         `kill_id` is reported as killed by it."""
         for _ in range(10):
             doc = await self.coll.find_one_and_update(
-                {"_id": job_id, "status": {"$in": [S.PENDING.value, S.PAUSED.value]}},
+                {
+                    "_id": job_id,
+                    "status": {"$in": [S.PENDING.value, S.PAUSED.value, S.WAITING.value]},
+                },
                 D.kill_update(now, writer, hook_owed=hook_owed, kill_id=kill_id),
                 return_document=AFTER,
             )
@@ -468,7 +474,7 @@ class JobStore(JobInserts, ForeignJobs, HookRecords, JobReads):
             doc = await self.coll.find_one({"_id": job_id})
             if doc is None:
                 raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-            if doc["status"] not in {S.PENDING.value, S.PAUSED.value, S.RUNNING.value}:
+            if doc["status"] not in {s.value for s in (S.PENDING, S.PAUSED, S.RUNNING, S.WAITING)}:
                 mine = retried and kill_id is not None and doc.get("end_id") == kill_id
                 return ("killed" if mine else "ended"), decode(doc)
             # it moved between our two updates: try again

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from job_processor import JobProcessor, JobStatus, init_job_processor
+from job_processor import JobProcessor, JobSpec, JobStatus, init_job_processor
 from tests.helpers import wait_status
 
 from .app import JOBS
@@ -229,6 +229,54 @@ async def test_a_tenants_backlog_does_not_hold_back_another_tenant(
     both = max(most_at_once(a_runs, t) + most_at_once(b_runs, t) for t in instants)
     assert both == 8  # every slot busy: 4 of A beside 4 of B
     assert (await client.get_job(b_jobs[0].id)).payload == {"tenant": "B"}
+
+
+async def test_a_fan_in_of_1000_children_releases_its_parent_once(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    spawn("runner-2", E2E_CONCURRENCY="8")
+    spawn("runner-3", E2E_CONCURRENCY="8")
+    children = [JobSpec("anywhere", {"i": i}) for i in range(1000)]
+    jobs = await client.schedule_jobs(
+        [*children, JobSpec("anywhere", {"parent": 1}, after=children)]
+    )
+    parent = await wait_status(client, jobs[-1].id, S.FINISHED, timeout=180)
+    assert parent.attempt == 1 and parent.waiting_on == 0  # released once
+    assert set(parent.deps.values()) == {"finished"} and len(parent.deps) == 1000
+    done = await client.get_jobs(parent.after)
+    assert len(done) == 1000 and {j.status for j in done} == {S.FINISHED}
+    assert {j.result["instance_id"] for j in done} == {"runner-2", "runner-3"}
+    assert parent.run_started_at is not None
+    assert parent.run_started_at >= max(j.ended_at for j in done if j.ended_at)
+
+
+async def test_a_flow_across_processes_with_a_failed_and_a_killed_dependency(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    spawn("runner-2")
+    refused = await client.schedule_job("refused", {"what": "the upload"})
+    parents = {
+        policy: await client.schedule_job(
+            "anywhere", {"policy": policy}, after=[refused], on_dependency_failure=policy
+        )
+        for policy in ("skip", "run", "error")
+    }
+    assert (await wait_status(client, parents["skip"].id, S.SKIPPED)).failed_dependency == (
+        refused.id
+    )
+    assert (await wait_status(client, parents["run"].id, S.FINISHED)).deps == {
+        refused.id: "errored"
+    }
+    errored = await wait_status(client, parents["error"].id, S.ERRORED)
+    assert (
+        errored.error == f"dependency {refused.id} errored: not run (on_dependency_failure='error')"
+    )
+    blocked = await client.schedule_job("long-plain")
+    after_blocked = await client.schedule_job("anywhere", after=[blocked])
+    await wait_status(client, blocked.id, S.RUNNING)
+    await client.kill_job(blocked.id)  # the worker process aborts it, its final write settles
+    skipped = await wait_status(client, after_blocked.id, S.SKIPPED)
+    assert skipped.deps == {blocked.id: "killed"}
 
 
 async def test_a_hook_cut_by_sigkill_is_called_again_by_another_worker(

@@ -90,6 +90,18 @@ class JobsAdmin(AdminBase):
         payloads = await self.storage.events.payloads(sorted(set(wanted.values())))
         return {jid: payloads[eid] for jid, eid in wanted.items() if eid in payloads}
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job[Any]]:
+        """These jobs, in the order given (those that do not exist are left out)."""
+        ids = ids_of(list(job_ids)) if job_ids else []
+        by_id = {d["_id"]: d for d in await self.storage.jobs.get_many(ids)}
+        return await self._redacted([Job.read(by_id[i]) for i in ids if i in by_id])
+
+    async def dependents(self, job_id: str | ObjectId, limit: int = 100) -> list[Job[Any]]:
+        """The jobs scheduled after this one (`after=[...]`), newest first."""
+        oid = ids_of(job_id)[0] if isinstance(job_id, str) else job_id
+        docs = await self.storage.jobs.dependents_of(oid, limit)
+        return await self._redacted([Job.read(d) for d in docs])
+
     async def retry(
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
@@ -231,6 +243,12 @@ class JobsAdmin(AdminBase):
         result = self._result("jobs_deleted", actor)
         hookless = await self._hookless()
         for oid in ids_of(job_ids):
+            if await self.storage.jobs.has_waiting_dependents(oid):
+                result.skipped[str(oid)] = (
+                    "jobs scheduled after it have not counted its end yet (a worker does it "
+                    "shortly); delete it after that"
+                )
+                continue
             doc = await self.storage.job_admin.delete_ended(oid, hookless)
             if doc is not None:
                 result.changed.append(str(oid))

@@ -1,0 +1,95 @@
+"""Dependencies between jobs on the jobs collection (see `core.flows`): registering a waiting
+job on its dependencies, and what a dependency's end does to the jobs waiting on it. A mixin of
+`JobStore`.
+
+`settle_dependents(dep, status)` is what a dependency's end triggers (the worker after its final
+write, a kill, a recovery, the sweep for what a crash left undone): for a finished dependency
+two commands whatever the number of dependents (their count, then their release); for a failed
+one, a read first, to carry the failure on to the dependents of the jobs it skips or errors.
+Every step is filtered on the dependency still being counted as waiting, so it applies once
+however many processes run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from ..core import flows as F
+from ..core.status import JobStatus
+from .compat import all_docs
+
+Doc = dict[str, Any]
+S = JobStatus
+
+#: How far one dependency's end is carried on (a skipped job's own dependents, and theirs...).
+CASCADE_LIMIT = 10_000
+
+
+class FlowRecords:
+    coll: Any
+
+    async def statuses(self, ids: list[ObjectId]) -> dict[ObjectId, str]:
+        """The status of each of these jobs that exists (one query)."""
+        found = await all_docs(self.coll.find({"_id": {"$in": ids}}, {"status": 1}))
+        return {d["_id"]: str(d.get("status")) for d in found}
+
+    async def mark_dependents(self, ids: list[ObjectId]) -> None:
+        """These jobs have jobs waiting on them (their end settles them)."""
+        await self.coll.update_many({"_id": {"$in": ids}}, {"$set": {"has_dependents": True}})
+
+    async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
+        """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error
+        those it fails (and carry that on to their own dependents), release those with nothing
+        left to wait for. Returns how many jobs were released (due now)."""
+        released = 0
+        queue = [(dep_id, status)]
+        for _ in range(CASCADE_LIMIT):
+            if not queue:
+                break
+            dep, ended = queue.pop()
+            if ended != S.FINISHED.value:  # the jobs this failure ends, to carry it on
+                ending = await all_docs(
+                    self.coll.find(
+                        {
+                            "after": str(dep),
+                            "status": S.WAITING.value,
+                            f"deps.{dep}": "waiting",
+                            "has_dependents": True,
+                            "on_dependency_failure": {"$in": ["skip", "error"]},
+                        },
+                        {"_id": 1, "on_dependency_failure": 1},
+                    )
+                )
+                for doc in ending:
+                    skip = doc.get("on_dependency_failure") == "skip"
+                    queue.append((doc["_id"], "skipped" if skip else "errored"))
+            for query, update in F.dependency_ended(dep, ended, now):
+                await self.coll.update_many(query, update)
+            query, update = F.released(dep, now)
+            res = await self.coll.update_many(query, update)
+            released += int(res.modified_count)
+        return released
+
+    def stale_waiting_cursor(self, cutoff: dt.datetime, limit: int = 500) -> Any:
+        return self.coll.find(
+            {"status": S.WAITING.value, "created_at": {"$lt": cutoff}}, {"deps": 1}
+        ).limit(limit)
+
+    async def stale_waiting(self, cutoff: dt.datetime) -> list[Doc]:
+        """Jobs waiting since before `cutoff` (the sweep checks their dependencies did not end
+        unnoticed: a worker that died between a final write and settling its dependents)."""
+        return await all_docs(self.stale_waiting_cursor(cutoff))
+
+    async def dependents_of(self, dep_id: ObjectId, limit: int = 100) -> list[Doc]:
+        """The jobs scheduled after `dep_id` (the `after` index), without their log lines."""
+        cursor = self.coll.find({"after": str(dep_id)}, {"logs": 0}).sort([("_id", -1)])
+        return await all_docs(cursor.limit(limit))
+
+    async def has_waiting_dependents(self, dep_id: ObjectId) -> bool:
+        """Whether jobs still wait on `dep_id` without having counted it (a `find`: nx-27017
+        counts 0 for a filter on an ObjectId)."""
+        query = {"after": str(dep_id), "status": S.WAITING.value, f"deps.{dep_id}": "waiting"}
+        return bool(await all_docs(self.coll.find(query, {"_id": 1}).limit(1)))

@@ -1,0 +1,189 @@
+"""Dependencies between jobs on a server: a job waits for the jobs it was scheduled after, is
+released by their ends (no polling), sees their results, and a dependency that fails skips it,
+errors it or counts as ended, as asked. Whole flows in one schedule_jobs call."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from job_processor import (
+    AbortSignal,
+    DoNotRetry,
+    InvalidArgumentError,
+    Job,
+    JobDef,
+    JobNotFoundError,
+    JobSpec,
+    JobStatus,
+)
+from job_processor.ops.admin import Admin
+from tests.helpers import make, wait_status
+
+S = JobStatus
+hooks: list[tuple[str, str]] = []
+
+
+async def part(job: Job, signal: AbortSignal) -> int:
+    if job.payload.get("fail"):
+        raise DoNotRetry(f"part {job.payload['n']} failed")
+    if job.payload.get("block"):
+        await signal.wait()
+        signal.raise_if_aborted()
+    return int(job.payload["n"])
+
+
+async def total(job: Job, signal: AbortSignal) -> dict[str, Any]:
+    deps = await job.dependencies()
+    return {
+        "sum": sum(d.result or 0 for d in deps if d.status == S.FINISHED),
+        "statuses": [d.status.value for d in deps],
+    }
+
+
+async def note_exit(job: Job) -> None:
+    hooks.append((job.name, job.status.value))
+
+
+JOBS = {
+    "part": JobDef(handler=part),
+    "total": JobDef(handler=total, on_job_exited=note_exit),
+}
+
+
+async def test_a_whole_flow_in_one_call_runs_the_parent_after_its_children(db: Any) -> None:
+    p = await make(db, JOBS, concurrency=4)
+    children = [JobSpec("part", {"n": n}) for n in range(1, 6)]
+    jobs = await p.schedule_jobs([*children, JobSpec("total", after=children)])
+    parent = jobs[-1]
+    assert parent.status == S.WAITING and parent.waiting_on == 5
+    assert parent.after == [j.id for j in jobs[:5]]
+    assert (await p.get_job(jobs[0].id)).has_dependents
+    async with p:
+        done = await wait_status(p, parent.id, S.FINISHED)
+    assert done.result == {"sum": 15, "statuses": ["finished"] * 5}
+    assert done.waiting_on == 0 and set(done.deps.values()) == {"finished"}
+    assert done.attempt == 1  # released once
+    started = min(c.ended_at for c in await p.get_jobs(parent.after))
+    assert done.run_started_at is not None and done.run_started_at >= started
+
+
+@pytest.mark.parametrize(
+    ("policy", "status"), [("skip", S.SKIPPED), ("run", S.FINISHED), ("error", S.ERRORED)]
+)
+async def test_a_failed_child_skips_runs_or_errors_its_parent(
+    db: Any, policy: str, status: S
+) -> None:
+    hooks.clear()
+    p = await make(db, JOBS, concurrency=4)
+    ok = await p.schedule_job("part", {"n": 1})
+    bad = await p.schedule_job("part", {"n": 2, "fail": True})
+    parent = await p.schedule_job("total", after=[ok, bad.id], on_dependency_failure=policy)
+    async with p:
+        ended = await wait_status(p, parent.id, status)
+        if status != S.SKIPPED:
+            await wait_for_hook(("total", status.value))
+    assert ended.deps == {ok.id: "finished", bad.id: "errored"}
+    if policy == "run":
+        assert ended.result == {"sum": 1, "statuses": ["finished", "errored"]}
+    else:
+        assert ended.failed_dependency == bad.id
+        assert f"dependency {bad.id} errored" in (ended.error or "")
+        assert ended.attempt == 0  # never ran
+    if status == S.SKIPPED:
+        assert ended.skip_reason == "dependency" and hooks == []  # no hook for skipped jobs
+
+
+async def wait_for_hook(expected: tuple[str, str]) -> None:
+    for _ in range(300):
+        if expected in hooks:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"hook {expected} never called: {hooks}")
+
+
+async def test_a_killed_dependency_and_a_killed_waiting_job_carry_on_down_the_flow(
+    db: Any,
+) -> None:
+    p = await make(db, JOBS, concurrency=4)
+    blocked = await p.schedule_job("part", {"n": 1, "block": True})
+    middle = await p.schedule_job("total", after=[blocked])
+    last = await p.schedule_job("total", after=[middle])
+    other = await p.schedule_job("part", {"n": 2, "block": True})
+    waiting = await p.schedule_job("total", after=[other])
+    after_waiting = await p.schedule_job("total", after=[waiting], on_dependency_failure="run")
+    async with p:
+        await wait_status(p, blocked.id, S.RUNNING)
+        await p.kill_job(blocked.id)  # a running dependency, killed
+        assert (await wait_status(p, middle.id, S.SKIPPED)).deps == {blocked.id: "killed"}
+        assert (await wait_status(p, last.id, S.SKIPPED)).failed_dependency == middle.id
+        killed = await p.kill_job(waiting.id)  # a waiting job, killed
+        assert killed.status == S.KILLED
+        done = await wait_status(p, after_waiting.id, S.FINISHED)  # "run": it counts as ended
+        assert done.result == {"sum": 0, "statuses": ["killed"]}
+        await p.kill_job(other.id)
+
+
+async def test_a_dependency_that_already_ended_releases_at_once_and_bad_input_writes_nothing(
+    db: Any,
+) -> None:
+    p = await make(db, JOBS)
+    finished = await p.run_job("part", {"n": 7})
+    parent = await p.schedule_job("total", after=[finished])
+    assert parent.status == S.PENDING  # nothing to wait for
+    with pytest.raises(JobNotFoundError, match="after names jobs that do not exist"):
+        await p.schedule_job("total", after=["0123456789abcdef01234567"])
+    with pytest.raises(InvalidArgumentError, match="after, or scheduled_for / delay, not both"):
+        await p.schedule_job("total", after=[finished], delay=5)
+    with pytest.raises(InvalidArgumentError, match="on_dependency_failure must be one of"):
+        await p.schedule_job("total", after=[finished], on_dependency_failure="ignore")
+    keyed = JobSpec("part", {"n": 1}, key="k")
+    with pytest.raises(InvalidArgumentError, match=r"item 1: .*item 0 has a dedup key"):
+        await p.schedule_jobs([keyed, JobSpec("total", after=[keyed])])
+    with pytest.raises(InvalidArgumentError, match=r"item 0: .*only earlier items"):
+        await p.schedule_jobs([JobSpec("total", after=[1]), ("part", {"n": 1})])
+    assert len(await p.list_jobs(limit=100)) == 2  # the finished job and the released parent
+
+
+async def test_retry_and_delete_in_a_flow(db: Any) -> None:
+    p = await make(db, JOBS, concurrency=4)
+    admin = await Admin.open(db, clock=p.clock)
+    bad = await p.schedule_job("part", {"n": 2, "fail": True})
+    parent = await p.schedule_job("total", after=[bad])
+    async with p:
+        await wait_status(p, parent.id, S.SKIPPED)
+        # retrying the failed child runs it again; its parent stays skipped (it records why)
+        await db[f"{p.storage.prefix}jobs"].update_one(
+            {"_id": ObjectId(bad.id)}, {"$set": {"payload.fail": False}}
+        )
+        await p.retry_job(bad.id)
+        await wait_status(p, bad.id, S.FINISHED)
+    again = await p.get_job(parent.id)
+    assert again.status == S.SKIPPED and again.deps == {bad.id: "errored"}
+    # a dependency counted by its dependents can be deleted: they keep its recorded status
+    assert (await admin.delete([bad.id])).changed == [bad.id]
+    assert (await p.get_job(parent.id)).deps == {bad.id: "errored"}
+
+
+async def test_a_dependency_whose_end_went_unnoticed_is_settled_by_the_sweep(db: Any) -> None:
+    """Its worker died between the child's final write and settling the parent (here: the
+    child's end written behind the processor's back): a worker's recovery sweep finds the
+    parent waiting, for longer than worker_timeout, on an ended job, and releases it."""
+    p = await make(db, JOBS, worker_timeout=2.0, heartbeat_interval=0.5)
+    child = await p.schedule_job("part", {"n": 3})
+    parent = await p.schedule_job("total", after=[child])
+    coll = p.storage.jobs.coll
+    await coll.update_one(
+        {"_id": ObjectId(child.id)},
+        {"$set": {"status": "finished", "output": {"result": 3}}, "$unset": {"claim_name": ""}},
+    )
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+    await coll.update_one({"_id": ObjectId(parent.id)}, {"$set": {"created_at": long_ago}})
+    assert (await p.get_job(parent.id)).status == S.WAITING
+    async with p:
+        done = await wait_status(p, parent.id, S.FINISHED, timeout=20)
+    assert done.result == {"sum": 3, "statuses": ["finished"]}
