@@ -97,6 +97,8 @@ class JobClient:
         key: str | None = None,
         max_attempts: int | None = None,
         delay: dt.timedelta | float | None = None,
+        after: Iterable[Any] | None = None,
+        on_dependency_failure: str = "skip",
     ) -> Job[Any]:
         """See `JobProcessor.schedule_job`."""
         return drive(
@@ -108,8 +110,14 @@ class JobClient:
                 key=key,
                 max_attempts=max_attempts,
                 delay=delay,
+                after=after,
+                on_dependency_failure=on_dependency_failure,
             )
         )
+
+    def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
+        """See `JobProcessor.get_jobs`."""
+        return drive(self._processor.get_jobs(job_ids))
 
     def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
         """See `JobProcessor.schedule_jobs`: `(name, payload)` tuples or `JobSpec`s."""

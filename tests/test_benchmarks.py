@@ -94,3 +94,18 @@ def test_lean_benchmark_prints_its_figures(mongo_url: str) -> None:
     )
     for figure in ("minimal queue", "bytes", "worker CPU", "idle worker"):  # server CPU: local
         assert figure in out, out
+
+
+def test_flows_benchmark_prints_its_figures(mongo_url: str) -> None:
+    out = run_benchmark(
+        mongo_url,
+        "benchmarks/bench_flows.py",
+        "--children",
+        "20",
+        "--seconds",
+        "1.5",
+        "--limited-jobs",
+        "12",
+    )
+    for figure in ("progress + log lines", "flow of 1 parent and 20 children", "tenant limit"):
+        assert figure in out, out

@@ -71,6 +71,12 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         if data.get(key) is not None:
             print(f"{key + ':':<20}{data[key]}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts)}")
+    if job.after:
+        ended = [f"{d} ({s})" for d, s in job.deps.items()]
+        waiting = f"waiting for {job.waiting_on}; " if job.status == "waiting" else ""
+        print(f"{'after:':<20}{waiting}{', '.join(ended)}")
+        if job.failed_dependency:
+            print(f"{'failed dependency:':<20}{job.failed_dependency}")
     progress = data.get("progress")
     if progress:
         print(f"{'progress:':<20}{progress_text(progress)}")

@@ -91,5 +91,10 @@ class FlowRecords:
     async def has_waiting_dependents(self, dep_id: ObjectId) -> bool:
         """Whether jobs still wait on `dep_id` without having counted it (a `find`: nx-27017
         counts 0 for a filter on an ObjectId)."""
+        return bool(await all_docs(self.waiting_on_cursor(dep_id).limit(1)))
+
+    def waiting_on_cursor(self, dep_id: ObjectId) -> Any:
+        """The jobs waiting on `dep_id` that have not counted it (the {after, status} index:
+        what `dependency_ended`'s updates select)."""
         query = {"after": str(dep_id), "status": S.WAITING.value, f"deps.{dep_id}": "waiting"}
-        return bool(await all_docs(self.coll.find(query, {"_id": 1}).limit(1)))
+        return self.coll.find(query, {"_id": 1})

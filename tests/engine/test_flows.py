@@ -187,3 +187,31 @@ async def test_a_dependency_whose_end_went_unnoticed_is_settled_by_the_sweep(db:
     async with p:
         done = await wait_status(p, parent.id, S.FINISHED, timeout=20)
     assert done.result == {"sum": 3, "statuses": ["finished"]}
+
+
+async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
+    db: Any, mongo_url: str
+) -> None:
+    import httpx2 as httpx
+    from pymongo import MongoClient
+
+    from job_processor.dashboard import create_dashboard
+    from job_processor.sync import JobClient
+
+    p = await make(db, JOBS)
+    mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    try:
+        client = JobClient(mongo[db.name], JOBS)
+        child = client.schedule_job("part", {"n": 4})
+        parent = client.schedule_job("total", after=[child.id], on_dependency_failure="run")
+        assert parent.status == S.WAITING and client.get_jobs([child.id])[0].id == child.id
+    finally:
+        mongo.close()
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        parent_page = (await c.get(f"/jobs/{parent.id}")).text
+        child_page = (await c.get(f"/jobs/{child.id}")).text
+    assert f'href="/jobs/{child.id}"' in parent_page and "waiting for 1" in parent_page
+    assert f'href="/jobs/{parent.id}"' in child_page and "Jobs scheduled after it" in child_page

@@ -96,6 +96,9 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     # per-value limits: the due jobs of keys not known to be full, in claim order
     names = ["job-1", "job-2"]
     assert_indexed(await storage.jobs.due_by_key_cursor(names, NOW, ["t:a"], 8).explain())
+    # flows: the jobs waiting on a dependency that ended; the sweep's long-waiting jobs
+    assert_indexed(await storage.jobs.waiting_on_cursor(ObjectId()).explain())
+    assert_indexed(await storage.jobs.stale_waiting_cursor(NOW).explain())
     # the sweep's one query: both $or branches on an index
     assert_indexed(await storage.jobs.attention_cursor(NOW, NOW).explain())
 
