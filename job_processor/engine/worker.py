@@ -20,6 +20,7 @@ import bson
 from pymongo.errors import PyMongoError
 
 from ..core import documents as D
+from ..core import foreign as FD
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
@@ -327,7 +328,7 @@ class Worker:
                     self._finish(run, RunEnd(Ending.INVALID, error=error), None)
                 )
             if "created_at" not in doc:  # inserted by another program: fill in the rest
-                missing = D.completion(doc, run.definition, self.clock.now())
+                missing = FD.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
                 await self.jobs.complete(doc["_id"], doc["run_id"], missing)
             if self._claimed_too_late(doc):

@@ -12,6 +12,7 @@ from typing import Any
 from bson import ObjectId
 
 from ..core import documents as D
+from ..core import foreign as FD
 from ..core.documents import CLAIM_SORT
 from ..core.retention import Retention
 from ..core.status import JobStatus, check_transition
@@ -29,7 +30,7 @@ class ForeignJobs:
 
     def _unclaimable(self, error: str, now: dt.datetime, name: str) -> Doc:
         keep = self.retention_of(name)
-        return D.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
+        return FD.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
 
     async def error_uncountable(self, names: list[str], now: dt.datetime) -> int:
         """After a claim failed with TypeMismatch (another program wrote `attempt: "x"`; the
@@ -37,12 +38,12 @@ class ForeignJobs:
         reason, so they stop blocking the claims of their names. Returns how many."""
         query = D.claim_filter(names, now) | {"attempt": {"$exists": True}}
         docs = await all_docs(self.coll.find(query).sort(CLAIM_SORT).limit(100))
-        return await self._error_uncountable_docs([d for d in docs if D.uncountable(d)], now)
+        return await self._error_uncountable_docs([d for d in docs if FD.uncountable(d)], now)
 
     async def _error_uncountable_docs(self, docs: list[Doc], now: dt.datetime) -> int:
         errored = 0
         for doc in docs:
-            why = D.uncountable(doc)
+            why = FD.uncountable(doc)
             if why is None:
                 continue
             res = await self.coll.update_one(
@@ -74,7 +75,7 @@ class ForeignJobs:
             name = doc["claim_name"]
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "claim_name": name},
-                D.unknown_name_update(name, now),  # no definition here: kept until purged
+                FD.unknown_name_update(name, now),  # no definition here: kept until purged
             )
             errored += res.modified_count
         return errored
@@ -86,12 +87,12 @@ class ForeignJobs:
         program wrote it: such a job is never due), inserted before `inserted_before`: errored
         with the reason. At most 100 per kind and call (index-bounded on the claim index)."""
         errored = 0
-        for query in D.undue_filters(names, inserted_before):
+        for query in FD.undue_filters(names, inserted_before):
             fields = {"_id": 1, "claim_name": 1, "due_ms": 1}
             async for doc in self.coll.find(query, fields).limit(100):
                 res = await self.coll.update_one(
                     {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
-                    self._unclaimable(D.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
+                    self._unclaimable(FD.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
                 )
                 errored += res.modified_count
         return errored

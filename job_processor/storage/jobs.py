@@ -20,6 +20,7 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core import documents as D
+from ..core import foreign as FD
 from ..core import notes as N
 from ..core.documents import CLAIM_SORT
 from ..core.errors import JobNotFoundError
@@ -259,10 +260,10 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         candidates = await all_docs(
             self.coll.find(D.claim_filter(names, now), {"logs": 0}).sort(CLAIM_SORT).limit(k)
         )
-        unclaimable = [c for c in candidates if D.uncountable(c)]
+        unclaimable = [c for c in candidates if FD.uncountable(c)]
         if unclaimable:  # no claim could take these (another program wrote them): error them
             await self._error_uncountable_docs(unclaimable, now)
-            candidates = [c for c in candidates if not D.uncountable(c)]
+            candidates = [c for c in candidates if not FD.uncountable(c)]
         if not candidates:
             return []
         update = D.claim_update(worker_id, now)

@@ -13,6 +13,7 @@ from bson import ObjectId
 
 from job_processor.core import documents as D
 from job_processor.core import event_documents as E
+from job_processor.core import foreign as FD
 from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 
@@ -243,5 +244,5 @@ async def test_mongodb_refuses_to_claim_a_non_numeric_attempt_and_the_cause_is_e
 
 async def test_the_pass_for_jobs_that_can_never_be_due_is_index_backed(storage: Storage) -> None:
     names = [f"job-{i}" for i in range(150)]
-    for query in D.undue_filters(names, NOW):
+    for query in FD.undue_filters(names, NOW):
         assert_indexed(await storage.jobs.coll.find(query).limit(100).explain())
