@@ -26,6 +26,7 @@ from .core.errors import (
     InvalidDefinitionError,
     InvalidPayloadError,
     UnknownJobError,
+    field_errors,
 )
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
@@ -201,9 +202,7 @@ def _webhook_options(value: Any) -> WebhookOptions:
     try:
         return WebhookOptions.model_validate(value)
     except ValidationError as exc:
-        fields = "; ".join(
-            f"field {'.'.join(str(p) for p in e['loc'])!r}: {e['msg']}" for e in exc.errors()
-        )
+        fields = field_errors(exc.errors())
         raise InvalidDefinitionError(f"webhook_options: {fields}") from None
 
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import InvalidArgumentError, InvalidDefinitionError
+from .errors import InvalidArgumentError, InvalidDefinitionError, field_errors
 from .retention import check_keep
 
 Concurrency = Literal["concurrent", "exclusive"]
@@ -485,10 +485,7 @@ def parse_subscribers(
                 parsed.append(Subscriber.model_validate(sub))
             except ValidationError as exc:
                 label = sub.get("name", f"#{i}")
-                fields = "; ".join(
-                    f"field {'.'.join(str(p) for p in e['loc']) or '(subscriber)'!r}: {e['msg']}"
-                    for e in exc.errors()
-                )
+                fields = field_errors(exc.errors(), "(subscriber)")
                 raise InvalidDefinitionError(
                     f"event {event!r}, subscriber {label!r}: {fields}"
                 ) from None

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
+
+
+def field_errors(errors: list[Any], whole: str = "(value)") -> str:
+    """A pydantic ValidationError's errors (`exc.errors()`) as one line naming each field:
+    "field 'to': Field required; field 'rows': Input should be a valid integer"."""
+    return "; ".join(
+        f"field {'.'.join(str(p) for p in e['loc']) or whole!r}: {e['msg']}" for e in errors
+    )
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

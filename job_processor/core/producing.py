@@ -24,7 +24,7 @@ from . import documents as D
 from . import flows as F
 from .clock import to_millis
 from .definitions import JobDef, fill_limit_key
-from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError
+from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError, field_errors
 
 Doc = dict[str, Any]
 
@@ -96,10 +96,7 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
         try:
             value = payload if isinstance(payload, model) else model.model_validate(payload)
         except ValidationError as exc:
-            fields = "; ".join(
-                f"field {'.'.join(str(p) for p in e['loc']) or '(payload)'!r}: {e['msg']}"
-                for e in exc.errors()
-            )
+            fields = field_errors(exc.errors(), "(payload)")
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
