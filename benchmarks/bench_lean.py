@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -148,88 +149,127 @@ async def noop(job: Job, signal: AbortSignal) -> None:
     return None
 
 
-async def bench(url: str, pid: int | None, jobs: int, concurrency: int, idle: float) -> None:
-    wire = Wire()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        url, tz_aware=True, event_listeners=[wire]
-    )
-    db = client[f"jp_lean_{uuid.uuid4().hex[:8]}"]
+async def floor_round(db: Any, wire: Wire, pid: int | None, jobs: int, slots: int) -> Figures:
+    coll = db["minimal"]
+    await coll.insert_many([minimal_job(i) for i in range(jobs)])
+    return await measure(wire, pid, jobs, lambda: minimal_queue(coll, minimal_handler, slots))
+
+
+async def ours_round(
+    db: Any, wire: Wire, pid: int | None, jobs: int, slots: int, idle: float
+) -> tuple[Figures, Any, float, dict[str, int]]:
+    """One run of job-processor on fresh collections (the default names, in the round's own
+    database); its start is measured with the jobs, as a user's worker starts on a queue. The
+    idle figures only when `idle`."""
     quiet = logging.getLogger("bench_lean")
     quiet.setLevel(logging.WARNING)
-    try:
-        coll = db["minimal"]
-        await coll.insert_many([minimal_job(i) for i in range(jobs)])
-        stored = len(bson.encode(await coll.find_one({}) or {}))
-        floor = await measure(
-            wire, pid, jobs, lambda: minimal_queue(coll, minimal_handler, concurrency)
-        )
+    processor = await init_job_processor(
+        db,
+        quiet,
+        jobs={"noop": JobDef(handler=noop)},
+        concurrency=slots,
+    )
+    for i in range(jobs):
+        await processor.schedule_job("noop", {"n": i})
+    doc = await processor.storage.jobs.coll.find_one({})
+    finished = asyncio.Event()
+    count = 0
 
-        processor = await init_job_processor(
-            db, quiet, jobs={"noop": JobDef(handler=noop)}, concurrency=concurrency
-        )
-        for i in range(jobs):
-            await processor.schedule_job("noop", {"n": i})
-        ours_doc = await processor.storage.jobs.coll.find_one({})
-        ours_stored = len(bson.encode(ours_doc or {}))
-        finished = asyncio.Event()
-        count = 0
+    def ended(claimed: Any, final: Any, duration_ms: Any) -> None:
+        nonlocal count
+        count += 1
+        if count >= jobs:
+            finished.set()
 
-        def ended(claimed: Any, final: Any, duration_ms: Any) -> None:
-            nonlocal count
-            count += 1
-            if count >= jobs:
-                finished.set()
+    class Counting:
+        run_ended = staticmethod(ended)
 
-        class Counting:
-            run_ended = staticmethod(ended)
+        def recovered(self, doc: Any, final: Any) -> None: ...
 
-            def recovered(self, doc: Any, final: Any) -> None: ...
+        def cron_slot(self, name: str, outcome: Any) -> None: ...
 
-            def cron_slot(self, name: str, outcome: Any) -> None: ...
+    processor.telemetry.add(Counting())
 
-        processor.telemetry.add(Counting())
+    async def run() -> None:
+        await processor.start()
+        await finished.wait()
 
-        async def run_ours() -> None:
-            await processor.start()
-            await finished.wait()
-
-        ours = await measure(wire, pid, jobs, run_ours)
+    figures = await measure(wire, pid, jobs, run)
+    idle_rate, idle_commands = 0.0, {}
+    if idle:
         await asyncio.sleep(1.0)
         wire.reset()
         await asyncio.sleep(idle)
         idle_commands = dict(wire.by_name)
         idle_rate = wire.commands / idle
-        await processor.stop()
+    await processor.stop()
+    return figures, doc, idle_rate, idle_commands
+
+
+async def bench(
+    url: str, pid: int | None, jobs: int, concurrency: int, idle: float, rounds: int
+) -> None:
+    wire = Wire()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, tz_aware=True, event_listeners=[wire]
+    )
+    floors: list[dict[str, float]] = []
+    ours: list[dict[str, float]] = []
+    run = uuid.uuid4().hex[:6]
+    try:
+        for i in range(rounds):  # alternated, so that drifts of the machine hit both alike
+            db = client[f"jp_lean_{run}_{i}"]  # both queues in one database: same `$db` bytes
+            floors.append((await floor_round(db, wire, pid, jobs, concurrency)).per_job())
+            last = i == rounds - 1
+            figures, doc, idle_rate, idle_commands = await ours_round(
+                db, wire, pid, jobs, concurrency, idle if last else 0.0
+            )
+            ours.append(figures.per_job())
+        stored = len(bson.encode(minimal_job(0) | {"_id": bson.ObjectId()}))
+        ours_stored = len(bson.encode(doc or {}))
     finally:
-        await client.drop_database(db.name)
+        for i in range(rounds):
+            await client.drop_database(f"jp_lean_{run}_{i}")
         await client.close()
 
-    a, b = floor.per_job(), ours.per_job()
-    print(f"server: {url}  jobs: {jobs}  concurrency: {concurrency}")
+    print(f"server: {url}  jobs: {jobs}  concurrency: {concurrency}  rounds: {rounds}")
+    print("median per job over the rounds (ratio: the median of each round's ratio)")
     print(f"{'per job':<16}{'minimal queue':>15}{'job-processor':>15}{'ratio':>8}")
     for key in ("jobs/s", "bytes", "server CPU ms", "worker CPU ms", "commands"):
-        if key in a and key in b:
-            print(f"{key:<16}{a[key]:>15.2f}{b[key]:>15.2f}{b[key] / a[key]:>7.2f}x")
+        if key in floors[0] and key in ours[0]:
+            a = statistics.median(f[key] for f in floors)
+            b = statistics.median(o[key] for o in ours)
+            r = statistics.median(o[key] / f[key] for f, o in zip(floors, ours, strict=True))
+            print(f"{key:<16}{a:>15.2f}{b:>15.2f}{r:>7.2f}x")
     print(f"{'stored doc (B)':<16}{stored:>15}{ours_stored:>15}{ours_stored / stored:>7.2f}x")
-    print(
-        f"idle worker: {idle_rate:.2f} commands/s over {idle:g} s  by name: "
-        + ", ".join(f"{k}={v / idle:.2f}/s" for k, v in sorted(idle_commands.items()))
-    )
+    if idle:
+        print(
+            f"idle worker: {idle_rate:.2f} commands/s over {idle:g} s  by name: "
+            + ", ".join(f"{k}={v / idle:.2f}/s" for k, v in sorted(idle_commands.items()))
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="0: no idle figures")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated runs of each queue")
     args = parser.parse_args()
     url = os.environ.get("MONGODB_URL")
     if url:
-        asyncio.run(bench(url, None, args.jobs, args.concurrency, args.idle_seconds))
+        asyncio.run(bench(url, None, args.jobs, args.concurrency, args.idle_seconds, args.rounds))
         return
     with local_server() as server:
         asyncio.run(
-            bench(server.url, server.process.pid, args.jobs, args.concurrency, args.idle_seconds)
+            bench(
+                server.url,
+                server.process.pid,
+                args.jobs,
+                args.concurrency,
+                args.idle_seconds,
+                args.rounds,
+            )
         )
 
 

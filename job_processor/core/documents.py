@@ -41,8 +41,40 @@ def epoch_ms(value: dt.datetime) -> int:
     return int(as_utc(value).timestamp() * 1000)
 
 
+class _Ids:
+    """Run, end, kill, retry and hook ids: a random 64-bit prefix per process (drawn again
+    after a fork) and a counter, in base 36. They only need to differ between the writes of one
+    job (and between the runs holding one limit's slots); 13 to 16 characters instead of an
+    ObjectId's 24 on every claim and final write, and no ObjectId to build per call."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.count = 0
+
+    def next(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.count = os.getpid(), 0
+            self.prefix = _base36(int.from_bytes(os.urandom(8), "big")).rjust(13, "0")
+        self.count += 1
+        return self.prefix + _base36(self.count)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+_IDS = _Ids()
+
+
 def new_id() -> str:
-    return str(ObjectId())
+    return _IDS.next()
 
 
 #: Processes that write without a worker document (a web app that only schedules, a CLI) are
@@ -299,16 +331,16 @@ def claim_update(
     }
 
 
-#: What a claim's reply leaves out: the fields its own update sets (the worker knows them), and
-#: the job's log lines (shown to people, never read by a run).
-CLAIM_PROJECTION: Doc = {"status": 0, "worker_id": 0, "run_id": 0, "run_started_at": 0, "logs": 0}
+#: What a claim's reply leaves out. The claim returns the job as it was before its update
+#: (the worker knows what the update sets, so it need not come back), without its status and
+#: claim name (the update replaces them) and its log lines (shown to people, never read by a run).
+CLAIM_PROJECTION: Doc = {"status": 0, "claim_name": 0, "logs": 0}
 
 
 def claimed_doc(reply: Doc, update: Doc) -> Doc:
-    """The claimed job: the claim's reply (after its `$inc`, without what CLAIM_PROJECTION
-    leaves out) with the fields the claim set."""
-    out: Doc = {k: v for k, v in reply.items() if k not in update.get("$unset", {})}
-    return out | dict(update["$set"])
+    """The claimed job: the claim's reply (the document before the claim, without what
+    CLAIM_PROJECTION leaves out) with the claim's update applied."""
+    return applied(reply, update)
 
 
 def applied(doc: Doc, update: Doc) -> Doc:
@@ -399,8 +431,8 @@ def end_update(
     hook = hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
     if hook.get("exit_hook") == "owed" or claimed.get("exit_hook") is not None:
         fields |= hook  # owed; or "none" over a previous exit's record
-    elif outcome.status in HOOKED:  # written (not left to readers): queries select on it
-        fields["exit_hook"] = "none"
+    elif outcome.status in HOOKED:  # written, not left to readers: `{"$ne": "owed"}` matches
+        fields["exit_hook"] = "none"  # no missing field on nx-27017 (purge, retention queries)
     if outcome.expires_at is not None:
         fields["expires_at"] = outcome.expires_at
     held = [k for k in ("exclusive_key", "dedup_key") if k in claimed]

@@ -230,7 +230,6 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
                     update,
                     sort=CLAIM_SORT,
                     projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
-                    return_document=AFTER,
                 )
             except TRANSIENT:
                 found = await self._read_back(update["$set"]["run_id"], budget)
