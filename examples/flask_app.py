@@ -20,7 +20,7 @@ from typing import Any
 from flask import Flask, jsonify, request, url_for
 from pymongo import MongoClient
 
-from examples.report_jobs import JOBS
+from examples.report_jobs import JOBS, long_poll_seconds, public_error
 from job_processor import InvalidPayloadError, JobNotFoundError
 from job_processor.sync import JobClient
 
@@ -51,7 +51,9 @@ def enqueue_report() -> Any:
 @app.get("/reports/<job_id>")
 def report(job_id: str) -> Any:
     """The job's state; `?wait=5` waits up to 5 s for it to end (a long poll)."""
-    wait = min(float(request.args.get("wait", 0)), 30.0)
+    wait = long_poll_seconds(request.args.get("wait", "0"))
+    if wait is None:
+        return jsonify(error="wait must be a number of seconds from 0 to 30"), 400
     try:
         job = jobs().wait_for(job_id, timeout=wait)
     except JobNotFoundError:
@@ -61,4 +63,4 @@ def report(job_id: str) -> Any:
         return jsonify(id=job.id, status=job.status.value), 202
     if job.status == "finished":
         return jsonify(id=job.id, status="finished", result=job.result)
-    return jsonify(id=job.id, status=job.status.value, error=job.error), 200
+    return jsonify(id=job.id, status=job.status.value, error=public_error(job.error)), 200

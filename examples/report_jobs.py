@@ -39,3 +39,21 @@ JOBS = {"build-report": JobDef(handler=build_report, payload_model=ReportRequest
 
 async def make(ctx: RunContext) -> JobProcessor:
     return await init_job_processor(ctx.db, jobs=JOBS, concurrency=4, poll_interval=0.5)
+
+
+# ---- shared by the web examples (flask_app.py, django_app/) --------------------------------
+
+
+def long_poll_seconds(raw: str) -> float | None:
+    """A `?wait=` value: seconds from 0 to 30, else None (the view answers 400)."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 30 else None
+
+
+def public_error(error: str | None) -> str | None:
+    """What a client may see of a job's error: its first line (`ValueError: ...`), not the
+    worker's traceback and file paths (those stay on the job, for the dashboard and the CLI)."""
+    return error.splitlines()[0] if error else None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,13 +113,16 @@ def check_flask(web: Any) -> None:
     failed = web.post("/reports", json={"customer": "nobody", "rows": 1}).get_json()
     body = poll(web.get, failed["status_url"] + "?wait=2").get_json()
     assert body["status"] == "errored" and "no customer named 'nobody'" in body["error"]
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]  # not the worker's
     assert web.get("/reports/0123456789abcdef01234567").status_code == 404
+    for wait in ("abc", "-1", "31"):
+        bad_wait = web.get(f"{failed['status_url']}?wait={wait}")
+        assert bad_wait.status_code == 400 and "wait must be" in bad_wait.get_json()["error"]
 
 
 def test_django_example_enqueues_and_polls(
     report_workers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
 
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
     monkeypatch.setenv("MONGODB_URL", report_workers)
@@ -148,3 +155,24 @@ def check_django(web: Any) -> None:
         "status": "finished",
         "result": {"customer": "acme", "rows": 7, "file": "acme.csv"},
     }
+    assert web.get(made.json()["status_url"] + "?wait=abc").status_code == 400
+
+
+def test_the_documented_django_command_finds_the_example(tmp_path: Path) -> None:
+    """`python -m django ...` from the repository's root, as examples/django_app/settings.py
+    says (django-admin would not find the `examples` package)."""
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "examples.django_app.settings",
+        "MONGODB_URL": "mongodb://127.0.0.1:1/job_processor",  # `check` connects to nothing
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no issues" in done.stdout

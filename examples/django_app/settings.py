@@ -4,7 +4,9 @@ MongoDB, behind job_processor.sync.JobClient).
     pip install django
     export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
     job-processor run examples.report_jobs:make                       # the async workers
-    DJANGO_SETTINGS_MODULE=examples.django_app.settings django-admin runserver
+    DJANGO_SETTINGS_MODULE=examples.django_app.settings python -m django runserver
+    # (python -m, from the repository's root: it puts the current folder on the import path,
+    # which django-admin does not)
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from examples.report_jobs import long_poll_seconds, public_error
 from job_processor import InvalidPayloadError, JobNotFoundError
 
 from .jobs import client
@@ -26,7 +27,9 @@ def enqueue_report(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def report(request: HttpRequest, job_id: str) -> JsonResponse:
-    wait = min(float(request.GET.get("wait", 0)), 30.0)
+    wait = long_poll_seconds(request.GET.get("wait", "0"))
+    if wait is None:
+        return JsonResponse({"error": "wait must be a number of seconds from 0 to 30"}, status=400)
     try:
         job = client().wait_for(job_id, timeout=wait)
     except JobNotFoundError:
@@ -36,4 +39,5 @@ def report(request: HttpRequest, job_id: str) -> JsonResponse:
         return JsonResponse({"id": job.id, "status": job.status.value}, status=202)
     if job.status == "finished":
         return JsonResponse({"id": job.id, "status": "finished", "result": job.result})
-    return JsonResponse({"id": job.id, "status": job.status.value, "error": job.error})
+    error = public_error(job.error)
+    return JsonResponse({"id": job.id, "status": job.status.value, "error": error})

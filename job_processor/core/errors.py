@@ -24,8 +24,19 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class JobProcessorError(Exception):
-    """Root of every error raised by job_processor."""
+    """Root of every error raised by job_processor. Every one pickles (a `JobFailedError`
+    re-raised from a `ProcessPoolExecutor`, say), whatever its constructor takes."""
+
+    def __reduce__(self) -> Any:
+        return (_rebuilt, (type(self), self.args, dict(self.__dict__)))
 
 
 class InvalidDefinitionError(JobProcessorError, ValueError):
@@ -70,7 +81,15 @@ class InvalidArgumentError(JobProcessorError, ValueError):
 
 
 class DatabaseUnreachableError(JobProcessorError, ConnectionError):
-    """MongoDB did not answer within the connect timeout."""
+    """MongoDB did not answer within the connect timeout (or a producer call's budget).
+
+    For a `schedule_jobs` batch of more than 1,000 jobs cut midway: `written` holds the jobs of
+    the chunks already written, and `failed_at` the index of the first item that may not be."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.written: list[Any] = []
+        self.failed_at: int | None = None
 
 
 class InvalidDatabaseError(JobProcessorError, TypeError):

@@ -123,7 +123,13 @@ def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.da
             )
         if seconds < 0 or seconds != seconds:
             raise InvalidArgumentError(f"job {name!r}: delay must not be negative, got {delay!r}")
-        return to_millis(now + dt.timedelta(seconds=seconds))
+        try:
+            return to_millis(now + dt.timedelta(seconds=seconds))
+        except OverflowError:  # inf, or past year 9999
+            raise InvalidArgumentError(
+                f"job {name!r}: delay {delay!r} is too long (the job would be due after year "
+                "9999); give a delay in seconds or a timedelta of a finite, reachable length"
+            ) from None
     if scheduled_for is None:
         return now
     if not isinstance(scheduled_for, dt.datetime):
@@ -332,21 +338,24 @@ def keyed_once(docs: Sequence[Doc]) -> dict[int, int]:
 
 
 class WaitPacing:
-    """Delays between reads while polling for a job's end: 0.1 s, doubling, at most 1 s, and
-    never more than `per_window` reads in any `window` seconds after the first (one read per
-    second on average). Pure: give it the times of the reads."""
+    """Delays between reads while polling for a job's end: 0.1 s, 0.2 s, 0.4 s, then 1.6 s
+    twice, then 1 s; never more than `per_window` reads in any `window` seconds after the first
+    (one read per second on average). The two longer steps keep the fast start within that
+    bound without leaving a gap: reads come at most 1.6 s apart. Pure: give it the times of the
+    reads."""
+
+    STEPS = (0.1, 0.2, 0.4, 1.6, 1.6)
 
     def __init__(self, per_window: int = 5, window: float = 5.0) -> None:
         self.per_window = per_window
         self.window = window
         self.reads: list[float] = []
-        self.step = 0.1
 
     def next_read(self, now: float) -> float:
         """Record a read at `now`; returns when the next may be made."""
         self.reads.append(now)
-        later = now + self.step
-        self.step = min(self.step * 2, 1.0)
+        n = len(self.reads) - 1
+        later = now + (self.STEPS[n] if n < len(self.STEPS) else 1.0)
         recent = [t for t in self.reads[1:] if t > later - self.window]
         if len(recent) >= self.per_window:  # the oldest of them must leave the window first
             later = max(later, recent[-self.per_window] + self.window)

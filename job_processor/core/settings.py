@@ -54,9 +54,14 @@ def retention_of(keep_finished: Keep, keep_failed: Keep) -> Retention:
 
 def check_retry_budget(value: Any) -> float:
     """producer_retry_seconds: a number of seconds >= 0 (0 turns the retries off)."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value < float("inf")  # NaN fails this too
+    ):
         raise InvalidDefinitionError(
-            f"producer_retry_seconds must be a number of seconds >= 0 (0: no retry), got {value!r}"
+            "producer_retry_seconds must be a finite number of seconds >= 0 (0: no retry), "
+            f"got {value!r}"
         )
     return float(value)
 

@@ -23,6 +23,7 @@ from ..core import documents as D
 from ..core import retention as R
 from ..core.definitions import JobDef
 from ..core.errors import (
+    DatabaseUnreachableError,
     InvalidArgumentError,
     JobFailedError,
     JobNotFoundError,
@@ -188,11 +189,16 @@ class JobsAPI(Runtime):
         stored: list[Doc] = []
         for start in range(0, len(docs), BATCH):
             chunk = docs[start : start + BATCH]
-            stored += await self.storage.producer.run(
-                lambda retried, chunk=chunk: self.storage.jobs.insert_many(  # type: ignore[misc]
-                    chunk, self._skipped_expiry, retried=retried
+            try:
+                stored += await self.storage.producer.run(
+                    lambda retried, chunk=chunk: self.storage.jobs.insert_many(  # type: ignore[misc]
+                        chunk, self._skipped_expiry, retried=retried
+                    )
                 )
-            )
+            except DatabaseUnreachableError as exc:
+                if start:  # earlier chunks are written: say which, a blind retry would repeat them
+                    raise _partly_written(exc, [Job.read(d) for d in stored], start) from exc
+                raise
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
         if waited and await self.flows.register(waited):  # some had ended already
             fresh = {
@@ -364,9 +370,10 @@ class JobsAPI(Runtime):
         timeout: float | None = None,  # noqa: ASYNC109 - the contract; also runs without a loop
     ) -> Job[Any]:
         """Return once the job has ended (finished, errored, killed or skipped), from any
-        process: on a change stream where the server's blocks, else polling (0.1 s doubling to
-        1 s; at most one read per second on average). `timeout` (seconds): raise TimeoutError
-        naming the job and its last status."""
+        process: on a change stream where the server's blocks, else polling (0.1, 0.2, 0.4, 1.6,
+        1.6 s, then 1 s apart; at most 5 reads in any 5 s after the first, and one more at the
+        deadline). `timeout` (seconds): raise TimeoutError naming the job and its status at the
+        deadline; during an outage reads are retried only until then."""
         oid = object_id(job_id)
         if timeout is not None and (
             not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
@@ -391,21 +398,23 @@ class JobsAPI(Runtime):
     ) -> Job[Any]:
         produce = self.storage.producer
         pacing = WaitPacing()
+        last = False  # the read at the deadline: the job's status then decides
         while True:
             read_at = time.monotonic()  # paced by when each read starts
-            doc = await produce.run(lambda _: self.storage.jobs.get(oid))
+            # an outage is ridden out only until the deadline (and half a second for the last read)
+            left = None if deadline is None else max(deadline - read_at, 0.5)
+            doc = await produce.run(lambda _: self.storage.jobs.get(oid), within=left)
             if doc is None:
                 raise JobNotFoundError(f"no job with id {shown!r}")
             if doc.get("status") in ENDED:
                 return Job.read(doc)
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if last or (deadline is not None and now >= deadline):
                 raise _still(shown, doc, waited)
             if stream is None:  # poll
                 wake = pacing.next_read(read_at)
-                if deadline is not None and wake >= deadline:  # no read is due before then
-                    await produce.pause(deadline - now)
-                    raise _still(shown, doc, waited)
+                if deadline is not None and wake >= deadline:  # one more read, at the deadline
+                    wake, last = deadline, True
                 await produce.pause(wake - now)
                 continue
             # a blocking stream: read again on a change, or every 10 s as a safety net
@@ -451,8 +460,25 @@ class JobsAPI(Runtime):
         job = await self.wait_for(job_id, timeout)
         if job.status == S.FINISHED:
             return job.result
-        why = job.error or (f"skipped ({job.skip_reason})" if job.skip_reason else None)
+        why = job.error
+        if why is None and job.skip_reason:
+            why = f"skipped ({job.skip_reason})"
+            if job.conflicting_job_id:  # exclusive: the job that was active
+                why += f": job {job.conflicting_job_id} was active"
         raise JobFailedError(job.id, job.status.value, why)
+
+
+def _partly_written(
+    exc: DatabaseUnreachableError, written: list[Job[Any]], failed_at: int
+) -> DatabaseUnreachableError:
+    """A batch of more than 1,000 jobs cut by an outage: the error carries what was written."""
+    error = DatabaseUnreachableError(
+        f"{exc} Items 0 to {failed_at - 1} of the batch were written (error.written holds "
+        f"their jobs); items from {failed_at} on (error.failed_at) may be partly written: "
+        "check them (for example by dedup key) before scheduling them again"
+    )
+    error.written, error.failed_at = written, failed_at
+    return error
 
 
 def _still(shown: str, doc: Doc, waited: float | None) -> TimeoutError:

@@ -63,6 +63,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
 
 
+def describe(exc: BaseException) -> str:
+    """A driver error on one line: its type and message, cut at 300 characters (a timeout's
+    message is empty: its type says it)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ProducerRetry:
     """Producer calls (schedule, kill, retry, emit; async or driven synchronously) ride out
     short outages: a transient error is retried with backoff (0.1 s doubling, at most 2 s
@@ -85,15 +94,17 @@ class ProducerRetry:
         else:
             await asyncio.sleep(max(seconds, 0.0))
 
-    async def run(self, op: Callable[[bool], Awaitable[T]]) -> T:
+    async def run(self, op: Callable[[bool], Awaitable[T]], within: float | None = None) -> T:
+        """`within`: a shorter budget for this call (a wait with a deadline)."""
+        budget = self.budget if within is None else min(self.budget, within)
         if self.budget <= 0:  # retries turned off: the driver's own timeouts, raw errors
             return await op(False)
         start = time.monotonic()
-        deadline = start + self.budget
+        deadline = start + budget
         delay = 0.1
         retried = False
         while True:
-            remaining = max(deadline - time.monotonic(), 1.0)
+            remaining = max(deadline - time.monotonic(), min(1.0, budget))
             try:
                 if self.sync:
                     with pymongo.timeout(remaining):
@@ -105,10 +116,9 @@ class ProducerRetry:
                     raise
                 if time.monotonic() + delay >= deadline:
                     spent = time.monotonic() - start
-                    reason = str(exc).split(",")[0][:200] or type(exc).__name__
                     raise DatabaseUnreachableError(
-                        f"MongoDB at {self.where()} did not answer for {spent:.1f}s ({reason}); "
-                        "the call did not complete (producer_retry_seconds="
+                        f"MongoDB at {self.where()} did not answer for {spent:.1f}s "
+                        f"({describe(exc)}); the call did not complete (producer_retry_seconds="
                         f"{self.budget:g} sets how long producer calls wait)"
                     ) from exc
                 retried = True

@@ -4,6 +4,7 @@ pure, no server."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import pytest
@@ -100,3 +101,5 @@ def test_polling_starts_fast_then_stays_at_one_read_per_second_on_average() -> N
     for start in [x / 10 for x in range(0, 560)]:  # every 5 s window, 0.1 s apart
         assert sum(1 for t in later if start < t <= start + 5) <= 5, start
     assert len(later) >= 55  # and it does read about once a second
+    gaps = [b - a for a, b in itertools.pairwise(reads)]
+    assert max(gaps) <= 1.6 + 1e-9, gaps  # no long gap after the fast start

@@ -15,6 +15,7 @@ from job_processor import (
     AbortSignal,
     DatabaseUnreachableError,
     DoNotRetry,
+    InvalidArgumentError,
     InvalidDefinitionError,
     InvalidPayloadError,
     Job,
@@ -152,7 +153,7 @@ async def test_wait_for_and_result_see_what_another_process_ended(db: Any) -> No
             await waiting
     solo = await producer.schedule_job("solo")
     skipped = await producer.schedule_job("solo")
-    with pytest.raises(JobFailedError, match="skipped"):
+    with pytest.raises(JobFailedError, match=rf"skipped \(exclusive\): job {solo.id} was active"):
         await producer.result(skipped.id, timeout=1)
     assert solo.status == S.PENDING
 
@@ -220,3 +221,111 @@ async def test_past_the_budget_the_call_says_where_and_how_long(
     monkeypatch.setattr(off.storage.jobs.coll, "insert_one", down)
     with pytest.raises(AutoReconnect):  # 0: no retry, the driver's error as it is
         await off.schedule_job("echo")
+
+
+# ---- review findings: the deadline, an outage while waiting, odd delays, cut batches ------------
+
+
+async def test_a_job_that_ends_between_the_last_paced_read_and_the_deadline_is_returned(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read at the deadline decides: no TimeoutError for a job that ended before it."""
+    p = await make(db, JOBS)
+    job = await p.schedule_job("echo", {"n": 1})
+    real = p.storage.jobs.get
+    reads = 0
+
+    async def first_read_then_killed(oid: Any) -> Any:
+        nonlocal reads
+        doc = await real(oid)
+        reads += 1
+        if reads == 1:  # ended by someone else right after the waiter's first read
+            await p.storage.jobs.coll.update_one(
+                {"_id": oid}, {"$set": {"status": "killed"}, "$unset": {"claim_name": ""}}
+            )
+        return doc
+
+    monkeypatch.setattr(p.storage.jobs, "get", first_read_then_killed)
+    ended = await p.wait_for(job.id, timeout=0.05)  # the next paced read would be at 0.1 s
+    assert ended.status == S.KILLED and reads == 2
+
+
+async def test_an_outage_while_waiting_is_ridden_out_only_until_the_deadline(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await make(db, JOBS, producer_retry_seconds=30)
+    job = await p.schedule_job("echo")
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("127.0.0.1:1: connection refused")
+
+    monkeypatch.setattr(p.storage.jobs, "get", down)
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(DatabaseUnreachableError, match=r"AutoReconnect: 127\.0\.0\.1:1: conn"):
+        await p.wait_for(job.id, timeout=0.5)
+    assert asyncio.get_running_loop().time() - began < 5, "not the 30 s budget"
+
+
+async def test_a_delay_too_long_for_a_date_is_refused_naming_the_job_and_the_item(
+    db: Any,
+) -> None:
+    p = await make(db, JOBS)
+    for delay in (float("inf"), 1e12, dt.timedelta.max):
+        with pytest.raises(InvalidArgumentError, match=r"'echo': delay .* too long"):
+            await p.schedule_job("echo", delay=delay)
+        with pytest.raises(InvalidArgumentError, match=r"item 1\b.*too long"):
+            await p.schedule_jobs([("echo", {}), JobSpec("echo", {}, delay=delay)])
+    assert await p.storage.jobs.coll.count_documents({}) == 0
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidDefinitionError, match="finite number of seconds"):
+            await make(db, JOBS, producer_retry_seconds=bad)
+
+
+async def test_a_batch_cut_by_an_outage_says_which_items_were_written(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = await make(db, JOBS, producer_retry_seconds=0.3)
+    coll = p.storage.jobs.coll
+    real = coll.insert_many
+    calls = 0
+
+    async def second_chunk_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise AutoReconnect("127.0.0.1:1: connection refused")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(coll, "insert_many", second_chunk_fails)
+    with pytest.raises(DatabaseUnreachableError, match=r"Items 0 to 999 .* were written") as cut:
+        await p.schedule_jobs([("echo", {"n": i}) for i in range(2500)])
+    assert cut.value.failed_at == 1000
+    assert [j.payload["n"] for j in cut.value.written] == list(range(1000))
+    assert await coll.count_documents({}) == 1000
+
+
+def test_every_error_pickles_with_its_fields() -> None:
+    import pickle
+
+    import job_processor as jp
+
+    failed = pickle.loads(pickle.dumps(JobFailedError("a1", "errored", "boom\ntrace")))
+    assert (failed.job_id, failed.status, failed.error, str(failed)) == (
+        "a1",
+        "errored",
+        "boom\ntrace",
+        "job a1 errored: boom",
+    )
+    unknown = pickle.loads(pickle.dumps(UnknownJobError("ecko", ["echo"])))
+    assert unknown.name == "ecko" and "did you mean" in str(unknown)
+    cut = DatabaseUnreachableError("down")
+    cut.failed_at = 3
+    assert pickle.loads(pickle.dumps(cut)).failed_at == 3
+    errors = [
+        v for v in vars(jp).values() if isinstance(v, type) and issubclass(v, jp.JobProcessorError)
+    ]
+    assert len(errors) > 5
+    for cls in errors:
+        error = cls.__new__(cls)
+        error.args = ("x",)
+        assert type(pickle.loads(pickle.dumps(error))) is cls
