@@ -178,3 +178,24 @@ def test_threads_produce_and_wait_on_jobs_async_workers_run(
         time.sleep(0.05)
     client.kill_job(blocked.id)  # the worker process aborts it
     assert client.wait_for(blocked.id, timeout=30).status == S.KILLED
+
+
+def test_a_retry_whose_hook_no_worker_runs_is_refused_without_holding_the_thread(
+    sync_db: Database[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JobClient calls no hook: the kill's owed hook waits for a worker. A retry meanwhile
+    waits HOOK_WAIT seconds (10; shortened here), then is refused saying why."""
+    from job_processor.core.errors import JobProcessorError
+    from job_processor.engine import jobs_api
+
+    async def hook(job: Any) -> None: ...
+
+    monkeypatch.setattr(jobs_api, "HOOK_WAIT", 0.5)
+    client = JobClient(sync_db, {"mail": JobDef(handler=never, on_job_exited=hook)})
+    job = client.schedule_job("mail")
+    assert client.kill_job(job.id).status == S.KILLED  # its hook is owed to a worker
+    began = time.monotonic()
+    with pytest.raises(JobProcessorError, match="on_job_exited for the killed exit has not run"):
+        client.retry_job(job.id)
+    assert time.monotonic() - began < 5
+    assert client.get_job(job.id).status == S.KILLED

@@ -270,7 +270,9 @@ class JobsAPI(Runtime):
                 oid, self.clock.now(), writer, hook_owed=owed, kill_id=kill_id, retried=retried
             )
         )
-        fields = {"job_id": str(doc["_id"]), "job_name": doc["name"], "worker_id": self.worker_id}
+        fields = {"job_id": str(doc["_id"]), "job_name": doc["name"]}
+        if self.worker_id:  # a process with a worker (a JobClient or a web app has none)
+            fields["worker_id"] = self.worker_id
         if outcome == "killed":
             self.log.info("job_killed", **fields)
             await self.flows.ended(doc)  # the jobs waiting on it
@@ -338,7 +340,8 @@ class JobsAPI(Runtime):
 
     async def _settle_hook(self, stored: Doc) -> Doc | None:
         """The owed hook of the exit being retried: settled here, or waited for (a process
-        that does not call hooks waits for a worker to run it, up to about a minute; a hook
+        that does not call hooks, a JobClient in a request thread say, waits up to
+        HOOK_WAIT seconds for a worker to run it, then the retry is refused saying why; a hook
         the definition does not have is recorded as settled at once)."""
         if self.hooks_here:
             return await self.hooks.settle(stored, self.identity, self.settings.worker_timeout)
@@ -350,7 +353,7 @@ class JobsAPI(Runtime):
             )
             return await self.storage.producer.run(lambda _: self.storage.jobs.get(stored["_id"]))
         pacing = WaitPacing()
-        give_up = time.monotonic() + self.settings.worker_timeout * 2 + 60
+        give_up = time.monotonic() + HOOK_WAIT
         current: Doc | None = stored
         while current is not None and current.get("exit_hook") == "owed":
             now = time.monotonic()
@@ -466,6 +469,11 @@ class JobsAPI(Runtime):
             if job.conflicting_job_id:  # exclusive: the job that was active
                 why += f": job {job.conflicting_job_id} was active"
         raise JobFailedError(job.id, job.status.value, why)
+
+
+#: How long a retry made where hooks are not called waits for a worker to run the owed hook of
+#: the exit it retries, before it is refused (with why): a request thread is not held longer.
+HOOK_WAIT = 10.0
 
 
 def _partly_written(
