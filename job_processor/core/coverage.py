@@ -70,7 +70,7 @@ def coverage(
             if tag is not None
             else "start a worker that defines it"
         )
-        queued = f" ({waiting} waiting)" if waiting else ""
+        queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
         out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")
     for name in sorted(counts):
@@ -78,7 +78,7 @@ def coverage(
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
             out.warnings.append(
-                f"{jobs(waiting, 'waiting job')} of unknown name {name!r}: no worker defines it "
+                f"{jobs(waiting, 'queued job')} of unknown name {name!r}: no worker defines it "
                 "(a typo, or a job removed from the code); define it or delete them"
             )
     for name in sorted(paused):
@@ -93,7 +93,7 @@ def coverage(
 
 
 def jobs(n: int, noun: str) -> str:
-    """ "1 waiting job", "3 waiting jobs"."""
+    """ "1 queued job", "3 queued jobs"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 

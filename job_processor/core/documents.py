@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from .clock import as_utc
 from .errors import InvalidPayloadError
+from .flows import NEVER_DUE
 from .outcome import Outcome
 from .runs import last_run
 from .status import HOOKED, JobStatus, check_transition
@@ -382,6 +383,12 @@ def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
     query: Doc = {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]}
     if outcome.status not in (S.KILLED, S.FINISHED):
         query["kill_requested_at"] = None
+    if outcome.status in HOOKED and not claimed.get("has_dependents"):
+        # a job scheduled after this one since its claim: the write matches nothing, the
+        # caller reads the job once and writes again knowing it (its end settles them).
+        # `$exists` (the field is absent or true), not `$ne: true`: in an update's filter,
+        # nx-27017 matches no missing field with `$ne` (storage.compat)
+        query["has_dependents"] = {"$exists": False}
     return query
 
 
@@ -434,7 +441,10 @@ def end_update(
     elif outcome.status in HOOKED:  # written, not left to readers: `{"$ne": "owed"}` matches
         fields["exit_hook"] = "none"  # no missing field on nx-27017 (purge, retention queries)
     if outcome.expires_at is not None:
-        fields["expires_at"] = outcome.expires_at
+        # a job with dependents is kept until they have counted it (the sweep that finds them
+        # settled renames the field: `FlowRecords.mark_settled`)
+        key = "expires_after_settle" if claimed.get("has_dependents") else "expires_at"
+        fields[key] = outcome.expires_at
     held = [k for k in ("exclusive_key", "dedup_key") if k in claimed]
     if held:
         update["$unset"] = dict.fromkeys(held, "")
@@ -485,6 +495,12 @@ def kill_update(
     }
 
 
+def uncounted_dependencies(doc: Doc) -> list[str]:
+    """The ids of the dependencies a job has not counted yet (`deps` values "waiting")."""
+    deps = doc.get("deps")
+    return [d for d, state in deps.items() if state == "waiting"] if isinstance(deps, dict) else []
+
+
 def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
     """errored | killed -> pending now: attempts counted afresh, history and checkpoint kept,
     the exclusive / dedup keys restored (a duplicate-key error means another job holds them).
@@ -516,6 +532,9 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
         fields["exclusive_key"] = current["name"]
     if current.get("key") is not None:
         fields["dedup_key"] = dedup_key(current["name"], current["key"])
+    if uncounted_dependencies(current):  # killed while waiting: it waits again (the caller
+        check_transition(S.KILLED, S.WAITING)  # counts those that ended meanwhile)
+        fields |= {"status": S.WAITING.value, "due_ms": NEVER_DUE}
     # active again: nothing may expire it (its next end sets a new expiry)
     return {"$set": fields, "$unset": {"expires_at": ""}}
 

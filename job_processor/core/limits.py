@@ -118,7 +118,9 @@ TOP_KEYS = 20
 def top_usage(docs: list[Doc], now: dt.datetime, most: int = TOP_KEYS) -> list[dict[str, Any]]:
     """The limits in use for people and metrics: every static limit, the `most` busiest keys of
     the per-value limits, and the rest of those folded into one row per template (`key`
-    "tenant:{tenant_id} (N more)", `keys` N): the number of rows stays bounded."""
+    "tenant:{tenant_id} (other keys)", a fixed name: a metric label that does not change with
+    the count; `keys`: how many). A folded row adds its keys up: slots running, capacity
+    (concurrency x keys), starts and rate. The number of rows stays bounded."""
     usages = [
         limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
         for d in docs
@@ -146,7 +148,10 @@ def top_usage(docs: list[Doc], now: dt.datetime, most: int = TOP_KEYS) -> list[d
         row["started_in_window"] += u["started_in_window"]
         row["keys"] += 1
     for row in folded.values():
-        row["key"] = f"{row['key']} ({row['keys']} more)"
+        row["key"] = f"{row['key']} (other keys)"
+        for total in ("concurrency", "rate"):  # the capacity of all the keys folded
+            if row[total] is not None:
+                row[total] *= row["keys"]
     return static + values[:most] + list(folded.values())
 
 

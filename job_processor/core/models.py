@@ -262,7 +262,7 @@ class Job(BaseModel, Generic[PayloadT]):
             )
         self.progress = await self._notes.progress(done, total, message)
 
-    def log(self, message: Any, **fields: Any) -> None:
+    def log(self, message: Any, /, **fields: Any) -> None:
         """Add a line to the job's own log (kept on the job: the last 200 lines, each at most
         2 KB; written with the next progress, checkpoint or final write, at most once a second;
         masked like errors where shown)."""

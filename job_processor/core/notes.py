@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import numbers
 import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ MESSAGE_CHARS = 500
 FLUSH_EVERY = 1.0
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+_LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 
 
 class NoteSink(Protocol):
@@ -59,32 +61,37 @@ class JobLogger:
     def new(self, **fields: Any) -> JobLogger:
         return JobLogger(self._sink, fields)
 
-    def log(self, level: str, event: Any, **fields: Any) -> None:
+    def log(self, level: str | int, event: Any, /, **fields: Any) -> None:
+        """`level`: a name ("info") or a stdlib number (logging.INFO); the message and the
+        level are positional, so that any field name (`level=`, `event=`, `message=`) is a
+        field."""
+        if isinstance(level, int) and not isinstance(level, bool):
+            level = _LEVEL_NAMES.get(level // 10 * 10, "critical" if level > 50 else "debug")
         if self._sink is None:
             raise RuntimeError(
                 "job.log() and job.logger are only available inside a running handler; in a "
                 "unit test, build the job with job_processor.testing.JobHarness"
             )
-        self._sink.line(level, event, self._bound | fields)
+        self._sink.line(str(level), event, self._bound | fields)
 
-    def debug(self, event: Any, **fields: Any) -> None:
+    def debug(self, event: Any, /, **fields: Any) -> None:
         self.log("debug", event, **fields)
 
-    def info(self, event: Any, **fields: Any) -> None:
+    def info(self, event: Any, /, **fields: Any) -> None:
         self.log("info", event, **fields)
 
-    def warning(self, event: Any, **fields: Any) -> None:
+    def warning(self, event: Any, /, **fields: Any) -> None:
         self.log("warning", event, **fields)
 
     warn = warning
 
-    def error(self, event: Any, **fields: Any) -> None:
+    def error(self, event: Any, /, **fields: Any) -> None:
         self.log("error", event, **fields)
 
-    def critical(self, event: Any, **fields: Any) -> None:
+    def critical(self, event: Any, /, **fields: Any) -> None:
         self.log("critical", event, **fields)
 
-    def exception(self, event: Any, **fields: Any) -> None:
+    def exception(self, event: Any, /, **fields: Any) -> None:
         """An error line with the exception being handled (its type and message)."""
         exc = sys.exc_info()[1]
         if exc is not None:
@@ -94,17 +101,20 @@ class JobLogger:
 
 def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
     """`{done, total, fraction, message, at}`; `fraction` is done / total (None without a
-    total), at most 1."""
+    total; 1 for a total of 0: nothing to do), at most 1."""
     if not _number(done) or done < 0:
         raise ValueError(f"report_progress: done must be a number >= 0, got {done!r}")
-    if total is not None and (not _number(total) or total <= 0):
-        raise ValueError(f"report_progress: total must be a number > 0 or None, got {total!r}")
+    if total is not None and (not _number(total) or total < 0):
+        raise ValueError(f"report_progress: total must be a number >= 0 or None, got {total!r}")
     if message is not None and not isinstance(message, str):
         raise ValueError(f"report_progress: message must be text or None, got {message!r}")
-    fraction = min(float(done) / float(total), 1.0) if total else None
+    if total == 0:  # nothing to do ("0 of 0"): done
+        fraction: float | None = 1.0
+    else:
+        fraction = min(float(done) / float(total), 1.0) if total is not None else None
     return {
-        "done": done,
-        "total": total,
+        "done": _plain(done),
+        "total": None if total is None else _plain(total),
         "fraction": fraction,
         "message": message[:MESSAGE_CHARS] if message else None,
         "at": now,
@@ -112,7 +122,14 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    """Any real number (int, float, Decimal-free numbers.Real such as numpy's), not a bool or
+    NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
+def _plain(value: Any) -> int | float:
+    """What BSON stores: a Python int or float (numpy's int64 is neither)."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def log_line(

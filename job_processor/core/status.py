@@ -57,6 +57,8 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (S.WAITING, S.SKIPPED),  # a dependency failed, policy "skip"
         (S.WAITING, S.ERRORED),  # a dependency failed, policy "error"
         (S.WAITING, S.KILLED),  # kill while waiting
+        (S.KILLED, S.WAITING),  # retry of a job killed while some dependency had not ended
+        (S.ERRORED, S.WAITING),  # (the same, for a job errored by an admin path)
     }
 )
 

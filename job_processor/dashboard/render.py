@@ -39,7 +39,16 @@ ACTION_LABELS = {
     "events_replayed": "Replay",
 }
 
-STATUS_ORDER = ("pending", "running", "paused", "finished", "errored", "killed", "skipped")
+STATUS_ORDER = (
+    "waiting",
+    "pending",
+    "running",
+    "paused",
+    "finished",
+    "errored",
+    "killed",
+    "skipped",
+)
 
 
 def root_of(request: Request) -> str:

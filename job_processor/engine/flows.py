@@ -6,10 +6,15 @@
 - `register(stored, after)`: a job was scheduled after `after`: mark them as having dependents,
   then settle at once those that have already ended (one that ends meanwhile is settled twice,
   harmlessly: each step counts a dependency once).
-- `sweep(now)`: the safety net of the recovery sweep: jobs waiting for longer than
-  `worker_timeout` whose dependencies ended unnoticed (a worker that died between its final
-  write and `ended`, a dependent registered on a running job whose final write could not know
-  it) are settled; a dependency that no longer exists counts as ended, "deleted" (a failure).
+- `sweep(now)`: the safety net of the recovery sweep, from the dependencies' side: an ended
+  job with dependents that some waiting job has not counted (its process died between its
+  final write and `ended`) is settled, then marked settled, and only then may it expire (its
+  final write held the expiry back). A slower pass over the waiting jobs settles dependencies
+  that no longer exist (deleted by hand) as "deleted" (a failure).
+
+A final write knows when jobs were scheduled after its job since the claim: it does not apply
+over `has_dependents` it was not told of (`core.documents.end_filter`), and is made again
+knowing it, so `ended` runs for it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from ..storage import Storage
 
 Doc = dict[str, Any]
 
+#: The slow pass over waiting jobs (dependencies deleted by hand) runs every this many sweeps
+#: (every 5 minutes at the default worker_timeout), and at the first.
+SLOW_PASS = 20
+
 
 class Flows:
     def __init__(
@@ -45,6 +54,8 @@ class Flows:
         self.log = log
         self.wake = wake
         self.worker_timeout = worker_timeout
+        self._sweeps = 0
+        self._slow_cursor: ObjectId | None = None
 
     async def ended(self, doc: Doc) -> None:
         if not doc.get("has_dependents") or doc.get("status") not in F.ENDED:
@@ -88,8 +99,32 @@ class Flows:
         return released
 
     async def sweep(self, now: dt.datetime) -> int:
-        cutoff = now - dt.timedelta(seconds=self.worker_timeout)
-        waiting = await self.jobs.stale_waiting(cutoff)
+        """Ended jobs with dependents that no sweep has seen settled: those some waiting job
+        has not counted are settled now (a worker that died between its final write and
+        settling them); then all are marked settled (three commands for up to 500). Every
+        `SLOW_PASS` sweeps, a slower pass over waiting jobs (200 at a time, going on where the
+        last stopped) settles the dependencies that no longer exist, as "deleted"."""
+        released = 0
+        ended = await self.jobs.unsettled()
+        if ended:
+            ids = [d["_id"] for d in ended]
+            uncounted = await self.jobs.uncounted(ids)
+            for doc in ended:
+                if doc["_id"] in uncounted:
+                    status = str(doc.get("status"))
+                    released += await self.jobs.settle_dependents(doc["_id"], status, now)
+                    self.log.warning("dependents_settled_late", job_id=str(doc["_id"]))
+            await self.jobs.mark_settled(ids)
+        self._sweeps += 1
+        if self._sweeps % SLOW_PASS == 1:
+            released += await self._deleted_dependencies(now)
+        if released:
+            self.wake()
+        return released
+
+    async def _deleted_dependencies(self, now: dt.datetime) -> int:
+        waiting = await self.jobs.stale_waiting(self._slow_cursor)
+        self._slow_cursor = waiting[-1]["_id"] if len(waiting) == 200 else None  # else: wrap
         pending = {
             ObjectId(dep)
             for doc in waiting
@@ -98,13 +133,11 @@ class Flows:
         }
         if not pending:
             return 0
-        statuses = await self.jobs.statuses(sorted(pending))
+        found = await self.jobs.statuses(sorted(pending))
         released = 0
         for dep in sorted(pending):
-            status = statuses.get(dep, "deleted")
+            status = found.get(dep, "deleted")
             if status in F.ENDED or status == "deleted":
                 released += await self.jobs.settle_dependents(dep, status, now)
                 self.log.warning("dependents_settled_late", job_id=str(dep), status=status)
-        if released:
-            self.wake()
         return released

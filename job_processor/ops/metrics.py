@@ -115,7 +115,7 @@ class DatabaseCollector(Collector):
         snap.paused = await self.storage.paused.names()
         snap.limits = top_usage(await self.storage.limits.all(), now)
         waiting: set[str] = set()
-        for status in (S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
+        for status in (S.WAITING, S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():
                 snap.jobs[(name, status.value)] = n
                 if status in (S.PENDING, S.PAUSED):
@@ -213,9 +213,16 @@ def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
         "Starts allowed per window (its length is the limit's per_seconds)",
         labels=["key"],
     )
+    keys = GaugeMetricFamily(
+        "job_processor_limit_keys",
+        "How many keys of a per-value limit a folded row ('... (other keys)') adds up",
+        labels=["key"],
+    )
     for usage in sorted(limits, key=lambda u: str(u["key"])):
         key = str(usage["key"])
         running.add_metric([key], usage["running"])
+        if usage.get("keys"):
+            keys.add_metric([key], usage["keys"])
         if usage.get("concurrency") is not None:
             capacity.add_metric([key], usage["concurrency"])
         if usage.get("rate") is not None and usage.get("per_seconds"):
@@ -225,6 +232,7 @@ def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
     yield capacity
     yield started
     yield rate
+    yield keys
 
 
 class Metrics:

@@ -13,6 +13,10 @@ The storage modules call these instead of branching on the server themselves:
 - `not_in`, `seen_since`: conditions nx-27017 evaluates wrongly in a query (`$nin` combined
   with a date range matches nothing; a date written by `$set` compares as text), applied in
   Python instead to the few documents concerned (running jobs, worker documents).
+- Written as a rule, not a function: in an update's filter, nx-27017 matches no document that
+  lacks the field for `{"$ne": value}` (a query's `find` does); filters on a field that is
+  either absent or one value use `{"$exists": False}` instead (`exit_hook` is written as
+  "none" for the same reason, and the final write's `has_dependents` condition).
 
 See docs/testing.md for what nx-27017 and mongomock get wrong.
 """
@@ -50,6 +54,7 @@ DATE_FIELDS = frozenset(
         "exit_hook_at",
         "emitted_at",
         "expires_at",
+        "expires_after_settle",
         "first_seen",
         "registered_at",
         "paused_at",

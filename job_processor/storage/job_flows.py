@@ -37,8 +37,12 @@ class FlowRecords:
         return {d["_id"]: str(d.get("status")) for d in found}
 
     async def mark_dependents(self, ids: list[ObjectId]) -> None:
-        """These jobs have jobs waiting on them (their end settles them)."""
-        await self.coll.update_many({"_id": {"$in": ids}}, {"$set": {"has_dependents": True}})
+        """These jobs have jobs waiting on them (their end settles them; until the sweep has
+        seen them settled, `dependents_settled` is unset)."""
+        await self.coll.update_many(
+            {"_id": {"$in": ids}},
+            {"$set": {"has_dependents": True}, "$unset": {"dependents_settled": ""}},
+        )
 
     async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
         """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error
@@ -73,15 +77,53 @@ class FlowRecords:
             released += int(res.modified_count)
         return released
 
-    def stale_waiting_cursor(self, cutoff: dt.datetime, limit: int = 500) -> Any:
-        return self.coll.find(
-            {"status": S.WAITING.value, "created_at": {"$lt": cutoff}}, {"deps": 1}
-        ).limit(limit)
+    def unsettled_cursor(self, limit: int = 500) -> Any:
+        """Ended jobs with dependents that no sweep has seen settled yet (the `has_dependents`
+        index: few documents, each leaves the query once `mark_settled`)."""
+        query = {
+            "has_dependents": True,
+            "dependents_settled": {"$ne": True},
+            "status": {"$in": sorted(F.ENDED)},
+        }
+        return self.coll.find(query, {"status": 1}).limit(limit)
 
-    async def stale_waiting(self, cutoff: dt.datetime) -> list[Doc]:
-        """Jobs waiting since before `cutoff` (the sweep checks their dependencies did not end
-        unnoticed: a worker that died between a final write and settling its dependents)."""
-        return await all_docs(self.stale_waiting_cursor(cutoff))
+    async def unsettled(self) -> list[Doc]:
+        return await all_docs(self.unsettled_cursor())
+
+    async def uncounted(self, dep_ids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these jobs some waiting job has not counted yet (one query on `after`)."""
+        texts = [str(d) for d in dep_ids]
+        docs = await all_docs(
+            self.coll.find({"after": {"$in": texts}, "status": S.WAITING.value}, {"deps": 1})
+        )
+        return {
+            ObjectId(dep)
+            for doc in docs
+            for dep, state in (doc.get("deps") or {}).items()
+            if state == "waiting" and dep in texts
+        }
+
+    async def mark_settled(self, dep_ids: list[ObjectId]) -> None:
+        """Every job waiting on these has counted them: they leave the sweep's query, and the
+        expiry their final write held back applies now."""
+        await self.coll.update_many(
+            {"_id": {"$in": dep_ids}, "has_dependents": True},
+            {
+                "$set": {"dependents_settled": True},
+                "$rename": {"expires_after_settle": "expires_at"},
+            },
+        )
+
+    def stale_waiting_cursor(self, after_id: ObjectId | None, limit: int = 200) -> Any:
+        """Waiting jobs in `_id` order from `after_id` (the slow pass for dependencies deleted
+        by hand: each pass goes on where the last stopped, so every waiting job is seen)."""
+        query: Doc = {"status": S.WAITING.value}
+        if after_id is not None:
+            query["_id"] = {"$gt": after_id}
+        return self.coll.find(query, {"deps": 1}).sort([("_id", 1)]).limit(limit)
+
+    async def stale_waiting(self, after_id: ObjectId | None, limit: int = 200) -> list[Doc]:
+        return await all_docs(self.stale_waiting_cursor(after_id, limit))
 
     async def dependents_of(self, dep_id: ObjectId, limit: int = 100) -> list[Doc]:
         """The jobs scheduled after `dep_id` (the `after` index), without their log lines."""

@@ -20,6 +20,7 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core import documents as D
+from ..core import flows as F
 from ..core import foreign as FD
 from ..core import notes as N
 from ..core.documents import CLAIM_SORT
@@ -65,6 +66,9 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("cron_slot_key", 1)], {"unique": True, "sparse": True}),
     # the jobs waiting on a dependency that just ended (multikey: `after` lists their ids)
     ([("after", 1), ("status", 1)], {}),
+    # the sweep: ended jobs with dependents not yet seen settled; waiting jobs in `_id` order
+    ([("has_dependents", 1), ("status", 1)], {"partialFilterExpression": {"has_dependents": True}}),
+    ([("status", 1), ("_id", 1)], {"partialFilterExpression": {"status": "waiting"}}),
     # cron tasks that waited past their check-in margin
     ([("type", 1), ("status", 1), ("start_deadline", 1)], {}),
     # a worker's running jobs (kill checks, reconciliation, the recovery sweep)
@@ -128,6 +132,9 @@ class EndWrite:
 
     doc: Doc | None
     kill_requested: bool = False
+    dependents: bool = False
+    """It did not apply because jobs were scheduled after this one since its claim (write
+    again, knowing it: `JobStore.end_run` does)."""
 
 
 class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
@@ -338,6 +345,27 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         kill overrides, no kill was requested). Transient errors are retried within `budget`;
         a write whose reply was lost is recognised by its `end_id` (given when retrying a write
         that may have landed)."""
+        written = await self._end_run(
+            claimed, outcome, now, writer, budget, duration_ms, end_id, notes
+        )
+        if written.dependents:  # scheduled after it since its claim: write again, knowing it
+            claimed = claimed | {"has_dependents": True}
+            written = await self._end_run(
+                claimed, outcome, now, writer, budget, duration_ms, None, notes
+            )
+        return written
+
+    async def _end_run(
+        self,
+        claimed: Doc,
+        outcome: Outcome,
+        now: dt.datetime,
+        writer: str | None,
+        budget: float,
+        duration_ms: int | None,
+        end_id: str | None,
+        notes: Doc | None,
+    ) -> EndWrite:
         end_id = end_id or D.new_id()
         query = D.end_filter(claimed, outcome)
         update = N.merged(
@@ -400,10 +428,15 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
             ]
         ids = [i.claimed["_id"] for i in items]
         current = {d["_id"]: d for d in await ride_out(lambda: self.get_many(ids), budget)}
-        return [
-            self._resolve(i.claimed, current.get(i.claimed["_id"]), end_id)
-            for i, end_id in zip(items, end_ids, strict=True)
-        ]
+        out: list[EndWrite | Exception] = []
+        for item, end_id in zip(items, end_ids, strict=True):
+            written = self._resolve(item.claimed, current.get(item.claimed["_id"]), end_id)
+            if written.dependents:  # write this one again, alone, knowing them
+                item.claimed["has_dependents"] = True
+                out.append(await self._end_one(item, budget))
+            else:
+                out.append(written)
+        return out
 
     async def get_many(self, ids: list[ObjectId]) -> list[Doc]:
         return await all_docs(self.coll.find({"_id": {"$in": ids}}))
@@ -434,6 +467,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         still_ours = current["status"] == S.RUNNING.value and current.get("run_id") == claimed.get(
             "run_id"
         )
+        if still_ours and current.get("has_dependents") and not claimed.get("has_dependents"):
+            return EndWrite(None, dependents=True)
         return EndWrite(None, kill_requested=still_ours and bool(current.get("kill_requested_at")))
 
     # ---- kill and retry ---------------------------------------------------------------------
@@ -514,7 +549,23 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
             update,
             return_document=AFTER,
         )
-        return decode_opt(result)
+        doc = decode_opt(result)
+        if doc is not None and doc.get("status") == S.WAITING.value:  # killed while waiting
+            doc = await self._wait_again(doc, now)
+        return doc
+
+    async def _wait_again(self, doc: Doc, now: dt.datetime) -> Doc:
+        """A retried job waits again for the dependencies it had not counted: registered on
+        them again, and those that ended meanwhile counted now (it may be released, or skipped
+        by its policy, at once)."""
+        deps = [ObjectId(d) for d in D.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
+        await self.mark_dependents(deps)
+        found = await self.statuses(deps)
+        ended = {d: s for d, s in found.items() if s in F.ENDED}
+        ended |= dict.fromkeys(set(deps) - set(found), "deleted")  # gone: counts as failed
+        for dep, status in sorted(ended.items()):
+            await self.settle_dependents(dep, status, now)
+        return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
     def watch_one(self, job_id: ObjectId, max_await_ms: int) -> Any:
         """A change stream of one job's changes (`compat.open_stream` opens it)."""

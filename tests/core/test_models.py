@@ -24,7 +24,12 @@ def test_every_status_is_active_or_terminal() -> None:
 
 def test_terminal_statuses_change_only_by_explicit_retry() -> None:
     leaving_terminal = {(old, new) for old, new in TRANSITIONS if old in TERMINAL}
-    assert leaving_terminal == {(S.ERRORED, S.PENDING), (S.KILLED, S.PENDING)}  # retry_job
+    assert leaving_terminal == {  # retry_job (back to waiting: killed while it waited)
+        (S.ERRORED, S.PENDING),
+        (S.KILLED, S.PENDING),
+        (S.ERRORED, S.WAITING),
+        (S.KILLED, S.WAITING),
+    }
     assert not any(old in (S.FINISHED, S.SKIPPED) for old, _ in TRANSITIONS)
 
 

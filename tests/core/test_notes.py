@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -34,9 +36,12 @@ def test_progress_has_its_fraction_and_refuses_nonsense() -> None:
     }
     assert progress_of(40, None, None, NOW)["fraction"] is None  # a count without a total
     assert progress_of(15, 10, None, NOW)["fraction"] == 1.0
-    for done, total in ((-1, 10), ("3", 10), (3, 0), (True, 10)):
+    for done, total in ((-1, 10), ("3", 10), (3, -1), (True, 10), (float("nan"), None)):
         with pytest.raises(ValueError, match="report_progress"):
             progress_of(done, total, None, NOW)
+    assert progress_of(0, 0, "empty input", NOW)["fraction"] == 1.0  # nothing to do: done
+    half = progress_of(Fraction(1, 2), 1, None, NOW)  # any real number (numpy's too)
+    assert half["done"] == 0.5 and type(half["done"]) is float and half["fraction"] == 0.5
 
 
 def test_a_line_is_at_most_2_kb_and_its_fields_are_shown_as_json() -> None:
@@ -89,5 +94,20 @@ async def test_the_harness_records_progress_and_lines() -> None:
     assert harness.log_lines[0]["fields"] == {"index": "users", "batch": 0}
     assert harness.log_lines[-1]["fields"] == {"exception": "ValueError: disk full"}
     assert {x["run"] for x in harness.log_lines} == {2}
-    with pytest.raises(InvalidArgumentError, match="total must be a number > 0"):
-        await harness.job.report_progress(1, 0)
+    with pytest.raises(InvalidArgumentError, match="total must be a number >= 0"):
+        await harness.job.report_progress(1, -1)
+
+
+async def test_any_field_name_is_a_field_and_a_stdlib_level_is_understood() -> None:
+    async def handler(job: Any, signal: Any) -> None:
+        job.log("sent", level=3, event="signup", message="hi")
+        job.logger.info("ok", event="e")
+        job.logger.log(logging.WARNING, "slow", level="x")
+
+    harness = JobHarness()
+    await harness.run(handler)
+    assert [(x["level"], x["message"], x["fields"]) for x in harness.log_lines] == [
+        ("info", "sent", {"level": 3, "event": "signup", "message": "hi"}),
+        ("info", "ok", {"event": "e"}),
+        ("warning", "slow", {"level": "x"}),
+    ]

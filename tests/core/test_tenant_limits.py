@@ -60,5 +60,7 @@ def test_many_keys_are_shown_as_the_busiest_and_the_rest_folded() -> None:
     assert shown[0]["key"] == "smtp"
     assert [u["running"] for u in shown[1:6]] == [4, 4, 4, 4, 4]
     folded = shown[-1]
-    assert folded["key"] == "tenant:{t} (25 more)" and folded["keys"] == 25
+    assert folded["key"] == "tenant:{t} (other keys)" and folded["keys"] == 25  # a fixed label
     assert folded["running"] == sum(i % 5 for i in range(30)) - 20
+    assert folded["concurrency"] == 25 * limit.concurrency  # the capacity of the keys folded
+    assert folded["running"] <= folded["concurrency"]

@@ -215,3 +215,101 @@ async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
         child_page = (await c.get(f"/jobs/{child.id}")).text
     assert f'href="/jobs/{child.id}"' in parent_page and "waiting for 1" in parent_page
     assert f'href="/jobs/{parent.id}"' in child_page and "Jobs scheduled after it" in child_page
+
+
+# ---- review findings: a dependent added while its dependency runs, admin kills, the sweep ------
+
+
+async def test_a_dependent_added_while_its_dependency_runs_is_released_by_that_end(
+    db: Any,
+) -> None:
+    """Scheduled from another process after the dependency was claimed: the dependency's final
+    write learns it (it does not apply over `has_dependents` it was not told of, then is made
+    again) and releases the dependent at once, not at a sweep (none runs in this test: its
+    worker_timeout is 60 s); the finished dependency's expiry waits until the sweep has seen
+    its dependents settled."""
+    go = asyncio.Event()
+
+    async def slow(job: Job, signal: AbortSignal) -> int:
+        await go.wait()
+        return 5
+
+    defs = JOBS | {"slow": JobDef(handler=slow)}
+    worker = await make(db, defs, worker_timeout=60.0)
+    producer = await make(db, defs)  # another process: shares only the database
+    async with worker:
+        dep = await worker.schedule_job("slow")
+        await wait_status(worker, dep.id, S.RUNNING)
+        parent = await producer.schedule_job("total", after=[dep])
+        assert parent.status == S.WAITING
+        go.set()
+        done = await wait_status(worker, parent.id, S.FINISHED, timeout=10)
+        assert done.result == {"sum": 5, "statuses": ["finished"]}
+        held = await worker.storage.jobs.coll.find_one({"_id": ObjectId(dep.id)})
+        assert held is not None and "expires_at" not in held and held["expires_after_settle"]
+        await worker.flows.sweep(dt.datetime.now(dt.UTC))
+        settled = await worker.storage.jobs.coll.find_one({"_id": ObjectId(dep.id)})
+        assert settled is not None and settled["dependents_settled"]  # (1 on nx-27017)
+        assert settled["expires_at"] == held["expires_after_settle"]
+
+
+async def test_a_kill_from_the_admin_carries_on_to_the_waiting_jobs_at_once(db: Any) -> None:
+    p = await make(db, JOBS)
+    dep = await p.schedule_job("part", {"n": 1}, delay=3600)
+    parent = await p.schedule_job("total", after=[dep])  # on_dependency_failure="skip"
+    await Admin(db).kill(dep.id, actor="ops")  # no worker runs: nothing but the kill settles it
+    skipped = await p.get_job(parent.id)
+    assert skipped.status == S.SKIPPED and skipped.failed_dependency == dep.id
+
+
+async def test_the_sweep_settles_from_the_dependencies_side_whatever_else_waits(db: Any) -> None:
+    """An ended dependency whose dependents were never counted (its process died in between)
+    is found among ended jobs with dependents, however many other jobs wait; once seen settled
+    it leaves the sweep's query."""
+    p = await make(db, JOBS)
+    far = await p.schedule_job("part", {"n": 0}, delay=3600)
+    await p.schedule_jobs([JobSpec("total", {}, after=[far]) for _ in range(520)])
+    child = await p.schedule_job("part", {"n": 3})
+    parent = await p.schedule_job("total", after=[child])
+    coll = p.storage.jobs.coll
+    await coll.update_one(  # its end written behind the processor's back: nothing settled it
+        {"_id": ObjectId(child.id)},
+        {"$set": {"status": "finished", "output": {"result": 3}}, "$unset": {"claim_name": ""}},
+    )
+    assert await p.flows.sweep(dt.datetime.now(dt.UTC)) == 1
+    assert (await p.get_job(parent.id)).status == S.PENDING
+    assert await p.storage.jobs.unsettled() == []
+    assert (await p.get_job(far.id)).status == S.PENDING  # the 520 still wait on it
+
+
+async def test_waiting_jobs_are_counted_in_status_metrics_and_the_overview(db: Any) -> None:
+    from job_processor.ops import metrics
+    from tests.ops.test_metrics import samples
+
+    p = await make(db, JOBS)
+    dep = await p.schedule_job("part", {"n": 1}, delay=3600)
+    await p.schedule_job("total", after=[dep])
+    status = await Admin(db).status()
+    assert status.queue["waiting"] == 1 and status.queue["pending"] == 1
+    got = samples((await metrics.render(metrics.enable(p))).decode())
+    assert got[("job_processor_jobs", (("name", "total"), ("status", "waiting")))] == 1
+    overview = await Admin(db).overview()
+    assert overview.queue["total"].waiting == 1
+
+
+async def test_a_job_killed_while_waiting_waits_again_when_retried(db: Any) -> None:
+    """Retried, it waits for the dependencies it had not counted (it does not run before them);
+    one that ended meanwhile is counted at the retry."""
+    p = await make(db, JOBS)
+    later = await p.schedule_job("part", {"n": 2}, delay=3600)
+    soon = await p.schedule_job("part", {"n": 1})
+    parent = await p.schedule_job("total", after=[soon, later])
+    assert (await p.kill_job(parent.id)).status == S.KILLED
+    async with p:
+        await wait_status(p, soon.id, S.FINISHED)  # ends while the parent is killed
+        retried = await p.retry_job(parent.id)
+        assert retried.status == S.WAITING
+        assert retried.deps == {soon.id: "finished", later.id: "waiting"}
+        await Admin(db).run_now(later.id)
+        done = await wait_status(p, parent.id, S.FINISHED)
+    assert done.result == {"sum": 3, "statuses": ["finished", "finished"]}

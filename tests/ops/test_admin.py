@@ -280,8 +280,8 @@ async def test_overview_numbers_and_warnings(env: Any) -> None:
     assert ov.unserved_names == ["report"]
     assert ov.unknown_names == {"ghost": 1}
     text = "\n".join(ov.warnings)
-    assert "job 'report' (tag 'main'): no live worker can run it (1 waiting)" in text
-    assert "1 waiting job of unknown name 'ghost'" in text
+    assert "job 'report' (tag 'main'): no live worker can run it (1 queued)" in text
+    assert "1 queued job of unknown name 'ghost'" in text
     assert "runner-1" in text and "heartbeat" in text
     workers = await admin.list_workers()
     assert [(w.instance_id, w.alive) for w in workers] == [("runner-2", True), ("runner-1", False)]

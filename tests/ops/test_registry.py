@@ -38,7 +38,7 @@ async def test_workers_register_definitions_and_status_flags_what_nobody_runs(db
         status = await processor.get_status()
         assert status.unserved_names == ["main-report"]
         assert any(
-            "job 'main-report' (tag 'main'): no live worker can run it (1 waiting)" in w
+            "job 'main-report' (tag 'main'): no live worker can run it (1 queued)" in w
             for w in status.warnings
         ), status.warnings
         assert any("unknown name 'retired'" in w for w in status.warnings), status.warnings

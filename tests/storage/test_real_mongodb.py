@@ -97,9 +97,11 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     # per-value limits: the due jobs of keys not known to be full, in claim order
     names = ["job-1", "job-2"]
     assert_indexed(await storage.jobs.due_by_key_cursor(names, NOW, ["t:a"], 8).explain())
-    # flows: the jobs waiting on a dependency that ended; the sweep's long-waiting jobs
+    # flows: the jobs waiting on a dependency that ended; the sweep's ended jobs with
+    # dependents not seen settled, and its slow pass over waiting jobs in `_id` order
     assert_indexed(await storage.jobs.waiting_on_cursor(ObjectId()).explain())
-    assert_indexed(await storage.jobs.stale_waiting_cursor(NOW).explain())
+    assert_indexed(await storage.jobs.unsettled_cursor().explain())
+    assert_indexed(await storage.jobs.stale_waiting_cursor(ObjectId()).explain())
     # the sweep's one query: both $or branches on an index
     assert_indexed(await storage.jobs.attention_cursor(NOW, NOW).explain())
 

@@ -192,7 +192,8 @@ class JobsAdmin(AdminBase):
         """Pending / paused -> killed at once; running -> kill requested (its worker aborts the
         handler within about one poll interval: the job stays running until then, and `changed`
         lists it with detail["requested"]). Ended jobs are skipped. The job's on_job_exited is
-        recorded as owed and called by the next sweep of a worker that defines the job.
+        recorded as owed and called by the next sweep of a worker that defines the job. The jobs
+        waiting on a killed job count it at once (skipped, errored or released by their policy).
         Action "jobs_killed"."""
         result = self._result("jobs_killed", actor)
         requested: list[str] = []
@@ -208,6 +209,8 @@ class JobsAdmin(AdminBase):
                 result.changed.append(str(oid))
                 if what == "requested":
                     requested.append(str(oid))
+                elif doc.get("has_dependents"):  # the jobs waiting on it see a killed dependency
+                    await self.storage.jobs.settle_dependents(oid, S.KILLED.value, self.clock.now())
             result.jobs.append(Job.read(doc))
         await self._record(result, {"requested": requested} if requested else None)
         return result

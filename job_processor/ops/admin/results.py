@@ -113,6 +113,8 @@ class QueueRow(BaseModel):
     """Pending or paused jobs that are due now: what workers would claim."""
     paused: int = 0
     running: int = 0
+    waiting: int = 0
+    """Jobs waiting for the jobs they were scheduled after (`after=`)."""
     oldest_due_age_seconds: float | None = None
     """How long the longest-waiting due job has been due."""
 

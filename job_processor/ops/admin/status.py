@@ -46,6 +46,7 @@ class StatusAdmin(CronsAdmin):
                 due=n_due,
                 paused=c.get("paused", 0),
                 running=c.get("running", 0),
+                waiting=c.get("waiting", 0),
                 oldest_due_age_seconds=max(0.0, (now_ms - oldest) / 1000) if n_due else None,
             )
         throughput, capped = await self._throughput(now, minutes)
@@ -118,6 +119,7 @@ class StatusAdmin(CronsAdmin):
                 "due": sum(q.due for q in ov.queue.values()),
                 "paused": sum(q.paused for q in ov.queue.values()),
                 "running": sum(q.running for q in ov.queue.values()),
+                "waiting": sum(q.waiting for q in ov.queue.values()),
             },
             jobs=ov.counts,
             crons=crons,
