@@ -34,7 +34,11 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
             j.name,
             j.status.value,
             when(j.created_at),
-            when(j.ended_at if j.ended_at else j.scheduled_for),
+            (
+                when(j.ended_at if j.ended_at else j.scheduled_for)
+                if j.status.value != "waiting"
+                else f"after {j.waiting_on} more"
+            ),
             f"{j.attempt} ({j.failures}/{j.max_attempts} failed)" if j.failures else j.attempt,
             first_line(MASKER.text(j.error, MASKER.secrets(j.payload, j.state, j.result)), 50),
         ]
@@ -113,7 +117,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         print(f"log ({len(lines)} line{'s' if len(lines) != 1 else ''}, the last 200 kept):")
         for line in lines:
             fields = line.get("fields")
-            extra = f"  {json.dumps(fields, default=str)}" if fields else ""
+            extra = f"  {json.dumps(fields, default=str, ensure_ascii=False)}" if fields else ""
             print(
                 f"  run {line.get('run')}  {line.get('at')}  {line.get('level', ''):<8}"
                 f"{line.get('message')}{extra}"

@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = jobs.add_parser("list", parents=[opt], help="jobs newest first")
     p.add_argument("--name")
-    p.add_argument("--status", help="pending, running, paused, finished, errored, killed, skipped")
+    p.add_argument(
+        "--status", help="waiting, pending, running, paused, finished, errored, killed, skipped"
+    )
     p.add_argument("--tag")
     p.add_argument("--key", help="dedup key")
     p.add_argument("--since", help="created at or after (ISO 8601, UTC by default)")

@@ -79,12 +79,19 @@ def fill_limit_key(key: str, payload: Any) -> str:
     values: dict[str, str] = {}
     for f in fields:
         value = payload.get(f) if isinstance(payload, Mapping) else None
-        if value is None or isinstance(value, dict | list) or str(value) == "":
+        if (
+            value is None
+            or isinstance(value, dict | list | bool)  # True would be a key "tenant:True"
+            or (isinstance(value, float) and value != value)
+            or str(value) == ""
+        ):
             raise ValueError(
                 f"limit key {key!r} needs the payload field {f!r}"
                 + (" (missing)" if value is None else f", got {value!r}")
                 + f": give every job of this limit a {f} (a text or a number)"
             )
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1.0 and 1 are the same tenant: one key, "tenant:1"
         values[f] = str(value)
     return key.format(**values)
 

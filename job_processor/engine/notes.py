@@ -21,6 +21,7 @@ from ..core import notes as N
 from ..core.clock import Clock
 from ..core.errors import InvalidArgumentError
 from ..core.log import EventLog
+from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, masked_line
 from ..storage.jobs import JobStore
 from ..storage.transient import TRANSIENT
 from .execution import Run
@@ -29,6 +30,10 @@ Doc = dict[str, Any]
 
 #: How long one coalesced write rides out an outage (the final write carries what it missed).
 FLUSH_BUDGET = 5.0
+
+
+#: Log lines echoed to the worker's own log are masked with the default sensitive fields.
+_MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
 
 
 class RunNotes:
@@ -66,9 +71,11 @@ class RunNotes:
         self.lines.append(line)
         if len(self.lines) > N.LOG_LIMIT:  # only the last ones would be kept anyway
             del self.lines[: len(self.lines) - N.LOG_LIMIT]
-        method = getattr(self.log, level if level in _METHODS else "error")  # the worker's log too
+        # the worker's log too, masked as the dashboard and the CLI show the line
+        shown = masked_line(_MASKER, line, _MASKER.secrets(self.run.doc.get("payload")))
+        method = getattr(self.log, level if level in _METHODS else "error")
         method(
-            "job_logged", **(line.get("fields", {}) | self.fields | {"message": line["message"]})
+            "job_logged", **(shown.get("fields", {}) | self.fields | {"message": shown["message"]})
         )
         self._soon()
 

@@ -24,6 +24,10 @@ def test_a_templated_key_is_filled_from_the_payload() -> None:
     assert per_tenant.templated and per_tenant.fields == ("tenant_id",)
     assert per_tenant.key_for({"tenant_id": "acme"}) == "tenant:acme"
     assert per_tenant.key_for({"tenant_id": 42}) == "tenant:42"
+    assert per_tenant.key_for({"tenant_id": 42.0}) == "tenant:42"  # the same tenant
+    for odd in (True, float("nan")):
+        with pytest.raises(ValueError, match="needs the payload field 'tenant_id', got"):
+            per_tenant.key_for({"tenant_id": odd})
     assert per_tenant.for_key("tenant:acme").key == "tenant:acme"
     assert not Limit(key="smtp", concurrency=1).templated
     with pytest.raises(ValueError, match="needs the payload field 'tenant_id' \\(missing\\)"):

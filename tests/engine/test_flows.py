@@ -87,7 +87,10 @@ async def test_a_failed_child_skips_runs_or_errors_its_parent(
         ended = await wait_status(p, parent.id, status)
         if status != S.SKIPPED:
             await wait_for_hook(("total", status.value))
-    assert ended.deps == {ok.id: "finished", bad.id: "errored"}
+    if policy == "run":  # it waited for both
+        assert ended.deps == {ok.id: "finished", bad.id: "errored"}
+    else:  # ended by the failure, whether or not the other had ended by then (they run at once)
+        assert ended.deps[bad.id] == "errored" and ended.deps[ok.id] in ("finished", "waiting")
     if policy == "run":
         assert ended.result == {"sum": 1, "statuses": ["finished", "errored"]}
     else:
@@ -260,6 +263,16 @@ async def test_a_kill_from_the_admin_carries_on_to_the_waiting_jobs_at_once(db: 
     await Admin(db).kill(dep.id, actor="ops")  # no worker runs: nothing but the kill settles it
     skipped = await p.get_job(parent.id)
     assert skipped.status == S.SKIPPED and skipped.failed_dependency == dep.id
+    import httpx2 as httpx
+
+    from job_processor.dashboard import create_dashboard
+
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        page = (await c.get(f"/jobs/{parent.id}")).text
+    assert "not called (a skipped job never ran)" in page and "has not ended" not in page
 
 
 async def test_the_sweep_settles_from_the_dependencies_side_whatever_else_waits(db: Any) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
@@ -172,3 +173,21 @@ async def test_the_jobs_list_shows_a_running_jobs_progress(db: Any) -> None:
         await p.kill_job(job.id)
     assert 'role="progressbar"' in listing and 'aria-valuenow="75"' in listing
     assert 'aria-valuenow="75"' in page and "almost" in page
+
+
+async def test_lines_echoed_to_the_workers_log_are_masked(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        job.log(f"password={job.payload['password']}", api_key="key-0123456789", user="ada")
+
+    logger = logging.getLogger("test.notes")
+    p = await make(db, {"login": JobDef(handler=login)}, logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.notes"):
+        await p.run_job("login", {"password": "hunter2-very-secret"})
+    (logged,) = [r for r in caplog.records if r.__dict__.get("event") == "job_logged"]
+    text = str(logged.__dict__["fields"])
+    assert "ada" in text
+    assert "hunter2-very-secret" not in text and "key-0123456789" not in text
