@@ -34,6 +34,10 @@ from ..storage import Storage
 
 Doc = dict[str, Any]
 
+#: How long after its end a dependency is left to the process that ended it (it settles its
+#: dependents right after its final write) before a sweep looks at it.
+GRACE = 5.0
+
 #: The slow pass over waiting jobs (dependencies deleted by hand) runs every this many sweeps
 #: (every 5 minutes at the default worker_timeout), and at the first.
 SLOW_PASS = 20
@@ -105,7 +109,13 @@ class Flows:
         `SLOW_PASS` sweeps, a slower pass over waiting jobs (200 at a time, going on where the
         last stopped) settles the dependencies that no longer exist, as "deleted"."""
         released = 0
-        ended = await self.jobs.unsettled()
+        # the ones that ended a moment ago are being settled by their own process: next sweep
+        cutoff = now - dt.timedelta(seconds=GRACE)
+        ended = [
+            d
+            for d in await self.jobs.unsettled()
+            if not isinstance(d.get("ended_at"), dt.datetime) or d["ended_at"] <= cutoff
+        ]
         if ended:
             ids = [d["_id"] for d in ended]
             uncounted = await self.jobs.uncounted(ids)

@@ -19,7 +19,7 @@ from bson import ObjectId
 
 from ..core import flows as F
 from ..core.status import JobStatus
-from .compat import all_docs
+from .compat import all_docs, decode
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -85,10 +85,10 @@ class FlowRecords:
             "dependents_settled": {"$ne": True},
             "status": {"$in": sorted(F.ENDED)},
         }
-        return self.coll.find(query, {"status": 1}).limit(limit)
+        return self.coll.find(query, {"status": 1, "ended_at": 1}).limit(limit)
 
     async def unsettled(self) -> list[Doc]:
-        return await all_docs(self.unsettled_cursor())
+        return [decode(d) for d in await all_docs(self.unsettled_cursor())]
 
     async def uncounted(self, dep_ids: list[ObjectId]) -> set[ObjectId]:
         """Which of these jobs some waiting job has not counted yet (one query on `after`)."""

@@ -250,7 +250,10 @@ async def test_a_dependent_added_while_its_dependency_runs_is_released_by_that_e
         assert done.result == {"sum": 5, "statuses": ["finished"]}
         held = await worker.storage.jobs.coll.find_one({"_id": ObjectId(dep.id)})
         assert held is not None and "expires_at" not in held and held["expires_after_settle"]
-        await worker.flows.sweep(dt.datetime.now(dt.UTC))
+        soon = dt.datetime.now(dt.UTC)
+        await worker.flows.sweep(soon)  # it ended a moment ago: left to its own process
+        assert "dependents_settled" not in (await worker.storage.jobs.get(ObjectId(dep.id)) or {})
+        await worker.flows.sweep(soon + dt.timedelta(seconds=10))
         settled = await worker.storage.jobs.coll.find_one({"_id": ObjectId(dep.id)})
         assert settled is not None and settled["dependents_settled"]  # (1 on nx-27017)
         assert settled["expires_at"] == held["expires_after_settle"]
