@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -60,6 +60,9 @@ class JobHarness:
     - `abort_after_checkpoints=(n, reason)`: fire it as the n-th checkpoint is saved.
     - `processor`: what `job.processor` returns inside the handler (e.g. a processor from
       `in_memory_processor`, to test chaining); unset, `job.processor` raises.
+    - `dependencies`: the jobs `await job.dependencies()` returns (a parent of a flow), e.g.
+      `JobHarness.ended("part", result=3)`; `job.after` and `job.deps` follow them.
+    - `progress`: the progress a resumed run starts with (`job.progress`).
     """
 
     def __init__(
@@ -75,6 +78,8 @@ class JobHarness:
         now: dt.datetime | None = None,
         abort_after_checkpoints: tuple[int, AbortReason] | None = None,
         processor: Processor | None = None,
+        dependencies: Sequence[Job[Any]] | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> None:
         now = now or FakeClock().now()
         if isinstance(payload, BaseModel):
@@ -99,6 +104,32 @@ class JobHarness:
         self.job._checkpointer = self._save
         self.job._processor = processor
         self.job._notes = self
+        if progress is not None:
+            self.job.progress = dict(progress)
+        if dependencies is not None:
+            deps = list(dependencies)
+            self.job._given_dependencies = deps
+            self.job.after = [d.id for d in deps]
+            self.job.deps = {d.id: d.status.value for d in deps}
+
+    @staticmethod
+    def ended(
+        name: str,
+        *,
+        result: Any = None,
+        status: str = "finished",
+        error: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Job[Any]:
+        """A job that has ended, to give a JobHarness as a dependency."""
+        now = FakeClock().now()
+        doc = D.new_job(name, dict(payload or {}), now=now) | {
+            "status": status,
+            "ended_at": now,
+            "output": {"result": result, "error": error},
+        }
+        doc.pop("claim_name", None)
+        return Job.read(doc)
 
     # ---- the job's NoteSink: recorded, as a worker would write them --------------------------
 

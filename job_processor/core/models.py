@@ -178,6 +178,7 @@ class Job(BaseModel, Generic[PayloadT]):
     _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
     _processor: Processor | None = PrivateAttr(default=None)
     _notes: NoteSink | None = PrivateAttr(default=None)
+    _given_dependencies: list[Job[Any]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -277,6 +278,8 @@ class Job(BaseModel, Generic[PayloadT]):
         """The jobs this one was scheduled after (`after=[...]`), as they are now: their
         status and result (one read; one that was deleted since is left out, its status stays
         in `job.deps`)."""
+        if self._given_dependencies is not None:  # JobHarness(dependencies=[...])
+            return list(self._given_dependencies)
         if not self.after:
             return []
         return await self.processor.get_jobs(self.after)

@@ -111,3 +111,20 @@ async def test_any_field_name_is_a_field_and_a_stdlib_level_is_understood() -> N
         ("info", "ok", {"event": "e"}),
         ("warning", "slow", {"level": "x"}),
     ]
+
+
+async def test_the_harness_gives_a_parent_its_dependencies_and_a_resumed_progress() -> None:
+    async def total(job: Any, signal: Any) -> int:
+        parts = await job.dependencies()
+        await job.report_progress(len(parts), len(parts))
+        return sum(p.result or 0 for p in parts if p.status == "finished")
+
+    parts = [
+        JobHarness.ended("part", result=3),
+        JobHarness.ended("part", status="errored", error="boom"),
+    ]
+    harness = JobHarness(dependencies=parts, progress={"done": 1, "total": 2})
+    assert harness.job.progress == {"done": 1, "total": 2}
+    assert harness.job.deps == {parts[0].id: "finished", parts[1].id: "errored"}
+    assert await harness.run(total) == 3
+    assert harness.progress_reports[-1]["fraction"] == 1.0
