@@ -551,13 +551,14 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         )
         doc = decode_opt(result)
         if doc is not None and doc.get("status") == S.WAITING.value:  # killed while waiting
-            doc = await self._wait_again(doc, now)
+            doc = await self.count_ended_dependencies(doc, now)
         return doc
 
-    async def _wait_again(self, doc: Doc, now: dt.datetime) -> Doc:
-        """A retried job waits again for the dependencies it had not counted: registered on
-        them again, and those that ended meanwhile counted now (it may be released, or skipped
-        by its policy, at once)."""
+    async def count_ended_dependencies(self, doc: Doc, now: dt.datetime) -> Doc:
+        """A waiting job written by an admin path (a retry of a job killed while it waited, a
+        duplicate) waits for the dependencies it has not counted: registered on them, and
+        those that have ended counted now (it may be released, or skipped by its policy, at
+        once; one that no longer exists counts as "deleted")."""
         deps = [ObjectId(d) for d in D.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
         await self.mark_dependents(deps)
         found = await self.statuses(deps)

@@ -329,3 +329,18 @@ async def test_a_job_killed_while_waiting_waits_again_when_retried(db: Any) -> N
         await Admin(db).run_now(later.id)
         done = await wait_status(p, parent.id, S.FINISHED)
     assert done.result == {"sum": 3, "statuses": ["finished", "finished"]}
+
+
+async def test_a_duplicate_of_a_waiting_job_waits_for_the_same_dependencies(db: Any) -> None:
+    p = await make(db, JOBS)
+    done = await p.schedule_job("part", {"n": 1})
+    later = await p.schedule_job("part", {"n": 2}, delay=3600)
+    parent = await p.schedule_job("total", after=[done, later])
+    async with p:
+        await wait_status(p, done.id, S.FINISHED)
+        copy = (await Admin(db).duplicate(parent.id, actor="ops")).jobs[0]
+        assert copy.status == S.WAITING and copy.after == [done.id, later.id]
+        assert copy.deps == {done.id: "finished", later.id: "waiting"}  # counted at once
+        await Admin(db).run_now(later.id)
+        finished = await wait_status(p, copy.id, S.FINISHED)
+    assert finished.result == {"sum": 3, "statuses": ["finished", "finished"]}

@@ -11,6 +11,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from ...core import documents as D
+from ...core import flows as F
 from ...core.errors import InvalidArgumentError, JobNotFoundError
 from ...core.models import Job
 from ...core.retries import retry_refusal
@@ -360,8 +361,10 @@ class JobsAdmin(AdminBase):
 
     async def duplicate(self, job_id: str, *, actor: str | None = None) -> ActionResult:
         """A new pending job with the same name, payload and priority (not the dedup key, which
-        would return the original while it is active). A cron task is duplicated as a manual
-        trigger of its cron. Action "job_duplicated" (detail["duplicate_of"] is the original id)."""
+        would return the original while it is active); a job scheduled after others waits for
+        the same ones (those that have ended count at once, by its on_dependency_failure). A
+        cron task is duplicated as a manual trigger of its cron. Action "job_duplicated"
+        (detail["duplicate_of"] is the original id)."""
         original = await self._stored_job(job_id)  # the stored payload, not the redacted one
         if original.type == "cron_task":
             result = await self._trigger(original.name, actor, "job_duplicated")
@@ -379,6 +382,12 @@ class JobsAdmin(AdminBase):
                 resumable=bool(definition.get("resumable", False)),
                 extra={"created_by": result.actor, "duplicate_of": ObjectId(original.id)},
             )
+            if original.after:  # it waits for the same dependencies (those ended count now)
+                after = [ObjectId(a) for a in original.after if ObjectId.is_valid(a)]
+                doc |= F.waiting_fields(after, original.on_dependency_failure or "skip")
             await self._insert(result, doc)
+            if result.jobs[-1].status == S.WAITING:
+                settled = await self.storage.jobs.count_ended_dependencies(doc, result.at)
+                result.jobs[-1] = Job.read(settled)
         await self._record(result, {"duplicate_of": original.id, "name": original.name})
         return result
