@@ -56,6 +56,8 @@ class JobsAPI(Runtime):
     hooks_here = True
     """Whether this process calls on_job_exited (a JobClient never does: a worker does)."""
     _registry: tuple[float, dict[str, Doc]] | None = None
+    _waiters_on_streams = 0
+    """`wait_for` calls following their job on a change stream now (see STREAM_WAITERS)."""
 
     # ---- templates: what a name's definition decides --------------------------------------
 
@@ -389,6 +391,7 @@ class JobsAPI(Runtime):
             return await self._wait(oid, str(job_id), timeout, deadline, stream)
         finally:
             if stream is not None:
+                self._waiters_on_streams -= 1
                 await _close(stream)
 
     async def _wait(
@@ -432,10 +435,17 @@ class JobsAPI(Runtime):
         processor's waker, or tried here); None: poll."""
         if self.waker.blocking is False or not self.settings.change_streams:
             return None
+        if self._waiters_on_streams >= STREAM_WAITERS:  # each holds a pooled connection: poll
+            return None
+        self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
         try:
             return await self.storage.producer.run(lambda _: self.storage.jobs.watch_one(oid, 1000))
         except (PyMongoError, NotImplementedError, AttributeError, TypeError):
+            self._waiters_on_streams -= 1
             return None  # a standalone server, mongomock: poll
+        except BaseException:
+            self._waiters_on_streams -= 1
+            raise
 
     async def _next_change(self, stream: Any, wait: float) -> tuple[bool, Any]:
         """(whether the job changed, the stream or None when it turned out not to block)."""
@@ -470,6 +480,11 @@ class JobsAPI(Runtime):
                 why += f": job {job.conflicting_job_id} was active"
         raise JobFailedError(job.id, job.status.value, why)
 
+
+#: At most this many `wait_for` calls of one processor follow their job on a change stream at
+#: once (a blocking `getMore` holds one of the client's pooled connections while it waits, and
+#: the worker needs them); the others poll.
+STREAM_WAITERS = 10
 
 #: How long a retry made where hooks are not called waits for a worker to run the owed hook of
 #: the exit it retries, before it is refused (with why): a request thread is not held longer.

@@ -329,3 +329,33 @@ def test_every_error_pickles_with_its_fields() -> None:
         error = cls.__new__(cls)
         error.args = ("x",)
         assert type(pickle.loads(pickle.dumps(error))) is cls
+
+
+async def test_at_most_ten_waiters_of_a_processor_hold_a_change_stream(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting change stream holds a pooled connection: past STREAM_WAITERS, waiters poll."""
+    from job_processor.engine import jobs_api
+
+    p = await make(db, JOBS)
+    job = await p.schedule_job("echo", delay=3600)
+    opened = 0
+
+    class Blocking:  # a stream of a replica set: try_next waits for a change
+        async def try_next(self) -> None:
+            await asyncio.sleep(0.5)
+
+        async def close(self) -> None: ...
+
+    async def watch_one(oid: Any, max_await_ms: int) -> Blocking:
+        nonlocal opened
+        opened += 1
+        return Blocking()
+
+    monkeypatch.setattr(p.waker, "blocking", True)
+    monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
+    waits = [p.wait_for(job.id, timeout=0.3) for _ in range(jobs_api.STREAM_WAITERS + 2)]
+    outcomes = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(o, TimeoutError) for o in outcomes)
+    assert opened == jobs_api.STREAM_WAITERS
+    assert p._waiters_on_streams == 0
