@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from .clock import as_utc
 from .errors import InvalidPayloadError
-from .flows import NEVER_DUE
+from .flows import NEVER_DUE, uncounted_dependencies
 from .outcome import Outcome
 from .runs import last_run
 from .status import HOOKED, JobStatus, check_transition
@@ -493,12 +493,6 @@ def kill_update(
         },
         "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
     }
-
-
-def uncounted_dependencies(doc: Doc) -> list[str]:
-    """The ids of the dependencies a job has not counted yet (`deps` values "waiting")."""
-    deps = doc.get("deps")
-    return [d for d, state in deps.items() if state == "waiting"] if isinstance(deps, dict) else []
 
 
 def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:

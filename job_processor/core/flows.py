@@ -49,6 +49,12 @@ def waiting_fields(after: Sequence[ObjectId], policy: str) -> Doc:
     }
 
 
+def uncounted_dependencies(doc: Doc) -> list[str]:
+    """The ids of the dependencies a job has not counted yet (`deps` values "waiting")."""
+    deps = doc.get("deps")
+    return [d for d, state in deps.items() if state == "waiting"] if isinstance(deps, dict) else []
+
+
 def dependency_ended(dep_id: ObjectId, status: str, now: dt.datetime) -> list[tuple[Doc, Doc]]:
     """(filter, update) pairs to apply, with `update_many`, to the jobs waiting on `dep_id`,
     which ended with `status`."""

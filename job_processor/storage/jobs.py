@@ -559,7 +559,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         duplicate) waits for the dependencies it has not counted: registered on them, and
         those that have ended counted now (it may be released, or skipped by its policy, at
         once; one that no longer exists counts as "deleted")."""
-        deps = [ObjectId(d) for d in D.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
+        deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
         await self.mark_dependents(deps)
         found = await self.statuses(deps)
         ended = {d: s for d, s in found.items() if s in F.ENDED}
