@@ -526,11 +526,21 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
         fields["exclusive_key"] = current["name"]
     if current.get("key") is not None:
         fields["dedup_key"] = dedup_key(current["name"], current["key"])
-    if uncounted_dependencies(current):  # killed while waiting: it waits again (the caller
-        check_transition(S.KILLED, S.WAITING)  # counts those that ended meanwhile)
-        fields |= {"status": S.WAITING.value, "due_ms": NEVER_DUE}
-    # active again: nothing may expire it (its next end sets a new expiry)
-    return {"$set": fields, "$unset": {"expires_at": ""}}
+    uncounted = uncounted_dependencies(current)
+    if uncounted and not current.get("failed_dependency"):
+        # killed while it waited: it waits again (the caller counts those that ended
+        # meanwhile); one errored by a failed dependency (policy "error") runs: the operator
+        # retries it to run it anyway
+        check_transition(S.KILLED, S.WAITING)
+        fields |= {
+            "status": S.WAITING.value,
+            "due_ms": NEVER_DUE,
+            "waiting_on": len(set(uncounted)),
+        }
+    # active again: nothing may expire it (its next end sets a new expiry; a job with
+    # dependents goes through the sweep's settling again, which applies that expiry)
+    unset = dict.fromkeys(("expires_at", "expires_after_settle", "dependents_settled"), "")
+    return {"$set": fields, "$unset": unset}
 
 
 def fresh_deadline(current: Doc, now: dt.datetime) -> dt.datetime | None:

@@ -72,6 +72,7 @@ def dependency_ended(dep_id: ObjectId, status: str, now: dt.datetime) -> list[tu
             "status": S.SKIPPED.value,
             "skip_reason": "dependency",
             "failed_dependency": str(dep_id),
+            "expiry_pending": True,  # its name's retention: a worker's sweep applies it
             "ended_at": now,
             "updated_at": now,
             "output": {"result": None, "error": why},

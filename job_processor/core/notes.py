@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import numbers
 import sys
 from collections.abc import Mapping
@@ -122,9 +123,13 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
 
 
 def _number(value: Any) -> bool:
-    """Any real number (int, float, Decimal-free numbers.Real such as numpy's), not a bool or
-    NaN."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+    """Any real number (int, float, numbers.Real such as numpy's), not a bool, NaN or an
+    infinity, and an integer that BSON can hold (64 bits)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return -(2**63) <= int(value) < 2**63
+    return math.isfinite(float(value))
 
 
 def _plain(value: Any) -> int | float:

@@ -30,9 +30,12 @@ from ..core import flows as F
 from ..core.clock import Clock
 from ..core.errors import JobNotFoundError
 from ..core.log import EventLog
+from ..core.retention import Retention
+from ..core.status import JobStatus
 from ..storage import Storage
 
 Doc = dict[str, Any]
+S = JobStatus
 
 #: How long after its end a dependency is left to the process that ended it (it settles its
 #: dependents right after its final write) before a sweep looks at it.
@@ -51,6 +54,7 @@ class Flows:
         log: EventLog,
         wake: Callable[[], None],
         worker_timeout: float,
+        keep_of: Callable[[str], Retention | None] = lambda name: None,
     ) -> None:
         self.jobs = storage.jobs
         self.produce = storage.producer
@@ -58,6 +62,7 @@ class Flows:
         self.log = log
         self.wake = wake
         self.worker_timeout = worker_timeout
+        self.keep_of = keep_of
         self._sweeps = 0
         self._slow_cursor: ObjectId | None = None
 
@@ -125,12 +130,28 @@ class Flows:
                     released += await self.jobs.settle_dependents(doc["_id"], status, now)
                     self.log.warning("dependents_settled_late", job_id=str(doc["_id"]))
             await self.jobs.mark_settled(ids)
+        await self._expire_skipped()
         self._sweeps += 1
         if self._sweeps % SLOW_PASS == 1:
             released += await self._deleted_dependencies(now)
         if released:
             self.wake()
         return released
+
+    async def _expire_skipped(self) -> None:
+        """Jobs skipped by a failed dependency get their name's retention here (the update that
+        skipped them, made wherever the dependency ended, does not know it): one query, and one
+        update per name (from the latest end among them)."""
+        by_name: dict[str, list[Doc]] = {}
+        for doc in await self.jobs.expiry_pending():
+            by_name.setdefault(str(doc.get("name")), []).append(doc)
+        for name, docs in by_name.items():
+            keep = self.keep_of(name)
+            if keep is None:  # a name this process does not define: one that does decides
+                continue
+            ends = [d["ended_at"] for d in docs if isinstance(d.get("ended_at"), dt.datetime)]
+            expires = keep.expires_at(S.SKIPPED, max(ends)) if ends else None
+            await self.jobs.set_expiry([d["_id"] for d in docs], expires)
 
     async def _deleted_dependencies(self, now: dt.datetime) -> int:
         waiting = await self.jobs.stale_waiting(self._slow_cursor)

@@ -74,9 +74,10 @@ class RunNotes:
         # the worker's log too, masked as the dashboard and the CLI show the line
         shown = masked_line(_MASKER, line, _MASKER.secrets(self.run.doc.get("payload")))
         method = getattr(self.log, level if level in _METHODS else "error")
-        method(
-            "job_logged", **(shown.get("fields", {}) | self.fields | {"message": shown["message"]})
-        )
+        # `event` names the log event itself (structlog, EventLog): a field of that name is
+        # shown as `event_` in the worker's log (the job keeps it as given)
+        echoed = {("event_" if k == "event" else k): v for k, v in shown.get("fields", {}).items()}
+        method("job_logged", **(echoed | self.fields | {"message": shown["message"]}))
         self._soon()
 
     # ---- writing ------------------------------------------------------------------------------

@@ -75,7 +75,14 @@ class Runtime:
             storage, self.definitions, worker_tags, clock, log, settings, self.hooks
         )
         self.recovery = Recovery(storage, self.worker, self.definitions, self.hooks, clock, log)
-        self.flows = Flows(storage, clock, log, self.worker.wake.set, settings.worker_timeout)
+        self.flows = Flows(
+            storage,
+            clock,
+            log,
+            self.worker.wake.set,
+            settings.worker_timeout,
+            lambda name: R.of(self.definitions.get(name), settings.retention),
+        )
         self.worker.on_ended = self.flows.ended
         self.recovery.sweeps.append(self.flows.sweep)  # dependencies that ended unnoticed
         self.registry = Registry(storage, self.definitions, log)

@@ -106,13 +106,28 @@ class FlowRecords:
     async def mark_settled(self, dep_ids: list[ObjectId]) -> None:
         """Every job waiting on these has counted them: they leave the sweep's query, and the
         expiry their final write held back applies now."""
+        ids = {"_id": {"$in": dep_ids}, "has_dependents": True}
+        await self.coll.update_many(ids, {"$set": {"dependents_settled": True}})
+        # only where an expiry was held back: nx-27017's `$rename` of a missing field writes
+        # the target as null (real MongoDB leaves it alone), which would drop an expiry
         await self.coll.update_many(
-            {"_id": {"$in": dep_ids}, "has_dependents": True},
-            {
-                "$set": {"dependents_settled": True},
-                "$rename": {"expires_after_settle": "expires_at"},
-            },
+            ids | {"expires_after_settle": {"$exists": True}},
+            {"$rename": {"expires_after_settle": "expires_at"}},
         )
+
+    def expiry_pending_cursor(self, limit: int = 500) -> Any:
+        """Jobs skipped by a failed dependency whose retention is not applied yet."""
+        return self.coll.find({"expiry_pending": True}, {"name": 1, "ended_at": 1}).limit(limit)
+
+    async def expiry_pending(self) -> list[Doc]:
+        return [decode(d) for d in await all_docs(self.expiry_pending_cursor())]
+
+    async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
+        """Their retention applied (`None`: kept until purged, as the name's keep says)."""
+        update: Doc = {"$unset": {"expiry_pending": ""}}
+        if expires_at is not None:
+            update["$set"] = {"expires_at": expires_at}
+        await self.coll.update_many({"_id": {"$in": ids}, "expiry_pending": True}, update)
 
     def stale_waiting_cursor(self, after_id: ObjectId | None, limit: int = 200) -> Any:
         """Waiting jobs in `_id` order from `after_id` (the slow pass for dependencies deleted

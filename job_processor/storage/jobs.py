@@ -69,6 +69,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # the sweep: ended jobs with dependents not yet seen settled; waiting jobs in `_id` order
     ([("has_dependents", 1), ("status", 1)], {"partialFilterExpression": {"has_dependents": True}}),
     ([("status", 1), ("_id", 1)], {"partialFilterExpression": {"status": "waiting"}}),
+    # jobs skipped by a failed dependency, until a sweep applies their name's retention
+    ([("expiry_pending", 1)], {"partialFilterExpression": {"expiry_pending": True}}),
     # cron tasks that waited past their check-in margin
     ([("type", 1), ("status", 1), ("start_deadline", 1)], {}),
     # a worker's running jobs (kill checks, reconciliation, the recovery sweep)

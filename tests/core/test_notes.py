@@ -36,7 +36,8 @@ def test_progress_has_its_fraction_and_refuses_nonsense() -> None:
     }
     assert progress_of(40, None, None, NOW)["fraction"] is None  # a count without a total
     assert progress_of(15, 10, None, NOW)["fraction"] == 1.0
-    for done, total in ((-1, 10), ("3", 10), (3, -1), (True, 10), (float("nan"), None)):
+    odd = ((-1, 10), ("3", 10), (3, -1), (True, 10), (float("nan"), None), (2**63, None))
+    for done, total in (*odd, (1, float("inf")), (float("inf"), None)):
         with pytest.raises(ValueError, match="report_progress"):
             progress_of(done, total, None, NOW)
     assert progress_of(0, 0, "empty input", NOW)["fraction"] == 1.0  # nothing to do: done

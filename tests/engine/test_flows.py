@@ -344,3 +344,51 @@ async def test_a_duplicate_of_a_waiting_job_waits_for_the_same_dependencies(db: 
         await Admin(db).run_now(later.id)
         finished = await wait_status(p, copy.id, S.FINISHED)
     assert finished.result == {"sum": 3, "statuses": ["finished", "finished"]}
+
+
+# ---- second review: retries, expiries ---------------------------------------------------------
+
+
+async def test_a_job_errored_by_a_failed_dependency_runs_when_retried(db: Any) -> None:
+    """Even while another of its dependencies has not ended (the operator's decision)."""
+    p = await make(db, JOBS)
+    bad = await p.schedule_job("part", {"n": 1, "fail": True})
+    later = await p.schedule_job("part", {"n": 2}, delay=3600)
+    parent = await p.schedule_job("total", after=[bad, later], on_dependency_failure="error")
+    async with p:
+        await wait_status(p, parent.id, S.ERRORED)
+        await wait_for_hook(("total", "errored"))
+        retried = await p.retry_job(parent.id)
+        assert retried.status in (S.PENDING, S.RUNNING, S.FINISHED)
+        done = await wait_status(p, parent.id, S.FINISHED)
+    assert done.result == {"sum": 0, "statuses": ["errored", "pending"]}
+
+
+async def test_every_end_in_a_flow_gets_its_retention(db: Any) -> None:
+    """A job skipped by a failed dependency gets its name's expiry from a sweep; a dependency
+    retried after its dependents were settled gets its new expiry too; and marking settled
+    never drops an expiry written directly (a kill's)."""
+    keep = dt.timedelta(hours=1)
+    p = await make(db, JOBS, keep_finished=keep, keep_failed=keep)
+    coll = p.storage.jobs.coll
+    bad = await p.schedule_job("part", {"n": 1, "fail": True})
+    child = await p.schedule_job("total", after=[bad])  # skipped when `bad` fails
+    pending = await p.schedule_job("part", {"n": 2}, delay=3600)
+    waiter = await p.schedule_job("total", after=[pending])
+    async with p:
+        await wait_status(p, child.id, S.SKIPPED)
+        await p.kill_job(pending.id)  # its expiry written by the kill's hook record
+        await wait_status(p, waiter.id, S.SKIPPED)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+        await p.flows.sweep(later)
+        for job in (child, waiter):
+            doc = await coll.find_one({"_id": ObjectId(job.id)})
+            assert doc is not None and doc.get("expires_at") and "expiry_pending" not in doc
+        assert (await p.storage.jobs.get(ObjectId(bad.id)) or {}).get("expires_at")
+        killed = await p.storage.jobs.get(ObjectId(pending.id)) or {}
+        assert killed.get("dependents_settled") and killed.get("expires_at"), killed
+        await p.retry_job(bad.id)  # it fails again: its dependents were settled long ago
+        await wait_status(p, bad.id, S.ERRORED)
+        await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+        again = await p.storage.jobs.get(ObjectId(bad.id)) or {}
+        assert again.get("expires_at") and "expires_after_settle" not in again
