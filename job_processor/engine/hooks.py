@@ -97,7 +97,7 @@ class HookRunner:
         expires_at = self._expiry(definition, doc)
         if definition.on_job_exited is None:
             try:
-                await self._record(job_id, hook_id, "none", None, fields, expires_at)
+                await self._record(job_id, hook_id, "none", None, fields, expires_at, doc)
             finally:
                 self.in_flight.discard(str(job_id))
             return
@@ -119,7 +119,7 @@ class HookRunner:
             self.log.exception("on_job_exited_failed", **fields)
         state = "failed" if error else "done"
         try:
-            await self._record(job_id, hook_id, state, error, fields, expires_at)
+            await self._record(job_id, hook_id, state, error, fields, expires_at, doc)
         finally:  # only now: a sweep must not take it over while its record is being written
             self.in_flight.discard(str(job_id))
 
@@ -138,10 +138,18 @@ class HookRunner:
         error: str | None,
         fields: dict[str, Any],
         expires_at: dt.datetime | None,
+        doc: Doc,
     ) -> None:
         try:
             await self.jobs.hook_ended(
-                job_id, hook_id, state, error, self.clock.now(), self.budget, expires_at
+                job_id,
+                hook_id,
+                state,
+                error,
+                self.clock.now(),
+                self.budget,
+                expires_at,
+                dependents=bool(doc.get("has_dependents")),  # its expiry waits for them
             )
         except TRANSIENT as exc:  # it stays owed, and will be called again
             self.log.error("on_job_exited_record_failed", error=str(exc), **fields)

@@ -59,17 +59,23 @@ class HookRecords:
         now: dt.datetime,
         budget: float,
         expires_at: dt.datetime | None = None,
+        dependents: bool = False,
     ) -> bool:
         """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none"); the
-        job's retention starts counting then (`expires_at`)."""
+        job's retention starts counting then (`expires_at`). `dependents`: the job has jobs
+        waiting on it; while no sweep has seen them settled, the expiry is held back as
+        `expires_after_settle` (the sweep that marks them settled applies it)."""
         fields: Doc = {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}
-        if expires_at is not None:
-            fields["expires_at"] = expires_at
+        owed = {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}
 
         async def once() -> bool:
-            res = await self.coll.update_one(
-                {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}, {"$set": fields}
-            )
+            if expires_at is not None and dependents:
+                held = fields | {"expires_after_settle": expires_at}
+                unsettled = owed | {"dependents_settled": {"$exists": False}}
+                if (await self.coll.update_one(unsettled, {"$set": held})).matched_count:
+                    return True
+            done = fields | ({"expires_at": expires_at} if expires_at is not None else {})
+            res = await self.coll.update_one(owed, {"$set": done})
             return bool(res.matched_count)
 
         return await ride_out(once, budget)

@@ -151,8 +151,14 @@ class JobReads:
             "name": name,
             "exit_hook": {"$ne": "owed"},
         }
-        cursor = self.coll.find(query, {"_id": 1}).sort(LIST_SORT).skip(keep).limit(batch)
-        ids = [d["_id"] async for d in cursor]
+        fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1}
+        cursor = self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
+        # a job whose dependents have not all counted it is kept until a sweep sees them settled
+        ids = [
+            d["_id"]
+            async for d in cursor
+            if not d.get("has_dependents") or d.get("dependents_settled")
+        ]
         if not ids:
             return 0
         # the same conditions again: a job retried between the read and here is kept

@@ -392,3 +392,28 @@ async def test_every_end_in_a_flow_gets_its_retention(db: Any) -> None:
         await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
         again = await p.storage.jobs.get(ObjectId(bad.id)) or {}
         assert again.get("expires_at") and "expires_after_settle" not in again
+
+
+async def test_a_hooked_dependency_keeps_its_expiry_back_until_its_dependents_counted_it(
+    db: Any,
+) -> None:
+    """The expiry of a job with an on_job_exited hook is written by the hook's record: for a
+    job with dependents not yet seen settled, it is held back too (a crash between its final
+    write and settling them must not let it expire first)."""
+    hooks.clear()
+    p = await make(db, JOBS, keep_finished=dt.timedelta(hours=1))
+    part_job = await p.schedule_job("part", {"n": 4})
+    first = await p.schedule_job("total", after=[part_job])
+    second = await p.schedule_job("part", {"n": 5}, after=[first])
+    async with p:
+        await wait_status(p, second.id, S.FINISHED)
+        await wait_for_hook(("total", "finished"))
+        for _ in range(100):  # the hook's record is written after the hook returns
+            held = await p.storage.jobs.get(ObjectId(first.id)) or {}
+            if held.get("exit_hook") == "done":
+                break
+            await asyncio.sleep(0.05)
+    assert held.get("expires_after_settle") and not held.get("expires_at"), held
+    await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+    settled = await p.storage.jobs.get(ObjectId(first.id)) or {}
+    assert settled.get("expires_at") and "expires_after_settle" not in settled
