@@ -63,6 +63,8 @@ class Flows:
         self.wake = wake
         self.worker_timeout = worker_timeout
         self.keep_of = keep_of
+        self.pre_read: Callable[[], list[Doc] | None] = lambda: None
+        """The flows' documents the recovery sweep's query already read, if it ran."""
         self._sweeps = 0
         self._slow_cursor: ObjectId | None = None
 
@@ -116,9 +118,14 @@ class Flows:
         released = 0
         # the ones that ended a moment ago are being settled by their own process: next sweep
         cutoff = now - dt.timedelta(seconds=GRACE)
+        docs = self.pre_read()
+        if docs is None:  # a sweep on its own
+            unsettled, skipped = await self.jobs.flow_attention()
+        else:
+            unsettled, skipped = self.jobs.split_flow(docs)
         ended = [
             d
-            for d in await self.jobs.unsettled()
+            for d in unsettled
             if not isinstance(d.get("ended_at"), dt.datetime) or d["ended_at"] <= cutoff
         ]
         if ended:
@@ -130,7 +137,7 @@ class Flows:
                     released += await self.jobs.settle_dependents(doc["_id"], status, now)
                     self.log.warning("dependents_settled_late", job_id=str(doc["_id"]))
             await self.jobs.mark_settled(ids)
-        await self._expire_skipped()
+        await self._expire_skipped(skipped)
         self._sweeps += 1
         if self._sweeps % SLOW_PASS == 1:
             released += await self._deleted_dependencies(now)
@@ -138,12 +145,12 @@ class Flows:
             self.wake()
         return released
 
-    async def _expire_skipped(self) -> None:
+    async def _expire_skipped(self, skipped: list[Doc]) -> None:
         """Jobs skipped by a failed dependency get their name's retention here (the update that
         skipped them, made wherever the dependency ended, does not know it): one query, and one
         update per name (from the latest end among them)."""
         by_name: dict[str, list[Doc]] = {}
-        for doc in await self.jobs.expiry_pending():
+        for doc in skipped:
             by_name.setdefault(str(doc.get("name")), []).append(doc)
         for name, docs in by_name.items():
             keep = self.keep_of(name)

@@ -62,6 +62,8 @@ class Recovery:
         self.worker_timeout = worker.settings.worker_timeout
         self._unknown_checked: dt.datetime | None = None
         self._strays_checked: dt.datetime | None = None
+        self.flow_docs: list[dict[str, Any]] | None = None
+        """The flows' documents this sweep's one query read (`Flows.sweep` uses them)."""
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
@@ -101,7 +103,7 @@ class Recovery:
                 )
         recovered = 0
         # one query: running jobs whose run started before the cutoff, and owed hooks
-        running, owed = await self.storage.jobs.needing_attention(cutoff, now)
+        running, owed, self.flow_docs = await self.storage.jobs.needing_attention(cutoff, now)
         for doc in running:
             if doc.get("worker_id") == me and me:
                 if not self.worker.owns(doc):  # ours by the database, not running here
@@ -123,8 +125,11 @@ class Recovery:
                 self._strays_checked = now
             await self.error_unknown_names(now, full=full)
         await self.hooks.recover(now, live, self.worker_timeout, owed)
-        for extra in self.sweeps:
-            await extra(now)
+        try:
+            for extra in self.sweeps:
+                await extra(now)
+        finally:
+            self.flow_docs = None
         return recovered
 
     async def error_unknown_names(self, now: dt.datetime, full: bool = True) -> int:

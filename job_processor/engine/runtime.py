@@ -83,6 +83,7 @@ class Runtime:
             settings.worker_timeout,
             lambda name: R.of(self.definitions.get(name), settings.retention),
         )
+        self.flows.pre_read = lambda: self.recovery.flow_docs  # read by the sweep's one query
         self.worker.on_ended = self.flows.ended
         self.recovery.sweeps.append(self.flows.sweep)  # dependencies that ended unnoticed
         self.registry = Registry(storage, self.definitions, log)

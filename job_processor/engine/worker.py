@@ -519,7 +519,6 @@ class Worker:
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close() if run.notes is not None else None
         written = None
-        outcome = decide(run.doc, policy, end, self.clock.now())
         for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile
             now = self.clock.now()
             outcome = decide(run.doc, policy, end, now)

@@ -16,7 +16,9 @@ The storage modules call these instead of branching on the server themselves:
 - Written as a rule, not a function: in an update's filter, nx-27017 matches no document that
   lacks the field for `{"$ne": value}` (a query's `find` does); filters on a field that is
   either absent or one value use `{"$exists": False}` instead (`exit_hook` is written as
-  "none" for the same reason, and the final write's `has_dependents` condition).
+  "none" for the same reason, and the final write's `has_dependents` condition). In an `$or`,
+  a branch with `$in` or `$ne` makes nx-27017 lose the other branches' matches on a date
+  written by `$set`: the sweep's flow branches use equalities and `$exists` only.
 
 See docs/testing.md for what nx-27017 and mongomock get wrong.
 """

@@ -77,18 +77,48 @@ class FlowRecords:
             released += int(res.modified_count)
         return released
 
-    def unsettled_cursor(self, limit: int = 500) -> Any:
-        """Ended jobs with dependents that no sweep has seen settled yet (the `has_dependents`
-        index: few documents, each leaves the query once `mark_settled`)."""
-        query = {
-            "has_dependents": True,
-            "dependents_settled": {"$ne": True},
-            "status": {"$in": sorted(F.ENDED)},
-        }
-        return self.coll.find(query, {"status": 1, "ended_at": 1}).limit(limit)
+    @staticmethod
+    def flow_branches() -> list[Doc]:
+        """What the sweep looks for in flows: ended jobs with dependents that no sweep has seen
+        settled yet, and jobs skipped by a failed dependency whose retention is not applied
+        (each on its partial index; few documents, each leaves the query once handled). Also
+        branches of the recovery sweep's one query (`JobReads.attention_cursor`)."""
+        # one branch per ended status, and `$exists`: with `$in` or `$ne` in one of its branches,
+        # nx-27017 evaluates an `$or` so that a date written by `$set` in another branch no
+        # longer compares (the recovery sweep's running jobs went missing); see storage.compat
+        unsettled = [
+            {"has_dependents": True, "dependents_settled": {"$exists": False}, "status": status}
+            for status in sorted(F.ENDED)
+        ]
+        return [*unsettled, {"expiry_pending": True}]
 
-    async def unsettled(self) -> list[Doc]:
-        return [decode(d) for d in await all_docs(self.unsettled_cursor())]
+    def flow_attention_cursor(self, limit: int = 1000) -> Any:
+        """The flow branches alone (a sweep run on its own, e.g. in tests)."""
+        fields = {
+            "status": 1,
+            "ended_at": 1,
+            "name": 1,
+            "has_dependents": 1,
+            "dependents_settled": 1,
+            "expiry_pending": 1,
+        }
+        return self.coll.find({"$or": self.flow_branches()}, fields).limit(limit)
+
+    async def flow_attention(self) -> tuple[list[Doc], list[Doc]]:
+        """(ended jobs with dependents not seen settled, skipped jobs awaiting their expiry)."""
+        return self.split_flow([decode(d) for d in await all_docs(self.flow_attention_cursor())])
+
+    @staticmethod
+    def split_flow(docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
+        """The documents of the flow branches, by branch (one may be in both)."""
+        unsettled = [
+            d
+            for d in docs
+            if d.get("has_dependents")
+            and not d.get("dependents_settled")
+            and d.get("status") in F.ENDED
+        ]
+        return unsettled, [d for d in docs if d.get("expiry_pending")]
 
     async def uncounted(self, dep_ids: list[ObjectId]) -> set[ObjectId]:
         """Which of these jobs some waiting job has not counted yet (one query on `after`)."""
@@ -114,13 +144,6 @@ class FlowRecords:
             ids | {"expires_after_settle": {"$exists": True}},
             {"$rename": {"expires_after_settle": "expires_at"}},
         )
-
-    def expiry_pending_cursor(self, limit: int = 500) -> Any:
-        """Jobs skipped by a failed dependency whose retention is not applied yet."""
-        return self.coll.find({"expiry_pending": True}, {"name": 1, "ended_at": 1}).limit(limit)
-
-    async def expiry_pending(self) -> list[Doc]:
-        return [decode(d) for d in await all_docs(self.expiry_pending_cursor())]
 
     async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
         """Their retention applied (`None`: kept until purged, as the name's keep says)."""

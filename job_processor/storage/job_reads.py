@@ -20,6 +20,7 @@ from .compat import (
     decode_opt,
     open_stream,
 )
+from .job_flows import FlowRecords
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -105,18 +106,21 @@ class JobReads:
                 "$or": [
                     {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
                     {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
+                    *FlowRecords.flow_branches(),
                 ]
             }
         ).limit(1000)
 
     async def needing_attention(
         self, cutoff: dt.datetime, now: dt.datetime
-    ) -> tuple[list[Doc], list[Doc]]:
-        """(running jobs started before `cutoff`, owed hooks), from one query."""
+    ) -> tuple[list[Doc], list[Doc], list[Doc]]:
+        """(running jobs started before `cutoff`, owed hooks, the flows' documents), from one
+        query."""
         docs = await all_docs(self.attention_cursor(cutoff, now))
         running = [d for d in docs if d.get("status") == S.RUNNING.value]
         owed = [d for d in docs if d.get("exit_hook") == "owed"]
-        return running, owed
+        flows = [decode(d) for d in docs if d.get("has_dependents") or d.get("expiry_pending")]
+        return running, owed, flows
 
     async def running(self) -> list[Doc]:
         return await all_docs(

@@ -294,7 +294,7 @@ async def test_the_sweep_settles_from_the_dependencies_side_whatever_else_waits(
     )
     assert await p.flows.sweep(dt.datetime.now(dt.UTC)) == 1
     assert (await p.get_job(parent.id)).status == S.PENDING
-    assert await p.storage.jobs.unsettled() == []
+    assert await p.storage.jobs.flow_attention() == ([], [])
     assert (await p.get_job(far.id)).status == S.PENDING  # the 520 still wait on it
 
 
