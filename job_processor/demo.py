@@ -253,6 +253,12 @@ async def _demo(db: Any) -> None:
     say(f"    started_at kept across the restart: {same} ({done.started_at:%H:%M:%S.%f})")
 
     say("\n6. on_job_exited ran once per terminal exit (never for the pause or a retry):")
+    ended = [email, report, hook, imp, idx]  # each hook runs right after its final write
+    for _ in range(100):
+        seen = [await processor2.get_job(j.id) for j in ended]
+        if all(f"{j.name}:{j.status.value}" in exits for j in seen):
+            break
+        await asyncio.sleep(0.05)
     say("    " + ", ".join(sorted(exits)))
 
     say("\n7. Meanwhile the every-second cron 'tick' ran on both workers (3 s more now):")
