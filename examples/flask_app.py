@@ -1,9 +1,9 @@
 """A Flask app that enqueues jobs and polls their results, with the synchronous client.
 
-    pip install flask
+    .venv/bin/pip install -q flask                        # (the dev extra has it already)
     export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
-    job-processor run examples.report_jobs:make          # the async workers, another terminal
-    flask --app examples.flask_app run                    # then:
+    .venv/bin/job-processor run examples.report_jobs:make   # the async workers, another terminal
+    .venv/bin/flask --app examples.flask_app run          # then:
     curl -X POST localhost:5000/reports -H 'content-type: application/json' \\
          -d '{"customer": "acme", "rows": 40}'            # -> 202 {"id": ..., "status_url": ...}
     curl 'localhost:5000/reports/<id>?wait=5'             # -> 200 {"status": "finished", ...}
@@ -42,7 +42,10 @@ def jobs() -> JobClient:
 @app.post("/reports")
 def enqueue_report() -> Any:
     try:
-        job = jobs().schedule_job("build-report", request.get_json(force=True))
+        body = request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="the body must be a JSON object"), 400
+        job = jobs().schedule_job("build-report", body)
     except InvalidPayloadError as exc:  # names the field: nothing was written
         return jsonify(error=str(exc)), 400
     return jsonify(id=job.id, status_url=url_for("report", job_id=job.id)), 202

@@ -1,10 +1,10 @@
 """The jobs behind the Django and Flask examples: defined once, run by async workers, scheduled
 by synchronous web apps (job_processor.sync.JobClient).
 
-The workers:
-    job-processor server                   # no MongoDB? a local one, in another terminal
+The workers (from the repository's root, after the README's install into .venv):
+    .venv/bin/job-processor server         # no MongoDB? a local one, in another terminal
     export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
-    job-processor run examples.report_jobs:make
+    .venv/bin/job-processor run examples.report_jobs:make
 
 The web apps import `JOBS` only to check names and payloads before writing (their handlers
 never run there): see examples/flask_app.py and examples/django_app/.

@@ -1,10 +1,10 @@
 """A tagged multi-worker setup: runner-1 runs the "main" jobs, every replica the untagged ones.
 
 To run (two terminals, or the docker-compose.production.yml replicas):
-    job-processor server                   # no MongoDB? a local one, in another terminal
+    .venv/bin/job-processor server                   # no MongoDB? a local one, in another terminal
     export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
-    INSTANCE_ID=runner-1 job-processor run examples.tagged_workers:make
-    INSTANCE_ID=runner-2 job-processor run examples.tagged_workers:make
+    INSTANCE_ID=runner-1 .venv/bin/job-processor run examples.tagged_workers:make
+    INSTANCE_ID=runner-2 .venv/bin/job-processor run examples.tagged_workers:make
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ usually run the web app with `worker_tags=["web"]` (or not start() at all) and l
 `job-processor run` containers do the work.
 
 To run:
-    pip install -e '.[demo]' starlette uvicorn
-    job-processor server                    # no MongoDB? a local one, in another terminal
-    MONGODB_URL=mongodb://127.0.0.1:27017/job_processor uvicorn examples.web_service:app
+    .venv/bin/pip install -q -e '.[demo]' starlette uvicorn
+    .venv/bin/job-processor server          # no MongoDB? a local one, in another terminal
+    MONGODB_URL=mongodb://127.0.0.1:27017/job_processor .venv/bin/uvicorn examples.web_service:app
     curl -X POST 'localhost:8000/emails?to=ada@example.com'
-    job-processor jobs list                 # the same database: the URL's, or job_processor
+    .venv/bin/job-processor jobs list       # the same database: the URL's, or job_processor
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor import AbortSignal, Job, JobDef, JobNotFoundError, init_job_processor
 
 
 async def send_email(job: Job, signal: AbortSignal) -> dict[str, str]:
@@ -49,14 +49,18 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def schedule_email(request: Request) -> JSONResponse:
-    job = await request.app.state.jobs.schedule_job(
-        "send-email", {"to": request.query_params["to"]}
-    )
+    to = request.query_params.get("to")
+    if not to:
+        return JSONResponse({"error": "give ?to=<address>"}, status_code=400)
+    job = await request.app.state.jobs.schedule_job("send-email", {"to": to})
     return JSONResponse({"job_id": job.id, "status": job.status.value}, status_code=202)
 
 
 async def get_job(request: Request) -> JSONResponse:
-    job = await request.app.state.jobs.get_job(request.path_params["job_id"])
+    try:
+        job = await request.app.state.jobs.get_job(request.path_params["job_id"])
+    except JobNotFoundError as exc:  # an unknown id, or not an id at all
+        return JSONResponse({"error": str(exc)}, status_code=404)
     return JSONResponse(job.model_dump(mode="json"))
 
 

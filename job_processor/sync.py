@@ -81,6 +81,7 @@ class JobClient:
         )
         self._processor.open_names = jobs is None
         self._processor.hooks_here = False
+        self._processor.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
 
     @property
     def database(self) -> Database[Any]:

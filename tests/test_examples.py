@@ -51,6 +51,8 @@ def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) ->
             time.sleep(0.05)
         assert job["status"] == "finished"
         assert job["output"]["result"] == {"sent_to": "ada@example.com"}
+        assert client.post("/emails").status_code == 400  # no ?to=
+        assert client.get("/jobs/nope").status_code == 404
 
 
 @pytest.fixture
@@ -105,6 +107,8 @@ def test_flask_example_enqueues_and_polls(
 def check_flask(web: Any) -> None:
     bad = web.post("/reports", json={"customer": "acme", "rows": "many"})
     assert bad.status_code == 400 and "field 'rows'" in bad.get_json()["error"]
+    garbled = web.post("/reports", data="not json", content_type="text/plain")
+    assert garbled.status_code == 400 and "JSON object" in garbled.get_json()["error"]
     made = web.post("/reports", json={"customer": "acme", "rows": 40})
     assert made.status_code == 202
     body = poll(web.get, made.get_json()["status_url"] + "?wait=2").get_json()

@@ -95,7 +95,7 @@ CHECKED = {
 
 def test_with_jobs_it_checks_like_the_async_api_before_writing(sync_db: Database[Any]) -> None:
     client = JobClient(sync_db, CHECKED)
-    with pytest.raises(UnknownJobError, match=r"unknown job 'shp' \(did you mean 'ship'\?\)"):
+    with pytest.raises(UnknownJobError, match=r"'shp' \(did you mean 'ship'\?\).*JobClient"):
         client.schedule_job("shp", {"order_id": 1})
     with pytest.raises(InvalidPayloadError, match="field 'order_id'"):
         client.schedule_job("ship", {"order_id": "one"})

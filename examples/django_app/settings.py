@@ -1,10 +1,10 @@
 """The smallest Django settings for the example (no database of Django's own: the jobs live in
 MongoDB, behind job_processor.sync.JobClient).
 
-    pip install django
+    .venv/bin/pip install -q django                     # (the dev extra has it already)
     export MONGODB_URL=mongodb://127.0.0.1:27017/job_processor
-    job-processor run examples.report_jobs:make                       # the async workers
-    DJANGO_SETTINGS_MODULE=examples.django_app.settings python -m django runserver
+    .venv/bin/job-processor run examples.report_jobs:make             # the async workers
+    DJANGO_SETTINGS_MODULE=examples.django_app.settings .venv/bin/python -m django runserver
     # (python -m, from the repository's root: it puts the current folder on the import path,
     # which django-admin does not)
 """

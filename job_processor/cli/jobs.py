@@ -74,9 +74,10 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
     ):
         if data.get(key) is not None:
             print(f"{key + ':':<20}{data[key]}")
-    print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts)}")
+    print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts, job.status)}")
     if job.after:
-        ended = [f"{d} ({s})" for d, s in job.deps.items()]
+        # "waiting" in `deps`: not counted yet (the dependency has not ended, or just ended)
+        ended = [f"{d} ({'not ended' if s == 'waiting' else s})" for d, s in job.deps.items()]
         waiting = f"waiting for {job.waiting_on}; " if job.status == "waiting" else ""
         print(f"{'after:':<20}{waiting}{', '.join(ended)}")
         if job.failed_dependency:

@@ -539,7 +539,9 @@ def retry_update(current: Doc, now: dt.datetime, exclusive: bool) -> Doc:
         }
     # active again: nothing may expire it (its next end sets a new expiry; a job with
     # dependents goes through the sweep's settling again, which applies that expiry)
-    unset = dict.fromkeys(("expires_at", "expires_after_settle", "dependents_settled"), "")
+    # the last run's output is in `history` now: a pending job shows no old error
+    held = ("expires_at", "expires_after_settle", "dependents_settled", "output")
+    unset = dict.fromkeys(held, "")
     return {"$set": fields, "$unset": unset}
 
 

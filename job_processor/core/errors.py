@@ -46,15 +46,14 @@ class InvalidDefinitionError(JobProcessorError, ValueError):
 class UnknownJobError(JobProcessorError, KeyError):
     """A job name that was not given to init_job_processor."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(
+        self, name: str, known: list[str], where: str = "init_job_processor(jobs={...})"
+    ) -> None:
         self.name = name
         listing = ", ".join(sorted(known)) or "none"
         hint = did_you_mean(name, known)
         fix = "check the name, or add it to" if hint else "add it to"
-        super().__init__(
-            f"unknown job {name!r}{hint}: {fix} init_job_processor(jobs={{...}}) "
-            f"(known jobs: {listing})"
-        )
+        super().__init__(f"unknown job {name!r}{hint}: {fix} {where} (known jobs: {listing})")
 
     @classmethod
     def for_cron(cls, name: str, known: str) -> UnknownJobError:

@@ -297,9 +297,10 @@ def _batch_after(spec: JobSpec, docs: list[Doc], seen: dict[int, int]) -> list[O
             refs.append(ref)
             continue
         if not 0 <= index < len(docs):
+            earlier = f"items 0 to {len(docs) - 1}" if docs else "none: it is the first item"
             raise InvalidArgumentError(
-                f"job {spec.name!r}: after holds item {index}: only earlier items can be "
-                f"waited on (0 to {len(docs) - 1})"
+                f"job {spec.name!r}: after holds item {index}: only earlier items of the batch "
+                f"can be waited on ({earlier}); a job id (text) names a job already scheduled"
             )
         if "dedup_key" in docs[index]:
             raise InvalidArgumentError(

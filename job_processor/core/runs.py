@@ -44,10 +44,12 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
     return "failed"
 
 
-def runs_summary(attempt: Any, failures: Any, max_attempts: Any) -> str:
-    """ "run 3 · 0 of 3 failures used" (or "not run yet · 0 of 3 failures used")."""
+def runs_summary(attempt: Any, failures: Any, max_attempts: Any, status: Any = None) -> str:
+    """ "run 3 · 0 of 3 failures used" (or "not run yet · ...", or "never ran · ..." for a job
+    that ended without running: skipped, or errored or killed before its first run)."""
     runs, allowed = int(attempt or 0), int(max_attempts or 1)
-    head = f"run {runs}" if runs else "not run yet"
+    ended = str(getattr(status, "value", status)) in _ENDED
+    head = f"run {runs}" if runs else ("never ran" if ended else "not run yet")
     return f"{head} · {int(failures or 0)} of {allowed} failure{'s' if allowed != 1 else ''} used"
 
 

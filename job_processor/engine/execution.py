@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+from pydantic import ValidationError
 
 from ..core import documents as D
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.definitions import JobDef
+from ..core.errors import field_errors
 from ..core.models import Job
 from ..core.outcome import Policy
 from ..core.retention import Retention
@@ -111,6 +113,21 @@ async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def invalid_document(exc: Exception, definition: JobDef | None) -> str:
+    """Why a claimed document cannot become the handler's Job, first line first: the payload
+    model's fields named as at schedule time ("payload does not match ReportRequest: field
+    'rows': ..."), then pydantic's full text."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    model = definition.payload_model if definition is not None else None
+    payload = [{**e, "loc": e["loc"][1:]} for e in exc.errors() if e["loc"][:1] == ("payload",)]
+    if payload and model is not None:
+        first = f"payload does not match {model.__name__}: {field_errors(payload)}"
+    else:
+        first = field_errors(exc.errors())
+    return f"{first}\n{exc}"
 
 
 def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:

@@ -55,6 +55,8 @@ class JobsAPI(Runtime):
     definitions, and a name it does not know is written as is (the workers decide)."""
     hooks_here = True
     """Whether this process calls on_job_exited (a JobClient never does: a worker does)."""
+    jobs_given_to = "init_job_processor(jobs={...})"
+    """Where this process's job definitions come from (named by unknown-name errors)."""
     _registry: tuple[float, dict[str, Doc]] | None = None
     _waiters_on_streams = 0
     """`wait_for` calls following their job on a change stream now (see STREAM_WAITERS)."""
@@ -94,7 +96,7 @@ class JobsAPI(Runtime):
 
     def _definition(self, name: str) -> JobDef:
         if not isinstance(name, str) or name not in self.jobs:
-            raise UnknownJobError(str(name), list(self.jobs))
+            raise UnknownJobError(str(name), list(self.jobs), self.jobs_given_to)
         return self.jobs[name]
 
     async def _registry_rows(self) -> dict[str, Doc]:

@@ -43,6 +43,7 @@ from .execution import (
     call_maybe_async,
     describe_error,
     eligible_names,
+    invalid_document,
     policy_of,
     storable,
 )
@@ -336,7 +337,7 @@ class Worker:
             try:
                 job = build_job(doc, run.definition)
             except Exception as exc:
-                error = f"invalid job document: {exc}"
+                error = f"invalid job document: {invalid_document(exc, run.definition)}"
                 end = RunEnd(Ending.INVALID, error=error)
                 final = await asyncio.shield(self._finish(run, end, None))
                 sentry.run_ended(trace, final, exc)

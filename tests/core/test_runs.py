@@ -46,3 +46,4 @@ def test_runs_failures_and_attempts_add_up() -> None:
     # retried by hand after three failures (failures count afresh), then one more failure
     assert runs_summary(6, 1, 3) == "run 6 · 1 of 3 failures used"
     assert runs_summary(0, 0, 1) == "not run yet · 0 of 1 failure used"
+    assert runs_summary(0, 0, 1, "skipped") == "never ran · 0 of 1 failure used"

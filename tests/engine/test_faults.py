@@ -86,6 +86,8 @@ async def test_an_invalid_job_document_is_errored_with_the_reason(db: Any) -> No
     assert failed.error is not None
     assert failed.error.startswith("invalid job document:")
     assert "payload.to" in failed.error
+    first = failed.error.splitlines()[0]  # what an HTTP client or a one-line log shows
+    assert first.startswith("invalid job document: payload does not match Email: field 'to'")
 
 
 async def test_a_final_write_that_cannot_be_made_is_reconciled_by_its_own_worker(

@@ -284,7 +284,7 @@ async def test_a_delay_too_long_for_a_date_is_refused_naming_the_job_and_the_ite
 async def test_a_batch_cut_by_an_outage_says_which_items_were_written(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    p = await make(db, JOBS, producer_retry_seconds=0.3)
+    p = await make(db, JOBS, producer_retry_seconds=2)  # (a chunk of 1,000 may take 0.5 s)
     coll = p.storage.jobs.coll
     real = coll.insert_many
     calls = 0
