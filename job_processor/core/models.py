@@ -538,11 +538,28 @@ class Processor(Protocol):
         priority: int = 0,
         key: str | None = None,
         max_attempts: int | None = None,
+        delay: dt.timedelta | float | None = None,
+        after: Iterable[Any] | None = None,
+        on_dependency_failure: str = "skip",
     ) -> Job[Any]: ...
 
     async def run_job(
         self, name: str, payload: Mapping[str, Any] | BaseModel | None = None
     ) -> Job[Any]: ...
+
+    async def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]: ...
+
+    async def wait_for(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract (see JobsAPI.wait_for)
+    ) -> Job[Any]: ...
+
+    async def result(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract
+    ) -> Any: ...
 
     async def get_job(self, job_id: str | ObjectId) -> Job[Any]: ...
 

@@ -95,19 +95,7 @@ class Flows:
     async def register(self, after: list[ObjectId]) -> int:
         """Mark `after` as having dependents, then settle those already ended. Returns how
         many jobs that released."""
-        if not after:
-            return 0
-        await self.produce.run(lambda _: self.jobs.mark_dependents(after))
-        statuses = await self.produce.run(lambda _: self.jobs.statuses(after))
-        released = 0
-        for dep, status in statuses.items():
-            if status in F.ENDED:
-                released += await self.produce.run(
-                    lambda _, dep=dep, status=status: self.jobs.settle_dependents(  # type: ignore[misc]
-                        dep, status, self.clock.now()
-                    )
-                )
-        return released
+        return await self.produce.run(lambda _: self.jobs.register_waiting(after, self.clock.now()))
 
     async def sweep(self, now: dt.datetime) -> int:
         """Ended jobs with dependents that no sweep has seen settled: those some waiting job

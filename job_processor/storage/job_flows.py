@@ -44,6 +44,22 @@ class FlowRecords:
             {"$set": {"has_dependents": True}, "$unset": {"dependents_settled": ""}},
         )
 
+    async def register_waiting(self, deps: list[ObjectId], now: dt.datetime) -> int:
+        """Jobs now wait on `deps`: mark them as having dependents, then settle at once those
+        that have already ended (one that no longer exists counts as "deleted", a failure).
+        Every step applies once however often it runs (a retried call repeats none of its
+        effects). Returns how many jobs that released."""
+        if not deps:
+            return 0
+        await self.mark_dependents(deps)
+        found = await self.statuses(deps)
+        ended = {d: s for d, s in found.items() if s in F.ENDED}
+        ended |= dict.fromkeys(set(deps) - set(found), "deleted")
+        released = 0
+        for dep, status in sorted(ended.items()):
+            released += await self.settle_dependents(dep, status, now)
+        return released
+
     async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
         """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error
         those it fails (and carry that on to their own dependents), release those with nothing

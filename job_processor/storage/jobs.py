@@ -562,12 +562,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         those that have ended counted now (it may be released, or skipped by its policy, at
         once; one that no longer exists counts as "deleted")."""
         deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
-        await self.mark_dependents(deps)
-        found = await self.statuses(deps)
-        ended = {d: s for d, s in found.items() if s in F.ENDED}
-        ended |= dict.fromkeys(set(deps) - set(found), "deleted")  # gone: counts as failed
-        for dep, status in sorted(ended.items()):
-            await self.settle_dependents(dep, status, now)
+        await self.register_waiting(deps, now)
         return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
     def watch_one(self, job_id: ObjectId, max_await_ms: int) -> Any:
