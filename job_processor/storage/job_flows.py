@@ -136,12 +136,15 @@ class FlowRecords:
         ]
         return unsettled, [d for d in docs if d.get("expiry_pending")]
 
+    def uncounted_cursor(self, dep_ids: list[ObjectId]) -> Any:
+        """The waiting jobs of any of these dependencies (the {after, status} index)."""
+        query = {"after": {"$in": [str(d) for d in dep_ids]}, "status": S.WAITING.value}
+        return self.coll.find(query, {"deps": 1})
+
     async def uncounted(self, dep_ids: list[ObjectId]) -> set[ObjectId]:
         """Which of these jobs some waiting job has not counted yet (one query on `after`)."""
         texts = [str(d) for d in dep_ids]
-        docs = await all_docs(
-            self.coll.find({"after": {"$in": texts}, "status": S.WAITING.value}, {"deps": 1})
-        )
+        docs = await all_docs(self.uncounted_cursor(dep_ids))
         return {
             ObjectId(dep)
             for doc in docs

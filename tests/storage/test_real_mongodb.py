@@ -100,7 +100,8 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     # flows: the jobs waiting on a dependency that ended; the sweep's ended jobs with
     # dependents not seen settled, and its slow pass over waiting jobs in `_id` order
     assert_indexed(await storage.jobs.waiting_on_cursor(ObjectId()).explain())
-    assert_indexed(await storage.jobs.flow_attention_cursor().explain())  # both $or branches
+    assert_indexed(await storage.jobs.flow_attention_cursor().explain())  # every $or branch
+    assert_indexed(await storage.jobs.uncounted_cursor([ObjectId(), ObjectId()]).explain())
     assert_indexed(await storage.jobs.stale_waiting_cursor(ObjectId()).explain())
     # the sweep's one query: both $or branches on an index
     assert_indexed(await storage.jobs.attention_cursor(NOW, NOW).explain())
