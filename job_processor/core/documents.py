@@ -304,10 +304,16 @@ def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = 
 CLAIM_SORT: list[tuple[str, int]] = [("priority", -1), ("due_ms", 1), ("_id", 1)]
 
 
-def claim_filter(names: list[str], now: dt.datetime) -> Doc:
+def claim_filter(names: list[str], now: dt.datetime, as_or: bool = False) -> Doc:
     """Claimable jobs of these names, due now. `claim_name` exists only while the job is pending
-    or paused, so one `$in` on it is both the status and the name condition."""
-    return {"claim_name": {"$in": names}, "due_ms": {"$lte": epoch_ms(now)}}
+    or paused, so one `$in` on it is both the status and the name condition.
+
+    `as_or`: the same condition as an `$or` of one equality per name, each with the due bound
+    (`ServerProfile.in_as_or`: a server that evaluates `$in` row by row)."""
+    due = {"$lte": epoch_ms(now)}
+    if as_or and len(names) > 1:
+        return {"$or": [{"claim_name": name, "due_ms": due} for name in names]}
+    return {"claim_name": {"$in": names}, "due_ms": due}
 
 
 def claim_update(

@@ -231,7 +231,10 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         hold a job."""
         update = D.claim_update(worker_id, now, run_id, limit_key)
         names = list(names)
-        query = D.claim_filter(names, now) | ({"_id": only} if only is not None else {})
+        if only is None:
+            query = D.claim_filter(names, now, as_or=self.profile.in_as_or)
+        else:
+            query = D.claim_filter(names, now) | {"_id": only}
         for _ in range(3):
             try:
                 result: Doc | None = await self.coll.find_one_and_update(

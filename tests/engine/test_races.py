@@ -92,7 +92,7 @@ async def test_a_claim_whose_reply_was_lost_is_read_back_and_run_once(
 
     async def claim_lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
         result = await real(query, update, **kw)
-        if "claim_name" in query and result is not None and not lost:
+        if "claim_name" in update.get("$unset", {}) and result is not None and not lost:
             lost.append(True)
             raise AutoReconnect("connection reset after the claim landed")
         return result
@@ -121,7 +121,7 @@ async def test_a_claim_that_cannot_be_read_back_is_requeued_without_using_an_att
 
     async def claim_lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
         result = await real_fam(query, update, **kw)
-        if "claim_name" in query and result is not None and not outage.is_set():
+        if "claim_name" in update.get("$unset", {}) and result is not None and not outage.is_set():
             outage.set()
             raise AutoReconnect("connection reset")
         return result

@@ -62,6 +62,21 @@ async def test_claim_order_priority_then_time_then_insertion(storage: Storage) -
     assert got == [urgent["_id"], first["_id"], second["_id"]]
 
 
+async def test_a_claim_over_several_names_keeps_the_order_across_them(storage: Storage) -> None:
+    """On nx-27017 the claim's names are an `$or` of equalities (`ServerProfile.in_as_or`),
+    elsewhere one `$in`: the same jobs in the same order either way."""
+    b_old = await add(storage, name="b", scheduled_for=later(-30))
+    a_old = await add(storage, name="a", scheduled_for=later(-20))
+    c_urgent = await add(storage, name="c", scheduled_for=later(-1), priority=5)
+    await add(storage, name="a", scheduled_for=later(60))  # not due
+    await add(storage, name="d", scheduled_for=later(-40))  # not one of the names
+    b_new = await add(storage, name="b", scheduled_for=later(-20))
+    got = []
+    while (doc := await storage.jobs.claim_next(["a", "b", "c"], "w1", NOW)) is not None:
+        got.append(doc["_id"])
+    assert got == [c_urgent["_id"], b_old["_id"], a_old["_id"], b_new["_id"]]
+
+
 async def test_claim_sets_owner_and_run_and_leaves_the_claim_index(storage: Storage) -> None:
     job = await add(storage)
     assert job["claim_name"] == "a"
