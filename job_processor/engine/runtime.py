@@ -100,7 +100,12 @@ class Runtime:
         )
         self.heartbeat.trimmer = self.trimmer
         self.waker = ChangeStreamWaker(
-            storage.jobs, self.worker, clock, log, settings.change_stream_max_await
+            storage.jobs,
+            self.worker,
+            clock,
+            log,
+            settings.change_stream_max_await,
+            settings.poll_interval,
         )
         self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
         self.telemetry = Telemetry()

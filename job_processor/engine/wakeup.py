@@ -7,9 +7,11 @@ kept in `DueTimes`, one bounded list per worker: the idle worker sleeps until th
 
 The stream is an optimisation only. Where `watch()` is refused (a standalone server, mongomock)
 it is switched off and polling carries on. Where the server answers `getMore` at once instead of
-blocking (nx-27017), it is throttled to one `getMore` per `max_await`. An error while following
-it (history lost, an invalidate, a network error) reopens it and wakes the worker once, since
-events may have been missed.
+blocking (nx-27017), it is throttled to one `getMore` per `max_await`; and when that is not more
+often than the worker polls anyway (`max_await >= poll_interval`, the defaults: 10 s and 2 s),
+it could never wake the worker sooner than its poll, so it is closed and polling carries on.
+An error while following it (history lost, an invalidate, a network error) reopens it and
+wakes the worker once, since events may have been missed.
 """
 
 from __future__ import annotations
@@ -102,12 +104,16 @@ class ChangeStreamWaker:
         clock: Clock,
         log: EventLog,
         max_await: float = 10.0,
+        poll_interval: float | None = None,
     ) -> None:
         self.store = store
         self.worker = worker
         self.clock = clock
         self.log = log
         self.max_await = max_await
+        self.poll_interval = poll_interval
+        """The worker's own poll period: a stream that does not block and may only be read
+        this often or less is closed (it would wake the worker no sooner than its poll)."""
         self.stop_event = asyncio.Event()
         self.blocking: bool | None = None
         """None until known; False where the server's getMore does not wait for events."""
@@ -129,7 +135,8 @@ class ChangeStreamWaker:
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
                 continue
             try:
-                await self._follow(stream)
+                if not await self._follow(stream):
+                    return  # it does not block and polling is as quick: polling alone
             except PyMongoError as exc:  # history lost, invalidate, network: reopen
                 self.reopened += 1
                 self.log.warning("change_stream_reopened", error=str(exc)[:200])
@@ -140,12 +147,14 @@ class ChangeStreamWaker:
                 with contextlib.suppress(Exception):
                     await self.store.close_stream(stream)
 
-    async def _follow(self, stream: Any) -> None:
+    async def _follow(self, stream: Any) -> bool:
+        """Follow `stream` until stopped (True) or until it turns out not to block while the
+        worker polls at least as often as it could be read (False: close it for good)."""
         self.active = True
         while not self.stop_event.is_set():
             change, waited = await self._next_or_stop(stream)
             if self.stop_event.is_set():
-                return
+                return True
             if change is not None:
                 wake, when = wakes_worker(change)
                 if wake:
@@ -157,12 +166,22 @@ class ChangeStreamWaker:
             if not getattr(stream, "alive", True):  # invalidated (collection dropped, renamed)
                 raise OperationFailure("change stream closed by the server (invalidate)")
             if waited < self.max_await / 2:
-                if self.blocking is not False:
-                    self.log.debug("change_stream_not_blocking", throttle_seconds=self.max_await)
+                first = self.blocking is not False
                 self.blocking = False
+                if self.poll_interval is not None and self.max_await >= self.poll_interval:
+                    self.log.info(
+                        "change_stream_closed",
+                        reason="its getMore does not wait for events and polling is as quick",
+                        poll_interval=self.poll_interval,
+                        change_stream_max_await=self.max_await,
+                    )
+                    return False
+                if first:
+                    self.log.debug("change_stream_not_blocking", throttle_seconds=self.max_await)
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
             else:
                 self.blocking = True
+        return True
 
     async def _next_or_stop(self, stream: Any) -> tuple[Any, float]:
         """One getMore, abandoned at once on stop (on a real server it may wait max_await).

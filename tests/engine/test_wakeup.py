@@ -37,6 +37,21 @@ async def test_change_stream_wakes_a_worker_for_another_processs_job(db: Any) ->
         assert worker.waker.blocking is REAL_SERVER
 
 
+async def test_with_the_default_intervals_a_stream_that_does_not_block_is_closed(db: Any) -> None:
+    """nx-27017's getMore answers at once: read once per 10 s, it could never wake a worker
+    that polls every 2 s sooner, so it is closed. A real replica set's stream blocks: kept."""
+    worker = await make(db, JOBS, poll_interval=2.0, change_stream_max_await=10.0)
+    async with worker:
+        if REAL_SERVER:
+            await wait_for(lambda: worker.waker.blocking is True, timeout=15)
+            assert worker.waker.active
+        else:
+            await wait_for(lambda: worker.waker.blocking is False, timeout=5)
+            await wait_for(lambda: not worker.waker.active, timeout=5)
+            job = await worker.schedule_job("n")  # polling (and in-process wake-ups) go on
+            await wait_status(worker, job.id, "finished", timeout=5)  # type: ignore[arg-type]
+
+
 async def test_polling_alone_picks_up_work(db: Any) -> None:
     worker = await make(db, JOBS, change_streams=False, poll_interval=0.3)
     producer = await make(db, JOBS)

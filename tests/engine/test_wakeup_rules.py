@@ -146,3 +146,56 @@ def test_an_operators_run_now_wakes_at_the_new_time() -> None:
         "updateDescription": {"updatedFields": {"due_ms": 1, "scheduled_for": WHEN}},
     }
     assert wakes_worker(change) == (True, WHEN)
+
+
+async def test_a_stream_that_does_not_block_is_closed_when_polling_is_as_quick() -> None:
+    """A `getMore` answered at once (nx-27017) can be read once per `max_await` only; when the
+    worker polls at least that often, the stream is closed for good, not reopened."""
+    import asyncio
+
+    from job_processor import FakeClock
+    from job_processor.core.log import make_log
+    from job_processor.engine.wakeup import ChangeStreamWaker
+
+    class Stream:
+        alive = True
+        reads = 0
+
+        async def try_next(self) -> object:
+            Stream.reads += 1
+            await asyncio.sleep(0)
+            return None  # at once, with nothing
+
+    class Store:
+        def __init__(self) -> None:
+            self.opened, self.closed = 0, 0
+
+        async def watch(self, max_await_ms: int) -> Stream:
+            self.opened += 1
+            return Stream()
+
+        async def close_stream(self, stream: Stream) -> None:
+            self.closed += 1
+
+    class Worker:
+        def __init__(self) -> None:
+            self.wake, self.idle = asyncio.Event(), asyncio.Event()
+            self.idle.set()
+
+        def wake_at(self, when: object) -> None: ...
+
+    store, clock = Store(), FakeClock()
+    waker = ChangeStreamWaker(store, Worker(), clock, make_log(None), 10.0, poll_interval=2.0)
+    await asyncio.wait_for(waker.loop(), 1)  # returns by itself
+    assert (store.opened, store.closed, Stream.reads) == (1, 1, 1)
+    assert waker.blocking is False and not waker.active
+
+    # read more often than the worker polls: kept, throttled to one getMore per max_await
+    store = Store()
+    waker = ChangeStreamWaker(store, Worker(), clock, make_log(None), 1.0, poll_interval=30.0)
+    task = asyncio.create_task(waker.loop())
+    while clock.sleepers == 0:
+        await asyncio.sleep(0)
+    assert waker.active and waker.blocking is False and store.closed == 0
+    waker.stop_event.set()
+    await asyncio.wait_for(task, 1)
