@@ -17,6 +17,7 @@ from bson import Binary, Decimal128, ObjectId
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PrivateAttr,
     ValidationError,
     field_serializer,
@@ -130,7 +131,7 @@ class Job(BaseModel, Generic[PayloadT]):
     failures: int = 0
     """Failed attempts so far: exceptions, max runtime, crashes of its worker."""
     max_attempts: int = 1
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = Field(default_factory=list)
     """The last runs (bounded): attempt, worker_id, started_at, ended_at, status, error."""
     key: str | None = None
     """Dedup key (scoped by job name): while a job with this key is active, scheduling the same
@@ -153,12 +154,12 @@ class Job(BaseModel, Generic[PayloadT]):
     exit_hook_at: dt.datetime | None = None
     expires_at: dt.datetime | None = None
     """When this ended job may be deleted (keep_finished / keep_failed); None: kept."""
-    invalid_fields: dict[str, Any] = {}
+    invalid_fields: dict[str, Any] = Field(default_factory=dict)
     """Fields of the stored document that do not have their type (another program wrote them),
     as stored; `Job.read` shows the job without them. A run of such a job is errored."""
-    after: list[str] = []
+    after: list[str] = Field(default_factory=list)
     """The jobs this one was scheduled after (`schedule_job(..., after=[...])`), in order."""
-    deps: dict[str, str] = {}
+    deps: dict[str, str] = Field(default_factory=dict)
     """Each dependency's id -> "waiting", then the status it ended with."""
     waiting_on: int = 0
     """How many dependencies have not ended yet (a `waiting` job is released at 0)."""
@@ -171,7 +172,7 @@ class Job(BaseModel, Generic[PayloadT]):
     progress: dict[str, Any] | None = None
     """The last progress the handler reported (`report_progress`): done, total, fraction
     (done / total, or None), message, at. A resumed run sees it."""
-    logs: list[dict[str, Any]] = []
+    logs: list[dict[str, Any]] = Field(default_factory=list)
     """The handler's own log lines (`job.log`, `job.logger`), the last 200 across its runs:
     at, run (the attempt that wrote it), level, message, fields."""
 
