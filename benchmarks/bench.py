@@ -136,15 +136,13 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
         counter.take()
         await asyncio.sleep(idle_seconds)
         idle = counter.take()
-        stream = (
-            "blocking"
-            if worker.waker.blocking
-            else (
-                "not blocking (throttled)"
-                if worker.waker.active or worker.waker.blocking is False
-                else "unavailable"
-            )
-        )
+        waker = worker.waker
+        if waker.blocking:
+            stream = "blocking"
+        elif waker.blocking is False:
+            stream = "not blocking (throttled)" if waker.active else "not blocking (closed)"
+        else:
+            stream = "unavailable"
         print(
             f"idle worker: {sum(idle.values()) / idle_seconds:.2f} commands/s  by name: "
             + ", ".join(f"{k}={v / idle_seconds:.2f}/s" for k, v in sorted(idle.items()))
