@@ -152,10 +152,11 @@ class ServerProfile:
     def in_as_or(self) -> bool:
         """nx-27017 translates `$in` on a field other than `_id` to no SQL: it decodes every
         document of the collection and tests it in Python. An `$or` of equalities is SQL there
-        (a claim costs about 20 % less server CPU). Used for the one-job claim, as a top-level
-        `$or` with nothing beside it, the due bound repeated in each branch: in a sorted
-        `find_one_and_update`, nx-27017 applies a key beside an `$or` (before or after it) to
-        one branch only, and claimed jobs that were not due in a test."""
+        (a claim costs about 20 % less server CPU). Used for the one-job claim and the batch
+        claim's read of its candidates, as a top-level `$or` with nothing beside it, the due
+        bound repeated in each branch: in a sorted `find_one_and_update`, nx-27017 applies a
+        key beside an `$or` (before or after it) to one branch only, and claimed jobs that were
+        not due in a test."""
         return self.kind == "nx-27017"
 
     @property

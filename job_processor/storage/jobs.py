@@ -268,9 +268,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         those still claimable AND unchanged since (the same `end_id`: any write that makes a
         job claimable again sets a new one) with one update_many; they share its run id. Only
         when another worker took some meanwhile are the ones claimed here read back."""
-        candidates = await all_docs(
-            self.coll.find(D.claim_filter(names, now), {"logs": 0}).sort(CLAIM_SORT).limit(k)
-        )
+        due = D.claim_filter(names, now, as_or=self.profile.in_as_or)
+        candidates = await all_docs(self.coll.find(due, {"logs": 0}).sort(CLAIM_SORT).limit(k))
         unclaimable = [c for c in candidates if FD.uncountable(c)]
         if unclaimable:  # no claim could take these (another program wrote them): error them
             await self._error_uncountable_docs(unclaimable, now)
