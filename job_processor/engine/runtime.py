@@ -106,6 +106,7 @@ class Runtime:
             log,
             settings.change_stream_max_await,
             settings.poll_interval,
+            storage.jobs.profile.stream_waits,
         )
         self.worker.stream_blocking = lambda: self.waker.active and self.waker.blocking is True
         self.telemetry = Telemetry()

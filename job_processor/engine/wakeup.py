@@ -7,9 +7,11 @@ kept in `DueTimes`, one bounded list per worker: the idle worker sleeps until th
 
 The stream is an optimisation only. Where `watch()` is refused (a standalone server, mongomock)
 it is switched off and polling carries on. Where the server answers `getMore` at once instead of
-blocking (nx-27017), it is throttled to one `getMore` per `max_await`; and when that is not more
-often than the worker polls anyway (`max_await >= poll_interval`, the defaults: 10 s and 2 s),
-it could never wake the worker sooner than its poll, so it is closed and polling carries on.
+blocking, it is throttled to one `getMore` per `max_await`. On a server known not to block
+(`ServerProfile.stream_waits`: nx-27017) with `max_await >= poll_interval` (the defaults: 10 s
+and 2 s), such a stream could never wake the worker sooner than its poll: it is not opened, and
+polling carries on. (Only the detected server decides that, never one quick answer: a real
+server's stream answers at once after it resumes from a network error.)
 An error while following it (history lost, an invalidate, a network error) reopens it and
 wakes the worker once, since events may have been missed.
 """
@@ -105,6 +107,7 @@ class ChangeStreamWaker:
         log: EventLog,
         max_await: float = 10.0,
         poll_interval: float | None = None,
+        stream_waits: bool = True,
     ) -> None:
         self.store = store
         self.worker = worker
@@ -112,15 +115,35 @@ class ChangeStreamWaker:
         self.log = log
         self.max_await = max_await
         self.poll_interval = poll_interval
-        """The worker's own poll period: a stream that does not block and may only be read
-        this often or less is closed (it would wake the worker no sooner than its poll)."""
+        self.stream_waits = stream_waits
+        """False where the server's getMore never waits for events (nx-27017): with
+        `max_await >= poll_interval` the stream is then not opened (it would wake the worker no
+        sooner than its poll)."""
         self.stop_event = asyncio.Event()
         self.blocking: bool | None = None
         """None until known; False where the server's getMore does not wait for events."""
         self.active = False
         self.reopened = 0
 
+    def pointless(self) -> bool:
+        """Would a stream on this server never wake the worker before its own poll?"""
+        return (
+            not self.stream_waits
+            and self.poll_interval is not None
+            and self.max_await >= self.poll_interval
+        )
+
     async def loop(self) -> None:
+        if self.pointless():
+            self.blocking = False
+            self.log.info(
+                "change_stream_skipped",
+                reason="this server's getMore does not wait for events, and the worker polls "
+                "at least as often as the stream could be read",
+                poll_interval=self.poll_interval,
+                change_stream_max_await=self.max_await,
+            )
+            return  # polling carries on alone
         while not self.stop_event.is_set():
             try:
                 stream = await self.store.watch(int(self.max_await * 1000))
@@ -135,8 +158,7 @@ class ChangeStreamWaker:
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
                 continue
             try:
-                if not await self._follow(stream):
-                    return  # it does not block and polling is as quick: polling alone
+                await self._follow(stream)
             except PyMongoError as exc:  # history lost, invalidate, network: reopen
                 self.reopened += 1
                 self.log.warning("change_stream_reopened", error=str(exc)[:200])
@@ -147,14 +169,12 @@ class ChangeStreamWaker:
                 with contextlib.suppress(Exception):
                     await self.store.close_stream(stream)
 
-    async def _follow(self, stream: Any) -> bool:
-        """Follow `stream` until stopped (True) or until it turns out not to block while the
-        worker polls at least as often as it could be read (False: close it for good)."""
+    async def _follow(self, stream: Any) -> None:
         self.active = True
         while not self.stop_event.is_set():
             change, waited = await self._next_or_stop(stream)
             if self.stop_event.is_set():
-                return True
+                return
             if change is not None:
                 wake, when = wakes_worker(change)
                 if wake:
@@ -166,22 +186,12 @@ class ChangeStreamWaker:
             if not getattr(stream, "alive", True):  # invalidated (collection dropped, renamed)
                 raise OperationFailure("change stream closed by the server (invalidate)")
             if waited < self.max_await / 2:
-                first = self.blocking is not False
-                self.blocking = False
-                if self.poll_interval is not None and self.max_await >= self.poll_interval:
-                    self.log.info(
-                        "change_stream_closed",
-                        reason="its getMore does not wait for events and polling is as quick",
-                        poll_interval=self.poll_interval,
-                        change_stream_max_await=self.max_await,
-                    )
-                    return False
-                if first:
+                if self.blocking is not False:
                     self.log.debug("change_stream_not_blocking", throttle_seconds=self.max_await)
+                self.blocking = False
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
             else:
                 self.blocking = True
-        return True
 
     async def _next_or_stop(self, stream: Any) -> tuple[Any, float]:
         """One getMore, abandoned at once on stop (on a real server it may wait max_await).

@@ -232,7 +232,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         update = D.claim_update(worker_id, now, run_id, limit_key)
         names = list(names)
         if only is None:
-            query = D.claim_filter(names, now, as_or=self.profile.in_as_or)
+            as_or = self.profile.in_as_or and len(names) <= MAX_SORTED_NAMES
+            query = D.claim_filter(names, now, as_or=as_or)
         else:
             query = D.claim_filter(names, now) | {"_id": only}
         for _ in range(3):
@@ -268,8 +269,9 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         those still claimable AND unchanged since (the same `end_id`: any write that makes a
         job claimable again sets a new one) with one update_many; they share its run id. Only
         when another worker took some meanwhile are the ones claimed here read back."""
-        due = D.claim_filter(names, now, as_or=self.profile.in_as_or)
-        candidates = await all_docs(self.coll.find(due, {"logs": 0}).sort(CLAIM_SORT).limit(k))
+        candidates = await all_docs(
+            self.coll.find(D.claim_filter(names, now), {"logs": 0}).sort(CLAIM_SORT).limit(k)
+        )
         unclaimable = [c for c in candidates if FD.uncountable(c)]
         if unclaimable:  # no claim could take these (another program wrote them): error them
             await self._error_uncountable_docs(unclaimable, now)

@@ -37,9 +37,9 @@ async def test_change_stream_wakes_a_worker_for_another_processs_job(db: Any) ->
         assert worker.waker.blocking is REAL_SERVER
 
 
-async def test_with_the_default_intervals_a_stream_that_does_not_block_is_closed(db: Any) -> None:
+async def test_with_the_default_intervals_no_stream_is_opened_on_nx_27017(db: Any) -> None:
     """nx-27017's getMore answers at once: read once per 10 s, it could never wake a worker
-    that polls every 2 s sooner, so it is closed. A real replica set's stream blocks: kept."""
+    that polls every 2 s sooner, so it is not opened. A real replica set's stream blocks."""
     worker = await make(db, JOBS, poll_interval=2.0, change_stream_max_await=10.0)
     async with worker:
         if REAL_SERVER:

@@ -148,9 +148,10 @@ def test_an_operators_run_now_wakes_at_the_new_time() -> None:
     assert wakes_worker(change) == (True, WHEN)
 
 
-async def test_a_stream_that_does_not_block_is_closed_when_polling_is_as_quick() -> None:
-    """A `getMore` answered at once (nx-27017) can be read once per `max_await` only; when the
-    worker polls at least that often, the stream is closed for good, not reopened."""
+async def test_a_stream_is_not_opened_where_it_could_never_beat_the_poll() -> None:
+    """On a server known not to block (nx-27017), a stream read once per `max_await` cannot
+    wake a worker that polls at least that often: it is not opened. Elsewhere a quick answer
+    (a real server's, right after it resumed from a network error) never closes the stream."""
     import asyncio
 
     from job_processor import FakeClock
@@ -159,10 +160,8 @@ async def test_a_stream_that_does_not_block_is_closed_when_polling_is_as_quick()
 
     class Stream:
         alive = True
-        reads = 0
 
         async def try_next(self) -> object:
-            Stream.reads += 1
             await asyncio.sleep(0)
             return None  # at once, with nothing
 
@@ -184,18 +183,24 @@ async def test_a_stream_that_does_not_block_is_closed_when_polling_is_as_quick()
 
         def wake_at(self, when: object) -> None: ...
 
-    store, clock = Store(), FakeClock()
-    waker = ChangeStreamWaker(store, Worker(), clock, make_log(None), 10.0, poll_interval=2.0)
-    await asyncio.wait_for(waker.loop(), 1)  # returns by itself
-    assert (store.opened, store.closed, Stream.reads) == (1, 1, 1)
-    assert waker.blocking is False and not waker.active
-
-    # read more often than the worker polls: kept, throttled to one getMore per max_await
+    log, clock = make_log(None), FakeClock()
     store = Store()
-    waker = ChangeStreamWaker(store, Worker(), clock, make_log(None), 1.0, poll_interval=30.0)
-    task = asyncio.create_task(waker.loop())
-    while clock.sleepers == 0:
-        await asyncio.sleep(0)
-    assert waker.active and waker.blocking is False and store.closed == 0
-    waker.stop_event.set()
-    await asyncio.wait_for(task, 1)
+    nx = ChangeStreamWaker(store, Worker(), clock, log, 10.0, poll_interval=2.0, stream_waits=False)
+    await asyncio.wait_for(nx.loop(), 1)  # returns by itself
+    assert store.opened == 0 and nx.blocking is False and not nx.active
+
+    for waits, poll in ((True, 2.0), (False, 30.0)):  # a real server; or a longer poll
+        store = Store()
+        waker = ChangeStreamWaker(
+            store, Worker(), clock, log, 10.0, poll_interval=poll, stream_waits=waits
+        )
+        task = asyncio.create_task(waker.loop())
+        for _ in range(3):  # answered at once each time: throttled, never closed
+            while clock.sleepers == 0:
+                await asyncio.sleep(0)
+            assert waker.active and waker.blocking is False
+            clock.advance(10)
+            await asyncio.sleep(0)
+        assert (store.opened, store.closed) == (1, 0)
+        waker.stop_event.set()
+        await asyncio.wait_for(task, 1)

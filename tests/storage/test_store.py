@@ -79,6 +79,15 @@ async def test_a_claim_over_several_names_keeps_the_order_across_them(storage: S
     assert got == [a_old["_id"], b_new["_id"]]
 
 
+async def test_a_claim_over_a_thousand_names_still_claims(storage: Storage) -> None:
+    """Past 200 names the claim keeps its `$in` on nx-27017 too (an `$or` of 1000 equalities
+    is deeper than SQLite accepts, and nx-27017 answered "nothing claimed")."""
+    job = await add(storage, name="n999")
+    names = [f"n{i}" for i in range(1000)]
+    doc = await storage.jobs.claim_next(names, "w1", NOW)
+    assert doc is not None and doc["_id"] == job["_id"]
+
+
 async def test_claim_sets_owner_and_run_and_leaves_the_claim_index(storage: Storage) -> None:
     job = await add(storage)
     assert job["claim_name"] == "a"
