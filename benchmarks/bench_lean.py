@@ -12,6 +12,8 @@ concurrency. Printed per job:
 - server CPU: the server process's user + system time (/proc), local servers only;
 - worker CPU: this process's CPU time while the worker runs (the jobs are inserted before);
 - throughput: jobs per second, wall clock.
+Each is counted after a warm-up (the first tenth of the jobs ended), for both queues: the
+worker's start (registration, the first sweep) is a cost per process, not per job.
 Bytes and commands come from a run on a client with the command listener, the three others
 from a run of the same round on a client without it (the listener encodes every command again
 to count it: CPU a production worker does not spend).
@@ -71,8 +73,14 @@ class Wire(monitoring.CommandListener):
 # ---- the minimal queue: claim and complete, nothing else ---------------------------------------
 
 
-async def minimal_queue(coll: Any, handler: Callable[[dict[str, Any]], Any], slots: int) -> int:
-    """Run every pending job with `slots` concurrent runners; returns how many ran."""
+async def minimal_queue(
+    coll: Any,
+    handler: Callable[[dict[str, Any]], Any],
+    slots: int,
+    on_done: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Run every pending job with `slots` concurrent runners; returns how many ran.
+    `on_done(n)`: after each completion, with the count so far (the benchmark's clock)."""
     done = 0
 
     async def runner() -> None:
@@ -91,6 +99,7 @@ async def minimal_queue(coll: Any, handler: Callable[[dict[str, Any]], Any], slo
                 {"_id": job["_id"]}, {"$set": {"status": "finished", "result": result}}
             )
             done += 1
+            on_done(done)
 
     await asyncio.gather(*(runner() for _ in range(slots)))
     return done
@@ -138,32 +147,57 @@ def server_cpu(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
-async def measure(wire: Wire, pid: int | None, jobs: int, run: Callable[[], Any]) -> Figures:
-    wire.reset()
-    s0, c0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
-    await run()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    s1 = server_cpu(pid)
-    busy = None if s0 is None or s1 is None else s1 - s0
-    return Figures(jobs, seconds, cpu, busy, wire.bytes, wire.commands)
+class Window:
+    """What is counted: from the end of the warm-up (the first `warm` jobs ended: the worker's
+    start is a cost per process, not per job) to the end of the run."""
+
+    def __init__(self, wire: Wire, pid: int | None, jobs: int, warm: int) -> None:
+        self.wire, self.pid, self.jobs, self.warm = wire, pid, jobs, warm
+        self.s0: float | None = None
+        self.c0 = self.t0 = 0.0
+        self.opened = False
+
+    def ended(self, n: int) -> None:
+        if n == self.warm and not self.opened:
+            self.opened = True
+            self.wire.reset()
+            self.s0, self.c0, self.t0 = (
+                server_cpu(self.pid),
+                time.process_time(),
+                time.perf_counter(),
+            )
+
+    def close(self) -> Figures:
+        assert self.opened, "the run ended before its warm-up"
+        seconds, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        s1 = server_cpu(self.pid)
+        busy = None if self.s0 is None or s1 is None else s1 - self.s0
+        n = self.jobs - self.warm
+        return Figures(n, seconds, cpu, busy, self.wire.bytes, self.wire.commands)
 
 
 async def noop(job: Job, signal: AbortSignal) -> None:
     return None
 
 
+def warm_up(jobs: int) -> int:
+    return max(1, jobs // 10)
+
+
 async def floor_round(db: Any, wire: Wire, pid: int | None, jobs: int, slots: int) -> Figures:
     coll = db["minimal"]
     await coll.insert_many([minimal_job(i) for i in range(jobs)])
-    return await measure(wire, pid, jobs, lambda: minimal_queue(coll, minimal_handler, slots))
+    window = Window(wire, pid, jobs, warm_up(jobs))
+    await minimal_queue(coll, minimal_handler, slots, window.ended)
+    return window.close()
 
 
 async def ours_round(
     db: Any, wire: Wire, pid: int | None, jobs: int, slots: int, idle: float
 ) -> tuple[Figures, Any, float, dict[str, int]]:
     """One run of job-processor on fresh collections (the default names, in the round's own
-    database); its start is measured with the jobs, as a user's worker starts on a queue. The
-    idle figures only when `idle`."""
+    database), started on a queue as a user's worker is; counted after its warm-up, like the
+    minimal queue. The idle figures only when `idle`."""
     quiet = logging.getLogger("bench_lean")
     quiet.setLevel(logging.WARNING)
     processor = await init_job_processor(
@@ -177,10 +211,12 @@ async def ours_round(
     doc = await processor.storage.jobs.coll.find_one({})
     finished = asyncio.Event()
     count = 0
+    window = Window(wire, pid, jobs, warm_up(jobs))
 
     def ended(claimed: Any, final: Any, duration_ms: Any) -> None:
         nonlocal count
         count += 1
+        window.ended(count)
         if count >= jobs:
             finished.set()
 
@@ -193,11 +229,9 @@ async def ours_round(
 
     processor.telemetry.add(Counting())
 
-    async def run() -> None:
-        await processor.start()
-        await finished.wait()
-
-    figures = await measure(wire, pid, jobs, run)
+    await processor.start()
+    await finished.wait()
+    figures = window.close()
     idle_rate, idle_commands = 0.0, {}
     if idle:
         await asyncio.sleep(1.0)

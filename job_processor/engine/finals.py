@@ -1,9 +1,10 @@
 """Final writes, grouped (group commit): no added latency, fewer commands under load.
 
-A run's final write is queued; if no flush is in flight it is flushed at once, alone (a single
-`findAndModify`, as when the queue is nearly empty). Writes queued while a flush is in flight are
-flushed together when it returns (one `bulk_write`). Each write keeps its own compare-and-set
-filter, so grouping changes nothing about who wins a race (see `JobStore.end_runs`).
+A run's final write, when no flush is in flight, is made at once and alone by its caller (a
+single `update`, as when the queue is nearly empty). Writes that come while a flush is in flight
+are queued and flushed together when it returns (one `bulk_write`). Each write keeps its own
+compare-and-set filter, so grouping changes nothing about who wins a race (see
+`JobStore.end_runs`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,32 @@ class FinalWrites:
         self.budget = budget
         self._queue: list[tuple[EndItem, asyncio.Future[EndWrite]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inline = False
+        """A write alone is being made by its caller (see `write`)."""
         self.flushes = 0
         """How many flushes (commands, mostly) were made: for benchmarks and tests."""
 
     async def write(self, item: EndItem) -> EndWrite:
         """Write `item` (grouped with others waiting), return what it did; raises that write's
-        own error (a transient error once `budget` is spent, or e.g. DocumentTooLarge)."""
+        own error (a transient error once `budget` is spent, or e.g. DocumentTooLarge).
+
+        With no flush in flight the write is made here, by the caller (the worker's shielded
+        `_finish`): no task and no future for the common case of a write alone."""
+        if self._flusher is None and not self._inline:
+            self._inline = True
+            self.flushes += 1
+            try:
+                (result,) = await self.jobs.end_runs([item], self.budget)
+            finally:
+                self._inline = False
+                if self._queue:  # queued meanwhile: flushed together now
+                    self._flusher = asyncio.create_task(self._flush(), name="final-writes")
+            if isinstance(result, Exception):
+                raise result
+            return result
         future: asyncio.Future[EndWrite] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if self._flusher is None:
+        if self._flusher is None and not self._inline:
             self._flusher = asyncio.create_task(self._flush(), name="final-writes")
         return await asyncio.shield(future)
 

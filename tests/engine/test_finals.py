@@ -1,0 +1,60 @@
+"""Final writes: a write alone is made by its caller; writes that come meanwhile are grouped."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from job_processor.engine.finals import FinalWrites
+
+
+class Store:
+    """`end_runs` that waits for the test's go, records each batch, and fails items named
+    "bad" with their own error."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.go = asyncio.Event()
+
+    async def end_runs(self, items: list[Any], budget: float) -> list[Any]:
+        self.batches.append(list(items))
+        await self.go.wait()
+        return [ValueError(f"{i} failed") if i == "bad" else f"{i} written" for i in items]
+
+
+async def test_a_write_alone_is_made_at_once_and_the_next_ones_together() -> None:
+    store = Store()
+    finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
+    first = asyncio.create_task(finals.write("a"))  # type: ignore[arg-type]
+    while not store.batches:
+        await asyncio.sleep(0)
+    assert store.batches == [["a"]]  # made at once, alone
+    later = [asyncio.create_task(finals.write(i)) for i in ("b", "bad", "c")]  # type: ignore[arg-type]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert store.batches == [["a"]]  # waiting for the write in flight
+    store.go.set()
+    assert await first == "a written"
+    assert await later[0] == "b written" and await later[2] == "c written"
+    with pytest.raises(ValueError, match="bad failed"):  # its own error, to its own caller
+        await later[1]
+    assert store.batches == [["a"], ["b", "bad", "c"]]  # one command for the three
+    assert finals.flushes == 2
+    assert await finals.write("d") == "d written"  # nothing in flight: alone again  # type: ignore[arg-type]
+    assert store.batches[-1] == ["d"]
+
+
+async def test_a_write_alone_that_fails_raises_to_its_caller_and_the_queue_still_flushes() -> None:
+    store = Store()
+    finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
+    alone = asyncio.create_task(finals.write("bad"))  # type: ignore[arg-type]
+    while not store.batches:
+        await asyncio.sleep(0)
+    queued = asyncio.create_task(finals.write("e"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    store.go.set()
+    with pytest.raises(ValueError, match="bad failed"):
+        await alone
+    assert await queued == "e written"
