@@ -1,8 +1,9 @@
 """Final writes, grouped (group commit): no added latency, fewer commands under load.
 
-A run's final write, when no flush is in flight, is made at once and alone by its caller (a
-single `update`, as when the queue is nearly empty). Writes that come while a flush is in flight
-are queued and flushed together when it returns (one `bulk_write`). Each write keeps its own
+A run's final write, when no flush is in flight, is flushed at once, alone (a single `update`,
+as when the queue is nearly empty; made by its caller when no other run could end meanwhile).
+Writes that come while a flush is in flight are queued and flushed together when it returns
+(one `bulk_write`). Each write keeps its own
 compare-and-set filter, so grouping changes nothing about who wins a race (see
 `JobStore.end_runs`).
 """
@@ -25,13 +26,15 @@ class FinalWrites:
         self.flushes = 0
         """How many flushes (commands, mostly) were made: for benchmarks and tests."""
 
-    async def write(self, item: EndItem) -> EndWrite:
+    async def write(self, item: EndItem, alone: bool = False) -> EndWrite:
         """Write `item` (grouped with others waiting), return what it did; raises that write's
         own error (a transient error once `budget` is spent, or e.g. DocumentTooLarge).
 
-        With no flush in flight the write is made here, by the caller (the worker's shielded
-        `_finish`): no task and no future for the common case of a write alone."""
-        if self._flusher is None and not self._inline:
+        `alone`: no other run of this worker could end meanwhile (it runs one job). Then, with
+        no flush in flight, the write is made here by the caller (the worker's shielded
+        `_finish`): no task and no future. Otherwise the flush starts on the loop's next turn,
+        so that writes ending in the same turn go with it."""
+        if alone and self._flusher is None and not self._inline:
             self._inline = True
             self.flushes += 1
             try:

@@ -525,7 +525,8 @@ class Worker:
             outcome = decide(run.doc, policy, end, now)
             try:
                 written = await self.finals.write(
-                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms, notes)
+                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms, notes),
+                    alone=len(self.runs) <= 1,
                 )
             except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
                 run.lost = True

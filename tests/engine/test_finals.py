@@ -27,7 +27,7 @@ class Store:
 async def test_a_write_alone_is_made_at_once_and_the_next_ones_together() -> None:
     store = Store()
     finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
-    first = asyncio.create_task(finals.write("a"))  # type: ignore[arg-type]
+    first = asyncio.create_task(finals.write("a", alone=True))  # type: ignore[arg-type]
     while not store.batches:
         await asyncio.sleep(0)
     assert store.batches == [["a"]]  # made at once, alone
@@ -42,14 +42,24 @@ async def test_a_write_alone_is_made_at_once_and_the_next_ones_together() -> Non
         await later[1]
     assert store.batches == [["a"], ["b", "bad", "c"]]  # one command for the three
     assert finals.flushes == 2
-    assert await finals.write("d") == "d written"  # nothing in flight: alone again  # type: ignore[arg-type]
+    assert await finals.write("d", alone=True) == "d written"  # nothing in flight: alone again  # type: ignore[arg-type]
     assert store.batches[-1] == ["d"]
+
+
+async def test_a_write_that_is_not_alone_waits_one_turn_for_the_others() -> None:
+    """Runs ending in the same turn of the loop share one command."""
+    store = Store()
+    store.go.set()
+    finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
+    got = await asyncio.gather(*(finals.write(i) for i in ("f", "g", "h")))  # type: ignore[arg-type]
+    assert got == ["f written", "g written", "h written"]
+    assert store.batches == [["f", "g", "h"]]
 
 
 async def test_a_write_alone_that_fails_raises_to_its_caller_and_the_queue_still_flushes() -> None:
     store = Store()
     finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
-    alone = asyncio.create_task(finals.write("bad"))  # type: ignore[arg-type]
+    alone = asyncio.create_task(finals.write("bad", alone=True))  # type: ignore[arg-type]
     while not store.batches:
         await asyncio.sleep(0)
     queued = asyncio.create_task(finals.write("e"))  # type: ignore[arg-type]
