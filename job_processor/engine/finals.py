@@ -3,9 +3,8 @@
 A run's final write, when no flush is in flight, is flushed at once, alone (a single `update`,
 as when the queue is nearly empty; made by its caller when no other run could end meanwhile).
 Writes that come while a flush is in flight are queued and flushed together when it returns
-(one `bulk_write`). Each write keeps its own
-compare-and-set filter, so grouping changes nothing about who wins a race (see
-`JobStore.end_runs`).
+(one `bulk_write`). Each write keeps its own compare-and-set filter, so grouping changes
+nothing about who wins a race (see `JobStore.end_runs`).
 """
 
 from __future__ import annotations
