@@ -24,12 +24,18 @@ class Store:
         return [ValueError(f"{i} failed") if i == "bad" else f"{i} written" for i in items]
 
 
-async def test_a_write_alone_is_made_at_once_and_the_next_ones_together() -> None:
+async def write_alone(item: str) -> tuple[Store, FinalWrites, asyncio.Task[Any]]:
+    """A write alone, started and in flight (its batch recorded, its reply held back)."""
     store = Store()
     finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
-    first = asyncio.create_task(finals.write("a", alone=True))  # type: ignore[arg-type]
+    task = asyncio.create_task(finals.write(item, alone=True))  # type: ignore[arg-type]
     while not store.batches:
         await asyncio.sleep(0)
+    return store, finals, task
+
+
+async def test_a_write_alone_is_made_at_once_and_the_next_ones_together() -> None:
+    store, finals, first = await write_alone("a")
     assert store.batches == [["a"]]  # made at once, alone
     later = [asyncio.create_task(finals.write(i)) for i in ("b", "bad", "c")]  # type: ignore[arg-type]
     for _ in range(5):
@@ -57,11 +63,7 @@ async def test_a_write_that_is_not_alone_waits_one_turn_for_the_others() -> None
 
 
 async def test_a_write_alone_that_fails_raises_to_its_caller_and_the_queue_still_flushes() -> None:
-    store = Store()
-    finals = FinalWrites(store, budget=1.0)  # type: ignore[arg-type]
-    alone = asyncio.create_task(finals.write("bad", alone=True))  # type: ignore[arg-type]
-    while not store.batches:
-        await asyncio.sleep(0)
+    store, finals, alone = await write_alone("bad")
     queued = asyncio.create_task(finals.write("e"))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     store.go.set()
