@@ -412,7 +412,7 @@ def end_update(
 
     Lean: what holds its default is left out (an output's None result or error, failures that
     did not change, the record of a hook the job does not have, keys it does not hold); readers
-    fill the defaults in (`Job.read`), and the job's last change is its end."""
+    fill the defaults in (`Job.read`). `updated_at` is always set: the end is the last change."""
     check_transition(S.RUNNING, outcome.status)
     output: Doc = {"duration_ms": duration_ms}
     if outcome.result is not None:
@@ -438,9 +438,9 @@ def end_update(
     if outcome.status == S.SKIPPED:  # claimed too late to run: it never started
         fields["started_at"] = None
         fields["skip_reason"] = "missed"
-    fields["ended_at"] = now
-    if claimed.get("updated_at") is not None:  # else the end is its last change (readers)
-        fields["updated_at"] = now
+    # always: a checkpoint or a kill request during the run wrote `updated_at` (the claimed
+    # document does not show it), and the end is the job's last change
+    fields |= {"ended_at": now, "updated_at": now}
     hook = hook_owed_fields(outcome.status, outcome.hook_owed, end_id, writer, now)
     if hook.get("exit_hook") == "owed" or claimed.get("exit_hook") is not None:
         fields |= hook  # owed; or "none" over a previous exit's record

@@ -57,7 +57,7 @@ def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Poli
     """The rules for this job: its own document says whether it is resumable (so a worker that
     does not know the definition recovers it right); the definition gives the rest, with the
     processor's retention defaults."""
-    resumable = bool(doc.get("resumable", definition.resumable if definition else False))
+    resumable = bool(doc.get("resumable", False))  # a lean document omits False
     if definition is None:
         return Policy(resumable=resumable)
     return Policy(

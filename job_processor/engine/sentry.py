@@ -48,8 +48,14 @@ def job_tags(doc: Doc, worker_id: str | None) -> dict[str, str]:
 
 
 def _context(doc: Doc) -> dict[str, Any]:
-    keys = ("type", "priority", "max_attempts", "failures", "scheduled_for", "run_started_at")
-    return {k: str(doc.get(k)) for k in keys} | {"trigger": str(doc.get("trigger"))}
+    keys = ("priority", "scheduled_for", "run_started_at")
+    # a lean document leaves defaults out: show them as a complete document did
+    defaults = {"type": "simple", "max_attempts": 1, "failures": 0}
+    return (
+        {k: str(doc.get(k)) for k in keys}
+        | {k: str(doc.get(k, v)) for k, v in defaults.items()}
+        | {"trigger": str(doc.get("trigger"))}
+    )
 
 
 @dataclass
