@@ -73,11 +73,33 @@ async def check_reachable(db: Any, wait: float) -> None:
             async with asyncio.timeout(wait):
                 await db.command("ping")
     except (TimeoutError, PyMongoError) as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
+        reason = why_unreachable(db) if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
         ) from None
+
+
+#: The usual socket errors, said plainly (the driver's text otherwise).
+PLAIN_REASONS = {
+    "Errno 111": "connection refused: nothing listens on that port",
+    "Errno -2": "host name not found",
+    "Errno -3": "host name not found (temporary DNS failure)",
+    "Errno -5": "host name not found",
+    "Errno 113": "no route to host",
+    "larger than server max message size": "what answers there is not MongoDB (an HTTP port?)",
+}
+
+
+def why_unreachable(db: Any) -> str:
+    """What the driver last saw when connecting (refused, unknown host, ...), else "no answer"."""
+    with contextlib.suppress(Exception):
+        for (host, port), server in db.client.topology_description.server_descriptions().items():
+            if server.error is not None:
+                text = str(server.error).removeprefix(f"{host}:{port}: ").split(" (configured")[0]
+                plain = next((p for k, p in PLAIN_REASONS.items() if k in text), None)
+                return plain or text
+    return "no answer"
 
 
 def open_database(url: str, timeout: float | None = None) -> Any:

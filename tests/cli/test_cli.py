@@ -257,6 +257,7 @@ async def test_clear_errors(mongo_url: str) -> None:
     unreachable = await cli("mongodb://127.0.0.1:1/x", "jobs", "list", "--timeout", "0.5")
     assert unreachable.returncode == 3
     assert unreachable.stderr.strip().startswith("error: cannot reach MongoDB at 127.0.0.1:1")
+    assert "(connection refused: nothing listens on that port)" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
     health = await cli("mongodb://127.0.0.1:1/x", "--timeout", "0.5", "health")
     assert health.returncode == 1 and "cannot reach MongoDB" in health.stdout

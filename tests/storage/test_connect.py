@@ -1,0 +1,45 @@
+"""Why MongoDB cannot be reached, said plainly (no server needed: the driver's last error)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from job_processor.storage.connect import why_unreachable
+
+
+def db_whose_driver_saw(error: Exception | None) -> Any:
+    server = SimpleNamespace(error=error)
+    topology = SimpleNamespace(server_descriptions=lambda: {("db.example", 27017): server})
+    return SimpleNamespace(client=SimpleNamespace(topology_description=topology))
+
+
+@pytest.mark.parametrize(
+    ("driver_said", "we_say"),
+    [
+        (
+            "db.example:27017: [Errno 111] Connect call failed ('10.0.0.1', 27017) "
+            "(configured timeouts: socketTimeoutMS: 2000.0ms, connectTimeoutMS: 2000.0ms)",
+            "connection refused: nothing listens on that port",
+        ),
+        (
+            "db.example:27017: [Errno -2] Name or service not known (configured timeouts: x)",
+            "host name not found",
+        ),
+        (
+            "db.example:27017: Message length (1347703880) is larger than server max message "
+            "size (48000000)",
+            "what answers there is not MongoDB (an HTTP port?)",
+        ),
+        ("db.example:27017: TLS handshake failed", "TLS handshake failed"),
+    ],
+)
+def test_the_drivers_last_error_is_said_plainly(driver_said: str, we_say: str) -> None:
+    assert why_unreachable(db_whose_driver_saw(OSError(driver_said))) == we_say
+
+
+def test_no_error_seen_yet_is_no_answer() -> None:
+    assert why_unreachable(db_whose_driver_saw(None)) == "no answer"
+    assert why_unreachable(object()) == "no answer"
