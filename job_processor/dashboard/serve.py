@@ -15,7 +15,7 @@ import signal
 from typing import Any
 
 from ..core.errors import JobProcessorError
-from ..storage.connect import MISSING_URL, URL_ENV, open_database
+from ..storage.connect import MISSING_URL, URL_ENV, check_reachable, close_database, open_database
 from .app import create_dashboard
 from .auth import UNSET, is_loopback
 from .hosts import patterns_from
@@ -65,7 +65,8 @@ async def run(args: argparse.Namespace) -> int:
             "must not reach an unauthenticated dashboard): pass --allowed-hosts with the names "
             "your proxy forwards (e.g. --allowed-hosts jobs.example.com), or '*' for any"
         )
-    db = open_database(url, getattr(args, "timeout", 5.0))
+    wait = getattr(args, "timeout", 5.0)
+    db = open_database(url, wait)
     app = create_dashboard(
         db,
         auth=auth,
@@ -75,6 +76,13 @@ async def run(args: argparse.Namespace) -> int:
         host=args.host,
         allowed_hosts=allowed,
     )
+    # Once the arguments are checked: a wrong MONGODB_URL fails now (exit 3), not as a slow
+    # 503 on every page.
+    try:
+        await check_reachable(db, wait)
+    except JobProcessorError:
+        await close_database(db)
+        raise
     config = uvicorn.Config(
         app,
         host=args.host,

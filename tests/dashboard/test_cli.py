@@ -44,6 +44,22 @@ def test_refuses_a_public_host_without_auth_and_bad_credentials_syntax() -> None
     assert out.returncode == 2 and "USER:PASSWORD" in out.stderr
 
 
+def test_an_unreachable_mongodb_url_fails_at_start_with_the_reason() -> None:
+    env = os.environ | {"MONGODB_URL": "mongodb://127.0.0.1:1/x"}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    out = subprocess.run(
+        [*CLI, "dashboard", "--port", str(free_port()), "--timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 3, out
+    assert out.stderr.startswith("error: cannot reach MongoDB at 127.0.0.1:1 within 1s")
+    assert "connection refused" in out.stderr and "--timeout sets the wait" in out.stderr
+    assert "job-processor dashboard on" not in out.stdout  # never said it serves
+
+
 async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
     db: Any, mongo_url: str
 ) -> None:
