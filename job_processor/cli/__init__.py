@@ -13,6 +13,7 @@ top level (the demo) are given to `main()` by the entry point (`job_processor.__
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -73,3 +74,18 @@ def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | No
         return common.UNREACHABLE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `jobs show ID | head`: the reader left; no traceback
+        return output_closed()
+
+
+#: The exit code of a command whose reader closed the pipe (as SIGPIPE's: 128 + 13).
+OUTPUT_CLOSED = 141
+
+
+def output_closed() -> int:
+    """Stop writing to a pipe the reader closed: what is still buffered goes nowhere (else
+    Python reports the BrokenPipeError again when it flushes stdout at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return OUTPUT_CLOSED

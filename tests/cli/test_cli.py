@@ -518,3 +518,30 @@ async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str
 
 def when_cells(value: dt.datetime) -> list[str]:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S").split()
+
+
+async def test_a_reader_that_stops_early_gets_no_traceback(db: Any, mongo_url: str) -> None:
+    """`jobs show ID | head -1`: the command stops quietly when the pipe closes (exit 141, as
+    a tool killed by SIGPIPE), without a BrokenPipeError traceback."""
+    import subprocess
+
+    processor = await init_job_processor(db, jobs=JOBS)
+    job = await processor.schedule_job("anywhere", {"text": "x" * 300_000})  # > a pipe's buffer
+    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+
+    def head_1() -> tuple[str, int, str]:
+        with subprocess.Popen(
+            [sys.executable, "-m", "job_processor", "jobs", "show", job.id],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline()  # what `head -1` reads, then it exits
+            proc.stdout.close()
+            return first, proc.wait(timeout=30), proc.stderr.read()
+
+    first, code, stderr = await asyncio.to_thread(head_1)
+    assert first.split() == ["id:", job.id]
+    assert (code, stderr) == (141, "")
