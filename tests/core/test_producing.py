@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 from typing import Any
 
 import pytest
@@ -103,3 +104,17 @@ def test_polling_starts_fast_then_stays_at_one_read_per_second_on_average() -> N
     assert len(later) >= 55  # and it does read about once a second
     gaps = [b - a for a, b in itertools.pairwise(reads)]
     assert max(gaps) <= 1.6 + 1e-9, gaps  # no long gap after the fast start
+
+
+def test_reads_that_start_a_little_off_time_still_keep_five_in_any_window() -> None:
+    """What the server sees: each read starts up to 20 ms late (a slow round trip before the
+    command is sent), or 4 ms early (a sleep that wakes early), and a window starts anywhere."""
+    rng = random.Random(7)
+    pacing = WaitPacing()
+    seen = [0.0]
+    planned = 0.0
+    while planned < 120:
+        planned = pacing.next_read(seen[-1])
+        seen.append(planned + rng.uniform(-0.004, 0.02))
+    later = seen[1:]
+    assert max(sum(1 for t in later if start <= t < start + 5) for start in later) <= 5
