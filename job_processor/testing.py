@@ -44,6 +44,7 @@ from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
 from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor
+from .core.values import naive_datetime_at
 from .engine.execution import build_job, call_maybe_async
 from .processor import JobProcessor, init_job_processor
 
@@ -145,7 +146,7 @@ class JobHarness:
         self.log_lines.append(N.log_line(self.job.attempt, level, message, fields, self._now))
 
     async def _save(self, state: dict[str, Any]) -> None:
-        naive = D.naive_datetime_at(state)
+        naive = naive_datetime_at(state)
         if naive is not None:  # as a worker refuses it
             raise InvalidPayloadError(
                 f"checkpoint state field {naive[0]!r} is a datetime without a time zone "

@@ -14,12 +14,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-import bson
 from bson import ObjectId
-from pydantic import BaseModel
 
 from .clock import as_utc
-from .errors import InvalidPayloadError
 from .flows import NEVER_DUE, uncounted_dependencies
 from .outcome import Outcome
 from .runs import last_run
@@ -90,60 +87,6 @@ def new_client_id() -> str:
 
 def is_client(owner: str | None) -> bool:
     return owner is not None and owner.startswith(CLIENT_PREFIX)
-
-
-def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
-    """A job's or an event's payload as stored: a dict (or a pydantic model, as JSON) that BSON
-    can hold and that fits; otherwise InvalidPayloadError naming the job or event and the fix."""
-    if payload is None:
-        return {}
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json")
-    if not isinstance(payload, Mapping):
-        raise InvalidPayloadError(
-            f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
-        )
-    naive = naive_datetime_at(payload)
-    if naive is not None:
-        path, value = naive
-        raise InvalidPayloadError(
-            f"{kind} {name!r}: payload field {path!r} is a datetime without a time zone "
-            f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
-            "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
-        )
-    try:
-        size = len(bson.encode(dict(payload)))
-    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-        raise InvalidPayloadError(
-            f"{kind} {name!r}: payload cannot be stored in MongoDB ({exc}); "
-            "use str, int, float, bool, None, datetime, lists and dicts "
-            "(convert UUIDs and Decimals to str)"
-        ) from None
-    if size > max_bytes:
-        raise InvalidPayloadError(
-            f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "
-            f"{max_bytes / 1e6:.1f} MB a {kind} can carry (MongoDB's documents hold 16 MB): "
-            "store the data elsewhere (GridFS, object storage) and pass a reference"
-        )
-    return dict(payload)
-
-
-def naive_datetime_at(value: Any, path: str = "") -> tuple[str, dt.datetime] | None:
-    """The path ("a.b[2]") and value of the first naive datetime in a payload, or None: one rule
-    for every datetime a job or event carries (scheduled_for refuses them too)."""
-    if isinstance(value, dt.datetime):
-        return (path or "(payload)", value) if value.utcoffset() is None else None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = naive_datetime_at(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = naive_datetime_at(item, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
 
 
 def dedup_key(name: str, key: str) -> str:

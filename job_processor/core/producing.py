@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import documents as D
 from . import flows as F
+from . import values as V
 from .clock import to_millis
 from .definitions import JobDef, fill_limit_key
 from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError, field_errors
@@ -101,7 +102,7 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
         payload = value.model_dump(mode="json")
-    return D.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+    return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
 
 
 def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.datetime:

@@ -15,7 +15,6 @@ from typing import Any
 import bson
 from pydantic import ValidationError
 
-from ..core import documents as D
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.definitions import JobDef
@@ -23,6 +22,7 @@ from ..core.errors import field_errors
 from ..core.models import Job
 from ..core.outcome import Policy
 from ..core.retention import Retention
+from ..core.values import naive_datetime_at
 from ..storage.jobs import MAX_VALUE_BYTES
 
 Doc = dict[str, Any]
@@ -82,7 +82,7 @@ def storable(value: Any) -> Any:
     """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise.
     Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces), and
     for a datetime without a time zone (it would be read back as UTC: never silently)."""
-    naive = D.naive_datetime_at(value)
+    naive = naive_datetime_at(value)
     if naive is not None:
         path, when = naive
         where = f"result field {path!r}" if path else "the result"

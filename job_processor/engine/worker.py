@@ -19,7 +19,6 @@ from typing import Any
 import bson
 from pymongo.errors import PyMongoError
 
-from ..core import documents as D
 from ..core import foreign as FD
 from ..core import retention as R
 from ..core.abort import AbortSignal
@@ -32,6 +31,7 @@ from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
+from ..core.values import naive_datetime_at, why_unstorable
 from ..storage import Storage
 from ..storage.jobs import MAX_VALUE_BYTES, EndItem, LostClaim
 from ..storage.transient import TRANSIENT
@@ -467,7 +467,7 @@ class Worker:
             raise InvalidPayloadError(
                 f"checkpoint state must be a dict, got {type(state).__name__}"
             )
-        naive = D.naive_datetime_at(state)
+        naive = naive_datetime_at(state)
         if naive is not None:
             raise InvalidPayloadError(
                 f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
@@ -477,9 +477,7 @@ class Worker:
         try:
             size = len(bson.encode(state))
         except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-            raise InvalidPayloadError(
-                f"checkpoint state cannot be stored in MongoDB: {exc}"
-            ) from None
+            raise InvalidPayloadError(why_unstorable("checkpoint state", state, exc)) from None
         if size > MAX_VALUE_BYTES:
             raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
         ok = False

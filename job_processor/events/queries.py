@@ -15,13 +15,13 @@ from typing import Any
 import bson
 from bson import ObjectId
 
-from ..core import documents as D
 from ..core import event_documents as E
 from ..core.clock import Clock, SystemClock, to_millis
 from ..core.definitions import check_event_name
 from ..core.errors import EventNotFoundError, InvalidArgumentError, did_you_mean
 from ..core.models import Delivery, Event, SubscriberInfo
 from ..core.status import JobStatus
+from ..core.values import checked_payload
 from ..storage import Storage
 from ..storage.jobs import MAX_VALUE_BYTES
 
@@ -34,7 +34,7 @@ REPLAY_LIMIT = 1000
 
 def check_payload(name: str, payload: Any) -> dict[str, Any]:
     """An event's payload: a dict (or a pydantic model) that MongoDB can store."""
-    return D.checked_payload("event", name, payload, MAX_VALUE_BYTES)
+    return checked_payload("event", name, payload, MAX_VALUE_BYTES)
 
 
 # ---- functions for the processor, a CLI or a dashboard ---------------------------------------

@@ -19,6 +19,7 @@ from bson import ObjectId
 from ...core import documents as D
 from ...core.clock import to_millis
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...core.values import checked_payload
 from ...storage import JobQuery
 from ...storage.jobs import MAX_VALUE_BYTES, object_id
 
@@ -106,7 +107,7 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
         raise InvalidPayloadError(
             f"job {name!r}: payload must be a JSON object ({{...}}), got {type(payload).__name__}"
         )
-    return D.checked_payload("job", name, payload, MAX_VALUE_BYTES)
+    return checked_payload("job", name, payload, MAX_VALUE_BYTES)
 
 
 def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:

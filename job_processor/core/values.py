@@ -1,0 +1,143 @@
+"""What MongoDB can store, checked before a write: payloads, checkpoint states and results.
+
+One rule for every value a job or an event carries: a dict BSON can encode, with no datetime
+without a time zone (it would be read back as UTC), that fits. When a value cannot be stored,
+the error names its path (`order.lines[2].price`), its type and the conversion that fixes it.
+Only the error path walks the value: a storable one costs one `bson.encode`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import bson
+from pydantic import BaseModel
+
+from .errors import InvalidPayloadError
+
+Doc = dict[str, Any]
+
+#: What breaks an encoding (bson's own errors, an int over 64 bits, a bad key).
+ENCODING_ERRORS = (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError)
+
+
+def naive_datetime_at(value: Any, path: str = "") -> tuple[str, dt.datetime] | None:
+    """The path ("a.b[2]") and value of the first naive datetime in a payload, or None: one rule
+    for every datetime a job or event carries (scheduled_for refuses them too)."""
+    if isinstance(value, dt.datetime):
+        return (path or "(payload)", value) if value.utcoffset() is None else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = naive_datetime_at(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = naive_datetime_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def conversion(value: Any) -> str:
+    """How to make a value BSON cannot hold storable, by its type."""
+    if isinstance(value, dt.date | dt.time):  # not a datetime: that one BSON holds
+        return "store value.isoformat() (a str), or a datetime with a time zone"
+    if isinstance(value, decimal.Decimal):
+        return "store str(value) (exact) or float(value)"
+    if isinstance(value, uuid.UUID):
+        return "store str(value)"
+    if isinstance(value, set | frozenset):
+        return "store a list: sorted(value) or list(value)"
+    if isinstance(value, enum.Enum):
+        return "store value.value (or derive the enum from str or int)"
+    if isinstance(value, int):
+        return "MongoDB's integers have 64 bits: store str(value)"
+    if isinstance(value, bytearray | memoryview):
+        return "store bytes(value)"
+    if isinstance(value, BaseModel):
+        return "store value.model_dump(mode='json')"
+    if hasattr(value, "__dataclass_fields__"):
+        return "store dataclasses.asdict(value)"
+    return "convert it to str, int, float, bool, None, a datetime, a list or a dict"
+
+
+def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
+    """The path of the first part of `value` MongoDB cannot store, what it is and what to do
+    about it, or None. Each leaf is judged by bson itself: the answer agrees with the driver."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = f"{path}[{key!r}]" if path else f"[{key!r}]"
+                return (
+                    where,
+                    f"a key of type {type(key).__name__}",
+                    "keys must be str, e.g. str(key)",
+                )
+            if "\0" in key:
+                where = f"{path}.{key!r}" if path else repr(key)
+                return where, "a key with a NUL character", "remove it from the key"
+            found = unstorable_at(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = unstorable_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    try:
+        bson.encode({"v": value})
+    except ENCODING_ERRORS:
+        return path or "(the value)", f"type {type(value).__name__}", conversion(value)
+    return None
+
+
+def why_unstorable(what: str, value: Any, exc: Exception) -> str:
+    """`what` ("job 'send': payload") cannot be stored: where and how to fix it."""
+    found = unstorable_at(value)
+    if found is None:  # bson refused the whole and no part: say what it said
+        return f"{what} cannot be stored in MongoDB ({exc})"
+    path, kind, fix = found
+    return f"{what} field {path!r} cannot be stored in MongoDB ({kind}): {fix}"
+
+
+def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
+    """A job's or an event's payload as stored: a dict (or a pydantic model, as JSON) that BSON
+    can hold and that fits; otherwise InvalidPayloadError naming the job or event, the field
+    and the fix."""
+    if payload is None:
+        return {}
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    if not isinstance(payload, Mapping):
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
+        )
+    naive = naive_datetime_at(payload)
+    if naive is not None:
+        path, value = naive
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload field {path!r} is a datetime without a time zone "
+            f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
+            "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
+        )
+    try:
+        size = len(bson.encode(dict(payload)))
+    except ENCODING_ERRORS as exc:
+        raise InvalidPayloadError(
+            why_unstorable(f"{kind} {name!r}: payload", payload, exc)
+        ) from None
+    if size > max_bytes:
+        raise InvalidPayloadError(
+            f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "
+            f"{max_bytes / 1e6:.1f} MB a {kind} can carry (MongoDB's documents hold 16 MB): "
+            "store the data elsewhere (GridFS, object storage) and pass a reference"
+        )
+    return dict(payload)
