@@ -1,14 +1,17 @@
-"""Embedding job-processor in a web service's startup (Starlette lifespan; FastAPI is the same).
+"""Embedding job-processor in a web service's startup (Starlette lifespan; FastAPI is the same),
+with the dashboard mounted at /dashboard once the processor exists.
 
 The web process schedules jobs and also runs them (worker_tags=None); in production you would
 usually run the web app with `worker_tags=["web"]` (or not start() at all) and let the
 `job-processor run` containers do the work.
 
 To run:
-    .venv/bin/pip install -q -e '.[demo]' starlette uvicorn
+    .venv/bin/pip install -q -e '.[demo,dashboard]'
     .venv/bin/job-processor server          # no MongoDB? a local one, in another terminal
-    MONGODB_URL=mongodb://127.0.0.1:27017/job_processor .venv/bin/uvicorn examples.web_service:app
+    MONGODB_URL=mongodb://127.0.0.1:27017/job_processor DASHBOARD_PASSWORD=a-long-secret \
+        .venv/bin/uvicorn examples.web_service:app
     curl -X POST 'localhost:8000/emails?to=ada@example.com'
+    open http://localhost:8000/dashboard/   # user admin, the DASHBOARD_PASSWORD
     .venv/bin/job-processor jobs list       # the same database: the URL's, or job_processor
 """
 
@@ -26,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from job_processor import AbortSignal, Job, JobDef, JobNotFoundError, init_job_processor
+from job_processor.dashboard import create_dashboard
 
 
 async def send_email(job: Job, signal: AbortSignal) -> dict[str, str]:
@@ -43,6 +47,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         jobs={"send-email": JobDef(handler=send_email)},
     )
     app.state.jobs = processor
+    dashboard = create_dashboard(processor, auth=("admin", os.environ["DASHBOARD_PASSWORD"]))
+    app.mount("/dashboard", dashboard)  # its links and forms stay under /dashboard
     async with processor:  # start() now, graceful stop() at shutdown
         yield
     await client.close()

@@ -40,6 +40,7 @@ def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) ->
     from examples import web_service
 
     monkeypatch.setenv("MONGODB_URL", url_with_db(mongo_url, f"jp_example_{time.time_ns()}"))
+    monkeypatch.setenv("DASHBOARD_PASSWORD", "pa55word")
     with TestClient(web_service.app) as client:
         resp = client.post("/emails", params={"to": "ada@example.com"})
         assert resp.status_code == 202
@@ -53,6 +54,10 @@ def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) ->
         assert job["output"]["result"] == {"sent_to": "ada@example.com"}
         assert client.post("/emails").status_code == 400  # no ?to=
         assert client.get("/jobs/nope").status_code == 404
+        assert client.get("/dashboard/").status_code == 401  # mounted, behind its auth
+        page = client.get("/dashboard/jobs", auth=("admin", "pa55word"))
+        assert page.status_code == 200
+        assert job_id in page.text and 'href="/dashboard/' in page.text  # links stay under it
 
 
 @pytest.fixture
