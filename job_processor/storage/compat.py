@@ -13,10 +13,13 @@ The storage modules call these instead of branching on the server themselves:
 - `not_in`, `seen_since`: conditions nx-27017 evaluates wrongly in a query (`$nin` combined
   with a date range matches nothing; a date written by `$set` compares as text), applied in
   Python instead to the few documents concerned (running jobs, worker documents).
-- Written as a rule, not a function: in an update's filter, nx-27017 matches no document that
-  lacks the field for `{"$ne": value}` (a query's `find` does); filters on a field that is
-  either absent or one value use `{"$exists": False}` instead (`exit_hook` is written as
-  "none" for the same reason, and the final write's `has_dependents` condition). In an `$or`,
+- `HOOK_NOT_OWED_PARTS`: in a multi-document delete's filter (`delete_many`), nx-27017 matches
+  no document that lacks the field for `{"$ne": value}` (a `find` does, and so do writes by
+  `_id`), and an `$or` there makes it drop the date range beside it (it deleted jobs too
+  recent to purge). A purge therefore deletes in two filters whose union is "on_job_exited is
+  not owed" on every server: `exit_hook` absent (or null, on nx-27017), then `$ne: "owed"`.
+  Elsewhere, filters on a field that is either absent or one value use
+  `{"$exists": False}` (the final write's `has_dependents` condition). In an `$or`,
   a branch with `$in` or `$ne` makes nx-27017 lose the other branches' matches on a date
   written by `$set`: the sweep's flow branches use equalities and `$exists` only.
 
@@ -197,6 +200,15 @@ async def detect(db: Any) -> ServerProfile:
     if str(info.get("process", "")).startswith("nx"):
         return ServerProfile("nx-27017")
     return ServerProfile("mongodb")
+
+
+#: "on_job_exited is not owed" (`exit_hook` absent, null, "none" or a recorded end) as two
+#: filters to delete with one after the other (see above): on MongoDB the first deletes the
+#: jobs without the field and the second the rest; on nx-27017 each matches its own part.
+HOOK_NOT_OWED_PARTS: tuple[Doc, Doc] = (
+    {"exit_hook": {"$exists": False}},
+    {"exit_hook": {"$ne": "owed"}},
+)
 
 
 def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:

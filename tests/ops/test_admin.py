@@ -404,3 +404,36 @@ async def test_an_action_that_did_nothing_records_why_in_the_audit_log(env: Any)
     [entry] = await admin.audit_log(limit=1)
     assert entry.action == "jobs_retried" and entry.count == 0
     assert entry.detail["skipped"] == {done: "finished: only errored or killed jobs can be retried"}
+
+
+async def test_jobs_without_a_hook_record_are_deleted_purged_trimmed_and_retried(
+    env: Any,
+) -> None:
+    """A skipped job has no `exit_hook` field, and a job written by an older version may hold
+    null there: "not owed" must match both in deletes and updates, on every server."""
+    admin, storage, clock = env
+    skipped = []
+    for _ in range(3):  # an exclusive job while one is active: each recorded as skipped
+        doc = await storage.jobs.insert(
+            D.new_job("report", {}, now=NOW, tag="main", exclusive=True)
+        )
+        assert doc is not None
+        if doc["status"] == S.SKIPPED.value:
+            assert "exit_hook" not in doc
+            skipped.append(str(doc["_id"]))
+    assert len(skipped) == 2
+    deleted = await admin.delete(skipped[0])
+    assert (deleted.count, deleted.skipped) == (1, {})
+    clock.advance(3600)
+    recent = await add(storage, "report", at=3600, tag="main", exclusive=True)  # skipped now
+    assert recent["status"] == S.SKIPPED.value
+    purged = await admin.purge(status="skipped", older_than="1m")
+    assert purged.count == 1
+    with pytest.raises(JobNotFoundError):
+        await admin.get_job(skipped[1])
+    assert (await admin.get_job(str(recent["_id"]))).status == S.SKIPPED  # too recent: kept
+    assert await storage.jobs.trim("report", [S.SKIPPED], keep=0, batch=10) == 1
+    errored = await ended(storage, S.ERRORED)  # then as an older version left it: exit_hook null
+    await storage.jobs.coll.update_one({"_id": object_id(errored)}, {"$set": {"exit_hook": None}})
+    retried = await admin.retry(errored)
+    assert retried.count == 1 and (await admin.get_job(errored)).status == S.PENDING
