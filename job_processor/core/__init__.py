@@ -5,7 +5,8 @@ the one table of allowed transitions), declarations (`definitions`: JobDef, Cron
 Backoff, Subscriber; `settings`), the one outcome function (`outcome.decide`), the builders of
 every job, worker and event document (`documents`, `event_documents`), and the rules: retries
 (`retries`), retention (`retention`), limit maths (`limits`), cron slot maths (`schedule`),
-which live workers serve which names (`coverage`), masking (`masking`). Plus the injected clock
+which live workers serve which names (`coverage`), masking (`masking`), what MongoDB can
+store (`values`). Plus the injected clock
 (`clock`), the abort signal (`abort`), errors (`errors`), the logging adapter (`log`), the
 metrics hook (`telemetry`) and the protocols lower code needs from higher code (`protocols`).
 

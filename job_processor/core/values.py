@@ -1,4 +1,5 @@
-"""What MongoDB can store, checked before a write: payloads, checkpoint states and results.
+"""What MongoDB can store, checked before a write: payloads and checkpoint states (and the
+naive datetimes refused in results too).
 
 One rule for every value a job or an event carries: a dict BSON can encode, with no datetime
 without a time zone (it would be read back as UTC), that fits. When a value cannot be stored,
