@@ -484,6 +484,9 @@ class WorkerInfo(BaseModel):
     last_seen: dt.datetime
     alive: bool = True
     running_jobs: list[dict[str, Any]] = []
+    stuck_threads: int = 0
+    """Plain-def handlers or hooks given up (past their grace period or timeout) whose thread is
+    still running in that process."""
 
     @model_validator(mode="before")
     @classmethod

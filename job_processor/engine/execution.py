@@ -5,7 +5,6 @@ storable results and readable errors.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import traceback
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from ..core.outcome import Policy
 from ..core.retention import Retention
 from ..core.values import naive_datetime_at
 from ..storage.jobs import MAX_VALUE_BYTES
+from .threads import USER_THREADS
 
 Doc = dict[str, Any]
 
@@ -103,13 +103,25 @@ def storable(value: Any) -> Any:
     return value
 
 
-async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
-    """Await async functions; run plain ones in a thread so they never block the event loop."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+def is_async(fn: Callable[..., Any]) -> bool:
+    """An async function, or a callable object with an async __call__."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    ):
+    )
+
+
+async def call_maybe_async(
+    fn: Callable[..., Any],
+    *args: Any,
+    on_late_return: Callable[[str, float], None] | None = None,
+) -> Any:
+    """Await async functions; run plain ones on the process's own threads (`engine.threads`),
+    so they never block the event loop, and one that outlives its timeout never keeps another
+    from running. `on_late_return(name, seconds)` is called (from that thread) when a plain
+    function that was given up returns after all."""
+    if is_async(fn):
         return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
+    result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
     if inspect.isawaitable(result):
         result = await result
     return result

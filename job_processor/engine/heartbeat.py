@@ -12,6 +12,7 @@ from ..core.clock import Clock, sleep_or_wake
 from ..core.log import EventLog
 from ..storage import Storage
 from .recovery import Recovery, is_dead
+from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
 from .worker import Worker
 
@@ -50,6 +51,8 @@ class Heartbeat:
         self.trimmer: Trimmer | None = None
         """Set by the processor: the pass behind keep_finished / keep_failed counts."""
         self._last_ok: dt.datetime | None = None
+        self._stuck_written = 0
+        """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
 
     async def register(self) -> str:
         """A new worker document carrying the paused names (read before and after it exists,
@@ -67,6 +70,7 @@ class Heartbeat:
             paused=sorted(before),
         )
         await self.workers.register(doc)
+        self._stuck_written = 0  # a new document: written again at the next beat if any
         self.worker.worker_id = doc["_id"]
         if self.registry is not None:
             await self.registry.register(doc["_id"], now)
@@ -103,7 +107,9 @@ class Heartbeat:
         stale = self._last_ok is not None and is_dead(
             self._last_ok, now, self.settings.worker_timeout
         )
-        paused = await self.workers.beat(self.worker.worker_id, now)
+        stuck = USER_THREADS.stuck
+        also = {"stuck_threads": stuck} if stuck != self._stuck_written else None
+        paused = await self.workers.beat(self.worker.worker_id, now, also)
         if paused is None or stale:
             # Others may already have recovered our jobs: stop touching them, start afresh.
             why = "worker_document_missing" if paused is None else "heartbeat_stale"
@@ -114,6 +120,12 @@ class Heartbeat:
             await self.register()
             return
         self._last_ok = now
+        if also is not None:
+            self._stuck_written = stuck
+            if stuck:
+                self.log.warning(
+                    "threads_stuck", worker_id=self.worker.worker_id, stuck_threads=stuck
+                )
         if self.registry is not None:
             self.worker.paused = self.registry.note_paused(paused, self.worker.worker_id)
         else:

@@ -109,8 +109,17 @@ class HookRunner:
         self.in_flight.add(str(job_id))
         error: str | None = None
         try:
+
+            def returned_late(name: str, seconds: float) -> None:
+                self.log.warning(
+                    "on_job_exited_returned_late",
+                    function=name,
+                    seconds=round(seconds, 3),
+                    **fields,
+                )
+
             async with asyncio.timeout(timeout):
-                await call_maybe_async(definition.on_job_exited, job)
+                await call_maybe_async(definition.on_job_exited, job, on_late_return=returned_late)
         except TimeoutError:
             error = f"timed out after {timeout:g}s"
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)

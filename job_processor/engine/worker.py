@@ -44,6 +44,7 @@ from .execution import (
     describe_error,
     eligible_names,
     invalid_document,
+    is_async,
     policy_of,
     storable,
 )
@@ -414,7 +415,16 @@ class Worker:
     async def _run_handler(self, run: Run, job: Job[Any]) -> RunEnd:
         definition, signal = run.definition, run.signal
         assert definition is not None  # execute() records a run without one as invalid
-        handler = asyncio.create_task(call_maybe_async(definition.handler, job, signal))
+        fields = self._fields(run.doc)
+
+        def returned_late(name: str, seconds: float) -> None:
+            self.log.warning(
+                "handler_returned_late", function=name, seconds=round(seconds, 3), **fields
+            )
+
+        handler = asyncio.create_task(
+            call_maybe_async(definition.handler, job, signal, on_late_return=returned_late)
+        )
         aborted = signal.future()
         timer: asyncio.Task[None] | None = None
         if definition.max_runtime_in_minutes is not None:
@@ -428,7 +438,10 @@ class Worker:
                 await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
             if not handler.done():
                 handler.cancel()
-                self.log.warning("job_cancelled", reason=signal.reason, **self._fields(run.doc))
+                plain = not is_async(definition.handler)  # its thread goes on running
+                self.log.warning(
+                    "job_cancelled", reason=signal.reason, thread_left_running=plain, **fields
+                )
                 with contextlib.suppress(BaseException):
                     await handler
         finally:

@@ -36,7 +36,8 @@ class Health(BaseModel):
     """One line: why it is (not) healthy."""
     checked_at: dt.datetime
     worker: dict[str, Any] | None = None
-    """The freshest matching worker (id, hostname, instance_id, last_seen, age_seconds)."""
+    """The freshest matching worker (id, hostname, instance_id, pid, last_seen, age_seconds,
+    stuck_threads)."""
 
 
 async def ready(db: Any, wait: float = 2.0, clock: Clock | None = None) -> Health:
@@ -98,7 +99,14 @@ async def check(
         "pid": best.get("pid"),
         "last_seen": as_utc(best["last_seen"]).isoformat(),
         "age_seconds": round(age, 3),
+        "stuck_threads": int(best.get("stuck_threads") or 0),
     }
+    stuck = info["stuck_threads"]
+    note = (
+        f"; {stuck} plain-def handler or hook call(s) given up but still running in its threads"
+        if stuck
+        else ""
+    )
     if age > limit:
         return Health(
             ok=False,
@@ -110,7 +118,7 @@ async def check(
     return Health(
         ok=True,
         mongodb=True,
-        reason=f"worker {best['_id']} ({who}): heartbeat {age:.1f}s ago",
+        reason=f"worker {best['_id']} ({who}): heartbeat {age:.1f}s ago{note}",
         checked_at=now,
         worker=info,
     )

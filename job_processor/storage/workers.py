@@ -19,11 +19,16 @@ class WorkerStore:
     async def register(self, doc: Doc) -> None:
         await self.coll.insert_one(doc)
 
-    async def beat(self, worker_id: str, now: dt.datetime) -> frozenset[str] | None:
-        """The heartbeat, and in the same round trip the names paused for this worker (kept on
-        its document by pause/resume); None when its document is gone: it was declared dead."""
+    async def beat(
+        self, worker_id: str, now: dt.datetime, also: Doc | None = None
+    ) -> frozenset[str] | None:
+        """The heartbeat (with the fields of `also`, when they changed), and in the same round
+        trip the names paused for this worker (kept on its document by pause/resume); None when
+        its document is gone: it was declared dead."""
         found = await self.coll.find_one_and_update(
-            {"_id": worker_id}, {"$set": {"last_seen": now}}, projection={"paused": 1}
+            {"_id": worker_id},
+            {"$set": {"last_seen": now, **(also or {})}},
+            projection={"paused": 1},
         )
         if found is None:
             return None

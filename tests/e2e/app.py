@@ -117,7 +117,16 @@ async def refuse(job: Job, signal: AbortSignal) -> None:
     raise DoNotRetry(f"refused {job.payload.get('what', 'it')}")
 
 
+def stuck_plain(job: Job, signal: AbortSignal) -> None:
+    """A plain def that ignores its abort signal and never returns (a thread cannot be
+    cancelled): the worker must still stop, and its process exit, after the grace period."""
+    import threading
+
+    threading.Event().wait()
+
+
 JOBS["refused"] = JobDef(handler=refuse)
+JOBS["stuck-plain"] = JobDef(handler=stuck_plain)
 JOBS["chatty"] = JobDef(handler=chatty, max_attempts=2)
 
 

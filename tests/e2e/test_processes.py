@@ -145,6 +145,30 @@ async def test_sigterm_pauses_resumable_and_another_worker_resumes(
     assert await wait_exit(b) == 0
 
 
+async def test_sigterm_exits_even_while_plain_handlers_and_hooks_are_stuck(
+    spawn: Callable[..., Worker], client: JobProcessor, tmp_path: Path
+) -> None:
+    """A plain def that never returns, and a plain hook that outlives its timeout, keep their
+    threads; SIGTERM still stops the worker within its grace period and the process exits."""
+    hooks = tmp_path / "hooks.log"
+    a = spawn("runner-2", E2E_HOOK_LOG=str(hooks), E2E_HOOK_HANG_ON="runner-2")
+    hooked = await client.schedule_job("hooked")
+    stuck = await client.schedule_job("stuck-plain")
+    await wait_status(client, stuck.id, S.RUNNING)
+    for _ in range(200):  # its hook (which hangs 60 s here) timed out after 2 s
+        if (await client.get_job(hooked.id)).exit_hook == "failed":
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.get_job(hooked.id)).exit_hook_error == "timed out after 2s"
+    started = asyncio.get_running_loop().time()
+    a.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(a, timeout=10) == 0, a.output()
+    assert asyncio.get_running_loop().time() - started < 8
+    ended = await client.get_job(stuck.id)
+    assert ended.status == S.PENDING, a.output()  # interrupted: it runs again from scratch
+    assert "thread_left_running=True" in a.output()
+
+
 async def test_sigkill_is_recovered_by_another_worker(
     spawn: Callable[..., Worker], client: JobProcessor
 ) -> None:

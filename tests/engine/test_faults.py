@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
@@ -226,6 +227,57 @@ async def test_a_hanging_hook_times_out_and_never_blocks_stop(db: Any) -> None:
         await wait_status(processor, job.id, S.FINISHED)
     done = await wait_for_hook(processor, job.id, "failed")
     assert done.exit_hook_error == "timed out after 0.3s"
+
+
+async def test_plain_hooks_that_hang_never_starve_plain_handlers_or_hooks(db: Any) -> None:
+    """Each timed-out plain-def hook keeps its thread (a thread cannot be cancelled): more of
+    them than asyncio's default executor has threads (min(32, cores + 4)), then a plain handler
+    with a plain hook still runs at once, and health shows the stuck calls."""
+    from job_processor import health
+
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hangs(job: Job) -> None:
+        release.wait()
+
+    def plain_hook(job: Job) -> None:
+        ran.append(job.id)
+
+    jobs = {
+        "hanging": JobDef(
+            handler=lambda j, s: 1, on_job_exited=hangs, on_job_exited_timeout=0.2
+        ),
+        "plain": JobDef(handler=lambda j, s: "ok", on_job_exited=plain_hook),
+    }
+    processor = await make(db, jobs, concurrency=8)
+    try:
+        async with processor:
+            hung = [await processor.schedule_job("hanging") for _ in range(12)]
+            for job in hung:
+                await wait_for_hook(processor, job.id, "failed")
+            plain = await processor.schedule_job("plain")
+            done = await wait_status(processor, plain.id, S.FINISHED, timeout=5)
+            assert done.output is not None and done.output.result == "ok"
+            await wait_for_hook(processor, plain.id, "done")
+            assert ran == [plain.id]
+
+            async def stuck_in_health() -> int:
+                report = await health.check(db, collection_prefix=processor.storage.prefix)
+                assert report.ok, report.reason
+                assert report.worker is not None
+                return int(report.worker["stuck_threads"])
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while (stuck := await stuck_in_health()) < 12:
+                assert asyncio.get_running_loop().time() < deadline, stuck
+                await asyncio.sleep(0.1)
+            report = await health.check(db, collection_prefix=processor.storage.prefix)
+            assert "12 plain-def handler or hook call(s) given up" in report.reason
+    finally:
+        release.set()
+    # the hook that returned late does not change what was recorded at its timeout
+    assert (await processor.get_job(hung[0].id)).exit_hook == "failed"
 
 
 async def test_hooks_skip_skipped_jobs_and_run_again_after_retry_job(db: Any) -> None:
