@@ -245,9 +245,7 @@ async def test_plain_hooks_that_hang_never_starve_plain_handlers_or_hooks(db: An
         ran.append(job.id)
 
     jobs = {
-        "hanging": JobDef(
-            handler=lambda j, s: 1, on_job_exited=hangs, on_job_exited_timeout=0.2
-        ),
+        "hanging": JobDef(handler=lambda j, s: 1, on_job_exited=hangs, on_job_exited_timeout=0.2),
         "plain": JobDef(handler=lambda j, s: "ok", on_job_exited=plain_hook),
     }
     processor = await make(db, jobs, concurrency=8)
