@@ -22,6 +22,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .values import fits_int64
+
 Doc = dict[str, Any]
 
 #: Lines kept on a job (the last ones, across its runs).
@@ -164,9 +166,14 @@ def _size(value: Any) -> int:
 
 
 def _shown(value: Any) -> Any:
-    """A field as it is shown: JSON's own types kept, anything else as text."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A field as it is shown: JSON's own types kept, anything else as text (NaN and infinity,
+    which JSON has not, and integers over MongoDB's 64 bits included)."""
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return value if fits_int64(value) else str(value)
     if isinstance(value, list | tuple):
         return [_shown(v) for v in value]
     if isinstance(value, Mapping):

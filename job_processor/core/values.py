@@ -2,9 +2,11 @@
 naive datetimes refused in results too).
 
 One rule for every value a job or an event carries: a dict BSON can encode, with no datetime
-without a time zone (it would be read back as UTC), that fits. When a value cannot be stored,
+without a time zone (it would be read back as UTC) and no NaN or infinity (JSON has no such
+number), that fits. When a value cannot be stored,
 the error names its path (`order.lines[2].price`), its type and the conversion that fixes it.
-Only the error path walks the value: a storable one costs one `bson.encode`.
+Only the error path walks the value: a storable one costs one `bson.encode` (and one scan of
+its bytes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import math
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +29,68 @@ Doc = dict[str, Any]
 
 #: What breaks an encoding (bson's own errors, an int over 64 bits, a bad key).
 ENCODING_ERRORS = (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError)
+
+#: MongoDB's integers.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def fits_int64(value: int) -> bool:
+    return INT64_MIN <= value <= INT64_MAX
+
+
+def non_finite_at(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinity in a value, or None. They are refused in
+    payloads and checkpoint states: JSON (webhooks, the dashboard, `--json`) has no such
+    number, and not every server stores them."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "(the value)", value)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = non_finite_at(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = non_finite_at(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+#: Two bytes every NaN or infinity has in its little-endian encoding (its top 12 bits are set):
+#: a value whose BSON has none of them holds none, and is not walked.
+_NON_FINITE_TOP = re.compile(rb"[\xf0-\xff][\x7f\xff]")
+
+
+def may_hold_non_finite(encoded: bytes) -> bool:
+    """False when BSON bytes surely hold no NaN or infinity (one scan, no walk)."""
+    return _NON_FINITE_TOP.search(encoded) is not None
+
+
+def refuse_non_finite(what: str, value: Any, encoded: bytes | None = None) -> None:
+    """InvalidPayloadError naming the field when `value` holds NaN or infinity (`encoded`: its
+    BSON, when at hand, spares the walk of a value that holds none)."""
+    if encoded is not None and not may_hold_non_finite(encoded):
+        return
+    found = non_finite_at(value)
+    if found is not None:
+        path, number = found
+        raise InvalidPayloadError(
+            f"{what} field {path!r} is {number!r}: NaN and infinity are not stored (JSON has no "
+            "such number): store None, or a str such as 'nan'"
+        )
+
+
+def finite_or_text(value: Any) -> Any:
+    """A result as stored: NaN and infinity as their text ('nan', 'inf', '-inf'), as anything
+    else BSON or JSON cannot hold is stored as its repr()."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {k: finite_or_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_text(v) for v in value]
+    return value
 
 
 def naive_datetime_at(value: Any, path: str = "") -> tuple[str, dt.datetime] | None:
@@ -130,11 +196,13 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
             "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
         )
     try:
-        size = len(bson.encode(dict(payload)))
+        encoded = bson.encode(dict(payload))
     except ENCODING_ERRORS as exc:
         raise InvalidPayloadError(
             why_unstorable(f"{kind} {name!r}: payload", payload, exc)
         ) from None
+    refuse_non_finite(f"{kind} {name!r}: payload", payload, encoded)
+    size = len(encoded)
     if size > max_bytes:
         raise InvalidPayloadError(
             f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "

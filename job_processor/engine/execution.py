@@ -21,7 +21,7 @@ from ..core.errors import field_errors
 from ..core.models import Job
 from ..core.outcome import Policy
 from ..core.retention import Retention
-from ..core.values import naive_datetime_at
+from ..core.values import finite_or_text, may_hold_non_finite, naive_datetime_at
 from ..storage.jobs import MAX_VALUE_BYTES
 from .threads import USER_THREADS
 
@@ -79,7 +79,8 @@ class ResultTooLarge(ValueError):
 
 
 def storable(value: Any) -> Any:
-    """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise.
+    """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise (NaN and
+    infinity, anywhere in it, as their text: 'nan', 'inf', '-inf').
     Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces), and
     for a datetime without a time zone (it would be read back as UTC: never silently)."""
     naive = naive_datetime_at(value)
@@ -91,7 +92,11 @@ def storable(value: Any) -> Any:
             "back as UTC: return an aware datetime, e.g. datetime.now(UTC)"
         )
     try:
-        size = len(bson.encode({"v": value}))
+        encoded = bson.encode({"v": value})
+        if may_hold_non_finite(encoded):
+            value = finite_or_text(value)
+            encoded = bson.encode({"v": value})
+        size = len(encoded)
     except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError):
         value = repr(value)
         size = len(value)

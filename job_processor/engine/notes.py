@@ -16,6 +16,8 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from ..core import documents as D
 from ..core import notes as N
 from ..core.clock import Clock
@@ -123,6 +125,8 @@ class RunNotes:
                     self.written(update)
             except TRANSIENT:  # kept for the next write (the final one at the latest)
                 self._give_back(update)
+            except PyMongoError as exc:  # refused as such: carried on, it would fail the next
+                self.log.error("job_notes_failed", error=str(exc), **self.fields)
         finally:
             self._writing = False
             if self._timer is asyncio.current_task():

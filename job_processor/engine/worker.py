@@ -31,7 +31,7 @@ from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
-from ..core.values import naive_datetime_at, why_unstorable
+from ..core.values import naive_datetime_at, refuse_non_finite, why_unstorable
 from ..storage import Storage
 from ..storage.jobs import MAX_VALUE_BYTES, EndItem, LostClaim
 from ..storage.transient import TRANSIENT
@@ -488,9 +488,11 @@ class Worker:
                 "datetime, e.g. datetime.now(UTC)"
             )
         try:
-            size = len(bson.encode(state))
+            encoded = bson.encode(state)
         except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
             raise InvalidPayloadError(why_unstorable("checkpoint state", state, exc)) from None
+        refuse_non_finite("checkpoint state", state, encoded)
+        size = len(encoded)
         if size > MAX_VALUE_BYTES:
             raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
         ok = False

@@ -194,3 +194,36 @@ async def test_lines_echoed_to_the_workers_log_are_masked(
     text = str(logged.__dict__["fields"])
     assert "ada" in text
     assert "hunter2-very-secret" not in text and "key-0123456789" not in text
+
+
+async def test_nan_and_infinity_never_cost_a_line_a_progress_or_a_result(db: Any) -> None:
+    """JSON has no NaN or infinity (and the embedded server refuses them): log fields and results
+    keep them as text, checkpoints and payloads refuse them naming the field."""
+    from job_processor import InvalidPayloadError
+
+    refused: list[str] = []
+
+    async def measure(job: Job, signal: AbortSignal) -> dict[str, Any]:
+        await job.report_progress(1, 2, "half")
+        job.log("measured", ratio=float("nan"), peak=float("inf"))
+        try:
+            await job.checkpoint({"best": {"score": float("-inf")}})
+        except InvalidPayloadError as exc:
+            refused.append(str(exc))
+        return {"ratio": float("nan"), "values": [1.5, float("inf")]}
+
+    processor = await make(db, {"measure": JobDef(handler=measure)})
+    with pytest.raises(InvalidPayloadError, match=r"payload field 'limits\[0\]' is inf"):
+        await processor.schedule_job("measure", {"limits": [float("inf")]})
+    async with processor:
+        job = await processor.schedule_job("measure")
+        done = await wait_status(processor, job.id, S.FINISHED)
+    assert done.result == {"ratio": "nan", "values": [1.5, "inf"]}
+    assert [(x["message"], x["fields"]) for x in done.logs] == [
+        ("measured", {"ratio": "nan", "peak": "inf"})
+    ]
+    assert done.progress is not None and done.progress["done"] == 1
+    assert refused == [
+        "checkpoint state field 'best.score' is -inf: NaN and infinity are not stored (JSON has "
+        "no such number): store None, or a str such as 'nan'"
+    ]
