@@ -59,8 +59,8 @@ class Backoff(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["fixed", "linear", "exponential"] = "exponential"
-    base_seconds: float = Field(default=2, gt=0)
-    max_seconds: float | None = Field(default=600, gt=0)
+    base_seconds: float = Field(default=2, gt=0, allow_inf_nan=False)
+    max_seconds: float | None = Field(default=600, gt=0, allow_inf_nan=False)
     jitter: bool = True
 
 
@@ -111,7 +111,7 @@ class Limit(BaseModel):
     key: str
     concurrency: int | None = Field(default=None, ge=1)
     rate: int | None = Field(default=None, ge=1)
-    per_seconds: float | None = Field(default=None, gt=0)
+    per_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("key")
     @classmethod
@@ -180,13 +180,13 @@ class JobDef(BaseModel):
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
-    on_job_exited_timeout: float = Field(default=60, gt=0)
+    on_job_exited_timeout: float = Field(default=60, gt=0, allow_inf_nan=False)
     """Seconds the hook may take; past that it is recorded as failed ("timed out")."""
     resumable: bool = False
     tag: str | None = None
     concurrency: Concurrency = "concurrent"
-    max_runtime_in_minutes: float | None = Field(default=None, gt=0)
-    max_attempts: int | None = Field(default=None, ge=1)
+    max_runtime_in_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_attempts: int | None = Field(default=None, ge=1, le=2**63 - 1)
     """Failed attempts allowed before the job is errored for good (1 = no retry). A crash of the
     worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
     from its checkpoint after up to two crashes)."""
@@ -260,7 +260,7 @@ class CronDef(JobDef):
     """A job that runs on a schedule. `cron_string` has 5 fields, or 6 with seconds first."""
 
     cron_string: str
-    checkin_margin: float = Field(default=5, gt=0, description="minutes")
+    checkin_margin: float = Field(default=5, gt=0, allow_inf_nan=False, description="minutes")
     timezone: str = "UTC"
 
     @field_validator("cron_string")
@@ -424,10 +424,10 @@ class Subscriber(BaseModel):
     name: str
     handler: Callable[..., Any]
     mode: Mode = "async"
-    max_attempts: int = Field(default=SUBSCRIBER_DEFAULT_ATTEMPTS, ge=1)
+    max_attempts: int = Field(default=SUBSCRIBER_DEFAULT_ATTEMPTS, ge=1, le=2**63 - 1)
     backoff: Backoff = Backoff()
     tag: str | None = None
-    max_runtime_in_minutes: float | None = Field(default=None, gt=0)
+    max_runtime_in_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     def __init__(self, name: str | None = None, /, **data: Any) -> None:
         if name is not None:

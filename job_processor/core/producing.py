@@ -177,14 +177,23 @@ def new_job_doc(
         )
     when = due_at(name, scheduled_for, delay, now)
     priority = 0 if priority is None else priority
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise InvalidPayloadError(f"job {name!r}: priority must be an integer, got {priority!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not V.fits_int64(priority):
+        raise InvalidPayloadError(
+            f"job {name!r}: priority must be an integer within 64 bits (MongoDB's), got "
+            f"{priority!r}"
+        )
     if key is not None and (not isinstance(key, str) or not key):
         raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
     attempts = template.attempts if max_attempts is None else max_attempts
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+    if (
+        not isinstance(attempts, int)
+        or isinstance(attempts, bool)
+        or attempts < 1
+        or not V.fits_int64(attempts)
+    ):
         raise InvalidPayloadError(
-            f"job {name!r}: max_attempts must be an integer >= 1, got {max_attempts!r}"
+            f"job {name!r}: max_attempts must be an integer >= 1 within 64 bits, got "
+            f"{max_attempts!r}"
         )
     if tag is not None and tag != template.tag:
         raise InvalidArgumentError(

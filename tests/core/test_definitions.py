@@ -143,3 +143,19 @@ def test_six_field_cron_strings_say_the_first_field_is_seconds() -> None:
         "second=*/5 minute=* hour=* day=* month=* weekday=1"
     )
     assert cron_reading("*/5 * * * *") is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("max_attempts", 2**70, "less than or equal to 9223372036854775807"),
+        ("on_job_exited_timeout", float("inf"), "a finite number"),
+        ("max_runtime_in_minutes", float("nan"), "a finite number"),
+    ],
+)
+def test_numbers_mongodb_or_a_timer_cannot_hold_are_refused_naming_the_field(
+    field: str, value: object, says: str
+) -> None:
+    with pytest.raises(InvalidDefinitionError) as err:
+        JobDef(handler=lambda j, s: None, **{field: value})
+    assert f"field {field!r}" in str(err.value) and says in str(err.value)

@@ -61,6 +61,13 @@ def test_a_job_document_is_validated_and_carries_its_definitions_rules() -> None
         new_job_doc("email", EMAIL, {"to": 3}, now=NOW)
     with pytest.raises(InvalidPayloadError, match="priority must be an integer"):
         new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority="high")
+    with pytest.raises(InvalidPayloadError, match="priority must be an integer within 64 bits"):
+        new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority=2**70)
+    with pytest.raises(InvalidPayloadError, match="max_attempts must be an integer >= 1 within"):
+        new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, max_attempts=2**64)
+    assert new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority=-(2**63))["priority"] == -(
+        2**63
+    )
     with pytest.raises(InvalidArgumentError, match="tag 'gpu' differs from its definition's"):
         new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, tag="gpu")
 
