@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
 import logging
@@ -123,7 +124,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
             ) from None
-        server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
+        try:
+            server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            raise UsageError(
+                f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
+                + ("already in use: pick another port" if taken else (exc.strerror or str(exc)))
+            ) from None
         processor.log.info(
             "metrics_served", host=args.metrics_host, port=args.metrics_port, path="/metrics"
         )

@@ -10,8 +10,10 @@ authenticates. Never runs an app factory and never changes definitions.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 from typing import Any
 
 from ..core.errors import JobProcessorError
@@ -40,6 +42,33 @@ def parse_auth(value: str | None, no_auth: bool) -> Any:
             f"--auth / {AUTH_ENV} must be USER:PASSWORD, e.g. admin:a-long-secret"
         )
     return (user, password)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The dashboard's socket, bound; DashboardUsageError (exit 2) with the fix when the port
+    is taken or the address is not this machine's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, OverflowError) as exc:
+        raise DashboardUsageError(f"--host {host} --port {port}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DashboardUsageError(
+                f"{host}:{port} is already in use (another dashboard?): pick another port, "
+                f"e.g. job-processor dashboard --port {port + 1 if port < 65535 else 8081}"
+            ) from None
+        raise DashboardUsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host and --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -102,11 +131,15 @@ async def run(args: argparse.Namespace) -> int:
             self.should_exit = True
 
     server = Server(config)
+    sock = listening_socket(args.host, args.port)  # before the URL is printed: never a dead one
     print(
         f"job-processor dashboard on http://{args.host}:{args.port}{args.root_path}/ "
         f"(database {db.name}{', read-only' if args.read_only else ''})",
         flush=True,
     )
-    await server.serve()
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
     print("job-processor dashboard: stopped", flush=True)
     return 0

@@ -357,6 +357,33 @@ async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
+async def test_run_on_a_busy_metrics_port_fails_with_the_flag_named(
+    db: Any, mongo_url: str
+) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+            *["--metrics-port", str(port)],
+            cwd=ROOT,
+            env=os.environ | {"MONGODB_URL": url_with_db(mongo_url, db.name)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        taken.close()
+    assert proc.returncode == 2, err
+    assert err.decode().endswith(
+        f"error: --metrics-port {port} on 127.0.0.1: already in use: pick another port\n"
+    )
+
+
 async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str) -> None:
     async def send_email(event: Event, signal: AbortSignal) -> dict[str, str]:
         return {"sent": event.payload["shipment_id"]}

@@ -107,3 +107,32 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
         assert proc.returncode == 0 and "job-processor dashboard: stopped" in out, err
         assert "Traceback" not in err
         assert "pa55word" not in out + err
+
+
+def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
+    mongo_url: str,
+) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, "jp_busy_port")}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    try:
+        out = subprocess.run(
+            [*CLI, "dashboard", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        taken.close()
+    assert out.returncode == 2, out
+    assert out.stderr == (
+        f"error: 127.0.0.1:{port} is already in use (another dashboard?): pick another port, "
+        f"e.g. job-processor dashboard --port {port + 1}\n"
+    )
+    assert "job-processor dashboard on" not in out.stdout
