@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
 from ..core.models import Job
+from ..core.status import JobStatus
 from ..ops.admin import ActionResult, Admin
 from ..storage.connect import MISSING_URL, check_reachable, close_database, open_database
 
@@ -104,9 +105,15 @@ def report(result: ActionResult, as_json: bool) -> int:
     elif made is not None:
         due = made.scheduled_for
         when = "due now" if due <= result.at else f"due {due.isoformat(timespec='seconds')}"
-        print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({made.status}, {when})")
-        for key, why in result.skipped.items():
-            print(f"{key}: {why}")
+        if made.id in result.skipped and made.status != JobStatus.SKIPPED:  # a dedup key held
+            print(
+                f"not created: job {made.name} {made.id} ({made.status}, {when}) holds the key "
+                f"{made.key!r} while it is active"
+            )
+        else:
+            print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({made.status}, {when})")
+            for why in result.skipped.values():
+                print(f"  {why}")
     else:
         verb = result.action.replace("_", " ")
         requested = list(result.detail.get("requested", []))

@@ -143,6 +143,16 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         assert later.stdout.strip() == (
             f"created job fine {new_id} (pending, due 2099-01-01T00:00:00+00:00)"
         )
+        keyed = await cli(url, "jobs", "new", "fine", "--key", "k1", "--at", "2099-01-01")
+        assert keyed.returncode == 0, keyed.stderr
+        again = await cli(url, "jobs", "new", "fine", "--key", "k1")
+        assert again.returncode == 1, again.stderr  # nothing done: the key is held
+        held = keyed.stdout.split()[3]
+        assert again.stdout.strip() == (
+            f"not created: job fine {held} (pending, due 2099-01-01T00:00:00+00:00) holds the "
+            "key 'k1' while it is active"
+        )
+        assert "created job" not in again.stdout and again.stderr == ""
         run_now = await cli(url, "jobs", "run-now", new_id)
         assert run_now.returncode == 0, run_now.stderr
         await wait_status(processor, new_id, "finished")  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from ...core.errors import InvalidArgumentError, JobNotFoundError
 from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
+from ...core.values import fits_int64
 from .base import AdminBase
 from .inputs import (
     DEFAULT_LIMIT,
@@ -334,13 +335,22 @@ class JobsAdmin(AdminBase):
             raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
         body = check_payload(name, payload)
         when = parse_time(scheduled_for, "scheduled_for")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise InvalidArgumentError(f"priority must be an integer, got {priority!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool) or not fits_int64(priority):
+            raise InvalidArgumentError(
+                f"priority must be an integer within 64 bits, got {priority!r}"
+            )
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidArgumentError(f"key must be a non-empty string, got {key!r}")
         attempts = max_attempts if max_attempts is not None else definition.get("max_attempts", 1)
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-            raise InvalidArgumentError(f"max_attempts must be an integer >= 1, got {attempts!r}")
+        if (
+            not isinstance(attempts, int)
+            or isinstance(attempts, bool)
+            or attempts < 1
+            or not fits_int64(attempts)
+        ):
+            raise InvalidArgumentError(
+                f"max_attempts must be an integer >= 1 within 64 bits, got {attempts!r}"
+            )
         result = self._result("job_created", actor)
         doc = D.new_job(
             name,
