@@ -13,9 +13,9 @@ from typing import Any
 import pymongo
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
-from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
+from ..core.errors import DatabaseUnreachableError, InvalidArgumentError, InvalidDatabaseError
 from .sync_adapter import is_sync
 
 #: The database a MONGODB_URL without one names, for every command and example.
@@ -73,12 +73,21 @@ async def check_reachable(db: Any, wait: float) -> None:
             async with asyncio.timeout(wait):
                 await db.command("ping")
     except (TimeoutError, PyMongoError) as exc:
-        reason = why_unreachable(db) if isinstance(exc, TimeoutError) else str(exc).split(",")[0]
+        reason = (
+            why_unreachable(db)
+            if isinstance(exc, TimeoutError)
+            else plainly(str(exc).split(",")[0])
+        )
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
         ) from None
 
+
+_CLOSED = (
+    "it closed the connection at once: what answers there is not MongoDB (an HTTP port?), or "
+    "it expects TLS (add tls=true to the URL)"
+)
 
 #: The usual socket errors, said plainly (the driver's text otherwise).
 PLAIN_REASONS = {
@@ -88,7 +97,15 @@ PLAIN_REASONS = {
     "Errno -5": "host name not found",
     "Errno 113": "no route to host",
     "larger than server max message size": "what answers there is not MongoDB (an HTTP port?)",
+    "onnection is already closed": _CLOSED,
+    "onnection is closed": _CLOSED,
+    "Errno 104": _CLOSED,  # connection reset by peer
 }
+
+
+def plainly(text: str) -> str:
+    """A driver's connection error, said plainly when it is a usual one."""
+    return next((p for k, p in PLAIN_REASONS.items() if k in text), text)
 
 
 def why_unreachable(db: Any) -> str:
@@ -97,8 +114,7 @@ def why_unreachable(db: Any) -> str:
         for (host, port), server in db.client.topology_description.server_descriptions().items():
             if server.error is not None:
                 text = str(server.error).removeprefix(f"{host}:{port}: ").split(" (configured")[0]
-                plain = next((p for k, p in PLAIN_REASONS.items() if k in text), None)
-                return plain or text
+                return plainly(text)
     return "no answer"
 
 
@@ -111,7 +127,12 @@ def open_database(url: str, timeout: float | None = None) -> Any:
             "serverSelectionTimeoutMS": int(timeout * 1000),
             "connectTimeoutMS": int(timeout * 1000),
         }
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, **options)
+    try:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, **options)
+    except ConfigurationError as exc:  # InvalidURI included: a typo, not an outage
+        raise InvalidArgumentError(
+            f"MONGODB_URL is not a MongoDB URL: {exc} (e.g. mongodb://host:27017/dbname)"
+        ) from None
     return client.get_default_database(default=DEFAULT_DATABASE)
 
 

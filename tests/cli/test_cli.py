@@ -10,7 +10,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -263,12 +265,41 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
     assert "unknown job 'fien' (did you mean 'fine'?): check the name" in typo.stderr
 
 
+def _hang_up(listening: socket.socket, stop: threading.Event) -> None:
+    """Accept and close every connection at once, until `stop`."""
+    listening.settimeout(0.05)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            conn, _ = listening.accept()
+            conn.close()
+
+
 async def test_clear_errors(mongo_url: str) -> None:
     unreachable = await cli("mongodb://127.0.0.1:1/x", "jobs", "list", "--timeout", "0.5")
     assert unreachable.returncode == 3
     assert unreachable.stderr.strip().startswith("error: cannot reach MongoDB at 127.0.0.1:1")
     assert "(connection refused: nothing listens on that port)" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+    scheme = await cli("http://127.0.0.1:1/x", "jobs", "list")
+    assert scheme.returncode == 2  # a typo in the URL, not an outage
+    assert scheme.stderr.startswith("error: MONGODB_URL is not a MongoDB URL: Invalid URI scheme")
+    assert "(e.g. mongodb://host:27017/dbname)" in scheme.stderr
+    with socket.socket() as closes:  # a service that is not MongoDB: it hangs up at once
+        closes.bind(("127.0.0.1", 0))
+        closes.listen()
+        port = closes.getsockname()[1]
+        stop = threading.Event()
+        hangs_up = threading.Thread(target=_hang_up, args=(closes, stop))
+        hangs_up.start()
+        try:
+            not_mongodb = await cli(
+                f"mongodb://127.0.0.1:{port}/x", "jobs", "list", "--timeout", "2"
+            )
+        finally:
+            stop.set()
+            hangs_up.join()
+    assert not_mongodb.returncode == 3
+    assert "what answers there is not MongoDB (an HTTP port?)" in not_mongodb.stderr
     health = await cli("mongodb://127.0.0.1:1/x", "--timeout", "0.5", "health")
     assert health.returncode == 1 and "cannot reach MongoDB" in health.stdout
     bad_id = await cli(mongo_url, "jobs", "show", "nope")
