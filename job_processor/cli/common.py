@@ -12,13 +12,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
+from pymongo.errors import PyMongoError
 
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
 from ..core.models import Job
 from ..core.status import JobStatus
 from ..ops.admin import ActionResult, Admin
-from ..storage.connect import MISSING_URL, check_reachable, close_database, open_database
+from ..storage.connect import (
+    MISSING_URL,
+    check_reachable,
+    close_database,
+    databases_with_data,
+    holds_data,
+    open_database,
+)
 
 DONE, NOTHING, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
 
@@ -38,10 +46,28 @@ async def with_admin(args: argparse.Namespace, fn: Callable[[Admin], Awaitable[i
     db = open_database(mongodb_url(), args.timeout)
     try:
         await check_reachable(db, args.timeout)
+        await warn_if_empty(db, args.prefix)
         admin = await Admin.open(db, args.prefix, actor=args.actor or None)
         return await fn(admin)
     finally:
         await close_database(db)
+
+
+async def warn_if_empty(db: Any, prefix: str) -> None:
+    """A database without job-processor collections is most likely a typo in MONGODB_URL (or a
+    --prefix that differs): say so on stderr, with the databases that do hold some."""
+    try:
+        if await holds_data(db, prefix):
+            return
+        others = await databases_with_data(db, prefix)
+    except PyMongoError:
+        return
+    where = f"; databases that do: {', '.join(others)}" if others else ""
+    print(
+        f"warning: database {db.name!r} holds no job-processor collections ({prefix}*): check "
+        f"the database name in MONGODB_URL{where}",
+        file=sys.stderr,
+    )
 
 
 def emit_json(value: Any) -> None:

@@ -140,3 +140,27 @@ async def close_database(db: Any) -> None:
     result = db.client.close()
     if hasattr(result, "__await__"):
         await result
+
+
+async def holds_data(db: Any, prefix: str) -> bool:
+    """Whether this database has any collection of job-processor (`prefix`...)."""
+    names = await db.list_collection_names()
+    return any(str(n).startswith(prefix) for n in names)
+
+
+async def databases_with_data(db: Any, prefix: str, limit: int = 20) -> list[str]:
+    """The other databases of this server that hold job-processor collections (best effort:
+    empty when this user may not list databases); at most `limit` databases are looked into."""
+    client = db.client
+    try:
+        names = [n for n in await client.list_database_names() if n not in _SYSTEM_DATABASES]
+        return [
+            name
+            for name in names[:limit]
+            if name != db.name and await holds_data(client[name], prefix)
+        ]
+    except PyMongoError:
+        return []
+
+
+_SYSTEM_DATABASES = frozenset({"admin", "config", "local"})

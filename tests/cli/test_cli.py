@@ -274,12 +274,19 @@ def _hang_up(listening: socket.socket, stop: threading.Event) -> None:
             conn.close()
 
 
-async def test_clear_errors(mongo_url: str) -> None:
+async def test_clear_errors(mongo_url: str, db: Any) -> None:
     unreachable = await cli("mongodb://127.0.0.1:1/x", "jobs", "list", "--timeout", "0.5")
     assert unreachable.returncode == 3
     assert unreachable.stderr.strip().startswith("error: cannot reach MongoDB at 127.0.0.1:1")
     assert "(connection refused: nothing listens on that port)" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+    await init_job_processor(db, jobs={"fine": JobDef(handler=tick)})  # a database with data
+    typo = await cli(url_with_db(mongo_url, "job_procesor"), "jobs", "list")
+    assert typo.returncode == 0 and typo.stdout.splitlines()[-1] == "(none)"
+    assert typo.stderr.startswith(
+        "warning: database 'job_procesor' holds no job-processor collections (job_processor_*): "
+        "check the database name in MONGODB_URL; databases that do: "
+    )
     scheme = await cli("http://127.0.0.1:1/x", "jobs", "list")
     assert scheme.returncode == 2  # a typo in the URL, not an outage
     assert scheme.stderr.startswith("error: MONGODB_URL is not a MongoDB URL: Invalid URI scheme")
