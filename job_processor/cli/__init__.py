@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from ..core.errors import JobProcessorError
 from . import common
-from .parser import build_parser
+from .parser import build_parser, parse
 from .run import RunContext, configure_logging
 
 __all__ = ["RunContext", "build_parser", "main"]
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | No
     """Run the command line. `commands`: the functions of the commands the parser declares
     without one (the demo, given by the entry point)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, list(argv if argv is not None else sys.argv[1:]))
     if args.func is None:
         given_func = (commands or {}).get(args.command)
         if given_func is None:

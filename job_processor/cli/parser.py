@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import difflib
 import os
 
+from ..core.errors import InvalidArgumentError
+from ..ops.admin.inputs import parse_time
 from . import crons as crons_cli
 from . import events as events_cli
 from . import jobs as jobs_cli
 from . import names as names_cli
 from . import run, server
 from . import status as status_cli
+
+
+def iso_time(text: str) -> dt.datetime | None:
+    """A date option (--at, --since, --until): ISO 8601, UTC when it has no offset; refused
+    before anything is sent, naming the option."""
+    try:
+        value = parse_time(text, "date")
+    except InvalidArgumentError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date: use ISO 8601, e.g. 2030-01-31T09:00:00Z or 2030-01-31 "
+            "(UTC when no offset is given)"
+        ) from None
+    return value  # None for "": not given
 
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
@@ -152,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tag")
     p.add_argument("--key", help="dedup key")
-    p.add_argument("--since", help="created at or after (ISO 8601, UTC by default)")
-    p.add_argument("--until", help="created before (ISO 8601)")
+    p.add_argument("--since", type=iso_time, help="created at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", type=iso_time, help="created before (ISO 8601)")
     p.add_argument("--id", help="this job only")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
@@ -190,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="the job's name, as given to init_job_processor(jobs={...})")
     p.add_argument("--payload", default="{}", help="a JSON object")
-    p.add_argument("--at", help="scheduled for (ISO 8601; default now)")
+    p.add_argument("--at", type=iso_time, help="scheduled for (ISO 8601; default now)")
     p.add_argument(
         "--priority", type=int, default=0, help="higher runs first among due jobs (default 0)"
     )
@@ -234,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = events.add_parser("list", parents=[opt], help="events newest first")
     p.add_argument("--name", help="one event name")
-    p.add_argument("--since", help="emitted at or after (ISO 8601, UTC by default)")
-    p.add_argument("--until", help="emitted before (ISO 8601)")
+    p.add_argument("--since", type=iso_time, help="emitted at or after (ISO 8601, UTC by default)")
+    p.add_argument("--until", type=iso_time, help="emitted before (ISO 8601)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=events_cli.events_list)
     p = events.add_parser("show", parents=[opt], help="one event with its deliveries")
@@ -248,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("event_id", nargs="?", help="the event (or give --name and --since)")
     p.add_argument("--name", help="replay the events of this name emitted in --since/--until")
-    p.add_argument("--since", help="with --name: emitted at or after (ISO 8601)")
-    p.add_argument("--until", help="with --name: emitted before (ISO 8601; default now)")
+    p.add_argument("--since", type=iso_time, help="with --name: emitted at or after (ISO 8601)")
+    p.add_argument(
+        "--until", type=iso_time, help="with --name: emitted before (ISO 8601; default now)"
+    )
     p.add_argument(
         "--subscriber",
         action="append",
@@ -291,3 +310,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run.cmd_dashboard)
     _no_abbreviations(parser)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with an unknown option explained: the command's own option it resembles
+    (`--state`: did you mean --status?), or an option of the command given before it
+    (`job-processor --json jobs list`: --json goes after the subcommand)."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    leaf, path = parser, [parser.prog]
+    while True:
+        chosen = None
+        for action in leaf._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(args, action.dest or "", None)
+                if name in action.choices:
+                    chosen = action.choices[name]
+                    path.append(str(name))
+        if chosen is None:
+            break
+        leaf = chosen
+    known = sorted({o for a in leaf._actions for o in a.option_strings if o.startswith("--")})
+    shown = [o for a in leaf._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
+    hints = []
+    for extra in extras:
+        option = extra.split("=")[0]
+        if not option.startswith("-"):
+            continue
+        if option in known:
+            hints.append(f"{option} goes after the subcommand: {' '.join(path)} ... {option}")
+            continue
+        close = difflib.get_close_matches(option, shown, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"did you mean {close[0]}?")
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    leaf.error(f"{text} ({'; '.join(hints)})" if hints else text)
+    raise AssertionError("unreachable")  # error() exits

@@ -309,6 +309,24 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     assert "what answers there is not MongoDB (an HTTP port?)" in not_mongodb.stderr
     health = await cli("mongodb://127.0.0.1:1/x", "--timeout", "0.5", "health")
     assert health.returncode == 1 and "cannot reach MongoDB" in health.stdout
+    state = await cli(mongo_url, "jobs", "list", "--state", "errored")
+    assert state.returncode == 2
+    assert state.stderr.splitlines()[-1] == (
+        "job-processor jobs list: error: unrecognized arguments: --state errored "
+        "(did you mean --status?)"
+    )
+    early = await cli(mongo_url, "--json", "workers", "list")
+    assert early.returncode == 2
+    assert early.stderr.splitlines()[-1].endswith(
+        "unrecognized arguments: --json (--json goes after the subcommand: "
+        "job-processor workers list ... --json)"
+    )
+    tomorrow = await cli(mongo_url, "jobs", "new", "fine", "--at", "tomorrow")
+    assert tomorrow.returncode == 2
+    assert tomorrow.stderr.splitlines()[-1] == (
+        "job-processor jobs new: error: argument --at: 'tomorrow' is not a date: use ISO 8601, "
+        "e.g. 2030-01-31T09:00:00Z or 2030-01-31 (UTC when no offset is given)"
+    )
     bad_id = await cli(mongo_url, "jobs", "show", "nope")
     assert bad_id.returncode == 2 and "not a job id" in bad_id.stderr
     usage = await cli(mongo_url, "jobs", "retry")
