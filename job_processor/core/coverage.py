@@ -45,9 +45,12 @@ def coverage(
     counts: Mapping[str, Mapping[str, int]],
     paused: Iterable[str],
     now: dt.datetime,
+    due: Mapping[str, int] | None = None,
 ) -> Coverage:
     """`known`: name -> what is known of its definition (registry document fields: kind, tag,
-    last_seen; may be partial). `counts`: name -> status -> jobs."""
+    last_seen; may be partial). `counts`: name -> status -> jobs. `due`: name -> jobs due now
+    (claimable), for the paused names: a pause holds those; jobs scheduled later are only
+    counted beside them (without `due`, every waiting job is taken as due)."""
     out = Coverage()
     live = list(live_workers)
     paused = set(paused)
@@ -83,11 +86,13 @@ def coverage(
             )
     for name in sorted(paused):
         waiting = _waiting(counts.get(name, {}))
-        if waiting:
+        held = min(waiting, due.get(name, 0)) if due is not None else waiting
+        if held:
+            later = waiting - held
+            more = f"; {later} more scheduled later" if later else ""
             out.warnings.append(
-                f"{name!r} is paused: {jobs(waiting, 'job')} {'waits' if waiting == 1 else 'wait'} "
-                "until it is resumed "
-                f"(job-processor names resume {name})"
+                f"{name!r} is paused: {jobs(held, 'due job')} {'waits' if held == 1 else 'wait'} "
+                f"until it is resumed{more} (job-processor names resume {name})"
             )
     return out
 

@@ -61,7 +61,12 @@ async def build_status(
         kind = "cron" if name in crons else "job"
         known[name] = known.get(name, {}) | {"kind": kind, "tag": definition.tag}
     paused = await storage.paused.names()
-    cov = coverage(known, live, jobs, paused, now)
+    due = {
+        name: await storage.jobs.count_due([name], now)
+        for name in sorted(paused)
+        if jobs.get(name, {}).get("pending") or jobs.get(name, {}).get("paused")
+    }
+    cov = coverage(known, live, jobs, paused, now, due)
     warnings += cov.warnings
     limits = top_usage(await storage.limits.all(), now)
     return ProcessorStatus(

@@ -65,7 +65,21 @@ async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
         assert (await processor.get_job(held.id)).status == "pending"
         status = await processor.get_status()
         assert status.paused_names == ["anywhere"]
-        assert any("'anywhere' is paused: 1 job waits" in w for w in status.warnings)
+        assert (
+            "'anywhere' is paused: 1 due job waits until it is resumed (job-processor names "
+            "resume anywhere)" in status.warnings
+        )
+        # a job scheduled for later is not held by the pause (yet): counted apart
+        await processor.schedule_job("anywhere", {}, delay=3600)
+        status = await processor.get_status()
+        assert any(
+            w.startswith(
+                "'anywhere' is paused: 1 due job waits until it is resumed; 1 more scheduled later"
+            )
+            for w in status.warnings
+        )
+        overview = await admin.overview()
+        assert any("1 due job waits until it is resumed; 1 more" in w for w in overview.warnings)
         assert (await admin.resume("anywhere")).done
         await wait_status(processor, held.id, "finished")  # type: ignore[arg-type]
         assert processor.worker.paused == frozenset()

@@ -50,7 +50,8 @@ class StatusAdmin(CronsAdmin):
                 oldest_due_age_seconds=max(0.0, (now_ms - oldest) / 1000) if n_due else None,
             )
         throughput, capped = await self._throughput(now, minutes)
-        cov = coverage(known, live_docs, counts, paused, now)
+        due_now = {name: n for name, (n, _) in due.items()}
+        cov = coverage(known, live_docs, counts, paused, now, due_now)
         warnings = list(cov.warnings)
         dead = [w for w in workers if not w.alive]
         for w in dead:
