@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -27,6 +27,11 @@ from .state import Dashboard
 
 Handler = Callable[[Request], Awaitable[Response]]
 PageHandler = Callable[[Dashboard, Request], Awaitable[Response]]
+
+
+async def favicon(request: Request) -> Response:
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return RedirectResponse(f"{root}/static/favicon.svg", status_code=301)
 
 
 def create_dashboard(
@@ -121,6 +126,7 @@ def create_dashboard(
         r("/metrics", views.metrics),
         r("/healthz", views.healthz),
         r("/readyz", views.readyz),
+        Route("/favicon.ico", favicon),  # asked for by browsers whatever the page says
         Mount("/static", StaticFiles(packages=[("job_processor.dashboard", "static")])),
         *extra_routes,
     ]

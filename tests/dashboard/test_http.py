@@ -380,6 +380,11 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
         )
         assert resp.headers["location"] == f"/jobs/jobs/{job_id}"
         assert (await c.get("/jobs/static/dashboard.css")).status_code == 200
+        icon = await c.get("/jobs/favicon.ico")  # browsers ask for it whatever the page says
+        assert icon.status_code == 301 and icon.headers["location"] == "/jobs/static/favicon.svg"
+        svg = await c.get("/jobs/static/favicon.svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+        assert '<link rel="icon" href="/jobs/static/favicon.svg"' in page.text
         metrics = await c.get("/jobs/metrics")
         assert metrics.status_code == 200
         assert 'job_processor_jobs{name="send-email"' in metrics.text
