@@ -562,3 +562,16 @@ async def test_runs_read_so_that_they_add_up_and_each_shows_its_outcome(processo
         runs = page[page.index("<h2>Runs") :]
         assert 'class="badge s-paused">paused<' in runs
         assert 'class="badge s-failed">failed<' in runs
+
+
+async def test_a_worker_with_stuck_threads_is_flagged(processor: Any) -> None:
+    """Plain-def calls given up but still running (engine.threads) show on the worker's row and
+    as a warning on the overview."""
+    p, _ = processor
+    await p.storage.workers.beat(p.worker.worker_id, p.clock.now(), {"stuck_threads": 2})
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        workers = (await c.get("/workers")).text
+        assert "2 stuck threads" in workers
+        overview = (await c.get("/")).text
+        assert "2 plain-def handler or hook call(s) given up" in overview

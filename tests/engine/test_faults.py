@@ -15,6 +15,7 @@ from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core import documents as D
+from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
 from .test_recovery import plant_dead_worker_job
@@ -272,6 +273,11 @@ async def test_plain_hooks_that_hang_never_starve_plain_handlers_or_hooks(db: An
                 await asyncio.sleep(0.1)
             report = await health.check(db, collection_prefix=processor.storage.prefix)
             assert "12 plain-def handler or hook call(s) given up" in report.reason
+            overview = await Admin(db).overview()
+            assert any(
+                "12 plain-def handler or hook call(s) given up" in w for w in overview.warnings
+            )
+            assert (await processor.get_status()).workers[0].stuck_threads == 12
     finally:
         release.set()
     # the hook that returned late does not change what was recorded at its timeout

@@ -61,6 +61,14 @@ class StatusAdmin(CronsAdmin):
                 f"sent a heartbeat for {w.seconds_since_heartbeat:.0f}s{jobs}: a live worker's "
                 "next sweep recovers it"
             )
+        warnings.extend(
+            f"worker {w.id} ({w.hostname}, pid {w.pid}): {w.stuck_threads} plain-def handler or "
+            "hook call(s) given up (past their grace period or timeout) still run in its "
+            "threads; they hold no slot, but look for a blocking call that ignores the abort "
+            "signal"
+            for w in workers
+            if w.alive and w.stuck_threads
+        )
         if not live_docs:
             warnings.append("no live worker: nothing is being run")
         warnings += await webhook_warnings(self.storage)
