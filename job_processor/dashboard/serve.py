@@ -47,16 +47,15 @@ def parse_auth(value: str | None, no_auth: bool) -> Any:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The dashboard's socket, bound; DashboardUsageError (exit 2) with the fix when the port
     is taken or the address is not this machine's."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (OSError, OverflowError) as exc:
-        raise DashboardUsageError(f"--host {host} --port {port}: {exc}") from None
-    sock = socket.socket(family, kind, proto)
+    # as uvicorn binds a host: IPv6 when it has a colon, else IPv4 ("localhost": 127.0.0.1)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host.strip("[]"), port))
+    except OverflowError:
+        sock.close()
+        raise DashboardUsageError(f"--port {port}: a port is a number from 1 to 65535") from None
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -132,8 +131,11 @@ async def run(args: argparse.Namespace) -> int:
 
     server = Server(config)
     sock = listening_socket(args.host, args.port)  # before the URL is printed: never a dead one
+    shown_host = (
+        f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    )
     print(
-        f"job-processor dashboard on http://{args.host}:{args.port}{args.root_path}/ "
+        f"job-processor dashboard on http://{shown_host}:{args.port}{args.root_path}/ "
         f"(database {db.name}{', read-only' if args.read_only else ''})",
         flush=True,
     )
