@@ -55,6 +55,7 @@ class RunNotes:
         self._timer: asyncio.Task[None] | None = None
         self._writing = False
         self._closed = False
+        self._loop = asyncio.get_running_loop()
 
     # ---- the NoteSink -------------------------------------------------------------------------
 
@@ -68,11 +69,25 @@ class RunNotes:
         return progress
 
     def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None:
+        """Called by `job.log` on the worker's loop, or on a thread by a plain-def handler: the
+        line is made (and echoed) at once, and kept on the loop, in the order of the calls (so
+        before the run's final write, whose result comes back through the loop too)."""
         attempt = int(self.run.doc.get("attempt") or 0)
         line = N.log_line(attempt, level, message, fields, self.clock.now())
+        self._echo(level, line)
+        if _running_loop() is self._loop:
+            self._keep(line)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                self._loop.call_soon_threadsafe(self._keep, line)
+
+    def _keep(self, line: Doc) -> None:
         self.lines.append(line)
         if len(self.lines) > N.LOG_LIMIT:  # only the last ones would be kept anyway
             del self.lines[: len(self.lines) - N.LOG_LIMIT]
+        self._soon()
+
+    def _echo(self, level: str, line: Doc) -> None:
         # the worker's log too, masked as the dashboard and the CLI show the line
         shown = masked_line(_MASKER, line, _MASKER.secrets(self.run.doc.get("payload")))
         method = getattr(self.log, level if level in _METHODS else "error")
@@ -80,7 +95,6 @@ class RunNotes:
         # shown as `event_` in the worker's log (the job keeps it as given)
         echoed = {("event_" if k == "event" else k): v for k, v in shown.get("fields", {}).items()}
         method("job_logged", **(echoed | self.fields | {"message": shown["message"]}))
-        self._soon()
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -144,6 +158,13 @@ class RunNotes:
             self.pending_progress = update.get("$set", {}).get("progress")
         earlier = update.get("$push", {}).get("logs", {}).get("$each", [])
         self.lines = [*earlier, *self.lines][-N.LOG_LIMIT :]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a plain-def handler's thread
+        return None
 
 
 def _now() -> float:

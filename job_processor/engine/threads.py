@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,7 @@ class _Call:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     given_up: bool = False
+    running: bool = False
     finished: bool = False
     on_late_return: Callable[[str, float], None] | None = field(default=None, repr=False)
     started: float = 0.0
@@ -98,8 +100,16 @@ class UserThreads:
             with self._lock:
                 if not call.finished and not call.given_up:
                     call.given_up = True
-                    self._stuck += 1
+                    if call.running:  # else its thread will skip it
+                        self._stuck += 1
             raise
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has none of the parent's threads: start from nothing (else its first
+        plain call would wait for a thread that does not exist there)."""
+        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._idle = self._threads = self._busy = self._stuck = 0
 
     def _submit(self, call: _Call) -> None:
         with self._lock:
@@ -129,6 +139,13 @@ class UserThreads:
                 call = self._queue.get()
 
     def _execute(self, call: _Call) -> None:
+        with self._lock:
+            if call.given_up:  # given up before it started: it does not run at all
+                call.finished = True
+                self._busy -= 1
+                self._idle += 1
+                return
+            call.running = True
         call.started = time.monotonic()
         ok = True
         try:
@@ -140,14 +157,18 @@ class UserThreads:
             late = call.given_up
             if late:
                 self._stuck -= 1
-            # idle before the result is handed back: the caller's next call reuses this thread
-            self._busy -= 1
-            self._idle += 1
+            else:
+                # idle before the result is handed back: the caller's next call reuses this thread
+                self._busy -= 1
+                self._idle += 1
         if late:
             if call.on_late_return is not None:
                 elapsed = time.monotonic() - call.started
                 with contextlib.suppress(Exception):  # a log line must not kill the thread
                     call.on_late_return(getattr(call.fn, "__name__", repr(call.fn)), elapsed)
+            with self._lock:  # idle again once its late return was reported
+                self._busy -= 1
+                self._idle += 1
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             call.loop.call_soon_threadsafe(_settle, call.future, ok, value)
@@ -155,3 +176,6 @@ class UserThreads:
 
 USER_THREADS = UserThreads()
 """The process's threads for plain user code (handlers, hooks, subscribers)."""
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=USER_THREADS._after_fork_in_child)

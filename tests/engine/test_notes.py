@@ -227,3 +227,19 @@ async def test_nan_and_infinity_never_cost_a_line_a_progress_or_a_result(db: Any
         "checkpoint state field 'best.score' is -inf: NaN and infinity are not stored (JSON has "
         "no such number): store None, or a str such as 'nan'"
     ]
+
+
+async def test_a_plain_def_handler_logs_from_its_thread(db: Any) -> None:
+    """A plain handler runs on a thread: its lines reach the job, in order, before its result."""
+
+    def export(job: Job, signal: AbortSignal) -> int:
+        for row in range(1, 51):
+            job.log("exported", row=row)
+        job.logger.warning("done", rows=50)
+        return 50
+
+    processor = await make(db, {"export": JobDef(handler=export)})
+    done = await processor.run_job("export")
+    assert done.status == S.FINISHED and done.result == 50
+    assert [x["fields"].get("row") for x in done.logs] == [*range(1, 51), None]
+    assert (done.logs[-1]["level"], done.logs[-1]["message"]) == ("warning", "done")

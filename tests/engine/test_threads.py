@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from job_processor.engine.execution import call_maybe_async
-from job_processor.engine.threads import UserThreads
+from job_processor.engine.threads import UserThreads, _Call
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("WHO", default="nobody")
 
@@ -47,7 +47,54 @@ async def test_a_stuck_call_never_keeps_others_from_running() -> None:
     await asyncio.wait_for(all_back.wait(), 10)
     assert all(name == "wait" and seconds >= 0 for name, seconds in late)
     assert threads.stuck == 0
-    assert threads.stats()["busy"] == 0
+    async with asyncio.timeout(10):  # each thread is idle once its late return was reported
+        while threads.stats()["busy"]:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_call_given_up_before_it_started_does_not_run() -> None:
+    threads = UserThreads()
+    loop = asyncio.get_running_loop()
+    ran: list[int] = []
+    call = _Call(ran.append, (1,), contextvars.copy_context(), loop, loop.create_future())
+    call.given_up = True  # as `run` does when its caller is cancelled before a thread took it
+    threads._busy = 1
+    threads._execute(call)
+    assert ran == []
+    assert call.finished
+    assert threads.stats() == {"threads": 0, "busy": 0, "stuck": 0}
+    assert threads._idle == 1  # the thread it was queued for is free for the next call
+
+
+def test_a_forked_child_runs_plain_calls_on_threads_of_its_own() -> None:
+    """The child inherits the parent's counters (an idle thread) but none of its threads."""
+    code = textwrap.dedent(
+        """
+        import asyncio, os
+        from job_processor.engine.execution import call_maybe_async
+
+        async def one(x):
+            async with asyncio.timeout(10):
+                return await call_maybe_async(lambda: x * 2)
+
+        assert asyncio.run(one(1)) == 2  # the parent now has one idle thread
+        pid = os.fork()
+        if pid == 0:
+            try:
+                print("child", asyncio.run(one(2)), flush=True)
+                os._exit(0)
+            except BaseException as exc:
+                print("child failed", repr(exc), flush=True)
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print("parent", os.waitstatus_to_exitcode(status), flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "4", "parent", "0"], done.stdout + done.stderr
 
 
 async def test_threads_are_reused_and_results_errors_and_context_come_back() -> None:
