@@ -30,6 +30,10 @@ Mode = Literal["async", "sync", "serial"]
 #: max_attempts of a resumable job when not given: a crash counts as an attempt.
 RESUMABLE_DEFAULT_ATTEMPTS = 3
 
+#: The longest duration a definition may give: a year (in seconds, and in minutes).
+_YEAR_S = 365 * 24 * 3600
+_YEAR_MIN = 365 * 24 * 60
+
 
 def _check_callable(value: Any, field: str, params: str) -> Any:
     """A function that can be called with the parameters named in `params` ("job, signal")."""
@@ -59,8 +63,8 @@ class Backoff(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["fixed", "linear", "exponential"] = "exponential"
-    base_seconds: float = Field(default=2, gt=0, allow_inf_nan=False)
-    max_seconds: float | None = Field(default=600, gt=0, allow_inf_nan=False)
+    base_seconds: float = Field(default=2, gt=0, le=_YEAR_S, allow_inf_nan=False)
+    max_seconds: float | None = Field(default=600, gt=0, le=_YEAR_S, allow_inf_nan=False)
     jitter: bool = True
 
 
@@ -111,7 +115,7 @@ class Limit(BaseModel):
     key: str
     concurrency: int | None = Field(default=None, ge=1)
     rate: int | None = Field(default=None, ge=1)
-    per_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    per_seconds: float | None = Field(default=None, gt=0, le=_YEAR_S, allow_inf_nan=False)
 
     @field_validator("key")
     @classmethod
@@ -180,12 +184,14 @@ class JobDef(BaseModel):
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
-    on_job_exited_timeout: float = Field(default=60, gt=0, allow_inf_nan=False)
+    on_job_exited_timeout: float = Field(default=60, gt=0, le=_YEAR_S, allow_inf_nan=False)
     """Seconds the hook may take; past that it is recorded as failed ("timed out")."""
     resumable: bool = False
     tag: str | None = None
     concurrency: Concurrency = "concurrent"
-    max_runtime_in_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_runtime_in_minutes: float | None = Field(
+        default=None, gt=0, le=_YEAR_MIN, allow_inf_nan=False
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=2**63 - 1)
     """Failed attempts allowed before the job is errored for good (1 = no retry). A crash of the
     worker counts as a failed attempt. Default: 1, or 3 for a resumable job (so that it resumes
@@ -260,7 +266,9 @@ class CronDef(JobDef):
     """A job that runs on a schedule. `cron_string` has 5 fields, or 6 with seconds first."""
 
     cron_string: str
-    checkin_margin: float = Field(default=5, gt=0, allow_inf_nan=False, description="minutes")
+    checkin_margin: float = Field(
+        default=5, gt=0, le=_YEAR_MIN, allow_inf_nan=False, description="minutes"
+    )
     timezone: str = "UTC"
 
     @field_validator("cron_string")
@@ -427,7 +435,9 @@ class Subscriber(BaseModel):
     max_attempts: int = Field(default=SUBSCRIBER_DEFAULT_ATTEMPTS, ge=1, le=2**63 - 1)
     backoff: Backoff = Backoff()
     tag: str | None = None
-    max_runtime_in_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_runtime_in_minutes: float | None = Field(
+        default=None, gt=0, le=_YEAR_MIN, allow_inf_nan=False
+    )
 
     def __init__(self, name: str | None = None, /, **data: Any) -> None:
         if name is not None:

@@ -119,11 +119,24 @@ class JobAbortedError(JobProcessorError):
         super().__init__(f"job aborted: {reason}")
 
 
+#: RetryLater's longest delay: a year, in seconds.
+MAX_RETRY_DELAY = 365 * 24 * 3600
+
+
 class RetryLater(JobProcessorError):
     """Raise from a handler to retry after `delay` seconds instead of the backoff's delay.
     It counts as a failed attempt: with no attempt left the job is errored."""
 
     def __init__(self, delay: float, reason: str = "") -> None:
+        if (
+            not isinstance(delay, int | float)
+            or isinstance(delay, bool)
+            or not 0 <= delay <= MAX_RETRY_DELAY  # NaN fails this too
+        ):
+            raise ValueError(
+                f"RetryLater(delay=...) must be a number of seconds from 0 to {MAX_RETRY_DELAY} "
+                f"(a year), got {delay!r}"
+            )
         self.delay = float(delay)
         self.reason = reason
         super().__init__(f"retry in {self.delay:g}s" + (f": {reason}" if reason else ""))

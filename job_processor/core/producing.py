@@ -122,7 +122,11 @@ def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.da
                 f"job {name!r}: delay must be a timedelta or a number of seconds, got "
                 f"{type(delay).__name__} {delay!r}"
             )
-        if seconds < 0 or seconds != seconds:
+        if seconds != seconds:
+            raise InvalidArgumentError(
+                f"job {name!r}: delay must be a number of seconds, got {delay!r} (not a number)"
+            )
+        if seconds < 0:
             raise InvalidArgumentError(f"job {name!r}: delay must not be negative, got {delay!r}")
         try:
             return to_millis(now + dt.timedelta(seconds=seconds))

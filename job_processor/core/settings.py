@@ -66,7 +66,20 @@ def check_retry_budget(value: Any) -> float:
     return float(value)
 
 
+#: The longest interval or timeout a processor setting may hold: a year, in seconds.
+MAX_SETTING_SECONDS = 365 * 24 * 3600
+
+
 def check_positive(name: str, value: float) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise InvalidDefinitionError(f"{name} must be a positive number of seconds, got {value!r}")
+    """A processor's interval or timeout: a number of seconds above 0, at most a year (NaN and
+    infinity are refused: a poll of NaN seconds would spin, a timeout of inf cannot be stored)."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value <= MAX_SETTING_SECONDS  # NaN fails this too
+    ):
+        raise InvalidDefinitionError(
+            f"{name} must be a number of seconds above 0 and at most {MAX_SETTING_SECONDS} "
+            f"(a year), got {value!r}"
+        )
     return float(value)

@@ -33,6 +33,8 @@ def test_dicts_are_accepted_and_validated() -> None:
         ({"handler": handler, "concurrency": "sometimes"}, "'concurrency'"),
         ({"handler": handler, "max_runtime_in_minutes": 0}, "'max_runtime_in_minutes'"),
         ({"handler": handler, "retries": 3}, "'retries'"),
+        ({"handler": handler, "on_job_exited_timeout": 1e300}, "'on_job_exited_timeout'"),
+        ({"handler": handler, "max_runtime_in_minutes": 1e9}, "'max_runtime_in_minutes'"),
         ({}, "'handler'"),
         ({"handler": handler, "tag": " "}, "'tag'"),
     ],
@@ -51,6 +53,7 @@ def test_invalid_job_names_the_job_and_field(definition: dict[str, object], need
         ({"cron_string": "* * *"}, "5 fields"),
         ({"cron_string": "0 2 * * *", "timezone": "Mars/Olympus"}, "unknown timezone"),
         ({"cron_string": "0 2 * * *", "checkin_margin": -1}, "'checkin_margin'"),
+        ({"cron_string": "0 2 * * *", "checkin_margin": 1e300}, "less than or equal to 525600"),
         ({"cron_string": "0 2 * * *", "cron": "x"}, "unknown key"),
     ],
 )

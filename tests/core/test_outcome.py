@@ -174,3 +174,13 @@ def test_wrong_typed_counts_written_by_another_program_never_raise(bad: Any) -> 
     assert (invalid.status, invalid.failures) == (S.ERRORED, 0)
     crashed = decide(doc, PLAIN, RunEnd(Ending.CRASHED), NOW)
     assert (crashed.status, crashed.failures) == (S.ERRORED, 1)  # max_attempts read as 1
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1, 1e12, "5"])
+def test_retry_later_refuses_a_delay_that_cannot_be_scheduled(delay: Any) -> None:
+    """Raised in a handler, the ValueError fails the attempt like any error, naming the fix."""
+    from job_processor import RetryLater
+
+    with pytest.raises(ValueError, match=r"RetryLater\(delay=...\) must be a number of seconds"):
+        RetryLater(delay)
+    assert RetryLater(0).delay == 0.0 and RetryLater(365 * 24 * 3600).delay == 31536000.0
