@@ -84,9 +84,11 @@ def refuse_non_finite(what: str, value: Any, encoded: bytes | None = None) -> No
 def finite_or_text(value: Any) -> Any:
     """A result as stored: NaN and infinity as their text ('nan', 'inf', '-inf'), as anything
     else BSON or JSON cannot hold is stored as its repr()."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, dict):
+    if isinstance(value, float):  # a subclass (numpy.float64) too, written as plain text
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
         return {k: finite_or_text(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite_or_text(v) for v in value]

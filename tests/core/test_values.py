@@ -8,6 +8,7 @@ import decimal
 import enum
 import math
 import struct
+import types
 
 import bson
 import pytest
@@ -112,6 +113,13 @@ def test_the_byte_scan_never_misses_a_non_finite_number_and_spares_ordinary_valu
 
 def test_results_and_log_fields_keep_nan_and_infinity_as_text() -> None:
     assert finite_or_text({"a": [math.nan, 1.5], "b": math.inf}) == {"a": ["nan", 1.5], "b": "inf"}
+
+    class Float64(float):  # as numpy's, whose repr() is "np.float64(nan)"
+        def __repr__(self) -> str:
+            return f"np.float64({float(self)!r})"
+
+    proxy = types.MappingProxyType({"x": Float64("nan"), "y": (Float64("-inf"), Float64(2.0))})
+    assert finite_or_text(proxy) == {"x": "nan", "y": ["-inf", 2.0]}
     fields = {"x": math.nan, "y": -math.inf, "big": 2**70, "ok": 2.5}
     line = log_line(1, "info", "measured", fields, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert line["fields"] == {"x": "nan", "y": "-inf", "big": str(2**70), "ok": 2.5}
