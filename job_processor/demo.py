@@ -7,27 +7,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pymongo import AsyncMongoClient
-
 from .core.abort import AbortSignal
 from .core.definitions import Backoff, JobDef, Subscriber
+from .core.errors import DatabaseUnreachableError, InvalidArgumentError
 from .core.models import Event, Job
 from .core.status import JobStatus
 from .events.webhooks import generate_secret
 from .processor import JobProcessor, init_job_processor
+from .storage.connect import check_reachable, close_database, open_database, shown_url
 from .storage.local_server import LocalServerError, local_server
 
 STEPS = 6
+#: Seconds the demo waits for the server's first answer.
+CONNECT_TIMEOUT = 5.0
 
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def say_error(text: str) -> None:
+    print(f"error: {text}", file=sys.stderr, flush=True)
 
 
 def show(job: Job) -> None:
@@ -180,29 +187,42 @@ async def _wait(processor: JobProcessor, job_id: str, *statuses: JobStatus) -> J
 @contextlib.contextmanager
 def _server(url: str | None) -> Iterator[str]:
     if url:
-        say(f"Using MONGODB_URL={url}")
+        say(f"Using MONGODB_URL={shown_url(url)}")
         yield url
         return
     say("No MONGODB_URL set: starting a throwaway local server (nx-27017, MongoDB wire protocol")
     say("over SQLite; for trying things out only, production uses MongoDB).")
     with local_server() as server:
-        say(f"  listening on {server.url}\n")
+        say(f"  listening on {server.url}")
         yield server.url
 
 
 async def run_demo(url: str | None) -> int:
+    """0 once every step ran; 1 when the local server cannot start, 2 for a MONGODB_URL that is
+    not a MongoDB URL, 3 when the server does not answer (one line on stderr each)."""
     try:
         with _server(url) as server_url:
-            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server_url, tz_aware=True)
-            db = client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
+            server = open_database(server_url, CONNECT_TIMEOUT)
+            db = server.client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
             try:
-                await _demo(db)
+                await check_reachable(db, CONNECT_TIMEOUT)
+                say(f"In a throwaway database on it, {db.name} (dropped at the end).\n")
+                try:
+                    await _demo(db)
+                finally:
+                    await server.client.drop_database(db.name)
             finally:
-                await client.drop_database(db.name)
-                await client.close()
+                await close_database(server)
     except LocalServerError as exc:
-        say(f"error: {exc}")
+        say_error(str(exc))
         return 1
+    except InvalidArgumentError as exc:
+        say_error(str(exc))
+        return 2
+    except DatabaseUnreachableError as exc:
+        where = str(exc).split(";")[0]
+        say_error(f"{where}; check MONGODB_URL, or unset it to use a local server")
+        return 3
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_demo(env: dict[str, str]) -> str:
-    done = subprocess.run(
+    done = demo_process(env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def demo_process(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "job_processor", "demo"],
         cwd=ROOT,
         env=env,
@@ -19,13 +26,12 @@ def run_demo(env: dict[str, str]) -> str:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def test_demo_on_the_given_server(mongo_url: str) -> None:
     out = run_demo(os.environ | {"MONGODB_URL": mongo_url})
-    assert f"Using MONGODB_URL={mongo_url}" in out
+    assert "Using MONGODB_URL=" in out
+    assert "In a throwaway database on it, job_processor_demo_" in out
     for line in (
         "send-email       finished",
         "flaky-report     errored",
@@ -59,3 +65,22 @@ def test_demo_starts_its_own_server_when_none_is_given() -> None:
     out = run_demo(env)
     assert "No MONGODB_URL set: starting a throwaway local server" in out
     assert "reindex          finished  runs=2" in out
+
+
+def test_demo_on_a_server_that_does_not_answer_says_so_in_one_line() -> None:
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"mongodb://ada:s3cret-pw@127.0.0.1:{port}/x"
+    done = demo_process(os.environ | {"MONGODB_URL": url})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert f"Using MONGODB_URL=mongodb://ada:****@127.0.0.1:{port}/x" in done.stdout
+    assert done.stderr.splitlines() == [
+        f"error: cannot reach MongoDB at 127.0.0.1:{port} within 5s (connection refused: nothing "
+        "listens on that port); check MONGODB_URL, or unset it to use a local server"
+    ]
+
+    done = demo_process(os.environ | {"MONGODB_URL": "http://localhost:27017"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: MONGODB_URL is not a MongoDB URL"), done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any
 
 import pymongo
@@ -50,6 +51,11 @@ def check_database(db: Any) -> None:
             f"db must be an async MongoDB database (pymongo AsyncDatabase or motor "
             f"AsyncIOMotorDatabase), got {type(db).__name__}"
         )
+
+
+def shown_url(url: str) -> str:
+    """A MongoDB URL to print: its password replaced by ****."""
+    return re.sub(r"^(mongodb(?:\+srv)?://[^:@/]*):[^@/]*@", r"\1:****@", url)
 
 
 def address(db: Any) -> str:

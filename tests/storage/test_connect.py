@@ -1,4 +1,5 @@
-"""Why MongoDB cannot be reached, said plainly (no server needed: the driver's last error)."""
+"""Why MongoDB cannot be reached, said plainly, and URLs printed without their password (no
+server needed: the driver's last error)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from job_processor.storage.connect import why_unreachable
+from job_processor.storage.connect import shown_url, why_unreachable
 
 
 def db_whose_driver_saw(error: Exception | None) -> Any:
@@ -43,3 +44,19 @@ def test_the_drivers_last_error_is_said_plainly(driver_said: str, we_say: str) -
 def test_no_error_seen_yet_is_no_answer() -> None:
     assert why_unreachable(db_whose_driver_saw(None)) == "no answer"
     assert why_unreachable(object()) == "no answer"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mongodb://ada:pw@h:27017/db", "mongodb://ada:****@h:27017/db"),
+        (
+            "mongodb+srv://ada:p%40ss@cluster.x/db?tls=true",
+            "mongodb+srv://ada:****@cluster.x/db?tls=true",
+        ),
+        ("mongodb://ada@h/db", "mongodb://ada@h/db"),
+        ("mongodb://h:27017/db", "mongodb://h:27017/db"),
+    ],
+)
+def test_a_url_is_printed_without_its_password(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
