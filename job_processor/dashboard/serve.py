@@ -44,27 +44,56 @@ def parse_auth(value: str | None, no_auth: bool) -> Any:
     return (user, password)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The dashboard's socket, bound; DashboardUsageError (exit 2) with the fix when the port
-    is taken or the address is not this machine's."""
+def shown(host: str) -> str:
+    """A host as it is written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _bound(host: str, port: int) -> socket.socket:
     # as uvicorn binds a host: IPv6 when it has a colon, else IPv4 ("localhost": 127.0.0.1)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host.strip("[]"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def free_port_near(host: str, port: int, tries: int = 20) -> int | None:
+    """The first port after `port` that `host` can bind now (None when none of `tries` can)."""
+    for candidate in range(port + 1, min(port + 1 + tries, 65536)):
+        try:
+            _bound(host, candidate).close()
+        except OSError:
+            continue
+        return candidate
+    return None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The dashboard's socket, bound; DashboardUsageError (exit 2) with the fix when the port
+    is taken or the address is not this machine's."""
+    try:
+        sock = _bound(host, port)
     except OverflowError:
-        sock.close()
-        raise DashboardUsageError(f"--port {port}: a port is a number from 1 to 65535") from None
+        raise DashboardUsageError(f"--port {port}: a port is a number from 0 to 65535") from None
     except OSError as exc:
-        sock.close()
+        where = f"{shown(host)}:{port}"
         if exc.errno == errno.EADDRINUSE:
+            free = free_port_near(host, port)
+            fix = (
+                f"e.g. job-processor dashboard --port {free} (free now)"
+                if free is not None
+                else "or --port 0 for any free one"
+            )
             raise DashboardUsageError(
-                f"{host}:{port} is already in use (another dashboard?): pick another port, "
-                f"e.g. job-processor dashboard --port {port + 1 if port < 65535 else 8081}"
+                f"{where} is already in use by another program: pick another port, {fix}"
             ) from None
         raise DashboardUsageError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host and --port"
+            f"cannot listen on {where} ({exc.strerror or exc}): check --host and --port"
         ) from None
     sock.set_inheritable(True)
     return sock
@@ -131,11 +160,9 @@ async def run(args: argparse.Namespace) -> int:
 
     server = Server(config)
     sock = listening_socket(args.host, args.port)  # before the URL is printed: never a dead one
-    shown_host = (
-        f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
-    )
+    port = sock.getsockname()[1]  # the one the system chose for --port 0
     print(
-        f"job-processor dashboard on http://{shown_host}:{args.port}{args.root_path}/ "
+        f"job-processor dashboard on http://{shown(args.host)}:{port}{args.root_path}/ "
         f"(database {db.name}{', read-only' if args.read_only else ''})",
         flush=True,
     )

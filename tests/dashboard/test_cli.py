@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,8 +132,35 @@ def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
     finally:
         taken.close()
     assert out.returncode == 2, out
-    assert out.stderr == (
-        f"error: 127.0.0.1:{port} is already in use (another dashboard?): pick another port, "
-        f"e.g. job-processor dashboard --port {port + 1}\n"
+    said = re.fullmatch(
+        rf"error: 127\.0\.0\.1:{port} is already in use by another program: pick another port, "
+        r"e\.g\. job-processor dashboard --port (\d+) \(free now\)\n",
+        out.stderr,
     )
+    assert said is not None, out.stderr
+    assert int(said[1]) > port  # checked free when it was said
     assert "job-processor dashboard on" not in out.stdout
+
+
+def test_port_0_serves_on_a_free_port_and_prints_it(mongo_url: str) -> None:
+    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, "jp_port_zero")}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    proc = subprocess.Popen(
+        [*CLI, "dashboard", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the socket is bound
+        said = re.match(r"job-processor dashboard on http://127\.0\.0\.1:(\d+)/ ", first)
+        assert said is not None and int(said[1]) > 0, first + proc.stderr.read()
+        health = httpx.get(f"http://127.0.0.1:{said[1]}/healthz", timeout=10)
+        assert health.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
