@@ -315,28 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option explained: the command's own option it resembles
     (`--state`: did you mean --status?), or an option of the command given before it
-    (`job-processor --json jobs list`: --json goes after the subcommand)."""
+    (`job-processor --json jobs list`: --json goes after the subcommand); an option of one
+    value given twice (`--key a --key b`) is refused instead of the last one silently winning."""
     args, extras = parser.parse_known_args(argv)
+    leaf, path = _leaf(parser, args)
+    _refuse_repeated(leaf, argv)
     if not extras:
         return args
-    leaf, path = parser, [parser.prog]
-    while True:
-        chosen = None
-        for action in leaf._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                name = getattr(args, action.dest or "", None)
-                if name in action.choices:
-                    chosen = action.choices[name]
-                    path.append(str(name))
-        if chosen is None:
-            break
-        leaf = chosen
     known = sorted({o for a in leaf._actions for o in a.option_strings if o.startswith("--")})
     shown = [o for a in leaf._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
     hints = []
     for extra in extras:
         option = extra.split("=")[0]
-        if not option.startswith("-"):
+        if not option.startswith("-") or option == "--":
             continue
         if option in known:
             hints.append(f"{option} goes after the subcommand: {' '.join(path)} ... {option}")
@@ -347,3 +338,37 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     text = f"unrecognized arguments: {' '.join(extras)}"
     leaf.error(f"{text} ({'; '.join(hints)})" if hints else text)
     raise AssertionError("unreachable")  # error() exits
+
+
+def _leaf(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The (sub)command's own parser, and the words that name it."""
+    leaf, path = parser, [parser.prog]
+    while True:
+        chosen = None
+        for action in leaf._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(args, action.dest or "", None)
+                if name in action.choices:
+                    chosen = action.choices[name]
+                    path.append(str(name))
+        if chosen is None:
+            return leaf, path
+        leaf = chosen
+
+
+def _refuse_repeated(leaf: argparse.ArgumentParser, argv: list[str]) -> None:
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    for action in leaf._actions:
+        if not isinstance(action, argparse._StoreAction) or not action.option_strings:
+            continue
+        given = [
+            w.split("=")[0]
+            for w in words
+            if w in action.option_strings or w.split("=")[0] in action.option_strings
+        ]
+        if len(given) > 1:
+            leaf.error(
+                f"{given[0]} was given {len(given)} times: it takes one value (give it once)"
+            )

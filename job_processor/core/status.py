@@ -73,9 +73,10 @@ def check_transition(old: JobStatus | None, new: JobStatus) -> None:
 
 
 def parse_status(value: Any) -> JobStatus:
-    """A status given by a user (`list_jobs(status=...)`, the CLI): a clear error if unknown."""
+    """A status given by a user (`list_jobs(status=...)`, the CLI), in any case ("Finished"): a
+    clear error if unknown."""
     try:
-        return JobStatus(value)
+        return JobStatus(value.strip().lower() if isinstance(value, str) else value)
     except ValueError:
         known = ", ".join(s.value for s in JobStatus)
         raise InvalidArgumentError(f"unknown status {value!r}: use one of {known}") from None

@@ -321,6 +321,11 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
         "unrecognized arguments: --json (--json goes after the subcommand: "
         "job-processor workers list ... --json)"
     )
+    twice = await cli(mongo_url, "jobs", "new", "fine", "--key", "a", "--key=b")
+    assert twice.returncode == 2
+    assert twice.stderr.splitlines()[-1] == (
+        "job-processor jobs new: error: --key was given 2 times: it takes one value (give it once)"
+    )
     tomorrow = await cli(mongo_url, "jobs", "new", "fine", "--at", "tomorrow")
     assert tomorrow.returncode == 2
     assert tomorrow.stderr.splitlines()[-1] == (

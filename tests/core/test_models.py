@@ -117,3 +117,13 @@ def test_a_foreign_document_with_a_bad_created_at_or_a_string_id_still_reads() -
     named = Job.read(base | {"_id": "job-1"})  # mongosh insertOne({_id: "job-1", ...})
     assert named.id == "job-1" and named.status == "pending"
     assert named.scheduled_for == named.created_at  # when it is due stands for its creation
+
+
+def test_a_status_given_by_a_user_is_read_in_any_case() -> None:
+    from job_processor.core.errors import InvalidArgumentError
+    from job_processor.core.status import JobStatus, parse_status
+
+    assert parse_status("Finished") is JobStatus.FINISHED
+    assert parse_status(" ERRORED ") is JobStatus.ERRORED
+    with pytest.raises(InvalidArgumentError, match="unknown status 'done': use one of pending"):
+        parse_status("done")
