@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from starlette.requests import Request
@@ -10,13 +11,25 @@ from starlette.responses import JSONResponse, Response
 from ..core.errors import InvalidArgumentError, UnknownJobError
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
-from ..ops.admin.inputs import DEFAULT_LIMIT
+from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
 from .render import STATUS_ORDER
 from .state import Dashboard, health_response, json_response
 
 S = JobStatus
 FILTERS = ("name", "status", "tag", "key", "after", "before", "id")
 PAGE_SIZES = (20, 50, 100, 200)
+#: What the jobs list reads from its query string: a parameter not in it is refused (a typo, or
+#: the CLI's word for a filter, would otherwise list every job as if it were not there).
+LIST_PARAMS = (*FILTERS, "limit", "cursor")
+#: The CLI's and the Python API's words for the list's filters.
+_SAME_AS = {
+    "since": "after",
+    "until": "before",
+    "created_after": "after",
+    "created_before": "before",
+    "state": "status",
+    "job_id": "id",
+}
 
 
 def job_filters(request: Request) -> dict[str, str]:
@@ -24,7 +37,24 @@ def job_filters(request: Request) -> dict[str, str]:
     return {k: q.get(k, "").strip() for k in FILTERS}
 
 
+def check_list_params(request: Request) -> None:
+    """InvalidArgumentError naming a query parameter the jobs list does not read, and the one
+    that was meant."""
+    for given in request.query_params:
+        if given in LIST_PARAMS:
+            continue
+        meant = _SAME_AS.get(given) or next(
+            iter(difflib.get_close_matches(given, LIST_PARAMS, n=1, cutoff=0.6)), None
+        )
+        hint = f"did you mean {meant}? " if meant else ""
+        raise InvalidArgumentError(
+            f"unknown parameter {given!r}: {hint}the jobs list reads {', '.join(LIST_PARAMS)} "
+            "(after and before: creation times, ISO 8601)"
+        )
+
+
 async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> JobPage:
+    check_list_params(request)
     admin = await d.admin()
     try:
         limit = int(request.query_params.get("limit") or DEFAULT_LIMIT)
@@ -35,8 +65,8 @@ async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> 
         status=filters["status"] or None,
         tag=filters["tag"] or None,
         key=filters["key"] or None,
-        created_after=filters["after"] or None,
-        created_before=filters["before"] or None,
+        created_after=parse_time(filters["after"] or None, "after"),
+        created_before=parse_time(filters["before"] or None, "before"),
         id=filters["id"] or None,
         limit=limit,
         cursor=request.query_params.get("cursor") or None,

@@ -359,7 +359,19 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         keyed = await c.get("/jobs", params={"key": "k3"})
         assert keyed.text.count('name="ids"') == 1 and "u3@example.com" in keyed.text
         bad = await c.get("/jobs", params={"after": "yesterday"})
-        assert bad.status_code == 400 and "is not a date" in bad.text
+        assert bad.status_code == 400 and "after &#39;yesterday&#39; is not a date" in bad.text
+        # a parameter the list does not read is refused, never ignored (all jobs listed)
+        since = await c.get("/api/jobs", params={"since": "2020-01-01"})
+        assert since.status_code == 400
+        assert since.json()["error"].startswith(
+            "unknown parameter 'since': did you mean after? the jobs list reads name, status, "
+        )
+        typo = await c.get("/api/jobs", params={"stauts": "errored"})
+        assert typo.status_code == 400 and "did you mean status?" in typo.json()["error"]
+        page = await c.get("/jobs", params={"nmae": "send-email"})
+        assert page.status_code == 400 and "unknown parameter &#39;nmae&#39;" in page.text
+        late = await c.get("/api/jobs", params={"before": "tomorrow"})
+        assert late.json()["error"].startswith("before 'tomorrow' is not a date")
 
 
 async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor: Any) -> None:
