@@ -131,13 +131,18 @@ def report(result: ActionResult, as_json: bool) -> int:
     elif made is not None:
         due = made.scheduled_for
         when = "due now" if due <= result.at else f"due {due.isoformat(timespec='seconds')}"
+        if made.status not in (JobStatus.PENDING, JobStatus.WAITING):  # running, paused
+            when = (
+                f"since {made.started_at.isoformat(timespec='seconds')}" if made.started_at else ""
+            )
+        state = f"{made.status}, {when}" if when else str(made.status)
         if made.id in result.skipped and made.status != JobStatus.SKIPPED:  # a dedup key held
             print(
-                f"not created: job {made.name} {made.id} ({made.status}, {when}) holds the key "
+                f"not created: job {made.name} {made.id} ({state}) holds the key "
                 f"{made.key!r} while it is active"
             )
         else:
-            print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({made.status}, {when})")
+            print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({state})")
             for why in result.skipped.values():
                 print(f"  {why}")
     else:

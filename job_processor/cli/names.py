@@ -15,7 +15,7 @@ async def workers_list(args: argparse.Namespace) -> int:
             w.hostname,
             w.pid,
             w.instance_id,
-            ",".join(w.tags) if w.tags else "(all)",
+            ",".join(w.tags) if w.tags else "any",
             len(w.running_jobs),
             ago(w.seconds_since_heartbeat) + " ago",
             "yes" if w.alive else "NO",

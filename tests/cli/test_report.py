@@ -1,0 +1,47 @@
+"""How an action that makes one job is reported (no server needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from job_processor.cli.common import report
+from job_processor.core import documents as D
+from job_processor.core.models import Job
+from job_processor.ops.admin import ActionResult
+
+NOW = dt.datetime(2030, 1, 1, 9, 0, tzinfo=dt.UTC)
+
+
+def held_by(status: str, **fields: object) -> ActionResult:
+    doc = D.new_job("sync", {}, now=NOW - dt.timedelta(minutes=5), key="k1") | {
+        "status": status,
+        **fields,
+    }
+    job = Job.read(doc)
+    return ActionResult(
+        action="job_created", actor="cli", at=NOW, jobs=[job], skipped={job.id: "key held"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "said"),
+    [
+        ("pending", {}, "(pending, due now)"),
+        (
+            "running",
+            {"started_at": NOW - dt.timedelta(minutes=1)},
+            "(running, since 2030-01-01T08:59:00+00:00)",
+        ),
+        ("paused", {}, "(paused)"),
+    ],
+)
+def test_a_held_key_names_the_holder_as_it_is(
+    capsys: pytest.CaptureFixture[str], status: str, fields: dict[str, object], said: str
+) -> None:
+    result = held_by(status, **fields)
+    assert report(result, as_json=False) == 1
+    out = capsys.readouterr().out
+    job_id = result.jobs[0].id
+    assert out == f"not created: job sync {job_id} {said} holds the key 'k1' while it is active\n"
