@@ -62,7 +62,11 @@ async def warn_if_empty(db: Any, prefix: str) -> None:
         others = await databases_with_data(db, prefix)
     except PyMongoError:
         return
-    where = f"; databases that do: {', '.join(others)}" if others else ""
+    where = (
+        f"; databases that do: {', '.join(others)}"
+        if others
+        else " (or no worker or producer has used it yet)"
+    )
     print(
         f"warning: database {db.name!r} holds no job-processor collections ({prefix}*): check "
         f"the database name in MONGODB_URL{where}",

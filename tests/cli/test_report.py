@@ -45,3 +45,26 @@ def test_a_held_key_names_the_holder_as_it_is(
     out = capsys.readouterr().out
     job_id = result.jobs[0].id
     assert out == f"not created: job sync {job_id} {said} holds the key 'k1' while it is active\n"
+
+
+async def test_an_empty_database_is_said_with_both_likely_causes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No database of the server holds job-processor collections: a typo, or a fresh one."""
+    from types import SimpleNamespace
+
+    from job_processor.cli.common import warn_if_empty
+
+    async def no_collections() -> list[str]:
+        return []
+
+    async def databases() -> list[str]:
+        return ["admin", "fresh"]
+
+    client = SimpleNamespace(list_database_names=databases)
+    fresh = SimpleNamespace(name="fresh", list_collection_names=no_collections, client=client)
+    await warn_if_empty(fresh, "job_processor_")
+    assert capsys.readouterr().err == (
+        "warning: database 'fresh' holds no job-processor collections (job_processor_*): check "
+        "the database name in MONGODB_URL (or no worker or producer has used it yet)\n"
+    )
