@@ -438,7 +438,9 @@ class Worker:
                 await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
             if not handler.done():
                 handler.cancel()
-                plain = not is_async(definition.handler)  # its thread goes on running
+                # its thread goes on running (an event delivery's wrapper may call a plain def)
+                handler_fn = definition.handler
+                plain = not is_async(handler_fn) or bool(getattr(handler_fn, "calls_plain", False))
                 self.log.warning(
                     "job_cancelled", reason=signal.reason, thread_left_running=plain, **fields
                 )

@@ -526,3 +526,44 @@ async def test_an_event_whose_endpoint_is_disabled_is_not_a_typo_and_its_warning
         assert delivery.target == "ledger"
         await wait_status(listening, delivery.job_id, "finished")
         assert not [w for w in (await listening.get_status()).warnings if "order.paid" in w]
+
+
+async def test_a_plain_subscriber_given_up_is_logged_when_it_returns(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(event: Event, signal: AbortSignal) -> None:  # never looks at the signal
+        started.set()
+        release.wait()
+
+    log = logging.getLogger("myservice.events")
+    p = await make(db, {"paid": [Subscriber("slow", handler=slow)]}, logger=log)
+    try:
+        with caplog.at_level(logging.WARNING, logger="myservice.events"):
+            async with p:
+                event_id = (await p.emit("paid", {"order": 7})).id
+                await wait_for(lambda: started.is_set(), timeout=10)
+                (delivery,) = (await p.get_event(event_id)).deliveries
+                assert delivery.job_id is not None
+                await p.kill_job(delivery.job_id)  # given up after its grace: still running
+                await wait_delivered(p, event_id, "slow")
+                release.set()
+                await wait_for(
+                    lambda: any(
+                        r.__dict__.get("event") == "subscriber_returned_late"
+                        for r in caplog.records
+                    ),
+                    timeout=10,
+                )
+    finally:
+        release.set()
+    late = next(r for r in caplog.records if r.__dict__.get("event") == "subscriber_returned_late")
+    fields = late.__dict__["fields"]
+    assert fields["subscriber"] == "slow" and fields["event_id"] == event_id
+    assert fields["function"] == "slow" and fields["job_id"] == delivery.job_id
+    cancelled = next(r for r in caplog.records if r.__dict__.get("event") == "job_cancelled")
+    assert cancelled.__dict__["fields"]["thread_left_running"] is True
+    assert (await p.get_job(delivery.job_id)).status == S.KILLED
