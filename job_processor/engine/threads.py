@@ -122,7 +122,13 @@ class UserThreads:
         thread = threading.Thread(
             target=self._serve, args=(call,), name=f"job-processor-user-{next(_names)}", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # "can't start new thread": the call fails, nothing waits for it
+            with self._lock:
+                self._busy -= 1
+                self._threads -= 1
+            raise
 
     def _serve(self, call: _Call) -> None:
         while True:

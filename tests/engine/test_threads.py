@@ -163,3 +163,20 @@ def test_the_process_exits_while_a_given_up_call_still_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["given", "up", "exiting"]
+
+
+async def test_a_thread_that_cannot_start_fails_the_call_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = UserThreads()
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as m:
+        m.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            async with asyncio.timeout(5):
+                await threads.run(lambda: 1)
+    assert threads.stats() == {"threads": 0, "busy": 0, "stuck": 0}
+    assert await threads.run(lambda: 2) == 2
