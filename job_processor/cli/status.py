@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import sys
 
+from ..core.errors import JobProcessorError
 from ..core.models import ProcessorStatus
 from ..core.status import JobStatus
 from ..ops import health as health_mod
@@ -110,8 +111,19 @@ def show_status(found: ProcessorStatus) -> None:
 
 
 async def health(args: argparse.Namespace) -> int:
-    url = mongodb_url()
-    db = open_database(url, args.timeout)
+    """0 healthy, 1 not, whatever the reason (a Docker HEALTHCHECK reserves exit 2): a missing or
+    malformed MONGODB_URL is unhealthy too, said the same way."""
+    try:
+        db = open_database(mongodb_url(), args.timeout)
+    except JobProcessorError as exc:
+        result = health_mod.Health(
+            ok=False, mongodb=False, reason=str(exc), checked_at=dt.datetime.now(dt.UTC)
+        )
+        if args.json:
+            emit_json(result.model_dump(mode="json"))
+        else:
+            print(f"unhealthy: {result.reason}")
+        return NOTHING
     try:
         result = await health_mod.check(
             db,

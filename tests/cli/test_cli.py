@@ -309,6 +309,9 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     assert "what answers there is not MongoDB (an HTTP port?)" in not_mongodb.stderr
     health = await cli("mongodb://127.0.0.1:1/x", "--timeout", "0.5", "health")
     assert health.returncode == 1 and "cannot reach MongoDB" in health.stdout
+    malformed = await cli("http://127.0.0.1:1/x", "health")  # Docker reserves exit 2
+    assert malformed.returncode == 1
+    assert malformed.stdout.startswith("unhealthy: MONGODB_URL is not a MongoDB URL")
     state = await cli(mongo_url, "jobs", "list", "--state", "errored")
     assert state.returncode == 2
     assert state.stderr.splitlines()[-1] == (
