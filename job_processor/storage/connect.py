@@ -105,7 +105,7 @@ PLAIN_REASONS = {
     "larger than server max message size": "what answers there is not MongoDB (an HTTP port?)",
     "onnection is already closed": _CLOSED,
     "onnection is closed": _CLOSED,
-    "Errno 104": _CLOSED,  # connection reset by peer
+    "Errno 104": "connection reset by peer: " + _CLOSED,
 }
 
 

@@ -35,6 +35,11 @@ def db_whose_driver_saw(error: Exception | None) -> Any:
             "what answers there is not MongoDB (an HTTP port?)",
         ),
         ("db.example:27017: TLS handshake failed", "TLS handshake failed"),
+        (
+            "db.example:27017: [Errno 104] Connection reset by peer",
+            "connection reset by peer: it closed the connection at once: what answers there is "
+            "not MongoDB (an HTTP port?), or it expects TLS (add tls=true to the URL)",
+        ),
     ],
 )
 def test_the_drivers_last_error_is_said_plainly(driver_said: str, we_say: str) -> None:
