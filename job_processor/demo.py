@@ -202,7 +202,11 @@ async def run_demo(url: str | None) -> int:
     not a MongoDB URL, 3 when the server does not answer (one line on stderr each)."""
     try:
         with _server(url) as server_url:
-            server = open_database(server_url, CONNECT_TIMEOUT)
+            try:
+                server = open_database(server_url, CONNECT_TIMEOUT)
+            except InvalidArgumentError as exc:  # not a MongoDB URL
+                say_error(str(exc))
+                return 2
             db = server.client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
             try:
                 await check_reachable(db, CONNECT_TIMEOUT)
@@ -216,9 +220,6 @@ async def run_demo(url: str | None) -> int:
     except LocalServerError as exc:
         say_error(str(exc))
         return 1
-    except InvalidArgumentError as exc:
-        say_error(str(exc))
-        return 2
     except DatabaseUnreachableError as exc:
         where = str(exc).split(";")[0]
         say_error(f"{where}; check MONGODB_URL, or unset it to use a local server")

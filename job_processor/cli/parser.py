@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = jobs.add_parser("retry", parents=[opt], help="retry errored/killed jobs")
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     p.add_argument("--name")
-    p.add_argument("--status", choices=["errored", "killed"])
+    p.add_argument("--status", type=str.lower, choices=["errored", "killed"])
     p.add_argument("--limit", type=int, default=10_000)
     p.set_defaults(func=jobs_cli.jobs_retry)
     for verb, method, text in (
@@ -319,7 +319,8 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     value given twice (`--key a --key b`) is refused instead of the last one silently winning."""
     args, extras = parser.parse_known_args(argv)
     leaf, path = _leaf(parser, args)
-    _refuse_repeated(leaf, argv)
+    _refuse_repeated(leaf, path[1:], argv)
+    after_dashes = set(argv[argv.index("--") + 1 :]) if "--" in argv else set()
     if not extras:
         return args
     known = sorted({o for a in leaf._actions for o in a.option_strings if o.startswith("--")})
@@ -327,7 +328,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     hints = []
     for extra in extras:
         option = extra.split("=")[0]
-        if not option.startswith("-") or option == "--":
+        if not option.startswith("-") or extra in after_dashes:  # after --: never an option
             continue
         if option in known:
             hints.append(f"{option} goes after the subcommand: {' '.join(path)} ... {option}")
@@ -358,16 +359,20 @@ def _leaf(
         leaf = chosen
 
 
-def _refuse_repeated(leaf: argparse.ArgumentParser, argv: list[str]) -> None:
+def _refuse_repeated(leaf: argparse.ArgumentParser, path: list[str], argv: list[str]) -> None:
+    """An option of one value given twice after the subcommand. One also given before it (the
+    options every command accepts: `job-processor --timeout 5 jobs list --timeout 9`) is not
+    counted there: the later one wins, as for a wrapper or an alias that adds defaults."""
     words = argv[: argv.index("--")] if "--" in argv else argv
+    start = 0
+    for name in path:  # the subcommand's words, in order
+        if name in words[start:]:
+            start = words.index(name, start) + 1
+    words = words[start:]
     for action in leaf._actions:
         if not isinstance(action, argparse._StoreAction) or not action.option_strings:
             continue
-        given = [
-            w.split("=")[0]
-            for w in words
-            if w in action.option_strings or w.split("=")[0] in action.option_strings
-        ]
+        given = [w.split("=")[0] for w in words if w.split("=")[0] in action.option_strings]
         if len(given) > 1:
             leaf.error(
                 f"{given[0]} was given {len(given)} times: it takes one value (give it once)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -119,6 +120,16 @@ class JobAbortedError(JobProcessorError):
         super().__init__(f"job aborted: {reason}")
 
 
+def _seconds(value: Any) -> float | None:
+    """A number (Decimal, Fraction and numpy numbers too) as float seconds; None if it is not."""
+    if not isinstance(value, numbers.Number) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # complex
+        return None
+
+
 #: RetryLater's longest delay: a year, in seconds.
 MAX_RETRY_DELAY = 365 * 24 * 3600
 
@@ -128,16 +139,13 @@ class RetryLater(JobProcessorError):
     It counts as a failed attempt: with no attempt left the job is errored."""
 
     def __init__(self, delay: float, reason: str = "") -> None:
-        if (
-            not isinstance(delay, int | float)
-            or isinstance(delay, bool)
-            or not 0 <= delay <= MAX_RETRY_DELAY  # NaN fails this too
-        ):
+        seconds = _seconds(delay)
+        if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY:  # NaN fails this too
             raise ValueError(
                 f"RetryLater(delay=...) must be a number of seconds from 0 to {MAX_RETRY_DELAY} "
                 f"(a year), got {delay!r}"
             )
-        self.delay = float(delay)
+        self.delay = seconds
         self.reason = reason
         super().__init__(f"retry in {self.delay:g}s" + (f": {reason}" if reason else ""))
 

@@ -34,7 +34,9 @@ _SAME_AS = {
 
 def job_filters(request: Request) -> dict[str, str]:
     q = request.query_params
-    return {k: q.get(k, "").strip() for k in FILTERS}
+    filters = {k: q.get(k, "").strip() for k in FILTERS}
+    filters["status"] = filters["status"].lower()  # as the form's values: "Errored" selects it
+    return filters
 
 
 def check_list_params(request: Request) -> None:

@@ -34,6 +34,26 @@ from typing import Any
 _names = itertools.count(1)
 
 
+class GiveUps:
+    """Whether a call given up in a context left its function running on its thread (a call
+    given up before a thread took it never runs): see `watched_context`."""
+
+    left_running = False
+
+
+_GIVE_UPS: contextvars.ContextVar[GiveUps | None] = contextvars.ContextVar(
+    "job_processor_give_ups", default=None
+)
+
+
+def watched_context() -> tuple[contextvars.Context, GiveUps]:
+    """A copy of the current context in which the calls given up are recorded: run a task in
+    it (`asyncio.create_task(coro, context=...)`), then read `GiveUps.left_running`."""
+    context, give_ups = contextvars.copy_context(), GiveUps()
+    context.run(_GIVE_UPS.set, give_ups)
+    return context, give_ups
+
+
 @dataclass
 class _Call:
     fn: Callable[..., Any]
@@ -102,6 +122,9 @@ class UserThreads:
                     call.given_up = True
                     if call.running:  # else its thread will skip it
                         self._stuck += 1
+                        give_ups = _GIVE_UPS.get()
+                        if give_ups is not None:
+                            give_ups.left_running = True
             raise
 
     def _after_fork_in_child(self) -> None:
@@ -168,13 +191,15 @@ class UserThreads:
                 self._busy -= 1
                 self._idle += 1
         if late:
-            if call.on_late_return is not None:
-                elapsed = time.monotonic() - call.started
-                with contextlib.suppress(Exception):  # a log line must not kill the thread
-                    call.on_late_return(getattr(call.fn, "__name__", repr(call.fn)), elapsed)
-            with self._lock:  # idle again once its late return was reported
-                self._busy -= 1
-                self._idle += 1
+            try:
+                if call.on_late_return is not None:
+                    elapsed = time.monotonic() - call.started
+                    with contextlib.suppress(Exception):  # a log line must not kill the thread
+                        call.on_late_return(getattr(call.fn, "__name__", repr(call.fn)), elapsed)
+            finally:
+                with self._lock:  # idle again once its late return was reported
+                    self._busy -= 1
+                    self._idle += 1
             return
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             call.loop.call_soon_threadsafe(_settle, call.future, ok, value)

@@ -44,7 +44,6 @@ from .execution import (
     describe_error,
     eligible_names,
     invalid_document,
-    is_async,
     policy_of,
     storable,
 )
@@ -52,6 +51,7 @@ from .finals import FinalWrites
 from .hooks import HookRunner
 from .limiter import Limiter
 from .notes import RunNotes
+from .threads import watched_context
 from .wakeup import DueTimes
 
 S = JobStatus
@@ -422,8 +422,10 @@ class Worker:
                 "handler_returned_late", function=name, seconds=round(seconds, 3), **fields
             )
 
+        context, give_ups = watched_context()  # a plain def's thread left running, if any
         handler = asyncio.create_task(
-            call_maybe_async(definition.handler, job, signal, on_late_return=returned_late)
+            call_maybe_async(definition.handler, job, signal, on_late_return=returned_late),
+            context=context,
         )
         aborted = signal.future()
         timer: asyncio.Task[None] | None = None
@@ -438,14 +440,14 @@ class Worker:
                 await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
             if not handler.done():
                 handler.cancel()
-                # its thread goes on running (an event delivery's wrapper may call a plain def)
-                handler_fn = definition.handler
-                plain = not is_async(handler_fn) or bool(getattr(handler_fn, "calls_plain", False))
-                self.log.warning(
-                    "job_cancelled", reason=signal.reason, thread_left_running=plain, **fields
-                )
                 with contextlib.suppress(BaseException):
                     await handler
+                self.log.warning(
+                    "job_cancelled",
+                    reason=signal.reason,
+                    thread_left_running=give_ups.left_running,  # a plain def still running
+                    **fields,
+                )
         finally:
             aborted.cancel()
             if timer is not None:

@@ -41,7 +41,7 @@ from ..core.errors import (
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
 from ..core.status import TERMINAL, JobStatus
-from ..engine.execution import call_maybe_async, is_async
+from ..engine.execution import call_maybe_async
 from ..engine.runtime import Runtime
 from ..storage import Storage
 from .queries import check_payload, complete_fanout, current_targets, event_id_of, get_event
@@ -388,7 +388,6 @@ class EventBus:
             return await call_maybe_async(sub.handler, event, signal, on_late_return=returned_late)
 
         deliver.__qualname__ = deliver.__name__ = f"deliver_to_{sub.name}"
-        deliver.calls_plain = not is_async(sub.handler)  # type: ignore[attr-defined]
         return deliver
 
     async def _webhook_handler(self, job: Job[Any], signal: AbortSignal) -> Any:

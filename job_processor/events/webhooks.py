@@ -78,12 +78,12 @@ class WebhookOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(default=10, ge=1)
+    max_attempts: int = Field(default=10, ge=1, le=2**63 - 1)
     """Attempts per delivery (set on the delivery when the event is emitted)."""
     backoff: Backoff = Backoff(kind="exponential", base_seconds=10, max_seconds=3600)
     """Delay between attempts: 10 s, 20 s, 40 s, ... capped at an hour, with jitter."""
-    timeout: float = Field(default=10.0, gt=0)
-    """Seconds for connecting, sending, and each read of the answer."""
+    timeout: float = Field(default=10.0, gt=0, le=24 * 3600, allow_inf_nan=False)
+    """Seconds for connecting, sending, and each read of the answer (at most a day)."""
     disable_after: int | None = Field(default=20, ge=1)
     """Disable an endpoint after this many deliveries in a row failed for good (None: never)."""
     deliver: bool = True

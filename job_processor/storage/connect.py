@@ -54,8 +54,16 @@ def check_database(db: Any) -> None:
 
 
 def shown_url(url: str) -> str:
-    """A MongoDB URL to print: its password replaced by ****."""
-    return re.sub(r"^(mongodb(?:\+srv)?://[^:@/]*):[^@/]*@", r"\1:****@", url)
+    """A MongoDB URL to print: its password, and the value of any query option whose name says
+    it is a password or a secret, replaced by **** (the password up to the last "@": an
+    unescaped "@" or "/" in it must not show the rest)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, hosts = rest.rpartition("@")
+        if ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:****@{hosts}"
+    shown = f"{scheme}{sep}{rest}"
+    return re.sub(r"(?i)([?&][^=&]*(?:password|secret)[^=&]*=)[^&]*", r"\1****", shown)
 
 
 def address(db: Any) -> str:

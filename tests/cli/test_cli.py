@@ -329,6 +329,15 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     assert twice.stderr.splitlines()[-1] == (
         "job-processor jobs new: error: --key was given 2 times: it takes one value (give it once)"
     )
+    wrapper = await cli(mongo_url, "--timeout", "5", "workers", "list", "--timeout", "9")
+    assert wrapper.returncode == 0, wrapper.stderr  # before and after the subcommand: the last
+    dashes = await cli(mongo_url, "jobs", "new", "fine", "--", "--key")
+    assert dashes.stderr.splitlines()[-1] == (
+        "job-processor jobs new: error: unrecognized arguments: --key"  # no hint after --
+    )
+    cased = await cli(mongo_url, "jobs", "retry", "--name", "fine", "--status", "Killed")
+    assert "invalid choice" not in cased.stderr  # read as killed: past argparse, to the name
+    assert "unknown job 'fine'" in cased.stderr
     tomorrow = await cli(mongo_url, "jobs", "new", "fine", "--at", "tomorrow")
     assert tomorrow.returncode == 2
     assert tomorrow.stderr.splitlines()[-1] == (

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -176,7 +178,7 @@ def test_wrong_typed_counts_written_by_another_program_never_raise(bad: Any) -> 
     assert (crashed.status, crashed.failures) == (S.ERRORED, 1)  # max_attempts read as 1
 
 
-@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1, 1e12, "5"])
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -1, 1e12, "5", True, 1j])
 def test_retry_later_refuses_a_delay_that_cannot_be_scheduled(delay: Any) -> None:
     """Raised in a handler, the ValueError fails the attempt like any error, naming the fix."""
     from job_processor import RetryLater
@@ -184,3 +186,4 @@ def test_retry_later_refuses_a_delay_that_cannot_be_scheduled(delay: Any) -> Non
     with pytest.raises(ValueError, match=r"RetryLater\(delay=...\) must be a number of seconds"):
         RetryLater(delay)
     assert RetryLater(0).delay == 0.0 and RetryLater(365 * 24 * 3600).delay == 31536000.0
+    assert RetryLater(Decimal("1.5")).delay == 1.5 and RetryLater(Fraction(1, 4)).delay == 0.25

@@ -370,6 +370,8 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert typo.status_code == 400 and "did you mean status?" in typo.json()["error"]
         page = await c.get("/jobs", params={"nmae": "send-email"})
         assert page.status_code == 400 and "unknown parameter &#39;nmae&#39;" in page.text
+        cased = await c.get("/jobs", params={"status": "Pending"})
+        assert cased.status_code == 200 and '<option value="pending" selected' in cased.text
         late = await c.get("/api/jobs", params={"before": "tomorrow"})
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
 

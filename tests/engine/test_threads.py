@@ -180,3 +180,35 @@ async def test_a_thread_that_cannot_start_fails_the_call_instead_of_hanging(
                 await threads.run(lambda: 1)
     assert threads.stats() == {"threads": 0, "busy": 0, "stuck": 0}
     assert await threads.run(lambda: 2) == 2
+
+
+async def test_a_watched_context_says_whether_a_given_up_call_left_its_thread_running() -> None:
+    from job_processor.engine.threads import watched_context
+
+    threads = UserThreads()
+    started, release = threading.Event(), threading.Event()
+
+    def blocks() -> None:
+        started.set()
+        release.wait()
+
+    async def hands_to_a_thread() -> None:
+        await threads.run(blocks)
+
+    async def only_awaits() -> None:
+        await asyncio.Event().wait()
+
+    try:
+        for coro, left_running in ((hands_to_a_thread(), True), (only_awaits(), False)):
+            context, give_ups = watched_context()
+            task = asyncio.create_task(coro, context=context)
+            if left_running:
+                await asyncio.wait_for(asyncio.to_thread(started.wait), 5)
+            else:
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert give_ups.left_running is left_running
+    finally:
+        release.set()

@@ -162,3 +162,11 @@ def test_subscriber_declarations_are_checked() -> None:
         parse_subscribers({"shipped": Subscriber("a", handler=handler)})  # type: ignore[dict-item]
     with pytest.raises(InvalidDefinitionError, match=r"must accept \(event, signal\)"):
         parse_subscribers({"shipped": [{"name": "a", "handler": lambda: None}]})
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e12, 0])
+def test_webhook_options_refuse_a_timeout_that_cannot_be_waited_for(timeout: float) -> None:
+    from job_processor.events.webhooks import WebhookOptions
+
+    with pytest.raises(ValueError, match="timeout"):
+        WebhookOptions(timeout=timeout)

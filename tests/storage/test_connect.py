@@ -60,6 +60,12 @@ def test_no_error_seen_yet_is_no_answer() -> None:
             "mongodb+srv://ada:****@cluster.x/db?tls=true",
         ),
         ("mongodb://ada@h/db", "mongodb://ada@h/db"),
+        ("mongodb://ada:p@ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped @
+        ("mongodb://ada:pa/ss@h/db", "mongodb://ada:****@h/db"),
+        (
+            "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=k3y&appName=x",
+            "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=****&appName=x",
+        ),
         ("mongodb://h:27017/db", "mongodb://h:27017/db"),
     ],
 )
