@@ -37,6 +37,12 @@ S = JobStatus
 WEBHOOK_JOB = "webhook-delivery"
 
 
+def is_delivery_name(name: str) -> bool:
+    """A job name of event deliveries ('webhook-delivery', '<event>:<subscriber>'): such jobs
+    are made by emit() and replays, never by hand (a job name cannot hold ':')."""
+    return name == WEBHOOK_JOB or ":" in name
+
+
 def delivery_job_name(event: str, subscriber: str) -> str:
     """A subscriber's deliveries are jobs named "<event>:<subscriber>" (subscriber names have no
     ':', so the name splits back unambiguously at its last ':')."""

@@ -213,6 +213,15 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
         await admin.new_job("email", "[1, 2]")
     with pytest.raises(InvalidArgumentError, match="is a cron"):
         await admin.new_job("nightly", {})
+    # the names of event deliveries are made by emit(), never by hand, nor offered as known
+    _, storage, _ = env
+    delivery = {"webhook-delivery": JobDef(handler=lambda j, s: None)}
+    await storage.definitions.register(delivery, "w-setup", NOW)
+    with pytest.raises(InvalidArgumentError, match="'webhook-delivery' is an event delivery"):
+        await admin.new_job("webhook-delivery", {})
+    with pytest.raises(UnknownJobError) as unknown:
+        await admin.new_job("webhok", {})
+    assert "webhook-delivery" not in str(unknown.value)
     dup = await admin.duplicate(job.id)
     copy = dup.jobs[0]
     assert dup.done and copy.id != job.id

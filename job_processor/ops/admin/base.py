@@ -10,6 +10,7 @@ from typing import Any, Self
 from bson import ObjectId
 
 from ...core import documents as D
+from ...core import event_documents as E
 from ...core.clock import Clock, SystemClock
 from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
 from ...core.errors import InvalidArgumentError, JobNotFoundError, UnknownJobError
@@ -219,7 +220,11 @@ class AdminBase:
     async def _definition(self, name: str) -> Doc:
         known = await self._known()
         if name not in known:
-            jobs = [n for n, d in known.items() if d.get("kind", "job") == "job"]
+            jobs = [
+                n
+                for n, d in known.items()
+                if d.get("kind", "job") == "job" and not E.is_delivery_name(n)
+            ]
             raise UnknownJobError(name, jobs)
         return known[name]
 

@@ -11,6 +11,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from ...core import documents as D
+from ...core import event_documents as E
 from ...core import flows as F
 from ...core.errors import InvalidArgumentError, JobNotFoundError
 from ...core.models import Job
@@ -333,6 +334,11 @@ class JobsAdmin(AdminBase):
         definition = await self._definition(name)
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
+        if E.is_delivery_name(name):
+            raise InvalidArgumentError(
+                f"{name!r} is an event delivery: its jobs are made by emit(); to deliver an "
+                "event again, replay it (job-processor events replay ID)"
+            )
         body = check_payload(name, payload)
         when = parse_time(scheduled_for, "scheduled_for")
         if not isinstance(priority, int) or isinstance(priority, bool) or not fits_int64(priority):
