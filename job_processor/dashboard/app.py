@@ -23,7 +23,7 @@ from . import events as event_pages
 from .auth import UNSET, DashboardConfigError, is_loopback
 from .auth import refuse_public_host as _refuse
 from .guard import Guard, with_errors
-from .state import Dashboard
+from .state import Dashboard, is_api
 
 Handler = Callable[[Request], Awaitable[Response]]
 PageHandler = Callable[[Dashboard, Request], Awaitable[Response]]
@@ -134,6 +134,11 @@ def create_dashboard(
     async def not_found(request: Request, exc: Exception) -> Response:
         if "user" not in request.scope.get("state", {}):
             return JSONResponse({"error": "not found"}, status_code=404)
+        if is_api(request):
+            known = "/api/overview, /api/jobs, /api/jobs/{id}"
+            return JSONResponse(
+                {"error": f"no API at {request.url.path}: the API is {known}"}, status_code=404
+            )
         return d.error_page(request, 404, "Not found", f"No page at {request.url.path}.")
 
     app = Starlette(

@@ -45,6 +45,15 @@ def route_path(scope: Scope) -> str:
     return path or "/"
 
 
+def is_api(request: Request) -> bool:
+    """A request for the JSON API (`/api/...`, under the dashboard's root path)."""
+    path = request.url.path
+    root = root_of(request)
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path == "/api" or path.startswith("/api/")
+
+
 class Dashboard:
     """The state behind one dashboard app (see `create_dashboard`)."""
 
@@ -163,9 +172,10 @@ class Dashboard:
             response.delete_cookie(FLASH_COOKIE, path=root or "/")
         return response
 
-    def error_page(
-        self, request: Request, status_code: int, title: str, message: str
-    ) -> HTMLResponse:
+    def error_page(self, request: Request, status_code: int, title: str, message: str) -> Response:
+        """An error page, or under /api/ the JSON `{"error": message}` (what a script reads)."""
+        if is_api(request):
+            return JSONResponse({"error": message}, status_code=status_code)
         return self.page(
             request, "error.html", status_code, error_title=title, message=message, live=False
         )

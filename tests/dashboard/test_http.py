@@ -372,6 +372,19 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert page.status_code == 400 and "unknown parameter &#39;nmae&#39;" in page.text
         cased = await c.get("/jobs", params={"status": "Pending"})
         assert cased.status_code == 200 and '<option value="pending" selected' in cased.text
+        listed = (await c.get("/api/jobs", params={"key": "k3"})).json()["jobs"]
+        assert len(listed) == 1 and "logs" not in listed[0] and "payload" in listed[0]
+        for path, status in (
+            ("/api/jobs/nope", 400),
+            ("/api/jobs/0123456789ab0123456789ab", 404),
+            ("/api/job", 404),
+        ):
+            answer = await c.get(path)
+            assert answer.status_code == status, path
+            assert answer.headers["content-type"] == "application/json", path
+            assert answer.json()["error"], path
+        assert "the API is /api/overview" in (await c.get("/api/job")).json()["error"]
+        assert "text/html" in (await c.get("/nope")).headers["content-type"]
         late = await c.get("/api/jobs", params={"before": "tomorrow"})
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
 
