@@ -4,8 +4,8 @@ recovery, a worker reconciling its own jobs) asks `decide`, so each rule lives h
 
 Rules, first match wins:
 
-- the job document is invalid, or its outcome cannot be stored: errored for good, with why
-  (killed, with why, if a kill was requested);
+- the job document is invalid, or its outcome cannot be stored: errored for good, with why,
+  a failed attempt counted (killed, with why, if a kill was requested);
 - a kill was requested (signal, or in the database), unless the handler returned before it saw
   one: killed;
 - max runtime exceeded: a failed attempt ("max runtime exceeded");
@@ -180,7 +180,8 @@ def _decide(
     if end.how in (Ending.INVALID, Ending.UNRECORDABLE):
         if kill:  # kill wins here too (the errored write would not land past the request)
             return c.ended(S.KILLED, f"killed; {end.error}")
-        return c.ended(S.ERRORED, end.error)
+        errored = c.ended(S.ERRORED, end.error)  # a failed attempt, the last one
+        return replace(errored, failures=c.failures + 1)
     if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
         return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now)
     if end.how == Ending.CRASHED:

@@ -173,7 +173,7 @@ def test_a_kill_of_a_lost_run_says_why_it_was_lost() -> None:
 def test_wrong_typed_counts_written_by_another_program_never_raise(bad: Any) -> None:
     doc = {"failures": bad, "max_attempts": bad}
     invalid = decide(doc, PLAIN, RunEnd(Ending.INVALID, error="invalid job document: x"), NOW)
-    assert (invalid.status, invalid.failures) == (S.ERRORED, 0)
+    assert (invalid.status, invalid.failures) == (S.ERRORED, 1)  # a failed attempt, the last
     crashed = decide(doc, PLAIN, RunEnd(Ending.CRASHED), NOW)
     assert (crashed.status, crashed.failures) == (S.ERRORED, 1)  # max_attempts read as 1
 

@@ -44,6 +44,7 @@ async def test_a_result_too_large_to_store_is_errored_with_the_reason(db: Any) -
     assert done.error is not None
     assert done.error.startswith("could not record the run's outcome (finished): the result is 17.")
     assert "over the 15.7 MB a job can hold" in done.error
+    assert (done.failures, done.attempt) == (1, 1)  # as its history says: a failed attempt
     assert exits.statuses == ["errored"]
     # the exclusive name was freed with the final write: the next one is not skipped
     assert (await processor.schedule_job("export")).status == S.PENDING
