@@ -23,6 +23,7 @@ from ..core.outcome import Policy
 from ..core.retention import Retention
 from ..core.values import finite_or_text, may_hold_non_finite, naive_datetime_at
 from ..storage.jobs import MAX_VALUE_BYTES
+from . import threads as threads_module
 from .threads import USER_THREADS
 
 Doc = dict[str, Any]
@@ -68,10 +69,28 @@ def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Poli
     )
 
 
+#: The files of the frames that only hand a call to the user's function (left out of tracebacks).
+_PLUMBING = frozenset({__file__, threads_module.__file__})
+
+
 def describe_error(exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(exc, limit=-5))
+    """`Type: message`, then the traceback's last 5 frames, without those that only hand the
+    call to the user's function (on a thread or not)."""
+    shown = traceback.TracebackException.from_exception(exc)
+    _trim(shown, set())
     text = f"{type(exc).__name__}: {exc}"
-    return f"{text}\n{tb}"[:4000]
+    return f"{text}\n{''.join(shown.format())}"[:4000]
+
+
+def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
+    if id(shown) in seen:
+        return
+    seen.add(id(shown))
+    frames = [f for f in shown.stack if f.filename not in _PLUMBING] or list(shown.stack)
+    shown.stack = traceback.StackSummary.from_list(frames[-5:])
+    for chained in (shown.__cause__, shown.__context__):
+        if chained is not None:
+            _trim(chained, seen)
 
 
 class ResultTooLarge(ValueError):

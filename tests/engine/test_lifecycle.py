@@ -65,6 +65,22 @@ async def test_failing_job_is_errored_with_type_and_traceback(db: Any) -> None:
     assert exits.of(job.id) == ["errored"]
 
 
+async def test_a_plain_handlers_traceback_starts_at_the_users_code(db: Any) -> None:
+    def parse(row: int) -> None:
+        raise ValueError(f"row {row} is bad")
+
+    def load(job: Job, signal: AbortSignal) -> None:  # runs on a thread
+        parse(job.payload["row"])
+
+    processor = await make(db, {"load": JobDef(handler=load)})
+    failed = await processor.run_job("load", {"row": 3})
+    assert failed.error is not None
+    lines = failed.error.splitlines()
+    assert lines[:2] == ["ValueError: row 3 is bad", "Traceback (most recent call last):"]
+    assert lines[2].endswith(", in load") and "in parse" in failed.error
+    assert "job_processor" not in failed.error  # no frame of the call's plumbing
+
+
 async def test_plain_function_handler_runs_in_a_thread(db: Any) -> None:
     threads: list[str] = []
 
