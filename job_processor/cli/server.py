@@ -19,7 +19,12 @@ from typing import TextIO
 
 from ..engine.signals import stop_on_signals
 from ..storage.connect import DEFAULT_DATABASE
-from ..storage.local_server import LocalServer, LocalServerError, start_local_server
+from ..storage.local_server import (
+    LocalServer,
+    LocalServerError,
+    free_port_near,
+    start_local_server,
+)
 
 #: The default port: MongoDB's.
 DEFAULT_PORT = 27017
@@ -52,10 +57,12 @@ async def cmd_server(args: argparse.Namespace) -> int:
         print(f"error: --port {port}: a port is a number from 1 to 65535", flush=True)
         return 2
     if port_in_use(port):
+        free = free_port_near("127.0.0.1", port)
+        other = f"job-processor server --port {free} (free now)" if free else "another --port"
         print(
-            f"error: 127.0.0.1:{port} is already in use (a MongoDB running there? then use it: "
+            f"error: 127.0.0.1:{port} is already in use (if a MongoDB server runs there, use it: "
             f"MONGODB_URL=mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}); or pick another port: "
-            "job-processor server --port 27018",
+            f"{other}",
             flush=True,
         )
         return 2

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.errors import JobProcessorError
 from ..storage.connect import MISSING_URL, URL_ENV, check_reachable, close_database, open_database
+from ..storage.local_server import bound_socket, free_port_near
 from .app import create_dashboard
 from .auth import UNSET, is_loopback
 from .hosts import patterns_from
@@ -49,35 +50,11 @@ def shown(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _bound(host: str, port: int) -> socket.socket:
-    # as uvicorn binds a host: IPv6 when it has a colon, else IPv4 ("localhost": 127.0.0.1)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def free_port_near(host: str, port: int, tries: int = 20) -> int | None:
-    """The first port after `port` that `host` can bind now (None when none of `tries` can)."""
-    for candidate in range(port + 1, min(port + 1 + tries, 65536)):
-        try:
-            _bound(host, candidate).close()
-        except OSError:
-            continue
-        return candidate
-    return None
-
-
 def listening_socket(host: str, port: int) -> socket.socket:
     """The dashboard's socket, bound; DashboardUsageError (exit 2) with the fix when the port
     is taken or the address is not this machine's."""
     try:
-        sock = _bound(host, port)
+        sock = bound_socket(host, port)
     except OverflowError:
         raise DashboardUsageError(f"--port {port}: a port is a number from 0 to 65535") from None
     except OSError as exc:

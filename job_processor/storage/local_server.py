@@ -31,6 +31,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port as uvicorn binds one: IPv6 for a host with a colon
+    (brackets allowed), else IPv4. OSError when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def free_port_near(host: str, port: int, tries: int = 20) -> int | None:
+    """The first port after `port` that `host` can bind now (None when none of `tries` can)."""
+    for candidate in range(port + 1, min(port + 1 + tries, 65536)):
+        try:
+            bound_socket(host, candidate).close()
+        except OSError:
+            continue
+        return candidate
+    return None
+
+
 def _executable() -> str:
     beside = Path(sys.executable).parent / "nx-27017"
     found = str(beside) if beside.exists() else shutil.which("nx-27017")

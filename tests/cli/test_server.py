@@ -4,6 +4,7 @@ process; Ctrl-C and SIGTERM stop it cleanly, and its data is there again at the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
         )
         assert second.returncode == 2
         assert f"127.0.0.1:{port} is already in use" in second.stdout
-        assert "--port" in second.stdout
+        said = re.search(r"job-processor server --port (\d+) \(free now\)", second.stdout)
+        assert said is not None and int(said[1]) > port, second.stdout
     finally:
         stop(proc, signal.SIGTERM)
 
