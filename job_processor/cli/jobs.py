@@ -4,6 +4,8 @@ and the old `kill JOB_ID`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -73,7 +75,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         "exit_hook_error",
     ):
         if data.get(key) is not None:
-            print(f"{key + ':':<20}{data[key]}")
+            print(f"{key + ':':<20}{shown_time(data[key])}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts, job.status)}")
     if job.after:
         # "waiting" in `deps`: not counted yet (the dependency has not ended, or just ended)
@@ -106,8 +108,8 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
                     h.get("attempt"),
                     run_outcome(h),
                     h.get("worker_id"),
-                    h.get("started_at"),
-                    h.get("ended_at"),
+                    shown_time(h.get("started_at")),
+                    shown_time(h.get("ended_at")),
                     first_line(h.get("error"), 40),
                 ]
                 for h in data["history"]
@@ -166,6 +168,18 @@ async def jobs_list(args: argparse.Namespace) -> int:
         return DONE
 
     return await with_admin(args, run)
+
+
+def shown_time(value: Any) -> Any:
+    """A time of `jobs show` (an ISO text or a datetime) in one form: 2030-01-31T09:00:00.123Z;
+    anything else as it is."""
+    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+        with contextlib.suppress(ValueError):
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+    return value
 
 
 async def jobs_show(args: argparse.Namespace) -> int:

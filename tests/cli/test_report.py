@@ -68,3 +68,13 @@ async def test_an_empty_database_is_said_with_both_likely_causes(
         "warning: database 'fresh' holds no job-processor collections (job_processor_*): check "
         "the database name in MONGODB_URL (or no worker or producer has used it yet)\n"
     )
+
+
+def test_jobs_show_writes_every_time_in_one_form() -> None:
+    from job_processor.cli.jobs import shown_time
+
+    moment = dt.datetime(2030, 1, 31, 9, 0, 0, 123456, tzinfo=dt.UTC)
+    assert shown_time(moment) == "2030-01-31T09:00:00.123Z"  # as the history's datetimes
+    assert shown_time("2030-01-31T09:00:00.123456Z") == "2030-01-31T09:00:00.123Z"  # JSON's
+    assert shown_time("2030-01-31T10:00:00+01:00") == "2030-01-31T09:00:00.000Z"
+    assert shown_time("simple") == "simple" and shown_time(3) == 3
