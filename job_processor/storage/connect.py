@@ -92,6 +92,8 @@ async def check_reachable(db: Any, wait: float) -> None:
             if isinstance(exc, TimeoutError)
             else plainly(str(exc).split(",")[0])
         )
+        if reason == "no answer" or reason.endswith("timed out"):
+            reason = await _why_silent(db, reason)
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
@@ -130,6 +132,31 @@ def why_unreachable(db: Any) -> str:
                 text = str(server.error).removeprefix(f"{host}:{port}: ").split(" (configured")[0]
                 return plainly(text)
     return "no answer"
+
+
+SILENT = (
+    "something listens there but does not answer as MongoDB does: another kind of server "
+    "(an HTTP one, such as the dashboard?), or a MongoDB too busy to answer in time"
+)
+
+
+async def _why_silent(db: Any, reason: str) -> str:
+    """When the driver heard nothing: whether something listens at the address at all (a
+    connection accepted but no MongoDB answer is another kind of server, not an outage)."""
+    with contextlib.suppress(Exception):
+        for host, port in list(db.client.topology_description.server_descriptions())[:3]:
+            try:
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(host, port)
+            except ConnectionRefusedError:
+                return PLAIN_REASONS["Errno 111"]
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return SILENT
+    return reason
 
 
 def open_database(url: str, timeout: float | None = None) -> Any:

@@ -71,3 +71,29 @@ def test_no_error_seen_yet_is_no_answer() -> None:
 )
 def test_a_url_is_printed_without_its_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+async def test_a_server_that_accepts_but_never_answers_is_not_called_an_outage() -> None:
+    import asyncio
+
+    from job_processor.core.errors import DatabaseUnreachableError
+    from job_processor.storage.connect import check_reachable, close_database, open_database
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # reads nothing, answers nothing: as an HTTP server waiting
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    db = open_database(f"mongodb://127.0.0.1:{port}/x", 1.0)
+    try:
+        with pytest.raises(DatabaseUnreachableError) as err:
+            await check_reachable(db, 1.0)
+    finally:
+        await close_database(db)
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert "something listens there but does not answer as MongoDB does" in str(err.value)
