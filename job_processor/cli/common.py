@@ -147,6 +147,11 @@ def report(result: ActionResult, as_json: bool) -> int:
             )
         else:
             print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({state})")
+            if result.detail.get("paused"):
+                print(
+                    f"  {made.name!r} is paused: no worker runs it until "
+                    f"`job-processor names resume {made.name}`"
+                )
             for why in result.skipped.values():
                 print(f"  {why}")
     else:

@@ -78,3 +78,18 @@ def test_jobs_show_writes_every_time_in_one_form() -> None:
     assert shown_time("2030-01-31T09:00:00.123456Z") == "2030-01-31T09:00:00.123Z"  # JSON's
     assert shown_time("2030-01-31T10:00:00+01:00") == "2030-01-31T09:00:00.000Z"
     assert shown_time("simple") == "simple" and shown_time(3) == 3
+
+
+def test_a_job_created_for_a_paused_name_says_it_waits_for_the_resume(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = Job.read(D.new_job("sync", {}, now=NOW))
+    result = ActionResult(
+        action="job_created", actor="cli", at=NOW, jobs=[job], changed=[job.id], count=1
+    )
+    result.detail["paused"] = True
+    assert report(result, as_json=False) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"created job sync {job.id} (pending, due now)",
+        "  'sync' is paused: no worker runs it until `job-processor names resume sync`",
+    ]

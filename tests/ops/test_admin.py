@@ -237,6 +237,10 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
     assert (task.type, task.trigger, task.status) == ("cron_task", "manual", "pending")
     with pytest.raises(UnknownJobError, match="unknown cron 'daily'"):
         await admin.trigger_cron("daily")
+    assert "paused" not in created.detail
+    await admin.pause("email")
+    while_paused = await admin.new_job("email", {})  # created, said to wait for the resume
+    assert while_paused.done and while_paused.detail["paused"] is True
 
 
 async def test_pause_resume_and_the_audit_log(env: Any) -> None:

@@ -372,6 +372,8 @@ class JobsAdmin(AdminBase):
             extra={"created_by": result.actor},
         )
         await self._insert(result, doc)
+        if result.changed and name in await self.storage.paused.names():
+            result.detail["paused"] = True  # created, but no worker claims it until resumed
         await self._record(result, {"name": name})
         return result
 
