@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.models import Job
 from ..core.runs import run_outcome, runs_summary
+from ..core.status import TERMINAL
 from ..ops.admin import Admin, parse_duration
 from .common import (
     DONE,
@@ -95,8 +96,8 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         print(f"{'result:':<20}{json.dumps(output['result'])}")
     if output.get("duration_ms") is not None:
         print(f"{'duration_ms:':<20}{output['duration_ms']}")
-    if output.get("error"):
-        print("error:")
+    if output.get("error"):  # of the run that ended last: a job running again is not failing
+        print("error:" if job.status in TERMINAL else "error of the previous run:")
         for line in str(output["error"]).splitlines():
             print(f"  {line}")
     if data.get("history"):

@@ -93,3 +93,22 @@ def test_a_job_created_for_a_paused_name_says_it_waits_for_the_resume(
         f"created job sync {job.id} (pending, due now)",
         "  'sync' is paused: no worker runs it until `job-processor names resume sync`",
     ]
+
+
+def test_a_job_running_again_shows_its_last_error_as_the_previous_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from job_processor.cli.jobs import show_job
+
+    doc = D.new_job("sync", {}, now=NOW) | {
+        "status": "pending",
+        "attempt": 1,
+        "failures": 1,
+        "max_attempts": 3,
+        "output": {"error": "ValueError: boom", "result": None},
+    }
+    show_job(Job.read(doc))
+    out = capsys.readouterr().out
+    assert "error of the previous run:\n  ValueError: boom" in out
+    show_job(Job.read(doc | {"status": "errored", "ended_at": NOW}))
+    assert "\nerror:\n  ValueError: boom" in capsys.readouterr().out
