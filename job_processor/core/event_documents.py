@@ -37,10 +37,14 @@ S = JobStatus
 WEBHOOK_JOB = "webhook-delivery"
 
 
-def is_delivery_name(name: str) -> bool:
-    """A job name of event deliveries ('webhook-delivery', '<event>:<subscriber>'): such jobs
-    are made by emit() and replays, never by hand (a job name cannot hold ':')."""
-    return name == WEBHOOK_JOB or ":" in name
+#: Set on the handler of an event delivery's JobDef; recorded as `delivery: true` in the registry.
+DELIVERY_MARK = "event_delivery"
+
+
+def is_delivery(name: str, registered: Doc) -> bool:
+    """Whether a registered job name is one of event deliveries ('webhook-delivery',
+    '<event>:<subscriber>'): such jobs are made by emit() and replays, never by hand."""
+    return name == WEBHOOK_JOB or bool(registered.get("delivery"))
 
 
 def delivery_job_name(event: str, subscriber: str) -> str:

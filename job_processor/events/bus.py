@@ -116,8 +116,13 @@ class EventBus:
                     on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
                 )
         if self.options.deliver:
+
+            async def deliver_webhook(job: Job[Any], signal: AbortSignal) -> Any:
+                return await self._webhook_handler(job, signal)
+
+            setattr(deliver_webhook, E.DELIVERY_MARK, True)
             defs[E.WEBHOOK_JOB] = JobDef(
-                handler=self._webhook_handler,
+                handler=deliver_webhook,
                 max_attempts=self.options.max_attempts,
                 backoff=self.options.backoff,
             )
@@ -388,6 +393,7 @@ class EventBus:
             return await call_maybe_async(sub.handler, event, signal, on_late_return=returned_late)
 
         deliver.__qualname__ = deliver.__name__ = f"deliver_to_{sub.name}"
+        setattr(deliver, E.DELIVERY_MARK, True)
         return deliver
 
     async def _webhook_handler(self, job: Job[Any], signal: AbortSignal) -> Any:

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..core import event_documents as E
 from ..core.definitions import CronDef
 from .compat import IndexKeys, all_docs, decode_opt
 
@@ -45,6 +46,8 @@ def definition_fields(definition: Any) -> Doc:
         "cron_string": getattr(definition, "cron_string", None),
         "timezone": getattr(definition, "timezone", None),
     }
+    if getattr(definition.handler, E.DELIVERY_MARK, False):  # made by emit(), never by hand
+        fields["delivery"] = True
     return fields
 
 

@@ -567,3 +567,18 @@ async def test_a_plain_subscriber_given_up_is_logged_when_it_returns(
     cancelled = next(r for r in caplog.records if r.__dict__.get("event") == "job_cancelled")
     assert cancelled.__dict__["fields"]["thread_left_running"] is True
     assert (await p.get_job(delivery.job_id)).status == S.KILLED
+
+
+async def test_delivery_jobs_are_not_made_by_hand(db: Any) -> None:
+    from job_processor.core.errors import InvalidArgumentError
+    from job_processor.ops.admin import Admin
+
+    async def email(event: Event, signal: AbortSignal) -> None:
+        pass
+
+    p = await make(db, {"paid": [Subscriber("email", handler=email)]})
+    async with p:  # registers its definitions, deliveries marked as such
+        admin = await Admin.open(db, p.storage.prefix)
+        for name in ("paid:email", "webhook-delivery"):
+            with pytest.raises(InvalidArgumentError, match="is an event delivery"):
+                await admin.new_job(name, {})

@@ -215,10 +215,21 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
         await admin.new_job("nightly", {})
     # the names of event deliveries are made by emit(), never by hand, nor offered as known
     _, storage, _ = env
-    delivery = {"webhook-delivery": JobDef(handler=lambda j, s: None)}
-    await storage.definitions.register(delivery, "w-setup", NOW)
-    with pytest.raises(InvalidArgumentError, match="'webhook-delivery' is an event delivery"):
-        await admin.new_job("webhook-delivery", {})
+
+    def deliver(job: Any, signal: Any) -> None:  # as the event bus marks its deliveries
+        pass
+
+    deliver.event_delivery = True  # type: ignore[attr-defined]
+    registered = {
+        "webhook-delivery": JobDef(handler=lambda j, s: None),
+        "paid:email": JobDef(handler=deliver),
+        "reports:daily": JobDef(handler=noop),  # a job's own name may hold ':'
+    }
+    await storage.definitions.register(registered, "w-setup", NOW)
+    for name in ("webhook-delivery", "paid:email"):
+        with pytest.raises(InvalidArgumentError, match=f"'{name}' is an event delivery"):
+            await admin.new_job(name, {})
+    assert (await admin.new_job("reports:daily", {})).done
     with pytest.raises(UnknownJobError) as unknown:
         await admin.new_job("webhok", {})
     assert "webhook-delivery" not in str(unknown.value)

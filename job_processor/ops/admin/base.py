@@ -223,7 +223,7 @@ class AdminBase:
             jobs = [
                 n
                 for n, d in known.items()
-                if d.get("kind", "job") == "job" and not E.is_delivery_name(n)
+                if d.get("kind", "job") == "job" and not E.is_delivery(n, d)
             ]
             raise UnknownJobError(name, jobs)
         return known[name]

@@ -334,7 +334,7 @@ class JobsAdmin(AdminBase):
         definition = await self._definition(name)
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
-        if E.is_delivery_name(name):
+        if E.is_delivery(name, definition):
             raise InvalidArgumentError(
                 f"{name!r} is an event delivery: its jobs are made by emit(); to deliver an "
                 "event again, replay it (job-processor events replay ID)"
