@@ -286,7 +286,7 @@ async def init_job_processor(
         poll_interval=check_positive("poll_interval", poll_interval),
         heartbeat_interval=check_positive("heartbeat_interval", heartbeat_interval),
         worker_timeout=check_positive("worker_timeout", worker_timeout),
-        shutdown_grace=check_positive("shutdown_grace", shutdown_grace, no_limit=True),
+        shutdown_grace=check_positive("shutdown_grace", shutdown_grace),
         change_streams=bool(change_streams),
         change_stream_max_await=check_positive("change_stream_max_await", change_stream_max_await),
         idle_poll_interval=max(
@@ -304,7 +304,7 @@ async def init_job_processor(
         raise InvalidDefinitionError(
             f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
         )
-    check_positive("connect_timeout", connect_timeout, no_limit=True)
+    check_positive("connect_timeout", connect_timeout)
     retry_budget = check_retry_budget(producer_retry_seconds)
     subscriber_defs = parse_subscribers(subscribers)
     secrets = load_secrets(webhook_secrets)

@@ -70,20 +70,17 @@ def check_retry_budget(value: Any) -> float:
 MAX_SETTING_SECONDS = 365 * 24 * 3600
 
 
-def check_positive(name: str, value: float, *, no_limit: bool = False) -> float:
+def check_positive(name: str, value: float) -> float:
     """A processor's interval or timeout: a number of seconds above 0, at most a year (NaN is
-    refused: a poll of NaN seconds would spin; so is infinity, which cannot be stored or added
-    to a date, except where `no_limit` says it means "wait as long as it takes")."""
-    if no_limit and value == float("inf"):
-        return float(value)
+    refused: a poll of NaN seconds would spin; so is infinity, which cannot be stored, added to
+    a date or given to a socket: a year is as good as never)."""
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)
         or not 0 < value <= MAX_SETTING_SECONDS  # NaN fails this too
     ):
-        unbounded = " or math.inf (no limit)" if no_limit else ""
         raise InvalidDefinitionError(
             f"{name} must be a number of seconds above 0 and at most {MAX_SETTING_SECONDS} "
-            f"(a year){unbounded}, got {value!r}"
+            f"(a year), got {value!r}"
         )
     return float(value)
