@@ -69,26 +69,40 @@ def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Poli
     )
 
 
-#: The files of the frames that only hand a call to the user's function (left out of tracebacks).
-_PLUMBING = frozenset({__file__, threads_module.__file__})
+#: The frames that only hand a call to the user's function (left out of tracebacks): the
+#: call itself, and for a plain def the thread's side.
+_PLUMBING = frozenset(
+    {
+        (__file__, "call_maybe_async"),
+        (threads_module.__file__, "run"),
+        (threads_module.__file__, "_execute"),
+    }
+)
+#: The longest error text stored: its start (the message) and its end (where it was raised).
+MAX_ERROR_CHARS = 4000
 
 
 def describe_error(exc: BaseException) -> str:
-    """`Type: message`, then the traceback's last 5 frames, without those that only hand the
-    call to the user's function (on a thread or not)."""
+    """`Type: message`, then the traceback's last 5 frames (of each chained or grouped
+    exception), without those that only hand the call to the user's function."""
     shown = traceback.TracebackException.from_exception(exc)
     _trim(shown, set())
-    text = f"{type(exc).__name__}: {exc}"
-    return f"{text}\n{''.join(shown.format())}"[:4000]
+    text = f"{type(exc).__name__}: {exc}\n{''.join(shown.format())}"
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    head = MAX_ERROR_CHARS // 3
+    tail = MAX_ERROR_CHARS - head - 7
+    return f"{text[:head]}\n[...]\n{text[-tail:]}"
 
 
 def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
     if id(shown) in seen:
         return
     seen.add(id(shown))
-    frames = [f for f in shown.stack if f.filename not in _PLUMBING] or list(shown.stack)
+    frames = [f for f in shown.stack if (f.filename, f.name) not in _PLUMBING] or list(shown.stack)
     shown.stack = traceback.StackSummary.from_list(frames[-5:])
-    for chained in (shown.__cause__, shown.__context__):
+    grouped = getattr(shown, "exceptions", None) or []  # an ExceptionGroup's (TaskGroup)
+    for chained in (shown.__cause__, shown.__context__, *grouped):
         if chained is not None:
             _trim(chained, seen)
 

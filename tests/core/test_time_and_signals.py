@@ -102,6 +102,34 @@ def test_error_text_has_type_message_and_traceback() -> None:
     assert "test_error_text_has_type_message_and_traceback" in text
 
 
+async def test_a_task_groups_error_keeps_where_it_was_raised_however_deep() -> None:
+    """Each grouped exception's traceback is cut to its last frames; a text still too long
+    keeps its start (the message) and its end (the innermost error)."""
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ValueError("bottom")
+        deep(n - 1)
+
+    async def part(n: int) -> None:
+        deep(80)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for n in range(3):
+                group.create_task(part(n))
+    except ExceptionGroup as exc:
+        text = describe_error(exc)
+    assert len(text) <= 4000
+    assert text.startswith("ExceptionGroup: unhandled errors in a TaskGroup (3 sub-exceptions)")
+    assert text.count("ValueError: bottom") == 3
+    assert text.count("in deep") <= 3 * 5  # the last 5 frames of each
+
+    huge = ValueError("x" * 10_000)
+    text = describe_error(huge)
+    assert len(text) == 4000 and "[...]" in text and text.startswith("ValueError: xxx")
+
+
 def test_decode_restores_dates_stored_as_text() -> None:
     doc = decode({"last_seen": "2030-01-01 10:00:00.123000", "payload_note": "2030-01-01 10:00:00"})
     assert doc["last_seen"] == dt.datetime(2030, 1, 1, 10, 0, 0, 123000, tzinfo=dt.UTC)

@@ -78,7 +78,8 @@ async def test_a_plain_handlers_traceback_starts_at_the_users_code(db: Any) -> N
     lines = failed.error.splitlines()
     assert lines[:2] == ["ValueError: row 3 is bad", "Traceback (most recent call last):"]
     assert lines[2].endswith(", in load") and "in parse" in failed.error
-    assert "job_processor" not in failed.error  # no frame of the call's plumbing
+    assert "call_maybe_async" not in failed.error  # no frame of the call's plumbing
+    assert "in _execute" not in failed.error and "threads.py" not in failed.error
 
 
 async def test_plain_function_handler_runs_in_a_thread(db: Any) -> None:
