@@ -15,6 +15,7 @@ import pymongo
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.server_type import SERVER_TYPE
 
 from ..core.errors import DatabaseUnreachableError, InvalidArgumentError, InvalidDatabaseError
 from .sync_adapter import is_sync
@@ -140,18 +141,33 @@ SILENT = (
 )
 
 
+NO_PRIMARY = (
+    "no primary: the servers answer, but none accepts writes (a replica set electing one, or "
+    "not initiated yet: rs.initiate())"
+)
+
+
 async def _why_silent(db: Any, reason: str) -> str:
-    """When the driver heard nothing: whether something listens at the address at all (a
-    connection accepted but no MongoDB answer is another kind of server, not an outage)."""
+    """When the driver heard nothing: servers that answered without a primary are a replica
+    set with none; else whether something listens at the address at all (a connection
+    accepted but no MongoDB answer is another kind of server, or one too busy)."""
     with contextlib.suppress(Exception):
-        for host, port in list(db.client.topology_description.server_descriptions())[:3]:
+        topology = db.client.topology_description
+        known = [
+            sd
+            for sd in topology.server_descriptions().values()
+            if sd.server_type != SERVER_TYPE.Unknown
+        ]
+        if known:
+            return reason if topology.has_writable_server() else NO_PRIMARY
+        for host, port in list(topology.server_descriptions())[:1]:
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(0.5):  # on top of the wait, only when it failed
                     _, writer = await asyncio.open_connection(host, port)
             except ConnectionRefusedError:
                 return PLAIN_REASONS["Errno 111"]
             except (OSError, TimeoutError):
-                continue
+                break
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -3,6 +3,7 @@ server needed: the driver's last error)."""
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -97,3 +98,63 @@ async def test_a_server_that_accepts_but_never_answers_is_not_called_an_outage()
         server.close()
         await server.wait_closed()
     assert "something listens there but does not answer as MongoDB does" in str(err.value)
+
+
+async def test_a_replica_set_without_a_primary_is_said_as_such() -> None:
+    """A server that answers `hello` as a secondary of a set with no primary (an election, or
+    a set not initiated): no primary, not 'another kind of server'."""
+    import asyncio
+    import struct
+
+    import bson
+
+    from job_processor.core.errors import DatabaseUnreachableError
+    from job_processor.storage.connect import check_reachable, close_database, open_database
+
+    address: list[str] = []
+
+    def hello() -> bytes:
+        return bson.encode(
+            {
+                "ok": 1.0,
+                "isWritablePrimary": False,
+                "secondary": True,
+                "setName": "rs0",
+                "hosts": address,
+                "me": address[0],
+                "minWireVersion": 0,
+                "maxWireVersion": 21,
+            }
+        )
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def secondary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(Exception):
+            while True:  # every request gets the same hello reply, as OP_MSG or OP_REPLY
+                length, request_id, _, opcode = struct.unpack("<iiii", await reader.readexactly(16))
+                await reader.readexactly(length - 16)
+                if opcode == 2004:  # OP_QUERY (the first handshake): OP_REPLY
+                    body = struct.pack("<iqii", 0, 0, 0, 1) + hello()
+                    reply_op = 1
+                else:  # OP_MSG: flags, a section of kind 0
+                    body = struct.pack("<I", 0) + b"\x00" + hello()
+                    reply_op = 2013
+                writer.write(struct.pack("<iiii", 16 + len(body), 1, request_id, reply_op) + body)
+                await writer.drain()
+
+    server = await asyncio.start_server(secondary, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    address.append(f"127.0.0.1:{port}")
+    db = open_database(f"mongodb://127.0.0.1:{port}/x?replicaSet=rs0", 1.0)
+    try:
+        with pytest.raises(DatabaseUnreachableError) as err:
+            await check_reachable(db, 1.0)
+    finally:
+        await close_database(db)
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert "(no primary: the servers answer, but none accepts writes" in str(err.value)
