@@ -76,7 +76,8 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         "exit_hook_error",
     ):
         if data.get(key) is not None:
-            print(f"{key + ':':<20}{shown_time(data[key])}")
+            value = shown_time(data[key]) if key in _TIMES else data[key]
+            print(f"{key + ':':<20}{value}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts, job.status)}")
     if job.after:
         # "waiting" in `deps`: not counted yet (the dependency has not ended, or just ended)
@@ -171,12 +172,19 @@ async def jobs_list(args: argparse.Namespace) -> int:
     return await with_admin(args, run)
 
 
+#: The fields of `jobs show` that are times.
+_TIMES = frozenset(
+    {"created_at", "scheduled_for", "started_at", "run_started_at", "ended_at", "kill_requested_at"}
+)
+
+
 def shown_time(value: Any) -> Any:
     """A time of `jobs show` (an ISO text or a datetime) in one form: 2030-01-31T09:00:00.123Z;
     anything else as it is."""
     if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
         with contextlib.suppress(ValueError):
-            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = parsed if parsed.tzinfo is not None else value
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")

@@ -78,6 +78,19 @@ def test_jobs_show_writes_every_time_in_one_form() -> None:
     assert shown_time("2030-01-31T09:00:00.123456Z") == "2030-01-31T09:00:00.123Z"  # JSON's
     assert shown_time("2030-01-31T10:00:00+01:00") == "2030-01-31T09:00:00.000Z"
     assert shown_time("simple") == "simple" and shown_time(3) == 3
+    assert shown_time("2030-01-31T09:00:00") == "2030-01-31T09:00:00"  # no zone: as it is
+
+
+def test_jobs_show_leaves_a_key_that_looks_like_a_time_as_it_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from job_processor.cli.jobs import show_job
+
+    key = "2024-05-01T00:00:00+02:00"
+    show_job(Job.read(D.new_job("sync", {}, now=NOW, key=key)))
+    out = capsys.readouterr().out
+    assert f"key:                {key}\n" in out
+    assert "created_at:         2030-01-01T09:00:00.000Z\n" in out
 
 
 def test_a_job_created_for_a_paused_name_says_it_waits_for_the_resume(
