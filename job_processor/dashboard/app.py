@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -23,6 +23,7 @@ from . import events as event_pages
 from .auth import UNSET, DashboardConfigError, is_loopback
 from .auth import refuse_public_host as _refuse
 from .guard import Guard, with_errors
+from .render import root_of
 from .state import Dashboard, is_api
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -135,16 +136,22 @@ def create_dashboard(
         if "user" not in request.scope.get("state", {}):
             return JSONResponse({"error": "not found"}, status_code=404)
         if is_api(request):
-            known = "/api/overview, /api/jobs, /api/jobs/{id}"
+            root = root_of(request)
+            known = ", ".join(f"{root}/api/{p}" for p in ("overview", "jobs", "jobs/{id}"))
             return JSONResponse(
                 {"error": f"no API at {request.url.path}: the API is {known}"}, status_code=404
             )
         return d.error_page(request, 404, "Not found", f"No page at {request.url.path}.")
 
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        if is_api(request):  # a script's wrong method: JSON, as every API error
+            return JSONResponse({"error": f"{request.method} is not allowed here"}, 405)
+        return PlainTextResponse("Method Not Allowed", status_code=405)
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Guard, dashboard=d)],
-        exception_handlers={404: not_found},
+        exception_handlers={404: not_found, 405: not_allowed},
     )
     app.state.dashboard = d
     return app

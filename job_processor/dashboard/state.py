@@ -49,7 +49,7 @@ def is_api(request: Request) -> bool:
     """A request for the JSON API (`/api/...`, under the dashboard's root path)."""
     path = request.url.path
     root = root_of(request)
-    if root and path.startswith(root):
+    if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
     return path == "/api" or path.startswith("/api/")
 

@@ -415,6 +415,14 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
         metrics = await c.get("/jobs/metrics")
         assert metrics.status_code == 200
         assert 'job_processor_jobs{name="send-email"' in metrics.text
+        # the JSON API under the prefix: its errors are JSON, naming the mounted paths
+        bad = await c.get("/jobs/api/jobs/nope")
+        assert bad.status_code == 400 and "not a job id" in bad.json()["error"]
+        missing = await c.get("/jobs/api/job")
+        assert missing.status_code == 404
+        assert "the API is /jobs/api/overview, /jobs/api/jobs" in missing.json()["error"]
+        wrong_method = await c.options("/jobs/api/jobs")
+        assert wrong_method.status_code == 405 and wrong_method.json()["error"]
 
 
 async def test_what_runs_after_the_guard_can_read_the_body_again(processor: Any) -> None:
