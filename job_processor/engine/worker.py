@@ -440,14 +440,17 @@ class Worker:
                 await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
             if not handler.done():
                 handler.cancel()
-                with contextlib.suppress(BaseException):
-                    await handler
+                # a plain def's call is given up at once; an async handler may clean up: the
+                # line is written within a second either way
+                await asyncio.wait({handler}, timeout=1.0)
                 self.log.warning(
                     "job_cancelled",
                     reason=signal.reason,
                     thread_left_running=give_ups.left_running,  # a plain def still running
                     **fields,
                 )
+                with contextlib.suppress(BaseException):
+                    await handler
         finally:
             aborted.cancel()
             if timer is not None:

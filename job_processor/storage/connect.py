@@ -55,16 +55,18 @@ def check_database(db: Any) -> None:
 
 
 def shown_url(url: str) -> str:
-    """A MongoDB URL to print: its password, and the value of any query option whose name says
-    it is a password or a secret, replaced by **** (the password up to the last "@": an
-    unescaped "@" or "/" in it must not show the rest)."""
+    """A MongoDB URL to print: its password, and the value of any query option that may hold a
+    secret (a password, a token, authMechanismProperties), replaced by **** (the password up to
+    the last "@" before the query: an unescaped "@" or "/" in it must not show the rest)."""
     scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        userinfo, _, hosts = rest.rpartition("@")
+    before_query, question, query = rest.partition("?")
+    if sep and "@" in before_query:  # an "@" in the query (appName=ops@team) is not a login
+        userinfo, _, hosts = before_query.rpartition("@")
         if ":" in userinfo:
-            rest = f"{userinfo.split(':', 1)[0]}:****@{hosts}"
-    shown = f"{scheme}{sep}{rest}"
-    return re.sub(r"(?i)([?&][^=&]*(?:password|secret)[^=&]*=)[^&]*", r"\1****", shown)
+            before_query = f"{userinfo.split(':', 1)[0]}:****@{hosts}"
+    shown = f"{scheme}{sep}{before_query}{question}{query}"
+    secret = r"[^=&]*(?:password|secret|token|authmechanismproperties)[^=&]*"
+    return re.sub(rf"(?i)([?&]{secret}=)[^&]*", r"\1****", shown)
 
 
 def address(db: Any) -> str:

@@ -63,6 +63,11 @@ def test_no_error_seen_yet_is_no_answer() -> None:
         ("mongodb://ada@h/db", "mongodb://ada@h/db"),
         ("mongodb://ada:p@ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped @
         ("mongodb://ada:pa/ss@h/db", "mongodb://ada:****@h/db"),
+        ("mongodb://h:27017/db?appName=ops@team", "mongodb://h:27017/db?appName=ops@team"),
+        (
+            "mongodb://h/db?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:t0k",
+            "mongodb://h/db?authMechanism=MONGODB-AWS&authMechanismProperties=****",
+        ),
         (
             "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=k3y&appName=x",
             "mongodb://h/db?tls=true&tlsCertificateKeyFilePassword=****&appName=x",

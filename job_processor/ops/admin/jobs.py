@@ -371,8 +371,9 @@ class JobsAdmin(AdminBase):
             resumable=bool(definition.get("resumable", False)),
             extra={"created_by": result.actor},
         )
+        paused = name in await self.storage.paused.names()  # read first: nothing after the insert
         await self._insert(result, doc)
-        if result.changed and name in await self.storage.paused.names():
+        if result.changed and paused:
             result.detail["paused"] = True  # created, but no worker claims it until resumed
         await self._record(result, {"name": name})
         return result
