@@ -438,3 +438,42 @@ async def test_a_backlog_costs_well_under_two_commands_per_job_on_the_wire(
     finally:
         await client.close()
     assert per_job < 1.5, f"{per_job:.2f} commands per job: {sorted(set(counted))}"
+
+
+async def test_a_cancelled_handler_says_whether_a_thread_was_left_running(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both ignore their kill signal and are cancelled after the grace period: the async one
+    leaves nothing behind, the plain one its thread."""
+    import logging
+
+    started, release = threading.Event(), threading.Event()
+
+    async def deaf_async(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    def deaf_plain(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        release.wait()
+
+    log = logging.getLogger("myservice.cancel")
+    jobs = {"deaf-async": JobDef(handler=deaf_async), "deaf-plain": JobDef(handler=deaf_plain)}
+    processor = await make(db, jobs, logger=log, shutdown_grace=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="myservice.cancel"):
+            async with processor:
+                for name in ("deaf-async", "deaf-plain"):
+                    started.clear()
+                    job = await processor.schedule_job(name)
+                    await wait_for(started.is_set, timeout=10)
+                    await processor.kill_job(job.id)
+                    await wait_status(processor, job.id, S.KILLED)
+    finally:
+        release.set()
+    left = {
+        r.__dict__["fields"]["job_name"]: r.__dict__["fields"]["thread_left_running"]
+        for r in caplog.records
+        if r.__dict__.get("event") == "job_cancelled"
+    }
+    assert left == {"deaf-async": False, "deaf-plain": True}
