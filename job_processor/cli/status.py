@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
+from typing import Any
 
 from ..core.errors import JobProcessorError
 from ..core.models import ProcessorStatus
@@ -81,13 +83,13 @@ def show_status(found: ProcessorStatus) -> None:
     if found.crons:
         print("crons:")
         table(
-            ["  NAME", "SCHEDULE", "TIMEZONE", "NEXT (LOCAL)", "LAST"],
+            ["  NAME", "SCHEDULE", "TIMEZONE", "NEXT (IN ITS TIMEZONE)", "LAST"],
             [
                 [
                     f"  {c.get('name')}",
                     c.get("cron_string"),
                     c.get("timezone"),
-                    str(c.get("next_slot_local") or "-"),
+                    local_time(c.get("next_slot_local")),
                     (c.get("recent") or [{}])[0].get("status", "-"),
                 ]
                 for c in found.crons
@@ -108,6 +110,16 @@ def show_status(found: ProcessorStatus) -> None:
             print(f"  - {warning}")
     else:
         print("warnings: none")
+
+
+def local_time(value: Any) -> str:
+    """A cron's next slot in its own time zone: 2030-01-31 09:00:00+01:00."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return "-" if value is None else str(value)
 
 
 async def health(args: argparse.Namespace) -> int:

@@ -125,3 +125,14 @@ def test_a_job_running_again_shows_its_last_error_as_the_previous_runs(
     assert "error of the previous run:\n  ValueError: boom" in out
     show_job(Job.read(doc | {"status": "errored", "ended_at": NOW}))
     assert "\nerror:\n  ValueError: boom" in capsys.readouterr().out
+
+
+def test_a_crons_next_slot_is_shown_in_its_own_time_zone() -> None:
+    import zoneinfo
+
+    from job_processor.cli.status import local_time
+
+    paris = dt.datetime(2030, 1, 31, 9, 0, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    assert local_time(paris) == "2030-01-31 09:00:00+01:00"
+    assert local_time("2030-01-31T09:00:00.123+01:00") == "2030-01-31 09:00:00+01:00"
+    assert local_time(None) == "-"
