@@ -255,12 +255,19 @@ async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float =
     if not counts:
         return []
     known = {str(r["event"]) for r in await storage.subscribers.all()}
+    enabled: set[str] = set(known)
     for endpoint in await storage.webhooks.all():
-        known |= {str(e) for e in endpoint.get("events") or [] if e != "*"}
+        names = {str(e) for e in endpoint.get("events") or [] if e != "*"}
+        known |= names
+        if endpoint.get("state", "enabled") == "enabled":
+            enabled |= names
     out = []
     for name, n in sorted(counts.items()):
-        if name in known:  # listened to now (or by a disabled endpoint): a replay delivers them
+        if name in enabled:  # listened to now: a replay delivers them
             advice = "something listens to it now: replay them to deliver them"
+            hint = ""
+        elif name in known:  # only by endpoints disabled now
+            advice = "the endpoints listening to it are disabled: enable one, then replay them"
             hint = ""
         else:
             advice = (
