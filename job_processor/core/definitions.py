@@ -439,9 +439,17 @@ class Subscriber(BaseModel):
         default=None, gt=0, le=_YEAR_MIN, allow_inf_nan=False
     )
 
-    def __init__(self, name: str | None = None, /, **data: Any) -> None:
-        if name is not None:
-            data["name"] = name
+    def __init__(
+        self, name: str | None = None, handler: Callable[..., Any] | None = None, /, **data: Any
+    ) -> None:
+        """`Subscriber("email", send_email, mode="serial")`: the name and the handler may be
+        given by position, as the other fields by keyword."""
+        for field_name, given in (("name", name), ("handler", handler)):
+            if given is None:
+                continue
+            if field_name in data:
+                raise TypeError(f"Subscriber(): {field_name} given twice (by position and keyword)")
+            data[field_name] = given
         super().__init__(**data)
 
     @field_validator("name")

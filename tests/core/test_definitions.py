@@ -162,3 +162,16 @@ def test_numbers_mongodb_or_a_timer_cannot_hold_are_refused_naming_the_field(
     with pytest.raises(InvalidDefinitionError) as err:
         JobDef(handler=lambda j, s: None, **{field: value})
     assert f"field {field!r}" in str(err.value) and says in str(err.value)
+
+
+def test_a_subscriber_takes_its_name_and_handler_by_position_or_keyword() -> None:
+    from job_processor import Subscriber
+
+    async def email(event: object, signal: object) -> None:
+        pass
+
+    assert Subscriber("email", email, mode="serial").handler is email
+    assert Subscriber("email", handler=email).mode == "async"
+    assert Subscriber(name="email", handler=email).name == "email"
+    with pytest.raises(TypeError, match="handler given twice"):
+        Subscriber("email", email, handler=email)
