@@ -283,7 +283,12 @@ class Job(BaseModel, Generic[PayloadT]):
             return list(self._given_dependencies)
         if not self.after:
             return []
-        return await self.processor.get_jobs(self.after)
+        if self._processor is None:
+            raise RuntimeError(
+                "job.dependencies() is only available inside a running handler; elsewhere, "
+                "read them with await processor.get_jobs(job.after)"
+            )
+        return await self._processor.get_jobs(self.after)
 
     @property
     def processor(self) -> Processor:

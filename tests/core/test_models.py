@@ -127,3 +127,14 @@ def test_a_status_given_by_a_user_is_read_in_any_case() -> None:
     assert parse_status(" ERRORED ") is JobStatus.ERRORED
     with pytest.raises(InvalidArgumentError, match="unknown status 'done': use one of pending"):
         parse_status("done")
+
+
+async def test_dependencies_outside_a_handler_say_where_to_read_them() -> None:
+    from job_processor.core import documents as D
+    from job_processor.core.models import Job
+
+    doc = D.new_job("page", {}, now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)) | {
+        "after": ["0123456789ab0123456789ab"]
+    }
+    with pytest.raises(RuntimeError, match=r"elsewhere, read them with await processor.get_jobs"):
+        await Job.read(doc).dependencies()
