@@ -59,6 +59,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         "tag",
         "priority",
         "key",
+        "limit_key",
         "trigger",
         "created_at",
         "scheduled_for",

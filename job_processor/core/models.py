@@ -136,6 +136,9 @@ class Job(BaseModel, Generic[PayloadT]):
     key: str | None = None
     """Dedup key (scoped by job name): while a job with this key is active, scheduling the same
     name and key returns that job."""
+    limit_key: str | None = None
+    """The key of the definition's `limit` this job counts against ("tenant:acme"), filled at
+    schedule time; None without a limit."""
     state: dict[str, Any] | None = None
     """The last checkpoint saved by the job."""
     output: JobOutput | None = None

@@ -208,6 +208,8 @@ async def test_a_per_tenant_limit_holds_per_key_and_its_idle_keys_go_away(db: An
     assert {j.id for j in await processors[0].list_jobs(limit=100)} == {j.id for j in scheduled}
     stored = await processors[0].storage.jobs.get(ObjectId(scheduled[0].id))
     assert stored is not None and stored["limit_key"] == "tenant:a"
+    assert scheduled[0].limit_key == "tenant:a"  # read through the API too
+    assert (await processors[0].get_job(scheduled[5].id)).limit_key == "tenant:b"
     await asyncio.gather(*(p.start() for p in processors))
     try:
         for job in scheduled:
