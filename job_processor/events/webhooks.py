@@ -180,10 +180,14 @@ def check_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https"):
         raise InvalidArgumentError(
             f"url must be an http:// or https:// URL with a host, got scheme "
             f"{parts.scheme or '(none)'!r}"
+        )
+    if not parts.hostname:
+        raise InvalidArgumentError(
+            f"url {url!r} has no host: give one, e.g. https://hooks.example.com/path"
         )
     try:
         port = parts.port

@@ -117,9 +117,11 @@ def test_only_http_and_https_urls() -> None:
         with pytest.raises(InvalidArgumentError, match="port is a number from 1 to 65535"):
             check_url(f"https://example.com:{port}/hook?token=abc")
     assert check_url("https://example.com:65535/hook") == "https://example.com:65535/hook"
-    for bad in ("ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http://", ""):
+    for bad in ("ftp://example.com/x", "file:///etc/passwd", "example.com/hook", ""):
         with pytest.raises(InvalidArgumentError, match=r"http:// or https://|URL string"):
             check_url(bad)
+    with pytest.raises(InvalidArgumentError, match="url 'http://' has no host: give one"):
+        check_url("http://")
     assert url_host("https://user:pw@example.com:8443/a/secret-path?k=v") == (
         "https://example.com:8443"
     )
