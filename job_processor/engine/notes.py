@@ -91,9 +91,10 @@ class RunNotes:
         # the worker's log too, masked as the dashboard and the CLI show the line
         shown = masked_line(_MASKER, line, _MASKER.secrets(self.run.doc.get("payload")))
         method = getattr(self.log, level if level in _METHODS else "error")
-        # `event` names the log event itself (structlog, EventLog): a field of that name is
-        # shown as `event_` in the worker's log (the job keeps it as given)
-        echoed = {("event_" if k == "event" else k): v for k, v in shown.get("fields", {}).items()}
+        # a field named as a key of the log line itself (`event`, `level`, `message`, the job's
+        # ids, ...) is shown with a `_` after its name in the worker's log (the job keeps it)
+        own = _ECHO_KEYS | self.fields.keys()
+        echoed = {(f"{k}_" if k in own else k): v for k, v in shown.get("fields", {}).items()}
         method("job_logged", **(echoed | self.fields | {"message": shown["message"]}))
 
     # ---- writing ------------------------------------------------------------------------------
@@ -172,3 +173,5 @@ def _now() -> float:
 
 
 _METHODS = frozenset({"debug", "info", "warning", "error"})
+#: The keys of a worker's log line that a job's log field must not overwrite.
+_ECHO_KEYS = frozenset({"event", "level", "message", "timestamp", "logger", "exc_info"})

@@ -182,15 +182,23 @@ async def test_lines_echoed_to_the_workers_log_are_masked(
 
     async def login(job: Job, signal: AbortSignal) -> None:
         job.log(f"password={job.payload['password']}", api_key="key-0123456789", user="ada")
-        job.log("signed in", event="login", level=2)  # names the log call itself uses
+        job.log("signed in", event="login", level=2, message="m", job_id="j")  # the line's keys
 
     logger = logging.getLogger("test.notes")
     p = await make(db, {"login": JobDef(handler=login)}, logger=logger)
     with caplog.at_level(logging.INFO, logger="test.notes"):
         done = await p.run_job("login", {"password": "hunter2-very-secret"})
-    assert done.status == S.FINISHED and done.logs[-1]["fields"] == {"event": "login", "level": 2}
+    kept = {"event": "login", "level": 2, "message": "m", "job_id": "j"}
+    assert done.status == S.FINISHED and done.logs[-1]["fields"] == kept  # the job keeps them
     logged, named = [r for r in caplog.records if r.__dict__.get("event") == "job_logged"]
-    assert named.__dict__["fields"]["event_"] == "login"  # the job keeps it as "event"
+    echoed = named.__dict__["fields"]
+    assert (echoed["event_"], echoed["level_"], echoed["message_"], echoed["job_id_"]) == (
+        "login",
+        2,
+        "m",
+        "j",
+    )
+    assert echoed["message"] == "signed in" and echoed["job_id"] == done.id
     text = str(logged.__dict__["fields"])
     assert "ada" in text
     assert "hunter2-very-secret" not in text and "key-0123456789" not in text
