@@ -383,9 +383,13 @@ class JobsAPI(Runtime):
         deadline; during an outage reads are retried only until then."""
         oid = object_id(job_id)
         if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 <= timeout < float("inf")  # NaN fails this too
         ):
-            raise InvalidArgumentError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+            raise InvalidArgumentError(
+                f"timeout must be a finite number of seconds >= 0 (None: no limit), got {timeout!r}"
+            )
         start = time.monotonic()
         deadline = None if timeout is None else start + float(timeout)
         stream = await self._open_stream(oid)  # before the first read: no change is missed

@@ -199,10 +199,10 @@ class EventBus:
         if (
             not isinstance(sync_timeout, int | float)
             or isinstance(sync_timeout, bool)
-            or sync_timeout <= 0
+            or not 0 < sync_timeout < float("inf")  # NaN fails this too
         ):
             raise InvalidArgumentError(
-                f"sync_timeout must be a positive number of seconds, got {sync_timeout!r}"
+                f"sync_timeout must be a finite positive number of seconds, got {sync_timeout!r}"
             )
         now = self.clock.now()
         produce = self.storage.producer.run  # short outages are ridden out (never twice)

@@ -156,6 +156,9 @@ async def test_wait_for_and_result_see_what_another_process_ended(db: Any) -> No
     with pytest.raises(JobFailedError, match=rf"skipped \(exclusive\): job {solo.id} was active"):
         await producer.result(skipped.id, timeout=1)
     assert solo.status == S.PENDING
+    for bad in (float("nan"), float("inf"), -1, "5"):
+        with pytest.raises(InvalidArgumentError, match="timeout must be a finite number"):
+            await producer.wait_for(solo.id, timeout=bad)  # type: ignore[arg-type]
 
 
 # ---- short outages: retried within the budget, never written twice -----------------------------
