@@ -157,6 +157,12 @@ class ServerProfile:
         return self.kind != "nx-27017"
 
     @property
+    def silent_duplicates(self) -> bool:
+        """nx-27017 answers a `find_one_and_update` that would break a unique index with no
+        document (as if nothing matched) instead of error 11000 (`update_one` does raise)."""
+        return self.kind == "nx-27017"
+
+    @property
     def in_as_or(self) -> bool:
         """nx-27017 translates `$in` on a field other than `_id` to no SQL: it decodes every
         document of the collection and tests it in Python. An `$or` of equalities is SQL there,

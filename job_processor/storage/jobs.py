@@ -17,7 +17,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from ..core import documents as D
 from ..core import flows as F
@@ -543,18 +543,21 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         update = D.retry_update(decode(current), now, exclusive)
         if retry_id is not None:
             update["$set"]["retry_id"] = retry_id
-        result = await self.coll.find_one_and_update(
-            {
-                "_id": job_id,
-                "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
-                "exit_hook": {"$ne": "owed"},
-                # the run `current` describes is still the last (each claim increments the
-                # attempt): the update computed from it (history, deadlines) is right
-                "attempt": current.get("attempt"),
-            },
-            update,
-            return_document=AFTER,
-        )
+        query = {
+            "_id": job_id,
+            "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
+            "exit_hook": {"$ne": "owed"},
+            # the run `current` describes is still the last (each claim increments the
+            # attempt): the update computed from it (history, deadlines) is right
+            "attempt": current.get("attempt"),
+        }
+        result = await self.coll.find_one_and_update(query, update, return_document=AFTER)
+        if (
+            result is None
+            and self.profile.silent_duplicates
+            and await self.coll.find_one(query, {"_id": 1}) is not None  # it matched: refused
+        ):
+            raise DuplicateKeyError("another active job holds a unique key of this job")
         doc = decode_opt(result)
         if doc is not None and doc.get("status") == S.WAITING.value:  # killed while waiting
             doc = await self.count_ended_dependencies(doc, now)

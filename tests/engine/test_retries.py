@@ -200,6 +200,24 @@ async def test_retry_job_requeues_errored_and_keeps_history(db: Any) -> None:
     assert [h["status"] for h in done.history] == ["errored", "finished"]
 
 
+async def test_a_retry_while_another_job_holds_the_key_says_so_and_changes_nothing(
+    db: Any,
+) -> None:
+    from job_processor.ops.admin import Admin
+
+    processor = await make(db, {"send": JobDef(handler=Flaky(1))})  # no worker: nothing runs
+    first = await processor.schedule_job("send", key="order-42")
+    await processor.kill_job(first.id)  # pending: killed at once, its key freed
+    holder = await processor.schedule_job("send", key="order-42")
+    assert holder.id != first.id
+    with pytest.raises(JobProcessorError, match="cannot retry while another job with the same "):
+        await processor.retry_job(first.id)
+    admin = await Admin.open(db, processor.storage.prefix)
+    skipped = await admin.retry([first.id])
+    assert skipped.skipped == {first.id: "another active job holds its dedup key: retry it later"}
+    assert (await processor.get_job(first.id)).status == S.KILLED  # nothing changed
+
+
 async def test_crash_during_a_retried_job_counts_as_an_attempt(db: Any) -> None:
     ran: list[int] = []
 
