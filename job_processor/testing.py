@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -44,9 +44,17 @@ from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
 from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor
-from .core.values import naive_datetime_at
-from .engine.execution import build_job, call_maybe_async
+from .engine.execution import (
+    ResultTooLarge,
+    build_job,
+    call_maybe_async,
+    check_state,
+    storable,
+)
 from .processor import JobProcessor, init_job_processor
+
+#: The reasons a worker aborts a run with (`AbortReason`).
+ABORT_REASONS: tuple[AbortReason, ...] = get_args(AbortReason)
 
 __all__ = ["JobHarness", "in_memory_processor", "run_until_idle"]
 
@@ -146,22 +154,28 @@ class JobHarness:
         self.log_lines.append(N.log_line(self.job.attempt, level, message, fields, self._now))
 
     async def _save(self, state: dict[str, Any]) -> None:
-        naive = naive_datetime_at(state)
-        if naive is not None:  # as a worker refuses it
-            raise InvalidPayloadError(
-                f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
-                f"({naive[1].isoformat()}): pass an aware datetime, e.g. datetime.now(UTC)"
-            )
+        check_state(state)  # refused as a worker refuses it (naive datetime, NaN, Decimal, ...)
         self.checkpoints.append(dict(state))
         if self._abort_after is not None and len(self.checkpoints) == self._abort_after[0]:
             self.signal.abort(self._abort_after[1])
 
     def abort(self, reason: AbortReason = "shutdown") -> None:
+        if reason not in ABORT_REASONS:
+            raise InvalidArgumentError(
+                f"abort reason must be one of {', '.join(ABORT_REASONS)}, got {reason!r}"
+            )
         self.signal.abort(reason)
 
     async def run(self, handler: Callable[..., Awaitable[Any] | Any]) -> Any:
-        """Call `handler(job, signal)` (a plain function runs in a thread, as in a worker)."""
-        return await call_maybe_async(handler, self.job, self.signal)
+        """Call `handler(job, signal)` (a plain function runs in a thread, as in a worker) and
+        return what it returned. A result a worker could not store (a naive datetime, over the
+        size limit) raises InvalidPayloadError, as the worker would error the job."""
+        result = await call_maybe_async(handler, self.job, self.signal)
+        try:
+            storable(result)
+        except ResultTooLarge as exc:
+            raise InvalidPayloadError(f"the worker could not store this result: {exc}") from None
+        return result
 
 
 @contextlib.asynccontextmanager

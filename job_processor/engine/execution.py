@@ -17,11 +17,17 @@ from pydantic import ValidationError
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.definitions import JobDef
-from ..core.errors import field_errors
+from ..core.errors import InvalidPayloadError, field_errors
 from ..core.models import Job
 from ..core.outcome import Policy
 from ..core.retention import Retention
-from ..core.values import finite_or_text, may_hold_non_finite, naive_datetime_at
+from ..core.values import (
+    finite_or_text,
+    may_hold_non_finite,
+    naive_datetime_at,
+    refuse_non_finite,
+    why_unstorable,
+)
 from ..storage.jobs import MAX_VALUE_BYTES
 from . import threads as threads_module
 from .threads import USER_THREADS
@@ -105,6 +111,28 @@ def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
     for chained in (shown.__cause__, shown.__context__, *grouped):
         if chained is not None:
             _trim(chained, seen)
+
+
+def check_state(state: Any) -> None:
+    """A checkpoint's state as a worker stores it: InvalidPayloadError naming what is wrong (not
+    a dict, a naive datetime, what BSON cannot hold, NaN or infinity, over the size limit)."""
+    if not isinstance(state, dict):
+        raise InvalidPayloadError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    naive = naive_datetime_at(state)
+    if naive is not None:
+        raise InvalidPayloadError(
+            f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
+            f"({naive[1].isoformat()}); it would be read back as UTC: pass an aware "
+            "datetime, e.g. datetime.now(UTC)"
+        )
+    try:
+        encoded = bson.encode(state)
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+        raise InvalidPayloadError(why_unstorable("checkpoint state", state, exc)) from None
+    refuse_non_finite("checkpoint state", state, encoded)
+    size = len(encoded)
+    if size > MAX_VALUE_BYTES:
+        raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
 
 
 class ResultTooLarge(ValueError):

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import bson
 from pymongo.errors import PyMongoError
 
 from ..core import foreign as FD
@@ -24,16 +23,15 @@ from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
-from ..core.errors import DoNotRetry, InvalidPayloadError, JobLostError, RetryLater
+from ..core.errors import DoNotRetry, JobLostError, RetryLater
 from ..core.log import EventLog
 from ..core.models import Job, Processor
 from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
-from ..core.values import naive_datetime_at, refuse_non_finite, why_unstorable
 from ..storage import Storage
-from ..storage.jobs import MAX_VALUE_BYTES, EndItem, LostClaim
+from ..storage.jobs import EndItem, LostClaim
 from ..storage.transient import TRANSIENT
 from . import sentry
 from .execution import (
@@ -41,6 +39,7 @@ from .execution import (
     Run,
     build_job,
     call_maybe_async,
+    check_state,
     describe_error,
     eligible_names,
     invalid_document,
@@ -483,25 +482,7 @@ class Worker:
         )
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict):
-            raise InvalidPayloadError(
-                f"checkpoint state must be a dict, got {type(state).__name__}"
-            )
-        naive = naive_datetime_at(state)
-        if naive is not None:
-            raise InvalidPayloadError(
-                f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
-                f"({naive[1].isoformat()}); it would be read back as UTC: pass an aware "
-                "datetime, e.g. datetime.now(UTC)"
-            )
-        try:
-            encoded = bson.encode(state)
-        except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
-            raise InvalidPayloadError(why_unstorable("checkpoint state", state, exc)) from None
-        refuse_non_finite("checkpoint state", state, encoded)
-        size = len(encoded)
-        if size > MAX_VALUE_BYTES:
-            raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
+        check_state(state)
         ok = False
         notes: dict[str, Any] = {}
         if not run.lost:

@@ -41,6 +41,34 @@ async def test_the_test_controls_the_abort_signal() -> None:
         await killed.run(reindex)
 
 
+async def test_the_harness_refuses_what_a_worker_refuses() -> None:
+    """Checkpoints and results a worker could not store fail the test as they would fail the
+    job; an abort reason a worker never gives is refused."""
+    from decimal import Decimal
+
+    from job_processor import InvalidArgumentError, InvalidPayloadError
+
+    for state, said in (
+        ({"stats": {"ratio": float("nan")}}, "checkpoint state field 'stats.ratio' is nan"),
+        ({"d": Decimal(1)}, "checkpoint state field 'd'"),
+        ([1], "checkpoint state must be a dict, got list"),
+    ):
+
+        async def saves(job: Job, signal: AbortSignal, state: Any = state) -> None:
+            await job.checkpoint(state)
+
+        with pytest.raises(InvalidPayloadError, match=said):
+            await JobHarness().run(saves)
+
+    async def naive(job: Job, signal: AbortSignal) -> dict[str, Any]:
+        return {"at": dt.datetime(2030, 1, 1)}
+
+    with pytest.raises(InvalidPayloadError, match="could not store this result: result field 'at'"):
+        await JobHarness().run(naive)
+    with pytest.raises(InvalidArgumentError, match="abort reason must be one of killed, "):
+        JobHarness().abort("nope")  # type: ignore[arg-type]
+
+
 class Email(BaseModel):
     to: str
 
