@@ -47,11 +47,20 @@ class BlockingClock(SystemClock):
         time.sleep(max(0.0, seconds))  # noqa: ASYNC251 - no event loop to yield to
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise ValueError(
+            f"FakeClock needs an aware datetime, got {value!r}: e.g. datetime(2030, 1, 1, "
+            "tzinfo=UTC) (a naive one is never taken as UTC silently)"
+        )
+    return value
+
+
 class FakeClock:
     """A clock that only moves when told to: `advance()` wakes the sleepers whose time has come."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        self._now = to_millis(start or dt.datetime(2030, 1, 1, tzinfo=UTC))
+        self._now = to_millis(_aware(start or dt.datetime(2030, 1, 1, tzinfo=UTC)))
         self._sleepers: list[tuple[dt.datetime, asyncio.Future[None]]] = []
 
     def now(self) -> dt.datetime:
@@ -74,7 +83,8 @@ class FakeClock:
             self._sleepers = [(t, f) for t, f in self._sleepers if f is not fut]
 
     def set(self, value: dt.datetime) -> None:
-        self._now = to_millis(value)
+        """Move the clock to `value` (an aware datetime; backwards too, as a wall clock can)."""
+        self._now = to_millis(_aware(value))
         for due, fut in list(self._sleepers):
             if due <= self._now and not fut.done():
                 fut.set_result(None)

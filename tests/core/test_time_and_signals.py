@@ -134,3 +134,13 @@ def test_decode_restores_dates_stored_as_text() -> None:
     doc = decode({"last_seen": "2030-01-01 10:00:00.123000", "payload_note": "2030-01-01 10:00:00"})
     assert doc["last_seen"] == dt.datetime(2030, 1, 1, 10, 0, 0, 123000, tzinfo=dt.UTC)
     assert doc["payload_note"] == "2030-01-01 10:00:00"  # only known date fields
+
+
+def test_a_fake_clock_takes_aware_datetimes_only() -> None:
+    with pytest.raises(ValueError, match="FakeClock needs an aware datetime"):
+        FakeClock(dt.datetime(2030, 1, 1))
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="never taken as UTC silently"):
+        clock.set(dt.datetime(2031, 1, 1))
+    clock.set(dt.datetime(2029, 1, 1, tzinfo=dt.UTC))  # backwards, as a wall clock can
+    assert clock.now().year == 2029
