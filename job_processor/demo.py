@@ -187,7 +187,6 @@ async def _wait(processor: JobProcessor, job_id: str, *statuses: JobStatus) -> J
 @contextlib.contextmanager
 def _server(url: str | None) -> Iterator[str]:
     if url:
-        say(f"Using MONGODB_URL={shown_url(url)}")
         yield url
         return
     say("No MONGODB_URL set: starting a throwaway local server (nx-27017, MongoDB wire protocol")
@@ -204,9 +203,11 @@ async def run_demo(url: str | None) -> int:
         with _server(url) as server_url:
             try:
                 server = open_database(server_url, CONNECT_TIMEOUT)
-            except InvalidArgumentError as exc:  # not a MongoDB URL
+            except InvalidArgumentError as exc:  # not a MongoDB URL: never printed
                 say_error(str(exc))
                 return 2
+            if url:
+                say(f"Using MONGODB_URL={shown_url(url)}")
             db = server.client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
             try:
                 await check_reachable(db, CONNECT_TIMEOUT)

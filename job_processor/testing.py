@@ -90,7 +90,9 @@ class JobHarness:
         dependencies: Sequence[Job[Any]] | None = None,
         progress: Mapping[str, Any] | None = None,
     ) -> None:
-        now = now or FakeClock().now()
+        now = FakeClock(now).now()  # an aware datetime (a naive one raises ValueError)
+        if abort_after_checkpoints is not None:
+            _check_reason(abort_after_checkpoints[1])
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
             payload = payload.model_dump(mode="json")
@@ -108,6 +110,9 @@ class JobHarness:
         self.checkpoints: list[dict[str, Any]] = []
         self.progress_reports: list[dict[str, Any]] = []
         self.log_lines: list[dict[str, Any]] = []
+        self.stored_result: Any = None
+        """What a worker would store of the last run's result (NaN as 'nan', a set as its
+        repr(), ...): `run()` returns what the handler returned."""
         self._abort_after = abort_after_checkpoints
         self._now = now
         self.job._checkpointer = self._save
@@ -160,22 +165,27 @@ class JobHarness:
             self.signal.abort(self._abort_after[1])
 
     def abort(self, reason: AbortReason = "shutdown") -> None:
-        if reason not in ABORT_REASONS:
-            raise InvalidArgumentError(
-                f"abort reason must be one of {', '.join(ABORT_REASONS)}, got {reason!r}"
-            )
+        _check_reason(reason)
         self.signal.abort(reason)
 
     async def run(self, handler: Callable[..., Awaitable[Any] | Any]) -> Any:
         """Call `handler(job, signal)` (a plain function runs in a thread, as in a worker) and
-        return what it returned. A result a worker could not store (a naive datetime, over the
-        size limit) raises InvalidPayloadError, as the worker would error the job."""
+        return what it returned (`stored_result`: what a worker would store of it). A result a
+        worker could not store at all (a naive datetime, over the size limit) raises
+        InvalidPayloadError, as the worker would error the job."""
         result = await call_maybe_async(handler, self.job, self.signal)
         try:
-            storable(result)
+            self.stored_result = storable(result)
         except ResultTooLarge as exc:
             raise InvalidPayloadError(f"the worker could not store this result: {exc}") from None
         return result
+
+
+def _check_reason(reason: Any) -> None:
+    if reason not in ABORT_REASONS:
+        raise InvalidArgumentError(
+            f"abort reason must be one of {', '.join(ABORT_REASONS)}, got {reason!r}"
+        )
 
 
 @contextlib.asynccontextmanager

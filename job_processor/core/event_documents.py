@@ -44,7 +44,8 @@ DELIVERY_MARK = "event_delivery"
 def is_delivery(name: str, registered: Doc) -> bool:
     """Whether a registered job name is one of event deliveries ('webhook-delivery',
     '<event>:<subscriber>'): such jobs are made by emit() and replays, never by hand."""
-    return name == WEBHOOK_JOB or bool(registered.get("delivery"))
+    # a registry document written before the mark: told by the names deliveries are given
+    return name == WEBHOOK_JOB or bool(registered.get("delivery", ":" in name))
 
 
 def delivery_job_name(event: str, subscriber: str) -> str:

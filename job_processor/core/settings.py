@@ -79,8 +79,9 @@ def check_positive(name: str, value: float) -> float:
         or isinstance(value, bool)
         or not 0 < value <= MAX_SETTING_SECONDS  # NaN fails this too
     ):
+        never = " (math.inf is refused: for never, a year will do)" if value == float("inf") else ""
         raise InvalidDefinitionError(
             f"{name} must be a number of seconds above 0 and at most {MAX_SETTING_SECONDS} "
-            f"(a year), got {value!r}"
+            f"(a year), got {value!r}{never}"
         )
     return float(value)

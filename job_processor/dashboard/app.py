@@ -144,9 +144,11 @@ def create_dashboard(
         return d.error_page(request, 404, "Not found", f"No page at {request.url.path}.")
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
+        headers = getattr(exc, "headers", None)  # Allow: the methods that are
         if is_api(request):  # a script's wrong method: JSON, as every API error
-            return JSONResponse({"error": f"{request.method} is not allowed here"}, 405)
-        return PlainTextResponse("Method Not Allowed", status_code=405)
+            error = {"error": f"{request.method} is not allowed here"}
+            return JSONResponse(error, status_code=405, headers=headers)
+        return PlainTextResponse("Method Not Allowed", status_code=405, headers=headers)
 
     app = Starlette(
         routes=routes,

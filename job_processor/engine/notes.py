@@ -56,6 +56,7 @@ class RunNotes:
         self._writing = False
         self._closed = False
         self._loop = asyncio.get_running_loop()
+        self._own_keys = _ECHO_KEYS | self.fields.keys()
 
     # ---- the NoteSink -------------------------------------------------------------------------
 
@@ -93,8 +94,11 @@ class RunNotes:
         method = getattr(self.log, level if level in _METHODS else "error")
         # a field named as a key of the log line itself (`event`, `level`, `message`, the job's
         # ids, ...) is shown with a `_` after its name in the worker's log (the job keeps it)
-        own = _ECHO_KEYS | self.fields.keys()
-        echoed = {(f"{k}_" if k in own else k): v for k, v in shown.get("fields", {}).items()}
+        echoed: dict[str, Any] = {}
+        for key, value in shown.get("fields", {}).items():
+            while key in self._own_keys or key in echoed:  # `level` and `level_` both kept
+                key += "_"
+            echoed[key] = value
         method("job_logged", **(echoed | self.fields | {"message": shown["message"]}))
 
     # ---- writing ------------------------------------------------------------------------------

@@ -55,16 +55,17 @@ def check_database(db: Any) -> None:
 
 
 def shown_url(url: str) -> str:
-    """A MongoDB URL to print: its password, and the value of any query option that may hold a
-    secret (a password, a token, authMechanismProperties), replaced by **** (the password up to
-    the last "@" before the query: an unescaped "@" or "/" in it must not show the rest)."""
+    """A MongoDB URL to print (one the driver accepted: print it after `open_database`): its
+    password, and the value of any query option that may hold a secret (a password, a token,
+    authMechanismProperties), replaced by ****. As the driver reads it, the hosts end at the
+    first "/" and the login at the last "@" before them."""
     scheme, sep, rest = url.partition("://")
-    before_query, question, query = rest.partition("?")
-    if sep and "@" in before_query:  # an "@" in the query (appName=ops@team) is not a login
-        userinfo, _, hosts = before_query.rpartition("@")
-        if ":" in userinfo:
-            before_query = f"{userinfo.split(':', 1)[0]}:****@{hosts}"
-    shown = f"{scheme}{sep}{before_query}{question}{query}"
+    hosts, slash, path = rest.partition("/")
+    if sep and "@" in hosts:
+        login, _, hosts = hosts.rpartition("@")
+        user, colon, _ = login.partition(":")
+        hosts = f"{user}{colon}{'****' if colon else ''}@{hosts}"
+    shown = f"{scheme}{sep}{hosts}{slash}{path}"
     secret = r"[^=&]*(?:password|secret|token|authmechanismproperties)[^=&]*"
     return re.sub(rf"(?i)([?&]{secret}=)[^&]*", r"\1****", shown)
 

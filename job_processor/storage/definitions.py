@@ -46,8 +46,8 @@ def definition_fields(definition: Any) -> Doc:
         "cron_string": getattr(definition, "cron_string", None),
         "timezone": getattr(definition, "timezone", None),
     }
-    if getattr(definition.handler, E.DELIVERY_MARK, False):  # made by emit(), never by hand
-        fields["delivery"] = True
+    # made by emit(), never by hand (written either way: a name may change its nature)
+    fields["delivery"] = getattr(definition.handler, E.DELIVERY_MARK, False) is True
     return fields
 
 

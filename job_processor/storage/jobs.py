@@ -555,6 +555,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         if (
             result is None
             and self.profile.silent_duplicates
+            and (exclusive or current.get("key") is not None)  # it restores a unique key
             and await self.coll.find_one(query, {"_id": 1}) is not None  # it matched: refused
         ):
             raise DuplicateKeyError("another active job holds a unique key of this job")

@@ -123,7 +123,7 @@ async def test_a_task_groups_error_keeps_where_it_was_raised_however_deep() -> N
     assert len(text) <= 4000
     assert text.startswith("ExceptionGroup: unhandled errors in a TaskGroup (3 sub-exceptions)")
     assert text.count("ValueError: bottom") == 3
-    assert text.count("in deep") <= 3 * 5  # the last 5 frames of each
+    assert 3 * 3 <= text.count("in deep") <= 3 * 5  # the last 5 frames of each (repeats folded)
 
     huge = ValueError("x" * 10_000)
     text = describe_error(huge)

@@ -422,7 +422,9 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
         assert missing.status_code == 404
         assert "the API is /jobs/api/overview, /jobs/api/jobs" in missing.json()["error"]
         wrong_method = await c.options("/jobs/api/jobs")
-        assert wrong_method.status_code == 405 and wrong_method.json()["error"]
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"] == "OPTIONS is not allowed here"
+        assert "GET" in wrong_method.headers["allow"]
 
 
 async def test_what_runs_after_the_guard_can_read_the_body_again(processor: Any) -> None:

@@ -210,6 +210,15 @@ async def test_a_per_tenant_limit_holds_per_key_and_its_idle_keys_go_away(db: An
     assert stored is not None and stored["limit_key"] == "tenant:a"
     assert scheduled[0].limit_key == "tenant:a"  # read through the API too
     assert (await processors[0].get_job(scheduled[5].id)).limit_key == "tenant:b"
+    from job_processor.ops.admin import Admin
+
+    admin = await Admin.open(db, processors[0].storage.prefix)
+    await processors[0].start()  # registers the definition, with its limit's key
+    await processors[0].stop()
+    by_hand = await admin.new_job("sync", {"tenant_id": "c"})  # jobs new, the dashboard
+    assert by_hand.jobs[0].limit_key == "tenant:c"
+    with pytest.raises(InvalidPayloadError, match="needs the payload field 'tenant_id'"):
+        await admin.new_job("sync", {"tenant": "c"})
     await asyncio.gather(*(p.start() for p in processors))
     try:
         for job in scheduled:

@@ -182,13 +182,13 @@ async def test_lines_echoed_to_the_workers_log_are_masked(
 
     async def login(job: Job, signal: AbortSignal) -> None:
         job.log(f"password={job.payload['password']}", api_key="key-0123456789", user="ada")
-        job.log("signed in", event="login", level=2, message="m", job_id="j")  # the line's keys
+        job.log("signed in", event="login", level=2, message="m", job_id="j", level_=3)
 
     logger = logging.getLogger("test.notes")
     p = await make(db, {"login": JobDef(handler=login)}, logger=logger)
     with caplog.at_level(logging.INFO, logger="test.notes"):
         done = await p.run_job("login", {"password": "hunter2-very-secret"})
-    kept = {"event": "login", "level": 2, "message": "m", "job_id": "j"}
+    kept = {"event": "login", "level": 2, "message": "m", "job_id": "j", "level_": 3}
     assert done.status == S.FINISHED and done.logs[-1]["fields"] == kept  # the job keeps them
     logged, named = [r for r in caplog.records if r.__dict__.get("event") == "job_logged"]
     echoed = named.__dict__["fields"]
@@ -199,6 +199,7 @@ async def test_lines_echoed_to_the_workers_log_are_masked(
         "j",
     )
     assert echoed["message"] == "signed in" and echoed["job_id"] == done.id
+    assert echoed["level__"] == 3  # both kept
     text = str(logged.__dict__["fields"])
     assert "ada" in text
     assert "hunter2-very-secret" not in text and "key-0123456789" not in text

@@ -214,7 +214,7 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="is a cron"):
         await admin.new_job("nightly", {})
     # the names of event deliveries are made by emit(), never by hand, nor offered as known
-    _, storage, _ = env
+    _, storage, clock = env
 
     def deliver(job: Any, signal: Any) -> None:  # as the event bus marks its deliveries
         pass
@@ -230,6 +230,15 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
         with pytest.raises(InvalidArgumentError, match=f"'{name}' is an event delivery"):
             await admin.new_job(name, {})
     assert (await admin.new_job("reports:daily", {})).done
+    # written by the version before the mark: told by its name (':' or webhook-delivery)
+    await storage.definitions.coll.update_one({"_id": "paid:email"}, {"$unset": {"delivery": ""}})
+    admin = await Admin.open(storage.db, "t_", clock, actor="alice")  # reads the registry anew
+    with pytest.raises(InvalidArgumentError, match="'paid:email' is an event delivery"):
+        await admin.new_job("paid:email", {})
+    # a delivery's name registered again as a job of one's own: the mark is written False
+    await storage.definitions.register({"paid:email": JobDef(handler=noop)}, "w-setup", NOW)
+    admin = await Admin.open(storage.db, "t_", clock, actor="alice")
+    assert (await admin.new_job("paid:email", {})).done
     with pytest.raises(UnknownJobError) as unknown:
         await admin.new_job("webhok", {})
     assert "webhook-delivery" not in str(unknown.value)

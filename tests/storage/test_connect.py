@@ -62,7 +62,10 @@ def test_no_error_seen_yet_is_no_answer() -> None:
         ),
         ("mongodb://ada@h/db", "mongodb://ada@h/db"),
         ("mongodb://ada:p@ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped @
-        ("mongodb://ada:pa/ss@h/db", "mongodb://ada:****@h/db"),
+        (
+            "mongodb://ada:pw@h1:27017,h2:27017/db?replicaSet=rs0",
+            "mongodb://ada:****@h1:27017,h2:27017/db?replicaSet=rs0",
+        ),
         ("mongodb://h:27017/db?appName=ops@team", "mongodb://h:27017/db?appName=ops@team"),
         (
             "mongodb://h/db?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:t0k",

@@ -67,6 +67,19 @@ async def test_the_harness_refuses_what_a_worker_refuses() -> None:
         await JobHarness().run(naive)
     with pytest.raises(InvalidArgumentError, match="abort reason must be one of killed, "):
         JobHarness().abort("nope")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="abort reason must be one of"):
+        JobHarness(abort_after_checkpoints=(1, "nope"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="aware datetime"):
+        JobHarness(now=dt.datetime(2030, 1, 1))
+
+    for returned, stored in (({"ratio": float("nan")}, {"ratio": "nan"}), ({"a"}, "{'a'}")):
+
+        async def odd(job: Job, signal: AbortSignal, returned: Any = returned) -> Any:
+            return returned
+
+        harness = JobHarness()
+        assert await harness.run(odd) is returned  # what the handler returned ...
+        assert harness.stored_result == stored  # ... and what a worker stores of it
 
 
 class Email(BaseModel):

@@ -13,7 +13,8 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core import event_documents as E
 from ...core import flows as F
-from ...core.errors import InvalidArgumentError, JobNotFoundError
+from ...core.definitions import fill_limit_key
+from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
@@ -357,6 +358,11 @@ class JobsAdmin(AdminBase):
             raise InvalidArgumentError(
                 f"max_attempts must be an integer >= 1 within 64 bits, got {attempts!r}"
             )
+        template = definition.get("limit_key")
+        try:  # a per-value limit ("tenant:{tenant_id}"): its key, from the payload
+            limit_key = fill_limit_key(template, body) if isinstance(template, str) else None
+        except ValueError as exc:
+            raise InvalidPayloadError(f"job {name!r}: {exc}") from None
         result = self._result("job_created", actor)
         doc = D.new_job(
             name,
@@ -369,6 +375,7 @@ class JobsAdmin(AdminBase):
             key=key,
             max_attempts=attempts,
             resumable=bool(definition.get("resumable", False)),
+            limit_key=limit_key,
             extra={"created_by": result.actor},
         )
         paused = name in await self.storage.paused.names()  # read first: nothing after the insert
