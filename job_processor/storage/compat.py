@@ -72,17 +72,24 @@ DATE_FIELDS = frozenset(
         "last_failure_at",
     }
 )
+#: Top-level flags: nx-27017 stores a top-level `$set` of True / False on an existing document
+#: (an upsert that updates, say) as 1 / 0.
+BOOL_FIELDS = frozenset({"has_exit_hook", "resumable", "delivery"})
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
 
 
 def decode(doc: Doc) -> Doc:
-    """Documents read back: dates as aware UTC datetimes, whatever the server stored."""
+    """Documents read back: dates as aware UTC datetimes and flags as booleans, whatever the
+    server stored."""
     for key in DATE_FIELDS.intersection(doc):
         value = doc[key]
         if isinstance(value, str) and _DATE_TEXT.match(value):
             doc[key] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
         elif isinstance(value, dt.datetime):
             doc[key] = as_utc(value)
+    for key in BOOL_FIELDS.intersection(doc):
+        if type(doc[key]) is int and doc[key] in (0, 1):
+            doc[key] = bool(doc[key])
     logs = doc.get("logs")
     if isinstance(logs, list) and any(isinstance(line, str) for line in logs):
         doc["logs"] = pushed_as_text(logs)

@@ -470,3 +470,16 @@ async def test_jobs_without_a_hook_record_are_deleted_purged_trimmed_and_retried
     await storage.jobs.coll.update_one({"_id": object_id(errored)}, {"$set": {"exit_hook": None}})
     retried = await admin.retry(errored)
     assert retried.count == 1 and (await admin.get_job(errored)).status == S.PENDING
+
+
+async def test_a_killed_job_without_a_hook_is_deleted_after_its_name_registered_twice(
+    env: Any,
+) -> None:
+    """Every worker start registers its names again (an update): the registry's flags still
+    read as booleans, so the hook the definition does not have is a formality."""
+    admin, storage, _ = env
+    await storage.definitions.register(DEFS, "w-other", NOW)  # a second worker started
+    job_id = str((await add(storage))["_id"])
+    assert (await admin.kill([job_id])).done
+    deleted = await admin.delete([job_id])
+    assert deleted.done and deleted.skipped == {}

@@ -40,7 +40,9 @@ async def test_register_keeps_first_seen_and_refreshes_last_seen(storage: Storag
     docs = {d["_id"]: d for d in await storage.definitions.all()}
     mail = docs["mail"]
     assert (mail["kind"], mail["tag"], mail["registered_by"]) == ("job", "main", "w2")
-    assert bool(mail["resumable"]) is True
+    # registered twice: flags read back as booleans (nx-27017 stores a $set of them as 1 / 0)
+    assert mail["resumable"] is True and mail["has_exit_hook"] is False
+    assert mail["delivery"] is False
     assert mail["payload_model"] == "Mail"
     assert mail["first_seen"] == NOW
     assert mail["last_seen"] == later
