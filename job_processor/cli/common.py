@@ -167,6 +167,12 @@ def report(result: ActionResult, as_json: bool) -> int:
             print(f"{key}: nothing done: {why}", file=sys.stderr if result.done else sys.stdout)
         if not result.done and not result.skipped:
             print(f"{verb}: nothing matched")
+    if (
+        not result.done
+        and result.skipped
+        and all(w == "not found" for w in result.skipped.values())
+    ):
+        return BAD_INPUT  # every id given is of no job: a typo, not "already done"
     return DONE if result.done else NOTHING
 
 

@@ -136,3 +136,18 @@ def test_a_crons_next_slot_is_shown_in_its_own_time_zone() -> None:
     assert local_time(paris) == "2030-01-31 09:00:00+01:00"
     assert local_time("2030-01-31T09:00:00.123+01:00") == "2030-01-31 09:00:00+01:00"
     assert local_time(None) == "-"
+
+
+def test_ids_of_no_job_are_bad_input_not_nothing_done(capsys: pytest.CaptureFixture[str]) -> None:
+    missing = ActionResult(
+        action="jobs_killed", actor="cli", at=NOW, skipped={"0123456789ab0123456789ab": "not found"}
+    )
+    assert report(missing, as_json=False) == 2
+    assert "0123456789ab0123456789ab: nothing done: not found" in capsys.readouterr().out
+    ended = ActionResult(
+        action="jobs_killed",
+        actor="cli",
+        at=NOW,
+        skipped={"0123456789ab0123456789ab": "not found", "0123456789ab0123456789ac": "finished"},
+    )
+    assert report(ended, as_json=False) == 1  # one of them exists: nothing to do, as said
