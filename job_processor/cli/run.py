@@ -17,6 +17,7 @@ import structlog
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
 from ..storage.connect import MISSING_URL, open_database
+from ..storage.local_server import bound_socket, free_port_near
 from .common import UsageError
 
 
@@ -114,7 +115,28 @@ def configure_logging(level: str) -> None:
     )
 
 
+def _metrics_port_in_use(host: str, port: int) -> str | None:
+    """Why --metrics-port cannot be served, said before anything is registered (None: free)."""
+    if port == 0:
+        return None
+    try:
+        bound_socket(host, port).close()
+    except OverflowError:
+        return f"--metrics-port {port}: a port is a number from 0 to 65535"
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            return f"--metrics-port {port} on {host}: {exc.strerror or exc}"
+        free = free_port_near(host, port)
+        other = f"e.g. --metrics-port {free} (free now)" if free else "or --metrics-port 0"
+        return f"--metrics-port {port} on {host}: already in use: pick another port, {other}"
+    return None
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
+    if args.metrics_port is not None:
+        busy = _metrics_port_in_use(args.metrics_host, args.metrics_port)
+        if busy is not None:
+            raise UsageError(busy)
     processor = await build_processor(args.target, args.tags)
     server = None
     if args.metrics_port is not None:
@@ -132,8 +154,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
                 + ("already in use: pick another port" if taken else (exc.strerror or str(exc)))
             ) from None
-        processor.log.info(
-            "metrics_served", host=args.metrics_host, port=args.metrics_port, path="/metrics"
+        processor.log.info(  # the port bound: the system's choice for --metrics-port 0
+            "metrics_served", host=args.metrics_host, port=server.port, path="/metrics"
         )
     try:
         await processor.serve()

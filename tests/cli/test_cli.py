@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -400,13 +401,12 @@ def test_an_unreachable_server_names_what_sets_the_wait(capsys: pytest.CaptureFi
 
 
 async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
+    """On --metrics-port 0: the log line says the port the system chose."""
+    import re
     import signal
     import urllib.request
 
-    from job_processor.storage.local_server import free_port
-
     url = url_with_db(mongo_url, db.name)
-    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -414,14 +414,23 @@ async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
         "run",
         "tests.e2e.app:make",
         "--metrics-port",
-        str(port),
+        "0",
         "--metrics-host",
         "127.0.0.1",
         cwd=ROOT,
         env=os.environ | {"MONGODB_URL": url, "INSTANCE_ID": "runner-1"},
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
+    assert proc.stderr is not None
+    port = 0
+    async with asyncio.timeout(30):
+        while not port:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "the worker exited before serving metrics"
+            served = re.search(r"metrics_served .*port=(\d+)", line)
+            port = int(served[1]) if served else 0
+    drain = asyncio.create_task(proc.stderr.read())  # the rest of its log
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -439,6 +448,7 @@ async def test_run_serves_metrics(db: Any, mongo_url: str) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await drain
 
 
 async def test_run_on_a_busy_metrics_port_fails_with_the_flag_named(
@@ -463,9 +473,13 @@ async def test_run_on_a_busy_metrics_port_fails_with_the_flag_named(
     finally:
         taken.close()
     assert proc.returncode == 2, err
-    assert err.decode().endswith(
-        f"error: --metrics-port {port} on 127.0.0.1: already in use: pick another port\n"
+    said = re.search(
+        rf"error: --metrics-port {port} on 127\.0\.0\.1: already in use: pick another port, "
+        r"e\.g\. --metrics-port (\d+) \(free now\)\n$",
+        err.decode(),
     )
+    assert said is not None, err
+    assert b"job_processor_initialized" not in err  # said before anything was registered
 
 
 async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str) -> None:
