@@ -88,7 +88,11 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     back = _form(request).get("next") or f"/jobs/{job_id}"
     if verb in CONFIRM and not _confirmed(request):
         job = await admin.get_job(job_id)
-        running = " It is running: its worker aborts the handler." if verb == "kill" else ""
+        running = (
+            " It is running: its worker aborts the handler."
+            if verb == "kill" and job.status.value == "running"
+            else ""
+        )
         return confirm_page(
             d,
             request,

@@ -272,6 +272,11 @@ async def test_destructive_actions_ask_for_confirmation_first(processor: Any) ->
         page = await c.get(resp.headers["location"])
         assert "Retry: nothing changed" in page.text
         assert "only errored or killed jobs can be retried" in page.text
+        # a kill's confirmation says the worker aborts it only for a running job
+        later = await p.schedule_job("send-email", {"to": "y@example.com"}, delay=3600)
+        resp = await c.post(f"/jobs/{later.id}/kill", data={"csrf_token": csrf})
+        assert f"Kill job {later.id}?" in resp.text and "send-email · pending." in resp.text
+        assert "It is running" not in resp.text
 
 
 async def test_run_a_scheduled_job_now_and_duplicate_a_job(processor: Any) -> None:
