@@ -102,6 +102,23 @@ async def check_reachable(db: Any, wait: float) -> None:
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
         ) from None
+    except Exception as exc:  # the driver failed on an answer it did not expect (a login)
+        reason = f"the connection failed: {type(exc).__name__}: {str(exc)[:200]}"
+        if _has_login(db):
+            reason += (
+                ", while logging in with the URL's user and password: does the server check "
+                "them? the embedded nx-27017 server has no users, leave user:password out"
+            )
+        raise DatabaseUnreachableError(
+            f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
+            "server is running (connect_timeout= sets the wait)"
+        ) from None
+
+
+def _has_login(db: Any) -> bool:
+    with contextlib.suppress(Exception):
+        return db.client.options.pool_options._credentials is not None
+    return False
 
 
 _CLOSED = (

@@ -166,3 +166,25 @@ async def test_a_replica_set_without_a_primary_is_said_as_such() -> None:
         server.close()
         await server.wait_closed()
     assert "(no primary: the servers answer, but none accepts writes" in str(err.value)
+
+
+async def test_a_driver_failure_on_login_is_one_line_naming_the_likely_cause() -> None:
+    """The embedded server answers a SCRAM login with no payload: pymongo raises KeyError."""
+    from job_processor.core.errors import DatabaseUnreachableError
+    from job_processor.storage.connect import check_reachable
+
+    async def command(name: str) -> None:
+        raise KeyError("payload")
+
+    pool = SimpleNamespace(_credentials=object())  # the URL had user:password
+    topology = SimpleNamespace(server_descriptions=lambda: {("127.0.0.1", 27017): None})
+    client = SimpleNamespace(
+        options=SimpleNamespace(pool_options=pool), topology_description=topology
+    )
+    db = SimpleNamespace(command=command, client=client)
+    with pytest.raises(DatabaseUnreachableError) as err:
+        await check_reachable(db, 1.0)
+    assert str(err.value).startswith(
+        "cannot reach MongoDB at 127.0.0.1:27017 (the connection failed: KeyError: 'payload', "
+        "while logging in with the URL's user and password: does the server check them?"
+    )
