@@ -355,6 +355,7 @@ async def init_job_processor(
     await bus.register()
     log.info(
         "job_processor_initialized",
+        database=getattr(db, "name", None),  # a typo in MONGODB_URL's database shows here
         jobs=sorted(job_defs),
         crons=sorted(cron_defs),
         worker_tags=worker_tags,

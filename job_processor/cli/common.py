@@ -68,7 +68,7 @@ async def warn_if_empty(db: Any, prefix: str) -> None:
         else " (or no worker or producer has used it yet)"
     )
     print(
-        f"warning: database {db.name!r} holds no job-processor collections ({prefix}*): check "
+        f"warning: database {db.name!r} holds no job-processor data ({prefix}*): check "
         f"the database name in MONGODB_URL{where}",
         file=sys.stderr,
     )

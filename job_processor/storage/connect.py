@@ -220,9 +220,14 @@ async def close_database(db: Any) -> None:
 
 
 async def holds_data(db: Any, prefix: str) -> bool:
-    """Whether this database has any collection of job-processor (`prefix`...)."""
-    names = await db.list_collection_names()
-    return any(str(n).startswith(prefix) for n in names)
+    """Whether job-processor was used in this database: a worker registered its names there,
+    or a job was scheduled there (an empty collection does not count: a read of a mistyped
+    database creates one on some servers)."""
+    names = {str(n) for n in await db.list_collection_names()}
+    if f"{prefix}definitions" in names or f"{prefix}workers" in names:
+        return True
+    jobs = f"{prefix}jobs"
+    return jobs in names and await db[jobs].find_one({}, {"_id": 1}) is not None
 
 
 async def databases_with_data(db: Any, prefix: str, limit: int = 20) -> list[str]:

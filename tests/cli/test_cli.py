@@ -282,11 +282,12 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     assert unreachable.stderr.strip().startswith("error: cannot reach MongoDB at 127.0.0.1:1")
     assert "(connection refused: nothing listens on that port)" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
-    await init_job_processor(db, jobs={"fine": JobDef(handler=tick)})  # a database with data
+    with_data = await init_job_processor(db, jobs={"fine": JobDef(handler=tick)})
+    await with_data.schedule_job("fine", delay=3600)  # a database with data: a job
     typo = await cli(url_with_db(mongo_url, "job_procesor"), "jobs", "list")
     assert typo.returncode == 0 and typo.stdout.splitlines()[-1] == "(none)"
     assert typo.stderr.startswith(
-        "warning: database 'job_procesor' holds no job-processor collections (job_processor_*): "
+        "warning: database 'job_procesor' holds no job-processor data (job_processor_*): "
         "check the database name in MONGODB_URL; databases that do: "
     )
     scheme = await cli("http://127.0.0.1:1/x", "jobs", "list")

@@ -65,7 +65,7 @@ async def test_an_empty_database_is_said_with_both_likely_causes(
     fresh = SimpleNamespace(name="fresh", list_collection_names=no_collections, client=client)
     await warn_if_empty(fresh, "job_processor_")
     assert capsys.readouterr().err == (
-        "warning: database 'fresh' holds no job-processor collections (job_processor_*): check "
+        "warning: database 'fresh' holds no job-processor data (job_processor_*): check "
         "the database name in MONGODB_URL (or no worker or producer has used it yet)\n"
     )
 
