@@ -69,7 +69,7 @@ def coverage(
         kind = info.get("kind") or "job"
         tag = info.get("tag")
         fix = (
-            f"start a worker whose worker_tags include {tag!r} (or are None)"
+            f"start a worker that defines it, with worker_tags that include {tag!r} (or None)"
             if tag is not None
             else "start a worker that defines it"
         )

@@ -20,11 +20,11 @@ FILTERS = ("name", "status", "tag", "key", "after", "before", "id")
 PAGE_SIZES = (20, 50, 100, 200)
 #: What the jobs list reads from its query string: a parameter not in it is refused (a typo, or
 #: the CLI's word for a filter, would otherwise list every job as if it were not there).
-LIST_PARAMS = (*FILTERS, "limit", "cursor")
-#: The CLI's and the Python API's words for the list's filters.
+LIST_PARAMS = (*FILTERS, "limit", "cursor", "since", "until")
+#: The CLI's words for the creation-time filters, read as the same.
+_ALIASES = {"since": "after", "until": "before"}
+#: The Python API's words for the list's filters.
 _SAME_AS = {
-    "since": "after",
-    "until": "before",
     "created_after": "after",
     "created_before": "before",
     "state": "status",
@@ -35,6 +35,8 @@ _SAME_AS = {
 def job_filters(request: Request) -> dict[str, str]:
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in FILTERS}
+    for alias, name in _ALIASES.items():  # the CLI's words: --since, --until
+        filters[name] = filters[name] or q.get(alias, "").strip()
     filters["status"] = filters["status"].lower()  # as the form's values: "Errored" selects it
     return filters
 

@@ -257,6 +257,8 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
     assert (task.type, task.trigger, task.status) == ("cron_task", "manual", "pending")
     with pytest.raises(UnknownJobError, match="unknown cron 'daily'"):
         await admin.trigger_cron("daily")
+    with pytest.raises(InvalidArgumentError, match="'email' is a job, not a cron: schedule one"):
+        await admin.trigger_cron("email")
     assert "paused" not in created.detail
     await admin.pause("email")
     while_paused = await admin.new_job("email", {})  # created, said to wait for the resume

@@ -245,6 +245,11 @@ class AdminBase:
     async def _trigger(self, name: str, actor: str | None, action: str) -> ActionResult:
         docs = await self.storage.crons.docs([name])
         if not docs:
+            if (await self._known()).get(name, {}).get("kind", "cron") == "job":
+                raise InvalidArgumentError(
+                    f"{name!r} is a job, not a cron: schedule one with new_job({name!r}) "
+                    f"(job-processor jobs new {name})"
+                )
             known = ", ".join(sorted(str(d["_id"]) for d in await self.storage.crons.docs()))
             raise UnknownJobError.for_cron(name, known or "none")
         cron = docs[0]

@@ -87,7 +87,8 @@ def decode_cursor(token: str) -> tuple[dt.datetime, ObjectId]:
         return to_millis(created), ObjectId(oid)
     except (ValueError, TypeError, bson.errors.InvalidId, UnicodeDecodeError):
         raise InvalidArgumentError(
-            f"cursor {token!r} is not a cursor returned by list_jobs (pass next_cursor as is)"
+            f"cursor {token!r} is not a cursor of a job listing: pass it as it was given (the "
+            "next_cursor of list_jobs and /api/jobs, the --cursor printed by jobs list)"
         ) from None
 
 
