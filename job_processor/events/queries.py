@@ -167,7 +167,8 @@ def _select(targets: list[Doc], subscribers: Sequence[str] | None, event: str) -
     if unknown:
         listing = ", ".join(sorted(known)) or "none"
         raise InvalidArgumentError(
-            f"event {event!r} has no subscriber or enabled webhook endpoint {unknown}; "
+            f"event {event!r} has no subscriber or enabled webhook endpoint named "
+            f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], list(known))}; "
             f"known: {listing} (webhook endpoints as 'webhook:<endpoint id>')"
         )
     wanted = set(subscribers)

@@ -623,7 +623,7 @@ async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str
             )
             assert [e.returncode for e in errors] == [2, 2, 2, 2]
             assert "give an event id, or --name N --since T" in errors[0].stderr
-            assert "no subscriber or enabled webhook endpoint ['nope']" in errors[1].stderr
+            assert "no subscriber or enabled webhook endpoint named 'nope'" in errors[1].stderr
             assert "known: send-email, update-crm, webhook:" in errors[1].stderr
             assert "--since is required with --name" in errors[2].stderr
             assert "not an event id" in errors[3].stderr
