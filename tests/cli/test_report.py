@@ -151,3 +151,33 @@ def test_ids_of_no_job_are_bad_input_not_nothing_done(capsys: pytest.CaptureFixt
         skipped={"0123456789ab0123456789ab": "not found", "0123456789ab0123456789ac": "finished"},
     )
     assert report(ended, as_json=False) == 1  # one of them exists: nothing to do, as said
+
+
+def test_events_show_prints_a_delivery_error_the_column_cuts_in_full(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from job_processor.cli.events import show_event
+    from job_processor.core.models import Event
+
+    why = "secret_ref 'crm' is not among this process's webhook_secrets: pass it to init"
+    event = Event.model_validate(
+        {
+            "_id": "0123456789ab0123456789ab",
+            "name": "shipped",
+            "payload": {},
+            "emitted_at": NOW,
+            "deliveries": [
+                {
+                    "job_id": "0123456789ab0123456789ac",
+                    "event_id": "0123456789ab0123456789ab",
+                    "target": "webhook:abc",
+                    "kind": "webhook",
+                    "status": "errored",
+                    "error": f"{why}\nTraceback ...",
+                }
+            ],
+        }
+    )
+    show_event(event)
+    out = capsys.readouterr().out
+    assert f"errors:\n  webhook:abc: {why}\n" in out
