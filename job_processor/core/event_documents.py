@@ -22,7 +22,7 @@ one, or records the rest as skipped ("chain_stopped") if it failed for good.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from bson import ObjectId
@@ -41,11 +41,16 @@ WEBHOOK_JOB = "webhook-delivery"
 DELIVERY_MARK = "event_delivery"
 
 
-def is_delivery(name: str, registered: Doc) -> bool:
+def is_delivery(name: str, registered: Doc, subscriber_jobs: Collection[str] = ()) -> bool:
     """Whether a registered job name is one of event deliveries ('webhook-delivery',
-    '<event>:<subscriber>'): such jobs are made by emit() and replays, never by hand."""
-    # a registry document written before the mark: told by the names deliveries are given
-    return name == WEBHOOK_JOB or bool(registered.get("delivery", ":" in name))
+    '<event>:<subscriber>'): such jobs are made by emit() and replays, never by hand. A
+    registry document written before the mark: a delivery if a subscriber's job has its name
+    (`subscriber_jobs`, from the subscribers collection)."""
+    if name == WEBHOOK_JOB:
+        return True
+    if "delivery" in registered:
+        return bool(registered["delivery"])
+    return name in subscriber_jobs
 
 
 def delivery_job_name(event: str, subscriber: str) -> str:

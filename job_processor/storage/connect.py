@@ -55,17 +55,17 @@ def check_database(db: Any) -> None:
 
 
 def shown_url(url: str) -> str:
-    """A MongoDB URL to print (one the driver accepted: print it after `open_database`): its
-    password, and the value of any query option that may hold a secret (a password, a token,
-    authMechanismProperties), replaced by ****. As the driver reads it, the hosts end at the
-    first "/" and the login at the last "@" before them."""
+    """A MongoDB URL to print: its password, and the value of any query option that may hold a
+    secret (a password, a token, authMechanismProperties), replaced by ****. The login ends at
+    the last "@" that is not in an option's value, so that a password holding an unescaped "/",
+    "?" or "@" never shows (the driver may read such a URL otherwise: better masked twice)."""
     scheme, sep, rest = url.partition("://")
-    hosts, slash, path = rest.partition("/")
-    if sep and "@" in hosts:
-        login, _, hosts = hosts.rpartition("@")
+    ats = [i for i, c in enumerate(rest) if c == "@" and "=" not in rest[:i]]
+    if sep and ats:
+        login, hosts = rest[: ats[-1]], rest[ats[-1] + 1 :]
         user, colon, _ = login.partition(":")
-        hosts = f"{user}{colon}{'****' if colon else ''}@{hosts}"
-    shown = f"{scheme}{sep}{hosts}{slash}{path}"
+        rest = f"{user}{colon}{'****' if colon else ''}@{hosts}"
+    shown = f"{scheme}{sep}{rest}"
     secret = r"[^=&]*(?:password|secret|token|authmechanismproperties)[^=&]*"
     return re.sub(rf"(?i)([?&]{secret}=)[^&]*", r"\1****", shown)
 
@@ -102,7 +102,10 @@ async def check_reachable(db: Any, wait: float) -> None:
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
         ) from None
-    except Exception as exc:  # the driver failed on an answer it did not expect (a login)
+    except (KeyError, TypeError, ValueError) as exc:
+        if not _has_login(db):  # a programming error (a client of another event loop, ...)
+            raise
+        # the driver failed on a login answer it did not expect (a server without users)
         reason = f"the connection failed: {type(exc).__name__}: {str(exc)[:200]}"
         if _has_login(db):
             reason += (
@@ -112,7 +115,7 @@ async def check_reachable(db: Any, wait: float) -> None:
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
             "server is running (connect_timeout= sets the wait)"
-        ) from None
+        ) from exc
 
 
 def _has_login(db: Any) -> bool:
@@ -206,7 +209,7 @@ def open_database(url: str, timeout: float | None = None) -> Any:
         }
     try:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, **options)
-    except ConfigurationError as exc:  # InvalidURI included: a typo, not an outage
+    except (ConfigurationError, ValueError) as exc:  # InvalidURI included: a typo, not an outage
         raise InvalidArgumentError(
             f"MONGODB_URL is not a MongoDB URL: {exc} (e.g. mongodb://host:27017/dbname)"
         ) from None

@@ -230,11 +230,18 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
         with pytest.raises(InvalidArgumentError, match=f"'{name}' is an event delivery"):
             await admin.new_job(name, {})
     assert (await admin.new_job("reports:daily", {})).done
-    # written by the version before the mark: told by its name (':' or webhook-delivery)
-    await storage.definitions.coll.update_one({"_id": "paid:email"}, {"$unset": {"delivery": ""}})
+    # written by the version before the mark: a delivery if a subscriber's job has its name
+    for name in ("paid:email", "reports:daily"):
+        await storage.definitions.coll.update_one({"_id": name}, {"$unset": {"delivery": ""}})
+    await storage.subscribers.register(
+        [{"_id": "paid|email", "event": "paid", "name": "email", "job_name": "paid:email"}]
+    )
     admin = await Admin.open(storage.db, "t_", clock, actor="alice")  # reads the registry anew
     with pytest.raises(InvalidArgumentError, match="'paid:email' is an event delivery"):
         await admin.new_job("paid:email", {})
+    with pytest.raises(InvalidArgumentError, match="'paid:email' is an event delivery, not a cron"):
+        await admin.trigger_cron("paid:email")
+    assert (await admin.new_job("reports:daily", {})).done  # a job of one's own, ':' or not
     # a delivery's name registered again as a job of one's own: the mark is written False
     await storage.definitions.register({"paid:email": JobDef(handler=noop)}, "w-setup", NOW)
     admin = await Admin.open(storage.db, "t_", clock, actor="alice")

@@ -62,6 +62,9 @@ def test_no_error_seen_yet_is_no_answer() -> None:
         ),
         ("mongodb://ada@h/db", "mongodb://ada@h/db"),
         ("mongodb://ada:p@ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped @
+        ("mongodb://ada:pa/ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped /
+        ("mongodb://ada:1234/secret@127.0.0.1", "mongodb://ada:****@127.0.0.1"),
+        ("mongodb://ada:pa?ss@h/db", "mongodb://ada:****@h/db"),
         (
             "mongodb://ada:pw@h1:27017,h2:27017/db?replicaSet=rs0",
             "mongodb://ada:****@h1:27017,h2:27017/db?replicaSet=rs0",
@@ -188,3 +191,20 @@ async def test_a_driver_failure_on_login_is_one_line_naming_the_likely_cause() -
         "cannot reach MongoDB at 127.0.0.1:27017 (the connection failed: KeyError: 'payload', "
         "while logging in with the URL's user and password: does the server check them?"
     )
+
+
+async def test_a_programming_error_is_not_called_an_outage() -> None:
+    """Only a login the driver chokes on is turned into 'cannot reach': anything else (a
+    client of another event loop, say) is raised as it is."""
+    from job_processor.storage.connect import check_reachable
+
+    async def command(name: str) -> None:
+        raise RuntimeError("Cannot use AsyncMongoClient in different event loop")
+
+    topology = SimpleNamespace(server_descriptions=lambda: {("127.0.0.1", 27017): None})
+    pool = SimpleNamespace(_credentials=None)
+    client = SimpleNamespace(
+        options=SimpleNamespace(pool_options=pool), topology_description=topology
+    )
+    with pytest.raises(RuntimeError, match="different event loop"):
+        await check_reachable(SimpleNamespace(command=command, client=client), 1.0)

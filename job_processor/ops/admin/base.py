@@ -220,13 +220,23 @@ class AdminBase:
     async def _definition(self, name: str) -> Doc:
         known = await self._known()
         if name not in known:
+            deliveries = await self._subscriber_jobs()
             jobs = [
                 n
                 for n, d in known.items()
-                if d.get("kind", "job") == "job" and not E.is_delivery(n, d)
+                if d.get("kind", "job") == "job" and not E.is_delivery(n, d, deliveries)
             ]
             raise UnknownJobError(name, jobs)
         return known[name]
+
+    async def _subscriber_jobs(self) -> set[str]:
+        """The job names of the registered subscribers' deliveries."""
+        return {str(r.get("job_name")) for r in await self.storage.subscribers.all()}
+
+    async def _is_delivery(self, name: str, registered: Doc) -> bool:
+        if name == E.WEBHOOK_JOB or "delivery" in registered:
+            return E.is_delivery(name, registered)
+        return E.is_delivery(name, registered, await self._subscriber_jobs())
 
     async def _insert(self, result: ActionResult, doc: Doc) -> None:
         inserted = await self.storage.jobs.insert(doc)
@@ -245,7 +255,13 @@ class AdminBase:
     async def _trigger(self, name: str, actor: str | None, action: str) -> ActionResult:
         docs = await self.storage.crons.docs([name])
         if not docs:
-            if (await self._known()).get(name, {}).get("kind", "cron") == "job":
+            registered = (await self._known()).get(name)
+            if registered is not None and await self._is_delivery(name, registered):
+                raise InvalidArgumentError(
+                    f"{name!r} is an event delivery, not a cron: to deliver an event again, "
+                    "replay it (job-processor events replay ID)"
+                )
+            if (registered or {}).get("kind", "cron") == "job":
                 raise InvalidArgumentError(
                     f"{name!r} is a job, not a cron: schedule one with new_job({name!r}) "
                     f"(job-processor jobs new {name})"

@@ -11,10 +11,9 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from ...core import documents as D
-from ...core import event_documents as E
 from ...core import flows as F
 from ...core.definitions import fill_limit_key
-from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...core.errors import InvalidArgumentError, JobNotFoundError
 from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
@@ -335,7 +334,7 @@ class JobsAdmin(AdminBase):
         definition = await self._definition(name)
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
-        if E.is_delivery(name, definition):
+        if await self._is_delivery(name, definition):
             raise InvalidArgumentError(
                 f"{name!r} is an event delivery: its jobs are made by emit(); to deliver an "
                 "event again, replay it (job-processor events replay ID)"
@@ -358,11 +357,7 @@ class JobsAdmin(AdminBase):
             raise InvalidArgumentError(
                 f"max_attempts must be an integer >= 1 within 64 bits, got {attempts!r}"
             )
-        template = definition.get("limit_key")
-        try:  # a per-value limit ("tenant:{tenant_id}"): its key, from the payload
-            limit_key = fill_limit_key(template, body) if isinstance(template, str) else None
-        except ValueError as exc:
-            raise InvalidPayloadError(f"job {name!r}: {exc}") from None
+        limit_key = _limit_key(definition, body)
         result = self._result("job_created", actor)
         doc = D.new_job(
             name,
@@ -406,6 +401,7 @@ class JobsAdmin(AdminBase):
                 exclusive=definition.get("concurrency") == "exclusive",
                 max_attempts=int(definition.get("max_attempts", original.max_attempts)),
                 resumable=bool(definition.get("resumable", False)),
+                limit_key=_limit_key(definition, original.payload),
                 extra={"created_by": result.actor, "duplicate_of": ObjectId(original.id)},
             )
             if original.after:  # it waits for the same dependencies (those ended count now)
@@ -417,3 +413,16 @@ class JobsAdmin(AdminBase):
                 result.jobs[-1] = Job.read(settled)
         await self._record(result, {"duplicate_of": original.id, "name": original.name})
         return result
+
+
+def _limit_key(definition: dict[str, Any], payload: Any) -> str | None:
+    """The key of the definition's limit for this payload ("tenant:acme"), as a producer fills
+    it. None when it has none, or when the payload lacks the field: this process has no payload
+    model (its defaults, its aliases), so the worker fills the key at the claim instead."""
+    template = definition.get("limit_key")
+    if not isinstance(template, str):
+        return None
+    try:
+        return fill_limit_key(template, payload)
+    except ValueError:
+        return None
