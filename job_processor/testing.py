@@ -173,6 +173,7 @@ class JobHarness:
         return what it returned (`stored_result`: what a worker would store of it). A result a
         worker could not store at all (a naive datetime, over the size limit) raises
         InvalidPayloadError, as the worker would error the job."""
+        self.stored_result = None
         result = await call_maybe_async(handler, self.job, self.signal)
         try:
             self.stored_result = storable(result)

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import structlog
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
 from ..storage.connect import MISSING_URL, open_database
-from ..storage.local_server import bound_socket, free_port_near
+from ..storage.local_server import free_port_near
 from .common import UsageError
 
 
@@ -116,19 +117,28 @@ def configure_logging(level: str) -> None:
 
 
 def _metrics_port_in_use(host: str, port: int) -> str | None:
-    """Why --metrics-port cannot be served, said before anything is registered (None: free)."""
+    """Why --metrics-port cannot be served, said before anything is registered (None: free).
+    The address is resolved as the metrics server resolves it (the first of getaddrinfo)."""
     if port == 0:
         return None
+    where = f"--metrics-port {port} on {host}"
     try:
-        bound_socket(host, port).close()
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     except OverflowError:
         return f"--metrics-port {port}: a port is a number from 0 to 65535"
+    except socket.gaierror as exc:
+        return f"{where}: cannot resolve {host!r} ({exc.strerror or exc}): check --metrics-host"
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
-            return f"--metrics-port {port} on {host}: {exc.strerror or exc}"
+            return f"{where}: {exc.strerror or exc}"
         free = free_port_near(host, port)
         other = f"e.g. --metrics-port {free} (free now)" if free else "or --metrics-port 0"
-        return f"--metrics-port {port} on {host}: already in use: pick another port, {other}"
+        return f"{where}: already in use: pick another port, {other}"
     return None
 
 

@@ -36,7 +36,10 @@ def job_filters(request: Request) -> dict[str, str]:
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in FILTERS}
     for alias, name in _ALIASES.items():  # the CLI's words: --since, --until
-        filters[name] = filters[name] or q.get(alias, "").strip()
+        given = q.get(alias, "").strip()
+        if given and filters[name]:
+            raise InvalidArgumentError(f"give {name} or {alias}, not both (the same filter)")
+        filters[name] = filters[name] or given
     filters["status"] = filters["status"].lower()  # as the form's values: "Errored" selects it
     return filters
 

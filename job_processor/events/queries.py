@@ -168,7 +168,7 @@ def _select(targets: list[Doc], subscribers: Sequence[str] | None, event: str) -
         listing = ", ".join(sorted(known)) or "none"
         raise InvalidArgumentError(
             f"event {event!r} has no subscriber or enabled webhook endpoint named "
-            f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], list(known))}; "
+            f"{', '.join(map(repr, unknown))}{did_you_mean(str(unknown[0]), list(known))}; "
             f"known: {listing} (webhook endpoints as 'webhook:<endpoint id>')"
         )
     wanted = set(subscribers)

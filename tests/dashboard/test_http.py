@@ -368,6 +368,8 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         # a parameter the list does not read is refused, never ignored (all jobs listed)
         since = await c.get("/api/jobs", params={"since": "2099-01-01"})  # the CLI's word
         assert since.status_code == 200 and since.json()["jobs"] == []
+        both = await c.get("/api/jobs", params={"since": "2099-01-01", "after": "2020-01-01"})
+        assert both.status_code == 400 and "give after or since, not both" in both.json()["error"]
         after = await c.get("/api/jobs", params={"created_after": "2020-01-01"})
         assert after.status_code == 400
         assert after.json()["error"].startswith(
