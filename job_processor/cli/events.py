@@ -113,13 +113,12 @@ def show_event(e: Event) -> None:
             for d in e.deliveries
         ],
     )
-    cut = [
-        d for d in e.deliveries if d.error and first_line(d.error, 50) != first_line(d.error, 10**6)
-    ]
+    shown = {d.target: first_line(MASKER.text(d.error, secrets), 10**6) for d in e.deliveries}
+    cut = [target for target, line in shown.items() if len(line) > 50]
     if cut:  # the column cut them: each in full (its first line; `jobs show JOB` has the rest)
         print("errors:")
-        for d in cut:
-            print(f"  {d.target}: {first_line(MASKER.text(d.error, secrets), 10**6)}")
+        for target in cut:
+            print(f"  {target}: {shown[target]}")
     for d in e.deliveries:
         if d.kind != "webhook" or not d.attempts:
             continue

@@ -17,6 +17,17 @@ from . import run, server
 from . import status as status_cli
 
 
+def seconds(text: str) -> float:
+    """A number of seconds above 0 and finite (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0, e.g. 5")
+    return value
+
+
 def iso_time(text: str) -> dt.datetime | None:
     """A date option (--at, --since, --until): ISO 8601, UTC when it has no offset; refused
     before anything is sent, naming the option."""
@@ -47,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=argparse.SUPPRESS,
         help="seconds to wait for MongoDB (default 5)",
     )

@@ -119,6 +119,8 @@ def configure_logging(level: str) -> None:
 def _metrics_port_in_use(host: str, port: int) -> str | None:
     """Why --metrics-port cannot be served, said before anything is registered (None: free).
     The address is resolved as the metrics server resolves it (the first of getaddrinfo)."""
+    if not 0 <= port <= 65535:
+        return f"--metrics-port {port}: a port is a number from 0 to 65535"
     if port == 0:
         return None
     where = f"--metrics-port {port} on {host}"
@@ -129,8 +131,6 @@ def _metrics_port_in_use(host: str, port: int) -> str | None:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
-    except OverflowError:
-        return f"--metrics-port {port}: a port is a number from 0 to 65535"
     except socket.gaierror as exc:
         return f"{where}: cannot resolve {host!r} ({exc.strerror or exc}): check --metrics-host"
     except OSError as exc:
@@ -158,11 +158,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             ) from None
         try:
             server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
-        except OSError as exc:
-            taken = exc.errno == errno.EADDRINUSE
+        except (OSError, OverflowError) as exc:
+            taken = getattr(exc, "errno", None) == errno.EADDRINUSE
             raise UsageError(
                 f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
-                + ("already in use: pick another port" if taken else (exc.strerror or str(exc)))
+                + ("already in use: pick another port" if taken else str(exc))
             ) from None
         processor.log.info(  # the port bound: the system's choice for --metrics-port 0
             "metrics_served", host=args.metrics_host, port=server.port, path="/metrics"

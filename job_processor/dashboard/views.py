@@ -102,14 +102,15 @@ async def overview(d: Dashboard, request: Request) -> Response:
 
 
 async def jobs(d: Dashboard, request: Request) -> Response:
-    filters = job_filters(request)
     admin = await d.admin()
     error = None
     page = JobPage(jobs=[])
     try:
+        filters = job_filters(request)
         page = await list_page(d, request, filters)
     except (InvalidArgumentError, UnknownJobError) as exc:
         error = str(exc)
+        filters = {k: request.query_params.get(k, "").strip() for k in FILTERS}
     names = sorted({x.name for x in await admin.list_definitions()})
     carried = await admin.carried([j for j in page.jobs if j.error])
     limit = request.query_params.get("limit") or ""

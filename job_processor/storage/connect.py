@@ -60,7 +60,7 @@ def shown_url(url: str) -> str:
     the last "@" that is not in an option's value, so that a password holding an unescaped "/",
     "?" or "@" never shows (the driver may read such a URL otherwise: better masked twice)."""
     scheme, sep, rest = url.partition("://")
-    ats = [i for i, c in enumerate(rest) if c == "@" and "=" not in rest[:i]]
+    ats = [i for i, c in enumerate(rest) if c == "@" and not _in_option(rest, i)]
     if sep and ats:
         login, hosts = rest[: ats[-1]], rest[ats[-1] + 1 :]
         user, colon, _ = login.partition(":")
@@ -68,6 +68,13 @@ def shown_url(url: str) -> str:
     shown = f"{scheme}{sep}{rest}"
     secret = r"[^=&]*(?:password|secret|token|authmechanismproperties)[^=&]*"
     return re.sub(rf"(?i)([?&]{secret}=)[^&]*", r"\1****", shown)
+
+
+def _in_option(rest: str, at: int) -> bool:
+    """Whether the "@" at `at` is in an option's value (`/db?appName=ops@team`): after a "?"
+    that follows the path's "/", and an "=" (a password may hold "?" and "=" too)."""
+    question = rest.find("?")
+    return 0 <= question < at and "/" in rest[:question] and "=" in rest[question:at]
 
 
 def address(db: Any) -> str:
@@ -107,11 +114,10 @@ async def check_reachable(db: Any, wait: float) -> None:
             raise
         # the driver failed on a login answer it did not expect (a server without users)
         reason = f"the connection failed: {type(exc).__name__}: {str(exc)[:200]}"
-        if _has_login(db):
-            reason += (
-                ", while logging in with the URL's user and password: does the server check "
-                "them? the embedded nx-27017 server has no users, leave user:password out"
-            )
+        reason += (
+            ", while logging in with the URL's user and password: does the server check "
+            "them? the embedded nx-27017 server has no users, leave user:password out"
+        )
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
             "server is running (connect_timeout= sets the wait)"

@@ -181,3 +181,19 @@ def test_events_show_prints_a_delivery_error_the_column_cuts_in_full(
     show_event(event)
     out = capsys.readouterr().out
     assert f"errors:\n  webhook:abc: {why}\n" in out
+
+
+def test_ports_and_timeouts_out_of_range_are_usage_errors() -> None:
+    import argparse
+
+    from job_processor.cli.parser import seconds
+    from job_processor.cli.run import _metrics_port_in_use
+
+    for port in (70000, 65536, -1):
+        said = _metrics_port_in_use("127.0.0.1", port)
+        assert said == f"--metrics-port {port}: a port is a number from 0 to 65535"
+    assert _metrics_port_in_use("127.0.0.1", 0) is None
+    assert seconds("2.5") == 2.5
+    for bad in ("-1", "0", "nan", "inf", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seconds(bad)

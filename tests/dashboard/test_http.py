@@ -370,6 +370,8 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert since.status_code == 200 and since.json()["jobs"] == []
         both = await c.get("/api/jobs", params={"since": "2099-01-01", "after": "2020-01-01"})
         assert both.status_code == 400 and "give after or since, not both" in both.json()["error"]
+        page = await c.get("/jobs", params={"since": "2099-01-01", "after": "2020-01-01"})
+        assert page.status_code == 400 and "give after or since, not both" in page.text
         after = await c.get("/api/jobs", params={"created_after": "2020-01-01"})
         assert after.status_code == 400
         assert after.json()["error"].startswith(

@@ -65,6 +65,8 @@ def test_no_error_seen_yet_is_no_answer() -> None:
         ("mongodb://ada:pa/ss@h/db", "mongodb://ada:****@h/db"),  # an unescaped /
         ("mongodb://ada:1234/secret@127.0.0.1", "mongodb://ada:****@127.0.0.1"),
         ("mongodb://ada:pa?ss@h/db", "mongodb://ada:****@h/db"),
+        ("mongodb://ada:p=ss@h/db", "mongodb://ada:****@h/db"),
+        ("mongodb://ada:pa?s&password=x@h/db", "mongodb://ada:****@h/db"),
         (
             "mongodb://ada:pw@h1:27017,h2:27017/db?replicaSet=rs0",
             "mongodb://ada:****@h1:27017,h2:27017/db?replicaSet=rs0",
@@ -199,12 +201,21 @@ async def test_a_programming_error_is_not_called_an_outage() -> None:
     from job_processor.storage.connect import check_reachable
 
     async def command(name: str) -> None:
-        raise RuntimeError("Cannot use AsyncMongoClient in different event loop")
+        raise KeyError("a bug of the caller's")  # as the login's KeyError, with no login
 
     topology = SimpleNamespace(server_descriptions=lambda: {("127.0.0.1", 27017): None})
     pool = SimpleNamespace(_credentials=None)
     client = SimpleNamespace(
         options=SimpleNamespace(pool_options=pool), topology_description=topology
     )
-    with pytest.raises(RuntimeError, match="different event loop"):
+    with pytest.raises(KeyError, match="a bug of the caller's"):
         await check_reachable(SimpleNamespace(command=command, client=client), 1.0)
+
+
+def test_a_url_the_driver_cannot_read_is_bad_input_naming_mongodb_url() -> None:
+    from job_processor.core.errors import InvalidArgumentError
+    from job_processor.storage.connect import open_database
+
+    for url in ("http://127.0.0.1:27017/x", "mongodb://ada:pa/ss@h/db"):
+        with pytest.raises(InvalidArgumentError, match="MONGODB_URL is not a MongoDB URL"):
+            open_database(url, 1.0)

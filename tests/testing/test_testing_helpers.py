@@ -80,6 +80,9 @@ async def test_the_harness_refuses_what_a_worker_refuses() -> None:
         harness = JobHarness()
         assert await harness.run(odd) is returned  # what the handler returned ...
         assert harness.stored_result == stored  # ... and what a worker stores of it
+        with pytest.raises(InvalidPayloadError):  # a later run that fails: nothing stored
+            await harness.run(naive)
+        assert harness.stored_result is None
 
 
 class Email(BaseModel):

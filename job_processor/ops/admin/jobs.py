@@ -13,7 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core import flows as F
 from ...core.definitions import fill_limit_key
-from ...core.errors import InvalidArgumentError, JobNotFoundError
+from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
@@ -357,7 +357,10 @@ class JobsAdmin(AdminBase):
             raise InvalidArgumentError(
                 f"max_attempts must be an integer >= 1 within 64 bits, got {attempts!r}"
             )
-        limit_key = _limit_key(definition, body)
+        try:  # as a producer fills it (docs/scale.md): a payload without the field is refused
+            limit_key = _limit_key(definition, body)
+        except ValueError as exc:
+            raise InvalidPayloadError(f"job {name!r}: {exc}") from None
         result = self._result("job_created", actor)
         doc = D.new_job(
             name,
@@ -401,7 +404,7 @@ class JobsAdmin(AdminBase):
                 exclusive=definition.get("concurrency") == "exclusive",
                 max_attempts=int(definition.get("max_attempts", original.max_attempts)),
                 resumable=bool(definition.get("resumable", False)),
-                limit_key=_limit_key(definition, original.payload),
+                limit_key=original.limit_key,  # the same payload: the same key
                 extra={"created_by": result.actor, "duplicate_of": ObjectId(original.id)},
             )
             if original.after:  # it waits for the same dependencies (those ended count now)
@@ -417,12 +420,6 @@ class JobsAdmin(AdminBase):
 
 def _limit_key(definition: dict[str, Any], payload: Any) -> str | None:
     """The key of the definition's limit for this payload ("tenant:acme"), as a producer fills
-    it. None when it has none, or when the payload lacks the field: this process has no payload
-    model (its defaults, its aliases), so the worker fills the key at the claim instead."""
+    it; None when it has no limit. ValueError naming the field the payload lacks."""
     template = definition.get("limit_key")
-    if not isinstance(template, str):
-        return None
-    try:
-        return fill_limit_key(template, payload)
-    except ValueError:
-        return None
+    return fill_limit_key(template, payload) if isinstance(template, str) else None
