@@ -51,12 +51,13 @@ def show_status(found: ProcessorStatus) -> None:
     )
     if found.workers:
         table(
-            ["  ID", "HOST", "PID", "TAGS", "SLOTS", "RUNNING", "SEEN"],
+            ["  ID", "HOST", "PID", "INSTANCE", "TAGS", "SLOTS", "RUNNING", "SEEN"],
             [
                 [
                     f"  {w.id}",
                     w.hostname,
                     w.pid,
+                    w.instance_id or "-",
                     ",".join(w.tags) if w.tags else "any",
                     w.concurrency,
                     len(w.running_jobs),

@@ -138,9 +138,14 @@ async def run(args: argparse.Namespace) -> int:
     server = Server(config)
     sock = listening_socket(args.host, args.port)  # before the URL is printed: never a dead one
     port = sock.getsockname()[1]  # the one the system chose for --port 0
+    access = (
+        "no login: loopback only"
+        if auth is UNSET
+        else ("no login: --no-auth" if auth is None else f"login {auth[0]}")
+    )
     print(
         f"job-processor dashboard on http://{shown(args.host)}:{port}{args.root_path}/ "
-        f"(database {db.name}{', read-only' if args.read_only else ''})",
+        f"(database {db.name}, {access}{', read-only' if args.read_only else ''})",
         flush=True,
     )
     try:

@@ -197,3 +197,16 @@ def test_ports_and_timeouts_out_of_range_are_usage_errors() -> None:
     for bad in ("-1", "0", "nan", "inf", "soon"):
         with pytest.raises(argparse.ArgumentTypeError):
             seconds(bad)
+
+
+def test_status_lists_each_workers_instance(capsys: pytest.CaptureFixture[str]) -> None:
+    from job_processor.cli.status import show_status
+    from job_processor.core.models import ProcessorStatus, WorkerInfo
+
+    worker = WorkerInfo(
+        id="vm-7-abc", hostname="vm", pid=7, instance_id="runner-1", started_at=NOW, last_seen=NOW
+    )
+    show_status(ProcessorStatus(now=NOW, worker_id="cli", workers=[worker], queue={}, jobs={}))
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert header.split() == ["ID", "HOST", "PID", "INSTANCE", "TAGS", "SLOTS", "RUNNING", "SEEN"]
+    assert row.split()[:5] == ["vm-7-abc", "vm", "7", "runner-1", "any"]

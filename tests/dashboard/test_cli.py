@@ -104,7 +104,8 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop, exit 0, as run and server
             out, err = proc.communicate(timeout=10)
-        assert f"job-processor dashboard on http://127.0.0.1:{port}/" in out
+        assert f"job-processor dashboard on http://127.0.0.1:{port}/ (database " in out
+        assert ", login ops)" in out  # the user, never the password
         assert proc.returncode == 0 and "job-processor dashboard: stopped" in out, err
         assert "Traceback" not in err
         assert "pa55word" not in out + err
@@ -157,6 +158,7 @@ def test_port_0_serves_on_a_free_port_and_prints_it(mongo_url: str) -> None:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # printed once the socket is bound
         said = re.match(r"job-processor dashboard on http://127\.0\.0\.1:(\d+)/ ", first)
+        assert first.rstrip().endswith(", no login: loopback only)"), first
         assert said is not None and int(said[1]) > 0, first + proc.stderr.read()
         health = httpx.get(f"http://127.0.0.1:{said[1]}/healthz", timeout=10)
         assert health.status_code == 200
