@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "job_processor"]
 
 
+def dashboard(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`job-processor dashboard ARGS` as its own process, its output read by the test."""
+    return subprocess.Popen(
+        [*CLI, "dashboard", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_refuses_a_public_host_without_auth_and_bad_credentials_syntax() -> None:
     env = os.environ | {"MONGODB_URL": "mongodb://127.0.0.1:9/x"}
     env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
@@ -71,14 +83,7 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
             "MONGODB_URL": url_with_db(mongo_url, db.name),
             "JOB_PROCESSOR_DASHBOARD_AUTH": "ops:pa55word",
         }
-        proc = subprocess.Popen(
-            [*CLI, "dashboard", "--port", str(port), "--allowed-hosts", "127.0.0.1,jobs.internal"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = dashboard(env, "--port", str(port), "--allowed-hosts", "127.0.0.1,jobs.internal")
         try:
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base, timeout=5) as c:
@@ -146,14 +151,7 @@ def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
 def test_port_0_serves_on_a_free_port_and_prints_it(mongo_url: str) -> None:
     env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, "jp_port_zero")}
     env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
-    proc = subprocess.Popen(
-        [*CLI, "dashboard", "--port", "0"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = dashboard(env, "--port", "0")
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # printed once the socket is bound

@@ -3,13 +3,24 @@ server needed: the driver's last error)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import struct
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import bson
 import pytest
 
-from job_processor.storage.connect import shown_url, why_unreachable
+from job_processor.core.errors import DatabaseUnreachableError, InvalidArgumentError
+from job_processor.storage.connect import (
+    check_reachable,
+    close_database,
+    open_database,
+    shown_url,
+    why_unreachable,
+)
 
 
 def db_whose_driver_saw(error: Exception | None) -> Any:
@@ -87,80 +98,22 @@ def test_a_url_is_printed_without_its_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
 
 
-async def test_a_server_that_accepts_but_never_answers_is_not_called_an_outage() -> None:
-    import asyncio
-
-    from job_processor.core.errors import DatabaseUnreachableError
-    from job_processor.storage.connect import check_reachable, close_database, open_database
-
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # reads nothing, answers nothing: as an HTTP server waiting
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    db = open_database(f"mongodb://127.0.0.1:{port}/x", 1.0)
-    try:
-        with pytest.raises(DatabaseUnreachableError) as err:
-            await check_reachable(db, 1.0)
-    finally:
-        await close_database(db)
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-    assert "something listens there but does not answer as MongoDB does" in str(err.value)
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 
-async def test_a_replica_set_without_a_primary_is_said_as_such() -> None:
-    """A server that answers `hello` as a secondary of a set with no primary (an election, or
-    a set not initiated): no primary, not 'another kind of server'."""
-    import asyncio
-    import struct
-
-    import bson
-
-    from job_processor.core.errors import DatabaseUnreachableError
-    from job_processor.storage.connect import check_reachable, close_database, open_database
-
-    address: list[str] = []
-
-    def hello() -> bytes:
-        return bson.encode(
-            {
-                "ok": 1.0,
-                "isWritablePrimary": False,
-                "secondary": True,
-                "setName": "rs0",
-                "hosts": address,
-                "me": address[0],
-                "minWireVersion": 0,
-                "maxWireVersion": 21,
-            }
-        )
-
+async def unreachable_because(answer: Answer, options: str = "") -> str:
+    """check_reachable's error against a local server whose connections `answer` serves
+    (given the server's port); every connection is closed at the end."""
     writers: list[asyncio.StreamWriter] = []
 
-    async def secondary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
         with contextlib.suppress(Exception):
-            while True:  # every request gets the same hello reply, as OP_MSG or OP_REPLY
-                length, request_id, _, opcode = struct.unpack("<iiii", await reader.readexactly(16))
-                await reader.readexactly(length - 16)
-                if opcode == 2004:  # OP_QUERY (the first handshake): OP_REPLY
-                    body = struct.pack("<iqii", 0, 0, 0, 1) + hello()
-                    reply_op = 1
-                else:  # OP_MSG: flags, a section of kind 0
-                    body = struct.pack("<I", 0) + b"\x00" + hello()
-                    reply_op = 2013
-                writer.write(struct.pack("<iiii", 16 + len(body), 1, request_id, reply_op) + body)
-                await writer.drain()
+            await answer(reader, writer, port)
 
-    server = await asyncio.start_server(secondary, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    address.append(f"127.0.0.1:{port}")
-    db = open_database(f"mongodb://127.0.0.1:{port}/x?replicaSet=rs0", 1.0)
+    db = open_database(f"mongodb://127.0.0.1:{port}/x{options}", 1.0)
     try:
         with pytest.raises(DatabaseUnreachableError) as err:
             await check_reachable(db, 1.0)
@@ -170,13 +123,53 @@ async def test_a_replica_set_without_a_primary_is_said_as_such() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
-    assert "(no primary: the servers answer, but none accepts writes" in str(err.value)
+    return str(err.value)
+
+
+async def test_a_server_that_accepts_but_never_answers_is_not_called_an_outage() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+        pass  # reads nothing, answers nothing: as an HTTP server waiting for a request line
+
+    said = await unreachable_because(silent)
+    assert "something listens there but does not answer as MongoDB does" in said
+
+
+async def test_a_replica_set_without_a_primary_is_said_as_such() -> None:
+    """A server that answers `hello` as a secondary of a set with no primary (an election, or
+    a set not initiated): no primary, not 'another kind of server'."""
+
+    async def secondary(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
+        me = f"127.0.0.1:{port}"
+        hello = bson.encode(
+            {
+                "ok": 1.0,
+                "isWritablePrimary": False,
+                "secondary": True,
+                "setName": "rs0",
+                "hosts": [me],
+                "me": me,
+                "minWireVersion": 0,
+                "maxWireVersion": 21,
+            }
+        )
+        while True:  # every request gets the same hello reply, as OP_MSG or OP_REPLY
+            length, request_id, _, opcode = struct.unpack("<iiii", await reader.readexactly(16))
+            await reader.readexactly(length - 16)
+            if opcode == 2004:  # OP_QUERY (the first handshake): OP_REPLY
+                body, reply_op = struct.pack("<iqii", 0, 0, 0, 1) + hello, 1
+            else:  # OP_MSG: flags, a section of kind 0
+                body, reply_op = struct.pack("<I", 0) + b"\x00" + hello, 2013
+            writer.write(struct.pack("<iiii", 16 + len(body), 1, request_id, reply_op) + body)
+            await writer.drain()
+
+    said = await unreachable_because(secondary, "?replicaSet=rs0")
+    assert "(no primary: the servers answer, but none accepts writes" in said
 
 
 async def test_a_driver_failure_on_login_is_one_line_naming_the_likely_cause() -> None:
     """The embedded server answers a SCRAM login with no payload: pymongo raises KeyError."""
-    from job_processor.core.errors import DatabaseUnreachableError
-    from job_processor.storage.connect import check_reachable
 
     async def command(name: str) -> None:
         raise KeyError("payload")
@@ -198,7 +191,6 @@ async def test_a_driver_failure_on_login_is_one_line_naming_the_likely_cause() -
 async def test_a_programming_error_is_not_called_an_outage() -> None:
     """Only a login the driver chokes on is turned into 'cannot reach': anything else (a
     client of another event loop, say) is raised as it is."""
-    from job_processor.storage.connect import check_reachable
 
     async def command(name: str) -> None:
         raise KeyError("a bug of the caller's")  # as the login's KeyError, with no login
@@ -213,8 +205,6 @@ async def test_a_programming_error_is_not_called_an_outage() -> None:
 
 
 def test_a_url_the_driver_cannot_read_is_bad_input_naming_mongodb_url() -> None:
-    from job_processor.core.errors import InvalidArgumentError
-    from job_processor.storage.connect import open_database
 
     for url in ("http://127.0.0.1:27017/x", "mongodb://ada:pa/ss@h/db"):
         with pytest.raises(InvalidArgumentError, match="MONGODB_URL is not a MongoDB URL"):
