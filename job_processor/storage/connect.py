@@ -113,10 +113,10 @@ async def check_reachable(db: Any, wait: float) -> None:
         if not _has_login(db):  # a programming error (a client of another event loop, ...)
             raise
         # the driver failed on a login answer it did not expect (a server without users)
-        reason = f"the connection failed: {type(exc).__name__}: {str(exc)[:200]}"
-        reason += (
-            ", while logging in with the URL's user and password: does the server check "
-            "them? the embedded nx-27017 server has no users, leave user:password out"
+        reason = (
+            f"the connection failed: {type(exc).__name__}: {str(exc)[:200]}, while logging in "
+            "with the URL's user and password: does the server check them? the embedded "
+            "nx-27017 server has no users, leave user:password out"
         )
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
