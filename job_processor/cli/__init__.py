@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from pymongo.errors import PyMongoError
 
-from ..core.errors import JobProcessorError
+from ..core.clock import check_window
+from ..core.errors import InvalidArgumentError, JobProcessorError
 from . import common
 from .parser import build_parser, parse
 from .run import RunContext, configure_logging
@@ -61,8 +62,11 @@ def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | No
         level = "warning"  # operations print results; logs only when asked for
     configure_logging(level)
     try:
+        check_window(
+            getattr(args, "since", None), getattr(args, "until", None), "--since", "--until"
+        )
         return int(asyncio.run(args.func(args)))
-    except common.UsageError as exc:
+    except (common.UsageError, InvalidArgumentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return common.BAD_INPUT
     except JobProcessorError as exc:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
+from .errors import InvalidArgumentError
+
 UTC = dt.UTC
 
 
@@ -114,3 +116,16 @@ async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float) -> b
 def as_utc(value: dt.datetime) -> dt.datetime:
     """Datetimes read back from MongoDB: naive (client without tz_aware=True) means UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def check_window(
+    start: dt.datetime | None, end: dt.datetime | None, start_name: str, end_name: str
+) -> None:
+    """A time window [start, end) that can hold something: refused, naming both bounds, when
+    the start is not before the end (a silent empty answer reads as "nothing happened")."""
+    if start is not None and end is not None and start >= end:
+        fix = "swap them" if start > end else f"{end_name} is exclusive: give a later one"
+        raise InvalidArgumentError(
+            f"{start_name} {start.isoformat()} is not before {end_name} {end.isoformat()}: "
+            f"nothing can match; {fix}"
+        )

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, UnknownJobError
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
@@ -67,13 +68,16 @@ async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> 
         limit = int(request.query_params.get("limit") or DEFAULT_LIMIT)
     except ValueError:
         raise InvalidArgumentError("limit must be a whole number") from None
+    after = parse_time(filters["after"] or None, "after")
+    before = parse_time(filters["before"] or None, "before")
+    check_window(after, before, "'after'", "'before'")
     return await admin.list_jobs(
         name=filters["name"] or None,
         status=filters["status"] or None,
         tag=filters["tag"] or None,
         key=filters["key"] or None,
-        created_after=parse_time(filters["after"] or None, "after"),
-        created_before=parse_time(filters["before"] or None, "before"),
+        created_after=after,
+        created_before=before,
         id=filters["id"] or None,
         limit=limit,
         cursor=request.query_params.get("cursor") or None,

@@ -16,7 +16,7 @@ import bson
 from bson import ObjectId
 
 from ..core import event_documents as E
-from ..core.clock import Clock, SystemClock, to_millis
+from ..core.clock import Clock, SystemClock, check_window, to_millis
 from ..core.definitions import check_event_name
 from ..core.errors import EventNotFoundError, InvalidArgumentError, did_you_mean
 from ..core.models import Delivery, Event, SubscriberInfo
@@ -61,6 +61,7 @@ def _check_window(since: Any, until: Any) -> tuple[dt.datetime | None, dt.dateti
                 "e.g. datetime.now(UTC) - timedelta(hours=1)"
             )
         out.append(to_millis(value))
+    check_window(out[0], out[1], "since", "until")
     return out[0], out[1]
 
 

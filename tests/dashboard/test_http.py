@@ -368,6 +368,9 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         # a parameter the list does not read is refused, never ignored (all jobs listed)
         since = await c.get("/api/jobs", params={"since": "2099-01-01"})  # the CLI's word
         assert since.status_code == 200 and since.json()["jobs"] == []
+        empty = await c.get("/api/jobs", params={"since": "2099-01-02", "until": "2099-01-01"})
+        assert empty.status_code == 400
+        assert "is not before 'before' 2099-01-01" in empty.json()["error"]
         both = await c.get("/api/jobs", params={"since": "2099-01-01", "after": "2020-01-01"})
         assert both.status_code == 400 and "give after or since, not both" in both.json()["error"]
         page = await c.get("/jobs", params={"since": "2099-01-01", "after": "2020-01-01"})

@@ -117,6 +117,8 @@ async def test_filters(env: Any) -> None:
         await admin.list_jobs(cursor="garbage!")
     with pytest.raises(InvalidArgumentError, match="created_after"):
         await admin.list_jobs(created_after="yesterday")
+    with pytest.raises(InvalidArgumentError, match="is not before created_before .*swap them"):
+        await admin.list_jobs(created_after="2030-01-02", created_before="2030-01-01")
 
 
 async def test_retry_one_and_many_and_what_cannot_be_retried(env: Any) -> None:

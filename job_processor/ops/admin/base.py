@@ -11,7 +11,7 @@ from bson import ObjectId
 
 from ...core import documents as D
 from ...core import event_documents as E
-from ...core.clock import Clock, SystemClock
+from ...core.clock import Clock, SystemClock, check_window
 from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
 from ...core.errors import InvalidArgumentError, JobNotFoundError, UnknownJobError
 from ...core.log import EventLog, make_log
@@ -84,13 +84,16 @@ class AdminBase:
         for field, value in (("name", name), ("tag", tag), ("key", key)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgumentError(f"{field} must be text, got {value!r}")
+        after = parse_time(created_after, "created_after")
+        before = parse_time(created_before, "created_before")
+        check_window(after, before, "created_after", "created_before")
         return JobQuery(
             name=name or None,
             status=parse_status(status) if status else None,
             tag=tag or None,
             key=key or None,
-            created_after=parse_time(created_after, "created_after"),
-            created_before=parse_time(created_before, "created_before"),
+            created_after=after,
+            created_before=before,
         )
 
     async def _stored_job(self, job_id: str | ObjectId) -> Job[Any]:
