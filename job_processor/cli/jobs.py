@@ -30,12 +30,19 @@ from .common import (
 )
 
 
+def shown_status(job: Job[Any]) -> str:
+    """The status, and "killing" for a running job whose kill was requested (as the
+    dashboard's badge): its worker has not aborted it yet."""
+    killing = job.kill_requested_at is not None and job.status.value == "running"
+    return f"{job.status.value} (killing)" if killing else job.status.value
+
+
 def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
     return [
         [
             j.id,
             j.name,
-            j.status.value,
+            shown_status(j),
             when(j.created_at),
             (
                 when(j.ended_at if j.ended_at else j.scheduled_for)

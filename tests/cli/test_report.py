@@ -210,3 +210,15 @@ def test_status_lists_each_workers_instance(capsys: pytest.CaptureFixture[str]) 
     header, row = capsys.readouterr().out.splitlines()[1:3]
     assert header.split() == ["ID", "HOST", "PID", "INSTANCE", "TAGS", "SLOTS", "RUNNING", "SEEN"]
     assert row.split()[:5] == ["vm-7-abc", "vm", "7", "runner-1", "any"]
+
+
+def test_jobs_list_marks_a_running_job_whose_kill_was_requested() -> None:
+    from job_processor.cli.jobs import job_rows
+
+    def row_status(status: str, **fields: object) -> str:
+        doc = D.new_job("sync", {}, now=NOW) | {"status": status, **fields}
+        return str(job_rows([Job.read(doc)])[0][2])
+
+    assert row_status("running", kill_requested_at=NOW) == "running (killing)"
+    assert row_status("running") == "running"
+    assert row_status("killed", kill_requested_at=NOW) == "killed"

@@ -117,7 +117,7 @@ async def test_filters(env: Any) -> None:
         await admin.list_jobs(cursor="garbage!")
     with pytest.raises(InvalidArgumentError, match="created_after"):
         await admin.list_jobs(created_after="yesterday")
-    with pytest.raises(InvalidArgumentError, match="is not before created_before .*swap them"):
+    with pytest.raises(InvalidArgumentError, match=r"is not before created_before .*swap them"):
         await admin.list_jobs(created_after="2030-01-02", created_before="2030-01-01")
 
 

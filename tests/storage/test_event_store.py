@@ -160,7 +160,7 @@ async def test_list_events_newest_first_by_name_and_window(storage: Storage) -> 
     assert len(await ev.list_events(storage, limit=2)) == 2
     with pytest.raises(InvalidArgumentError, match="timezone-aware"):
         await ev.list_events(storage, since=dt.datetime(2030, 1, 1))
-    with pytest.raises(InvalidArgumentError, match="since .* is not before until .*swap them"):
+    with pytest.raises(InvalidArgumentError, match=r"since .* is not before until .*swap them"):
         await ev.list_events(storage, since=later(30), until=later(10))
     with pytest.raises(InvalidArgumentError, match="until is exclusive"):
         await ev.replay_events(storage, "shipped", since=later(10), until=later(10))
