@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from ..core.errors import JobProcessorError
+from ..core.event_documents import WEBHOOK_JOB
 from ..core.models import ProcessorStatus
 from ..core.status import JobStatus
 from ..ops import health as health_mod
@@ -79,6 +80,7 @@ def show_status(found: ProcessorStatus) -> None:
             [
                 [f"  {name}", *[counts.get(s, 0) for s in statuses]]
                 for name, counts in sorted(found.jobs.items())
+                if name != WEBHOOK_JOB or any(counts.values())  # built in: shown once used
             ],
         )
     if found.crons:

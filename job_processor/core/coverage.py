@@ -1,6 +1,7 @@
 """What the registry tells an operator (pure): which live workers serve each name, and the
 warnings `get_status()` and the admin report (names no live worker can run, waiting jobs whose
-name no worker defines, paused names with waiting jobs).
+name no worker defines, paused names with waiting jobs). An event delivery's name (built in, or
+made by emit) counts as unserved only while deliveries of it wait.
 
 Which live workers serve a name comes from the worker documents, each listing the names it
 claims (`names`): exact whatever tags and code version each worker runs. The worker side of the
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import as_utc
+from .event_documents import WEBHOOK_JOB, is_delivery
 
 Doc = dict[str, Any]
 #: Used for worker documents that do not record their own worker_timeout.
@@ -59,20 +61,28 @@ def coverage(
     for name in sorted(known):
         if out.served_by[name]:
             continue
-        out.unserved.append(name)
         info = known[name]
         waiting = _waiting(counts.get(name, {}))
+        delivery = is_delivery(name, info)
+        if delivery and not waiting:
+            continue  # built in (or made by emit): worth a word only while deliveries wait
+        out.unserved.append(name)
         seen = info.get("last_seen")
         recent = isinstance(seen, dt.datetime) and as_utc(seen) >= now - RECENTLY_SERVED
         if not waiting and not recent:
             continue
         kind = info.get("kind") or "job"
         tag = info.get("tag")
-        fix = (
-            f"start a worker that defines it, with worker_tags that include {tag!r} (or None)"
-            if tag is not None
-            else "start a worker that defines it"
-        )
+        needs = f", with worker_tags that include {tag!r} (or None)" if tag is not None else ""
+        if name == WEBHOOK_JOB:
+            fix = (
+                f"start a worker{needs}: each one delivers webhooks unless "
+                "webhook_options={'deliver': False}"
+            )
+        elif delivery:
+            fix = f"start a worker whose subscribers= has {name.rpartition(':')[2]!r}{needs}"
+        else:
+            fix = f"start a worker that defines it{needs}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
         out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")
