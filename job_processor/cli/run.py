@@ -18,7 +18,7 @@ import structlog
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
 from ..storage.connect import MISSING_URL, open_database
-from ..storage.local_server import free_port_near
+from ..storage.local_server import bound_socket, free_port_near
 from .common import UsageError
 
 
@@ -125,18 +125,13 @@ def _metrics_port_in_use(host: str, port: int) -> str | None:
         return None
     where = f"--metrics-port {port} on {host}"
     try:
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
+        bound_socket(host, port, resolve=True).close()
     except socket.gaierror as exc:
         return f"{where}: cannot resolve {host!r} ({exc.strerror or exc}): check --metrics-host"
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             return f"{where}: {exc.strerror or exc}"
-        free = free_port_near(host, port)
+        free = free_port_near(host, port, resolve=True)
         other = f"e.g. --metrics-port {free} (free now)" if free else "or --metrics-port 0"
         return f"{where}: already in use: pick another port, {other}"
     return None

@@ -31,25 +31,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bound_socket(host: str, port: int) -> socket.socket:
+def bound_socket(host: str, port: int, resolve: bool = False) -> socket.socket:
     """A TCP socket bound to host:port as uvicorn binds one: IPv6 for a host with a colon
-    (brackets allowed), else IPv4. OSError when it cannot be."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    (brackets allowed), else IPv4; with `resolve`, as the standard library's servers bind one:
+    the first address getaddrinfo gives (socket.gaierror when the host has none). OSError when
+    it cannot be."""
+    if resolve:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        address = (host.strip("[]"), port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
+        sock.bind(address)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def free_port_near(host: str, port: int, tries: int = 20) -> int | None:
-    """The first port after `port` that `host` can bind now (None when none of `tries` can)."""
+def free_port_near(host: str, port: int, tries: int = 20, resolve: bool = False) -> int | None:
+    """The first port after `port` that `host` can bind now (None when none of `tries` can);
+    `resolve` as for bound_socket."""
     for candidate in range(port + 1, min(port + 1 + tries, 65536)):
         try:
-            bound_socket(host, candidate).close()
+            bound_socket(host, candidate, resolve).close()
         except OSError:
             continue
         return candidate
