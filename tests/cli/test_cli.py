@@ -390,24 +390,22 @@ def test_each_command_shows_only_its_own_options() -> None:
     assert run.metrics_host == "127.0.0.1"  # metrics (no auth) stay on this machine by default
 
 
-def test_a_window_that_cannot_hold_anything_is_refused(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from job_processor.cli import main
-
-    monkeypatch.setenv("MONGODB_URL", "mongodb://127.0.0.1:1/x")  # refused before connecting
-    for args in (
-        ["jobs", "list", "--since", "2030-01-02", "--until", "2030-01-01"],
-        ["events", "list", "--since", "2030-01-02", "--until", "2030-01-01"],
-        ["events", "replay", "--name", "e", "--since", "2030-01-02", "--until", "2030-01-01"],
-    ):
-        assert main(args) == 2
-        assert capsys.readouterr().err == (
+async def test_a_window_that_cannot_hold_anything_is_refused() -> None:
+    url = "mongodb://127.0.0.1:1/x"  # refused before any connection
+    window = ["--since", "2030-01-02", "--until", "2030-01-01"]
+    *swapped, empty = await asyncio.gather(
+        cli(url, "jobs", "list", *window),
+        cli(url, "events", "list", *window),
+        cli(url, "events", "replay", "--name", "e", *window),
+        cli(url, "jobs", "list", "--since", "2030-01-01", "--until", "2030-01-01"),
+    )
+    for refused in swapped:
+        assert refused.returncode == 2
+        assert refused.stderr == (
             "error: --since 2030-01-02T00:00:00+00:00 is not before --until "
             "2030-01-01T00:00:00+00:00: nothing can match; swap them\n"
         )
-    assert main(["jobs", "list", "--since", "2030-01-01", "--until", "2030-01-01"]) == 2
-    assert "--until is exclusive: give a later one" in capsys.readouterr().err
+    assert empty.returncode == 2 and "--until is exclusive: give a later one" in empty.stderr
 
 
 def test_an_unreachable_server_names_what_sets_the_wait(capsys: pytest.CaptureFixture[str]) -> None:
