@@ -190,19 +190,24 @@ class JobAdminStore:
         deleted = 0
         for not_owed in HOOK_NOT_OWED_PARTS:  # two filters: see storage/compat.py
             deleted += int((await self.coll.delete_many(query | not_owed)).deleted_count)
-        names = sorted(hookless if name is None else hookless & {name})
-        if names:
-            owed = query | {"exit_hook": "owed", "name": {"$in": names}}
+        # one delete per name, by equality: beside the date range nx-27017 matches nothing for
+        # an `$in` (see HOOK_NOT_OWED_PARTS in compat.py); the names are few
+        for hookless_name in sorted(hookless if name is None else hookless & {name}):
+            owed = query | {"exit_hook": "owed", "name": hookless_name}
             deleted += int((await self.coll.delete_many(owed)).deleted_count)
         return deleted
 
     async def owing_hooks(
         self, status: JobStatus, ended_before: dt.datetime, name: str | None
-    ) -> int:
-        """How many jobs a purge of these left alone because their hook is still owed."""
+    ) -> dict[str, int]:
+        """name -> how many jobs a purge of these left alone because their hook is still owed
+        (counted up to 10,000 jobs)."""
         query = self.ended_query(status, ended_before, name) | {"exit_hook": "owed"}
         # find, not count_documents: nx-27017 counts nothing with a range on a date ($set)
-        return len(await all_docs(self.coll.find(query, {"_id": 1}).limit(10_000)))
+        counts: dict[str, int] = {}
+        for doc in await all_docs(self.coll.find(query, {"_id": 0, "name": 1}).limit(10_000)):
+            counts[str(doc.get("name"))] = counts.get(str(doc.get("name")), 0) + 1
+        return counts
 
     # ---- numbers ----------------------------------------------------------------------------
 

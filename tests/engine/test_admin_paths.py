@@ -30,8 +30,10 @@ async def ok(job: Job, signal: AbortSignal) -> str:
 
 async def killed_by_an_operator(db: Any, hooks: Hooks, **kw: Any) -> tuple[Any, Admin, str]:
     """A pending job killed from the CLI or the dashboard (Admin): its hook is owed, with no
-    owner, and no worker's sweep has run it yet (the processor is not started)."""
+    owner, and no worker's sweep has run it yet (the processor is not started; its name is
+    registered, as a worker that defines it does)."""
     processor = await make(db, {"mail": JobDef(handler=ok, on_job_exited=hooks)}, **kw)
+    await processor.storage.definitions.register(processor.definitions, "w1", NOW)
     job = await processor.schedule_job("mail", {"to": "ada"})
     admin = await Admin.open(db, clock=processor.clock)
     await admin.kill([job.id], actor="ops")
@@ -94,6 +96,28 @@ async def test_delete_and_purge_keep_a_job_whose_hook_is_owed(db: Any) -> None:
         await wait_for(lambda: hooks.seen == ["killed"])
         await wait_for_record(processor, job_id)
     assert (await admin.delete([job_id])).changed == [job_id]
+
+
+async def test_a_killed_job_of_a_name_no_process_registered_can_be_deleted_retried_purged(
+    db: Any,
+) -> None:
+    """A typo's job (`send-emial`, scheduled by a producer that checks no names): killed from
+    the CLI it records its hook as owed, but no worker will ever define the name to run it;
+    delete, retry and purge do not wait for it for ever."""
+    clock = FakeClock(NOW)
+    producer = await make(db, {"send-emial": JobDef(handler=ok)}, clock=clock)  # not started
+    admin = await Admin.open(db, clock=clock)
+    ids = [(await producer.schedule_job("send-emial")).id for _ in range(3)]
+    killed = await admin.kill(ids)
+    assert killed.changed == ids
+    assert {(await producer.get_job(i)).exit_hook for i in ids} == {"owed"}
+    assert (await admin.delete([ids[0]])).changed == [ids[0]]
+    retried = await admin.retry([ids[1]])
+    assert retried.changed == [ids[1]] and retried.jobs[0].status == S.PENDING
+    clock.advance(3600)
+    purged = await admin.purge(status="killed", older_than="30m")
+    assert purged.count == 1 and "kept_owing_hook" not in purged.detail
+    assert [j.id for j in await producer.list_jobs()] == [ids[1]]
 
 
 async def test_a_retried_cron_task_that_never_started_runs(db: Any) -> None:

@@ -18,7 +18,7 @@ from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from ...core.values import fits_int64
-from .base import AdminBase
+from .base import AdminBase, HookNames
 from .inputs import (
     DEFAULT_LIMIT,
     MAX_BULK,
@@ -123,7 +123,7 @@ class JobsAdmin(AdminBase):
         oid: ObjectId,
         result: ActionResult,
         cache: dict[str, bool],
-        hookless: frozenset[str],
+        hookless: HookNames,
     ) -> None:
         current = await self.storage.job_admin.by_id(oid)
         if current is None:
@@ -132,7 +132,7 @@ class JobsAdmin(AdminBase):
         name = current["name"]
         if name not in cache:
             cache[name] = await self._exclusive(name)
-        if current.get("exit_hook") == "owed" and name in hookless:
+        if current.get("exit_hook") == "owed" and hookless.none(name):
             # a kill recorded the hook as owed, but the definition has none: nothing to wait for
             await self.storage.jobs.hook_ended(
                 oid, current["exit_hook_id"], "none", None, self.clock.now(), budget=5.0
@@ -255,11 +255,17 @@ class JobsAdmin(AdminBase):
                     "shortly); delete it after that"
                 )
                 continue
-            doc = await self.storage.job_admin.delete_ended(oid, hookless)
+            doc = await self.storage.job_admin.delete_ended(oid, hookless.without)
+            current = None
+            if doc is None:
+                current = await self.storage.job_admin.by_id(oid)
+                if current is not None and hookless.none(current["name"]):  # no hook to lose
+                    doc = await self.storage.job_admin.delete_ended(
+                        oid, frozenset([current["name"]])
+                    )
             if doc is not None:
                 result.changed.append(str(oid))
                 continue
-            current = await self.storage.job_admin.by_id(oid)
             if current is None:
                 why = "not found"
             elif current["status"] not in {s.value for s in TERMINAL}:
@@ -296,10 +302,18 @@ class JobsAdmin(AdminBase):
         await self._check_name(name)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
+        hookless = await self._hookless()
         result.count = await self.storage.job_admin.purge(
-            wanted, cutoff, name or None, await self._hookless()
+            wanted, cutoff, name or None, hookless.without
         )
-        kept = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
+        owing = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
+        never_registered = hookless.of(owing) - hookless.without
+        if never_registered:  # their hooks can never run: purged as owing none
+            result.count += await self.storage.job_admin.purge(
+                wanted, cutoff, name or None, never_registered
+            )
+            owing = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
+        kept = sum(owing.values())
         detail: dict[str, Any] = {
             "status": wanted.value,
             "ended_before": cutoff.isoformat(),
