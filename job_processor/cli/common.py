@@ -8,7 +8,10 @@ import datetime as dt
 import json
 import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -210,5 +213,21 @@ def handle_errors(exc: BaseException, command: str = "") -> int:
             file=sys.stderr,
         )
         return UNREACHABLE
-    print(f"error: {exc}", file=sys.stderr)
+    where = raised_in_user_code(exc) if command == "run" else None
+    print(f"error: {exc}" + (f"\n  at {where}" if where else ""), file=sys.stderr)
     return BAD_INPUT
+
+
+#: Where the library and its dependencies live: frames there are not the user's.
+_NOT_USER_CODE = (str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"])
+
+
+def raised_in_user_code(exc: BaseException) -> str | None:
+    """`path:line (function)` of the last frame of the user's code in the traceback: for `run`,
+    the line of the app factory that built a bad JobDef or CronDef (None when there is none)."""
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        path = str(Path(frame.f_code.co_filename).resolve())
+        if not path.startswith((*_NOT_USER_CODE, sys.prefix + os.sep, sys.base_prefix + os.sep)):
+            found = f"{path}:{line} ({frame.f_code.co_name})"
+    return found

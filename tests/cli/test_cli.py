@@ -367,6 +367,17 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     abbreviated = await cli(mongo_url, "run", "tests.e2e.app:make", "--time", "1")
     assert abbreviated.returncode == 2 and "unrecognized arguments: --time" in abbreviated.stderr
     assert "connect_timeout" in ignored.stderr
+    # an invalid definition built by the factory: the error, then the factory's line
+    invalid = await cli(mongo_url, "run", "tests.cli.bad_app:make")
+    assert invalid.returncode == 2
+    said, where = invalid.stderr.strip().splitlines()
+    assert said.startswith("error: CronDef(...): field 'cron_string': cron_string '*/5 * * *'")
+    line = next(
+        n
+        for n, text in enumerate((ROOT / "tests/cli/bad_app.py").read_text().splitlines(), 1)
+        if "CronDef(" in text
+    )
+    assert where == f"  at {ROOT / 'tests/cli/bad_app.py'}:{line} (make)"
     # a target that is not a factory (a dict of JobDefs): one line saying what run expects
     not_a_factory = await cli(mongo_url, "run", "tests.e2e.app:JOBS")
     assert not_a_factory.returncode == 2
