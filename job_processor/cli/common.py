@@ -213,8 +213,8 @@ def handle_errors(exc: BaseException, command: str = "") -> int:
             file=sys.stderr,
         )
         return UNREACHABLE
-    where = raised_in_user_code(exc) if command == "run" else None
-    print(f"error: {exc}" + (f"\n  at {where}" if where else ""), file=sys.stderr)
+    built = raised_in_user_code(exc) if command == "run" else None
+    print(f"error: {exc}" + (f"\n  at {built}" if built else ""), file=sys.stderr)
     return BAD_INPUT
 
 
