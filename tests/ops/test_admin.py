@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from job_processor import CronDef, FakeClock, JobDef
 from job_processor.core import documents as D
@@ -251,6 +252,29 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
     with pytest.raises(UnknownJobError) as unknown:
         await admin.new_job("webhok", {})
     assert "webhook-delivery" not in str(unknown.value)
+
+    # a payload model this process does not have: its schema's required and unknown fields
+    class Report(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        customer: str
+        year: int = 2030
+
+    class Loose(BaseModel):
+        customer: str
+
+    models = {"build": JobDef(handler=noop, payload_model=Report)}
+    models["loose"] = JobDef(handler=noop, payload_model=Loose)
+    await storage.definitions.register(models, "w-setup", NOW)
+    with pytest.raises(InvalidPayloadError) as wrong:
+        await admin.new_job("build", {"custmer": "acme"})
+    assert str(wrong.value) == (
+        "job 'build': payload does not match Report: missing 'customer'; unknown 'custmer' "
+        "(did you mean 'customer'?) (its fields: 'customer', 'year')"
+    )
+    assert (await admin.new_job("build", {"customer": "acme"})).done
+    assert (await admin.new_job("loose", {"customer": "acme", "extra": 1})).done  # allowed
+    with pytest.raises(InvalidPayloadError, match="payload does not match Loose: missing"):
+        await admin.new_job("loose", {})
     dup = await admin.duplicate(job.id)
     copy = dup.jobs[0]
     assert dup.done and copy.id != job.id

@@ -23,6 +23,7 @@ from .inputs import (
     DEFAULT_LIMIT,
     MAX_BULK,
     check_payload,
+    check_payload_fields,
     decode_cursor,
     describe_query,
     encode_cursor,
@@ -339,8 +340,10 @@ class JobsAdmin(AdminBase):
         actor: str | None = None,
     ) -> ActionResult:
         """Schedule a job of a registered name (see list_definitions) with a payload given as
-        JSON text or a dict. Its payload model, if any, is checked when it runs (this process
-        has no models): a payload that fails it ends the job as errored, saying why. With a
+        JSON text or a dict. Of its payload model, if any, this process (which has no models)
+        checks what the registry's JSON schema says of the fields: the required ones are given,
+        and no unknown one when the model forbids extras; the rest is checked when it runs (a
+        payload that fails it ends the job as errored, saying why). With a
         dedup key held by an active job, nothing is created (`skipped`, and `jobs` holds that
         job). Action "job_created"."""
         if not isinstance(name, str) or not name:
@@ -354,6 +357,7 @@ class JobsAdmin(AdminBase):
                 "event again, replay it (job-processor events replay ID)"
             )
         body = check_payload(name, payload)
+        check_payload_fields(name, definition, body)
         when = parse_time(scheduled_for, "scheduled_for")
         if not isinstance(priority, int) or isinstance(priority, bool) or not fits_int64(priority):
             raise InvalidArgumentError(
