@@ -128,6 +128,15 @@ def masked(job: Job[Any], carried: Mapping[str, Any] | None = None) -> dict[str,
 ONE_NEW_JOB = {"job_created": "created", "job_duplicated": "created (a copy)"}
 
 
+#: What an action that workers learn of at their next heartbeat says after its count.
+TAKES_A_BEAT = {
+    "name_paused": "live workers stop claiming it at their next heartbeat (heartbeat_interval, "
+    "5 s by default); jobs already running go on",
+    "name_resumed": "live workers claim it again at their next heartbeat (heartbeat_interval, "
+    "5 s by default)",
+}
+
+
 def report(result: ActionResult, as_json: bool) -> int:
     made = result.jobs[0] if result.action in ONE_NEW_JOB and result.jobs else None
     if as_json:
@@ -164,6 +173,8 @@ def report(result: ActionResult, as_json: bool) -> int:
         what = ", ".join(now[:10]) + (" ..." if len(now) > 10 else "")
         if result.done and (now or not result.changed):
             print(f"{verb}: {result.count - len(requested)}" + (f" ({what})" if what else ""))
+            if result.action in TAKES_A_BEAT:
+                print(f"  {TAKES_A_BEAT[result.action]}")
         for job_id in requested:  # one line per job: a running one is aborted by its worker
             print(f"{job_id}: kill requested (its worker aborts it)")
         for key, why in result.skipped.items():

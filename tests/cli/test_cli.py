@@ -187,6 +187,7 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
 
         paused = await cli(url, "names", "pause", "fine")
         assert paused.returncode == 0 and "name paused: 1 (fine)" in paused.stdout
+        assert "live workers stop claiming it at their next heartbeat" in paused.stdout
         assert (await cli(url, "names", "pause", "fine")).returncode == 1
         names = await cli(url, "names", "list", "--json")
         by_name = {n["name"]: n for n in json.loads(names.stdout)}
