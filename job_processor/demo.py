@@ -22,7 +22,12 @@ from .core.status import JobStatus
 from .events.webhooks import generate_secret
 from .processor import JobProcessor, init_job_processor
 from .storage.connect import check_reachable, close_database, open_database, shown_url
-from .storage.local_server import LocalServerError, local_server
+from .storage.local_server import (
+    LocalServerError,
+    LocalServerMissing,
+    check_installed,
+    local_server,
+)
 
 STEPS = 6
 #: Seconds the demo waits for the server's first answer.
@@ -189,6 +194,7 @@ def _server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
+    check_installed()  # before saying a server starts
     say("No MONGODB_URL set: starting a throwaway local server (nx-27017, MongoDB wire protocol")
     say("over SQLite; for trying things out only, production uses MongoDB).")
     with local_server() as server:
@@ -198,7 +204,8 @@ def _server(url: str | None) -> Iterator[str]:
 
 async def run_demo(url: str | None) -> int:
     """0 once every step ran; 1 when the local server cannot start, 2 for a MONGODB_URL that is
-    not a MongoDB URL, 3 when the server does not answer (one line on stderr each)."""
+    not a MongoDB URL or nx-27017 not installed, 3 when the server does not answer (one line on
+    stderr each)."""
     try:
         with _server(url) as server_url:
             try:
@@ -218,6 +225,9 @@ async def run_demo(url: str | None) -> int:
                     await server.client.drop_database(db.name)
             finally:
                 await close_database(server)
+    except LocalServerMissing as exc:
+        say_error(f"{exc} (or set MONGODB_URL to a MongoDB server)")
+        return 2
     except LocalServerError as exc:
         say_error(str(exc))
         return 1

@@ -22,6 +22,8 @@ from ..storage.connect import DEFAULT_DATABASE
 from ..storage.local_server import (
     LocalServer,
     LocalServerError,
+    LocalServerMissing,
+    check_installed,
     free_port_near,
     start_local_server,
 )
@@ -65,6 +67,11 @@ async def cmd_server(args: argparse.Namespace) -> int:
             f"{other}",
             flush=True,
         )
+        return 2
+    try:
+        check_installed()
+    except LocalServerMissing as exc:
+        print(f"error: {exc}", flush=True)
         return 2
     data_dir = await asyncio.to_thread(prepared_data_dir, args.data_dir)
     try:

@@ -65,15 +65,23 @@ def free_port_near(host: str, port: int, tries: int = 20, resolve: bool = False)
     return None
 
 
+class LocalServerMissing(LocalServerError):
+    """nx-27017 is not installed (the `demo` extra): a missing extra, as for the dashboard."""
+
+
 def _executable() -> str:
     beside = Path(sys.executable).parent / "nx-27017"
     found = str(beside) if beside.exists() else shutil.which("nx-27017")
     if not found:
-        raise LocalServerError(
-            "nx-27017 is not installed: pip install 'job-processor[demo]' "
-            "(or set MONGODB_URL to a real MongoDB)"
+        raise LocalServerMissing(
+            "nx-27017 (the local server) is not installed: pip install 'job-processor[demo]'"
         )
     return found
+
+
+def check_installed() -> None:
+    """LocalServerMissing, said before anything else, when nx-27017 is not installed."""
+    _executable()
 
 
 class LocalServer:

@@ -3,16 +3,21 @@ process; Ctrl-C and SIGTERM stop it cleanly, and its data is there again at the 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from pymongo import MongoClient
 
+from job_processor.cli.server import cmd_server
+from job_processor.demo import run_demo
 from job_processor.storage.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +113,24 @@ def test_a_data_folder_in_use_is_refused(tmp_path: Path) -> None:
         assert "--data-dir" in second.stdout
     finally:
         stop(proc, signal.SIGTERM)
+
+
+async def test_without_the_demo_extra_it_says_which_one_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nx-27017 not installed: one line naming the extra, exit 2 (a missing extra, as for the
+    dashboard), before anything is created or announced."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # nothing beside it
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    data = tmp_path / "data"
+    args = argparse.Namespace(port=free_port(), data_dir=str(data))
+    assert await cmd_server(args) == 2
+    said = "error: nx-27017 (the local server) is not installed: pip install 'job-processor[demo]'"
+    assert capsys.readouterr().out == said + "\n"
+    assert not data.exists()
+    assert await run_demo(None) == 2
+    out, err = capsys.readouterr()
+    assert "starting a throwaway local server" not in out
+    assert err.strip().endswith(
+        "not installed: pip install 'job-processor[demo]' (or set MONGODB_URL to a MongoDB server)"
+    )
