@@ -35,6 +35,7 @@ from .abort import AbortReason
 from .definitions import Backoff
 from .retention import Retention
 from .retries import backoff_delay
+from .runs import INTERRUPTED
 from .status import HOOKED, JobStatus
 
 S = JobStatus
@@ -96,7 +97,10 @@ class Outcome:
 
     @property
     def event(self) -> str:
-        """The log event of a worker's final write."""
+        """The log event of a worker's final write (a run interrupted by a graceful stop is
+        `job_interrupted`: queued again at once, no attempt used, not a failure)."""
+        if self.status == S.PENDING and self.error == INTERRUPTED:
+            return "job_interrupted"
         return {
             S.FINISHED: "job_finished",
             S.ERRORED: "job_errored",
@@ -213,5 +217,5 @@ def _unkilled(c: _Ctx) -> Outcome:
     if end.abort_reason == "shutdown":  # stopped gracefully: not the job's fault
         if c.policy.resumable:
             return Outcome(S.PAUSED, failures=c.failures)
-        return Outcome(S.PENDING, error="interrupted", failures=c.failures, retry_at=c.now)
+        return Outcome(S.PENDING, error=INTERRUPTED, failures=c.failures, retry_at=c.now)
     return c.failed(end.error or "cancelled", final=end.final, retry_in=end.retry_in)

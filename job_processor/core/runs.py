@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+#: The error recorded for a run a graceful stop interrupted.
+INTERRUPTED = "interrupted"
+
 #: A run's outcome, from the record the final write keeps in `history`.
 OUTCOMES = ("finished", "failed", "crashed", "killed", "interrupted", "paused", "missed")
 
@@ -35,7 +38,7 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return "crashed"
     if error.startswith("its worker lost track of the run"):
         return "lost"  # its final write failed for good: reconciled, not the handler's failure
-    if status == "pending" and error == "interrupted":
+    if status == "pending" and error == INTERRUPTED:
         return "interrupted"  # a graceful stop: not the job's fault, no attempt used
     if status == "paused" and not error:
         return "paused"  # a resumable job stopped gracefully: resumes from its checkpoint

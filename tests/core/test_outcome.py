@@ -112,6 +112,7 @@ def test_a_non_resumable_job_interrupted_by_a_stop_is_requeued_without_using_an_
         "interrupted",
         NOW,
     )
+    assert out.event == "job_interrupted"  # not read as a failure in the worker's log
     returned = RunEnd(Ending.RETURNED, abort_reason="shutdown", result=1)
     assert decide(job(0, 1), PLAIN, returned, NOW).status == S.FINISHED
 
