@@ -25,6 +25,7 @@ from ..core.schedule import STUCK_CRON_SLOTS, margin_of, plan_slots, schedule_of
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
+from ..storage.transient import describe
 from . import sentry
 
 
@@ -60,7 +61,7 @@ class CronScheduler:
             try:
                 delay = await self.tick()
             except PyMongoError as exc:
-                self.log.warning("cron_tick_failed", error=str(exc))
+                self.log.warning("cron_tick_failed", error=describe(exc))
                 delay = 1.0
             await sleep_or_wake(self.clock, self.stop_event, delay)
 

@@ -33,6 +33,7 @@ from ..core.log import EventLog
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
+from ..storage.transient import describe
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -76,7 +77,7 @@ class Flows:
                 doc["_id"], str(doc["status"]), self.clock.now()
             )
         except PyMongoError as exc:  # the sweep settles it
-            self.log.warning("dependents_not_settled", job_id=str(doc["_id"]), error=str(exc)[:200])
+            self.log.warning("dependents_not_settled", job_id=str(doc["_id"]), error=describe(exc))
             return
         if released:
             self.log.info("dependents_released", job_id=str(doc["_id"]), count=released)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core.clock import Clock, sleep_or_wake
+from ..core.documents import Doc
 from ..core.log import EventLog
 from ..storage import Storage
+from ..storage.transient import describe
 from .recovery import Recovery, is_dead
 from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
@@ -51,6 +54,8 @@ class Heartbeat:
         self.trimmer: Trimmer | None = None
         """Set by the processor: the pass behind keep_finished / keep_failed counts."""
         self._last_ok: dt.datetime | None = None
+        worker.trusted = self.trusted
+        worker.release_unstarted = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
 
@@ -90,19 +95,44 @@ class Heartbeat:
         await self.workers.unregister(self.worker.worker_id)
         self.log.info("worker_stopped", worker_id=self.worker.worker_id)
 
+    def trusted(self) -> bool:
+        """Whether this worker's registration holds: it has an id, and its last heartbeat is
+        recent enough that no other worker can have declared it dead."""
+        return bool(self.worker.worker_id) and (
+            self._last_ok is None
+            or not is_dead(self._last_ok, self.clock.now(), self.settings.worker_timeout)
+        )
+
+    async def _release_unstarted(self, doc: Doc) -> Any:
+        why = "claimed while its worker was being declared dead"
+        return await self.recovery.reconcile(doc, started=False, why=why)
+
     async def loop(self) -> None:
         while not self.stop_event.is_set():
+            started = self.clock.now()
             try:
                 await self.tick()
             except PyMongoError as exc:
                 self.log.warning(
-                    "heartbeat_failed", worker_id=self.worker.worker_id, error=str(exc)
+                    "heartbeat_failed", worker_id=self.worker.worker_id, error=describe(exc)
                 )
-            await sleep_or_wake(self.clock, self.stop_event, self.settings.heartbeat_interval)
+            # a beat held up by an outage wrote the time it started: beat again at once, so
+            # that no one reads this worker as silent since then
+            took = (self.clock.now() - started).total_seconds()
+            wait = (
+                0.0
+                if took >= self.settings.heartbeat_interval
+                else self.settings.heartbeat_interval
+            )
+            await sleep_or_wake(self.clock, self.stop_event, wait)
 
     async def tick(self) -> None:
         """One round trip: this worker is alive, and which names are paused (read back from
         its own document, which pause/resume keep up to date)."""
+        if not self.worker.worker_id:  # declared dead, and not registered again yet
+            await self.register()
+            self.worker.wake.set()
+            return
         now = self.clock.now()
         stale = self._last_ok is not None and is_dead(
             self._last_ok, now, self.settings.worker_timeout
@@ -115,9 +145,11 @@ class Heartbeat:
             why = "worker_document_missing" if paused is None else "heartbeat_stale"
             self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)
             self.worker.abandon_all(why)
+            given_up, self.worker.worker_id = self.worker.worker_id, ""  # no claim under it
             if paused is not None:
-                await self.workers.unregister(self.worker.worker_id)
+                await self.workers.unregister(given_up)
             await self.register()
+            self.worker.wake.set()  # claim again, under the new id
             return
         self._last_ok = now
         if also is not None:

@@ -30,7 +30,7 @@ from ..core.models import Job
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
-from ..storage.transient import TRANSIENT
+from ..storage.transient import TRANSIENT, describe
 from .execution import build_job, call_maybe_async, describe_error
 
 Doc = dict[str, Any]
@@ -161,7 +161,7 @@ class HookRunner:
                 dependents=bool(doc.get("has_dependents")),  # its expiry waits for them
             )
         except TRANSIENT as exc:  # it stays owed, and will be called again
-            self.log.error("on_job_exited_record_failed", error=str(exc), **fields)
+            self.log.error("on_job_exited_record_failed", error=describe(exc), **fields)
 
     async def settle(self, doc: Doc, who: str, worker_timeout: float) -> Doc | None:
         """Run the hook a job still owes, here and now, before anything changes the job (a

@@ -37,6 +37,7 @@ from ..core.limits import check_limits
 from ..core.log import EventLog
 from ..core.protocols import ClaimingWorker
 from ..storage import Storage
+from ..storage.transient import describe
 
 Doc = dict[str, Any]
 
@@ -114,8 +115,7 @@ class Limiter:
                     if got is None:  # another worker took it meanwhile
                         await self.storage.limits.release(key, run_id, started=False)
                         continue
-                    worker.start_claimed(got)
-                    claimed += 1
+                    claimed += worker.start_claimed(got)
             if not learnt:
                 break
         return claimed
@@ -141,16 +141,16 @@ class Limiter:
         if not granted:
             self._block(worker, limit.key, retry_at, now)
             return 0
-        claimed = 0
+        claimed = used = 0
         for run_id in granted:
             doc = await self.storage.jobs.claim_next(
                 names, worker.worker_id, now, run_id=run_id, limit_key=limit.key
             )
             if doc is None:
                 break
-            worker.start_claimed(doc)
-            claimed += 1
-        for run_id in granted[claimed:]:
+            used += 1  # a claim not started keeps its slot until it is released with it
+            claimed += worker.start_claimed(doc)
+        for run_id in granted[used:]:
             await self.storage.limits.release(limit.key, run_id, started=False)
         return claimed
 
@@ -183,7 +183,7 @@ class Limiter:
         try:
             released = await self.storage.limits.release(key, run_id)
         except PyMongoError as exc:  # the dead-holder sweep or reconciliation gives it back
-            self.log.warning("limit_release_failed", limit=key, error=str(exc))
+            self.log.warning("limit_release_failed", limit=key, error=describe(exc))
             return
         if released:
             self.blocked.pop(key, None)

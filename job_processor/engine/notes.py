@@ -25,7 +25,7 @@ from ..core.errors import InvalidArgumentError
 from ..core.log import EventLog
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, masked_line
 from ..storage.jobs import JobStore
-from ..storage.transient import TRANSIENT
+from ..storage.transient import TRANSIENT, describe
 from .execution import Run
 
 Doc = dict[str, Any]
@@ -145,7 +145,7 @@ class RunNotes:
             except TRANSIENT:  # kept for the next write (the final one at the latest)
                 self._give_back(update)
             except PyMongoError as exc:  # refused as such: carried on, it would fail the next
-                self.log.error("job_notes_failed", error=str(exc), **self.fields)
+                self.log.error("job_notes_failed", error=describe(exc), **self.fields)
         finally:
             self._writing = False
             if self._timer is asyncio.current_task():

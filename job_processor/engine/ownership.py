@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from ..core.clock import Clock, sleep_or_wake
 from ..core.log import EventLog
 from ..storage import Storage
+from ..storage.transient import describe
 from .recovery import Recovery
 from .worker import Worker
 
@@ -50,7 +51,7 @@ class OwnershipWatcher:
                     await self.check(now, reconcile=reconcile_due)
                 except (PyMongoError, TimeoutError) as exc:  # an outage: the next check retries
                     self.log.warning(
-                        "kill_check_failed", worker_id=self.worker.worker_id, error=str(exc)
+                        "kill_check_failed", worker_id=self.worker.worker_id, error=describe(exc)
                     )
             await sleep_or_wake(self.clock, self.stop_event, self.interval)
 

@@ -24,6 +24,7 @@ from ..core.log import EventLog
 from ..core.outcome import Ending, RunEnd, decide
 from ..core.status import JobStatus
 from ..storage import Storage
+from ..storage.transient import describe
 from . import sentry
 from .execution import policy_of
 from .hooks import HookRunner
@@ -82,7 +83,9 @@ class Recovery:
                 if after is not None:
                     await after(now)
             except (PyMongoError, TimeoutError) as exc:  # an outage: the next pass retries
-                self.log.warning("sweep_failed", worker_id=self.worker.worker_id, error=str(exc))
+                self.log.warning(
+                    "sweep_failed", worker_id=self.worker.worker_id, error=describe(exc)
+                )
 
     async def sweep(self, now: dt.datetime) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks."""
@@ -156,16 +159,18 @@ class Recovery:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)
         return errored + undue
 
-    async def reconcile(self, doc: Doc, started: bool = True) -> Doc | None:
+    async def reconcile(
+        self, doc: Doc, started: bool = True, why: str = "its claim's reply was lost"
+    ) -> Doc | None:
         """A job the database says this live worker runs, but it does not: its final write
-        failed (a lost attempt), or (`started=False`) its claim's reply was lost and it never
-        ran (re-queued, no attempt used)."""
+        failed (a lost attempt), or (`started=False`) it was claimed but never ran, `why`
+        (re-queued, no attempt used)."""
         end = RunEnd(
             Ending.LOST_TRACK if started else Ending.UNSTARTED,
             kill_requested=bool(doc.get("kill_requested_at")),
             error="its worker lost track of the run (the final write failed or a reply was lost)"
             if started
-            else "its claim's reply was lost: not run",
+            else f"{why}: not run",
         )
         return await self.recover(doc, end, event="job_reconciled")
 

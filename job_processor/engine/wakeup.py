@@ -28,6 +28,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.log import EventLog
+from ..storage.transient import describe
 
 WAKING_STATUSES = {"pending", "paused"}
 #: Server error codes meaning "this server has no change streams" (not a replica set).
@@ -154,14 +155,14 @@ class ChangeStreamWaker:
                     return  # polling carries on alone
                 if not isinstance(exc, PyMongoError):
                     raise
-                self.log.warning("change_stream_failed", error=str(exc)[:200])
+                self.log.warning("change_stream_failed", error=describe(exc))
                 await sleep_or_wake(self.clock, self.stop_event, self.max_await)
                 continue
             try:
                 await self._follow(stream)
             except PyMongoError as exc:  # history lost, invalidate, network: reopen
                 self.reopened += 1
-                self.log.warning("change_stream_reopened", error=str(exc)[:200])
+                self.log.warning("change_stream_reopened", error=describe(exc))
                 self.worker.wake.set()  # events may have been missed: claim once
                 await sleep_or_wake(self.clock, self.stop_event, min(1.0, self.max_await))
             finally:

@@ -32,7 +32,7 @@ from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
 from ..storage.jobs import EndItem, LostClaim
-from ..storage.transient import TRANSIENT
+from ..storage.transient import TRANSIENT, describe
 from . import sentry
 from .execution import (
     ResultTooLarge,
@@ -104,6 +104,14 @@ class Worker:
         self.unstarted: set[str] = set()
         """Run ids of claims whose reply was lost and could not be read back: a job running
         under one of them here never started (reconciliation re-queues it, no attempt used)."""
+        self.trusted: Callable[[], bool] = lambda: True
+        """Set by the heartbeat: False while others may have declared this worker dead (its
+        last heartbeat is older than worker_timeout, or it is registering afresh). Nothing
+        is claimed then, and a claim that returns then is not started."""
+        self.release_unstarted: Callable[[Doc], Awaitable[Any]] | None = None
+        """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
+        self._orphans: list[Doc] = []
+        """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
         self.limiter = Limiter(storage, definitions, self.names, log)
@@ -134,12 +142,14 @@ class Worker:
             self.wake.clear()
             try:
                 got = await self.claim_batch()
+                if self._orphans:
+                    await self._release_orphans()
             except LostClaim as lost:
                 self.unstarted.add(lost.run_id)
                 self.log.warning("claim_reply_lost", worker_id=self.worker_id, run_id=lost.run_id)
                 got = 0
             except PyMongoError as exc:
-                self.log.warning("claim_failed", worker_id=self.worker_id, error=str(exc))
+                self.log.warning("claim_failed", worker_id=self.worker_id, error=describe(exc))
                 got = 0
             if not got:
                 self.idle.set()
@@ -196,27 +206,44 @@ class Worker:
         names = [n for n in self.names if n not in self.paused] if self.paused else self.names
         return self.limiter.unlimited(names)
 
-    def start_claimed(self, doc: Doc) -> None:
+    def start_claimed(self, doc: Doc) -> bool:
+        """Start a job the claim loop took; False when it is not started (see `trusted`)."""
+        if doc.get("worker_id") != self.worker_id or not self.trusted():
+            # claimed while this worker was declared dead, or under the id it gave up: the
+            # recovery of that id could run it a second time, so it never starts here
+            self._orphans.append(doc)
+            return False
         self._claimed += 1
         self.spawn(doc, claimed=True)
+        return True
+
+    async def _release_orphans(self) -> None:
+        """Re-queue the claims that were not started (no attempt used). One that cannot be
+        written now is left to the recovery of the id it was claimed under."""
+        orphans, self._orphans = self._orphans, []
+        for doc in orphans:
+            fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
+            self.log.warning("claim_released", reason="worker_declared_dead", **fields)
+            if self.release_unstarted is not None:
+                await self.release_unstarted(doc)
 
     async def claim_once(self) -> Doc | None:
         """Claim the best due job and start it (one command)."""
         names = self.claimable_names()
-        if not names or not self.worker_id:
+        if not names or not self.worker_id or not self.trusted():
             return None
         doc = await self.jobs.claim_next(
             names, self.worker_id, self.clock.now(), budget=self.settings.worker_timeout
         )
-        if doc is not None:
-            self.start_claimed(doc)
-        return doc
+        return doc if doc is not None and self.start_claimed(doc) else None
 
     async def claim_batch(self) -> int:
         """Fill the free slots. The best job is claimed alone first (one command: the same
         latency as a single claim when the queue is nearly empty); when the previous claim
         found work too (a backlog), the other free slots are filled in two more commands.
         Then the limited names fill what is left, key by key (see `limiter`)."""
+        if not self.trusted():
+            return 0  # the heartbeat registers afresh first
         free = self.settings.concurrency - self._claimed
         got = 0
         # limited names go first every other time, so a backlog of unlimited ones never
@@ -497,7 +524,7 @@ class Worker:
                     notes=notes,
                 )
             except TRANSIENT as exc:
-                self.log.error("checkpoint_failed", error=str(exc), **self._fields(run.doc))
+                self.log.error("checkpoint_failed", error=describe(exc), **self._fields(run.doc))
         if ok:
             run.doc["state"] = dict(state)  # the final document (and its hook) see it
             if notes and run.notes is not None:
@@ -532,7 +559,10 @@ class Worker:
             except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
                 run.lost = True
                 self.log.error(
-                    "job_status_write_failed", status=outcome.status.value, error=str(exc), **fields
+                    "job_status_write_failed",
+                    status=outcome.status.value,
+                    error=describe(exc),
+                    **fields,
                 )
                 return None
             except Exception as exc:  # e.g. DocumentTooLarge: record why, without the result

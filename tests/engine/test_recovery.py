@@ -146,6 +146,77 @@ async def test_a_worker_silent_too_long_abandons_its_runs_and_registers_afresh(d
     assert ids == [processor.worker_id]
 
 
+async def test_no_job_starts_under_a_registration_that_may_have_been_declared_dead(
+    db: Any,
+) -> None:
+    """After an outage longer than worker_timeout, a claim must not start a job: the worker is
+    about to declare itself dead and re-register, and the recovery of its old id would run
+    that job a second time. Nothing is claimed while its registration is stale, and a claim
+    that returns under an id given up meanwhile is re-queued, not run, and no attempt used."""
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    ran: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        ran.append(job.id)
+
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=work)}, clock=clock, worker_timeout=30
+    )
+    worker = processor.worker
+    first = await processor.heartbeat.register()
+    job = await processor.schedule_job("n")
+    clock.advance(31)  # no heartbeat for 31 s: others may have declared this worker dead
+    assert not worker.trusted()
+    assert await worker.claim_once() is None
+    assert (await processor.get_job(job.id)).status == S.PENDING  # not even claimed
+    # a claim made under the old id that returns once the heartbeat has given that id up
+    in_flight = await processor.storage.jobs.claim_next(["n"], first, clock.now())
+    assert in_flight is not None
+    await processor.heartbeat.tick()  # declared dead: registers afresh
+    assert processor.worker_id not in ("", first) and worker.trusted()
+    assert not worker.start_claimed(in_flight)
+    await worker._release_orphans()
+    requeued = await processor.get_job(job.id)
+    assert (requeued.status, requeued.failures, ran) == (S.PENDING, 0, [])  # no attempt used
+    assert requeued.error == "claimed while its worker was being declared dead: not run"
+    claimed = await worker.claim_once()  # under the new id, it runs once
+    assert claimed is not None and claimed["worker_id"] == processor.worker_id
+    await asyncio.gather(*list(worker._tasks))
+    done = await processor.get_job(job.id)
+    assert (done.status, done.failures, ran) == (S.FINISHED, 0, [job.id])
+
+
+async def test_a_heartbeat_held_up_by_an_outage_beats_again_at_once(db: Any) -> None:
+    """A beat stuck for 25 s wrote the time it started: the next one goes at once, so that
+    the worker does not look silent since then (nor declare itself dead 5 s later)."""
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=lambda job, signal: None)}, clock=clock, worker_timeout=30
+    )
+    heartbeat = processor.heartbeat
+    first = await heartbeat.register()
+    beats: list[dt.datetime] = []
+    real_beat = heartbeat.workers.beat
+
+    async def slow_first_beat(worker_id: str, now: dt.datetime, also: Any) -> Any:
+        beats.append(now)
+        if len(beats) == 1:
+            clock.advance(25)  # the outage: this beat returns 25 s after it started
+        elif len(beats) == 3:
+            heartbeat.stop_event.set()
+        return await real_beat(worker_id, now, also)
+
+    heartbeat.workers.beat = slow_first_beat  # type: ignore[method-assign]
+    loop = asyncio.create_task(heartbeat.loop())
+    await wait_for(lambda: len(beats) >= 2)
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert beats[:2] == [start, start + dt.timedelta(seconds=25)]  # no 5 s wait in between
+    clock.advance(5)
+    await asyncio.wait_for(loop, 5)
+    assert beats[2] == start + dt.timedelta(seconds=30)  # then the usual interval
+    assert processor.worker_id == first  # never declared dead: the outage was under 30 s
+
+
 async def test_a_dead_workers_hooks_are_taken_over_with_its_jobs(db: Any) -> None:
     """A hook owed by a worker declared dead is called by the sweep that declares it dead,
     about worker_timeout after its last heartbeat, not worker_timeout + the hook's timeout

@@ -55,7 +55,7 @@ async def test_backoff_schedule_with_an_injected_clock(db: Any) -> None:
         db,
         jobs={"send": JobDef(handler=flaky, max_attempts=4, backoff=backoff)},
         clock=clock,
-        **FAST,
+        **FAST | {"worker_timeout": 60},  # no heartbeat runs: its registration must hold
     )
     job = await processor.run_job("send")
     assert job.status == S.PENDING
