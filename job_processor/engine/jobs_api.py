@@ -392,7 +392,7 @@ class JobsAPI(Runtime):
             )
         start = time.monotonic()
         deadline = None if timeout is None else start + float(timeout)
-        stream = await self._open_stream(oid)  # before the first read: no change is missed
+        stream = await self._open_stream(oid, deadline)  # before the first read: none missed
         try:
             return await self._wait(oid, str(job_id), timeout, deadline, stream)
         finally:
@@ -436,16 +436,20 @@ class JobsAPI(Runtime):
                 if changed or stream is None:
                     break
 
-    async def _open_stream(self, oid: ObjectId) -> Any:
+    async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
         """A change stream on the job when the server's streams block (learnt from this
-        processor's waker, or tried here); None: poll."""
+        processor's waker, or tried here); None: poll. During an outage it is tried only until
+        the wait's deadline, then the reads say the server is unreachable."""
         if self.waker.blocking is False or not self.settings.change_streams:
             return None
         if self._waiters_on_streams >= STREAM_WAITERS:  # each holds a pooled connection: poll
             return None
         self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
+        within = None if deadline is None else max(deadline - time.monotonic(), 0.5)
         try:
-            return await self.storage.producer.run(lambda _: self.storage.jobs.watch_one(oid, 1000))
+            return await self.storage.producer.run(
+                lambda _: self.storage.jobs.watch_one(oid, 1000), within=within
+            )
         except (PyMongoError, NotImplementedError, AttributeError, TypeError):
             self._waiters_on_streams -= 1
             return None  # a standalone server, mongomock: poll

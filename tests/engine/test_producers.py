@@ -267,6 +267,14 @@ async def test_an_outage_while_waiting_is_ridden_out_only_until_the_deadline(
     with pytest.raises(DatabaseUnreachableError, match=r"AutoReconnect: 127\.0\.0\.1:1: conn"):
         await p.wait_for(job.id, timeout=0.5)
     assert asyncio.get_running_loop().time() - began < 5, "not the 30 s budget"
+    # down before the wait opens its change stream (a producer that does not know yet whether
+    # the server's streams block tries one first): that is bounded by the deadline too
+    p.waker.blocking = None
+    monkeypatch.setattr(p.storage.jobs, "watch_one", down)
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(DatabaseUnreachableError, match=r"AutoReconnect: 127\.0\.0\.1:1: conn"):
+        await p.wait_for(job.id, timeout=0.5)
+    assert asyncio.get_running_loop().time() - began < 5, "not the 30 s budget"
 
 
 async def test_a_delay_too_long_for_a_date_is_refused_naming_the_job_and_the_item(
