@@ -60,6 +60,14 @@ def unknown_name_update(name: str, now: dt.datetime, expires_at: dt.datetime | N
     return unclaimable_update(error, now, expires_at)
 
 
+def unknown_hook_error(name: str, grace_seconds: float) -> str:
+    """Why an owed on_job_exited was given up: no worker has defined its job's name."""
+    return (
+        f"not called: no worker has defined {name!r} for {grace_seconds:g} s "
+        "(unknown_name_grace: a typo, or a job removed from the code)"
+    )
+
+
 #: The fields a claim increments: another program's document must hold numbers there.
 COUNTED = ("attempt",)
 

@@ -141,7 +141,8 @@ class Recovery:
         name no worker defines (none in the registry, nor here) are errored with the reason once
         `unknown_name_grace` has passed (time for a rolling deploy to start the workers that
         define a new job), and those whose due time can never come are errored with the
-        reason."""
+        reason; an on_job_exited owed that long by a job of such a name is given up (recorded
+        as failed, saying why)."""
         minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
         bare = await self.storage.jobs.adopt_bare(minute, now)
         if bare:
@@ -154,6 +155,10 @@ class Recovery:
         errored = await self.storage.jobs.error_unknown(sorted(known), now - grace, now)
         if errored:
             self.log.warning("unknown_jobs_errored", count=errored, by=self.worker.worker_id)
+        seconds = self.worker.settings.unknown_name_grace
+        hooks = await self.storage.jobs.give_up_unknown(known, now - grace, now, seconds)
+        if hooks:  # e.g. a typo's job killed from the CLI: its hook would hold it for ever
+            self.log.warning("unknown_hooks_given_up", count=hooks, by=self.worker.worker_id)
         undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
         if undue:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)

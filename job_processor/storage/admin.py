@@ -190,9 +190,10 @@ class JobAdminStore:
         deleted = 0
         for not_owed in HOOK_NOT_OWED_PARTS:  # two filters: see storage/compat.py
             deleted += int((await self.coll.delete_many(query | not_owed)).deleted_count)
-        # one delete per name, by equality: beside the date range nx-27017 matches nothing for
-        # an `$in` (see HOOK_NOT_OWED_PARTS in compat.py); the names are few
-        for hookless_name in sorted(hookless if name is None else hookless & {name}):
+        # the hook-less names that do have such jobs, one delete each, by equality: beside the
+        # date range nx-27017 matches nothing for an `$in` (see HOOK_NOT_OWED_PARTS)
+        owing = await self.owing_hooks(status, ended_before, name) if hookless else {}
+        for hookless_name in sorted(hookless & owing.keys()):
             owed = query | {"exit_hook": "owed", "name": hookless_name}
             deleted += int((await self.coll.delete_many(owed)).deleted_count)
         return deleted
@@ -200,8 +201,8 @@ class JobAdminStore:
     async def owing_hooks(
         self, status: JobStatus, ended_before: dt.datetime, name: str | None
     ) -> dict[str, int]:
-        """name -> how many jobs a purge of these left alone because their hook is still owed
-        (counted up to 10,000 jobs)."""
+        """name -> how many jobs a purge of these leaves alone because their hook is still
+        owed (counted up to 10,000 jobs)."""
         query = self.ended_query(status, ended_before, name) | {"exit_hook": "owed"}
         # find, not count_documents: nx-27017 counts nothing with a range on a date ($set)
         counts: dict[str, int] = {}

@@ -19,7 +19,8 @@ The storage modules call these instead of branching on the server themselves:
   recent to purge). A purge therefore deletes in two filters whose union is "on_job_exited is
   not owed" on every server: `exit_hook` absent (or null, on nx-27017), then `$ne: "owed"`.
   Beside such a date range, nx-27017 also matches nothing for an `$in` on another field: the
-  purge of jobs owing a hook no definition has deletes one name at a time, by equality.
+  jobs owing a hook their definition does not have are purged one name at a time, by
+  equality (only the names that have such jobs).
   Elsewhere, filters on a field that is either absent or one value use
   `{"$exists": False}` (the final write's `has_dependents` condition). In an `$or`,
   a branch with `$in` or `$ne` makes nx-27017 lose the other branches' matches on a date

@@ -11,6 +11,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from ..core import documents as D
+from ..core import foreign as FD
 from .compat import all_docs, decode_opt
 from .transient import ride_out
 
@@ -27,6 +28,23 @@ class HookRecords:
     async def owed_hooks(self, cutoff: dt.datetime) -> list[Doc]:
         """Jobs whose on_job_exited was recorded as owed before `cutoff` and not marked done."""
         return await all_docs(self.owed_hooks_cursor(cutoff))
+
+    async def give_up_unknown(
+        self, known: set[str], recorded_before: dt.datetime, now: dt.datetime, grace: float
+    ) -> int:
+        """Owed hooks recorded before `recorded_before` of jobs whose name is not in `known`
+        (no worker defines it: none ever will call them, and an owed hook holds its job for
+        good): recorded as failed, saying why. At most 500 per call; compare-and-set each."""
+        given_up = 0
+        for doc in await self.owed_hooks(recorded_before):
+            name = str(doc.get("name"))
+            if name in known:
+                continue
+            error = FD.unknown_hook_error(name, grace)
+            given_up += await self.hook_ended(
+                doc["_id"], doc["exit_hook_id"], "failed", error, now, budget=5.0
+            )
+        return given_up
 
     async def take_hook(self, doc: Doc, writer: str, now: dt.datetime) -> Doc | None:
         """Take over an owed hook (its owner died): compare-and-set on its hook id."""

@@ -30,10 +30,8 @@ async def ok(job: Job, signal: AbortSignal) -> str:
 
 async def killed_by_an_operator(db: Any, hooks: Hooks, **kw: Any) -> tuple[Any, Admin, str]:
     """A pending job killed from the CLI or the dashboard (Admin): its hook is owed, with no
-    owner, and no worker's sweep has run it yet (the processor is not started; its name is
-    registered, as a worker that defines it does)."""
+    owner, and no worker's sweep has run it yet (the processor is not started)."""
     processor = await make(db, {"mail": JobDef(handler=ok, on_job_exited=hooks)}, **kw)
-    await processor.storage.definitions.register(processor.definitions, "w1", NOW)
     job = await processor.schedule_job("mail", {"to": "ada"})
     admin = await Admin.open(db, clock=processor.clock)
     await admin.kill([job.id], actor="ops")
@@ -98,26 +96,36 @@ async def test_delete_and_purge_keep_a_job_whose_hook_is_owed(db: Any) -> None:
     assert (await admin.delete([job_id])).changed == [job_id]
 
 
-async def test_a_killed_job_of_a_name_no_process_registered_can_be_deleted_retried_purged(
+async def test_a_hook_owed_by_a_job_no_worker_defines_is_given_up_after_the_grace(
     db: Any,
 ) -> None:
-    """A typo's job (`send-emial`, scheduled by a producer that checks no names): killed from
-    the CLI it records its hook as owed, but no worker will ever define the name to run it;
-    delete, retry and purge do not wait for it for ever."""
+    """A typo's job (`send-emial`, scheduled by a producer that checks no names) killed from
+    the CLI owes its hook, and no worker will ever define the name to call it: after
+    unknown_name_grace a worker's sweep records the hook as given up, so the job can go.
+    Within the grace, a worker that defines the name (a rolling deploy) still calls it."""
     clock = FakeClock(NOW)
-    producer = await make(db, {"send-emial": JobDef(handler=ok)}, clock=clock)  # not started
+    hooks = Hooks()
+    producer = await make(db, {"send-emial": JobDef(handler=ok, on_job_exited=hooks)}, clock=clock)
     admin = await Admin.open(db, clock=clock)
-    ids = [(await producer.schedule_job("send-emial")).id for _ in range(3)]
-    killed = await admin.kill(ids)
-    assert killed.changed == ids
-    assert {(await producer.get_job(i)).exit_hook for i in ids} == {"owed"}
-    assert (await admin.delete([ids[0]])).changed == [ids[0]]
-    retried = await admin.retry([ids[1]])
-    assert retried.changed == [ids[1]] and retried.jobs[0].status == S.PENDING
-    clock.advance(3600)
-    purged = await admin.purge(status="killed", older_than="30m")
-    assert purged.count == 1 and "kept_owing_hook" not in purged.detail
-    assert [j.id for j in await producer.list_jobs()] == [ids[1]]
+    typo = (await producer.schedule_job("send-emial")).id
+    await admin.kill([typo])
+    refused = await admin.delete([typo])
+    assert "no worker has defined 'send-emial' (a typo?)" in refused.skipped[typo]
+    worker = await make(db, {"send-email": JobDef(handler=ok)}, clock=clock)
+    await worker.heartbeat.register()  # a worker of the real code: it never defines the typo
+    clock.advance(1800)
+    await worker.recovery.error_unknown_names(clock.now())
+    assert (await worker.get_job(typo)).exit_hook == "owed"  # within the grace: kept
+    clock.advance(1801)
+    await worker.recovery.error_unknown_names(clock.now())
+    given_up = await worker.get_job(typo)
+    assert (given_up.exit_hook, given_up.exit_hook_error) == (
+        "failed",
+        "not called: no worker has defined 'send-emial' for 3600 s (unknown_name_grace: a "
+        "typo, or a job removed from the code)",
+    )
+    assert hooks.seen == []
+    assert (await admin.delete([typo])).changed == [typo]
 
 
 async def test_a_retried_cron_task_that_never_started_runs(db: Any) -> None:
@@ -149,6 +157,15 @@ async def test_an_admin_retry_of_a_job_without_a_hook_is_not_held(db: Any) -> No
     retried = await admin.retry([job.id])
     assert retried.changed == [job.id], retried.skipped
     assert (await processor.get_job(job.id)).status == S.PENDING
+    # nor do delete and purge (purge: one delete for the name, which has such jobs)
+    ids = [(await processor.schedule_job("plain")).id for _ in range(3)]
+    deleted = ids[0]
+    await admin.kill(ids)
+    assert (await admin.delete([deleted])).changed == [deleted]
+    later = await Admin.open(db, clock=FakeClock(NOW + dt.timedelta(days=3650)))
+    result = await later.purge(status="killed", older_than="1d")
+    assert result.count == 2 and "kept_owing_hook" not in result.detail
+    assert [j.id for j in await processor.list_jobs()] == [job.id]
 
 
 async def test_a_retry_waits_for_a_hook_its_live_worker_is_running(db: Any) -> None:

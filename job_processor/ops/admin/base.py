@@ -4,8 +4,7 @@ action, the registry read, and the redaction of sensitive fields in every job re
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Self
 
 from bson import ObjectId
@@ -25,22 +24,6 @@ from .results import ActionResult, WorkerView
 
 S = JobStatus
 Doc = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class HookNames:
-    """The names whose jobs can have no on_job_exited to call: registered without one, or never
-    registered by any process (a typo's name: no definition anywhere, so no worker would ever
-    run an owed hook, which would hold its job for good)."""
-
-    without: frozenset[str]
-    registered: frozenset[str]
-
-    def none(self, name: str) -> bool:
-        return name in self.without or name not in self.registered
-
-    def of(self, names: Iterable[str]) -> frozenset[str]:
-        return frozenset(n for n in names if self.none(n))
 
 
 class AdminBase:
@@ -156,13 +139,13 @@ class AdminBase:
             return
         raise UnknownJobError(name, list(known))
 
-    async def _hookless(self) -> HookNames:
-        """What the registry says of each name's on_job_exited (an owed record of a hook no
-        definition has is a formality)."""
-        docs = await self.storage.definitions.all()
-        return HookNames(
-            without=frozenset(str(d["_id"]) for d in docs if d.get("has_exit_hook") is False),
-            registered=frozenset(str(d["_id"]) for d in docs),
+    async def _hookless(self) -> frozenset[str]:
+        """Names whose registered definition has no on_job_exited (an owed record of one is a
+        formality); names the registry does not know are not among them."""
+        return frozenset(
+            str(d["_id"])
+            for d in await self.storage.definitions.all()
+            if d.get("has_exit_hook") is False
         )
 
     async def _workers(self, now: dt.datetime) -> list[WorkerView]:

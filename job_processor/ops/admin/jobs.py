@@ -18,7 +18,7 @@ from ...core.models import Job
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from ...core.values import fits_int64
-from .base import AdminBase, HookNames
+from .base import AdminBase
 from .inputs import (
     DEFAULT_LIMIT,
     MAX_BULK,
@@ -124,7 +124,7 @@ class JobsAdmin(AdminBase):
         oid: ObjectId,
         result: ActionResult,
         cache: dict[str, bool],
-        hookless: HookNames,
+        hookless: frozenset[str],
     ) -> None:
         current = await self.storage.job_admin.by_id(oid)
         if current is None:
@@ -133,7 +133,7 @@ class JobsAdmin(AdminBase):
         name = current["name"]
         if name not in cache:
             cache[name] = await self._exclusive(name)
-        if current.get("exit_hook") == "owed" and hookless.none(name):
+        if current.get("exit_hook") == "owed" and name in hookless:
             # a kill recorded the hook as owed, but the definition has none: nothing to wait for
             await self.storage.jobs.hook_ended(
                 oid, current["exit_hook_id"], "none", None, self.clock.now(), budget=5.0
@@ -256,25 +256,26 @@ class JobsAdmin(AdminBase):
                     "shortly); delete it after that"
                 )
                 continue
-            doc = await self.storage.job_admin.delete_ended(oid, hookless.without)
-            current = None
-            if doc is None:
-                current = await self.storage.job_admin.by_id(oid)
-                if current is not None and hookless.none(current["name"]):  # no hook to lose
-                    doc = await self.storage.job_admin.delete_ended(
-                        oid, frozenset([current["name"]])
-                    )
+            doc = await self.storage.job_admin.delete_ended(oid, hookless)
             if doc is not None:
                 result.changed.append(str(oid))
                 continue
+            current = await self.storage.job_admin.by_id(oid)
             if current is None:
                 why = "not found"
             elif current["status"] not in {s.value for s in TERMINAL}:
                 why = f"{current['status']}: active jobs are not deleted (kill it first)"
-            else:
+            elif current["name"] in await self._known():
                 why = (
                     f"{current['status']}: its on_job_exited has not run yet (a worker that "
                     f"defines {current['name']!r} runs it shortly); delete it after that"
+                )
+            else:
+                why = (
+                    f"{current['status']}: its on_job_exited has not run yet, and no worker "
+                    f"has defined {current['name']!r} (a typo?): a worker that defines it runs "
+                    "it; if none does within unknown_name_grace (1 h by default), a worker's "
+                    "sweep gives it up; delete it after that"
                 )
             result.skipped[str(oid)] = why
         await self._record(result)
@@ -303,18 +304,12 @@ class JobsAdmin(AdminBase):
         await self._check_name(name)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
-        hookless = await self._hookless()
         result.count = await self.storage.job_admin.purge(
-            wanted, cutoff, name or None, hookless.without
+            wanted, cutoff, name or None, await self._hookless()
         )
-        owing = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
-        never_registered = hookless.of(owing) - hookless.without
-        if never_registered:  # their hooks can never run: purged as owing none
-            result.count += await self.storage.job_admin.purge(
-                wanted, cutoff, name or None, never_registered
-            )
-            owing = await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)
-        kept = sum(owing.values())
+        kept = sum(
+            (await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)).values()
+        )
         detail: dict[str, Any] = {
             "status": wanted.value,
             "ended_before": cutoff.isoformat(),
