@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,29 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
-        payload = value.model_dump(mode="json")
+        payload = stored_form(model, value)
     return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+
+
+@functools.cache
+def _has_aliases(model: type[BaseModel]) -> bool:
+    return any(f.alias or f.validation_alias for f in model.model_fields.values())
+
+
+def stored_form(model: type[BaseModel], value: BaseModel) -> dict[str, Any]:
+    """The payload as JSON that the model reads back, the worker's validation: by field name,
+    or, for a model with aliases, by alias when the model reads only those (a field with
+    `alias="customerId"` and no `populate_by_name` refuses `customer_id`)."""
+    plain: dict[str, Any] = value.model_dump(mode="json")
+    if not _has_aliases(model):
+        return plain
+    for form in (plain, value.model_dump(mode="json", by_alias=True)):
+        try:
+            model.model_validate(form)
+        except ValidationError:
+            continue
+        return form
+    return plain  # neither reads back: the worker says which field
 
 
 def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.datetime:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core import event_documents as E
 from ..core.definitions import CronDef
+from ..core.payload_fields import payload_fields
 from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]
@@ -42,6 +43,7 @@ def definition_fields(definition: Any) -> Doc:
         "limit_key": definition.limit.key if getattr(definition, "limit", None) else None,
         "payload_model": model.__name__ if model is not None else None,
         "payload_schema": _schema(model),
+        "payload_fields": payload_fields(model),
         "sensitive_fields": list(definition.sensitive_fields),
         "cron_string": getattr(definition, "cron_string", None),
         "timezone": getattr(definition, "timezone", None),

@@ -129,3 +129,28 @@ def test_reads_that_start_a_little_off_time_still_keep_five_in_any_window() -> N
         seen.append(planned + rng.uniform(-0.004, 0.02))
     later = seen[1:]
     assert max(sum(1 for t in later if start <= t < start + 5) for start in later) <= 5
+
+
+def test_a_payload_is_stored_in_the_form_its_model_reads_back() -> None:
+    """schedule_job stores the model's dump; with aliases the worker must be able to read it
+    (a field aliased "customerId" without populate_by_name refuses "customer_id")."""
+    from pydantic import AliasChoices, ConfigDict, Field
+
+    from job_processor.core.producing import checked_payload
+
+    class ByAlias(BaseModel):
+        customer_id: int = Field(alias="customerId")
+
+    class ByEither(BaseModel):
+        model_config = ConfigDict(populate_by_name=True)
+        customer_id: int = Field(alias="customerId")
+
+    class Legacy(BaseModel):
+        x: int = Field(validation_alias=AliasChoices("x", "legacy_x"))
+
+    assert checked_payload("j", ByAlias, {"customerId": 3}) == {"customerId": 3}
+    assert checked_payload("j", ByEither, {"customerId": 3}) == {"customer_id": 3}
+    assert checked_payload("j", Legacy, {"legacy_x": 3}) == {"x": 3}
+    assert checked_payload("j", Email, Email(to="a@b.c")) == {"to": "a@b.c"}
+    for model, payload in ((ByAlias, {"customerId": 3}), (Legacy, {"legacy_x": 3})):
+        model.model_validate(checked_payload("j", model, payload))  # what the worker does

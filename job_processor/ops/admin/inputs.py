@@ -18,12 +18,7 @@ from bson import ObjectId
 
 from ...core import documents as D
 from ...core.clock import to_millis
-from ...core.errors import (
-    InvalidArgumentError,
-    InvalidPayloadError,
-    JobNotFoundError,
-    did_you_mean,
-)
+from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.values import checked_payload
 from ...storage import JobQuery
 from ...storage.jobs import MAX_VALUE_BYTES, object_id
@@ -114,37 +109,6 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
             f"job {name!r}: payload must be a JSON object ({{...}}), got {type(payload).__name__}"
         )
     return checked_payload("job", name, payload, MAX_VALUE_BYTES)
-
-
-def check_payload_fields(
-    name: str, definition: Mapping[str, Any], payload: Mapping[str, Any]
-) -> None:
-    """What this process can check of a payload model it does not have, from the JSON schema
-    the registry keeps: the required fields are there, and no unknown field is given when the
-    model forbids extras. Types and constraints are checked by the worker, when the job runs."""
-    stored = definition.get("payload_schema")
-    try:
-        schema = json.loads(stored["json"]) if isinstance(stored, Mapping) else None
-    except (KeyError, TypeError, ValueError):
-        schema = None
-    if not isinstance(schema, Mapping):
-        return
-    model = definition.get("payload_model") or "its payload model"
-    known = schema.get("properties") or {}
-    missing = [f for f in schema.get("required") or [] if f not in payload]
-    unknown = [f for f in payload if f not in known]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(map(repr, missing))}")
-    if unknown and schema.get("additionalProperties") is False:
-        hint = did_you_mean(unknown[0], list(known))
-        problems.append(f"unknown {', '.join(map(repr, unknown))}{hint}")
-    if problems:
-        fields = ", ".join(map(repr, known)) or "none"
-        raise InvalidPayloadError(
-            f"job {name!r}: payload does not match {model}: {'; '.join(problems)} "
-            f"(its fields: {fields})"
-        )
 
 
 def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:

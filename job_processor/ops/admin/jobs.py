@@ -15,6 +15,7 @@ from ...core import flows as F
 from ...core.definitions import fill_limit_key
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.models import Job
+from ...core.payload_fields import check_payload_fields
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from ...core.values import fits_int64
@@ -23,7 +24,6 @@ from .inputs import (
     DEFAULT_LIMIT,
     MAX_BULK,
     check_payload,
-    check_payload_fields,
     decode_cursor,
     describe_query,
     encode_cursor,
@@ -336,9 +336,9 @@ class JobsAdmin(AdminBase):
     ) -> ActionResult:
         """Schedule a job of a registered name (see list_definitions) with a payload given as
         JSON text or a dict. Of its payload model, if any, this process (which has no models)
-        checks what the registry's JSON schema says of the fields: the required ones are given,
-        and no unknown one when the model forbids extras; the rest is checked when it runs (a
-        payload that fails it ends the job as errored, saying why). With a
+        checks what the registry's summary of its fields says (`core.payload_fields`): the
+        required ones are given, and no unknown one when the model forbids extras; the rest is
+        checked when it runs (a payload that fails it ends the job as errored, saying why). With a
         dedup key held by an active job, nothing is created (`skipped`, and `jobs` holds that
         job). Action "job_created"."""
         if not isinstance(name, str) or not name:
@@ -352,7 +352,8 @@ class JobsAdmin(AdminBase):
                 "event again, replay it (job-processor events replay ID)"
             )
         body = check_payload(name, payload)
-        check_payload_fields(name, definition, body)
+        model = definition.get("payload_model")
+        check_payload_fields(name, model, definition.get("payload_fields"), body)
         when = parse_time(scheduled_for, "scheduled_for")
         if not isinstance(priority, int) or isinstance(priority, bool) or not fits_int64(priority):
             raise InvalidArgumentError(
