@@ -65,8 +65,12 @@ def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | No
         check_window(
             getattr(args, "since", None), getattr(args, "until", None), "--since", "--until"
         )
+    except InvalidArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return common.BAD_INPUT
+    try:
         return int(asyncio.run(args.func(args)))
-    except (common.UsageError, InvalidArgumentError) as exc:
+    except common.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return common.BAD_INPUT
     except JobProcessorError as exc:

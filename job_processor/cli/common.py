@@ -130,10 +130,10 @@ ONE_NEW_JOB = {"job_created": "created", "job_duplicated": "created (a copy)"}
 
 #: What an action that workers learn of at their next heartbeat says after its count.
 TAKES_A_BEAT = {
-    "name_paused": "live workers stop claiming it at their next heartbeat (heartbeat_interval, "
-    "5 s by default); jobs already running go on",
-    "name_resumed": "live workers claim it again at their next heartbeat (heartbeat_interval, "
-    "5 s by default)",
+    "name_paused": "live workers stop claiming it at their next heartbeat (within their "
+    "heartbeat_interval); jobs already running go on",
+    "name_resumed": "live workers claim it again from their next heartbeat (within their "
+    "heartbeat_interval)",
 }
 
 
@@ -229,16 +229,26 @@ def handle_errors(exc: BaseException, command: str = "") -> int:
     return BAD_INPUT
 
 
-#: Where the library and its dependencies live: frames there are not the user's.
-_NOT_USER_CODE = (str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"])
+#: Where the library, its dependencies and Python live: frames there are not the user's.
+_NOT_USER_CODE = tuple(
+    Path(p).resolve()
+    for p in (
+        Path(__file__).parents[1],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["stdlib"],
+        sys.prefix,
+        sys.base_prefix,
+    )
+)
 
 
 def raised_in_user_code(exc: BaseException) -> str | None:
     """`path:line (function)` of the last frame of the user's code in the traceback: for `run`,
-    the line of the app factory that built a bad JobDef or CronDef (None when there is none)."""
+    the line of the app factory that built a bad JobDef or CronDef (None when there is none,
+    an app installed into site-packages included)."""
     found = None
     for frame, line in traceback.walk_tb(exc.__traceback__):
-        path = str(Path(frame.f_code.co_filename).resolve())
-        if not path.startswith((*_NOT_USER_CODE, sys.prefix + os.sep, sys.base_prefix + os.sep)):
+        path = Path(frame.f_code.co_filename).resolve()
+        if not any(path.is_relative_to(lib) for lib in _NOT_USER_CODE):
             found = f"{path}:{line} ({frame.f_code.co_name})"
     return found

@@ -70,7 +70,12 @@ async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> 
         raise InvalidArgumentError("limit must be a whole number") from None
     after = parse_time(filters["after"] or None, "after")
     before = parse_time(filters["before"] or None, "before")
-    check_window(after, before, "'after'", "'before'")
+    given = request.query_params  # the window's bounds named as they were given
+    start, end = (
+        ("since" if "since" in given else "after"),
+        ("until" if "until" in given else "before"),
+    )
+    check_window(after, before, start, end)
     return await admin.list_jobs(
         name=filters["name"] or None,
         status=filters["status"] or None,

@@ -158,10 +158,13 @@ class Heartbeat:
                 self.log.warning(
                     "threads_stuck", worker_id=self.worker.worker_id, stuck_threads=stuck
                 )
+        before = self.worker.paused
         if self.registry is not None:
             self.worker.paused = self.registry.note_paused(paused, self.worker.worker_id)
         else:
             self.worker.paused = paused
+        if before - self.worker.paused:  # resumed: claim now, not at the next idle poll
+            self.worker.wake.set()
 
     async def after_sweep(self, now: dt.datetime) -> None:
         """What runs with the sweep (in the recovery's loop, not the heartbeat's): the

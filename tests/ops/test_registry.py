@@ -53,6 +53,23 @@ async def test_workers_register_definitions_and_status_flags_what_nobody_runs(db
             assert (await processor.get_status()).unserved_names == []
 
 
+async def test_a_resume_wakes_the_claim_loop_at_the_heartbeat(db: Any) -> None:
+    """An idle worker learns of a resume at its next heartbeat, and claims then: not at its
+    next idle poll (15 s where change streams block)."""
+    processor = await make(db, JOBS)
+    admin = await Admin.open(db, actor="ops")
+    await processor.heartbeat.register()
+    await admin.pause("anywhere")
+    await processor.heartbeat.tick()
+    assert "anywhere" in processor.worker.paused
+    processor.worker.wake.clear()
+    await processor.heartbeat.tick()
+    assert not processor.worker.wake.is_set()  # nothing changed: no wake-up
+    await admin.resume("anywhere")
+    await processor.heartbeat.tick()
+    assert processor.worker.paused == frozenset() and processor.worker.wake.is_set()
+
+
 async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
     processor = await make(db, JOBS)
     admin = await Admin.open(db, actor="ops")
