@@ -127,35 +127,49 @@ def start_local_server(
     for _ in range(5):  # a port taken between free_port() and bind: pick another
         port = fixed or free_port()
         log_file = data_dir / f"server-{port}.log"
-        proc = subprocess.Popen(
-            [
-                exe,
-                "--data-dir",
-                str(data_dir),
-                "-p",
-                str(port),
-                "--log-file",
-                str(log_file),
-                "--pid-file",
-                str(data_dir / f"server-{port}.pid"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        pid_file = data_dir / f"server-{port}.pid"
+        # left by a server that was killed (SIGKILL): nx-27017 refuses to start while the pid
+        # in it is alive, and a pid is soon reused; nothing listens on this port now
+        pid_file.unlink(missing_ok=True)
+        err_file = data_dir / f"server-{port}.stderr"
+        with open(err_file, "wb") as err:  # what nx-27017 says before its log is open
+            proc = subprocess.Popen(
+                [
+                    exe,
+                    "--data-dir",
+                    str(data_dir),
+                    "-p",
+                    str(port),
+                    "--log-file",
+                    str(log_file),
+                    "--pid-file",
+                    str(pid_file),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if _ping(port):
                 return LocalServer(data_dir, port, proc)
             time.sleep(0.1)
-        with contextlib.suppress(OSError):
-            last_log = log_file.read_text()[-2000:]
+        last_log = _tail(log_file, err_file)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if "Errno 98" not in last_log or fixed:
             break
     raise LocalServerError(f"nx-27017 did not start on 127.0.0.1:{port}. Its log:\n{last_log}")
+
+
+def _tail(*files: Path, size: int = 2000) -> str:
+    """The end of what these files hold together (a missing one holds nothing)."""
+    text = ""
+    for f in files:
+        with contextlib.suppress(OSError):
+            text += f.read_text(errors="replace")
+    return text[-size:]
 
 
 @contextlib.contextmanager

@@ -69,6 +69,8 @@ def test_it_keeps_its_data_prints_the_url_and_stops_on_ctrl_c_or_sigterm(tmp_pat
         except Exception as exc:
             assert "Timeout" in type(exc).__name__ or "refused" in str(exc).lower()
 
+    # a pid file left by a server that was SIGKILLed, whose pid is in use again: no matter
+    (data / f"server-{port}.pid").write_text(f"{os.getpid()}\n")
     proc, url = start(data, port)  # its data is there again
     with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
         assert client.get_default_database()["notes"].find_one({"_id": 1}) == {
