@@ -5,6 +5,7 @@ storable results and readable errors.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import traceback
 from collections.abc import Callable, Mapping
@@ -17,9 +18,9 @@ from pydantic import ValidationError
 from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.definitions import JobDef
-from ..core.errors import InvalidPayloadError, field_errors
+from ..core.errors import DoNotRetry, InvalidPayloadError, RetryLater, field_errors
 from ..core.models import Job
-from ..core.outcome import Policy
+from ..core.outcome import Ending, Policy, RunEnd
 from ..core.retention import Retention
 from ..core.values import (
     finite_or_text,
@@ -216,3 +217,25 @@ def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:
         raise ValueError(f"payload must be a document (a dict), got {type(payload).__name__}")
     cls: type[Job[Any]] = Job[model] if model is not None else Job  # type: ignore[valid-type]
     return cls.model_validate(doc)
+
+
+def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
+    """How the handler's task ended, as the outcome function reads it."""
+    reason = run.signal.reason
+    if handler.cancelled():
+        return RunEnd(Ending.CANCELLED, abort_reason=reason)
+    exc = run.exc = handler.exception()
+    if exc is None:
+        try:
+            result = storable(handler.result())
+        except ResultTooLarge as too_large:
+            error = f"could not record the run's outcome (finished): {too_large}"
+            return RunEnd(Ending.UNRECORDABLE, abort_reason=reason, error=error)
+        return RunEnd(Ending.RETURNED, abort_reason=reason, result=result)
+    return RunEnd(
+        Ending.RAISED,
+        abort_reason=reason,
+        error=describe_error(exc),
+        retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+        final=isinstance(exc, DoNotRetry),
+    )

@@ -23,7 +23,7 @@ from ..core import retention as R
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
-from ..core.errors import DoNotRetry, JobLostError, RetryLater
+from ..core.errors import JobLostError
 from ..core.log import EventLog
 from ..core.models import Job, Processor
 from ..core.outcome import Ending, Outcome, RunEnd, decide
@@ -35,7 +35,6 @@ from ..storage.jobs import EndItem, LostClaim
 from ..storage.transient import TRANSIENT, describe
 from . import sentry
 from .execution import (
-    ResultTooLarge,
     Run,
     build_job,
     call_maybe_async,
@@ -44,7 +43,7 @@ from .execution import (
     eligible_names,
     invalid_document,
     policy_of,
-    storable,
+    run_end,
 )
 from .finals import FinalWrites
 from .hooks import HookRunner
@@ -481,32 +480,11 @@ class Worker:
             aborted.cancel()
             if timer is not None:
                 timer.cancel()
-        return self._run_end(run, handler)
+        return run_end(run, handler)
 
     async def _abort_after(self, signal: AbortSignal, seconds: float) -> None:
         await self.clock.sleep(seconds)
         signal.abort("timeout")
-
-    @staticmethod
-    def _run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
-        reason = run.signal.reason
-        if handler.cancelled():
-            return RunEnd(Ending.CANCELLED, abort_reason=reason)
-        exc = run.exc = handler.exception()
-        if exc is None:
-            try:
-                result = storable(handler.result())
-            except ResultTooLarge as too_large:
-                error = f"could not record the run's outcome (finished): {too_large}"
-                return RunEnd(Ending.UNRECORDABLE, abort_reason=reason, error=error)
-            return RunEnd(Ending.RETURNED, abort_reason=reason, result=result)
-        return RunEnd(
-            Ending.RAISED,
-            abort_reason=reason,
-            error=describe_error(exc),
-            retry_in=exc.delay if isinstance(exc, RetryLater) else None,
-            final=isinstance(exc, DoNotRetry),
-        )
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)
