@@ -42,6 +42,10 @@ async def names_list(args: argparse.Namespace) -> int:
     return await with_admin(args, lambda a: listed(a.list_definitions(), args.json, headers, row))
 
 
+async def names_forget(args: argparse.Namespace) -> int:
+    return await with_admin(args, lambda a: reported(a.forget(args.name), args.json))
+
+
 async def names_pause(args: argparse.Namespace) -> int:
     verb = "pause" if args.names_command == "pause" else "resume"
     return await with_admin(args, lambda a: reported(getattr(a, verb)(args.name), args.json))

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = workers.add_parser("list", parents=[opt], help="host, pid, instance, tags, heartbeat")
     p.set_defaults(func=names_cli.workers_list)
 
-    names = sub.add_parser("names", help="job names: list, pause, resume").add_subparsers(
+    names = sub.add_parser("names", help="job names: list, pause, resume, forget").add_subparsers(
         dest="names_command", required=True
     )
     p = names.add_parser("list", parents=[opt], help="registered names and who serves them")
@@ -256,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("name")
         p.set_defaults(func=names_cli.names_pause)
+    p = names.add_parser(
+        "forget",
+        parents=[opt],
+        help="remove a name no worker defines any more from the registry",
+        description="Remove NAME from the registry (a job renamed or removed from the code): "
+        "status stops warning about it. Refused while a live worker serves it or jobs of it are "
+        "active; its ended jobs stay.",
+    )
+    p.add_argument("name")
+    p.set_defaults(func=names_cli.names_forget)
 
     events = sub.add_parser("events", help="list, show and replay events").add_subparsers(
         dest="events_command", required=True

@@ -96,6 +96,10 @@ class DefinitionStore:
     async def get(self, name: str) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": name}))
 
+    async def forget(self, name: str) -> bool:
+        """Remove a name's registration (a worker that defines it registers it again)."""
+        return bool((await self.coll.delete_one({"_id": name})).deleted_count)
+
 
 class PausedStore:
     def __init__(self, collection: Any) -> None:

@@ -193,6 +193,11 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         by_name = {n["name"]: n for n in json.loads(names.stdout)}
         assert by_name["fine"]["paused"] and by_name["fine"]["served_by"] == [processor.worker_id]
         assert (await cli(url, "names", "resume", "fine")).returncode == 0
+        served = await cli(url, "names", "forget", "fine")  # a live worker would register it again
+        assert (
+            served.returncode == 1
+            and "fine: nothing done: served by 1 live worker" in served.stderr
+        )
 
     # an operations command never changes definitions (no init_job_processor, no pruning)
     admin = Admin(db)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.core import documents as D
+from job_processor.core.errors import UnknownJobError
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
@@ -100,3 +103,32 @@ async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
         assert (await admin.resume("anywhere")).done
         await wait_status(processor, held.id, "finished")  # type: ignore[arg-type]
         assert processor.worker.paused == frozenset()
+
+
+async def test_a_name_no_worker_defines_any_more_can_be_forgotten(db: Any) -> None:
+    """A job removed from the code (or a worker variant run once) stays registered, and status
+    warns about it for 24 hours: `forget` removes it, unless something still needs it."""
+    gone = await make(db, {"plain": JobDef(handler=quick), "other": JobDef(handler=quick)})
+    async with gone:  # registers both, then stops: no live worker serves them
+        pass
+    admin = await Admin.open(db, actor="ops")
+    status = await gone.get_status()
+    assert any(w.startswith("job 'plain': no live worker can run it") for w in status.warnings)
+    forgotten = await admin.forget("plain")
+    assert forgotten.changed == ["plain"]
+    assert "plain" not in {d.name for d in await admin.list_definitions()}
+    assert not any("'plain'" in w for w in (await gone.get_status()).warnings)
+    with pytest.raises(UnknownJobError, match="unknown job 'plain'"):
+        await admin.forget("plain")
+    queued = await gone.schedule_job("other")
+    refused = await admin.forget("other")
+    assert refused.skipped == {
+        "other": "1 active job(s) of it: kill them or let them end first "
+        "(job-processor jobs list --name other)"
+    }
+    await admin.kill([queued.id])
+    serving = await make(db, {"other": JobDef(handler=quick)})
+    async with serving:
+        refused = await admin.forget("other")
+        assert refused.skipped["other"].startswith("served by 1 live worker(s)")
+    assert (await admin.forget("other")).changed == ["other"]

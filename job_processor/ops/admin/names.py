@@ -7,8 +7,11 @@ import json
 
 from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
+from ...core.status import ACTIVE
 from .base import AdminBase
 from .results import ActionResult, DefinitionView, WorkerView
+
+_ACTIVE = frozenset(s.value for s in ACTIVE)
 
 
 class NamesAdmin(AdminBase):
@@ -49,6 +52,45 @@ class NamesAdmin(AdminBase):
         """Undo pause(): workers claim the name again at their next heartbeat. Action
         "name_resumed"."""
         return await self._pause(name, actor, pause=False)
+
+    async def forget(self, name: str, *, actor: str | None = None) -> ActionResult:
+        """Remove a job name from the registry: one no worker defines any more (renamed or
+        removed from the code, a worker variant run once), so that status and the overview
+        stop warning about it and `names list` stops listing it. Refused while a live worker
+        serves it (it registers it again), while jobs of it are active, and for a cron (see
+        `JobProcessor.prune_crons`). Its ended jobs stay. Action "name_forgotten"."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("name must be a job name (see names list)")
+        known = await self._known()
+        if name not in known:
+            raise UnknownJobError(name, list(known))
+        result = self._result("name_forgotten", actor)
+        now = self.clock.now()
+        live = [
+            w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
+        ]
+        serving = coverage(known, live, {}, [], now).served_by.get(name, [])
+        active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
+        if known[name].get("kind") == "cron":
+            result.skipped[name] = (
+                "a cron: processor.prune_crons() removes crons no process defines"
+            )
+        elif serving:
+            result.skipped[name] = (
+                f"served by {len(serving)} live worker(s) ({', '.join(serving)}): stop them "
+                "first, or they register it again"
+            )
+        elif active:
+            result.skipped[name] = (
+                f"{active} active job(s) of it: kill them or let them end first "
+                f"(job-processor jobs list --name {name})"
+            )
+        elif await self.storage.definitions.forget(name):
+            result.changed.append(name)
+        else:
+            result.skipped[name] = "not registered (forgotten meanwhile)"
+        await self._record(result, {"name": name})
+        return result
 
     async def _pause(self, name: str, actor: str | None, *, pause: bool) -> ActionResult:
         if not isinstance(name, str) or not name:
