@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from . import documents as D
 from . import flows as F
@@ -112,19 +112,37 @@ def _has_aliases(model: type[BaseModel]) -> bool:
 
 
 def stored_form(model: type[BaseModel], value: BaseModel) -> dict[str, Any]:
-    """The payload as JSON that the model reads back, the worker's validation: by field name,
-    or, for a model with aliases, by alias when the model reads only those (a field with
-    `alias="customerId"` and no `populate_by_name` refuses `customer_id`)."""
+    """The payload as JSON that the model reads back as the same value (the worker validates
+    it again): by field name, or, for a model with aliases, the form that round-trips: by
+    alias (a field with `alias="customerId"` and no `populate_by_name` ignores
+    `customer_id`, and an optional one would silently take its default), else by name, else
+    keyed by each field's first validation alias."""
     plain: dict[str, Any] = value.model_dump(mode="json")
     if not _has_aliases(model):
         return plain
-    for form in (plain, value.model_dump(mode="json", by_alias=True)):
+    by_alias: dict[str, Any] = value.model_dump(mode="json", by_alias=True)
+    by_validation = {_read_key(model, k): v for k, v in plain.items()}
+    for form in (by_alias, plain, by_validation):
         try:
-            model.model_validate(form)
+            if model.model_validate(form) == value:
+                return form
         except ValidationError:
             continue
-        return form
-    return plain  # neither reads back: the worker says which field
+    return by_alias  # none reads back the same: the worker says which field
+
+
+def _read_key(model: type[BaseModel], name: str) -> str:
+    """The key the model reads a field from first: its validation alias (the first of its
+    choices), its alias, or its name."""
+    info = model.model_fields.get(name)
+    if info is None:
+        return name
+    alias = info.validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices) and alias.choices and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return info.alias or name
 
 
 def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.datetime:

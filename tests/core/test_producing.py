@@ -149,8 +149,23 @@ def test_a_payload_is_stored_in_the_form_its_model_reads_back() -> None:
         x: int = Field(validation_alias=AliasChoices("x", "legacy_x"))
 
     assert checked_payload("j", ByAlias, {"customerId": 3}) == {"customerId": 3}
-    assert checked_payload("j", ByEither, {"customerId": 3}) == {"customer_id": 3}
+    assert checked_payload("j", ByEither, {"customerId": 3}) == {"customerId": 3}
     assert checked_payload("j", Legacy, {"legacy_x": 3}) == {"x": 3}
     assert checked_payload("j", Email, Email(to="a@b.c")) == {"to": "a@b.c"}
-    for model, payload in ((ByAlias, {"customerId": 3}), (Legacy, {"legacy_x": 3})):
-        model.model_validate(checked_payload("j", model, payload))  # what the worker does
+
+    class Optional(BaseModel):  # a dump by name would validate, and read back the default
+        customer_id: int = Field(0, alias="customerId")
+
+    class Split(BaseModel):
+        a: int = Field(0, validation_alias="in_a", serialization_alias="out_a")
+
+    cases: list[tuple[type[BaseModel], dict[str, Any]]] = [
+        (ByAlias, {"customerId": 3}),
+        (ByEither, {"customerId": 3}),
+        (Legacy, {"legacy_x": 3}),
+        (Optional, {"customerId": 5}),
+        (Split, {"in_a": 3}),
+    ]
+    for model, payload in cases:  # what the worker reads back is what was given
+        stored = checked_payload("j", model, payload)
+        assert model.model_validate(stored) == model.model_validate(payload), (model, stored)
