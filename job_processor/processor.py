@@ -3,6 +3,7 @@ init_job_processor."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from .core.definitions import (
     parse_subscribers,
 )
 from .core.errors import (
+    DatabaseUnreachableError,
     InvalidDefinitionError,
     InvalidPayloadError,
     UnknownJobError,
@@ -113,11 +115,12 @@ class JobProcessor(JobsAPI, EventsAPI):
                 raise InvalidPayloadError(f"job {name!r}: {exc}") from None
         await self._acquire_runtime()
         try:
+            me = await self._registration()
             run_id = None
             if limit is not None and limit_key is not None:  # wait for a slot: cluster-wide
                 run_id = await self.worker.limiter.reserve(
                     limit.for_key(limit_key),
-                    self.worker_id,
+                    me,
                     self.clock,
                     self.settings.poll_interval,
                     limit.key if limit.templated else None,
@@ -134,7 +137,7 @@ class JobProcessor(JobsAPI, EventsAPI):
                 limit_key=limit_key,
             )
             try:
-                doc = await self._insert(D.as_running(doc, self.worker_id, now, run_id))
+                doc = await self._insert(D.as_running(doc, me, now, run_id))
             except BaseException:
                 if run_id is not None:
                     await self.worker.limiter.release(doc | {"run_id": run_id})
@@ -143,12 +146,40 @@ class JobProcessor(JobsAPI, EventsAPI):
                 if run_id is not None:  # never ran: its slot goes back
                     await self.worker.limiter.release(doc | {"run_id": run_id})
                 return Job.read(doc)
+            if not self.worker.may_claim(me):
+                # declared dead while it was written: never run under that id (its recovery
+                # would run it again beside this run); put back, then claimed under the new one
+                why = "written while its worker was being declared dead"
+                await self.recovery.reconcile(doc, started=False, why=why)
+                await self._registration()
+                again = await self.storage.jobs.claim_next(
+                    [name], self.worker_id, self.clock.now(), only=doc["_id"]
+                )
+                if again is None:  # another worker took it: it ends there
+                    return await self.wait_for(str(doc["_id"]))
+                doc = again
             final = await self.worker.spawn(doc)
             if final is None:  # lost to another process: report what the database says
                 return await self.get_job(str(doc["_id"]))
             return Job.read(final)
         finally:
             await self._release_runtime()
+
+    async def _registration(self) -> str:
+        """This worker's id once its registration can be trusted (a worker that declared
+        itself dead registers afresh at its next heartbeat: within about heartbeat_interval
+        once MongoDB answers). DatabaseUnreachableError past worker_timeout."""
+        waited = 0.0
+        while not self.worker.may_claim(self.worker_id):
+            if waited >= self.settings.worker_timeout:
+                raise DatabaseUnreachableError(
+                    f"this worker's registration has not been current for {waited:.0f}s (its "
+                    "heartbeat is late, or it registers afresh): MongoDB may be unreachable"
+                )
+            # real time, polled: what ends the wait is the heartbeat's round trips
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        return self.worker_id
 
     async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""

@@ -64,7 +64,7 @@ def unknown_hook_error(name: str, grace_seconds: float) -> str:
     """Why an owed on_job_exited was given up: no worker has defined its job's name."""
     return (
         f"not called: no worker has defined {name!r} for {grace_seconds:g} s "
-        "(unknown_name_grace: a typo, or a job removed from the code)"
+        "(unknown_name_grace: a typo, or a name forgotten with `names forget`)"
     )
 
 

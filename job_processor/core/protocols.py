@@ -26,4 +26,9 @@ class ClaimingWorker(Protocol):
 
     def start_claimed(self, doc: dict[str, Any]) -> bool: ...
 
+    def may_claim(self, worker_id: str) -> bool:
+        """Whether a claim under `worker_id` may still be made (this worker still has that id,
+        and no one can have declared it dead)."""
+        ...
+
     def wake_at(self, when: dt.datetime) -> None: ...

@@ -82,6 +82,12 @@ class Heartbeat:
             after = await self.registry.paused_names()
             await self.workers.align_paused(doc["_id"], before, after)
             self.worker.paused = self.registry.note_paused(frozenset(after), doc["_id"])
+        later = self.clock.now()
+        if (later - now).total_seconds() >= self.settings.heartbeat_interval:
+            # a slow registration (many definitions, a slow server): its last_seen is already
+            # old; beat now, or this worker would look dead, and declare itself so, at once
+            await self.workers.beat(doc["_id"], later, None)
+            now = later
         self._last_ok = now
         self.log.info(
             "worker_registered",
@@ -97,10 +103,12 @@ class Heartbeat:
 
     def trusted(self) -> bool:
         """Whether this worker's registration holds: it has an id, and its last heartbeat is
-        recent enough that no other worker can have declared it dead."""
-        return bool(self.worker.worker_id) and (
-            self._last_ok is None
-            or not is_dead(self._last_ok, self.clock.now(), self.settings.worker_timeout)
+        recent enough that no other worker can have declared it dead (True before the first
+        registration: there is nothing to be declared dead yet)."""
+        if self._last_ok is None:
+            return True
+        return bool(self.worker.worker_id) and not is_dead(
+            self._last_ok, self.clock.now(), self.settings.worker_timeout
         )
 
     async def _release_unstarted(self, doc: Doc) -> Any:
@@ -152,6 +160,9 @@ class Heartbeat:
             self.worker.wake.set()  # claim again, under the new id
             return
         self._last_ok = now
+        if self.worker.claims_held and self.trusted():  # a late beat made it in time
+            self.worker.claims_held = False
+            self.worker.wake.set()
         if also is not None:
             self._stuck_written = stuck
             if stuck:

@@ -67,9 +67,12 @@ class Limiter:
         return [n for n in names if n not in self.limited] if self.limited else names
 
     async def claim(self, worker: ClaimingWorker, free: int) -> int:
-        """Fill up to `free` slots with jobs of limited names. Returns how many were claimed."""
+        """Fill up to `free` slots with jobs of limited names. Returns how many were claimed.
+        Slots and jobs are taken under one worker id, read once: a heartbeat that registers
+        afresh meanwhile ends the round (its slots go back), never splits a job from its slot."""
         got = 0
         now = worker.clock.now()
+        me = worker.worker_id
         for key, group in self.groups.items():
             if free - got <= 0:
                 break
@@ -78,13 +81,19 @@ class Limiter:
                 continue
             limit = self.limits[key]
             if limit.templated:
-                got += await self._claim_values(worker, limit, names, free - got, now)
+                got += await self._claim_values(worker, me, limit, names, free - got, now)
             else:
-                got += await self._claim_key(worker, limit, names, free - got, now)
+                got += await self._claim_key(worker, me, limit, names, free - got, now)
         return got
 
     async def _claim_values(
-        self, worker: ClaimingWorker, limit: Limit, names: list[str], free: int, now: dt.datetime
+        self,
+        worker: ClaimingWorker,
+        me: str,
+        limit: Limit,
+        names: list[str],
+        free: int,
+        now: dt.datetime,
     ) -> int:
         """A per-value limit: the best due jobs of keys not known to be full, each under a slot
         of its own key (see the module docstring). A few rounds at most: each learns which keys
@@ -101,18 +110,22 @@ class Limiter:
             learnt = False
             for key, docs in by_key.items():
                 ids = [D.new_id() for _ in docs]
+                if not worker.may_claim(me):
+                    return claimed
                 granted, retry_at = await self.storage.limits.acquire(
-                    limit.for_key(key), ids, worker.worker_id, worker.clock.now, limit.key
+                    limit.for_key(key), ids, me, worker.clock.now, limit.key
                 )
                 if len(granted) < len(docs):  # full now: left out of the next round
                     self._block(worker, key, retry_at, now)
                     self.template_of[key] = limit.key
                     learnt = True
                 for run_id, doc in zip(granted, docs, strict=False):
-                    got = await self.storage.jobs.claim_next(
-                        names, worker.worker_id, now, run_id=run_id, limit_key=key, only=doc["_id"]
-                    )
-                    if got is None:  # another worker took it meanwhile
+                    got = None
+                    if worker.may_claim(me):
+                        got = await self.storage.jobs.claim_next(
+                            names, me, now, run_id=run_id, limit_key=key, only=doc["_id"]
+                        )
+                    if got is None:  # another worker took it meanwhile, or this one gave up me
                         await self.storage.limits.release(key, run_id, started=False)
                         continue
                     claimed += worker.start_claimed(got)
@@ -128,23 +141,31 @@ class Limiter:
             worker.wake_at(retry_at)
 
     async def _claim_key(
-        self, worker: ClaimingWorker, limit: Limit, names: list[str], free: int, now: dt.datetime
+        self,
+        worker: ClaimingWorker,
+        me: str,
+        limit: Limit,
+        names: list[str],
+        free: int,
+        now: dt.datetime,
     ) -> int:
         due = await self.storage.jobs.count_due_upto(names, now, free)
         if not due:
             return 0
         ids = [D.new_id() for _ in range(due)]
-        granted, retry_at = await self.storage.limits.acquire(
-            limit, ids, worker.worker_id, worker.clock.now
-        )
+        if not worker.may_claim(me):
+            return 0
+        granted, retry_at = await self.storage.limits.acquire(limit, ids, me, worker.clock.now)
         now = worker.clock.now()
         if not granted:
             self._block(worker, limit.key, retry_at, now)
             return 0
         claimed = used = 0
         for run_id in granted:
+            if not worker.may_claim(me):
+                break
             doc = await self.storage.jobs.claim_next(
-                names, worker.worker_id, now, run_id=run_id, limit_key=limit.key
+                names, me, now, run_id=run_id, limit_key=limit.key
             )
             if doc is None:
                 break

@@ -88,7 +88,11 @@ class Recovery:
                 )
 
     async def sweep(self, now: dt.datetime) -> int:
-        """Delete stale worker documents, recover their running jobs and owed hooks."""
+        """Delete stale worker documents, recover their running jobs and owed hooks. Not while
+        this worker may itself have been declared dead: it would record itself, under an id
+        it is giving up, as the owner of what it recovers."""
+        if not self.worker.trusted():
+            return 0
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
         me = self.worker.worker_id
         live: set[str] = set()
@@ -108,6 +112,10 @@ class Recovery:
         # one query: running jobs whose run started before the cutoff, and owed hooks
         running, owed, self.flow_docs = await self.storage.jobs.needing_attention(cutoff, now)
         for doc in running:
+            if doc.get("run_id") in self.worker.unstarted and not self.worker.owns(doc):
+                await self.reconcile(doc, started=False)  # claimed here, never started
+                self.worker.unstarted.discard(str(doc.get("run_id")))
+                continue
             if doc.get("worker_id") == me and me:
                 if not self.worker.owns(doc):  # ours by the database, not running here
                     started = doc.get("run_id") not in self.worker.unstarted

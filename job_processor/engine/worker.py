@@ -109,6 +109,8 @@ class Worker:
         is claimed then, and a claim that returns then is not started."""
         self.release_unstarted: Callable[[Doc], Awaitable[Any]] | None = None
         """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
+        self.claims_held = False
+        """A claim was skipped because the registration could not be trusted."""
         self._orphans: list[Doc] = []
         """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
@@ -140,6 +142,8 @@ class Worker:
             await self._gather_free_slots()
             self.wake.clear()
             try:
+                if self._orphans:  # before claiming more: a release that failed is retried
+                    await self._release_orphans()
                 got = await self.claim_batch()
                 if self._orphans:
                     await self._release_orphans()
@@ -205,12 +209,18 @@ class Worker:
         names = [n for n in self.names if n not in self.paused] if self.paused else self.names
         return self.limiter.unlimited(names)
 
+    def may_claim(self, worker_id: str) -> bool:
+        return bool(worker_id) and worker_id == self.worker_id and self.trusted()
+
     def start_claimed(self, doc: Doc) -> bool:
         """Start a job the claim loop took; False when it is not started (see `trusted`)."""
-        if doc.get("worker_id") != self.worker_id or not self.trusted():
+        if not self.may_claim(str(doc.get("worker_id") or "")):
             # claimed while this worker was declared dead, or under the id it gave up: the
             # recovery of that id could run it a second time, so it never starts here
             self._orphans.append(doc)
+            self.unstarted.add(str(doc.get("run_id")))
+            fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
+            self.log.warning("claim_released", reason="worker_declared_dead", **fields)
             return False
         self._claimed += 1
         self.spawn(doc, claimed=True)
@@ -218,21 +228,22 @@ class Worker:
 
     async def _release_orphans(self) -> None:
         """Re-queue the claims that were not started (no attempt used). One that cannot be
-        written now is left to the recovery of the id it was claimed under."""
-        orphans, self._orphans = self._orphans, []
-        for doc in orphans:
-            fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
-            self.log.warning("claim_released", reason="worker_declared_dead", **fields)
+        written now (MongoDB unreachable) stays for the next round; its run id is among
+        `unstarted` meanwhile, so that the recovery sweep re-queues it as never run too."""
+        while self._orphans:
+            doc = self._orphans[0]
             if self.release_unstarted is not None:
-                await self.release_unstarted(doc)
+                await self.release_unstarted(doc)  # raises while MongoDB is unreachable
+            self._orphans.pop(0)
+            self.unstarted.discard(str(doc.get("run_id")))
 
     async def claim_once(self) -> Doc | None:
         """Claim the best due job and start it (one command)."""
-        names = self.claimable_names()
-        if not names or not self.worker_id or not self.trusted():
+        names, me = self.claimable_names(), self.worker_id
+        if not names or not self.may_claim(me):
             return None
         doc = await self.jobs.claim_next(
-            names, self.worker_id, self.clock.now(), budget=self.settings.worker_timeout
+            names, me, self.clock.now(), budget=self.settings.worker_timeout
         )
         return doc if doc is not None and self.start_claimed(doc) else None
 
@@ -241,37 +252,38 @@ class Worker:
         latency as a single claim when the queue is nearly empty); when the previous claim
         found work too (a backlog), the other free slots are filled in two more commands.
         Then the limited names fill what is left, key by key (see `limiter`)."""
-        if not self.trusted():
-            return 0  # the heartbeat registers afresh first
+        me = self.worker_id
+        if not self.may_claim(me):
+            self.claims_held = True  # the heartbeat wakes the loop once it may claim again
+            return 0
         free = self.settings.concurrency - self._claimed
         got = 0
         # limited names go first every other time, so a backlog of unlimited ones never
         # starves them (nor do they starve the others: a full limit claims nothing)
         self._limited_first = not self._limited_first
-        if self._limited_first and self.limiter.groups and self.worker_id:
+        if self._limited_first and self.limiter.groups:
             got = await self.limiter.claim(self, free)
             free -= got
             if free <= 0:
                 return got
-        doc = await self.claim_once() if self.worker_id else None
+        doc = await self.claim_once()
         if doc is None:
             self._backlog = False
         else:
             got += 1
-            if self._backlog and free > 2:  # a find + an update_many pay from two jobs up
+            # a find + an update_many pay from two jobs up
+            if self._backlog and free > 2 and self.may_claim(me):
                 more = await self.jobs.claim_more(
                     self.claimable_names(),
-                    self.worker_id,
+                    me,
                     self.clock.now(),
                     free - 1,
                     budget=self.settings.worker_timeout,
                 )
-                for other in more:
-                    self.start_claimed(other)
-                got += len(more)
+                got += sum(self.start_claimed(other) for other in more)
             self._backlog = True
         left = self.settings.concurrency - self._claimed
-        if not self._limited_first and self.limiter.groups and self.worker_id and left > 0:
+        if not self._limited_first and self.limiter.groups and left > 0:
             got += await self.limiter.claim(self, left)
         return got
 

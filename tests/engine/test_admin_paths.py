@@ -122,7 +122,7 @@ async def test_a_hook_owed_by_a_job_no_worker_defines_is_given_up_after_the_grac
     assert (given_up.exit_hook, given_up.exit_hook_error) == (
         "failed",
         "not called: no worker has defined 'send-emial' for 3600 s (unknown_name_grace: a "
-        "typo, or a job removed from the code)",
+        "typo, or a name forgotten with `names forget`)",
     )
     assert hooks.seen == []
     assert (await admin.delete([typo])).changed == [typo]

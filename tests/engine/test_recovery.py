@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
@@ -253,9 +254,79 @@ async def test_a_dead_workers_hooks_are_taken_over_with_its_jobs(db: Any) -> Non
         await p.recovery.sweep(clock.now())
         await p.hooks.drain()
         assert called == ["worker"]  # the dead worker's at once; the client's waits
-        clock.advance(60)  # 91 s after the record: worker_timeout + the hook's 60 s
+        for _ in range(3):  # 91 s after the record: worker_timeout + the hook's 60 s
+            clock.advance(20)
+            await p.heartbeat.tick()  # (a sweeper whose own heartbeat is stale does nothing)
         await p.recovery.sweep(clock.now())
         await p.hooks.drain()
         assert called == ["worker", "client"]
     finally:
         await p.heartbeat.unregister()
+
+
+async def test_a_limited_claim_never_splits_a_job_from_its_slot_across_a_new_registration(
+    db: Any,
+) -> None:
+    """The heartbeat registers afresh between the slot's acquire and the job's claim: the job
+    is not claimed under the new id with its slot held by the old one (whose recovery would
+    free the slot while the job runs: the limit exceeded). The slot goes back; the job waits."""
+    from job_processor.core.definitions import Limit
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    one = Limit(key="one", concurrency=1)
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=lambda job, signal: None, limit=one)}, clock=clock
+    )
+    worker = processor.worker
+    first = await processor.heartbeat.register()
+    job = await processor.schedule_job("n")
+    acquire = processor.storage.limits.acquire
+
+    async def acquire_then_reregister(*args: Any, **kwargs: Any) -> Any:
+        granted = await acquire(*args, **kwargs)
+        worker.worker_id = "w-new"  # the heartbeat's new registration, meanwhile
+        return granted
+
+    processor.storage.limits.acquire = acquire_then_reregister  # type: ignore[method-assign]
+    assert await worker.limiter.claim(worker, 1) == 0
+    assert (await processor.get_job(job.id)).status == S.PENDING  # not claimed under w-new
+    assert [d for d in await processor.storage.limits.all() if d.get("holders")] == []
+    worker.worker_id = first
+
+
+async def test_a_claim_that_cannot_be_put_back_now_is_kept_and_known_as_never_started(
+    db: Any,
+) -> None:
+    """MongoDB fails again while an unstarted claim is put back: it is kept for the next
+    round, and meanwhile the sweep knows its run never started (no attempt counted)."""
+    from pymongo.errors import AutoReconnect
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=lambda job, signal: None)}, clock=clock, worker_timeout=30
+    )
+    worker = processor.worker
+    first = await processor.heartbeat.register()
+    job = await processor.schedule_job("n")
+    claimed = await processor.storage.jobs.claim_next(["n"], first, clock.now())
+    assert claimed is not None
+    clock.advance(31)
+    assert not worker.start_claimed(claimed)  # untrusted: an orphan
+    release = worker.release_unstarted
+
+    async def down(doc: Any) -> Any:
+        raise AutoReconnect("127.0.0.1:1: connection refused")
+
+    worker.release_unstarted = down
+    with pytest.raises(AutoReconnect):
+        await worker._release_orphans()
+    assert claimed["run_id"] in worker.unstarted and worker._orphans == [claimed]
+    # the sweep (once this worker is registered afresh) re-queues it as never run
+    await processor.heartbeat.tick()
+    await processor.recovery.sweep(clock.now())
+    requeued = await processor.get_job(job.id)
+    assert (requeued.status, requeued.failures) == (S.PENDING, 0)
+    assert claimed["run_id"] not in worker.unstarted
+    worker.release_unstarted = release
+    await worker._release_orphans()  # the kept one: already put back, nothing more happens
+    assert worker._orphans == [] and (await processor.get_job(job.id)).failures == 0
