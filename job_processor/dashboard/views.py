@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, UnknownJobError
+from ..core.event_documents import WEBHOOK_JOB
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
@@ -101,6 +102,8 @@ async def overview(d: Dashboard, request: Request) -> Response:
         request,
         "overview.html",
         ov=ov,
+        # the built-in webhook-delivery name is listed once it has jobs (as `status` does)
+        queues=[(n, c) for n, c in ov.counts.items() if n != WEBHOOK_JOB or any(c.values())],
         workers=workers,
         totals=totals,
         due=sum(q.due for q in ov.queue.values()),

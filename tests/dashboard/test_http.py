@@ -73,6 +73,7 @@ async def test_basic_auth_refuses_without_or_with_wrong_credentials(processor: A
         resp = await signed_in.get("/")
         assert resp.status_code == 200
         assert "Queues" in resp.text and "send-email" in resp.text and "runner-1" in resp.text
+        assert "webhook-delivery" not in resp.text  # built in, listed once it has jobs
 
 
 @pytest.mark.parametrize("is_async", [False, True])
