@@ -6,6 +6,7 @@ storable results and readable errors.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import traceback
 from collections.abc import Callable, Mapping
@@ -238,4 +239,15 @@ def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
         error=describe_error(exc),
         retry_in=exc.delay if isinstance(exc, RetryLater) else None,
         final=isinstance(exc, DoNotRetry),
+    )
+
+
+def claimed_too_late(doc: dict[str, Any], now: dt.datetime) -> bool:
+    """A cron task must start within its check-in margin; a late one is never run late."""
+    deadline = doc.get("start_deadline")
+    return (
+        doc.get("type") == "cron_task"
+        and deadline is not None
+        and doc.get("started_at") is None  # a resumed or retried task is not late
+        and now > deadline
     )

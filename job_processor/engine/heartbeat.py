@@ -111,6 +111,21 @@ class Heartbeat:
             self._last_ok, self.clock.now(), self.settings.worker_timeout
         )
 
+    async def lease_watch(self) -> None:
+        """Give the runs up once the last successful heartbeat is worker_timeout old, the time
+        from which other workers may recover them, even while MongoDB does not answer (the
+        heartbeat, held up in a beat, would only see it when MongoDB is back)."""
+        while not self.stop_event.is_set():
+            wait = self.settings.heartbeat_interval
+            if self._last_ok is not None and self.worker.runs:
+                expires = self._last_ok + dt.timedelta(seconds=self.settings.worker_timeout)
+                left = (expires - self.clock.now()).total_seconds()
+                if left <= 0:
+                    self.worker.abandon_all("heartbeat_stale")
+                else:
+                    wait = min(wait, left)
+            await sleep_or_wake(self.clock, self.stop_event, wait)
+
     async def _release_unstarted(self, doc: Doc) -> Any:
         why = "claimed while its worker was being declared dead"
         return await self.recovery.reconcile(doc, started=False, why=why)

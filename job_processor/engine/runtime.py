@@ -169,6 +169,7 @@ class Runtime:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.heartbeat.loop(), name="heartbeat")
+                tg.create_task(self.heartbeat.lease_watch(), name="lease")
                 tg.create_task(self.ownership.loop(), name="ownership")
                 tg.create_task(
                     self.recovery.loop(self.heartbeat.stop_event, self.heartbeat.after_sweep),

@@ -39,6 +39,7 @@ from .execution import (
     build_job,
     call_maybe_async,
     check_state,
+    claimed_too_late,
     describe_error,
     eligible_names,
     invalid_document,
@@ -333,11 +334,16 @@ class Worker:
         return True
 
     def abandon_all(self, why: str) -> None:
-        """This worker was declared dead: its jobs now belong to the recovery, write nothing."""
+        """This worker may have been declared dead: its jobs now belong to the recovery. Their
+        handlers are cancelled at once (no shutdown grace: another worker may be running them
+        already), and nothing more is written for them."""
         for run in list(self.runs.values()):
+            if run.lost:
+                continue
             run.lost = True
             run.signal.abort("shutdown")
-            self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
+            fields = self._fields(run.doc) | {"worker_id": run.doc.get("worker_id")}
+            self.log.warning("job_abandoned", reason=why, **fields)
 
     def owns(self, doc: Doc) -> bool:
         """Is this process really running that run of the job?"""
@@ -347,7 +353,10 @@ class Worker:
     # ---- executing one job -----------------------------------------------------------
 
     def _fields(self, doc: Doc) -> dict[str, Any]:
-        return {"job_id": str(doc["_id"]), "job_name": doc.get("name"), "worker_id": self.worker_id}
+        """A run's log fields: the worker id is the one it runs under (after a new
+        registration, a run of the old one still says the old)."""
+        worker_id = doc.get("worker_id") or self.worker_id
+        return {"job_id": str(doc["_id"]), "job_name": doc.get("name"), "worker_id": worker_id}
 
     async def execute(self, run: Run) -> Doc | None:
         """Run a claimed job to its end and write the outcome. Never raises (but CancelledError).
@@ -370,7 +379,7 @@ class Worker:
                 missing = FD.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
                 await self.jobs.complete(doc["_id"], doc["run_id"], missing)
-            if self._claimed_too_late(doc):
+            if claimed_too_late(doc, self.clock.now()):
                 return await asyncio.shield(self._skip_missed(run))
             try:
                 job = build_job(doc, run.definition)
@@ -411,16 +420,6 @@ class Worker:
             sentry.finish_run(trace)
             if self.runs.get(str(doc["_id"])) is run:
                 del self.runs[str(doc["_id"])]
-
-    def _claimed_too_late(self, doc: Doc) -> bool:
-        """A cron task must start within its check-in margin; a late one is never run late."""
-        deadline = doc.get("start_deadline")
-        return (
-            doc.get("type") == "cron_task"
-            and deadline is not None
-            and doc.get("started_at") is None  # a resumed or retried task is not late
-            and self.clock.now() > deadline
-        )
 
     async def _skip_missed(self, run: Run) -> Doc | None:
         now = self.clock.now()
@@ -472,8 +471,9 @@ class Worker:
             )
         try:
             await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            if not handler.done():
-                # asked to stop: the handler has `shutdown_grace` seconds to return
+            if not handler.done() and not run.lost:
+                # asked to stop: the handler has `shutdown_grace` seconds to return (none for
+                # a run given up: the recovery may hand the job, and its limit slot, to another)
                 await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
             if not handler.done():
                 handler.cancel()

@@ -99,7 +99,11 @@ async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) ->
     reasons: list[tuple[int, str | None]] = []
 
     async def slow(job: Job, signal: AbortSignal) -> str:
-        await release.wait()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            reasons.append((job.attempt, f"cancelled ({signal.reason})"))
+            raise
         reasons.append((job.attempt, signal.reason))
         return f"run {job.attempt}"
 
@@ -122,9 +126,9 @@ async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) ->
     release.set()
     done = await wait_status(zombie, job.id, S.FINISHED)
     await zombie.stop()
-    # Run 1 (the zombie's) returned "run 1" but its write was refused: the job is the
-    # recovered one, resumed as run 2 under the new registration.
-    assert (1, "shutdown") in reasons
+    # Run 1 (the zombie's) was cancelled at once (no shutdown grace for a run given up) and
+    # wrote nothing: the job is the recovered one, resumed as run 2 under the new registration.
+    assert reasons == [(1, "cancelled (shutdown)"), (2, None)]
     assert done.result == "run 2"
     assert done.attempt == 2
     assert done.worker_id == zombie.worker_id
@@ -330,3 +334,43 @@ async def test_a_claim_that_cannot_be_put_back_now_is_kept_and_known_as_never_st
     worker.release_unstarted = release
     await worker._release_orphans()  # the kept one: already put back, nothing more happens
     assert worker._orphans == [] and (await processor.get_job(job.id)).failures == 0
+
+
+async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_silent(
+    db: Any,
+) -> None:
+    """Other workers may recover this worker's jobs (and hand their limit slots on) once its
+    last heartbeat is worker_timeout old: its handlers are cancelled then, at once (no
+    shutdown grace), without waiting for MongoDB to answer the heartbeat again."""
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def deaf(job: Job, signal: AbortSignal) -> None:  # ignores its abort signal
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=deaf)}, clock=clock, worker_timeout=30, shutdown_grace=600
+    )
+    heartbeat = processor.heartbeat
+    await heartbeat.register()
+    job = await processor.schedule_job("n")
+    assert await processor.worker.claim_once() is not None
+    await asyncio.wait_for(started.wait(), 5)
+    watch = asyncio.create_task(heartbeat.lease_watch())
+    try:
+        clock.advance(29)
+        await asyncio.sleep(0.05)
+        assert not cancelled.is_set()  # the lease still holds
+        clock.advance(2)  # 31 s without a successful heartbeat (MongoDB silent, say)
+        await asyncio.wait_for(cancelled.wait(), 5)  # not after the 600 s shutdown grace
+        await asyncio.gather(*list(processor.worker._tasks))
+    finally:
+        heartbeat.stop_event.set()
+        await watch
+    left = await processor.get_job(job.id)
+    assert left.status == S.RUNNING  # nothing written: it is the recovery's now
