@@ -374,3 +374,23 @@ async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_si
         await watch
     left = await processor.get_job(job.id)
     assert left.status == S.RUNNING  # nothing written: it is the recovery's now
+
+
+async def test_a_worker_whose_heartbeat_lands_before_its_delete_is_not_recovered(db: Any) -> None:
+    """The sweep read its document as stale, but its heartbeat landed before the delete (which
+    then matches nothing): it is alive, and its running jobs are left to it."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    sweeper = await make(db, {"send": JobDef(handler=noop)})
+    job_id = await plant_dead_worker_job(sweeper, "send")
+    await sweeper.heartbeat.register()
+
+    async def beat_landed(worker_id: str, cutoff: Any) -> bool:
+        return False
+
+    sweeper.storage.workers.delete_stale = beat_landed  # type: ignore[method-assign]
+    assert await sweeper.recovery.sweep(dt.datetime.now(dt.UTC)) == 0
+    assert (await sweeper.get_job(job_id)).status == S.RUNNING
+    await sweeper.heartbeat.unregister()
