@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from ..core import retention as R
 from ..core.abort import AbortSignal
+from ..core.clock import Clock
 from ..core.definitions import JobDef
 from ..core.errors import DoNotRetry, InvalidPayloadError, RetryLater, field_errors
 from ..core.models import Job
@@ -51,6 +52,13 @@ class Run:
     """The handler's exception, if it raised (for Sentry)."""
     notes: Any = None
     """Its progress and log lines not written yet (`engine.notes.RunNotes`), once it runs."""
+    given_up: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set with `lost`: ends a shutdown grace under way (another worker may run it now)."""
+
+    def give_up(self) -> None:
+        """This process no longer owns the job: write nothing more, stop the handler now."""
+        self.lost = True
+        self.given_up.set()
 
 
 def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:
@@ -251,3 +259,24 @@ def claimed_too_late(doc: dict[str, Any], now: dt.datetime) -> bool:
         and doc.get("started_at") is None  # a resumed or retried task is not late
         and now > deadline
     )
+
+
+async def grace(handler: asyncio.Task[Any], run: Run, seconds: float) -> None:
+    """Give an aborted handler `seconds` to return, cut short when the run is given up
+    meanwhile (none at all for a run given up already: the recovery may hand the job, and its
+    limit slot, to another worker)."""
+    if handler.done() or run.lost:
+        return
+    given_up = asyncio.ensure_future(run.given_up.wait())
+    try:
+        await asyncio.wait(
+            {handler, given_up}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        given_up.cancel()
+
+
+async def abort_after(clock: Clock, signal: AbortSignal, seconds: float) -> None:
+    """Max runtime: the abort signal fires with reason "timeout" after `seconds`."""
+    await clock.sleep(seconds)
+    signal.abort("timeout")

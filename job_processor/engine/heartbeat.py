@@ -54,6 +54,9 @@ class Heartbeat:
         self.trimmer: Trimmer | None = None
         """Set by the processor: the pass behind keep_finished / keep_failed counts."""
         self._last_ok: dt.datetime | None = None
+        self._gave_up = False
+        """The lease expired and the runs were given up: register afresh (a beat that started
+        before and landed after would otherwise keep the id, with its jobs left running)."""
         worker.trusted = self.trusted
         worker.release_unstarted = self._release_unstarted
         self._stuck_written = 0
@@ -89,6 +92,7 @@ class Heartbeat:
             await self.workers.beat(doc["_id"], later, None)
             now = later
         self._last_ok = now
+        self._gave_up = False
         self.log.info(
             "worker_registered",
             worker_id=doc["_id"],
@@ -118,12 +122,13 @@ class Heartbeat:
         while not self.stop_event.is_set():
             wait = self.settings.heartbeat_interval
             if self._last_ok is not None and self.worker.runs:
-                expires = self._last_ok + dt.timedelta(seconds=self.settings.worker_timeout)
-                left = (expires - self.clock.now()).total_seconds()
-                if left <= 0:
+                now, timeout = self.clock.now(), self.settings.worker_timeout
+                if is_dead(self._last_ok, now, timeout):  # the sweeps' own predicate
                     self.worker.abandon_all("heartbeat_stale")
+                    self._gave_up = True  # the next tick registers afresh, whatever its beat
                 else:
-                    wait = min(wait, left)
+                    expires = self._last_ok + dt.timedelta(seconds=timeout)
+                    wait = min(wait, max((expires - now).total_seconds(), 0.001))
             await sleep_or_wake(self.clock, self.stop_event, wait)
 
     async def _release_unstarted(self, doc: Doc) -> Any:
@@ -163,7 +168,7 @@ class Heartbeat:
         stuck = USER_THREADS.stuck
         also = {"stuck_threads": stuck} if stuck != self._stuck_written else None
         paused = await self.workers.beat(self.worker.worker_id, now, also)
-        if paused is None or stale:
+        if paused is None or stale or self._gave_up:
             # Others may already have recovered our jobs: stop touching them, start afresh.
             why = "worker_document_missing" if paused is None else "heartbeat_stale"
             self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)

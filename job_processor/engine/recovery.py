@@ -108,8 +108,8 @@ class Recovery:
                     last_seen=w["last_seen"].isoformat(),
                     by=me,
                 )
-            else:  # its heartbeat landed between the read and the delete: alive after all
-                live.add(w["_id"])
+            else:  # its heartbeat landed between the read and the delete (alive after all),
+                live.add(w["_id"])  # or another sweeper deleted it and recovers its jobs
         recovered = 0
         # one query: running jobs whose run started before the cutoff, and owed hooks
         running, owed, self.flow_docs = await self.storage.jobs.needing_attention(cutoff, now)

@@ -20,7 +20,6 @@ from pymongo.errors import PyMongoError
 
 from ..core import foreign as FD
 from ..core import retention as R
-from ..core.abort import AbortSignal
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
@@ -36,12 +35,14 @@ from ..storage.transient import TRANSIENT, describe
 from . import sentry
 from .execution import (
     Run,
+    abort_after,
     build_job,
     call_maybe_async,
     check_state,
     claimed_too_late,
     describe_error,
     eligible_names,
+    grace,
     invalid_document,
     policy_of,
     run_end,
@@ -112,6 +113,8 @@ class Worker:
         """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
         self.claims_held = False
         """A claim was skipped because the registration could not be trusted."""
+        self._ignored: set[asyncio.Task[Any]] = set()
+        """Handlers that swallowed their cancellation (kept referenced until they end)."""
         self._orphans: list[Doc] = []
         """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
@@ -340,10 +343,9 @@ class Worker:
         for run in list(self.runs.values()):
             if run.lost:
                 continue
-            run.lost = True
+            run.give_up()
             run.signal.abort("shutdown")
-            fields = self._fields(run.doc) | {"worker_id": run.doc.get("worker_id")}
-            self.log.warning("job_abandoned", reason=why, **fields)
+            self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
 
     def owns(self, doc: Doc) -> bool:
         """Is this process really running that run of the job?"""
@@ -467,14 +469,11 @@ class Worker:
         timer: asyncio.Task[None] | None = None
         if definition.max_runtime_in_minutes is not None:
             timer = asyncio.create_task(
-                self._abort_after(signal, definition.max_runtime_in_minutes * 60)
+                abort_after(self.clock, signal, definition.max_runtime_in_minutes * 60)
             )
         try:
             await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            if not handler.done() and not run.lost:
-                # asked to stop: the handler has `shutdown_grace` seconds to return (none for
-                # a run given up: the recovery may hand the job, and its limit slot, to another)
-                await asyncio.wait({handler}, timeout=self.settings.shutdown_grace)
+            await grace(handler, run, self.settings.shutdown_grace)  # asked to stop
             if not handler.done():
                 handler.cancel()
                 # a plain def's call is given up at once; an async handler may clean up: the
@@ -486,17 +485,19 @@ class Worker:
                     thread_left_running=give_ups.left_running,  # a plain def still running
                     **fields,
                 )
-                with contextlib.suppress(BaseException):
-                    await handler
+                if handler.done():
+                    with contextlib.suppress(BaseException):
+                        await handler
+                else:  # it swallowed the cancellation: its slot is not held for ever
+                    self._ignored.add(handler)
+                    handler.add_done_callback(self._ignored.discard)
+                    self.log.error("handler_ignored_cancel", **fields)
+                    return RunEnd(Ending.CANCELLED, abort_reason=signal.reason)
         finally:
             aborted.cancel()
             if timer is not None:
                 timer.cancel()
         return run_end(run, handler)
-
-    async def _abort_after(self, signal: AbortSignal, seconds: float) -> None:
-        await self.clock.sleep(seconds)
-        signal.abort("timeout")
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)
@@ -521,7 +522,7 @@ class Worker:
                 run.notes.written(notes)
             return
         if not ok:
-            run.lost = True
+            run.give_up()
             run.signal.abort("shutdown")
             raise JobLostError(
                 f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker "
@@ -547,7 +548,7 @@ class Worker:
                     alone=len(self.runs) <= 1,
                 )
             except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
-                run.lost = True
+                run.give_up()
                 self.log.error(
                     "job_status_write_failed",
                     status=outcome.status.value,

@@ -366,7 +366,11 @@ async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_si
         clock.advance(29)
         await asyncio.sleep(0.05)
         assert not cancelled.is_set()  # the lease still holds
-        clock.advance(2)  # 31 s without a successful heartbeat (MongoDB silent, say)
+        processor.worker.abort(job.id, "killed")  # in its 600 s grace when the lease ends
+        clock.advance(1)
+        await asyncio.sleep(0.05)
+        assert not cancelled.is_set()  # exactly worker_timeout: others do not recover yet
+        clock.advance(1)  # 31 s without a successful heartbeat (MongoDB silent, say)
         await asyncio.wait_for(cancelled.wait(), 5)  # not after the 600 s shutdown grace
         await asyncio.gather(*list(processor.worker._tasks))
     finally:
@@ -374,6 +378,34 @@ async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_si
         await watch
     left = await processor.get_job(job.id)
     assert left.status == S.RUNNING  # nothing written: it is the recovery's now
+
+
+async def test_a_handler_that_swallows_its_cancellation_does_not_hold_its_slot(db: Any) -> None:
+    """An async handler that catches CancelledError and goes on: the run ends for the worker
+    (its slot is free, `handler_ignored_cancel`), the task is left to finish on its own."""
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # ignores it
+
+    processor = await init_job_processor(
+        db, jobs={"n": JobDef(handler=stubborn)}, clock=clock, worker_timeout=30
+    )
+    await processor.heartbeat.register()
+    await processor.schedule_job("n")
+    assert await processor.worker.claim_once() is not None
+    await asyncio.wait_for(started.wait(), 5)
+    clock.advance(31)
+    processor.worker.abandon_all("heartbeat_stale")
+    await asyncio.wait_for(asyncio.gather(*list(processor.worker._tasks)), 5)
+    assert processor.worker.runs == {} and processor.worker._claimed == 0
+    release.set()  # the stray task ends by itself later
 
 
 async def test_a_worker_whose_heartbeat_lands_before_its_delete_is_not_recovered(db: Any) -> None:
