@@ -30,6 +30,13 @@ class HookRecords:
         """Jobs whose on_job_exited was recorded as owed before `cutoff` and not marked done."""
         return await all_docs(self.owed_hooks_cursor(cutoff))
 
+    def unknown_hooks_cursor(self, known: set[str]) -> Any:
+        """Owed hooks of jobs whose name is not in `known` (the {exit_hook, exit_hook_at}
+        index: owed hooks are few)."""
+        query = {"exit_hook": "owed", "name": {"$nin": sorted(known)}}
+        fields = {"_id": 1, "name": 1, "exit_hook_id": 1, "exit_hook_at": 1}
+        return self.coll.find(query, fields).limit(100)
+
     async def give_up_unknown(
         self, known: set[str], recorded_before: dt.datetime, now: dt.datetime, grace: float
     ) -> int:
@@ -40,9 +47,7 @@ class HookRecords:
         these); the time is compared here (nx-27017 matches nothing for `$nin` beside a date
         range, see compat.py)."""
         given_up = 0
-        query = {"exit_hook": "owed", "name": {"$nin": sorted(known)}}
-        fields = {"_id": 1, "name": 1, "exit_hook_id": 1, "exit_hook_at": 1}
-        for doc in await all_docs(self.coll.find(query, fields).limit(100)):
+        for doc in await all_docs(self.unknown_hooks_cursor(known)):
             name = str(doc.get("name"))
             at = decode(doc).get("exit_hook_at")
             if not isinstance(at, dt.datetime) or as_utc(at) >= recorded_before:

@@ -94,6 +94,7 @@ async def test_listings_are_index_backed(
 async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: Storage) -> None:
     assert_indexed(await storage.jobs.running_on_cursor("w").explain())
     assert_indexed(await storage.jobs.owed_hooks_cursor(NOW).explain())
+    assert_indexed(await storage.jobs.unknown_hooks_cursor({"a", "b"}).explain())
     # per-value limits: the due jobs of keys not known to be full, in claim order
     names = ["job-1", "job-2"]
     assert_indexed(await storage.jobs.due_by_key_cursor(names, NOW, ["t:a"], 8).explain())
