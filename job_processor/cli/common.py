@@ -48,7 +48,7 @@ def mongodb_url() -> str:
 async def with_admin(args: argparse.Namespace, fn: Callable[[Admin], Awaitable[int]]) -> int:
     db = open_database(mongodb_url(), args.timeout)
     try:
-        await check_reachable(db, args.timeout)
+        await check_reachable(db, args.timeout, refused_is_final=True)
         await warn_if_empty(db, args.prefix)
         admin = await Admin.open(db, args.prefix, actor=args.actor or None)
         return await fn(admin)
@@ -219,8 +219,9 @@ def handle_errors(exc: BaseException, command: str = "") -> int:
             if command == "run"
             else "--timeout sets the wait"
         )
+        hint = "" if "connection refused" in where else f" ({wait})"  # it did not wait
         print(
-            f"error: {where}; check MONGODB_URL and that the server is running ({wait})",
+            f"error: {where}; check MONGODB_URL and that the server is running{hint}",
             file=sys.stderr,
         )
         return UNREACHABLE

@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> int:
     # Once the arguments are checked: a wrong MONGODB_URL fails now (exit 3), not as a slow
     # 503 on every page.
     try:
-        await check_reachable(db, wait)
+        await check_reachable(db, wait, refused_is_final=True)
     except JobProcessorError:
         await close_database(db)
         raise

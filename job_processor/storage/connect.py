@@ -86,8 +86,12 @@ def address(db: Any) -> str:
     return "the configured address"
 
 
-async def check_reachable(db: Any, wait: float) -> None:
-    """Ping MongoDB; a clear error within `wait` seconds instead of a long traceback."""
+async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = False) -> None:
+    """Ping MongoDB; a clear error within `wait` seconds instead of a long traceback.
+
+    `refused_is_final` (the CLI's commands): when every address refuses the connection, say so
+    at once instead of waiting `wait` for a server to start listening. A service waits: its
+    MongoDB may be starting beside it."""
     if type(db).__module__.startswith("mongomock_motor"):
         return
     try:
@@ -96,7 +100,15 @@ async def check_reachable(db: Any, wait: float) -> None:
                 await db.command("ping")
         else:
             async with asyncio.timeout(wait):
-                await db.command("ping")
+                if refused_is_final:
+                    await _ping_unless_refused(db)
+                else:
+                    await db.command("ping")
+    except _Refused:
+        raise DatabaseUnreachableError(
+            f"cannot reach MongoDB at {address(db)} ({PLAIN_REASONS['Errno 111']}); check "
+            "MONGODB_URL and that the server is running"
+        ) from None
     except (TimeoutError, PyMongoError) as exc:
         reason = (
             why_unreachable(db)
@@ -202,6 +214,47 @@ async def _why_silent(db: Any, reason: str) -> str:
                 await writer.wait_closed()
             return SILENT
     return reason
+
+
+class _Refused(Exception):
+    """Every address the URL names refused the connection."""
+
+
+async def _ping_unless_refused(db: Any) -> None:
+    """The ping, ended early by `_Refused` when every seed address refuses a TCP connection
+    (nothing listens there: waiting longer only delays the same answer)."""
+    ping = asyncio.ensure_future(db.command("ping"))
+    try:
+        if await _all_refused(db):
+            raise _Refused
+        await ping
+    finally:
+        if not ping.done():
+            ping.cancel()
+            with contextlib.suppress(BaseException):
+                await ping
+
+
+async def _all_refused(db: Any) -> bool:
+    """Whether every seed address refuses a connection (False when there are none, as before a
+    mongodb+srv lookup, or when any accepts, times out or fails otherwise)."""
+    try:
+        seeds = list(db.client.topology_description.server_descriptions())
+    except Exception:  # not a PyMongo client (a test double, Motor's wrapper): just ping
+        return False
+    for host, port in seeds:
+        try:
+            async with asyncio.timeout(0.5):
+                _, writer = await asyncio.open_connection(host, port)
+        except ConnectionRefusedError:
+            continue
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return False
+    return bool(seeds)
 
 
 def open_database(url: str, timeout: float | None = None) -> Any:

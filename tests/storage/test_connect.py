@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
@@ -209,3 +210,25 @@ def test_a_url_the_driver_cannot_read_is_bad_input_naming_mongodb_url() -> None:
     for url in ("http://127.0.0.1:27017/x", "mongodb://ada:pa/ss@h/db"):
         with pytest.raises(InvalidArgumentError, match="MONGODB_URL is not a MongoDB URL"):
             open_database(url, 1.0)
+
+
+async def test_a_refused_connection_ends_a_commands_wait_at_once() -> None:
+    """The CLI's commands (refused_is_final) say "connection refused" without waiting their
+    whole timeout for a server to start; a service's startup (the default) keeps waiting."""
+    with socket.socket() as s:  # a free port: nothing listens there once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = open_database(f"mongodb://127.0.0.1:{port}/x", 60.0)
+    try:
+        with pytest.raises(DatabaseUnreachableError) as err:
+            async with asyncio.timeout(20):  # far below the 60 s wait it was given
+                await check_reachable(db, 60.0, refused_is_final=True)
+        assert str(err.value) == (
+            f"cannot reach MongoDB at 127.0.0.1:{port} (connection refused: nothing listens "
+            "on that port); check MONGODB_URL and that the server is running"
+        )
+        with pytest.raises(TimeoutError):  # the default: still waiting when cut off
+            async with asyncio.timeout(0.3):
+                await check_reachable(db, 60.0)
+    finally:
+        await close_database(db)
