@@ -17,8 +17,9 @@ running it (or before recording that it ran).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..core import documents as D
@@ -60,10 +61,30 @@ class HookRunner:
         self.budget = budget
         self.worker_id = worker_id
         self.in_flight: set[str] = set()
+        self._writing: dict[str, int] = {}  # job id: final writes in progress (`pending`)
         self.retention = retention or Retention()
         self._tasks: set[asyncio.Task[None]] = set()
         """Hooks started in the background (recovered ones): never run inside a loop that
         must stay prompt (the sweep, the heartbeat); `drain()` waits for them."""
+
+    @contextlib.contextmanager
+    def pending(self, job_id: Any) -> Iterator[None]:
+        """Around a final write that may record a hook owed by this process, and the calls up
+        to `after_write`/`start`: this process's own sweep, which may read the owed hook as soon
+        as the write lands (before its reply), must not take it over and call it a second time."""
+        key = str(job_id)
+        self._writing[key] = self._writing.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._writing.pop(key) - 1
+            if left:
+                self._writing[key] = left
+
+    def busy(self, job_id: Any) -> bool:
+        """Whether this process is calling the job's hook, or writing the exit that owes it."""
+        key = str(job_id)
+        return key in self.in_flight or key in self._writing
 
     async def after_write(self, definition: JobDef | None, doc: Doc) -> None:
         """Call the hook that a final write just recorded as owed by this process."""
@@ -206,7 +227,7 @@ class HookRunner:
             # this process runs its own hooks right after its final writes; one it is not
             # running a few seconds later was never started here (a reply lost on the way)
             young = doc["exit_hook_at"] > now - dt.timedelta(seconds=OWN_HOOK_GRACE)
-            return str(doc["_id"]) not in self.in_flight and not young
+            return not self.busy(doc["_id"]) and not young
         definition = self.definitions.get(str(doc.get("name")))
         timeout = definition.on_job_exited_timeout if definition else 0.0
         if D.is_client(str(owner)):
@@ -236,7 +257,7 @@ class HookRunner:
             definition = self.definitions.get(str(doc.get("name")))
             if definition is None or (owner in live and owner != me):
                 continue
-            if str(doc["_id"]) in self.in_flight:
+            if self.busy(doc["_id"]):
                 continue
             wait = worker_timeout + definition.on_job_exited_timeout
             if D.is_client(owner) and doc["exit_hook_at"] > now - dt.timedelta(seconds=wait):

@@ -268,6 +268,10 @@ class JobsAPI(Runtime):
         if not self.hooks_here:  # no hook to record for a name known to have none
             current = await self.storage.producer.run(lambda _: self.storage.jobs.get(oid))
             owed = current is None or await self._has_hook(str(current["name"])) is not False
+        with self.hooks.pending(oid):  # a hook this kill owes is called below, not swept
+            return await self._kill(oid, writer, owed)
+
+    async def _kill(self, oid: ObjectId, writer: str | None, owed: bool) -> Job[Any]:
         kill_id = D.new_id()  # a kill retried after a lost reply recognises its own write
         outcome, doc = await self.storage.producer.run(
             lambda retried: self.storage.jobs.kill(

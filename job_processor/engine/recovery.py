@@ -204,6 +204,10 @@ class Recovery:
             return None
 
     async def _recover(self, doc: Doc, end: RunEnd, event: str) -> Doc | None:
+        with self.hooks.pending(doc["_id"]):  # the hook it may owe is started below, not swept
+            return await self._end_run(doc, end, event)
+
+    async def _end_run(self, doc: Doc, end: RunEnd, event: str) -> Doc | None:
         definition = self.definitions.get(str(doc.get("name")))
         policy = policy_of(definition, doc, self.worker.settings.retention)
         now = self.clock.now()

@@ -532,10 +532,14 @@ class Worker:
     async def _finish(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
         """Decide the outcome and write it. A write that cannot be stored is replaced by an
         errored outcome saying why; a kill requested meanwhile makes us decide again."""
-        fields = self._fields(run.doc)
         if run.lost:
-            self.log.warning("job_lost", **fields)
+            self.log.warning("job_lost", **self._fields(run.doc))
             return None
+        with self.hooks.pending(run.doc["_id"]):  # its hook is this process's to call
+            return await self._write_end(run, end, duration_ms)
+
+    async def _write_end(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
+        fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close() if run.notes is not None else None
         written = None

@@ -244,3 +244,70 @@ async def test_missed_cron_slots_follow_retention(db: Any) -> None:
         for job in await missed():
             assert job.expires_at is not None
             assert job.expires_at - job.ended_at == dt.timedelta(hours=1)  # type: ignore[operator]
+
+
+async def test_a_sweep_during_a_final_write_never_calls_its_hook_a_second_time(db: Any) -> None:
+    """The final write records the hook as owed by this worker; until the worker calls it (after
+    the limit's release and the dependents' update, each a round trip), its own sweep reads it
+    as owed by itself, and must leave it: the hook runs once, with no process dying."""
+    calls: list[str] = []
+    gate = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        calls.append(job.id)
+
+    async def limited(job: Job, signal: AbortSignal) -> str:
+        return "done"
+
+    worker = await make(db, {"j": JobDef(handler=limited, on_job_exited=hook)})
+    release = worker.worker.limiter.release
+
+    async def slow_release(doc: Any, owner: Any = None) -> Any:
+        held.set()
+        await gate.wait()  # a slow round trip, right after the final write
+        return await release(doc, owner)
+
+    worker.worker.limiter.release = slow_release  # type: ignore[method-assign]
+    async with worker:
+        job = await worker.schedule_job("j")
+        await asyncio.wait_for(held.wait(), 10)
+        stored = await worker.get_job(job.id)
+        assert (stored.status, stored.exit_hook) == (S.FINISHED, "owed")
+        later = worker.clock.now() + dt.timedelta(seconds=60)  # its own grace long past
+        await worker.recovery.sweep(later)
+        gate.set()
+        await wait_for(lambda: len(calls) >= 1)
+        done = await wait_status(worker, job.id, S.FINISHED)
+        await wait_for(lambda: worker.hooks.in_flight == set())
+    assert calls == [job.id] and done.exit_hook == "done"
+
+
+async def test_a_sweep_during_a_kill_never_calls_its_hook_a_second_time(db: Any) -> None:
+    """The same for a pending job killed here: its hook is called by the kill, once."""
+    calls: list[str] = []
+    gate = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        calls.append(job.id)
+
+    worker = await make(db, {"j": JobDef(handler=lambda j, s: None, on_job_exited=hook)})
+    ended = worker.flows.ended
+
+    async def slow_ended(doc: Any) -> Any:
+        held.set()
+        await gate.wait()  # the dependents' update, right after the kill's write
+        return await ended(doc)
+
+    worker.flows.ended = slow_ended  # type: ignore[method-assign]
+    async with worker:
+        job = await worker.schedule_job("j", delay=3600)
+        kill = asyncio.create_task(worker.kill_job(job.id))
+        await asyncio.wait_for(held.wait(), 10)
+        await worker.recovery.sweep(worker.clock.now() + dt.timedelta(seconds=60))
+        gate.set()
+        await kill
+        await wait_for(lambda: worker.hooks.in_flight == set())
+        done = await worker.get_job(job.id)
+    assert calls == [job.id] and (done.status, done.exit_hook) == (S.KILLED, "done")
