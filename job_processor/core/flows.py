@@ -104,7 +104,14 @@ def dependency_ended(dep_id: ObjectId, status: str, now: dt.datetime) -> list[tu
 def released(dep_id: ObjectId, now: dt.datetime) -> tuple[Doc, Doc]:
     """(filter, update) releasing the jobs that waited on `dep_id` and wait on nothing more:
     pending and due now."""
+    return released_where({"after": str(dep_id)}, now)
+
+
+def released_where(selector: Doc, now: dt.datetime) -> tuple[Doc, Doc]:
+    """(filter, update) releasing the waiting jobs `selector` picks that wait on nothing more
+    (every dependency counted): pending and due now. Also what the sweep runs for the jobs a
+    process counted but did not release (it died, or lost MongoDB, between the two updates)."""
     check_transition(S.WAITING, S.PENDING)
-    query = {"after": str(dep_id), "status": S.WAITING.value, "waiting_on": {"$lte": 0}}
+    query = selector | {"status": S.WAITING.value, "waiting_on": {"$lte": 0}}
     ms = int(now.timestamp() * 1000)
     return query, {"$set": {"status": S.PENDING.value, "due_ms": ms, "scheduled_for": now}}

@@ -101,7 +101,8 @@ class Flows:
     async def sweep(self, now: dt.datetime) -> int:
         """Ended jobs with dependents that no sweep has seen settled: those some waiting job
         has not counted are settled now (a worker that died between its final write and
-        settling them); then all are marked settled (three commands for up to 500). Every
+        settling them), those counted but not released are released (a death between the two
+        updates); then all are marked settled (four commands for up to 500). Every
         `SLOW_PASS` sweeps, a slower pass over waiting jobs (200 at a time, going on where the
         last stopped) settles the dependencies that no longer exist, as "deleted"."""
         released = 0
@@ -125,6 +126,12 @@ class Flows:
                     status = str(doc.get("status"))
                     released += await self.jobs.settle_dependents(doc["_id"], status, now)
                     self.log.warning("dependents_settled_late", job_id=str(doc["_id"]))
+            # counted but not released (the process died between the two updates): released
+            # here, before they leave this query for good
+            late = await self.jobs.release_counted(ids, now)
+            if late:
+                self.log.warning("dependents_released_late", jobs=late)
+            released += late
             await self.jobs.mark_settled(ids)
         await self._expire_skipped(skipped)
         self._sweeps += 1
@@ -158,13 +165,25 @@ class Flows:
             for dep, state in (doc.get("deps") or {}).items()
             if state == "waiting" and ObjectId.is_valid(dep)
         }
-        if not pending:
-            return 0
-        found = await self.jobs.statuses(sorted(pending))
         released = 0
+        ready = [d["_id"] for d in waiting if _counted_all(d)]
+        if ready:  # counted, never released, their dependencies already seen settled
+            released = await self.jobs.release_ready(ready, now)
+            if released:
+                self.log.warning("dependents_released_late", jobs=released)
+        if not pending:
+            return released
+        found = await self.jobs.statuses(sorted(pending))
         for dep in sorted(pending):
             status = found.get(dep, "deleted")
             if status in F.ENDED or status == "deleted":
                 released += await self.jobs.settle_dependents(dep, status, now)
                 self.log.warning("dependents_settled_late", job_id=str(dep), status=status)
         return released
+
+
+def _counted_all(doc: Doc) -> bool:
+    """A waiting job whose dependencies are all counted (left waiting by a process that died
+    between counting and releasing it)."""
+    waiting_on = doc.get("waiting_on")
+    return isinstance(waiting_on, int) and waiting_on <= 0

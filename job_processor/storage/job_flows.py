@@ -93,6 +93,19 @@ class FlowRecords:
             released += int(res.modified_count)
         return released
 
+    async def release_counted(self, dep_ids: list[ObjectId], now: dt.datetime) -> int:
+        """Release the jobs waiting on any of `dep_ids` that have counted all their
+        dependencies but are still waiting: a process that counted them died, or lost MongoDB,
+        before its release (the {after, status} index). Returns how many."""
+        query, update = F.released_where({"after": {"$in": [str(d) for d in dep_ids]}}, now)
+        return int((await self.coll.update_many(query, update)).modified_count)
+
+    async def release_ready(self, ids: list[ObjectId], now: dt.datetime) -> int:
+        """The same for these waiting jobs (the slow pass, for one left so before the sweep
+        released counted jobs: it had marked their dependencies settled)."""
+        query, update = F.released_where({"_id": {"$in": ids}}, now)
+        return int((await self.coll.update_many(query, update)).modified_count)
+
     @staticmethod
     def flow_branches() -> list[Doc]:
         """What the sweep looks for in flows: ended jobs with dependents that no sweep has seen
@@ -177,7 +190,7 @@ class FlowRecords:
         query: Doc = {"status": S.WAITING.value}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
-        return self.coll.find(query, {"deps": 1}).sort([("_id", 1)]).limit(limit)
+        return self.coll.find(query, {"deps": 1, "waiting_on": 1}).sort([("_id", 1)]).limit(limit)
 
     async def stale_waiting(self, after_id: ObjectId | None, limit: int = 200) -> list[Doc]:
         return await all_docs(self.stale_waiting_cursor(after_id, limit))

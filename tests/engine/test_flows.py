@@ -21,6 +21,7 @@ from job_processor import (
     JobSpec,
     JobStatus,
 )
+from job_processor.core import flows as F
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_status
 
@@ -417,3 +418,30 @@ async def test_a_hooked_dependency_keeps_its_expiry_back_until_its_dependents_co
     await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
     settled = await p.storage.jobs.get(ObjectId(first.id)) or {}
     assert settled.get("expires_at") and "expires_after_settle" not in settled
+
+
+async def test_a_parent_counted_but_not_released_is_released_by_the_sweep(db: Any) -> None:
+    """The process that ended the child counted it for the parent, then died (or lost MongoDB)
+    before the release, the second update: the sweep releases the parent before the child
+    leaves its query. One left so by an older version, its child already seen settled, is
+    released by the slow pass over waiting jobs."""
+    p = await make(db, JOBS)
+    coll = p.storage.jobs.coll
+    now = dt.datetime.now(dt.UTC)
+    parents = []
+    for _ in range(2):
+        child = await p.schedule_job("part", {"n": 3})
+        parent = await p.schedule_job("total", after=[child])
+        parents.append(parent)
+        await coll.update_one(  # the child's final write, and the count, with no release
+            {"_id": ObjectId(child.id)},
+            {"$set": {"status": "finished", "ended_at": now}, "$unset": {"claim_name": ""}},
+        )
+        for query, update in F.dependency_ended(ObjectId(child.id), "finished", now):
+            await coll.update_many(query, update)
+        assert (await p.get_job(parent.id)).status == S.WAITING
+    await p.storage.jobs.mark_settled([ObjectId(parents[1].after[0])])  # an older sweep's
+    later = now + dt.timedelta(seconds=10)
+    assert await p.flows.sweep(later) == 2  # the first sweep also makes the slow pass
+    assert [(await p.get_job(x.id)).status for x in parents] == [S.PENDING, S.PENDING]
+    assert await p.storage.jobs.flow_attention() == ([], [])
