@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOSTS",
         help="host names it answers to, comma-separated (default without auth: localhost, "
-        "127.0.0.1, ::1; with auth: any); others get a 400",
+        "*.localhost, 127.0.0.1, ::1; with auth: any); others get a 400",
     )
     p.set_defaults(func=run.cmd_dashboard)
     _no_abbreviations(parser)

@@ -197,10 +197,35 @@ class Heartbeat:
         if before - self.worker.paused:  # resumed: claim now, not at the next idle poll
             self.worker.wake.set()
 
+    async def check_paused(self) -> None:
+        """The safety net behind pause and resume: one read of `<prefix>paused`. A pause or
+        resume stored there whose update of the worker documents failed (the operator's
+        process lost MongoDB between the two) is applied to this worker's document, as a
+        difference, then read again so that a pause or resume made meanwhile stands."""
+        worker_id = self.worker.worker_id
+        if self.registry is None or not worker_id:
+            return
+        stored = await self.registry.paused_names()
+        held = set(self.worker.paused)
+        if stored == held:
+            return
+        self.log.warning(
+            "paused_names_repaired",
+            worker_id=worker_id,
+            paused=sorted(stored - held),
+            resumed=sorted(held - stored),
+        )
+        await self.workers.align_paused(worker_id, held, stored)
+        after = await self.registry.paused_names()
+        await self.workers.align_paused(worker_id, stored, after)
+        self.worker.paused = self.registry.note_paused(frozenset(after), worker_id)
+        if held - after:
+            self.worker.wake.set()
+
     async def after_sweep(self, now: dt.datetime) -> None:
         """What runs with the sweep (in the recovery's loop, not the heartbeat's): the
         registry's `last_seen` (every few minutes: it tells which names were served lately)."""
-        if self.registry is not None:
-            await self.registry.maybe_refresh(now)
+        if self.registry is not None and await self.registry.maybe_refresh(now):
+            await self.check_paused()  # on the same period
         if self.trimmer is not None:  # count retentions (every few minutes)
             await self.trimmer.maybe_run(now)

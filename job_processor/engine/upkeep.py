@@ -5,7 +5,9 @@
   replica's code is then known even while no "main" worker is up) in `<prefix>definitions` when
   it registers and refreshes their `last_seen` every few minutes; the paused names it reads when
   it registers, then with each heartbeat (pause/resume keep them on every worker document), so
-  that it stops claiming a paused name within about one `heartbeat_interval`. What the registry
+  that it stops claiming a paused name within about one `heartbeat_interval`; every few
+  minutes it also reads `<prefix>paused` itself (a pause whose update of the worker documents
+  failed). What the registry
   tells an operator is `core.coverage`.
 - `Trimmer`, the bounded pass behind count retentions (`keep_finished=100`): see
   `core.retention` for the rules.
@@ -39,10 +41,13 @@ class Registry:
         await self.storage.definitions.seen(self.definitions, now)
         self._refreshed = now
 
-    async def maybe_refresh(self, now: dt.datetime, every: float = 300.0) -> None:
-        """`refresh`, at most every `every` seconds (warnings look at the last 24 hours)."""
+    async def maybe_refresh(self, now: dt.datetime, every: float = 300.0) -> bool:
+        """`refresh`, at most every `every` seconds (warnings look at the last 24 hours).
+        Whether it ran."""
         if self._refreshed is None or (now - self._refreshed).total_seconds() >= every:
             await self.refresh(now)
+            return True
+        return False
 
     async def paused_names(self) -> set[str]:
         """One query: every paused name (the collection pause/resume write first)."""

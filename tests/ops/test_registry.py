@@ -132,3 +132,28 @@ async def test_a_name_no_worker_defines_any_more_can_be_forgotten(db: Any) -> No
         refused = await admin.forget("other")
         assert refused.skipped["other"].startswith("served by 1 live worker(s)")
     assert (await admin.forget("other")).changed == ["other"]
+
+
+async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_net(
+    db: Any,
+) -> None:
+    """The operator's process stored the pause, then lost MongoDB before updating the worker
+    documents: every few minutes (with the registry's refresh) a worker reads the paused names
+    itself and applies the difference to its document; a resume the same way."""
+    processor = await make(db, JOBS)
+    storage = processor.storage
+    await processor.start()
+    try:
+        worker_id = processor.worker.worker_id
+        await storage.paused.pause("anywhere", "ops", processor.clock.now())  # no worker told
+        await processor.heartbeat.check_paused()
+        assert processor.worker.paused == frozenset({"anywhere"})
+        doc = await storage.workers.coll.find_one({"_id": worker_id})
+        assert doc["paused"] == ["anywhere"]  # the heartbeats now return it
+        await storage.paused.resume("anywhere")
+        await processor.heartbeat.check_paused()
+        assert processor.worker.paused == frozenset()
+        doc = await storage.workers.coll.find_one({"_id": worker_id})
+        assert doc["paused"] == []
+    finally:
+        await processor.stop()
