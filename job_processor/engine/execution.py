@@ -194,9 +194,13 @@ async def call_maybe_async(
     """Await async functions; run plain ones on the process's own threads (`engine.threads`),
     so they never block the event loop, and one that outlives its timeout never keeps another
     from running. `on_late_return(name, seconds)` is called (from that thread) when a plain
-    function that was given up returns after all."""
+    function that was given up returns after all. A coroutine returned by either (`return
+    helper()`, its await forgotten) is awaited: its result is what was meant, not its repr."""
     if is_async(fn):
-        return await fn(*args)
+        result = await fn(*args)
+        if inspect.iscoroutine(result):
+            result = await result
+        return result
     result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
     if inspect.isawaitable(result):
         result = await result

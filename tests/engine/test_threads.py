@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from typing import Any
 
 import pytest
 
@@ -126,8 +127,16 @@ async def test_call_maybe_async_runs_plain_functions_on_the_process_threads() ->
     async def coroutine(x: int) -> int:
         return x * 4
 
+    async def forgot_await(x: int) -> Any:
+        return coroutine(x)  # `return helper()`: a coroutine, not its result
+
+    def plain_forgot(x: int) -> Any:
+        return coroutine(x)
+
     assert await call_maybe_async(plain, 2) == 6
     assert await call_maybe_async(coroutine, 2) == 8
+    assert await call_maybe_async(forgot_await, 2) == 8  # awaited, as for a plain def
+    assert await call_maybe_async(plain_forgot, 2) == 8
     assert names[0].startswith("job-processor-user-")
     assert threading.current_thread().name not in names
 
