@@ -51,7 +51,13 @@ def load_factory(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from None
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
+            hint = (
+                f" (modules are found from the current directory, {os.getcwd()}, and "
+                "PYTHONPATH: run from your project's root, or set PYTHONPATH)"
+            )
+        raise UsageError(f"cannot import {module_name!r}: {exc}{hint}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -80,13 +86,30 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
             "from init_job_processor(...)"
         )
     params = inspect.signature(factory).parameters
+    required = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(required) > 1:
+        raise UsageError(
+            f"{target} takes ({', '.join(required)}): it looks like a job handler, not the app "
+            "factory; `run` expects MODULE:ATTR naming a function (async def make(ctx) or "
+            "make()) that returns the JobProcessor from init_job_processor(...)"
+        )
     result = factory(ctx) if params else factory()
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, Runtime):  # a JobProcessor is the Runtime with its API on top
+        missing = {
+            "NoneType": " (a missing `return`?)",
+            "coroutine": " (a missing `await` before init_job_processor(...)?)",
+        }.get(type(result).__name__, "")
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: no "was never awaited" warning on top
         raise UsageError(
-            f"{target} returned {type(result).__name__}; it must return the JobProcessor "
-            "from init_job_processor(...)"
+            f"{target} returned {type(result).__name__}{missing}; it must return the "
+            "JobProcessor from init_job_processor(...)"
         )
     return result
 

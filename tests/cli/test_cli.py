@@ -390,6 +390,28 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
         "a function (async def make(ctx) or make()) that returns the JobProcessor from "
         "init_job_processor(...)"
     ]
+    handler = await cli(mongo_url, "run", "tests.e2e.app:report")  # a handler, not the factory
+    assert handler.returncode == 2
+    assert handler.stderr.startswith(
+        "error: tests.e2e.app:report takes (job, signal): it looks like a job handler, not the "
+        "app factory;"
+    )
+    for factory, why in (
+        ("forgot_return", "returned NoneType (a missing `return`?)"),
+        ("forgot_await", "returned coroutine (a missing `await` before init_job_processor(...)?)"),
+    ):
+        forgot = await cli(url_with_db(mongo_url, db.name), "run", f"tests.cli.bad_app:{factory}")
+        assert forgot.returncode == 2
+        assert forgot.stderr.strip().splitlines()[-1] == (
+            f"error: tests.cli.bad_app:{factory} {why}; it must return the JobProcessor from "
+            "init_job_processor(...)"
+        )
+    elsewhere = await cli(mongo_url, "run", "no_such_app:make")
+    assert elsewhere.returncode == 2
+    assert "cannot import 'no_such_app': No module named 'no_such_app' (modules are found " in (
+        elsewhere.stderr
+    )
+    assert "run from your project's root, or set PYTHONPATH)" in elsewhere.stderr
 
 
 def test_each_command_shows_only_its_own_options() -> None:
