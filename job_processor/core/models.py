@@ -9,7 +9,7 @@ import base64
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Generic, Literal, Protocol
 
@@ -183,6 +183,9 @@ class Job(BaseModel, Generic[PayloadT]):
     _processor: Processor | None = PrivateAttr(default=None)
     _notes: NoteSink | None = PrivateAttr(default=None)
     _given_dependencies: list[Job[Any]] | None = PrivateAttr(default=None)
+    _unstarted: list[str] | None = PrivateAttr(default=None)
+    """checkpoint/report_progress calls whose coroutine has not started (an `await` forgotten,
+    if still there when the handler returns: `not_awaited()`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -241,11 +244,31 @@ class Job(BaseModel, Generic[PayloadT]):
             job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
             return job
 
-    async def checkpoint(self, state: dict[str, Any]) -> None:
-        """Save `state` on the job; a resumed or retried run sees it as `job.state`.
+    def checkpoint(self, state: dict[str, Any]) -> Coroutine[Any, Any, None]:
+        """Save `state` on the job (`await job.checkpoint({...})`); a resumed or retried run
+        sees it as `job.state`.
 
         While MongoDB is unreachable this waits (up to the processor's `worker_timeout`); past
         that the run is abandoned to recovery and this raises `JobLostError`."""
+        return self._started(self._checkpoint(state), "checkpoint")
+
+    def not_awaited(self) -> list[str]:
+        """The checkpoint() and report_progress() calls of this run that were never awaited
+        (their state or progress was not saved)."""
+        return list(self._unstarted or ())
+
+    def _started(self, call: Coroutine[Any, Any, None], name: str) -> Coroutine[Any, Any, None]:
+        if self._unstarted is None:
+            self._unstarted = []
+        self._unstarted.append(name)
+        return call
+
+    def _now_started(self, name: str) -> None:
+        if self._unstarted and name in self._unstarted:
+            self._unstarted.remove(name)
+
+    async def _checkpoint(self, state: dict[str, Any]) -> None:
+        self._now_started("checkpoint")
         if self._checkpointer is None:
             raise RuntimeError(
                 "checkpoint() is only available inside a running handler; in a unit test, "
@@ -254,12 +277,17 @@ class Job(BaseModel, Generic[PayloadT]):
         await self._checkpointer(state)
         self.state = dict(state)
 
-    async def report_progress(
+    def report_progress(
         self, done: float, total: float | None = None, message: str | None = None
-    ) -> None:
-        """Report how far the run is: `done` of `total` (any unit), with an optional message.
-        Shown live by the dashboard and `jobs show`; writes are coalesced (at most one per
-        second per job, the last value always written, with a checkpoint when both happen)."""
+    ) -> Coroutine[Any, Any, None]:
+        """Report how far the run is (`await job.report_progress(3, 10)`): `done` of `total`
+        (any unit), with an optional message. Shown live by the dashboard and `jobs show`;
+        writes are coalesced (at most one per second per job, the last value always written,
+        with a checkpoint when both happen)."""
+        return self._started(self._report_progress(done, total, message), "report_progress")
+
+    async def _report_progress(self, done: float, total: float | None, message: str | None) -> None:
+        self._now_started("report_progress")
         if self._notes is None:
             raise RuntimeError(
                 "report_progress() is only available inside a running handler; in a unit test, "

@@ -497,7 +497,23 @@ class Worker:
             aborted.cancel()
             if timer is not None:
                 timer.cancel()
+        forgotten = job.not_awaited()
+        if forgotten:
+            self._not_awaited(run, forgotten, fields)
         return run_end(run, handler)
+
+    def _not_awaited(self, run: Run, calls: list[str], fields: dict[str, Any]) -> None:
+        """checkpoint()/report_progress() called without `await`: nothing was saved. Said in
+        the worker's log and in the job's own (the dashboard, `jobs show`)."""
+        names = sorted(set(calls))
+        self.log.warning("job_call_not_awaited", calls=names, count=len(calls), **fields)
+        if run.notes is not None:
+            said = ", ".join(f"job.{n}()" for n in names)
+            run.notes.line(
+                "warning",
+                f"{said} called without `await`: nothing was saved ({len(calls)} call(s))",
+                {},
+            )
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)

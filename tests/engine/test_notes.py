@@ -252,3 +252,31 @@ async def test_a_plain_def_handler_logs_from_its_thread(db: Any) -> None:
     assert done.status == S.FINISHED and done.result == 50
     assert [x["fields"].get("row") for x in done.logs] == [*range(1, 51), None]
     assert (done.logs[-1]["level"], done.logs[-1]["message"]) == ("warning", "done")
+
+
+async def test_a_checkpoint_or_progress_without_await_is_said_in_the_jobs_log(db: Any) -> None:
+    """`job.checkpoint(...)` without `await` saves nothing: the worker says so, in its log and
+    in the job's own, instead of ending the run as if the state were saved."""
+    import warnings
+
+    async def forgets(job: Job, signal: AbortSignal) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "never awaited", by design here
+            job.checkpoint({"step": 1})  # type: ignore[unused-coroutine]
+            job.report_progress(1, 2)  # type: ignore[unused-coroutine]
+            job.checkpoint({"step": 2})  # type: ignore[unused-coroutine]
+        await job.checkpoint({"step": 3})  # this one is saved
+        return "done"
+
+    p = await make(db, {"forgets": JobDef(handler=forgets)})
+    async with p:
+        job = await p.schedule_job("forgets")
+        done = await wait_status(p, job.id, S.FINISHED)
+    assert done.state == {"step": 3}
+    assert [(line["level"], line["message"]) for line in done.logs] == [
+        (
+            "warning",
+            "job.checkpoint(), job.report_progress() called without `await`: nothing was saved "
+            "(3 call(s))",
+        )
+    ]
