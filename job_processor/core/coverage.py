@@ -59,6 +59,10 @@ def coverage(
     for name in sorted(known):
         out.served_by[name] = [str(w["_id"]) for w in live if name in (w.get("names") or [])]
     for name in sorted(known):
+        disagreement = _disagreement(name, live)
+        if disagreement:
+            out.warnings.append(disagreement)
+    for name in sorted(known):
         if out.served_by[name]:
             continue
         info = known[name]
@@ -105,6 +109,24 @@ def coverage(
                 f"until it is resumed{more} (job-processor names resume {name})"
             )
     return out
+
+
+def _disagreement(name: str, live: list[Doc]) -> str | None:
+    """A warning when live workers run different definitions of `name` (their documents'
+    `definitions` digests differ): two apps using one name, or a deploy under way."""
+    by_version: dict[str, list[str]] = {}
+    for w in live:
+        version = (w.get("definitions") or {}).get(name)
+        if version is not None:
+            by_version.setdefault(str(version), []).append(str(w.get("instance_id") or w["_id"]))
+    if len(by_version) < 2:
+        return None
+    groups = "; ".join(f"{', '.join(sorted(workers))}" for _, workers in sorted(by_version.items()))
+    return (
+        f"{name!r} is defined differently by live workers ({len(by_version)} versions, one per "
+        f"group: {groups}): its tag, options or handler differ, and each runs the jobs it "
+        "claims with its own; a deploy under way, or two apps using one name (rename one)"
+    )
 
 
 def jobs(n: int, noun: str) -> str:

@@ -536,9 +536,11 @@ def new_worker(
     names: list[str],
     worker_timeout: float | None = None,
     paused: list[str] | None = None,
+    definitions: Mapping[str, str] | None = None,
 ) -> Doc:
     """`worker_timeout` is recorded so that a process without the settings (the CLI, a
-    dashboard) can tell whether this worker is alive."""
+    dashboard) can tell whether this worker is alive; `definitions`, name -> the digest of its
+    definition here, so that live workers that disagree on a name are seen."""
     host = socket.gethostname()
     return {
         "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
@@ -553,4 +555,5 @@ def new_worker(
         "worker_timeout": worker_timeout,
         # the paused names, kept here by pause/resume and read with each heartbeat
         "paused": sorted(paused or []),
+        "definitions": dict(definitions or {}),
     }

@@ -76,6 +76,7 @@ class Heartbeat:
             self.worker.names,
             self.settings.worker_timeout,
             paused=sorted(before),
+            definitions=self.registry.fingerprints() if self.registry is not None else None,
         )
         await self.workers.register(doc)
         self._stuck_written = 0  # a new document: written again at the next beat if any

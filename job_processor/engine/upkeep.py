@@ -22,6 +22,7 @@ from ..core.definitions import JobDef
 from ..core.log import EventLog
 from ..core.retention import Retention, of
 from ..storage import Storage
+from ..storage.definitions import fingerprints
 
 
 class Registry:
@@ -35,6 +36,10 @@ class Registry:
     async def register(self, worker_id: str, now: dt.datetime) -> None:
         """One update_one per definition (at start and when the worker re-registers)."""
         await self.storage.definitions.register(self.definitions, worker_id, now)
+
+    def fingerprints(self) -> dict[str, str]:
+        """name -> the digest of its definition here (on the worker document)."""
+        return fingerprints(self.definitions)
 
     async def refresh(self, now: dt.datetime) -> None:
         """One update_many: this process's definitions are still around."""

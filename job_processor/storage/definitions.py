@@ -13,6 +13,7 @@ collection once per heartbeat and leave those names out of their claims.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -51,6 +52,22 @@ def definition_fields(definition: Any) -> Doc:
     # made by emit(), never by hand (written either way: a name may change its nature)
     fields["delivery"] = getattr(definition.handler, E.DELIVERY_MARK, False) is True
     return fields
+
+
+def fingerprints(definitions: Mapping[str, Any]) -> dict[str, str]:
+    """name -> a short digest of what the registry records of its definition and of its
+    handler's qualified name: recorded on each worker document, so that live workers running
+    different definitions of one name (two apps, or a deploy under way) can be told apart."""
+    out: dict[str, str] = {}
+    for name, definition in definitions.items():
+        handler = definition.handler
+        fields = definition_fields(definition) | {
+            "handler": f"{getattr(handler, '__module__', '')}."
+            f"{getattr(handler, '__qualname__', type(handler).__name__)}"
+        }
+        text = json.dumps(fields, sort_keys=True, default=str)
+        out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:10]
+    return out
 
 
 def _schema(model: Any) -> Doc | None:

@@ -157,3 +157,30 @@ async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_
         assert doc["paused"] == []
     finally:
         await processor.stop()
+
+
+async def test_live_workers_that_define_a_name_differently_are_warned_about(db: Any) -> None:
+    """Two apps (or two versions during a deploy) define "other" differently: each runs the
+    jobs it claims with its own definition, so status and the admin report say so; once one
+    stops, the warning goes."""
+
+    async def another(job: Job, signal: AbortSignal) -> str:
+        return "another"
+
+    first = await make(db, JOBS, instance_id="app-1")
+    second = await make(
+        db, {"other": JobDef(handler=another, concurrency="exclusive")}, instance_id="app-2"
+    )
+    same = await make(db, JOBS, instance_id="app-3")  # the same definitions as app-1
+    admin = await Admin.open(db)
+    async with first, same:
+        async with second:
+            said = [w for w in (await first.get_status()).warnings if "defined differently" in w]
+            assert said == [
+                "'other' is defined differently by live workers (2 versions, one per group: "
+                "app-1, app-3; app-2): its tag, options or handler differ, and each runs the "
+                "jobs it claims with its own; a deploy under way, or two apps using one name "
+                "(rename one)"
+            ]
+            assert said[0] in (await admin.status()).warnings
+        assert not [w for w in (await first.get_status()).warnings if "differently" in w]

@@ -48,6 +48,9 @@ class WorkerView(WorkerInfo):
     names: list[str] = []
     worker_timeout: float | None = None
     seconds_since_heartbeat: float = 0.0
+    definitions: dict[str, str] = {}
+    """name -> a digest of its definition in that process (live workers that disagree on a
+    name are warned about)."""
 
 
 class DefinitionView(BaseModel):

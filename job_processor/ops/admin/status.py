@@ -32,7 +32,16 @@ class StatusAdmin(CronsAdmin):
         counts = await self._counts()
         known = await self._known()
         workers = await self._workers(now)
-        live_docs = [{"_id": w.id, "names": w.names} for w in workers if w.alive]
+        live_docs = [
+            {
+                "_id": w.id,
+                "names": w.names,
+                "instance_id": w.instance_id,
+                "definitions": w.definitions,
+            }
+            for w in workers
+            if w.alive
+        ]
         paused = await self.storage.paused.names()
         names = sorted(set(counts) | set(known))
         due = await self.storage.job_admin.due_by_name(names, now)
