@@ -36,7 +36,7 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return "missed"
     if error.startswith("worker crashed") or "crashed during" in error:
         return "crashed"
-    if error.startswith("its worker lost track of the run"):
+    if error.startswith(("its worker lost track of the run", "its worker gave the run up")):
         return "lost"  # its final write failed for good: reconciled, not the handler's failure
     if status == "pending" and error == INTERRUPTED:
         return "interrupted"  # a graceful stop: not the job's fault, no attempt used

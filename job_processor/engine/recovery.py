@@ -37,6 +37,15 @@ CONNECTION = (AutoReconnect, ConnectionFailure)
 Doc = dict[str, Any]
 S = JobStatus
 #: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
+GAVE_UP = {
+    "heartbeat_stale": "its worker gave the run up: it could not reach MongoDB for "
+    "worker_timeout (no heartbeat), so others could recover the job",
+    "worker_document_missing": "its worker gave the run up: it was declared dead (its "
+    "heartbeat was late by worker_timeout)",
+    "": "its worker gave the run up",
+}
+"""The error of a run this process gave up (`Worker.abandon_all`), by its reason, when its
+own sweep recovers the job (another worker's sweep says "worker crashed": it cannot tell)."""
 STRAYS_EVERY = dt.timedelta(minutes=5)
 
 
@@ -126,7 +135,14 @@ class Recovery:
                 continue
             if doc.get("worker_id") in live:
                 continue
-            end = RunEnd(Ending.CRASHED, kill_requested=bool(doc.get("kill_requested_at")))
+            kill = bool(doc.get("kill_requested_at"))
+            why = self.worker.gave_up.pop(str(doc.get("run_id")), None)
+            if why is not None:  # this process gave the run up: it knows why
+                end = RunEnd(
+                    Ending.LOST_TRACK, error=GAVE_UP.get(why, GAVE_UP[""]), kill_requested=kill
+                )
+            else:
+                end = RunEnd(Ending.CRASHED, kill_requested=kill)
             if await self.recover(doc, end) is not None:
                 recovered += 1
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}

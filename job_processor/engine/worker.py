@@ -103,6 +103,9 @@ class Worker:
         self._backlog = False
         """The last claim found a job: the next one claims a whole batch (free slots)."""
         self.unstarted: set[str] = set()
+        self.gave_up: dict[str, str] = {}
+        """run id -> why this process gave the run up (`abandon_all`): when its own sweep
+        recovers the job, the error says so instead of "worker crashed"."""
         """Run ids of claims whose reply was lost and could not be read back: a job running
         under one of them here never started (reconciliation re-queues it, no attempt used)."""
         self.trusted: Callable[[], bool] = lambda: True
@@ -345,6 +348,8 @@ class Worker:
                 continue
             run.give_up()
             run.signal.abort("shutdown")
+            if len(self.gave_up) < 10_000:  # recovered elsewhere, an entry stays: bounded
+                self.gave_up[str(run.doc.get("run_id"))] = why
             self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
 
     def owns(self, doc: Doc) -> bool:

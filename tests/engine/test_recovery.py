@@ -378,6 +378,15 @@ async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_si
         await watch
     left = await processor.get_job(job.id)
     assert left.status == S.RUNNING  # nothing written: it is the recovery's now
+    await heartbeat.register()  # afresh, once MongoDB answers: its own sweep recovers the job
+    await processor.recovery.sweep(clock.now())
+    recovered = await processor.get_job(job.id)
+    assert recovered.status == S.ERRORED  # one attempt: no retry
+    assert recovered.error == (  # not "worker crashed": this process knows why
+        "its worker gave the run up: it could not reach MongoDB for worker_timeout (no "
+        "heartbeat), so others could recover the job"
+    )
+    await heartbeat.unregister()
 
 
 async def test_a_handler_that_swallows_its_cancellation_does_not_hold_its_slot(db: Any) -> None:
