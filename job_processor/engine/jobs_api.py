@@ -426,7 +426,7 @@ class JobsAPI(Runtime):
                 return Job.read(doc)
             now = time.monotonic()
             if last or (deadline is not None and now >= deadline):
-                raise _still(shown, doc, waited)
+                raise _still(shown, doc, waited, await self._why_still(doc))
             if stream is None:  # poll
                 wake = pacing.next_read(read_at)
                 if deadline is not None and wake >= deadline:  # one more read, at the deadline
@@ -439,6 +439,31 @@ class JobsAPI(Runtime):
                 changed, stream = await self._next_change(stream, until - time.monotonic())
                 if changed or stream is None:
                     break
+
+    async def _why_still(self, doc: Doc) -> str:
+        """Why a job a wait timed out on has not ended, when the database tells (at most two
+        short reads, only then): scheduled later, waiting for its dependencies, its name paused,
+        no live worker claiming it, or running where. "" when it cannot tell."""
+        job = Job.read(doc)  # dates as datetimes, whatever the server stored
+        status, name = job.status, job.name
+        now = self.clock.now()
+        if status == S.WAITING:
+            return "it waits for the jobs it was scheduled after (job.after)"
+        if status == S.RUNNING:
+            return f"it runs on worker {job.worker_id}"
+        if status == S.PENDING and job.scheduled_for > now:
+            return f"it is scheduled for {job.scheduled_for.isoformat(timespec='seconds')}"
+        if status not in (S.PENDING, S.PAUSED):
+            return ""
+        try:  # MongoDB just answered the wait's read: these answer too, or fail at once
+            if name in await self.storage.paused.names():
+                return f"{name!r} is paused (job-processor names resume {name})"
+            cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
+            if not await self.storage.workers.serving(name, cutoff):
+                return f"no live worker claims {name!r}: start one that defines it"
+        except PyMongoError:
+            return ""
+        return "live workers claim it: they are busy with other jobs" if status == S.PENDING else ""
 
     async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
         """A change stream on the job when the server's streams block (learnt from this
@@ -518,9 +543,10 @@ def _partly_written(
     return error
 
 
-def _still(shown: str, doc: Doc, waited: float | None) -> TimeoutError:
+def _still(shown: str, doc: Doc, waited: float | None, why: str = "") -> TimeoutError:
     return TimeoutError(
         f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after {waited:g}s"
+        + (f": {why}" if why else "")
     )
 
 

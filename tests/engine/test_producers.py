@@ -144,13 +144,27 @@ async def test_wait_for_and_result_see_what_another_process_ended(db: Any) -> No
         assert (caught.value.job_id, caught.value.status) == (failed.id, "errored")
         assert "the provider said no" in (caught.value.error or "")
         await wait_status(worker, running.id, S.RUNNING)
-        with pytest.raises(TimeoutError, match=rf"job {running.id} \(blocks\) is still running"):
+        with pytest.raises(TimeoutError) as still:
             await producer.wait_for(running.id, timeout=0.5)
+        assert str(still.value) == (
+            f"job {running.id} (blocks) is still running after 0.5s: it runs on worker "
+            f"{worker.worker_id}"
+        )
         waiting = asyncio.create_task(producer.result(running.id, timeout=10))
         await asyncio.sleep(0.2)
         await producer.kill_job(running.id)
         with pytest.raises(JobFailedError, match="killed"):
             await waiting
+    # why a job is still pending, when the database tells (the worker has stopped now)
+    later = await producer.schedule_job("echo", {"n": 1}, delay=3600)
+    with pytest.raises(TimeoutError, match=r"pending after 0.1s: it is scheduled for 20"):
+        await producer.wait_for(later.id, timeout=0.1)
+    due = await producer.schedule_job("echo", {"n": 2})
+    with pytest.raises(TimeoutError, match=r"0.1s: no live worker claims 'echo': start one that"):
+        await producer.wait_for(due.id, timeout=0.1)
+    await producer.storage.paused.pause("echo", "ops", producer.clock.now())
+    with pytest.raises(TimeoutError, match=r"0.1s: 'echo' is paused \(job-processor names resume"):
+        await producer.wait_for(due.id, timeout=0.1)
     solo = await producer.schedule_job("solo")
     skipped = await producer.schedule_job("solo")
     with pytest.raises(JobFailedError, match=rf"skipped \(exclusive\): job {solo.id} was active"):
