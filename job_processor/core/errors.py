@@ -109,7 +109,12 @@ class JobFailedError(JobProcessorError):
         self.status = status
         self.error = error
         why = (error or "").splitlines()[0] if error else "no error recorded"
-        super().__init__(f"job {job_id} {status}: {why}")
+        if why == status:  # "killed": said once
+            super().__init__(f"job {job_id} {status}")
+        elif why.startswith(f"{status} "):  # "killed (its worker crashed)"
+            super().__init__(f"job {job_id} {why}")
+        else:
+            super().__init__(f"job {job_id} {status}: {why}")
 
 
 class JobAbortedError(JobProcessorError):

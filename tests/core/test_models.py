@@ -138,3 +138,20 @@ async def test_dependencies_outside_a_handler_say_where_to_read_them() -> None:
     }
     with pytest.raises(RuntimeError, match=r"elsewhere, read them with await processor.get_jobs"):
         await Job.read(doc).dependencies()
+
+
+def test_a_failed_jobs_error_says_its_status_once() -> None:
+    from job_processor.core.errors import JobFailedError
+
+    said = [
+        str(JobFailedError("6b1", "killed", "killed")),
+        str(JobFailedError("6b1", "killed", "killed (its worker crashed)")),
+        str(JobFailedError("6b1", "errored", "ValueError: bad\n  File ...")),
+        str(JobFailedError("6b1", "errored", None)),
+    ]
+    assert said == [
+        "job 6b1 killed",
+        "job 6b1 killed (its worker crashed)",
+        "job 6b1 errored: ValueError: bad",
+        "job 6b1 errored: no error recorded",
+    ]
