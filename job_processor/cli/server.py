@@ -15,7 +15,10 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from ..engine.signals import stop_on_signals
 from ..storage.connect import DEFAULT_DATABASE
@@ -47,6 +50,23 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def speaks_mongodb(port: int) -> bool:
+    """Whether what listens on the port answers a MongoDB ping (within a second)."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        serverSelectionTimeoutMS=1000,
+        connectTimeoutMS=1000,
+        socketTimeoutMS=1000,
+    )
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
 def prepared_data_dir(given: str | None) -> Path:
     data_dir = Path(given).expanduser() if given else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,12 +81,18 @@ async def cmd_server(args: argparse.Namespace) -> int:
     if port_in_use(port):
         free = free_port_near("127.0.0.1", port)
         other = f"job-processor server --port {free} (free now)" if free else "another --port"
-        print(
-            f"error: 127.0.0.1:{port} is already in use (if a MongoDB server runs there, use it: "
-            f"MONGODB_URL=mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}); or pick another port: "
-            f"{other}",
-            flush=True,
-        )
+        if await asyncio.to_thread(speaks_mongodb, port):
+            said = (
+                f"a MongoDB server already listens on 127.0.0.1:{port}: use it "
+                f"(MONGODB_URL=mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}), or pick another "
+                f"port: {other}"
+            )
+        else:
+            said = (
+                f"127.0.0.1:{port} is already in use by another program (not a MongoDB "
+                f"server): pick another port: {other}"
+            )
+        print(f"error: {said}", flush=True)
         return 2
     try:
         check_installed()

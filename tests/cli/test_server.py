@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,11 +93,31 @@ def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
             timeout=30,
         )
         assert second.returncode == 2
-        assert f"127.0.0.1:{port} is already in use" in second.stdout
+        assert second.stdout.startswith(
+            f"error: a MongoDB server already listens on 127.0.0.1:{port}: use it "
+            f"(MONGODB_URL=mongodb://127.0.0.1:{port}/job_processor), or pick another port: "
+        )
         said = re.search(r"job-processor server --port (\d+) \(free now\)", second.stdout)
         assert said is not None and int(said[1]) > port, second.stdout
     finally:
         stop(proc, signal.SIGTERM)
+    with socket.socket() as other:  # a program that is not MongoDB (the dashboard, say)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        third = subprocess.run(
+            [*SERVER, "--data-dir", str(tmp_path / "c"), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert third.returncode == 2
+    assert third.stdout.startswith(
+        f"error: 127.0.0.1:{port} is already in use by another program (not a MongoDB server): "
+        "pick another port: job-processor server --port "
+    )
+    assert "MONGODB_URL" not in third.stdout
 
 
 def test_a_data_folder_in_use_is_refused(tmp_path: Path) -> None:
