@@ -255,7 +255,7 @@ class Job(BaseModel, Generic[PayloadT]):
     def not_awaited(self) -> list[str]:
         """The checkpoint() and report_progress() calls of this run that were never awaited
         (their state or progress was not saved)."""
-        return list(self._unstarted or ())
+        return list(self._unstarted) if self._unstarted else []
 
     def _started(self, call: Coroutine[Any, Any, None], name: str) -> Coroutine[Any, Any, None]:
         if self._unstarted is None:
