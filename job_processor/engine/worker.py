@@ -103,11 +103,11 @@ class Worker:
         self._backlog = False
         """The last claim found a job: the next one claims a whole batch (free slots)."""
         self.unstarted: set[str] = set()
+        """Run ids of claims whose reply was lost and could not be read back: a job running
+        under one of them here never started (reconciliation re-queues it, no attempt used)."""
         self.gave_up: dict[str, str] = {}
         """run id -> why this process gave the run up (`abandon_all`): when its own sweep
         recovers the job, the error says so instead of "worker crashed"."""
-        """Run ids of claims whose reply was lost and could not be read back: a job running
-        under one of them here never started (reconciliation re-queues it, no attempt used)."""
         self.trusted: Callable[[], bool] = lambda: True
         """Set by the heartbeat: False while others may have declared this worker dead (its
         last heartbeat is older than worker_timeout, or it is registering afresh). Nothing
