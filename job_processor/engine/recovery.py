@@ -36,7 +36,6 @@ CONNECTION = (AutoReconnect, ConnectionFailure)
 
 Doc = dict[str, Any]
 S = JobStatus
-#: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 GAVE_UP = {
     "heartbeat_stale": "its worker gave the run up: it could not reach MongoDB for "
     "worker_timeout (no heartbeat), so others could recover the job",
@@ -46,6 +45,7 @@ GAVE_UP = {
 }
 """The error of a run this process gave up (`Worker.abandon_all`), by its reason, when its
 own sweep recovers the job (another worker's sweep says "worker crashed": it cannot tell)."""
+#: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 STRAYS_EVERY = dt.timedelta(minutes=5)
 
 
