@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from typing import Any
 
 import pymongo
@@ -236,25 +237,42 @@ async def _ping_unless_refused(db: Any) -> None:
 
 
 async def _all_refused(db: Any) -> bool:
-    """Whether every seed address refuses a connection (False when there are none, as before a
-    mongodb+srv lookup, or when any accepts, times out or fails otherwise)."""
+    """Whether every address of every seed refuses a connection. False when that cannot be
+    told: no seeds, or one without a port (a mongodb+srv name before its lookup), or when any
+    address accepts, times out, or fails otherwise (a name that does not resolve included)."""
     try:
         seeds = list(db.client.topology_description.server_descriptions())
     except Exception:  # not a PyMongo client (a test double, Motor's wrapper): just ping
         return False
+    if not seeds or any(not isinstance(port, int) for _, port in seeds):
+        return False
+    loop = asyncio.get_running_loop()
     for host, port in seeds:
         try:
             async with asyncio.timeout(0.5):
-                _, writer = await asyncio.open_connection(host, port)
-        except ConnectionRefusedError:
-            continue
+                addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, TimeoutError):
             return False
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        for family, kind, proto, _, where in addresses:
+            if not await _refuses(family, kind, proto, where):
+                return False
+    return True
+
+
+async def _refuses(family: int, kind: int, proto: int, where: Any) -> bool:
+    """Whether this one address refuses a TCP connection (within half a second)."""
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(0.5):
+            await asyncio.get_running_loop().sock_connect(sock, where)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
         return False
-    return bool(seeds)
+    finally:
+        sock.close()
+    return False
 
 
 def open_database(url: str, timeout: float | None = None) -> Any:

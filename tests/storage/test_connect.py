@@ -232,3 +232,36 @@ async def test_a_refused_connection_ends_a_commands_wait_at_once() -> None:
                 await check_reachable(db, 60.0)
     finally:
         await close_database(db)
+
+
+async def test_refused_is_said_at_once_only_when_every_address_refuses() -> None:
+    """Every address of every seed (a name with an IPv4 and an IPv6 address, several hosts);
+    a seed without a port (a mongodb+srv name before its lookup) or a name that does not
+    resolve cannot be told refused: the command waits as before."""
+    from job_processor.storage.connect import _all_refused
+
+    closed = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed.append(s.getsockname()[1])
+    a, b = closed
+    for url in (f"mongodb://localhost:{a}/x", f"mongodb://127.0.0.1:{a},localhost:{b}/x"):
+        db = open_database(url, 5.0)
+        try:
+            assert await _all_refused(db), url
+        finally:
+            await close_database(db)
+    listening = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    db = open_database(f"mongodb://127.0.0.1:{a},127.0.0.1:{port}/x", 5.0)
+    try:
+        assert not await _all_refused(db)  # one of them listens
+    finally:
+        await close_database(db)
+        listening.close()
+        await listening.wait_closed()
+    for seeds in ({("db.example.com", None): None}, {("no-such-host.invalid", a): None}):
+        topology = SimpleNamespace(server_descriptions=lambda seeds=seeds: seeds)
+        double = SimpleNamespace(client=SimpleNamespace(topology_description=topology))
+        assert not await _all_refused(double)
