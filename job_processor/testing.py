@@ -172,9 +172,15 @@ class JobHarness:
         """Call `handler(job, signal)` (a plain function runs in a thread, as in a worker) and
         return what it returned (`stored_result`: what a worker would store of it). A result a
         worker could not store at all (a naive datetime, over the size limit) raises
-        InvalidPayloadError, as the worker would error the job."""
+        InvalidPayloadError, as the worker would error the job. A checkpoint() or
+        report_progress() called without `await` (nothing saved; a worker says so in the job's
+        log) fails the test: AssertionError."""
         self.stored_result = None
         result = await call_maybe_async(handler, self.job, self.signal)
+        forgotten = self.job.not_awaited()
+        if forgotten:
+            names = ", ".join(f"job.{n}()" for n in sorted(set(forgotten)))
+            raise AssertionError(f"{names} called without `await`: nothing was saved")
         try:
             self.stored_result = storable(result)
         except ResultTooLarge as exc:

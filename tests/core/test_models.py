@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -155,3 +156,20 @@ def test_a_failed_jobs_error_says_its_status_once() -> None:
         "job 6b1 errored: ValueError: bad",
         "job 6b1 errored: no error recorded",
     ]
+
+
+async def test_mocks_of_a_job_make_checkpoint_and_report_progress_awaitable() -> None:
+    """They note the call before returning their coroutine (a forgotten await is said), and
+    still look async to introspection: a handler's unit test with a mocked Job awaits them."""
+    import inspect
+    from unittest import mock
+
+    from job_processor import Job
+
+    for job in (mock.create_autospec(Job, instance=True), mock.AsyncMock(spec=Job)):
+        await job.checkpoint({"step": 1})
+        await job.report_progress(1, 2)
+        job.checkpoint.assert_awaited_once_with({"step": 1})
+    assert inspect.iscoroutinefunction(Job.checkpoint) or asyncio.iscoroutinefunction(
+        Job.checkpoint
+    )

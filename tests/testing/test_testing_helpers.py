@@ -147,3 +147,16 @@ async def test_crons_run_when_the_clock_is_moved_until_a_time() -> None:
         ran = await run_until_idle(processor, until=t0 + dt.timedelta(hours=3))
     assert [j.status for j in ran] == [S.FINISHED] * 3
     assert runs == [t0 + dt.timedelta(hours=h) for h in (1, 2, 3)]
+
+
+async def test_a_checkpoint_without_await_fails_the_handlers_test() -> None:
+    import warnings
+
+    async def forgets(job: Job, signal: AbortSignal) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            job.checkpoint({"step": 1})  # type: ignore[unused-coroutine]
+        return "done"
+
+    with pytest.raises(AssertionError, match=r"job.checkpoint\(\) called without `await`"):
+        await JobHarness().run(forgets)
