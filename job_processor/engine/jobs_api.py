@@ -426,7 +426,11 @@ class JobsAPI(Runtime):
                 return Job.read(doc)
             now = time.monotonic()
             if last or (deadline is not None and now >= deadline):
-                raise _still(shown, doc, waited, await self._why_still(doc))
+                try:  # advice only: never another error, nor past about a second more
+                    why = await self._why_still(doc)
+                except Exception:
+                    why = ""
+                raise _still(shown, doc, waited, why)
             if stream is None:  # poll
                 wake = pacing.next_read(read_at)
                 if deadline is not None and wake >= deadline:  # one more read, at the deadline
@@ -455,14 +459,12 @@ class JobsAPI(Runtime):
             return f"it is scheduled for {job.scheduled_for.isoformat(timespec='seconds')}"
         if status not in (S.PENDING, S.PAUSED):
             return ""
-        try:  # MongoDB just answered the wait's read: these answer too, or fail at once
-            if name in await self.storage.paused.names():
-                return f"{name!r} is paused (job-processor names resume {name})"
-            cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
-            if not await self.storage.workers.serving(name, cutoff):
-                return f"no live worker claims {name!r}: start one that defines it"
-        except PyMongoError:
-            return ""
+        produce = self.storage.producer
+        if name in await produce.run(lambda _: self.storage.paused.names(), within=0.5):
+            return f"{name!r} is paused (job-processor names resume {name})"
+        cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
+        if not await produce.run(lambda _: self.storage.workers.serving(name, cutoff), within=0.5):
+            return f"no live worker claims {name!r}: start one that defines it"
         return "live workers claim it: they are busy with other jobs" if status == S.PENDING else ""
 
     async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
