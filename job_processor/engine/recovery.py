@@ -105,7 +105,7 @@ class Recovery:
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
         me = self.worker.worker_id
         live: set[str] = set()
-        for w in await self.storage.workers.all():
+        for w in await self.storage.workers.liveness():
             if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
                 live.add(w["_id"])
             elif await self.storage.workers.delete_stale(w["_id"], cutoff):

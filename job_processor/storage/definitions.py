@@ -56,15 +56,18 @@ def definition_fields(definition: Any) -> Doc:
 
 def fingerprints(definitions: Mapping[str, Any]) -> dict[str, str]:
     """name -> a short digest of what the registry records of its definition and of its
-    handler's qualified name: recorded on each worker document, so that live workers running
-    different definitions of one name (two apps, or a deploy under way) can be told apart."""
+    handler's qualified name (not its module: `python app.py` names it `__main__`): recorded on
+    each worker document, so that live workers running different definitions of one name (two
+    apps, or a deploy under way) can be told apart. Event deliveries are left out (the
+    built-in `webhook-delivery` follows each process's webhook options; a subscriber's is
+    declared by its event, not renamed)."""
     out: dict[str, str] = {}
     for name, definition in definitions.items():
+        fields = definition_fields(definition)
+        if fields["delivery"] or name == E.WEBHOOK_JOB:
+            continue
         handler = definition.handler
-        fields = definition_fields(definition) | {
-            "handler": f"{getattr(handler, '__module__', '')}."
-            f"{getattr(handler, '__qualname__', type(handler).__name__)}"
-        }
+        fields["handler"] = getattr(handler, "__qualname__", type(handler).__name__)
         text = json.dumps(fields, sort_keys=True, default=str)
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:10]
     return out

@@ -64,6 +64,12 @@ class WorkerStore:
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 
+    async def liveness(self) -> list[Doc]:
+        """Every worker document, with only what the sweep reads (not the names it claims nor
+        the digests of its definitions)."""
+        fields = {"last_seen": 1, "hostname": 1, "instance_id": 1}
+        return await all_docs(self.coll.find({}, fields))
+
     async def delete_stale(self, worker_id: str, cutoff: dt.datetime) -> bool:
         res = await self.coll.delete_one({"_id": worker_id, "last_seen": {"$lt": cutoff}})
         return bool(res.deleted_count)

@@ -184,3 +184,21 @@ async def test_live_workers_that_define_a_name_differently_are_warned_about(db: 
             ]
             assert said[0] in (await admin.status()).warnings
         assert not [w for w in (await first.get_status()).warnings if "differently" in w]
+
+
+def test_definition_digests_ignore_the_handlers_module_and_event_deliveries() -> None:
+    """The same code run as `python app.py` (module `__main__`) or `job-processor run app:make`
+    is one definition; the built-in webhook-delivery, whose options follow each process's
+    webhook options, is not compared."""
+    from job_processor.core.event_documents import WEBHOOK_JOB
+    from job_processor.storage.definitions import fingerprints
+
+    async def handler(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    here = JobDef(handler=handler, max_attempts=2)
+    handler.__module__ = "__main__"
+    as_script = JobDef(handler=handler, max_attempts=2)
+    assert fingerprints({"a": here}) == fingerprints({"a": as_script})
+    assert fingerprints({"a": here}) != fingerprints({"a": JobDef(handler=handler)})
+    assert WEBHOOK_JOB not in fingerprints({WEBHOOK_JOB: here})
