@@ -121,7 +121,7 @@ def _disagreement(name: str, live: list[Doc]) -> str | None:
             by_version.setdefault(str(version), []).append(str(w.get("instance_id") or w["_id"]))
     if len(by_version) < 2:
         return None
-    groups = "; ".join(f"{', '.join(sorted(workers))}" for _, workers in sorted(by_version.items()))
+    groups = "; ".join(", ".join(ws) for ws in sorted(sorted(w) for w in by_version.values()))
     return (
         f"{name!r} is defined differently by live workers ({len(by_version)} versions, one per "
         f"group: {groups}): its tag, options or handler differ, and each runs the jobs it "
