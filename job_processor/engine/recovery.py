@@ -136,7 +136,7 @@ class Recovery:
             if doc.get("worker_id") in live:
                 continue
             kill = bool(doc.get("kill_requested_at"))
-            why = self.worker.gave_up.pop(str(doc.get("run_id")), None)
+            why = self.worker.gave_up.get(str(doc.get("run_id")))
             if why is not None:  # this process gave the run up: it knows why
                 end = RunEnd(
                     Ending.LOST_TRACK, error=GAVE_UP.get(why, GAVE_UP[""]), kill_requested=kill
@@ -145,6 +145,7 @@ class Recovery:
                 end = RunEnd(Ending.CRASHED, kill_requested=kill)
             if await self.recover(doc, end) is not None:
                 recovered += 1
+                self.worker.gave_up.pop(str(doc.get("run_id")), None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
         if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 60:

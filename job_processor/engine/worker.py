@@ -348,8 +348,9 @@ class Worker:
                 continue
             run.give_up()
             run.signal.abort("shutdown")
-            if len(self.gave_up) < 10_000:  # recovered elsewhere, an entry stays: bounded
-                self.gave_up[str(run.doc.get("run_id"))] = why
+            if len(self.gave_up) >= 1000:  # those recovered elsewhere stay: the oldest goes
+                del self.gave_up[next(iter(self.gave_up))]
+            self.gave_up[str(run.doc.get("run_id"))] = why
             self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
 
     def owns(self, doc: Doc) -> bool:
