@@ -15,13 +15,10 @@ import fcntl
 import os
 import socket
 from pathlib import Path
-from typing import Any, TextIO
-
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from typing import TextIO
 
 from ..engine.signals import stop_on_signals
-from ..storage.connect import DEFAULT_DATABASE
+from ..storage.connect import DEFAULT_DATABASE, speaks_mongodb
 from ..storage.local_server import (
     LocalServer,
     LocalServerError,
@@ -50,23 +47,6 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def speaks_mongodb(port: int) -> bool:
-    """Whether what listens on the port answers a MongoDB ping (within a second)."""
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        serverSelectionTimeoutMS=1000,
-        connectTimeoutMS=1000,
-        socketTimeoutMS=1000,
-    )
-    try:
-        client.admin.command("ping")
-        return True
-    except PyMongoError:
-        return False
-    finally:
-        client.close()
-
-
 def prepared_data_dir(given: str | None) -> Path:
     data_dir = Path(given).expanduser() if given else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +69,8 @@ async def cmd_server(args: argparse.Namespace) -> int:
             )
         else:
             said = (
-                f"127.0.0.1:{port} is already in use by another program (not a MongoDB "
-                f"server): pick another port: {other}"
+                f"127.0.0.1:{port} is already in use by another program (no MongoDB answers "
+                f"there): pick another port: {other}"
             )
         print(f"error: {said}", flush=True)
         return 2

@@ -114,7 +114,7 @@ def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
         )
     assert third.returncode == 2
     assert third.stdout.startswith(
-        f"error: 127.0.0.1:{port} is already in use by another program (not a MongoDB server): "
+        f"error: 127.0.0.1:{port} is already in use by another program (no MongoDB answers there): "
         "pick another port: job-processor server --port "
     )
     assert "MONGODB_URL" not in third.stdout

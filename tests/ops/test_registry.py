@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -146,11 +147,34 @@ async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_
     try:
         worker_id = processor.worker.worker_id
         await storage.paused.pause("anywhere", "ops", processor.clock.now())  # no worker told
-        await processor.heartbeat.check_paused()
+        later = processor.clock.now() + dt.timedelta(minutes=10)
+        await processor.heartbeat.after_sweep(later)  # with the registry's refresh
         assert processor.worker.paused == frozenset({"anywhere"})
         doc = await storage.workers.coll.find_one({"_id": worker_id})
         assert doc["paused"] == ["anywhere"]  # the heartbeats now return it
         await storage.paused.resume("anywhere")
+        await processor.heartbeat.check_paused()
+        assert processor.worker.paused == frozenset()
+        doc = await storage.workers.coll.find_one({"_id": worker_id})
+        assert doc["paused"] == []
+        # a pause stored, then resumed everywhere by an operator between its two reads: the
+        # second read keeps the repair from pausing the name again
+        await storage.paused.pause("other", "ops", processor.clock.now())
+        registry = processor.heartbeat.registry
+        assert registry is not None
+        read = registry.paused_names
+        reads = 0
+
+        async def operator_resumes_meanwhile() -> set[str]:
+            nonlocal reads
+            reads += 1
+            names = await read()
+            if reads == 1:
+                await storage.paused.resume("other")
+                await storage.workers.resume_everywhere("other")
+            return names
+
+        registry.paused_names = operator_resumes_meanwhile  # type: ignore[method-assign]
         await processor.heartbeat.check_paused()
         assert processor.worker.paused == frozenset()
         doc = await storage.workers.coll.find_one({"_id": worker_id})
