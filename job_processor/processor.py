@@ -33,7 +33,7 @@ from .core.errors import (
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
 from .core.producing import checked_payload
-from .core.retention import Keep
+from .core.retention import Keep, floor_of
 from .core.schedule import schedule_of
 from .core.settings import (
     Settings,
@@ -323,7 +323,14 @@ async def init_job_processor(
         idle_poll_interval=max(
             check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
         ),
-        retention=retention_of(keep_finished, keep_failed),
+        retention=retention_of(
+            keep_finished,
+            keep_failed,
+            floor_of(
+                check_positive("worker_timeout", worker_timeout),
+                check_retry_budget(producer_retry_seconds),
+            ),
+        ),
         unknown_name_grace=check_positive("unknown_name_grace", unknown_name_grace),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:

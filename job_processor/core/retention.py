@@ -3,8 +3,15 @@
 A retention is one of:
 - a `timedelta`: kept that long after it ended (an `expires_at` field, under a TTL index);
 - an `int` n: the n most recent of that name are kept (a bounded trimming pass deletes older);
-- `False`: deleted at once (`expires_at` = its end; MongoDB's TTL monitor runs every 60 s);
+- `False`: deleted at once: after the floor (below; MongoDB's TTL monitor runs every 60 s);
 - `True`: kept forever.
+
+The floor: no ended job expires sooner than `floor` after it ended, nor is trimmed sooner than
+`floor` after it was created (2 x
+worker_timeout, or producer_retry_seconds + 30 s when longer: 60 s by default). What makes a
+retried write safe is the job it finds: a producer's insert retried after a lost reply, or an
+event's fan-out completed late by a sweep, recognises the job it made by its `_id` or unique
+key, and would make it again once it is deleted.
 
 `keep_finished` applies to finished and skipped jobs, `keep_failed` to errored and killed ones.
 A job whose on_job_exited is still owed is never expired: its `expires_at` is written with the
@@ -37,6 +44,8 @@ KEPT_AS_FINISHED = (S.FINISHED, S.SKIPPED)
 class Retention:
     finished: Keep = DEFAULT_KEEP_FINISHED
     failed: Keep = DEFAULT_KEEP_FAILED
+    floor: dt.timedelta = dt.timedelta(0)
+    """The shortest time an ended job is kept (see the module's docstring)."""
 
     def for_status(self, status: JobStatus) -> Keep | None:
         if status in FAILED:
@@ -50,9 +59,9 @@ class Retention:
         if keep is None or keep is True:
             return None
         if keep is False:
-            return ended
+            return ended + self.floor
         if isinstance(keep, dt.timedelta):
-            return ended + keep
+            return ended + max(keep, self.floor)
         return None  # a count: the trimming pass
 
     def counts(self) -> list[tuple[tuple[JobStatus, ...], int]]:
@@ -74,7 +83,15 @@ def of(definition: Any, default: Retention) -> Retention | None:
     return Retention(
         finished=default.finished if finished is None else finished,
         failed=default.failed if failed is None else failed,
+        floor=default.floor,
     )
+
+
+def floor_of(worker_timeout: float, producer_retry_seconds: float) -> dt.timedelta:
+    """The retention floor: longer than a producer's retries after a lost reply (with a
+    margin), and than a sweep takes to complete a fan-out left owed (worker_timeout after
+    the event, on a sweep every worker_timeout / 2)."""
+    return dt.timedelta(seconds=max(2 * worker_timeout, producer_retry_seconds + 30))
 
 
 def check_keep(value: Any, field: str) -> Keep | None:

@@ -39,7 +39,9 @@ def check_keep_events(value: Any) -> dt.timedelta | None:
     )
 
 
-def retention_of(keep_finished: Keep, keep_failed: Keep) -> Retention:
+def retention_of(
+    keep_finished: Keep, keep_failed: Keep, floor: dt.timedelta = dt.timedelta(0)
+) -> Retention:
     try:
         finished = check_keep(keep_finished, "keep_finished")
         failed = check_keep(keep_failed, "keep_failed")
@@ -49,7 +51,7 @@ def retention_of(keep_finished: Keep, keep_failed: Keep) -> Retention:
         raise InvalidDefinitionError(
             "keep_finished / keep_failed: give a timedelta, a count, True or False (not None)"
         )
-    return Retention(finished=finished, failed=failed)
+    return Retention(finished=finished, failed=failed, floor=floor)
 
 
 def check_retry_budget(value: Any) -> float:

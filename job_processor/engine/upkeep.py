@@ -98,14 +98,15 @@ class Trimmer:
         if self._last is not None and (now - self._last).total_seconds() < self.every:
             return 0
         self._last = now
-        return await self.run()
+        return await self.run(now)
 
-    async def run(self) -> int:
+    async def run(self, now: dt.datetime) -> int:
         deleted = 0
+        before = now - self.default.floor  # none created within the floor
         for name, definition in self.definitions.items():
             keep = of(definition, self.default)
             for statuses, n in keep.counts() if keep else []:
-                gone = await self.storage.jobs.trim(name, list(statuses), n, self.batch)
+                gone = await self.storage.jobs.trim(name, list(statuses), n, self.batch, before)
                 if gone:
                     deleted += gone
                     self.log.info(

@@ -145,11 +145,19 @@ class JobReads:
     async def count_due(self, names: list[str], now: dt.datetime) -> int:
         return int(await self.coll.count_documents(D.claim_filter(names, now)))
 
-    async def trim(self, name: str, statuses: list[JobStatus], keep: int, batch: int) -> int:
+    async def trim(
+        self,
+        name: str,
+        statuses: list[JobStatus],
+        keep: int,
+        batch: int,
+        before: dt.datetime | None = None,
+    ) -> int:
         """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
         first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
-        of them per call, never one whose hook is owed. Reads at most keep + batch index keys
-        ({status, name, created_at, _id})."""
+        of them per call, never one whose hook is owed, nor one created since `before` (the
+        retention floor: a later pass deletes it). Reads at most keep + batch
+        index keys ({status, name, created_at, _id})."""
         query: Doc = {
             "status": {"$in": [s.value for s in statuses]},
             "name": name,
@@ -166,7 +174,10 @@ class JobReads:
         if not ids:
             return 0
         # the same conditions again: a job retried between the read and here is kept
-        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
+        recent: Doc = {}
+        if before is not None:
+            recent = {"created_at": {"$lt": before}}  # set by the insert: a date everywhere
+        res = await self.coll.delete_many({"_id": {"$in": ids}} | query | recent)
         return int(res.deleted_count)
 
     @staticmethod

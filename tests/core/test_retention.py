@@ -52,3 +52,23 @@ def test_the_outcome_carries_the_expiry_unless_a_hook_is_owed() -> None:
     assert owed.expires_at is None  # written with the hook's record instead
     retry = decide({"max_attempts": 3}, no_hook, RunEnd(Ending.RAISED, error="e"), NOW)
     assert retry.expires_at is None  # pending again: nothing expires
+
+
+def test_no_ended_job_expires_within_the_floor() -> None:
+    """2 x worker_timeout, or producer_retry_seconds + 30 s when longer: a retried insert or a
+    fan-out completed late still finds what the first attempt made."""
+    import datetime as dt
+
+    from job_processor.core.retention import Retention, floor_of
+    from job_processor.core.status import JobStatus
+
+    assert floor_of(30, 10) == dt.timedelta(seconds=60)
+    assert floor_of(5, 60) == dt.timedelta(seconds=90)
+    ended = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    floor = dt.timedelta(seconds=60)
+    keep = Retention(finished=False, failed=dt.timedelta(seconds=10), floor=floor)
+    assert keep.expires_at(JobStatus.FINISHED, ended) == ended + floor
+    assert keep.expires_at(JobStatus.ERRORED, ended) == ended + floor
+    assert Retention(floor=floor).expires_at(JobStatus.FINISHED, ended) == ended + dt.timedelta(
+        days=1
+    )

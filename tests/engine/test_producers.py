@@ -384,3 +384,46 @@ async def test_at_most_ten_waiters_of_a_processor_hold_a_change_stream(
     assert all(isinstance(o, TimeoutError) for o in outcomes)
     assert opened == jobs_api.STREAM_WAITERS
     assert p._waiters_on_streams == 0
+
+
+async def test_a_lost_insert_reply_is_recognised_even_after_the_job_ran_and_expired(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_finished=False: the job the first attempt inserted has already run (and, without
+    the retention floor, expired) when the producer's retry arrives; the retry must still find
+    it by its _id, not insert and run it a second time."""
+    runs: list[str] = []
+    exited = asyncio.Event()
+
+    async def once(job: Job, signal: AbortSignal) -> None:
+        runs.append(job.id)
+
+    async def note_exit(job: Job) -> None:
+        exited.set()
+
+    jobs = {"once": JobDef(handler=once, keep_finished=False, on_job_exited=note_exit)}
+    worker = await make(db, jobs)
+    producer = await make(db, jobs)
+    coll = producer.storage.jobs.coll
+    real = coll.insert_one
+    lost: list[bool] = []
+
+    async def landed_ran_then_lost(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        if not lost:
+            lost.append(True)
+            await asyncio.wait_for(exited.wait(), 15)  # it ran
+            for _ in range(300):  # its hook's record, which writes its expiry
+                if await coll.find_one({"expires_at": {"$exists": True}}):
+                    break
+                await asyncio.sleep(0.05)
+            # the TTL monitor passes now (MongoDB's runs every 60 s, at any moment)
+            await coll.delete_many({"expires_at": {"$lte": producer.clock.now()}})
+            raise AutoReconnect("connection closed (the reply was lost)")
+        return result
+
+    monkeypatch.setattr(coll, "insert_one", landed_ran_then_lost)
+    async with worker:
+        job = await producer.schedule_job("once")
+    assert job.status == S.FINISHED  # the retry found the job the first attempt made
+    assert runs == [job.id]
