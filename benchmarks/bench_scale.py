@@ -168,7 +168,8 @@ async def retention_effect(url: str, jobs: int) -> None:
         size = len(bson.encode(sample)) if sample else 0
         before = await coll.count_documents({"name": "tick"})
         passes = 0
-        while await worker.trimmer.run():
+        later = worker.clock.now() + worker.settings.retention.floor  # past the floor
+        while await worker.trimmer.run(later):
             passes += 1
         after = await coll.count_documents({"name": "tick"})
         print(

@@ -155,14 +155,16 @@ class JobReads:
     ) -> int:
         """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
         first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
-        of them per call, never one whose hook is owed, nor one created since `before` (the
-        retention floor: a later pass deletes it). Reads at most keep + batch
-        index keys ({status, name, created_at, _id})."""
+        of them per call, never one whose hook is owed; with `before` (the retention floor),
+        the n most recent of those created before it, every newer one kept as well. Reads at
+        most keep + batch index keys ({status, name, created_at, _id})."""
         query: Doc = {
             "status": {"$in": [s.value for s in statuses]},
             "name": name,
             "exit_hook": {"$ne": "owed"},
         }
+        if before is not None:  # the n most recent of those older than the floor (all newer
+            query["created_at"] = {"$lt": before}  # ones are kept too): set by the insert
         fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1}
         cursor = self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
         # a job whose dependents have not all counted it is kept until a sweep sees them settled
@@ -174,10 +176,7 @@ class JobReads:
         if not ids:
             return 0
         # the same conditions again: a job retried between the read and here is kept
-        recent: Doc = {}
-        if before is not None:
-            recent = {"created_at": {"$lt": before}}  # set by the insert: a date everywhere
-        res = await self.coll.delete_many({"_id": {"$in": ids}} | query | recent)
+        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
         return int(res.deleted_count)
 
     @staticmethod

@@ -160,3 +160,25 @@ async def test_event_deliveries_follow_the_processor_defaults(db: Any) -> None:
         done = await wait_status(processor, job_id, S.FINISHED)
     assert done.ended_at is not None
     assert done.expires_at == done.ended_at + 2 * DAY
+
+
+async def test_a_count_keeps_every_job_within_the_floor_and_trims_the_older_ones(db: Any) -> None:
+    """A name ending jobs fast: the pass still deletes the older ones past the count (it does
+    not stall on the recent ones), and keeps every one created within the floor."""
+    from job_processor.core import documents as D
+
+    processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
+    now = processor.clock.now()
+    floor = processor.settings.retention.floor
+    old = now - floor - dt.timedelta(minutes=1)
+
+    def ended(at: dt.datetime) -> dict[str, Any]:
+        doc = D.new_job("a", {}, now=at) | {"status": "finished", "ended_at": at}
+        doc.pop("claim_name")
+        return doc
+
+    await processor.storage.jobs.coll.insert_many(
+        [ended(old) for _ in range(30)] + [ended(now) for _ in range(50)]
+    )
+    assert await processor.trimmer.run(now) == 20  # the 30 older ones, but their 10 newest
+    assert len(await processor.list_jobs("a", limit=200)) == 60
