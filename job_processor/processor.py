@@ -383,7 +383,7 @@ async def init_job_processor(
         options=hook_options,
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
-        keep_events=check_keep_events(keep_events),
+        keep_events=_at_least(check_keep_events(keep_events), settings.retention.floor),
         strict_events=bool(strict_events),
     )
     EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
@@ -408,3 +408,9 @@ async def init_job_processor(
             "over every due job): split the names between workers with tags",
         )
     return processor
+
+
+def _at_least(keep: dt.timedelta | None, floor: dt.timedelta) -> dt.timedelta | None:
+    """An event is kept at least the retention floor (None: for ever): the sweep completing
+    a fan-out left owed, and an emit retried after a lost reply, find it."""
+    return None if keep is None else max(keep, floor)

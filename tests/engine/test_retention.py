@@ -127,6 +127,13 @@ async def test_events_are_kept_for_keep_events(db: Any) -> None:
     assert "expires_at" not in await db["job_processor_events"].find_one({"_id": ObjectId(kept.id)})
     with pytest.raises(InvalidDefinitionError, match="keep_events must be a positive timedelta"):
         await init_job_processor(db, subscribers=subscribers, keep_events=False)
+    # at least the retention floor: a fan-out completed late by a sweep still finds its event
+    brief = await init_job_processor(
+        db, subscribers=subscribers, keep_events=dt.timedelta(seconds=5)
+    )
+    short = await brief.emit("order_paid", {"order": 3})
+    stored = await db["job_processor_events"].find_one({"_id": ObjectId(short.id)})
+    assert stored["expires_at"] - stored["emitted_at"] == brief.settings.retention.floor
 
 
 async def test_mongodb_deletes_expired_documents_through_ttl_indexes(db: Any) -> None:
