@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TextIO
 
 from ..engine.signals import stop_on_signals
-from ..storage.connect import DEFAULT_DATABASE, speaks_mongodb
+from ..storage.connect import DEFAULT_DATABASE
 from ..storage.local_server import (
     LocalServer,
     LocalServerError,
     LocalServerMissing,
     check_installed,
     free_port_near,
+    speaks_mongodb,
     start_local_server,
 )
 

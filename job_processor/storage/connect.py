@@ -275,24 +275,6 @@ async def _refuses(family: int, kind: int, proto: int, where: Any) -> bool:
     return False
 
 
-def speaks_mongodb(port: int) -> bool:
-    """Whether what listens on 127.0.0.1:`port` answers a MongoDB ping, without TLS (within a
-    second): `job-processor server` on a port in use."""
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        serverSelectionTimeoutMS=1000,
-        connectTimeoutMS=1000,
-        socketTimeoutMS=1000,
-    )
-    try:
-        client.admin.command("ping")
-        return True
-    except PyMongoError:
-        return False
-    finally:
-        client.close()
-
-
 def open_database(url: str, timeout: float | None = None) -> Any:
     """The async database `url` names (DEFAULT_DATABASE when it names none). `timeout`: seconds
     to select a server and to connect (the driver's defaults otherwise)."""

@@ -101,9 +101,15 @@ class LocalServer:
                 self.process.wait(5)
 
 
-def _ping(port: int) -> bool:
+def speaks_mongodb(port: int, wait: float = 1.0) -> bool:
+    """Whether what listens on 127.0.0.1:`port` answers a MongoDB ping, without TLS, within
+    `wait` seconds: a started server is up; `job-processor server` on a port in use."""
+    ms = int(wait * 1000)
     client: MongoClient[dict[str, object]] = MongoClient(
-        f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=300, connectTimeoutMS=300
+        f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        socketTimeoutMS=ms,
     )
     try:
         client.admin.command("ping")
@@ -151,7 +157,7 @@ def start_local_server(
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if _ping(port):
+            if speaks_mongodb(port, 0.3):
                 return LocalServer(data_dir, port, proc)
             time.sleep(0.1)
         last_log = _tail(log_file, err_file)

@@ -81,17 +81,22 @@ def test_it_keeps_its_data_prints_the_url_and_stops_on_ctrl_c_or_sigterm(tmp_pat
     stop(proc, signal.SIGTERM)
 
 
+def refused_start(data: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """`job-processor server` on a port it cannot take: it exits at once, saying why."""
+    return subprocess.run(
+        [*SERVER, "--data-dir", str(data), "--port", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
     port = free_port()
     proc, _ = start(tmp_path / "a", port)
     try:
-        second = subprocess.run(
-            [*SERVER, "--data-dir", str(tmp_path / "b"), "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = refused_start(tmp_path / "b", port)
         assert second.returncode == 2
         assert second.stdout.startswith(
             f"error: a MongoDB server already listens on 127.0.0.1:{port}: use it "
@@ -105,13 +110,7 @@ def test_a_port_in_use_says_what_to_do(tmp_path: Path) -> None:
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        third = subprocess.run(
-            [*SERVER, "--data-dir", str(tmp_path / "c"), "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        third = refused_start(tmp_path / "c", port)
     assert third.returncode == 2
     assert third.stdout.startswith(
         f"error: 127.0.0.1:{port} is already in use by another program (no MongoDB answers there): "
