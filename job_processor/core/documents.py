@@ -419,9 +419,7 @@ def hook_owed_fields(
 # ---- jobs: kill and retry ------------------------------------------------------------------
 
 
-def kill_update(
-    now: dt.datetime, writer: str | None, hook_owed: bool, kill_id: str | None = None
-) -> Doc:
+def kill_update(now: dt.datetime, writer: str | None, kill_id: str | None = None) -> Doc:
     """pending | paused | waiting -> killed. `kill_id` (recorded as the job's `end_id` and hook
     id): a kill retried after a lost reply recognises its own write."""
     check_transition(S.PENDING, S.KILLED)
@@ -438,7 +436,7 @@ def kill_update(
             "run_id": None,
             "end_id": hook_id,
             "output": {"result": None, "error": "killed", "duration_ms": None},
-            **hook_owed_fields(S.KILLED, hook_owed, hook_id, writer, now),
+            **hook_owed_fields(S.KILLED, True, hook_id, writer, now),
         },
         "$unset": {"exclusive_key": "", "dedup_key": "", "claim_name": ""},
     }

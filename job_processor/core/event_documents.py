@@ -235,9 +235,11 @@ def chain_stopped(
     now: dt.datetime,
     replay_id: str | None,
     reason: str,
+    expires_at: dt.datetime | None = None,
 ) -> Doc:
     """A serial subscriber that will not run because one before it failed for good: recorded
-    as a skipped delivery (holding its delivery key), with the reason."""
+    as a skipped delivery (holding its delivery key), with the reason, kept until `expires_at`
+    (its name's retention for a skipped job; None: until a count trims it, or for ever)."""
     check_transition(None, S.SKIPPED)
     doc = delivery(event, target, now=now, replay_id=replay_id)
     doc.pop("claim_name")
@@ -246,4 +248,5 @@ def chain_stopped(
         "skip_reason": "chain_stopped",
         "ended_at": now,
         "output": {"result": None, "error": reason, "duration_ms": None},
+        **({"expires_at": expires_at} if expires_at is not None else {}),
     }

@@ -263,19 +263,17 @@ class JobsAPI(Runtime):
         calls on_job_exited; a JobClient leaves it to a worker); a running job's handler gets
         the abort signal (reason "killed") on whichever process runs it."""
         oid = object_id(job_id)
-        writer = self.identity if self.hooks_here else None  # None: a worker's sweep calls it
-        owed = True
-        if not self.hooks_here:  # no hook to record for a name known to have none
-            current = await self.storage.producer.run(lambda _: self.storage.jobs.get(oid))
-            owed = current is None or await self._has_hook(str(current["name"])) is not False
+        # None: a worker's sweep settles the exit, even for a name with no on_job_exited: only a
+        # worker knows the retention (expires_at) that the record of the exit writes
+        writer = self.identity if self.hooks_here else None
         with self.hooks.pending(oid):  # a hook this kill owes is called below, not swept
-            return await self._kill(oid, writer, owed)
+            return await self._kill(oid, writer)
 
-    async def _kill(self, oid: ObjectId, writer: str | None, owed: bool) -> Job[Any]:
+    async def _kill(self, oid: ObjectId, writer: str | None) -> Job[Any]:
         kill_id = D.new_id()  # a kill retried after a lost reply recognises its own write
         outcome, doc = await self.storage.producer.run(
             lambda retried: self.storage.jobs.kill(
-                oid, self.clock.now(), writer, hook_owed=owed, kill_id=kill_id, retried=retried
+                oid, self.clock.now(), writer, kill_id=kill_id, retried=retried
             )
         )
         fields = {"job_id": str(doc["_id"]), "job_name": doc["name"]}

@@ -428,12 +428,18 @@ class EventBus:
             )
             self._wake([stored])
             return
+        # kept like a delivery that ran (deliveries follow the processor's retention)
+        keep = self.runtime.settings.retention if self.runtime is not None else None
+        expires_at = keep.expires_at(S.SKIPPED, now) if keep is not None else None
         reason = (
             f"not run: serial subscriber {payload['target']!r} before it ended {job.status.value}"
             + (f" ({_first_line(job.error)})" if job.error else "")
         )
         docs = [
-            E.chain_stopped(event, t, now=now, replay_id=replay_id, reason=reason) for t in chain
+            E.chain_stopped(
+                event, t, now=now, replay_id=replay_id, reason=reason, expires_at=expires_at
+            )
+            for t in chain
         ]
         await self.storage.deliveries.create(docs)
         self.log.warning(

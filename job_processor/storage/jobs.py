@@ -485,22 +485,21 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         now: dt.datetime,
         writer: str | None,
         *,
-        hook_owed: bool = True,
         kill_id: str | None = None,
         retried: bool = False,
     ) -> tuple[str, Doc]:
         """Returns ("killed", doc) if this call moved a pending/paused job to killed (its
-        on_job_exited is then recorded as owed by `writer`, unless the caller knows the job has
-        none), ("requested", doc) if the job is running and its worker will abort it, ("ended",
-        doc) if it had already ended. `retried` after a lost reply: a job killed by this call's
-        `kill_id` is reported as killed by it."""
+        on_job_exited, or the record that it has none, is then owed by `writer`; None: by a
+        worker's sweep), ("requested", doc) if the job is running and its worker will abort
+        it, ("ended", doc) if it had already ended. `retried` after a lost reply: a job
+        killed by this call's `kill_id` is reported as killed by it."""
         for _ in range(10):
             doc = await self.coll.find_one_and_update(
                 {
                     "_id": job_id,
                     "status": {"$in": [S.PENDING.value, S.PAUSED.value, S.WAITING.value]},
                 },
-                D.kill_update(now, writer, hook_owed=hook_owed, kill_id=kill_id),
+                D.kill_update(now, writer, kill_id),
                 return_document=AFTER,
             )
             if doc is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -189,3 +190,60 @@ async def test_a_count_keeps_every_job_within_the_floor_and_trims_the_older_ones
     )
     assert await processor.trimmer.run(now) == 20  # the 30 older ones, but their 10 newest
     assert len(await processor.list_jobs("a", limit=200)) == 60
+
+
+async def test_a_job_a_client_kills_gets_its_retention_from_a_worker_sweep(db: Any) -> None:
+    """A JobClient knows neither the name's hook for sure nor the worker's retention: its kill
+    leaves the exit to a worker's sweep, which records it (no hook here) with the expiry."""
+    jobs = {"x": JobDef(handler=ok, keep_failed=3 * DAY)}
+    worker = await make(db, jobs)
+    client = await make(db, jobs)
+    client.hooks_here = False  # as job_processor.sync.JobClient sets it
+    pending = await client.schedule_job("x", delay=3600)
+    killed = await client.kill_job(pending.id)
+    assert killed.status == S.KILLED and killed.exit_hook == "owed"
+    assert await expiry(worker, killed.id) is None  # not yet decided
+    await worker.recovery.sweep(worker.clock.now() + dt.timedelta(seconds=1))
+    await worker.hooks.drain()
+    stored = await worker.get_job(killed.id)
+    assert stored.exit_hook == "none" and stored.status == S.KILLED
+    assert stored.expires_at is not None and stored.exit_hook_at is not None
+    assert stored.expires_at == stored.exit_hook_at + 3 * DAY
+
+
+async def test_deliveries_a_stopped_serial_chain_skips_expire_like_the_others(db: Any) -> None:
+    from job_processor import DoNotRetry, Subscriber
+
+    async def fails(event: Any, signal: AbortSignal) -> None:
+        raise DoNotRetry("refused")
+
+    async def fine(event: Any, signal: AbortSignal) -> None:
+        return None
+
+    subs = {
+        "paid": [
+            Subscriber("first", handler=fails, mode="serial"),
+            Subscriber("second", handler=fine, mode="serial"),
+        ]
+    }
+    processor = await make(db, {}, subscribers=subs, keep_finished=2 * DAY)
+    async with processor:
+        event = await processor.emit("paid", {})
+        skipped: list[Any] = []
+
+        async def second() -> None:
+            got = await processor.get_event(event.id)
+            skipped[:] = [d for d in got.deliveries if d.target == "second"]
+
+        async def poll() -> bool:
+            await second()
+            return bool(skipped) and skipped[0].status == "skipped"
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await poll():
+            assert asyncio.get_running_loop().time() < deadline, skipped
+            await asyncio.sleep(0.05)
+    assert skipped[0].job_id is not None
+    stored = await processor.get_job(skipped[0].job_id)
+    assert stored.skip_reason == "chain_stopped" and stored.ended_at is not None
+    assert stored.expires_at == stored.ended_at + 2 * DAY
