@@ -145,6 +145,27 @@ class JobReads:
     async def count_due(self, names: list[str], now: dt.datetime) -> int:
         return int(await self.coll.count_documents(D.claim_filter(names, now)))
 
+    @staticmethod
+    def trim_query(name: str, statuses: list[JobStatus], before: dt.datetime | None = None) -> Doc:
+        """The ended jobs of `name` in `statuses` that a count may delete: never one whose hook
+        is owed; with `before` (the retention floor), only those created before it (all newer
+        ones are kept too; `created_at` is set by the insert)."""
+        query: Doc = {
+            "status": {"$in": [s.value for s in statuses]},
+            "name": name,
+            "exit_hook": {"$ne": "owed"},
+        }
+        if before is not None:
+            query["created_at"] = {"$lt": before}
+        return query
+
+    def trim_cursor(self, query: Doc, keep: int, batch: int) -> Any:
+        """Past the `keep` most recent, newest first by (created_at, _id) — exact even when
+        many share a millisecond — at most `batch`: at most keep + batch keys of the
+        {status, name, created_at, _id} index."""
+        fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1}
+        return self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
+
     async def trim(
         self,
         name: str,
@@ -153,24 +174,14 @@ class JobReads:
         batch: int,
         before: dt.datetime | None = None,
     ) -> int:
-        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent, newest
-        first by (created_at, _id) — exact even when many share a millisecond — at most `batch`
-        of them per call, never one whose hook is owed; with `before` (the retention floor),
-        the n most recent of those created before it, every newer one kept as well. Reads at
-        most keep + batch index keys ({status, name, created_at, _id})."""
-        query: Doc = {
-            "status": {"$in": [s.value for s in statuses]},
-            "name": name,
-            "exit_hook": {"$ne": "owed"},
-        }
-        if before is not None:  # the n most recent of those older than the floor (all newer
-            query["created_at"] = {"$lt": before}  # ones are kept too): set by the insert
-        fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1}
-        cursor = self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
+        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent (of those
+        created before `before`, the retention floor, when given), at most `batch` per call
+        (see `trim_query` and `trim_cursor`)."""
+        query = self.trim_query(name, statuses, before)
         # a job whose dependents have not all counted it is kept until a sweep sees them settled
         ids = [
             d["_id"]
-            async for d in cursor
+            async for d in self.trim_cursor(query, keep, batch)
             if not d.get("has_dependents") or d.get("dependents_settled")
         ]
         if not ids:

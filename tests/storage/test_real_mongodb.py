@@ -164,6 +164,15 @@ async def test_ended_jobs_by_time_are_a_covered_index_scan(storage: Storage) -> 
     assert "FETCH" not in winning, winning
 
 
+@pytest.mark.parametrize("before", [None, NOW])  # without and with the retention floor
+@pytest.mark.parametrize("statuses", [[S.FINISHED, S.SKIPPED], [S.ERRORED, S.KILLED]])
+async def test_count_trimming_is_index_backed(
+    storage: Storage, statuses: list[JobStatus], before: Any
+) -> None:
+    query = storage.jobs.trim_query("job-1", statuses, before)
+    assert_indexed(await storage.jobs.trim_cursor(query, 100, 500).explain())
+
+
 async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
     plan = await db.command(
         "explain",
