@@ -225,24 +225,25 @@ async def test_progress_and_lines_flushed_before_a_sigkill_are_kept(
 async def test_a_tenants_backlog_does_not_hold_back_another_tenant(
     spawn: Callable[..., Worker], client: JobProcessor
 ) -> None:
-    """One worker process with 8 slots, a limit of 4 per tenant: 300 jobs of tenant A queued,
-    then 10 of tenant B. B's jobs all start within 2 s of being scheduled, and the worker runs
-    4 of A and 4 of B at once (the handlers' own clocks)."""
-    import time
-
+    """One worker process with 8 slots, a limit of 4 per tenant: 300 jobs of tenant A queued
+    (0.3 s each: about 22 s of A's backlog), then 10 of tenant B. B's jobs all run while most
+    of A's backlog is still queued, and the worker runs 4 of A and 4 of B at once (the
+    handlers' own clocks; no wall-clock bound, which a loaded machine would break)."""
     a = spawn("runner-2", E2E_CONCURRENCY="8")
     await client.schedule_jobs([("tenant-work", {"tenant": "A"}) for _ in range(300)])
     await wait_workers(client, 1)
     await asyncio.sleep(1.0)  # A fills its 4 slots; the other 4 stay free
-    scheduled_at = time.time()
     b_jobs = await client.schedule_jobs([("tenant-work", {"tenant": "B"}) for _ in range(10)])
-    done = [await wait_status(client, j.id, S.FINISHED, timeout=30) for j in b_jobs]
+    done = [await wait_status(client, j.id, S.FINISHED, timeout=60) for j in b_jobs]
     a.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(a) == 0
     b_runs = [(j.result["t0"], j.result["t1"]) for j in done]
-    assert max(t0 for t0, _ in b_runs) - scheduled_at < 2.0, b_runs  # none waited behind A
     finished_a = await client.list_jobs("tenant-work", "finished", limit=300)
     a_runs = [(j.result["t0"], j.result["t1"]) for j in finished_a if j.result["tenant"] == "A"]
+    # none waited behind A: when B's last job started, more than half of A's had not started
+    # (stopped by SIGTERM before they ran, or started later); in arrival order, all 300 would
+    queued_a = 300 - sum(1 for t0, _ in a_runs if t0 <= max(t0 for t0, _ in b_runs))
+    assert queued_a > 150, (queued_a, b_runs)
 
     def most_at_once(runs: list[tuple[float, float]], at: float) -> int:
         return sum(1 for t0, t1 in runs if t0 <= at < t1)
