@@ -19,6 +19,7 @@ from .core.definitions import (
     JobDef,
     Subscriber,
     cron_reading,
+    cron_step_reading,
     parse_crons,
     parse_jobs,
     parse_subscribers,
@@ -370,6 +371,16 @@ async def init_job_processor(
                 cron_string=cron.cron_string,
                 reading=reading,
                 hint="write 5 fields (minute hour day month weekday) unless seconds are meant",
+            )
+        step = cron_step_reading(cron.cron_string)
+        if step is not None:  # "*/90" minutes is minute 0 of every hour, not every 90 minutes
+            log.warning(
+                "cron_step_too_large",
+                job_name=name,
+                cron_string=cron.cron_string,
+                reading=step,
+                hint="a step counts within its field only: for a longer period, list the "
+                "values in the next field (every 3 hours: '0 */3 * * *'), or use several crons",
             )
     instance = instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")
     warn_unexpanded_instance_id(instance, log)

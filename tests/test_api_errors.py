@@ -310,3 +310,22 @@ async def test_init_warns_with_the_reading_of_a_six_field_cron(
     [warned] = [r for r in caplog.records if r.__dict__.get("event") == "cron_string_has_seconds"]
     assert "second=*/5" in warned.__dict__["fields"]["reading"]
     assert "weekday=1" in warned.__dict__["fields"]["reading"]
+
+
+async def test_init_warns_of_a_cron_step_larger_than_its_field(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from job_processor import init_job_processor
+
+    logger = logging.getLogger("test.crons.step")
+    crons = {
+        "often": {"cron_string": "*/90 * * * *", "handler": lambda job, signal: None},
+        "fine": {"cron_string": "*/15 * * * *", "handler": lambda job, signal: None},
+    }
+    with caplog.at_level(logging.WARNING, logger="test.crons.step"):
+        await init_job_processor(db, logger, crons=crons)
+    warned = [r for r in caplog.records if r.__dict__.get("event") == "cron_step_too_large"]
+    assert [r.__dict__["fields"]["job_name"] for r in warned] == ["often"]
+    assert "minute field '*/90'" in warned[0].__dict__["fields"]["reading"]

@@ -21,6 +21,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from job_processor import (
+    InvalidArgumentError,
     InvalidDatabaseError,
     InvalidPayloadError,
     JobDef,
@@ -137,6 +138,8 @@ def test_without_jobs_it_follows_the_registry_and_leaves_payloads_to_workers(
     assert unknown.status == S.PENDING
     [warned] = [r for r in caplog.records if r.__dict__.get("event") == "job_name_not_registered"]
     assert "(did you mean 'solo'?)" in warned.__dict__["fields"]["hint"]
+    with pytest.raises(InvalidArgumentError, match=r"job 'a\|b': a job name may not contain"):
+        client.schedule_job("a|b", key="c")  # no worker can define it ('a' keyed 'b|c')
 
 
 def test_threads_produce_and_wait_on_jobs_async_workers_run(

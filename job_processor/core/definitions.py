@@ -11,7 +11,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -286,6 +286,13 @@ class CronDef(JobDef):
             raise ValueError(
                 f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}{seconds}"
             )
+        try:  # valid fields that no date satisfies ("0 0 30 2 *"): croniter searches ~50 years
+            croniter(v, _SOME_DAY, second_at_beginning=len(fields) == 6).get_next(dt.datetime)
+        except CroniterBadDateError:
+            raise ValueError(
+                f"cron_string {v!r} never matches a date (its day of month does not exist in "
+                "its month(s)); check the day and month fields"
+            ) from None
         return v
 
     @field_validator("timezone")
@@ -298,6 +305,33 @@ class CronDef(JobDef):
                 f"unknown timezone {v!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
             ) from exc
         return v
+
+
+_SOME_DAY = dt.datetime(2000, 1, 1)
+
+
+def cron_step_reading(cron_string: str) -> str | None:
+    """A step larger than its field's span ("*/90" minutes) does not carry over to the next
+    hour: it is read as the field's first value only (minute 0 of every hour). How such a
+    string is read, to warn; None when no step is that large."""
+    fields = cron_string.split()
+    named = ([("second", 60)] if len(fields) == 6 else []) + [
+        ("minute", 60),
+        ("hour", 24),
+        ("day of month", 31),
+        ("month", 12),
+        ("day of week", 7),
+    ]
+    for (name, span), field in zip(named, fields, strict=False):
+        for part in field.split(","):
+            step = part.partition("/")[2]
+            if step.isdigit() and int(step) >= span:
+                return (
+                    f"the {name} field {field!r} has a step of {step}, not less than the "
+                    f"field's {span} values: it matches only the first value of its range, "
+                    f"once per larger unit (a step does not carry over)"
+                )
+    return None
 
 
 #: How a six-field cron string is read (croniter's seconds-first form).
@@ -321,7 +355,7 @@ _CRON_FIELDS = [
     ("hour", "0-23"),
     ("day of month", "1-31"),
     ("month", "1-12 or jan-dec"),
-    ("day of week", "0-6 (0 is Sunday) or sun-sat"),
+    ("day of week", "0-7 (0 and 7 are Sunday) or sun-sat"),
 ]
 
 
@@ -408,6 +442,15 @@ def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
 def _check_name(kind: str, name: Any) -> None:
     if not isinstance(name, str) or not name.strip():
         raise InvalidDefinitionError(f"{kind} names must be non-empty strings, got {name!r}")
+    if KEY_SEPARATOR in name:  # "a" keyed "b|c" and "a|b" keyed "c" would be one dedup key
+        raise InvalidDefinitionError(
+            f"{kind} {name!r}: field 'name': may not contain {KEY_SEPARATOR!r} (it separates the "
+            "name from the dedup key or the cron slot in unique keys); use '-', '_' or ':'"
+        )
+
+
+#: Job and cron names may not contain it: unique keys are "<name>|<dedup key or slot>".
+KEY_SEPARATOR = "|"
 
 
 # ---- events: subscribers -------------------------------------------------------------------

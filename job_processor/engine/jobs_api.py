@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..core import documents as D
 from ..core import retention as R
-from ..core.definitions import JobDef
+from ..core.definitions import KEY_SEPARATOR, JobDef
 from ..core.errors import (
     DatabaseUnreachableError,
     InvalidArgumentError,
@@ -73,6 +73,11 @@ class JobsAPI(Runtime):
         def template(name: str) -> Template:
             if not isinstance(name, str) or not name:
                 raise InvalidArgumentError(f"a job name is a non-empty string, got {name!r}")
+            if KEY_SEPARATOR in name and name not in rows:  # no worker could define it
+                raise InvalidArgumentError(
+                    f"job {name!r}: a job name may not contain {KEY_SEPARATOR!r} (no worker can "
+                    "define one); check the name"
+                )
             if name in self.jobs:
                 return Template.of(self.jobs[name])
             row = rows.get(name)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from job_processor import CronDef, JobDef
@@ -55,6 +57,8 @@ def test_invalid_job_names_the_job_and_field(definition: dict[str, object], need
         ({"cron_string": "0 2 * * *", "checkin_margin": -1}, "'checkin_margin'"),
         ({"cron_string": "0 2 * * *", "checkin_margin": 1e300}, "less than or equal to 525600"),
         ({"cron_string": "0 2 * * *", "cron": "x"}, "unknown key"),
+        ({"cron_string": "0 0 30 2 *"}, "never matches a date"),
+        ({"cron_string": "0 0 0 31 4 *"}, "never matches a date"),
     ],
 )
 def test_invalid_cron_names_the_cron_and_field(definition: dict[str, object], needle: str) -> None:
@@ -62,6 +66,20 @@ def test_invalid_cron_names_the_cron_and_field(definition: dict[str, object], ne
         parse_crons({"daily-export": {"handler": handler, **definition}})
     assert "cron 'daily-export'" in str(err.value)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["a|b", "|"])
+def test_a_job_or_cron_name_with_the_key_separator_is_refused(name: str) -> None:
+    """'a' keyed 'b|c' and 'a|b' keyed 'c' would share one dedup key."""
+    with pytest.raises(InvalidDefinitionError, match=rf"job '{re.escape(name)}': field 'name'"):
+        parse_jobs({name: {"handler": handler}})
+    with pytest.raises(InvalidDefinitionError, match=r"may not contain '\|'"):
+        parse_crons({name: {"handler": handler, "cron_string": "0 2 * * *"}})
+
+
+def test_leap_days_and_day_or_weekday_crons_are_valid() -> None:
+    parse_crons({"leap": {"handler": handler, "cron_string": "0 0 29 2 *"}})
+    parse_crons({"either": {"handler": handler, "cron_string": "0 0 31 2 1"}})  # or Mondays
 
 
 def test_cron_accepts_seconds_field_and_timezone() -> None:
