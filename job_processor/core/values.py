@@ -28,6 +28,7 @@ from .errors import InvalidPayloadError
 Doc = dict[str, Any]
 
 #: What breaks an encoding (bson's own errors, an int over 64 bits, a bad key).
+MIB = 1024 * 1024
 ENCODING_ERRORS = (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError)
 
 #: MongoDB's integers.
@@ -95,22 +96,44 @@ def finite_or_text(value: Any) -> Any:
     return value
 
 
-def naive_datetime_at(value: Any, path: str = "") -> tuple[str, dt.datetime] | None:
+class CyclicValue(ValueError):
+    """A dict or list that holds itself (at `path`): BSON cannot store it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path!r} holds itself (a cycle)")
+
+
+def naive_datetime_at(
+    value: Any, path: str = "", _within: tuple[Any, ...] = ()
+) -> tuple[str, dt.datetime] | None:
     """The path ("a.b[2]") and value of the first naive datetime in a payload, or None: one rule
-    for every datetime a job or event carries (scheduled_for refuses them too)."""
+    for every datetime a job or event carries (scheduled_for refuses them too). Raises
+    CyclicValue for a dict or list found inside itself (`_within`: the containers above)."""
     if isinstance(value, dt.datetime):
         return (path or "(payload)", value) if value.utcoffset() is None else None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = naive_datetime_at(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = naive_datetime_at(item, f"{path}[{i}]")
-            if found is not None:
-                return found
+    if isinstance(value, Mapping | list | tuple):
+        if any(value is outer for outer in _within):
+            raise CyclicValue(path)
+        within = (*_within, value)
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                found = naive_datetime_at(item, f"{path}.{key}" if path else str(key), within)
+                if found is not None:
+                    return found
+        else:
+            for i, item in enumerate(value):
+                found = naive_datetime_at(item, f"{path}[{i}]", within)
+                if found is not None:
+                    return found
     return None
+
+
+def cycle_message(what: str, exc: CyclicValue) -> str:
+    return (
+        f"{what} field {exc.path!r} holds the dict or list that contains it (a cycle), which "
+        "MongoDB cannot store: pass a copy without the cycle"
+    )
 
 
 def conversion(value: Any) -> str:
@@ -189,7 +212,10 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
         raise InvalidPayloadError(
             f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
         )
-    naive = naive_datetime_at(payload)
+    try:
+        naive = naive_datetime_at(payload)
+    except CyclicValue as exc:
+        raise InvalidPayloadError(cycle_message(f"{kind} {name!r}: payload", exc)) from None
     if naive is not None:
         path, value = naive
         raise InvalidPayloadError(
@@ -207,8 +233,8 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     size = len(encoded)
     if size > max_bytes:
         raise InvalidPayloadError(
-            f"{kind} {name!r}: payload is {size / 1e6:.1f} MB, over the "
-            f"{max_bytes / 1e6:.1f} MB a {kind} can carry (MongoDB's documents hold 16 MB): "
+            f"{kind} {name!r}: payload is {size / MIB:.1f} MiB ({size} bytes), over the "
+            f"{max_bytes / MIB:.0f} MiB a {kind} can carry (MongoDB's documents hold 16 MiB): "
             "store the data elsewhere (GridFS, object storage) and pass a reference"
         )
     return dict(payload)

@@ -25,6 +25,9 @@ from ..core.models import Job
 from ..core.outcome import Ending, Policy, RunEnd
 from ..core.retention import Retention
 from ..core.values import (
+    MIB,
+    CyclicValue,
+    cycle_message,
     finite_or_text,
     may_hold_non_finite,
     naive_datetime_at,
@@ -128,7 +131,10 @@ def check_state(state: Any) -> None:
     a dict, a naive datetime, what BSON cannot hold, NaN or infinity, over the size limit)."""
     if not isinstance(state, dict):
         raise InvalidPayloadError(f"checkpoint state must be a dict, got {type(state).__name__}")
-    naive = naive_datetime_at(state)
+    try:
+        naive = naive_datetime_at(state)
+    except CyclicValue as exc:
+        raise InvalidPayloadError(cycle_message("checkpoint state", exc)) from None
     if naive is not None:
         raise InvalidPayloadError(
             f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
@@ -154,7 +160,12 @@ def storable(value: Any) -> Any:
     infinity, anywhere in it, as their text: 'nan', 'inf', '-inf').
     Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces), and
     for a datetime without a time zone (it would be read back as UTC: never silently)."""
-    naive = naive_datetime_at(value)
+    try:
+        naive = naive_datetime_at(value)
+    except CyclicValue:  # BSON cannot hold it; its repr() can ({'self': {...}})
+        return unencodable(value)
+    except RecursionError:  # nested deeper than Python's stack
+        return unencodable(value)
     if naive is not None:
         path, when = naive
         where = f"result field {path!r}" if path else "the result"
@@ -168,13 +179,32 @@ def storable(value: Any) -> Any:
             value = finite_or_text(value)
             encoded = bson.encode({"v": value})
         size = len(encoded)
-    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError):
-        value = repr(value)
-        size = len(value)
+    except Exception:  # what BSON cannot hold; its error message may call a failing __repr__
+        return unencodable(value)
+    return within_limit(value, size)
+
+
+def unencodable(value: Any) -> str:
+    """What is stored for a result BSON cannot hold: its repr(), or a description of it when
+    repr() itself fails (it raised, or the value is nested too deeply)."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's __repr__ may raise anything
+        why = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else f"{type(exc).__name__}: {str(exc)[:200]}"
+        )
+        text = f"<{type(value).__name__} that BSON cannot hold and repr() failed on: {why}>"
+    return str(within_limit(text, len(text)))
+
+
+def within_limit(value: Any, size: int) -> Any:
     if size > MAX_VALUE_BYTES:
         raise ResultTooLarge(
-            f"the result is {size / 1e6:.1f} MB, over the {MAX_VALUE_BYTES / 1e6:.1f} MB a job "
-            "can hold (MongoDB documents hold 16 MB): store it elsewhere and return a reference"
+            f"the result is {size / MIB:.1f} MiB ({size} bytes), over the "
+            f"{MAX_VALUE_BYTES / MIB:.0f} MiB a job can hold (MongoDB documents hold 16 MiB): "
+            "store it elsewhere and return a reference"
         )
     return value
 

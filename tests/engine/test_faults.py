@@ -43,11 +43,78 @@ async def test_a_result_too_large_to_store_is_errored_with_the_reason(db: Any) -
     assert done.status == S.ERRORED
     assert done.error is not None
     assert done.error.startswith("could not record the run's outcome (finished): the result is 17.")
-    assert "over the 15.7 MB a job can hold" in done.error
+    assert "is 17.0 MiB (17825805 bytes), over the 15 MiB a job can hold" in done.error
     assert (done.failures, done.attempt) == (1, 1)  # as its history says: a failed attempt
     assert exits.statuses == ["errored"]
     # the exclusive name was freed with the final write: the next one is not skipped
     assert (await processor.schedule_job("export")).status == S.PENDING
+
+
+async def test_results_bson_cannot_hold_are_stored_as_text_even_cycles(db: Any) -> None:
+    """A result that holds itself, or whose repr() raises, finishes the job: stored as text."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr here")
+
+    async def cyclic(job: Job, signal: AbortSignal) -> Any:
+        d: dict[str, Any] = {"a": 1}
+        d["self"] = d
+        return d
+
+    async def opaque(job: Job, signal: AbortSignal) -> Any:
+        return Opaque()
+
+    async def deep(job: Job, signal: AbortSignal) -> Any:
+        value: list[Any] = []
+        for _ in range(5000):  # deeper than Python's stack
+            value = [value]
+        return value
+
+    processor = await make(
+        db,
+        {
+            "cyclic": JobDef(handler=cyclic),
+            "opaque": JobDef(handler=opaque),
+            "deep": JobDef(handler=deep),
+        },
+    )
+    done = await processor.run_job("cyclic")
+    assert (done.status, done.result) == (S.FINISHED, "{'a': 1, 'self': {...}}")
+    done = await processor.run_job("opaque")
+    assert done.status == S.FINISHED
+    assert done.result == (
+        "<Opaque that BSON cannot hold and repr() failed on: RuntimeError: no repr here>"
+    )
+    done = await processor.run_job("deep")
+    assert done.status == S.FINISHED
+    assert done.result == "<list that BSON cannot hold and repr() failed on: nested too deeply>"
+
+
+async def test_a_cyclic_payload_or_checkpoint_is_refused_naming_the_field(db: Any) -> None:
+    from job_processor import InvalidPayloadError
+
+    seen: list[str] = []
+
+    async def saves(job: Job, signal: AbortSignal) -> None:
+        state: dict[str, Any] = {"rows": []}
+        state["rows"].append(state)
+        try:
+            await job.checkpoint(state)
+        except InvalidPayloadError as exc:
+            seen.append(str(exc))
+
+    processor = await make(db, {"saves": JobDef(handler=saves, resumable=True)})
+    payload: dict[str, Any] = {"order": {}}
+    payload["order"]["again"] = payload
+    with pytest.raises(InvalidPayloadError, match=r"payload field 'order.again' holds the dict"):
+        await processor.schedule_job("saves", payload)
+    assert await processor.list_jobs() == []
+    assert (await processor.run_job("saves")).status == S.FINISHED
+    assert seen == [
+        "checkpoint state field 'rows[0]' holds the dict or list that contains it (a cycle), "
+        "which MongoDB cannot store: pass a copy without the cycle"
+    ]
 
 
 async def test_a_kill_requested_during_a_run_whose_result_cannot_be_stored_wins(db: Any) -> None:
