@@ -30,6 +30,7 @@ process only and no change streams. Keep a few tests on a real server too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -176,11 +177,16 @@ class JobHarness:
         report_progress() called without `await` (nothing saved; a worker says so in the job's
         log) fails the test: AssertionError."""
         self.stored_result = None
+        self.job._loop = asyncio.get_running_loop()  # checkpoint_sync from a plain def handler
         result = await call_maybe_async(handler, self.job, self.signal)
         forgotten = self.job.not_awaited()
         if forgotten:
             names = ", ".join(f"job.{n}()" for n in sorted(set(forgotten)))
-            raise AssertionError(f"{names} called without `await`: nothing was saved")
+            sync = ", ".join(f"job.{n}_sync()" for n in sorted(set(forgotten)))
+            raise AssertionError(
+                f"{names} called without `await`: nothing was saved (from a plain def "
+                f"handler, call {sync})"
+            )
         try:
             self.stored_result = storable(result)
         except ResultTooLarge as exc:

@@ -199,6 +199,8 @@ class Job(BaseModel, Generic[PayloadT]):
     _notes: NoteSink | None = PrivateAttr(default=None)
     _given_dependencies: list[Job[Any]] | None = PrivateAttr(default=None)
     _unstarted: list[str] | None = PrivateAttr(default=None)
+    _loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    """The loop the run's checkpoints and progress are written from (its worker's)."""
     """checkpoint/report_progress calls whose coroutine has not started (an `await` forgotten,
     if still there when the handler returns: `not_awaited()`)."""
 
@@ -267,6 +269,38 @@ class Job(BaseModel, Generic[PayloadT]):
         While MongoDB is unreachable this waits (up to the processor's `worker_timeout`); past
         that the run is abandoned to recovery and this raises `JobLostError`."""
         return self._started(self._checkpoint(state), "checkpoint")
+
+    def checkpoint_sync(self, state: dict[str, Any]) -> None:
+        """`checkpoint()` for a plain `def` handler (which runs in a thread): saves `state`,
+        blocking the thread until it is saved. From an `async def` handler, use
+        `await job.checkpoint(...)`."""
+        self._from_thread(self.checkpoint(state), "checkpoint")
+
+    def report_progress_sync(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """`report_progress()` for a plain `def` handler (which runs in a thread)."""
+        self._from_thread(self.report_progress(done, total, message), "report_progress")
+
+    def _from_thread(self, call: Coroutine[Any, Any, None], name: str) -> None:
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is not None:
+            call.close()  # never started: not reported as forgotten
+            self._now_started(name)
+            if running is not None:
+                raise RuntimeError(
+                    f"{name}_sync() blocks its thread: from an async def handler, use "
+                    f"`await job.{name}(...)`"
+                )
+            raise RuntimeError(
+                f"{name}_sync() is only available inside a running handler; in a unit test, "
+                "build the job with job_processor.testing.JobHarness"
+            )
+        asyncio.run_coroutine_threadsafe(call, loop).result()
 
     def not_awaited(self) -> list[str]:
         """The checkpoint() and report_progress() calls of this run that were never awaited

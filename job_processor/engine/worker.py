@@ -398,6 +398,7 @@ class Worker:
                 sentry.run_ended(trace, final, exc)
                 return final
             job._checkpointer = lambda state: self._checkpoint(run, state)
+            job._loop = asyncio.get_running_loop()  # checkpoint_sync from a handler's thread
             job._processor = self.processor
             job._notes = run.notes = RunNotes(run, self.jobs, self.clock, self.log, fields)
             check_in = self._checkin(run, "in_progress")
@@ -515,9 +516,11 @@ class Worker:
         self.log.warning("job_call_not_awaited", calls=names, count=len(calls), **fields)
         if run.notes is not None:
             said = ", ".join(f"job.{n}()" for n in names)
+            sync = ", ".join(f"job.{n}_sync()" for n in names)
             run.notes.line(
                 "warning",
-                f"{said} called without `await`: nothing was saved ({len(calls)} call(s))",
+                f"{said} called without `await`: nothing was saved ({len(calls)} call(s)); "
+                f"from a plain def handler, call {sync}",
                 {},
             )
 

@@ -276,6 +276,46 @@ async def test_a_checkpoint_or_progress_without_await_is_said_in_the_jobs_log(db
         (
             "warning",
             "job.checkpoint(), job.report_progress() called without `await`: nothing was saved "
-            "(3 call(s))",
+            "(3 call(s)); from a plain def handler, call job.checkpoint_sync(), "
+            "job.report_progress_sync()",
         )
     ]
+
+
+async def test_a_plain_def_handler_checkpoints_and_reports_progress_with_the_sync_forms(
+    db: Any,
+) -> None:
+    """A plain def handler runs in a thread: job.checkpoint_sync / report_progress_sync save
+    from there (blocking it until saved); a resumed run sees the state."""
+    runs: list[Any] = []
+
+    def export(job: Job, signal: AbortSignal) -> int:
+        runs.append(job.state)
+        start = (job.state or {}).get("page", 0)
+        for page in range(start + 1, 4):
+            job.checkpoint_sync({"page": page})
+            job.report_progress_sync(page, 3, f"page {page}")
+            if page == 2 and len(runs) == 1:
+                raise RuntimeError("the export server went away")
+        return len(runs)
+
+    p = await make(db, {"export": JobDef(handler=export, resumable=True, max_attempts=2)})
+    async with p:
+        job = await p.schedule_job("export")
+        done = await wait_status(p, job.id, S.FINISHED)
+    assert runs == [None, {"page": 2}]  # the retry resumed from the saved page
+    assert done.state == {"page": 3} and done.result == 2
+    assert done.progress is not None and done.progress["message"] == "page 3"
+    assert done.logs == []  # nothing said about a forgotten await
+
+
+async def test_the_sync_forms_say_where_they_belong(db: Any) -> None:
+    async def wrong(job: Job, signal: AbortSignal) -> None:
+        job.checkpoint_sync({"n": 1})
+
+    p = await make(db, {"wrong": JobDef(handler=wrong)})
+    done = await p.run_job("wrong")
+    assert done.status == S.ERRORED and done.error is not None
+    assert "checkpoint_sync() blocks its thread: from an async def handler, use" in done.error
+    with pytest.raises(RuntimeError, match="only available inside a running handler"):
+        await asyncio.to_thread(done.report_progress_sync, 1)  # a job read, not running

@@ -160,3 +160,16 @@ async def test_a_checkpoint_without_await_fails_the_handlers_test() -> None:
 
     with pytest.raises(AssertionError, match=r"job.checkpoint\(\) called without `await`"):
         await JobHarness().run(forgets)
+
+
+async def test_a_plain_def_handler_checkpoints_with_the_sync_form_under_the_harness() -> None:
+    def pages(job: Job, signal: AbortSignal) -> int:
+        for page in range((job.state or {}).get("page", 0) + 1, 4):
+            job.checkpoint_sync({"page": page})
+            job.report_progress_sync(page, 3)
+        return 3
+
+    harness = JobHarness(state={"page": 1})
+    assert await harness.run(pages) == 3
+    assert harness.checkpoints == [{"page": 2}, {"page": 3}]
+    assert [p["done"] for p in harness.progress_reports] == [2, 3]
