@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,12 +99,38 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
         try:
             value = payload if isinstance(payload, model) else model.model_validate(payload)
         except ValidationError as exc:
-            fields = field_errors(exc.errors(), "(payload)")
+            fields = field_errors(exc.errors(), "(payload)") + _misspelled(model, payload, exc)
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
         payload = stored_form(model, value)
     return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+
+
+def _misspelled(model: type[BaseModel], payload: Any, exc: ValidationError) -> str:
+    """For a required field missing beside a key the model does not know that is close to it
+    (`custmer` for `customer`): says so, since the model ignored that key."""
+    if not isinstance(payload, Mapping):
+        return ""
+    accepted: set[str] = set(model.model_fields)
+    for info in model.model_fields.values():
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                accepted.add(alias)
+            elif isinstance(alias, AliasChoices):
+                accepted.update(c for c in alias.choices if isinstance(c, str))
+    unknown = [k for k in payload if isinstance(k, str) and k not in accepted]
+    said: list[str] = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        if error.get("type") != "missing" or len(loc) != 1 or not unknown:
+            continue
+        close = difflib.get_close_matches(str(loc[0]), unknown, n=1, cutoff=0.6)
+        if close:
+            said.append(
+                f"{close[0]!r} is not a field of {model.__name__} (did you mean {str(loc[0])!r}?)"
+            )
+    return "".join(f"; {s}" for s in said)
 
 
 @functools.cache

@@ -169,3 +169,24 @@ def test_a_payload_is_stored_in_the_form_its_model_reads_back() -> None:
     for model, payload in cases:  # what the worker reads back is what was given
         stored = checked_payload("j", model, payload)
         assert model.model_validate(stored) == model.model_validate(payload), (model, stored)
+
+
+def test_a_misspelled_key_beside_a_missing_field_is_named() -> None:
+    from pydantic import BaseModel
+
+    from job_processor.core.errors import InvalidPayloadError
+    from job_processor.core.producing import checked_payload
+
+    class Report(BaseModel):
+        customer: str
+        rows: int = 0
+
+    with pytest.raises(InvalidPayloadError) as err:
+        checked_payload("send_report", Report, {"custmer": "acme"})
+    assert str(err.value) == (
+        "job 'send_report': payload does not match Report: field 'customer': Field required; "
+        "'custmer' is not a field of Report (did you mean 'customer'?)"
+    )
+    with pytest.raises(InvalidPayloadError) as err:
+        checked_payload("send_report", Report, {"other": "acme"})
+    assert "did you mean" not in str(err.value)  # nothing close: nothing guessed
