@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -42,11 +43,15 @@ async def test_progress_and_lines_are_seen_from_another_process_while_it_runs(
     seen = asyncio.Event()
     release = asyncio.Event()
 
+    took: list[float] = []
+
     async def reindex(job: Job, signal: AbortSignal) -> int:
+        began = time.monotonic()
         for batch in range(1, 301):  # 300 reports and 300 lines in about 1.5 s
             await job.report_progress(batch, 300, f"batch {batch}")
             job.log("indexed", batch=batch)
             await asyncio.sleep(0.005)
+        took.append(time.monotonic() - began)  # longer on a loaded machine
         await release.wait()
         job.log("last line")  # pending at the end: the final write carries it
         return 300
@@ -84,7 +89,7 @@ async def test_progress_and_lines_are_seen_from_another_process_while_it_runs(
     ends = [u for _, u in notes if u.get("$set", {}).get("status") == "finished"]
     alone = [t for t, u in notes if "status" not in u.get("$set", {})]
     assert len(ends) == 1  # the final write carried what was pending
-    assert len(alone) <= 4  # 1.5 s of reports: about one write a second, not 600
+    assert len(alone) <= took[0] + 3  # about one write a second (4 in 1.5 s alone), not 600
     assert all(b - a >= 0.9 for a, b in itertools.pairwise(alone))
     assert len(done.logs) == 200  # the last 200 of 301
     assert [line["fields"]["batch"] for line in done.logs[:-1]] == list(range(102, 301))
