@@ -129,6 +129,28 @@ def _disagreement(name: str, live: list[Doc]) -> str | None:
     )
 
 
+def registrar(name: str, live: Iterable[Doc]) -> str | None:
+    """The live worker whose definition of `name` the registry should show: of the live
+    workers that define it (its digest on their document, or they claim it), the most recently
+    started (ties: the greatest id). That is the last one to write it at its start; when the
+    worker that wrote the row is no longer live, this one writes its own again. None: no live
+    worker defines it."""
+    oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
+    defining = [
+        w for w in live if name in (w.get("definitions") or {}) or name in (w.get("names") or [])
+    ]
+    if not defining:
+        return None
+    newest = max(
+        defining,
+        key=lambda w: (
+            as_utc(w["started_at"]) if isinstance(w.get("started_at"), dt.datetime) else oldest,
+            str(w["_id"]),
+        ),
+    )
+    return str(newest["_id"])
+
+
 def jobs(n: int, noun: str) -> str:
     """ "1 queued job", "3 queued jobs"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")

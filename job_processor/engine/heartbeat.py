@@ -225,8 +225,11 @@ class Heartbeat:
 
     async def after_sweep(self, now: dt.datetime) -> None:
         """What runs with the sweep (in the recovery's loop, not the heartbeat's): the
-        registry's `last_seen` (every few minutes: it tells which names were served lately)."""
-        if self.registry is not None and await self.registry.maybe_refresh(now):
+        registry's `last_seen` (every few minutes: it tells which names were served lately),
+        and its rows written by a worker no longer live (`Registry.refresh`)."""
+        if self.registry is not None and await self.registry.maybe_refresh(
+            now, live=self.recovery.live, worker_id=self.worker.worker_id
+        ):
             await self.check_paused()  # on the same period
         if self.trimmer is not None:  # count retentions (every few minutes)
             await self.trimmer.maybe_run(now)

@@ -74,6 +74,9 @@ class Recovery:
         self._strays_checked: dt.datetime | None = None
         self.flow_docs: list[dict[str, Any]] | None = None
         """The flows' documents this sweep's one query read (`Flows.sweep` uses them)."""
+        self.live: list[dict[str, Any]] | None = None
+        """The live workers' documents the last sweep read (None: it read none), this
+        worker's among them (the registry's refresh compares them with the registry)."""
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
@@ -100,14 +103,17 @@ class Recovery:
         """Delete stale worker documents, recover their running jobs and owed hooks. Not while
         this worker may itself have been declared dead: it would record itself, under an id
         it is giving up, as the owner of what it recovers."""
+        self.live = None
         if not self.worker.trusted():
             return 0
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
         me = self.worker.worker_id
         live: set[str] = set()
+        live_docs: list[dict[str, Any]] = []
         for w in await self.storage.workers.liveness():
             if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
                 live.add(w["_id"])
+                live_docs.append(w)
             elif await self.storage.workers.delete_stale(w["_id"], cutoff):
                 self.log.warning(
                     "worker_declared_dead",
@@ -119,6 +125,8 @@ class Recovery:
                 )
             else:  # its heartbeat landed between the read and the delete (alive after all),
                 live.add(w["_id"])  # or another sweeper deleted it and recovers its jobs
+                live_docs.append(w)
+        self.live = live_docs
         recovered = 0
         # one query: running jobs whose run started before the cutoff, and owed hooks
         running, owed, self.flow_docs = await self.storage.jobs.needing_attention(cutoff, now)

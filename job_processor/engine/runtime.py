@@ -86,7 +86,7 @@ class Runtime:
         self.flows.pre_read = lambda: self.recovery.flow_docs  # read by the sweep's one query
         self.worker.on_ended = self.flows.ended
         self.recovery.sweeps.append(self.flows.sweep)  # dependencies that ended unnoticed
-        self.registry = Registry(storage, self.definitions, log)
+        self.registry = Registry(storage, self.definitions, log, settings.worker_timeout)
         self.heartbeat = Heartbeat(
             storage, self.worker, self.recovery, clock, log, worker_tags, instance_id, self.registry
         )

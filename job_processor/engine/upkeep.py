@@ -3,7 +3,8 @@
 - `Registry`, the worker side of the definitions registry: a worker records every JobDef and
   CronDef its process knows (not only the names it claims: a "main" job defined in every
   replica's code is then known even while no "main" worker is up) in `<prefix>definitions` when
-  it registers and refreshes their `last_seen` every few minutes; the paused names it reads when
+  it registers and refreshes their `last_seen` every few minutes, writing its definition again
+  over a row whose writer is no longer live (see `refresh`); the paused names it reads when
   it registers, then with each heartbeat (pause/resume keep them on every worker document), so
   that it stops claiming a paused name within about one `heartbeat_interval`; every few
   minutes it also reads `<prefix>paused` itself (a pause whose update of the worker documents
@@ -18,7 +19,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
+from ..core.coverage import DEFAULT_WORKER_TIMEOUT, registrar, worker_alive
 from ..core.definitions import JobDef
+from ..core.documents import Doc
 from ..core.log import EventLog
 from ..core.retention import Retention, of
 from ..storage import Storage
@@ -26,12 +29,21 @@ from ..storage.definitions import fingerprints
 
 
 class Registry:
-    def __init__(self, storage: Storage, definitions: Mapping[str, JobDef], log: EventLog) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        definitions: Mapping[str, JobDef],
+        log: EventLog,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+    ) -> None:
         self.storage = storage
         self.definitions = definitions
         self.log = log
+        self.worker_timeout = worker_timeout
         self.paused: frozenset[str] = frozenset()
         self._refreshed: dt.datetime | None = None
+        self._live: frozenset[str] | None = None
+        """The live workers' ids at the last sweep (one that left triggers a refresh)."""
 
     async def register(self, worker_id: str, now: dt.datetime) -> None:
         """One update_one per definition (at start and when the worker re-registers)."""
@@ -41,17 +53,74 @@ class Registry:
         """name -> the digest of its definition here (on the worker document)."""
         return fingerprints(self.definitions)
 
-    async def refresh(self, now: dt.datetime) -> None:
-        """One update_many: this process's definitions are still around."""
-        await self.storage.definitions.seen(self.definitions, now)
-        self._refreshed = now
+    async def refresh(
+        self, now: dt.datetime, live: list[Doc] | None = None, worker_id: str = ""
+    ) -> None:
+        """One update_many: this process's definitions are still around. Given the live
+        workers the sweep read, it refreshes only the rows a live worker wrote; when that
+        matches fewer rows than this process has names, the rows written by a worker no longer
+        live are written again by the live worker that defines the name and started last
+        (`core.coverage.registrar`; the registry then shows what the last worker to start
+        wrote, as it does after each start), this one if that is it (`_restore`)."""
+        if live is None or not worker_id:
+            await self.storage.definitions.seen(self.definitions, now)
+            return
+        ids = {str(w["_id"]) for w in live} | {worker_id}
+        if await self.storage.definitions.seen(self.definitions, now, ids) < len(self.definitions):
+            await self._restore(now, ids, worker_id)
 
-    async def maybe_refresh(self, now: dt.datetime, every: float = 300.0) -> bool:
-        """`refresh`, at most every `every` seconds (warnings look at the last 24 hours).
-        Whether it ran."""
+    async def _restore(self, now: dt.datetime, live: set[str], worker_id: str) -> None:
+        stale = await self.storage.definitions.stale(self.definitions, live)
+        if not stale:  # names forgotten (no row): a worker writes them again when it starts
+            return
+        # read after the rows: a worker that wrote one since the sweep's read is listed here
+        workers = [
+            w
+            for w in await self.storage.workers.liveness(definitions=True)
+            if worker_alive(w, now, self.worker_timeout) or w["_id"] == worker_id
+        ]
+        mine = [w for w in workers if w["_id"] == worker_id]
+        if not mine:  # this worker was declared dead: its heartbeat registers it afresh
+            return
+        mine[0]["names"] = list(self.definitions)  # it defines them all, claimed or not
+        alive = {str(w["_id"]) for w in workers}
+        left: list[str] = []
+        for name, was in sorted(stale.items()):
+            if was in alive:  # a worker that started since the sweep's read wrote it
+                continue
+            if registrar(name, workers) != worker_id:
+                left.append(name)  # the live worker that should write it does so
+                continue
+            if await self.storage.definitions.reassert(
+                name, self.definitions[name], worker_id, was, now
+            ):
+                self.log.info(
+                    "definition_restored", job_name=name, worker_id=worker_id, replaced=was
+                )
+        if left:  # still served here
+            await self.storage.definitions.seen(left, now)
+
+    async def maybe_refresh(
+        self,
+        now: dt.datetime,
+        every: float = 300.0,
+        live: list[Doc] | None = None,
+        worker_id: str = "",
+    ) -> bool:
+        """`refresh`, at most every `every` seconds (warnings look at the last 24 hours), and
+        also at a sweep that finds a worker gone since the last one (`live`: the sweep's live
+        workers), so that a row it wrote is written again within one sweep of it leaving.
+        Whether the periodic refresh ran."""
+        ids = frozenset(str(w["_id"]) for w in live) if live is not None else None
+        departed = ids is not None and self._live is not None and bool(self._live - ids)
+        if ids is not None:
+            self._live = ids
         if self._refreshed is None or (now - self._refreshed).total_seconds() >= every:
-            await self.refresh(now)
+            await self.refresh(now, live, worker_id)
+            self._refreshed = now
             return True
+        if departed:
+            await self.refresh(now, live, worker_id)
         return False
 
     async def paused_names(self) -> set[str]:

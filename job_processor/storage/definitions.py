@@ -2,9 +2,11 @@
 
 `<prefix>definitions`: one document per job or cron name (`_id` = name), written by every worker
 that serves it when it registers (one `update_one` per name: nx-27017 and mongomock break
-`bulk_write`), and its `last_seen` refreshed with one `update_many` per recovery sweep. Which
-live workers serve a name is not stored here: each worker document lists the names it claims
-(`names`), which is exact whatever tags or code version the worker runs.
+`bulk_write`), and its `last_seen` refreshed with one `update_many` every few minutes. A row
+written by a worker that is no longer live is written again by a live worker that defines the
+name (`stale`, `reassert`: see `engine.upkeep.Registry.refresh` for who). Which live workers
+serve a name is not stored here: each worker document lists the names it claims (`names`),
+which is exact whatever tags or code version the worker runs.
 
 `<prefix>paused`: one document per paused name (`_id` = name). Workers read the whole (small)
 collection once per heartbeat and leave those names out of their claims.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ..core import event_documents as E
@@ -104,11 +106,48 @@ class DefinitionStore:
                 upsert=True,
             )
 
-    async def seen(self, names: Iterable[str], now: dt.datetime) -> None:
-        """One write for all of a worker's names: they are still served."""
+    async def seen(
+        self,
+        names: Iterable[str],
+        now: dt.datetime,
+        registered_by: Collection[str] | None = None,
+    ) -> int:
+        """One write for all of a worker's names: they are still served. With `registered_by`
+        (the live workers' ids), only the rows one of them wrote: how many matched (fewer than
+        the names when a row was written by a worker no longer live, or has gone)."""
         names = list(names)
-        if names:
-            await self.coll.update_many({"_id": {"$in": names}}, {"$set": {"last_seen": now}})
+        if not names:
+            return 0
+        query: Doc = {"_id": {"$in": names}}
+        if registered_by is not None:
+            query["registered_by"] = {"$in": sorted(registered_by)}
+        res = await self.coll.update_many(query, {"$set": {"last_seen": now}})
+        return int(res.matched_count)
+
+    async def stale(self, names: Iterable[str], live: Collection[str]) -> dict[str, str | None]:
+        """One query: name -> who wrote its row, for those of `names` whose row was written by
+        none of the `live` workers (rows that do not exist are not among them)."""
+        found = await all_docs(
+            self.coll.find(
+                {"_id": {"$in": list(names)}, "registered_by": {"$nin": sorted(live)}},
+                {"registered_by": 1},
+            )
+        )
+        return {str(d["_id"]): d.get("registered_by") for d in found}
+
+    async def reassert(
+        self, name: str, definition: Any, worker_id: str, was: str | None, now: dt.datetime
+    ) -> bool:
+        """Write this worker's definition of `name` over the row `was` wrote (compare-and-set:
+        False if someone else has written it since, or it is gone)."""
+        res = await self.coll.update_one(
+            {"_id": name, "registered_by": was},
+            {
+                "$set": definition_fields(definition)
+                | {"last_seen": now, "registered_by": worker_id, "registered_at": now}
+            },
+        )
+        return bool(res.matched_count)
 
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from job_processor.core.coverage import coverage
+from job_processor.core.coverage import coverage, registrar
 
 NOW = dt.datetime(2030, 1, 1, 9, 0, tzinfo=dt.UTC)
 SEEN = {"kind": "job", "last_seen": NOW - dt.timedelta(minutes=5)}
@@ -39,3 +39,20 @@ def test_a_tagged_name_names_the_tag_to_serve() -> None:
         "job 'report' (tag 'main'): no live worker can run it; start a worker that defines it, "
         "with worker_tags that include 'main' (or None)"
     )
+
+
+def test_the_registry_shows_the_last_started_live_worker_that_defines_a_name() -> None:
+    """Of the live workers that define a name (its digest on their document, or they claim
+    it), the most recently started; ties go to the greatest id."""
+    at = NOW - dt.timedelta(hours=1)
+    live = [
+        {"_id": "w1", "started_at": at, "definitions": {"report": "aaa"}},
+        {"_id": "w2", "started_at": at + dt.timedelta(seconds=5), "definitions": {"report": "bbb"}},
+        {"_id": "w3", "started_at": at + dt.timedelta(seconds=9), "definitions": {"other": "ccc"}},
+        {"_id": "w0", "started_at": at + dt.timedelta(seconds=5), "names": ["report"]},
+    ]
+    assert registrar("report", live) == "w2"  # w3 does not define it; w2 and w0 tie on time
+    assert registrar("report", live[:1] + live[3:]) == "w0"
+    assert registrar("other", live) == "w3"
+    assert registrar("nowhere", live) is None
+    assert registrar("report", [{"_id": "old", "names": ["report"]}, live[0]]) == "w1"

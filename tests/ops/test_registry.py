@@ -6,10 +6,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.core import documents as D
-from job_processor.core.errors import UnknownJobError
+from job_processor.core.errors import InvalidPayloadError, UnknownJobError
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
@@ -226,3 +227,188 @@ def test_definition_digests_ignore_the_handlers_module_and_event_deliveries() ->
     assert fingerprints({"a": here}) == fingerprints({"a": as_script})
     assert fingerprints({"a": here}) != fingerprints({"a": JobDef(handler=handler)})
     assert WEBHOOK_JOB not in fingerprints({WEBHOOK_JOB: here})
+
+
+class ReportPayload(BaseModel):
+    tenant_id: str
+    customer: str
+    rows: int
+
+
+class OtherPayload(BaseModel):
+    email: str
+
+
+async def report(job: Job, signal: AbortSignal) -> str:
+    return "report"
+
+
+async def mail(job: Job, signal: AbortSignal) -> str:
+    return "mail"
+
+
+APP_A = {"send_report": JobDef(handler=report, payload_model=ReportPayload, max_attempts=3)}
+APP_B = {
+    "send_report": JobDef(
+        handler=mail, payload_model=OtherPayload, concurrency="exclusive", max_attempts=1
+    )
+}
+REPORT = {"tenant_id": "acme", "customer": "x", "rows": 40}
+#: Sweeps (and so registry refreshes) only when the test drives them.
+DRIVEN = {"worker_timeout": 600.0}
+
+
+async def refresh(processor: Any) -> None:
+    """One pass of the processor's sweep loop: the sweep, then the registry's refresh."""
+    now = processor.clock.now()
+    await processor.recovery.sweep(now)
+    await processor.heartbeat.after_sweep(now)
+
+
+async def test_a_definition_written_by_a_stopped_worker_is_written_again_by_a_live_one(
+    db: Any,
+) -> None:
+    """w3 (app B) starts beside w2 (app A), both defining send_report: the registry shows B's
+    (the last one started). Once w3 stops, w2's next refresh writes A's definition again, so
+    the admin (and the CLI) check a new job's payload against the definition a live worker
+    runs, not a dead one's."""
+    w2 = await make(db, APP_A, instance_id="w2", **DRIVEN)
+    w3 = await make(db, APP_B, instance_id="w3", **DRIVEN)
+    admin = await Admin.open(db, actor="ops")
+    async with w2:
+        await refresh(w2)  # the periodic refresh, nothing to restore
+        async with w3:
+            row = await db["job_processor_definitions"].find_one({"_id": "send_report"})
+            assert (row["registered_by"], row["payload_model"]) == (w3.worker_id, "OtherPayload")
+            await refresh(w2)  # w3 is live: its row stands
+            (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+            assert view.registered_by == w3.worker_id
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert view.registered_by == w3.worker_id  # until w2's refresh
+        with pytest.raises(InvalidPayloadError, match="email"):
+            await admin.new_job("send_report", REPORT)
+        await refresh(w2)  # the sweep that finds w3 gone
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert (view.registered_by, view.served_by) == (w2.worker_id, [w2.worker_id])
+        assert (view.payload_model, view.concurrency, view.max_attempts) == (
+            "ReportPayload",
+            "concurrent",
+            3,
+        )
+        created = await admin.new_job("send_report", REPORT)
+        assert created.changed
+        await wait_status(w2, created.changed[0], "finished")  # type: ignore[arg-type]
+        with pytest.raises(InvalidPayloadError, match="missing 'tenant_id'"):
+            await admin.new_job("send_report", {"email": "a@b.c"})
+        rows = db["job_processor_definitions"]
+        restored = await rows.find_one({"_id": "send_report"})
+        await refresh(w2)  # nothing changed: nothing written again
+        again = await rows.find_one({"_id": "send_report"})
+        assert again["registered_at"] == restored["registered_at"]
+
+
+async def test_of_two_live_definitions_the_last_started_worker_s_is_written_again(
+    db: Any,
+) -> None:
+    """A deploy under way: old (app A) and new (app C) workers are live, and a one-off worker
+    (app B), started last, wrote the row. When it stops, the row is written again by the live
+    worker that defines the name and started last (here the new one), whichever sweeps first."""
+
+    async def newer(job: Job, signal: AbortSignal) -> str:
+        return "newer"
+
+    app_c = {"send_report": JobDef(handler=newer, payload_model=ReportPayload, max_attempts=5)}
+    old = await make(db, APP_A, instance_id="old", **DRIVEN)
+    new = await make(db, app_c, instance_id="new", **DRIVEN)
+    one_off = await make(db, APP_B, instance_id="one-off", **DRIVEN)
+    admin = await Admin.open(db)
+    async with old, new:
+        async with one_off:
+            await refresh(old)
+            await refresh(new)
+        await refresh(old)  # not the one to write it: it leaves the row alone
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert view.registered_by == one_off.worker_id
+        await refresh(new)
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert (view.registered_by, view.max_attempts) == (new.worker_id, 5)
+        await refresh(old)  # written by a live worker: it stands
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert view.registered_by == new.worker_id
+
+
+async def test_the_periodic_refresh_also_writes_a_dead_worker_s_definition_again(
+    db: Any,
+) -> None:
+    """A row whose writer was gone before this worker's last sweep (no departure seen): the
+    refresh every 5 minutes writes it again."""
+    gone = await make(db, APP_B, instance_id="gone", **DRIVEN)
+    async with gone:
+        pass
+    w2 = await make(db, APP_A, instance_id="w2", **DRIVEN)
+    async with w2:
+        await refresh(w2)  # the first refresh
+        row = await db["job_processor_definitions"].find_one({"_id": "send_report"})
+        assert row["registered_by"] == w2.worker_id  # its own start wrote it
+        await db["job_processor_definitions"].update_one(
+            {"_id": "send_report"}, {"$set": {"registered_by": gone.worker_id}}
+        )
+        await refresh(w2)  # within 5 minutes: not yet
+        row = await db["job_processor_definitions"].find_one({"_id": "send_report"})
+        assert row["registered_by"] == gone.worker_id
+        later = w2.clock.now() + dt.timedelta(minutes=6)
+        await w2.recovery.sweep(later)
+        await w2.heartbeat.after_sweep(later)
+        row = await db["job_processor_definitions"].find_one({"_id": "send_report"})
+        assert (row["registered_by"], row["payload_model"]) == (w2.worker_id, "ReportPayload")
+
+
+async def test_a_refresh_while_every_row_s_writer_is_live_is_one_write(
+    mongo_url: str, db: Any
+) -> None:
+    """The common case costs what it did: one update_many on the registry per refresh (it
+    matches only rows a live worker wrote); a departure that leaves no stale row adds none."""
+    from pymongo import AsyncMongoClient, monitoring
+
+    class Recorder(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if str(event.command.get(event.command_name, "")).endswith("definitions"):
+                self.names.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    recorder = Recorder()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[recorder]
+    )
+    try:
+        bystander = await make(client[db.name], {"elsewhere": JobDef(handler=quick)}, **DRIVEN)
+        w2 = await make(client[db.name], APP_A, **DRIVEN)
+        await bystander.start()  # started first: w2 writes the rows they share
+        await w2.start()
+        try:
+
+            async def refreshed(now: dt.datetime) -> list[str]:
+                await w2.recovery.sweep(now)
+                recorder.names.clear()
+                await w2.heartbeat.after_sweep(now)
+                return list(recorder.names)
+
+            now = w2.clock.now()
+            assert await refreshed(now) == ["update"]  # the first refresh
+            await bystander.stop()  # a worker leaves (w2's rows are its own)
+            assert await refreshed(now) == ["update"]  # the refresh its departure triggers
+            assert await refreshed(now) == []  # nothing changed
+            assert await refreshed(now + dt.timedelta(minutes=6)) == ["update"]  # periodic
+        finally:
+            await w2.stop()
+            await bystander.stop()
+    finally:
+        await client.close()
