@@ -151,6 +151,22 @@ def registrar(name: str, live: Iterable[Doc]) -> str | None:
     return str(newest["_id"])
 
 
+def defined_differently(
+    mine: Mapping[str, str], worker_id: str, live: Iterable[Doc]
+) -> dict[str, list[str]]:
+    """name -> the other live workers (ids) whose definition of it (digest) differs from this
+    worker's (`mine`: name -> digest)."""
+    out: dict[str, list[str]] = {}
+    for w in live:
+        if str(w["_id"]) == worker_id:
+            continue
+        theirs = w.get("definitions") or {}
+        for name, digest in mine.items():
+            if theirs.get(name) is not None and str(theirs[name]) != digest:
+                out.setdefault(name, []).append(str(w["_id"]))
+    return {name: sorted(ids) for name, ids in sorted(out.items())}
+
+
 def jobs(n: int, noun: str) -> str:
     """ "1 queued job", "3 queued jobs"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -99,10 +99,12 @@ class Recovery:
                     "sweep_failed", worker_id=self.worker.worker_id, error=describe(exc)
                 )
 
-    async def sweep(self, now: dt.datetime) -> int:
+    async def sweep(self, now: dt.datetime, definitions: bool = False) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks. Not while
         this worker may itself have been declared dead: it would record itself, under an id
-        it is giving up, as the owner of what it recovers."""
+        it is giving up, as the owner of what it recovers. With `definitions` (at start), the
+        live workers' documents in `self.live` also carry their names and definitions'
+        digests (the same read, more fields)."""
         self.live = None
         if not self.worker.trusted():
             return 0
@@ -110,7 +112,7 @@ class Recovery:
         me = self.worker.worker_id
         live: set[str] = set()
         live_docs: list[dict[str, Any]] = []
-        for w in await self.storage.workers.liveness():
+        for w in await self.storage.workers.liveness(definitions):
             if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
                 live.add(w["_id"])
                 live_docs.append(w)

@@ -207,8 +207,10 @@ class Runtime:
         self.waker.stop_event.clear()
         await self._acquire_runtime()
         try:
-            # recover what dead workers left behind before taking new work
-            await self.recovery.sweep(self.clock.now())
+            # recover what dead workers left behind before taking new work (the same read of
+            # the workers tells which of them define one of these names differently)
+            await self.recovery.sweep(self.clock.now(), definitions=True)
+            self.registry.started(self.worker_id, self.recovery.live)
         except BaseException:
             await self._release_runtime()
             raise

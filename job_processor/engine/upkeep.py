@@ -4,7 +4,8 @@
   CronDef its process knows (not only the names it claims: a "main" job defined in every
   replica's code is then known even while no "main" worker is up) in `<prefix>definitions` when
   it registers and refreshes their `last_seen` every few minutes, writing its definition again
-  over a row whose writer is no longer live (see `refresh`); the paused names it reads when
+  over a row whose writer is no longer live (see `refresh`); at start it warns about names a
+  live worker defines differently (`job_defined_differently`); the paused names it reads when
   it registers, then with each heartbeat (pause/resume keep them on every worker document), so
   that it stops claiming a paused name within about one `heartbeat_interval`; every few
   minutes it also reads `<prefix>paused` itself (a pause whose update of the worker documents
@@ -19,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from ..core.coverage import DEFAULT_WORKER_TIMEOUT, registrar, worker_alive
+from ..core.coverage import DEFAULT_WORKER_TIMEOUT, defined_differently, registrar, worker_alive
 from ..core.definitions import JobDef
 from ..core.documents import Doc
 from ..core.log import EventLog
@@ -52,6 +53,23 @@ class Registry:
     def fingerprints(self) -> dict[str, str]:
         """name -> the digest of its definition here (on the worker document)."""
         return fingerprints(self.definitions)
+
+    def started(self, worker_id: str, live: list[Doc] | None) -> None:
+        """At start, with the live workers' documents the first sweep read (their digests
+        among them): one `job_defined_differently` warning per name that another live worker
+        defines differently (each worker runs the jobs it claims with its own definition, so
+        some of them fail here or there)."""
+        if live is None:
+            return
+        self._live = frozenset(str(w["_id"]) for w in live)
+        for name, others in defined_differently(self.fingerprints(), worker_id, live).items():
+            self.log.warning(
+                "job_defined_differently",
+                job_name=name,
+                worker_id=worker_id,
+                other_workers=others,
+                hint="rename one, or finish the deploy",
+            )
 
     async def refresh(
         self, now: dt.datetime, live: list[Doc] | None = None, worker_id: str = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from job_processor.core.coverage import coverage, registrar
+from job_processor.core.coverage import coverage, defined_differently, registrar
 
 NOW = dt.datetime(2030, 1, 1, 9, 0, tzinfo=dt.UTC)
 SEEN = {"kind": "job", "last_seen": NOW - dt.timedelta(minutes=5)}
@@ -56,3 +56,14 @@ def test_the_registry_shows_the_last_started_live_worker_that_defines_a_name() -
     assert registrar("other", live) == "w3"
     assert registrar("nowhere", live) is None
     assert registrar("report", [{"_id": "old", "names": ["report"]}, live[0]]) == "w1"
+
+
+def test_a_starting_worker_names_the_live_workers_that_define_its_names_differently() -> None:
+    live = [
+        {"_id": "me", "definitions": {"report": "aaa", "mail": "mmm"}},
+        {"_id": "w1", "definitions": {"report": "bbb", "mail": "mmm"}},
+        {"_id": "w0", "definitions": {"report": "ccc"}},
+        {"_id": "w2", "names": ["report"]},  # no digests (an older version): nothing to say
+    ]
+    mine = {"report": "aaa", "mail": "mmm", "new": "nnn"}
+    assert defined_differently(mine, "me", live) == {"report": ["w0", "w1"]}

@@ -243,7 +243,7 @@ async def test_a_failed_start_leaves_nothing_behind(
 ) -> None:
     processor = await make(db, {"n": JobDef(handler=lambda job, signal: None)})
 
-    async def broken_sweep(now: dt.datetime) -> int:
+    async def broken_sweep(now: dt.datetime, definitions: bool = False) -> int:
         raise AutoReconnect("connection refused")
 
     monkeypatch.setattr(processor.recovery, "sweep", broken_sweep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import pytest
@@ -361,6 +362,42 @@ async def test_the_periodic_refresh_also_writes_a_dead_worker_s_definition_again
         await w2.heartbeat.after_sweep(later)
         row = await db["job_processor_definitions"].find_one({"_id": "send_report"})
         assert (row["registered_by"], row["payload_model"]) == (w2.worker_id, "ReportPayload")
+
+
+async def test_a_worker_that_starts_beside_a_different_definition_of_a_name_warns(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start, a worker compares the digests on the live workers' documents (read by its
+    first sweep) with its own: each name another live worker defines differently is logged
+    (`job_defined_differently`), since each runs the jobs it claims with its own definition."""
+    logger = logging.getLogger("test.registry")
+    w2 = await make(db, APP_A | {"other": JobDef(handler=quick)}, instance_id="w2", logger=logger)
+    w3 = await make(db, APP_B | {"other": JobDef(handler=quick)}, instance_id="w3", logger=logger)
+    same = await make(db, APP_A, instance_id="w4", logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.registry"):
+        async with w2:
+            async with w3:
+                pass
+            async with same:  # the same definition as w2's: nothing to say
+                pass
+
+    def said(processor: Any) -> list[dict[str, Any]]:
+        return [
+            r.__dict__["fields"]
+            for r in caplog.records
+            if r.__dict__.get("event") == "job_defined_differently"
+            and r.__dict__["fields"]["worker_id"] == processor.worker_id
+        ]
+
+    assert said(w3) == [
+        {
+            "job_name": "send_report",
+            "worker_id": w3.worker_id,
+            "other_workers": [w2.worker_id],
+            "hint": "rename one, or finish the deploy",
+        }
+    ]
+    assert said(w2) == [] and said(same) == []
 
 
 async def test_a_refresh_while_every_row_s_writer_is_live_is_one_write(
