@@ -87,6 +87,8 @@ def coverage(
             fix = f"start a worker whose subscribers= has {name.rpartition(':')[2]!r}{needs}"
         else:
             fix = f"start a worker that defines it{needs}"
+            if not waiting:  # nothing queued: maybe removed from the code on purpose
+                fix += f", or, if it is gone from the code, job-processor names forget {name}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
         out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")

@@ -19,7 +19,8 @@ def test_a_delivery_name_is_unserved_only_while_deliveries_wait() -> None:
     idle = coverage(known, [], {}, [], NOW)
     assert idle.unserved == ["report"]  # the built-in and the emitted names are not the user's
     assert idle.warnings == [
-        "job 'report': no live worker can run it; start a worker that defines it"
+        "job 'report': no live worker can run it; start a worker that defines it, or, if it "
+        "is gone from the code, job-processor names forget report"
     ]
     queued = {"webhook-delivery": {"pending": 2}, "shipped:send-email": {"pending": 1}}
     waiting = coverage(known, [], queued, [], NOW)
@@ -37,7 +38,8 @@ def test_a_tagged_name_names_the_tag_to_serve() -> None:
     (warning,) = coverage(known, [{"_id": "w1", "names": ["other"]}], {}, [], NOW).warnings
     assert warning == (
         "job 'report' (tag 'main'): no live worker can run it; start a worker that defines it, "
-        "with worker_tags that include 'main' (or None)"
+        "with worker_tags that include 'main' (or None), or, if it is gone from the code, "
+        "job-processor names forget report"
     )
 
 
