@@ -270,6 +270,7 @@ async def init_job_processor(
     keep_finished: Keep = R.DEFAULT_KEEP_FINISHED,
     keep_failed: Keep = R.DEFAULT_KEEP_FAILED,
     unknown_name_grace: float = 3600.0,
+    loop_lag_warning: float = 1.0,
     keep_events: dt.timedelta | bool = dt.timedelta(days=30),
     subscribers: Mapping[str, list[Subscriber] | list[Mapping[str, Any]]] | None = None,
     webhook_secrets: Mapping[str, str] | None = None,
@@ -292,6 +293,8 @@ async def init_job_processor(
     producer_retry_seconds: how long schedule_job(s), kill_job, retry_job, emit and the reads
     ride out a MongoDB outage before raising DatabaseUnreachableError (0: no retry).
     See docs/events.md.
+    loop_lag_warning: seconds late the heartbeat's timer may wake before `event_loop_blocked`
+    is logged (a handler blocking the event loop: see the guide's Handlers section).
     """
     job_defs = parse_jobs(jobs)
     cron_defs = parse_crons(crons)
@@ -333,6 +336,7 @@ async def init_job_processor(
             ),
         ),
         unknown_name_grace=check_positive("unknown_name_grace", unknown_name_grace),
+        loop_lag_warning=check_positive("loop_lag_warning", loop_lag_warning),
     )
     if settings.worker_timeout < 2 * settings.heartbeat_interval:
         raise InvalidDefinitionError(

@@ -24,6 +24,8 @@ class Settings:
     """The processor's defaults for keep_finished / keep_failed."""
     unknown_name_grace: float = 3600.0
     """Seconds a job of a name no worker defines waits before it is errored."""
+    loop_lag_warning: float = 1.0
+    """Seconds late the heartbeat's timer may wake before `event_loop_blocked` is logged."""
 
 
 def check_keep_events(value: Any) -> dt.timedelta | None:

@@ -14,6 +14,7 @@ from ..core.documents import Doc
 from ..core.log import EventLog
 from ..storage import Storage
 from ..storage.transient import describe
+from .looplag import LoopLag
 from .recovery import Recovery, is_dead
 from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
@@ -61,6 +62,16 @@ class Heartbeat:
         worker.release_unstarted = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
+        self.lag = LoopLag(
+            clock,
+            log,
+            self.settings.loop_lag_warning,
+            self.settings.worker_timeout,
+            lambda: list(worker.runs.values()),
+            lambda: worker.worker_id,
+        )
+        """How late the heartbeat's timer wakes: a handler blocking the event loop."""
+        worker.loop_blocked = self.lag.cause
 
     async def register(self) -> str:
         """A new worker document carrying the paused names (read before and after it exists,
@@ -153,7 +164,7 @@ class Heartbeat:
                 if took >= self.settings.heartbeat_interval
                 else self.settings.heartbeat_interval
             )
-            await sleep_or_wake(self.clock, self.stop_event, wait)
+            await self.lag.sleep(self.stop_event, wait)  # and how late it wakes
 
     async def tick(self) -> None:
         """One round trip: this worker is alive, and which names are paused (read back from
@@ -172,7 +183,13 @@ class Heartbeat:
         if paused is None or stale or self._gave_up:
             # Others may already have recovered our jobs: stop touching them, start afresh.
             why = "worker_document_missing" if paused is None else "heartbeat_stale"
-            self.log.error("worker_declared_dead", worker_id=self.worker.worker_id, reason=why)
+            cause = self.lag.cause()  # a blocked event loop, when one explains it
+            self.log.error(
+                "worker_declared_dead",
+                worker_id=self.worker.worker_id,
+                reason=why,
+                **({"cause": cause} if cause else {}),
+            )
             self.worker.abandon_all(why)
             given_up, self.worker.worker_id = self.worker.worker_id, ""  # no claim under it
             if paused is not None:

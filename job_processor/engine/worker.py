@@ -112,6 +112,9 @@ class Worker:
         """Set by the heartbeat: False while others may have declared this worker dead (its
         last heartbeat is older than worker_timeout, or it is registering afresh). Nothing
         is claimed then, and a claim that returns then is not started."""
+        self.loop_blocked: Callable[[], str | None] = lambda: None
+        """Set by the heartbeat: why runs were probably lost ("event loop blocked for N s:
+        heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
         self.release_unstarted: Callable[[Doc], Awaitable[Any]] | None = None
         """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
         self.claims_held = False
@@ -343,15 +346,19 @@ class Worker:
         """This worker may have been declared dead: its jobs now belong to the recovery. Their
         handlers are cancelled at once (no shutdown grace: another worker may be running them
         already), and nothing more is written for them."""
+        cause: dict[str, str] | None = None
         for run in list(self.runs.values()):
             if run.lost:
                 continue
+            if cause is None:
+                said = self.loop_blocked()
+                cause = {"cause": said} if said else {}
             run.give_up()
             run.signal.abort("shutdown")
             if len(self.gave_up) >= 1000:  # those recovered elsewhere stay: the oldest goes
                 del self.gave_up[next(iter(self.gave_up))]
             self.gave_up[str(run.doc.get("run_id"))] = why
-            self.log.warning("job_abandoned", reason=why, **self._fields(run.doc))
+            self.log.warning("job_abandoned", reason=why, **cause, **self._fields(run.doc))
 
     def owns(self, doc: Doc) -> bool:
         """Is this process really running that run of the job?"""
@@ -429,6 +436,12 @@ class Worker:
             sentry.finish_run(trace)
             if self.runs.get(str(doc["_id"])) is run:
                 del self.runs[str(doc["_id"])]
+
+    def _lost_reason(self) -> dict[str, str]:
+        """`job_lost`'s reason when a blocked event loop explains it (the run was given up, or
+        its final write found the job recovered elsewhere)."""
+        reason = self.loop_blocked()
+        return {"reason": reason} if reason else {}
 
     async def _skip_missed(self, run: Run) -> Doc | None:
         now = self.clock.now()
@@ -558,7 +571,7 @@ class Worker:
         """Decide the outcome and write it. A write that cannot be stored is replaced by an
         errored outcome saying why; a kill requested meanwhile makes us decide again."""
         if run.lost:
-            self.log.warning("job_lost", **self._fields(run.doc))
+            self.log.warning("job_lost", **self._lost_reason(), **self._fields(run.doc))
             return None
         with self.hooks.pending(run.doc["_id"]):  # its hook is this process's to call
             return await self._write_end(run, end, duration_ms)
@@ -602,7 +615,9 @@ class Worker:
             break
         if written is None or written.doc is None:
             # someone else moved the job first (we were declared dead): their state stands
-            self.log.warning("job_lost", status=outcome.status.value, **fields)
+            self.log.warning(
+                "job_lost", status=outcome.status.value, **self._lost_reason(), **fields
+            )
             return None
         final = written.doc
         self._log_outcome(outcome, final, fields, duration_ms)
