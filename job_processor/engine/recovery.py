@@ -41,10 +41,13 @@ GAVE_UP = {
     "worker_timeout (no heartbeat), so others could recover the job",
     "worker_document_missing": "its worker gave the run up: it was declared dead (its "
     "heartbeat was late by worker_timeout)",
+    "event_loop_blocked": "its worker gave the run up: its event loop was blocked (no "
+    "heartbeat for worker_timeout), so others could recover the job",
     "": "its worker gave the run up",
 }
 """The error of a run this process gave up (`Worker.abandon_all`), by its reason, when its
-own sweep recovers the job (another worker's sweep says "worker crashed": it cannot tell)."""
+own sweep or reconciliation recovers the job (another worker's sweep says "worker crashed": it
+cannot tell). "event_loop_blocked": the heartbeat's timer measured the block (`engine.looplag`)."""
 #: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 STRAYS_EVERY = dt.timedelta(minutes=5)
 
@@ -206,15 +209,24 @@ class Recovery:
     ) -> Doc | None:
         """A job the database says this live worker runs, but it does not: its final write
         failed (a lost attempt), or (`started=False`) it was claimed but never ran, `why`
-        (re-queued, no attempt used)."""
+        (re-queued, no attempt used). A run this process gave up says why (`GAVE_UP`)."""
+        run_id = str(doc.get("run_id"))
+        gave_up = self.worker.gave_up.get(run_id) if started else None
+        if gave_up is not None:
+            error = GAVE_UP.get(gave_up, GAVE_UP[""])
+        elif started:
+            error = "its worker lost track of the run (the final write failed or a reply was lost)"
+        else:
+            error = f"{why}: not run"
         end = RunEnd(
             Ending.LOST_TRACK if started else Ending.UNSTARTED,
             kill_requested=bool(doc.get("kill_requested_at")),
-            error="its worker lost track of the run (the final write failed or a reply was lost)"
-            if started
-            else f"{why}: not run",
+            error=error,
         )
-        return await self.recover(doc, end, event="job_reconciled")
+        written = await self.recover(doc, end, event="job_reconciled")
+        if written is not None and gave_up is not None:
+            self.worker.gave_up.pop(run_id, None)
+        return written
 
     async def recover(self, doc: Doc, end: RunEnd, event: str = "job_recovered") -> Doc | None:
         """Exactly once per run: the final write is a compare-and-set on the run id. A document

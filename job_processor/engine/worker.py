@@ -357,7 +357,8 @@ class Worker:
             run.signal.abort("shutdown")
             if len(self.gave_up) >= 1000:  # those recovered elsewhere stay: the oldest goes
                 del self.gave_up[next(iter(self.gave_up))]
-            self.gave_up[str(run.doc.get("run_id"))] = why
+            # what its own recovery will say (`recovery.GAVE_UP`): a measured block, if one
+            self.gave_up[str(run.doc.get("run_id"))] = "event_loop_blocked" if cause else why
             self.log.warning("job_abandoned", reason=why, **cause, **self._fields(run.doc))
 
     def owns(self, doc: Doc) -> bool:

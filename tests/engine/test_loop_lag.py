@@ -14,6 +14,7 @@ from job_processor.core import documents as D
 from job_processor.core.log import EventLog
 from job_processor.engine.execution import Run
 from job_processor.engine.looplag import HINT, HINT_NO_ASYNC_JOB, LoopLag
+from job_processor.engine.recovery import GAVE_UP
 from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
@@ -164,7 +165,8 @@ async def test_an_async_handler_blocking_the_loop_is_named(db: Any) -> None:
 
 async def test_a_run_lost_to_a_blocked_loop_says_why(db: Any) -> None:
     """Blocked past worker_timeout (a fake clock moved by the handler without yielding): the
-    worker gives its run up and re-registers, and each line says the blocked loop is why."""
+    worker gives its run up and re-registers; each line, and the error its own recovery
+    stores, says the blocked loop is why."""
     clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     lines = Recorder()
     never = asyncio.Event()
@@ -180,6 +182,9 @@ async def test_a_run_lost_to_a_blocked_loop_says_why(db: Any) -> None:
         first = processor.worker_id
         job = await processor.schedule_job("stuck")
         await wait_for(lambda: lines.events("job_lost") and processor.worker_id != first)
+        await processor.recovery.sweep(clock.now())  # if its reconciliation has not yet
+        recovered = await processor.get_job(job.id)
+    assert (recovered.status, recovered.error) == (S.ERRORED, GAVE_UP["event_loop_blocked"])
     why = lines.events("job_lost")[0]["reason"]
     assert why.startswith("event loop blocked for 3") and why.endswith("s: heartbeat missed")
     [abandoned] = lines.events("job_abandoned")
