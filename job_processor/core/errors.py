@@ -111,7 +111,7 @@ class JobFailedError(JobProcessorError):
         why = (error or "").splitlines()[0] if error else "no error recorded"
         if why == status:  # "killed": said once
             super().__init__(f"job {job_id} {status}")
-        elif why.startswith(f"{status} "):  # "killed (its worker crashed)"
+        elif why.startswith(f"{status} "):  # "killed (its worker stopped heartbeating)"
             super().__init__(f"job {job_id} {why}")
         else:
             super().__init__(f"job {job_id} {status}: {why}")

@@ -11,7 +11,8 @@ Rules, first match wins:
 - max runtime exceeded: a failed attempt ("max runtime exceeded");
 - the handler returned: finished; but after the shutdown signal a resumable job is paused
   (its next run starts from its checkpoint);
-- the worker crashed, or lost track of the run: a failed attempt; a resumable job with attempts
+- the worker stopped heartbeating (crashed, lost MongoDB, its event loop blocked: recovered by
+  another worker), or lost track of the run: a failed attempt; a resumable job with attempts
   left is paused (resumes from its checkpoint);
 - the shutdown signal, then the handler raised or was cancelled: paused if resumable, else
   pending at once ("interrupted"); neither consumes an attempt;
@@ -35,7 +36,7 @@ from .abort import AbortReason
 from .definitions import Backoff
 from .retention import Retention
 from .retries import backoff_delay
-from .runs import INTERRUPTED
+from .runs import INTERRUPTED, WORKER_SILENT
 from .status import HOOKED, JobStatus
 
 S = JobStatus
@@ -46,7 +47,7 @@ class Ending(StrEnum):
     RAISED = "raised"
     CANCELLED = "cancelled"
     CRASHED = "crashed"
-    """Its worker died (recovered by another worker's sweep)."""
+    """Its worker stopped heartbeating (recovered by another worker's sweep)."""
     LOST_TRACK = "lost_track"
     """Running under a live worker that does not run it (its final write failed)."""
     INVALID = "invalid"
@@ -189,7 +190,7 @@ def _decide(
     if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
         return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now)
     if end.how == Ending.CRASHED:
-        why = "killed (its worker crashed)"
+        why = "killed (its worker stopped heartbeating)"
     elif end.how == Ending.LOST_TRACK:
         why = f"killed ({end.error or 'run lost'})"
     else:
@@ -213,7 +214,7 @@ def _unkilled(c: _Ctx) -> Outcome:
             return Outcome(S.PAUSED, failures=c.failures)
         return c.ended(S.FINISHED, None, end.result)
     if c.crashed:
-        return c.failed("worker crashed" if end.how == Ending.CRASHED else end.error or "run lost")
+        return c.failed(WORKER_SILENT if end.how == Ending.CRASHED else end.error or "run lost")
     if end.abort_reason == "shutdown":  # stopped gracefully: not the job's fault
         if c.policy.resumable:
             return Outcome(S.PAUSED, failures=c.failures)

@@ -21,6 +21,11 @@ from typing import Any
 #: The error recorded for a run a graceful stop interrupted.
 INTERRUPTED = "interrupted"
 
+#: The error recorded for a run recovered from a worker that stopped heartbeating for
+#: `worker_timeout`: the sweeper cannot tell a crash from a lost network or a blocked loop.
+#: (Before, "worker crashed": still read as a crashed run.)
+WORKER_SILENT = "worker stopped heartbeating (crashed, lost MongoDB, or its event loop was blocked)"
+
 #: A run's outcome, from the record the final write keeps in `history`.
 OUTCOMES = ("finished", "failed", "crashed", "killed", "interrupted", "paused", "missed")
 
@@ -34,7 +39,9 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return str(status)
     if status == "skipped":
         return "missed"
-    if error.startswith("worker crashed") or "crashed during" in error:
+    if error.startswith(("worker stopped heartbeating", "worker crashed")) or (
+        "crashed during" in error
+    ):
         return "crashed"
     if error.startswith(("its worker lost track of the run", "its worker gave the run up")):
         return "lost"  # its final write failed for good: reconciled, not the handler's failure

@@ -46,8 +46,8 @@ GAVE_UP = {
     "": "its worker gave the run up",
 }
 """The error of a run this process gave up (`Worker.abandon_all`), by its reason, when its
-own sweep or reconciliation recovers the job (another worker's sweep says "worker crashed": it
-cannot tell). "event_loop_blocked": the heartbeat's timer measured the block (`engine.looplag`)."""
+own sweep or reconciliation recovers the job (another worker's sweep says `runs.WORKER_SILENT`:
+it cannot tell). "event_loop_blocked": the heartbeat's timer measured the block (`looplag`)."""
 #: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 STRAYS_EVERY = dt.timedelta(minutes=5)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.definitions import CronDef
+from ..core.runs import WORKER_SILENT
 
 Doc = dict[str, Any]
 _sdk: Any = None
@@ -157,7 +158,7 @@ def recovered(doc: Doc, final: Doc, by: str) -> None:
             scope.set_tag("job.recovered_by", by)
             scope.set_tag("job.status", str(final.get("status")))
             scope.set_context("job", _context(doc))
-            error = (final.get("output") or {}).get("error") or "worker crashed"
+            error = (final.get("output") or {}).get("error") or WORKER_SILENT
             level = "error" if final.get("status") in ("errored", "killed") else "warning"
             _sdk.capture_message(
                 f"job {doc['name']!r} recovered ({final.get('status')}): {error}", level=level

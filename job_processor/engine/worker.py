@@ -107,7 +107,7 @@ class Worker:
         under one of them here never started (reconciliation re-queues it, no attempt used)."""
         self.gave_up: dict[str, str] = {}
         """run id -> why this process gave the run up (`abandon_all`): when its own sweep
-        recovers the job, the error says so instead of "worker crashed"."""
+        recovers the job, the error says so instead of `runs.WORKER_SILENT`."""
         self.trusted: Callable[[], bool] = lambda: True
         """Set by the heartbeat: False while others may have declared this worker dead (its
         last heartbeat is older than worker_timeout, or it is registering afresh). Nothing

@@ -146,13 +146,13 @@ def test_a_failed_jobs_error_says_its_status_once() -> None:
 
     said = [
         str(JobFailedError("6b1", "killed", "killed")),
-        str(JobFailedError("6b1", "killed", "killed (its worker crashed)")),
+        str(JobFailedError("6b1", "killed", "killed (its worker stopped heartbeating)")),
         str(JobFailedError("6b1", "errored", "ValueError: bad\n  File ...")),
         str(JobFailedError("6b1", "errored", None)),
     ]
     assert said == [
         "job 6b1 killed",
-        "job 6b1 killed (its worker crashed)",
+        "job 6b1 killed (its worker stopped heartbeating)",
         "job 6b1 errored: ValueError: bad",
         "job 6b1 errored: no error recorded",
     ]

@@ -11,6 +11,7 @@ import pytest
 
 from job_processor import Backoff
 from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+from job_processor.core.runs import WORKER_SILENT
 from job_processor.core.status import JobStatus
 
 S = JobStatus
@@ -125,15 +126,15 @@ def test_a_crash_counts_as_an_attempt_for_resumable_jobs_too() -> None:
     assert (second.status, second.failures) == (S.PAUSED, 2)
     third = decide(job(2, 3), RESUMABLE, crash, NOW)
     assert third.status == S.ERRORED
-    assert third.error == "worker crashed: crashed during 3 attempts, not resumed again"
+    assert third.error == f"{WORKER_SILENT}: crashed during 3 attempts, not resumed again"
     assert third.hook_owed
 
 
 def test_a_crash_of_a_plain_job_is_a_failed_attempt() -> None:
     out = decide(job(0, 1), PLAIN, RunEnd(Ending.CRASHED), NOW)
-    assert (out.status, out.error) == (S.ERRORED, "worker crashed")
+    assert (out.status, out.error) == (S.ERRORED, WORKER_SILENT)
     killed = decide(job(0, 1), PLAIN, RunEnd(Ending.CRASHED, kill_requested=True), NOW)
-    assert (killed.status, killed.error) == (S.KILLED, "killed (its worker crashed)")
+    assert (killed.status, killed.error) == (S.KILLED, "killed (its worker stopped heartbeating)")
 
 
 def test_lost_track_is_recovered_like_a_crash_with_its_reason() -> None:

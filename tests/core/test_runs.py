@@ -8,7 +8,7 @@ from typing import Any
 
 from job_processor.core import documents as D
 from job_processor.core.outcome import Ending, Policy, RunEnd, decide
-from job_processor.core.runs import run_outcome, runs_summary
+from job_processor.core.runs import WORKER_SILENT, run_outcome, runs_summary
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -38,6 +38,18 @@ def test_each_run_shows_what_it_came_to_not_the_status_after_it() -> None:
     stopped = RunEnd(Ending.CANCELLED, abort_reason="shutdown")
     assert run_outcome(entry(stopped)[0]) == "interrupted"
     assert run_outcome(entry(RunEnd(Ending.RAISED, abort_reason="killed"))[0]) == "killed"
+
+
+def test_a_run_recovered_from_a_silent_worker_reads_as_crashed_in_old_documents_too() -> None:
+    """The error says what the sweeper knows (no heartbeat), not a crash it cannot tell from a
+    lost network or a blocked event loop; documents written before, "worker crashed", read
+    the same (the run's outcome, "crashed", is what readers match)."""
+    assert WORKER_SILENT == (
+        "worker stopped heartbeating (crashed, lost MongoDB, or its event loop was blocked)"
+    )
+    for error in (WORKER_SILENT, "worker crashed", "worker crashed: crashed during 3 attempts"):
+        assert run_outcome({"status": "errored", "error": error}) == "crashed"
+        assert run_outcome({"status": "paused", "error": error}) == "crashed"
 
 
 def test_runs_failures_and_attempts_add_up() -> None:

@@ -18,6 +18,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from job_processor import JobProcessor, init_job_processor
+from job_processor.core.runs import WORKER_SILENT
 from job_processor.events.webhooks import generate_secret
 
 from ..receiver import Receiver, Reply, receiving
@@ -128,7 +129,7 @@ async def test_a_worker_killed_mid_delivery_is_retried_not_lost(
     assert hook.attempt == 2
     assert hook.failures == 1
     job = await publisher.get_job(hook.job_id or "")
-    assert job.history[0]["error"] == "worker crashed"
+    assert job.history[0]["error"] == WORKER_SILENT
     first, second = receiver.received("/slow")
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == event.id
     assert Webhook(SECRET).verify(second.body, second.headers)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from job_processor import JobProcessor, JobSpec, JobStatus, init_job_processor
+from job_processor.core.runs import WORKER_SILENT
 from tests.helpers import wait_status
 
 from .app import JOBS
@@ -186,7 +187,7 @@ async def test_sigkill_is_recovered_by_another_worker(
     assert (await client.get_job(plain.id)).status == S.RUNNING  # nobody knows yet
     b = spawn("runner-3")
     crashed = await wait_status(client, plain.id, S.ERRORED, timeout=30)
-    assert crashed.error == "worker crashed"
+    assert crashed.error == WORKER_SILENT
     done = await wait_status(client, resumable.id, S.FINISHED, timeout=30)
     assert done.result["instance_id"] == "runner-3"
     assert done.result["resumed_from"] > 0  # continued from the checkpoint, not from zero
@@ -381,7 +382,7 @@ async def test_a_limit_slot_held_by_a_sigkilled_worker_is_given_back_once(
     b = spawn("runner-3", E2E_CONCURRENCY="8")
     for job in held:  # recovered by runner-3, with their slots in the same step
         crashed = await wait_status(client, job.id, S.ERRORED, timeout=30)
-        assert crashed.error == "worker crashed"
+        assert crashed.error == WORKER_SILENT
     for job in waiting:  # the slots given back are used
         done = await wait_status(client, job.id, S.FINISHED, timeout=30)
         assert done.result["instance_id"] == "runner-3"

@@ -15,6 +15,7 @@ from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core import documents as D
+from job_processor.core.runs import WORKER_SILENT
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
@@ -214,7 +215,7 @@ async def test_a_resumable_job_that_crashes_its_worker_every_time_ends_errored(d
         failed = await wait_status(processor, job_id, S.ERRORED)
         await wait_for(lambda: exits.statuses == ["errored"])
     assert failed.failures == 3
-    assert failed.error == "worker crashed: crashed during 3 attempts, not resumed again"
+    assert failed.error == f"{WORKER_SILENT}: crashed during 3 attempts, not resumed again"
     assert failed.state == {"step": 2}  # the checkpoint is kept for a manual retry
 
 

@@ -12,6 +12,7 @@ from bson import ObjectId
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.outcome import Ending, RunEnd
+from job_processor.core.runs import WORKER_SILENT
 from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
@@ -55,7 +56,7 @@ async def test_crashed_non_resumable_job_is_errored_once_with_hook(db: Any) -> N
         await wait_for(lambda: calls == ["errored"])
     finally:
         await asyncio.gather(*(p.stop() for p in sweepers))  # each waits for its hooks
-    assert job.error == "worker crashed"
+    assert job.error == WORKER_SILENT
     assert calls == ["errored"]
     assert (await sweepers[0].get_job(job_id)).exit_hook == "done"
     status = await sweepers[0].get_status()
@@ -382,7 +383,7 @@ async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_si
     await processor.recovery.sweep(clock.now())
     recovered = await processor.get_job(job.id)
     assert recovered.status == S.ERRORED  # one attempt: no retry
-    assert recovered.error == (  # not "worker crashed": this process knows why
+    assert recovered.error == (  # not WORKER_SILENT: this process knows why
         "its worker gave the run up: it could not reach MongoDB for worker_timeout (no "
         "heartbeat), so others could recover the job"
     )

@@ -24,6 +24,7 @@ from job_processor import (
     RetryLater,
     init_job_processor,
 )
+from job_processor.core.runs import WORKER_SILENT
 from tests.helpers import FAST, make, wait_for, wait_status
 
 from .test_recovery import plant_dead_worker_job
@@ -234,8 +235,8 @@ async def test_crash_during_a_retried_job_counts_as_an_attempt(db: Any) -> None:
         done = await wait_status(processor, retried, S.FINISHED)
         crashed = await wait_status(processor, last, S.ERRORED)
     assert done.failures == 1
-    assert done.history[0]["error"] == "worker crashed"
-    assert crashed.error == "worker crashed"
+    assert done.history[0]["error"] == WORKER_SILENT
+    assert crashed.error == WORKER_SILENT
     assert crashed.failures == 3
     assert ran == [1]
 
