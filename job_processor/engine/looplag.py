@@ -18,14 +18,15 @@ nothing per job).
 The lag is how late the timer fired, not how long the loop was held: a block that starts while
 the heartbeat sleeps shows as up to `heartbeat_interval` shorter, so one shorter than
 `heartbeat_interval + loop_lag_warning` may go unnoticed; one long enough to get the worker
-declared dead never does. A wall clock stepped forward (NTP) reads as a lag too, as it does for
-the liveness the lag is about.
+declared dead never does. It is the smaller of the lags read on the processor's clock and on a
+monotonic one: a wall clock stepped forward (NTP), or a test's `FakeClock` moved on, is no block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,6 +59,7 @@ class LoopLag:
         worker_timeout: float,
         runs: Callable[[], Iterable[Run]],
         worker_id: Callable[[], str],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.log = log
@@ -65,8 +67,9 @@ class LoopLag:
         self.worker_timeout = worker_timeout
         self.runs = runs
         self.worker_id = worker_id
-        self._due: dt.datetime | None = None
-        """When the sleep under way should end (None while not sleeping)."""
+        self.monotonic = monotonic
+        self._due: tuple[dt.datetime, float] | None = None
+        """When the sleep under way should end, on both clocks (None while not sleeping)."""
         self.last: tuple[dt.datetime, float] | None = None
         """The last lag at or over the threshold: when it was measured, seconds."""
         self._window: dt.datetime | None = None
@@ -76,15 +79,22 @@ class LoopLag:
     async def sleep(self, event: asyncio.Event, seconds: float) -> bool:
         """`sleep_or_wake`, then how late it returned (a return woken by `event` counts too:
         an event set while the loop was held is seen as late as the timer)."""
-        due = self.clock.now() + dt.timedelta(seconds=max(seconds, 0.0))
+        due = (
+            self.clock.now() + dt.timedelta(seconds=max(seconds, 0.0)),
+            self.monotonic() + seconds,
+        )
         self._due = due
         try:
             woken = await sleep_or_wake(self.clock, event, seconds)
         finally:
             self._due = None
         now = self.clock.now()
-        self.measured((now - due).total_seconds(), now)
+        self.measured(self._late(due, now), now)
         return woken
+
+    def _late(self, due: tuple[dt.datetime, float], now: dt.datetime) -> float:
+        """Seconds past `due` on both clocks: the smaller."""
+        return min((now - due[0]).total_seconds(), self.monotonic() - due[1])
 
     def measured(self, lag: float, now: dt.datetime) -> None:
         if lag < self.threshold:
@@ -122,7 +132,7 @@ class LoopLag:
         """ "event loop blocked for N s: heartbeat missed" when a lag explains a lost run (see
         the module docstring), else None."""
         now = self.clock.now()
-        lag = 0.0 if self._due is None else (now - self._due).total_seconds()
+        lag = 0.0 if self._due is None else self._late(self._due, now)
         if self.last is not None and (now - self.last[0]).total_seconds() <= self.worker_timeout:
             lag = max(lag, self.last[1])
         if lag < max(self.threshold, self.worker_timeout / 2):

@@ -50,8 +50,15 @@ def run_of(name: str, handler: Any) -> Run:
 
 def lag_of(clock: FakeClock, runs: list[Run], threshold: float = 1.0) -> tuple[LoopLag, Recorder]:
     recorder = Recorder()
-    lag = LoopLag(clock, EventLog(recorder), threshold, 30.0, lambda: runs, lambda: "w-1")
+    lag = LoopLag(
+        clock, EventLog(recorder), threshold, 30.0, lambda: runs, lambda: "w-1", along(clock)
+    )
     return lag, recorder
+
+
+def along(clock: FakeClock) -> Any:
+    """A monotonic clock that moves with the fake one (a real block moves both)."""
+    return lambda: clock.now().timestamp()
 
 
 async def test_a_late_timer_warns_naming_the_async_handlers_running() -> None:
@@ -89,6 +96,18 @@ async def test_an_on_time_or_woken_timer_says_nothing() -> None:
     assert await sleeping is True
     assert log.lines == []
     assert lag.cause() is None
+
+
+async def test_a_fake_clock_moved_on_or_a_wall_clock_step_is_no_block() -> None:
+    clock = FakeClock()
+    recorder = Recorder()
+    lag = LoopLag(clock, EventLog(recorder), 1.0, 30.0, list, lambda: "w-1")  # time.monotonic
+    sleeping = asyncio.create_task(lag.sleep(asyncio.Event(), 5))
+    await asyncio.sleep(0)
+    clock.advance(3600)  # a test's hour, in no time: the loop was never held
+    assert lag.cause() is None
+    await sleeping
+    assert recorder.lines == []
 
 
 async def test_without_an_async_handler_running_the_hint_points_elsewhere() -> None:
@@ -178,6 +197,7 @@ async def test_a_run_lost_to_a_blocked_loop_says_why(db: Any) -> None:
     processor = await init_job_processor(
         db, jobs={"stuck": JobDef(handler=stuck)}, clock=clock, logger=lines, worker_timeout=30
     )
+    processor.heartbeat.lag.monotonic = along(clock)  # the handler's 40 s are real to it
     async with processor:
         first = processor.worker_id
         job = await processor.schedule_job("stuck")
