@@ -96,7 +96,8 @@ async def make(ctx: RunContext) -> JobProcessor:
         concurrency=int(os.environ.get("E2E_CONCURRENCY", "2")),
         poll_interval=0.2,
         heartbeat_interval=0.5,
-        worker_timeout=2.0,
+        # short, so that crash tests recover quickly; a test under heavy load raises it
+        worker_timeout=float(os.environ.get("E2E_WORKER_TIMEOUT", "2.0")),
         shutdown_grace=1.0,
     )
 
