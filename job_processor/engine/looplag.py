@@ -18,8 +18,11 @@ nothing per job).
 The lag is how late the timer fired, not how long the loop was held: a block that starts while
 the heartbeat sleeps shows as up to `heartbeat_interval` shorter, so one shorter than
 `heartbeat_interval + loop_lag_warning` may go unnoticed; one long enough to get the worker
-declared dead never does. It is the smaller of the lags read on the processor's clock and on a
-monotonic one: a wall clock stepped forward (NTP), or a test's `FakeClock` moved on, is no block.
+declared dead is seen unless the block starts during the heartbeat's own round trip (its
+next sleep is then 0 s: the worker is declared dead with no cause given). It is the smaller of
+the lags read on the processor's clock and on a monotonic one: a wall clock stepped forward
+(NTP) is no block; on a clock other than the system's (a test's `FakeClock`) nothing is
+measured.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..core.clock import Clock, sleep_or_wake
+from ..core.clock import Clock, SystemClock, sleep_or_wake
 from ..core.log import EventLog
 from .execution import Run, is_async
 
@@ -59,7 +62,7 @@ class LoopLag:
         worker_timeout: float,
         runs: Callable[[], Iterable[Run]],
         worker_id: Callable[[], str],
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.clock = clock
         self.log = log
@@ -67,7 +70,9 @@ class LoopLag:
         self.worker_timeout = worker_timeout
         self.runs = runs
         self.worker_id = worker_id
-        self.monotonic = monotonic
+        # a timer on another clock (a test's FakeClock) wakes when that clock is moved, not
+        # late: nothing to measure unless the test gives a monotonic clock that moves with it
+        self.monotonic = monotonic or (time.monotonic if isinstance(clock, SystemClock) else None)
         self._due: tuple[dt.datetime, float] | None = None
         """When the sleep under way should end, on both clocks (None while not sleeping)."""
         self.last: tuple[dt.datetime, float] | None = None
@@ -79,6 +84,8 @@ class LoopLag:
     async def sleep(self, event: asyncio.Event, seconds: float) -> bool:
         """`sleep_or_wake`, then how late it returned (a return woken by `event` counts too:
         an event set while the loop was held is seen as late as the timer)."""
+        if self.monotonic is None:
+            return await sleep_or_wake(self.clock, event, seconds)
         due = (
             self.clock.now() + dt.timedelta(seconds=max(seconds, 0.0)),
             self.monotonic() + seconds,
@@ -94,6 +101,8 @@ class LoopLag:
 
     def _late(self, due: tuple[dt.datetime, float], now: dt.datetime) -> float:
         """Seconds past `due` on both clocks: the smaller."""
+        if self.monotonic is None:  # not measuring (never the case while `due` is set)
+            return 0.0
         return min((now - due[0]).total_seconds(), self.monotonic() - due[1])
 
     def measured(self, lag: float, now: dt.datetime) -> None:

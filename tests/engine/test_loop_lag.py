@@ -11,6 +11,7 @@ from typing import Any
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
+from job_processor.core.clock import SystemClock
 from job_processor.core.log import EventLog
 from job_processor.engine.execution import Run
 from job_processor.engine.looplag import HINT, HINT_NO_ASYNC_JOB, LoopLag
@@ -101,13 +102,29 @@ async def test_an_on_time_or_woken_timer_says_nothing() -> None:
 async def test_a_fake_clock_moved_on_or_a_wall_clock_step_is_no_block() -> None:
     clock = FakeClock()
     recorder = Recorder()
-    lag = LoopLag(clock, EventLog(recorder), 1.0, 30.0, list, lambda: "w-1")  # time.monotonic
+    lag = LoopLag(clock, EventLog(recorder), 1.0, 30.0, list, lambda: "w-1")
+    assert lag.monotonic is None  # a FakeClock's timer wakes when moved: nothing to measure
     sleeping = asyncio.create_task(lag.sleep(asyncio.Event(), 5))
     await asyncio.sleep(0)
-    clock.advance(3600)  # a test's hour, in no time: the loop was never held
+    clock.advance(3600)  # a test's hour, however long the test took: the loop was never held
     assert lag.cause() is None
     await sleeping
     assert recorder.lines == []
+
+    class Stepped(SystemClock):  # NTP steps the wall clock an hour forward during the sleep
+        step = dt.timedelta(0)
+
+        def now(self) -> dt.datetime:
+            return super().now() + self.step
+
+    wall = Stepped()
+    lag = LoopLag(wall, EventLog(recorder), 1.0, 30.0, list, lambda: "w-1")
+    assert lag.monotonic is time.monotonic
+    sleeping = asyncio.create_task(lag.sleep(asyncio.Event(), 0.05))
+    await asyncio.sleep(0)
+    wall.step = dt.timedelta(hours=1)
+    await sleeping
+    assert lag.cause() is None and recorder.lines == []
 
 
 async def test_without_an_async_handler_running_the_hint_points_elsewhere() -> None:
@@ -174,10 +191,11 @@ async def test_an_async_handler_blocking_the_loop_is_named(db: Any) -> None:
         job = await processor.schedule_job("sleepy")
         done = await wait_status(processor, job.id, S.FINISHED)
     assert done.result == "done"
-    [warning] = lines.events("event_loop_blocked")
-    assert (warning["job_id"], warning["job_name"]) == (job.id, "sleepy")
+    # the one naming the job (a loaded machine may add a lag of its own)
+    [warning] = [w for w in lines.events("event_loop_blocked") if w.get("job_id") == job.id]
+    assert warning["job_name"] == "sleepy"
     assert warning["worker_id"] == processor.worker_id
-    assert 0.5 <= warning["seconds"] <= 1.6
+    assert warning["seconds"] >= 0.5
     assert warning["hint"] == HINT
     assert not lines.events("job_lost")
 
