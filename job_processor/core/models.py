@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
 import inspect
@@ -29,6 +30,7 @@ from typing_extensions import TypeVar
 
 from .clock import as_utc
 from .definitions import Mode
+from .errors import JobLostError
 from .notes import JobLogger, NoteSink
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
@@ -102,6 +104,12 @@ NOT_A_DOCUMENT = "(not a document)"
 ExitHookState = Literal["owed", "done", "failed", "none"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_LOOP_GONE = (
+    "the worker's event loop has stopped (this thread outlived its run, which was given up): "
+    "nothing was saved"
+)
 
 
 def _async_method(fn: F) -> F:
@@ -199,10 +207,10 @@ class Job(BaseModel, Generic[PayloadT]):
     _notes: NoteSink | None = PrivateAttr(default=None)
     _given_dependencies: list[Job[Any]] | None = PrivateAttr(default=None)
     _unstarted: list[str] | None = PrivateAttr(default=None)
-    _loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
-    """The loop the run's checkpoints and progress are written from (its worker's)."""
     """checkpoint/report_progress calls whose coroutine has not started (an `await` forgotten,
     if still there when the handler returns: `not_awaited()`)."""
+    _loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    """The loop the run's checkpoints and progress are written from (its worker's)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -300,7 +308,19 @@ class Job(BaseModel, Generic[PayloadT]):
                 f"{name}_sync() is only available inside a running handler; in a unit test, "
                 "build the job with job_processor.testing.JobHarness"
             )
-        asyncio.run_coroutine_threadsafe(call, loop).result()
+        if loop.is_closed() or not loop.is_running():  # the worker stopped: the run is over
+            call.close()
+            self._now_started(name)
+            raise JobLostError(f"{name}_sync(): {_LOOP_GONE}")
+        future = asyncio.run_coroutine_threadsafe(call, loop)
+        while True:
+            try:
+                future.result(timeout=1.0)
+                return
+            except concurrent.futures.TimeoutError:  # a slow write, or a loop that stopped
+                if loop.is_closed() or not loop.is_running():
+                    future.cancel()
+                    raise JobLostError(f"{name}_sync(): {_LOOP_GONE}") from None
 
     def not_awaited(self) -> list[str]:
         """The checkpoint() and report_progress() calls of this run that were never awaited

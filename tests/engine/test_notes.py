@@ -324,3 +324,38 @@ async def test_the_sync_forms_say_where_they_belong(db: Any) -> None:
     assert "checkpoint_sync() blocks its thread: from an async def handler, use" in done.error
     with pytest.raises(RuntimeError, match="only available inside a running handler"):
         await asyncio.to_thread(done.report_progress_sync, 1)  # a job read, not running
+
+
+def test_the_sync_forms_from_a_thread_that_outlived_its_loop_raise_job_lost() -> None:
+    """A plain def handler's thread goes on after its worker stopped: its next checkpoint_sync
+    raises JobLostError at once (no hang, nothing saved), on a stopped or a closed loop."""
+    import threading
+
+    from bson import ObjectId
+
+    from job_processor import JobLostError
+
+    job = Job.read({"_id": ObjectId(), "name": "export", "status": "running"})
+    loop = asyncio.new_event_loop()
+
+    async def save(state: dict[str, Any]) -> None: ...
+
+    job._checkpointer = save
+    job._loop = loop  # never running: as after the worker's loop stopped
+    errors: list[BaseException] = []
+
+    def handler_thread() -> None:
+        try:
+            job.checkpoint_sync({"page": 1})
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(2):
+        thread = threading.Thread(target=handler_thread)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive()
+        loop.close()
+    assert [type(e) for e in errors] == [JobLostError, JobLostError]
+    assert "the worker's event loop has stopped" in str(errors[0])
+    assert job.not_awaited() == [] and job.state is None
