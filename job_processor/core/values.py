@@ -27,8 +27,8 @@ from .errors import InvalidPayloadError
 
 Doc = dict[str, Any]
 
-#: What breaks an encoding (bson's own errors, an int over 64 bits, a bad key).
 MIB = 1024 * 1024
+#: What breaks an encoding (bson's own errors, an int over 64 bits, a bad key).
 ENCODING_ERRORS = (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError)
 
 #: MongoDB's integers.
@@ -129,6 +129,10 @@ def naive_datetime_at(
     return None
 
 
+#: A payload or checkpoint nested deeper than Python's stack (BSON could not encode it either).
+TOO_DEEP = "is nested too deeply to be stored (hundreds of levels): flatten it"
+
+
 def cycle_message(what: str, exc: CyclicValue) -> str:
     return (
         f"{what} field {exc.path!r} holds the dict or list that contains it (a cycle), which "
@@ -216,6 +220,8 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
         naive = naive_datetime_at(payload)
     except CyclicValue as exc:
         raise InvalidPayloadError(cycle_message(f"{kind} {name!r}: payload", exc)) from None
+    except RecursionError:
+        raise InvalidPayloadError(f"{kind} {name!r}: payload {TOO_DEEP}") from None
     if naive is not None:
         path, value = naive
         raise InvalidPayloadError(

@@ -26,6 +26,7 @@ from ..core.outcome import Ending, Policy, RunEnd
 from ..core.retention import Retention
 from ..core.values import (
     MIB,
+    TOO_DEEP,
     CyclicValue,
     cycle_message,
     finite_or_text,
@@ -135,6 +136,8 @@ def check_state(state: Any) -> None:
         naive = naive_datetime_at(state)
     except CyclicValue as exc:
         raise InvalidPayloadError(cycle_message("checkpoint state", exc)) from None
+    except RecursionError:
+        raise InvalidPayloadError(f"checkpoint state {TOO_DEEP}") from None
     if naive is not None:
         raise InvalidPayloadError(
             f"checkpoint state field {naive[0]!r} is a datetime without a time zone "
@@ -148,7 +151,11 @@ def check_state(state: Any) -> None:
     refuse_non_finite("checkpoint state", state, encoded)
     size = len(encoded)
     if size > MAX_VALUE_BYTES:
-        raise InvalidPayloadError(f"checkpoint state is {size} bytes, over {MAX_VALUE_BYTES}")
+        raise InvalidPayloadError(
+            f"checkpoint state is {size / MIB:.1f} MiB ({size} bytes), over the "
+            f"{MAX_VALUE_BYTES / MIB:.0f} MiB a job can hold: keep large data elsewhere and "
+            "checkpoint a reference"
+        )
 
 
 class ResultTooLarge(ValueError):

@@ -110,6 +110,15 @@ async def test_a_cyclic_payload_or_checkpoint_is_refused_naming_the_field(db: An
     payload["order"]["again"] = payload
     with pytest.raises(InvalidPayloadError, match=r"payload field 'order.again' holds the dict"):
         await processor.schedule_job("saves", payload)
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(InvalidPayloadError, match=r"job 'saves': payload is nested too deeply"):
+        await processor.schedule_job("saves", {"deep": deep})
+    from job_processor.engine.execution import check_state
+
+    with pytest.raises(InvalidPayloadError, match=r"checkpoint state is nested too deeply"):
+        check_state({"deep": deep})
     assert await processor.list_jobs() == []
     assert (await processor.run_job("saves")).status == S.FINISHED
     assert seen == [
