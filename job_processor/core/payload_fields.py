@@ -14,6 +14,7 @@ model that is not a plain BaseModel (a RootModel), a field read through an `Alia
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,7 +77,12 @@ def check_payload_fields(
     unknown = [k for k in payload if k not in accepted] if summary.get("forbid") else []
     problems = []
     if missing:
-        problems.append(f"missing {', '.join(map(repr, missing))}")
+        # a model that ignores extra keys: a typo of a required field is named here (when it
+        # forbids them, the unknown keys are listed below with their did-you-mean)
+        ignored = (
+            [] if unknown else [k for k in payload if isinstance(k, str) and k not in accepted]
+        )
+        problems.append(f"missing {', '.join(map(repr, missing))}{misspelled(missing, ignored)}")
     if unknown:
         problems.append(
             f"unknown {', '.join(map(repr, unknown))}{did_you_mean(unknown[0], accepted)}"
@@ -87,3 +93,23 @@ def check_payload_fields(
             f"job {name!r}: payload does not match {model or 'its payload model'}: "
             f"{'; '.join(problems)} (its fields: {known})"
         )
+
+
+def accepted_keys(model: Any) -> set[str] | None:
+    """The keys `model` reads (its fields' names and aliases, from its summary); None when a
+    summary cannot describe it."""
+    summary = payload_fields(model)
+    if summary is None:
+        return None
+    return {str(k) for f in summary["fields"] for k in f["keys"]}
+
+
+def misspelled(missing: list[str], ignored: list[str]) -> str:
+    """For required fields missing beside keys the model does not read that are close to them
+    (`custmer` for `customer`): says so, since the model ignores such a key."""
+    said = []
+    for field in missing:
+        close = difflib.get_close_matches(field, ignored, n=1, cutoff=0.6)
+        if close:
+            said.append(f"{close[0]!r} is not a field (did you mean {field!r}?)")
+    return "".join(f"; {s}" for s in said)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from . import values as V
 from .clock import to_millis
 from .definitions import JobDef, fill_limit_key
 from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError, field_errors
+from .payload_fields import accepted_keys, misspelled
 
 Doc = dict[str, Any]
 
@@ -108,29 +108,17 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
 
 
 def _misspelled(model: type[BaseModel], payload: Any, exc: ValidationError) -> str:
-    """For a required field missing beside a key the model does not know that is close to it
-    (`custmer` for `customer`): says so, since the model ignored that key."""
-    if not isinstance(payload, Mapping):
+    """Required fields missing beside close keys the model does not read (a typo)."""
+    accepted = accepted_keys(model)
+    if accepted is None or not isinstance(payload, Mapping):
         return ""
-    accepted: set[str] = set(model.model_fields)
-    for info in model.model_fields.values():
-        for alias in (info.alias, info.validation_alias):
-            if isinstance(alias, str):
-                accepted.add(alias)
-            elif isinstance(alias, AliasChoices):
-                accepted.update(c for c in alias.choices if isinstance(c, str))
-    unknown = [k for k in payload if isinstance(k, str) and k not in accepted]
-    said: list[str] = []
-    for error in exc.errors():
-        loc = error.get("loc") or ()
-        if error.get("type") != "missing" or len(loc) != 1 or not unknown:
-            continue
-        close = difflib.get_close_matches(str(loc[0]), unknown, n=1, cutoff=0.6)
-        if close:
-            said.append(
-                f"{close[0]!r} is not a field of {model.__name__} (did you mean {str(loc[0])!r}?)"
-            )
-    return "".join(f"; {s}" for s in said)
+    missing = [
+        str(e["loc"][0])
+        for e in exc.errors()
+        if e.get("type") == "missing" and len(e.get("loc") or ()) == 1
+    ]
+    ignored = [k for k in payload if isinstance(k, str) and k not in accepted]
+    return misspelled(missing, ignored)
 
 
 @functools.cache

@@ -64,7 +64,8 @@ def test_required_and_forbidden_keys_are_refused_with_the_fields_named() -> None
     assert problem(Report, {"customer": "acme"}) is None
     assert problem(ByAlias, {"customerId": 1}) is None
     assert problem(ByAlias, {"customer_id": 1}) == (
-        "job 'j': payload does not match ByAlias: missing 'customerId' (its fields: 'customerId')"
+        "job 'j': payload does not match ByAlias: missing 'customerId'; 'customer_id' is not a "
+        "field (did you mean 'customerId'?) (its fields: 'customerId')"
     )
 
 
@@ -101,3 +102,15 @@ def test_what_a_summary_cannot_describe_is_left_to_the_worker() -> None:
         assert payload_fields(model) is None
     check_payload_fields("j", "Legacy", None, {"email": "a@b.c"})  # nothing to check against
     assert Legacy.model_validate({"email": "a@b.c"}).to == "a@b.c"
+
+
+class Loose(BaseModel):  # extra keys ignored (pydantic's default)
+    customer: str
+
+
+def test_a_misspelled_key_beside_a_missing_field_is_named_without_the_model() -> None:
+    with pytest.raises(InvalidPayloadError) as err:
+        check_payload_fields("send_report", "Loose", payload_fields(Loose), {"custmer": "x"})
+    assert "missing 'customer'; 'custmer' is not a field (did you mean 'customer'?)" in str(
+        err.value
+    )

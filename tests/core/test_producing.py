@@ -185,7 +185,7 @@ def test_a_misspelled_key_beside_a_missing_field_is_named() -> None:
         checked_payload("send_report", Report, {"custmer": "acme"})
     assert str(err.value) == (
         "job 'send_report': payload does not match Report: field 'customer': Field required; "
-        "'custmer' is not a field of Report (did you mean 'customer'?)"
+        "'custmer' is not a field (did you mean 'customer'?)"
     )
     with pytest.raises(InvalidPayloadError) as err:
         checked_payload("send_report", Report, {"other": "acme"})
