@@ -11,6 +11,7 @@ registry (recording definitions, reading paused names) is `engine.upkeep.Registr
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,8 @@ def coverage(
         else:
             fix = f"start a worker that defines it{needs}"
             if not waiting:  # nothing queued: maybe removed from the code on purpose
-                fix += f", or, if it is gone from the code, job-processor names forget {name}"
+                forget = f"job-processor names forget {shlex.quote(name)}"
+                fix += f", or, if it is gone from the code, {forget}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
         out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")

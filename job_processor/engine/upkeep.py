@@ -43,6 +43,8 @@ class Registry:
         self.worker_timeout = worker_timeout
         self.paused: frozenset[str] = frozenset()
         self._refreshed: dt.datetime | None = None
+        self._left: dict[str, str | None] = {}
+        """name -> the gone writer of its row, left to another live worker at the last refresh."""
         self._live: frozenset[str] | None = None
         """The live workers' ids at the last sweep (one that left triggers a refresh)."""
 
@@ -103,11 +105,17 @@ class Registry:
         mine[0]["names"] = list(self.definitions)  # it defines them all, claimed or not
         alive = {str(w["_id"]) for w in workers}
         left: list[str] = []
+        before, self._left = self._left, {}
         for name, was in sorted(stale.items()):
             if was in alive:  # a worker that started since the sweep's read wrote it
                 continue
-            if registrar(name, workers) != worker_id:
-                left.append(name)  # the live worker that should write it does so
+            # the live worker that should write it does so; if it did not by this worker's next
+            # refresh (it runs a version that does not), this one writes it
+            if registrar(name, workers) != worker_id and (
+                name not in before or before[name] != was
+            ):
+                self._left[name] = was
+                left.append(name)
                 continue
             if await self.storage.definitions.reassert(
                 name, self.definitions[name], worker_id, was, now

@@ -338,6 +338,34 @@ async def test_of_two_live_definitions_the_last_started_worker_s_is_written_agai
         assert view.registered_by == new.worker_id
 
 
+async def test_a_row_the_chosen_worker_does_not_write_is_written_at_the_next_refresh(
+    db: Any,
+) -> None:
+    """The live worker that should write a gone writer's row may run a version that does not
+    (a rolling upgrade): another live worker that defines the name writes it at its own next
+    refresh (the compare-and-set on the gone writer keeps it to one)."""
+    old = await make(db, APP_A, instance_id="old", **DRIVEN)
+    newer = await make(db, APP_A, instance_id="newer", **DRIVEN)  # never refreshes here
+    one_off = await make(db, APP_B, instance_id="one-off", **DRIVEN)
+    admin = await Admin.open(db)
+    async with old, newer:
+        async with one_off:
+            await refresh(old)
+        await refresh(old)  # newer started last: left to it
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert view.registered_by == one_off.worker_id
+        later = old.clock.now() + dt.timedelta(minutes=6)  # the next periodic refresh
+        workers = db["job_processor_workers"]
+        for live in (old, newer):  # both still beat by then
+            await workers.update_one({"_id": live.worker_id}, {"$set": {"last_seen": later}})
+        await old.recovery.sweep(later)
+        await old.heartbeat.after_sweep(later)
+        live_ids = {w["_id"] for w in old.recovery.live or []}
+        assert live_ids == {old.worker_id, newer.worker_id}  # newer was not declared dead
+        (view,) = [d for d in await admin.list_definitions() if d.name == "send_report"]
+        assert (view.registered_by, view.payload_model) == (old.worker_id, "ReportPayload")
+
+
 async def test_the_periodic_refresh_also_writes_a_dead_worker_s_definition_again(
     db: Any,
 ) -> None:
