@@ -86,6 +86,15 @@ def _schema(model: Any) -> Doc | None:
     return {"json": json.dumps(schema, sort_keys=True)}
 
 
+def written_by(definition: Any, worker_id: str, now: dt.datetime) -> Doc:
+    """A row's fields as `worker_id` writes them (at its start, or over a gone writer's row)."""
+    return definition_fields(definition) | {
+        "last_seen": now,
+        "registered_by": worker_id,
+        "registered_at": now,
+    }
+
+
 class DefinitionStore:
     def __init__(self, collection: Any) -> None:
         self.coll = collection
@@ -99,8 +108,7 @@ class DefinitionStore:
             await self.coll.update_one(
                 {"_id": name},
                 {
-                    "$set": definition_fields(definition)
-                    | {"last_seen": now, "registered_by": worker_id, "registered_at": now},
+                    "$set": written_by(definition, worker_id, now),
                     "$setOnInsert": {"first_seen": now},
                 },
                 upsert=True,
@@ -142,10 +150,7 @@ class DefinitionStore:
         False if someone else has written it since, or it is gone)."""
         res = await self.coll.update_one(
             {"_id": name, "registered_by": was},
-            {
-                "$set": definition_fields(definition)
-                | {"last_seen": now, "registered_by": worker_id, "registered_at": now}
-            },
+            {"$set": written_by(definition, worker_id, now)},
         )
         return bool(res.matched_count)
 
