@@ -44,7 +44,7 @@ from .core.abort import AbortReason, AbortSignal
 from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
 from .core.errors import InvalidArgumentError, InvalidPayloadError
-from .core.models import Job, Processor
+from .core.models import Job, Processor, not_awaited_message
 from .engine.execution import (
     ResultTooLarge,
     build_job,
@@ -181,12 +181,7 @@ class JobHarness:
         result = await call_maybe_async(handler, self.job, self.signal)
         forgotten = self.job.not_awaited()
         if forgotten:
-            names = ", ".join(f"job.{n}()" for n in sorted(set(forgotten)))
-            sync = ", ".join(f"job.{n}_sync()" for n in sorted(set(forgotten)))
-            raise AssertionError(
-                f"{names} called without `await`: nothing was saved (from a plain def "
-                f"handler, call {sync})"
-            )
+            raise AssertionError(not_awaited_message(forgotten))
         try:
             self.stored_result = storable(result)
         except ResultTooLarge as exc:

@@ -112,6 +112,18 @@ _LOOP_GONE = (
 )
 
 
+def not_awaited_message(calls: list[str]) -> str:
+    """What a run says of its checkpoint()/report_progress() calls never awaited (`calls`, as
+    `Job.not_awaited()` lists them): the worker in the job's log, JobHarness as a failure."""
+    names = sorted(set(calls))
+    said = ", ".join(f"job.{n}()" for n in names)
+    sync = ", ".join(f"job.{n}_sync()" for n in names)
+    return (
+        f"{said} called without `await`: nothing was saved ({len(calls)} call(s)); "
+        f"from a plain def handler, call {sync}"
+    )
+
+
 def _async_method(fn: F) -> F:
     """Marks a method that returns a coroutine (without being an `async def`: it notes the call
     first) as async for introspection: mocks (`create_autospec(Job)`, `AsyncMock(spec=Job)`)

@@ -24,7 +24,7 @@ from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
 from ..core.log import EventLog
-from ..core.models import Job, Processor
+from ..core.models import Job, Processor, not_awaited_message
 from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
@@ -529,14 +529,7 @@ class Worker:
         names = sorted(set(calls))
         self.log.warning("job_call_not_awaited", calls=names, count=len(calls), **fields)
         if run.notes is not None:
-            said = ", ".join(f"job.{n}()" for n in names)
-            sync = ", ".join(f"job.{n}_sync()" for n in names)
-            run.notes.line(
-                "warning",
-                f"{said} called without `await`: nothing was saved ({len(calls)} call(s)); "
-                f"from a plain def handler, call {sync}",
-                {},
-            )
+            run.notes.line("warning", not_awaited_message(calls), {})
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)
