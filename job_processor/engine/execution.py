@@ -169,9 +169,7 @@ def storable(value: Any) -> Any:
     for a datetime without a time zone (it would be read back as UTC: never silently)."""
     try:
         naive = naive_datetime_at(value)
-    except CyclicValue:  # BSON cannot hold it; its repr() can ({'self': {...}})
-        return unencodable(value)
-    except RecursionError:  # nested deeper than Python's stack
+    except (CyclicValue, RecursionError):  # a cycle (its repr() works), or nested too deeply
         return unencodable(value)
     if naive is not None:
         path, when = naive
