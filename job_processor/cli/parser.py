@@ -33,7 +33,9 @@ def iso_time(text: str) -> dt.datetime | None:
     before anything is sent, naming the option."""
     try:
         value = parse_time(text, "date")
-    except InvalidArgumentError:
+    except InvalidArgumentError as exc:
+        if "out of range" in str(exc):  # a date, but not one in years 1 to 9999 in UTC
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("date ")) from None
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a date: use ISO 8601, e.g. 2030-01-31T09:00:00Z or 2030-01-31 "
             "(UTC when no offset is given)"

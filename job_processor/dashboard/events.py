@@ -56,8 +56,11 @@ def decode_cursor(token: str) -> Position:
     try:
         raw = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()).decode()
         ms, oid = raw.split(".")
-        return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC), str(ObjectId(oid))
-    except (ValueError, TypeError, InvalidId, UnicodeDecodeError):
+        at = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
+        if at.year >= 9999:  # the page reads up to the end of its second: one more must fit
+            raise ValueError(at)
+        return at, str(ObjectId(oid))
+    except (ValueError, TypeError, InvalidId, UnicodeDecodeError, OverflowError, OSError):
         raise InvalidArgumentError(
             f"cursor {token!r} is not an events page cursor: follow the page's Older link"
         ) from None

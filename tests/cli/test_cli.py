@@ -161,6 +161,9 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         await wait_status(processor, new_id, "finished")  # type: ignore[arg-type]
         bad_json = await cli(url, "jobs", "new", "fine", "--payload", "{n: 1}")
         assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
+        deep = await cli(url, "jobs", "new", "fine", "--payload", '{"a":' * 3000 + "1" + "}" * 3000)
+        assert deep.returncode == 2 and "Traceback" not in deep.stderr
+        assert "error: job 'fine': payload is nested too deeply" in deep.stderr
 
         typo = await cli(url, "jobs", "purge", "--status", "finished", "--older-than", "7days")
         assert typo.returncode == 2 and "--older-than '7days' is not a duration" in typo.stderr
@@ -351,6 +354,17 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
         "job-processor jobs new: error: argument --at: 'tomorrow' is not a date: use ISO 8601, "
         "e.g. 2030-01-31T09:00:00Z or 2030-01-31 (UTC when no offset is given)"
     )
+    early = await cli(mongo_url, "jobs", "list", "--since", "0001-01-01T00:00:00+23:59")
+    assert early.returncode == 2 and "Traceback" not in early.stderr
+    assert early.stderr.splitlines()[-1] == (
+        "job-processor jobs list: error: argument --since: '0001-01-01T00:00:00+23:59' is out of "
+        "range: in UTC it falls outside years 1 to 9999"
+    )
+    forever = await cli(
+        mongo_url, "jobs", "purge", "--status", "finished", "--older-than", "9" * 14 + "d"
+    )
+    assert forever.returncode == 2 and "Traceback" not in forever.stderr
+    assert "--older-than '99999999999999d' is too long: at most 36500d" in forever.stderr
     bad_id = await cli(mongo_url, "jobs", "show", "nope")
     assert bad_id.returncode == 2 and "not a job id" in bad_id.stderr
     usage = await cli(mongo_url, "jobs", "retry")

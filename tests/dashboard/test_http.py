@@ -406,6 +406,44 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
 
 
+async def test_out_of_range_dates_cursors_and_durations_are_400s_not_500s(processor: Any) -> None:
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    far = base64.urlsafe_b64encode(f"{'9' * 20}.{'ab' * 12}".encode()).decode().rstrip("=")
+    end = base64.urlsafe_b64encode(f"253402300799999.{'ab' * 12}".encode()).decode()
+    async with client(app) as c:
+        for path, params, said in (
+            ("/api/jobs", {"after": "0001-01-01T00:00:00+23:59"}, "is out of range"),
+            ("/api/jobs", {"until": "9999-12-31T23:59:59-01:00"}, "is out of range"),
+            ("/api/jobs", {"cursor": far}, "is not a cursor of a job listing"),
+            ("/jobs", {"before": "0001-01-01T00:00:00+01:00"}, "is out of range"),
+            ("/jobs", {"cursor": far}, "is not a cursor of a job listing"),
+            ("/events", {"since": "0001-01-01T00:00:00+01:00"}, "is out of range"),
+            ("/events", {"before": far}, "is not an events page cursor"),
+            ("/events", {"before": end.rstrip("=")}, "is not an events page cursor"),
+        ):
+            answer = await c.get(path, params=params)
+            assert answer.status_code == 400, (path, params)
+            assert said in answer.text, (path, params)
+        page = await c.get("/jobs")
+        form = {"csrf_token": token(page.text), "next": "/jobs"}
+        late = await c.post(
+            "/jobs/new",
+            data=form
+            | {"name": "send-email", "payload": "{}", "scheduled_for": "0001-01-01T00:00+01:00"},
+        )
+        assert late.status_code == 400 and "is out of range" in late.text
+        deep = '{"a":' * 5000 + "1" + "}" * 5000
+        nested = await c.post("/jobs/new", data=form | {"name": "send-email", "payload": deep})
+        assert nested.status_code == 400 and "payload is nested too deeply" in nested.text
+        purge = form | {"status": "finished", "older_than": "99999999999999d", "confirm": "yes"}
+        purged = await c.post("/jobs/purge", data=purge)
+        assert purged.status_code == 303
+        assert (
+            "is too long" in base64.urlsafe_b64decode(purged.cookies["jp_dashboard_flash"]).decode()
+        )
+
+
 async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor: Any) -> None:
     p, _ = processor
     job_id = await failed_email(p)

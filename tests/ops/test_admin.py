@@ -3,6 +3,7 @@ operator sees and what each action does, from the database alone."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from typing import Any
@@ -22,7 +23,7 @@ from job_processor.core.masking import redact
 from job_processor.core.outcome import Outcome
 from job_processor.core.status import JobStatus
 from job_processor.ops.admin import Admin
-from job_processor.ops.admin.inputs import parse_duration
+from job_processor.ops.admin.inputs import decode_cursor, parse_duration, parse_time
 from job_processor.storage import Storage, object_id
 
 S = JobStatus
@@ -369,6 +370,38 @@ def test_durations() -> None:
     assert parse_duration("1.5h") == dt.timedelta(minutes=90)
     with pytest.raises(InvalidArgumentError, match="must be positive"):
         parse_duration(0)
+    assert parse_duration("36500d") == dt.timedelta(days=36_500)
+
+
+@pytest.mark.parametrize("value", ["99999999999999d", "3000000d", "36501d", float("inf")])
+def test_a_duration_past_100_years_is_refused_not_an_overflow(value: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="is too long: at most 36500d"):
+        parse_duration(value, "--older-than")
+    with pytest.raises(InvalidArgumentError, match="must be positive"):
+        parse_duration(float("nan"))
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-01:00", "0001-01-01T00:30+01:00"]
+)
+def test_a_date_outside_years_1_to_9999_in_utc_is_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^after '.*' is out of range: in UTC"):
+        parse_time(text, "after")
+    assert parse_time("0001-01-01T00:00:00+00:00", "after") == dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("ms", ["99999999999999999999", "-99999999999999999999", "nan", "1e400"])
+def test_a_cursor_with_an_impossible_time_is_not_a_cursor(ms: str) -> None:
+    token = base64.urlsafe_b64encode(f"{ms}.{'ab' * 12}".encode()).decode().rstrip("=")
+    with pytest.raises(InvalidArgumentError, match="is not a cursor of a job listing"):
+        decode_cursor(token)
+
+
+async def test_a_json_payload_nested_too_deeply_is_refused(env: Any) -> None:
+    admin, _, _ = env
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    with pytest.raises(InvalidPayloadError, match="'email': payload is nested too deeply"):
+        await admin.new_job("email", deep)
 
 
 async def test_pages_step_over_a_burst_created_in_one_instant(env: Any) -> None:

@@ -19,7 +19,7 @@ from bson import ObjectId
 from ...core import documents as D
 from ...core.clock import to_millis
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
-from ...core.values import checked_payload
+from ...core.values import TOO_DEEP, checked_payload
 from ...storage import JobQuery
 from ...storage.jobs import MAX_VALUE_BYTES, object_id
 
@@ -36,6 +36,8 @@ THROUGHPUT_CAP = 20_000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest duration parse_duration takes (a cutoff `now - duration` stays a valid date).
+MAX_DURATION = dt.timedelta(days=36_500)
 
 
 def parse_duration(value: str | dt.timedelta | float, field: str = "older_than") -> dt.timedelta:
@@ -51,8 +53,12 @@ def parse_duration(value: str | dt.timedelta | float, field: str = "older_than")
             f"{field} {value!r} is not a duration: use a number and a unit, e.g. 90s, 30m, 12h, "
             "7d or 2w"
         )
-    if seconds <= 0:
+    if not seconds > 0:  # NaN too
         raise InvalidArgumentError(f"{field} must be positive, got {value!r}")
+    if seconds > MAX_DURATION.total_seconds():  # `now - duration` must stay a date
+        raise InvalidArgumentError(
+            f"{field} {value!r} is too long: at most {MAX_DURATION.days}d (100 years)"
+        )
     return dt.timedelta(seconds=seconds)
 
 
@@ -71,7 +77,13 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
         raise InvalidArgumentError(f"{field} must be a datetime or ISO 8601 text, got {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return to_millis(value)
+    try:
+        return to_millis(value)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidArgumentError(
+            f"{field} {value.isoformat()!r} is out of range: in UTC it falls outside years "
+            "1 to 9999"
+        ) from None
 
 
 def encode_cursor(doc: Doc) -> str:
@@ -85,7 +97,14 @@ def decode_cursor(token: str) -> tuple[dt.datetime, ObjectId]:
         ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".")
         created = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
         return to_millis(created), ObjectId(oid)
-    except (ValueError, TypeError, bson.errors.InvalidId, UnicodeDecodeError):
+    except (
+        ValueError,
+        TypeError,
+        bson.errors.InvalidId,
+        UnicodeDecodeError,
+        OverflowError,  # a time past year 9999
+        OSError,  # a time the platform's C library cannot convert
+    ):
         raise InvalidArgumentError(
             f"cursor {token!r} is not a cursor of a job listing: pass it as it was given (the "
             "next_cursor of list_jobs and /api/jobs, the --cursor printed by jobs list)"
@@ -99,6 +118,8 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
     if isinstance(payload, str | bytes):
         try:
             payload = json.loads(payload)
+        except RecursionError:
+            raise InvalidPayloadError(f"job {name!r}: payload {TOO_DEEP}") from None
         except json.JSONDecodeError as exc:
             raise InvalidPayloadError(
                 f"job {name!r}: payload is not valid JSON ({exc.msg} at line {exc.lineno} "
