@@ -23,6 +23,15 @@ Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
+#: Sent with every response (unless the route set its own): no page of another origin may
+#: frame the dashboard (clickjacking: a same-site page, another port of localhost or a
+#: sibling subdomain, gets the SameSite cookies and could lure clicks on Kill or Delete),
+#: and no browser reads a response as another type than it says.
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+)
 
 
 class Guard:
@@ -37,6 +46,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_security_headers(send)
         d = self.dashboard
         path = route_path(scope)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -106,6 +116,18 @@ async def _refuse_host(dashboard: Dashboard, scope: Scope, receive: Receive, sen
     )
     await refused(scope, receive, send)
     return True
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

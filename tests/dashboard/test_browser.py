@@ -278,3 +278,43 @@ async def test_the_jobs_table_fits_a_1400_pixel_window(browser: Browser, process
         )
         assert widths["page"] <= widths["window"], widths  # no horizontal scrolling
         assert widths["table"] <= widths["window"], widths
+
+
+async def test_a_page_of_another_origin_cannot_frame_the_dashboard(
+    browser: Browser, processor: Any
+) -> None:
+    """Clickjacking: a page on another port of the same host (or a sibling subdomain) is
+    same-site, so the browser sends the dashboard's SameSite cookies into a frame of it and a
+    lured click on Delete… then Delete job would go through. The dashboard refuses to be framed
+    by another origin; its own app may still frame it."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Mount, Route
+
+    p, _ = processor
+    failed = await failed_email(p)
+
+    def framing(src: str) -> HTMLResponse:
+        frame = f'<iframe src="{src}" onload="document.title = \'loaded\'" width=1200 height=700>'
+        return HTMLResponse(f"<title>loading</title><h1>Win a prize</h1>{frame}")
+
+    dashboard = create_dashboard(p, auth=AUTH)
+    own = Starlette(
+        routes=[
+            Route("/framed", lambda r: framing(f"/jobs/jobs/{failed}")),
+            Mount("/jobs", dashboard),
+        ]
+    )
+    async with serve(own) as base:
+        other = Starlette(routes=[Route("/", lambda r: framing(f"{base}/jobs/jobs/{failed}"))])
+        async with serve(other) as attacker:
+            page = await signed_in(browser)
+            await page.goto(f"{base}/jobs/jobs/{failed}")  # signed in: the cookies are set
+            await page.goto(f"{attacker}/")
+            framed = page.frame_locator("iframe")
+            await expect(page).to_have_title("loaded")  # the frame's load ended (refused)
+            await expect(framed.get_by_role("button", name="Delete…")).to_have_count(0)
+            await page.goto(f"{base}/framed")  # the app's own page may frame it
+            await expect(page).to_have_title("loaded")
+            await expect(framed.get_by_role("button", name="Delete…")).to_be_visible()
+    assert (await p.get_job(failed)).status == S.ERRORED  # nothing was deleted

@@ -406,6 +406,24 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
 
 
+async def test_every_response_refuses_framing_by_another_origin(processor: Any) -> None:
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c, client(app, auth=None) as anonymous:
+        for answer in (
+            await c.get("/"),
+            await c.get("/jobs/0123456789ab0123456789ab"),
+            await c.get("/api/overview"),
+            await c.get("/static/dashboard.css"),
+            await anonymous.get("/jobs"),  # 401
+            await anonymous.get("/healthz"),
+        ):
+            where = (answer.request.url.path, answer.status_code)
+            assert answer.headers["x-frame-options"] == "SAMEORIGIN", where
+            assert answer.headers["content-security-policy"] == "frame-ancestors 'self'", where
+            assert answer.headers["x-content-type-options"] == "nosniff", where
+
+
 async def test_out_of_range_dates_cursors_and_durations_are_400s_not_500s(processor: Any) -> None:
     p, _ = processor
     app = create_dashboard(p, auth=AUTH)
