@@ -195,8 +195,17 @@ class Dashboard:
 
 
 def safe_next(target: str | None) -> str:
-    """A path inside the dashboard ("/jobs?status=errored"); anything else becomes "/"."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path inside the dashboard ("/jobs?status=errored"); anything else becomes "/".
+
+    Control characters and spaces are refused too: browsers drop a tab or a newline from a
+    URL, so "/<TAB>/evil.example" in a link is "//evil.example", another site."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(c <= " " or c == "\x7f" for c in target)
+    ):
         return "/"
     return target
 

@@ -479,6 +479,17 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
             data={"csrf_token": token(job.text), "next": f"/jobs/{job_id}"},
         )
         assert resp.headers["location"] == f"/jobs/jobs/{job_id}"
+        # a `next` that a browser would read as another site (it drops tabs and newlines from
+        # URLs: "/\t/evil.example" is "//evil.example") goes to the overview instead
+        for hostile in ("/\t/evil.example", "/\n/evil.example", "/\r/evil.example", "\\evil"):
+            form = {"csrf_token": token(job.text), "next": hostile}
+            kill = await c.post(f"/jobs/jobs/{job_id}/kill", data=form)
+            assert (
+                kill.status_code == 200
+                and 'class="btn btn-ghost" href="/jobs/">Cancel' in kill.text
+            )
+            retried = await c.post(f"/jobs/jobs/{job_id}/retry", data=form)
+            assert retried.headers["location"] == "/jobs/", hostile
         assert (await c.get("/jobs/static/dashboard.css")).status_code == 200
         icon = await c.get("/jobs/favicon.ico")  # browsers ask for it whatever the page says
         assert icon.status_code == 301 and icon.headers["location"] == "/jobs/static/favicon.svg"
