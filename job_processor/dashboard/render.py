@@ -203,7 +203,7 @@ def read_flash(request: Request) -> dict[str, Any] | None:
         return None
     try:
         flash = json.loads(base64.urlsafe_b64decode(raw.encode()))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # a cookie set by hand or by another site
         return None
     if not isinstance(flash, dict) or not isinstance(flash.get("lines", []), list):
         return None

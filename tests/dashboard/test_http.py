@@ -424,6 +424,29 @@ async def test_every_response_refuses_framing_by_another_origin(processor: Any) 
             assert answer.headers["x-content-type-options"] == "nosniff", where
 
 
+async def test_a_forged_flash_cookie_is_ignored(processor: Any) -> None:
+    """A page of the same site (another port of the host, a sibling subdomain) can set the
+    dashboard's cookies: a flash cookie it made is shown as text or ignored, never a 500 on
+    every page."""
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    forged = {
+        "deep": b"[" * 3000,
+        "not json": b"<script>",
+        "lines not a list": b'{"kind": "ok", "title": "t", "lines": "abc"}',
+    }
+    async with client(app) as c:
+        for what, raw in forged.items():
+            c.cookies.set("jp_dashboard_flash", base64.urlsafe_b64encode(raw).decode())
+            answer = await c.get("/")
+            assert answer.status_code == 200 and 'id="flash"' not in answer.text, what
+        markup = b'{"kind": "x", "title": "<img src=x onerror=alert(1)>", "lines": ["<b>"]}'
+        c.cookies.set("jp_dashboard_flash", base64.urlsafe_b64encode(markup).decode())
+        shown = await c.get("/")
+        assert shown.status_code == 200 and "&lt;img src=x onerror=alert(1)&gt;" in shown.text
+        assert "<b>" not in shown.text and 'class="flash flash-ok"' in shown.text
+
+
 async def test_out_of_range_dates_cursors_and_durations_are_400s_not_500s(processor: Any) -> None:
     p, _ = processor
     app = create_dashboard(p, auth=AUTH)
