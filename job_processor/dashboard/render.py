@@ -132,6 +132,12 @@ def make_env(masker: Masker) -> Environment:
         text = json.dumps(masked(value, secrets), ensure_ascii=False)
         return text if len(text) <= width else text[: width - 1] + "…"
 
+    def clip(value: Any, width: int = 60) -> str:
+        """A value of a list's row (a dedup key, a tag) cut to `width` characters: one key of
+        100,000 would otherwise make the row, and the page, that long."""
+        text = str(value)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
     def short_id(value: Any) -> Markup:
         text = str(value or "")
         return Markup('<code class="id" title="{}">{}</code>').format(text, text[-8:])
@@ -145,6 +151,7 @@ def make_env(masker: Masker) -> Environment:
         "outcome": run_outcome,
         "pretty": pretty,
         "compact": compact,
+        "clip": clip,
         "short_id": short_id,
         "badge": badge,
         "duration": human_duration,

@@ -424,6 +424,24 @@ async def test_every_response_refuses_framing_by_another_origin(processor: Any) 
             assert answer.headers["x-content-type-options"] == "nosniff", where
 
 
+async def test_a_very_long_dedup_key_is_cut_in_the_lists_and_shown_whole_on_its_page(
+    processor: Any,
+) -> None:
+    """One job or event with a 10,000-character key made its list row (and the page) thousands
+    of pixels long, or wide."""
+    p, _ = processor
+    job = await p.schedule_job("send-email", {"to": "a@b.c"}, key="k" * 10_000, delay=3600)
+    event = await p.emit("order-shipped", {"n": 1}, key="e" * 10_000)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        jobs = (await c.get("/jobs")).text
+        assert "k" * 59 + "…</span>" in jobs and "k" * 501 not in jobs
+        events = (await c.get("/events")).text
+        assert "e" * 59 + "…</span>" in events and "e" * 501 not in events
+        assert "k" * 10_000 in (await c.get(f"/jobs/{job.id}")).text
+        assert "e" * 10_000 in (await c.get(f"/events/{event.id}")).text
+
+
 async def test_a_forged_flash_cookie_is_ignored(processor: Any) -> None:
     """A page of the same site (another port of the host, a sibling subdomain) can set the
     dashboard's cookies: a flash cookie it made is shown as text or ignored, never a 500 on
