@@ -178,6 +178,9 @@ def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
             if "\0" in key:
                 where = f"{path}.{key!r}" if path else repr(key)
                 return where, "a key with a NUL character", "remove it from the key"
+            if not _utf8(key):
+                where = f"{path}.{key!r}" if path else repr(key)
+                return where, "a key with a lone surrogate, not UTF-8", SURROGATE_FIX
             found = unstorable_at(item, f"{path}.{key}" if path else key)
             if found is not None:
                 return found
@@ -188,11 +191,25 @@ def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
             if found is not None:
                 return found
         return None
+    if isinstance(value, str) and not _utf8(value):
+        return path or "(the value)", "a str with a lone surrogate, not UTF-8", SURROGATE_FIX
     try:
         bson.encode({"v": value})
     except ENCODING_ERRORS:
         return path or "(the value)", f"type {type(value).__name__}", conversion(value)
     return None
+
+
+#: What to do about a str holding half of a UTF-16 pair ("\ud800", e.g. from JSON's "\ud800").
+SURROGATE_FIX = "remove the unpaired surrogate (\\ud800-\\udfff) or decode the text correctly"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def why_unstorable(what: str, value: Any, exc: Exception) -> str:

@@ -49,6 +49,13 @@ class Point:
         ({"p": Point(1)}, "p", "type Point", "dataclasses.asdict(value)"),
         ({"raw": bytearray(b"x")}, "raw", "type bytearray", "bytes(value)"),
         ({"by_id": {7: "x"}}, "by_id[7]", "a key of type int", "str(key)"),
+        ({"a": ["x", "\udfff"]}, "a[1]", "a str with a lone surrogate, not UTF-8", "surrogate"),
+        (
+            {"a": {"\ud800": 1}},
+            "a.'\\ud800'",
+            "a key with a lone surrogate, not UTF-8",
+            "surrogate",
+        ),
     ],
 )
 def test_the_first_unstorable_part_is_named_with_its_fix(
