@@ -117,6 +117,8 @@ class Masker:
         """Free text with `key=value` pairs of sensitive keys and the given secrets masked."""
         if not text:
             return text
+        if not isinstance(text, str):  # a field another program wrote (progress message: 5)
+            text = str(text)
         text = scrub(text, set(secrets), MASK)
         if self._pair is not None:
             text = self._pair.sub(_masked_pair, text)

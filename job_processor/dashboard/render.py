@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
@@ -138,6 +139,18 @@ def make_env(masker: Masker) -> Environment:
         text = str(value)
         return text if len(text) <= width else text[: width - 1] + "…"
 
+    def shown_progress(value: Any) -> dict[str, Any] | None:
+        """A job's `progress` as the bar shows it: written by report_progress it is shown as it
+        is; one another program wrote (a fraction that is text, infinite or missing) never
+        breaks the page: its fraction is a finite number from 0 to 1, or none."""
+        if not isinstance(value, dict):
+            return None
+        given = value.get("fraction")
+        fraction = None
+        if isinstance(given, int | float) and not isinstance(given, bool) and math.isfinite(given):
+            fraction = min(max(float(given), 0.0), 1.0)
+        return value | {"fraction": fraction}
+
     def short_id(value: Any) -> Markup:
         text = str(value or "")
         return Markup('<code class="id" title="{}">{}</code>').format(text, text[-8:])
@@ -152,6 +165,7 @@ def make_env(masker: Masker) -> Environment:
         "pretty": pretty,
         "compact": compact,
         "clip": clip,
+        "shown_progress": shown_progress,
         "short_id": short_id,
         "badge": badge,
         "duration": human_duration,

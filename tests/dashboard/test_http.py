@@ -14,6 +14,7 @@ import pytest
 
 from job_processor import JobProcessor, JobStatus
 from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
+from job_processor.storage import object_id
 
 from .harness import Switches, host_app, make_processor, wait_until
 
@@ -440,6 +441,31 @@ async def test_a_very_long_dedup_key_is_cut_in_the_lists_and_shown_whole_on_its_
         assert "e" * 59 + "…</span>" in events and "e" * 501 not in events
         assert "k" * 10_000 in (await c.get(f"/jobs/{job.id}")).text
         assert "e" * 10_000 in (await c.get(f"/events/{event.id}")).text
+
+
+@pytest.mark.parametrize(
+    "progress",
+    [
+        {"done": "x", "total": 0, "message": 5},
+        {"done": 1e308, "total": 1e-308, "fraction": -1e300, "message": ["a"]},
+        {"done": 1, "fraction": "half"},
+        {"done": 1, "total": 2},  # no fraction at all
+    ],
+)
+async def test_a_progress_written_by_another_program_never_breaks_the_pages(
+    processor: Any, progress: dict[str, Any]
+) -> None:
+    """docs/scale.md: reading a job another program wrote never fails on a field of the wrong
+    type. One such progress made the jobs list (every job on that page) and the job a 500."""
+    p, _ = processor
+    job = await p.schedule_job("send-email", {"to": "a@b.c"}, delay=3600)
+    await p.storage.jobs.coll.update_one(
+        {"_id": object_id(job.id)}, {"$set": {"status": "paused", "progress": progress}}
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/jobs", f"/jobs/{job.id}", f"/api/jobs/{job.id}", "/api/jobs"):
+            assert (await c.get(path)).status_code == 200, path
 
 
 async def test_a_forged_flash_cookie_is_ignored(processor: Any) -> None:
