@@ -318,3 +318,45 @@ async def test_a_page_of_another_origin_cannot_frame_the_dashboard(
             await expect(page).to_have_title("loaded")
             await expect(framed.get_by_role("button", name="Delete…")).to_be_visible()
     assert (await p.get_job(failed)).status == S.ERRORED  # nothing was deleted
+
+
+async def test_markup_in_job_fields_is_shown_as_text_and_never_runs(
+    browser: Browser, processor: Any
+) -> None:
+    """Payloads, results, errors, log lines, progress messages, dedup keys and tags come from
+    users and handlers: each is text on every page (no dialog opens), live refresh included."""
+    import json
+
+    from job_processor.storage import object_id
+
+    p, _ = processor
+    x = '"><img src=x onerror=alert(1)><script>alert(2)</script>'  # cut from 60 in lists
+    job = await p.schedule_job("send-email", {"to": x, "url": "javascript:alert(4)"}, key=x)
+    line = {"at": {"$date": "2026-01-01T00:00:00"}, "run": 1, "level": "info", "message": x}
+    await p.storage.jobs.coll.update_one(
+        {"_id": object_id(job.id)},
+        {
+            "$set": {
+                "status": "paused",
+                "tag": x,
+                "output": {"result": {"html": x}, "error": f"RuntimeError: {x}"},
+                "progress": {"done": 1, "total": 2, "fraction": 0.5, "message": x},
+                "logs": [json.dumps(line)],
+            }
+        },
+    )
+    dialogs: list[str] = []
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0.3)) as base:
+        page = await signed_in(browser)
+
+        async def opened(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            await dialog.dismiss()
+
+        page.on("dialog", opened)
+        for path in ("/jobs", f"/jobs/{job.id}"):
+            await page.goto(f"{base}{path}")
+            await expect(page.get_by_text(x).first).to_be_visible()
+            await page.wait_for_timeout(800)  # a few live refreshes swap the parts in place
+        assert await page.locator("img[src=x], main script").count() == 0
+    assert dialogs == []
