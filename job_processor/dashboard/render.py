@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -151,6 +151,11 @@ def make_env(masker: Masker) -> Environment:
             fraction = min(max(float(given), 0.0), 1.0)
         return value | {"fraction": fraction}
 
+    def segment(value: Any) -> str:
+        """A name as one segment of a URL's path, "/" escaped too: a name holding "/../" cannot
+        send a form to another name's path once the browser normalises the URL."""
+        return quote(str(value), safe="")
+
     def short_id(value: Any) -> Markup:
         text = str(value or "")
         return Markup('<code class="id" title="{}">{}</code>').format(text, text[-8:])
@@ -167,6 +172,7 @@ def make_env(masker: Masker) -> Environment:
         "clip": clip,
         "shown_progress": shown_progress,
         "short_id": short_id,
+        "segment": segment,
         "badge": badge,
         "duration": human_duration,
         "per_window": per_window,

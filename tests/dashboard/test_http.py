@@ -13,7 +13,9 @@ import httpx2 as httpx
 import pytest
 
 from job_processor import JobProcessor, JobStatus
+from job_processor.core.masking import Masker
 from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
+from job_processor.dashboard.render import make_env
 from job_processor.storage import object_id
 
 from .harness import Switches, host_app, make_processor, wait_until
@@ -763,3 +765,26 @@ async def test_a_worker_with_stuck_threads_is_flagged(processor: Any) -> None:
         assert "2 stuck threads" in workers
         overview = (await c.get("/")).text
         assert "2 plain-def handler or hook call(s) given up" in overview
+
+
+async def test_a_name_holding_a_path_is_one_segment_of_the_forms_it_posts_to(
+    processor: Any,
+) -> None:
+    """A name such as "a/../send-email" (names are free text) must post to its own path: with
+    its "/" left as is, the browser would normalise the form's URL to send-email's."""
+    p, _ = processor
+    env = make_env(Masker([]))
+    html = env.from_string(
+        '{% import "_macros.html" as m %}{{ m.pause_button(name, False) }}'
+    ).render(name="a/../send-email", url=lambda path: path, csrf_token="t")
+    assert 'action="/names/a%2F..%2Fsend-email/pause"' in html
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get("/")).text)
+        resp = await c.post(
+            "/names/a%2F..%2Fsend-email/pause", data={"csrf_token": csrf, "next": "/names"}
+        )
+        assert resp.status_code == 303
+        said = (await c.get(resp.headers["location"])).text
+    assert "unknown job &#39;a/../send-email&#39;" in said  # the name arrived whole
+    assert await p.storage.paused.names() == set()  # and send-email was not paused
