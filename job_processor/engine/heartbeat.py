@@ -214,6 +214,10 @@ class Heartbeat:
             self.worker.paused = paused
         if before - self.worker.paused:  # resumed: claim now, not at the next idle poll
             self.worker.wake.set()
+        if self.registry is not None and self.registry.older:
+            # a live worker of an older version: a pause or resume made with its version's
+            # CLI, dashboard or API is only in `<prefix>paused` (it read that every heartbeat)
+            await self.check_paused()
 
     async def check_paused(self) -> None:
         """The safety net behind pause and resume: one read of `<prefix>paused`. A pause or

@@ -9,7 +9,9 @@
   it registers, then with each heartbeat (pause/resume keep them on every worker document), so
   that it stops claiming a paused name within about one `heartbeat_interval`; every few
   minutes it also reads `<prefix>paused` itself (a pause whose update of the worker documents
-  failed). What the registry
+  failed), and at every heartbeat while a worker of an older version is live (`older`: its
+  document has no `definitions`; its version's pause and resume write only `<prefix>paused`,
+  which it read at every heartbeat). What the registry
   tells an operator is `core.coverage`.
 - `Trimmer`, the bounded pass behind count retentions (`keep_finished=100`): see
   `core.retention` for the rules.
@@ -47,6 +49,10 @@ class Registry:
         """name -> the gone writer of its row, left to another live worker at the last refresh."""
         self._live: frozenset[str] | None = None
         """The live workers' ids at the last sweep (one that left triggers a refresh)."""
+        self.older: frozenset[str] = frozenset()
+        """The live workers of an older version (no `definitions` on their document): their
+        version's pause and resume reach no worker document, only `<prefix>paused`, so while
+        one is live the heartbeat reads that too (`Heartbeat.check_paused`)."""
 
     async def register(self, worker_id: str, now: dt.datetime) -> None:
         """One update_one per definition (at start and when the worker re-registers)."""
@@ -64,6 +70,7 @@ class Registry:
         if live is None:
             return
         self._live = frozenset(str(w["_id"]) for w in live)
+        self.older = older_workers(live)
         for name, others in defined_differently(self.fingerprints(), worker_id, live).items():
             self.log.warning(
                 "job_defined_differently",
@@ -140,6 +147,10 @@ class Registry:
         ids = frozenset(str(w["_id"]) for w in live) if live is not None else None
         departed = ids is not None and self._live is not None and bool(self._live - ids)
         if ids is not None:
+            if self._live is None or ids - self._live:  # a worker started: which version?
+                self.older = older_workers(await self.storage.workers.liveness(True)) & ids
+            else:
+                self.older &= ids
             self._live = ids
         if self._refreshed is None or (now - self._refreshed).total_seconds() >= every:
             await self.refresh(now, live, worker_id)
@@ -164,6 +175,12 @@ class Registry:
             )
         self.paused = paused
         return paused
+
+
+def older_workers(docs: list[Doc]) -> frozenset[str]:
+    """The ids of the workers whose document (read with its definitions) was written by an
+    older version: it has no `definitions` (nor keeps the paused names)."""
+    return frozenset(str(w["_id"]) for w in docs if "definitions" not in w)
 
 
 class Trimmer:

@@ -185,6 +185,53 @@ async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_
         await processor.stop()
 
 
+async def test_a_pause_made_by_an_older_version_is_obeyed_while_one_of_its_workers_is_live(
+    db: Any,
+) -> None:
+    """A rolling deploy: a worker of the version before the paused names on worker documents
+    is live, and its version's CLI, dashboard or API pauses and resumes by writing
+    `<prefix>paused` alone. This worker reads that at each heartbeat while such a worker is
+    live (it ran 8 of 8 jobs of a name paused that way, for up to the safety net's 5 minutes),
+    and no longer once it has gone."""
+    processor = await make(db, JOBS, worker_timeout=60)
+    storage = processor.storage
+    await processor.start()
+    try:
+        now = processor.clock.now()
+        older = {  # what the previous version registers: no `paused`, no `definitions`
+            "_id": "old-host-1-6b14d0c198252a132de12cc2",
+            "hostname": "old-host",
+            "pid": 1,
+            "instance_id": None,
+            "tags": None,
+            "concurrency": 1,
+            "names": sorted(JOBS),
+            "started_at": now,
+            "last_seen": now,
+            "worker_timeout": 60.0,
+        }
+        await storage.workers.coll.insert_one(older)
+        await processor.recovery.sweep(now)
+        await processor.heartbeat.after_sweep(now)
+        assert processor.heartbeat.registry is not None
+        assert processor.heartbeat.registry.older == {older["_id"]}
+        await storage.paused.pause("anywhere", "ops", now)  # the older version's pause
+        await processor.heartbeat.tick()
+        assert processor.worker.paused == frozenset({"anywhere"})
+        await storage.paused.resume("anywhere")  # and its resume
+        await processor.heartbeat.tick()
+        assert processor.worker.paused == frozenset()
+        await storage.workers.coll.delete_one({"_id": older["_id"]})  # the deploy is over
+        await processor.recovery.sweep(now)
+        await processor.heartbeat.after_sweep(now)
+        assert processor.heartbeat.registry.older == frozenset()
+        await storage.paused.pause("anywhere", "ops", now)  # no worker document told
+        await processor.heartbeat.tick()
+        assert processor.worker.paused == frozenset()  # left to the safety net
+    finally:
+        await processor.stop()
+
+
 async def test_live_workers_that_define_a_name_differently_are_warned_about(db: Any) -> None:
     """Two apps (or two versions during a deploy) define "other" differently: each runs the
     jobs it claims with its own definition, so status and the admin report say so; once one
