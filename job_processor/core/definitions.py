@@ -414,6 +414,7 @@ def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:
         _check_name("job", name)
         if isinstance(value, CronDef):
             raise InvalidDefinitionError(f"job {name!r}: a CronDef belongs in crons={{...}}")
+        _refuse_bare_function("job", name, value, "JobDef(handler={fn})")
         try:
             out[name] = value if isinstance(value, JobDef) else JobDef.model_validate(value)
         except ValidationError as exc:
@@ -425,6 +426,7 @@ def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
     out: dict[str, CronDef] = {}
     for name, value in (crons or {}).items():
         _check_name("cron", name)
+        _refuse_bare_function("cron", name, value, 'CronDef(cron_string="0 3 * * *", handler={fn})')
         try:
             if isinstance(value, CronDef):
                 out[name] = value
@@ -437,6 +439,16 @@ def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
         except ValidationError as exc:
             raise _explain("cron", name, exc, CronDef) from None
     return out
+
+
+def _refuse_bare_function(kind: str, name: str, value: Any, wrap: str) -> None:
+    """jobs={"send-email": send_email}: the handler itself where its definition goes."""
+    if callable(value) and not isinstance(value, type | BaseModel | Mapping):
+        fn = getattr(value, "__name__", None) or type(value).__name__
+        raise InvalidDefinitionError(
+            f"{kind} {name!r}: got the function {fn!r}, not a definition: wrap it, "
+            + wrap.format(fn=fn)
+        )
 
 
 def _check_name(kind: str, name: Any) -> None:

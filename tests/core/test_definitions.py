@@ -95,6 +95,21 @@ def test_jobdef_given_as_cron_is_refused() -> None:
         parse_crons({"x": JobDef(handler=handler)})
 
 
+def test_a_bare_handler_where_its_definition_goes_says_how_to_wrap_it() -> None:
+    with pytest.raises(
+        InvalidDefinitionError,
+        match=re.escape(
+            "job 'x': got the function 'handler', not a definition: wrap it, "
+            "JobDef(handler=handler)"
+        ),
+    ):
+        parse_jobs({"x": handler})
+    with pytest.raises(InvalidDefinitionError, match=r"cron 'c': .*CronDef\(cron_string="):
+        parse_crons({"c": handler})
+    with pytest.raises(InvalidDefinitionError, match="valid dictionary or instance of JobDef"):
+        parse_jobs({"x": JobDef})  # a class is not a handler: pydantic's own message
+
+
 def test_handlers_with_the_wrong_parameters_are_refused() -> None:
     async def one(job: object) -> None: ...
 
