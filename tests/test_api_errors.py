@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -48,6 +49,20 @@ async def test_client_instead_of_database_is_refused(mongo_url: str) -> None:
     try:
         with pytest.raises(InvalidDatabaseError, match=r"client\['mydb'\]"):
             await init_job_processor(client, jobs=JOBS)
+    finally:
+        await client.close()
+
+
+async def test_a_collection_instead_of_its_database_is_refused_naming_both(mongo_url: str) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        with pytest.raises(
+            InvalidDatabaseError,
+            match=re.escape(
+                "db is a collection ('app.jobs'), not a database: pass the database, client['app']"
+            ),
+        ):
+            await init_job_processor(client["app"]["jobs"], jobs=JOBS)
     finally:
         await client.close()
 

@@ -31,6 +31,15 @@ MISSING_URL = (
 )
 
 
+#: Collection types (pymongo sync and async, motor, mongomock-motor): a common slip for a database.
+_COLLECTIONS = {
+    "Collection",
+    "AsyncCollection",
+    "AsyncIOMotorCollection",
+    "AsyncMongoMockCollection",
+}
+
+
 def check_database(db: Any) -> None:
     """Refuse sync databases and clients with a message that says what to pass instead."""
     if is_sync(db):  # a synchronous database behind the async interface (JobClient)
@@ -47,6 +56,13 @@ def check_database(db: Any) -> None:
     }:
         raise InvalidDatabaseError(
             "db is a client, not a database: pass client['mydb'] (or client.get_default_database())"
+        )
+    if type(db).__name__ in _COLLECTIONS:  # its attributes are sub-collections: check it first
+        database = str(getattr(getattr(db, "database", None), "name", "mydb"))
+        raise InvalidDatabaseError(
+            f"db is a collection ({getattr(db, 'full_name', '?')!r}), not a database: pass the "
+            f"database, client[{database!r}] (job-processor keeps its own collections there, "
+            "job_processor_jobs and the others)"
         )
     if type(db).__module__.startswith("mongomock.") or not hasattr(db, "get_collection"):
         raise InvalidDatabaseError(
