@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import errno
 import importlib
 import inspect
+import json
 import logging
 import os
 import socket
@@ -120,9 +122,42 @@ def _what(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+class StdlibFormatter(logging.Formatter):
+    """The lines of stdlib loggers (an app's `init_job_processor(logger=logging.getLogger(...))`
+    and its own) as structlog's are: a UTC timestamp and the level, or one JSON object a line
+    with JOB_PROCESSOR_LOG_FORMAT=json (the event and its fields from `record.event` /
+    `record.fields`, as job-processor's events carry them)."""
+
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__()
+        self.json_lines = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="microseconds")
+        timestamp = at.replace("+00:00", "Z")
+        event, fields = getattr(record, "event", None), getattr(record, "fields", None)
+        if not self.json_lines:
+            line = f"{timestamp} [{record.levelname.lower():<9}] {record.name}: "
+            line += record.getMessage()
+            if record.exc_info:
+                line += "\n" + self.formatException(record.exc_info)
+            return line
+        if isinstance(event, str) and isinstance(fields, dict):  # one of job-processor's
+            data: dict[str, Any] = {**fields, "event": event}
+        else:  # the app's own line
+            data = {"event": record.getMessage()}
+        data |= {"level": record.levelname.lower(), "logger": record.name, "timestamp": timestamp}
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
 def configure_logging(level: str) -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=lvl, format="%(message)s", stream=sys.stderr)
+    json_lines = os.environ.get("JOB_PROCESSOR_LOG_FORMAT") == "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StdlibFormatter(json_lines))
+    logging.basicConfig(level=lvl, handlers=[handler])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -130,7 +165,7 @@ def configure_logging(level: str) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer()
-            if os.environ.get("JOB_PROCESSOR_LOG_FORMAT") == "json"
+            if json_lines
             else structlog.dev.ConsoleRenderer(colors=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
