@@ -134,6 +134,19 @@ async def test_get_status_shows_workers_jobs_and_queue(db: Any) -> None:
     assert status.jobs["later"] == {"pending": 1}
 
 
+@pytest.mark.parametrize(("logger", "fix"), [("myapp", "'myapp'"), (print, "'myapp'")])
+async def test_what_is_not_a_logger_is_refused_with_the_fix(db: Any, logger: Any, fix: str) -> None:
+    with pytest.raises(
+        InvalidDefinitionError,
+        match=re.escape(
+            f"logger must be a logging.Logger or a structlog logger, got {type(logger).__name__} "
+        )
+        + ".*"
+        + re.escape(f"pass logging.getLogger({fix})"),
+    ):
+        await init_job_processor(db, logger=logger, jobs=JOBS)
+
+
 async def test_stdlib_logger_gets_structured_events(
     db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import structlog
 
+from .errors import InvalidDefinitionError
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -61,4 +63,11 @@ def make_log(logger: Any | None) -> EventLog:
         logger = structlog.get_logger("job_processor")
     if isinstance(logger, EventLog):
         return logger
+    if not all(callable(getattr(logger, level, None)) for level in _LEVELS):
+        name = logger if isinstance(logger, str) else "myapp"
+        raise InvalidDefinitionError(
+            f"logger must be a logging.Logger or a structlog logger, got "
+            f"{type(logger).__name__} {logger!r:.60}: pass logging.getLogger({name!r}) (or "
+            "structlog.get_logger(), or None for the default)"
+        )
     return EventLog(logger)
