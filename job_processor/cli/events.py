@@ -58,7 +58,16 @@ async def events_list(args: argparse.Namespace) -> int:
             )
             return DONE
         table(
-            ["ID", "NAME", "EMITTED", "KEY", "SUBSCRIBERS", "WEBHOOKS", "REPLAYS", "EMITTED BY"],
+            [
+                "ID",
+                "NAME",
+                "EMITTED (UTC)",
+                "KEY",
+                "SUBSCRIBERS",
+                "WEBHOOKS",
+                "REPLAYS",
+                "EMITTED BY",
+            ],
             [_event_row(e) for e in events],
         )
         return DONE

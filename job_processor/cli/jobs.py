@@ -170,7 +170,7 @@ async def jobs_list(args: argparse.Namespace) -> int:
             emit_json(page.model_dump(mode="json") | {"jobs": jobs})
             return DONE
         table(
-            ["ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "RUNS", "ERROR"],
+            ["ID", "NAME", "STATUS", "CREATED (UTC)", "DUE/ENDED (UTC)", "RUNS", "ERROR"],
             job_rows(page.jobs),
         )
         if page.next_cursor:

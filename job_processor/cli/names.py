@@ -38,7 +38,16 @@ async def names_list(args: argparse.Namespace) -> int:
             when(v.last_seen),
         ]
 
-    headers = ["NAME", "KIND", "TAG", "CONCURRENCY", "ATTEMPTS", "WORKERS", "PAUSED", "LAST SEEN"]
+    headers = [
+        "NAME",
+        "KIND",
+        "TAG",
+        "CONCURRENCY",
+        "ATTEMPTS",
+        "WORKERS",
+        "PAUSED",
+        "LAST SEEN (UTC)",
+    ]
     return await with_admin(args, lambda a: listed(a.list_definitions(), args.json, headers, row))
 
 

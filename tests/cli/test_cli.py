@@ -114,7 +114,7 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         listing = await cli(url, "jobs", "list", "--status", "errored")
         assert listing.returncode == 0, listing.stderr
         assert listing.stdout.splitlines()[0].split() == [
-            "ID", "NAME", "STATUS", "CREATED", "DUE/ENDED", "RUNS", "ERROR"
+            "ID", "NAME", "STATUS", "CREATED", "(UTC)", "DUE/ENDED", "(UTC)", "RUNS", "ERROR"
         ]  # fmt: skip
         assert failed.id in listing.stdout and "RuntimeError: smtp down" in listing.stdout
         assert done.id not in listing.stdout
@@ -616,7 +616,7 @@ async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str
             )
             assert listing.returncode == 0, listing.stderr
             assert listing.stdout.splitlines()[0].split() == [
-                "ID", "NAME", "EMITTED", "KEY", "SUBSCRIBERS", "WEBHOOKS", "REPLAYS",
+                "ID", "NAME", "EMITTED", "(UTC)", "KEY", "SUBSCRIBERS", "WEBHOOKS", "REPLAYS",
                 "EMITTED", "BY",
             ]  # fmt: skip
             rows = listing.stdout.splitlines()[1:]
