@@ -120,7 +120,7 @@ def not_awaited_message(calls: list[str]) -> str:
     sync = ", ".join(f"job.{n}_sync()" for n in names)
     return (
         f"{said} called without `await`: nothing was saved ({len(calls)} call(s)); "
-        f"from a plain def handler, call {sync}"
+        f"in an async def handler, `await` them; from a plain def handler, call {sync}"
     )
 
 

@@ -281,7 +281,8 @@ async def test_a_checkpoint_or_progress_without_await_is_said_in_the_jobs_log(db
         (
             "warning",
             "job.checkpoint(), job.report_progress() called without `await`: nothing was saved "
-            "(3 call(s)); from a plain def handler, call job.checkpoint_sync(), "
+            "(3 call(s)); in an async def handler, `await` them; from a plain def handler, "
+            "call job.checkpoint_sync(), "
             "job.report_progress_sync()",
         )
     ]
