@@ -27,8 +27,11 @@ def token_for(request: Request) -> tuple[str, bool]:
     return secrets.token_hex(24), True
 
 
-def set_cookie(response: Response, token: str, path: str) -> None:
-    response.set_cookie(COOKIE, token, path=path or "/", httponly=True, samesite="strict")
+def set_cookie(response: Response, token: str, path: str, secure: bool = False) -> None:
+    """`secure`: the page was served over HTTPS, so the browser never sends it over HTTP."""
+    response.set_cookie(
+        COOKIE, token, path=path or "/", httponly=True, samesite="strict", secure=secure
+    )
 
 
 def origin_ok(request: Request) -> bool:

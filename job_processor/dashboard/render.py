@@ -215,13 +215,15 @@ def flash_from_result(result: ActionResult, masker: Masker) -> dict[str, Any]:
     return {"kind": kind, "title": title, "lines": lines, "by": result.actor}
 
 
-def set_flash(response: Response, flash: dict[str, Any], path: str) -> None:
+def set_flash(response: Response, flash: dict[str, Any], path: str, secure: bool = False) -> None:
     raw = json.dumps(flash, ensure_ascii=False).encode()
     while len(raw) > 3000 and flash["lines"]:
         flash["lines"] = flash["lines"][:-1]
         raw = json.dumps(flash, ensure_ascii=False).encode()
     value = base64.urlsafe_b64encode(raw).decode()
-    response.set_cookie(FLASH_COOKIE, value, path=path or "/", httponly=True, samesite="strict")
+    response.set_cookie(
+        FLASH_COOKIE, value, path=path or "/", httponly=True, samesite="strict", secure=secure
+    )
 
 
 def read_flash(request: Request) -> dict[str, Any] | None:

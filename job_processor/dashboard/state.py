@@ -167,7 +167,7 @@ class Dashboard:
         body = self.env.get_template(template).render(ctx)
         response = HTMLResponse(body, status_code=status_code)
         if new:
-            csrf.set_cookie(response, token, root or "/")
+            csrf.set_cookie(response, token, root or "/", request.url.scheme == "https")
         if flash is not None:
             response.delete_cookie(FLASH_COOKIE, path=root or "/")
         return response
@@ -184,7 +184,7 @@ class Dashboard:
         root = root_of(request)
         response = RedirectResponse(root + safe_next(target), status_code=303)
         if flash is not None:
-            set_flash(response, flash, root or "/")
+            set_flash(response, flash, root or "/", request.url.scheme == "https")
         return response
 
     def mask_job(self, job: Job[Any], carried: Mapping[str, Any] | None = None) -> dict[str, Any]:

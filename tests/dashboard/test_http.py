@@ -788,3 +788,23 @@ async def test_a_name_holding_a_path_is_one_segment_of_the_forms_it_posts_to(
         said = (await c.get(resp.headers["location"])).text
     assert "unknown job &#39;a/../send-email&#39;" in said  # the name arrived whole
     assert await p.storage.paused.names() == set()  # and send-email was not paused
+
+
+async def test_cookies_are_secure_when_the_dashboard_is_served_over_https(processor: Any) -> None:
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app, base="http://127.0.0.1") as c:
+        page = await c.get("/")
+        assert "secure" not in page.headers["set-cookie"].lower()  # plain HTTP: it would be lost
+    async with client(app, base="https://127.0.0.1") as c:
+        page = await c.get("/")
+        assert "; secure" in page.headers["set-cookie"].lower()
+        csrf = token(page.text)
+        resp = await c.post(
+            "/names/send-email/pause",
+            data={"csrf_token": csrf, "next": "/names"},
+            headers={"origin": "https://127.0.0.1"},
+        )
+        assert resp.status_code == 303
+        flash = [v for k, v in resp.headers.multi_items() if k == "set-cookie"]
+        assert flash and all("; secure" in v.lower() for v in flash)
