@@ -116,11 +116,17 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             with pymongo.timeout(wait):
                 await db.command("ping")
         else:
-            async with asyncio.timeout(wait):
-                if refused_is_final:
-                    await _ping_unless_refused(db)
-                else:
-                    await db.command("ping")
+            # Motor pings on one of its threads, which asyncio's timeout cannot stop: the
+            # driver's client-side timeout (a context variable Motor copies into the thread) ends
+            # it with the wait, or a process exiting on the error would wait for the thread
+            # (serverSelectionTimeoutMS, 30 s by default)
+            bounded = pymongo.timeout(wait) if _is_motor(db) else contextlib.nullcontext()
+            with bounded:
+                async with asyncio.timeout(wait):
+                    if refused_is_final:
+                        await _ping_unless_refused(db)
+                    else:
+                        await db.command("ping")
     except _Refused:
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} ({PLAIN_REASONS['Errno 111']}); check "
@@ -151,6 +157,10 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
             "server is running (connect_timeout= sets the wait)"
         ) from exc
+
+
+def _is_motor(db: Any) -> bool:
+    return type(db).__module__.startswith("motor.")
 
 
 def _has_login(db: Any) -> bool:

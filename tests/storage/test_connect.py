@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -265,3 +267,34 @@ async def test_refused_is_said_at_once_only_when_every_address_refuses() -> None
         topology = SimpleNamespace(server_descriptions=lambda seeds=seeds: seeds)
         double = SimpleNamespace(client=SimpleNamespace(topology_description=topology))
         assert not await _all_refused(double)
+
+
+MOTOR_GIVES_UP = """
+import asyncio, logging, sys
+from motor.motor_asyncio import AsyncIOMotorClient
+from job_processor import DatabaseUnreachableError, init_job_processor
+
+async def main() -> None:
+    db = AsyncIOMotorClient(f"mongodb://127.0.0.1:{sys.argv[1]}/")["app"]  # 30 s selection
+    try:
+        await init_job_processor(db, logging.getLogger("t"), jobs={}, connect_timeout=0.5)
+    except DatabaseUnreachableError as exc:
+        print(exc)
+
+asyncio.run(main())
+"""
+
+
+def test_with_motor_a_process_exiting_on_an_unreachable_database_ends_with_the_wait() -> None:
+    """Motor pings on one of its threads; asyncio's timeout does not stop it, and the process
+    would wait for it at exit for the driver's serverSelectionTimeoutMS (30 s by default)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-c", MOTOR_GIVES_UP, str(port)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # 30 s and more before the fix; about 2 s (imports included) after it
+    )
+    assert f"cannot reach MongoDB at 127.0.0.1:{port} within 0.5s" in done.stdout, done.stderr
