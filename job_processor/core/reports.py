@@ -1,0 +1,214 @@
+"""The records read back for reports: an event's targets and deliveries, the subscriber
+registry, workers and the status report; and how BSON values are made JSON-friendly
+(`to_jsonable`). `models` re-exports each of them (Job and Event stay there, with
+`Processor`)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Literal
+
+from bson import Binary, Decimal128, ObjectId
+from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
+
+from .clock import as_utc
+from .definitions import Mode
+from .status import JobStatus
+
+S = JobStatus
+
+
+def to_jsonable(value: Any) -> Any:
+    """BSON values that JSON has no type for, made JSON-friendly: ObjectId and UUID as text,
+    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, ObjectId | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | Binary):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Decimal128 | Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
+def _utc(value: Any) -> Any:
+    return as_utc(value) if isinstance(value, dt.datetime) else value
+
+
+# ---- events and their deliveries ------------------------------------------------------------
+
+
+class Target(BaseModel):
+    """One recipient recorded on an event when it was emitted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["subscriber", "webhook"]
+    target: str
+    """The subscriber's name, or "webhook:<endpoint id>"."""
+    mode: Mode | None = None
+    position: int | None = None
+    job_name: str
+    endpoint_id: str | None = None
+
+
+class Delivery(BaseModel):
+    """One delivery of an event to one target: a job, or a row with no job: status "waiting"
+    (still to be created: a serial subscriber whose turn has not come, or a fan-out still
+    owed) or "deleted" (its job was removed by retention or a purge)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str | None
+    event_id: str
+    target: str
+    kind: Literal["subscriber", "webhook"]
+    mode: Mode | None = None
+    status: str
+    """A JobStatus value, or "waiting" (no job yet: a serial subscriber whose turn has not
+    come, or a fan-out still owed), or "deleted" (its job was removed: retention, purge)."""
+    replay_id: str | None = None
+    """None for the event's own deliveries; the replay's id for an explicit replay."""
+    attempt: int = 0
+    failures: int = 0
+    max_attempts: int = 1
+    error: str | None = None
+    skip_reason: str | None = None
+    result: Any = None
+    created_at: dt.datetime | None = None
+    scheduled_for: dt.datetime | None = None
+    """When it runs next (a retry's time while pending)."""
+    ended_at: dt.datetime | None = None
+    attempts: list[dict[str, Any]] = []
+    """Webhooks: one record per HTTP attempt (status_code, duration_ms, response_excerpt,
+    error, at)."""
+    exit_hook: str | None = None
+    """The delivery job's on_job_exited record ("owed" until a serial chain's next step is
+    written)."""
+
+    @field_serializer("result", "attempts", when_used="json")
+    def _json(self, value: Any) -> Any:
+        return to_jsonable(value)
+
+    @classmethod
+    def of_job(cls, doc: Mapping[str, Any]) -> Delivery:
+        payload = doc.get("payload") or {}
+        output = doc.get("output") or {}
+        attempts = list((doc.get("state") or {}).get("attempts") or [])
+        result = output.get("result")
+        finished = doc.get("status") == S.FINISHED.value
+        if finished and isinstance(result, dict) and "status_code" in result:
+            attempts.append(result)
+        return cls(
+            job_id=str(doc["_id"]),
+            event_id=str(doc.get("event_id") or payload.get("event_id")),
+            target=payload.get("target", ""),
+            kind=payload.get("kind", "subscriber"),
+            mode=payload.get("mode"),
+            status=str(doc["status"]),
+            replay_id=payload.get("replay_id"),
+            attempt=int(doc.get("attempt") or 0),
+            failures=int(doc.get("failures") or 0),
+            max_attempts=int(doc.get("max_attempts") or 1),
+            error=output.get("error"),
+            skip_reason=doc.get("skip_reason"),
+            result=result,
+            created_at=_utc(doc.get("created_at")),
+            scheduled_for=_utc(doc.get("scheduled_for")),
+            ended_at=_utc(doc.get("ended_at")),
+            attempts=attempts,
+            exit_hook=doc.get("exit_hook"),
+        )
+
+    @classmethod
+    def without_job(cls, event_id: str, target: Target, status: str) -> Delivery:
+        return cls(
+            job_id=None,
+            event_id=event_id,
+            target=target.target,
+            kind=target.kind,
+            mode=target.mode,
+            status=status,
+        )
+
+
+class SubscriberInfo(BaseModel):
+    """A registry entry, with the live workers that serve it (for status pages)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event: str
+    subscriber: str
+    mode: Mode
+    position: int
+    job_name: str
+    tag: str | None = None
+    max_attempts: int = 1
+    declared_at: dt.datetime | None = None
+    declared_by: str | None = None
+    live_workers: list[str] = []
+
+
+# ---- workers and status reports ------------------------------------------------------------
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    hostname: str
+    pid: int
+    instance_id: str | None = None
+    tags: list[str] | None = None
+    concurrency: int = 1
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    alive: bool = True
+    running_jobs: list[dict[str, Any]] = []
+    stuck_threads: int = 0
+    """Plain-def handlers or hooks given up (past their grace period or timeout) whose thread is
+    still running in that process."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_document(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        doc = {k: _utc(v) for k, v in data.items()}
+        if "_id" in doc:
+            doc["id"] = str(doc.pop("_id"))
+        return doc
+
+
+class ProcessorStatus(BaseModel):
+    """What `get_status()` returns: workers with their jobs, the queue, counts by job name."""
+
+    now: dt.datetime
+    worker_id: str
+    workers: list[WorkerInfo]
+    queue: dict[str, int]
+    """pending (all), due (claimable and due now), paused, running."""
+    jobs: dict[str, dict[str, int]]
+    """job name -> status -> count."""
+    crons: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    """Things an operator should look at (e.g. an exclusive cron that keeps skipping, a job
+    name no live worker can run, waiting jobs of a name no worker defines)."""
+    paused_names: list[str] = []
+    """Names workers do not claim (job_processor.admin pause/resume)."""
+    unserved_names: list[str] = []
+    """Known job and cron names (registry and this process) that no live worker claims."""
+    limits: list[dict[str, Any]] = []
+    """Cluster-wide limits in use: key, running, concurrency, started_in_window, rate,
+    per_seconds."""
