@@ -87,6 +87,8 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
             value = shown_time(data[key]) if key in _TIMES else data[key]
             print(f"{key + ':':<20}{value}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts, job.status)}")
+    if data.get("invalid_fields"):  # another program's values, shown as stored
+        print(f"{'invalid fields:':<20}{json.dumps(data['invalid_fields'], default=str)}")
     if job.after:
         # "waiting" in `deps`: not counted yet (the dependency has not ended, or just ended)
         ended = [f"{d} ({'not ended' if s == 'waiting' else s})" for d, s in job.deps.items()]

@@ -256,8 +256,14 @@ class Job(BaseModel, Generic[PayloadT]):
                     if when in bad:
                         kept[when] = kept["created_at"]
             # else it reads as a document another program inserted: dates and status derived
-            job = cls.model_validate(kept)  # a status that is not a job status still raises
-            job.invalid_fields = {k: doc[k] for k in sorted(bad) if k in doc}
+            if "status" in bad:
+                # none: a bare insert, pending once a worker adopts it (within a minute); one
+                # that is not a job status ("queued"): never claimed, shown as errored with the
+                # stored value in `invalid_fields`, to be fixed or deleted
+                kept["status"] = S.ERRORED.value if doc.get("status") is not None else "pending"
+            job = cls.model_validate(kept)
+            shown = [k for k in sorted(bad) if k in doc]  # a bare insert's status is no error
+            job.invalid_fields = {k: doc[k] for k in shown if k != "status" or doc[k] is not None}
             return job
 
     @_async_method

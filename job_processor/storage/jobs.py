@@ -495,9 +495,9 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         killed by this call's `kill_id` is reported as killed by it."""
         for _ in range(10):
             doc = await self.coll.find_one_and_update(
-                {
+                {  # None: a bare insert another program made, not adopted yet
                     "_id": job_id,
-                    "status": {"$in": [S.PENDING.value, S.PAUSED.value, S.WAITING.value]},
+                    "status": {"$in": [S.PENDING.value, S.PAUSED.value, S.WAITING.value, None]},
                 },
                 D.kill_update(now, writer, kill_id),
                 return_document=AFTER,
@@ -514,7 +514,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
             doc = await self.coll.find_one({"_id": job_id})
             if doc is None:
                 raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-            if doc["status"] not in {s.value for s in (S.PENDING, S.PAUSED, S.RUNNING, S.WAITING)}:
+            active = {s.value for s in (S.PENDING, S.PAUSED, S.RUNNING, S.WAITING)}
+            if doc.get("status") not in active:
                 mine = retried and kill_id is not None and doc.get("end_id") == kill_id
                 return ("killed" if mine else "ended"), decode(doc)
             # it moved between our two updates: try again

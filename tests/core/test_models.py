@@ -120,6 +120,26 @@ def test_a_foreign_document_with_a_bad_created_at_or_a_string_id_still_reads() -
     assert named.scheduled_for == named.created_at  # when it is due stands for its creation
 
 
+def test_a_bare_insert_or_a_status_we_do_not_know_still_reads() -> None:
+    """One such document must not break a listing (jobs list, the dashboard, Admin.list_jobs):
+    a bare insert reads as the pending job it becomes once adopted; a status another program
+    invented is shown as errored, the stored value in `invalid_fields`."""
+    import datetime as dt
+
+    from bson import ObjectId
+
+    from job_processor.core.models import Job
+
+    bare = Job.read({"_id": ObjectId(), "name": "send-email", "payload": {"to": "a"}})
+    assert bare.status == "pending" and bare.invalid_fields == {}
+    now = dt.datetime.now(dt.UTC)
+    for status in ("queued", 5):
+        for dated in ({}, {"created_at": now}):
+            job = Job.read({"_id": ObjectId(), "name": "x", "status": status} | dated)
+            assert job.status == "errored"
+            assert job.invalid_fields == {"status": status}
+
+
 def test_a_status_given_by_a_user_is_read_in_any_case() -> None:
     from job_processor.core.errors import InvalidArgumentError
     from job_processor.core.status import JobStatus, parse_status

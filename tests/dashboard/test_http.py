@@ -808,3 +808,20 @@ async def test_cookies_are_secure_when_the_dashboard_is_served_over_https(proces
         assert resp.status_code == 303
         flash = [v for k, v in resp.headers.multi_items() if k == "set-cookie"]
         assert flash and all("; secure" in v.lower() for v in flash)
+
+
+async def test_documents_another_program_wrote_never_break_the_jobs_pages(processor: Any) -> None:
+    p, _ = processor
+    coll = p.storage.jobs.coll
+    bare = (await coll.insert_one({"name": "send-email", "payload": {}})).inserted_id
+    odd = {"name": "send-email", "status": "queued", "payload": {"to": "<b>x</b>"}}
+    queued = (await coll.insert_one(odd)).inserted_id
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        listing = await c.get("/jobs")
+        assert listing.status_code == 200
+        assert str(bare) in listing.text and str(queued) in listing.text
+        page = await c.get(f"/jobs/{queued}")
+        assert page.status_code == 200
+        assert "Invalid fields" in page.text and "&#34;status&#34;: &#34;queued&#34;" in page.text
+        assert (await c.get(f"/jobs/{bare}")).status_code == 200

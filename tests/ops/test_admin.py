@@ -176,6 +176,29 @@ async def test_run_now_makes_a_later_job_due(env: Any) -> None:
     assert not again.done
 
 
+async def test_a_bare_insert_or_an_unknown_status_never_breaks_a_listing(env: Any) -> None:
+    """Documents another program wrote: one without a status (a bare insert, adopted within a
+    minute) lists as pending; one with a status of its own ("queued", never claimed) lists as
+    errored with the stored value in `invalid_fields`, and can be deleted."""
+    admin, storage, _ = env
+    ours = str((await add(storage))["_id"])
+    bare = (await storage.jobs.coll.insert_one({"name": "email", "payload": {}})).inserted_id
+    odd = {"name": "email", "status": "queued", "payload": {}, "created_at": NOW}
+    queued = (await storage.jobs.coll.insert_one(odd)).inserted_id
+    listed = {j.id: j for j in (await admin.list_jobs()).jobs}
+    assert listed[ours].status == S.PENDING
+    assert listed[str(bare)].status == S.PENDING and listed[str(bare)].invalid_fields == {}
+    assert listed[str(queued)].status == S.ERRORED
+    assert listed[str(queued)].invalid_fields == {"status": "queued"}
+    deleted = await admin.delete([str(queued), str(bare), ours])
+    assert deleted.changed == [str(queued)]  # the others are (or will be) pending: active
+    assert set(deleted.skipped) == {str(bare), ours}
+    assert "a bare insert, pending once a worker adopts it" in deleted.skipped[str(bare)]
+    killed = await admin.kill([str(bare)])  # as a pending job is
+    assert killed.changed == [str(bare)]
+    assert (await admin.get_job(str(bare))).status == S.KILLED
+
+
 async def test_delete_refuses_active_jobs_and_purge_deletes_old_ended_ones(env: Any) -> None:
     admin, storage, clock = env
     pending = str((await add(storage))["_id"])

@@ -208,7 +208,7 @@ class JobsAdmin(AdminBase):
                 result.skipped[str(oid)] = "not found"
                 continue
             if what == "ended":
-                result.skipped[str(oid)] = f"already ended ({doc['status']})"
+                result.skipped[str(oid)] = f"already ended ({stored_status(doc)})"
             else:
                 result.changed.append(str(oid))
                 if what == "requested":
@@ -234,10 +234,11 @@ class JobsAdmin(AdminBase):
             current = await self.storage.job_admin.by_id(oid)
             if current is None:
                 result.skipped[str(oid)] = "not found"
-            elif current["status"] == S.PENDING.value:
+            elif current.get("status") == S.PENDING.value:
                 result.skipped[str(oid)] = "already due"
             else:
-                result.skipped[str(oid)] = f"{current['status']}: only pending jobs can be run now"
+                why = f"{stored_status(current)}: only pending jobs can be run now"
+                result.skipped[str(oid)] = why
         await self._record(result)
         return result
 
@@ -263,8 +264,8 @@ class JobsAdmin(AdminBase):
             current = await self.storage.job_admin.by_id(oid)
             if current is None:
                 why = "not found"
-            elif current["status"] not in {s.value for s in TERMINAL}:
-                why = f"{current['status']}: active jobs are not deleted (kill it first)"
+            elif current.get("status") not in {s.value for s in TERMINAL}:
+                why = f"{stored_status(current)}: active jobs are not deleted (kill it first)"
             elif current["name"] in await self._known():
                 why = (
                     f"{current['status']}: its on_job_exited has not run yet (a worker that "
@@ -437,3 +438,9 @@ def _limit_key(definition: dict[str, Any], payload: Any) -> str | None:
     it; None when it has no limit. ValueError naming the field the payload lacks."""
     template = definition.get("limit_key")
     return fill_limit_key(template, payload) if isinstance(template, str) else None
+
+
+def stored_status(doc: Mapping[str, Any]) -> str:
+    """A job document's status as an action's message says it: a bare insert has none yet."""
+    status = doc.get("status")
+    return str(status) if status is not None else "a bare insert, pending once a worker adopts it"
