@@ -818,6 +818,8 @@ async def test_documents_another_program_wrote_never_break_the_jobs_pages(proces
     queued = (await coll.insert_one(odd)).inserted_id
     app = create_dashboard(p, auth=AUTH)
     async with client(app) as c:
+        for path in ("/", "/names", "/metrics"):
+            assert (await c.get(path)).status_code == 200, path
         listing = await c.get("/jobs")
         assert listing.status_code == 200
         assert str(bare) in listing.text and str(queued) in listing.text
