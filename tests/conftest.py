@@ -2,7 +2,12 @@
 
 Tests that need a server use `mongo_url`: a real MongoDB when JOB_PROCESSOR_TEST_MONGODB_URL is
 set, otherwise an nx-27017 server started here on a free port. If it cannot start, the session
-fails loudly (never a silent skip).
+fails loudly (never a silent skip). Every test gets a database of its own (`db`, `scratch_url`),
+dropped after it, so that several sessions and xdist workers can share one real server.
+
+`SERVER_KIND` is what that server is, asked once at collection ("nx-27017" when no URL is set):
+"replica set", "sharded" (a mongos), "standalone" (a real MongoDB without change streams), or
+"nx-27017" (the variable points at one). An unreachable URL fails the collection, loudly.
 """
 
 from __future__ import annotations
@@ -10,14 +15,52 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 
 from job_processor.storage.local_server import local_server
 
-REAL_SERVER = bool(os.environ.get("JOB_PROCESSOR_TEST_MONGODB_URL"))
+ServerKind = Literal["nx-27017", "replica set", "sharded", "standalone"]
+
+
+def server_kind(url: str) -> ServerKind:
+    """What answers at `url`: nx-27017 (whatever it says of its topology) or a real MongoDB as a
+    replica set member, a mongos or a standalone."""
+    client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=10_000)
+    try:
+        hello = client.admin.command("hello")
+        if str(client.admin.command("buildInfo").get("process", "")).startswith("nx"):
+            return "nx-27017"
+        if hello.get("msg") == "isdbgrid":
+            return "sharded"
+        return "replica set" if hello.get("setName") else "standalone"
+    finally:
+        client.close()
+
+
+_URL = os.environ.get("JOB_PROCESSOR_TEST_MONGODB_URL")
+SERVER_KIND: ServerKind = server_kind(_URL) if _URL else "nx-27017"
+#: A real MongoDB (not nx-27017, even when the variable points at one).
+REAL_SERVER = SERVER_KIND != "nx-27017"
+#: Change streams and transactions: a replica set or a mongos, not a standalone.
+HAS_STREAMS = SERVER_KIND in ("replica set", "sharded")
+
+
+def needs_change_streams() -> None:
+    """Skip, saying why, on a real standalone: it has no change streams (production runs on a
+    replica set; point JOB_PROCESSOR_TEST_MONGODB_URL at one, e.g. ?replicaSet=rs0)."""
+    if SERVER_KIND == "standalone":
+        pytest.skip(
+            "needs change streams: JOB_PROCESSOR_TEST_MONGODB_URL is a standalone MongoDB; "
+            "point it at a replica set (a one-member one will do) to run this"
+        )
+
+
+def pytest_report_header() -> str:
+    where = "JOB_PROCESSOR_TEST_MONGODB_URL" if _URL else "an nx-27017 started per xdist worker"
+    return f"test server: {SERVER_KIND} ({where})"
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +99,27 @@ async def _close(driver: str, client: Any, db: Any) -> None:
     if driver == "pymongo":
         await client.close()
     else:
+        client.close()
+
+
+def url_with_db(url: str, name: str) -> str:
+    """`url` naming the database `name` (its options kept)."""
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    hosts = rest.split("/", 1)[0]
+    return f"{scheme}://{hosts}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def scratch_url(mongo_url: str) -> Iterator[str]:
+    """A URL naming a fresh database, for a process of its own (a CLI, an example app);
+    dropped after the test, as `db` is."""
+    name = _db_name()
+    yield url_with_db(mongo_url, name)
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
+    try:
+        client.drop_database(name)
+    finally:
         client.close()
 
 

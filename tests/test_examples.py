@@ -14,8 +14,6 @@ import pytest
 from job_processor import JobStatus
 from job_processor.cli import RunContext
 
-from .e2e.test_processes import url_with_db
-
 
 async def test_tagged_workers_example(db: Any, mongo_url: str) -> None:
     from examples import tagged_workers
@@ -34,12 +32,12 @@ async def test_tagged_workers_example(db: Any, mongo_url: str) -> None:
     assert "rebuild-search-index" not in other.worker.names
 
 
-def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_web_service_example(scratch_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.testclient import TestClient
 
     from examples import web_service
 
-    monkeypatch.setenv("MONGODB_URL", url_with_db(mongo_url, f"jp_example_{time.time_ns()}"))
+    monkeypatch.setenv("MONGODB_URL", scratch_url)
     monkeypatch.setenv("DASHBOARD_PASSWORD", "pa55word")
     with TestClient(web_service.app) as client:
         resp = client.post("/emails", params={"to": "ada@example.com"})
@@ -61,7 +59,7 @@ def test_web_service_example(mongo_url: str, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture
-def report_workers(mongo_url: str, tmp_path: Any) -> Any:
+def report_workers(scratch_url: str, tmp_path: Any) -> Any:
     """`job-processor run examples.report_jobs:make` on a fresh database: the async workers
     behind the Django and Flask examples, in a process of their own."""
     import os
@@ -69,7 +67,7 @@ def report_workers(mongo_url: str, tmp_path: Any) -> Any:
     import sys
     from pathlib import Path
 
-    url = url_with_db(mongo_url, f"jp_example_{time.time_ns()}")
+    url = scratch_url  # dropped after the test (a real server is shared)
     root = Path(__file__).resolve().parents[1]
     with (tmp_path / "worker.log").open("wb") as log:
         proc = subprocess.Popen(

@@ -32,8 +32,8 @@ from job_processor import (
 )
 from job_processor.sync import JobClient
 
+from .conftest import url_with_db
 from .e2e.app import JOBS as APP_JOBS
-from .e2e.test_processes import url_with_db
 
 ROOT = Path(__file__).resolve().parents[1]
 S = JobStatus

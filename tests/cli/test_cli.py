@@ -31,8 +31,8 @@ from job_processor import (
 from job_processor.core.definitions import Backoff, Limit
 from job_processor.events.webhooks import generate_secret
 from job_processor.ops.admin import Admin
+from tests.conftest import url_with_db
 from tests.e2e.app import JOBS
-from tests.e2e.test_processes import url_with_db
 from tests.forked_cli import Run, run_cli
 from tests.helpers import FAST, wait_status
 from tests.receiver import Reply, receiving

@@ -16,7 +16,7 @@ import httpx2 as httpx
 
 from job_processor.storage.local_server import free_port
 
-from ..e2e.test_processes import url_with_db
+from ..conftest import url_with_db
 from .harness import Switches, make_processor
 
 ROOT = Path(__file__).resolve().parents[2]

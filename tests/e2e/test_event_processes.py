@@ -21,8 +21,9 @@ from job_processor import JobProcessor, init_job_processor
 from job_processor.core.runs import WORKER_SILENT
 from job_processor.events.webhooks import generate_secret
 
+from ..conftest import url_with_db
 from ..receiver import Receiver, Reply, receiving
-from .test_processes import ROOT, Worker, url_with_db, wait_exit
+from .test_processes import ROOT, Worker, wait_exit
 
 pytestmark = pytest.mark.e2e
 SECRET = generate_secret()

@@ -17,6 +17,7 @@ import pytest
 
 from job_processor import JobProcessor, JobSpec, JobStatus, init_job_processor
 from job_processor.core.runs import WORKER_SILENT
+from tests.conftest import url_with_db
 from tests.helpers import wait_status
 
 from .app import JOBS
@@ -24,13 +25,6 @@ from .app import JOBS
 S = JobStatus
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def url_with_db(url: str, name: str) -> str:
-    base, _, query = url.partition("?")
-    scheme, _, rest = base.partition("://")
-    hosts = rest.split("/", 1)[0]
-    return f"{scheme}://{hosts}/{name}" + (f"?{query}" if query else "")
 
 
 class Worker:

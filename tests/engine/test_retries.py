@@ -266,7 +266,7 @@ async def test_dedup_key_returns_the_active_job_then_frees(db: Any) -> None:
 
 
 async def test_dedup_race_from_several_processes(db: Any, mongo_url: str) -> None:
-    from ..e2e.test_processes import url_with_db
+    from ..conftest import url_with_db
 
     script = textwrap.dedent(
         """
