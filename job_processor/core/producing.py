@@ -422,15 +422,24 @@ class WaitPacing:
     def __init__(self, per_window: int = 5, window: float = 5.0) -> None:
         self.per_window = per_window
         self.window = window
+        self.count = 0
+        """Reads recorded so far."""
         self.reads: list[float] = []
+        """The reads after the first that a window may still count (the last two windows): a
+        wait without a timeout reads once a second for as long as the job takes, and keeping
+        every read made each call slower and the wait's memory grow (about 2.7 MB a day)."""
 
     def next_read(self, now: float) -> float:
-        """Record a read at `now`; returns when the next may be made."""
-        self.reads.append(now)
-        n = len(self.reads) - 1
-        later = now + (self.STEPS[n] if n < len(self.STEPS) else 1.0)
+        """Record a read at `now` (times never go back by more than a window); returns when
+        the next may be made."""
+        n = self.count
+        self.count += 1
         span = self.window + self.MARGIN
-        recent = [t for t in self.reads[1:] if t > later - span]
+        if n:  # the first read is not counted against the window
+            self.reads = [t for t in self.reads if t > now - 2 * span]
+            self.reads.append(now)
+        later = now + (self.STEPS[n] if n < len(self.STEPS) else 1.0)
+        recent = [t for t in self.reads if t > later - span]
         if len(recent) >= self.per_window:  # the oldest of them must leave the window first
             later = max(later, recent[-self.per_window] + span)
         return later

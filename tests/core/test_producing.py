@@ -131,6 +131,33 @@ def test_reads_that_start_a_little_off_time_still_keep_five_in_any_window() -> N
     assert max(sum(1 for t in later if start <= t < start + 5) for start in later) <= 5
 
 
+def test_a_long_wait_keeps_only_the_reads_a_window_can_count() -> None:
+    """wait_for(timeout=None) on a job that takes hours reads once a second all along: the
+    pacing keeps the last two windows' reads (it kept every read: memory and time per read
+    grew with the wait), and plans exactly the reads it planned when it kept them all."""
+
+    def unbounded(reads: list[float], now: float) -> float:  # the former rule, every read kept
+        reads.append(now)
+        n = len(reads) - 1
+        later = now + (WaitPacing.STEPS[n] if n < len(WaitPacing.STEPS) else 1.0)
+        span = 5.0 + WaitPacing.MARGIN
+        recent = [t for t in reads[1:] if t > later - span]
+        if len(recent) >= 5:
+            later = max(later, recent[-5] + span)
+        return later
+
+    rng = random.Random(3)
+    pacing, kept = WaitPacing(), []
+    now, most = 0.0, 0
+    for _ in range(4 * 3600):  # four hours of reads
+        planned = pacing.next_read(now)
+        assert planned == unbounded(kept, now)
+        most = max(most, len(pacing.reads))
+        now = planned + rng.uniform(-0.004, 0.02)
+    assert most <= 12, most  # about two windows of one read a second, however long the wait
+    assert pacing.count == 4 * 3600
+
+
 def test_a_payload_is_stored_in_the_form_its_model_reads_back() -> None:
     """schedule_job stores the model's dump; with aliases the worker must be able to read it
     (a field aliased "customerId" without populate_by_name refuses "customer_id")."""
