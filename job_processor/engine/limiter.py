@@ -219,9 +219,13 @@ class Limiter:
         the process died or a claim's reply was lost), older than `cutoff`."""
         if not self.limits:
             return 0  # a process that defines no limit holds none; those that do sweep them
+        # a key known full until a time now past is as good as unknown: forget it, or every
+        # per-value key this process once found full, and another process then freed, stays
+        # (a new tenant each second: about 3,600 entries an hour, each claim scanning them)
+        self.blocked = {k: t for k, t in self.blocked.items() if t > now}
         if any(limit.templated for limit in self.limits.values()):
             await self.storage.limits.remove_idle(int(now.timestamp() * 1000))
-            self.template_of = {k: t for k, t in self.template_of.items() if k in self.blocked}
+        self.template_of = {k: t for k, t in self.template_of.items() if k in self.blocked}
         released = 0
         cutoff_ms = int(cutoff.timestamp() * 1000)
         for doc in await self.storage.limits.all():

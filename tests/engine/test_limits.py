@@ -236,3 +236,40 @@ async def test_a_per_tenant_limit_holds_per_key_and_its_idle_keys_go_away(db: An
         assert await processors[0].storage.limits.all() == []
     finally:
         await asyncio.gather(*(p.stop() for p in processors))
+
+
+async def test_per_value_keys_found_full_are_forgotten_once_their_wait_has_passed(
+    db: Any,
+) -> None:
+    """A worker remembers the per-value keys it found full (to leave them out of its next
+    claims) until a time; a key freed and used up by another process was remembered for ever
+    (a soak with a new tenant every 2 s: 58 keys after 6 min on each worker, growing). The
+    sweep now forgets those whose time has passed."""
+
+    async def sync_account(job: Job, signal: AbortSignal) -> None:
+        await asyncio.sleep(0.01)
+
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=1)
+    defs = {"sync": JobDef(handler=sync_account, limit=per_tenant)}
+    processor = await make(db, defs, concurrency=5)  # the five keys tried in one round
+    limits = processor.storage.limits
+    held: dict[str, str] = {}
+    for n in range(5):  # another process holds each tenant's only slot
+        key = f"tenant:t{n}"
+        held[key] = D.new_id()
+        granted, _ = await limits.acquire(
+            per_tenant.for_key(key), [held[key]], "another-worker", processor.clock.now, "x"
+        )
+        assert granted == [held[key]]
+    jobs = [await processor.schedule_job("sync", {"tenant_id": f"t{n}"}) for n in range(5)]
+    limiter = processor.worker.limiter
+    await processor.start()
+    try:
+        await wait_for(lambda: set(held) <= set(limiter.blocked))  # found full here
+        for job in jobs:  # ended elsewhere: this process never runs these keys again
+            await processor.kill_job(job.id)
+        for key, run_id in held.items():
+            assert await limits.release(key, run_id)
+        await wait_for(lambda: not limiter.blocked and not limiter.template_of, timeout=10)
+    finally:
+        await processor.stop()
