@@ -60,6 +60,7 @@ class JobClient:
         producer_retry_seconds: float = PRODUCER_RETRY_SECONDS,
         connect_timeout: float = 10.0,
         logger: Any | None = None,
+        keep_events: dt.timedelta | bool = dt.timedelta(days=30),
     ) -> None:
         if not isinstance(database, Database):
             raise InvalidDatabaseError(
@@ -76,6 +77,7 @@ class JobClient:
                 clock=BlockingClock(),
                 connect_timeout=connect_timeout,
                 producer_retry_seconds=producer_retry_seconds,
+                keep_events=keep_events,  # an event's expiry is written by its emit
                 change_streams=False,  # wait_for polls: a blocking getMore would hold a thread
             )
         )

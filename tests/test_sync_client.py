@@ -123,6 +123,31 @@ def test_with_jobs_it_checks_like_the_async_api_before_writing(sync_db: Database
         JobClient(sync_db.client)  # type: ignore[arg-type]
 
 
+def test_its_events_are_kept_for_the_keep_events_it_is_given(sync_db: Database[Any]) -> None:
+    """An event's expiry is written by the process that emits it. A JobClient had no
+    keep_events: every event a sync app emitted was kept 30 days, whatever the workers were
+    given (a soak with keep_events=5 minutes on its workers saw the events collection grow
+    all along: its producer was a JobClient)."""
+    import datetime as dt
+
+    from job_processor import InvalidDefinitionError
+
+    events = sync_db["job_processor_events"]
+    short = JobClient(sync_db, keep_events=dt.timedelta(hours=2)).emit("order.shipped", {})
+    stored = events.find_one({"_id": ObjectId(short.id)})
+    assert stored is not None
+    assert stored["expires_at"] - stored["emitted_at"] == dt.timedelta(hours=2)
+    default = JobClient(sync_db).emit("order.shipped", {})  # as before: 30 days
+    stored = events.find_one({"_id": ObjectId(default.id)})
+    assert stored is not None
+    assert stored["expires_at"] - stored["emitted_at"] == dt.timedelta(days=30)
+    kept = JobClient(sync_db, keep_events=True).emit("order.shipped", {})
+    stored = events.find_one({"_id": ObjectId(kept.id)})
+    assert stored is not None and stored.get("expires_at") is None
+    with pytest.raises(InvalidDefinitionError, match="keep_events"):
+        JobClient(sync_db, keep_events=5)  # type: ignore[arg-type]
+
+
 def test_without_jobs_it_follows_the_registry_and_leaves_payloads_to_workers(
     sync_db: Database[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
