@@ -186,8 +186,11 @@ def older_workers(docs: list[Doc]) -> frozenset[str]:
 class Trimmer:
     """The bounded pass behind count retentions: for each name this process defines with a
     count, delete (at most `batch` per name and pass) the ended jobs past the n most recent,
-    never one whose on_job_exited is still owed. Run from the heartbeat every `every` seconds;
-    several workers running it at once delete the same jobs, harmlessly."""
+    never one whose on_job_exited is still owed. Run after the sweep every `every` seconds,
+    and at the next sweep again while a pass deleted a whole batch of some name (a name that
+    ends more than `batch` jobs in `every` seconds would otherwise grow without bound: 1000
+    per 5 minutes is 3.3 jobs a second); several workers running it at once delete the same
+    jobs, harmlessly."""
 
     def __init__(
         self,
@@ -205,20 +208,29 @@ class Trimmer:
         self.every = every
         self.batch = batch
         self._last: dt.datetime | None = None
+        self.behind = False
+        """The last pass deleted a whole batch of some name: more may be past its count."""
 
     async def maybe_run(self, now: dt.datetime) -> int:
-        if self._last is not None and (now - self._last).total_seconds() < self.every:
+        if (
+            self._last is not None
+            and not self.behind
+            and (now - self._last).total_seconds() < self.every
+        ):
             return 0
         self._last = now
         return await self.run(now)
 
     async def run(self, now: dt.datetime) -> int:
         deleted = 0
+        self.behind = False
         before = now - self.default.floor  # none created within the floor
         for name, definition in self.definitions.items():
             keep = of(definition, self.default)
             for statuses, n in keep.counts() if keep else []:
                 gone = await self.storage.jobs.trim(name, list(statuses), n, self.batch, before)
+                if gone >= self.batch:
+                    self.behind = True
                 if gone:
                     deleted += gone
                     self.log.info(

@@ -248,3 +248,30 @@ async def test_deliveries_a_stopped_serial_chain_skips_expire_like_the_others(db
     stored = await processor.get_job(skipped[0].job_id)
     assert stored.skip_reason == "chain_stopped" and stored.ended_at is not None
     assert stored.expires_at == stored.ended_at + 2 * DAY
+
+
+async def test_a_count_behind_its_name_is_trimmed_again_at_the_next_sweep(db: Any) -> None:
+    """A pass deletes at most a batch per name, every 5 minutes: a name ending more than that
+    (1000 per 5 minutes, 3.3 jobs a second) grew without bound (a soak with one worker and 5
+    jobs/s of one name with keep_finished=200: 705, then 1,100 jobs left after consecutive
+    passes). A pass that deleted a whole batch now runs again at the next sweep, until the
+    name is back to its count (the same soak: 1,000 then 205 deleted 16 s apart, 515 left)."""
+    from job_processor.core import documents as D
+
+    processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
+    trimmer = processor.trimmer
+    trimmer.batch = 20  # the production batch is 1000: the same with fewer documents
+    now = processor.clock.now()
+    backlog = [
+        D.new_job("a", {}, now=now) | {"status": "finished", "ended_at": now} for _ in range(55)
+    ]
+    for doc in backlog:
+        doc.pop("claim_name")
+    await processor.storage.jobs.coll.insert_many(backlog)
+    later = now + dt.timedelta(minutes=5)
+    sweep = dt.timedelta(seconds=processor.settings.worker_timeout / 2)
+    assert await trimmer.maybe_run(later) == 20
+    assert await trimmer.maybe_run(later + sweep) == 20  # behind: at the next sweep, not in 5 min
+    assert await trimmer.maybe_run(later + 2 * sweep) == 5
+    assert await trimmer.maybe_run(later + 3 * sweep) == 0  # caught up: every 5 minutes again
+    assert len(await processor.list_jobs("a", limit=100)) == 10
