@@ -87,6 +87,31 @@ def taken(
     return {"$set": fields, "$inc": {"running": len(run_ids)}}
 
 
+#: A key's document before its first slot is taken.
+EMPTY: Doc = {"rev": 0, "running": 0, "holders": {}, "starts": {}}
+
+
+def created(
+    key: str,
+    limit: Limit,
+    run_ids: list[str],
+    worker_id: str,
+    now: dt.datetime,
+    template: str | None = None,
+) -> Doc:
+    """A new limit document that already holds one slot per run id: inserted when the key has
+    no document yet, its unique `_id` makes the insert the compare-and-set (a per-value limit
+    creates one for each new key: two commands, a read and this insert, instead of four)."""
+    update = taken(EMPTY, limit, run_ids, worker_id, now, template)
+    doc: Doc = {"_id": key, "running": len(run_ids), "holders": {}, "starts": {}}
+    for field, value in update["$set"].items():
+        if field.startswith("holders."):
+            doc["holders"][field.removeprefix("holders.")] = value
+        else:
+            doc[field] = value
+    return doc
+
+
 def check_limits(definitions: Mapping[str, JobDef]) -> dict[str, Limit]:
     """Definitions naming the same key must agree on it. Returns key -> Limit."""
     out: dict[str, Limit] = {}

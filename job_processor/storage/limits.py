@@ -42,10 +42,16 @@ class LimitStore:
         for _ in range(10):
             doc = await self.get(limit.key)
             at = now() if callable(now) else now
-            if doc is None:
+            if doc is None:  # a new key: the insert takes the slots (a duplicate: read again)
+                grant = L.plan(L.EMPTY, limit, len(run_ids), at)
+                ids = run_ids[: grant.slots]
+                if not ids:
+                    return [], grant.retry_at
                 with contextlib.suppress(DuplicateKeyError):
-                    empty = {"_id": limit.key, "rev": 0, "running": 0, "holders": {}, "starts": {}}
-                    await self.coll.insert_one(empty)
+                    await self.coll.insert_one(
+                        L.created(limit.key, limit, ids, worker_id, at, template)
+                    )
+                    return ids, None
                 continue
             grant = L.plan(doc, limit, len(run_ids), at)
             if grant.slots == 0:

@@ -60,3 +60,47 @@ async def test_rate_window_and_unused_reservations(storage: Storage) -> None:
     assert (await storage.limits.acquire(limit, ["e"], "w", NOW))[0] == ["e"]
     later = NOW + dt.timedelta(seconds=11)  # a and e left the window
     assert (await storage.limits.acquire(limit, ["f", "g", "h"], "w", later))[0] == ["f", "g"]
+
+
+class _Counting:
+    """A collection that counts the commands sent through it."""
+
+    def __init__(self, coll: Any) -> None:
+        self.coll = coll
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return getattr(self.coll, name)
+
+
+async def test_a_new_key_is_created_holding_its_slots_in_two_commands(storage: Storage) -> None:
+    # a per-tenant limit makes a document per new tenant: a read and an insert that takes the
+    # slots (it was a read, an empty insert, a read again and the compare-and-set)
+    limit = Limit(key="tenant:acme", concurrency=2)
+    counting = _Counting(storage.limits.coll)
+    storage.limits.coll = counting
+    ids, retry_at = await storage.limits.acquire(
+        limit, ["r1", "r2", "r3"], "w1", NOW, "tenant:{tenant_id}"
+    )
+    assert (ids, retry_at) == (["r1", "r2"], None)
+    assert counting.calls == ["find_one", "insert_one"]
+    doc = await storage.limits.get("tenant:acme")
+    assert doc is not None
+    assert (doc["rev"], doc["running"], sorted(doc["holders"])) == (1, 2, ["r1", "r2"])
+    assert doc["holders"]["r1"] == {"worker_id": "w1", "at_ms": int(NOW.timestamp() * 1000)}
+    assert (doc["template"], doc["concurrency"]) == ("tenant:{tenant_id}", 2)
+    assert (await storage.limits.acquire(limit, ["r4"], "w2", NOW))[0] == []  # full
+    assert await storage.limits.release("tenant:acme", "r1")
+    assert (await storage.limits.acquire(limit, ["r5"], "w2", NOW))[0] == ["r5"]
+
+
+async def test_a_new_rate_limited_key_records_its_starts(storage: Storage) -> None:
+    limit = Limit(key="api:{user}", rate=2, per_seconds=10)
+    assert (await storage.limits.acquire(limit, ["a", "b", "c"], "w", NOW))[0] == ["a", "b"]
+    doc = await storage.limits.get("api:{user}")
+    assert doc is not None
+    ms = int(NOW.timestamp() * 1000)
+    assert doc["starts"] == {"a": ms, "b": ms}
+    none, retry_at = await storage.limits.acquire(limit, ["d"], "w", NOW)
+    assert (none, retry_at) == ([], NOW + dt.timedelta(seconds=10))
