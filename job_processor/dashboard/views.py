@@ -18,6 +18,9 @@ from .render import STATUS_ORDER
 from .state import Dashboard, health_response, json_response
 
 S = JobStatus
+#: How many dependencies, and jobs scheduled after it, a job's page lists.
+FLOW_SHOWN = 100
+
 FILTERS = ("name", "status", "tag", "key", "after", "before", "id")
 PAGE_SIZES = (20, 50, 100, 200)
 #: What the jobs list reads from its query string: a parameter not in it is refused (a typo, or
@@ -159,14 +162,25 @@ async def job(d: Dashboard, request: Request) -> Response:
     found = await admin.get_job(request.path_params["job_id"])
     carried = (await admin.carried([found])).get(found.id)  # a delivery's event payload
     secrets = sorted(d.masker.secrets(found.payload, found.state, found.result, carried))
-    dependencies = await admin.get_jobs(found.after) if found.after else []
-    dependents = await admin.dependents(found.id) if found.has_dependents else []
+    # a flow's page shows at most FLOW_SHOWN jobs on each side (a fan-in after 1,000 jobs made
+    # a page of 190 KB from 1,000 reads; a fan-out of 2,000 said "100" jobs after it)
+    after = found.after[:FLOW_SHOWN]
+    if found.failed_dependency and found.failed_dependency not in after:
+        after = [*after, found.failed_dependency]
+    dependencies = await admin.get_jobs(after) if after else []
+    dependents = await admin.dependents(found.id, FLOW_SHOWN) if found.has_dependents else []
+    dependents_count = len(dependents)
+    if dependents_count == FLOW_SHOWN:
+        dependents_count = await admin.count_dependents(found.id)
     return d.page(
         request,
         "job.html",
         job=found,
         dependencies=dependencies,
         dependents=dependents,
+        dependents_count=dependents_count,
+        shown_after=after,
+        flow_shown=FLOW_SHOWN,
         secrets=secrets,
         can_retry=found.status in (S.ERRORED, S.KILLED),
         can_kill=found.status in ACTIVE and found.kill_requested_at is None,

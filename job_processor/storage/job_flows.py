@@ -200,6 +200,11 @@ class FlowRecords:
         cursor = self.coll.find({"after": str(dep_id)}, {"logs": 0}).sort([("_id", -1)])
         return await all_docs(cursor.limit(limit))
 
+    async def count_dependents(self, dep_id: ObjectId) -> int:
+        """How many jobs were scheduled after `dep_id` (the `after` index; text, so nx-27017
+        counts it right)."""
+        return int(await self.coll.count_documents({"after": str(dep_id)}))
+
     async def has_waiting_dependents(self, dep_id: ObjectId) -> bool:
         """Whether jobs still wait on `dep_id` without having counted it (a `find`: nx-27017
         counts 0 for a filter on an ObjectId)."""

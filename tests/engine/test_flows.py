@@ -221,6 +221,33 @@ async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
     assert f'href="/jobs/{parent.id}"' in child_page and "Jobs scheduled after it" in child_page
 
 
+async def test_the_job_page_of_a_big_flow_shows_a_bounded_list_and_the_true_count(
+    db: Any,
+) -> None:
+    """A fan-out of 2,000 said "Jobs scheduled after it 100"; a fan-in after 1,000 listed all
+    of them (1,000 reads, 190 KB). Each side shows at most 100, and says how many there are."""
+    import httpx2 as httpx
+
+    from job_processor.dashboard import create_dashboard
+
+    p = await make(db, JOBS)
+    parts = await p.schedule_jobs([JobSpec("part", {"n": n}) for n in range(150)])
+    fan_in = await p.schedule_job("total", after=parts)
+    root = parts[0]
+    await p.schedule_jobs([JobSpec("part", {"n": n}, after=[root]) for n in range(130)])
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        fan_in_page = (await c.get(f"/jobs/{fan_in.id}")).text
+        root_page = (await c.get(f"/jobs/{root.id}")).text
+    assert "the first 100 of 150 shown" in fan_in_page
+    assert sum(f'href="/jobs/{j.id}"' in fan_in_page for j in parts) == 100
+    assert "deleted (" not in fan_in_page  # the 50 not shown are not reported deleted
+    assert 'Jobs scheduled after it <span class="count">131</span>' in root_page
+    assert "the newest 100 of 131 shown" in root_page
+
+
 # ---- review findings: a dependent added while its dependency runs, admin kills, the sweep ------
 
 

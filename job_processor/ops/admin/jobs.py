@@ -106,6 +106,11 @@ class JobsAdmin(AdminBase):
         docs = await self.storage.jobs.dependents_of(oid, limit)
         return await self._redacted([Job.read(d) for d in docs])
 
+    async def count_dependents(self, job_id: str | ObjectId) -> int:
+        """How many jobs were scheduled after this one."""
+        oid = ids_of(job_id)[0] if isinstance(job_id, str) else job_id
+        return await self.storage.jobs.count_dependents(oid)
+
     async def retry(
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
