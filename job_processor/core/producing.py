@@ -289,15 +289,28 @@ def after_ids(after: Any, name: str = "") -> list[ObjectId]:
             f"job {name!r}: after must be a list of job ids or Jobs, got {type(after).__name__}"
         )
     out: list[ObjectId] = []
+    seen: set[ObjectId] = set()
     for ref in after:
         oid = _job_id(ref)
         if oid is None:
             raise InvalidArgumentError(
                 f"job {name!r}: after holds {ref!r}: give job ids (24 hex characters) or Jobs"
             )
-        if oid not in out:
+        if oid not in seen:
+            seen.add(oid)
             out.append(oid)
+    if len(out) > MAX_AFTER:
+        raise InvalidArgumentError(
+            f"job {name!r}: after holds {len(out)} jobs, more than the {MAX_AFTER} one job may "
+            "wait for (each is a field of its document, rewritten as each ends): wait on "
+            "intermediate jobs instead, each after a part of them"
+        )
     return out
+
+
+#: The most jobs one job may be scheduled after (its document holds one `deps` entry per job,
+#: about 72 bytes, and every dependency's end updates it).
+MAX_AFTER = 10_000
 
 
 def _job_id(ref: Any) -> ObjectId | None:

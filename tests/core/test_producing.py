@@ -217,3 +217,14 @@ def test_a_misspelled_key_beside_a_missing_field_is_named() -> None:
     with pytest.raises(InvalidPayloadError) as err:
         checked_payload("send_report", Report, {"other": "acme"})
     assert "did you mean" not in str(err.value)  # nothing close: nothing guessed
+
+
+def test_after_is_refused_past_max_after_and_read_in_linear_time() -> None:
+    from bson import ObjectId
+
+    from job_processor.core.producing import MAX_AFTER, after_ids
+
+    ids = [ObjectId() for _ in range(MAX_AFTER)]
+    assert after_ids([*ids, *ids], "merge") == ids  # once each, in order
+    with pytest.raises(InvalidArgumentError, match=r"after holds 10001 jobs, more than the 10000"):
+        after_ids([*ids, ObjectId()], "merge")
