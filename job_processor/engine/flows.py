@@ -173,10 +173,11 @@ class Flows:
                 self.log.warning("dependents_released_late", jobs=released)
         if not pending:
             return released
-        found = await self.jobs.statuses(sorted(pending))
+        found = await self.jobs.ends(sorted(pending))
+        cutoff = now - dt.timedelta(seconds=GRACE)  # one that just ended: its process settles it
         for dep in sorted(pending):
-            status = found.get(dep, "deleted")
-            if status in F.ENDED or status == "deleted":
+            status, ended = found.get(dep, ("deleted", None))
+            if status == "deleted" or (status in F.ENDED and (ended is None or ended <= cutoff)):
                 released += await self.jobs.settle_dependents(dep, status, now)
                 self.log.warning("dependents_settled_late", job_id=str(dep), status=status)
         return released

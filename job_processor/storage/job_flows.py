@@ -36,6 +36,18 @@ class FlowRecords:
         found = await all_docs(self.coll.find({"_id": {"$in": ids}}, {"status": 1}))
         return {d["_id"]: str(d.get("status")) for d in found}
 
+    async def ends(self, ids: list[ObjectId]) -> dict[ObjectId, tuple[str, dt.datetime | None]]:
+        """The status and end time of each of these jobs that exists (one query)."""
+        found = await all_docs(self.coll.find({"_id": {"$in": ids}}, {"status": 1, "ended_at": 1}))
+        out: dict[ObjectId, tuple[str, dt.datetime | None]] = {}
+        for doc in map(decode, found):
+            ended = doc.get("ended_at")
+            out[doc["_id"]] = (
+                str(doc.get("status")),
+                ended if isinstance(ended, dt.datetime) else None,
+            )
+        return out
+
     async def mark_dependents(self, ids: list[ObjectId]) -> None:
         """These jobs have jobs waiting on them (their end settles them; until the sweep has
         seen them settled, `dependents_settled` is unset)."""

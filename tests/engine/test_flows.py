@@ -472,3 +472,26 @@ async def test_a_parent_counted_but_not_released_is_released_by_the_sweep(db: An
     assert await p.flows.sweep(later) == 2  # the first sweep also makes the slow pass
     assert [(await p.get_job(x.id)).status for x in parents] == [S.PENDING, S.PENDING]
     assert await p.storage.jobs.flow_attention() == ([], [])
+
+
+async def test_the_slow_pass_leaves_a_dependency_that_just_ended_to_its_own_process(
+    db: Any,
+) -> None:
+    """The slow pass over waiting jobs settles dependencies that ended unnoticed or were
+    deleted; one that ended a moment ago is being settled by the process that ended it (no
+    `dependents_settled_late` warning for a healthy flow), and is settled once the grace is past."""
+    p = await make(db, JOBS)
+    coll = p.storage.jobs.coll
+    now = dt.datetime.now(dt.UTC)
+    child = await p.schedule_job("part", {"n": 3})
+    parent = await p.schedule_job("total", after=[child])
+    await coll.update_one(  # the child's final write, its dependents not counted yet
+        {"_id": ObjectId(child.id)},
+        {"$set": {"status": "finished", "ended_at": now}, "$unset": {"claim_name": ""}},
+    )
+    await p.storage.jobs.mark_settled([ObjectId(child.id)])  # out of the sweep's own query
+    assert await p.flows.sweep(now + dt.timedelta(seconds=1)) == 0  # the first makes the pass
+    assert (await p.get_job(parent.id)).status == S.WAITING
+    p.flows._sweeps = 0  # the next sweep makes the slow pass again, the grace past
+    assert await p.flows.sweep(now + dt.timedelta(seconds=10)) == 1
+    assert (await p.get_job(parent.id)).status == S.PENDING
