@@ -182,7 +182,8 @@ async def job(d: Dashboard, request: Request) -> Response:
         shown_after=after,
         flow_shown=FLOW_SHOWN,
         secrets=secrets,
-        can_retry=found.status in (S.ERRORED, S.KILLED),
+        # a status another program wrote reads as errored: it cannot be retried, only deleted
+        can_retry=found.status in (S.ERRORED, S.KILLED) and "status" not in found.invalid_fields,
         can_kill=found.status in ACTIVE and found.kill_requested_at is None,
         can_run_now=found.status == S.PENDING and found.scheduled_for > d.now(),
         can_delete=found.status in TERMINAL,
