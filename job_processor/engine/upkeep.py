@@ -187,8 +187,9 @@ class Trimmer:
     """The bounded pass behind count retentions: for each name this process defines with a
     count, delete (at most `batch` per name and pass) the ended jobs past the n most recent,
     never one whose on_job_exited is still owed. Run after the sweep every `every` seconds,
-    and at the next sweep again while a pass deleted a whole batch of some name (a name that
-    ends more than `batch` jobs in `every` seconds would otherwise grow without bound: 1000
+    and at the next sweep again while a pass found a whole batch of some name past its count
+    (a name that ends more than `batch` jobs in `every` seconds would otherwise grow without
+    bound: 1000
     per 5 minutes is 3.3 jobs a second); several workers running it at once delete the same
     jobs, harmlessly."""
 
@@ -209,7 +210,7 @@ class Trimmer:
         self.batch = batch
         self._last: dt.datetime | None = None
         self.behind = False
-        """The last pass deleted a whole batch of some name: more may be past its count."""
+        """The last pass found a whole batch of some name past its count: more may be left."""
 
     async def maybe_run(self, now: dt.datetime) -> int:
         if (
@@ -228,8 +229,10 @@ class Trimmer:
         for name, definition in self.definitions.items():
             keep = of(definition, self.default)
             for statuses, n in keep.counts() if keep else []:
-                gone = await self.storage.jobs.trim(name, list(statuses), n, self.batch, before)
-                if gone >= self.batch:
+                gone, full = await self.storage.jobs.trim(
+                    name, list(statuses), n, self.batch, before
+                )
+                if full:  # the read found a whole batch past the count: more may be left
                     self.behind = True
                 if gone:
                     deleted += gone

@@ -173,22 +173,23 @@ class JobReads:
         keep: int,
         batch: int,
         before: dt.datetime | None = None,
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Delete the ended jobs of `name` in `statuses` past its `keep` most recent (of those
         created before `before`, the retention floor, when given), at most `batch` per call
-        (see `trim_query` and `trim_cursor`)."""
+        (see `trim_query` and `trim_cursor`). Returns how many were deleted, and whether the
+        read found a whole batch past the count (more may be left: kept jobs and those another
+        worker deleted first are not counted as deleted)."""
         query = self.trim_query(name, statuses, before)
+        found = [d async for d in self.trim_cursor(query, keep, batch)]
         # a job whose dependents have not all counted it is kept until a sweep sees them settled
         ids = [
-            d["_id"]
-            async for d in self.trim_cursor(query, keep, batch)
-            if not d.get("has_dependents") or d.get("dependents_settled")
+            d["_id"] for d in found if not d.get("has_dependents") or d.get("dependents_settled")
         ]
         if not ids:
-            return 0
+            return 0, len(found) >= batch
         # the same conditions again: a job retried between the read and here is kept
         res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
-        return int(res.deleted_count)
+        return int(res.deleted_count), len(found) >= batch
 
     @staticmethod
     def counts_pipeline(status: JobStatus) -> list[Doc]:

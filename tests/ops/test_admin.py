@@ -556,7 +556,7 @@ async def test_jobs_without_a_hook_record_are_deleted_purged_trimmed_and_retried
     with pytest.raises(JobNotFoundError):
         await admin.get_job(skipped[1])
     assert (await admin.get_job(str(recent["_id"]))).status == S.SKIPPED  # too recent: kept
-    assert await storage.jobs.trim("report", [S.SKIPPED], keep=0, batch=10) == 1
+    assert await storage.jobs.trim("report", [S.SKIPPED], keep=0, batch=10) == (1, False)
     errored = await ended(storage, S.ERRORED)  # then as an older version left it: exit_hook null
     await storage.jobs.coll.update_one({"_id": object_id(errored)}, {"$set": {"exit_hook": None}})
     retried = await admin.retry(errored)
