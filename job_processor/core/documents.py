@@ -420,8 +420,10 @@ def hook_owed_fields(
 
 
 def kill_update(now: dt.datetime, writer: str | None, kill_id: str | None = None) -> Doc:
-    """pending | paused | waiting -> killed. `kill_id` (recorded as the job's `end_id` and hook
-    id): a kill retried after a lost reply recognises its own write."""
+    """pending | paused | waiting (or a bare insert not adopted yet) -> killed. `kill_id`
+    (recorded as the job's `end_id` and hook id): a kill retried after a lost reply recognises
+    its own write."""
+    check_transition(None, S.KILLED)
     check_transition(S.PENDING, S.KILLED)
     check_transition(S.PAUSED, S.KILLED)
     check_transition(S.WAITING, S.KILLED)

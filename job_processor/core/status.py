@@ -31,7 +31,8 @@ CLAIMABLE: tuple[JobStatus, ...] = (S.PENDING, S.PAUSED)
 #: Terminal statuses that owe an `on_job_exited` call (a skipped job never ran: no hook).
 HOOKED: frozenset[JobStatus] = frozenset({S.FINISHED, S.ERRORED, S.KILLED})
 
-#: Every status change the store may make: (from, to). `None` = inserted with that status.
+#: Every status change the store may make: (from, to). `None` = inserted with that status, or
+#: a bare insert another program made (no status yet: adopted as pending, or killed).
 #: The store checks each compare-and-set against this table; nothing else happens to a job.
 TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
     {
@@ -41,6 +42,7 @@ TRANSITIONS: frozenset[tuple[JobStatus | None, JobStatus]] = frozenset(
         (S.PENDING, S.RUNNING),  # claim
         (S.PAUSED, S.RUNNING),  # resume
         (S.PENDING, S.KILLED),  # kill before it ran
+        (None, S.KILLED),  # kill of a bare insert not adopted yet
         (S.PAUSED, S.KILLED),  # kill while paused
         (S.RUNNING, S.FINISHED),
         (S.RUNNING, S.ERRORED),  # exception, timeout, crash with no attempt left, invalid job

@@ -182,11 +182,12 @@ async def job(d: Dashboard, request: Request) -> Response:
         shown_after=after,
         flow_shown=FLOW_SHOWN,
         secrets=secrets,
-        # a status another program wrote reads as errored: it cannot be retried, only deleted
+        # a status this version does not know reads as errored: neither retried nor deleted
+        # here (another program's, or a newer version's active job in a rolling deploy)
         can_retry=found.status in (S.ERRORED, S.KILLED) and "status" not in found.invalid_fields,
         can_kill=found.status in ACTIVE and found.kill_requested_at is None,
         can_run_now=found.status == S.PENDING and found.scheduled_for > d.now(),
-        can_delete=found.status in TERMINAL,
+        can_delete=found.status in TERMINAL and "status" not in found.invalid_fields,
         live=True,
     )
 

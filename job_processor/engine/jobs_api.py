@@ -281,14 +281,14 @@ class JobsAPI(Runtime):
                 oid, self.clock.now(), writer, kill_id=kill_id, retried=retried
             )
         )
-        fields = {"job_id": str(doc["_id"]), "job_name": doc["name"]}
+        fields = {"job_id": str(doc["_id"]), "job_name": doc.get("name")}
         if self.worker_id:  # a process with a worker (a JobClient or a web app has none)
             fields["worker_id"] = self.worker_id
         if outcome == "killed":
             self.log.info("job_killed", **fields)
             await self.flows.ended(doc)  # the jobs waiting on it
             if self.hooks_here:
-                await self.hooks.after_write(self.definitions.get(doc["name"]), doc)
+                await self.hooks.after_write(self.definitions.get(str(doc.get("name"))), doc)
         elif outcome == "requested":
             self.log.info("job_kill_requested", running_on=doc.get("worker_id"), **fields)
             self.worker.abort(str(doc["_id"]), "killed")  # at once when it runs in this process

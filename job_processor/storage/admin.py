@@ -157,18 +157,13 @@ class JobAdminStore:
         on_job_exited; None if it is active, owes its hook, or is gone. Active jobs are never
         deleted (kill them first), nor jobs whose hook has yet to run (it would be lost). A job
         of a name in `hookless` (the registry says its definition has no on_job_exited) owes
-        only the record of that, and is deleted; so is a document whose status is not a job
-        status (another program's: `Job.read` shows it as errored)."""
+        only the record of that, and is deleted. A status this version does not know is not
+        deleted: it may be a newer version's active job during a rolling deploy."""
         ended = {"_id": oid, "status": {"$in": sorted(s.value for s in TERMINAL)}}
         doc = await self.coll.find_one_and_delete(ended | {"exit_hook": {"$ne": "owed"}})
         if doc is None and hookless:
             doc = await self.coll.find_one_and_delete(
                 ended | {"exit_hook": "owed", "name": {"$in": sorted(hookless)}}
-            )
-        if doc is None:  # a status another program wrote ("queued"): never claimed nor run
-            ours = [s.value for s in JobStatus]
-            doc = await self.coll.find_one_and_delete(
-                {"_id": oid, "status": {"$nin": [*ours, None]}}
             )
         return decode_opt(doc)
 

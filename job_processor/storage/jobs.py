@@ -488,7 +488,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         kill_id: str | None = None,
         retried: bool = False,
     ) -> tuple[str, Doc]:
-        """Returns ("killed", doc) if this call moved a pending/paused job to killed (its
+        """Returns ("killed", doc) if this call moved a pending/paused/waiting job (or a bare
+        insert not adopted yet) to killed (its
         on_job_exited, or the record that it has none, is then owed by `writer`; None: by a
         worker's sweep), ("requested", doc) if the job is running and its worker will abort
         it, ("ended", doc) if it had already ended. `retried` after a lost reply: a job

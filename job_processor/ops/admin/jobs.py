@@ -269,6 +269,11 @@ class JobsAdmin(AdminBase):
             current = await self.storage.job_admin.by_id(oid)
             if current is None:
                 why = "not found"
+            elif current.get("status") not in {s.value for s in JobStatus}:
+                why = (
+                    f"{stored_status(current)}: not a status of this version (another "
+                    "program's, or a newer version's active job): change it in the database"
+                )
             elif current.get("status") not in {s.value for s in TERMINAL}:
                 why = f"{stored_status(current)}: active jobs are not deleted (kill it first)"
             elif current["name"] in await self._known():
