@@ -7,9 +7,12 @@ A limit lives in one document of `<prefix>limits`, `_id` = its key:
 
 Taking slots is a compare-and-set on `rev`: read the document, decide here how many slots may be
 taken (`plan`), write with `{_id, rev}` as the filter (another worker that got there first makes it
-match nothing: read again). Giving one back is a single update whose filter requires the holder
-to be there (`holders.<run id>` exists), so it happens once however many processes try. Holders
-and starts are maps keyed by run id (nx-27017's `$pull` with a condition removes every element).
+match nothing: read again). A key with no document yet is created holding its first slots
+(`created`): the unique `_id` makes that insert the compare-and-set, and its `rev` starts at the
+insert's epoch ms, never a value of a removed document of the same key. Giving one back is a
+single update whose filter requires the holder to be there (`holders.<run id>` exists), so it
+happens once however many processes try. Holders and starts are maps keyed by run id
+(nx-27017's `$pull` with a condition removes every element).
 `starts` keeps the starts of the last `per_seconds`: at most `rate` of them, a sliding window.
 """
 
@@ -109,6 +112,9 @@ def created(
             doc["holders"][field.removeprefix("holders.")] = value
         else:
             doc[field] = value
+    # not 1: a per-value key's document removed when idle and created again must not give a
+    # `rev` that a slow reader of the old one still holds (its compare-and-set would match)
+    doc["rev"] = _ms(now)
     return doc
 
 

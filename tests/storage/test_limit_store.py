@@ -87,7 +87,8 @@ async def test_a_new_key_is_created_holding_its_slots_in_two_commands(storage: S
     assert counting.calls == ["find_one", "insert_one"]
     doc = await storage.limits.get("tenant:acme")
     assert doc is not None
-    assert (doc["rev"], doc["running"], sorted(doc["holders"])) == (1, 2, ["r1", "r2"])
+    ms = int(NOW.timestamp() * 1000)  # a rev no earlier document of the key had
+    assert (doc["rev"], doc["running"], sorted(doc["holders"])) == (ms, 2, ["r1", "r2"])
     assert doc["holders"]["r1"] == {"worker_id": "w1", "at_ms": int(NOW.timestamp() * 1000)}
     assert (doc["template"], doc["concurrency"]) == ("tenant:{tenant_id}", 2)
     assert (await storage.limits.acquire(limit, ["r4"], "w2", NOW))[0] == []  # full
