@@ -225,18 +225,22 @@ class Limiter:
         self.blocked = {k: t for k, t in self.blocked.items() if t > now}
         if any(limit.templated for limit in self.limits.values()):
             await self.storage.limits.remove_idle(int(now.timestamp() * 1000))
-        self.template_of = {k: t for k, t in self.template_of.items() if k in self.blocked}
         released = 0
         cutoff_ms = int(cutoff.timestamp() * 1000)
+        held: set[str] = set()  # keys this process holds a slot of: their release wakes it
         for doc in await self.storage.limits.all():
             for run_id, holder in (doc.get("holders") or {}).items():
                 owner = holder.get("worker_id")
+                if owner == me:
+                    held.add(str(doc["_id"]))
                 if int(holder.get("at_ms") or 0) >= cutoff_ms:
                     continue
                 stray = owner not in live or (owner == me and run_id not in mine)
                 if stray and await self.storage.limits.release(doc["_id"], run_id):
                     released += 1
                     self.log.warning("limit_slot_recovered", limit=doc["_id"], holder=owner)
+        keep = self.blocked.keys() | held
+        self.template_of = {k: t for k, t in self.template_of.items() if k in keep}
         if released:
             self.freed.set()
         return released

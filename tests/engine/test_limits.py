@@ -273,3 +273,26 @@ async def test_per_value_keys_found_full_are_forgotten_once_their_wait_has_passe
         await wait_for(lambda: not limiter.blocked and not limiter.template_of, timeout=10)
     finally:
         await processor.stop()
+
+
+async def test_a_per_value_key_this_process_holds_keeps_waking_it_on_release(db: Any) -> None:
+    """The sweep forgets per-value keys found full once their wait has passed, but not which
+    template a key this process holds a slot of came from: its release still wakes the claim
+    loop at once (not at the next poll) for that tenant's next job (found by a review)."""
+
+    async def sync_account(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=1)
+    processor = await make(db, {"sync": JobDef(handler=sync_account, limit=per_tenant)})
+    limiter = processor.worker.limiter
+    me, now = processor.worker.worker_id, processor.clock.now()
+    run_id = D.new_id()
+    granted, _ = await processor.storage.limits.acquire(
+        per_tenant.for_key("tenant:mine"), [run_id], me, now, per_tenant.key
+    )
+    assert granted == [run_id]
+    limiter.template_of = {"tenant:mine": per_tenant.key, "tenant:gone": per_tenant.key}
+    limiter.blocked = {}  # both waits have passed
+    await limiter.release_strays(now, now, {me}, {run_id}, me)
+    assert limiter.template_of == {"tenant:mine": per_tenant.key}
