@@ -33,7 +33,7 @@ from .reports import ProcessorStatus as ProcessorStatus
 from .reports import SubscriberInfo as SubscriberInfo
 from .reports import Target as Target
 from .reports import WorkerInfo as WorkerInfo
-from .reports import _utc
+from .reports import aware_utc
 from .reports import to_jsonable as to_jsonable
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
@@ -208,7 +208,7 @@ class Job(BaseModel, Generic[PayloadT]):
     def _from_document(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        doc = {k: _utc(v) for k, v in data.items()}
+        doc = {k: aware_utc(v) for k, v in data.items()}
         _derive_missing(doc)
         payload = doc.get("payload")
         if cls is Job and payload is not None and not isinstance(payload, dict):
@@ -442,7 +442,7 @@ class Event(BaseModel):
     def _from_document(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        doc = {k: _utc(v) for k, v in data.items()}
+        doc = {k: aware_utc(v) for k, v in data.items()}
         if "_id" in doc:
             doc["id"] = str(doc.pop("_id"))
         if doc.get("payload") is None:

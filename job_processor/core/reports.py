@@ -42,7 +42,8 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def _utc(value: Any) -> Any:
+def aware_utc(value: Any) -> Any:
+    """A datetime as aware UTC (a naive one is taken as UTC); anything else as it is."""
     return as_utc(value) if isinstance(value, dt.datetime) else value
 
 
@@ -124,9 +125,9 @@ class Delivery(BaseModel):
             error=output.get("error"),
             skip_reason=doc.get("skip_reason"),
             result=result,
-            created_at=_utc(doc.get("created_at")),
-            scheduled_for=_utc(doc.get("scheduled_for")),
-            ended_at=_utc(doc.get("ended_at")),
+            created_at=aware_utc(doc.get("created_at")),
+            scheduled_for=aware_utc(doc.get("scheduled_for")),
+            ended_at=aware_utc(doc.get("ended_at")),
             attempts=attempts,
             exit_hook=doc.get("exit_hook"),
         )
@@ -185,7 +186,7 @@ class WorkerInfo(BaseModel):
     def _from_document(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        doc = {k: _utc(v) for k, v in data.items()}
+        doc = {k: aware_utc(v) for k, v in data.items()}
         if "_id" in doc:
             doc["id"] = str(doc.pop("_id"))
         return doc
