@@ -33,7 +33,7 @@ from .reports import ProcessorStatus as ProcessorStatus
 from .reports import SubscriberInfo as SubscriberInfo
 from .reports import Target as Target
 from .reports import WorkerInfo as WorkerInfo
-from .reports import aware_utc
+from .reports import aware_utc, from_document
 from .reports import to_jsonable as to_jsonable
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
@@ -442,9 +442,7 @@ class Event(BaseModel):
     def _from_document(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        doc = {k: aware_utc(v) for k, v in data.items()}
-        if "_id" in doc:
-            doc["id"] = str(doc.pop("_id"))
+        doc = from_document(data)
         if doc.get("payload") is None:
             doc["payload"] = {}
         return doc

@@ -42,6 +42,14 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def from_document(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as a model reads it: dates aware UTC, `_id` as the text `id`."""
+    doc = {k: aware_utc(v) for k, v in data.items()}
+    if "_id" in doc:
+        doc["id"] = str(doc.pop("_id"))
+    return doc
+
+
 def aware_utc(value: Any) -> Any:
     """A datetime as aware UTC (a naive one is taken as UTC); anything else as it is."""
     return as_utc(value) if isinstance(value, dt.datetime) else value
@@ -184,12 +192,7 @@ class WorkerInfo(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_document(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        doc = {k: aware_utc(v) for k, v in data.items()}
-        if "_id" in doc:
-            doc["id"] = str(doc.pop("_id"))
-        return doc
+        return from_document(data) if isinstance(data, dict) else data
 
 
 class ProcessorStatus(BaseModel):

@@ -196,10 +196,8 @@ async def test_a_dependency_whose_end_went_unnoticed_is_settled_by_the_sweep(db:
 async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
     db: Any, mongo_url: str
 ) -> None:
-    import httpx2 as httpx
     from pymongo import MongoClient
 
-    from job_processor.dashboard import create_dashboard
     from job_processor.sync import JobClient
 
     p = await make(db, JOBS)
@@ -211,12 +209,7 @@ async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
         assert parent.status == S.WAITING and client.get_jobs([child.id])[0].id == child.id
     finally:
         mongo.close()
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        parent_page = (await c.get(f"/jobs/{parent.id}")).text
-        child_page = (await c.get(f"/jobs/{child.id}")).text
+    parent_page, child_page = await job_pages(p, parent.id, child.id)
     assert f'href="/jobs/{child.id}"' in parent_page and "waiting for 1" in parent_page
     assert f'href="/jobs/{parent.id}"' in child_page and "Jobs scheduled after it" in child_page
 
@@ -226,21 +219,12 @@ async def test_the_job_page_of_a_big_flow_shows_a_bounded_list_and_the_true_coun
 ) -> None:
     """A fan-out of 2,000 said "Jobs scheduled after it 100"; a fan-in after 1,000 listed all
     of them (1,000 reads, 190 KB). Each side shows at most 100, and says how many there are."""
-    import httpx2 as httpx
-
-    from job_processor.dashboard import create_dashboard
-
     p = await make(db, JOBS)
     parts = await p.schedule_jobs([JobSpec("part", {"n": n}) for n in range(150)])
     fan_in = await p.schedule_job("total", after=parts)
     root = parts[0]
     await p.schedule_jobs([JobSpec("part", {"n": n}, after=[root]) for n in range(130)])
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        fan_in_page = (await c.get(f"/jobs/{fan_in.id}")).text
-        root_page = (await c.get(f"/jobs/{root.id}")).text
+    fan_in_page, root_page = await job_pages(p, fan_in.id, root.id)
     assert "the first 100 of 150 shown" in fan_in_page
     assert sum(f'href="/jobs/{j.id}"' in fan_in_page for j in parts) == 100
     assert "deleted (" not in fan_in_page  # the 50 not shown are not reported deleted
@@ -294,15 +278,7 @@ async def test_a_kill_from_the_admin_carries_on_to_the_waiting_jobs_at_once(db: 
     await Admin(db).kill(dep.id, actor="ops")  # no worker runs: nothing but the kill settles it
     skipped = await p.get_job(parent.id)
     assert skipped.status == S.SKIPPED and skipped.failed_dependency == dep.id
-    import httpx2 as httpx
-
-    from job_processor.dashboard import create_dashboard
-
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        page = (await c.get(f"/jobs/{parent.id}")).text
+    (page,) = await job_pages(p, parent.id)
     assert "not called (a skipped job never ran)" in page and "has not ended" not in page
 
 
@@ -495,3 +471,15 @@ async def test_the_slow_pass_leaves_a_dependency_that_just_ended_to_its_own_proc
     p.flows._sweeps = 0  # the next sweep makes the slow pass again, the grace past
     assert await p.flows.sweep(now + dt.timedelta(seconds=10)) == 1
     assert (await p.get_job(parent.id)).status == S.PENDING
+
+
+async def job_pages(p: Any, *job_ids: str) -> list[str]:
+    """The dashboard's page of each job, as a browser gets it."""
+    import httpx2 as httpx
+
+    from job_processor.dashboard import create_dashboard
+
+    app = create_dashboard(p, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        return [(await c.get(f"/jobs/{job_id}")).text for job_id in job_ids]

@@ -15,6 +15,25 @@ S = JobStatus
 DAY = dt.timedelta(days=1)
 
 
+async def insert_finished(
+    processor: Any,
+    name: str,
+    n: int,
+    now: dt.datetime,
+    extra: dict[int, dict[str, Any]] | None = None,
+) -> None:
+    """`n` jobs of `name` finished at `now`, inserted at once (a burst, or a backlog the trim
+    has not caught up with); `extra`: more fields for some of them, by index."""
+    from job_processor.core import documents as D
+
+    docs = []
+    for i in range(n):
+        doc = D.new_job(name, {}, now=now) | {"status": "finished", "ended_at": now}
+        doc.pop("claim_name")
+        docs.append(doc | (extra or {}).get(i, {}))
+    await processor.storage.jobs.coll.insert_many(docs)
+
+
 async def ok(job: Job, signal: AbortSignal) -> str:
     return "ok"
 
@@ -96,16 +115,9 @@ async def test_a_count_keeps_the_most_recent_of_each_name(db: Any) -> None:
 
 
 async def test_a_count_is_exact_when_jobs_share_a_millisecond(db: Any) -> None:
-    from job_processor.core import documents as D
-
     processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
     now = processor.clock.now()
-    burst = [
-        D.new_job("a", {}, now=now) | {"status": "finished", "ended_at": now} for _ in range(50)
-    ]
-    for doc in burst:
-        doc.pop("claim_name")
-    await processor.storage.jobs.coll.insert_many(burst)
+    await insert_finished(processor, "a", 50, now)
     assert await processor.trimmer.run(now + dt.timedelta(minutes=5)) == 40
     assert len(await processor.list_jobs("a", limit=100)) == 10
 
@@ -256,18 +268,11 @@ async def test_a_count_behind_its_name_is_trimmed_again_at_the_next_sweep(db: An
     jobs/s of one name with keep_finished=200: 705, then 1,100 jobs left after consecutive
     passes). A pass that deleted a whole batch now runs again at the next sweep, until the
     name is back to its count (the same soak: 1,000 then 205 deleted 16 s apart, 515 left)."""
-    from job_processor.core import documents as D
-
     processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
     trimmer = processor.trimmer
     trimmer.batch = 20  # the production batch is 1000: the same with fewer documents
     now = processor.clock.now()
-    backlog = [
-        D.new_job("a", {}, now=now) | {"status": "finished", "ended_at": now} for _ in range(55)
-    ]
-    for doc in backlog:
-        doc.pop("claim_name")
-    await processor.storage.jobs.coll.insert_many(backlog)
+    await insert_finished(processor, "a", 55, now)
     later = now + dt.timedelta(minutes=5)
     sweep = dt.timedelta(seconds=processor.settings.worker_timeout / 2)
     assert await trimmer.maybe_run(later) == 20
@@ -281,19 +286,12 @@ async def test_a_batch_holding_a_kept_job_still_counts_as_behind(db: Any) -> Non
     """A job past the count whose dependents have not counted it is kept (and another worker
     may delete some first): a pass that deleted fewer than a batch from a full read is still
     behind, and runs again at the next sweep (found by a review: 35 left past the count)."""
-    from job_processor.core import documents as D
-
     processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
     trimmer = processor.trimmer
     trimmer.batch = 20
     now = processor.clock.now()
-    backlog = [
-        D.new_job("a", {}, now=now) | {"status": "finished", "ended_at": now} for _ in range(55)
-    ]
-    for doc in backlog:
-        doc.pop("claim_name")
-    backlog[-11]["has_dependents"] = True  # the 11th newest: the first past the count
-    await processor.storage.jobs.coll.insert_many(backlog)
+    # the 11th newest, the first past the count, has dependents that have not counted it
+    await insert_finished(processor, "a", 55, now, {44: {"has_dependents": True}})
     later = now + dt.timedelta(minutes=5)
     sweep = dt.timedelta(seconds=processor.settings.worker_timeout / 2)
     assert await trimmer.maybe_run(later) == 19
