@@ -18,11 +18,10 @@ from pydantic import ValidationError
 
 from ..core import retention as R
 from ..core.abort import AbortSignal
-from ..core.clock import Clock
 from ..core.definitions import JobDef
-from ..core.errors import DoNotRetry, InvalidPayloadError, RetryLater, field_errors
+from ..core.errors import InvalidPayloadError, field_errors
 from ..core.models import Job
-from ..core.outcome import Ending, Policy, RunEnd
+from ..core.outcome import Policy
 from ..core.retention import Retention
 from ..core.values import (
     MIB,
@@ -267,28 +266,6 @@ def build_job(doc: Doc, definition: JobDef | None) -> Job[Any]:
     return cls.model_validate(doc)
 
 
-def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
-    """How the handler's task ended, as the outcome function reads it."""
-    reason = run.signal.reason
-    if handler.cancelled():
-        return RunEnd(Ending.CANCELLED, abort_reason=reason)
-    exc = run.exc = handler.exception()
-    if exc is None:
-        try:
-            result = storable(handler.result())
-        except ResultTooLarge as too_large:
-            error = f"could not record the run's outcome (finished): {too_large}"
-            return RunEnd(Ending.UNRECORDABLE, abort_reason=reason, error=error)
-        return RunEnd(Ending.RETURNED, abort_reason=reason, result=result)
-    return RunEnd(
-        Ending.RAISED,
-        abort_reason=reason,
-        error=describe_error(exc),
-        retry_in=exc.delay if isinstance(exc, RetryLater) else None,
-        final=isinstance(exc, DoNotRetry),
-    )
-
-
 def claimed_too_late(doc: dict[str, Any], now: dt.datetime) -> bool:
     """A cron task must start within its check-in margin; a late one is never run late."""
     deadline = doc.get("start_deadline")
@@ -298,24 +275,3 @@ def claimed_too_late(doc: dict[str, Any], now: dt.datetime) -> bool:
         and doc.get("started_at") is None  # a resumed or retried task is not late
         and now > deadline
     )
-
-
-async def grace(handler: asyncio.Task[Any], run: Run, seconds: float) -> None:
-    """Give an aborted handler `seconds` to return, cut short when the run is given up
-    meanwhile (none at all for a run given up already: the recovery may hand the job, and its
-    limit slot, to another worker)."""
-    if handler.done() or run.lost:
-        return
-    given_up = asyncio.ensure_future(run.given_up.wait())
-    try:
-        await asyncio.wait(
-            {handler, given_up}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        given_up.cancel()
-
-
-async def abort_after(clock: Clock, signal: AbortSignal, seconds: float) -> None:
-    """Max runtime: the abort signal fires with reason "timeout" after `seconds`."""
-    await clock.sleep(seconds)
-    signal.abort("timeout")

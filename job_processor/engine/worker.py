@@ -24,7 +24,7 @@ from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
 from ..core.log import EventLog
-from ..core.models import Job, Processor, not_awaited_message
+from ..core.models import Processor
 from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
@@ -35,23 +35,19 @@ from ..storage.transient import TRANSIENT, describe
 from . import sentry
 from .execution import (
     Run,
-    abort_after,
     build_job,
-    call_maybe_async,
     check_state,
     claimed_too_late,
     describe_error,
     eligible_names,
-    grace,
     invalid_document,
     policy_of,
-    run_end,
 )
 from .finals import FinalWrites
+from .handler import run_handler
 from .hooks import HookRunner
 from .limiter import Limiter
 from .notes import RunNotes
-from .threads import watched_context
 from .wakeup import DueTimes
 
 S = JobStatus
@@ -419,7 +415,9 @@ class Worker:
             )
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            end = await self._run_handler(run, job)
+            end = await run_handler(
+                run, job, self.clock, self.log, self.settings.shutdown_grace, self._ignored, fields
+            )
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))
             sentry.run_ended(trace, final, run.exc)
@@ -470,66 +468,6 @@ class Worker:
         return sentry.checkin(
             str(run.doc.get("name")), run.definition, status, check_in_id, duration
         )
-
-    async def _run_handler(self, run: Run, job: Job[Any]) -> RunEnd:
-        definition, signal = run.definition, run.signal
-        assert definition is not None  # execute() records a run without one as invalid
-        fields = self._fields(run.doc)
-
-        def returned_late(name: str, seconds: float) -> None:
-            self.log.warning(
-                "handler_returned_late", function=name, seconds=round(seconds, 3), **fields
-            )
-
-        context, give_ups = watched_context()  # a plain def's thread left running, if any
-        handler = asyncio.create_task(
-            call_maybe_async(definition.handler, job, signal, on_late_return=returned_late),
-            context=context,
-        )
-        aborted = signal.future()
-        timer: asyncio.Task[None] | None = None
-        if definition.max_runtime_in_minutes is not None:
-            timer = asyncio.create_task(
-                abort_after(self.clock, signal, definition.max_runtime_in_minutes * 60)
-            )
-        try:
-            await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            await grace(handler, run, self.settings.shutdown_grace)  # asked to stop
-            if not handler.done():
-                handler.cancel()
-                # a plain def's call is given up at once; an async handler may clean up: the
-                # line is written within a second either way
-                await asyncio.wait({handler}, timeout=1.0)
-                self.log.warning(
-                    "job_cancelled",
-                    reason=signal.reason,
-                    thread_left_running=give_ups.left_running,  # a plain def still running
-                    **fields,
-                )
-                if handler.done():
-                    with contextlib.suppress(BaseException):
-                        await handler
-                else:  # it swallowed the cancellation: its slot is not held for ever
-                    self._ignored.add(handler)
-                    handler.add_done_callback(self._ignored.discard)
-                    self.log.error("handler_ignored_cancel", **fields)
-                    return RunEnd(Ending.CANCELLED, abort_reason=signal.reason)
-        finally:
-            aborted.cancel()
-            if timer is not None:
-                timer.cancel()
-        forgotten = job.not_awaited()
-        if forgotten:
-            self._not_awaited(run, forgotten, fields)
-        return run_end(run, handler)
-
-    def _not_awaited(self, run: Run, calls: list[str], fields: dict[str, Any]) -> None:
-        """checkpoint()/report_progress() called without `await`: nothing was saved. Said in
-        the worker's log and in the job's own (the dashboard, `jobs show`)."""
-        names = sorted(set(calls))
-        self.log.warning("job_call_not_awaited", calls=names, count=len(calls), **fields)
-        if run.notes is not None:
-            run.notes.line("warning", not_awaited_message(calls), {})
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)

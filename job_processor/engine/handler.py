@@ -1,0 +1,132 @@
+"""Calling one job's handler: its abort signal, its max runtime, the shutdown grace, then
+cancellation; what it forgot to await. The run's end (`RunEnd`) goes back to the worker, which
+decides the outcome and writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from ..core.abort import AbortSignal
+from ..core.clock import Clock
+from ..core.errors import DoNotRetry, RetryLater
+from ..core.log import EventLog
+from ..core.models import Job, not_awaited_message
+from ..core.outcome import Ending, RunEnd
+from .execution import ResultTooLarge, Run, call_maybe_async, describe_error, storable
+from .threads import watched_context
+
+
+async def run_handler(
+    run: Run,
+    job: Job[Any],
+    clock: Clock,
+    log: EventLog,
+    shutdown_grace: float,
+    ignored: set[asyncio.Task[Any]],
+    fields: dict[str, Any],
+) -> RunEnd:
+    """Run the handler until it returns, or until its abort signal fires (kill, max runtime,
+    shutdown) and the grace has passed; then cancel it. A handler that swallows its
+    cancellation is kept in `ignored` (referenced until it ends) and its slot is not held."""
+    definition, signal = run.definition, run.signal
+    assert definition is not None  # the worker records a run without one as invalid
+
+    def returned_late(name: str, seconds: float) -> None:
+        log.warning("handler_returned_late", function=name, seconds=round(seconds, 3), **fields)
+
+    context, give_ups = watched_context()  # a plain def's thread left running, if any
+    handler = asyncio.create_task(
+        call_maybe_async(definition.handler, job, signal, on_late_return=returned_late),
+        context=context,
+    )
+    aborted = signal.future()
+    timer: asyncio.Task[None] | None = None
+    if definition.max_runtime_in_minutes is not None:
+        timer = asyncio.create_task(
+            abort_after(clock, signal, definition.max_runtime_in_minutes * 60)
+        )
+    try:
+        await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        await grace(handler, run, shutdown_grace)  # asked to stop
+        if not handler.done():
+            handler.cancel()
+            # a plain def's call is given up at once; an async handler may clean up: the
+            # line is written within a second either way
+            await asyncio.wait({handler}, timeout=1.0)
+            log.warning(
+                "job_cancelled",
+                reason=signal.reason,
+                thread_left_running=give_ups.left_running,  # a plain def still running
+                **fields,
+            )
+            if handler.done():
+                with contextlib.suppress(BaseException):
+                    await handler
+            else:  # it swallowed the cancellation: its slot is not held for ever
+                ignored.add(handler)
+                handler.add_done_callback(ignored.discard)
+                log.error("handler_ignored_cancel", **fields)
+                return RunEnd(Ending.CANCELLED, abort_reason=signal.reason)
+    finally:
+        aborted.cancel()
+        if timer is not None:
+            timer.cancel()
+    forgotten = job.not_awaited()
+    if forgotten:
+        _not_awaited(run, forgotten, log, fields)
+    return run_end(run, handler)
+
+
+def _not_awaited(run: Run, calls: list[str], log: EventLog, fields: dict[str, Any]) -> None:
+    """checkpoint()/report_progress() called without `await`: nothing was saved. Said in
+    the worker's log and in the job's own (the dashboard, `jobs show`)."""
+    names = sorted(set(calls))
+    log.warning("job_call_not_awaited", calls=names, count=len(calls), **fields)
+    if run.notes is not None:
+        run.notes.line("warning", not_awaited_message(calls), {})
+
+
+def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
+    """How the handler's task ended, as the outcome function reads it."""
+    reason = run.signal.reason
+    if handler.cancelled():
+        return RunEnd(Ending.CANCELLED, abort_reason=reason)
+    exc = run.exc = handler.exception()
+    if exc is None:
+        try:
+            result = storable(handler.result())
+        except ResultTooLarge as too_large:
+            error = f"could not record the run's outcome (finished): {too_large}"
+            return RunEnd(Ending.UNRECORDABLE, abort_reason=reason, error=error)
+        return RunEnd(Ending.RETURNED, abort_reason=reason, result=result)
+    return RunEnd(
+        Ending.RAISED,
+        abort_reason=reason,
+        error=describe_error(exc),
+        retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+        final=isinstance(exc, DoNotRetry),
+    )
+
+
+async def grace(handler: asyncio.Task[Any], run: Run, seconds: float) -> None:
+    """Give an aborted handler `seconds` to return, cut short when the run is given up
+    meanwhile (none at all for a run given up already: the recovery may hand the job, and its
+    limit slot, to another worker)."""
+    if handler.done() or run.lost:
+        return
+    given_up = asyncio.ensure_future(run.given_up.wait())
+    try:
+        await asyncio.wait(
+            {handler, given_up}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        given_up.cancel()
+
+
+async def abort_after(clock: Clock, signal: AbortSignal, seconds: float) -> None:
+    """Max runtime: the abort signal fires with reason "timeout" after `seconds`."""
+    await clock.sleep(seconds)
+    signal.abort("timeout")
