@@ -144,11 +144,13 @@ async def _run(data_dir: Path, port: int) -> int:
 
 
 async def _serve(server: LocalServer, stop: asyncio.Event) -> int | None:
-    """Until Ctrl-C / SIGTERM; the server's exit code if it stopped by itself first."""
+    """Until Ctrl-C / SIGTERM; the server's exit code if it stopped by itself first. Its logs
+    are kept under `LOG_LIMIT` each meanwhile (the previous part in `<log>.1`)."""
     while not stop.is_set():
         code = server.process.poll()
         if code is not None:
             return code
+        await asyncio.to_thread(server.cap_logs)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
     return None

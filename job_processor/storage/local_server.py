@@ -7,6 +7,7 @@ It is a stand-in for trying things out, never for production: see docs/testing.m
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -84,12 +85,40 @@ def check_installed() -> None:
     _executable()
 
 
+#: A log of the local server past this size is moved to `<its name>.1` (replacing the one
+#: before), so a development server that runs for weeks keeps at most twice this per log.
+LOG_LIMIT = 8 * 1024 * 1024
+
+
+def cap_log(path: Path, limit: int = LOG_LIMIT) -> bool:
+    """Copy a log past `limit` bytes to `<name>.1` and empty it (logrotate's copytruncate: its
+    writer keeps its file open, in append mode, so it goes on at the start). A line written
+    between the copy and the truncation is lost: a development log. True when it was moved."""
+    try:
+        if path.stat().st_size <= limit:
+            return False
+        shutil.copyfile(path, path.with_name(path.name + ".1"))
+        os.truncate(path, 0)
+    except OSError:  # removed meanwhile, or a full disk: tried again later
+        return False
+    return True
+
+
 class LocalServer:
     def __init__(self, data_dir: Path, port: int, process: subprocess.Popen[bytes]) -> None:
         self.data_dir = data_dir
         self.port = port
         self.process = process
         self.url = f"mongodb://127.0.0.1:{port}/"
+
+    @property
+    def logs(self) -> list[Path]:
+        """Its log, and its standard error (which repeats the log's lines)."""
+        return list(log_paths(self.data_dir, self.port))
+
+    def cap_logs(self, limit: int = LOG_LIMIT) -> None:
+        for path in self.logs:
+            cap_log(path, limit)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -132,13 +161,15 @@ def start_local_server(
     fixed = port
     for _ in range(5):  # a port taken between free_port() and bind: pick another
         port = fixed or free_port()
-        log_file = data_dir / f"server-{port}.log"
+        log_file, err_file = log_paths(data_dir, port)
         pid_file = data_dir / f"server-{port}.pid"
         # left by a server that was killed (SIGKILL): nx-27017 refuses to start while the pid
         # in it is alive, and a pid is soon reused; nothing listens on this port now
         pid_file.unlink(missing_ok=True)
-        err_file = data_dir / f"server-{port}.stderr"
-        with open(err_file, "wb") as err:  # what nx-27017 says before its log is open
+        err_file.write_bytes(b"")
+        # what nx-27017 says before its log is open (and then every line again); in append
+        # mode, so that `cap_log` can empty it while the server writes
+        with open(err_file, "ab") as err:
             proc = subprocess.Popen(
                 [
                     exe,
@@ -167,6 +198,11 @@ def start_local_server(
         if "Errno 98" not in last_log or fixed:
             break
     raise LocalServerError(f"nx-27017 did not start on 127.0.0.1:{port}. Its log:\n{last_log}")
+
+
+def log_paths(data_dir: Path, port: int) -> tuple[Path, Path]:
+    """The log nx-27017 writes on this port, and its standard error."""
+    return data_dir / f"server-{port}.log", data_dir / f"server-{port}.stderr"
 
 
 def _tail(*files: Path, size: int = 2000) -> str:

@@ -19,7 +19,7 @@ from pymongo import MongoClient
 
 from job_processor.cli.server import cmd_server
 from job_processor.demo import run_demo
-from job_processor.storage.local_server import free_port
+from job_processor.storage.local_server import cap_log, free_port, start_local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = [sys.executable, "-m", "job_processor", "server"]
@@ -156,3 +156,45 @@ async def test_without_the_demo_extra_it_says_which_one_to_install(
     assert err.strip().endswith(
         "not installed: pip install 'job-processor[demo]' (or set MONGODB_URL to a MongoDB server)"
     )
+
+
+def test_a_log_past_its_limit_moves_to_dot_1_and_its_writer_goes_on_at_the_start(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "server.log"
+    with open(log, "a", encoding="utf-8") as writer:  # as nx-27017's own FileHandler
+        writer.write("old line\n" * 200)
+        writer.flush()
+        assert not cap_log(log, limit=10_000)  # under the limit: left alone
+        assert cap_log(log, limit=1_000)
+        writer.write("new line\n")
+        writer.flush()
+    assert log.read_text(encoding="utf-8") == "new line\n"  # no hole of NUL bytes before it
+    assert (tmp_path / "server.log.1").read_text(encoding="utf-8") == "old line\n" * 200
+    assert not cap_log(tmp_path / "gone.log", limit=0)  # a missing log is no error
+
+
+def test_the_servers_logs_are_capped_while_it_runs(tmp_path: Path) -> None:
+    """Both files nx-27017 writes (its log, and its standard error, which repeats it) are open in
+    append mode, so emptying them while it serves leaves no hole; it serves on."""
+    server = start_local_server(tmp_path)
+    try:
+        for path in server.logs:
+            assert path.exists()
+        fds = Path(f"/proc/{server.process.pid}/fd")
+        flags = {
+            os.readlink(fds / fd): int(
+                (fds.parent / "fdinfo" / fd).read_text().split("flags:")[1].split()[0], 8
+            )
+            for fd in os.listdir(fds)
+        }
+        for path in server.logs:
+            assert flags[str(path)] & os.O_APPEND, path
+        server.cap_logs(limit=0)
+        with MongoClient(server.url, serverSelectionTimeoutMS=5000) as client:
+            assert client.admin.command("ping")["ok"] == 1
+        for path in server.logs:
+            assert b"\0" not in path.read_bytes()
+            assert path.with_name(path.name + ".1").exists()
+    finally:
+        server.stop()
