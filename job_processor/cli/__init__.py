@@ -16,6 +16,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO
 
 from pymongo.errors import PyMongoError
 
@@ -30,11 +31,33 @@ __all__ = ["RunContext", "build_parser", "main"]
 Command = Callable[..., Awaitable[int]]
 
 
+#: Commands whose output is their own (a worker's log lines, a server's banner): printed as
+#: they are. Every other command's output, and every usage error, shows control characters
+#: as escapes (`common.VisibleStream`).
+OWN_OUTPUT = frozenset({"run", "demo", "dashboard", "server"})
+
+
 def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | None = None) -> int:
     """Run the command line. `commands`: the functions of the commands the parser declares
     without one (the demo, given by the entry point)."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = common.VisibleStream(out), common.VisibleStream(err)
+    try:
+        return _main(argv, commands, out, err)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(
+    argv: Sequence[str] | None,
+    commands: dict[str, Command] | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     parser = build_parser()
     args = parse(parser, list(argv if argv is not None else sys.argv[1:]))
+    if args.command in OWN_OUTPUT:
+        sys.stdout, sys.stderr = out, err
     if args.func is None:
         given_func = (commands or {}).get(args.command)
         if given_func is None:

@@ -12,13 +12,13 @@ import sysconfig
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
-from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job
+from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job, visible
 from ..core.models import Job
 from ..core.status import JobStatus
 from ..ops.admin import ActionResult, Admin
@@ -95,6 +95,21 @@ def ago(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+class VisibleStream:
+    """A text stream that writes control characters as escapes (`masking.visible`): what a
+    job's name, error, log line or dedup key holds is shown, and never acts on the terminal
+    (escape sequences, a carriage return that hides the start of a line, bidi overrides)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(visible(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding...
+        return getattr(self._stream, name)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -1,5 +1,5 @@
 """Masking of secrets in what people see (the dashboard, the CLI, the admin): payloads,
-results, checkpoints, errors.
+results, checkpoints, errors; and the characters that would change how the rest is seen.
 
 Two mechanisms, both pure:
 - `Masker`: sensitive field *names* (the dashboard's and the CLI's defaults), masked wherever
@@ -285,3 +285,34 @@ def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
     job.progress = scrub(job.progress, hidden)
     job.payload = scrub(job.payload, hidden)
     job.state = scrub(job.state, hidden)
+
+
+#: Characters never printed as they are: C0 controls but the newline and the tab (an escape
+#: sequence can rewrite an operator's terminal, a carriage return hide what came before), DEL,
+#: C1 controls, and Unicode's bidirectional controls (they display "name\u202egnp.exe" as
+#: "nameexe.png"). Shown as their `\uXXXX` escape, which is also valid inside a JSON string.
+_HIDDEN = [
+    *(c for c in range(0x20) if chr(c) not in "\n\t"),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
+_VISIBLE = {c: f"\\u{c:04x}" for c in _HIDDEN}
+#: The bidirectional controls alone.
+BIDI_CONTROLS = re.compile("[" + "".join(chr(c) for c in _HIDDEN if c > 0xA0) + "]")
+_BIDI = {c: f"\\u{c:04x}" for c in _HIDDEN if c > 0xA0}
+
+
+def visible(text: str) -> str:
+    """`text` with its control and bidirectional-control characters shown as escapes (the
+    CLI's output: what a job's name, error or log line holds cannot act on the terminal)."""
+    return text.translate(_VISIBLE)
+
+
+def bidi_visible(text: str) -> str:
+    """`text` with only its bidirectional controls shown as escapes (the dashboard's pages:
+    HTML shows the other controls harmlessly)."""
+    return text.translate(_BIDI)

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.clock import as_utc
-from ..core.masking import Masker
+from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible
 from ..core.models import to_jsonable
 from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
@@ -100,6 +101,21 @@ def relative(when: dt.datetime, now: dt.datetime) -> str:
 
 def absolute(when: dt.datetime) -> str:
     return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: A tag (with its attribute values: a form field keeps its exact value) or a textarea (its text
+#: is a form field's value too), in a rendered page; markupsafe escapes every `<` and `>` that
+#: data holds, so the page's own tags are the only ones.
+_TAGS = re.compile(r"(<textarea\b.*?</textarea>|<[^>]*>)", re.S | re.I)
+
+
+def bidi_shown(html: str) -> str:
+    """A rendered page whose text shows Unicode's bidirectional controls as escapes: a job
+    named "report\u202efdp.exe" would read "reportexe.pdf". Tags and textareas as they are."""
+    if not BIDI_CONTROLS.search(html):
+        return html
+    parts = _TAGS.split(html)
+    return "".join(part if i % 2 else bidi_visible(part) for i, part in enumerate(parts))
 
 
 def make_env(masker: Masker) -> Environment:

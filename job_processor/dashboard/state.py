@@ -22,7 +22,7 @@ from ..storage.connect import check_database
 from . import csrf
 from .auth import Authenticator
 from .hosts import AllowedHosts
-from .render import FLASH_COOKIE, make_env, read_flash, root_of, set_flash, url
+from .render import FLASH_COOKIE, bidi_shown, make_env, read_flash, root_of, set_flash, url
 
 #: The navigation: (path under the mount root, label). Pages added with `extra_nav` come after
 #: Events, before Audit.
@@ -164,7 +164,7 @@ class Dashboard:
             "refresh_seconds": self.refresh_seconds,
             "now": self.now(),
         } | context
-        body = self.env.get_template(template).render(ctx)
+        body = bidi_shown(self.env.get_template(template).render(ctx))
         response = HTMLResponse(body, status_code=status_code)
         if new:
             csrf.set_cookie(response, token, root or "/", request.url.scheme == "https")

@@ -828,3 +828,24 @@ async def test_documents_another_program_wrote_never_break_the_jobs_pages(proces
         assert "Invalid fields" in page.text and "&#34;status&#34;: &#34;queued&#34;" in page.text
         assert ">Retry<" not in page.text and ">Delete" not in page.text  # not ours to judge
         assert (await c.get(f"/jobs/{bare}")).status_code == 200
+
+
+async def test_bidi_controls_show_as_escapes_in_text_and_form_values_keep_them(
+    processor: Any,
+) -> None:
+    """A dedup key "invoice\u202efdp.exe" displayed as "invoiceexe.pdf" (Trojan-Source style).
+    The page's text shows the control as `\\u202e`; a form field (the jobs filter) keeps the
+    exact key, so that filtering by it still finds the job."""
+    p, _ = processor
+    key = "invoice\u202efdp.exe"
+    job = await p.schedule_job("send-email", {"to": "a@b.c"}, key=key, delay=3600)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/jobs", f"/jobs/{job.id}"):
+            page = (await c.get(path)).text
+            assert "invoice\\u202efdp.exe" in page, path
+        filtered = (await c.get("/jobs", params={"key": key})).text
+        assert f'name="key" value="{key}"' in filtered  # the field's value is the key itself
+        assert job.id in filtered
+        api = (await c.get(f"/api/jobs/{job.id}")).json()
+        assert api["key"] == key  # the API returns data as stored

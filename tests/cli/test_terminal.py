@@ -1,0 +1,52 @@
+"""What the CLI prints cannot act on the operator's terminal: control characters that a job's
+data holds (an error message quoting an HTTP reply, a dedup key another program wrote) are
+shown as `\\uXXXX` escapes, in text and in `--json` (where the escape is JSON's own)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor.core.masking import visible
+from tests.conftest import url_with_db
+from tests.forked_cli import run_cli
+from tests.helpers import FAST, wait_status
+
+#: An OSC sequence that sets the terminal's title, a carriage return that hides "ok", a CSI
+#: (C1) and a right-to-left override.
+HOSTILE = "title\x1b]0;pwned\x07 ok\rfailed \x9b31m red \u202eexe.txt"
+
+
+async def hostile(job: Job, signal: AbortSignal) -> None:
+    raise RuntimeError(HOSTILE)
+
+
+def test_controls_are_escaped_and_text_is_kept() -> None:
+    assert visible("a\tb\nc") == "a\tb\nc"
+    assert visible(HOSTILE) == (
+        "title\\u001b]0;pwned\\u0007 ok\\u000dfailed \\u009b31m red \\u202eexe.txt"
+    )
+    assert json.loads(f'"{visible(HOSTILE)}"') == HOSTILE  # the escapes are JSON's
+
+
+async def test_a_jobs_error_and_key_cannot_act_on_the_terminal(db: Any, mongo_url: str) -> None:
+    processor = await init_job_processor(db, jobs={"fetch": JobDef(handler=hostile)}, **FAST)
+    async with processor:
+        job = await processor.schedule_job("fetch", {}, key=HOSTILE)
+        await wait_status(processor, job.id, "errored")  # type: ignore[arg-type]
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    shown = await run_cli("jobs", "show", job.id, env=env)
+    listed = await run_cli("jobs", "list", env=env)
+    as_json = await run_cli("jobs", "show", job.id, "--json", env=env)
+    for run in (shown, listed, as_json):
+        assert run.returncode == 0, run.stderr
+        out = run.stdout + run.stderr
+        assert not any(c in out for c in "\x1b\x07\r\x9b\u202e"), out
+    assert "title\\u001b]0;pwned\\u0007 ok\\u000dfailed" in shown.stdout
+    data = json.loads(as_json.stdout)
+    assert HOSTILE in data["output"]["error"] and data["key"] == HOSTILE  # the value itself
+    for args in (("jobs", "list", "--name", "x\x1b[2J"), ("jobs", "show", "x\x1b[2J")):
+        refused = await run_cli(*args, env=env)  # usage errors quote what was given
+        assert refused.returncode == 2 and "x" in refused.stderr
+        assert "\x1b" not in refused.stdout + refused.stderr
