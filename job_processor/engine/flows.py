@@ -121,11 +121,11 @@ class Flows:
         if ended:
             ids = [d["_id"] for d in ended]
             uncounted = await self.jobs.uncounted(ids)
-            for doc in ended:
-                if doc["_id"] in uncounted:
-                    status = str(doc.get("status"))
-                    released += await self.jobs.settle_dependents(doc["_id"], status, now)
-                    self.log.warning("dependents_settled_late", job_id=str(doc["_id"]))
+            late_ends = [(d["_id"], str(d.get("status"))) for d in ended if d["_id"] in uncounted]
+            if late_ends:
+                released += await self.jobs.settle_all(late_ends, now)
+                for dep, _ in late_ends:
+                    self.log.warning("dependents_settled_late", job_id=str(dep))
             # counted but not released (the process died between the two updates): released
             # here, before they leave this query for good
             late = await self.jobs.release_counted(ids, now)
@@ -175,10 +175,14 @@ class Flows:
             return released
         found = await self.jobs.ends(sorted(pending))
         cutoff = now - dt.timedelta(seconds=GRACE)  # one that just ended: its process settles it
+        late_ends = []
         for dep in sorted(pending):
             status, ended = found.get(dep, ("deleted", None))
             if status == "deleted" or (status in F.ENDED and (ended is None or ended <= cutoff)):
-                released += await self.jobs.settle_dependents(dep, status, now)
+                late_ends.append((dep, status))
+        if late_ends:
+            released += await self.jobs.settle_all(late_ends, now)
+            for dep, status in late_ends:
                 self.log.warning("dependents_settled_late", job_id=str(dep), status=status)
         return released
 

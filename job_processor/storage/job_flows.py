@@ -5,7 +5,8 @@ job on its dependencies, and what a dependency's end does to the jobs waiting on
 `settle_dependents(dep, status)` is what a dependency's end triggers (the worker after its final
 write, a kill, a recovery, the sweep for what a crash left undone): for a finished dependency
 two commands whatever the number of dependents (their count, then their release); for a failed
-one, a read first, to carry the failure on to the dependents of the jobs it skips or errors.
+one, a read first, to carry the failure on to the dependents of the jobs it skips or errors,
+level by level (`settle_all`: three commands a level).
 Every step is filtered on the dependency still being counted as waiting, so it applies once
 however many processes run it.
 """
@@ -16,10 +17,11 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
+from pymongo import UpdateMany
 
 from ..core import flows as F
 from ..core.status import JobStatus
-from .compat import all_docs, decode
+from .compat import ServerProfile, all_docs, decode
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -30,6 +32,7 @@ CASCADE_LIMIT = 10_000
 
 class FlowRecords:
     coll: Any
+    profile: ServerProfile
 
     async def statuses(self, ids: list[ObjectId]) -> dict[ObjectId, str]:
         """The status of each of these jobs that exists (one query)."""
@@ -67,43 +70,65 @@ class FlowRecords:
         found = await self.statuses(deps)
         ended = {d: s for d, s in found.items() if s in F.ENDED}
         ended |= dict.fromkeys(set(deps) - set(found), "deleted")
-        released = 0
-        for dep, status in sorted(ended.items()):
-            released += await self.settle_dependents(dep, status, now)
-        return released
+        return await self.settle_all(sorted(ended.items()), now)
 
     async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
         """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error
         those it fails (and carry that on to their own dependents), release those with nothing
         left to wait for. Returns how many jobs were released (due now)."""
+        return await self.settle_all([(dep_id, status)], now)
+
+    async def settle_all(self, ended: list[tuple[ObjectId, str]], now: dt.datetime) -> int:
+        """`settle_dependents` for several dependencies at once, and a failure carried on level
+        by level: for each level, the jobs its failures end that have dependents of their own
+        (one read), every count, skip and error (one bulk write), then the releases (one more).
+        A failure that skips a chain of N jobs with dependents costs 3 commands per level, not
+        5 per job. Returns how many jobs were released."""
         released = 0
-        queue = [(dep_id, status)]
-        for _ in range(CASCADE_LIMIT):
-            if not queue:
-                break
-            dep, ended = queue.pop()
-            if ended != S.FINISHED.value:  # the jobs this failure ends, to carry it on
-                ending = await all_docs(
-                    self.coll.find(
-                        {
-                            "after": str(dep),
-                            "status": S.WAITING.value,
-                            f"deps.{dep}": "waiting",
-                            "has_dependents": True,
-                            "on_dependency_failure": {"$in": ["skip", "error"]},
-                        },
-                        {"_id": 1, "on_dependency_failure": 1},
-                    )
-                )
-                for doc in ending:
-                    skip = doc.get("on_dependency_failure") == "skip"
-                    queue.append((doc["_id"], "skipped" if skip else "errored"))
-            for query, update in F.dependency_ended(dep, ended, now):
-                await self.coll.update_many(query, update)
-            query, update = F.released(dep, now)
-            res = await self.coll.update_many(query, update)
-            released += int(res.modified_count)
+        level = list(ended)
+        carried = 0
+        while level and carried < CASCADE_LIMIT:
+            carried += len(level)
+            following = await self._ended_by(
+                [str(dep) for dep, status in level if status != S.FINISHED.value]
+            )
+            await self._update_each(
+                [pair for dep, status in level for pair in F.dependency_ended(dep, status, now)]
+            )
+            released += await self._update_each([F.released(dep, now) for dep, _ in level])
+            level = following
         return released
+
+    async def _ended_by(self, failed: list[str]) -> list[tuple[ObjectId, str]]:
+        """The waiting jobs with dependents of their own that these failed dependencies end
+        (skip or error: those with "run" are counted and run), with the status they get."""
+        if not failed:
+            return []
+        query = {
+            "after": {"$in": failed},
+            "status": S.WAITING.value,
+            "has_dependents": True,
+            "on_dependency_failure": {"$in": ["skip", "error"]},
+        }
+        fields = {"_id": 1, "on_dependency_failure": 1, "deps": 1}
+        out = []
+        for doc in await all_docs(self.coll.find(query, fields)):
+            deps = doc.get("deps") or {}
+            if any(deps.get(dep) == "waiting" for dep in failed):
+                skip = doc.get("on_dependency_failure") == "skip"
+                out.append((doc["_id"], "skipped" if skip else "errored"))
+        return out
+
+    async def _update_each(self, pairs: list[tuple[Doc, Doc]]) -> int:
+        """Apply each (filter, update) with `update_many`, in order: one command (an ordered
+        bulk write) where the server takes one. Returns how many documents were modified."""
+        if len(pairs) > 1 and self.profile.bulk_ok:
+            ops = [UpdateMany(query, update) for query, update in pairs]
+            return int((await self.coll.bulk_write(ops, ordered=True)).modified_count)
+        modified = 0
+        for query, update in pairs:
+            modified += int((await self.coll.update_many(query, update)).modified_count)
+        return modified
 
     async def release_counted(self, dep_ids: list[ObjectId], now: dt.datetime) -> int:
         """Release the jobs waiting on any of `dep_ids` that have counted all their

@@ -1,0 +1,103 @@
+"""A dependency's end carried down a flow (`FlowRecords.settle_all`), on every backend: the
+jobs it fails are ended level by level, each with the status its own policy gives, and a job
+waiting on several failed dependencies is ended once; on the test server, a level costs three
+commands whatever its width."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
+
+from job_processor.core import documents as D
+from job_processor.core import flows as F
+from job_processor.storage import Storage
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+async def add(
+    storage: Storage, after: list[ObjectId] | None = None, policy: str = "skip"
+) -> ObjectId:
+    doc = D.new_job("j", {}, now=NOW)
+    if after:
+        doc |= F.waiting_fields(after, policy)
+        await storage.jobs.mark_dependents(list(after))
+    inserted = await storage.jobs.insert(doc)
+    assert inserted is not None
+    return ObjectId(inserted["_id"])
+
+
+async def statuses(storage: Storage) -> dict[ObjectId, tuple[str, str | None]]:
+    docs = await storage.jobs.coll.find({}, {"status": 1, "failed_dependency": 1}).to_list(None)
+    return {d["_id"]: (d["status"], d.get("failed_dependency")) for d in docs}
+
+
+async def test_a_failure_is_carried_down_level_by_level_once_per_job(any_db: Any) -> None:
+    storage = await Storage.open(any_db, "t_")
+    await storage.ensure_indexes()
+    root, other = await add(storage), await add(storage)
+    # level 1: skip (with dependents), error (with dependents), run (counted, released)
+    skip1 = await add(storage, [root])
+    error1 = await add(storage, [root], "error")
+    run1 = await add(storage, [root], "run")
+    # level 2: waits on both failed jobs of level 1 (ended once, by the first); a chain below
+    both = await add(storage, [skip1, error1])
+    below = await add(storage, [both])
+    leaf = await add(storage, [below], "run")
+    untouched = await add(storage, [other])  # waits on a job that has not ended
+    # a job with two dependencies that fail in the same call
+    pair = await add(storage, [root, other])
+
+    released = await storage.jobs.settle_all([(root, "errored")], NOW)
+
+    got = await statuses(storage)
+    assert got[skip1] == ("skipped", str(root))
+    assert got[error1] == ("errored", str(root))
+    assert got[run1] == ("pending", None)
+    assert got[both][0] == "skipped" and got[both][1] in (str(skip1), str(error1))
+    assert got[below] == ("skipped", str(both))
+    assert got[leaf] == ("pending", None)  # "run": its dependency's failure counted, it runs
+    assert got[untouched] == ("waiting", None)
+    assert got[pair] == ("skipped", str(root))
+    assert released == 2  # run1 and leaf
+    assert (await storage.jobs.settle_all([(root, "errored")], NOW)) == 0  # applied once
+
+
+class Count(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_wide_failure_costs_three_commands_a_level(mongo_url: str, db: Any) -> None:
+    """A failure that skips 30 jobs with dependents of their own, and their 60 dependents:
+    2 levels of 3 commands (the leaves have no dependents: the second level's updates end
+    them). It was 5 commands per job with dependents: 155."""
+    count = Count()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[count]
+    )
+    try:
+        storage = await Storage.open(client[db.name], "t_")
+        await storage.ensure_indexes()
+        root = await add(storage)
+        middle = [await add(storage, [root]) for _ in range(30)]
+        leaves = [await add(storage, [m]) for m in middle for _ in range(2)]
+        count.names.clear()
+        await storage.jobs.settle_all([(root, "killed")], NOW)
+        assert count.names == ["find", "update", "update"] * 2
+        got = await statuses(storage)
+        assert {got[j][0] for j in middle + leaves} == {"skipped"}
+    finally:
+        await client.close()
