@@ -104,20 +104,23 @@ class FlowRecords:
         (skip or error: those with "run" are counted and run), with the status they get."""
         if not failed:
             return []
+        out = []
+        for doc in await all_docs(self.ended_by_cursor(failed)):
+            deps = doc.get("deps") or {}
+            if any(deps.get(dep) == "waiting" for dep in failed):
+                skip = doc.get("on_dependency_failure") == "skip"
+                out.append((doc["_id"], "skipped" if skip else "errored"))
+        return out
+
+    def ended_by_cursor(self, failed: list[str]) -> Any:
+        """`_ended_by`'s read (the {after, status} index)."""
         query = {
             "after": {"$in": failed},
             "status": S.WAITING.value,
             "has_dependents": True,
             "on_dependency_failure": {"$in": ["skip", "error"]},
         }
-        fields = {"_id": 1, "on_dependency_failure": 1, "deps": 1}
-        out = []
-        for doc in await all_docs(self.coll.find(query, fields)):
-            deps = doc.get("deps") or {}
-            if any(deps.get(dep) == "waiting" for dep in failed):
-                skip = doc.get("on_dependency_failure") == "skip"
-                out.append((doc["_id"], "skipped" if skip else "errored"))
-        return out
+        return self.coll.find(query, {"_id": 1, "on_dependency_failure": 1, "deps": 1})
 
     async def _update_each(self, pairs: list[tuple[Doc, Doc]]) -> int:
         """Apply each (filter, update) with `update_many`, in order: one command (an ordered
