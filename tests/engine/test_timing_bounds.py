@@ -1,0 +1,117 @@
+"""The documented timing bounds, driven by a FakeClock: nothing here waits on real time for the
+bound itself (only for the database round trips that follow a wake-up).
+
+- a kill requested from another process reaches the running handler within one
+  `poll_interval` (guide: "Statuses and transitions"; operations: "kill");
+- a dead worker's running job is recovered by a live worker's sweep more than
+  `worker_timeout`, and at most 1.5 x `worker_timeout`, after its last heartbeat (sweeps run every
+  `worker_timeout / 2`); a worker also sweeps when it starts (guide: "Liveness and recovery").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
+from job_processor.core import documents as D
+from tests.helpers import wait_for, wait_status
+
+S = JobStatus
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # whole seconds: nx-27017 compares dates so
+SETTINGS: dict[str, Any] = {
+    "poll_interval": 2.0,
+    "heartbeat_interval": 5.0,
+    "worker_timeout": 30.0,
+    "shutdown_grace": 1.0,
+    "change_streams": False,
+}
+
+
+async def test_a_kill_from_another_process_is_delivered_within_one_poll_interval(db: Any) -> None:
+    clock = FakeClock(T0)
+    started = asyncio.Event()
+    reasons: list[str | None] = []
+
+    async def long(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await signal.wait()
+        reasons.append(signal.reason)
+        signal.raise_if_aborted()
+
+    jobs = {"long": JobDef(handler=long)}
+    runner = await init_job_processor(db, jobs=jobs, clock=clock, **SETTINGS)
+    other = await init_job_processor(db, jobs=jobs, clock=clock, **SETTINGS)  # never started
+    async with runner:
+        job = await runner.schedule_job("long")
+        await asyncio.wait_for(started.wait(), 10)
+        # one check of the running job, with no kill yet: the next one is a poll_interval away
+        checks: list[dt.datetime] = []
+        real_check = runner.ownership.check
+
+        async def counted(now: dt.datetime, reconcile: bool = True) -> int:
+            delivered = await real_check(now, reconcile)
+            checks.append(now)
+            return delivered
+
+        runner.ownership.check = counted  # type: ignore[method-assign]
+        clock.advance(2.0)
+        await wait_for(lambda: len(checks) == 1)
+        assert reasons == []
+        requested = await other.kill_job(job.id)  # right after that check: the worst case
+        assert requested.status == S.RUNNING and requested.kill_requested_at is not None
+        assert reasons == []  # another process: only the database tells the runner
+        clock.advance(2.0)  # one poll_interval later
+        await wait_for(lambda: reasons == ["killed"], timeout=5)
+        assert checks[-1] == T0 + dt.timedelta(seconds=4)
+        killed = await wait_status(runner, job.id, S.KILLED, timeout=5)
+    assert killed.error == "killed"
+
+
+async def _plant(processor: Any, worker_id: str, last_seen: dt.datetime) -> str:
+    """A worker SIGKILLed after its heartbeat at `last_seen`, with the job it was running."""
+    await processor.storage.workers.register(
+        {"_id": worker_id, "hostname": "gone", "pid": 1, "started_at": last_seen,
+         "last_seen": last_seen}
+    )  # fmt: skip
+    run_start = last_seen - dt.timedelta(seconds=60)
+    doc = D.as_running(D.new_job("send", {}, now=run_start), worker_id, run_start)
+    await processor.storage.jobs.insert(doc)
+    return str(doc["_id"])
+
+
+async def test_a_dead_workers_job_is_recovered_after_worker_timeout_within_one_and_a_half(
+    db: Any,
+) -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
+    long_dead = await _plant(p, "w-long-dead", T0 - dt.timedelta(seconds=31))
+    just_seen = await _plant(p, "w-just-seen", T0)  # its last heartbeat: as the sweeper starts
+    sweeps: list[dt.datetime] = []
+    real_sweep = p.recovery.sweep
+
+    async def counted(now: dt.datetime, definitions: bool = False) -> int:
+        recovered = await real_sweep(now, definitions)
+        sweeps.append(now)
+        return recovered
+
+    p.recovery.sweep = counted  # type: ignore[method-assign]
+    async with p:
+        assert sweeps == [T0]  # a worker sweeps when it starts
+        assert (await p.get_job(long_dead)).status == S.ERRORED  # dead for over 30 s: at once
+        assert (await p.get_job(just_seen)).status == S.RUNNING
+        for n in (1, 2):  # 15 s, then 30 s after its last heartbeat: not dead yet
+            clock.advance(15)
+            await wait_for(lambda n=n: len(sweeps) == 1 + n)  # type: ignore[misc]
+            assert (await p.get_job(just_seen)).status == S.RUNNING
+        clock.advance(15)  # 45 s: the first sweep that sees it more than 30 s silent
+        await wait_for(lambda: len(sweeps) == 4)
+        assert sweeps == [T0 + dt.timedelta(seconds=s) for s in (0, 15, 30, 45)]
+        recovered = await p.get_job(just_seen)
+    assert recovered.status == S.ERRORED
+    assert recovered.ended_at is not None
+    assert T0 + dt.timedelta(seconds=30) < recovered.ended_at <= T0 + dt.timedelta(seconds=45)
