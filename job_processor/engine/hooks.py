@@ -6,12 +6,12 @@ calls the hook, bounded by the definition's `on_job_exited_timeout`, and records
 ("done", or "failed" with the error) with a compare-and-set on the hook id. If the owner dies in
 between, the hook stays owed; a live worker that knows the definition takes it over (a
 compare-and-set on the hook id, so one taker) once the owner is gone, and calls it again: a
-dead worker's hooks in the same sweep that recovers its jobs (about `worker_timeout` after its
-last heartbeat); a client's (a process with no worker document, whose liveness cannot be read)
-once the record is older than `worker_timeout` plus the hook's timeout. A hook recorded with no
-owner (a kill from a process that has no handlers, such as the CLI) is called by the next
-sweep. A hook can therefore run twice only when its process died, or was declared dead, while
-running it (or before recording that it ran).
+dead worker's hooks in the same sweep that recovers its jobs (more than `worker_timeout` and at
+most 1.5 x `worker_timeout` after its last heartbeat); a client's (a process with no worker
+document, whose liveness cannot be read) once the record is older than `worker_timeout` plus
+the hook's timeout. A hook recorded with no owner (a kill from a process that has no handlers,
+such as the CLI) is called by the next sweep. A hook can therefore run twice only when its
+process died, or was declared dead, while running it (or before recording that it ran).
 """
 
 from __future__ import annotations
@@ -246,10 +246,10 @@ class HookRunner:
         """Call the hooks owed by processes that are gone. Returns how many were taken.
 
         A worker's hook is taken over as soon as the worker is dead (the same sweep that
-        recovers its jobs, about `worker_timeout` after its last heartbeat). A hook owned by a
-        process without a worker document (a client: its liveness cannot be read) is taken
-        over once it has had time to finish: `worker_timeout` plus the hook's timeout after it
-        was recorded. One with no owner (a kill from the CLI) is taken at once."""
+        recovers its jobs, `worker_timeout` to 1.5 x `worker_timeout` after its last heartbeat).
+        A hook owned by a process without a worker document (a client: its liveness cannot be
+        read) is taken over once it has had time to finish: `worker_timeout` plus the hook's
+        timeout after it was recorded. One with no owner (a kill from the CLI) is taken at once."""
         me = self.worker_id()
         taken = 0
         for doc in owed if owed is not None else await self.jobs.owed_hooks(now):
