@@ -115,3 +115,32 @@ async def test_a_dead_workers_job_is_recovered_after_worker_timeout_within_one_a
     assert recovered.status == S.ERRORED
     assert recovered.ended_at is not None
     assert T0 + dt.timedelta(seconds=30) < recovered.ended_at <= T0 + dt.timedelta(seconds=45)
+
+
+async def test_a_cron_task_starts_at_its_slot_woken_by_the_scheduler_not_by_a_poll(
+    db: Any,
+) -> None:
+    """crons.md: a slot's task is created when the slot is due and the creating process wakes
+    its own claim loop: with the clock stopped at the slot, the task runs there and then (a
+    one-hour poll_interval: no poll can explain it); what it waits is the round trips only."""
+    clock = FakeClock(T0)
+    crons = {"tick": {"cron_string": "* * * * *", "handler": _tick}}
+    p = await init_job_processor(db, crons=crons, clock=clock, **SETTINGS | {"poll_interval": 3600})
+    async with p:
+        clock.set(T0 + dt.timedelta(minutes=1))  # the slot's instant; the clock stops there
+
+        async def ran() -> bool:
+            return any(j.status == S.FINISHED for j in await p.list_jobs("tick"))
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await ran():
+            assert asyncio.get_running_loop().time() < deadline, "the slot's task did not run"
+            await asyncio.sleep(0.02)
+        (task,) = await p.list_jobs("tick")
+    assert task.scheduled_for == T0 + dt.timedelta(minutes=1)
+    assert task.started_at == task.scheduled_for  # no clock time passed: not a poll's wake-up
+    assert task.result == task.scheduled_for.isoformat()
+
+
+async def _tick(job: Job, signal: AbortSignal) -> str:
+    return job.scheduled_for.isoformat()
