@@ -221,15 +221,17 @@ async def replay_events(
     webhook_attempts: int = 10,
     clock: Clock | None = None,
 ) -> list[Delivery]:
-    """replay_event for every event named `name` emitted in [since, until), oldest first, at
-    most `limit` events (at most 1000 per call: page with since/until)."""
+    """replay_event for every event named `name` emitted in [since, until), oldest first: the
+    `limit` earliest of the window (at most 1000 per call: call again with `since` after the
+    last one replayed for the next page)."""
     clock = clock or SystemClock()
     check_event_name(name)
     lo, hi = _check_window(since, until)
-    docs = await storage.events.find(name, lo, hi, _check_limit(limit, REPLAY_LIMIT))
+    most = _check_limit(limit, REPLAY_LIMIT)
+    docs = await storage.events.find(name, lo, hi, most, oldest_first=True)
     targets = _select(await current_targets(storage, name, webhook_attempts), subscribers, name)
     out: list[Delivery] = []
-    for doc in reversed(docs):
+    for doc in docs:
         out += await _replay(storage, doc, targets, clock.now())
     return out
 

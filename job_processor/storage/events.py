@@ -26,6 +26,8 @@ Doc = dict[str, Any]
 
 #: Listing order: newest first.
 EVENT_SORT = [("emitted_at", DESCENDING), ("_id", DESCENDING)]
+#: Oldest first: the same index, read backwards (a window's earliest events, for replays).
+EVENT_SORT_OLDEST = [("emitted_at", ASCENDING), ("_id", ASCENDING)]
 #: An event's deliveries, in creation order.
 DELIVERY_SORT = [("created_at", ASCENDING), ("_id", ASCENDING)]
 DUPLICATE_KEY = 11000
@@ -112,6 +114,7 @@ class EventStore:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = 50,
+        oldest_first: bool = False,
     ) -> Any:
         query: Doc = {}
         if name is not None:
@@ -123,7 +126,8 @@ class EventStore:
             if until is not None:
                 window["$lt"] = until
             query["emitted_at"] = window
-        return self.coll.find(query).sort(EVENT_SORT).limit(limit)
+        sort = EVENT_SORT_OLDEST if oldest_first else EVENT_SORT
+        return self.coll.find(query).sort(sort).limit(limit)
 
     async def find(
         self,
@@ -131,9 +135,11 @@ class EventStore:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = 50,
+        oldest_first: bool = False,
     ) -> list[Doc]:
-        """Newest first; `since` inclusive, `until` exclusive."""
-        return await all_docs(self.find_cursor(name, since, until, limit))
+        """Newest first (oldest first with `oldest_first`: the `limit` earliest); `since`
+        inclusive, `until` exclusive."""
+        return await all_docs(self.find_cursor(name, since, until, limit, oldest_first))
 
     def untargeted_cursor(self, since: dt.datetime, limit: int = 1000) -> Any:
         query = {"no_targets": True, "emitted_at": {"$gte": since}}

@@ -206,3 +206,17 @@ async def test_live_workers_serving_a_delivery(storage: Storage) -> None:
     )
     assert [w["_id"] for w in await storage.workers.serving("shipped:email", later(-30))] == ["w1"]
     assert await storage.workers.serving("shipped:crm", later(-30)) == []
+
+
+async def test_replay_events_takes_the_earliest_events_of_its_window(storage: Storage) -> None:
+    """docs/events.md: "each event ... emitted in [since, until), oldest first, at most 1000
+    per call". A window holding more than `limit` events replays its `limit` EARLIEST ones, so
+    the next call, from just after the last one replayed, goes on where this one stopped (it
+    replayed the newest ones, and a caller paging forward never replayed the rest)."""
+    await register(storage)
+    order = [str((await emit(storage, at=i * 10))[0]["_id"]) for i in range(4)]
+    only = ["email"]
+    first = await ev.replay_events(storage, "shipped", since=later(0), limit=2, subscribers=only)
+    assert [str(d.event_id) for d in first] == order[:2]
+    rest = await ev.replay_events(storage, "shipped", since=later(11), limit=2, subscribers=only)
+    assert [str(d.event_id) for d in rest] == order[2:]

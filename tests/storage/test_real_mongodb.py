@@ -253,6 +253,7 @@ async def test_event_queries_are_index_backed(storage: Storage) -> None:
     assert_indexed(await storage.events.find_cursor().explain())
     assert_indexed(await storage.events.find_cursor("e1").explain())
     assert_indexed(await storage.events.find_cursor("e1", NOW, later).explain())
+    assert_indexed(await storage.events.find_cursor("e1", NOW, later, 50, True).explain())
     assert_indexed(await storage.events.find_cursor(None, NOW, later).explain())
     assert_indexed(await storage.events.owed_cursor(later).explain())
 
