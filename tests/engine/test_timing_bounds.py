@@ -3,6 +3,8 @@ bound itself (only for the database round trips that follow a wake-up).
 
 - a kill requested from another process reaches the running handler within one
   `poll_interval` (guide: "Statuses and transitions"; operations: "kill");
+- a producer call that meets an outage raises at most a second past `producer_retry_seconds`
+  (producers.md: "Short outages");
 - a dead worker's running job is recovered by a live worker's sweep more than
   `worker_timeout`, and at most 1.5 x `worker_timeout`, after its last heartbeat (sweeps run every
   `worker_timeout / 2`); a worker also sweeps when it starts (guide: "Liveness and recovery").
@@ -12,10 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from typing import Any
+
+import pytest
+from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
+from job_processor.core.errors import DatabaseUnreachableError
+from job_processor.storage.transient import ProducerRetry
 from tests.helpers import wait_for, wait_status
 
 S = JobStatus
@@ -144,3 +152,27 @@ async def test_a_cron_task_starts_at_its_slot_woken_by_the_scheduler_not_by_a_po
 
 async def _tick(job: Job, signal: AbortSignal) -> str:
     return job.scheduled_for.isoformat()
+
+
+async def test_a_producer_call_gives_up_within_its_budget_plus_the_last_trys_second() -> None:
+    """producers.md: transient errors are retried (0.1 s doubling) for `producer_retry_seconds`;
+    the try under way when the budget runs out is given at least a second, so the call raises
+    at most a second past it. The worst case: fast failures, then a server that never answers
+    (real time: the budget is a wall-clock one)."""
+    retry = ProducerRetry(1.0, sync=False, where=lambda: "db.example:27017")
+    tries: list[float] = []
+
+    async def op(retried: bool) -> None:
+        tries.append(time.monotonic())
+        if len(tries) < 4:
+            raise AutoReconnect("connection refused")  # at 0, 0.1 and 0.3 s
+        await asyncio.sleep(3600)  # at 0.7 s: no answer, given a whole second
+
+    began = time.monotonic()
+    with pytest.raises(DatabaseUnreachableError, match=r"db\.example:27017 did not answer"):
+        await retry.run(op)
+    elapsed = time.monotonic() - began
+    last = tries[-1] - began
+    assert len(tries) >= 2 and last < 1.0  # every try starts within the budget
+    assert elapsed > 1.0  # the budget is overrun by the try under way ...
+    assert elapsed - last < 1.0 + 0.25  # ... which is given a second (here it needs it all)
