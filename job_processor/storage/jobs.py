@@ -390,7 +390,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         if await ride_out(once, budget):
             return EndWrite(D.applied(claimed, update))
         current = await ride_out(lambda: self.get(claimed["_id"]), budget)
-        return self._resolve(claimed, current, end_id)
+        return self._resolve(claimed, current, end_id, query)
 
     async def end_runs(self, items: list[EndItem], budget: float) -> list[EndWrite | Exception]:
         """Several final writes in one bulk_write (one command). When every write matched, the
@@ -435,8 +435,8 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         ids = [i.claimed["_id"] for i in items]
         current = {d["_id"]: d for d in await ride_out(lambda: self.get_many(ids), budget)}
         out: list[EndWrite | Exception] = []
-        for item, end_id in zip(items, end_ids, strict=True):
-            written = self._resolve(item.claimed, current.get(item.claimed["_id"]), end_id)
+        for item, end_id, (query, _) in zip(items, end_ids, built, strict=True):
+            written = self._resolve(item.claimed, current.get(item.claimed["_id"]), end_id, query)
             if written.dependents:  # write this one again, alone, knowing them
                 item.claimed["has_dependents"] = True
                 out.append(await self._end_one(item, budget))
@@ -465,7 +465,11 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
             return exc
 
     @staticmethod
-    def _resolve(claimed: Doc, current: Doc | None, end_id: str) -> EndWrite:
+    def _resolve(claimed: Doc, current: Doc | None, end_id: str, query: Doc) -> EndWrite:
+        """What a final write sent with `query` that matched nothing means, from the job as it
+        is now. Whether it excluded dependents is read from `query`, not from `claimed`: the run's
+        document may have learnt of them meanwhile (the kill-request check notes them), and the
+        write must then be made again knowing them, not given up as lost."""
         if current is None:
             return EndWrite(None)
         if current.get("end_id") == end_id:  # our write landed (its reply may have been lost)
@@ -473,7 +477,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         still_ours = current["status"] == S.RUNNING.value and current.get("run_id") == claimed.get(
             "run_id"
         )
-        if still_ours and current.get("has_dependents") and not claimed.get("has_dependents"):
+        if still_ours and current.get("has_dependents") and "has_dependents" in query:
             return EndWrite(None, dependents=True)
         return EndWrite(None, kill_requested=still_ours and bool(current.get("kill_requested_at")))
 

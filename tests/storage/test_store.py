@@ -131,6 +131,39 @@ async def test_end_run_is_compare_and_set_on_the_run(storage: Storage) -> None:
     assert (await storage.jobs.get(claimed["_id"]))["status"] == "finished"  # type: ignore[index]
 
 
+class LearnsDependentsOnWrite:
+    """The jobs collection, where the run's document learns of its dependents while its final
+    write is on its way (the kill-request check does that: `engine.ownership`)."""
+
+    def __init__(self, coll: Any, claimed: dict[str, Any]) -> None:
+        self._coll, self._claimed = coll, claimed
+
+    async def update_one(self, *args: Any, **kwargs: Any) -> Any:
+        self._claimed["has_dependents"] = True
+        return await self._coll.update_one(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._coll, name)
+
+
+async def test_a_final_write_is_made_again_when_the_run_learns_of_dependents_meanwhile(
+    storage: Storage,
+) -> None:
+    """A job scheduled after this one while its final write was sent: the write, filtered on "no
+    dependents", matches nothing. It was given up as lost (`job_lost`, the job left running, its
+    dependents never released) when the run's document had learnt of them meanwhile."""
+    await add(storage)
+    claimed = await claim(storage)
+    await storage.jobs.mark_dependents([claimed["_id"]])
+    storage.jobs.coll = LearnsDependentsOnWrite(storage.jobs.coll, claimed)
+    done = await end(storage, claimed, Outcome(S.FINISHED, result=1, expires_at=later(60)))
+    assert done is not None and done["status"] == "finished"
+    stored = await storage.jobs.get(claimed["_id"])
+    assert stored is not None and stored["status"] == "finished"
+    assert stored["expires_after_settle"] == later(60)  # held back until its dependents count it
+    assert "expires_at" not in stored
+
+
 async def test_a_kill_requested_meanwhile_refuses_a_retry_write(storage: Storage) -> None:
     await add(storage)
     claimed = await claim(storage)
