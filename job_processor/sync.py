@@ -12,6 +12,9 @@ The methods are the async `JobProcessor`'s, with the same arguments, return type
 the very same code, run without an event loop (see `storage.sync_adapter`), on the same
 documents, indexes and write concern. One client per process, shared by every request thread:
 it holds no state of its own besides the registry cache, and PyMongo's client is thread-safe.
+Made at import time it touches nothing: its first call in a process checks MongoDB answers
+and creates the indexes (with `MongoClient(url, connect=False)`, a server that forks after the
+import, gunicorn --preload, opens no connection before the fork).
 
 With `jobs=` (the workers' `JobDef` dict; handlers are never called here) names, payload models,
 dedup keys and exclusive names are checked before anything is written, exactly as the async API
@@ -27,7 +30,10 @@ a worker to call, and a retry waits for a worker to have called the hook still o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -36,10 +42,11 @@ from pydantic import BaseModel
 from pymongo.database import Database
 
 from .core.clock import BlockingClock
-from .core.definitions import JobDef
+from .core.definitions import JobDef, parse_jobs
 from .core.errors import InvalidDatabaseError
 from .core.models import Event, Job
 from .core.producing import JobSpec
+from .core.settings import check_keep_events, check_positive, check_retry_budget
 from .processor import JobProcessor, init_job_processor
 from .storage import PRODUCER_RETRY_SECONDS
 from .storage.sync_adapter import SyncDatabase, drive
@@ -68,27 +75,49 @@ class JobClient:
                 "MongoClient(url, tz_aware=True).get_default_database('job_processor') (the "
                 f"async API takes AsyncMongoClient's); got {type(database).__name__}"
             )
-        self._processor: JobProcessor = drive(
-            init_job_processor(
-                SyncDatabase(database),
-                logger if logger is not None else logging.getLogger("job_processor.sync"),
-                jobs=jobs,
-                collection_prefix=prefix,
-                clock=BlockingClock(),
-                connect_timeout=connect_timeout,
-                producer_retry_seconds=producer_retry_seconds,
-                keep_events=keep_events,  # an event's expiry is written by its emit
-                change_streams=False,  # wait_for polls: a blocking getMore would hold a thread
-            )
+        parse_jobs(jobs)  # the options are checked now, MongoDB is reached on the first call
+        check_keep_events(keep_events)
+        check_retry_budget(producer_retry_seconds)
+        check_positive("connect_timeout", connect_timeout)
+        self._database = database
+        self._init = functools.partial(
+            init_job_processor,
+            SyncDatabase(database),
+            logger if logger is not None else logging.getLogger("job_processor.sync"),
+            jobs=jobs,
+            collection_prefix=prefix,
+            clock=BlockingClock(),
+            connect_timeout=connect_timeout,
+            producer_retry_seconds=producer_retry_seconds,
+            keep_events=keep_events,  # an event's expiry is written by its emit
+            change_streams=False,  # wait_for polls: a blocking getMore would hold a thread
         )
-        self._processor.open_names = jobs is None
-        self._processor.hooks_here = False
-        self._processor.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
+        self._open_names = jobs is None
+        self._made: JobProcessor | None = None
+        self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
+
+    def _processor(self) -> JobProcessor:
+        """The processor, made by the first call in this process (it checks MongoDB answers and
+        creates the indexes): a JobClient made at import time, before a server forks its
+        workers (gunicorn --preload), touches no connection in the parent."""
+        made = self._made
+        if made is not None:
+            return made
+        if self._lock_pid != os.getpid():  # forked while another thread may have held it
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        with self._lock:
+            if self._made is None:
+                made = drive(self._init())
+                made.open_names = self._open_names
+                made.hooks_here = False
+                made.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
+                self._made = made
+            return self._made
 
     @property
     def database(self) -> Database[Any]:
-        db: SyncDatabase = self._processor.storage.db
-        return db.database
+        return self._database
 
     def schedule_job(
         self,
@@ -105,7 +134,7 @@ class JobClient:
     ) -> Job[Any]:
         """See `JobProcessor.schedule_job`."""
         return drive(
-            self._processor.schedule_job(
+            self._processor().schedule_job(
                 name,
                 payload,
                 scheduled_for,
@@ -120,36 +149,36 @@ class JobClient:
 
     def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
         """See `JobProcessor.get_jobs`."""
-        return drive(self._processor.get_jobs(job_ids))
+        return drive(self._processor().get_jobs(job_ids))
 
     def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
         """See `JobProcessor.schedule_jobs`: `(name, payload)` tuples or `JobSpec`s."""
-        return drive(self._processor.schedule_jobs(items))
+        return drive(self._processor().schedule_jobs(items))
 
     def get_job(self, job_id: str | ObjectId) -> Job[Any]:
-        return drive(self._processor.get_job(job_id))
+        return drive(self._processor().get_job(job_id))
 
     def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Job[Any]]:
-        return drive(self._processor.list_jobs(name, status, limit))
+        return drive(self._processor().list_jobs(name, status, limit))
 
     def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
         """See `JobProcessor.kill_job` (on_job_exited is left to a worker)."""
-        return drive(self._processor.kill_job(job_id))
+        return drive(self._processor().kill_job(job_id))
 
     def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
         """See `JobProcessor.retry_job` (waits for a worker to run a hook still owed)."""
-        return drive(self._processor.retry_job(job_id))
+        return drive(self._processor().retry_job(job_id))
 
     def wait_for(self, job_id: str | ObjectId, timeout: float | None = None) -> Job[Any]:
         """See `JobProcessor.wait_for`: blocks this thread, polling (at most one read per
         second on average)."""
-        return drive(self._processor.wait_for(job_id, timeout))
+        return drive(self._processor().wait_for(job_id, timeout))
 
     def result(self, job_id: str | ObjectId, timeout: float | None = None) -> Any:
         """See `JobProcessor.result`: the handler's return value, or JobFailedError."""
-        return drive(self._processor.result(job_id, timeout))
+        return drive(self._processor().result(job_id, timeout))
 
     def emit(
         self,
@@ -160,4 +189,4 @@ class JobClient:
         sync_timeout: float = 30.0,
     ) -> Event:
         """See `JobProcessor.emit` (sync subscribers are waited for, polling)."""
-        return drive(self._processor.emit(name, payload, key=key, sync_timeout=sync_timeout))
+        return drive(self._processor().emit(name, payload, key=key, sync_timeout=sync_timeout))

@@ -21,11 +21,13 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from job_processor import (
+    DatabaseUnreachableError,
     InvalidArgumentError,
     InvalidDatabaseError,
     InvalidPayloadError,
     JobDef,
     JobFailedError,
+    JobProcessorError,
     JobSpec,
     JobStatus,
     UnknownJobError,
@@ -213,7 +215,6 @@ def test_a_retry_whose_hook_no_worker_runs_is_refused_without_holding_the_thread
 ) -> None:
     """A JobClient calls no hook: the kill's owed hook waits for a worker. A retry meanwhile
     waits HOOK_WAIT seconds (10; shortened here), then is refused saying why."""
-    from job_processor.core.errors import JobProcessorError
     from job_processor.engine import jobs_api
 
     async def hook(job: Any) -> None: ...
@@ -227,3 +228,68 @@ def test_a_retry_whose_hook_no_worker_runs_is_refused_without_holding_the_thread
         client.retry_job(job.id)
     assert time.monotonic() - began < 5
     assert client.get_job(job.id).status == S.KILLED
+
+
+FORKED_APP = """
+import multiprocessing, sys
+from pymongo import MongoClient
+from job_processor import JobDef
+from job_processor.sync import JobClient
+
+async def never(job, signal): ...
+
+# at import time, as a module of a gunicorn --preload app: made before the fork
+mongo = MongoClient(sys.argv[1], tz_aware=True, connect=False)
+jobs = JobClient(mongo.get_default_database(), {"send": JobDef(handler=never)})
+
+def request(n):
+    return jobs.schedule_job("send", {"n": n}).id
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        print(len(set(pool.map(request, range(6)))))
+"""
+
+
+def test_a_client_made_before_a_fork_connects_in_each_child_only(
+    scratch_url: str, tmp_path: Path
+) -> None:
+    """A JobClient made at import time (gunicorn --preload forks after it) connected there: the
+    parent's MongoClient, even one made with connect=False, was opened before the fork, and
+    PyMongo warned in every child ("MongoClient opened before fork", a deadlock risk)."""
+    script = tmp_path / "forked_app.py"
+    script.write_text(FORKED_APP)
+    done = subprocess.run(
+        [sys.executable, str(script), scratch_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"
+    assert "fork" not in done.stderr, done.stderr
+    mongo: MongoClient[Any] = MongoClient(scratch_url)
+    try:
+        assert mongo.get_default_database()["job_processor_jobs"].count_documents({}) == 6
+    finally:
+        mongo.close()
+
+
+def test_a_client_reaches_mongodb_on_its_first_call_not_when_made() -> None:
+    """Importing an app that makes its JobClient (manage.py collectstatic in a Docker build,
+    with no database) neither waits nor fails: the first call does, saying what to check."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed: nothing listens there
+    mongo: MongoClient[Any] = MongoClient(f"mongodb://127.0.0.1:{port}/app", connect=False)
+    try:
+        began = time.monotonic()
+        client = JobClient(mongo.get_default_database(), CHECKED, connect_timeout=0.5)
+        assert time.monotonic() - began < 0.2
+        with pytest.raises(DatabaseUnreachableError, match=f"127.0.0.1:{port}.*MONGODB_URL"):
+            client.schedule_job("ship", {"order_id": 1})
+    finally:
+        mongo.close()
