@@ -14,7 +14,8 @@ documents, indexes and write concern. One client per process, shared by every re
 it holds no state of its own besides the registry cache, and PyMongo's client is thread-safe.
 Made at import time it touches nothing: its first call in a process checks MongoDB answers
 and creates the indexes (with `MongoClient(url, connect=False)`, a server that forks after the
-import, gunicorn --preload, opens no connection before the fork).
+import, gunicorn --preload, opens no connection before the fork). In a thread running an asyncio
+event loop, `wait_for` and `result` raise and the other calls warn: they would block the loop.
 
 With `jobs=` (the workers' `JobDef` dict; handlers are never called here) names, payload models,
 dedup keys and exclusive names are checked before anything is written, exactly as the async API
@@ -29,11 +30,13 @@ a worker to call, and a retry waits for a worker to have called the hook still o
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,7 +46,7 @@ from pymongo.database import Database
 
 from .core.clock import BlockingClock
 from .core.definitions import JobDef, parse_jobs
-from .core.errors import InvalidDatabaseError
+from .core.errors import InvalidDatabaseError, JobProcessorError
 from .core.models import Event, Job
 from .core.producing import JobSpec
 from .core.settings import check_keep_events, check_positive, check_retry_budget
@@ -97,10 +100,11 @@ class JobClient:
         self._lock = threading.Lock()
         self._lock_pid = os.getpid()
 
-    def _processor(self) -> JobProcessor:
+    def _processor(self, verb: str, *, waits: bool = False) -> JobProcessor:
         """The processor, made by the first call in this process (it checks MongoDB answers and
         creates the indexes): a JobClient made at import time, before a server forks its
         workers (gunicorn --preload), touches no connection in the parent."""
+        _refuse_event_loop(verb, waits)
         made = self._made
         if made is not None:
             return made
@@ -134,7 +138,7 @@ class JobClient:
     ) -> Job[Any]:
         """See `JobProcessor.schedule_job`."""
         return drive(
-            self._processor().schedule_job(
+            self._processor("schedule_job").schedule_job(
                 name,
                 payload,
                 scheduled_for,
@@ -149,36 +153,36 @@ class JobClient:
 
     def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
         """See `JobProcessor.get_jobs`."""
-        return drive(self._processor().get_jobs(job_ids))
+        return drive(self._processor("get_jobs").get_jobs(job_ids))
 
     def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
         """See `JobProcessor.schedule_jobs`: `(name, payload)` tuples or `JobSpec`s."""
-        return drive(self._processor().schedule_jobs(items))
+        return drive(self._processor("schedule_jobs").schedule_jobs(items))
 
     def get_job(self, job_id: str | ObjectId) -> Job[Any]:
-        return drive(self._processor().get_job(job_id))
+        return drive(self._processor("get_job").get_job(job_id))
 
     def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Job[Any]]:
-        return drive(self._processor().list_jobs(name, status, limit))
+        return drive(self._processor("list_jobs").list_jobs(name, status, limit))
 
     def kill_job(self, job_id: str | ObjectId) -> Job[Any]:
         """See `JobProcessor.kill_job` (on_job_exited is left to a worker)."""
-        return drive(self._processor().kill_job(job_id))
+        return drive(self._processor("kill_job").kill_job(job_id))
 
     def retry_job(self, job_id: str | ObjectId) -> Job[Any]:
         """See `JobProcessor.retry_job` (waits for a worker to run a hook still owed)."""
-        return drive(self._processor().retry_job(job_id))
+        return drive(self._processor("retry_job").retry_job(job_id))
 
     def wait_for(self, job_id: str | ObjectId, timeout: float | None = None) -> Job[Any]:
         """See `JobProcessor.wait_for`: blocks this thread, polling (at most one read per
         second on average)."""
-        return drive(self._processor().wait_for(job_id, timeout))
+        return drive(self._processor("wait_for", waits=True).wait_for(job_id, timeout))
 
     def result(self, job_id: str | ObjectId, timeout: float | None = None) -> Any:
         """See `JobProcessor.result`: the handler's return value, or JobFailedError."""
-        return drive(self._processor().result(job_id, timeout))
+        return drive(self._processor("result", waits=True).result(job_id, timeout))
 
     def emit(
         self,
@@ -189,4 +193,33 @@ class JobClient:
         sync_timeout: float = 30.0,
     ) -> Event:
         """See `JobProcessor.emit` (sync subscribers are waited for, polling)."""
-        return drive(self._processor().emit(name, payload, key=key, sync_timeout=sync_timeout))
+        return drive(
+            self._processor("emit").emit(name, payload, key=key, sync_timeout=sync_timeout)
+        )
+
+
+def _refuse_event_loop(verb: str, waits: bool) -> None:
+    """A JobClient call blocks its thread: in a thread running an event loop (an `async def`
+    view) it blocks every other request, and a worker running in that loop, until it returns.
+    A wait there could never see the loop's own worker run the job: it raises; a shorter call
+    warns."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    fix = (
+        f"in an async function, use the async API (`await processor.{verb}(...)`, the "
+        f"JobProcessor of init_job_processor) or run the call in a thread (`await "
+        f"asyncio.to_thread(jobs.{verb}, ...)`)"
+    )
+    if waits:
+        raise JobProcessorError(
+            f"JobClient.{verb} was called in a thread running an asyncio event loop: it would "
+            f"block the loop, and a worker running in it, until the job ends or the timeout; {fix}"
+        )
+    warnings.warn(
+        f"JobClient.{verb} blocks the asyncio event loop running in this thread until MongoDB "
+        f"answers (up to producer_retry_seconds in an outage); {fix}",
+        RuntimeWarning,
+        stacklevel=4,
+    )

@@ -3,6 +3,7 @@ request threads, async workers in processes of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -293,3 +294,20 @@ def test_a_client_reaches_mongodb_on_its_first_call_not_when_made() -> None:
             client.schedule_job("ship", {"order_id": 1})
     finally:
         mongo.close()
+
+
+async def test_in_an_async_function_it_refuses_to_wait_and_warns_on_other_calls(
+    sync_db: Database[Any],
+) -> None:
+    """Called from an `async def` view, JobClient.result blocked the event loop: a worker in
+    that loop could not run the job, and the wait ended in a TimeoutError blaming busy
+    workers (or never, without a timeout)."""
+    client = JobClient(sync_db, CHECKED)
+    with pytest.warns(RuntimeWarning, match=r"schedule_job blocks the asyncio event loop") as w:
+        job = client.schedule_job("ship", {"order_id": 1})
+    assert w[0].filename == __file__  # points at the call
+    for wait in (client.result, client.wait_for):
+        with pytest.raises(JobProcessorError, match=r"await processor\.\w+\(.*asyncio.to_thread"):
+            wait(job.id, 1)
+    await asyncio.to_thread(client.kill_job, job.id)  # as the errors say: no warning
+    assert (await asyncio.to_thread(client.wait_for, job.id, 5)).status == S.KILLED

@@ -202,11 +202,16 @@ async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
 
     p = await make(db, JOBS)
     mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
-    try:
+
+    def sync_app() -> tuple[Any, Any]:  # a thread of a sync app, not this event loop
         client = JobClient(mongo[db.name], JOBS)
         child = client.schedule_job("part", {"n": 4})
         parent = client.schedule_job("total", after=[child.id], on_dependency_failure="run")
         assert parent.status == S.WAITING and client.get_jobs([child.id])[0].id == child.id
+        return parent, child
+
+    try:
+        parent, child = await asyncio.to_thread(sync_app)
     finally:
         mongo.close()
     parent_page, child_page = await job_pages(p, parent.id, child.id)
