@@ -183,3 +183,35 @@ def test_the_documented_django_command_finds_the_example(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert "no issues" in done.stdout
+
+
+def doc_snippet(doc: str, heading: str) -> str:
+    """The first python block after `heading` in `doc` (a path from the repository's root)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    found = re.search(r"```python\n(.*?)```", text[text.index(heading) :], re.S)
+    assert found is not None, f"no python block after {heading!r} in {doc}"
+    return found.group(1)
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading"),
+    [("README.md", "## From any code"), ("docs/producers.md", "## The synchronous client")],
+)
+def test_the_documented_sync_client_snippet_runs_as_is(
+    report_workers: str, doc: str, heading: str
+) -> None:
+    """Pasted into `.venv/bin/python` at the repository's root, beside the report workers
+    (producers.md's named a `url` and a `myapp` that nothing defined)."""
+    done = subprocess.run(
+        [sys.executable, "-"],
+        input=doc_snippet(doc, heading),
+        cwd=Path(__file__).resolve().parents[1],
+        env=os.environ | {"MONGODB_URL": report_workers},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'file': 'acme.csv'" in done.stdout
