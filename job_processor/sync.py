@@ -38,6 +38,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from bson import ObjectId
@@ -97,27 +98,44 @@ class JobClient:
         )
         self._open_names = jobs is None
         self._made: JobProcessor | None = None
-        self._lock = threading.Lock()
-        self._lock_pid = os.getpid()
+        self._making: tuple[int, Future[JobProcessor]] | None = None  # (pid, attempt under way)
+        self._lock = threading.Lock()  # held for assignments only, never across I/O
 
     def _processor(self, verb: str, *, waits: bool = False) -> JobProcessor:
         """The processor, made by the first call in this process (it checks MongoDB answers and
         creates the indexes): a JobClient made at import time, before a server forks its
-        workers (gunicorn --preload), touches no connection in the parent."""
+        workers (gunicorn --preload), touches no connection in the parent. Threads calling
+        meanwhile share that attempt, its processor or its error (DatabaseUnreachableError
+        after connect_timeout, for all of them at once); the next call tries again."""
         _refuse_event_loop(verb, waits)
         made = self._made
         if made is not None:
             return made
-        if self._lock_pid != os.getpid():  # forked while another thread may have held it
-            self._lock, self._lock_pid = threading.Lock(), os.getpid()
         with self._lock:
-            if self._made is None:
-                made = drive(self._init())
-                made.open_names = self._open_names
-                made.hooks_here = False
-                made.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
-                self._made = made
-            return self._made
+            if self._made is not None:
+                return self._made
+            making = self._making
+            mine = making is None or making[0] != os.getpid()  # (a parent's, forked: not here)
+            if mine:
+                making = self._making = (os.getpid(), Future())
+        assert making is not None
+        attempt = making[1]
+        if not mine:
+            return attempt.result()
+        try:
+            made = drive(self._init())
+            made.open_names = self._open_names
+            made.hooks_here = False
+            made.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
+            self._made = made
+            attempt.set_result(made)
+            return made
+        except BaseException as exc:
+            attempt.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._making = None
 
     @property
     def database(self) -> Database[Any]:

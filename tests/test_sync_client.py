@@ -292,6 +292,25 @@ def test_a_client_reaches_mongodb_on_its_first_call_not_when_made() -> None:
         assert time.monotonic() - began < 0.2
         with pytest.raises(DatabaseUnreachableError, match=f"127.0.0.1:{port}.*MONGODB_URL"):
             client.schedule_job("ship", {"order_id": 1})
+        # request threads arriving together share one attempt: each used to wait for the one
+        # before it to time out (the 8th of a gthread worker's requests waited 8 x 10 s)
+        errors: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                client.schedule_job("ship", {"order_id": 1})
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=request) for _ in range(8)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(errors) == 8
+        assert all(isinstance(e, DatabaseUnreachableError) for e in errors)
+        assert time.monotonic() - began < 2.5  # one or two attempts of 0.5 s, not eight
     finally:
         mongo.close()
 
