@@ -137,6 +137,13 @@ class JobClient:
             with self._lock:
                 self._making = None
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a JobClient cannot be sent to another process (multiprocessing pickles a Pool's "
+            "arguments): make one in each process, e.g. at module level from MONGODB_URL, with "
+            "MongoClient(url, tz_aware=True, connect=False) when the processes are forked"
+        )
+
     @property
     def database(self) -> Database[Any]:
         return self._database

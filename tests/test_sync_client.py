@@ -330,3 +330,12 @@ async def test_in_an_async_function_it_refuses_to_wait_and_warns_on_other_calls(
             wait(job.id, 1)
     await asyncio.to_thread(client.kill_job, job.id)  # as the errors say: no warning
     assert (await asyncio.to_thread(client.wait_for, job.id, 5)).status == S.KILLED
+
+
+def test_sent_to_another_process_it_says_to_make_one_there(sync_db: Database[Any]) -> None:
+    """multiprocessing pickles a Pool's arguments: a JobClient passed to one failed with
+    "cannot pickle '_thread.lock' object", naming neither the client nor the fix."""
+    import pickle
+
+    with pytest.raises(TypeError, match=r"JobClient cannot be sent to another process.*each"):
+        pickle.dumps(JobClient(sync_db, CHECKED))
