@@ -8,6 +8,11 @@
          -d '{"customer": "acme", "rows": 40}'            # -> 202 {"id": ..., "status_url": ...}
     curl 'localhost:5000/reports/<id>?wait=5'             # -> 200 {"status": "finished", ...}
 
+In production, under a forking server (the app imported once, before the fork; port 8000):
+
+    .venv/bin/pip install -q gunicorn
+    .venv/bin/gunicorn -w 4 --preload examples.flask_app:app
+
 One JobClient per process, shared by every request thread (it is thread-safe).
 """
 

@@ -165,6 +165,37 @@ def check_django(web: Any) -> None:
     assert web.get(made.json()["status_url"] + "?wait=abc").status_code == 400
 
 
+WSGI_REQUEST = """
+import io, json, sys
+from wsgiref.util import setup_testing_defaults
+from examples.django_app.wsgi import application  # what gunicorn imports
+
+body = json.dumps({"customer": "acme", "rows": 2}).encode()
+environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/reports", "CONTENT_TYPE": "application/json",
+           "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+setup_testing_defaults(environ)
+status = []
+out = b"".join(application(environ, lambda s, headers, exc=None: status.append(s)))
+print(status[0], out.decode())
+"""
+
+
+def test_the_django_example_has_the_wsgi_module_gunicorn_serves(report_workers: str) -> None:
+    """`gunicorn examples.django_app.wsgi`, as settings.py says (there was no wsgi module: a
+    newcomer had to write one to deploy the example): only MONGODB_URL set."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", WSGI_REQUEST],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env | {"MONGODB_URL": report_workers},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("202 Accepted") and '"status_url"' in done.stdout
+
+
 def test_the_documented_django_command_finds_the_example(tmp_path: Path) -> None:
     """`python -m django ...` from the repository's root, as examples/django_app/settings.py
     says (django-admin would not find the `examples` package)."""

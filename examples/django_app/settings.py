@@ -7,6 +7,7 @@ MongoDB, behind job_processor.sync.JobClient).
     DJANGO_SETTINGS_MODULE=examples.django_app.settings .venv/bin/python -m django runserver
     # (python -m, from the repository's root: it puts the current folder on the import path,
     # which django-admin does not)
+    .venv/bin/gunicorn -w 4 --preload examples.django_app.wsgi      # production: see wsgi.py
 """
 
 from __future__ import annotations
