@@ -242,9 +242,15 @@ def _refuse_event_loop(verb: str, waits: bool) -> None:
             f"JobClient.{verb} was called in a thread running an asyncio event loop: it would "
             f"block the loop, and a worker running in it, until the job ends or the timeout; {fix}"
         )
+    also = (
+        ", and until its sync subscribers' deliveries end (up to sync_timeout: a worker in this "
+        "loop cannot run them meanwhile)"
+        if verb == "emit"
+        else ""
+    )
     warnings.warn(
         f"JobClient.{verb} blocks the asyncio event loop running in this thread until MongoDB "
-        f"answers (up to producer_retry_seconds in an outage); {fix}",
+        f"answers (up to producer_retry_seconds in an outage){also}; {fix}",
         RuntimeWarning,
         stacklevel=4,
     )

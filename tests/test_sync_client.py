@@ -326,6 +326,8 @@ async def test_in_an_async_function_it_refuses_to_wait_and_warns_on_other_calls(
     for wait in (client.result, client.wait_for):
         with pytest.raises(JobProcessorError, match=r"await processor\.\w+\(.*asyncio.to_thread"):
             wait(job.id, 1)
+    with pytest.warns(RuntimeWarning, match=r"emit blocks .* its sync subscribers' deliveries"):
+        client.emit("order.shipped", {"order_id": 1})  # (it waits for those, up to sync_timeout)
     await asyncio.to_thread(client.kill_job, job.id)  # as the errors say: no warning
     assert (await asyncio.to_thread(client.wait_for, job.id, 5)).status == S.KILLED
 
