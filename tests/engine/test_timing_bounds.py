@@ -7,13 +7,16 @@ bound itself (only for the database round trips that follow a wake-up).
   (producers.md: "Short outages");
 - a dead worker's running job is recovered by a live worker's sweep more than
   `worker_timeout`, and at most 1.5 x `worker_timeout`, after its last heartbeat (sweeps run every
-  `worker_timeout / 2`); a worker also sweeps when it starts (guide: "Liveness and recovery").
+  `worker_timeout / 2`); a worker also sweeps when it starts (guide: "Liveness and recovery");
+- `max_runtime_in_minutes` fires at its bound, the run ends `shutdown_grace` later (a second
+  more for a handler that swallows its cancellation) (guide: "Statuses and transitions").
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from typing import Any
 
@@ -176,3 +179,70 @@ async def test_a_producer_call_gives_up_within_its_budget_plus_the_last_trys_sec
     assert len(tries) >= 2 and last < 1.0  # every try starts within the budget
     assert elapsed > 1.0  # the budget is overrun by the try under way ...
     assert elapsed - last < 1.0 + 0.25  # ... which is given a second (here it needs it all)
+
+
+def _due_at(clock: FakeClock, at: dt.datetime) -> list[asyncio.Future[None]]:
+    """The clock's sleepers that wake at `at` (the max-runtime timer, once it has started)."""
+    return [fut for due, fut in clock._sleepers if due == at]
+
+
+@pytest.mark.parametrize("swallows", [False, True], ids=["cancellable", "swallows-cancel"])
+async def test_max_runtime_aborts_at_its_bound_and_the_run_ends_within_the_grace_and_a_second(
+    db: Any, caplog: pytest.LogCaptureFixture, swallows: bool
+) -> None:
+    """guide.md, "Statuses and transitions": after `max_runtime_in_minutes` the signal fires
+    ("timeout"), not a millisecond before (FakeClock); the handler is cancelled
+    `shutdown_grace` later, and the run's end is written at once, or at most a second after
+    the cancel when the handler swallows its cancellation (`handler_ignored_cancel`). The grace
+    and that second are real time: measured here from the abort the handler saw."""
+    clock = FakeClock(T0)
+    grace = 0.5
+    started = asyncio.Event()
+    release = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def stuck(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await signal.wait()
+        seen["reason"], seen["at"], seen["aborted"] = signal.reason, clock.now(), time.monotonic()
+        while True:  # ignores the signal
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                seen["cancelled"] = time.monotonic()
+                if not swallows:
+                    raise
+                await release.wait()  # swallowed: left to finish on its own
+                return
+
+    logger = logging.getLogger("test.max_runtime")
+    jobs = {"stuck": JobDef(handler=stuck, max_runtime_in_minutes=1)}
+    settings = SETTINGS | {"shutdown_grace": grace, "worker_timeout": 600}  # a minute's jump
+    p = await init_job_processor(db, jobs=jobs, clock=clock, logger=logger, **settings)
+    bound = T0 + dt.timedelta(minutes=1)
+    with caplog.at_level(logging.INFO, logger="test.max_runtime"):
+        async with p:
+            job = await p.schedule_job("stuck")
+            await asyncio.wait_for(started.wait(), 10)
+            await wait_for(lambda: len(_due_at(clock, bound)) == 1)  # the timer: from its start
+            assert (await p.get_job(job.id)).run_started_at == T0
+            clock.set(bound - dt.timedelta(milliseconds=1))
+            assert not _due_at(clock, bound)[0].done() and "reason" not in seen
+            clock.set(bound)
+            await wait_for(lambda: "reason" in seen, timeout=5)
+            ended = await wait_status(p, job.id, S.ERRORED, S.PENDING, timeout=10)
+            written = time.monotonic()
+            release.set()
+    assert seen["reason"] == "timeout" and seen["at"] == bound
+    assert ended.status == S.ERRORED and ended.error == "max runtime exceeded"
+    assert ended.ended_at == bound  # the FakeClock did not move: grace and cancel are real time
+    cancelled_after = seen["cancelled"] - seen["aborted"]
+    assert grace <= cancelled_after < grace + 0.5  # cancelled once the grace has passed
+    # written at once after a cancel the handler takes; a swallowed one gets a second first
+    # (what the polling of wait_status adds: up to 50 ms, and the final write's round trip)
+    assert written - seen["cancelled"] < (1.0 if swallows else 0) + 0.5
+    if swallows:
+        assert written - seen["cancelled"] >= 1.0
+    events = [r.__dict__.get("event") for r in caplog.records]
+    assert ("handler_ignored_cancel" in events) is swallows
+    assert "job_cancelled" in events
