@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from job_processor import (
     UnknownJobError,
     init_job_processor,
 )
-from tests.helpers import FAST, make, wait_status
+from tests.helpers import FAST, make, wait_for, wait_status
 
 S = JobStatus
 
@@ -390,6 +391,75 @@ async def test_at_most_ten_waiters_of_a_processor_hold_a_change_stream(
     outcomes = await asyncio.gather(*waits, return_exceptions=True)
     assert all(isinstance(o, TimeoutError) for o in outcomes)
     assert opened == jobs_api.STREAM_WAITERS
+    assert p._waiters_on_streams == 0
+
+
+async def test_ten_waiters_follow_a_stream_the_others_poll_and_each_gives_its_stream_back(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """producers.md: at most 10 `wait_for` calls of one processor follow their job on a change
+    stream at once, the others poll; a wait that returns gives its stream back. On a stream,
+    a `timeout` is read at once more only when the stream's wait (its `getMore`, up to a
+    second) returns: at most a second past the deadline."""
+    from job_processor.engine.jobs_api import STREAM_WAITERS
+
+    assert STREAM_WAITERS == 10  # the number the doc prints
+    p = await make(db, JOBS)  # never started: the jobs end by kills
+    jobs = await p.schedule_jobs([JobSpec("echo", {"n": n}, delay=3600) for n in range(12)])
+    changed = {ObjectId(j.id): asyncio.Event() for j in jobs}
+    streams: list[ObjectId] = []
+    reads: Counter[ObjectId] = Counter()
+
+    class Stream:  # a replica set's: a getMore waits for a change, up to its max await (1 s)
+        def __init__(self, oid: ObjectId) -> None:
+            self.oid = oid
+
+        async def try_next(self) -> dict[str, Any] | None:
+            event = changed.setdefault(self.oid, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), 1.0)
+            except TimeoutError:
+                return None
+            return {"documentKey": {"_id": self.oid}}
+
+        async def close(self) -> None: ...
+
+    async def watch_one(oid: ObjectId, max_await_ms: int) -> Stream:
+        streams.append(oid)
+        return Stream(oid)
+
+    real_get = p.storage.jobs.get
+
+    async def get(oid: ObjectId) -> Any:
+        reads[oid] += 1
+        return await real_get(oid)
+
+    monkeypatch.setattr(p.waker, "blocking", True)
+    monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
+    monkeypatch.setattr(p.storage.jobs, "get", get)
+    waits = [asyncio.ensure_future(p.wait_for(j.id)) for j in jobs]
+    await wait_for(lambda: len(reads) == 12)  # every wait has made its first read
+    assert len(streams) == len(set(streams)) == 10
+    polling = set(changed) - set(streams)
+    assert len(polling) == 2
+    await wait_for(lambda: all(reads[oid] >= 3 for oid in polling))  # 0.1 s, then 0.2 s on
+    assert all(reads[oid] == 1 for oid in streams)  # read again on a change only
+    for j in jobs:
+        await p.kill_job(j.id)
+    for oid in streams:
+        changed[oid].set()
+    ended = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert {j.status for j in ended} == {S.KILLED}
+    assert p._waiters_on_streams == 0
+    await p.wait_for(jobs[0].id)  # a stream again: the ten were given back
+    assert len(streams) == 11
+    # a deadline on a stream: the read after it waits for the getMore under way
+    late = await p.schedule_job("echo", delay=3600)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError, match=r"is still pending after 0\.3s"):
+        await p.wait_for(late.id, timeout=0.3)
+    assert 0.3 <= loop.time() - began < 0.3 + 1.0 + 0.5
     assert p._waiters_on_streams == 0
 
 
