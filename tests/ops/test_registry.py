@@ -137,26 +137,42 @@ async def test_a_name_no_worker_defines_any_more_can_be_forgotten(db: Any) -> No
     assert (await admin.forget("other")).changed == ["other"]
 
 
+def repairs(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The `paused_names_repaired` lines logged, their fields."""
+    return [
+        r.__dict__["fields"]
+        for r in caplog.records
+        if r.__dict__.get("event") == "paused_names_repaired"
+    ]
+
+
 async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_net(
-    db: Any,
+    db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The operator's process stored the pause, then lost MongoDB before updating the worker
     documents: every few minutes (with the registry's refresh) a worker reads the paused names
-    itself and applies the difference to its document; a resume the same way."""
-    processor = await make(db, JOBS)
+    itself and applies the difference to its document, logging `paused_names_repaired`; a
+    resume the same way."""
+    processor = await make(db, JOBS, logger=logging.getLogger("test.repair"))
     storage = processor.storage
+    caplog.set_level(logging.INFO, logger="test.repair")
     await processor.start()
     try:
+        worker = {"worker_id": processor.worker.worker_id}
+        await processor.heartbeat.check_paused()  # nothing to repair: nothing said
+        assert repairs(caplog) == []
         worker_id = processor.worker.worker_id
         await storage.paused.pause("anywhere", "ops", processor.clock.now())  # no worker told
         later = processor.clock.now() + dt.timedelta(minutes=10)
         await processor.heartbeat.after_sweep(later)  # with the registry's refresh
         assert processor.worker.paused == frozenset({"anywhere"})
+        assert repairs(caplog) == [worker | {"paused": ["anywhere"], "resumed": []}]
         doc = await storage.workers.coll.find_one({"_id": worker_id})
         assert doc["paused"] == ["anywhere"]  # the heartbeats now return it
         await storage.paused.resume("anywhere")
         await processor.heartbeat.check_paused()
         assert processor.worker.paused == frozenset()
+        assert repairs(caplog)[1:] == [worker | {"paused": [], "resumed": ["anywhere"]}]
         doc = await storage.workers.coll.find_one({"_id": worker_id})
         assert doc["paused"] == []
         # a pause stored, then resumed everywhere by an operator between its two reads: the
@@ -186,15 +202,16 @@ async def test_a_pause_that_reached_no_worker_document_is_applied_by_the_safety_
 
 
 async def test_a_pause_made_by_an_older_version_is_obeyed_while_one_of_its_workers_is_live(
-    db: Any,
+    db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rolling deploy: a worker of the version before the paused names on worker documents
     is live, and its version's CLI, dashboard or API pauses and resumes by writing
     `<prefix>paused` alone. This worker reads that at each heartbeat while such a worker is
     live (it ran 8 of 8 jobs of a name paused that way, for up to the safety net's 5 minutes),
     and no longer once it has gone."""
-    processor = await make(db, JOBS, worker_timeout=60)
+    processor = await make(db, JOBS, worker_timeout=60, logger=logging.getLogger("test.older"))
     storage = processor.storage
+    caplog.set_level(logging.INFO, logger="test.older")
     await processor.start()
     try:
         now = processor.clock.now()
@@ -221,6 +238,11 @@ async def test_a_pause_made_by_an_older_version_is_obeyed_while_one_of_its_worke
         await storage.paused.resume("anywhere")  # and its resume
         await processor.heartbeat.tick()
         assert processor.worker.paused == frozenset()
+        worker = {"worker_id": processor.worker.worker_id}  # both logged as repairs
+        assert repairs(caplog) == [
+            worker | {"paused": ["anywhere"], "resumed": []},
+            worker | {"paused": [], "resumed": ["anywhere"]},
+        ]
         await storage.workers.coll.delete_one({"_id": older["_id"]})  # the deploy is over
         await processor.recovery.sweep(now)
         await processor.heartbeat.after_sweep(now)
