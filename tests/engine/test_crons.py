@@ -427,3 +427,43 @@ async def test_resumable_cron_task_pauses_resumes_and_exits_once(db: Any) -> Non
     assert seen[1] == paused.state
     assert done.result == 8
     assert exits == ["finished"]
+
+
+@pytest.mark.parametrize("back_at", [11 * 60, 11 * 60 + 30], ids=["at-a-slot", "between-slots"])
+async def test_an_every_minute_cron_back_from_downtime_runs_at_most_5_late(
+    db: Any, back_at: int
+) -> None:
+    """crons.md: with the default 5-minute margin, a cron every minute whose workers were down
+    runs at most 5 late slots at once (the oldest exactly 5 minutes late), then the on-time
+    ones; the older slots are recorded missed."""
+    minute = 60 * SECOND
+    clock = FakeClock(T0)
+    crons = {"tick": {"cron_string": "* * * * *", "handler": tick}}
+    first = await make(db, crons, clock=clock, worker_timeout=3600)
+    async with first:
+        clock.set(T0 + minute)
+        await slot_done(first, "tick", T0 + minute, "finished")
+    back = T0 + back_at * SECOND  # down since just after the slot of T0 + 1 min
+    clock.set(back)
+    second = await make(db, crons, clock=clock, worker_timeout=3600)
+    async with second:
+        await slot_done(second, "tick", T0 + 11 * minute, "finished")
+        ran = [j for j in await tasks(second, "tick") if j.status == "finished"]
+        late = [
+            j for j in ran if j.run_started_at is not None and j.run_started_at > j.scheduled_for
+        ]
+        assert len(late) == 5  # the slots of the last 5 minutes, at once
+        assert all(j.run_started_at == back for j in ran[1:])
+        assert max(back - j.scheduled_for for j in late) <= 5 * minute
+        clock.set(T0 + 12 * minute)  # then on time
+        await slot_done(second, "tick", T0 + 12 * minute, "finished")
+    got = {int((j.scheduled_for - T0) / minute): j for j in await tasks(second, "tick")}
+    assert sorted(got) == list(range(1, 13))  # every slot recorded once
+    first_late = back_at // 60 - 5 if back_at % 60 == 0 else back_at // 60 - 4
+    for n, j in got.items():
+        if n == 1 or n >= first_late:
+            assert (j.status, j.skip_reason) == ("finished", None), n
+        else:
+            assert (j.status, j.skip_reason) == ("skipped", "missed"), n
+    on_time = [n for n, j in got.items() if j.run_started_at == j.scheduled_for]
+    assert on_time == ([1, 11, 12] if back_at % 60 == 0 else [1, 12])
