@@ -1,0 +1,109 @@
+"""Per-tenant limits are fair (scale.md, "Per-tenant limits"; issue 18): one worker with 8
+slots and a limit of 4 per tenant, 1,000 jobs of tenant A queued and then 10 of tenant B. All
+of B's jobs start within 2 s of being scheduled, the worker runs 4 of A beside 4 of B (every
+slot busy), and a full key costs no busy loop.
+
+Driven by a FakeClock that never moves: no poll (`poll_interval`) and no blocked key's expiry
+can explain a start, so what is measured is the claim path alone. B's jobs are scheduled in
+the worker's own process, which wakes it at once, as a replica set's change stream does for
+another process's jobs (elsewhere, add the wait for the next poll). Starts are measured by the
+handlers themselves (wall clock), the commands on the wire by a command listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+
+from job_processor import AbortSignal, FakeClock, Job, JobDef, Limit, init_job_processor
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+PER_TENANT = Limit(key="tenant:{tenant}", concurrency=4)
+B_RUN = 0.3  # seconds each of B's jobs works (A's hold their slots until released)
+
+
+class Commands(monitoring.CommandListener):
+    """How many commands the processor sends (every collection)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def until(predicate: Any, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_backlog_of_1000_jobs_of_one_tenant_does_not_hold_back_another(
+    mongo_url: str, db: Any
+) -> None:
+    commands = Commands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[commands]
+    )
+    release_a = asyncio.Event()
+    runs: list[tuple[str, float, float]] = []  # tenant, start, end (time.monotonic())
+    running = {"A": 0, "B": 0}
+    most = {"A": 0, "B": 0, "both": 0}
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        tenant = job.payload["tenant"]
+        start = time.monotonic()
+        running[tenant] += 1
+        most[tenant] = max(most[tenant], running[tenant])
+        most["both"] = max(most["both"], running["A"] + running["B"])
+        try:
+            if tenant == "A":
+                await release_a.wait()
+            else:
+                await asyncio.sleep(B_RUN)
+        finally:
+            running[tenant] -= 1
+            runs.append((tenant, start, time.monotonic()))
+
+    clock = FakeClock(T0)
+    try:
+        p = await init_job_processor(
+            client[db.name],
+            jobs={"sync": JobDef(handler=work, limit=PER_TENANT)},
+            clock=clock,
+            concurrency=8,
+            change_streams=False,
+            worker_timeout=30.0,
+            shutdown_grace=1.0,
+        )
+        await p.schedule_jobs([("sync", {"tenant": "A"}) for _ in range(1000)])
+        async with p:
+            await until(lambda: running["A"] == 4)  # A holds its 4 slots; 4 stay free
+            before = commands.count
+            scheduled = time.monotonic()
+            await p.schedule_jobs([("sync", {"tenant": "B"}) for _ in range(10)])
+            await until(lambda: sum(1 for t, _, _ in runs if t == "B") == 10)
+            spent = commands.count - before
+            b_starts = [start - scheduled for t, start, _ in runs if t == "B"]
+            assert running["A"] == 4  # A's backlog still waits behind its own limit
+            assert clock.now() == T0  # no poll, no expiry: the claim path alone
+            release_a.set()
+    finally:
+        await client.close()
+    assert max(b_starts) < 2.0, sorted(b_starts)  # all of B within 2 s
+    assert most == {"A": 4, "B": 4, "both": 8}  # 4 of A beside 4 of B: every slot busy
+    # no busy loop: B's 10 jobs cost about 6 commands each (the due query, the compare-and-set
+    # on the key, the claim, the final write, the release), the insert and the heartbeats;
+    # a loop retrying A's full key during B's 0.9 s would cost hundreds
+    assert spent < 10 * 12, spent
