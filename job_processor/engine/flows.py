@@ -102,7 +102,8 @@ class Flows:
         """Ended jobs with dependents that no sweep has seen settled: those some waiting job
         has not counted are settled now (a worker that died between its final write and
         settling them), those counted but not released are released (a death between the two
-        updates); then all are marked settled (four commands for up to 500). Every
+        updates); then all are marked settled (four commands after the query's, which reads at
+        most 1,000 documents). Every
         `SLOW_PASS` sweeps, a slower pass over waiting jobs (200 at a time, going on where the
         last stopped) settles the dependencies that no longer exist, as "deleted"."""
         released = 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import (
     AbortSignal,
@@ -488,3 +489,43 @@ async def job_pages(p: Any, *job_ids: str) -> list[str]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         return [(await c.get(f"/jobs/{job_id}")).text for job_id in job_ids]
+
+
+async def test_a_sweep_over_ended_dependencies_is_one_query_and_four_commands(
+    mongo_url: str, db: Any
+) -> None:
+    """flows.md: the sweep finds the ended jobs with dependents no sweep has seen settled (one
+    query), reads the waiting jobs that name them, releases those that counted everything
+    (one update) and marks them settled (two): four commands after its query, for 30
+    dependencies as for one, whatever else waits (520 jobs wait on a job not ended)."""
+    names: list[str] = []
+
+    class Commands(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            names.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[Commands()]
+    )
+    try:
+        p = await make(client[db.name], JOBS)
+        far = await p.schedule_job("part", {"n": 0}, delay=3600)
+        await p.schedule_jobs([JobSpec("total", {}, after=[far]) for _ in range(520)])
+        kids = await p.schedule_jobs([JobSpec("part", {"n": n}) for n in range(30)])
+        waiting = await p.schedule_jobs([JobSpec("total", {}, after=[k, far]) for k in kids])
+        async with p:
+            for kid in kids:
+                await wait_status(p, kid.id, S.FINISHED)
+        assert (await p.get_job(waiting[0].id)).waiting_on == 1  # counted, still waiting
+        p.flows._sweeps = 1  # not a slow pass's turn
+        names.clear()
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)  # past their grace
+        assert await p.flows.sweep(later) == 0
+        assert names == ["find", "find", "update", "update", "update"]
+        assert await p.storage.jobs.flow_attention() == ([], [])  # seen settled: left out
+    finally:
+        await client.close()
