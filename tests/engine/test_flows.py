@@ -529,3 +529,28 @@ async def test_a_sweep_over_ended_dependencies_is_one_query_and_four_commands(
         assert await p.storage.jobs.flow_attention() == ([], [])  # seen settled: left out
     finally:
         await client.close()
+
+
+async def test_deleting_a_dependency_is_refused_until_its_dependents_counted_it(db: Any) -> None:
+    """flows.md, admin paths: "delete a child: refused while jobs waiting on it have not counted
+    its end; after that, allowed" (here its end went unnoticed until a sweep settled it)."""
+    p = await make(db, JOBS)
+    admin = await Admin.open(db, clock=p.clock)
+    child = await p.schedule_job("part", {"n": 3})
+    parent = await p.schedule_job(
+        "total", after=[child, await p.schedule_job("part", {"n": 4}, delay=3600)]
+    )
+    await p.storage.jobs.coll.update_one(  # its end written behind the processor's back
+        {"_id": ObjectId(child.id)},
+        {"$set": {"status": "finished", "output": {"result": 3}}, "$unset": {"claim_name": ""}},
+    )
+    refused = await admin.delete([child.id])
+    assert refused.changed == []
+    assert refused.skipped[child.id].startswith("jobs scheduled after it have not counted its end")
+    assert (await p.get_job(child.id)).status == S.FINISHED  # still there
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    p.flows._sweeps = 1  # not a slow pass's turn
+    await p.flows.sweep(later)
+    assert (await p.get_job(parent.id)).deps[child.id] == "finished"  # counted now
+    assert (await admin.delete([child.id])).changed == [child.id]
+    assert (await p.get_job(parent.id)).deps[child.id] == "finished"  # its recorded status
