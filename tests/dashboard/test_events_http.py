@@ -122,7 +122,8 @@ async def test_events_list_filters_pages_and_the_event_page_with_its_deliveries(
             listing = await c.get(html.unescape(older.group(1)))
         # five events emitted within a second: each once, newest first, across three pages
         assert seen == [e.id for e in reversed([first, *others])] and sizes == [2, 2, 1]
-        first_row = text(rows((await c.get("/events?name=shipped")).text, "events")[-1])
+        page_text = (await c.get("/events?name=shipped")).text
+        first_row = text(rows(page_text, "events")[-1])
         assert "shipped s1" in first_row and "send-email, update-crm · 1 webhook" in first_row
         assert MASK in first_row and SECRET not in first_row  # the payload, masked
 
@@ -132,6 +133,15 @@ async def test_events_list_filters_pages_and_the_event_page_with_its_deliveries(
         assert "No event matches." in window.text
         bad = await c.get("/events", params={"since": "yesterday"})
         assert bad.status_code == 400 and "since &#39;yesterday&#39; is not a date" in bad.text
+        # 50 a page by default; the page offers 20 to 200, `?limit=` takes 1 to 1,000
+        assert len(rows((await c.get("/events")).text, "events")) == 6
+        assert (await c.get("/events", params={"limit": 1000})).status_code == 200
+        for wrong in (0, 1001):
+            refused = await c.get("/events", params={"limit": wrong})
+            assert refused.status_code == 400
+            assert f"limit must be between 1 and 1000, got {wrong}" in refused.text
+        offered = re.findall(r"<option(?: selected)?>(\d+)</option>", page_text)
+        assert offered == ["20", "50", "100", "200"]
 
         shown = await c.get(f"/events/{first.id}")
         assert shown.status_code == 200
