@@ -40,6 +40,7 @@ from .core.settings import (
     Settings,
     check_keep_events,
     check_positive,
+    check_prefix,
     check_retry_budget,
     retention_of,
 )
@@ -343,10 +344,7 @@ async def init_job_processor(
             f"worker_timeout ({worker_timeout}s) must be at least twice heartbeat_interval "
             f"({heartbeat_interval}s), or live workers would be declared dead"
         )
-    if not collection_prefix or "." in collection_prefix or "$" in collection_prefix:
-        raise InvalidDefinitionError(
-            f"collection_prefix {collection_prefix!r} must be non-empty, without '.' or '$'"
-        )
+    check_prefix(collection_prefix)
     check_positive("connect_timeout", connect_timeout)
     retry_budget = check_retry_budget(producer_retry_seconds)
     subscriber_defs = parse_subscribers(subscribers)

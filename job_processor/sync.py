@@ -50,7 +50,12 @@ from .core.definitions import JobDef, parse_jobs
 from .core.errors import InvalidDatabaseError, JobProcessorError
 from .core.models import Event, Job
 from .core.producing import JobSpec
-from .core.settings import check_keep_events, check_positive, check_retry_budget
+from .core.settings import (
+    check_keep_events,
+    check_positive,
+    check_prefix,
+    check_retry_budget,
+)
 from .processor import JobProcessor, init_job_processor
 from .storage import PRODUCER_RETRY_SECONDS
 from .storage.sync_adapter import SyncDatabase, drive
@@ -82,6 +87,7 @@ class JobClient:
         parse_jobs(jobs)  # the options are checked now, MongoDB is reached on the first call
         check_keep_events(keep_events)
         check_retry_budget(producer_retry_seconds)
+        check_prefix(prefix)
         check_positive("connect_timeout", connect_timeout)
         self._database = database
         self._init = functools.partial(

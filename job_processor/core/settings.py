@@ -74,6 +74,15 @@ def check_retry_budget(value: Any) -> float:
 MAX_SETTING_SECONDS = 365 * 24 * 3600
 
 
+def check_prefix(prefix: Any) -> str:
+    """`collection_prefix`: the start of every collection's name."""
+    if not isinstance(prefix, str) or not prefix or "." in prefix or "$" in prefix:
+        raise InvalidDefinitionError(
+            f"collection_prefix {prefix!r} must be a non-empty string, without '.' or '$'"
+        )
+    return prefix
+
+
 def check_positive(name: str, value: float) -> float:
     """A processor's interval or timeout: a number of seconds above 0, at most a year (NaN is
     refused: a poll of NaN seconds would spin; so is infinity, which cannot be stored, added to
