@@ -149,7 +149,7 @@ def test_its_events_are_kept_for_the_keep_events_it_is_given(sync_db: Database[A
     assert stored is not None and stored.get("expires_at") is None
     with pytest.raises(InvalidDefinitionError, match="keep_events"):
         JobClient(sync_db, keep_events=5)  # type: ignore[arg-type]
-    with pytest.raises(InvalidDefinitionError, match="collection_prefix 'a.b'"):
+    with pytest.raises(InvalidDefinitionError, match=r"collection_prefix 'a\.b'"):
         JobClient(sync_db, prefix="a.b")  # when made, as every option: not at the first call
 
 
