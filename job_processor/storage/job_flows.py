@@ -85,7 +85,13 @@ class FlowRecords:
         A failure that skips a chain of N jobs with dependents costs 3 commands per level, not
         5 per job. Returns how many jobs were released."""
         released = 0
-        level = list(ended)
+        # one status per dependency, the first given: the ordered writes below apply only the
+        # first one's pairs (each is filtered on the dependency still "waiting"), and the read
+        # of what the level ends must agree with them
+        first: dict[ObjectId, str] = {}
+        for dep, status in ended:
+            first.setdefault(dep, status)
+        level = list(first.items())
         carried = 0
         while level and carried < CASCADE_LIMIT:
             carried += len(level)

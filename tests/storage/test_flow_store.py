@@ -101,3 +101,21 @@ async def test_a_wide_failure_costs_three_commands_a_level(mongo_url: str, db: A
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
     finally:
         await client.close()
+
+
+async def test_a_dependency_given_twice_is_settled_as_its_first_status(any_db: Any) -> None:
+    """`settle_all` given one dependency twice, finished then failed: the ordered writes apply
+    the first (the job waiting on it counts it and is released), so the failure must not be
+    carried on to that job's own dependents, which still wait for it to run."""
+    storage = await Storage.open(any_db, "t_")
+    await storage.ensure_indexes()
+    root = await add(storage)
+    child = await add(storage, [root])
+    grandchild = await add(storage, [child])
+
+    released = await storage.jobs.settle_all([(root, "finished"), (root, "errored")], NOW)
+
+    got = await statuses(storage)
+    assert got[child] == ("pending", None)
+    assert got[grandchild] == ("waiting", None)  # its dependency has not run yet
+    assert released == 1
