@@ -111,9 +111,10 @@ class FlowRecords:
         if not failed:
             return []
         out = []
+        failing = set(failed)  # a level may hold thousands: one lookup per dependency of a job
         for doc in await all_docs(self.ended_by_cursor(failed)):
             deps = doc.get("deps") or {}
-            if any(deps.get(dep) == "waiting" for dep in failed):
+            if any(state == "waiting" and dep in failing for dep, state in deps.items()):
                 skip = doc.get("on_dependency_failure") == "skip"
                 out.append((doc["_id"], "skipped" if skip else "errored"))
         return out

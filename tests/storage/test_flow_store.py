@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient, monitoring
 from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.storage import Storage
+from job_processor.storage.job_flows import FlowRecords
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -119,3 +120,46 @@ async def test_a_dependency_given_twice_is_settled_as_its_first_status(any_db: A
     assert got[child] == ("pending", None)
     assert got[grandchild] == ("waiting", None)  # its dependency has not run yet
     assert released == 1
+
+
+class Failed(list[str]):
+    """A level's failed dependencies, counting how often they are gone through."""
+
+    passes = 0
+
+    def __iter__(self) -> Any:
+        Failed.passes += 1
+        return super().__iter__()
+
+
+async def test_a_wide_level_is_read_in_linear_time() -> None:
+    """A level of 3,000 failed jobs, each ending one job: which of the jobs read still wait on
+    one of them is one lookup per dependency of each job, not a pass over the whole level per
+    job (9 million comparisons, seconds of a blocked event loop)."""
+    failed = [ObjectId() for _ in range(3000)]
+    docs = [
+        {"_id": ObjectId(), "deps": {str(dep): "waiting"}, "on_dependency_failure": "error"}
+        for dep in failed
+    ]
+
+    class Rows:
+        def __aiter__(self) -> Any:
+            self.rows = iter(docs)
+            return self
+
+        async def __anext__(self) -> Any:
+            try:
+                return next(self.rows)
+            except StopIteration:
+                raise StopAsyncIteration from None
+
+    class Coll:
+        def find(self, query: Any, fields: Any) -> Rows:
+            return Rows()
+
+    records = FlowRecords()
+    records.coll = Coll()
+    Failed.passes = 0
+    ended = await records._ended_by(Failed(str(dep) for dep in failed))
+    assert ended == [(d["_id"], "errored") for d in docs]
+    assert Failed.passes <= 2
