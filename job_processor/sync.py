@@ -31,6 +31,7 @@ a worker to call, and a retry waits for a worker to have called the hook still o
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import functools
 import logging
@@ -112,22 +113,35 @@ class JobClient:
         creates the indexes): a JobClient made at import time, before a server forks its
         workers (gunicorn --preload), touches no connection in the parent. Threads calling
         meanwhile share that attempt, its processor or its error (DatabaseUnreachableError
-        after connect_timeout, for all of them at once); the next call tries again."""
+        after connect_timeout, for all of them at once, each raising a copy of its own); the
+        next call tries again. What interrupts the thread making it (KeyboardInterrupt, a
+        greenlet's gevent.Timeout) is that thread's alone: the others try again."""
         _refuse_event_loop(verb, waits)
-        made = self._made
-        if made is not None:
-            return made
-        with self._lock:
-            if self._made is not None:
-                return self._made
-            making = self._making
-            mine = making is None or making[0] != os.getpid()  # (a parent's, forked: not here)
+        while True:
+            made = self._made
+            if made is not None:
+                return made
+            with self._lock:
+                if self._made is not None:
+                    return self._made
+                making = self._making
+                # a parent's attempt (forked: not here), or one that ended: a new one
+                mine = making is None or making[0] != os.getpid() or making[1].done()
+                if mine:
+                    making = self._making = (os.getpid(), Future())
+            assert making is not None
             if mine:
-                making = self._making = (os.getpid(), Future())
-        assert making is not None
+                return self._attempt(making)
+            failure = making[1].exception()  # waits; what interrupts this thread is raised
+            if failure is None:
+                return making[1].result()
+            if isinstance(failure, Exception):
+                raise _own_copy(failure) from failure.__cause__
+            # the thread making it was interrupted (KeyboardInterrupt, a greenlet's
+            # gevent.Timeout): that is its own; this one tries again
+
+    def _attempt(self, making: tuple[int, Future[JobProcessor]]) -> JobProcessor:
         attempt = making[1]
-        if not mine:
-            return attempt.result()
         try:
             made = drive(self._init())
             made.open_names = self._open_names
@@ -141,7 +155,8 @@ class JobClient:
             raise
         finally:
             with self._lock:
-                self._making = None
+                if self._making is making:  # (a thread may have begun another since)
+                    self._making = None
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -227,6 +242,20 @@ class JobClient:
         return drive(
             self._processor("emit").emit(name, payload, key=key, sync_timeout=sync_timeout)
         )
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """Another thread's error, to raise in this one: one exception object raised in several
+    threads gathers all their frames in its traceback (each raise adds its own), and each
+    request's traceback would show, and keep alive, the frames and locals of the others."""
+    try:
+        copied = copy.copy(exc)
+    except Exception:  # an exception class that cannot be rebuilt from its args
+        return exc
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        copied.__notes__ = list(notes)
+    return copied.with_traceback(None)
 
 
 def _refuse_event_loop(verb: str, waits: bool) -> None:

@@ -341,3 +341,97 @@ def test_sent_to_another_process_it_says_to_make_one_there(sync_db: Database[Any
 
     with pytest.raises(TypeError, match=r"JobClient cannot be sent to another process.*each"):
         pickle.dumps(JobClient(sync_db, CHECKED))
+
+
+class Interrupted(BaseException):
+    """What interrupts one thread or greenlet only (gevent.Timeout is a BaseException)."""
+
+
+def shared_attempt(
+    monkeypatch: pytest.MonkeyPatch, client: JobClient, failure: BaseException, waiters: int
+) -> tuple[list[BaseException | None], list[int]]:
+    """`waiters` threads call while a first thread's attempt is under way; that attempt ends with
+    `failure`, any later one succeeds. Returns each thread's error (the first thread's first)
+    and how many attempts were made."""
+    import concurrent.futures
+
+    from job_processor import sync
+
+    arrived = threading.Semaphore(0)
+
+    class Counted(concurrent.futures.Future[Any]):  # a thread waiting for the attempt
+        def result(self, timeout: float | None = None) -> Any:
+            arrived.release()
+            return super().result(timeout)
+
+        def exception(self, timeout: float | None = None) -> BaseException | None:
+            arrived.release()
+            return super().exception(timeout)
+
+    monkeypatch.setattr(sync, "Future", Counted)
+    entered, release = threading.Event(), threading.Event()
+    attempts: list[int] = []
+
+    async def init() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            entered.set()
+            release.wait(30)
+            raise failure
+        return type("Made", (), {})()
+
+    client._init = init  # type: ignore[method-assign,assignment]
+    errors: list[BaseException | None] = [None] * (waiters + 1)
+
+    def request(i: int) -> None:
+        try:
+            client._processor("get_job")
+        except BaseException as exc:
+            errors[i] = exc
+
+    first = threading.Thread(target=request, args=(0,))
+    first.start()
+    assert entered.wait(30)
+    others = [threading.Thread(target=request, args=(i + 1,)) for i in range(waiters)]
+    for t in others:
+        t.start()
+    for _ in others:
+        assert arrived.acquire(timeout=30)
+    release.set()
+    for t in [first, *others]:
+        t.join(30)
+    return errors, [len(attempts)]
+
+
+def test_threads_sharing_a_failed_attempt_each_raise_their_own_error(
+    sync_db: Database[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One exception raised in several threads at once: each raise adds the raising thread's
+    frames to it, so a request's traceback (what Flask logs, Django's debug page shows) held the
+    frames, and kept alive the locals, of the other requests."""
+    import traceback
+
+    client = JobClient(sync_db, CHECKED)
+    errors, attempts = shared_attempt(
+        monkeypatch, client, DatabaseUnreachableError("MongoDB is down"), waiters=3
+    )
+    assert attempts == [1]
+    assert all(isinstance(e, DatabaseUnreachableError) for e in errors)
+    assert len({id(e) for e in errors}) == 4
+    for error in errors:
+        assert error is not None
+        frames = [f.name for f in traceback.extract_tb(error.__traceback__)]
+        assert frames.count("request") == 1, frames
+
+
+def test_a_thread_interrupted_during_the_attempt_leaves_the_others_to_try_again(
+    sync_db: Database[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What interrupts the thread making the attempt (a KeyboardInterrupt in the main thread, a
+    gevent.Timeout in a greenlet) is that thread's: the threads waiting for the attempt make
+    another one instead of being interrupted too."""
+    client = JobClient(sync_db, CHECKED)
+    errors, attempts = shared_attempt(monkeypatch, client, Interrupted(), waiters=2)
+    assert isinstance(errors[0], Interrupted)
+    assert errors[1:] == [None, None]
+    assert attempts == [2]
