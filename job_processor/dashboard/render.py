@@ -109,13 +109,27 @@ def absolute(when: dt.datetime) -> str:
 _TAGS = re.compile(r"(<textarea\b.*?</textarea>|<[^>]*>)", re.S | re.I)
 
 
+#: A tooltip, in a tag: text shown to the reader (a cut-short payload or error in full).
+_TITLE = re.compile(r'(\btitle=")([^"]*)(")')
+
+
 def bidi_shown(html: str) -> str:
-    """A rendered page whose text shows Unicode's bidirectional controls as escapes: a job
-    named "report\u202efdp.exe" would read "reportexe.pdf". Tags and textareas as they are."""
+    """A rendered page whose text and tooltips show Unicode's bidirectional controls as
+    escapes: a job named "report\u202efdp.exe" would read "reportexe.pdf". Other attributes
+    (form values, links) and textareas as they are."""
     if not BIDI_CONTROLS.search(html):
         return html
     parts = _TAGS.split(html)
-    return "".join(part if i % 2 else bidi_visible(part) for i, part in enumerate(parts))
+    return "".join(
+        (part if part[:9].lower() == "<textarea" else _TITLE.sub(_title_shown, part))
+        if i % 2
+        else bidi_visible(part)
+        for i, part in enumerate(parts)
+    )
+
+
+def _title_shown(found: re.Match[str]) -> str:
+    return found[1] + bidi_visible(found[2]) + found[3]
 
 
 def make_env(masker: Masker) -> Environment:

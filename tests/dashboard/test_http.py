@@ -849,3 +849,16 @@ async def test_bidi_controls_show_as_escapes_in_text_and_form_values_keep_them(
         assert job.id in filtered
         api = (await c.get(f"/api/jobs/{job.id}")).json()
         assert api["key"] == key  # the API returns data as stored
+
+
+async def test_bidi_controls_show_as_escapes_in_tooltips_too(processor: Any) -> None:
+    """The jobs list shows a payload and an error cut short, the whole of them in the cell's
+    tooltip (`title`): the tooltip read "invoiceexe.pdf" for "invoice\u202efdp.exe"."""
+    p, _ = processor
+    text = "invoice\u202efdp.exe"
+    await p.schedule_job("send-email", {"to": text}, delay=3600)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = (await c.get("/jobs")).text
+    assert "invoice\\u202efdp.exe" in page
+    assert "\u202e" not in page  # no form field holds it here: nowhere as it is
