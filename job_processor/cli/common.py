@@ -10,7 +10,7 @@ import os
 import sys
 import sysconfig
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -106,7 +106,12 @@ class VisibleStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(visible(text))
+        self._stream.write(visible(text))
+        return len(text)  # what was given, as a text stream says
+
+    def writelines(self, lines: Iterable[str]) -> None:  # else the wrapped stream's, as is
+        for line in lines:
+            self.write(line)
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding...
         return getattr(self._stream, name)

@@ -4,10 +4,12 @@ shown as `\\uXXXX` escapes, in text and in `--json` (where the escape is JSON's 
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor.cli.common import VisibleStream
 from job_processor.core.masking import visible
 from tests.conftest import url_with_db
 from tests.forked_cli import run_cli
@@ -28,6 +30,15 @@ def test_controls_are_escaped_and_text_is_kept() -> None:
         "title\\u001b]0;pwned\\u0007 ok\\u000dfailed \\u009b31m red \\u202eexe.txt"
     )
     assert json.loads(f'"{visible(HOSTILE)}"') == HOSTILE  # the escapes are JSON's
+
+
+def test_the_cli_stream_escapes_every_way_of_writing() -> None:
+    """`writelines` went to the wrapped stream as it was (escape sequences included)."""
+    out = io.StringIO()
+    stream = VisibleStream(out)
+    assert stream.write("a\x1b[2J") == 5  # the characters given, as a text stream counts
+    stream.writelines(["b\rc\n", "d\x07"])
+    assert out.getvalue() == "a\\u001b[2Jb\\u000dc\nd\\u0007"
 
 
 async def test_a_jobs_error_and_key_cannot_act_on_the_terminal(db: Any, mongo_url: str) -> None:
