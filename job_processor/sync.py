@@ -158,6 +158,12 @@ class JobClient:
                 if self._making is making:  # (a thread may have begun another since)
                     self._making = None
 
+    def __copy__(self) -> JobClient:
+        return self  # one client per process: a copy is the same client (Django's test data)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> JobClient:
+        return self
+
     def __reduce__(self) -> Any:
         raise TypeError(
             "a JobClient cannot be sent to another process (multiprocessing pickles a Pool's "

@@ -343,6 +343,15 @@ def test_sent_to_another_process_it_says_to_make_one_there(sync_db: Database[Any
         pickle.dumps(JobClient(sync_db, CHECKED))
 
 
+def test_a_copy_is_the_same_client(sync_db: Database[Any]) -> None:
+    """Django deep-copies what `setUpTestData` sets on a test case: a copy within the process is
+    the client itself (its MongoClient and registry are shared, as every thread shares them)."""
+    import copy
+
+    client = JobClient(sync_db, CHECKED)
+    assert copy.copy(client) is client and copy.deepcopy({"c": client})["c"] is client
+
+
 class Interrupted(BaseException):
     """What interrupts one thread or greenlet only (gevent.Timeout is a BaseException)."""
 

@@ -222,8 +222,8 @@ async def replay_events(
     clock: Clock | None = None,
 ) -> list[Delivery]:
     """replay_event for every event named `name` emitted in [since, until), oldest first: the
-    `limit` earliest of the window (at most 1000 per call: call again with `since` after the
-    last one replayed for the next page)."""
+    `limit` earliest of the window (at most 1000 per call: replay a bigger window in smaller
+    windows, [since, t) then [t, until), which never replays an event twice nor skips one)."""
     clock = clock or SystemClock()
     check_event_name(name)
     lo, hi = _check_window(since, until)
