@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import os
 import random
 import signal
@@ -49,16 +50,90 @@ def url_with_db(url: str, name: str) -> str:
     return f"{scheme}://{hosts}/{name}" + (f"?{query}" if query else "")
 
 
-def spawn(url: str, index: int, log_dir: Path) -> subprocess.Popen[bytes]:
-    env = os.environ | {"MONGODB_URL": url, "INSTANCE_ID": f"chaos-{index}"}
+def spawn(
+    url: str,
+    index: int,
+    log_dir: Path,
+    app: str = "chaos_app:make",
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    env = os.environ | (env or {}) | {"MONGODB_URL": url, "INSTANCE_ID": f"chaos-{index}"}
     log = (log_dir / f"worker-{index}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "job_processor", "run", "chaos_app:make"],
+        [sys.executable, "-m", "job_processor", "run", app],
         cwd=Path(__file__).resolve().parent,
         env=env | {"PYTHONPATH": str(ROOT)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    pid: int
+    how: str
+    at: float
+    """time.time() once the process had exited."""
+
+
+class Supervisor:
+    """Keeps `workers` `job-processor run <app>` processes alive; `kill_one` kills a random one
+    (SIGKILL or SIGTERM, half and half), waits for it to exit and starts a replacement."""
+
+    def __init__(
+        self,
+        url: str,
+        log_dir: Path,
+        app: str = "chaos_app:make",
+        env: dict[str, str] | None = None,
+        rng: random.Random | None = None,
+        sigkill_share: float = 0.5,
+    ) -> None:
+        self.url, self.log_dir, self.app, self.env = url, log_dir, app, env
+        self.rng = rng or random.Random(7)
+        self.sigkill_share = sigkill_share
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.kills: collections.Counter[str] = collections.Counter()
+        self.next_index = 0
+
+    def start(self, workers: int) -> None:
+        for _ in range(workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self.procs[self.next_index] = spawn(
+            self.url, self.next_index, self.log_dir, self.app, self.env
+        )
+        self.next_index += 1
+
+    def kill_one(self) -> Kill:
+        victim = self.rng.choice(list(self.procs))
+        proc = self.procs.pop(victim)
+        how = signal.SIGKILL if self.rng.random() < self.sigkill_share else signal.SIGTERM
+        proc.send_signal(how)
+        self.kills[how.name] += 1
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        at = time.time()
+        self._spawn()
+        return Kill(proc.pid, how.name, at)
+
+    def stop_all(self) -> list[int]:
+        """SIGTERM every process and wait for it (SIGKILL after 15 s); returns their pids."""
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        pids = [p.pid for p in self.procs.values()]
+        self.procs.clear()
+        return pids
 
 
 async def run(
@@ -69,17 +144,13 @@ async def run(
     db_url = url_with_db(url, db_name)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
     db = client[db_name]
-    procs: dict[int, subprocess.Popen[bytes]] = {}
-    kills: collections.Counter[str] = collections.Counter()
-    next_index = 0
+    sup = Supervisor(db_url, log_dir)
+    kills = sup.kills
     try:
         await schedule_all(db, jobs)
-        for _ in range(workers):
-            procs[next_index] = spawn(db_url, next_index, log_dir)
-            next_index += 1
+        sup.start(workers)
         t0 = time.monotonic()
         jobs_coll = db["job_processor_jobs"]
-        rng = random.Random(7)
         while time.monotonic() - t0 < limit:
             await asyncio.sleep(every)
             active = await jobs_coll.count_documents(
@@ -87,18 +158,7 @@ async def run(
             )
             if not active:
                 break
-            victim = rng.choice(list(procs))
-            how = rng.choice([signal.SIGKILL, signal.SIGTERM])
-            procs[victim].send_signal(how)
-            kills[how.name] += 1
-            if how == signal.SIGTERM:
-                try:
-                    procs[victim].wait(15)
-                except subprocess.TimeoutExpired:
-                    procs[victim].kill()
-            procs.pop(victim)
-            procs[next_index] = spawn(db_url, next_index, log_dir)
-            next_index += 1
+            sup.kill_one()
         # let the recovery settle: dead workers' jobs and owed hooks are taken over
         settle = time.monotonic() + 60
         while time.monotonic() < settle:
@@ -144,13 +204,7 @@ async def run(
         print("CHECKS: " + ("OK" if not failures else "FAILED: " + "; ".join(failures)))
         return 1 if failures else 0
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        sup.stop_all()
         await client.drop_database(db_name)
         await client.close()
 

@@ -1,0 +1,296 @@
+"""Chaos beyond plain jobs: worker processes SIGKILLed or SIGTERMed every few seconds while flows,
+per-tenant limits, crons, serial subscribers, dedup keys and kill requests run; then check
+every guarantee the docs give for them.
+
+To run:
+    .venv/bin/python benchmarks/chaos_features.py                 # ~2-3 minutes, 3 workers
+    .venv/bin/python benchmarks/chaos_features.py --seed 3 --workers 4 --concurrency 8 \\
+        --every 2 --duration 240
+    MONGODB_URL=mongodb://localhost:27017/?replicaSet=rs0 .venv/bin/python \\
+        benchmarks/chaos_features.py
+
+The app is benchmarks/chaos_features_app.py; the supervisor is chaos.py's. While the workers
+are killed, this process schedules flows (parts, some failing for good, a parent with a random
+`on_dependency_failure`, and a job after the parent), jobs under a per-tenant limit, jobs with
+dedup keys, jobs it then kills (`kill_job` from this process), jobs that emit events from a
+worker, and emits events itself (some twice with the same key); two crons run (every second,
+and an exclusive one every 2 s). During the run it samples the limits and the active keyed
+jobs; at the end (once the recovery has settled) it checks (chaos_features_checks.py):
+
+- limits: no more than the limit's concurrency of a tenant's runs at once, measured by the
+  handlers' own start/end records; no slot left held once the jobs ended;
+- flows: a job runs only after all its dependencies ended, and only if they finished (or its
+  policy is "run"); skip/error policies applied, and carried down the flow;
+- crons: one task per slot, no slot without a task, an exclusive cron's runs never overlap,
+  a slot skipped as missed never ran;
+- events: one event per key, every target of every event gets exactly one delivery, which
+  ran at least once; serial subscribers ran in order, each after the previous one finished;
+  a failed one stopped the chain;
+- dedup keys: never two active jobs with the same key (samples and handlers' runs);
+- kills: a job whose kill was requested ends `killed` and is never claimed again;
+- all: no job ran twice at once, none left active, every exit's on_job_exited recorded and
+  called.
+Exit status 1 when a check fails, with what was violated and the job ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import server
+from chaos import Supervisor, url_with_db
+from chaos_features_checks import ACTIVE, Findings, check_all
+
+from job_processor import JobProcessorError, JobSpec
+
+
+@dataclass
+class Options:
+    seed: int = 1
+    workers: int = 3
+    concurrency: int = 4
+    every: float = 3.0
+    sigkill_share: float = 0.5
+    duration: float = 90.0
+    settle: float = 120.0
+    tenants: int = 4
+    tenant_limit: int = 2
+    worker_timeout: float = 3.0
+
+
+@dataclass
+class Produced:
+    """What this process did, for the checks."""
+
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    """kill_job calls: job_id, the status and attempt it returned, when."""
+    emits: dict[str, str] = field(default_factory=dict)
+    """emit key -> the event id the first emit returned."""
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+
+
+async def close_runs(db: Any, pids: list[int], at: float) -> None:
+    """Runs of processes that exited without recording their end: ended then."""
+    await db["cf_runs"].update_many(
+        {"pid": {"$in": pids}, "t1": {"$exists": False}},
+        {"$set": {"t1": at, "outcome": "process exited"}},
+    )
+
+
+async def sample(db: Any, opts: Options, produced: Produced) -> None:
+    """What must hold at every moment: no limit over its concurrency, no two active jobs with
+    one key (each read is one batch, taken under the server's lock)."""
+    produced.samples += 1
+    for doc in await db["job_processor_limits"].find({}).to_list(None):
+        holders = doc.get("holders") or {}
+        if doc.get("running", 0) > opts.tenant_limit or len(holders) > opts.tenant_limit:
+            produced.violations.append(
+                f"limit {doc['_id']}: running {doc.get('running')} with holders "
+                f"{sorted(holders)} (limit {opts.tenant_limit})"
+            )
+    active = (
+        await db["job_processor_jobs"]
+        .find({"name": "keyed", "status": {"$in": ACTIVE}}, {"key": 1, "dedup_key": 1, "status": 1})
+        .to_list(None)
+    )
+    by_key: dict[str, list[str]] = {}
+    for doc in active:
+        by_key.setdefault(doc.get("key"), []).append(str(doc["_id"]))
+        if not doc.get("dedup_key"):
+            produced.violations.append(
+                f"dedup: job {doc['_id']} is {doc['status']} without its dedup_key"
+            )
+    for key, ids in by_key.items():
+        if len(ids) > 1:
+            produced.violations.append(f"dedup: key {key!r} held by active jobs {ids} at once")
+
+
+async def produce(processor: Any, db: Any, opts: Options, produced: Produced, stop: float) -> None:
+    rng = random.Random(opts.seed)
+    victims: list[str] = []
+    tick = 0
+    while time.monotonic() < stop:
+        tick += 1
+        try:
+            if tick % 3 == 1:  # a flow
+                parts = [
+                    JobSpec("part", {"n": i, "fail": rng.random() < 0.15})
+                    for i in range(rng.randint(2, 4))
+                ]
+                policy = rng.choice(["skip", "error", "run"])
+                parent = JobSpec("assemble", {}, after=parts, on_dependency_failure=policy)
+                final = JobSpec(
+                    "assemble",
+                    {"final": True},
+                    after=[parent],
+                    on_dependency_failure=rng.choice(["skip", "run"]),
+                )
+                await processor.schedule_jobs([*parts, parent, final])
+            for _ in range(2):
+                tenant = f"t{rng.randrange(opts.tenants)}"
+                await processor.schedule_job("tenant-work", {"tenant": tenant})
+            await processor.schedule_job("keyed", {}, key=f"k{rng.randrange(5)}")
+            if tick % 2 == 0:
+                key = f"sup-{tick}" if rng.random() < 0.7 or not produced.emits else None
+                key = key or rng.choice(list(produced.emits))
+                event = await processor.emit("order", {"tick": tick}, key=key)
+                first = produced.emits.setdefault(key, event.id)
+                if first != event.id:
+                    produced.violations.append(
+                        f"events: key {key!r} gave event {event.id}, then {first}"
+                    )
+            if tick % 4 == 0:
+                await processor.schedule_job("emitter", {})
+            if tick % 3 == 0:
+                job = await processor.schedule_job(
+                    rng.choice(["victim", "victim-r"]), {"seconds": rng.uniform(5, 20)}
+                )
+                victims.append(job.id)
+            if tick % 2 == 1 and victims:
+                target = victims.pop(rng.randrange(len(victims)))
+                killed = await processor.kill_job(target)
+                produced.kills.append(
+                    {
+                        "job_id": target,
+                        "status": killed.status.value,
+                        "attempt": killed.attempt,
+                        "at": time.time(),
+                    }
+                )
+            await sample(db, opts, produced)
+        except JobProcessorError as exc:  # e.g. a producer call past its retry time
+            produced.violations.append(f"producer call failed: {exc!r}")
+        await asyncio.sleep(1.0)
+
+
+async def settle(db: Any, deadline: float) -> dict[str, int]:
+    """Wait for the recovery to end every non-cron job, run owed hooks, finish fan-outs and
+    give every slot back; returns what is still open."""
+    jobs = db["job_processor_jobs"]
+    while True:
+        left = {
+            "active jobs": await jobs.count_documents(
+                {"status": {"$in": ACTIVE}, "type": {"$ne": "cron_task"}}
+            ),
+            "owed hooks": await jobs.count_documents({"exit_hook": "owed"}),
+            "owed fan-outs": await db["job_processor_events"].count_documents({"fanout": "owed"}),
+            "held slots": await db["job_processor_limits"].count_documents({"running": {"$gt": 0}}),
+        }
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(1.0)
+
+
+async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
+    from chaos_features_app import open_processor
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+    db = client[db_name]
+    env = {
+        "CHAOS_CONCURRENCY": str(opts.concurrency),
+        "CHAOS_TENANT_LIMIT": str(opts.tenant_limit),
+        "CHAOS_WORKER_TIMEOUT": str(opts.worker_timeout),
+    }
+    os.environ.update(env)  # this process's own processor (a producer) reads the same
+    quiet = logging.getLogger("chaos")
+    quiet.setLevel(logging.ERROR)
+    sup = Supervisor(
+        url_with_db(url, db_name),
+        log_dir,
+        app="chaos_features_app:make",
+        env=env,
+        rng=random.Random(opts.seed * 7919),
+        sigkill_share=opts.sigkill_share,
+    )
+    produced = Produced()
+    t0 = time.monotonic()
+    failed = True
+    try:
+        processor = await open_processor(db, logger=quiet)
+        sup.start(opts.workers)
+        stop = time.monotonic() + opts.duration
+
+        async def chaos() -> None:
+            while time.monotonic() < stop:
+                await asyncio.sleep(opts.every)
+                kill = await asyncio.to_thread(sup.kill_one)
+                await close_runs(db, [kill.pid], kill.at)
+
+        await asyncio.gather(produce(processor, db, opts, produced, stop), chaos())
+        produced_end = time.time()
+        left = await settle(db, time.monotonic() + opts.settle)
+        pids = await asyncio.to_thread(sup.stop_all)
+        await close_runs(db, pids, time.time())
+        elapsed = time.monotonic() - t0
+        findings: Findings = await check_all(db, opts.tenant_limit, produced, produced_end)
+        findings.violations[:0] = produced.violations
+        for what, count in left.items():
+            if count:
+                findings.violations.append(f"after {opts.settle:g} s of settling: {count} {what}")
+        print(f"server: {url}  database: {db_name}  logs: {log_dir}")
+        print(
+            f"seed {opts.seed}, {opts.workers} workers x {opts.concurrency} slots, tenant limit "
+            f"{opts.tenant_limit}, a kill every {opts.every:g} s "
+            f"({opts.sigkill_share:.0%} SIGKILL): {sup.kills['SIGKILL']} SIGKILL, "
+            f"{sup.kills['SIGTERM']} SIGTERM, {elapsed:.1f} s, {produced.samples} samples"
+        )
+        for line in findings.summary:
+            print(line)
+        for line in findings.notes:
+            print("note: " + line)
+        for line in findings.violations:
+            print("VIOLATION: " + line)
+        print(
+            "CHECKS: "
+            + ("OK" if not findings.violations else f"FAILED ({len(findings.violations)})")
+        )
+        failed = bool(findings.violations)
+        return 1 if failed else 0
+    finally:
+        await asyncio.to_thread(sup.stop_all)
+        if os.environ.get("CHAOS_KEEP_DB") or failed:
+            print(f"database {db_name} kept")
+        else:
+            await client.drop_database(db_name)
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = Options()
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    parser.add_argument("--every", type=float, default=defaults.every, help="seconds between kills")
+    parser.add_argument("--sigkill-share", type=float, default=defaults.sigkill_share)
+    parser.add_argument("--duration", type=float, default=defaults.duration, help="seconds")
+    parser.add_argument("--settle", type=float, default=defaults.settle, help="seconds")
+    parser.add_argument("--tenants", type=int, default=defaults.tenants)
+    parser.add_argument("--tenant-limit", type=int, default=defaults.tenant_limit)
+    parser.add_argument("--worker-timeout", type=float, default=defaults.worker_timeout)
+    args = parser.parse_args()
+    opts = Options(**{k.replace("-", "_"): v for k, v in vars(args).items()})
+    db_name = f"jp_chaosf_{uuid.uuid4().hex[:8]}"
+    log_dir = Path(f"/tmp/{db_name}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with server(os.environ.get("MONGODB_URL")) as url:
+        code = asyncio.run(run(url, db_name, log_dir, opts))
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
