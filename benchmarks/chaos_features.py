@@ -157,7 +157,8 @@ async def produce(processor: Any, db: Any, opts: Options, produced: Produced, st
                 await processor.schedule_job("emitter", {})
             if tick % 3 == 0:
                 job = await processor.schedule_job(
-                    rng.choice(["victim", "victim-r"]), {"seconds": rng.uniform(5, 20)}
+                    rng.choice(["victim", "victim-r"]),
+                    {"seconds": rng.uniform(5, 20), "fail_on_kill": rng.random() < 0.5},
                 )
                 victims.append(job.id)
             if tick % 2 == 1 and victims:

@@ -78,11 +78,12 @@ async def seen(what: str, **fields: Any) -> None:
     await _db[SEEN].insert_one({"what": what, "pid": os.getpid(), "at": time.time(), **fields})
 
 
-async def nap(signal: AbortSignal, low: float, high: float) -> None:
-    """Sleep, ending early (and raising) on the abort signal."""
+async def nap(signal: AbortSignal, low: float, high: float, *, abort: bool = True) -> None:
+    """Sleep, ending early (and raising, unless `abort` is false) on the abort signal."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(signal.wait(), random.uniform(low, high))
-    signal.raise_if_aborted()
+    if abort:
+        signal.raise_if_aborted()
 
 
 def flaky(share: float = 0.1) -> None:
@@ -129,12 +130,16 @@ async def keyed(job: Job, signal: AbortSignal) -> None:
 
 async def victim(job: Job, signal: AbortSignal) -> None:
     """Waits to be killed (returns after `seconds` otherwise); the resumable variant
-    checkpoints."""
+    checkpoints. With `fail_on_kill`, a kill makes it raise an error of its own (which would
+    be retried): the kill must still win."""
     async with recorded(job.id, job.name, "victim", job.attempt):
         deadline = time.monotonic() + float(job.payload.get("seconds", 15))
         step = (job.state or {}).get("step", 0)
         while time.monotonic() < deadline:
-            await nap(signal, 0.2, 0.4)
+            await nap(signal, 0.2, 0.4, abort=False)
+            if signal.aborted and signal.reason == "killed" and job.payload.get("fail_on_kill"):
+                raise ConnectionError("failed while being killed")
+            signal.raise_if_aborted()
             if job.name == "victim-r":
                 step += 1
                 await job.checkpoint({"step": step})
