@@ -106,8 +106,14 @@ class Supervisor:
         )
         self.next_index += 1
 
-    def kill_one(self) -> Kill:
-        victim = self.rng.choice(list(self.procs))
+    def kill_one(self, pid: int | None = None) -> Kill | None:
+        """Kill a random process (or the one with this pid: None if it is not one of ours)."""
+        if pid is None:
+            victim = self.rng.choice(list(self.procs))
+        else:
+            victim = next((i for i, p in self.procs.items() if p.pid == pid), -1)
+            if victim < 0:
+                return None
         proc = self.procs.pop(victim)
         how = signal.SIGKILL if self.rng.random() < self.sigkill_share else signal.SIGTERM
         proc.send_signal(how)

@@ -12,7 +12,8 @@ To run:
 The app is benchmarks/chaos_features_app.py; the supervisor is chaos.py's. While the workers
 are killed, this process schedules flows (parts, some failing for good, a parent with a random
 `on_dependency_failure`, and a job after the parent), jobs under a per-tenant limit, jobs with
-dedup keys, jobs it then kills (`kill_job` from this process), jobs that emit events from a
+dedup keys, jobs it then kills (`kill_job` from this process: jobs waiting to be
+killed, and now and then a job of a flow, waiting, pending or running), jobs that emit events from a
 worker, and emits events itself (some twice with the same key); two crons run (every second,
 and an exclusive one every 2 s). During the run it samples the limits and the active keyed
 jobs; at the end (once the recovery has settled) it checks (chaos_features_checks.py):
@@ -43,6 +44,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import server
 from chaos import Supervisor, url_with_db
-from chaos_features_checks import ACTIVE, Findings, check_all
+from chaos_features_checks import ACTIVE, SERIAL, Findings, check_all
 
 from job_processor import JobProcessorError, JobSpec
 
@@ -119,9 +121,17 @@ async def sample(db: Any, opts: Options, produced: Produced) -> None:
             produced.violations.append(f"dedup: key {key!r} held by active jobs {ids} at once")
 
 
-async def produce(processor: Any, db: Any, opts: Options, produced: Produced, stop: float) -> None:
+async def produce(
+    processor: Any,
+    db: Any,
+    opts: Options,
+    produced: Produced,
+    stop: float,
+    kill_worker: Callable[[int | None], Awaitable[None]],
+) -> None:
     rng = random.Random(opts.seed)
     victims: list[str] = []
+    flows: list[str] = []  # flow jobs, a few of which are killed (waiting, pending or running)
     tick = 0
     while time.monotonic() < stop:
         tick += 1
@@ -139,7 +149,8 @@ async def produce(processor: Any, db: Any, opts: Options, produced: Produced, st
                     after=[parent],
                     on_dependency_failure=rng.choice(["skip", "run"]),
                 )
-                await processor.schedule_jobs([*parts, parent, final])
+                flow = await processor.schedule_jobs([*parts, parent, final])
+                flows.extend(j.id for j in flow)
             for _ in range(2):
                 tenant = f"t{rng.randrange(opts.tenants)}"
                 await processor.schedule_job("tenant-work", {"tenant": tenant})
@@ -147,7 +158,8 @@ async def produce(processor: Any, db: Any, opts: Options, produced: Produced, st
             if tick % 2 == 0:
                 key = f"sup-{tick}" if rng.random() < 0.7 or not produced.emits else None
                 key = key or rng.choice(list(produced.emits))
-                event = await processor.emit("order", {"tick": tick}, key=key)
+                fail_at = rng.choice([None, None, None, None, *SERIAL])
+                event = await processor.emit("order", {"tick": tick, "fail_at": fail_at}, key=key)
                 first = produced.emits.setdefault(key, event.id)
                 if first != event.id:
                     produced.violations.append(
@@ -161,8 +173,9 @@ async def produce(processor: Any, db: Any, opts: Options, produced: Produced, st
                     {"seconds": rng.uniform(5, 20), "fail_on_kill": rng.random() < 0.5},
                 )
                 victims.append(job.id)
-            if tick % 2 == 1 and victims:
-                target = victims.pop(rng.randrange(len(victims)))
+            targets = victims if tick % 5 else flows
+            if tick % 2 == 1 and targets:
+                target = targets.pop(rng.randrange(len(targets)))
                 killed = await processor.kill_job(target)
                 produced.kills.append(
                     {
@@ -172,6 +185,11 @@ async def produce(processor: Any, db: Any, opts: Options, produced: Produced, st
                         "at": time.time(),
                     }
                 )
+                if killed.status.value == "running" and rng.random() < 0.5:
+                    # its worker dies (or stops) while the kill is delivered: the kill still wins
+                    worker = await db["job_processor_workers"].find_one({"_id": killed.worker_id})
+                    if worker is not None:
+                        await kill_worker(int(worker["pid"]))
             await sample(db, opts, produced)
         except JobProcessorError as exc:  # e.g. a producer call past its retry time
             produced.violations.append(f"producer call failed: {exc!r}")
@@ -225,13 +243,20 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
         sup.start(opts.workers)
         stop = time.monotonic() + opts.duration
 
+        lock = asyncio.Lock()
+
+        async def kill_worker(pid: int | None = None) -> None:
+            async with lock:
+                kill = await asyncio.to_thread(sup.kill_one, pid)
+            if kill is not None:
+                await close_runs(db, [kill.pid], kill.at)
+
         async def chaos() -> None:
             while time.monotonic() < stop:
                 await asyncio.sleep(opts.every)
-                kill = await asyncio.to_thread(sup.kill_one)
-                await close_runs(db, [kill.pid], kill.at)
+                await kill_worker()
 
-        await asyncio.gather(produce(processor, db, opts, produced, stop), chaos())
+        await asyncio.gather(produce(processor, db, opts, produced, stop, kill_worker), chaos())
         produced_end = time.time()
         left = await settle(db, time.monotonic() + opts.settle)
         pids = await asyncio.to_thread(sup.stop_all)

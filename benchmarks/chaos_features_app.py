@@ -181,6 +181,8 @@ async def subscriber(event: Event, signal: AbortSignal) -> None:
                     before=(prev or {}).get("status"),
                 )
         await nap(signal, 0.02, 0.2)
+        if event.payload.get("fail_at") == target:
+            raise DoNotRetry("this subscriber fails for good: the chain stops")
         flaky()
 
 

@@ -72,7 +72,7 @@ async def check_all(db: Any, tenant_limit: int, produced: Any, produced_end: flo
     check_general(f, jobs, runs, runs_of, hooks)
     check_limits(f, runs, tenant_limit)
     await check_leaks(f, db)
-    check_flows(f, jobs, runs_of)
+    check_flows(f, jobs, runs_of, {k["job_id"] for k in produced.kills})
     check_crons(f, jobs, runs, runs_of, produced_end)
     await check_events(f, db, jobs, runs_of)
     check_dedup(f, jobs, runs)
@@ -141,7 +141,9 @@ async def check_leaks(f: Findings, db: Any) -> None:
             )
 
 
-def check_flows(f: Findings, jobs: dict[str, Doc], runs_of: dict[str, list[Doc]]) -> None:
+def check_flows(
+    f: Findings, jobs: dict[str, Doc], runs_of: dict[str, list[Doc]], killed: set[str]
+) -> None:
     counts: collections.Counter[str] = collections.Counter()
     for job_id, doc in jobs.items():
         after = doc.get("after")
@@ -155,8 +157,10 @@ def check_flows(f: Findings, jobs: dict[str, Doc], runs_of: dict[str, list[Doc]]
         its = runs_of.get(job_id, [])
         status = doc["status"]
         counts[f"{policy}:{'failed' if failed else 'ok'}:{status}"] += 1
+        if status == "killed" and job_id in killed:
+            continue  # killed by this run (check_kills checks that)
         if not failed or policy == "run":
-            if not its and status != "killed":
+            if not its:
                 f.violations.append(f"flow: job {job_id} ({policy}) never ran: {status}")
         elif policy == "skip":
             if status != "skipped" or doc.get("failed_dependency") not in failed or its:
