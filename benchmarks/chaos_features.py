@@ -132,6 +132,7 @@ async def produce(
     rng = random.Random(opts.seed)
     victims: list[str] = []
     flows: list[str] = []  # flow jobs, a few of which are killed (waiting, pending or running)
+    everyone: list[str] = []  # the flows' parts, the dependencies of jobs scheduled later
     tick = 0
     while time.monotonic() < stop:
         tick += 1
@@ -151,6 +152,14 @@ async def produce(
                 )
                 flow = await processor.schedule_jobs([*parts, parent, final])
                 flows.extend(j.id for j in flow)
+                if everyone and rng.random() < 0.5:  # after a job scheduled earlier: it may be
+                    # running now (the dependent marks it; its final write learns of it)
+                    earlier = rng.sample(everyone, min(len(everyone), 2))
+                    late = await processor.schedule_job(
+                        "assemble", {"late": True}, after=earlier, on_dependency_failure="run"
+                    )
+                    flows.append(late.id)
+                everyone.extend(j.id for j in flow[:-2])
             for _ in range(2):
                 tenant = f"t{rng.randrange(opts.tenants)}"
                 await processor.schedule_job("tenant-work", {"tenant": tenant})
