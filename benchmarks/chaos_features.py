@@ -154,7 +154,7 @@ async def produce(
                 flows.extend(j.id for j in flow)
                 if everyone and rng.random() < 0.5:  # after a job scheduled earlier: it may be
                     # running now (the dependent marks it; its final write learns of it)
-                    earlier = rng.sample(everyone, min(len(everyone), 2))
+                    earlier = rng.sample(everyone[-8:], min(len(everyone), 2))
                     late = await processor.schedule_job(
                         "assemble", {"late": True}, after=earlier, on_dependency_failure="run"
                     )
