@@ -56,7 +56,7 @@ from bench import server
 from chaos import Supervisor, url_with_db
 from chaos_features_checks import ACTIVE, SERIAL, Findings, check_all
 
-from job_processor import JobProcessorError, JobSpec
+from job_processor import EventDeliveryError, EventTimeoutError, JobProcessorError, JobSpec
 
 
 @dataclass
@@ -83,6 +83,7 @@ class Produced:
     """emit key -> the event id the first emit returned."""
     violations: list[str] = field(default_factory=list)
     samples: int = 0
+    sync_timeouts: int = 0
 
 
 async def close_runs(db: Any, pids: list[int], at: float) -> None:
@@ -133,6 +134,7 @@ async def produce(
     victims: list[str] = []
     flows: list[str] = []  # flow jobs, a few of which are killed (waiting, pending or running)
     everyone: list[str] = []  # the flows' parts, the dependencies of jobs scheduled later
+    syncs: list[asyncio.Task[None]] = []
     tick = 0
     while time.monotonic() < stop:
         tick += 1
@@ -176,6 +178,8 @@ async def produce(
                     )
             if tick % 4 == 0:
                 await processor.schedule_job("emitter", {})
+            if tick % 3 == 2:
+                syncs.append(asyncio.create_task(sync_emit(processor, db, tick, produced)))
             if tick % 3 == 0:
                 job = await processor.schedule_job(
                     rng.choice(["victim", "victim-r"]),
@@ -203,6 +207,29 @@ async def produce(
         except JobProcessorError as exc:  # e.g. a producer call past its retry time
             produced.violations.append(f"producer call failed: {exc!r}")
         await asyncio.sleep(1.0)
+    await asyncio.gather(*syncs)
+
+
+async def sync_emit(processor: Any, db: Any, tick: int, produced: Produced) -> None:
+    """An event with a sync subscriber: emit returns once its delivery has ended (finished,
+    or failed for good: EventDeliveryError), or raises EventTimeoutError."""
+    try:
+        event = await processor.emit("payment", {"tick": tick}, sync_timeout=20)
+        failed = False
+    except EventDeliveryError as exc:
+        event_id, failed = exc.event_id, True
+    except EventTimeoutError:
+        produced.sync_timeouts += 1
+        return
+    else:
+        event_id = event.id
+    doc = await db["job_processor_jobs"].find_one({"event_id": event_id}, {"status": 1})
+    status = doc["status"] if doc else None
+    if status not in (("errored", "killed") if failed else ("finished",)):
+        produced.violations.append(
+            f"sync: emit of event {event_id} returned ({'failed' if failed else 'ok'}) while "
+            f"its delivery {doc and doc['_id']} was {status}"
+        )
 
 
 async def settle(db: Any, deadline: float) -> dict[str, int]:
@@ -281,7 +308,8 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
             f"seed {opts.seed}, {opts.workers} workers x {opts.concurrency} slots, tenant limit "
             f"{opts.tenant_limit}, a kill every {opts.every:g} s "
             f"({opts.sigkill_share:.0%} SIGKILL): {sup.kills['SIGKILL']} SIGKILL, "
-            f"{sup.kills['SIGTERM']} SIGTERM, {elapsed:.1f} s, {produced.samples} samples"
+            f"{sup.kills['SIGTERM']} SIGTERM, {elapsed:.1f} s, {produced.samples} samples, "
+            f"{produced.sync_timeouts} sync emits timed out"
         )
         for line in findings.summary:
             print(line)

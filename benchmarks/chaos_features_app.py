@@ -252,7 +252,10 @@ SUBSCRIBERS = {
             for name in SERIAL
         ),
         Subscriber("audit", handler=subscriber, max_attempts=20, backoff=FIXED),
-    ]
+    ],
+    "payment": [
+        Subscriber("ledger", handler=subscriber, mode="sync", max_attempts=20, backoff=FIXED)
+    ],
 }
 
 

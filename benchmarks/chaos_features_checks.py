@@ -254,11 +254,14 @@ async def check_events(
             if len(docs) > 1:
                 ids = [str(d["_id"]) for d in docs]
                 f.violations.append(f"event {eid}: {len(docs)} deliveries to {target}: {ids}")
-        audit = mine.get("audit")
-        if not audit:
-            f.violations.append(f"event {eid}: no delivery to the async subscriber")
-        elif audit[0]["status"] == "finished" and not runs_of.get(str(audit[0]["_id"])):
-            f.violations.append(f"event {eid}: delivery {audit[0]['_id']} finished, never ran")
+        single = "ledger" if e["name"] == "payment" else "audit"
+        one = mine.get(single)
+        if not one:
+            f.violations.append(f"event {eid}: no delivery to {single}")
+        elif one[0]["status"] == "finished" and not runs_of.get(str(one[0]["_id"])):
+            f.violations.append(f"event {eid}: delivery {one[0]['_id']} finished, never ran")
+        if e["name"] != "order":
+            continue
         stopped = None
         for i, target in enumerate(SERIAL):
             docs = mine.get(target)
