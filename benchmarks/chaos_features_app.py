@@ -119,6 +119,18 @@ async def assemble(job: Job, signal: AbortSignal) -> int:
 
 async def tenant_work(job: Job, signal: AbortSignal) -> None:
     async with recorded(job.id, job.name, "tenant", job.attempt, key=job.limit_key):
+        # the runs of this key that have started and not ended, this one included (runs
+        # starting at this moment may be missed: never more than there are)
+        running = await _db[RUNS].count_documents(
+            {"kind": "tenant", "key": job.limit_key, "t1": {"$exists": False}}
+        )
+        if running > TENANT_LIMIT:
+            await seen(
+                "more runs of a tenant at once than its limit",
+                job_id=job.id,
+                key=job.limit_key,
+                running=running,
+            )
         await nap(signal, 0.1, 0.6)
         flaky(0.05)
 
