@@ -314,6 +314,7 @@ def check_kills(
     f: Findings, jobs: dict[str, Doc], runs_of: dict[str, list[Doc]], kills: list[Doc]
 ) -> None:
     outcome: collections.Counter[str] = collections.Counter()
+    latencies: list[float] = []
     for k in kills:
         doc = jobs[k["job_id"]]
         outcome[f"{k['status']}->{doc['status']}"] += 1
@@ -326,9 +327,30 @@ def check_kills(
             f.violations.append(
                 f"kill: job {k['job_id']} was {k['status']} when killed, ended {doc['status']}"
             )
+        seen = [
+            r for r in its if r["attempt"] == k["attempt"] and r.get("outcome") != "process exited"
+        ]
+        if k["status"] == "running" and seen and "t1" in seen[-1]:
+            # the guide: the worker running it sees it within about one poll_interval (0.3 s)
+            latency = seen[-1]["t1"] - k["at"]
+            latencies.append(latency)
+            if latency > 3.0:
+                f.violations.append(
+                    f"kill: job {k['job_id']} still ran {latency:.1f} s after its kill request: "
+                    f"{describe(seen)}"
+                )
         again = [r for r in its if r["attempt"] > k["attempt"]]
         if again:
             f.violations.append(
                 f"kill: job {k['job_id']} claimed after its kill: {describe(again)}"
             )
-    f.summary.append(f"kills (status at the call -> final): {dict(sorted(outcome.items()))}")
+    latencies.sort()
+    f.summary.append(
+        f"kills (status at the call -> final): {dict(sorted(outcome.items()))}; seen by the "
+        + (
+            f"handler after {latencies[len(latencies) // 2]:.2f} s (median), "
+            f"{latencies[-1]:.2f} s (max)"
+            if latencies
+            else "handler: none measured"
+        )
+    )
