@@ -41,6 +41,7 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -71,6 +72,7 @@ class Options:
     tenants: int = 4
     tenant_limit: int = 2
     worker_timeout: float = 3.0
+    freeze_share: float = 0.0
 
 
 @dataclass
@@ -84,6 +86,8 @@ class Produced:
     violations: list[str] = field(default_factory=list)
     samples: int = 0
     sync_timeouts: int = 0
+    freezes: list[tuple[int, float, float]] = field(default_factory=list)
+    """(pid, SIGSTOP time, SIGCONT time) of each frozen worker."""
 
 
 async def close_runs(db: Any, pids: list[int], at: float) -> None:
@@ -216,11 +220,11 @@ async def sync_emit(processor: Any, db: Any, tick: int, produced: Produced) -> N
     try:
         event = await processor.emit("payment", {"tick": tick}, sync_timeout=20)
         failed = False
-    except EventDeliveryError as exc:
-        event_id, failed = exc.event_id, True
-    except EventTimeoutError:
+    except EventTimeoutError:  # an EventDeliveryError too: first
         produced.sync_timeouts += 1
         return
+    except EventDeliveryError as exc:
+        event_id, failed = exc.event_id, True
     else:
         event_id = event.id
     doc = await db["job_processor_jobs"].find_one({"event_id": event_id}, {"status": 1})
@@ -288,9 +292,26 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
                 await close_runs(db, [kill.pid], kill.at)
 
         async def chaos() -> None:
+            rng = random.Random(opts.seed * 31)
             while time.monotonic() < stop:
                 await asyncio.sleep(opts.every)
-                await kill_worker()
+                if rng.random() < opts.freeze_share:
+                    await freeze(rng)
+                else:
+                    await kill_worker()
+
+        async def freeze(rng: random.Random) -> None:
+            """SIGSTOP a worker past worker_timeout (a long GC pause, a VM frozen): it is
+            declared dead and its jobs recovered; then SIGCONT: it must notice and write
+            nothing over what the others did."""
+            async with lock:
+                proc = rng.choice(list(sup.procs.values()))
+                proc.send_signal(signal.SIGSTOP)
+                stopped = time.time()
+                await asyncio.sleep(opts.worker_timeout + rng.uniform(0.5, 3.0))
+                proc.send_signal(signal.SIGCONT)
+                produced.freezes.append((proc.pid, stopped, time.time()))
+                sup.kills["SIGSTOP"] += 1
 
         await asyncio.gather(produce(processor, db, opts, produced, stop, kill_worker), chaos())
         produced_end = time.time()
@@ -308,13 +329,16 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
             f"seed {opts.seed}, {opts.workers} workers x {opts.concurrency} slots, tenant limit "
             f"{opts.tenant_limit}, a kill every {opts.every:g} s "
             f"({opts.sigkill_share:.0%} SIGKILL): {sup.kills['SIGKILL']} SIGKILL, "
-            f"{sup.kills['SIGTERM']} SIGTERM, {elapsed:.1f} s, {produced.samples} samples, "
+            f"{sup.kills['SIGTERM']} SIGTERM, {sup.kills['SIGSTOP']} SIGSTOP, {elapsed:.1f} s, "
+            f"{produced.samples} samples, "
             f"{produced.sync_timeouts} sync emits timed out"
         )
         for line in findings.summary:
             print(line)
         for line in findings.notes:
             print("note: " + line)
+        for line in findings.frozen_overlaps:
+            print("allowed (a frozen worker's runs go on until it notices): " + line)
         for line in findings.violations:
             print("VIOLATION: " + line)
         print(
@@ -345,6 +369,12 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=defaults.tenants)
     parser.add_argument("--tenant-limit", type=int, default=defaults.tenant_limit)
     parser.add_argument("--worker-timeout", type=float, default=defaults.worker_timeout)
+    parser.add_argument(
+        "--freeze-share",
+        type=float,
+        default=defaults.freeze_share,
+        help="share of the chaos steps that freeze a worker (SIGSTOP) past worker_timeout",
+    )
     args = parser.parse_args()
     opts = Options(**{k.replace("-", "_"): v for k, v in vars(args).items()})
     db_name = f"jp_chaosf_{uuid.uuid4().hex[:8]}"
