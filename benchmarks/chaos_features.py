@@ -13,7 +13,8 @@ The app is benchmarks/chaos_features_app.py; the supervisor is chaos.py's. While
 are killed, this process schedules flows (parts, some failing for good, a parent with a random
 `on_dependency_failure`, and a job after the parent), jobs under a per-tenant limit, jobs with
 dedup keys, jobs it then kills (`kill_job` from this process: jobs waiting to be
-killed, and now and then a job of a flow, waiting, pending or running), jobs that emit events from a
+killed, now and then a job of a flow, waiting, pending or running, or a serial delivery: this
+process declares no subscriber, as a web app), jobs that emit events from a
 worker, and emits events itself (some twice with the same key); two crons run (every second,
 and an exclusive one every 2 s). During the run it samples the limits and the active keyed
 jobs; at the end (once the recovery has settled) it checks (chaos_features_checks.py):
@@ -190,9 +191,22 @@ async def produce(
                     {"seconds": rng.uniform(5, 20), "fail_on_kill": rng.random() < 0.5},
                 )
                 victims.append(job.id)
+            found = None
+            if tick % 7 == 3:  # a serial delivery, pending or running: the chain stops there
+                found = await db["job_processor_jobs"].find_one(
+                    {
+                        "name": {"$in": ["order:s1", "order:s2"]},
+                        "status": {"$in": ["pending", "running"]},
+                    },
+                    {"_id": 1},
+                )
             targets = victims if tick % 5 else flows
-            if tick % 2 == 1 and targets:
+            target = None
+            if tick % 7 == 3 and found is not None:
+                target = str(found["_id"])
+            elif tick % 2 == 1 and targets:
                 target = targets.pop(rng.randrange(len(targets)))
+            if target is not None:
                 killed = await processor.kill_job(target)
                 produced.kills.append(
                     {
@@ -279,8 +293,12 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
     t0 = time.monotonic()
     failed = True
     try:
-        processor = await open_processor(db, logger=quiet)
+        processor = await open_processor(db, logger=quiet, subscribers=False)
         sup.start(opts.workers)
+        # this process declares no subscriber: its events go to those in the registry, which
+        # the workers fill as they start (an event emitted before goes to nobody: the docs)
+        while len(await processor.list_subscribers()) < 5:
+            await asyncio.sleep(0.2)
         stop = time.monotonic() + opts.duration
 
         lock = asyncio.Lock()

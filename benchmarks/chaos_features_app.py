@@ -271,7 +271,9 @@ SUBSCRIBERS = {
 }
 
 
-async def open_processor(db: Any, logger: Any = None) -> JobProcessor:
+async def open_processor(db: Any, logger: Any = None, subscribers: bool = True) -> JobProcessor:
+    """The workers' processor; with `subscribers=False`, a producer's that declares none (as a
+    web app: it emits through the registry, and kills deliveries it does not declare)."""
     global _db
     _db = db
     return await init_job_processor(
@@ -279,7 +281,7 @@ async def open_processor(db: Any, logger: Any = None) -> JobProcessor:
         logger=logger,
         jobs=JOBS,
         crons=CRONS,
-        subscribers=SUBSCRIBERS,
+        subscribers=SUBSCRIBERS if subscribers else None,
         concurrency=int(os.environ.get("CHAOS_CONCURRENCY", "4")),
         poll_interval=0.3,
         heartbeat_interval=0.5,
