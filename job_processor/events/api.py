@@ -47,7 +47,8 @@ class EventsAPI:
         process dies right after. `key`: one event per (name, key) while that event is kept
         (`keep_events`); emitting again with the same key returns the first event. Sync
         subscribers: waits until their deliveries end (at most `sync_timeout` seconds, then
-        EventTimeoutError) and raises EventDeliveryError if one failed for good."""
+        EventTimeoutError) and raises EventDeliveryError if one failed for good.
+        EventTimeoutError subclasses EventDeliveryError: catch it first to tell them apart."""
         return await self.events.emit(name, payload, key=key, sync_timeout=sync_timeout)
 
     async def get_event(self, event_id: str | ObjectId) -> ev.Event:
