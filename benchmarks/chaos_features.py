@@ -167,9 +167,10 @@ async def produce(
                     )
                     flows.append(late.id)
                 everyone.extend(j.id for j in flow[:-2])
-            for _ in range(2):
-                tenant = f"t{rng.randrange(opts.tenants)}"
-                await processor.schedule_job("tenant-work", {"tenant": tenant})
+            # one a tick, and now and then a burst of one tenant: its limit binds
+            burst = 5 if tick % 4 == 0 else 1
+            tenant = f"t{rng.randrange(opts.tenants)}"
+            await processor.schedule_jobs([("tenant-work", {"tenant": tenant})] * burst)
             await processor.schedule_job("keyed", {}, key=f"k{rng.randrange(5)}")
             if tick % 2 == 0:
                 key = f"sup-{tick}" if rng.random() < 0.7 or not produced.emits else None
