@@ -87,6 +87,8 @@ class Produced:
     violations: list[str] = field(default_factory=list)
     samples: int = 0
     sync_timeouts: int = 0
+    deaths: dict[int, float] = field(default_factory=dict)
+    """pid -> when the process had exited."""
     freezes: list[tuple[int, float, float]] = field(default_factory=list)
     """(pid, SIGSTOP time, SIGCONT time) of each frozen worker."""
 
@@ -308,6 +310,7 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
             async with lock:
                 kill = await asyncio.to_thread(sup.kill_one, pid)
             if kill is not None:
+                produced.deaths[kill.pid] = kill.at
                 await close_runs(db, [kill.pid], kill.at)
 
         async def chaos() -> None:
@@ -336,7 +339,11 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
         produced_end = time.time()
         left = await settle(db, time.monotonic() + opts.settle)
         pids = await asyncio.to_thread(sup.stop_all)
-        await close_runs(db, pids, time.time())
+        produced.deaths |= dict.fromkeys(pids, time.time())
+        # again: a run's start record sent just before its process was killed may have
+        # reached the server after the first close
+        for pid, at in produced.deaths.items():
+            await close_runs(db, [pid], at)
         elapsed = time.monotonic() - t0
         findings: Findings = await check_all(db, opts.tenant_limit, produced, produced_end)
         findings.violations[:0] = produced.violations
