@@ -94,6 +94,19 @@ async def check_all(db: Any, tenant_limit: int, produced: Any, produced_end: flo
         else:
             f.violations.append(message)
     check_general(f, jobs, runs, runs_of, hooks)
+    thawed = [
+        (r, cont)
+        for r in runs
+        for pid, stopped, cont in produced.freezes
+        if pid == r["pid"] and r["t0"] < stopped and r.get("t1", 0) > cont
+    ]
+    if thawed:  # runs under way when their worker froze, still under way when it went on
+        outcomes = collections.Counter(r.get("outcome") for r, _ in thawed)
+        after = sorted(r["t1"] - cont for r, cont in thawed)
+        f.summary.append(
+            f"runs of frozen workers: {len(thawed)}, ended {dict(outcomes)}, "
+            f"{after[len(after) // 2]:.3f} s (median) / {after[-1]:.3f} s (max) after SIGCONT"
+        )
     check_limits(f, runs, tenant_limit)
     await check_leaks(f, db)
     check_flows(f, jobs, runs_of, {k["job_id"] for k in produced.kills})
@@ -362,10 +375,12 @@ def check_kills(
             # the guide: the worker running it sees it within about one poll_interval (0.3 s)
             latency = seen[-1]["t1"] - k["at"]
             latencies.append(latency)
-            if latency > 3.0:
-                f.violations.append(
+            if latency > 3.0:  # a frozen worker sees it when it goes on
+                overlap(
+                    f,
+                    seen,
                     f"kill: job {k['job_id']} still ran {latency:.1f} s after its kill request: "
-                    f"{describe(seen)}"
+                    f"{describe(seen)}",
                 )
         again = [r for r in its if r["attempt"] > k["attempt"]]
         if again:
