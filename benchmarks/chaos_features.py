@@ -15,9 +15,11 @@ are killed, this process schedules flows (parts, some failing for good, a parent
 dedup keys, jobs it then kills (`kill_job` from this process: jobs waiting to be
 killed, now and then a job of a flow, waiting, pending or running, or a serial delivery: this
 process declares no subscriber, as a web app), jobs that emit events from a
-worker, and emits events itself (some twice with the same key); two crons run (every second,
-and an exclusive one every 2 s). During the run it samples the limits and the active keyed
-jobs; at the end (once the recovery has settled) it checks (chaos_features_checks.py):
+worker, and emits events itself (some twice with the same key, some with a sync subscriber);
+two crons run (every second, and an exclusive one every 2 s). Right after some kill requests
+it kills the worker running the job; `--freeze-share` SIGSTOPs a worker past worker_timeout,
+then SIGCONTs it. During the run it samples the limits and the active keyed jobs; at the end
+(once the recovery has settled) it checks (chaos_features_checks.py):
 
 - limits: no more than the limit's concurrency of a tenant's runs at once, measured by the
   handlers' own start/end records; no slot left held once the jobs ended;
@@ -29,10 +31,13 @@ jobs; at the end (once the recovery has settled) it checks (chaos_features_check
   ran at least once; serial subscribers ran in order, each after the previous one finished;
   a failed one stopped the chain;
 - dedup keys: never two active jobs with the same key (samples and handlers' runs);
-- kills: a job whose kill was requested ends `killed` and is never claimed again;
+- kills: a job whose kill was requested ends `killed` (`finished` if its handler returned
+  before it saw the kill) and is never claimed again; its handler stops within ~3 s;
+- sync subscribers: `emit` returns only once the delivery ended;
 - all: no job ran twice at once, none left active, every exit's on_job_exited recorded and
   called.
-Exit status 1 when a check fails, with what was violated and the job ids.
+Overlaps involving a run of a frozen worker are listed as allowed (the docs: its runs go on
+until it notices). Exit status 1 when a check fails, with what was violated and the job ids.
 """
 
 from __future__ import annotations
