@@ -57,13 +57,18 @@ class OwnershipWatcher:
 
     async def check(self, now: dt.datetime, reconcile: bool = True) -> int:
         """Deliver kill requests; reconcile strays. Returns the kills delivered."""
-        if not self.worker.worker_id:
+        me = self.worker.worker_id
+        if not me:
             return 0
         if reconcile:
             self._last_reconcile = now
         delivered = 0
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
-        for doc in await self.jobs.running_on(self.worker.worker_id):
+        for doc in await self.jobs.running_on(me):
+            if self.worker.worker_id != me:
+                # it gave its runs up meanwhile (and may be registering afresh): they are the
+                # recovery's now, and a write made here would record no owner for their hooks
+                break
             if self.worker.owns(doc):
                 run = self.worker.runs.get(str(doc["_id"]))
                 if run is not None and doc.get("has_dependents"):  # scheduled after it since

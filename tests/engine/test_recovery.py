@@ -436,3 +436,40 @@ async def test_a_worker_whose_heartbeat_lands_before_its_delete_is_not_recovered
     assert await sweeper.recovery.sweep(dt.datetime.now(dt.UTC)) == 0
     assert (await sweeper.get_job(job_id)).status == S.RUNNING
     await sweeper.heartbeat.unregister()
+
+
+async def test_a_worker_that_gives_its_runs_up_mid_check_reconciles_none_of_them(db: Any) -> None:
+    """The kill-request check reads the jobs running under this worker's id, then reconciles
+    those it does not run. If the worker gave its runs up meanwhile (its heartbeat found it may
+    have been declared dead: its id is emptied until it registers afresh), they are the
+    recovery's: it reconciled them anyway, recording their hooks as owed by "" (chaos run)."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"n": JobDef(handler=noop)})
+    processor.worker.worker_id = me = "w-giving-up"
+    now = processor.clock.now()
+    long_ago = now - dt.timedelta(seconds=600)  # a stray its reconciliation would take
+    doc = D.as_running(D.new_job("n", {}, now=long_ago), me, long_ago)
+    await processor.storage.jobs.insert(doc)
+    jobs = processor.ownership.jobs
+    read = jobs.running_on
+
+    async def gives_up_meanwhile(worker_id: str) -> Any:
+        found = await read(worker_id)
+        processor.worker.worker_id = ""  # the heartbeat gave the runs up during the read
+        return found
+
+    jobs.running_on = gives_up_meanwhile  # type: ignore[method-assign]
+    try:
+        await processor.ownership.check(now)
+    finally:
+        jobs.running_on = read  # type: ignore[method-assign]
+    stored = await processor.storage.jobs.get(doc["_id"])
+    assert stored is not None and stored["status"] == "running"  # left to the recovery
+    processor.worker.worker_id = me  # had it not given them up: reconciled, owned by it
+    await processor.ownership.check(now)
+    stored = await processor.storage.jobs.get(doc["_id"])
+    assert stored is not None and stored["status"] != "running"
+    assert stored.get("exit_hook_owner") in (None, me)
