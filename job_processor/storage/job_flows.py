@@ -6,7 +6,8 @@ job on its dependencies, and what a dependency's end does to the jobs waiting on
 write, a kill, a recovery, the sweep for what a crash left undone): for a finished dependency
 two commands whatever the number of dependents (their count, then their release); for a failed
 one, a read first, to carry the failure on to the dependents of the jobs it skips or errors,
-level by level (`settle_all`: three commands a level).
+level by level (`settle_all`: three commands a level; a bulk write holds at most 300
+updates, three per failed dependency).
 Every step is filtered on the dependency still being counted as waiting, so it applies once
 however many processes run it.
 """
@@ -28,6 +29,9 @@ S = JobStatus
 
 #: How far one dependency's end is carried on (a skipped job's own dependents, and theirs...).
 CASCADE_LIMIT = 10_000
+
+#: Updates in one of a cascade level's bulk writes (three a failed dependency).
+BULK_UPDATES = 300
 
 
 class FlowRecords:
@@ -82,8 +86,9 @@ class FlowRecords:
         """`settle_dependents` for several dependencies at once, and a failure carried on level
         by level: for each level, the jobs its failures end that have dependents of their own
         (one read), every count, skip and error (one bulk write), then the releases (one more).
-        A failure that skips a chain of N jobs with dependents costs 3 commands per level, not
-        5 per job. Returns how many jobs were released."""
+        A failure that skips a chain of N jobs with dependents costs 3 commands per level (one
+        more per 100 failures in a level: `BULK_UPDATES`), not 5 per job. Returns how many
+        jobs were released."""
         released = 0
         # one status per dependency, the first given: the ordered writes below apply only the
         # first one's pairs (each is filtered on the dependency still "waiting"), and the read
@@ -130,11 +135,17 @@ class FlowRecords:
         return self.coll.find(query, {"_id": 1, "on_dependency_failure": 1, "deps": 1})
 
     async def _update_each(self, pairs: list[tuple[Doc, Doc]]) -> int:
-        """Apply each (filter, update) with `update_many`, in order: one command (an ordered
-        bulk write) where the server takes one. Returns how many documents were modified."""
+        """Apply each (filter, update) with `update_many`, in order: ordered bulk writes of up
+        to BULK_UPDATES each where the server takes them (one command for most levels; a level
+        of thousands does not hold a server that runs commands one at a time, as nx-27017
+        does, for the whole level). Returns how many documents were modified."""
         if len(pairs) > 1 and self.profile.bulk_ok:
-            ops = [UpdateMany(query, update) for query, update in pairs]
-            return int((await self.coll.bulk_write(ops, ordered=True)).modified_count)
+            modified = 0
+            for start in range(0, len(pairs), BULK_UPDATES):
+                chunk = pairs[start : start + BULK_UPDATES]
+                ops = [UpdateMany(query, update) for query, update in chunk]
+                modified += int((await self.coll.bulk_write(ops, ordered=True)).modified_count)
+            return modified
         modified = 0
         for query, update in pairs:
             modified += int((await self.coll.update_many(query, update)).modified_count)

@@ -163,3 +163,30 @@ async def test_a_wide_level_is_read_in_linear_time() -> None:
     ended = await records._ended_by(Failed(str(dep) for dep in failed))
     assert ended == [(d["_id"], "errored") for d in docs]
     assert Failed.passes <= 2
+
+
+async def test_a_level_of_150_failures_goes_in_bulk_writes_of_300_updates(
+    mongo_url: str, db: Any
+) -> None:
+    """Each bulk write holds at most 300 updates (three per failed dependency), so that one
+    command never holds a server that runs them one at a time for a whole wide level."""
+    count = Count()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[count]
+    )
+    try:
+        storage = await Storage.open(client[db.name], "t_")
+        await storage.ensure_indexes()
+        root = await add(storage)
+        middle = [await add(storage, [root]) for _ in range(150)]
+        leaves = [await add(storage, [m]) for m in middle]
+        count.names.clear()
+        await storage.jobs.settle_all([(root, "errored")], NOW)
+        # the root's level (its read of 150 jobs takes a getMore past the first 101); then
+        # 150 failures: 450 updates in 2 writes, 150 releases in 1
+        sent = [n for n in count.names if n != "getMore"]
+        assert sent == ["find", "update", "update", "find", "update", "update", "update"]
+        got = await statuses(storage)
+        assert {got[j][0] for j in middle + leaves} == {"skipped"}
+    finally:
+        await client.close()
