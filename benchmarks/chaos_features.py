@@ -79,6 +79,9 @@ class Options:
     tenant_limit: int = 2
     worker_timeout: float = 3.0
     freeze_share: float = 0.0
+    deep_every: int = 4
+    """A deep flow (a chain of 5-7 jobs, each with dependents, or a fan-out of 20-28 jobs under
+    one part that usually fails) every this many ticks; 0: none."""
 
 
 @dataclass
@@ -96,6 +99,9 @@ class Produced:
     """pid -> when the process had exited."""
     freezes: list[tuple[int, float, float]] = field(default_factory=list)
     """(pid, SIGSTOP time, SIGCONT time) of each frozen worker."""
+    late_on_running: list[tuple[str, str]] = field(default_factory=list)
+    """(job id, dependency id) of jobs scheduled after a job read as running a moment before
+    (its final write races with them)."""
 
 
 async def close_runs(db: Any, pids: list[int], at: float) -> None:
@@ -132,6 +138,98 @@ async def sample(db: Any, opts: Options, produced: Produced) -> None:
     for key, ids in by_key.items():
         if len(ids) > 1:
             produced.violations.append(f"dedup: key {key!r} held by active jobs {ids} at once")
+
+
+#: A deep flow's policies: mostly those that carry a failure on.
+POLICIES = ["skip", "skip", "error", "error", "run"]
+
+
+def deep_chain(rng: random.Random, flow: int) -> list[JobSpec]:
+    """1-3 slow parts (half the time the first fails for good), then a chain of 5-7 jobs,
+    each after the previous one and each with 1-2 dependents of its own; now and then a job
+    of the chain fails itself. A failure is carried down the chain level by level."""
+    head = [
+        JobSpec(
+            "part",
+            {"n": i, "slow": True, "fail": i == 0 and rng.random() < 0.5, "deep": flow, "level": 0},
+        )
+        for i in range(rng.randint(1, 3))
+    ]
+    specs, prev = [*head], head
+    for level in range(1, rng.randint(5, 7) + 1):
+        node = JobSpec(
+            "assemble",
+            {"deep": flow, "level": level, "fail": rng.random() < 0.08, "slow": rng.random() < 0.3},
+            after=prev,
+            on_dependency_failure=rng.choice(POLICIES),
+        )
+        side = [
+            JobSpec(
+                "assemble",
+                {"deep": flow, "level": level + 1, "side": True},
+                after=[node],
+                on_dependency_failure=rng.choice(POLICIES),
+            )
+            for _ in range(rng.randint(1, 2))
+        ]
+        specs += [node, *side]
+        prev = [node]
+    return specs
+
+
+def fan_out(rng: random.Random, flow: int) -> list[JobSpec]:
+    """A slow part (failing for good 4 times in 5), 20-28 jobs after it, each with a dependent
+    of its own, a job after all of them and one after that."""
+    root = JobSpec(
+        "part", {"n": 0, "slow": True, "fail": rng.random() < 0.8, "deep": flow, "level": 0}
+    )
+    wide = [
+        JobSpec("assemble", {"deep": flow, "level": 1}, after=[root], on_dependency_failure=policy)
+        for policy in (rng.choice(POLICIES) for _ in range(rng.randint(20, 28)))
+    ]
+    subs = [
+        JobSpec("assemble", {"deep": flow, "level": 2}, after=[w], on_dependency_failure=p)
+        for w, p in ((w, rng.choice(POLICIES)) for w in wide)
+    ]
+    fan_in = JobSpec(
+        "assemble",
+        {"deep": flow, "level": 2, "fan_in": True},
+        after=wide,
+        on_dependency_failure=rng.choice(["skip", "error", "run"]),
+    )
+    tail = JobSpec(
+        "assemble",
+        {"deep": flow, "level": 3},
+        after=[fan_in],
+        on_dependency_failure=rng.choice(POLICIES),
+    )
+    return [root, *wide, *subs, fan_in, tail]
+
+
+async def after_running(
+    processor: Any, db: Any, rng: random.Random, produced: Produced, flows: list[str]
+) -> None:
+    """Jobs scheduled after flow jobs that are running now: each dependency's final write
+    races with them (it must be made again, knowing them, and settle them at once); half of
+    them get a dependent of their own, so that a failure goes on from there."""
+    running = (
+        await db["job_processor_jobs"]
+        .find({"name": {"$in": ["part", "assemble"]}, "status": "running"}, {"_id": 1})
+        .limit(4)
+        .to_list(None)
+    )
+    for doc in running:
+        dep = str(doc["_id"])
+        late = await processor.schedule_job(
+            "assemble", {"late": True}, after=[dep], on_dependency_failure=rng.choice(POLICIES)
+        )
+        produced.late_on_running.append((late.id, dep))
+        flows.append(late.id)
+        if rng.random() < 0.5:
+            later = await processor.schedule_job(
+                "assemble", {"late": 2}, after=[late], on_dependency_failure=rng.choice(POLICIES)
+            )
+            flows.append(later.id)
 
 
 async def produce(
@@ -174,6 +272,13 @@ async def produce(
                     )
                     flows.append(late.id)
                 everyone.extend(j.id for j in flow[:-2])
+            if opts.deep_every and tick % opts.deep_every == 0:  # a deep flow
+                chain = tick % (2 * opts.deep_every) == 0
+                specs = deep_chain(rng, tick) if chain else fan_out(rng, tick)
+                deep = await processor.schedule_jobs(specs)
+                flows.extend(rng.sample([j.id for j in deep], 2))  # some are killed (waiting)
+            if opts.deep_every:
+                await after_running(processor, db, rng, produced, flows)
             # one a tick, and now and then a burst of one tenant: its limit binds
             burst = 5 if tick % 4 == 0 else 1
             tenant = f"t{rng.randrange(opts.tenants)}"
@@ -276,6 +381,17 @@ async def settle(db: Any, deadline: float) -> dict[str, int]:
         await asyncio.sleep(1.0)
 
 
+def log_events(log_dir: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """How many lines of the workers' logs name each of these events."""
+    counts = dict.fromkeys(names, 0)
+    for path in log_dir.glob("worker-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            for name in names:
+                if f" {name} " in line:
+                    counts[name] += 1
+    return counts
+
+
 async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
     from chaos_features_app import open_processor
 
@@ -366,6 +482,8 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
         )
         for line in findings.summary:
             print(line)
+        flagged = ("job_lost", "dependents_not_settled", "dependents_settled_late")
+        print(f"worker logs: {log_events(log_dir, (*flagged, 'dependents_released_late'))}")
         for line in findings.notes:
             print("note: " + line)
         for line in findings.frozen_overlaps:
@@ -400,6 +518,12 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=defaults.tenants)
     parser.add_argument("--tenant-limit", type=int, default=defaults.tenant_limit)
     parser.add_argument("--worker-timeout", type=float, default=defaults.worker_timeout)
+    parser.add_argument(
+        "--deep-every",
+        type=int,
+        default=defaults.deep_every,
+        help="a deep flow (chain or fan-out) every this many ticks, 0: none",
+    )
     parser.add_argument(
         "--freeze-share",
         type=float,

@@ -93,7 +93,9 @@ def flaky(share: float = 0.1) -> None:
 
 async def part(job: Job, signal: AbortSignal) -> int:
     async with recorded(job.id, job.name, "part", job.attempt):
-        await nap(signal, 0.05, 0.3)
+        # "slow": long enough for jobs to be scheduled after it while it runs (its final
+        # write then races with them)
+        await nap(signal, *((0.5, 2.0) if job.payload.get("slow") else (0.05, 0.3)))
         if job.payload.get("fail"):
             raise DoNotRetry("this part fails for good")
         flaky()
@@ -102,7 +104,8 @@ async def part(job: Job, signal: AbortSignal) -> int:
 
 async def assemble(job: Job, signal: AbortSignal) -> int:
     """A flow's parent (or a job after it): every dependency must have ended before it runs,
-    and (unless its policy is "run") finished."""
+    and (unless its policy is "run") finished. With "fail" it then fails for good (a deep
+    flow's failure that starts mid-chain); "slow" makes it run 0.5-2 s."""
     async with recorded(job.id, job.name, "parent", job.attempt):
         deps = await job.dependencies()
         ended = {"finished", "errored", "killed", "skipped"}
@@ -112,7 +115,9 @@ async def assemble(job: Job, signal: AbortSignal) -> int:
         failed = [d.id for d in deps if d.status.value != "finished"]
         if failed and job.on_dependency_failure != "run":
             await seen("ran after a failed dependency", job_id=job.id, deps=failed)
-        await nap(signal, 0.05, 0.2)
+        await nap(signal, *((0.5, 2.0) if job.payload.get("slow") else (0.05, 0.2)))
+        if job.payload.get("fail"):  # a failure in the middle of a deep flow
+            raise DoNotRetry("this job of a flow fails for good")
         flaky()
         return len(deps)
 

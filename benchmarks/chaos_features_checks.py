@@ -110,6 +110,7 @@ async def check_all(db: Any, tenant_limit: int, produced: Any, produced_end: flo
     check_limits(f, runs, tenant_limit)
     await check_leaks(f, db)
     check_flows(f, jobs, runs_of, {k["job_id"] for k in produced.kills})
+    check_deep(f, jobs, runs_of, {k["job_id"] for k in produced.kills}, produced.late_on_running)
     check_crons(f, jobs, runs, runs_of, produced_end)
     await check_events(f, db, jobs, runs_of)
     check_dedup(f, jobs, runs)
@@ -396,4 +397,86 @@ def check_kills(
             if latencies
             else "handler: none measured"
         )
+    )
+
+
+def _time(value: Any) -> float | None:
+    """A date field as epoch seconds (nx-27017 may give it back as text)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def check_deep(
+    f: Findings,
+    jobs: dict[str, Doc],
+    runs_of: dict[str, list[Doc]],
+    killed: set[str],
+    late_on_running: list[tuple[str, str]],
+) -> None:
+    """What a dependency's end records on its dependents, in every flow: each counted
+    dependency's recorded status is the one it ended with; a job released to run had counted
+    them all; none is left waiting once its dependencies all ended; a failure is carried down
+    deep flows (chains, fan-outs) to every level, each job ending as its policy says
+    (check_flows checks each job against its dependencies' statuses); how long after its
+    dependency's end a job ended by it was, and how deep failures went."""
+    carried: collections.Counter[int] = collections.Counter()  # by level, deep flows
+    lags: list[tuple[float, str]] = []
+    for job_id, doc in jobs.items():
+        after = doc.get("after")
+        if not after:
+            continue
+        deps = doc.get("deps") or {}
+        status = doc["status"]
+        its = runs_of.get(job_id, [])
+        for dep, recorded in deps.items():
+            actual = jobs[dep]["status"] if dep in jobs else "deleted"
+            if recorded == "waiting":
+                if its:
+                    f.violations.append(
+                        f"flow: job {job_id} ran, its dependency {dep} ({actual}) not counted"
+                    )
+            elif recorded != actual:
+                f.violations.append(
+                    f"flow: job {job_id} ({status}) recorded its dependency {dep} as {recorded}, "
+                    f"which ended {actual}"
+                )
+        if status == "waiting":
+            ends = {d: jobs[d]["status"] if d in jobs else "deleted" for d in after}
+            if all(s in ENDED or s == "deleted" for s in ends.values()):
+                f.violations.append(
+                    f"flow: job {job_id} left waiting, its dependencies all ended: {ends}"
+                )
+        failed = doc.get("failed_dependency")
+        if status in ("skipped", "errored") and failed and not its and job_id not in killed:
+            if (doc.get("payload") or {}).get("deep") is not None:
+                carried[int(doc["payload"].get("level", 0))] += 1
+            t_dep = _time(jobs[failed].get("ended_at")) if failed in jobs else None
+            t_job = _time(doc.get("ended_at"))
+            if t_dep is not None and t_job is not None:
+                lags.append((t_job - t_dep, job_id))
+    deep = {(d.get("payload") or {}).get("deep") for d in jobs.values()} - {None}
+    lags.sort()
+    slow = [f"{job_id} {lag:.1f} s" for lag, job_id in lags if lag > 10]
+    f.summary.append(
+        f"deep flows: {len(deep)}; jobs ended by a failure carried down, by level: "
+        f"{dict(sorted(carried.items()))}; after their dependency's end: "
+        + (
+            f"{lags[len(lags) // 2][0]:.2f} s (median), {lags[-1][0]:.2f} s (max), "
+            f"{len(slow)} over 10 s"
+            if lags
+            else "none"
+        )
+    )
+    if slow:
+        f.notes.append(f"failures carried more than 10 s after the end (a sweep's?): {slow[:10]}")
+    outcomes = collections.Counter(
+        f"{jobs[dep]['status'] if dep in jobs else 'deleted'}->{jobs[job]['status']}"
+        for job, dep in late_on_running
+        if job in jobs
+    )
+    f.summary.append(
+        f"jobs scheduled after a running job (dependency -> job): {dict(sorted(outcomes.items()))}"
     )
