@@ -5,8 +5,8 @@ job on its dependencies, and what a dependency's end does to the jobs waiting on
 `settle_dependents(dep, status)` is what a dependency's end triggers (the worker after its final
 write, a kill, a recovery, the sweep for what a crash left undone): for a finished dependency
 two commands whatever the number of dependents (their count, then their release); for a failed
-one, a read first, to carry the failure on to the dependents of the jobs it skips or errors,
-level by level (`settle_all`: three commands a level; a bulk write holds at most 300
+one, a read after them, to carry the failure on to the dependents of the jobs it skipped or
+errored, level by level (`settle_all`: three commands a level; a bulk write holds at most 300
 updates, three per failed dependency).
 Every step is filtered on the dependency still being counted as waiting, so it applies once
 however many processes run it.
@@ -84,15 +84,20 @@ class FlowRecords:
 
     async def settle_all(self, ended: list[tuple[ObjectId, str]], now: dt.datetime) -> int:
         """`settle_dependents` for several dependencies at once, and a failure carried on level
-        by level: for each level, the jobs its failures end that have dependents of their own
-        (one read), every count, skip and error (one bulk write), then the releases (one more).
-        A failure that skips a chain of N jobs with dependents costs 3 commands per level (one
-        more per 100 failures in a level: `BULK_UPDATES`), not 5 per job. Returns how many
-        jobs were released."""
+        by level: for each level, every count, skip and error (one bulk write), the releases
+        (one more), then the jobs its failures ended that have dependents of their own (one
+        read): the next level. A failure that skips a chain of N jobs with dependents costs 3
+        commands per level (one more per 100 failures in a level: `BULK_UPDATES`), not 5 per
+        job. Returns how many jobs were released.
+
+        The read comes after the level's write: a job scheduled after one the write ends marks
+        it as having dependents before reading its status, so either its read sees it ended
+        (and settles itself) or this read sees the mark. Read before the write, a job marked
+        in between was ended here without its dependents, and read as still waiting by theirs:
+        left to a sweep."""
         released = 0
         # one status per dependency, the first given: the ordered writes below apply only the
-        # first one's pairs (each is filtered on the dependency still "waiting"), and the read
-        # of what the level ends must agree with them
+        # first one's pairs (each is filtered on the dependency still "waiting")
         first: dict[ObjectId, str] = {}
         for dep, status in ended:
             first.setdefault(dep, status)
@@ -100,39 +105,38 @@ class FlowRecords:
         carried = 0
         while level and carried < CASCADE_LIMIT:
             carried += len(level)
-            following = await self._ended_by(
-                [str(dep) for dep, status in level if status != S.FINISHED.value]
-            )
             await self._update_each(
                 [pair for dep, status in level for pair in F.dependency_ended(dep, status, now)]
             )
             released += await self._update_each([F.released(dep, now) for dep, _ in level])
-            level = following
+            level = await self._ended_by(
+                [str(dep) for dep, status in level if status != S.FINISHED.value]
+            )
         return released
 
     async def _ended_by(self, failed: list[str]) -> list[tuple[ObjectId, str]]:
-        """The waiting jobs with dependents of their own that these failed dependencies end
-        (skip or error: those with "run" are counted and run), with the status they get."""
+        """The jobs with dependents of their own that these failed dependencies ended (skipped
+        or errored them: those with "run" counted them and run), with the status they got;
+        each once, however many of them failed it, unless a sweep has seen them settled."""
         if not failed:
             return []
-        out = []
-        failing = set(failed)  # a level may hold thousands: one lookup per dependency of a job
-        for doc in await all_docs(self.ended_by_cursor(failed)):
-            deps = doc.get("deps") or {}
-            if any(state == "waiting" and dep in failing for dep, state in deps.items()):
-                skip = doc.get("on_dependency_failure") == "skip"
-                out.append((doc["_id"], "skipped" if skip else "errored"))
-        return out
+        failing = set(failed)  # a level may hold thousands: one lookup per job read
+        return [
+            (doc["_id"], str(doc["status"]))
+            for doc in await all_docs(self.ended_by_cursor(failed))
+            if doc.get("failed_dependency") in failing
+        ]
 
     def ended_by_cursor(self, failed: list[str]) -> Any:
         """`_ended_by`'s read (the {after, status} index)."""
         query = {
             "after": {"$in": failed},
-            "status": S.WAITING.value,
+            "status": {"$in": [S.SKIPPED.value, S.ERRORED.value]},
+            "failed_dependency": {"$in": failed},
             "has_dependents": True,
-            "on_dependency_failure": {"$in": ["skip", "error"]},
+            "dependents_settled": {"$exists": False},
         }
-        return self.coll.find(query, {"_id": 1, "on_dependency_failure": 1, "deps": 1})
+        return self.coll.find(query, {"_id": 1, "status": 1, "failed_dependency": 1})
 
     async def _update_each(self, pairs: list[tuple[Doc, Doc]]) -> int:
         """Apply each (filter, update) with `update_many`, in order: ordered bulk writes of up

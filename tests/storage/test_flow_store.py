@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 
@@ -97,7 +98,7 @@ async def test_a_wide_failure_costs_three_commands_a_level(mongo_url: str, db: A
         leaves = [await add(storage, [m]) for m in middle for _ in range(2)]
         count.names.clear()
         await storage.jobs.settle_all([(root, "killed")], NOW)
-        assert count.names == ["find", "update", "update"] * 2
+        assert count.names == ["update", "update", "find"] * 2
         got = await statuses(storage)
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
     finally:
@@ -122,6 +123,54 @@ async def test_a_dependency_given_twice_is_settled_as_its_first_status(any_db: A
     assert released == 1
 
 
+async def schedule_after(storage: Storage, dep: ObjectId) -> ObjectId:
+    """A job scheduled after `dep` as the API does it: inserted waiting, then registered (its
+    dependency marked as having dependents, then settled at once if it has ended)."""
+    doc = D.new_job("j", {}, now=NOW) | F.waiting_fields([dep], "skip")
+    inserted = await storage.jobs.insert(doc)
+    assert inserted is not None
+    await storage.jobs.register_waiting([dep], NOW)
+    return ObjectId(inserted["_id"])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_job_scheduled_while_a_failure_is_carried_is_ended_with_it(
+    any_db: Any, when: str
+) -> None:
+    """A job scheduled after `middle` while its dependency's failure is being carried down
+    (just before the write that skips `middle`, or just after) is ended at once, by that call
+    or by its own registration: not left waiting for a sweep (5 s or more later, warning
+    dependents_settled_late). The cascade read which jobs a level ends before writing it:
+    `middle` had no dependents yet, so its skip was carried no further, while the new job's
+    registration had read it still waiting (found reading settle_all for the chaos runs'
+    deep flows)."""
+    storage = await Storage.open(any_db, "t_")
+    await storage.ensure_indexes()
+    root = await add(storage)
+    middle = await add(storage, [root])
+    late: list[ObjectId] = []
+    write = storage.jobs._update_each
+    calls = 0
+
+    async def update_each(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1 and when == "before":
+            late.append(await schedule_after(storage, middle))
+        modified = await write(pairs)
+        if calls == 1 and when == "after":
+            late.append(await schedule_after(storage, middle))
+        return modified
+
+    storage.jobs._update_each = update_each  # type: ignore[method-assign]
+
+    await storage.jobs.settle_dependents(root, "errored", NOW)
+
+    got = await statuses(storage)
+    assert got[middle] == ("skipped", str(root))
+    assert got[late[0]] == ("skipped", str(middle))
+
+
 class Failed(list[str]):
     """A level's failed dependencies, counting how often they are gone through."""
 
@@ -133,13 +182,12 @@ class Failed(list[str]):
 
 
 async def test_a_wide_level_is_read_in_linear_time() -> None:
-    """A level of 3,000 failed jobs, each ending one job: which of the jobs read still wait on
-    one of them is one lookup per dependency of each job, not a pass over the whole level per
-    job (9 million comparisons, seconds of a blocked event loop)."""
+    """A level of 3,000 failed jobs, each ending one job: which of the jobs read they ended is
+    one lookup per job, not a pass over the whole level per job (9 million comparisons,
+    seconds of a blocked event loop)."""
     failed = [ObjectId() for _ in range(3000)]
     docs = [
-        {"_id": ObjectId(), "deps": {str(dep): "waiting"}, "on_dependency_failure": "error"}
-        for dep in failed
+        {"_id": ObjectId(), "status": "errored", "failed_dependency": str(dep)} for dep in failed
     ]
 
     class Rows:
@@ -182,10 +230,10 @@ async def test_a_level_of_150_failures_goes_in_bulk_writes_of_300_updates(
         leaves = [await add(storage, [m]) for m in middle]
         count.names.clear()
         await storage.jobs.settle_all([(root, "errored")], NOW)
-        # the root's level (its read of 150 jobs takes a getMore past the first 101); then
-        # 150 failures: 450 updates in 2 writes, 150 releases in 1
+        # the root's level, then its read of the 150 jobs it ended (a getMore past the first
+        # 101); then theirs: 450 updates in 2 writes, 150 releases in 1, and its read
         sent = [n for n in count.names if n != "getMore"]
-        assert sent == ["find", "update", "update", "find", "update", "update", "update"]
+        assert sent == ["update", "update", "find", "update", "update", "update", "find"]
         got = await statuses(storage)
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
     finally:
