@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bson import ObjectId
 from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,6 +100,8 @@ class Produced:
     """pid -> when the process had exited."""
     freezes: list[tuple[int, float, float]] = field(default_factory=list)
     """(pid, SIGSTOP time, SIGCONT time) of each frozen worker."""
+    worker_pids: dict[str, int] = field(default_factory=dict)
+    """worker id -> pid (the workers collection, sampled)."""
     late_on_running: list[tuple[str, str]] = field(default_factory=list)
     """(job id, dependency id) of jobs scheduled after a job read as running a moment before
     (its final write races with them)."""
@@ -116,6 +119,8 @@ async def sample(db: Any, opts: Options, produced: Produced) -> None:
     """What must hold at every moment: no limit over its concurrency, no two active jobs with
     one key (each read is one batch, taken under the server's lock)."""
     produced.samples += 1
+    async for worker in db["job_processor_workers"].find({}, {"pid": 1}):
+        produced.worker_pids[str(worker["_id"])] = int(worker.get("pid") or 0)
     for doc in await db["job_processor_limits"].find({}).to_list(None):
         holders = doc.get("holders") or {}
         if doc.get("running", 0) > opts.tenant_limit or len(holders) > opts.tenant_limit:
@@ -210,15 +215,23 @@ async def after_running(
     processor: Any, db: Any, rng: random.Random, produced: Produced, flows: list[str]
 ) -> None:
     """Jobs scheduled after flow jobs that are running now: each dependency's final write
-    races with them (it must be made again, knowing them, and settle them at once); half of
-    them get a dependent of their own, so that a failure goes on from there."""
+    races with them (it must be made again, knowing them, and settle them at once); and after
+    the newest waiting flow jobs with dependents (a failure may be carried through them right
+    then). Half of them get a dependent of their own, so that a failure goes on from there."""
     running = (
         await db["job_processor_jobs"]
         .find({"name": {"$in": ["part", "assemble"]}, "status": "running"}, {"_id": 1})
         .limit(4)
         .to_list(None)
     )
-    for doc in running:
+    waiting = (
+        await db["job_processor_jobs"]
+        .find({"name": "assemble", "status": "waiting", "has_dependents": True}, {"_id": 1})
+        .sort([("_id", -1)])
+        .limit(2)
+        .to_list(None)
+    )
+    for doc in [*running, *waiting]:
         dep = str(doc["_id"])
         late = await processor.schedule_job(
             "assemble", {"late": True}, after=[dep], on_dependency_failure=rng.choice(POLICIES)
@@ -392,6 +405,42 @@ def log_events(log_dir: Path, names: tuple[str, ...]) -> dict[str, int]:
     return counts
 
 
+def late_ids(log_dir: Path) -> list[str]:
+    """The job ids of the workers' `dependents_settled_late` lines."""
+    return [
+        line.split("job_id=", 1)[1].split()[0].strip("'\"")
+        for path in log_dir.glob("worker-*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if " dependents_settled_late " in line and "job_id=" in line
+    ]
+
+
+async def explain_late(db: Any, log_dir: Path, produced: Produced) -> list[str]:
+    """For each dependency a sweep settled late (`dependents_settled_late`): how it ended, and
+    whether the process that ended it (or the job whose failure was carried to it) died just
+    after; a late settlement without such a death is suspect."""
+    ids = late_ids(log_dir)
+    jobs = db["job_processor_jobs"]
+    fields = {"status": 1, "name": 1, "worker_id": 1, "ended_at": 1, "failed_dependency": 1}
+    out = []
+    for job_id in ids[:12]:
+        hops: list[str] = []
+        doc = await jobs.find_one({"_id": ObjectId(job_id)}, fields)
+        while doc is not None and len(hops) < 10:
+            pid = produced.worker_pids.get(str(doc.get("worker_id")))
+            died = produced.deaths.get(pid or -1)
+            ended = doc.get("ended_at")
+            hops.append(
+                f"{doc['_id']} {doc['status']} ended {ended} pid {pid}"
+                + (f" died {died:.3f}" if died else "")
+            )
+            if doc.get("worker_id") or not doc.get("failed_dependency"):
+                break
+            doc = await jobs.find_one({"_id": ObjectId(doc["failed_dependency"])}, fields)
+        out.append(" <- ".join(hops))
+    return out
+
+
 async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
     from chaos_features_app import open_processor
 
@@ -484,6 +533,8 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
             print(line)
         flagged = ("job_lost", "dependents_not_settled", "dependents_settled_late")
         print(f"worker logs: {log_events(log_dir, (*flagged, 'dependents_released_late'))}")
+        for line in await explain_late(db, log_dir, produced):
+            print("settled late: " + line)
         for line in findings.notes:
             print("note: " + line)
         for line in findings.frozen_overlaps:

@@ -459,19 +459,19 @@ def check_deep(
                 lags.append((t_job - t_dep, job_id))
     deep = {(d.get("payload") or {}).get("deep") for d in jobs.values()} - {None}
     lags.sort()
-    slow = [f"{job_id} {lag:.1f} s" for lag, job_id in lags if lag > 10]
+    slow = [f"{job_id} {lag:.1f} s" for lag, job_id in lags if lag > 4]
     f.summary.append(
         f"deep flows: {len(deep)}; jobs ended by a failure carried down, by level: "
         f"{dict(sorted(carried.items()))}; after their dependency's end: "
         + (
             f"{lags[len(lags) // 2][0]:.2f} s (median), {lags[-1][0]:.2f} s (max), "
-            f"{len(slow)} over 10 s"
+            f"{len(slow)} over 4 s"
             if lags
             else "none"
         )
     )
     if slow:
-        f.notes.append(f"failures carried more than 10 s after the end (a sweep's?): {slow[:10]}")
+        f.notes.append(f"failures carried more than 4 s after the end (a sweep's?): {slow[:10]}")
     outcomes = collections.Counter(
         f"{jobs[dep]['status'] if dep in jobs else 'deleted'}->{jobs[job]['status']}"
         for job, dep in late_on_running
