@@ -24,7 +24,15 @@ then SIGCONTs it. During the run it samples the limits and the active keyed jobs
 - limits: no more than the limit's concurrency of a tenant's runs at once, measured by the
   handlers' own start/end records; no slot left held once the jobs ended;
 - flows: a job runs only after all its dependencies ended, and only if they finished (or its
-  policy is "run"); skip/error policies applied, and carried down the flow;
+  policy is "run"); skip/error policies applied, and carried down the flow; each dependency's
+  status as its dependents recorded it is the one it ended with; none left waiting once its
+  dependencies all ended. Deep flows (`--deep-every`: chains of 5-7 jobs, each with dependents
+  of its own, and fan-outs of 20-28 jobs under a part that usually fails) carry failures over
+  several levels while workers die, and jobs are scheduled after flow jobs while they run (their
+  final writes race with them) and after waiting ones (a failure may be carried through them
+  then); the summary says how deep failures went and how long after the end, and the workers'
+  late settlements (`dependents_settled_late`) with whether the process that ended the
+  dependency died just after;
 - crons: one task per slot, no slot without a task, an exclusive cron's runs never overlap,
   a slot skipped as missed never ran;
 - events: one event per key, every target of every event gets exactly one delivery, which
