@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import random
@@ -445,7 +446,27 @@ async def explain_late(db: Any, log_dir: Path, produced: Produced) -> list[str]:
             if doc.get("worker_id") or not doc.get("failed_dependency"):
                 break
             doc = await jobs.find_one({"_id": ObjectId(doc["failed_dependency"])}, fields)
-        out.append(" <- ".join(hops))
+        # its dependents scheduled after its end: a sweep may read one before its own
+        # registration has settled it (then both settle it: harmless, but logged as late)
+        ended = await jobs.find_one({"_id": ObjectId(job_id)}, {"ended_at": 1})
+        end = (ended or {}).get("ended_at")
+        if isinstance(end, str):
+            end = dt.datetime.fromisoformat(end)
+        if isinstance(end, dt.datetime) and end.tzinfo is None:
+            end = end.replace(tzinfo=dt.UTC)
+        later = [
+            (d["_id"].generation_time - end).total_seconds()
+            async for d in jobs.find({"after": job_id}, {"_id": 1})
+            if isinstance(end, dt.datetime) and d["_id"].generation_time > end
+        ]
+        out.append(
+            " <- ".join(hops)
+            + (
+                f"; dependents scheduled after its end: {len(later)}, +{max(later):.0f} s"
+                if later
+                else ""
+            )
+        )
     return out
 
 
