@@ -33,6 +33,7 @@ from ..core.log import EventLog
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
+from ..storage.job_flows import registering
 from ..storage.transient import describe
 
 Doc = dict[str, Any]
@@ -120,8 +121,11 @@ class Flows:
             if not isinstance(d.get("ended_at"), dt.datetime) or d["ended_at"] <= cutoff
         ]
         if ended:
-            ids = [d["_id"] for d in ended]
-            uncounted = await self.jobs.uncounted(ids)
+            # a waiting job created since the end, within the grace, is being registered: its
+            # process settles it (its dependency stays in this query until it has)
+            ends = {d["_id"]: d.get("ended_at") for d in ended}
+            uncounted, registering = await self.jobs.uncounted(list(ends), ends, cutoff)
+            ids = [d["_id"] for d in ended if d["_id"] not in registering]
             late_ends = [(d["_id"], str(d.get("status"))) for d in ended if d["_id"] in uncounted]
             if late_ends:
                 released += await self.jobs.settle_all(late_ends, now)
@@ -160,27 +164,33 @@ class Flows:
     async def _deleted_dependencies(self, now: dt.datetime) -> int:
         waiting = await self.jobs.stale_waiting(self._slow_cursor)
         self._slow_cursor = waiting[-1]["_id"] if len(waiting) == 200 else None  # else: wrap
-        pending = {
-            ObjectId(dep)
+        cutoff = now - dt.timedelta(seconds=GRACE)
+        uncounted = [
+            (doc, ObjectId(dep))
             for doc in waiting
             for dep, state in (doc.get("deps") or {}).items()
             if state == "waiting" and ObjectId.is_valid(dep)
-        }
+        ]
         released = 0
-        ready = [d["_id"] for d in waiting if _counted_all(d)]
+        # one created within the grace is being registered: its process settles, releases it
+        ready = [d["_id"] for d in waiting if _counted_all(d) and not registering(d, "any", cutoff)]
         if ready:  # counted, never released, their dependencies already seen settled
             released = await self.jobs.release_ready(ready, now)
             if released:
                 self.log.warning("dependents_released_late", jobs=released)
-        if not pending:
+        if not uncounted:
             return released
-        found = await self.jobs.ends(sorted(pending))
-        cutoff = now - dt.timedelta(seconds=GRACE)  # one that just ended: its process settles it
-        late_ends = []
-        for dep in sorted(pending):
+        found = await self.jobs.ends(sorted({dep for _, dep in uncounted}))
+        late: set[tuple[ObjectId, str]] = set()
+        for doc, dep in uncounted:  # one that just ended: its process settles it
             status, ended = found.get(dep, ("deleted", None))
-            if status == "deleted" or (status in F.ENDED and (ended is None or ended <= cutoff)):
-                late_ends.append((dep, status))
+            if status == "deleted" or (
+                status in F.ENDED
+                and (ended is None or ended <= cutoff)
+                and not registering(doc, ended, cutoff)
+            ):
+                late.add((dep, status))
+        late_ends = sorted(late)
         if late_ends:
             released += await self.jobs.settle_all(late_ends, now)
             for dep, status in late_ends:

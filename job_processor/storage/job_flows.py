@@ -214,18 +214,29 @@ class FlowRecords:
     def uncounted_cursor(self, dep_ids: list[ObjectId]) -> Any:
         """The waiting jobs of any of these dependencies (the {after, status} index)."""
         query = {"after": {"$in": [str(d) for d in dep_ids]}, "status": S.WAITING.value}
-        return self.coll.find(query, {"deps": 1})
+        return self.coll.find(query, {"deps": 1, "created_at": 1})
 
-    async def uncounted(self, dep_ids: list[ObjectId]) -> set[ObjectId]:
-        """Which of these jobs some waiting job has not counted yet (one query on `after`)."""
-        texts = [str(d) for d in dep_ids]
-        docs = await all_docs(self.uncounted_cursor(dep_ids))
-        return {
-            ObjectId(dep)
-            for doc in docs
-            for dep, state in (doc.get("deps") or {}).items()
-            if state == "waiting" and dep in texts
-        }
+    async def uncounted(
+        self,
+        dep_ids: list[ObjectId],
+        ends: dict[ObjectId, dt.datetime | None] | None = None,
+        cutoff: dt.datetime | None = None,
+    ) -> tuple[set[ObjectId], set[ObjectId]]:
+        """Which of these jobs some waiting job has not counted yet (one query on `after`):
+        (those to settle, those only waiting jobs being registered have not counted). With
+        `ends` (each one's end) and `cutoff`, a waiting job created after the end, at or after
+        `cutoff`, is being registered (`registering`): its own process settles it."""
+        texts = {str(d): d for d in dep_ids}
+        settle: set[ObjectId] = set()
+        left: set[ObjectId] = set()
+        for doc in await all_docs(self.uncounted_cursor(dep_ids)):
+            for dep, state in (doc.get("deps") or {}).items():
+                if state != "waiting" or dep not in texts:
+                    continue
+                oid = texts[dep]
+                ended = (ends or {}).get(oid)
+                (left if registering(doc, ended, cutoff) else settle).add(oid)
+        return settle, left - settle
 
     async def mark_settled(self, dep_ids: list[ObjectId]) -> None:
         """Every job waiting on these has counted them: they leave the sweep's query, and the
@@ -252,7 +263,8 @@ class FlowRecords:
         query: Doc = {"status": S.WAITING.value}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
-        return self.coll.find(query, {"deps": 1, "waiting_on": 1}).sort([("_id", 1)]).limit(limit)
+        fields = {"deps": 1, "waiting_on": 1, "created_at": 1}
+        return self.coll.find(query, fields).sort([("_id", 1)]).limit(limit)
 
     async def stale_waiting(self, after_id: ObjectId | None, limit: int = 200) -> list[Doc]:
         return await all_docs(self.stale_waiting_cursor(after_id, limit))
@@ -277,3 +289,15 @@ class FlowRecords:
         what `dependency_ended`'s updates select)."""
         query = {"after": str(dep_id), "status": S.WAITING.value, f"deps.{dep_id}": "waiting"}
         return self.coll.find(query, {"_id": 1})
+
+
+def registering(doc: Doc, ended: Any, cutoff: dt.datetime | None) -> bool:
+    """A waiting job created after its dependency `ended` (a known end: a datetime), at or
+    after `cutoff` (None: none is): its registration (mark its dependencies, read their
+    statuses, settle those that ended) may be under way, and settles it; a sweep that settled
+    it too would warn of a late settlement for a healthy flow. With `ended` "any", whatever
+    its dependencies' ends. One whose process died first is settled once older."""
+    created = doc.get("created_at")
+    if cutoff is None or not isinstance(created, dt.datetime) or created < cutoff:
+        return False
+    return ended == "any" or (isinstance(ended, dt.datetime) and created >= ended)

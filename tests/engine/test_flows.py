@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from job_processor import (
     JobSpec,
     JobStatus,
 )
+from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_status
@@ -477,6 +479,51 @@ async def test_the_slow_pass_leaves_a_dependency_that_just_ended_to_its_own_proc
     p.flows._sweeps = 0  # the next sweep makes the slow pass again, the grace past
     assert await p.flows.sweep(now + dt.timedelta(seconds=10)) == 1
     assert (await p.get_job(parent.id)).status == S.PENDING
+
+
+async def test_a_sweep_leaves_a_job_being_scheduled_to_its_own_registration(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job scheduled after a dependency that ended long ago is inserted waiting, marks it
+    (which puts it back in the sweep's query), then reads its status and settles itself. A
+    sweep (or the slow pass) that read it in between settled it too, harmlessly but warning
+    `dependents_settled_late` for a healthy flow (seen every few chaos runs: jobs scheduled
+    after old parts). A waiting job younger than the grace is left to its registration (a
+    process that died before it is the slow pass's, once the grace is past)."""
+    p = await make(db, JOBS, logger=logging.getLogger("tests.young_dependent"))
+    caplog.set_level(logging.WARNING, logger="tests.young_dependent")
+    coll = p.storage.jobs.coll
+    now = dt.datetime.now(dt.UTC)
+    child = await p.schedule_job("part", {"n": 3})
+    dep = ObjectId(child.id)
+    await p.schedule_job("total", after=[child])
+    await coll.update_one(  # it ended a minute ago; its dependents counted it, a sweep saw it
+        {"_id": dep},
+        {
+            "$set": {"status": "finished", "ended_at": now - dt.timedelta(minutes=1)},
+            "$unset": {"claim_name": ""},
+        },
+    )
+    await p.storage.jobs.settle_dependents(dep, "finished", now)
+    await p.storage.jobs.mark_settled([dep])
+    # a job scheduled after it now: inserted, its dependency marked, its status not read yet
+    doc = D.new_job("total", {}, now=now) | F.waiting_fields([dep], "skip")
+    await p.storage.jobs.insert(doc)
+    await p.storage.jobs.mark_dependents([dep])
+
+    assert await p.flows.sweep(now + dt.timedelta(seconds=1)) == 0  # the first: the slow pass too
+    assert (await p.get_job(str(doc["_id"]))).status == S.WAITING
+    assert "dependents_settled_late" not in caplog.text
+    unsettled, _ = await p.storage.jobs.flow_attention()
+    assert dep in [d["_id"] for d in unsettled]  # not marked settled: still in the query
+    assert await p.flows.register([dep]) == 1  # its registration goes on: released
+    assert (await p.get_job(str(doc["_id"]))).status == S.PENDING
+    later = now + dt.timedelta(seconds=10)  # had it died before: the slow pass, past the grace
+    doc2 = D.new_job("total", {}, now=now) | F.waiting_fields([dep], "skip")
+    await p.storage.jobs.insert(doc2)
+    p.flows._sweeps = 0
+    assert await p.flows.sweep(later) == 1
+    assert (await p.get_job(str(doc2["_id"]))).status == S.PENDING
 
 
 async def job_pages(p: Any, *job_ids: str) -> list[str]:
