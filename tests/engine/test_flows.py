@@ -487,7 +487,7 @@ async def test_a_sweep_leaves_a_job_being_scheduled_to_its_own_registration(
     """A job scheduled after a dependency that ended long ago is inserted waiting, marks it
     (which puts it back in the sweep's query), then reads its status and settles itself. A
     sweep (or the slow pass) that read it in between settled it too, harmlessly but warning
-    `dependents_settled_late` for a healthy flow (seen every few chaos runs: jobs scheduled
+    `dependents_settled_late` for a healthy flow (seen in a chaos run: jobs scheduled
     after old parts). A waiting job younger than the grace is left to its registration (a
     process that died before it is the slow pass's, once the grace is past)."""
     p = await make(db, JOBS, logger=logging.getLogger("tests.young_dependent"))
