@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pymongo import monitoring
+
 from job_processor import Job, JobProcessor, JobStatus, init_job_processor
 
 FAST: dict[str, Any] = {
@@ -36,3 +38,19 @@ async def wait_for(predicate: Any, timeout: float = 15) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+class CommandNames(monitoring.CommandListener):
+    """The names of the commands a client sends, in order (a test's count of round trips)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from job_processor import (
     AbortSignal,
@@ -26,7 +26,7 @@ from job_processor import (
 from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.ops.admin import Admin
-from tests.helpers import make, wait_status
+from tests.helpers import CommandNames, make, wait_status
 
 S = JobStatus
 hooks: list[tuple[str, str]] = []
@@ -545,18 +545,10 @@ async def test_a_sweep_over_ended_dependencies_is_one_query_and_four_commands(
     query), reads the waiting jobs that name them, releases those that counted everything
     (one update) and marks them settled (two): four commands after its query, for 30
     dependencies as for one, whatever else waits (520 jobs wait on a job not ended)."""
-    names: list[str] = []
-
-    class Commands(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            names.append(event.command_name)
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
-
+    commands = CommandNames()
+    names = commands.names
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_url, tz_aware=True, event_listeners=[Commands()]
+        mongo_url, tz_aware=True, event_listeners=[commands]
     )
     try:
         p = await make(client[db.name], JOBS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from job_processor import (
@@ -28,7 +28,7 @@ from job_processor import (
     UnknownJobError,
     init_job_processor,
 )
-from tests.helpers import FAST, make, wait_for, wait_status
+from tests.helpers import FAST, CommandNames, make, wait_for, wait_status
 
 S = JobStatus
 
@@ -102,22 +102,8 @@ async def test_a_batch_with_one_bad_item_writes_nothing_and_names_it(db: Any) ->
     assert await p.list_jobs() == []
 
 
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_a_large_batch_is_one_insert_per_thousand_jobs(mongo_url: str, db: Any) -> None:
-    commands = Commands()
+    commands = CommandNames()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         mongo_url, tz_aware=True, event_listeners=[commands]
     )

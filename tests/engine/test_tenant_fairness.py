@@ -17,29 +17,14 @@ import datetime as dt
 import time
 from typing import Any
 
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, Limit, init_job_processor
+from tests.helpers import CommandNames
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 PER_TENANT = Limit(key="tenant:{tenant}", concurrency=4)
 B_RUN = 0.3  # seconds each of B's jobs works (A's hold their slots until released)
-
-
-class Commands(monitoring.CommandListener):
-    """How many commands the processor sends (every collection)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.count += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 async def until(predicate: Any, timeout: float = 30) -> None:
@@ -52,7 +37,7 @@ async def until(predicate: Any, timeout: float = 30) -> None:
 async def test_a_backlog_of_1000_jobs_of_one_tenant_does_not_hold_back_another(
     mongo_url: str, db: Any
 ) -> None:
-    commands = Commands()
+    commands = CommandNames()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         mongo_url, tz_aware=True, event_listeners=[commands]
     )
@@ -90,11 +75,11 @@ async def test_a_backlog_of_1000_jobs_of_one_tenant_does_not_hold_back_another(
         await p.schedule_jobs([("sync", {"tenant": "A"}) for _ in range(1000)])
         async with p:
             await until(lambda: running["A"] == 4)  # A holds its 4 slots; 4 stay free
-            before = commands.count
+            before = len(commands.names)
             scheduled = time.monotonic()
             await p.schedule_jobs([("sync", {"tenant": "B"}) for _ in range(10)])
             await until(lambda: sum(1 for t, _, _ in runs if t == "B") == 10)
-            spent = commands.count - before
+            spent = len(commands.names) - before
             b_starts = [start - scheduled for t, start, _ in runs if t == "B"]
             assert running["A"] == 4  # A's backlog still waits behind its own limit
             assert clock.now() == T0  # no poll, no expiry: the claim path alone

@@ -5,19 +5,37 @@ commands whatever its width."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.storage import Storage
 from job_processor.storage.job_flows import FlowRecords
+from tests.helpers import CommandNames
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@contextlib.asynccontextmanager
+async def counted_storage(mongo_url: str, db: Any) -> AsyncIterator[tuple[Storage, CommandNames]]:
+    """The flows' store on a client of its own whose commands are recorded."""
+    count = CommandNames()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[count]
+    )
+    try:
+        storage = await Storage.open(client[db.name], "t_")
+        await storage.ensure_indexes()
+        yield storage, count
+    finally:
+        await client.close()
 
 
 async def add(
@@ -68,31 +86,11 @@ async def test_a_failure_is_carried_down_level_by_level_once_per_job(any_db: Any
     assert (await storage.jobs.settle_all([(root, "errored")], NOW)) == 0  # applied once
 
 
-class Count(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_a_wide_failure_costs_three_commands_a_level(mongo_url: str, db: Any) -> None:
     """A failure that skips 30 jobs with dependents of their own, and their 60 dependents:
     2 levels of 3 commands (the leaves have no dependents: the second level's updates end
     them). It was 5 commands per job with dependents: 155."""
-    count = Count()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_url, tz_aware=True, event_listeners=[count]
-    )
-    try:
-        storage = await Storage.open(client[db.name], "t_")
-        await storage.ensure_indexes()
+    async with counted_storage(mongo_url, db) as (storage, count):
         root = await add(storage)
         middle = [await add(storage, [root]) for _ in range(30)]
         leaves = [await add(storage, [m]) for m in middle for _ in range(2)]
@@ -101,8 +99,6 @@ async def test_a_wide_failure_costs_three_commands_a_level(mongo_url: str, db: A
         assert count.names == ["update", "update", "find"] * 2
         got = await statuses(storage)
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
-    finally:
-        await client.close()
 
 
 async def test_a_dependency_given_twice_is_settled_as_its_first_status(any_db: Any) -> None:
@@ -218,13 +214,7 @@ async def test_a_level_of_150_failures_goes_in_bulk_writes_of_300_updates(
 ) -> None:
     """Each bulk write holds at most 300 updates (three per failed dependency), so that one
     command never holds a server that runs them one at a time for a whole wide level."""
-    count = Count()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_url, tz_aware=True, event_listeners=[count]
-    )
-    try:
-        storage = await Storage.open(client[db.name], "t_")
-        await storage.ensure_indexes()
+    async with counted_storage(mongo_url, db) as (storage, count):
         root = await add(storage)
         middle = [await add(storage, [root]) for _ in range(150)]
         leaves = [await add(storage, [m]) for m in middle]
@@ -236,5 +226,3 @@ async def test_a_level_of_150_failures_goes_in_bulk_writes_of_300_updates(
         assert sent == ["update", "update", "find", "update", "update", "update", "find"]
         got = await statuses(storage)
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
-    finally:
-        await client.close()
