@@ -1,7 +1,9 @@
 """Who may use the dashboard: HTTP basic auth, a callable, or (on loopback only) nobody asked.
 
 - `auth=("user", "password")`: HTTP basic auth (constant-time comparison); the audit log
-  records the user name.
+  records the user name. A client address that sends `LoginThrottle.LIMIT` wrong credentials
+  within `LoginThrottle.WINDOW` seconds gets 429 (with `Retry-After`) until the oldest of them
+  is that old, its credentials not even compared (guessing a password over HTTP stays slow).
 - `auth=callable(request) -> bool | str` (sync or async): allowed when it returns True or a
   non-empty string (the user name recorded in the audit log); refused (403) otherwise.
 - `auth=None`, given explicitly: no authentication at all (you protect it some other way).
@@ -17,6 +19,9 @@ import binascii
 import hmac
 import inspect
 import ipaddress
+import math
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,11 +67,46 @@ def refuse_public_host(host: str) -> DashboardConfigError:
     )
 
 
+class LoginThrottle:
+    """Wrong basic-auth credentials per client address: `LIMIT` of them within `WINDOW`
+    seconds refuse that address until the oldest is `WINDOW` old. In memory, per dashboard
+    process, at most `MAX_CLIENTS` addresses (the least recently failing forgotten first).
+    Behind a proxy every client shares its address: a guesser there also blocks the others
+    for a while, which is the price of not letting it guess."""
+
+    LIMIT = 10
+    WINDOW = 300.0
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def wait(self, client: str) -> int:
+        """Seconds (rounded up, at least 1) before `client` may try again; 0: it may now."""
+        failures = self._failures.get(client)
+        if failures is None or len(failures) < self.LIMIT:
+            return 0
+        left = failures[0] + self.WINDOW - self.clock()
+        return max(1, math.ceil(left)) if left > 0 else 0
+
+    def failed(self, client: str) -> None:
+        failures = self._failures.pop(client, None) or deque(maxlen=self.LIMIT)
+        failures.append(self.clock())
+        self._failures[client] = failures  # the most recent failure last
+        while len(self._failures) > self.MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
 class Authenticator:
     """Decides per request: `await check(request)` -> the user name, or a Denied."""
 
-    def __init__(self, auth: Any) -> None:
+    def __init__(self, auth: Any, clock: Callable[[], float] = time.monotonic) -> None:
         self.mode: str
+        self.throttle = LoginThrottle(clock)
         self._user = self._password = b""
         self._callable: AuthCallable | None = None
         if auth is UNSET:
@@ -106,9 +146,21 @@ class Authenticator:
                 "callable, or auth=None explicitly.",
             )
         if self.mode == "basic":
+            client = request.client.host if request.client else "unknown"
+            wait = self.throttle.wait(client)
+            if wait:
+                return Denied(
+                    429,
+                    f"Too many wrong user names or passwords from {client}: try again in {wait} s.",
+                    retry_after=wait,
+                )
+            sent = "authorization" in request.headers
             user = self._basic(request)
             if user is None:
+                if sent:  # a browser's first request carries none: not a failure
+                    self.throttle.failed(client)
                 return Denied(401, "Log in with the dashboard's user name and password.")
+            self.throttle.succeeded(client)
             return user
         assert self._callable is not None
         verdict = self._callable(request)
@@ -137,6 +189,7 @@ class Authenticator:
 
 
 class Denied:
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int = 0) -> None:
         self.status = status
         self.message = message
+        self.retry_after = retry_after

@@ -23,6 +23,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
+DENIED_TITLES = {401: "Not signed in", 403: "Access denied", 429: "Too many attempts"}
 #: Sent with every response (unless the route set its own): no page of another origin may
 #: frame the dashboard (clickjacking: a same-site page, another port of localhost or a
 #: sibling subdomain, gets the SameSite cookies and could lure clicks on Kill or Delete),
@@ -59,11 +60,12 @@ class Guard:
         verdict = await d.auth.check(request)
         if isinstance(verdict, Denied):
             scope["state"]["user"] = None
-            response = d.error_page(request, verdict.status, "Not signed in", verdict.message)
-            if verdict.status == 403:
-                response = d.error_page(request, 403, "Access denied", verdict.message)
+            title = DENIED_TITLES.get(verdict.status, "Not signed in")
+            response = d.error_page(request, verdict.status, title, verdict.message)
             if verdict.status == 401:
                 response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+            if verdict.retry_after:
+                response.headers["Retry-After"] = str(verdict.retry_after)
             await response(scope, receive, send)
             return
         scope["state"]["user"] = verdict
