@@ -169,8 +169,9 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
             await asyncio.sleep(0.05)
         recent = await worker.list_jobs("noop", status="finished", limit=pickups)
         lat = sorted(
-            (j.run_started_at - j.created_at).total_seconds() * 1000  # type: ignore[operator]
+            (j.run_started_at - j.created_at).total_seconds() * 1000
             for j in recent
+            if j.run_started_at is not None
         )
         if lat:
             p95 = lat[min(len(lat) - 1, int(len(lat) * 0.95))]
@@ -184,9 +185,9 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
         lat = []
         for _ in range(pickups):
             job = await worker.schedule_job("noop")
-            while (j := await worker.get_job(job.id)).run_started_at is None:
+            while (started := (await worker.get_job(job.id)).run_started_at) is None:
                 await asyncio.sleep(0.005)
-            lat.append((j.run_started_at - j.created_at).total_seconds() * 1000)  # type: ignore[operator]
+            lat.append((started - job.created_at).total_seconds() * 1000)
         lat.sort()
         print(
             "pickup latency (in-process wake-up): "

@@ -57,7 +57,7 @@ class Commands(monitoring.CommandListener):
 
     def start(self) -> None:
         self.seen = []
-        self.times: list[float] = []
+        self.times = []
         self.on = True
 
     def updates(self, predicate: Any) -> int:
@@ -141,8 +141,10 @@ async def figures(url: str, children: int, seconds: float, limited_jobs: int) ->
                 "final write)"
             )
             # per-tenant beside static limits
-            for name, payload in (("static", lambda i: {}), ("tenant", lambda i: {"t": i % 4})):
-                items = [(name, payload(i)) for i in range(limited_jobs)]
+            for name in ("static", "tenant"):
+                items = [
+                    (name, {"t": i % 4} if name == "tenant" else {}) for i in range(limited_jobs)
+                ]
                 scheduled = await p.schedule_jobs(items)
                 commands.start()
                 for job in scheduled:

@@ -115,7 +115,9 @@ async def commands_per_job(url: str, jobs: int, concurrency: int) -> None:
 async def limit_checks(url: str, jobs: int) -> None:
     counter = Counter()
     db_name = f"jp_scale_{uuid.uuid4().hex[:8]}"
-    clients = [AsyncMongoClient(url, tz_aware=True, event_listeners=[counter]) for _ in range(2)]
+    clients: list[AsyncMongoClient[dict[str, Any]]] = [
+        AsyncMongoClient(url, tz_aware=True, event_listeners=[counter]) for _ in range(2)
+    ]
     reader: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
     limit = Limit(key="provider", concurrency=3)
     defs = {"call": JobDef(handler=provider, limit=limit)}

@@ -24,7 +24,7 @@ async def work(job: Job, signal: AbortSignal) -> int:
 
 
 async def steps(job: Job, signal: AbortSignal) -> int:
-    step = (job.state or {}).get("step", 0)
+    step = int((job.state or {}).get("step", 0))
     while step < 5:
         signal.raise_if_aborted()
         await asyncio.sleep(random.uniform(0.01, 0.05))

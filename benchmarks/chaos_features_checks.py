@@ -227,7 +227,8 @@ def check_flows(
 def _slot(value: Any) -> dt.datetime:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    slot: dt.datetime = value
+    return slot if slot.tzinfo else slot.replace(tzinfo=dt.UTC)
 
 
 def check_crons(
@@ -304,18 +305,22 @@ async def check_events(
             continue
         stopped = None
         for i, target in enumerate(SERIAL):
-            docs = mine.get(target)
+            found = mine.get(target)
             if stopped is not None:
-                if not docs or docs[0]["status"] != "skipped" or runs_of.get(str(docs[0]["_id"])):
+                if (
+                    not found
+                    or found[0]["status"] != "skipped"
+                    or runs_of.get(str(found[0]["_id"]))
+                ):
                     f.violations.append(
                         f"event {eid}: {target} after {stopped} failed: "
-                        f"{[(str(d['_id']), d['status']) for d in docs or []]}"
+                        f"{[(str(d['_id']), d['status']) for d in found or []]}"
                     )
                 continue
-            if not docs:
+            if not found:
                 f.violations.append(f"event {eid}: no delivery to serial {target}")
                 break
-            doc = docs[0]
+            doc = found[0]
             chains[f"{target}:{doc['status']}"] += 1
             its = runs_of.get(str(doc["_id"]), [])
             if doc["status"] == "finished" and not its:

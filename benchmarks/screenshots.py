@@ -204,11 +204,11 @@ async def fill(db: Any, receiver: Receiver) -> tuple[Any, str, str, str]:
 
 
 async def _ended(processor: Any, job_id: str) -> bool:
-    return (await processor.get_job(job_id)).status.value == "killed"
+    return bool((await processor.get_job(job_id)).status.value == "killed")
 
 
 async def _running(processor: Any, job_id: str) -> bool:
-    return (await processor.get_job(job_id)).status.value == "running"
+    return bool((await processor.get_job(job_id)).status.value == "running")
 
 
 async def shoot(url: str, out: Path, pages: dict[str, str | None], mobile: bool) -> None:
