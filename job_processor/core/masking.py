@@ -174,6 +174,26 @@ def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) ->
     return out
 
 
+#: What the worker's own log masks (log lines a handler writes, its errors): the default names.
+LOG_MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
+
+
+def log_secrets(values: Sequence[Any], paths: Sequence[str] = ()) -> set[str]:
+    """The secrets the worker's own log hides in free text: what `values` (the job's payload,
+    its checkpoint) hold in a field of the default sensitive names or at the definition's
+    `sensitive_fields` `paths`."""
+    hidden = LOG_MASKER.secrets(*values)
+    for value in values:
+        hidden |= values_at(value, paths)
+    return hidden
+
+
+def log_text(text: str, values: Sequence[Any], paths: Sequence[str] = ()) -> str:
+    """Free text (a handler's error) as the worker's own log shows it: `key=value` pairs of the
+    default sensitive names and the job's secrets (`log_secrets`) masked."""
+    return LOG_MASKER.text(text, log_secrets(values, paths)) or text
+
+
 def mask_event(masker: Masker, event: Event) -> dict[str, Any]:
     """An event as JSON with its payload's sensitive fields, and the secrets they hold, masked
     everywhere: the payload, each delivery's result, error and webhook attempts."""

@@ -73,6 +73,11 @@ def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | N
     )
 
 
+def paths_of(run: Run) -> tuple[str, ...]:
+    """The run's definition's `sensitive_fields` (none when this process lacks it)."""
+    return run.definition.sensitive_fields if run.definition is not None else ()
+
+
 def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Policy:
     """The rules for this job: its own document says whether it is resumable (so a worker that
     does not know the definition recovers it right); the definition gives the rest, with the

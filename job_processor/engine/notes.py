@@ -23,19 +23,15 @@ from ..core import notes as N
 from ..core.clock import Clock
 from ..core.errors import InvalidArgumentError
 from ..core.log import EventLog
-from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, masked_line
+from ..core.masking import LOG_MASKER, log_secrets, masked_line
 from ..storage.jobs import JobStore
 from ..storage.transient import TRANSIENT, describe
-from .execution import Run
+from .execution import Run, paths_of
 
 Doc = dict[str, Any]
 
 #: How long one coalesced write rides out an outage (the final write carries what it missed).
 FLUSH_BUDGET = 5.0
-
-
-#: Log lines echoed to the worker's own log are masked with the default sensitive fields.
-_MASKER = Masker(DEFAULT_SENSITIVE_FIELDS)
 
 
 class RunNotes:
@@ -90,7 +86,8 @@ class RunNotes:
 
     def _echo(self, level: str, line: Doc) -> None:
         # the worker's log too, masked as the dashboard and the CLI show the line
-        shown = masked_line(_MASKER, line, _MASKER.secrets(self.run.doc.get("payload")))
+        secrets = log_secrets((self.run.doc.get("payload"),), paths_of(self.run))
+        shown = masked_line(LOG_MASKER, line, secrets)
         method = getattr(self.log, level if level in _METHODS else "error")
         # a field named as a key of the log line itself (`event`, `level`, `message`, the job's
         # ids, ...) is shown with a `_` after its name in the worker's log (the job keeps it)

@@ -24,6 +24,7 @@ from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
 from ..core.log import EventLog
+from ..core.masking import log_text
 from ..core.models import Processor
 from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
@@ -41,6 +42,7 @@ from .execution import (
     describe_error,
     eligible_names,
     invalid_document,
+    paths_of,
     policy_of,
 )
 from .finals import FinalWrites
@@ -552,7 +554,7 @@ class Worker:
             )
             return None
         final = written.doc
-        self._log_outcome(outcome, final, fields, duration_ms)
+        self._log_outcome(outcome, run, fields, duration_ms)
         self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
@@ -563,11 +565,12 @@ class Worker:
         return final
 
     def _log_outcome(
-        self, outcome: Outcome, final: Doc, fields: dict[str, Any], duration_ms: int | None
+        self, outcome: Outcome, run: Run, fields: dict[str, Any], duration_ms: int | None
     ) -> None:
         extra: dict[str, Any] = {}
-        if outcome.error:
-            extra["error"] = outcome.error.splitlines()[0]
+        if outcome.error:  # masked as the dashboard and the CLI show it
+            values = (run.doc.get("payload"), run.doc.get("state"))
+            extra["error"] = log_text(outcome.error.splitlines()[0], values, paths_of(run))
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             extra |= {"retry_at": outcome.retry_at.isoformat(), "failures": outcome.failures}
         log = self.log.warning if outcome.status == S.ERRORED else self.log.info

@@ -13,6 +13,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor.core.masking import MASK
 from job_processor.dashboard import create_dashboard
 from tests.helpers import FAST, make, wait_status
 
@@ -207,6 +208,42 @@ async def test_lines_echoed_to_the_workers_log_are_masked(
     text = str(logged.__dict__["fields"])
     assert "ada" in text
     assert "hunter2-very-secret" not in text and "key-0123456789" not in text
+
+
+async def test_an_error_in_the_workers_log_hides_the_secrets_the_job_holds(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`job_errored` and `job_retry_scheduled` carry the error's first line masked as the
+    dashboard shows it: values in fields of the default sensitive names, values at the
+    definition's `sensitive_fields`, `key=value` pairs; the job keeps the error as raised."""
+    import logging
+
+    async def verify(job: Job, signal: AbortSignal) -> None:
+        job.log("checking", card=job.payload["card"]["number"])
+        raise ValueError(
+            f"bad {job.payload['card']['number']} for {job.payload['password']} token=abc123xyz"
+        )
+
+    payload = {"card": {"number": "4111-1111-1111"}, "password": "correct horse", "user": "ada"}
+    logger = logging.getLogger("test.notes.errors")
+    defs = {
+        "verify": JobDef(handler=verify, sensitive_fields=("card.number",)),
+        "again": JobDef(handler=verify, sensitive_fields=("card.number",), max_attempts=2),
+    }
+    p = await make(db, defs, logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.notes.errors"):
+        done = await p.run_job("verify", payload)
+        async with p:
+            retried = await p.schedule_job("again", payload)
+            await wait_status(p, retried.id, S.ERRORED)
+    assert done.status == S.ERRORED
+    shown = {r.__dict__.get("event"): r.__dict__["fields"] for r in caplog.records}
+    for event in ("job_errored", "job_retry_scheduled", "job_logged"):
+        text = str(shown[event])
+        assert "4111-1111-1111" not in text and "correct horse" not in text, event
+    assert "abc123xyz" not in str(shown["job_errored"])
+    assert shown["job_errored"]["error"] == f"ValueError: bad {MASK} for {MASK} token={MASK}"
+    assert done.error is not None and "4111-1111-1111" in done.error  # as raised (readers mask)
 
 
 async def test_nan_and_infinity_never_cost_a_line_a_progress_or_a_result(db: Any) -> None:
