@@ -50,6 +50,11 @@ own sweep or reconciliation recovers the job (another worker's sweep says `runs.
 it cannot tell). "event_loop_blocked": the heartbeat's timer measured the block (`looplag`)."""
 #: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 STRAYS_EVERY = dt.timedelta(minutes=5)
+#: How often bare inserts (`{name, payload}`) are looked for, and how old one must be to be
+#: adopted (a program inserting in two steps has finished): adopted 30 to 60 s after its insert
+#: (at the default sweep every 15 s).
+BARE_EVERY = dt.timedelta(seconds=30)
+BARE_AGE = dt.timedelta(seconds=30)
 
 
 def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
@@ -161,7 +166,7 @@ class Recovery:
                 self.worker.gave_up.pop(str(doc.get("run_id")), None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
-        if self._unknown_checked is None or (now - self._unknown_checked).total_seconds() >= 60:
+        if self._unknown_checked is None or now - self._unknown_checked >= BARE_EVERY:
             full = self._strays_checked is None or (now - self._strays_checked) >= STRAYS_EVERY
             self._unknown_checked = now
             if full:
@@ -176,15 +181,14 @@ class Recovery:
         return recovered
 
     async def error_unknown_names(self, now: dt.datetime, full: bool = True) -> int:
-        """Jobs other programs inserted. Every minute, bare inserts (`{name, payload}`) a
-        minute old are adopted (made claimable). With `full` (every five minutes), those under a
+        """Jobs other programs inserted. Every `BARE_EVERY`, bare inserts (`{name, payload}`)
+        `BARE_AGE` old are adopted (made claimable). With `full` (every five minutes), those under a
         name no worker defines (none in the registry, nor here) are errored with the reason once
         `unknown_name_grace` has passed (time for a rolling deploy to start the workers that
         define a new job), and those whose due time can never come are errored with the
         reason; an on_job_exited owed that long by a job of such a name is given up (recorded
         as failed, saying why)."""
-        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
-        bare = await self.storage.jobs.adopt_bare(minute, now)
+        bare = await self.storage.jobs.adopt_bare(now - BARE_AGE, now)
         if bare:
             self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
         if not full:
@@ -199,6 +203,7 @@ class Recovery:
         hooks = await self.storage.jobs.give_up_unknown(known, now - grace, now, seconds)
         if hooks:  # e.g. a typo's job killed from the CLI: its hook would hold it for ever
             self.log.warning("unknown_hooks_given_up", count=hooks, by=self.worker.worker_id)
+        minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
         undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
         if undue:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)

@@ -8,6 +8,8 @@ bound itself (only for the database round trips that follow a wake-up).
 - a dead worker's running job is recovered by a live worker's sweep more than
   `worker_timeout`, and at most 1.5 x `worker_timeout`, after its last heartbeat (sweeps run every
   `worker_timeout / 2`); a worker also sweeps when it starts (guide: "Liveness and recovery");
+- a bare `{name, payload}` another program inserts is adopted within a minute (scale.md:
+  "Jobs other programs insert");
 - `max_runtime_in_minutes` fires at its bound, the run ends `shutdown_grace` later (a second
   more for a handler that swallows its cancellation) (guide: "Statuses and transitions").
 """
@@ -126,6 +128,42 @@ async def test_a_dead_workers_job_is_recovered_after_worker_timeout_within_one_a
     assert recovered.status == S.ERRORED
     assert recovered.ended_at is not None
     assert T0 + dt.timedelta(seconds=30) < recovered.ended_at <= T0 + dt.timedelta(seconds=45)
+
+
+async def test_a_bare_insert_is_adopted_within_a_minute_of_its_insert(db: Any) -> None:
+    """scale.md: a bare `{name, payload}` is adopted once it is 30 s old by a pass every 30 s
+    (at the sweeps, every `worker_timeout / 2`): within a minute of its insert, then it runs."""
+    from bson import ObjectId
+
+    async def noop(job: Job, signal: AbortSignal) -> str:
+        return "ran"
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
+    coll = db["job_processor_jobs"]
+    sweeps: list[dt.datetime] = []
+    real_sweep = p.recovery.sweep
+
+    async def counted(now: dt.datetime, definitions: bool = False) -> int:
+        recovered = await real_sweep(now, definitions)
+        sweeps.append(now)
+        return recovered
+
+    p.recovery.sweep = counted  # type: ignore[method-assign]
+    async with p:
+        assert sweeps == [T0]  # the start's pass: before the insert
+        bare = ObjectId.from_datetime(T0 + dt.timedelta(seconds=1))  # inserted a second later
+        await coll.insert_one({"_id": bare, "name": "send", "payload": {}})
+        for n in (1, 2, 3):  # 16, 31 (the pass: 29 s old), 46 s: left alone
+            clock.advance(15)
+            await wait_for(lambda n=n: len(sweeps) == 1 + n)  # type: ignore[misc]
+            assert "status" not in (await coll.find_one({"_id": bare}) or {}), n
+        clock.advance(15)  # 60 s: the next pass, 59 s after the insert
+        await wait_for(lambda: len(sweeps) == 5)
+        clock.advance(SETTINGS["poll_interval"])  # the claim loop's next poll
+        done = await wait_status(p, str(bare), S.FINISHED)
+    assert done.result == "ran"
+    assert done.created_at == T0 + dt.timedelta(seconds=1)  # dated by its _id
 
 
 async def test_a_cron_task_starts_at_its_slot_woken_by_the_scheduler_not_by_a_poll(
