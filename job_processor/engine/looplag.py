@@ -41,13 +41,16 @@ from .execution import Run, is_async
 RATE_WINDOW = 60.0
 #: The most jobs one warning names.
 MAX_NAMED = 10
+#: Said after either hint: a frozen process looks the same from inside.
+FROZEN = "; or the whole process was stopped (SIGSTOP, a paused container or VM, a suspended host)"
 HINT = (
     "a handler blocks the event loop: use a plain def handler (run in a thread) or "
-    "asyncio.to_thread for blocking calls"
+    "asyncio.to_thread for blocking calls" + FROZEN
 )
 HINT_NO_ASYNC_JOB = (
     "no async def handler was running: other code in this process blocks the event loop (a "
     "hook, a subscriber, the application itself); run blocking calls with asyncio.to_thread"
+    + FROZEN
 )
 
 

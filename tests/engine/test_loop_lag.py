@@ -80,7 +80,7 @@ async def test_a_late_timer_warns_naming_the_async_handlers_running() -> None:
         "job_ids": [str(culprit.doc["_id"])],
         "job_names": ["fetch"],
     }
-    assert "plain def" in HINT and "asyncio.to_thread" in HINT
+    assert "plain def" in HINT and "asyncio.to_thread" in HINT and "SIGSTOP" in HINT
 
 
 async def test_an_on_time_or_woken_timer_says_nothing() -> None:
