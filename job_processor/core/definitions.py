@@ -56,7 +56,23 @@ def _check_callable(value: Any, field: str, params: str) -> Any:
     return value
 
 
-class Backoff(BaseModel):
+class Checked(BaseModel):
+    """A definition's model built directly (`JobDef(...)`, `Backoff(...)`, `Limit(...)`,
+    `Subscriber(...)`): bad input raises InvalidDefinitionError (a JobProcessorError), naming
+    each field and the fix, instead of pydantic's ValidationError."""
+
+    if not TYPE_CHECKING:  # type checkers keep the signature pydantic derives from the fields
+
+        def __init__(self, /, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                fields = _fields(exc, type(self))
+                message = f"{type(self).__name__}(...): " + "; ".join(_shown(fields))
+                raise InvalidFieldsError(message, fields) from None
+
+
+class Backoff(Checked):
     """Delay before retry n (n = failures so far, from 1): fixed base; linear base*n;
     exponential base*2**(n-1); capped at max_seconds; jitter draws uniformly in [delay/2, delay]."""
 
@@ -100,7 +116,7 @@ def fill_limit_key(key: str, payload: Any) -> str:
     return key.format(**values)
 
 
-class Limit(BaseModel):
+class Limit(Checked):
     """A cluster-wide limit shared by every job whose JobDef names the same `key`: at most
     `concurrency` runs at once across all worker processes, and at most `rate` starts per
     `per_seconds` (a sliding window). Enforced in MongoDB, correct under crashes.
@@ -160,7 +176,7 @@ class Limit(BaseModel):
         return self
 
 
-class JobDef(BaseModel):
+class JobDef(Checked):
     """How one kind of job runs.
 
     handler(job, signal): async def, or a plain function (run in a thread).
@@ -169,18 +185,6 @@ class JobDef(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    if not TYPE_CHECKING:  # type checkers keep the signature pydantic derives from the fields
-
-        def __init__(self, /, **data: Any) -> None:
-            """JobDef(...) / CronDef(...) built directly: bad input raises
-            InvalidDefinitionError (a JobProcessorError), naming each field and the fix."""
-            try:
-                super().__init__(**data)
-            except ValidationError as exc:
-                parts = _parts(exc, type(self))
-                message = f"{type(self).__name__}(...): " + "; ".join(parts)
-                raise InvalidFieldsError(message, parts) from None
 
     handler: Callable[..., Any]
     on_job_exited: Callable[..., Any] | None = None
@@ -375,22 +379,31 @@ def _bad_field(fields: list[str]) -> str:
 
 
 class InvalidFieldsError(InvalidDefinitionError):
-    """What JobDef(...) raises: the message, and its per-field parts (kept when pydantic wraps
-    it, as model_validate calls our __init__)."""
+    """What JobDef(...) raises: the message, and its (field, what is wrong) pairs (kept when
+    pydantic wraps it, as validating a nested definition calls its own __init__)."""
 
-    def __init__(self, message: str, parts: list[str]) -> None:
+    def __init__(self, message: str, fields: list[tuple[str, str]]) -> None:
         super().__init__(message)
-        self.parts = parts
+        self.fields = fields
+
+
+def _shown(fields: list[tuple[str, str]]) -> list[str]:
+    return [f"field {field!r}: {msg}" for field, msg in fields]
 
 
 def _parts(exc: ValidationError, model: type[BaseModel]) -> list[str]:
-    parts: list[str] = []
+    return _shown(_fields(exc, model))
+
+
+def _fields(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    parts: list[tuple[str, str]] = []
     for err in exc.errors():
+        at = ".".join(str(p) for p in err["loc"])
         inner = (err.get("ctx") or {}).get("error")
         if isinstance(inner, InvalidFieldsError):  # raised by our own __init__, already explained
-            parts += inner.parts
+            parts += [(f"{at}.{field}" if at else field, msg) for field, msg in inner.fields]
             continue
-        field = ".".join(str(p) for p in err["loc"]) or "(definition)"
+        field = at or "(definition)"
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(err["loc"][0]), list(model.model_fields), 1)
@@ -398,7 +411,7 @@ def _parts(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             msg = f"unknown key{hint}; allowed keys are {', '.join(model.model_fields)}"
             if model is JobDef and err["loc"] and err["loc"][0] in CronDef.model_fields:
                 msg += f" ({err['loc'][0]!r} belongs to a CronDef: declare it in crons={{...}})"
-        parts.append(f"field {field!r}: {msg}")
+        parts.append((field, msg))
     return parts
 
 
@@ -473,7 +486,7 @@ SUBSCRIBER_DEFAULT_ATTEMPTS = 3
 RESERVED_CHARS = (":", "|")
 
 
-class Subscriber(BaseModel):
+class Subscriber(Checked):
     """One reaction to an event: `Subscriber("send-email", handler=send_email, mode="async")`.
 
     handler(event, signal): async def, or a plain function (run in a thread). Its deliveries

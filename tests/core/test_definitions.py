@@ -166,6 +166,34 @@ def test_definitions_built_directly_raise_clear_errors_with_the_fix() -> None:
         CronDef(handler=lambda job, signal: None, cron_string="* * * * 8")
 
 
+def test_the_other_definitions_built_directly_raise_the_same_clear_errors() -> None:
+    """Backoff, Limit and Subscriber too: a JobProcessorError naming the field, not pydantic's
+    ValidationError; nested in a JobDef, the field's whole path."""
+    from job_processor import Backoff, JobProcessorError, Limit, Subscriber
+
+    def handler(event: object, signal: object) -> None: ...
+
+    cases = [
+        (lambda: Backoff(kind="weird"), r"^Backoff\(\.\.\.\): field 'kind': Input should be"),
+        (lambda: Limit(key="k", concurrency=0), r"^Limit\(\.\.\.\): field 'concurrency'"),
+        (lambda: Limit(key="k"), r"give concurrency=N, rate=R with per_seconds=S, or both"),
+        (
+            lambda: Subscriber("x", handler, mode="parallel"),
+            r"^Subscriber\(\.\.\.\): field 'mode': Input should be 'async', 'sync' or 'serial'",
+        ),
+        (lambda: Subscriber("x", handler, bogus=1), r"field 'bogus': unknown key; allowed keys"),
+        (lambda: Subscriber("x", handler, backoff={"kind": 3}), r"field 'backoff\.kind'"),
+        (
+            lambda: JobDef(handler=handler, limit={"key": "k", "concurrency": 0}),
+            r"^JobDef\(\.\.\.\): field 'limit\.concurrency'",
+        ),
+    ]
+    for build, message in cases:
+        with pytest.raises(JobProcessorError, match=message) as caught:
+            build()
+        assert isinstance(caught.value, InvalidDefinitionError)
+
+
 def test_six_field_cron_strings_say_the_first_field_is_seconds() -> None:
     from job_processor import CronDef, InvalidDefinitionError
     from job_processor.core.definitions import cron_reading
