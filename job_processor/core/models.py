@@ -209,6 +209,14 @@ class Job(BaseModel, Generic[PayloadT]):
         if not isinstance(data, dict):
             return data
         doc = {k: aware_utc(v) for k, v in data.items()}
+        if isinstance(doc.get("progress"), dict):  # dates one level down too
+            doc["progress"] = {k: aware_utc(v) for k, v in doc["progress"].items()}
+        for listed in ("logs", "history"):
+            if isinstance(doc.get(listed), list):
+                doc[listed] = [
+                    {k: aware_utc(v) for k, v in item.items()} if isinstance(item, dict) else item
+                    for item in doc[listed]
+                ]
         _derive_missing(doc)
         payload = doc.get("payload")
         if cls is Job and payload is not None and not isinstance(payload, dict):

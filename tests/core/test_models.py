@@ -62,8 +62,15 @@ def test_job_from_document_normalises_ids_and_dates() -> None:
         "run_started_at": naive,
         "conflicting_job_id": ObjectId(),
         "unknown_future_field": 1,
+        "progress": {"done": 1, "total": 2, "fraction": 0.5, "at": naive},
+        "logs": [{"at": naive, "run": 1, "level": "info", "message": "m"}],
+        "history": [{"attempt": 1, "started_at": naive, "ended_at": naive, "status": "errored"}],
     }
     job = Job.model_validate(doc)
+    aware = naive.replace(tzinfo=dt.UTC)  # a client without tz_aware=True reads naive UTC
+    assert job.progress is not None and job.progress["at"] == aware
+    assert job.logs[0]["at"] == aware
+    assert (job.history[0]["started_at"], job.history[0]["ended_at"]) == (aware, aware)
     assert job.id == str(doc["_id"])
     assert job.scheduled_for.tzinfo is not None
     assert job.scheduled_for == naive.replace(tzinfo=dt.UTC)
