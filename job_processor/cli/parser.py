@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
     refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     refused.add_argument("--prefix", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    opt = argparse.ArgumentParser(add_help=False, parents=[common])
-    opt.add_argument("--json", action="store_true", help="machine-readable output")
+    # the commands that only read take no --actor; those that act record it in the audit log
+    reading = argparse.ArgumentParser(add_help=False, parents=[common])
+    reading.add_argument("--json", action="store_true", help="machine-readable output")
+    opt = argparse.ArgumentParser(add_help=False, parents=[reading])
     opt.add_argument(
         "--actor", default=argparse.SUPPRESS, help="who to record in the audit log (user@host)"
     )
@@ -88,21 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="job-processor",
         description="Run a job processor, or operate one from MONGODB_URL alone "
         "(exit codes: 0 done, 1 nothing done, 2 bad input, 3 MongoDB unreachable).",
+        epilog="Each command's options: job-processor COMMAND --help.",
     )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "info"),
         help="debug, info, warning, error (LOG_LEVEL)",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for MongoDB (default 5)"
-    )
-    parser.add_argument(
-        "--prefix", default="job_processor_", help="collection prefix (default job_processor_)"
-    )
-    parser.add_argument(
-        "--actor", default="", help="who to record in the audit log for actions (user@host)"
-    )
+    # accepted before the command too, but shown only by the commands that take them
+    parser.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="job_processor_", help=argparse.SUPPRESS)
+    parser.add_argument("--actor", default="", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -153,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=server.cmd_server)
 
     p = sub.add_parser(
-        "status", parents=[opt], help="workers, queue, counts by name, crons, warnings (or --json)"
+        "status",
+        parents=[reading],
+        help="workers, queue, counts by name, crons, warnings (or --json)",
     )
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)  # the old MODULE:ATTR: ignored
     p.set_defaults(func=status_cli.status)
     p = sub.add_parser(
-        "health", parents=[opt], help="exit 0 if this instance's heartbeat is fresh, else 1"
+        "health", parents=[reading], help="exit 0 if this instance's heartbeat is fresh, else 1"
     )
     p.add_argument("--instance-id", default=None, help="default: INSTANCE_ID")
     p.add_argument(
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list, show and act on jobs").add_subparsers(
         dest="jobs_command", required=True
     )
-    p = jobs.add_parser("list", parents=[opt], help="jobs newest first")
+    p = jobs.add_parser("list", parents=[reading], help="jobs newest first")
     p.add_argument("--name")
     p.add_argument(
         "--status", help="waiting, pending, running, paused, finished, errored, killed, skipped"
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
     p.set_defaults(func=jobs_cli.jobs_list)
-    p = jobs.add_parser("show", parents=[opt], help="one job in full")
+    p = jobs.add_parser("show", parents=[reading], help="one job in full")
     p.add_argument("job_id")
     p.add_argument("--logs", action="store_true", help="also the handler's own log lines (job.log)")
     p.set_defaults(func=jobs_cli.jobs_show)
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     crons = sub.add_parser("crons", help="list and trigger crons").add_subparsers(
         dest="crons_command", required=True
     )
-    p = crons.add_parser("list", parents=[opt], help="schedules, next slot, last runs")
+    p = crons.add_parser("list", parents=[reading], help="schedules, next slot, last runs")
     p.set_defaults(func=crons_cli.crons_list)
     p = crons.add_parser("trigger", parents=[opt], help="run a cron once now")
     p.add_argument("name")
@@ -242,13 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     workers = sub.add_parser("workers", help="list workers").add_subparsers(
         dest="workers_command", required=True
     )
-    p = workers.add_parser("list", parents=[opt], help="host, pid, instance, tags, heartbeat")
+    p = workers.add_parser("list", parents=[reading], help="host, pid, instance, tags, heartbeat")
     p.set_defaults(func=names_cli.workers_list)
 
     names = sub.add_parser("names", help="job names: list, pause, resume, forget").add_subparsers(
         dest="names_command", required=True
     )
-    p = names.add_parser("list", parents=[opt], help="registered names and who serves them")
+    p = names.add_parser("list", parents=[reading], help="registered names and who serves them")
     p.set_defaults(func=names_cli.names_list)
     for verb in ("pause", "resume"):
         p = names.add_parser(
@@ -272,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="list, show and replay events").add_subparsers(
         dest="events_command", required=True
     )
-    p = events.add_parser("list", parents=[opt], help="events newest first")
+    p = events.add_parser("list", parents=[reading], help="events newest first")
     p.add_argument("--name", help="one event name")
     p.add_argument("--since", type=iso_time, help="emitted at or after (ISO 8601, UTC by default)")
     p.add_argument("--until", type=iso_time, help="emitted before (ISO 8601)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=events_cli.events_list)
-    p = events.add_parser("show", parents=[opt], help="one event with its deliveries")
+    p = events.add_parser("show", parents=[reading], help="one event with its deliveries")
     p.add_argument("event_id")
     p.set_defaults(func=events_cli.events_show)
     p = events.add_parser(
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="webhooks_command", required=True
     )
     p = webhooks.add_parser(
-        "list", parents=[opt], help="url (no query), events, enabled, failures, disabled reason"
+        "list", parents=[reading], help="url (no query), events, enabled, failures, disabled reason"
     )
     p.set_defaults(func=events_cli.webhooks_list)
 

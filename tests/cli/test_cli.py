@@ -437,6 +437,14 @@ def test_each_command_shows_only_its_own_options() -> None:
         text = subcommands.choices[verb].format_help()
         assert "--timeout" not in text and "--prefix" not in text, verb  # refused there
     assert "--timeout" in subcommands.choices["status"].format_help()
+    top = parser.format_help()  # only what every command takes; the rest under each command
+    assert "--log-level" in top and "COMMAND --help" in top
+    assert not any(o in top for o in ("--timeout", "--prefix", "--actor")), top
+    for verb in ("status", "health"):  # they record nothing in the audit log
+        assert "--actor" not in subcommands.choices[verb].format_help(), verb
+    assert "--actor" in subcommands.choices["kill"].format_help()
+    before = parser.parse_args(["--prefix", "x_", "--actor", "ada", "kill", "abc"])
+    assert (before.prefix, before.actor) == ("x_", "ada")  # still accepted before the command
     run = parser.parse_args(["run", "app:make", "--metrics-port", "9100"])
     assert run.metrics_host == "127.0.0.1"  # metrics (no auth) stay on this machine by default
 
