@@ -78,13 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
     refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     refused.add_argument("--prefix", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    # the commands that only read take no --actor; those that act record it in the audit log
-    reading = argparse.ArgumentParser(add_help=False, parents=[common])
-    reading.add_argument("--json", action="store_true", help="machine-readable output")
-    opt = argparse.ArgumentParser(add_help=False, parents=[reading])
+    # the commands that act record --actor in the audit log; those that only read accept it
+    # (scripts pass it everywhere) without offering it
+    opt = argparse.ArgumentParser(add_help=False, parents=[common])
+    opt.add_argument("--json", action="store_true", help="machine-readable output")
+    reading = argparse.ArgumentParser(add_help=False, parents=[opt])
     opt.add_argument(
         "--actor", default=argparse.SUPPRESS, help="who to record in the audit log (user@host)"
     )
+    reading.add_argument("--actor", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="job-processor",

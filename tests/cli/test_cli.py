@@ -442,6 +442,7 @@ def test_each_command_shows_only_its_own_options() -> None:
     assert not any(o in top for o in ("--timeout", "--prefix", "--actor")), top
     for verb in ("status", "health"):  # they record nothing in the audit log
         assert "--actor" not in subcommands.choices[verb].format_help(), verb
+        assert parser.parse_args([verb, "--actor", "ada"]).actor == "ada"  # scripts pass it
     assert "--actor" in subcommands.choices["kill"].format_help()
     before = parser.parse_args(["--prefix", "x_", "--actor", "ada", "kill", "abc"])
     assert (before.prefix, before.actor) == ("x_", "ada")  # still accepted before the command
