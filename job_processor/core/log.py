@@ -18,7 +18,15 @@ _LEVELS = {
 
 
 class EventLog:
-    """`log.info("job_claimed", job_id=..., ...)` on structlog or a stdlib logger."""
+    """`log.info("job_claimed", job_id=..., ...)` on structlog or a stdlib logger.
+
+    A line that cannot be written (the pipe the logs go to was closed: `run ... | head`; a
+    failing handler or processor of the user's logger) is dropped and counted in `dropped`:
+    logging never stops a loop of the worker (the stdlib's handlers already swallow their own
+    errors; structlog's print loggers do not)."""
+
+    dropped = 0
+    """Lines dropped in this process because writing them raised."""
 
     def __init__(self, target: Any, context: dict[str, Any] | None = None) -> None:
         self._target = target
@@ -32,15 +40,18 @@ class EventLog:
         if self._stdlib and not self._target.isEnabledFor(_LEVELS[level]):
             return  # below the logger's level: nothing is built (the worker's hot path)
         merged = {**self._context, **fields}
-        if self._stdlib:
-            text = " ".join(f"{k}={v!r}" for k, v in merged.items())
-            getattr(self._target, level)(
-                "%s %s", event, text, exc_info=exc, extra={"event": event, "fields": merged}
-            )
-        else:
-            if exc:
-                merged["exc_info"] = True
-            getattr(self._target, level)(event, **merged)
+        try:
+            if self._stdlib:
+                text = " ".join(f"{k}={v!r}" for k, v in merged.items())
+                getattr(self._target, level)(
+                    "%s %s", event, text, exc_info=exc, extra={"event": event, "fields": merged}
+                )
+            else:
+                if exc:
+                    merged["exc_info"] = True
+                getattr(self._target, level)(event, **merged)
+        except Exception:  # nowhere left to say it: count it
+            EventLog.dropped += 1
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)

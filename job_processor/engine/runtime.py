@@ -176,8 +176,8 @@ class Runtime:
                     name="sweep",
                 )
         except Exception:
+            self.failed.set()  # first: serve() stops on it whatever logging does
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
-            self.failed.set()
             raise
 
     async def _release_runtime(self) -> None:
@@ -225,8 +225,8 @@ class Runtime:
                 if self.settings.change_streams and self.worker.names:
                     tg.create_task(self.waker.loop(), name="change-stream")
         except Exception:
+            self.failed.set()  # first: serve() stops on it whatever logging does
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
-            self.failed.set()
             raise
 
     async def stop(self) -> None:

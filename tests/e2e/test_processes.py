@@ -433,3 +433,44 @@ async def test_seconds_cron_across_worker_processes_runs_each_slot_once(
     assert len(done) >= len(tasks) - 3  # the stop may interrupt the last ones
     runners = {t.result["instance_id"] for t in done}
     assert len(runners) >= 2  # the replicas share the work
+
+
+async def test_a_worker_whose_log_pipe_is_closed_keeps_working(
+    mongo_url: str, db: Any, client: JobProcessor
+) -> None:
+    """`job-processor run app:make 2>&1 | head -3`: once `head` exits, every log line meets a
+    closed pipe. The worker drops them and goes on claiming (its loops used to die on the
+    first one while its heartbeat kept it looking healthy); SIGTERM still stops it cleanly."""
+    env = os.environ | {
+        "MONGODB_URL": url_with_db(mongo_url, db.name),
+        "INSTANCE_ID": "runner-2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("JOB_PROCESSOR_WORKER_TAGS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        for _ in range(3):  # what `head -3` reads
+            await asyncio.to_thread(proc.stdout.readline)
+        proc.stdout.close()  # and exits
+        await wait_workers(client, 1)
+        jobs = [await client.schedule_job("anywhere", {"n": i}) for i in range(5)]
+        for job in jobs:  # each one logs job_started and job_finished into the closed pipe
+            assert (await wait_status(client, job.id, S.FINISHED, timeout=30)).status
+        proc.send_signal(signal.SIGTERM)
+        for _ in range(150):
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert proc.returncode is not None, "the worker did not stop on SIGTERM"
+        assert (await client.get_status()).workers == []  # it unregistered on the way out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

@@ -1,0 +1,38 @@
+"""EventLog never lets a line that cannot be written stop the caller (no server)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from job_processor.core.log import EventLog
+
+
+class Closed:
+    """A structlog-style logger whose output is a closed pipe (`run ... | head`)."""
+
+    def __getattr__(self, level: str) -> Any:
+        def write(event: str, **fields: Any) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        return write
+
+
+def test_a_line_that_cannot_be_written_is_dropped_and_counted() -> None:
+    log = EventLog(Closed())
+    before = EventLog.dropped
+    log.info("job_finished", job_id="j1")
+    log.exception("processor_loop_crashed", worker_id="w1")
+    assert EventLog.dropped == before + 2
+
+
+def test_a_stdlib_logger_whose_filter_raises_is_dropped_too() -> None:
+    logger = logging.getLogger("test.event_log.raising")
+
+    def broken(record: logging.LogRecord) -> bool:
+        raise ValueError("a bug in the application's filter")
+
+    logger.addFilter(broken)
+    before = EventLog.dropped
+    EventLog(logger).warning("job_errored", job_id="j1")
+    assert EventLog.dropped == before + 1
