@@ -151,7 +151,8 @@ ONE_NEW_JOB = {"job_created": "created", "job_duplicated": "created (a copy)"}
 #: What an action that workers learn of at their next heartbeat says after its count.
 TAKES_A_BEAT = {
     "name_paused": "live workers stop claiming it at their next heartbeat (within their "
-    "heartbeat_interval); jobs already running go on",
+    "heartbeat_interval, 5 s by default: a job of it due until then may still start); jobs "
+    "already running go on",
     "name_resumed": "live workers claim it again from their next heartbeat (within their "
     "heartbeat_interval)",
 }

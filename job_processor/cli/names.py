@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import ago, listed, reported, when, with_admin
+from ..core.errors import UnknownJobError
+from ..ops.admin import ActionResult, Admin
+from .common import ago, listed, report, reported, when, with_admin
 
 
 async def workers_list(args: argparse.Namespace) -> int:
@@ -52,7 +54,32 @@ async def names_list(args: argparse.Namespace) -> int:
 
 
 async def names_forget(args: argparse.Namespace) -> int:
-    return await with_admin(args, lambda a: reported(a.forget(args.name), args.json))
+    names = list(dict.fromkeys(args.name))
+    if len(names) == 1:  # an unknown name is bad input (exit 2), as it always was
+        return await with_admin(args, lambda a: reported(a.forget(names[0]), args.json))
+
+    async def run(admin: Admin) -> int:
+        results: list[ActionResult] = []
+        unknown: dict[str, UnknownJobError] = {}
+        for name in names:  # each on its own, as `jobs kill` takes each id
+            try:
+                results.append(await admin.forget(name))
+            except UnknownJobError as exc:
+                unknown[name] = exc
+        if not results:  # none known: bad input, as for one
+            raise next(iter(unknown.values()))
+        merged = results[0].model_copy(
+            update={
+                "changed": [n for r in results for n in r.changed],
+                "skipped": {k: v for r in results for k, v in r.skipped.items()}
+                | {name: str(exc) for name, exc in unknown.items()},
+                "count": sum(r.count for r in results),
+                "detail": {k: v for r in results for k, v in r.detail.items()},
+            }
+        )
+        return report(merged, args.json)
+
+    return await with_admin(args, run)
 
 
 async def names_pause(args: argparse.Namespace) -> int:

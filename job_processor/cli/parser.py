@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import difflib
 import os
+import shlex
 
 from ..core.errors import InvalidArgumentError
 from ..ops.admin.inputs import parse_time
@@ -264,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         "forget",
         parents=[opt],
         help="remove a name no worker defines any more from the registry",
-        description="Remove NAME from the registry (a job renamed or removed from the code): "
-        "status stops warning about it. Refused while a live worker serves it or jobs of it are "
-        "active; its ended jobs stay.",
+        description="Remove each NAME from the registry (a job renamed or removed from the "
+        "code): status stops warning about it. Refused while a live worker serves it or jobs of "
+        "it are active; its ended jobs stay.",
     )
-    p.add_argument("name")
+    p.add_argument("name", nargs="+", metavar="NAME")
     p.set_defaults(func=names_cli.names_forget)
 
     events = sub.add_parser("events", help="list, show and replay events").add_subparsers(
@@ -340,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option explained: the command's own option it resembles
     (`--state`: did you mean --status?), or an option of the command given before it
-    (`job-processor --json jobs list`: --json goes after the subcommand); an option of one
-    value given twice (`--key a --key b`) is refused instead of the last one silently winning."""
+    (`job-processor --json jobs list`: --json goes after the subcommand), or a JSON payload
+    given without `--payload`; an option of one value given twice (`--key a --key b`) is
+    refused instead of the last one silently winning."""
     args, extras = parser.parse_known_args(argv)
     leaf, path = _leaf(parser, args)
     _refuse_repeated(leaf, path[1:], argv)
@@ -353,6 +355,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     hints = []
     for extra in extras:
         option = extra.split("=")[0]
+        if extra.lstrip().startswith("{") and "--payload" in known:  # `jobs new NAME '{...}'`
+            hints.append(f"the payload goes after --payload: --payload {shlex.quote(extra)}")
+            continue
         if not option.startswith("-") or extra in after_dashes:  # after --: never an option
             continue
         if option in known:

@@ -98,9 +98,11 @@ def coverage(
         waiting = _waiting(counts[name])
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
+            listed = f"job-processor jobs list --name {shlex.quote(name)} --status waiting"
             out.warnings.append(
                 f"{jobs(waiting, 'queued job')} of unknown name {name!r}: no worker defines it "
-                "(a typo, or a job removed from the code); define it or delete them"
+                "(a typo, or a job removed from the code); define it, or kill them (their ids: "
+                f"{listed}; then job-processor jobs kill ID...)"
             )
     for name in sorted(paused):
         waiting = _waiting(counts.get(name, {}))

@@ -63,7 +63,7 @@ async def test_status_and_kill_need_no_app_factory(db: Any, mongo_url: str) -> N
     assert "worker_id" not in data  # the reading process is not a worker
     lines = summary.stdout.splitlines()  # for a person: one line per part, a table by name
     assert lines[0] == "workers: 0 alive"
-    assert "queue: 1 due now, 1 pending, 0 paused, 0 running" in lines
+    assert "queue: 1 due now, 1 pending, 0 paused jobs, 0 running" in lines
     assert any(line.split()[:3] == ["anywhere", "1", "0"] for line in lines), lines
     assert any("no live worker" in line for line in lines)
     assert data["queue"]["pending"] == 1
@@ -78,6 +78,19 @@ async def test_status_and_kill_need_no_app_factory(db: Any, mongo_url: str) -> N
     again = await cli(url, "kill", "tests.e2e.app:make", job.id)
     assert again.returncode == 1  # it had already ended: nothing done
     assert "already ended (killed)" in again.stdout
+
+
+async def test_names_forget_takes_several_names(db: Any, mongo_url: str) -> None:
+    """As status lists them: `names forget a b c`, each forgotten or said why not."""
+    url = url_with_db(mongo_url, db.name)
+    async with await init_job_processor(db, jobs=JOBS):
+        pass  # registered its names, then stopped: no live worker serves them
+    forgot = await cli(url, "names", "forget", "anywhere", "hooked", "no-such-name", "anywhere")
+    assert forgot.returncode == 0, forgot.stderr
+    assert "name forgotten: 2 (anywhere, hooked)" in forgot.stdout
+    assert "no-such-name: nothing done: unknown job 'no-such-name'" in forgot.stderr
+    names = {n["name"] for n in json.loads((await cli(url, "names", "list", "--json")).stdout)}
+    assert "anywhere" not in names and "hooked" not in names and "limited" in names
 
 
 async def test_killing_a_running_job_prints_one_line(db: Any, mongo_url: str) -> None:
@@ -327,6 +340,11 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
     assert state.stderr.splitlines()[-1] == (
         "job-processor jobs list: error: unrecognized arguments: --state errored "
         "(did you mean --status?)"
+    )
+    positional = await cli(mongo_url, "jobs", "new", "fine", '{"invoice": 42}')
+    assert positional.returncode == 2
+    assert positional.stderr.splitlines()[-1].endswith(
+        """(the payload goes after --payload: --payload '{"invoice": 42}')"""
     )
     early = await cli(mongo_url, "--json", "workers", "list")
     assert early.returncode == 2
