@@ -55,7 +55,16 @@ def coverage(
     (claimable), for the paused names: a pause holds those; jobs scheduled later are only
     counted beside them (without `due`, every waiting job is taken as due)."""
     out = Coverage()
-    live = list(live_workers)
+    live = []
+    for w in live_workers:
+        if not w.get("crashed"):
+            live.append(w)
+            continue
+        out.warnings.append(  # it beats, but claims nothing: it serves no name
+            f"worker {w['_id']} ({w.get('hostname')}, pid {w.get('pid')}): its claim loop "
+            f"crashed ({w['crashed']}): it claims nothing while its heartbeat goes on; restart "
+            "it (processor_loop_crashed in its log)"
+        )
     paused = set(paused)
     for name in sorted(known):
         out.served_by[name] = [str(w["_id"]) for w in live if name in (w.get("names") or [])]

@@ -188,6 +188,9 @@ class WorkerInfo(BaseModel):
     stuck_threads: int = 0
     """Plain-def handlers or hooks given up (past their grace period or timeout) whose thread is
     still running in that process."""
+    crashed: str | None = None
+    """Its claim loop and cron scheduler crashed (the first error): it claims nothing more,
+    though its heartbeat and running jobs go on (a processor embedded in an app)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -62,6 +62,11 @@ class Heartbeat:
         worker.release_unstarted = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
+        self.crashed: str | None = None
+        """Set when this process's claim loop and cron scheduler crashed (`Runtime`): written
+        on the worker document at the next beat, so that `health` and `status` say it while
+        the heartbeat still runs (a processor embedded in an app that does not stop)."""
+        self._crash_written = False
         self.lag = LoopLag(
             clock,
             log,
@@ -91,6 +96,7 @@ class Heartbeat:
         )
         await self.workers.register(doc)
         self._stuck_written = 0  # a new document: written again at the next beat if any
+        self._crash_written = False
         self.worker.worker_id = doc["_id"]
         if self.registry is not None:
             await self.registry.register(doc["_id"], now)
@@ -178,7 +184,11 @@ class Heartbeat:
             self._last_ok, now, self.settings.worker_timeout
         )
         stuck = USER_THREADS.stuck
-        also = {"stuck_threads": stuck} if stuck != self._stuck_written else None
+        also: dict[str, int | str] | None = (
+            {"stuck_threads": stuck} if stuck != self._stuck_written else None
+        )
+        if self.crashed is not None and not self._crash_written:
+            also = (also or {}) | {"crashed": self.crashed}
         paused = await self.workers.beat(self.worker.worker_id, now, also)
         if paused is None or stale or self._gave_up:
             # Others may already have recovered our jobs: stop touching them, start afresh.
@@ -201,7 +211,9 @@ class Heartbeat:
         if self.worker.claims_held and self.trusted():  # a late beat made it in time
             self.worker.claims_held = False
             self.worker.wake.set()
-        if also is not None:
+        if also is not None and "crashed" in also:
+            self._crash_written = True
+        if also is not None and "stuck_threads" in also:
             self._stuck_written = stuck
             if stuck:
                 self.log.warning(

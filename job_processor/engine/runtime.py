@@ -224,8 +224,9 @@ class Runtime:
                 tg.create_task(self.scheduler.loop(), name="cron-scheduler")
                 if self.settings.change_streams and self.worker.names:
                     tg.create_task(self.waker.loop(), name="change-stream")
-        except Exception:
+        except Exception as exc:
             self.failed.set()  # first: serve() stops on it whatever logging does
+            self.heartbeat.crashed = crash_text(exc)  # health and status say it
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             raise
 
@@ -278,3 +279,11 @@ class Runtime:
         await self.stop()
 
     # ---- scheduling -------------------------------------------------------------------------
+
+
+def crash_text(exc: BaseException) -> str:
+    """What the worker document records of a crashed loop: the first error, one line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:300]

@@ -100,6 +100,7 @@ async def check(
         "last_seen": as_utc(best["last_seen"]).isoformat(),
         "age_seconds": round(age, 3),
         "stuck_threads": int(best.get("stuck_threads") or 0),
+        "crashed": best.get("crashed"),
     }
     stuck = info["stuck_threads"]
     note = (
@@ -107,6 +108,15 @@ async def check(
         if stuck
         else ""
     )
+    if best.get("crashed"):
+        return Health(
+            ok=False,
+            mongodb=True,
+            reason=f"worker {best['_id']} ({who}): its claim loop crashed ({best['crashed']}): "
+            "it claims nothing; restart it (processor_loop_crashed in its log)",
+            checked_at=now,
+            worker=info,
+        )
     if age > limit:
         return Health(
             ok=False,

@@ -31,3 +31,33 @@ async def test_fresh_stale_and_other_instances(db: Any) -> None:
     assert (await health.check(db, instance_id="runner-1", clock=clock, max_age=60)).ok
     assert (await health.ready(db)).ok
     assert (await health.check(db, worker=False)).ok  # no worker needed (a dashboard)
+
+
+async def test_a_processor_whose_claim_loop_crashed_is_unhealthy_while_it_beats(db: Any) -> None:
+    """Embedded in an app that goes on: the heartbeat still runs, so the crash is written on
+    the worker document; `health` fails and `status` warns, naming the error."""
+    import asyncio
+
+    from job_processor import init_job_processor
+
+    p = await init_job_processor(db, jobs={}, instance_id="crashy", heartbeat_interval=0.2)
+
+    async def crashing_claim_loop() -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    p.worker.claim_loop = crashing_claim_loop  # type: ignore[method-assign]
+    async with p:
+        await asyncio.wait_for(p.failed.wait(), 5)
+        for _ in range(100):  # the next beat writes it
+            found = await health.check(db, instance_id="crashy")
+            if not found.ok:
+                break
+            await asyncio.sleep(0.05)
+        assert not found.ok
+        assert "its claim loop crashed (RuntimeError: boom): it claims nothing" in found.reason
+        assert found.worker is not None and found.worker["crashed"] == "RuntimeError: boom"
+        from job_processor.ops.admin import Admin
+
+        for warnings in ((await p.get_status()).warnings, (await Admin(db).overview()).warnings):
+            crashed = [w for w in warnings if "its claim loop crashed (RuntimeError: boom)" in w]
+            assert crashed and f"worker {p.worker_id} (" in crashed[0], warnings

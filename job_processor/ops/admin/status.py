@@ -38,6 +38,9 @@ class StatusAdmin(CronsAdmin):
                 "names": w.names,
                 "instance_id": w.instance_id,
                 "definitions": w.definitions,
+                "crashed": w.crashed,
+                "hostname": w.hostname,
+                "pid": w.pid,
             }
             for w in workers
             if w.alive
