@@ -50,10 +50,9 @@ own sweep or reconciliation recovers the job (another worker's sweep says `runs.
 it cannot tell). "event_loop_blocked": the heartbeat's timer measured the block (`looplag`)."""
 #: How often the full pass over other programs' jobs runs (unknown names, never-due jobs).
 STRAYS_EVERY = dt.timedelta(minutes=5)
-#: How often bare inserts (`{name, payload}`) are looked for, and how old one must be to be
-#: adopted (a program inserting in two steps has finished): adopted 30 to 60 s after its insert
-#: (at the default sweep every 15 s).
-BARE_EVERY = dt.timedelta(seconds=30)
+#: How old a bare insert (`{name, payload}`) must be to be adopted (a program inserting in two
+#: steps has finished). The sweep's one query finds them: adopted 30 to 45 s after the insert
+#: at the default sweep every 15 s.
 BARE_AGE = dt.timedelta(seconds=30)
 
 
@@ -78,7 +77,6 @@ class Recovery:
         self.clock = clock
         self.log = log
         self.worker_timeout = worker.settings.worker_timeout
-        self._unknown_checked: dt.datetime | None = None
         self._strays_checked: dt.datetime | None = None
         self.flow_docs: list[dict[str, Any]] | None = None
         """The flows' documents this sweep's one query read (`Flows.sweep` uses them)."""
@@ -139,7 +137,8 @@ class Recovery:
         self.live = live_docs
         recovered = 0
         # one query: running jobs whose run started before the cutoff, and owed hooks
-        running, owed, self.flow_docs = await self.storage.jobs.needing_attention(cutoff, now)
+        found = await self.storage.jobs.needing_attention(cutoff, now, now - BARE_AGE)
+        running, owed, self.flow_docs = found.running, found.owed, found.flows
         for doc in running:
             if doc.get("run_id") in self.worker.unstarted and not self.worker.owns(doc):
                 await self.reconcile(doc, started=False)  # claimed here, never started
@@ -166,12 +165,11 @@ class Recovery:
                 self.worker.gave_up.pop(str(doc.get("run_id")), None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
-        if self._unknown_checked is None or now - self._unknown_checked >= BARE_EVERY:
-            full = self._strays_checked is None or (now - self._strays_checked) >= STRAYS_EVERY
-            self._unknown_checked = now
-            if full:
-                self._strays_checked = now
-            await self.error_unknown_names(now, full=full)
+        if found.bare:  # the same query found some: adopt them
+            await self.adopt_bare(now)
+        if self._strays_checked is None or now - self._strays_checked >= STRAYS_EVERY:
+            self._strays_checked = now
+            await self.error_unknown_names(now)
         await self.hooks.recover(now, live, self.worker_timeout, owed)
         try:
             for extra in self.sweeps:
@@ -180,19 +178,21 @@ class Recovery:
             self.flow_docs = None
         return recovered
 
-    async def error_unknown_names(self, now: dt.datetime, full: bool = True) -> int:
-        """Jobs other programs inserted. Every `BARE_EVERY`, bare inserts (`{name, payload}`)
-        `BARE_AGE` old are adopted (made claimable). With `full` (every five minutes), those under a
-        name no worker defines (none in the registry, nor here) are errored with the reason once
+    async def adopt_bare(self, now: dt.datetime) -> int:
+        """Bare inserts (`{name, payload}`) `BARE_AGE` old, made claimable (at most 100 a
+        sweep; the sweep's query finds them)."""
+        bare = await self.storage.jobs.adopt_bare(now - BARE_AGE, now)
+        if bare:
+            self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
+        return bare
+
+    async def error_unknown_names(self, now: dt.datetime) -> int:
+        """Jobs other programs inserted, every five minutes: those under a name no worker
+        defines (none in the registry, nor here) are errored with the reason once
         `unknown_name_grace` has passed (time for a rolling deploy to start the workers that
         define a new job), and those whose due time can never come are errored with the
         reason; an on_job_exited owed that long by a job of such a name is given up (recorded
         as failed, saying why)."""
-        bare = await self.storage.jobs.adopt_bare(now - BARE_AGE, now)
-        if bare:
-            self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
-        if not full:
-            return 0
         known = {str(d["_id"]) for d in await self.storage.definitions.all()}
         known |= set(self.definitions)
         grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)

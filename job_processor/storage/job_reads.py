@@ -4,6 +4,7 @@ wakes idle workers. A mixin of `JobStore`."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -26,6 +27,20 @@ Doc = dict[str, Any]
 S = JobStatus
 #: Listing order: newest first.
 LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+
+@dataclass
+class Attention:
+    """What the sweep's one query found (`JobReads.needing_attention`)."""
+
+    running: list[Doc]
+    """Running jobs whose run started before the cutoff."""
+    owed: list[Doc]
+    """Owed on_job_exited hooks."""
+    flows: list[Doc]
+    """The flows' records."""
+    bare: list[Doc]
+    """Bare inserts old enough to adopt."""
 
 
 class JobReads:
@@ -97,30 +112,45 @@ class JobReads:
         """A cron's latest tasks (the {name, created_at} index: a task is created at its slot)."""
         return await all_docs(self.find_cursor(name, None, limit))
 
-    def attention_cursor(self, cutoff: dt.datetime, now: dt.datetime) -> Any:
+    def attention_cursor(
+        self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
+    ) -> Any:
         """Running jobs whose run started before `cutoff` (their worker may be dead, or may not
-        run them), and owed on_job_exited hooks recorded before `now`: the sweep's one query
-        (each branch on its index: {status, worker_id} and {exit_hook, exit_hook_at})."""
-        return self.coll.find(
-            {
-                "$or": [
-                    {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
-                    {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
-                    *FlowRecords.flow_branches(),
-                ]
-            }
-        ).limit(1000)
+        run them), owed on_job_exited hooks recorded before `now`, the flows' records and
+        (with `bare_before`) bare inserts made before it: the sweep's one query (each branch on
+        its index: {status, worker_id}, status missing reading as null, and
+        {exit_hook, exit_hook_at})."""
+        branches: list[Doc] = [
+            {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
+            {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
+            *FlowRecords.flow_branches(),
+        ]
+        if bare_before is not None:
+            # their age is checked by `needing_attention`: an `_id` bound here would make
+            # nx-27017 evaluate the whole $or in Python, where the other branches' dates
+            # compare wrongly (MongoDB would take it)
+            branches.append({"status": None})
+        return self.coll.find({"$or": branches}).limit(1000)
 
     async def needing_attention(
-        self, cutoff: dt.datetime, now: dt.datetime
-    ) -> tuple[list[Doc], list[Doc], list[Doc]]:
-        """(running jobs started before `cutoff`, owed hooks, the flows' documents), from one
-        query."""
-        docs = await all_docs(self.attention_cursor(cutoff, now))
-        running = [d for d in docs if d.get("status") == S.RUNNING.value]
-        owed = [d for d in docs if d.get("exit_hook") == "owed"]
-        flows = [decode(d) for d in docs if d.get("has_dependents") or d.get("expiry_pending")]
-        return running, owed, flows
+        self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
+    ) -> Attention:
+        """What the sweep acts on (`attention_cursor`), from one query."""
+        docs = await all_docs(self.attention_cursor(cutoff, now, bare_before))
+        return Attention(
+            running=[d for d in docs if d.get("status") == S.RUNNING.value],
+            owed=[d for d in docs if d.get("exit_hook") == "owed"],
+            flows=[decode(d) for d in docs if d.get("has_dependents") or d.get("expiry_pending")],
+            bare=[
+                d
+                for d in docs
+                if d.get("status") is None
+                and isinstance(d.get("name"), str)
+                and bare_before is not None
+                and isinstance(d["_id"], ObjectId)
+                and d["_id"].generation_time < bare_before
+            ],
+        )
 
     async def running(self) -> list[Doc]:
         return await all_docs(

@@ -125,8 +125,8 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     assert_indexed(await storage.jobs.uncounted_cursor([ObjectId(), ObjectId()]).explain())
     assert_indexed(await storage.jobs.ended_by_cursor([str(ObjectId()), str(ObjectId())]).explain())
     assert_indexed(await storage.jobs.stale_waiting_cursor(ObjectId()).explain())
-    # the sweep's one query: both $or branches on an index
-    assert_indexed(await storage.jobs.attention_cursor(NOW, NOW).explain())
+    # the sweep's one query: every $or branch on an index (running, owed hooks, flows, bare)
+    assert_indexed(await storage.jobs.attention_cursor(NOW, NOW, NOW).explain())
 
 
 async def test_the_strays_pass_and_the_untargeted_events_are_index_backed(
