@@ -107,7 +107,7 @@ def coverage(
         waiting = _waiting(counts[name])
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
-            listed = f"job-processor jobs list --name {shlex.quote(name)} --status waiting"
+            listed = f"job-processor jobs list --name {shlex.quote(name)}"
             out.warnings.append(
                 f"{jobs(waiting, 'queued job')} of unknown name {name!r}: no worker defines it "
                 "(a typo, or a job removed from the code); define it, or kill them (their ids: "

@@ -202,6 +202,8 @@ class Runtime:
         (MongoDB unreachable), nothing is left behind and it can be called again."""
         if self.started:
             return
+        self.failed.clear()  # started again after a crash: a new run of the loops
+        self.heartbeat.crashed = None
         self.worker.stopping.clear()
         self.scheduler.stop_event.clear()
         self.waker.stop_event.clear()

@@ -376,7 +376,7 @@ async def test_overview_numbers_and_warnings(env: Any) -> None:
     text = "\n".join(ov.warnings)
     assert "job 'report' (tag 'main'): no live worker can run it (1 queued)" in text
     assert "1 queued job of unknown name 'ghost'" in text
-    assert "kill them (their ids: job-processor jobs list --name ghost --status waiting;" in text
+    assert "kill them (their ids: job-processor jobs list --name ghost; then" in text
     assert "runner-1" in text and "heartbeat" in text
     workers = await admin.list_workers()
     assert [(w.instance_id, w.alive) for w in workers] == [("runner-2", True), ("runner-1", False)]

@@ -61,3 +61,12 @@ async def test_a_processor_whose_claim_loop_crashed_is_unhealthy_while_it_beats(
         for warnings in ((await p.get_status()).warnings, (await Admin(db).overview()).warnings):
             crashed = [w for w in warnings if "its claim loop crashed (RuntimeError: boom)" in w]
             assert crashed and f"worker {p.worker_id} (" in crashed[0], warnings
+    del p.worker.claim_loop  # the app fixes it and starts the processor again: healthy
+    async with p:
+        assert not p.failed.is_set()
+        for _ in range(100):
+            found = await health.check(db, instance_id="crashy")
+            if found.ok:
+                break
+            await asyncio.sleep(0.05)
+        assert found.ok, found.reason
