@@ -21,7 +21,12 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import InvalidArgumentError, InvalidDefinitionError, field_errors
+from .errors import (
+    InvalidArgumentError,
+    InvalidDefinitionError,
+    InvalidFieldsError,
+    field_errors,
+)
 from .retention import check_keep
 
 Concurrency = Literal["concurrent", "exclusive"]
@@ -376,15 +381,6 @@ def _bad_field(fields: list[str]) -> str:
                 "lists a,b, ranges a-b, steps */n)"
             )
     return ""
-
-
-class InvalidFieldsError(InvalidDefinitionError):
-    """What JobDef(...) raises: the message, and its (field, what is wrong) pairs (kept when
-    pydantic wraps it, as validating a nested definition calls its own __init__)."""
-
-    def __init__(self, message: str, fields: list[tuple[str, str]]) -> None:
-        super().__init__(message)
-        self.fields = fields
 
 
 def _shown(fields: list[tuple[str, str]]) -> list[str]:

@@ -10,10 +10,20 @@ from typing import Any
 
 def field_errors(errors: list[Any], whole: str = "(value)") -> str:
     """A pydantic ValidationError's errors (`exc.errors()`) as one line naming each field:
-    "field 'to': Field required; field 'rows': Input should be a valid integer"."""
-    return "; ".join(
-        f"field {'.'.join(str(p) for p in e['loc']) or whole!r}: {e['msg']}" for e in errors
-    )
+    "field 'to': Field required; field 'rows': Input should be a valid integer". A nested
+    definition's own error (`InvalidFieldsError`, raised by its __init__) is shown as its
+    fields, under the path where it sits."""
+    parts: list[str] = []
+    for e in errors:
+        at = ".".join(str(p) for p in e["loc"])
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, InvalidFieldsError):
+            for field, msg in inner.fields:
+                path = f"{at}.{field}" if at else field
+                parts.append(f"field {path!r}: {msg}")
+        else:
+            parts.append(f"field {at or whole!r}: {e['msg']}")
+    return "; ".join(parts)
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -42,6 +52,16 @@ class JobProcessorError(Exception):
 
 class InvalidDefinitionError(JobProcessorError, ValueError):
     """A JobDef or CronDef (or an init_job_processor option) is invalid."""
+
+
+class InvalidFieldsError(InvalidDefinitionError):
+    """What a definition built directly raises (`JobDef(...)`, `Backoff(...)`, ...): the
+    message, and its (field, what is wrong) pairs (kept when pydantic wraps it, as validating a
+    nested definition calls its own __init__)."""
+
+    def __init__(self, message: str, fields: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class UnknownJobError(JobProcessorError, KeyError):

@@ -192,6 +192,20 @@ def test_the_other_definitions_built_directly_raise_the_same_clear_errors() -> N
         with pytest.raises(JobProcessorError, match=message) as caught:
             build()
         assert isinstance(caught.value, InvalidDefinitionError)
+    # given as dicts, where each is read: the same fields, under their path
+    from job_processor.core.definitions import parse_subscribers
+    from job_processor.processor import _webhook_options
+
+    with pytest.raises(InvalidDefinitionError) as caught:
+        parse_subscribers({"ev": [{"name": "x", "handler": handler, "mode": "bad"}]})
+    assert str(caught.value) == (
+        "event 'ev', subscriber 'x': field 'mode': Input should be 'async', 'sync' or 'serial'"
+    )
+    with pytest.raises(InvalidDefinitionError) as caught:
+        _webhook_options({"backoff": {"kind": "w"}})
+    assert str(caught.value) == (
+        "webhook_options: field 'backoff.kind': Input should be 'fixed', 'linear' or 'exponential'"
+    )
 
 
 def test_six_field_cron_strings_say_the_first_field_is_seconds() -> None:
