@@ -54,6 +54,29 @@ class JobOutput(BaseModel):
         return to_jsonable(value)
 
 
+def _aware_inside(doc: dict[str, Any]) -> None:
+    """The dates one level down (progress, log lines, history), made aware UTC in place when
+    they were read naive (by a client without tz_aware=True, which reads all of a document's
+    dates so: the first one tells, and an aware client's documents cost one look each)."""
+    progress = doc.get("progress")
+    if isinstance(progress, dict) and _naive(progress.get("at")):
+        doc["progress"] = {k: aware_utc(v) for k, v in progress.items()}
+    for listed, key in (("logs", "at"), ("history", "started_at")):
+        items = doc.get(listed)
+        if not isinstance(items, list) or not items:
+            continue
+        first = items[0]
+        if isinstance(first, dict) and _naive(first.get(key)):
+            doc[listed] = [
+                {k: aware_utc(v) for k, v in item.items()} if isinstance(item, dict) else item
+                for item in items
+            ]
+
+
+def _naive(value: Any) -> bool:
+    return isinstance(value, dt.datetime) and value.tzinfo is None
+
+
 def _derive_missing(doc: dict[str, Any]) -> None:
     """A job inserted by another program (`{name, claim_name, due_ms, payload}`) reads as the
     pending job it is until a worker claims it and writes the rest (documents.completion)."""
@@ -209,14 +232,7 @@ class Job(BaseModel, Generic[PayloadT]):
         if not isinstance(data, dict):
             return data
         doc = {k: aware_utc(v) for k, v in data.items()}
-        if isinstance(doc.get("progress"), dict):  # dates one level down too
-            doc["progress"] = {k: aware_utc(v) for k, v in doc["progress"].items()}
-        for listed in ("logs", "history"):
-            if isinstance(doc.get(listed), list):
-                doc[listed] = [
-                    {k: aware_utc(v) for k, v in item.items()} if isinstance(item, dict) else item
-                    for item in doc[listed]
-                ]
+        _aware_inside(doc)
         _derive_missing(doc)
         payload = doc.get("payload")
         if cls is Job and payload is not None and not isinstance(payload, dict):
