@@ -53,6 +53,9 @@ class RunNotes:
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._own_keys = _ECHO_KEYS | self.fields.keys()
+        self._secrets: set[str] | None = None
+        """What the echoed lines hide: the payload's and the checkpoint's secrets (the run's
+        start's; worked out at the first line)."""
 
     # ---- the NoteSink -------------------------------------------------------------------------
 
@@ -86,8 +89,10 @@ class RunNotes:
 
     def _echo(self, level: str, line: Doc) -> None:
         # the worker's log too, masked as the dashboard and the CLI show the line
-        secrets = log_secrets((self.run.doc.get("payload"),), paths_of(self.run))
-        shown = masked_line(LOG_MASKER, line, secrets)
+        if self._secrets is None:
+            values = (self.run.doc.get("payload"), self.run.doc.get("state"))
+            self._secrets = log_secrets(values, paths_of(self.run))
+        shown = masked_line(LOG_MASKER, line, self._secrets)
         method = getattr(self.log, level if level in _METHODS else "error")
         # a field named as a key of the log line itself (`event`, `level`, `message`, the job's
         # ids, ...) is shown with a `_` after its name in the worker's log (the job keeps it)
