@@ -1,9 +1,11 @@
 """Who may use the dashboard: HTTP basic auth, a callable, or (on loopback only) nobody asked.
 
 - `auth=("user", "password")`: HTTP basic auth (constant-time comparison); the audit log
-  records the user name. A client address that sends `LoginThrottle.LIMIT` wrong credentials
-  within `LoginThrottle.WINDOW` seconds gets 429 (with `Retry-After`) until the oldest of them
-  is that old, its credentials not even compared (guessing a password over HTTP stays slow).
+  records the user name. A client address (an IPv6 one by its /64) that sends
+  `LoginThrottle.LIMIT` wrong credentials within `LoginThrottle.WINDOW` seconds gets 429 (with
+  `Retry-After`) until the oldest of them is that old, its credentials not even compared
+  (guessing a password over HTTP stays slow; right credentials do not clear the count, so a
+  signed-in user behind the same address does not reset a guesser's).
 - `auth=callable(request) -> bool | str` (sync or async): allowed when it returns True or a
   non-empty string (the user name recorded in the audit log); refused (403) otherwise.
 - `auth=None`, given explicitly: no authentication at all (you protect it some other way).
@@ -68,11 +70,11 @@ def refuse_public_host(host: str) -> DashboardConfigError:
 
 
 class LoginThrottle:
-    """Wrong basic-auth credentials per client address: `LIMIT` of them within `WINDOW`
-    seconds refuse that address until the oldest is `WINDOW` old. In memory, per dashboard
-    process, at most `MAX_CLIENTS` addresses (the least recently failing forgotten first).
-    Behind a proxy every client shares its address: a guesser there also blocks the others
-    for a while, which is the price of not letting it guess."""
+    """Wrong basic-auth credentials per client address (`client_key`): `LIMIT` of them within
+    `WINDOW` seconds refuse that address until the oldest is `WINDOW` old; failures only age
+    out. In memory, per dashboard process, at most `MAX_CLIENTS` addresses (the least recently
+    failing forgotten first). Behind a proxy every client shares its address: a guesser there
+    also blocks the others for a while, which is the price of not letting it guess."""
 
     LIMIT = 10
     WINDOW = 300.0
@@ -97,8 +99,22 @@ class LoginThrottle:
         while len(self._failures) > self.MAX_CLIENTS:
             self._failures.popitem(last=False)
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+
+def client_key(host: str | None) -> str:
+    """Whose failures count together: an IPv4 address, an IPv6 one's /64 (one host may hold a
+    whole /64), an IPv4-mapped IPv6 one as its IPv4; anything else (no address: a Unix
+    socket) as it is."""
+    if not host:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Authenticator:
@@ -146,7 +162,7 @@ class Authenticator:
                 "callable, or auth=None explicitly.",
             )
         if self.mode == "basic":
-            client = request.client.host if request.client else "unknown"
+            client = client_key(request.client.host if request.client else None)
             wait = self.throttle.wait(client)
             if wait:
                 return Denied(
@@ -160,7 +176,6 @@ class Authenticator:
                 if sent:  # a browser's first request carries none: not a failure
                     self.throttle.failed(client)
                 return Denied(401, "Log in with the dashboard's user name and password.")
-            self.throttle.succeeded(client)
             return user
         assert self._callable is not None
         verdict = self._callable(request)

@@ -360,3 +360,24 @@ async def test_markup_in_job_fields_is_shown_as_text_and_never_runs(
             await page.wait_for_timeout(800)  # a few live refreshes swap the parts in place
         assert await page.locator("img[src=x], main script").count() == 0
     assert dialogs == []
+
+
+async def test_a_live_page_stops_refreshing_once_its_login_is_refused(
+    browser: Browser, processor: Any
+) -> None:
+    """The password changed while a tab refreshes itself: it says so and stops, instead of
+    sending a failed login every few seconds (which would lock its address out)."""
+    p, _ = processor
+    dashboard = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(host_app(dashboard)) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/")
+        live = page.locator("#live-toggle .live-text")
+        await expect(live).to_have_text("Live")
+        throttle = dashboard.state.dashboard.auth.throttle
+        dashboard.state.dashboard.auth._password = b"rotated-password"
+        await expect(live).to_have_text("Signed out: reload")
+        failed = sum(len(f) for f in throttle._failures.values())
+        await page.wait_for_timeout(1500)  # five refresh periods
+        assert sum(len(f) for f in throttle._failures.values()) == failed  # none since
+        assert failed <= 2  # the refused refresh (the browser may send it once more itself)

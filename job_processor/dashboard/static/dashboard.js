@@ -10,6 +10,7 @@
   try { paused = localStorage.getItem(KEY) === "1"; } catch (e) { /* private mode */ }
   var timer = null;
   var inflight = false;
+  var stopped = false;  // signed out or throttled: no more refreshes until a reload
   var lastOk = Date.now();
 
   function units(s) {
@@ -47,10 +48,18 @@
   }
 
   function refresh() {
-    if (paused || inflight || document.hidden || busy()) return;
+    if (stopped || paused || inflight || document.hidden || busy()) return;
     inflight = true;
     fetch(location.href, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
+        if (r.status === 401 || r.status === 429) {
+          // signed out (the password changed) or throttled: refreshing again would only add
+          // failed logins; a reload asks for the password
+          stopped = true;
+          if (timer) clearInterval(timer);
+          label("Signed out: reload", "offline");
+          throw new Error("stopped");
+        }
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.text();
       })
@@ -69,7 +78,7 @@
         body.setAttribute("data-refreshed", String(lastOk));
         label("Live");
       })
-      .catch(function () { label("Offline", "offline"); })
+      .catch(function () { if (!stopped) label("Offline", "offline"); })
       .finally(function () { inflight = false; });
   }
 
