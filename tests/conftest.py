@@ -146,3 +146,16 @@ async def any_db(request: pytest.FixtureRequest, mongo_url: str) -> AsyncIterato
     client, database = await _open(request.param, mongo_url)
     yield database
     await _close(request.param, client, database)
+
+
+@pytest.fixture(autouse=True)
+def no_dropped_log_lines(request: pytest.FixtureRequest) -> Iterator[None]:
+    """EventLog drops a line it cannot write instead of stopping the caller; in the tests
+    nothing should be dropped (a bad keyword in a log call of ours would be), except where a
+    test means it (`drops_log_lines`)."""
+    from job_processor.core.log import EventLog
+
+    before = EventLog.dropped
+    yield
+    if request.node.get_closest_marker("drops_log_lines") is None:
+        assert EventLog.dropped == before, "a log line could not be written (EventLog.dropped)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..core.errors import UnknownJobError
+from ..core.errors import JobProcessorError
 from ..ops.admin import ActionResult, Admin
 from .common import ago, listed, report, reported, when, with_admin
 
@@ -60,19 +60,19 @@ async def names_forget(args: argparse.Namespace) -> int:
 
     async def run(admin: Admin) -> int:
         results: list[ActionResult] = []
-        unknown: dict[str, UnknownJobError] = {}
+        refused: dict[str, JobProcessorError] = {}
         for name in names:  # each on its own, as `jobs kill` takes each id
             try:
                 results.append(await admin.forget(name))
-            except UnknownJobError as exc:
-                unknown[name] = exc
-        if not results:  # none known: bad input, as for one
-            raise next(iter(unknown.values()))
+            except JobProcessorError as exc:  # unknown, or not a name: said, the others done
+                refused[name] = exc
+        if not results:  # none could be: bad input, as for one
+            raise next(iter(refused.values()))
         merged = results[0].model_copy(
             update={
                 "changed": [n for r in results for n in r.changed],
                 "skipped": {k: v for r in results for k, v in r.skipped.items()}
-                | {name: str(exc) for name, exc in unknown.items()},
+                | {name: str(exc) for name, exc in refused.items()},
                 "count": sum(r.count for r in results),
                 "detail": {k: v for r in results for k, v in r.detail.items()},
             }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from typing import Any
 
 import structlog
@@ -50,8 +52,15 @@ class EventLog:
                 if exc:
                     merged["exc_info"] = True
                 getattr(self._target, level)(event, **merged)
-        except Exception:  # nowhere left to say it: count it
+        except Exception as exc:  # count it; say it once where something may still read it
             EventLog.dropped += 1
+            if EventLog.dropped == 1:
+                with contextlib.suppress(Exception):
+                    print(
+                        f"job-processor: a log line could not be written ({describe(exc)}); "
+                        "such lines are dropped (EventLog.dropped counts them)",
+                        file=sys.__stderr__,
+                    )
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)
@@ -82,3 +91,7 @@ def make_log(logger: Any | None) -> EventLog:
             "structlog.get_logger(), or None for the default)"
         )
     return EventLog(logger)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]

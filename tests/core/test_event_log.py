@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pytest
+
 from job_processor.core.log import EventLog
+
+pytestmark = pytest.mark.drops_log_lines
 
 
 class Closed:
