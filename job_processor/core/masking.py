@@ -59,22 +59,9 @@ def _norm(name: str) -> str:
 class Masker:
     def __init__(self, fields: Iterable[str]) -> None:
         self.fields = tuple(sorted({_norm(f) for f in fields if f and f.strip()}))
-        self._pair: re.Pattern[str] | None = None
-        if self.fields:
-            # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines)
-            names = "|".join(
-                re.escape(f).replace("_", "[_-]")
-                for f in sorted(self.fields, key=len, reverse=True)
-            )
-            key = rf"(?:[\w-]*[_-])?(?:{names})(?:[_-][\w-]*)?\b"
-            # a quoted value is masked up to its closing quote (spaces included); an unquoted
-            # one up to the first space or separator
-            self._pair = re.compile(
-                rf"""(?P<key>["']?\b{key}["']?\s*[:=]\s*)"""
-                rf"""(?:(?P<q>["'])(?P<quoted>(?:\\.|(?!(?P=q)).)*)(?P=q)"""
-                rf"""|(?P<value>(?:(?:bearer|basic)\s+)?[^"'\s,;&}}\]]+))""",
-                re.IGNORECASE,
-            )
+        # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines): a key holding
+        # a sensitive name between separators (see `_pair_key`)
+        self._delimited = tuple(f"_{f}_" for f in self.fields)
 
     def sensitive(self, key: Any) -> bool:
         if not isinstance(key, str):
@@ -113,16 +100,37 @@ class Masker:
             walk(value, False)
         return out
 
+    def _pair_key(self, key: str) -> bool:
+        """A key of free text's `key=value` pairs that is sensitive: one of the names, alone
+        or between separators (`password`, `db_password`, `X-Api-Key`, `api_key_id`)."""
+        norm = f"_{_norm(key)}_"
+        return any(f in norm for f in self._delimited)
+
     def text(self, text: str | None, secrets: Iterable[str] = ()) -> str | None:
-        """Free text with `key=value` pairs of sensitive keys and the given secrets masked."""
+        """Free text with `key=value` pairs of sensitive keys and the given secrets masked.
+        Linear in the text's length (an error quoting `auth-auth-auth-...` must not hold the
+        event loop): keys are found by one pattern anchored at the start of each word, and
+        only a sensitive one's value is read (`_value_end`)."""
         if not text:
             return text
         if not isinstance(text, str):  # a field another program wrote (progress message: 5)
             text = str(text)
         text = scrub(text, set(secrets), MASK)
-        if self._pair is not None:
-            text = self._pair.sub(_masked_pair, text)
-        return text
+        if not self._delimited:
+            return text
+        out: list[str] = []
+        pos = 0
+        while (key := _PAIR_KEY.search(text, pos)) is not None:
+            start = key.end()
+            if not self._pair_key(key["name"]):
+                out.append(text[pos:start])
+                pos = start
+                continue
+            end, quote = _value_end(text, start)
+            out.append(text[pos:start] + (f"{quote}{MASK}{quote}" if end > start else ""))
+            pos = max(end, start)
+        out.append(text[pos:])
+        return "".join(out)
 
     def masked(self, value: Any, secrets: Iterable[str] = ()) -> Any:
         """`value` (a payload, a checkpoint, a result, an event's payload) with its sensitive
@@ -131,9 +139,49 @@ class Masker:
         return scrub(self.value(value), set(secrets), MASK)
 
 
-def _masked_pair(m: re.Match[str]) -> str:
-    quote = m["q"] or ""
-    return f"{m['key']}{quote}{MASK}{quote}"
+#: A key of a `key=value` / `key: value` / `"key": "value"` pair in free text: a run of word
+#: characters and hyphens that starts a word (so each run is tried once: linear), its optional
+#: quotes, then `=` or `:`.
+_PAIR_KEY = re.compile(r"""["']?(?<![\w-])(?P<name>[\w-]+)["']?[ \t]*[:=][ \t]*""")
+#: An unquoted value: `Bearer`/`Basic` and the token, or up to a space or separator.
+_UNQUOTED = re.compile(r"""(?:(?:bearer|basic)[ \t]+)?[^"'\s,;&}\]]+""", re.IGNORECASE)
+_CLOSING = {"[": "]", "{": "}"}
+
+
+def _value_end(text: str, start: int) -> tuple[int, str]:
+    """Where the value that starts at `start` ends, and its quote ("" if none): a quoted one
+    at its closing quote (a backslash escapes; unclosed: the end of the text), a list or an
+    object at its closing bracket (nested ones and quoted brackets skipped), else
+    `_UNQUOTED`'s match. One pass over the value."""
+    if start >= len(text):
+        return start, ""
+    first = text[start]
+    if first in "\"'":
+        i = start + 1
+        while i < len(text) and text[i] != first:
+            i += 2 if text[i] == "\\" else 1
+        return min(i + 1, len(text)), first
+    if first in _CLOSING:
+        depth, quote, i = 0, "", start
+        while i < len(text):
+            c = text[i]
+            if quote:
+                if c == "\\":
+                    i += 1
+                elif c == quote:
+                    quote = ""
+            elif c in "\"'":
+                quote = c
+            elif c in "[{":
+                depth += 1
+            elif c in "]}":
+                depth -= 1
+                if depth == 0:
+                    return i + 1, ""
+            i += 1
+        return len(text), ""
+    found = _UNQUOTED.match(text, start)
+    return (found.end() if found else start), ""
 
 
 def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:

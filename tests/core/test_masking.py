@@ -136,3 +136,29 @@ def test_what_a_delivery_job_carries_is_masked_with_it() -> None:
     assert PASSWORD in str(mask_job(M, job))
     shown = mask_job(M, job, {"user": "ada", "password": PASSWORD})
     assert PASSWORD not in str(shown) and MASK in shown["output"]["error"]
+
+
+def test_lists_objects_and_keys_between_separators_are_masked_in_free_text() -> None:
+    said = 'crm said: {"order_id": "A1", "card_number": "4111", "token": ["LIST", {"a": "]"}]}'
+    assert (
+        M.text(said) == f'crm said: {{"order_id": "A1", "card_number": "{MASK}", "token": {MASK}}}'
+    )
+    assert M.text("token={'a': 'b', 'c': [1, 2]} rest") == f"token={MASK} rest"
+    assert M.text("db_password=hunter2; user=ada") == f"db_password={MASK}; user=ada"
+    assert M.text("api_key_id=abc mypassword=x") == f"api_key_id={MASK} mypassword=x"
+    assert M.text("password='never closed, to the end") == f"password='{MASK}'"
+    assert M.text('password="a\\"b" tail') == f'password="{MASK}" tail'
+    assert M.text("password=") == "password="  # nothing to mask
+
+
+def test_masking_free_text_is_linear_in_its_length() -> None:
+    """A complexity guard, not a speed target: the earlier pattern backtracked on
+    `auth-auth-auth-...` (27 s for 3,900 characters, and it grew as the cube of the length);
+    100,000 characters of each worst case now take milliseconds, so a second is a wide margin
+    that only a super-linear pattern would miss."""
+    import time
+
+    for text in ("auth-" * 20_000, "a" * 100_000, "password='" * 10_000, "x " * 50_000):
+        started = time.process_time()
+        M.text(text)
+        assert time.process_time() - started < 1.0, text[:20]
