@@ -242,6 +242,16 @@ def log_text(text: str, values: Sequence[Any], paths: Sequence[str] = ()) -> str
     return LOG_MASKER.text(text, log_secrets(values, paths)) or text
 
 
+def task_error(doc: dict[str, Any]) -> str | None:
+    """A cron task's error as the crons' listings show it (`status`, `crons list`,
+    `get_status()`): masked as the worker's log masks it (default sensitive names, the task's
+    payload's secrets), as the job's own page would."""
+    error = (doc.get("output") or {}).get("error")
+    if not isinstance(error, str):
+        return None
+    return log_text(error, (doc.get("payload"), doc.get("state")))
+
+
 def mask_event(masker: Masker, event: Event) -> dict[str, Any]:
     """An event as JSON with its payload's sensitive fields, and the secrets they hold, masked
     everywhere: the payload, each delivery's result, error and webhook attempts."""

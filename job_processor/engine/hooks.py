@@ -27,6 +27,7 @@ from ..core import retention as R
 from ..core.clock import Clock
 from ..core.definitions import JobDef
 from ..core.log import EventLog
+from ..core.masking import log_text
 from ..core.models import Job
 from ..core.retention import Retention
 from ..core.status import JobStatus
@@ -146,7 +147,12 @@ class HookRunner:
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
         except Exception as exc:
             error = describe_error(exc)
-            self.log.exception("on_job_exited_failed", **fields)
+            # its first line masked as job_errored's (the traceback is on the job, where readers
+            # mask it: the log would show the payload's secrets, and rich's locals)
+            values = (doc.get("payload"), doc.get("state"))
+            paths = definition.sensitive_fields
+            shown = log_text(error.splitlines()[0], values, paths)
+            self.log.error("on_job_exited_failed", error=shown, **fields)
         state = "failed" if error else "done"
         try:
             await self._record(job_id, hook_id, state, error, fields, expires_at, doc)

@@ -9,6 +9,7 @@ from typing import Any
 from ..core.coverage import coverage
 from ..core.definitions import CronDef, JobDef
 from ..core.limits import top_usage
+from ..core.masking import task_error
 from ..core.models import ProcessorStatus, WorkerInfo
 from ..core.schedule import STUCK_CRON_SLOTS, schedule_of, skipped_in_a_row
 from ..core.status import JobStatus
@@ -108,7 +109,7 @@ async def cron_status(
                         "trigger": t.get("trigger"),
                         "status": t["status"],
                         "skip_reason": t.get("skip_reason"),
-                        "error": (t.get("output") or {}).get("error"),
+                        "error": task_error(t),
                     }
                     for t in recent
                 ],

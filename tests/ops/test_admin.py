@@ -577,3 +577,29 @@ async def test_a_killed_job_without_a_hook_is_deleted_after_its_name_registered_
     assert (await admin.kill([job_id])).done
     deleted = await admin.delete([job_id])
     assert deleted.done and deleted.skipped == {}
+
+
+async def test_a_cron_tasks_error_is_masked_in_the_crons_listings(db: Any) -> None:
+    """`crons list`, `status` and `get_status()` show a task's error as the job's page does:
+    `token=...` pairs masked (they used to print it, traceback and all, in clear)."""
+    from job_processor import init_job_processor
+    from job_processor.core.masking import MASK
+    from tests.helpers import wait_status
+
+    async def backup(job: Any, signal: Any) -> None:
+        raise RuntimeError("upload failed: token=tok_live_SECRET1234 password='p4ss w0rd'")
+
+    crons = {"backup": {"cron_string": "0 3 * * *", "handler": backup}}
+    p = await init_job_processor(db, crons=crons, poll_interval=0.1)
+    async with p:
+        task = await p.trigger_cron("backup")
+        await wait_status(p, task.id, S.ERRORED)
+        shown = [
+            (await Admin(db).list_crons())[0].recent[0].error,
+            (await p.get_status()).crons[0]["recent"][0]["error"],
+        ]
+    for error in shown:
+        assert error is not None and error.startswith(
+            f"RuntimeError: upload failed: token={MASK} password='{MASK}'"
+        )
+        assert "SECRET1234" not in error and "p4ss" not in error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from ...core.coverage import worker_alive
+from ...core.masking import task_error
 from ...core.schedule import Schedule
 from ...core.status import JobStatus
 from .base import AdminBase
@@ -39,7 +40,7 @@ class CronsAdmin(AdminBase):
                     trigger=t.get("trigger"),
                     status=S(t["status"]),
                     skip_reason=t.get("skip_reason"),
-                    error=(t.get("output") or {}).get("error"),
+                    error=task_error(t),
                     ended_at=t.get("ended_at"),
                 )
                 for t in tasks
