@@ -70,7 +70,11 @@ class Masker:
         return any(k == f or k.startswith(f + "_") or k.endswith("_" + f) for f in self.fields)
 
     def value(self, value: Any) -> Any:
-        """A copy of `value` with sensitive fields masked (dicts and lists walked)."""
+        """A copy of `value` with sensitive fields masked (dicts and lists walked), and the
+        `key=value` pairs of sensitive keys inside its strings (a webhook's response excerpt, a
+        memo quoting `password=...`)."""
+        if isinstance(value, str):
+            return self.pairs(value)
         if isinstance(value, dict):
             return {
                 k: (MASK if self.sensitive(k) and v is not None else self.value(v))
@@ -115,8 +119,11 @@ class Masker:
             return text
         if not isinstance(text, str):  # a field another program wrote (progress message: 5)
             text = str(text)
-        text = scrub(text, set(secrets), MASK)
-        if not self._delimited:
+        return self.pairs(scrub(text, set(secrets), MASK))
+
+    def pairs(self, text: str) -> str:
+        """`text` with the values of its `key=value` pairs of sensitive keys masked (`text`)."""
+        if not self._delimited or ("=" not in text and ":" not in text):
             return text
         out: list[str] = []
         pos = 0

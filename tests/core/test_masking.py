@@ -162,3 +162,24 @@ def test_masking_free_text_is_linear_in_its_length() -> None:
         started = time.process_time()
         M.text(text)
         assert time.process_time() - started < 1.0, text[:20]
+
+
+def test_pairs_inside_stored_strings_are_masked_too() -> None:
+    """A webhook delivery's checkpoint keeps each attempt's response excerpt: a receiver that
+    echoes `api_key` (or the Authorization header made from the URL's user:password) is masked
+    there as in the error, on every page and in the JSON."""
+    excerpt = '{"api_key":"HEADERSECRET123","Authorization":"Basic dXNlcjpw"}'
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "webhook-delivery",
+            "status": "pending",
+            "payload": {"memo": "token=abc123 please"},
+            "state": {"attempts": [{"status": 500, "response_excerpt": excerpt}]},
+        }
+    )
+    data = mask_job(M, job)
+    assert data["state"]["attempts"][0]["response_excerpt"] == (
+        f'{{"api_key":"{MASK}","Authorization":"{MASK}"}}'
+    )
+    assert data["payload"]["memo"] == f"token={MASK} please"
