@@ -52,8 +52,14 @@ DEFAULT_SENSITIVE_FIELDS: tuple[str, ...] = (
 MIN_SECRET_LENGTH = 4
 
 
+#: A lower-case letter or digit followed by an upper-case one: a camelCase word boundary.
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 def _norm(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    """`accessToken`, `X-Api-Key`, `client_secret` -> `access_token`, `x_api_key`,
+    `client_secret`: camelCase words and hyphens read as `_`, lower case."""
+    return _CAMEL.sub("_", name.strip()).lower().replace("-", "_")
 
 
 class Masker:

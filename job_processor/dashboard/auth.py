@@ -27,11 +27,11 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from ..core.errors import JobProcessorError
 
-AuthCallable = Callable[[Request], "bool | str | Awaitable[bool | str]"]
+AuthCallable = Callable[[HTTPConnection], "bool | str | Awaitable[bool | str]"]
 
 
 class _Unset:
@@ -146,7 +146,7 @@ class Authenticator:
                 f"got {type(auth).__name__}"
             )
 
-    async def check(self, request: Request) -> Denied | str:
+    async def check(self, request: HTTPConnection) -> Denied | str:
         if self.mode == "none":
             return "anonymous"
         if self.mode == "loopback":
@@ -187,7 +187,7 @@ class Authenticator:
             return verdict
         return Denied(403, "Your account is not allowed to use this dashboard.")
 
-    def _basic(self, request: Request) -> str | None:
+    def _basic(self, request: HTTPConnection) -> str | None:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":

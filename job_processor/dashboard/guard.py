@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pymongo.errors import PyMongoError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +24,8 @@ OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
 DENIED_TITLES = {401: "Not signed in", 403: "Access denied", 429: "Too many attempts"}
+#: The largest form body read (a new job's payload: MongoDB's 16 MiB document and some).
+MAX_FORM_BYTES = 17 * 2**20
 #: Sent with every response (unless the route set its own): no page of another origin may
 #: frame the dashboard (clickjacking: a same-site page, another port of localhost or a
 #: sibling subdomain, gets the SameSite cookies and could lure clicks on Kill or Delete),
@@ -44,6 +46,9 @@ class Guard:
         self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # an extra route's: the same host and auth checks
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -78,7 +83,16 @@ class Guard:
                 )
                 await response(scope, receive, send)
                 return
-            body = await request.body()
+            body = await _bounded_body(request)
+            if body is None:
+                response = d.error_page(
+                    request,
+                    413,
+                    "Request too large",
+                    f"A form of the dashboard is at most {MAX_FORM_BYTES // 2**20} MiB.",
+                )
+                await response(scope, receive, send)
+                return
             receive = _replaying(body, receive)  # what runs after us may read the body again
             form = await request.form()
             scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
@@ -102,6 +116,26 @@ class Guard:
                 f"The database did not answer: {str(exc).split(',')[0]}",
             )
             await response(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket of an `extra_routes` route: closed before it is accepted (the server
+        answers 403) unless its host is allowed and its auth passes, as for a page. Browsers
+        send no Origin check of their own for WebSockets, so the Origin must be allowed too."""
+        d = self.dashboard
+        connection = HTTPConnection(scope)
+        scope.setdefault("state", {})
+        verdict = await d.auth.check(connection)
+        origin = connection.headers.get("origin")
+        if (
+            isinstance(verdict, Denied)
+            or not d.allowed_hosts.allows(connection.headers.get("host"))
+            or (origin is not None and not d.allowed_hosts.origin_allowed(origin))
+        ):
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        scope["state"]["user"] = verdict
+        await self.app(scope, receive, send)
 
 
 async def _refuse_host(dashboard: Dashboard, scope: Scope, receive: Receive, send: Send) -> bool:
@@ -160,3 +194,21 @@ def with_errors(dashboard: Dashboard, handler: Handler) -> Handler:
             return dashboard.error_page(request, 400, "Invalid request", str(exc))
 
     return wrapped
+
+
+async def _bounded_body(request: Request) -> bytes | None:
+    """The request's body, or None past MAX_FORM_BYTES (read no further: a 150 MB POST would
+    be held in memory whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # as Request.body() keeps it: request.form() reads it from there
+    return body

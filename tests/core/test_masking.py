@@ -183,3 +183,13 @@ def test_pairs_inside_stored_strings_are_masked_too() -> None:
         f'{{"api_key":"{MASK}","Authorization":"{MASK}"}}'
     )
     assert data["payload"]["memo"] == f"token={MASK} please"
+
+
+def test_camel_case_keys_are_read_as_words() -> None:
+    assert M.sensitive("accessToken") and M.sensitive("clientSecret") and M.sensitive("apiKey")
+    assert not M.sensitive("authorName") and not M.sensitive("tokenizer")
+    assert M.value({"accessToken": "abc", "userName": "ada"}) == {
+        "accessToken": MASK,
+        "userName": "ada",
+    }
+    assert M.text('{"clientSecret": "s3cr3t-value"}') == f'{{"clientSecret": "{MASK}"}}'

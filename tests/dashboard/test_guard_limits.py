@@ -1,0 +1,66 @@
+"""What the guard in front of the dashboard refuses beyond pages: WebSockets of extra routes
+without credentials, and form bodies past MAX_FORM_BYTES (no server: a bare database name)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from starlette.routing import WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from job_processor.dashboard import create_dashboard, guard
+
+AUTH = ("admin", "s3cret-pw")
+GOOD = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret-pw").decode()}
+
+
+async def echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(f"hello {websocket.scope['state']['user']}")
+    await websocket.close()
+
+
+def test_a_websocket_of_an_extra_route_needs_the_same_auth_host_and_origin(db: Any) -> None:
+    app = create_dashboard(db, auth=AUTH, extra_routes=[WebSocketRoute("/ws", echo)])
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws"):
+            pass
+        assert refused.value.code == 1008
+        with client.websocket_connect("/ws", headers=GOOD) as ws:
+            assert ws.receive_text() == "hello admin"
+    local = create_dashboard(db, extra_routes=[WebSocketRoute("/ws", echo)])  # loopback only
+    with TestClient(local, base_url="http://localhost") as client:
+        other_site = {"origin": "https://evil.example"}
+        with (
+            pytest.raises(WebSocketDisconnect),
+            client.websocket_connect("/ws", headers=other_site),
+        ):
+            pass
+
+
+async def test_a_form_body_past_the_limit_is_refused_unread(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guard, "MAX_FORM_BYTES", 1000)
+    app = create_dashboard(db, auth=AUTH)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        big = await client.post("/jobs/new", headers=GOOD, data={"payload": "x" * 5000})
+        assert big.status_code == 413 and "at most" in big.text
+
+        async def chunks() -> Any:  # no Content-Length: counted as it is read
+            for _ in range(10):
+                yield b"payload=" + b"x" * 200
+
+        streamed = await client.post(
+            "/jobs/new",
+            headers=GOOD | {"content-type": "application/x-www-form-urlencoded"},
+            content=chunks(),
+        )
+        assert streamed.status_code == 413
+        small = await client.post("/jobs/new", headers=GOOD, data={"payload": "{}"})
+        assert small.status_code == 403  # read, then refused for its missing CSRF token
