@@ -57,23 +57,34 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def _norm(name: str) -> str:
-    """`accessToken`, `X-Api-Key`, `client_secret` -> `access_token`, `x_api_key`,
-    `client_secret`: camelCase words and hyphens read as `_`, lower case."""
-    return _CAMEL.sub("_", name.strip()).lower().replace("-", "_")
+    """`X-Api-Key`, `Client_Secret` -> `x_api_key`, `client_secret`: lower case, hyphens read
+    as `_`."""
+    return name.strip().lower().replace("-", "_")
+
+
+def _forms(name: str) -> set[str]:
+    """A name as read (`_norm`), and with its camelCase words apart: `accessToken` is also
+    `access_token`, `PassWord` stays `password` too."""
+    return {_norm(name), _norm(_CAMEL.sub("_", name))}
 
 
 class Masker:
     def __init__(self, fields: Iterable[str]) -> None:
-        self.fields = tuple(sorted({_norm(f) for f in fields if f and f.strip()}))
+        self.fields = tuple(sorted({n for f in fields if f and f.strip() for n in _forms(f)}))
         # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines): a key holding
         # a sensitive name between separators (see `_pair_key`)
         self._delimited = tuple(f"_{f}_" for f in self.fields)
+        # a text holding none of the names (separators dropped, any case) has no pair to mask
+        self._bare = tuple(sorted({f.replace("_", "") for f in self.fields}))
 
     def sensitive(self, key: Any) -> bool:
         if not isinstance(key, str):
             return False
-        k = _norm(key)
-        return any(k == f or k.startswith(f + "_") or k.endswith("_" + f) for f in self.fields)
+        return any(
+            k == f or k.startswith(f + "_") or k.endswith("_" + f)
+            for k in _forms(key)
+            for f in self.fields
+        )
 
     def value(self, value: Any) -> Any:
         """A copy of `value` with sensitive fields masked (dicts and lists walked), and the
@@ -112,9 +123,9 @@ class Masker:
 
     def _pair_key(self, key: str) -> bool:
         """A key of free text's `key=value` pairs that is sensitive: one of the names, alone
-        or between separators (`password`, `db_password`, `X-Api-Key`, `api_key_id`)."""
-        norm = f"_{_norm(key)}_"
-        return any(f in norm for f in self._delimited)
+        or between separators (`password`, `db_password`, `X-Api-Key`, `api_key_id`,
+        `accessToken`)."""
+        return any(f in f"_{k}_" for k in _forms(key) for f in self._delimited)
 
     def text(self, text: str | None, secrets: Iterable[str] = ()) -> str | None:
         """Free text with `key=value` pairs of sensitive keys and the given secrets masked.
@@ -130,6 +141,9 @@ class Masker:
     def pairs(self, text: str) -> str:
         """`text` with the values of its `key=value` pairs of sensitive keys masked (`text`)."""
         if not self._delimited or ("=" not in text and ":" not in text):
+            return text
+        squeezed = text.lower().replace("_", "").replace("-", "")
+        if not any(name in squeezed for name in self._bare):  # C-speed: most strings
             return text
         out: list[str] = []
         pos = 0
@@ -155,9 +169,9 @@ class Masker:
 #: A key of a `key=value` / `key: value` / `"key": "value"` pair in free text: a run of word
 #: characters and hyphens that starts a word (so each run is tried once: linear), its optional
 #: quotes, then `=` or `:`.
-_PAIR_KEY = re.compile(r"""["']?(?<![\w-])(?P<name>[\w-]+)["']?[ \t]*[:=][ \t]*""")
+_PAIR_KEY = re.compile(r"""["']?(?<![\w-])(?P<name>[\w-]+)["']?\s*[:=]\s*""")
 #: An unquoted value: `Bearer`/`Basic` and the token, or up to a space or separator.
-_UNQUOTED = re.compile(r"""(?:(?:bearer|basic)[ \t]+)?[^"'\s,;&}\]]+""", re.IGNORECASE)
+_UNQUOTED = re.compile(r"""(?:(?:bearer|basic)\s+)?[^"'\s,;&}\]]+""", re.IGNORECASE)
 _CLOSING = {"[": "]", "{": "}"}
 
 
@@ -169,11 +183,13 @@ def _value_end(text: str, start: int) -> tuple[int, str]:
     if start >= len(text):
         return start, ""
     first = text[start]
-    if first in "\"'":
+    if first in "\"'":  # to its closing quote; not closed on its line: to the line's end
         i = start + 1
-        while i < len(text) and text[i] != first:
+        while i < len(text) and text[i] != first and text[i] != "\n":
             i += 2 if text[i] == "\\" else 1
-        return min(i + 1, len(text)), first
+        if i < len(text) and text[i] == first:
+            return i + 1, first
+        return min(i, len(text)), first
     if first in _CLOSING:
         depth, quote, i = 0, "", start
         while i < len(text):

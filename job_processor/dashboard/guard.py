@@ -4,6 +4,7 @@ read-only refusal, error pages."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from pymongo.errors import PyMongoError
 from starlette.datastructures import Headers
@@ -94,11 +95,20 @@ class Guard:
                 await response(scope, receive, send)
                 return
             receive = _replaying(body, receive)  # what runs after us may read the body again
-            form = await request.form()
+            try:
+                form = await request.form()
+            except Exception as exc:  # a multipart body with no boundary, a part too large
+                why = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+                response = d.error_page(
+                    request, 400, "Malformed form", f"The form could not be read: {why}."
+                )
+                await response(scope, receive, send)
+                return
             scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
             scope["state"]["form_lists"] = {
                 k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
             }
+            await form.close()  # its uploaded files (an extra route reads the body again)
             why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
             if why is None and not d.allowed_hosts.origin_allowed(request.headers.get("origin")):
                 why = f"the request came from another site ({request.headers.get('origin')})"
@@ -125,12 +135,15 @@ class Guard:
         connection = HTTPConnection(scope)
         scope.setdefault("state", {})
         verdict = await d.auth.check(connection)
+        host = connection.headers.get("host")
         origin = connection.headers.get("origin")
-        if (
-            isinstance(verdict, Denied)
-            or not d.allowed_hosts.allows(connection.headers.get("host"))
-            or (origin is not None and not d.allowed_hosts.origin_allowed(origin))
-        ):
+        if origin is None:  # not a browser: the auth decides
+            origin_ok = True
+        elif d.allowed_hosts.any:  # any host: then the page's own origin only (same host:port)
+            origin_ok = host is not None and urlsplit(origin).netloc.lower() == host.lower()
+        else:
+            origin_ok = d.allowed_hosts.origin_allowed(origin)
+        if isinstance(verdict, Denied) or not d.allowed_hosts.allows(host) or not origin_ok:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return

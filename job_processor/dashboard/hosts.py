@@ -5,7 +5,9 @@ name was made to resolve to 127.0.0.1 sends `Host: evil.example`).
 Patterns: an exact host name or address ("jobs.example.com", "127.0.0.1", "::1"), a suffix
 ("*.example.com"), or "*" (any host: the right choice only behind a proxy that checks it). Ports
 are ignored. Default: loopback names only (`LOOPBACK`) when the dashboard has no authentication,
-any host when it has one (the form's `Origin` must then still be the dashboard's own).
+any host when it has one (its forms are then protected by their CSRF token, whatever their
+`Origin`; a WebSocket of an extra route must then come from the dashboard's own origin, the
+same host and port as its `Host`).
 """
 
 from __future__ import annotations

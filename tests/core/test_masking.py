@@ -193,3 +193,19 @@ def test_camel_case_keys_are_read_as_words() -> None:
         "userName": "ada",
     }
     assert M.text('{"clientSecret": "s3cr3t-value"}') == f'{{"clientSecret": "{MASK}"}}'
+
+
+def test_every_spelling_of_a_name_and_every_space_after_the_key_are_read() -> None:
+    """camelCase read both as words and as one (`PassWord` is still `password`), names given
+    in camelCase match their other spellings, a newline may follow the `:`, and a quote not
+    closed on its line masks that line only (the next line's pairs are read on their own)."""
+    assert M.sensitive("PassWord") and M.sensitive("passWd") and M.sensitive("db_PassWord")
+    custom = Masker(["apiKey", "clientSecret"])
+    for key in ("apikey", "APIKEY", "api_key", "clientsecret", "CLIENT_SECRET", "x-client-secret"):
+        assert custom.sensitive(key), key
+    assert M.text("PassWord=hunter2") == f"PassWord={MASK}"
+    assert M.text('"password":\n  "secret"') == f'"password":\n  "{MASK}"'
+    assert M.text("Authorization: Bearer\nabc") == f"Authorization: {MASK}"
+    assert M.text('password="pa55\nretry with token = "tok en 123" ok') == (
+        f'password="{MASK}"\nretry with token = "{MASK}" ok'
+    )

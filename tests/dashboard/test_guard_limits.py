@@ -30,16 +30,28 @@ def test_a_websocket_of_an_extra_route_needs_the_same_auth_host_and_origin(db: A
         with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws"):
             pass
         assert refused.value.code == 1008
-        with client.websocket_connect("/ws", headers=GOOD) as ws:
+        with client.websocket_connect("/ws", headers=GOOD) as ws:  # not a browser: no Origin
             assert ws.receive_text() == "hello admin"
+        own = GOOD | {"origin": "http://testserver"}  # TestClient's Host
+        with client.websocket_connect("/ws", headers=own) as ws:
+            assert ws.receive_text() == "hello admin"
+        for origin in ("https://evil.example", "http://testserver:8081", "null"):
+            # any host is allowed (auth given): a page of another origin, credentials cached by
+            # the browser, must still not drive it
+            other = GOOD | {"origin": origin}
+            with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers=other):
+                pass
     local = create_dashboard(db, extra_routes=[WebSocketRoute("/ws", echo)])  # loopback only
-    with TestClient(local, base_url="http://localhost") as client:
-        other_site = {"origin": "https://evil.example"}
-        with (
-            pytest.raises(WebSocketDisconnect),
-            client.websocket_connect("/ws", headers=other_site),
-        ):
-            pass
+    with TestClient(local) as client:  # its WebSockets say Host: testserver whatever base_url
+        at_home = {"host": "localhost"}
+        with client.websocket_connect("/ws", headers=at_home) as ws:
+            assert ws.receive_text() == "hello anonymous"
+        for refused_headers in (at_home | {"origin": "https://evil.example"}, {}):
+            with (
+                pytest.raises(WebSocketDisconnect),
+                client.websocket_connect("/ws", headers=refused_headers),
+            ):
+                pass
 
 
 async def test_a_form_body_past_the_limit_is_refused_unread(
@@ -64,3 +76,9 @@ async def test_a_form_body_past_the_limit_is_refused_unread(
         assert streamed.status_code == 413
         small = await client.post("/jobs/new", headers=GOOD, data={"payload": "{}"})
         assert small.status_code == 403  # read, then refused for its missing CSRF token
+        broken = await client.post(
+            "/jobs/new",
+            headers=GOOD | {"content-type": "multipart/form-data"},  # no boundary
+            content=b"--x\r\n",
+        )
+        assert broken.status_code == 400 and "The form could not be read" in broken.text
