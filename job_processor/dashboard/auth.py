@@ -1,7 +1,7 @@
 """Who may use the dashboard: HTTP basic auth, a callable, or (on loopback only) nobody asked.
 
 - `auth=("user", "password")`: HTTP basic auth (constant-time comparison); the audit log
-  records the user name. A client address (an IPv6 one by its /64) that sends
+  records the user name. A client address (an IPv6 one by its /64, and 100 per /48) that sends
   `LoginThrottle.LIMIT` wrong credentials within `LoginThrottle.WINDOW` seconds gets 429 (with
   `Retry-After`) until the oldest of them is that old, its credentials not even compared
   (guessing a password over HTTP stays slow; right credentials do not clear the count, so a
@@ -79,21 +79,24 @@ class LoginThrottle:
     LIMIT = 10
     WINDOW = 300.0
     MAX_CLIENTS = 10_000
+    WIDE_LIMIT = 100
+    """Failures allowed per IPv6 /48 (`client_keys`): one who holds a /48 has 65,536 /64s."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def wait(self, client: str) -> int:
-        """Seconds (rounded up, at least 1) before `client` may try again; 0: it may now."""
+    def wait(self, client: str, limit: int | None = None) -> int:
+        """Seconds (rounded up, at least 1) before `client` may try again; 0: it may now.
+        `limit`: the failures allowed under this key (LIMIT by default)."""
         failures = self._failures.get(client)
-        if failures is None or len(failures) < self.LIMIT:
+        if failures is None or len(failures) < (limit or self.LIMIT):
             return 0
         left = failures[0] + self.WINDOW - self.clock()
         return max(1, math.ceil(left)) if left > 0 else 0
 
-    def failed(self, client: str) -> None:
-        failures = self._failures.pop(client, None) or deque(maxlen=self.LIMIT)
+    def failed(self, client: str, limit: int | None = None) -> None:
+        failures = self._failures.pop(client, None) or deque(maxlen=limit or self.LIMIT)
         failures.append(self.clock())
         self._failures[client] = failures  # the most recent failure last
         while len(self._failures) > self.MAX_CLIENTS:
@@ -115,6 +118,17 @@ def client_key(host: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def client_keys(host: str | None) -> list[tuple[str, int]]:
+    """The keys a failure counts under, each with the failures it allows: the address
+    (`client_key`, LIMIT), and for an IPv6 one its /48 too (WIDE_LIMIT)."""
+    key = client_key(host)
+    keys = [(key, LoginThrottle.LIMIT)]
+    if key.endswith("/64"):
+        wide = ipaddress.IPv6Network(key).supernet(new_prefix=48)
+        keys.append((str(wide), LoginThrottle.WIDE_LIMIT))
+    return keys
 
 
 class Authenticator:
@@ -162,8 +176,9 @@ class Authenticator:
                 "callable, or auth=None explicitly.",
             )
         if self.mode == "basic":
-            client = client_key(request.client.host if request.client else None)
-            wait = self.throttle.wait(client)
+            keys = client_keys(request.client.host if request.client else None)
+            client = keys[0][0]
+            wait = max(self.throttle.wait(key, limit) for key, limit in keys)
             if wait:
                 return Denied(
                     429,
@@ -174,7 +189,8 @@ class Authenticator:
             user = self._basic(request)
             if user is None:
                 if sent:  # a browser's first request carries none: not a failure
-                    self.throttle.failed(client)
+                    for key, limit in keys:
+                        self.throttle.failed(key, limit)
                 return Denied(401, "Log in with the dashboard's user name and password.")
             return user
         assert self._callable is not None

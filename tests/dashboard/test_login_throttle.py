@@ -101,3 +101,16 @@ async def test_a_signed_in_user_at_the_same_address_does_not_reset_a_guessers_co
             checked += resp.status_code == 401
             await shared.get("/jobs", headers={"Authorization": GOOD})
         assert checked == LoginThrottle.LIMIT
+
+
+async def test_an_ipv6_guesser_rotating_its_64s_is_held_by_its_48(db: Any) -> None:
+    """One who holds a /48 has 65,536 /64s: WIDE_LIMIT failures per /48 as well."""
+    app = create_dashboard(db, auth=AUTH)
+    checked = 0
+    for n in range(LoginThrottle.WIDE_LIMIT + 30):  # a new /64 of the same /48 each time
+        async with client(app, f"2001:db8:7:{n:x}::1") as guesser:
+            resp = await guesser.get("/jobs", headers={"Authorization": BAD})
+            checked += resp.status_code == 401
+    assert checked == LoginThrottle.WIDE_LIMIT
+    async with client(app, "2001:db8:8::1") as elsewhere:  # another /48
+        assert (await elsewhere.get("/jobs", headers={"Authorization": GOOD})).status_code == 200
