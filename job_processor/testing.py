@@ -159,6 +159,9 @@ class JobHarness:
     def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None:
         self.log_lines.append(N.log_line(self.job.attempt, level, message, fields, self._now))
 
+    def carry(self, value: Any) -> None:
+        """Nothing is logged here: nothing to hide."""
+
     async def _save(self, state: dict[str, Any]) -> None:
         check_state(state)  # refused as a worker refuses it (naive datetime, NaN, Decimal, ...)
         self.checkpoints.append(dict(state))

@@ -398,6 +398,12 @@ class Job(BaseModel, Generic[PayloadT]):
         """A structlog-style bound logger writing the job's log lines, with their level."""
         return JobLogger(self._notes)
 
+    def _carry(self, value: Any) -> None:
+        """The run also holds `value` (a delivery's event payload): the worker's log hides the
+        secrets it holds too, as the job's page does."""
+        if self._notes is not None:
+            self._notes.carry(value)
+
     async def dependencies(self) -> list[Job[Any]]:
         """The jobs this one was scheduled after (`after=[...]`), as they are now: their
         status and result (one read; one that was deleted since is left out, its status stays

@@ -48,6 +48,11 @@ class NoteSink(Protocol):
 
     def line(self, level: str, message: Any, fields: Mapping[str, Any]) -> None: ...
 
+    def carry(self, value: Any) -> None:
+        """What else the run holds whose secrets its log lines must hide (a delivery's
+        event payload)."""
+        ...
+
 
 class JobLogger:
     """`job.logger`: a structlog-style bound logger whose lines go to the job's log (the same

@@ -55,6 +55,8 @@ class Run:
     """The handler's exception, if it raised (for Sentry)."""
     notes: Any = None
     """Its progress and log lines not written yet (`engine.notes.RunNotes`), once it runs."""
+    carried: list[Any] = field(default_factory=list)
+    """What else the run holds (a delivery's event payload): its secrets are hidden in logs."""
     given_up: asyncio.Event = field(default_factory=asyncio.Event)
     """Set with `lost`: ends a shutdown grace under way (another worker may run it now)."""
 
@@ -71,6 +73,12 @@ def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | N
         for name, d in definitions.items()
         if worker_tags is None or d.tag is None or d.tag in worker_tags
     )
+
+
+def logged_values(run: Run) -> tuple[Any, ...]:
+    """What the worker's log lines of a run hide the secrets of: its payload, the checkpoint
+    it started from, what it carries."""
+    return (run.doc.get("payload"), run.doc.get("state"), *run.carried)
 
 
 def paths_of(run: Run) -> tuple[str, ...]:

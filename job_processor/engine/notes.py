@@ -26,7 +26,7 @@ from ..core.log import EventLog
 from ..core.masking import LOG_MASKER, log_secrets, masked_line
 from ..storage.jobs import JobStore
 from ..storage.transient import TRANSIENT, describe
-from .execution import Run, paths_of
+from .execution import Run, logged_values, paths_of
 
 Doc = dict[str, Any]
 
@@ -81,6 +81,10 @@ class RunNotes:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
                 self._loop.call_soon_threadsafe(self._keep, line)
 
+    def carry(self, value: Any) -> None:
+        self.run.carried.append(value)
+        self._secrets = None  # worked out again at the next line
+
     def _keep(self, line: Doc) -> None:
         self.lines.append(line)
         if len(self.lines) > N.LOG_LIMIT:  # only the last ones would be kept anyway
@@ -90,8 +94,7 @@ class RunNotes:
     def _echo(self, level: str, line: Doc) -> None:
         # the worker's log too, masked as the dashboard and the CLI show the line
         if self._secrets is None:
-            values = (self.run.doc.get("payload"), self.run.doc.get("state"))
-            self._secrets = log_secrets(values, paths_of(self.run))
+            self._secrets = log_secrets(logged_values(self.run), paths_of(self.run))
         shown = masked_line(LOG_MASKER, line, self._secrets)
         method = getattr(self.log, level if level in _METHODS else "error")
         # a field named as a key of the log line itself (`event`, `level`, `message`, the job's

@@ -42,6 +42,7 @@ from .execution import (
     describe_error,
     eligible_names,
     invalid_document,
+    logged_values,
     paths_of,
     policy_of,
 )
@@ -569,8 +570,8 @@ class Worker:
     ) -> None:
         extra: dict[str, Any] = {}
         if outcome.error:  # masked as the dashboard and the CLI show it
-            values = (run.doc.get("payload"), run.doc.get("state"))
-            extra["error"] = log_text(outcome.error.splitlines()[0], values, paths_of(run))
+            shown = outcome.error.splitlines()[0]
+            extra["error"] = log_text(shown, logged_values(run), paths_of(run))
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             extra |= {"retry_at": outcome.retry_at.isoformat(), "failures": outcome.failures}
         log = self.log.warning if outcome.status == S.ERRORED else self.log.info

@@ -373,6 +373,7 @@ class EventBus:
             }
         )
         event._processor = self.processor
+        job._carry(event.payload)  # the worker's log hides its secrets too
         return event
 
     def _subscriber_handler(self, sub: Subscriber) -> Any:

@@ -583,3 +583,28 @@ async def test_delivery_jobs_are_not_made_by_hand(db: Any) -> None:
         for name in ("paid:email", "webhook-delivery"):
             with pytest.raises(InvalidArgumentError, match="is an event delivery"):
                 await admin.new_job(name, {})
+
+
+async def test_a_subscribers_error_in_the_workers_log_hides_the_events_secrets(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The delivery's own payload names the event only; the error quotes the event's payload,
+    whose secrets the worker's log hides as the event's page does."""
+    import logging
+
+    async def crm(event: Event, signal: AbortSignal) -> None:
+        said = event.payload
+        raise ValueError(f"crm refused {said['card_number']} for {said['email']}")
+
+    logger = logging.getLogger("test.events.masking")
+    subs = {"order": [Subscriber("crm", handler=crm, mode="sync", max_attempts=1)]}
+    p = await make(db, subs, logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.events.masking"):
+        async with p:
+            payload = {"card_number": "4111-1111-1111", "email": "ada@example.com"}
+            with pytest.raises(EventDeliveryError):
+                await p.emit("order", payload)
+    (errored,) = [r for r in caplog.records if r.__dict__.get("event") == "job_errored"]
+    assert errored.__dict__["fields"]["error"] == (
+        "ValueError: crm refused •••••• for ada@example.com"
+    )
