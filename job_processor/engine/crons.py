@@ -109,6 +109,7 @@ class CronScheduler:
                 )
         if plan.more_missed:
             self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
+        made: set[str] = set()  # this pass's tasks: a catch-up's later slots skip behind them
         for slot in plan.run:
             task = await self.storage.jobs.insert(
                 self.task_doc(name, slot, now), self._skip_expiry(cron, now)
@@ -117,8 +118,9 @@ class CronScheduler:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":
                 self.telemetry.cron_slot(name, "skipped")
-                await self._skipped(name, cron, task, slot)
+                await self._skipped(name, cron, task, slot, made)
             else:
+                made.add(str(task["_id"]))
                 self.telemetry.cron_slot(name, "run")
                 self.log.info(
                     "cron_task_created",
@@ -136,16 +138,24 @@ class CronScheduler:
         return keep.expires_at(JobStatus.SKIPPED, now) if keep else None
 
     async def _skipped(
-        self, name: str, cron: CronDef, task: dict[str, Any], slot: dt.datetime
+        self,
+        name: str,
+        cron: CronDef,
+        task: dict[str, Any],
+        slot: dt.datetime,
+        made: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """An exclusive slot skipped because the previous task is still active. That is fine
         while the previous task is running, up to STUCK_CRON_SLOTS skipped slots in a row (a
-        long run; more looks hung: monitoring turns red); when it is pending or paused (stuck,
-        or on a tag no live worker serves) nothing runs at all, and monitoring says so at once."""
+        long run; more looks hung: monitoring turns red), and behind a task this same pass
+        created (`made`: after a downtime the late slots run one at a time, the oldest first,
+        so the later ones skip behind it); when it is pending or paused (stuck, or on a tag
+        no live worker serves) nothing runs at all, and monitoring says so at once."""
         holder = await self.storage.jobs.get(task["conflicting_job_id"])
         holder_status = holder["status"] if holder else None
-        running = holder_status == "running"
-        if running:
+        caught_up = str(task["conflicting_job_id"]) in made
+        running = holder_status == "running" or caught_up
+        if holder_status == "running" and not caught_up:
             recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
             running = skipped_in_a_row(recent, task["conflicting_job_id"]) < STUCK_CRON_SLOTS
         log = self.log.info if running else self.log.warning

@@ -424,7 +424,8 @@ class Worker:
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))
             sentry.run_ended(trace, final, run.exc)
-            if final is not None and final["status"] not in (S.PAUSED, S.PENDING):
+            if final is not None and final["status"] != S.PAUSED:
+                # an attempt that failed (retried: pending again) closes its check-in too
                 ok = "ok" if final["status"] == S.FINISHED else "error"
                 self._checkin(run, ok, check_in, duration_ms / 1000)
             return final

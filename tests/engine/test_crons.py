@@ -132,6 +132,40 @@ async def test_exclusive_cron_skips_overlaps_without_missing_the_next(db: Any) -
     ]
 
 
+async def test_an_exclusive_crons_catch_up_runs_the_oldest_late_slot_and_stays_green(
+    db: Any,
+) -> None:
+    """After a downtime the late slots within the margin are due at once; an exclusive cron
+    runs them one at a time: the oldest now, the later ones skipped behind it, with `ok`
+    check-ins (nothing is stuck: their holder was created by the same pass)."""
+    import sentry_sdk
+
+    release = asyncio.Event()
+    clock = FakeClock(T0)
+    crons = {"slow": exclusive_every_second(release, margin=5)}
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, clock=clock)
+        async with processor:
+            clock.set(T0 + 4 * SECOND)  # slots 1 to 4 are due at once
+            await slot_done(processor, "slow", T0 + SECOND, "running")
+            for i in (2, 3, 4):
+                await slot_done(processor, "slow", T0 + i * SECOND, "skipped")
+            release.set()
+            await slot_done(processor, "slow", T0 + SECOND, "finished")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    got = await tasks(processor, "slow")
+    assert [(j.status.value, j.skip_reason) for j in got] == [
+        ("finished", None),
+        ("skipped", "exclusive"),
+        ("skipped", "exclusive"),
+        ("skipped", "exclusive"),
+    ]
+    assert "error" not in [c["status"] for c in checkins if c["monitor_slug"] == "slow"]
+
+
 async def three_skips(processor: JobProcessor, clock: FakeClock, first: str) -> Any:
     """Slot 1 of cron "report" ends up `first`; slots 2 to 4 are skipped behind it. Returns
     get_status() then."""
@@ -231,6 +265,9 @@ async def test_downtime_longer_than_the_margin_records_missed_slots(db: Any) -> 
 
 
 async def test_cron_tasks_are_retried_with_the_crons_attempts_and_backoff(db: Any) -> None:
+    """...and each attempt closes its own Sentry check-in (the failed one with `error`)."""
+    import sentry_sdk
+
     calls: list[int] = []
 
     async def flaky(job: Job, signal: AbortSignal) -> str:
@@ -249,20 +286,27 @@ async def test_cron_tasks_are_retried_with_the_crons_attempts_and_backoff(db: An
             "backoff": {"kind": "fixed", "base_seconds": 1.5, "jitter": False},
         }
     }
-    processor = await make(db, crons, clock=clock)
-    async with processor:
-        job = await processor.trigger_cron("sync")
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, clock=clock)
+        async with processor:
+            job = await processor.trigger_cron("sync")
 
-        async def retried() -> Job | None:
-            current = await processor.get_job(job.id)
-            return current if current.failures == 1 and current.status == "pending" else None
+            async def retried() -> Job | None:
+                current = await processor.get_job(job.id)
+                return current if current.failures == 1 and current.status == "pending" else None
 
-        retry = await until(retried)
-        assert retry.scheduled_for == T0 + 1.5 * SECOND
-        clock.set(T0 + 1.5 * SECOND)
-        done = await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+            retry = await until(retried)
+            assert retry.scheduled_for == T0 + 1.5 * SECOND
+            clock.set(T0 + 1.5 * SECOND)
+            done = await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
     assert calls == [0, 1]
     assert done.max_attempts == 2
+    statuses = [c["status"] for c in checkins if c["monitor_slug"] == "sync"]
+    assert statuses == ["in_progress", "error", "in_progress", "ok"]
 
 
 async def test_crons_are_pruned_only_when_asked(db: Any) -> None:
