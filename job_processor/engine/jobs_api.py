@@ -156,7 +156,7 @@ class JobsAPI(Runtime):
             await self.flows.check_exist(deps, name)
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
-        if registered and await self.flows.register(deps):  # some had ended: read it again
+        if registered and await self._register(deps, [doc["_id"]]):  # some had ended: read again
             fresh = await self.storage.producer.run(lambda _: self.storage.jobs.get(doc["_id"]))
             stored = fresh or stored
         job = Job.read(stored)
@@ -181,6 +181,25 @@ class JobsAPI(Runtime):
             if self.started and name in self.worker.names:
                 self.worker.wake_at(job.scheduled_for)
         return job
+
+    async def _register(self, deps: list[ObjectId], jobs: list[ObjectId]) -> int:
+        """`flows.register`, once the jobs waiting on `deps` are written. An outage past the
+        producer budget here does not fail the call (the jobs are stored: a retry would write
+        them twice): a worker's slower pass over waiting jobs (every `SLOW_PASS` sweeps: 5
+        minutes at the defaults) settles the dependencies instead (flows.md). Returns how many
+        jobs it released."""
+        try:
+            return await self.flows.register(deps)
+        except DatabaseUnreachableError as exc:
+            self.log.warning(
+                "dependencies_not_registered",
+                job_ids=[str(j) for j in jobs[:20]],
+                jobs=len(jobs),
+                error=str(exc).splitlines()[0],
+                hint="the jobs are stored; a worker's slower sweep settles their dependencies "
+                "(within about 5 minutes at the defaults)",
+            )
+            return 0
 
     async def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
         """Queue many jobs: each item is `(name, payload)` or a `JobSpec`. Every item is
@@ -209,7 +228,7 @@ class JobsAPI(Runtime):
                     raise _partly_written(exc, [Job.read(d) for d in stored], start) from exc
                 raise
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
-        if waited and await self.flows.register(waited):  # some had ended already
+        if waited and await self._register(waited, [d["_id"] for d in stored]):  # some ended
             fresh = {
                 d["_id"]: d
                 for d in await self.storage.producer.run(

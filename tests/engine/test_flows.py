@@ -196,6 +196,42 @@ async def test_a_dependency_whose_end_went_unnoticed_is_settled_by_the_sweep(db:
     assert done.result == {"sum": 3, "statuses": ["finished"]}
 
 
+async def test_an_outage_while_registering_dependencies_does_not_fail_the_written_jobs(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The jobs are stored when registering their dependencies meets an outage past the
+    budget: the call returns them (raising would invite a retry that writes them twice), logs
+    `dependencies_not_registered`, and a worker's slower pass over waiting jobs (at its first
+    sweep, then every 20) settles the dependency instead."""
+    from job_processor.core.errors import DatabaseUnreachableError
+
+    logger = logging.getLogger("test.flows.register")
+    p = await make(db, JOBS, worker_timeout=2.0, heartbeat_interval=0.5, logger=logger)
+    finished = await p.run_job("part", {"n": 4})
+
+    async def unreachable(deps: list[ObjectId]) -> int:
+        raise DatabaseUnreachableError("cannot reach MongoDB (test)")
+
+    p.flows.register = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="test.flows.register"):
+        parent = await p.schedule_job("total", after=[finished])
+        (batch_parent,) = await p.schedule_jobs([JobSpec("total", after=[finished])])
+    assert parent.status == batch_parent.status == S.WAITING  # not released: not registered
+    said = [r for r in caplog.records if r.__dict__.get("event") == "dependencies_not_registered"]
+    assert len(said) == 2
+    coll = p.storage.jobs.coll
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)  # past the sweep's grace
+    await coll.update_many(
+        {"_id": {"$in": [ObjectId(parent.id), ObjectId(batch_parent.id)]}},
+        {"$set": {"created_at": long_ago}},
+    )
+    await coll.update_one({"_id": ObjectId(finished.id)}, {"$set": {"ended_at": long_ago}})
+    async with p:
+        for job in (parent, batch_parent):
+            done = await wait_status(p, job.id, S.FINISHED, timeout=20)
+            assert done.result == {"sum": 4, "statuses": ["finished"]}
+
+
 async def test_the_job_page_links_a_flow_and_the_sync_client_schedules_one(
     db: Any, mongo_url: str
 ) -> None:
