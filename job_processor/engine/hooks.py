@@ -272,7 +272,11 @@ class HookRunner:
             if mine is None:
                 continue  # another worker took it
             taken += 1
-            self.log.warning(
+            # no owner: recorded by a process that does not call hooks (the CLI's kill, a
+            # flow's policy, a worker that does not define the name): the usual way, not a
+            # fault; an owner that is gone is one
+            log = self.log.info if owner is None else self.log.warning
+            log(
                 "on_job_exited_recovered",
                 job_id=str(doc["_id"]),
                 job_name=doc.get("name"),

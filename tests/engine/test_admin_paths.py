@@ -279,3 +279,20 @@ async def test_run_job_finishes_the_hooks_its_sweep_started_before_leaving(db: A
     await runner.run_job("quick")
     assert calls == [ended.id]
     assert (await runner.get_job(ended.id)).exit_hook == "done"
+
+
+async def test_a_hook_recorded_with_no_owner_is_called_by_a_sweep_at_info(
+    db: Any, caplog: Any
+) -> None:
+    """No owner is the usual way for a job killed from the CLI: its call by a worker's sweep is
+    logged at info, not as a warning (which says that an owner died)."""
+    import logging
+
+    hooks = Hooks()
+    logger = logging.getLogger("test.admin_paths.hooks")
+    processor, _, job_id = await killed_by_an_operator(db, hooks, logger=logger)
+    with caplog.at_level(logging.INFO, logger="test.admin_paths.hooks"):
+        async with processor:  # its start's sweep calls the hook
+            await wait_for(lambda: hooks.seen == ["killed"])
+    (called,) = [r for r in caplog.records if r.__dict__.get("event") == "on_job_exited_recovered"]
+    assert called.levelno == logging.INFO and called.__dict__["fields"]["job_id"] == job_id
