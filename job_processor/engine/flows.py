@@ -94,6 +94,14 @@ class Flows:
                 "(a job can only wait on jobs scheduled before it)"
             )
 
+    async def mark(self, after: list[ObjectId]) -> None:
+        """Before the jobs that wait on `after` are written: mark them as having dependents, so
+        that if settling them after the insert fails (an outage), a worker's sweep finds them
+        (ended with dependents, not seen settled) and settles them; and their final write holds
+        their expiry back. A mark with no job written after it (the insert failed) costs the
+        sweep one look."""
+        await self.produce.run(lambda _: self.jobs.mark_dependents(after))
+
     async def register(self, after: list[ObjectId]) -> int:
         """Mark `after` as having dependents, then settle those already ended. Returns how
         many jobs that released."""

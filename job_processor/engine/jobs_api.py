@@ -154,6 +154,7 @@ class JobsAPI(Runtime):
         )
         if deps:
             await self.flows.check_exist(deps, name)
+            await self.flows.mark(deps)  # first: if settling after the insert fails, a sweep does
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
         if registered and await self._register(deps, [doc["_id"]]):  # some had ended: read again
@@ -185,9 +186,9 @@ class JobsAPI(Runtime):
     async def _register(self, deps: list[ObjectId], jobs: list[ObjectId]) -> int:
         """`flows.register`, once the jobs waiting on `deps` are written. An outage past the
         producer budget here does not fail the call (the jobs are stored: a retry would write
-        them twice): a worker's slower pass over waiting jobs (every `SLOW_PASS` sweeps: 5
-        minutes at the defaults) settles the dependencies instead (flows.md). Returns how many
-        jobs it released."""
+        them twice): the dependencies were marked before the insert (`Flows.mark`), so a
+        worker's sweep settles them instead, once the jobs are `GRACE` old (flows.md).
+        Returns how many jobs it released."""
         try:
             return await self.flows.register(deps)
         except DatabaseUnreachableError as exc:
@@ -196,8 +197,7 @@ class JobsAPI(Runtime):
                 job_ids=[str(j) for j in jobs[:20]],
                 jobs=len(jobs),
                 error=str(exc).splitlines()[0],
-                hint="the jobs are stored; a worker's slower sweep settles their dependencies "
-                "(within about 5 minutes at the defaults)",
+                hint="the jobs are stored; a worker's sweep settles their dependencies",
             )
             return 0
 
@@ -214,6 +214,7 @@ class JobsAPI(Runtime):
         ]
         if outside:  # dependencies that are not items of this batch must exist
             await self.flows.check_exist(outside, "schedule_jobs")
+            await self.flows.mark(outside)  # the batch's own are written marked
         stored: list[Doc] = []
         for start in range(0, len(docs), BATCH):
             chunk = docs[start : start + BATCH]

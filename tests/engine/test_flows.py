@@ -201,8 +201,8 @@ async def test_an_outage_while_registering_dependencies_does_not_fail_the_writte
 ) -> None:
     """The jobs are stored when registering their dependencies meets an outage past the
     budget: the call returns them (raising would invite a retry that writes them twice), logs
-    `dependencies_not_registered`, and a worker's slower pass over waiting jobs (at its first
-    sweep, then every 20) settles the dependency instead."""
+    `dependencies_not_registered`, and a worker's sweep settles the dependency instead: it was
+    marked as having dependents before the insert."""
     from job_processor.core.errors import DatabaseUnreachableError
 
     logger = logging.getLogger("test.flows.register")
@@ -217,6 +217,8 @@ async def test_an_outage_while_registering_dependencies_does_not_fail_the_writte
         parent = await p.schedule_job("total", after=[finished])
         (batch_parent,) = await p.schedule_jobs([JobSpec("total", after=[finished])])
     assert parent.status == batch_parent.status == S.WAITING  # not released: not registered
+    marked = await p.storage.jobs.coll.find_one({"_id": ObjectId(finished.id)})
+    assert marked is not None and marked.get("has_dependents")  # marked before the insert
     said = [r for r in caplog.records if r.__dict__.get("event") == "dependencies_not_registered"]
     assert len(said) == 2
     coll = p.storage.jobs.coll
