@@ -59,7 +59,7 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 def _norm(name: str) -> str:
     """`X-Api-Key`, `Client_Secret` -> `x_api_key`, `client_secret`: lower case, hyphens read
     as `_`."""
-    return name.strip().lower().replace("-", "_")
+    return name.strip().casefold().replace("-", "_")
 
 
 def _forms(name: str) -> set[str]:
@@ -142,7 +142,7 @@ class Masker:
         """`text` with the values of its `key=value` pairs of sensitive keys masked (`text`)."""
         if not self._delimited or ("=" not in text and ":" not in text):
             return text
-        squeezed = text.lower().replace("_", "").replace("-", "")
+        squeezed = text.casefold().replace("_", "").replace("-", "")
         if not any(name in squeezed for name in self._bare):  # C-speed: most strings
             return text
         out: list[str] = []
@@ -152,6 +152,10 @@ class Masker:
             if not self._pair_key(key["name"]):
                 out.append(text[pos:start])
                 pos = start
+                continue
+            if "\n" in text[key.end("name") : start] and _PAIR_KEY.match(text, start):
+                out.append(text[pos:start])  # `credentials:` then a nested `password: ...`
+                pos = start  # line: no value of its own; the next key is read on its own
                 continue
             end, quote = _value_end(text, start)
             out.append(text[pos:start] + (f"{quote}{MASK}{quote}" if end > start else ""))
@@ -173,6 +177,9 @@ _PAIR_KEY = re.compile(r"""["']?(?<![\w-])(?P<name>[\w-]+)["']?\s*[:=]\s*""")
 #: An unquoted value: `Bearer`/`Basic` and the token, or up to a space or separator.
 _UNQUOTED = re.compile(r"""(?:(?:bearer|basic)\s+)?[^"'\s,;&}\]]+""", re.IGNORECASE)
 _CLOSING = {"[": "]", "{": "}"}
+#: A quoted value up to its closing quote, a backslash escaping, at most 8 KiB (C speed); a
+#: quote right before a word does not close it (it opens the next line's `token = "..."`).
+_QUOTED = {q: re.compile(rf"{q}(?:[^{q}\\]|\\.){{0,8192}}{q}(?!\w)", re.DOTALL) for q in ("'", '"')}
 
 
 def _value_end(text: str, start: int) -> tuple[int, str]:
@@ -183,13 +190,12 @@ def _value_end(text: str, start: int) -> tuple[int, str]:
     if start >= len(text):
         return start, ""
     first = text[start]
-    if first in "\"'":  # to its closing quote; not closed on its line: to the line's end
-        i = start + 1
-        while i < len(text) and text[i] != first and text[i] != "\n":
-            i += 2 if text[i] == "\\" else 1
-        if i < len(text) and text[i] == first:
-            return i + 1, first
-        return min(i, len(text)), first
+    if first in "\"'":  # to its closing quote (a PEM block's spans lines); none: the line's end
+        closed = _QUOTED[first].match(text, start)
+        if closed is not None:
+            return closed.end(), first
+        line_end = text.find("\n", start)
+        return (len(text) if line_end < 0 else line_end), first
     if first in _CLOSING:
         depth, quote, i = 0, "", start
         while i < len(text):

@@ -209,3 +209,15 @@ def test_every_spelling_of_a_name_and_every_space_after_the_key_are_read() -> No
     assert M.text('password="pa55\nretry with token = "tok en 123" ok') == (
         f'password="{MASK}"\nretry with token = "{MASK}" ok'
     )
+
+
+def test_nested_keys_multi_line_quotes_and_case_folding() -> None:
+    """A key with no value on its line is followed by nested keys, not by its value; a quoted
+    value closes at a quote not followed by a word, lines apart if need be (a PEM block); the
+    quick pre-check and the full scan read case alike (a final sigma)."""
+    assert M.text("credentials:\n  password: hunter2") == f"credentials:\n  password: {MASK}"
+    assert M.text("auth:\npassword: hunter2") == f"auth:\npassword: {MASK}"
+    pem = 'private_key="-----BEGIN KEY-----\nMIIEvQ\n-----END KEY-----" tail'
+    assert M.text(pem) == f'private_key="{MASK}" tail'
+    greek = Masker(["κωδικός"])
+    assert greek.text("ΚΩΔΙΚΌΣ:ABC") == f"ΚΩΔΙΚΌΣ:{MASK}"
