@@ -130,11 +130,19 @@ def schedule_of(cron: CronDef) -> Schedule:
 STUCK_CRON_SLOTS = 3
 
 
-def skipped_in_a_row(recent: list[dict[str, Any]], holder_id: Any) -> int:
-    """How many of a cron's latest tasks (newest first) were skipped behind `holder_id`."""
+def skipped_in_a_row(
+    recent: list[dict[str, Any]], holder_id: Any, holder: dict[str, Any] | None = None
+) -> int:
+    """How many of a cron's latest tasks (newest first) were skipped behind `holder_id`. Given
+    the `holder`, a skip made before its run started, or as it started (a catch-up's later
+    slots, created with it) does not count: it says nothing of a long run."""
+    started = (holder or {}).get("run_started_at") or (holder or {}).get("started_at")
     n = 0
     for t in recent:
         if t.get("skip_reason") != "exclusive" or t.get("conflicting_job_id") != holder_id:
             break
+        made = t.get("created_at")
+        if isinstance(started, dt.datetime) and isinstance(made, dt.datetime) and made <= started:
+            continue
         n += 1
     return n

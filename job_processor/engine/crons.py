@@ -17,7 +17,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core import retention as R
-from ..core.clock import Clock, sleep_or_wake
+from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.definitions import CronDef
 from ..core.log import EventLog
 from ..core.retention import Retention
@@ -109,7 +109,6 @@ class CronScheduler:
                 )
         if plan.more_missed:
             self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
-        made: set[str] = set()  # this pass's tasks: a catch-up's later slots skip behind them
         for slot in plan.run:
             task = await self.storage.jobs.insert(
                 self.task_doc(name, slot, now), self._skip_expiry(cron, now)
@@ -118,9 +117,8 @@ class CronScheduler:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":
                 self.telemetry.cron_slot(name, "skipped")
-                await self._skipped(name, cron, task, slot, made)
+                await self._skipped(name, cron, task, slot, plan.run)
             else:
-                made.add(str(task["_id"]))
                 self.telemetry.cron_slot(name, "run")
                 self.log.info(
                     "cron_task_created",
@@ -143,21 +141,30 @@ class CronScheduler:
         cron: CronDef,
         task: dict[str, Any],
         slot: dt.datetime,
-        made: set[str] | frozenset[str] = frozenset(),
+        catching_up: list[dt.datetime] | None = None,
     ) -> None:
         """An exclusive slot skipped because the previous task is still active. That is fine
         while the previous task is running, up to STUCK_CRON_SLOTS skipped slots in a row (a
-        long run; more looks hung: monitoring turns red), and behind a task this same pass
-        created (`made`: after a downtime the late slots run one at a time, the oldest first,
-        so the later ones skip behind it); when it is pending or paused (stuck, or on a tag
-        no live worker serves) nothing runs at all, and monitoring says so at once."""
+        long run; more looks hung: monitoring turns red), and behind the task of another slot
+        of the same catch-up (`catching_up`: after a downtime the late slots run one at a
+        time, the oldest first, so the later ones skip behind it, whichever replica created
+        it); when it is pending or paused (stuck, or on a tag no live worker serves) nothing
+        runs at all, and monitoring says so at once."""
         holder = await self.storage.jobs.get(task["conflicting_job_id"])
         holder_status = holder["status"] if holder else None
-        caught_up = str(task["conflicting_job_id"]) in made
+        slots = {as_utc(s) for s in catching_up or []}
+        held_by = holder.get("scheduled_for") if holder else None
+        caught_up = (
+            holder is not None
+            and holder.get("name") == name
+            and isinstance(held_by, dt.datetime)
+            and as_utc(held_by) in slots
+        )
         running = holder_status == "running" or caught_up
         if holder_status == "running" and not caught_up:
             recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
-            running = skipped_in_a_row(recent, task["conflicting_job_id"]) < STUCK_CRON_SLOTS
+            in_a_row = skipped_in_a_row(recent, task["conflicting_job_id"], holder)
+            running = in_a_row < STUCK_CRON_SLOTS
         log = self.log.info if running else self.log.warning
         log(
             "cron_slot_skipped",

@@ -424,8 +424,14 @@ class Worker:
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))
             sentry.run_ended(trace, final, run.exc)
-            if final is not None and final["status"] != S.PAUSED:
-                # an attempt that failed (retried: pending again) closes its check-in too
+            interrupted = (
+                final is not None
+                and final["status"] == S.PENDING
+                and int(final.get("failures") or 0) <= int(doc.get("failures") or 0)
+            )
+            if final is not None and final["status"] != S.PAUSED and not interrupted:
+                # an attempt that failed (retried: pending again) closes its check-in too; one
+                # interrupted by a shutdown (no attempt used) says nothing, as a pause
                 ok = "ok" if final["status"] == S.FINISHED else "error"
                 self._checkin(run, ok, check_in, duration_ms / 1000)
             return final

@@ -142,4 +142,6 @@ async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
     holder = await storage.jobs.get(holder_id)
     if holder is None or holder.get("status") not in ACTIVE:
         return None  # it has ended since: the next slot runs
+    if skipped_in_a_row(last, holder_id, holder) < STUCK_CRON_SLOTS:
+        return None  # some were a catch-up's, skipped before it started
     return holder

@@ -137,7 +137,8 @@ async def test_an_exclusive_crons_catch_up_runs_the_oldest_late_slot_and_stays_g
 ) -> None:
     """After a downtime the late slots within the margin are due at once; an exclusive cron
     runs them one at a time: the oldest now, the later ones skipped behind it, with `ok`
-    check-ins (nothing is stuck: their holder was created by the same pass)."""
+    check-ins (nothing is stuck: their holder is a slot of the same catch-up, whichever
+    replica created it), and they do not count as slots a long run made skip."""
     import sentry_sdk
 
     release = asyncio.Event()
@@ -145,20 +146,27 @@ async def test_an_exclusive_crons_catch_up_runs_the_oldest_late_slot_and_stays_g
     crons = {"slow": exclusive_every_second(release, margin=5)}
     checkins = capture_checkins(sentry_sdk)
     try:
-        processor = await make(db, crons, clock=clock)
-        async with processor:
-            clock.set(T0 + 4 * SECOND)  # slots 1 to 4 are due at once
+        replicas = [await make(db, crons, clock=clock) for _ in range(2)]
+        processor = replicas[0]
+        await asyncio.gather(*(r.start() for r in replicas))
+        try:
+            clock.set(T0 + 4 * SECOND)  # slots 1 to 4 are due at once, on both replicas
             await slot_done(processor, "slow", T0 + SECOND, "running")
             for i in (2, 3, 4):
                 await slot_done(processor, "slow", T0 + i * SECOND, "skipped")
+            clock.set(T0 + 5 * SECOND)  # on time, the run still going: one skip of a long run
+            await slot_done(processor, "slow", T0 + 5 * SECOND, "skipped")
             release.set()
             await slot_done(processor, "slow", T0 + SECOND, "finished")
+        finally:
+            await asyncio.gather(*(r.stop() for r in replicas))
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
     got = await tasks(processor, "slow")
     assert [(j.status.value, j.skip_reason) for j in got] == [
         ("finished", None),
+        ("skipped", "exclusive"),
         ("skipped", "exclusive"),
         ("skipped", "exclusive"),
         ("skipped", "exclusive"),
@@ -511,3 +519,27 @@ async def test_an_every_minute_cron_back_from_downtime_runs_at_most_5_late(
             assert (j.status, j.skip_reason) == ("skipped", "missed"), n
     on_time = [n for n, j in got.items() if j.run_started_at == j.scheduled_for]
     assert on_time == ([1, 11, 12] if back_at % 60 == 0 else [1, 12])
+
+
+async def test_a_cron_task_interrupted_by_a_shutdown_sends_no_error_check_in(db: Any) -> None:
+    """A deploy stops the worker mid-run: the task is pending again with no attempt used, and
+    its monitor does not turn red (as for a pause); the next run sends its own check-ins."""
+    import sentry_sdk
+
+    async def long_export(job: Job, signal: AbortSignal) -> None:
+        await signal.wait()
+        signal.raise_if_aborted()
+
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": long_export}}
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons, shutdown_grace=0.2)
+        async with processor:
+            task = await processor.trigger_cron("export")
+            await wait_status(processor, task.id, "running")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    again = await processor.get_job(task.id)
+    assert again.status == "pending" and again.failures == 0
+    assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["in_progress"]
