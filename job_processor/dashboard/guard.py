@@ -78,43 +78,9 @@ class Guard:
         if await _refuse_host(d, scope, receive, send):
             return
         if request.method not in ("GET", "HEAD", "OPTIONS"):
-            if d.read_only:
-                response = d.error_page(
-                    request, 403, "Read-only", "This dashboard is read-only: actions are refused."
-                )
-                await response(scope, receive, send)
-                return
-            body = await _bounded_body(request)
-            if body is None:
-                response = d.error_page(
-                    request,
-                    413,
-                    "Request too large",
-                    f"A form of the dashboard is at most {MAX_FORM_BYTES // 2**20} MiB.",
-                )
-                await response(scope, receive, send)
-                return
-            receive = _replaying(body, receive)  # what runs after us may read the body again
-            try:
-                form = await request.form()
-            except Exception as exc:  # a multipart body with no boundary, a part too large
-                why = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-                response = d.error_page(
-                    request, 400, "Malformed form", f"The form could not be read: {why}."
-                )
-                await response(scope, receive, send)
-                return
-            scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-            scope["state"]["form_lists"] = {
-                k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
-            }
-            await form.close()  # its uploaded files (an extra route reads the body again)
-            why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
-            if why is None and not d.allowed_hosts.origin_allowed(request.headers.get("origin")):
-                why = f"the request came from another site ({request.headers.get('origin')})"
-            if why is not None:
-                response = d.error_page(request, 403, "Request refused", f"Refused: {why}.")
-                await response(scope, receive, send)
+            receive, refused = await self._checked_form(request, scope, receive)
+            if refused is not None:
+                await refused(scope, receive, send)
                 return
         try:
             await self.app(scope, receive, send)
@@ -126,6 +92,40 @@ class Guard:
                 f"The database did not answer: {str(exc).split(',')[0]}",
             )
             await response(scope, receive, send)
+
+    async def _checked_form(
+        self, request: Request, scope: Scope, receive: Receive
+    ) -> tuple[Receive, Response | None]:
+        """A POST (or other writing method): read-only refusal, the body read up to
+        MAX_FORM_BYTES (replayed for what runs after), the form parsed into the scope's state,
+        CSRF and Origin checked. Returns the receive to use, and the refusal if any."""
+        d = self.dashboard
+        if d.read_only:
+            return receive, d.error_page(
+                request, 403, "Read-only", "This dashboard is read-only: actions are refused."
+            )
+        body = await _bounded_body(request)
+        if body is None:
+            limit = f"A form of the dashboard is at most {MAX_FORM_BYTES // 2**20} MiB."
+            return receive, d.error_page(request, 413, "Request too large", limit)
+        receive = _replaying(body, receive)  # what runs after us may read the body again
+        try:
+            form = await request.form()
+        except Exception as exc:  # a multipart body with no boundary, a part too large
+            why = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            said = f"The form could not be read: {why}."
+            return receive, d.error_page(request, 400, "Malformed form", said)
+        scope["state"]["form"] = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        scope["state"]["form_lists"] = {
+            k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
+        }
+        await form.close()  # its uploaded files (an extra route reads the body again)
+        why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
+        if why is None and not d.allowed_hosts.origin_allowed(request.headers.get("origin")):
+            why = f"the request came from another site ({request.headers.get('origin')})"
+        if why is not None:
+            return receive, d.error_page(request, 403, "Request refused", f"Refused: {why}.")
+        return receive, None
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket of an `extra_routes` route: closed before it is accepted (the server

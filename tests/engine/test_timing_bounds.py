@@ -94,6 +94,20 @@ async def _plant(processor: Any, worker_id: str, last_seen: dt.datetime) -> str:
     return str(doc["_id"])
 
 
+def counted_sweeps(p: Any) -> list[dt.datetime]:
+    """The `now` of each sweep the processor makes from here on (its start's included)."""
+    sweeps: list[dt.datetime] = []
+    real_sweep = p.recovery.sweep
+
+    async def counted(now: dt.datetime, definitions: bool = False) -> int:
+        recovered = await real_sweep(now, definitions)
+        sweeps.append(now)
+        return int(recovered)
+
+    p.recovery.sweep = counted
+    return sweeps
+
+
 async def test_a_dead_workers_job_is_recovered_after_worker_timeout_within_one_and_a_half(
     db: Any,
 ) -> None:
@@ -104,15 +118,7 @@ async def test_a_dead_workers_job_is_recovered_after_worker_timeout_within_one_a
     p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
     long_dead = await _plant(p, "w-long-dead", T0 - dt.timedelta(seconds=31))
     just_seen = await _plant(p, "w-just-seen", T0)  # its last heartbeat: as the sweeper starts
-    sweeps: list[dt.datetime] = []
-    real_sweep = p.recovery.sweep
-
-    async def counted(now: dt.datetime, definitions: bool = False) -> int:
-        recovered = await real_sweep(now, definitions)
-        sweeps.append(now)
-        return recovered
-
-    p.recovery.sweep = counted  # type: ignore[method-assign]
+    sweeps = counted_sweeps(p)
     async with p:
         assert sweeps == [T0]  # a worker sweeps when it starts
         assert (await p.get_job(long_dead)).status == S.ERRORED  # dead for over 30 s: at once
@@ -141,15 +147,7 @@ async def test_a_bare_insert_is_adopted_within_45_s_of_its_insert(db: Any) -> No
     clock = FakeClock(T0)
     p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
     coll = db["job_processor_jobs"]
-    sweeps: list[dt.datetime] = []
-    real_sweep = p.recovery.sweep
-
-    async def counted(now: dt.datetime, definitions: bool = False) -> int:
-        recovered = await real_sweep(now, definitions)
-        sweeps.append(now)
-        return recovered
-
-    p.recovery.sweep = counted  # type: ignore[method-assign]
+    sweeps = counted_sweeps(p)
     async with p:
         assert sweeps == [T0]  # the start's pass: before the insert
         bare = ObjectId.from_datetime(T0 + dt.timedelta(seconds=1))  # inserted a second later
