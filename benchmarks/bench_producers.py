@@ -97,7 +97,7 @@ async def async_figures(url: str, n: int, singles: int) -> dict[str, float]:
         raw = db.get_collection("raw_floor", write_concern=p.storage.jobs.coll.write_concern)
         profile = p.storage.profile  # the same indexes as the jobs collection on this server
         for keys, opts in JOB_INDEXES:
-            if profile.wants_index(opts):
+            if profile.wants_index(keys, opts):
                 await raw.create_index(profile.index_keys(keys), **opts)
         t0 = time.perf_counter()
         for start in range(0, n, 1000):

@@ -251,12 +251,15 @@ def claim_filter(names: list[str], now: dt.datetime, as_or: bool = False) -> Doc
     """Claimable jobs of these names, due now. `claim_name` exists only while the job is pending
     or paused, so one `$in` on it is both the status and the name condition.
 
-    `as_or`: the same condition as an `$or` of one equality per name, each with the due bound
-    (`ServerProfile.in_as_or`: a server that evaluates `$in` row by row)."""
+    `as_or`: the same condition as an `$or` of one `$eq` per name, each with the due bound, and
+    one name as one `$eq` (`ServerProfile.in_as_or`: a server that evaluates `$in` row by row
+    and reads an explicit `$eq`, not a bare value, as an index lookup)."""
     due = {"$lte": epoch_ms(now)}
-    if as_or and len(names) > 1:
-        return {"$or": [{"claim_name": name, "due_ms": due} for name in names]}
-    return {"claim_name": {"$in": names}, "due_ms": due}
+    if not as_or:
+        return {"claim_name": {"$in": names}, "due_ms": due}
+    if len(names) == 1:
+        return {"claim_name": {"$eq": names[0]}, "due_ms": due}
+    return {"$or": [{"claim_name": {"$eq": name}, "due_ms": due} for name in names]}
 
 
 def claim_update(

@@ -102,7 +102,7 @@ class Storage:
 
     async def ensure_indexes(self) -> None:
         """Idempotent: created from key specs, never looked up by name (on nx-27017 only the
-        unique and TTL ones: see `ServerProfile.wants_index`)."""
+        unique, TTL and claim ones: see `ServerProfile.wants_index`)."""
         for store, specs in (
             (self.jobs, jobs_mod.INDEXES),
             (self.workers, workers_mod.INDEXES),
@@ -117,5 +117,5 @@ class Storage:
             (self.webhooks, webhooks_mod.INDEXES),
         ):
             for keys, opts in specs:
-                if self.profile.wants_index(opts):
+                if self.profile.wants_index(keys, opts):
                     await store.coll.create_index(self.profile.index_keys(keys), **opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from job_processor.core.models import Job
 from job_processor.core.outcome import Outcome
 from job_processor.core.status import JobStatus
 from job_processor.storage import Storage
+from job_processor.storage.compat import all_docs
 from job_processor.storage.jobs import EndWrite
 
 S = JobStatus
@@ -77,6 +79,17 @@ async def test_a_claim_over_several_names_keeps_the_order_across_them(storage: S
     while (doc := await storage.jobs.claim_next(["a", "b", "c"], "w1", NOW)) is not None:
         got.append(doc["_id"])
     assert got == [a_old["_id"], b_new["_id"]]
+
+
+async def test_the_claim_has_its_index_on_every_server(storage: Storage) -> None:
+    """On nx-27017 too (without the `_id` tie-breaker it cannot hold): there the claim's `$eq`
+    per name reads the claimable jobs through it instead of the whole collection."""
+    cursor = storage.jobs.coll.list_indexes()
+    if inspect.isawaitable(cursor):  # PyMongo's async driver; motor gives the cursor itself
+        cursor = await cursor
+    indexes = await all_docs(cursor)
+    keys = [list(dict(ix["key"])) for ix in indexes]
+    assert any(k[:3] == ["claim_name", "priority", "due_ms"] for k in keys), keys
 
 
 async def test_a_claim_over_a_thousand_names_still_claims(storage: Storage) -> None:
