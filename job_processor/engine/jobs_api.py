@@ -180,6 +180,7 @@ class JobsAPI(Runtime):
                 scheduled_for=job.scheduled_for.isoformat(),
             )
             if self.started and name in self.worker.names:
+                self.worker.expect(name)
                 self.worker.wake_at(job.scheduled_for)
         return job
 
@@ -347,6 +348,7 @@ class JobsAPI(Runtime):
         job = Job.read(doc)
         self.log.info("job_retried", job_id=job.id, job_name=job.name)
         if self.started and job.name in self.worker.names:
+            self.worker.expect(job.name)
             self.worker.wake.set()
         return job
 

@@ -280,6 +280,7 @@ class Recovery:
             by=self.worker.worker_id,
         )
         if written.doc["status"] in (S.PAUSED, S.PENDING):
+            self.worker.expect(str(doc.get("name")))
             if outcome.retry_at is not None:
                 self.worker.wake_at(outcome.retry_at)
             else:

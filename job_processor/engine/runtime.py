@@ -130,10 +130,16 @@ class Runtime:
 
     def wake_for(self, docs: list[Doc]) -> None:
         """Wake the claim loop if one of these new documents is a pending job it claims."""
-        if self.started and any(
-            d.get("status") == JobStatus.PENDING.value and d.get("name") in self.worker.names
+        if not self.started:
+            return
+        mine = [
+            str(d["name"])
             for d in docs
-        ):
+            if d.get("status") == JobStatus.PENDING.value and d.get("name") in self.worker.names
+        ]
+        for name in mine:
+            self.worker.expect(name)
+        if mine:
             self.worker.wake.set()
 
     def _on_cron_task(self, task: Doc) -> None:

@@ -348,6 +348,8 @@ class EventBus:
         if deliveries:
             self.log.info("event_replayed", deliveries=len(deliveries), **fields)
             if self.runtime is not None and self.runtime.started:
+                if any(d.kind == "webhook" for d in deliveries):
+                    self.runtime.worker.expect(E.WEBHOOK_JOB)
                 self.runtime.worker.wake.set()
         return deliveries
 
