@@ -179,9 +179,6 @@ class ChangeStreamWaker:
             if change is not None:
                 wake, when = wakes_worker(change)
                 if wake:
-                    full = change.get("fullDocument")
-                    if isinstance(full, dict) and isinstance(full.get("name"), str):
-                        self.worker.expect(full["name"])
                     if when is None:
                         self.worker.wake.set()
                     else:

@@ -131,11 +131,11 @@ class Worker:
         """Names paused by an operator (read by the heartbeat): left out of claims."""
         self.quiet: set[str] = {WEBHOOK_JOB} & set(self.names)
         """Built-in names every process claims but few use (the webhook delivery), while no job
-        of theirs has been seen here: left out of the claims made under a backlog, but for one
-        claim per `poll_interval` (see `claimable_names`). Claiming one, or creating one in
-        this process, keeps the name in every claim from then on."""
-        self._quiet_tried = -math.inf
-        """When a claim last included the quiet names (clock timestamp)."""
+        of theirs has been seen here: left out of the claims made under a backlog (see
+        `claimable_names`). Seeing one (a claim, a probe, one made or re-queued in this
+        process) puts the name back in every claim for good."""
+        self._probed_at = -math.inf
+        """When `probe_quiet` last looked for a due job of the quiet names (clock timestamp)."""
         self.telemetry = Telemetry()
         """Metrics hook (the processor's): one call per run end."""
 
@@ -224,21 +224,32 @@ class Worker:
 
     def claimable_names(self) -> list[str]:
         """Names claimed without a limit (those with one go through the limiter). The quiet
-        names are in every claim made while idle (the last claim found nothing) and in one
-        claim per `poll_interval` under a backlog: a job of theirs created elsewhere waits at
-        most `poll_interval` longer than it would in every claim, and each claim of a busy
-        worker carries one name less (on nx-27017 one index lookup, not two and a merge)."""
+        names are left out while the last claim found a job (a backlog): each claim of a busy
+        worker carries one name less (on nx-27017 one index lookup, not two and a merge).
+        `probe_quiet` looks for their jobs once per `poll_interval` meanwhile, and an idle
+        claim carries every name."""
         names = [n for n in self.names if n not in self.paused] if self.paused else self.names
-        if self.quiet:
-            now = self.clock.now().timestamp()
-            if self._backlog and now - self._quiet_tried < self.settings.poll_interval:
-                names = [n for n in names if n not in self.quiet]
-            else:
-                self._quiet_tried = now
+        if self.quiet and self._backlog:
+            names = [n for n in names if n not in self.quiet]
         return self.limiter.unlimited(names)
 
+    async def probe_quiet(self) -> None:
+        """Under a backlog, once per `poll_interval`: is a job of a quiet name due? One read of
+        one index key. If so the name is claimed from then on, in the usual order, so a job
+        of it made elsewhere waits at most one `poll_interval` longer than in a claim of every
+        name (the clock going back starts a new interval)."""
+        now = self.clock.now()
+        if 0 <= now.timestamp() - self._probed_at < self.settings.poll_interval:
+            return
+        self._probed_at = now.timestamp()
+        wanted = sorted(n for n in self.quiet if n not in self.paused)
+        if wanted and await self.jobs.any_due(wanted, now):
+            for name in wanted:
+                self.expect(name)
+
     def expect(self, name: str) -> None:
-        """A job of `name` exists (created in this process): a quiet name is quiet no more."""
+        """A job of `name` exists (made or re-queued in this process, claimed, or found by
+        `probe_quiet`): a quiet name is quiet no more."""
         self.quiet.discard(name)
 
     def may_claim(self, worker_id: str) -> bool:
@@ -300,7 +311,12 @@ class Worker:
             free -= got
             if free <= 0:
                 return got
+        if self.quiet and self._backlog:
+            await self.probe_quiet()
         doc = await self.claim_once()
+        if doc is None and self.quiet and self._backlog:
+            self._backlog = False  # the backlog is over: at once, a claim of every name
+            doc = await self.claim_once()
         if doc is None:
             self._backlog = False
         else:

@@ -1,9 +1,10 @@
 """The built-in webhook delivery name, which every delivering process claims but few use, is left
-out of a busy worker's claims until a delivery is seen; no delivery waits more than one
-`poll_interval` longer for it."""
+out of a busy worker's claims until a delivery is seen (a probe per `poll_interval` looks for
+one); no delivery waits more than one `poll_interval` longer for it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, init_job_processor
+from job_processor.core import documents as D
 from tests.helpers import FAST, make, wait_for
 
 from ..receiver import Receiver, receiving
@@ -30,7 +32,7 @@ def receiver() -> Iterator[Receiver]:
         yield r
 
 
-async def test_a_busy_worker_tries_the_webhook_name_once_per_poll_interval(db: Any) -> None:
+async def test_a_busy_worker_looks_for_due_deliveries_once_per_poll_interval(db: Any) -> None:
     clock = FakeClock(NOW)
     p = await init_job_processor(
         db, jobs={"a": JobDef(handler=noop)}, clock=clock, **(FAST | {"poll_interval": 2.0})
@@ -39,16 +41,25 @@ async def test_a_busy_worker_tries_the_webhook_name_once_per_poll_interval(db: A
     assert WEBHOOK in worker.names and worker.quiet == {WEBHOOK}
     assert WEBHOOK in worker.claimable_names(), "an idle worker's claims carry every name"
     worker._backlog = True  # the last claim found a job
-    assert worker.claimable_names() == ["a"], "under a backlog: not again within poll_interval"
+    assert worker.claimable_names() == ["a"], "a busy worker's claims leave it out"
+    reads = 0
+    any_due = worker.jobs.any_due
+
+    async def counted(names: list[str], now: dt.datetime) -> bool:
+        nonlocal reads
+        reads += 1
+        return await any_due(names, now)
+
+    worker.jobs.any_due = counted  # type: ignore[method-assign]
+    await worker.probe_quiet()
+    assert reads == 1 and worker.quiet == {WEBHOOK}, "none due: still quiet"
+    await p.storage.jobs.insert(D.new_job(WEBHOOK, {"event_id": "e"}, now=NOW))
     clock.advance(1.9)
-    assert worker.claimable_names() == ["a"]
+    await worker.probe_quiet()
+    assert reads == 1, "not again within poll_interval"
     clock.advance(0.1)
-    assert WEBHOOK in worker.claimable_names(), "once per poll_interval"
-    assert worker.claimable_names() == ["a"]
-    worker._backlog = False
-    assert WEBHOOK in worker.claimable_names(), "idle again: every claim"
-    worker.expect(WEBHOOK)  # a delivery was claimed, or created here
-    worker._backlog = True
+    await worker.probe_quiet()
+    assert reads == 2 and worker.quiet == set(), "one due: found"
     assert all(WEBHOOK in worker.claimable_names() for _ in range(3)), "in every claim now"
 
 
@@ -120,3 +131,40 @@ async def test_a_delivery_made_elsewhere_reaches_a_busy_worker_then_every_claim_
         assert len(busy) >= 10, "claims under the backlog carried one name"
     finally:
         await client.close()
+
+
+async def test_a_due_delivery_is_not_starved_by_better_jobs_at_each_first_claim(
+    db: Any, receiver: Receiver
+) -> None:
+    """Concurrency 8: three high-priority jobs are always waiting (each schedules the next),
+    so the first claim of every round takes one; a delivery older than the low-priority
+    backlog goes in a round's batch once the probe has seen it, long before that backlog
+    ends (as it would in a claim of every name)."""
+    lo_left = 600
+    hi_on = True
+
+    async def hi(job: Job, signal: AbortSignal) -> None:
+        if hi_on:
+            await job.processor.schedule_job("hi", {}, priority=5)
+
+    async def lo(job: Job, signal: AbortSignal) -> None:
+        nonlocal lo_left
+        lo_left -= 1
+        await asyncio.sleep(0.005)
+
+    worker = await make(
+        db,
+        {"hi": JobDef(handler=hi), "lo": JobDef(handler=lo)},
+        concurrency=8,
+    )
+    emitter = await make(db, {}, webhook_options={"deliver": False})
+    await emitter.webhooks.add(url=receiver.url("/hook"), events=["paid"])
+    await emitter.emit("paid", {"order": 1})  # older than every "lo" job below
+    for _ in range(3):
+        await worker.schedule_job("hi", {}, priority=5)
+    await worker.schedule_jobs([("lo", {})] * lo_left)
+    async with worker:
+        await receiver.wait("/hook", 1, timeout=15)
+        ran = 600 - lo_left
+        assert ran < 100, f"delivered after {ran} of the 600 younger low-priority jobs"
+        hi_on = False

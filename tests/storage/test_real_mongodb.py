@@ -207,6 +207,11 @@ async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
             assert_indexed(plan)
 
 
+async def test_the_probe_for_a_quiet_names_due_job_uses_the_claim_index(storage: Storage) -> None:
+    """A busy worker's look for a due webhook delivery, once per poll_interval."""
+    assert "IXSCAN" in assert_indexed(await storage.jobs.any_due_cursor(["job-1"], NOW).explain())
+
+
 async def test_due_jobs_per_name_use_the_claim_index(db: Any, storage: Storage) -> None:
     plan = await db.command(
         "explain",
