@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -24,7 +23,6 @@ from ..core import retention as R
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
-from ..core.event_documents import WEBHOOK_JOB
 from ..core.log import EventLog
 from ..core.masking import log_text
 from ..core.models import Processor
@@ -53,6 +51,7 @@ from .handler import run_handler
 from .hooks import HookRunner
 from .limiter import Limiter
 from .notes import RunNotes
+from .quiet import QuietNames
 from .wakeup import DueTimes
 
 S = JobStatus
@@ -129,13 +128,13 @@ class Worker:
         self.limiter = Limiter(storage, definitions, self.names, log)
         self.paused: frozenset[str] = frozenset()
         """Names paused by an operator (read by the heartbeat): left out of claims."""
-        self.quiet: set[str] = {WEBHOOK_JOB} & set(self.names)
-        """Built-in names every process claims but few use (the webhook delivery), while no job
-        of theirs has been seen here: left out of the claims made under a backlog (see
-        `claimable_names`). Seeing one (a claim, a probe, one made or re-queued in this
-        process) puts the name back in every claim for good."""
-        self._probed_at = -math.inf
-        """When `probe_quiet` last looked for a due job of the quiet names (clock timestamp)."""
+        self.quiet = QuietNames(self.names, storage.jobs, clock, settings.poll_interval)
+        """Built-in names few use (the webhook delivery): left out of a busy worker's claims
+        until a job of theirs is seen (`engine.quiet`)."""
+        self._found_in_row = 0
+        """Claims in a row that found a job (the quiet names are left out from two on)."""
+        self._narrow = False
+        """This round's claims leave the quiet names out."""
         self.telemetry = Telemetry()
         """Metrics hook (the processor's): one call per run end."""
 
@@ -223,34 +222,17 @@ class Worker:
                     w.cancel()
 
     def claimable_names(self) -> list[str]:
-        """Names claimed without a limit (those with one go through the limiter). The quiet
-        names are left out while the last claim found a job (a backlog): each claim of a busy
-        worker carries one name less (on nx-27017 one index lookup, not two and a merge).
-        `probe_quiet` looks for their jobs once per `poll_interval` meanwhile, and an idle
-        claim carries every name."""
+        """Names claimed without a limit (those with one go through the limiter), less the
+        quiet names in a busy worker's round (see `engine.quiet`)."""
         names = [n for n in self.names if n not in self.paused] if self.paused else self.names
-        if self.quiet and self._backlog:
-            names = [n for n in names if n not in self.quiet]
+        if self._narrow:
+            names = [n for n in names if n not in self.quiet.names]
         return self.limiter.unlimited(names)
 
-    async def probe_quiet(self) -> None:
-        """Under a backlog, once per `poll_interval`: is a job of a quiet name due? One read of
-        one index key. If so the name is claimed from then on, in the usual order, so a job
-        of it made elsewhere waits at most one `poll_interval` longer than in a claim of every
-        name (the clock going back starts a new interval)."""
-        now = self.clock.now()
-        if 0 <= now.timestamp() - self._probed_at < self.settings.poll_interval:
-            return
-        self._probed_at = now.timestamp()
-        wanted = sorted(n for n in self.quiet if n not in self.paused)
-        if wanted and await self.jobs.any_due(wanted, now):
-            for name in wanted:
-                self.expect(name)
-
     def expect(self, name: str) -> None:
-        """A job of `name` exists (made or re-queued in this process, claimed, or found by
-        `probe_quiet`): a quiet name is quiet no more."""
-        self.quiet.discard(name)
+        """A job of `name` exists (made or re-queued in this process, or claimed): a quiet
+        name is claimed in every claim from now on."""
+        self.quiet.expect(name)
 
     def may_claim(self, worker_id: str) -> bool:
         return bool(worker_id) and worker_id == self.worker_id and self.trusted()
@@ -266,7 +248,7 @@ class Worker:
             self.log.warning("claim_released", reason="worker_declared_dead", **fields)
             return False
         self._claimed += 1
-        if self.quiet:
+        if self.quiet.names:
             self.expect(str(doc.get("name")))
         self.spawn(doc, claimed=True)
         return True
@@ -311,12 +293,14 @@ class Worker:
             free -= got
             if free <= 0:
                 return got
-        if self.quiet and self._backlog:
-            await self.probe_quiet()
+        self._narrow = bool(self.quiet.left_out(self._found_in_row))
+        if self._narrow:
+            self._narrow = await self.quiet.probe(self.paused)
         doc = await self.claim_once()
-        if doc is None and self.quiet and self._backlog:
-            self._backlog = False  # the backlog is over: at once, a claim of every name
+        if doc is None and self._narrow:
+            self._narrow = False  # the backlog is over: at once, a claim of every name
             doc = await self.claim_once()
+        self._found_in_row = 0 if doc is None else self._found_in_row + 1
         if doc is None:
             self._backlog = False
         else:
