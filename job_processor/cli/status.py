@@ -70,7 +70,7 @@ def show_status(found: ProcessorStatus) -> None:
     q = found.queue
     waiting = f", {q['waiting']} waiting for other jobs" if q.get("waiting") else ""
     print(  # "due now": pending or paused jobs a worker would claim at once
-        f"queue: {q.get('due', 0)} due now, {q.get('pending', 0)} pending, "
+        f"queue: {q.get('due', 0)} due now (pending or paused), {q.get('pending', 0)} pending, "
         f"{q.get('paused', 0)} paused jobs, {q.get('running', 0)} running{waiting}"
     )
     if found.jobs:
