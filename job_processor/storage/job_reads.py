@@ -177,7 +177,7 @@ class JobReads:
         return self.coll.find(query, {"_id": 1}).limit(1)
 
     async def any_due(self, names: list[str], now: dt.datetime) -> bool:
-        """Is a job of these names claimable now? One read of one key of the claim index
+        """Is a job of these names claimable now? One read of the claim index, limit 1
         (through its `$eq` form on nx-27017, which reads `$in` document by document)."""
         async for _ in self.any_due_cursor(names, now):
             return True
