@@ -16,7 +16,6 @@ The rule, as docs/events.md states it:
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -40,8 +39,10 @@ class QuietNames:
     def __init__(self, names: Iterable[str], jobs: DueReader, clock: Clock, interval: float):
         self.names: set[str] = set(QUIET) & set(names)
         """The quiet names not seen yet (empty: every claim carries every name)."""
-        self.jobs, self.clock, self.interval = jobs, clock, interval
-        self._probed_at = -math.inf
+        self.jobs, self.clock = jobs, clock
+        self.interval_ms = round(interval * 1000)
+        self._probed_at: int | None = None
+        """When the last probe read (epoch ms: whole numbers, as the clock gives them)."""
 
     def expect(self, name: str) -> None:
         """A job of `name` exists: it is claimed in every claim from now on."""
@@ -56,7 +57,8 @@ class QuietNames:
         due? Found, it is expected. Returns whether this round's claims may leave the quiet
         names out: False when one was found, or when the read failed (claim every name)."""
         now = self.clock.now()
-        if 0 <= now.timestamp() - self._probed_at < self.interval:
+        at = round(now.timestamp() * 1000)
+        if self._probed_at is not None and 0 <= at - self._probed_at < self.interval_ms:
             return True
         wanted = sorted(self.names - paused)
         if not wanted:
@@ -65,7 +67,7 @@ class QuietNames:
             found = await self.jobs.any_due(wanted, now)
         except PyMongoError:
             return False  # the claim of every name says what is wrong, if anything is
-        self._probed_at = now.timestamp()
+        self._probed_at = at
         for name in wanted if found else []:
             self.expect(name)
         return not found

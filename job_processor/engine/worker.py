@@ -172,6 +172,7 @@ class Worker:
                 self.log.warning("claim_failed", worker_id=self.worker_id, error=describe(exc))
                 got = 0
             if not got:
+                self._found_in_row = 0  # idle (or failed): the next claim carries every name
                 self.idle.set()
                 await self._sleep_until_due()
             else:
