@@ -68,6 +68,8 @@ class QuietNames:
         except PyMongoError:
             return False  # the claim of every name says what is wrong, if anything is
         self._probed_at = at
-        for name in wanted if found else []:
+        if not found:
+            return True
+        for name in wanted:
             self.expect(name)
-        return not found
+        return False
