@@ -338,9 +338,10 @@ def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
     if outcome.status in HOOKED and not claimed.get("has_dependents"):
         # a job scheduled after this one since its claim: the write matches nothing, the
         # caller reads the job once and writes again knowing it (its end settles them).
-        # `$exists` (the field is absent or true), not `$ne: true`: in an update's filter,
-        # nx-27017 matches no missing field with `$ne` (storage.compat)
-        query["has_dependents"] = {"$exists": False}
+        # `None` (absent or null: the field is absent or true), as `kill_requested_at`: 15
+        # bytes less than `$exists: False`; not `$ne: true`, which nx-27017 does not match
+        # on a missing field in an update's filter (storage.compat)
+        query["has_dependents"] = None
     return query
 
 

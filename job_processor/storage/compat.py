@@ -22,7 +22,8 @@ The storage modules call these instead of branching on the server themselves:
   jobs owing a hook their definition does not have are purged one name at a time, by
   equality (only the names that have such jobs).
   Elsewhere, filters on a field that is either absent or one value use
-  `{"$exists": False}` (the final write's `has_dependents` condition). In an `$or`,
+  `{"$exists": False}`, or `None` in a write by `_id` (the final write's `has_dependents`
+  and `kill_requested_at` conditions). In an `$or`,
   a branch with `$in` or `$ne` makes nx-27017 lose the other branches' matches on a date
   written by `$set`: the sweep's flow branches use equalities and `$exists` only.
 
