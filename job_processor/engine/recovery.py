@@ -118,11 +118,13 @@ class Recovery:
         me = self.worker.worker_id
         live: set[str] = set()
         live_docs: list[dict[str, Any]] = []
+        dead: list[str] = []
         for w in await self.storage.workers.liveness(definitions):
             if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
                 live.add(w["_id"])
                 live_docs.append(w)
             elif await self.storage.workers.delete_stale(w["_id"], cutoff):
+                dead.append(w["_id"])
                 self.log.warning(
                     "worker_declared_dead",
                     worker_id=w["_id"],
@@ -138,7 +140,12 @@ class Recovery:
         recovered = 0
         # one query: running jobs whose run started before the cutoff, and owed hooks
         found = await self.storage.jobs.needing_attention(cutoff, now, now - BARE_AGE)
-        running, owed, self.flow_docs = found.running, found.owed, found.flows
+        running, owed, self.flow_docs = list(found.running), found.owed, found.flows
+        seen = {doc["_id"] for doc in running}
+        for worker_id in dead:  # with the jobs claimed since its last heartbeat (not older than
+            # the cutoff): recovered now, not a sweep later (the bound: guide.md, recovery)
+            later = await self.storage.jobs.running_on(worker_id)
+            running += [doc for doc in later if doc["_id"] not in seen]
         for doc in running:
             if doc.get("run_id") in self.worker.unstarted and not self.worker.owns(doc):
                 await self.reconcile(doc, started=False)  # claimed here, never started

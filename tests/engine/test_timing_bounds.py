@@ -282,3 +282,37 @@ async def test_max_runtime_aborts_at_its_bound_and_the_run_ends_within_the_grace
     events = [r.__dict__.get("event") for r in caplog.records]
     assert ("handler_ignored_cancel" in events) is swallows
     assert "job_cancelled" in events
+
+
+async def test_a_job_claimed_after_its_workers_last_heartbeat_is_recovered_within_the_bound(
+    db: Any,
+) -> None:
+    """guide.md: recovered at most 1.5 x worker_timeout after the worker's last heartbeat, also
+    for a job it claimed after that heartbeat (up to heartbeat_interval later), then died: the
+    sweep that declares the worker dead recovers it, not a sweep later."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
+    heartbeat = T0 + dt.timedelta(seconds=14)
+    await p.storage.workers.register(
+        {"_id": "w-claimed-late", "hostname": "gone", "pid": 1, "started_at": T0,
+         "last_seen": heartbeat}
+    )  # fmt: skip
+    claimed_at = heartbeat + dt.timedelta(seconds=4)  # then SIGKILLed, before its next beat
+    doc = D.as_running(D.new_job("send", {}, now=claimed_at), "w-claimed-late", claimed_at)
+    await p.storage.jobs.insert(doc)
+    sweeps = counted_sweeps(p)
+    async with p:
+        for n in (1, 2):  # 15 s and 30 s: not 30 s silent yet
+            clock.advance(15)
+            await wait_for(lambda n=n: len(sweeps) == 1 + n)  # type: ignore[misc]
+            assert (await p.get_job(str(doc["_id"]))).status == S.RUNNING
+        clock.advance(15)  # 45 s: 31 s after its last heartbeat, 27 s after the claim
+        await wait_for(lambda: len(sweeps) == 4)
+        recovered = await p.get_job(str(doc["_id"]))
+    assert recovered.status == S.ERRORED
+    assert recovered.ended_at is not None
+    assert recovered.ended_at <= heartbeat + dt.timedelta(seconds=45)
