@@ -27,7 +27,7 @@ from croniter import croniter
 from .definitions import CronDef
 
 UTC = dt.UTC
-MS = dt.timedelta(milliseconds=1)
+US = dt.timedelta(microseconds=1)
 
 
 def local_to_utc(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
@@ -106,8 +106,12 @@ def plan_slots(
         if now - slot > margin:
             if len(plan.missed) >= max_listed:
                 plan.more_missed = True
-                # jump over the rest of the downtime without walking every slot
-                slot = schedule.next_after(now - margin - MS)
+                # jump over the rest of the downtime without walking every slot, to the first
+                # slot within the margin (at or after now - margin, to the microsecond: a
+                # margin or a `now` finer than a millisecond must not land on a missed slot
+                # again); always forward, so that the loop ends whatever the inputs
+                jump = schedule.next_after(now - margin - US)
+                slot = jump if jump > slot else schedule.next_after(slot)
                 continue
             plan.missed.append(slot)
         else:

@@ -120,3 +120,25 @@ def test_long_downtime_lists_a_bounded_number_and_jumps() -> None:
     assert plan.run[0] == now - dt.timedelta(seconds=30)
     assert len(plan.run) == 31
     assert plan.next_slot == now + dt.timedelta(seconds=1)
+
+
+def test_a_long_downtime_jump_ends_for_margins_and_times_finer_than_a_millisecond() -> None:
+    """The jump over a long downtime lands on the first slot within the margin, to the
+    microsecond: it once landed on a slot missed by less than a millisecond, over and over (the
+    loop never ended: the event loop froze)."""
+    s = Schedule("* * * * * *")
+    start = utc(2030, 1, 1)
+    for now, margin in [
+        (start + dt.timedelta(minutes=10, microseconds=500), dt.timedelta(minutes=1)),
+        (
+            start + dt.timedelta(minutes=10, seconds=7, milliseconds=408),
+            dt.timedelta(minutes=0.123456),
+        ),
+        (start + dt.timedelta(minutes=10), dt.timedelta(minutes=1 / 7)),
+    ]:
+        plan = plan_slots(s, start, now, margin, max_listed=50)
+        assert plan.more_missed and len(plan.missed) == 50
+        assert plan.run, "the slots within the margin run"
+        assert all(now - slot <= margin for slot in plan.run)
+        assert now - (plan.run[0] - dt.timedelta(seconds=1)) > margin, "the first one within it"
+        assert plan.next_slot is not None and plan.next_slot > now
