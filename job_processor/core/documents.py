@@ -373,7 +373,9 @@ def end_update(
     if outcome.status in (S.PAUSED, S.PENDING):  # still active: resumes, or retries later
         # it runs again: this run's record goes to history, its first start is kept
         fields["history"] = with_history(claimed, history_entry(claimed, outcome, now))
-        if claimed.get("started_at") is None:
+        if not outcome.started:  # claimed, never run: back as it was (a cron task that is
+            update["$inc"] = {"attempt": -1}  # then late is still missed, never run late)
+        elif claimed.get("started_at") is None:
             fields["started_at"] = claimed["run_started_at"]
         fields |= {"worker_id": None, "run_id": None, "claim_name": claimed["name"]}
         fields["updated_at"] = now

@@ -95,6 +95,8 @@ class Outcome:
     hook_owed: bool = False
     expires_at: dt.datetime | None = None
     """When the ended job may be deleted (TTL); never set while its hook is owed."""
+    started: bool = True
+    """False: claimed, never run (re-queued as it was: no attempt used, not started)."""
 
     @property
     def event(self) -> str:
@@ -188,7 +190,7 @@ def _decide(
         errored = c.ended(S.ERRORED, end.error)  # a failed attempt, the last one
         return replace(errored, failures=c.failures + 1)
     if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
-        return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now)
+        return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now, started=False)
     if end.how == Ending.CRASHED:
         why = "killed (its worker stopped heartbeating)"
     elif end.how == Ending.LOST_TRACK:

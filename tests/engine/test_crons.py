@@ -543,3 +543,40 @@ async def test_a_cron_task_interrupted_by_a_shutdown_sends_no_error_check_in(db:
     again = await processor.get_job(task.id)
     assert again.status == "pending" and again.failures == 0
     assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["in_progress"]
+
+
+async def test_a_cron_task_claimed_but_never_run_is_still_missed_once_past_its_margin(
+    db: Any,
+) -> None:
+    """A claim whose reply was lost (or made by a worker being declared dead) is re-queued as
+    it was: attempt back to 0, never started. So the task is still "never run late": the
+    missed-task pass records it skipped once past its margin, and a claim after the margin
+    skips it too. (It used to be left started, attempt 1: run whenever a worker was free.)"""
+    from job_processor.core import documents as D
+    from job_processor.core.outcome import Ending, Policy, RunEnd, decide
+    from job_processor.engine.execution import claimed_too_late
+
+    storage = (await make(db, {})).storage  # not started: the test makes each write
+    slot = T0
+    task = D.cron_task(
+        "tick", slot=slot, now=slot, margin=dt.timedelta(minutes=5), tag=None,
+        exclusive=False, max_attempts=1, resumable=False,
+    )  # fmt: skip
+    await storage.jobs.insert(task)
+    update = D.claim_update("w-gone", slot + dt.timedelta(seconds=1))
+    await storage.jobs.coll.update_one({"_id": task["_id"]}, update)
+    claimed = D.applied(task, update)
+    later = slot + dt.timedelta(seconds=40)
+    outcome = decide(claimed, Policy(), RunEnd(Ending.UNSTARTED, error="lost: not run"), later)
+    res = await storage.jobs.coll.update_one(
+        D.end_filter(claimed, outcome),
+        D.end_update(claimed, outcome, later, end_id="e1", writer="w"),
+    )
+    assert res.modified_count == 1
+    requeued = await storage.jobs.coll.find_one({"_id": task["_id"]})
+    assert requeued["status"] == "pending" and requeued["attempt"] == 0
+    assert requeued.get("started_at") is None
+    assert claimed_too_late(requeued, slot + dt.timedelta(minutes=6))
+    assert await storage.jobs.expire_missed_cron_tasks(slot + dt.timedelta(minutes=6)) == 1
+    missed = await storage.jobs.coll.find_one({"_id": task["_id"]})
+    assert missed["status"] == "skipped" and missed["skip_reason"] == "missed"

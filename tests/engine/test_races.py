@@ -139,8 +139,9 @@ async def test_a_claim_that_cannot_be_read_back_is_requeued_without_using_an_att
         await wait_for(lambda: bool(processor.worker.unstarted), timeout=15)
         monkeypatch.setattr(coll, "find", real_find)
         done = await wait_status(processor, job.id, S.FINISHED, timeout=20)
-    assert runs == [2]  # the lost claim never ran; the re-queued job ran once
-    assert done.failures == 0
+    # the lost claim never ran: `attempt` counts runs, so the one run is the first
+    assert runs == [1]
+    assert done.attempt == 1 and done.failures == 0
     assert done.history[0]["error"] == "its claim's reply was lost: not run"
 
 
