@@ -207,10 +207,12 @@ def as_missed(task: Doc, now: dt.datetime, expires_at: dt.datetime | None = None
 def as_skipped(doc: Doc, holder_id: Any, expires_at: dt.datetime | None = None) -> Doc:
     """An exclusive job whose name already has an active job: recorded as skipped (kept like a
     finished job, until `expires_at`), under the `_id` chosen for the job (a retried write of it
-    is recognised)."""
+    is recognised). Without `expires_at` (a producer that does not know the name's retention,
+    or one that keeps it), `expiry_pending`: a worker's sweep applies the name's retention, as
+    for a job skipped by a failed dependency."""
     check_transition(None, S.SKIPPED)
     dropped = {"exclusive_key", "dedup_key", "claim_name"}
-    expiry = {"expires_at": expires_at} if expires_at is not None else {}
+    expiry = {"expires_at": expires_at} if expires_at is not None else {"expiry_pending": True}
     return (
         {k: v for k, v in doc.items() if k not in dropped}
         | expiry

@@ -155,9 +155,10 @@ class Flows:
         return released
 
     async def _expire_skipped(self, skipped: list[Doc]) -> None:
-        """Jobs skipped by a failed dependency get their name's retention here (the update that
-        skipped them, made wherever the dependency ended, does not know it): one query, and one
-        update per name (from the latest end among them)."""
+        """Jobs skipped by a failed dependency, or by an exclusive conflict where their
+        retention was not known (a JobClient without `jobs=`, an admin's new job), get their
+        name's retention here (the update that skipped them does not know it): one query, and
+        one update per name (from the latest end among them)."""
         by_name: dict[str, list[Doc]] = {}
         for doc in skipped:
             by_name.setdefault(str(doc.get("name")), []).append(doc)

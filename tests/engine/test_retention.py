@@ -297,3 +297,42 @@ async def test_a_batch_holding_a_kept_job_still_counts_as_behind(db: Any) -> Non
     assert await trimmer.maybe_run(later) == 19
     assert trimmer.behind
     assert await trimmer.maybe_run(later + sweep) > 0  # at the next sweep, not in 5 minutes
+
+
+async def test_an_exclusive_conflict_recorded_where_the_retention_is_unknown_expires_too(
+    db: Any, mongo_url: str
+) -> None:
+    """A producer that does not define the name (a JobClient without `jobs=`, the admin's new
+    job) records an exclusive conflict as skipped without knowing the name's retention: the
+    record says so (`expiry_pending`) and a worker's sweep gives it the name's expiry. (It used
+    to be kept for ever.)"""
+    from pymongo import MongoClient
+
+    from job_processor.ops.admin import Admin
+    from job_processor.sync import JobClient
+
+    jobs = {"x": JobDef(handler=ok, concurrency="exclusive", keep_finished=dt.timedelta(hours=2))}
+    worker = await make(db, jobs)
+    far = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    await worker.schedule_job("x", scheduled_for=far)  # holds the name's exclusive key
+    await worker.start()  # registers "x" (exclusive): how a client without it knows
+    await worker.stop()
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_url, tz_aware=True)
+    try:
+        skipped = await asyncio.to_thread(JobClient(mongo[db.name]).schedule_job, "x")
+    finally:
+        mongo.close()
+    assert skipped.status == S.SKIPPED
+    by_admin = await Admin(db).new_job("x", {})
+    assert [j.status for j in by_admin.jobs] == [S.SKIPPED]
+    ids = [skipped.id, by_admin.jobs[0].id]
+    for job_id in ids:
+        assert await expiry(worker, job_id) is None  # not known where it was written
+    await worker.recovery.sweep(worker.clock.now() + dt.timedelta(seconds=1))
+    for job_id in ids:
+        stored = await worker.get_job(job_id)
+        # from the latest end among that name's records (one update per name): ms apart
+        late = stored.expires_at - (stored.created_at + dt.timedelta(hours=2))
+        assert dt.timedelta(0) <= late <= dt.timedelta(seconds=1)
+    raw = await db["job_processor_jobs"].find_one({"_id": ObjectId(ids[0])})
+    assert "expiry_pending" not in raw
