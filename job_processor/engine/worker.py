@@ -487,6 +487,8 @@ class Worker:
         )
         await self.limiter.release(run.doc, self)
         if written.doc is not None:
+            if self.on_ended is not None:  # the jobs waiting on it, at once (engine.flows)
+                await self.on_ended(written.doc)
             self.telemetry.cron_slot(str(run.doc.get("name")), "missed")
             self.log.warning(
                 "cron_slot_missed",

@@ -22,6 +22,7 @@ from job_processor import (
     JobNotFoundError,
     JobSpec,
     JobStatus,
+    init_job_processor,
 )
 from job_processor.core import documents as D
 from job_processor.core import flows as F
@@ -631,3 +632,36 @@ async def test_deleting_a_dependency_is_refused_until_its_dependents_counted_it(
     assert (await p.get_job(parent.id)).deps[child.id] == "finished"  # counted now
     assert (await admin.delete([child.id])).changed == [child.id]
     assert (await p.get_job(parent.id)).deps[child.id] == "finished"  # its recorded status
+
+
+async def test_a_cron_task_claimed_too_late_releases_its_dependents_at_once(db: Any) -> None:
+    """A cron task a worker claims after its check-in margin ends `skipped` ("missed") without
+    running; the jobs waiting on it are released right after that write, as after any end,
+    not at a later sweep (worker_timeout 60 s here: the next sweep is 30 s away)."""
+    ran: list[str] = []
+
+    async def total(job: Job, signal: AbortSignal) -> None:
+        ran.append(job.id)
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        raise AssertionError("a late cron task never runs")
+
+    crons = {"tick": {"cron_string": "0 0 1 1 *", "handler": tick, "checkin_margin": 1}}
+    p = await init_job_processor(
+        db, jobs={"total": JobDef(handler=total)}, crons=crons, poll_interval=0.2,
+        heartbeat_interval=0.5, worker_timeout=60.0,
+    )  # fmt: skip
+    now = p.clock.now()
+    slot = now - dt.timedelta(minutes=10)
+    task = D.cron_task(
+        "tick", slot=slot, now=slot, margin=dt.timedelta(minutes=1), tag=None,
+        exclusive=False, max_attempts=1, resumable=False,
+    )  # fmt: skip
+    task["attempt"] = 1  # claimed once before, never started: only a claim can skip it
+    await p.storage.jobs.insert(task)
+    waiting = await p.schedule_job("total", after=[task["_id"]], on_dependency_failure="run")
+    assert waiting.status == S.WAITING
+    async with p:
+        await wait_status(p, str(task["_id"]), S.SKIPPED, timeout=10)
+        done = await wait_status(p, waiting.id, S.FINISHED, timeout=10)
+    assert ran == [done.id]
