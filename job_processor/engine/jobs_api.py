@@ -158,8 +158,7 @@ class JobsAPI(Runtime):
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
         if registered and await self._register(deps, [doc["_id"]]):  # some had ended: read again
-            fresh = await self.storage.producer.run(lambda _: self.storage.jobs.get(doc["_id"]))
-            stored = fresh or stored
+            stored = (await self._as_now([stored]))[0]
         job = Job.read(stored)
         if job.id != str(doc["_id"]):
             self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
@@ -202,6 +201,25 @@ class JobsAPI(Runtime):
             )
             return 0
 
+    async def _as_now(self, stored: list[Doc]) -> list[Doc]:
+        """These jobs as they are now (a registration released some); as written when MongoDB
+        cannot be read within the producer budget: they are stored and registered, so the
+        call does not fail (a retry would write them twice)."""
+        ids = [d["_id"] for d in stored]
+        try:
+            found = await self.storage.producer.run(lambda _: self.storage.jobs.get_many(ids))
+        except DatabaseUnreachableError as exc:
+            self.log.warning(
+                "released_jobs_not_read",
+                job_ids=[str(i) for i in ids[:20]],
+                jobs=len(ids),
+                error=str(exc).splitlines()[0],
+                hint="returned as written (waiting); they are released: get_job reads them",
+            )
+            return stored
+        fresh = {d["_id"]: d for d in found}
+        return [fresh.get(d["_id"], d) for d in stored]
+
     async def schedule_jobs(self, items: Iterable[Any]) -> list[Job[Any]]:
         """Queue many jobs: each item is `(name, payload)` or a `JobSpec`. Every item is
         validated as `schedule_job` validates it before anything is written (an invalid one
@@ -231,13 +249,7 @@ class JobsAPI(Runtime):
                 raise
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
         if waited and await self._register(waited, [d["_id"] for d in stored]):  # some ended
-            fresh = {
-                d["_id"]: d
-                for d in await self.storage.producer.run(
-                    lambda _: self.storage.jobs.get_many([d["_id"] for d in stored])
-                )
-            }
-            stored = [fresh.get(d["_id"], d) for d in stored]
+            stored = await self._as_now(stored)
         jobs = [Job.read(d) for d in stored]
         if jobs:
             created = sum(1 for j, d in zip(jobs, docs, strict=True) if j.id == str(d["_id"]))

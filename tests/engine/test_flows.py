@@ -665,3 +665,31 @@ async def test_a_cron_task_claimed_too_late_releases_its_dependents_at_once(db: 
         await wait_status(p, str(task["_id"]), S.SKIPPED, timeout=10)
         done = await wait_status(p, waiting.id, S.FINISHED, timeout=10)
     assert ran == [done.id]
+
+
+async def test_an_outage_reading_back_released_jobs_does_not_fail_the_written_jobs(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registered, and released at once (their dependency had ended), the jobs are read back
+    to return them as they are now; an outage past the budget on that read returns them as
+    written (`released_jobs_not_read`): the call does not fail, which would invite a retry
+    that writes them twice."""
+    from job_processor.core.errors import DatabaseUnreachableError
+
+    logger = logging.getLogger("test.flows.reread")
+    p = await make(db, JOBS, logger=logger)
+    finished = await p.run_job("part", {"n": 4})
+
+    async def unreachable(ids: list[ObjectId]) -> list[Any]:
+        raise DatabaseUnreachableError("cannot reach MongoDB (test)")
+
+    p.storage.jobs.get_many = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="test.flows.reread"):
+        parent = await p.schedule_job("total", after=[finished])
+        (batch_parent,) = await p.schedule_jobs([JobSpec("total", after=[finished])])
+    said = [r for r in caplog.records if r.__dict__.get("event") == "released_jobs_not_read"]
+    assert len(said) == 2
+    assert parent.status == batch_parent.status == S.WAITING  # as written
+    for job in (parent, batch_parent):  # released all the same
+        stored = await p.storage.jobs.coll.find_one({"_id": ObjectId(job.id)})
+        assert stored is not None and stored["status"] == "pending"
