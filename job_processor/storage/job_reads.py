@@ -25,8 +25,18 @@ from .job_flows import FlowRecords
 
 Doc = dict[str, Any]
 S = JobStatus
+#: The most documents the sweep's one query reads (`attention_cursor`).
+ATTENTION_LIMIT = 1000
 #: Listing order: newest first.
 LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+
+def recovery_branches(cutoff: dt.datetime, now: dt.datetime) -> list[Doc]:
+    """Running jobs whose run started before `cutoff`, owed hooks recorded before `now`."""
+    return [
+        {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
+        {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
+    ]
 
 
 @dataclass
@@ -120,23 +130,28 @@ class JobReads:
         (with `bare_before`) bare inserts made before it: the sweep's one query (each branch on
         its index: {status, worker_id}, status missing reading as null, and
         {exit_hook, exit_hook_at})."""
-        branches: list[Doc] = [
-            {"status": S.RUNNING.value, "run_started_at": {"$lt": cutoff}},
-            {"exit_hook": "owed", "exit_hook_at": {"$lt": now}},
-            *FlowRecords.flow_branches(),
-        ]
+        branches: list[Doc] = [*recovery_branches(cutoff, now), *FlowRecords.flow_branches()]
         if bare_before is not None:
             # their age is checked by `needing_attention`: an `_id` bound here would make
             # nx-27017 evaluate the whole $or in Python, where the other branches' dates
             # compare wrongly (MongoDB would take it)
             branches.append({"status": None})
-        return self.coll.find({"$or": branches}).limit(1000)
+        return self.coll.find({"$or": branches}).limit(ATTENTION_LIMIT)
 
     async def needing_attention(
         self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
     ) -> Attention:
-        """What the sweep acts on (`attention_cursor`), from one query."""
+        """What the sweep acts on (`attention_cursor`), from one query. When that query fills
+        its limit (a backlog of flow records or bare inserts, say), the running jobs and the
+        owed hooks are read again on their own, so that such a backlog never delays a crashed
+        worker's recovery."""
         docs = await all_docs(self.attention_cursor(cutoff, now, bare_before))
+        if len(docs) >= ATTENTION_LIMIT:
+            seen = {d["_id"] for d in docs}
+            for branch in recovery_branches(cutoff, now):
+                more = await all_docs(self.coll.find(branch).limit(ATTENTION_LIMIT))
+                docs += [d for d in more if d["_id"] not in seen]
+                seen |= {d["_id"] for d in more}
         return Attention(
             running=[d for d in docs if d.get("status") == S.RUNNING.value],
             owed=[d for d in docs if d.get("exit_hook") == "owed"],

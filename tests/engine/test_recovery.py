@@ -473,3 +473,26 @@ async def test_a_worker_that_gives_its_runs_up_mid_check_reconciles_none_of_them
     stored = await processor.storage.jobs.get(doc["_id"])
     assert stored is not None and stored["status"] != "running"
     assert stored.get("exit_hook_owner") in (None, me)
+
+
+async def test_a_backlog_of_flow_records_never_delays_a_crashed_workers_recovery(db: Any) -> None:
+    """The sweep reads what it acts on in one query of at most 1,000 documents; when flow
+    records fill it (skipped jobs awaiting a retention only another process knows, here 1,000
+    of a name this one does not define), the running jobs and owed hooks are read on their own:
+    a dead worker's job is still recovered at the first sweep."""
+    from job_processor.storage.job_reads import ATTENTION_LIMIT
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"send": JobDef(handler=noop)})
+    now = dt.datetime.now(dt.UTC)
+    backlog = [
+        {"name": "elsewhere", "status": "skipped", "expiry_pending": True, "ended_at": now}
+        for _ in range(ATTENTION_LIMIT)
+    ]
+    await p.storage.jobs.coll.insert_many(backlog)  # first in the collection's natural order
+    crashed = await plant_dead_worker_job(p, "send")
+    recovered = await p.recovery.sweep(p.clock.now())
+    assert recovered == 1
+    assert (await p.get_job(crashed)).status == S.ERRORED
