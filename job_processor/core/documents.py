@@ -287,15 +287,29 @@ def claim_update(
 
 
 #: What a claim's reply leaves out. The claim returns the job as it was before its update
-#: (the worker knows what the update sets, so it need not come back), without its status and
-#: claim name (the update replaces them) and its log lines (shown to people, never read by a run).
-CLAIM_PROJECTION: Doc = {"status": 0, "claim_name": 0, "logs": 0}
+#: (the worker knows what the update sets, so it need not come back), without its status (the
+#: update replaces it) and its log lines (shown to people, never read by a run). Its claim
+#: name comes back: a job another program wrote with a `name` other than its `claim_name` is
+#: told apart (`claimed_doc`), and errored, not run as the other job.
+CLAIM_PROJECTION: Doc = {"status": 0, "logs": 0}
 
 
 def claimed_doc(reply: Doc, update: Doc) -> Doc:
     """The claimed job: the claim's reply (the document before the claim, without what
-    CLAIM_PROJECTION leaves out) with the claim's update applied."""
-    return applied(reply, update)
+    CLAIM_PROJECTION leaves out) with the claim's update applied. A `claim_name` other than
+    its `name` stays in this copy (not in the database: the claim removed it), for the worker
+    to error the job (`misnamed`)."""
+    out = applied(reply, update)
+    if misnamed(reply):
+        out["claim_name"] = reply["claim_name"]
+    return out
+
+
+def misnamed(doc: Doc) -> bool:
+    """A job claimed under a `claim_name` other than its `name` (another program wrote it):
+    running it as its `name` would bypass that name's tag and limits."""
+    claim_name = doc.get("claim_name")
+    return claim_name is not None and claim_name != doc.get("name")
 
 
 def applied(doc: Doc, update: Doc) -> Doc:

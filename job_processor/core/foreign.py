@@ -9,7 +9,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from .documents import Doc, S, new_job
+from .documents import Doc, S, misnamed, new_job
 from .status import check_transition
 
 
@@ -117,3 +117,17 @@ def unclaimable_update(error: str, now: dt.datetime, expires_at: dt.datetime | N
     if expires_at is not None:
         fields["expires_at"] = expires_at
     return {"$set": fields, "$unset": {"claim_name": "", "exclusive_key": "", "dedup_key": ""}}
+
+
+def bad_name(doc: Doc) -> str:
+    """Why a claimed job is invalid when no definition runs it: its `name` is not its
+    `claim_name` (`documents.misnamed`), or is missing or not a job this worker defines."""
+    if isinstance(doc.get("name"), str) and misnamed(doc):
+        return (
+            f"invalid job document: its name {doc.get('name')!r} is not its claim_name "
+            f"{doc.get('claim_name')!r} (they must be the same job name)"
+        )
+    return (
+        f"invalid job document: its name {doc.get('name')!r} is missing or not a job this "
+        "worker defines (name and claim_name must be the same job name)"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from ..core import documents as D
 from ..core import foreign as FD
 from ..core import retention as R
 from ..core.clock import Clock
@@ -325,7 +326,10 @@ class Worker:
     def spawn(self, doc: Doc, claimed: bool = False) -> asyncio.Task[Doc | None]:
         """Run a job this process owns. The run is registered at once (before its task starts),
         so reconciliation never mistakes it for a stray."""
-        run = Run(doc=doc, definition=self.definitions.get(str(doc.get("name"))))
+        misnamed = D.misnamed(doc)  # another program's: errored, never run as another job
+        run = Run(
+            doc=doc, definition=None if misnamed else self.definitions.get(str(doc.get("name")))
+        )
         self.runs[str(doc["_id"])] = run
         task = asyncio.create_task(self.execute(run), name=f"job-{doc['_id']}")
         self._tasks.add(task)
@@ -409,10 +413,7 @@ class Worker:
         trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
         try:
             if run.definition is None:  # another program wrote a bad name: record why
-                error = (
-                    f"invalid job document: its name {doc.get('name')!r} is missing or not a "
-                    "job this worker defines (name and claim_name must be the same job name)"
-                )
+                error = FD.bad_name(doc)
                 return await asyncio.shield(
                     self._finish(run, RunEnd(Ending.INVALID, error=error), None)
                 )

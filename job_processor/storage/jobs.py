@@ -296,7 +296,7 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         else:
             mismatch = False
         if res is not None and res.modified_count == len(ids):
-            return [D.applied(c, update) for c in candidates]
+            return [D.claimed_doc(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:
             return []
         claimed = {d["_id"]: d for d in await self._read_back(update["$set"]["run_id"], budget)}

@@ -71,11 +71,12 @@ async def test_one_job_is_an_insert_a_projected_claim_and_a_final_update(
     ]
     assert len(claims) == 1
     claim = claims[0]
-    assert set(claim["command"]["fields"]) == {"status", "claim_name", "logs"}
+    assert set(claim["command"]["fields"]) == {"status", "logs"}
     assert not claim["command"].get("new"), "the claim returns the job as it was: no `new`"
     returned = recorder.replies[claim["id"]]["value"]
     assert returned["payload"] == {"n": 7}
-    assert not {"status", "claim_name", "worker_id", "run_id", "run_started_at"} & set(returned)
+    assert not {"status", "worker_id", "run_id", "run_started_at"} & set(returned)
+    assert returned["claim_name"] == "echo"  # a job named other than its claim name is errored
     assert len(claim["command"]["update"]["$set"]["run_id"]) < 24, "a short run id"
 
     finals = [

@@ -74,7 +74,44 @@ async def test_a_claimed_document_with_a_bad_name_is_errored_not_fatal(
         await wait_status(processor, good.id, S.FINISHED)
         assert not processor.failed.is_set()  # every loop still up
     assert failed.error is not None
-    assert "is missing or not a job this worker defines" in failed.error
+    if "name" in doc:
+        assert "its name 'other' is not its claim_name 'send'" in failed.error
+    else:
+        assert "is missing or not a job this worker defines" in failed.error
+
+
+async def test_a_job_named_as_another_it_was_not_claimed_under_is_errored_not_run(
+    db: Any,
+) -> None:
+    """Another program wrote `{name: "b", claim_name: "a"}`: claimed under "a", it is errored
+    as invalid, never run as "b" (whose tag this worker does not serve: b's handler here would
+    run outside its tag and limits), on the one-job claim and on the batch claim alike."""
+    ran: list[str] = []
+
+    async def a(job: Job, signal: AbortSignal) -> None:
+        ran.append(f"a:{job.id}")
+
+    async def b(job: Job, signal: AbortSignal) -> None:
+        ran.append(f"b:{job.id}")
+
+    jobs = {"a": JobDef(handler=a), "b": JobDef(handler=b, tag="main")}
+    processor = await make(db, jobs, worker_tags=["other"], concurrency=4)
+    due = int(time.time() * 1000)
+    coll = db["job_processor_jobs"]
+    bad = [
+        (await coll.insert_one({"name": "b", "claim_name": "a", "due_ms": due})).inserted_id
+        for _ in range(3)  # several: the batch claim takes some
+    ]
+    good = await processor.schedule_job("a")
+    async with processor:
+        for job_id in bad:
+            failed = await wait_status(processor, str(job_id), S.ERRORED)
+            assert failed.error == (
+                "invalid job document: its name 'b' is not its claim_name 'a' (they must be the "
+                "same job name)"
+            )
+        await wait_status(processor, good.id, S.FINISHED)
+    assert ran == [f"a:{good.id}"]
 
 
 async def test_a_claim_whose_reply_was_lost_is_read_back_and_run_once(
