@@ -148,7 +148,7 @@ class RunNotes:
                 if await self.jobs.save_notes(doc["_id"], doc["run_id"], update, FLUSH_BUDGET):
                     self.written(update)
             except TRANSIENT:  # kept for the next write (the final one at the latest)
-                self._give_back(update)
+                self.give_back(update)
             except PyMongoError as exc:  # refused as such: carried on, it would fail the next
                 self.log.error("job_notes_failed", error=describe(exc), **self.fields)
         finally:
@@ -163,7 +163,9 @@ class RunNotes:
         holds them too."""
         self.run.doc = D.applied(self.run.doc, update)
 
-    def _give_back(self, update: Doc) -> None:
+    def give_back(self, update: Doc) -> None:
+        """What `take` returned, not written after all: pending again (behind the lines that
+        came since; a newer progress stays)."""
         if self.pending_progress is None:
             self.pending_progress = update.get("$set", {}).get("progress")
         earlier = update.get("$push", {}).get("logs", {}).get("$each", [])

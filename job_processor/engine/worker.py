@@ -486,6 +486,8 @@ class Worker:
         written = await self.jobs.end_run(
             run.doc, skipped, now, writer=self.worker_id, budget=self.settings.worker_timeout
         )
+        if written.kill_requested:  # a kill landed first: it wins here too (never ran: killed)
+            return await self._finish(run, RunEnd(Ending.UNSTARTED, kill_requested=True), None)
         await self.limiter.release(run.doc, self)
         if written.doc is not None:
             if self.on_ended is not None:  # the jobs waiting on it, at once (engine.flows)
@@ -525,6 +527,9 @@ class Worker:
                 )
             except TRANSIENT as exc:
                 self.log.error("checkpoint_failed", error=describe(exc), **self._fields(run.doc))
+            finally:  # not written (failed, or cancelled: max runtime, a stop past its grace):
+                if not ok and notes and run.notes is not None:  # the final write carries them
+                    run.notes.give_back(notes)
         if ok:
             run.doc["state"] = dict(state)  # the final document (and its hook) see it
             if notes and run.notes is not None:
@@ -578,6 +583,7 @@ class Worker:
                 end = RunEnd(
                     Ending.UNRECORDABLE,
                     error=f"could not record the run's outcome ({outcome.status.value}): {why}",
+                    kill_requested=end.kill_requested,  # a kill already found still wins
                 )
                 continue
             if written.kill_requested:

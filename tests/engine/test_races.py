@@ -349,3 +349,114 @@ async def test_a_sweep_during_a_kill_never_calls_its_hook_a_second_time(db: Any)
         await wait_for(lambda: worker.hooks.in_flight == set())
         done = await worker.get_job(job.id)
     assert calls == [job.id] and (done.status, done.exit_hook) == (S.KILLED, "done")
+
+
+async def test_a_kill_landing_as_a_late_cron_task_is_skipped_wins_and_the_hook_runs(
+    db: Any,
+) -> None:
+    """A cron task claimed after its margin is written `skipped`; a kill requested just before
+    that write makes it miss: the worker decides again, `killed` (a kill wins on every path),
+    and calls on_job_exited, at once (it used to stay `running` until reconciliation)."""
+    import datetime as dt
+
+    from bson import ObjectId
+
+    exited: list[str] = []
+
+    async def hook(job: Job) -> None:
+        exited.append(job.status.value)
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        raise AssertionError("a late cron task never runs")
+
+    p = await make(db, {"c": JobDef(handler=never, on_job_exited=hook)}, worker_timeout=60.0)
+    job = await p.schedule_job("c")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    await p.storage.jobs.coll.update_one(
+        {"_id": ObjectId(job.id)}, {"$set": {"type": "cron_task", "start_deadline": past}}
+    )
+    real = p.worker.jobs.end_run
+
+    async def end_run(claimed: Any, outcome: Outcome, *args: Any, **kw: Any) -> Any:
+        if outcome.status == S.SKIPPED:  # an operator's kill lands just before the skip
+            await p.kill_job(str(claimed["_id"]))
+        return await real(claimed, outcome, *args, **kw)
+
+    p.worker.jobs.end_run = end_run  # type: ignore[method-assign]
+    async with p:
+        killed = await wait_status(p, job.id, S.KILLED, timeout=10)
+        await wait_for(lambda: exited == ["killed"], timeout=10)
+    assert killed.error == "killed"
+
+
+async def test_a_kill_found_then_an_unrecordable_killed_write_still_ends_killed(
+    db: Any,
+) -> None:
+    """A stop pauses a resumable run; a kill lands during that write (it misses: decide
+    again, killed); the killed write carrying the result is refused (on MongoDB: the document
+    would pass 16 MiB): the run ends `killed; could not record ...`, and `stop()` returns with
+    it written (it used to forget the kill, miss once more and leave the job `running`)."""
+    from pymongo.errors import WriteError
+
+    started = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        started.set()
+        await signal.wait()
+        return "x" * 1000  # returned after the shutdown signal: paused (resumable)
+
+    p = await make(db, {"h": JobDef(handler=work, resumable=True)})
+    real = p.worker.jobs.end_runs
+    tried: list[str] = []
+
+    async def end_runs(items: Any, budget: float) -> Any:
+        outcome = items[0].outcome
+        tried.append(outcome.status.value)
+        if outcome.status == S.PAUSED:  # a kill lands during the pause's write
+            await p.storage.jobs.coll.update_one(
+                {"_id": items[0].claimed["_id"]}, {"$set": {"kill_requested_at": items[0].now}}
+            )
+        if outcome.status == S.KILLED and outcome.result is not None:  # as MongoDB refuses it
+            return [WriteError("Resulting document after update is larger than 16777216", 17419)]
+        return await real(items, budget)
+
+    p.worker.jobs.end_runs = end_runs  # type: ignore[method-assign]
+    job = await p.schedule_job("h")
+    await p.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await p.stop()
+    ended = await p.get_job(job.id)
+    assert tried == ["paused", "killed", "killed"]
+    assert ended.status == S.KILLED
+    assert ended.error is not None and ended.error.startswith("killed; could not record")
+
+
+async def test_log_lines_and_progress_a_cancelled_checkpoint_took_go_with_the_final_write(
+    db: Any,
+) -> None:
+    """A checkpoint takes the run's pending log lines and progress into its write; when that
+    write never lands (cancelled here: a stop past its grace while it rides out an outage),
+    they are pending again and the final write carries them ("every line is always
+    written")."""
+    in_checkpoint = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        job.log("step 1 done")
+        await job.report_progress(1, 2, "half")
+        await job.checkpoint({"step": 1})
+
+    p = await make(db, {"h": JobDef(handler=work)})
+
+    async def riding_out(*args: Any, **kw: Any) -> bool:
+        in_checkpoint.set()
+        await asyncio.Event().wait()  # never answers: cancelled by the stop
+        return True
+
+    p.worker.jobs.save_checkpoint = riding_out  # type: ignore[method-assign]
+    job = await p.schedule_job("h")
+    await p.start()
+    await asyncio.wait_for(in_checkpoint.wait(), 10)
+    await p.stop()  # the shutdown signal, the grace, then the cancel
+    ended = await p.get_job(job.id)
+    assert [line["message"] for line in ended.logs] == ["step 1 done"]
+    assert ended.progress is not None and ended.progress["done"] == 1
