@@ -350,15 +350,22 @@ def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
     requested meanwhile: if one was, the write matches nothing and the caller decides again."""
     query: Doc = {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]}
     if outcome.status not in (S.KILLED, S.FINISHED):
-        query["kill_requested_at"] = None
+        query["kill_requested_at"] = _unset_as_seen(claimed.get("kill_requested_at"))
     if outcome.status in HOOKED and not claimed.get("has_dependents"):
         # a job scheduled after this one since its claim: the write matches nothing, the
         # caller reads the job once and writes again knowing it (its end settles them).
         # `None` (absent or null: the field is absent or true), as `kill_requested_at`: 15
         # bytes less than `$exists: False`; not `$ne: true`, which nx-27017 does not match
         # on a missing field in an update's filter (storage.compat)
-        query["has_dependents"] = None
+        query["has_dependents"] = _unset_as_seen(claimed.get("has_dependents"))
     return query
+
+
+def _unset_as_seen(value: Any) -> Any:
+    """The condition "still unset" on a field the job held as `value`: None (absent or null),
+    or the very false value another program wrote there (`false`, `0`, `""`), which `None`
+    would never match: the write would miss for ever and the job stay `running`."""
+    return None if value or value is None else value
 
 
 def end_update(

@@ -160,3 +160,28 @@ async def test_a_bare_insert_is_adopted_within_a_minute_and_runs(db: Any) -> Non
     assert done.result == "sent to ada@example.com"
     assert done.created_at == old.generation_time  # a foreign document: dated by its _id
     assert "status" not in (await coll.find_one({"_id": young}) or {})  # left for the next pass
+
+
+@pytest.mark.parametrize(
+    ("field", "status"), [("has_dependents", "finished"), ("kill_requested_at", "errored")]
+)
+async def test_a_foreign_false_where_the_final_write_expects_unset_still_ends_the_job(
+    db: Any, field: str, status: str
+) -> None:
+    """Another program wrote `false` where the final write's filter expects the field unset
+    (`has_dependents`: no dependent since the claim; `kill_requested_at`: no kill): the filter
+    takes the value the claim saw, so the job ends (finished; errored as invalid for a
+    `kill_requested_at` that is not a date) instead of staying `running` for ever."""
+    runs: list[str] = []
+
+    async def send(job: Job, signal: AbortSignal) -> str:
+        runs.append(job.id)
+        return "ok"
+
+    processor = await make(db, {"send": JobDef(handler=send, max_attempts=2)})
+    doc = {"name": "send", "claim_name": "send", "due_ms": int(time.time() * 1000), field: False}
+    inserted = await db["job_processor_jobs"].insert_one(doc)
+    async with processor:
+        ended = await wait_status(processor, str(inserted.inserted_id), JobStatus(status))
+    assert len(runs) == (1 if status == "finished" else 0)
+    assert ended.attempt == 1
