@@ -4,6 +4,7 @@ init_job_processor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Mapping
@@ -160,12 +161,28 @@ class JobProcessor(JobsAPI, EventsAPI):
                 if again is None:  # another worker took it: it ends there
                     return await self.wait_for(str(doc["_id"]))
                 doc = again
-            final = await self.worker.spawn(doc)
+            final = await self._awaited(self.worker.spawn(doc), str(doc["_id"]))
             if final is None:  # lost to another process: report what the database says
                 return await self.get_job(str(doc["_id"]))
             return Job.read(final)
         finally:
             await self._release_runtime()
+
+    async def _awaited(self, run: asyncio.Task[Any], job_id: str) -> Any:
+        """The run's end. A caller that stops waiting (cancelled: `asyncio.wait_for`, a request
+        timeout) never drops the run half-way, whose handler would go on unowned while the job
+        is run again beside it: in a started processor the run goes on as any job its worker
+        runs; otherwise it ends as a graceful stop ends a run (signal "shutdown", the grace,
+        then cancel) before this process stops heartbeating."""
+        try:
+            return await asyncio.shield(run)
+        except asyncio.CancelledError:
+            if not self.started:
+                self.worker.abort(job_id, "shutdown")
+                while not run.done():  # bounded: the run ends within its shutdown grace
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(run)
+            raise
 
     async def _registration(self) -> str:
         """This worker's id once its registration can be trusted (a worker that declared

@@ -480,3 +480,45 @@ async def test_a_cancelled_handler_says_whether_a_thread_was_left_running(
         if r.__dict__.get("event") == "job_cancelled"
     }
     assert left == {"deaf-async": False, "deaf-plain": True}
+
+
+@pytest.mark.parametrize("started", [True, False])
+async def test_a_run_job_caller_that_stops_waiting_never_leaves_the_run_half_dropped(
+    db: Any, started: bool
+) -> None:
+    """`asyncio.wait_for(processor.run_job(...), 0.2)` gives up waiting: in a started processor
+    the run goes on to its end, once (it used to be cut from its worker, its handler running
+    on unowned while the job was run again beside it); in one that is not started the run ends
+    as a graceful stop ends it, before the process stops heartbeating."""
+    active, most, attempts = 0, 0, []
+    release = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        attempts.append(job.attempt)
+        try:
+            await asyncio.wait_for(release.wait(), 30)  # ignores the signal: a plain handler
+        finally:
+            active -= 1
+        return "done"
+
+    p = await make(db, {"work": JobDef(handler=work, max_attempts=3)}, shutdown_grace=0.5)
+    if started:
+        await p.start()
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(p.run_job("work"), timeout=0.2)
+        (job,) = await p.list_jobs("work")
+        if started:
+            assert job.status == JobStatus.RUNNING and job.id in p.worker.runs
+            release.set()
+            ended = await wait_status(p, job.id, JobStatus.FINISHED)
+            assert ended.result == "done"
+        else:  # stopped within its grace: cancelled, back to pending (interrupted)
+            assert job.status == JobStatus.PENDING and active == 0
+    finally:
+        release.set()
+        await p.stop()
+    assert most == 1 and attempts == [1]
