@@ -33,7 +33,7 @@ from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
 from ..storage.jobs import EndItem, LostClaim
-from ..storage.transient import TRANSIENT, describe
+from ..storage.transient import TRANSIENT, describe, ride_out
 from . import sentry
 from .execution import (
     Run,
@@ -420,7 +420,13 @@ class Worker:
             if "created_at" not in doc:  # inserted by another program: fill in the rest
                 missing = FD.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
-                await self.jobs.complete(doc["_id"], doc["run_id"], missing)
+                job_id, run_id, budget = doc["_id"], doc["run_id"], self.settings.worker_timeout
+                try:  # an outage is ridden out, as for a final write; past it: recovery takes it
+                    await ride_out(lambda: self.jobs.complete(job_id, run_id, missing), budget)
+                except TRANSIENT as exc:
+                    run.give_up()
+                    self.log.error("job_status_write_failed", error=describe(exc), **fields)
+                    return None
             if claimed_too_late(doc, self.clock.now()):
                 return await asyncio.shield(self._skip_missed(run))
             try:

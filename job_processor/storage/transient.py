@@ -23,6 +23,8 @@ T = TypeVar("T")
 #: Errors after which the same operation may succeed (AutoReconnect covers NetworkTimeout,
 #: NotPrimaryError and ServerSelectionTimeoutError).
 TRANSIENT: tuple[type[BaseException], ...] = (AutoReconnect, ConnectionFailure, TimeoutError)
+#: What `ride_out` looks at (a server error only when labelled retryable: `is_transient`).
+RIDDEN_OUT: tuple[type[BaseException], ...] = (*TRANSIENT, OperationFailure)
 
 
 async def ride_out(
@@ -31,8 +33,11 @@ async def ride_out(
     *,
     on_retry: Callable[[BaseException, int], Awaitable[None] | None] | None = None,
 ) -> T:
-    """Run `op()`; on a transient error, again after 0.1 s, 0.2 s, ... (at most 2 s apart),
-    until `budget` seconds have passed. Each attempt is itself bounded by what remains."""
+    """Run `op()`; on a transient error (`is_transient`: a server error labelled
+    `RetryableWriteError` too, as a failover answers), again after 0.1 s, 0.2 s, ... (at most
+    2 s apart), until `budget` seconds have passed; then the last error, as one of `TRANSIENT`
+    (a labelled server error as an AutoReconnect saying it), which callers treat as an outage.
+    Each attempt is itself bounded by what remains."""
     if budget <= 0:  # one attempt (also what code driven without an event loop asks for)
         return await op()
     loop = asyncio.get_running_loop()
@@ -45,9 +50,13 @@ async def ride_out(
         try:
             async with asyncio.timeout(max(remaining, 0.5)):
                 return await op()
-        except TRANSIENT as exc:
-            if loop.time() + delay >= deadline:
+        except RIDDEN_OUT as exc:
+            if not is_transient(exc):
                 raise
+            if loop.time() + delay >= deadline:
+                if isinstance(exc, TRANSIENT):
+                    raise
+                raise AutoReconnect(describe(exc)) from exc
             if on_retry is not None:
                 maybe = on_retry(exc, attempt)
                 if maybe is not None:

@@ -185,3 +185,36 @@ async def test_a_foreign_false_where_the_final_write_expects_unset_still_ends_th
         ended = await wait_status(processor, str(inserted.inserted_id), JobStatus(status))
     assert len(runs) == (1 if status == "finished" else 0)
     assert ended.attempt == 1
+
+
+async def test_a_network_blip_while_completing_a_foreign_job_is_ridden_out(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fields a worker fills in on a job another program inserted are written as the
+    final write is: a short outage is ridden out and the job runs (it used to be errored for
+    good, "internal error: AutoReconnect")."""
+    from pymongo.errors import AutoReconnect
+
+    async def send(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    processor = await make(db, {"send": JobDef(handler=send)})
+    coll = processor.storage.jobs.coll
+    real = coll.update_one
+    blips: list[int] = []
+
+    async def blip(query: Any, update: Any, **kw: Any) -> Any:
+        if "created_at" in update.get("$set", {}) and "run_id" in query and not blips:
+            blips.append(1)
+            raise AutoReconnect("connection reset (test)")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", blip)
+    doc = {"name": "send", "claim_name": "send", "due_ms": int(time.time() * 1000)}
+    inserted = await db["job_processor_jobs"].insert_one(doc)
+    async with processor:
+        ended = await wait_status(
+            processor, str(inserted.inserted_id), JobStatus.FINISHED, JobStatus.ERRORED
+        )
+    assert blips == [1]
+    assert ended.status == JobStatus.FINISHED and ended.result == "ok"

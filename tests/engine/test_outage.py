@@ -151,3 +151,40 @@ def test_producers_ride_out_a_restarted_server_without_losing_or_doubling_a_job(
     assert len(returned) > 50
     assert len(set(returned)) == len(returned)  # no job returned twice
     assert sorted(stored) == sorted(returned)  # none lost, none written twice
+
+
+async def test_a_final_write_refused_with_a_retryable_label_is_ridden_out(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server error labelled `RetryableWriteError` (what PyMongo raises after its own retry,
+    e.g. ExceededTimeLimit or a mongos's HostUnreachable during a failover) is an outage for
+    the final write too: written again, the run that succeeded is `finished` (it used to be
+    taken for an unrecordable outcome: errored for good)."""
+    from pymongo.errors import OperationFailure
+
+    from tests.helpers import make
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    processor = await make(db, {"w": JobDef(handler=work, max_attempts=3)})
+    coll = processor.storage.jobs.coll
+    real = coll.update_one
+    refused: list[int] = []
+
+    async def blip(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}) and not refused:
+            refused.append(1)
+            raise OperationFailure(
+                "operation exceeded time limit",
+                code=262,
+                details={"errorLabels": ["RetryableWriteError"]},
+            )
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", blip)
+    async with processor:
+        job = await processor.schedule_job("w")
+        done = await wait_status(processor, job.id, JobStatus.FINISHED, JobStatus.ERRORED)
+    assert refused == [1]
+    assert done.status == JobStatus.FINISHED and done.failures == 0 and done.result == "ok"
