@@ -145,6 +145,14 @@ class HookRunner:
         except TimeoutError:
             error = f"timed out after {timeout:g}s"
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task is cancelled: not settled,
+                self.in_flight.discard(str(job_id))  # a sweep (here or elsewhere) takes it
+                raise
+            # the hook itself raised it (it awaited something cancelled): a failure as any
+            error = "CancelledError raised by the hook (its task was not cancelled)"
+            self.log.error("on_job_exited_failed", error=error, **fields)
         except Exception as exc:
             error = describe_error(exc)
             # its first line masked as job_errored's (the traceback is on the job, where readers

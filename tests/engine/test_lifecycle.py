@@ -522,3 +522,30 @@ async def test_a_run_job_caller_that_stops_waiting_never_leaves_the_run_half_dro
         release.set()
         await p.stop()
     assert most == 1 and attempts == [1]
+
+
+async def test_a_hook_that_raises_cancelled_error_is_recorded_failed_not_left_owed(
+    db: Any,
+) -> None:
+    """An on_job_exited that raises CancelledError itself (it awaited a task someone
+    cancelled; its own task was not cancelled) is a failed hook like any other: recorded
+    `failed` with the reason, not left `owed` for ever with nothing said."""
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    async def hook(job: Job) -> None:
+        cancelled = asyncio.ensure_future(asyncio.sleep(10))
+        cancelled.cancel()
+        await cancelled
+
+    p = await make(db, {"work": JobDef(handler=work, on_job_exited=hook)})
+    async with p:
+        job = await p.schedule_job("work")
+        await wait_status(p, job.id, JobStatus.FINISHED)
+        await p.hooks.drain()  # the hook called and recorded
+        later = await p.schedule_job("work")  # the worker goes on
+        await wait_status(p, later.id, JobStatus.FINISHED)
+    ended = await p.get_job(job.id)
+    assert ended.exit_hook == "failed"
+    assert ended.exit_hook_error == "CancelledError raised by the hook (its task was not cancelled)"
