@@ -120,7 +120,20 @@ class Recovery:
         live_docs: list[dict[str, Any]] = []
         dead: list[str] = []
         for w in await self.storage.workers.liveness(definitions):
-            if as_utc(w["last_seen"]) >= cutoff or w["_id"] == me:
+            seen = w.get("last_seen")
+            if not isinstance(seen, dt.datetime) and w["_id"] != me:
+                # another program's, or a damaged, worker document: it shows no heartbeat
+                # (removed, its jobs recovered), never a crash of every worker's sweep
+                if await self.storage.workers.delete_unreadable(w["_id"], seen):
+                    dead.append(w["_id"])
+                    self.log.warning(
+                        "worker_document_invalid",
+                        worker_id=str(w["_id"]),
+                        last_seen=repr(seen)[:100],
+                        by=me,
+                    )
+                continue
+            if w["_id"] == me or as_utc(w["last_seen"]) >= cutoff:
                 live.add(w["_id"])
                 live_docs.append(w)
             elif await self.storage.workers.delete_stale(w["_id"], cutoff):

@@ -246,4 +246,4 @@ def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:
 def seen_since(docs: list[Doc], key: str, cutoff: dt.datetime) -> list[Doc]:
     """`{key: {"$gte": cutoff}}`, applied here after `decode`: nx-27017 stores a date written by
     `$set` as text, so a range on it in a query compares text (used on worker documents)."""
-    return [d for d in docs if (v := d.get(key)) is not None and v >= cutoff]
+    return [d for d in docs if isinstance(v := d.get(key), dt.datetime) and v >= cutoff]

@@ -77,6 +77,12 @@ class WorkerStore:
         res = await self.coll.delete_one({"_id": worker_id, "last_seen": {"$lt": cutoff}})
         return bool(res.deleted_count)
 
+    async def delete_unreadable(self, worker_id: Any, last_seen: Any) -> bool:
+        """Delete a worker document whose `last_seen` is not a date, if it still holds that
+        value (None: missing or null)."""
+        res = await self.coll.delete_one({"_id": worker_id, "last_seen": last_seen})
+        return bool(res.deleted_count)
+
     async def serving(self, job_name: str, cutoff: dt.datetime) -> list[Doc]:
         """Live workers (seen since `cutoff`) that may claim jobs named `job_name` (a worker
         document lists the names it claims)."""

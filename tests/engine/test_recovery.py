@@ -496,3 +496,33 @@ async def test_a_backlog_of_flow_records_never_delays_a_crashed_workers_recovery
     recovered = await p.recovery.sweep(p.clock.now())
     assert recovered == 1
     assert (await p.get_job(crashed)).status == S.ERRORED
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"_id": "w-no-last-seen", "hostname": "h"},
+        {"_id": "w-null", "last_seen": None},
+        {"_id": "w-text", "last_seen": "yesterday"},
+    ],
+)
+async def test_a_worker_document_without_a_readable_heartbeat_is_removed_not_fatal(
+    db: Any, doc: dict[str, Any]
+) -> None:
+    """A worker document another program wrote (or damaged) whose `last_seen` is not a date
+    shows no heartbeat: the sweep removes it (`worker_document_invalid`) and recovers its jobs;
+    it used to crash every worker's sweep, and with it the processor's loops and `start()`."""
+
+    async def noop(job: Job, signal: AbortSignal) -> str:
+        return "ok"
+
+    p = await make(db, {"send": JobDef(handler=noop)})
+    crashed = await plant_dead_worker_job(p, "send", worker_id=str(doc["_id"]))
+    await db["job_processor_workers"].replace_one({"_id": doc["_id"]}, doc)
+    async with p:  # its start sweeps: no crash
+        stored = await wait_status(p, crashed, S.ERRORED)
+        later = await p.schedule_job("send")
+        await wait_status(p, later.id, S.FINISHED)
+        assert not p.failed.is_set()
+    assert await db["job_processor_workers"].find_one({"_id": doc["_id"]}) is None
+    assert stored.error is not None
