@@ -119,6 +119,9 @@ class Runtime:
         self._users = 0
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
+        self._sweeps_stop = asyncio.Event()
+        """Set when the sweeps stop: at a stop (no hook recovered then makes it wait longer
+        than its bound), or when the runtime is released."""
         self._worker_loops: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
         """Set when a background loop died: `serve()` then exits with an error."""
@@ -164,6 +167,7 @@ class Runtime:
                 return
             self.heartbeat.stop_event.clear()
             self.ownership.stop_event.clear()
+            self._sweeps_stop.clear()
             try:
                 await self.heartbeat.register()
             except BaseException:
@@ -178,7 +182,7 @@ class Runtime:
                 tg.create_task(self.heartbeat.lease_watch(), name="lease")
                 tg.create_task(self.ownership.loop(), name="ownership")
                 tg.create_task(
-                    self.recovery.loop(self.heartbeat.stop_event, self.heartbeat.after_sweep),
+                    self.recovery.loop(self._sweeps_stop, self.heartbeat.after_sweep),
                     name="sweep",
                 )
         except Exception:
@@ -193,6 +197,7 @@ class Runtime:
                 return
             self.heartbeat.stop_event.set()
             self.ownership.stop_event.set()
+            self._sweeps_stop.set()
             if self._side_loops is not None:
                 with contextlib.suppress(Exception):
                     await self._side_loops
@@ -246,6 +251,8 @@ class Runtime:
         if not self.started:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
+        if self._users == 1:  # no run_job holds it: no more sweeps (other workers sweep), so
+            self._sweeps_stop.set()  # no hook recovered meanwhile prolongs the stop
         self.worker.request_stop()
         self.scheduler.stop_event.set()
         self.waker.stop_event.set()

@@ -316,3 +316,47 @@ async def test_a_job_claimed_after_its_workers_last_heartbeat_is_recovered_withi
     assert recovered.status == S.ERRORED
     assert recovered.ended_at is not None
     assert recovered.ended_at <= heartbeat + dt.timedelta(seconds=45)
+
+
+async def test_a_stop_makes_no_sweep_so_no_recovered_hook_prolongs_it(db: Any) -> None:
+    """operations.md: a stop takes at most `shutdown_grace` plus the longest
+    `on_job_exited_timeout`. Once it begins the worker sweeps no more (live workers do), so
+    a hook another worker left owed meanwhile is not taken up by this stopping one (each such
+    hook added up to a timeout more: 8 s for a 3 s timeout were seen)."""
+    from job_processor.core.outcome import Outcome
+
+    release = asyncio.Event()
+    hooked: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def hook(job: Job) -> None:
+        hooked.append(job.id)
+        await release.wait()
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(
+        db, jobs={"send": JobDef(handler=work, on_job_exited=hook)}, clock=clock, **SETTINGS
+    )
+    sweeps = counted_sweeps(p)
+    await p.start()
+    mine = await p.schedule_job("send")
+    await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop will wait for it
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    past = T0 - dt.timedelta(minutes=5)  # another worker died owing this hook
+    orphan = D.as_running(D.new_job("send", {}, now=past), "dead-worker", past)
+    await p.storage.jobs.insert(orphan)
+    await p.storage.jobs.end_run(
+        orphan, Outcome(JobStatus.FINISHED, hook_owed=True), past, writer=None, budget=2
+    )
+    before = len(sweeps)
+    for _ in range(4):  # 60 s of the fake clock: four sweep periods
+        clock.advance(15)
+        await asyncio.sleep(0)
+    release.set()
+    await stopping
+    assert len(sweeps) == before and hooked == [mine.id]
+    left = await p.get_job(str(orphan["_id"]))
+    assert left.exit_hook == "owed"  # for a live worker's sweep
