@@ -45,7 +45,7 @@ def wakes_worker(change: dict[str, Any]) -> tuple[bool, dt.datetime | None]:
             return True, None
         when = doc.get("scheduled_for")
         if isinstance(when, dt.datetime):
-            return doc.get("status") in WAKING_STATUSES, as_utc(when)
+            return _waking(doc.get("status")), as_utc(when)
         return True, None  # servers that send no decodable document: wake, the claim decides
     if op == "update":
         described = change.get("updateDescription")
@@ -54,10 +54,16 @@ def wakes_worker(change: dict[str, Any]) -> tuple[bool, dt.datetime | None]:
         fields = described.get("updatedFields") or {}
         when = fields.get("scheduled_for")  # a retry (or a run-now): wake at its time
         moved = "due_ms" in fields and "status" not in fields  # run-now of a pending job
-        return moved or fields.get("status") in WAKING_STATUSES, (
+        return moved or _waking(fields.get("status")), (
             as_utc(when) if isinstance(when, dt.datetime) else None
         )
     return False, None
+
+
+def _waking(status: Any) -> bool:
+    """A claimable status (another program's write may hold a list or a document there:
+    unhashable, never claimable, never an error that would stop the claim loop)."""
+    return isinstance(status, str) and status in WAKING_STATUSES
 
 
 class DueTimes:

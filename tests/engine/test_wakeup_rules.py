@@ -204,3 +204,19 @@ async def test_a_stream_is_not_opened_where_it_could_never_beat_the_poll() -> No
         assert (store.opened, store.closed) == (1, 0)
         waker.stop_event.set()
         await asyncio.wait_for(task, 1)
+
+
+def test_a_status_another_program_wrote_as_a_list_or_a_document_wakes_no_one() -> None:
+    """Unhashable there (it used to raise TypeError in the claim loop's wake-up source)."""
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    for status in (["pending"], {"s": "pending"}):
+        insert = {
+            "operationType": "insert",
+            "fullDocument": {"status": status, "scheduled_for": when},
+        }
+        update = {
+            "operationType": "update",
+            "updateDescription": {"updatedFields": {"status": status}},
+        }
+        assert wakes_worker(insert) == (False, when)
+        assert wakes_worker(update) == (False, None)
