@@ -120,16 +120,16 @@ class Recovery:
         live_docs: list[dict[str, Any]] = []
         dead: list[str] = []
         for w in await self.storage.workers.liveness(definitions):
-            seen = w.get("last_seen")
-            if not isinstance(seen, dt.datetime) and w["_id"] != me:
+            last_seen = w.get("last_seen")
+            if not isinstance(last_seen, dt.datetime) and w["_id"] != me:
                 # another program's, or a damaged, worker document: it shows no heartbeat
                 # (removed, its jobs recovered), never a crash of every worker's sweep
-                if await self.storage.workers.delete_unreadable(w["_id"], seen):
+                if await self.storage.workers.delete_unreadable(w["_id"], last_seen):
                     dead.append(w["_id"])
                     self.log.warning(
                         "worker_document_invalid",
                         worker_id=str(w["_id"]),
-                        last_seen=repr(seen)[:100],
+                        last_seen=repr(last_seen)[:100],
                         by=me,
                     )
                 continue
