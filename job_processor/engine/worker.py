@@ -360,8 +360,8 @@ class Worker:
         for run in list(self.runs.values()):
             if run.signal.abort("shutdown"):
                 self.log.info("job_abort_requested", reason="shutdown", **self._fields(run.doc))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # shielded: a stop() cancelled by its caller never cuts a run half-way
+            await asyncio.shield(asyncio.gather(*self._tasks, return_exceptions=True))
 
     def abort(self, job_id: str, reason: Any) -> bool:
         """Fire a running job's abort signal; True if this call fired it."""

@@ -549,3 +549,28 @@ async def test_a_hook_that_raises_cancelled_error_is_recorded_failed_not_left_ow
     ended = await p.get_job(job.id)
     assert ended.exit_hook == "failed"
     assert ended.exit_hook_error == "CancelledError raised by the hook (its task was not cancelled)"
+
+
+async def test_a_stop_its_caller_stops_waiting_for_never_cuts_a_run_half_way(db: Any) -> None:
+    """`asyncio.wait_for(processor.stop(), ...)` that times out while a run is in its grace:
+    the run is not cancelled half-way (it used to be, its handler going on unowned); it ends
+    and is written, and a second stop() completes."""
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        ran.append(job.id)
+        await release.wait()  # ignores the shutdown signal for a while
+        return "done"
+
+    p = await make(db, {"work": JobDef(handler=work)}, shutdown_grace=30.0)
+    await p.start()
+    job = await p.schedule_job("work")
+    await wait_for(lambda: ran == [job.id])
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(p.stop(), timeout=0.3)
+    assert job.id in p.worker.runs  # still running here, owned
+    release.set()
+    ended = await wait_status(p, job.id, JobStatus.FINISHED)
+    await p.stop()
+    assert ended.result == "done" and ran == [job.id]
