@@ -119,15 +119,7 @@ class JobProcessor(JobsAPI, EventsAPI):
         await self._acquire_runtime()
         try:
             me = await self._registration()
-            run_id = None
-            if limit is not None and limit_key is not None:  # wait for a slot: cluster-wide
-                run_id = await self.worker.limiter.reserve(
-                    limit.for_key(limit_key),
-                    me,
-                    self.clock,
-                    self.settings.poll_interval,
-                    limit.key if limit.templated else None,
-                )
+            run_id = await self._slot(definition, limit_key, me)
             now = self.clock.now()
             doc = D.new_job(
                 name,
@@ -153,12 +145,20 @@ class JobProcessor(JobsAPI, EventsAPI):
                 # declared dead while it was written: never run under that id (its recovery
                 # would run it again beside this run); put back, then claimed under the new one
                 why = "written while its worker was being declared dead"
-                await self.recovery.reconcile(doc, started=False, why=why)
-                await self._registration()
+                await self.recovery.reconcile(doc, started=False, why=why)  # its slot given back
+                me = await self._registration()
+                run_id = await self._slot(definition, limit_key, me)  # a slot again, then claim
                 again = await self.storage.jobs.claim_next(
-                    [name], self.worker_id, self.clock.now(), only=doc["_id"]
+                    [name],
+                    me,
+                    self.clock.now(),
+                    run_id=run_id,
+                    limit_key=limit_key,
+                    only=doc["_id"],
                 )
                 if again is None:  # another worker took it: it ends there
+                    if run_id is not None:
+                        await self.worker.limiter.release(doc | {"run_id": run_id})
                     return await self.wait_for(str(doc["_id"]))
                 doc = again
             final = await self._awaited(self.worker.spawn(doc), str(doc["_id"]))
@@ -167,6 +167,20 @@ class JobProcessor(JobsAPI, EventsAPI):
             return Job.read(final)
         finally:
             await self._release_runtime()
+
+    async def _slot(self, definition: JobDef, limit_key: str | None, me: str) -> str | None:
+        """A slot of the job's limit for a run of it here (waited for: cluster-wide), as the
+        run id that holds it; None for a job without a limit."""
+        limit = definition.limit
+        if limit is None or limit_key is None:
+            return None
+        return await self.worker.limiter.reserve(
+            limit.for_key(limit_key),
+            me,
+            self.clock,
+            self.settings.poll_interval,
+            limit.key if limit.templated else None,
+        )
 
     async def _awaited(self, run: asyncio.Task[Any], job_id: str) -> Any:
         """The run's end. A caller that stops waiting (cancelled: `asyncio.wait_for`, a request

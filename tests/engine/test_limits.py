@@ -321,3 +321,44 @@ async def test_a_backlog_of_unlimited_jobs_never_starves_limited_ones(db: Any) -
     # every other claim round takes the limited jobs first: all 3 within three rounds of 8
     # starts (measured: 11; without the alternation, 187: after the whole backlog)
     assert last_mail - before <= 24, starts[before:last_mail]
+
+
+async def test_run_job_claimed_again_after_its_worker_was_declared_dead_holds_a_slot(
+    db: Any,
+) -> None:
+    """run_job writes its job running; when its worker was declared dead meanwhile, the job is
+    put back (its slot given back) and claimed again under the new id: that claim holds a slot
+    again (it used to run with none: a second run of the key could start beside it)."""
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> str:
+        await release.wait()
+        return "held"
+
+    one = Limit(key="one", concurrency=1)
+    p = await make(db, {"hold": JobDef(handler=hold, limit=one)})
+    armed, real_insert, real_may = [False], p._insert, p.worker.may_claim
+
+    async def insert(doc: Any) -> Any:
+        written = await real_insert(doc)
+        armed[0] = True  # declared dead as the job was written
+        return written
+
+    def may_claim(worker_id: str) -> bool:
+        if armed[0]:
+            armed[0] = False
+            return False
+        return real_may(worker_id)
+
+    p._insert = insert  # type: ignore[method-assign]
+    p.worker.may_claim = may_claim  # type: ignore[method-assign]
+    first = asyncio.create_task(p.run_job("hold"))
+    await wait_for(lambda: bool(p.worker.runs))
+    (run,) = p.worker.runs.values()
+    limit = await db["job_processor_limits"].find_one({"_id": "one"})
+    assert limit is not None and list(limit["holders"]) == [run.doc["run_id"]]
+    release.set()
+    done = await asyncio.wait_for(first, 10)
+    assert done.status == S.FINISHED
+    limit = await db["job_processor_limits"].find_one({"_id": "one"})
+    assert limit is not None and not limit["holders"]
