@@ -32,6 +32,7 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from ..core import documents as D
+from ..core import limits as L
 from ..core.definitions import JobDef, Limit
 from ..core.limits import check_limits
 from ..core.log import EventLog
@@ -99,10 +100,12 @@ class Limiter:
         of its own key (see the module docstring). A few rounds at most: each learns which keys
         are full, none runs without a claim or a newly full key."""
         claimed = 0
+        known_full = await self._full_keys(limit, now)
         for _ in range(4):
             if claimed >= free:
                 break
             full = [k for k, t in self.blocked.items() if t > now and k in self.template_of]
+            full = sorted(known_full.union(full))
             candidates = await self.storage.jobs.due_by_key(names, now, full, free - claimed)
             by_key: dict[str, list[Doc]] = {}
             for doc in candidates:
@@ -132,6 +135,19 @@ class Limiter:
             if not learnt:
                 break
         return claimed
+
+    async def _full_keys(self, limit: Limit, now: dt.datetime) -> set[str]:
+        """The keys of a per-value limit that allow no run now, from their documents (one
+        read): the claim's candidates leave them out, so any number of full keys ahead in
+        claim order never holds back another key (the rounds below only learn the keys that
+        filled up since)."""
+        rate = limit.rate is not None and limit.per_seconds is not None
+        docs = await self.storage.limits.of_template(limit.key, None if rate else limit.concurrency)
+        return {
+            str(doc["_id"])
+            for doc in docs
+            if L.plan(doc, limit.for_key(str(doc["_id"])), 1, now).slots == 0
+        }
 
     def _block(
         self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime

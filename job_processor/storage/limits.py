@@ -28,6 +28,14 @@ class LimitStore:
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 
+    async def of_template(self, template: str, running_at_least: int | None = None) -> list[Doc]:
+        """The per-value limits filled from `template`, with their running count and starts;
+        with `running_at_least`, only those that many runs hold (full by concurrency)."""
+        query: Doc = {"template": template}
+        if running_at_least is not None:
+            query["running"] = {"$gte": running_at_least}
+        return await all_docs(self.coll.find(query, {"running": 1, "starts": 1}))
+
     async def acquire(
         self,
         limit: Limit,

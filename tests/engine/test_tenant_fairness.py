@@ -92,3 +92,47 @@ async def test_a_backlog_of_1000_jobs_of_one_tenant_does_not_hold_back_another(
     # on the key, the claim, the final write, the release), the insert and the heartbeats;
     # a loop retrying A's full key during B's 0.9 s would cost hundreds
     assert spent < 10 * 12, spent
+
+
+async def test_any_number_of_full_tenants_ahead_never_holds_back_another(db: Any) -> None:
+    """Six tenants, each at its limit with a backlog ahead of B in claim order, two slots free:
+    B starts at the first poll that finds it. The keys a worker knows full expire after a
+    `poll_interval`; a claim used to learn them again one per round, four rounds at most, so
+    with four or more full tenants ahead, B never started. (FakeClock: each poll is a step.)"""
+    started: list[str] = []
+    hold = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        started.append(job.payload["tenant"])
+        if job.payload["tenant"] != "B":
+            await hold.wait()
+
+    one_each = Limit(key="tenant:{tenant}", concurrency=1)
+    jobs = {"sync": JobDef(handler=work, limit=one_each)}
+    clock = FakeClock(T0)
+    settings: dict[str, Any] = {"change_streams": False, "worker_timeout": 30.0}
+    p = await init_job_processor(db, jobs=jobs, clock=clock, concurrency=8, **settings)
+    producer = await init_job_processor(db, jobs=jobs, clock=clock, **settings)  # not started
+    tenants = [f"A{i}" for i in range(6)]
+    for tenant in tenants:
+        await p.schedule_jobs([("sync", {"tenant": tenant}) for _ in range(3)])
+    claims = 0
+    real_claim = p.worker.limiter.claim
+
+    async def counted(worker: Any, free: int) -> int:
+        nonlocal claims
+        got = await real_claim(worker, free)
+        claims += 1
+        return got
+
+    p.worker.limiter.claim = counted  # type: ignore[method-assign]
+    async with p:
+        await until(lambda: sorted(started) == tenants)  # each full, 2 of 8 slots free
+        await producer.schedule_job("sync", {"tenant": "B"})  # another process: no wake-up
+        for _ in range(3):  # polls, each after the keys known full have expired
+            seen = claims
+            clock.advance(p.settings.poll_interval + 0.001)
+            await until(lambda seen=seen: claims > seen)  # type: ignore[misc]
+        b_started = "B" in started
+        hold.set()
+    assert b_started
