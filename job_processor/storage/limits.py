@@ -15,7 +15,11 @@ from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]
 
-INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []  # looked up by _id; a few documents
+INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
+    # looked up by _id; a per-value limit's keys (one document per active tenant) by template:
+    # the full ones, read at each claim of that limit (`of_template`)
+    ([("template", 1), ("running", 1)], {"sparse": True}),
+]
 
 
 class LimitStore:
@@ -31,10 +35,13 @@ class LimitStore:
     async def of_template(self, template: str, running_at_least: int | None = None) -> list[Doc]:
         """The per-value limits filled from `template`, with their running count and starts;
         with `running_at_least`, only those that many runs hold (full by concurrency)."""
+        return await all_docs(self.of_template_cursor(template, running_at_least))
+
+    def of_template_cursor(self, template: str, running_at_least: int | None = None) -> Any:
         query: Doc = {"template": template}
         if running_at_least is not None:
             query["running"] = {"$gte": running_at_least}
-        return await all_docs(self.coll.find(query, {"running": 1, "starts": 1}))
+        return self.coll.find(query, {"running": 1, "starts": 1})
 
     async def acquire(
         self,

@@ -212,6 +212,13 @@ async def test_the_probe_for_a_quiet_names_due_job_uses_the_claim_index(storage:
     assert "IXSCAN" in assert_indexed(await storage.jobs.any_due_cursor(["job-1"], NOW).explain())
 
 
+async def test_the_full_keys_of_a_per_value_limit_are_index_backed(storage: Storage) -> None:
+    """Read at each claim of a per-value limit (one document per active tenant)."""
+    for running in (2, None):
+        cursor = storage.limits.of_template_cursor("tenant:{tenant}", running)
+        assert "IXSCAN" in assert_indexed(await cursor.explain())
+
+
 async def test_due_jobs_per_name_use_the_claim_index(db: Any, storage: Storage) -> None:
     plan = await db.command(
         "explain",
