@@ -21,7 +21,14 @@ from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.definitions import CronDef
 from ..core.log import EventLog
 from ..core.retention import Retention
-from ..core.schedule import STUCK_CRON_SLOTS, margin_of, plan_slots, schedule_of, skipped_in_a_row
+from ..core.schedule import (
+    STUCK_CRON_SLOTS,
+    Schedule,
+    margin_of,
+    plan_slots,
+    schedule_of,
+    skipped_in_a_row,
+)
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
@@ -52,6 +59,8 @@ class CronScheduler:
         self.stop_event = asyncio.Event()
         self._docs: dict[str, dict[str, Any]] = {}
         self._refresh_at: dt.datetime | None = None
+        self._differs: dict[str, tuple[Any, Any]] = {}
+        """Crons whose stored schedule differs from this process's (said once each)."""
         self.telemetry = Telemetry()
 
     async def loop(self) -> None:
@@ -99,7 +108,7 @@ class CronScheduler:
     async def fire(self, doc: dict[str, Any], now: dt.datetime) -> None:
         name = doc["_id"]
         cron = self.crons[name]
-        plan = plan_slots(schedule_of(cron), doc["next_slot"], now, margin_of(cron))
+        plan = plan_slots(self._schedule(name, cron, doc), doc["next_slot"], now, margin_of(cron))
         for slot in plan.missed:
             missed = D.as_missed(self.task_doc(name, slot, now), now, self._skip_expiry(cron, now))
             if await self.storage.jobs.insert(missed) is not None:
@@ -130,6 +139,27 @@ class CronScheduler:
         assert plan.next_slot is not None
         await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
+
+    def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule:
+        """The schedule the cron's document holds: the last definition registered (a rolling
+        deploy's new one), which every replica follows, an old one too (its own would fire
+        the old schedule's slots beside the new ones). Said once per definition."""
+        stored = (doc.get("cron_string"), doc.get("timezone"))
+        if not all(isinstance(v, str) for v in stored) or stored == (
+            cron.cron_string,
+            cron.timezone,
+        ):
+            return schedule_of(cron)
+        if self._differs.get(name) != stored:
+            self._differs[name] = stored
+            self.log.warning(
+                "cron_definition_differs",
+                job_name=name,
+                stored=f"{stored[0]} ({stored[1]})",
+                here=f"{cron.cron_string} ({cron.timezone})",
+                hint="another process registered this cron with another schedule: it is followed",
+            )
+        return Schedule(str(stored[0]), str(stored[1]))
 
     def _skip_expiry(self, cron: CronDef, now: dt.datetime) -> dt.datetime | None:
         keep = R.of(cron, self.retention)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 import pytest
@@ -580,3 +581,30 @@ async def test_a_cron_task_claimed_but_never_run_is_still_missed_once_past_its_m
     assert await storage.jobs.expire_missed_cron_tasks(slot + dt.timedelta(minutes=6)) == 1
     missed = await storage.jobs.coll.find_one({"_id": task["_id"]})
     assert missed["status"] == "skipped" and missed["skip_reason"] == "missed"
+
+
+async def test_a_replica_with_the_old_definition_follows_the_schedule_a_new_one_registered(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy changes `*/5 * * * *` to `0 * * * *`: the new replica registers it
+    (rescheduled from now); the old one, still running, follows the stored schedule (it used
+    to fire its own slots, every 5 minutes, beside the new ones) and says so once."""
+    from job_processor import FakeClock
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    logger = logging.getLogger("test.crons.rolling")
+    crons = {"c": {"cron_string": "*/5 * * * *", "handler": tick}}
+    old = await make(db, crons, clock=clock, logger=logger)
+    new = await make(db, {"c": {"cron_string": "0 * * * *", "handler": tick}}, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.crons.rolling"):
+        for minute in range(121):
+            clock.set(T0 + dt.timedelta(minutes=minute))
+            await old.scheduler.tick()  # the old replica first: it would win each advance
+            await new.scheduler.tick()
+    slots = [t.scheduled_for for t in await tasks(old, "c")]
+    assert slots == [T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)]
+    said = [r for r in caplog.records if r.__dict__.get("event") == "cron_definition_differs"]
+    assert len(said) == 1
