@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from pymongo.errors import PyMongoError
 
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
@@ -17,6 +18,7 @@ from ..core.errors import DoNotRetry, InvalidArgumentError, RetryLater
 from ..core.log import EventLog
 from ..core.models import Event, Job
 from ..storage import Storage
+from ..storage.transient import describe, ride_out
 from .webhooks import (
     ATTEMPTS_KEPT,
     EXCERPT_CHARS,
@@ -35,6 +37,9 @@ from .webhooks import (
     sign,
     url_host,
 )
+
+#: How long an endpoint's bookkeeping write rides out an outage (`WebhookSender._bookkeeping`).
+BOOKKEEPING_BUDGET = 10.0
 
 
 class WebhookSender:
@@ -106,8 +111,9 @@ class WebhookSender:
         fields |= {"url": url_host(endpoint.url), "status_code": record.get("status_code")}
         if decision.verdict == "delivered":
             self.log.info("webhook_delivered", duration_ms=record["duration_ms"], **fields)
-            if endpoint.consecutive_failures:
-                await self.endpoints.delivered(endpoint_id_of(endpoint_id))
+            # always (a failure counted meanwhile by a concurrent delivery ends its run too)
+            oid = endpoint_id_of(endpoint_id)
+            await self._bookkeeping("delivered", lambda: self.endpoints.delivered(oid), fields)
             return record | {"attempt": job.attempt, "at": self._now()}
         await self._record(job, record, record["duration_ms"])
         what = record.get("error") or f"HTTP {record['status_code']}"
@@ -180,25 +186,44 @@ class WebhookSender:
         t0 = loop.time()
         record: dict[str, Any] = {"status_code": None, "response_excerpt": None, "error": None}
         decision = Decision("retry")
+        excerpt = b""
         try:
             async with self.client().stream("POST", url, content=body, headers=headers) as resp:
-                excerpt = b""
-                async for chunk in resp.aiter_bytes():
-                    excerpt += chunk
-                    if len(excerpt) >= EXCERPT_CHARS * 4:
-                        break
+                # the status decides, once the headers are in: what follows of the body is an
+                # excerpt for people, read within one `timeout` in all (a body that trickles,
+                # cannot be decoded or is cut off never turns a 2xx into a failure)
                 record["status_code"] = resp.status_code
-                record["response_excerpt"] = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
                 decision = classify(
                     resp.status_code, resp.headers.get("retry-after"), self.clock.now()
                 )
-        except httpx.TimeoutException:
-            record["error"] = f"timed out after {self.options.timeout:g}s"
-        except httpx.HTTPError as exc:  # the URL's path and query stay out of the message
-            text = str(exc).replace(url, url_host(url))[:200]
-            record["error"] = f"{type(exc).__name__}: {text}"
+                async with asyncio.timeout(self.options.timeout):
+                    async for chunk in resp.aiter_bytes():
+                        excerpt += chunk
+                        if len(excerpt) >= EXCERPT_CHARS * 4:
+                            break
+        except Exception as exc:  # httpx's, or another (a header it cannot encode, a host name)
+            if record["status_code"] is None:
+                record["error"] = self._error(exc, url)
+        if record["status_code"] is not None:
+            record["response_excerpt"] = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
         record["duration_ms"] = int((loop.time() - t0) * 1000)
         return record, decision
+
+    def _error(self, exc: Exception, url: str) -> str:
+        """An attempt that got no answer, in one line (the URL's path and query left out)."""
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            return f"timed out after {self.options.timeout:g}s"
+        text = str(exc).replace(url, url_host(url))[:200]
+        return f"{type(exc).__name__}: {text}"
+
+    async def _bookkeeping(self, what: str, write: Any, fields: dict[str, Any]) -> Any:
+        """An endpoint's counters and state: an outage is ridden out (10 s), then said; it
+        never changes what the answer meant (a 4xx is not sent again, a 2xx not failed)."""
+        try:
+            return await ride_out(write, BOOKKEEPING_BUDGET)
+        except (PyMongoError, TimeoutError) as exc:
+            self.log.warning("webhook_bookkeeping_failed", what=what, error=describe(exc), **fields)
+            return None
 
     async def _record(self, job: Job[Any], record: dict[str, Any], duration_ms: int) -> None:
         """Keep this failed attempt on the delivery (the next attempt sees it in job.state)."""
@@ -215,13 +240,19 @@ class WebhookSender:
 
     async def _failed_for_good(self, endpoint: WebhookEndpoint, fields: dict[str, Any]) -> None:
         limit = self.options.disable_after
-        count = await self.endpoints.failed_delivery(endpoint_id_of(endpoint.id), self.clock.now())
-        if limit is not None and count >= limit:
+        oid, now = endpoint_id_of(endpoint.id), self.clock.now()
+        count = await self._bookkeeping(
+            "failed_delivery", lambda: self.endpoints.failed_delivery(oid, now), fields
+        )
+        if limit is not None and count is not None and count >= limit:
             await self._disable(endpoint, f"{count} consecutive failed deliveries", fields)
 
     async def _disable(
         self, endpoint: WebhookEndpoint, reason: str, fields: dict[str, Any]
     ) -> None:
-        done = await self.endpoints.disable(endpoint_id_of(endpoint.id), reason, self.clock.now())
+        oid, now = endpoint_id_of(endpoint.id), self.clock.now()
+        done = await self._bookkeeping(
+            "disable", lambda: self.endpoints.disable(oid, reason, now), fields
+        )
         if done is not None:
             self.log.warning("webhook_endpoint_disabled", reason=reason, **fields)

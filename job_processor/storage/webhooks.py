@@ -99,7 +99,10 @@ class WebhookStore:
 
     async def delivered(self, endpoint_id: ObjectId) -> None:
         """A delivery succeeded: the run of consecutive failures is over."""
-        await self.coll.update_one({"_id": endpoint_id}, {"$set": {"consecutive_failures": 0}})
+        await self.coll.update_one(
+            {"_id": endpoint_id, "consecutive_failures": {"$gt": 0}},
+            {"$set": {"consecutive_failures": 0}},
+        )
 
     async def disabled(self) -> list[Doc]:
         return await all_docs(self.coll.find({"state": "disabled"}))

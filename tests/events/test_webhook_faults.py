@@ -1,0 +1,170 @@
+"""Webhook deliveries on their fault paths (an outside review's findings, each one failing
+before its fix): the answer's status decides, whatever happens to its body or to the
+endpoint's bookkeeping afterwards; an attempt that cannot even be sent is recorded; a success
+ends a run of failures counted meanwhile by a concurrent delivery."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo.errors import AutoReconnect
+
+from job_processor import WebhookOptions, init_job_processor
+from tests.events.test_webhooks import QUICK, make, receiver, wait_delivery  # noqa: F401
+from tests.helpers import FAST, wait_for
+from tests.receiver import Receiver, Reply
+
+
+async def test_a_2xx_whose_body_cannot_be_decoded_is_delivered_once(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    p = await make(db, max_attempts=3)
+    gz = Reply(200, {"Content-Encoding": "gzip"}, body=b"accepted, not gzip")
+    ep = await p.webhooks.add(url=receiver.script("/gz", gz), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert d.status == "finished" and len(receiver.received("/gz")) == 1
+    assert (await p.webhooks.get(ep.id)).consecutive_failures == 0
+
+
+async def test_an_outage_on_the_bookkeeping_after_a_2xx_fails_nothing(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    p = await make(db, max_attempts=1)
+    ep = await p.webhooks.add(url=receiver.script("/ok", Reply(200)), events=["e"])
+    await p.storage.webhooks.coll.update_one(
+        {"_id": ObjectId(ep.id)}, {"$set": {"consecutive_failures": 3}}
+    )
+    real, blips = p.storage.webhooks.delivered, []
+
+    async def blip(endpoint_id: Any) -> None:
+        if not blips:
+            blips.append(1)
+            raise AutoReconnect("connection reset (test)")
+        await real(endpoint_id)
+
+    p.storage.webhooks.delivered = blip  # type: ignore[method-assign]
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert d.status == "finished" and len(receiver.received("/ok")) == 1
+    assert blips == [1] and (await p.webhooks.get(ep.id)).consecutive_failures == 0
+
+
+async def test_an_outage_on_the_bookkeeping_of_a_4xx_does_not_send_it_again(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    p = await make(db, max_attempts=5)
+    ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
+    real, blips = p.storage.webhooks.failed_delivery, []
+
+    async def flaky(endpoint_id: Any, now: Any) -> int:
+        if not blips:
+            blips.append(1)
+            raise AutoReconnect("connection reset (test)")
+        return await real(endpoint_id, now)
+
+    p.storage.webhooks.failed_delivery = flaky  # type: ignore[method-assign]
+    async with p:
+        event = await p.emit("e", {})
+        await wait_delivery(p, event.id, ep, "errored")
+    assert len(receiver.received("/bad")) == 1  # "fails without retry"
+    assert (await p.webhooks.get(ep.id)).consecutive_failures == 1
+
+
+async def test_an_attempt_that_cannot_be_sent_is_recorded_and_counted(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """A header value httpx cannot encode (not ASCII): each attempt is recorded with its
+    error, and the delivery that fails for good counts toward `disable_after`."""
+    p = await make(db, max_attempts=2, disable_after=1)
+    headers = {"X-Team": "équipe"}
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"], headers=headers)
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+        got = await p.webhooks.get(ep.id)
+    assert d.status == "errored" and len(d.attempts) == 2
+    assert all(a["status_code"] is None and a["error"] for a in d.attempts)
+    assert not got.enabled and got.disabled_reason == "1 consecutive failed deliveries"
+
+
+@pytest.fixture
+def trickling() -> Iterator[int]:
+    """A receiver that answers 200 at once, then sends one byte of its body every 0.2 s."""
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b"1\r\nx\r\n")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+
+
+async def test_a_2xx_whose_body_trickles_is_delivered_within_the_timeout(
+    db: Any, trickling: int
+) -> None:
+    """`timeout` bounds the read of the answer's excerpt as a whole, not each read: the
+    delivery ends `finished` about one timeout after the status (it stayed running for as
+    long as the receiver went on: 800 bytes at one byte each 0.2 s)."""
+    options = WebhookOptions(backoff=QUICK, max_attempts=1, timeout=1.0)
+    p = await init_job_processor(db, webhook_options=options, **FAST)
+    ep = await p.webhooks.add(url=f"http://127.0.0.1:{trickling}/h", events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=8)
+    assert d.status == "finished" and d.result["status_code"] == 200
+
+
+async def test_a_success_ends_a_run_of_failures_a_concurrent_delivery_counted(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """Success S starts (no failure counted yet), F1 fails for good (1), S gets its 2xx, F2
+    fails for good: 1 in a row, not 2 (with disable_after=2 the endpoint was disabled)."""
+    hold = threading.Event()
+    options = WebhookOptions(backoff=QUICK, max_attempts=1, timeout=10, disable_after=2)
+    p = await init_job_processor(db, concurrency=4, webhook_options=options, **FAST)
+    ep = await p.webhooks.add(
+        url=receiver.script("/x", Reply(200, hold=hold), Reply(422)), events=["e"]
+    )
+    async with p:
+        first = await p.emit("e", {"n": 1})
+        await wait_for(lambda: len(receiver.received("/x")) == 1)  # S in flight
+        second = await p.emit("e", {"n": 2})
+        await wait_delivery(p, second.id, ep, "errored")  # F1
+        hold.set()
+        await wait_delivery(p, first.id, ep, "finished")  # S
+        third = await p.emit("e", {"n": 3})
+        await wait_delivery(p, third.id, ep, "errored")  # F2
+        got = await p.webhooks.get(ep.id)
+    assert got.enabled and got.consecutive_failures == 1
