@@ -34,6 +34,10 @@ Concurrency = Literal["concurrent", "exclusive"]
 Mode = Literal["async", "sync", "serial"]
 #: max_attempts of a resumable job when not given: a crash counts as an attempt.
 RESUMABLE_DEFAULT_ATTEMPTS = 3
+#: Set (True) on an `on_job_exited` that must happen, whatever it takes (a built-in step, such
+#: as a serial chain's next delivery): a call that raises or times out leaves it owed, with no
+#: owner, and a live worker's next sweep calls it again, until it succeeds.
+HOOK_RETRIED_MARK = "job_processor_hook_retried"
 
 #: The longest duration a definition may give: a year (in seconds, and in minutes).
 _YEAR_S = 365 * 24 * 3600

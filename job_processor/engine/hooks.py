@@ -25,7 +25,7 @@ from typing import Any
 from ..core import documents as D
 from ..core import retention as R
 from ..core.clock import Clock
-from ..core.definitions import JobDef
+from ..core.definitions import HOOK_RETRIED_MARK, JobDef
 from ..core.log import EventLog
 from ..core.masking import log_text
 from ..core.models import Job
@@ -161,6 +161,16 @@ class HookRunner:
             paths = definition.sensitive_fields
             shown = log_text(error.splitlines()[0], values, paths)
             self.log.error("on_job_exited_failed", error=shown, **fields)
+        if error and getattr(definition.on_job_exited, HOOK_RETRIED_MARK, False):
+            # a step that must happen (a serial chain's next delivery): still owed, no owner,
+            # so a live worker's next sweep calls it again (it is idempotent)
+            self.log.warning("on_job_exited_retried_later", error=error[:300], **fields)
+            try:
+                with contextlib.suppress(*TRANSIENT):  # then it stays ours: taken over later
+                    await self.jobs.disown_hook(job_id, hook_id)
+            finally:
+                self.in_flight.discard(str(job_id))
+            return
         state = "failed" if error else "done"
         try:
             await self._record(job_id, hook_id, state, error, fields, expires_at, doc)

@@ -29,7 +29,7 @@ from bson import ObjectId
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
 from ..core.clock import Clock, to_millis
-from ..core.definitions import JobDef, Subscriber, check_event_name
+from ..core.definitions import HOOK_RETRIED_MARK, JobDef, Subscriber, check_event_name
 from ..core.errors import (
     DoNotRetry,
     EventDeliveryError,
@@ -111,7 +111,7 @@ class EventBus:
                     max_attempts=sub.max_attempts,
                     backoff=sub.backoff,
                     max_runtime_in_minutes=sub.max_runtime_in_minutes,
-                    on_job_exited=self._advance_chain if sub.mode == "serial" else None,
+                    on_job_exited=self._chain_hook if sub.mode == "serial" else None,
                     # two writes at most: a dead owner's hook is taken over sooner
                     on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
                 )
@@ -403,6 +403,17 @@ class EventBus:
         return await self.sender.deliver(job, signal, await self._load(job))
 
     # ---- serial chains ---------------------------------------------------------------------
+
+    @property
+    def _chain_hook(self) -> Any:
+        """`_advance_chain` as an on_job_exited that is called again until it succeeds (an
+        outage or a timeout never stops a chain for good: `HOOK_RETRIED_MARK`)."""
+
+        async def advance_chain(job: Job[Any]) -> None:
+            await self._advance_chain(job)
+
+        setattr(advance_chain, HOOK_RETRIED_MARK, True)
+        return advance_chain
 
     async def _advance_chain(self, job: Job[Any]) -> None:
         """on_job_exited of a serial delivery: the next one, or the rest recorded as skipped.
