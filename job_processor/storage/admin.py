@@ -23,7 +23,15 @@ from pymongo import ASCENDING, ReturnDocument
 
 from ..core import documents as D
 from ..core.status import TERMINAL, JobStatus
-from .compat import HOOK_NOT_OWED_PARTS, ServerProfile, aggregate, all_docs, decode, decode_opt
+from .compat import (
+    DEPENDENTS_COUNTED_PARTS,
+    HOOK_NOT_OWED_PARTS,
+    ServerProfile,
+    aggregate,
+    all_docs,
+    decode,
+    decode_opt,
+)
 from .job_reads import LIST_SORT
 
 Doc = dict[str, Any]
@@ -185,18 +193,22 @@ class JobAdminStore:
         hookless: frozenset[str] = frozenset(),
     ) -> int:
         """Delete the jobs of `ended_query` that owe no on_job_exited, and those that owe only
-        the record of a hook their definition does not have (names in `hookless`). Returns how
-        many."""
+        the record of a hook their definition does not have (names in `hookless`); never one
+        whose dependents have not all counted its end (a sweep does it, then a purge takes it).
+        Returns how many."""
         query = self.ended_query(status, ended_before, name)
         deleted = 0
-        for not_owed in HOOK_NOT_OWED_PARTS:  # two filters: see storage/compat.py
-            deleted += int((await self.coll.delete_many(query | not_owed)).deleted_count)
+        for counted in DEPENDENTS_COUNTED_PARTS:  # never a dependency not yet counted
+            for not_owed in HOOK_NOT_OWED_PARTS:  # two filters each: see storage/compat.py
+                part = query | not_owed | counted
+                deleted += int((await self.coll.delete_many(part)).deleted_count)
         # the hook-less names that do have such jobs, one delete each, by equality: beside the
         # date range nx-27017 matches nothing for an `$in` (see HOOK_NOT_OWED_PARTS)
         owing = await self.owing_hooks(status, ended_before, name) if hookless else {}
         for hookless_name in sorted(hookless & owing.keys()):
-            owed = query | {"exit_hook": "owed", "name": hookless_name}
-            deleted += int((await self.coll.delete_many(owed)).deleted_count)
+            for counted in DEPENDENTS_COUNTED_PARTS:
+                owed = query | {"exit_hook": "owed", "name": hookless_name} | counted
+                deleted += int((await self.coll.delete_many(owed)).deleted_count)
         return deleted
 
     async def owing_hooks(

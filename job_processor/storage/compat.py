@@ -235,6 +235,13 @@ HOOK_NOT_OWED_PARTS: tuple[Doc, Doc] = (
     {"exit_hook": {"$exists": False}},
     {"exit_hook": {"$ne": "owed"}},
 )
+#: The same for "no job scheduled after it is still to count its end" (a purge must not
+#: delete such a dependency: its dependents would read it as deleted, a failure): no
+#: dependents ever, or all of them seen settled by a sweep. Equalities and `$exists` only.
+DEPENDENTS_COUNTED_PARTS: tuple[Doc, Doc] = (
+    {"has_dependents": {"$exists": False}},
+    {"dependents_settled": True},
+)
 
 
 def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from job_processor import (
     AbortSignal,
     DoNotRetry,
+    FakeClock,
     InvalidArgumentError,
     Job,
     JobDef,
@@ -693,3 +694,37 @@ async def test_an_outage_reading_back_released_jobs_does_not_fail_the_written_jo
     for job in (parent, batch_parent):  # released all the same
         stored = await p.storage.jobs.coll.find_one({"_id": ObjectId(job.id)})
         assert stored is not None and stored["status"] == "pending"
+
+
+async def test_a_purge_never_deletes_a_dependency_a_waiting_job_has_not_counted(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished long ago; B is scheduled after it while registering meets an outage (the
+    call returns B; a sweep settles A later). A purge of finished jobs before that sweep
+    leaves A (as `delete` refuses it): B then runs, it is not skipped for a dependency
+    "deleted" (the purge used to take A)."""
+    from job_processor.core.errors import DatabaseUnreachableError
+
+    p = await make(db, JOBS)
+    ended = await p.run_job("part", {"n": 4})
+
+    async def unreachable(deps: list[ObjectId]) -> int:
+        raise DatabaseUnreachableError("cannot reach MongoDB (test)")
+
+    monkeypatch.setattr(p.flows, "register", unreachable)
+    waiting = await p.schedule_job("total", after=[ended])
+    monkeypatch.undo()
+    assert waiting.status == S.WAITING
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+    admin = await Admin.open(db, clock=FakeClock(later), actor="ops")
+    purged = await admin.purge(status="finished", older_than="7d")
+    assert purged.count == 0
+    coll = p.storage.jobs.coll
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)  # past the sweep's grace
+    await coll.update_one({"_id": ObjectId(waiting.id)}, {"$set": {"created_at": long_ago}})
+    await coll.update_one({"_id": ObjectId(ended.id)}, {"$set": {"ended_at": long_ago}})
+    async with p:
+        done = await wait_status(p, waiting.id, S.FINISHED, S.SKIPPED, timeout=20)
+    assert done.status == S.FINISHED
+    purged = await admin.purge(status="finished", older_than="7d")  # now counted: taken
+    assert purged.count >= 1
