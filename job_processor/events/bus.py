@@ -20,11 +20,13 @@ listed like any other). This module decides which jobs exist and when:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
@@ -44,6 +46,7 @@ from ..core.status import TERMINAL, JobStatus
 from ..engine.execution import call_maybe_async
 from ..engine.runtime import Runtime
 from ..storage import Storage
+from ..storage.transient import is_transient
 from .queries import check_payload, complete_fanout, current_targets, event_id_of, get_event
 from .sender import WebhookSender
 from .webhooks import Format, Secret, WebhookOptions, Webhooks, standard_format
@@ -278,15 +281,25 @@ class EventBus:
         return self._known_events[1]
 
     async def _wait_sync(self, event: Event, targets: list[str], wait: float) -> None:
-        """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s)."""
+        """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s), within `wait`
+        seconds in all: each read is bounded by what remains, and one that meets an outage
+        counts as "not yet". The fan-out is complete by now, so a delivery not found was
+        deleted (retention: an event emitted again under its key long after): ended."""
         keys = [E.delivery_key(event.id, t, None) for t in targets]
         deadline = self.clock.now() + dt.timedelta(seconds=wait)
         delay = 0.02
+        docs: list[Doc] = []
         while True:
-            docs = await self.storage.deliveries.by_keys(keys)
-            pending = [d for d in docs if d["status"] not in ENDED]
-            if not pending and len(docs) == len(keys):
-                break
+            remaining = (deadline - self.clock.now()).total_seconds()
+            try:
+                async with asyncio.timeout(max(remaining, 0.05)):
+                    docs = await self.storage.deliveries.by_keys(keys)
+                pending = [d for d in docs if d["status"] not in ENDED]
+                if not pending:
+                    break
+            except (PyMongoError, TimeoutError) as exc:
+                if not is_transient(exc) and not isinstance(exc, TimeoutError):
+                    raise
             remaining = (deadline - self.clock.now()).total_seconds()
             if remaining <= 0:
                 raise await self._timed_out(event, docs, targets, wait)
@@ -322,11 +335,15 @@ class EventBus:
             if d is not None and d["status"] in ENDED:
                 continue
             job_name = E.delivery_job_name(event.name, target)
-            served = await self.storage.workers.serving(job_name, cutoff)
-            status = d["status"] if d is not None else "not created"
+            try:  # a hint only: never a wait past the timeout, nor an outage's error
+                async with asyncio.timeout(1.0):
+                    served: list[Doc] | None = await self.storage.workers.serving(job_name, cutoff)
+            except (PyMongoError, TimeoutError):
+                served = None
+            status = d["status"] if d is not None else "not known (MongoDB did not answer)"
             hint = (
                 ""
-                if served
+                if served is None or served
                 else f"; no live worker serves {job_name!r}: start one that declares it"
             )
             parts.append(f"{target!r} is {status}{hint}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Event, Subscriber
@@ -47,3 +48,78 @@ async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: 
     assert [d.status for d in shown.deliveries] == ["finished", "finished"]
     head = await p.get_job(shown.deliveries[0].job_id or "")
     assert head.exit_hook == "done"
+
+
+async def test_an_outage_during_a_sync_wait_is_waited_out(db: Any) -> None:
+    """emit's wait for its sync subscriber reads the delivery again and again: a read that
+    meets an outage counts as "not yet" (it raised AutoReconnect out of emit, though the
+    delivery went on and succeeded)."""
+    import asyncio
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        await asyncio.sleep(0.3)
+
+    p = await make(db, {"paid": [Subscriber("audit", handler=audit, mode="sync")]})
+    real, reads = p.storage.deliveries.by_keys, []
+
+    async def flaky(keys: list[str]) -> Any:
+        reads.append(1)
+        if len(reads) == 2:
+            raise AutoReconnect("connection reset (test)")
+        return await real(keys)
+
+    p.storage.deliveries.by_keys = flaky  # type: ignore[method-assign]
+    async with p:
+        event = await p.emit("paid", {}, sync_timeout=10)
+    assert [d.status for d in event.deliveries] == ["finished"] and len(reads) > 2
+
+
+async def test_a_sync_wait_never_outlasts_sync_timeout_on_a_stalled_server(db: Any) -> None:
+    """Each read of the wait is bounded by what remains of `sync_timeout` (a stalled server
+    made `emit(sync_timeout=1)` take as long as the read did)."""
+    import asyncio
+    import time
+
+    from job_processor import EventTimeoutError
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        await asyncio.Event().wait()  # never ends here: the wait times out
+
+    p = await make(db, {"paid": [Subscriber("audit", handler=audit, mode="sync")]})
+    real = p.storage.deliveries.by_keys
+    stalled = asyncio.Event()
+
+    async def stalling(keys: list[str]) -> Any:
+        await stalled.wait()  # a server that does not answer
+        return await real(keys)
+
+    p.storage.deliveries.by_keys = stalling  # type: ignore[method-assign]
+    async with p:
+        started = time.monotonic()
+        with pytest.raises(EventTimeoutError):
+            await p.emit("paid", {}, sync_timeout=1)
+        took = time.monotonic() - started
+        stalled.set()
+    assert took < 3
+
+
+async def test_an_event_emitted_again_after_its_delivery_was_removed_returns_at_once(
+    db: Any,
+) -> None:
+    """A key's event emitted again (an idempotent retry) after retention removed its sync
+    delivery (jobs are kept a day, events 30): the first event comes back, its delivery ended
+    long ago (it waited for a delivery that no longer exists, then timed out)."""
+    from bson import ObjectId
+
+    calls: list[str] = []
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        calls.append(event.id)
+
+    p = await make(db, {"paid": [Subscriber("audit", handler=audit, mode="sync")]})
+    async with p:
+        first = await p.emit("paid", {}, key="order-1", sync_timeout=10)
+        job_id = first.deliveries[0].job_id
+        await p.storage.jobs.coll.delete_one({"_id": ObjectId(job_id)})  # retention's work
+        again = await p.emit("paid", {}, key="order-1", sync_timeout=10)
+    assert again.id == first.id and calls == [first.id]
