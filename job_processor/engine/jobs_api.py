@@ -10,6 +10,7 @@ is written twice).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -528,9 +529,10 @@ class JobsAPI(Runtime):
     async def _next_change(self, stream: Any, wait: float) -> tuple[bool, Any]:
         """(whether the job changed, the stream or None when it turned out not to block)."""
         began = time.monotonic()
-        try:
-            change = await stream.try_next()
-        except PyMongoError:
+        try:  # bounded: a getMore waits 1 s at most, but a connection gone silent never answers
+            async with asyncio.timeout(max(wait, 0.0) + STREAM_READ_MARGIN):
+                change = await stream.try_next()
+        except (PyMongoError, TimeoutError):
             await _close(stream)
             return True, None  # read again, then poll
         if change is not None:
@@ -563,6 +565,9 @@ class JobsAPI(Runtime):
 #: once (a blocking `getMore` holds one of the client's pooled connections while it waits, and
 #: the worker needs them); the others poll.
 STREAM_WAITERS = 10
+#: How much longer than its wait a change stream read may take before it is given up (its
+#: getMore waits 1 s at most: past that, its connection has gone silent).
+STREAM_READ_MARGIN = 2.0
 
 #: How long a retry made where hooks are not called waits for a worker to run the owed hook of
 #: the exit it retries, before it is refused (with why): a request thread is not held longer.
@@ -590,9 +595,11 @@ def _still(shown: str, doc: Doc, waited: float | None, why: str = "") -> Timeout
 
 
 async def _close(stream: Any) -> None:
+    """Close a change stream, within a second (its server may not answer)."""
     try:
-        closed = stream.close()
-        if hasattr(closed, "__await__"):
-            await closed
-    except PyMongoError:
+        async with asyncio.timeout(1.0):
+            closed = stream.close()
+            if hasattr(closed, "__await__"):
+                await closed
+    except (PyMongoError, TimeoutError):
         pass

@@ -490,3 +490,35 @@ async def test_a_lost_insert_reply_is_recognised_even_after_the_job_ran_and_expi
         job = await producer.schedule_job("once")
     assert job.status == S.FINISHED  # the retry found the job the first attempt made
     assert runs == [job.id]
+
+
+async def test_wait_for_on_a_change_stream_gone_silent_keeps_its_timeout(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change stream whose read never answers (a connection gone silent: PyMongo's
+    socketTimeoutMS is none by default): `wait_for(timeout=1)` still ends about a second
+    after its deadline (it blocked for as long as the read did)."""
+    import time
+
+    async def echo(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    class Silent:
+        async def try_next(self) -> Any:
+            await asyncio.Event().wait()
+
+        async def close(self) -> None:
+            return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    job = await p.schedule_job("echo", delay=3600)
+    p.waker.blocking = True  # a replica set's streams, which block
+
+    async def watch(*args: Any, **kw: Any) -> Any:
+        return Silent()
+
+    monkeypatch.setattr(p.storage.jobs, "watch_one", watch)
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="still pending"):
+        await asyncio.wait_for(p.wait_for(job.id, timeout=1), 10)
+    assert time.monotonic() - began < 5
