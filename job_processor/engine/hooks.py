@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -63,6 +64,7 @@ class HookRunner:
         self.worker_id = worker_id
         self.in_flight: set[str] = set()
         self._writing: dict[str, int] = {}  # job id: final writes in progress (`pending`)
+        self._writing_lock = threading.Lock()
         self.retention = retention or Retention()
         self._tasks: set[asyncio.Task[None]] = set()
         """Hooks started in the background (recovered ones): never run inside a loop that
@@ -74,13 +76,15 @@ class HookRunner:
         to `after_write`/`start`: this process's own sweep, which may read the owed hook as soon
         as the write lands (before its reply), must not take it over and call it a second time."""
         key = str(job_id)
-        self._writing[key] = self._writing.get(key, 0) + 1
+        with self._writing_lock:  # a JobClient's calls come from many threads
+            self._writing[key] = self._writing.get(key, 0) + 1
         try:
             yield
         finally:
-            left = self._writing.pop(key) - 1
-            if left:
-                self._writing[key] = left
+            with self._writing_lock:
+                left = self._writing.pop(key) - 1
+                if left:
+                    self._writing[key] = left
 
     def busy(self, job_id: Any) -> bool:
         """Whether this process is calling the job's hook, or writing the exit that owes it."""

@@ -574,3 +574,33 @@ async def test_a_stop_its_caller_stops_waiting_for_never_cuts_a_run_half_way(db:
     ended = await wait_status(p, job.id, JobStatus.FINISHED)
     await p.stop()
     assert ended.result == "done" and ran == [job.id]
+
+
+async def test_the_count_of_exits_being_written_is_thread_safe(db: Any) -> None:
+    """A JobClient's calls (kill_job among them) come from many threads at once: the count
+    behind `hooks.pending` is kept under a lock (unlocked, 8 threads entering it 160,000 times
+    raised KeyError tens of times and could leave a stale entry)."""
+    import sys
+
+    p = await make(db, {"w": JobDef(handler=lambda j, s: None)})
+    errors: list[BaseException] = []
+
+    def enter() -> None:
+        for _ in range(20_000):
+            try:
+                with p.hooks.pending("one-job"):
+                    pass
+            except Exception as exc:
+                errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=enter) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors and not p.hooks.busy("one-job")
