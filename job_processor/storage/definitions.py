@@ -183,6 +183,9 @@ class PausedStore:
         res = await self.coll.delete_one({"_id": name})
         return bool(res.deleted_count)
 
+    async def is_paused(self, name: str) -> bool:
+        return await self.coll.find_one({"_id": name}, {"_id": 1}) is not None
+
     async def names(self) -> set[str]:
         """One query: every paused name."""
         return {str(d["_id"]) async for d in self.coll.find({}, {"_id": 1})}

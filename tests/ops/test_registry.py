@@ -546,3 +546,45 @@ async def test_a_refresh_while_every_row_s_writer_is_live_is_one_write(
             await bystander.stop()
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("last", ["resume", "pause"])
+async def test_a_pause_and_a_resume_made_at_once_leave_the_workers_as_the_registry_says(
+    db: Any, monkeypatch: pytest.MonkeyPatch, last: str
+) -> None:
+    """Bob's action lands between Alice's write of `<prefix>paused` and her update of the
+    worker documents: whichever order, the workers end holding what `<prefix>paused` says
+    (they used to keep Alice's state for up to 5 minutes, while `names list` showed Bob's)."""
+
+    async def echo(job: Any, signal: Any) -> None:
+        return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    await p.start()  # registers "echo"
+    await p.stop()
+    now = dt.datetime.now(dt.UTC)
+    await p.storage.workers.register(
+        {"_id": "w-1", "hostname": "h", "pid": 1, "started_at": now, "last_seen": now, "paused": []}
+    )  # as a worker registers (documents.worker_doc)
+    alice, bob = await Admin.open(db, actor="alice"), await Admin.open(db, actor="bob")
+    if last == "pause":  # Alice resumes while Bob pauses
+        await alice.pause("echo")
+    first, second = (alice.pause, bob.resume) if last == "resume" else (alice.resume, bob.pause)
+    workers = alice.storage.workers
+    method = "pause_everywhere" if last == "resume" else "resume_everywhere"
+    real, interleaved = getattr(workers, method), []
+
+    async def bob_acts_first(name: str) -> None:
+        if not interleaved:
+            interleaved.append(1)
+            await second(name)  # between Alice's two writes
+        await real(name)
+
+    monkeypatch.setattr(workers, method, bob_acts_first)
+    await first("echo")
+    monkeypatch.undo()
+    assert interleaved == [1]
+    registry = "echo" in await alice.storage.paused.names()
+    assert registry == (last == "pause")
+    doc = await db["job_processor_workers"].find_one({"_id": "w-1"})
+    assert ("echo" in (doc.get("paused") or [])) == registry

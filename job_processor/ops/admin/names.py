@@ -92,6 +92,20 @@ class NamesAdmin(AdminBase):
         await self._record(result, {"name": name})
         return result
 
+    async def _spread(self, name: str) -> None:
+        """Every worker document takes the name's state as `<prefix>paused` holds it, read
+        after this action's write and read again after the workers' update (workers read it
+        with their heartbeats): of a pause and a resume made at once, whichever updates the
+        workers last sees the final state and leaves them with it."""
+        for _ in range(5):
+            paused = await self.storage.paused.is_paused(name)
+            if paused:
+                await self.storage.workers.pause_everywhere(name)
+            else:
+                await self.storage.workers.resume_everywhere(name)
+            if await self.storage.paused.is_paused(name) == paused:
+                return
+
     async def _pause(self, name: str, actor: str | None, *, pause: bool) -> ActionResult:
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("name must be a job or cron name")
@@ -101,10 +115,9 @@ class NamesAdmin(AdminBase):
             if name not in known and name not in await self._counts():
                 raise UnknownJobError(name, list(known))
             changed = await self.storage.paused.pause(name, result.actor, result.at)
-            await self.storage.workers.pause_everywhere(name)  # read with their heartbeats
         else:
             changed = await self.storage.paused.resume(name)
-            await self.storage.workers.resume_everywhere(name)
+        await self._spread(name)
         if changed:
             result.changed.append(name)
         else:
