@@ -603,3 +603,74 @@ async def test_a_cron_tasks_error_is_masked_in_the_crons_listings(db: Any) -> No
             f"RuntimeError: upload failed: token={MASK} password='{MASK}'"
         )
         assert "SECRET1234" not in error and "p4ss" not in error
+
+
+async def test_an_action_an_outage_stops_midway_is_still_in_the_audit_log(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill([a, b])`: a is killed, then MongoDB stops answering: the error goes on to the
+    operator, and the audit log says what was done (a), with the error (it said nothing)."""
+    from pymongo.errors import AutoReconnect
+
+    from job_processor import AbortSignal, Job
+    from tests.helpers import make
+
+    async def echo(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    a = await p.schedule_job("echo", delay=3600)
+    b = await p.schedule_job("echo", delay=3600)
+    admin = await Admin.open(db, actor="ops")
+    coll = admin.storage.jobs.coll
+    real, calls = coll.find_one_and_update, []
+
+    async def second_fails(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise AutoReconnect("connection reset (test)")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", second_fails)
+    with pytest.raises(AutoReconnect):
+        await admin.kill([a.id, b.id])
+    monkeypatch.undo()
+    (entry,) = await admin.storage.audit.coll.find({}).to_list()
+    assert entry["action"] == "jobs_killed" and entry["ids"] == [a.id]
+    assert "AutoReconnect" in entry["detail"]["interrupted"]
+
+
+async def test_a_new_job_whose_reply_was_lost_is_written_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert of `jobs new` lands, its reply is lost: written again under the same id, it
+    is recognised, so the command succeeds with one job and one audit entry (it failed, and
+    the operator's second try made a second job)."""
+    from pymongo.errors import AutoReconnect
+
+    from job_processor import AbortSignal, Job
+    from tests.helpers import make
+
+    async def echo(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    await p.start()  # registers "echo"
+    await p.stop()
+    admin = await Admin.open(db, actor="ops")
+    coll = admin.storage.jobs.coll
+    real, lost = coll.insert_one, []
+
+    async def reply_lost(*args: Any, **kw: Any) -> Any:
+        result = await real(*args, **kw)
+        if not lost:
+            lost.append(1)
+            raise AutoReconnect("reply lost (test)")
+        return result
+
+    monkeypatch.setattr(coll, "insert_one", reply_lost)
+    made = await admin.new_job("echo", "{}")
+    monkeypatch.undo()
+    assert lost == [1] and len(made.jobs) == 1
+    assert await coll.count_documents({"name": "echo"}) == 1
+    assert await admin.storage.audit.coll.count_documents({}) == 1

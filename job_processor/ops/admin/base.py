@@ -3,8 +3,9 @@ action, the registry read, and the redaction of sensitive fields in every job re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 from bson import ObjectId
@@ -180,6 +181,19 @@ class AdminBase:
                 counts.setdefault(name, {})[status.value] = n
         return counts
 
+    @contextlib.asynccontextmanager
+    async def _acting(self, result: ActionResult) -> AsyncIterator[None]:
+        """Around an action's writes, one job after another: when an error (an outage) stops
+        it after it changed some, what it did is still recorded, with the error, before the
+        error goes on (the audit log never misses a change)."""
+        try:
+            yield
+        except Exception as exc:
+            if result.changed:
+                with contextlib.suppress(Exception):
+                    await self._record(result, {"interrupted": f"{type(exc).__name__}: {exc}"})
+            raise
+
     async def _record(self, result: ActionResult, detail: dict[str, Any] | None = None) -> None:
         result.jobs = await self._redacted(result.jobs)
         result.count = result.count or len(result.changed)
@@ -242,7 +256,11 @@ class AdminBase:
         return E.is_delivery(name, registered, await self._subscriber_jobs())
 
     async def _insert(self, result: ActionResult, doc: Doc) -> None:
-        inserted = await self.storage.jobs.insert(doc)
+        """A short outage is ridden out as a producer's is, and a retried insert whose first
+        reply was lost is recognised (by the `_id` chosen here): never two jobs for one."""
+        inserted = await self.storage.producer.run(
+            lambda retried: self.storage.jobs.insert(doc, retried=retried)
+        )
         assert inserted is not None  # None only for scheduled cron slots
         job = Job.read(inserted)
         result.jobs.append(job)

@@ -119,8 +119,9 @@ class JobsAdmin(AdminBase):
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
         hookless = await self._hookless()
-        for oid in ids_of(job_ids):
-            await self._retry_one(oid, result, cache, hookless)
+        async with self._acting(result):
+            for oid in ids_of(job_ids):
+                await self._retry_one(oid, result, cache, hookless)
         await self._record(result)
         return result
 
@@ -185,14 +186,15 @@ class JobsAdmin(AdminBase):
         hookless = await self._hookless()
         after = None
         seen = 0
-        while seen < limit:
-            docs = await self.storage.job_admin.page(query, after, min(500, limit - seen))
-            if not docs:
-                break
-            for doc in docs:
-                await self._retry_one(doc["_id"], result, cache, hookless)
-            seen += len(docs)
-            after = (docs[-1]["created_at"], docs[-1]["_id"])
+        async with self._acting(result):
+            while seen < limit:
+                docs = await self.storage.job_admin.page(query, after, min(500, limit - seen))
+                if not docs:
+                    break
+                for doc in docs:
+                    await self._retry_one(doc["_id"], result, cache, hookless)
+                seen += len(docs)
+                after = (docs[-1]["created_at"], docs[-1]["_id"])
         result.jobs = result.jobs[:20]
         await self._record(result, {"filter": describe_query(query)})
         return result
@@ -206,21 +208,23 @@ class JobsAdmin(AdminBase):
         Action "jobs_killed"."""
         result = self._result("jobs_killed", actor)
         requested: list[str] = []
-        for oid in ids_of(job_ids):
-            try:
-                what, doc = await self.storage.jobs.kill(oid, self.clock.now(), None)
-            except JobNotFoundError:
-                result.skipped[str(oid)] = "not found"
-                continue
-            if what == "ended":
-                result.skipped[str(oid)] = f"already ended ({stored_status(doc)})"
-            else:
-                result.changed.append(str(oid))
-                if what == "requested":
-                    requested.append(str(oid))
-                elif doc.get("has_dependents"):  # the jobs waiting on it see a killed dependency
-                    await self.storage.jobs.settle_dependents(oid, S.KILLED.value, self.clock.now())
-            result.jobs.append(Job.read(doc))
+        async with self._acting(result):
+            for oid in ids_of(job_ids):
+                try:
+                    what, doc = await self.storage.jobs.kill(oid, self.clock.now(), None)
+                except JobNotFoundError:
+                    result.skipped[str(oid)] = "not found"
+                    continue
+                if what == "ended":
+                    result.skipped[str(oid)] = f"already ended ({stored_status(doc)})"
+                else:
+                    result.changed.append(str(oid))
+                    if what == "requested":
+                        requested.append(str(oid))
+                    elif doc.get("has_dependents"):  # its dependents see a killed dependency
+                        now = self.clock.now()
+                        await self.storage.jobs.settle_dependents(oid, S.KILLED.value, now)
+                result.jobs.append(Job.read(doc))
         await self._record(result, {"requested": requested} if requested else None)
         return result
 
@@ -230,20 +234,21 @@ class JobsAdmin(AdminBase):
         """A pending job scheduled for later becomes due now (its scheduled_for is set to now);
         jobs already due or not pending are skipped. Action "jobs_run_now"."""
         result = self._result("jobs_run_now", actor)
-        for oid in ids_of(job_ids):
-            doc = await self.storage.job_admin.run_now(oid, self.clock.now())
-            if doc is not None:
-                result.changed.append(str(oid))
-                result.jobs.append(Job.read(doc))
-                continue
-            current = await self.storage.job_admin.by_id(oid)
-            if current is None:
-                result.skipped[str(oid)] = "not found"
-            elif current.get("status") == S.PENDING.value:
-                result.skipped[str(oid)] = "already due"
-            else:
-                why = f"{stored_status(current)}: only pending jobs can be run now"
-                result.skipped[str(oid)] = why
+        async with self._acting(result):
+            for oid in ids_of(job_ids):
+                doc = await self.storage.job_admin.run_now(oid, self.clock.now())
+                if doc is not None:
+                    result.changed.append(str(oid))
+                    result.jobs.append(Job.read(doc))
+                    continue
+                current = await self.storage.job_admin.by_id(oid)
+                if current is None:
+                    result.skipped[str(oid)] = "not found"
+                elif current.get("status") == S.PENDING.value:
+                    result.skipped[str(oid)] = "already due"
+                else:
+                    why = f"{stored_status(current)}: only pending jobs can be run now"
+                    result.skipped[str(oid)] = why
         await self._record(result)
         return result
 
@@ -255,40 +260,41 @@ class JobsAdmin(AdminBase):
         run yet (it would be lost): a worker runs it shortly. Action "jobs_deleted"."""
         result = self._result("jobs_deleted", actor)
         hookless = await self._hookless()
-        for oid in ids_of(job_ids):
-            if await self.storage.jobs.has_waiting_dependents(oid):
-                result.skipped[str(oid)] = (
-                    "jobs scheduled after it have not counted its end yet (a worker does it "
-                    "shortly); delete it after that"
-                )
-                continue
-            doc = await self.storage.job_admin.delete_ended(oid, hookless)
-            if doc is not None:
-                result.changed.append(str(oid))
-                continue
-            current = await self.storage.job_admin.by_id(oid)
-            if current is None:
-                why = "not found"
-            elif current.get("status") not in {s.value for s in JobStatus}:
-                why = (
-                    f"{stored_status(current)}: not a status of this version (another "
-                    "program's, or a newer version's active job): change it in the database"
-                )
-            elif current.get("status") not in {s.value for s in TERMINAL}:
-                why = f"{stored_status(current)}: active jobs are not deleted (kill it first)"
-            elif current["name"] in await self._known():
-                why = (
-                    f"{current['status']}: its on_job_exited has not run yet (a worker that "
-                    f"defines {current['name']!r} runs it shortly); delete it after that"
-                )
-            else:
-                why = (
-                    f"{current['status']}: its on_job_exited has not run yet, and no worker "
-                    f"has defined {current['name']!r} (a typo?): a worker that defines it runs "
-                    "it; if none does within unknown_name_grace (1 h by default), a worker's "
-                    "sweep gives it up; delete it after that"
-                )
-            result.skipped[str(oid)] = why
+        async with self._acting(result):
+            for oid in ids_of(job_ids):
+                if await self.storage.jobs.has_waiting_dependents(oid):
+                    result.skipped[str(oid)] = (
+                        "jobs scheduled after it have not counted its end yet (a worker does it "
+                        "shortly); delete it after that"
+                    )
+                    continue
+                doc = await self.storage.job_admin.delete_ended(oid, hookless)
+                if doc is not None:
+                    result.changed.append(str(oid))
+                    continue
+                current = await self.storage.job_admin.by_id(oid)
+                if current is None:
+                    why = "not found"
+                elif current.get("status") not in {s.value for s in JobStatus}:
+                    why = (
+                        f"{stored_status(current)}: not a status of this version (another "
+                        "program's, or a newer version's active job): change it in the database"
+                    )
+                elif current.get("status") not in {s.value for s in TERMINAL}:
+                    why = f"{stored_status(current)}: active jobs are not deleted (kill it first)"
+                elif current["name"] in await self._known():
+                    why = (
+                        f"{current['status']}: its on_job_exited has not run yet (a worker that "
+                        f"defines {current['name']!r} runs it shortly); delete it after that"
+                    )
+                else:
+                    why = (
+                        f"{current['status']}: its on_job_exited has not run yet, and no worker "
+                        f"has defined {current['name']!r} (a typo?): a worker that defines it runs "
+                        "it; if none does within unknown_name_grace (1 h by default), a worker's "
+                        "sweep gives it up; delete it after that"
+                    )
+                result.skipped[str(oid)] = why
         await self._record(result)
         return result
 
