@@ -30,6 +30,7 @@ from ..storage.connect import (
     holds_data,
     open_database,
 )
+from ..storage.transient import describe, is_transient
 
 DONE, NOTHING, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
 
@@ -243,6 +244,13 @@ def handle_errors(exc: BaseException, command: str = "") -> int:
         hint = "" if "connection refused" in where else f" ({wait})"  # it did not wait
         print(
             f"error: {where}; check MONGODB_URL and that the server is running{hint}",
+            file=sys.stderr,
+        )
+        return UNREACHABLE
+    if is_transient(exc):  # an outage in the middle of a command (its budget was spent)
+        print(
+            f"error: MongoDB stopped answering: {describe(exc)}; what was done before it is "
+            "in the audit log (Admin.audit_log()); run the command again once it answers",
             file=sys.stderr,
         )
         return UNREACHABLE
