@@ -228,7 +228,7 @@ class EventBus:
         fields = {"event_id": str(stored["_id"]), "event_name": name}
         created: list[Doc] = []
         if stored.get("fanout") == "owed":  # idempotent: unique delivery keys
-            created = await produce(lambda _: complete_fanout(self.storage, stored, now))
+            created = await produce(lambda _: self._fan_out(stored, now))
             stored["fanout"] = "done"
         self._wake(created)
         if stored["_id"] != doc["_id"]:
@@ -242,6 +242,22 @@ class EventBus:
         if sync:
             await self._wait_sync(event, sync, float(sync_timeout))
         return event
+
+    async def _fan_out(self, stored: Doc, now: dt.datetime) -> list[Doc]:
+        """The emitter's own fan-out, only while it is still its to make: past
+        `worker_timeout` after the event (a process frozen meanwhile: a pause, a VM
+        migration), a sweep completes it, and retention may since have removed deliveries
+        that an insert now would make a second time. Then the deliveries are read, not made."""
+        if (self.clock.now() - now).total_seconds() >= self.worker_timeout:
+            self.log.warning(
+                "event_fanout_left_to_sweep", event_id=str(stored["_id"]), event_name=stored["name"]
+            )
+            keys = [
+                E.delivery_key(str(stored["_id"]), t["target"], None)
+                for t in stored.get("targets") or []
+            ]
+            return await self.storage.deliveries.by_keys(keys)
+        return await complete_fanout(self.storage, stored, now)
 
     async def _untargeted(self, name: str) -> None:
         """An event nobody listens to: often a misspelt name. Warn with the closest known event

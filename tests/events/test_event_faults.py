@@ -123,3 +123,29 @@ async def test_an_event_emitted_again_after_its_delivery_was_removed_returns_at_
         await p.storage.jobs.coll.delete_one({"_id": ObjectId(job_id)})  # retention's work
         again = await p.emit("paid", {}, key="order-1", sync_timeout=10)
     assert again.id == first.id and calls == [first.id]
+
+
+async def test_an_emitter_late_for_its_fan_out_leaves_it_to_the_sweep(db: Any) -> None:
+    """An emitter frozen between its event's insert and its fan-out for `worker_timeout` or
+    more (a sweep completes the fan-out then, and retention may remove those deliveries
+    later) makes none itself: it reads them (`event_fanout_left_to_sweep`)."""
+    import datetime as dt
+
+    from job_processor import FakeClock
+
+    async def email(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    publisher = await make(db, {"shipped": [Subscriber("email", handler=email)]}, clock=clock)
+    real = publisher.storage.events.insert
+
+    async def then_frozen(doc: Any, **kw: Any) -> Any:
+        stored = await real(doc, **kw)
+        clock.advance(publisher.settings.worker_timeout + 1)  # frozen here
+        return stored
+
+    publisher.storage.events.insert = then_frozen  # type: ignore[method-assign]
+    event = await publisher.emit("shipped", {})
+    assert event.deliveries == []
+    assert await db["job_processor_jobs"].count_documents({}) == 0  # the sweep makes them
