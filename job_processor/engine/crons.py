@@ -150,16 +150,35 @@ class CronScheduler:
             cron.timezone,
         ):
             return schedule_of(cron)
+        schedule = Schedule(str(stored[0]), str(stored[1]))
+        error = ""
+        try:  # a newer process's schedule this one cannot evaluate (its tzdata, its croniter)
+            schedule.next_after(as_utc(doc.get("next_slot") or self.clock.now()))
+            usable = True
+        except Exception as exc:  # any failure of croniter or zoneinfo
+            usable, error = False, describe(exc)
         if self._differs.get(name) != stored:
             self._differs[name] = stored
-            self.log.warning(
-                "cron_definition_differs",
-                job_name=name,
-                stored=f"{stored[0]} ({stored[1]})",
-                here=f"{cron.cron_string} ({cron.timezone})",
-                hint="another process registered this cron with another schedule: it is followed",
-            )
-        return Schedule(str(stored[0]), str(stored[1]))
+            if usable:
+                self.log.warning(
+                    "cron_definition_differs",
+                    job_name=name,
+                    stored=f"{stored[0]} ({stored[1]})",
+                    here=f"{cron.cron_string} ({cron.timezone})",
+                    hint="another process registered this cron with another schedule: "
+                    "it is followed",
+                )
+            else:
+                self.log.error(
+                    "cron_stored_schedule_unusable",
+                    job_name=name,
+                    stored=f"{stored[0]} ({stored[1]})",
+                    here=f"{cron.cron_string} ({cron.timezone})",
+                    error=error,
+                    hint="this process cannot evaluate the schedule another one registered "
+                    "(update its time zone data or job-processor): it follows its own",
+                )
+        return schedule if usable else schedule_of(cron)
 
     def _skip_expiry(self, cron: CronDef, now: dt.datetime) -> dt.datetime | None:
         keep = R.of(cron, self.retention)

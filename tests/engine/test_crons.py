@@ -608,3 +608,33 @@ async def test_a_replica_with_the_old_definition_follows_the_schedule_a_new_one_
     assert slots == [T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)]
     said = [r for r in caplog.records if r.__dict__.get("event") == "cron_definition_differs"]
     assert len(said) == 1
+
+
+async def test_a_stored_schedule_this_process_cannot_evaluate_is_not_followed(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process registered a schedule this one cannot evaluate (a time zone its tzdata
+    lacks): the scheduler used to raise out of its loop and stop the processor. It follows its
+    own schedule instead and says so once, as an error."""
+    from job_processor import FakeClock
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    logger = logging.getLogger("test.crons.unusable")
+    p = await make(
+        db, {"c": {"cron_string": "0 * * * *", "handler": tick}}, clock=clock, logger=logger
+    )
+    await db["job_processor_crons"].update_one(
+        {"_id": "c"}, {"$set": {"cron_string": "*/5 * * * *", "timezone": "Mars/Olympus_Mons"}}
+    )
+    with caplog.at_level(logging.WARNING, logger="test.crons.unusable"):
+        for minute in range(121):
+            clock.set(T0 + dt.timedelta(minutes=minute))
+            await p.scheduler.tick()
+    slots = [t.scheduled_for for t in await tasks(p, "c")]
+    assert slots == [T0 + dt.timedelta(hours=1), T0 + dt.timedelta(hours=2)]
+    said = [r for r in caplog.records if r.__dict__.get("event") == "cron_stored_schedule_unusable"]
+    assert len(said) == 1
+    assert not [r for r in caplog.records if r.__dict__.get("event") == "cron_definition_differs"]
