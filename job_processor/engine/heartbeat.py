@@ -15,7 +15,7 @@ from ..core.log import EventLog
 from ..storage import Storage
 from ..storage.transient import describe
 from .looplag import LoopLag
-from .recovery import Recovery, is_dead
+from .recovery import Recovery, claim_margin, is_dead
 from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
 from .worker import Worker
@@ -59,6 +59,7 @@ class Heartbeat:
         """The lease expired and the runs were given up: register afresh (a beat that started
         before and landed after would otherwise keep the id, with its jobs left running)."""
         worker.trusted = self.trusted
+        worker.claimable = self.claimable
         worker.release_unstarted = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
@@ -132,6 +133,17 @@ class Heartbeat:
         return bool(self.worker.worker_id) and not is_dead(
             self._last_ok, self.clock.now(), self.settings.worker_timeout
         )
+
+    def claimable(self) -> bool:
+        """`trusted`, with a margin: no claim is made, nor a claimed job started, in the last
+        `claim_margin` seconds of the lease. A claim that lands just before the lease ends
+        and whose reply comes after it is never started here, but a sweep may already have
+        recorded it as crashed (it cannot know the run never started): the margin keeps
+        that to claims whose round trip outlasts it."""
+        if self._last_ok is None:
+            return True
+        lease = self.settings.worker_timeout - claim_margin(self.settings)
+        return bool(self.worker.worker_id) and not is_dead(self._last_ok, self.clock.now(), lease)
 
     async def lease_watch(self) -> None:
         """Give the runs up once the last successful heartbeat is worker_timeout old, the time
@@ -208,7 +220,7 @@ class Heartbeat:
             self.worker.wake.set()  # claim again, under the new id
             return
         self._last_ok = now
-        if self.worker.claims_held and self.trusted():  # a late beat made it in time
+        if self.worker.claims_held and self.claimable():  # a late beat made it in time
             self.worker.claims_held = False
             self.worker.wake.set()
         if also is not None and "crashed" in also:

@@ -22,6 +22,7 @@ from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.definitions import JobDef
 from ..core.log import EventLog
 from ..core.outcome import Ending, RunEnd, decide
+from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..storage import Storage
 from ..storage.transient import describe
@@ -58,6 +59,12 @@ BARE_AGE = dt.timedelta(seconds=30)
 
 def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
     return last_seen < now - dt.timedelta(seconds=worker_timeout)
+
+
+def claim_margin(settings: Settings) -> float:
+    """Seconds before its lease ends from which a worker neither claims nor starts a claimed
+    job (`Heartbeat.claimable`): a heartbeat interval, at most a quarter of the timeout."""
+    return min(settings.heartbeat_interval, settings.worker_timeout / 4)
 
 
 class Recovery:

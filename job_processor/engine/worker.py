@@ -110,6 +110,8 @@ class Worker:
         """run id -> why this process gave the run up (`abandon_all`): when its own sweep
         recovers the job, the error says so instead of `runs.WORKER_SILENT`."""
         self.trusted: Callable[[], bool] = lambda: True
+        self.claimable: Callable[[], bool] = lambda: True
+        """`trusted` with a margin before the lease's end (`Heartbeat.claimable`)."""
         """Set by the heartbeat: False while others may have declared this worker dead (its
         last heartbeat is older than worker_timeout, or it is registering afresh). Nothing
         is claimed then, and a claim that returns then is not started."""
@@ -237,7 +239,7 @@ class Worker:
         self.quiet.expect(name)
 
     def may_claim(self, worker_id: str) -> bool:
-        return bool(worker_id) and worker_id == self.worker_id and self.trusted()
+        return bool(worker_id) and worker_id == self.worker_id and self.claimable()
 
     def start_claimed(self, doc: Doc) -> bool:
         """Start a job the claim loop took; False when it is not started (see `trusted`)."""

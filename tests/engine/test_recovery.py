@@ -526,3 +526,37 @@ async def test_a_worker_document_without_a_readable_heartbeat_is_removed_not_fat
         assert not p.failed.is_set()
     assert await db["job_processor_workers"].find_one({"_id": doc["_id"]}) is None
     assert stored.error is not None
+
+
+async def test_a_worker_neither_claims_nor_starts_a_claim_in_its_leases_last_moments(
+    db: Any,
+) -> None:
+    """A claim that lands just before the worker's lease ends, its reply after, was never
+    started by the worker, but a sweep of another worker recorded it as crashed (an attempt
+    used, for a run that never happened). From `heartbeat_interval` (at most a quarter of
+    `worker_timeout`) before its lease ends, a worker sends no claim, and a claim whose
+    reply comes then is put back unstarted; the next successful heartbeat claims again."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    p = await make(db, {"send": JobDef(handler=noop, max_attempts=1)}, clock=clock)
+    await p.heartbeat.register()
+    me = p.worker.worker_id
+    job_id = (await p.schedule_job("send", {})).id
+    clock.advance(1.6)  # worker_timeout 2 s, heartbeat_interval 0.5 s: in the last 0.5 s
+    assert p.worker.trusted() and not p.worker.may_claim(me)
+    assert await p.worker.claim_batch() == 0
+    assert (await p.get_job(job_id)).status == S.PENDING
+    # a claim sent before, whose reply comes now, is put back unstarted (no attempt used)
+    claimed = await p.storage.jobs.claim_next(["send"], me, clock.now(), budget=2)
+    assert claimed is not None and not p.worker.start_claimed(claimed)
+    await p.worker._release_orphans()
+    back = await p.get_job(job_id)
+    assert back.status == S.PENDING and back.attempt == 0
+    await p.heartbeat.tick()  # a beat lands: the lease is whole again
+    assert p.worker.may_claim(me)
+    assert await p.worker.claim_batch() == 1
+    await wait_status(p, job_id, S.FINISHED)
+    await p.stop()
