@@ -242,7 +242,9 @@ class WebhookSender:
         limit = self.options.disable_after
         oid, now = endpoint_id_of(endpoint.id), self.clock.now()
         count = await self._bookkeeping(
-            "failed_delivery", lambda: self.endpoints.failed_delivery(oid, now), fields
+            "failed_delivery",
+            lambda: self.endpoints.failed_delivery(oid, now, fields["job_id"]),
+            fields,
         )
         if limit is not None and count is not None and count >= limit:
             await self._disable(endpoint, f"{count} consecutive failed deliveries", fields)
@@ -252,7 +254,7 @@ class WebhookSender:
     ) -> None:
         oid, now = endpoint_id_of(endpoint.id), self.clock.now()
         done = await self._bookkeeping(
-            "disable", lambda: self.endpoints.disable(oid, reason, now), fields
+            "disable", lambda: self.endpoints.disable(oid, reason, now, fields["job_id"]), fields
         )
         if done is not None:
             self.log.warning("webhook_endpoint_disabled", reason=reason, **fields)

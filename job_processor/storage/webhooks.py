@@ -17,6 +17,8 @@ from .compat import IndexKeys, all_docs, decode_opt
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
+#: Delivery ids kept on an endpoint so that each failure is counted once (`failed_delivery`).
+FAILURES_NOTED = 20
 
 INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # emit: the enabled endpoints listening to an event (multikey on `events`)
@@ -51,16 +53,24 @@ class WebhookStore:
         )
         return decode_opt(found)
 
-    async def disable(self, endpoint_id: ObjectId, reason: str, now: dt.datetime) -> Doc | None:
-        """enabled -> disabled (compare-and-set: None when it was not enabled)."""
+    async def disable(
+        self, endpoint_id: ObjectId, reason: str, now: dt.datetime, by: str | None = None
+    ) -> Doc | None:
+        """enabled -> disabled (compare-and-set: None when it was not enabled). With `by` (a
+        delivery's id) the write is idempotent: sent again after a lost reply, it matches
+        its own earlier write and returns the endpoint again."""
+        where: Doc = {"_id": endpoint_id, "state": "enabled"}
+        if by is not None:
+            where = {"_id": endpoint_id, "$or": [{"state": "enabled"}, {"disabled_by": by}]}
         found = await self.coll.find_one_and_update(
-            {"_id": endpoint_id, "state": "enabled"},
+            where,
             {
                 "$set": {
                     "state": "disabled",
                     "disabled_reason": reason,
                     "disabled_at": now,
                     "updated_at": now,
+                    "disabled_by": by,
                 }
             },
             return_document=AFTER,
@@ -77,6 +87,7 @@ class WebhookStore:
                     "disabled_reason": None,
                     "disabled_at": None,
                     "consecutive_failures": 0,
+                    "disabled_by": None,
                     "updated_at": now,
                 }
             },
@@ -88,13 +99,22 @@ class WebhookStore:
         res = await self.coll.delete_one({"_id": endpoint_id})
         return bool(res.deleted_count)
 
-    async def failed_delivery(self, endpoint_id: ObjectId, now: dt.datetime) -> int:
-        """One more delivery failed for good: returns the consecutive failures now counted."""
-        found = await self.coll.find_one_and_update(
-            {"_id": endpoint_id},
-            {"$inc": {"consecutive_failures": 1}, "$set": {"last_failure_at": now}},
-            return_document=AFTER,
-        )
+    async def failed_delivery(
+        self, endpoint_id: ObjectId, now: dt.datetime, delivery: str | None = None
+    ) -> int:
+        """One more delivery failed for good: returns the consecutive failures now counted.
+        With `delivery` (its id) it is counted once, however often the write is sent again
+        after a lost reply (the last `FAILURES_NOTED` ids are kept on the endpoint)."""
+        where: Doc = {"_id": endpoint_id}
+        update: Doc = {"$inc": {"consecutive_failures": 1}, "$set": {"last_failure_at": now}}
+        if delivery is not None:
+            where["failed_deliveries"] = {"$nin": [delivery]}
+            update["$push"] = {
+                "failed_deliveries": {"$each": [delivery], "$slice": -FAILURES_NOTED}
+            }
+        found = await self.coll.find_one_and_update(where, update, return_document=AFTER)
+        if found is None and delivery is not None:  # counted already: by an earlier send
+            found = await self.coll.find_one({"_id": endpoint_id}, {"consecutive_failures": 1})
         return int((found or {}).get("consecutive_failures") or 0)
 
     async def delivered(self, endpoint_id: ObjectId) -> None:

@@ -5,6 +5,7 @@ ends a run of failures counted meanwhile by a concurrent delivery."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -68,11 +69,11 @@ async def test_an_outage_on_the_bookkeeping_of_a_4xx_does_not_send_it_again(
     ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
     real, blips = p.storage.webhooks.failed_delivery, []
 
-    async def flaky(endpoint_id: Any, now: Any) -> int:
+    async def flaky(endpoint_id: Any, now: Any, delivery: Any = None) -> int:
         if not blips:
             blips.append(1)
             raise AutoReconnect("connection reset (test)")
-        return await real(endpoint_id, now)
+        return await real(endpoint_id, now, delivery)
 
     p.storage.webhooks.failed_delivery = flaky  # type: ignore[method-assign]
     async with p:
@@ -168,3 +169,45 @@ async def test_a_success_ends_a_run_of_failures_a_concurrent_delivery_counted(
         await wait_delivery(p, third.id, ep, "errored")  # F2
         got = await p.webhooks.get(ep.id)
     assert got.enabled and got.consecutive_failures == 1
+
+
+async def test_bookkeeping_sent_again_after_a_lost_reply_counts_once_and_disables_once(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The count of failed deliveries and the disabling are written again after an outage (a
+    reply lost after the write was applied): the delivery is counted once, not twice, and the
+    endpoint's disabling is said (it used to be counted twice, and the disabling, finding the
+    endpoint already disabled by its own first write, said nothing)."""
+    logger = logging.getLogger("test.webhooks.bookkeeping")
+    p = await make(db, logger=logger, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
+    store = p.storage.webhooks
+    real_count, real_disable, lost = store.failed_delivery, store.disable, []
+
+    async def count_then_lose_reply(*args: Any) -> int:
+        got = await real_count(*args)
+        if "count" not in lost:
+            lost.append("count")
+            raise AutoReconnect("connection reset after the write (test)")
+        return got
+
+    async def disable_then_lose_reply(*args: Any) -> Any:
+        got = await real_disable(*args)
+        if "disable" not in lost:
+            lost.append("disable")
+            raise AutoReconnect("connection reset after the write (test)")
+        return got
+
+    store.failed_delivery = count_then_lose_reply  # type: ignore[method-assign]
+    store.disable = disable_then_lose_reply  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="test.webhooks.bookkeeping"):
+        async with p:
+            event = await p.emit("e", {})
+            await wait_delivery(p, event.id, ep, "errored")
+    got = await p.webhooks.get(ep.id)
+    assert lost == ["count", "disable"]
+    assert got.consecutive_failures == 1 and not got.enabled
+    said = [r for r in caplog.records if r.__dict__.get("event") == "webhook_endpoint_disabled"]
+    assert len(said) == 1
