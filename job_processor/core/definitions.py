@@ -35,8 +35,9 @@ Mode = Literal["async", "sync", "serial"]
 #: max_attempts of a resumable job when not given: a crash counts as an attempt.
 RESUMABLE_DEFAULT_ATTEMPTS = 3
 #: Set (True) on an `on_job_exited` that must happen, whatever it takes (a built-in step, such
-#: as a serial chain's next delivery): a call that raises or times out leaves it owed, with no
-#: owner, and a live worker's next sweep calls it again, until it succeeds.
+#: as a serial chain's next delivery): a call that times out or meets an outage leaves it owed,
+#: with no owner, and a live worker's next sweep calls it again, until it succeeds; any other
+#: error is recorded as failed, as for any hook.
 HOOK_RETRIED_MARK = "job_processor_hook_retried"
 
 #: The longest duration a definition may give: a year (in seconds, and in minutes).

@@ -33,7 +33,7 @@ from ..core.models import Job
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
-from ..storage.transient import TRANSIENT, describe
+from ..storage.transient import TRANSIENT, describe, is_transient
 from .execution import build_job, call_maybe_async, describe_error
 
 Doc = dict[str, Any]
@@ -134,6 +134,7 @@ class HookRunner:
         timeout = definition.on_job_exited_timeout
         self.in_flight.add(str(job_id))
         error: str | None = None
+        transient = False  # a timeout or an outage: what a retried hook is called again for
         try:
 
             def returned_late(name: str, seconds: float) -> None:
@@ -147,7 +148,7 @@ class HookRunner:
             async with asyncio.timeout(timeout):
                 await call_maybe_async(definition.on_job_exited, job, on_late_return=returned_late)
         except TimeoutError:
-            error = f"timed out after {timeout:g}s"
+            error, transient = f"timed out after {timeout:g}s", True
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -158,16 +159,17 @@ class HookRunner:
             error = "CancelledError raised by the hook (its task was not cancelled)"
             self.log.error("on_job_exited_failed", error=error, **fields)
         except Exception as exc:
-            error = describe_error(exc)
+            error, transient = describe_error(exc), is_transient(exc)
             # its first line masked as job_errored's (the traceback is on the job, where readers
             # mask it: the log would show the payload's secrets, and rich's locals)
             values = (doc.get("payload"), doc.get("state"))
             paths = definition.sensitive_fields
             shown = log_text(error.splitlines()[0], values, paths)
             self.log.error("on_job_exited_failed", error=shown, **fields)
-        if error and getattr(definition.on_job_exited, HOOK_RETRIED_MARK, False):
-            # a step that must happen (a serial chain's next delivery): still owed, no owner,
-            # so a live worker's next sweep calls it again (it is idempotent)
+        if error and transient and getattr(definition.on_job_exited, HOOK_RETRIED_MARK, False):
+            # a step that must happen (a serial chain's next delivery), held up by an outage:
+            # still owed, no owner, so a live worker's next sweep calls it again (idempotent);
+            # any other error (a bug) is recorded as failed: called again, it would fail again
             self.log.warning("on_job_exited_retried_later", error=error[:300], **fields)
             try:
                 with contextlib.suppress(*TRANSIENT):  # then it stays ours: taken over later

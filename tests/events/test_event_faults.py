@@ -3,6 +3,7 @@ a serial chain never stops for good on an outage in the step that starts its nex
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,12 +13,8 @@ from job_processor import AbortSignal, Event, Subscriber
 from tests.events.test_events import make, wait_delivered
 
 
-async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: Any) -> None:
-    """The hook that creates the next delivery of a serial chain fails once (MongoDB
-    unreachable): it stays owed and a live worker's next sweep calls it again, so "b" runs
-    (the hook used to be recorded failed, and "b" waited for ever: a finished delivery cannot
-    be retried)."""
-    ran: list[str] = []
+def serial_pair(ran: list[str]) -> dict[str, list[Subscriber]]:
+    """Two serial subscribers of "shipped", "a" then "b", each noting its run in `ran`."""
 
     def record(name: str) -> Any:
         async def handler(event: Event, signal: AbortSignal) -> None:
@@ -25,13 +22,21 @@ async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: 
 
         return handler
 
-    subs = {
+    return {
         "shipped": [
             Subscriber("a", handler=record("a"), mode="serial"),
             Subscriber("b", handler=record("b"), mode="serial"),
         ]
     }
-    p = await make(db, subs)
+
+
+async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: Any) -> None:
+    """The hook that creates the next delivery of a serial chain fails once (MongoDB
+    unreachable): it stays owed and a live worker's next sweep calls it again, so "b" runs
+    (the hook used to be recorded failed, and "b" waited for ever: a finished delivery cannot
+    be retried)."""
+    ran: list[str] = []
+    p = await make(db, serial_pair(ran))
     real, blips = p.storage.deliveries.create, []
 
     async def flaky(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,6 +53,36 @@ async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: 
     assert [d.status for d in shown.deliveries] == ["finished", "finished"]
     head = await p.get_job(shown.deliveries[0].job_id or "")
     assert head.exit_hook == "done"
+
+
+async def test_a_chain_step_that_fails_for_another_reason_is_recorded_not_called_for_ever(
+    db: Any,
+) -> None:
+    """Only a timeout or an outage leaves the chain's step owed for the next sweep: any other
+    error (a bug) is recorded as the hook's failure, on the job, instead of being called again
+    every sweep for ever."""
+    ran: list[str] = []
+    p = await make(db, serial_pair(ran))
+    calls: list[int] = []
+
+    async def broken(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(1)
+        raise ValueError("a bug in the step (test)")
+
+    async with p:
+        event = await p.emit("shipped", {})
+        p.storage.deliveries.create = broken  # type: ignore[method-assign]
+        shown = await wait_delivered(p, event.id, "a")
+        head_id = shown.deliveries[0].job_id or ""
+        for _ in range(300):  # the hook's record is written after the delivery's end
+            head = await p.get_job(head_id)
+            if head.exit_hook != "pending":
+                break
+            await asyncio.sleep(0.02)
+        await p.recovery.sweep(p.clock.now())  # a sweep does not call it again
+        await p.hooks.drain()
+    assert head.exit_hook == "failed" and "a bug in the step" in (head.exit_hook_error or "")
+    assert ran == ["a"] and calls == [1]
 
 
 async def test_an_outage_during_a_sync_wait_is_waited_out(db: Any) -> None:
