@@ -227,9 +227,10 @@ class EventBus:
         stored = await produce(lambda retried: self.storage.events.insert(doc, retried=retried))
         fields = {"event_id": str(stored["_id"]), "event_name": name}
         created: list[Doc] = []
-        if stored.get("fanout") == "owed":  # idempotent: unique delivery keys
-            created = await produce(lambda _: self._fan_out(stored, now))
-            stored["fanout"] = "done"
+        made = stored.get("fanout") != "owed"  # whether every delivery was made by now
+        if not made:  # idempotent: unique delivery keys
+            created, made = await produce(lambda _: self._fan_out(stored, now))
+            stored["fanout"] = "done" if made else "owed"
         self._wake(created)
         if stored["_id"] != doc["_id"]:
             self.log.info("event_deduplicated", key=key, **fields)
@@ -240,14 +241,15 @@ class EventBus:
             self.log.info("event_emitted", deliveries=len(created), **fields)
         sync = [t.target for t in event.targets if t.mode == "sync"]
         if sync:
-            await self._wait_sync(event, sync, float(sync_timeout))
+            await self._wait_sync(event, sync, float(sync_timeout), made)
         return event
 
-    async def _fan_out(self, stored: Doc, now: dt.datetime) -> list[Doc]:
+    async def _fan_out(self, stored: Doc, now: dt.datetime) -> tuple[list[Doc], bool]:
         """The emitter's own fan-out, only while it is still its to make: past
         `worker_timeout` after the event (a process frozen meanwhile: a pause, a VM
         migration), a sweep completes it, and retention may since have removed deliveries
-        that an insert now would make a second time. Then the deliveries are read, not made."""
+        that an insert now would make a second time. Then the deliveries are read, not made
+        (and False says that some may not be made yet)."""
         if (self.clock.now() - now).total_seconds() >= self.worker_timeout:
             self.log.warning(
                 "event_fanout_left_to_sweep", event_id=str(stored["_id"]), event_name=stored["name"]
@@ -256,8 +258,8 @@ class EventBus:
                 E.delivery_key(str(stored["_id"]), t["target"], None)
                 for t in stored.get("targets") or []
             ]
-            return await self.storage.deliveries.by_keys(keys)
-        return await complete_fanout(self.storage, stored, now)
+            return await self.storage.deliveries.by_keys(keys), False
+        return await complete_fanout(self.storage, stored, now), True
 
     async def _untargeted(self, name: str) -> None:
         """An event nobody listens to: often a misspelt name. Warn with the closest known event
@@ -296,11 +298,14 @@ class EventBus:
             self._known_events = (at, names)
         return self._known_events[1]
 
-    async def _wait_sync(self, event: Event, targets: list[str], wait: float) -> None:
+    async def _wait_sync(
+        self, event: Event, targets: list[str], wait: float, made: bool = True
+    ) -> None:
         """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s), within `wait`
         seconds in all: each read is bounded by what remains, and one that meets an outage
-        counts as "not yet". The fan-out is complete by now, so a delivery not found was
-        deleted (retention: an event emitted again under its key long after): ended."""
+        counts as "not yet". Once the fan-out is complete (`made`, or the event says so), a
+        delivery not found was deleted (retention: an event emitted again under its key long
+        after): ended. Before, it is not made yet (a sweep completes the fan-out)."""
         keys = [E.delivery_key(event.id, t, None) for t in targets]
         deadline = self.clock.now() + dt.timedelta(seconds=wait)
         delay = 0.02
@@ -310,8 +315,10 @@ class EventBus:
             try:
                 async with asyncio.timeout(max(remaining, 0.05)):
                     docs = await self.storage.deliveries.by_keys(keys)
+                    if not made and len(docs) < len(keys):
+                        made = await self._fanned_out(event.id)
                 pending = [d for d in docs if d["status"] not in ENDED]
-                if not pending:
+                if not pending and (made or len(docs) == len(keys)):
                     break
             except (PyMongoError, TimeoutError) as exc:
                 if not is_transient(exc) and not isinstance(exc, TimeoutError):
@@ -323,7 +330,10 @@ class EventBus:
             delay = min(delay * 1.5, 0.5)
         ended = {d["delivery_key"]: Delivery.of_job(d) for d in docs}
         by_target = {d.target: d for d in ended.values()}
-        event.deliveries = [by_target.get(d.target, d) for d in event.deliveries]
+        shown = {d.target for d in event.deliveries}  # and those a sweep made meanwhile
+        event.deliveries = [by_target.get(d.target, d) for d in event.deliveries] + [
+            d for d in by_target.values() if d.target not in shown
+        ]
         failed = [d for d in ended.values() if d.status in FAILED]
         if failed:
             parts = [
@@ -338,6 +348,12 @@ class EventBus:
                 event.id,
                 list(failed),
             )
+
+    async def _fanned_out(self, event_id: str) -> bool:
+        """Whether the event's fan-out is complete (an event removed meanwhile: nothing left
+        to make)."""
+        stored = await self.storage.events.get(event_id_of(event_id))
+        return stored is None or stored.get("fanout") != "owed"
 
     async def _timed_out(
         self, event: Event, docs: list[Doc], targets: list[str], wait: float

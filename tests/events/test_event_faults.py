@@ -11,6 +11,7 @@ from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Event, Subscriber
 from tests.events.test_events import make, wait_delivered
+from tests.helpers import wait_for
 
 
 def serial_pair(ran: list[str]) -> dict[str, list[Subscriber]]:
@@ -184,3 +185,41 @@ async def test_an_emitter_late_for_its_fan_out_leaves_it_to_the_sweep(db: Any) -
     event = await publisher.emit("shipped", {})
     assert event.deliveries == []
     assert await db["job_processor_jobs"].count_documents({}) == 0  # the sweep makes them
+
+
+async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: Any) -> None:
+    """The frozen emitter of an event with a sync subscriber leaves the fan-out to the sweep:
+    its wait used to count the delivery not made yet as ended (deleted by retention) and
+    return at once; it waits until the sweep made it and it ended."""
+    import datetime as dt
+
+    from job_processor import FakeClock
+
+    ran: list[str] = []
+
+    async def charge(event: Event, signal: AbortSignal) -> None:
+        ran.append(event.id)
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    subs = {"paid": [Subscriber("charge", handler=charge, mode="sync")]}
+    publisher = await make(db, subs, clock=clock)
+    real = publisher.storage.events.insert
+
+    async def then_frozen(doc: Any, **kw: Any) -> Any:
+        stored = await real(doc, **kw)
+        clock.advance(publisher.settings.worker_timeout + 1)  # frozen here
+        return stored
+
+    publisher.storage.events.insert = then_frozen  # type: ignore[method-assign]
+    emitting = asyncio.create_task(publisher.emit("paid", {}, sync_timeout=3600))
+    await wait_for(lambda: clock.sleepers >= 1 or emitting.done())  # in its wait, or returned
+    assert not emitting.done()
+    async with publisher:  # its first sweep completes the fan-out; its worker runs "charge"
+        for _ in range(1000):
+            if emitting.done():
+                break
+            clock.advance(0.5)
+            await asyncio.sleep(0.01)
+        event = await emitting
+    assert ran == [event.id]
+    assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
