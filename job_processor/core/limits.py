@@ -85,9 +85,21 @@ def taken(
     if limit.rate is not None:
         starts = recent_starts(doc, limit, now) | {rid: _ms(now) for rid in run_ids}
         fields["starts"] = starts
+        if template is not None:  # found without reading the starts (`rate_full_ms`)
+            fields["rate_full_ms"] = rate_full_ms(starts, limit)
     for rid in run_ids:
         fields[f"holders.{rid}"] = {"worker_id": worker_id, "at_ms": _ms(now)}
     return {"$set": fields, "$inc": {"running": len(run_ids)}}
+
+
+def rate_full_ms(starts: Mapping[str, int], limit: Limit) -> int:
+    """Until when (epoch ms) these starts leave the rate no room (0: it has room now). Kept on
+    a per-value key's document, so that the claim finds the rate-full keys of a template in
+    an index, without reading every key's starts."""
+    if limit.rate is None or limit.per_seconds is None or len(starts) < limit.rate:
+        return 0
+    ordered = sorted(starts.values())
+    return ordered[len(ordered) - limit.rate] + int(limit.per_seconds * 1000)
 
 
 #: A key's document before its first slot is taken.

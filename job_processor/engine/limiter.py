@@ -32,7 +32,6 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from ..core import documents as D
-from ..core import limits as L
 from ..core.definitions import JobDef, Limit
 from ..core.limits import check_limits
 from ..core.log import EventLog
@@ -138,16 +137,14 @@ class Limiter:
 
     async def _full_keys(self, limit: Limit, now: dt.datetime) -> set[str]:
         """The keys of a per-value limit that allow no run now, from their documents (one
-        read): the claim's candidates leave them out, so any number of full keys ahead in
+        indexed read: those at their concurrency, or whose rate is full past now, never every
+        key's starts): the claim's candidates leave them out, so any number of full keys ahead in
         claim order never holds back another key (the rounds below only learn the keys that
         filled up since)."""
         rate = limit.rate is not None and limit.per_seconds is not None
-        docs = await self.storage.limits.of_template(limit.key, None if rate else limit.concurrency)
-        return {
-            str(doc["_id"])
-            for doc in docs
-            if L.plan(doc, limit.for_key(str(doc["_id"])), 1, now).slots == 0
-        }
+        now_ms = int(now.timestamp() * 1000) if rate else None
+        docs = await self.storage.limits.full_of_template(limit.key, limit.concurrency, now_ms)
+        return {str(doc["_id"]) for doc in docs}
 
     def _block(
         self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime

@@ -19,6 +19,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # looked up by _id; a per-value limit's keys (one document per active tenant) by template:
     # the full ones, read at each claim of that limit (`of_template`)
     ([("template", 1), ("running", 1)], {"sparse": True}),
+    # and those whose rate is full, when the limit has one (`rate_full_ms`)
+    ([("template", 1), ("rate_full_ms", 1)], {"sparse": True}),
 ]
 
 
@@ -32,16 +34,26 @@ class LimitStore:
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 
-    async def of_template(self, template: str, running_at_least: int | None = None) -> list[Doc]:
-        """The per-value limits filled from `template`, with their running count and starts;
-        with `running_at_least`, only those that many runs hold (full by concurrency)."""
-        return await all_docs(self.of_template_cursor(template, running_at_least))
+    async def full_of_template(
+        self, template: str, concurrency: int | None, now_ms: int | None
+    ) -> list[Doc]:
+        """The per-value limits filled from `template` that are full: `concurrency` runs
+        hold them, or (`now_ms`: the limit has a rate) their rate has no room before a later
+        time. Their running count and `rate_full_ms` only: never every key's starts."""
+        if concurrency is None and now_ms is None:
+            return []
+        return await all_docs(self.full_of_template_cursor(template, concurrency, now_ms))
 
-    def of_template_cursor(self, template: str, running_at_least: int | None = None) -> Any:
-        query: Doc = {"template": template}
-        if running_at_least is not None:
-            query["running"] = {"$gte": running_at_least}
-        return self.coll.find(query, {"running": 1, "starts": 1})
+    def full_of_template_cursor(
+        self, template: str, concurrency: int | None, now_ms: int | None
+    ) -> Any:
+        branches: list[Doc] = []
+        if concurrency is not None:
+            branches.append({"template": template, "running": {"$gte": concurrency}})
+        if now_ms is not None:
+            branches.append({"template": template, "rate_full_ms": {"$gt": now_ms}})
+        query: Doc = branches[0] if len(branches) == 1 else {"$or": branches}
+        return self.coll.find(query, {"running": 1, "rate_full_ms": 1})
 
     async def acquire(
         self,
@@ -96,10 +108,11 @@ class LimitStore:
         """Give a slot back, once: only if its holder is still recorded. A reservation that was
         not used (`started=False`) also leaves the rate window."""
         unset = {f"holders.{run_id}": ""}
-        if not started:
+        update: Doc = {"$inc": {"running": -1, "rev": 1}, "$unset": unset}
+        if not started:  # a start less: the rate may have room again (learnt at the next take)
             unset[f"starts.{run_id}"] = ""
+            update["$set"] = {"rate_full_ms": 0}
         res = await self.coll.update_one(
-            {"_id": key, f"holders.{run_id}": {"$exists": True}},
-            {"$inc": {"running": -1, "rev": 1}, "$unset": unset},
+            {"_id": key, f"holders.{run_id}": {"$exists": True}}, update
         )
         return bool(res.modified_count)

@@ -149,3 +149,41 @@ async def test_any_number_of_full_tenants_ahead_never_holds_back_another(db: Any
         b_started = "B" in started
         hold.set()
     assert b_started
+
+
+async def test_the_rate_full_keys_are_found_without_reading_every_keys_starts(db: Any) -> None:
+    """A per-value limit with a rate: the claim's read of the full keys used to fetch every
+    key of the template with all its starts (tenants x rate timestamps at each claim). Each
+    key's document keeps until when its rate is full (`rate_full_ms`); the read finds the full
+    ones in an index and returns no starts. A reservation given back unused frees the key."""
+    rated = Limit(key="tenant:{tenant}", rate=3, per_seconds=3600)
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={"a": JobDef(handler=work, limit=rated)}, clock=clock)
+    store = p.storage.limits
+    for i in range(40):  # 40 tenants: 10 at their rate, 30 with room
+        key = f"tenant:t{i}"
+        runs = 3 if i < 10 else 1
+        granted, _ = await store.acquire(
+            rated.for_key(key), [f"r{i}-{n}" for n in range(runs)], "w", clock.now(), rated.key
+        )
+        assert len(granted) == runs
+    read: list[dict[str, Any]] = []
+    real = store.full_of_template
+
+    async def spied(*args: Any) -> list[dict[str, Any]]:
+        docs = await real(*args)
+        read.extend(docs)
+        return docs
+
+    store.full_of_template = spied  # type: ignore[method-assign]
+    full = await p.worker.limiter._full_keys(rated, clock.now())
+    assert full == {f"tenant:t{i}" for i in range(10)}
+    assert len(read) == 10 and not any("starts" in d or "holders" in d for d in read)
+    assert await store.release("tenant:t0", "r0-2", started=False)  # never ran: room again
+    assert "tenant:t0" not in await p.worker.limiter._full_keys(rated, clock.now())
+    clock.advance(3600)  # the window has passed: none full
+    assert await p.worker.limiter._full_keys(rated, clock.now()) == set()

@@ -214,8 +214,8 @@ async def test_the_probe_for_a_quiet_names_due_job_uses_the_claim_index(storage:
 
 async def test_the_full_keys_of_a_per_value_limit_are_index_backed(storage: Storage) -> None:
     """Read at each claim of a per-value limit (one document per active tenant)."""
-    for running in (2, None):
-        cursor = storage.limits.of_template_cursor("tenant:{tenant}", running)
+    for concurrency, now_ms in ((2, None), (None, 1_000), (2, 1_000)):
+        cursor = storage.limits.full_of_template_cursor("tenant:{tenant}", concurrency, now_ms)
         assert "IXSCAN" in assert_indexed(await cursor.explain())
 
 
