@@ -237,9 +237,13 @@ HOOK_NOT_OWED_PARTS: tuple[Doc, Doc] = (
 )
 #: The same for "no job scheduled after it is still to count its end" (a purge must not
 #: delete such a dependency: its dependents would read it as deleted, a failure): no
-#: dependents ever, or all of them seen settled by a sweep. Equalities and `$exists` only.
-DEPENDENTS_COUNTED_PARTS: tuple[Doc, Doc] = (
+#: dependents ever (the field absent, or `false`/`null` as another program may write it), or
+#: all of them seen settled by a sweep. Equalities and `$exists` only (beside the date range
+#: nx-27017 matches nothing for an `$in`).
+DEPENDENTS_COUNTED_PARTS: tuple[Doc, ...] = (
     {"has_dependents": {"$exists": False}},
+    {"has_dependents": False},
+    {"has_dependents": None},
     {"dependents_settled": True},
 )
 

@@ -674,3 +674,25 @@ async def test_a_new_job_whose_reply_was_lost_is_written_once(
     assert lost == [1] and len(made.jobs) == 1
     assert await coll.count_documents({"name": "echo"}) == 1
     assert await admin.storage.audit.coll.count_documents({}) == 1
+
+
+async def test_a_purge_deletes_jobs_another_program_wrote_with_has_dependents_false_or_null(
+    env: Any,
+) -> None:
+    """A program writing the documents itself may store `has_dependents: false` (or null) on
+    a job with no dependents: a purge used to leave such jobs for ever (it only took the
+    field absent, or the dependents settled)."""
+    admin, storage, clock = env
+    ids = []
+    for value in (False, None):
+        job_id = await ended(storage, S.FINISHED)
+        await storage.jobs.coll.update_one(
+            {"_id": object_id(job_id)}, {"$set": {"has_dependents": value}}
+        )
+        ids.append(job_id)
+    clock.advance(3600)
+    purged = await admin.purge(status="finished", older_than="1m")
+    assert purged.count == 2
+    for job_id in ids:
+        with pytest.raises(JobNotFoundError):
+            await admin.get_job(job_id)

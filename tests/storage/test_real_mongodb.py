@@ -16,7 +16,7 @@ from job_processor.core import event_documents as E
 from job_processor.core import foreign as FD
 from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
-from job_processor.storage.compat import HOOK_NOT_OWED_PARTS
+from job_processor.storage.compat import DEPENDENTS_COUNTED_PARTS, HOOK_NOT_OWED_PARTS
 
 from ..conftest import REAL_SERVER
 
@@ -199,12 +199,14 @@ async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
     for name in (None, "job-3"):
         ended = storage.job_admin.ended_query(S.FINISHED, NOW, name)
         for not_owed in HOOK_NOT_OWED_PARTS:
-            plan = await db.command(
-                "explain",
-                {"delete": storage.jobs.name, "deletes": [{"q": ended | not_owed, "limit": 0}]},
-                verbosity="queryPlanner",
-            )
-            assert_indexed(plan)
+            for counted in DEPENDENTS_COUNTED_PARTS:
+                q = ended | not_owed | counted
+                plan = await db.command(
+                    "explain",
+                    {"delete": storage.jobs.name, "deletes": [{"q": q, "limit": 0}]},
+                    verbosity="queryPlanner",
+                )
+                assert_indexed(plan)
 
 
 async def test_the_probe_for_a_quiet_names_due_job_uses_the_claim_index(storage: Storage) -> None:
