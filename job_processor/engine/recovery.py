@@ -94,14 +94,16 @@ class Recovery:
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
 
-    async def loop(self, stop_event: asyncio.Event, after: Any = None) -> None:
+    async def loop(self, stop_event: asyncio.Event, after: Any = None, paused: Any = None) -> None:
         """The sweep every `worker_timeout / 2`, in its own loop (never inside the heartbeat:
         a long sweep must not make this worker look dead). `after(now)`: the registry refresh,
-        the retention pass."""
+        the retention pass. `paused()`: True while sweeps are skipped (a stop in progress)."""
         while not stop_event.is_set():
             await sleep_or_wake(self.clock, stop_event, self.worker_timeout / 2)
             if stop_event.is_set():
                 return
+            if paused is not None and paused():
+                continue
             now = self.clock.now()
             try:
                 await self.sweep(now)

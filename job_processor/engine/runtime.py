@@ -120,6 +120,9 @@ class Runtime:
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
         self._sweeps_stop = asyncio.Event()
+        self._sweeps_paused = False
+        """Set by stop() when no run_job holds the runtime (no sweep prolongs the stop);
+        cleared by any new holder (a run_job called meanwhile sweeps as usual)."""
         """Set when the sweeps stop: at a stop (no hook recovered then makes it wait longer
         than its bound), or when the runtime is released."""
         self._worker_loops: asyncio.Task[None] | None = None
@@ -163,6 +166,7 @@ class Runtime:
         """Worker document + heartbeat + kill delivery, held while started or running run_job."""
         async with self._runtime_lock:
             self._users += 1
+            self._sweeps_paused = False  # a run_job during a stop: its process sweeps again
             if self._users > 1:
                 return
             self.heartbeat.stop_event.clear()
@@ -182,7 +186,9 @@ class Runtime:
                 tg.create_task(self.heartbeat.lease_watch(), name="lease")
                 tg.create_task(self.ownership.loop(), name="ownership")
                 tg.create_task(
-                    self.recovery.loop(self._sweeps_stop, self.heartbeat.after_sweep),
+                    self.recovery.loop(
+                        self._sweeps_stop, self.heartbeat.after_sweep, lambda: self._sweeps_paused
+                    ),
                     name="sweep",
                 )
         except Exception:
@@ -252,7 +258,7 @@ class Runtime:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
         if self._users == 1:  # no run_job holds it: no more sweeps (other workers sweep), so
-            self._sweeps_stop.set()  # no hook recovered meanwhile prolongs the stop
+            self._sweeps_paused = True  # no hook recovered meanwhile prolongs the stop
         self.worker.request_stop()
         self.scheduler.stop_event.set()
         self.waker.stop_event.set()

@@ -360,3 +360,40 @@ async def test_a_stop_makes_no_sweep_so_no_recovered_hook_prolongs_it(db: Any) -
     assert len(sweeps) == before and hooked == [mine.id]
     left = await p.get_job(str(orphan["_id"]))
     assert left.exit_hook == "owed"  # for a live worker's sweep
+
+
+async def test_a_run_job_called_during_a_stop_keeps_its_process_sweeping(db: Any) -> None:
+    """A stop pauses this process's sweeps (above); a run_job called meanwhile holds the
+    runtime on after the stop returns, and its process sweeps as usual again (the sweep loop
+    used to have ended: no sweep for as long as that run_job ran)."""
+    release, hold_run = asyncio.Event(), asyncio.Event()
+    hooked: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        if job.payload.get("hold"):
+            await hold_run.wait()
+
+    async def hook(job: Job) -> None:
+        hooked.append(job.id)
+        await release.wait()
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(
+        db, jobs={"send": JobDef(handler=work, on_job_exited=hook)}, clock=clock, **SETTINGS
+    )
+    sweeps = counted_sweeps(p)
+    await p.start()
+    await p.schedule_job("send")
+    await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop waits for it
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    running = asyncio.create_task(p.run_job("send", {"hold": True}))
+    await wait_for(lambda: len(p.worker.runs) == 1)
+    release.set()
+    await stopping
+    before = len(sweeps)
+    for n in (1, 2):  # two sweep periods of the fake clock while the run_job runs
+        clock.advance(15)
+        await wait_for(lambda n=n: len(sweeps) == before + n)  # type: ignore[misc]
+    hold_run.set()
+    assert (await running).status == JobStatus.FINISHED
