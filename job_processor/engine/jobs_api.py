@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -193,14 +193,21 @@ class JobsAPI(Runtime):
         try:
             return await self.flows.register(deps)
         except DatabaseUnreachableError as exc:
-            self.log.warning(
-                "dependencies_not_registered",
-                job_ids=[str(j) for j in jobs[:20]],
-                jobs=len(jobs),
-                error=str(exc).splitlines()[0],
-                hint="the jobs are stored; a worker's sweep settles their dependencies",
-            )
+            hint = "the jobs are stored; a worker's sweep settles their dependencies"
+            self._unreachable("dependencies_not_registered", jobs, exc, hint)
             return 0
+
+    def _unreachable(
+        self, event: str, ids: Sequence[Any], exc: DatabaseUnreachableError, hint: str
+    ) -> None:
+        """A step after the jobs' insert that MongoDB did not answer: said, never raised."""
+        self.log.warning(
+            event,
+            job_ids=[str(i) for i in ids[:20]],
+            jobs=len(ids),
+            error=str(exc).splitlines()[0],
+            hint=hint,
+        )
 
     async def _as_now(self, stored: list[Doc]) -> list[Doc]:
         """These jobs as they are now (a registration released some); as written when MongoDB
@@ -210,13 +217,8 @@ class JobsAPI(Runtime):
         try:
             found = await self.storage.producer.run(lambda _: self.storage.jobs.get_many(ids))
         except DatabaseUnreachableError as exc:
-            self.log.warning(
-                "released_jobs_not_read",
-                job_ids=[str(i) for i in ids[:20]],
-                jobs=len(ids),
-                error=str(exc).splitlines()[0],
-                hint="returned as written (waiting); they are released: get_job reads them",
-            )
+            hint = "returned as written (waiting); they are released: get_job reads them"
+            self._unreachable("released_jobs_not_read", ids, exc, hint)
             return stored
         fresh = {d["_id"]: d for d in found}
         return [fresh.get(d["_id"], d) for d in stored]

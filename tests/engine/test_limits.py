@@ -168,7 +168,8 @@ async def test_a_reservation_left_by_a_dead_worker_is_returned(db: Any) -> None:
         await wait_status(processor, job.id, S.FINISHED, timeout=10)
 
 
-async def test_run_job_waits_for_a_slot(db: Any) -> None:
+async def one_slot_holder(db: Any) -> tuple[Any, asyncio.Event]:
+    """A processor whose job "hold" (limit "one", concurrency 1) runs until the event is set."""
     release = asyncio.Event()
 
     async def hold(job: Job, signal: AbortSignal) -> str:
@@ -176,7 +177,11 @@ async def test_run_job_waits_for_a_slot(db: Any) -> None:
         return "held"
 
     one = Limit(key="one", concurrency=1)
-    processor = await make(db, {"hold": JobDef(handler=hold, limit=one)})
+    return await make(db, {"hold": JobDef(handler=hold, limit=one)}), release
+
+
+async def test_run_job_waits_for_a_slot(db: Any) -> None:
+    processor, release = await one_slot_holder(db)
     first = asyncio.create_task(processor.run_job("hold"))
     await wait_for(lambda: bool(processor.worker.runs))
     second = asyncio.create_task(processor.run_job("hold"))
@@ -329,14 +334,7 @@ async def test_run_job_claimed_again_after_its_worker_was_declared_dead_holds_a_
     """run_job writes its job running; when its worker was declared dead meanwhile, the job is
     put back (its slot given back) and claimed again under the new id: that claim holds a slot
     again (it used to run with none: a second run of the key could start beside it)."""
-    release = asyncio.Event()
-
-    async def hold(job: Job, signal: AbortSignal) -> str:
-        await release.wait()
-        return "held"
-
-    one = Limit(key="one", concurrency=1)
-    p = await make(db, {"hold": JobDef(handler=hold, limit=one)})
+    p, release = await one_slot_holder(db)
     armed, real_insert, real_may = [False], p._insert, p.worker.may_claim
 
     async def insert(doc: Any) -> Any:

@@ -161,6 +161,19 @@ async def test_an_event_emitted_again_after_its_delivery_was_removed_returns_at_
     assert again.id == first.id and calls == [first.id]
 
 
+def frozen_after_insert(publisher: Any, clock: Any) -> None:
+    """The publisher's process freezes between its event's insert and its fan-out, for
+    `worker_timeout` and a second (its FakeClock moves on meanwhile)."""
+    real = publisher.storage.events.insert
+
+    async def then_frozen(doc: Any, **kw: Any) -> Any:
+        stored = await real(doc, **kw)
+        clock.advance(publisher.settings.worker_timeout + 1)  # frozen here
+        return stored
+
+    publisher.storage.events.insert = then_frozen
+
+
 async def test_an_emitter_late_for_its_fan_out_leaves_it_to_the_sweep(db: Any) -> None:
     """An emitter frozen between its event's insert and its fan-out for `worker_timeout` or
     more (a sweep completes the fan-out then, and retention may remove those deliveries
@@ -174,14 +187,7 @@ async def test_an_emitter_late_for_its_fan_out_leaves_it_to_the_sweep(db: Any) -
 
     clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     publisher = await make(db, {"shipped": [Subscriber("email", handler=email)]}, clock=clock)
-    real = publisher.storage.events.insert
-
-    async def then_frozen(doc: Any, **kw: Any) -> Any:
-        stored = await real(doc, **kw)
-        clock.advance(publisher.settings.worker_timeout + 1)  # frozen here
-        return stored
-
-    publisher.storage.events.insert = then_frozen  # type: ignore[method-assign]
+    frozen_after_insert(publisher, clock)
     event = await publisher.emit("shipped", {})
     assert event.deliveries == []
     assert await db["job_processor_jobs"].count_documents({}) == 0  # the sweep makes them
@@ -203,14 +209,7 @@ async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: 
     clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     subs = {"paid": [Subscriber("charge", handler=charge, mode="sync")]}
     publisher = await make(db, subs, clock=clock)
-    real = publisher.storage.events.insert
-
-    async def then_frozen(doc: Any, **kw: Any) -> Any:
-        stored = await real(doc, **kw)
-        clock.advance(publisher.settings.worker_timeout + 1)  # frozen here
-        return stored
-
-    publisher.storage.events.insert = then_frozen  # type: ignore[method-assign]
+    frozen_after_insert(publisher, clock)
     emitting = asyncio.create_task(publisher.emit("paid", {}, sync_timeout=3600))
     await wait_for(lambda: clock.sleepers >= 1 or emitting.done())  # in its wait, or returned
     assert not emitting.done()

@@ -36,51 +36,47 @@ async def test_a_2xx_whose_body_cannot_be_decoded_is_delivered_once(
     assert (await p.webhooks.get(ep.id)).consecutive_failures == 0
 
 
-async def test_an_outage_on_the_bookkeeping_after_a_2xx_fails_nothing(
+def fails_once(real: Any, blips: list[int]) -> Any:
+    """`real`, except that its first call meets an outage (noted in `blips`) and writes
+    nothing."""
+
+    async def flaky(*args: Any) -> Any:
+        if not blips:
+            blips.append(1)
+            raise AutoReconnect("connection reset (test)")
+        return await real(*args)
+
+    return flaky
+
+
+@pytest.mark.parametrize(
+    ("code", "write", "ends", "failures"),
+    [(200, "delivered", "finished", 0), (422, "failed_delivery", "errored", 1)],
+    ids=["a 2xx fails nothing", "a 4xx is not sent again"],
+)
+async def test_an_outage_on_the_bookkeeping_never_changes_what_the_answer_meant(
     db: Any,
     receiver: Receiver,  # noqa: F811
+    code: int,
+    write: str,
+    ends: str,
+    failures: int,
 ) -> None:
-    p = await make(db, max_attempts=1)
-    ep = await p.webhooks.add(url=receiver.script("/ok", Reply(200)), events=["e"])
+    """The endpoint's count, written after the answer, meets an outage once: a 2xx delivery
+    still finishes (and resets a run of 3 failures), a 4xx is not sent again (counted once)."""
+    p = await make(db, max_attempts=1 if code == 200 else 5)
+    ep = await p.webhooks.add(url=receiver.script("/r", Reply(code)), events=["e"])
     await p.storage.webhooks.coll.update_one(
-        {"_id": ObjectId(ep.id)}, {"$set": {"consecutive_failures": 3}}
+        {"_id": ObjectId(ep.id)}, {"$set": {"consecutive_failures": 3 if code == 200 else 0}}
     )
-    real, blips = p.storage.webhooks.delivered, []
-
-    async def blip(endpoint_id: Any) -> None:
-        if not blips:
-            blips.append(1)
-            raise AutoReconnect("connection reset (test)")
-        await real(endpoint_id)
-
-    p.storage.webhooks.delivered = blip  # type: ignore[method-assign]
+    blips: list[int] = []
+    store = p.storage.webhooks
+    setattr(store, write, fails_once(getattr(store, write), blips))
     async with p:
         event = await p.emit("e", {})
-        d = await wait_delivery(p, event.id, ep, "errored", "finished")
-    assert d.status == "finished" and len(receiver.received("/ok")) == 1
-    assert blips == [1] and (await p.webhooks.get(ep.id)).consecutive_failures == 0
-
-
-async def test_an_outage_on_the_bookkeeping_of_a_4xx_does_not_send_it_again(
-    db: Any,
-    receiver: Receiver,  # noqa: F811
-) -> None:
-    p = await make(db, max_attempts=5)
-    ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
-    real, blips = p.storage.webhooks.failed_delivery, []
-
-    async def flaky(endpoint_id: Any, now: Any, delivery: Any = None) -> int:
-        if not blips:
-            blips.append(1)
-            raise AutoReconnect("connection reset (test)")
-        return await real(endpoint_id, now, delivery)
-
-    p.storage.webhooks.failed_delivery = flaky  # type: ignore[method-assign]
-    async with p:
-        event = await p.emit("e", {})
-        await wait_delivery(p, event.id, ep, "errored")
-    assert len(receiver.received("/bad")) == 1  # "fails without retry"
-    assert (await p.webhooks.get(ep.id)).consecutive_failures == 1
+        d = await wait_delivery(p, event.id, ep, ends)
+    assert d.status == ends and len(receiver.received("/r")) == 1
+    assert blips == [1] and (await p.webhooks.get(ep.id)).consecutive_failures == failures
 
 
 async def test_an_attempt_that_cannot_be_sent_is_recorded_and_counted(
@@ -171,6 +167,20 @@ async def test_a_success_ends_a_run_of_failures_a_concurrent_delivery_counted(
     assert got.enabled and got.consecutive_failures == 1
 
 
+def reply_lost_once(real: Any, what: str, lost: list[str]) -> Any:
+    """`real`, except that the reply of its first call is lost (noted as `what` in `lost`)
+    after the write was applied."""
+
+    async def then_lost(*args: Any) -> Any:
+        got = await real(*args)
+        if what not in lost:
+            lost.append(what)
+            raise AutoReconnect("connection reset after the write (test)")
+        return got
+
+    return then_lost
+
+
 async def test_bookkeeping_sent_again_after_a_lost_reply_counts_once_and_disables_once(
     db: Any,
     receiver: Receiver,  # noqa: F811
@@ -184,24 +194,9 @@ async def test_bookkeeping_sent_again_after_a_lost_reply_counts_once_and_disable
     p = await make(db, logger=logger, max_attempts=1, disable_after=1)
     ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
     store = p.storage.webhooks
-    real_count, real_disable, lost = store.failed_delivery, store.disable, []
-
-    async def count_then_lose_reply(*args: Any) -> int:
-        got = await real_count(*args)
-        if "count" not in lost:
-            lost.append("count")
-            raise AutoReconnect("connection reset after the write (test)")
-        return got
-
-    async def disable_then_lose_reply(*args: Any) -> Any:
-        got = await real_disable(*args)
-        if "disable" not in lost:
-            lost.append("disable")
-            raise AutoReconnect("connection reset after the write (test)")
-        return got
-
-    store.failed_delivery = count_then_lose_reply  # type: ignore[method-assign]
-    store.disable = disable_then_lose_reply  # type: ignore[method-assign]
+    lost: list[str] = []
+    for write, what in (("failed_delivery", "count"), ("disable", "disable")):
+        setattr(store, write, reply_lost_once(getattr(store, write), what, lost))
     with caplog.at_level(logging.WARNING, logger="test.webhooks.bookkeeping"):
         async with p:
             event = await p.emit("e", {})
