@@ -97,14 +97,25 @@ class Recovery:
     async def loop(self, stop_event: asyncio.Event, after: Any = None, paused: Any = None) -> None:
         """The sweep every `worker_timeout / 2`, in its own loop (never inside the heartbeat:
         a long sweep must not make this worker look dead). `after(now)`: the registry refresh,
-        the retention pass. `paused()`: True while sweeps are skipped (a stop in progress)."""
+        the retention pass. `paused()`: True while sweeps are skipped (a stop in progress).
+        At a fixed rate: each pass is due a period after the previous one was due, so a pass's
+        own time does not push the next one back (the period bounds recovery)."""
+        period = dt.timedelta(seconds=self.worker_timeout / 2)
+        due = self.clock.now() + period
         while not stop_event.is_set():
-            await sleep_or_wake(self.clock, stop_event, self.worker_timeout / 2)
+            wait = (due - self.clock.now()).total_seconds()
+            await sleep_or_wake(self.clock, stop_event, wait)
             if stop_event.is_set():
                 return
+            now = self.clock.now()
+            if now < due:  # a wall clock set back: wait the rest, a period at the most
+                due = min(due, now + period)
+                continue
+            due += period
+            if due <= now:  # woken more than a period late (a frozen process): none owed
+                due = now + period
             if paused is not None and paused():
                 continue
-            now = self.clock.now()
             try:
                 await self.sweep(now)
                 if after is not None:

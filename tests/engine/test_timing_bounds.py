@@ -405,3 +405,29 @@ async def test_a_run_job_called_during_a_stop_keeps_its_process_sweeping(db: Any
         await wait_for(lambda n=n: len(sweeps) == before + n)  # type: ignore[misc]
     hold_run.set()
     assert (await running).status == JobStatus.FINISHED
+
+
+async def test_the_sweeps_keep_their_period_however_long_a_pass_takes(db: Any) -> None:
+    """Sweeps are due every `worker_timeout / 2` at a fixed rate: a pass that takes 5 s (a
+    slow server) does not push the next one back 5 s (the period is what bounds recovery)."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={"send": JobDef(handler=noop)}, clock=clock, **SETTINGS)
+    sweeps = counted_sweeps(p)
+    counted = p.recovery.sweep
+
+    async def slow(now: dt.datetime, definitions: bool = False) -> int:
+        done = await counted(now, definitions)
+        clock.advance(5)  # the pass took 5 s
+        return int(done)
+
+    async with p:
+        p.recovery.sweep = slow
+        clock.advance(15)
+        await wait_for(lambda: len(sweeps) == 2)
+        clock.advance(10)  # 30 s: the next pass is due, not at 35 s
+        await wait_for(lambda: len(sweeps) == 3)
+    assert sweeps == [T0, T0 + dt.timedelta(seconds=15), T0 + dt.timedelta(seconds=30)]
