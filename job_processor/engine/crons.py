@@ -108,7 +108,11 @@ class CronScheduler:
     async def fire(self, doc: dict[str, Any], now: dt.datetime) -> None:
         name = doc["_id"]
         cron = self.crons[name]
-        plan = plan_slots(self._schedule(name, cron, doc), doc["next_slot"], now, margin_of(cron))
+        schedule = self._schedule(name, cron, doc)
+        if schedule is None:  # left to the replicas that can evaluate it, until the refresh
+            self._docs.pop(name, None)
+            return
+        plan = plan_slots(schedule, doc["next_slot"], now, margin_of(cron))
         for slot in plan.missed:
             missed = D.as_missed(self.task_doc(name, slot, now), now, self._skip_expiry(cron, now))
             if await self.storage.jobs.insert(missed) is not None:
@@ -140,7 +144,7 @@ class CronScheduler:
         await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
 
-    def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule:
+    def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule | None:
         """The schedule the cron's document holds: the last definition registered (a rolling
         deploy's new one), which every replica follows, an old one too (its own would fire
         the old schedule's slots beside the new ones). Said once per definition."""
@@ -176,9 +180,10 @@ class CronScheduler:
                     here=f"{cron.cron_string} ({cron.timezone})",
                     error=error,
                     hint="this process cannot evaluate the schedule another one registered "
-                    "(update its time zone data or job-processor): it follows its own",
+                    "(update its time zone data or job-processor): it leaves this cron to "
+                    "the replicas that can",
                 )
-        return schedule if usable else schedule_of(cron)
+        return schedule if usable else None
 
     def _skip_expiry(self, cron: CronDef, now: dt.datetime) -> dt.datetime | None:
         keep = R.of(cron, self.retention)

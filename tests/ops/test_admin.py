@@ -696,3 +696,15 @@ async def test_a_purge_deletes_jobs_another_program_wrote_with_has_dependents_fa
     for job_id in ids:
         with pytest.raises(JobNotFoundError):
             await admin.get_job(job_id)
+
+
+async def test_list_crons_survives_a_stored_time_zone_this_process_lacks(env: Any) -> None:
+    """Another version registered a time zone this process's tzdata lacks: the listing (CLI
+    `crons`, the dashboard's crons page) used to raise; it shows the cron, with no local time."""
+    admin, storage, _ = env
+    await storage.crons.coll.update_one(
+        {"_id": "nightly"}, {"$set": {"timezone": "Mars/Olympus_Mons"}}
+    )
+    (view,) = await admin.list_crons()
+    assert view.name == "nightly" and view.timezone == "Mars/Olympus_Mons"
+    assert view.next_slot_utc is not None and view.next_slot_local is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.masking import task_error
@@ -53,9 +54,7 @@ class CronsAdmin(AdminBase):
                     tag=doc.get("tag"),
                     concurrency=str(doc.get("concurrency") or "concurrent"),
                     next_slot_utc=next_slot,
-                    next_slot_local=Schedule(str(doc.get("cron_string")), tz).local(next_slot)
-                    if isinstance(next_slot, dt.datetime)
-                    else None,
+                    next_slot_local=local_time(str(doc.get("cron_string")), tz, next_slot),
                     recent=runs,
                     missed_recent=sum(1 for r in runs if r.skip_reason == "missed"),
                     running=[str(r["_id"]) for r in running if r["name"] == name],
@@ -71,3 +70,14 @@ class CronsAdmin(AdminBase):
         result = await self._trigger(name, actor, "cron_triggered")
         await self._record(result, {"name": name})
         return result
+
+
+def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:
+    """`instant` in the cron's time zone; None when there is none, or when this process cannot
+    evaluate that zone (another version registered it: the listing still shows the cron)."""
+    if not isinstance(instant, dt.datetime):
+        return None
+    try:
+        return Schedule(cron_string, tz).local(instant)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed name
+        return None
