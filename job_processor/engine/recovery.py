@@ -99,7 +99,8 @@ class Recovery:
         a long sweep must not make this worker look dead). `after(now)`: the registry refresh,
         the retention pass. `paused()`: True while sweeps are skipped (a stop in progress).
         At a fixed rate: each pass is due a period after the previous one was due, so a pass's
-        own time does not push the next one back (the period bounds recovery)."""
+        own time does not push the next one back (the period bounds recovery), but at least
+        half a period after the previous one ended."""
         period = dt.timedelta(seconds=self.worker_timeout / 2)
         due = self.clock.now() + period
         while not stop_event.is_set():
@@ -124,6 +125,8 @@ class Recovery:
                 self.log.warning(
                     "sweep_failed", worker_id=self.worker.worker_id, error=describe(exc)
                 )
+            finally:  # passes slower than the period (a loaded server) never run back to back
+                due = max(due, self.clock.now() + period / 2)
 
     async def sweep(self, now: dt.datetime, definitions: bool = False) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks. Not while

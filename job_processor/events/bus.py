@@ -314,9 +314,11 @@ class EventBus:
             remaining = (deadline - self.clock.now()).total_seconds()
             try:
                 async with asyncio.timeout(max(remaining, 0.05)):
+                    # whether the fan-out is done is read first: one completed after the
+                    # read of the deliveries would make a delivery that read missed look deleted
+                    done_before = made or await self._fanned_out(event.id)
                     docs = await self.storage.deliveries.by_keys(keys)
-                    if not made and len(docs) < len(keys):
-                        made = await self._fanned_out(event.id)
+                    made = done_before
                 pending = [d for d in docs if d["status"] not in ENDED]
                 if not pending and (made or len(docs) == len(keys)):
                     break

@@ -431,3 +431,28 @@ async def test_the_sweeps_keep_their_period_however_long_a_pass_takes(db: Any) -
         clock.advance(10)  # 30 s: the next pass is due, not at 35 s
         await wait_for(lambda: len(sweeps) == 3)
     assert sweeps == [T0, T0 + dt.timedelta(seconds=15), T0 + dt.timedelta(seconds=30)]
+
+
+async def test_slow_sweeps_are_not_run_back_to_back(db: Any) -> None:
+    """Passes slower than the period (a loaded server) are at least half a period apart: the
+    fixed rate alone ran them back to back, adding load to the server that made them slow."""
+    clock = FakeClock(T0)
+    p = await init_job_processor(db, jobs={}, clock=clock, worker_timeout=30.0)
+    passes: list[dt.datetime] = []
+    period = p.recovery.worker_timeout / 2
+
+    async def slow_sweep(now: dt.datetime, **kw: Any) -> int:
+        passes.append(clock.now())
+        clock.advance(period * 1.2)  # each pass takes 1.2 periods (the clock is the only time)
+        return 0
+
+    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(p.recovery.loop(stop))
+    await wait_for(lambda: clock.sleepers >= 1)  # the loop waits for its first pass
+    clock.advance(period)  # the first pass is due
+    # then the loop sleeps again, on a clock that no one but the passes themselves moves
+    await wait_for(lambda: len(passes) >= 1 and clock.sleepers >= 1)
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    assert len(passes) == 1, f"{len(passes)} passes back to back"

@@ -222,3 +222,47 @@ async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: 
         event = await emitting
     assert ran == [event.id]
     assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
+
+
+async def test_a_fan_out_completed_between_the_sync_waits_reads_is_not_taken_as_deleted(
+    db: Any,
+) -> None:
+    """The sync wait read the deliveries, then whether the fan-out was done: a sweep that
+    completed it in between made the delivery that read missed look deleted (ended), and the
+    emit returned before its subscriber ran. It reads the fan-out's state first."""
+    import datetime as dt
+
+    from job_processor import FakeClock
+
+    ran: list[str] = []
+
+    async def charge(event: Event, signal: AbortSignal) -> None:
+        ran.append(event.id)
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    subs = {"paid": [Subscriber("charge", handler=charge, mode="sync")]}
+    publisher = await make(db, subs, clock=clock)
+    frozen_after_insert(publisher, clock)
+    store = publisher.storage.deliveries
+    real_by_keys, calls = store.by_keys, [0]
+
+    async def by_keys(keys: list[str]) -> list[dict[str, Any]]:
+        docs = await real_by_keys(keys)
+        calls[0] += 1
+        if calls[0] == 2:  # _wait_sync's first read: a sweep completes the fan-out right after
+            await publisher.events.sweep(clock.now())
+        return docs
+
+    store.by_keys = by_keys  # type: ignore[method-assign]
+    emitting = asyncio.create_task(publisher.emit("paid", {}, sync_timeout=3600))
+    async with publisher:  # its worker runs "charge"
+        for _ in range(300):
+            if emitting.done():
+                break
+            clock.advance(0.5)
+            await asyncio.sleep(0.01)
+        event = await emitting
+        returned_before_run = not ran
+        await asyncio.sleep(0.5)
+    assert not returned_before_run, "sync emit returned before its sync subscriber ran"
+    assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
