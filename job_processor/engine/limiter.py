@@ -144,7 +144,7 @@ class Limiter:
         rate = limit.rate is not None and limit.per_seconds is not None
         now_ms = int(now.timestamp() * 1000) if rate else None
         docs = await self.storage.limits.full_of_template(limit.key, limit.concurrency, now_ms)
-        return {str(doc["_id"]) for doc in docs}
+        return {str(doc["_id"]) for doc in docs if _full_now(doc, limit)}
 
     def _block(
         self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime
@@ -270,3 +270,12 @@ def value_key(limit: Limit, doc: Doc) -> str:
         return limit.key_for(doc.get("payload"))
     except ValueError:
         return limit.key
+
+
+def _full_now(doc: Doc, limit: Limit) -> bool:
+    """A key `full_of_template` found: at this limit's concurrency, or rate-full by the rate
+    this limit has (a `rate_full_ms` written under another rate, before a deploy changed it,
+    is not trusted: the claim's rounds learn whether the key has room)."""
+    if limit.concurrency is not None and int(doc.get("running") or 0) >= limit.concurrency:
+        return True
+    return doc.get("rate") == limit.rate and doc.get("per_seconds") == limit.per_seconds

@@ -199,6 +199,8 @@ class Runtime:
     async def _release_runtime(self) -> None:
         async with self._runtime_lock:
             self._users -= 1
+            if self._users == 1 and self.worker.stopping.is_set():
+                self._sweeps_paused = True  # the run_job that held a stop's sweeps on is over
             if self._users > 0:
                 return
             self.heartbeat.stop_event.set()

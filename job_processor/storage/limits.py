@@ -39,7 +39,8 @@ class LimitStore:
     ) -> list[Doc]:
         """The per-value limits filled from `template` that are full: `concurrency` runs
         hold them, or (`now_ms`: the limit has a rate) their rate has no room before a later
-        time. Their running count and `rate_full_ms` only: never every key's starts."""
+        time. Their running count, `rate_full_ms` and the rate it was computed with only: never
+        every key's starts."""
         if concurrency is None and now_ms is None:
             return []
         return await all_docs(self.full_of_template_cursor(template, concurrency, now_ms))
@@ -53,7 +54,7 @@ class LimitStore:
         if now_ms is not None:
             branches.append({"template": template, "rate_full_ms": {"$gt": now_ms}})
         query: Doc = branches[0] if len(branches) == 1 else {"$or": branches}
-        return self.coll.find(query, {"running": 1, "rate_full_ms": 1})
+        return self.coll.find(query, {"running": 1, "rate_full_ms": 1, "rate": 1, "per_seconds": 1})
 
     async def acquire(
         self,

@@ -61,7 +61,14 @@ class WebhookStore:
         its own earlier write and returns the endpoint again."""
         where: Doc = {"_id": endpoint_id, "state": "enabled"}
         if by is not None:
-            where = {"_id": endpoint_id, "$or": [{"state": "enabled"}, {"disabled_by": by}]}
+            # `_id` in each branch: nx-27017 applies a key beside a top-level `$or` to one
+            # branch only (see the test server's notes)
+            where = {
+                "$or": [
+                    {"_id": endpoint_id, "state": "enabled"},
+                    {"_id": endpoint_id, "disabled_by": by},
+                ]
+            }
         found = await self.coll.find_one_and_update(
             where,
             {

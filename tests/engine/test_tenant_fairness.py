@@ -155,7 +155,8 @@ async def test_the_rate_full_keys_are_found_without_reading_every_keys_starts(db
     """A per-value limit with a rate: the claim's read of the full keys used to fetch every
     key of the template with all its starts (tenants x rate timestamps at each claim). Each
     key's document keeps until when its rate is full (`rate_full_ms`); the read finds the full
-    ones in an index and returns no starts. A reservation given back unused frees the key."""
+    ones in an index and returns no starts. A reservation given back unused frees the key, and
+    a value written under another rate (before a deploy raised it) is not trusted."""
     rated = Limit(key="tenant:{tenant}", rate=3, per_seconds=3600)
 
     async def work(job: Job, signal: AbortSignal) -> None:
@@ -185,5 +186,7 @@ async def test_the_rate_full_keys_are_found_without_reading_every_keys_starts(db
     assert len(read) == 10 and not any("starts" in d or "holders" in d for d in read)
     assert await store.release("tenant:t0", "r0-2", started=False)  # never ran: room again
     assert "tenant:t0" not in await p.worker.limiter._full_keys(rated, clock.now())
+    raised = Limit(key="tenant:{tenant}", rate=100, per_seconds=3600)  # a deploy raised it
+    assert await p.worker.limiter._full_keys(raised, clock.now()) == set()
     clock.advance(3600)  # the window has passed: none full
     assert await p.worker.limiter._full_keys(rated, clock.now()) == set()

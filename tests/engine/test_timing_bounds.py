@@ -407,6 +407,37 @@ async def test_a_run_job_called_during_a_stop_keeps_its_process_sweeping(db: Any
     assert (await running).status == JobStatus.FINISHED
 
 
+async def test_a_run_job_that_ends_during_a_stop_pauses_the_sweeps_again(db: Any) -> None:
+    """A run_job called during a stop resumes this process's sweeps while it runs; once it
+    returns, with the stop still under way, they are paused again (a hook they recovered
+    would prolong the stop)."""
+    release = asyncio.Event()
+    hooked: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def hook(job: Job) -> None:
+        hooked.append(job.id)
+        if len(hooked) == 1:
+            await release.wait()
+
+    clock = FakeClock(T0)
+    p = await init_job_processor(
+        db, jobs={"send": JobDef(handler=work, on_job_exited=hook)}, clock=clock, **SETTINGS
+    )
+    await p.start()
+    await p.schedule_job("send")
+    await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop waits for it
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    assert p._sweeps_paused
+    assert (await p.run_job("send")).status == JobStatus.FINISHED
+    assert p._sweeps_paused  # paused again: the stop is still under way
+    release.set()
+    await stopping
+
+
 async def test_the_sweeps_keep_their_period_however_long_a_pass_takes(db: Any) -> None:
     """Sweeps are due every `worker_timeout / 2` at a fixed rate: a pass that takes 5 s (a
     slow server) does not push the next one back 5 s (the period is what bounds recovery)."""

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from job_processor import events as ev
 from job_processor.core import event_documents as E
@@ -220,3 +221,44 @@ async def test_replay_events_takes_the_earliest_events_of_its_window(storage: St
     assert [str(d.event_id) for d in first] == order[:2]
     rest = await ev.replay_events(storage, "shipped", since=later(11), limit=2, subscribers=only)
     assert [str(d.event_id) for d in rest] == order[2:]
+
+
+async def test_disable_by_delivery_only_matches_its_own_endpoint(any_db: Any) -> None:
+    """The idempotent disable (a delivery's id) matches its own earlier write only, never an
+    endpoint an operator disabled (nx-27017 applied `_id` to one `$or` branch only)."""
+    s = await Storage.open(any_db, "t_")
+    await s.ensure_indexes()
+    a, b, c = ObjectId(), ObjectId(), ObjectId()
+    base = {"url": "https://x", "events": ["e"], "consecutive_failures": 0}
+    await s.webhooks.coll.insert_many(
+        [
+            base | {"_id": b, "state": "disabled", "disabled_by": "d2", "disabled_reason": "r"},
+            base | {"_id": a, "state": "disabled", "disabled_by": None, "disabled_reason": "op"},
+            base | {"_id": c, "state": "enabled", "disabled_by": None},
+        ]
+    )
+    assert await s.webhooks.disable(a, "again", NOW, "d2") is None  # a: disabled by an operator
+    got = await s.webhooks.disable(b, "again", NOW, "d2")  # b: its own earlier write
+    assert got is not None and got["_id"] == b
+    assert await s.webhooks.disable(b, "x", NOW, "d3") is None
+    got = await s.webhooks.disable(c, "now", NOW, "d9")
+    assert got is not None and got["_id"] == c
+    docs = {d["_id"]: d for d in await s.webhooks.coll.find({}).to_list(None)}
+    assert docs[a]["disabled_reason"] == "op"
+
+
+async def test_failed_delivery_counts_each_delivery_once(any_db: Any) -> None:
+    """Each delivery's failure is counted once per endpoint; the last 20 ids are kept."""
+    s = await Storage.open(any_db, "t_")
+    await s.ensure_indexes()
+    a, b = ObjectId(), ObjectId()
+    base = {"url": "https://x", "events": ["e"], "consecutive_failures": 0, "state": "enabled"}
+    await s.webhooks.coll.insert_many([base | {"_id": a}, base | {"_id": b}])
+    assert await s.webhooks.failed_delivery(a, NOW, "d1") == 1
+    assert await s.webhooks.failed_delivery(a, NOW, "d1") == 1
+    assert await s.webhooks.failed_delivery(b, NOW, "d1") == 1
+    for i in range(25):
+        await s.webhooks.failed_delivery(a, NOW, f"x{i}")
+    assert await s.webhooks.failed_delivery(a, NOW, "x24") == 26
+    doc = await s.webhooks.coll.find_one({"_id": a})
+    assert len(doc["failed_deliveries"]) == 20
