@@ -708,3 +708,22 @@ async def test_list_crons_survives_a_stored_time_zone_this_process_lacks(env: An
     (view,) = await admin.list_crons()
     assert view.name == "nightly" and view.timezone == "Mars/Olympus_Mons"
     assert view.next_slot_utc is not None and view.next_slot_local is None
+
+
+async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> None:
+    """A cron no worker defines any more: status says to prune it, then forget it. `forget`
+    used to refuse any cron, pruned or not, so the warning could not be cleared."""
+    admin, storage, clock = env
+    clock.advance(3600)  # the setup worker, which defined it, is gone: served an hour ago
+    now = clock.now()
+    await storage.workers.register(  # a live worker of the new code, without the cron
+        {"_id": "w-new", "hostname": "h", "pid": 1, "started_at": now, "last_seen": now}
+        | {"names": ["email", "report"]}
+    )
+    warned = [w for w in (await admin.status()).warnings if "'nightly'" in w]
+    assert warned and "prune_crons()" in warned[0] and "names forget nightly" in warned[0]
+    refused = await admin.forget("nightly")
+    assert refused.changed == [] and "prune_crons()" in refused.skipped["nightly"]
+    await storage.crons.remove(["nightly"])  # what prune_crons() does, with its tasks
+    assert (await admin.forget("nightly")).changed == ["nightly"]
+    assert not [w for w in (await admin.status()).warnings if "'nightly'" in w]

@@ -57,8 +57,9 @@ class NamesAdmin(AdminBase):
         """Remove a job name from the registry: one no worker defines any more (renamed or
         removed from the code, a worker variant run once), so that status and the overview
         stop warning about it and `names list` stops listing it. Refused while a live worker
-        serves it (it registers it again), while jobs of it are active, and for a cron (see
-        `JobProcessor.prune_crons`). Its ended jobs stay. Action "name_forgotten"."""
+        serves it (it registers it again), while jobs of it are active, and for a cron still
+        scheduled (`JobProcessor.prune_crons` removes it first). Its ended jobs stay. Action
+        "name_forgotten"."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("name must be a job name (see names list)")
         known = await self._known()
@@ -71,9 +72,10 @@ class NamesAdmin(AdminBase):
         ]
         serving = coverage(known, live, {}, [], now).served_by.get(name, [])
         active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
-        if known[name].get("kind") == "cron":
+        if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (
-                "a cron: processor.prune_crons() removes crons no process defines"
+                "a cron still scheduled: processor.prune_crons(), in a process that does not "
+                "define it, removes it and its pending tasks; then forget it"
             )
         elif serving:
             result.skipped[name] = (
