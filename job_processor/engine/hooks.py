@@ -33,7 +33,7 @@ from ..core.models import Job
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
-from ..storage.transient import TRANSIENT, describe, is_transient
+from ..storage.transient import TRANSIENT, describe, is_transient, unsure_write
 from .execution import build_job, call_maybe_async, describe_error
 
 Doc = dict[str, Any]
@@ -159,7 +159,7 @@ class HookRunner:
             error = "CancelledError raised by the hook (its task was not cancelled)"
             self.log.error("on_job_exited_failed", error=error, **fields)
         except Exception as exc:
-            error, transient = describe_error(exc), is_transient(exc)
+            error, transient = describe_error(exc), is_transient(exc) or unsure_write(exc)
             # its first line masked as job_errored's (the traceback is on the job, where readers
             # mask it: the log would show the payload's secrets, and rich's locals)
             values = (doc.get("payload"), doc.get("state"))

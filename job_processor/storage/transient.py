@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pymongo
-from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
 from ..core.errors import DatabaseUnreachableError
 
@@ -70,6 +77,14 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT):
         return True
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
+
+
+def unsure_write(exc: BaseException) -> bool:
+    """A write whose write concern was not satisfied: it may have landed, and is likely to
+    succeed when made again (what a step called again until it succeeds waits out)."""
+    if isinstance(exc, WriteConcernError):
+        return True
+    return isinstance(exc, BulkWriteError) and bool(exc.details.get("writeConcernErrors"))
 
 
 def describe(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, WriteConcernError
 
 from job_processor import AbortSignal, Event, Subscriber
 from tests.events.test_events import make, wait_delivered
@@ -31,7 +31,17 @@ def serial_pair(ran: list[str]) -> dict[str, list[Subscriber]]:
     }
 
 
-async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: Any) -> None:
+@pytest.mark.parametrize(
+    "outage",
+    [
+        AutoReconnect("connection reset (test)"),
+        WriteConcernError("waiting for replication timed out (test)", 64, {}),
+    ],
+    ids=["unreachable", "write concern not met"],
+)
+async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(
+    db: Any, outage: Exception
+) -> None:
     """The hook that creates the next delivery of a serial chain fails once (MongoDB
     unreachable): it stays owed and a live worker's next sweep calls it again, so "b" runs
     (the hook used to be recorded failed, and "b" waited for ever: a finished delivery cannot
@@ -43,7 +53,7 @@ async def test_an_outage_as_a_chain_starts_its_next_delivery_only_delays_it(db: 
     async def flaky(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not blips:  # the first, after the emit: the hook's insert of "b"
             blips.append(1)
-            raise AutoReconnect("connection reset (test)")
+            raise outage
         return await real(docs)
 
     async with p:
