@@ -121,6 +121,8 @@ class Runtime:
         self._side_loops: asyncio.Task[None] | None = None
         self._sweeps_stop = asyncio.Event()
         self._sweeps_paused = False
+        self._in_stop = False
+        """Set while stop() runs, up to its own release of the runtime."""
         """Set by stop() when no run_job holds the runtime (no sweep prolongs the stop);
         cleared by any new holder (a run_job called meanwhile sweeps as usual)."""
         """Set when the sweeps stop: at a stop (no hook recovered then makes it wait longer
@@ -199,7 +201,7 @@ class Runtime:
     async def _release_runtime(self) -> None:
         async with self._runtime_lock:
             self._users -= 1
-            if self._users == 1 and self.worker.stopping.is_set():
+            if self._users == 1 and self._in_stop:
                 self._sweeps_paused = True  # the run_job that held a stop's sweeps on is over
             if self._users > 0:
                 return
@@ -259,6 +261,7 @@ class Runtime:
         if not self.started:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
+        self._in_stop = True
         if self._users == 1:  # no run_job holds it: no more sweeps (other workers sweep), so
             self._sweeps_paused = True  # no hook recovered meanwhile prolongs the stop
         self.worker.request_stop()
@@ -270,6 +273,7 @@ class Runtime:
         await self.worker.drain()
         await self.hooks.drain()  # recovered hooks running in the background
         self._worker_loops = None
+        self._in_stop = False
         await self._release_runtime()
         for closing in self.on_stop:  # e.g. the webhooks' HTTP client
             await closing()
