@@ -326,22 +326,17 @@ async def test_a_job_claimed_after_its_workers_last_heartbeat_is_recovered_withi
     assert recovered.ended_at <= heartbeat + dt.timedelta(seconds=45)
 
 
-async def test_a_stop_makes_no_sweep_so_no_recovered_hook_prolongs_it(db: Any) -> None:
-    """operations.md: a stop takes at most `shutdown_grace` plus the longest
-    `on_job_exited_timeout`. Once it begins the worker sweeps no more (live workers do), so
-    a hook another worker left owed meanwhile is not taken up by this stopping one (each such
-    hook added up to a timeout more: 8 s for a 3 s timeout were seen)."""
-    from job_processor.core.outcome import Outcome
-
+async def stopping_on_a_hook(db: Any, work: Any) -> tuple[Any, FakeClock, list[Any], Any]:
+    """A processor (FakeClock) stopping: its first job's `on_job_exited` holds the stop until
+    `release` is set (later hooks return at once). Returns the processor, its clock, its
+    sweeps (`counted_sweeps`) and (the first job, the stop's task, release, hooked ids)."""
     release = asyncio.Event()
     hooked: list[str] = []
 
-    async def work(job: Job, signal: AbortSignal) -> None:
-        return None
-
     async def hook(job: Job) -> None:
         hooked.append(job.id)
-        await release.wait()
+        if len(hooked) == 1:
+            await release.wait()
 
     clock = FakeClock(T0)
     p = await init_job_processor(
@@ -349,10 +344,24 @@ async def test_a_stop_makes_no_sweep_so_no_recovered_hook_prolongs_it(db: Any) -
     )
     sweeps = counted_sweeps(p)
     await p.start()
-    mine = await p.schedule_job("send")
+    first = await p.schedule_job("send")
     await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop will wait for it
     stopping = asyncio.create_task(p.stop())
     await wait_for(lambda: p.worker.stopping.is_set())
+    return p, clock, sweeps, (first, stopping, release, hooked)
+
+
+async def test_a_stop_makes_no_sweep_so_no_recovered_hook_prolongs_it(db: Any) -> None:
+    """operations.md: a stop takes at most `shutdown_grace` plus the longest
+    `on_job_exited_timeout`. Once it begins the worker sweeps no more (live workers do), so
+    a hook another worker left owed meanwhile is not taken up by this stopping one (each such
+    hook added up to a timeout more: 8 s for a 3 s timeout were seen)."""
+    from job_processor.core.outcome import Outcome
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p, clock, sweeps, (mine, stopping, release, hooked) = await stopping_on_a_hook(db, work)
     past = T0 - dt.timedelta(minutes=5)  # another worker died owing this hook
     orphan = D.as_running(D.new_job("send", {}, now=past), "dead-worker", past)
     await p.storage.jobs.insert(orphan)
@@ -374,27 +383,13 @@ async def test_a_run_job_called_during_a_stop_keeps_its_process_sweeping(db: Any
     """A stop pauses this process's sweeps (above); a run_job called meanwhile holds the
     runtime on after the stop returns, and its process sweeps as usual again (the sweep loop
     used to have ended: no sweep for as long as that run_job ran)."""
-    release, hold_run = asyncio.Event(), asyncio.Event()
-    hooked: list[str] = []
+    hold_run = asyncio.Event()
 
     async def work(job: Job, signal: AbortSignal) -> None:
         if job.payload.get("hold"):
             await hold_run.wait()
 
-    async def hook(job: Job) -> None:
-        hooked.append(job.id)
-        await release.wait()
-
-    clock = FakeClock(T0)
-    p = await init_job_processor(
-        db, jobs={"send": JobDef(handler=work, on_job_exited=hook)}, clock=clock, **SETTINGS
-    )
-    sweeps = counted_sweeps(p)
-    await p.start()
-    await p.schedule_job("send")
-    await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop waits for it
-    stopping = asyncio.create_task(p.stop())
-    await wait_for(lambda: p.worker.stopping.is_set())
+    p, clock, sweeps, (_, stopping, release, _) = await stopping_on_a_hook(db, work)
     running = asyncio.create_task(p.run_job("send", {"hold": True}))
     await wait_for(lambda: len(p.worker.runs) == 1)
     release.set()
@@ -411,26 +406,11 @@ async def test_a_run_job_that_ends_during_a_stop_pauses_the_sweeps_again(db: Any
     """A run_job called during a stop resumes this process's sweeps while it runs; once it
     returns, with the stop still under way, they are paused again (a hook they recovered
     would prolong the stop)."""
-    release = asyncio.Event()
-    hooked: list[str] = []
 
     async def work(job: Job, signal: AbortSignal) -> None:
         return None
 
-    async def hook(job: Job) -> None:
-        hooked.append(job.id)
-        if len(hooked) == 1:
-            await release.wait()
-
-    clock = FakeClock(T0)
-    p = await init_job_processor(
-        db, jobs={"send": JobDef(handler=work, on_job_exited=hook)}, clock=clock, **SETTINGS
-    )
-    await p.start()
-    await p.schedule_job("send")
-    await wait_for(lambda: len(hooked) == 1)  # its hook runs: the stop waits for it
-    stopping = asyncio.create_task(p.stop())
-    await wait_for(lambda: p.worker.stopping.is_set())
+    p, _, _, (_, stopping, release, _) = await stopping_on_a_hook(db, work)
     assert p._sweeps_paused
     assert (await p.run_job("send")).status == JobStatus.FINISHED
     assert p._sweeps_paused  # paused again: the stop is still under way

@@ -203,10 +203,20 @@ async def test_an_emitter_late_for_its_fan_out_leaves_it_to_the_sweep(db: Any) -
     assert await db["job_processor_jobs"].count_documents({}) == 0  # the sweep makes them
 
 
-async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: Any) -> None:
-    """The frozen emitter of an event with a sync subscriber leaves the fan-out to the sweep:
-    its wait used to count the delivery not made yet as ended (deleted by retention) and
-    return at once; it waits until the sweep made it and it ended."""
+async def moving_clock_until(clock: Any, task: Any) -> Any:
+    """Move the clock half a second at a time (the sync wait's polls) until `task` is done:
+    its result."""
+    for _ in range(1000):
+        if task.done():
+            break
+        clock.advance(0.5)
+        await asyncio.sleep(0.01)
+    return await task
+
+
+async def frozen_sync_publisher(db: Any) -> tuple[Any, Any, list[str]]:
+    """A publisher (FakeClock) of "paid", with the sync subscriber "charge" (noting the event
+    ids it ran for), frozen between its events' insert and their fan-out."""
     import datetime as dt
 
     from job_processor import FakeClock
@@ -220,16 +230,19 @@ async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: 
     subs = {"paid": [Subscriber("charge", handler=charge, mode="sync")]}
     publisher = await make(db, subs, clock=clock)
     frozen_after_insert(publisher, clock)
+    return publisher, clock, ran
+
+
+async def test_a_sync_emit_whose_fan_out_was_left_to_the_sweep_waits_for_it(db: Any) -> None:
+    """The frozen emitter of an event with a sync subscriber leaves the fan-out to the sweep:
+    its wait used to count the delivery not made yet as ended (deleted by retention) and
+    return at once; it waits until the sweep made it and it ended."""
+    publisher, clock, ran = await frozen_sync_publisher(db)
     emitting = asyncio.create_task(publisher.emit("paid", {}, sync_timeout=3600))
     await wait_for(lambda: clock.sleepers >= 1 or emitting.done())  # in its wait, or returned
     assert not emitting.done()
     async with publisher:  # its first sweep completes the fan-out; its worker runs "charge"
-        for _ in range(1000):
-            if emitting.done():
-                break
-            clock.advance(0.5)
-            await asyncio.sleep(0.01)
-        event = await emitting
+        event = await moving_clock_until(clock, emitting)
     assert ran == [event.id]
     assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
 
@@ -240,19 +253,7 @@ async def test_a_fan_out_completed_between_the_sync_waits_reads_is_not_taken_as_
     """The sync wait read the deliveries, then whether the fan-out was done: a sweep that
     completed it in between made the delivery that read missed look deleted (ended), and the
     emit returned before its subscriber ran. It reads the fan-out's state first."""
-    import datetime as dt
-
-    from job_processor import FakeClock
-
-    ran: list[str] = []
-
-    async def charge(event: Event, signal: AbortSignal) -> None:
-        ran.append(event.id)
-
-    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
-    subs = {"paid": [Subscriber("charge", handler=charge, mode="sync")]}
-    publisher = await make(db, subs, clock=clock)
-    frozen_after_insert(publisher, clock)
+    publisher, clock, ran = await frozen_sync_publisher(db)
     store = publisher.storage.deliveries
     real_by_keys, calls = store.by_keys, [0]
 
@@ -266,13 +267,7 @@ async def test_a_fan_out_completed_between_the_sync_waits_reads_is_not_taken_as_
     store.by_keys = by_keys  # type: ignore[method-assign]
     emitting = asyncio.create_task(publisher.emit("paid", {}, sync_timeout=3600))
     async with publisher:  # its worker runs "charge"
-        for _ in range(300):
-            if emitting.done():
-                break
-            clock.advance(0.5)
-            await asyncio.sleep(0.01)
-        event = await emitting
+        event = await moving_clock_until(clock, emitting)
         returned_before_run = not ran
-        await asyncio.sleep(0.5)
     assert not returned_before_run, "sync emit returned before its sync subscriber ran"
     assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
