@@ -144,7 +144,7 @@ class JobProcessor(JobsAPI, EventsAPI):
             if not self.worker.may_claim(me):
                 # declared dead while it was written: never run under that id (its recovery
                 # would run it again beside this run); put back, then claimed under the new one
-                why = "written while its worker was being declared dead"
+                why = "written as its worker's lease was ending (or it was declared dead)"
                 await self.recovery.reconcile(doc, started=False, why=why)  # its slot given back
                 me = await self._registration()
                 run_id = await self._slot(definition, limit_key, me)  # a slot again, then claim

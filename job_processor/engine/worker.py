@@ -249,7 +249,8 @@ class Worker:
             self._orphans.append(doc)
             self.unstarted.add(str(doc.get("run_id")))
             fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
-            self.log.warning("claim_released", reason="worker_declared_dead", **fields)
+            why = "lease_ending" if self.trusted() else "worker_declared_dead"
+            self.log.warning("claim_released", reason=why, **fields)
             return False
         self._claimed += 1
         if self.quiet.names:
