@@ -217,7 +217,7 @@ async def run_demo(url: str | None) -> int:
                 say(f"Using MONGODB_URL={shown_url(url)}")
             db = server.client[f"job_processor_demo_{uuid.uuid4().hex[:8]}"]
             try:
-                await check_reachable(db, CONNECT_TIMEOUT)
+                await check_reachable(db, CONNECT_TIMEOUT, refused_is_final=True)
                 say(f"In a throwaway database on it, {db.name} (dropped at the end).\n")
                 try:
                     await _demo(db)
