@@ -120,13 +120,9 @@ class Runtime:
         self._runtime_lock = asyncio.Lock()
         self._side_loops: asyncio.Task[None] | None = None
         self._sweeps_stop = asyncio.Event()
-        self._sweeps_paused = False
+        """Set when the runtime is released: the sweep loop ends."""
         self._in_stop = False
-        """Set while stop() runs, up to its own release of the runtime."""
-        """Set by stop() when no run_job holds the runtime (no sweep prolongs the stop);
-        cleared by any new holder (a run_job called meanwhile sweeps as usual)."""
-        """Set when the sweeps stop: at a stop (no hook recovered then makes it wait longer
-        than its bound), or when the runtime is released."""
+        """Set while stop() runs, up to its own release of the runtime (`_sweeps_paused`)."""
         self._worker_loops: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
         """Set when a background loop died: `serve()` then exits with an error."""
@@ -168,7 +164,6 @@ class Runtime:
         """Worker document + heartbeat + kill delivery, held while started or running run_job."""
         async with self._runtime_lock:
             self._users += 1
-            self._sweeps_paused = False  # a run_job during a stop: its process sweeps again
             if self._users > 1:
                 return
             self.heartbeat.stop_event.clear()
@@ -198,11 +193,16 @@ class Runtime:
             self.log.exception("processor_loop_crashed", worker_id=self.worker_id)
             raise
 
+    @property
+    def _sweeps_paused(self) -> bool:
+        """While a stop is under way and no run_job holds the runtime, this process sweeps no
+        more (other workers do): no hook recovered meanwhile prolongs the stop. A run_job
+        called during the stop sweeps as usual while it runs."""
+        return self._in_stop and self._users == 1
+
     async def _release_runtime(self) -> None:
         async with self._runtime_lock:
             self._users -= 1
-            if self._users == 1 and self._in_stop:
-                self._sweeps_paused = True  # the run_job that held a stop's sweeps on is over
             if self._users > 0:
                 return
             self.heartbeat.stop_event.set()
@@ -261,19 +261,19 @@ class Runtime:
         if not self.started:
             return
         self.log.info("worker_stopping", worker_id=self.worker_id)
-        self._in_stop = True
-        if self._users == 1:  # no run_job holds it: no more sweeps (other workers sweep), so
-            self._sweeps_paused = True  # no hook recovered meanwhile prolongs the stop
-        self.worker.request_stop()
-        self.scheduler.stop_event.set()
-        self.waker.stop_event.set()
-        assert self._worker_loops is not None
-        with contextlib.suppress(Exception):
-            await self._worker_loops
-        await self.worker.drain()
-        await self.hooks.drain()  # recovered hooks running in the background
-        self._worker_loops = None
-        self._in_stop = False
+        self._in_stop = True  # no more sweeps unless a run_job holds on (`_sweeps_paused`)
+        try:
+            self.worker.request_stop()
+            self.scheduler.stop_event.set()
+            self.waker.stop_event.set()
+            assert self._worker_loops is not None
+            with contextlib.suppress(Exception):
+                await self._worker_loops
+            await self.worker.drain()
+            await self.hooks.drain()  # recovered hooks running in the background
+            self._worker_loops = None
+        finally:
+            self._in_stop = False
         await self._release_runtime()
         for closing in self.on_stop:  # e.g. the webhooks' HTTP client
             await closing()

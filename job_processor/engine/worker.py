@@ -110,11 +110,12 @@ class Worker:
         """run id -> why this process gave the run up (`abandon_all`): when its own sweep
         recovers the job, the error says so instead of `runs.WORKER_SILENT`."""
         self.trusted: Callable[[], bool] = lambda: True
-        self.claimable: Callable[[], bool] = lambda: True
-        """`trusted` with a margin before the lease's end (`Heartbeat.claimable`)."""
         """Set by the heartbeat: False while others may have declared this worker dead (its
         last heartbeat is older than worker_timeout, or it is registering afresh). Nothing
         is claimed then, and a claim that returns then is not started."""
+        self.claimable: Callable[[], bool] = lambda: True
+        """`trusted` with a margin before the lease's end (`Heartbeat.claimable`): what claims
+        and starts go by."""
         self.loop_blocked: Callable[[], str | None] = lambda: None
         """Set by the heartbeat: why runs were probably lost ("event loop blocked for N s:
         heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
