@@ -31,6 +31,7 @@ from .core.errors import (
     InvalidPayloadError,
     UnknownJobError,
     field_errors,
+    keywords_checked,
 )
 from .core.log import EventLog, make_log
 from .core.models import Job, ProcessorStatus
@@ -280,6 +281,7 @@ def warn_unexpanded_instance_id(instance_id: str | None, log: EventLog) -> None:
         )
 
 
+@keywords_checked
 async def init_job_processor(
     db: Any,
     logger: Any | None = None,

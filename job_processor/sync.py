@@ -36,6 +36,7 @@ import datetime as dt
 import functools
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
@@ -48,7 +49,7 @@ from pymongo.database import Database
 
 from .core.clock import BlockingClock
 from .core.definitions import JobDef, parse_jobs
-from .core.errors import InvalidDatabaseError, JobProcessorError
+from .core.errors import InvalidDatabaseError, JobProcessorError, keywords_checked
 from .core.models import Event, Job
 from .core.producing import JobSpec
 from .core.settings import (
@@ -175,6 +176,7 @@ class JobClient:
     def database(self) -> Database[Any]:
         return self._database
 
+    @keywords_checked
     def schedule_job(
         self,
         name: str,
@@ -214,6 +216,7 @@ class JobClient:
     def get_job(self, job_id: str | ObjectId) -> Job[Any]:
         return drive(self._processor("get_job").get_job(job_id))
 
+    @keywords_checked
     def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Job[Any]]:
@@ -227,15 +230,18 @@ class JobClient:
         """See `JobProcessor.retry_job` (waits for a worker to run a hook still owed)."""
         return drive(self._processor("retry_job").retry_job(job_id))
 
+    @keywords_checked
     def wait_for(self, job_id: str | ObjectId, timeout: float | None = None) -> Job[Any]:
         """See `JobProcessor.wait_for`: blocks this thread, polling (at most one read per
         second on average)."""
         return drive(self._processor("wait_for", waits=True).wait_for(job_id, timeout))
 
+    @keywords_checked
     def result(self, job_id: str | ObjectId, timeout: float | None = None) -> Any:
         """See `JobProcessor.result`: the handler's return value, or JobFailedError."""
         return drive(self._processor("result", waits=True).result(job_id, timeout))
 
+    @keywords_checked
     def emit(
         self,
         name: str,
@@ -293,5 +299,17 @@ def _refuse_event_loop(verb: str, waits: bool) -> None:
         f"JobClient.{verb} blocks the asyncio event loop running in this thread until MongoDB "
         f"answers (up to producer_retry_seconds in an outage){also}; {fix}",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside this package (the user's call), whatever
+    the verb's wrappers (`keywords_checked`) add between."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package + os.sep
+    ):
+        frame, level = frame.f_back, level + 1
+    return level

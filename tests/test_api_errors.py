@@ -106,6 +106,30 @@ async def test_bad_job_calls_name_the_job(db: Any) -> None:
     assert await processor.list_jobs() == []  # nothing half-written
 
 
+async def test_a_mistyped_keyword_names_the_verb_called_and_the_closest_keyword(db: Any) -> None:
+    """Python's own message named the internal class defining the verb (`JobsAPI.schedule_job`)
+    and no fix."""
+    processor = await make(db, JOBS)
+    calls: list[tuple[Any, dict[str, Any], str]] = [
+        (processor.schedule_job, {"prio": 3}, "schedule_job() .* 'prio' .did you mean 'priority'"),
+        (
+            processor.list_jobs,
+            {"state": "pending"},
+            "list_jobs() .* 'state' .did you mean 'status'",
+        ),
+        (processor.wait_for, {"timeout_s": 1}, "wait_for() .* 'timeout_s' .did you mean 'timeout'"),
+        (processor.result, {"time_out": 1}, "result() .* 'time_out' .did you mean 'timeout'"),
+        (processor.emit, {"keys": "k"}, "emit() .* 'keys' .did you mean 'key'"),
+    ]
+    for verb, kwargs, message in calls:
+        with pytest.raises(TypeError, match=message.replace("()", r"\(\)")) as caught:
+            await verb("send-email", **kwargs)
+        assert "JobsAPI" not in str(caught.value) and "it takes: " in str(caught.value)
+    with pytest.raises(TypeError, match=r"init_job_processor\(\) .* 'heartbeat' .did you mean"):
+        await init_job_processor(db, jobs=JOBS, heartbeat=3)
+    assert await processor.list_jobs() == []  # nothing written
+
+
 async def test_get_status_shows_workers_jobs_and_queue(db: Any) -> None:
     import asyncio
 

@@ -105,6 +105,8 @@ def test_with_jobs_it_checks_like_the_async_api_before_writing(sync_db: Database
         client.schedule_job("ship", {"order_id": "one"})
     with pytest.raises(InvalidPayloadError, match=r"item 1: job 'ship': payload does not"):
         client.schedule_jobs([("ship", {"order_id": 1}), ("ship", {})])
+    with pytest.raises(TypeError, match=r"^schedule_job\(\) .* 'prio' \(did you mean 'priority'"):
+        client.schedule_job("ship", {"order_id": 1}, prio=1)
     assert client.list_jobs() == []  # nothing was written
     first = client.schedule_job("ship", {"order_id": 1}, key="o-1", delay=30)
     again = client.schedule_jobs(

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import numbers
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, cast
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def field_errors(errors: list[Any], whole: str = "(value)") -> str:
@@ -33,6 +38,45 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+def keywords_checked(fn: Callable[P, T]) -> Callable[P, T]:
+    """A public verb whose unknown keyword raises a TypeError naming the verb as the user
+    called it (not the internal class that defines it), the closest keyword and the ones it
+    takes: "schedule_job() got an unexpected keyword argument 'prio' (did you mean
+    'priority'?); it takes: ...". One set test per call."""
+    params = inspect.signature(fn).parameters.values()
+    keywords = [
+        p.name
+        for p in params
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    known = frozenset(keywords)
+
+    def refuse(kwargs: dict[str, Any]) -> None:
+        wrong = next(k for k in kwargs if k not in known)
+        raise TypeError(
+            f"{fn.__name__}() got an unexpected keyword argument {wrong!r}"
+            f"{did_you_mean(wrong, keywords)}; it takes: {', '.join(keywords)}"
+        )
+
+    if inspect.iscoroutinefunction(fn):  # stays a coroutine function for inspect
+
+        @functools.wraps(fn)
+        async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            if not known.issuperset(kwargs):
+                refuse(kwargs)
+            return await fn(*args, **kwargs)
+
+        return cast(Callable[P, T], checked_async)
+
+    @functools.wraps(fn)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> T:
+        if not known.issuperset(kwargs):
+            refuse(kwargs)
+        return fn(*args, **kwargs)
+
+    return checked
 
 
 def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:

@@ -31,6 +31,7 @@ from ..core.errors import (
     JobProcessorError,
     UnknownJobError,
     did_you_mean,
+    keywords_checked,
 )
 from ..core.models import Job
 from ..core.producing import ENDED, Template, WaitPacing, after_ids, batch_items, new_job_doc
@@ -114,6 +115,7 @@ class JobsAPI(Runtime):
 
     # ---- scheduling --------------------------------------------------------------------------
 
+    @keywords_checked
     async def schedule_job(
         self,
         name: str,
@@ -287,6 +289,7 @@ class JobsAPI(Runtime):
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         return Job.read(doc)
 
+    @keywords_checked
     async def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Job[Any]]:
@@ -415,6 +418,7 @@ class JobsAPI(Runtime):
 
     # ---- waiting for an ending -----------------------------------------------------------------
 
+    @keywords_checked
     async def wait_for(
         self,
         job_id: str | ObjectId,
@@ -545,6 +549,7 @@ class JobsAPI(Runtime):
             return False, None
         return False, stream
 
+    @keywords_checked
     async def result(
         self,
         job_id: str | ObjectId,

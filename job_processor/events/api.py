@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from .. import events as ev
 from ..core.clock import Clock
+from ..core.errors import keywords_checked
 from ..core.settings import Settings
 from ..storage import Storage
 from .bus import EventBus
@@ -34,6 +35,7 @@ class EventsAPI:
         register_format."""
         return self.events.webhooks
 
+    @keywords_checked
     async def emit(
         self,
         name: str,
