@@ -156,8 +156,10 @@ class JobsAPI(Runtime):
             on_dependency_failure=on_dependency_failure,
         )
         if deps:
+            # marked first: if settling after the insert fails, a sweep does; and from the mark
+            # on no purge, delete, count or expiry takes them (then checked: they exist)
+            await self.flows.mark(deps)
             await self.flows.check_exist(deps, name)
-            await self.flows.mark(deps)  # first: if settling after the insert fails, a sweep does
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
         if registered and await self._register(deps, [doc["_id"]]):  # some had ended: read again
@@ -236,9 +238,9 @@ class JobsAPI(Runtime):
         outside = [
             ObjectId(a) for a in sorted({a for d in docs for a in d.get("after") or []} - mine)
         ]
-        if outside:  # dependencies that are not items of this batch must exist
-            await self.flows.check_exist(outside, "schedule_jobs")
-            await self.flows.mark(outside)  # the batch's own are written marked
+        if outside:  # dependencies that are not items of this batch must exist (marked
+            await self.flows.mark(outside)  # first, as by schedule_job; the batch's own are
+            await self.flows.check_exist(outside, "schedule_jobs")  # written marked)
         stored: list[Doc] = []
         for start in range(0, len(docs), BATCH):
             chunk = docs[start : start + BATCH]

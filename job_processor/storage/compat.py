@@ -248,6 +248,18 @@ DEPENDENTS_COUNTED_PARTS: tuple[Doc, ...] = (
 )
 
 
+def counted_part(doc: Doc) -> int | None:
+    """Which of DEPENDENTS_COUNTED_PARTS a read document (with `has_dependents` and
+    `dependents_settled`) matches; None when its dependents have not all counted it."""
+    if "has_dependents" not in doc:
+        return 0
+    if doc["has_dependents"] is False:
+        return 1
+    if doc["has_dependents"] is None:
+        return 2
+    return 3 if doc.get("dependents_settled") else None  # nx-27017 reads a `$set` True as 1
+
+
 def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:
     """`{key: {"$nin": values}}`, applied here: nx-27017 matches nothing for `$nin` next to a
     date range (used on running jobs, which are few)."""

@@ -160,9 +160,14 @@ class DefinitionStore:
     async def get(self, name: str) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": name}))
 
-    async def forget(self, name: str) -> bool:
-        """Remove a name's registration (a worker that defines it registers it again)."""
-        return bool((await self.coll.delete_one({"_id": name})).deleted_count)
+    async def forget(self, name: str, registered_by: Any = None) -> bool:
+        """Remove a name's registration (a worker that defines it registers it again), only
+        as it was read (`registered_by`, when it has one): a worker that started since wrote
+        it afresh, and keeps it."""
+        query: Doc = {"_id": name}
+        if registered_by is not None:
+            query["registered_by"] = registered_by
+        return bool((await self.coll.delete_one(query)).deleted_count)
 
 
 class PausedStore:

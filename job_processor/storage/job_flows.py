@@ -57,10 +57,17 @@ class FlowRecords:
 
     async def mark_dependents(self, ids: list[ObjectId]) -> None:
         """These jobs have jobs waiting on them (their end settles them; until the sweep has
-        seen them settled, `dependents_settled` is unset)."""
+        seen them settled, `dependents_settled` is unset, and the expiry of one that has
+        already ended is held back, as its final write would have: `mark_settled` gives it
+        back)."""
         await self.coll.update_many(
             {"_id": {"$in": ids}},
             {"$set": {"has_dependents": True}, "$unset": {"dependents_settled": ""}},
+        )
+        # only where there is one: nx-27017's `$rename` of a missing field writes a null
+        await self.coll.update_many(
+            {"_id": {"$in": ids}, "expires_at": {"$exists": True}},
+            {"$rename": {"expires_at": "expires_after_settle"}},
         )
 
     async def register_waiting(self, deps: list[ObjectId], now: dt.datetime) -> int:

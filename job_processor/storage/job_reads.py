@@ -13,10 +13,12 @@ from pymongo import ASCENDING, DESCENDING
 from ..core import documents as D
 from ..core.status import JobStatus
 from .compat import (
+    DEPENDENTS_COUNTED_PARTS,
     ServerProfile,
     aggregate,
     all_docs,
     close_stream,
+    counted_part,
     decode,
     decode_opt,
     open_stream,
@@ -237,15 +239,20 @@ class JobReads:
         worker deleted first are not counted as deleted)."""
         query = self.trim_query(name, statuses, before)
         found = [d async for d in self.trim_cursor(query, keep, batch)]
-        # a job whose dependents have not all counted it is kept until a sweep sees them settled
-        ids = [
-            d["_id"] for d in found if not d.get("has_dependents") or d.get("dependents_settled")
-        ]
-        if not ids:
-            return 0, len(found) >= batch
-        # the same conditions again: a job retried between the read and here is kept
-        res = await self.coll.delete_many({"_id": {"$in": ids}} | query)
-        return int(res.deleted_count), len(found) >= batch
+        # a job whose dependents have not all counted it is kept until a sweep sees them
+        # settled; the others by the part of that condition they were read in (usually one)
+        by_part: dict[int, list[Any]] = {}
+        for d in found:
+            part = counted_part(d)
+            if part is not None:
+                by_part.setdefault(part, []).append(d["_id"])
+        deleted = 0
+        for part, ids in sorted(by_part.items()):
+            # the same conditions again: a job retried, or scheduled after (marked), between
+            # the read and here is kept
+            where = {"_id": {"$in": ids}} | query | DEPENDENTS_COUNTED_PARTS[part]
+            deleted += int((await self.coll.delete_many(where)).deleted_count)
+        return deleted, len(found) >= batch
 
     @staticmethod
     def counts_pipeline(status: JobStatus) -> list[Doc]:

@@ -173,7 +173,12 @@ async def test_retry_and_delete_in_a_flow(db: Any) -> None:
         await wait_status(p, bad.id, S.FINISHED)
     again = await p.get_job(parent.id)
     assert again.status == S.SKIPPED and again.deps == {bad.id: "errored"}
-    # a dependency counted by its dependents can be deleted: they keep its recorded status
+    # a dependency counted by its dependents can be deleted once a worker's sweep has seen
+    # them settled (before, a job being scheduled after it may have marked it and not be
+    # written yet): they keep its recorded status
+    refused = await admin.delete([bad.id])
+    assert refused.changed == [] and "have not counted its end" in refused.skipped[bad.id]
+    await p.flows.sweep(p.clock.now() + dt.timedelta(seconds=10))
     assert (await admin.delete([bad.id])).changed == [bad.id]
     assert (await p.get_job(parent.id)).deps == {bad.id: "errored"}
 

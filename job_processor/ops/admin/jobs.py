@@ -19,6 +19,7 @@ from ...core.payload_fields import check_payload_fields
 from ...core.retries import retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from ...core.values import fits_int64
+from ...storage.compat import counted_part
 from .base import AdminBase
 from .inputs import (
     DEFAULT_LIMIT,
@@ -35,6 +36,13 @@ from .inputs import (
 from .results import ActionResult, JobPage
 
 S = JobStatus
+
+
+#: Why a job some job waiting on it has not counted is not deleted (it would read as deleted).
+UNCOUNTED = (
+    "jobs scheduled after it have not counted its end yet (a worker does it shortly); delete it "
+    "after that"
+)
 
 
 class JobsAdmin(AdminBase):
@@ -263,10 +271,7 @@ class JobsAdmin(AdminBase):
         async with self._acting(result):
             for oid in ids_of(job_ids):
                 if await self.storage.jobs.has_waiting_dependents(oid):
-                    result.skipped[str(oid)] = (
-                        "jobs scheduled after it have not counted its end yet (a worker does it "
-                        "shortly); delete it after that"
-                    )
+                    result.skipped[str(oid)] = UNCOUNTED
                     continue
                 doc = await self.storage.job_admin.delete_ended(oid, hookless)
                 if doc is not None:
@@ -282,6 +287,8 @@ class JobsAdmin(AdminBase):
                     )
                 elif current.get("status") not in {s.value for s in TERMINAL}:
                     why = f"{stored_status(current)}: active jobs are not deleted (kill it first)"
+                elif counted_part(current) is None:  # scheduled after it meanwhile
+                    why = UNCOUNTED
                 elif current["name"] in await self._known():
                     why = (
                         f"{current['status']}: its on_job_exited has not run yet (a worker that "

@@ -87,8 +87,13 @@ class NamesAdmin(AdminBase):
                 f"{active} active job(s) of it: kill them or let them end first "
                 f"(job-processor jobs list --name {name})"
             )
-        elif await self.storage.definitions.forget(name):
+        elif await self.storage.definitions.forget(name, known[name].get("registered_by")):
             result.changed.append(name)
+        elif row := await self.storage.definitions.get(name):
+            result.skipped[name] = (
+                f"registered again meanwhile by {row.get('registered_by')} (a worker that "
+                "defines it started): stop it first, or it registers it again"
+            )
         else:
             result.skipped[name] = "not registered (forgotten meanwhile)"
         await self._record(result, {"name": name})

@@ -1,0 +1,207 @@
+"""A check then a write, racing a producer or a starting worker: each write restates its check
+in its own filter (a compare-and-set), so no interleaving gives what no serial order gives.
+
+- an operator's delete, a purge and the count retention of a finished job while a job is being
+  scheduled after it: the dependency is kept (the dependent runs), never read as deleted;
+- `names forget` while a worker that defines the name starts: its fresh registration stays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
+from job_processor.ops.admin import Admin
+from job_processor.testing import run_until_idle
+from tests.helpers import make
+
+S = JobStatus
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+async def ok(job: Job, signal: AbortSignal) -> str:
+    return "done"
+
+
+async def test_delete_racing_a_schedule_after_skips_the_dependent(db: Any) -> None:
+    processor = await make(
+        db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=FakeClock(NOW)
+    )
+    x = await processor.schedule_job("a", {})
+    await run_until_idle(processor)
+    assert (await processor.get_job(x.id)).status == S.FINISHED
+
+    admin = await Admin.open(db, clock=processor.clock)
+    jobs = admin.storage.jobs
+    original_check = jobs.has_waiting_dependents
+    scheduled: list[Job] = []
+
+    # the producer's mark and insert land between the admin's check and its delete
+    inner_register = processor.flows.register
+    held: list[Any] = []
+
+    async def register_later(after: list[Any]) -> int:
+        held.append(after)  # the producer's registration runs after the admin's delete
+        return 0
+
+    async def check_then_schedule(oid: Any) -> bool:
+        answer = await original_check(oid)  # nothing waits on it yet: False
+        processor.flows.register = register_later  # type: ignore[method-assign]
+        scheduled.append(await processor.schedule_job("b", {}, after=[x.id]))
+        return answer
+
+    jobs.has_waiting_dependents = check_then_schedule  # type: ignore[method-assign]
+    result = await admin.delete([x.id], actor="ops")
+    processor.flows.register = inner_register  # type: ignore[method-assign]
+    for after in held:  # the producer's registration, now
+        await inner_register(after)
+
+    dependent = await processor.get_job(scheduled[0].id)
+    # the dependency FINISHED: its dependent must run, not be skipped as if it had failed.
+    # (Either the delete is refused, as a purge refuses it, or the dependent is released.)
+    assert dependent.status != S.SKIPPED, (result.changed, result.skipped, dependent.skip_reason)
+    assert result.changed == [] and "have not counted its end" in result.skipped[x.id]
+    await run_until_idle(processor)
+    assert (await processor.get_job(dependent.id)).status == S.FINISHED
+
+
+async def test_purge_or_expiry_between_the_existence_check_and_the_mark(db: Any) -> None:
+    """schedule_job(after=[x]) checks that x exists and marks it as having dependents: a purge
+    between the two (and, the same window, x's expiry) used to delete x, schedule_job still
+    succeeded and the job was skipped as if x had failed. Whichever step comes second, a purge
+    made just before it either keeps x (the job runs) or makes schedule_job raise."""
+    clock = FakeClock(NOW)
+    processor = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=clock)
+    x = await processor.schedule_job("a", {})
+    await run_until_idle(processor)
+    clock.advance(2 * 86400)
+    admin = await Admin.open(db, clock=clock)
+    flows = processor.flows
+    mark, check = flows.mark, flows.check_exist
+    steps: list[str] = []
+
+    async def purge_if_second(step: str) -> None:
+        steps.append(step)
+        if len(steps) == 2:
+            await admin.purge(status="finished", older_than="1d", actor="cron")
+
+    async def marking(after: list[Any]) -> None:
+        await purge_if_second("mark")
+        await mark(after)
+
+    async def checking(ids: list[Any], name: str) -> None:
+        await purge_if_second("check")
+        await check(ids, name)
+
+    flows.mark, flows.check_exist = marking, checking  # type: ignore[method-assign]
+    d = await processor.schedule_job("b", {}, after=[x.id])  # succeeds: x was kept
+    flows.mark, flows.check_exist = mark, check  # type: ignore[method-assign]
+    assert steps == ["mark", "check"]
+    assert (await processor.get_job(x.id)).status == S.FINISHED
+    stored = await processor.storage.jobs.coll.find_one({"_id": ObjectId(x.id)})
+    # its expiry is held back until its dependents are seen settled, as a final write does
+    assert "expires_at" not in stored and stored["expires_after_settle"]
+    await run_until_idle(processor)
+    assert (await processor.get_job(d.id)).status == S.FINISHED
+    await processor.flows.sweep(clock.now())  # the sweep sees them settled: x expires again
+    stored = await processor.storage.jobs.coll.find_one({"_id": ObjectId(x.id)})
+    assert stored.get("expires_at") and stored.get("dependents_settled")
+
+
+async def test_trim_between_its_read_and_its_delete(db: Any) -> None:
+    clock = FakeClock(NOW)
+    processor = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=clock)
+    x = await processor.schedule_job("a", {})
+    await run_until_idle(processor)
+    jobs = processor.storage.jobs
+    read = jobs.trim_cursor
+    register = processor.flows.register
+    held: list[Any] = []
+    made: list[Job] = []
+
+    async def register_later(after: list[Any]) -> int:
+        held.append(after)  # the producer's registration comes after the trim's delete
+        return 0
+
+    def cursor_then_schedule(query: Any, keep: int, batch: int) -> Any:
+        cursor = read(query, keep, batch)
+
+        async def docs() -> Any:
+            async for d in cursor:
+                yield d
+            processor.flows.register = register_later  # type: ignore[method-assign]
+            made.append(await processor.schedule_job("b", {}, after=[x.id]))
+
+        return docs()
+
+    jobs.trim_cursor = cursor_then_schedule  # type: ignore[method-assign]
+    deleted, _ = await jobs.trim("a", [S.FINISHED], keep=0, batch=100)
+    jobs.trim_cursor = read  # type: ignore[method-assign]
+    processor.flows.register = register  # type: ignore[method-assign]
+    for after in held:
+        await register(after)
+
+    d = await processor.get_job(made[0].id)
+    assert d.status != S.SKIPPED, (deleted, d.skip_reason)
+    assert deleted == 0 and (await processor.get_job(x.id)).status == S.FINISHED
+
+
+async def test_forget_racing_a_worker_start_unregisters_a_served_name(db: Any) -> None:
+    clock = FakeClock(NOW)
+    old = await make(db, {"mail": JobDef(handler=ok)}, clock=clock)
+    await old.heartbeat.register()  # an earlier worker registered "mail", then stopped
+    await old.heartbeat.unregister()
+
+    new = await make(db, {"mail": JobDef(handler=ok)}, clock=clock)
+    admin = await Admin.open(db, clock=clock)
+    workers_all = admin.storage.workers.all
+
+    async def all_then_a_worker_starts() -> list[dict[str, Any]]:
+        docs = await workers_all()  # no live worker serves "mail" yet
+        await new.heartbeat.register()  # a worker defining "mail" starts right now
+        return docs
+
+    admin.storage.workers.all = all_then_a_worker_starts  # type: ignore[method-assign]
+    result = await admin.forget("mail", actor="ops")
+    admin.storage.workers.all = workers_all  # type: ignore[method-assign]
+
+    live = [w for w in await admin.list_workers() if w.alive and "mail" in w.names]
+    assert live, "the new worker is live and serves mail"
+    registered = {d.name for d in await admin.list_definitions()}
+    # the docs: forget is refused while a live worker serves the name; here it served it
+    # when the delete ran, and the registration it had just written is gone for good
+    assert "mail" in registered, (result.changed, result.skipped)
+    assert result.changed == [] and "registered again meanwhile" in result.skipped["mail"]
+
+
+async def test_then_another_apps_worker_errors_the_served_names_backlog(db: Any) -> None:
+    clock = FakeClock(NOW)
+    old = await make(db, {"mail": JobDef(handler=ok)}, clock=clock)
+    await old.heartbeat.register()
+    await old.heartbeat.unregister()
+    new = await make(db, {"mail": JobDef(handler=ok)}, clock=clock)
+    admin = await Admin.open(db, clock=clock)
+    workers_all = admin.storage.workers.all
+
+    async def all_then_a_worker_starts() -> list[dict[str, Any]]:
+        docs = await workers_all()
+        await new.heartbeat.register()
+        return docs
+
+    admin.storage.workers.all = all_then_a_worker_starts  # type: ignore[method-assign]
+    await admin.forget("mail", actor="ops")
+    admin.storage.workers.all = workers_all  # type: ignore[method-assign]
+
+    job = await new.schedule_job("mail", {})  # a backlog the live "mail" worker has not reached
+    clock.advance(2 * 3600)
+    await new.storage.workers.beat(new.worker.worker_id, clock.now())  # its heartbeats go on
+    assert [w for w in await admin.list_workers() if w.alive and "mail" in w.names]
+    other = await make(db, {"report": JobDef(handler=ok)}, clock=clock)  # another app's worker
+    await other.heartbeat.register()
+    await other.recovery.error_unknown_names(clock.now())
+    # a live worker serves "mail" (it is registered as serving it), yet its job is errored as
+    # being of a name no worker defines
+    assert (await new.get_job(job.id)).status == JobStatus.PENDING
