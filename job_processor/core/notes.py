@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .errors import InvalidArgumentError
 from .values import fits_int64
 
 Doc = dict[str, Any]
@@ -37,6 +38,8 @@ FLUSH_EVERY = 1.0
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 _LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
+#: Other names of those levels (stdlib's and structlog's), read in any case: "WARNING", "warn".
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical", "exception": "error"}
 
 
 class NoteSink(Protocol):
@@ -75,6 +78,15 @@ class JobLogger:
         field."""
         if isinstance(level, int) and not isinstance(level, bool):
             level = _LEVEL_NAMES.get(level // 10 * 10, "critical" if level > 50 else "debug")
+        elif isinstance(level, str) and level.lower() in LEVELS:
+            level = level.lower()
+        elif isinstance(level, str) and level.lower() in _LEVEL_ALIASES:
+            level = _LEVEL_ALIASES[level.lower()]
+        else:
+            raise InvalidArgumentError(
+                f"job log level {level!r}: use a name ({', '.join(LEVELS)}, in any case) or a "
+                "stdlib number (logging.WARNING)"
+            )
         if self._sink is None:
             raise RuntimeError(
                 "job.log() and job.logger are only available inside a running handler; in a "

@@ -114,6 +114,23 @@ async def test_any_field_name_is_a_field_and_a_stdlib_level_is_understood() -> N
     ]
 
 
+async def test_a_level_name_in_any_case_or_an_alias_keeps_its_level() -> None:
+    """ "WARNING" (stdlib's name, logging.getLevelName(30)) and "warn" were stored as info."""
+
+    async def handler(job: Any, signal: Any) -> None:
+        job.logger.log(logging.getLevelName(logging.WARNING), "by stdlib name")
+        job.logger.log("ERROR", "upper case")
+        job.logger.log("warn", "alias")
+        job.logger.log("Fatal", "alias")
+        with pytest.raises(InvalidArgumentError, match=r"job log level 'loud': use a name"):
+            job.logger.log("loud", "no such level")
+
+    harness = JobHarness()
+    await harness.run(handler)
+    levels = [x["level"] for x in harness.log_lines]
+    assert levels == ["warning", "error", "warning", "critical"]
+
+
 async def test_the_harness_gives_a_parent_its_dependencies_and_a_resumed_progress() -> None:
     async def total(job: Any, signal: Any) -> int:
         parts = await job.dependencies()
