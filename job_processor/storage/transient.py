@@ -121,8 +121,14 @@ class ProducerRetry:
     async def run(self, op: Callable[[bool], Awaitable[T]], within: float | None = None) -> T:
         """`within`: a shorter budget for this call (a wait with a deadline)."""
         budget = self.budget if within is None else min(self.budget, within)
-        if self.budget <= 0:  # retries turned off: the driver's own timeouts, raw errors
-            return await op(False)
+        if self.budget <= 0:  # retries turned off: one attempt, raw errors, bounded only
+            if within is None:  # by the driver's own timeouts, or by `within` when given
+                return await op(False)
+            if self.sync:
+                with pymongo.timeout(max(within, 0.001)):
+                    return await op(False)
+            async with asyncio.timeout(within):
+                return await op(False)
         start = time.monotonic()
         deadline = start + budget
         delay = 0.1

@@ -279,6 +279,32 @@ async def test_an_outage_while_waiting_is_ridden_out_only_until_the_deadline(
     assert asyncio.get_running_loop().time() - began < 5, "not the 30 s budget"
 
 
+@pytest.mark.parametrize("budget", [10, 0])
+async def test_a_wait_whose_reads_hang_ends_at_its_deadline_without_the_reason(
+    db: Any, monkeypatch: pytest.MonkeyPatch, budget: float
+) -> None:
+    """The reads behind a timeout's reason are given half a second each, with retries turned
+    off too (`producer_retry_seconds=0` ran them with no bound: a server that did not answer
+    held the TimeoutError up until the driver's own timeout)."""
+    p = await make(db, JOBS, producer_retry_seconds=budget)
+    job = await p.schedule_job("echo")  # no worker: it stays pending
+    never = asyncio.Event()
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        await never.wait()
+
+    monkeypatch.setattr(p.storage.paused, "names", hangs)
+    async with asyncio.timeout(10):  # without the bound: never
+        with pytest.raises(TimeoutError) as caught:
+            await p.wait_for(job.id, timeout=0.2)
+    assert "is paused" not in str(caught.value) and "live worker" not in str(caught.value)
+    # the job's own reads, hanging: bounded by the deadline as well
+    monkeypatch.setattr(p.storage.jobs, "get", hangs)
+    async with asyncio.timeout(10):
+        with pytest.raises((TimeoutError, DatabaseUnreachableError)):
+            await p.wait_for(job.id, timeout=0.2)
+
+
 async def test_a_delay_too_long_for_a_date_is_refused_naming_the_job_and_the_item(
     db: Any,
 ) -> None:
