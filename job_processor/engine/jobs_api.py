@@ -373,13 +373,19 @@ class JobsAPI(Runtime):
         return job
 
     async def _exclusive_of(self, name: str) -> bool:
+        """Whether the name is exclusive: its definition here, else as the workers that define
+        it registered it (a job row, or a cron's), read now: a process that does not define it
+        (a web app with jobs of its own) restores its exclusive key on a retry all the same."""
         definition = self.definitions.get(name)
         if definition is not None:
             return definition.concurrency == "exclusive"
-        if self.open_names:
-            row = (await self._registry_rows()).get(name) or {}
-            return row.get("concurrency") == "exclusive"
-        return False
+        rows = await self.storage.producer.run(lambda _: self._registered(name))
+        return any(row.get("concurrency") == "exclusive" for row in rows)
+
+    async def _registered(self, name: str) -> list[Doc]:
+        row = await self.storage.definitions.get(name)
+        crons = await self.storage.crons.docs([name])
+        return [r for r in (row, *crons) if r is not None]
 
     async def _has_hook(self, name: str) -> bool | None:
         """Whether jobs of this name have an on_job_exited (None: not known here)."""

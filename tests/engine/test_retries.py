@@ -313,3 +313,26 @@ async def test_priority_then_time_then_insertion(db: Any) -> None:
     async with processor:
         await wait_for(lambda: len(order) == 5)
     assert order == ["high", "mid", "low-1", "low-2", "low-3"]
+
+
+async def _blocks(job: Job, signal: AbortSignal) -> None:
+    await signal.wait()
+
+
+async def test_a_retry_from_a_process_that_does_not_define_an_exclusive_name_keeps_it_so(
+    db: Any,
+) -> None:
+    """A web app with jobs of its own retried a killed job of an exclusive name that another
+    job of it now held: the exclusive key was not restored and two were active at once."""
+    workers = await make(db, {"ex": JobDef(handler=_blocks, concurrency="exclusive")})
+    await workers.heartbeat.register()  # its definitions are in the registry
+    web = await make(db, {"other": JobDef(handler=_blocks)})
+    first = await workers.schedule_job("ex")
+    await workers.kill_job(first.id)
+    second = await workers.schedule_job("ex")
+    assert second.status == JobStatus.PENDING
+    with pytest.raises(JobProcessorError, match=r"another job with the same name \(exclusive\)"):
+        await web.retry_job(first.id)
+    assert (await workers.get_job(first.id)).status == JobStatus.KILLED  # nothing changed
+    await workers.kill_job(second.id)
+    assert (await web.retry_job(first.id)).status == JobStatus.PENDING  # once it is free
