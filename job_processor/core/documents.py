@@ -245,7 +245,8 @@ def as_running(doc: Doc, worker_id: str, now: dt.datetime, run_id: str | None = 
 # ---- jobs: claim, checkpoint, end of a run -------------------------------------------------
 
 
-#: The claim's sort: priority first (descending), then due time, then insertion order.
+#: The claim's sort: priority first (descending), then due time, then the id (creation order
+#: within a producer process; across processes, by the second).
 CLAIM_SORT: list[tuple[str, int]] = [("priority", -1), ("due_ms", 1), ("_id", 1)]
 
 

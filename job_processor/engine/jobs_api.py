@@ -135,7 +135,7 @@ class JobsAPI(Runtime):
         and a dependency that does not finish skips it (`on_dependency_failure="skip"`, the
         default), errors it ("error"), or counts as ended ("run").
 
-        priority: higher first (then due time, then insertion order).
+        priority: higher first (then due time, then the id: creation order within a process).
         key: dedup key, scoped by job name: while a job of this name with this key is pending,
         running or paused, that job is returned instead of a new one.
         max_attempts: overrides the definition's (1 = no retry).
