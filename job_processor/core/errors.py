@@ -148,12 +148,15 @@ class DatabaseUnreachableError(JobProcessorError, ConnectionError):
     """MongoDB did not answer within the connect timeout (or a producer call's budget).
 
     For a `schedule_jobs` batch of more than 1,000 jobs cut midway: `written` holds the jobs of
-    the chunks already written, and `failed_at` the index of the first item that may not be."""
+    the chunks already written, `failed_at` the index of the first item that may not be, and
+    `remaining` those items as JobSpecs to schedule again, their `after` references to the
+    items written turned into those jobs' ids (indexes shifted to the rest)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.written: list[Any] = []
         self.failed_at: int | None = None
+        self.remaining: list[Any] = []
 
 
 class InvalidDatabaseError(JobProcessorError, TypeError):

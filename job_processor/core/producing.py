@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -392,6 +393,29 @@ def _batch_after(spec: JobSpec, docs: list[Doc], seen: dict[int, int]) -> list[O
         docs[index]["has_dependents"] = True
         refs.append(docs[index]["_id"])
     return after_ids(refs, spec.name)
+
+
+def remaining_items(items: list[Any], docs: list[Doc], failed_at: int) -> list[JobSpec]:
+    """The items of a batch cut at `failed_at`, to schedule again: their `after` references to
+    earlier items already written (an index, or the JobSpec itself) become those jobs' ids,
+    and indexes into the rest are shifted to it."""
+    firsts = zip(items[:failed_at], docs[:failed_at], strict=True)
+    written = {id(item): str(doc["_id"]) for item, doc in firsts}
+    renewed: dict[int, JobSpec] = {}  # an item of the rest -> its JobSpec there
+    rest: list[JobSpec] = []
+    for item in items[failed_at:]:
+        spec = as_spec(item)
+        after: list[Any] = []
+        for ref in spec.after or ():
+            if isinstance(ref, int) and not isinstance(ref, bool):
+                after.append(str(docs[ref]["_id"]) if ref < failed_at else ref - failed_at)
+            elif id(ref) in written:
+                after.append(written[id(ref)])
+            else:
+                after.append(renewed.get(id(ref), ref))
+        renewed[id(item)] = dataclasses.replace(spec, after=after) if spec.after else spec
+        rest.append(renewed[id(item)])
+    return rest
 
 
 def as_spec(item: Any) -> JobSpec:

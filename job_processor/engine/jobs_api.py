@@ -34,7 +34,15 @@ from ..core.errors import (
     keywords_checked,
 )
 from ..core.models import Job
-from ..core.producing import ENDED, Template, WaitPacing, after_ids, batch_items, new_job_doc
+from ..core.producing import (
+    ENDED,
+    Template,
+    WaitPacing,
+    after_ids,
+    batch_items,
+    new_job_doc,
+    remaining_items,
+)
 from ..core.retries import RETRYABLE, retry_refusal
 from ..core.status import JobStatus, parse_status
 from ..storage import object_id
@@ -233,6 +241,7 @@ class JobsAPI(Runtime):
         raises, naming its index); then one `insert_many` per 1,000 jobs. Returns the jobs in
         the order given; a dedup key held by an active job (or by an earlier item) gives that
         job, an exclusive name already active gives a skipped job, as `schedule_job` does."""
+        items = list(items) if not isinstance(items, str | bytes | Mapping) else items
         docs = batch_items(items, await self._templates(), self.clock.now())
         mine = {str(d["_id"]) for d in docs}
         outside = [
@@ -252,7 +261,10 @@ class JobsAPI(Runtime):
                 )
             except DatabaseUnreachableError as exc:
                 if start:  # earlier chunks are written: say which, a blind retry would repeat them
-                    raise _partly_written(exc, [Job.read(d) for d in stored], start) from exc
+                    written = [Job.read(d) for d in stored]
+                    error = _partly_written(exc, written, start)
+                    error.remaining = remaining_items(list(items), docs, start)
+                    raise error from exc
                 raise
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
         if waited and await self._register(waited, [d["_id"] for d in stored]):  # some ended
@@ -596,7 +608,8 @@ def _partly_written(
     error = DatabaseUnreachableError(
         f"{exc} Items 0 to {failed_at - 1} of the batch were written (error.written holds "
         f"their jobs); items from {failed_at} on (error.failed_at) may be partly written: "
-        "check them (for example by dedup key) before scheduling them again"
+        "check them (for example by dedup key) before scheduling them again (error.remaining: "
+        "those items, their after= naming the jobs written)"
     )
     error.written, error.failed_at = written, failed_at
     return error

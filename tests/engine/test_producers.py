@@ -343,6 +343,41 @@ async def test_a_batch_cut_by_an_outage_says_which_items_were_written(
     assert await coll.count_documents({}) == 1000
 
 
+async def test_a_cut_flow_batch_is_resumed_with_error_remaining(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`items[error.failed_at:]` of a flow batch named earlier items (a JobSpec, an index) that
+    it no longer held: refused. `error.remaining` names the jobs written instead."""
+    p = await make(db, JOBS, producer_retry_seconds=1)
+    coll = p.storage.jobs.coll
+    real, calls, down = coll.insert_many, 0, True
+
+    async def second_chunk_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls >= 2 and down:
+            raise AutoReconnect("127.0.0.1:1: connection refused")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(coll, "insert_many", second_chunk_fails)
+    parts = [JobSpec("echo", {"n": n}) for n in range(1001)]
+    total = JobSpec("echo", {"total": True}, after=[*parts[998:], 0])
+    items = [*parts, total, JobSpec("echo", {"last": True}, after=[total, 1000])]
+    with pytest.raises(DatabaseUnreachableError, match=r"error\.remaining") as cut:
+        await p.schedule_jobs(items)
+    assert cut.value.failed_at == 1000
+    down = False  # MongoDB is back
+    rest = cut.value.remaining
+    assert [r.payload for r in rest] == [{"n": 1000}, {"total": True}, {"last": True}]
+    written = {j.payload["n"]: j.id for j in cut.value.written}
+    assert rest[1].after == [written[998], written[999], rest[0], written[0]]
+    assert rest[2].after == [rest[1], 0]
+    again = await p.schedule_jobs(rest)
+    assert again[1].after == [written[998], written[999], again[0].id, written[0]]
+    assert again[2].after == [again[1].id, again[0].id]
+    assert await coll.count_documents({}) == 1003
+
+
 def test_every_error_pickles_with_its_fields() -> None:
     import pickle
 
