@@ -161,8 +161,7 @@ class Heartbeat:
                     wait = min(wait, max((expires - now).total_seconds(), 0.001))
             await sleep_or_wake(self.clock, self.stop_event, wait)
 
-    async def _release_unstarted(self, doc: Doc) -> Any:
-        why = "claimed while its worker was being declared dead"
+    async def _release_unstarted(self, doc: Doc, why: str) -> Any:
         return await self.recovery.reconcile(doc, started=False, why=why)
 
     async def loop(self) -> None:

@@ -267,8 +267,8 @@ class Runtime:
             self.scheduler.stop_event.set()
             self.waker.stop_event.set()
             assert self._worker_loops is not None
-            with contextlib.suppress(Exception):
-                await self._worker_loops
+            with contextlib.suppress(Exception):  # shielded: a stop() cancelled by its caller
+                await asyncio.shield(self._worker_loops)  # never cuts a claim in flight
             await self.worker.drain()
             await self.hooks.drain()  # recovered hooks running in the background
             self._worker_loops = None

@@ -59,6 +59,8 @@ S = JobStatus
 Doc = dict[str, Any]
 #: Seconds a worker with a backlog waits for more of its slots to free before claiming.
 BATCH_WINDOW = 0.02
+#: Why a claim released unstarted near or past the end of its lease was not run.
+UNSTARTED_LEASE = "claimed while its worker was being declared dead"
 
 
 class Worker:
@@ -119,13 +121,13 @@ class Worker:
         self.loop_blocked: Callable[[], str | None] = lambda: None
         """Set by the heartbeat: why runs were probably lost ("event loop blocked for N s:
         heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
-        self.release_unstarted: Callable[[Doc], Awaitable[Any]] | None = None
+        self.release_unstarted: Callable[[Doc, str], Awaitable[Any]] | None = None
         """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
         self.claims_held = False
         """A claim was skipped because the registration could not be trusted."""
         self._ignored: set[asyncio.Task[Any]] = set()
         """Handlers that swallowed their cancellation (kept referenced until they end)."""
-        self._orphans: list[Doc] = []
+        self._orphans: list[tuple[Doc, str]] = []  # claims not started, and why
         """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
@@ -243,14 +245,21 @@ class Worker:
         return bool(worker_id) and worker_id == self.worker_id and self.claimable()
 
     def start_claimed(self, doc: Doc) -> bool:
-        """Start a job the claim loop took; False when it is not started (see `trusted`)."""
-        if not self.may_claim(str(doc.get("worker_id") or "")):
+        """Start a job the claim loop took; False when it is not started (see `trusted`), nor
+        once a stop has begun (a claim whose reply came after stop(): no new run starts)."""
+        stopping = self.stopping.is_set()
+        if stopping or not self.may_claim(str(doc.get("worker_id") or "")):
             # claimed while this worker was declared dead, or under the id it gave up: the
             # recovery of that id could run it a second time, so it never starts here
-            self._orphans.append(doc)
+            if stopping:
+                why, text = "worker_stopping", "claimed while its worker was stopping"
+            elif self.trusted():
+                why, text = "lease_ending", UNSTARTED_LEASE
+            else:
+                why, text = "worker_declared_dead", UNSTARTED_LEASE
+            self._orphans.append((doc, text))
             self.unstarted.add(str(doc.get("run_id")))
             fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
-            why = "lease_ending" if self.trusted() else "worker_declared_dead"
             self.log.warning("claim_released", reason=why, **fields)
             return False
         self._claimed += 1
@@ -264,9 +273,9 @@ class Worker:
         written now (MongoDB unreachable) stays for the next round; its run id is among
         `unstarted` meanwhile, so that the recovery sweep re-queues it as never run too."""
         while self._orphans:
-            doc = self._orphans[0]
+            doc, why = self._orphans[0]
             if self.release_unstarted is not None:
-                await self.release_unstarted(doc)  # raises while MongoDB is unreachable
+                await self.release_unstarted(doc, why)  # raises while MongoDB is unreachable
             self._orphans.pop(0)
             self.unstarted.discard(str(doc.get("run_id")))
 

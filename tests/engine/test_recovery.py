@@ -319,13 +319,13 @@ async def test_a_claim_that_cannot_be_put_back_now_is_kept_and_known_as_never_st
     assert not worker.start_claimed(claimed)  # untrusted: an orphan
     release = worker.release_unstarted
 
-    async def down(doc: Any) -> Any:
+    async def down(doc: Any, why: str) -> Any:
         raise AutoReconnect("127.0.0.1:1: connection refused")
 
     worker.release_unstarted = down
     with pytest.raises(AutoReconnect):
         await worker._release_orphans()
-    assert claimed["run_id"] in worker.unstarted and worker._orphans == [claimed]
+    assert claimed["run_id"] in worker.unstarted and [d for d, _ in worker._orphans] == [claimed]
     # the sweep (once this worker is registered afresh) re-queues it as never run
     await processor.heartbeat.tick()
     await processor.recovery.sweep(clock.now())
