@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import numbers
 import sys
@@ -78,10 +79,8 @@ class JobLogger:
         field."""
         if isinstance(level, int) and not isinstance(level, bool):
             level = _LEVEL_NAMES.get(level // 10 * 10, "critical" if level > 50 else "debug")
-        elif isinstance(level, str) and level.lower() in LEVELS:
-            level = level.lower()
-        elif isinstance(level, str) and level.lower() in _LEVEL_ALIASES:
-            level = _LEVEL_ALIASES[level.lower()]
+        elif isinstance(level, str):
+            level = _level_of_name(level)
         else:
             raise InvalidArgumentError(
                 f"job log level {level!r}: use a name ({', '.join(LEVELS)}, in any case) or a "
@@ -139,6 +138,21 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
         "message": message[:MESSAGE_CHARS] if message else None,
         "at": now,
     }
+
+
+def _level_of_name(name: str) -> str:
+    """A level name in any case, an alias ("warn", "fatal"), or a custom stdlib level's name
+    (logging.addLevelName) by its number; any other name is kept as "info" (a log call never
+    fails a run)."""
+    folded = name.lower()
+    if folded in LEVELS:
+        return folded
+    if folded in _LEVEL_ALIASES:
+        return _LEVEL_ALIASES[folded]
+    number = logging.getLevelName(name)  # a registered name gives its number
+    if isinstance(number, int):
+        return _LEVEL_NAMES.get(number // 10 * 10, "critical" if number > 50 else "debug")
+    return "info"
 
 
 def _number(value: Any) -> bool:

@@ -122,13 +122,16 @@ async def test_a_level_name_in_any_case_or_an_alias_keeps_its_level() -> None:
         job.logger.log("ERROR", "upper case")
         job.logger.log("warn", "alias")
         job.logger.log("Fatal", "alias")
-        with pytest.raises(InvalidArgumentError, match=r"job log level 'loud': use a name"):
-            job.logger.log("loud", "no such level")
+        job.logger.log(logging.getLevelName(25), "a custom stdlib level, by its name")
+        job.logger.log("trace", "a name no level has: kept as info, the run goes on")
+        with pytest.raises(InvalidArgumentError, match=r"job log level 2.5: use a name"):
+            job.logger.log(2.5, "not a level")  # type: ignore[arg-type]
 
+    logging.addLevelName(25, "NOTICE")
     harness = JobHarness()
     await harness.run(handler)
     levels = [x["level"] for x in harness.log_lines]
-    assert levels == ["warning", "error", "warning", "critical"]
+    assert levels == ["warning", "error", "warning", "critical", "info", "info"]
 
 
 async def test_the_harness_gives_a_parent_its_dependencies_and_a_resumed_progress() -> None:
