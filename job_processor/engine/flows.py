@@ -43,6 +43,10 @@ S = JobStatus
 #: dependents right after its final write) before a sweep looks at it.
 GRACE = 5.0
 
+#: How long after a job scheduled after a dependency marked it no sweep marks that dependency
+#: settled (the job may not be written yet: its producer's retries included, 10 s by default).
+MARK_GRACE = 60.0
+
 #: The slow pass over waiting jobs (dependencies deleted by hand) runs every this many sweeps
 #: (every 5 minutes at the default worker_timeout), and at the first.
 SLOW_PASS = 20
@@ -100,7 +104,7 @@ class Flows:
         (ended with dependents, not seen settled) and settles them; and their final write holds
         their expiry back. A mark with no job written after it (the insert failed) costs the
         sweep one look."""
-        await self.produce.run(lambda _: self.jobs.mark_dependents(after))
+        await self.produce.run(lambda _: self.jobs.mark_dependents(after, self.clock.now()))
 
     async def register(self, after: list[ObjectId]) -> int:
         """Mark `after` as having dependents, then settle those already ended. Returns how
@@ -145,7 +149,8 @@ class Flows:
             if late:
                 self.log.warning("dependents_released_late", jobs=late)
             released += late
-            await self.jobs.mark_settled(ids)
+            marked_before = now - dt.timedelta(seconds=MARK_GRACE)
+            await self.jobs.mark_settled(ids, marked_before, {d["_id"]: d for d in ended})
         await self._expire_skipped(skipped)
         self._sweeps += 1
         if self._sweeps % SLOW_PASS == 1:

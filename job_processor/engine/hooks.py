@@ -208,8 +208,7 @@ class HookRunner:
                 error,
                 self.clock.now(),
                 self.budget,
-                expires_at,
-                dependents=bool(doc.get("has_dependents")),  # its expiry waits for them
+                expires_at,  # held back while jobs wait on it: decided in the write
             )
         except TRANSIENT as exc:  # it stays owed, and will be called again
             self.log.error("on_job_exited_record_failed", error=describe(exc), **fields)

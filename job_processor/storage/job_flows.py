@@ -15,11 +15,13 @@ however many processes run it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateMany
 
+from ..core import documents as D
 from ..core import flows as F
 from ..core.status import JobStatus
 from .compat import ServerProfile, all_docs, decode
@@ -55,19 +57,23 @@ class FlowRecords:
             )
         return out
 
-    async def mark_dependents(self, ids: list[ObjectId]) -> None:
-        """These jobs have jobs waiting on them (their end settles them; until the sweep has
-        seen them settled, `dependents_settled` is unset, and the expiry of one that has
-        already ended is held back, as its final write would have: `mark_settled` gives it
-        back)."""
+    async def mark_dependents(self, ids: list[ObjectId], now: dt.datetime) -> None:
+        """These jobs have jobs waiting on them, or about to (their end settles them; until
+        the sweep has seen them settled, `dependents_settled` is unset, and the expiry of one
+        that has already ended is held back, as its final write would have: `mark_settled`
+        gives it back). `marked_ms`: no sweep marks them settled within `MARK_GRACE` of it (a
+        job scheduled after them may not be written yet). Each document in one update: one
+        for those without an expiry, then one for those with one, renamed (nx-27017's `$rename`
+        of a missing field writes a null)."""
+        fields = {
+            "$set": {"has_dependents": True, "marked_ms": D.epoch_ms(now)},
+            "$unset": {"dependents_settled": ""},
+        }
+        ids_in = {"_id": {"$in": ids}}
+        await self.coll.update_many(ids_in | {"expires_at": {"$exists": False}}, fields)
         await self.coll.update_many(
-            {"_id": {"$in": ids}},
-            {"$set": {"has_dependents": True}, "$unset": {"dependents_settled": ""}},
-        )
-        # only where there is one: nx-27017's `$rename` of a missing field writes a null
-        await self.coll.update_many(
-            {"_id": {"$in": ids}, "expires_at": {"$exists": True}},
-            {"$rename": {"expires_at": "expires_after_settle"}},
+            ids_in | {"expires_at": {"$exists": True}},
+            fields | {"$rename": {"expires_at": "expires_after_settle"}},
         )
 
     async def register_waiting(self, deps: list[ObjectId], now: dt.datetime) -> int:
@@ -77,7 +83,7 @@ class FlowRecords:
         effects). Returns how many jobs that released."""
         if not deps:
             return 0
-        await self.mark_dependents(deps)
+        await self.mark_dependents(deps, now)
         found = await self.statuses(deps)
         ended = {d: s for d, s in found.items() if s in F.ENDED}
         ended |= dict.fromkeys(set(deps) - set(found), "deleted")
@@ -199,6 +205,8 @@ class FlowRecords:
             "has_dependents": 1,
             "dependents_settled": 1,
             "expiry_pending": 1,
+            "marked_ms": 1,
+            "expires_after_settle": 1,
         }
         return self.coll.find({"$or": self.flow_branches()}, fields).limit(limit)
 
@@ -245,17 +253,44 @@ class FlowRecords:
                 (left if registering(doc, ended, cutoff) else settle).add(oid)
         return settle, left - settle
 
-    async def mark_settled(self, dep_ids: list[ObjectId]) -> None:
+    async def mark_settled(
+        self,
+        dep_ids: list[ObjectId],
+        marked_before: dt.datetime,
+        seen: Mapping[ObjectId, Doc] | None = None,
+    ) -> None:
         """Every job waiting on these has counted them: they leave the sweep's query, and the
-        expiry their final write held back applies now."""
-        ids = {"_id": {"$in": dep_ids}, "has_dependents": True}
-        await self.coll.update_many(ids, {"$set": {"dependents_settled": True}})
-        # only where an expiry was held back: nx-27017's `$rename` of a missing field writes
-        # the target as null (real MongoDB leaves it alone), which would drop an expiry
-        await self.coll.update_many(
-            ids | {"expires_after_settle": {"$exists": True}},
-            {"$rename": {"expires_after_settle": "expires_at"}},
+        expiry their final write (or a mark) held back applies now; only those not marked
+        since `marked_before` (a job being scheduled after one, not written yet, keeps it:
+        `mark_dependents`). Each document in one update (see there), by whether it was ever
+        marked and whether it holds an expiry back: as `seen` (the documents as the sweep
+        read them: one update per case found, usually one; a document that changed since
+        matches none and is left for the next sweep), else every case (four updates)."""
+        before_ms = D.epoch_ms(marked_before)
+        marks = ({"marked_ms": {"$exists": False}}, {"marked_ms": {"$lte": before_ms}})
+        holds = (
+            {"expires_after_settle": {"$exists": False}},
+            {"expires_after_settle": {"$exists": True}},
         )
+        groups: dict[tuple[int, int], list[ObjectId]] = {}
+        for dep in dep_ids:
+            doc = (seen or {}).get(dep)
+            if doc is None:
+                cases = [(m, h) for m in (0, 1) for h in (0, 1)]
+            elif "marked_ms" in doc and not (
+                isinstance(doc["marked_ms"], int) and doc["marked_ms"] <= before_ms
+            ):
+                continue  # marked a moment ago: a job scheduled after it may not be written yet
+            else:
+                cases = [(int("marked_ms" in doc), int("expires_after_settle" in doc))]
+            for case in cases:
+                groups.setdefault(case, []).append(dep)
+        for (mark, hold), ids in sorted(groups.items()):
+            query = {"_id": {"$in": ids}, "has_dependents": True} | marks[mark] | holds[hold]
+            update: Doc = {"$set": {"dependents_settled": True}}
+            if hold:
+                update["$rename"] = {"expires_after_settle": "expires_at"}
+            await self.coll.update_many(query, update)
 
     async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
         """Their retention applied (`None`: kept until purged, as the name's keep says)."""

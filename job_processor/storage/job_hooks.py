@@ -13,7 +13,7 @@ from pymongo import ReturnDocument
 from ..core import documents as D
 from ..core import foreign as FD
 from ..core.clock import as_utc
-from .compat import all_docs, decode, decode_opt
+from .compat import DEPENDENTS_COUNTED_PARTS, all_docs, decode, decode_opt
 from .transient import ride_out
 
 Doc = dict[str, Any]
@@ -89,23 +89,31 @@ class HookRecords:
         now: dt.datetime,
         budget: float,
         expires_at: dt.datetime | None = None,
-        dependents: bool = False,
     ) -> bool:
         """Record that the hook ran ("done"), failed ("failed") or needs nothing ("none"); the
-        job's retention starts counting then (`expires_at`). `dependents`: the job has jobs
-        waiting on it; while no sweep has seen them settled, the expiry is held back as
-        `expires_after_settle` (the sweep that marks them settled applies it)."""
+        job's retention starts counting then (`expires_at`). While jobs wait (or are being
+        scheduled) on it and no sweep has seen them settled, the expiry is held back as
+        `expires_after_settle` (the sweep that marks them settled applies it): decided in each
+        update's own filter, never from an earlier read (a job scheduled after it meanwhile
+        marks it), the commonest case (no dependents ever) first."""
         fields: Doc = {"exit_hook": state, "exit_hook_error": error, "exit_hook_at": now}
         owed = {"_id": job_id, "exit_hook": "owed", "exit_hook_id": hook_id}
+        attempts: list[tuple[Doc, Doc]] = [(owed, fields)]
+        if expires_at is not None:
+            plain = fields | {"expires_at": expires_at}
+            held = fields | {"expires_after_settle": expires_at}
+            unsettled = {"has_dependents": True, "dependents_settled": {"$exists": False}}
+            first, *others = DEPENDENTS_COUNTED_PARTS
+            attempts = [
+                (owed | first, plain),
+                (owed | unsettled, held),
+                *((owed | counted, plain) for counted in others),
+            ]
 
         async def once() -> bool:
-            if expires_at is not None and dependents:
-                held = fields | {"expires_after_settle": expires_at}
-                unsettled = owed | {"dependents_settled": {"$exists": False}}
-                if (await self.coll.update_one(unsettled, {"$set": held})).matched_count:
+            for query, values in attempts:
+                if (await self.coll.update_one(query, {"$set": values})).matched_count:
                     return True
-            done = fields | ({"expires_at": expires_at} if expires_at is not None else {})
-            res = await self.coll.update_one(owed, {"$set": done})
-            return bool(res.matched_count)
+            return False
 
         return await ride_out(once, budget)

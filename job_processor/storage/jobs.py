@@ -556,6 +556,10 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
             # attempt): the update computed from it (history, deadlines) is right
             "attempt": current.get("attempt"),
         }
+        if update["$set"].get("status") == S.WAITING.value:  # killed while it waited: it waits
+            # again; its dependencies are marked first, as a new job's are (`mark_dependents`)
+            deps = [ObjectId(d) for d in F.uncounted_dependencies(current) if ObjectId.is_valid(d)]
+            await self.mark_dependents(deps, now)
         result = await self.coll.find_one_and_update(query, update, return_document=AFTER)
         if (
             result is None

@@ -27,10 +27,15 @@ from job_processor import (
 )
 from job_processor.core import documents as D
 from job_processor.core import flows as F
+from job_processor.engine.flows import MARK_GRACE
 from job_processor.ops.admin import Admin
 from tests.helpers import CommandNames, make, wait_status
 
 S = JobStatus
+#: Marks made before this (any): a settle that does not wait for a mark's grace.
+FAR = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+#: Past the grace a sweep gives a job scheduled after a dependency (`MARK_GRACE`).
+AFTER_MARKS = dt.timedelta(seconds=MARK_GRACE + 1)
 hooks: list[tuple[str, str]] = []
 
 
@@ -177,8 +182,8 @@ async def test_retry_and_delete_in_a_flow(db: Any) -> None:
     # them settled (before, a job being scheduled after it may have marked it and not be
     # written yet): they keep its recorded status
     refused = await admin.delete([bad.id])
-    assert refused.changed == [] and "have not counted its end" in refused.skipped[bad.id]
-    await p.flows.sweep(p.clock.now() + dt.timedelta(seconds=10))
+    assert refused.changed == [] and "seen to have counted" in refused.skipped[bad.id]
+    await p.flows.sweep(p.clock.now() + AFTER_MARKS)
     assert (await admin.delete([bad.id])).changed == [bad.id]
     assert (await p.get_job(parent.id)).deps == {bad.id: "errored"}
 
@@ -318,7 +323,7 @@ async def test_a_dependent_added_while_its_dependency_runs_is_released_by_that_e
         soon = dt.datetime.now(dt.UTC)
         await worker.flows.sweep(soon)  # it ended a moment ago: left to its own process
         assert "dependents_settled" not in (await worker.storage.jobs.get(ObjectId(dep.id)) or {})
-        await worker.flows.sweep(soon + dt.timedelta(seconds=10))
+        await worker.flows.sweep(soon + AFTER_MARKS)
         settled = await worker.storage.jobs.coll.find_one({"_id": ObjectId(dep.id)})
         assert settled is not None and settled["dependents_settled"]  # (1 on nx-27017)
         assert settled["expires_at"] == held["expires_after_settle"]
@@ -349,7 +354,7 @@ async def test_the_sweep_settles_from_the_dependencies_side_whatever_else_waits(
         {"_id": ObjectId(child.id)},
         {"$set": {"status": "finished", "output": {"result": 3}}, "$unset": {"claim_name": ""}},
     )
-    assert await p.flows.sweep(dt.datetime.now(dt.UTC)) == 1
+    assert await p.flows.sweep(dt.datetime.now(dt.UTC) + AFTER_MARKS) == 1
     assert (await p.get_job(parent.id)).status == S.PENDING
     assert await p.storage.jobs.flow_attention() == ([], [])
     assert (await p.get_job(far.id)).status == S.PENDING  # the 520 still wait on it
@@ -436,7 +441,7 @@ async def test_every_end_in_a_flow_gets_its_retention(db: Any) -> None:
         await wait_status(p, child.id, S.SKIPPED)
         await p.kill_job(pending.id)  # its expiry written by the kill's hook record
         await wait_status(p, waiter.id, S.SKIPPED)
-        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+        later = dt.datetime.now(dt.UTC) + AFTER_MARKS
         await p.flows.sweep(later)
         for job in (child, waiter):
             doc = await coll.find_one({"_id": ObjectId(job.id)})
@@ -446,7 +451,7 @@ async def test_every_end_in_a_flow_gets_its_retention(db: Any) -> None:
         assert killed.get("dependents_settled") and killed.get("expires_at"), killed
         await p.retry_job(bad.id)  # it fails again: its dependents were settled long ago
         await wait_status(p, bad.id, S.ERRORED)
-        await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+        await p.flows.sweep(dt.datetime.now(dt.UTC) + AFTER_MARKS)
         again = await p.storage.jobs.get(ObjectId(bad.id)) or {}
         assert again.get("expires_at") and "expires_after_settle" not in again
 
@@ -471,7 +476,7 @@ async def test_a_hooked_dependency_keeps_its_expiry_back_until_its_dependents_co
                 break
             await asyncio.sleep(0.05)
     assert held.get("expires_after_settle") and not held.get("expires_at"), held
-    await p.flows.sweep(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+    await p.flows.sweep(dt.datetime.now(dt.UTC) + AFTER_MARKS)
     settled = await p.storage.jobs.get(ObjectId(first.id)) or {}
     assert settled.get("expires_at") and "expires_after_settle" not in settled
 
@@ -496,8 +501,8 @@ async def test_a_parent_counted_but_not_released_is_released_by_the_sweep(db: An
         for query, update in F.dependency_ended(ObjectId(child.id), "finished", now):
             await coll.update_many(query, update)
         assert (await p.get_job(parent.id)).status == S.WAITING
-    await p.storage.jobs.mark_settled([ObjectId(parents[1].after[0])])  # an older sweep's
-    later = now + dt.timedelta(seconds=10)
+    await p.storage.jobs.mark_settled([ObjectId(parents[1].after[0])], FAR)  # an older sweep's
+    later = now + AFTER_MARKS
     assert await p.flows.sweep(later) == 2  # the first sweep also makes the slow pass
     assert [(await p.get_job(x.id)).status for x in parents] == [S.PENDING, S.PENDING]
     assert await p.storage.jobs.flow_attention() == ([], [])
@@ -518,7 +523,7 @@ async def test_the_slow_pass_leaves_a_dependency_that_just_ended_to_its_own_proc
         {"_id": ObjectId(child.id)},
         {"$set": {"status": "finished", "ended_at": now}, "$unset": {"claim_name": ""}},
     )
-    await p.storage.jobs.mark_settled([ObjectId(child.id)])  # out of the sweep's own query
+    await p.storage.jobs.mark_settled([ObjectId(child.id)], FAR)  # out of the sweep's query
     assert await p.flows.sweep(now + dt.timedelta(seconds=1)) == 0  # the first makes the pass
     assert (await p.get_job(parent.id)).status == S.WAITING
     p.flows._sweeps = 0  # the next sweep makes the slow pass again, the grace past
@@ -550,11 +555,11 @@ async def test_a_sweep_leaves_a_job_being_scheduled_to_its_own_registration(
         },
     )
     await p.storage.jobs.settle_dependents(dep, "finished", now)
-    await p.storage.jobs.mark_settled([dep])
+    await p.storage.jobs.mark_settled([dep], FAR)
     # a job scheduled after it now: inserted, its dependency marked, its status not read yet
     doc = D.new_job("total", {}, now=now) | F.waiting_fields([dep], "skip")
     await p.storage.jobs.insert(doc)
-    await p.storage.jobs.mark_dependents([dep])
+    await p.storage.jobs.mark_dependents([dep], now)
 
     assert await p.flows.sweep(now + dt.timedelta(seconds=1)) == 0  # the first: the slow pass too
     assert (await p.get_job(str(doc["_id"]))).status == S.WAITING
@@ -583,13 +588,15 @@ async def job_pages(p: Any, *job_ids: str) -> list[str]:
         return [(await c.get(f"/jobs/{job_id}")).text for job_id in job_ids]
 
 
-async def test_a_sweep_over_ended_dependencies_is_one_query_and_four_commands(
+async def test_a_sweep_over_ended_dependencies_is_one_query_and_three_commands(
     mongo_url: str, db: Any
 ) -> None:
     """flows.md: the sweep finds the ended jobs with dependents no sweep has seen settled (one
     query), reads the waiting jobs that name them, releases those that counted everything
-    (one update) and marks them settled (two): four commands after its query, for 30
-    dependencies as for one, whatever else waits (520 jobs wait on a job not ended)."""
+    (one update) and marks them settled, giving back the expiry they held (one update per
+    case: here all were marked by the jobs scheduled after them and hold one): three commands
+    after its query, for 30 dependencies as for one, whatever else waits (520 jobs wait on a
+    job not ended)."""
     commands = CommandNames()
     names = commands.names
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -609,7 +616,7 @@ async def test_a_sweep_over_ended_dependencies_is_one_query_and_four_commands(
         names.clear()
         later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)  # past their grace
         assert await p.flows.sweep(later) == 0
-        assert names == ["find", "find", "update", "update", "update"]
+        assert names == ["find", "find", "update", "update"]
         assert await p.storage.jobs.flow_attention() == ([], [])  # seen settled: left out
     finally:
         await client.close()
@@ -630,7 +637,7 @@ async def test_deleting_a_dependency_is_refused_until_its_dependents_counted_it(
     )
     refused = await admin.delete([child.id])
     assert refused.changed == []
-    assert refused.skipped[child.id].startswith("jobs scheduled after it have not counted its end")
+    assert refused.skipped[child.id].startswith("jobs scheduled after it are not yet seen")
     assert (await p.get_job(child.id)).status == S.FINISHED  # still there
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
     p.flows._sweeps = 1  # not a slow pass's turn

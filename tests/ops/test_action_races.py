@@ -8,12 +8,14 @@ in its own filter (a compare-and-set), so no interleaving gives what no serial o
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
-from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobNotFoundError, JobStatus
 from job_processor.ops.admin import Admin
 from job_processor.testing import run_until_idle
 from tests.helpers import make
@@ -63,7 +65,7 @@ async def test_delete_racing_a_schedule_after_skips_the_dependent(db: Any) -> No
     # the dependency FINISHED: its dependent must run, not be skipped as if it had failed.
     # (Either the delete is refused, as a purge refuses it, or the dependent is released.)
     assert dependent.status != S.SKIPPED, (result.changed, result.skipped, dependent.skip_reason)
-    assert result.changed == [] and "have not counted its end" in result.skipped[x.id]
+    assert result.changed == [] and "not yet seen to have counted its end" in result.skipped[x.id]
     await run_until_idle(processor)
     assert (await processor.get_job(dependent.id)).status == S.FINISHED
 
@@ -106,7 +108,11 @@ async def test_purge_or_expiry_between_the_existence_check_and_the_mark(db: Any)
     assert "expires_at" not in stored and stored["expires_after_settle"]
     await run_until_idle(processor)
     assert (await processor.get_job(d.id)).status == S.FINISHED
-    await processor.flows.sweep(clock.now())  # the sweep sees them settled: x expires again
+    await processor.flows.sweep(clock.now())  # within a minute of the mark: x stays held
+    stored = await processor.storage.jobs.coll.find_one({"_id": ObjectId(x.id)})
+    assert "expires_at" not in stored
+    clock.advance(61)  # a sweep a minute after the mark sees them settled: x expires again
+    await processor.flows.sweep(clock.now())
     stored = await processor.storage.jobs.coll.find_one({"_id": ObjectId(x.id)})
     assert stored.get("expires_at") and stored.get("dependents_settled")
 
@@ -205,3 +211,136 @@ async def test_then_another_apps_worker_errors_the_served_names_backlog(db: Any)
     # a live worker serves "mail" (it is registered as serving it), yet its job is errored as
     # being of a name no worker defines
     assert (await new.get_job(job.id)).status == JobStatus.PENDING
+
+
+async def test_a_sweep_between_the_check_and_the_insert_lets_a_delete_take_the_dependency(
+    db: Any,
+) -> None:
+    clock = FakeClock(NOW)
+    p = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=clock)
+    x = await p.schedule_job("a", {})
+    await run_until_idle(p)
+    clock.advance(60)  # x ended a minute ago (past the sweep's 5 s grace)
+    admin = await Admin.open(db, clock=clock)
+    check = p.flows.check_exist
+    seen: dict[str, Any] = {}
+
+    async def check_then_sweep_and_delete(ids: list[Any], name: str) -> None:
+        await check(ids, name)  # x exists (and was marked just before)
+        await p.flows.sweep(clock.now())  # any worker's routine sweep, at this moment
+        seen["delete"] = await admin.delete([x.id], actor="ops")
+
+    p.flows.check_exist = check_then_sweep_and_delete  # type: ignore[method-assign]
+    y = await p.schedule_job("b", {}, after=[x.id])
+    p.flows.check_exist = check  # type: ignore[method-assign]
+    # docs/flows.md: "none of them, nor the expiry, removes it between that check and the
+    # job's write"
+    assert seen["delete"].changed == [], "the operator's delete took the marked dependency"
+    assert (await p.get_job(y.id)).status != S.SKIPPED
+
+
+async def test_a_sweep_inside_the_two_step_mark_leaves_a_job_that_never_expires(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(NOW)
+    p = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=clock)
+    x = await p.schedule_job("a", {})
+    await run_until_idle(p)
+    clock.advance(60)
+    coll = p.storage.jobs.coll
+    before = await coll.find_one({"_id": ObjectId(x.id)})
+    assert before.get("expires_at") is not None  # keep_finished applies to it
+    real = coll.update_many
+    busy = False
+
+    async def sweep_after_the_first_step(query: Any, update: Any, *a: Any, **k: Any) -> Any:
+        nonlocal busy
+        res = await real(query, update, *a, **k)
+        if not busy and update.get("$set") == {"has_dependents": True}:
+            busy = True
+            await p.flows.sweep(clock.now())  # a worker's sweep between the mark's two updates
+            busy = False
+        return res
+
+    monkeypatch.setattr(coll, "update_many", sweep_after_the_first_step)
+    with pytest.raises(JobNotFoundError):  # one of the ids is a typo: nothing is written
+        await p.schedule_job("b", {}, after=[x.id, str(ObjectId())])
+    monkeypatch.setattr(coll, "update_many", real)
+    for minutes in (1, 2, 3):  # later sweeps: the expiry is never given back
+        clock.advance(60 * minutes)
+        await p.flows.sweep(clock.now())
+    after = await coll.find_one({"_id": ObjectId(x.id)})
+    assert after.get("expires_at") is not None, f"x kept for ever: {after}"
+
+
+async def test_delete_racing_a_duplicate_of_a_dependent_skips_the_copy(db: Any) -> None:
+    clock = FakeClock(NOW)
+    p = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)}, clock=clock)
+    x = await p.schedule_job("a", {})
+    y = await p.schedule_job("b", {}, after=[x.id])
+    await run_until_idle(p)
+    assert (await p.get_job(y.id)).status == S.FINISHED
+    clock.advance(60)
+    await p.flows.sweep(clock.now())  # x's dependents are seen settled: x may be deleted
+    deleter = await Admin.open(db, clock=clock)
+    other = await Admin.open(db, clock=clock)  # another operator, duplicating y
+    check = deleter.storage.jobs.has_waiting_dependents
+    count = other.storage.jobs.count_ended_dependencies
+    held: list[Any] = []
+    made: list[Any] = []
+
+    async def count_later(doc: Any, now: Any) -> Any:
+        held.append((doc, now))  # the copy's registration runs after the delete
+        return doc
+
+    async def check_then_duplicate(oid: Any) -> bool:
+        answer = await check(oid)  # nothing waits on x: False
+        other.storage.jobs.count_ended_dependencies = count_later  # type: ignore[method-assign]
+        made.append(await other.duplicate(y.id, actor="ops2"))
+        return answer
+
+    deleter.storage.jobs.has_waiting_dependents = check_then_duplicate  # type: ignore[method-assign]
+    deleted = await deleter.delete([x.id], actor="ops")
+    other.storage.jobs.count_ended_dependencies = count  # type: ignore[method-assign]
+    for doc, now in held:
+        await count(doc, now)
+    copy_id = made[0].jobs[-1].id
+    copy = await p.get_job(copy_id)
+    # x FINISHED: the copy must run (the delete refused), not be skipped as if x had failed
+    assert copy.status != S.SKIPPED, (deleted.changed, copy.skip_reason, copy.deps)
+
+
+async def test_a_hook_record_after_the_mark_does_not_hold_the_expiry(db: Any) -> None:
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        started.set()
+        await go.wait()
+
+    workers = await make(db, {"a": JobDef(handler=ok, on_job_exited=hook), "b": JobDef(handler=ok)})
+    producer = await make(db, {"a": JobDef(handler=ok), "b": JobDef(handler=ok)})
+    coll = producer.storage.jobs.coll
+    seen: dict[str, Any] = {}
+    async with workers:
+        x = await workers.schedule_job("a", {})
+        await asyncio.wait_for(started.wait(), 10)  # x finished; its hook runs
+        check = producer.flows.check_exist
+
+        async def check_then_hook_ends(ids: list[Any], name: str) -> None:
+            await check(ids, name)  # x marked, and checked
+            go.set()  # the hook returns, and its record is written
+            done = {"_id": ObjectId(x.id), "exit_hook": "done"}
+            for _ in range(200):
+                if await coll.find_one(done):
+                    break
+                await asyncio.sleep(0.05)
+            seen["x"] = await coll.find_one({"_id": ObjectId(x.id)})
+
+        producer.flows.check_exist = check_then_hook_ends  # type: ignore[method-assign]
+        await producer.schedule_job("b", {}, after=[x.id])
+        producer.flows.check_exist = check  # type: ignore[method-assign]
+    doc = seen["x"]
+    assert doc.get("exit_hook") == "done" and doc.get("has_dependents")
+    # docs/flows.md: the mark holds the expiry back "the same way" until the sweep sees the
+    # dependents settled, also "when the expiry is written by the job's on_job_exited record"
+    assert "expires_at" not in doc, {k: doc.get(k) for k in ("expires_at", "expires_after_settle")}

@@ -44,7 +44,7 @@ async def add(
     doc = D.new_job("j", {}, now=NOW)
     if after:
         doc |= F.waiting_fields(after, policy)
-        await storage.jobs.mark_dependents(list(after))
+        await storage.jobs.mark_dependents(list(after), NOW)
     inserted = await storage.jobs.insert(doc)
     assert inserted is not None
     return ObjectId(inserted["_id"])

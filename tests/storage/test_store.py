@@ -167,7 +167,7 @@ async def test_a_final_write_is_made_again_when_the_run_learns_of_dependents_mea
     dependents never released) when the run's document had learnt of them meanwhile."""
     await add(storage)
     claimed = await claim(storage)
-    await storage.jobs.mark_dependents([claimed["_id"]])
+    await storage.jobs.mark_dependents([claimed["_id"]], dt.datetime.now(dt.UTC))
     storage.jobs.coll = LearnsDependentsOnWrite(storage.jobs.coll, claimed)
     done = await end(storage, claimed, Outcome(S.FINISHED, result=1, expires_at=later(60)))
     assert done is not None and done["status"] == "finished"

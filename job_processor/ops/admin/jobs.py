@@ -38,10 +38,12 @@ from .results import ActionResult, JobPage
 S = JobStatus
 
 
-#: Why a job some job waiting on it has not counted is not deleted (it would read as deleted).
+#: Why a job that jobs wait on (or are being scheduled after) is not deleted yet: they would
+#: read it as deleted, a failure.
 UNCOUNTED = (
-    "jobs scheduled after it have not counted its end yet (a worker does it shortly); delete it "
-    "after that"
+    "jobs scheduled after it are not yet seen to have counted its end (a worker's sweep sees "
+    "it within worker_timeout / 2 and 5 s of the end, and a minute after a job was last "
+    "scheduled after it); delete it after that"
 )
 
 
@@ -265,7 +267,8 @@ class JobsAdmin(AdminBase):
     ) -> ActionResult:
         """Delete ended jobs (finished, errored, killed, skipped). Active jobs (pending,
         running, paused) are refused: kill them first; so are jobs whose on_job_exited has not
-        run yet (it would be lost): a worker runs it shortly. Action "jobs_deleted"."""
+        run yet (it would be lost): a worker runs it shortly; and jobs that jobs scheduled
+        after them are not yet seen to have counted (`UNCOUNTED`). Action "jobs_deleted"."""
         result = self._result("jobs_deleted", actor)
         hookless = await self._hookless()
         async with self._acting(result):
@@ -445,9 +448,11 @@ class JobsAdmin(AdminBase):
                 limit_key=original.limit_key,  # the same payload: the same key
                 extra={"created_by": result.actor, "duplicate_of": ObjectId(original.id)},
             )
-            if original.after:  # it waits for the same dependencies (those ended count now)
+            if original.after:  # it waits for the same dependencies (those ended count now),
                 after = [ObjectId(a) for a in original.after if ObjectId.is_valid(a)]
                 doc |= F.waiting_fields(after, original.on_dependency_failure or "skip")
+                # marked first, as a new job's are: none is deleted before the copy is written
+                await self.storage.jobs.mark_dependents(after, result.at)
             await self._insert(result, doc)
             if result.jobs[-1].status == S.WAITING:
                 settled = await self.storage.jobs.count_ended_dependencies(doc, result.at)
