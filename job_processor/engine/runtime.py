@@ -121,6 +121,7 @@ class Runtime:
         self._side_loops: asyncio.Task[None] | None = None
         self._sweeps_stop = asyncio.Event()
         """Set when the runtime is released: the sweep loop ends."""
+        self._sweep_loop: asyncio.Task[None] | None = None
         self._in_stop = False
         """Set while stop() runs, up to its own release of the runtime (`_sweeps_paused`)."""
         self._worker_loops: asyncio.Task[None] | None = None
@@ -182,7 +183,7 @@ class Runtime:
                 tg.create_task(self.heartbeat.loop(), name="heartbeat")
                 tg.create_task(self.heartbeat.lease_watch(), name="lease")
                 tg.create_task(self.ownership.loop(), name="ownership")
-                tg.create_task(
+                self._sweep_loop = tg.create_task(
                     self.recovery.loop(
                         self._sweeps_stop, self.heartbeat.after_sweep, lambda: self._sweeps_paused
                     ),
@@ -205,16 +206,21 @@ class Runtime:
             self._users -= 1
             if self._users > 0:
                 return
+            # first the sweep (the one under way ends, and starts no hook after it), then the
+            # hooks it started in the background, while this process is still a live worker:
+            # with its heartbeat stopped or its document gone, another worker would declare it
+            # dead and call them a second time
+            self._sweeps_stop.set()
+            if self._sweep_loop is not None:
+                await asyncio.wait({self._sweep_loop})
+                self._sweep_loop = None
+            await self.hooks.drain()
             self.heartbeat.stop_event.set()
             self.ownership.stop_event.set()
-            self._sweeps_stop.set()
             if self._side_loops is not None:
                 with contextlib.suppress(Exception):
                     await self._side_loops
                 self._side_loops = None
-            # hooks the sweep started in the background finish while this process is still a
-            # live worker: once its document is gone, another worker would take them over
-            await self.hooks.drain()
             with contextlib.suppress(PyMongoError):
                 await self.heartbeat.unregister()
 

@@ -1,13 +1,18 @@
-"""stop() while a claim's reply is on its way: the claimed job is not started (no new run
-after a stop began) but put back unstarted, no attempt used; and a stop() its caller gives up
-on never cancels that claim, so that the next stop() finishes the stop."""
+"""Stopping a worker. stop() while a claim's reply is on its way: the claimed job is not
+started (no new run after a stop began) but put back unstarted, no attempt used; a stop() its
+caller gives up on never cancels that claim, so that the next stop() finishes the stop. The
+end of a run_job's worker waits for the hooks its sweep took over while it still beats."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
+from bson import ObjectId
+
 from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.storage.compat import decode
 from tests.helpers import make, wait_for
 
 S = JobStatus
@@ -75,3 +80,64 @@ async def test_a_stop_cancelled_during_a_claim_leaves_the_next_stop_to_finish(db
     after = await p.get_job(job.id)
     assert ran == [] and (after.status, after.attempt) == (S.PENDING, 0)
     assert await p.storage.workers.all() == []  # the worker's document is gone
+
+
+async def test_a_hook_the_sweep_took_over_ends_before_run_jobs_worker_stops_beating(
+    db: Any,
+) -> None:
+    """A run_job in a processor that is not started: its sweep takes over an owed hook (no
+    owner) and runs it in the background; when the run ends, the heartbeat went on until that
+    hook ended (it stopped first: another worker declared this one dead, after
+    worker_timeout, and called the hook a second time while it still ran here)."""
+    calls: list[str] = []
+    hook_go, run_go = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(job: Job) -> None:
+        calls.append(job.id)
+        await hook_go.wait()
+
+    async def quick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def long(job: Job, signal: AbortSignal) -> None:
+        await run_go.wait()
+
+    jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
+    p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)  # never started
+    job = await p.schedule_job("hooked")
+    now = dt.datetime.now(dt.UTC)  # its exit's hook owed by nobody, as a CLI kill records it
+    await p.storage.jobs.coll.update_one(
+        {"_id": ObjectId(job.id)},
+        {
+            "$set": {
+                "status": "killed",
+                "ended_at": now,
+                "exit_hook": "owed",
+                "exit_hook_id": "h1",
+                "exit_hook_owner": None,
+                "exit_hook_at": now - dt.timedelta(seconds=5),
+            },
+            "$unset": {"claim_name": ""},
+        },
+    )
+    run = asyncio.create_task(p.run_job("long"))
+    await wait_for(lambda: calls == [job.id])  # its sweep runs the hook
+    worker_id = p.worker_id
+    run_go.set()  # the run ends; the hook still runs
+    await wait_for(lambda: p.worker.runs == {})
+    ended = dt.datetime.now(dt.UTC)
+
+    async def beat_after_the_run() -> bool:
+        doc = await p.storage.workers.coll.find_one({"_id": worker_id})
+        seen = decode(doc).get("last_seen") if doc else None
+        return isinstance(seen, dt.datetime) and seen > ended
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await beat_after_the_run():  # it still beats while the hook runs
+        assert asyncio.get_running_loop().time() < deadline, "the heartbeat stopped"
+        await asyncio.sleep(0.05)
+    assert not run.done()  # run_job waits for the hook
+    hook_go.set()
+    await asyncio.wait_for(run, 10)
+    assert calls == [job.id]
+    assert await p.storage.workers.all() == []  # its document removed once the hook ended
