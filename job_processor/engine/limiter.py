@@ -77,9 +77,11 @@ class Limiter:
             if free - got <= 0:
                 break
             names = [n for n in group if n not in worker.paused]
-            if not names or self.blocked.get(key, now) > now:
-                continue
             limit = self.limits[key]
+            # a per-value limit is never skipped whole: its full keys are left out one by one
+            # (the templated key itself is one of them: the jobs that lack the field)
+            if not names or (not limit.templated and self.blocked.get(key, now) > now):
+                continue
             if limit.templated:
                 got += await self._claim_values(worker, me, limit, names, free - got, now)
             else:
@@ -111,6 +113,11 @@ class Limiter:
                 by_key.setdefault(value_key(limit, doc), []).append(doc)
             learnt = False
             for key, docs in by_key.items():
+                # jobs another program inserted carry no key: it is written on them, so that
+                # the next rounds' candidates leave them out once their key is full
+                foreign = [d["_id"] for d in docs if not d.get("limit_key")]
+                if foreign:
+                    await self.storage.jobs.fill_limit_key(foreign, key)
                 ids = [D.new_id() for _ in docs]
                 if not worker.may_claim(me):
                     return claimed

@@ -199,6 +199,14 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         fields = {"_id": 1, "limit_key": 1, "payload": 1, "priority": 1, "due_ms": 1}
         return self.coll.find(query, fields).sort(CLAIM_SORT).limit(n)
 
+    async def fill_limit_key(self, job_ids: list[Any], key: str) -> None:
+        """Jobs inserted by another program, read as candidates of a per-value limit: their key
+        (from their payload) recorded, as a producer records it (`due_by_key` then leaves them
+        out while it is full)."""
+        await self.coll.update_many(
+            {"_id": {"$in": job_ids}, "limit_key": {"$exists": False}}, {"$set": {"limit_key": key}}
+        )
+
     async def due_by_key(
         self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int
     ) -> list[Doc]:

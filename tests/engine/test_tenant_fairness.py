@@ -190,3 +190,72 @@ async def test_the_rate_full_keys_are_found_without_reading_every_keys_starts(db
     assert await p.worker.limiter._full_keys(raised, clock.now()) == set()
     clock.advance(3600)  # the window has passed: none full
     assert await p.worker.limiter._full_keys(rated, clock.now()) == set()
+
+
+async def _processor(db: Any, work: Any, limit: Limit, clock: FakeClock) -> Any:
+    return await init_job_processor(
+        db,
+        jobs={"sync": JobDef(handler=work, limit=limit)},
+        clock=clock,
+        concurrency=8,
+        change_streams=False,
+        worker_timeout=30.0,
+        shutdown_grace=0.5,
+    )
+
+
+async def _insert_foreign(db: Any, payloads: list[dict[str, Any]]) -> None:
+    """Jobs another program inserts: the minimal document of scale.md (no `limit_key`)."""
+    due = int(T0.timestamp() * 1000)
+    await db["job_processor_jobs"].insert_many(
+        [
+            {"name": "sync", "claim_name": "sync", "due_ms": due, "payload": p, "priority": 0}
+            for p in payloads
+        ]
+    )
+
+
+async def test_a_foreign_backlog_of_one_tenant_never_holds_back_another(db: Any) -> None:
+    """Jobs inserted without their `limit_key` were candidates again in every claim round
+    (`$nin` on the full keys matches a missing field): tenant A's foreign backlog, larger than
+    the free slots, kept tenant B's jobs out of every round. Their key is now written on them
+    when a round reads them."""
+    running = {"A": 0, "B": 0}
+    release = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        running[job.payload["tenant"]] += 1
+        await release.wait()
+
+    clock = FakeClock(T0)  # never moves: only claim rounds start jobs, no poll
+    p = await _processor(db, work, Limit(key="tenant:{tenant}", concurrency=2), clock)
+    await _insert_foreign(db, [{"tenant": "A"} for _ in range(20)])
+    async with p:
+        await until(lambda: running["A"] == 2)  # A at its limit, 6 slots free
+        await p.schedule_jobs([("sync", {"tenant": "B"}) for _ in range(2)])  # wakes it
+        await until(lambda: running["B"] == 2)
+        release.set()
+    assert running == {"A": 2, "B": 2}
+
+
+async def test_foreign_jobs_without_the_field_never_hold_back_the_other_keys(db: Any) -> None:
+    """Jobs without the `tenant` field share the templated key's own limit (scale.md); that
+    key found full blocked the whole per-value limit until the block expired."""
+    running: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        tenant = str(job.payload.get("tenant"))
+        running[tenant] = running.get(tenant, 0) + 1
+        await release.wait()
+
+    clock = FakeClock(T0)
+    p = await _processor(db, work, Limit(key="tenant:{tenant}", concurrency=1), clock)
+    await _insert_foreign(db, [{}, {}])
+    async with p:
+        await until(lambda: running.get("None") == 1)
+        await until(lambda: "tenant:{tenant}" in p.worker.limiter.blocked)  # the second: full
+        await p.schedule_job("sync", {"tenant": "B"})  # wakes the worker at once
+        await until(lambda: running.get("B") == 1)
+        release.set()
+    assert running == {"None": 1, "B": 1}
