@@ -115,7 +115,7 @@ class Limiter:
             for key, docs in by_key.items():
                 # jobs another program inserted carry no key: it is written on them, so that
                 # the next rounds' candidates leave them out once their key is full
-                foreign = [d["_id"] for d in docs if not d.get("limit_key")]
+                foreign = [d for d in docs if not d.get("limit_key")]
                 if foreign:
                     await self.storage.jobs.fill_limit_key(foreign, key)
                 ids = [D.new_id() for _ in docs]

@@ -122,6 +122,8 @@ class Runtime:
         self._sweeps_stop = asyncio.Event()
         """Set when the runtime is released: the sweep loop ends."""
         self._sweep_loop: asyncio.Task[None] | None = None
+        self._teardown: asyncio.Task[None] | None = None
+        """The end of the runtime (`_end_runtime`), once the last user released it."""
         self._in_stop = False
         """Set while stop() runs, up to its own release of the runtime (`_sweeps_paused`)."""
         self._worker_loops: asyncio.Task[None] | None = None
@@ -164,6 +166,10 @@ class Runtime:
     async def _acquire_runtime(self) -> None:
         """Worker document + heartbeat + kill delivery, held while started or running run_job."""
         async with self._runtime_lock:
+            if self._teardown is not None:  # a release its caller stopped waiting for
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._teardown)
+                self._teardown = None
             self._users += 1
             if self._users > 1:
                 return
@@ -206,23 +212,30 @@ class Runtime:
             self._users -= 1
             if self._users > 0:
                 return
-            # first the sweep (the one under way ends, and starts no hook after it), then the
-            # hooks it started in the background, while this process is still a live worker:
-            # with its heartbeat stopped or its document gone, another worker would declare it
-            # dead and call them a second time
-            self._sweeps_stop.set()
-            if self._sweep_loop is not None:
-                await asyncio.wait({self._sweep_loop})
-                self._sweep_loop = None
-            await self.hooks.drain()
-            self.heartbeat.stop_event.set()
-            self.ownership.stop_event.set()
-            if self._side_loops is not None:
-                with contextlib.suppress(Exception):
-                    await self._side_loops
-                self._side_loops = None
-            with contextlib.suppress(PyMongoError):
-                await self.heartbeat.unregister()
+            # shielded: a run_job whose caller stops waiting during the teardown never leaves
+            # the heartbeat beating for a processor that holds no runtime (the next acquire
+            # waits for it)
+            self._teardown = asyncio.create_task(self._end_runtime(), name="runtime-teardown")
+            await asyncio.shield(self._teardown)
+
+    async def _end_runtime(self) -> None:
+        # first the sweep (the one under way ends, and starts no hook after it), then the
+        # hooks it started in the background, while this process is still a live worker: with
+        # its heartbeat stopped or its document gone, another worker would declare it dead and
+        # call them a second time
+        self._sweeps_stop.set()
+        if self._sweep_loop is not None:
+            await asyncio.wait({self._sweep_loop})
+            self._sweep_loop = None
+        await self.hooks.drain()
+        self.heartbeat.stop_event.set()
+        self.ownership.stop_event.set()
+        if self._side_loops is not None:
+            with contextlib.suppress(Exception):
+                await self._side_loops
+            self._side_loops = None
+        with contextlib.suppress(PyMongoError):
+            await self.heartbeat.unregister()
 
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
@@ -275,6 +288,8 @@ class Runtime:
             assert self._worker_loops is not None
             with contextlib.suppress(Exception):  # shielded: a stop() cancelled by its caller
                 await asyncio.shield(self._worker_loops)  # never cuts a claim in flight
+            # claims whose reply came after the stop began, not put back yet (an outage)
+            await self.worker.release_orphans_at_stop(self.settings.worker_timeout)
             await self.worker.drain()
             await self.hooks.drain()  # recovered hooks running in the background
             self._worker_loops = None

@@ -268,6 +268,17 @@ class Worker:
         self.spawn(doc, claimed=True)
         return True
 
+    async def release_orphans_at_stop(self, budget: float) -> None:
+        """At a stop, once the claim loop has ended: the claims it did not start are put back
+        (a release that fails is tried again, for up to `budget` seconds: the loop that would
+        have retried it is gone). One left is logged; the recovery of this worker's id, once
+        it is gone, treats it as a crashed run."""
+        try:
+            await ride_out(self._release_orphans, budget)
+        except TRANSIENT as exc:
+            for doc, _ in self._orphans:
+                self.log.error("claim_release_failed", error=describe(exc), **self._fields(doc))
+
     async def _release_orphans(self) -> None:
         """Re-queue the claims that were not started (no attempt used). One that cannot be
         written now (MongoDB unreachable) stays for the next round; its run id is among
@@ -282,7 +293,7 @@ class Worker:
     async def claim_once(self) -> Doc | None:
         """Claim the best due job and start it (one command)."""
         names, me = self.claimable_names(), self.worker_id
-        if not names or not self.may_claim(me):
+        if not names or not self.may_claim(me) or self.stopping.is_set():
             return None
         doc = await self.jobs.claim_next(
             names, me, self.clock.now(), budget=self.settings.worker_timeout
@@ -321,7 +332,7 @@ class Worker:
         else:
             got += 1
             # a find + an update_many pay from two jobs up
-            if self._backlog and free > 2 and self.may_claim(me):
+            if self._backlog and free > 2 and self.may_claim(me) and not self.stopping.is_set():
                 more = await self.jobs.claim_more(
                     self.claimable_names(),
                     me,

@@ -111,9 +111,14 @@ class HookRecords:
             ]
 
         async def once() -> bool:
-            for query, values in attempts:
-                if (await self.coll.update_one(query, {"$set": values})).matched_count:
-                    return True
-            return False
+            for _ in range(2):  # a mark between two of the filters makes each miss: again
+                for query, values in attempts:
+                    if (await self.coll.update_one(query, {"$set": values})).matched_count:
+                        return True
+                if await self.coll.find_one(owed, {"_id": 1}) is None:
+                    return False  # recorded elsewhere (a hook taken over), or gone
+            # marks keep coming: the record is never lost (the expiry may then not be held)
+            done = fields | ({"expires_at": expires_at} if expires_at is not None else {})
+            return bool((await self.coll.update_one(owed, {"$set": done})).matched_count)
 
         return await ride_out(once, budget)

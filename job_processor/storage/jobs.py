@@ -199,13 +199,19 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         fields = {"_id": 1, "limit_key": 1, "payload": 1, "priority": 1, "due_ms": 1}
         return self.coll.find(query, fields).sort(CLAIM_SORT).limit(n)
 
-    async def fill_limit_key(self, job_ids: list[Any], key: str) -> None:
-        """Jobs inserted by another program, read as candidates of a per-value limit: their key
+    async def fill_limit_key(self, docs: list[Doc], key: str) -> None:
+        """Jobs inserted by another program, read as candidates of a per-value limit (`docs`,
+        as `due_by_key` read them, without a key: the field missing, null or empty): their key
         (from their payload) recorded, as a producer records it (`due_by_key` then leaves them
-        out while it is full)."""
-        await self.coll.update_many(
-            {"_id": {"$in": job_ids}, "limit_key": {"$exists": False}}, {"$set": {"limit_key": key}}
-        )
+        out while it is full). One update per way the key was missing (usually one)."""
+        by_filter: dict[Any, list[Any]] = {}
+        for doc in docs:
+            by_filter.setdefault(doc.get("limit_key", ...), []).append(doc["_id"])
+        for was, ids in by_filter.items():
+            missing = {"$exists": False} if was is ... else was
+            await self.coll.update_many(
+                {"_id": {"$in": ids}, "limit_key": missing}, {"$set": {"limit_key": key}}
+            )
 
     async def due_by_key(
         self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int

@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
+from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.storage.compat import decode
@@ -32,6 +33,26 @@ async def _held_claim(p: Any) -> tuple[asyncio.Event, asyncio.Event]:
 
     p.storage.jobs.claim_next = slow_reply
     return landed, reply
+
+
+async def _owed_by_nobody(p: Any, job_id: str) -> None:
+    """The job ended killed, its on_job_exited owed by no process (as a CLI kill records it):
+    the next sweep of a worker that defines it takes it over."""
+    now = dt.datetime.now(dt.UTC)
+    await p.storage.jobs.coll.update_one(
+        {"_id": ObjectId(job_id)},
+        {
+            "$set": {
+                "status": "killed",
+                "ended_at": now,
+                "exit_hook": "owed",
+                "exit_hook_id": "h1",
+                "exit_hook_owner": None,
+                "exit_hook_at": now - dt.timedelta(seconds=5),
+            },
+            "$unset": {"claim_name": ""},
+        },
+    )
 
 
 async def test_a_job_claimed_while_the_worker_stops_is_put_back_unstarted(db: Any) -> None:
@@ -105,21 +126,7 @@ async def test_a_hook_the_sweep_took_over_ends_before_run_jobs_worker_stops_beat
     jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
     p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)  # never started
     job = await p.schedule_job("hooked")
-    now = dt.datetime.now(dt.UTC)  # its exit's hook owed by nobody, as a CLI kill records it
-    await p.storage.jobs.coll.update_one(
-        {"_id": ObjectId(job.id)},
-        {
-            "$set": {
-                "status": "killed",
-                "ended_at": now,
-                "exit_hook": "owed",
-                "exit_hook_id": "h1",
-                "exit_hook_owner": None,
-                "exit_hook_at": now - dt.timedelta(seconds=5),
-            },
-            "$unset": {"claim_name": ""},
-        },
-    )
+    await _owed_by_nobody(p, job.id)
     run = asyncio.create_task(p.run_job("long"))
     await wait_for(lambda: calls == [job.id])  # its sweep runs the hook
     worker_id = p.worker_id
@@ -141,3 +148,75 @@ async def test_a_hook_the_sweep_took_over_ends_before_run_jobs_worker_stops_beat
     await asyncio.wait_for(run, 10)
     assert calls == [job.id]
     assert await p.storage.workers.all() == []  # its document removed once the hook ended
+
+
+async def test_a_claim_put_back_at_a_stop_is_put_back_despite_a_failed_release(
+    db: Any,
+) -> None:
+    """The release of a claim that returned after stop() began failed once (a moment's
+    outage): the claim loop that would retry it had ended, and the job stayed running under
+    the worker id the stop removed (recovered later as a crashed run, an attempt used)."""
+    ran: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        ran.append(job.id)
+
+    p = await make(db, {"work": JobDef(handler=work)}, poll_interval=30, change_streams=False)
+    await p.start()
+    await wait_for(lambda: p.worker.idle.is_set())
+    landed, reply = await _held_claim(p)
+    real, failures = p.worker.release_unstarted, []
+
+    async def flaky(doc: Any, why: str) -> Any:
+        if not failures:
+            failures.append(why)
+            raise AutoReconnect("connection reset")  # a moment's outage
+        return await real(doc, why)
+
+    p.worker.release_unstarted = flaky
+    job = await p.schedule_job("work")
+    await asyncio.wait_for(landed.wait(), 10)
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    reply.set()
+    await asyncio.wait_for(stopping, 20)
+    after = await p.get_job(job.id)
+    assert failures and ran == []
+    assert (after.status, after.attempt) == (S.PENDING, 0)
+
+
+async def test_a_run_job_cancelled_while_its_end_waits_for_a_hook_still_ends_its_worker(
+    db: Any,
+) -> None:
+    """Its caller stops waiting while run_job's end waits for a hook its sweep took over: the
+    end goes on (the heartbeat beats until the hook ends, then stops, and the worker's
+    document goes); before, the heartbeat beat on for a processor that held no runtime."""
+    calls: list[str] = []
+    hook_go, run_go = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(job: Job) -> None:
+        calls.append(job.id)
+        await hook_go.wait()
+
+    async def quick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def long(job: Job, signal: AbortSignal) -> None:
+        await run_go.wait()
+
+    jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
+    p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)
+    job = await p.schedule_job("hooked")
+    await _owed_by_nobody(p, job.id)
+    run = asyncio.create_task(p.run_job("long"))
+    await wait_for(lambda: calls == [job.id])
+    run_go.set()
+    await wait_for(lambda: p._teardown is not None)  # run_job's end, waiting for the hook
+    run.cancel()  # its caller gives up
+    await asyncio.gather(run, return_exceptions=True)
+    assert not p.heartbeat.stop_event.is_set()  # it still beats while the hook runs
+    hook_go.set()
+    await asyncio.wait_for(asyncio.shield(p._teardown), 10)
+    assert p.heartbeat.stop_event.is_set() and p._side_loops is None
+    assert await p.storage.workers.all() == [] and calls == [job.id]
+    assert (await p.run_job("long")).status == S.FINISHED  # its runtime starts again

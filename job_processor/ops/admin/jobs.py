@@ -42,8 +42,8 @@ S = JobStatus
 #: read it as deleted, a failure.
 UNCOUNTED = (
     "jobs scheduled after it are not yet seen to have counted its end (a worker's sweep sees "
-    "it within worker_timeout / 2 and 5 s of the end, and a minute after a job was last "
-    "scheduled after it); delete it after that"
+    "it within worker_timeout / 2 and 5 s of the end, and at least a minute after a job was "
+    "last scheduled after it); delete it after that"
 )
 
 
