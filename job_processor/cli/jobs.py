@@ -37,7 +37,10 @@ def shown_status(job: Job[Any]) -> str:
     return f"{job.status.value} (killing)" if killing else job.status.value
 
 
-def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
+def job_rows(jobs: Sequence[Job[Any]], carried: Mapping[str, Any] | None = None) -> list[list[Any]]:
+    """The table's rows; an error masked with the job's secrets and those of the event a
+    delivery job carries (`Admin.carried`), as `jobs show` masks it."""
+    carried = carried or {}
     return [
         [
             j.id,
@@ -50,7 +53,12 @@ def job_rows(jobs: Sequence[Job[Any]]) -> list[list[Any]]:
                 else f"after {j.waiting_on} more"
             ),
             f"{j.attempt} ({j.failures}/{j.max_attempts} failed)" if j.failures else j.attempt,
-            first_line(MASKER.text(j.error, MASKER.secrets(j.payload, j.state, j.result)), 50),
+            first_line(
+                MASKER.text(
+                    j.error, MASKER.secrets(j.payload, j.state, j.result, carried.get(j.id))
+                ),
+                50,
+            ),
         ]
         for j in jobs
     ]
@@ -166,14 +174,17 @@ async def jobs_list(args: argparse.Namespace) -> int:
             limit=args.limit,
             cursor=args.cursor,
         )
+        carried = await admin.carried(page.jobs)
         if args.json:
-            carried = await admin.carried(page.jobs)
             jobs = [masked(j, carried) for j in page.jobs]
+            if not args.id:  # a listing reads no log lines (as /api/jobs): no "logs" key
+                for job in jobs:
+                    job.pop("logs", None)
             emit_json(page.model_dump(mode="json") | {"jobs": jobs})
             return DONE
         table(
             ["ID", "NAME", "STATUS", "CREATED (UTC)", "DUE/ENDED (UTC)", "RUNS", "ERROR"],
-            job_rows(page.jobs),
+            job_rows(page.jobs, carried),
         )
         if page.next_cursor:
             print(f"more: add --cursor {page.next_cursor}", file=sys.stderr)

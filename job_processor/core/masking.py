@@ -56,10 +56,15 @@ MIN_SECRET_LENGTH = 4
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+#: Read as `_` in a field name: `X-Api-Key`, `spring.datasource.password`, `db:password`,
+#: `smtp password`, `vault/token` name their last word as `db_password` does.
+_SEPARATORS = re.compile(r"[-.:/\s]+")
+
+
 def _norm(name: str) -> str:
-    """`X-Api-Key`, `Client_Secret` -> `x_api_key`, `client_secret`: lower case, hyphens read
-    as `_`."""
-    return name.strip().casefold().replace("-", "_")
+    """`X-Api-Key`, `Client_Secret`, `spring.datasource.password` -> `x_api_key`,
+    `client_secret`, `spring_datasource_password`: lower case, separators read as `_`."""
+    return _SEPARATORS.sub("_", name.strip().casefold())
 
 
 def _forms(name: str) -> set[str]:

@@ -145,7 +145,7 @@ async def selected(d: Dashboard, request: Request) -> Response:
 
 
 def _filter_text(form: dict[str, str]) -> str:
-    keys = ("name", "status", "tag", "key", "after", "before")
+    keys = ("id", "name", "status", "tag", "key", "after", "before")
     parts = [f"{k}={form[k]}" for k in keys if form.get(k)]
     return ", ".join(parts) or "no filter"
 
@@ -169,6 +169,8 @@ async def retry_all(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
 
     def call() -> Awaitable[ActionResult]:
+        if form.get("id"):  # a page filtered by id lists that job only: only it is retried
+            return admin.retry([form["id"]], actor=d.actor(request))
         return admin.retry_many(
             name=form.get("name") or None,
             status=status,

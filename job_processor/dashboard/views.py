@@ -127,7 +127,13 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         error = str(exc)
         filters = {k: request.query_params.get(k, "").strip() for k in FILTERS}
     names = sorted({x.name for x in await admin.list_definitions()})
-    carried = await admin.carried([j for j in page.jobs if j.error])
+    carried = await admin.carried([j for j in page.jobs if j.error or j.progress])
+    # what a progress message shown in a row hides: the job's secrets, as on its own page
+    hidden = {
+        j.id: d.masker.secrets(j.payload, j.state, j.result, carried.get(j.id))
+        for j in page.jobs
+        if j.progress and j.progress.get("message")
+    }
     limit = request.query_params.get("limit") or ""
     active = {k: v for k, v in filters.items() if v}
     return d.page(
@@ -139,6 +145,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         active=active,
         params=active | ({"limit": limit} if limit else {}),
         errors={j.id: last_error_line(d, j, carried) for j in page.jobs if j.error},
+        hidden=hidden,
         names=names,
         error=error,
         cursor=request.query_params.get("cursor") or "",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import DESCENDING, ReturnDocument
 
 from ..core import documents as D
 from ..core.status import TERMINAL, JobStatus
@@ -257,13 +257,14 @@ class JobAdminStore:
                 {"status": status.value, "ended_at": {"$gte": since}},
                 {"_id": 0, "ended_at": 1},
             )
-            .sort([("ended_at", ASCENDING)])
+            .sort([("ended_at", DESCENDING)])
             .limit(cap)
         )
 
     async def ended_since(
         self, status: JobStatus, since: dt.datetime, cap: int
     ) -> list[dt.datetime]:
-        """End times of the jobs of `status` that ended since `since` (at most `cap`: a covered
-        scan of the {status, ended_at} index)."""
+        """End times of the jobs of `status` that ended since `since` (at most `cap`, the
+        newest: a covered scan of the {status, ended_at} index, backwards; past the cap the
+        oldest minutes are the ones undercounted, never the latest)."""
         return [d["ended_at"] for d in await all_docs(self.ended_cursor(status, since, cap))]

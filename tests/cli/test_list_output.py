@@ -1,0 +1,78 @@
+"""`jobs list`: its table masks what `jobs show` masks; its JSON says no log lines were read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from tests.conftest import url_with_db
+from tests.forked_cli import Run, run_cli
+from tests.helpers import FAST, wait_status
+
+
+async def cli(url: str, *args: str) -> Run:
+    return await run_cli(*args, env={"MONGODB_URL": url})
+
+
+async def chatty(job: Job, signal: AbortSignal) -> None:
+    job.log("step one", rows=3)
+    job.log("step two", rows=5)
+
+
+async def test_jobs_list_json_does_not_claim_a_job_has_no_log_lines(
+    db: Any, mongo_url: str
+) -> None:
+    """`jobs list --json` reads no log lines (a listing leaves them out), yet prints
+    `"logs": []` for every job, which says "this job logged nothing"; `--id` of the same job
+    prints its lines, and /api/jobs leaves the key out (docs/dashboard.md: "a listing has no
+    logs: the job's own has them")."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"chatty": JobDef(handler=chatty)}, **FAST)
+    async with processor:
+        job = await processor.schedule_job("chatty", {})
+        await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+    assert len((await processor.get_job(job.id)).logs) == 2
+    by_id = json.loads((await cli(url, "jobs", "list", "--id", job.id, "--json")).stdout)
+    assert len(by_id["jobs"][0]["logs"]) == 2  # read by id: its lines
+    listed = await cli(url, "jobs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)["jobs"]
+    # either the lines, or no "logs" key (as /api/jobs): never an empty list for a job that has 2
+    assert row.get("logs", None) != [], row["logs"]
+
+
+async def test_jobs_list_table_masks_the_event_secret_a_delivery_error_quotes(
+    db: Any, mongo_url: str
+) -> None:
+    """A subscriber's error that quotes the event's `smtp_password`: `jobs show`, `jobs list
+    --json` and the dashboard mask it (they pass the event's payload, `Admin.carried`); the
+    `jobs list` table's ERROR column prints it in clear."""
+    from job_processor import Event, Subscriber
+
+    secret = "hunter2-from-the-event"
+
+    async def notify(event: Event, signal: AbortSignal) -> None:
+        raise RuntimeError(f"smtp refused {event.payload['smtp_password']}")
+
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(
+        db,
+        jobs={},
+        subscribers={"order.paid": [Subscriber("notify", handler=notify, max_attempts=1)]},
+        **FAST,
+    )
+    async with processor:
+        event = await processor.emit("order.paid", {"smtp_password": secret, "order": 7})
+        (delivery,) = (await processor.get_event(event.id)).deliveries
+        assert delivery.job_id is not None
+        await wait_status(processor, delivery.job_id, "errored")  # type: ignore[arg-type]
+    shown = await cli(url, "jobs", "show", delivery.job_id)
+    as_json = await cli(url, "jobs", "list", "--json")
+    table = await cli(url, "jobs", "list")
+    for run in (shown, as_json, table):
+        assert run.returncode == 0, run.stderr
+    assert "smtp refused" in shown.stdout and secret not in shown.stdout
+    assert secret not in as_json.stdout
+    assert "smtp refused" in table.stdout
+    assert secret not in table.stdout  # fails: the ERROR column shows it

@@ -1,0 +1,132 @@
+"""The dashboard: what a page filtered by id retries, and secrets masked wherever shown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from job_processor import AbortSignal, Job, JobDef, JobProcessor, JobStatus, init_job_processor
+from job_processor.dashboard import create_dashboard
+from tests.helpers import FAST
+
+from .harness import Switches, make_processor, wait_until
+
+S = JobStatus
+AUTH = ("admin", "s3cret-pw")
+
+
+@pytest.fixture
+async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
+    switches = Switches()
+    processor = await make_processor(db, switches)
+    async with processor:
+        yield processor, switches
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://127.0.0.1",
+        auth=AUTH,
+        follow_redirects=False,
+    )
+
+
+def flash_of(resp: Any) -> dict[str, Any]:
+    raw = resp.cookies.get("jp_dashboard_flash")
+    assert raw, "no flash message set"
+    return json.loads(base64.urlsafe_b64decode(raw.encode()))
+
+
+async def errored_email(p: JobProcessor) -> str:
+    job = await p.schedule_job("send-email", {"to": "ada@example.com", "fail": True})
+
+    async def ended() -> bool:
+        return (await p.get_job(job.id)).status == S.ERRORED
+
+    await wait_until(ended)
+    return job.id
+
+
+async def test_retry_all_matching_on_a_page_filtered_by_id_retries_only_that_job(
+    processor: Any,
+) -> None:
+    """/jobs?status=errored&id=A lists one job and offers "Retry all errored matching": it
+    must retry that job, not every errored job of the database."""
+    p, _ = processor
+    shown = await errored_email(p)
+    other = await errored_email(p)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get("/jobs", params={"status": "errored", "id": shown})
+        assert page.status_code == 200
+        assert shown[-8:] in page.text and other[-8:] not in page.text  # one job listed
+        form = re.search(r'<form method="post" action="/jobs/retry-all".*?</form>', page.text, re.S)
+        assert form, "no Retry all errored matching button"
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(0)))
+        fields["confirm"] = "yes"
+        resp = await c.post("/jobs/retry-all", data=fields)
+        assert resp.status_code == 303
+        flash = flash_of(resp)
+    # only the job the page listed was asked for
+    assert flash["lines"] == [shown], flash  # fails: every errored job was retried
+    assert flash["title"] == "Retry: 1 changed", flash
+
+
+async def test_jobs_list_progress_tooltip_masks_the_jobs_secrets(db: Any) -> None:
+    """The job page masks a payload's secret wherever it appears (its progress message too);
+    the jobs list shows the same progress message in a tooltip with the secret in clear."""
+    secret = "hunter2-very-secret"
+    started = asyncio.Event()
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        await job.report_progress(1, 3, f"logged in to smtp with {job.payload['smtp_password']}")
+        started.set()
+        await signal.wait()
+
+    p = await init_job_processor(db, jobs={"login": JobDef(handler=login)}, **FAST)
+    app = create_dashboard(p, auth=AUTH)
+    async with p:
+        job = await p.schedule_job("login", {"smtp_password": secret, "to": "ada@example.com"})
+        await asyncio.wait_for(started.wait(), 10)
+
+        async def has_progress() -> bool:
+            return (await p.get_job(job.id)).progress is not None
+
+        await wait_until(has_progress)
+        async with client(app) as c:
+            job_page = await c.get(f"/jobs/{job.id}")
+            assert "logged in to smtp with" in job_page.text
+            assert secret not in job_page.text  # the job's own page masks it
+            listing = await c.get("/jobs")
+            assert "logged in to smtp with" in listing.text
+            assert secret not in listing.text  # fails: the row's progress tooltip shows it
+        await p.kill_job(job.id)
+
+
+async def test_a_dotted_config_key_holding_a_password_is_masked_in_the_payload(db: Any) -> None:
+    """`{"spring.datasource.password": "..."}` (a flat config map): the error text masks
+    `spring.datasource.password=...` (a sensitive name after a separator), but the payload
+    shows the same value in clear, in /api/jobs/{id} and on the job page."""
+    secret = "hunter2-config-pw"
+
+    async def deploy(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(db, jobs={"deploy": JobDef(handler=deploy)}, **FAST)
+    job = await p.schedule_job("deploy", {"spring.datasource.password": secret, "app": "billing"})
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get(f"/jobs/{job.id}")
+        api = await c.get(f"/api/jobs/{job.id}")
+    assert page.status_code == 200 and api.status_code == 200
+    assert "billing" in api.text
+    assert secret not in api.text  # fails
+    assert secret not in page.text  # fails
