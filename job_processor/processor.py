@@ -383,6 +383,9 @@ async def init_job_processor(
     subscriber_defs = parse_subscribers(subscribers)
     secrets = load_secrets(webhook_secrets)
     hook_options = _webhook_options(webhook_options)
+    kept_events = check_keep_events(keep_events)
+    deliveries = EventBus.delivery_names(subscriber_defs, hook_options.deliver)
+    EventBus.check_names([*job_defs, *cron_defs], deliveries)  # all refused before any write
     Storage(db, collection_prefix)  # refuses a sync database or a client, before any I/O
     log = make_log(logger)
     await check_reachable(db, connect_timeout)
@@ -391,12 +394,6 @@ async def init_job_processor(
     await storage.ensure_indexes()
     clock = clock or SystemClock()
     now = clock.now()
-    registered = await storage.crons.register(
-        cron_defs, {name: schedule_of(c).next_after(now) for name, c in cron_defs.items()}, now
-    )
-    for name, what in registered.items():
-        if what != "kept":
-            log.info(f"cron_{what}", job_name=name)
     for name, cron in cron_defs.items():
         reading = cron_reading(cron.cron_string)
         if reading is not None:  # "*/5 * * * * 1" is every 5 s on Mondays, not what was meant?
@@ -429,13 +426,19 @@ async def init_job_processor(
         options=hook_options,
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
-        keep_events=_at_least(check_keep_events(keep_events), settings.retention.floor),
+        keep_events=_at_least(kept_events, settings.retention.floor),
         strict_events=bool(strict_events),
     )
-    EventBus.check_names([*job_defs, *cron_defs], list(bus.definitions()))
     processor = JobProcessor(
         storage, job_defs, cron_defs, worker_tags, clock, log, settings, instance, bus
     )
+    # the crons' schedules are written once nothing more can be refused
+    registered = await storage.crons.register(
+        cron_defs, {name: schedule_of(c).next_after(now) for name, c in cron_defs.items()}, now
+    )
+    for name, what in registered.items():
+        if what != "kept":
+            log.info(f"cron_{what}", job_name=name)
     await bus.register()
     log.info(
         "job_processor_initialized",

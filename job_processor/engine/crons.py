@@ -141,7 +141,7 @@ class CronScheduler:
                 )
             self.on_task_created(task)
         assert plan.next_slot is not None
-        await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now)
+        await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now, doc)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
 
     def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule | None:

@@ -132,6 +132,14 @@ class EventBus:
         return defs
 
     @staticmethod
+    def delivery_names(subscribers: Mapping[str, Sequence[Subscriber]], deliver: bool) -> list[str]:
+        """The names of the delivery jobs `definitions` makes (known before any I/O)."""
+        names = [
+            E.delivery_job_name(e, sub.name) for e, subs in subscribers.items() for sub in subs
+        ]
+        return [*names, E.WEBHOOK_JOB] if deliver else names
+
+    @staticmethod
     def check_names(jobs: Sequence[str], deliveries: Sequence[str]) -> None:
         clash = sorted(set(jobs) & set(deliveries))
         if clash:

@@ -84,10 +84,19 @@ class CronStore:
         return await all_docs(self.coll.find(query))
 
     async def advance(
-        self, name: str, old: dt.datetime, new: dt.datetime, now: dt.datetime
+        self,
+        name: str,
+        old: dt.datetime,
+        new: dt.datetime,
+        now: dt.datetime,
+        schedule: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Compare-and-set: only moves a cron whose next slot is still `old`."""
-        res = await self.coll.update_one(
-            {"_id": name, "next_slot": old}, {"$set": {"next_slot": new, "updated_at": now}}
-        )
+        """Compare-and-set: only moves a cron whose next slot is still `old`, and (`schedule`:
+        the document as read) whose schedule is still the one `new` was computed from (a
+        deploy that changed it meanwhile set its own next slot, which stands)."""
+        query: dict[str, Any] = {"_id": name, "next_slot": old}
+        for field in ("cron_string", "timezone"):
+            if schedule is not None and field in schedule:
+                query[field] = schedule[field]
+        res = await self.coll.update_one(query, {"$set": {"next_slot": new, "updated_at": now}})
         return bool(res.modified_count)
