@@ -129,6 +129,29 @@ def schedule_of(cron: CronDef) -> Schedule:
     return Schedule(cron.cron_string, cron.timezone)
 
 
+def task_slot(doc: dict[str, Any]) -> Any:
+    """A cron task's slot: the one its `cron_slot_key` names ("<cron>|<slot UTC>"; a retry
+    moves `scheduled_for`, never the slot), else (a manual run) when it was scheduled."""
+    key = doc.get("cron_slot_key")
+    if isinstance(key, str) and "|" in key:
+        try:
+            return dt.datetime.fromisoformat(key.rsplit("|", 1)[1]).astimezone(dt.UTC)
+        except ValueError:
+            pass
+    return doc.get("scheduled_for")
+
+
+def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:
+    """`instant` in the cron's time zone; None when there is none, or when this process cannot
+    evaluate that zone (another version registered it: the listings still show the cron)."""
+    if not isinstance(instant, dt.datetime):
+        return None
+    try:
+        return Schedule(cron_string, tz).local(instant)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed name
+        return None
+
+
 #: An exclusive cron whose last slots were all skipped behind one job: past this many in a row
 #: behind a running job, monitoring turns red (a run that long looks hung).
 STUCK_CRON_SLOTS = 3

@@ -11,7 +11,7 @@ from ..core.definitions import CronDef, JobDef
 from ..core.limits import top_usage
 from ..core.masking import task_error
 from ..core.models import ProcessorStatus, WorkerInfo
-from ..core.schedule import STUCK_CRON_SLOTS, schedule_of, skipped_in_a_row
+from ..core.schedule import STUCK_CRON_SLOTS, local_time, skipped_in_a_row, task_slot
 from ..core.status import JobStatus
 from ..storage import Storage
 
@@ -91,21 +91,25 @@ async def cron_status(
     out: list[dict[str, Any]] = []
     warnings: list[str] = []
     for name, cron in crons.items():
-        schedule = schedule_of(cron)
-        next_slot = docs.get(name, {}).get("next_slot")
+        # the schedule every replica follows, the stored one (during a rolling deploy another
+        # version's), else this process's own
+        stored = docs.get(name, {})
+        cron_string = str(stored.get("cron_string") or cron.cron_string)
+        timezone = str(stored.get("timezone") or cron.timezone)
+        next_slot = stored.get("next_slot")
         recent = await storage.jobs.recent_tasks(name)
         out.append(
             {
                 "name": name,
-                "cron_string": cron.cron_string,
-                "timezone": cron.timezone,
+                "cron_string": cron_string,
+                "timezone": timezone,
                 "next_slot_utc": next_slot,
-                "next_slot_local": schedule.local(next_slot) if next_slot else None,
+                "next_slot_local": local_time(cron_string, timezone, next_slot),
                 "running": [str(r["_id"]) for r in running if r["name"] == name],
                 "recent": [
                     {
                         "id": str(t["_id"]),
-                        "slot": t["scheduled_for"],
+                        "slot": task_slot(t),
                         "trigger": t.get("trigger"),
                         "status": t["status"],
                         "skip_reason": t.get("skip_reason"),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 from ...core.coverage import worker_alive
 from ...core.masking import task_error
-from ...core.schedule import Schedule
+from ...core.schedule import local_time, task_slot
 from ...core.status import JobStatus
 from .base import AdminBase
 from .inputs import limit_of
@@ -37,7 +34,7 @@ class CronsAdmin(AdminBase):
             runs = [
                 CronRun(
                     id=str(t["_id"]),
-                    slot=t["scheduled_for"],
+                    slot=task_slot(t),
                     trigger=t.get("trigger"),
                     status=S(t["status"]),
                     skip_reason=t.get("skip_reason"),
@@ -70,14 +67,3 @@ class CronsAdmin(AdminBase):
         result = await self._trigger(name, actor, "cron_triggered")
         await self._record(result, {"name": name})
         return result
-
-
-def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:
-    """`instant` in the cron's time zone; None when there is none, or when this process cannot
-    evaluate that zone (another version registered it: the listing still shows the cron)."""
-    if not isinstance(instant, dt.datetime):
-        return None
-    try:
-        return Schedule(cron_string, tz).local(instant)
-    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed name
-        return None

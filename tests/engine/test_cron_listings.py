@@ -1,0 +1,79 @@
+"""What `crons list` and get_status() show: a task at its slot (a retry moves its due time,
+not its slot), and the schedule every replica follows (during a rolling deploy, the stored
+one, not an old replica's own definition)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from job_processor import FakeClock, init_job_processor
+from job_processor.ops.admin import Admin
+from tests.engine.test_crons import until
+from tests.helpers import FAST
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+SECOND = dt.timedelta(seconds=1)
+
+
+async def test_a_retried_cron_task_is_still_listed_at_its_slot(db: Any) -> None:
+    calls: list[int] = []
+
+    async def flaky(job: Any, signal: Any) -> None:
+        calls.append(job.failures)
+        if job.failures == 0:
+            raise ConnectionError("provider down")
+
+    clock = FakeClock(T0)
+    crons = {
+        "sync": {
+            "cron_string": "* * * * * *",
+            "handler": flaky,
+            "max_attempts": 2,
+            "checkin_margin": 1,
+            "backoff": {"kind": "fixed", "base_seconds": 30, "jitter": False},
+        }
+    }
+    p = await init_job_processor(db, crons=crons, clock=clock, **FAST)
+    async with p:
+        clock.set(T0 + SECOND)  # the slot of 00:00:01
+
+        async def retrying() -> Any:
+            return calls == [0] and [
+                j for j in await p.list_jobs("sync") if j.status == "pending" and j.failures == 1
+            ]
+
+        await until(retrying)
+        status = await p.get_status()
+        listed = await Admin(db).list_crons()
+    slot = T0 + SECOND
+    (row,) = status.crons
+    assert [r["slot"] for r in row["recent"]] == [slot]  # shows 00:00:31, the retry's time
+    (view,) = listed
+    assert [r.slot for r in view.recent] == [slot]
+
+
+async def test_an_old_replicas_status_shows_the_schedule_it_follows(db: Any) -> None:
+    clock = FakeClock(T0)
+    old = await init_job_processor(
+        db,
+        crons={"c": {"cron_string": "0 9 * * *", "handler": lambda j, s: None}},
+        clock=clock,
+        **FAST,
+    )
+    await init_job_processor(
+        db,
+        crons={
+            "c": {
+                "cron_string": "0 9 * * *",
+                "handler": lambda j, s: None,
+                "timezone": "Asia/Tokyo",
+            }
+        },
+        clock=clock,
+        **FAST,
+    )
+    (row,) = (await old.get_status()).crons
+    # it follows 09:00 Tokyo (00:00 UTC) and says next slot "00:00 (UTC)", schedule "0 9 * * * UTC"
+    assert row["next_slot_utc"] == T0 + dt.timedelta(days=1)
+    assert row["next_slot_local"].hour == 9, (row["timezone"], row["next_slot_local"])
