@@ -144,6 +144,24 @@ class CronScheduler:
         await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now, doc)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
 
+    def followed(self, name: str, cron: CronDef) -> CronDef:
+        """`cron` with the schedule every replica follows (the stored one, when it differs
+        and this process can evaluate it): what its Sentry check-ins declare, so that an old
+        replica's check-ins during a rolling deploy do not set the monitor back to its own."""
+        doc = self._docs.get(name)
+        if doc is None:
+            return cron
+        stored = (doc.get("cron_string"), doc.get("timezone"))
+        if stored == (cron.cron_string, cron.timezone) or not all(
+            isinstance(v, str) for v in stored
+        ):
+            return cron
+        try:
+            Schedule(str(stored[0]), str(stored[1])).next_after(self.clock.now())
+        except Exception:  # a schedule this process cannot evaluate: its own, as it fires none
+            return cron
+        return cron.model_copy(update={"cron_string": stored[0], "timezone": stored[1]})
+
     def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule | None:
         """The schedule the cron's document holds: the last definition registered (a rolling
         deploy's new one), which every replica follows, an old one too (its own would fire
@@ -228,4 +246,4 @@ class CronScheduler:
             conflicting_job_id=str(task["conflicting_job_id"]),
             conflicting_status=holder_status,
         )
-        sentry.checkin(name, cron, "ok" if running else "error")
+        sentry.checkin(name, self.followed(name, cron), "ok" if running else "error")

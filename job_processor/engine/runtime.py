@@ -94,6 +94,7 @@ class Runtime:
         self.scheduler = CronScheduler(
             storage, crons, clock, log, self._on_cron_task, retention=settings.retention
         )
+        self.worker.cron_followed = self.scheduler.followed
         self.trimmer = Trimmer(storage, self.definitions, settings.retention, log)
         storage.jobs.retention_of = lambda name: R.of(
             self.definitions.get(name), settings.retention

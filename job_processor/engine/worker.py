@@ -128,6 +128,8 @@ class Worker:
         self._ignored: set[asyncio.Task[Any]] = set()
         """Handlers that swallowed their cancellation (kept referenced until they end)."""
         self._orphans: list[tuple[Doc, str]] = []  # claims not started, and why
+        self.cron_followed: Callable[[str, CronDef], CronDef] = lambda name, cron: cron
+        """A cron as every replica follows it (`CronScheduler.followed`): its check-ins."""
         """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
@@ -536,9 +538,9 @@ class Worker:
     ) -> str | None:
         if run.doc.get("type") != "cron_task" or not isinstance(run.definition, CronDef):
             return None
-        return sentry.checkin(
-            str(run.doc.get("name")), run.definition, status, check_in_id, duration
-        )
+        name = str(run.doc.get("name"))
+        cron = self.cron_followed(name, run.definition)
+        return sentry.checkin(name, cron, status, check_in_id, duration)
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
         check_state(state)
