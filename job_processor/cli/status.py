@@ -146,6 +146,7 @@ async def health(args: argparse.Namespace) -> int:
             instance_id=args.instance_id,
             max_age=args.max_age,
             wait=args.timeout,
+            refused_is_final=True,  # said at once, as every other command says it
         )
     finally:
         await close_database(db)

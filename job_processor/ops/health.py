@@ -40,11 +40,14 @@ class Health(BaseModel):
     stuck_threads)."""
 
 
-async def ready(db: Any, wait: float = 2.0, clock: Clock | None = None) -> Health:
-    """ok when MongoDB answers a ping within `wait` seconds."""
+async def ready(
+    db: Any, wait: float = 2.0, clock: Clock | None = None, *, refused_is_final: bool = False
+) -> Health:
+    """ok when MongoDB answers a ping within `wait` seconds (`refused_is_final`: a refused
+    connection is said at once, as the CLI's commands say it)."""
     now = (clock or SystemClock()).now()
     try:
-        await check_reachable(db, wait)
+        await check_reachable(db, wait, refused_is_final=refused_is_final)
     except DatabaseUnreachableError as exc:
         return Health(ok=False, mongodb=False, reason=str(exc).split(";")[0], checked_at=now)
     return Health(ok=True, mongodb=True, reason="MongoDB answers", checked_at=now)
@@ -60,11 +63,12 @@ async def check(
     wait: float = 2.0,
     worker: bool = True,
     clock: Clock | None = None,
+    refused_is_final: bool = False,
 ) -> Health:
     """`ready`, and (with `worker=True`) a fresh heartbeat of this instance's worker (see the
     module docstring for what "this instance" and "fresh" mean)."""
     clock = clock or SystemClock()
-    base = await ready(db, wait, clock)
+    base = await ready(db, wait, clock, refused_is_final=refused_is_final)
     if not base.ok or not worker:
         return base
     now = base.checked_at
