@@ -142,7 +142,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
             fields = line.get("fields")
             extra = f"  {json.dumps(fields, default=str, ensure_ascii=False)}" if fields else ""
             print(
-                f"  run {line.get('run')}  {line.get('at')}  {line.get('level', ''):<8}"
+                f"  run {line.get('run')}  {shown_time(line.get('at'))}  {line.get('level', ''):<8}"
                 f"{line.get('message')}{extra}"
             )
     elif data.get("logs"):
