@@ -60,7 +60,7 @@ class Heartbeat:
         before and landed after would otherwise keep the id, with its jobs left running)."""
         worker.trusted = self.trusted
         worker.claimable = self.claimable
-        worker.release_unstarted = self._release_unstarted
+        worker.claims.release = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""
         self.crashed: str | None = None

@@ -290,7 +290,9 @@ class Runtime:
             with contextlib.suppress(Exception):  # shielded: a stop() cancelled by its caller
                 await asyncio.shield(self._worker_loops)  # never cuts a claim in flight
             # claims whose reply came after the stop began, not put back yet (an outage)
-            await self.worker.release_orphans_at_stop(self.settings.worker_timeout)
+            await self.worker.claims.release_at_stop(
+                self.settings.worker_timeout, self.worker._fields
+            )
             await self.worker.drain()
             await self.hooks.drain()  # recovered hooks running in the background
             self._worker_loops = None

@@ -53,6 +53,7 @@ from .hooks import HookRunner
 from .limiter import Limiter
 from .notes import RunNotes
 from .quiet import QuietNames
+from .unstarted import UnstartedClaims
 from .wakeup import DueTimes
 
 S = JobStatus
@@ -105,9 +106,11 @@ class Worker:
         """Jobs taken by the claim loop (run_job executions do not use its slots)."""
         self._backlog = False
         """The last claim found a job: the next one claims a whole batch (free slots)."""
-        self.unstarted: set[str] = set()
-        """Run ids of claims whose reply was lost and could not be read back: a job running
-        under one of them here never started (reconciliation re-queues it, no attempt used)."""
+        self.claims = UnstartedClaims(log)
+        """Claims taken but not started, put back unstarted (`engine.unstarted`)."""
+        self.unstarted = self.claims.run_ids
+        """Run ids of claims not started (`UnstartedClaims.run_ids`): a job running under one
+        of them here never started (reconciliation re-queues it, no attempt used)."""
         self.gave_up: dict[str, str] = {}
         """run id -> why this process gave the run up (`abandon_all`): when its own sweep
         recovers the job, the error says so instead of `runs.WORKER_SILENT`."""
@@ -121,16 +124,12 @@ class Worker:
         self.loop_blocked: Callable[[], str | None] = lambda: None
         """Set by the heartbeat: why runs were probably lost ("event loop blocked for N s:
         heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
-        self.release_unstarted: Callable[[Doc, str], Awaitable[Any]] | None = None
-        """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
         self.claims_held = False
         """A claim was skipped because the registration could not be trusted."""
         self._ignored: set[asyncio.Task[Any]] = set()
         """Handlers that swallowed their cancellation (kept referenced until they end)."""
-        self._orphans: list[tuple[Doc, str]] = []  # claims not started, and why
         self.cron_followed: Callable[[str, CronDef], CronDef] = lambda name, cron: cron
         """A cron as every replica follows it (`CronScheduler.followed`): its check-ins."""
-        """Jobs claimed under an id this worker is giving up: released, never run."""
         self._limited_first = False
         self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
         self.limiter = Limiter(storage, definitions, self.names, log)
@@ -167,11 +166,10 @@ class Worker:
             await self._gather_free_slots()
             self.wake.clear()
             try:
-                if self._orphans:  # before claiming more: a release that failed is retried
-                    await self._release_orphans()
+                # before claiming more: a release that failed is retried
+                await self.claims.release_pending()
                 got = await self.claim_batch()
-                if self._orphans:
-                    await self._release_orphans()
+                await self.claims.release_pending()
             except LostClaim as lost:
                 self.unstarted.add(lost.run_id)
                 self.log.warning("claim_reply_lost", worker_id=self.worker_id, run_id=lost.run_id)
@@ -259,8 +257,7 @@ class Worker:
                 why, text = "lease_ending", UNSTARTED_LEASE
             else:
                 why, text = "worker_declared_dead", UNSTARTED_LEASE
-            self._orphans.append((doc, text))
-            self.unstarted.add(str(doc.get("run_id")))
+            self.claims.keep(doc, text)
             fields = self._fields(doc) | {"worker_id": doc.get("worker_id")}
             self.log.warning("claim_released", reason=why, **fields)
             return False
@@ -269,28 +266,6 @@ class Worker:
             self.expect(str(doc.get("name")))
         self.spawn(doc, claimed=True)
         return True
-
-    async def release_orphans_at_stop(self, budget: float) -> None:
-        """At a stop, once the claim loop has ended: the claims it did not start are put back
-        (a release that fails is tried again, for up to `budget` seconds: the loop that would
-        have retried it is gone). One left is logged; the recovery of this worker's id, once
-        it is gone, treats it as a crashed run."""
-        try:
-            await ride_out(self._release_orphans, budget)
-        except TRANSIENT as exc:
-            for doc, _ in self._orphans:
-                self.log.error("claim_release_failed", error=describe(exc), **self._fields(doc))
-
-    async def _release_orphans(self) -> None:
-        """Re-queue the claims that were not started (no attempt used). One that cannot be
-        written now (MongoDB unreachable) stays for the next round; its run id is among
-        `unstarted` meanwhile, so that the recovery sweep re-queues it as never run too."""
-        while self._orphans:
-            doc, why = self._orphans[0]
-            if self.release_unstarted is not None:
-                await self.release_unstarted(doc, why)  # raises while MongoDB is unreachable
-            self._orphans.pop(0)
-            self.unstarted.discard(str(doc.get("run_id")))
 
     async def claim_once(self) -> Doc | None:
         """Claim the best due job and start it (one command)."""

@@ -181,7 +181,7 @@ async def test_no_job_starts_under_a_registration_that_may_have_been_declared_de
     await processor.heartbeat.tick()  # declared dead: registers afresh
     assert processor.worker_id not in ("", first) and worker.trusted()
     assert not worker.start_claimed(in_flight)
-    await worker._release_orphans()
+    await worker.claims.release_pending()
     requeued = await processor.get_job(job.id)
     assert (requeued.status, requeued.failures, ran) == (S.PENDING, 0, [])  # no attempt used
     assert requeued.error == "claimed while its worker was being declared dead: not run"
@@ -317,24 +317,26 @@ async def test_a_claim_that_cannot_be_put_back_now_is_kept_and_known_as_never_st
     assert claimed is not None
     clock.advance(31)
     assert not worker.start_claimed(claimed)  # untrusted: an orphan
-    release = worker.release_unstarted
+    release = worker.claims.release
 
     async def down(doc: Any, why: str) -> Any:
         raise AutoReconnect("127.0.0.1:1: connection refused")
 
-    worker.release_unstarted = down
+    worker.claims.release = down
     with pytest.raises(AutoReconnect):
-        await worker._release_orphans()
-    assert claimed["run_id"] in worker.unstarted and [d for d, _ in worker._orphans] == [claimed]
+        await worker.claims.release_pending()
+    assert claimed["run_id"] in worker.unstarted and [d for d, _ in worker.claims.pending] == [
+        claimed
+    ]
     # the sweep (once this worker is registered afresh) re-queues it as never run
     await processor.heartbeat.tick()
     await processor.recovery.sweep(clock.now())
     requeued = await processor.get_job(job.id)
     assert (requeued.status, requeued.failures) == (S.PENDING, 0)
     assert claimed["run_id"] not in worker.unstarted
-    worker.release_unstarted = release
-    await worker._release_orphans()  # the kept one: already put back, nothing more happens
-    assert worker._orphans == [] and (await processor.get_job(job.id)).failures == 0
+    worker.claims.release = release
+    await worker.claims.release_pending()  # the kept one: already put back, nothing more happens
+    assert worker.claims.pending == [] and (await processor.get_job(job.id)).failures == 0
 
 
 async def test_runs_are_given_up_when_the_lease_expires_even_while_mongodb_is_silent(
@@ -552,7 +554,7 @@ async def test_a_worker_neither_claims_nor_starts_a_claim_in_its_leases_last_mom
     # a claim sent before, whose reply comes now, is put back unstarted (no attempt used)
     claimed = await p.storage.jobs.claim_next(["send"], me, clock.now(), budget=2)
     assert claimed is not None and not p.worker.start_claimed(claimed)
-    await p.worker._release_orphans()
+    await p.worker.claims.release_pending()
     back = await p.get_job(job_id)
     assert back.status == S.PENDING and back.attempt == 0
     await p.heartbeat.tick()  # a beat lands: the lease is whole again

@@ -165,7 +165,7 @@ async def test_a_claim_put_back_at_a_stop_is_put_back_despite_a_failed_release(
     await p.start()
     await wait_for(lambda: p.worker.idle.is_set())
     landed, reply = await _held_claim(p)
-    real, failures = p.worker.release_unstarted, []
+    real, failures = p.worker.claims.release, []
 
     async def flaky(doc: Any, why: str) -> Any:
         if not failures:
@@ -173,7 +173,7 @@ async def test_a_claim_put_back_at_a_stop_is_put_back_despite_a_failed_release(
             raise AutoReconnect("connection reset")  # a moment's outage
         return await real(doc, why)
 
-    p.worker.release_unstarted = flaky
+    p.worker.claims.release = flaky
     job = await p.schedule_job("work")
     await asyncio.wait_for(landed.wait(), 10)
     stopping = asyncio.create_task(p.stop())
