@@ -10,10 +10,12 @@ Two mechanisms, both pure:
 A field is sensitive when its name, lower-cased with `-` read as `_`, equals one of the
 sensitive names, or starts with `name_` or ends with `_name` ("access_token", "x-api-key" and
 "password_hash" are caught by "token", "api_key" and "password"; "author" is not caught by
-"auth"). Values of sensitive fields are replaced by MASK wherever they sit (nested dicts and
-lists included). In free text (errors, tracebacks, audit details) `field=value` and
-`"field": "value"` pairs are masked, and so is every value the same job holds in a sensitive
-field (an exception message that quotes a password shows the mask instead).
+"auth"); a name in parts (`.`, `:` or `/` between them) is also read by its last part
+("spring.datasource.password" is a password, "token.count" is not a token). Values of
+sensitive fields are replaced by MASK wherever they sit (nested dicts and lists included). In
+free text (errors, tracebacks, audit details) `field=value` and `"field": "value"` pairs are
+masked, and so is every value the same job holds in a sensitive field (an exception message
+that quotes a password shows the mask instead).
 """
 
 from __future__ import annotations
@@ -56,21 +58,29 @@ MIN_SECRET_LENGTH = 4
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
-#: Read as `_` in a field name: `X-Api-Key`, `spring.datasource.password`, `db:password`,
-#: `smtp password`, `vault/token` name their last word as `db_password` does.
-_SEPARATORS = re.compile(r"[-.:/\s]+")
-
-
 def _norm(name: str) -> str:
-    """`X-Api-Key`, `Client_Secret`, `spring.datasource.password` -> `x_api_key`,
-    `client_secret`, `spring_datasource_password`: lower case, separators read as `_`."""
-    return _SEPARATORS.sub("_", name.strip().casefold())
+    """`X-Api-Key`, `Client_Secret` -> `x_api_key`, `client_secret`: lower case, hyphens read
+    as `_`."""
+    return name.strip().casefold().replace("-", "_")
 
 
 def _forms(name: str) -> set[str]:
     """A name as read (`_norm`), and with its camelCase words apart: `accessToken` is also
     `access_token`, `PassWord` stays `password` too."""
     return {_norm(name), _norm(_CAMEL.sub("_", name))}
+
+
+#: What separates the parts of a config key or a path (`spring.datasource.password`,
+#: `db:password`, `vault/token`): a key is also read by its last part.
+_PATH = re.compile(r"[.:/]+")
+
+
+def _key_forms(key: str) -> set[str]:
+    """A key's forms (`_forms`), and its last part's when it has several
+    (`spring.datasource.password` is also `password`; `token.count` is `count`, not a
+    token)."""
+    last = _PATH.split(key.strip())[-1]
+    return _forms(key) | (_forms(last) if last and last != key.strip() else set())
 
 
 class Masker:
@@ -87,7 +97,7 @@ class Masker:
             return False
         return any(
             k == f or k.startswith(f + "_") or k.endswith("_" + f)
-            for k in _forms(key)
+            for k in _key_forms(key)
             for f in self.fields
         )
 
@@ -130,7 +140,7 @@ class Masker:
         """A key of free text's `key=value` pairs that is sensitive: one of the names, alone
         or between separators (`password`, `db_password`, `X-Api-Key`, `api_key_id`,
         `accessToken`)."""
-        return any(f in f"_{k}_" for k in _forms(key) for f in self._delimited)
+        return any(f in f"_{k}_" for k in _key_forms(key) for f in self._delimited)
 
     def text(self, text: str | None, secrets: Iterable[str] = ()) -> str | None:
         """Free text with `key=value` pairs of sensitive keys and the given secrets masked.
