@@ -131,14 +131,14 @@ def schedule_of(cron: CronDef) -> Schedule:
 
 def task_slot(doc: dict[str, Any]) -> Any:
     """A cron task's slot: the one its `cron_slot_key` names ("<cron>|<slot UTC>"; a retry
-    moves `scheduled_for`, never the slot), else (a manual run) when it was scheduled."""
+    moves `scheduled_for`, never the slot), else (a manual run) when it was made."""
     key = doc.get("cron_slot_key")
     if isinstance(key, str) and "|" in key:
         try:
             return dt.datetime.fromisoformat(key.rsplit("|", 1)[1]).astimezone(dt.UTC)
         except ValueError:
             pass
-    return doc.get("scheduled_for")
+    return doc.get("created_at") or doc.get("scheduled_for")
 
 
 def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:

@@ -145,22 +145,23 @@ class CronScheduler:
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
 
     def followed(self, name: str, cron: CronDef) -> CronDef:
-        """`cron` with the schedule every replica follows (the stored one, when it differs
-        and this process can evaluate it): what its Sentry check-ins declare, so that an old
-        replica's check-ins during a rolling deploy do not set the monitor back to its own."""
+        """`cron` as every replica follows it, with the stored schedule, time zone, check-in
+        margin and max runtime (the last definition registered): what its Sentry check-ins
+        declare, so that an old replica's check-ins during a rolling deploy never set the
+        monitor back to its own (the stored schedule is declared even when this process cannot
+        evaluate it: Sentry may)."""
         doc = self._docs.get(name)
-        if doc is None:
+        if doc is None or not all(isinstance(doc.get(f), str) for f in ("cron_string", "timezone")):
             return cron
-        stored = (doc.get("cron_string"), doc.get("timezone"))
-        if stored == (cron.cron_string, cron.timezone) or not all(
-            isinstance(v, str) for v in stored
-        ):
+        update = {f: doc[f] for f in ("cron_string", "timezone")}
+        margin, runtime = doc.get("checkin_margin"), doc.get("max_runtime_in_minutes")
+        if isinstance(margin, int | float) and not isinstance(margin, bool):
+            update["checkin_margin"] = margin
+        if runtime is None or (isinstance(runtime, int | float) and not isinstance(runtime, bool)):
+            update["max_runtime_in_minutes"] = runtime
+        if all(getattr(cron, f) == v for f, v in update.items()):
             return cron
-        try:
-            Schedule(str(stored[0]), str(stored[1])).next_after(self.clock.now())
-        except Exception:  # a schedule this process cannot evaluate: its own, as it fires none
-            return cron
-        return cron.model_copy(update={"cron_string": stored[0], "timezone": stored[1]})
+        return cron.model_copy(update=update)
 
     def _schedule(self, name: str, cron: CronDef, doc: dict[str, Any]) -> Schedule | None:
         """The schedule the cron's document holds: the last definition registered (a rolling

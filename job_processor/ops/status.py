@@ -94,8 +94,9 @@ async def cron_status(
         # the schedule every replica follows, the stored one (during a rolling deploy another
         # version's), else this process's own
         stored = docs.get(name, {})
-        cron_string = str(stored.get("cron_string") or cron.cron_string)
-        timezone = str(stored.get("timezone") or cron.timezone)
+        cron_string, timezone = cron.cron_string, cron.timezone
+        if isinstance(stored.get("cron_string"), str) and isinstance(stored.get("timezone"), str):
+            cron_string, timezone = stored["cron_string"], stored["timezone"]  # as the scheduler
         next_slot = stored.get("next_slot")
         recent = await storage.jobs.recent_tasks(name)
         out.append(
