@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options a newcomer tries for "later" (Python's `delay=`, Celery's `countdown`/`eta`).
+LATER = {"--delay", "--in", "--countdown", "--eta", "--after", "--when", "--later"}
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option explained: the command's own option it resembles
     (`--state`: did you mean --status?), or an option of the command given before it
@@ -363,9 +367,14 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         if option in known:
             hints.append(f"{option} goes after the subcommand: {' '.join(path)} ... {option}")
             continue
-        close = difflib.get_close_matches(option, shown, n=1, cutoff=0.6)
+        if option in LATER and "--at" in shown:  # Python's delay=: the CLI takes a time
+            hints.append("to schedule it later, give the time: --at 2030-01-31T09:00Z (UTC)")
+            continue
+        # compared without the dashes, which every option shares (`--delay` is not `--key`)
+        bare = {o.lstrip("-"): o for o in shown}
+        close = difflib.get_close_matches(option.lstrip("-"), list(bare), n=1, cutoff=0.6)
         if close:
-            hints.append(f"did you mean {close[0]}?")
+            hints.append(f"did you mean {bare[close[0]]}?")
     text = f"unrecognized arguments: {' '.join(extras)}"
     leaf.error(f"{text} ({'; '.join(hints)})" if hints else text)
     raise AssertionError("unreachable")  # error() exits

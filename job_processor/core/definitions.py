@@ -73,7 +73,16 @@ class Checked(BaseModel):
 
     if not TYPE_CHECKING:  # type checkers keep the signature pydantic derives from the fields
 
-        def __init__(self, /, **data: Any) -> None:
+        def __init__(self, /, *args: Any, **data: Any) -> None:
+            if args:  # JobDef(send_email): a definition takes its fields by name only
+                name = type(self).__name__
+                first = next(iter(type(self).model_fields), "...")
+                example = getattr(args[0], "__name__", None) or "..."
+                raise InvalidFieldsError(
+                    f"{name} takes its fields by name only: {name}({first}={example}, ...), "
+                    f"not {name}({example})",
+                    [("(positional)", f"use {first}=")],
+                )
             try:
                 super().__init__(**data)
             except ValidationError as exc:

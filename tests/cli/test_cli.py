@@ -344,6 +344,11 @@ async def test_clear_errors(mongo_url: str, db: Any) -> None:
         "job-processor jobs list: error: unrecognized arguments: --state errored "
         "(did you mean --status?)"
     )
+    later = await cli(mongo_url, "jobs", "new", "fine", "--delay", "10")  # was: --key?
+    assert later.returncode == 2
+    assert later.stderr.splitlines()[-1].endswith(
+        "(to schedule it later, give the time: --at 2030-01-31T09:00Z (UTC))"
+    )
     positional = await cli(mongo_url, "jobs", "new", "fine", '{"invoice": 42}')
     assert positional.returncode == 2
     assert positional.stderr.splitlines()[-1].endswith(

@@ -250,3 +250,13 @@ def test_a_subscriber_takes_its_name_and_handler_by_position_or_keyword() -> Non
     assert Subscriber(name="email", handler=email).name == "email"
     with pytest.raises(TypeError, match="handler given twice"):
         Subscriber("email", email, handler=email)
+
+
+def test_a_definition_given_its_handler_by_position_says_to_name_it() -> None:
+    """`JobDef(send_email)` raised pydantic's TypeError naming an internal class."""
+
+    async def send_email(job: object, signal: object) -> None:
+        return None
+
+    with pytest.raises(InvalidDefinitionError, match=r"JobDef\(handler=send_email, \.\.\.\)"):
+        JobDef(send_email)  # type: ignore[misc]
