@@ -195,6 +195,8 @@ async def test_scheduled_for_must_be_an_aware_datetime(db: Any) -> None:
         await processor.schedule_job("send-email", {}, scheduled_for=naive)
     with pytest.raises(InvalidArgumentError, match=r"must be a timezone-aware datetime, got str"):
         await processor.schedule_job("send-email", {}, scheduled_for="2030-01-01")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"got int 60; for a delay, pass delay=60$"):
+        await processor.schedule_job("send-email", {}, 60)  # type: ignore[arg-type]
     assert await processor.list_jobs() == []
 
 

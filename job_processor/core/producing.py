@@ -194,9 +194,13 @@ def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.da
     if scheduled_for is None:
         return now
     if not isinstance(scheduled_for, dt.datetime):
+        seconds = isinstance(scheduled_for, int | float | dt.timedelta) and not isinstance(
+            scheduled_for, bool
+        )
+        hint = f"; for a delay, pass delay={scheduled_for!r}" if seconds else ""
         raise InvalidArgumentError(
             f"job {name!r}: scheduled_for must be a timezone-aware datetime, got "
-            f"{type(scheduled_for).__name__} {scheduled_for!r}"
+            f"{type(scheduled_for).__name__} {scheduled_for!r}{hint}"
         )
     if scheduled_for.tzinfo is None or scheduled_for.utcoffset() is None:
         raise InvalidArgumentError(
