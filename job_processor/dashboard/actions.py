@@ -168,33 +168,25 @@ async def retry_all(d: Dashboard, request: Request) -> Response:
         )
     admin = await d.admin()
 
+    matching: dict[str, Any] = {
+        "name": form.get("name") or None,
+        "status": status,
+        "tag": form.get("tag") or None,
+        "key": form.get("key") or None,
+        "created_after": form.get("after") or None,
+        "created_before": form.get("before") or None,
+    }
+
     async def listed_only() -> ActionResult:
         """A page filtered by id lists that job, if it matches the other filters too: only
         what it lists is retried (nothing when it lists nothing)."""
-        page = await admin.list_jobs(
-            id=form["id"],
-            name=form.get("name") or None,
-            status=status,
-            tag=form.get("tag") or None,
-            key=form.get("key") or None,
-            created_after=form.get("after") or None,
-            created_before=form.get("before") or None,
-            limit=1,
-        )
+        page = await admin.list_jobs(id=form["id"], limit=1, **matching)
         return await admin.retry([j.id for j in page.jobs], actor=d.actor(request))
 
     def call() -> Awaitable[ActionResult]:
         if form.get("id"):
             return listed_only()
-        return admin.retry_many(
-            name=form.get("name") or None,
-            status=status,
-            tag=form.get("tag") or None,
-            key=form.get("key") or None,
-            created_after=form.get("after") or None,
-            created_before=form.get("before") or None,
-            actor=d.actor(request),
-        )
+        return admin.retry_many(**matching, actor=d.actor(request))
 
     _, response = await _run(d, request, "Retry all", call, back)
     return response

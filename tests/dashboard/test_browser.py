@@ -45,14 +45,6 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
-@pytest.fixture
-async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
-    switches = Switches()
-    p = await make_processor(db, switches)
-    async with p:
-        yield p, switches
-
-
 async def status_is(p: JobProcessor, job_id: str, status: JobStatus) -> bool:
     return (await p.get_job(job_id)).status == status
 

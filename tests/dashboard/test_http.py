@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2 as httpx
@@ -18,19 +17,11 @@ from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
 from job_processor.dashboard.render import make_env
 from job_processor.storage import object_id
 
-from .harness import Switches, host_app, make_processor, wait_until
+from .harness import host_app, wait_until
 
 S = JobStatus
 AUTH = ("admin", "s3cret-pw")
 SECRET = "hunter2-very-secret"
-
-
-@pytest.fixture
-async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
-    switches = Switches()
-    processor = await make_processor(db, switches)
-    async with processor:
-        yield processor, switches
 
 
 def client(app: Any, base: str = "http://127.0.0.1", auth: Any = AUTH) -> httpx.AsyncClient:

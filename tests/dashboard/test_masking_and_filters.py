@@ -6,37 +6,16 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
-
-import httpx2 as httpx
-import pytest
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, JobStatus, init_job_processor
 from job_processor.dashboard import create_dashboard
 from tests.helpers import FAST
 
-from .harness import Switches, make_processor, wait_until
+from .harness import wait_until
+from .test_http import AUTH, client
 
 S = JobStatus
-AUTH = ("admin", "s3cret-pw")
-
-
-@pytest.fixture
-async def processor(db: Any) -> AsyncIterator[tuple[JobProcessor, Switches]]:
-    switches = Switches()
-    processor = await make_processor(db, switches)
-    async with processor:
-        yield processor, switches
-
-
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://127.0.0.1",
-        auth=AUTH,
-        follow_redirects=False,
-    )
 
 
 def flash_of(resp: Any) -> dict[str, Any]:

@@ -22,7 +22,11 @@ async def tick(job: Any, signal: Any) -> None:
     return None
 
 
-async def test_a_retried_cron_task_is_still_listed_at_its_slot(db: Any) -> None:
+async def _failing_once(
+    db: Any, clock: FakeClock, cron_string: str, **settings: Any
+) -> tuple[list[int], Any]:
+    """A processor with the cron "sync", whose first attempt fails (retried 30 s later):
+    the failures each attempt saw, and the processor."""
     calls: list[int] = []
 
     async def flaky(job: Any, signal: Any) -> None:
@@ -30,26 +34,24 @@ async def test_a_retried_cron_task_is_still_listed_at_its_slot(db: Any) -> None:
         if job.failures == 0:
             raise ConnectionError("provider down")
 
+    backoff = {"kind": "fixed", "base_seconds": 30, "jitter": False}
+    cron = {"cron_string": cron_string, "handler": flaky, "max_attempts": 2, "backoff": backoff}
+    crons = {"sync": cron | settings}
+    return calls, await init_job_processor(db, crons=crons, clock=clock, **FAST)
+
+
+async def _retry_due(p: Any, calls: list[int]) -> bool:
+    """The first attempt failed and its retry is pending."""
+    retries = [j for j in await p.list_jobs("sync") if j.status == "pending" and j.failures]
+    return calls == [0] and len(retries) == 1
+
+
+async def test_a_retried_cron_task_is_still_listed_at_its_slot(db: Any) -> None:
     clock = FakeClock(T0)
-    crons = {
-        "sync": {
-            "cron_string": "* * * * * *",
-            "handler": flaky,
-            "max_attempts": 2,
-            "checkin_margin": 1,
-            "backoff": {"kind": "fixed", "base_seconds": 30, "jitter": False},
-        }
-    }
-    p = await init_job_processor(db, crons=crons, clock=clock, **FAST)
+    calls, p = await _failing_once(db, clock, "* * * * * *", checkin_margin=1)
     async with p:
         clock.set(T0 + SECOND)  # the slot of 00:00:01
-
-        async def retrying() -> Any:
-            return calls == [0] and [
-                j for j in await p.list_jobs("sync") if j.status == "pending" and j.failures == 1
-            ]
-
-        await until(retrying)
+        await until(lambda: _retry_due(p, calls))
         status = await p.get_status()
         listed = await Admin(db).list_crons()
     slot = T0 + SECOND
@@ -86,32 +88,11 @@ async def test_an_old_replicas_status_shows_the_schedule_it_follows(db: Any) -> 
 
 
 async def test_a_retried_manual_run_is_listed_at_the_time_it_was_made(db: Any) -> None:
-    calls: list[int] = []
-
-    async def flaky(job: Any, signal: Any) -> None:
-        calls.append(job.failures)
-        if job.failures == 0:
-            raise ConnectionError("provider down")
-
     clock = FakeClock(T0_30)
-    crons = {
-        "sync": {
-            "cron_string": "0 3 * * *",  # no slot during the test
-            "handler": flaky,
-            "max_attempts": 2,
-            "backoff": {"kind": "fixed", "base_seconds": 30, "jitter": False},
-        }
-    }
-    p = await init_job_processor(db, crons=crons, clock=clock, **FAST)
+    calls, p = await _failing_once(db, clock, "0 3 * * *")  # no slot during the test
     async with p:
         made = await p.trigger_cron("sync")
-
-        async def retrying() -> Any:
-            return calls == [0] and [
-                j for j in await p.list_jobs("sync") if j.status == "pending" and j.failures == 1
-            ]
-
-        await until(retrying)
+        await until(lambda: _retry_due(p, calls))
         status = await p.get_status()
         listed = await Admin(db).list_crons()
     (row,) = status.crons

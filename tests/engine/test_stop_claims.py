@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -55,7 +56,46 @@ async def _owed_by_nobody(p: Any, job_id: str) -> None:
     )
 
 
-async def test_a_job_claimed_while_the_worker_stops_is_put_back_unstarted(db: Any) -> None:
+@dataclass
+class _TakenOver:
+    p: Any
+    job: Any
+    run: asyncio.Task[Any]
+    calls: list[str]
+    hook_go: asyncio.Event
+    run_go: asyncio.Event
+
+
+async def _hook_taken_over_during_a_run_job(db: Any) -> _TakenOver:
+    """A processor that is not started runs `long` with run_job (until `run_go`); meanwhile
+    its sweep has taken over the owed hook of a killed job, which runs until `hook_go`."""
+    calls: list[str] = []
+    hook_go, run_go = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(job: Job) -> None:
+        calls.append(job.id)
+        await hook_go.wait()
+
+    async def quick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def long(job: Job, signal: AbortSignal) -> None:
+        await run_go.wait()
+
+    jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
+    p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)  # never started
+    job = await p.schedule_job("hooked")
+    await _owed_by_nobody(p, job.id)
+    run = asyncio.create_task(p.run_job("long"))
+    await wait_for(lambda: calls == [job.id])  # its sweep runs the hook
+    return _TakenOver(p, job, run, calls, hook_go, run_go)
+
+
+async def _idle_worker_with_a_held_claim(
+    db: Any,
+) -> tuple[Any, list[str], asyncio.Event, asyncio.Event]:
+    """A started, idle worker of "work" (its handler records the jobs it runs), whose next
+    claim lands and waits for `reply`: (processor, jobs run, landed, reply)."""
     ran: list[str] = []
 
     async def work(job: Job, signal: AbortSignal) -> None:
@@ -65,6 +105,11 @@ async def test_a_job_claimed_while_the_worker_stops_is_put_back_unstarted(db: An
     await p.start()
     await wait_for(lambda: p.worker.idle.is_set())
     landed, reply = await _held_claim(p)
+    return p, ran, landed, reply
+
+
+async def test_a_job_claimed_while_the_worker_stops_is_put_back_unstarted(db: Any) -> None:
+    p, ran, landed, reply = await _idle_worker_with_a_held_claim(db)
     job = await p.schedule_job("work")
     await asyncio.wait_for(landed.wait(), 10)
     stopping = asyncio.create_task(p.stop())
@@ -80,15 +125,7 @@ async def test_a_job_claimed_while_the_worker_stops_is_put_back_unstarted(db: An
 
 
 async def test_a_stop_cancelled_during_a_claim_leaves_the_next_stop_to_finish(db: Any) -> None:
-    ran: list[str] = []
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        ran.append(job.id)
-
-    p = await make(db, {"work": JobDef(handler=work)}, poll_interval=30, change_streams=False)
-    await p.start()
-    await wait_for(lambda: p.worker.idle.is_set())
-    landed, reply = await _held_claim(p)
+    p, ran, landed, reply = await _idle_worker_with_a_held_claim(db)
     job = await p.schedule_job("work")
     await asyncio.wait_for(landed.wait(), 10)
     first = asyncio.create_task(p.stop())
@@ -110,25 +147,8 @@ async def test_a_hook_the_sweep_took_over_ends_before_run_jobs_worker_stops_beat
     owner) and runs it in the background; when the run ends, the heartbeat went on until that
     hook ended (it stopped first: another worker declared this one dead, after
     worker_timeout, and called the hook a second time while it still ran here)."""
-    calls: list[str] = []
-    hook_go, run_go = asyncio.Event(), asyncio.Event()
-
-    async def slow_hook(job: Job) -> None:
-        calls.append(job.id)
-        await hook_go.wait()
-
-    async def quick(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    async def long(job: Job, signal: AbortSignal) -> None:
-        await run_go.wait()
-
-    jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
-    p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)  # never started
-    job = await p.schedule_job("hooked")
-    await _owed_by_nobody(p, job.id)
-    run = asyncio.create_task(p.run_job("long"))
-    await wait_for(lambda: calls == [job.id])  # its sweep runs the hook
+    t = await _hook_taken_over_during_a_run_job(db)
+    p, job, run, calls, hook_go, run_go = t.p, t.job, t.run, t.calls, t.hook_go, t.run_go
     worker_id = p.worker_id
     run_go.set()  # the run ends; the hook still runs
     await wait_for(lambda: p.worker.runs == {})
@@ -156,15 +176,7 @@ async def test_a_claim_put_back_at_a_stop_is_put_back_despite_a_failed_release(
     """The release of a claim that returned after stop() began failed once (a moment's
     outage): the claim loop that would retry it had ended, and the job stayed running under
     the worker id the stop removed (recovered later as a crashed run, an attempt used)."""
-    ran: list[str] = []
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        ran.append(job.id)
-
-    p = await make(db, {"work": JobDef(handler=work)}, poll_interval=30, change_streams=False)
-    await p.start()
-    await wait_for(lambda: p.worker.idle.is_set())
-    landed, reply = await _held_claim(p)
+    p, ran, landed, reply = await _idle_worker_with_a_held_claim(db)
     real, failures = p.worker.claims.release, []
 
     async def flaky(doc: Any, why: str) -> Any:
@@ -191,25 +203,8 @@ async def test_a_run_job_cancelled_while_its_end_waits_for_a_hook_still_ends_its
     """Its caller stops waiting while run_job's end waits for a hook its sweep took over: the
     end goes on (the heartbeat beats until the hook ends, then stops, and the worker's
     document goes); before, the heartbeat beat on for a processor that held no runtime."""
-    calls: list[str] = []
-    hook_go, run_go = asyncio.Event(), asyncio.Event()
-
-    async def slow_hook(job: Job) -> None:
-        calls.append(job.id)
-        await hook_go.wait()
-
-    async def quick(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    async def long(job: Job, signal: AbortSignal) -> None:
-        await run_go.wait()
-
-    jobs = {"hooked": JobDef(handler=quick, on_job_exited=slow_hook), "long": JobDef(handler=long)}
-    p = await make(db, jobs, worker_timeout=2.0, heartbeat_interval=0.2)
-    job = await p.schedule_job("hooked")
-    await _owed_by_nobody(p, job.id)
-    run = asyncio.create_task(p.run_job("long"))
-    await wait_for(lambda: calls == [job.id])
+    t = await _hook_taken_over_during_a_run_job(db)
+    p, job, run, calls, hook_go, run_go = t.p, t.job, t.run, t.calls, t.hook_go, t.run_go
     run_go.set()
     await wait_for(lambda: p._teardown is not None)  # run_job's end, waiting for the hook
     run.cancel()  # its caller gives up
