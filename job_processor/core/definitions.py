@@ -39,6 +39,10 @@ RESUMABLE_DEFAULT_ATTEMPTS = 3
 #: with no owner, and a live worker's next sweep calls it again, until it succeeds; any other
 #: error is recorded as failed, as for any hook.
 HOOK_RETRIED_MARK = "job_processor_hook_retried"
+#: An on_job_exited carrying this attribute (a predicate of the job's document) is owed only
+#: for the jobs it accepts (a subscriber's chain hook: only for deliveries that carry a chain,
+#: whatever the mode this process declares the subscriber in).
+HOOK_WHEN_MARK = "job_processor_hook_when"
 
 #: The longest duration a definition may give: a year (in seconds, and in minutes).
 _YEAR_S = 365 * 24 * 3600

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ..core import retention as R
 from ..core.abort import AbortSignal
-from ..core.definitions import JobDef
+from ..core.definitions import HOOK_WHEN_MARK, JobDef
 from ..core.errors import InvalidPayloadError, field_errors
 from ..core.models import Job
 from ..core.outcome import Policy
@@ -93,10 +93,12 @@ def policy_of(definition: JobDef | None, doc: Doc, retention: Retention) -> Poli
     resumable = bool(doc.get("resumable", False))  # a lean document omits False
     if definition is None:
         return Policy(resumable=resumable)
+    hook = definition.on_job_exited
+    when = getattr(hook, HOOK_WHEN_MARK, None)
     return Policy(
         resumable=resumable,
         backoff=definition.backoff,
-        has_hook=definition.on_job_exited is not None,
+        has_hook=hook is not None and (when is None or bool(when(doc))),
         retention=R.of(definition, retention),
     )
 

@@ -31,7 +31,13 @@ from pymongo.errors import PyMongoError
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
 from ..core.clock import Clock, to_millis
-from ..core.definitions import HOOK_RETRIED_MARK, JobDef, Subscriber, check_event_name
+from ..core.definitions import (
+    HOOK_RETRIED_MARK,
+    HOOK_WHEN_MARK,
+    JobDef,
+    Subscriber,
+    check_event_name,
+)
 from ..core.errors import (
     DoNotRetry,
     EventDeliveryError,
@@ -114,7 +120,10 @@ class EventBus:
                     max_attempts=sub.max_attempts,
                     backoff=sub.backoff,
                     max_runtime_in_minutes=sub.max_runtime_in_minutes,
-                    on_job_exited=self._chain_hook if sub.mode == "serial" else None,
+                    # every mode: a delivery made under another process's registry (a
+                    # rolling deploy that changed the mode) may carry a chain to advance; the
+                    # hook is owed only for those that do (`HOOK_WHEN_MARK`)
+                    on_job_exited=self._chain_hook,
                     # two writes at most: a dead owner's hook is taken over sooner
                     on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
                 )
@@ -472,6 +481,7 @@ class EventBus:
             await self._advance_chain(job)
 
         setattr(advance_chain, HOOK_RETRIED_MARK, True)
+        setattr(advance_chain, HOOK_WHEN_MARK, _carries_chain)
         return advance_chain
 
     async def _advance_chain(self, job: Job[Any]) -> None:
@@ -542,3 +552,9 @@ class EventBus:
             )
             self._wake(created)
         return done
+
+
+def _carries_chain(doc: Doc) -> bool:
+    """A delivery whose end may create the next of a serial chain."""
+    payload = doc.get("payload")
+    return isinstance(payload, dict) and bool(payload.get("chain"))

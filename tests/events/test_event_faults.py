@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect, WriteConcernError
 
-from job_processor import AbortSignal, Event, Subscriber
+from job_processor import AbortSignal, Event, Subscriber, init_job_processor
+from tests.engine.test_crons import until
 from tests.events.test_events import make, wait_delivered
-from tests.helpers import wait_for
+from tests.helpers import FAST, wait_for
 
 
 def serial_pair(ran: list[str]) -> dict[str, list[Subscriber]]:
@@ -271,3 +272,46 @@ async def test_a_fan_out_completed_between_the_sync_waits_reads_is_not_taken_as_
         returned_before_run = not ran
     assert not returned_before_run, "sync emit returned before its sync subscriber ran"
     assert [(d.target, d.status) for d in event.deliveries] == [("charge", "finished")]
+
+
+async def test_a_chain_head_run_where_its_subscriber_is_declared_async_still_advances(
+    db: Any,
+) -> None:
+    """A rolling deploy that makes a subscriber serial: the event's first delivery carries the
+    chain, and a replica still declaring the subscriber async runs it. Its definition had no
+    on_job_exited, so no hook was owed and the next delivery was never made."""
+    ran: list[str] = []
+
+    def note(name: str) -> Any:
+        async def handler(event: Event, signal: AbortSignal) -> None:
+            ran.append(name)
+
+        return handler
+
+    subs_old = {"e": [Subscriber("a", handler=note("a"))]}
+    subs_new = {
+        "e": [
+            Subscriber("a", handler=note("a"), mode="serial"),
+            Subscriber("b", handler=note("b"), mode="serial"),
+        ]
+    }
+    old = await init_job_processor(db, subscribers=subs_old, **FAST)
+    new = await init_job_processor(db, subscribers=subs_new, **FAST)
+    event = await new.emit("e", {})  # the registry now says: a serial, then b
+    assert [d.target for d in event.deliveries] == ["a"]
+    async with old:  # the replica still declaring "a" async runs the head
+
+        async def head_recorded() -> bool:
+            (head,) = [d for d in (await old.get_event(event.id)).deliveries if d.target == "a"]
+            job = await old.get_job(head.job_id or "")
+            return job.status.value == "finished" and job.exit_hook != "owed"
+
+        await until(head_recorded)
+    async with new:
+
+        async def both_ran() -> bool:
+            return ran == ["a", "b"]
+
+        await until(both_ran)
+    rows = {d.target: d.status for d in (await new.get_event(event.id)).deliveries}
+    assert rows == {"a": "finished", "b": "finished"}
