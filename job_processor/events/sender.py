@@ -6,6 +6,7 @@ means (see `webhooks.classify`), and disable endpoints that keep failing. Rules 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -188,7 +189,12 @@ class WebhookSender:
         decision = Decision("retry")
         excerpt = b""
         try:
-            async with self.client().stream("POST", url, content=body, headers=headers) as resp:
+            async with contextlib.AsyncExitStack() as stack:
+                # the status line and the headers within one `timeout` in all (httpx's own
+                # timeouts bound each read: a receiver trickling its headers held the slot)
+                async with asyncio.timeout(self.options.timeout):
+                    sent = self.client().stream("POST", url, content=body, headers=headers)
+                    resp = await stack.enter_async_context(sent)
                 # the status decides, once the headers are in: what follows of the body is an
                 # excerpt for people, read within one `timeout` in all (a body that trickles,
                 # cannot be decoded or is cut off never turns a 2xx into a failure)
