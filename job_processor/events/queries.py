@@ -206,7 +206,7 @@ async def _replay(
         return []
     replay_id = str(ObjectId())
     created = await storage.deliveries.create(E.fanout(doc, targets, now=now, replay_id=replay_id))
-    await storage.events.replayed(doc["_id"], now)
+    await storage.events.replayed(doc, now)
     return [Delivery.of_job(d) for d in created]
 
 

@@ -20,6 +20,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from ..core.clock import as_utc
 from .compat import IndexKeys, all_docs, decode, decode_opt
 
 Doc = dict[str, Any]
@@ -158,15 +159,19 @@ class EventStore:
                 counts[str(doc["name"])] = counts.get(str(doc["name"]), 0) + 1
         return counts
 
-    async def replayed(self, event_id: ObjectId, now: dt.datetime) -> None:
-        """A replay delivered it: it is no longer an event nobody listened to."""
+    async def replayed(self, doc: Doc, now: dt.datetime) -> None:
+        """A replay delivered it (`doc`, as read): it is no longer an event nobody listened to,
+        and it is kept as long again from now as it was from its emit (`keep_events` then), so
+        that the replay's deliveries, retries included, still find it."""
+        fields: Doc = {"last_replayed_at": now}
+        emitted, expires = doc.get("emitted_at"), doc.get("expires_at")
+        if isinstance(emitted, dt.datetime) and isinstance(expires, dt.datetime):
+            kept = as_utc(now) + (as_utc(expires) - as_utc(emitted))
+            if kept > as_utc(expires):
+                fields["expires_at"] = kept
         await self.coll.update_one(
-            {"_id": event_id},
-            {
-                "$inc": {"replays": 1},
-                "$set": {"last_replayed_at": now},
-                "$unset": {"no_targets": ""},
-            },
+            {"_id": doc["_id"]},
+            {"$inc": {"replays": 1}, "$set": fields, "$unset": {"no_targets": ""}},
         )
 
 

@@ -4,12 +4,15 @@ a serial chain never stops for good on an outage in the step that starts its nex
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo.errors import AutoReconnect, WriteConcernError
 
-from job_processor import AbortSignal, Event, Subscriber, init_job_processor
+from job_processor import AbortSignal, Event, RetryLater, Subscriber, init_job_processor
+from job_processor.storage.compat import decode
 from tests.engine.test_crons import until
 from tests.events.test_events import make, wait_delivered
 from tests.helpers import FAST, wait_for
@@ -315,3 +318,39 @@ async def test_a_chain_head_run_where_its_subscriber_is_declared_async_still_adv
         await until(both_ran)
     rows = {d.target: d.status for d in (await new.get_event(event.id)).deliveries}
     assert rows == {"a": "finished", "b": "finished"}
+
+
+async def test_a_replay_keeps_its_event_as_long_again_as_it_was_kept_from_its_emit(
+    db: Any,
+) -> None:
+    """An event replayed on the last day of its `keep_events` (emitted 29 days and 23 hours
+    ago, kept 30 days): its replay's retry found it deleted ("no longer exists")."""
+    attempts: list[bool] = []
+
+    async def crm(event: Event, signal: AbortSignal) -> None:
+        replay = bool(event.delivery and event.delivery.replay_id)
+        attempts.append(replay)
+        if replay and attempts.count(True) == 1:
+            raise RetryLater(1.0, "crm busy")  # the replay's first attempt
+
+    p = await init_job_processor(db, subscribers={"e": [Subscriber("crm", handler=crm)]}, **FAST)
+    async with p:
+        event = await p.emit("e", {})
+        await wait_for(lambda: attempts == [False])
+        now = p.clock.now()
+        stored = await p.storage.events.coll.find_one({"_id": ObjectId(event.id)})
+        aged = {"emitted_at": now - dt.timedelta(days=30) + dt.timedelta(seconds=1)}
+        aged["expires_at"] = now + dt.timedelta(seconds=1)  # replace_one: stored as dates
+        await p.storage.events.coll.replace_one({"_id": stored["_id"]}, stored | aged)
+        (replayed,) = await p.replay_event(event.id)
+
+        async def ended() -> bool:
+            job = await p.get_job(replayed.job_id or "")
+            return job.status.value in ("finished", "errored")
+
+        await until(ended)
+        job = await p.get_job(replayed.job_id or "")
+    assert attempts == [False, True, True]
+    assert job.status.value == "finished", job.error
+    kept = await p.storage.events.coll.find_one({"_id": ObjectId(event.id)})
+    assert kept is not None and decode(kept)["expires_at"] > now + dt.timedelta(days=29)
