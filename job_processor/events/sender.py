@@ -90,6 +90,10 @@ class WebhookSender:
             "event_id": event.id,
             "endpoint_id": endpoint_id,
         }
+        # this run of the delivery, by which the endpoint's bookkeeping counts a failure (or
+        # disables) once however often its write is sent again; a retry of the delivery, by
+        # hand, is a new run that counts again
+        run = f"{job.id}:{job.run_id or job.attempt}"
         doc = await self.endpoints.get(endpoint_id_of(endpoint_id))
         if doc is None:
             raise DoNotRetry(f"webhook endpoint {endpoint_id} was removed")
@@ -106,7 +110,7 @@ class WebhookSender:
         except WebhookError as exc:
             await self._record(job, {"error": str(exc)}, 0)
             if final:
-                await self._failed_for_good(endpoint, fields)
+                await self._failed_for_good(endpoint, fields, run)
             raise
         record, decision = await self._send(endpoint, request, signal)
         fields |= {"url": url_host(endpoint.url), "status_code": record.get("status_code")}
@@ -123,10 +127,12 @@ class WebhookSender:
             message += f": {record['response_excerpt'][:100]}"
         self.log.warning("webhook_attempt_failed", attempt=job.attempt, error=what, **fields)
         if decision.verdict == "gone":
-            await self._disable(endpoint, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields)
+            await self._disable(
+                endpoint, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
+            )
             raise DoNotRetry(message + " (endpoint disabled)")
         if decision.verdict == "fail" or final:
-            await self._failed_for_good(endpoint, fields)
+            await self._failed_for_good(endpoint, fields, run)
         if decision.verdict == "fail":
             raise DoNotRetry(message)
         if decision.verdict == "retry_later":
@@ -244,23 +250,23 @@ class WebhookSender:
         previous = list((job.state or {}).get("attempts") or [])
         await job.checkpoint({"attempts": [*previous, entry][-ATTEMPTS_KEPT:]})
 
-    async def _failed_for_good(self, endpoint: WebhookEndpoint, fields: dict[str, Any]) -> None:
+    async def _failed_for_good(
+        self, endpoint: WebhookEndpoint, fields: dict[str, Any], run: str
+    ) -> None:
         limit = self.options.disable_after
         oid, now = endpoint_id_of(endpoint.id), self.clock.now()
         count = await self._bookkeeping(
-            "failed_delivery",
-            lambda: self.endpoints.failed_delivery(oid, now, fields["job_id"]),
-            fields,
+            "failed_delivery", lambda: self.endpoints.failed_delivery(oid, now, run), fields
         )
         if limit is not None and count is not None and count >= limit:
-            await self._disable(endpoint, f"{count} consecutive failed deliveries", fields)
+            await self._disable(endpoint, f"{count} consecutive failed deliveries", fields, run)
 
     async def _disable(
-        self, endpoint: WebhookEndpoint, reason: str, fields: dict[str, Any]
+        self, endpoint: WebhookEndpoint, reason: str, fields: dict[str, Any], run: str
     ) -> None:
         oid, now = endpoint_id_of(endpoint.id), self.clock.now()
         done = await self._bookkeeping(
-            "disable", lambda: self.endpoints.disable(oid, reason, now, fields["job_id"]), fields
+            "disable", lambda: self.endpoints.disable(oid, reason, now, run), fields
         )
         if done is not None:
             self.log.warning("webhook_endpoint_disabled", reason=reason, **fields)

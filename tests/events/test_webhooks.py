@@ -273,3 +273,27 @@ async def test_a_timed_out_attempt_is_retried_and_a_success_resets_the_failure_c
     assert done.attempts[-1]["status_code"] == 204
     assert done.attempt == 2
     assert (await p.webhooks.get(flaky.id)).consecutive_failures == 0
+
+
+async def test_a_delivery_retried_by_hand_that_fails_again_counts_again(
+    db: Any, receiver: Receiver
+) -> None:
+    """The endpoint counted a failure once per delivery id (a write sent again after a lost
+    reply must count once), so a delivery retried by hand that failed again was never
+    counted: an endpoint enabled again was never disabled again. Counted once per run now."""
+    p = await make(db, max_attempts=1, disable_after=2)
+    ep = await p.webhooks.add(url=receiver.script("/bad", Reply(422)), events=["e"])
+    async with p:
+        first = await p.emit("e", {"n": 1})
+        second = await p.emit("e", {"n": 2})
+        d1 = await wait_delivery(p, first.id, ep, "errored")
+        d2 = await wait_delivery(p, second.id, ep, "errored")
+        assert not (await p.webhooks.get(ep.id)).enabled  # 2 in a row: disabled
+        await p.webhooks.enable(ep.id)  # "fixed" (it was not): the operator retries both
+        await p.retry_job(d1.job_id or "")
+        await p.retry_job(d2.job_id or "")
+        for d in (first, second):
+            await wait_delivery(p, d.id, ep, "errored")
+        got = await p.webhooks.get(ep.id)
+    assert len(receiver.received("/bad")) == 4
+    assert got.consecutive_failures == 2 and not got.enabled
