@@ -21,6 +21,7 @@ Two kinds of series (the full list, Grafana-ready, is in docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -126,13 +127,21 @@ class DatabaseCollector(Collector):
             snap.oldest_due_age[name] = max(0.0, (now_ms - oldest) / 1000)
 
     def collect(self) -> Iterator[Metric]:
-        if threading.get_ident() != self._loop_thread and self.loop.is_running():
-            # a scrape from the HTTP server's thread: compute on the processor's loop
-            future = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
-            try:
-                future.result(timeout=self.budget + 1)
-            except Exception:
-                future.cancel()
+        if threading.get_ident() != self._loop_thread:
+            # a scrape from the HTTP server's thread: compute on the processor's loop; when it
+            # cannot (the loop is blocked past the budget, or no longer runs), the last values
+            # are served marked as such (`job_processor_scrape_timeout` 1), never as fresh
+            fresh = False
+            if self.loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
+                try:
+                    future.result(timeout=self.budget + 1)
+                    fresh = True
+                except Exception:
+                    future.cancel()
+            if not fresh:
+                yield from self._families(dataclasses.replace(self.snapshot, timed_out=True))
+                return
         # on the loop's own thread, render() refreshed just before
         yield from self._families(self.snapshot)
 
