@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as dt
 import errno
 import importlib
@@ -19,6 +21,7 @@ import structlog
 
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
+from ..engine.signals import stop_on_signals
 from ..storage.connect import MISSING_URL, open_database
 from ..storage.local_server import bound_socket, free_port_near
 from .common import UsageError
@@ -200,7 +203,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
         busy = _metrics_port_in_use(args.metrics_host, args.metrics_port)
         if busy is not None:
             raise UsageError(busy)
-    processor = await build_processor(args.target, args.tags)
+    stop = asyncio.Event()
+    with stop_on_signals(stop):  # a SIGTERM while it starts (its import, MongoDB's ping) stops it
+        building = asyncio.create_task(build_processor(args.target, args.tags))
+        signalled = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({building, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+        if not building.done():
+            building.cancel()
+            with contextlib.suppress(BaseException):
+                await building
+            print("stopped before it started (SIGTERM or SIGINT)", file=sys.stderr)
+            return 0
+        processor = building.result()
     server = None
     if args.metrics_port is not None:
         try:
@@ -221,11 +238,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "metrics_served", host=args.metrics_host, port=server.port, path="/metrics"
         )
     try:
-        await processor.serve()
+        await processor.serve(stop)
     finally:
         if server is not None:
             server.close()
-    return 0
+    return 130 if processor.stop_forced else 0
 
 
 async def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -134,6 +134,14 @@ class Heartbeat:
             self._last_ok, self.clock.now(), self.settings.worker_timeout
         )
 
+    def lease_left(self) -> float:
+        """Seconds until other workers may declare this one dead (its last heartbeat plus
+        worker_timeout); the whole worker_timeout before the first."""
+        timeout = self.settings.worker_timeout
+        if self._last_ok is None:
+            return timeout
+        return max(0.0, timeout - (self.clock.now() - self._last_ok).total_seconds())
+
     def claimable(self) -> bool:
         """`trusted`, with a margin: no claim is made, nor a claimed job started, in the last
         `claim_margin` seconds of the lease. A claim that lands just before the lease ends

@@ -123,6 +123,8 @@ class Runtime:
         self._sweeps_stop = asyncio.Event()
         """Set when the runtime is released: the sweep loop ends."""
         self._sweep_loop: asyncio.Task[None] | None = None
+        self.stop_forced = False
+        """Set when a second signal ended `serve()`'s graceful stop before it was done."""
         self._teardown: asyncio.Task[None] | None = None
         """The end of the runtime (`_end_runtime`), once the last user released it."""
         self._in_stop = False
@@ -231,12 +233,14 @@ class Runtime:
         await self.hooks.drain()
         self.heartbeat.stop_event.set()
         self.ownership.stop_event.set()
+        # bounded by what is left of the lease (at least a second): past it, with MongoDB
+        # unreachable, other workers declare this one dead and remove its document anyway
         if self._side_loops is not None:
-            with contextlib.suppress(Exception):
-                await self._side_loops
+            await _within(self._side_loops, max(self.heartbeat.lease_left(), 1.0))
             self._side_loops = None
-        with contextlib.suppress(PyMongoError):
-            await self.heartbeat.unregister()
+        with contextlib.suppress(PyMongoError, TimeoutError):
+            async with asyncio.timeout(max(self.heartbeat.lease_left(), 1.0)):
+                await self.heartbeat.unregister()
 
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
@@ -287,11 +291,13 @@ class Runtime:
             self.scheduler.stop_event.set()
             self.waker.stop_event.set()
             assert self._worker_loops is not None
-            with contextlib.suppress(Exception):  # shielded: a stop() cancelled by its caller
-                await asyncio.shield(self._worker_loops)  # never cuts a claim in flight
+            # a stop() cancelled by its caller never cuts a claim in flight (asyncio.wait does
+            # not cancel it); one still in flight when the lease ends (MongoDB unreachable) is
+            # cut, and its job, if the claim landed, recovered by the others
+            await _within(self._worker_loops, max(self.heartbeat.lease_left(), 1.0))
             # claims whose reply came after the stop began, not put back yet (an outage)
             await self.worker.claims.release_at_stop(
-                self.settings.worker_timeout, self.worker._fields
+                self.heartbeat.lease_left(), self.worker._fields
             )
             await self.worker.drain()
             await self.hooks.drain()  # recovered hooks running in the background
@@ -302,18 +308,36 @@ class Runtime:
         for closing in self.on_stop:  # e.g. the webhooks' HTTP client
             await closing()
 
-    async def serve(self) -> None:
-        """start(), block until SIGTERM/SIGINT (or a crashed loop), then stop()."""
-        stop = asyncio.Event()
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """start(), block until SIGTERM/SIGINT (or a crashed loop, or `stop` set), then stop().
+        A second signal during that stop ends it at once (`worker_stop_forced`; `stop_forced`
+        set): runs not written yet are left to the other workers' recovery."""
+        stop = stop or asyncio.Event()
         with stop_on_signals(stop):
-            await self.start()
+            if not stop.is_set():  # a signal before the start: nothing was started
+                await self.start()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:
                     w.cancel()
-                await self.stop()
+        force = asyncio.Event()
+        with stop_on_signals(force):
+            stopping = asyncio.create_task(self.stop(), name="graceful-stop")
+            forced = asyncio.create_task(force.wait())
+            try:
+                await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                forced.cancel()
+            if not stopping.done():
+                self.stop_forced = True
+                self.log.warning("worker_stop_forced", worker_id=self.worker_id)
+                stopping.cancel()
+                with contextlib.suppress(BaseException):
+                    await stopping
+            else:
+                await stopping  # its exception, if any
         if self.failed.is_set():
             raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
 
@@ -338,3 +362,15 @@ def crash_text(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return text[:300]
+
+
+async def _within(task: asyncio.Task[Any], seconds: float) -> None:
+    """Wait for `task` up to `seconds` (a caller cancelled meanwhile does not cancel it); past
+    that, cancel it and wait for its end. Its own error is not raised here (it was logged)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()

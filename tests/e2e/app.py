@@ -17,6 +17,10 @@ from job_processor import (
 from job_processor.cli import RunContext
 from job_processor.core.definitions import Limit
 
+if os.environ.get("E2E_IMPORTED"):  # a test waits for this: the app imported, the run begins
+    with open(os.environ["E2E_IMPORTED"], "w") as marker:
+        marker.write(str(os.getpid()))
+
 
 def me() -> dict[str, Any]:
     return {"instance_id": os.environ.get("INSTANCE_ID"), "pid": os.getpid()}

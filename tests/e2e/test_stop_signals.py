@@ -1,0 +1,149 @@
+"""Stopping `job-processor run` when MongoDB is gone, and by signals at the edges: a SIGTERM
+during an outage stops within the lease (it waited for each step's driver timeout in turn, 60
+to 90 s, past Docker's stop grace period); a second signal during the stop ends it at once
+(exit 130); a SIGTERM while it starts is a clean exit (it killed the process: 143)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from job_processor import JobProcessor, JobStatus, init_job_processor
+from job_processor.storage.local_server import LocalServer, start_local_server
+from tests.helpers import wait_status
+
+from .app import JOBS
+from .test_processes import ROOT, Worker, wait_exit, wait_workers
+
+S = JobStatus
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_server() -> Iterator[LocalServer]:
+    """A server of this test's own, that it stops (the outage)."""
+    data = Path(tempfile.mkdtemp(prefix="jp-stop-"))
+    server = start_local_server(data)
+    yield server
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def _start(url: str, tmp_path: Path, **env: str) -> Worker:
+    log = tmp_path / f"worker-{time.monotonic_ns()}.log"
+    environ = os.environ | {"MONGODB_URL": url, "INSTANCE_ID": "runner-1", "PYTHONUNBUFFERED": "1"}
+    environ.pop("JOB_PROCESSOR_WORKER_TAGS", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+            cwd=ROOT,
+            env=environ | env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Worker(proc, log)
+
+
+@pytest.fixture
+def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(url: str, **env: str) -> Worker:
+        workers.append(_start(url, tmp_path, **env))
+        return workers[-1]
+
+    yield start
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait(10)
+
+
+@pytest.fixture
+async def own_client(own_server: LocalServer) -> AsyncIterator[JobProcessor]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        own_server.url, tz_aware=True, serverSelectionTimeoutMS=20000
+    )
+    yield await init_job_processor(
+        client["outage"], jobs=JOBS, worker_timeout=2.0, heartbeat_interval=0.5
+    )
+    await client.close()
+
+
+async def _running_then_outage(
+    own_server: LocalServer, own_client: JobProcessor, spawn_on: Callable[..., Worker]
+) -> Worker:
+    worker = spawn_on(own_server.url.rstrip("/") + "/outage")
+    await wait_workers(own_client, 1)
+    job = await own_client.schedule_job("long-resumable", {"steps": 600})
+    await wait_status(own_client, job.id, S.RUNNING, timeout=20)
+    own_server.stop()  # MongoDB gone
+    return worker
+
+
+async def test_a_sigterm_during_an_outage_stops_within_the_lease(
+    own_server: LocalServer, own_client: JobProcessor, spawn_on: Callable[..., Worker]
+) -> None:
+    worker = await _running_then_outage(own_server, own_client, spawn_on)
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    code = await wait_exit(worker, 60)
+    took = time.monotonic() - began
+    assert code == 0 and took < 20, f"exit {code} after {took:.0f}s:\n{worker.output()[-3000:]}"
+
+
+async def test_a_second_signal_during_the_stop_ends_it_at_once(
+    own_server: LocalServer, own_client: JobProcessor, spawn_on: Callable[..., Worker]
+) -> None:
+    worker = await _running_then_outage(own_server, own_client, spawn_on)
+    worker.proc.send_signal(signal.SIGINT)
+    await _logged(worker, "worker_stopping")
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGINT)  # the operator presses Ctrl-C again
+    code = await wait_exit(worker, 30)
+    assert code == 130 and time.monotonic() - began < 10, worker.output()[-3000:]
+    assert "worker_stop_forced" in worker.output()
+
+
+async def test_a_sigterm_while_it_starts_is_a_clean_exit(
+    tmp_path: Path, spawn_on: Callable[..., Worker], free_url: str
+) -> None:
+    marker = tmp_path / "imported"
+    worker = spawn_on(free_url, E2E_IMPORTED=str(marker))  # init waits connect_timeout there
+    deadline = asyncio.get_running_loop().time() + 20
+    while not marker.exists():  # the app is imported: init_job_processor pings, waiting
+        assert asyncio.get_running_loop().time() < deadline, worker.output()
+        await asyncio.sleep(0.05)
+    worker.proc.send_signal(signal.SIGTERM)
+    code = await wait_exit(worker, 20)
+    assert code == 0, f"exit {code}:\n{worker.output()[-1500:]}"
+    assert "stopped before it started" in worker.output()
+
+
+async def _logged(worker: Worker, event: str, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while event not in worker.output():
+        assert asyncio.get_running_loop().time() < deadline, worker.output()[-3000:]
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def free_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"mongodb://127.0.0.1:{port}/x"
