@@ -26,7 +26,7 @@ from typing import Any
 from ..core import documents as D
 from ..core import retention as R
 from ..core.clock import Clock
-from ..core.definitions import HOOK_RETRIED_MARK, JobDef
+from ..core.definitions import HOOK_RETRIED_MARK, HOOK_WHEN_MARK, JobDef
 from ..core.log import EventLog
 from ..core.masking import log_text
 from ..core.models import Job
@@ -121,7 +121,9 @@ class HookRunner:
             return
         fields = {"job_id": str(job_id), "job_name": doc.get("name"), "worker_id": self.worker_id()}
         expires_at = self._expiry(definition, doc)
-        if definition.on_job_exited is None:
+        when = getattr(definition.on_job_exited, HOOK_WHEN_MARK, None)
+        if definition.on_job_exited is None or (when is not None and not when(doc)):
+            # none defined, or none for this job (a kill records a hook owed whatever the job)
             try:
                 await self._record(job_id, hook_id, "none", None, fields, expires_at, doc)
             finally:

@@ -297,7 +297,7 @@ class Runtime:
             await _within(self._worker_loops, max(self.heartbeat.lease_left(), 1.0))
             # claims whose reply came after the stop began, not put back yet (an outage)
             await self.worker.claims.release_at_stop(
-                self.heartbeat.lease_left(), self.worker._fields
+                max(self.heartbeat.lease_left(), 1.0), self.worker._fields
             )
             await self.worker.drain()
             await self.hooks.drain()  # recovered hooks running in the background

@@ -5,8 +5,9 @@ A claim is not started when it returned while its worker was being declared dead
 lease's last moments, or once a stop began (`Worker.start_claimed`). Until it is put back, its
 run id is among `run_ids`, which the recovery sweep and the ownership watcher read: a job
 running under one of them here never started, and is re-queued as never run too. A release that
-fails (MongoDB unreachable) is tried again at the claim loop's next round, and at a stop for up
-to `worker_timeout` once the loop has ended (`release_at_stop`)."""
+fails (MongoDB unreachable) is tried again at the claim loop's next round, and at a stop for
+what is left of the worker's lease (at least a second) once the loop has ended
+(`release_at_stop`)."""
 
 from __future__ import annotations
 

@@ -120,10 +120,11 @@ class EventBus:
                     max_attempts=sub.max_attempts,
                     backoff=sub.backoff,
                     max_runtime_in_minutes=sub.max_runtime_in_minutes,
-                    # every mode: a delivery made under another process's registry (a
-                    # rolling deploy that changed the mode) may carry a chain to advance; the
-                    # hook is owed only for those that do (`HOOK_WHEN_MARK`)
-                    on_job_exited=self._chain_hook,
+                    # serial: the chain's next step (or its stop) after every exit; the other
+                    # modes too, for a delivery made under another process's registry (a
+                    # rolling deploy that changed the mode) that carries a chain, and only for
+                    # those (`HOOK_WHEN_MARK`)
+                    on_job_exited=self._chain_hook(sub.mode != "serial"),
                     # two writes at most: a dead owner's hook is taken over sooner
                     on_job_exited_timeout=CHAIN_HOOK_TIMEOUT,
                 )
@@ -472,16 +473,17 @@ class EventBus:
 
     # ---- serial chains ---------------------------------------------------------------------
 
-    @property
-    def _chain_hook(self) -> Any:
+    def _chain_hook(self, only_when_chained: bool = False) -> Any:
         """`_advance_chain` as an on_job_exited that is called again until it succeeds (an
-        outage or a timeout never stops a chain for good: `HOOK_RETRIED_MARK`)."""
+        outage or a timeout never stops a chain for good: `HOOK_RETRIED_MARK`); with
+        `only_when_chained`, owed only by deliveries that carry a chain."""
 
         async def advance_chain(job: Job[Any]) -> None:
             await self._advance_chain(job)
 
         setattr(advance_chain, HOOK_RETRIED_MARK, True)
-        setattr(advance_chain, HOOK_WHEN_MARK, _carries_chain)
+        if only_when_chained:
+            setattr(advance_chain, HOOK_WHEN_MARK, _carries_chain)
         return advance_chain
 
     async def _advance_chain(self, job: Job[Any]) -> None:

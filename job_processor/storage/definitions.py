@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ..core import event_documents as E
-from ..core.definitions import CronDef
+from ..core.definitions import HOOK_WHEN_MARK, CronDef
 from ..core.payload_fields import payload_fields
 from .compat import IndexKeys, all_docs, decode_opt
 
@@ -42,7 +42,10 @@ def definition_fields(definition: Any) -> Doc:
         "max_attempts": definition.attempts,
         "max_runtime_in_minutes": definition.max_runtime_in_minutes,
         "backoff": definition.backoff.model_dump(mode="json"),
-        "has_exit_hook": definition.on_job_exited is not None,
+        # a hook owed only for some jobs (`HOOK_WHEN_MARK`: a delivery's chain step) is none
+        # for the others, which a process without the definition settles at once
+        "has_exit_hook": definition.on_job_exited is not None
+        and getattr(definition.on_job_exited, HOOK_WHEN_MARK, None) is None,
         "limit_key": definition.limit.key if getattr(definition, "limit", None) else None,
         "payload_model": model.__name__ if model is not None else None,
         "payload_schema": _schema(model),

@@ -215,3 +215,37 @@ async def test_a_run_job_cancelled_while_its_end_waits_for_a_hook_still_ends_its
     assert p.heartbeat.stop_event.is_set() and p._side_loops is None
     assert await p.storage.workers.all() == [] and calls == [job.id]
     assert (await p.run_job("long")).status == S.FINISHED  # its runtime starts again
+
+
+async def test_stop_during_an_outage_bounds_the_release_of_unstarted_claims(db: Any) -> None:
+    async def work(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"work": JobDef(handler=work)}, change_streams=False)  # lease 2 s
+    await p.start()
+    await wait_for(lambda: p.worker.idle.is_set())
+    outage_over = asyncio.Event()
+    releases: list[str] = []
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:  # MongoDB gone: no answer
+        await outage_over.wait()
+
+    async def release(doc: Any, why: str) -> Any:
+        releases.append(why)
+        await outage_over.wait()  # a write that waits for server selection
+
+    p.storage.workers.beat = unreachable  # the heartbeat hangs: the lease runs out
+    p.worker.claims.release = release
+    # a claim whose reply came once the stop began (kept, to be put back unstarted)
+    p.worker.claims.keep({"_id": ObjectId(), "run_id": "r1", "name": "work"}, "stopping")
+    p.worker.wake.set()
+    await wait_for(lambda: releases == ["stopping"])  # the claim loop is stuck in the release
+    began = asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(asyncio.shield(p.stop()), 8)  # lease 2 s, unregister 1 s
+        took = asyncio.get_running_loop().time() - began
+    except TimeoutError:
+        took = None
+    finally:
+        outage_over.set()
+    assert took is not None, "stop() did not end within 8 s (the lease is 2 s)"

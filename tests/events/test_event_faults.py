@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, WriteConcernError
 
-from job_processor import AbortSignal, Event, RetryLater, Subscriber, init_job_processor
+from job_processor import (
+    AbortSignal,
+    Event,
+    JobStatus,
+    RetryLater,
+    Subscriber,
+    init_job_processor,
+)
 from job_processor.storage.compat import decode
+from job_processor.sync import JobClient
 from tests.engine.test_crons import until
 from tests.events.test_events import make, wait_delivered
 from tests.helpers import FAST, wait_for
@@ -354,3 +364,29 @@ async def test_a_replay_keeps_its_event_as_long_again_as_it_was_kept_from_its_em
     assert job.status.value == "finished", job.error
     kept = await p.storage.events.coll.find_one({"_id": ObjectId(event.id)})
     assert kept is not None and decode(kept)["expires_at"] > now + dt.timedelta(days=29)
+
+
+async def test_a_client_retries_a_killed_async_delivery_at_once(mongo_url: str, db: Any) -> None:
+    async def crm(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(db, subscribers={"e": [Subscriber("crm", handler=crm)]}, **FAST)
+    async with p:  # a worker ran once: the registry has the subscriber's delivery name
+        pass
+    event = await p.emit("e", {})  # no worker up now: its delivery waits
+    (delivery,) = event.deliveries
+    job_id = delivery.job_id or ""
+
+    def from_a_web_app() -> tuple[JobStatus, float]:
+        mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+        try:
+            client = JobClient(mongo[db.name])  # a Django view, say: no jobs=, no hooks
+            client.kill_job(job_id)
+            began = time.monotonic()
+            job = client.retry_job(job_id)
+            return job.status, time.monotonic() - began
+        finally:
+            mongo.close()
+
+    status, took = await asyncio.to_thread(from_a_web_app)
+    assert status == JobStatus.PENDING and took < 2, (status, took)
