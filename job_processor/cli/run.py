@@ -204,7 +204,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         if busy is not None:
             raise UsageError(busy)
     stop = asyncio.Event()
-    with stop_on_signals(stop):  # a SIGTERM while it starts (its import, MongoDB's ping) stops it
+    # until serve() takes the signals over: a SIGTERM while it starts (its import, MongoDB's
+    # ping, the metrics server) stops it, nothing started
+    with stop_on_signals(stop):
         building = asyncio.create_task(build_processor(args.target, args.tags))
         signalled = asyncio.create_task(stop.wait())
         try:
@@ -218,31 +220,33 @@ async def cmd_run(args: argparse.Namespace) -> int:
             print("stopped before it started (SIGTERM or SIGINT)", file=sys.stderr)
             return 0
         processor = building.result()
-    server = None
-    if args.metrics_port is not None:
+        server = None
+        if args.metrics_port is not None:
+            try:
+                from ..ops import metrics
+            except ImportError:
+                raise UsageError(
+                    "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
+                ) from None
+            try:
+                server = metrics.serve(
+                    metrics.enable(processor), args.metrics_port, args.metrics_host
+                )
+            except (OSError, OverflowError) as exc:
+                taken = getattr(exc, "errno", None) == errno.EADDRINUSE
+                raise UsageError(
+                    f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
+                    + ("already in use: pick another port" if taken else str(exc))
+                ) from None
+            processor.log.info(  # the port bound: the system's choice for --metrics-port 0
+                "metrics_served", host=args.metrics_host, port=server.port, path="/metrics"
+            )
         try:
-            from ..ops import metrics
-        except ImportError:
-            raise UsageError(
-                "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
-            ) from None
-        try:
-            server = metrics.serve(metrics.enable(processor), args.metrics_port, args.metrics_host)
-        except (OSError, OverflowError) as exc:
-            taken = getattr(exc, "errno", None) == errno.EADDRINUSE
-            raise UsageError(
-                f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
-                + ("already in use: pick another port" if taken else str(exc))
-            ) from None
-        processor.log.info(  # the port bound: the system's choice for --metrics-port 0
-            "metrics_served", host=args.metrics_host, port=server.port, path="/metrics"
-        )
-    try:
-        await processor.serve(stop)
-    finally:
-        if server is not None:
-            server.close()
-    return 130 if processor.stop_forced else 0
+            await processor.serve(stop)
+        finally:
+            if server is not None:
+                server.close()
+        return 130 if processor.stop_forced else 0
 
 
 async def cmd_dashboard(args: argparse.Namespace) -> int:
