@@ -23,7 +23,7 @@ from job_processor.events.webhooks import generate_secret
 
 from ..conftest import url_with_db
 from ..receiver import Receiver, Reply, receiving
-from .test_processes import ROOT, Worker, wait_exit
+from .test_processes import ROOT, Worker, kill_all, wait_exit
 
 pytestmark = pytest.mark.e2e
 SECRET = generate_secret()
@@ -59,10 +59,7 @@ def spawn(mongo_url: str, db: Any, tmp_path: Path) -> Iterator[Callable[[str], W
         return workers[-1]
 
     yield start
-    for w in workers:
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait(10)
+    kill_all(workers)
 
 
 @pytest.fixture

@@ -36,6 +36,14 @@ class Worker:
         return self.log.read_text(errors="replace")
 
 
+def kill_all(workers: list[Worker]) -> None:
+    """The end of a test: the worker processes still running are killed, and all reaped."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait(10)
+
+
 @pytest.fixture
 def spawn(mongo_url: str, db: Any, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
@@ -65,10 +73,7 @@ def spawn(mongo_url: str, db: Any, tmp_path: Path) -> Iterator[Callable[..., Wor
         return worker
 
     yield start
-    for w in workers:
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait(10)
+    kill_all(workers)
 
 
 @pytest.fixture

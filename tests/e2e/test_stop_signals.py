@@ -25,7 +25,7 @@ from job_processor.storage.local_server import LocalServer, start_local_server
 from tests.helpers import wait_status
 
 from .app import JOBS
-from .test_processes import ROOT, Worker, wait_exit, wait_workers
+from .test_processes import ROOT, Worker, kill_all, wait_exit, wait_workers
 
 S = JobStatus
 pytestmark = pytest.mark.e2e
@@ -65,10 +65,7 @@ def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         return workers[-1]
 
     yield start
-    for w in workers:
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait(10)
+    kill_all(workers)
 
 
 @pytest.fixture

@@ -5,11 +5,14 @@ ends a run of failures counted meanwhile by a concurrent delivery."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -97,9 +100,10 @@ async def test_an_attempt_that_cannot_be_sent_is_recorded_and_counted(
     assert not got.enabled and got.disabled_reason == "1 consecutive failed deliveries"
 
 
-@pytest.fixture
-def trickling() -> Iterator[int]:
-    """A receiver that answers 200 at once, then sends one byte of its body every 0.2 s."""
+@contextlib.contextmanager
+def _dripping(first: bytes, drips: Iterable[bytes]) -> Iterator[int]:
+    """A receiver on a free port (yielded) that reads one request, sends `first` at once, then
+    each of `drips` 0.2 s apart, until they run out or the test ends."""
     stop = threading.Event()
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -108,13 +112,15 @@ def trickling() -> Iterator[int]:
     def serve() -> None:
         conn, _ = server.accept()
         conn.recv(65536)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        while not stop.is_set():
-            try:
-                conn.sendall(b"1\r\nx\r\n")
-            except OSError:
-                break
-            time.sleep(0.2)
+        try:
+            conn.sendall(first)
+            for drip in drips:
+                if stop.is_set():
+                    break
+                time.sleep(0.2)
+                conn.sendall(drip)
+        except OSError:
+            pass
         conn.close()
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -125,6 +131,23 @@ def trickling() -> Iterator[int]:
         stop.set()
         server.close()
         thread.join(5)
+
+
+@pytest.fixture
+def trickling() -> Iterator[int]:
+    """A receiver that answers 200 at once, then sends one byte of its body every 0.2 s."""
+    with _dripping(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", itertools.repeat(b"1\r\nx\r\n")
+    ) as port:
+        yield port
+
+
+@pytest.fixture
+def slow_headers() -> Iterator[int]:
+    """A receiver that sends its status line and headers one byte every 0.2 s."""
+    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 10_000
+    with _dripping(b"", (bytes([byte]) for byte in head)) as port:
+        yield port
 
 
 async def test_a_2xx_whose_body_trickles_is_delivered_within_the_timeout(
@@ -206,3 +229,23 @@ async def test_bookkeeping_sent_again_after_a_lost_reply_counts_once_and_disable
     assert got.consecutive_failures == 1 and not got.enabled
     said = [r for r in caplog.records if r.__dict__.get("event") == "webhook_endpoint_disabled"]
     assert len(said) == 1
+
+
+async def test_a_status_line_that_trickles_is_bounded_by_the_timeout(
+    db: Any, slow_headers: int
+) -> None:
+    """A receiver sending its status line and headers one byte at a time (each byte well
+    within `timeout`) held the delivery, and its worker slot, for as long as it trickled."""
+    options = WebhookOptions(backoff=QUICK, max_attempts=1, timeout=1.0)
+    p = await init_job_processor(db, webhook_options=options, **FAST)
+    await p.webhooks.add(url=f"http://127.0.0.1:{slow_headers}/h", events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        status = None
+        for _ in range(80):  # 8 s: eight times the timeout
+            shown = await p.get_event(event.id)
+            status = shown.deliveries[0].status
+            if status in ("finished", "errored"):
+                break
+            await asyncio.sleep(0.1)
+    assert status == "errored", f"the delivery is still {status} 8 s after a 1 s timeout"
