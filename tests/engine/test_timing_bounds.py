@@ -95,16 +95,27 @@ async def _plant(processor: Any, worker_id: str, last_seen: dt.datetime) -> str:
 
 
 def counted_sweeps(p: Any) -> list[dt.datetime]:
-    """The `now` of each sweep the processor makes from here on (its start's included)."""
+    """The `now` of each sweep the processor makes from here on (its start's included), each
+    counted once its whole pass has ended (the sweep, then its `after` step: the registry and
+    retention passes). Called before the processor starts. A test that moves the clock once a
+    pass is counted never moves it during that pass (which the loop reads as a slow pass, and
+    puts the next one half a period later)."""
     sweeps: list[dt.datetime] = []
-    real_sweep = p.recovery.sweep
+    passing: list[dt.datetime] = []
+    real_sweep, real_after = p.recovery.sweep, p.heartbeat.after_sweep
 
     async def counted(now: dt.datetime, definitions: bool = False) -> int:
         recovered = await real_sweep(now, definitions)
-        sweeps.append(now)
+        (sweeps if definitions else passing).append(now)  # the start's pass has no `after`
         return int(recovered)
 
+    async def after(now: dt.datetime) -> None:
+        await real_after(now)
+        sweeps.extend(passing)
+        passing.clear()
+
     p.recovery.sweep = counted
+    p.heartbeat.after_sweep = after
     return sweeps
 
 
