@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import errno
 import importlib
@@ -21,7 +20,7 @@ import structlog
 
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
-from ..engine.signals import stop_on_signals
+from ..engine.signals import stop_on_signals, unless_set
 from ..storage.connect import MISSING_URL, open_database
 from ..storage.local_server import bound_socket, free_port_near
 from .common import UsageError
@@ -208,15 +207,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     # ping, the metrics server) stops it, nothing started
     with stop_on_signals(stop):
         building = asyncio.create_task(build_processor(args.target, args.tags))
-        signalled = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({building, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            signalled.cancel()
-        if not building.done():
-            building.cancel()
-            with contextlib.suppress(BaseException):
-                await building
+        if not await unless_set(building, stop):
             print("stopped before it started (SIGTERM or SIGINT)", file=sys.stderr)
             return 0
         processor = building.result()

@@ -32,7 +32,7 @@ from .heartbeat import Heartbeat
 from .hooks import HookRunner
 from .ownership import OwnershipWatcher
 from .recovery import Recovery
-from .signals import stop_on_signals
+from .signals import stop_on_signals, unless_set
 from .upkeep import Registry, Trimmer
 from .wakeup import ChangeStreamWaker
 from .worker import Worker
@@ -325,19 +325,11 @@ class Runtime:
         force = asyncio.Event()
         with stop_on_signals(force):
             stopping = asyncio.create_task(self.stop(), name="graceful-stop")
-            forced = asyncio.create_task(force.wait())
-            try:
-                await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                forced.cancel()
-            if not stopping.done():
+            if await unless_set(stopping, force):
+                await stopping  # its exception, if any
+            else:
                 self.stop_forced = True
                 self.log.warning("worker_stop_forced", worker_id=self.worker_id)
-                stopping.cancel()
-                with contextlib.suppress(BaseException):
-                    await stopping
-            else:
-                await stopping  # its exception, if any
         if self.failed.is_set():
             raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
 

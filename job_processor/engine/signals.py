@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal as os_signal
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -25,3 +26,19 @@ def stop_on_signals(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def unless_set(task: asyncio.Task[Any], event: asyncio.Event) -> bool:
+    """Wait for `task` to end, unless `event` is set first: then cancel `task` and wait for its
+    end. True when `task` ended on its own (its result or error is then the caller's)."""
+    waiter = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return False
