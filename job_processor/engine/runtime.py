@@ -310,10 +310,12 @@ class Runtime:
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """start(), block until SIGTERM/SIGINT (or a crashed loop, or `stop` set), then stop().
-        A second signal during that stop ends it at once (`worker_stop_forced`; `stop_forced`
-        set): runs not written yet are left to the other workers' recovery."""
+        A second signal, during that stop or already during start(), ends the stop at once
+        (`worker_stop_forced`; `stop_forced` set): runs not written yet are left to the other
+        workers' recovery."""
         stop = stop or asyncio.Event()
-        with stop_on_signals(stop):
+        force = asyncio.Event()  # a signal once `stop` is set, even during start()
+        with stop_on_signals(stop, then=force):
             if not stop.is_set():  # a signal before the start: nothing was started
                 await self.start()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
@@ -322,8 +324,7 @@ class Runtime:
             finally:
                 for w in waiters:
                     w.cancel()
-        force = asyncio.Event()
-        with stop_on_signals(force):
+            stop.set()  # a crashed loop stops it too: any signal from now on forces the stop
             stopping = asyncio.create_task(self.stop(), name="graceful-stop")
             if await unless_set(stopping, force):
                 await stopping  # its exception, if any

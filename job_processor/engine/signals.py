@@ -1,4 +1,4 @@
-"""OS signal handling for `serve()`: SIGTERM / SIGINT start a graceful stop."""
+"""OS signal handling for `serve()`: SIGTERM / SIGINT stop gracefully; another one forces it."""
 
 from __future__ import annotations
 
@@ -13,13 +13,22 @@ from typing import Any
 def stop_on_signals(
     event: asyncio.Event,
     signals: tuple[os_signal.Signals, ...] = (os_signal.SIGTERM, os_signal.SIGINT),
+    *,
+    then: asyncio.Event | None = None,
 ) -> Iterator[None]:
-    """While inside, SIGTERM/SIGINT set `event` instead of killing the process."""
+    """While inside, SIGTERM/SIGINT set `event` instead of killing the process; with `then`,
+    a signal that finds `event` already set sets `then` (a second signal forces the stop)."""
     loop = asyncio.get_running_loop()
+
+    def received() -> None:
+        if then is not None and event.is_set():
+            then.set()
+        event.set()
+
     installed = []
     for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, event.set)
+            loop.add_signal_handler(sig, received)
             installed.append(sig)
     try:
         yield

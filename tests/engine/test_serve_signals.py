@@ -1,0 +1,59 @@
+"""`serve()` and signals: one SIGTERM/SIGINT stops gracefully, a second one forces the stop,
+even when both came while `start()` was still running (the second was absorbed before)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef
+from job_processor.engine.signals import stop_on_signals
+from tests.helpers import make
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def delivered() -> None:
+    """Let the loop read the signal from its wake-up fd and call the handler (a few turns)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_a_signal_once_the_event_is_set_sets_then() -> None:
+    stop, force = asyncio.Event(), asyncio.Event()
+    with stop_on_signals(stop, then=force):
+        os.kill(os.getpid(), signal.SIGTERM)
+        await delivered()
+        assert stop.is_set() and not force.is_set()
+        os.kill(os.getpid(), signal.SIGINT)
+        await delivered()
+        assert force.is_set()
+
+
+async def _serve_with_signals_during_start(db: Any, signals: int) -> bool:
+    processor = await make(db, {"noop": JobDef(handler=noop)})
+    start = processor.start
+
+    async def start_then_signalled() -> None:
+        await start()
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+            await delivered()
+
+    processor.start = start_then_signalled  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    await asyncio.wait_for(processor.serve(stop), 30)
+    assert stop.is_set()
+    return processor.stop_forced
+
+
+async def test_one_signal_during_start_stops_gracefully(db: Any) -> None:
+    assert await _serve_with_signals_during_start(db, 1) is False
+
+
+async def test_a_second_signal_during_start_forces_the_stop(db: Any) -> None:
+    assert await _serve_with_signals_during_start(db, 2) is True
