@@ -141,8 +141,19 @@ class CronScheduler:
                 )
             self.on_task_created(task)
         assert plan.next_slot is not None
-        await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now, doc)
+        if not await self.storage.crons.advance(name, doc["next_slot"], plan.next_slot, now, doc):
+            await self._withdraw_if_pruned(name)
         doc["next_slot"] = plan.next_slot  # if another replica advanced it, the refresh corrects
+
+    async def _withdraw_if_pruned(self, name: str) -> None:
+        """A cron removed (`prune_crons`) between this replica's read of it and its move to the
+        next slot: the tasks it has just inserted are deleted as the prune deleted the others
+        (pending ones only: one already claimed runs)."""
+        if await self.storage.crons.docs([name]):
+            return  # another replica advanced it, or a deploy changed its schedule
+        self._docs.pop(name, None)
+        withdrawn = await self.storage.jobs.delete_pending_tasks_of([name])
+        self.log.info("cron_tasks_withdrawn", job_name=name, count=withdrawn)
 
     def followed(self, name: str, cron: CronDef) -> CronDef:
         """`cron` as every replica follows it, with the stored schedule, time zone, check-in

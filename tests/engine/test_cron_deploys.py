@@ -88,3 +88,30 @@ async def test_a_registration_between_read_and_advance_adds_an_off_schedule_slot
     slots = sorted([d["scheduled_for"] async for d in db["job_processor_jobs"].find({})])
     minutes = [int((s.replace(tzinfo=dt.UTC) - T0) / MIN) for s in slots]
     assert minutes == [0, 15, 30]  # the stored schedule */15: 00:05 is not one of its slots
+
+
+async def test_a_prune_between_a_replicas_read_and_its_insert_leaves_no_pending_task(
+    db: Any,
+) -> None:
+    clock = FakeClock(T0 - MIN)
+    replica = await init_job_processor(
+        db, crons={"c": {"cron_string": "*/5 * * * *", "handler": tick}}, clock=clock, **FAST
+    )
+    pruner = await init_job_processor(db, jobs={}, clock=clock, **FAST)  # defines no cron
+    insert = replica.storage.jobs.insert
+    pruned: list[str] = []
+
+    async def prune_then_insert(*a: Any, **kw: Any) -> Any:
+        if not pruned:  # the replica read the cron; the prune lands before its insert
+            pruned.extend(await pruner.prune_crons())
+        return await insert(*a, **kw)
+
+    replica.storage.jobs.insert = prune_then_insert  # type: ignore[method-assign]
+    clock.set(T0)
+    await replica.scheduler.tick()  # fires 00:00 from what it read before the prune
+    assert pruned == ["c"]
+    assert await db["job_processor_crons"].count_documents({}) == 0
+    assert await db["job_processor_jobs"].count_documents({"name": "c"}) == 0
+    clock.set(T0 + 5 * MIN)
+    await replica.scheduler.tick()  # the cron is gone: nothing fires any more
+    assert await db["job_processor_jobs"].count_documents({"name": "c"}) == 0
