@@ -55,6 +55,9 @@ STRAYS_EVERY = dt.timedelta(minutes=5)
 #: steps has finished). The sweep's one query finds them: adopted 30 to 45 s after the insert
 #: at the default sweep every 15 s.
 BARE_AGE = dt.timedelta(seconds=30)
+#: Bare inserts adopted per query, and at most per sweep (2,000 every 15 s at the defaults).
+BARE_BATCH = 100
+BARE_PER_SWEEP = 2000
 
 
 def is_dead(last_seen: dt.datetime, now: dt.datetime, worker_timeout: float) -> bool:
@@ -208,7 +211,7 @@ class Recovery:
                 self.worker.gave_up.pop(str(doc.get("run_id")), None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
-        if found.bare:  # the same query found some: adopt them
+        if found.bare or found.full:  # the same query found some (or could not list them all)
             await self.adopt_bare(now)
         if self._strays_checked is None or now - self._strays_checked >= STRAYS_EVERY:
             self._strays_checked = now
@@ -222,9 +225,15 @@ class Recovery:
         return recovered
 
     async def adopt_bare(self, now: dt.datetime) -> int:
-        """Bare inserts (`{name, payload}`) `BARE_AGE` old, made claimable (at most 100 a
-        sweep; the sweep's query finds them)."""
-        bare = await self.storage.jobs.adopt_bare(now - BARE_AGE, now)
+        """Bare inserts (`{name, payload}`) `BARE_AGE` old, made claimable (the sweep's query
+        finds them): in batches of `BARE_BATCH` while batches come back full, up to
+        `BARE_PER_SWEEP` a sweep (a burst waits for the next sweep beyond that)."""
+        bare = 0
+        while bare < BARE_PER_SWEEP:
+            batch = await self.storage.jobs.adopt_bare(now - BARE_AGE, now, BARE_BATCH)
+            bare += batch
+            if batch < BARE_BATCH:
+                break
         if bare:
             self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)
         return bare

@@ -53,6 +53,8 @@ class Attention:
     """The flows' records."""
     bare: list[Doc]
     """Bare inserts old enough to adopt."""
+    full: bool = False
+    """The query filled its limit: what it did not return may hold bare inserts too."""
 
 
 class JobReads:
@@ -148,7 +150,8 @@ class JobReads:
         owed hooks are read again on their own, so that such a backlog never delays a crashed
         worker's recovery."""
         docs = await all_docs(self.attention_cursor(cutoff, now, bare_before))
-        if len(docs) >= ATTENTION_LIMIT:
+        full = len(docs) >= ATTENTION_LIMIT
+        if full:
             seen = {d["_id"] for d in docs}
             for branch in recovery_branches(cutoff, now):
                 more = await all_docs(self.coll.find(branch).limit(ATTENTION_LIMIT))
@@ -163,10 +166,12 @@ class JobReads:
                 for d in docs
                 if d.get("status") is None
                 and isinstance(d.get("name"), str)
+                and d["name"]
                 and bare_before is not None
                 and isinstance(d["_id"], ObjectId)
                 and d["_id"].generation_time < bare_before
             ],
+            full=full,
         )
 
     async def running(self) -> list[Doc]:

@@ -22,6 +22,8 @@ Doc = dict[str, Any]
 S = JobStatus
 #: MongoDB's error code for an update that cannot apply to a field's type ($inc on a string).
 TYPE_MISMATCH = 14
+#: A bare insert's `name` that a job can be claimed under: a non-empty string.
+NAMED: dict[str, Any] = {"$type": "string", "$gt": ""}
 
 
 class ForeignJobs:
@@ -100,22 +102,26 @@ class ForeignJobs:
     def bare_cursor(self, inserted_before: dt.datetime, limit: int = 100) -> Any:
         """Documents with no status, inserted before `inserted_before` (the real-server tier
         asserts its plan: the {status, worker_id} index, status missing reading as null)."""
-        old = {"status": None, "_id": {"$lt": ObjectId.from_datetime(inserted_before)}}
+        old = {
+            "status": None,
+            "_id": {"$lt": ObjectId.from_datetime(inserted_before)},
+            "name": NAMED,  # a document with no name to claim it under is left as it is
+        }
         return self.coll.find(old, {"_id": 1, "name": 1, "scheduled_for": 1}).limit(limit)
 
-    async def adopt_bare(self, inserted_before: dt.datetime, now: dt.datetime) -> int:
+    async def adopt_bare(
+        self, inserted_before: dt.datetime, now: dt.datetime, limit: int = 100
+    ) -> int:
         """Jobs another program inserted as bare `{name, payload}` (no `status`, `claim_name`
         or `due_ms`), before `inserted_before`: made pending and claimable, due at their
         `scheduled_for` if they have one, else at their insert time. Their first claim fills in
         the rest (a missing `created_at` marks them as foreign, see `documents.completion`).
-        At most 100 per call; one compare-and-set each (on the {status, ...} index: status
+        At most `limit` per call; one compare-and-set each (on the {status, ...} index: status
         missing reads as null)."""
         check_transition(None, S.PENDING)
         adopted = 0
-        async for doc in self.bare_cursor(inserted_before):
-            name = doc.get("name")
-            if not isinstance(name, str) or not name:
-                continue  # no name to claim it under: `get_job` shows it as it is
+        async for doc in self.bare_cursor(inserted_before, limit):
+            name = str(doc["name"])
             when = doc.get("scheduled_for")
             due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
             res = await self.coll.update_one(

@@ -1,0 +1,65 @@
+"""Bare inserts (`{name, payload}` written by another program) are adopted by the sweep that
+finds them 30 s old, a burst too (up to 2,000 a sweep), and documents with no usable name
+never hold the others back (docs/scale.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, Job, JobDef
+from tests.helpers import make
+
+
+def oid_at(t: dt.datetime) -> ObjectId:
+    """An ObjectId made at `t` (unique: random low bytes)."""
+    return ObjectId(int(t.timestamp()).to_bytes(4, "big") + os.urandom(8))
+
+
+async def send(job: Job, signal: AbortSignal) -> str:
+    return "ok"
+
+
+async def test_a_burst_of_bare_inserts_is_adopted_by_one_sweep(db: Any) -> None:
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=31)
+    await coll.insert_many(
+        [{"_id": oid_at(at), "name": "send-email", "payload": {"n": n}} for n in range(250)]
+    )
+    await processor.recovery.sweep(processor.clock.now())  # one sweep, as the loop makes it
+    assert await coll.count_documents({"status": "pending"}) == 250
+
+
+async def test_documents_with_no_usable_name_never_hold_a_bare_insert_back(db: Any) -> None:
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    nameless = [{"nmae": "send-email"}, {"name": ""}, {"name": 7}, {"name": None}]
+    await coll.insert_many(
+        [{"_id": oid_at(old), "payload": {}} | nameless[n % 4] for n in range(120)]
+    )
+    good = oid_at(old + dt.timedelta(seconds=1))
+    await coll.insert_one({"_id": good, "name": "send-email", "payload": {}})
+    await processor.recovery.sweep(processor.clock.now())
+    doc = await coll.find_one({"_id": good})
+    assert doc is not None and doc.get("status") == "pending"
+    # the nameless ones are left as they were
+    assert await coll.count_documents({"status": {"$exists": False}}) == 120
+
+
+async def test_a_bare_insert_behind_a_full_sweep_query_is_adopted(db: Any) -> None:
+    """More nameless documents than the sweep's one query returns: the bare insert it did not
+    list is looked for all the same."""
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    await coll.insert_many([{"_id": oid_at(old), "payload": {}} for _ in range(1100)])
+    good = oid_at(old + dt.timedelta(seconds=1))
+    await coll.insert_one({"_id": good, "name": "send-email", "payload": {}})
+    await processor.recovery.sweep(processor.clock.now())
+    doc = await coll.find_one({"_id": good})
+    assert doc is not None and doc.get("status") == "pending"
