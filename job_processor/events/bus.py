@@ -64,6 +64,9 @@ FAILED = frozenset({S.ERRORED.value, S.KILLED.value})
 #: Seconds a serial chain's hook may take; recovery takes over a dead owner's hook after
 #: worker_timeout + this.
 CHAIN_HOOK_TIMEOUT = 10.0
+#: Owed fan-outs completed per read, and at most per sweep (a larger backlog: the next sweeps).
+OWED_BATCH = 200
+OWED_PER_SWEEP = 2000
 
 
 def _first_line(text: str | None) -> str:
@@ -542,17 +545,21 @@ class EventBus:
         emitter died, or lost MongoDB, in between). Called by the periodic recovery sweep."""
         cutoff = to_millis(now - dt.timedelta(seconds=self.worker_timeout))
         done = 0
-        for doc in await self.storage.events.owed(cutoff):
-            created = await complete_fanout(self.storage, doc, now)
-            done += 1
-            self.log.warning(
-                "event_fanout_recovered",
-                event_id=str(doc["_id"]),
-                event_name=doc["name"],
-                emitted_by=doc.get("emitted_by"),
-                deliveries=len(created),
-            )
-            self._wake(created)
+        while done < OWED_PER_SWEEP:
+            batch = await self.storage.events.owed(cutoff, OWED_BATCH)  # the oldest first
+            for doc in batch:
+                created = await complete_fanout(self.storage, doc, now)
+                done += 1
+                self.log.warning(
+                    "event_fanout_recovered",
+                    event_id=str(doc["_id"]),
+                    event_name=doc["name"],
+                    emitted_by=doc.get("emitted_by"),
+                    deliveries=len(created),
+                )
+                self._wake(created)
+            if len(batch) < OWED_BATCH:
+                break
         return done
 
 

@@ -95,7 +95,8 @@ class EventStore:
         return bool(res.modified_count)
 
     def owed_cursor(self, cutoff: dt.datetime, limit: int = 200) -> Any:
-        return self.coll.find({"fanout_owed_at": {"$lt": cutoff}}).limit(limit)
+        owed = {"fanout_owed_at": {"$lt": cutoff}}
+        return self.coll.find(owed).sort("fanout_owed_at", 1).limit(limit)
 
     async def owed(self, cutoff: dt.datetime, limit: int = 200) -> list[Doc]:
         """Events whose fan-out was recorded as owed before `cutoff` and not completed."""

@@ -390,3 +390,26 @@ async def test_a_client_retries_a_killed_async_delivery_at_once(mongo_url: str, 
 
     status, took = await asyncio.to_thread(from_a_web_app)
     assert status == JobStatus.PENDING and took < 2, (status, took)
+
+
+async def test_one_sweep_completes_a_burst_of_owed_fan_outs(db: Any) -> None:
+    """250 events whose emitter died before their fan-out (an outage during a burst of emits):
+    the first sweep past `worker_timeout` creates all their deliveries, not the first 200."""
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(
+        db, {"shipped": [Subscriber("audit", handler=audit)]}, worker_timeout=30.0
+    )
+
+    async def died(stored: Any, now: Any) -> Any:  # the emitter died after the event insert
+        return [], False
+
+    processor.events._fan_out = died  # type: ignore[method-assign]
+    await asyncio.gather(*(processor.emit("shipped", {"n": n}) for n in range(250)))
+    deliveries = db["job_processor_jobs"]
+    assert await deliveries.count_documents({}) == 0
+    later = processor.clock.now() + dt.timedelta(seconds=31)
+    assert await processor.events.sweep(later) == 250
+    assert await deliveries.count_documents({}) == 250
