@@ -286,6 +286,8 @@ class EventBus:
         """An event nobody listens to: often a misspelt name. Warn with the closest known event
         names (or raise, with `strict_events=True`, before anything is stored)."""
         known = await self.known_event_names()
+        if name not in known and self.strict_events:  # about to refuse: not on a stale read
+            known = await self.known_event_names(fresh=True)
         if name in known:  # not a typo: its only listeners are disabled webhook endpoints
             self.log.warning(
                 "event_without_target",
@@ -308,11 +310,11 @@ class EventBus:
             "and a replay delivers it once one does",
         )
 
-    async def known_event_names(self) -> set[str]:
+    async def known_event_names(self, fresh: bool = False) -> set[str]:
         """The event names subscribers and webhook endpoints listen to (read at most once a
-        minute per process)."""
+        minute per process, unless `fresh`)."""
         at = self.clock.now().timestamp()
-        if self._known_events is None or at - self._known_events[0] > 60:
+        if fresh or self._known_events is None or at - self._known_events[0] > 60:
             names = {str(r["event"]) for r in await self.storage.subscribers.all()}
             for endpoint in await self.storage.webhooks.all():
                 names |= {str(e) for e in endpoint.get("events") or [] if e != "*"}

@@ -503,11 +503,15 @@ async def test_an_event_whose_endpoint_is_disabled_is_not_a_typo_and_its_warning
     db: Any,
 ) -> None:
     """Its only listener, a webhook endpoint, is disabled: strict_events does not refuse it
-    (the name is known), no did-you-mean names the event itself; once a subscriber listens and
-    the events are replayed, the status warning is gone."""
+    (the name is known, even when it became known since the process last read the names:
+    a refusal reads them again), no did-you-mean names the event itself; once a subscriber
+    listens and the events are replayed, the status warning is gone."""
+    from job_processor import InvalidArgumentError
     from job_processor.events.webhooks import generate_secret
 
     strict = await make(db, None, strict_events=True, webhook_secrets={"s": generate_secret()})
+    with pytest.raises(InvalidArgumentError):  # a typo refused: the known names read (none)
+        await strict.emit("order.payd", {"order": 0})
     hook = await strict.webhooks.add(
         url="https://hooks.example.com/paid", events=["order.paid"], secret_ref="s"
     )
