@@ -82,9 +82,13 @@ class CronScheduler:
             docs = await self.storage.crons.docs(list(self.crons))
             self._docs = {d["_id"]: d for d in docs}
             self._refresh_at = now + dt.timedelta(seconds=self.refresh_interval)
-            await self.storage.jobs.expire_missed_cron_tasks(
+            expired = await self.storage.jobs.expire_missed_by_name(
                 now, {name: self._skip_expiry(cron, now) for name, cron in self.crons.items()}
             )
+            for name, count in expired.items():  # no worker started them within the margin
+                for _ in range(count):
+                    self.telemetry.cron_slot(name, "missed")
+                self.log.warning("cron_tasks_missed", job_name=name, count=count)
         for doc in list(self._docs.values()):
             if doc["next_slot"] <= now and doc["_id"] in self.crons:
                 await self.fire(doc, now)

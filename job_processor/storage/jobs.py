@@ -96,6 +96,25 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
 MAX_VALUE_BYTES = D.MAX_PAYLOAD_BYTES
 
 
+#: What a cron task recorded as missed loses (its keys: a later slot may run).
+UNSET_MISSED = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
+
+
+def _missed_tasks(now: dt.datetime) -> Doc:
+    """Cron tasks that never started and are past their start deadline (a retry of a task
+    that did start is not one)."""
+    return {
+        "type": "cron_task",
+        "status": S.PENDING.value,
+        "start_deadline": {"$lt": now},
+        "attempt": 0,
+    }
+
+
+def _missed(now: dt.datetime) -> Doc:
+    return {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now, "updated_at": now}
+
+
 def object_id(job_id: str | ObjectId) -> ObjectId:
     if isinstance(job_id, ObjectId):
         return job_id
@@ -165,29 +184,29 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         cron name -> when its skipped tasks may be deleted (its retention); without it, every
         cron's tasks, kept."""
         check_transition(S.PENDING, S.SKIPPED)
-        query: Doc = {
-            "type": "cron_task",
-            "status": S.PENDING.value,
-            "start_deadline": {"$lt": now},
-            "attempt": 0,
-        }
-        fields: Doc = {
-            "status": S.SKIPPED.value,
-            "skip_reason": "missed",
-            "ended_at": now,
-            "updated_at": now,
-        }
-        unset = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
         if expiry is None:
-            res = await self.coll.update_many(query, {"$set": fields, "$unset": unset})
+            res = await self.coll.update_many(
+                _missed_tasks(now),
+                {"$set": _missed(now), "$unset": UNSET_MISSED},
+            )
             return int(res.modified_count)
-        expired = 0
+        return sum((await self.expire_missed_by_name(now, expiry)).values())
+
+    async def expire_missed_by_name(
+        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None]
+    ) -> dict[str, int]:
+        """`expire_missed_cron_tasks` for these crons (name -> its skipped tasks' expiry):
+        how many tasks each had expired."""
+        check_transition(S.PENDING, S.SKIPPED)
+        expired: dict[str, int] = {}
         for name, expires_at in expiry.items():
             extra = {"expires_at": expires_at} if expires_at is not None else {}
             res = await self.coll.update_many(
-                query | {"name": name}, {"$set": fields | extra, "$unset": unset}
+                _missed_tasks(now) | {"name": name},
+                {"$set": _missed(now) | extra, "$unset": UNSET_MISSED},
             )
-            expired += int(res.modified_count)
+            if res.modified_count:
+                expired[name] = int(res.modified_count)
         return expired
 
     def due_by_key_cursor(

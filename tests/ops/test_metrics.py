@@ -180,3 +180,23 @@ async def test_a_paused_name_is_a_gauge(db: Any) -> None:
         got = samples((await metrics.render(m)).decode())
     assert got[("job_processor_name_paused", (("name", "ok"),))] == 1
     assert ("job_processor_name_paused", (("name", "flaky"),)) not in got
+
+
+async def test_a_slot_no_worker_started_within_its_margin_counts_as_missed(db: Any) -> None:
+    """The documented alert (`cron_slots_total{outcome="missed"}`) fires when the queue is
+    blocked: the scheduler's refresh records the task missed, and counts it."""
+    from job_processor import FakeClock
+
+    now = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+    clock = FakeClock(now)
+    crons = {"hourly": {"cron_string": "0 * * * *", "handler": tick, "checkin_margin": 5}}
+    processor = await make(db, {}, crons=crons, clock=clock)
+    m = metrics.enable(processor)
+    clock.set(now + dt.timedelta(hours=1))  # due: its task is created, no worker runs it
+    await processor.scheduler.tick()
+    clock.set(now + dt.timedelta(hours=1, minutes=6))  # past the margin, still pending
+    await processor.scheduler.tick()
+    [task] = await processor.list_jobs("hourly")
+    assert (task.status, task.skip_reason) == ("skipped", "missed")
+    assert m.cron_slots.labels("hourly", "run")._value.get() == 1
+    assert m.cron_slots.labels("hourly", "missed")._value.get() == 1
