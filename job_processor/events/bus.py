@@ -20,7 +20,6 @@ listed like any other). This module decides which jobs exist and when:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -336,7 +335,7 @@ class EventBus:
         while True:
             remaining = (deadline - self.clock.now()).total_seconds()
             try:
-                async with asyncio.timeout(max(remaining, 0.05)):
+                async with self.storage.producer.bounded(max(remaining, 0.05)):
                     # whether the fan-out is done is read first: one completed after the
                     # read of the deliveries would make a delivery that read missed look deleted
                     done_before = made or await self._fanned_out(event.id)
@@ -346,7 +345,8 @@ class EventBus:
                 if not pending and (made or len(docs) == len(keys)):
                     break
             except (PyMongoError, TimeoutError) as exc:
-                if not is_transient(exc) and not isinstance(exc, TimeoutError):
+                timed_out = isinstance(exc, TimeoutError) or getattr(exc, "timeout", False)
+                if not is_transient(exc) and not timed_out:  # a bounded read ran out: retried
                     raise
             remaining = (deadline - self.clock.now()).total_seconds()
             if remaining <= 0:
@@ -393,7 +393,7 @@ class EventBus:
                 continue
             job_name = E.delivery_job_name(event.name, target)
             try:  # a hint only: never a wait past the timeout, nor an outage's error
-                async with asyncio.timeout(1.0):
+                async with self.storage.producer.bounded(1.0):
                     served: list[Doc] | None = await self.storage.workers.serving(job_name, cutoff)
             except (PyMongoError, TimeoutError):
                 served = None

@@ -9,8 +9,9 @@ last error is raised and the caller abandons the run to recovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pymongo
@@ -117,6 +118,17 @@ class ProducerRetry:
             time.sleep(max(seconds, 0.0))  # noqa: ASYNC251 - no event loop (sync_adapter)
         else:
             await asyncio.sleep(max(seconds, 0.0))
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, seconds: float) -> AsyncIterator[None]:
+        """`async with`: the reads inside end within `seconds` (TimeoutError, or PyMongo's own
+        timeout error when driven without an event loop, where asyncio.timeout cannot run)."""
+        if self.sync:
+            with pymongo.timeout(max(seconds, 0.001)):
+                yield
+        else:
+            async with asyncio.timeout(seconds):
+                yield
 
     async def run(self, op: Callable[[bool], Awaitable[T]], within: float | None = None) -> T:
         """`within`: a shorter budget for this call (a wait with a deadline)."""

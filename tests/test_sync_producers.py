@@ -1,0 +1,74 @@
+"""job_processor.sync.JobClient's producer verbs at their edges (an outside review's findings):
+an emit that waits for sync subscribers, a Job given where an id is expected, what a wait
+reads, the registry read again when a name is missing, one warning per batch, the first
+call's wait bounded by its timeout, batch errors naming the item."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from job_processor import AbortSignal, Event, Subscriber, init_job_processor
+from job_processor.sync import JobClient
+from tests.helpers import FAST
+
+
+@pytest.fixture
+def sync_db(mongo_url: str) -> Iterator[Database[Any]]:
+    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    db = client[f"jp_sync_{uuid.uuid4().hex[:10]}"]
+    yield db
+    client.drop_database(db.name)
+    client.close()
+
+
+async def never(job: Any, signal: Any) -> None:
+    raise AssertionError("a JobClient never runs handlers")
+
+
+async def test_an_emit_waits_for_its_sync_subscriber(mongo_url: str, db: Any) -> None:
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    worker = await init_job_processor(
+        db, subscribers={"paid": [Subscriber("audit", handler=audit, mode="sync")]}, **FAST
+    )
+
+    def from_a_web_app() -> Any:
+        mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+        try:
+            return JobClient(mongo[db.name]).emit("paid", {"n": 1}, sync_timeout=20)
+        finally:
+            mongo.close()
+
+    async with worker:  # it runs the delivery
+        event = await asyncio.to_thread(from_a_web_app)
+    assert [d.status for d in event.deliveries] == ["finished"]
+
+
+async def test_an_emit_whose_sync_subscriber_nobody_runs_times_out(db: Any, mongo_url: str) -> None:
+    from job_processor import EventTimeoutError
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    # registers the subscriber; never started: no worker runs the delivery
+    await init_job_processor(
+        db, subscribers={"paid": [Subscriber("audit", handler=audit, mode="sync")]}, **FAST
+    )
+
+    def from_a_web_app() -> Any:
+        mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+        try:
+            return JobClient(mongo[db.name]).emit("paid", {"n": 1}, sync_timeout=0.5)
+        finally:
+            mongo.close()
+
+    with pytest.raises(EventTimeoutError, match="'audit' is pending"):
+        await asyncio.to_thread(from_a_web_app)
