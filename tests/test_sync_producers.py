@@ -72,3 +72,28 @@ async def test_an_emit_whose_sync_subscriber_nobody_runs_times_out(db: Any, mong
 
     with pytest.raises(EventTimeoutError, match="'audit' is pending"):
         await asyncio.to_thread(from_a_web_app)
+
+
+def test_a_job_given_for_its_id_is_taken_and_never_shown(sync_db: Database[Any]) -> None:
+    from job_processor import JobDef, JobNotFoundError
+
+    client = JobClient(sync_db, {"charge": JobDef(handler=never)})
+    job = client.schedule_job("charge", {"card": "4111-1111-1111-1111"})
+    assert client.get_job(job).id == job.id  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError) as caught:  # still pending at the deadline
+        client.result(job, timeout=0.2)  # type: ignore[arg-type]
+    assert "4111" not in str(caught.value)
+    with pytest.raises(JobNotFoundError, match=r"^a dict is not a job id: pass the job's id"):
+        client.get_job({"card": "4111-1111-1111-1111"})  # type: ignore[arg-type]
+    with pytest.raises(JobNotFoundError, match=r"^'x{40}\.\.\.' is not a job id"):
+        client.get_job("x" * 5000)
+
+
+def test_get_jobs_given_one_id_says_it_takes_a_list(sync_db: Database[Any]) -> None:
+    from job_processor import InvalidArgumentError, JobDef
+
+    client = JobClient(sync_db, {"charge": JobDef(handler=never)})
+    job = client.schedule_job("charge", {})
+    with pytest.raises(InvalidArgumentError, match=r"get_jobs takes a list of job ids, got a str"):
+        client.get_jobs(job.id)  # type: ignore[arg-type]
+    assert [j.id for j in client.get_jobs([job.id, job])] == [job.id, job.id]  # type: ignore[list-item]

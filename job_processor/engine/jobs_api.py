@@ -291,6 +291,11 @@ class JobsAPI(Runtime):
     async def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
         """These jobs, in the order given, in one query (those that do not exist are left
         out): e.g. a flow's children, `job.after`."""
+        if isinstance(job_ids, str | bytes | ObjectId | Job) or not isinstance(job_ids, Iterable):
+            raise InvalidArgumentError(
+                f"get_jobs takes a list of job ids, got a {type(job_ids).__name__}: "
+                "get_jobs([job_id]), or get_job(job_id) for one"
+            )
         ids = [object_id(i) for i in job_ids]
         found = await self.storage.producer.run(lambda _: self.storage.jobs.get_many(ids))
         by_id = {d["_id"]: d for d in found}
@@ -300,7 +305,7 @@ class JobsAPI(Runtime):
         oid = object_id(job_id)
         doc = await self.storage.producer.run(lambda _: self.storage.jobs.get(oid))
         if doc is None:
-            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+            raise JobNotFoundError(f"no job with id {str(oid)!r}")
         return Job.read(doc)
 
     @keywords_checked
@@ -356,7 +361,7 @@ class JobsAPI(Runtime):
         produce = self.storage.producer.run
         stored = await produce(lambda _: self.storage.jobs.get(oid))
         if stored is None:
-            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
+            raise JobNotFoundError(f"no job with id {str(oid)!r}")
         if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
             stored = await self._settle_hook(stored) or stored
         name = str(stored["name"])
@@ -462,7 +467,7 @@ class JobsAPI(Runtime):
         deadline = None if timeout is None else start + float(timeout)
         stream = await self._open_stream(oid, deadline)  # before the first read: none missed
         try:
-            return await self._wait(oid, str(job_id), timeout, deadline, stream)
+            return await self._wait(oid, str(oid), timeout, deadline, stream)
         finally:
             if stream is not None:
                 self._waiters_on_streams -= 1

@@ -25,6 +25,7 @@ from ..core import foreign as FD
 from ..core import notes as N
 from ..core.documents import CLAIM_SORT
 from ..core.errors import JobNotFoundError
+from ..core.models import Job
 from ..core.outcome import Outcome
 from ..core.retention import Retention
 from ..core.status import JobStatus, check_transition
@@ -116,12 +117,23 @@ def _missed(now: dt.datetime) -> Doc:
 
 
 def object_id(job_id: str | ObjectId) -> ObjectId:
+    """A job id as given (a str or an ObjectId; a Job is taken for its id). An error never
+    shows more of what was given than a short string (a payload could be in it)."""
     if isinstance(job_id, ObjectId):
         return job_id
+    given: Any = job_id
+    if isinstance(given, Job):
+        given = given.id
+    if not isinstance(given, str):
+        raise JobNotFoundError(
+            f"a {type(given).__name__} is not a job id: pass the job's id, a str of 24 hex "
+            "characters (job.id)"
+        )
     try:
-        return ObjectId(job_id)
-    except (bson.errors.InvalidId, TypeError):
-        raise JobNotFoundError(f"{job_id!r} is not a job id (24 hex characters)") from None
+        return ObjectId(given)
+    except bson.errors.InvalidId:
+        shown = given if len(given) <= 40 else given[:40] + "..."
+        raise JobNotFoundError(f"{shown!r} is not a job id (24 hex characters)") from None
 
 
 class LostClaim(Exception):
