@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
+from bson import ObjectId
+from pymongo import MongoClient, monitoring
 from pymongo.database import Database
 
 from job_processor import AbortSignal, Event, Subscriber, init_job_processor
@@ -97,3 +98,46 @@ def test_get_jobs_given_one_id_says_it_takes_a_list(sync_db: Database[Any]) -> N
     with pytest.raises(InvalidArgumentError, match=r"get_jobs takes a list of job ids, got a str"):
         client.get_jobs(job.id)  # type: ignore[arg-type]
     assert [j.id for j in client.get_jobs([job.id, job])] == [job.id, job.id]  # type: ignore[list-item]
+
+
+class FindReplies(monitoring.CommandListener):
+    """The bytes of `find` replies on a client (PyMongo's command monitoring)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def started(self, event: Any) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        import bson
+
+        if event.command_name == "find":
+            self.bytes += len(bson.encode(event.reply))
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+def test_a_waits_polls_leave_out_what_can_be_large(mongo_url: str) -> None:
+    from job_processor import JobDef
+
+    mib = 1024 * 1024
+    replies = FindReplies()
+    mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True, event_listeners=[replies])
+    db = mongo[f"jp_sync_{uuid.uuid4().hex[:10]}"]
+    try:
+        client = JobClient(db, {"big": JobDef(handler=never)})
+        job = client.schedule_job("big", {"blob": "x" * (4 * mib)})
+        replies.bytes = 0
+        with pytest.raises(TimeoutError, match="pending"):
+            client.wait_for(job.id, timeout=1.5)  # 5 polls or so, the job still pending
+        assert replies.bytes < mib
+        ended_now = {"$set": {"status": "finished"}}
+        db["job_processor_jobs"].update_one({"_id": ObjectId(job.id)}, ended_now)
+        replies.bytes = 0
+        ended = client.wait_for(job.id, timeout=5)  # ended: read whole, once
+        assert ended.payload["blob"] == "x" * (4 * mib) and 4 * mib < replies.bytes < 5 * mib
+    finally:
+        mongo.drop_database(db.name)
+        mongo.close()

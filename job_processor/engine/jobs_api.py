@@ -488,7 +488,11 @@ class JobsAPI(Runtime):
             read_at = time.monotonic()  # paced by when each read starts
             # an outage is ridden out only until the deadline (and half a second for the last read)
             left = None if deadline is None else max(deadline - read_at, 0.5)
-            doc = await produce.run(lambda _: self.storage.jobs.get(oid), within=left)
+            # polls read the job without its payload, state, output and logs (megabytes, each
+            # time): the whole job once, when it has ended
+            doc = await produce.run(lambda _: self.storage.jobs.get_light(oid), within=left)
+            if doc is not None and doc.get("status") in ENDED:
+                doc = await produce.run(lambda _: self.storage.jobs.get(oid), within=left)
             if doc is None:
                 raise JobNotFoundError(f"no job with id {shown!r}")
             if doc.get("status") in ENDED:

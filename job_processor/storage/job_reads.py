@@ -29,6 +29,8 @@ Doc = dict[str, Any]
 S = JobStatus
 #: The most documents the sweep's one query reads (`attention_cursor`).
 ATTENTION_LIMIT = 1000
+#: A job read without the fields that can hold megabytes (`get_light`).
+LIGHT = {"payload": 0, "state": 0, "output": 0, "logs": 0}
 #: Listing order: newest first.
 LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
@@ -105,6 +107,11 @@ class JobReads:
 
     async def get(self, job_id: ObjectId) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": job_id}))
+
+    async def get_light(self, job_id: ObjectId) -> Doc | None:
+        """The job without what can be large (payload, checkpoint state, output, log lines):
+        what a wait's polls read (status, name, where it runs, when it is due)."""
+        return decode_opt(await self.coll.find_one({"_id": job_id}, LIGHT))
 
     def find_cursor(
         self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
