@@ -237,7 +237,7 @@ async def test_a_job_that_ends_between_the_last_paced_read_and_the_deadline_is_r
     """The read at the deadline decides: no TimeoutError for a job that ended before it."""
     p = await make(db, JOBS)
     job = await p.schedule_job("echo", {"n": 1})
-    real = p.storage.jobs.get
+    real = p.storage.jobs.get_light
     reads = 0
 
     async def first_read_then_killed(oid: Any) -> Any:
@@ -250,7 +250,7 @@ async def test_a_job_that_ends_between_the_last_paced_read_and_the_deadline_is_r
             )
         return doc
 
-    monkeypatch.setattr(p.storage.jobs, "get", first_read_then_killed)
+    monkeypatch.setattr(p.storage.jobs, "get_light", first_read_then_killed)
     ended = await p.wait_for(job.id, timeout=0.05)  # the next paced read would be at 0.1 s
     assert ended.status == S.KILLED and reads == 2
 
@@ -264,7 +264,7 @@ async def test_an_outage_while_waiting_is_ridden_out_only_until_the_deadline(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise AutoReconnect("127.0.0.1:1: connection refused")
 
-    monkeypatch.setattr(p.storage.jobs, "get", down)
+    monkeypatch.setattr(p.storage.jobs, "get_light", down)
     began = asyncio.get_running_loop().time()
     with pytest.raises(DatabaseUnreachableError, match=r"AutoReconnect: 127\.0\.0\.1:1: conn"):
         await p.wait_for(job.id, timeout=0.5)
@@ -299,7 +299,7 @@ async def test_a_wait_whose_reads_hang_ends_at_its_deadline_without_the_reason(
             await p.wait_for(job.id, timeout=0.2)
     assert "is paused" not in str(caught.value) and "live worker" not in str(caught.value)
     # the job's own reads, hanging: bounded by the deadline as well
-    monkeypatch.setattr(p.storage.jobs, "get", hangs)
+    monkeypatch.setattr(p.storage.jobs, "get_light", hangs)
     async with asyncio.timeout(10):
         with pytest.raises((TimeoutError, DatabaseUnreachableError)):
             await p.wait_for(job.id, timeout=0.2)
@@ -433,7 +433,7 @@ async def test_at_most_ten_waiters_of_a_processor_hold_a_change_stream(
 
     monkeypatch.setattr(p.waker, "blocking", True)
     monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
-    monkeypatch.setattr(p.storage.jobs, "get", get)
+    monkeypatch.setattr(p.storage.jobs, "get_light", get)
     waits = [p.wait_for(job.id, timeout=0.3) for _ in range(jobs_api.STREAM_WAITERS + 2)]
     outcomes = await asyncio.gather(*waits, return_exceptions=True)
     assert all(isinstance(o, TimeoutError) for o in outcomes)
@@ -475,7 +475,7 @@ async def test_ten_waiters_follow_a_stream_the_others_poll_and_each_gives_its_st
         streams.append(oid)
         return Stream(oid)
 
-    real_get = p.storage.jobs.get
+    real_get = p.storage.jobs.get_light
 
     async def get(oid: ObjectId) -> Any:
         reads[oid] += 1
@@ -483,7 +483,7 @@ async def test_ten_waiters_follow_a_stream_the_others_poll_and_each_gives_its_st
 
     monkeypatch.setattr(p.waker, "blocking", True)
     monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
-    monkeypatch.setattr(p.storage.jobs, "get", get)
+    monkeypatch.setattr(p.storage.jobs, "get_light", get)
     waits = [asyncio.ensure_future(p.wait_for(j.id)) for j in jobs]
     await wait_for(lambda: len(reads) == 12)  # every wait has made its first read
     assert len(streams) == len(set(streams)) == 10
