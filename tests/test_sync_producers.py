@@ -141,3 +141,37 @@ def test_a_waits_polls_leave_out_what_can_be_large(mongo_url: str) -> None:
     finally:
         mongo.drop_database(db.name)
         mongo.close()
+
+
+def test_an_open_client_reads_the_registry_again_for_a_name_it_does_not_hold(
+    sync_db: Database[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from job_processor.engine import jobs_api
+
+    client = JobClient(sync_db)
+    with caplog.at_level(logging.WARNING):
+        client.schedule_job("ping")  # reads the registry (and warns: no worker has "ping")
+    # a worker deployed since registers "nightly"
+    sync_db["job_processor_definitions"].insert_one(
+        {"_id": "nightly", "kind": "job", "concurrency": "exclusive", "max_attempts": 5}
+    )
+    monkeypatch.setattr(jobs_api, "REGISTRY_MISS_TTL", 0.0)  # the last read is old enough
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        job = client.schedule_job("nightly")
+    assert "job_name_not_registered" not in caplog.text
+    assert job.max_attempts == 5
+
+
+def test_a_batch_of_an_unregistered_name_warns_once(
+    sync_db: Database[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    client = JobClient(sync_db)
+    with caplog.at_level(logging.WARNING):
+        jobs = client.schedule_jobs([("new-name", {"i": i}) for i in range(300)])
+    assert len(jobs) == 300
+    assert caplog.text.count("job_name_not_registered") == 1

@@ -327,6 +327,20 @@ def _job_id(ref: Any) -> ObjectId | None:
     return None
 
 
+def item_names(items: Any) -> list[Any]:
+    """The names `schedule_jobs`' items name, as far as they can be read before validation
+    (an item too malformed to name one is refused by `batch_items`)."""
+    if not isinstance(items, list):
+        return []
+    names = []
+    for item in items:
+        if isinstance(item, JobSpec):
+            names.append(item.name)
+        elif isinstance(item, tuple | list) and item:
+            names.append(item[0])
+    return names
+
+
 def batch_items(
     items: Iterable[Any], template_of: Callable[[str], Template], now: dt.datetime
 ) -> list[Doc]:

@@ -40,6 +40,7 @@ from ..core.producing import (
     WaitPacing,
     after_ids,
     batch_items,
+    item_names,
     new_job_doc,
     remaining_items,
 )
@@ -56,6 +57,8 @@ BATCH = 1000
 
 #: How long the registry's definitions are reused by a client without `jobs=`.
 REGISTRY_TTL = 60.0
+#: A name the registry read does not hold: read again if that read is this old (seconds).
+REGISTRY_MISS_TTL = 5.0
 
 
 class JobsAPI(Runtime):
@@ -73,12 +76,20 @@ class JobsAPI(Runtime):
 
     # ---- templates: what a name's definition decides --------------------------------------
 
-    async def _templates(self) -> Callable[[str], Template]:
+    async def _templates(self, names: Iterable[Any] = ()) -> Callable[[str], Template]:
         """name -> its Template; an unknown name raises UnknownJobError (with a did-you-mean),
-        except for an open client, which reads the registry and writes unknown names as is."""
+        except for an open client, which reads the registry and writes unknown names as is
+        (warning once per name and call). `names`: those about to be scheduled; one the
+        registry read does not hold has it read again, if that read is `REGISTRY_MISS_TTL`
+        old (a worker deployed since may have registered it)."""
         if not self.open_names:
             return self._template_of_definition
         rows = await self._registry_rows()
+        missing = {n for n in names if isinstance(n, str) and n not in rows and n not in self.jobs}
+        if missing and self._registry and time.monotonic() - self._registry[0] > REGISTRY_MISS_TTL:
+            self._registry = None
+            rows = await self._registry_rows()
+        warned: set[str] = set()
 
         def template(name: str) -> Template:
             if not isinstance(name, str) or not name:
@@ -92,6 +103,9 @@ class JobsAPI(Runtime):
                 return Template.of(self.jobs[name])
             row = rows.get(name)
             if row is None:
+                if name in warned:
+                    return Template()
+                warned.add(name)
                 self.log.warning(
                     "job_name_not_registered",
                     job_name=name,
@@ -148,7 +162,7 @@ class JobsAPI(Runtime):
         running or paused, that job is returned instead of a new one.
         max_attempts: overrides the definition's (1 = no retry).
         An exclusive job whose name already has an active job is recorded as skipped."""
-        template = (await self._templates())(name)
+        template = (await self._templates([name]))(name)
         deps = after_ids(after, name)
         doc = new_job_doc(
             name,
@@ -242,7 +256,7 @@ class JobsAPI(Runtime):
         the order given; a dedup key held by an active job (or by an earlier item) gives that
         job, an exclusive name already active gives a skipped job, as `schedule_job` does."""
         items = list(items) if not isinstance(items, str | bytes | Mapping) else items
-        docs = batch_items(items, await self._templates(), self.clock.now())
+        docs = batch_items(items, await self._templates(item_names(items)), self.clock.now())
         mine = {str(d["_id"]) for d in docs}
         outside = [
             ObjectId(a) for a in sorted({a for d in docs for a in d.get("after") or []} - mine)
