@@ -175,3 +175,17 @@ def test_a_batch_of_an_unregistered_name_warns_once(
         jobs = client.schedule_jobs([("new-name", {"i": i}) for i in range(300)])
     assert len(jobs) == 300
     assert caplog.text.count("job_name_not_registered") == 1
+
+
+def test_a_batchs_errors_name_the_item(sync_db: Database[Any]) -> None:
+    from job_processor import InvalidArgumentError, JobDef, JobNotFoundError, JobSpec
+
+    client = JobClient(sync_db, {"b": JobDef(handler=never)})
+    missing = "0" * 24
+    with pytest.raises(JobNotFoundError, match=rf"^item 2: job 'b': after names .*{missing}"):
+        client.schedule_jobs([("b", {}), ("b", {}), JobSpec("b", {}, after=[missing])])
+    with pytest.raises(InvalidArgumentError, match=r"^item 1: job 'b': after must be a list"):
+        client.schedule_jobs([("b", {}), JobSpec("b", {}, after=5)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"^schedule_jobs takes a list .* NoneType"):
+        client.schedule_jobs(None)  # type: ignore[arg-type]
+    assert sync_db["job_processor_jobs"].count_documents({}) == 0  # nothing written

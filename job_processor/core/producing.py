@@ -346,7 +346,7 @@ def batch_items(
 ) -> list[Doc]:
     """The documents of `schedule_jobs`' items, in order; the first invalid item raises,
     naming its index (nothing is written)."""
-    if isinstance(items, str | bytes | Mapping):
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
         raise InvalidArgumentError(
             "schedule_jobs takes a list of (name, payload) tuples or JobSpec items, got "
             f"{type(items).__name__}"
@@ -384,8 +384,11 @@ def _batch_after(spec: JobSpec, docs: list[Doc], seen: dict[int, int]) -> list[O
     having dependents), or jobs that exist (ids or Jobs: checked before writing)."""
     if not spec.after:
         return []
-    if isinstance(spec.after, str | bytes | Mapping):
-        raise InvalidArgumentError(f"job {spec.name!r}: after must be a list, got {spec.after!r}")
+    if isinstance(spec.after, str | bytes | Mapping) or not isinstance(spec.after, Iterable):
+        raise InvalidArgumentError(
+            f"job {spec.name!r}: after must be a list (job ids, Jobs, earlier items of the "
+            f"batch), got {type(spec.after).__name__}"
+        )
     refs: list[Any] = []
     for ref in spec.after:
         index = ref if isinstance(ref, int) and not isinstance(ref, bool) else seen.get(id(ref))

@@ -90,13 +90,17 @@ class Flows:
 
     async def check_exist(self, ids: list[ObjectId], name: str) -> None:
         """Every dependency exists (so that no cycle can be made); else JobNotFoundError."""
-        found = await self.produce.run(lambda _: self.jobs.statuses(ids))
-        missing = [str(i) for i in ids if i not in found]
+        missing = await self.missing(ids)
         if missing:
             raise JobNotFoundError(
-                f"job {name!r}: after names jobs that do not exist: {', '.join(missing)} "
-                "(a job can only wait on jobs scheduled before it)"
+                f"job {name!r}: after names jobs that do not exist: "
+                f"{', '.join(map(str, missing))} (a job can only wait on jobs scheduled before it)"
             )
+
+    async def missing(self, ids: list[ObjectId]) -> list[ObjectId]:
+        """Those of `ids` that are not jobs (one read)."""
+        found = await self.produce.run(lambda _: self.jobs.statuses(ids))
+        return [i for i in ids if i not in found]
 
     async def mark(self, after: list[ObjectId]) -> None:
         """Before the jobs that wait on `after` are written: mark them as having dependents, so

@@ -255,7 +255,8 @@ class JobsAPI(Runtime):
         raises, naming its index); then one `insert_many` per 1,000 jobs. Returns the jobs in
         the order given; a dedup key held by an active job (or by an earlier item) gives that
         job, an exclusive name already active gives a skipped job, as `schedule_job` does."""
-        items = list(items) if not isinstance(items, str | bytes | Mapping) else items
+        if isinstance(items, Iterable) and not isinstance(items, str | bytes | Mapping):
+            items = list(items)  # else refused by batch_items, saying what it takes
         docs = batch_items(items, await self._templates(item_names(items)), self.clock.now())
         mine = {str(d["_id"]) for d in docs}
         outside = [
@@ -263,7 +264,9 @@ class JobsAPI(Runtime):
         ]
         if outside:  # dependencies that are not items of this batch must exist (marked
             await self.flows.mark(outside)  # first, as by schedule_job; the batch's own are
-            await self.flows.check_exist(outside, "schedule_jobs")  # written marked)
+            missing = await self.flows.missing(outside)  # written marked)
+            if missing:
+                raise _missing_after(docs, missing)
         stored: list[Doc] = []
         for start in range(0, len(docs), BATCH):
             chunk = docs[start : start + BATCH]
@@ -622,6 +625,18 @@ STREAM_READ_MARGIN = 2.0
 #: How long a retry made where hooks are not called waits for a worker to run the owed hook of
 #: the exit it retries, before it is refused (with why): a request thread is not held longer.
 HOOK_WAIT = 10.0
+
+
+def _missing_after(docs: list[Doc], missing: list[ObjectId]) -> JobNotFoundError:
+    """The first item of a batch that waits on a job that does not exist, named."""
+    index, doc = next(
+        (i, d) for i, d in enumerate(docs) if set(d.get("after") or ()) & set(map(str, missing))
+    )
+    named = [str(m) for m in missing if str(m) in (doc.get("after") or ())]
+    return JobNotFoundError(
+        f"item {index}: job {doc['name']!r}: after names jobs that do not exist: "
+        f"{', '.join(named)} (a job can only wait on jobs scheduled before it)"
+    )
 
 
 def _partly_written(
