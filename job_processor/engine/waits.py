@@ -1,0 +1,208 @@
+"""Waiting for a job's ending or result from any process (`wait_for`, `result`): on a change
+stream where the server's streams block, else polling paced by `core.producing.WaitPacing`;
+each poll reads the job without what can be large, the whole job once it has ended. A mixin of
+`JobsAPI` (the same code drives the synchronous `job_processor.sync.JobClient`)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from ..core.errors import InvalidArgumentError, JobFailedError, JobNotFoundError, keywords_checked
+from ..core.models import Job
+from ..core.producing import ENDED, WaitPacing
+from ..core.status import JobStatus
+from ..storage import object_id
+from .runtime import Runtime
+
+S = JobStatus
+Doc = dict[str, Any]
+
+#: At most this many `wait_for` calls of one processor follow their job on a change stream at
+#: once (a blocking `getMore` holds one of the client's pooled connections while it waits, and
+#: the worker needs them); the others poll.
+STREAM_WAITERS = 10
+#: How much longer than its wait a change stream read may take before it is given up (its
+#: getMore waits 1 s at most: past that, its connection has gone silent).
+STREAM_READ_MARGIN = 2.0
+
+
+class JobWaits(Runtime):
+    _waiters_on_streams = 0
+    """`wait_for` calls following their job on a change stream now (see STREAM_WAITERS)."""
+
+    @keywords_checked
+    async def wait_for(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract; also runs without a loop
+    ) -> Job[Any]:
+        """Return once the job has ended (finished, errored, killed or skipped), from any
+        process: on a change stream where the server's blocks, else polling (0.1, 0.2, 0.4, 1.6,
+        1.6 s, then 1 s apart; at most 5 reads in any 5 s after the first, and one more at the
+        deadline). `timeout` (seconds): raise TimeoutError naming the job and its status at the
+        deadline; during an outage reads are retried only until then."""
+        oid = object_id(job_id)
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 <= timeout < float("inf")  # NaN fails this too
+        ):
+            raise InvalidArgumentError(
+                f"timeout must be a finite number of seconds >= 0 (None: no limit), got {timeout!r}"
+            )
+        start = time.monotonic()
+        deadline = None if timeout is None else start + float(timeout)
+        stream = await self._open_stream(oid, deadline)  # before the first read: none missed
+        try:
+            return await self._wait(oid, str(oid), timeout, deadline, stream)
+        finally:
+            if stream is not None:
+                self._waiters_on_streams -= 1
+                await _close(stream)
+
+    async def _wait(
+        self,
+        oid: ObjectId,
+        shown: str,
+        waited: float | None,
+        deadline: float | None,
+        stream: Any,
+    ) -> Job[Any]:
+        produce = self.storage.producer
+        pacing = WaitPacing()
+        last = False  # the read at the deadline: the job's status then decides
+        while True:
+            read_at = time.monotonic()  # paced by when each read starts
+            # an outage is ridden out only until the deadline (and half a second for the last read)
+            left = None if deadline is None else max(deadline - read_at, 0.5)
+            # polls read the job without its payload, state, output and logs (megabytes, each
+            # time): the whole job once, when it has ended
+            doc = await produce.run(lambda _: self.storage.jobs.get_light(oid), within=left)
+            if doc is not None and doc.get("status") in ENDED:
+                doc = await produce.run(lambda _: self.storage.jobs.get(oid), within=left)
+            if doc is None:
+                raise JobNotFoundError(f"no job with id {shown!r}")
+            if doc.get("status") in ENDED:
+                return Job.read(doc)
+            now = time.monotonic()
+            if last or (deadline is not None and now >= deadline):
+                try:  # advice only: never another error, nor past about a second more
+                    why = await self._why_still(doc)
+                except Exception:
+                    why = ""
+                raise _still(shown, doc, waited, why)
+            if stream is None:  # poll
+                wake = pacing.next_read(read_at)
+                if deadline is not None and wake >= deadline:  # one more read, at the deadline
+                    wake, last = deadline, True
+                await produce.pause(wake - now)
+                continue
+            # a blocking stream: read again on a change, or every 10 s as a safety net
+            until = min(now + 10.0, deadline or now + 10.0)
+            while time.monotonic() < until:
+                changed, stream = await self._next_change(stream, until - time.monotonic())
+                if changed or stream is None:
+                    break
+
+    async def _why_still(self, doc: Doc) -> str:
+        """Why a job a wait timed out on has not ended, when the database tells (at most two
+        short reads, only then): scheduled later, waiting for its dependencies, its name paused,
+        no live worker claiming it, or running where. "" when it cannot tell."""
+        job = Job.read(doc)  # dates as datetimes, whatever the server stored
+        status, name = job.status, job.name
+        now = self.clock.now()
+        if status == S.WAITING:
+            return "it waits for the jobs it was scheduled after (job.after)"
+        if status == S.RUNNING:
+            return f"it runs on worker {job.worker_id}"
+        if status == S.PENDING and job.scheduled_for > now:
+            return f"it is scheduled for {job.scheduled_for.isoformat(timespec='seconds')}"
+        if status not in (S.PENDING, S.PAUSED):
+            return ""
+        produce = self.storage.producer
+        if name in await produce.run(lambda _: self.storage.paused.names(), within=0.5):
+            return f"{name!r} is paused (job-processor names resume {name})"
+        cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
+        if not await produce.run(lambda _: self.storage.workers.serving(name, cutoff), within=0.5):
+            return f"no live worker claims {name!r}: start one that defines it"
+        return "live workers claim it: they are busy with other jobs" if status == S.PENDING else ""
+
+    async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
+        """A change stream on the job when the server's streams block (learnt from this
+        processor's waker, or tried here); None: poll. During an outage it is tried only until
+        the wait's deadline, then the reads say the server is unreachable."""
+        if self.waker.blocking is False or not self.settings.change_streams:
+            return None
+        if self._waiters_on_streams >= STREAM_WAITERS:  # each holds a pooled connection: poll
+            return None
+        self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
+        within = None if deadline is None else max(deadline - time.monotonic(), 0.5)
+        try:
+            return await self.storage.producer.run(
+                lambda _: self.storage.jobs.watch_one(oid, 1000), within=within
+            )
+        except (PyMongoError, NotImplementedError, AttributeError, TypeError):
+            self._waiters_on_streams -= 1
+            return None  # a standalone server, mongomock: poll
+        except BaseException:
+            self._waiters_on_streams -= 1
+            raise
+
+    async def _next_change(self, stream: Any, wait: float) -> tuple[bool, Any]:
+        """(whether the job changed, the stream or None when it turned out not to block)."""
+        began = time.monotonic()
+        try:  # bounded: a getMore waits 1 s at most, but a connection gone silent never answers
+            async with asyncio.timeout(max(wait, 0.0) + STREAM_READ_MARGIN):
+                change = await stream.try_next()
+        except (PyMongoError, TimeoutError):
+            await _close(stream)
+            return True, None  # read again, then poll
+        if change is not None:
+            return True, stream
+        if time.monotonic() - began < 0.25 and wait > 0.3:
+            await _close(stream)  # it answered at once with nothing: it does not block here
+            self.waker.blocking = False  # (the next waits poll at once)
+            return False, None
+        return False, stream
+
+    @keywords_checked
+    async def result(
+        self,
+        job_id: str | ObjectId,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract (see wait_for)
+    ) -> Any:
+        """The handler's return value once the job has finished (`wait_for`, then its result).
+        An errored, killed or skipped job raises JobFailedError (job id, status, error)."""
+        job = await self.wait_for(job_id, timeout)
+        if job.status == S.FINISHED:
+            return job.result
+        why = job.error
+        if why is None and job.skip_reason:
+            why = f"skipped ({job.skip_reason})"
+            if job.conflicting_job_id:  # exclusive: the job that was active
+                why += f": job {job.conflicting_job_id} was active"
+        raise JobFailedError(job.id, job.status.value, why)
+
+
+def _still(shown: str, doc: Doc, waited: float | None, why: str = "") -> TimeoutError:
+    return TimeoutError(
+        f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after {waited:g}s"
+        + (f": {why}" if why else "")
+    )
+
+
+async def _close(stream: Any) -> None:
+    """Close a change stream, within a second (its server may not answer)."""
+    try:
+        async with asyncio.timeout(1.0):
+            closed = stream.close()
+            if hasattr(closed, "__await__"):
+                await closed
+    except (PyMongoError, TimeoutError):
+        pass
