@@ -121,6 +121,12 @@ def plan_slots(
     return plan
 
 
+def on_schedule(schedule: Schedule, slot: dt.datetime) -> dt.datetime:
+    """Pure: `slot` if it is one of the schedule's slots, else the schedule's next slot after
+    it (a next slot written by a replica that followed another schedule)."""
+    return schedule.next_after(slot - US)
+
+
 def margin_of(cron: CronDef) -> dt.timedelta:
     return dt.timedelta(minutes=cron.checkin_margin)
 

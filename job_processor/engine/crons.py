@@ -25,6 +25,7 @@ from ..core.schedule import (
     STUCK_CRON_SLOTS,
     Schedule,
     margin_of,
+    on_schedule,
     plan_slots,
     schedule_of,
     skipped_in_a_row,
@@ -116,7 +117,17 @@ class CronScheduler:
         if schedule is None:  # left to the replicas that can evaluate it, until the refresh
             self._docs.pop(name, None)
             return
-        plan = plan_slots(schedule, doc["next_slot"], now, margin_of(cron))
+        first = on_schedule(schedule, doc["next_slot"])
+        if first != doc["next_slot"]:  # an older release's replica moved it to its own slot
+            self.log.warning(
+                "cron_slot_off_schedule",
+                job_name=name,
+                slot=doc["next_slot"].isoformat(),
+                next_slot=first.isoformat(),
+                hint="not a slot of the stored schedule: skipped (a replica of an older "
+                "release follows its own schedule until it is replaced)",
+            )
+        plan = plan_slots(schedule, first, now, margin_of(cron))
         for slot in plan.missed:
             missed = D.as_missed(self.task_doc(name, slot, now), now, self._skip_expiry(cron, now))
             if await self.storage.jobs.insert(missed) is not None:

@@ -115,3 +115,22 @@ async def test_a_prune_between_a_replicas_read_and_its_insert_leaves_no_pending_
     clock.set(T0 + 5 * MIN)
     await replica.scheduler.tick()  # the cron is gone: nothing fires any more
     assert await db["job_processor_jobs"].count_documents({"name": "c"}) == 0
+
+
+async def test_a_next_slot_an_older_release_wrote_off_the_stored_schedule_is_not_fired(
+    db: Any,
+) -> None:
+    """A replica of a release whose advance did not check the schedule moves the next slot to
+    one of its own schedule: the replicas that follow the stored schedule skip it."""
+    clock = FakeClock(T0 - MIN)
+    new = await init_job_processor(
+        db, crons={"c": {"cron_string": "*/15 * * * *", "handler": tick}}, clock=clock, **FAST
+    )
+    # what an older replica (still defining "*/5 * * * *") writes after firing 00:00
+    await db["job_processor_crons"].update_one({"_id": "c"}, {"$set": {"next_slot": T0 + 5 * MIN}})
+    for minute in range(1, 31):
+        clock.set(T0 + minute * MIN)
+        await new.scheduler.tick()
+    slots = sorted([d["scheduled_for"] async for d in db["job_processor_jobs"].find({})])
+    minutes = [int((s.replace(tzinfo=dt.UTC) - T0) / MIN) for s in slots]
+    assert minutes == [15, 30]
