@@ -15,8 +15,11 @@ hand after using its three attempts, then failing once more.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+
+from .clock import as_utc
 
 #: The error recorded for a run a graceful stop interrupted.
 INTERRUPTED = "interrupted"
@@ -76,7 +79,11 @@ def last_run(doc: Mapping[str, Any]) -> dict[str, Any] | None:
     history = doc.get("history")
     if isinstance(history, list) and history:
         latest = history[-1]
-        if isinstance(latest, Mapping) and latest.get("attempt") == attempt:
+        if (
+            isinstance(latest, Mapping)
+            and latest.get("attempt") == attempt
+            and _same_instant(latest.get("started_at"), doc.get("run_started_at"))
+        ):  # the same run (a claim put back unstarted keeps its attempt: another run)
             return None
     output = doc.get("output")
     error = output.get("error") if isinstance(output, Mapping) else None
@@ -89,6 +96,13 @@ def last_run(doc: Mapping[str, Any]) -> dict[str, Any] | None:
         "error": str(error).splitlines()[0][:500] if error else None,
     }
     return entry
+
+
+def _same_instant(a: Any, b: Any) -> bool:
+    """Two stored times of one run, to the millisecond (what BSON keeps)."""
+    if isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
+        return abs(as_utc(a) - as_utc(b)) < dt.timedelta(milliseconds=1)
+    return bool(a == b)
 
 
 def with_last_run(doc: Mapping[str, Any]) -> list[Any]:

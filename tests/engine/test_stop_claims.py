@@ -15,7 +15,7 @@ from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.storage.compat import decode
-from tests.helpers import make, wait_for
+from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
 
@@ -249,3 +249,29 @@ async def test_stop_during_an_outage_bounds_the_release_of_unstarted_claims(db: 
     finally:
         outage_over.set()
     assert took is not None, "stop() did not end within 8 s (the lease is 2 s)"
+
+
+async def test_the_run_after_a_claim_put_back_unstarted_is_in_the_history(db: Any) -> None:
+    """The put-back claim keeps its attempt number for the next run: that run's record is
+    still read from the job's fields (it was taken for the put-back entry and left out)."""
+    p, _ran, landed, reply = await _idle_worker_with_a_held_claim(db)
+    job = await p.schedule_job("work")
+    await asyncio.wait_for(landed.wait(), 10)
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    reply.set()  # the reply comes once the stop has begun: put back unstarted
+    await asyncio.wait_for(stopping, 20)
+    put_back = await p.get_job(job.id)
+    assert (put_back.status, put_back.attempt) == (S.PENDING, 0)
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        raise RuntimeError("the provider said no")
+
+    after = await make(db, {"work": JobDef(handler=work)})  # the deploy's next worker
+    async with after:
+        done = await wait_status(after, job.id, S.ERRORED, timeout=15)
+        assert done.attempt == 1
+        assert [(r.get("attempt"), r.get("status")) for r in done.history][-1] == (1, "errored")
+        retried = await after.retry_job(job.id)  # moves the errored run into the history
+        runs = [(r.get("attempt"), r.get("status")) for r in retried.history]
+        assert (1, "errored") in runs
