@@ -181,15 +181,15 @@ async def event(d: Dashboard, request: Request) -> Response:
     found = await ev.get_event(admin.storage, request.path_params["event_id"])
     endpoints = {str(e["_id"]): e for e in await admin.storage.webhooks.all()}
     hosts: dict[str, str] = {}  # what a webhook target is, never its path or query
-    for target in found.targets:
-        if target.kind != "webhook":
-            continue
-        doc = endpoints.get(target.endpoint_id or "")
+    webhooks = {t.target for t in found.targets if t.kind == "webhook"}
+    webhooks |= {x.target for x in found.deliveries if x.kind == "webhook"}  # replays' too
+    for target in sorted(webhooks):
+        doc = endpoints.get(target.removeprefix("webhook:"))
         if doc is None:
-            hosts[target.target] = "endpoint removed"
+            hosts[target] = "endpoint removed"
             continue
         about = f" · {doc['description']}" if doc.get("description") else ""
-        hosts[target.target] = url_host(str(doc["url"])) + about
+        hosts[target] = url_host(str(doc["url"])) + about
     secrets = d.masker.secrets(found.payload, *[x.result for x in found.deliveries])
     replayable = await _replayable(d, admin.storage, found.name)
     counts: dict[str, int] = {}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from bson import ObjectId
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, UnknownJobError
 from ..core.event_documents import WEBHOOK_JOB
+from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
@@ -183,6 +185,7 @@ async def job(d: Dashboard, request: Request) -> Response:
         request,
         "job.html",
         job=found,
+        delivery=is_delivery(found),
         dependencies=dependencies,
         dependents=dependents,
         dependents_count=dependents_count,
@@ -196,6 +199,21 @@ async def job(d: Dashboard, request: Request) -> Response:
         can_run_now=found.status == S.PENDING and found.scheduled_for > d.now(),
         can_delete=found.status in TERMINAL and "status" not in found.invalid_fields,
         live=True,
+    )
+
+
+def is_delivery(job: Job[Any]) -> bool:
+    """Whether the job is an event's delivery (its payload as the fan-out writes it): a user's
+    own job whose payload has fields named `event_id` and `target` is not (its link led to no
+    event)."""
+    p = job.payload
+    return (
+        isinstance(p, dict)
+        and p.get("kind") in ("subscriber", "webhook")
+        and isinstance(p.get("event"), str)
+        and isinstance(p.get("target"), str)
+        and isinstance(p.get("event_id"), str)
+        and ObjectId.is_valid(p["event_id"])
     )
 
 

@@ -60,6 +60,19 @@
           label("Signed out: reload", "offline");
           throw new Error("stopped");
         }
+        if (r.status === 404) {
+          // what the page shows is gone (a job or event deleted elsewhere): say so, in place of
+          // its content and its buttons, and stop refreshing
+          stopped = true;
+          if (timer) clearInterval(timer);
+          label("Gone", "offline");
+          return r.text().then(function (html) {
+            var gone = new DOMParser().parseFromString(html, "text/html").querySelector("main");
+            var main = document.querySelector("main");
+            if (gone && main) main.innerHTML = gone.innerHTML;
+            throw new Error("gone");
+          });
+        }
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.text();
       })

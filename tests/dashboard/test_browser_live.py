@@ -1,0 +1,133 @@
+"""Live pages in a real browser once their data changed elsewhere: new rows on a list (its
+pager follows the rows it shows), an event replayed from the CLI, a job deleted while its page
+is open. Skipped without Chromium like the other browser tests (a failure with CI set)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from job_processor import AbortSignal, Event, Job, JobDef, Subscriber, init_job_processor
+from job_processor.dashboard import create_dashboard
+from job_processor.ops.admin import Admin
+
+from .harness import CHROMIUM_ARGS, SKIP_HINT, chromium_path, in_ci, require_chromium, serve
+
+if chromium_path() is None and not in_ci():
+    pytest.skip(SKIP_HINT, allow_module_level=True)
+
+AUTH = ("admin", "s3cret-pw")
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def on_shipped(event: Event, signal: AbortSignal) -> None:
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    exe = require_chromium()
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        await b.close()
+
+
+async def signed_in(browser: Browser) -> Page:
+    ctx = await browser.new_context(http_credentials={"username": AUTH[0], "password": AUTH[1]})
+    ctx.set_default_timeout(10_000)
+    return await ctx.new_page()
+
+
+async def values(page: Page, selector: str, attr: str) -> list[str]:
+    found: list[str] = await page.locator(selector).evaluate_all(
+        f"els => els.map(e => e.getAttribute('{attr}'))"
+    )
+    return found
+
+
+async def test_the_jobs_next_page_after_a_live_refresh_skips_no_job(
+    db: Any, browser: Browser
+) -> None:
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started: pending
+    old = [(await p.schedule_job("n", {"i": i})).id for i in range(40)]
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs?limit=20")
+        boxes = page.locator("table.jobs input[name=ids]")
+        await expect(boxes).to_have_count(20)
+        new = [(await p.schedule_job("n", {"new": i})).id for i in range(5)]
+        await expect(boxes.first).to_have_attribute("value", new[-1])  # the refresh shows them
+        first_page = await values(page, "table.jobs input[name=ids]", "value")
+        assert first_page == [*reversed(new), *reversed(old)][:20]
+        await page.get_by_role("link", name="Next page »").click()
+        await expect(page).to_have_url(re.compile("cursor="))
+        await expect(boxes).to_have_count(20)
+        second_page = await values(page, "table.jobs input[name=ids]", "value")
+        assert second_page == list(reversed(old))[15:35]  # from the first one pushed off
+
+
+async def test_the_events_older_page_after_a_live_refresh_skips_no_event(
+    db: Any, browser: Browser
+) -> None:
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    old = [(await p.emit("shipped", {"i": i})).id for i in range(40)]
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    links = "table.events tbody tr td:first-child a"
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/events?limit=20")
+        await expect(page.locator(links)).to_have_count(20)
+        new = [(await p.emit("shipped", {"new": i})).id for i in range(5)]
+        await expect(page.locator(links).first).to_have_attribute("href", f"/events/{new[-1]}")
+        await page.get_by_role("link", name="Older »").click()
+        await expect(page).to_have_url(re.compile("before="))
+        await expect(page.locator(links)).to_have_count(20)
+        second_page = [h.rsplit("/", 1)[1] for h in await values(page, links, "href")]
+        assert second_page == list(reversed(old))[15:35]
+
+
+async def test_an_event_page_says_it_was_replayed_elsewhere(db: Any, browser: Browser) -> None:
+    p = await init_job_processor(  # not started: deliveries stay pending
+        db,
+        jobs={"n": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+    )
+    event = await p.emit("shipped", {"order": 1})
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/events/{event.id}")
+        replays = page.locator("dt:text-is('Replays') + dd")
+        await expect(replays).to_have_text("none")
+        # a colleague replays it from the CLI (job-processor events replay) meanwhile
+        await (await Admin.open(db, p.storage.prefix)).replay_event(event.id, actor="cli")
+        await expect(page.locator("table.deliveries > tbody > tr[data-target]")).to_have_count(2)
+        await expect(replays).to_contain_text("1, last")
+        await expect(page.locator("#event-summary")).to_contain_text("replayed 1\u00d7")
+
+
+async def test_a_job_page_whose_job_was_deleted_says_so_and_offers_no_action(
+    db: Any, browser: Browser
+) -> None:
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    job = await p.schedule_job("n", {"i": 1})
+    await p.kill_job(job.id)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/{job.id}")
+        await expect(page.locator("#job-status")).to_have_text("killed")
+        await expect(page.get_by_role("button", name=re.compile("Retry"))).to_be_visible()
+        await (await Admin.open(db, p.storage.prefix)).delete([job.id], actor="cli")
+        await expect(page.locator("#live-toggle")).to_contain_text("Gone")
+        await expect(page.locator("main")).to_contain_text(f"no job with id '{job.id}'")
+        await expect(page.get_by_role("button", name=re.compile("Retry"))).to_have_count(0)

@@ -1,0 +1,87 @@
+"""What the dashboard's pages say about a job, a name and an event, over HTTP: a user's own job
+is not taken for a delivery, the names page counts jobs waiting on others, a replay to an
+endpoint added since shows that endpoint's host."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from job_processor import AbortSignal, Event, Job, JobDef, Subscriber, init_job_processor
+from job_processor.dashboard import create_dashboard
+from job_processor.events.webhooks import generate_secret
+
+from .test_http import AUTH, client
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def on_shipped(event: Event, signal: AbortSignal) -> None:
+    return None
+
+
+async def test_a_jobs_payload_with_event_id_and_target_fields_does_not_make_it_a_delivery(
+    db: Any,
+) -> None:
+    p = await init_job_processor(
+        db,
+        jobs={"sync-order": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+    )
+    own = await p.schedule_job("sync-order", {"event_id": "evt_123", "target": "crm"})
+    event = await p.emit("shipped", {"order": 1})
+    [delivery] = event.deliveries
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get(f"/jobs/{own.id}")).text
+        assert "/events/" not in page and "delivery to" not in page
+        page = (await c.get(f"/jobs/{delivery.job_id}")).text
+        assert f'href="/events/{event.id}"' in page and "delivery to mail" in page
+
+
+async def test_the_names_page_counts_the_jobs_waiting_on_others(db: Any) -> None:
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    p = await init_job_processor(
+        db, jobs={"first": JobDef(handler=hold), "then": JobDef(handler=noop)}, poll_interval=0.2
+    )
+    async with p:  # a started worker registers the names
+        try:
+            first = await p.schedule_job("first", {})
+            for i in range(3):
+                await p.schedule_job("then", {"i": i}, after=[first.id])  # status "waiting"
+            async with client(create_dashboard(p, auth=AUTH)) as c:
+                names = (await c.get("/names")).text
+            row = re.search(
+                r'<tr>\s*<td><a class="name" href="/jobs\?name=then">.*?</tr>', names, re.S
+            )
+            assert row is not None and "· 3 waiting" in row.group(0)
+        finally:
+            release.set()
+
+
+async def test_a_replay_to_an_endpoint_added_after_the_event_shows_its_host(db: Any) -> None:
+    p = await init_job_processor(  # not started: deliveries stay pending
+        db,
+        jobs={"n": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+        webhook_secrets={"crm": generate_secret()},
+    )
+    event = await p.emit("shipped", {"order": 1})
+    hook = await p.webhooks.add(
+        url="https://crm.example.com/hooks/x?token=abc",
+        events=["shipped"],
+        secret_ref="crm",
+        description="CRM",
+    )
+    await p.replay_event(event.id)
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get(f"/events/{event.id}")).text
+    row = re.search(rf'<tr [^>]*data-target="webhook:{hook.id}">.*?</tr>', page, re.S)
+    assert row is not None
+    assert "crm.example.com · CRM" in row.group(0) and "token=abc" not in page
