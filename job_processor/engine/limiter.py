@@ -248,7 +248,7 @@ class Limiter:
         released = 0
         cutoff_ms = int(cutoff.timestamp() * 1000)
         held: set[str] = set()  # keys this process holds a slot of: their release wakes it
-        for doc in await self.storage.limits.all():
+        for doc in await self.storage.limits.holding():
             for run_id, holder in (doc.get("holders") or {}).items():
                 owner = holder.get("worker_id")
                 if owner == me:

@@ -29,6 +29,10 @@ class AuditStore:
         await self.coll.insert_one(doc)
         return doc
 
-    async def recent(self, limit: int = 50, before: ObjectId | None = None) -> list[Doc]:
+    def recent_cursor(self, limit: int = 50, before: ObjectId | None = None) -> Any:
+        """The latest actions, newest first, from `before` (the `_id` index)."""
         query: Doc = {} if before is None else {"_id": {"$lt": before}}
-        return await all_docs(self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit))
+        return self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit)
+
+    async def recent(self, limit: int = 50, before: ObjectId | None = None) -> list[Doc]:
+        return await all_docs(self.recent_cursor(limit, before))

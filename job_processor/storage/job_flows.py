@@ -311,10 +311,14 @@ class FlowRecords:
     async def stale_waiting(self, after_id: ObjectId | None, limit: int = 200) -> list[Doc]:
         return await all_docs(self.stale_waiting_cursor(after_id, limit))
 
-    async def dependents_of(self, dep_id: ObjectId, limit: int = 100) -> list[Doc]:
-        """The jobs scheduled after `dep_id` (the `after` index), without their log lines."""
+    def dependents_cursor(self, dep_id: ObjectId, limit: int = 100) -> Any:
+        """The jobs scheduled after `dep_id`, newest first, without their log lines (the
+        {after, _id} index: no sort in memory)."""
         cursor = self.coll.find({"after": str(dep_id)}, {"logs": 0}).sort([("_id", -1)])
-        return await all_docs(cursor.limit(limit))
+        return cursor.limit(limit)
+
+    async def dependents_of(self, dep_id: ObjectId, limit: int = 100) -> list[Doc]:
+        return await all_docs(self.dependents_cursor(dep_id, limit))
 
     async def count_dependents(self, dep_id: ObjectId) -> int:
         """How many jobs were scheduled after `dep_id` (the `after` index; text, so nx-27017

@@ -181,13 +181,13 @@ class JobReads:
             full=full,
         )
 
+    def running_cursor(self) -> Any:
+        """Every running job, briefly (the overview, workers and crons pages: {status, ...})."""
+        fields = {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1}
+        return self.coll.find({"status": S.RUNNING.value}, fields)
+
     async def running(self) -> list[Doc]:
-        return await all_docs(
-            self.coll.find(
-                {"status": S.RUNNING.value},
-                {"_id": 1, "name": 1, "worker_id": 1, "run_started_at": 1, "started_at": 1},
-            )
-        )
+        return await all_docs(self.running_cursor())
 
     async def count_due_upto(self, names: list[str], now: dt.datetime, most: int) -> int:
         """How many jobs of these names are claimable now, counting at most `most` (the claim

@@ -63,17 +63,24 @@ class ForeignJobs:
         res = await self.coll.update_one({"_id": job_id, "run_id": run_id}, {"$set": fields})
         return bool(res.matched_count)
 
+    def unknown_cursor(self, known: list[str], due_before: dt.datetime) -> Any:
+        """The claimable jobs of names not in `known` due before `due_before`, 100 at most (the
+        claim index; the real-server tier asserts it reads no other job). A string name: the
+        index holds every job that is not claimable under null, which `$exists` (or `$nin`
+        alone) would keep in the scan's bounds, every ended job read at each pass."""
+        query = {
+            "claim_name": {"$type": "string", "$nin": known},
+            "due_ms": {"$lt": D.epoch_ms(due_before)},
+        }
+        return self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100)
+
     async def error_unknown(
         self, known: list[str], due_before: dt.datetime, now: dt.datetime
     ) -> int:
         """Claimable jobs of names not in `known`, due before `due_before` (a grace period):
         errored with the reason. At most 100 per call; one compare-and-set each."""
-        query = {
-            "claim_name": {"$exists": True, "$nin": known},
-            "due_ms": {"$lt": D.epoch_ms(due_before)},
-        }
         errored = 0
-        async for doc in self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100):
+        async for doc in self.unknown_cursor(known, due_before):
             name = doc["claim_name"]
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "claim_name": name},

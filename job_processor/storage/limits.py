@@ -21,6 +21,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     ([("template", 1), ("running", 1)], {"sparse": True}),
     # and those whose rate is full, when the limit has one (`rate_full_ms`)
     ([("template", 1), ("rate_full_ms", 1)], {"sparse": True}),
+    # the keys whose slots are held: each sweep of a worker with limits looks for stray holders
+    ([("running", 1)], {}),
 ]
 
 
@@ -33,6 +35,14 @@ class LimitStore:
 
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
+
+    def holding_cursor(self) -> Any:
+        """The keys with slots held, with their holders (the {running} index: a per-value
+        limit's idle keys are not read). A slot's holder and `running` change in one write."""
+        return self.coll.find({"running": {"$gt": 0}}, {"holders": 1})
+
+    async def holding(self) -> list[Doc]:
+        return await all_docs(self.holding_cursor())
 
     async def full_of_template(
         self, template: str, concurrency: int | None, now_ms: int | None

@@ -23,6 +23,9 @@ FAILURES_NOTED = 20
 INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # emit: the enabled endpoints listening to an event (multikey on `events`)
     ([("events", 1), ("state", 1)], {}),
+    # the disabled endpoints (every overview and status), and listings in creation order
+    ([("state", 1)], {}),
+    ([("created_at", 1), ("_id", 1)], {}),
 ]
 
 
@@ -37,8 +40,11 @@ class WebhookStore:
     async def get(self, endpoint_id: ObjectId) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": endpoint_id}))
 
+    def all_cursor(self) -> Any:
+        return self.coll.find({}).sort([("created_at", 1), ("_id", 1)])
+
     async def all(self) -> list[Doc]:
-        return await all_docs(self.coll.find({}).sort([("created_at", 1), ("_id", 1)]))
+        return await all_docs(self.all_cursor())
 
     def matching_cursor(self, event: str) -> Any:
         return self.coll.find({"events": {"$in": [event, "*"]}, "state": "enabled"})
@@ -131,5 +137,8 @@ class WebhookStore:
             {"$set": {"consecutive_failures": 0}},
         )
 
+    def disabled_cursor(self) -> Any:
+        return self.coll.find({"state": "disabled"})
+
     async def disabled(self) -> list[Doc]:
-        return await all_docs(self.coll.find({"state": "disabled"}))
+        return await all_docs(self.disabled_cursor())

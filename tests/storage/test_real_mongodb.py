@@ -294,3 +294,52 @@ async def test_the_pass_for_jobs_that_can_never_be_due_is_index_backed(storage: 
     names = [f"job-{i}" for i in range(150)]
     for query in FD.undue_filters(names, NOW):
         assert_indexed(await storage.jobs.coll.find(query).limit(100).explain())
+
+
+async def test_a_jobs_dependents_newest_first_need_no_sort(storage: Storage) -> None:
+    """A job's dashboard page, at each refresh: the newest 100 of the jobs scheduled after it
+    (`after` is a list: the index is multikey, as in production)."""
+    dep = ObjectId()
+    after = {"after": [str(dep), str(ObjectId())], "status": S.WAITING.value}
+    await storage.jobs.coll.insert_many(
+        [D.new_job("job-1", {}, now=NOW) | after for _ in range(150)]
+    )
+    assert_indexed(await storage.jobs.dependents_cursor(dep, 100).explain())
+
+
+async def test_the_small_collections_read_at_each_page_are_index_backed(storage: Storage) -> None:
+    """Every overview and status (the disabled endpoints), the event page and the known event
+    names (every endpoint, in creation order), each sweep of a worker with limits (the keys
+    whose slots are held), the audit page (newest first, then older)."""
+    assert "IXSCAN" in assert_indexed(await storage.webhooks.disabled_cursor().explain())
+    assert "IXSCAN" in assert_indexed(await storage.webhooks.all_cursor().explain())
+    assert "IXSCAN" in assert_indexed(await storage.limits.holding_cursor().explain())
+    assert_indexed(await storage.audit.recent_cursor(50, None).explain())
+    assert_indexed(await storage.audit.recent_cursor(50, ObjectId()).explain())
+
+
+async def test_the_overviews_running_jobs_and_a_batch_claims_read_are_index_backed(
+    storage: Storage,
+) -> None:
+    assert_indexed(await storage.jobs.running_cursor().explain())  # overview, every 3 s
+    for n in (2, 150):  # each batch claim (free capacity > 1)
+        names = [f"job-{i}" for i in range(n)]
+        assert_indexed(await storage.jobs.claim_more_cursor(names, NOW, 8).explain())
+
+
+async def test_the_pass_for_unknown_names_reads_no_job_that_is_not_claimable(
+    storage: Storage,
+) -> None:
+    """Every 5 minutes per worker. The claim index holds every job, those that are not
+    claimable under null: a scan of that range would pass `assert_indexed` yet read every
+    ended job."""
+    ended = []
+    for _ in range(300):
+        doc = D.new_job("job-1", {}, now=NOW - dt.timedelta(days=1)) | {"status": S.FINISHED.value}
+        del doc["claim_name"]
+        ended.append(doc)
+    await storage.jobs.coll.insert_many(ended)
+    known = [f"job-{i}" for i in range(150)]
+    plan = await storage.jobs.unknown_cursor(known, NOW).explain()
+    assert_indexed(plan)
+    assert plan["executionStats"]["totalDocsExamined"] == 0, plan["executionStats"]
