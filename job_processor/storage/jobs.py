@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..core.errors import JobNotFoundError
 from ..core.models import Job
 from ..core.outcome import Outcome
 from ..core.retention import Retention
-from ..core.status import JobStatus, check_transition
+from ..core.status import JobStatus
 from .compat import (
     IndexKeys,
     ServerProfile,
@@ -38,6 +38,7 @@ from .compat import (
     not_in,
     open_stream,
 )
+from .job_crons import CronTasks
 from .job_flows import FlowRecords
 from .job_hooks import HookRecords
 from .job_inserts import JobInserts
@@ -99,25 +100,6 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
 MAX_VALUE_BYTES = D.MAX_PAYLOAD_BYTES
 
 
-#: What a cron task recorded as missed loses (its keys: a later slot may run).
-UNSET_MISSED = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
-
-
-def _missed_tasks(now: dt.datetime) -> Doc:
-    """Cron tasks that never started and are past their start deadline (a retry of a task
-    that did start is not one)."""
-    return {
-        "type": "cron_task",
-        "status": S.PENDING.value,
-        "start_deadline": {"$lt": now},
-        "attempt": 0,
-    }
-
-
-def _missed(now: dt.datetime) -> Doc:
-    return {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now, "updated_at": now}
-
-
 def object_id(job_id: str | ObjectId) -> ObjectId:
     """A job id as given (a str or an ObjectId; a Job is taken for its id). An error never
     shows more of what was given than a short string (a payload could be in it)."""
@@ -172,7 +154,7 @@ class EndWrite:
     again, knowing it: `JobStore.end_run` does)."""
 
 
-class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
+class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, JobReads):
     """The domain verbs on jobs (see the module docstring); creation, those on documents other
     programs wrote, on on_job_exited records and the reads are in `job_inserts`, `job_strays`,
     `job_hooks`, `job_reads`."""
@@ -189,39 +171,6 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         return str(self.coll.name)
 
     # ---- creation ---------------------------------------------------------------------------
-
-    async def expire_missed_cron_tasks(
-        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None] | None = None
-    ) -> int:
-        """Pending cron tasks that never started and are past their start deadline never run
-        late: skipped, "missed". (A retry of a task that did start is not expired.) `expiry`:
-        cron name -> when its skipped tasks may be deleted (its retention); without it, every
-        cron's tasks, kept."""
-        check_transition(S.PENDING, S.SKIPPED)
-        if expiry is None:
-            res = await self.coll.update_many(
-                _missed_tasks(now),
-                {"$set": _missed(now), "$unset": UNSET_MISSED},
-            )
-            return int(res.modified_count)
-        return sum((await self.expire_missed_by_name(now, expiry)).values())
-
-    async def expire_missed_by_name(
-        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None]
-    ) -> dict[str, int]:
-        """`expire_missed_cron_tasks` for these crons (name -> its skipped tasks' expiry):
-        how many tasks each had expired."""
-        check_transition(S.PENDING, S.SKIPPED)
-        expired: dict[str, int] = {}
-        for name, expires_at in expiry.items():
-            extra = {"expires_at": expires_at} if expires_at is not None else {}
-            res = await self.coll.update_many(
-                _missed_tasks(now) | {"name": name},
-                {"$set": _missed(now) | extra, "$unset": UNSET_MISSED},
-            )
-            if res.modified_count:
-                expired[name] = int(res.modified_count)
-        return expired
 
     def due_by_key_cursor(
         self, names: list[str], now: dt.datetime, skip_keys: list[str], n: int
@@ -252,13 +201,6 @@ class JobStore(JobInserts, FlowRecords, ForeignJobs, HookRecords, JobReads):
         """The best `n` due jobs of these names whose limit key is not one of `skip_keys` (per-
         value limits: the keys found full), in claim order; `_id`, `limit_key` and `payload`."""
         return await all_docs(self.due_by_key_cursor(names, now, skip_keys, n))
-
-    async def delete_pending_tasks_of(self, names: list[str]) -> int:
-        """Pending tasks of crons that were removed."""
-        res = await self.coll.delete_many(
-            {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
-        )
-        return int(res.deleted_count)
 
     # ---- claim and run ----------------------------------------------------------------------
 

@@ -1,0 +1,75 @@
+"""Cron tasks on the jobs collection: those no worker started within their margin recorded as
+missed, and the pending tasks of a removed cron deleted. A mixin of `JobStore`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from ..core.status import JobStatus, check_transition
+
+S = JobStatus
+Doc = dict[str, Any]
+
+#: What a cron task recorded as missed loses (its keys: a later slot may run).
+UNSET_MISSED = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
+
+
+def _missed_tasks(now: dt.datetime) -> Doc:
+    """Cron tasks that never started and are past their start deadline (a retry of a task
+    that did start is not one)."""
+    return {
+        "type": "cron_task",
+        "status": S.PENDING.value,
+        "start_deadline": {"$lt": now},
+        "attempt": 0,
+    }
+
+
+def _missed(now: dt.datetime) -> Doc:
+    return {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now, "updated_at": now}
+
+
+class CronTasks:
+    coll: Any
+
+    async def expire_missed_cron_tasks(
+        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None] | None = None
+    ) -> int:
+        """Pending cron tasks that never started and are past their start deadline never run
+        late: skipped, "missed". (A retry of a task that did start is not expired.) `expiry`:
+        cron name -> when its skipped tasks may be deleted (its retention); without it, every
+        cron's tasks, kept."""
+        check_transition(S.PENDING, S.SKIPPED)
+        if expiry is None:
+            res = await self.coll.update_many(
+                _missed_tasks(now),
+                {"$set": _missed(now), "$unset": UNSET_MISSED},
+            )
+            return int(res.modified_count)
+        return sum((await self.expire_missed_by_name(now, expiry)).values())
+
+    async def expire_missed_by_name(
+        self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None]
+    ) -> dict[str, int]:
+        """`expire_missed_cron_tasks` for these crons (name -> its skipped tasks' expiry):
+        how many tasks each had expired."""
+        check_transition(S.PENDING, S.SKIPPED)
+        expired: dict[str, int] = {}
+        for name, expires_at in expiry.items():
+            extra = {"expires_at": expires_at} if expires_at is not None else {}
+            res = await self.coll.update_many(
+                _missed_tasks(now) | {"name": name},
+                {"$set": _missed(now) | extra, "$unset": UNSET_MISSED},
+            )
+            if res.modified_count:
+                expired[name] = int(res.modified_count)
+        return expired
+
+    async def delete_pending_tasks_of(self, names: list[str]) -> int:
+        """Pending tasks of crons that were removed."""
+        res = await self.coll.delete_many(
+            {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
+        )
+        return int(res.deleted_count)
