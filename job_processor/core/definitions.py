@@ -225,9 +225,9 @@ class JobDef(Checked):
     from its checkpoint after up to two crashes)."""
     backoff: Backoff = Backoff()
     keep_finished: bool | int | dt.timedelta | None = None
-    """How long finished (and skipped) jobs are kept: a timedelta, the n most recent of this
-    name, False (deleted as soon as the retention floor allows) or True (forever). None: the
-    processor's default (1 day)."""
+    """How long finished (and skipped) jobs are kept: a timedelta, the n most recently created
+    of this name, False (deleted as soon as the retention floor allows) or True (forever).
+    None: the processor's default (1 day)."""
     keep_failed: bool | int | dt.timedelta | None = None
     """The same for errored and killed jobs. None: the processor's default (30 days)."""
     limit: Limit | None = None

@@ -2,7 +2,8 @@
 
 A retention is one of:
 - a `timedelta`: kept that long after it ended (an `expires_at` field, under a TTL index);
-- an `int` n: the n most recent of that name are kept (a bounded trimming pass deletes older);
+- an `int` n: the n most recently created of that name are kept, and those ended within the
+  floor (a bounded trimming pass deletes older);
 - `False`: deleted at once: after the floor (below; MongoDB's TTL monitor runs every 60 s);
 - `True`: kept forever.
 
@@ -94,8 +95,14 @@ def floor_of(worker_timeout: float, producer_retry_seconds: float) -> dt.timedel
     return dt.timedelta(seconds=max(2 * worker_timeout, producer_retry_seconds + 30))
 
 
+#: The longest retention duration (an expiry date past it could not be written) and the
+#: largest count (MongoDB's skip is a 64-bit int): `True` keeps for ever.
+MAX_KEEP = dt.timedelta(days=36500)
+MAX_KEEP_COUNT = 2**31 - 1
+
+
 def check_keep(value: Any, field: str) -> Keep | None:
-    """A clear error for a retention that is none of the four kinds."""
+    """A clear error for a retention that is none of the four kinds, or out of range."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -103,10 +110,19 @@ def check_keep(value: Any, field: str) -> Keep | None:
             raise ValueError(
                 f"{field}={value}: a count keeps at least 1 job (False deletes at once)"
             )
+        if value > MAX_KEEP_COUNT:
+            raise ValueError(
+                f"{field}={value}: a count keeps at most {MAX_KEEP_COUNT} jobs (True keeps "
+                "every job for ever)"
+            )
         return value
     if isinstance(value, dt.timedelta):
         if value <= dt.timedelta(0):
             raise ValueError(f"{field}: a duration must be positive (False deletes at once)")
+        if value > MAX_KEEP:
+            raise ValueError(
+                f"{field}={value}: a duration is at most {MAX_KEEP.days} days (True keeps for ever)"
+            )
         return value
     raise ValueError(
         f"{field} must be a timedelta (keep that long), an int (keep the n most recent per "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidDefinitionError
-from .retention import Keep, Retention, check_keep
+from .retention import MAX_KEEP, Keep, Retention, check_keep
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ def check_keep_events(value: Any) -> dt.timedelta | None:
     keep_failed): it must outlast a delivery's retries, so neither a count nor False."""
     if value is True:
         return None
-    if isinstance(value, dt.timedelta) and value > dt.timedelta(0):
+    if isinstance(value, dt.timedelta) and dt.timedelta(0) < value <= MAX_KEEP:
         return value
     raise InvalidDefinitionError(
-        f"keep_events must be a positive timedelta (longer than your deliveries' retries) or "
-        f"True (keep forever), got {value!r}"
+        f"keep_events must be a positive timedelta of at most {MAX_KEEP.days} days (longer "
+        f"than your deliveries' retries) or True (keep forever), got {value!r}"
     )
 
 

@@ -185,8 +185,8 @@ def older_workers(docs: list[Doc]) -> frozenset[str]:
 
 class Trimmer:
     """The bounded pass behind count retentions: for each name this process defines with a
-    count, delete (at most `batch` per name and pass) the ended jobs past the n most recent,
-    never one whose on_job_exited is still owed. Run after the sweep every `every` seconds,
+    count, delete (at most `batch` per name and pass) the ended jobs past the n most recently
+    created, never one whose on_job_exited is still owed. Run after the sweep every `every` seconds,
     and at the next sweep again while a pass found a whole batch of some name past its count
     (a name that ends more than `batch` jobs in `every` seconds would otherwise grow without
     bound: 1000

@@ -219,7 +219,8 @@ class JobReads:
     def trim_query(name: str, statuses: list[JobStatus], before: dt.datetime | None = None) -> Doc:
         """The ended jobs of `name` in `statuses` that a count may delete: never one whose hook
         is owed; with `before` (the retention floor), only those created before it (all newer
-        ones are kept too; `created_at` is set by the insert)."""
+        ones are kept too; `created_at` is set by the insert). `trim` also keeps those that
+        ended after it."""
         query: Doc = {
             "status": {"$in": [s.value for s in statuses]},
             "name": name,
@@ -233,7 +234,7 @@ class JobReads:
         """Past the `keep` most recent, newest first by (created_at, _id) — exact even when
         many share a millisecond — at most `batch`: at most keep + batch keys of the
         {status, name, created_at, _id} index."""
-        fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1}
+        fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1, "ended_at": 1}
         return self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
 
     async def trim(
@@ -244,8 +245,9 @@ class JobReads:
         batch: int,
         before: dt.datetime | None = None,
     ) -> tuple[int, bool]:
-        """Delete the ended jobs of `name` in `statuses` past its `keep` most recent (of those
-        created before `before`, the retention floor, when given), at most `batch` per call
+        """Delete the ended jobs of `name` in `statuses` past its `keep` most recently created
+        (of those created before `before`, the retention floor, when given, and not ended
+        after it), at most `batch` per call
         (see `trim_query` and `trim_cursor`). Returns how many were deleted, and whether the
         read found a whole batch past the count (more may be left: kept jobs and those another
         worker deleted first are not counted as deleted)."""
@@ -255,6 +257,9 @@ class JobReads:
         # settled; the others by the part of that condition they were read in (usually one)
         by_part: dict[int, list[Any]] = {}
         for d in found:
+            ended = decode(d).get("ended_at")
+            if before is not None and isinstance(ended, dt.datetime) and ended >= before:
+                continue  # created long ago, ended within the floor: its producer may read it
             part = counted_part(d)
             if part is not None:
                 by_part.setdefault(part, []).append(d["_id"])

@@ -36,7 +36,10 @@ def test_defaults_and_definitions() -> None:
     assert of(None, Retention()) is None  # unknown here: kept until someone who knows decides
 
 
-@pytest.mark.parametrize("bad", [0, -1, dt.timedelta(0), "7d", 1.5])
+@pytest.mark.parametrize(
+    "bad",
+    [0, -1, dt.timedelta(0), "7d", 1.5, 2**63, dt.timedelta(days=3_000_000), dt.timedelta.max],
+)
 def test_bad_retentions_say_what_is_accepted(bad: object) -> None:
     with pytest.raises(ValueError, match="keep_finished"):
         check_keep(bad, "keep_finished")

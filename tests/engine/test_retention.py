@@ -6,9 +6,10 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, InvalidDefinitionError, Job, JobDef, JobStatus
 from tests.helpers import make
 
 S = JobStatus
@@ -336,3 +337,47 @@ async def test_an_exclusive_conflict_recorded_where_the_retention_is_unknown_exp
         assert dt.timedelta(0) <= late <= dt.timedelta(seconds=1)
     raw = await db["job_processor_jobs"].find_one({"_id": ObjectId(ids[0])})
     assert "expiry_pending" not in raw
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"keep_finished": 2**63},
+        {"keep_finished": dt.timedelta(days=3_000_000)},
+        {"keep_failed": dt.timedelta.max},
+        {"keep_events": dt.timedelta.max},
+    ],
+)
+async def test_a_retention_too_large_to_write_is_refused_at_init_naming_the_field(
+    db: Any, kw: dict[str, Any]
+) -> None:
+    """A skip of 2**63 crashed the worker's loop at its first trimming pass; an expiry past
+    the year 9999 turned a finished run into an error (True keeps for ever)."""
+    field = next(iter(kw))
+    with pytest.raises(InvalidDefinitionError, match=field):
+        await make(db, {"a": JobDef(handler=ok)}, **kw)
+    if field != "keep_events":
+        with pytest.raises(ValueError, match=field):
+            JobDef(handler=ok, **kw)
+
+
+async def test_a_count_never_deletes_a_job_that_has_just_ended(db: Any) -> None:
+    """A job created long ago (scheduled for later, or a long run) that has just ended is kept
+    through the floor, whatever the count: its producer's `result()` still finds it."""
+    from job_processor import FakeClock
+    from job_processor.testing import run_until_idle
+
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    processor = await make(db, {"report": JobDef(handler=ok, keep_finished=3)}, clock=clock)
+    later = await processor.schedule_job("report", {"n": 0}, delay=600)
+    for n in (1, 2, 3):
+        await processor.schedule_job("report", {"n": n})
+    await run_until_idle(processor, advance_clock=False)  # the three quick ones finish
+    clock.advance(600)
+    await run_until_idle(processor, advance_clock=False)  # the scheduled one finishes now
+    await processor.trimmer.run(clock.now())  # a pass right after it ended
+    assert await processor.result(later.id) == "ok"
+    clock.advance(3600)  # past the floor: the count applies, to the 3 most recently created
+    await processor.trimmer.run(clock.now())
+    left = await processor.list_jobs("report")
+    assert later.id not in [j.id for j in left] and len(left) == 3
