@@ -377,6 +377,13 @@ class JobsAPI(JobWaits):
         if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
             stored = await self._settle_hook(stored) or stored
         name = str(stored["name"])
+        if stored.get("status") in RETRYABLE and not await produce(
+            lambda _: self.storage.events.hold_for_retry(stored.get("event_id"), self.clock.now())
+        ):
+            raise JobProcessorError(
+                f"job {name!r} {oid}: its event {stored.get('event_id')} is gone (keep_events): "
+                "there is nothing left to deliver"
+            )
         exclusive = await self._exclusive_of(name)
         retry_id = D.new_id()
         try:

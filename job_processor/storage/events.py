@@ -164,16 +164,37 @@ class EventStore:
         """A replay delivered it (`doc`, as read): it is no longer an event nobody listened to,
         and it is kept as long again from now as it was from its emit (`keep_events` then), so
         that the replay's deliveries, retries included, still find it."""
-        fields: Doc = {"last_replayed_at": now}
-        emitted, expires = doc.get("emitted_at"), doc.get("expires_at")
-        if isinstance(emitted, dt.datetime) and isinstance(expires, dt.datetime):
-            kept = as_utc(now) + (as_utc(expires) - as_utc(emitted))
-            if kept > as_utc(expires):
-                fields["expires_at"] = kept
+        fields: Doc = {"last_replayed_at": now} | _kept_again(doc, now)
         await self.coll.update_one(
             {"_id": doc["_id"]},
             {"$inc": {"replays": 1}, "$set": fields, "$unset": {"no_targets": ""}},
         )
+
+    async def hold_for_retry(self, event_id: Any, now: dt.datetime) -> bool:
+        """A delivery of this event is retried by hand: the event is kept as long again from
+        now as from its emit, as for a replay (the retry's attempts read it). False when it is
+        gone (retention): nothing is left to deliver."""
+        if not isinstance(event_id, ObjectId):
+            if not (isinstance(event_id, str) and ObjectId.is_valid(event_id)):
+                return True  # not an event's delivery
+            event_id = ObjectId(event_id)
+        doc = await self.get(event_id)
+        if doc is None:
+            return False
+        kept = _kept_again(doc, now)
+        if kept:
+            await self.coll.update_one({"_id": event_id}, {"$set": kept})
+        return True
+
+
+def _kept_again(doc: Doc, now: dt.datetime) -> Doc:
+    """`expires_at` as long from `now` as the event was kept from its emit, when later."""
+    emitted, expires = doc.get("emitted_at"), doc.get("expires_at")
+    if isinstance(emitted, dt.datetime) and isinstance(expires, dt.datetime):
+        kept = as_utc(now) + (as_utc(expires) - as_utc(emitted))
+        if kept > as_utc(expires):
+            return {"expires_at": kept}
+    return {}
 
 
 class SubscriberStore:

@@ -16,6 +16,7 @@ from pymongo.errors import AutoReconnect, WriteConcernError
 from job_processor import (
     AbortSignal,
     Event,
+    JobProcessorError,
     JobStatus,
     RetryLater,
     Subscriber,
@@ -413,3 +414,36 @@ async def test_one_sweep_completes_a_burst_of_owed_fan_outs(db: Any) -> None:
     later = processor.clock.now() + dt.timedelta(seconds=31)
     assert await processor.events.sweep(later) == 250
     assert await deliveries.count_documents({}) == 250
+
+
+async def test_a_delivery_retried_by_hand_keeps_its_event_for_its_attempts(db: Any) -> None:
+    """A retry of a failed delivery near the end of keep_events: its attempts found the event
+    deleted (DoNotRetry) before; it is now kept as long again from the retry, as for a replay.
+    A delivery whose event is gone is refused a retry, saying why."""
+    from job_processor import DoNotRetry, FakeClock
+    from job_processor.ops.admin import Admin
+    from job_processor.testing import run_until_idle
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        raise DoNotRetry("receiver down")
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    keep = dt.timedelta(hours=1)
+    p = await make(
+        db, {"paid": [Subscriber("audit", handler=audit)]}, clock=clock, keep_events=keep
+    )
+    events = db["job_processor_events"]
+    first = await p.emit("paid", {"order": 1})
+    second = await p.emit("paid", {"order": 2})
+    await run_until_idle(p, advance_clock=False)
+    clock.advance(50 * 60)  # 10 minutes before the events expire
+    retried = await p.retry_job(first.deliveries[0].job_id)
+    assert retried.status == JobStatus.PENDING
+    stored = await events.find_one({"_id": ObjectId(first.id)})
+    assert decode(stored)["expires_at"] == clock.now() + keep
+    await events.delete_one({"_id": ObjectId(second.id)})  # expired (keep_events)
+    with pytest.raises(JobProcessorError, match=r"its event .* is gone"):
+        await p.retry_job(second.deliveries[0].job_id)
+    admin = await Admin.open(db, p.storage.prefix)
+    result = await admin.retry([second.deliveries[0].job_id], actor="ops")
+    assert "its event is gone" in result.skipped[second.deliveries[0].job_id]

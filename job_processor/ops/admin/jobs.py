@@ -16,7 +16,7 @@ from ...core.definitions import fill_limit_key
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.models import Job
 from ...core.payload_fields import check_payload_fields
-from ...core.retries import retry_refusal
+from ...core.retries import RETRYABLE, retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
 from ...core.values import fits_int64
 from ...storage.compat import counted_part
@@ -147,6 +147,12 @@ class JobsAdmin(AdminBase):
             result.skipped[str(oid)] = "not found"
             return
         name = current["name"]
+        held = current.get("status") not in RETRYABLE or await self.storage.events.hold_for_retry(
+            current.get("event_id"), self.clock.now()
+        )
+        if not held:
+            result.skipped[str(oid)] = "its event is gone (keep_events): nothing left to deliver"
+            return
         if name not in cache:
             cache[name] = await self._exclusive(name)
         if current.get("exit_hook") == "owed" and name in hookless:
