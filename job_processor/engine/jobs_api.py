@@ -80,10 +80,8 @@ class JobsAPI(JobWaits):
         if not self.open_names:
             return self._template_of_definition
         rows = await self._registry_rows()
-        missing = {n for n in names if isinstance(n, str) and n not in rows and n not in self.jobs}
-        if missing and self._registry and time.monotonic() - self._registry[0] > REGISTRY_MISS_TTL:
-            self._registry = None
-            rows = await self._registry_rows()
+        if any(isinstance(n, str) and n not in rows and n not in self.jobs for n in names):
+            rows = await self._registry_rows(REGISTRY_MISS_TTL)  # never cleared: threads share it
         warned: set[str] = set()
 
         def template(name: str) -> Template:
@@ -123,12 +121,13 @@ class JobsAPI(JobWaits):
             raise UnknownJobError(str(name), list(self.jobs), self.jobs_given_to)
         return self.jobs[name]
 
-    async def _registry_rows(self) -> dict[str, Doc]:
+    async def _registry_rows(self, max_age: float = REGISTRY_TTL) -> dict[str, Doc]:
         at = time.monotonic()
-        if self._registry is None or at - self._registry[0] > REGISTRY_TTL:
+        registry = self._registry  # read once: a JobClient's request threads share it
+        if registry is None or at - registry[0] > max_age:
             docs = await self.storage.producer.run(lambda _: self.storage.definitions.all())
-            self._registry = (at, {str(d["_id"]): d for d in docs})
-        return self._registry[1]
+            registry = self._registry = (at, {str(d["_id"]): d for d in docs})
+        return registry[1]
 
     # ---- scheduling --------------------------------------------------------------------------
 

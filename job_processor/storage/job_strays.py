@@ -113,6 +113,9 @@ class ForeignJobs:
             "status": None,
             "_id": {"$lt": ObjectId.from_datetime(inserted_before)},
             "name": NAMED,  # a document with no name to claim it under is left as it is
+            # a minimal insert (claim_name and due_ms, no status) is claimable as it is: never
+            # adopted, it must not fill the batch either
+            "claim_name": {"$exists": False},
         }
         return self.coll.find(old, {"_id": 1, "name": 1, "scheduled_for": 1}).limit(limit)
 

@@ -63,3 +63,21 @@ async def test_a_bare_insert_behind_a_full_sweep_query_is_adopted(db: Any) -> No
     await processor.recovery.sweep(processor.clock.now())
     doc = await coll.find_one({"_id": good})
     assert doc is not None and doc.get("status") == "pending"
+
+
+async def test_minimal_documents_waiting_their_turn_never_hold_a_bare_insert_back(db: Any) -> None:
+    """docs/scale.md's minimal document (claim_name and due_ms, no status) is claimable as it
+    is, never adopted: 100 of them due tomorrow filled every batch before."""
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    tomorrow_ms = int((dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).timestamp() * 1000)
+    minimal = {"name": "send-email", "claim_name": "send-email", "due_ms": tomorrow_ms}
+    await coll.insert_many(
+        [{"_id": oid_at(old), "payload": {"n": n}} | minimal for n in range(120)]
+    )
+    bare = oid_at(old + dt.timedelta(seconds=1))
+    await coll.insert_one({"_id": bare, "name": "send-email", "payload": {}})
+    await processor.recovery.sweep(processor.clock.now())
+    doc = await coll.find_one({"_id": bare})
+    assert doc is not None and doc.get("status") == "pending", doc
