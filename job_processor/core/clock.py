@@ -37,6 +37,10 @@ class SystemClock:
     def now(self) -> dt.datetime:
         return to_millis(dt.datetime.now(UTC))
 
+    def monotonic(self) -> float:
+        """Seconds on a clock no wall-clock step moves (an NTP correction, a VM resumed)."""
+        return time.monotonic()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
@@ -63,7 +67,10 @@ class FakeClock:
 
     def __init__(self, start: dt.datetime | None = None) -> None:
         self._now = to_millis(_aware(start or dt.datetime(2030, 1, 1, tzinfo=UTC)))
-        self._sleepers: list[tuple[dt.datetime, asyncio.Future[None]]] = []
+        self._mono = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        """(when on `monotonic`, its future): a sleep counts time, as asyncio's does, not the
+        wall clock's steps."""
 
     def now(self) -> dt.datetime:
         return self._now
@@ -74,7 +81,7 @@ class FakeClock:
         if seconds <= 0:
             return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._now + dt.timedelta(seconds=seconds), fut))
+        self._sleepers.append((self._mono + seconds, fut))
         return self._wait(fut)
 
     async def _wait(self, fut: asyncio.Future[None]) -> None:
@@ -84,11 +91,18 @@ class FakeClock:
             fut.cancel()
             self._sleepers = [(t, f) for t, f in self._sleepers if f is not fut]
 
+    def monotonic(self) -> float:
+        """Seconds that only the clock moving forward adds to (a step back leaves it)."""
+        return self._mono
+
     def set(self, value: dt.datetime) -> None:
-        """Move the clock to `value` (an aware datetime; backwards too, as a wall clock can)."""
-        self._now = to_millis(_aware(value))
+        """Move the clock to `value` (an aware datetime; backwards too, as a wall clock can:
+        `monotonic` then stays where it was)."""
+        value = to_millis(_aware(value))
+        self._mono += max((value - self._now).total_seconds(), 0.0)
+        self._now = value
         for due, fut in list(self._sleepers):
-            if due <= self._now and not fut.done():
+            if due <= self._mono + 1e-9 and not fut.done():
                 fut.set_result(None)
 
     def advance(self, seconds: float) -> None:
@@ -97,6 +111,12 @@ class FakeClock:
     @property
     def sleepers(self) -> int:
         return sum(1 for _, f in self._sleepers if not f.done())
+
+
+def monotonic_of(clock: Clock) -> float:
+    """The clock's `monotonic()` (a clock of the user's without one: its wall time)."""
+    monotonic = getattr(clock, "monotonic", None)
+    return float(monotonic()) if callable(monotonic) else clock.now().timestamp()
 
 
 async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float) -> bool:

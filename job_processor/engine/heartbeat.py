@@ -9,13 +9,13 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from ..core import documents as D
-from ..core.clock import Clock, sleep_or_wake
+from ..core.clock import Clock, monotonic_of, sleep_or_wake
 from ..core.documents import Doc
 from ..core.log import EventLog
 from ..storage import Storage
 from ..storage.transient import describe
 from .looplag import LoopLag
-from .recovery import Recovery, claim_margin, is_dead
+from .recovery import Recovery, claim_margin
 from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
 from .worker import Worker
@@ -54,7 +54,10 @@ class Heartbeat:
         self.stop_event = asyncio.Event()
         self.trimmer: Trimmer | None = None
         """Set by the processor: the pass behind keep_finished / keep_failed counts."""
-        self._last_ok: dt.datetime | None = None
+        self._last_ok: float | None = None
+        """When the last successful heartbeat was sent, on the clock's `monotonic()`: the
+        lease is measured from it, so that no step of this host's wall clock lengthens it (the
+        `last_seen` it wrote is the wall time of that same moment)."""
         self._gave_up = False
         """The lease expired and the runs were given up: register afresh (a beat that started
         before and landed after would otherwise keep the id, with its jobs left running)."""
@@ -83,7 +86,7 @@ class Heartbeat:
         """A new worker document carrying the paused names (read before and after it exists,
         so that a pause or resume made meanwhile is not missed: see
         `WorkerStore.align_paused`)."""
-        now = self.clock.now()
+        now, sent = self.clock.now(), monotonic_of(self.clock)
         before = await self.registry.paused_names() if self.registry is not None else set()
         doc = D.new_worker(
             now,
@@ -104,13 +107,13 @@ class Heartbeat:
             after = await self.registry.paused_names()
             await self.workers.align_paused(doc["_id"], before, after)
             self.worker.paused = self.registry.note_paused(frozenset(after), doc["_id"])
-        later = self.clock.now()
-        if (later - now).total_seconds() >= self.settings.heartbeat_interval:
+        later, sent_later = self.clock.now(), monotonic_of(self.clock)
+        if sent_later - sent >= self.settings.heartbeat_interval:
             # a slow registration (many definitions, a slow server): its last_seen is already
             # old; beat now, or this worker would look dead, and declare itself so, at once
             await self.workers.beat(doc["_id"], later, None)
-            now = later
-        self._last_ok = now
+            sent = sent_later
+        self._last_ok = sent
         self._gave_up = False
         self.log.info(
             "worker_registered",
@@ -124,23 +127,24 @@ class Heartbeat:
         await self.workers.unregister(self.worker.worker_id)
         self.log.info("worker_stopped", worker_id=self.worker.worker_id)
 
+    def _age(self) -> float:
+        """Seconds since the last successful heartbeat was sent (0 before the first)."""
+        if self._last_ok is None:
+            return 0.0
+        return monotonic_of(self.clock) - self._last_ok
+
     def trusted(self) -> bool:
         """Whether this worker's registration holds: it has an id, and its last heartbeat is
         recent enough that no other worker can have declared it dead (True before the first
         registration: there is nothing to be declared dead yet)."""
         if self._last_ok is None:
             return True
-        return bool(self.worker.worker_id) and not is_dead(
-            self._last_ok, self.clock.now(), self.settings.worker_timeout
-        )
+        return bool(self.worker.worker_id) and self._age() <= self.settings.worker_timeout
 
     def lease_left(self) -> float:
         """Seconds until other workers may declare this one dead (its last heartbeat plus
         worker_timeout); the whole worker_timeout before the first."""
-        timeout = self.settings.worker_timeout
-        if self._last_ok is None:
-            return timeout
-        return max(0.0, timeout - (self.clock.now() - self._last_ok).total_seconds())
+        return max(0.0, self.settings.worker_timeout - self._age())
 
     def claimable(self) -> bool:
         """`trusted`, with a margin: no claim is made, nor a claimed job started, in the last
@@ -151,7 +155,7 @@ class Heartbeat:
         if self._last_ok is None:
             return True
         lease = self.settings.worker_timeout - claim_margin(self.settings)
-        return bool(self.worker.worker_id) and not is_dead(self._last_ok, self.clock.now(), lease)
+        return bool(self.worker.worker_id) and self._age() <= lease
 
     async def lease_watch(self) -> None:
         """Give the runs up once the last successful heartbeat is worker_timeout old, the time
@@ -160,13 +164,12 @@ class Heartbeat:
         while not self.stop_event.is_set():
             wait = self.settings.heartbeat_interval
             if self._last_ok is not None and self.worker.runs:
-                now, timeout = self.clock.now(), self.settings.worker_timeout
-                if is_dead(self._last_ok, now, timeout):  # the sweeps' own predicate
+                left = self.settings.worker_timeout - self._age()
+                if left < 0:  # the sweeps' own predicate (older than worker_timeout)
                     self.worker.abandon_all("heartbeat_stale")
                     self._gave_up = True  # the next tick registers afresh, whatever its beat
                 else:
-                    expires = self._last_ok + dt.timedelta(seconds=timeout)
-                    wait = min(wait, max((expires - now).total_seconds(), 0.001))
+                    wait = min(wait, max(left, 0.001))
             await sleep_or_wake(self.clock, self.stop_event, wait)
 
     async def _release_unstarted(self, doc: Doc, why: str) -> Any:
@@ -198,10 +201,8 @@ class Heartbeat:
             await self.register()
             self.worker.wake.set()
             return
-        now = self.clock.now()
-        stale = self._last_ok is not None and is_dead(
-            self._last_ok, now, self.settings.worker_timeout
-        )
+        now, sent = self.clock.now(), monotonic_of(self.clock)
+        stale = self._last_ok is not None and sent - self._last_ok > self.settings.worker_timeout
         stuck = USER_THREADS.stuck
         also: dict[str, int | str] | None = (
             {"stuck_threads": stuck} if stuck != self._stuck_written else None
@@ -226,7 +227,7 @@ class Heartbeat:
             await self.register()
             self.worker.wake.set()  # claim again, under the new id
             return
-        self._last_ok = now
+        self._last_ok = sent
         if self.worker.claims_held and self.claimable():  # a late beat made it in time
             self.worker.claims_held = False
             self.worker.wake.set()
