@@ -35,7 +35,16 @@ def _documented(block: str) -> dict[str, Any]:
     for name, value in re.findall(r"^\s+(\w+)=(.+?),(?:\s+#.*)?$", block, re.M):
         if value in ("{...}", name):  # jobs={...}, handler=handler: no default to compare
             continue
-        found[name] = ast.literal_eval(value) if value != "Backoff()" else Backoff()
+        if value == "Backoff()":
+            found[name] = Backoff()
+        elif value.startswith("timedelta("):  # timedelta(days=N): its keywords, literal
+            call = ast.parse(value, mode="eval").body
+            assert isinstance(call, ast.Call), value
+            found[name] = dt.timedelta(
+                **{k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+            )
+        else:
+            found[name] = ast.literal_eval(value)
     return found
 
 

@@ -98,6 +98,12 @@ def ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def shown_json(value: Any) -> str:
+    """A value as JSON for a person: its text as written (é, not \\u00e9); what could act on
+    the terminal is escaped by the stream (`VisibleStream`)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class VisibleStream:
     """A text stream that writes control characters as escapes (`masking.visible`): what a
     job's name, error, log line or dedup key holds is shown, and never acts on the terminal

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import urllib.parse
 from typing import Any
@@ -21,6 +20,7 @@ from .common import (
     UsageError,
     emit_json,
     first_line,
+    shown_json,
     table,
     when,
     with_admin,
@@ -101,7 +101,7 @@ def show_event(e: Event) -> None:
     for key, value in fields:
         if value is not None:
             print(f"{key + ':':<20}{value}")
-    print(f"{'payload:':<20}{json.dumps(masked['payload'])}")
+    print(f"{'payload:':<20}{shown_json(masked['payload'])}")
     print("deliveries:")
     if not e.deliveries:
         print("  none: nobody was listening when it was emitted (replay it to deliver it now)")

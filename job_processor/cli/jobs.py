@@ -24,6 +24,7 @@ from .common import (
     masked,
     report,
     reported,
+    shown_json,
     table,
     when,
     with_admin,
@@ -107,12 +108,12 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
     progress = data.get("progress")
     if progress:
         print(f"{'progress:':<20}{progress_text(progress)}")
-    print(f"{'payload:':<20}{json.dumps(data['payload'])}")
+    print(f"{'payload:':<20}{shown_json(data['payload'])}")
     if data.get("state") is not None:
-        print(f"{'checkpoint:':<20}{json.dumps(data['state'])}")
+        print(f"{'checkpoint:':<20}{shown_json(data['state'])}")
     output = data.get("output") or {}
     if output.get("result") is not None:
-        print(f"{'result:':<20}{json.dumps(output['result'])}")
+        print(f"{'result:':<20}{shown_json(output['result'])}")
     if output.get("duration_ms") is not None:
         print(f"{'duration_ms:':<20}{output['duration_ms']}")
     if output.get("error"):  # of the run that ended last: a job running again is not failing

@@ -61,3 +61,20 @@ async def test_a_jobs_error_and_key_cannot_act_on_the_terminal(db: Any, mongo_ur
         refused = await run_cli(*args, env=env)  # usage errors quote what was given
         assert refused.returncode == 2 and "x" in refused.stderr
         assert "\x1b" not in refused.stdout + refused.stderr
+
+
+async def test_jobs_show_writes_a_payloads_text_as_it_is_and_escapes_only_controls(
+    db: Any, mongo_url: str
+) -> None:
+    """`jobs show` printed every non-ASCII character of a payload as `\\uXXXX` (café read
+    caf\\u00e9, the mask \\u2022...): only what could act on the terminal is escaped."""
+    processor = await init_job_processor(db, jobs={"fetch": JobDef(handler=hostile)}, **FAST)
+    job = await processor.schedule_job(
+        "fetch", {"note": "café Zürich", "password": "hunter2", "trap": "x\u202ey"}
+    )
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    shown = await run_cli("jobs", "show", job.id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert '"note": "café Zürich"' in shown.stdout
+    assert '"password": "••••••"' in shown.stdout and "hunter2" not in shown.stdout
+    assert "\u202e" not in shown.stdout and "x\\u202ey" in shown.stdout

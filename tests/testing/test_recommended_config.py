@@ -11,34 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-USER_TESTS = """
-import pytest
-
-from job_processor import AbortSignal, Job, JobAbortedError, JobDef
-from job_processor.testing import JobHarness, in_memory_processor, run_until_idle
-
-
-async def reindex(job: Job, signal: AbortSignal) -> int:
-    batch = (job.state or {}).get("batch", 0)
-    while batch < 100:
-        signal.raise_if_aborted()
-        batch += 1
-        await job.checkpoint({"batch": batch})
-    return batch
-
-
-async def signup(job: Job, signal: AbortSignal) -> None:
-    await job.processor.schedule_job("send-email", {"to": job.payload["email"]})
-
-
-async def send_email(job: Job, signal: AbortSignal) -> None:
-    return None
-
-
-JOBS = {"signup": JobDef(handler=signup), "send-email": JobDef(handler=send_email)}
-
-"""
-
 
 def guide_section() -> str:
     text = (ROOT / "docs" / "guide.md").read_text()
@@ -52,10 +24,8 @@ def test_the_guides_configuration_and_examples_run_without_a_warning(tmp_path: P
     examples = re.search(r"```python\n(.*?)```", section, re.S)
     assert toml is not None and examples is not None, "the guide lost its testing examples"
     (tmp_path / "pyproject.toml").write_text(toml.group(1))
-    code = examples.group(1).replace(
-        "from job_processor.testing import JobHarness, in_memory_processor, run_until_idle\n", ""
-    )
-    (tmp_path / "test_user.py").write_text(USER_TESTS + code)
+    code = examples.group(1)  # as a user copies it: nothing added
+    (tmp_path / "test_user.py").write_text(code)
     run = subprocess.run(
         [
             sys.executable,
