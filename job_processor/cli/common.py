@@ -113,7 +113,12 @@ class VisibleStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(visible(text))
+        shown = visible(text)
+        try:
+            self._stream.write(shown)
+        except UnicodeEncodeError:  # a terminal that cannot show it (PYTHONIOENCODING=latin-1)
+            encoding = getattr(self._stream, "encoding", None) or "ascii"
+            self._stream.write(shown.encode(encoding, "backslashreplace").decode(encoding))
         return len(text)  # what was given, as a text stream says
 
     def writelines(self, lines: Iterable[str]) -> None:  # else the wrapped stream's, as is

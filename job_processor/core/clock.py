@@ -67,8 +67,8 @@ class FakeClock:
 
     def __init__(self, start: dt.datetime | None = None) -> None:
         self._now = to_millis(_aware(start or dt.datetime(2030, 1, 1, tzinfo=UTC)))
-        self._mono = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self._mono = dt.timedelta(0)  # exact: a float sum drifts over days of small steps
+        self._sleepers: list[tuple[dt.timedelta, asyncio.Future[None]]] = []
         """(when on `monotonic`, its future): a sleep counts time, as asyncio's does, not the
         wall clock's steps."""
 
@@ -81,7 +81,7 @@ class FakeClock:
         if seconds <= 0:
             return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + seconds, fut))
+        self._sleepers.append((self._mono + dt.timedelta(seconds=seconds), fut))
         return self._wait(fut)
 
     async def _wait(self, fut: asyncio.Future[None]) -> None:
@@ -93,16 +93,16 @@ class FakeClock:
 
     def monotonic(self) -> float:
         """Seconds that only the clock moving forward adds to (a step back leaves it)."""
-        return self._mono
+        return self._mono.total_seconds()
 
     def set(self, value: dt.datetime) -> None:
         """Move the clock to `value` (an aware datetime; backwards too, as a wall clock can:
         `monotonic` then stays where it was)."""
         value = to_millis(_aware(value))
-        self._mono += max((value - self._now).total_seconds(), 0.0)
+        self._mono += max(value - self._now, dt.timedelta(0))
         self._now = value
         for due, fut in list(self._sleepers):
-            if due <= self._mono + 1e-9 and not fut.done():
+            if due <= self._mono and not fut.done():
                 fut.set_result(None)
 
     def advance(self, seconds: float) -> None:

@@ -135,7 +135,7 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
         "done": _plain(done),
         "total": None if total is None else _plain(total),
         "fraction": fraction,
-        "message": message[:MESSAGE_CHARS] if message else None,
+        "message": storable_text(message[:MESSAGE_CHARS]) if message else None,
         "at": now,
     }
 
@@ -175,13 +175,13 @@ def log_line(
 ) -> Doc:
     """One line of a job's log, at most LINE_BYTES once encoded (as JSON: its size in BSON is
     about the same): the message is cut to fit; fields that alone do not fit become one text."""
-    safe = {str(k): _shown(v) for k, v in fields.items()}
+    safe = {_key(k): _shown(v) for k, v in fields.items()}
     line: Doc = {"at": now, "run": run, "level": level if level in LEVELS else "info"}
     if safe:
         line["fields"] = safe
     if _size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
         line["fields"] = {"fields": json.dumps(safe, default=str)[: LINE_BYTES // 4] + "…"}
-    text = str(message)
+    text = storable_text(str(message))
     room = LINE_BYTES - _size(line | {"message": ""})
     if _size({"m": text}) - 8 > room:
         cut = text[:room]
@@ -196,22 +196,54 @@ def _size(value: Any) -> int:
     return len(json.dumps(value, default=str).encode())
 
 
-def _shown(value: Any) -> Any:
+#: How deep a log field's containers are followed; deeper ones are kept as text.
+FIELD_DEPTH = 20
+
+
+def storable_text(text: str) -> str:
+    """`text` as BSON can store it: a lone surrogate (a file name that is not UTF-8, from
+    os.listdir; JSON's "\\ud800") written as its escape, the rest as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _key(key: Any) -> str:
+    """A field name BSON can store: text, no NUL (a C string)."""
+    return storable_text(str(key)).replace("\x00", "\\x00")
+
+
+def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> Any:
     """A field as it is shown: JSON's own types kept, anything else as text (NaN and infinity,
-    which JSON has not, and integers over MongoDB's 64 bits included)."""
-    if value is None or isinstance(value, bool | str):
+    which JSON has not, and integers over MongoDB's 64 bits included); a container holding
+    itself, or nested past FIELD_DEPTH, as text too (a log call never fails a run)."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return storable_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, int):
         return value if fits_int64(value) else str(value)
-    if isinstance(value, list | tuple):
-        return [_shown(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | Mapping):
+        if id(value) in within or depth >= FIELD_DEPTH:
+            return "<cycle>" if id(value) in within else f"<nested deeper than {FIELD_DEPTH}>"
+        inner = within | {id(value)}
+        if isinstance(value, Mapping):
+            return {_key(k): _shown(v, depth + 1, inner) for k, v in value.items()}
+        return [_shown(v, depth + 1, inner) for v in value]
     if isinstance(value, dt.datetime):
         return value.isoformat()
-    return str(value)
+    try:
+        return storable_text(_cut(str(value)))
+    except Exception:  # a __str__ that raises: its type is what can be said
+        return f"<{type(value).__name__}>"
+
+
+def _cut(text: str, chars: int = 1000) -> str:
+    return text if len(text) <= chars else text[:chars] + "…"
 
 
 def notes_update(progress: Doc | None, lines: list[Doc]) -> Doc:

@@ -24,6 +24,7 @@ from ..core.clock import Clock
 from ..core.errors import InvalidArgumentError
 from ..core.log import EventLog
 from ..core.masking import LOG_MASKER, log_secrets, masked_line
+from ..core.values import ENCODING_ERRORS
 from ..storage.jobs import JobStore
 from ..storage.transient import TRANSIENT, describe
 from .execution import Run, logged_values, paths_of
@@ -117,6 +118,16 @@ class RunNotes:
             self.last_write = _now()
         return update
 
+    async def take_in_turn(self) -> Doc:
+        """`take`, once a write of its own under way has landed or given its notes back: a
+        checkpoint carries what is pending after it, so one given back never goes behind (nor
+        over) what the checkpoint wrote."""
+        timer = self._timer
+        if timer is not None and self._writing:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(timer)
+        return self.take()
+
     async def close(self) -> Doc:
         """The run is ending: no write of its own any more (one under way is waited for, so
         that it lands before the final write); what is pending goes with the final write."""
@@ -149,7 +160,8 @@ class RunNotes:
                     self.written(update)
             except TRANSIENT:  # kept for the next write (the final one at the latest)
                 self.give_back(update)
-            except PyMongoError as exc:  # refused as such: carried on, it would fail the next
+            except (PyMongoError, *ENCODING_ERRORS) as exc:  # refused as such, or not storable:
+                # carried on, it would fail the next write (the final one) too
                 self.log.error("job_notes_failed", error=describe(exc), **self.fields)
         finally:
             self._writing = False

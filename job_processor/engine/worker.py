@@ -522,7 +522,7 @@ class Worker:
         ok = False
         notes: dict[str, Any] = {}
         if not run.lost:
-            notes = run.notes.take() if run.notes is not None else {}
+            notes = await run.notes.take_in_turn() if run.notes is not None else {}
             try:
                 ok = await self.jobs.save_checkpoint(
                     run.doc["_id"],
@@ -564,7 +564,7 @@ class Worker:
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close() if run.notes is not None else None
         written = None
-        for _ in range(3):  # at most: unrecordable, then a kill requested meanwhile
+        for _ in range(4):  # at most: unrecordable, without its notes, a kill requested meanwhile
             now = self.clock.now()
             outcome = decide(run.doc, policy, end, now)
             try:
@@ -583,6 +583,10 @@ class Worker:
                 return None
             except Exception as exc:  # e.g. DocumentTooLarge: record why, without the result
                 if end.how == Ending.UNRECORDABLE:
+                    if notes:  # the progress or lines it carried may be why: the end first
+                        self.log.error("job_notes_failed", error=describe(exc), **fields)
+                        notes = None
+                        continue
                     self.log.exception("job_status_write_failed", **fields)
                     return None
                 why = f"{type(exc).__name__}: {str(exc)[:500]}"

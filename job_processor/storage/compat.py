@@ -140,7 +140,9 @@ async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -
 
 
 async def close_stream(stream: Any) -> None:
-    result = stream.close()
+    """Close a change stream or a cursor (PyMongo's, Motor's, or an async generator's)."""
+    close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
+    result = close() if callable(close) else None
     if inspect.isawaitable(result):
         await result
 

@@ -232,8 +232,9 @@ class JobReads:
 
     def trim_cursor(self, query: Doc, keep: int, batch: int) -> Any:
         """Past the `keep` most recent, newest first by (created_at, _id) — exact even when
-        many share a millisecond — at most `batch`: at most keep + batch keys of the
-        {status, name, created_at, _id} index."""
+        many share a millisecond — at most `batch` (0: no limit; `trim` stops reading after a
+        batch it may delete): keep + batch keys of the {status, name, created_at, _id} index,
+        and those of the jobs that ended within the floor."""
         fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1, "ended_at": 1}
         return self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
 
@@ -252,14 +253,25 @@ class JobReads:
         read found a whole batch past the count (more may be left: kept jobs and those another
         worker deleted first are not counted as deleted)."""
         query = self.trim_query(name, statuses, before)
-        found = [d async for d in self.trim_cursor(query, keep, batch)]
+        found: list[Doc] = []
+        # read on past the jobs created long ago that ended within the floor (their producer
+        # may read them: kept) until a batch of the others: a window of kept ones re-read at
+        # every sweep would never reach the older jobs
+        cursor = self.trim_cursor(query, keep, 0)
+        try:
+            async for d in cursor:
+                ended = decode(d).get("ended_at")
+                if before is not None and isinstance(ended, dt.datetime) and ended >= before:
+                    continue
+                found.append(d)
+                if len(found) >= batch:
+                    break
+        finally:
+            await close_stream(cursor)  # a cursor too: its server side freed
         # a job whose dependents have not all counted it is kept until a sweep sees them
         # settled; the others by the part of that condition they were read in (usually one)
         by_part: dict[int, list[Any]] = {}
         for d in found:
-            ended = decode(d).get("ended_at")
-            if before is not None and isinstance(ended, dt.datetime) and ended >= before:
-                continue  # created long ago, ended within the floor: its producer may read it
             part = counted_part(d)
             if part is not None:
                 by_part.setdefault(part, []).append(d["_id"])

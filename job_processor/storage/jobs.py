@@ -316,12 +316,22 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         return await self.save_notes(job_id, run_id, update, budget)
 
     async def save_notes(self, job_id: ObjectId, run_id: str, update: Doc, budget: float) -> bool:
-        """Apply `update` to the job while this run owns it (False when it no longer does)."""
+        """Apply `update` to the job while this run owns it (False when it no longer does). One
+        that pushes log lines carries an id of its own (`notes_id`): retried after a lost
+        reply, it is recognised as landed, and its lines are not pushed twice."""
+        notes_id = D.new_id() if "$push" in update else None
+        if notes_id is not None:
+            update = N.merged(update, {"$set": {"notes_id": notes_id}})
+        tried = False
 
         async def once() -> bool:
-            res = await self.coll.update_one(
-                {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id}, update
-            )
+            nonlocal tried
+            owned = {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id}
+            landed = {"notes_id": notes_id}  # the try before may have landed
+            if tried and notes_id is not None and await self.coll.find_one(owned | landed):
+                return True
+            tried = True
+            res = await self.coll.update_one(owned, update)
             return bool(res.matched_count)
 
         return await ride_out(once, budget)

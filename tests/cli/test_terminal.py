@@ -78,3 +78,14 @@ async def test_jobs_show_writes_a_payloads_text_as_it_is_and_escapes_only_contro
     assert '"note": "café Zürich"' in shown.stdout
     assert '"password": "••••••"' in shown.stdout and "hunter2" not in shown.stdout
     assert "\u202e" not in shown.stdout and "x\\u202ey" in shown.stdout
+
+
+def test_text_a_terminal_cannot_encode_is_written_as_escapes() -> None:
+    raw = io.BytesIO()
+    latin = io.TextIOWrapper(raw, encoding="latin-1")
+    VisibleStream(latin).write('"password": "••••••", "note": "café"\n')
+    latin.flush()
+    assert (
+        raw.getvalue().decode("latin-1")
+        == '"password": "\\u2022' + "\\u2022" * 5 + '", "note": "café"\n'
+    )

@@ -144,3 +144,27 @@ def test_a_fake_clock_takes_aware_datetimes_only() -> None:
         clock.set(dt.datetime(2031, 1, 1))
     clock.set(dt.datetime(2029, 1, 1, tzinfo=dt.UTC))  # backwards, as a wall clock can
     assert clock.now().year == 2029
+
+
+async def test_a_fake_clocks_small_advances_that_add_up_to_a_sleep_wake_it_a_week_on() -> None:
+    """advance() wakes the sleepers whose time has come, however far the clock has moved (a
+    float sum of the steps drifted: a week on, 100 x 0.1 s did not wake a 10 s sleep)."""
+    import datetime as dt
+
+    from job_processor import FakeClock
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    clock.advance(7 * 86400)
+    sleeper = asyncio.ensure_future(clock.sleep(10))
+    await asyncio.sleep(0)
+    for _ in range(100):
+        clock.advance(0.1)
+    await asyncio.sleep(0)
+    assert clock.now() == dt.datetime(2030, 1, 8, 0, 0, 10, tzinfo=dt.UTC)
+    assert sleeper.done()
+    clock.advance(-3600)  # a wall-clock step back: a sleep counts time, not the wall clock
+    later = asyncio.ensure_future(clock.sleep(5))
+    await asyncio.sleep(0)
+    clock.advance(5)
+    await asyncio.sleep(0)
+    assert later.done() and clock.monotonic() == 7 * 86400 + 15

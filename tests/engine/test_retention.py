@@ -381,3 +381,35 @@ async def test_a_count_never_deletes_a_job_that_has_just_ended(db: Any) -> None:
     await processor.trimmer.run(clock.now())
     left = await processor.list_jobs("report")
     assert later.id not in [j.id for j in left] and len(left) == 3
+
+
+async def test_a_count_trims_a_steady_flow_of_jobs_created_long_before_they_end(db: Any) -> None:
+    """keep_finished=10 at the default timings (sweep every 15 s, floor 60 s): jobs scheduled
+    an hour ahead, 10 of them ending every sweep. The newest-created ones always ended within
+    the floor: a pass reads on past them to the older ones (it re-read the same kept batch at
+    every sweep while the name grew without bound)."""
+    from job_processor.core import documents as D
+
+    processor = await make(
+        db, {"a": JobDef(handler=ok, keep_finished=10)}, worker_timeout=30.0, heartbeat_interval=5.0
+    )
+    trimmer = processor.trimmer
+    trimmer.batch = 20  # the production batch is 1000: the same with fewer documents
+    sweep = dt.timedelta(seconds=processor.settings.worker_timeout / 2)
+    assert processor.settings.retention.floor == dt.timedelta(seconds=60)
+    start = processor.clock.now()
+    for k in range(80):  # 20 minutes of sweeps
+        t = start + k * sweep
+        docs = [
+            D.new_job("a", {}, now=t - dt.timedelta(hours=1))
+            | {"status": "finished", "ended_at": t}
+            for _ in range(10)
+        ]
+        for doc in docs:
+            doc.pop("claim_name")
+        await processor.storage.jobs.coll.insert_many(docs)
+        await trimmer.maybe_run(t)
+    left = await processor.storage.jobs.coll.count_documents({"name": "a"})
+    # 10 kept by the count, 50 ended within the floor (the last 5 sweeps), and at most the
+    # 200 that end in the 5 minutes between two passes that are not behind
+    assert left <= 10 + 50 + 200, left

@@ -239,8 +239,8 @@ async def test_a_producer_call_gives_up_within_its_budget_plus_the_last_trys_sec
 def _due_at(clock: FakeClock, at: dt.datetime) -> list[asyncio.Future[None]]:
     """The clock's sleepers that wake at `at` (the max-runtime timer, once it has started;
     a sleeper's time is on the clock's `monotonic`)."""
-    mono = clock.monotonic() + (at - clock.now()).total_seconds()
-    return [fut for due, fut in clock._sleepers if abs(due - mono) < 1e-6]
+    mono = clock._mono + (at - clock.now())
+    return [fut for due, fut in clock._sleepers if due == mono]
 
 
 @pytest.mark.parametrize("swallows", [False, True], ids=["cancellable", "swallows-cancel"])

@@ -1,0 +1,230 @@
+"""A running handler's progress and log lines at their edges: text BSON cannot store (a lone
+surrogate from a file name that is not UTF-8, a NUL in a field name) never fails a write nor
+drops the good lines; notes given back after a checkpoint carried newer ones never revert
+the progress nor reorder the lines; a write retried after a lost reply pushes its lines
+once; a field that holds itself, or is nested deep, is kept as text."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import AutoReconnect
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.core import notes as N
+from job_processor.storage.jobs import JobStore
+from tests.helpers import make, wait_status
+
+S = JobStatus
+
+# A str holding a lone surrogate: what os.listdir()/os.fsdecode() give for a file name that is
+# not UTF-8 (surrogateescape), or json.loads('"\\ud800"'). A NUL in a key: a C string, a header.
+BAD = "report-\udcff.csv"
+
+
+async def _log_bad_message(job: Job) -> None:
+    job.log(f"read {BAD}")
+
+
+async def _log_bad_field(job: Job) -> None:
+    job.log("read", file=BAD)
+
+
+async def _log_nul_key(job: Job) -> None:
+    job.log("headers", **{"x-a\x00b": "1"})
+
+
+async def _bad_progress_message(job: Job) -> None:
+    await job.report_progress(2, 2, f"reading {BAD}")
+
+
+# ---- 1. text BSON cannot encode in a line or a progress message --------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", [_log_bad_message, _log_bad_field, _log_nul_key, _bad_progress_message]
+)
+async def test_a_line_bson_cannot_encode_does_not_fail_the_final_write(db: Any, bad: Any) -> None:
+    runs: list[int] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        runs.append(job.attempt)
+        await job.report_progress(1, 2)
+        job.log("good line")
+        await asyncio.sleep(0.05)  # that write goes out now: what follows waits for the final
+        await bad(job)
+        return "done"
+
+    p = await make(db, {"h": JobDef(handler=h, max_attempts=2)})
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    # was: errored by the worker's own reconciliation after worker_timeout, "its worker lost
+    # track of the run (the final write failed or a reply was lost)", result lost; with attempts
+    # left, the successful handler is run again
+    assert done.status == S.FINISHED, done.error
+    assert runs == [1]
+    assert done.result == "done"
+
+
+async def test_a_line_bson_cannot_encode_does_not_drop_the_good_lines_of_its_write(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried = asyncio.Event()
+    original = JobStore.save_notes
+
+    async def spy(self: JobStore, *args: Any) -> bool:
+        try:
+            return await original(self, *args)
+        finally:
+            tried.set()
+
+    monkeypatch.setattr(JobStore, "save_notes", spy)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log("good line 1")
+        job.log(f"read {BAD}")
+        job.log("good line 2")
+        await asyncio.wait_for(tried.wait(), 10)  # the coalesced write was made
+        return "done"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
+    # was: [] (the write raised UnicodeEncodeError inside its task: all three lines gone)
+    messages = [line["message"] for line in done.logs]
+    assert "good line 1" in messages and "good line 2" in messages, messages
+
+
+async def test_a_checkpoint_does_not_fail_because_of_an_earlier_log_line(db: Any) -> None:
+    errors: list[BaseException] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log(f"read {BAD}")
+        try:
+            await job.checkpoint({"step": 1})  # a valid state
+        except Exception as exc:
+            errors.append(exc)
+        return "done"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    async with p:
+        job = await p.schedule_job("h")
+        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    assert errors == []  # was: [UnicodeEncodeError(... surrogates not allowed)]
+
+
+# ---- 2. a coalesced write that fails after a checkpoint carried newer notes --------------------
+
+
+async def test_notes_given_back_after_a_checkpoint_neither_revert_progress_nor_reorder_lines(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalled = asyncio.Event()
+    gate = asyncio.Event()
+    original = JobStore.save_notes
+    failed = {"n": 0}
+
+    async def flaky(self: JobStore, job_id: Any, run_id: str, update: Any, budget: float) -> bool:
+        if "state" in update.get("$set", {}) or failed["n"]:
+            return await original(self, job_id, run_id, update, budget)
+        failed["n"] += 1  # the first write of its own: caught in an outage past its 5 s budget
+        stalled.set()
+        await gate.wait()
+        raise AutoReconnect("connection lost (simulated outage)")
+
+    monkeypatch.setattr(JobStore, "save_notes", flaky)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        await job.report_progress(1, 2, "first half")
+        job.log("one")
+        await asyncio.wait_for(stalled.wait(), 10)  # its coalesced write is under way
+        await job.report_progress(2, 2, "second half")
+        job.log("two")
+        # the earlier write gives up (its notes given back) while the checkpoint is under way:
+        # the checkpoint waits for it, then carries "one", "two" and the progress 2/2
+        asyncio.get_running_loop().call_soon(gate.set)
+        await job.checkpoint({"step": 2})
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED)
+    assert done.progress is not None
+    # was: the finished job shows 1 / 2 "first half" (the last progress reported was 2 / 2)
+    assert (done.progress["done"], done.progress["message"]) == (2, "second half")
+    # was: ["two", "one"]
+    assert [line["message"] for line in done.logs] == ["one", "two"]
+
+
+# ---- 3. a notes write whose reply was lost is applied twice ------------------------------------
+
+
+async def test_a_checkpoint_whose_reply_was_lost_does_not_write_its_lines_twice(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = AsyncCollection.update_one
+    lost = {"n": 0}
+
+    async def reply_lost(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        notes = isinstance(update, dict) and "$push" in update
+        if notes and "status" not in update.get("$set", {}) and not lost["n"]:
+            lost["n"] += 1  # applied by the server; the connection drops before the reply
+            raise AutoReconnect("connection closed (simulated: reply lost)")
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", reply_lost)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log("indexed", batch=1)
+        await job.checkpoint({"batch": 1})  # carries the line; ride_out retries it
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED)
+    assert lost["n"] == 1
+    # was: ["indexed", "indexed"]
+    assert [line["message"] for line in done.logs] == ["indexed"]
+
+
+# ---- 5. a field that holds itself, or nested deeply, fails the log call ------------------------
+
+
+@pytest.mark.parametrize("kind", ["cycle", "deep"])
+def test_a_log_field_that_holds_itself_or_is_deep_is_kept_as_text(kind: str) -> None:
+    if kind == "cycle":
+        value: Any = {"name": "root"}
+        value["parent"] = value
+    else:
+        value = cur = []
+        for _ in range(1200):
+            cur.append([])
+            cur = cur[0]
+    now = dt.datetime.now(dt.UTC)
+    line = N.log_line(1, "info", "tree", {"tree": value}, now)  # was: RecursionError
+    assert line["message"] == "tree"
+
+
+async def test_a_handler_logging_a_cyclic_field_is_not_failed_by_it(db: Any) -> None:
+    async def h(job: Job, signal: AbortSignal) -> str:
+        node: dict[str, Any] = {"name": "child"}
+        node["parent"] = {"name": "root", "children": [node]}
+        job.log("visited", node=node)
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
+    assert done.status == S.FINISHED, done.error  # was: errored, "RecursionError: ..."
