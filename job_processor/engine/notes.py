@@ -52,6 +52,9 @@ class RunNotes:
         self._timer: asyncio.Task[None] | None = None
         self._writing = False
         self._closed = False
+        self._settling: list[tuple[asyncio.Future[bool], Doc]] = []
+        """Checkpoints cancelled while their write was under way, with the notes they carried:
+        the write may land yet; `close` learns whether it did."""
         self._loop = asyncio.get_running_loop()
         self._own_keys = _ECHO_KEYS | self.fields.keys()
         self._secrets: set[str] | None = None
@@ -124,13 +127,21 @@ class RunNotes:
         over) what the checkpoint wrote."""
         timer = self._timer
         if timer is not None and self._writing:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(timer)
+            # never cancels the write; the caller's own cancellation (max runtime, a stop) is
+            # raised here as it comes, and close() still waits for the write
+            await asyncio.wait({timer})
         return self.take()
+
+    def settle_later(self, save: asyncio.Future[bool], update: Doc) -> None:
+        """A checkpoint cancelled while `save`, carrying `update`, was under way: `close`
+        writes `update` again only if `save` did not land (a line is pushed once)."""
+        save.add_done_callback(_retrieved)
+        self._settling.append((save, update))
 
     async def close(self) -> Doc:
         """The run is ending: no write of its own any more (one under way is waited for, so
-        that it lands before the final write); what is pending goes with the final write."""
+        that it lands before the final write); what is pending goes with the final write,
+        with the notes of a cancelled checkpoint whose write did not land."""
         self._closed = True
         timer, self._timer = self._timer, None
         if timer is not None:
@@ -138,6 +149,16 @@ class RunNotes:
                 timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
+        # after the timer: a checkpoint's lines are older than those it took since, and a
+        # give-back puts them in front
+        settling, self._settling = self._settling, []
+        for save, update in settling:
+            await asyncio.wait({save})
+            landed = not save.cancelled() and save.exception() is None and save.result()
+            if landed:
+                self.written(update)
+            else:
+                self.give_back(update)
         return self.take()
 
     def _soon(self) -> None:
@@ -182,6 +203,12 @@ class RunNotes:
             self.pending_progress = update.get("$set", {}).get("progress")
         earlier = update.get("$push", {}).get("logs", {}).get("$each", [])
         self.lines = [*earlier, *self.lines][-N.LOG_LIMIT :]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Its outcome is read by `close`, or by nobody (the run lost): never reported unread."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

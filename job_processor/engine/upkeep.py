@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from typing import Any
 
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, defined_differently, registrar, worker_alive
 from ..core.definitions import JobDef
@@ -209,6 +210,9 @@ class Trimmer:
         self.every = every
         self.batch = batch
         self._last: dt.datetime | None = None
+        self._resume: dict[Any, dt.datetime] = {}
+        """Where a pass that read its cap of jobs kept (ended within the floor) stopped, by
+        name and statuses: the next pass goes on from there."""
         self.behind = False
         """The last pass found a whole batch of some name past its count: more may be left."""
 
@@ -230,7 +234,7 @@ class Trimmer:
             keep = of(definition, self.default)
             for statuses, n in keep.counts() if keep else []:
                 gone, full = await self.storage.jobs.trim(
-                    name, list(statuses), n, self.batch, before
+                    name, list(statuses), n, self.batch, before, self._resume
                 )
                 if full:  # the read found a whole batch past the count: more may be left
                     self.behind = True

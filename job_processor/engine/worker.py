@@ -523,8 +523,8 @@ class Worker:
         notes: dict[str, Any] = {}
         if not run.lost:
             notes = await run.notes.take_in_turn() if run.notes is not None else {}
-            try:
-                ok = await self.jobs.save_checkpoint(
+            save = asyncio.ensure_future(
+                self.jobs.save_checkpoint(
                     run.doc["_id"],
                     run.doc["run_id"],
                     state,
@@ -532,6 +532,16 @@ class Worker:
                     self.settings.worker_timeout,
                     notes=notes,
                 )
+            )
+            try:
+                ok = await asyncio.shield(save)
+            except asyncio.CancelledError:  # max runtime, a stop: the write may land yet
+                if notes and run.notes is not None:  # the final write learns whether it did
+                    run.notes.settle_later(save, notes)
+                    notes = {}
+                else:
+                    save.cancel()
+                raise
             except TRANSIENT as exc:
                 self.log.error("checkpoint_failed", error=describe(exc), **self._fields(run.doc))
             finally:  # not written (failed, or cancelled: max runtime, a stop past its grace):

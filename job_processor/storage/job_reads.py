@@ -232,10 +232,10 @@ class JobReads:
 
     def trim_cursor(self, query: Doc, keep: int, batch: int) -> Any:
         """Past the `keep` most recent, newest first by (created_at, _id) — exact even when
-        many share a millisecond — at most `batch` (0: no limit; `trim` stops reading after a
-        batch it may delete): keep + batch keys of the {status, name, created_at, _id} index,
-        and those of the jobs that ended within the floor."""
+        many share a millisecond — at most `batch` (0: no limit; `trim` stops after a batch it
+        may delete, or 10 batches read): keys of the {status, name, created_at, _id} index."""
         fields = {"_id": 1, "has_dependents": 1, "dependents_settled": 1, "ended_at": 1}
+        fields["created_at"] = 1
         return self.coll.find(query, fields).sort(LIST_SORT).skip(keep).limit(batch)
 
     async def trim(
@@ -245,29 +245,43 @@ class JobReads:
         keep: int,
         batch: int,
         before: dt.datetime | None = None,
+        resume: dict[Any, dt.datetime] | None = None,
     ) -> tuple[int, bool]:
         """Delete the ended jobs of `name` in `statuses` past its `keep` most recently created
         (of those created before `before`, the retention floor, when given, and not ended
         after it), at most `batch` per call
         (see `trim_query` and `trim_cursor`). Returns how many were deleted, and whether the
         read found a whole batch past the count (more may be left: kept jobs and those another
-        worker deleted first are not counted as deleted)."""
+        worker deleted first are not counted as deleted). The read goes on past the jobs
+        created long ago that ended within the floor (kept: their producer may read them) to
+        a batch of the others, reading at most 10 batches' worth; `resume` (the caller's, kept
+        between passes) then records where it stopped, and the next pass goes on from there
+        (a window of kept jobs re-read at every pass would never reach the older ones)."""
         query = self.trim_query(name, statuses, before)
+        key = (name, tuple(s.value for s in statuses))
+        after = resume.pop(key, None) if resume is not None else None
+        read_query = query
+        if after is not None:  # the count is already behind it: none of those is kept by it
+            bound = after if before is None else min(after, before)
+            read_query = query | {"created_at": {"$lt": bound}}
         found: list[Doc] = []
-        # read on past the jobs created long ago that ended within the floor (their producer
-        # may read them: kept) until a batch of the others: a window of kept ones re-read at
-        # every sweep would never reach the older jobs
-        cursor = self.trim_cursor(query, keep, 0)
+        scan, read, last = 10 * batch, 0, None
+        cursor = self.trim_cursor(read_query, keep if after is None else 0, 0)
         try:
             async for d in cursor:
-                ended = decode(d).get("ended_at")
-                if before is not None and isinstance(ended, dt.datetime) and ended >= before:
-                    continue
-                found.append(d)
-                if len(found) >= batch:
+                read += 1
+                doc = decode(d)
+                last = doc.get("created_at")
+                ended = doc.get("ended_at")
+                if before is None or not isinstance(ended, dt.datetime) or ended < before:
+                    found.append(d)
+                if len(found) >= batch or read >= scan:
                     break
         finally:
             await close_stream(cursor)  # a cursor too: its server side freed
+        capped = read >= scan and len(found) < batch
+        if capped and resume is not None and isinstance(last, dt.datetime):
+            resume[key] = last
         # a job whose dependents have not all counted it is kept until a sweep sees them
         # settled; the others by the part of that condition they were read in (usually one)
         by_part: dict[int, list[Any]] = {}
@@ -281,7 +295,7 @@ class JobReads:
             # the read and here is kept
             where = {"_id": {"$in": ids}} | query | DEPENDENTS_COUNTED_PARTS[part]
             deleted += int((await self.coll.delete_many(where)).deleted_count)
-        return deleted, len(found) >= batch
+        return deleted, len(found) >= batch or capped
 
     @staticmethod
     def counts_pipeline(status: JobStatus) -> list[Doc]:

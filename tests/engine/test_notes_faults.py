@@ -228,3 +228,75 @@ async def test_a_handler_logging_a_cyclic_field_is_not_failed_by_it(db: Any) -> 
         job = await p.schedule_job("h")
         done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
     assert done.status == S.FINISHED, done.error  # was: errored, "RecursionError: ..."
+
+
+# ---- a handler cancelled (max runtime) while its checkpoint is under way -----------------------
+
+
+async def test_a_cancel_while_a_checkpoint_waits_for_a_notes_write_is_not_swallowed(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalled = asyncio.Event()
+    handler_task: list[asyncio.Task[Any]] = []
+    original = JobStore.save_notes
+
+    async def slow(self: JobStore, job_id: Any, run_id: str, update: Any, budget: float) -> bool:
+        if "state" in update.get("$set", {}) or stalled.is_set():
+            return await original(self, job_id, run_id, update, budget)
+        stalled.set()  # the coalesced write is under way (a slow server, an outage ridden out)
+        while not handler_task[0].cancelling():  # until the handler is cancelled
+            await asyncio.sleep(0.01)
+        return await original(self, job_id, run_id, update, budget)
+
+    monkeypatch.setattr(JobStore, "save_notes", slow)
+    went_on: list[str] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        job.log("one")
+        await asyncio.wait_for(stalled.wait(), 10)
+        job.log("two")
+        await job.checkpoint({"step": 1})  # waits for the write under way; max runtime cancels
+        went_on.append("past the checkpoint")  # a cancelled handler never gets here
+        return "ok"
+
+    definition = JobDef(handler=h, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(db, {"h": definition}, shutdown_grace=0.1)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    assert went_on == [] and done.status == S.ERRORED
+    assert [line["message"] for line in done.logs] == ["one", "two"]
+
+
+async def test_a_checkpoint_cancelled_after_its_write_landed_pushes_its_lines_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = AsyncCollection.update_one
+    handler_task: list[asyncio.Task[Any]] = []
+
+    async def slow_reply(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        if isinstance(update, dict) and "state" in update.get("$set", {}):
+            while not handler_task[0].cancelling():  # applied; the reply is slow
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # the cancellation arrives here
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", slow_reply)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        job.log("indexed", batch=1)
+        await job.checkpoint({"batch": 1})
+        return "ok"
+
+    definition = JobDef(handler=h, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(db, {"h": definition}, shutdown_grace=0.1)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    assert done.state == {"batch": 1}
+    assert [line["message"] for line in done.logs] == ["indexed"]

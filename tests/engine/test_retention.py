@@ -413,3 +413,46 @@ async def test_a_count_trims_a_steady_flow_of_jobs_created_long_before_they_end(
     # 10 kept by the count, 50 ended within the floor (the last 5 sweeps), and at most the
     # 200 that end in the 5 minutes between two passes that are not behind
     assert left <= 10 + 50 + 200, left
+
+
+async def test_a_trim_pass_reads_a_bounded_number_of_jobs_and_still_reaches_the_older_ones(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 jobs created long ago ended within the floor (a backlog drained): a pass reads at
+    most 10 batches' worth (it read them all, at every pass), and the passes that follow go on
+    from where it stopped, to the older jobs past the count."""
+    from job_processor.core import documents as D
+    from job_processor.storage.job_reads import JobReads
+
+    read = {"n": 0}
+    original = JobReads.trim_cursor
+
+    def counted(self: JobReads, query: Any, keep: int, batch: int) -> Any:
+        cursor = original(self, query, keep, batch)
+
+        async def docs() -> Any:
+            async for d in cursor:
+                read["n"] += 1
+                yield d
+
+        return docs()
+
+    monkeypatch.setattr(JobReads, "trim_cursor", counted)
+    processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
+    now = processor.clock.now()
+    ended_now = {"status": "finished", "ended_at": now}
+    window = [D.new_job("a", {}, now=now - dt.timedelta(hours=1)) | ended_now for _ in range(600)]
+    old_end = {"status": "finished", "ended_at": now - dt.timedelta(hours=2)}
+    old = [D.new_job("a", {}, now=now - dt.timedelta(hours=2)) | old_end for _ in range(30)]
+    for doc in window + old:
+        doc.pop("claim_name")
+    await processor.storage.jobs.coll.insert_many(window + old)
+    trimmer = processor.trimmer
+    trimmer.batch = 20
+    passes = 0
+    while await processor.storage.jobs.coll.count_documents({"name": "a"}) > 600 and passes < 6:
+        read["n"] = 0
+        await trimmer.run(now)
+        assert read["n"] <= 10 * trimmer.batch
+        passes += 1
+    assert await processor.storage.jobs.coll.count_documents({"name": "a"}) == 600
