@@ -152,8 +152,11 @@ class RunNotes:
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
         settling, self._settling = self._settling, []
-        for save, update in settling:
-            await asyncio.wait({save})
+        for save, update in settling:  # as long as a write of its own may take, at most
+            await asyncio.wait({save}, timeout=FLUSH_BUDGET)
+            if not save.done():  # an outage: given up, its notes go with the final write
+                save.cancel()
+                await asyncio.wait({save})
             landed = not save.cancelled() and save.exception() is None and save.result()
             if landed:
                 self.written(update)
