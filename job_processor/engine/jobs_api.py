@@ -49,6 +49,8 @@ from .waits import STREAM_WAITERS, JobWaits
 S = JobStatus
 Doc = dict[str, Any]
 
+#: How many of a waiting job's dependencies its `job_waiting` line names (with their count).
+AFTER_LOGGED = 10
 #: schedule_jobs writes this many jobs per insert_many.
 BATCH = 1000
 
@@ -184,7 +186,13 @@ class JobsAPI(JobWaits):
         if job.id != str(doc["_id"]):
             self.log.info("job_deduplicated", job_id=job.id, job_name=name, key=key)
         elif job.status == S.WAITING:
-            self.log.info("job_waiting", job_id=job.id, job_name=name, after=job.after)
+            self.log.info(  # a bounded line: a fan-in may wait on 10,000 jobs
+                "job_waiting",
+                job_id=job.id,
+                job_name=name,
+                after=job.after[:AFTER_LOGGED],
+                after_count=len(job.after),
+            )
         elif job.status == S.SKIPPED:
             self.log.info(
                 "job_skipped",

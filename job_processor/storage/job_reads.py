@@ -147,7 +147,9 @@ class JobReads:
             # nx-27017 evaluate the whole $or in Python, where the other branches' dates
             # compare wrongly (MongoDB would take it)
             branches.append({"status": None})
-        return self.coll.find({"$or": branches}).limit(ATTENTION_LIMIT)
+        # without what can be megabytes (a flow's ended jobs: their results, read at every
+        # sweep until seen settled); the few running jobs and owed hooks are read whole after
+        return self.coll.find({"$or": branches}, LIGHT).limit(ATTENTION_LIMIT)
 
     async def needing_attention(
         self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
@@ -164,6 +166,16 @@ class JobReads:
                 more = await all_docs(self.coll.find(branch).limit(ATTENTION_LIMIT))
                 docs += [d for d in more if d["_id"] not in seen]
                 seen |= {d["_id"] for d in more}
+        wanted = {
+            d["_id"]
+            for d in docs
+            if (d.get("status") == S.RUNNING.value or d.get("exit_hook") == "owed")
+            and "payload" not in d  # read light (the recovery branches read again are whole)
+        }
+        if wanted:  # recovering a run or calling a hook needs the whole job
+            again = self.coll.find({"_id": {"$in": sorted(wanted)}})
+            whole = {d["_id"]: d for d in await all_docs(again)}
+            docs = [whole.get(d["_id"], d) for d in docs if d["_id"] not in wanted - whole.keys()]
         return Attention(
             running=[d for d in docs if d.get("status") == S.RUNNING.value],
             owed=[d for d in docs if d.get("exit_hook") == "owed"],
