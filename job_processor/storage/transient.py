@@ -158,9 +158,15 @@ class ProducerRetry:
                     raise
                 if time.monotonic() + delay >= deadline:
                     spent = time.monotonic() - start
+                    what = (  # our own bound: the call's commands took that long in all
+                        f"the call's commands at MongoDB {self.where()} did not all complete "
+                        f"within {spent:.1f}s (a slow or unreachable server, or a long call)"
+                        if isinstance(exc, TimeoutError) and not isinstance(exc, PyMongoError)
+                        else f"MongoDB at {self.where()} did not answer for {spent:.1f}s "
+                        f"({describe(exc)})"
+                    )
                     raise DatabaseUnreachableError(
-                        f"MongoDB at {self.where()} did not answer for {spent:.1f}s "
-                        f"({describe(exc)}); the call did not complete (producer_retry_seconds="
+                        f"{what}; the call did not complete (producer_retry_seconds="
                         f"{self.budget:g} sets how long producer calls wait)"
                     ) from exc
                 retried = True
