@@ -101,12 +101,6 @@ def dependency_ended(dep_id: ObjectId, status: str, now: dt.datetime) -> list[tu
     ]
 
 
-def released(dep_id: ObjectId, now: dt.datetime) -> tuple[Doc, Doc]:
-    """(filter, update) releasing the jobs that waited on `dep_id` and wait on nothing more:
-    pending and due now."""
-    return released_where({"after": str(dep_id)}, now)
-
-
 def released_where(selector: Doc, now: dt.datetime) -> tuple[Doc, Doc]:
     """(filter, update) releasing the waiting jobs `selector` picks that wait on nothing more
     (every dependency counted): pending and due now. Also what the sweep runs for the jobs a
