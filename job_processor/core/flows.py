@@ -101,6 +101,18 @@ def dependency_ended(dep_id: ObjectId, status: str, now: dt.datetime) -> list[tu
     ]
 
 
+def counted_at_once(job_id: ObjectId, finished: Sequence[ObjectId]) -> tuple[Doc, Doc]:
+    """(filter, update) counting these finished dependencies for one waiting job at once: only
+    if it still waits on every one of them (else each is counted on its own)."""
+    query: Doc = {"_id": job_id, "status": S.WAITING.value}
+    query |= {f"deps.{d}": "waiting" for d in finished}
+    update = {
+        "$set": {f"deps.{d}": S.FINISHED.value for d in finished},
+        "$inc": {"waiting_on": -len(finished)},
+    }
+    return query, update
+
+
 def released_where(selector: Doc, now: dt.datetime) -> tuple[Doc, Doc]:
     """(filter, update) releasing the waiting jobs `selector` picks that wait on nothing more
     (every dependency counted): pending and due now. Also what the sweep runs for the jobs a

@@ -110,10 +110,13 @@ class Flows:
         sweep one look."""
         await self.produce.run(lambda _: self.jobs.mark_dependents(after, self.clock.now()))
 
-    async def register(self, after: list[ObjectId]) -> int:
-        """Mark `after` as having dependents, then settle those already ended. Returns how
-        many jobs that released."""
-        return await self.produce.run(lambda _: self.jobs.register_waiting(after, self.clock.now()))
+    async def register(self, after: list[ObjectId], waiting: ObjectId | None = None) -> int:
+        """Mark `after` as having dependents, then settle those already ended (`waiting`: the
+        one job just scheduled after them, which counts those that finished in a few updates).
+        Returns how many jobs that released."""
+        return await self.produce.run(
+            lambda _: self.jobs.register_waiting(after, self.clock.now(), waiting)
+        )
 
     async def sweep(self, now: dt.datetime) -> int:
         """Ended jobs with dependents that no sweep has seen settled: those some waiting job

@@ -219,7 +219,7 @@ class JobsAPI(JobWaits):
         worker's sweep settles them instead, once the jobs are `GRACE` old (flows.md).
         Returns how many jobs it released."""
         try:
-            return await self.flows.register(deps)
+            return await self.flows.register(deps, jobs[0] if len(jobs) == 1 else None)
         except DatabaseUnreachableError as exc:
             hint = "the jobs are stored; a worker's sweep settles their dependencies"
             self._unreachable("dependencies_not_registered", jobs, exc, hint)

@@ -221,7 +221,7 @@ async def test_an_outage_while_registering_dependencies_does_not_fail_the_writte
     p = await make(db, JOBS, worker_timeout=2.0, heartbeat_interval=0.5, logger=logger)
     finished = await p.run_job("part", {"n": 4})
 
-    async def unreachable(deps: list[ObjectId]) -> int:
+    async def unreachable(deps: list[ObjectId], waiting: Any = None) -> int:
         raise DatabaseUnreachableError("cannot reach MongoDB (test)")
 
     p.flows.register = unreachable  # type: ignore[method-assign]
@@ -720,7 +720,7 @@ async def test_a_purge_never_deletes_a_dependency_a_waiting_job_has_not_counted(
     p = await make(db, JOBS)
     ended = await p.run_job("part", {"n": 4})
 
-    async def unreachable(deps: list[ObjectId]) -> int:
+    async def unreachable(deps: list[ObjectId], waiting: Any = None) -> int:
         raise DatabaseUnreachableError("cannot reach MongoDB (test)")
 
     monkeypatch.setattr(p.flows, "register", unreachable)

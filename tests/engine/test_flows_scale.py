@@ -49,3 +49,50 @@ async def test_a_fan_in_logs_a_bounded_line(db: Any, caplog: pytest.LogCaptureFi
         await p.schedule_job("total", after=children)
     (line,) = [r.getMessage() for r in caplog.records if "job_waiting" in r.getMessage()]
     assert len(line) < 2_000 and "after_count=2000" in line.replace("'", ""), line[:300]
+
+
+async def test_a_job_scheduled_after_2000_ended_jobs_is_released_by_its_own_call(
+    db: Any, mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It counts the finished ones 100 at a time: about 20 update statements, not 4,000 (one
+    count and one release each, rewriting its document of 2,000 entries every time: over 10 s
+    on nx-27017, past the producer budget, and the call returned the job still waiting)."""
+    from pymongo import AsyncMongoClient, monitoring
+
+    from job_processor import init_job_processor
+    from tests.helpers import FAST
+
+    class Statements(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.on, self.n = False, 0
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if self.on and event.command_name == "update":
+                self.n += len(event.command.get("updates", ()))
+
+        def succeeded(self, event: Any) -> None: ...
+
+        def failed(self, event: Any) -> None: ...
+
+    counted = Statements()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[counted]
+    )
+    try:
+        logger = logging.getLogger("test.flows.fanin")
+        p = await init_job_processor(client[db.name], logger, jobs=JOBS, **FAST)
+        children = await p.schedule_jobs([JobSpec("part", {"n": n}) for n in range(2000)])
+        ended = {"status": "finished", "ended_at": dt.datetime.now(dt.UTC)}
+        await p.storage.jobs.coll.update_many(  # their final writes, without 2,000 runs
+            {"name": "part"}, {"$set": ended, "$unset": {"claim_name": ""}}
+        )
+        counted.on = True
+        with caplog.at_level(logging.WARNING, logger="test.flows.fanin"):
+            parent = await p.schedule_job("total", after=children)
+        counted.on = False
+    finally:
+        await client.close()
+    assert parent.status == S.PENDING and parent.waiting_on == 0
+    assert not caplog.records
+    assert all(s == "finished" for s in parent.deps.values()) and len(parent.deps) == 2000
+    assert counted.n < 50, f"{counted.n} update statements"

@@ -45,8 +45,8 @@ async def test_delete_racing_a_schedule_after_skips_the_dependent(db: Any) -> No
     inner_register = processor.flows.register
     held: list[Any] = []
 
-    async def register_later(after: list[Any]) -> int:
-        held.append(after)  # the producer's registration runs after the admin's delete
+    async def register_later(after: list[Any], waiting: Any = None) -> int:
+        held.append((after, waiting))  # the producer's registration runs after the delete
         return 0
 
     async def check_then_schedule(oid: Any) -> bool:
@@ -58,8 +58,8 @@ async def test_delete_racing_a_schedule_after_skips_the_dependent(db: Any) -> No
     jobs.has_waiting_dependents = check_then_schedule  # type: ignore[method-assign]
     result = await admin.delete([x.id], actor="ops")
     processor.flows.register = inner_register  # type: ignore[method-assign]
-    for after in held:  # the producer's registration, now
-        await inner_register(after)
+    for after, waiting in held:  # the producer's registration, now
+        await inner_register(after, waiting)
 
     dependent = await processor.get_job(scheduled[0].id)
     # the dependency FINISHED: its dependent must run, not be skipped as if it had failed.
@@ -128,8 +128,8 @@ async def test_trim_between_its_read_and_its_delete(db: Any) -> None:
     held: list[Any] = []
     made: list[Job] = []
 
-    async def register_later(after: list[Any]) -> int:
-        held.append(after)  # the producer's registration comes after the trim's delete
+    async def register_later(after: list[Any], waiting: Any = None) -> int:
+        held.append((after, waiting))  # the producer's registration comes after the delete
         return 0
 
     def cursor_then_schedule(query: Any, keep: int, batch: int) -> Any:
@@ -147,8 +147,8 @@ async def test_trim_between_its_read_and_its_delete(db: Any) -> None:
     deleted, _ = await jobs.trim("a", [S.FINISHED], keep=0, batch=100)
     jobs.trim_cursor = read  # type: ignore[method-assign]
     processor.flows.register = register  # type: ignore[method-assign]
-    for after in held:
-        await register(after)
+    for after, waiting in held:
+        await register(after, waiting)
 
     d = await processor.get_job(made[0].id)
     assert d.status != S.SKIPPED, (deleted, d.skip_reason)
