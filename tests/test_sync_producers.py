@@ -189,3 +189,33 @@ def test_a_batchs_errors_name_the_item(sync_db: Database[Any]) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^schedule_jobs takes a list .* NoneType"):
         client.schedule_jobs(None)  # type: ignore[arg-type]
     assert sync_db["job_processor_jobs"].count_documents({}) == 0  # nothing written
+
+
+def test_a_sync_call_cut_by_its_own_budget_between_two_commands_says_so(mongo_url: str) -> None:
+    """pymongo.timeout running out between two commands raises ExecutionTimeout (not a
+    transient error): it went through raw, and a schedule_job whose registration outlasted
+    producer_retry_seconds raised after its job was stored."""
+    import time
+
+    from job_processor import DatabaseUnreachableError
+    from job_processor.storage.sync_adapter import drive
+    from job_processor.storage.transient import ProducerRetry
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
+    coll = client[f"jp_sync_{uuid.uuid4().hex[:10]}"]["c"]
+    answered: list[float] = []
+    try:
+        coll.insert_one({"x": 1})
+        retry = ProducerRetry(0.5, sync=True, where=lambda: "db.example:27017")
+
+        async def op(retried: bool) -> None:
+            while True:  # a long call: each command answered at once
+                coll.find_one({})
+                answered.append(time.monotonic())
+
+        with pytest.raises(DatabaseUnreachableError, match="did not all complete within"):
+            drive(retry.run(op))
+    finally:
+        client.drop_database(coll.database.name)
+        client.close()
+    assert len(answered) > 10

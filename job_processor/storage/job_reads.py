@@ -59,6 +59,10 @@ class Attention:
     """The query filled its limit: what it did not return may hold bare inserts too."""
 
 
+def _same_run(light: Doc, whole: Doc) -> bool:
+    return all(light.get(k) == whole.get(k) for k in ("status", "run_id", "exit_hook_id"))
+
+
 class JobReads:
     coll: Any
     profile: ServerProfile
@@ -175,7 +179,14 @@ class JobReads:
         if wanted:  # recovering a run or calling a hook needs the whole job
             again = self.coll.find({"_id": {"$in": sorted(wanted)}})
             whole = {d["_id"]: d for d in await all_docs(again)}
-            docs = [whole.get(d["_id"], d) for d in docs if d["_id"] not in wanted - whole.keys()]
+            # the whole copy only while it is still the run (or hook record) the query found: a
+            # job recovered and claimed again meanwhile keeps its light copy, whose
+            # compare-and-set on the old run id then matches nothing
+            docs = [
+                whole[d["_id"]] if d["_id"] in whole and _same_run(d, whole[d["_id"]]) else d
+                for d in docs
+                if d["_id"] not in wanted - whole.keys()
+            ]
         return Attention(
             running=[d for d in docs if d.get("status") == S.RUNNING.value],
             owed=[d for d in docs if d.get("exit_hook") == "owed"],

@@ -154,14 +154,22 @@ class ProducerRetry:
                 async with asyncio.timeout(remaining):
                     return await op(retried)
             except (PyMongoError, TimeoutError) as exc:
-                if not is_transient(exc):
+                # our own bound ran out: asyncio's, or pymongo.timeout's between two commands
+                # (ExecutionTimeout, not transient) when driven without an event loop
+                own = (isinstance(exc, TimeoutError) and not isinstance(exc, PyMongoError)) or (
+                    self.sync
+                    and isinstance(exc, PyMongoError)
+                    and bool(getattr(exc, "timeout", False))
+                    and not is_transient(exc)
+                )
+                if not own and not is_transient(exc):
                     raise
-                if time.monotonic() + delay >= deadline:
+                if own or time.monotonic() + delay >= deadline:
                     spent = time.monotonic() - start
-                    what = (  # our own bound: the call's commands took that long in all
+                    what = (  # the call's commands took that long in all
                         f"the call's commands at MongoDB {self.where()} did not all complete "
                         f"within {spent:.1f}s (a slow or unreachable server, or a long call)"
-                        if isinstance(exc, TimeoutError) and not isinstance(exc, PyMongoError)
+                        if own
                         else f"MongoDB at {self.where()} did not answer for {spent:.1f}s "
                         f"({describe(exc)})"
                     )
