@@ -40,6 +40,8 @@ TIES_MAX = 10_000
 #: Attempts of a replayed webhook delivery when the dashboard has no processor to ask
 #: (WebhookOptions' default).
 WEBHOOK_ATTEMPTS = 10
+#: Deliveries an event page lists (the counts above them count every one).
+DELIVERIES_SHOWN = 200
 
 
 # ---- cursor pages over list_events --------------------------------------------------------------
@@ -195,6 +197,7 @@ async def event(d: Dashboard, request: Request) -> Response:
     counts: dict[str, int] = {}
     for x in found.deliveries:
         counts[x.status] = counts.get(x.status, 0) + 1
+    shown = found.deliveries[:DELIVERIES_SHOWN]  # an event replayed 150 times: 1,500 rows
     return d.page(
         request,
         "event.html",
@@ -203,8 +206,9 @@ async def event(d: Dashboard, request: Request) -> Response:
         secrets=sorted(secrets),
         replayable=replayable,
         counts=counts,
-        errors={i: _last_line(d, x.error, secrets) for i, x in enumerate(found.deliveries)},
-        attempts={i: [_attempt(a) for a in x.attempts] for i, x in enumerate(found.deliveries)},
+        deliveries_shown=DELIVERIES_SHOWN,
+        errors={i: _last_line(d, x.error, secrets) for i, x in enumerate(shown)},
+        attempts={i: [_attempt(a) for a in x.attempts] for i, x in enumerate(shown)},
         live=True,
     )
 

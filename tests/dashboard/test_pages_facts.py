@@ -8,6 +8,8 @@ import asyncio
 import re
 from typing import Any
 
+import pytest
+
 from job_processor import AbortSignal, Event, Job, JobDef, Subscriber, init_job_processor
 from job_processor.dashboard import create_dashboard
 from job_processor.events.webhooks import generate_secret
@@ -85,3 +87,25 @@ async def test_a_replay_to_an_endpoint_added_after_the_event_shows_its_host(db: 
     row = re.search(rf'<tr [^>]*data-target="webhook:{hook.id}">.*?</tr>', page, re.S)
     assert row is not None
     assert "crm.example.com · CRM" in row.group(0) and "token=abc" not in page
+
+
+async def test_an_event_page_lists_its_first_deliveries_and_counts_them_all(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event replayed 150 times to 10 subscribers made a 1.9 MB page, refreshed every 3 s:
+    the page lists the first DELIVERIES_SHOWN and says how many there are."""
+    from job_processor.dashboard import events as dashboard_events
+
+    monkeypatch.setattr(dashboard_events, "DELIVERIES_SHOWN", 3)
+    p = await init_job_processor(  # not started: deliveries stay pending
+        db,
+        jobs={"n": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+    )
+    event = await p.emit("shipped", {"order": 1})
+    for _ in range(4):
+        await p.replay_event(event.id)
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get(f"/events/{event.id}")).text
+    assert len(re.findall(r"<tr [^>]*data-target=", page)) == 3
+    assert "The first 3 of 5 deliveries" in page and "5 pending" in page
