@@ -20,7 +20,7 @@ knowing it, so `ended` runs for it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -110,10 +110,12 @@ class Flows:
         sweep one look."""
         await self.produce.run(lambda _: self.jobs.mark_dependents(after, self.clock.now()))
 
-    async def register(self, after: list[ObjectId], waiting: ObjectId | None = None) -> int:
+    async def register(
+        self, after: list[ObjectId], waiting: Mapping[ObjectId, Sequence[ObjectId]] | None = None
+    ) -> int:
         """Mark `after` as having dependents, then settle those already ended (`waiting`: the
-        one job just scheduled after them, which counts those that finished in a few updates).
-        Returns how many jobs that released."""
+        jobs just scheduled after them, each with its dependencies: one waiting on many that
+        finished counts them in a few updates). Returns how many jobs that released."""
         return await self.produce.run(
             lambda _: self.jobs.register_waiting(after, self.clock.now(), waiting)
         )

@@ -180,7 +180,7 @@ class JobsAPI(JobWaits):
             await self.flows.check_exist(deps, name)
         stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
-        if registered and await self._register(deps, [doc["_id"]]):  # some had ended: read again
+        if registered and await self._register(deps, [doc["_id"]], {doc["_id"]: deps}):
             stored = (await self._as_now([stored]))[0]
         job = Job.read(stored)
         if job.id != str(doc["_id"]):
@@ -212,14 +212,19 @@ class JobsAPI(JobWaits):
                 self.worker.wake_at(job.scheduled_for)
         return job
 
-    async def _register(self, deps: list[ObjectId], jobs: list[ObjectId]) -> int:
+    async def _register(
+        self,
+        deps: list[ObjectId],
+        jobs: list[ObjectId],
+        waiting: Mapping[ObjectId, Sequence[ObjectId]] | None = None,
+    ) -> int:
         """`flows.register`, once the jobs waiting on `deps` are written. An outage past the
         producer budget here does not fail the call (the jobs are stored: a retry would write
         them twice): the dependencies were marked before the insert (`Flows.mark`), so a
         worker's sweep settles them instead, once the jobs are `GRACE` old (flows.md).
         Returns how many jobs it released."""
         try:
-            return await self.flows.register(deps, jobs[0] if len(jobs) == 1 else None)
+            return await self.flows.register(deps, waiting)
         except DatabaseUnreachableError as exc:
             hint = "the jobs are stored; a worker's sweep settles their dependencies"
             self._unreachable("dependencies_not_registered", jobs, exc, hint)
@@ -286,7 +291,13 @@ class JobsAPI(JobWaits):
                     raise error from exc
                 raise
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
-        if waited and await self._register(waited, [d["_id"] for d in stored]):  # some ended
+        mine = {d["_id"] for d in docs}  # written by this call (not a dedup key's job)
+        waiting = {
+            d["_id"]: [ObjectId(a) for a in d["after"]]
+            for d in stored
+            if d["_id"] in mine and d.get("after") and d.get("status") == S.WAITING.value
+        }
+        if waited and await self._register(waited, [d["_id"] for d in stored], waiting):
             stored = await self._as_now(stored)
         jobs = [Job.read(d) for d in stored]
         if jobs:

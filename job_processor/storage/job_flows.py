@@ -15,7 +15,7 @@ however many processes run it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -79,33 +79,53 @@ class FlowRecords:
         )
 
     async def register_waiting(
-        self, deps: list[ObjectId], now: dt.datetime, waiting: ObjectId | None = None
+        self,
+        deps: list[ObjectId],
+        now: dt.datetime,
+        waiting: Mapping[ObjectId, Sequence[ObjectId]] | None = None,
     ) -> int:
         """Jobs now wait on `deps`: mark them as having dependents, then settle at once those
         that have already ended (one that no longer exists counts as "deleted", a failure).
-        `waiting`: the one job just scheduled after them, which counts those that finished
-        `COUNT_AT_ONCE` at a time (one update per dependency rewrote its document each time:
-        seconds for a fan-in after 2,000 ended jobs). Every step applies once however often it
-        runs (a retried call repeats none of its effects). Returns how many jobs that
-        released."""
+        `waiting`: the jobs just scheduled after them, with their dependencies: one waiting on
+        many that finished counts them `COUNT_AT_ONCE` at a time (one update per dependency
+        rewrote its document each time: seconds for a fan-in after 2,000 ended jobs); the
+        others are counted dependency by dependency (`settle_all`). Every step applies once
+        however often it runs (a retried call repeats none of its effects). Returns how many
+        jobs that released."""
         if not deps:
             return 0
         await self.mark_dependents(deps, now)
         found = await self.statuses(deps)
         ended = {d: s for d, s in found.items() if s in F.ENDED}
         ended |= dict.fromkeys(set(deps) - set(found), "deleted")
-        if waiting is not None:
-            finished = sorted(d for d, s in ended.items() if s == S.FINISHED.value)
-            for start in range(0, len(finished), COUNT_AT_ONCE):
-                part = finished[start : start + COUNT_AT_ONCE]
-                query, update = F.counted_at_once(waiting, part)
-                if (await self.coll.update_one(query, update)).modified_count:
-                    for dep in part:
-                        del ended[dep]  # counted (else left to the one-by-one count below)
-            if not ended:  # every one finished, and counted here: released if nothing is left
-                query, update = F.released_where({"_id": waiting}, now)
-                return int((await self.coll.update_one(query, update)).modified_count)
-        return await self.settle_all(sorted(ended.items()), now)
+        finished = {d for d, s in ended.items() if s == S.FINISHED.value}
+        counted: dict[ObjectId, bool] = {}  # dependency -> every new job waiting on it counted it
+        released_here: list[ObjectId] = []
+        waiting = waiting or {}
+        for job_id, after in waiting.items():
+            mine = sorted(set(after) & finished)
+            if not mine or (len(mine) < COUNT_AT_ONCE // 10 and len(waiting) > 1):
+                for dep in mine:  # a few: counted with the others waiting on them, below
+                    counted[dep] = False
+                continue
+            all_counted = True
+            for start in range(0, len(mine), COUNT_AT_ONCE):
+                part = mine[start : start + COUNT_AT_ONCE]
+                query, update = F.counted_at_once(job_id, part)
+                done = bool((await self.coll.update_one(query, update)).modified_count)
+                all_counted &= done
+                for dep in part:
+                    counted[dep] = counted.get(dep, True) and done
+            if all_counted:
+                released_here.append(job_id)
+        for dep, done in counted.items():
+            if done:  # every new job waiting on it counted it here
+                del ended[dep]
+        released = 0
+        if released_here:  # those that wait on nothing more now (the others: below, or later)
+            query, update = F.released_where({"_id": {"$in": released_here}}, now)
+            released += int((await self.coll.update_many(query, update)).modified_count)
+        return released + await self.settle_all(sorted(ended.items()), now)
 
     async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
         """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error

@@ -9,11 +9,27 @@ from typing import Any
 
 import bson
 import pytest
+from pymongo import monitoring
 
 from job_processor import AbortSignal, Job, JobDef, JobSpec, JobStatus
 from tests.helpers import make, wait_status
 
 S = JobStatus
+
+
+class Statements(monitoring.CommandListener):
+    """Update statements sent while `on` (a bulk write counts each of its statements)."""
+
+    def __init__(self) -> None:
+        self.on, self.n = False, 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.on and event.command_name == "update":
+            self.n += len(event.command.get("updates", ()))
+
+    def succeeded(self, event: Any) -> None: ...
+
+    def failed(self, event: Any) -> None: ...
 
 
 async def part(job: Job, signal: AbortSignal) -> str:
@@ -57,22 +73,10 @@ async def test_a_job_scheduled_after_2000_ended_jobs_is_released_by_its_own_call
     """It counts the finished ones 100 at a time: about 20 update statements, not 4,000 (one
     count and one release each, rewriting its document of 2,000 entries every time: over 10 s
     on nx-27017, past the producer budget, and the call returned the job still waiting)."""
-    from pymongo import AsyncMongoClient, monitoring
+    from pymongo import AsyncMongoClient
 
     from job_processor import init_job_processor
     from tests.helpers import FAST
-
-    class Statements(monitoring.CommandListener):
-        def __init__(self) -> None:
-            self.on, self.n = False, 0
-
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if self.on and event.command_name == "update":
-                self.n += len(event.command.get("updates", ()))
-
-        def succeeded(self, event: Any) -> None: ...
-
-        def failed(self, event: Any) -> None: ...
 
     counted = Statements()
     client: AsyncMongoClient[Any] = AsyncMongoClient(
@@ -96,3 +100,37 @@ async def test_a_job_scheduled_after_2000_ended_jobs_is_released_by_its_own_call
     assert not caplog.records
     assert all(s == "finished" for s in parent.deps.values()) and len(parent.deps) == 2000
     assert counted.n < 50, f"{counted.n} update statements"
+
+
+async def test_a_batch_item_after_2000_ended_jobs_is_released_by_the_batch(
+    db: Any, mongo_url: str
+) -> None:
+    """schedule_jobs: an item waiting on many finished jobs counts them 100 at a time too (one
+    statement each before: 2,000 rewrites of its document); the items waiting on one or two
+    are counted with the others waiting on them."""
+    from pymongo import AsyncMongoClient
+
+    from job_processor import init_job_processor
+    from tests.helpers import FAST
+
+    counted = Statements()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[counted]
+    )
+    try:
+        p = await init_job_processor(client[db.name], jobs=JOBS, **FAST)
+        children = await p.schedule_jobs([JobSpec("part", {"n": n}) for n in range(2000)])
+        ended = {"status": "finished", "ended_at": dt.datetime.now(dt.UTC)}
+        await p.storage.jobs.coll.update_many(
+            {"name": "part"}, {"$set": ended, "$unset": {"claim_name": ""}}
+        )
+        few = [JobSpec("total", after=[children[i], children[i + 1]]) for i in range(0, 40, 2)]
+        counted.on = True
+        jobs = await p.schedule_jobs([JobSpec("total", after=children), *few])
+        counted.on = False
+    finally:
+        await client.close()
+    assert [j.status for j in jobs] == [S.PENDING] * 21
+    assert all(j.waiting_on == 0 for j in jobs)
+    assert all(s == "finished" for s in jobs[0].deps.values()) and len(jobs[0].deps) == 2000
+    assert counted.n < 200, f"{counted.n} update statements"
