@@ -115,7 +115,8 @@ class Flows:
     ) -> int:
         """Mark `after` as having dependents, then settle those already ended (`waiting`: the
         jobs just scheduled after them, each with its dependencies: one waiting on many that
-        finished counts them in a few updates). Returns how many jobs that released."""
+        finished counts them in a few updates). Returns how many of them had ended (then
+        the jobs waiting on them have changed: counted, released, skipped or errored)."""
         return await self.produce.run(
             lambda _: self.jobs.register_waiting(after, self.clock.now(), waiting)
         )

@@ -222,7 +222,7 @@ class JobsAPI(JobWaits):
         producer budget here does not fail the call (the jobs are stored: a retry would write
         them twice): the dependencies were marked before the insert (`Flows.mark`), so a
         worker's sweep settles them instead, once the jobs are `GRACE` old (flows.md).
-        Returns how many jobs it released."""
+        Returns how many of `deps` had ended (then the jobs are read again)."""
         try:
             return await self.flows.register(deps, waiting)
         except DatabaseUnreachableError as exc:

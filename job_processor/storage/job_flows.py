@@ -90,14 +90,15 @@ class FlowRecords:
         many that finished counts them `COUNT_AT_ONCE` at a time (one update per dependency
         rewrote its document each time: seconds for a fan-in after 2,000 ended jobs); the
         others are counted dependency by dependency (`settle_all`). Every step applies once
-        however often it runs (a retried call repeats none of its effects). Returns how many
-        jobs that released."""
+        however often it runs (a retried call repeats none of its effects). Returns how many of
+        `deps` had ended (0: the jobs waiting on them are as they were written)."""
         if not deps:
             return 0
         await self.mark_dependents(deps, now)
         found = await self.statuses(deps)
         ended = {d: s for d, s in found.items() if s in F.ENDED}
         ended |= dict.fromkeys(set(deps) - set(found), "deleted")
+        had_ended = len(ended)
         finished = {d for d, s in ended.items() if s == S.FINISHED.value}
         counted: dict[ObjectId, bool] = {}  # dependency -> every new job waiting on it counted it
         released_here: list[ObjectId] = []
@@ -121,11 +122,11 @@ class FlowRecords:
         for dep, done in counted.items():
             if done:  # every new job waiting on it counted it here
                 del ended[dep]
-        released = 0
         if released_here:  # those that wait on nothing more now (the others: below, or later)
             query, update = F.released_where({"_id": {"$in": released_here}}, now)
-            released += int((await self.coll.update_many(query, update)).modified_count)
-        return released + await self.settle_all(sorted(ended.items()), now)
+            await self.coll.update_many(query, update)
+        await self.settle_all(sorted(ended.items()), now)
+        return had_ended
 
     async def settle_dependents(self, dep_id: ObjectId, status: str, now: dt.datetime) -> int:
         """`dep_id` ended with `status`: count it for the jobs waiting on it, skip or error

@@ -580,7 +580,7 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         those that have ended counted now (it may be released, or skipped by its policy, at
         once; one that no longer exists counts as "deleted")."""
         deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
-        await self.register_waiting(deps, now)
+        await self.register_waiting(deps, now, {doc["_id"]: deps})
         return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
     def watch_one(self, job_id: ObjectId, max_await_ms: int) -> Any:

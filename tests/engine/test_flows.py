@@ -566,7 +566,7 @@ async def test_a_sweep_leaves_a_job_being_scheduled_to_its_own_registration(
     assert "dependents_settled_late" not in caplog.text
     unsettled, _ = await p.storage.jobs.flow_attention()
     assert dep in [d["_id"] for d in unsettled]  # not marked settled: still in the query
-    assert await p.flows.register([dep]) == 1  # its registration goes on: released
+    assert await p.flows.register([dep]) == 1  # its registration goes on: 1 had ended
     assert (await p.get_job(str(doc["_id"]))).status == S.PENDING
     later = now + dt.timedelta(seconds=10)  # had it died before: the slow pass, past the grace
     doc2 = D.new_job("total", {}, now=now) | F.waiting_fields([dep], "skip")

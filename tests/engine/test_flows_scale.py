@@ -134,3 +134,64 @@ async def test_a_batch_item_after_2000_ended_jobs_is_released_by_the_batch(
     assert all(j.waiting_on == 0 for j in jobs)
     assert all(s == "finished" for s in jobs[0].deps.values()) and len(jobs[0].deps) == 2000
     assert counted.n < 200, f"{counted.n} update statements"
+
+
+async def _ended(p: Any, n: int, status: str = "finished") -> list[Job]:
+    """`n` jobs ended with `status` (their final writes, without running them)."""
+    from bson import ObjectId
+
+    kids = await p.schedule_jobs([JobSpec("part", {"n": i}) for i in range(n)])
+    ended = {"status": status, "ended_at": dt.datetime.now(dt.UTC)}
+    await p.storage.jobs.coll.update_many(
+        {"_id": {"$in": [ObjectId(k.id) for k in kids]}},
+        {"$set": ended, "$unset": {"claim_name": ""}},
+    )
+    return list(kids)
+
+
+async def test_the_jobs_returned_are_as_their_registration_left_them(db: Any) -> None:
+    """A job skipped by its policy when scheduled, or counted but not released, came back as
+    it was inserted (waiting, every dependency "waiting"): only a release made it read again."""
+    p = await make(db, JOBS)
+    (bad,) = await _ended(p, 1, "errored")
+    assert (await p.schedule_job("total", after=[bad])).status == S.SKIPPED
+    done = await _ended(p, 12)
+    jobs = await p.schedule_jobs(
+        [JobSpec("total", after=[bad, *done]), JobSpec("total", after=[bad])]
+    )
+    assert [j.status for j in jobs] == [S.SKIPPED, S.SKIPPED]
+    later = await p.schedule_job("part", {}, delay=3600)
+    job = await p.schedule_job("total", after=[*done, later])
+    assert job.waiting_on == 1 and list(job.deps.values()).count("finished") == 12
+
+
+async def test_a_duplicate_of_a_waiting_fan_in_counts_its_finished_dependencies_at_once(
+    db: Any, mongo_url: str
+) -> None:
+    """An admin's duplicate (or a retry of a job killed while it waited) counts them as
+    schedule_job does: 100 per update (one each: 12 s for 2,000 on nx-27017)."""
+    from pymongo import AsyncMongoClient
+
+    from job_processor.ops.admin import Admin
+
+    p = await make(db, JOBS)
+    done = await _ended(p, 2000)
+    later = await p.schedule_job("part", {}, delay=3600)
+    parent = await p.schedule_job("total", after=[*done, later])
+    assert parent.waiting_on == 1
+    counted = Statements()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[counted]
+    )
+    try:
+        async with p:  # a live worker has registered the names the duplicate checks
+            admin = await Admin.open(client[db.name], p.storage.prefix)
+            counted.on = True
+            result = await admin.duplicate(parent.id, actor="ops")
+            counted.on = False
+    finally:
+        await client.close()
+    assert counted.n < 200, f"{counted.n} update statements"
+    copy = await p.get_job(result.jobs[-1].id)
+    assert copy.id != parent.id and copy.waiting_on == 1
+    assert list(copy.deps.values()).count("finished") == 2000
