@@ -124,6 +124,16 @@ def scratch_url(mongo_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def sync_db(mongo_url: str) -> Iterator[Any]:
+    """A fresh database through PyMongo's synchronous client (what a JobClient is given)."""
+    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    database = client[_db_name()]
+    yield database
+    client.drop_database(database.name)
+    client.close()
+
+
+@pytest.fixture
 async def db(mongo_url: str) -> AsyncIterator[Any]:
     """A fresh database on the test server, through PyMongo's AsyncMongoClient."""
     client, database = await _open("pymongo", mongo_url)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,6 @@ from .e2e.app import JOBS as APP_JOBS
 
 ROOT = Path(__file__).resolve().parents[1]
 S = JobStatus
-
-
-@pytest.fixture
-def sync_db(mongo_url: str) -> Iterator[Database[Any]]:
-    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
-    db = client[f"jp_sync_{uuid.uuid4().hex[:10]}"]
-    yield db
-    client.drop_database(db.name)
-    client.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ from pymongo.database import Database
 from job_processor import AbortSignal, Event, Subscriber, init_job_processor
 from job_processor.sync import JobClient
 from tests.helpers import FAST
-
-
-@pytest.fixture
-def sync_db(mongo_url: str) -> Iterator[Database[Any]]:
-    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
-    db = client[f"jp_sync_{uuid.uuid4().hex[:10]}"]
-    yield db
-    client.drop_database(db.name)
-    client.close()
 
 
 async def never(job: Any, signal: Any) -> None:

@@ -8,25 +8,13 @@ from __future__ import annotations
 import sys
 import threading
 import time as real_time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 from pymongo.database import Database
 
 from job_processor.engine import jobs_api
 from job_processor.sync import JobClient
-
-
-@pytest.fixture
-def sync_db(mongo_url: str) -> Iterator[Database[Any]]:
-    client: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
-    db = client[f"jp_race_{uuid.uuid4().hex[:10]}"]
-    yield db
-    client.drop_database(db.name)
-    client.close()
 
 
 def test_two_threads_scheduling_unregistered_names_never_see_a_cleared_registry(

@@ -6,24 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from job_processor import AbortSignal, Event, JobProcessor, JobStatus, Subscriber
 from job_processor.dashboard import create_dashboard
 
+from .conftest import AUTH, signed_in
 from .harness import (
-    CHROMIUM_ARGS,
     SKIP_HINT,
     Switches,
     chromium_path,
     host_app,
     in_ci,
     make_processor,
-    require_chromium,
     serve,
     wait_until,
 )
@@ -32,17 +30,6 @@ if chromium_path() is None and not in_ci():  # one line for the whole module, sa
     pytest.skip(SKIP_HINT, allow_module_level=True)
 
 S = JobStatus
-AUTH = ("admin", "s3cret-pw")
-CREDENTIALS = {"username": AUTH[0], "password": AUTH[1]}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    exe = require_chromium()
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        await b.close()
 
 
 async def status_is(p: JobProcessor, job_id: str, status: JobStatus) -> bool:
@@ -53,12 +40,6 @@ async def failed_email(p: JobProcessor) -> str:
     job = await p.schedule_job("send-email", {"to": "ada@example.com", "fail": True})
     await wait_until(lambda: status_is(p, job.id, S.ERRORED))
     return job.id
-
-
-async def signed_in(browser: Browser, **kw: Any) -> Page:
-    context = await browser.new_context(http_credentials=CREDENTIALS, **kw)
-    context.set_default_timeout(10_000)
-    return await context.new_page()
 
 
 async def test_log_in_filter_retry_a_failed_job_and_watch_it_finish_then_trigger_a_cron(

@@ -5,22 +5,20 @@ is open. Skipped without Chromium like the other browser tests (a failure with C
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from job_processor import AbortSignal, Event, Job, JobDef, Subscriber, init_job_processor
 from job_processor.dashboard import create_dashboard
 from job_processor.ops.admin import Admin
 
-from .harness import CHROMIUM_ARGS, SKIP_HINT, chromium_path, in_ci, require_chromium, serve
+from .conftest import AUTH, signed_in
+from .harness import SKIP_HINT, chromium_path, in_ci, serve
 
 if chromium_path() is None and not in_ci():
     pytest.skip(SKIP_HINT, allow_module_level=True)
-
-AUTH = ("admin", "s3cret-pw")
 
 
 async def noop(job: Job, signal: AbortSignal) -> None:
@@ -29,21 +27,6 @@ async def noop(job: Job, signal: AbortSignal) -> None:
 
 async def on_shipped(event: Event, signal: AbortSignal) -> None:
     return None
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    exe = require_chromium()
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        await b.close()
-
-
-async def signed_in(browser: Browser) -> Page:
-    ctx = await browser.new_context(http_credentials={"username": AUTH[0], "password": AUTH[1]})
-    ctx.set_default_timeout(10_000)
-    return await ctx.new_page()
 
 
 async def values(page: Page, selector: str, attr: str) -> list[str]:

@@ -6,23 +6,15 @@ its runs up `worker_timeout` after its last heartbeat, before another worker may
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
+from tests.engine.test_timing_bounds import SETTINGS, T0
 from tests.helpers import wait_for
 
 S = JobStatus
-T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-SETTINGS: dict[str, Any] = {
-    "poll_interval": 2.0,
-    "heartbeat_interval": 5.0,
-    "worker_timeout": 30.0,
-    "shutdown_grace": 1.0,
-    "change_streams": False,
-}
 
 
 async def test_a_clock_stepped_back_during_an_outage_does_not_lengthen_the_lease(db: Any) -> None:
