@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .errors import InvalidArgumentError
-from .values import fits_int64
+from .values import fits_int64, is_utf8
 
 Doc = dict[str, Any]
 
@@ -203,11 +203,7 @@ FIELD_DEPTH = 20
 def storable_text(text: str) -> str:
     """`text` as BSON can store it: a lone surrogate (a file name that is not UTF-8, from
     os.listdir; JSON's "\\ud800") written as its escape, the rest as it is."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    return text if is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _key(key: Any) -> str:

@@ -178,7 +178,7 @@ def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
             if "\0" in key:
                 where = f"{path}.{key!r}" if path else repr(key)
                 return where, "a key with a NUL character", "remove it from the key"
-            if not _utf8(key):
+            if not is_utf8(key):
                 where = f"{path}.{key!r}" if path else repr(key)
                 return where, "a key with a lone surrogate, not UTF-8", SURROGATE_FIX
             found = unstorable_at(item, f"{path}.{key}" if path else key)
@@ -191,7 +191,7 @@ def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
             if found is not None:
                 return found
         return None
-    if isinstance(value, str) and not _utf8(value):
+    if isinstance(value, str) and not is_utf8(value):
         return path or "(the value)", "a str with a lone surrogate, not UTF-8", SURROGATE_FIX
     try:
         bson.encode({"v": value})
@@ -204,7 +204,7 @@ def unstorable_at(value: Any, path: str = "") -> tuple[str, str, str] | None:
 SURROGATE_FIX = "remove the unpaired surrogate (\\ud800-\\udfff) or decode the text correctly"
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
