@@ -1,8 +1,9 @@
 """The dashboard's Events pages: recent events, an event with its deliveries, and replays.
 
 Reads go through `job_processor.events` (index-backed: `list_events` on `{name, emitted_at,
-_id}` / `{emitted_at, _id}`, `get_event` on the deliveries' `{event_id, created_at, _id}`);
-replays through `Admin.replay_event`, so they are recorded in the audit log like every action.
+_id}` / `{emitted_at, _id}`, `event_summary` on the deliveries' `{event_id, created_at, _id}`:
+the first 200 and a count); replays through `Admin.replay_event`, so they are recorded in the
+audit log like every action.
 A delivery links to its job page, where it is killed or retried like any job.
 """
 
@@ -180,7 +181,9 @@ async def _replayable(d: Dashboard, storage: Storage, name: str) -> list[str]:
 
 async def event(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
-    found = await ev.get_event(admin.storage, request.path_params["event_id"])
+    found, counts = await ev.event_summary(
+        admin.storage, request.path_params["event_id"], DELIVERIES_SHOWN
+    )
     endpoints = {str(e["_id"]): e for e in await admin.storage.webhooks.all()}
     hosts: dict[str, str] = {}  # what a webhook target is, never its path or query
     webhooks = {t.target for t in found.targets if t.kind == "webhook"}
@@ -194,9 +197,6 @@ async def event(d: Dashboard, request: Request) -> Response:
         hosts[target] = url_host(str(doc["url"])) + about
     secrets = d.masker.secrets(found.payload, *[x.result for x in found.deliveries])
     replayable = await _replayable(d, admin.storage, found.name)
-    counts: dict[str, int] = {}
-    for x in found.deliveries:
-        counts[x.status] = counts.get(x.status, 0) + 1
     shown = found.deliveries[:DELIVERIES_SHOWN]  # an event replayed 150 times: 1,500 rows
     return d.page(
         request,
@@ -207,6 +207,7 @@ async def event(d: Dashboard, request: Request) -> Response:
         replayable=replayable,
         counts=counts,
         deliveries_shown=DELIVERIES_SHOWN,
+        deliveries_total=sum(counts.values()),
         errors={i: _last_line(d, x.error, secrets) for i, x in enumerate(shown)},
         attempts={i: [_attempt(a) for a in x.attempts] for i, x in enumerate(shown)},
         live=True,

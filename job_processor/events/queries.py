@@ -9,6 +9,7 @@ same names. The delivery side (emit, fan-out, sync waits, serial chains, recover
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,15 +94,39 @@ async def list_events(
 async def get_event(storage: Storage, event_id: str | ObjectId) -> Event:
     """The event with every delivery (replays included, in creation order), and its serial
     subscribers still waiting for their turn."""
+    return (await event_summary(storage, event_id, 0))[0]
+
+
+async def event_summary(
+    storage: Storage, event_id: str | ObjectId, shown: int
+) -> tuple[Event, dict[str, int]]:
+    """The event with its first `shown` deliveries (every one for 0; replays included, in
+    creation order) and the rows of its targets still waiting or deleted; and how many of all
+    its deliveries are in each status (those rows included). An event replayed 1,000 times
+    reads `shown` deliveries, one per target, and one count."""
     oid = event_id_of(event_id)
     doc = await storage.events.get(oid)
     if doc is None:
         raise EventNotFoundError(f"no event with id {str(event_id)!r}")
     event = Event.model_validate(doc)
-    jobs = await storage.deliveries.for_event(event.id)
+    jobs = await storage.deliveries.for_event(event.id, shown)
     event.deliveries = [Delivery.of_job(j) for j in jobs]
-    event.deliveries += without_jobs(event, event.deliveries)
-    return event
+    own = event.deliveries
+    full = shown and len(jobs) >= shown
+    if full:  # an own delivery made after the first `shown` (a serial one, after replays)
+        seen = {j["_id"] for j in jobs}
+        more = await storage.deliveries.own_for_event(event.id, len(event.targets))
+        own = own + [Delivery.of_job(j) for j in more if j["_id"] not in seen]
+    rows = without_jobs(event, own)
+    event.deliveries += rows
+    counts: dict[str, int] = {}
+    for x in event.deliveries:  # in the order the rows show them
+        counts[x.status] = counts.get(x.status, 0) + 1
+    if full:  # every delivery counted by the server, and the rows without one
+        every = await storage.deliveries.counts_for_event(event.id)
+        extra = Counter(x.status for x in rows)
+        counts = {s: every.get(s, 0) + extra[s] for s in [*counts, *sorted(every)]}
+    return event, counts
 
 
 #: A serial delivery still in one of these states has not ended: the next one comes after it.

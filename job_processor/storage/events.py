@@ -21,7 +21,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..core.clock import as_utc
-from .compat import IndexKeys, all_docs, decode, decode_opt
+from .compat import IndexKeys, aggregate, all_docs, decode, decode_opt
 
 Doc = dict[str, Any]
 
@@ -255,9 +255,23 @@ class DeliveryStore:
     def for_event_cursor(self, event_id: str) -> Any:
         return self.coll.find({"event_id": event_id}).sort(DELIVERY_SORT)
 
-    async def for_event(self, event_id: str) -> list[Doc]:
-        """Every delivery of an event (replays included), in creation order."""
-        return await all_docs(self.for_event_cursor(event_id))
+    async def for_event(self, event_id: str, limit: int = 0) -> list[Doc]:
+        """Every delivery of an event (replays included), in creation order; the first `limit`
+        of them when it is not 0."""
+        return await all_docs(self.for_event_cursor(event_id).limit(limit))
+
+    async def own_for_event(self, event_id: str, targets: int) -> list[Doc]:
+        """The deliveries of the event's own fan-out (one per target at most), replays aside."""
+        where = {"event_id": event_id, "payload.replay_id": {"$exists": False}}
+        return await all_docs(self.coll.find(where).sort(DELIVERY_SORT).limit(max(targets, 1)))
+
+    async def counts_for_event(self, event_id: str) -> dict[str, int]:
+        """How many deliveries of the event are in each status (replays included)."""
+        rows = await aggregate(
+            self.coll,
+            [{"$match": {"event_id": event_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}],
+        )
+        return {str(r["_id"]): int(r["n"]) for r in rows}
 
     async def get_many(self, ids: list[ObjectId]) -> list[Doc]:
         return await all_docs(self.coll.find({"_id": {"$in": ids}}))
