@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import uuid
 from typing import Any
 
 import pytest
@@ -384,3 +385,38 @@ async def test_init_warns_of_a_cron_step_larger_than_its_field(
     warned = [r for r in caplog.records if r.__dict__.get("event") == "cron_step_too_large"]
     assert [r.__dict__["fields"]["job_name"] for r in warned] == ["often"]
     assert "minute field '*/90'" in warned[0].__dict__["fields"]["reading"]
+
+
+async def test_datetimes_read_back_are_aware_everywhere_without_tz_aware(mongo_url: str) -> None:
+    """guide.md: "Datetimes read back are always aware UTC, even from a client created without
+    tz_aware=True": inside a payload, a checkpoint and a result too, not only the processor's
+    own fields (the handler got a naive datetime and comparing it to an aware one raised)."""
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    seen: dict[str, Any] = {}
+
+    async def handler(job: Job, signal: AbortSignal) -> Any:
+        seen["payload"] = job.payload["when"]
+        await job.checkpoint({"at": when})
+        return {"done_at": when}
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)  # no tz_aware
+    db = client[f"jp_test_{uuid.uuid4().hex[:12]}"]
+    try:
+        p = await make(db, {"a": JobDef(handler=handler)})
+        scheduled = await p.schedule_job("a", {"when": when})
+        async with p:
+            job = await p.wait_for(scheduled.id, timeout=15)
+        assert job.status == JobStatus.FINISHED, job.error
+        read = await p.get_job(job.id)
+        values = {
+            "handler's job.payload": seen["payload"],
+            "get_job().payload": read.payload["when"],
+            "get_job().state": (read.state or {}).get("at"),
+            "get_job().result": (read.result or {}).get("done_at"),
+            "created_at": read.created_at,
+        }
+        assert values == dict.fromkeys(values, when) | {"created_at": read.created_at}
+        assert all(v is not None and v.tzinfo is not None for v in values.values()), values
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

@@ -77,21 +77,27 @@ class Storage:
         self.db = db
         self.prefix = prefix
         self.profile = profile or ServerProfile()
-        self.jobs = JobStore(
-            db.get_collection(f"{prefix}jobs", write_concern=MAJORITY), self.profile
-        )
-        self.workers = WorkerStore(db.get_collection(f"{prefix}workers"))
-        self.crons = CronStore(db.get_collection(f"{prefix}crons", write_concern=MAJORITY))
-        self.limits = LimitStore(db.get_collection(f"{prefix}limits", write_concern=MAJORITY))
+        # datetimes read back aware UTC wherever they are (a payload's, a result's), whatever
+        # the client's tz_aware; the client's other codec options kept
+        codec = db.codec_options.with_options(tz_aware=True, tzinfo=None)  # None: UTC
+
+        def coll(name: str, majority: bool = True) -> Any:
+            concern = MAJORITY if majority else None
+            return db.get_collection(prefix + name, codec_options=codec, write_concern=concern)
+
+        self.jobs = JobStore(coll("jobs"), self.profile)
+        self.workers = WorkerStore(coll("workers", majority=False))
+        self.crons = CronStore(coll("crons"))
+        self.limits = LimitStore(coll("limits"))
         self.job_admin = JobAdminStore(self.jobs.coll, self.profile)
-        self.definitions = DefinitionStore(db.get_collection(f"{prefix}definitions"))
-        self.paused = PausedStore(db.get_collection(f"{prefix}paused", write_concern=MAJORITY))
-        self.audit = AuditStore(db.get_collection(f"{prefix}audit", write_concern=MAJORITY))
+        self.definitions = DefinitionStore(coll("definitions", majority=False))
+        self.paused = PausedStore(coll("paused"))
+        self.audit = AuditStore(coll("audit"))
         # events and webhooks (docs/events.md): deliveries are jobs, in the jobs collection
-        self.events = EventStore(db.get_collection(f"{prefix}events", write_concern=MAJORITY))
-        self.subscribers = SubscriberStore(db.get_collection(f"{prefix}subscribers"))
+        self.events = EventStore(coll("events"))
+        self.subscribers = SubscriberStore(coll("subscribers", majority=False))
         self.deliveries = DeliveryStore(self.jobs.coll)
-        self.webhooks = WebhookStore(db.get_collection(f"{prefix}webhooks"))
+        self.webhooks = WebhookStore(coll("webhooks", majority=False))
         #: How producer calls ride out outages (init_job_processor sets the budget).
         self.producer = ProducerRetry(PRODUCER_RETRY_SECONDS, is_sync(db), lambda: address(db))
 

@@ -115,7 +115,7 @@ class SyncCollection:
 
 class SyncDatabase:
     """A synchronous PyMongo database behind the async database interface (`get_collection`,
-    `command`, `client`, `name`)."""
+    `command`, `client`, `name`, `codec_options`)."""
 
     def __init__(self, database: Database[Any]) -> None:
         self.database = database
@@ -127,6 +127,10 @@ class SyncDatabase:
     @property
     def client(self) -> Any:
         return self.database.client
+
+    @property
+    def codec_options(self) -> Any:
+        return self.database.codec_options
 
     def get_collection(self, name: str, **options: Any) -> SyncCollection:
         return SyncCollection(self.database.get_collection(name, **options))
