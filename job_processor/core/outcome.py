@@ -217,6 +217,10 @@ def _unkilled(c: _Ctx) -> Outcome:
         return c.ended(S.FINISHED, None, end.result)
     if c.crashed:
         return c.failed(WORKER_SILENT if end.how == Ending.CRASHED else end.error or "run lost")
+    if end.how == Ending.RAISED and (end.final or end.retry_in is not None):
+        # the handler's own verdict (DoNotRetry, RetryLater) stands, a stop or not: a webhook
+        # answered 4xx or Retry-After while the worker was stopping is not sent again at once
+        return c.failed(end.error or "cancelled", final=end.final, retry_in=end.retry_in)
     if end.abort_reason == "shutdown":  # stopped gracefully: not the job's fault
         if c.policy.resumable:
             return Outcome(S.PAUSED, failures=c.failures)

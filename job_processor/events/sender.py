@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import FIRST_COMPLETED
 from collections.abc import Mapping
 from typing import Any
 
@@ -208,11 +209,7 @@ class WebhookSender:
                 decision = classify(
                     resp.status_code, resp.headers.get("retry-after"), self.clock.now()
                 )
-                async with asyncio.timeout(self.options.timeout):
-                    async for chunk in resp.aiter_bytes():
-                        excerpt += chunk
-                        if len(excerpt) >= EXCERPT_CHARS * 4:
-                            break
+                excerpt = await self._excerpt(resp, signal)
         except Exception as exc:  # httpx's, or another (a header it cannot encode, a host name)
             if record["status_code"] is None:
                 record["error"] = self._error(exc, url)
@@ -220,6 +217,36 @@ class WebhookSender:
             record["response_excerpt"] = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
         record["duration_ms"] = int((loop.time() - t0) * 1000)
         return record, decision
+
+    async def _excerpt(self, resp: Any, signal: AbortSignal) -> bytes:
+        """The start of the answer's body, read within one `timeout`, and no longer once the
+        signal fires: a worker stopping keeps the answer it has (a 2xx read to its end in the
+        shutdown grace was cancelled there, and the receiver got the delivery again)."""
+        got: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                got.append(chunk)
+                size += len(chunk)
+                if size >= EXCERPT_CHARS * 4:
+                    break
+
+        if signal.aborted:
+            return b""
+        reading: asyncio.Future[Any] = asyncio.ensure_future(read())
+        stopped: asyncio.Future[Any] = signal.future()
+        try:
+            await asyncio.wait(
+                {reading, stopped}, timeout=self.options.timeout, return_when=FIRST_COMPLETED
+            )
+        finally:
+            stopped.cancel()
+            reading.cancel()
+        await asyncio.wait({reading})  # its end, whatever it was (never raises)
+        if not reading.cancelled():
+            reading.exception()  # a body cut off or undecodable: what came is the excerpt
+        return b"".join(got)
 
     def _error(self, exc: Exception, url: str) -> str:
         """An attempt that got no answer, in one line (the URL's path and query left out)."""

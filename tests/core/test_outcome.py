@@ -118,6 +118,20 @@ def test_a_non_resumable_job_interrupted_by_a_stop_is_requeued_without_using_an_
     assert decide(job(0, 1), PLAIN, returned, NOW).status == S.FINISHED
 
 
+def test_a_handlers_own_verdict_stands_after_the_shutdown_signal() -> None:
+    """DoNotRetry or RetryLater raised during the stop's grace (a webhook answered 422 or 429
+    with Retry-After while its worker stopped) is the job's outcome, not an interruption run
+    again at once."""
+    for policy in (PLAIN, RESUMABLE):
+        final = RunEnd(Ending.RAISED, abort_reason="shutdown", error="422", final=True)
+        out = decide(job(0, 5), policy, final, NOW)
+        assert (out.status, out.error) == (S.ERRORED, "422")
+        later = RunEnd(Ending.RAISED, abort_reason="shutdown", error="429", retry_in=600.0)
+        out = decide(job(0, 5), policy, later, NOW)
+        assert (out.status, out.failures) == (S.PENDING, 1)
+        assert out.retry_at == NOW + dt.timedelta(seconds=600)
+
+
 def test_a_crash_counts_as_an_attempt_for_resumable_jobs_too() -> None:
     crash = RunEnd(Ending.CRASHED)
     first = decide(job(0, 3), RESUMABLE, crash, NOW)
