@@ -7,12 +7,25 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import re
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
-from bson import Binary, Decimal128, ObjectId
+from bson import (
+    Binary,
+    Code,
+    DBRef,
+    Decimal128,
+    MaxKey,
+    MinKey,
+    ObjectId,
+    Regex,
+    Timestamp,
+    json_util,
+)
 from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
 
 from .clock import as_utc
@@ -24,7 +37,8 @@ S = JobStatus
 
 def to_jsonable(value: Any) -> Any:
     """BSON values that JSON has no type for, made JSON-friendly: ObjectId and UUID as text,
-    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC)."""
+    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC), any other BSON value
+    (a regular expression, a timestamp, MinKey, a DBRef, code) as Extended JSON."""
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -39,7 +53,13 @@ def to_jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, dt.datetime):
         return as_utc(value).isoformat()
+    if isinstance(value, _OTHER_BSON):  # as MongoDB's (relaxed) Extended JSON writes it
+        return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
     return value
+
+
+#: The other values a stored document can hold that JSON has no type for.
+_OTHER_BSON = (Regex, re.Pattern, Timestamp, MinKey, MaxKey, DBRef, Code)
 
 
 def from_document(data: dict[str, Any]) -> dict[str, Any]:

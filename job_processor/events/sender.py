@@ -38,6 +38,7 @@ from .webhooks import (
     endpoint_id_of,
     sign,
     url_host,
+    without_url_secrets,
 )
 
 #: How long an endpoint's bookkeeping write rides out an outage (`WebhookSender._bookkeeping`).
@@ -214,7 +215,8 @@ class WebhookSender:
             if record["status_code"] is None:
                 record["error"] = self._error(exc, url)
         if record["status_code"] is not None:
-            record["response_excerpt"] = excerpt.decode("utf-8", "replace")[:EXCERPT_CHARS]
+            answer = excerpt.decode("utf-8", "replace")[: EXCERPT_CHARS * 2]
+            record["response_excerpt"] = without_url_secrets(answer, url)[:EXCERPT_CHARS]
         record["duration_ms"] = int((loop.time() - t0) * 1000)
         return record, decision
 

@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets as _secrets
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -179,7 +180,14 @@ def sign(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
 def check_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.hostname  # noqa: B018 (an unbalanced IPv6 bracket raises here on some Pythons)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise InvalidArgumentError(
+            f"url is not a valid URL ({exc}): an IPv6 host is written in brackets, "
+            "e.g. https://[2001:db8::1]:8443/path"
+        ) from None
     if parts.scheme not in ("http", "https"):
         raise InvalidArgumentError(
             f"url must be an http:// or https:// URL with a host, got scheme "
@@ -211,6 +219,19 @@ def url_host(url: str) -> str:
     except ValueError:  # an invalid port (refused by check_url): shown as written
         port = f":{parts.netloc.rpartition(':')[2]}"
     return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def without_url_secrets(text: str, url: str) -> str:
+    """`text` (a receiver's answer) without the URL's path and query, nor any long part of
+    them: a receiver's error page that echoes the path ("Cannot POST /hooks/tok_...") would put
+    its token into errors and logs."""
+    parts = urllib.parse.urlsplit(url)
+    pieces = [url, parts.path + ("?" + parts.query if parts.query else ""), parts.query]
+    pieces += re.split(r"[/?&=;]", parts.path + "?" + parts.query)
+    for piece in sorted({p for p in pieces if len(p) >= 8}, key=len, reverse=True):
+        text = text.replace(piece, "…")
+        text = text.replace(urllib.parse.quote(piece, safe=""), "…")
+    return text
 
 
 class WebhookEndpoint(BaseModel):
@@ -320,7 +341,10 @@ def encode_body(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    return json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False).encode()
+    dumped = json.dumps(
+        to_jsonable(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return dumped.encode()
 
 
 # ---- answers ---------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""What a webhook endpoint and an event's body accept (an outside review's findings, each
+failing before its fix): every value a stored payload can hold reaches a receiver as JSON, a
+custom format's NaN is a failed attempt rather than a body no parser reads, a malformed URL is
+an InvalidArgumentError, and a receiver's answer that echoes the URL's path keeps its token out
+of errors and logs."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import bson
+import pytest
+
+from job_processor import InvalidArgumentError
+from job_processor.events.webhooks import encode_body, without_url_secrets
+from tests.events.test_webhooks import make, receiver, wait_delivery  # noqa: F401
+from tests.receiver import Receiver, Reply
+
+
+@pytest.mark.parametrize(
+    "value",
+    [re.compile("^sku-[0-9]+$"), bson.Regex("^a"), bson.Timestamp(1700000000, 1), bson.MinKey()],
+    ids=["re.Pattern", "bson.Regex", "bson.Timestamp", "MinKey"],
+)
+async def test_every_value_a_stored_payload_holds_reaches_a_receiver_as_json(
+    receiver: Receiver,  # noqa: F811
+    value: Any,
+) -> None:
+    """emit() stores any BSON value; the standard format could not encode some, so every
+    attempt failed before anything was sent, was retried, and disabled a healthy endpoint.
+    They go as MongoDB's Extended JSON. (On mongomock: nx-27017 cannot store these types.)"""
+    from mongomock_motor import AsyncMongoMockClient
+
+    db = AsyncMongoMockClient(tz_aware=True)["unjsonable"]
+    p = await make(db, max_attempts=3, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.url("/ok"), events=["e"])
+    async with p:
+        event = await p.emit("e", {"v": value})
+        d = await wait_delivery(p, event.id, ep, "finished", "errored")
+        got = await p.webhooks.get(ep.id)
+    assert (d.status, len(receiver.received("/ok"))) == ("finished", 1), (d.error or "")[:300]
+    assert got.enabled
+    sent = json.loads(receiver.received("/ok")[0].body)["data"]["v"]
+    assert isinstance(sent, dict) and next(iter(sent)).startswith("$"), sent
+
+
+TOKEN = "tok_9f8e7d6c5b4a"
+
+
+async def test_the_path_token_stays_out_of_errors_and_logs(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    capsys: Any,
+) -> None:
+    path = f"/hooks/{TOKEN}"
+    page = Reply(404, body=f"Cannot POST {path}".encode())
+    p = await make(db, max_attempts=1)
+    ep = await p.webhooks.add(url=receiver.script(path, page), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored")
+    logged = [line for line in capsys.readouterr().out.splitlines() if TOKEN in line]
+    in_error = TOKEN in (d.error or "")
+    assert (in_error, logged) == (False, []), (d.error or "").splitlines()[0]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://[fe80::1/hooks", "http://h]/x"])
+async def test_a_malformed_url_is_refused_with_invalid_argument_error(db: Any, url: str) -> None:
+    """docs/events.md: "a URL must be http(s) with a host ...: checked by add and update";
+    every other bad URL raises InvalidArgumentError (what callers, the dashboard's forms,
+    catch); an unbalanced IPv6 bracket escapes as urllib's bare ValueError."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError):
+        await p.webhooks.add(url=url, events=["e"])
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"])
+    with pytest.raises(InvalidArgumentError):
+        await p.webhooks.update(ep.id, url=url)
+
+
+def test_a_format_returning_nan_is_a_failed_attempt_not_a_body_no_parser_reads() -> None:
+    """A format "returns a dict (sent as JSON)": one holding NaN or infinity was sent as
+    `NaN`, which is not JSON (the receiver refused the signed body). It is refused when
+    encoded, which the sender records as a failed attempt naming the format."""
+    with pytest.raises(ValueError, match="JSON"):
+        encode_body({"ratio": float("nan"), "max": float("inf")})
+
+
+def test_an_answer_echoing_the_url_loses_its_path_and_query() -> None:
+    url = f"https://hooks.example.com/in/{TOKEN}?sig=abcdef123456"
+    said = f"Cannot POST /in/{TOKEN}?sig=abcdef123456; token {TOKEN}; /in/tok_9f8e7d6c5b4a"
+    cleaned = without_url_secrets(said, url)
+    assert TOKEN not in cleaned and "abcdef123456" not in cleaned, cleaned
+    assert cleaned.startswith("Cannot POST …")
