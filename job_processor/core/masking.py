@@ -292,14 +292,20 @@ def log_text(text: str, values: Sequence[Any], paths: Sequence[str] = ()) -> str
     return LOG_MASKER.text(text, log_secrets(values, paths)) or text
 
 
-def task_error(doc: dict[str, Any]) -> str | None:
+def task_error(
+    doc: dict[str, Any], paths: Sequence[str] = (), masker: Masker | None = None
+) -> str | None:
     """A cron task's error as the crons' listings show it (`status`, `crons list`,
     `get_status()`): masked as the worker's log masks it (default sensitive names, the task's
     payload's secrets), as the job's own page would."""
     error = (doc.get("output") or {}).get("error")
     if not isinstance(error, str):
         return None
-    return log_text(error, (doc.get("payload"), doc.get("state")))
+    values = (doc.get("payload"), doc.get("state"))
+    text = log_text(error, values, paths)
+    if masker is not None:
+        text = masker.text(text, masker.secrets(*values)) or text
+    return text
 
 
 def mask_event(masker: Masker, event: Event) -> dict[str, Any]:

@@ -209,6 +209,10 @@ def make_env(masker: Masker) -> Environment:
         "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
     }
+    # an audit entry's ids are job ids or names (a 24-character name is no job id)
+    env.tests["job_id"] = lambda v: (
+        isinstance(v, str) and re.fullmatch(r"[0-9a-f]{24}", v) is not None
+    )
     env.globals["STATUS_ORDER"] = STATUS_ORDER
     env.globals["runs_summary"] = runs_summary
     return env

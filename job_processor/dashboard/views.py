@@ -129,12 +129,11 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         error = str(exc)
         filters = {k: request.query_params.get(k, "").strip() for k in FILTERS}
     names = sorted({x.name for x in await admin.list_definitions()})
-    carried = await admin.carried([j for j in page.jobs if j.error or j.progress])
-    # what a progress message shown in a row hides: the job's secrets, as on its own page
+    carried = await admin.carried(page.jobs)
+    # what a row's payload and progress message hide: the job's secrets, as on its own page
+    # (a checkpoint's session id repeated in a payload field of an ordinary name)
     hidden = {
-        j.id: d.masker.secrets(j.payload, j.state, j.result, carried.get(j.id))
-        for j in page.jobs
-        if j.progress and j.progress.get("message")
+        j.id: d.masker.secrets(j.payload, j.state, j.result, carried.get(j.id)) for j in page.jobs
     }
     limit = request.query_params.get("limit") or ""
     active = {k: v for k, v in filters.items() if v}
@@ -244,7 +243,8 @@ async def render_new_job(
 
 async def crons(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
-    return d.page(request, "crons.html", crons=await admin.list_crons(recent=10), live=True)
+    crons = await admin.list_crons(recent=10, masker=d.masker)
+    return d.page(request, "crons.html", crons=crons, live=True)
 
 
 async def workers(d: Dashboard, request: Request) -> Response:

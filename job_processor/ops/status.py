@@ -114,7 +114,7 @@ async def cron_status(
                         "trigger": t.get("trigger"),
                         "status": t["status"],
                         "skip_reason": t.get("skip_reason"),
-                        "error": task_error(t),
+                        "error": task_error(t, cron.sensitive_fields),
                     }
                     for t in recent
                 ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...core.coverage import worker_alive
-from ...core.masking import task_error
+from ...core.masking import Masker, task_error
 from ...core.schedule import local_time, task_slot
 from ...core.status import JobStatus
 from .base import AdminBase
@@ -14,7 +14,7 @@ S = JobStatus
 
 
 class CronsAdmin(AdminBase):
-    async def list_crons(self, recent: int = 10) -> list[CronView]:
+    async def list_crons(self, recent: int = 10, masker: Masker | None = None) -> list[CronView]:
         """Every cron registered in the database: schedule, timezone, next slot (UTC and local),
         the latest `recent` tasks with their status, how many of them were missed slots, the
         running task ids, paused, the live workers serving it."""
@@ -25,6 +25,10 @@ class CronsAdmin(AdminBase):
         ]
         paused = await self.storage.paused.names()
         running = await self.storage.jobs.running()
+        paths = {
+            str(d["_id"]): [str(x) for x in d.get("sensitive_fields") or []]
+            for d in await self.storage.definitions.all()
+        }
         out = []
         for doc in sorted(await self.storage.crons.docs(), key=lambda d: str(d["_id"])):
             name = str(doc["_id"])
@@ -38,7 +42,7 @@ class CronsAdmin(AdminBase):
                     trigger=t.get("trigger"),
                     status=S(t["status"]),
                     skip_reason=t.get("skip_reason"),
-                    error=task_error(t),
+                    error=task_error(t, [*self.sensitive_fields, *paths.get(name, [])], masker),
                     ended_at=t.get("ended_at"),
                 )
                 for t in tasks

@@ -1,0 +1,134 @@
+"""Listings mask what a job's own page masks (an outside review's findings, each failing before
+its fix): the jobs list's payload column, a cron's failed task on the crons page (its own
+`sensitive_fields` paths and the dashboard's names); and the audit page tells a job id from a
+name of 24 characters."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from job_processor import AbortSignal, CronDef, Job, JobDef, JobStatus, init_job_processor
+from job_processor.dashboard import DEFAULT_SENSITIVE_FIELDS, create_dashboard
+from tests.helpers import FAST
+
+from .harness import wait_until
+from .test_http import AUTH, client, token
+
+S = JobStatus
+
+
+async def _ended(p: Any, job_id: str) -> None:
+    async def errored() -> bool:
+        return (await p.get_job(job_id)).status == S.ERRORED
+
+    await wait_until(errored)
+
+
+async def test_jobs_list_payload_masks_the_secrets_the_job_holds_elsewhere(db: Any) -> None:
+    """docs/dashboard.md: "every value the job holds in a sensitive field is masked wherever else
+    it appears: ... the rest of the payload". The job page and /api/jobs mask the session id the
+    job's checkpoint holds (`session` is a default sensitive name) where the payload repeats it;
+    the /jobs list shows it in clear, in the payload cell and its tooltip."""
+    secret = "sess-8f3k2j9x7q"
+
+    async def sync(job: Job, signal: AbortSignal) -> None:
+        await job.checkpoint({"session": secret})
+        raise RuntimeError("upstream answered 503")
+
+    p = await init_job_processor(
+        db, jobs={"sync": JobDef(handler=sync, resumable=True, max_attempts=1)}, **FAST
+    )
+    async with p:
+        job = await p.schedule_job("sync", {"resume_from": secret, "to": "ada@example.com"})
+        await _ended(p, job.id)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = (await c.get(f"/jobs/{job.id}")).text
+        api_one = (await c.get(f"/api/jobs/{job.id}")).text
+        api_list = (await c.get("/api/jobs")).text
+        listing = (await c.get("/jobs")).text
+    assert "ada@example.com" in page and "ada@example.com" in listing
+    assert secret not in page and secret not in api_one and secret not in api_list
+    assert secret not in listing  # fails: the row's payload (and its title) shows it
+
+
+async def _failed_task(db: Any, cron: CronDef) -> tuple[Any, str]:
+    p = await init_job_processor(db, jobs={}, crons={"monthly-charge": cron}, **FAST)
+    async with p:
+        task = await p.trigger_cron("monthly-charge")
+        await _ended(p, task.id)
+    return p, task.id
+
+
+async def test_crons_page_hides_what_the_crons_own_sensitive_fields_hold(db: Any) -> None:
+    """A CronDef with `sensitive_fields=("account.iban",)` (JobDef's own paths, "never shown by
+    operator tools") whose task checkpoints the IBAN and fails quoting it: the worker's log, the
+    task's job page and /api/jobs/{id} hide it; the Crons page's last-run tooltip shows it (so
+    do get_status() and `job-processor status`, which use the same CronsAdmin.list_crons)."""
+    iban = "DE89370400440532013000"
+
+    async def charge(job: Job, signal: AbortSignal) -> None:
+        await job.checkpoint({"account": {"iban": iban}})
+        raise RuntimeError(f"account {iban} is closed")
+
+    cron = CronDef(
+        handler=charge, cron_string="0 3 1 * *", max_attempts=1, sensitive_fields=("account.iban",)
+    )
+    p, task_id = await _failed_task(db, cron)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = (await c.get(f"/jobs/{task_id}")).text
+        api = (await c.get(f"/api/jobs/{task_id}")).text
+        crons_page = (await c.get("/crons")).text
+    assert "is closed" in page and iban not in page and iban not in api
+    assert "is closed" in crons_page  # the tooltip of the last run quotes the error
+    assert iban not in crons_page  # fails
+
+
+async def test_crons_page_hides_what_the_dashboards_sensitive_fields_hold(db: Any) -> None:
+    """The docs' own example, `sensitive_fields=[*DEFAULT_SENSITIVE_FIELDS, "iban"]`: the task's
+    job page masks the IBAN its checkpoint holds where its error quotes it; the Crons page
+    does not (it masks only the default names' values)."""
+    iban = "DE44500105175407324931"
+
+    async def charge(job: Job, signal: AbortSignal) -> None:
+        await job.checkpoint({"iban": iban})
+        raise RuntimeError(f"account {iban} is closed")
+
+    p, task_id = await _failed_task(
+        db, CronDef(handler=charge, cron_string="0 3 1 * *", max_attempts=1)
+    )
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=[*DEFAULT_SENSITIVE_FIELDS, "iban"])
+    async with client(app) as c:
+        page = (await c.get(f"/jobs/{task_id}")).text
+        api = (await c.get(f"/api/jobs/{task_id}")).text
+        crons_page = (await c.get("/crons")).text
+    assert "is closed" in page and iban not in page and iban not in api
+    assert "is closed" in crons_page
+    assert iban not in crons_page  # fails
+
+
+async def test_audit_page_shows_a_24_character_name_whole_not_as_a_job_link(db: Any) -> None:
+    """The Audit page lists an action's ids; pausing "send-monthly-invoices-v2" (24 characters)
+    is shown as a job id: its last 8 characters, linked to /jobs/send-monthly-invoices-v2,
+    which is no job (an error page). A name of any other length is shown whole."""
+    name = "send-monthly-invoices-v2"
+    assert len(name) == 24
+
+    async def send(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(db, jobs={name: JobDef(handler=send)}, **FAST)
+    app = create_dashboard(p, auth=AUTH)
+    async with p, client(app) as c:
+        csrf = token((await c.get("/jobs")).text)
+        resp = await c.post(f"/names/{name}/pause", data={"csrf_token": csrf, "next": "/names"})
+        assert resp.status_code == 303
+        audit = (await c.get("/audit")).text
+        linked = re.search(rf'href="/jobs/{name}"', audit)
+        target = (await c.get(f"/jobs/{name}")).status_code
+    assert "name_paused" in audit
+    assert target != 200  # no such job
+    assert linked is None, "the paused name is linked as a job id"  # fails
+    assert f">{name}<" in audit or f"{name} " in audit  # fails: only 'oices-v2' is shown
