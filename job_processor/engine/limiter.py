@@ -1,7 +1,8 @@
 """Claiming under cluster-wide limits, and giving the slots back.
 
 Names whose JobDef has a `limit` are claimed here, one limit key at a time, after the names
-without one (so a full limit never holds back other names). For a key:
+without one (so a full limit never holds back other names); under several limits, in the
+order of their best due jobs (priority, then due time). For a key:
 
 1. count the due jobs of its names (one indexed count, at most the free slots): none, done;
 2. take that many slots (`LimitStore.acquire`, a compare-and-set: read + write), each under a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,23 +71,36 @@ class Limiter:
     async def claim(self, worker: ClaimingWorker, free: int) -> int:
         """Fill up to `free` slots with jobs of limited names. Returns how many were claimed.
         Slots and jobs are taken under one worker id, read once: a heartbeat that registers
-        afresh meanwhile ends the round (its slots go back), never splits a job from its slot."""
+        afresh meanwhile ends the round (its slots go back), never splits a job from its slot.
+        Under several limits, the best `free` due jobs across them (one read) decide which
+        limit goes first and how many slots each gets first, so a backlog under one limit
+        never holds back an older or higher-priority job under another."""
         got = 0
         now = worker.clock.now()
         me = worker.worker_id
+        eligible: dict[str, list[str]] = {}
         for key, group in self.groups.items():
-            if free - got <= 0:
-                break
             names = [n for n in group if n not in worker.paused]
             limit = self.limits[key]
             # a per-value limit is never skipped whole: its full keys are left out one by one
             # (the templated key itself is one of them: the jobs that lack the field)
-            if not names or (not limit.templated and self.blocked.get(key, now) > now):
-                continue
+            if names and (limit.templated or self.blocked.get(key, now) <= now):
+                eligible[key] = names
+        plan = [(key, free) for key in eligible]
+        if len(eligible) > 1:
+            key_of = {n: key for key, names in eligible.items() for n in names}
+            best = await self.storage.jobs.due_names(list(key_of), now, free)
+            share = Counter(key_of[n] for n in best if n in key_of)
+            plan = list(share.items()) + [(k, free) for k in eligible if k not in share]
+        for key, most in plan:
+            if free - got <= 0:
+                break
+            limit, names = self.limits[key], eligible[key]
+            n = min(most, free - got)
             if limit.templated:
-                got += await self._claim_values(worker, me, limit, names, free - got, now)
+                got += await self._claim_values(worker, me, limit, names, n, now)
             else:
-                got += await self._claim_key(worker, me, limit, names, free - got, now)
+                got += await self._claim_key(worker, me, limit, names, n, now)
         return got
 
     async def _claim_values(
@@ -113,9 +128,10 @@ class Limiter:
                 by_key.setdefault(value_key(limit, doc), []).append(doc)
             learnt = False
             for key, docs in by_key.items():
-                # jobs another program inserted carry no key: it is written on them, so that
-                # the next rounds' candidates leave them out once their key is full
-                foreign = [d for d in docs if not d.get("limit_key")]
+                # jobs another program inserted carry no key, jobs scheduled under another
+                # limit another key: it is written on them, so that the next rounds'
+                # candidates leave them out once their key is full
+                foreign = [d for d in docs if d.get("limit_key") != key]
                 if foreign:
                     await self.storage.jobs.fill_limit_key(foreign, key)
                 ids = [D.new_id() for _ in docs]
@@ -267,12 +283,10 @@ class Limiter:
 
 
 def value_key(limit: Limit, doc: Doc) -> str:
-    """A job's key under a per-value limit: the one recorded when it was scheduled, else (a
-    job another program inserted) filled from its payload now, else the templated key itself
-    (it then shares one limit with the jobs that lack the field)."""
-    key = doc.get("limit_key")
-    if isinstance(key, str) and key:
-        return key
+    """A job's key under a per-value limit, filled from its payload by the limit this worker
+    has (the key recorded when it was scheduled is the same, unless it was scheduled under
+    another limit: a static one a deploy made per tenant, a renamed template); else the
+    templated key itself (it then shares one limit with the jobs that lack the field)."""
     try:
         return limit.key_for(doc.get("payload"))
     except ValueError:

@@ -217,6 +217,13 @@ class JobReads:
         index: a covered count of at most `most` keys)."""
         return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
 
+    async def due_names(self, names: list[str], now: dt.datetime, n: int) -> list[str]:
+        """The names of the best `n` jobs of these names claimable now, in claim order (the
+        claim index: `claim_name` is all it returns)."""
+        query = D.claim_filter(names, now)
+        cursor = self.coll.find(query, {"_id": 0, "claim_name": 1}).sort(D.CLAIM_SORT).limit(n)
+        return [str(d.get("claim_name")) for d in await all_docs(cursor)]
+
     async def next_due(self, names: list[str]) -> dt.datetime | None:
         """When the earliest claimable job of these names is due (tests, `testing`)."""
         cursor = self.coll.find({"claim_name": {"$in": names}}).sort([("due_ms", ASCENDING)])

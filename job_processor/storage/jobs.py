@@ -182,10 +182,11 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         return self.coll.find(query, fields).sort(CLAIM_SORT).limit(n)
 
     async def fill_limit_key(self, docs: list[Doc], key: str) -> None:
-        """Jobs inserted by another program, read as candidates of a per-value limit (`docs`,
-        as `due_by_key` read them, without a key: the field missing, null or empty): their key
-        (from their payload) recorded, as a producer records it (`due_by_key` then leaves them
-        out while it is full). One update per way the key was missing (usually one)."""
+        """Jobs read as candidates of a per-value limit (`docs`, as `due_by_key` read them)
+        whose recorded key is not `key`: inserted by another program (the field missing, null
+        or empty), or scheduled under another limit (a static one a deploy made per value):
+        their key (from their payload) recorded, as a producer records it (`due_by_key` then
+        leaves them out while it is full). One update per key they had (usually one)."""
         by_filter: dict[Any, list[Any]] = {}
         for doc in docs:
             by_filter.setdefault(doc.get("limit_key", ...), []).append(doc["_id"])
