@@ -105,8 +105,7 @@ def show_status(found: ProcessorStatus) -> None:
         if names:
             print(f"{label}: {', '.join(names)}")
     for limit in found.limits:
-        most = limit.get("concurrency") or "-"
-        print(f"limit {limit.get('key')}: {limit.get('running')} of {most} running")
+        print(limit_line(limit))
     if found.warnings:
         print("warnings:")
         for warning in found.warnings:
@@ -155,3 +154,17 @@ async def health(args: argparse.Namespace) -> int:
     else:
         print(("ok: " if result.ok else "unhealthy: ") + result.reason)
     return DONE if result.ok else NOTHING
+
+
+def limit_line(limit: dict[str, Any]) -> str:
+    """A limit in use, in one line: its slots, and its starts in the rate window."""
+    most = limit.get("concurrency") or "-"
+    line = f"limit {limit.get('key')}: {limit.get('running')} of {most} running"
+    if limit.get("rate"):
+        line += (
+            f", {limit.get('started_in_window')} of {limit['rate']} starts"
+            f" per {limit.get('per_seconds'):g} s"
+        )
+    if limit.get("keys"):
+        line += f" (across {limit['keys']} keys)"
+    return line

@@ -222,3 +222,14 @@ def test_jobs_list_marks_a_running_job_whose_kill_was_requested() -> None:
     assert row_status("running", kill_requested_at=NOW) == "running (killing)"
     assert row_status("running") == "running"
     assert row_status("killed", kill_requested_at=NOW) == "killed"
+
+
+def test_status_shows_a_limits_starts_in_its_rate_window() -> None:
+    """A rate-only limit read "limit partner-api: 0 of - running": its starts were missing."""
+    from job_processor.cli.status import limit_line
+
+    rate_only = {"key": "partner-api", "running": 0, "concurrency": None}
+    rate_only |= {"started_in_window": 3, "rate": 10, "per_seconds": 60.0}
+    assert limit_line(rate_only) == "limit partner-api: 0 of - running, 3 of 10 starts per 60 s"
+    folded = {"key": "tenant:{t} (other keys)", "running": 5, "concurrency": 10, "keys": 5}
+    assert limit_line(folded) == "limit tenant:{t} (other keys): 5 of 10 running (across 5 keys)"

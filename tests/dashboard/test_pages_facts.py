@@ -11,10 +11,21 @@ from typing import Any
 
 import pytest
 
-from job_processor import AbortSignal, Event, Job, JobDef, Subscriber, init_job_processor
+from job_processor import (
+    AbortSignal,
+    Event,
+    Job,
+    JobDef,
+    JobStatus,
+    Subscriber,
+    init_job_processor,
+)
+from job_processor.core.definitions import Limit
 from job_processor.dashboard import create_dashboard
 from job_processor.events.webhooks import generate_secret
+from tests.helpers import FAST, wait_status
 
+from .test_events_http import rows, text
 from .test_http import AUTH, client
 
 
@@ -151,3 +162,30 @@ async def test_an_event_page_reads_only_the_deliveries_it_shows(
     assert "The first 3 of 6 deliveries" in page and "6 pending" in page
     assert "deleted" not in page and "waiting" not in page
     assert read == [3, 1]
+
+
+async def test_the_folded_row_of_a_per_tenant_limit_states_the_per_key_limit(db: Any) -> None:
+    """The folded row said "across <built-in method keys of dict ...> quieter keys, each at most
+    10" for five keys of at most 2: the count, and each key's own capacity."""
+    release = asyncio.Event()
+
+    async def held(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    per_tenant = Limit(key="tenant:{t}", concurrency=2, rate=3, per_seconds=60)
+    p = await init_job_processor(
+        db, jobs={"sync": JobDef(handler=held, limit=per_tenant)}, **FAST, concurrency=30
+    )
+    async with p:
+        ids = [(await p.schedule_job("sync", {"t": f"t{i}"})).id for i in range(25)]
+        for job_id in ids:
+            await wait_status(p, job_id, JobStatus.RUNNING)
+        async with client(create_dashboard(p, auth=AUTH)) as c:
+            page = (await c.get("/")).text
+        release.set()
+    folded = [text(r) for r in rows(page, "limits") if "(other keys)" in r]
+    assert len(folded) == 1
+    # 20 busiest keys are shown one by one, the other 5 keys (1 running each) are folded.
+    # Each of those keys allows at most 2 runs and 3 starts per minute: the page must say so.
+    assert "across 5 quieter keys, each at most 2" in folded[0], folded[0]
+    assert "each key at most 3 per minute" in folded[0], folded[0]
