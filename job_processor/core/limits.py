@@ -158,16 +158,26 @@ def _at(ms: int) -> dt.datetime:
 TOP_KEYS = 20
 
 
-def top_usage(docs: list[Doc], now: dt.datetime, most: int = TOP_KEYS) -> list[dict[str, Any]]:
-    """The limits in use for people and metrics: every static limit, the `most` busiest keys of
-    the per-value limits, and the rest of those folded into one row per template (`key`
-    "tenant:{tenant_id} (other keys)", a fixed name: a metric label that does not change with
-    the count; `keys`: how many). A folded row adds its keys up: slots running, capacity
-    (concurrency x keys), starts and rate. The number of rows stays bounded."""
+def top_usage(
+    docs: list[Doc], now: dt.datetime, defined: set[str] | None = None, most: int = TOP_KEYS
+) -> list[dict[str, Any]]:
+    """The limits in use for people and metrics: every static limit (`defined`: the keys the
+    registered definitions name; another key shows only while it has runs or starts in its
+    window: a limit a deploy removed), the `most` busiest keys of the per-value limits, and the
+    rest of those folded into one row per template (`key` "tenant:{tenant_id} (other keys)",
+    a fixed name: a metric label that does not change with the count; `keys`: how many). A
+    folded row adds its keys up: slots running, capacity (concurrency x keys), starts and
+    rate. The number of rows stays bounded."""
     usages = [
         limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
         for d in docs
     ]
+    if defined is not None:
+        usages = [
+            u
+            for u in usages
+            if u.get("template") or u["key"] in defined or u["running"] or u["started_in_window"]
+        ]
     usages.sort(key=lambda u: (-u["running"], -u["started_in_window"], str(u["key"])))
     static = [u for u in usages if not u.get("template")]
     values = [u for u in usages if u.get("template")]

@@ -26,6 +26,7 @@ from typing import Any
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, defined_differently, registrar, worker_alive
 from ..core.definitions import JobDef
 from ..core.documents import Doc
+from ..core.limits import check_limits
 from ..core.log import EventLog
 from ..core.retention import Retention, of
 from ..storage import Storage
@@ -56,8 +57,10 @@ class Registry:
         one is live the heartbeat reads that too (`Heartbeat.check_paused`)."""
 
     async def register(self, worker_id: str, now: dt.datetime) -> None:
-        """One update_one per definition (at start and when the worker re-registers)."""
+        """One update_one per definition (at start and when the worker re-registers), and one
+        per static limit they declare (the capacity status pages show)."""
         await self.storage.definitions.register(self.definitions, worker_id, now)
+        await self.storage.limits.describe(check_limits(self.definitions).values())
 
     def fingerprints(self) -> dict[str, str]:
         """name -> the digest of its definition here (on the worker document)."""

@@ -114,7 +114,8 @@ class DatabaseCollector(Collector):
         alive = sum(1 for w in docs if worker_alive(w, now, self.worker_timeout))
         snap.workers = {"alive": alive, "dead": len(docs) - alive}
         snap.paused = await self.storage.paused.names()
-        snap.limits = top_usage(await self.storage.limits.all(), now)
+        defined = await self.storage.definitions.limit_keys()
+        snap.limits = top_usage(await self.storage.limits.all(), now, defined)
         waiting: set[str] = set()
         for status in (S.WAITING, S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():

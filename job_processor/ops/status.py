@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.coverage import coverage
 from ..core.definitions import CronDef, JobDef
-from ..core.limits import top_usage
+from ..core.limits import check_limits, top_usage
 from ..core.masking import task_error
 from ..core.models import ProcessorStatus, WorkerInfo
 from ..core.schedule import STUCK_CRON_SLOTS, local_time, skipped_in_a_row, task_slot
@@ -69,7 +69,9 @@ async def build_status(
     }
     cov = coverage(known, live, jobs, paused, now, due)
     warnings += cov.warnings
-    limits = top_usage(await storage.limits.all(), now)
+    defined = {str(d["limit_key"]) for d in known.values() if d.get("limit_key")}
+    defined |= set(check_limits(definitions))
+    limits = top_usage(await storage.limits.all(), now, defined)
     return ProcessorStatus(
         limits=limits,
         now=now,

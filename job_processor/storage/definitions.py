@@ -160,6 +160,12 @@ class DefinitionStore:
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 
+    async def limit_keys(self) -> set[str]:
+        """The limit keys the registered definitions name (status pages: a limit no definition
+        names any more is shown only while in use)."""
+        docs = await all_docs(self.coll.find({}, {"limit_key": 1}))
+        return {str(d["limit_key"]) for d in docs if d.get("limit_key")}
+
     async def get(self, name: str) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": name}))
 

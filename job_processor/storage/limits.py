@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -102,6 +102,16 @@ class LimitStore:
             if res.modified_count:
                 return ids, None
         return [], None  # heavy contention: the caller tries again later
+
+    async def describe(self, limits: Iterable[Limit]) -> None:
+        """The capacity a static limit's document shows (status pages, metrics), as defined
+        now: written at each worker's start (a deploy that lowered it showed the old one until
+        a slot was taken). Slots are planned from the worker's own definition, never these."""
+        for limit in limits:
+            if not limit.templated:
+                fields: dict[str, Any] = {"concurrency": limit.concurrency, "rate": limit.rate}
+                fields["per_seconds"] = limit.per_seconds
+                await self.coll.update_one({"_id": limit.key}, {"$set": fields})
 
     async def remove_idle(self, now_ms: int) -> int:
         """Per-value limits nobody uses any more: no run, no start in their window. One

@@ -97,7 +97,9 @@ class StatusAdmin(CronsAdmin):
             unserved_names=cov.unserved,
             unknown_names=cov.unknown_waiting,
             warnings=warnings,
-            limits=top_usage(await self.storage.limits.all(), now),
+            limits=top_usage(
+                await self.storage.limits.all(), now, await self.storage.definitions.limit_keys()
+            ),
         )
 
     async def _throughput(self, now: dt.datetime, minutes: int) -> tuple[list[ThroughputRow], bool]:

@@ -1,0 +1,39 @@
+"""After a deploy that removes a limit or lowers its concurrency, `get_status().limits` (and so
+`job-processor status`, the dashboard's overview and the job_processor_limit_* metrics) showed
+the old limit's key and capacity (an outside review's findings, each failing before its
+fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.core.definitions import Limit
+from tests.helpers import make, wait_status
+
+S = JobStatus
+
+
+async def quick(job: Job, signal: AbortSignal) -> str:
+    return "ok"
+
+
+async def test_a_removed_limit_is_no_longer_shown_as_in_use(db: Any) -> None:
+    old = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=3))})
+    async with old:
+        await wait_status(old, (await old.schedule_job("send")).id, S.FINISHED)
+    new = await make(db, {"send": JobDef(handler=quick)})  # the next deploy: no limit
+    async with new:
+        await wait_status(new, (await new.schedule_job("send")).id, S.FINISHED)
+        shown = [u["key"] for u in (await new.get_status()).limits]
+    assert "api" not in shown, (await new.get_status()).limits
+
+
+async def test_a_lowered_concurrency_is_shown_as_the_capacity(db: Any) -> None:
+    old = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=3))})
+    async with old:
+        await wait_status(old, (await old.schedule_job("send")).id, S.FINISHED)
+    new = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=1))})
+    async with new:  # nothing of "send" queued after the deploy
+        [usage] = (await new.get_status()).limits
+    assert usage["concurrency"] == 1, usage
