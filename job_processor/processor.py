@@ -218,8 +218,7 @@ class JobProcessor(JobsAPI, EventsAPI):
     async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
         if name not in self.crons:
-            known = ", ".join(sorted(self.crons)) or "none"
-            raise UnknownJobError.for_cron(name, known)
+            raise UnknownJobError.for_cron(name, sorted(self.crons))
         cron = self.crons[name]
         doc = D.manual_cron_task(
             name,

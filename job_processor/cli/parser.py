@@ -24,8 +24,48 @@ def seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0, e.g. 5")
+    if not 0.001 <= value < float("inf"):  # NaN fails this too; the driver counts in ms
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of seconds of at least 0.001, e.g. 5"
+        )
+    return value
+
+
+#: The levels --log-level and LOG_LEVEL take, in any case.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(text: str) -> str:
+    """A log level (argparse type; LOG_LEVEL, the default, is checked the same way)."""
+    level = text.strip().lower()
+    level = "warning" if level == "warn" else level
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level: give one of {', '.join(LOG_LEVELS)} "
+            "(--log-level, or LOG_LEVEL)"
+        )
+    return level
+
+
+def collection_prefix(text: str) -> str:
+    """A collection prefix MongoDB can use in collection names (argparse type)."""
+    if "$" in text or "\0" in text or text.startswith(("system.", ".")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot start a MongoDB collection name (no '$', no NUL character, not "
+            "'system.' or '.' first): give the prefix given to init_job_processor, e.g. "
+            "job_processor_"
+        )
+    return text
+
+
+def root_path(text: str) -> str:
+    """A path prefix (argparse type): "/jobs" (a trailing "/" dropped), or "" for none."""
+    value = text.strip().rstrip("/")
+    if value and not value.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a path prefix starts with '/', e.g. /jobs (the path a reverse proxy "
+            "serves the dashboard under)"
+        )
     return value
 
 
@@ -57,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     # accepted before or after the subcommand: subparsers only set what was given
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error (LOG_LEVEL)"
+        "--log-level",
+        type=log_level,
+        default=argparse.SUPPRESS,
+        help="debug, info, warning, error (LOG_LEVEL)",
     )
     common.add_argument(
         "--timeout",
@@ -67,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--prefix",
+        type=collection_prefix,
         default=argparse.SUPPRESS,
         help="collection prefix given to init_job_processor (default job_processor_)",
     )
@@ -74,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     # are not shown; main() explains that when they are given
     logging_only = argparse.ArgumentParser(add_help=False)
     logging_only.add_argument(
-        "--log-level", default=argparse.SUPPRESS, help="debug, info, warning, error (LOG_LEVEL)"
+        "--log-level",
+        type=log_level,
+        default=argparse.SUPPRESS,
+        help="debug, info, warning, error (LOG_LEVEL)",
     )
     refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
     refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -97,12 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
+        type=log_level,
         default=os.environ.get("LOG_LEVEL", "info"),
         help="debug, info, warning, error (LOG_LEVEL)",
     )
     # accepted before the command too, but shown only by the commands that take them
-    parser.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
-    parser.add_argument("--prefix", default="job_processor_", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=seconds, default=5.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--prefix", type=collection_prefix, default="job_processor_", help=argparse.SUPPRESS
+    )
     parser.add_argument("--actor", default="", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -166,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-id", default=None, help="default: INSTANCE_ID")
     p.add_argument(
         "--max-age",
-        type=float,
+        type=seconds,
         default=None,
         help="seconds a heartbeat stays fresh (default: the worker's worker_timeout)",
     )
@@ -325,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true", help="no authentication (a proxy does it)")
     p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
     p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
-    p.add_argument("--root-path", default="", help="path prefix a reverse proxy serves it under")
+    p.add_argument(
+        "--root-path",
+        type=root_path,
+        default="",
+        help="path prefix a reverse proxy serves it under, e.g. /jobs",
+    )
     p.add_argument(
         "--allowed-hosts",
         action="append",

@@ -50,6 +50,11 @@ def load_factory(target: str) -> Any:
     if ":" not in target:
         raise UsageError(f"{target!r} must be MODULE:ATTR, e.g. myapp.jobs:make_processor")
     module_name, attr = target.split(":", 1)
+    if not module_name or module_name.startswith(".") or "/" in module_name or "\\" in module_name:
+        raise UsageError(
+            f"{target!r}: the module must be a dotted module name, e.g. myapp.jobs:make (not a "
+            "file path, not relative), found from the current directory or PYTHONPATH"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -101,7 +106,19 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
             "factory; `run` expects MODULE:ATTR naming a function (async def make(ctx) or "
             "make()) that returns the JobProcessor from init_job_processor(...)"
         )
-    result = factory(ctx) if params else factory()
+    keyword_only = [
+        n for n, p in params.items() if p.default is p.empty and p.kind == p.KEYWORD_ONLY
+    ]
+    if keyword_only:
+        raise UsageError(
+            f"{target} requires the keyword-only parameter(s) {', '.join(keyword_only)}, which "
+            "`run` cannot give: `run` expects MODULE:ATTR naming a function (async def make(ctx) "
+            "or make()) that returns the JobProcessor from init_job_processor(...)"
+        )
+    kinds = inspect.Parameter
+    positional = (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD, kinds.VAR_POSITIONAL)
+    takes_ctx = any(p.kind in positional for p in params.values())
+    result = factory(ctx) if takes_ctx else factory()
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, Runtime):  # a JobProcessor is the Runtime with its API on top

@@ -28,6 +28,7 @@ from ..storage.local_server import (
     speaks_mongodb,
     start_local_server,
 )
+from .common import UsageError
 
 #: The default port: MongoDB's.
 DEFAULT_PORT = 27017
@@ -50,7 +51,12 @@ def port_in_use(port: int) -> bool:
 
 def prepared_data_dir(given: str | None) -> Path:
     data_dir = Path(given).expanduser() if given else default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, a folder that cannot be made
+        raise UsageError(
+            f"--data-dir {data_dir}: {exc.strerror or exc}: give a folder you can write to"
+        ) from None
     return data_dir
 
 

@@ -6,7 +6,7 @@ import difflib
 import functools
 import inspect
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 P = ParamSpec("P")
@@ -121,14 +121,27 @@ class UnknownJobError(JobProcessorError, KeyError):
         super().__init__(f"unknown job {name!r}{hint}: {fix} {where} (known jobs: {listing})")
 
     @classmethod
-    def for_cron(cls, name: str, known: str) -> UnknownJobError:
+    def for_cron(cls, name: str, known: Sequence[str]) -> UnknownJobError:
         err = cls.__new__(cls)
         err.name = name
-        hint = did_you_mean(name, known.split(", "))
+        hint = did_you_mean(name, list(known))
         Exception.__init__(
             err,
             f"unknown cron {name!r}{hint}: add it to init_job_processor(crons={{...}}) "
-            f"(known: {known})",
+            f"(known: {', '.join(known) or 'none'})",
+        )
+        return err
+
+    @classmethod
+    def unregistered(cls, name: str, known: Sequence[str]) -> UnknownJobError:
+        """A name to remove from the registry that is not in it (nothing to forget)."""
+        err = cls.__new__(cls)
+        err.name = name
+        hint = did_you_mean(name, list(known))
+        Exception.__init__(
+            err,
+            f"{name!r} is not a registered job name{hint} "
+            f"(registered: {', '.join(sorted(known)) or 'none'}; see names list)",
         )
         return err
 

@@ -31,6 +31,8 @@ S = JobStatus
 
 #: At most this many events per replay_events call.
 REPLAY_LIMIT = 1000
+#: At most this many events per list_events call.
+LIST_LIMIT = 10_000
 
 
 def check_payload(name: str, payload: Any) -> dict[str, Any]:
@@ -87,7 +89,7 @@ async def list_events(
     if name is not None:
         check_event_name(name)
     lo, hi = _check_window(since, until)
-    docs = await storage.events.find(name, lo, hi, _check_limit(limit))
+    docs = await storage.events.find(name, lo, hi, _check_limit(limit, LIST_LIMIT))
     return [Event.model_validate(d) for d in docs]
 
 

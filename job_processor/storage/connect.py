@@ -10,15 +10,22 @@ import asyncio
 import contextlib
 import re
 import socket
+import urllib.parse
 from typing import Any
 
 import pymongo
 from pymongo import AsyncMongoClient, MongoClient
+from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, PyMongoError
 from pymongo.server_type import SERVER_TYPE
 
-from ..core.errors import DatabaseUnreachableError, InvalidArgumentError, InvalidDatabaseError
+from ..core.errors import (
+    DatabaseUnreachableError,
+    InvalidArgumentError,
+    InvalidDatabaseError,
+    did_you_mean,
+)
 from .sync_adapter import is_sync
 
 #: The database a MONGODB_URL without one names, for every command and example.
@@ -99,7 +106,7 @@ def address(db: Any) -> str:
     with contextlib.suppress(Exception):
         seeds = db.client.topology_description.server_descriptions()
         if seeds:
-            return ", ".join(f"{h}:{p}" for h, p in seeds)
+            return ", ".join(h if p is None else f"{h}:{p}" for h, p in seeds)
     return "the configured address"
 
 
@@ -304,6 +311,7 @@ async def _refuses(family: int, kind: int, proto: int, where: Any) -> bool:
 def open_database(url: str, timeout: float | None = None) -> Any:
     """The async database `url` names (DEFAULT_DATABASE when it names none). `timeout`: seconds
     to select a server and to connect (the driver's defaults otherwise)."""
+    unknown_url_options(url)
     options: dict[str, Any] = {"tz_aware": True}
     if timeout is not None:
         options |= {
@@ -317,6 +325,21 @@ def open_database(url: str, timeout: float | None = None) -> Any:
             f"MONGODB_URL is not a MongoDB URL: {exc} (e.g. mongodb://host:27017/dbname)"
         ) from None
     return client.get_default_database(default=DEFAULT_DATABASE)
+
+
+def unknown_url_options(url: str) -> None:
+    """A URL option the driver does not know is bad input naming it (the driver only warns,
+    without naming it, and goes on without the option: `?authSorce=admin` logged in against
+    the wrong database)."""
+    query = url.partition("?")[2]
+    known = set(URI_OPTIONS_VALIDATOR_MAP) | set(URI_OPTIONS_ALIAS_MAP)
+    for key, _ in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if key.lower() not in known:
+            hint = did_you_mean(key.lower(), sorted(known))
+            raise InvalidArgumentError(
+                f"MONGODB_URL has an unknown option {key!r}{hint}: see the MongoDB connection "
+                "string options (names are read in any case)"
+            )
 
 
 async def close_database(db: Any) -> None:

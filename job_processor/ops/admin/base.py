@@ -287,8 +287,8 @@ class AdminBase:
                     f"{name!r} is a job, not a cron: schedule one with new_job({name!r}) "
                     f"(job-processor jobs new {name})"
                 )
-            known = ", ".join(sorted(str(d["_id"]) for d in await self.storage.crons.docs()))
-            raise UnknownJobError.for_cron(name, known or "none")
+            known = sorted(str(d["_id"]) for d in await self.storage.crons.docs())
+            raise UnknownJobError.for_cron(name, known)
         cron = docs[0]
         result = self._result(action, actor)
         doc = D.manual_cron_task(

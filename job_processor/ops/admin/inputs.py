@@ -148,7 +148,7 @@ def ids_of(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]
             out.append(object_id(item))
         except JobNotFoundError as exc:
             raise InvalidArgumentError(str(exc)) from None
-    return out
+    return list(dict.fromkeys(out))  # an id given twice is acted on, and reported, once
 
 
 def default_actor() -> str:

@@ -64,7 +64,7 @@ class NamesAdmin(AdminBase):
             raise InvalidArgumentError("name must be a job name (see names list)")
         known = await self._known()
         if name not in known:
-            raise UnknownJobError(name, list(known))
+            raise UnknownJobError.unregistered(name, list(known))
         result = self._result("name_forgotten", actor)
         now = self.clock.now()
         live = [

@@ -1,0 +1,170 @@
+"""Bad input to the `job-processor` CLI is said naming the option and the fix, exit 2, with no
+traceback (an outside review's findings, each failing before its fix). Every command is a
+process of its own (tests/forked_cli.py) against the test server, from MONGODB_URL alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from pathlib import Path
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor.storage.local_server import free_port
+from tests.conftest import url_with_db
+from tests.forked_cli import Run, run_cli
+from tests.helpers import FAST
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def cli(url: str, *args: str, cwd: Path = ROOT) -> Run:
+    return await run_cli(*args, env={"MONGODB_URL": url}, cwd=cwd)
+
+
+async def tick(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+# 1. The documented "--timeout, accepted before or after the subcommand" is only checked after it.
+async def test_timeout_before_the_subcommand_is_checked_as_after_it(mongo_url: str) -> None:
+    for value in ("nan", "0", "-1"):
+        after = await cli(mongo_url, "jobs", "list", "--timeout", value)
+        assert after.returncode == 2 and "argument --timeout" in after.stderr  # fine
+        before = await cli(mongo_url, "--timeout", value, "jobs", "list")
+        assert "Traceback" not in before.stderr, (value, before.stderr)
+        assert before.returncode == 2, (value, before.returncode, before.stderr)
+        assert "--timeout" in before.stderr, (value, before.stderr)
+        assert "MONGODB_URL is not a MongoDB URL" not in before.stderr, before.stderr
+
+
+# 1b. A positive --timeout below a millisecond passes `seconds()` but is 0 ms for the driver:
+# a live server is then said to be "not MongoDB" (and, outside the forked test runner, an
+# asyncio "Task exception was never retrieved" traceback follows).
+async def test_a_sub_millisecond_timeout_gives_no_traceback(mongo_url: str) -> None:
+    tiny = await cli(mongo_url, "jobs", "list", "--timeout", "0.0001")
+    assert "Traceback" not in tiny.stderr, tiny.stderr
+    # a live nx-27017 is not "something that does not answer as MongoDB does"
+    assert "does not answer as MongoDB does" not in tiny.stderr, tiny.stderr
+    assert tiny.returncode in (0, 2), (tiny.returncode, tiny.stderr)
+
+
+# 2. `crons trigger` in a database with no cron suggests the placeholder word "none".
+async def test_an_unknown_cron_with_no_crons_is_not_a_did_you_mean_none(scratch_url: str) -> None:
+    said = await cli(scratch_url, "crons", "trigger", "nope")
+    assert said.returncode == 2
+    assert "did you mean 'none'" not in said.stderr, said.stderr
+
+
+# 3. `health --max-age` takes any float: nan makes a dead worker healthy, -1 a live one unhealthy.
+async def test_health_refuses_a_max_age_that_is_not_a_positive_number(
+    db: Any, mongo_url: str
+) -> None:
+    url = url_with_db(mongo_url, db.name)
+    stale = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    await db["job_processor_workers"].insert_one(
+        {
+            "_id": "w-stale",
+            "hostname": socket.gethostname(),
+            "pid": 1,
+            "last_seen": stale,
+            "worker_timeout": 30.0,
+        }
+    )
+    plain = await cli(url, "health")
+    assert plain.returncode == 1 and "last heartbeat" in plain.stdout, plain.stdout  # right
+    nan = await cli(url, "health", "--max-age", "nan")
+    assert nan.returncode != 0, f"a day-old heartbeat reported healthy: {nan.stdout!r}"
+    negative = await cli(url, "health", "--max-age", "-1")
+    assert "--max-age" in negative.stdout + negative.stderr, negative.stdout
+
+
+# 4. `run` with a module path that importlib refuses (empty, relative, a file path) is a traceback.
+async def test_run_with_an_empty_or_relative_module_is_one_line(mongo_url: str) -> None:
+    for target in (":make", ".app:make", "../app.py:make"):
+        ran = await cli(mongo_url, "run", target)
+        assert "Traceback" not in ran.stderr, (target, ran.stderr[-400:])
+        assert ran.returncode == 2, (target, ran.returncode)
+
+
+# 5. A factory whose parameter is keyword-only passes the signature check, then crashes.
+async def test_run_with_a_keyword_only_factory_says_what_run_expects(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "kwapp.py").write_text("async def make(*, ctx):\n    return None\n")
+    ran = await cli(mongo_url, "run", "kwapp:make", cwd=tmp_path)
+    assert "Traceback" not in ran.stderr, ran.stderr[-400:]
+    assert ran.returncode == 2, (ran.returncode, ran.stderr)
+
+
+# 6. `events list --limit` has no upper bound: past 64 bits the driver's OverflowError escapes.
+async def test_events_list_with_a_huge_limit_gives_no_traceback(scratch_url: str) -> None:
+    huge = await cli(scratch_url, "events", "list", "--limit", str(2**63))
+    assert "Traceback" not in huge.stderr, huge.stderr[-300:]
+    assert huge.returncode == 2 and "limit" in huge.stderr, (huge.returncode, huge.stderr)
+
+
+# 7. A --prefix MongoDB cannot use is reported as "MongoDB unreachable" (exit 3).
+async def test_a_prefix_mongodb_refuses_is_bad_input_naming_prefix(scratch_url: str) -> None:
+    bad = await cli(scratch_url, "jobs", "list", "--prefix", "a$b")
+    assert bad.returncode == 2, (bad.returncode, bad.stderr)
+    assert "--prefix" in bad.stderr, bad.stderr
+
+
+# 8. `server --data-dir` that cannot be a folder (a file) is a traceback.
+async def test_server_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    ran = await run_cli("server", "--data-dir", str(afile), "--port", str(free_port()))
+    assert "Traceback" not in ran.stderr, ran.stderr[-400:]
+    assert ran.returncode == 2, (ran.returncode, ran.stderr[-200:])
+    assert "--data-dir" in ran.stdout + ran.stderr
+
+
+# 9. `--log-level` takes any word: a typo silently logs at info.
+async def test_an_unknown_log_level_is_refused(mongo_url: str) -> None:
+    ran = await cli(mongo_url, "workers", "list", "--log-level", "verbose")
+    assert ran.returncode == 2, (ran.returncode, ran.stdout)
+    assert "--log-level" in ran.stderr
+
+
+# 10. `names forget` of a name that is not registered tells the user to register it.
+async def test_forgetting_an_unknown_name_does_not_say_add_it(scratch_url: str) -> None:
+    said = await cli(scratch_url, "names", "forget", "old-job")
+    assert said.returncode == 2
+    assert "add it to init_job_processor" not in said.stderr, said.stderr
+
+
+# 11. An id given twice is acted on once, then reported as "nothing done" too.
+async def test_an_id_given_twice_is_not_both_done_and_not_done(db: Any, mongo_url: str) -> None:
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"later": JobDef(handler=tick)}, **FAST)
+    job = await processor.schedule_job("later", {}, delay=3600)
+    killed = await cli(url, "jobs", "kill", job.id, job.id)
+    assert killed.returncode == 0
+    assert f"jobs killed: 1 ({job.id})" in killed.stdout
+    assert "nothing done" not in killed.stderr, killed.stderr
+
+
+# 12. An unreachable mongodb+srv URL is said "at HOST:None".
+async def test_an_srv_url_is_not_named_host_none() -> None:
+    said = await cli("mongodb+srv://nonexistent.invalid/x", "jobs", "list", "--timeout", "1")
+    assert said.returncode == 3
+    assert ":None" not in said.stderr, said.stderr
+
+
+# 13. `dashboard --root-path` without its leading "/" serves pages whose links are broken.
+async def test_dashboard_refuses_a_root_path_without_its_leading_slash(scratch_url: str) -> None:
+    """`--root-path jobs` served pages linking to "jobs/static/dashboard.css" (relative: 405)
+    and printed http://127.0.0.1:8080jobs/."""
+    said = await cli(scratch_url, "dashboard", "--port", str(free_port()), "--root-path", "jobs")
+    assert said.returncode == 2 and "--root-path" in said.stderr, said.stderr
+
+
+# 14. A misspelt MONGODB_URL option is a Python UserWarning with the driver's source line.
+async def test_a_misspelt_url_option_is_said_naming_it(mongo_url: str) -> None:
+    base, _, _ = mongo_url.partition("?")
+    url = f"{url_with_db(base, 'job_processor')}?authSorce=admin"
+    said = await cli(url, "workers", "list")
+    assert "UserWarning" not in said.stderr and "uri_parser" not in said.stderr, said.stderr
+    assert "authSorce" in said.stderr, said.stderr
