@@ -102,6 +102,9 @@ class DatabaseCollector(Collector):
                 await self._read(snap)
         except TimeoutError:
             snap.timed_out = True
+            # not even the first read came back: MongoDB could not be read (the driver waits
+            # for a server longer than the budget, so an outage never raised here)
+            snap.error = snap.workers is None
         except PyMongoError:
             snap.error = True
         snap.duration = self.loop.time() - started
@@ -254,7 +257,7 @@ class Metrics:
         r = self.registry
         self.ended = Counter(
             "job_processor_jobs_ended",
-            "Jobs that ended, by name and final status (finished, errored, killed, skipped)",
+            "Runs this process ended, by name and final status (finished, errored, killed)",
             ["name", "status"],
             registry=r,
         )
@@ -291,6 +294,18 @@ class Metrics:
             registry=r,
         )
         self.database: DatabaseCollector | None = None
+
+    def start_at_zero(self, names: list[str], crons: list[str]) -> None:
+        """Export each counter of these names at 0 before its first event: Prometheus'
+        `increase()` sees no rise in a series that first appears at 1, so the documented
+        missed-slot alert never fired on a cron's first missed slot."""
+        for name in names:
+            self.retries.labels(name)
+            for status in ENDED_STATUSES:
+                self.ended.labels(name, status)
+        for name in crons:
+            for outcome in CRON_OUTCOMES:
+                self.cron_slots.labels(name, outcome)
 
     # ---- telemetry observer -------------------------------------------------------------
 
@@ -343,6 +358,11 @@ class Metrics:
             await self.database.refresh()
 
 
+#: The labels each counter is exported with at 0 before its first event.
+ENDED_STATUSES = ("finished", "errored", "killed")
+CRON_OUTCOMES = ("run", "missed", "skipped")
+
+
 def enable(
     processor: Any, *, registry: CollectorRegistry | None = None, budget: float = 2.0
 ) -> Metrics:
@@ -350,6 +370,7 @@ def enable(
     Call from its event loop (after init_job_processor)."""
     m = Metrics(registry)
     processor.telemetry.add(m)
+    m.start_at_zero(list(processor.definitions), list(processor.crons))
     m.watch_database(
         processor.storage,
         clock=processor.clock,
