@@ -42,6 +42,33 @@ class Coverage:
     warnings: list[str] = field(default_factory=list)
 
 
+def worker_warnings(workers: Iterable[Any], now: dt.datetime) -> list[str]:
+    """What status pages say of the workers (`WorkerInfo`s with `alive` set): each dead one
+    awaiting recovery, each live one with threads given up still running, no live worker."""
+    out: list[str] = []
+    listed = list(workers)
+    for w in listed:
+        if w.alive:
+            continue
+        jobs = f", {len(w.running_jobs)} running jobs to recover" if w.running_jobs else ""
+        silent = max(0.0, (now - as_utc(w.last_seen)).total_seconds())
+        out.append(
+            f"worker {w.id} ({w.hostname}, pid {w.pid}, instance {w.instance_id}) has not "
+            f"sent a heartbeat for {silent:.0f}s{jobs}: a live worker's next sweep recovers it"
+        )
+    out.extend(
+        f"worker {w.id} ({w.hostname}, pid {w.pid}): {w.stuck_threads} plain-def handler or "
+        "hook call(s) given up (past their grace period or timeout) still run in its "
+        "threads; they hold no slot, but look for a blocking call that ignores the abort "
+        "signal"
+        for w in listed
+        if w.alive and w.stuck_threads
+    )
+    if not any(w.alive for w in listed):
+        out.append("no live worker: nothing is being run")
+    return out
+
+
 def coverage(
     known: Mapping[str, Doc],
     live_workers: Iterable[Doc],

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.coverage import coverage
+from ..core.coverage import coverage, worker_alive, worker_warnings
 from ..core.definitions import CronDef, JobDef
 from ..core.limits import check_limits, top_usage
 from ..core.masking import task_error
@@ -39,7 +39,7 @@ async def build_status(
     live: list[Doc] = []
     for w in await storage.workers.all():
         info = WorkerInfo.model_validate(w)
-        info.alive = info.last_seen >= now - dt.timedelta(seconds=worker_timeout)
+        info.alive = worker_alive(w, now, worker_timeout)  # by the worker's own timeout
         info.running_jobs = by_worker.get(info.id, [])
         workers.append(info)
         if info.alive:
@@ -68,7 +68,7 @@ async def build_status(
         if jobs.get(name, {}).get("pending") or jobs.get(name, {}).get("paused")
     }
     cov = coverage(known, live, jobs, paused, now, due)
-    warnings += cov.warnings
+    warnings += cov.warnings + worker_warnings(workers, now)
     defined = {str(d["limit_key"]) for d in known.values() if d.get("limit_key")}
     defined |= set(check_limits(definitions))
     limits = top_usage(await storage.limits.all(), now, defined)

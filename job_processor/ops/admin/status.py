@@ -7,7 +7,7 @@ import datetime as dt
 
 from ...core import documents as D
 from ...core.clock import as_utc
-from ...core.coverage import coverage
+from ...core.coverage import coverage, worker_warnings
 from ...core.limits import top_usage
 from ...core.models import ProcessorStatus, WorkerInfo
 from ...core.status import JobStatus
@@ -66,23 +66,7 @@ class StatusAdmin(CronsAdmin):
         cov = coverage(known, live_docs, counts, paused, now, due_now)
         warnings = list(cov.warnings)
         dead = [w for w in workers if not w.alive]
-        for w in dead:
-            jobs = f", {len(w.running_jobs)} running jobs to recover" if w.running_jobs else ""
-            warnings.append(
-                f"worker {w.id} ({w.hostname}, pid {w.pid}, instance {w.instance_id}) has not "
-                f"sent a heartbeat for {w.seconds_since_heartbeat:.0f}s{jobs}: a live worker's "
-                "next sweep recovers it"
-            )
-        warnings.extend(
-            f"worker {w.id} ({w.hostname}, pid {w.pid}): {w.stuck_threads} plain-def handler or "
-            "hook call(s) given up (past their grace period or timeout) still run in its "
-            "threads; they hold no slot, but look for a blocking call that ignores the abort "
-            "signal"
-            for w in workers
-            if w.alive and w.stuck_threads
-        )
-        if not live_docs:
-            warnings.append("no live worker: nothing is being run")
+        warnings += worker_warnings(workers, now)
         warnings += await webhook_warnings(self.storage)
         warnings += await untargeted_warnings(self.storage, now)
         return Overview(

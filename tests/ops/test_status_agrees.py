@@ -1,0 +1,63 @@
+"""`JobProcessor.get_status()` agrees with `job-processor status` (Admin.status) and the overview
+(an outside review's findings, each failing before its fix).
+
+docs/operations.md ("Definitions registry and warnings"): "`get_status()`, `job-processor
+status` and the overview warn about: ... workers whose heartbeat stopped (awaiting recovery),
+no live worker at all, ...". Admin.status's docstring: "What `JobProcessor.get_status()`
+reports, from the database alone". Health and the dashboard call a worker alive when its last
+heartbeat is within *the worker's own* `worker_timeout` (recorded on its document).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from job_processor import FakeClock
+from job_processor.core import documents as D
+from job_processor.ops.admin import Admin
+from job_processor.storage import Storage
+from tests.helpers import make
+
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+
+async def _silent_worker(db: Any, seconds_ago: float, worker_timeout: float) -> dict[str, Any]:
+    then = NOW - dt.timedelta(seconds=seconds_ago)
+    doc = D.new_worker(then, None, "runner-9", 1, ["ok"], worker_timeout=worker_timeout)
+    await Storage(db).workers.register(doc)
+    return doc
+
+
+async def test_get_status_warns_of_a_silent_worker_and_of_no_live_worker(db: Any) -> None:
+    clock = FakeClock(NOW)
+    processor = await make(db, {}, clock=clock)  # a web app's processor: not started
+    silent = await _silent_worker(db, seconds_ago=120, worker_timeout=30)
+
+    from_cli = await Admin(db, clock=clock).status()  # `job-processor status`
+    assert any(silent["_id"] in w and "heartbeat" in w for w in from_cli.warnings)
+    assert "no live worker: nothing is being run" in from_cli.warnings
+
+    status = await processor.get_status()
+    assert [w.alive for w in status.workers] == [False]
+    # documented: get_status() warns too (it does not)
+    assert any(silent["_id"] in w and "heartbeat" in w for w in status.warnings), status.warnings
+    assert any("no live worker" in w for w in status.warnings), status.warnings
+
+
+async def test_get_status_judges_liveness_by_the_workers_own_timeout(db: Any) -> None:
+    """A worker with worker_timeout=60 that beat 40 s ago is alive for health, the dashboard
+    and `job-processor status`; get_status() in a process with the default 30 s calls it dead."""
+    from job_processor.ops import health
+
+    clock = FakeClock(NOW)
+    processor = await make(db, {}, clock=clock, worker_timeout=30.0, heartbeat_interval=5.0)
+    await _silent_worker(db, seconds_ago=40, worker_timeout=60)
+
+    checked = await health.check(db, instance_id="runner-9", clock=clock)
+    assert checked.ok, checked.reason
+    from_cli = await Admin(db, clock=clock).status()
+    assert [w.alive for w in from_cli.workers] == [True]
+
+    status = await processor.get_status()
+    assert [w.alive for w in status.workers] == [True], "get_status() disagrees with the CLI"
