@@ -8,7 +8,8 @@ import difflib
 import os
 import shlex
 
-from ..core.errors import InvalidArgumentError
+from ..core.errors import InvalidArgumentError, InvalidDefinitionError
+from ..core.settings import check_prefix
 from ..ops.admin.inputs import parse_time
 from . import crons as crons_cli
 from . import events as events_cli
@@ -48,14 +49,14 @@ def log_level(text: str) -> str:
 
 
 def collection_prefix(text: str) -> str:
-    """A collection prefix MongoDB can use in collection names (argparse type)."""
-    if "$" in text or "\0" in text or text.startswith(("system.", ".")):
+    """A collection prefix as init_job_processor takes it (argparse type)."""
+    try:
+        return check_prefix(text)
+    except InvalidDefinitionError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} cannot start a MongoDB collection name (no '$', no NUL character, not "
-            "'system.' or '.' first): give the prefix given to init_job_processor, e.g. "
-            "job_processor_"
-        )
-    return text
+            f"{text!r}: give the collection_prefix given to init_job_processor (not empty, "
+            "without '.' or '$'), e.g. job_processor_"
+        ) from None
 
 
 def root_path(text: str) -> str:
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         type=log_level,
-        default=os.environ.get("LOG_LEVEL", "info"),
+        default=os.environ.get("LOG_LEVEL") or "info",  # LOG_LEVEL= (empty) is unset
         help="debug, info, warning, error (LOG_LEVEL)",
     )
     # accepted before the command too, but shown only by the commands that take them

@@ -14,13 +14,17 @@ Rules, first match wins:
 - the worker stopped heartbeating (crashed, lost MongoDB, its event loop blocked: recovered by
   another worker), or lost track of the run: a failed attempt; a resumable job with attempts
   left is paused (resumes from its checkpoint);
+- the handler raised `DoNotRetry` or `RetryLater`: a failed attempt as it says (ended, or
+  retried at its time), whether a stop's signal came first or not;
 - the shutdown signal, then the handler raised or was cancelled: paused if resumable, else
   pending at once ("interrupted"); neither consumes an attempt;
-- the handler raised: a failed attempt (`RetryLater` sets the delay, `DoNotRetry` ends it);
+- the handler raised: a failed attempt (the backoff sets the retry time);
 - the claim's reply was lost and the handler never ran: pending again at once, no attempt used.
 
 A failed attempt goes back to pending (retry at the backoff's time) while `failures <
-max_attempts`, else errored.
+max_attempts`, else errored. A job paused or put back at once is due from that moment (its
+wait, in the metrics' oldest due age and start delay, counts from there, not from its first
+due time).
 """
 
 from __future__ import annotations
@@ -143,7 +147,8 @@ class _Ctx:
             owed = self.policy.has_hook is not False
             return Outcome(S.ERRORED, self.end.result, error, failures=n, hook_owed=owed)
         if resumable_crash:
-            return Outcome(S.PAUSED, error=error, failures=n)  # resumes from its checkpoint
+            # resumes from its checkpoint, due from now (metrics count its wait from here)
+            return Outcome(S.PAUSED, error=error, failures=n, retry_at=self.now)
         delay = (
             retry_in if retry_in is not None else backoff_delay(self.policy.backoff, n, self.rand)
         )
@@ -213,7 +218,7 @@ def _unkilled(c: _Ctx) -> Outcome:
         return c.failed("max runtime exceeded")
     if end.how == Ending.RETURNED:
         if end.abort_reason == "shutdown" and c.policy.resumable:
-            return Outcome(S.PAUSED, failures=c.failures)
+            return Outcome(S.PAUSED, failures=c.failures, retry_at=c.now)
         return c.ended(S.FINISHED, None, end.result)
     if c.crashed:
         return c.failed(WORKER_SILENT if end.how == Ending.CRASHED else end.error or "run lost")
@@ -223,6 +228,6 @@ def _unkilled(c: _Ctx) -> Outcome:
         return c.failed(end.error or "cancelled", final=end.final, retry_in=end.retry_in)
     if end.abort_reason == "shutdown":  # stopped gracefully: not the job's fault
         if c.policy.resumable:
-            return Outcome(S.PAUSED, failures=c.failures)
+            return Outcome(S.PAUSED, failures=c.failures, retry_at=c.now)
         return Outcome(S.PENDING, error=INTERRUPTED, failures=c.failures, retry_at=c.now)
     return c.failed(end.error or "cancelled", final=end.final, retry_in=end.retry_in)

@@ -133,7 +133,10 @@ class WebhookSender:
                 endpoint, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
             )
             raise DoNotRetry(message + " (endpoint disabled)")
-        if decision.verdict == "fail" or final:
+        # a retryable failure after the stop's signal is an interrupted run (no attempt used:
+        # sent again after the restart), not the last attempt failing for good
+        interrupted = signal.reason == "shutdown" and decision.verdict == "retry"
+        if decision.verdict == "fail" or (final and not interrupted):
             await self._failed_for_good(endpoint, fields, run)
         if decision.verdict == "fail":
             raise DoNotRetry(message)
@@ -215,8 +218,9 @@ class WebhookSender:
             if record["status_code"] is None:
                 record["error"] = self._error(exc, url)
         if record["status_code"] is not None:
-            answer = excerpt.decode("utf-8", "replace")[: EXCERPT_CHARS * 2]
-            record["response_excerpt"] = without_url_secrets(answer, url)[:EXCERPT_CHARS]
+            read = excerpt[: EXCERPT_CHARS * 4]  # the first 800 bytes (a chunk may hold more)
+            answer, cut = read.decode("utf-8", "replace"), len(excerpt) >= EXCERPT_CHARS * 4
+            record["response_excerpt"] = without_url_secrets(answer, url, cut)[:EXCERPT_CHARS]
         record["duration_ms"] = int((loop.time() - t0) * 1000)
         return record, decision
 

@@ -221,16 +221,27 @@ def url_host(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 
-def without_url_secrets(text: str, url: str) -> str:
-    """`text` (a receiver's answer) without the URL's path and query, nor any long part of
-    them: a receiver's error page that echoes the path ("Cannot POST /hooks/tok_...") would put
-    its token into errors and logs."""
+def without_url_secrets(text: str, url: str, cut: bool = False) -> str:
+    """`text` (a receiver's answer) without the URL's path and query, nor any part of them of
+    8 characters or more, as written, percent-encoded or decoded: a receiver's error page that
+    echoes the path ("Cannot POST /hooks/tok_...") would put its token into errors and logs.
+    `cut`: the text is the start of a longer answer, so the start of a part at its very end
+    goes too."""
     parts = urllib.parse.urlsplit(url)
     pieces = [url, parts.path + ("?" + parts.query if parts.query else ""), parts.query]
     pieces += re.split(r"[/?&=;]", parts.path + "?" + parts.query)
-    for piece in sorted({p for p in pieces if len(p) >= 8}, key=len, reverse=True):
-        text = text.replace(piece, "…")
-        text = text.replace(urllib.parse.quote(piece, safe=""), "…")
+    forms = set()
+    for piece in pieces:
+        forms |= {piece, urllib.parse.quote(piece, safe=""), urllib.parse.unquote_plus(piece)}
+    forms = {f for f in forms if len(f) >= 8}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "…")
+    if cut:
+        for form in sorted(forms, key=len, reverse=True):
+            start = next((k for k in range(len(form) - 1, 3, -1) if text.endswith(form[:k])), 0)
+            if start:
+                text = text[:-start] + "…"
+                break
     return text
 
 

@@ -9,7 +9,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from job_processor import AbortSignal, Job, JobDef, init_job_processor
+import pytest
+
+from job_processor import AbortSignal, InvalidDefinitionError, Job, JobDef, init_job_processor
+from job_processor.core.settings import check_prefix
 from job_processor.storage.local_server import free_port
 from tests.conftest import url_with_db
 from tests.forked_cli import Run, run_cli
@@ -168,3 +171,25 @@ async def test_a_misspelt_url_option_is_said_naming_it(mongo_url: str) -> None:
     said = await cli(url, "workers", "list")
     assert "UserWarning" not in said.stderr and "uri_parser" not in said.stderr, said.stderr
     assert "authSorce" in said.stderr, said.stderr
+
+
+@pytest.mark.parametrize("prefix", ["", "app.v2_"])
+async def test_a_prefix_init_job_processor_refuses_is_bad_input_naming_prefix(
+    scratch_url: str, prefix: str
+) -> None:
+    # no deployment can have this prefix: init_job_processor refuses it
+    with pytest.raises(InvalidDefinitionError):
+        check_prefix(prefix)
+    # both are accepted today (exit 0, "holds no job-processor data"): "" reads and writes
+    # the database's own `jobs`, `workers`, `audit`... collections
+    ran = await cli(scratch_url, "jobs", "list", "--prefix", prefix)
+    assert ran.returncode == 2, (ran.returncode, ran.stdout[-200:], ran.stderr[-300:])
+    assert "--prefix" in ran.stderr, ran.stderr[-300:]
+
+
+async def test_an_empty_log_level_variable_is_unset_not_bad_input(scratch_url: str) -> None:
+    """`LOG_LEVEL=` (set but empty: docker compose's `- LOG_LEVEL` or `${LOG_LEVEL:-}` when
+    the host has none) was read as "info" before 82608bf; now every command, operations ones
+    included (which "log only warnings unless --log-level is given", operations.md), exits 2."""
+    ran = await run_cli("jobs", "list", env={"MONGODB_URL": scratch_url, "LOG_LEVEL": ""})
+    assert ran.returncode == 0, (ran.returncode, ran.stderr[-300:])

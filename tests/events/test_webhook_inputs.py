@@ -93,3 +93,39 @@ def test_an_answer_echoing_the_url_loses_its_path_and_query() -> None:
     cleaned = without_url_secrets(said, url)
     assert TOKEN not in cleaned and "abcdef123456" not in cleaned, cleaned
     assert cleaned.startswith("Cannot POST …")
+
+
+LONG_TOKEN = "tok_0123456789abcdef0123456789abcd"  # 34 characters
+
+
+async def test_a_token_cut_at_the_excerpts_read_bound_does_not_show_after_masking(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """`_send` cuts the answer at 400 characters, masks the URL's path pieces, then keeps 200.
+    Masking shrinks the text, so the start of a token that straddled the 400-character cut
+    (not a whole piece: not masked) moves into the 200 kept, and is recorded and logged."""
+    path = f"/in/{LONG_TOKEN}"
+    line = f"Cannot POST {path}\n"
+    body = "x" * 12 + line * 8  # 51-char lines: the 8th echo's token starts at 385, cut at 400
+    p = await make(db, max_attempts=1)
+    ep = await p.webhooks.add(
+        url=receiver.script(path, Reply(404, body=body.encode())), events=["e"]
+    )
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored")
+    excerpts = [a.get("response_excerpt") or "" for a in d.attempts]
+    shown = "\n".join([*excerpts, d.error or ""])
+    assert LONG_TOKEN[:12] not in shown, [e[-60:] for e in excerpts]
+
+
+def test_an_answer_echoing_the_decoded_query_loses_it_too() -> None:
+    """A SAS-style signature is percent-encoded in the URL (`sig=ab%2Fcd%2Bef%3D...`); a
+    receiver that echoes the parameter echoes it decoded. Only the raw and the re-quoted
+    forms are masked, so the decoded signature reaches errors and logs."""
+    from job_processor.events.webhooks import without_url_secrets
+
+    url = "https://logic.example.net/workflows/run?sv=1.0&sig=Zm9v%2Fbar%2Bbaz%3D%3D12345"
+    said = "401: the signature Zm9v/bar+baz==12345 is not valid"
+    assert "Zm9v/bar+baz==12345" not in without_url_secrets(said, url)

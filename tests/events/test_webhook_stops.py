@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from job_processor import JobProcessor, WebhookOptions, init_job_processor
-from tests.events.test_webhooks import QUICK, delivery, make, receiver  # noqa: F401
+from tests.events.test_webhooks import QUICK, delivery, make, receiver, wait_delivery  # noqa: F401
 from tests.helpers import FAST, wait_for
 from tests.receiver import Receiver, Reply
 
@@ -75,6 +75,32 @@ async def test_a_retry_after_answered_during_the_shutdown_grace_is_honoured(
     assert wait > 500, f"next attempt in {wait:.0f}s"
     await _restarted(db, max_attempts=5)
     assert len(receiver.received("/r")) == 1
+
+
+async def test_a_5xx_on_the_last_attempt_during_the_grace_counts_the_delivery_once(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """The last attempt (max_attempts=1) gets a 500 while the worker stops: the sender counts
+    the delivery as failed for good on the endpoint, but the run is only "interrupted" and is
+    sent again after the restart, where it fails and is counted again. One delivery then
+    counts twice towards disable_after (the same double count 91ebc96 fixed for a 4xx)."""
+    release = threading.Event()
+    p = await make(db, max_attempts=1, disable_after=2)
+    ep = await p.webhooks.add(
+        url=receiver.script("/r", Reply(500, hold=release), Reply(500)), events=["e"]
+    )
+    event_id = await _stop_while_in_flight(p, receiver, release)
+    p2 = await make(db, max_attempts=1, disable_after=2)
+    async with p2:
+        await wait_delivery(p2, event_id, ep, "errored")
+    got = await p2.webhooks.get(ep.id)
+    # one delivery failed for good: one consecutive failure, the endpoint still enabled
+    assert (got.consecutive_failures, got.enabled) == (1, True), (
+        got.consecutive_failures,
+        got.enabled,
+        got.disabled_reason,
+    )
 
 
 @contextlib.contextmanager
