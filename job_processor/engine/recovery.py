@@ -18,16 +18,17 @@ from typing import Any
 
 from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError
 
+from ..core import retention as R
 from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.definitions import JobDef
 from ..core.log import EventLog
-from ..core.outcome import Ending, RunEnd, decide
+from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..storage import Storage
 from ..storage.transient import describe
 from . import sentry
-from .execution import policy_of
+from .execution import claimed_too_late, policy_of
 from .hooks import HookRunner
 from .worker import Worker
 
@@ -307,8 +308,16 @@ class Recovery:
         definition = self.definitions.get(str(doc.get("name")))
         policy = policy_of(definition, doc, self.worker.settings.retention)
         now = self.clock.now()
+        # a cron task claimed past its check-in margin never started (its worker records it
+        # missed before running anything): missed, never a crashed attempt run again late
+        claimed_at = doc.get("run_started_at")
+        late = isinstance(claimed_at, dt.datetime) and claimed_too_late(doc, as_utc(claimed_at))
+        keep = R.of(definition, self.worker.settings.retention)
+        missed = Outcome(S.SKIPPED, expires_at=keep.expires_at(S.SKIPPED, now) if keep else None)
+        if late:
+            end = RunEnd(Ending.UNSTARTED, kill_requested=end.kill_requested)
         for _ in range(2):
-            outcome = decide(doc, policy, end, now)
+            outcome = missed if late and not end.kill_requested else decide(doc, policy, end, now)
             written = await self.storage.jobs.end_run(
                 doc, outcome, now, writer=self.worker.worker_id, budget=self.worker_timeout
             )
@@ -321,6 +330,16 @@ class Recovery:
         if self.worker.on_ended is not None:  # the jobs waiting on it
             await self.worker.on_ended(written.doc)
         self.worker.telemetry.recovered(doc, written.doc)
+        if outcome is missed:
+            self.worker.telemetry.cron_slot(str(doc.get("name")), "missed")
+            self.log.warning(
+                "cron_slot_missed",
+                slot=as_utc(doc["scheduled_for"]).isoformat(),
+                now=now.isoformat(),
+                job_id=str(doc["_id"]),
+                job_name=doc.get("name"),
+                worker_id=doc.get("worker_id"),
+            )
         sentry.recovered(doc, written.doc, self.worker.worker_id)
         self.log.warning(
             event,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +28,10 @@ def cron_settings(cron: Any) -> Doc:
     }
 
 
+#: Reads and compare-and-set writes a cron's registration tries before giving up.
+REGISTER_TRIES = 10
+
+
 class CronStore:
     def __init__(self, collection: Any) -> None:
         self.coll = collection
@@ -41,36 +44,44 @@ class CronStore:
         to each cron ("created", "rescheduled", "kept")."""
         outcome: dict[str, str] = {}
         for name, cron in crons.items():
-            settings = cron_settings(cron)
+            outcome[name] = await self._register(name, cron, first_slots[name], now)
+        return outcome
+
+    async def _register(
+        self, name: str, cron: Any, first_slot: dt.datetime, now: dt.datetime
+    ) -> str:
+        """Each write is a compare-and-set on what was read (the schedule, or no document),
+        tried again from a fresh read when another replica wrote in between: the schedule and
+        its next slot are always written together (an old replica's blind write put its
+        schedule back over a new replica's next slot, and every slot until then was lost)."""
+        settings = cron_settings(cron)
+        mine = {"cron_string": cron.cron_string, "timezone": cron.timezone}
+        for _ in range(REGISTER_TRIES):
             existing = await self.coll.find_one({"_id": name})
             if existing is None:
-                with contextlib.suppress(DuplicateKeyError):  # a replica starting now made it
-                    await self.coll.update_one(
-                        {"_id": name},
-                        {
-                            "$setOnInsert": settings
-                            | {"next_slot": first_slots[name], "created_at": now, "updated_at": now}
-                        },
-                        upsert=True,
+                fields = settings | {"next_slot": first_slot, "created_at": now, "updated_at": now}
+                try:
+                    res = await self.coll.update_one(
+                        {"_id": name}, {"$setOnInsert": fields}, upsert=True
                     )
-                outcome[name] = "created"
-            elif (existing["cron_string"], existing["timezone"]) != (
-                cron.cron_string,
-                cron.timezone,
-            ):
-                await self.coll.update_one(
-                    {
-                        "_id": name,
-                        "cron_string": existing["cron_string"],
-                        "timezone": existing["timezone"],
-                    },
-                    {"$set": settings | {"next_slot": first_slots[name], "updated_at": now}},
-                )
-                outcome[name] = "rescheduled"
+                except DuplicateKeyError:  # a replica starting now made it: read it
+                    continue
+                if res.upserted_id is not None:
+                    return "created"
+                continue  # made between the read and the upsert: read it
+            theirs = {"cron_string": existing["cron_string"], "timezone": existing["timezone"]}
+            if theirs != mine:
+                update = {"$set": settings | {"next_slot": first_slot, "updated_at": now}}
+                res = await self.coll.update_one({"_id": name} | theirs, update)
+                if res.matched_count:
+                    return "rescheduled"
             else:
-                await self.coll.update_one({"_id": name}, {"$set": settings})
-                outcome[name] = "kept"
-        return outcome
+                res = await self.coll.update_one({"_id": name} | mine, {"$set": settings})
+                if res.matched_count:
+                    return "kept"
+        raise RuntimeError(  # another replica wrote between each read and write: never seen
+            f"cron {name!r}: its document changed {REGISTER_TRIES} times while registering"
+        )
 
     async def names_other_than(self, names: list[str]) -> list[str]:
         return [d["_id"] async for d in self.coll.find({"_id": {"$nin": names}}, {"_id": 1})]

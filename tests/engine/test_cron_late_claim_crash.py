@@ -1,0 +1,79 @@
+"""A worker claims a cron task too late (past its check-in margin) and is SIGKILLed before it
+writes the slot `skipped`/`missed`. The handler never ran (a late task "is then not run"), but
+the recovery treated the claim as a crashed attempt: with attempts left the task was queued
+again with `started_at` set, so the slot ran late; with none left it was recorded `errored`
+instead of `missed` (an outside review's finding, failing before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from job_processor import FakeClock, init_job_processor
+from job_processor.core import documents as D
+from job_processor.core.definitions import CronDef
+from job_processor.core.schedule import margin_of
+from tests.helpers import FAST
+
+T0 = dt.datetime(2030, 1, 1, 2, 0, tzinfo=dt.UTC)
+MIN = dt.timedelta(minutes=1)
+ran: list[Any] = []
+
+
+async def nightly(job: Any, signal: Any) -> None:
+    ran.append(job.scheduled_for)
+
+
+CRON = {
+    "cron_string": "0 2 * * *",
+    "handler": nightly,
+    "checkin_margin": 5,
+    "max_attempts": 2,
+    "backoff": {"kind": "fixed", "base_seconds": 0.01, "jitter": False},
+}
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+async def test_a_task_claimed_too_late_by_a_worker_that_died_is_missed_not_run_late(
+    db: Any, attempts: int
+) -> None:
+    ran.clear()
+    clock = FakeClock(T0 - MIN)
+    spec = CRON | {"max_attempts": attempts}
+    p = await init_job_processor(db, crons={"nightly": spec}, clock=clock, **FAST)
+    cron = CronDef.model_validate(spec)
+    task = D.cron_task(
+        "nightly",
+        slot=T0,
+        now=T0,
+        margin=margin_of(cron),
+        tag=None,
+        exclusive=False,
+        max_attempts=cron.attempts,
+        resumable=False,
+    )
+    await db["job_processor_jobs"].insert_one(task)
+    # all workers were down; at 02:10 one comes back, claims the 02:00 task (10 minutes late:
+    # past the 5-minute margin, it is not to run) and is SIGKILLed before recording it missed
+    late = T0 + 10 * MIN
+    claimed = await p.storage.jobs.claim_next(["nightly"], "dead-worker", late)
+    assert claimed is not None and claimed["_id"] == task["_id"]
+    # a live worker comes up later and recovers the dead worker's claim
+    clock.set(late + dt.timedelta(seconds=10))
+    async with p:
+        for _ in range(100):
+            doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+            if doc["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
+        clock.advance(1)  # the backoff's 10 ms pass
+        for _ in range(40):
+            if ran:
+                break
+            await asyncio.sleep(0.05)
+    doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+    assert ran == []  # never run late
+    assert (doc["status"], doc.get("skip_reason")) == ("skipped", "missed")
