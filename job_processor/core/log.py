@@ -45,9 +45,15 @@ class EventLog:
         try:
             if self._stdlib:
                 text = " ".join(f"{k}={v!r}" for k, v in merged.items())
-                getattr(self._target, level)(
-                    "%s %s", event, text, exc_info=exc, extra={"event": event, "fields": merged}
-                )
+                extra = {"event": event, "fields": merged}
+                target = self._target
+                options: dict[str, Any] = {"exc_info": exc}
+                if isinstance(target, logging.LoggerAdapter):  # its process() replaces extra:
+                    _, processed = target.process("", options)  # its own extra, then ours
+                    options = dict(processed)
+                    extra = {**(options.get("extra") or {}), **extra}
+                    target = target.logger
+                target.log(_LEVELS[level], "%s %s", event, text, **options | {"extra": extra})
             else:
                 if exc:
                     merged["exc_info"] = True

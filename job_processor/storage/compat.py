@@ -32,6 +32,7 @@ See docs/testing.md for what nx-27017 and mongomock get wrong.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -133,9 +134,15 @@ async def aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
 
 
 async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -> Any:
+    """A change stream, open on the server when this returns (changes made after it are
+    seen; a server that refuses change streams raises here)."""
     stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
-    if inspect.isawaitable(stream):
+    if inspect.isawaitable(stream):  # PyMongo's async API
         stream = await stream
+    elif getattr(stream, "delegate", True) is None and hasattr(stream, "_lazy_init"):
+        # Motor's opens at its first read (a change made before it was missed, a refusal
+        # taken for a broken stream): opened here, on a thread, as Motor itself would
+        await asyncio.get_running_loop().run_in_executor(None, stream._lazy_init)
     return stream
 
 

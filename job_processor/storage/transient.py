@@ -136,11 +136,11 @@ class ProducerRetry:
         if self.budget <= 0:  # retries turned off: one attempt, raw errors, bounded only
             if within is None:  # by the driver's own timeouts, or by `within` when given
                 return await op(False)
-            if self.sync:
-                with pymongo.timeout(max(within, 0.001)):
+            with pymongo.timeout(max(within, 0.001)):
+                if self.sync:
                     return await op(False)
-            async with asyncio.timeout(within):
-                return await op(False)
+                async with asyncio.timeout(within):
+                    return await op(False)
         start = time.monotonic()
         deadline = start + budget
         delay = 0.1
@@ -148,17 +148,20 @@ class ProducerRetry:
         while True:
             remaining = max(deadline - time.monotonic(), min(1.0, budget))
             try:
-                if self.sync:
-                    with pymongo.timeout(remaining):
+                # the driver's own bound too: an attempt Motor runs on its threads, which
+                # asyncio's timeout cannot stop, gives up with it (an insert abandoned in
+                # server selection was written once MongoDB came back, after the call had
+                # raised DatabaseUnreachableError)
+                with pymongo.timeout(remaining):
+                    if self.sync:
                         return await op(retried)
-                async with asyncio.timeout(remaining):
-                    return await op(retried)
+                    async with asyncio.timeout(remaining):
+                        return await op(retried)
             except (PyMongoError, TimeoutError) as exc:
                 # our own bound ran out: asyncio's, or pymongo.timeout's between two commands
-                # (ExecutionTimeout, not transient) when driven without an event loop
+                # (ExecutionTimeout, not transient)
                 own = (isinstance(exc, TimeoutError) and not isinstance(exc, PyMongoError)) or (
-                    self.sync
-                    and isinstance(exc, PyMongoError)
+                    isinstance(exc, PyMongoError)
                     and bool(getattr(exc, "timeout", False))
                     and not is_transient(exc)
                 )

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
+from job_processor import (
+    AbortSignal,
+    DatabaseUnreachableError,
+    Job,
+    JobDef,
+    JobStatus,
+    init_job_processor,
+)
 from job_processor.storage.local_server import LocalServer, start_local_server
 from tests.helpers import wait_status
 
@@ -188,3 +195,38 @@ async def test_a_final_write_refused_with_a_retryable_label_is_ridden_out(
         done = await wait_status(processor, job.id, JobStatus.FINISHED, JobStatus.ERRORED)
     assert refused == [1]
     assert done.status == JobStatus.FINISHED and done.failures == 0 and done.result == "ok"
+
+
+@pytest.mark.parametrize("driver", ["pymongo", "motor"])
+async def test_a_schedule_that_raised_unreachable_is_not_written_later(
+    own_server: LocalServer, driver: str
+) -> None:
+    """With Motor each attempt ran on one of its threads, which asyncio's timeout cannot stop:
+    the insert abandoned in server selection was written once the server was back, so the job
+    the caller was told was not scheduled ran (an outside review's finding, failing before
+    its fix). The attempts are bounded by the driver's own timeout too."""
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    kind: Any = AsyncMongoClient if driver == "pymongo" else AsyncIOMotorClient
+    client = kind(own_server.url, tz_aware=True)
+    restarted = None
+    try:
+        producer = await init_job_processor(  # a producer only: nothing claims
+            client["app"], jobs={"n": JobDef(handler=never_runs)}, producer_retry_seconds=1.0
+        )
+        own_server.stop()
+        with pytest.raises(DatabaseUnreachableError):
+            await producer.schedule_job("n", {"order": 42})
+        restarted = start_local_server(own_server.data_dir, port=own_server.port)
+        await asyncio.sleep(3)  # an abandoned insert would land within ~0.5 s of the restart
+        assert await client["app"]["job_processor_jobs"].count_documents({"name": "n"}) == 0
+    finally:
+        closed = client.close()
+        if hasattr(closed, "__await__"):
+            await closed
+        if restarted is not None:
+            restarted.stop()
+
+
+async def never_runs(job: Job, signal: AbortSignal) -> None:
+    raise AssertionError("nothing claims here")
