@@ -31,6 +31,8 @@ from . import documents as D
 from .status import JobStatus, check_transition
 
 Doc = dict[str, Any]
+#: What a webhook endpoint listens to in `events` to receive every event.
+ANY_EVENT = "*"
 S = JobStatus
 
 #: The job name of every webhook delivery (one delivery per endpoint and event).

@@ -45,15 +45,18 @@ class EventLog:
         try:
             if self._stdlib:
                 text = " ".join(f"{k}={v!r}" for k, v in merged.items())
-                extra = {"event": event, "fields": merged}
-                target = self._target
+                extras: dict[str, Any] = {}
+                target, message = self._target, "%s %s"
                 options: dict[str, Any] = {"exc_info": exc}
-                if isinstance(target, logging.LoggerAdapter):  # its process() replaces extra:
-                    _, processed = target.process("", options)  # its own extra, then ours
+                # an adapter's process() replaces `extra` (record.event was lost): each level's
+                # (an adapter around an adapter too) is run, its message kept, its extra merged
+                while isinstance(target, logging.LoggerAdapter):
+                    message, processed = target.process(message, options)
                     options = dict(processed)
-                    extra = {**(options.get("extra") or {}), **extra}
+                    extras = {**(options.pop("extra", None) or {}), **extras}
                     target = target.logger
-                target.log(_LEVELS[level], "%s %s", event, text, **options | {"extra": extra})
+                extra = {**extras, "event": event, "fields": merged}
+                target.log(_LEVELS[level], message, event, text, **options, extra=extra)
             else:
                 if exc:
                     merged["exc_info"] = True

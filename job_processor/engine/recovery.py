@@ -340,7 +340,8 @@ class Recovery:
                 job_name=doc.get("name"),
                 worker_id=doc.get("worker_id"),
             )
-        sentry.recovered(doc, written.doc, self.worker.worker_id)
+        if outcome is not missed:  # not a crash: the slot was never started
+            sentry.recovered(doc, written.doc, self.worker.worker_id)
         self.log.warning(
             event,
             job_id=str(doc["_id"]),

@@ -287,7 +287,8 @@ class EventBus:
         known = await self.known_event_names()
         if name not in known and self.strict_events:  # about to refuse: not on a stale read
             known = await self.known_event_names(fresh=True)
-        if name in known:  # not a typo: its only listeners are disabled webhook endpoints
+        # not a typo: its only listeners are disabled webhook endpoints (naming it, or "*")
+        if name in known or E.ANY_EVENT in known:
             self.log.warning(
                 "event_without_target",
                 event_name=name,
@@ -297,7 +298,7 @@ class EventBus:
             return
         hint = did_you_mean(name, known)
         if self.strict_events:
-            listing = ", ".join(sorted(known)) or "none"
+            listing = ", ".join(sorted(known)) or "none"  # (no "*": it would have listened)
             raise InvalidArgumentError(
                 f"event {name!r}{hint}: no subscriber and no webhook endpoint listens to it "
                 f"(strict_events=True); known events: {listing}"
@@ -310,13 +311,14 @@ class EventBus:
         )
 
     async def known_event_names(self, fresh: bool = False) -> set[str]:
-        """The event names subscribers and webhook endpoints listen to (read at most once a
-        minute per process, unless `fresh`)."""
+        """The event names subscribers and webhook endpoints listen to, "*" among them when an
+        endpoint listens to every event (read at most once a minute per process, unless
+        `fresh`)."""
         at = self.clock.now().timestamp()
         if fresh or self._known_events is None or at - self._known_events[0] > 60:
             names = {str(r["event"]) for r in await self.storage.subscribers.all()}
             for endpoint in await self.storage.webhooks.all():
-                names |= {str(e) for e in endpoint.get("events") or [] if e != "*"}
+                names |= {str(e) for e in endpoint.get("events") or []}
             self._known_events = (at, names)
         return self._known_events[1]
 

@@ -288,16 +288,16 @@ async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float =
     known = {str(r["event"]) for r in await storage.subscribers.all()}
     enabled: set[str] = set(known)
     for endpoint in await storage.webhooks.all():
-        names = {str(e) for e in endpoint.get("events") or [] if e != "*"}
+        names = {str(e) for e in endpoint.get("events") or []}
         known |= names
         if endpoint.get("state", "enabled") == "enabled":
             enabled |= names
     out = []
     for name, n in sorted(counts.items()):
-        if name in enabled:  # listened to now: a replay delivers them
+        if name in enabled or E.ANY_EVENT in enabled:  # listened to now: a replay delivers them
             advice = "something listens to it now: replay them to deliver them"
             hint = ""
-        elif name in known:  # only by endpoints disabled now
+        elif name in known or E.ANY_EVENT in known:  # only by endpoints disabled now
             advice = "the endpoints listening to it are disabled: enable one, then replay them"
             hint = ""
         else:
@@ -305,7 +305,7 @@ async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float =
                 "add a subscriber or endpoint and replay them, "
                 "or fix the name where they are emitted"
             )
-            hint = did_you_mean(name, known)
+            hint = did_you_mean(name, known - {E.ANY_EVENT})
         out.append(
             f"events with no subscriber or webhook: {name!r}{hint} ({n} in the last {hours:g} h; "
             f"stored undelivered: {advice})"

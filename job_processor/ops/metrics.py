@@ -55,7 +55,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Seconds: runs from 50 ms to an hour; start delays from 10 ms to 30 min.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
-_TERMINAL = {s.value for s in TERMINAL}
 
 
 @dataclass
@@ -312,7 +311,7 @@ class Metrics:
     def run_ended(self, claimed: Doc, final: Doc, duration_ms: int | None) -> None:
         name = str(final["name"])
         status = str(final["status"])
-        if status in _TERMINAL:
+        if status in ENDED_STATUSES:
             self.ended.labels(name, status).inc()
         elif status == S.PENDING.value and int(final.get("failures") or 0) > int(
             claimed.get("failures") or 0
@@ -328,7 +327,7 @@ class Metrics:
     def recovered(self, doc: Doc, final: Doc) -> None:
         name, status = str(final["name"]), str(final["status"])
         self.recoveries.labels(name, status).inc()
-        if status in _TERMINAL:
+        if status in ENDED_STATUSES:  # a slot recovered as missed is a slot, not a run ended
             self.ended.labels(name, status).inc()
 
     def cron_slot(self, name: str, outcome: CronOutcome) -> None:

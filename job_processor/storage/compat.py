@@ -32,7 +32,6 @@ See docs/testing.md for what nx-27017 and mongomock get wrong.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -139,10 +138,11 @@ async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -
     stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
     if inspect.isawaitable(stream):  # PyMongo's async API
         stream = await stream
-    elif getattr(stream, "delegate", True) is None and hasattr(stream, "_lazy_init"):
+    elif getattr(stream, "delegate", True) is None and hasattr(stream, "__aenter__"):
         # Motor's opens at its first read (a change made before it was missed, a refusal
-        # taken for a broken stream): opened here, on a thread, as Motor itself would
-        await asyncio.get_running_loop().run_in_executor(None, stream._lazy_init)
+        # taken for a broken stream): opened here, by Motor on its threads (with the caller's
+        # context: a pymongo.timeout around the call bounds it)
+        stream = await stream.__aenter__()
     return stream
 
 

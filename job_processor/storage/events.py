@@ -262,7 +262,7 @@ class DeliveryStore:
 
     async def own_for_event(self, event_id: str, targets: int) -> list[Doc]:
         """The deliveries of the event's own fan-out (one per target at most), replays aside."""
-        where = {"event_id": event_id, "payload.replay_id": {"$exists": False}}
+        where = {"event_id": event_id, "payload.replay_id": None}  # null or missing
         return await all_docs(self.coll.find(where).sort(DELIVERY_SORT).limit(max(targets, 1)))
 
     async def counts_for_event(self, event_id: str) -> dict[str, int]:

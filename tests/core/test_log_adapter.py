@@ -1,11 +1,13 @@
 """A stdlib `logging.LoggerAdapter` as the logger keeps each record's structure (no server): its
 `process()` replaced the `extra` carrying `record.event` / `record.fields`, so the filter
 docs/guide.md shows on `record.event` dropped nothing (an outside review's finding, failing
-before its fix)."""
+before its fix); an adapter that changes the message keeps its change, and an adapter around
+an adapter keeps both extras (a second review's findings)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from job_processor.core.log import EventLog
 
@@ -41,3 +43,36 @@ def test_an_adapter_keeps_event_fields_and_its_own_extra() -> None:
     )
     assert started.getMessage() == "job_started job_id='j1'"
     assert errored.event == "job_errored" and errored.exc_info is not None  # type: ignore[attr-defined]
+
+
+class Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        msg, kwargs = super().process(msg, kwargs)
+        return f"[{self.extra['tenant']}] {msg}", kwargs  # type: ignore[index]
+
+
+def _logger(name: str) -> tuple[logging.Logger, Keep]:
+    base = logging.getLogger(name)
+    base.setLevel(logging.INFO)
+    base.propagate = False
+    keep = Keep()
+    base.addHandler(keep)
+    return base, keep
+
+
+def test_an_adapter_that_changes_the_message_keeps_its_change() -> None:
+    base, keep = _logger("test.rev.prefixed")
+    EventLog(Prefixed(base, {"tenant": "acme"})).info("job_started", job_id="j1")
+    (record,) = keep.records
+    assert record.event == "job_started"  # type: ignore[attr-defined]
+    assert record.getMessage() == "[acme] job_started job_id='j1'", record.getMessage()
+
+
+def test_a_nested_adapter_keeps_event_and_both_extras() -> None:
+    base, keep = _logger("test.rev.nested")
+    inner = logging.LoggerAdapter(base, {"service": "api"})
+    outer = logging.LoggerAdapter(inner, {"region": "eu"})
+    EventLog(outer).info("job_started", job_id="j1")
+    (record,) = keep.records
+    assert getattr(record, "event", None) == "job_started"
+    assert getattr(record, "fields", None) == {"job_id": "j1"}

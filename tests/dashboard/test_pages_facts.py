@@ -153,7 +153,7 @@ async def test_an_event_page_reads_only_the_deliveries_it_shows(
     for _ in range(5):
         await p.replay_event(event.id)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    own = {"event_id": event.id, "payload.replay_id": {"$exists": False}}
+    own = {"event_id": event.id, "payload.replay_id": None}
     assert (
         await p.storage.jobs.coll.update_many(own, {"$set": {"created_at": later}})
     ).modified_count == 1

@@ -16,7 +16,9 @@ from job_processor import FakeClock, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.definitions import CronDef
 from job_processor.core.schedule import margin_of
+from job_processor.ops import metrics
 from tests.helpers import FAST
+from tests.ops.test_metrics import samples
 
 T0 = dt.datetime(2030, 1, 1, 2, 0, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
@@ -77,3 +79,41 @@ async def test_a_task_claimed_too_late_by_a_worker_that_died_is_missed_not_run_l
     doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
     assert ran == []  # never run late
     assert (doc["status"], doc.get("skip_reason")) == ("skipped", "missed")
+
+
+CRON_ONCE = {"cron_string": "0 2 * * *", "handler": nightly, "checkin_margin": 5}
+
+
+async def test_a_recovered_missed_slot_is_not_a_run_ended(db: Any) -> None:
+    clock = FakeClock(T0 - MIN)
+    p = await init_job_processor(db, crons={"nightly": CRON_ONCE}, clock=clock, **FAST)
+    m = metrics.enable(p)
+    cron = CronDef.model_validate(CRON_ONCE)
+    task = D.cron_task(
+        "nightly",
+        slot=T0,
+        now=T0,
+        margin=margin_of(cron),
+        tag=None,
+        exclusive=False,
+        max_attempts=cron.attempts,
+        resumable=False,
+    )
+    await db["job_processor_jobs"].insert_one(task)
+    late = T0 + 10 * MIN  # claimed past the 5-minute margin by a worker that then died
+    assert await p.storage.jobs.claim_next(["nightly"], "dead-worker", late) is not None
+    clock.set(late + dt.timedelta(seconds=10))
+    async with p:
+        for _ in range(100):
+            doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+            if doc["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
+    doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+    assert (doc["status"], doc.get("skip_reason")) == ("skipped", "missed")
+    got = samples((await metrics.render(m)).decode())
+    missed = ("job_processor_cron_slots_total", (("name", "nightly"), ("outcome", "missed")))
+    assert got[missed] == 1
+    # as when the worker itself records the slot missed: a slot, not a run this process ended
+    ended_skipped = ("job_processor_jobs_ended_total", (("name", "nightly"), ("status", "skipped")))
+    assert got.get(ended_skipped) is None, got.get(ended_skipped)

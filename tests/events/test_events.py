@@ -612,3 +612,21 @@ async def test_a_subscribers_error_in_the_workers_log_hides_the_events_secrets(
     assert errored.__dict__["fields"]["error"] == (
         "ValueError: crm refused •••••• for ada@example.com"
     )
+
+
+async def test_strict_emit_does_not_fail_once_the_catch_all_endpoint_is_disabled(db: Any) -> None:
+    """Listened to by a "*" endpoint only, which its failures then disabled: strict emits of the
+    name started raising (the name was known only through "*", left out of the known names),
+    and the status called it a probable typo (an outside review's finding, failing before its
+    fix)."""
+    from job_processor.events.webhooks import generate_secret
+
+    p = await make(db, None, strict_events=True, webhook_secrets={"s": generate_secret()})
+    hook = await p.webhooks.add(url="https://hooks.example.com/all", events=["*"], secret_ref="s")
+    event = await p.emit("order.paid", {"order": 1})  # listened to by the "*" endpoint
+    assert [t.target for t in event.targets] == [f"webhook:{hook.id}"]
+    await p.webhooks.disable(hook.id, reason="failures")
+    again = await p.emit("order.paid", {"order": 2})
+    assert again.targets == []
+    [warning] = [w for w in (await p.get_status()).warnings if "order.paid" in w]
+    assert "the endpoints listening to it are disabled: enable one, then replay them" in warning

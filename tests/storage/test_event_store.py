@@ -262,3 +262,55 @@ async def test_failed_delivery_counts_each_delivery_once(any_db: Any) -> None:
     assert await s.webhooks.failed_delivery(a, NOW, "x24") == 26
     doc = await s.webhooks.coll.find_one({"_id": a})
     assert len(doc["failed_deliveries"]) == 20
+
+
+async def test_an_own_serial_delivery_made_after_replays_is_not_shown_as_deleted(
+    storage: Storage,
+) -> None:
+    """The fan-out's own deliveries are written with `payload.replay_id: None`; the event page
+    looked them up with `$exists: false`, which only nx-27017 matches for a null: on MongoDB
+    (mongomock here) an own delivery made after the replays showed as "deleted" (an outside
+    review's finding, failing before its fix)."""
+    rows = [
+        E.subscriber_row(
+            "shipped",
+            name,
+            mode="serial",
+            position=i,
+            tag=None,
+            max_attempts=2,
+            now=NOW,
+            declared_by="w",
+        )
+        for i, name in enumerate(["a", "b"])
+    ]
+    await storage.subscribers.register(rows)
+    targets = await ev.current_targets(storage, "shipped", 10)
+    doc = E.new_event(
+        "shipped", {"n": 1}, key=None, now=NOW, emitted_by="w", instance_id=None, targets=targets
+    )
+    stored = await storage.events.insert(doc)
+    [head] = await ev.complete_fanout(storage, stored, NOW)  # own "a", carrying ["b"]
+    replays_at = FakeClock(NOW + dt.timedelta(minutes=1))
+    for _ in range(3):  # replays of "a" (each a delivery of its own), after the emit
+        await ev.replay_event(storage, str(doc["_id"]), ["a"], clock=replays_at)
+    # own "a" finished and its hook made own "b" (created after the replays)
+    await storage.jobs.coll.update_one(
+        {"_id": head["_id"]},
+        {"$set": {"status": "finished", "ended_at": NOW, "exit_hook": "done"}},
+    )
+    later = NOW + dt.timedelta(minutes=5)
+    await storage.deliveries.create(
+        [E.next_in_chain(stored, head["payload"]["chain"], now=later, replay_id=None)]
+    )
+    full = await ev.get_event(storage, str(doc["_id"]))
+    assert {d.target: d.status for d in full.deliveries if d.replay_id is None} == {
+        "a": "finished",
+        "b": "pending",
+    }
+    # the dashboard reads the first 3 deliveries (own "a" and two replays), then the fan-out's
+    # own ones (`own_for_event`), which must find own "b"
+    summary, counts = await ev.event_summary(storage, str(doc["_id"]), 3)
+    rows_b = [d for d in summary.deliveries if d.target == "b"]
+    assert [d.status for d in rows_b] == [], rows_b  # own "b" exists: no row without a job
+    assert "deleted" not in counts and "waiting" not in counts, counts

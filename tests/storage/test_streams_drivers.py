@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+import pymongo
 import pytest
+from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.synchronous.collection import Collection
 
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.storage.compat import close_stream, open_stream
+from job_processor.storage.local_server import free_port
 from tests.helpers import make, wait_for
 
 
@@ -84,3 +88,24 @@ async def test_a_server_refusing_change_streams_switches_them_off(
             await wait_for(lambda: "change_stream_unavailable" in events(), timeout=10)
     assert events().count("change_stream_unavailable") == 1, events()
     assert "change_stream_reopened" not in events(), events()
+
+
+async def test_motor_stream_open_is_bounded_by_pymongo_timeout() -> None:
+    client: Any = AsyncIOMotorClient(
+        f"mongodb://127.0.0.1:{free_port()}/x", serverSelectionTimeoutMS=4000
+    )
+    coll = client["x"]["jobs"]
+    try:
+        # control: Motor's own calls honour pymongo.timeout (its threads get the context)
+        t0 = time.monotonic()
+        with pytest.raises(PyMongoError), pymongo.timeout(0.3):
+            await coll.find_one({})
+        assert time.monotonic() - t0 < 2.0
+        # the stream's open, as ProducerRetry runs it, must honour it too
+        t0 = time.monotonic()
+        with pytest.raises(PyMongoError), pymongo.timeout(0.3):
+            await open_stream(coll, [], 1000)
+        took = time.monotonic() - t0
+        assert took < 2.0, f"open_stream took {took:.1f}s under pymongo.timeout(0.3)"
+    finally:
+        client.close()
