@@ -38,6 +38,7 @@ from ..core.producing import (
     after_ids,
     batch_items,
     item_names,
+    keyed_once,
     new_job_doc,
     remaining_items,
 )
@@ -274,22 +275,34 @@ class JobsAPI(JobWaits):
             missing = await self.flows.missing(outside)  # written marked)
             if missing:
                 raise _missing_after(docs, missing)
-        stored: list[Doc] = []
-        for start in range(0, len(docs), BATCH):
-            chunk = docs[start : start + BATCH]
+        # an item repeating an earlier item's dedup key gets that item's job: only the first is
+        # sent (sent together, a repeat was resolved after the insert by who held the key then,
+        # and got a job of its own when the first had already ended)
+        repeats = keyed_once(docs)
+        sent = [i for i in range(len(docs)) if i not in repeats]
+        got: dict[int, Doc] = {}
+
+        def as_stored(upto: int) -> list[Doc]:
+            return [got[repeats.get(i, i)] for i in range(upto)]
+
+        for start in range(0, len(sent), BATCH):
+            part = sent[start : start + BATCH]
+            chunk = [docs[i] for i in part]
             try:
-                stored += await self.storage.producer.run(
+                landed = await self.storage.producer.run(
                     lambda retried, chunk=chunk: self.storage.jobs.insert_many(  # type: ignore[misc]
                         chunk, self._skipped_expiry, retried=retried
                     )
                 )
             except DatabaseUnreachableError as exc:
                 if start:  # earlier chunks are written: say which, a blind retry would repeat them
-                    written = [Job.read(d) for d in stored]
-                    error = _partly_written(exc, written, start)
-                    error.remaining = remaining_items(list(items), docs, start)
+                    written = [Job.read(d) for d in as_stored(part[0])]
+                    error = _partly_written(exc, written, part[0])
+                    error.remaining = remaining_items(list(items), docs, part[0])
                     raise error from exc
                 raise
+            got.update(zip(part, landed, strict=True))
+        stored = as_stored(len(docs))
         waited = [ObjectId(a) for a in sorted({a for d in stored for a in d.get("after") or []})]
         mine = {d["_id"] for d in docs}  # written by this call (not a dedup key's job)
         waiting = {
@@ -297,7 +310,8 @@ class JobsAPI(JobWaits):
             for d in stored
             if d["_id"] in mine and d.get("after") and d.get("status") == S.WAITING.value
         }
-        if waited and await self._register(waited, [d["_id"] for d in stored], waiting):
+        ids = list(dict.fromkeys(d["_id"] for d in stored))
+        if waited and await self._register(waited, ids, waiting):
             stored = await self._as_now(stored)
         jobs = [Job.read(d) for d in stored]
         if jobs:
@@ -411,10 +425,9 @@ class JobsAPI(JobWaits):
                 )
             )
         except DuplicateKeyError:
-            what = "key" if stored.get("key") else "name (exclusive)"
+            holder = await produce(lambda _: self.storage.jobs.key_holder(stored))
             raise JobProcessorError(
-                f"job {name!r} {oid}: cannot retry while another job with the same {what} is "
-                "active; retry it later"
+                f"job {name!r} {oid}: cannot retry while {holder}; retry it later"
             ) from None
         if doc is None:
             why = retry_refusal(await produce(lambda _: self.storage.jobs.get(oid)))

@@ -217,6 +217,21 @@ class JobReads:
         index: a covered count of at most `most` keys)."""
         return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
 
+    async def key_holder(self, doc: Doc) -> str:
+        """Which unique key of `doc` another active job holds, and that job, in words: its
+        dedup key, else its name when exclusive (a retry the database refused says which)."""
+        name = str(doc.get("name"))
+        found = None
+        if doc.get("key") is not None:
+            held = {"dedup_key": D.dedup_key(name, str(doc["key"]))}
+            what, found = f"its dedup key {doc['key']!r}", await self.coll.find_one(held)
+        if found is None:
+            held = {"exclusive_key": name}
+            what, found = f"the exclusive name {name!r}", await self.coll.find_one(held)
+        if found is None:  # it ended meanwhile
+            return f"another active job held {what}"
+        return f"job {found['_id']} ({found.get('status')}) holds {what}"
+
     async def due_names(self, names: list[str], now: dt.datetime, n: int) -> list[str]:
         """The names of the best `n` jobs of these names claimable now, in claim order (the
         claim index: `claim_name` is all it returns)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from job_processor import (
     RetryLater,
     init_job_processor,
 )
+from job_processor.admin import Admin
 from job_processor.core.runs import WORKER_SILENT
 from tests.helpers import FAST, make, wait_for, wait_status
 
@@ -211,11 +213,12 @@ async def test_a_retry_while_another_job_holds_the_key_says_so_and_changes_nothi
     await processor.kill_job(first.id)  # pending: killed at once, its key freed
     holder = await processor.schedule_job("send", key="order-42")
     assert holder.id != first.id
-    with pytest.raises(JobProcessorError, match="cannot retry while another job with the same "):
+    said = f"job {holder.id} (pending) holds its dedup key 'order-42'"
+    with pytest.raises(JobProcessorError, match=re.escape(f"cannot retry while {said}")):
         await processor.retry_job(first.id)
     admin = await Admin.open(db, processor.storage.prefix)
     skipped = await admin.retry([first.id])
-    assert skipped.skipped == {first.id: "another active job holds its dedup key: retry it later"}
+    assert skipped.skipped == {first.id: f"{said}: retry it later"}
     assert (await processor.get_job(first.id)).status == S.KILLED  # nothing changed
 
 
@@ -331,8 +334,43 @@ async def test_a_retry_from_a_process_that_does_not_define_an_exclusive_name_kee
     await workers.kill_job(first.id)
     second = await workers.schedule_job("ex")
     assert second.status == JobStatus.PENDING
-    with pytest.raises(JobProcessorError, match=r"another job with the same name \(exclusive\)"):
+    with pytest.raises(JobProcessorError, match="holds the exclusive name 'ex'"):
         await web.retry_job(first.id)
     assert (await workers.get_job(first.id)).status == JobStatus.KILLED  # nothing changed
     await workers.kill_job(second.id)
     assert (await web.retry_job(first.id)).status == JobStatus.PENDING  # once it is free
+
+
+async def fails(job: Job, signal: AbortSignal) -> None:
+    raise DoNotRetry("the provider said no")
+
+
+EXCLUSIVE_JOBS = {"export": JobDef(handler=fails, concurrency="exclusive")}
+
+
+async def _failed_and_holder(db: Any) -> tuple[Any, Job]:
+    p = await make(db, EXCLUSIVE_JOBS)
+    async with p:
+        failed = await p.schedule_job("export", key="tenant-1")
+        await wait_status(p, failed.id, S.ERRORED)
+    holder = await p.schedule_job("export", key="tenant-2")  # another key: only the name clashes
+    assert holder.status == S.PENDING
+    coll = p.storage.jobs.coll
+    assert await coll.count_documents({"dedup_key": "export|tenant-1"}) == 0  # nobody holds it
+    return p, failed
+
+
+async def test_retry_job_refused_by_the_exclusive_name_says_so(db: Any) -> None:
+    p, failed = await _failed_and_holder(db)
+    with pytest.raises(JobProcessorError) as refused:
+        await p.retry_job(failed.id)
+    message = str(refused.value)
+    assert "holds the exclusive name 'export'" in message, message
+
+
+async def test_admin_retry_refused_by_the_exclusive_name_says_so(db: Any) -> None:
+    _, failed = await _failed_and_holder(db)
+    admin = await Admin.open(db)
+    result = await admin.retry(failed.id)
+    why = result.skipped[failed.id]
+    assert "holds the exclusive name 'export'" in why, why

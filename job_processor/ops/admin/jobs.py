@@ -163,8 +163,8 @@ class JobsAdmin(AdminBase):
         try:
             doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name])
         except DuplicateKeyError:
-            what = "dedup key" if current.get("key") else "name (exclusive)"
-            result.skipped[str(oid)] = f"another active job holds its {what}: retry it later"
+            holder = await self.storage.jobs.key_holder(current)
+            result.skipped[str(oid)] = f"{holder}: retry it later"
             return
         except JobNotFoundError:
             result.skipped[str(oid)] = "not found"
