@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import errno
 import importlib
@@ -254,7 +255,24 @@ async def cmd_run(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.close()
-        return 130 if processor.stop_forced else 0
+        code = 130 if processor.stop_forced else 0
+        exit_if_handlers_left(processor, code)
+        return code
+
+
+def exit_if_handlers_left(processor: Runtime, code: int) -> None:
+    """The stop is done, but an async handler that swallowed its cancellation still runs
+    (`handler_ignored_cancel`): leaving `asyncio.run` would wait for it for ever (it cancels
+    every task left and waits for each), and the container be killed instead. Exit now."""
+    left = sum(1 for task in processor.worker.ignoring_cancel if not task.done())
+    if not left:
+        return
+    processor.log.warning("process_exiting", handlers_left_running=left, exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 async def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -19,6 +20,9 @@ from .recovery import Recovery, claim_margin
 from .threads import USER_THREADS
 from .upkeep import Registry, Trimmer
 from .worker import Worker
+
+#: Seconds a failed start gives the removal of the worker document it wrote.
+UNREGISTER_BUDGET = 5.0
 
 
 class Heartbeat:
@@ -102,17 +106,24 @@ class Heartbeat:
         self._stuck_written = 0  # a new document: written again at the next beat if any
         self._crash_written = False
         self.worker.worker_id = doc["_id"]
-        if self.registry is not None:
-            await self.registry.register(doc["_id"], now)
-            after = await self.registry.paused_names()
-            await self.workers.align_paused(doc["_id"], before, after)
-            self.worker.paused = self.registry.note_paused(frozenset(after), doc["_id"])
-        later, sent_later = self.clock.now(), monotonic_of(self.clock)
-        if sent_later - sent >= self.settings.heartbeat_interval:
-            # a slow registration (many definitions, a slow server): its last_seen is already
-            # old; beat now, or this worker would look dead, and declare itself so, at once
-            await self.workers.beat(doc["_id"], later, None)
-            sent = sent_later
+        try:
+            if self.registry is not None:
+                await self.registry.register(doc["_id"], now)
+                after = await self.registry.paused_names()
+                await self.workers.align_paused(doc["_id"], before, after)
+                self.worker.paused = self.registry.note_paused(frozenset(after), doc["_id"])
+            later, sent_later = self.clock.now(), monotonic_of(self.clock)
+            if sent_later - sent >= self.settings.heartbeat_interval:
+                # a slow registration (many definitions, a slow server): its last_seen is
+                # already old; beat now, or this worker would look dead, and declare itself so
+                await self.workers.beat(doc["_id"], later, None)
+                sent = sent_later
+        except BaseException:
+            # a start that fails here leaves no worker behind (it looked alive for a while)
+            gone = asyncio.ensure_future(self.workers.unregister(doc["_id"]))
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(gone), UNREGISTER_BUDGET)
+            raise
         self._last_ok = sent
         self._gave_up = False
         self.log.info(

@@ -132,6 +132,9 @@ class Runtime:
         self._worker_loops: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
         """Set when a background loop died: `serve()` then exits with an error."""
+        self._starting: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stop_wanted = False
 
     @property
     def identity(self) -> str:
@@ -212,6 +215,8 @@ class Runtime:
 
     async def _release_runtime(self) -> None:
         async with self._runtime_lock:
+            if self._users <= 0:  # released already: never twice
+                return
             self._users -= 1
             if self._users > 0:
                 return
@@ -247,6 +252,13 @@ class Runtime:
         (MongoDB unreachable), nothing is left behind and it can be called again."""
         if self.started:
             return
+        if self._starting is None:
+            self._stop_wanted = False
+            self._starting = asyncio.create_task(self._start(), name="start")
+            self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         self.failed.clear()  # started again after a crash: a new run of the loops
         self.heartbeat.crashed = None
         self.worker.stopping.clear()
@@ -261,6 +273,9 @@ class Runtime:
         except BaseException:
             await self._release_runtime()
             raise
+        if self._stop_wanted:  # stop() was called meanwhile: nothing starts
+            await self._release_runtime()
+            return
         self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
 
     async def _run_worker_loops(self) -> None:
@@ -282,8 +297,18 @@ class Runtime:
         `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
         handler returned), others finished if their handler returned, else pending again.
         Returns when every final status is written and every owed hook has run (or timed out)."""
+        if self._starting is not None:
+            self._stop_wanted = True
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._starting)
         if not self.started:
             return
+        if self._stopping is None:
+            self._stopping = asyncio.create_task(self._stop(), name="stop")
+            self._stopping.add_done_callback(lambda _: setattr(self, "_stopping", None))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self.log.info("worker_stopping", worker_id=self.worker_id)
         self._in_stop = True  # no more sweeps unless a run_job holds on (`_sweeps_paused`)
         try:
@@ -329,6 +354,8 @@ class Runtime:
             if await unless_set(stopping, force):
                 await stopping  # its exception, if any
             else:
+                if self._stopping is not None:  # the stop every caller shares ends too
+                    self._stopping.cancel()
                 self.stop_forced = True
                 self.log.warning("worker_stop_forced", worker_id=self.worker_id)
         if self.failed.is_set():

@@ -5,8 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal as os_signal
+import weakref
 from collections.abc import Iterator
 from typing import Any
+
+#: Per event loop and signal, the (event, then) pairs inside `stop_on_signals` now: one handler
+#: per signal serves them all (two processors served in one process both stop on one SIGTERM).
+_LISTENERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[int, list[tuple[asyncio.Event, asyncio.Event | None]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _received(loop: asyncio.AbstractEventLoop, sig: int) -> None:
+    pairs = list(_LISTENERS.get(loop, {}).get(sig, []))
+    already = [event.is_set() for event, _ in pairs]  # before any is set by this signal
+    for (event, then), was_set in zip(pairs, already, strict=True):
+        if then is not None and was_set:
+            then.set()
+        event.set()
 
 
 @contextlib.contextmanager
@@ -17,24 +33,30 @@ def stop_on_signals(
     then: asyncio.Event | None = None,
 ) -> Iterator[None]:
     """While inside, SIGTERM/SIGINT set `event` instead of killing the process; with `then`,
-    a signal that finds `event` already set sets `then` (a second signal forces the stop)."""
+    a signal that finds `event` already set sets `then` (a second signal forces the stop).
+    Nested or concurrent uses each get every signal; the default action comes back when the
+    last one leaves."""
     loop = asyncio.get_running_loop()
-
-    def received() -> None:
-        if then is not None and event.is_set():
-            then.set()
-        event.set()
-
+    listeners = _LISTENERS.setdefault(loop, {})
+    pair = (event, then)
     installed = []
     for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, received)
-            installed.append(sig)
+        pairs = listeners.setdefault(sig, [])
+        if not pairs:
+            try:
+                loop.add_signal_handler(sig, _received, loop, sig)
+            except (NotImplementedError, RuntimeError):
+                continue
+        pairs.append(pair)
+        installed.append(sig)
     try:
         yield
     finally:
         for sig in installed:
-            loop.remove_signal_handler(sig)
+            pairs = listeners[sig]
+            pairs.remove(pair)
+            if not pairs:
+                loop.remove_signal_handler(sig)
 
 
 async def unless_set(task: asyncio.Task[Any], event: asyncio.Event) -> bool:

@@ -126,7 +126,7 @@ class Worker:
         heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
         self.claims_held = False
         """A claim was skipped because the registration could not be trusted."""
-        self._ignored: set[asyncio.Task[Any]] = set()
+        self.ignoring_cancel: set[asyncio.Task[Any]] = set()
         """Handlers that swallowed their cancellation (kept referenced until they end)."""
         self.cron_followed: Callable[[str, CronDef], CronDef] = lambda name, cron: cron
         """A cron as every replica follows it (`CronScheduler.followed`): its check-ins."""
@@ -453,7 +453,13 @@ class Worker:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             end = await run_handler(
-                run, job, self.clock, self.log, self.settings.shutdown_grace, self._ignored, fields
+                run,
+                job,
+                self.clock,
+                self.log,
+                self.settings.shutdown_grace,
+                self.ignoring_cancel,
+                fields,
             )
             duration_ms = int((loop.time() - t0) * 1000)
             final = await asyncio.shield(self._finish(run, end, duration_ms))

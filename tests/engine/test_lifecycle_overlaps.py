@@ -1,0 +1,165 @@
+"""The processor's lifecycle when calls overlap (an outside review's findings, each failing
+before its fix): two stops at once release the runtime once, a stop during start() means nothing
+starts, two starts at once run one set of loops, a stop awaited from a handler completes, a
+start that fails midway leaves no worker document, and one SIGTERM stops every processor served
+in the process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+from pymongo.errors import AutoReconnect
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.engine.signals import _LISTENERS
+from tests.helpers import make, wait_for, wait_status
+
+
+async def quick(job: Job, signal: AbortSignal) -> str:
+    return "x"
+
+
+async def slow(job: Job, signal: AbortSignal) -> str:
+    await asyncio.sleep(6)
+    return "y"
+
+
+JOBS = {"quick": JobDef(handler=quick), "slow": JobDef(handler=slow)}
+
+
+async def test_two_concurrent_stops_release_the_runtime_once(db: Any) -> None:
+    p = await make(db, JOBS)
+    await p.start()
+    await asyncio.gather(p.stop(), p.stop())
+    assert p._users == 0  # was -1
+
+
+async def test_a_run_job_after_two_stops_and_a_restart_keeps_the_heartbeat(db: Any) -> None:
+    p = await make(db, JOBS)
+    peer = await make(db, JOBS, worker_tags=["elsewhere"])  # sweeps; runs none of these
+    await peer.start()
+    try:
+        await p.start()
+        await asyncio.gather(p.stop(), p.stop())
+        await p.start()
+        long = await p.schedule_job("slow")
+        await wait_status(p, long.id, JobStatus.RUNNING)
+        assert (await p.run_job("quick")).status == JobStatus.FINISHED
+        done = await wait_status(
+            p, long.id, JobStatus.FINISHED, JobStatus.ERRORED, JobStatus.PENDING, timeout=20
+        )
+        assert done.status == JobStatus.FINISHED, (
+            done.error
+        )  # errored: "worker stopped heartbeating"
+        assert done.attempt == 1
+    finally:
+        await p.stop()
+        await peer.stop()
+
+
+async def test_no_run_starts_once_stop_was_called_during_start(db: Any) -> None:
+    ran: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        ran.append(job.id)
+
+    p = await make(db, {"work": JobDef(handler=work)})
+    await p.schedule_job("work")
+    first_sweep = p.recovery.sweep
+
+    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
+        await asyncio.sleep(0.5)
+        return await first_sweep(*args, **kwargs)
+
+    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    starting = asyncio.create_task(p.start())
+    await asyncio.sleep(0.1)  # start() is registered and sweeping
+    try:
+        await p.stop()
+        await starting
+        await asyncio.sleep(1.0)
+        assert ran == []
+        assert not p.started
+        assert [w["_id"] for w in await p.storage.workers.all()] == []
+    finally:
+        await p.stop()
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def test_stop_after_two_concurrent_starts_stops_the_heartbeat(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    await asyncio.gather(p.start(), p.start())
+    await p.stop()
+    await asyncio.sleep(1.5)  # three heartbeat intervals
+    try:
+        status = await p.get_status()
+        assert [w.id for w in status.workers if w.alive] == []
+        assert [w["_id"] for w in await p.storage.workers.all()] == []
+    finally:
+        p.heartbeat.stop_event.set()  # the leak's own cleanup
+        p.ownership.stop_event.set()
+        p._sweeps_stop.set()
+        if p._side_loops is not None:
+            await asyncio.wait({p._side_loops}, timeout=5)
+
+
+async def test_stop_called_from_a_handler_stops_the_processor(db: Any) -> None:
+    box: dict[str, Any] = {}
+
+    async def shut_down(job: Job, signal: AbortSignal) -> str:
+        await box["p"].stop()
+        return "stopping"
+
+    p = box["p"] = await make(db, {"shut-down": JobDef(handler=shut_down)})
+    await p.start()
+    await p.schedule_job("shut-down")
+    try:
+        await wait_for(lambda: not p.started, timeout=5)  # shutdown_grace is 1 s
+        assert [w["_id"] for w in await p.storage.workers.all()] == []
+    finally:
+        await p.stop()
+
+
+async def test_a_start_that_fails_midway_leaves_no_worker_document(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    register = p.registry.register
+    calls: list[int] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise AutoReconnect("connection closed")
+        return await register(*args, **kwargs)
+
+    p.registry.register = flaky  # type: ignore[method-assign]
+    with pytest.raises(AutoReconnect):
+        await p.start()
+    assert not p.started
+    assert [w.id for w in (await p.get_status()).workers] == []
+    assert [w["_id"] for w in await p.storage.workers.all()] == []
+
+
+async def test_one_sigterm_stops_both_served_processors(db: Any) -> None:
+    a = await make(db, {"noop": JobDef(handler=noop)}, collection_prefix="tenant_a_")
+    b = await make(db, {"noop": JobDef(handler=noop)}, collection_prefix="tenant_b_")
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    serving = [asyncio.create_task(a.serve(stop_a)), asyncio.create_task(b.serve(stop_b))]
+    loop = asyncio.get_running_loop()
+    # both inside serve(), their handlers installed: else the signal would end this process
+    await wait_for(lambda: len(_LISTENERS.get(loop, {}).get(signal.SIGTERM, [])) == 2)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        done, _ = await asyncio.wait(serving, timeout=5)
+        assert stop_a.is_set() and stop_b.is_set(), (stop_a.is_set(), stop_b.is_set())
+        assert len(done) == 2
+    finally:  # the test's own cleanup: never a second signal (SIG_DFL by now would kill pytest)
+        stop_a.set()
+        stop_b.set()
+        await asyncio.wait(serving, timeout=10)
