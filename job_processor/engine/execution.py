@@ -121,7 +121,11 @@ def describe_error(exc: BaseException) -> str:
     exception), without those that only hand the call to the user's function."""
     shown = traceback.TracebackException.from_exception(exc)
     _trim(shown, set())
-    text = f"{type(exc).__name__}: {exc}\n{''.join(shown.format())}"
+    try:
+        said = str(exc)
+    except Exception:  # its __str__ raised (a user's bug): said as the traceback module says it
+        said = "<exception str() failed>"
+    text = f"{type(exc).__name__}: {said}\n{''.join(shown.format())}"
     if len(text) <= MAX_ERROR_CHARS:
         return text
     head = MAX_ERROR_CHARS // 3

@@ -33,7 +33,7 @@ from ..core.models import Job
 from ..core.retention import Retention
 from ..core.status import JobStatus
 from ..storage import Storage
-from ..storage.transient import TRANSIENT, describe, is_transient, unsure_write
+from ..storage.transient import TRANSIENT, describe, is_transient, ride_out, unsure_write
 from .execution import build_job, call_maybe_async, describe_error
 
 Doc = dict[str, Any]
@@ -111,13 +111,29 @@ class HookRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def run(self, definition: JobDef | None, doc: Doc) -> None:
+        """Call an owed hook and record it; whatever escapes (a bug here, an error from a
+        write), the job is not left marked as being run here (it stayed owed for ever: no
+        sweep of this worker took it over)."""
+        try:
+            await self._run(definition, doc)
+        except BaseException:
+            self.in_flight.discard(str(doc["_id"]))
+            raise
+
+    async def _run(self, definition: JobDef | None, doc: Doc) -> None:
         job_id, hook_id = doc["_id"], doc["exit_hook_id"]
         if definition is None:
             # unknown here: hand it to a process that knows the job (no owner: the next sweep
             # of such a worker takes it at once), instead of holding it while this one lives
-            if doc.get("exit_hook_owner") is not None:
-                await self.jobs.disown_hook(job_id, hook_id)
-            self.in_flight.discard(str(job_id))
+            try:
+                if doc.get("exit_hook_owner") is not None:
+                    await ride_out(lambda: self.jobs.disown_hook(job_id, hook_id), self.budget)
+            except TRANSIENT as exc:
+                self.log.error(
+                    "on_job_exited_record_failed", error=describe(exc), job_id=str(job_id)
+                )
+            finally:
+                self.in_flight.discard(str(job_id))
             return
         fields = {"job_id": str(job_id), "job_name": doc.get("name"), "worker_id": self.worker_id()}
         expires_at = self._expiry(definition, doc)
@@ -147,8 +163,21 @@ class HookRunner:
                     **fields,
                 )
 
-            async with asyncio.timeout(timeout):
-                await call_maybe_async(definition.on_job_exited, job, on_late_return=returned_late)
+            hook_task = asyncio.ensure_future(
+                call_maybe_async(definition.on_job_exited, job, on_late_return=returned_late)
+            )
+            try:
+                done, _ = await asyncio.wait({hook_task}, timeout=timeout)
+            except asyncio.CancelledError:
+                hook_task.cancel()
+                raise
+            if not done:
+                hook_task.cancel()
+                await asyncio.wait({hook_task}, timeout=1.0)  # as a handler's ignored cancel
+                if not hook_task.done():
+                    hook_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                raise TimeoutError
+            hook_task.result()
         except TimeoutError:
             error, transient = f"timed out after {timeout:g}s", True
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
@@ -231,8 +260,11 @@ class HookRunner:
         while current is not None and current.get("exit_hook") == "owed":
             now = self.clock.now()
             mine = None
-            if await self._abandoned(current, who, now, worker_timeout):
-                mine = await self.jobs.take_hook(current, who, now)
+            with self.pending(doc["_id"]):
+                if await self._abandoned(current, who, now, worker_timeout):
+                    mine = await self.jobs.take_hook(current, who, now)
+                if mine is not None:
+                    self.in_flight.add(str(doc["_id"]))
             if mine is not None:
                 self.log.info(
                     "on_job_exited_settled",

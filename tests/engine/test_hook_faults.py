@@ -1,0 +1,160 @@
+"""on_job_exited on its fault paths (an outside review's findings, each failing before its fix):
+a hook whose exception cannot be printed is recorded failed (it stayed owed, marked as running
+here, for the worker's life); a retry settling a killed exit's hook and this worker's own sweep
+never both call it; a blip while a worker that does not define the job hands the hook over
+strands nothing and does not fail the kill; a hook that does not end when cancelled is still
+bounded by on_job_exited_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from pymongo.errors import AutoReconnect
+
+from job_processor import Job, JobDef, JobStatus
+from job_processor.ops.admin import Admin
+from tests.helpers import make, wait_for, wait_status
+
+S = JobStatus
+
+
+class ApiError(Exception):
+    """A user exception with a buggy __str__ (an attribute the constructor never set)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"API error {self.code}: {self.reason}"  # type: ignore[attr-defined]
+
+
+async def test_a_hook_raising_an_exception_whose_str_fails_is_recorded_failed(db: Any) -> None:
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+        raise ApiError(503)
+
+    processor = await make(db, {"j": JobDef(handler=lambda j, s: 1, on_job_exited=hook)})
+    async with processor:
+        job = await processor.schedule_job("j")
+        await wait_status(processor, job.id, S.FINISHED)
+        deadline = asyncio.get_running_loop().time() + 5
+        while (stored := await processor.get_job(job.id)).exit_hook == "owed":
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        # its own sweep, long after: the hook is neither recorded nor taken over
+        await processor.recovery.sweep(processor.clock.now() + dt.timedelta(seconds=60))
+        await asyncio.sleep(0.5)
+        stored = await processor.get_job(job.id)
+        leaked = set(processor.hooks.in_flight)
+    assert calls == ["finished"]
+    assert leaked == set(), f"job id left in in_flight: {leaked}"
+    assert stored.exit_hook == "failed", f"exit_hook is {stored.exit_hook!r}"
+    assert stored.exit_hook_error and "ApiError" in stored.exit_hook_error
+
+
+async def test_a_sweep_during_a_retrys_take_over_never_calls_the_hook_a_second_time(
+    db: Any,
+) -> None:
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+
+    # worker_timeout 60: no periodic sweep during the test; the one sweep is made below
+    worker = await make(
+        db, {"j": JobDef(handler=lambda j, s: None, on_job_exited=hook)}, worker_timeout=60
+    )
+    admin = await Admin.open(db, clock=worker.clock)
+    take = worker.storage.jobs.take_hook
+    held, gate = asyncio.Event(), asyncio.Event()
+    armed = False
+
+    async def slow_reply(doc: Any, writer: str, now: Any) -> Any:
+        nonlocal armed
+        out = await take(doc, writer, now)  # the take-over lands...
+        if armed:
+            armed = False
+            held.set()
+            await gate.wait()  # ...and its reply is slow to come back
+        return out
+
+    worker.storage.jobs.take_hook = slow_reply  # type: ignore[method-assign]
+    async with worker:
+        job = await worker.schedule_job("j", delay=3600)
+        await admin.kill([job.id], actor="ops")  # CLI / dashboard kill: owed, no owner
+        armed = True
+        retry = asyncio.create_task(worker.retry_job(job.id))  # settles the killed exit's hook
+        await asyncio.wait_for(held.wait(), 10)
+        # this worker's periodic sweep comes round meanwhile
+        await worker.recovery.sweep(worker.clock.now() + dt.timedelta(seconds=1))
+        gate.set()
+        await asyncio.wait_for(retry, 10)
+        await wait_for(lambda: worker.hooks.in_flight == set())
+        await asyncio.sleep(0.3)
+    assert calls.count("killed") == 1, calls
+
+
+async def test_a_blip_while_handing_over_a_hook_does_not_strand_it(db: Any) -> None:
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+
+    defining = await make(db, {"j": JobDef(handler=lambda j, s: None, on_job_exited=hook)})
+    other = await make(db, {"other": JobDef(handler=lambda j, s: None)})  # serves other names
+    disown = other.storage.jobs.disown_hook
+    blips = 1
+
+    async def flaky(job_id: Any, hook_id: str) -> None:
+        nonlocal blips
+        if blips:
+            blips -= 1
+            raise AutoReconnect("connection reset by peer (a failover)")
+        await disown(job_id, hook_id)
+
+    other.storage.jobs.disown_hook = flaky  # type: ignore[method-assign]
+    async with other, defining:
+        job = await defining.schedule_job("j", delay=3600)
+        raised = None
+        try:
+            await other.kill_job(job.id)
+        except Exception as exc:  # the kill landed all the same
+            raised = exc
+        assert (await other.get_job(job.id)).status == S.KILLED
+        for _ in range(3):  # several sweeps of the worker that defines "j" (and of the other)
+            later = dt.timedelta(seconds=1)  # past the record, within worker_timeout (2 s)
+            await defining.recovery.sweep(defining.clock.now() + later)
+            await other.recovery.sweep(other.clock.now() + later)
+            await asyncio.sleep(0.5)
+        stored = await other.get_job(job.id)
+    assert calls == ["killed"], f"hook calls: {calls}, exit_hook: {stored.exit_hook}"
+    assert raised is None, f"kill_job raised {raised!r} although the job was killed"
+
+
+async def test_a_hook_that_does_not_end_when_cancelled_is_still_bounded(db: Any) -> None:
+    async def hook(job: Job) -> None:
+        try:
+            await asyncio.sleep(30)  # a call that hangs
+        except asyncio.CancelledError:
+            await asyncio.sleep(3)  # its cleanup takes its time, then the hook returns
+
+    jobs = {"j": JobDef(handler=lambda j, s: 1, on_job_exited=hook, on_job_exited_timeout=0.5)}
+    processor = await make(db, jobs)
+    async with processor:
+        job = await processor.schedule_job("j")
+        await wait_status(processor, job.id, S.FINISHED)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while (stored := await processor.get_job(job.id)).exit_hook == "owed":
+            if loop.time() - t0 > 10:
+                break
+            await asyncio.sleep(0.05)
+        took = loop.time() - t0
+    assert took < 2.0, f"the hook was settled {took:.1f}s after the job ended (timeout 0.5s)"
+    assert (stored.exit_hook, stored.exit_hook_error) == ("failed", "timed out after 0.5s")
