@@ -64,10 +64,12 @@ class OwnershipWatcher:
             self._last_reconcile = now
         delivered = 0
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
+        requeued: set[str] = set()  # a batch claim's jobs share one run id: kept till the end
         for doc in await self.jobs.running_on(me):
             if self.worker.worker_id != me:
                 # it gave its runs up meanwhile (and may be registering afresh): they are the
                 # recovery's now, and a write made here would record no owner for their hooks
+                requeued.clear()
                 break
             if self.worker.owns(doc):
                 run = self.worker.runs.get(str(doc["_id"]))
@@ -79,7 +81,8 @@ class OwnershipWatcher:
                     delivered += 1
             elif doc.get("run_id") in self.worker.unstarted:  # its claim's reply was lost
                 await self.recovery.reconcile(doc, started=False)
-                self.worker.unstarted.discard(str(doc["run_id"]))
+                requeued.add(str(doc["run_id"]))
             elif reconcile and doc["run_started_at"] < cutoff:
                 await self.recovery.reconcile(doc)
+        self.worker.unstarted.difference_update(requeued)
         return delivered

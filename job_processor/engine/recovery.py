@@ -186,16 +186,17 @@ class Recovery:
             # the cutoff): recovered now, not a sweep later (the bound: guide.md, recovery)
             later = await self.storage.jobs.running_on(worker_id)
             running += [doc for doc in later if doc["_id"] not in seen]
+        requeued: set[str] = set()  # a batch claim's jobs share one run id: kept till the end
         for doc in running:
             if doc.get("run_id") in self.worker.unstarted and not self.worker.owns(doc):
                 await self.reconcile(doc, started=False)  # claimed here, never started
-                self.worker.unstarted.discard(str(doc.get("run_id")))
+                requeued.add(str(doc.get("run_id")))
                 continue
             if doc.get("worker_id") == me and me:
                 if not self.worker.owns(doc):  # ours by the database, not running here
                     started = doc.get("run_id") not in self.worker.unstarted
                     await self.reconcile(doc, started=started)
-                    self.worker.unstarted.discard(str(doc.get("run_id")))
+                    requeued.add(str(doc.get("run_id")))
                 continue
             if doc.get("worker_id") in live:
                 continue
@@ -209,7 +210,10 @@ class Recovery:
                 end = RunEnd(Ending.CRASHED, kill_requested=kill)
             if await self.recover(doc, end) is not None:
                 recovered += 1
-                self.worker.gave_up.pop(str(doc.get("run_id")), None)
+                requeued.add(str(doc.get("run_id")))
+        self.worker.unstarted.difference_update(requeued)
+        for run_id in requeued:
+            self.worker.gave_up.pop(run_id, None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
         await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
         if found.bare or found.full:  # the same query found some (or could not list them all)

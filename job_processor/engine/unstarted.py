@@ -45,7 +45,9 @@ class UnstartedClaims:
             if self.release is not None:
                 await self.release(doc, why)  # raises while MongoDB is unreachable
             self.pending.pop(0)
-            self.run_ids.discard(str(doc.get("run_id")))
+            run_id = str(doc.get("run_id"))
+            if not any(str(d.get("run_id")) == run_id for d, _ in self.pending):
+                self.run_ids.discard(run_id)  # a batch's jobs share one: kept for the others
 
     async def release_at_stop(self, budget: float, fields: Callable[[Doc], dict[str, Any]]) -> None:
         """At a stop, once the claim loop has ended: what is pending is put back, a failed

@@ -17,7 +17,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError, WriteConcernError
 
 from ..core import documents as D
 from ..core import flows as F
@@ -45,6 +45,9 @@ from .job_inserts import JobInserts
 from .job_reads import JobReads
 from .job_strays import TYPE_MISMATCH, ForeignJobs
 from .transient import TRANSIENT, ride_out
+
+#: A claim that raised one of these may have landed: read back by its run id.
+MAY_HAVE_LANDED: tuple[type[BaseException], ...] = (*TRANSIENT, WriteConcernError)
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
@@ -234,8 +237,11 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
                     sort=CLAIM_SORT,
                     projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
                 )
-            except TRANSIENT:
+            except MAY_HAVE_LANDED:  # it may have landed: read it back
                 found = await self._read_back(update["$set"]["run_id"], budget)
+                if found and found[0].get("name") not in names:  # claimed under another name:
+                    was = names[0] if len(names) == 1 else "one of the names claimed"
+                    return found[0] | {"claim_name": was}  # misnamed: errored, not run
                 return found[0] if found else None
             except OperationFailure as exc:
                 if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
@@ -272,11 +278,13 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
             return []
         update = D.claim_update(worker_id, now)
         ids = [c["_id"] for c in candidates]
-        seen = sorted({c.get("end_id") for c in candidates}, key=lambda e: e or "")
+        # distinct by their text: another program's end_id may be a number or a document
+        seen = list({repr(c.get("end_id")): c.get("end_id") for c in candidates}.values())
         query = {"_id": {"$in": ids}, "end_id": {"$in": seen}} | D.claim_filter(names, now)
+        mismatch = False
         try:
             res = await self.coll.update_many(query, update)
-        except TRANSIENT:  # it may have landed: take what carries our run id
+        except MAY_HAVE_LANDED:  # it may have landed: take what carries our run id
             res = None
         except OperationFailure as exc:
             # changed since read (another program): MongoDB stops a multi-update at the first
@@ -285,8 +293,6 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
                 raise
             res = None
             mismatch = True
-        else:
-            mismatch = False
         if res is not None and res.modified_count == len(ids):
             return [D.claimed_doc(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:
@@ -300,7 +306,13 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
                     ),
                     now,
                 )
-        return [claimed[i] for i in ids if i in claimed]
+        # read back, a job's claim_name is gone: a misnamed one keeps it (errored, not run)
+        wrong = {c["_id"]: c["claim_name"] for c in candidates if D.misnamed(c)}
+        return [
+            claimed[i] | ({"claim_name": wrong[i]} if i in wrong else {})
+            for i in ids
+            if i in claimed
+        ]
 
     async def save_checkpoint(
         self,
