@@ -252,6 +252,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
         try:
             await processor.serve(stop)
+        except Exception:  # a crashed loop: said (processor_loop_crashed), non-zero
+            exit_if_handlers_left(processor, 1)
+            raise
         finally:
             if server is not None:
                 server.close()
@@ -261,10 +264,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 def exit_if_handlers_left(processor: Runtime, code: int) -> None:
-    """The stop is done, but an async handler that swallowed its cancellation still runs
-    (`handler_ignored_cancel`): leaving `asyncio.run` would wait for it for ever (it cancels
+    """The stop is over, but user code still runs: an async handler or hook that swallowed its
+    cancellation (`handler_ignored_cancel`, a hook past its timeout), or, after a forced stop,
+    the runs left to recovery. Leaving `asyncio.run` would wait for them for ever (it cancels
     every task left and waits for each), and the container be killed instead. Exit now."""
     left = sum(1 for task in processor.worker.ignoring_cancel if not task.done())
+    left += sum(1 for task in processor.hooks.left_running if not task.done())
+    if processor.stop_forced:
+        left += len(processor.worker.runs)
     if not left:
         return
     processor.log.warning("process_exiting", handlers_left_running=left, exit_code=code)

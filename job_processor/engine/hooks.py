@@ -39,6 +39,10 @@ from .execution import build_job, call_maybe_async, describe_error
 Doc = dict[str, Any]
 
 
+class _HookTimedOut(Exception):
+    """A hook ran past `on_job_exited_timeout` (its own TimeoutError is a failure as any)."""
+
+
 #: Seconds after which an owed hook this process owns, and is not running, is taken as never
 #: started here (the final write's reply was lost before the hook could start).
 OWN_HOOK_GRACE = 5.0
@@ -69,6 +73,8 @@ class HookRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         """Hooks started in the background (recovered ones): never run inside a loop that
         must stay prompt (the sweep, the heartbeat); `drain()` waits for them."""
+        self.left_running: set[asyncio.Future[Any]] = set()
+        """Async hooks past their timeout that did not end when cancelled, left to finish."""
 
     @contextlib.contextmanager
     def pending(self, job_id: Any) -> Iterator[None]:
@@ -169,16 +175,17 @@ class HookRunner:
             try:
                 done, _ = await asyncio.wait({hook_task}, timeout=timeout)
             except asyncio.CancelledError:
-                hook_task.cancel()
+                self._cut(hook_task)
                 raise
             if not done:
-                hook_task.cancel()
+                self._cut(hook_task)
                 await asyncio.wait({hook_task}, timeout=1.0)  # as a handler's ignored cancel
-                if not hook_task.done():
-                    hook_task.add_done_callback(lambda t: t.cancelled() or t.exception())
-                raise TimeoutError
-            hook_task.result()
-        except TimeoutError:
+                if not hook_task.done():  # left to finish on its own (job-processor run exits)
+                    self.left_running.add(hook_task)
+                    hook_task.add_done_callback(self.left_running.discard)
+                raise _HookTimedOut
+            hook_task.result()  # the hook's own errors (its own TimeoutError too) below
+        except _HookTimedOut:
             error, transient = f"timed out after {timeout:g}s", True
             self.log.error("on_job_exited_timed_out", timeout=timeout, **fields)
         except asyncio.CancelledError:
@@ -213,6 +220,13 @@ class HookRunner:
             await self._record(job_id, hook_id, state, error, fields, expires_at, doc)
         finally:  # only now: a sweep must not take it over while its record is being written
             self.in_flight.discard(str(job_id))
+
+    @staticmethod
+    def _cut(task: asyncio.Future[Any]) -> None:
+        """Cancel a hook's task; whatever it ends with is retrieved (never "Task exception was
+        never retrieved" for a hook whose cleanup failed)."""
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _expiry(self, definition: JobDef, doc: Doc) -> dt.datetime | None:
         """The job's retention starts when its hook is settled (never while it is owed)."""
@@ -260,11 +274,13 @@ class HookRunner:
         while current is not None and current.get("exit_hook") == "owed":
             now = self.clock.now()
             mine = None
-            with self.pending(doc["_id"]):
-                if await self._abandoned(current, who, now, worker_timeout):
+            # abandoned is judged first (marked pending, this process's own hook never is);
+            # from the take-over on, this worker's sweep sees it as being run here
+            if await self._abandoned(current, who, now, worker_timeout):
+                with self.pending(doc["_id"]):
                     mine = await self.jobs.take_hook(current, who, now)
-                if mine is not None:
-                    self.in_flight.add(str(doc["_id"]))
+                    if mine is not None:
+                        self.in_flight.add(str(doc["_id"]))
             if mine is not None:
                 self.log.info(
                     "on_job_exited_settled",

@@ -425,7 +425,7 @@ class JobsAPI(JobWaits):
                 )
             )
         except DuplicateKeyError:
-            holder = await produce(lambda _: self.storage.jobs.key_holder(stored))
+            holder = await produce(lambda _: self.storage.jobs.key_holder(stored, exclusive))
             raise JobProcessorError(
                 f"job {name!r} {oid}: cannot retry while {holder}; retry it later"
             ) from None

@@ -133,6 +133,7 @@ class Runtime:
         self.failed = asyncio.Event()
         """Set when a background loop died: `serve()` then exits with an error."""
         self._starting: asyncio.Task[None] | None = None
+        self._start_waiters = 0
         self._stopping: asyncio.Task[None] | None = None
         self._stop_wanted = False
 
@@ -250,13 +251,27 @@ class Runtime:
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
         (MongoDB unreachable), nothing is left behind and it can be called again."""
+        if self._stopping is not None:  # a stop under way ends first; then this starts again
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._stopping)
         if self.started:
             return
         if self._starting is None:
             self._stop_wanted = False
             self._starting = asyncio.create_task(self._start(), name="start")
             self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
-        await asyncio.shield(self._starting)
+        starting = self._starting
+        self._start_waiters += 1
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # the last caller gave up (a timeout, a cancelled serve()): it was told the start
+            # failed, so the start under way leaves nothing started behind its back
+            if not starting.done() and self._start_waiters == 1:
+                self._stop_wanted = True
+            raise
+        finally:
+            self._start_waiters -= 1
 
     async def _start(self) -> None:
         self.failed.clear()  # started again after a crash: a new run of the loops

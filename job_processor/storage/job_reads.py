@@ -217,20 +217,23 @@ class JobReads:
         index: a covered count of at most `most` keys)."""
         return int(await self.coll.count_documents(D.claim_filter(names, now), limit=most))
 
-    async def key_holder(self, doc: Doc) -> str:
-        """Which unique key of `doc` another active job holds, and that job, in words: its
-        dedup key, else its name when exclusive (a retry the database refused says which)."""
+    async def key_holder(self, doc: Doc, exclusive: bool) -> str:
+        """Which unique key a retry of `doc` restores (its dedup key; its name when
+        `exclusive`) another active job holds, and that job, in words (a retry the database
+        refused says which)."""
         name = str(doc.get("name"))
-        found = None
+        keys: list[tuple[Doc, str]] = []
         if doc.get("key") is not None:
             held = {"dedup_key": D.dedup_key(name, str(doc["key"]))}
-            what, found = f"its dedup key {doc['key']!r}", await self.coll.find_one(held)
-        if found is None:
-            held = {"exclusive_key": name}
-            what, found = f"the exclusive name {name!r}", await self.coll.find_one(held)
-        if found is None:  # it ended meanwhile
-            return f"another active job held {what}"
-        return f"job {found['_id']} ({found.get('status')}) holds {what}"
+            keys.append((held, f"its dedup key {doc['key']!r}"))
+        if exclusive:
+            keys.append(({"exclusive_key": name}, f"the exclusive name {name!r}"))
+        for held, what in keys:
+            found = await self.coll.find_one(held)
+            if found is not None:
+                return f"job {found['_id']} ({found.get('status')}) holds {what}"
+        said = " or ".join(what for _, what in keys) or "one of its unique keys"
+        return f"another active job held {said}"  # it ended meanwhile
 
     async def due_names(self, names: list[str], now: dt.datetime, n: int) -> list[str]:
         """The names of the best `n` jobs of these names claimable now, in claim order (the

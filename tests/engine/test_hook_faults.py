@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
+import logging
 from typing import Any
 
+from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from job_processor import Job, JobDef, JobStatus
@@ -158,3 +161,93 @@ async def test_a_hook_that_does_not_end_when_cancelled_is_still_bounded(db: Any)
         took = loop.time() - t0
     assert took < 2.0, f"the hook was settled {took:.1f}s after the job ended (timeout 0.5s)"
     assert (stored.exit_hook, stored.exit_hook_error) == ("failed", "timed out after 0.5s")
+
+
+async def test_retry_takes_over_its_own_hook_that_was_never_started(db: Any) -> None:
+    """hooks._abandoned: "this process runs its own hooks right after its final writes; one it
+    is not running a few seconds later was never started here (a reply lost on the way)" -> it
+    is taken over. a0131cc wrapped settle's _abandoned in `pending(job_id)`, which makes
+    `busy(job_id)` True: its own hook is never abandoned, and retry_job waits for the deadline
+    (on_job_exited_timeout + 5 s; 65 s by default) and is then refused."""
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(job.status.value)
+
+    p = await make(
+        db,
+        {"j": JobDef(handler=lambda j, s: None, on_job_exited=hook, on_job_exited_timeout=3)},
+    )
+    job = await p.schedule_job("j", delay=3600)
+
+    async def lost(definition: Any, doc: Any) -> None:  # the hook's call never happened here
+        return None
+
+    p.hooks.after_write = lost  # type: ignore[method-assign]
+    await p.kill_job(job.id)  # owed, owned by this process (its client id)
+    del p.hooks.after_write
+    stored = await p.storage.jobs.get(ObjectId(job.id))
+    assert stored["exit_hook"] == "owed" and stored["exit_hook_owner"] == p.identity
+    old = p.clock.now() - dt.timedelta(seconds=30)  # well past OWN_HOOK_GRACE
+    await p.storage.jobs.coll.update_one({"_id": ObjectId(job.id)}, {"$set": {"exit_hook_at": old}})
+
+    retried = await asyncio.wait_for(p.retry_job(job.id), 4)  # 8 s with the defect, then refused
+    assert retried.status == S.PENDING
+    assert calls == ["killed"]
+
+
+async def test_a_hook_raising_its_own_timeout_error_is_not_said_to_have_timed_out(
+    db: Any,
+) -> None:
+    """A hook whose own call timed out (aiohttp, asyncio.timeout inside it) failed at once:
+    recorded with its traceback, not "timed out after 60s" (the hook's budget, which it never
+    reached), nor logged as on_job_exited_timed_out."""
+
+    async def hook(job: Job) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)  # the hook's own HTTP call, say
+
+    p = await make(db, {"j": JobDef(handler=lambda j, s: 1, on_job_exited=hook)})
+    async with p:
+        job = await p.schedule_job("j")
+        await wait_status(p, job.id, S.FINISHED)
+        for _ in range(100):
+            stored = await p.get_job(job.id)
+            if stored.exit_hook != "owed":
+                break
+            await asyncio.sleep(0.05)
+    assert stored.exit_hook == "failed"
+    assert stored.exit_hook_error != "timed out after 60s", stored.exit_hook_error
+    assert "TimeoutError" in (stored.exit_hook_error or "")
+
+
+async def test_a_hook_failing_as_it_is_cancelled_at_its_timeout_logs_no_orphan_error(
+    db: Any, caplog: Any
+) -> None:
+    """At the timeout the hook task is cancelled and given a second; one that ends within it
+    by raising (its cleanup failed) leaves an exception nobody retrieves: asyncio logs "Task
+    exception was never retrieved" (the done callback is only added when it is still running)."""
+
+    async def hook(job: Job) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+
+    jobs = {"j": JobDef(handler=lambda j, s: 1, on_job_exited=hook, on_job_exited_timeout=0.3)}
+    p = await make(db, jobs)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        async with p:
+            job = await p.schedule_job("j")
+            await wait_status(p, job.id, S.FINISHED)
+            for _ in range(100):
+                stored = await p.get_job(job.id)
+                if stored.exit_hook != "owed":
+                    break
+                await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0.1)
+        gc.collect()
+    assert stored.exit_hook == "failed"
+    orphans = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert orphans == [], orphans[0].getMessage()

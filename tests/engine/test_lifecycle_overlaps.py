@@ -7,6 +7,7 @@ in the process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from typing import Any
@@ -163,3 +164,48 @@ async def test_one_sigterm_stops_both_served_processors(db: Any) -> None:
         stop_a.set()
         stop_b.set()
         await asyncio.wait(serving, timeout=10)
+
+
+async def test_a_start_its_caller_gave_up_on_leaves_nothing_started(db: Any) -> None:
+    """guide: "If it fails (MongoDB unreachable), nothing is left behind and it can be called
+    again". A caller that gives up (wait_for's timeout, a cancelled serve()) got an error: the
+    processor must not start behind its back with nobody left to stop it (before 79cff51 the
+    cancellation reached the start, which released the runtime)."""
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    first_sweep = p.recovery.sweep
+
+    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
+        await asyncio.sleep(0.5)
+        return await first_sweep(*args, **kwargs)
+
+    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(p.start(), 0.2)
+        await asyncio.sleep(1.5)
+        workers = [w["_id"] for w in await p.storage.workers.all()]
+        assert not p.started, "the start went on after its caller was told it timed out"
+        assert workers == []
+    finally:
+        await p.stop()
+
+
+async def test_start_called_during_a_stop_leaves_the_processor_started(db: Any) -> None:
+    """start() returns as "started" (it says: start claiming and running jobs in the
+    background); one called while a stop is under way returns at once, and the stop then
+    ends the processor: nothing runs, silently."""
+    p = await make(db, {"slow": JobDef(handler=slow), "noop": JobDef(handler=noop)}, concurrency=4)
+    await p.start()
+    try:
+        long = await p.schedule_job("slow")
+        await wait_status(p, long.id, JobStatus.RUNNING)
+        stopping = asyncio.create_task(p.stop())
+        await asyncio.sleep(0.2)  # the stop waits for the run (shutdown_grace 1 s)
+        await p.start()
+        await stopping
+        assert p.started, "start() returned, then the processor was stopped"
+        job = await p.schedule_job("noop")
+        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
+        assert done.status == JobStatus.FINISHED
+    finally:
+        await p.stop()

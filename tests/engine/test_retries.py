@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
 
 from job_processor import (
     AbortSignal,
@@ -374,3 +375,34 @@ async def test_admin_retry_refused_by_the_exclusive_name_says_so(db: Any) -> Non
     result = await admin.retry(failed.id)
     why = result.skipped[failed.id]
     assert "holds the exclusive name 'export'" in why, why
+
+
+async def fails(job: Job, signal: AbortSignal) -> None:
+    raise ValueError("boom")
+
+
+async def test_refusal_names_the_dedup_key_when_its_holder_ended_meanwhile(db: Any) -> None:
+    """The job is not exclusive: its dedup key is what was refused. When the holder ended
+    between the refusal and the read that names it, the message must still name the dedup key
+    ("another active job held its dedup key 'k'"), not an exclusive name this job never had."""
+    p = await make(db, {"j": JobDef(handler=fails, max_attempts=1)})
+    async with p:
+        first = await p.schedule_job("j", key="k")
+        await wait_status(p, first.id, JobStatus.ERRORED)
+    holder = await p.schedule_job("j", key="k", delay=3600)  # holds the dedup key
+    retry = p.storage.jobs.retry
+
+    async def refused_then_holder_ends(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await retry(*args, **kwargs)
+        except DuplicateKeyError:
+            await p.kill_job(holder.id)  # the holder ends meanwhile (killed, say)
+            raise
+
+    p.storage.jobs.retry = refused_then_holder_ends  # type: ignore[method-assign]
+    with pytest.raises(JobProcessorError) as caught:
+        await p.retry_job(first.id)
+    message = str(caught.value)
+    assert "dedup key 'k'" in message, message
+    assert "exclusive" not in message, message
+    assert (await p.storage.jobs.get(ObjectId(holder.id)))["status"] == "killed"

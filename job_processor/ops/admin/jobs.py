@@ -163,7 +163,7 @@ class JobsAdmin(AdminBase):
         try:
             doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name])
         except DuplicateKeyError:
-            holder = await self.storage.jobs.key_holder(current)
+            holder = await self.storage.jobs.key_holder(current, cache[name])
             result.skipped[str(oid)] = f"{holder}: retry it later"
             return
         except JobNotFoundError:
