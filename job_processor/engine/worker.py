@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core import foreign as FD
+from ..core import notes as N
 from ..core import retention as R
 from ..core.clock import Clock
 from ..core.definitions import CronDef, JobDef
@@ -529,21 +530,18 @@ class Worker:
         notes: dict[str, Any] = {}
         if not run.lost:
             notes = await run.notes.take_in_turn() if run.notes is not None else {}
+            now = self.clock.now()
+            job_id, run_id, budget = run.doc["_id"], run.doc["run_id"], self.settings.worker_timeout
             save = asyncio.ensure_future(
-                self.jobs.save_checkpoint(
-                    run.doc["_id"],
-                    run.doc["run_id"],
-                    state,
-                    self.clock.now(),
-                    self.settings.worker_timeout,
-                    notes=notes,
-                )
+                self.jobs.save_checkpoint(job_id, run_id, state, now, budget, notes=notes)
             )
             try:
                 ok = await asyncio.shield(save)
             except asyncio.CancelledError:  # max runtime, a stop: the write may land yet
-                if notes and run.notes is not None:  # the final write learns whether it did
-                    run.notes.settle_later(save, notes)
+                if run.notes is not None:  # the final write learns whether it did: landed,
+                    # its state (and notes) are the run's document's, as its hook sees it
+                    landed = N.merged({"$set": {"state": dict(state), "updated_at": now}}, notes)
+                    run.notes.settle_later(save, landed)
                     notes = {}
                 else:
                     save.cancel()

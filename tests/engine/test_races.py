@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
@@ -460,3 +461,44 @@ async def test_log_lines_and_progress_a_cancelled_checkpoint_took_go_with_the_fi
     ended = await p.get_job(job.id)
     assert [line["message"] for line in ended.logs] == ["step 1 done"]
     assert ended.progress is not None and ended.progress["done"] == 1
+
+
+@pytest.mark.parametrize("with_line", [True, False])
+async def test_hook_sees_a_checkpoint_that_landed_while_its_call_was_cancelled(
+    db: Any, monkeypatch: pytest.MonkeyPatch, with_line: bool
+) -> None:
+    """Cancelled (max runtime, then the grace's cancel) inside checkpoint() after its write
+    landed: the final document and on_job_exited kept the previous state (an outside
+    review's finding, failing before its fix)."""
+    original = AsyncCollection.update_one
+    handler_task: list[asyncio.Task[Any]] = []
+
+    async def slow_reply(self: Any, filter: Any, update: Any, *a: Any, **kw: Any) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        if isinstance(update, dict) and "state" in update.get("$set", {}):
+            while not handler_task[0].cancelling():  # applied; its reply is slow
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", slow_reply)
+    hook_saw: list[Any] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        if with_line:
+            job.log("indexed", batch=1)
+        await job.checkpoint({"batch": 1})
+        return "ok"
+
+    async def hook(job: Job) -> None:
+        hook_saw.append(job.state)
+
+    definition = JobDef(handler=h, on_job_exited=hook, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(db, {"h": definition}, shutdown_grace=0.1)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.ERRORED, S.FINISHED, timeout=20)
+        await wait_for(lambda: len(hook_saw) == 1)
+    assert done.state == {"batch": 1}  # stored in MongoDB
+    assert hook_saw == [{"batch": 1}]  # the hook is given the job as its worker wrote it
