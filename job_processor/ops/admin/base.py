@@ -27,6 +27,13 @@ S = JobStatus
 Doc = dict[str, Any]
 
 
+#: Where a name the registry lacks comes from (the registry is what operators' tools know).
+REGISTERED_BY = (
+    "a worker's init_job_processor(jobs={...}) and start that worker (a name is registered "
+    "when a worker that defines it starts)"
+)
+
+
 class AdminBase:
     """Operator verbs on one job-processor database (see the module docstring).
 
@@ -138,7 +145,7 @@ class AdminBase:
         known = await self._known()
         if name in known or await self.storage.job_admin.page(JobQuery(name=name), None, 1):
             return
-        raise UnknownJobError(name, list(known))
+        raise UnknownJobError(name, list(known), REGISTERED_BY)
 
     async def _hookless(self) -> frozenset[str]:
         """Names whose registered definition has no on_job_exited (an owed record of one is a
@@ -243,7 +250,7 @@ class AdminBase:
                 for n, d in known.items()
                 if d.get("kind", "job") == "job" and not E.is_delivery(n, d, deliveries)
             ]
-            raise UnknownJobError(name, jobs)
+            raise UnknownJobError(name, jobs, REGISTERED_BY)
         return known[name]
 
     async def _subscriber_jobs(self) -> set[str]:

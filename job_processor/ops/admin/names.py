@@ -8,7 +8,7 @@ import json
 from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
 from ...core.status import ACTIVE
-from .base import AdminBase
+from .base import REGISTERED_BY, AdminBase
 from .results import ActionResult, DefinitionView, WorkerView
 
 _ACTIVE = frozenset(s.value for s in ACTIVE)
@@ -120,7 +120,7 @@ class NamesAdmin(AdminBase):
         if pause:
             known = await self._known()
             if name not in known and name not in await self._counts():
-                raise UnknownJobError(name, list(known))
+                raise UnknownJobError(name, list(known), REGISTERED_BY)
             changed = await self.storage.paused.pause(name, result.actor, result.at)
         else:
             changed = await self.storage.paused.resume(name)
