@@ -270,8 +270,8 @@ def exit_if_handlers_left(processor: Runtime, code: int) -> None:
     every task left and waits for each), and the container be killed instead. Exit now."""
     left = sum(1 for task in processor.worker.ignoring_cancel if not task.done())
     left += sum(1 for task in processor.hooks.left_running if not task.done())
-    if processor.stop_forced:
-        left += len(processor.worker.runs)
+    if processor.stop_forced:  # its runs and the hooks it took over: left to recovery
+        left += len(processor.worker.runs) + processor.hooks.running()
     if not left:
         return
     processor.log.warning("process_exiting", handlers_left_running=left, exit_code=code)

@@ -111,6 +111,10 @@ class HookRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def running(self) -> int:
+        """Hooks this process is running in the background (taken over), not ended."""
+        return sum(1 for task in self._tasks if not task.done())
+
     async def drain(self) -> None:
         """Wait for the hooks running in the background (each bounded by its timeout)."""
         if self._tasks:
@@ -180,10 +184,7 @@ class HookRunner:
             if not done:
                 self._cut(hook_task)
                 await asyncio.wait({hook_task}, timeout=1.0)  # as a handler's ignored cancel
-                if not hook_task.done():  # left to finish on its own (job-processor run exits)
-                    self.left_running.add(hook_task)
-                    hook_task.add_done_callback(self.left_running.discard)
-                raise _HookTimedOut
+                raise _HookTimedOut  # one still running is left to finish on its own
             hook_task.result()  # the hook's own errors (its own TimeoutError too) below
         except _HookTimedOut:
             error, transient = f"timed out after {timeout:g}s", True
@@ -221,12 +222,14 @@ class HookRunner:
         finally:  # only now: a sweep must not take it over while its record is being written
             self.in_flight.discard(str(job_id))
 
-    @staticmethod
-    def _cut(task: asyncio.Future[Any]) -> None:
+    def _cut(self, task: asyncio.Future[Any]) -> None:
         """Cancel a hook's task; whatever it ends with is retrieved (never "Task exception was
-        never retrieved" for a hook whose cleanup failed)."""
+        never retrieved" for a hook whose cleanup failed); until it ends, it is left running."""
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if not task.done():
+            self.left_running.add(task)
+            task.add_done_callback(self.left_running.discard)
 
     def _expiry(self, definition: JobDef, doc: Doc) -> dt.datetime | None:
         """The job's retention starts when its hook is settled (never while it is owed)."""

@@ -18,7 +18,7 @@ import datetime as dt
 
 from pymongo.errors import PyMongoError
 
-from ..core.clock import Clock, sleep_or_wake
+from ..core.clock import Clock, monotonic_of, sleep_or_wake
 from ..core.log import EventLog
 from ..storage import Storage
 from ..storage.transient import describe
@@ -65,11 +65,15 @@ class OwnershipWatcher:
         delivered = 0
         cutoff = now - dt.timedelta(seconds=self.worker_timeout)
         requeued: set[str] = set()  # a batch claim's jobs share one run id: kept till the end
-        for doc in await self.jobs.running_on(me):
+        listed_at = monotonic_of(self.clock)
+        listing = await self.jobs.running_on(me)
+        complete = True
+        for doc in listing:
             if self.worker.worker_id != me:
                 # it gave its runs up meanwhile (and may be registering afresh): they are the
                 # recovery's now, and a write made here would record no owner for their hooks
                 requeued.clear()
+                complete = False
                 break
             if self.worker.owns(doc):
                 run = self.worker.runs.get(str(doc["_id"]))
@@ -85,4 +89,7 @@ class OwnershipWatcher:
             elif reconcile and doc["run_started_at"] < cutoff:
                 await self.recovery.reconcile(doc)
         self.worker.unstarted.difference_update(requeued)
+        if complete:  # a lost claim none of them carries never landed
+            seen = {str(doc.get("run_id")) for doc in listing}
+            self.worker.claims.forget_absent(seen, listed_at, self.worker_timeout)
         return delivered

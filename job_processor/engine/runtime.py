@@ -134,6 +134,7 @@ class Runtime:
         """Set when a background loop died: `serve()` then exits with an error."""
         self._starting: asyncio.Task[None] | None = None
         self._start_waiters = 0
+        self._start_abandoned = False  # _stop_wanted set by a caller giving up, not by stop()
         self._stopping: asyncio.Task[None] | None = None
         self._stop_wanted = False
 
@@ -257,9 +258,11 @@ class Runtime:
         if self.started:
             return
         if self._starting is None:
-            self._stop_wanted = False
+            self._stop_wanted = self._start_abandoned = False
             self._starting = asyncio.create_task(self._start(), name="start")
             self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
+        elif self._start_abandoned:  # a new caller wants the start its last caller gave up on
+            self._stop_wanted = self._start_abandoned = False
         starting = self._starting
         self._start_waiters += 1
         try:
@@ -268,7 +271,7 @@ class Runtime:
             # the last caller gave up (a timeout, a cancelled serve()): it was told the start
             # failed, so the start under way leaves nothing started behind its back
             if not starting.done() and self._start_waiters == 1:
-                self._stop_wanted = True
+                self._stop_wanted = self._start_abandoned = True
             raise
         finally:
             self._start_waiters -= 1
@@ -313,7 +316,7 @@ class Runtime:
         handler returned), others finished if their handler returned, else pending again.
         Returns when every final status is written and every owed hook has run (or timed out)."""
         if self._starting is not None:
-            self._stop_wanted = True
+            self._stop_wanted, self._start_abandoned = True, False
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self._starting)
         if not self.started:

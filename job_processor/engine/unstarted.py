@@ -28,8 +28,29 @@ class UnstartedClaims:
         self.run_ids: set[str] = set()
         """Run ids of claims not started: those pending here, and those whose claim's reply was
         lost and could not be read back (reconciliation re-queues them, no attempt used)."""
+        self.lost: dict[str, float] = {}
+        """Run ids of claims whose reply was lost and not read back, with when (monotonic
+        seconds): dropped once a listing of this worker's running jobs made well after shows
+        none carrying them (the claim never landed)."""
         self.release: Callable[[Doc, str], Awaitable[Any]] | None = None
         """Set by the heartbeat: re-queue a job claimed but not started (no attempt used)."""
+
+    def lost_claim(self, run_id: str, at: float) -> None:
+        """A claim under `run_id` may have landed, unread (its jobs are put back unstarted)."""
+        self.run_ids.add(run_id)
+        self.lost[run_id] = at
+
+    def forget_absent(self, listed: set[str], listed_at: float, grace: float) -> None:
+        """After a complete listing of this worker's running jobs, made at `listed_at`: a lost
+        claim none of them carries, lost at least `grace` before it (a write in flight has
+        landed by then), never landed; one whose jobs were put back is done with too."""
+        for run_id, at in list(self.lost.items()):
+            if run_id not in self.run_ids:  # its jobs were found and put back
+                del self.lost[run_id]
+            elif run_id not in listed and listed_at - at >= grace:
+                del self.lost[run_id]
+                if not any(str(d.get("run_id")) == run_id for d, _ in self.pending):
+                    self.run_ids.discard(run_id)
 
     def keep(self, doc: Doc, why: str) -> None:
         """`doc` was claimed but is not started: put back at the next `release_pending`."""

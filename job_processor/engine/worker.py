@@ -22,7 +22,7 @@ from ..core import documents as D
 from ..core import foreign as FD
 from ..core import notes as N
 from ..core import retention as R
-from ..core.clock import Clock
+from ..core.clock import Clock, monotonic_of
 from ..core.definitions import CronDef, JobDef
 from ..core.errors import JobLostError
 from ..core.log import EventLog
@@ -172,7 +172,7 @@ class Worker:
                 got = await self.claim_batch()
                 await self.claims.release_pending()
             except LostClaim as lost:
-                self.unstarted.add(lost.run_id)
+                self.claims.lost_claim(lost.run_id, monotonic_of(self.clock))
                 self.log.warning("claim_reply_lost", worker_id=self.worker_id, run_id=lost.run_id)
                 got = 0
             except PyMongoError as exc:

@@ -235,3 +235,48 @@ async def test_a_batch_claim_whose_reply_was_lost_is_read_back_and_run(
             await wait_status(p, j.id, S.FINISHED, timeout=15)
         assert not p.failed.is_set()
     assert hit.is_set() and runs == {j.id: 1 for j in jobs}
+
+
+async def test_a_lost_claim_that_never_landed_is_forgotten_once_reconciled(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"w": JobDef(handler=noop)})
+    coll = p.storage.jobs.coll
+    real_fam, real_find = coll.find_one_and_update, coll.find
+    outage = asyncio.Event()
+
+    async def never_lands(query: Any, update: Any, **kw: Any) -> Any:
+        if is_claim(update) and not outage.is_set():
+            outage.set()
+            raise AutoReconnect("connection reset")  # before it reached the server
+        return await real_fam(query, update, **kw)
+
+    def find_during_outage(query: Any = None, *args: Any, **kw: Any) -> Any:
+        if outage.is_set() and query and "run_id" in query and "_id" not in query:
+            raise AutoReconnect("still down")  # the read-back fails: LostClaim
+        return real_find(query, *args, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", never_lands)
+    monkeypatch.setattr(coll, "find", find_during_outage)
+    job = await p.schedule_job("w")
+    async with p:
+        await asyncio.wait_for(outage.wait(), 10)
+        await asyncio.sleep(p.worker.settings.worker_timeout + 0.5)  # the read-back gives up
+        monkeypatch.setattr(coll, "find", real_find)  # MongoDB is back
+        await wait_status(p, job.id, JobStatus.FINISHED, timeout=10)
+        await asyncio.sleep(3 * p.worker.settings.worker_timeout)  # reconciliations, sweeps
+        left = set(p.worker.unstarted)
+        listed: list[int] = []
+        real_running_on = p.storage.jobs.running_on
+
+        async def counting(worker_id: str) -> Any:
+            listed.append(1)
+            return await real_running_on(worker_id)
+
+        monkeypatch.setattr(p.storage.jobs, "running_on", counting)
+        await asyncio.sleep(2.0)  # idle
+    assert left == set(), f"run ids of claims that never landed kept for ever: {left}"
+    assert len(listed) <= 1, f"an idle worker listed its running jobs {len(listed)} times in 2 s"

@@ -209,3 +209,24 @@ async def test_start_called_during_a_stop_leaves_the_processor_started(db: Any) 
         assert done.status == JobStatus.FINISHED
     finally:
         await p.stop()
+
+
+async def test_a_start_joined_after_its_first_caller_gave_up_starts(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    first_sweep = p.recovery.sweep
+
+    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
+        await asyncio.sleep(0.6)
+        return await first_sweep(*args, **kwargs)
+
+    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(p.start(), 0.2)  # the first caller gives up
+        await p.start()  # a second caller, while that start is still under way
+        assert p.started, "start() returned normally, yet nothing was started"
+        job = await p.schedule_job("noop")
+        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
+        assert done.status == JobStatus.FINISHED
+    finally:
+        await p.stop()
