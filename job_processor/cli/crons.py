@@ -1,4 +1,4 @@
-"""`job-processor crons ...`: list, trigger."""
+"""`job-processor crons ...`: list, trigger, remove."""
 
 from __future__ import annotations
 
@@ -37,3 +37,7 @@ async def crons_list(args: argparse.Namespace) -> int:
 
 async def crons_trigger(args: argparse.Namespace) -> int:
     return await with_admin(args, lambda a: reported(a.trigger_cron(args.name), args.json))
+
+
+async def crons_remove(args: argparse.Namespace) -> int:
+    return await with_admin(args, lambda a: reported(a.remove_crons(args.name), args.json))

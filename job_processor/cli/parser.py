@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=jobs_cli.jobs_duplicate)
 
-    crons = sub.add_parser("crons", help="list and trigger crons").add_subparsers(
+    crons = sub.add_parser("crons", help="list, trigger and remove crons").add_subparsers(
         dest="crons_command", required=True
     )
     p = crons.add_parser("list", parents=[reading], help="schedules, next slot, last runs")
@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = crons.add_parser("trigger", parents=[opt], help="run a cron once now")
     p.add_argument("name")
     p.set_defaults(func=crons_cli.crons_trigger)
+    p = crons.add_parser(
+        "remove",
+        parents=[opt],
+        help="remove crons no live worker defines, with their pending tasks",
+    )
+    p.add_argument("name", nargs="+")
+    p.set_defaults(func=crons_cli.crons_remove)
 
     workers = sub.add_parser("workers", help="list workers").add_subparsers(
         dest="workers_command", required=True

@@ -127,7 +127,7 @@ def coverage(
             if not waiting:  # nothing queued: maybe removed from the code on purpose
                 forget = f"job-processor names forget {shlex.quote(name)}"
                 if kind == "cron":  # its schedule is stored: removed first, explicitly
-                    forget = f"processor.prune_crons() in a process without it, then {forget}"
+                    forget = f"job-processor crons remove {shlex.quote(name)}, then {forget}"
                 fix += f", or, if it is gone from the code, {forget}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""

@@ -95,6 +95,35 @@ async def test_names_forget_takes_several_names(db: Any, mongo_url: str) -> None
     assert "anywhere" not in names and "hooked" not in names and "limited" in names
 
 
+async def test_crons_remove_then_names_forget_clears_a_cron_no_worker_defines(
+    db: Any, mongo_url: str
+) -> None:
+    """A cron registered by a worker that is gone (the quick start tried in the dev database):
+    status warned for ever, `names forget` refused while it was scheduled, and only Python
+    (prune_crons) could remove it. `crons remove` does, with its pending tasks; one a live
+    worker serves is kept, and said why."""
+    url = url_with_db(mongo_url, db.name)
+    crons = {"nightly": {"cron_string": "0 2 * * *", "handler": tick}}
+    gone = await init_job_processor(db, crons=crons, **FAST)
+    async with gone:
+        pass  # registered its names, then stopped: no live worker serves them
+    await gone.trigger_cron("nightly")  # a pending task, removed with the cron
+    refused = await cli(url, "names", "forget", "nightly")
+    assert refused.returncode == 1 and "job-processor crons remove nightly" in refused.stdout
+    live = await init_job_processor(db, crons={"served": crons["nightly"]}, **FAST)
+    async with live:
+        removed = await cli(url, "crons", "remove", "nightly", "served", "nope")
+    assert removed.returncode == 0, removed.stderr
+    assert "crons removed: 1 (nightly)" in removed.stdout, removed.stdout
+    assert "served: nothing done: served by 1 live worker(s)" in removed.stderr
+    assert "nope: nothing done: not a stored cron" in removed.stderr
+    assert await db["job_processor_jobs"].count_documents({"name": "nightly"}) == 0
+    forgot = await cli(url, "names", "forget", "nightly")
+    assert forgot.returncode == 0 and "name forgotten: 1 (nightly)" in forgot.stdout
+    status = await cli(url, "status")
+    assert "'nightly'" not in status.stdout, status.stdout
+
+
 async def test_killing_a_running_job_prints_one_line(db: Any, mongo_url: str) -> None:
     url = url_with_db(mongo_url, db.name)
     started = asyncio.Event()

@@ -721,9 +721,13 @@ async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> N
         | {"names": ["email", "report"]}
     )
     warned = [w for w in (await admin.status()).warnings if "'nightly'" in w]
-    assert warned and "prune_crons()" in warned[0] and "names forget nightly" in warned[0]
+    assert (
+        warned
+        and "job-processor crons remove nightly" in warned[0]
+        and "names forget nightly" in warned[0]
+    )
     refused = await admin.forget("nightly")
-    assert refused.changed == [] and "prune_crons()" in refused.skipped["nightly"]
+    assert refused.changed == [] and "crons remove nightly" in refused.skipped["nightly"]
     await storage.crons.remove(["nightly"])  # what prune_crons() does, with its tasks
     assert (await admin.forget("nightly")).changed == ["nightly"]
     assert not [w for w in (await admin.status()).warnings if "'nightly'" in w]

@@ -1,8 +1,11 @@
-"""The admin verbs on crons: list them with their latest tasks, trigger one now."""
+"""The admin verbs on crons: list them with their latest tasks, trigger one now, remove them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...core.coverage import worker_alive
+from ...core.errors import InvalidArgumentError
 from ...core.masking import Masker, task_error
 from ...core.schedule import local_time, task_slot
 from ...core.status import JobStatus
@@ -70,4 +73,39 @@ class CronsAdmin(AdminBase):
         like JobProcessor.trigger_cron). Action "cron_triggered"."""
         result = await self._trigger(name, actor, "cron_triggered")
         await self._record(result, {"name": name})
+        return result
+
+    async def remove_crons(
+        self, names: str | Sequence[str], *, actor: str | None = None
+    ) -> ActionResult:
+        """Remove crons from `<prefix>crons`, with their pending tasks: crons no live worker
+        defines any more (renamed or removed from the code, tried in a scratch database), as
+        `JobProcessor.prune_crons` does from Python; `names forget` then drops the name from
+        the registry. Skipped: a name that is no stored cron, and one a live worker serves
+        (it registers it again when it starts). Their ended tasks stay. Action
+        "crons_removed"."""
+        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
+        if not wanted or not all(isinstance(n, str) and n for n in wanted):
+            raise InvalidArgumentError("names must be cron names (see crons list)")
+        result = self._result("crons_removed", actor)
+        stored = {str(d["_id"]) for d in await self.storage.crons.docs(wanted)}
+        now = self.clock.now()
+        live = [
+            w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
+        ]
+        for name in wanted:
+            serving = [str(w["_id"]) for w in live if name in (w.get("names") or [])]
+            if name not in stored:
+                result.skipped[name] = "not a stored cron (see crons list)"
+            elif serving:
+                result.skipped[name] = (
+                    f"served by {len(serving)} live worker(s) ({', '.join(serving)}): stop them "
+                    "first, or they register it again"
+                )
+            elif await self.storage.crons.remove([name]):
+                await self.storage.jobs.delete_pending_tasks_of([name])
+                result.changed.append(name)
+            else:
+                result.skipped[name] = "removed meanwhile"
+        await self._record(result, {"names": wanted})
         return result

@@ -74,8 +74,9 @@ class NamesAdmin(AdminBase):
         active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (
-                "a cron still scheduled: processor.prune_crons(), in a process that does not "
-                "define it, removes it and its pending tasks; then forget it"
+                f"a cron still scheduled: job-processor crons remove {name} (or "
+                "processor.prune_crons() in a process that does not define it) removes it and "
+                "its pending tasks; then forget it"
             )
         elif serving:
             result.skipped[name] = (
