@@ -130,6 +130,7 @@ class RunNotes:
             # never cancels the write; the caller's own cancellation (max runtime, a stop) is
             # raised here as it comes, and close() still waits for the write
             await asyncio.wait({timer})
+        await self.settle()  # a cancelled checkpoint's write first: this one comes after it
         return self.take()
 
     def settle_later(self, save: asyncio.Future[bool], update: Doc) -> None:
@@ -151,18 +152,26 @@ class RunNotes:
                 await timer
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
-        settling, self._settling = self._settling, []
-        for save, update in settling:  # as long as a write of its own may take, at most
+        await self.settle()
+        return self.take()
+
+    async def settle(self) -> None:
+        """The writes of cancelled checkpoints, oldest first, each waited for (as long as a
+        write of its own may take, at most): one that landed is the run's document's (its
+        state, its notes), one that did not gives its notes back. Before any later checkpoint
+        is sent, and at the end: a later state is never overwritten by an earlier one."""
+        while self._settling:
+            save, update = self._settling[0]
             await asyncio.wait({save}, timeout=FLUSH_BUDGET)
             if not save.done():  # an outage: given up, its notes go with the final write
                 save.cancel()
                 await asyncio.wait({save})
+            self._settling.pop(0)
             landed = not save.cancelled() and save.exception() is None and save.result()
             if landed:
                 self.written(update)
             else:
                 self.give_back(update)
-        return self.take()
 
     def _soon(self) -> None:
         if self._timer is None and not self._closed and not self.run.lost:

@@ -315,16 +315,22 @@ class Runtime:
         `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
         handler returned), others finished if their handler returned, else pending again.
         Returns when every final status is written and every owed hook has run (or timed out)."""
-        if self._starting is not None:
+        if self._stopping is None:
+            if self._starting is None and not self.started:
+                return
+            # registered at once, even while it waits for a start under way: a start() called
+            # after this stop() waits for it, then starts again (the last word)
+            self._stopping = asyncio.create_task(self._stop_after_start(), name="stop")
+            self._stopping.add_done_callback(lambda _: setattr(self, "_stopping", None))
+        await asyncio.shield(self._stopping)
+
+    async def _stop_after_start(self) -> None:
+        if self._starting is not None:  # a start under way: nothing more starts, then stop
             self._stop_wanted, self._start_abandoned = True, False
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self._starting)
-        if not self.started:
-            return
-        if self._stopping is None:
-            self._stopping = asyncio.create_task(self._stop(), name="stop")
-            self._stopping.add_done_callback(lambda _: setattr(self, "_stopping", None))
-        await asyncio.shield(self._stopping)
+        if self.started:
+            await self._stop()
 
     async def _stop(self) -> None:
         self.log.info("worker_stopping", worker_id=self.worker_id)

@@ -230,3 +230,49 @@ async def test_a_start_joined_after_its_first_caller_gave_up_starts(db: Any) -> 
         assert done.status == JobStatus.FINISHED
     finally:
         await p.stop()
+
+
+async def _slow_start(p: Any) -> None:
+    first_sweep = p.recovery.sweep
+
+    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
+        await asyncio.sleep(0.6)
+        return await first_sweep(*args, **kwargs)
+
+    p.recovery.sweep = slow_sweep
+
+
+async def test_start_called_after_a_stop_that_waits_for_a_start_starts(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    await _slow_start(p)
+    try:
+        first = asyncio.create_task(p.start())
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(p.stop())  # waits for the start under way
+        await asyncio.sleep(0.1)
+        await p.start()  # called after stop(): the last word
+        await stopping
+        await asyncio.sleep(0.1)
+        assert p.started, "start() (called after stop()) returned normally, nothing started"
+        job = await p.schedule_job("noop")
+        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
+        assert done.status == JobStatus.FINISHED
+        await first
+    finally:
+        await p.stop()
+
+
+async def test_start_after_stop_after_an_abandoned_start_starts(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    await _slow_start(p)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(p.start(), 0.2)  # the first caller gives up
+        stopping = asyncio.create_task(p.stop())  # then a stop, waiting for that start
+        await asyncio.sleep(0.05)
+        await p.start()  # then a start again
+        await stopping
+        await asyncio.sleep(0.1)
+        assert p.started, "start() (called after stop()) returned normally, nothing started"
+    finally:
+        await p.stop()

@@ -502,3 +502,46 @@ async def test_hook_sees_a_checkpoint_that_landed_while_its_call_was_cancelled(
         await wait_for(lambda: len(hook_saw) == 1)
     assert done.state == {"batch": 1}  # stored in MongoDB
     assert hook_saw == [{"batch": 1}]  # the hook is given the job as its worker wrote it
+
+
+async def test_hook_sees_the_state_mongodb_holds_after_a_cleanup_checkpoint(
+    db: Any, monkeypatch: Any
+) -> None:
+    original = AsyncCollection.update_one
+    handler_task: list[asyncio.Task[Any]] = []
+    state_writes: list[Any] = []
+
+    async def slow_first_reply(self: Any, filter: Any, update: Any, *a: Any, **kw: Any) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        if isinstance(update, dict) and "state" in update.get("$set", {}):
+            state_writes.append(update["$set"]["state"])
+            if len(state_writes) == 1:  # applied; its reply is slow (until the cancel, and on)
+                while not handler_task[0].cancelling():
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", slow_first_reply)
+    hook_saw: list[Any] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await job.checkpoint({"batch": 1})
+        except asyncio.CancelledError:  # cleanup: save where we are, then stop
+            await job.checkpoint({"batch": 2})
+            raise
+        return "ok"
+
+    async def hook(job: Job) -> None:
+        hook_saw.append(job.state)
+
+    definition = JobDef(handler=h, on_job_exited=hook, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(db, {"h": definition}, shutdown_grace=0.1)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.ERRORED, S.FINISHED, S.PAUSED, timeout=20)
+        await wait_for(lambda: len(hook_saw) == 1)
+    assert state_writes == [{"batch": 1}, {"batch": 2}]
+    assert done.state == {"batch": 2}  # stored in MongoDB: the later checkpoint
+    assert hook_saw == [{"batch": 2}], f"the hook saw {hook_saw}, MongoDB holds {done.state}"
