@@ -52,7 +52,10 @@ class RunNotes:
         self._timer: asyncio.Task[None] | None = None
         self._writing = False
         self._closed = False
-        self._settling: list[tuple[asyncio.Future[bool], Doc]] = []
+        self._settling: list[tuple[asyncio.Future[bool], Doc, int]] = []
+        self.checkpoints = 0
+        """Checkpoints of this run written so far (a cancelled one's state, if it landed, is
+        the run's only when none was written after it)."""
         """Checkpoints cancelled while their write was under way, with the notes they carried:
         the write may land yet; `close` learns whether it did."""
         self._loop = asyncio.get_running_loop()
@@ -130,14 +133,14 @@ class RunNotes:
             # never cancels the write; the caller's own cancellation (max runtime, a stop) is
             # raised here as it comes, and close() still waits for the write
             await asyncio.wait({timer})
-        await self.settle()  # a cancelled checkpoint's write first: this one comes after it
         return self.take()
 
     def settle_later(self, save: asyncio.Future[bool], update: Doc) -> None:
         """A checkpoint cancelled while `save`, carrying `update`, was under way: `close`
-        writes `update` again only if `save` did not land (a line is pushed once)."""
+        writes `update` again only if `save` did not land (a line is pushed once); if it
+        landed, its state is the run's unless a later checkpoint was written since."""
         save.add_done_callback(_retrieved)
-        self._settling.append((save, update))
+        self._settling.append((save, update, self.checkpoints))
 
     async def close(self) -> Doc:
         """The run is ending: no write of its own any more (one under way is waited for, so
@@ -158,17 +161,22 @@ class RunNotes:
     async def settle(self) -> None:
         """The writes of cancelled checkpoints, oldest first, each waited for (as long as a
         write of its own may take, at most): one that landed is the run's document's (its
-        state, its notes), one that did not gives its notes back. Before any later checkpoint
-        is sent, and at the end: a later state is never overwritten by an earlier one."""
+        state, unless a later checkpoint was written since, and its notes), one that did not
+        gives its notes back."""
         while self._settling:
-            save, update = self._settling[0]
+            save, update, before = self._settling[0]
             await asyncio.wait({save}, timeout=FLUSH_BUDGET)
             if not save.done():  # an outage: given up, its notes go with the final write
                 save.cancel()
                 await asyncio.wait({save})
             self._settling.pop(0)
             landed = not save.cancelled() and save.exception() is None and save.result()
-            if landed:
+            if landed and self.checkpoints > before:  # a later state was written: its notes
+                later = {
+                    op: {k: v for k, v in f.items() if k != "state"} for op, f in update.items()
+                }
+                self.written(later)
+            elif landed:
                 self.written(update)
             else:
                 self.give_back(update)

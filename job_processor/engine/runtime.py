@@ -134,6 +134,8 @@ class Runtime:
         """Set when a background loop died: `serve()` then exits with an error."""
         self._starting: asyncio.Task[None] | None = None
         self._start_waiters = 0
+        self._calls = 0  # start() and stop() calls, numbered: the last one called wins
+        self._last_stop = 0
         self._start_abandoned = False  # _stop_wanted set by a caller giving up, not by stop()
         self._stopping: asyncio.Task[None] | None = None
         self._stop_wanted = False
@@ -252,9 +254,13 @@ class Runtime:
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
         (MongoDB unreachable), nothing is left behind and it can be called again."""
+        self._calls += 1
+        call = self._calls
         if self._stopping is not None:  # a stop under way ends first; then this starts again
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._stopping)
+            if self._last_stop > call:  # unless a stop() was called after this start()
+                return
         if self.started:
             return
         if self._starting is None:
@@ -315,6 +321,8 @@ class Runtime:
         `shutdown_grace` seconds, then are cancelled. Resumable jobs become paused (however their
         handler returned), others finished if their handler returned, else pending again.
         Returns when every final status is written and every owed hook has run (or timed out)."""
+        self._calls += 1
+        self._last_stop = self._calls  # the last of start() and stop() called has its way
         if self._stopping is None:
             if self._starting is None and not self.started:
                 return

@@ -553,8 +553,10 @@ class Worker:
                     run.notes.give_back(notes)
         if ok:
             run.doc["state"] = dict(state)  # the final document (and its hook) see it
-            if notes and run.notes is not None:
-                run.notes.written(notes)
+            if run.notes is not None:
+                run.notes.checkpoints += 1
+                if notes:
+                    run.notes.written(notes)
             return
         if not ok:
             run.give_up()

@@ -276,3 +276,34 @@ async def test_start_after_stop_after_an_abandoned_start_starts(db: Any) -> None
         assert p.started, "start() (called after stop()) returned normally, nothing started"
     finally:
         await p.stop()
+
+
+async def test_stop_called_last_wins_over_a_start_queued_behind_a_stop(db: Any) -> None:
+    """start(), stop(), start(), stop(), in that order: the processor ends stopped."""
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    await _slow_start(p)
+    try:
+        first = asyncio.create_task(p.start())
+        await asyncio.sleep(0.1)
+        stop1 = asyncio.create_task(p.stop())  # waits for the start under way
+        await asyncio.sleep(0.05)
+        start2 = asyncio.create_task(p.start())  # waits for that stop, then starts again
+        await asyncio.sleep(0.05)
+        await p.stop()  # called last: the last word
+        await asyncio.gather(first, stop1, start2)
+        await asyncio.sleep(1.0)
+        assert not p.started, "stop() was called last, yet the processor is started"
+        assert p._side_loops is None, "a heartbeat is beating after the last stop()"
+    finally:
+        await p.stop()
+
+
+async def test_concurrent_start_stop_start_stop_ends_stopped(db: Any) -> None:
+    p = await make(db, {"noop": JobDef(handler=noop)})
+    try:
+        await asyncio.gather(p.start(), p.stop(), p.start(), p.stop())
+        await asyncio.sleep(1.0)
+        assert not p.started, "gather(start, stop, start, stop) left the processor started"
+        assert p._side_loops is None, "a heartbeat is beating after the last stop()"
+    finally:
+        await p.stop()

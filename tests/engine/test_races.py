@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from typing import Any
 
@@ -12,11 +13,11 @@ from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
 from job_processor.core.outcome import Outcome
-from tests.helpers import make, wait_for, wait_status
+from tests.helpers import FAST, make, wait_for, wait_status
 
 S = JobStatus
 
@@ -545,3 +546,90 @@ async def test_hook_sees_the_state_mongodb_holds_after_a_cleanup_checkpoint(
     assert state_writes == [{"batch": 1}, {"batch": 2}]
     assert done.state == {"batch": 2}  # stored in MongoDB: the later checkpoint
     assert hook_saw == [{"batch": 2}], f"the hook saw {hook_saw}, MongoDB holds {done.state}"
+
+
+async def test_cleanup_checkpoint_waiting_on_a_slow_cancelled_one_is_no_internal_error(
+    db: Any, monkeypatch: Any
+) -> None:
+    original = AsyncCollection.update_one
+    handler_task: list[asyncio.Task[Any]] = []
+    state_writes: list[Any] = []
+
+    async def slow_first_reply(self: Any, filter: Any, update: Any, *a: Any, **kw: Any) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        if isinstance(update, dict) and "state" in update.get("$set", {}):
+            state_writes.append(update["$set"]["state"])
+            if len(state_writes) == 1:  # applied; its reply is slow: 2.5 s after the cancel
+                while not handler_task[0].cancelling():
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(2.5)  # under FLUSH_BUDGET (5 s), over the 1 s after a cancel
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", slow_first_reply)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await job.checkpoint({"batch": 1})
+        except asyncio.CancelledError:  # cleanup: save where we are, then stop
+            await job.checkpoint({"batch": 2})
+            raise
+        return "ok"
+
+    definition = JobDef(handler=h, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(db, {"h": definition}, shutdown_grace=0.1)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.ERRORED, S.FINISHED, S.PAUSED, timeout=20)
+        await asyncio.sleep(3)  # the handler's cleanup checkpoint ends too
+    assert "internal error" not in (done.error or ""), done.error
+
+
+async def test_a_cleanup_checkpoint_behind_a_slow_cancelled_one_is_not_cut_off(
+    db: Any, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = AsyncCollection.update_one
+    handler_task: list[asyncio.Task[Any]] = []
+    state_writes: list[Any] = []
+
+    async def slow_first_reply(self: Any, filter: Any, update: Any, *a: Any, **kw: Any) -> Any:
+        result = await original(self, filter, update, *a, **kw)
+        if isinstance(update, dict) and "state" in update.get("$set", {}):
+            state_writes.append(update["$set"]["state"])
+            if len(state_writes) == 1:  # applied; its reply comes 1.5 s after the cancel
+                while not handler_task[0].cancelling():
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(1.5)  # under worker_timeout (2 s) and FLUSH_BUDGET (5 s)
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", slow_first_reply)
+    cleaned: list[str] = []
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        handler_task.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await job.checkpoint({"batch": 1})
+        except asyncio.CancelledError:  # cleanup: save where we are, then stop (not swallowed)
+            try:
+                await job.checkpoint({"batch": 2})
+                cleaned.append("saved")
+            except Exception as exc:
+                cleaned.append(type(exc).__name__)
+            raise
+        return "ok"
+
+    logger = logging.getLogger("test.review128.cleanup")
+    definition = JobDef(handler=h, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await init_job_processor(
+        db, jobs={"h": definition}, logger=logger, **(FAST | {"shutdown_grace": 0.1})
+    )
+    with caplog.at_level(logging.INFO, logger="test.review128.cleanup"):
+        async with p:
+            job = await p.schedule_job("h")
+            done = await wait_status(p, job.id, S.ERRORED, S.FINISHED, S.PAUSED, timeout=20)
+            await asyncio.sleep(2.5)  # the cleanup checkpoint's own end
+    events = [r.__dict__.get("event") for r in caplog.records]
+    assert "internal error" not in (done.error or ""), done.error
+    assert "handler_ignored_cancel" not in events, "the handler re-raised its cancellation"
+    assert cleaned == ["saved"], cleaned
+    assert done.state == {"batch": 2}, done.state
