@@ -155,8 +155,14 @@ class RunNotes:
                 await timer
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
+        restate = bool(self._settling)
         await self.settle()
-        return self.take()
+        update = self.take()
+        if restate and self.run.doc.get("state") is not None:
+            # a cancelled checkpoint's write was in flight beside later ones (a retry after a
+            # reset may land last): the final write holds the run's state, as its hook sees it
+            update = N.merged(update, {"$set": {"state": self.run.doc["state"]}})
+        return update
 
     async def settle(self) -> None:
         """The writes of cancelled checkpoints, oldest first, each waited for (as long as a

@@ -257,8 +257,14 @@ class Runtime:
         self._calls += 1
         call = self._calls
         if self._stopping is not None:  # a stop under way ends first; then this starts again
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(self._stopping)
+            except asyncio.CancelledError:  # the stop was forced (serve()), or this call cut
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:  # the stop's own error is its callers'
+                pass
             if self._last_stop > call:  # unless a stop() was called after this start()
                 return
         if self.started:
