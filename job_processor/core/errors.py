@@ -122,27 +122,28 @@ class UnknownJobError(JobProcessorError, KeyError):
 
     @classmethod
     def for_cron(cls, name: str, known: Sequence[str]) -> UnknownJobError:
-        err = cls.__new__(cls)
-        err.name = name
         hint = did_you_mean(name, list(known))
-        Exception.__init__(
-            err,
+        return cls._saying(
+            name,
             f"unknown cron {name!r}{hint}: add it to init_job_processor(crons={{...}}) "
             f"(known: {', '.join(known) or 'none'})",
         )
-        return err
 
     @classmethod
     def unregistered(cls, name: str, known: Sequence[str]) -> UnknownJobError:
         """A name to remove from the registry that is not in it (nothing to forget)."""
-        err = cls.__new__(cls)
-        err.name = name
         hint = did_you_mean(name, list(known))
-        Exception.__init__(
-            err,
+        return cls._saying(
+            name,
             f"{name!r} is not a registered job name{hint} "
             f"(registered: {', '.join(sorted(known)) or 'none'}; see names list)",
         )
+
+    @classmethod
+    def _saying(cls, name: str, message: str) -> UnknownJobError:
+        err = cls.__new__(cls)
+        err.name = name
+        Exception.__init__(err, message)
         return err
 
     def __str__(self) -> str:  # KeyError would repr() the message otherwise

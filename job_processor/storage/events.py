@@ -262,8 +262,11 @@ class DeliveryStore:
 
     async def own_for_event(self, event_id: str, targets: int) -> list[Doc]:
         """The deliveries of the event's own fan-out (one per target at most), replays aside."""
+        return await all_docs(self.own_for_event_cursor(event_id, targets))
+
+    def own_for_event_cursor(self, event_id: str, targets: int) -> Any:
         where = {"event_id": event_id, "payload.replay_id": None}  # null or missing
-        return await all_docs(self.coll.find(where).sort(DELIVERY_SORT).limit(max(targets, 1)))
+        return self.coll.find(where).sort(DELIVERY_SORT).limit(max(targets, 1))
 
     async def counts_for_event(self, event_id: str) -> dict[str, int]:
         """How many deliveries of the event are in each status (replays included)."""

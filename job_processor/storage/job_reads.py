@@ -238,9 +238,12 @@ class JobReads:
     async def due_names(self, names: list[str], now: dt.datetime, n: int) -> list[str]:
         """The names of the best `n` jobs of these names claimable now, in claim order (the
         claim index: `claim_name` is all it returns)."""
-        query = D.claim_filter(names, now)
-        cursor = self.coll.find(query, {"_id": 0, "claim_name": 1}).sort(D.CLAIM_SORT).limit(n)
+        cursor = self.due_names_cursor(names, now, n)
         return [str(d.get("claim_name")) for d in await all_docs(cursor)]
+
+    def due_names_cursor(self, names: list[str], now: dt.datetime, n: int) -> Any:
+        query = D.claim_filter(names, now)
+        return self.coll.find(query, {"_id": 0, "claim_name": 1}).sort(D.CLAIM_SORT).limit(n)
 
     async def next_due(self, names: list[str]) -> dt.datetime | None:
         """When the earliest claimable job of these names is due (tests, `testing`)."""

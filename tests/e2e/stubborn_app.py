@@ -1,5 +1,6 @@
-"""An app for `job-processor run tests.e2e.stubborn_app:make`: one async handler that
-swallows its cancellation (the guide: given one more second, then left to finish on its own)."""
+"""An app for `job-processor run tests.e2e.stubborn_app:make`: one async handler (and a hook
+for other apps) that swallows its cancellation (the guide: given one more second, then left
+to finish on its own)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ async def stubborn(job: Job, signal: AbortSignal) -> None:
             await asyncio.sleep(0.1)
         except asyncio.CancelledError:  # swallowed, as the test needs
             continue
+
+
+async def stubborn_hook(job: Job) -> None:
+    """An on_job_exited that swallows its cancellation too."""
+    await stubborn(job, AbortSignal())
 
 
 JOBS = {"stubborn": JobDef(handler=stubborn)}

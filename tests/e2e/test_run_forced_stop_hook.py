@@ -16,20 +16,12 @@ from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, init_job_processor
 from job_processor.cli import RunContext
+from tests.e2e.stubborn_app import stubborn_hook
 from tests.e2e.test_processes import kill_all, wait_exit
 from tests.e2e.test_run_stubborn_exits import SETTINGS, _spawn
+from tests.engine.test_stop_claims import _owed_by_nobody
 
 pytestmark = pytest.mark.e2e
-
-STARTED = "hook-started"
-
-
-async def stubborn_hook(job: Job) -> None:
-    while True:
-        try:
-            await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            continue
 
 
 async def quick(job: Job, signal: AbortSignal) -> None:
@@ -50,21 +42,7 @@ async def test_forced_stop_exits_although_a_recovered_hook_swallows_cancel(
     job = await client.schedule_job(
         "hooked", scheduled_for=dt.datetime.now(dt.UTC).replace(year=2100)
     )
-    now = dt.datetime.now(dt.UTC)
-    await client.storage.jobs.coll.update_one(  # killed by the CLI: its hook owed by nobody
-        {"_id": ObjectId(job.id)},
-        {
-            "$set": {
-                "status": "killed",
-                "ended_at": now,
-                "exit_hook": "owed",
-                "exit_hook_id": "h1",
-                "exit_hook_owner": None,
-                "exit_hook_at": now - dt.timedelta(seconds=5),
-            },
-            "$unset": {"claim_name": ""},
-        },
-    )
+    await _owed_by_nobody(client, job.id)  # killed by the CLI: its hook owed by nobody
     worker = _spawn(f"{__name__}:make_hooked", mongo_url, db, tmp_path)
     try:
 

@@ -15,24 +15,16 @@ from typing import Any
 
 import pytest
 
-from job_processor import AbortSignal, Job, JobDef, JobProcessor, JobStatus, init_job_processor
+from job_processor import JobDef, JobProcessor, JobStatus, init_job_processor
 from job_processor.cli import RunContext
 from tests.conftest import url_with_db
+from tests.e2e.stubborn_app import JOBS, stubborn_hook
 from tests.e2e.test_processes import ROOT, Worker, kill_all, wait_exit, wait_workers
 from tests.helpers import wait_status
 
 pytestmark = pytest.mark.e2e
 
 
-async def stubborn(job: Job, signal: AbortSignal) -> None:
-    while True:
-        try:
-            await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            continue
-
-
-JOBS = {"stubborn": JobDef(handler=stubborn)}
 SETTINGS: dict[str, Any] = {
     "poll_interval": 0.2,
     "heartbeat_interval": 0.5,
@@ -43,14 +35,6 @@ SETTINGS: dict[str, Any] = {
 
 async def make(ctx: RunContext) -> JobProcessor:
     return await init_job_processor(ctx.db, jobs=JOBS, **SETTINGS)
-
-
-async def stubborn_hook(job: Job) -> None:
-    while True:
-        try:
-            await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            continue
 
 
 HOOKED = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,124 +22,121 @@ S = JobStatus
 WCE = WriteConcernError("waiting for replication timed out", 64, {"errInfo": {"wtimeout": True}})
 
 
+def is_claim(update: Any) -> bool:
+    return "claim_name" in update.get("$unset", {}) and "worker_id" in update.get("$set", {})
+
+
+def claim_lands_then_raises(
+    monkeypatch: pytest.MonkeyPatch,
+    coll: Any,
+    method: str,
+    error: Exception,
+    landed: Callable[[Any], bool],
+) -> tuple[asyncio.Event, list[Any]]:
+    """The first claim through `coll.method` that `landed` (its result) is applied, then
+    raises `error` (its reply lost, or its write concern unmet). The event is set then; the
+    list gets the ids that claim took."""
+    real = getattr(coll, method)
+    hit = asyncio.Event()
+    took: list[Any] = []
+
+    async def patched(query: Any, update: Any, **kw: Any) -> Any:
+        res = await real(query, update, **kw)
+        if is_claim(update) and landed(res) and not hit.is_set():
+            took.extend(query.get("_id", {}).get("$in", []))
+            hit.set()
+            raise error
+        return res
+
+    monkeypatch.setattr(coll, method, patched)
+    return hit, took
+
+
+def read_back_fails_while(monkeypatch: pytest.MonkeyPatch, coll: Any, down: asyncio.Event) -> Any:
+    """While `down` is set, a claim's read-back by run id fails (LostClaim). Returns the real
+    `find`, to put back."""
+    real_find = coll.find
+
+    def find(query: Any = None, *args: Any, **kw: Any) -> Any:
+        if down.is_set() and query and "run_id" in query and "_id" not in query:
+            raise AutoReconnect("still down")
+        return real_find(query, *args, **kw)
+
+    monkeypatch.setattr(coll, "find", find)
+    return real_find
+
+
+class Counted:
+    """A handler counting its runs per job (sleeping `seconds` in each)."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.runs: dict[str, int] = {}
+        self.seconds = seconds
+
+    async def __call__(self, job: Job, signal: AbortSignal) -> None:
+        self.runs[job.id] = self.runs.get(job.id, 0) + 1
+        await asyncio.sleep(self.seconds)
+
+    async def each_ran_once(self, p: Any, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            job = await p.get_job(job_id)
+            assert (job.status, job.failures, self.runs.get(job_id)) == (S.FINISHED, 0, 1), (
+                f"job {job_id}: {job.status.value}, failures {job.failures}, ran "
+                f"{self.runs.get(job_id, 0)} time(s), error {job.error!r}"
+            )
+
+
 async def test_every_job_of_a_lost_batch_claim_is_requeued_unstarted(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: dict[str, int] = {}
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        runs[job.id] = runs.get(job.id, 0) + 1
-        await asyncio.sleep(0.3)
-
+    work = Counted(0.3)
     p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
     coll = p.storage.jobs.coll
-    real_many, real_find = coll.update_many, coll.find
-    outage = asyncio.Event()
-    lost_ids: list[Any] = []
-
-    async def batch_lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
-        res = await real_many(query, update, **kw)
-        is_claim = "claim_name" in update.get("$unset", {}) and "worker_id" in update.get(
-            "$set", {}
-        )
-        if is_claim and res.modified_count >= 2 and not outage.is_set():
-            lost_ids.extend(query["_id"]["$in"])
-            outage.set()
-            raise AutoReconnect("connection reset")
-        return res
-
-    def find_during_outage(query: Any = None, *args: Any, **kw: Any) -> Any:
-        if outage.is_set() and query and "run_id" in query and "_id" not in query:
-            raise AutoReconnect("still down")  # the read-back fails: LostClaim
-        return real_find(query, *args, **kw)
-
-    monkeypatch.setattr(coll, "update_many", batch_lands_reply_lost)
-    monkeypatch.setattr(coll, "find", find_during_outage)
-    jobs = [await p.schedule_job("w") for _ in range(4)]
+    outage, lost_ids = claim_lands_then_raises(
+        monkeypatch, coll, "update_many", AutoReconnect("reset"), lambda r: r.modified_count >= 2
+    )
+    real_find = read_back_fails_while(monkeypatch, coll, outage)
+    jobs = [(await p.schedule_job("w")).id for _ in range(4)]
     async with p:
         await asyncio.wait_for(outage.wait(), 10)
         # the read-back rides out worker_timeout, then LostClaim: the run id is unstarted
         await asyncio.sleep(p.worker.settings.worker_timeout + 0.5)
         monkeypatch.setattr(coll, "find", real_find)
-        for j in jobs:
-            await wait_status(p, j.id, S.FINISHED, S.ERRORED, timeout=20)
-        done = [await p.get_job(j.id) for j in jobs]
+        for job_id in jobs:
+            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=20)
     assert len(lost_ids) >= 2
-    for job in done:
-        assert (job.status, job.failures, runs.get(job.id)) == (S.FINISHED, 0, 1), (
-            f"job {job.id} {'of the lost batch' if job.id in map(str, lost_ids) else ''}: "
-            f"{job.status.value}, failures {job.failures}, ran {runs.get(job.id, 0)} time(s), "
-            f"error {job.error!r}"
-        )
-
-
-def is_claim(update: Any) -> bool:
-    return "claim_name" in update.get("$unset", {}) and "worker_id" in update.get("$set", {})
+    await work.each_ran_once(p, jobs)
 
 
 async def test_a_batch_claim_landed_with_a_write_concern_error_is_not_an_attempt(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: dict[str, int] = {}
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        runs[job.id] = runs.get(job.id, 0) + 1
-        await asyncio.sleep(0.3)
-
+    work = Counted(0.3)
     p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
-    coll = p.storage.jobs.coll
-    real_many = coll.update_many
-    hit = asyncio.Event()
-
-    async def lands_then_write_concern_error(query: Any, update: Any, **kw: Any) -> Any:
-        res = await real_many(query, update, **kw)
-        if is_claim(update) and res.modified_count and not hit.is_set():
-            hit.set()
-            raise WCE
-        return res
-
-    monkeypatch.setattr(coll, "update_many", lands_then_write_concern_error)
-    jobs = [await p.schedule_job("w") for _ in range(4)]
+    hit, _ = claim_lands_then_raises(
+        monkeypatch, p.storage.jobs.coll, "update_many", WCE, lambda r: r.modified_count > 0
+    )
+    jobs = [(await p.schedule_job("w")).id for _ in range(4)]
     async with p:
         await asyncio.wait_for(hit.wait(), 10)
-        for j in jobs:
-            await wait_status(p, j.id, S.FINISHED, S.ERRORED, timeout=20)
-    for j in jobs:
-        job = await p.get_job(j.id)
-        assert (job.status, job.failures, runs.get(j.id)) == (S.FINISHED, 0, 1), (
-            f"{job.status.value}, failures {job.failures}, ran {runs.get(j.id, 0)} time(s), "
-            f"error {job.error!r}"
-        )
+        for job_id in jobs:
+            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=20)
+    await work.each_ran_once(p, jobs)
 
 
 async def test_a_single_claim_landed_with_a_write_concern_error_is_not_an_attempt(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: list[int] = []
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        runs.append(job.attempt)
-
+    work = Counted()
     p = await make(db, {"w": JobDef(handler=work)})
-    coll = p.storage.jobs.coll
-    real_fam = coll.find_one_and_update
-    hit = asyncio.Event()
-
-    async def lands_then_write_concern_error(query: Any, update: Any, **kw: Any) -> Any:
-        res = await real_fam(query, update, **kw)
-        if is_claim(update) and res is not None and not hit.is_set():
-            hit.set()
-            raise WCE
-        return res
-
-    monkeypatch.setattr(coll, "find_one_and_update", lands_then_write_concern_error)
+    hit, _ = claim_lands_then_raises(
+        monkeypatch, p.storage.jobs.coll, "find_one_and_update", WCE, lambda r: r is not None
+    )
     job = await p.schedule_job("w")
     async with p:
         await asyncio.wait_for(hit.wait(), 10)
-        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
-    assert (done.status, done.failures, runs) == (S.FINISHED, 0, [1]), (
-        f"{done.status.value}, failures {done.failures}, runs {runs}, error {done.error!r}"
-    )
+        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    await work.each_ran_once(p, [job.id])
 
 
 async def test_a_misnamed_job_read_back_by_a_batch_claim_is_errored_not_run(
@@ -166,10 +164,7 @@ async def test_a_misnamed_job_read_back_by_a_batch_claim_is_errored_not_run(
     raced: list[Any] = []
 
     async def another_worker_takes_one_first(query: Any, update: Any, **kw: Any) -> Any:
-        is_claim = "claim_name" in update.get("$unset", {}) and "worker_id" in update.get(
-            "$set", {}
-        )
-        if is_claim and not raced:
+        if is_claim(update) and not raced:
             # another worker's one-job claim lands between this batch's find and update_many
             other = await p.storage.jobs.claim_next(["a"], "w-other", p.clock.now())
             raced.append(other and other["_id"])
@@ -211,30 +206,22 @@ async def test_a_batch_claim_whose_reply_was_lost_is_read_back_and_run(
 ) -> None:
     """The reply lost, the read-back answering: the jobs claimed run once each (this path
     raised UnboundLocalError in the claim loop)."""
-    runs: dict[str, int] = {}
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        runs[job.id] = runs.get(job.id, 0) + 1
-
+    work = Counted()
     p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
-    coll = p.storage.jobs.coll
-    real_many = coll.update_many
-    hit = asyncio.Event()
-
-    async def lands_reply_lost(query: Any, update: Any, **kw: Any) -> Any:
-        res = await real_many(query, update, **kw)
-        if is_claim(update) and res.modified_count >= 2 and not hit.is_set():
-            hit.set()
-            raise AutoReconnect("connection reset")
-        return res
-
-    monkeypatch.setattr(coll, "update_many", lands_reply_lost)
-    jobs = [await p.schedule_job("w") for _ in range(4)]
+    hit, _ = claim_lands_then_raises(
+        monkeypatch,
+        p.storage.jobs.coll,
+        "update_many",
+        AutoReconnect("connection reset"),
+        lambda r: r.modified_count >= 2,
+    )
+    jobs = [(await p.schedule_job("w")).id for _ in range(4)]
     async with p:
-        for j in jobs:
-            await wait_status(p, j.id, S.FINISHED, timeout=15)
+        for job_id in jobs:
+            await wait_status(p, job_id, S.FINISHED, timeout=15)
         assert not p.failed.is_set()
-    assert hit.is_set() and runs == {j.id: 1 for j in jobs}
+    assert hit.is_set()
+    await work.each_ran_once(p, jobs)
 
 
 async def test_a_lost_claim_that_never_landed_is_forgotten_once_reconciled(
@@ -245,7 +232,7 @@ async def test_a_lost_claim_that_never_landed_is_forgotten_once_reconciled(
 
     p = await make(db, {"w": JobDef(handler=noop)})
     coll = p.storage.jobs.coll
-    real_fam, real_find = coll.find_one_and_update, coll.find
+    real_fam = coll.find_one_and_update
     outage = asyncio.Event()
 
     async def never_lands(query: Any, update: Any, **kw: Any) -> Any:
@@ -254,13 +241,8 @@ async def test_a_lost_claim_that_never_landed_is_forgotten_once_reconciled(
             raise AutoReconnect("connection reset")  # before it reached the server
         return await real_fam(query, update, **kw)
 
-    def find_during_outage(query: Any = None, *args: Any, **kw: Any) -> Any:
-        if outage.is_set() and query and "run_id" in query and "_id" not in query:
-            raise AutoReconnect("still down")  # the read-back fails: LostClaim
-        return real_find(query, *args, **kw)
-
     monkeypatch.setattr(coll, "find_one_and_update", never_lands)
-    monkeypatch.setattr(coll, "find", find_during_outage)
+    real_find = read_back_fails_while(monkeypatch, coll, outage)  # LostClaim
     job = await p.schedule_job("w")
     async with p:
         await asyncio.wait_for(outage.wait(), 10)

@@ -38,13 +38,11 @@ CRON = {
 }
 
 
-@pytest.mark.parametrize("attempts", [1, 2])
-async def test_a_task_claimed_too_late_by_a_worker_that_died_is_missed_not_run_late(
-    db: Any, attempts: int
-) -> None:
-    ran.clear()
+async def claimed_late_by_a_dead_worker(db: Any, spec: dict[str, Any]) -> tuple[Any, Any]:
+    """The nightly cron's 02:00 task, claimed at 02:10 (past its 5-minute margin: it is not to
+    run) by a worker SIGKILLed before recording it missed; a processor (not started) whose
+    clock is 10 s later. Returns the processor and the task's id."""
     clock = FakeClock(T0 - MIN)
-    spec = CRON | {"max_attempts": attempts}
     p = await init_job_processor(db, crons={"nightly": spec}, clock=clock, **FAST)
     cron = CronDef.model_validate(spec)
     task = D.cron_task(
@@ -58,25 +56,37 @@ async def test_a_task_claimed_too_late_by_a_worker_that_died_is_missed_not_run_l
         resumable=False,
     )
     await db["job_processor_jobs"].insert_one(task)
-    # all workers were down; at 02:10 one comes back, claims the 02:00 task (10 minutes late:
-    # past the 5-minute margin, it is not to run) and is SIGKILLed before recording it missed
     late = T0 + 10 * MIN
     claimed = await p.storage.jobs.claim_next(["nightly"], "dead-worker", late)
     assert claimed is not None and claimed["_id"] == task["_id"]
-    # a live worker comes up later and recovers the dead worker's claim
     clock.set(late + dt.timedelta(seconds=10))
-    async with p:
-        for _ in range(100):
-            doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
-            if doc["status"] != "running":
-                break
-            await asyncio.sleep(0.05)
-        clock.advance(1)  # the backoff's 10 ms pass
+    return p, task["_id"]
+
+
+async def until_recovered(p: Any, task_id: Any) -> Any:
+    """The task as stored once no longer running (a live worker's recovery took it)."""
+    for _ in range(100):
+        doc = await p.storage.jobs.get(task_id)
+        if doc["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    return doc
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+async def test_a_task_claimed_too_late_by_a_worker_that_died_is_missed_not_run_late(
+    db: Any, attempts: int
+) -> None:
+    ran.clear()
+    p, task_id = await claimed_late_by_a_dead_worker(db, CRON | {"max_attempts": attempts})
+    async with p:  # a live worker comes up later and recovers the dead worker's claim
+        await until_recovered(p, task_id)
+        p.clock.advance(1)  # the backoff's 10 ms pass: a retry, if there were one, would run
         for _ in range(40):
             if ran:
                 break
             await asyncio.sleep(0.05)
-    doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+    doc = await p.storage.jobs.get(task_id)
     assert ran == []  # never run late
     assert (doc["status"], doc.get("skip_reason")) == ("skipped", "missed")
 
@@ -85,31 +95,10 @@ CRON_ONCE = {"cron_string": "0 2 * * *", "handler": nightly, "checkin_margin": 5
 
 
 async def test_a_recovered_missed_slot_is_not_a_run_ended(db: Any) -> None:
-    clock = FakeClock(T0 - MIN)
-    p = await init_job_processor(db, crons={"nightly": CRON_ONCE}, clock=clock, **FAST)
+    p, task_id = await claimed_late_by_a_dead_worker(db, CRON_ONCE)
     m = metrics.enable(p)
-    cron = CronDef.model_validate(CRON_ONCE)
-    task = D.cron_task(
-        "nightly",
-        slot=T0,
-        now=T0,
-        margin=margin_of(cron),
-        tag=None,
-        exclusive=False,
-        max_attempts=cron.attempts,
-        resumable=False,
-    )
-    await db["job_processor_jobs"].insert_one(task)
-    late = T0 + 10 * MIN  # claimed past the 5-minute margin by a worker that then died
-    assert await p.storage.jobs.claim_next(["nightly"], "dead-worker", late) is not None
-    clock.set(late + dt.timedelta(seconds=10))
     async with p:
-        for _ in range(100):
-            doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
-            if doc["status"] != "running":
-                break
-            await asyncio.sleep(0.05)
-    doc = await db["job_processor_jobs"].find_one({"_id": task["_id"]})
+        doc = await until_recovered(p, task_id)
     assert (doc["status"], doc.get("skip_reason")) == ("skipped", "missed")
     got = samples((await metrics.render(m)).decode())
     missed = ("job_processor_cron_slots_total", (("name", "nightly"), ("outcome", "missed")))

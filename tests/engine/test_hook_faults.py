@@ -211,11 +211,7 @@ async def test_a_hook_raising_its_own_timeout_error_is_not_said_to_have_timed_ou
     async with p:
         job = await p.schedule_job("j")
         await wait_status(p, job.id, S.FINISHED)
-        for _ in range(100):
-            stored = await p.get_job(job.id)
-            if stored.exit_hook != "owed":
-                break
-            await asyncio.sleep(0.05)
+        stored = await settled(p, job.id)
     assert stored.exit_hook == "failed"
     assert stored.exit_hook_error != "timed out after 60s", stored.exit_hook_error
     assert "TimeoutError" in (stored.exit_hook_error or "")
@@ -240,14 +236,20 @@ async def test_a_hook_failing_as_it_is_cancelled_at_its_timeout_logs_no_orphan_e
         async with p:
             job = await p.schedule_job("j")
             await wait_status(p, job.id, S.FINISHED)
-            for _ in range(100):
-                stored = await p.get_job(job.id)
-                if stored.exit_hook != "owed":
-                    break
-                await asyncio.sleep(0.05)
+            stored = await settled(p, job.id)
         gc.collect()
         await asyncio.sleep(0.1)
         gc.collect()
     assert stored.exit_hook == "failed"
     orphans = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert orphans == [], orphans[0].getMessage()
+
+
+async def settled(p: Any, job_id: str) -> Any:
+    """The job once its on_job_exited is recorded (no longer owed), within 5 s."""
+    for _ in range(100):
+        stored = await p.get_job(job_id)
+        if stored.exit_hook != "owed":
+            break
+        await asyncio.sleep(0.05)
+    return stored

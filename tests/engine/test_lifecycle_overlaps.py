@@ -70,13 +70,7 @@ async def test_no_run_starts_once_stop_was_called_during_start(db: Any) -> None:
 
     p = await make(db, {"work": JobDef(handler=work)})
     await p.schedule_job("work")
-    first_sweep = p.recovery.sweep
-
-    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
-        await asyncio.sleep(0.5)
-        return await first_sweep(*args, **kwargs)
-
-    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    await _slow_start(p)
     starting = asyncio.create_task(p.start())
     await asyncio.sleep(0.1)  # start() is registered and sweeping
     try:
@@ -172,13 +166,7 @@ async def test_a_start_its_caller_gave_up_on_leaves_nothing_started(db: Any) -> 
     processor must not start behind its back with nobody left to stop it (before 79cff51 the
     cancellation reached the start, which released the runtime)."""
     p = await make(db, {"noop": JobDef(handler=noop)})
-    first_sweep = p.recovery.sweep
-
-    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
-        await asyncio.sleep(0.5)
-        return await first_sweep(*args, **kwargs)
-
-    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    await _slow_start(p)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(p.start(), 0.2)
@@ -213,13 +201,7 @@ async def test_start_called_during_a_stop_leaves_the_processor_started(db: Any) 
 
 async def test_a_start_joined_after_its_first_caller_gave_up_starts(db: Any) -> None:
     p = await make(db, {"noop": JobDef(handler=noop)})
-    first_sweep = p.recovery.sweep
-
-    async def slow_sweep(*args: Any, **kwargs: Any) -> Any:  # a slow MongoDB at start
-        await asyncio.sleep(0.6)
-        return await first_sweep(*args, **kwargs)
-
-    p.recovery.sweep = slow_sweep  # type: ignore[method-assign]
+    await _slow_start(p)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(p.start(), 0.2)  # the first caller gives up

@@ -12,14 +12,15 @@ from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core.definitions import Limit
+from tests.engine.test_limits import max_overlap
 from tests.helpers import make, wait_status
 
 S = JobStatus
 
 
-async def test_a_backlog_under_one_limit_does_not_hold_back_a_higher_priority_job_under_another(
-    db: Any,
-) -> None:
+async def backlog_beside(db: Any, other: str) -> tuple[Any, list[str]]:
+    """A worker of 2 slots; 30 `bulk` jobs under one limit of 10, `other` under its own limit
+    of 10 (neither is ever full). Returns it and the names in the order their runs started."""
     starts: list[str] = []
 
     async def work(job: Job, signal: AbortSignal) -> None:
@@ -28,51 +29,33 @@ async def test_a_backlog_under_one_limit_does_not_hold_back_a_higher_priority_jo
 
     jobs = {
         "bulk": JobDef(handler=work, limit=Limit(key="bulk-api", concurrency=10)),
-        "urgent": JobDef(handler=work, limit=Limit(key="urgent-api", concurrency=10)),
+        other: JobDef(handler=work, limit=Limit(key=f"{other}-api", concurrency=10)),
     }
     p = await make(db, jobs, concurrency=2)
     await p.schedule_jobs([("bulk", {}) for _ in range(30)])
+    return p, starts
+
+
+async def test_a_backlog_under_one_limit_does_not_hold_back_a_higher_priority_job_under_another(
+    db: Any,
+) -> None:
+    p, starts = await backlog_beside(db, "urgent")
     urgent = await p.schedule_job("urgent", {}, priority=100)
     async with p:
         await wait_status(p, urgent.id, S.FINISHED, timeout=30)
-    # higher priority first (guide.md): the urgent job is due with the backlog from the start,
-    # and neither limit is ever full (10 each, the worker runs 2 at once)
-    assert "urgent" in starts[:4], (
-        f"urgent started as #{starts.index('urgent') + 1} of {len(starts)}"
-    )
+    # higher priority first (guide.md): the urgent job is due with the backlog from the start
+    assert "urgent" in starts[:4], f"urgent started #{starts.index('urgent') + 1}"
 
 
 async def test_an_older_job_under_another_limit_is_not_held_back_by_a_later_backlog(
     db: Any,
 ) -> None:
-    starts: list[str] = []
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        starts.append(job.name)
-        await asyncio.sleep(0.1)
-
-    jobs = {
-        "bulk": JobDef(handler=work, limit=Limit(key="bulk-api", concurrency=10)),
-        "report": JobDef(handler=work, limit=Limit(key="report-api", concurrency=10)),
-    }
-    p = await make(db, jobs, concurrency=2)
-    await p.schedule_jobs([("bulk", {}) for _ in range(30)])
+    p, starts = await backlog_beside(db, "report")
     due = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)  # due before the backlog
     report = await p.schedule_job("report", {}, scheduled_for=due)
     async with p:
         await wait_status(p, report.id, S.FINISHED, timeout=30)
-    assert "report" in starts[:2], (
-        f"report started as #{starts.index('report') + 1} of {len(starts)}"
-    )
-
-
-def max_overlap(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
+    assert "report" in starts[:2], f"report started #{starts.index('report') + 1}"
 
 
 async def test_jobs_queued_under_a_static_limit_obey_the_per_tenant_limit_that_replaced_it(

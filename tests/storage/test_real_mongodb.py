@@ -118,6 +118,8 @@ async def test_a_workers_running_jobs_and_owed_hooks_are_index_backed(storage: S
     # per-value limits: the due jobs of keys not known to be full, in claim order
     names = ["job-1", "job-2"]
     assert_indexed(await storage.jobs.due_by_key_cursor(names, NOW, ["t:a"], 8).explain())
+    assert_indexed(await storage.jobs.due_names_cursor(names, NOW, 8).explain())  # limits' order
+    assert_indexed(await storage.deliveries.own_for_event_cursor(str(ObjectId()), 3).explain())
     # flows: the jobs waiting on a dependency that ended; the sweep's ended jobs with
     # dependents not seen settled, and its slow pass over waiting jobs in `_id` order
     assert_indexed(await storage.jobs.waiting_on_cursor(ObjectId()).explain())
