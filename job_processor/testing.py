@@ -32,19 +32,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, get_args
 
+import bson
+from bson.codec_options import CodecOptions
 from pydantic import BaseModel
 
 from .core import documents as D
 from .core import notes as N
+from .core import values as V
 from .core.abort import AbortReason, AbortSignal
 from .core.clock import FakeClock
 from .core.definitions import CronDef, JobDef
+from .core.documents import Doc
 from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor, not_awaited_message
+from .core.producing import stored_form
+from .core.protocols import ClaimingWorker
+from .core.settings import Settings
 from .engine.execution import (
     ResultTooLarge,
     build_job,
@@ -93,12 +101,12 @@ class JobHarness:
     ) -> None:
         now = FakeClock(now).now()  # an aware datetime (a naive one raises ValueError)
         if abort_after_checkpoints is not None:
-            _check_reason(abort_after_checkpoints[1])
+            _check_abort_after(abort_after_checkpoints)
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
-            payload = payload.model_dump(mode="json")
+            payload = stored_form(type(payload), payload)  # by alias where the model has them
         doc = D.as_running(
-            D.new_job(name, dict(payload or {}), now=now, max_attempts=max_attempts),
+            D.new_job(name, _as_read_back(name, payload), now=now, max_attempts=max_attempts),
             "test-worker",
             now,
         ) | {"state": state, "attempt": attempt, "failures": failures}
@@ -136,7 +144,13 @@ class JobHarness:
         error: str | None = None,
         payload: Mapping[str, Any] | None = None,
     ) -> Job[Any]:
-        """A job that has ended, to give a JobHarness as a dependency."""
+        """A job that has ended, to give a JobHarness as a dependency: `status` is one of
+        finished, errored, killed, skipped."""
+        if status not in _ENDED:
+            raise InvalidArgumentError(
+                f"JobHarness.ended: status must be one of {', '.join(_ENDED)} (a job that has "
+                f"ended), got {status!r}"
+            )
         now = FakeClock().now()
         doc = D.new_job(name, dict(payload or {}), now=now) | {
             "status": status,
@@ -164,7 +178,7 @@ class JobHarness:
 
     async def _save(self, state: dict[str, Any]) -> None:
         check_state(state)  # refused as a worker refuses it (naive datetime, NaN, Decimal, ...)
-        self.checkpoints.append(dict(state))
+        self.checkpoints.append(copy.deepcopy(state))  # as saved then, not as the handler goes on
         if self._abort_after is not None and len(self.checkpoints) == self._abort_after[0]:
             self.signal.abort(self._abort_after[1])
 
@@ -190,6 +204,28 @@ class JobHarness:
         except ResultTooLarge as exc:
             raise InvalidPayloadError(f"the worker could not store this result: {exc}") from None
         return result
+
+
+#: The statuses of a job that has ended (`JobHarness.ended`).
+_ENDED = ("finished", "errored", "killed", "skipped")
+
+
+def _as_read_back(name: str, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The payload as a worker's handler reads it: refused as `schedule_job` refuses it (a
+    naive datetime, a Decimal, too large: InvalidPayloadError), and through BSON (a tuple
+    becomes a list)."""
+    checked = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+    return bson.decode(bson.encode(checked), codec_options=CodecOptions(tz_aware=True))
+
+
+def _check_abort_after(abort_after: Any) -> None:
+    count, reason = abort_after
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidArgumentError(
+            "abort_after_checkpoints=(n, reason): n counts checkpoints from 1 (the signal fires "
+            f"as the n-th is saved), got {count!r}"
+        )
+    _check_reason(reason)
 
 
 def _check_reason(reason: Any) -> None:
@@ -246,22 +282,31 @@ async def run_until_idle(
     worker = processor.worker
     clock = processor.clock
     ran: list[Job[Any]] = []
+    stalled = 0  # clock moves in a row with no run: a limit that never frees ends the loop
     # a worker document, but no heartbeat loop: the test moves the clock in big steps
     await processor.heartbeat.register()
     try:
-        while len(ran) < max_runs:
+        while len(ran) < max_runs and stalled < _MAX_STALLED:
             if processor.crons:
                 await processor.scheduler.tick()
-            doc = await worker.jobs.claim_next(worker.names, worker.worker_id, clock.now())
-            if doc is not None:
-                final = await worker.spawn(doc)
-                after = final or await processor.storage.jobs.get(doc["_id"])
-                if after is not None:
-                    ran.append(Job.read(after))
+            # as a worker claims: paused names left out, limited ones through their limits
+            doc = await worker.jobs.claim_next(
+                worker.claimable_names(), worker.worker_id, clock.now()
+            )
+            docs = [doc] if doc is not None else await _claim_limited(processor)
+            if docs:
+                stalled = 0
+                for claimed in docs:
+                    final = await worker.spawn(claimed)
+                    after = final or await processor.storage.jobs.get(claimed["_id"])
+                    if after is not None:
+                        ran.append(Job.read(after))
                 continue
             if not (advance_clock and isinstance(clock, FakeClock)):
                 break
-            upcoming = [await processor.storage.jobs.next_due(worker.names)]
+            names = [n for n in worker.names if n not in worker.paused]
+            upcoming = [await processor.storage.jobs.next_due(names)]
+            upcoming += worker.limiter.blocked.values()  # when a full limit allows a start
             if until is not None:
                 upcoming += [d["next_slot"] for d in await processor.storage.crons.docs()]
             later = [
@@ -272,7 +317,51 @@ async def run_until_idle(
             if not later:
                 break
             clock.set(min(later))
+            stalled += 1
     finally:
         await processor.heartbeat.unregister()
         worker.worker_id = ""
     return ran
+
+
+#: run_until_idle stops after this many clock moves in a row that start no job.
+_MAX_STALLED = 1000
+
+
+async def _claim_limited(processor: JobProcessor) -> list[Doc]:
+    """One job of a limited name, claimed through its limit as a worker claims it (a slot, a
+    rate), or none; the caller runs it."""
+    worker = processor.worker
+    if not worker.limiter.groups:
+        return []
+    taker = _Taker(worker)
+    await worker.limiter.claim(taker, 1)
+    return taker.taken
+
+
+class _Taker:
+    """The worker, as the limiter sees it, but the jobs it claims are handed back instead of
+    started (run_until_idle runs them one at a time)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.taken: list[Doc] = []
+        self.worker_id: str = worker.worker_id
+        self.paused: frozenset[str] = worker.paused
+        self.clock = worker.clock
+        self.settings: Settings = worker.settings
+        self.wake: asyncio.Event = worker.wake
+
+    def start_claimed(self, doc: Doc) -> bool:
+        self.taken.append(doc)
+        return True
+
+    def may_claim(self, worker_id: str) -> bool:
+        """No lease to keep: no heartbeat loop runs, and no sweep, while the test moves the
+        clock in big steps."""
+        return bool(worker_id) and worker_id == self.worker_id
+
+    def wake_at(self, when: dt.datetime) -> None:
+        """run_until_idle moves the clock to the limiter's `blocked` times itself."""
+
+
+_: type[ClaimingWorker] = _Taker  # the limiter's Protocol, checked by mypy

@@ -208,4 +208,4 @@ def test_a_sync_call_cut_by_its_own_budget_between_two_commands_says_so(mongo_ur
     finally:
         client.drop_database(coll.database.name)
         client.close()
-    assert len(answered) > 10
+    assert len(answered) >= 2, "commands were answered: the budget cut the call between two"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from job_processor import AbortSignal, Job, JobAbortedError, JobDef, JobStatus, RetryLater
 from job_processor.testing import JobHarness, in_memory_processor, run_until_idle
@@ -173,3 +174,119 @@ async def test_a_plain_def_handler_checkpoints_with_the_sync_form_under_the_harn
     assert await harness.run(pages) == 3
     assert harness.checkpoints == [{"page": 2}, {"page": 3}]
     assert [p["done"] for p in harness.progress_reports] == [2, 3]
+
+
+class Customer(BaseModel):
+    customer_id: int = Field(alias="customerId")  # a camelCase API's model (no populate_by_name)
+
+
+async def test_the_harness_takes_a_typed_payload_with_aliases_as_a_worker_does() -> None:
+    async def bill(job: Job[Customer], signal: AbortSignal) -> int:
+        return job.payload.customer_id
+
+    jobs = {"bill": JobDef(handler=bill, payload_model=Customer)}
+    async with in_memory_processor(jobs=jobs) as processor:  # a worker runs it
+        await processor.schedule_job("bill", Customer(customerId=7))
+        [ran] = await run_until_idle(processor)
+        assert (ran.status, ran.result) == (S.FINISHED, 7)
+    assert await JobHarness(Customer(customerId=7)).run(bill) == 7
+
+
+async def test_run_until_idle_keeps_a_rate_limit_as_a_worker_does() -> None:
+    from job_processor import Limit
+
+    starts: list[dt.datetime] = []
+
+    async def call(job: Job, signal: AbortSignal) -> None:
+        starts.append(job.processor.clock.now())
+
+    jobs = {"call-api": JobDef(handler=call, limit=Limit(key="api", rate=1, per_seconds=60))}
+    async with in_memory_processor(jobs=jobs) as processor:
+        for i in range(3):
+            await processor.schedule_job("call-api", {"i": i})
+        ran = await run_until_idle(processor)
+    assert [j.status for j in ran] == [S.FINISHED] * 3
+    # one start per 60 s: the clock moved to when the limit allowed the next one
+    assert [b - a for a, b in itertools.pairwise(starts)] == [dt.timedelta(seconds=60)] * 2
+
+
+async def test_run_until_idle_keeps_a_concurrency_limit_and_runs_every_job() -> None:
+    from job_processor import Limit
+
+    async def call(job: Job, signal: AbortSignal) -> int:
+        return int(job.payload["i"])
+
+    jobs = {"call-api": JobDef(handler=call, limit=Limit(key="api", concurrency=1))}
+    async with in_memory_processor(jobs=jobs) as processor:
+        for i in range(3):
+            await processor.schedule_job("call-api", {"i": i})
+        ran = await run_until_idle(processor)
+    assert sorted(j.result for j in ran) == [0, 1, 2]
+
+
+async def test_run_until_idle_leaves_a_paused_name_alone() -> None:
+    from job_processor.admin import Admin
+
+    runs: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        runs.append(job.id)
+
+    async with in_memory_processor(jobs={"work": JobDef(handler=work)}) as processor:
+        await processor.start()  # registers the name, as any worker start does
+        await processor.stop()
+        await Admin(processor.storage.db, clock=processor.clock).pause("work")
+        job = await processor.schedule_job("work")
+        ran = await run_until_idle(processor)
+        assert runs == [] and ran == []
+        assert (await processor.get_job(job.id)).status == S.PENDING
+
+
+async def test_the_harness_records_each_checkpoint_as_it_was_saved() -> None:
+    async def collect(job: Job, signal: AbortSignal) -> None:
+        state: dict[str, Any] = {"done": []}
+        for i in range(3):
+            state["done"].append(i)
+            await job.checkpoint(state)
+
+    harness = JobHarness()
+    await harness.run(collect)
+    assert harness.checkpoints == [{"done": [0]}, {"done": [0, 1]}, {"done": [0, 1, 2]}]
+
+
+async def test_the_harness_gives_the_handler_the_payload_a_worker_would() -> None:
+    from decimal import Decimal
+
+    from job_processor import InvalidPayloadError
+
+    async def kind(job: Job, signal: AbortSignal) -> str:
+        return type(job.payload["ids"]).__name__
+
+    async with in_memory_processor(jobs={"kind": JobDef(handler=kind)}) as processor:
+        await processor.schedule_job("kind", {"ids": (1, 2)})
+        [ran] = await run_until_idle(processor)
+        assert ran.result == "list"  # what a worker's handler gets: BSON has no tuple
+        for bad in ({"amount": Decimal("1.5")}, {"at": dt.datetime(2030, 1, 1)}):
+            with pytest.raises(InvalidPayloadError):
+                await processor.schedule_job("kind", bad)
+    assert await JobHarness({"ids": (1, 2)}).run(kind) == "list"
+    for bad in ({"amount": Decimal("1.5")}, {"at": dt.datetime(2030, 1, 1)}):
+        with pytest.raises(InvalidPayloadError, match=r"job 'job'"):
+            JobHarness(bad)
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, True])
+def test_an_abort_after_checkpoints_that_could_never_fire_is_refused(count: Any) -> None:
+    from job_processor import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"counts checkpoints from 1"):
+        JobHarness(abort_after_checkpoints=(count, "shutdown"))
+
+
+def test_an_ended_dependency_with_a_status_that_is_not_an_end_is_refused() -> None:
+    from job_processor import InvalidArgumentError
+
+    for status in ("finshed", "running"):  # a typo would make an *errored* dependency
+        with pytest.raises(InvalidArgumentError, match=r"finished, errored, killed, skipped"):
+            JobHarness.ended("part", status=status, result=3)
+    assert JobHarness.ended("part", status="killed").status == S.KILLED
