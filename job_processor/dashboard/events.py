@@ -28,7 +28,7 @@ from ..ops.admin import ActionResult
 from ..ops.admin.inputs import parse_time
 from ..storage import Storage
 from .actions import _confirmed, _form, confirm_page
-from .render import FLASH_LINES
+from .render import FLASH_LINES, filter_form
 from .state import Dashboard
 
 PAGE_SIZES = (20, 50, 100, 200)
@@ -145,6 +145,7 @@ async def events(d: Dashboard, request: Request) -> Response:
         error = str(exc)
     names = sorted({str(r["event"]) for r in await admin.storage.subscribers.all()})
     active = {k: v for k, v in filters.items() if v}
+    shown, sizes = filter_form(filters, ("since", "until"), limit_text, PAGE_SIZES)
     return d.page(
         request,
         "events.html",
@@ -154,14 +155,14 @@ async def events(d: Dashboard, request: Request) -> Response:
         older=older,
         cut=cut,
         cursor=cursor,
-        filters=filters,
+        filters=shown,
         active=active,
         params=active | ({"limit": limit_text} if limit_text else {}),
         limit=limit_text,
-        page_sizes=PAGE_SIZES,
+        page_sizes=sizes,
         names=names,
         error=error,
-        live=not cursor,
+        live=not cursor and error is None,  # a refused filter: not "Offline" every period
     )
 
 

@@ -120,9 +120,13 @@ class Guard:
             k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
         }
         await form.close()  # its uploaded files (an extra route reads the body again)
-        why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None)
-        if why is None and not d.allowed_hosts.origin_allowed(request.headers.get("origin")):
-            why = f"the request came from another site ({request.headers.get('origin')})"
+        origin = request.headers.get("origin")
+        # an explicit allowed_hosts list judges the Origin (the public name behind a proxy that
+        # sends its own Host, as for a WebSocket); with any host allowed, it must be the Host
+        listed = not d.allowed_hosts.any and origin not in (None, "null")
+        why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None, listed)
+        if why is None and not d.allowed_hosts.origin_allowed(origin):
+            why = f"the request came from another site ({origin})"
         if why is not None:
             return receive, d.error_page(request, 403, "Request refused", f"Refused: {why}.")
         return receive, None

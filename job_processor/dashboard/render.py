@@ -17,10 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.clock import as_utc
+from ..core.errors import InvalidArgumentError
 from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible
 from ..core.models import to_jsonable
 from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
+from ..ops.admin.inputs import parse_time
 
 FLASH_COOKIE = "jp_dashboard_flash"
 #: Lines of ids / reasons a flash message shows (the cookie holds about 4 KB).
@@ -216,6 +218,26 @@ def make_env(masker: Masker) -> Environment:
     env.globals["STATUS_ORDER"] = STATUS_ORDER
     env.globals["runs_summary"] = runs_summary
     return env
+
+
+def filter_form(
+    filters: dict[str, str], times: Iterable[str], limit: str, sizes: Iterable[int]
+) -> tuple[dict[str, str], list[int]]:
+    """What a list's filter form shows of the filters the list applies, so that the next
+    Filter keeps them: each time as a `datetime-local` input holds it (UTC, to the second: the
+    browser wipes a link's `Z`, offset or bare date), and the page size among the choices."""
+    shown = dict(filters)
+    for key in times:
+        try:
+            when = parse_time(filters.get(key) or None, key)
+        except InvalidArgumentError:
+            continue  # the page says why; the input shows it as given
+        if when is not None:
+            shown[key] = as_utc(when).strftime("%Y-%m-%dT%H:%M:%S")
+    choices = set(sizes)
+    if limit.isdigit() and int(limit) > 0:
+        choices.add(int(limit))
+    return shown, sorted(choices)
 
 
 def url(root: str, path: str, **params: Any) -> str:

@@ -16,7 +16,7 @@ from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
-from .render import STATUS_ORDER
+from .render import STATUS_ORDER, filter_form
 from .state import Dashboard, health_response, json_response
 
 S = JobStatus
@@ -137,12 +137,13 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     }
     limit = request.query_params.get("limit") or ""
     active = {k: v for k, v in filters.items() if v}
+    shown, sizes = filter_form(filters, ("after", "before"), limit, PAGE_SIZES)
     return d.page(
         request,
         "jobs.html",
         status_code=400 if error else 200,
         page=page,
-        filters=filters,
+        filters=shown,
         active=active,
         params=active | ({"limit": limit} if limit else {}),
         errors={j.id: last_error_line(d, j, carried) for j in page.jobs if j.error},
@@ -151,11 +152,11 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         error=error,
         cursor=request.query_params.get("cursor") or "",
         limit=limit,
-        page_sizes=PAGE_SIZES,
+        page_sizes=sizes,
         statuses=[s.value for s in S],
         ACTIVE={s.value for s in ACTIVE},
         TERMINAL={s.value for s in TERMINAL},
-        live=True,
+        live=error is None,  # a refused filter: nothing to refresh (and not "Offline")
     )
 
 

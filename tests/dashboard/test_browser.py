@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, expect
 
-from job_processor import AbortSignal, Event, JobProcessor, JobStatus, Subscriber
+from job_processor import (
+    AbortSignal,
+    Event,
+    InvalidArgumentError,
+    JobProcessor,
+    JobStatus,
+    Subscriber,
+)
+from job_processor.admin import Admin
 from job_processor.dashboard import create_dashboard
 
 from .conftest import AUTH, signed_in
@@ -354,3 +362,87 @@ async def test_a_live_page_stops_refreshing_once_its_login_is_refused(
         await page.wait_for_timeout(1500)  # five refresh periods
         assert sum(len(f) for f in throttle._failures.values()) == failed  # none since
         assert failed <= 2  # the refused refresh (the browser may send it once more itself)
+
+
+async def test_a_delivery_job_page_offers_no_duplicate_and_the_admin_refuses_one(
+    browser: Browser, db: Any
+) -> None:
+    """A delivery is one job per (event, target) and a new delivery comes only from a replay
+    (recorded on the event): its job page offers no Duplicate, and a duplicate asked for by
+    other means (the CLI, a crafted POST) is refused naming the replay."""
+    calls: list[Any] = []
+
+    async def notify(event: Event, signal: AbortSignal) -> None:
+        calls.append(event.delivery)
+
+    subscribers = {"shipped": [Subscriber("notify", handler=notify)]}
+    p = await make_processor(db, Switches(), subscribers=subscribers)
+    async with p:
+        event = await p.emit("shipped", {"shipment_id": "s1"})
+
+        async def delivered() -> bool:
+            return [d.status for d in (await p.get_event(event.id)).deliveries] == ["finished"]
+
+        await wait_until(delivered)
+        [delivery] = (await p.get_event(event.id)).deliveries
+        assert delivery.job_id is not None
+        job = await p.get_job(delivery.job_id)
+        async with serve(create_dashboard(p, auth=AUTH)) as base:
+            page = await signed_in(browser)
+            await page.goto(f"{base}/jobs/{job.id}")
+            await expect(page.locator("#job-status")).to_have_text("finished")
+            await expect(page.get_by_role("button", name="Delete…")).to_be_visible()
+            await expect(page.get_by_role("button", name="Duplicate")).to_have_count(0)
+            with pytest.raises(InvalidArgumentError, match=r"event delivery: .*replay the event"):
+                await Admin(p.storage.db).duplicate(job.id)
+        assert [j.id for j in await p.list_jobs(name=job.name)] == [job.id]
+        assert len(calls) == 1
+        after = await p.get_event(event.id)
+        assert after.replays == 0 and len(after.deliveries) == 1
+
+
+async def test_the_filter_form_keeps_every_filter_the_list_applies(
+    browser: Browser, processor: Any
+) -> None:
+    """A list reached by a link (`?after=...Z`, the CLI's `since=`, `limit=1000`) shows those
+    filters in its form: changing another field and pressing Filter keeps them (a
+    datetime-local input cannot hold "Z" or an offset, and the page-size choices have no 1000)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    p, _ = processor
+    await failed_email(p)
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0)) as base:
+        page = await signed_in(browser)
+        for path, field, kept in (
+            ("jobs?after=2020-01-01T00:00:00Z", "after", "2020-01-01T00:00"),
+            ("jobs?since=2020-01-01T01:00:00%2B01:00", "after", "2020-01-01T00:00"),
+            ("jobs?after=2020-01-01", "after", "2020-01-01T00:00"),
+            ("jobs?limit=1000", "limit", "1000"),
+        ):
+            await page.goto(f"{base}/{path}")
+            await expect(page.locator("table.jobs tbody tr")).to_have_count(1)
+            await page.locator("#filters").get_by_label("Status").select_option("errored")
+            await page.get_by_role("button", name="Filter").click()
+            await expect(page).to_have_url(re.compile(r"status=errored"))
+            got = parse_qs(urlsplit(page.url).query).get(field, [""])[0]
+            assert got.startswith(kept), (path, page.url)
+        await page.goto(f"{base}/events?since=2020-01-01T00:00:00Z&limit=500")
+        await expect(page.locator("#filters input[name=since]")).to_have_value("2020-01-01T00:00")
+        await expect(page.locator("#filters select[name=limit]")).to_have_value("500")
+
+
+async def test_a_list_with_a_refused_filter_is_not_live_and_never_says_offline(
+    browser: Browser, processor: Any
+) -> None:
+    """The server answers (400: the filter is wrong, the page says why): the page does not
+    refresh itself, so its Live label never claims the dashboard is unreachable."""
+    p, _ = processor
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0.3)) as base:
+        page = await signed_in(browser)
+        for path, said in (("jobs?status=bogus", "Cannot list jobs"), ("events?limit=x", "")):
+            await page.goto(f"{base}/{path}")
+            if said:
+                await expect(page.get_by_text(said)).to_be_visible()
+            await expect(page.locator("body[data-refresh]")).to_have_count(0)
+        await page.goto(f"{base}/jobs")  # a good list is live
+        await expect(page.locator("body[data-refresh]")).to_have_count(1)

@@ -853,3 +853,27 @@ async def test_bidi_controls_show_as_escapes_in_tooltips_too(processor: Any) -> 
         page = (await c.get("/jobs")).text
     assert "invoice\\u202efdp.exe" in page
     assert "\u202e" not in page  # no form field holds it here: nowhere as it is
+
+
+async def test_forms_work_behind_a_proxy_that_rewrites_host_when_allowed_hosts_names_it(
+    processor: Any,
+) -> None:
+    """Behind a proxy that sends its own Host (nginx's default `Host: $proxy_host`), the docs'
+    remedy is `allowed_hosts` with the public name: the browser's forms come with the public
+    Origin, an allowed host, and are accepted; another site's Origin is still refused."""
+    p, _ = processor
+    job_id = await failed_email(p)
+    app = create_dashboard(p, auth=AUTH, allowed_hosts=["jobs.example.com", "127.0.0.1"])
+    async with client(app, base="http://127.0.0.1:8080") as c:  # the Host the proxy sends
+        page = await c.get(f"/jobs/{job_id}")
+        form = {"csrf_token": token(page.text), "next": f"/jobs/{job_id}"}
+        evil = await c.post(
+            f"/jobs/{job_id}/retry", data=form, headers={"origin": "https://evil.example"}
+        )
+        assert evil.status_code == 403 and "another site" in evil.text
+        resp = await c.post(
+            f"/jobs/{job_id}/retry", data=form, headers={"origin": "https://jobs.example.com"}
+        )
+        assert resp.status_code == 303, re.findall(r"Refused[^<]*", resp.text)
+    entries = await p.storage.audit.recent(1)
+    assert entries[0]["action"] == "jobs_retried"

@@ -441,6 +441,12 @@ class JobsAdmin(AdminBase):
             result = await self._trigger(original.name, actor, "job_duplicated")
         else:
             definition = await self._definition(original.name)
+            if await self._is_delivery(original.name, definition):
+                raise InvalidArgumentError(
+                    f"{original.name!r} is an event delivery: a copy would deliver the event "
+                    "again outside a replay; replay the event instead (job-processor events "
+                    "replay ID)"
+                )
             result = self._result("job_duplicated", actor)
             doc = D.new_job(
                 original.name,
