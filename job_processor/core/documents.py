@@ -352,8 +352,11 @@ def end_filter(claimed: Doc, outcome: Outcome) -> Doc:
     query: Doc = {"_id": claimed["_id"], "status": S.RUNNING.value, "run_id": claimed["run_id"]}
     if outcome.status not in (S.KILLED, S.FINISHED):
         query["kill_requested_at"] = _unset_as_seen(claimed.get("kill_requested_at"))
-    if outcome.status in HOOKED and not claimed.get("has_dependents"):
-        # a job scheduled after this one since its claim: the write matches nothing, the
+    if (outcome.status in HOOKED or outcome.status == S.SKIPPED) and not claimed.get(
+        "has_dependents"
+    ):
+        # a job scheduled after this one since its claim (a cron task claimed too late is
+        # skipped: it counts for its dependents too): the write matches nothing, the
         # caller reads the job once and writes again knowing it (its end settles them).
         # `None` (absent or null: the field is absent or true), as `kill_requested_at`: 15
         # bytes less than `$exists: False`; not `$ne: true`, which nx-27017 does not match

@@ -647,10 +647,15 @@ async def test_deleting_a_dependency_is_refused_until_its_dependents_counted_it(
     assert (await p.get_job(parent.id)).deps[child.id] == "finished"  # its recorded status
 
 
-async def test_a_cron_task_claimed_too_late_releases_its_dependents_at_once(db: Any) -> None:
+@pytest.mark.parametrize("scheduled", ["before_the_claim", "while_claimed"])
+async def test_a_cron_task_claimed_too_late_releases_its_dependents_at_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch, scheduled: str
+) -> None:
     """A cron task a worker claims after its check-in margin ends `skipped` ("missed") without
     running; the jobs waiting on it are released right after that write, as after any end,
-    not at a later sweep (worker_timeout 60 s here: the next sweep is 30 s away)."""
+    not at a later sweep (worker_timeout 60 s here: the next sweep is 30 s away). One scheduled
+    by another process between that claim and that write marks the task first: the write does
+    not apply over the mark, is made again knowing it, and holds the task's expiry back."""
     ran: list[str] = []
 
     async def total(job: Job, signal: AbortSignal) -> None:
@@ -659,24 +664,46 @@ async def test_a_cron_task_claimed_too_late_releases_its_dependents_at_once(db: 
     async def tick(job: Job, signal: AbortSignal) -> None:
         raise AssertionError("a late cron task never runs")
 
+    jobs = {"total": JobDef(handler=total)}
     crons = {"tick": {"cron_string": "0 0 1 1 *", "handler": tick, "checkin_margin": 1}}
     p = await init_job_processor(
-        db, jobs={"total": JobDef(handler=total)}, crons=crons, poll_interval=0.2,
-        heartbeat_interval=0.5, worker_timeout=60.0,
+        db, jobs=jobs, crons=crons, poll_interval=0.2, heartbeat_interval=0.5,
+        worker_timeout=60.0, keep_finished=dt.timedelta(hours=1),
     )  # fmt: skip
-    now = p.clock.now()
-    slot = now - dt.timedelta(minutes=10)
+    producer = await init_job_processor(db, jobs=jobs)  # another process, not started
+    slot = p.clock.now() - dt.timedelta(minutes=10)
     task = D.cron_task(
         "tick", slot=slot, now=slot, margin=dt.timedelta(minutes=1), tag=None,
         exclusive=False, max_attempts=1, resumable=False,
     )  # fmt: skip
     task["attempt"] = 1  # claimed once before, never started: only a claim can skip it
     await p.storage.jobs.insert(task)
-    waiting = await p.schedule_job("total", after=[task["_id"]], on_dependency_failure="run")
-    assert waiting.status == S.WAITING
+    waiting: list[Job] = []
+
+    async def schedule() -> None:
+        after = [task["_id"]]
+        waiting.append(
+            await producer.schedule_job("total", after=after, on_dependency_failure="run")
+        )
+
+    if scheduled == "before_the_claim":
+        await schedule()
+    else:
+        end_run = p.storage.jobs.end_run
+
+        async def scheduled_meanwhile(claimed: dict[str, Any], *args: Any, **kw: Any) -> Any:
+            if claimed["_id"] == task["_id"] and not waiting:  # claimed (running), not ended
+                await schedule()
+            return await end_run(claimed, *args, **kw)
+
+        monkeypatch.setattr(p.storage.jobs, "end_run", scheduled_meanwhile)
     async with p:
         await wait_status(p, str(task["_id"]), S.SKIPPED, timeout=10)
-        done = await wait_status(p, waiting.id, S.FINISHED, timeout=10)
+        assert waiting and waiting[0].status == S.WAITING
+        if scheduled == "while_claimed":
+            skipped = await p.storage.jobs.get(task["_id"]) or {}
+            assert skipped.get("expires_after_settle") and "expires_at" not in skipped, skipped
+        done = await wait_status(p, waiting[0].id, S.FINISHED, timeout=10)
     assert ran == [done.id]
 
 
