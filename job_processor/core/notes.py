@@ -114,7 +114,7 @@ class JobLogger:
         """An error line with the exception being handled (its type and message)."""
         exc = sys.exc_info()[1]
         if exc is not None:
-            fields = fields | {"exception": f"{type(exc).__name__}: {exc}"}
+            fields = fields | {"exception": f"{type(exc).__name__}: {_text(exc)}"}
         self.log("error", event, **fields)
 
 
@@ -181,7 +181,7 @@ def log_line(
         line["fields"] = safe
     if _size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
         line["fields"] = {"fields": json.dumps(safe, default=str)[: LINE_BYTES // 4] + "…"}
-    text = storable_text(str(message))
+    text = storable_text(_text(message))
     room = LINE_BYTES - _size(line | {"message": ""})
     if _size({"m": text}) - 8 > room:
         cut = text[:room]
@@ -208,7 +208,15 @@ def storable_text(text: str) -> str:
 
 def _key(key: Any) -> str:
     """A field name BSON can store: text, no NUL (a C string)."""
-    return storable_text(str(key)).replace("\x00", "\\x00")
+    return storable_text(_text(key)).replace("\x00", "\\x00")
+
+
+def _text(value: Any) -> str:
+    """`str(value)`, or its type when its `__str__` raises (a log call never fails a run)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> Any:
@@ -232,10 +240,7 @@ def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> 
         return [_shown(v, depth + 1, inner) for v in value]
     if isinstance(value, dt.datetime):
         return value.isoformat()
-    try:
-        return storable_text(_cut(str(value)))
-    except Exception:  # a __str__ that raises: its type is what can be said
-        return f"<{type(value).__name__}>"
+    return storable_text(_cut(_text(value)))
 
 
 def _cut(text: str, chars: int = 1000) -> str:

@@ -172,7 +172,10 @@ def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.da
         if isinstance(delay, dt.timedelta):
             seconds = delay.total_seconds()
         elif isinstance(delay, int | float) and not isinstance(delay, bool):
-            seconds = float(delay)
+            try:
+                seconds = float(delay)
+            except OverflowError:  # an int past a float's range: too long, said below
+                seconds = float("inf")
         else:
             raise InvalidArgumentError(
                 f"job {name!r}: delay must be a timedelta or a number of seconds, got "

@@ -14,6 +14,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from ..core.errors import InvalidArgumentError, JobFailedError, JobNotFoundError, keywords_checked
+from ..core.limits import limit_usage
 from ..core.models import Job
 from ..core.producing import ENDED, WaitPacing
 from ..core.status import JobStatus
@@ -52,6 +53,7 @@ class JobWaits(Runtime):
             not isinstance(timeout, int | float)
             or isinstance(timeout, bool)
             or not 0 <= timeout < float("inf")  # NaN fails this too
+            or timeout > 1e300  # an int past a float's range (10**400) fails float()
         ):
             raise InvalidArgumentError(
                 f"timeout must be a finite number of seconds >= 0 (None: no limit), got {timeout!r}"
@@ -112,8 +114,9 @@ class JobWaits(Runtime):
 
     async def _why_still(self, doc: Doc) -> str:
         """Why a job a wait timed out on has not ended, when the database tells (at most two
-        short reads, only then): scheduled later, waiting for its dependencies, its name paused,
-        no live worker claiming it, or running where. "" when it cannot tell."""
+        short reads, only then, and a third for a job under a limit): scheduled later, waiting
+        for its dependencies, its name paused, no live worker claiming it, its limit full, or
+        running where. "" when it cannot tell."""
         job = Job.read(doc)  # dates as datetimes, whatever the server stored
         status, name = job.status, job.name
         now = self.clock.now()
@@ -131,7 +134,15 @@ class JobWaits(Runtime):
         cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
         if not await produce.run(lambda _: self.storage.workers.serving(name, cutoff), within=0.5):
             return f"no live worker claims {name!r}: start one that defines it"
-        return "live workers claim it: they are busy with other jobs" if status == S.PENDING else ""
+        if status != S.PENDING:
+            return ""
+        if job.limit_key:  # a third read, only for a job under a limit
+            key = job.limit_key
+            held = await produce.run(lambda _: self.storage.limits.get(key), within=0.5)
+            full = _limit_full(limit_usage(held, now)) if held else ""
+            if full:
+                return f"its limit {key!r} is full: {full}"
+        return "live workers claim it: they are busy with other jobs"
 
     async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
         """A change stream on the job when the server's streams block (learnt from this
@@ -206,3 +217,14 @@ async def _close(stream: Any) -> None:
                 await closed
     except (PyMongoError, TimeoutError):
         pass
+
+
+def _limit_full(usage: Doc) -> str:
+    """How a limit's usage (`core.limits.limit_usage`) keeps a job back now, or ""."""
+    cap, running = usage["concurrency"], usage["running"]
+    if isinstance(cap, int) and running >= cap:
+        return f"{running} of {cap} running"
+    rate, started = usage["rate"], usage["started_in_window"]
+    if isinstance(rate, int) and started >= rate:
+        return f"{started} started in the last {usage['per_seconds']:g}s, its rate is {rate}"
+    return ""

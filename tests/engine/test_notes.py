@@ -397,3 +397,35 @@ def test_the_sync_forms_from_a_thread_that_outlived_its_loop_raise_job_lost() ->
     assert [type(e) for e in errors] == [JobLostError, JobLostError]
     assert "the worker's event loop has stopped" in str(errors[0])
     assert job.not_awaited() == [] and job.state is None
+
+
+async def test_a_log_call_whose_message_key_or_exception_cannot_be_shown_never_fails_the_run(
+    db: Any,
+) -> None:
+    """guide.md: "a log call never fails a run". A message, a field's key or value, or the
+    exception of `logger.exception` whose str() raises is kept as `<Type>`."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("no text for you")
+
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no text for you")
+
+    async def report(job: Job, signal: AbortSignal) -> int:
+        job.log(Unprintable(), field=Unprintable())
+        job.log("nested", data={Unprintable(): 1})
+        try:
+            raise Odd()
+        except Odd:
+            job.logger.exception("failed once")
+        return 7
+
+    processor = await make(db, {"report": JobDef(handler=report)})
+    done = await processor.run_job("report")
+    assert (done.status, done.error, done.result) == (S.FINISHED, None, 7)
+    first, nested, last = done.logs
+    assert (first["message"], first["fields"]) == ("<Unprintable>", {"field": "<Unprintable>"})
+    assert nested["fields"] == {"data": {"<Unprintable>": 1}}
+    assert last["fields"] == {"exception": "Odd: <Odd>"}

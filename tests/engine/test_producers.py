@@ -158,9 +158,11 @@ async def test_wait_for_and_result_see_what_another_process_ended(db: Any) -> No
     with pytest.raises(JobFailedError, match=rf"skipped \(exclusive\): job {solo.id} was active"):
         await producer.result(skipped.id, timeout=1)
     assert solo.status == S.PENDING
-    for bad in (float("nan"), float("inf"), -1, "5"):
+    for bad in (float("nan"), float("inf"), 10**400, -1, "5"):  # 10**400: past a float
         with pytest.raises(InvalidArgumentError, match="timeout must be a finite number"):
             await producer.wait_for(solo.id, timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match=r"^item 0: job 'echo': delay .* is too long"):
+        await producer.schedule_jobs([JobSpec("echo", {}, delay=10**400)])
 
 
 # ---- short outages: retried within the budget, never written twice -----------------------------
@@ -583,3 +585,28 @@ async def test_wait_for_on_a_change_stream_gone_silent_keeps_its_timeout(
     with pytest.raises(TimeoutError, match="still pending"):
         await asyncio.wait_for(p.wait_for(job.id, timeout=1), 10)
     assert time.monotonic() - began < 5
+
+
+async def test_a_wait_on_a_job_held_back_by_its_full_limit_says_so(db: Any) -> None:
+    """A wait's TimeoutError says why a pending job has not started: a job held back by its
+    full cluster-wide limit (concurrency, or rate) names the limit, not "busy" workers (the
+    worker has free slots)."""
+    from job_processor import Limit
+
+    one = Limit(key="provider", concurrency=1)
+    hourly = Limit(key="report-api", rate=1, per_seconds=3600)
+    jobs = {"mail": JobDef(handler=blocks, limit=one), "report": JobDef(handler=echo, limit=hourly)}
+    p = await make(db, jobs, concurrency=4)
+    async with p:
+        first = await p.schedule_job("mail")
+        await wait_status(p, first.id, S.RUNNING)
+        second = await p.schedule_job("mail")
+        with pytest.raises(TimeoutError, match=r"its limit 'provider' is full: 1 of 1 running$"):
+            await p.wait_for(second.id, timeout=0.5)
+        await p.kill_job(first.id)
+        await p.result((await p.schedule_job("report")).id, timeout=10)
+        held = await p.schedule_job("report")
+        with pytest.raises(
+            TimeoutError, match=r"'report-api' is full: 1 started in the last 3600s, its rate is 1$"
+        ):
+            await p.wait_for(held.id, timeout=0.5)
