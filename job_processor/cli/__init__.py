@@ -24,7 +24,7 @@ from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, JobProcessorError
 from . import common
 from .parser import build_parser, parse
-from .run import RunContext, configure_logging
+from .run import RunContext, checked_log_format, configure_logging
 
 __all__ = ["RunContext", "build_parser", "main"]
 
@@ -83,7 +83,12 @@ def _main(
     level = quiet.get(args.command, args.log_level)
     if operations and not any(a.split("=")[0] == "--log-level" for a in given):
         level = "warning"  # operations print results; logs only when asked for
-    configure_logging(level)
+    try:
+        log_format = checked_log_format()
+    except common.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return common.BAD_INPUT
+    configure_logging(level, log_format)
     try:
         check_window(
             getattr(args, "since", None), getattr(args, "until", None), "--since", "--until"

@@ -14,6 +14,9 @@ import logging
 import os
 import socket
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,9 +175,27 @@ class StdlibFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def configure_logging(level: str) -> None:
+#: What JOB_PROCESSOR_LOG_FORMAT takes, in any case (empty: unset, the console renderer).
+LOG_FORMATS = ("console", "json")
+
+
+def checked_log_format() -> str:
+    """JOB_PROCESSOR_LOG_FORMAT, checked: a value a log pipeline did not mean (`jsonl`, a
+    typo) is bad input naming the variable, never the console renderer without a word."""
+    given = os.environ.get("JOB_PROCESSOR_LOG_FORMAT") or ""
+    chosen = given.strip().lower() or "console"
+    if chosen not in LOG_FORMATS:
+        raise UsageError(
+            f"JOB_PROCESSOR_LOG_FORMAT={given!r}: give json (one JSON object per line) or "
+            "console, or leave it unset (console)"
+        )
+    return chosen
+
+
+def configure_logging(level: str, log_format: str | None = None) -> None:
+    """`log_format`: "json" or "console" (None: JOB_PROCESSOR_LOG_FORMAT's, checked)."""
     lvl = getattr(logging, level.upper(), logging.INFO)
-    json_lines = os.environ.get("JOB_PROCESSOR_LOG_FORMAT") == "json"
+    json_lines = (log_format or checked_log_format()) == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(StdlibFormatter(json_lines))
     logging.basicConfig(level=lvl, handlers=[handler])
@@ -215,7 +236,36 @@ def _metrics_port_in_use(host: str, port: int) -> str | None:
     return None
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor (`asyncio.to_thread`, `run_in_executor(None, ...)`), counting
+    the calls still running: a handler cancelled at its `await asyncio.to_thread(...)` leaves
+    its thread running, which `asyncio.run` would wait for, for ever, before exiting."""
+
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="asyncio")
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            self.busy += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            with self._lock:
+                self.busy -= 1
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
+    threads = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(threads)
     if args.metrics_port is not None:
         busy = _metrics_port_in_use(args.metrics_host, args.metrics_port)
         if busy is not None:
@@ -253,28 +303,35 @@ async def cmd_run(args: argparse.Namespace) -> int:
         try:
             await processor.serve(stop)
         except Exception:  # a crashed loop: said (processor_loop_crashed), non-zero
-            exit_if_handlers_left(processor, 1)
+            exit_if_handlers_left(processor, 1, threads)
             raise
         finally:
             if server is not None:
                 server.close()
         code = 130 if processor.stop_forced else 0
-        exit_if_handlers_left(processor, code)
+        exit_if_handlers_left(processor, code, threads)
         return code
 
 
-def exit_if_handlers_left(processor: Runtime, code: int) -> None:
+def exit_if_handlers_left(
+    processor: Runtime, code: int, threads: CountingExecutor | None = None
+) -> None:
     """The stop is over, but user code still runs: an async handler or hook that swallowed its
-    cancellation (`handler_ignored_cancel`, a hook past its timeout), or, after a forced stop,
-    the runs left to recovery. Leaving `asyncio.run` would wait for them for ever (it cancels
-    every task left and waits for each), and the container be killed instead. Exit now."""
+    cancellation (`handler_ignored_cancel`, a hook past its timeout), a thread of the loop's
+    default executor (a handler cancelled at its `await asyncio.to_thread(...)`), or, after a
+    forced stop, the runs left to recovery. Leaving `asyncio.run` would wait for them for ever
+    (it cancels every task left and waits for each, then joins the executor's threads), and
+    the container be killed instead. Exit now."""
     left = sum(1 for task in processor.worker.ignoring_cancel if not task.done())
     left += sum(1 for task in processor.hooks.left_running if not task.done())
     if processor.stop_forced:  # its runs and the hooks it took over: left to recovery
         left += len(processor.worker.runs) + processor.hooks.running()
-    if not left:
+    busy = threads.busy if threads is not None else 0
+    if not left and not busy:
         return
-    processor.log.warning("process_exiting", handlers_left_running=left, exit_code=code)
+    processor.log.warning(
+        "process_exiting", handlers_left_running=left, threads_left_running=busy, exit_code=code
+    )
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

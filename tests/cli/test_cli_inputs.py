@@ -193,3 +193,21 @@ async def test_an_empty_log_level_variable_is_unset_not_bad_input(scratch_url: s
     included (which "log only warnings unless --log-level is given", operations.md), exits 2."""
     ran = await run_cli("jobs", "list", env={"MONGODB_URL": scratch_url, "LOG_LEVEL": ""})
     assert ran.returncode == 0, (ran.returncode, ran.stderr[-300:])
+
+
+@pytest.mark.parametrize("value", ["jsonl", "text", "jsn"])
+async def test_an_unknown_log_format_variable_is_refused_naming_it(
+    scratch_url: str, value: str
+) -> None:
+    """`JOB_PROCESSOR_LOG_FORMAT=json` gives JSON lines; any other value (a typo, `jsonl`) gave
+    the console renderer without a word, which a log pipeline expecting JSON then drops: it is
+    bad input (2) naming the variable, as a bad LOG_LEVEL is. `JSON`, `console` and empty are
+    accepted."""
+    env = {"MONGODB_URL": scratch_url, "JOB_PROCESSOR_LOG_FORMAT": value}
+    ran = await run_cli("workers", "list", "--log-level", "info", env=env)
+    assert ran.returncode == 2, (ran.returncode, ran.stdout[-200:], ran.stderr[-300:])
+    assert f"JOB_PROCESSOR_LOG_FORMAT={value!r}: give json" in ran.stderr, ran.stderr[-300:]
+    for good in ("JSON", "console", ""):
+        env["JOB_PROCESSOR_LOG_FORMAT"] = good
+        ran = await run_cli("workers", "list", env=env)
+        assert ran.returncode == 0, (good, ran.stderr[-300:])

@@ -136,3 +136,52 @@ async def test_sigterm_exits_although_an_exit_hook_swallows_its_cancellation(
         assert code == 0, worker.output()[-3000:]
     finally:
         kill_all([worker])
+
+
+def _blocking_call(release: str) -> None:
+    """A blocking call (a synchronous HTTP client, a driver) that outlives the grace period."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+async def offloaded(job: Any, signal: Any) -> None:
+    # what the guide says to do with blocking code in an `async def` ("Never block inside
+    # async def": `await asyncio.to_thread(fn, ...)`); the handler swallows nothing
+    await asyncio.to_thread(_blocking_call, job.payload["release"])
+
+
+OFFLOADED = {"offloaded": JobDef(handler=offloaded)}
+
+
+async def make_offloaded(ctx: RunContext) -> JobProcessor:
+    return await init_job_processor(ctx.db, jobs=OFFLOADED, **SETTINGS)
+
+
+async def test_sigterm_exits_although_an_async_handler_awaits_asyncio_to_thread(
+    mongo_url: str, db: Any, tmp_path: Path
+) -> None:
+    """An async handler cancelled at its `await asyncio.to_thread(...)` leaves that thread in
+    the loop's default executor, which asyncio.run() (and the interpreter's exit) would join:
+    the process stayed up until the thread returned (in Docker: SIGKILL, exit 137). It exits
+    0 once the stop is over, saying a thread was left running."""
+    release = tmp_path / "release"
+    worker = _spawn(f"{__name__}:make_offloaded", mongo_url, db, tmp_path)
+    try:
+        client = await init_job_processor(
+            db, jobs=OFFLOADED, worker_timeout=2.0, heartbeat_interval=0.5
+        )
+        await wait_workers(client, 1)
+        job = await client.schedule_job("offloaded", {"release": str(release)})
+        await wait_status(client, job.id, JobStatus.RUNNING, timeout=20)
+        worker.proc.send_signal(signal.SIGTERM)
+        # grace 3 s, then the handler is cancelled and `pending` written: 15 s is generous
+        await wait_status(client, job.id, JobStatus.PENDING, timeout=15)
+        code = await wait_exit(worker, timeout=15)
+        assert code == 0, worker.output()[-3000:]
+        assert "threads_left_running=1" in worker.output(), worker.output()[-3000:]
+    finally:
+        release.touch()  # the thread returns: the process can end
+        kill_all([worker])
