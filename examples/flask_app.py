@@ -61,7 +61,7 @@ def report(job_id: str) -> Any:
     """The job's state; `?wait=5` waits up to 5 s for it to end (a long poll)."""
     wait = long_poll_seconds(request.args.get("wait", "0"))
     if wait is None:
-        return jsonify(error="wait must be a number of seconds from 0 to 30"), 400
+        return jsonify(error="wait must be a number of seconds from 0 to 25"), 400
     try:
         job = jobs().wait_for(job_id, timeout=wait)
     except JobNotFoundError:

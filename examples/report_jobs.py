@@ -45,12 +45,13 @@ async def make(ctx: RunContext) -> JobProcessor:
 
 
 def long_poll_seconds(raw: str) -> float | None:
-    """A `?wait=` value: seconds from 0 to 30, else None (the view answers 400)."""
+    """A `?wait=` value: seconds from 0 to 25, else None (the view answers 400): below gunicorn's
+    default --timeout (30 s), which kills a worker busy with one request that long."""
     try:
         seconds = float(raw)
     except ValueError:
         return None
-    return seconds if 0 <= seconds <= 30 else None
+    return seconds if 0 <= seconds <= 25 else None
 
 
 def public_error(error: str | None) -> str | None:

@@ -413,7 +413,7 @@ async def init_job_processor(
                 hint="a step counts within its field only: for a longer period, list the "
                 "values in the next field (every 3 hours: '0 */3 * * *'), or use several crons",
             )
-    instance = instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")
+    instance = (instance_id if instance_id is not None else os.environ.get("INSTANCE_ID")) or None
     warn_unexpanded_instance_id(instance, log)
     bus = EventBus(
         storage,

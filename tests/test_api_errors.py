@@ -420,3 +420,16 @@ async def test_datetimes_read_back_are_aware_everywhere_without_tz_aware(mongo_u
     finally:
         await client.drop_database(db.name)
         await client.close()
+
+
+async def test_an_empty_instance_id_is_none_as_in_run(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`INSTANCE_ID=` (set but empty: compose's `${INSTANCE_ID:-}`) is no instance id, as
+    `job-processor run` reads it (ctx.instance_id None), not an empty one on the worker."""
+    from job_processor.admin import Admin
+
+    monkeypatch.setenv("INSTANCE_ID", "")
+    async with await init_job_processor(db, jobs=JOBS):
+        [worker] = await Admin(db).list_workers()
+    assert worker.instance_id is None

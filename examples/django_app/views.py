@@ -29,7 +29,7 @@ def enqueue_report(request: HttpRequest) -> JsonResponse:
 def report(request: HttpRequest, job_id: str) -> JsonResponse:
     wait = long_poll_seconds(request.GET.get("wait", "0"))
     if wait is None:
-        return JsonResponse({"error": "wait must be a number of seconds from 0 to 30"}, status=400)
+        return JsonResponse({"error": "wait must be a number of seconds from 0 to 25"}, status=400)
     try:
         job = client().wait_for(job_id, timeout=wait)
     except JobNotFoundError:

@@ -100,8 +100,6 @@ async def job_action(d: Dashboard, request: Request) -> Response:
             lines=[f"{job.name} · {job.status.value}.{running}"],
             button=f"{verb.capitalize()} job",
         )
-    if verb == "delete":
-        back = "/jobs" if back.startswith(f"/jobs/{job_id}") else back
     calls: dict[str, Callable[[], Awaitable[ActionResult]]] = {
         "retry": lambda: admin.retry([job_id], actor=actor),
         "kill": lambda: admin.kill([job_id], actor=actor),
@@ -110,9 +108,12 @@ async def job_action(d: Dashboard, request: Request) -> Response:
         "duplicate": lambda: admin.duplicate(job_id, actor=actor),
     }
     result, response = await _run(d, request, verb.capitalize(), calls[verb], back)
+    root = str(request.scope.get("root_path", "")).rstrip("/")
     if verb == "duplicate" and result is not None and result.jobs:
-        root = str(request.scope.get("root_path", "")).rstrip("/")
         response.headers["location"] = f"{root}/jobs/{result.jobs[0].id}"
+    deleted = verb == "delete" and result is not None and bool(result.changed)
+    if deleted and back.startswith(f"/jobs/{job_id}"):  # its page is gone; a refusal stays
+        response.headers["location"] = f"{root}/jobs"
     return response
 
 

@@ -274,6 +274,39 @@ async def test_destructive_actions_ask_for_confirmation_first(processor: Any) ->
         assert "It is running" not in resp.text
 
 
+async def test_a_refused_delete_returns_to_the_job_and_a_paused_names_new_job_says_so(
+    processor: Any,
+) -> None:
+    """A delete the admin refuses (a running job: kill it first) goes back to the job's page,
+    which still exists, with the reason; a new job of a paused name says that no worker runs
+    it until the name is resumed."""
+    import asyncio
+
+    p, switches = processor
+    switches.hold = asyncio.Event()
+    running = await p.schedule_job("send-email", {"to": "held@example.com"})
+    await wait_until(lambda: _status(p, running.id, S.RUNNING))
+    app = create_dashboard(p, auth=AUTH)
+    try:
+        async with client(app) as c:
+            csrf = token((await c.get(f"/jobs/{running.id}")).text)
+            form = {"csrf_token": csrf, "confirm": "yes"}
+            resp = await c.post(f"/jobs/{running.id}/delete", data=form)
+            assert resp.status_code == 303 and resp.headers["location"] == f"/jobs/{running.id}"
+            page = await c.get(resp.headers["location"])
+            assert "Delete: nothing changed" in page.text and "kill" in page.text
+            await c.post("/names/send-email/pause", data={"csrf_token": csrf})
+            form = {"csrf_token": csrf, "name": "send-email", "payload": '{"to": "p@example.com"}'}
+            resp = await c.post("/jobs/new", data=form)
+            page = await c.get(resp.headers["location"])
+            assert "New job: 1 changed" in page.text
+            assert (
+                "&#39;send-email&#39; is paused: no worker runs it until it is resumed" in page.text
+            )
+    finally:
+        switches.hold.set()
+
+
 async def test_run_a_scheduled_job_now_and_duplicate_a_job(processor: Any) -> None:
     import datetime as dt
 
