@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, get_args
 
 import bson
@@ -282,7 +282,7 @@ async def run_until_idle(
     worker = processor.worker
     clock = processor.clock
     ran: list[Job[Any]] = []
-    stalled = 0  # clock moves in a row with no run: a limit that never frees ends the loop
+    stalled = 0  # moves to a limit's wait in a row with no run: a limit that never frees
     # a worker document, but no heartbeat loop: the test moves the clock in big steps
     await processor.heartbeat.register()
     try:
@@ -306,26 +306,31 @@ async def run_until_idle(
                 break
             names = [n for n in worker.names if n not in worker.paused]
             upcoming = [await processor.storage.jobs.next_due(names)]
-            upcoming += worker.limiter.blocked.values()  # when a full limit allows a start
             if until is not None:
                 upcoming += [d["next_slot"] for d in await processor.storage.crons.docs()]
-            later = [
-                t
-                for t in upcoming
-                if t is not None and t > clock.now() and (until is None or t <= until)
-            ]
-            if not later:
+            later = _ahead(upcoming, clock.now(), until)
+            waits = _ahead(worker.limiter.blocked.values(), clock.now(), until)  # a full limit
+            if not later and not waits:
                 break
-            clock.set(min(later))
-            stalled += 1
+            step = min(later + waits)
+            clock.set(step)
+            # only moves to a limit's wait count: a job or a cron slot (a paused cron's too) is
+            # progress towards `until`
+            stalled = 0 if later and step == min(later) else stalled + 1
     finally:
         await processor.heartbeat.unregister()
         worker.worker_id = ""
     return ran
 
 
-#: run_until_idle stops after this many clock moves in a row that start no job.
+#: run_until_idle stops after this many moves in a row to a limit's wait that start no job.
 _MAX_STALLED = 1000
+
+
+def _ahead(
+    times: Iterable[dt.datetime | None], now: dt.datetime, until: dt.datetime | None
+) -> list[dt.datetime]:
+    return [t for t in times if t is not None and t > now and (until is None or t <= until)]
 
 
 async def _claim_limited(processor: JobProcessor) -> list[Doc]:

@@ -121,9 +121,9 @@ class Guard:
         }
         await form.close()  # its uploaded files (an extra route reads the body again)
         origin = request.headers.get("origin")
-        # an explicit allowed_hosts list judges the Origin (the public name behind a proxy that
-        # sends its own Host, as for a WebSocket); with any host allowed, it must be the Host
-        listed = not d.allowed_hosts.any and origin not in (None, "null")
+        # an explicit allowed_hosts list judges a public Origin (behind a proxy that sends its
+        # own Host); otherwise the Origin must be the Host, port included
+        listed = d.allowed_hosts.names_public_origin(origin, request.headers.get("host"))
         why = csrf.verify(request, str(form.get(csrf.FIELD) or "") or None, listed)
         if why is None and not d.allowed_hosts.origin_allowed(origin):
             why = f"the request came from another site ({origin})"

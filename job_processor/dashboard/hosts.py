@@ -50,6 +50,8 @@ class AllowedHosts:
                     f"allowed_hosts entries are host names, '*.example.com' or '*'; got {p!r}"
                 )
         self.patterns = tuple(p.lower() if p.startswith("*") else host_of(p) for p in chosen)
+        self.explicit = patterns is not None
+        """Given by the caller (not the default): the public names behind a proxy."""
 
     @property
     def any(self) -> bool:
@@ -72,6 +74,22 @@ class AllowedHosts:
         if origin == "null":
             return False
         return self.allows(urlsplit(origin).netloc)
+
+    def names_public_origin(self, origin: str | None, host: str | None) -> bool:
+        """Whether a form's `Origin` is judged by this explicit list rather than against the
+        request's `Host`: behind a proxy that sends its own Host, the Origin is the public name,
+        another host name than the Host's, on its scheme's default port. The same host name on
+        another port, or a port given, is another origin, never a proxy's rewrite: the Origin
+        must then be the Host (or X-Forwarded-Host), port included."""
+        if not self.explicit or self.any or origin in (None, "null"):
+            return False
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        name = host_of(parts.netloc)
+        return port is None and bool(name) and name != host_of(host or "")
 
     def describe(self) -> str:
         return ", ".join(self.patterns)

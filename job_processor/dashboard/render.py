@@ -235,7 +235,7 @@ def filter_form(
         if when is not None:
             shown[key] = as_utc(when).strftime("%Y-%m-%dT%H:%M:%S")
     choices = set(sizes)
-    if limit.isdigit() and int(limit) > 0:
+    if limit.isascii() and limit.isdigit() and int(limit) > 0:  # not '²': int() refuses it
         choices.add(int(limit))
     return shown, sorted(choices)
 

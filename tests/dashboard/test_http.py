@@ -900,13 +900,49 @@ async def test_forms_work_behind_a_proxy_that_rewrites_host_when_allowed_hosts_n
     async with client(app, base="http://127.0.0.1:8080") as c:  # the Host the proxy sends
         page = await c.get(f"/jobs/{job_id}")
         form = {"csrf_token": token(page.text), "next": f"/jobs/{job_id}"}
-        evil = await c.post(
-            f"/jobs/{job_id}/retry", data=form, headers={"origin": "https://evil.example"}
-        )
-        assert evil.status_code == 403 and "another site" in evil.text
+        for other in ("https://evil.example", "https://jobs.example.com:9999"):
+            evil = await c.post(f"/jobs/{job_id}/retry", data=form, headers={"origin": other})
+            assert evil.status_code == 403 and "another site" in evil.text, other
         resp = await c.post(
             f"/jobs/{job_id}/retry", data=form, headers={"origin": "https://jobs.example.com"}
         )
         assert resp.status_code == 303, re.findall(r"Refused[^<]*", resp.text)
     entries = await p.storage.audit.recent(1)
     assert entries[0]["action"] == "jobs_retried"
+
+
+async def test_a_loopback_dashboard_refuses_a_form_from_another_port_of_the_same_host(
+    processor: Any,
+) -> None:
+    """A page on another port of the same host (a dev server at 127.0.0.1:3000) is another
+    origin but the same site: the SameSite cookie rides along, and that page's server can set
+    the cookie to a token it knows (cookies are not kept apart by port). The Origin check
+    refuses its forms: without an explicit allowed_hosts, the Origin must be the Host, port
+    included; with one, the same host name on another port is refused too."""
+    p, _ = processor
+    job_id = await failed_email(p)
+    for app in (
+        create_dashboard(p),  # no auth: loopback only, allowed_hosts not given
+        create_dashboard(p, auth=AUTH, allowed_hosts=["127.0.0.1"]),
+    ):
+        async with client(app, base="http://127.0.0.1:8080") as local:
+            page = await local.get(f"/jobs/{job_id}")
+            form = {"csrf_token": token(page.text), "next": f"/jobs/{job_id}"}
+            for origin in ("http://127.0.0.1:3000", "http://127.0.0.1"):
+                other_port = await local.post(
+                    f"/jobs/{job_id}/retry", data=form, headers={"origin": origin}
+                )
+                assert other_port.status_code == 403 and "another site" in other_port.text
+    assert (await p.get_job(job_id)).status == S.ERRORED  # nothing was done
+
+
+async def test_a_page_size_of_digits_int_cannot_read_is_refused_not_a_crash(processor: Any) -> None:
+    """`str.isdigit()` is true for '²' (and other Unicode digits `int()` refuses): the filter
+    form's page sizes do not turn such a `?limit=` into a server error."""
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/jobs", "/events"):
+            resp = await c.get(path, params={"limit": "²"})
+            assert resp.status_code == 400, (path, resp.status_code)
+            assert "limit must be a whole number" in resp.text

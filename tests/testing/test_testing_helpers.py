@@ -290,3 +290,24 @@ def test_an_ended_dependency_with_a_status_that_is_not_an_end_is_refused() -> No
         with pytest.raises(InvalidArgumentError, match=r"finished, errored, killed, skipped"):
             JobHarness.ended("part", status=status, result=3)
     assert JobHarness.ended("part", status="killed").status == S.KILLED
+
+
+async def test_run_until_idle_goes_on_to_until_past_many_slots_of_a_paused_cron() -> None:
+    """The slots of a cron whose name is paused move the clock without a run: they do not end
+    the loop before `until` (as a limit that never frees does, after 1,000 moves): a job due
+    before `until` is run."""
+    from job_processor.admin import Admin
+
+    async def noop(job: Job, signal: AbortSignal) -> str:
+        return job.name
+
+    crons = {"tick": {"cron_string": "* * * * *", "handler": noop}}
+    async with in_memory_processor(jobs={"later": JobDef(handler=noop)}, crons=crons) as processor:
+        await processor.start()  # registers the names, as any worker start does
+        await processor.stop()
+        await Admin(processor.storage.db, clock=processor.clock).pause("tick")
+        t0 = processor.clock.now()
+        job = await processor.schedule_job("later", delay=dt.timedelta(minutes=1100))
+        ran = await run_until_idle(processor, until=t0 + dt.timedelta(minutes=1200))
+        assert [j.name for j in ran] == ["later"]
+        assert (await processor.get_job(job.id)).status == S.FINISHED
