@@ -23,7 +23,7 @@ from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.definitions import JobDef
 from ..core.log import EventLog
 from ..core.outcome import Ending, Outcome, RunEnd, decide
-from ..core.settings import Settings
+from ..core.settings import MAX_SETTING_SECONDS, Settings
 from ..core.status import JobStatus
 from ..storage import Storage
 from ..storage.transient import describe
@@ -160,10 +160,13 @@ class Recovery:
                         by=me,
                     )
                 continue
-            if w["_id"] == me or as_utc(w["last_seen"]) >= cutoff:
+            # each worker by its own worker_timeout (it gives its runs up at that age): in a
+            # rolling deploy that changes it, a healthy worker is never declared dead early
+            theirs = _own_cutoff(w.get("worker_timeout"), now) or cutoff
+            if w["_id"] == me or as_utc(w["last_seen"]) >= theirs:
                 live.add(w["_id"])
                 live_docs.append(w)
-            elif await self.storage.workers.delete_stale(w["_id"], cutoff):
+            elif await self.storage.workers.delete_stale(w["_id"], theirs):
                 dead.append(w["_id"])
                 self.log.warning(
                     "worker_declared_dead",
@@ -364,3 +367,13 @@ class Recovery:
         else:  # in the background: the sweep (and the heartbeat) never wait for a hook
             self.hooks.start(definition, written.doc)
         return written.doc
+
+
+def _own_cutoff(recorded: Any, now: dt.datetime) -> dt.datetime | None:
+    """The cutoff of a worker document's own `worker_timeout` (None when it records none
+    readable: the sweeper's own applies)."""
+    if isinstance(recorded, bool) or not isinstance(recorded, int | float):
+        return None
+    if not 0 < recorded <= MAX_SETTING_SECONDS:  # NaN fails this too
+        return None
+    return now - dt.timedelta(seconds=float(recorded))

@@ -65,12 +65,12 @@ class WorkerStore:
         return await all_docs(self.coll.find({}))
 
     async def liveness(self, definitions: bool = False) -> list[Doc]:
-        """Every worker document, with only what the sweep reads (not the names it claims nor
-        the digests of its definitions, unless `definitions`: then also `names`,
-        `definitions` and `started_at`, `worker_timeout`)."""
-        fields = {"last_seen": 1, "hostname": 1, "instance_id": 1}
+        """Every worker document, with only what the sweep reads (its own `worker_timeout`,
+        by which it is judged; not the names it claims nor the digests of its definitions,
+        unless `definitions`: then also `names`, `definitions` and `started_at`)."""
+        fields = {"last_seen": 1, "hostname": 1, "instance_id": 1, "worker_timeout": 1}
         if definitions:
-            fields |= {"names": 1, "definitions": 1, "started_at": 1, "worker_timeout": 1}
+            fields |= {"names": 1, "definitions": 1, "started_at": 1}
         return await all_docs(self.coll.find({}, fields))
 
     async def delete_stale(self, worker_id: str, cutoff: dt.datetime) -> bool:

@@ -95,6 +95,31 @@ async def test_a_recent_claim_without_worker_document_is_left_alone(db: Any) -> 
     assert await processor.recovery.sweep(now + dt.timedelta(seconds=4)) == 1
 
 
+async def test_each_worker_is_judged_by_its_own_recorded_worker_timeout(db: Any) -> None:
+    """A rolling deploy lowers worker_timeout (60 s to 2 s here): the new workers' sweep judges
+    an old worker by the worker_timeout its document records (it gives its runs up at that
+    age), never declaring it dead between two of its heartbeats and recovering the job it is
+    running; past its own timeout it is dead. A document without a readable one is judged by
+    the sweeper's."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"n": JobDef(handler=noop)}, worker_timeout=2.0)
+    workers = p.storage.workers.coll
+    old = await plant_dead_worker_job(p, "n", seconds_ago=10, worker_id="old-healthy")
+    await workers.update_one({"_id": "old-healthy"}, {"$set": {"worker_timeout": 60.0}})
+    gone = await plant_dead_worker_job(p, "n", seconds_ago=70, worker_id="old-gone")
+    await workers.update_one({"_id": "old-gone"}, {"$set": {"worker_timeout": 60.0}})
+    odd = await plant_dead_worker_job(p, "n", seconds_ago=10, worker_id="odd")
+    await workers.update_one({"_id": "odd"}, {"$set": {"worker_timeout": "sixty"}})
+    assert await p.recovery.sweep(dt.datetime.now(dt.UTC)) == 2
+    assert (await p.get_job(old)).status == S.RUNNING
+    assert await workers.count_documents({"_id": "old-healthy"}) == 1
+    assert (await p.get_job(gone)).status == S.ERRORED
+    assert (await p.get_job(odd)).status == S.ERRORED
+
+
 async def test_worker_declared_dead_does_not_overwrite_recovered_job(db: Any) -> None:
     release = asyncio.Event()
     reasons: list[tuple[int, str | None]] = []
