@@ -170,6 +170,12 @@ TAKES_A_BEAT = {
 }
 
 
+def print_paused(result: ActionResult) -> None:
+    """The names of the jobs the action queued that no worker runs until they are resumed."""
+    for name in result.detail.get("paused") or []:
+        print(f"  {name!r} is paused: no worker runs it until `job-processor names resume {name}`")
+
+
 def report(result: ActionResult, as_json: bool) -> int:
     made = result.jobs[0] if result.action in ONE_NEW_JOB and result.jobs else None
     if as_json:
@@ -192,11 +198,7 @@ def report(result: ActionResult, as_json: bool) -> int:
             )
         else:
             print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({state})")
-            if result.detail.get("paused"):
-                print(
-                    f"  {made.name!r} is paused: no worker runs it until "
-                    f"`job-processor names resume {made.name}`"
-                )
+            print_paused(result)
             for why in result.skipped.values():
                 print(f"  {why}")
     else:
@@ -208,6 +210,7 @@ def report(result: ActionResult, as_json: bool) -> int:
             print(f"{verb}: {result.count - len(requested)}" + (f" ({what})" if what else ""))
             if result.action in TAKES_A_BEAT:
                 print(f"  {TAKES_A_BEAT[result.action]}")
+            print_paused(result)
         for job_id in requested:  # one line per job: a running one is aborted by its worker
             print(f"{job_id}: kill requested (its worker aborts it)")
         for key, why in result.skipped.items():

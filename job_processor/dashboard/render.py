@@ -257,9 +257,10 @@ def flash_from_result(result: ActionResult, masker: Masker) -> dict[str, Any]:
     ]
     if len(result.changed) > FLASH_LINES:
         lines.append(f"… and {len(result.changed) - FLASH_LINES} more changed")
-    if result.detail.get("paused") and result.jobs:  # a new job of a paused name
-        name = result.jobs[-1].name
-        lines.append(f"{name!r} is paused: no worker runs it until it is resumed (Names page)")
+    lines += [  # queued, but no worker claims it
+        f"{name!r} is paused: no worker runs it until it is resumed (Names page)"
+        for name in result.detail.get("paused") or []
+    ]
     for jid, why in list(result.skipped.items())[:FLASH_LINES]:
         lines.append(f"{jid}: {masker.text(why)}")
     if len(result.skipped) > FLASH_LINES:

@@ -100,10 +100,17 @@ def test_a_job_created_for_a_paused_name_says_it_waits_for_the_resume(
     result = ActionResult(
         action="job_created", actor="cli", at=NOW, jobs=[job], changed=[job.id], count=1
     )
-    result.detail["paused"] = True
+    result.detail["paused"] = ["sync"]
     assert report(result, as_json=False) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"created job sync {job.id} (pending, due now)",
+        "  'sync' is paused: no worker runs it until `job-processor names resume sync`",
+    ]
+    retried = ActionResult(action="jobs_retried", actor="cli", at=NOW, changed=[job.id], count=1)
+    retried.detail["paused"] = ["sync"]
+    assert report(retried, as_json=False) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"jobs retried: 1 ({job.id})",
         "  'sync' is paused: no worker runs it until `job-processor names resume sync`",
     ]
 

@@ -321,7 +321,25 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
     assert "paused" not in created.detail
     await admin.pause("email")
     while_paused = await admin.new_job("email", {})  # created, said to wait for the resume
-    assert while_paused.done and while_paused.detail["paused"] is True
+    assert while_paused.done and while_paused.detail["paused"] == ["email"]
+
+
+async def test_run_now_retry_duplicate_and_trigger_say_the_name_is_paused(env: Any) -> None:
+    """As new_job does, every action that queues a job of a paused name says so
+    (detail["paused"]: the CLI prints it, the dashboard flashes it): nothing runs until the
+    name is resumed."""
+    admin, storage, clock = env
+    later = str((await add(storage, scheduled_for=NOW + dt.timedelta(hours=3)))["_id"])
+    failed = await ended(storage, S.ERRORED, at=1)
+    await admin.pause("email")
+    clock.advance(2)
+    ran_now = await admin.run_now(later)
+    retried = await admin.retry(failed)
+    copied = await admin.duplicate(later)
+    assert ran_now.done and retried.done and copied.done
+    assert [r.detail.get("paused") for r in (ran_now, retried, copied)] == [["email"]] * 3
+    await admin.resume("email")
+    assert "paused" not in (await admin.duplicate(later)).detail
 
 
 async def test_pause_resume_and_the_audit_log(env: Any) -> None:

@@ -201,6 +201,14 @@ class AdminBase:
                     await self._record(result, {"interrupted": f"{type(exc).__name__}: {exc}"})
             raise
 
+    async def _note_paused(self, result: ActionResult, names: set[str]) -> None:
+        """`detail["paused"]`: the names of the jobs this action queued that are paused (no
+        worker claims them until they are resumed), said by the CLI and the dashboard."""
+        if names:
+            paused = sorted(names & set(await self.storage.paused.names()))
+            if paused:
+                result.detail["paused"] = paused
+
     async def _record(self, result: ActionResult, detail: dict[str, Any] | None = None) -> None:
         result.jobs = await self._redacted(result.jobs)
         result.count = result.count or len(result.changed)
@@ -308,4 +316,6 @@ class AdminBase:
         )
         doc["created_by"] = result.actor
         await self._insert(result, doc)
+        if result.changed:
+            await self._note_paused(result, {name})
         return result

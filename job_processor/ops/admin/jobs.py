@@ -129,9 +129,11 @@ class JobsAdmin(AdminBase):
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
         hookless = await self._hookless()
+        names: set[str] = set()
         async with self._acting(result):
             for oid in ids_of(job_ids):
-                await self._retry_one(oid, result, cache, hookless)
+                await self._retry_one(oid, result, cache, hookless, names)
+        await self._note_paused(result, names)
         await self._record(result)
         return result
 
@@ -141,6 +143,7 @@ class JobsAdmin(AdminBase):
         result: ActionResult,
         cache: dict[str, bool],
         hookless: frozenset[str],
+        names: set[str],
     ) -> None:
         current = await self.storage.job_admin.by_id(oid)
         if current is None:
@@ -173,6 +176,7 @@ class JobsAdmin(AdminBase):
             result.skipped[str(oid)] = retry_refusal(await self.storage.job_admin.by_id(oid))
             return
         result.changed.append(str(oid))
+        names.add(str(name))
         if len(result.jobs) < 100:
             result.jobs.append(Job.read(doc))
 
@@ -200,6 +204,7 @@ class JobsAdmin(AdminBase):
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
         hookless = await self._hookless()
+        names: set[str] = set()
         after = None
         seen = 0
         async with self._acting(result):
@@ -208,10 +213,11 @@ class JobsAdmin(AdminBase):
                 if not docs:
                     break
                 for doc in docs:
-                    await self._retry_one(doc["_id"], result, cache, hookless)
+                    await self._retry_one(doc["_id"], result, cache, hookless, names)
                 seen += len(docs)
                 after = (docs[-1]["created_at"], docs[-1]["_id"])
         result.jobs = result.jobs[:20]
+        await self._note_paused(result, names)
         await self._record(result, {"filter": describe_query(query)})
         return result
 
@@ -250,12 +256,14 @@ class JobsAdmin(AdminBase):
         """A pending job scheduled for later becomes due now (its scheduled_for is set to now);
         jobs already due or not pending are skipped. Action "jobs_run_now"."""
         result = self._result("jobs_run_now", actor)
+        names: set[str] = set()
         async with self._acting(result):
             for oid in ids_of(job_ids):
                 doc = await self.storage.job_admin.run_now(oid, self.clock.now())
                 if doc is not None:
                     result.changed.append(str(oid))
                     result.jobs.append(Job.read(doc))
+                    names.add(str(doc.get("name")))
                     continue
                 current = await self.storage.job_admin.by_id(oid)
                 if current is None:
@@ -265,6 +273,7 @@ class JobsAdmin(AdminBase):
                 else:
                     why = f"{stored_status(current)}: only pending jobs can be run now"
                     result.skipped[str(oid)] = why
+        await self._note_paused(result, names)
         await self._record(result)
         return result
 
@@ -426,7 +435,7 @@ class JobsAdmin(AdminBase):
         paused = name in await self.storage.paused.names()  # read first: nothing after the insert
         await self._insert(result, doc)
         if result.changed and paused:
-            result.detail["paused"] = True  # created, but no worker claims it until resumed
+            result.detail["paused"] = [name]  # created, but no worker claims it until resumed
         await self._record(result, {"name": name})
         return result
 
@@ -466,6 +475,8 @@ class JobsAdmin(AdminBase):
                 # marked first, as a new job's are: none is deleted before the copy is written
                 await self.storage.jobs.mark_dependents(after, result.at)
             await self._insert(result, doc)
+            if result.changed:
+                await self._note_paused(result, {original.name})
             if result.jobs[-1].status == S.WAITING:
                 settled = await self.storage.jobs.count_ended_dependencies(doc, result.at)
                 result.jobs[-1] = Job.read(settled)
