@@ -65,6 +65,24 @@ def webhook_target(endpoint_id: str) -> str:
     return f"webhook:{endpoint_id}"
 
 
+def delivery_event_id(payload: Any) -> ObjectId | None:
+    """The event a job's payload says it delivers, when it is an event's delivery (its payload
+    as the fan-out writes it); None for any other job (a user's own job whose payload has a
+    field named `event_id` is not one)."""
+    if not isinstance(payload, Mapping):
+        return None
+    event_id = payload.get("event_id")
+    if (
+        payload.get("kind") in ("subscriber", "webhook")
+        and isinstance(payload.get("event"), str)
+        and isinstance(payload.get("target"), str)
+        and isinstance(event_id, str)
+        and ObjectId.is_valid(event_id)
+    ):
+        return ObjectId(event_id)
+    return None
+
+
 def delivery_key(event_id: str, target: str, replay_id: str | None) -> str:
     return f"{event_id}|{target}|{replay_id or ''}"
 

@@ -404,6 +404,32 @@ def scrub(value: Any, hidden: set[str], mask: str = REDACTED) -> Any:
     return value
 
 
+#: What a delivery whose event is gone shows of its texts (`hide_every_text`).
+EVENT_GONE = "[hidden: its event is gone (keep_events), and with it what to mask here]"
+
+
+def hide_every_text(job: Job[Any], note: str = EVENT_GONE) -> None:
+    """Replace every text the job's runs wrote (result, errors, log lines, progress message)
+    by `note`: a delivery whose event is gone may quote the event's sensitive values, which
+    can no longer be known."""
+    if job.output is not None:
+        job.output.error = note if job.output.error is not None else None
+        job.output.result = note if job.output.result is not None else None
+    job.history = [
+        {**h, "error": note} if isinstance(h, dict) and h.get("error") is not None else h
+        for h in job.history
+    ]
+    job.exit_hook_error = note if job.exit_hook_error is not None else None
+    job.logs = [
+        {k: v for k, v in line.items() if k != "fields"} | {"message": note}
+        if isinstance(line, dict)
+        else line
+        for line in job.logs
+    ]
+    if isinstance(job.progress, dict) and job.progress.get("message") is not None:
+        job.progress = job.progress | {"message": note}
+
+
 def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
     """Replace these values by REDACTED wherever the job holds them: its error texts (its
     error, its runs' errors, the exit hook's error), its result, and the rest of its payload

@@ -5,13 +5,12 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from bson import ObjectId
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, UnknownJobError
-from ..core.event_documents import WEBHOOK_JOB
+from ..core.event_documents import WEBHOOK_JOB, delivery_event_id
 from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage
@@ -206,15 +205,7 @@ def is_delivery(job: Job[Any]) -> bool:
     """Whether the job is an event's delivery (its payload as the fan-out writes it): a user's
     own job whose payload has fields named `event_id` and `target` is not (its link led to no
     event)."""
-    p = job.payload
-    return (
-        isinstance(p, dict)
-        and p.get("kind") in ("subscriber", "webhook")
-        and isinstance(p.get("event"), str)
-        and isinstance(p.get("target"), str)
-        and isinstance(p.get("event_id"), str)
-        and ObjectId.is_valid(p["event_id"])
-    )
+    return delivery_event_id(job.payload) is not None
 
 
 async def new_job_form(d: Dashboard, request: Request) -> Response:

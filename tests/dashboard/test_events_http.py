@@ -294,3 +294,38 @@ async def test_a_delivery_jobs_page_masks_the_secrets_of_its_event(
             page = await c.get(url)
             assert page.status_code == 200, url
             assert SECRET not in page.text, url
+
+
+async def test_a_delivery_that_outlives_its_event_hides_what_it_wrote(
+    processor: tuple[JobProcessor, WebhookEndpoint],
+) -> None:
+    """With the default retentions an errored delivery (keep_failed, 30 days from its end)
+    outlives its event (keep_events, 30 days from its emit). Its error quotes the event's
+    api_key, masked while the event tells what to mask; once the event is gone, the delivery's
+    texts are hidden on every page and in the API and the CLI's reads (the Admin's)."""
+    from bson import ObjectId
+
+    from job_processor.admin import Admin
+    from job_processor.core.masking import EVENT_GONE
+
+    p, _ = processor
+    event = await settled(p, (await p.emit("shipped", {"to": "ada", "api_key": SECRET})).id)
+    [crm] = [d for d in event.deliveries if d.target == "update-crm"]
+    job = await p.get_job(crm.job_id)
+    assert SECRET in (job.error or "")  # stored as the handler raised it
+    stored = await p.storage.events.coll.find_one({"_id": ObjectId(event.id)})
+    assert stored["expires_at"] < job.expires_at  # the TTL removes the event first
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get(f"/jobs/{crm.job_id}")
+        assert SECRET not in page.text and "api_key" in page.text  # masked, the rest shown
+        await p.storage.events.coll.delete_one({"_id": ObjectId(event.id)})  # that TTL, now
+        for url in (f"/jobs/{crm.job_id}", f"/api/jobs/{crm.job_id}", "/jobs?status=errored"):
+            page = await c.get(url)
+            assert page.status_code == 200, url
+            assert SECRET not in page.text, url
+    shown = await Admin(p.storage.db).get_job(crm.job_id)
+    assert shown.error == EVENT_GONE and SECRET not in str(shown.model_dump())
+    from job_processor.core.event_documents import delivery_event_id
+
+    assert delivery_event_id({"event_id": event.id, "to": "x"}) is None  # a user's own job

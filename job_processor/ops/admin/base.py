@@ -16,7 +16,7 @@ from ...core.clock import Clock, SystemClock, check_window
 from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
 from ...core.errors import InvalidArgumentError, JobNotFoundError, UnknownJobError
 from ...core.log import EventLog, make_log
-from ...core.masking import hide_in_texts, redact, redact_any, scrub, values_at
+from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
 from ...core.models import NOT_A_DOCUMENT, Job
 from ...core.status import JobStatus, parse_status
 from ...storage import JobQuery, Storage
@@ -135,7 +135,22 @@ class AdminBase:
                         for k, v in odd.items()
                     }
                 hide_in_texts(job, hidden)
+        await self._hide_orphan_deliveries(jobs)
         return jobs
+
+    async def _hide_orphan_deliveries(self, jobs: list[Job[Any]]) -> None:
+        """A delivery's texts may quote its event's sensitive values, masked by whoever shows
+        it from the event (`carried`); once the event is gone (keep_events), what to mask is
+        unknown: its texts are hidden (one query, only for deliveries)."""
+        events = {job.id: E.delivery_event_id(job.payload) for job in jobs}
+        wanted = sorted({e for e in events.values() if e is not None})
+        if not wanted:
+            return
+        present = set(await self.storage.events.payloads(wanted))
+        for job in jobs:
+            event_id = events[job.id]
+            if event_id is not None and event_id not in present:
+                hide_every_text(job)
 
     async def _check_name(self, name: str | None) -> None:
         """A name filter that matches no registered definition and no job is a typo: say so,
