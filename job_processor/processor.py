@@ -228,7 +228,8 @@ class JobProcessor(JobsAPI, EventsAPI):
             max_attempts=cron.attempts,
             resumable=cron.resumable,
         )
-        job = Job.read(await self._insert(doc))
+        # a producer call: rides out a short outage, a lost reply's insert recognised
+        job = Job.read(await self.storage.producer.run(lambda retried: self._insert(doc, retried)))
         self.log.info("cron_triggered", job_id=job.id, job_name=name, status=job.status.value)
         if job.status == S.PENDING and self.started and name in self.worker.names:
             self.worker.wake.set()

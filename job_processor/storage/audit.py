@@ -6,6 +6,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING
+from pymongo.errors import DuplicateKeyError
 
 from .compat import IndexKeys, all_docs
 
@@ -21,12 +22,20 @@ class AuditStore:
     def __init__(self, collection: Any) -> None:
         self.coll = collection
 
-    async def record(self, entry: Doc) -> Doc:
-        doc = {"_id": ObjectId(), **entry}
+    async def record(
+        self, entry: Doc, *, entry_id: ObjectId | None = None, retried: bool = False
+    ) -> Doc:
+        """Insert the entry. `entry_id` chosen by the caller and `retried`: an insert whose
+        reply was lost is recognised (its `_id` is taken), never recorded twice."""
+        doc = {"_id": entry_id or ObjectId(), **entry}
         ids = list(doc.get("ids") or [])
         doc["ids"] = ids[:MAX_IDS]
         doc["ids_truncated"] = len(ids) > MAX_IDS
-        await self.coll.insert_one(doc)
+        try:
+            await self.coll.insert_one(doc)
+        except DuplicateKeyError:
+            if not retried:
+                raise
         return doc
 
     def recent_cursor(self, limit: int = 50, before: ObjectId | None = None) -> Any:

@@ -610,3 +610,28 @@ async def test_a_wait_on_a_job_held_back_by_its_full_limit_says_so(db: Any) -> N
             TimeoutError, match=r"'report-api' is full: 1 started in the last 3600s, its rate is 1$"
         ):
             await p.wait_for(held.id, timeout=0.5)
+
+
+async def test_trigger_cron_rides_out_a_lost_reply_and_an_outage_like_schedule_job(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trigger_cron creates a job, a producer call: a lost insert reply is recognised (one
+    task), and an outage past producer_retry_seconds ends in DatabaseUnreachableError, as for
+    schedule_job (not the driver's raw error)."""
+    from job_processor import CronDef
+
+    crons = {"nightly": CronDef(handler=echo, cron_string="0 2 * * *")}
+    p = await make(db, JOBS, crons=crons, producer_retry_seconds=0.5)
+    coll = p.storage.jobs.coll
+    lose_the_reply(coll, "insert_one", monkeypatch)
+    job = await p.trigger_cron("nightly")
+    assert job.status == S.PENDING
+    assert await coll.count_documents({"name": "nightly"}) == 1
+    monkeypatch.undo()
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("127.0.0.1:1: connection refused")
+
+    monkeypatch.setattr(coll, "insert_one", down)
+    with pytest.raises(DatabaseUnreachableError):
+        await p.trigger_cron("nightly")

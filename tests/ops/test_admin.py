@@ -749,3 +749,54 @@ async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> N
     await storage.crons.remove(["nightly"])  # what prune_crons() does, with its tasks
     assert (await admin.forget("nightly")).changed == ["nightly"]
     assert not [w for w in (await admin.status()).warnings if "'nightly'" in w]
+
+
+@pytest.mark.parametrize("blip_on", ["paused_read", "audit_lost_reply"])
+async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
+    db: Any, monkeypatch: pytest.MonkeyPatch, blip_on: str
+) -> None:
+    """`jobs new` rides out a short outage: one job, one record. A dropped connection on the
+    read of the paused names (before the insert), or on the audit record whose reply is lost
+    after it landed (after the insert), is retried: the call is not reported failed (the CLI
+    would exit 3 and a second try make a second job), and the audit holds one entry."""
+    from pymongo.errors import AutoReconnect
+
+    from job_processor import AbortSignal, Job
+    from tests.helpers import make
+
+    async def echo(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    await p.start()  # registers "echo"
+    await p.stop()
+    admin = await Admin.open(db, actor="ops")
+    blipped: list[int] = []
+    if blip_on == "audit_lost_reply":
+        audit = admin.storage.audit.coll
+        real_insert = audit.insert_one
+
+        async def lost(*args: Any, **kw: Any) -> Any:
+            result = await real_insert(*args, **kw)
+            if not blipped:
+                blipped.append(1)
+                raise AutoReconnect("connection reset (test): the reply was lost")
+            return result
+
+        monkeypatch.setattr(audit, "insert_one", lost)
+    else:
+        paused = admin.storage.paused
+        real_names = paused.names
+
+        async def refused() -> Any:
+            if not blipped:
+                blipped.append(1)
+                raise AutoReconnect("connection refused (test)")
+            return await real_names()
+
+        monkeypatch.setattr(paused, "names", refused)
+    made = await admin.new_job("echo", "{}")
+    monkeypatch.undo()
+    assert blipped == [1] and made.done and len(made.jobs) == 1
+    assert await admin.storage.jobs.coll.count_documents({"name": "echo"}) == 1
+    assert await admin.storage.audit.coll.count_documents({"action": "job_created"}) == 1

@@ -9,12 +9,18 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self
 
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 from ...core import documents as D
 from ...core import event_documents as E
 from ...core.clock import Clock, SystemClock, check_window
 from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
-from ...core.errors import InvalidArgumentError, JobNotFoundError, UnknownJobError
+from ...core.errors import (
+    InvalidArgumentError,
+    JobNotFoundError,
+    JobProcessorError,
+    UnknownJobError,
+)
 from ...core.log import EventLog, make_log
 from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
 from ...core.models import NOT_A_DOCUMENT, Job
@@ -220,7 +226,11 @@ class AdminBase:
         """`detail["paused"]`: the names of the jobs this action queued that are paused (no
         worker claims them until they are resumed), said by the CLI and the dashboard."""
         if names:
-            paused = sorted(names & set(await self.storage.paused.names()))
+            try:  # advice, after the action: an outage past the budget leaves it out
+                known = await self.storage.producer.run(lambda _: self.storage.paused.names())
+            except (PyMongoError, JobProcessorError):
+                return
+            paused = sorted(names & set(known))
             if paused:
                 result.detail["paused"] = paused
 
@@ -231,16 +241,20 @@ class AdminBase:
             result.detail |= detail
         if result.skipped:  # why nothing happened to these: never an empty record
             result.detail.setdefault("skipped", dict(list(result.skipped.items())[:20]))
-        await self.storage.audit.record(
-            {
-                "at": result.at,
-                "actor": result.actor,
-                "action": result.action,
-                "ids": result.changed,
-                "count": result.count,
-                "skipped": len(result.skipped),
-                "detail": result.detail,
-            }
+        entry = {
+            "at": result.at,
+            "actor": result.actor,
+            "action": result.action,
+            "ids": result.changed,
+            "count": result.count,
+            "skipped": len(result.skipped),
+            "detail": result.detail,
+        }
+        entry_id = ObjectId()  # chosen once: a retry after a lost reply records it once
+        # a short outage after the action is ridden out: it is never reported failed, with no
+        # record, once it was done
+        await self.storage.producer.run(
+            lambda retried: self.storage.audit.record(entry, entry_id=entry_id, retried=retried)
         )
         self.log.info(
             result.action,

@@ -385,7 +385,8 @@ class JobsAdmin(AdminBase):
         job). Action "job_created"."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError("name must be a job name (see list_definitions)")
-        definition = await self._definition(name)
+        produce = self.storage.producer  # its reads ride out a short outage, as its insert
+        definition = await produce.run(lambda _: self._definition(name))
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
         if await self._is_delivery(name, definition):
@@ -432,7 +433,8 @@ class JobsAdmin(AdminBase):
             limit_key=limit_key,
             extra={"created_by": result.actor},
         )
-        paused = name in await self.storage.paused.names()  # read first: nothing after the insert
+        # read first: nothing after the insert
+        paused = name in await produce.run(lambda _: self.storage.paused.names())
         await self._insert(result, doc)
         if result.changed and paused:
             result.detail["paused"] = [name]  # created, but no worker claims it until resumed
