@@ -5,8 +5,9 @@ worker gives each job it runs.
 next checkpoint or its final write (merged into that one update), or, when neither comes within
 a second, in one write of its own: at most one extra write per second per running job, whatever
 the call rate, and the last progress is always written. A write that cannot be made (MongoDB
-unreachable past a short budget) keeps its lines for the next one; a run that no longer owns
-its job writes nothing.
+unreachable past a short budget) keeps its lines for the next one, which first asks whether it
+landed after all (a lost reply, then the outage: its lines are pushed once); a run that no
+longer owns its job writes nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class RunNotes:
         self._writing = False
         self._closed = False
         self._settling: list[tuple[asyncio.Future[bool], Doc, int]] = []
+        self._unsure: tuple[str, Doc] | None = None
+        """A write of its own whose outcome is unknown (its reply lost, then MongoDB
+        unreachable past its budget): its notes id and update, resolved (`_resolve`) before any
+        other write carries lines, which would change the notes id that tells."""
+        self._resolving = asyncio.Lock()
         self.checkpoints = 0
         """Checkpoints of this run written so far (a cancelled one's state, if it landed, is
         the run's only when none was written after it)."""
@@ -133,6 +139,8 @@ class RunNotes:
             # never cancels the write; the caller's own cancellation (max runtime, a stop) is
             # raised here as it comes, and close() still waits for the write
             await asyncio.wait({timer})
+        if not await self._resolve():
+            return {}  # still unreachable: the notes wait (the final write at the latest)
         return self.take()
 
     def settle_later(self, save: asyncio.Future[bool], update: Doc) -> None:
@@ -156,6 +164,7 @@ class RunNotes:
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
         restate = bool(self._settling)
+        await self._resolve(last=True)
         await self.settle()
         update = self.take()
         if restate and self.run.doc.get("state") is not None:
@@ -197,16 +206,23 @@ class RunNotes:
                 wait = self.last_write + N.FLUSH_EVERY - _now()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            self._writing = True
+            if not await self._resolve():
+                return  # still unreachable: what is pending waits (the final write at the latest)
             update = self.take()
             if not update or self.run.lost:
                 return
             doc = self.run.doc
-            self._writing = True
+            notes_id = D.new_id()
             try:
-                if await self.jobs.save_notes(doc["_id"], doc["run_id"], update, FLUSH_BUDGET):
+                args = (doc["_id"], doc["run_id"], update, FLUSH_BUDGET, notes_id)
+                if await self.jobs.save_notes(*args):
                     self.written(update)
             except TRANSIENT:  # kept for the next write (the final one at the latest)
-                self.give_back(update)
+                if "$push" in update:  # it may have landed: the next write asks first
+                    self._unsure = (notes_id, update)
+                else:
+                    self.give_back(update)
             except (PyMongoError, *ENCODING_ERRORS) as exc:  # refused as such, or not storable:
                 # carried on, it would fail the next write (the final one) too
                 self.log.error("job_notes_failed", error=describe(exc), **self.fields)
@@ -216,6 +232,31 @@ class RunNotes:
                 self._timer = None
             if (self.lines or self.pending_progress) and not self._closed:
                 self._soon()  # what came in while writing: within a second
+
+    async def _resolve(self, last: bool = False) -> bool:
+        """Whether the write whose outcome was unknown landed, asked before any other write
+        carries lines: one that landed is the run's document's, one that did not gives its
+        notes back. False when MongoDB still does not answer; `last` (the final write's turn):
+        then its notes go with the final write all the same."""
+        async with self._resolving:
+            if self._unsure is None:
+                return True
+            notes_id, update = self._unsure
+            doc = self.run.doc
+            try:
+                landed = await self.jobs.notes_landed(
+                    doc["_id"], doc["run_id"], notes_id, FLUSH_BUDGET
+                )
+            except TRANSIENT:
+                if not last:
+                    return False
+                landed = False
+            self._unsure = None
+            if landed:
+                self.written(update)
+            else:
+                self.give_back(update)
+            return True
 
     def written(self, update: Doc) -> None:
         """An update with notes landed: the run's document (the final one is computed from it)

@@ -328,11 +328,22 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         update = N.merged({"$set": {"state": state, "updated_at": now}}, notes or {})
         return await self.save_notes(job_id, run_id, update, budget)
 
-    async def save_notes(self, job_id: ObjectId, run_id: str, update: Doc, budget: float) -> bool:
+    async def save_notes(
+        self,
+        job_id: ObjectId,
+        run_id: str,
+        update: Doc,
+        budget: float,
+        notes_id: str | None = None,
+    ) -> bool:
         """Apply `update` to the job while this run owns it (False when it no longer does). One
-        that pushes log lines carries an id of its own (`notes_id`): retried after a lost
-        reply, it is recognised as landed, and its lines are not pushed twice."""
-        notes_id = D.new_id() if "$push" in update else None
+        that pushes log lines carries an id of its own (`notes_id`, given or made here):
+        retried after a lost reply, it is recognised as landed, and its lines are not pushed
+        twice; past the budget, `notes_landed` tells."""
+        if "$push" not in update:
+            notes_id = None
+        elif notes_id is None:
+            notes_id = D.new_id()
         if notes_id is not None:
             update = N.merged(update, {"$set": {"notes_id": notes_id}})
         tried = False
@@ -348,6 +359,13 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
             return bool(res.matched_count)
 
         return await ride_out(once, budget)
+
+    async def notes_landed(
+        self, job_id: ObjectId, run_id: str, notes_id: str, budget: float
+    ) -> bool:
+        """Whether the notes write that carried `notes_id` landed (no later one has, since)."""
+        owned = {"_id": job_id, "run_id": run_id, "notes_id": notes_id}
+        return await ride_out(lambda: self.coll.find_one(owned, {"_id": 1}), budget) is not None
 
     async def end_run(
         self,

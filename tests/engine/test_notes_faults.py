@@ -130,9 +130,11 @@ async def test_notes_given_back_after_a_checkpoint_neither_revert_progress_nor_r
     original = JobStore.save_notes
     failed = {"n": 0}
 
-    async def flaky(self: JobStore, job_id: Any, run_id: str, update: Any, budget: float) -> bool:
+    async def flaky(
+        self: JobStore, job_id: Any, run_id: str, update: Any, budget: float, *more: Any
+    ) -> bool:
         if "state" in update.get("$set", {}) or failed["n"]:
-            return await original(self, job_id, run_id, update, budget)
+            return await original(self, job_id, run_id, update, budget, *more)
         failed["n"] += 1  # the first write of its own: caught in an outage past its 5 s budget
         stalled.set()
         await gate.wait()
@@ -240,13 +242,15 @@ async def test_a_cancel_while_a_checkpoint_waits_for_a_notes_write_is_not_swallo
     handler_task: list[asyncio.Task[Any]] = []
     original = JobStore.save_notes
 
-    async def slow(self: JobStore, job_id: Any, run_id: str, update: Any, budget: float) -> bool:
+    async def slow(
+        self: JobStore, job_id: Any, run_id: str, update: Any, budget: float, *more: Any
+    ) -> bool:
         if "state" in update.get("$set", {}) or stalled.is_set():
-            return await original(self, job_id, run_id, update, budget)
+            return await original(self, job_id, run_id, update, budget, *more)
         stalled.set()  # the coalesced write is under way (a slow server, an outage ridden out)
         while not handler_task[0].cancelling():  # until the handler is cancelled
             await asyncio.sleep(0.01)
-        return await original(self, job_id, run_id, update, budget)
+        return await original(self, job_id, run_id, update, budget, *more)
 
     monkeypatch.setattr(JobStore, "save_notes", slow)
     went_on: list[str] = []
@@ -300,3 +304,59 @@ async def test_a_checkpoint_cancelled_after_its_write_landed_pushes_its_lines_on
         done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
     assert done.state == {"batch": 1}
     assert [line["message"] for line in done.logs] == ["indexed"]
+
+
+async def test_lines_whose_write_landed_before_an_outage_longer_than_its_budget_are_pushed_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coalesced notes write lands, its reply is lost, and MongoDB then stays unreachable
+    longer than the write's own budget (FLUSH_BUDGET, shortened here), shorter than
+    worker_timeout: the next write that carries lines (here the final one) first asks whether
+    it landed, and its lines are pushed once."""
+    from job_processor.engine import notes as engine_notes
+
+    monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
+    original_update = AsyncCollection.update_one
+    original_find = AsyncCollection.find_one
+    loop = asyncio.get_running_loop()
+    outage: dict[str, float | None] = {"until": None}
+
+    def down(filter: Any) -> bool:
+        until = outage["until"]
+        return until is not None and loop.time() < until and "run_id" in (filter or {})
+
+    async def update_one(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        result = await original_update(self, filter, update, *a, **kw)
+        notes_only = "$push" in update and not {"status", "state"} & set(update.get("$set", {}))
+        if notes_only and outage["until"] is None:
+            outage["until"] = loop.time() + 1.0  # applied; then the server goes away
+            raise AutoReconnect("connection closed (simulated: reply lost)")
+        return result
+
+    async def find_one(self: AsyncCollection, filter: Any = None, *a: Any, **kw: Any) -> Any:
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        return await original_find(self, filter, *a, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
+    monkeypatch.setattr(AsyncCollection, "find_one", find_one)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log("indexed", batch=1)
+        deadline = loop.time() + 20
+        while outage["until"] is None or loop.time() < outage["until"] + 0.3:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        job.log("done")
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=12.0, heartbeat_interval=1.0)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
+    assert done.status == S.FINISHED and done.attempt == 1
+    assert [line["message"] for line in done.logs] == ["indexed", "done"]
