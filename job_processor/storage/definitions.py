@@ -73,6 +73,14 @@ def fingerprints(definitions: Mapping[str, Any]) -> dict[str, str]:
             continue
         handler = definition.handler
         fields["handler"] = getattr(handler, "__qualname__", type(handler).__name__)
+        # what else two versions may disagree on, not recorded in the registry: the limit's
+        # capacity (each plans its slots from its own), retention, the hook's bound, the
+        # cron's check-in margin
+        limit = getattr(definition, "limit", None)
+        fields["limit"] = limit.model_dump(mode="json") if limit is not None else None
+        fields["keep"] = [repr(definition.keep_finished), repr(definition.keep_failed)]
+        fields["on_job_exited_timeout"] = definition.on_job_exited_timeout
+        fields["checkin_margin"] = getattr(definition, "checkin_margin", None)
         text = json.dumps(fields, sort_keys=True, default=str)
         out[name] = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:10]
     return out

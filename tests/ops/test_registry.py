@@ -299,6 +299,34 @@ def test_definition_digests_ignore_the_handlers_module_and_event_deliveries() ->
     assert WEBHOOK_JOB not in fingerprints({WEBHOOK_JOB: here})
 
 
+def test_definition_digests_tell_apart_what_two_versions_may_disagree_on() -> None:
+    """A deploy that raises a limit's capacity (each version plans its slots from its own),
+    changes a retention, the hook's bound or a cron's check-in margin: live workers of both
+    versions are warned about as defining the name differently."""
+    from job_processor import CronDef, Limit
+    from job_processor.storage.definitions import fingerprints
+
+    def digest(**options: Any) -> str:
+        return fingerprints({"a": JobDef(handler=quick, **options)})["a"]
+
+    base = digest(limit=Limit(key="partner", concurrency=1))
+    for other in (
+        digest(limit=Limit(key="partner", concurrency=5)),
+        digest(limit=Limit(key="partner", concurrency=1, rate=10, per_seconds=60)),
+        digest(limit=Limit(key="partner", concurrency=1), keep_finished=100),
+        digest(limit=Limit(key="partner", concurrency=1), keep_failed=dt.timedelta(days=90)),
+        digest(limit=Limit(key="partner", concurrency=1), on_job_exited_timeout=5),
+    ):
+        assert other != base
+    assert base == digest(limit=Limit(key="partner", concurrency=1))
+
+    def cron(margin: float) -> str:
+        made = CronDef(handler=quick, cron_string="0 2 * * *", checkin_margin=margin)
+        return fingerprints({"c": made})["c"]
+
+    assert cron(60) != cron(300)
+
+
 class ReportPayload(BaseModel):
     tenant_id: str
     customer: str
