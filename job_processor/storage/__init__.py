@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import WriteConcern
+from pymongo.errors import OperationFailure
 
 from ..core.documents import CLAIM_SORT
+from ..core.errors import JobProcessorError
 from . import audit as audit_mod
 from . import crons as crons_mod
 from . import definitions as definitions_mod
@@ -124,4 +126,25 @@ class Storage:
         ):
             for keys, opts in specs:
                 if self.profile.wants_index(keys, opts):
-                    await store.coll.create_index(self.profile.index_keys(keys), **opts)
+                    await _create_index(store.coll, self.profile.index_keys(keys), opts)
+
+
+#: MongoDB's codes for an index of the same name or keys with other options.
+_INDEX_CONFLICTS = (85, 86)
+
+
+async def _create_index(coll: Any, keys: Any, opts: dict[str, Any]) -> None:
+    """`create_index`; an index on these keys made with other options (by an operator, or a
+    TTL changed by hand) is said plainly, naming the collection, the index and the fix."""
+    try:
+        await coll.create_index(keys, **opts)
+    except OperationFailure as exc:
+        if exc.code not in _INDEX_CONFLICTS and "already exists with" not in str(exc):
+            raise
+        wanted = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "no options"
+        said = (exc.details or {}).get("errmsg") or str(exc)
+        raise JobProcessorError(
+            f"collection {coll.name!r}: an index on {dict(keys)} already exists with other "
+            f"options than job-processor's ({wanted}): {said}; drop that index "
+            f"(db.{coll.name}.dropIndex(<its name>)) and start again: job-processor creates it"
+        ) from None

@@ -648,3 +648,43 @@ async def test_a_batch_stopped_midway_keeps_its_claims_even_if_erroring_the_caus
     monkeypatch.setattr(storage.jobs, "_error_uncountable_docs", unreachable)
     batch = await storage.jobs.claim_more(["a"], "w1", NOW, 2)
     assert [d["_id"] for d in batch] == [jobs[0]["_id"]]  # run, not left running untracked
+
+
+async def test_an_index_of_ours_that_exists_with_other_options_is_said_plainly(
+    any_db: Any,
+) -> None:
+    """`expires_at_1` exists without its TTL (an operator made it, or changed its
+    expireAfterSeconds): MongoDB refuses create_index (code 85/86); init_job_processor names
+    the collection, the index and the fix instead of the driver's bare OperationFailure. (On
+    nx-27017, which ignores index options, nothing conflicts; mongomock refuses as MongoDB.)"""
+    from job_processor import AbortSignal, JobDef, init_job_processor
+    from job_processor.core.errors import JobProcessorError
+    from job_processor.storage import _create_index
+
+    class Refusing:
+        name = "job_processor_jobs"
+
+        async def create_index(self, keys: Any, **opts: Any) -> None:
+            raise OperationFailure(
+                "Index with name: expires_at_1 already exists with different options",
+                code=85,
+                details={
+                    "errmsg": "Index with name: expires_at_1 already exists with different options"
+                },
+            )
+
+    with pytest.raises(
+        JobProcessorError,
+        match=r"'job_processor_jobs': an index on \{'expires_at': 1\} already exists with other "
+        r"options .*dropIndex",
+    ):
+        await _create_index(Refusing(), [("expires_at", 1)], {"expireAfterSeconds": 0})
+
+    async def quick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    await any_db["job_processor_jobs"].create_index([("expires_at", 1)])
+    try:
+        await init_job_processor(any_db, jobs={"a": JobDef(handler=quick)})
+    except JobProcessorError as exc:  # where the server compares options (mongomock, MongoDB)
+        assert "'job_processor_jobs'" in str(exc) and "expires_at" in str(exc)
