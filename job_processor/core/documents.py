@@ -570,10 +570,12 @@ def new_worker(
     worker_timeout: float | None = None,
     paused: list[str] | None = None,
     definitions: Mapping[str, str] | None = None,
+    crons: list[str] | None = None,
 ) -> Doc:
     """`worker_timeout` is recorded so that a process without the settings (the CLI, a
     dashboard) can tell whether this worker is alive; `definitions`, name -> the digest of its
-    definition here, so that live workers that disagree on a name are seen."""
+    definition here, so that live workers that disagree on a name are seen; `crons`, the names
+    among `names` it defines as crons (it registers and fires those)."""
     host = socket.gethostname()
     return {
         "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
@@ -589,4 +591,5 @@ def new_worker(
         # the paused names, kept here by pause/resume and read with each heartbeat
         "paused": sorted(paused or []),
         "definitions": dict(definitions or {}),
+        "crons": sorted(crons or []),
     }

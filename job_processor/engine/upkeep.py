@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, defined_differently, registrar, worker_alive
-from ..core.definitions import JobDef
+from ..core.definitions import CronDef, JobDef
 from ..core.documents import Doc
 from ..core.limits import check_limits
 from ..core.log import EventLog
@@ -61,6 +61,10 @@ class Registry:
         per static limit they declare (the capacity status pages show)."""
         await self.storage.definitions.register(self.definitions, worker_id, now)
         await self.storage.limits.describe(check_limits(self.definitions).values())
+
+    def cron_names(self) -> list[str]:
+        """The names this process defines as crons (on the worker document)."""
+        return sorted(n for n, d in self.definitions.items() if isinstance(d, CronDef))
 
     def fingerprints(self) -> dict[str, str]:
         """name -> the digest of its definition here (on the worker document)."""

@@ -375,7 +375,9 @@ async def test_overview_numbers_and_warnings(env: Any) -> None:
         await ended(storage, S.FINISHED, at=-200 + i)
     await ended(storage, S.ERRORED, at=-100)
     # a live worker serving "email" and the cron, but not "report" (tag main)
-    worker = D.new_worker(NOW, ["secondary"], "runner-2", 1, ["email", "nightly"], 10.0)
+    worker = D.new_worker(
+        NOW, ["secondary"], "runner-2", 1, ["email", "nightly"], 10.0, crons=["nightly"]
+    )
     await storage.workers.register(worker)
     dead = D.new_worker(NOW - dt.timedelta(minutes=5), ["main"], "runner-1", 1, ["report"], 10.0)
     await storage.workers.register(dead)

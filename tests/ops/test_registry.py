@@ -616,3 +616,21 @@ async def test_a_pause_and_a_resume_made_at_once_leave_the_workers_as_the_regist
     assert registry == (last == "pause")
     doc = await db["job_processor_workers"].find_one({"_id": "w-1"})
     assert ("echo" in (doc.get("paused") or [])) == registry
+
+
+async def test_a_cron_that_a_deploy_turned_into_a_job_can_be_removed(db: Any) -> None:
+    """v1 had the cron 'cleanup'; v2 defines 'cleanup' as a plain job. No v2 worker fires the
+    stored cron nor registers it again (its document lists its crons): `crons remove cleanup`
+    clears it, and `crons list` shows no worker serving it; a worker that defines it as a
+    cron still holds it."""
+    v1 = await make(db, {}, crons={"cleanup": {"cron_string": "0 2 * * *", "handler": quick}})
+    admin = await Admin.open(db, actor="ops")
+    async with v1:
+        held = await admin.remove_crons("cleanup")
+        assert held.skipped["cleanup"].startswith("served by 1 live worker(s)")
+    v2 = await make(db, {"cleanup": JobDef(handler=quick)})
+    async with v2:
+        [cron] = await admin.list_crons()
+        assert cron.served_by == []
+        result = await admin.remove_crons("cleanup")
+        assert result.changed == ["cleanup"], result.skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
@@ -63,7 +64,7 @@ class CronsAdmin(AdminBase):
                     missed_recent=sum(1 for r in runs if r.skip_reason == "missed"),
                     running=[str(r["_id"]) for r in running if r["name"] == name],
                     paused=name in paused,
-                    served_by=[str(w["_id"]) for w in live if name in (w.get("names") or [])],
+                    served_by=[str(w["_id"]) for w in live if serves_cron(w, name)],
                 )
             )
         return out
@@ -94,7 +95,7 @@ class CronsAdmin(AdminBase):
             w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
         ]
         for name in wanted:
-            serving = [str(w["_id"]) for w in live if name in (w.get("names") or [])]
+            serving = [str(w["_id"]) for w in live if serves_cron(w, name)]
             if name not in stored:
                 result.skipped[name] = "not a stored cron (see crons list)"
             elif serving:
@@ -109,3 +110,11 @@ class CronsAdmin(AdminBase):
                 result.skipped[name] = "removed meanwhile"
         await self._record(result, {"names": wanted})
         return result
+
+
+def serves_cron(worker: dict[str, Any], name: str) -> bool:
+    """Whether a worker document defines `name` as a cron (registers and fires it): its
+    `crons`, or, for an older version's document without them, its names (a name a deploy
+    turned from a cron into a job is not served as a cron)."""
+    crons = worker.get("crons")
+    return name in (crons if isinstance(crons, list) else worker.get("names") or [])
