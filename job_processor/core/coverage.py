@@ -26,9 +26,27 @@ DEFAULT_WORKER_TIMEOUT = 30.0
 RECENTLY_SERVED = dt.timedelta(hours=24)
 
 
+#: The longest worker_timeout a worker document is trusted with (a processor setting's bound).
+_MOST_SECONDS = 365 * 24 * 3600
+
+
+def recorded_timeout(doc: Doc, default_timeout: float) -> float:
+    """The worker_timeout a worker document records (the one it gives its runs up by), or
+    `default_timeout` when it records none usable (an older version's, a damaged one)."""
+    value = doc.get("worker_timeout")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default_timeout
+    return float(value) if 0 < value <= _MOST_SECONDS else default_timeout  # NaN fails too
+
+
 def worker_alive(doc: Doc, now: dt.datetime, default_timeout: float) -> bool:
-    timeout = doc.get("worker_timeout") or default_timeout
-    return as_utc(doc["last_seen"]) >= now - dt.timedelta(seconds=float(timeout))
+    """Whether a worker document's last heartbeat is within its own worker_timeout (every
+    process judges a worker alike, whatever its own setting)."""
+    seen = doc.get("last_seen")
+    if not isinstance(seen, dt.datetime):
+        return False
+    timeout = recorded_timeout(doc, default_timeout)
+    return as_utc(seen) >= now - dt.timedelta(seconds=timeout)
 
 
 @dataclass

@@ -69,8 +69,8 @@ def create_dashboard(
         processor) or metrics.for_database(db), created at the first scrape).
     allowed_hosts: the host names it answers to (`Host`, and the `Origin` of forms): exact
         names, "*.example.com" or "*". Default: loopback names only ("localhost",
-        "*.localhost", "127.0.0.1", "::1") when `auth` is not given, any host otherwise. Other
-        hosts get a 400 (a defence against DNS rebinding).
+        "*.localhost", "127.0.0.1", "::1") without credentials (`auth` not given, or None),
+        any host with them. Other hosts get a 400 (a defence against DNS rebinding).
     extra_routes, extra_nav: more pages (e.g. ("/reports", "Reports")), rendered with the
         dashboard's layout by `request.app.state.dashboard.page(request, template, ...)`.
     """

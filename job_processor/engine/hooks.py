@@ -315,8 +315,8 @@ class HookRunner:
         if D.is_client(str(owner)):
             held = dt.timedelta(seconds=worker_timeout + timeout)
             return bool(doc["exit_hook_at"] <= now - held)
-        cutoff = now - dt.timedelta(seconds=worker_timeout)
-        return not await self.workers.is_live(str(owner), cutoff)
+        # its owner by its own worker_timeout, as the sweep judges it
+        return not await self.workers.is_live(str(owner), now, worker_timeout)
 
     async def recover(
         self,

@@ -150,10 +150,11 @@ class RunNotes:
         save.add_done_callback(_retrieved)
         self._settling.append((save, update, self.checkpoints))
 
-    async def close(self) -> Doc:
+    async def close(self, budget: float | None = None) -> Doc:
         """The run is ending: no write of its own any more (one under way is waited for, so
         that it lands before the final write); what is pending goes with the final write,
-        with the notes of a cancelled checkpoint whose write did not land."""
+        with the notes of a cancelled checkpoint whose write did not land. `budget`: the final
+        write's (worker_timeout), as long as a write whose outcome is unknown is asked about."""
         self._closed = True
         timer, self._timer = self._timer, None
         if timer is not None:
@@ -164,7 +165,7 @@ class RunNotes:
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
         restate = bool(self._settling)
-        await self._resolve(last=True)
+        await self._resolve(budget, last=True)
         await self.settle()
         update = self.take()
         if restate and self.run.doc.get("state") is not None:
@@ -233,7 +234,7 @@ class RunNotes:
             if (self.lines or self.pending_progress) and not self._closed:
                 self._soon()  # what came in while writing: within a second
 
-    async def _resolve(self, last: bool = False) -> bool:
+    async def _resolve(self, budget: float | None = None, last: bool = False) -> bool:
         """Whether the write whose outcome was unknown landed, asked before any other write
         carries lines: one that landed is the run's document's, one that did not gives its
         notes back. False when MongoDB still does not answer; `last` (the final write's turn):
@@ -244,9 +245,8 @@ class RunNotes:
             notes_id, update = self._unsure
             doc = self.run.doc
             try:
-                landed = await self.jobs.notes_landed(
-                    doc["_id"], doc["run_id"], notes_id, FLUSH_BUDGET
-                )
+                asked = FLUSH_BUDGET if budget is None else budget
+                landed = await self.jobs.notes_landed(doc["_id"], doc["run_id"], notes_id, asked)
             except TRANSIENT:
                 if not last:
                     return False

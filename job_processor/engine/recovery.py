@@ -20,10 +20,11 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError
 
 from ..core import retention as R
 from ..core.clock import Clock, as_utc, sleep_or_wake
+from ..core.coverage import recorded_timeout
 from ..core.definitions import JobDef
 from ..core.log import EventLog
 from ..core.outcome import Ending, Outcome, RunEnd, decide
-from ..core.settings import MAX_SETTING_SECONDS, Settings
+from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..storage import Storage
 from ..storage.transient import describe
@@ -162,7 +163,7 @@ class Recovery:
                 continue
             # each worker by its own worker_timeout (it gives its runs up at that age): in a
             # rolling deploy that changes it, a healthy worker is never declared dead early
-            theirs = _own_cutoff(w.get("worker_timeout"), now) or cutoff
+            theirs = now - dt.timedelta(seconds=recorded_timeout(w, self.worker_timeout))
             if w["_id"] == me or as_utc(w["last_seen"]) >= theirs:
                 live.add(w["_id"])
                 live_docs.append(w)
@@ -367,13 +368,3 @@ class Recovery:
         else:  # in the background: the sweep (and the heartbeat) never wait for a hook
             self.hooks.start(definition, written.doc)
         return written.doc
-
-
-def _own_cutoff(recorded: Any, now: dt.datetime) -> dt.datetime | None:
-    """The cutoff of a worker document's own `worker_timeout` (None when it records none
-    readable: the sweeper's own applies)."""
-    if isinstance(recorded, bool) or not isinstance(recorded, int | float):
-        return None
-    if not 0 < recorded <= MAX_SETTING_SECONDS:  # NaN fails this too
-        return None
-    return now - dt.timedelta(seconds=float(recorded))

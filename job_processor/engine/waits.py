@@ -6,7 +6,6 @@ each poll reads the job without what can be large, the whole job once it has end
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from typing import Any
 
@@ -131,8 +130,9 @@ class JobWaits(Runtime):
         produce = self.storage.producer
         if name in await produce.run(lambda _: self.storage.paused.names(), within=0.5):
             return f"{name!r} is paused (job-processor names resume {name})"
-        cutoff = now - dt.timedelta(seconds=self.settings.worker_timeout)
-        if not await produce.run(lambda _: self.storage.workers.serving(name, cutoff), within=0.5):
+        timeout = self.settings.worker_timeout  # for worker documents that record none
+        serving = self.storage.workers.serving
+        if not await produce.run(lambda _: serving(name, now, timeout), within=0.5):
             return f"no live worker claims {name!r}: start one that defines it"
         if status != S.PENDING:
             return ""

@@ -578,7 +578,7 @@ class Worker:
     async def _write_end(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
         fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
-        notes = await run.notes.close() if run.notes is not None else None
+        notes = await run.notes.close(self.settings.worker_timeout) if run.notes else None
         written = None
         for _ in range(4):  # at most: unrecordable, without its notes, a kill requested meanwhile
             now = self.clock.now()

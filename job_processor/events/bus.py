@@ -385,7 +385,7 @@ class EventBus:
     async def _timed_out(
         self, event: Event, docs: list[Doc], targets: list[str], wait: float
     ) -> EventTimeoutError:
-        cutoff = self.clock.now() - dt.timedelta(seconds=self.worker_timeout)
+        now = self.clock.now()
         by_target = {(d.get("payload") or {}).get("target"): d for d in docs}
         parts = []
         waiting: list[object] = []
@@ -396,7 +396,9 @@ class EventBus:
             job_name = E.delivery_job_name(event.name, target)
             try:  # a hint only: never a wait past the timeout, nor an outage's error
                 async with self.storage.producer.bounded(1.0):
-                    served: list[Doc] | None = await self.storage.workers.serving(job_name, cutoff)
+                    served: list[Doc] | None = await self.storage.workers.serving(
+                        job_name, now, self.worker_timeout
+                    )
             except (PyMongoError, TimeoutError):
                 served = None
             status = d["status"] if d is not None else "not known (MongoDB did not answer)"

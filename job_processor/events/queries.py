@@ -268,13 +268,11 @@ async def list_subscribers(
 ) -> list[SubscriberInfo]:
     """Every registered (event, subscriber), with the live workers that claim its deliveries."""
     now = (clock or SystemClock()).now()
-    cutoff = now - dt.timedelta(seconds=worker_timeout)
     out: list[SubscriberInfo] = []
     for row in await storage.subscribers.all():
         info = SubscriberInfo.model_validate(row)
-        info.live_workers = [
-            str(w["_id"]) for w in await storage.workers.serving(info.job_name, cutoff)
-        ]
+        served = await storage.workers.serving(info.job_name, now, worker_timeout)
+        info.live_workers = [str(w["_id"]) for w in served]
         out.append(info)
     return out
 

@@ -302,6 +302,8 @@ class Metrics:
             self.retries.labels(name)
             for status in ENDED_STATUSES:
                 self.ended.labels(name, status)
+            for status in RECOVERED_TO:
+                self.recoveries.labels(name, status)
         for name in crons:
             for outcome in CRON_OUTCOMES:
                 self.cron_slots.labels(name, outcome)
@@ -360,6 +362,9 @@ class Metrics:
 #: The labels each counter is exported with at 0 before its first event.
 ENDED_STATUSES = ("finished", "errored", "killed")
 CRON_OUTCOMES = ("run", "missed", "skipped")
+#: What a recovery writes of a crashed run (a retry, a resumable job paused, errored for good,
+#: a kill requested meanwhile): exported at 0 per name (a missed cron slot's is `skipped`).
+RECOVERED_TO = ("pending", "paused", "errored", "killed")
 
 
 def enable(

@@ -105,6 +105,11 @@ class EventStore:
     async def get(self, event_id: ObjectId) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": event_id}))
 
+    async def existing(self, event_ids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these events still exist (one query, ids only)."""
+        found = await all_docs(self.coll.find({"_id": {"$in": event_ids}}, {"_id": 1}))
+        return {d["_id"] for d in found}
+
     async def payloads(self, event_ids: list[ObjectId]) -> dict[ObjectId, Any]:
         """The payloads of these events, by id (one query)."""
         found = await all_docs(self.coll.find({"_id": {"$in": event_ids}}, {"payload": 1}))

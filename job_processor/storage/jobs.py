@@ -101,6 +101,8 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
 
 #: BSON's document limit, less room for the rest of the job document.
 MAX_VALUE_BYTES = D.MAX_PAYLOAD_BYTES
+#: The ids of the last writes that pushed log lines, kept on a running job (`save_notes`).
+NOTES_IDS_KEPT = 8
 
 
 def object_id(job_id: str | ObjectId) -> ObjectId:
@@ -344,14 +346,15 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
             notes_id = None
         elif notes_id is None:
             notes_id = D.new_id()
-        if notes_id is not None:
-            update = N.merged(update, {"$set": {"notes_id": notes_id}})
+        if notes_id is not None:  # the last few: one that landed is found after later ones
+            ids = {"$each": [notes_id], "$slice": -NOTES_IDS_KEPT}
+            update = N.merged(update, {"$push": {"notes_ids": ids}})
         tried = False
 
         async def once() -> bool:
             nonlocal tried
             owned = {"_id": job_id, "status": S.RUNNING.value, "run_id": run_id}
-            landed = {"notes_id": notes_id}  # the try before may have landed
+            landed = {"notes_ids": notes_id}  # the try before may have landed
             if tried and notes_id is not None and await self.coll.find_one(owned | landed):
                 return True
             tried = True
@@ -363,8 +366,9 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
     async def notes_landed(
         self, job_id: ObjectId, run_id: str, notes_id: str, budget: float
     ) -> bool:
-        """Whether the notes write that carried `notes_id` landed (no later one has, since)."""
-        owned = {"_id": job_id, "run_id": run_id, "notes_id": notes_id}
+        """Whether the notes write that carried `notes_id` landed (among the last
+        NOTES_IDS_KEPT: a checkpoint in flight beside it may have landed after it)."""
+        owned = {"_id": job_id, "run_id": run_id, "notes_ids": notes_id}
         return await ride_out(lambda: self.coll.find_one(owned, {"_id": 1}), budget) is not None
 
     async def end_run(

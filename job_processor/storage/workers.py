@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from .compat import IndexKeys, all_docs, seen_since
+from ..core.coverage import worker_alive
+from .compat import IndexKeys, all_docs
 
 Doc = dict[str, Any]
 
@@ -56,10 +57,12 @@ class WorkerStore:
     async def unregister(self, worker_id: str) -> None:
         await self.coll.delete_one({"_id": worker_id})
 
-    async def is_live(self, worker_id: str, cutoff: dt.datetime) -> bool:
-        """Whether this worker's document exists and it was seen since `cutoff`."""
-        found = await all_docs(self.coll.find({"_id": worker_id}, {"last_seen": 1}))
-        return bool(seen_since(found, "last_seen", cutoff))
+    async def is_live(self, worker_id: str, now: dt.datetime, default_timeout: float) -> bool:
+        """Whether this worker's document exists and its last heartbeat is within its own
+        worker_timeout (`default_timeout` for a document that records none)."""
+        fields = {"last_seen": 1, "worker_timeout": 1}
+        found = await all_docs(self.coll.find({"_id": worker_id}, fields))
+        return any(worker_alive(d, now, default_timeout) for d in found)
 
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
@@ -83,8 +86,9 @@ class WorkerStore:
         res = await self.coll.delete_one({"_id": worker_id, "last_seen": last_seen})
         return bool(res.deleted_count)
 
-    async def serving(self, job_name: str, cutoff: dt.datetime) -> list[Doc]:
-        """Live workers (seen since `cutoff`) that may claim jobs named `job_name` (a worker
-        document lists the names it claims)."""
-        found = await all_docs(self.coll.find({"names": job_name}, {"_id": 1, "last_seen": 1}))
-        return seen_since(found, "last_seen", cutoff)
+    async def serving(self, job_name: str, now: dt.datetime, default_timeout: float) -> list[Doc]:
+        """Live workers (each by its own worker_timeout) that may claim jobs named `job_name`
+        (a worker document lists the names it claims)."""
+        fields = {"_id": 1, "last_seen": 1, "worker_timeout": 1}
+        found = await all_docs(self.coll.find({"names": job_name}, fields))
+        return [d for d in found if worker_alive(d, now, default_timeout)]

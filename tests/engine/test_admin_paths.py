@@ -296,3 +296,55 @@ async def test_a_hook_recorded_with_no_owner_is_called_by_a_sweep_at_info(
             await wait_for(lambda: hooks.seen == ["killed"])
     (called,) = [r for r in caplog.records if r.__dict__.get("event") == "on_job_exited_recovered"]
     assert called.levelno == logging.INFO and called.__dict__["fields"]["job_id"] == job_id
+
+
+async def test_a_retry_waits_for_a_hook_whose_worker_is_alive_by_its_own_worker_timeout(
+    db: Any,
+) -> None:
+    """A rolling deploy lowers worker_timeout: a new process (2 s) retries a job whose hook an
+    old worker (60 s, its last heartbeat 5 s old: alive by its own timeout and by every sweep)
+    is running. The retry waits for it, as for any live owner; it does not take the hook over
+    and call it a second time while it runs."""
+    from job_processor import DoNotRetry
+
+    seen: list[str] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hook(job: Job) -> None:
+        seen.append(job.status.value)
+        if len(seen) == 1:
+            started.set()
+            await release.wait()
+
+    async def fails_once(job: Job, signal: AbortSignal) -> str:
+        if not seen:
+            raise DoNotRetry("first run fails")
+        return "ok"
+
+    defs = {"mail": JobDef(handler=fails_once, on_job_exited=hook, on_job_exited_timeout=5)}
+    worker = await make(db, defs, worker_timeout=60.0, heartbeat_interval=30.0)
+    client = await make(db, defs, worker_timeout=2.0, heartbeat_interval=0.5)
+    judged = asyncio.Event()  # the retry asked whether the hook's owner is alive
+    is_live = client.storage.workers.is_live
+
+    async def asked(*args: Any) -> bool:
+        alive = await is_live(*args)
+        judged.set()
+        return alive
+
+    client.storage.workers.is_live = asked  # type: ignore[method-assign]
+    job = await worker.schedule_job("mail")
+    async with worker:
+        await asyncio.wait_for(started.wait(), 10)
+        late = worker.clock.now() - dt.timedelta(seconds=5)  # a heartbeat 5 s late: alive
+        await worker.storage.workers.coll.update_one(
+            {"_id": worker.worker_id}, {"$set": {"last_seen": late}}
+        )
+        retry = asyncio.create_task(client.retry_job(job.id))
+        await asyncio.wait_for(judged.wait(), 10)
+        assert seen == ["errored"], "the hook was called again while its live owner ran it"
+        release.set()
+        retried = await asyncio.wait_for(retry, 15)
+        assert retried.status in (S.PENDING, S.RUNNING, S.FINISHED)
+        await wait_status(worker, job.id, S.FINISHED)
+    assert seen == ["errored", "finished"]

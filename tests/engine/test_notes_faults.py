@@ -316,34 +316,8 @@ async def test_lines_whose_write_landed_before_an_outage_longer_than_its_budget_
     from job_processor.engine import notes as engine_notes
 
     monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
-    original_update = AsyncCollection.update_one
-    original_find = AsyncCollection.find_one
+    outage = _outage_after_a_lost_notes_reply(monkeypatch, 1.0)
     loop = asyncio.get_running_loop()
-    outage: dict[str, float | None] = {"until": None}
-
-    def down(filter: Any) -> bool:
-        until = outage["until"]
-        return until is not None and loop.time() < until and "run_id" in (filter or {})
-
-    async def update_one(
-        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
-    ) -> Any:
-        if down(filter):
-            raise AutoReconnect("connection refused (simulated outage)")
-        result = await original_update(self, filter, update, *a, **kw)
-        notes_only = "$push" in update and not {"status", "state"} & set(update.get("$set", {}))
-        if notes_only and outage["until"] is None:
-            outage["until"] = loop.time() + 1.0  # applied; then the server goes away
-            raise AutoReconnect("connection closed (simulated: reply lost)")
-        return result
-
-    async def find_one(self: AsyncCollection, filter: Any = None, *a: Any, **kw: Any) -> Any:
-        if down(filter):
-            raise AutoReconnect("connection refused (simulated outage)")
-        return await original_find(self, filter, *a, **kw)
-
-    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
-    monkeypatch.setattr(AsyncCollection, "find_one", find_one)
 
     async def h(job: Job, signal: AbortSignal) -> str:
         job.log("indexed", batch=1)
@@ -360,3 +334,111 @@ async def test_lines_whose_write_landed_before_an_outage_longer_than_its_budget_
         done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
     assert done.status == S.FINISHED and done.attempt == 1
     assert [line["message"] for line in done.logs] == ["indexed", "done"]
+
+
+def _outage_after_a_lost_notes_reply(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, checkpoint_first: bool = False
+) -> dict[str, Any]:
+    """Writes and reads of the running job (their filter names its run_id) fail for `seconds`:
+    from a coalesced notes write that reaches the server, its reply lost (or, with
+    `checkpoint_first`, from a checkpoint's first try; the next notes write during the outage
+    then reaches the server, its reply lost)."""
+    original_update = AsyncCollection.update_one
+    original_find = AsyncCollection.find_one
+    loop = asyncio.get_running_loop()
+    state: dict[str, Any] = {"until": None, "lost": False, "stalled": asyncio.Event()}
+
+    def down(filter: Any) -> bool:
+        until = state["until"]
+        return until is not None and loop.time() < until and "run_id" in (filter or {})
+
+    async def update_one(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        fields = set(update.get("$set", {}))
+        notes_only = "$push" in update and not {"status", "state"} & fields
+        checkpoint = "state" in fields and "status" not in fields
+        if checkpoint_first and checkpoint and state["until"] is None:
+            state["until"] = loop.time() + seconds
+            state["stalled"].set()
+            raise AutoReconnect("connection refused (simulated outage)")
+        lose = notes_only and not state["lost"] and (down(filter) or not checkpoint_first)
+        if lose:
+            state["lost"] = True  # this one reaches the server; its reply is lost
+            await original_update(self, filter, update, *a, **kw)
+            if state["until"] is None:
+                state["until"] = loop.time() + seconds
+            raise AutoReconnect("connection closed (simulated: reply lost)")
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        return await original_update(self, filter, update, *a, **kw)
+
+    async def find_one(self: AsyncCollection, filter: Any = None, *a: Any, **kw: Any) -> Any:
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        return await original_find(self, filter, *a, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
+    monkeypatch.setattr(AsyncCollection, "find_one", find_one)
+    return state
+
+
+async def test_lines_whose_write_landed_are_pushed_once_when_the_run_ends_during_the_outage(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler ends while MongoDB is still unreachable, past two of the notes write's
+    budgets: the final write (which rides out up to worker_timeout) asks as long whether the
+    lost write landed, and does not push its lines again."""
+    from job_processor.engine import notes as engine_notes
+
+    monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
+    outage = _outage_after_a_lost_notes_reply(monkeypatch, 3.0)
+    loop = asyncio.get_running_loop()
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log("indexed", batch=1)
+        deadline = loop.time() + 20
+        while outage["until"] is None or loop.time() < outage["until"] - 2.2:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        job.log("done")
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=12.0, heartbeat_interval=1.0)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
+    assert done.status == S.FINISHED and done.attempt == 1
+    assert [line["message"] for line in done.logs] == ["indexed", "done"]
+
+
+async def test_lines_of_an_unsure_write_are_pushed_once_when_a_checkpoint_lands_after_it(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint carrying a line rides out an outage; meanwhile another task of the handler
+    logs, and the coalesced write of that line reaches the server, its reply lost. The
+    checkpoint then lands after it: the write is still recognised as landed (the last few
+    notes ids are kept, not the last one), and its line is pushed once."""
+    from job_processor.engine import notes as engine_notes
+
+    monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
+    outage = _outage_after_a_lost_notes_reply(monkeypatch, 3.0, checkpoint_first=True)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        async def other() -> None:  # another task of the handler, logging meanwhile
+            await asyncio.wait_for(outage["stalled"].wait(), 10)
+            job.log("two")
+
+        side = asyncio.create_task(other())
+        job.log("one")
+        await job.checkpoint({"step": 1})  # rides out the outage (budget worker_timeout)
+        await side
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=12.0, heartbeat_interval=1.0)
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
+    assert outage["lost"], "the coalesced write of 'two' never went out during the outage"
+    assert done.status == S.FINISHED and done.state == {"step": 1}
+    assert sorted(line["message"] for line in done.logs) == ["one", "two"]

@@ -635,3 +635,21 @@ async def test_trigger_cron_rides_out_a_lost_reply_and_an_outage_like_schedule_j
     monkeypatch.setattr(coll, "insert_one", down)
     with pytest.raises(DatabaseUnreachableError):
         await p.trigger_cron("nightly")
+
+
+async def test_a_wait_judges_a_worker_by_the_worker_timeout_its_document_records(
+    db: Any,
+) -> None:
+    """A producer with a 10 s worker_timeout waits on a job whose worker records 60 s and was
+    last seen 20 s ago: alive by its own timeout (status, the sweep). The wait's reason does
+    not say that no live worker claims the name."""
+    from job_processor.core import documents as D
+
+    producer = await make(db, JOBS, worker_timeout=10.0)
+    now = producer.clock.now()
+    doc = D.new_worker(now - dt.timedelta(seconds=20), None, None, 1, ["echo"], 60.0)
+    await producer.storage.workers.register(doc)
+    due = await producer.schedule_job("echo", {"n": 1})
+    with pytest.raises(TimeoutError, match="busy with other jobs") as still:
+        await producer.wait_for(due.id, timeout=0.1)
+    assert "no live worker claims" not in str(still.value)

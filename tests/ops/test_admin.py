@@ -753,14 +753,15 @@ async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> N
     assert not [w for w in (await admin.status()).warnings if "'nightly'" in w]
 
 
-@pytest.mark.parametrize("blip_on", ["paused_read", "audit_lost_reply"])
+@pytest.mark.parametrize("blip_on", ["paused_read", "audit_lost_reply", "redaction_read"])
 async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
     db: Any, monkeypatch: pytest.MonkeyPatch, blip_on: str
 ) -> None:
     """`jobs new` rides out a short outage: one job, one record. A dropped connection on the
-    read of the paused names (before the insert), or on the audit record whose reply is lost
-    after it landed (after the insert), is retried: the call is not reported failed (the CLI
-    would exit 3 and a second try make a second job), and the audit holds one entry."""
+    read of the paused names (before the insert), on the audit record whose reply is lost
+    after it landed, or on the read that redacts the jobs it returns (both after the insert)
+    is retried: the call is not reported failed (the CLI would exit 3 and a second try make a
+    second job), and the audit holds one entry."""
     from pymongo.errors import AutoReconnect
 
     from job_processor import AbortSignal, Job
@@ -786,6 +787,18 @@ async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
             return result
 
         monkeypatch.setattr(audit, "insert_one", lost)
+    elif blip_on == "redaction_read":
+        definitions = admin.storage.definitions
+        real_all = definitions.all
+        inserted = admin.storage.audit.coll
+
+        async def after_the_insert(*args: Any, **kw: Any) -> Any:
+            if not blipped and await inserted.count_documents({"action": "job_created"}):
+                blipped.append(1)  # the first read after the action and its record
+                raise AutoReconnect("connection reset (test)")
+            return await real_all(*args, **kw)
+
+        monkeypatch.setattr(definitions, "all", after_the_insert)
     else:
         paused = admin.storage.paused
         real_names = paused.names

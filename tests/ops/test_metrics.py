@@ -200,3 +200,23 @@ async def test_a_slot_no_worker_started_within_its_margin_counts_as_missed(db: A
     assert (task.status, task.skip_reason) == ("skipped", "missed")
     assert m.cron_slots.labels("hourly", "run")._value.get() == 1
     assert m.cron_slots.labels("hourly", "missed")._value.get() == 1
+
+
+async def test_the_counters_start_at_zero_for_each_name_before_any_event(db: Any) -> None:
+    """operations.md: the ended, retries, recoveries (with the statuses a crashed run is
+    recovered to) and cron slots counters are exported at 0 for each name the process defines,
+    before their first event, so `increase()` sees the first one."""
+    processor = await make(db, JOBS, crons=CRONS)
+    m = metrics.enable(processor)
+    got = samples((await metrics.render(m)).decode())
+    zero = {(series, labels) for (series, labels), value in got.items() if value == 0}
+    for series, labels in (
+        ("job_processor_job_retries_total", (("name", "ok"),)),
+        ("job_processor_jobs_ended_total", (("name", "ok"), ("status", "errored"))),
+        ("job_processor_cron_slots_total", (("name", "every-second"), ("outcome", "missed"))),
+        *(
+            ("job_processor_job_recoveries_total", (("name", "ok"), ("status", status)))
+            for status in ("pending", "paused", "errored", "killed")
+        ),
+    ):
+        assert (series, labels) in zero, f"{series}{dict(labels)} not exported at 0"

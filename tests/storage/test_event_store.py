@@ -205,8 +205,12 @@ async def test_live_workers_serving_a_delivery(storage: Storage) -> None:
             "pid": 2,
         }
     )
-    assert [w["_id"] for w in await storage.workers.serving("shipped:email", later(-30))] == ["w1"]
-    assert await storage.workers.serving("shipped:crm", later(-30)) == []
+    serving = storage.workers.serving
+    assert [w["_id"] for w in await serving("shipped:email", NOW, 30.0)] == ["w1"]
+    assert await serving("shipped:crm", NOW, 30.0) == []
+    # each worker by the worker_timeout its document records (w2's: 90 s)
+    await storage.workers.coll.update_one({"_id": "w2"}, {"$set": {"worker_timeout": 90.0}})
+    assert sorted(w["_id"] for w in await serving("shipped:email", NOW, 30.0)) == ["w1", "w2"]
 
 
 async def test_replay_events_takes_the_earliest_events_of_its_window(storage: Storage) -> None:

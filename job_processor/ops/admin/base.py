@@ -152,7 +152,7 @@ class AdminBase:
         wanted = sorted({e for e in events.values() if e is not None})
         if not wanted:
             return
-        present = set(await self.storage.events.payloads(wanted))
+        present = await self.storage.events.existing(wanted)
         for job in jobs:
             event_id = events[job.id]
             if event_id is not None and event_id not in present:
@@ -235,7 +235,8 @@ class AdminBase:
                 result.detail["paused"] = paused
 
     async def _record(self, result: ActionResult, detail: dict[str, Any] | None = None) -> None:
-        result.jobs = await self._redacted(result.jobs)
+        """The audit entry first, then the jobs returned redacted: every read and write after
+        the action rides out a short outage (it is never reported failed with no record)."""
         result.count = result.count or len(result.changed)
         if detail:
             result.detail |= detail
@@ -256,6 +257,8 @@ class AdminBase:
         await self.storage.producer.run(
             lambda retried: self.storage.audit.record(entry, entry_id=entry_id, retried=retried)
         )
+        jobs = result.jobs
+        result.jobs = await self.storage.producer.run(lambda _: self._redacted(jobs))
         self.log.info(
             result.action,
             actor=result.actor,
