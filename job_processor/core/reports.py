@@ -215,7 +215,32 @@ class WorkerInfo(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_document(cls, data: Any) -> Any:
-        return from_document(data) if isinstance(data, dict) else data
+        return _readable_worker(from_document(data)) if isinstance(data, dict) else data
+
+
+#: What a worker document with no readable date shows: no heartbeat (it is listed dead).
+_NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _readable_worker(doc: dict[str, Any]) -> dict[str, Any]:
+    """A worker document as the listings read it: one another program wrote, or a damaged
+    one (a `last_seen` that is no date, no hostname), is listed, as dead, never a failure of
+    every listing (the sweep removes it as showing no heartbeat)."""
+    out = dict(doc)
+    for key in ("started_at", "last_seen"):
+        if not isinstance(out.get(key), dt.datetime):
+            out[key] = _NEVER
+    if not isinstance(out.get("hostname"), str):
+        out["hostname"] = str(out.get("hostname") or "?")
+    if isinstance(out.get("pid"), bool) or not isinstance(out.get("pid"), int):
+        out["pid"] = 0
+    if isinstance(out.get("concurrency"), bool) or not isinstance(out.get("concurrency"), int):
+        out["concurrency"] = 1
+    if not isinstance(out.get("instance_id"), str | None):
+        out["instance_id"] = str(out["instance_id"])
+    if not (out.get("tags") is None or isinstance(out["tags"], list)):
+        out["tags"] = None
+    return out
 
 
 class ProcessorStatus(BaseModel):

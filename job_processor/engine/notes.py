@@ -166,7 +166,7 @@ class RunNotes:
         # give-back puts them in front
         restate = bool(self._settling)
         await self._resolve(budget, last=True)
-        await self.settle()
+        await self.settle(budget)
         update = self.take()
         if restate and self.run.doc.get("state") is not None:
             # a cancelled checkpoint's write was in flight beside later ones (a retry after a
@@ -174,14 +174,16 @@ class RunNotes:
             update = N.merged(update, {"$set": {"state": self.run.doc["state"]}})
         return update
 
-    async def settle(self) -> None:
+    async def settle(self, budget: float | None = None) -> None:
         """The writes of cancelled checkpoints, oldest first, each waited for (as long as a
         write of its own may take, at most): one that landed is the run's document's (its
         state, unless a later checkpoint was written since, and its notes), one that did not
         gives its notes back."""
         while self._settling:
             save, update, before = self._settling[0]
-            await asyncio.wait({save}, timeout=FLUSH_BUDGET)
+            # the save rides an outage out itself (worker_timeout) and recognises a lost reply:
+            # waited as long as the final write that follows would ride it out
+            await asyncio.wait({save}, timeout=FLUSH_BUDGET if budget is None else budget)
             if not save.done():  # an outage: given up, its notes go with the final write
                 save.cancel()
                 await asyncio.wait({save})

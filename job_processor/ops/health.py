@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
 from ..core.clock import Clock, SystemClock, as_utc
-from ..core.coverage import DEFAULT_WORKER_TIMEOUT
+from ..core.coverage import DEFAULT_WORKER_TIMEOUT, recorded_timeout
 from ..core.errors import DatabaseUnreachableError
 from ..storage import Storage
 from ..storage.connect import check_reachable
@@ -89,13 +89,14 @@ async def check(
         return Health(
             ok=False, mongodb=True, reason=f"no worker registered for {who}", checked_at=now
         )
-    best = max(mine, key=lambda d: as_utc(d["last_seen"]))
+    seen = [d for d in mine if isinstance(d.get("last_seen"), dt.datetime)]
+    if not seen:  # documents with no readable heartbeat (damaged, another program's)
+        return Health(
+            ok=False, mongodb=True, reason=f"no worker heartbeat for {who}", checked_at=now
+        )
+    best = max(seen, key=lambda d: as_utc(d["last_seen"]))
     age = (now - as_utc(best["last_seen"])).total_seconds()
-    limit = (
-        max_age
-        if max_age is not None
-        else float(best.get("worker_timeout") or DEFAULT_WORKER_TIMEOUT)
-    )
+    limit = max_age if max_age is not None else recorded_timeout(best, DEFAULT_WORKER_TIMEOUT)
     info = {
         "id": str(best["_id"]),
         "hostname": best.get("hostname"),

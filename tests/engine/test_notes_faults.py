@@ -442,3 +442,63 @@ async def test_lines_of_an_unsure_write_are_pushed_once_when_a_checkpoint_lands_
     assert outage["lost"], "the coalesced write of 'two' never went out during the outage"
     assert done.status == S.FINISHED and done.state == {"step": 1}
     assert sorted(line["message"] for line in done.logs) == ["one", "two"]
+
+
+@pytest.mark.parametrize("earlier_checkpoint", [False, True])
+async def test_a_cancelled_checkpoint_that_landed_before_an_outage_counts_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch, earlier_checkpoint: bool
+) -> None:
+    """A checkpoint carrying a line reaches the server, its reply is lost, and MongoDB then
+    stays unreachable longer than FLUSH_BUDGET (shortened here), shorter than worker_timeout;
+    max runtime cancels the handler meanwhile. The run's end waits for that save as long as
+    the final write rides the outage out: its line is pushed once, and its state (after an
+    earlier checkpoint's) is the job's, not restated back to the earlier one."""
+    from job_processor.engine import notes as engine_notes
+
+    monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
+    original_update = AsyncCollection.update_one
+    original_find = AsyncCollection.find_one
+    loop = asyncio.get_running_loop()
+    outage: dict[str, Any] = {"until": None}
+
+    def down(filter: Any) -> bool:
+        until = outage["until"]
+        return until is not None and loop.time() < until and "run_id" in (filter or {})
+
+    async def update_one(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        state = update.get("$set", {}).get("state")
+        if state == {"batch": 1} and outage["until"] is None and "status" not in update["$set"]:
+            await original_update(self, filter, update, *a, **kw)  # it lands ...
+            outage["until"] = loop.time() + 3.0  # ... its reply is lost, then an outage
+            raise AutoReconnect("connection closed (simulated: reply lost)")
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        return await original_update(self, filter, update, *a, **kw)
+
+    async def find_one(self: AsyncCollection, filter: Any = None, *a: Any, **kw: Any) -> Any:
+        if down(filter):
+            raise AutoReconnect("connection refused (simulated outage)")
+        return await original_find(self, filter, *a, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
+    monkeypatch.setattr(AsyncCollection, "find_one", find_one)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        if earlier_checkpoint:
+            await job.checkpoint({"batch": 0})  # lands
+        job.log("indexed", batch=1)
+        await job.checkpoint({"batch": 1})  # max runtime cancels the handler in here
+        return "ok"
+
+    definition = JobDef(handler=h, max_runtime_in_minutes=0.01, max_attempts=1)
+    p = await make(
+        db, {"h": definition}, worker_timeout=12.0, heartbeat_interval=1.0, shutdown_grace=0.1
+    )
+    async with p:
+        job = await p.schedule_job("h")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
+    assert outage["until"] is not None
+    assert done.attempt == 1 and done.state == {"batch": 1}
+    assert [line["message"] for line in done.logs] == ["indexed"]

@@ -815,3 +815,26 @@ async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
     assert blipped == [1] and made.done and len(made.jobs) == 1
     assert await admin.storage.jobs.coll.count_documents({"name": "echo"}) == 1
     assert await admin.storage.audit.coll.count_documents({"action": "job_created"}) == 1
+
+
+@pytest.mark.parametrize("last_seen", [None, "yesterday"])
+async def test_a_worker_document_without_a_readable_heartbeat_is_listed_dead(
+    env: Any, last_seen: Any
+) -> None:
+    """A worker document whose last_seen is not a date (another program's, a damaged one; the
+    sweep removes it as showing no heartbeat) is listed as dead, with what it holds: not a
+    failure of list_workers(), the overview and status (the CLI, the dashboard), nor of the
+    health check."""
+    from job_processor.ops.health import check
+
+    admin, storage, _ = env
+    doc: dict[str, Any] = {"_id": "w-odd", "hostname": "h-odd", "pid": "x", "worker_timeout": "6"}
+    if last_seen is not None:
+        doc["last_seen"] = last_seen
+    await storage.workers.coll.insert_one(doc)
+    workers = await admin.list_workers()
+    assert [(w.id, w.alive, w.hostname, w.pid) for w in workers] == [("w-odd", False, "h-odd", 0)]
+    await admin.overview()
+    assert [w.alive for w in (await admin.status()).workers] == [False]
+    health = await check(storage.db, collection_prefix=storage.prefix, hostname="h-odd")
+    assert not health.ok and "no worker heartbeat" in str(health.reason)
