@@ -10,9 +10,11 @@ The storage modules call these instead of branching on the server themselves:
   turned back into aware UTC datetimes on read (on every server: it is a no-op elsewhere).
 - `aggregate`, `open_stream`, `close_stream`: PyMongo's async API awaits `aggregate()` and
   `watch()`, motor returns cursors directly.
-- `not_in`, `seen_since`: conditions nx-27017 evaluates wrongly in a query (`$nin` combined
-  with a date range matches nothing; a date written by `$set` compares as text), applied in
-  Python instead to the few documents concerned (running jobs, worker documents).
+- `not_in`: a condition nx-27017 evaluates wrongly in a query (`$nin` combined with a date
+  range matches nothing), applied in Python instead to the few documents concerned (running
+  jobs). Worker documents' `last_seen` (a date written by `$set`, which nx-27017 stores as
+  text, so a range on it in a query compares text) is likewise judged in Python after
+  `decode`: `core.coverage.worker_alive`.
 - `HOOK_NOT_OWED_PARTS`: in a multi-document delete's filter (`delete_many`), nx-27017 matches
   no document that lacks the field for `{"$ne": value}` (a `find` does, and so do writes by
   `_id`), and an `$or` there makes it drop the date range beside it (it deleted jobs too
@@ -273,9 +275,3 @@ def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:
     """`{key: {"$nin": values}}`, applied here: nx-27017 matches nothing for `$nin` next to a
     date range (used on running jobs, which are few)."""
     return [d for d in docs if d.get(key) not in values]
-
-
-def seen_since(docs: list[Doc], key: str, cutoff: dt.datetime) -> list[Doc]:
-    """`{key: {"$gte": cutoff}}`, applied here after `decode`: nx-27017 stores a date written by
-    `$set` as text, so a range on it in a query compares text (used on worker documents)."""
-    return [d for d in docs if isinstance(v := d.get(key), dt.datetime) and v >= cutoff]
