@@ -130,12 +130,20 @@ class VisibleStream:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    """One line per row: a line break or a tab inside a cell (a name another program wrote)
+    is printed as its `\\uXXXX` escape, never as a row of its own."""
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     if not rows:
         print("(none)")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value).replace("\n", "\\u000a").replace("\r", "\\u000d").replace("\t", "\\u0009")
 
 
 def first_line(text: str | None, width: int = 60) -> str:

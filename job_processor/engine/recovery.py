@@ -27,6 +27,7 @@ from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..storage import Storage
+from ..storage.compat import id_key
 from ..storage.transient import describe
 from . import sentry
 from .execution import claimed_too_late, policy_of
@@ -185,11 +186,11 @@ class Recovery:
         # one query: running jobs whose run started before the cutoff, and owed hooks
         found = await self.storage.jobs.needing_attention(cutoff, now, now - BARE_AGE)
         running, owed, self.flow_docs = list(found.running), found.owed, found.flows
-        seen = {doc["_id"] for doc in running}
+        seen = {id_key(doc["_id"]) for doc in running}  # another program's may be a document
         for worker_id in dead:  # with the jobs claimed since its last heartbeat (not older than
             # the cutoff): recovered now, not a sweep later (the bound: guide.md, recovery)
             later = await self.storage.jobs.running_on(worker_id)
-            running += [doc for doc in later if doc["_id"] not in seen]
+            running += [doc for doc in later if id_key(doc["_id"]) not in seen]
         requeued: set[str] = set()  # a batch claim's jobs share one run id: kept till the end
         for doc in running:
             if doc.get("run_id") in self.worker.unstarted and not self.worker.owns(doc):

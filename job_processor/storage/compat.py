@@ -275,3 +275,13 @@ def not_in(docs: list[Doc], key: str, values: set[Any]) -> list[Doc]:
     """`{key: {"$nin": values}}`, applied here: nx-27017 matches nothing for `$nin` next to a
     date range (used on running jobs, which are few)."""
     return [d for d in docs if d.get(key) not in values]
+
+
+def id_key(value: Any) -> Any:
+    """A document's `_id` as a set or dict key: itself, or its repr when it is a document or a
+    list (another program's compound key), never sorted beside ObjectIds."""
+    try:
+        hash(value)
+    except TypeError:
+        return ("unhashable", repr(value))
+    return value

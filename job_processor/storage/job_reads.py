@@ -21,6 +21,7 @@ from .compat import (
     counted_part,
     decode,
     decode_opt,
+    id_key,
     open_stream,
 )
 from .job_flows import FlowRecords
@@ -164,28 +165,31 @@ class JobReads:
         worker's recovery."""
         docs = await all_docs(self.attention_cursor(cutoff, now, bare_before))
         full = len(docs) >= ATTENTION_LIMIT
+        # another program's `_id` may be a string beside ObjectIds, or a document (unhashable):
+        # ids are keyed with `id_key`, never sorted or hashed as they are
         if full:
-            seen = {d["_id"] for d in docs}
+            seen = {id_key(d["_id"]) for d in docs}
             for branch in recovery_branches(cutoff, now):
                 more = await all_docs(self.coll.find(branch).limit(ATTENTION_LIMIT))
-                docs += [d for d in more if d["_id"] not in seen]
-                seen |= {d["_id"] for d in more}
+                docs += [d for d in more if id_key(d["_id"]) not in seen]
+                seen |= {id_key(d["_id"]) for d in more}
         wanted = {
-            d["_id"]
+            id_key(d["_id"]): d["_id"]
             for d in docs
             if (d.get("status") == S.RUNNING.value or d.get("exit_hook") == "owed")
             and "payload" not in d  # read light (the recovery branches read again are whole)
         }
         if wanted:  # recovering a run or calling a hook needs the whole job
-            again = self.coll.find({"_id": {"$in": sorted(wanted)}})
-            whole = {d["_id"]: d for d in await all_docs(again)}
+            again = self.coll.find({"_id": {"$in": list(wanted.values())}})
+            whole = {id_key(d["_id"]): d for d in await all_docs(again)}
+            gone = wanted.keys() - whole.keys()
             # the whole copy only while it is still the run (or hook record) the query found: a
             # job recovered and claimed again meanwhile keeps its light copy, whose
             # compare-and-set on the old run id then matches nothing
             docs = [
-                whole[d["_id"]] if d["_id"] in whole and _same_run(d, whole[d["_id"]]) else d
+                whole[k] if (k := id_key(d["_id"])) in whole and _same_run(d, whole[k]) else d
                 for d in docs
-                if d["_id"] not in wanted - whole.keys()
+                if id_key(d["_id"]) not in gone
             ]
         return Attention(
             running=[d for d in docs if d.get("status") == S.RUNNING.value],

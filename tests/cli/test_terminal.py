@@ -89,3 +89,23 @@ def test_text_a_terminal_cannot_encode_is_written_as_escapes() -> None:
         raw.getvalue().decode("latin-1")
         == '"password": "\\u2022' + "\\u2022" * 5 + '", "note": "café"\n'
     )
+
+
+async def test_a_newline_in_a_name_another_program_wrote_cannot_forge_a_row(
+    db: Any, mongo_url: str
+) -> None:
+    """docs/operations.md: control characters in a job's data are printed as their `\\uXXXX`
+    escape. A newline in a name another program inserted was printed as it is inside the
+    `jobs list` table: the rest of the name read as a row of its own (here a finished job that
+    does not exist)."""
+    import time
+
+    forged = "send\n6b16000000000000000000ff  send          finished  2026-12-07 00:00:00"
+    doc = {"name": forged, "claim_name": forged, "due_ms": int(time.time() * 1000)}
+    inserted = (await db["job_processor_jobs"].insert_one(doc)).inserted_id
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    listed = await run_cli("jobs", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = listed.stdout.splitlines()
+    assert len(rows) == 2, rows  # the header and the one job
+    assert str(inserted) in rows[1] and "send\\u000a6b16" in rows[1]

@@ -218,3 +218,63 @@ async def test_a_network_blip_while_completing_a_foreign_job_is_ridden_out(
         )
     assert blips == [1]
     assert ended.status == JobStatus.FINISHED and ended.result == "ok"
+
+
+@pytest.mark.parametrize(
+    "foreign_id",
+    [
+        "order-17",  # a string id of its own, on a minimal document: claimed and run
+        {"tenant": "acme", "n": 17},  # a document as _id (a compound key), on a bare insert
+    ],
+)
+async def test_a_foreign_id_that_is_not_an_object_id_never_crashes_the_sweep(
+    db: Any, monkeypatch: pytest.MonkeyPatch, foreign_id: Any
+) -> None:
+    """docs/scale.md: "A malformed one never crashes or blocks a worker". The sweep's one query
+    reads running jobs (run started over worker_timeout ago) and documents without a status;
+    with one of them holding an `_id` that is not an ObjectId and a long job running, the
+    sweep raised (`sorted()` of a str and an ObjectId; a document in a set: unhashable) and
+    the processor's side loops crashed."""
+    import asyncio
+
+    started: list[str] = []
+
+    async def long(job: Job, signal: AbortSignal) -> str:
+        started.append(job.id)
+        await signal.wait()
+        return "stopped"
+
+    processor = await make(db, {"long": JobDef(handler=long)}, concurrency=2)
+    coll = db["job_processor_jobs"]
+    now_ms = int(time.time() * 1000)
+    if isinstance(foreign_id, str):
+        doc = {"_id": foreign_id, "name": "long", "claim_name": "long", "due_ms": now_ms}
+        expected_runs = 2
+    else:
+        doc = {"_id": foreign_id, "name": "long", "payload": {}}  # bare: never adopted
+        expected_runs = 1
+    await coll.insert_one(doc)
+    ours = await processor.schedule_job("long", {})
+    cutoffs: list[Any] = []
+    real = processor.storage.jobs.needing_attention
+
+    async def spy(cutoff: Any, now: Any, bare_before: Any = None) -> Any:
+        cutoffs.append(cutoff)
+        return await real(cutoff, now, bare_before)
+
+    monkeypatch.setattr(processor.storage.jobs, "needing_attention", spy)
+    loop = asyncio.get_running_loop()
+    async with processor:
+        deadline = loop.time() + 15
+        while len(started) < expected_runs:
+            assert loop.time() < deadline, started
+            await asyncio.sleep(0.05)
+        running = await processor.get_job(ours.id)
+        assert running.run_started_at is not None
+        # sweeps that read our run as running for more than worker_timeout
+        while not processor.failed.is_set() and (
+            len([c for c in cutoffs if c > running.run_started_at]) < 2
+        ):
+            assert loop.time() < deadline + 15, "no sweep saw the long runs"
+            await asyncio.sleep(0.05)
+        assert not processor.failed.is_set(), "a sweep crashed the processor's loops"
