@@ -220,7 +220,8 @@ async def render_new_job(
             request, 403, "Read-only", "This dashboard is read-only: actions are refused."
         )
     admin = await d.admin()
-    definitions = [x for x in await admin.list_definitions() if x.kind == "job"]
+    # what it accepts: a delivery's jobs are made by emit() and replays, a cron's by triggers
+    definitions = [x for x in await admin.list_definitions() if x.kind == "job" and not x.delivery]
     chosen = form.get("name") or request.query_params.get("name") or ""
     return d.page(
         request,

@@ -946,3 +946,20 @@ async def test_a_page_size_of_digits_int_cannot_read_is_refused_not_a_crash(proc
             resp = await c.get(path, params={"limit": "²"})
             assert resp.status_code == 400, (path, resp.status_code)
             assert "limit must be a whole number" in resp.text
+
+
+async def test_the_new_job_form_offers_only_names_it_accepts(processor: Any) -> None:
+    """Every worker registers the built-in "webhook-delivery", and subscribers register their
+    deliveries' names; new_job refuses them (deliveries are made by emit()), so the form does
+    not offer them: every name offered is one it accepts."""
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        form = await c.get("/jobs/new")
+        offered = re.findall(r'<option value="([^"]+)"', form.text)
+        assert "send-email" in offered and "webhook-delivery" not in offered
+        for name in offered:
+            resp = await c.post(
+                "/jobs/new", data={"csrf_token": token(form.text), "name": name, "payload": "{}"}
+            )
+            assert "is an event delivery" not in resp.text, name

@@ -240,7 +240,11 @@ async def test_new_job_duplicate_and_trigger(env: Any) -> None:
         await admin.new_job("email", "{to: 1}")
     with pytest.raises(InvalidPayloadError, match="must be a JSON object"):
         await admin.new_job("email", "[1, 2]")
-    with pytest.raises(InvalidArgumentError, match="is a cron"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"is a cron, not a job: .*trigger_cron\('nightly'\) "
+        r"\(job-processor crons trigger nightly\)",
+    ):
         await admin.new_job("nightly", {})
     # the names of event deliveries are made by emit(), never by hand, nor offered as known
     _, storage, clock = env

@@ -388,7 +388,10 @@ class JobsAdmin(AdminBase):
         produce = self.storage.producer  # its reads ride out a short outage, as its insert
         definition = await produce.run(lambda _: self._definition(name))
         if definition.get("kind") == "cron":
-            raise InvalidArgumentError(f"{name!r} is a cron: use trigger_cron({name!r})")
+            raise InvalidArgumentError(
+                f"{name!r} is a cron, not a job: run a task of it now with trigger_cron({name!r}) "
+                f"(job-processor crons trigger {name})"
+            )
         if await self._is_delivery(name, definition):
             raise InvalidArgumentError(
                 f"{name!r} is an event delivery: its jobs are made by emit(); to deliver an "

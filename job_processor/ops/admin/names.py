@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ...core import event_documents as E
 from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
 from ...core.status import ACTIVE
@@ -31,6 +32,7 @@ class NamesAdmin(AdminBase):
         ]
         paused = await self.storage.paused.names()
         cov = coverage(known, live, {}, paused, now)
+        deliveries = await self._subscriber_jobs()
         out = []
         for name in sorted(known):
             doc = {k: v for k, v in known[name].items() if k != "_id"}
@@ -40,6 +42,7 @@ class NamesAdmin(AdminBase):
             view = DefinitionView.model_validate(doc | {"name": name})
             view.served_by = cov.served_by.get(name, [])
             view.paused = name in paused
+            view.delivery = view.kind == "job" and E.is_delivery(name, known[name], deliveries)
             out.append(view)
         return out
 

@@ -79,6 +79,9 @@ class DefinitionView(BaseModel):
     registered_by: str | None = None
     served_by: list[str] = []
     """Ids of the live workers that claim this name."""
+    delivery: bool = False
+    """An event's delivery (the built-in webhook-delivery, a subscriber's job): its jobs are
+    made by emit() and replays, never by hand."""
     paused: bool = False
 
 
