@@ -842,3 +842,24 @@ async def test_a_worker_document_without_a_readable_heartbeat_is_listed_dead(
     assert [w.alive for w in (await admin.status()).workers] == [False]
     health = await check(storage.db, collection_prefix=storage.prefix, hostname="h-odd")
     assert not health.ok and "no worker heartbeat" in str(health.reason)
+
+
+async def test_a_page_that_ends_on_a_document_another_program_inserted_has_a_cursor(
+    env: Any,
+) -> None:
+    """The minimal insert docs/scale.md documents ({name, claim_name, due_ms, payload}: no
+    status nor created_at until a worker claims it) reads as pending by id, is sorted last in
+    the listings, and a page that ends on one gives a cursor (it raised KeyError: the CLI's
+    traceback, the dashboard's 500), whose next page goes on without failing."""
+    admin, storage, _ = env
+    ours = [str((await add(storage, at=s))["_id"]) for s in (0, 1)]
+    due = D.epoch_ms(NOW + dt.timedelta(hours=1))
+    minimal = {"name": "email", "claim_name": "email", "due_ms": due, "payload": {}}
+    foreign = [
+        str((await storage.jobs.coll.insert_one(dict(minimal))).inserted_id) for _ in range(3)
+    ]
+    assert (await admin.get_job(foreign[0])).status == S.PENDING
+    page = await admin.list_jobs(limit=3)
+    assert [j.id for j in page.jobs][:2] == ours[::-1]  # newest first, theirs last
+    assert page.jobs[2].id in foreign and page.next_cursor is not None
+    await admin.list_jobs(limit=3, cursor=page.next_cursor)

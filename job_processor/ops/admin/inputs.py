@@ -87,7 +87,17 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
 
 
 def encode_cursor(doc: Doc) -> str:
-    raw = f"{D.epoch_ms(doc['created_at'])}.{doc['_id']}".encode()
+    """The position after `doc` (its creation time and id). A document another program
+    inserted has no `created_at` until its first claim (sorted last): its insert time."""
+    created = doc.get("created_at")
+    if not isinstance(created, dt.datetime):
+        oid = doc["_id"]
+        created = (
+            oid.generation_time
+            if isinstance(oid, ObjectId)
+            else dt.datetime.fromtimestamp(0, dt.UTC)
+        )
+    raw = f"{D.epoch_ms(created)}.{doc['_id']}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
