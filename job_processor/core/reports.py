@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -238,8 +238,23 @@ def _readable_worker(doc: dict[str, Any]) -> dict[str, Any]:
         out["concurrency"] = 1
     if not isinstance(out.get("instance_id"), str | None):
         out["instance_id"] = str(out["instance_id"])
-    if not (out.get("tags") is None or isinstance(out["tags"], list)):
-        out["tags"] = None
+    tags = out.get("tags")
+    out["tags"] = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else None
+    # the rest (the listings' own fields too): what does not read as its type is left out
+    kept: dict[str, Callable[[Any], bool]] = {
+        "crashed": lambda v: isinstance(v, str),
+        "stuck_threads": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "running_jobs": lambda v: isinstance(v, list),
+        "names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "worker_timeout": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "definitions": lambda v: (
+            isinstance(v, dict)
+            and all(isinstance(k, str) and isinstance(d, str) for k, d in v.items())
+        ),
+    }
+    for key, readable in kept.items():
+        if key in out and out[key] is not None and not readable(out[key]):
+            del out[key]
     return out
 
 

@@ -87,13 +87,26 @@ class JobQuery:
         )
 
 
-Position = tuple[dt.datetime, ObjectId]
+Position = tuple[dt.datetime, Any]
+"""A listing's position: a creation time and an `_id` (an ObjectId, or another program's)."""
 
 
 def _before(doc: Doc, position: Position) -> bool:
     """Strictly after `position` in listing order (created_at desc, _id desc)."""
     created, oid = position
-    return bool(doc["created_at"] < created or (doc["created_at"] == created and doc["_id"] < oid))
+    if doc["created_at"] != created:
+        return bool(doc["created_at"] < created)
+    return _id_order(doc["_id"]) < _id_order(oid)
+
+
+def _id_order(value: Any) -> tuple[int, Any]:
+    """An `_id` as MongoDB orders them across types (text before ObjectIds), comparable here
+    whatever another program used."""
+    if isinstance(value, ObjectId):
+        return (7, value.binary)
+    if isinstance(value, str):
+        return (2, value)
+    return (3, repr(value))
 
 
 class JobAdminStore:

@@ -848,18 +848,70 @@ async def test_a_page_that_ends_on_a_document_another_program_inserted_has_a_cur
     env: Any,
 ) -> None:
     """The minimal insert docs/scale.md documents ({name, claim_name, due_ms, payload}: no
-    status nor created_at until a worker claims it) reads as pending by id, is sorted last in
-    the listings, and a page that ends on one gives a cursor (it raised KeyError: the CLI's
-    traceback, the dashboard's 500), whose next page goes on without failing."""
+    status nor created_at until a worker claims it) reads as pending by id and is sorted last
+    in the listings; a page that ends on one gives a cursor (it raised KeyError: the CLI's
+    traceback, the dashboard's 500), whose next page repeats none of the jobs shown."""
     admin, storage, _ = env
-    ours = [str((await add(storage, at=s))["_id"]) for s in (0, 1)]
-    due = D.epoch_ms(NOW + dt.timedelta(hours=1))
+    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)  # before the inserts below
+    ours = []
+    for s in (0, 1):
+        doc = await storage.jobs.insert(
+            D.new_job("email", {"n": s}, now=earlier + dt.timedelta(seconds=s))
+        )
+        assert doc is not None
+        ours.append(str(doc["_id"]))
+    due = D.epoch_ms(earlier + dt.timedelta(hours=1))
     minimal = {"name": "email", "claim_name": "email", "due_ms": due, "payload": {}}
     foreign = [
         str((await storage.jobs.coll.insert_one(dict(minimal))).inserted_id) for _ in range(3)
     ]
     assert (await admin.get_job(foreign[0])).status == S.PENDING
-    page = await admin.list_jobs(limit=3)
-    assert [j.id for j in page.jobs][:2] == ours[::-1]  # newest first, theirs last
-    assert page.jobs[2].id in foreign and page.next_cursor is not None
-    await admin.list_jobs(limit=3, cursor=page.next_cursor)
+    first = await admin.list_jobs(limit=3)
+    assert [j.id for j in first.jobs][:2] == ours[::-1]  # newest first, theirs last
+    assert first.jobs[2].id in foreign and first.next_cursor is not None
+    second = await admin.list_jobs(limit=3, cursor=first.next_cursor)
+    assert not {j.id for j in second.jobs} & {j.id for j in first.jobs}
+
+
+async def test_a_cursor_a_listing_gives_is_accepted_whatever_the_id_of_its_last_job(
+    env: Any,
+) -> None:
+    """Another program's jobs with `_id`s of their own (text, a dot in it): the cursor a page
+    ending on one gives is accepted by the next call, which goes on in MongoDB's order."""
+    admin, storage, _ = env
+    for n in range(3):
+        await storage.jobs.insert(D.new_job("email", {"n": n}, now=NOW) | {"_id": f"order.{n}"})
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        page = await admin.list_jobs(limit=1, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ["order.2", "order.1", "order.0"]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"tags": [1]},
+        {"worker_timeout": "abc"},
+        {"crashed": {"error": "x"}},
+        {"names": "x"},
+        {"definitions": ["x"]},
+        {"stuck_threads": "x"},
+        {"running_jobs": 3},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+async def test_a_worker_document_with_an_odd_field_is_still_listed(env: Any, odd: Any) -> None:
+    """The listings read a worker document another program (another version) wrote, or a
+    damaged one, whatever its fields hold: list_workers(), the overview and status (the CLI,
+    the dashboard) list it, never fail on it."""
+    admin, storage, _ = env
+    doc: dict[str, Any] = {"_id": "w-odd", "hostname": "h-odd", "pid": 7, "last_seen": NOW}
+    await storage.workers.coll.insert_one(doc | odd)
+    assert [w.id for w in await admin.list_workers()] == ["w-odd"]
+    await admin.overview()
+    assert [w.id for w in (await admin.status()).workers] == ["w-odd"]

@@ -88,25 +88,23 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
 
 def encode_cursor(doc: Doc) -> str:
     """The position after `doc` (its creation time and id). A document another program
-    inserted has no `created_at` until its first claim (sorted last): its insert time."""
+    inserted has no `created_at` until its first claim: it is sorted last, so no dated job comes
+    after it (the epoch); an `_id` of its own that is not an ObjectId is kept as text (`s:`)."""
     created = doc.get("created_at")
     if not isinstance(created, dt.datetime):
-        oid = doc["_id"]
-        created = (
-            oid.generation_time
-            if isinstance(oid, ObjectId)
-            else dt.datetime.fromtimestamp(0, dt.UTC)
-        )
-    raw = f"{D.epoch_ms(created)}.{doc['_id']}".encode()
+        created = dt.datetime.fromtimestamp(0, dt.UTC)
+    oid = doc["_id"]
+    shown = str(oid) if isinstance(oid, ObjectId) else f"s:{oid}"
+    raw = f"{D.epoch_ms(created)}.{shown}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(token: str) -> tuple[dt.datetime, ObjectId]:
+def decode_cursor(token: str) -> tuple[dt.datetime, Any]:
     try:
         padded = token + "=" * (-len(token) % 4)
-        ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".")
+        ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".", 1)
         created = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
-        return to_millis(created), ObjectId(oid)
+        return to_millis(created), oid[2:] if oid.startswith("s:") else ObjectId(oid)
     except (
         ValueError,
         TypeError,
