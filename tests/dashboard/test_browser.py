@@ -44,6 +44,17 @@ async def status_is(p: JobProcessor, job_id: str, status: JobStatus) -> bool:
     return (await p.get_job(job_id)).status == status
 
 
+async def emitted_and_delivered(p: JobProcessor) -> Event:
+    """A "shipped" event emitted, once its one delivery has finished."""
+    event = await p.emit("shipped", {"shipment_id": "s1"})
+
+    async def delivered() -> bool:
+        return [d.status for d in (await p.get_event(event.id)).deliveries] == ["finished"]
+
+    await wait_until(delivered)
+    return event
+
+
 async def failed_email(p: JobProcessor) -> str:
     job = await p.schedule_job("send-email", {"to": "ada@example.com", "fail": True})
     await wait_until(lambda: status_is(p, job.id, S.ERRORED))
@@ -196,12 +207,7 @@ async def test_replay_an_event_after_confirming_and_watch_the_new_delivery_finis
     subscribers = {"shipped": [Subscriber("send-email", handler=send_email)]}
     p = await make_processor(db, Switches(), subscribers=subscribers)
     async with p:
-        event = await p.emit("shipped", {"shipment_id": "s1"})
-
-        async def delivered() -> bool:
-            return [d.status for d in (await p.get_event(event.id)).deliveries] == ["finished"]
-
-        await wait_until(delivered)
+        event = await emitted_and_delivered(p)
         app = host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0.3))
         async with serve(app) as base:
             page = await signed_in(browser)
@@ -378,12 +384,7 @@ async def test_a_delivery_job_page_offers_no_duplicate_and_the_admin_refuses_one
     subscribers = {"shipped": [Subscriber("notify", handler=notify)]}
     p = await make_processor(db, Switches(), subscribers=subscribers)
     async with p:
-        event = await p.emit("shipped", {"shipment_id": "s1"})
-
-        async def delivered() -> bool:
-            return [d.status for d in (await p.get_event(event.id)).deliveries] == ["finished"]
-
-        await wait_until(delivered)
+        event = await emitted_and_delivered(p)
         [delivery] = (await p.get_event(event.id)).deliveries
         assert delivery.job_id is not None
         job = await p.get_job(delivery.job_id)

@@ -7,6 +7,8 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from job_processor import AbortSignal, CronDef, FakeClock, Job, JobDef, JobStatus
 from job_processor.ops.admin import Admin
 from job_processor.testing import run_until_idle
@@ -168,12 +170,16 @@ async def test_an_admin_retry_of_a_job_without_a_hook_is_not_held(db: Any) -> No
     assert [j.id for j in await processor.list_jobs()] == [job.id]
 
 
-async def test_a_retry_waits_for_a_hook_its_live_worker_is_running(db: Any) -> None:
+@pytest.mark.parametrize("deploy", [False, True])
+async def test_a_retry_waits_for_a_hook_its_live_worker_is_running(db: Any, deploy: bool) -> None:
     """The errored exit's hook is running on the worker when another process retries the job:
-    the retry waits for it instead of running it a second time."""
+    the retry waits for it instead of running it a second time. With `deploy`, a rolling
+    deploy lowered worker_timeout: the retrying process has 2 s, the old worker 60 s and a
+    heartbeat 5 s old (alive by its own timeout, by which every process judges it)."""
+    from job_processor import DoNotRetry
+
     seen: list[str] = []
-    started = asyncio.Event()
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def hook(job: Job) -> None:
         seen.append(job.status.value)
@@ -182,23 +188,37 @@ async def test_a_retry_waits_for_a_hook_its_live_worker_is_running(db: Any) -> N
             await release.wait()
 
     async def fails_once(job: Job, signal: AbortSignal) -> str:
-        if len(seen) == 0:
-            from job_processor import DoNotRetry
-
+        if not seen:
             raise DoNotRetry("first run fails")
         return "ok"
 
-    defs = {"mail": JobDef(handler=fails_once, on_job_exited=hook)}
-    worker = await make(db, defs)
-    client = await make(db, defs)  # another process (a web app) that retries
+    defs = {"mail": JobDef(handler=fails_once, on_job_exited=hook, on_job_exited_timeout=5)}
+    old = {"worker_timeout": 60.0, "heartbeat_interval": 30.0} if deploy else {}
+    new = {"worker_timeout": 2.0, "heartbeat_interval": 0.5} if deploy else {}
+    worker = await make(db, defs, **old)
+    client = await make(db, defs, **new)  # another process (a web app) that retries
+    judged = asyncio.Event()  # the retry asked whether the hook's owner is alive
+    is_live = client.storage.workers.is_live
+
+    async def asked(*args: Any) -> bool:
+        alive = await is_live(*args)
+        judged.set()
+        return alive
+
+    client.storage.workers.is_live = asked  # type: ignore[method-assign]
     job = await worker.schedule_job("mail")
     async with worker:
         await asyncio.wait_for(started.wait(), 10)
+        if deploy:
+            late = worker.clock.now() - dt.timedelta(seconds=5)
+            await worker.storage.workers.coll.update_one(
+                {"_id": worker.worker_id}, {"$set": {"last_seen": late}}
+            )
         retry = asyncio.create_task(client.retry_job(job.id))
-        await asyncio.sleep(0.5)  # the retry polls the record meanwhile
+        await asyncio.wait_for(judged.wait(), 10)
         assert not retry.done()
         release.set()
-        retried = await asyncio.wait_for(retry, 10)
+        retried = await asyncio.wait_for(retry, 15)
         assert retried.status in (S.PENDING, S.RUNNING, S.FINISHED)
         await wait_status(worker, job.id, S.FINISHED)
         await wait_for(lambda: len(seen) == 2)
@@ -296,55 +316,3 @@ async def test_a_hook_recorded_with_no_owner_is_called_by_a_sweep_at_info(
             await wait_for(lambda: hooks.seen == ["killed"])
     (called,) = [r for r in caplog.records if r.__dict__.get("event") == "on_job_exited_recovered"]
     assert called.levelno == logging.INFO and called.__dict__["fields"]["job_id"] == job_id
-
-
-async def test_a_retry_waits_for_a_hook_whose_worker_is_alive_by_its_own_worker_timeout(
-    db: Any,
-) -> None:
-    """A rolling deploy lowers worker_timeout: a new process (2 s) retries a job whose hook an
-    old worker (60 s, its last heartbeat 5 s old: alive by its own timeout and by every sweep)
-    is running. The retry waits for it, as for any live owner; it does not take the hook over
-    and call it a second time while it runs."""
-    from job_processor import DoNotRetry
-
-    seen: list[str] = []
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def hook(job: Job) -> None:
-        seen.append(job.status.value)
-        if len(seen) == 1:
-            started.set()
-            await release.wait()
-
-    async def fails_once(job: Job, signal: AbortSignal) -> str:
-        if not seen:
-            raise DoNotRetry("first run fails")
-        return "ok"
-
-    defs = {"mail": JobDef(handler=fails_once, on_job_exited=hook, on_job_exited_timeout=5)}
-    worker = await make(db, defs, worker_timeout=60.0, heartbeat_interval=30.0)
-    client = await make(db, defs, worker_timeout=2.0, heartbeat_interval=0.5)
-    judged = asyncio.Event()  # the retry asked whether the hook's owner is alive
-    is_live = client.storage.workers.is_live
-
-    async def asked(*args: Any) -> bool:
-        alive = await is_live(*args)
-        judged.set()
-        return alive
-
-    client.storage.workers.is_live = asked  # type: ignore[method-assign]
-    job = await worker.schedule_job("mail")
-    async with worker:
-        await asyncio.wait_for(started.wait(), 10)
-        late = worker.clock.now() - dt.timedelta(seconds=5)  # a heartbeat 5 s late: alive
-        await worker.storage.workers.coll.update_one(
-            {"_id": worker.worker_id}, {"$set": {"last_seen": late}}
-        )
-        retry = asyncio.create_task(client.retry_job(job.id))
-        await asyncio.wait_for(judged.wait(), 10)
-        assert seen == ["errored"], "the hook was called again while its live owner ran it"
-        release.set()
-        retried = await asyncio.wait_for(retry, 15)
-        assert retried.status in (S.PENDING, S.RUNNING, S.FINISHED)
-        await wait_status(worker, job.id, S.FINISHED)
-    assert seen == ["errored", "finished"]

@@ -306,23 +306,26 @@ async def test_a_checkpoint_cancelled_after_its_write_landed_pushes_its_lines_on
     assert [line["message"] for line in done.logs] == ["indexed"]
 
 
+@pytest.mark.parametrize("ends", ["after_the_outage", "during_the_outage"])
 async def test_lines_whose_write_landed_before_an_outage_longer_than_its_budget_are_pushed_once(
-    db: Any, monkeypatch: pytest.MonkeyPatch
+    db: Any, monkeypatch: pytest.MonkeyPatch, ends: str
 ) -> None:
     """A coalesced notes write lands, its reply is lost, and MongoDB then stays unreachable
     longer than the write's own budget (FLUSH_BUDGET, shortened here), shorter than
     worker_timeout: the next write that carries lines (here the final one) first asks whether
-    it landed, and its lines are pushed once."""
+    it landed, as long as the final write rides the outage out (the run may end during it),
+    and its lines are pushed once."""
     from job_processor.engine import notes as engine_notes
 
     monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
-    outage = _outage_after_a_lost_notes_reply(monkeypatch, 1.0)
+    seconds, resume = (1.0, 0.3) if ends == "after_the_outage" else (3.0, -2.2)
+    outage = _outage_after_a_lost_notes_reply(monkeypatch, seconds)
     loop = asyncio.get_running_loop()
 
     async def h(job: Job, signal: AbortSignal) -> str:
         job.log("indexed", batch=1)
         deadline = loop.time() + 20
-        while outage["until"] is None or loop.time() < outage["until"] + 0.3:
+        while outage["until"] is None or loop.time() < outage["until"] + resume:
             assert loop.time() < deadline
             await asyncio.sleep(0.05)
         job.log("done")
@@ -337,12 +340,16 @@ async def test_lines_whose_write_landed_before_an_outage_longer_than_its_budget_
 
 
 def _outage_after_a_lost_notes_reply(
-    monkeypatch: pytest.MonkeyPatch, seconds: float, checkpoint_first: bool = False
+    monkeypatch: pytest.MonkeyPatch,
+    seconds: float,
+    checkpoint_first: bool = False,
+    lost_state: Any = None,
 ) -> dict[str, Any]:
     """Writes and reads of the running job (their filter names its run_id) fail for `seconds`:
     from a coalesced notes write that reaches the server, its reply lost (or, with
     `checkpoint_first`, from a checkpoint's first try; the next notes write during the outage
-    then reaches the server, its reply lost)."""
+    then reaches the server, its reply lost; or, with `lost_state`, from the checkpoint that
+    saves that state, which reaches the server, its reply lost)."""
     original_update = AsyncCollection.update_one
     original_find = AsyncCollection.find_one
     loop = asyncio.get_running_loop()
@@ -358,6 +365,8 @@ def _outage_after_a_lost_notes_reply(
         fields = set(update.get("$set", {}))
         notes_only = "$push" in update and not {"status", "state"} & fields
         checkpoint = "state" in fields and "status" not in fields
+        if lost_state is not None:  # only that checkpoint's write is lost
+            notes_only = checkpoint and update["$set"]["state"] == lost_state
         if checkpoint_first and checkpoint and state["until"] is None:
             state["until"] = loop.time() + seconds
             state["stalled"].set()
@@ -381,35 +390,6 @@ def _outage_after_a_lost_notes_reply(
     monkeypatch.setattr(AsyncCollection, "update_one", update_one)
     monkeypatch.setattr(AsyncCollection, "find_one", find_one)
     return state
-
-
-async def test_lines_whose_write_landed_are_pushed_once_when_the_run_ends_during_the_outage(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The handler ends while MongoDB is still unreachable, past two of the notes write's
-    budgets: the final write (which rides out up to worker_timeout) asks as long whether the
-    lost write landed, and does not push its lines again."""
-    from job_processor.engine import notes as engine_notes
-
-    monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
-    outage = _outage_after_a_lost_notes_reply(monkeypatch, 3.0)
-    loop = asyncio.get_running_loop()
-
-    async def h(job: Job, signal: AbortSignal) -> str:
-        job.log("indexed", batch=1)
-        deadline = loop.time() + 20
-        while outage["until"] is None or loop.time() < outage["until"] - 2.2:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
-        job.log("done")
-        return "ok"
-
-    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=12.0, heartbeat_interval=1.0)
-    async with p:
-        job = await p.schedule_job("h")
-        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=30)
-    assert done.status == S.FINISHED and done.attempt == 1
-    assert [line["message"] for line in done.logs] == ["indexed", "done"]
 
 
 async def test_lines_of_an_unsure_write_are_pushed_once_when_a_checkpoint_lands_after_it(
@@ -456,34 +436,7 @@ async def test_a_cancelled_checkpoint_that_landed_before_an_outage_counts_once(
     from job_processor.engine import notes as engine_notes
 
     monkeypatch.setattr(engine_notes, "FLUSH_BUDGET", 0.3)
-    original_update = AsyncCollection.update_one
-    original_find = AsyncCollection.find_one
-    loop = asyncio.get_running_loop()
-    outage: dict[str, Any] = {"until": None}
-
-    def down(filter: Any) -> bool:
-        until = outage["until"]
-        return until is not None and loop.time() < until and "run_id" in (filter or {})
-
-    async def update_one(
-        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
-    ) -> Any:
-        state = update.get("$set", {}).get("state")
-        if state == {"batch": 1} and outage["until"] is None and "status" not in update["$set"]:
-            await original_update(self, filter, update, *a, **kw)  # it lands ...
-            outage["until"] = loop.time() + 3.0  # ... its reply is lost, then an outage
-            raise AutoReconnect("connection closed (simulated: reply lost)")
-        if down(filter):
-            raise AutoReconnect("connection refused (simulated outage)")
-        return await original_update(self, filter, update, *a, **kw)
-
-    async def find_one(self: AsyncCollection, filter: Any = None, *a: Any, **kw: Any) -> Any:
-        if down(filter):
-            raise AutoReconnect("connection refused (simulated outage)")
-        return await original_find(self, filter, *a, **kw)
-
-    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
-    monkeypatch.setattr(AsyncCollection, "find_one", find_one)
+    outage = _outage_after_a_lost_notes_reply(monkeypatch, 3.0, lost_state={"batch": 1})
 
     async def h(job: Job, signal: AbortSignal) -> str:
         if earlier_checkpoint:

@@ -664,42 +664,6 @@ async def test_an_action_an_outage_stops_midway_is_still_in_the_audit_log(
     assert "AutoReconnect" in entry["detail"]["interrupted"]
 
 
-async def test_a_new_job_whose_reply_was_lost_is_written_once(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The insert of `jobs new` lands, its reply is lost: written again under the same id, it
-    is recognised, so the command succeeds with one job and one audit entry (it failed, and
-    the operator's second try made a second job)."""
-    from pymongo.errors import AutoReconnect
-
-    from job_processor import AbortSignal, Job
-    from tests.helpers import make
-
-    async def echo(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    p = await make(db, {"echo": JobDef(handler=echo)})
-    await p.start()  # registers "echo"
-    await p.stop()
-    admin = await Admin.open(db, actor="ops")
-    coll = admin.storage.jobs.coll
-    real, lost = coll.insert_one, []
-
-    async def reply_lost(*args: Any, **kw: Any) -> Any:
-        result = await real(*args, **kw)
-        if not lost:
-            lost.append(1)
-            raise AutoReconnect("reply lost (test)")
-        return result
-
-    monkeypatch.setattr(coll, "insert_one", reply_lost)
-    made = await admin.new_job("echo", "{}")
-    monkeypatch.undo()
-    assert lost == [1] and len(made.jobs) == 1
-    assert await coll.count_documents({"name": "echo"}) == 1
-    assert await admin.storage.audit.coll.count_documents({}) == 1
-
-
 async def test_a_purge_deletes_jobs_another_program_wrote_with_has_dependents_false_or_null(
     env: Any,
 ) -> None:
@@ -757,15 +721,18 @@ async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> N
     assert not [w for w in (await admin.status()).warnings if "'nightly'" in w]
 
 
-@pytest.mark.parametrize("blip_on", ["paused_read", "audit_lost_reply", "redaction_read"])
+@pytest.mark.parametrize(
+    "blip_on", ["paused_read", "job_lost_reply", "audit_lost_reply", "redaction_read"]
+)
 async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
     db: Any, monkeypatch: pytest.MonkeyPatch, blip_on: str
 ) -> None:
     """`jobs new` rides out a short outage: one job, one record. A dropped connection on the
-    read of the paused names (before the insert), on the audit record whose reply is lost
-    after it landed, or on the read that redacts the jobs it returns (both after the insert)
-    is retried: the call is not reported failed (the CLI would exit 3 and a second try make a
-    second job), and the audit holds one entry."""
+    read of the paused names (before the insert), on the job's insert whose reply is lost
+    (written again under the same id, it is recognised), on the audit record whose reply is
+    lost after it landed, or on the read that redacts the jobs it returns (both after the
+    insert) is retried: the call is not reported failed (the CLI would exit 3 and a second try
+    make a second job), and the audit holds one entry."""
     from pymongo.errors import AutoReconnect
 
     from job_processor import AbortSignal, Job
@@ -779,8 +746,8 @@ async def test_a_new_job_rides_out_a_blip_before_and_after_its_insert(
     await p.stop()
     admin = await Admin.open(db, actor="ops")
     blipped: list[int] = []
-    if blip_on == "audit_lost_reply":
-        audit = admin.storage.audit.coll
+    if blip_on in ("job_lost_reply", "audit_lost_reply"):
+        audit = admin.storage.jobs.coll if blip_on == "job_lost_reply" else admin.storage.audit.coll
         real_insert = audit.insert_one
 
         async def lost(*args: Any, **kw: Any) -> Any:
