@@ -244,7 +244,7 @@ def _readable_worker(doc: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Callable[[Any], bool]] = {
         "crashed": lambda v: isinstance(v, str),
         "stuck_threads": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "running_jobs": lambda v: isinstance(v, list),
+        "running_jobs": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
         "names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
         "worker_timeout": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
         "definitions": lambda v: (

@@ -100,10 +100,14 @@ def _before(doc: Doc, position: Position) -> bool:
 
 
 def _id_order(value: Any) -> tuple[int, Any]:
-    """An `_id` as MongoDB orders them across types (text before ObjectIds), comparable here
-    whatever another program used."""
+    """An `_id` as MongoDB orders them across types (numbers, text, documents, ObjectIds,
+    booleans), comparable here whatever another program used."""
     if isinstance(value, ObjectId):
         return (7, value.binary)
+    if isinstance(value, bool):
+        return (8, value)
+    if isinstance(value, int | float):
+        return (1, value)
     if isinstance(value, str):
         return (2, value)
     return (3, repr(value))

@@ -840,14 +840,23 @@ async def test_a_page_that_ends_on_a_document_another_program_inserted_has_a_cur
     assert not {j.id for j in second.jobs} & {j.id for j in first.jobs}
 
 
+@pytest.mark.parametrize(
+    ("ids", "order"),
+    [
+        (["order.0", "order.1", "order.2"], ["order.2", "order.1", "order.0"]),  # a dot in it
+        ([1, 2, 3], ["3", "2", "1"]),
+        (["a", 1], ["a", "1"]),  # MongoDB's order: numbers before text
+    ],
+)
 async def test_a_cursor_a_listing_gives_is_accepted_whatever_the_id_of_its_last_job(
-    env: Any,
+    env: Any, ids: list[Any], order: list[str]
 ) -> None:
-    """Another program's jobs with `_id`s of their own (text, a dot in it): the cursor a page
-    ending on one gives is accepted by the next call, which goes on in MongoDB's order."""
+    """Another program's jobs with `_id`s of their own, created in one instant: the cursor a
+    page ending on one gives is accepted by the next call, which goes on in MongoDB's order
+    and lists each once."""
     admin, storage, _ = env
-    for n in range(3):
-        await storage.jobs.insert(D.new_job("email", {"n": n}, now=NOW) | {"_id": f"order.{n}"})
+    for n, oid in enumerate(ids):
+        await storage.jobs.insert(D.new_job("email", {"n": n}, now=NOW) | {"_id": oid})
     seen: list[str] = []
     cursor = None
     for _ in range(5):
@@ -856,7 +865,7 @@ async def test_a_cursor_a_listing_gives_is_accepted_whatever_the_id_of_its_last_
         if page.next_cursor is None:
             break
         cursor = page.next_cursor
-    assert seen == ["order.2", "order.1", "order.0"]
+    assert seen == order
 
 
 @pytest.mark.parametrize(
@@ -869,6 +878,7 @@ async def test_a_cursor_a_listing_gives_is_accepted_whatever_the_id_of_its_last_
         {"definitions": ["x"]},
         {"stuck_threads": "x"},
         {"running_jobs": 3},
+        {"running_jobs": [3, "x"]},
     ],
     ids=lambda o: next(iter(o)),
 )

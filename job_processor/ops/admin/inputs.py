@@ -89,12 +89,18 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
 def encode_cursor(doc: Doc) -> str:
     """The position after `doc` (its creation time and id). A document another program
     inserted has no `created_at` until its first claim: it is sorted last, so no dated job comes
-    after it (the epoch); an `_id` of its own that is not an ObjectId is kept as text (`s:`)."""
+    after it (the epoch); an `_id` of its own that is not an ObjectId is kept with its type
+    (`i:`, `f:` numbers, `s:` text)."""
     created = doc.get("created_at")
     if not isinstance(created, dt.datetime):
         created = dt.datetime.fromtimestamp(0, dt.UTC)
     oid = doc["_id"]
-    shown = str(oid) if isinstance(oid, ObjectId) else f"s:{oid}"
+    if isinstance(oid, ObjectId):
+        shown = str(oid)
+    elif isinstance(oid, int | float) and not isinstance(oid, bool):  # its type kept
+        shown = f"{'i' if isinstance(oid, int) else 'f'}:{oid!r}"
+    else:
+        shown = f"s:{oid}"
     raw = f"{D.epoch_ms(created)}.{shown}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -104,7 +110,9 @@ def decode_cursor(token: str) -> tuple[dt.datetime, Any]:
         padded = token + "=" * (-len(token) % 4)
         ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".", 1)
         created = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
-        return to_millis(created), oid[2:] if oid.startswith("s:") else ObjectId(oid)
+        kinds: dict[str, Any] = {"s:": str, "i:": int, "f:": float}
+        kind = kinds.get(oid[:2])
+        return to_millis(created), kind(oid[2:]) if kind else ObjectId(oid)
     except (
         ValueError,
         TypeError,
