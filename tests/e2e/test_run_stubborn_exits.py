@@ -77,15 +77,24 @@ def _spawn(target: str, mongo_url: str, db: Any, tmp_path: Path) -> Worker:
     return Worker(proc, log)
 
 
+async def running_on_the_worker(
+    db: Any, jobs: dict[str, JobDef], name: str, payload: dict[str, Any] | None = None
+) -> tuple[JobProcessor, Any]:
+    """A client of the spawned worker's database: once the worker is live, a job of `name`
+    scheduled and seen running there."""
+    client = await init_job_processor(db, jobs=jobs, worker_timeout=2.0, heartbeat_interval=0.5)
+    await wait_workers(client, 1)
+    job = await client.schedule_job(name, payload or {})
+    await wait_status(client, job.id, JobStatus.RUNNING, timeout=20)
+    return client, job
+
+
 async def test_second_sigterm_exits_130_although_a_handler_swallows_cancel(
     mongo_url: str, db: Any, tmp_path: Path
 ) -> None:
     worker = _spawn(f"{__name__}:make", mongo_url, db, tmp_path)
     try:
-        client = await init_job_processor(db, jobs=JOBS, worker_timeout=2.0, heartbeat_interval=0.5)
-        await wait_workers(client, 1)
-        job = await client.schedule_job("stubborn")
-        await wait_status(client, job.id, JobStatus.RUNNING, timeout=20)
+        await running_on_the_worker(db, JOBS, "stubborn")
         worker.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)  # inside the 3 s shutdown grace: not cancelled yet
         worker.proc.send_signal(signal.SIGTERM)  # the operator forces it
@@ -100,10 +109,7 @@ async def test_a_crashed_loop_exits_although_a_handler_swallows_cancel(
 ) -> None:
     worker = _spawn(f"{__name__}:make_crashing", mongo_url, db, tmp_path)
     try:
-        client = await init_job_processor(db, jobs=JOBS, worker_timeout=2.0, heartbeat_interval=0.5)
-        await wait_workers(client, 1)
-        job = await client.schedule_job("stubborn")
-        await wait_status(client, job.id, JobStatus.RUNNING, timeout=20)
+        await running_on_the_worker(db, JOBS, "stubborn")
         # crash after 0.3 s, grace 3 s, then 1 s for the cancellation: 15 s is generous
         code = await wait_exit(worker, timeout=15)
         assert code != 0, worker.output()[-3000:]
@@ -170,12 +176,9 @@ async def test_sigterm_exits_although_an_async_handler_awaits_asyncio_to_thread(
     release = tmp_path / "release"
     worker = _spawn(f"{__name__}:make_offloaded", mongo_url, db, tmp_path)
     try:
-        client = await init_job_processor(
-            db, jobs=OFFLOADED, worker_timeout=2.0, heartbeat_interval=0.5
+        client, job = await running_on_the_worker(
+            db, OFFLOADED, "offloaded", {"release": str(release)}
         )
-        await wait_workers(client, 1)
-        job = await client.schedule_job("offloaded", {"release": str(release)})
-        await wait_status(client, job.id, JobStatus.RUNNING, timeout=20)
         worker.proc.send_signal(signal.SIGTERM)
         # grace 3 s, then the handler is cancelled and `pending` written: 15 s is generous
         await wait_status(client, job.id, JobStatus.PENDING, timeout=15)

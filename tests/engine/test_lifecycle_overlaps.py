@@ -178,6 +178,13 @@ async def test_a_start_its_caller_gave_up_on_leaves_nothing_started(db: Any) -> 
         await p.stop()
 
 
+async def runs_a_job(p: Any) -> None:
+    """The processor is started for real: a job scheduled now is run to its end."""
+    job = await p.schedule_job("noop")
+    done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
+    assert done.status == JobStatus.FINISHED
+
+
 async def test_start_called_during_a_stop_leaves_the_processor_started(db: Any) -> None:
     """start() returns as "started" (it says: start claiming and running jobs in the
     background); one called while a stop is under way returns at once, and the stop then
@@ -192,9 +199,7 @@ async def test_start_called_during_a_stop_leaves_the_processor_started(db: Any) 
         await p.start()
         await stopping
         assert p.started, "start() returned, then the processor was stopped"
-        job = await p.schedule_job("noop")
-        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
-        assert done.status == JobStatus.FINISHED
+        await runs_a_job(p)
     finally:
         await p.stop()
 
@@ -207,9 +212,7 @@ async def test_a_start_joined_after_its_first_caller_gave_up_starts(db: Any) -> 
             await asyncio.wait_for(p.start(), 0.2)  # the first caller gives up
         await p.start()  # a second caller, while that start is still under way
         assert p.started, "start() returned normally, yet nothing was started"
-        job = await p.schedule_job("noop")
-        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
-        assert done.status == JobStatus.FINISHED
+        await runs_a_job(p)
     finally:
         await p.stop()
 
@@ -236,9 +239,7 @@ async def test_start_called_after_a_stop_that_waits_for_a_start_starts(db: Any) 
         await stopping
         await asyncio.sleep(0.1)
         assert p.started, "start() (called after stop()) returned normally, nothing started"
-        job = await p.schedule_job("noop")
-        done = await wait_status(p, job.id, JobStatus.FINISHED, timeout=5)
-        assert done.status == JobStatus.FINISHED
+        await runs_a_job(p)
         await first
     finally:
         await p.stop()
