@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -196,12 +196,16 @@ class Runtime:
     async def _run_side_loops(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.heartbeat.loop(), name="heartbeat")
-                tg.create_task(self.heartbeat.lease_watch(), name="lease")
-                tg.create_task(self.ownership.loop(), name="ownership")
+                tg.create_task(cancellable(self.heartbeat.loop()), name="heartbeat")
+                tg.create_task(cancellable(self.heartbeat.lease_watch()), name="lease")
+                tg.create_task(cancellable(self.ownership.loop()), name="ownership")
                 self._sweep_loop = tg.create_task(
-                    self.recovery.loop(
-                        self._sweeps_stop, self.heartbeat.after_sweep, lambda: self._sweeps_paused
+                    cancellable(
+                        self.recovery.loop(
+                            self._sweeps_stop,
+                            self.heartbeat.after_sweep,
+                            lambda: self._sweeps_paused,
+                        )
                     ),
                     name="sweep",
                 )
@@ -432,3 +436,16 @@ async def _within(task: asyncio.Task[Any], seconds: float) -> None:
     if not task.cancelled():
         with contextlib.suppress(Exception):
             task.result()
+
+
+async def cancellable(loop: Coroutine[Any, Any, None]) -> None:
+    """A side loop. An error raised while it is being cancelled is that cancellation, not a
+    crash: PyMongo's async driver raises `RuntimeError: Lock is not acquired` when a server
+    selection waiting out an outage is cancelled (a stop during an outage)."""
+    try:
+        await loop
+    except Exception:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        raise

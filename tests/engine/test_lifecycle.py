@@ -604,3 +604,34 @@ async def test_the_count_of_exits_being_written_is_thread_safe(db: Any) -> None:
     finally:
         sys.setswitchinterval(old)
     assert not errors and not p.hooks.busy("one-job")
+
+
+async def test_a_side_loop_whose_driver_errs_while_it_is_cancelled_is_cancelled_not_crashed() -> (
+    None
+):
+    """A stop during an outage cancels the side loops inside a server selection; PyMongo's
+    async lock then raises `RuntimeError: Lock is not acquired` instead of the cancellation:
+    the loop counts as cancelled (no processor_loop_crashed, `run` exits 0); the same error
+    outside a cancellation is still a crash."""
+    from job_processor.engine.runtime import cancellable
+
+    waiting = asyncio.Event()
+
+    async def selecting() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("Lock is not acquired") from None
+
+    task = asyncio.create_task(cancellable(selecting()))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def broken() -> None:
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        await cancellable(broken())
