@@ -116,7 +116,9 @@ async def test_stop_called_from_a_handler_stops_the_processor(db: Any) -> None:
     await p.start()
     await p.schedule_job("shut-down")
     try:
-        await wait_for(lambda: not p.started, timeout=5)  # shutdown_grace is 1 s
+        # shutdown_grace is 1 s; `started` turns False before the worker document is deleted,
+        # so wait for the whole stop the handler began
+        await wait_for(lambda: not p.started and p._stopping is None, timeout=5)
         assert [w["_id"] for w in await p.storage.workers.all()] == []
     finally:
         await p.stop()
