@@ -440,8 +440,9 @@ async def _within(task: asyncio.Task[Any], seconds: float) -> None:
 
 async def cancellable(loop: Coroutine[Any, Any, None]) -> None:
     """A side loop. An error raised while it is being cancelled is that cancellation, not a
-    crash: PyMongo's async driver raises `RuntimeError: Lock is not acquired` when a server
-    selection waiting out an outage is cancelled (a stop during an outage)."""
+    crash: PyMongo's async driver on Python 3.11 raised `RuntimeError: Lock is not acquired`
+    when a server selection waiting out an outage was cancelled (a stop during an outage);
+    `storage.driver_fixes` removes that cause, this stays for any driver it cannot fix."""
     try:
         await loop
     except Exception:

@@ -4,8 +4,9 @@
 one store per collection holding its domain verbs (`jobs.claim_next`, `jobs.end_run`,
 `workers.beat`, ...). The same code serves PyMongo's AsyncMongoClient, motor and
 mongomock-motor. `connect` opens databases from a URL and checks that MongoDB answers;
-`compat` names every workaround for the test servers; `local_server` starts the embedded
-server (nx-27017) for the demo, development and the tests.
+`compat` names every workaround for the test servers, `driver_fixes` those for the drivers'
+own bugs; `local_server` starts the embedded server (nx-27017) for the demo, development and
+the tests.
 
 May import: `core` (documents are built there), the drivers. Nothing above.
 """
@@ -33,6 +34,7 @@ from .compat import ServerProfile, decode, detect
 from .connect import address, check_database
 from .crons import CronStore
 from .definitions import DefinitionStore, PausedStore
+from .driver_fixes import fix_cancelled_waits
 from .events import DeliveryStore, EventStore, SubscriberStore
 from .jobs import EndWrite, JobStore, object_id
 from .limits import LimitStore
@@ -76,6 +78,7 @@ class Storage:
         self, db: Any, prefix: str = "job_processor_", profile: ServerProfile | None = None
     ) -> None:
         check_database(db)
+        fix_cancelled_waits()  # PyMongo on Python 3.11: see driver_fixes
         self.db = db
         self.prefix = prefix
         self.profile = profile or ServerProfile()
