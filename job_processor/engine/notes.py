@@ -182,8 +182,17 @@ class RunNotes:
         while self._settling:
             save, update, before = self._settling[0]
             # the save rides an outage out itself (worker_timeout) and recognises a lost reply:
-            # waited as long as the final write that follows would ride it out
-            await asyncio.wait({save}, timeout=FLUSH_BUDGET if budget is None else budget)
+            # waited as long as the final write that follows would ride it out, or until the
+            # run is given up (its lease ended: its writes are the recovery's)
+            given_up: asyncio.Future[Any] = asyncio.ensure_future(self.run.given_up.wait())
+            try:
+                await asyncio.wait(
+                    {save, given_up},
+                    timeout=FLUSH_BUDGET if budget is None else budget,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                given_up.cancel()
             if not save.done():  # an outage: given up, its notes go with the final write
                 save.cancel()
                 await asyncio.wait({save})

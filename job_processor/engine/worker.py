@@ -579,6 +579,9 @@ class Worker:
         fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close(self.settings.worker_timeout) if run.notes else None
+        if run.lost:  # given up while its writes settled: nothing more is written for it
+            self.log.warning("job_lost", **self._lost_reason(), **fields)
+            return None
         written = None
         for _ in range(4):  # at most: unrecordable, without its notes, a kill requested meanwhile
             now = self.clock.now()

@@ -230,3 +230,69 @@ async def test_a_schedule_that_raised_unreachable_is_not_written_later(
 
 async def never_runs(job: Job, signal: AbortSignal) -> None:
     raise AssertionError("nothing claims here")
+
+
+async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB goes away while a handler checkpoints; a graceful stop cancels the handler
+    inside that checkpoint; the outage outlasts the worker's lease. guide.md: a worker whose
+    last heartbeat is worker_timeout old gives its runs up and writes nothing for them (a run
+    in its shutdown grace is cut short the same way); operations.md: with MongoDB unreachable
+    a stop waits only for what is left of the lease."""
+    from job_processor.engine.worker import Worker
+    from job_processor.storage.jobs import JobStore
+
+    loop = asyncio.get_running_loop()
+    marks: dict[str, float] = {}
+    finals: list[bool] = []  # a final write went out, after the runs were given up
+    original_abandon = Worker.abandon_all
+    original_end_runs = JobStore.end_runs
+
+    def abandon_all(self: Worker, why: str) -> None:
+        marks.setdefault("abandoned", loop.time())
+        original_abandon(self, why)
+
+    async def end_runs(self: JobStore, *a: Any, **kw: Any) -> Any:
+        finals.append("abandoned" in marks)
+        return await original_end_runs(self, *a, **kw)
+
+    monkeypatch.setattr(Worker, "abandon_all", abandon_all)
+    monkeypatch.setattr(JobStore, "end_runs", end_runs)
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def step(job: Job, signal: AbortSignal) -> str:
+        started.set()
+        await go.wait()
+        await job.checkpoint({"step": 1})  # rides the outage out; the stop cancels it here
+        return "done"
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        own_server.url, tz_aware=True, serverSelectionTimeoutMS=2000
+    )
+    worker_timeout = 4.0
+    processor = await init_job_processor(
+        client["outage"],
+        jobs={"step": JobDef(handler=step)},
+        poll_interval=0.2,
+        heartbeat_interval=1.0,
+        worker_timeout=worker_timeout,
+        shutdown_grace=0.2,
+    )
+    try:
+        await processor.start()
+        await processor.schedule_job("step")
+        await asyncio.wait_for(started.wait(), 10)
+        own_server.stop()  # for longer than the lease
+        marks["down"] = loop.time()
+        go.set()
+        await processor.stop()
+        marks["stopped"] = loop.time()
+    finally:
+        await client.close()
+    assert "abandoned" in marks, "the lease did not end during the stop"
+    assert True not in finals, "a final write went out for a run given up"
+    # the lease ends within worker_timeout of the outage; the stop's own steps take a second
+    # each after it (was: the cancelled save waited out, then a final write riding out another
+    # worker_timeout)
+    assert marks["stopped"] - marks["down"] < 2 * worker_timeout
