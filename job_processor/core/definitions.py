@@ -11,6 +11,7 @@ import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from bson import ObjectId
 from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
@@ -46,6 +47,8 @@ HOOK_WHEN_MARK = "job_processor_hook_when"
 
 #: The longest duration a definition may give: a year (in seconds, and in minutes).
 _YEAR_S = 365 * 24 * 3600
+#: A limit's concurrency or rate at most (a 32-bit integer: far past any real limit).
+_MOST_SLOTS = 2**31 - 1
 _YEAR_MIN = 365 * 24 * 60
 
 
@@ -115,7 +118,7 @@ def key_fields(key: str) -> tuple[str, ...]:
 def fill_limit_key(key: str, payload: Any) -> str:
     """A limit key with its placeholders filled from the payload (`"tenant:{tenant_id}"` ->
     `"tenant:acme"`); the key itself when it has none. A missing or empty field, or one that
-    is not a scalar, raises ValueError naming it."""
+    is not a text, a number or an ObjectId, raises ValueError naming it."""
     fields = key_fields(key)
     if not fields:
         return key
@@ -124,14 +127,18 @@ def fill_limit_key(key: str, payload: Any) -> str:
         value = payload.get(f) if isinstance(payload, Mapping) else None
         if (
             value is None
-            or isinstance(value, dict | list | bool)  # True would be a key "tenant:True"
+            # a text, a number or an ObjectId only: a value read back the same from MongoDB
+            # (a tuple comes back a list, a datetime without its microseconds); no bool (True
+            # would be a key "tenant:True")
+            or isinstance(value, bool)
+            or not isinstance(value, str | int | float | ObjectId)
             or (isinstance(value, float) and value != value)
             or str(value) == ""
         ):
             raise ValueError(
                 f"limit key {key!r} needs the payload field {f!r}"
                 + (" (missing)" if value is None else f", got {value!r}")
-                + f": give every job of this limit a {f} (a text or a number)"
+                + f": give every job of this limit a {f} (a text, a number or an ObjectId)"
             )
         if isinstance(value, float) and value.is_integer():
             value = int(value)  # 1.0 and 1 are the same tenant: one key, "tenant:1"
@@ -152,8 +159,9 @@ class Limit(Checked):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str
-    concurrency: int | None = Field(default=None, ge=1)
-    rate: int | None = Field(default=None, ge=1)
+    # bounded: stored in MongoDB (a number past its 64-bit integers cannot be written)
+    concurrency: int | None = Field(default=None, ge=1, le=_MOST_SLOTS)
+    rate: int | None = Field(default=None, ge=1, le=_MOST_SLOTS)
     per_seconds: float | None = Field(default=None, gt=0, le=_YEAR_S, allow_inf_nan=False)
 
     @field_validator("key")
@@ -162,14 +170,21 @@ class Limit(Checked):
         if not v.strip() or "." in v or v.startswith("$"):
             raise ValueError("key must be a non-empty name without '.' or a leading '$'")
         try:
-            fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v)]
         except ValueError as exc:
             raise ValueError(f"key {v!r}: {exc} (placeholders are {{field}})") from None
-        for f in fields:
+        for f, spec, conv in parsed:
+            if f is None:
+                continue
             if not f.isidentifier():
                 raise ValueError(
                     f"key {v!r}: placeholder {{{f}}} must name a top-level payload field, "
                     "e.g. 'tenant:{tenant_id}'"
+                )
+            if spec or conv:  # a format spec or a conversion: keys that fail or change silently
+                raise ValueError(
+                    f"key {v!r}: write the placeholder as {{{f}}}, without a '!' conversion "
+                    "or a ':' format (the value is used as it is)"
                 )
         return v
 

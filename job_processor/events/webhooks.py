@@ -63,6 +63,8 @@ EXCERPT_CHARS = 200
 RETRY_AFTER_CAP = 3600.0
 #: Attempt records kept on a delivery.
 ATTEMPTS_KEPT = 20
+#: An endpoint's description, at most (characters).
+MOST_DESCRIPTION = 1000
 #: Headers we set; an endpoint's own headers may not override them.
 RESERVED_HEADERS = frozenset(
     {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length"}
@@ -304,6 +306,28 @@ def _check_events(events: Any) -> list[str]:
     return list(dict.fromkeys(events))
 
 
+def _check_description(description: Any) -> str | None:
+    """None or a text (it is stored as given, and every reader reads it as text)."""
+    if description is None:
+        return None
+    if not isinstance(description, str):
+        raise InvalidArgumentError(
+            f"description must be a text, got {type(description).__name__}: "
+            "description='billing team endpoint'"
+        )
+    if len(description) > MOST_DESCRIPTION:
+        raise InvalidArgumentError(
+            f"description is {len(description)} characters; at most {MOST_DESCRIPTION}"
+        )
+    return description
+
+
+def _check_enabled(enabled: Any) -> bool:
+    if not isinstance(enabled, bool):
+        raise InvalidArgumentError(f"enabled must be True or False, got {enabled!r}")
+    return enabled
+
+
 def _check_headers(headers: Any) -> dict[str, str]:
     if headers is None:
         return {}
@@ -476,8 +500,8 @@ class Webhooks:
             "format": self._check_format(format),
             "secret_ref": self._check_secret_ref(secret_ref),
             "headers": _check_headers(headers),
-            "state": "enabled" if enabled else "disabled",
-            "description": description,
+            "state": "enabled" if _check_enabled(enabled) else "disabled",
+            "description": _check_description(description),
             "created_at": now,
             "updated_at": now,
             "consecutive_failures": 0,
@@ -518,7 +542,7 @@ class Webhooks:
         if headers is not None:
             fields["headers"] = _check_headers(headers)
         if description is not None:
-            fields["description"] = description
+            fields["description"] = _check_description(description)
         doc = await self.store.update(endpoint_id_of(endpoint_id), fields)
         endpoint = self._found(doc, endpoint_id)
         changed = sorted(k for k in fields if k != "updated_at")

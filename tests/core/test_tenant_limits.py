@@ -68,3 +68,57 @@ def test_many_keys_are_shown_as_the_busiest_and_the_rest_folded() -> None:
     assert folded["running"] == sum(i % 5 for i in range(30)) - 20
     assert folded["concurrency"] == 25 * limit.concurrency  # the capacity of the keys folded
     assert folded["running"] <= folded["concurrency"]
+
+
+@pytest.mark.parametrize("field", ["concurrency", "rate"])
+def test_a_limit_mongodb_cannot_store_is_refused_when_defined(field: str) -> None:
+    """A concurrency or rate past BSON's 64-bit integers was accepted: a static limit made
+    start() raise the driver's bare OverflowError, a per-tenant one crashed the claim loop
+    at its first claim (processor_loop_crashed: no job of any name claimed any more)."""
+    from job_processor import InvalidDefinitionError
+
+    extra = {"per_seconds": 1} if field == "rate" else {}
+    with pytest.raises(InvalidDefinitionError, match=field):
+        Limit(key="tenant:{tenant_id}", **{field: 2**70}, **extra)
+    assert getattr(Limit(key="k", **{field: 2**31 - 1}, **extra), field) == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "key", ["tenant:{tenant_id:d}", "tenant:{tenant_id!z}", "t:{tenant_id:{y}}", "t:{x:>5}"]
+)
+def test_a_placeholder_with_a_format_or_conversion_is_refused_when_defined(key: str) -> None:
+    """Limit() checked a placeholder's field name only: these keys were accepted, and every
+    schedule_job of their jobs then failed blaming a good payload ("Unknown format code 'd'
+    for object of type 'str'"), raised a bare KeyError('y'), or made a padded key ("t:    7")."""
+    from job_processor import InvalidDefinitionError
+
+    with pytest.raises(InvalidDefinitionError, match="without a '!' conversion or a ':' format"):
+        Limit(key=key, concurrency=1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"acme", ("acme", "eu"), dt.datetime(2030, 1, 1, 0, 0, 0, 123456, tzinfo=dt.UTC)],
+    ids=["bytes", "tuple", "datetime"],
+)
+def test_a_tenant_value_mongodb_gives_back_otherwise_is_refused(value: Any) -> None:
+    """scale.md: a field that is not a text, a number or an ObjectId is refused at schedule
+    time naming the field. Bytes gave the key "tenant:b'acme'"; a tuple is stored as a list (a
+    worker reading it back found another key for the job); a datetime comes back without its
+    microseconds (another key)."""
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=2)
+    with pytest.raises(ValueError, match=r"'tenant_id'.*a text, a number or an ObjectId"):
+        per_tenant.key_for({"tenant_id": value})
+
+
+def test_an_objectid_tenant_keeps_its_key_once_stored() -> None:
+    import bson
+
+    from job_processor.engine.limiter import value_key
+
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=2)
+    tenant = bson.ObjectId()
+    key = per_tenant.key_for({"tenant_id": tenant})
+    assert key == f"tenant:{tenant}"
+    stored = bson.decode(bson.encode({"payload": {"tenant_id": tenant}}))
+    assert value_key(per_tenant, stored) == key

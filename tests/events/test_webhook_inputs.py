@@ -129,3 +129,28 @@ def test_an_answer_echoing_the_decoded_query_loses_it_too() -> None:
     url = "https://logic.example.net/workflows/run?sv=1.0&sig=Zm9v%2Fbar%2Bbaz%3D%3D12345"
     said = "401: the signature Zm9v/bar+baz==12345 is not valid"
     assert "Zm9v/bar+baz==12345" not in without_url_secrets(said, url)
+
+
+@pytest.mark.parametrize("description", [123, {"team": "ops"}, "x" * 1001])
+async def test_a_description_that_is_not_a_short_text_is_refused_before_anything_is_stored(
+    db: Any, description: Any
+) -> None:
+    """webhooks.add stored the endpoint, then raised pydantic's ValidationError reading it
+    back; from then on webhooks.list() raised for every caller (the CLI's `webhooks list`,
+    the dashboard), and each event it listens to got a delivery that failed every attempt."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="description"):
+        await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], description=description)
+    assert await p.webhooks.list() == []
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], description="CRM")
+    with pytest.raises(InvalidArgumentError, match="description"):
+        await p.webhooks.update(ep.id, description=description)
+    assert [(e.id, e.description) for e in await p.webhooks.list()] == [(ep.id, "CRM")]
+
+
+async def test_enabled_must_be_a_bool(db: Any) -> None:
+    """webhooks.add(enabled="no") stored an enabled endpoint (any truthy value enabled it)."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="enabled must be True or False"):
+        await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], enabled="no")  # type: ignore[arg-type]
+    assert await p.webhooks.list() == []
