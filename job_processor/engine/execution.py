@@ -59,6 +59,12 @@ class Run:
     """What else the run holds (a delivery's event payload): its secrets are hidden in logs."""
     given_up: asyncio.Event = field(default_factory=asyncio.Event)
     """Set with `lost`: ends a shutdown grace under way (another worker may run it now)."""
+    still_running: asyncio.Future[Any] | None = None
+    """Set when the run ended with its handler still going (a plain def's thread given up,
+    an async handler that swallowed its cancellation): done once it returns. Its limit slot
+    is held until then."""
+    returned_late: bool = False
+    """A plain def's thread given up has returned (see `engine.handler`)."""
 
     def give_up(self) -> None:
         """This process no longer owns the job: write nothing more, stop the handler now."""

@@ -30,12 +30,17 @@ async def run_handler(
 ) -> RunEnd:
     """Run the handler until it returns, or until its abort signal fires (kill, max runtime,
     shutdown) and the grace has passed; then cancel it. A handler that swallows its
-    cancellation is kept in `ignored` (referenced until it ends) and its slot is not held."""
+    cancellation is kept in `ignored` (referenced until it ends) and its worker slot is not
+    held; a handler still going when its run ends (that one, or a plain def's thread) leaves
+    `run.still_running`, done when it returns: its limit slot is held until then."""
     definition, signal = run.definition, run.signal
     assert definition is not None  # the worker records a run without one as invalid
 
-    def returned_late(name: str, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+
+    def returned_late(name: str, seconds: float) -> None:  # on the thread given up
         log.warning("handler_returned_late", function=name, seconds=round(seconds, 3), **fields)
+        loop.call_soon_threadsafe(_thread_returned, run)
 
     context, give_ups = watched_context()  # a plain def's thread left running, if any
     handler = asyncio.create_task(
@@ -62,12 +67,15 @@ async def run_handler(
                 thread_left_running=give_ups.left_running,  # a plain def still running
                 **fields,
             )
+            if give_ups.left_running and not run.returned_late:  # its limit slot stays held
+                run.still_running = loop.create_future()
             if handler.done():
                 with contextlib.suppress(BaseException):
                     await handler
-            else:  # it swallowed the cancellation: its slot is not held for ever
+            else:  # it swallowed the cancellation: its worker slot is not held for ever
                 ignored.add(handler)
                 handler.add_done_callback(ignored.discard)
+                run.still_running = handler  # its limit slot is, until it ends
                 log.error("handler_ignored_cancel", **fields)
                 return RunEnd(Ending.CANCELLED, abort_reason=signal.reason)
     finally:
@@ -78,6 +86,13 @@ async def run_handler(
     if forgotten:
         _not_awaited(run, forgotten, log, fields)
     return run_end(run, handler)
+
+
+def _thread_returned(run: Run) -> None:
+    """On the event loop: the plain def given up has returned (its limit slot can go)."""
+    run.returned_late = True
+    if run.still_running is not None and not run.still_running.done():
+        run.still_running.set_result(None)
 
 
 def _not_awaited(run: Run, calls: list[str], log: EventLog, fields: dict[str, Any]) -> None:

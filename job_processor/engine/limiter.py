@@ -64,6 +64,8 @@ class Limiter:
         """A per-value key -> the templated key it was filled from."""
         self.freed = asyncio.Event()
         """Set when this process gives a slot back (a reserve() waiting in run_job wakes)."""
+        self.held_on: dict[str, asyncio.Task[None]] = {}
+        """Run id -> the release waiting for a run's handler, still going after its end."""
 
     def unlimited(self, names: list[str]) -> list[str]:
         return [n for n in names if n not in self.limited] if self.limited else names
@@ -232,10 +234,19 @@ class Limiter:
             except TimeoutError:
                 pass
 
-    async def release(self, doc: Doc, worker: ClaimingWorker | None = None) -> None:
-        """Give back the slot of the run that just ended (once, whoever calls)."""
+    async def release(
+        self,
+        doc: Doc,
+        worker: ClaimingWorker | None = None,
+        until: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Give back the slot of the run that just ended (once, whoever calls); `until`: once
+        its handler, still going after the run's end (a plain def given up), returns."""
         key, run_id = doc.get("limit_key"), doc.get("run_id")
         if not key or not run_id:
+            return
+        if until is not None and not until.done():
+            self.held_on[str(run_id)] = asyncio.create_task(self._release_after(until, doc, worker))
             return
         try:
             released = await self.storage.limits.release(key, run_id)
@@ -247,6 +258,15 @@ class Limiter:
             self.freed.set()
             if worker is not None and (key in self.groups or key in self.template_of):
                 worker.wake.set()
+
+    async def _release_after(
+        self, until: asyncio.Future[Any], doc: Doc, worker: ClaimingWorker | None
+    ) -> None:
+        try:
+            await asyncio.wait({until})
+        finally:
+            self.held_on.pop(str(doc.get("run_id")), None)
+        await self.release(doc, worker)
 
     async def release_strays(
         self, now: dt.datetime, cutoff: dt.datetime, live: set[str], mine: set[str], me: str
@@ -271,7 +291,9 @@ class Limiter:
                     held.add(str(doc["_id"]))
                 if int(holder.get("at_ms") or 0) >= cutoff_ms:
                     continue
-                stray = owner not in live or (owner == me and run_id not in mine)
+                # this worker's runs, and its runs ended with their handler still going
+                ours = run_id in mine or run_id in self.held_on
+                stray = owner not in live or (owner == me and not ours)
                 if stray and await self.storage.limits.release(doc["_id"], run_id):
                     released += 1
                     self.log.warning("limit_slot_recovered", limit=doc["_id"], holder=owner)

@@ -631,7 +631,7 @@ class Worker:
         self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
-        await self.limiter.release(run.doc, self)
+        await self.limiter.release(run.doc, self, until=run.still_running)
         if self.on_ended is not None:  # the jobs waiting on it (engine.flows)
             await self.on_ended(final)
         await self.hooks.after_write(run.definition, final)

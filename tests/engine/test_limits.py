@@ -360,3 +360,60 @@ async def test_run_job_claimed_again_after_its_worker_was_declared_dead_holds_a_
     assert done.status == S.FINISHED
     limit = await db["job_processor_limits"].find_one({"_id": "one"})
     assert limit is not None and not limit["holders"]
+
+
+@pytest.mark.parametrize("kind", ["plain def given up", "async ignoring its cancel"])
+async def test_a_killed_handler_still_running_keeps_its_limit_slot(db: Any, kind: str) -> None:
+    """scale.md: at most N runs of a key at once. A plain `def` handler killed is given up
+    after the grace and goes on in its thread (an async one that swallows its cancellation
+    goes on too); its limit slot was given back with the final write, so the next job of a
+    concurrency=1 limit ran beside it. Now the slot is held until the handler returns."""
+    import threading
+
+    first_going = threading.Event()
+    let_first_end = threading.Event()
+    overlap: list[bool] = []
+
+    def stubborn(job: Job, signal: AbortSignal) -> None:  # ignores its abort signal
+        first_going.set()
+        let_first_end.wait(20)
+        first_going.clear()
+
+    async def stubborn_async(job: Job, signal: AbortSignal) -> None:
+        first_going.set()
+        while not let_first_end.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue  # swallowed
+        first_going.clear()
+
+    async def second(job: Job, signal: AbortSignal) -> None:
+        overlap.append(first_going.is_set())
+
+    one = Limit(key="one-at-a-time", concurrency=1)
+    handler = stubborn if kind == "plain def given up" else stubborn_async
+    jobs = {
+        "stubborn": JobDef(handler=handler, limit=one),
+        "second": JobDef(handler=second, limit=one),
+    }
+    p = await make(db, jobs, concurrency=4, shutdown_grace=0.1)
+    try:
+        async with p:
+            first = await p.schedule_job("stubborn")
+            await wait_status(p, first.id, JobStatus.RUNNING)
+            nxt = await p.schedule_job("second")
+            await p.kill_job(first.id)
+            killed = await wait_status(p, first.id, JobStatus.KILLED)
+            # the slot is still the killed run's, and the next job waits for it (several
+            # polls: poll_interval is 0.05 s here)
+            limit = await p.storage.limits.get("one-at-a-time")
+            assert limit is not None and list(limit.get("holders") or {}) == [killed.run_id]
+            with pytest.raises(AssertionError, match="job second is pending"):
+                await wait_status(p, nxt.id, JobStatus.RUNNING, timeout=1.0)
+            assert first_going.is_set() and overlap == []
+            let_first_end.set()  # the handler returns: its slot goes, the next job runs
+            await wait_status(p, nxt.id, JobStatus.FINISHED, timeout=10)
+            assert overlap == [False]
+    finally:
+        let_first_end.set()
