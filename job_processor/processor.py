@@ -15,12 +15,11 @@ from pydantic import BaseModel, ValidationError
 from .core import documents as D
 from .core import retention as R
 from .core.clock import Clock, SystemClock
+from .core.cron_text import cron_reading, cron_step_reading
 from .core.definitions import (
     CronDef,
     JobDef,
     Subscriber,
-    cron_reading,
-    cron_step_reading,
     parse_crons,
     parse_jobs,
     parse_subscribers,

@@ -7,12 +7,10 @@ import datetime as dt
 import difflib
 import inspect
 import string
-import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from bson import ObjectId
-from croniter import CroniterBadDateError, croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +20,10 @@ from pydantic import (
     model_validator,
 )
 
+from .cron_text import (
+    check_cron_string,
+    check_timezone,
+)
 from .errors import (
     InvalidArgumentError,
     InvalidDefinitionError,
@@ -110,6 +112,13 @@ class Backoff(Checked):
     jitter: bool = True
 
 
+def not_a_bool(v: Any, info: Any) -> Any:
+    """A number field given True or False (pydantic would read 1 or 0): refused."""
+    if isinstance(v, bool):
+        raise ValueError(f"{info.field_name} must be a number, got {v!r}")
+    return v
+
+
 def key_fields(key: str) -> tuple[str, ...]:
     """The `{field}` placeholders of a limit key."""
     return tuple(f for _, f, _, _ in string.Formatter().parse(key) if f)
@@ -163,6 +172,8 @@ class Limit(Checked):
     concurrency: int | None = Field(default=None, ge=1, le=_MOST_SLOTS)
     rate: int | None = Field(default=None, ge=1, le=_MOST_SLOTS)
     per_seconds: float | None = Field(default=None, gt=0, le=_YEAR_S, allow_inf_nan=False)
+
+    _numbers = field_validator("concurrency", "rate", "per_seconds", mode="before")(not_a_bool)
 
     @field_validator("key")
     @classmethod
@@ -278,6 +289,10 @@ class JobDef(Checked):
     def _hook(cls, v: Any) -> Any:
         return _check_callable(v, "on_job_exited", "job")
 
+    _numbers = field_validator(
+        "on_job_exited_timeout", "max_runtime_in_minutes", "max_attempts", mode="before"
+    )(not_a_bool)
+
     @field_validator("keep_finished", "keep_failed", mode="before")
     @classmethod
     def _keep(cls, v: Any, info: Any) -> Any:
@@ -314,106 +329,17 @@ class CronDef(JobDef):
     )
     timezone: str = "UTC"
 
+    _margin = field_validator("checkin_margin", mode="before")(not_a_bool)
+
     @field_validator("cron_string")
     @classmethod
     def _cron(cls, v: str) -> str:
-        fields = v.split()
-        if len(fields) not in (5, 6):
-            raise ValueError(
-                f"cron_string {v!r} must have 5 fields (minute hour day month weekday) "
-                "or 6 with seconds first"
-            )
-        if not croniter.is_valid(v, second_at_beginning=len(fields) == 6):
-            seconds = f" ({SIX_FIELDS}; a year field is not supported)" if len(fields) == 6 else ""
-            raise ValueError(
-                f"cron_string {v!r} is not a valid cron expression{_bad_field(fields)}{seconds}"
-            )
-        try:  # valid fields that no date satisfies ("0 0 30 2 *"): croniter searches ~50 years
-            croniter(v, _SOME_DAY, second_at_beginning=len(fields) == 6).get_next(dt.datetime)
-        except CroniterBadDateError:
-            raise ValueError(
-                f"cron_string {v!r} never matches a date (its day of month does not exist in "
-                "its month(s)); check the day and month fields"
-            ) from None
-        return v
+        return check_cron_string(v)
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown timezone {v!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
-            ) from exc
-        return v
-
-
-_SOME_DAY = dt.datetime(2000, 1, 1)
-
-
-def cron_step_reading(cron_string: str) -> str | None:
-    """A step larger than its field's span ("*/90" minutes) does not carry over to the next
-    hour: it is read as the field's first value only (minute 0 of every hour). How such a
-    string is read, to warn; None when no step is that large."""
-    fields = cron_string.split()
-    named = ([("second", 60)] if len(fields) == 6 else []) + [
-        ("minute", 60),
-        ("hour", 24),
-        ("day of month", 31),
-        ("month", 12),
-        ("day of week", 7),
-    ]
-    for (name, span), field in zip(named, fields, strict=False):
-        for part in field.split(","):
-            step = part.partition("/")[2]
-            if step.isdigit() and int(step) >= span:
-                return (
-                    f"the {name} field {field!r} has a step of {step}, not less than the "
-                    f"field's {span} values: it matches only the first value of its range, "
-                    f"once per larger unit (a step does not carry over)"
-                )
-    return None
-
-
-#: How a six-field cron string is read (croniter's seconds-first form).
-SIX_FIELDS = "6 fields: the first is seconds, then minute hour day month weekday"
-
-
-def cron_reading(cron_string: str) -> str | None:
-    """For a six-field cron string, how each field is read (an easy one to misread: the
-    sixth field is the day of week, not a year or seconds); None for five fields."""
-    fields = cron_string.split()
-    if len(fields) != 6:
-        return None
-    names = ("second", "minute", "hour", "day", "month", "weekday")
-    parts = " ".join(f"{n}={f}" for n, f in zip(names, fields, strict=True))
-    return f"{SIX_FIELDS}: {parts}"
-
-
-#: Each cron field's name and range, in order (with seconds first when there are six).
-_CRON_FIELDS = [
-    ("minute", "0-59"),
-    ("hour", "0-23"),
-    ("day of month", "1-31"),
-    ("month", "1-12 or jan-dec"),
-    ("day of week", "0-7 (0 and 7 are Sunday) or sun-sat"),
-]
-
-
-def _bad_field(fields: list[str]) -> str:
-    """Which field of an invalid cron string is wrong, and its range (each tried alone)."""
-    seconds = len(fields) == 6
-    named = ([("second", "0-59")] if seconds else []) + _CRON_FIELDS
-    for i, (name, allowed) in enumerate(named):
-        alone = ["*"] * len(fields)
-        alone[i] = fields[i]
-        if not croniter.is_valid(" ".join(alone), second_at_beginning=seconds):
-            return (
-                f": its {name} field {fields[i]!r} is not valid ({name}: {allowed}; also *, "
-                "lists a,b, ranges a-b, steps */n)"
-            )
-    return ""
+        return check_timezone(v)
 
 
 def _shown(fields: list[tuple[str, str]]) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from croniter import croniter
 
+from .cron_text import croniter_form
 from .definitions import CronDef
 
 UTC = dt.UTC
@@ -67,7 +68,10 @@ class Schedule:
         """The first slot strictly after `after` (aware), as aware UTC."""
         local = after.astimezone(self.tz).replace(tzinfo=None)
         it = croniter(
-            self.cron_string, local, second_at_beginning=self.has_seconds, ret_type=dt.datetime
+            croniter_form(self.cron_string),
+            local,
+            second_at_beginning=self.has_seconds,
+            ret_type=dt.datetime,
         )
         for _ in range(100_000):  # bounded: only DST folds make it loop more than once
             slot = local_to_utc(it.get_next(dt.datetime), self.tz)

@@ -210,7 +210,7 @@ def test_the_other_definitions_built_directly_raise_the_same_clear_errors() -> N
 
 def test_six_field_cron_strings_say_the_first_field_is_seconds() -> None:
     from job_processor import CronDef, InvalidDefinitionError
-    from job_processor.core.definitions import cron_reading
+    from job_processor.core.cron_text import cron_reading
 
     with pytest.raises(InvalidDefinitionError) as caught:
         CronDef(handler=lambda job, signal: None, cron_string="0 12 * * * 2027")
@@ -260,3 +260,38 @@ def test_a_definition_given_its_handler_by_position_says_to_name_it() -> None:
 
     with pytest.raises(InvalidDefinitionError, match=r"JobDef\(handler=send_email, \.\.\.\)"):
         JobDef(send_email)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # not IANA names: "localtime" is the host's /etc/localtime (it differs between hosts,
+        # so replicas on two hosts would run the "same" slot at two instants: two tasks)
+        ("timezone", "localtime"),
+        ("timezone", "posixrules"),
+        ("timezone", "posix/Europe/Paris"),
+        # a bool is not a number of minutes / attempts (settings such as poll_interval refuse it)
+        ("checkin_margin", True),
+        ("max_attempts", True),
+        ("max_runtime_in_minutes", True),
+        ("on_job_exited_timeout", False),
+    ],
+)
+def test_a_cron_refuses_values_that_only_look_valid_naming_the_field(
+    field: str, value: object
+) -> None:
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_crons({"nightly": {"cron_string": "0 2 * * *", "handler": handler, field: value}})
+    assert f"cron 'nightly': field {field!r}" in str(err.value)
+
+
+def test_a_limit_refuses_a_bool_for_a_number() -> None:
+    from job_processor import Limit
+
+    for kw in (
+        {"concurrency": True},
+        {"rate": True, "per_seconds": 1},
+        {"rate": 1, "per_seconds": True},
+    ):
+        with pytest.raises(InvalidDefinitionError, match="must be a number, got True"):
+            Limit(key="k", **kw)  # type: ignore[arg-type]

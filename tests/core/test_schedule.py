@@ -6,6 +6,8 @@ import datetime as dt
 import time
 import zoneinfo
 
+import pytest
+
 from job_processor.core.schedule import Schedule, local_to_utc, plan_slots
 
 UTC = dt.UTC
@@ -142,3 +144,41 @@ def test_a_long_downtime_jump_ends_for_margins_and_times_finer_than_a_millisecon
         assert all(now - slot <= margin for slot in plan.run)
         assert now - (plan.run[0] - dt.timedelta(seconds=1)) > margin, "the first one within it"
         assert plan.next_slot is not None and plan.next_slot > now
+
+
+@pytest.mark.parametrize(
+    ("cron_string", "expected"),
+    [
+        ("5-5 * * * *", [utc(2030, 1, 1, 0, 5), utc(2030, 1, 1, 1, 5), utc(2030, 1, 1, 2, 5)]),
+        ("0 3-3 * * *", [utc(2030, 1, 1, 3), utc(2030, 1, 2, 3), utc(2030, 1, 3, 3)]),
+        ("0 0 15-15 * *", [utc(2030, 1, 15), utc(2030, 2, 15), utc(2030, 3, 15)]),
+        ("0 0 * * 3-3", [utc(2030, 1, 2), utc(2030, 1, 9), utc(2030, 1, 16)]),  # Wednesdays
+        ("0 0 * * 7-7", [utc(2030, 1, 6), utc(2030, 1, 13), utc(2030, 1, 20)]),  # 7 is Sunday
+        ("0 0 * * wed-wed", [utc(2030, 1, 2), utc(2030, 1, 9), utc(2030, 1, 16)]),
+        ("0 5-5 * * * *", [utc(2030, 1, 1, 0, 5), utc(2030, 1, 1, 1, 5), utc(2030, 1, 1, 2, 5)]),
+        ("10-10/5 * * * *", [utc(2030, 1, 1, 0, 10), utc(2030, 1, 1, 1, 10)]),
+        ("1,5-5,7 0 * * *", [utc(2030, 1, 1, 0, 1), utc(2030, 1, 1, 0, 5), utc(2030, 1, 1, 0, 7)]),
+    ],
+)
+def test_a_range_of_a_single_value_matches_that_value_only(
+    cron_string: str, expected: list[dt.datetime]
+) -> None:
+    """'5-5' is minute 5 (as in cron(8)), not every minute: croniter reads a range whose ends
+    are equal as '*', so such a cron fired 60x (minutes), 24x (hours) or 7x (weekdays) too
+    often."""
+    got = slots(Schedule(cron_string), utc(2030, 1, 1), expected[-1] + dt.timedelta(seconds=1))
+    assert got == expected
+
+
+def test_wrapped_and_ordinary_ranges_are_read_as_before() -> None:
+    assert slots(Schedule("0 22-1 * * *"), utc(2029, 12, 31, 23, 59), utc(2030, 1, 2)) == [
+        utc(2030, 1, 1, 0),
+        utc(2030, 1, 1, 1),
+        utc(2030, 1, 1, 22),
+        utc(2030, 1, 1, 23),
+    ]
+    assert slots(Schedule("0 2-4 * * *"), utc(2030, 1, 1), utc(2030, 1, 1, 5)) == [
+        utc(2030, 1, 1, 2),
+        utc(2030, 1, 1, 3),
+        utc(2030, 1, 1, 4),
+    ]

@@ -641,3 +641,14 @@ async def test_a_stored_schedule_this_process_cannot_evaluate_is_not_followed(
     said = [r for r in caplog.records if r.__dict__.get("event") == "cron_stored_schedule_unusable"]
     assert len(said) == 1
     assert not [r for r in caplog.records if r.__dict__.get("event") == "cron_definition_differs"]
+
+
+async def test_a_cron_whose_minute_is_a_one_value_range_fires_once_an_hour(db: Any) -> None:
+    """'5-5 * * * *' is minute 5 of each hour: it created a task every minute."""
+    clock = FakeClock(T0)
+    p = await make(db, {"c": {"cron_string": "5-5 * * * *", "handler": tick}}, clock=clock)
+    for minute in range(121):  # two hours, minute by minute
+        clock.set(T0 + dt.timedelta(minutes=minute))
+        await p.scheduler.tick()
+    slots = [t.scheduled_for for t in await tasks(p, "c")]
+    assert slots == [T0 + dt.timedelta(minutes=5), T0 + dt.timedelta(hours=1, minutes=5)]
