@@ -26,6 +26,7 @@ from ..core.errors import (
     InvalidDatabaseError,
     did_you_mean,
 )
+from .driver_fixes import fix_cancelled_waits
 from .sync_adapter import is_sync
 
 #: The database a MONGODB_URL without one names, for every command and example.
@@ -118,6 +119,7 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
     MongoDB may be starting beside it."""
     if type(db).__module__.startswith("mongomock_motor"):
         return
+    fix_cancelled_waits()  # its timeout may cancel a ping waiting for a server: driver_fixes
     try:
         if is_sync(db):  # no event loop: the driver's own client-side timeout
             with pymongo.timeout(wait):
@@ -312,6 +314,7 @@ def open_database(url: str, timeout: float | None = None) -> Any:
     """The async database `url` names (DEFAULT_DATABASE when it names none). `timeout`: seconds
     to select a server and to connect (the driver's defaults otherwise)."""
     unknown_url_options(url)
+    fix_cancelled_waits()  # see driver_fixes
     options: dict[str, Any] = {"tz_aware": True}
     if timeout is not None:
         options |= {

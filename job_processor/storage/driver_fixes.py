@@ -9,7 +9,8 @@ caller has left: the lock is then held by nobody that will release it (every lat
 operation of that client, `close()` included, waits forever), or released twice ("Lock is
 not acquired"). Python 3.12 rewrote `wait_for` on `asyncio.timeout`, which waits in the
 caller's own task, so the lock is re-acquired before any exception leaves it. The fix gives
-PyMongo that `wait_for` on 3.11; nothing changes on 3.12 and later.
+PyMongo that `wait_for` on 3.11 (from 3.11.3, whose `asyncio.timeout` it relies on); nothing
+changes on 3.12 and later.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def fix_cancelled_waits() -> bool:
     """Give PyMongo's condition waits `wait_for_in_task` on Python < 3.12 (idempotent).
     True when the fix is in place, False when it does not apply (a newer Python, or a
     PyMongo whose waits no longer go through `asyncio.wait_for`)."""
-    if sys.version_info >= (3, 12):
+    if sys.version_info >= (3, 12) or sys.version_info < (3, 11, 3):
+        # 3.11.0 to 3.11.2: their asyncio.timeout turns a timeout into a cancellation in a
+        # task cancelled before (CPython gh-102780, fixed in 3.11.3): the fix would not hold
         return False
     current: Any = getattr(driver_lock, "wait_for", None)
     if current is wait_for_in_task:

@@ -296,3 +296,78 @@ async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
     # each after it (was: the cancelled save waited out, then a final write riding out another
     # worker_timeout)
     assert marks["stopped"] - marks["down"] < 2 * worker_timeout
+
+
+async def test_a_stop_during_an_outage_ends_with_the_lease_when_a_notes_write_was_unsure(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but what is in flight is a log line's write of its own (not a checkpoint):
+    it rides the outage out past its budget, so its outcome is unknown, and the final write's
+    turn asks whether it landed (`RunNotes._resolve`). The run is given up at the end of the
+    lease meanwhile: the stop ends with the lease, as it does for a cancelled checkpoint (it
+    waited out the question, a whole worker_timeout more)."""
+    from job_processor.engine.worker import Worker
+    from job_processor.storage.jobs import JobStore
+
+    loop = asyncio.get_running_loop()
+    marks: dict[str, float] = {}
+    finals: list[bool] = []
+    asked: list[float] = []
+    original_abandon = Worker.abandon_all
+    original_end_runs = JobStore.end_runs
+    original_landed = JobStore.notes_landed
+
+    def abandon_all(self: Worker, why: str) -> None:
+        marks.setdefault("abandoned", loop.time())
+        original_abandon(self, why)
+
+    async def end_runs(self: JobStore, *a: Any, **kw: Any) -> Any:
+        finals.append("abandoned" in marks)
+        return await original_end_runs(self, *a, **kw)
+
+    async def notes_landed(self: JobStore, *a: Any, **kw: Any) -> Any:
+        asked.append(loop.time())
+        return await original_landed(self, *a, **kw)
+
+    monkeypatch.setattr(Worker, "abandon_all", abandon_all)
+    monkeypatch.setattr(JobStore, "end_runs", end_runs)
+    monkeypatch.setattr(JobStore, "notes_landed", notes_landed)
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def chatty(job: Job, signal: AbortSignal) -> str:
+        started.set()
+        await go.wait()
+        job.log("a line written in the outage")  # its own write rides the outage out
+        await asyncio.Event().wait()  # until the stop cancels it
+        return "done"
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        own_server.url, tz_aware=True, serverSelectionTimeoutMS=2000
+    )
+    worker_timeout = 4.0
+    processor = await init_job_processor(
+        client["outage"],
+        jobs={"chatty": JobDef(handler=chatty)},
+        poll_interval=0.2,
+        heartbeat_interval=1.0,
+        worker_timeout=worker_timeout,
+        shutdown_grace=0.2,
+    )
+    try:
+        await processor.start()
+        await processor.schedule_job("chatty")
+        await asyncio.wait_for(started.wait(), 10)
+        own_server.stop()  # for longer than the lease
+        marks["down"] = loop.time()
+        go.set()
+        await processor.stop()
+        marks["stopped"] = loop.time()
+    finally:
+        await client.close()
+    assert "abandoned" in marks, "the lease did not end during the stop"
+    assert asked, "the notes write was not unsure (the scenario did not happen)"
+    assert True not in finals, "a final write went out for a run given up"
+    assert marks["stopped"] - marks["down"] < 2 * worker_timeout, (
+        f"the stop took {marks['stopped'] - marks['down']:.1f}s after the outage began, "
+        f"{marks['stopped'] - marks['abandoned']:.1f}s after the run was given up"
+    )

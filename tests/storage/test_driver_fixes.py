@@ -129,3 +129,40 @@ async def test_opening_the_storage_puts_the_fix_in_place(
         assert fix_cancelled_waits()  # idempotent
     finally:
         await client.close()
+
+
+@needs_311
+async def test_a_readiness_probe_alone_puts_the_fix_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`health.ready(db)` (operations.md: a web process's /readyz) pings under its own
+    `asyncio.timeout`, which cancels PyMongo's server selection during an outage: the very
+    case the fix is for. It opens no storage (nor do the CLI's `with_admin` and `dashboard
+    serve`, whose `check_reachable` comes first), so a process that only probed was unfixed:
+    concurrent probes during an outage raised 'Lock is not acquired' and close() hung."""
+    from pymongo import AsyncMongoClient
+
+    from job_processor.health import ready
+
+    monkeypatch.setattr(plock, "wait_for", asyncio.wait_for)  # a process with no storage yet
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:1", serverSelectionTimeoutMS=2000
+    )
+    try:
+        health = await ready(client["x"], wait=0.2)
+        assert not health.ok
+        assert plock.wait_for is wait_for_in_task
+    finally:
+        await client.close()
+
+
+@needs_311
+async def test_opening_a_url_puts_the_fix_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from job_processor.storage.connect import open_database
+
+    monkeypatch.setattr(plock, "wait_for", asyncio.wait_for)
+    db = open_database("mongodb://127.0.0.1:1/x")
+    try:
+        assert plock.wait_for is wait_for_in_task
+    finally:
+        await db.client.close()
