@@ -17,16 +17,33 @@ from croniter import CroniterBadDateError, croniter
 _RANGE = re.compile(r"^(\w+)-(\w+)(/\d+)?$")
 
 
+#: Names a month or a day of week field may use, as numbers (by field, minute = 0).
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NAMES = {
+    3: {m: str(n) for n, m in enumerate(_MONTHS, 1)},
+    4: {d: str(n) for n, d in enumerate(_DAYS)},
+}
+
+
 def croniter_form(cron_string: str) -> str:
-    """The cron string as croniter is given it: a range whose two ends are equal ("5-5",
-    "wed-wed", "7-7", "10-10/5") is that one value, as in cron(8) (croniter reads it as "*":
-    every minute, hour or day); everything else as written."""
+    """The cron string as croniter is given it: a range whose two ends are the same value
+    ("5-5", "05-5", "wed-wed", "sun-0", "jan-1", "7-7", "10-10/5") is that one value, as in
+    cron(8) (croniter reads it as "*": every minute, hour, day or month); everything else as
+    written. (0 and 7, both Sunday, stay a range: "0-7" is every day.)"""
+    fields = cron_string.split()
+    minute = len(fields) - 5  # the minute field's index (6 fields: seconds first)
 
-    def part(p: str) -> str:
+    def part(p: str, i: int) -> str:
         m = _RANGE.match(p)
-        return m.group(1) if m and m.group(1).lower() == m.group(2).lower() else p
+        if m is None:
+            return p
+        names = _NAMES.get(i - minute, {})
+        a, b = (names.get(x.lower(), x.lower()) for x in (m.group(1), m.group(2)))
+        same = a == b or (a.isdigit() and b.isdigit() and int(a) == int(b))
+        return m.group(1) if same else p
 
-    return " ".join(",".join(part(p) for p in f.split(",")) for f in cron_string.split())
+    return " ".join(",".join(part(p, i) for p in f.split(",")) for i, f in enumerate(fields))
 
 
 def check_cron_string(v: str) -> str:
@@ -38,7 +55,12 @@ def check_cron_string(v: str) -> str:
             "or 6 with seconds first"
         )
     read = croniter_form(v)
-    if not croniter.is_valid(read, second_at_beginning=len(fields) == 6):
+    seconds_first = len(fields) == 6
+    # both: what is written ("1-1/0" is no cron string, even if "1" is) and what is read
+    if not (
+        croniter.is_valid(v, second_at_beginning=seconds_first)
+        and croniter.is_valid(read, second_at_beginning=seconds_first)
+    ):
         seconds = f" ({SIX_FIELDS}; a year field is not supported)" if len(fields) == 6 else ""
         raise ValueError(
             f"cron_string {v!r} is not a valid cron expression{bad_field(fields)}{seconds}"

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.cron_text import croniter_form
 from ..core.definitions import CronDef
 from ..core.runs import WORKER_SILENT
 
@@ -173,7 +174,8 @@ def monitor_config(cron: CronDef) -> dict[str, Any] | None:
     if len(cron.cron_string.split()) == 6:
         return None
     config: dict[str, Any] = {
-        "schedule": {"type": "crontab", "value": cron.cron_string},
+        # as it runs: Sentry reads the value with croniter too (one-value ranges collapsed)
+        "schedule": {"type": "crontab", "value": croniter_form(cron.cron_string)},
         "timezone": cron.timezone,
         "checkin_margin": max(1, math.ceil(cron.checkin_margin)),
     }

@@ -322,6 +322,15 @@ def _check_description(description: Any) -> str | None:
     return description
 
 
+def _check_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MOST_DESCRIPTION:
+        raise InvalidArgumentError(
+            f"reason must be a non-empty text of at most {MOST_DESCRIPTION} characters, "
+            f"got {reason!r:.80}"
+        )
+    return reason
+
+
 def _check_enabled(enabled: Any) -> bool:
     if not isinstance(enabled, bool):
         raise InvalidArgumentError(f"enabled must be True or False, got {enabled!r}")
@@ -550,6 +559,7 @@ class Webhooks:
         return endpoint
 
     async def disable(self, endpoint_id: str, reason: str = "disabled by hand") -> WebhookEndpoint:
+        reason = _check_reason(reason)
         oid = endpoint_id_of(endpoint_id)
         doc = await self.store.disable(oid, reason, self.clock.now())
         if doc is None:

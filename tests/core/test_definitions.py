@@ -295,3 +295,13 @@ def test_a_limit_refuses_a_bool_for_a_number() -> None:
     ):
         with pytest.raises(InvalidDefinitionError, match="must be a number, got True"):
             Limit(key="k", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cron_string", ["1-1/0 * * * *", "0 0 L-L * *", "0 0 * * sun-sun/0"])
+def test_a_cron_string_croniter_refuses_is_still_refused_after_its_ranges_are_collapsed(
+    cron_string: str,
+) -> None:
+    """Only the collapsed form ('1', 'L', 'sun') was checked, so these were stored (and sent
+    as is to Sentry's monitor_config, which parses them with croniter)."""
+    with pytest.raises(InvalidDefinitionError, match="cron_string"):
+        parse_crons({"c": {"cron_string": cron_string, "handler": handler}})

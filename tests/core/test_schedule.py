@@ -182,3 +182,26 @@ def test_wrapped_and_ordinary_ranges_are_read_as_before() -> None:
         utc(2030, 1, 1, 3),
         utc(2030, 1, 1, 4),
     ]
+
+
+@pytest.mark.parametrize(
+    ("cron_string", "expected"),
+    [
+        # the same value written two ways: cron(8) reads each as that one value
+        ("05-5 * * * *", [utc(2030, 1, 1, 0, 5), utc(2030, 1, 1, 1, 5), utc(2030, 1, 1, 2, 5)]),
+        ("0 0 * * sun-0", [utc(2030, 1, 6), utc(2030, 1, 13), utc(2030, 1, 20)]),  # Sundays
+        ("0 0 1 jan-1 *", [utc(2030, 1, 1), utc(2031, 1, 1)]),  # January only
+    ],
+)
+def test_a_range_of_one_value_spelt_two_ways_matches_that_value_only(
+    cron_string: str, expected: list[dt.datetime]
+) -> None:
+    """croniter_form collapsed 'a-a' only when both ends were the same text: '05-5', 'sun-0'
+    and 'jan-1' still reached croniter, which reads them as '*' (60x, 7x, 12x too often)."""
+    start = utc(2029, 12, 31, 23, 59)
+    got = slots(Schedule(cron_string), start, expected[-1] + dt.timedelta(seconds=1))
+    assert got == expected
+
+
+def test_sunday_as_0_and_7_stays_a_range_of_every_day() -> None:
+    assert len(slots(Schedule("0 0 * * 0-7"), utc(2029, 12, 31, 23, 59), utc(2030, 1, 7, 1))) == 7

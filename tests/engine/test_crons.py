@@ -652,3 +652,25 @@ async def test_a_cron_whose_minute_is_a_one_value_range_fires_once_an_hour(db: A
         await p.scheduler.tick()
     slots = [t.scheduled_for for t in await tasks(p, "c")]
     assert slots == [T0 + dt.timedelta(minutes=5), T0 + dt.timedelta(hours=1, minutes=5)]
+
+
+def test_sentrys_monitor_config_declares_the_schedule_that_runs() -> None:
+    """Sentry computes a crontab monitor's expected check-ins with croniter, which reads
+    '5-5' as '*': the monitor for '5-5 * * * *' expected a check-in every minute while the
+    cron runs hourly (59 missed check-ins an hour). The value sent reads as what runs."""
+    from croniter import croniter
+
+    from job_processor import CronDef
+    from job_processor.core.schedule import Schedule
+    from job_processor.engine.sentry import monitor_config
+
+    cron = CronDef(cron_string="5-5 * * * *", handler=tick)
+    config = monitor_config(cron)
+    assert config is not None
+    sent = croniter(config["schedule"]["value"], T0.replace(tzinfo=None))
+    declared = [sent.get_next(dt.datetime) for _ in range(3)]
+    ours, t = [], T0
+    for _ in range(3):
+        t = Schedule(cron.cron_string).next_after(t)
+        ours.append(t.replace(tzinfo=None))
+    assert declared == ours

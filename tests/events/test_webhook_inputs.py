@@ -154,3 +154,18 @@ async def test_enabled_must_be_a_bool(db: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="enabled must be True or False"):
         await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], enabled="no")  # type: ignore[arg-type]
     assert await p.webhooks.list() == []
+
+
+@pytest.mark.parametrize("reason", [503, "", "x" * 1001])
+async def test_a_disable_reason_that_is_not_a_short_text_is_refused_before_anything_is_stored(
+    db: Any, reason: Any
+) -> None:
+    """disable(reason=...) stored the reason unchecked: an int was written, then reading the
+    endpoint back raised pydantic's ValidationError, and from then on webhooks.list(), get()
+    and the status pages' webhook warnings raised for every caller."""
+    p = await make(db)
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"])
+    with pytest.raises(InvalidArgumentError, match="reason"):
+        await p.webhooks.disable(ep.id, reason=reason)
+    assert [(e.id, e.enabled) for e in await p.webhooks.list()] == [(ep.id, True)]
+    assert not (await p.webhooks.disable(ep.id, reason="maintenance")).enabled
