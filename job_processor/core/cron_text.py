@@ -14,7 +14,7 @@ import zoneinfo
 from croniter import CroniterBadDateError, croniter
 
 #: A range part of a cron field, "a-b" or "a-b/n" (a, b numbers or names).
-_RANGE = re.compile(r"^(\w+)-(\w+)(/\d+)?$")
+_RANGE = re.compile(r"^(\w+)-(\w+)(/\d+)?$", re.ASCII)
 
 
 #: Names a month or a day of week field may use, as numbers (by field, minute = 0).
@@ -68,6 +68,12 @@ def check_cron_string(v: str) -> str:
     try:  # valid fields that no date satisfies ("0 0 30 2 *"): croniter searches ~50 years
         croniter(read, _SOME_DAY, second_at_beginning=len(fields) == 6).get_next(dt.datetime)
     except CroniterBadDateError:
+        day, weekday = read.split()[-3], read.split()[-1]
+        if "*" not in (day, weekday) and any(c in (day + weekday).upper() for c in "#WL"):
+            raise ValueError(
+                f"cron_string {v!r}: a day of month ({day!r}) cannot be combined with a day "
+                f"of week ({weekday!r}) when either uses L, W or #: make one of them '*'"
+            ) from None
         raise ValueError(
             f"cron_string {v!r} never matches a date (its day of month does not exist in "
             "its month(s)); check the day and month fields"

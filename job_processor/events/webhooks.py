@@ -306,6 +306,15 @@ def _check_events(events: Any) -> list[str]:
     return list(dict.fromkeys(events))
 
 
+def _storable(text: str) -> bool:
+    """Text BSON can hold (a lone surrogate, as surrogateescape decoding gives, cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_description(description: Any) -> str | None:
     """None or a text (it is stored as given, and every reader reads it as text)."""
     if description is None:
@@ -315,6 +324,10 @@ def _check_description(description: Any) -> str | None:
             f"description must be a text, got {type(description).__name__}: "
             "description='billing team endpoint'"
         )
+    if not _storable(description):
+        raise InvalidArgumentError(
+            "description must be valid text (it holds a lone surrogate, which cannot be stored)"
+        )
     if len(description) > MOST_DESCRIPTION:
         raise InvalidArgumentError(
             f"description is {len(description)} characters; at most {MOST_DESCRIPTION}"
@@ -323,7 +336,12 @@ def _check_description(description: Any) -> str | None:
 
 
 def _check_reason(reason: Any) -> str:
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MOST_DESCRIPTION:
+    if (
+        not isinstance(reason, str)
+        or not reason.strip()
+        or len(reason) > MOST_DESCRIPTION
+        or not _storable(reason)
+    ):
         raise InvalidArgumentError(
             f"reason must be a non-empty text of at most {MOST_DESCRIPTION} characters, "
             f"got {reason!r:.80}"

@@ -305,3 +305,25 @@ def test_a_cron_string_croniter_refuses_is_still_refused_after_its_ranges_are_co
     as is to Sentry's monitor_config, which parses them with croniter)."""
     with pytest.raises(InvalidDefinitionError, match="cron_string"):
         parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+
+
+@pytest.mark.parametrize("cron_string", ["1-² * * * *", "0 0 * 1-¹ *", "0 0 * * 0-⁰"])
+def test_a_range_end_python_calls_a_digit_but_int_refuses_gets_the_cron_message(
+    cron_string: str,
+) -> None:
+    """croniter_form compared values with int() once both ends were str.isdigit(): a
+    superscript digit made int()'s ValueError the whole message."""
+    with pytest.raises(InvalidDefinitionError, match="is not a valid cron expression"):
+        parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+
+
+@pytest.mark.parametrize("cron_string", ["0 0 1-1 * fri#2", "0 0 15W * sun-0", "0 0 1 * fri#2"])
+def test_a_day_of_month_with_a_nth_or_nearest_weekday_is_not_said_to_be_a_missing_day(
+    cron_string: str,
+) -> None:
+    """croniter cannot evaluate a day of month beside '#'/'W'/'L' rules; the refusal blamed
+    the day of month for not existing in its month(s), which is false."""
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+    assert "does not exist in its month" not in str(err.value)
+    assert "make one of them '*'" in str(err.value)

@@ -169,3 +169,20 @@ async def test_a_disable_reason_that_is_not_a_short_text_is_refused_before_anyth
         await p.webhooks.disable(ep.id, reason=reason)
     assert [(e.id, e.enabled) for e in await p.webhooks.list()] == [(ep.id, True)]
     assert not (await p.webhooks.disable(ep.id, reason="maintenance")).enabled
+
+
+async def test_a_disable_reason_mongodb_cannot_store_is_refused_as_an_argument(db: Any) -> None:
+    """A reason holding a lone surrogate (what surrogateescape decoding gives) reached the
+    driver, whose BSON encoder raised its own UnicodeEncodeError."""
+    p = await make(db)
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"])
+    with pytest.raises(InvalidArgumentError, match="reason"):
+        await p.webhooks.disable(ep.id, reason="bad \udcff byte")
+    assert [(e.id, e.enabled) for e in await p.webhooks.list()] == [(ep.id, True)]
+
+
+async def test_a_description_mongodb_cannot_store_is_refused_as_an_argument(db: Any) -> None:
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="description"):
+        await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], description="\udcff")
+    assert await p.webhooks.list() == []
