@@ -61,6 +61,7 @@ class RunNotes:
         unreachable past its budget): its notes id and update, resolved (`_resolve`) before any
         other write carries lines, which would change the notes id that tells."""
         self._resolving = asyncio.Lock()
+        self._carrying: set[asyncio.Future[Any]] = set()  # checkpoint saves carrying notes
         self.checkpoints = 0
         """Checkpoints of this run written so far (a cancelled one's state, if it landed, is
         the run's only when none was written after it)."""
@@ -145,6 +146,12 @@ class RunNotes:
             return {}  # still unreachable: the notes wait (the final write at the latest)
         return self.take()
 
+    def carried_by(self, save: asyncio.Future[Any]) -> None:
+        """A checkpoint's `save` carries notes `take_in_turn` gave it: the notes' own next
+        write waits for it, so that newer lines and progress land after them."""
+        self._carrying.add(save)
+        save.add_done_callback(self._carrying.discard)
+
     def settle_later(self, save: asyncio.Future[bool], update: Doc) -> None:
         """A checkpoint cancelled while `save`, carrying `update`, was under way: `close`
         writes `update` again only if `save` did not land (a line is pushed once); if it
@@ -220,6 +227,8 @@ class RunNotes:
                 wait = self.last_write + N.FLUSH_EVERY - _now()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            while self._carrying:  # a checkpoint carrying older notes lands (or fails) first
+                await asyncio.wait(set(self._carrying))
             self._writing = True
             if not await self._resolve():
                 return  # still unreachable: what is pending waits (the final write at the latest)

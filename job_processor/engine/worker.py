@@ -20,11 +20,9 @@ from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core import foreign as FD
-from ..core import notes as N
 from ..core import retention as R
 from ..core.clock import Clock, monotonic_of
 from ..core.definitions import CronDef, JobDef
-from ..core.errors import JobLostError
 from ..core.log import EventLog
 from ..core.masking import log_text
 from ..core.models import Processor
@@ -36,10 +34,10 @@ from ..storage import Storage
 from ..storage.jobs import EndItem, LostClaim
 from ..storage.transient import TRANSIENT, describe, ride_out
 from . import sentry
+from .checkpoint import save_checkpoint
 from .execution import (
     Run,
     build_job,
-    check_state,
     claimed_too_late,
     describe_error,
     eligible_names,
@@ -525,46 +523,9 @@ class Worker:
         return sentry.checkin(name, cron, status, check_in_id, duration)
 
     async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
-        check_state(state)
-        ok = False
-        notes: dict[str, Any] = {}
-        if not run.lost:
-            notes = await run.notes.take_in_turn() if run.notes is not None else {}
-            now = self.clock.now()
-            job_id, run_id, budget = run.doc["_id"], run.doc["run_id"], self.settings.worker_timeout
-            save = asyncio.ensure_future(
-                self.jobs.save_checkpoint(job_id, run_id, state, now, budget, notes=notes)
-            )
-            try:
-                ok = await asyncio.shield(save)
-            except asyncio.CancelledError:  # max runtime, a stop: the write may land yet
-                if run.notes is not None:  # the final write learns whether it did: landed,
-                    # its state (and notes) are the run's document's, as its hook sees it
-                    landed = N.merged({"$set": {"state": dict(state), "updated_at": now}}, notes)
-                    run.notes.settle_later(save, landed)
-                    notes = {}
-                else:
-                    save.cancel()
-                raise
-            except TRANSIENT as exc:
-                self.log.error("checkpoint_failed", error=describe(exc), **self._fields(run.doc))
-            finally:  # not written (failed, or cancelled: max runtime, a stop past its grace):
-                if not ok and notes and run.notes is not None:  # the final write carries them
-                    run.notes.give_back(notes)
-        if ok:
-            run.doc["state"] = dict(state)  # the final document (and its hook) see it
-            if run.notes is not None:
-                run.notes.checkpoints += 1
-                if notes:
-                    run.notes.written(notes)
-            return
-        if not ok:
-            run.give_up()
-            run.signal.abort("shutdown")
-            raise JobLostError(
-                f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker "
-                "(recovered elsewhere, or MongoDB unreachable for longer than worker_timeout)"
-            )
+        fields = self._fields(run.doc)
+        budget = self.settings.worker_timeout
+        await save_checkpoint(self.jobs, self.clock, self.log, budget, fields, run, state)
 
     async def _finish(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
         """Decide the outcome and write it. A write that cannot be stored is replaced by an
