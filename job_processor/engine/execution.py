@@ -186,6 +186,9 @@ class ResultTooLarge(ValueError):
     pass
 
 
+_READ_BACK: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True, tzinfo=dt.UTC)
+
+
 def storable(value: Any) -> Any:
     """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise (NaN and
     infinity, anywhere in it, as their text: 'nan', 'inf', '-inf').
@@ -210,7 +213,11 @@ def storable(value: Any) -> Any:
         size = len(encoded)
     except Exception:  # what BSON cannot hold; its error message may call a failing __repr__
         return unencodable(value)
-    return within_limit(value, size)
+    if value is None or isinstance(value, str | int | float | bool):
+        return within_limit(value, size)  # read back as it is
+    # as every reader will read it (a tuple as a list, a str Enum as its text, a datetime to
+    # the millisecond): the job `run_job` returns and the one on_job_exited gets hold the same
+    return within_limit(bson.decode(encoded, _READ_BACK)["v"], size)
 
 
 def unencodable(value: Any) -> str:

@@ -70,3 +70,32 @@ async def test_a_write_alone_that_fails_raises_to_its_caller_and_the_queue_still
     with pytest.raises(ValueError, match="bad failed"):
         await alone
     assert await queued == "e written"
+
+
+async def test_the_job_run_job_returns_and_the_hook_gets_holds_the_result_as_stored(
+    db: Any,
+) -> None:
+    """storable() checked the result encodes, then returned it as the handler did: the job
+    run_job returned and the one on_job_exited got held (1, 2), Color.RED and microseconds,
+    while every reader gets [1, 2], "red" and milliseconds."""
+    import datetime as dt
+    import enum
+
+    from job_processor import AbortSignal, Job, JobDef
+    from tests.helpers import make
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    at = dt.datetime(2030, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    hooked: list[Any] = []
+
+    async def h(job: Job, signal: AbortSignal) -> Any:
+        return {"pair": (1, 2), "color": Color.RED, "at": at}
+
+    p = await make(db, {"h": JobDef(handler=h, on_job_exited=lambda job: hooked.append(job))})
+    done = await p.run_job("h")
+    stored = (await p.get_job(done.id)).result
+    assert stored == {"pair": [1, 2], "color": "red", "at": at.replace(microsecond=123000)}
+    assert hooked and hooked[0].result == stored
+    assert done.result == stored
