@@ -20,6 +20,7 @@ that quotes a password shows the mask instead).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -263,13 +264,47 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
 
 
 def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
-    """A job's log line as shown: its message masked like an error, its fields like a payload."""
+    """A job's log line as shown: its message masked like an error, its fields like a payload
+    (fields too big for a line are one cut JSON text: see `masked_folded`)."""
     out = dict(line)
+    secrets = set(secrets)
     if isinstance(out.get("message"), str):
         out["message"] = masker.text(out["message"], secrets)
     if "fields" in out:
         out["fields"] = masker.masked(out["fields"], secrets)
+        folded = out["fields"]
+        if (
+            isinstance(folded, dict)
+            and list(folded) == ["fields"]
+            and isinstance(folded["fields"], str)
+        ):
+            out["fields"] = {"fields": masked_folded(folded["fields"], secrets)}
     return out
+
+
+def masked_folded(text: str, secrets: set[str]) -> str:
+    """Fields folded into one cut JSON text (`core.notes.log_line`): the secrets also as JSON
+    writes them (a quote, a backslash, or, in lines written before, any non-ASCII character
+    escaped), and one cut by the end of the text ("...hunter2-ve…") masked."""
+    forms = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+    forms |= {json.dumps(s)[1:-1] for s in set(forms)} | {
+        json.dumps(s, ensure_ascii=False)[1:-1] for s in set(forms)
+    }
+    text = scrub(text, forms, MASK)
+    if text.endswith("…"):
+        body = text[:-1]
+        for form in sorted(forms, key=len, reverse=True):
+            cut = next(
+                (
+                    k
+                    for k in range(len(form) - 1, MIN_SECRET_LENGTH - 1, -1)
+                    if body.endswith(form[:k])
+                ),
+                None,
+            )
+            if cut is not None:
+                return body[:-cut] + MASK + "…"
+    return text
 
 
 #: What the worker's own log masks (log lines a handler writes, its errors): the default names.

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import bson
+
 from .errors import InvalidArgumentError
 from .values import fits_int64, is_utf8
 
@@ -173,16 +175,17 @@ def _plain(value: Any) -> int | float:
 def log_line(
     run: int, level: str, message: Any, fields: Mapping[str, Any], now: dt.datetime
 ) -> Doc:
-    """One line of a job's log, at most LINE_BYTES once encoded (as JSON: its size in BSON is
-    about the same): the message is cut to fit; fields that alone do not fit become one text."""
+    """One line of a job's log, at most LINE_BYTES once encoded (as JSON and as BSON): the
+    message is cut to fit; fields that alone do not fit become one text."""
     safe = {_key(k): _shown(v) for k, v in fields.items()}
     line: Doc = {"at": now, "run": run, "level": level if level in LEVELS else "info"}
     if safe:
         line["fields"] = safe
-    if _size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
-        line["fields"] = {"fields": json.dumps(safe, default=str)[: LINE_BYTES // 4] + "…"}
+    if _stored_size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
+        folded = json.dumps(safe, default=str, ensure_ascii=False)  # a secret as it is written
+        line["fields"] = {"fields": folded[: LINE_BYTES // 4] + "…"}
     text = storable_text(_text(message))
-    room = LINE_BYTES - _size(line | {"message": ""})
+    room = LINE_BYTES - _stored_size(line | {"message": ""})
     if _size({"m": text}) - 8 > room:
         cut = text[:room]
         while cut and _size({"m": cut + "…"}) - 8 > room:
@@ -194,6 +197,16 @@ def log_line(
 
 def _size(value: Any) -> int:
     return len(json.dumps(value, default=str).encode())
+
+
+def _stored_size(line: Doc) -> int:
+    """A line's size as JSON or as BSON, the larger (BSON stores each list item with its index
+    as a key: a list of small numbers takes about three times its JSON size)."""
+    try:
+        stored = len(bson.encode(line))
+    except Exception:  # not BSON (a value `_shown` keeps): its JSON size
+        stored = 0
+    return max(_size(line), stored)
 
 
 #: How deep a log field's containers are followed; deeper ones are kept as text.

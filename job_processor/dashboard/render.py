@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..core.clock import as_utc
 from ..core.errors import InvalidArgumentError
-from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible
+from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible, masked_line
 from ..core.models import to_jsonable
 from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
@@ -165,6 +165,12 @@ def make_env(masker: Masker) -> Environment:
         text = json.dumps(masked(value, secrets), ensure_ascii=False)
         return text if len(text) <= width else text[: width - 1] + "…"
 
+    def line_fields(fields: Any, width: int = 300, secrets: Iterable[str] = ()) -> str:
+        """A log line's fields as `compact` shows a value, masked as every reader masks a
+        line (fields folded into one cut text included: `masked_line`)."""
+        shown = masked_line(masker, {"fields": fields}, {*masker.secrets(fields), *secrets})
+        return compact(shown["fields"], width)
+
     def clip(value: Any, width: int = 60) -> str:
         """A value of a list's row (a dedup key, a tag) cut to `width` characters: one key of
         100,000 would otherwise make the row, and the page, that long."""
@@ -201,6 +207,7 @@ def make_env(masker: Masker) -> Environment:
         "outcome": run_outcome,
         "pretty": pretty,
         "compact": compact,
+        "line_fields": line_fields,
         "clip": clip,
         "shown_progress": shown_progress,
         "short_id": short_id,

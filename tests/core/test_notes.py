@@ -149,3 +149,20 @@ async def test_the_harness_gives_a_parent_its_dependencies_and_a_resumed_progres
     assert harness.job.deps == {parts[0].id: "finished", parts[1].id: "errored"}
     assert await harness.run(total) == 3
     assert harness.progress_reports[-1]["fraction"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"ids": list(range(200))}, {"flags": [0] * 310}, {"rows": [[]] * 200}],
+    ids=["ids", "zeros", "empty-lists"],
+)
+def test_a_line_is_at_most_2_kb_as_mongodb_stores_it(fields: dict[str, Any]) -> None:
+    """The cap was measured as JSON: BSON stores each list item with its index as a key, so
+    these lines were stored at 2.8 to 3.7 KB (guide: "each at most 2 KB")."""
+    import bson
+
+    from job_processor.core.notes import LINE_BYTES
+
+    line = log_line(1, "info", "m" * 5000, fields, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    assert len(bson.encode(line)) <= LINE_BYTES
+    assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES

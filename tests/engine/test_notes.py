@@ -429,3 +429,35 @@ async def test_a_log_call_whose_message_key_or_exception_cannot_be_shown_never_f
     assert (first["message"], first["fields"]) == ("<Unprintable>", {"field": "<Unprintable>"})
     assert nested["fields"] == {"data": {"<Unprintable>": 1}}
     assert last["fields"] == {"exception": "Odd: <Odd>"}
+
+
+@pytest.mark.parametrize(
+    ("password", "part", "body"),
+    [
+        ("pässwort-geheim-42", "sswort-geheim-42", 10),  # not ASCII: p\u00e4... in the text
+        ('pa"ss\\word-x1-long', "word-x1-long", 10),  # a quote, a backslash: escaped there
+        ("hunter2-very-secret", "hunter2-ve", 480),  # the 512-character cut falls inside it
+    ],
+)
+async def test_a_secret_in_log_fields_over_1_kb_is_masked_where_shown(
+    db: Any, password: str, part: str, body: int
+) -> None:
+    """Fields over about 1 KB are folded into one cut JSON text; readers looked for the
+    secret's literal text there, which JSON escapes (non-ASCII, quotes, backslashes) or cuts:
+    the password showed on the dashboard, its API and `jobs show --logs`."""
+    import httpx2 as httpx
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        job.log("request", body="x" * body, note=job.payload["password"], pad="z" * 1500)
+
+    p = await make(db, {"login": JobDef(handler=login)})
+    done = await p.run_job("login", {"password": password})
+    assert done.status == JobStatus.FINISHED and list(done.logs[0]["fields"]) == ["fields"]
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        api = (await c.get(f"/api/jobs/{done.id}")).json()
+        page = (await c.get(f"/jobs/{done.id}")).text
+    assert part not in api["logs"][0]["fields"]["fields"]
+    assert part not in page
