@@ -183,7 +183,10 @@ def log_line(
         line["fields"] = safe
     if _stored_size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
         folded = json.dumps(safe, default=str, ensure_ascii=False)  # a secret as it is written
-        line["fields"] = {"fields": folded[: LINE_BYTES // 4] + "…"}
+        cut = folded[: LINE_BYTES // 4]
+        while _size({"f": cut}) - 8 > LINE_BYTES // 4:  # as bytes (an emoji is 4, escaped 12)
+            cut = cut[: len(cut) * 3 // 4]
+        line["fields"] = {"fields": cut + "…"}
     text = storable_text(_text(message))
     room = LINE_BYTES - _stored_size(line | {"message": ""})
     if _size({"m": text}) - 8 > room:

@@ -36,7 +36,10 @@ async def save_checkpoint(
     ok = False
     notes: dict[str, Any] = {}
     if not run.lost:
-        notes = await run.notes.take_in_turn() if run.notes is not None else {}
+        # an older checkpoint still carrying notes (a cancelled one, during the cleanup's):
+        # this one carries none, they go with the next write, which waits for it
+        if run.notes is not None and not run.notes.carrying:
+            notes = await run.notes.take_in_turn()
         now = clock.now()
         job_id, run_id = run.doc["_id"], run.doc["run_id"]
         save = asyncio.ensure_future(

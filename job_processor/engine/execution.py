@@ -213,11 +213,15 @@ def storable(value: Any) -> Any:
         size = len(encoded)
     except Exception:  # what BSON cannot hold; its error message may call a failing __repr__
         return unencodable(value)
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or type(value) in (str, int, float, bool):
         return within_limit(value, size)  # read back as it is
     # as every reader will read it (a tuple as a list, a str Enum as its text, a datetime to
     # the millisecond): the job `run_job` returns and the one on_job_exited gets hold the same
-    return within_limit(bson.decode(encoded, _READ_BACK)["v"], size)
+    try:
+        read_back = bson.decode(encoded, _READ_BACK)["v"]
+    except Exception:  # encodes, but is not read back (a bson.DatetimeMS past year 9999)
+        return unencodable(value)
+    return within_limit(read_back, size)
 
 
 def unencodable(value: Any) -> str:

@@ -146,6 +146,12 @@ class RunNotes:
             return {}  # still unreachable: the notes wait (the final write at the latest)
         return self.take()
 
+    @property
+    def carrying(self) -> bool:
+        """A checkpoint's save carrying notes is under way (a later checkpoint carries none:
+        they would land before the older ones)."""
+        return bool(self._carrying)
+
     def carried_by(self, save: asyncio.Future[Any]) -> None:
         """A checkpoint's `save` carries notes `take_in_turn` gave it: the notes' own next
         write waits for it, so that newer lines and progress land after them."""
@@ -174,6 +180,10 @@ class RunNotes:
         # after the timer: a checkpoint's lines are older than those it took since, and a
         # give-back puts them in front
         restate = bool(self._settling)
+        running = self._carrying - {save for save, _, _ in self._settling}
+        if running:  # a checkpoint no cancel reached (checkpoint_sync's own task): its notes
+            # land with it, or are given back, before the final write
+            await asyncio.wait(running, timeout=FLUSH_BUDGET if budget is None else budget)
         await self._resolve(budget, last=True)
         await self.settle(budget)
         update = self.take()

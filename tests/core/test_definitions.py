@@ -327,3 +327,18 @@ def test_a_day_of_month_with_a_nth_or_nearest_weekday_is_not_said_to_be_a_missin
         parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
     assert "does not exist in its month" not in str(err.value)
     assert "make one of them '*'" in str(err.value)
+
+
+@pytest.mark.parametrize("cron_string", ["0 0 15 * fri#3", "0 0 13 * 5#2", "0 0 15W * mon"])
+def test_a_day_of_month_beside_l_w_or_hash_is_refused_even_when_croniter_finds_a_date(
+    cron_string: str,
+) -> None:
+    """croniter silently drops one of the two fields there (the 15th never runs beside
+    fri#3): refused whatever croniter answers."""
+    with pytest.raises(InvalidDefinitionError, match=r"make one of them '\*'"):
+        parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+
+
+@pytest.mark.parametrize("cron_string", ["0 0 L * fri", "0 0 1,15 * wed", "0 0 15W * *"])
+def test_a_day_of_month_beside_a_plain_weekday_is_still_accepted(cron_string: str) -> None:
+    assert parse_crons({"c": {"cron_string": cron_string, "handler": handler}})

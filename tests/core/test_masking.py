@@ -221,3 +221,26 @@ def test_nested_keys_multi_line_quotes_and_case_folding() -> None:
     assert M.text(pem) == f'private_key="{MASK}" tail'
     greek = Masker(["κωδικός"])
     assert greek.text("ΚΩΔΙΚΌΣ:ABC") == f"ΚΩΔΙΚΌΣ:{MASK}"
+
+
+def test_a_secret_cut_by_the_end_of_a_long_log_message_is_masked_where_shown() -> None:
+    """A message cut to fit its line ("...hunter2-very…") showed all but the end of the
+    payload's password."""
+    from job_processor.core.notes import log_line
+
+    password = "hunter2-very-secret"
+    now = dt.datetime(2030, 1, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+    full = len(log_line(1, "info", "x" * 5000, {}, now)["message"]) - 1  # kept before "…"
+    line = log_line(1, "info", "x" * (full - 12) + password + " " + "y" * 3000, {}, now)
+    assert line["message"].endswith(password[:12] + "…")  # the cut falls inside it
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "login",
+            "status": "finished",
+            "payload": {"password": password},
+            "logs": [line],
+        }
+    )
+    shown = mask_job(M, job)["logs"][0]["message"]
+    assert password[:8] not in shown

@@ -166,3 +166,15 @@ def test_a_line_is_at_most_2_kb_as_mongodb_stores_it(fields: dict[str, Any]) -> 
     line = log_line(1, "info", "m" * 5000, fields, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     assert len(bson.encode(line)) <= LINE_BYTES
     assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES
+
+
+@pytest.mark.parametrize("blob", ["😀" * 1000, "é" * 3000], ids=["emoji", "accents"])
+def test_folded_non_ascii_fields_keep_the_line_under_2_kb_and_its_message(blob: str) -> None:
+    """Folded fields were cut at 512 characters, not bytes: 512 emoji left no room for the
+    message (cut to '…') and the line went past 2 KB."""
+    import bson
+
+    line = log_line(1, "info", "hello world", {"blob": blob}, NOW)
+    assert line["message"] == "hello world"
+    assert len(bson.encode(line)) <= LINE_BYTES
+    assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES

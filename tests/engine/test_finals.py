@@ -99,3 +99,45 @@ async def test_the_job_run_job_returns_and_the_hook_gets_holds_the_result_as_sto
     assert stored == {"pair": [1, 2], "color": "red", "at": at.replace(microsecond=123000)}
     assert hooked and hooked[0].result == stored
     assert done.result == stored
+
+
+async def test_a_result_holding_an_out_of_range_bson_datetime_is_not_an_internal_error(
+    db: Any,
+) -> None:
+    """A bson.DatetimeMS past year 9999 encodes but is not read back: the round trip raised
+    InvalidBSON, and the job errored with "internal error"."""
+    import bson
+
+    from job_processor import AbortSignal, Job, JobDef
+    from tests.helpers import make
+
+    far = bson.DatetimeMS(2**62)
+
+    async def h(job: Job, signal: AbortSignal) -> Any:
+        return {"until": far}
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    done = await p.run_job("h")
+    assert "internal error" not in str(done.error), done.error
+
+
+async def test_a_top_level_str_enum_result_is_held_as_stored_too(db: Any) -> None:
+    import enum
+
+    from job_processor import AbortSignal, Job, JobDef
+    from tests.helpers import make
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    hooked: list[Any] = []
+
+    async def h(job: Job, signal: AbortSignal) -> Any:
+        return Color.RED
+
+    p = await make(db, {"h": JobDef(handler=h, on_job_exited=lambda job: hooked.append(job))})
+    done = await p.run_job("h")
+    stored = (await p.get_job(done.id)).result
+    assert type(stored) is str and stored == "red"
+    assert hooked and type(hooked[0].result) is str and hooked[0].result == "red"
+    assert type(done.result) is str and done.result == "red"

@@ -509,3 +509,96 @@ async def test_lines_and_progress_keep_their_order_when_a_checkpoint_lands_after
     assert done.progress is not None
     shown = ([line["message"] for line in done.logs], done.progress["message"])
     assert shown == (["one", "two"], "second half")  # was: (["two", "one"], "first half")
+
+
+async def test_lines_a_plain_def_checkpoint_carries_are_kept_when_its_run_is_killed_meanwhile(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint_sync's save is a task of its own: a kill ending the run meanwhile neither
+    cancelled it (no settle_later) nor made close() wait: the final write landed first, the
+    checkpoint matched nothing and gave "one" back to closed notes: lost."""
+    import contextlib
+
+    original = AsyncCollection.update_one
+    checkpoint_sent = asyncio.Event()
+
+    async def update_one(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        fields = set(update.get("$set", {})) if isinstance(update, dict) else set()
+        if "state" in fields and "status" not in fields:  # the checkpoint: a slow reply
+            checkpoint_sent.set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3  # bounded: a fixed worker waits for this write
+            with contextlib.suppress(Exception):
+                while loop.time() < deadline:  # until the run's final write landed
+                    doc = await self.find_one({"_id": filter["_id"]}, {"status": 1})
+                    if doc is None or doc["status"] != "running":
+                        break
+                    await asyncio.sleep(0.05)
+        return await original(self, filter, update, *a, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
+
+    def h(job: Job, signal: AbortSignal) -> str:
+        job.report_progress_sync(0, 1)  # this second's write of its own: "one" waits for the
+        job.log("one")  # next, and the checkpoint carries it
+        job.checkpoint_sync({"step": 1})
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=8.0, heartbeat_interval=1.0)
+    async with p:
+        job = await p.schedule_job("h")
+        await asyncio.wait_for(checkpoint_sent.wait(), 15)
+        await p.kill_job(job.id)
+        done = await wait_status(p, job.id, S.KILLED, S.FINISHED, S.ERRORED, timeout=30)
+    assert done.status == S.KILLED
+    assert [line["message"] for line in done.logs] == ["one"]  # was: []
+
+
+async def test_lines_keep_their_order_when_a_cancelled_checkpoint_lands_after_the_cleanups(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill cancels a checkpoint carrying "one"; the handler's cleanup logs and checkpoints
+    again; that second checkpoint carried "cleanup" and landed first: ['cleanup', 'one']."""
+    import contextlib
+
+    original = AsyncCollection.update_one
+    first_sent = asyncio.Event()
+    second_landed = asyncio.Event()
+
+    async def update_one(
+        self: AsyncCollection, filter: Any, update: Any, *a: Any, **kw: Any
+    ) -> Any:
+        state = update.get("$set", {}).get("state") if isinstance(update, dict) else None
+        if state == {"step": 1}:  # the first checkpoint: a slow reply
+            first_sent.set()
+            with contextlib.suppress(TimeoutError):  # bounded: a fixed worker waits here
+                await asyncio.wait_for(second_landed.wait(), 5)
+            return await original(self, filter, update, *a, **kw)
+        result = await original(self, filter, update, *a, **kw)
+        if state == {"step": 2}:
+            second_landed.set()
+        return result
+
+    monkeypatch.setattr(AsyncCollection, "update_one", update_one)
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        await job.report_progress(0, 1)  # this second's write of its own: "one" waits for the
+        job.log("one")  # next, and the checkpoint carries it
+        try:
+            await job.checkpoint({"step": 1})
+        except asyncio.CancelledError:
+            job.log("cleanup")
+            await job.checkpoint({"step": 2})
+            raise
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)}, worker_timeout=8.0, heartbeat_interval=1.0)
+    async with p:
+        job = await p.schedule_job("h")
+        await asyncio.wait_for(first_sent.wait(), 15)
+        await p.kill_job(job.id)
+        done = await wait_status(p, job.id, S.KILLED, S.FINISHED, S.ERRORED, timeout=30)
+    assert done.status == S.KILLED and done.state == {"step": 2}
+    assert [line["message"] for line in done.logs] == ["one", "cleanup"]
