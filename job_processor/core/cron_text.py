@@ -66,14 +66,14 @@ def check_cron_string(v: str) -> str:
             f"cron_string {v!r} is not a valid cron expression{bad_field(fields)}{seconds}"
         )
     day, weekday = read.split()[-3], read.split()[-1]
-    if "*" not in (day, weekday) and (
+    if not {"*", "?"} & {day, weekday} and (
         "W" in day.upper() or any(c in weekday.upper() for c in "#L")
     ):
         # croniter drops one of the two (or finds no date): refused, whatever it answers
         raise ValueError(
             f"cron_string {v!r}: a day of month ({day!r}) cannot be combined with a day "
             f"of week ({weekday!r}) when the day uses W or the weekday # or L: make one of "
-            "them '*'"
+            "them '*' (or '?')"
         )
     try:  # valid fields that no date satisfies ("0 0 30 2 *"): croniter searches ~50 years
         croniter(read, _SOME_DAY, second_at_beginning=len(fields) == 6).get_next(dt.datetime)

@@ -270,7 +270,7 @@ def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) ->
     secrets = set(secrets)
     if isinstance(out.get("message"), str):
         out["message"] = masker.text(out["message"], secrets)
-        if out["message"].endswith("…"):  # cut to fit the line: a secret cut inside it
+        if out.get("cut") and out["message"].endswith("…"):  # cut to fit: a secret cut in it
             out["message"] = masked_folded(out["message"], secrets)
     if "fields" in out:
         out["fields"] = masker.masked(out["fields"], secrets)

@@ -183,13 +183,19 @@ def log_line(
         line["fields"] = safe
     if _stored_size(line) > LINE_BYTES // 2:  # the fields alone are too big: one cut text
         folded = json.dumps(safe, default=str, ensure_ascii=False)  # a secret as it is written
-        cut = folded[: LINE_BYTES // 4]
-        while _size({"f": cut}) - 8 > LINE_BYTES // 4:  # as bytes (an emoji is 4, escaped 12)
-            cut = cut[: len(cut) * 3 // 4]
-        line["fields"] = {"fields": cut + "…"}
+        # 512 characters, fewer when they take over 1 KB escaped (an emoji takes 12 bytes):
+        # the longest such prefix, so that the message keeps room
+        lo, hi = 0, min(len(folded), LINE_BYTES // 4)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            fits = _size({"f": folded[:mid]}) - 8 <= LINE_BYTES // 2
+            lo, hi = (mid, hi) if fits else (lo, mid - 1)
+        line["fields"] = {"fields": folded[:lo] + "…"}
     text = storable_text(_text(message))
     room = LINE_BYTES - _stored_size(line | {"message": ""})
     if _size({"m": text}) - 8 > room:
+        line["cut"] = True  # readers mask a secret cut by the end of the message
+        room = LINE_BYTES - _stored_size(line | {"message": ""})
         cut = text[:room]
         while cut and _size({"m": cut + "…"}) - 8 > room:
             cut = cut[: max(len(cut) - max((_size({"m": cut}) - 8 - room), 16), 0)]

@@ -342,3 +342,12 @@ def test_a_day_of_month_beside_l_w_or_hash_is_refused_even_when_croniter_finds_a
 @pytest.mark.parametrize("cron_string", ["0 0 L * fri", "0 0 1,15 * wed", "0 0 15W * *"])
 def test_a_day_of_month_beside_a_plain_weekday_is_still_accepted(cron_string: str) -> None:
     assert parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+
+
+@pytest.mark.parametrize(
+    "cron_string", ["0 0 ? * fri#2", "0 0 ? * 5#3", "0 0 15W * ?", "0 0 0 ? * mon#1"]
+)
+def test_a_question_mark_beside_l_w_or_hash_is_no_day_and_is_accepted(cron_string: str) -> None:
+    """'?' is croniter's 'no specific value' (read as '*'): the Quartz idiom for the n-th
+    weekday ('0 0 ? * fri#2', second Friday) runs right and stays accepted."""
+    assert parse_crons({"c": {"cron_string": cron_string, "handler": handler}})

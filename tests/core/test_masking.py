@@ -244,3 +244,25 @@ def test_a_secret_cut_by_the_end_of_a_long_log_message_is_masked_where_shown() -
     )
     shown = mask_job(M, job)["logs"][0]["message"]
     assert password[:8] not in shown
+
+
+def test_an_uncut_message_ending_with_an_ellipsis_is_not_masked_where_no_secret_is() -> None:
+    """Only a message cut to fit its line ends inside a secret: a handler's own "…" after an
+    ordinary word that a secret merely starts with hides nothing."""
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "deploy",
+            "status": "finished",
+            "payload": {"token": "prod-7f3a9c2e41"},
+            "logs": [
+                {
+                    "at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+                    "run": 1,
+                    "level": "info",
+                    "message": "deploying to prod…",
+                }
+            ],
+        }
+    )
+    assert mask_job(M, job)["logs"][0]["message"] == "deploying to prod…"

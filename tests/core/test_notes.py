@@ -178,3 +178,15 @@ def test_folded_non_ascii_fields_keep_the_line_under_2_kb_and_its_message(blob: 
     assert line["message"] == "hello world"
     assert len(bson.encode(line)) <= LINE_BYTES
     assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES
+
+
+def test_folded_ascii_fields_with_newlines_are_cut_to_512_characters_as_documented() -> None:
+    """guide.md: fields over about 1 KB become one text, "their JSON cut to 512 characters":
+    a traceback (plain ASCII, with newlines) keeps them all; only text that takes over 1 KB
+    escaped (emoji) keeps fewer."""
+    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\n' * 40
+    line = log_line(1, "info", "failed", {"traceback": traceback}, NOW)
+    folded = line["fields"]["fields"]
+    assert folded.endswith("…") and len(folded) == 512 + 1
+    emoji = log_line(1, "info", "failed", {"e": "😀" * 1000}, NOW)["fields"]["fields"]
+    assert 1 < len(emoji) < 512
