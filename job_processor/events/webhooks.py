@@ -51,6 +51,7 @@ from ..core.errors import (
 )
 from ..core.log import EventLog
 from ..core.models import Event, to_jsonable
+from ..core.values import is_utf8
 from ..storage import Storage
 
 Doc = dict[str, Any]
@@ -306,15 +307,6 @@ def _check_events(events: Any) -> list[str]:
     return list(dict.fromkeys(events))
 
 
-def _storable(text: str) -> bool:
-    """Text BSON can hold (a lone surrogate, as surrogateescape decoding gives, cannot)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _check_description(description: Any) -> str | None:
     """None or a text (it is stored as given, and every reader reads it as text)."""
     if description is None:
@@ -324,7 +316,7 @@ def _check_description(description: Any) -> str | None:
             f"description must be a text, got {type(description).__name__}: "
             "description='billing team endpoint'"
         )
-    if not _storable(description):
+    if not is_utf8(description):
         raise InvalidArgumentError(
             "description must be valid text (it holds a lone surrogate, which cannot be stored)"
         )
@@ -340,7 +332,7 @@ def _check_reason(reason: Any) -> str:
         not isinstance(reason, str)
         or not reason.strip()
         or len(reason) > MOST_DESCRIPTION
-        or not _storable(reason)
+        or not is_utf8(reason)
     ):
         raise InvalidArgumentError(
             f"reason must be a non-empty text of at most {MOST_DESCRIPTION} characters, "

@@ -8,7 +8,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +232,14 @@ async def never_runs(job: Job, signal: AbortSignal) -> None:
     raise AssertionError("nothing claims here")
 
 
-async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
-    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """MongoDB goes away while a handler checkpoints; a graceful stop cancels the handler
-    inside that checkpoint; the outage outlasts the worker's lease. guide.md: a worker whose
-    last heartbeat is worker_timeout old gives its runs up and writes nothing for them (a run
-    in its shutdown grace is cut short the same way); operations.md: with MongoDB unreachable
-    a stop waits only for what is left of the lease."""
+async def _stop_during_an_outage(
+    own_server: LocalServer,
+    monkeypatch: pytest.MonkeyPatch,
+    in_the_outage: Callable[[Job], Awaitable[None]],
+) -> tuple[dict[str, float], list[bool]]:
+    """A handler runs; MongoDB goes away for longer than the lease; the handler then does
+    `in_the_outage(job)` and a graceful stop begins. The times it marked (down, abandoned,
+    stopped) and, for each final write that went out, whether the runs had been given up."""
     from job_processor.engine.worker import Worker
     from job_processor.storage.jobs import JobStore
 
@@ -261,27 +261,26 @@ async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
     monkeypatch.setattr(JobStore, "end_runs", end_runs)
     started, go = asyncio.Event(), asyncio.Event()
 
-    async def step(job: Job, signal: AbortSignal) -> str:
+    async def handler(job: Job, signal: AbortSignal) -> str:
         started.set()
         await go.wait()
-        await job.checkpoint({"step": 1})  # rides the outage out; the stop cancels it here
+        await in_the_outage(job)
         return "done"
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         own_server.url, tz_aware=True, serverSelectionTimeoutMS=2000
     )
-    worker_timeout = 4.0
     processor = await init_job_processor(
         client["outage"],
-        jobs={"step": JobDef(handler=step)},
+        jobs={"h": JobDef(handler=handler)},
         poll_interval=0.2,
         heartbeat_interval=1.0,
-        worker_timeout=worker_timeout,
+        worker_timeout=OUTAGE_LEASE,
         shutdown_grace=0.2,
     )
     try:
         await processor.start()
-        await processor.schedule_job("step")
+        await processor.schedule_job("h")
         await asyncio.wait_for(started.wait(), 10)
         own_server.stop()  # for longer than the lease
         marks["down"] = loop.time()
@@ -290,12 +289,32 @@ async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
         marks["stopped"] = loop.time()
     finally:
         await client.close()
+    return marks, finals
+
+
+#: The worker_timeout of `_stop_during_an_outage`.
+OUTAGE_LEASE = 4.0
+
+
+async def test_a_stop_during_an_outage_writes_nothing_for_a_run_it_gave_up(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB goes away while a handler checkpoints; a graceful stop cancels the handler
+    inside that checkpoint; the outage outlasts the worker's lease. guide.md: a worker whose
+    last heartbeat is worker_timeout old gives its runs up and writes nothing for them (a run
+    in its shutdown grace is cut short the same way); operations.md: with MongoDB unreachable
+    a stop waits only for what is left of the lease."""
+
+    async def step(job: Job) -> None:
+        await job.checkpoint({"step": 1})  # rides the outage out; the stop cancels it here
+
+    marks, finals = await _stop_during_an_outage(own_server, monkeypatch, step)
     assert "abandoned" in marks, "the lease did not end during the stop"
     assert True not in finals, "a final write went out for a run given up"
     # the lease ends within worker_timeout of the outage; the stop's own steps take a second
     # each after it (was: the cancelled save waited out, then a final write riding out another
     # worker_timeout)
-    assert marks["stopped"] - marks["down"] < 2 * worker_timeout
+    assert marks["stopped"] - marks["down"] < 2 * OUTAGE_LEASE
 
 
 async def test_a_stop_during_an_outage_ends_with_the_lease_when_a_notes_write_was_unsure(
@@ -306,68 +325,27 @@ async def test_a_stop_during_an_outage_ends_with_the_lease_when_a_notes_write_wa
     turn asks whether it landed (`RunNotes._resolve`). The run is given up at the end of the
     lease meanwhile: the stop ends with the lease, as it does for a cancelled checkpoint (it
     waited out the question, a whole worker_timeout more)."""
-    from job_processor.engine.worker import Worker
     from job_processor.storage.jobs import JobStore
 
     loop = asyncio.get_running_loop()
-    marks: dict[str, float] = {}
-    finals: list[bool] = []
     asked: list[float] = []
-    original_abandon = Worker.abandon_all
-    original_end_runs = JobStore.end_runs
     original_landed = JobStore.notes_landed
-
-    def abandon_all(self: Worker, why: str) -> None:
-        marks.setdefault("abandoned", loop.time())
-        original_abandon(self, why)
-
-    async def end_runs(self: JobStore, *a: Any, **kw: Any) -> Any:
-        finals.append("abandoned" in marks)
-        return await original_end_runs(self, *a, **kw)
 
     async def notes_landed(self: JobStore, *a: Any, **kw: Any) -> Any:
         asked.append(loop.time())
         return await original_landed(self, *a, **kw)
 
-    monkeypatch.setattr(Worker, "abandon_all", abandon_all)
-    monkeypatch.setattr(JobStore, "end_runs", end_runs)
     monkeypatch.setattr(JobStore, "notes_landed", notes_landed)
-    started, go = asyncio.Event(), asyncio.Event()
 
-    async def chatty(job: Job, signal: AbortSignal) -> str:
-        started.set()
-        await go.wait()
+    async def chatty(job: Job) -> None:
         job.log("a line written in the outage")  # its own write rides the outage out
         await asyncio.Event().wait()  # until the stop cancels it
-        return "done"
 
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        own_server.url, tz_aware=True, serverSelectionTimeoutMS=2000
-    )
-    worker_timeout = 4.0
-    processor = await init_job_processor(
-        client["outage"],
-        jobs={"chatty": JobDef(handler=chatty)},
-        poll_interval=0.2,
-        heartbeat_interval=1.0,
-        worker_timeout=worker_timeout,
-        shutdown_grace=0.2,
-    )
-    try:
-        await processor.start()
-        await processor.schedule_job("chatty")
-        await asyncio.wait_for(started.wait(), 10)
-        own_server.stop()  # for longer than the lease
-        marks["down"] = loop.time()
-        go.set()
-        await processor.stop()
-        marks["stopped"] = loop.time()
-    finally:
-        await client.close()
+    marks, finals = await _stop_during_an_outage(own_server, monkeypatch, chatty)
     assert "abandoned" in marks, "the lease did not end during the stop"
     assert asked, "the notes write was not unsure (the scenario did not happen)"
     assert True not in finals, "a final write went out for a run given up"
-    assert marks["stopped"] - marks["down"] < 2 * worker_timeout, (
+    assert marks["stopped"] - marks["down"] < 2 * OUTAGE_LEASE, (
         f"the stop took {marks['stopped'] - marks['down']:.1f}s after the outage began, "
         f"{marks['stopped'] - marks['abandoned']:.1f}s after the run was given up"
     )
