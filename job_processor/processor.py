@@ -46,6 +46,7 @@ from .core.settings import (
     retention_of,
 )
 from .core.status import JobStatus
+from .engine import sentry
 from .engine.jobs_api import JobsAPI
 from .events.api import EventsAPI
 from .events.bus import EventBus
@@ -447,6 +448,13 @@ async def init_job_processor(
         worker_tags=worker_tags,
         eligible=processor.worker.names,
     )
+    if (version := sentry.unsupported_version()) is not None:
+        log.warning(
+            "sentry_sdk_unsupported",
+            version=version,
+            hint="runs and cron check-ins are reported with sentry-sdk 2.x's API (3.0 removed "
+            "start_transaction): pin sentry-sdk<3, or nothing reaches Sentry",
+        )
     if len(processor.worker.names) > MAX_SORTED_NAMES:
         log.warning(
             "too_many_job_names",

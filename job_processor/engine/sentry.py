@@ -39,6 +39,19 @@ def _client_active() -> bool:
     return bool(client.is_active()) and getattr(client, "transport", None) is not None
 
 
+#: The sentry_sdk major versions whose API this module uses (3.0 removed start_transaction).
+SUPPORTED_MAJOR = 2
+
+
+def unsupported_version() -> str | None:
+    """The version of a loaded sentry_sdk this module cannot report with (None: none loaded,
+    or a 2.x): with it, no run would reach Sentry."""
+    sdk = sys.modules.get("sentry_sdk")
+    version = str(getattr(sdk, "VERSION", "")) if sdk is not None else ""
+    major = version.split(".")[0]
+    return version if major.isdigit() and int(major) != SUPPORTED_MAJOR else None
+
+
 def job_tags(doc: Doc, worker_id: str | None) -> dict[str, str]:
     return {
         "job.name": str(doc.get("name")),

@@ -108,3 +108,28 @@ def test_nothing_without_an_initialised_client() -> None:
     assert sentry.start_run(doc, "w1") is None
     sentry.run_ended(None, doc, RuntimeError("x"))  # no-ops
     sentry.finish_run(None)
+
+
+async def test_a_sentry_sdk_it_cannot_report_with_is_said_at_init(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sentry-sdk 3.0 removed start_transaction: with it no run reached Sentry, silently
+    (start_run's error is swallowed so that monitoring never breaks a job)."""
+    import logging
+
+    import sentry_sdk
+
+    assert sentry.unsupported_version() is None  # the 2.x the tests install
+    monkeypatch.setattr(sentry_sdk, "VERSION", "3.0.0")
+    assert sentry.unsupported_version() == "3.0.0"
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("test-sentry-version")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    await make(db, JOBS, logger=logger)
+    assert any("sentry_sdk_unsupported" in r.getMessage() for r in seen)
