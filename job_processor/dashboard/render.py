@@ -217,6 +217,10 @@ def make_env(masker: Masker) -> Environment:
         "per_window": per_window,
         "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
+        # a log line's message as every reader shows it (a secret cut by its end masked)
+        "line_message": lambda line, secrets=(): masked_line(
+            masker, {"message": line.get("message"), "cut": line.get("cut")}, secrets
+        )["message"],
     }
     # an audit entry's ids are job ids or names (a 24-character name is no job id)
     env.tests["job_id"] = lambda v: (

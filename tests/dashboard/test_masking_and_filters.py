@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -130,3 +131,32 @@ async def test_retry_all_matching_on_an_id_page_listing_nothing_retries_nothing(
         resp = await c.post("/jobs/retry-all", data=stale)
         assert resp.status_code == 303
     assert (await p.get_job(errored)).status == S.ERRORED
+
+
+async def test_the_job_page_masks_a_secret_cut_by_the_end_of_a_long_log_message(db: Any) -> None:
+    """A message log_line cut to fit its line (marked `cut: true`) ends inside the payload's
+    password ("...hunter2-very…"): the JSON API masked it (masked_line), the job page showed
+    it."""
+    from job_processor.core.notes import log_line
+
+    password = "hunter2-very-secret"
+    probe = log_line(1, "info", "x" * 5000, {}, dt.datetime(2030, 1, 1, 0, 0, 0, 123000, dt.UTC))
+    full = len(probe["message"]) - 1  # the characters a cut message keeps before "…"
+    message = "x" * (full - 12) + password + " " + "y" * 3000
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        job.log(message)
+
+    p = await init_job_processor(db, jobs={"login": JobDef(handler=login)}, **FAST)
+    app = create_dashboard(p, auth=AUTH)
+    done = await p.run_job("login", {"password": password})
+    stored = done.logs[0]
+    assert stored.get("cut") is True and stored["message"].endswith("…")
+    kept = max(k for k in range(len(password)) if stored["message"][:-1].endswith(password[:k]))
+    assert kept >= 5, stored["message"][-20:]  # the cut falls inside the password
+    async with client(app) as c:
+        api = (await c.get(f"/api/jobs/{done.id}")).json()
+        assert password[:kept] not in api["logs"][0]["message"]
+        page = await c.get(f"/jobs/{done.id}")
+        assert "xxxxxxxx" in page.text
+        assert password[:kept] not in page.text
