@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
@@ -29,8 +29,7 @@ from ..core.values import ENCODING_ERRORS
 from ..storage.jobs import JobStore
 from ..storage.transient import TRANSIENT, describe
 from .execution import Run, logged_values, paths_of
-
-T = TypeVar("T")
+from .signals import unless_set
 
 Doc = dict[str, Any]
 
@@ -278,9 +277,16 @@ class RunNotes:
             doc = self.run.doc
             try:
                 asked = FLUSH_BUDGET if budget is None else budget
-                landed = await self._unless_given_up(
+                question = asyncio.ensure_future(
                     self.jobs.notes_landed(doc["_id"], doc["run_id"], notes_id, asked)
                 )
+                try:  # not waited for once the run is given up (its lease ended: nothing
+                    # more is written for it, the answer would not be used): unanswered
+                    if not await unless_set(question, self.run.given_up):
+                        raise TimeoutError("the run was given up")
+                finally:
+                    question.cancel()  # the caller's own cancellation ends it too
+                landed = question.result()
             except TRANSIENT:
                 if not last:
                     return False
@@ -291,22 +297,6 @@ class RunNotes:
             else:
                 self.give_back(update)
             return True
-
-    async def _unless_given_up(self, aw: Coroutine[Any, Any, T]) -> T:
-        """`aw`, or TimeoutError (transient: unanswered) as soon as the run is given up (its
-        lease ended: nothing more is written for it, so the answer would not be used)."""
-        task = asyncio.ensure_future(aw)
-        given_up: asyncio.Future[Any] = asyncio.ensure_future(self.run.given_up.wait())
-        try:
-            await asyncio.wait({task, given_up}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            given_up.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-        if task.cancelled():
-            raise TimeoutError("the run was given up")
-        return task.result()
 
     def written(self, update: Doc) -> None:
         """An update with notes landed: the run's document (the final one is computed from it)
