@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from job_processor import (
     UnknownJobError,
     init_job_processor,
 )
+from job_processor.engine import waits
 from tests.helpers import FAST, CommandNames, make, wait_for, wait_status
 
 S = JobStatus
@@ -253,6 +256,11 @@ async def test_a_job_that_ends_between_the_last_paced_read_and_the_deadline_is_r
         return doc
 
     monkeypatch.setattr(p.storage.jobs, "get_light", first_read_then_killed)
+    # the wait's clock stands still, so however slow the first read is on a loaded machine it
+    # ends before the deadline; the poll (not a change stream) is what this is about
+    frozen = time.monotonic()
+    monkeypatch.setattr(waits, "time", SimpleNamespace(monotonic=lambda: frozen))
+    p.waker.blocking = False
     ended = await p.wait_for(job.id, timeout=0.05)  # the next paced read would be at 0.1 s
     assert ended.status == S.KILLED and reads == 2
 
