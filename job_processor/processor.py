@@ -452,8 +452,8 @@ async def init_job_processor(
         log.warning(
             "sentry_sdk_unsupported",
             version=version,
-            hint="runs and cron check-ins are reported with sentry-sdk 2.x's API (3.0 removed "
-            "start_transaction): pin sentry-sdk<3, or nothing reaches Sentry",
+            hint="runs and cron check-ins are reported with sentry-sdk 2.x's and 3.x's APIs: "
+            "pin sentry-sdk>=2,<4, or runs may not reach Sentry",
         )
     if len(processor.worker.names) > MAX_SORTED_NAMES:
         log.warning(

@@ -1,6 +1,7 @@
 """Sentry, when sentry_sdk is installed and initialised (otherwise nothing happens):
 
-- jobs: each run is a transaction (op "queue.process", named after the job) in its own scope
+- jobs: each run is a transaction (sentry-sdk 2.x; with 3.x the root span of its own trace,
+  streamed) (op "queue.process", named after the job) in its own scope
   tagged with the job's name, id, attempt, tag and worker (`job.name`, `job.id`, `job.attempt`,
   `job.tag`, `job.worker_id`; the "job" context has the rest), so whatever the handler reports
   to Sentry carries them too. A run that fails (an exception, max runtime exceeded, an invalid
@@ -39,17 +40,18 @@ def _client_active() -> bool:
     return bool(client.is_active()) and getattr(client, "transport", None) is not None
 
 
-#: The sentry_sdk major versions whose API this module uses (3.0 removed start_transaction).
-SUPPORTED_MAJOR = 2
+#: The sentry_sdk major versions whose API this module uses: 2.x's transactions, 3.x's
+#: streamed spans (3.0 removed start_transaction).
+SUPPORTED_MAJORS = (2, 3)
 
 
 def unsupported_version() -> str | None:
     """The version of a loaded sentry_sdk this module cannot report with (None: none loaded,
-    or a 2.x): with it, no run would reach Sentry."""
+    or a 2.x or 3.x): with it, no run might reach Sentry."""
     sdk = sys.modules.get("sentry_sdk")
     version = str(getattr(sdk, "VERSION", "")) if sdk is not None else ""
     major = version.split(".")[0]
-    return version if major.isdigit() and int(major) != SUPPORTED_MAJOR else None
+    return version if major.isdigit() and int(major) not in SUPPORTED_MAJORS else None
 
 
 def job_tags(doc: Doc, worker_id: str | None) -> dict[str, str]:
@@ -91,16 +93,45 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
     try:
         scope_cm = _sdk.isolation_scope()
         scope = scope_cm.__enter__()
-        for key, value in job_tags(doc, worker_id).items():
-            scope.set_tag(key, value)
+        tags = job_tags(doc, worker_id)
+        for key, value in tags.items():
+            scope.set_tag(key, value)  # on the events captured in the run
         scope.set_context("job", _context(doc))
-        transaction = _sdk.start_transaction(
-            op="queue.process", name=str(doc.get("name")), source="task"
-        )
-        transaction.__enter__()
-        return RunTrace(scope_cm, transaction, doc)
+        return RunTrace(scope_cm, _start_root(scope, str(doc.get("name")), tags), doc)
     except Exception:  # monitoring must never break a job
         return None
+
+
+def _start_root(scope: Any, name: str, tags: dict[str, str]) -> Any:
+    """The run's transaction (sentry-sdk 2.x) or the root span of a trace of its own (3.x,
+    which has no transactions: spans are streamed, and carry attributes, not tags)."""
+    if hasattr(_sdk, "start_transaction"):
+        transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
+        transaction.__enter__()
+        return transaction
+    # the scope's attributes go on every span (and log) of the run, the handler's own too
+    scope.set_attributes(tags)
+    _sdk.new_trace()  # not a child of whatever span the worker's loop was started in
+    return _sdk.start_span(
+        name=name,
+        attributes={"sentry.op": "queue.process", "sentry.segment.name.source": "task"},
+        parent_span=None,
+    )
+
+
+def _set_status(root: Any, status: str) -> None:
+    """A 2.x transaction takes Sentry's span statuses; a 3.x span only "ok" and "error"."""
+    if hasattr(root, "set_tag"):
+        root.set_status(status)
+    else:
+        root.status = "ok" if status == "ok" else "error"
+
+
+def _set_tag(root: Any, key: str, value: str) -> None:
+    if hasattr(root, "set_tag"):
+        root.set_tag(key, value)
+    else:
+        root.set_attribute(key, value)
 
 
 def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | None) -> None:
@@ -118,10 +149,12 @@ def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | No
                 and int(final.get("failures") or 0) > int(trace.doc.get("failures") or 0)
             )
         )
-        trace.transaction.set_tag("job.status", str(status))
+        _set_tag(trace.transaction, "job.status", str(status))
         if failed:
             assert final is not None
-            _sdk.get_isolation_scope().set_tag("job.will_retry", str(status == "pending").lower())
+            will_retry = str(status == "pending").lower()
+            _sdk.get_isolation_scope().set_tag("job.will_retry", will_retry)
+            _set_tag(trace.transaction, "job.will_retry", will_retry)
             timed_out = error == "max runtime exceeded"  # the exception is only the abort
             if exc is not None and not timed_out:
                 trace.captured.append(str(_sdk.capture_exception(exc)))
@@ -134,14 +167,15 @@ def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | No
                         )
                     )
                 )
-        trace.transaction.set_status(
+        _set_status(
+            trace.transaction,
             "ok"
             if status in ("finished", "paused", "pending") and not failed
             else "deadline_exceeded"
             if error == "max runtime exceeded"
             else "cancelled"
             if status == "killed"
-            else "internal_error"
+            else "internal_error",
         )
     except Exception:
         return
