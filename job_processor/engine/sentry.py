@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -77,11 +78,13 @@ def _context(doc: Doc) -> dict[str, Any]:
 
 @dataclass
 class RunTrace:
-    """One run's Sentry scope and transaction (entered by start_run, left by finish_run)."""
+    """One run's Sentry scope and root (entered by start_run, left by finish_run): a 2.x
+    transaction, or a streamed span (3.x, or 2.x with `trace_lifecycle="stream"`)."""
 
     scope_cm: Any
     transaction: Any
     doc: Doc
+    streamed: bool = False
     finished: bool = False
     captured: list[str] = field(default_factory=list)
 
@@ -93,45 +96,64 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
     try:
         scope_cm = _sdk.isolation_scope()
         scope = scope_cm.__enter__()
+        name = str(doc.get("name"))
         tags = job_tags(doc, worker_id)
         for key, value in tags.items():
             scope.set_tag(key, value)  # on the events captured in the run
         scope.set_context("job", _context(doc))
-        return RunTrace(scope_cm, _start_root(scope, str(doc.get("name")), tags), doc)
+        _new_trace(scope, name)
+        if not _streaming():
+            transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
+            transaction.__enter__()
+            return RunTrace(scope_cm, transaction, doc)
+        # streamed spans carry attributes, not tags: the scope's go on every span (and log)
+        # of the run, the handler's own too
+        scope.set_attributes(tags)
+        root = _sdk.traces.start_span(
+            name=name,
+            attributes={"sentry.op": "queue.process", "sentry.segment.name.source": "task"},
+            parent_span=None,
+        )
+        return RunTrace(scope_cm, root, doc, streamed=True)
     except Exception:  # monitoring must never break a job
         return None
 
 
-def _start_root(scope: Any, name: str, tags: dict[str, str]) -> Any:
-    """The run's transaction (sentry-sdk 2.x) or the root span of a trace of its own (3.x,
-    which has no transactions: spans are streamed, and carry attributes, not tags)."""
-    if hasattr(_sdk, "start_transaction"):
-        transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
-        transaction.__enter__()
-        return transaction
-    # the scope's attributes go on every span (and log) of the run, the handler's own too
-    scope.set_attributes(tags)
-    _sdk.new_trace()  # not a child of whatever span the worker's loop was started in
-    return _sdk.start_span(
-        name=name,
-        attributes={"sentry.op": "queue.process", "sentry.segment.name.source": "task"},
-        parent_span=None,
-    )
+def _streaming() -> bool:
+    """Are spans streamed? Always with sentry-sdk 3.x (it has no transactions); with 2.x when
+    `init(trace_lifecycle="stream")` (then its start_transaction only returns a no-op span)."""
+    if not hasattr(_sdk, "start_transaction"):
+        return True
+    options = _sdk.get_client().options or {}
+    if options.get("trace_lifecycle") is not None:
+        return bool(options.get("trace_lifecycle") == "stream")
+    return bool((options.get("_experiments") or {}).get("trace_lifecycle") == "stream")
 
 
-def _set_status(root: Any, status: str) -> None:
-    """A 2.x transaction takes Sentry's span statuses; a 3.x span only "ok" and "error"."""
-    if hasattr(root, "set_tag"):
-        root.set_status(status)
+def _new_trace(isolation: Any, name: str) -> None:
+    """A trace of the run's own, with no active span: not part of whatever the worker's loops
+    were started in (an application's request or startup span), nor shared by every run of
+    the process (the events captured with tracing off take the scope's trace)."""
+    current = _sdk.get_current_scope()
+    current.span = None
+    current.set_transaction_name(name, source="task")
+    isolation.set_new_propagation_context()
+    current.set_new_propagation_context()
+
+
+def _set_status(trace: RunTrace, status: str) -> None:
+    """A 2.x transaction takes Sentry's span statuses; a streamed span only "ok" and "error"."""
+    if trace.streamed:
+        trace.transaction.status = "ok" if status == "ok" else "error"
     else:
-        root.status = "ok" if status == "ok" else "error"
+        trace.transaction.set_status(status)
 
 
-def _set_tag(root: Any, key: str, value: str) -> None:
-    if hasattr(root, "set_tag"):
-        root.set_tag(key, value)
+def _set_tag(trace: RunTrace, key: str, value: str) -> None:
+    if trace.streamed:
+        trace.transaction.set_attribute(key, value)
     else:
-        root.set_attribute(key, value)
+        trace.transaction.set_tag(key, value)
 
 
 def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | None) -> None:
@@ -149,12 +171,12 @@ def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | No
                 and int(final.get("failures") or 0) > int(trace.doc.get("failures") or 0)
             )
         )
-        _set_tag(trace.transaction, "job.status", str(status))
+        _set_tag(trace, "job.status", str(status))
         if failed:
             assert final is not None
             will_retry = str(status == "pending").lower()
             _sdk.get_isolation_scope().set_tag("job.will_retry", will_retry)
-            _set_tag(trace.transaction, "job.will_retry", will_retry)
+            _set_tag(trace, "job.will_retry", will_retry)
             timed_out = error == "max runtime exceeded"  # the exception is only the abort
             if exc is not None and not timed_out:
                 trace.captured.append(str(_sdk.capture_exception(exc)))
@@ -168,7 +190,7 @@ def run_ended(trace: RunTrace | None, final: Doc | None, exc: BaseException | No
                     )
                 )
         _set_status(
-            trace.transaction,
+            trace,
             "ok"
             if status in ("finished", "paused", "pending") and not failed
             else "deadline_exceeded"
@@ -186,13 +208,12 @@ def finish_run(trace: RunTrace | None) -> None:
     if trace is None or trace.finished:
         return
     trace.finished = True
-    try:
+    # monitoring must never break a job: a before_send_span that breaks raises out of the
+    # span's end (sentry-sdk 3.0)
+    with contextlib.suppress(Exception):
         trace.transaction.__exit__(None, None, None)
-    finally:
-        try:
-            trace.scope_cm.__exit__(None, None, None)
-        except Exception:
-            return
+    with contextlib.suppress(Exception):
+        trace.scope_cm.__exit__(None, None, None)
 
 
 def recovered(doc: Doc, final: Doc, by: str) -> None:
@@ -206,6 +227,7 @@ def recovered(doc: Doc, final: Doc, by: str) -> None:
             scope.set_tag("job.recovered_by", by)
             scope.set_tag("job.status", str(final.get("status")))
             scope.set_context("job", _context(doc))
+            _new_trace(scope, str(doc.get("name")))
             error = (final.get("output") or {}).get("error") or WORKER_SILENT
             level = "error" if final.get("status") in ("errored", "killed") else "warning"
             _sdk.capture_message(

@@ -414,9 +414,10 @@ class Worker:
         try:
             if run.definition is None:  # another program wrote a bad name: record why
                 error = FD.bad_name(doc)
-                return await asyncio.shield(
-                    self._finish(run, RunEnd(Ending.INVALID, error=error), None)
-                )
+                end = RunEnd(Ending.INVALID, error=error)
+                final = await asyncio.shield(self._finish(run, end, None))
+                sentry.run_ended(trace, final, None)
+                return final
             if "created_at" not in doc:  # inserted by another program: fill in the rest
                 missing = FD.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
@@ -478,7 +479,9 @@ class Worker:
             self.log.exception("job_execution_failed", **fields)
             end = RunEnd(Ending.INVALID, error=f"internal error: {describe_error(exc)}")
             with contextlib.suppress(Exception):
-                return await asyncio.shield(self._finish(run, end, None))
+                final = await asyncio.shield(self._finish(run, end, None))
+                sentry.run_ended(trace, final, exc)
+                return final
             return None
         finally:
             sentry.finish_run(trace)

@@ -189,3 +189,128 @@ async def test_a_sentry_sdk_it_cannot_report_with_is_said_at_init(
     logger.setLevel(logging.INFO)
     await make(db, JOBS, logger=logger)
     assert any("sentry_sdk_unsupported" in r.getMessage() for r in seen)
+
+
+def capturing_init(**options: Any) -> list[Any]:
+    """sentry_sdk.init with a transport that keeps what it would send (see `envelopes`)."""
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    captured: list[Any] = []
+
+    class Capture(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            captured.append(envelope)
+
+    sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Capture, **options)
+    return captured
+
+
+async def test_runs_reach_sentry_with_span_streaming_on(db: Any) -> None:
+    """sentry-sdk 2.x's span streaming (`trace_lifecycle="stream"`, 3.x's only mode) has no
+    transactions: its start_transaction warns and returns a no-op span."""
+    import sentry_sdk
+
+    captured = capturing_init(traces_sample_rate=1.0, trace_lifecycle="stream")
+    try:
+        processor = await make(db, JOBS, worker_tags=["main"])
+        async with processor:
+            good = await processor.schedule_job("ok", {})
+            await wait_status(processor, good.id, "finished")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    shown = ("name", "op", "status", "job.status", "job.tag")
+    assert [tuple(r[k] for k in shown) for r in run_roots(captured) if r["job.id"] == good.id] == [
+        ("ok", "queue.process", "ok", "finished", "main")
+    ]
+
+
+async def test_a_job_errored_as_invalid_for_its_name_is_captured(
+    db: Any, envelopes: list[Any]
+) -> None:
+    """operations.md: "Each failed run is captured: ..., an invalid job" (a job another
+    program wrote whose name and claim_name differ was errored without a word to Sentry, and
+    with 3.x its run's span said "ok")."""
+    import time
+
+    import sentry_sdk
+
+    processor = await make(db, JOBS, worker_tags=["main"])
+    now_ms = int(time.time() * 1000)
+    raw = {"name": "ok", "claim_name": "crashy", "due_ms": now_ms, "payload": {}}
+    bad = str((await db["job_processor_jobs"].insert_one(raw)).inserted_id)
+    async with processor:
+        failed = await wait_status(processor, bad, "errored")  # type: ignore[arg-type]
+    sentry_sdk.flush()
+    assert failed.error is not None and failed.error.startswith("invalid job document")
+    assert [e["tags"]["job.id"] for e in items(envelopes, "event")] == [bad]
+    [root] = [r for r in run_roots(envelopes) if r["job.id"] == bad]
+    assert root["job.status"] == "errored"
+    assert root["status"] == ("internal_error" if sdk_major() == 2 else "error")
+
+
+async def test_a_recovery_is_not_captured_in_the_trace_the_processor_was_started_in(
+    db: Any, envelopes: list[Any]
+) -> None:
+    """An app that starts the processor inside a span (a request, a startup transaction):
+    a crashed run recovered later is not an error of that request."""
+    import sentry_sdk
+
+    processor = await make(db, JOBS)
+    long_ago = processor.clock.now() - dt.timedelta(minutes=5)
+    orphan = D.as_running(D.new_job("crashy", {}, now=long_ago), "dead-worker", long_ago)
+    await processor.storage.jobs.insert(orphan)
+    with sentry_sdk.isolation_scope():  # the app's request: its span left in it, not the tests'
+        if sdk_major() == 2:
+            outer = sentry_sdk.start_transaction(op="http.server", name="POST /start")
+        else:
+            outer = sentry_sdk.start_span(name="POST /start")
+        with outer:
+            await processor.start()
+        try:
+            await wait_status(processor, str(orphan["_id"]), "errored")  # type: ignore[arg-type]
+        finally:
+            await processor.stop()
+    sentry_sdk.flush()
+    [crash] = [e for e in items(envelopes, "event") if e["tags"]["job.id"] == str(orphan["_id"])]
+    assert crash["contexts"]["trace"]["trace_id"] != outer.trace_id
+    assert crash.get("transaction") != "POST /start"
+
+
+async def test_each_runs_errors_are_in_a_trace_of_their_own_without_tracing(db: Any) -> None:
+    """No traces_sample_rate (tracing off, Sentry's default): the runs' errors still do not
+    share one trace (that of the context the processor was started in)."""
+    import sentry_sdk
+
+    captured = capturing_init()
+    try:
+        processor = await make(db, JOBS)
+        async with processor:
+            bad = await processor.schedule_job("boom", {})
+            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    attempts = [e for e in items(captured, "event") if e["tags"]["job.id"] == bad.id]
+    assert len(attempts) == 2
+    assert len({e["contexts"]["trace"]["trace_id"] for e in attempts}) == 2
+
+
+async def test_a_failing_span_end_does_not_break_run_job_or_the_worker(db: Any) -> None:
+    """finish_run "never raises": a before_send_span that breaks (here: returns attributes
+    that are not a dict) raises out of the root span's end (sentry-sdk 3.0)."""
+    import sentry_sdk
+
+    def bad_hook(span: dict[str, Any], hint: Any) -> dict[str, Any]:
+        return {"name": span["name"], "attributes": list(span["attributes"])}
+
+    capturing_init(traces_sample_rate=1.0, trace_lifecycle="stream", before_send_span=bad_hook)
+    try:
+        processor = await make(db, JOBS)
+        async with processor:
+            job = await processor.run_job("ok", {})
+            assert job.status == "finished"
+            assert processor.worker.runs == {}
+    finally:
+        sentry_sdk.init(dsn=None)
