@@ -285,8 +285,10 @@ async def jobs_duplicate(args: argparse.Namespace) -> int:
 
 
 async def legacy_kill(args: argparse.Namespace) -> int:
-    """`kill [MODULE:ATTR] JOB_ID`: the old form, same as `jobs kill JOB_ID`."""
-    if len(args.args) not in (1, 2):
-        raise UsageError("usage: job-processor kill JOB_ID")
-    args.job_ids = [args.args[-1]]
+    """`kill JOB_ID...`, same as `jobs kill JOB_ID...`; `kill MODULE:ATTR JOB_ID`, the old
+    form (its app target, which a job id never looks like, is not needed any more)."""
+    ids = list(args.args)
+    if len(ids) == 2 and ":" in ids[0]:
+        ids = ids[1:]
+    args.job_ids = ids
     return await action("kill")(args)

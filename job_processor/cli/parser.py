@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a heartbeat stays fresh (default: the worker's worker_timeout)",
     )
     p.set_defaults(func=status_cli.health)
-    p = sub.add_parser("kill", parents=[opt], help="kill a job (same as `jobs kill ID`)")
+    p = sub.add_parser("kill", parents=[opt], help="kill jobs (same as `jobs kill ID...`)")
     p.add_argument("args", nargs="+", metavar="JOB_ID")
     p.set_defaults(func=jobs_cli.legacy_kill)
 

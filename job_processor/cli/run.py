@@ -92,6 +92,7 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
             tags if tags is not None else os.environ.get("JOB_PROCESSOR_WORKER_TAGS")
         ),
     )
+    given = "--tags" if tags is not None else "JOB_PROCESSOR_WORKER_TAGS"
     if not callable(factory) or isinstance(factory, type):
         raise UsageError(
             f"{target} is {_what(factory)}, not a function: `run` expects MODULE:ATTR "
@@ -135,6 +136,15 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
         raise UsageError(
             f"{target} returned {type(result).__name__}{missing}; it must return the "
             "JobProcessor from init_job_processor(...)"
+        )
+    asked, built = ctx.worker_tags, result.worker_tags
+    if asked is not None and (built is None or not set(asked) <= set(built)):
+        # a factory that does not pass ctx.worker_tags on: the worker would claim the jobs
+        # of tags it was not given (every job, with None), and not those asked for, silently
+        raise UsageError(
+            f"{given} says {','.join(asked)}, but {target} built a processor with "
+            f"worker_tags={built!r}: pass init_job_processor(..., worker_tags=ctx.worker_tags) "
+            f"in it, or leave {given} out"
         )
     return result
 

@@ -19,6 +19,7 @@ from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, PyMongoError
 from pymongo.server_type import SERVER_TYPE
+from pymongo.uri_parser import split_options
 
 from ..core.errors import (
     DatabaseUnreachableError,
@@ -331,9 +332,10 @@ def open_database(url: str, timeout: float | None = None) -> Any:
 
 
 def unknown_url_options(url: str) -> None:
-    """A URL option the driver does not know is bad input naming it (the driver only warns,
-    without naming it, and goes on without the option: `?authSorce=admin` logged in against
-    the wrong database)."""
+    """A URL option the driver does not know, or a value it cannot read, is bad input naming
+    it. The driver only warns, and goes on without the option: `?authSorce=admin` logged in
+    against the wrong database, `?tls=yes` connected in plain text. A TLS file that cannot be
+    read is said here too (the driver raised FileNotFoundError)."""
     query = url.partition("?")[2]
     known = set(URI_OPTIONS_VALIDATOR_MAP) | set(URI_OPTIONS_ALIAS_MAP)
     for key, _ in urllib.parse.parse_qsl(query, keep_blank_values=True):
@@ -343,6 +345,18 @@ def unknown_url_options(url: str) -> None:
                 f"MONGODB_URL has an unknown option {key!r}{hint}: see the MongoDB connection "
                 "string options (names are read in any case)"
             )
+    # the driver's own reading of the options, without its warnings (and no DNS look-up):
+    # each one as written, to name it, then all together (conflicts, as tls=true&ssl=false)
+    pieces = [p for p in re.split("[&;]", query) if p]
+    named = [(f"option {p.partition('=')[0]}", p) for p in pieces]
+    for what, piece in named + ([("options", query)] if len(pieces) > 1 else []):
+        try:
+            split_options(piece, validate=True, warn=False)
+        except (PyMongoError, ValueError, TypeError, OSError) as exc:
+            raise InvalidArgumentError(
+                f"MONGODB_URL's {what} cannot be used: {exc} (see the MongoDB connection "
+                "string options)"
+            ) from None
 
 
 async def close_database(db: Any) -> None:

@@ -158,6 +158,17 @@ class AdminBase:
             if event_id is not None and event_id not in present:
                 hide_every_text(job)
 
+    @staticmethod
+    def _no_empty_filter(**filters: str | None) -> None:
+        """A bulk action's filter given as "" (a script's unset variable) is refused: as "no
+        filter" it would act on every name, tag or key."""
+        for field, value in filters.items():
+            if value == "":
+                raise InvalidArgumentError(
+                    f"{field} is empty: give a {field}, or leave it out (None) to act on "
+                    f"every {field}"
+                )
+
     async def _check_name(self, name: str | None) -> None:
         """A name filter that matches no registered definition and no job is a typo: say so,
         with the closest known names, instead of "nothing matched"."""

@@ -194,6 +194,7 @@ class JobsAdmin(AdminBase):
     ) -> ActionResult:
         """Retry every job matching the filter (status errored by default, or killed), at most
         `limit` (capped at 10,000), newest first. Action "jobs_retried"."""
+        self._no_empty_filter(name=name, tag=tag, key=key)
         query = self._query(name, status, tag, key, created_after, created_before)
         await self._check_name(query.name)
         if query.status not in (S.ERRORED, S.KILLED):
@@ -343,6 +344,7 @@ class JobsAdmin(AdminBase):
                 "jobs can be purged"
             )
         age = parse_duration(older_than)
+        self._no_empty_filter(name=name)
         await self._check_name(name)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age

@@ -1,0 +1,146 @@
+"""CLI faults an outside hunt found (each test failed before its fix): a `kill` of two ids
+that killed one, an empty `--name` that made `jobs retry` and `jobs purge` act on every name, a
+`MONGODB_URL` option value the driver dropped (`?tls=yes` connected in plain text), and `run
+--tags` ignored by a factory that does not pass `ctx.worker_tags` on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from tests.conftest import url_with_db
+from tests.forked_cli import Run, run_cli
+
+
+async def cli(url: str, *args: str) -> Run:
+    return await run_cli(*args, env={"MONGODB_URL": url})
+
+
+async def tick(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def fails(job: Job, signal: AbortSignal) -> None:
+    raise RuntimeError("down")
+
+
+async def test_kill_with_several_job_ids_kills_them_all(db: Any, mongo_url: str) -> None:
+    """`kill --help` says `JOB_ID [JOB_ID ...]`: two ids must not be read as the old
+    `kill MODULE:ATTR JOB_ID` form, which kills only the second and ignores the first."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"tick": JobDef(handler=tick)})
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    first = await processor.schedule_job("tick", {}, scheduled_for=later)
+    second = await processor.schedule_job("tick", {}, scheduled_for=later)
+    said = await cli(url, "kill", first.id, second.id)
+    assert said.returncode == 0, (said.stdout, said.stderr)
+    statuses = [(await processor.get_job(j.id)).status for j in (first, second)]
+    assert statuses == ["killed", "killed"], said.stdout
+    third = await processor.schedule_job("tick", {}, scheduled_for=later)
+    again = await cli(url, "kill", third.id, first.id, third.id)  # --help: JOB_ID [JOB_ID ...]
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    assert (await processor.get_job(third.id)).status == "killed"
+
+
+APP_IGNORING_CTX = """
+import os
+from pymongo import AsyncMongoClient
+from job_processor import JobDef, init_job_processor
+
+async def report(job, signal):
+    return None
+
+async def make():  # takes no ctx: the worker_tags it gets are its own (None: every job)
+    db = AsyncMongoClient(os.environ["MONGODB_URL"], tz_aware=True).get_default_database()
+    return await init_job_processor(db, jobs={"report": JobDef(handler=report, tag="main")})
+"""
+
+
+async def test_run_tags_are_not_silently_dropped(db: Any, mongo_url: str, tmp_path: Any) -> None:
+    """A factory that does not pass ctx.worker_tags on (a `make()` without ctx) built a
+    processor with tags None, which runs every job: the operator's `--tags reports` (or
+    JOB_PROCESSOR_WORKER_TAGS) was dropped without a word. It is refused before serving."""
+    (tmp_path / "tagless_app.py").write_text(APP_IGNORING_CTX)
+    url = url_with_db(mongo_url, db.name)
+    for args, env, named in (
+        (["--tags", "reports"], {}, "--tags"),
+        ([], {"JOB_PROCESSOR_WORKER_TAGS": "reports"}, "JOB_PROCESSOR_WORKER_TAGS"),
+    ):
+        said = await run_cli(
+            "run", "tagless_app:make", *args, env={"MONGODB_URL": url} | env, cwd=tmp_path
+        )
+        assert said.returncode == 2, (said.returncode, said.stderr[-2000:])
+        assert named in said.stderr and "ctx.worker_tags" in said.stderr, said.stderr[-2000:]
+        assert "Traceback" not in said.stderr
+    assert await db["job_processor_workers"].count_documents({}) == 0
+
+
+async def test_purge_and_retry_with_an_empty_name_act_on_no_other_name(
+    db: Any, mongo_url: str
+) -> None:
+    """operations.md: "A name given to `retry --name` or `purge --name` that no definition and
+    no job has is an error with a did-you-mean (exit 2)". An empty --name (a script's unset
+    "$JOB") is such a name; it must not widen the action to every name."""
+    from job_processor import FakeClock
+
+    url = url_with_db(mongo_url, db.name)
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    processor = await init_job_processor(
+        db,
+        jobs={
+            "a": JobDef(handler=tick),
+            "b": JobDef(handler=tick),
+            "c": JobDef(handler=fails, max_attempts=1),
+        },
+        clock=FakeClock(two_days_ago),
+        keep_finished=True,  # no expiry: only the purge may remove them
+        keep_failed=True,
+    )
+    ended = [await processor.run_job(n) for n in ("a", "b", "c")]
+    assert [j.status for j in ended] == ["finished", "finished", "errored"]
+
+    retry = await cli(url, "jobs", "retry", "--name", "", "--status", "errored")
+    still = (await processor.get_job(ended[2].id)).status
+    assert (retry.returncode, still) == (2, "errored"), (retry.returncode, still, retry.stdout)
+
+    purge = await cli(
+        url, "jobs", "purge", "--status", "finished", "--older-than", "1d", "--name", ""
+    )
+    left = await db["job_processor_jobs"].count_documents({"status": "finished"})
+    assert (purge.returncode, left) == (2, 2), (purge.returncode, left, purge.stdout, purge.stderr)
+
+
+def with_option(url: str, option: str) -> str:
+    return url + ("&" if "?" in url else "?") + option
+
+
+async def test_a_url_option_with_a_bad_value_is_bad_input(db: Any, mongo_url: str) -> None:
+    """The driver only warns about a known option with a value it cannot read and goes on
+    without it, as it does for an unknown option (which the CLI refuses, exit 2): `?tls=yes`
+    then connects in plain text, credentials included, and the command succeeds."""
+    url = url_with_db(mongo_url, db.name)
+    for option in ("tls=yes", "readPreference=secundary", "authMechanism=SCRAM-SHA256"):
+        said = await cli(with_option(url, option), "workers", "list")
+        assert said.returncode == 2, (option, said.returncode, said.stderr)
+        assert option.split("=")[0].lower() in said.stderr.lower(), said.stderr
+    conflict = await cli(with_option(url, "tls=true&ssl=false"), "workers", "list")
+    assert conflict.returncode == 2 and "ssl and tls" in conflict.stderr, conflict.stderr
+    fine = await cli(
+        with_option(url, "readPreference=secondaryPreferred&w=majority"), "workers", "list"
+    )
+    assert fine.returncode == 0, fine.stderr
+
+
+async def test_a_missing_tls_file_in_the_url_is_one_line(db: Any, mongo_url: str) -> None:
+    """A tlsCAFile that names no file (a path typo) is bad input said in one line, not a
+    traceback with exit 1; for `health`, "unhealthy: ..." (exit 1), as a malformed URL is."""
+    url = with_option(url_with_db(mongo_url, db.name), "tlsCAFile=/nonexistent/ca.pem")
+    listing = await cli(url, "jobs", "list")
+    assert "Traceback" not in listing.stderr, listing.stderr
+    assert listing.returncode == 2 and "tlsCAFile" in listing.stderr.replace(
+        "tlscafile", "tlsCAFile"
+    )
+    health = await cli(url, "health")
+    assert "Traceback" not in health.stderr, health.stderr
+    assert health.returncode == 1 and health.stdout.startswith("unhealthy: "), health.stdout
