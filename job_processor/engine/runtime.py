@@ -26,6 +26,7 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
+from . import sentry
 from .crons import CronScheduler
 from .flows import Flows
 from .heartbeat import Heartbeat
@@ -191,7 +192,9 @@ class Runtime:
             except BaseException:
                 self._users -= 1
                 raise
-            self._side_loops = asyncio.create_task(self._run_side_loops(), name="side-loops")
+            self._side_loops = sentry.detached(
+                lambda: asyncio.create_task(self._run_side_loops(), name="side-loops")
+            )
 
     async def _run_side_loops(self) -> None:
         try:
@@ -231,7 +234,9 @@ class Runtime:
             # shielded: a run_job whose caller stops waiting during the teardown never leaves
             # the heartbeat beating for a processor that holds no runtime (the next acquire
             # waits for it)
-            self._teardown = asyncio.create_task(self._end_runtime(), name="runtime-teardown")
+            self._teardown = sentry.detached(
+                lambda: asyncio.create_task(self._end_runtime(), name="runtime-teardown")
+            )
             await asyncio.shield(self._teardown)
 
     async def _end_runtime(self) -> None:
@@ -275,7 +280,10 @@ class Runtime:
             return
         if self._starting is None:
             self._stop_wanted = self._start_abandoned = False
-            self._starting = asyncio.create_task(self._start(), name="start")
+            # the loops in Sentry scopes of their own, not the caller's (a request's span)
+            self._starting = sentry.detached(
+                lambda: asyncio.create_task(self._start(), name="start")
+            )
             self._starting.add_done_callback(lambda _: setattr(self, "_starting", None))
         elif self._start_abandoned:  # a new caller wants the start its last caller gave up on
             self._stop_wanted = self._start_abandoned = False
@@ -338,7 +346,9 @@ class Runtime:
                 return
             # registered at once, even while it waits for a start under way: a start() called
             # after this stop() waits for it, then starts again (the last word)
-            self._stopping = asyncio.create_task(self._stop_after_start(), name="stop")
+            self._stopping = sentry.detached(
+                lambda: asyncio.create_task(self._stop_after_start(), name="stop")
+            )
             self._stopping.add_done_callback(lambda _: setattr(self, "_stopping", None))
         await asyncio.shield(self._stopping)
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.cron_text import croniter_form
 from ..core.definitions import CronDef
 from ..core.runs import WORKER_SILENT
 
 Doc = dict[str, Any]
+T = TypeVar("T")
 _sdk: Any = None
 """sentry_sdk, once the application has imported it (to call `sentry_sdk.init`)."""
 
@@ -130,10 +132,32 @@ def _streaming() -> bool:
     return bool((options.get("_experiments") or {}).get("trace_lifecycle") == "stream")
 
 
+def detached(create: Callable[[], T]) -> T:
+    """`create()` (an `asyncio.create_task` of the processor's own loops) in Sentry scopes of
+    its own, with no span: a task copies its creator's context, and the loops' MongoDB
+    commands (spans of Sentry's PyMongo integration) became spans of the request or startup
+    the processor was started in, their enters and exits interleaving on its one scope (the
+    application's later spans then had a finished span of the worker as their parent)."""
+    if not _client_active():
+        return create()
+    try:
+        scope_cm = _sdk.isolation_scope()
+        scope = scope_cm.__enter__()
+    except Exception:  # monitoring must never break the processor
+        return create()
+    try:
+        with contextlib.suppress(Exception):
+            _new_trace(scope, "job-processor")
+        return create()  # the task's context: a copy of this one, with the forked scopes
+    finally:
+        with contextlib.suppress(Exception):
+            scope_cm.__exit__(None, None, None)  # the caller's scopes again
+
+
 def _new_trace(isolation: Any, name: str) -> None:
-    """A trace of the run's own, with no active span: not part of whatever the worker's loops
-    were started in (an application's request or startup span), nor shared by every run of
-    the process (the events captured with tracing off take the scope's trace)."""
+    """A trace of its own, with no active span: a run's is not part of whatever the worker's
+    loops were started in (an application's request or startup span), nor shared by every run
+    of the process (the events captured with tracing off take the scope's trace)."""
     current = _sdk.get_current_scope()
     current.span = None
     current.set_transaction_name(name, source="task")

@@ -337,9 +337,19 @@ def unknown_url_options(url: str) -> None:
     against the wrong database, `?tls=yes` connected in plain text. A TLS file that cannot be
     read is said here too (the driver raised FileNotFoundError)."""
     query = url.partition("?")[2]
+    authority = re.split("[/?]", url.partition("://")[2], maxsplit=1)[0]
+    # an '@' after the options' '?' with none before it: a user name or password holding an
+    # unescaped '?' or '/' (what follows was read as options); an error never echoes it
+    unescaped = InvalidArgumentError(
+        "MONGODB_URL's user name or password holds a reserved character ('?', '/', '@', ':' "
+        "or '%'): percent-encode them, e.g. with urllib.parse.quote_plus"
+    )
+    in_credentials = "@" in query and "@" not in authority
     known = set(URI_OPTIONS_VALIDATOR_MAP) | set(URI_OPTIONS_ALIAS_MAP)
     for key, _ in urllib.parse.parse_qsl(query, keep_blank_values=True):
         if key.lower() not in known:
+            if in_credentials:
+                raise unescaped
             hint = did_you_mean(key.lower(), sorted(known))
             raise InvalidArgumentError(
                 f"MONGODB_URL has an unknown option {key!r}{hint}: see the MongoDB connection "
@@ -353,6 +363,8 @@ def unknown_url_options(url: str) -> None:
         try:
             split_options(piece, validate=True, warn=False)
         except (PyMongoError, ValueError, TypeError, OSError) as exc:
+            if in_credentials:
+                raise unescaped from None
             raise InvalidArgumentError(
                 f"MONGODB_URL's {what} cannot be used: {exc} (see the MongoDB connection "
                 "string options)"

@@ -144,3 +144,21 @@ async def test_a_missing_tls_file_in_the_url_is_one_line(db: Any, mongo_url: str
     health = await cli(url, "health")
     assert "Traceback" not in health.stderr, health.stderr
     assert health.returncode == 1 and health.stdout.startswith("unhealthy: "), health.stdout
+
+
+async def test_a_bad_url_never_prints_the_password(db: Any, mongo_url: str) -> None:
+    """A password with an unescaped '?' (the driver refuses it) must not be echoed: what
+    follows the '?' in the userinfo is not an option name to quote back in stderr (and the
+    logs that keep it)."""
+    host = mongo_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    for secret in ("hunter2?TopSecretTail", "pa?zqk=wordTAIL&x", "pa/ss?zqk=wordTAIL"):
+        url = f"mongodb://app:{secret}@{host}/{db.name}"
+        said = await cli(url, "workers", "list")
+        assert said.returncode == 2, (said.returncode, said.stderr)
+        assert "percent-encode" in said.stderr, said.stderr
+        tail = secret.split("?", 1)[1]
+        for piece in {tail, tail.split("=")[0], tail.split("&")[-1]}:
+            assert piece not in said.stderr + said.stdout, said.stderr
+    # an '@' in an option's value is no password
+    fine = await cli(f"mongodb://{host}/{db.name}?appName=me@example", "workers", "list")
+    assert fine.returncode == 0, fine.stderr

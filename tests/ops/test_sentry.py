@@ -314,3 +314,96 @@ async def test_a_failing_span_end_does_not_break_run_job_or_the_worker(db: Any) 
             assert processor.worker.runs == {}
     finally:
         sentry_sdk.init(dsn=None)
+
+
+def spans_in_trace(envelopes: list[Any], trace_id: str) -> list[str]:
+    """The names of the child spans Sentry received in one trace (2.x: a transaction's
+    spans; streamed: the span items)."""
+    names = [
+        str(s.get("description"))
+        for t in items(envelopes, "transaction")
+        for s in t.get("spans", [])
+        if s["trace_id"] == trace_id
+    ]
+    names += [
+        s["name"]
+        for batch in items(envelopes, "span")
+        for s in batch["items"]
+        if s["trace_id"] == trace_id and not s["is_segment"]
+    ]
+    return names
+
+
+def app_request() -> Any:
+    """An application's request span (the processor is started in it)."""
+    import sentry_sdk
+
+    if sdk_major() == 2:
+        return sentry_sdk.start_transaction(op="http.server", name="POST /start")
+    return sentry_sdk.traces.start_span(name="POST /start")
+
+
+async def test_the_worker_loops_are_not_in_the_span_the_processor_was_started_in(
+    db: Any, mongo_url: str, envelopes: list[Any]
+) -> None:
+    """operations.md: "Each run is a trace of its own, even when the processor was started
+    inside a request's or a startup's span". The loops start() leaves running (claims,
+    heartbeats) shared the application's Sentry scope: their MongoDB commands were spans of
+    the request."""
+    import sentry_sdk
+    from pymongo import AsyncMongoClient
+
+    # as an application does: sentry_sdk.init first, then its client (traced by Sentry's
+    # PyMongo integration, enabled by default)
+    client: Any = AsyncMongoClient(mongo_url)
+    try:
+        processor = await make(client[db.name], JOBS)
+        with sentry_sdk.isolation_scope(), app_request() as outer:  # the app's request
+            await processor.start()
+            try:  # the worker's claim loop claims and runs it (the request only inserts it)
+                job = await processor.schedule_job("crashy", {})
+                await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+            finally:
+                await processor.stop()
+    finally:
+        await client.close()
+    sentry_sdk.flush()
+    names = spans_in_trace(envelopes, outer.trace_id)
+    assert any(n.startswith('{"insert": "job_processor_jobs"') for n in names)  # the app's
+    loops = [n[:60] for n in names if n.startswith('{"findAndModify": "job_processor_')]
+    assert loops == []
+
+
+async def test_the_applications_spans_after_start_are_children_of_its_span(
+    db: Any, mongo_url: str, envelopes: list[Any]
+) -> None:
+    """An application's own spans after processor.start(), in the span it was started in,
+    are that span's children (the loops' MongoDB command spans, entered and exited on the
+    application's scope, left a finished span of the worker as their parent)."""
+    import asyncio
+
+    import sentry_sdk
+    from pymongo import AsyncMongoClient
+
+    client: Any = AsyncMongoClient(mongo_url)  # after sentry_sdk.init, as in an application
+    loop = asyncio.get_running_loop()
+    parents: set[str | None] = set()
+    try:
+        processor = await make(client[db.name], JOBS)
+        with sentry_sdk.isolation_scope(), app_request() as outer:
+            await processor.start()
+            try:
+                deadline = loop.time() + 1.0
+                while loop.time() < deadline:  # the worker's loops run meanwhile
+                    if sdk_major() == 2:
+                        with sentry_sdk.start_span(op="app", name="app work") as mine:
+                            parents.add(mine.parent_span_id)
+                    else:
+                        with sentry_sdk.traces.start_span(name="app work") as mine:
+                            parents.add(mine._parent_span_id)
+                    await asyncio.sleep(0.005)  # paces the loop (bounded by the deadline)
+            finally:
+                await processor.stop()
+    finally:
+        await client.close()
+    assert parents == {outer.span_id}
