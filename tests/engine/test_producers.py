@@ -661,3 +661,37 @@ async def test_a_wait_judges_a_worker_by_the_worker_timeout_its_document_records
     with pytest.raises(TimeoutError, match="busy with other jobs") as still:
         await producer.wait_for(due.id, timeout=0.1)
     assert "no live worker claims" not in str(still.value)
+
+
+async def test_a_short_wait_does_not_spin_on_a_stream_that_answers_at_once(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """producers.md: wait_for follows a change stream only where the server's streams block,
+    and polls otherwise, "never more than 5 [reads] in any 5 s ... plus one at the deadline".
+    A stream whose getMore answers at once with nothing (nx-27017's) was recognised as not
+    blocking only when the wait had more than 0.3 s left: a wait with a shorter timeout asked
+    it again and again in a tight loop until its deadline, and the next short wait did the
+    same."""
+    p = await make(db, JOBS)  # a producer that is not started: it has not learnt the server
+    job = await p.schedule_job("echo", delay=3600)
+    asked = 0
+
+    class AnswersAtOnce:  # nx-27017's stream: its getMore never waits for a change
+        async def try_next(self) -> None:
+            nonlocal asked
+            asked += 1
+            await asyncio.sleep(0)
+            return None
+
+        async def close(self) -> None: ...
+
+    async def watch_one(oid: ObjectId, max_await_ms: int) -> AnswersAtOnce:
+        return AnswersAtOnce()
+
+    monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
+    assert p.waker.blocking is None
+    for _ in range(3):
+        with pytest.raises(TimeoutError, match=r"is still pending after 0\.3s"):
+            await p.wait_for(job.id, timeout=0.3)
+    assert asked <= 3, f"the stream was asked {asked} times in three waits of 0.3 s"
+    assert p.waker.blocking is False  # learnt: the next waits poll at once
