@@ -133,31 +133,32 @@ def _streaming() -> bool:
 
 
 def detached(create: Callable[[], T]) -> T:
-    """`create()` (an `asyncio.create_task` of the processor's own loops) in Sentry scopes of
-    its own, with no span: a task copies its creator's context, and the loops' MongoDB
-    commands (spans of Sentry's PyMongo integration) became spans of the request or startup
-    the processor was started in, their enters and exits interleaving on its one scope (the
-    application's later spans then had a finished span of the worker as their parent)."""
-    if not _client_active():
+    """`create()` (an `asyncio.create_task` of the processor's own loops) in new, empty Sentry
+    scopes: a task copies its creator's context, so the loops shared the scopes of the request
+    or startup the processor was started in. Their MongoDB commands (spans of Sentry's PyMongo
+    integration) were spans of that request, and every run's error, its scope forked from the
+    loop's, carried the request's tags, user, breadcrumbs and request data. Done whenever
+    sentry_sdk is loaded, initialised or not (it may be initialised after the start)."""
+    sdk = sys.modules.get("sentry_sdk")
+    if sdk is None:
         return create()
+    stack = contextlib.ExitStack()
     try:
-        scope_cm = _sdk.isolation_scope()
-        scope = scope_cm.__enter__()
+        scopes = sdk.scope
+        stack.enter_context(scopes.use_isolation_scope(scopes.Scope(ty=scopes.ScopeType.ISOLATION)))
+        stack.enter_context(scopes.use_scope(scopes.Scope(ty=scopes.ScopeType.CURRENT)))
     except Exception:  # monitoring must never break the processor
+        with contextlib.suppress(Exception):
+            stack.close()  # the caller's scopes again, if one was entered
         return create()
-    try:
-        with contextlib.suppress(Exception):
-            _new_trace(scope, "job-processor")
-        return create()  # the task's context: a copy of this one, with the forked scopes
-    finally:
-        with contextlib.suppress(Exception):
-            scope_cm.__exit__(None, None, None)  # the caller's scopes again
+    with stack:  # left at once: the caller's scopes again; the task keeps the new ones
+        return create()
 
 
 def _new_trace(isolation: Any, name: str) -> None:
-    """A trace of its own, with no active span: a run's is not part of whatever the worker's
-    loops were started in (an application's request or startup span), nor shared by every run
-    of the process (the events captured with tracing off take the scope's trace)."""
+    """A trace of the run's own, with no active span: not part of whatever the run was started
+    in (`run_job` called in a request), nor shared by every run of the process (the events
+    captured with tracing off take the scope's trace)."""
     current = _sdk.get_current_scope()
     current.span = None
     current.set_transaction_name(name, source="task")

@@ -78,6 +78,7 @@ class JobWaits(Runtime):
         produce = self.storage.producer
         pacing = WaitPacing()
         last = False  # the read at the deadline: the job's status then decides
+        quick = False  # the stream's last answer was empty and at once
         while True:
             read_at = time.monotonic()  # paced by when each read starts
             # an outage is ridden out only until the deadline (and half a second for the last read)
@@ -107,7 +108,9 @@ class JobWaits(Runtime):
             # a blocking stream: read again on a change, or every 10 s as a safety net
             until = min(now + 10.0, deadline or now + 10.0)
             while time.monotonic() < until:
-                changed, stream = await self._next_change(stream, until - time.monotonic())
+                changed, stream, quick = await self._next_change(
+                    stream, until - time.monotonic(), quick
+                )
                 if changed or stream is None:
                     break
 
@@ -165,25 +168,31 @@ class JobWaits(Runtime):
             self._waiters_on_streams -= 1
             raise
 
-    async def _next_change(self, stream: Any, wait: float) -> tuple[bool, Any]:
-        """(whether the job changed, the stream or None when it turned out not to block)."""
+    async def _next_change(
+        self, stream: Any, wait: float, quick_before: bool = False
+    ) -> tuple[bool, Any, bool]:
+        """(whether the job changed, the stream or None when it turned out not to block,
+        whether this answer was empty and at once). Two such answers in a row mean the stream
+        does not block: PyMongo answers one at once each time it resumes a stream after a
+        network error or a lost cursor, without asking the server."""
         began = time.monotonic()
         try:  # bounded: a getMore waits 1 s at most, but a connection gone silent never answers
             async with asyncio.timeout(max(wait, 0.0) + STREAM_READ_MARGIN):
                 change = await stream.try_next()
         except (PyMongoError, TimeoutError):
             await _close(stream)
-            return True, None  # read again, then poll
+            return True, None, False  # read again, then poll
         if change is not None:
-            return True, stream
-        if time.monotonic() - began < 0.25:
-            # it answered at once with nothing: its getMore (which waits 1 s for a change
+            return True, stream, False
+        quick = time.monotonic() - began < 0.25
+        if quick and quick_before:
+            # it answers at once with nothing: its getMore (which waits 1 s for a change
             # whatever the wait has left) does not block here; a short wait asked it again and
             # again until its deadline (about 1,100 getMores in 0.3 s on nx-27017)
             await _close(stream)
             self.waker.blocking = False  # (the next waits poll at once)
-            return False, None
-        return False, stream
+            return False, None, True
+        return False, stream, quick
 
     @keywords_checked
     async def result(

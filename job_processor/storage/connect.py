@@ -335,21 +335,31 @@ def unknown_url_options(url: str) -> None:
     """A URL option the driver does not know, or a value it cannot read, is bad input naming
     it. The driver only warns, and goes on without the option: `?authSorce=admin` logged in
     against the wrong database, `?tls=yes` connected in plain text. A TLS file that cannot be
-    read is said here too (the driver raised FileNotFoundError)."""
+    read is said here too (the driver raised FileNotFoundError).
+
+    A user name or password holding an unescaped '?' or '/' spills into what reads as the
+    options, up to its last '@' at most: an option at or before the query's last '@' is never
+    quoted back (it may be a part of the password)."""
     query = url.partition("?")[2]
-    authority = re.split("[/?]", url.partition("://")[2], maxsplit=1)[0]
-    # an '@' after the options' '?' with none before it: a user name or password holding an
-    # unescaped '?' or '/' (what follows was read as options); an error never echoes it
-    unescaped = InvalidArgumentError(
-        "MONGODB_URL's user name or password holds a reserved character ('?', '/', '@', ':' "
-        "or '%'): percent-encode them, e.g. with urllib.parse.quote_plus"
+    last_at = query.rfind("@")
+    pieces: list[tuple[str, bool]] = []  # (an option as written, whether it may be secret)
+    at = 0
+    for piece in re.split("[&;]", query):
+        if piece:
+            pieces.append((piece, at <= last_at))
+        at += len(piece) + 1
+    hidden = InvalidArgumentError(
+        "MONGODB_URL has an option the driver cannot use, or a user name or password holding "
+        "a reserved character ('?', '/', '@', ':' or '%') that is not percent-encoded (encode "
+        "them, e.g. with urllib.parse.quote_plus); the option is not shown: it may be a part "
+        "of the password"
     )
-    in_credentials = "@" in query and "@" not in authority
     known = set(URI_OPTIONS_VALIDATOR_MAP) | set(URI_OPTIONS_ALIAS_MAP)
-    for key, _ in urllib.parse.parse_qsl(query, keep_blank_values=True):
+    for piece, secret in pieces:
+        key = urllib.parse.unquote_plus(piece.partition("=")[0])
         if key.lower() not in known:
-            if in_credentials:
-                raise unescaped
+            if secret:
+                raise hidden
             hint = did_you_mean(key.lower(), sorted(known))
             raise InvalidArgumentError(
                 f"MONGODB_URL has an unknown option {key!r}{hint}: see the MongoDB connection "
@@ -357,14 +367,14 @@ def unknown_url_options(url: str) -> None:
             )
     # the driver's own reading of the options, without its warnings (and no DNS look-up):
     # each one as written, to name it, then all together (conflicts, as tls=true&ssl=false)
-    pieces = [p for p in re.split("[&;]", query) if p]
-    named = [(f"option {p.partition('=')[0]}", p) for p in pieces]
-    for what, piece in named + ([("options", query)] if len(pieces) > 1 else []):
+    named = [(f"option {p.partition('=')[0]}", p, secret) for p, secret in pieces]
+    together = [("options", query, last_at >= 0)] if len(pieces) > 1 else []
+    for what, piece, secret in named + together:
         try:
             split_options(piece, validate=True, warn=False)
         except (PyMongoError, ValueError, TypeError, OSError) as exc:
-            if in_credentials:
-                raise unescaped from None
+            if secret:
+                raise hidden from None
             raise InvalidArgumentError(
                 f"MONGODB_URL's {what} cannot be used: {exc} (see the MongoDB connection "
                 "string options)"

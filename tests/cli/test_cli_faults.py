@@ -162,3 +162,25 @@ async def test_a_bad_url_never_prints_the_password(db: Any, mongo_url: str) -> N
     # an '@' in an option's value is no password
     fine = await cli(f"mongodb://{host}/{db.name}?appName=me@example", "workers", "list")
     assert fine.returncode == 0, fine.stderr
+
+
+async def test_a_password_with_an_at_sign_before_its_question_mark_is_not_printed(
+    db: Any, mongo_url: str
+) -> None:
+    host = mongo_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    for secret in ("p@ss?TopSecretTail", "p@ss?TopSecret=Tail", "p@ss?tls=TopSecretTail"):
+        url = f"mongodb://app:{secret}@{host}/{db.name}"
+        said = await cli(url, "workers", "list")
+        assert said.returncode == 2, (said.returncode, said.stderr)
+        assert "TopSecret" not in said.stderr + said.stdout, said.stderr
+
+
+async def test_a_url_without_credentials_is_not_said_to_have_a_bad_password(
+    db: Any, mongo_url: str
+) -> None:
+    """An '@' in an option's value is no password: the typo after it is named."""
+    host = mongo_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    url = f"mongodb://{host}/{db.name}?appName=me@example&authSorce=admin"
+    said = await cli(url, "workers", "list")
+    assert said.returncode == 2, (said.returncode, said.stderr)
+    assert "authSorce" in said.stderr and "password" not in said.stderr, said.stderr

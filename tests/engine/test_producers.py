@@ -695,3 +695,36 @@ async def test_a_short_wait_does_not_spin_on_a_stream_that_answers_at_once(
             await p.wait_for(job.id, timeout=0.3)
     assert asked <= 3, f"the stream was asked {asked} times in three waits of 0.3 s"
     assert p.waker.blocking is False  # learnt: the next waits poll at once
+
+
+async def test_a_resumed_blocking_stream_does_not_make_every_later_wait_poll(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyMongo answers a change stream's try_next at once, empty, when it resumes the stream
+    after a resumable error (a lost cursor, a network error): one such answer made every later
+    wait_for of a producer process poll, on a replica set whose streams block."""
+    from pymongo.asynchronous.command_cursor import AsyncCommandCursor
+    from pymongo.errors import CursorNotFound
+
+    p = await make(db, JOBS)  # a producer (an app that schedules and waits): no waker running
+    job = await p.schedule_job("echo", delay=3600)
+    real_send = AsyncCommandCursor._send_message
+    kill_next = True
+
+    async def send(self: Any, operation: Any) -> Any:
+        nonlocal kill_next
+        if getattr(operation, "name", "") == "getMore" and operation.max_await_time_ms:
+            if kill_next:  # the stream's cursor was killed: the server says so at once
+                kill_next = False
+                raise CursorNotFound("cursor id 1 not found", 43, {"ok": 0, "code": 43})
+            await asyncio.sleep(operation.max_await_time_ms / 1000)  # a replica set: no change
+        return await real_send(self, operation)
+
+    monkeypatch.setattr(AsyncCommandCursor, "_send_message", send)
+    p.waker.blocking = True  # a replica set's streams, which block
+    with pytest.raises(TimeoutError, match="still pending"):
+        await p.wait_for(job.id, timeout=1.5)
+    assert not kill_next  # the resumable error was met (and ridden out by PyMongo's resume)
+    assert p.waker.blocking is not False, (
+        "one resume of a blocking stream made every later wait_for of the process poll"
+    )

@@ -407,3 +407,66 @@ async def test_the_applications_spans_after_start_are_children_of_its_span(
     finally:
         await client.close()
     assert parents == {outer.span_id}
+
+
+async def test_a_runs_errors_carry_nothing_of_the_request_the_processor_was_started_in(
+    db: Any, envelopes: list[Any]
+) -> None:
+    """operations.md: "the errors of one run are never linked to another run's, nor to that
+    request". The loops' scopes were forks of the caller's (tags, user, breadcrumbs, event
+    processors), and each run's scope a fork of those."""
+    import sentry_sdk
+
+    processor = await make(db, JOBS)
+    with sentry_sdk.isolation_scope() as request:  # the app's request, as a web integration sets it
+        request.set_tag("http.request_id", "req-42")
+        request.set_user({"id": "user-7", "email": "alice@example.com"})
+        sentry_sdk.add_breadcrumb(message="POST /start by alice")
+
+        def add_request(event: Any, hint: Any) -> Any:
+            event["request"] = {"url": "https://app.example/start", "method": "POST"}
+            return event
+
+        request.add_event_processor(add_request)
+        with app_request():
+            await processor.start()
+    try:
+        bad = await processor.schedule_job("boom", {})
+        await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+    finally:
+        await processor.stop()
+    sentry_sdk.flush()
+    events = [e for e in items(envelopes, "event") if e["tags"].get("job.id") == bad.id]
+    assert len(events) == 2  # both attempts captured
+    for event in events:
+        crumbs = [b.get("message") for b in (event.get("breadcrumbs") or {}).get("values", [])]
+        leaked = {
+            "tag": event["tags"].get("http.request_id"),
+            "user": event.get("user"),
+            "request": event.get("request"),
+            "breadcrumb": "POST /start by alice" in crumbs,
+        }
+        assert leaked == {"tag": None, "user": None, "request": None, "breadcrumb": False}
+
+
+async def test_a_processor_started_before_sentry_init_does_not_share_the_callers_scope(
+    db: Any,
+) -> None:
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=None)
+    processor = await make(db, JOBS)
+    try:
+        with sentry_sdk.isolation_scope() as request:
+            await processor.start()
+            captured = capturing_init()  # Sentry set up after the processor started
+            request.set_tag("http.request_id", "req-43")  # the app's, after start()
+            bad = await processor.schedule_job("boom", {})
+            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+        await processor.stop()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    events = [e for e in items(captured, "event") if e["tags"].get("job.id") == bad.id]
+    assert len(events) == 2
+    assert [e["tags"].get("http.request_id") for e in events] == [None, None]
