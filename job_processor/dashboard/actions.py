@@ -178,15 +178,28 @@ async def retry_all(d: Dashboard, request: Request) -> Response:
         "created_before": form.get("before") or None,
     }
 
-    async def listed_only() -> ActionResult:
-        """A page filtered by id lists that job, if it matches the other filters too: only
-        what it lists is retried (nothing when it lists nothing)."""
-        page = await admin.list_jobs(id=form["id"], limit=1, **matching)
-        return await admin.retry([j.id for j in page.jobs], actor=d.actor(request))
+    if form.get("id"):
+        # a page filtered by id lists that job, if it matches the other filters too: only
+        # what it lists is retried, nothing when it lists nothing (any more)
+        try:
+            listed = await admin.list_jobs(id=form["id"], limit=1, **matching)
+        except JobProcessorError as exc:
+            lines = [d.masker.text(str(exc))]
+            return d.redirect(
+                request, back, {"kind": "error", "title": "Retry all failed", "lines": lines}
+            )
+        if not listed.jobs:
+            flash = {
+                "kind": "warn",
+                "title": "Nothing retried",
+                "lines": [f"job {form['id']} is not {status} (or no longer matches the filter)"],
+            }
+            return d.redirect(request, back, flash)
+        ids = [j.id for j in listed.jobs]
 
     def call() -> Awaitable[ActionResult]:
         if form.get("id"):
-            return listed_only()
+            return admin.retry(ids, actor=d.actor(request))
         return admin.retry_many(**matching, actor=d.actor(request))
 
     _, response = await _run(d, request, "Retry all", call, back)

@@ -143,6 +143,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         status_code=400 if error else 200,
         page=page,
         filters=shown,
+        exact=filters,  # the times the listing applies (the form shows them to the second)
         active=active,
         params=active | ({"limit": limit} if limit else {}),
         errors={j.id: last_error_line(d, j, carried) for j in page.jobs if j.error},

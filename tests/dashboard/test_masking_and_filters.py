@@ -160,3 +160,75 @@ async def test_the_job_page_masks_a_secret_cut_by_the_end_of_a_long_log_message(
         page = await c.get(f"/jobs/{done.id}")
         assert "xxxxxxxx" in page.text
         assert password[:kept] not in page.text
+
+
+async def test_retry_all_matching_keeps_the_sub_second_time_filter_the_page_listed_by(
+    processor: Any,
+) -> None:
+    """/jobs?status=errored&id=A&before=<A's creation + 1 ms> lists A and offers "Retry all
+    errored matching"; its hidden `before` was the filter form's datetime-local value, cut to
+    the second (before A was created), so the retry matched nothing the page listed, and said
+    "Retry all failed: give at least one job id"."""
+    p, _ = processor
+    while True:  # a creation time with a fraction of a second (999 times in 1,000)
+        job_id = await errored_email(p)
+        created = (await p.get_job(job_id)).created_at
+        if created.microsecond:
+            break
+    before = (created + dt.timedelta(milliseconds=1)).isoformat().replace("+00:00", "Z")
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get("/jobs", params={"status": "errored", "id": job_id, "before": before})
+        assert page.status_code == 200 and f'/jobs/{job_id}"' in page.text  # listed
+        form = re.search(r'<form method="post" action="/jobs/retry-all".*?</form>', page.text, re.S)
+        assert form, "no Retry all errored matching button"
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(0)))
+        resp = await c.post("/jobs/retry-all", data=fields | {"confirm": "yes"})
+        assert resp.status_code == 303
+        flash = flash_of(resp)
+        assert flash["lines"] == [job_id], (fields["before"], flash)
+        assert (await p.get_job(job_id)).status == S.PENDING
+        # the same page once the job is no longer errored: nothing retried, and said so
+        again = await c.post("/jobs/retry-all", data=fields | {"confirm": "yes"})
+        assert flash_of(again)["title"] == "Nothing retried", flash_of(again)
+
+
+async def test_retry_all_matching_after_a_sub_second_time_retries_no_job_the_page_left_out() -> (
+    None
+):
+    """On a server that compares dates to the millisecond (MongoDB; mongomock here, nx-27017
+    compares to the second): /jobs?status=errored&after=<B's creation> lists B, not A created
+    0.3 s before it in the same second; "Retry all errored matching" retried A too."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    async def fail(job: Job, signal: AbortSignal) -> None:
+        raise ValueError("boom")
+
+    mdb = AsyncMongoMockClient(tz_aware=True)["jp_sub_second"]
+    p = await init_job_processor(mdb, jobs={"fail": JobDef(handler=fail)}, **FAST)
+    async with p:
+        while dt.datetime.now(dt.UTC).microsecond > 300_000:  # A and B in one second
+            await asyncio.sleep(0.01)
+        a = await p.schedule_job("fail", {"n": 1})
+        await asyncio.sleep(0.3)  # B 0.3 s after A, in the same second
+        b = await p.schedule_job("fail", {"n": 2})
+
+        async def both_errored() -> bool:
+            return all([(await p.get_job(j.id)).status == S.ERRORED for j in (a, b)])
+
+        await wait_until(both_errored)
+        created_b = (await p.get_job(b.id)).created_at
+        app = create_dashboard(p, auth=AUTH)
+        async with client(app) as c:
+            after = created_b.isoformat().replace("+00:00", "Z")
+            page = await c.get("/jobs", params={"status": "errored", "after": after})
+            assert f'/jobs/{b.id}"' in page.text and f'/jobs/{a.id}"' not in page.text
+            form = re.search(
+                r'<form method="post" action="/jobs/retry-all".*?</form>', page.text, re.S
+            )
+            assert form, "no Retry all errored matching button"
+            fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(0)))
+            resp = await c.post("/jobs/retry-all", data=fields | {"confirm": "yes"})
+            assert resp.status_code == 303
+        assert (await p.get_job(a.id)).status == S.ERRORED
+        assert (await p.get_job(b.id)).status != S.ERRORED

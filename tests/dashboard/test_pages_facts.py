@@ -189,3 +189,34 @@ async def test_the_folded_row_of_a_per_tenant_limit_states_the_per_key_limit(db:
     # Each of those keys allows at most 2 runs and 3 starts per minute: the page must say so.
     assert "across 5 quieter keys, each at most 2" in folded[0], folded[0]
     assert "each key at most 3 per minute" in folded[0], folded[0]
+
+
+async def test_names_page_offers_new_job_only_for_names_the_new_job_form_accepts(db: Any) -> None:
+    """The new-job form lists no event delivery (emit() and replays make those, and its POST
+    refuses them), yet the Names page showed a "New job" button on the built-in
+    webhook-delivery and on each subscriber's `<event>:<subscriber>` row: it opened a form
+    with no name chosen."""
+
+    async def handler(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def on_ship(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(
+        db,
+        jobs={"send-email": JobDef(handler=handler)},
+        subscribers={"shipment_created": [Subscriber("notify", handler=on_ship)]},
+        **FAST,
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with p, client(app) as c:  # started: its names are registered
+        names = await c.get("/names")
+        assert names.status_code == 200
+        offered = set(re.findall(r'href="/jobs/new\?name=([^"]+)"', names.text))
+        form = await c.get("/jobs/new")
+        choices = set(re.findall(r'<option value="([^"]+)"', form.text))
+    assert form.status_code == 200, form.text[-500:]
+    assert "send-email" in offered and "send-email" in choices
+    assert "shipment_created:notify" in names.text  # listed, without the button
+    assert offered <= {x.replace(":", "%3A") for x in choices}, offered
