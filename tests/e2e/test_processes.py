@@ -18,7 +18,7 @@ import pytest
 from job_processor import JobProcessor, JobSpec, JobStatus, init_job_processor
 from job_processor.core.runs import WORKER_SILENT
 from tests.conftest import url_with_db
-from tests.helpers import wait_status
+from tests.helpers import wait_for, wait_status
 
 from .app import JOBS
 
@@ -479,3 +479,91 @@ async def test_a_worker_whose_log_pipe_is_closed_keeps_working(
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+# Frozen (SIGSTOP) and killed workers: an outside audit found no real-process test of these
+# promises of docs/guide.md and docs/flows.md.
+
+
+async def step_reached(client: JobProcessor, job_id: str, step: int, attempt: int = 1) -> None:
+    """Wait until the resumable job's checkpoint has reached `step` in that attempt."""
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        job = await client.get_job(job_id)
+        if job.attempt == attempt and (job.state or {}).get("step", 0) >= step:
+            return
+        assert asyncio.get_running_loop().time() < deadline, (job.attempt, job.state)
+        await asyncio.sleep(0.05)  # paces the reads (bounded by the deadline)
+
+
+async def test_a_frozen_worker_resumed_after_recovery_writes_nothing_over_it(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    """guide.md: a worker whose heartbeat stops (here its process is frozen, as a paused VM
+    or a long GC would) is declared dead after worker_timeout and its jobs recovered; when it
+    runs again it gives its runs up (job_lost) and writes nothing over what the recovery
+    wrote."""
+    a = spawn("runner-2")
+    plain = await client.schedule_job("long-plain")
+    resumable = await client.schedule_job("long-resumable", {"steps": 60})
+    await wait_status(client, plain.id, S.RUNNING)
+    await step_reached(client, resumable.id, 3)
+    a.proc.send_signal(signal.SIGSTOP)
+    b = spawn("runner-3")
+    crashed = await wait_status(client, plain.id, S.ERRORED, timeout=30)
+    assert crashed.error == WORKER_SILENT
+    await step_reached(client, resumable.id, 1, attempt=2)  # resumed by the other worker
+    a.proc.send_signal(signal.SIGCONT)
+    # the frozen worker wakes up, finds its runs recovered and gives them up
+    for job_id in (plain.id, resumable.id):
+        await wait_for(
+            lambda job_id=job_id: any(
+                "job_lost" in line and job_id in line for line in a.output().splitlines()
+            ),
+            timeout=30,
+        )
+    assert "worker_declared_dead" in a.output()
+    done = await wait_status(client, resumable.id, S.FINISHED, timeout=30)
+    assert done.result["instance_id"] == "runner-3", done
+    assert done.state is not None and done.state["step"] == 60, done.state
+    after = await client.get_job(plain.id)
+    assert (after.status, after.error) == (S.ERRORED, WORKER_SILENT)
+    await wait_workers(client, 2)  # the woken worker registered again
+    for w in (a, b):
+        w.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(w) == 0, w.output()[-3000:]
+
+
+async def test_a_sigkilled_dependency_releases_its_dependents_after_recovery(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    """flows.md: a job waiting for one whose worker is killed (SIGKILL) is released by the
+    recovered end: skipped, run or errored by its on_dependency_failure; one waiting for a
+    resumable job is released once that job finishes on the other worker."""
+    a = spawn("runner-2")
+    dep = await client.schedule_job("long-plain")
+    resumable = await client.schedule_job("long-resumable", {"steps": 40})
+    waiting = {
+        policy: await client.schedule_job(
+            "anywhere", {"policy": policy}, after=[dep], on_dependency_failure=policy
+        )
+        for policy in ("skip", "run", "error")
+    }
+    after_resumable = await client.schedule_job("anywhere", {"x": 1}, after=[resumable])
+    await wait_status(client, dep.id, S.RUNNING)
+    await step_reached(client, resumable.id, 1)
+    a.proc.send_signal(signal.SIGKILL)
+    await wait_exit(a)
+    b = spawn("runner-3")
+    assert (await wait_status(client, dep.id, S.ERRORED, timeout=30)).error == WORKER_SILENT
+    skipped = await wait_status(client, waiting["skip"].id, S.SKIPPED, timeout=30)
+    assert skipped.failed_dependency == dep.id
+    ran = await wait_status(client, waiting["run"].id, S.FINISHED, timeout=30)
+    assert ran.deps == {dep.id: "errored"}
+    await wait_status(client, waiting["error"].id, S.ERRORED, timeout=30)
+    await wait_status(client, resumable.id, S.FINISHED, timeout=30)
+    done = await wait_status(client, after_resumable.id, S.FINISHED, timeout=30)
+    assert done.deps == {resumable.id: "finished"}
+    b.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(b) == 0
