@@ -127,7 +127,10 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     except (InvalidArgumentError, UnknownJobError) as exc:
         error = str(exc)
         filters = {k: request.query_params.get(k, "").strip() for k in FILTERS}
-    names = sorted({x.name for x in await admin.list_definitions()})
+    definitions = await admin.list_definitions()
+    names = sorted({x.name for x in definitions})
+    # the names the new-job form accepts (not an event's deliveries, nor crons)
+    creatable = {x.name for x in definitions if x.kind == "job" and not x.delivery}
     carried = await admin.carried(page.jobs)
     # what a row's payload and progress message hide: the job's secrets, as on its own page
     # (a checkpoint's session id repeated in a payload field of an ordinary name)
@@ -144,6 +147,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         page=page,
         filters=shown,
         exact=filters,  # the times the listing applies (the form shows them to the second)
+        creatable=creatable,
         active=active,
         params=active | ({"limit": limit} if limit else {}),
         errors={j.id: last_error_line(d, j, carried) for j in page.jobs if j.error},

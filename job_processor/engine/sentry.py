@@ -133,25 +133,39 @@ def _streaming() -> bool:
 
 
 def detached(create: Callable[[], T]) -> T:
-    """`create()` (an `asyncio.create_task` of the processor's own loops) in new, empty Sentry
-    scopes: a task copies its creator's context, so the loops shared the scopes of the request
-    or startup the processor was started in. Their MongoDB commands (spans of Sentry's PyMongo
-    integration) were spans of that request, and every run's error, its scope forked from the
-    loop's, carried the request's tags, user, breadcrumbs and request data. Done whenever
-    sentry_sdk is loaded, initialised or not (it may be initialised after the start)."""
+    """`create()` (an `asyncio.create_task` of the processor's own loops) in Sentry scopes of
+    their own. A task copies its creator's context, so the loops shared the caller's scopes:
+    their MongoDB commands (spans of Sentry's PyMongo integration) became spans of the caller's
+    span, and every run's error carried what the caller's scope holds.
+
+    Started where a span is active (a request, a startup transaction): new, empty scopes, so
+    that nothing of that request (tags, user, breadcrumbs, request data) is on any job's
+    event. Started elsewhere (the application's startup code, `main`): copies of the caller's
+    scopes, with no span and a trace of their own, so that what the application set for the
+    whole process (`sentry_sdk.set_tag`, `set_user` at module level) is on the jobs' events,
+    as on its own. Done whenever sentry_sdk is loaded (it may be initialised after the start)."""
     sdk = sys.modules.get("sentry_sdk")
     if sdk is None:
         return create()
     stack = contextlib.ExitStack()
     try:
         scopes = sdk.scope
-        stack.enter_context(scopes.use_isolation_scope(scopes.Scope(ty=scopes.ScopeType.ISOLATION)))
-        stack.enter_context(scopes.use_scope(scopes.Scope(ty=scopes.ScopeType.CURRENT)))
+        if sdk.get_current_scope().span is not None:
+            stack.enter_context(
+                scopes.use_isolation_scope(scopes.Scope(ty=scopes.ScopeType.ISOLATION))
+            )
+            stack.enter_context(scopes.use_scope(scopes.Scope(ty=scopes.ScopeType.CURRENT)))
+        else:
+            isolation = stack.enter_context(sdk.isolation_scope())
+            current = sdk.get_current_scope()
+            current.span = None
+            isolation.set_new_propagation_context()
+            current.set_new_propagation_context()
     except Exception:  # monitoring must never break the processor
         with contextlib.suppress(Exception):
             stack.close()  # the caller's scopes again, if one was entered
         return create()
-    with stack:  # left at once: the caller's scopes again; the task keeps the new ones
+    with stack:  # left at once: the caller's scopes again; the task keeps its own
         return create()
 
 

@@ -232,3 +232,19 @@ async def test_retry_all_matching_after_a_sub_second_time_retries_no_job_the_pag
             assert resp.status_code == 303
         assert (await p.get_job(a.id)).status == S.ERRORED
         assert (await p.get_job(b.id)).status != S.ERRORED
+
+
+async def test_a_refused_jobs_filter_offers_no_retry_all_of_everything(processor: Any) -> None:
+    """/jobs?status=errored&nmae=other (a typo) is refused: the page lists no job and says
+    "unknown parameter 'nmae'". It offered "Retry all errored matching" for the filter it did
+    not apply: the button retried every errored job of every name."""
+    p, _ = processor
+    victim = await errored_email(p)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        page = await c.get("/jobs", params={"status": "errored", "nmae": "nothing-like-it"})
+        assert page.status_code == 400 and "unknown parameter" in page.text
+        assert f'/jobs/{victim}"' not in page.text  # nothing listed
+        form = re.search(r'<form method="post" action="/jobs/retry-all".*?</form>', page.text, re.S)
+        assert form is None, "Retry all offered on a refused filter"
+    assert (await p.get_job(victim)).status == S.ERRORED

@@ -220,3 +220,36 @@ async def test_names_page_offers_new_job_only_for_names_the_new_job_form_accepts
     assert "send-email" in offered and "send-email" in choices
     assert "shipment_created:notify" in names.text  # listed, without the button
     assert offered <= {x.replace(":", "%3A") for x in choices}, offered
+
+
+async def test_jobs_page_new_job_link_preselects_only_a_name_the_form_accepts(db: Any) -> None:
+    """The Jobs page filtered by an event's delivery name linked "+ New job" to
+    /jobs/new?name=<delivery name>: a form with no name chosen (it refuses deliveries)."""
+
+    async def handler(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async def on_ship(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(
+        db,
+        jobs={"send-email": JobDef(handler=handler)},
+        subscribers={"shipment_created": [Subscriber("notify", handler=on_ship)]},
+        **FAST,
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with p, client(app) as c:
+        form = await c.get("/jobs/new")
+        choices = set(re.findall(r'<option value="([^"]+)"', form.text))
+        linked = {}
+        for name in ("send-email", "shipment_created:notify", "webhook-delivery"):
+            page = await c.get("/jobs", params={"name": name})
+            assert page.status_code == 200, (name, page.text[-300:])
+            linked[name] = re.findall(r'href="/jobs/new(?:\?name=([^"]*))?"', page.text)
+    assert linked == {
+        "send-email": ["send-email"],
+        "shipment_created:notify": [""],
+        "webhook-delivery": [""],
+    }, linked
+    assert "send-email" in choices

@@ -470,3 +470,37 @@ async def test_a_processor_started_before_sentry_init_does_not_share_the_callers
     events = [e for e in items(captured, "event") if e["tags"].get("job.id") == bad.id]
     assert len(events) == 2
     assert [e["tags"].get("http.request_id") for e in events] == [None, None]
+
+
+async def test_a_runs_errors_keep_the_tags_the_app_set_at_module_level(
+    db: Any, envelopes: list[Any]
+) -> None:
+    """The usual set-up, `sentry_sdk.init(...)` then `sentry_sdk.set_tag("service", ...)` at
+    module level (Sentry puts it on the process's isolation scope, which every task of the
+    app inherits), then `await processor.start()` in the same context (no request): every
+    event of the app carries the tag, a failed run's must too (new, empty scopes for the loops
+    dropped it)."""
+    import sentry_sdk
+
+    base = sentry_sdk.get_isolation_scope()  # what a module-level set_tag writes to
+    sentry_sdk.set_tag("service", "billing")  # as an app does right after sentry_sdk.init
+    sentry_sdk.set_user({"id": "svc-billing"})
+    try:
+        processor = await make(db, JOBS)
+        async with processor:
+            bad = await processor.schedule_job("boom", {})
+            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+        sentry_sdk.capture_message("the app's own event")  # for comparison
+        sentry_sdk.flush()
+    finally:
+        base.remove_tag("service")
+        base.set_user(None)
+    events = items(envelopes, "event")
+    [app_event] = [e for e in events if e.get("message") == "the app's own event"]
+    assert app_event["tags"].get("service") == "billing"  # the app's events have it
+    runs = [e for e in events if e["tags"].get("job.id") == bad.id]
+    assert len(runs) == 2
+    assert [e["tags"].get("service") for e in runs] == ["billing", "billing"]
+    assert [(e.get("user") or {}).get("id") for e in runs] == ["svc-billing", "svc-billing"]
+    # and each run still a trace of its own, not the process's
+    assert len({e["contexts"]["trace"]["trace_id"] for e in runs}) == 2
