@@ -150,7 +150,7 @@ def detached(create: Callable[[], T]) -> T:
     stack = contextlib.ExitStack()
     try:
         scopes = sdk.scope
-        if sdk.get_current_scope().span is not None:
+        if _in_live_span(sdk.get_current_scope()):
             stack.enter_context(
                 scopes.use_isolation_scope(scopes.Scope(ty=scopes.ScopeType.ISOLATION))
             )
@@ -167,6 +167,17 @@ def detached(create: Callable[[], T]) -> T:
         return create()
     with stack:  # left at once: the caller's scopes again; the task keeps its own
         return create()
+
+
+def _in_live_span(scope: Any) -> bool:
+    """Is a span under way on this scope? Not one that has ended: sentry-sdk 2.x's PyMongo
+    integration leaves a finished command span as the scope's span when commands overlap in
+    one context (an application's `asyncio.gather` of queries at startup)."""
+    span = scope.span
+    if span is None:
+        return False
+    ended = getattr(span, "timestamp", None) or getattr(span, "end_timestamp", None)
+    return ended is None
 
 
 def _new_trace(isolation: Any, name: str) -> None:

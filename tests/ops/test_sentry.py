@@ -473,20 +473,29 @@ async def test_a_processor_started_before_sentry_init_does_not_share_the_callers
 
 
 async def test_a_runs_errors_keep_the_tags_the_app_set_at_module_level(
-    db: Any, envelopes: list[Any]
+    db: Any, mongo_url: str, envelopes: list[Any]
 ) -> None:
     """The usual set-up, `sentry_sdk.init(...)` then `sentry_sdk.set_tag("service", ...)` at
     module level (Sentry puts it on the process's isolation scope, which every task of the
     app inherits), then `await processor.start()` in the same context (no request): every
     event of the app carries the tag, a failed run's must too (new, empty scopes for the loops
     dropped it)."""
+    import asyncio
+
     import sentry_sdk
+    from pymongo import AsyncMongoClient
 
     base = sentry_sdk.get_isolation_scope()  # what a module-level set_tag writes to
     sentry_sdk.set_tag("service", "billing")  # as an app does right after sentry_sdk.init
     sentry_sdk.set_user({"id": "svc-billing"})
+    client: Any = AsyncMongoClient(mongo_url)  # after sentry_sdk.init: traced by Sentry
+    scope_span = sentry_sdk.get_current_scope().span
     try:
-        processor = await make(db, JOBS)
+        app_db = client[db.name]
+        # the app's queries at startup, overlapping: sentry-sdk 2.x's PyMongo integration then
+        # leaves a finished command span on the scope, which read as "inside a request"
+        await asyncio.gather(*[app_db.things.find_one({}) for _ in range(5)])
+        processor = await make(app_db, JOBS)
         async with processor:
             bad = await processor.schedule_job("boom", {})
             await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
@@ -495,6 +504,8 @@ async def test_a_runs_errors_keep_the_tags_the_app_set_at_module_level(
     finally:
         base.remove_tag("service")
         base.set_user(None)
+        sentry_sdk.get_current_scope().span = scope_span
+        await client.close()
     events = items(envelopes, "event")
     [app_event] = [e for e in events if e.get("message") == "the app's own event"]
     assert app_event["tags"].get("service") == "billing"  # the app's events have it
