@@ -104,6 +104,9 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
             scope.set_tag(key, value)  # on the events captured in the run
         scope.set_context("job", _context(doc))
         _new_trace(scope, name)
+        # after a web framework's own (run_job called in a request): its processor renames
+        # every event after the route unless the name's source is a route or custom one
+        scope.add_event_processor(_named(name))
         if not _streaming():
             transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
             transaction.__enter__()
@@ -119,6 +122,18 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         return RunTrace(scope_cm, root, doc, streamed=True)
     except Exception:  # monitoring must never break a job
         return None
+
+
+def _named(name: str) -> Callable[[Any, Any], Any]:
+    """An event processor naming a run's events (its transaction too) after the job."""
+
+    def named(event: Any, hint: Any) -> Any:
+        if isinstance(event, dict) and event.get("type") != "check_in":
+            event["transaction"] = name
+            event["transaction_info"] = {"source": "task"}
+        return event
+
+    return named
 
 
 def _streaming() -> bool:
@@ -172,12 +187,15 @@ def detached(create: Callable[[], T]) -> T:
 def _in_live_span(scope: Any) -> bool:
     """Is a span under way on this scope? Not one that has ended: sentry-sdk 2.x's PyMongo
     integration leaves a finished command span as the scope's span when commands overlap in
-    one context (an application's `asyncio.gather` of queries at startup)."""
-    span = scope.span
-    if span is None:
-        return False
-    ended = getattr(span, "timestamp", None) or getattr(span, "end_timestamp", None)
-    return ended is None
+    one context (an application's `asyncio.gather` of queries at startup). With 2.x streaming
+    spans (`trace_lifecycle="stream"`) the scope's `span` is None: its `streamed_span` is."""
+    for span in (scope.span, getattr(scope, "streamed_span", None)):  # 2.x: either kind
+        if span is None:
+            continue
+        ended = getattr(span, "timestamp", None) or getattr(span, "end_timestamp", None)
+        if ended is None:
+            return True
+    return False
 
 
 def _new_trace(isolation: Any, name: str) -> None:

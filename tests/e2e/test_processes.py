@@ -567,3 +567,37 @@ async def test_a_sigkilled_dependency_releases_its_dependents_after_recovery(
     assert done.deps == {resumable.id: "finished"}
     b.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(b) == 0
+
+
+async def test_a_frozen_worker_resumed_writes_no_checkpoint_over_the_recovered_run(
+    spawn: Callable[..., Worker], client: JobProcessor
+) -> None:
+    """The woken worker's handler is still in its loop: its next checkpoint must not land on
+    the attempt the other worker runs now (the step read back would go backwards). A stray
+    write lasts until the other worker's next checkpoint (0.1 s): the reads are made back to
+    back from the wake-up until the woken worker has given the run up, and a little after."""
+    a = spawn("runner-2")
+    resumable = await client.schedule_job("long-resumable", {"steps": 80})
+    await step_reached(client, resumable.id, 3)
+    a.proc.send_signal(signal.SIGSTOP)
+    b = spawn("runner-3")
+    await step_reached(client, resumable.id, 10, attempt=2)  # past anything the frozen one holds
+    a.proc.send_signal(signal.SIGCONT)
+    steps: list[int] = []
+    deadline = asyncio.get_running_loop().time() + 30
+    lost = False
+    while not lost:
+        lost = any("job_lost" in line and resumable.id in line for line in a.output().splitlines())
+        job = await client.get_job(resumable.id)
+        if job.attempt == 2 and job.state:
+            steps.append(job.state["step"])
+        assert asyncio.get_running_loop().time() < deadline, "the woken worker lost no run"
+    for _ in range(20):  # and a little after it (each read a round trip)
+        job = await client.get_job(resumable.id)
+        if job.attempt == 2 and job.state:
+            steps.append(job.state["step"])
+    assert steps == sorted(steps), steps
+    await wait_status(client, resumable.id, S.FINISHED, timeout=30)
+    for w in (a, b):
+        w.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(w) == 0, w.output()[-3000:]

@@ -515,3 +515,112 @@ async def test_a_runs_errors_keep_the_tags_the_app_set_at_module_level(
     assert [(e.get("user") or {}).get("id") for e in runs] == ["svc-billing", "svc-billing"]
     # and each run still a trace of its own, not the process's
     assert len({e["contexts"]["trace"]["trace_id"] for e in runs}) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"traces_sample_rate": 1.0},
+        {},
+        {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"},
+        {"trace_lifecycle": "stream"},
+    ],
+    ids=["tracing", "tracing-off", "streamed", "streamed-tracing-off"],
+)
+async def test_a_processor_started_in_a_starlette_request_carries_nothing_of_it(
+    db: Any, options: dict[str, Any]
+) -> None:
+    """operations.md "Sentry": started inside a span (a request), the loops "start empty, so
+    that nothing of that request (its tags, user, breadcrumbs, request data) is on a job's
+    event". A real Starlette app (Sentry's Starlette/ASGI integration) whose handler starts
+    the processor, with each of Sentry's tracing modes (2.x's streamed span is not the
+    scope's `span`: it was taken for no request)."""
+    import httpx
+    import sentry_sdk
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    captured = capturing_init(**options)
+    try:
+        processor = await make(db, JOBS)
+
+        async def start(request: Request) -> PlainTextResponse:
+            sentry_sdk.set_tag("http.request_id", "req-42")
+            sentry_sdk.set_user({"id": "user-7"})
+            sentry_sdk.add_breadcrumb(message="POST /start by alice")
+            await processor.start()
+            return PlainTextResponse("started")
+
+        app = Starlette(routes=[Route("/start", start, methods=["POST"])])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as c:
+            assert (await c.post("/start")).text == "started"
+        try:
+            bad = await processor.schedule_job("boom", {})
+            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+        finally:
+            await processor.stop()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    events = [e for e in items(captured, "event") if e["tags"].get("job.id") == bad.id]
+    assert len(events) == 2
+    for event in events:
+        crumbs = [b.get("message") for b in (event.get("breadcrumbs") or {}).get("values", [])]
+        leaked = {
+            "tag": event["tags"].get("http.request_id"),
+            "user": event.get("user"),
+            "request": (event.get("request") or {}).get("url"),
+            "breadcrumb": "POST /start by alice" in crumbs,
+            "transaction": event.get("transaction"),
+        }
+        assert leaked == {
+            "tag": None,
+            "user": None,
+            "request": None,
+            "breadcrumb": False,
+            "transaction": "boom",
+        }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"traces_sample_rate": 1.0}, {}, {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"}],
+    ids=["tracing", "tracing-off", "streamed"],
+)
+async def test_a_run_job_in_a_starlette_request_is_named_after_the_job(
+    db: Any, options: dict[str, Any]
+) -> None:
+    """operations.md "Sentry": "each run is a transaction (op `queue.process`, named after
+    the job)". run_job called in a request handler of a real Starlette app: the ASGI
+    integration's event processor renamed the run and its errors after the route."""
+    import httpx
+    import sentry_sdk
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    captured = capturing_init(**options)
+    ran: dict[str, str] = {}
+    try:
+        processor = await make(db, JOBS)
+
+        async def checkout(request: Request) -> PlainTextResponse:
+            job = await processor.run_job("boom", {})  # its first attempt fails
+            ran["id"] = job.id
+            return PlainTextResponse("done")
+
+        app = Starlette(routes=[Route("/checkout", checkout, methods=["POST"])])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as c:
+            assert (await c.post("/checkout")).text == "done"
+        await processor.stop()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == ran["id"]]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == ran["id"]]
+    assert (event.get("transaction"), roots) == ("boom", [] if not options else ["boom"])
