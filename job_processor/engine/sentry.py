@@ -125,12 +125,18 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
 
 
 def _named(name: str) -> Callable[[Any, Any], Any]:
-    """An event processor naming a run's events (its transaction too) after the job."""
+    """An event processor naming a run's events (its transaction too) after the job, unless
+    the handler named them itself (`set_transaction_name(..., source="custom")`, a transaction
+    of its own): a web framework's integration renamed them after its route (run_job called
+    in a request)."""
 
     def named(event: Any, hint: Any) -> Any:
-        if isinstance(event, dict) and event.get("type") != "check_in":
-            event["transaction"] = name
-            event["transaction_info"] = {"source": "task"}
+        if not isinstance(event, dict) or event.get("type") == "check_in":
+            return event
+        if (event.get("transaction_info") or {}).get("source") == "custom":
+            return event  # named by the handler itself (its own transaction, or its run's)
+        event["transaction"] = name
+        event["transaction_info"] = {"source": "task"}
         return event
 
     return named

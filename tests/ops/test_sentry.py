@@ -624,3 +624,84 @@ async def test_a_run_job_in_a_starlette_request_is_named_after_the_job(
     [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == ran["id"]]
     roots = [r["name"] for r in run_roots(captured) if r["job.id"] == ran["id"]]
     assert (event.get("transaction"), roots) == ("boom", [] if not options else ["boom"])
+
+
+async def sync_tenant(job: Job, signal: AbortSignal) -> str:
+    """A handler naming its run after the tenant, with Sentry's own API (source "custom")."""
+    import sentry_sdk
+
+    tenant = job.payload["tenant"]
+    sentry_sdk.get_current_scope().set_transaction_name(f"sync {tenant}", source="custom")
+    sentry_sdk.capture_message(f"synced {tenant}")
+    return "ok"
+
+
+async def export_parts(job: Job, signal: AbortSignal) -> str:
+    """A handler with a transaction of its own (sentry-sdk 2.x; with 3.x a root span of its
+    own), one per part it exports."""
+    import sentry_sdk
+
+    if hasattr(sentry_sdk, "start_transaction"):
+        with sentry_sdk.start_transaction(op="task", name="export part 1"):
+            pass
+    else:
+        with sentry_sdk.traces.start_span(name="export part 1", parent_span=None):
+            pass
+    return "ok"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"traces_sample_rate": 1.0}, {}, {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"}],
+    ids=["tracing", "tracing-off", "streamed"],
+)
+async def test_a_handler_that_names_its_run_keeps_that_name(
+    db: Any, options: dict[str, Any]
+) -> None:
+    """The event processor naming a run's events after the job (against a web framework's
+    renaming when run_job is called in a request) undid a handler's own
+    `set_transaction_name(..., source="custom")` on its events (and, with 2.x transactions, on
+    the run's transaction)."""
+    import sentry_sdk
+
+    captured = capturing_init(**options)
+    try:
+        processor = await make(db, {"sync": JobDef(handler=sync_tenant)})
+        async with processor:
+            job = await processor.schedule_job("sync", {"tenant": "acme"})
+            await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job.id]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job.id]
+    assert (event["message"], event.get("transaction"), roots) == (
+        "synced acme",
+        "sync acme",
+        ["sync acme"] if options else [],
+    )
+
+
+async def test_a_handlers_own_transaction_keeps_its_name(db: Any) -> None:
+    """A transaction the handler starts itself is its own, not the run's: it was sent renamed
+    after the job (two "export" transactions, one of op "task"). With 3.x, a root span the
+    handler starts keeps its name too."""
+    import sentry_sdk
+
+    captured = capturing_init(traces_sample_rate=1.0)
+    try:
+        processor = await make(db, {"export": JobDef(handler=export_parts)})
+        async with processor:
+            job = await processor.schedule_job("export", {})
+            await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    if sdk_major() == 2:
+        sent = sorted(
+            (t["transaction"], t["contexts"]["trace"]["op"]) for t in items(captured, "transaction")
+        )
+        assert sent == [("export", "queue.process"), ("export part 1", "task")]
+    else:  # 3.x: both are root spans, the handler's with the run's job.* attributes too
+        names = sorted(r["name"] for r in run_roots(captured) if r["job.id"] == job.id)
+        assert names == ["export", "export part 1"]
