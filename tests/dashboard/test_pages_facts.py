@@ -191,11 +191,8 @@ async def test_the_folded_row_of_a_per_tenant_limit_states_the_per_key_limit(db:
     assert "each key at most 3 per minute" in folded[0], folded[0]
 
 
-async def test_names_page_offers_new_job_only_for_names_the_new_job_form_accepts(db: Any) -> None:
-    """The new-job form lists no event delivery (emit() and replays make those, and its POST
-    refuses them), yet the Names page showed a "New job" button on the built-in
-    webhook-delivery and on each subscriber's `<event>:<subscriber>` row: it opened a form
-    with no name chosen."""
+async def with_a_subscriber(db: Any) -> Any:
+    """A processor with one job name and one subscriber (whose deliveries are jobs too)."""
 
     async def handler(job: Job, signal: AbortSignal) -> None:
         return None
@@ -203,12 +200,21 @@ async def test_names_page_offers_new_job_only_for_names_the_new_job_form_accepts
     async def on_ship(event: Event, signal: AbortSignal) -> None:
         return None
 
-    p = await init_job_processor(
+    return await init_job_processor(
         db,
         jobs={"send-email": JobDef(handler=handler)},
         subscribers={"shipment_created": [Subscriber("notify", handler=on_ship)]},
         **FAST,
     )
+
+
+async def test_names_page_offers_new_job_only_for_names_the_new_job_form_accepts(db: Any) -> None:
+    """The new-job form lists no event delivery (emit() and replays make those, and its POST
+    refuses them), yet the Names page showed a "New job" button on the built-in
+    webhook-delivery and on each subscriber's `<event>:<subscriber>` row: it opened a form
+    with no name chosen."""
+
+    p = await with_a_subscriber(db)
     app = create_dashboard(p, auth=AUTH)
     async with p, client(app) as c:  # started: its names are registered
         names = await c.get("/names")
@@ -226,18 +232,7 @@ async def test_jobs_page_new_job_link_preselects_only_a_name_the_form_accepts(db
     """The Jobs page filtered by an event's delivery name linked "+ New job" to
     /jobs/new?name=<delivery name>: a form with no name chosen (it refuses deliveries)."""
 
-    async def handler(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    async def on_ship(event: Event, signal: AbortSignal) -> None:
-        return None
-
-    p = await init_job_processor(
-        db,
-        jobs={"send-email": JobDef(handler=handler)},
-        subscribers={"shipment_created": [Subscriber("notify", handler=on_ship)]},
-        **FAST,
-    )
+    p = await with_a_subscriber(db)
     app = create_dashboard(p, auth=AUTH)
     async with p, client(app) as c:
         form = await c.get("/jobs/new")

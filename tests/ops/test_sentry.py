@@ -191,6 +191,27 @@ async def test_a_sentry_sdk_it_cannot_report_with_is_said_at_init(
     assert any("sentry_sdk_unsupported" in r.getMessage() for r in seen)
 
 
+#: Sentry's tracing modes: transactions, tracing off, streamed spans (2.x's opt-in, 3.x's only).
+THREE_MODES = pytest.mark.parametrize(
+    "options",
+    [{"traces_sample_rate": 1.0}, {}, {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"}],
+    ids=["tracing", "tracing-off", "streamed"],
+)
+
+
+async def post_to_starlette(path: str, handler: Any) -> str:
+    """POST `path` to a real Starlette app (Sentry's Starlette/ASGI integration wraps it) whose
+    route is `handler`; the response's text."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    app = Starlette(routes=[Route(path, handler, methods=["POST"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as c:
+        return (await c.post(path)).text
+
+
 def capturing_init(**options: Any) -> list[Any]:
     """sentry_sdk.init with a transport that keeps what it would send (see `envelopes`)."""
     import sentry_sdk
@@ -206,20 +227,36 @@ def capturing_init(**options: Any) -> list[Any]:
     return captured
 
 
-async def test_runs_reach_sentry_with_span_streaming_on(db: Any) -> None:
-    """sentry-sdk 2.x's span streaming (`trace_lifecycle="stream"`, 3.x's only mode) has no
-    transactions: its start_transaction warns and returns a no-op span."""
+async def one_job_sent(
+    db: Any,
+    jobs: dict[str, Any],
+    name: str,
+    status: str,
+    payload: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[list[Any], Any]:
+    """Sentry initialised with `options` and a capturing transport, one job of `name` run by a
+    started processor until `status`: (what Sentry was sent, the job)."""
     import sentry_sdk
 
-    captured = capturing_init(traces_sample_rate=1.0, trace_lifecycle="stream")
+    captured = capturing_init(**options)
     try:
-        processor = await make(db, JOBS, worker_tags=["main"])
+        processor = await make(db, jobs, worker_tags=["main"])
         async with processor:
-            good = await processor.schedule_job("ok", {})
-            await wait_status(processor, good.id, "finished")  # type: ignore[arg-type]
+            job = await processor.schedule_job(name, payload or {})
+            await wait_status(processor, job.id, status)  # type: ignore[arg-type]
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
+    return captured, job
+
+
+async def test_runs_reach_sentry_with_span_streaming_on(db: Any) -> None:
+    """sentry-sdk 2.x's span streaming (`trace_lifecycle="stream"`, 3.x's only mode) has no
+    transactions: its start_transaction warns and returns a no-op span."""
+    captured, good = await one_job_sent(
+        db, JOBS, "ok", "finished", traces_sample_rate=1.0, trace_lifecycle="stream"
+    )
     shown = ("name", "op", "status", "job.status", "job.tag")
     assert [tuple(r[k] for k in shown) for r in run_roots(captured) if r["job.id"] == good.id] == [
         ("ok", "queue.process", "ok", "finished", "main")
@@ -281,17 +318,7 @@ async def test_a_recovery_is_not_captured_in_the_trace_the_processor_was_started
 async def test_each_runs_errors_are_in_a_trace_of_their_own_without_tracing(db: Any) -> None:
     """No traces_sample_rate (tracing off, Sentry's default): the runs' errors still do not
     share one trace (that of the context the processor was started in)."""
-    import sentry_sdk
-
-    captured = capturing_init()
-    try:
-        processor = await make(db, JOBS)
-        async with processor:
-            bad = await processor.schedule_job("boom", {})
-            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
+    captured, bad = await one_job_sent(db, JOBS, "boom", "errored")
     attempts = [e for e in items(captured, "event") if e["tags"]["job.id"] == bad.id]
     assert len(attempts) == 2
     assert len({e["contexts"]["trace"]["trace_id"] for e in attempts}) == 2
@@ -409,6 +436,38 @@ async def test_the_applications_spans_after_start_are_children_of_its_span(
     assert parents == {outer.span_id}
 
 
+async def boom_then_stop(processor: Any) -> str:
+    """A failing job (two attempts) run by the started processor, which is then stopped, and
+    Sentry flushed: the job's id."""
+    import sentry_sdk
+
+    try:
+        bad = await processor.schedule_job("boom", {})
+        await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
+    finally:
+        await processor.stop()
+    sentry_sdk.flush()
+    return str(bad.id)
+
+
+def assert_nothing_of_the_request(envelopes: list[Any], job_id: str) -> None:
+    """Both attempts' events of the job carry nothing of the request the processor was
+    started in (tag http.request_id, user, request data, breadcrumb), and the job's name."""
+    events = [e for e in items(envelopes, "event") if e["tags"].get("job.id") == job_id]
+    assert len(events) == 2  # both attempts captured
+    for event in events:
+        crumbs = [b.get("message") for b in (event.get("breadcrumbs") or {}).get("values", [])]
+        leaked = {
+            "tag": event["tags"].get("http.request_id"),
+            "user": event.get("user"),
+            "request": event.get("request"),
+            "breadcrumb": "POST /start by alice" in crumbs,
+            "transaction": event.get("transaction"),
+        }
+        nothing = {"tag": None, "user": None, "request": None, "breadcrumb": False}
+        assert leaked == nothing | {"transaction": "boom"}
+
+
 async def test_a_runs_errors_carry_nothing_of_the_request_the_processor_was_started_in(
     db: Any, envelopes: list[Any]
 ) -> None:
@@ -430,23 +489,8 @@ async def test_a_runs_errors_carry_nothing_of_the_request_the_processor_was_star
         request.add_event_processor(add_request)
         with app_request():
             await processor.start()
-    try:
-        bad = await processor.schedule_job("boom", {})
-        await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
-    finally:
-        await processor.stop()
-    sentry_sdk.flush()
-    events = [e for e in items(envelopes, "event") if e["tags"].get("job.id") == bad.id]
-    assert len(events) == 2  # both attempts captured
-    for event in events:
-        crumbs = [b.get("message") for b in (event.get("breadcrumbs") or {}).get("values", [])]
-        leaked = {
-            "tag": event["tags"].get("http.request_id"),
-            "user": event.get("user"),
-            "request": event.get("request"),
-            "breadcrumb": "POST /start by alice" in crumbs,
-        }
-        assert leaked == {"tag": None, "user": None, "request": None, "breadcrumb": False}
+    bad = await boom_then_stop(processor)
+    assert_nothing_of_the_request(envelopes, bad)
 
 
 async def test_a_processor_started_before_sentry_init_does_not_share_the_callers_scope(
@@ -535,12 +579,9 @@ async def test_a_processor_started_in_a_starlette_request_carries_nothing_of_it(
     event". A real Starlette app (Sentry's Starlette/ASGI integration) whose handler starts
     the processor, with each of Sentry's tracing modes (2.x's streamed span is not the
     scope's `span`: it was taken for no request)."""
-    import httpx
     import sentry_sdk
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
 
     captured = capturing_init(**options)
     try:
@@ -553,55 +594,23 @@ async def test_a_processor_started_in_a_starlette_request_carries_nothing_of_it(
             await processor.start()
             return PlainTextResponse("started")
 
-        app = Starlette(routes=[Route("/start", start, methods=["POST"])])
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as c:
-            assert (await c.post("/start")).text == "started"
-        try:
-            bad = await processor.schedule_job("boom", {})
-            await wait_status(processor, bad.id, "errored")  # type: ignore[arg-type]
-        finally:
-            await processor.stop()
-        sentry_sdk.flush()
+        assert await post_to_starlette("/start", start) == "started"
+        bad = await boom_then_stop(processor)
     finally:
         sentry_sdk.init(dsn=None)
-    events = [e for e in items(captured, "event") if e["tags"].get("job.id") == bad.id]
-    assert len(events) == 2
-    for event in events:
-        crumbs = [b.get("message") for b in (event.get("breadcrumbs") or {}).get("values", [])]
-        leaked = {
-            "tag": event["tags"].get("http.request_id"),
-            "user": event.get("user"),
-            "request": (event.get("request") or {}).get("url"),
-            "breadcrumb": "POST /start by alice" in crumbs,
-            "transaction": event.get("transaction"),
-        }
-        assert leaked == {
-            "tag": None,
-            "user": None,
-            "request": None,
-            "breadcrumb": False,
-            "transaction": "boom",
-        }
+    assert_nothing_of_the_request(captured, bad)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"traces_sample_rate": 1.0}, {}, {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"}],
-    ids=["tracing", "tracing-off", "streamed"],
-)
+@THREE_MODES
 async def test_a_run_job_in_a_starlette_request_is_named_after_the_job(
     db: Any, options: dict[str, Any]
 ) -> None:
     """operations.md "Sentry": "each run is a transaction (op `queue.process`, named after
     the job)". run_job called in a request handler of a real Starlette app: the ASGI
     integration's event processor renamed the run and its errors after the route."""
-    import httpx
     import sentry_sdk
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
 
     captured = capturing_init(**options)
     ran: dict[str, str] = {}
@@ -613,10 +622,7 @@ async def test_a_run_job_in_a_starlette_request_is_named_after_the_job(
             ran["id"] = job.id
             return PlainTextResponse("done")
 
-        app = Starlette(routes=[Route("/checkout", checkout, methods=["POST"])])
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app.example") as c:
-            assert (await c.post("/checkout")).text == "done"
+        assert await post_to_starlette("/checkout", checkout) == "done"
         await processor.stop()
         sentry_sdk.flush()
     finally:
@@ -650,11 +656,7 @@ async def export_parts(job: Job, signal: AbortSignal) -> str:
     return "ok"
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"traces_sample_rate": 1.0}, {}, {"traces_sample_rate": 1.0, "trace_lifecycle": "stream"}],
-    ids=["tracing", "tracing-off", "streamed"],
-)
+@THREE_MODES
 async def test_a_handler_that_names_its_run_keeps_that_name(
     db: Any, options: dict[str, Any]
 ) -> None:
@@ -662,17 +664,8 @@ async def test_a_handler_that_names_its_run_keeps_that_name(
     renaming when run_job is called in a request) undid a handler's own
     `set_transaction_name(..., source="custom")` on its events (and, with 2.x transactions, on
     the run's transaction)."""
-    import sentry_sdk
-
-    captured = capturing_init(**options)
-    try:
-        processor = await make(db, {"sync": JobDef(handler=sync_tenant)})
-        async with processor:
-            job = await processor.schedule_job("sync", {"tenant": "acme"})
-            await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
+    jobs = {"sync": JobDef(handler=sync_tenant)}
+    captured, job = await one_job_sent(db, jobs, "sync", "finished", {"tenant": "acme"}, **options)
     [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job.id]
     roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job.id]
     assert (event["message"], event.get("transaction"), roots) == (
@@ -686,17 +679,8 @@ async def test_a_handlers_own_transaction_keeps_its_name(db: Any) -> None:
     """A transaction the handler starts itself is its own, not the run's: it was sent renamed
     after the job (two "export" transactions, one of op "task"). With 3.x, a root span the
     handler starts keeps its name too."""
-    import sentry_sdk
-
-    captured = capturing_init(traces_sample_rate=1.0)
-    try:
-        processor = await make(db, {"export": JobDef(handler=export_parts)})
-        async with processor:
-            job = await processor.schedule_job("export", {})
-            await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
+    jobs = {"export": JobDef(handler=export_parts)}
+    captured, job = await one_job_sent(db, jobs, "export", "finished", traces_sample_rate=1.0)
     if sdk_major() == 2:
         sent = sorted(
             (t["transaction"], t["contexts"]["trace"]["op"]) for t in items(captured, "transaction")
