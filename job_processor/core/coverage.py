@@ -142,7 +142,13 @@ def coverage(
             fix = f"start a worker whose subscribers= has {name.rpartition(':')[2]!r}{needs}"
         else:
             fix = f"start a worker that defines it{needs}"
-            if not waiting:  # nothing queued: maybe removed from the code on purpose
+            by_status = counts.get(name, {})
+            after = int(by_status.get("waiting", 0))  # waiting for the jobs before them
+            if after:
+                fix += f" ({jobs(after, 'job')} of it waiting for other jobs)"
+            # nothing active: maybe removed from the code on purpose (`names forget` refuses a
+            # name with waiting or running jobs)
+            if not waiting and not after and not int(by_status.get("running", 0)):
                 forget = f"job-processor names forget {shlex.quote(name)}"
                 if kind == "cron":  # its schedule is stored: removed first, explicitly
                     forget = f"job-processor crons remove {shlex.quote(name)}, then {forget}"

@@ -31,6 +31,7 @@ from .errors import (
     field_errors,
 )
 from .retention import check_keep
+from .sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
 
 Concurrency = Literal["concurrent", "exclusive"]
 #: How an event is delivered to a subscriber: see `Subscriber`.
@@ -318,6 +319,24 @@ class JobDef(Checked):
         if v is not None and not v.strip():
             raise ValueError("tag must be a non-empty string, or None for 'any worker'")
         return v
+
+    @model_validator(mode="after")
+    def _no_secret_in_a_limit_key(self) -> JobDef:
+        """A limit key filled from a sensitive field would show its values wherever limits are
+        shown (the metrics, `status`, every job's `limit_key`), unmasked."""
+        if self.limit is None:
+            return self
+        named = set(self.sensitive_fields)
+        by_name = fields_forms(DEFAULT_SENSITIVE_FIELDS)
+        for f in self.limit.fields:
+            if f in named or name_is_sensitive(f, by_name):
+                raise ValueError(
+                    f"limit key {self.limit.key!r}: placeholder {{{f}}} names a sensitive "
+                    "field, whose values the key would show unmasked (metrics, status, each "
+                    "job's limit_key): key the limit by a field that is not secret, e.g. an "
+                    "account id"
+                )
+        return self
 
 
 class CronDef(JobDef):

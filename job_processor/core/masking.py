@@ -26,67 +26,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .models import Event, Job
+from .sensitive_names import DEFAULT_SENSITIVE_FIELDS as DEFAULT_SENSITIVE_FIELDS
+from .sensitive_names import fields_forms, key_forms, name_is_sensitive
 
 MASK = "••••••"
-
-#: Used when `create_dashboard(sensitive_fields=...)` is not given.
-DEFAULT_SENSITIVE_FIELDS: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "auth",
-    "authorization",
-    "cookie",
-    "credential",
-    "credentials",
-    "private_key",
-    "access_key",
-    "session",
-    "ssn",
-    "card_number",
-    "cvv",
-)
 
 #: Secret values shorter than this are not searched for in free text (too many false hits).
 MIN_SECRET_LENGTH = 4
 
 
-#: A lower-case letter or digit followed by an upper-case one: a camelCase word boundary.
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-
-def _norm(name: str) -> str:
-    """`X-Api-Key`, `Client_Secret` -> `x_api_key`, `client_secret`: lower case, hyphens read
-    as `_`."""
-    return name.strip().casefold().replace("-", "_")
-
-
-def _forms(name: str) -> set[str]:
-    """A name as read (`_norm`), and with its camelCase words apart: `accessToken` is also
-    `access_token`, `PassWord` stays `password` too."""
-    return {_norm(name), _norm(_CAMEL.sub("_", name))}
-
-
-#: What separates the parts of a config key or a path (`spring.datasource.password`,
-#: `db:password`, `vault/token`): a key is also read by its last part.
-_PATH = re.compile(r"[.:/]+")
-
-
-def _key_forms(key: str) -> set[str]:
-    """A key's forms (`_forms`), and its last part's when it has several
-    (`spring.datasource.password` is also `password`; `token.count` is `count`, not a
-    token)."""
-    last = _PATH.split(key.strip())[-1]
-    return _forms(key) | (_forms(last) if last and last != key.strip() else set())
-
-
 class Masker:
     def __init__(self, fields: Iterable[str]) -> None:
-        self.fields = tuple(sorted({n for f in fields if f and f.strip() for n in _forms(f)}))
+        self.fields = fields_forms(fields)
         # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines): a key holding
         # a sensitive name between separators (see `_pair_key`)
         self._delimited = tuple(f"_{f}_" for f in self.fields)
@@ -96,11 +47,7 @@ class Masker:
     def sensitive(self, key: Any) -> bool:
         if not isinstance(key, str):
             return False
-        return any(
-            k == f or k.startswith(f + "_") or k.endswith("_" + f)
-            for k in _key_forms(key)
-            for f in self.fields
-        )
+        return name_is_sensitive(key, self.fields)
 
     def value(self, value: Any) -> Any:
         """A copy of `value` with sensitive fields masked (dicts and lists walked), and the
@@ -141,7 +88,7 @@ class Masker:
         """A key of free text's `key=value` pairs that is sensitive: one of the names, alone
         or between separators (`password`, `db_password`, `X-Api-Key`, `api_key_id`,
         `accessToken`)."""
-        return any(f in f"_{k}_" for k in _key_forms(key) for f in self._delimited)
+        return any(f in f"_{k}_" for k in key_forms(key) for f in self._delimited)
 
     def text(self, text: str | None, secrets: Iterable[str] = ()) -> str | None:
         """Free text with `key=value` pairs of sensitive keys and the given secrets masked.

@@ -122,3 +122,22 @@ def test_an_objectid_tenant_keeps_its_key_once_stored() -> None:
     assert key == f"tenant:{tenant}"
     stored = bson.decode(bson.encode({"payload": {"tenant_id": tenant}}))
     assert value_key(per_tenant, stored) == key
+
+
+def test_a_limit_key_filled_from_a_sensitive_field_is_refused() -> None:
+    """The key is shown unmasked wherever limits are (the metrics' labels, status, every
+    job's limit_key): a key filled from a sensitive payload field published its values while
+    the payload showed "[redacted]" (an outside hunt found `user:{email}` on /metrics)."""
+    from job_processor import InvalidDefinitionError
+
+    async def handler(job: Any, signal: Any) -> None:
+        return None
+
+    per_user = Limit(key="user:{email}", concurrency=1)
+    with pytest.raises(InvalidDefinitionError, match=r"placeholder \{email\} names a sensitive"):
+        JobDef(handler=handler, limit=per_user, sensitive_fields=("email",))
+    for key in ("partner:{api_key}", "s:{sessionToken}", "db:{db_password}"):  # by name
+        with pytest.raises(InvalidDefinitionError, match=r"not secret, e\.g\. an account id"):
+            JobDef(handler=handler, limit=Limit(key=key, concurrency=1))
+    JobDef(handler=handler, limit=per_user)  # email not declared sensitive: a plain field
+    JobDef(handler=handler, limit=Limit(key="tenant:{tenant_id}", concurrency=1))

@@ -61,3 +61,26 @@ async def test_get_status_judges_liveness_by_the_workers_own_timeout(db: Any) ->
 
     status = await processor.get_status()
     assert [w.alive for w in status.workers] == [True], "get_status() disagrees with the CLI"
+
+
+async def test_status_never_advises_a_forget_that_is_refused(db: Any) -> None:
+    """status advised `names forget child` for a name whose only job waits for another job,
+    and `names forget` refuses a name with waiting (or running) jobs."""
+    from job_processor import AbortSignal, Job, JobDef
+
+    async def ok(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"parent": JobDef(handler=ok), "child": JobDef(handler=ok)})
+    async with processor:  # a worker that defined both: registered, served just now
+        parent = await processor.schedule_job(
+            "parent", {}, scheduled_for=processor.clock.now() + dt.timedelta(days=1)
+        )
+        child = await processor.schedule_job("child", {}, after=[parent.id])
+    assert (await processor.get_job(child.id)).status == "waiting"
+    admin = await Admin.open(db)
+    [advice] = [w for w in (await admin.status()).warnings if w.startswith("job 'child'")]
+    assert "names forget" not in advice, advice
+    assert "1 job of it waiting for other jobs" in advice, advice
+    forgotten = await admin.forget("child")
+    assert forgotten.changed == [], forgotten  # refused, as the advice no longer says
