@@ -12,6 +12,7 @@ top level (the demo) are given to `main()` by the entry point (`job_processor.__
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
@@ -23,7 +24,7 @@ from pymongo.errors import PyMongoError
 from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, JobProcessorError
 from . import common
-from .parser import build_parser, parse
+from .parser import build_parser, env_log_level, parse
 from .run import RunContext, checked_log_format, configure_logging
 
 __all__ = ["RunContext", "build_parser", "main"]
@@ -78,6 +79,15 @@ def _main(
             file=sys.stderr,
         )
         return common.BAD_INPUT
+    # a health check exits 0 or 1, whatever the reason (a Docker HEALTHCHECK reserves exit 2):
+    # a logging variable it does not use (it logs warnings only) is no bad input for it
+    probe = args.command == "health"
+    if args.log_level is None:
+        try:
+            args.log_level = "warning" if probe else env_log_level()
+        except argparse.ArgumentTypeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return common.BAD_INPUT
     quiet = {"demo": "error"}
     operations = args.command not in ("run", "demo")
     level = quiet.get(args.command, args.log_level)
@@ -86,8 +96,10 @@ def _main(
     try:
         log_format = checked_log_format()
     except common.UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return common.BAD_INPUT
+        if not probe:
+            print(f"error: {exc}", file=sys.stderr)
+            return common.BAD_INPUT
+        log_format = "console"
     configure_logging(level, log_format)
     try:
         check_window(

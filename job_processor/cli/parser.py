@@ -36,6 +36,12 @@ def seconds(text: str) -> float:
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+def env_log_level() -> str:
+    """LOG_LEVEL's level, "info" when unset or empty (`LOG_LEVEL=`: docker compose's
+    `- LOG_LEVEL`); argparse.ArgumentTypeError for a value that is none."""
+    return log_level(os.environ.get("LOG_LEVEL") or "info")
+
+
 def log_level(text: str) -> str:
     """A log level (argparse type; LOG_LEVEL, the default, is checked the same way)."""
     level = text.strip().lower()
@@ -146,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         type=log_level,
-        default=os.environ.get("LOG_LEVEL") or "info",  # LOG_LEVEL= (empty) is unset
+        default=None,  # LOG_LEVEL, checked by main() (not for `health`: see env_log_level)
         help="debug, info, warning, error (LOG_LEVEL)",
     )
     # accepted before the command too, but shown only by the commands that take them

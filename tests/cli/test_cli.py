@@ -805,3 +805,24 @@ async def test_a_reader_that_stops_early_gets_no_traceback(db: Any, mongo_url: s
     first, code, stderr = await asyncio.to_thread(head_1)
     assert first.split() == ["id:", job.id]
     assert (code, stderr) == (141, "")
+
+
+async def test_health_never_exits_2_for_a_bad_logging_variable(db: Any, mongo_url: str) -> None:
+    """operations.md: health exits 0 or 1 (Docker reserves exit 2). A LOG_LEVEL or
+    JOB_PROCESSOR_LOG_FORMAT it does not use made it exit 2 before it ran; every other command
+    still refuses them."""
+    url = url_with_db(mongo_url, db.name)
+    await db["job_processor_workers"].insert_one(
+        {
+            "_id": "w-live",
+            "hostname": socket.gethostname(),
+            "pid": 1,
+            "last_seen": dt.datetime.now(dt.UTC),
+            "worker_timeout": 30.0,
+        }
+    )
+    assert (await cli(url, "health")).returncode == 0
+    for env in ({"LOG_LEVEL": "trace"}, {"JOB_PROCESSOR_LOG_FORMAT": "logfmt"}):
+        assert (await cli(url, "health", env=env)).returncode == 0, env
+        listing = await cli(url, "workers", "list", env=env)
+        assert listing.returncode == 2 and next(iter(env)) in listing.stderr, listing.stderr
