@@ -892,3 +892,42 @@ async def test_a_worker_document_with_an_odd_field_is_still_listed(env: Any, odd
     assert [w.id for w in await admin.list_workers()] == ["w-odd"]
     await admin.overview()
     assert [w.id for w in (await admin.status()).workers] == ["w-odd"]
+
+
+async def test_the_audit_log_lists_actions_of_two_processes_in_the_order_they_happened(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commands within one second, each a process of its own: the audit log listed them
+    in the order of each process's random ObjectId bytes (a resume before the pause it
+    followed: the name read as paused). Entries are ordered by the action's millisecond."""
+    import os
+
+    from bson import ObjectId
+
+    from job_processor import AbortSignal, Job
+    from job_processor.storage import audit
+    from tests.helpers import make
+
+    async def ok(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"ok": JobDef(handler=ok)})
+    await processor.schedule_job("ok", {})  # a name with a job: one an operator can pause
+    clock = FakeClock(dt.datetime(2030, 1, 1, 12, 0, 0, 100_000, tzinfo=dt.UTC))
+    admin = Admin(db, clock=clock)
+
+    def as_process(random: bytes) -> None:  # what a fresh process draws (ObjectId's, ours)
+        monkeypatch.setattr(ObjectId, "_pid", os.getpid())
+        monkeypatch.setattr(ObjectId, "_ObjectId__random", random * 5)
+        monkeypatch.setattr(audit, "_PROCESS", random * 3, raising=False)
+
+    as_process(b"\xff")  # the first command's process
+    await admin.pause("ok", actor="first-command")
+    clock.advance(0.002)  # 2 ms later, the same second
+    as_process(b"\x00")  # the second command's
+    await admin.resume("ok", actor="second-command")
+    latest = await admin.audit_log(limit=2)
+    assert [(e.action, e.actor) for e in latest] == [
+        ("name_resumed", "second-command"),  # newest first: the name is NOT paused now
+        ("name_paused", "first-command"),
+    ]

@@ -26,6 +26,7 @@ from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, 
 from ...core.models import NOT_A_DOCUMENT, Job
 from ...core.status import JobStatus, parse_status
 from ...storage import JobQuery, Storage
+from ...storage.audit import entry_id as audit_entry_id
 from .inputs import default_actor, ids_of, parse_time
 from .results import ActionResult, WorkerView
 
@@ -262,7 +263,7 @@ class AdminBase:
             "skipped": len(result.skipped),
             "detail": result.detail,
         }
-        entry_id = ObjectId()  # chosen once: a retry after a lost reply records it once
+        entry_id = audit_entry_id(result.at)  # chosen once: a lost reply's retry records once
         # a short outage after the action is ridden out: it is never reported failed, with no
         # record, once it was done
         await self.storage.producer.run(
