@@ -38,9 +38,12 @@ def _client_active() -> bool:
         _sdk = sys.modules.get("sentry_sdk")
         if _sdk is None:
             return False
-    client = _sdk.get_client()
-    # sentry_sdk.init(dsn=None) leaves an active client that sends nothing: nothing to do
-    return bool(client.is_active()) and getattr(client, "transport", None) is not None
+    try:  # a sentry_sdk without get_client (1.x) or a broken client: nothing to do
+        client = _sdk.get_client()
+        # sentry_sdk.init(dsn=None) leaves an active client that sends nothing: nothing to do
+        return bool(client.is_active()) and getattr(client, "transport", None) is not None
+    except Exception:  # monitoring must never break a job
+        return False
 
 
 #: The sentry_sdk major versions whose API this module uses: 2.x's transactions, 3.x's
@@ -125,16 +128,17 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
 
 
 def _named(name: str) -> Callable[[Any, Any], Any]:
-    """An event processor naming a run's events (its transaction too) after the job, unless
-    the handler named them itself (`set_transaction_name(..., source="custom")`, a transaction
-    of its own): a web framework's integration renamed them after its route (run_job called
-    in a request)."""
+    """An event processor naming a run's events (its transaction too) after the job when a
+    web framework's integration renamed them after its route (run_job called in a request);
+    a name the handler gave (`set_transaction_name`, a transaction of its own) is kept."""
 
     def named(event: Any, hint: Any) -> Any:
         if not isinstance(event, dict) or event.get("type") == "check_in":
             return event
-        if (event.get("transaction_info") or {}).get("source") == "custom":
-            return event  # named by the handler itself (its own transaction, or its run's)
+        if (event.get("transaction_info") or {}).get("source") in ("custom", "task"):
+            # the run's own name, or one the handler gave (`set_transaction_name(name)`, its
+            # own transaction): only a web framework's route, URL or view name is undone
+            return event
         event["transaction"] = name
         event["transaction_info"] = {"source": "task"}
         return event

@@ -410,8 +410,9 @@ class Worker:
         """
         doc = run.doc
         fields = self._fields(doc)
-        trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
+        trace = None
         try:
+            trace = sentry.start_run(doc, self.worker_id)  # None without Sentry
             if run.definition is None:  # another program wrote a bad name: record why
                 error = FD.bad_name(doc)
                 end = RunEnd(Ending.INVALID, error=error)

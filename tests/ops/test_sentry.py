@@ -689,3 +689,73 @@ async def test_a_handlers_own_transaction_keeps_its_name(db: Any) -> None:
     else:  # 3.x: both are root spans, the handler's with the run's job.* attributes too
         names = sorted(r["name"] for r in run_roots(captured) if r["job.id"] == job.id)
         assert names == ["export", "export part 1"]
+
+
+async def test_a_sentry_sdk_1x_loaded_breaks_no_job(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sentry-sdk 1.x (no `sentry_sdk.get_client`) imported by the application: every run's
+    start raised out of the worker's execute, and each job stayed running for good (its run
+    never left worker.runs, so no recovery took it). Monitoring never breaks a job."""
+    import sys
+    import types
+
+    legacy = types.ModuleType("sentry_sdk")
+    legacy.VERSION = "1.45.1"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sentry_sdk", legacy)
+    monkeypatch.setattr(sentry, "_sdk", None)
+    assert sentry.unsupported_version() == "1.45.1"  # said at init
+    processor = await make(db, {"ok": JobDef(handler=ok)})
+    async with processor:
+        job = await processor.schedule_job("ok", {})
+        done = await wait_status(processor, job.id, "finished", "errored", timeout=10)  # type: ignore[arg-type]
+    assert done.status == "finished"
+    assert processor.worker.runs == {}
+
+
+async def sync_plain(job: Job, signal: AbortSignal) -> str:
+    """A handler naming its run with Sentry's API as its docs show it (no source)."""
+    import sentry_sdk
+
+    sentry_sdk.set_transaction_name(f"sync {job.payload['tenant']}")
+    sentry_sdk.capture_message("synced")
+    return "ok"
+
+
+@THREE_MODES
+async def test_a_handlers_set_transaction_name_is_kept(db: Any, options: dict[str, Any]) -> None:
+    """set_transaction_name(name) without a source keeps the run's "task" source: the events
+    and the run were renamed back after the job."""
+    jobs = {"sync": JobDef(handler=sync_plain)}
+    captured, job = await one_job_sent(db, jobs, "sync", "finished", {"tenant": "acme"}, **options)
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job.id]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job.id]
+    assert (event.get("transaction"), roots) == ("sync acme", ["sync acme"] if options else [])
+
+
+async def export_task_source(job: Job, signal: AbortSignal) -> str:
+    """A handler with a transaction (2.x; a root span with 3.x) of its own, of source "task",
+    as Sentry's own task integrations make them."""
+    import sentry_sdk
+
+    if hasattr(sentry_sdk, "start_transaction"):
+        with sentry_sdk.start_transaction(op="task", name="export part 1", source="task"):
+            pass
+    else:
+        task = {"sentry.segment.name.source": "task"}
+        with sentry_sdk.traces.start_span(name="export part 1", attributes=task, parent_span=None):
+            pass
+    return "ok"
+
+
+async def test_a_handlers_own_task_transaction_keeps_its_name(db: Any) -> None:
+    jobs = {"export": JobDef(handler=export_task_source)}
+    captured, job = await one_job_sent(db, jobs, "export", "finished", traces_sample_rate=1.0)
+    if sdk_major() == 2:
+        sent = sorted(
+            (t["transaction"], t["contexts"]["trace"]["op"]) for t in items(captured, "transaction")
+        )
+        assert sent == [("export", "queue.process"), ("export part 1", "task")]
+    else:
+        names = sorted(r["name"] for r in run_roots(captured) if r["job.id"] == job.id)
+        assert names == ["export", "export part 1"]
