@@ -122,20 +122,30 @@ async def cron_status(
                 ],
             }
         )
-        stuck = await stuck_behind(storage, recent)
-        if stuck is not None and stuck["status"] == S.RUNNING.value:
-            warnings.append(
-                f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
-                f"{stuck['_id']}, running since {stuck.get('run_started_at')}: a long run or "
-                "a hung one; give the cron a max_runtime_in_minutes, or kill that job"
-            )
-        elif stuck is not None:
-            warnings.append(
-                f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
-                f"{stuck['_id']} which is {stuck['status']}, not running: nothing runs; "
-                "kill that job or start a worker that serves its tag"
-            )
+        warning = await stuck_cron_warning(storage, name, recent)
+        if warning is not None:
+            warnings.append(warning)
     return out, warnings
+
+
+async def stuck_cron_warning(storage: Storage, name: str, recent: list[Doc]) -> str | None:
+    """What to say of an exclusive cron whose last slots were all skipped behind one job
+    (`recent`: its latest tasks, newest first); None when they were not. `get_status()`, the
+    CLI's `status` and the dashboard say it alike."""
+    stuck = await stuck_behind(storage, recent)
+    if stuck is None:
+        return None
+    if stuck["status"] == S.RUNNING.value:
+        return (
+            f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+            f"{stuck['_id']}, running since {stuck.get('run_started_at')}: a long run or "
+            "a hung one; give the cron a max_runtime_in_minutes, or kill that job"
+        )
+    return (
+        f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+        f"{stuck['_id']} which is {stuck['status']}, not running: nothing runs; "
+        "kill that job or start a worker that serves its tag"
+    )
 
 
 async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:

@@ -84,3 +84,29 @@ async def test_status_never_advises_a_forget_that_is_refused(db: Any) -> None:
     assert "1 job of it waiting for other jobs" in advice, advice
     forgotten = await admin.forget("child")
     assert forgotten.changed == [], forgotten  # refused, as the advice no longer says
+
+
+async def test_status_from_the_cli_warns_of_an_exclusive_cron_stuck_behind_a_job(db: Any) -> None:
+    """crons.md: get_status() warns once an exclusive cron's last three slots were skipped
+    behind the same job; the CLI's `status` and the dashboard (Admin.status, the overview)
+    never did."""
+    from tests.engine.test_crons import T0, three_skips, tick
+    from tests.engine.test_crons import make as make_crons
+
+    clock = FakeClock(T0)
+    crons = {
+        "report": {
+            "cron_string": "* * * * * *",
+            "handler": tick,
+            "concurrency": "exclusive",
+            "tag": "main",  # no worker here serves "main": its task stays pending
+            "checkin_margin": 1,
+        }
+    }
+    processor = await make_crons(db, crons, clock=clock, worker_tags=["secondary"])
+    async with processor:
+        status = await three_skips(processor, clock, "pending")
+        from_cli = await Admin(db, clock=clock).status()
+    stuck = [w for w in status.warnings if "skipped behind" in w]
+    assert stuck  # get_status() says it
+    assert [w for w in from_cli.warnings if "skipped behind" in w] == stuck, from_cli.warnings

@@ -10,9 +10,11 @@ from ...core.clock import as_utc
 from ...core.coverage import coverage, worker_warnings
 from ...core.limits import top_usage
 from ...core.models import ProcessorStatus, WorkerInfo
+from ...core.schedule import STUCK_CRON_SLOTS
 from ...core.status import JobStatus
 from ...events.queries import untargeted_warnings
 from ...events.webhooks import webhook_warnings
+from ..status import stuck_cron_warning
 from .crons import CronsAdmin
 from .inputs import THROUGHPUT_CAP, ids_of, limit_of
 from .results import AuditEntry, Overview, QueueRow, ThroughputRow
@@ -69,6 +71,12 @@ class StatusAdmin(CronsAdmin):
         warnings += worker_warnings(workers, now)
         warnings += await webhook_warnings(self.storage)
         warnings += await untargeted_warnings(self.storage, now)
+        for cron in sorted(await self.storage.crons.docs(), key=lambda d: str(d["_id"])):
+            name = str(cron["_id"])
+            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
+            stuck = await stuck_cron_warning(self.storage, name, recent)
+            if stuck is not None:
+                warnings.append(stuck)
         return Overview(
             now=now,
             counts={name: counts.get(name, {}) for name in names},
