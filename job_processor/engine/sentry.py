@@ -109,7 +109,7 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         _new_trace(scope, name)
         # after a web framework's own (run_job called in a request): its processor renames
         # every event after the route unless the name's source is a route or custom one
-        scope.add_event_processor(_named(name))
+        scope.add_event_processor(_named(name, _sdk.get_current_scope()))
         if not _streaming():
             transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
             transaction.__enter__()
@@ -127,19 +127,20 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         return None
 
 
-def _named(name: str) -> Callable[[Any, Any], Any]:
-    """An event processor naming a run's events (its transaction too) after the job when a
-    web framework's integration renamed them after its route (run_job called in a request);
-    a name the handler gave (`set_transaction_name`, a transaction of its own) is kept."""
+def _named(name: str, current: Any) -> Callable[[Any, Any], Any]:
+    """An event processor naming a run's events (its transaction too) after the run when a
+    web framework's integration renamed them after its route (run_job called in a request):
+    the name the run's scope holds, the job's or one the handler gave it
+    (`set_transaction_name`); a name of the handler's own (source custom or task: its own
+    transaction) is kept."""
 
     def named(event: Any, hint: Any) -> Any:
         if not isinstance(event, dict) or event.get("type") == "check_in":
             return event
         if (event.get("transaction_info") or {}).get("source") in ("custom", "task"):
-            # the run's own name, or one the handler gave (`set_transaction_name(name)`, its
-            # own transaction): only a web framework's route, URL or view name is undone
             return event
-        event["transaction"] = name
+        given = getattr(current, "_transaction", None)  # set_transaction_name's, in the run
+        event["transaction"] = given if isinstance(given, str) and given else name
         event["transaction_info"] = {"source": "task"}
         return event
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import os
 from typing import Any
 
 from bson import ObjectId
@@ -21,24 +19,18 @@ INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
 #: Ids recorded per entry; an action on more jobs records the count and the first ones.
 MAX_IDS = 1000
 
-_PROCESS = os.urandom(3)
-_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
-
 
 def entry_id(at: dt.datetime) -> ObjectId:
     """An audit entry's `_id`, ordered by the action's time to the millisecond: an ObjectId's
-    4 bytes of seconds, then 2 of milliseconds, 3 of this process and 3 of a counter. A plain
-    ObjectId orders the actions of one second by each process's random bytes: two commands
-    run within a second (each a process of its own) were listed in either order, a resume
-    before the pause it followed."""
+    4 bytes of seconds, then 2 of milliseconds, then the last 6 of a new ObjectId (3 of its
+    process's random bytes, drawn again after a fork, and 3 of its counter). A plain ObjectId
+    orders the actions of one second by each process's random bytes: two commands run within
+    a second (each a process of its own) were listed in either order, a resume before the
+    pause it followed."""
     ms = int(at.timestamp() * 1000)
     seconds, milliseconds = divmod(ms, 1000)
-    count = next(_counter) % 0x1000000
     return ObjectId(
-        seconds.to_bytes(4, "big")
-        + milliseconds.to_bytes(2, "big")
-        + _PROCESS
-        + count.to_bytes(3, "big")
+        seconds.to_bytes(4, "big") + milliseconds.to_bytes(2, "big") + ObjectId().binary[6:]
     )
 
 

@@ -905,7 +905,6 @@ async def test_the_audit_log_lists_actions_of_two_processes_in_the_order_they_ha
     from bson import ObjectId
 
     from job_processor import AbortSignal, Job
-    from job_processor.storage import audit
     from tests.helpers import make
 
     async def ok(job: Job, signal: AbortSignal) -> None:
@@ -916,10 +915,9 @@ async def test_the_audit_log_lists_actions_of_two_processes_in_the_order_they_ha
     clock = FakeClock(dt.datetime(2030, 1, 1, 12, 0, 0, 100_000, tzinfo=dt.UTC))
     admin = Admin(db, clock=clock)
 
-    def as_process(random: bytes) -> None:  # what a fresh process draws (ObjectId's, ours)
+    def as_process(random: bytes) -> None:  # what a fresh process's ObjectId() draws
         monkeypatch.setattr(ObjectId, "_pid", os.getpid())
         monkeypatch.setattr(ObjectId, "_ObjectId__random", random * 5)
-        monkeypatch.setattr(audit, "_PROCESS", random * 3, raising=False)
 
     as_process(b"\xff")  # the first command's process
     await admin.pause("ok", actor="first-command")
@@ -931,3 +929,87 @@ async def test_the_audit_log_lists_actions_of_two_processes_in_the_order_they_ha
         ("name_resumed", "second-command"),  # newest first: the name is NOT paused now
         ("name_paused", "first-command"),
     ]
+
+
+_FORKED_ACTIONS = r"""
+import asyncio, datetime as dt, json, os, sys
+from pymongo import AsyncMongoClient
+from job_processor import FakeClock, JobDef, init_job_processor
+from job_processor.ops.admin import Admin
+
+URL = sys.argv[1]
+AT = dt.datetime(2030, 1, 1, 12, 0, 0, 100_000, tzinfo=dt.UTC)  # one millisecond for both
+
+
+async def ok(job, signal):
+    return None
+
+
+async def setup():
+    client = AsyncMongoClient(URL, tz_aware=True)
+    db = client.get_default_database()
+    p = await init_job_processor(db, jobs={"a": JobDef(handler=ok), "b": JobDef(handler=ok)})
+    await p.schedule_job("a", {})
+    await p.schedule_job("b", {})
+    await client.close()
+
+
+async def act(name):
+    client = AsyncMongoClient(URL, tz_aware=True)
+    try:
+        admin = Admin(client.get_default_database(), clock=FakeClock(AT))
+        await admin.pause(name, actor=f"worker-{name}")
+    finally:
+        await client.close()
+
+
+async def listed():
+    client = AsyncMongoClient(URL, tz_aware=True)
+    admin = Admin(client.get_default_database())
+    entries = await admin.audit_log(limit=10)
+    await client.close()
+    return sorted(e.actor for e in entries)
+
+
+asyncio.run(setup())
+children = []
+for name in ("a", "b"):  # two workers forked from one loaded app (gunicorn --preload)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            asyncio.run(act(name))
+            out = "ok"
+        except Exception as exc:
+            out = f"{type(exc).__name__}: {str(exc)[:80]}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    children.append((name, pid, r))
+results = {}
+for name, pid, r in children:
+    os.waitpid(pid, 0)
+    results[name] = os.read(r, 1000).decode()
+print(json.dumps({"results": results, "audit": asyncio.run(listed())}))
+"""
+
+
+def test_actions_of_two_forked_processes_in_one_millisecond_are_both_recorded(
+    scratch_url: str, tmp_path: Any
+) -> None:
+    """Audit ids ordered by the millisecond must stay unique across processes forked from one
+    that imported the library (gunicorn --preload, a multiprocessing pool): a tail drawn once
+    at import gave both the same _id, and the second action was done but raised
+    DuplicateKeyError and was never recorded."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "forked_actions.py"
+    script.write_text(_FORKED_ACTIONS)
+    done = subprocess.run(
+        [sys.executable, str(script), scratch_url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"results": {"a": "ok", "b": "ok"}, "audit": ["worker-a", "worker-b"]}

@@ -759,3 +759,34 @@ async def test_a_handlers_own_task_transaction_keeps_its_name(db: Any) -> None:
     else:
         names = sorted(r["name"] for r in run_roots(captured) if r["job.id"] == job.id)
         assert names == ["export", "export part 1"]
+
+
+@THREE_MODES
+async def test_a_handlers_set_transaction_name_is_kept_under_run_job_in_a_request(
+    db: Any, options: dict[str, Any]
+) -> None:
+    """run_job called in a request names the run's events after the job, and a name the
+    handler gives itself is kept: without a source it keeps the run's "task" source, which
+    the ASGI integration renamed after the route, and then the job's name replaced it."""
+    import sentry_sdk
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    captured = capturing_init(**options)
+    ran: dict[str, str] = {}
+    try:
+        processor = await make(db, {"sync": JobDef(handler=sync_plain)})
+
+        async def checkout(request: Request) -> PlainTextResponse:
+            job = await processor.run_job("sync", {"tenant": "acme"})
+            ran["id"] = job.id
+            return PlainTextResponse("done")
+
+        assert await post_to_starlette("/checkout", checkout) == "done"
+        await processor.stop()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == ran["id"]]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == ran["id"]]
+    assert (event.get("transaction"), roots) == ("sync acme", ["sync acme"] if options else [])
