@@ -19,11 +19,12 @@ happens once however many processes try. Holders and starts are maps keyed by ru
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .definitions import JobDef, Limit
+from .definitions import JobDef, Limit, key_fields
 from .errors import InvalidDefinitionError
 
 Doc = dict[str, Any]
@@ -221,3 +222,40 @@ def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
         "rate": doc.get("rate"),
         "per_seconds": per,
     }
+
+
+def mask_limit_keys(
+    limits: list[dict[str, Any]],
+    templates: Iterable[str],
+    sensitive: Callable[[str], bool],
+    mask: str,
+) -> list[dict[str, Any]]:
+    """The limits as shown where `sensitive` field names are masked: a key filled from a
+    template whose placeholder names such a field (`acct:{iban}` with "iban" masked) shows
+    `mask` in its place (`acct:••••••`). A JobDef refuses its own sensitive fields and the
+    default names there; a dashboard may mask more (`create_dashboard(sensitive_fields=...)`)."""
+    patterns = []
+    for template in templates:
+        fields = key_fields(template)
+        if not any(sensitive(f) for f in fields):
+            continue
+        parts = re.split(r"\{[^{}]*\}", template)
+        regex = "(.+?)".join(re.escape(p) for p in parts)
+        patterns.append((re.compile(f"^{regex}$", re.S), template, fields))
+    if not patterns:
+        return limits
+    out = []
+    for row in limits:
+        key = row.get("key")
+        if not isinstance(key, str):
+            out.append(row)
+            continue
+        for pattern, template, fields in patterns:
+            found = pattern.match(key)
+            if found is not None and not key.startswith(template):  # a folded row: as is
+                groups = zip(fields, found.groups(), strict=True)
+                values = {f: mask if sensitive(f) else v for f, v in groups}
+                row = row | {"key": template.format(**values)}
+                break
+        out.append(row)
+    return out

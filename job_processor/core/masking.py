@@ -202,6 +202,8 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
         for h in masker.masked(data.get("history") or [], secrets)
     ]
     data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
+    # filled from the payload: a sensitive value there is masked here too
+    data["limit_key"] = masker.text(data.get("limit_key"), secrets)
     data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
     if isinstance(data.get("progress"), dict):
         progress = dict(data["progress"])

@@ -11,9 +11,11 @@ from starlette.responses import JSONResponse, Response
 from ..core.clock import check_window
 from ..core.errors import InvalidArgumentError, UnknownJobError
 from ..core.event_documents import WEBHOOK_JOB, delivery_event_id
+from ..core.limits import mask_limit_keys
+from ..core.masking import MASK
 from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
-from ..ops.admin import JobPage
+from ..ops.admin import JobPage, Overview
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
 from .render import STATUS_ORDER, filter_form
 from .state import Dashboard, health_response, json_response
@@ -94,9 +96,19 @@ async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> 
     )
 
 
+async def masked_overview(d: Dashboard, minutes: int) -> Overview:
+    """The overview with each limit key filled from a field this dashboard masks masked
+    (`create_dashboard(sensitive_fields=...)` may mask more than a JobDef refuses there)."""
+    admin = await d.admin()
+    ov = await admin.overview(minutes=minutes)
+    templates = await admin.storage.definitions.limit_keys()
+    ov.limits = mask_limit_keys(ov.limits, templates, d.masker.sensitive, MASK)
+    return ov
+
+
 async def overview(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
-    ov = await admin.overview(minutes=30)
+    ov = await masked_overview(d, 30)
     workers = await admin.list_workers()
     totals = {s: sum(c.get(s, 0) for c in ov.counts.values()) for s in STATUS_ORDER}
     last = ov.throughput[-5:]  # the current minute and the four before it
@@ -287,7 +299,7 @@ def _detail_text(detail: dict[str, Any]) -> str:
 
 async def api_overview(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
-    ov = await admin.overview(minutes=30)
+    ov = await masked_overview(d, 30)
     workers = await admin.list_workers()
     return json_response(
         {

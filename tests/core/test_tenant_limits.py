@@ -141,3 +141,22 @@ def test_a_limit_key_filled_from_a_sensitive_field_is_refused() -> None:
             JobDef(handler=handler, limit=Limit(key=key, concurrency=1))
     JobDef(handler=handler, limit=per_user)  # email not declared sensitive: a plain field
     JobDef(handler=handler, limit=Limit(key="tenant:{tenant_id}", concurrency=1))
+
+
+def test_limit_keys_filled_from_masked_fields_show_the_mask() -> None:
+    from job_processor.core.limits import mask_limit_keys
+
+    rows = [
+        {"key": "acct:DE89:eu", "running": 1},
+        {"key": "tenant:acme", "running": 2},
+        {"key": "acct:{iban}:{region} (other keys)", "running": 0},
+    ]
+    shown = mask_limit_keys(
+        rows, {"acct:{iban}:{region}", "tenant:{tenant_id}"}, lambda f: f == "iban", "***"
+    )
+    assert [r["key"] for r in shown] == [
+        "acct:***:eu",
+        "tenant:acme",
+        "acct:{iban}:{region} (other keys)",
+    ]
+    assert mask_limit_keys(rows, {"tenant:{tenant_id}"}, lambda f: f == "iban", "***") is rows

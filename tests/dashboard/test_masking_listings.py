@@ -132,3 +132,38 @@ async def test_audit_page_shows_a_24_character_name_whole_not_as_a_job_link(db: 
     assert target != 200  # no such job
     assert linked is None, "the paused name is linked as a job id"  # fails
     assert f">{name}<" in audit or f"{name} " in audit  # fails: only 'oices-v2' is shown
+
+
+async def test_a_limit_key_filled_from_a_dashboard_sensitive_field_is_not_shown(db: Any) -> None:
+    """A JobDef refuses a limit key filled from its own sensitive fields and the default
+    names; a name only the dashboard masks (`iban` here, the docs' own example) is accepted,
+    and the overview's limits and /api/jobs/{id} showed the IBAN in clear while the payload
+    masked it."""
+    import asyncio
+
+    from job_processor import Limit
+
+    iban = "DE89370400440532013000"
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def pay(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await release.wait()
+
+    p = await init_job_processor(
+        db,
+        jobs={"pay": JobDef(handler=pay, limit=Limit(key="acct:{iban}", concurrency=1))},
+        **FAST,
+    )
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=[*DEFAULT_SENSITIVE_FIELDS, "iban"])
+    async with p, client(app) as c:
+        job = await p.schedule_job("pay", {"iban": iban})
+        await asyncio.wait_for(started.wait(), 10)
+        overview = (await c.get("/")).text
+        api_overview = (await c.get("/api/overview")).text
+        api = (await c.get(f"/api/jobs/{job.id}")).text
+        release.set()
+    assert '"iban"' in api  # the payload is listed, its value masked
+    texts = {"overview": overview, "api_overview": api_overview, "api_job": api}
+    assert [n for n, t in texts.items() if iban in t] == []
+    assert "acct:••••••" in api_overview  # the limit is still listed, its value masked
