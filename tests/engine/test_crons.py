@@ -186,13 +186,10 @@ async def three_skips(processor: JobProcessor, clock: FakeClock, first: str) -> 
     return await processor.get_status()
 
 
-async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_red(
-    db: Any,
-) -> None:
-    import sentry_sdk
-
-    clock = FakeClock(T0)
-    crons = {
+def exclusive_cron_nobody_serves() -> dict[str, Any]:
+    """An exclusive cron every second tagged "main", for a processor whose workers serve
+    another tag: its task stays pending, and the next slots are skipped behind it."""
+    return {
         "report": {
             "cron_string": "* * * * * *",
             "handler": tick,
@@ -201,6 +198,15 @@ async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_re
             "checkin_margin": 1,
         }
     }
+
+
+async def test_exclusive_cron_stuck_behind_a_job_nobody_runs_turns_monitoring_red(
+    db: Any,
+) -> None:
+    import sentry_sdk
+
+    clock = FakeClock(T0)
+    crons = exclusive_cron_nobody_serves()
     checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons, clock=clock, worker_tags=["secondary"])

@@ -436,6 +436,33 @@ async def test_the_applications_spans_after_start_are_children_of_its_span(
     assert parents == {outer.span_id}
 
 
+async def run_job_in_a_request(
+    db: Any, jobs: dict[str, Any], name: str, payload: dict[str, Any], options: dict[str, Any]
+) -> tuple[list[Any], str]:
+    """Sentry initialised with `options`; a Starlette request handler calls run_job(name,
+    payload): (what Sentry was sent, the job's id)."""
+    import sentry_sdk
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    captured = capturing_init(**options)
+    ran: dict[str, str] = {}
+    try:
+        processor = await make(db, jobs)
+
+        async def checkout(request: Request) -> PlainTextResponse:
+            job = await processor.run_job(name, payload)
+            ran["id"] = job.id
+            return PlainTextResponse("done")
+
+        assert await post_to_starlette("/checkout", checkout) == "done"
+        await processor.stop()
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    return captured, ran["id"]
+
+
 async def boom_then_stop(processor: Any) -> str:
     """A failing job (two attempts) run by the started processor, which is then stopped, and
     Sentry flushed: the job's id."""
@@ -608,27 +635,9 @@ async def test_a_run_job_in_a_starlette_request_is_named_after_the_job(
     """operations.md "Sentry": "each run is a transaction (op `queue.process`, named after
     the job)". run_job called in a request handler of a real Starlette app: the ASGI
     integration's event processor renamed the run and its errors after the route."""
-    import sentry_sdk
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse
-
-    captured = capturing_init(**options)
-    ran: dict[str, str] = {}
-    try:
-        processor = await make(db, JOBS)
-
-        async def checkout(request: Request) -> PlainTextResponse:
-            job = await processor.run_job("boom", {})  # its first attempt fails
-            ran["id"] = job.id
-            return PlainTextResponse("done")
-
-        assert await post_to_starlette("/checkout", checkout) == "done"
-        await processor.stop()
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
-    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == ran["id"]]
-    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == ran["id"]]
+    captured, job_id = await run_job_in_a_request(db, JOBS, "boom", {}, options)  # it fails
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job_id]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job_id]
     assert (event.get("transaction"), roots) == ("boom", [] if not options else ["boom"])
 
 
@@ -768,25 +777,8 @@ async def test_a_handlers_set_transaction_name_is_kept_under_run_job_in_a_reques
     """run_job called in a request names the run's events after the job, and a name the
     handler gives itself is kept: without a source it keeps the run's "task" source, which
     the ASGI integration renamed after the route, and then the job's name replaced it."""
-    import sentry_sdk
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse
-
-    captured = capturing_init(**options)
-    ran: dict[str, str] = {}
-    try:
-        processor = await make(db, {"sync": JobDef(handler=sync_plain)})
-
-        async def checkout(request: Request) -> PlainTextResponse:
-            job = await processor.run_job("sync", {"tenant": "acme"})
-            ran["id"] = job.id
-            return PlainTextResponse("done")
-
-        assert await post_to_starlette("/checkout", checkout) == "done"
-        await processor.stop()
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
-    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == ran["id"]]
-    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == ran["id"]]
+    jobs = {"sync": JobDef(handler=sync_plain)}
+    captured, job_id = await run_job_in_a_request(db, jobs, "sync", {"tenant": "acme"}, options)
+    [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job_id]
+    roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job_id]
     assert (event.get("transaction"), roots) == ("sync acme", ["sync acme"] if options else [])

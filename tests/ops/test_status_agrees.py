@@ -90,19 +90,11 @@ async def test_status_from_the_cli_warns_of_an_exclusive_cron_stuck_behind_a_job
     """crons.md: get_status() warns once an exclusive cron's last three slots were skipped
     behind the same job; the CLI's `status` and the dashboard (Admin.status, the overview)
     never did."""
-    from tests.engine.test_crons import T0, three_skips, tick
+    from tests.engine.test_crons import T0, exclusive_cron_nobody_serves, three_skips
     from tests.engine.test_crons import make as make_crons
 
     clock = FakeClock(T0)
-    crons = {
-        "report": {
-            "cron_string": "* * * * * *",
-            "handler": tick,
-            "concurrency": "exclusive",
-            "tag": "main",  # no worker here serves "main": its task stays pending
-            "checkin_margin": 1,
-        }
-    }
+    crons = exclusive_cron_nobody_serves()
     processor = await make_crons(db, crons, clock=clock, worker_tags=["secondary"])
     async with processor:
         status = await three_skips(processor, clock, "pending")
