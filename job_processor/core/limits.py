@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .definitions import JobDef, Limit, key_fields
+from bson import ObjectId
+
+from .definitions import JobDef, Limit
 from .errors import InvalidDefinitionError
 
 Doc = dict[str, Any]
@@ -225,37 +228,60 @@ def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
 
 
 def mask_limit_keys(
-    limits: list[dict[str, Any]],
-    templates: Iterable[str],
-    sensitive: Callable[[str], bool],
-    mask: str,
+    limits: list[dict[str, Any]], sensitive: Callable[[str], bool], mask: str
 ) -> list[dict[str, Any]]:
-    """The limits as shown where `sensitive` field names are masked: a key filled from a
-    template whose placeholder names such a field (`acct:{iban}` with "iban" masked) shows
-    `mask` in its place (`acct:••••••`). A JobDef refuses its own sensitive fields and the
-    default names there; a dashboard may mask more (`create_dashboard(sensitive_fields=...)`)."""
-    patterns = []
-    for template in templates:
-        fields = key_fields(template)
-        if not any(sensitive(f) for f in fields):
-            continue
-        parts = re.split(r"\{[^{}]*\}", template)
-        regex = "(.+?)".join(re.escape(p) for p in parts)
-        patterns.append((re.compile(f"^{regex}$", re.S), template, fields))
-    if not patterns:
-        return limits
+    """The limits as shown where `sensitive` field names are masked: a per-value key filled
+    from a template whose placeholder names such a field (`acct:{iban}` with "iban" masked)
+    shows `mask` in its place (`acct:••••••`), by its own template (`top_usage` gives each
+    row its own). A JobDef refuses its own sensitive fields and the default names there; a
+    dashboard may mask more (`create_dashboard(sensitive_fields=...)`). Static limits and
+    folded rows are shown as they are; a key its template does not read is shown as the
+    mask alone."""
     out = []
     for row in limits:
-        key = row.get("key")
-        if not isinstance(key, str):
+        key, template = row.get("key"), row.get("template")
+        if not isinstance(key, str) or not isinstance(template, str) or "keys" in row:
             out.append(row)
             continue
-        for pattern, template, fields in patterns:
-            found = pattern.match(key)
-            if found is not None and not key.startswith(template):  # a folded row: as is
-                groups = zip(fields, found.groups(), strict=True)
-                values = {f: mask if sensitive(f) else v for f, v in groups}
-                row = row | {"key": template.format(**values)}
-                break
-        out.append(row)
+        parts = list(string.Formatter().parse(template))
+        fields = [f for _, f, _, _ in parts if f]
+        if not any(sensitive(f) for f in fields):
+            out.append(row)
+            continue
+        # literal parts as written ({{ and }} read as braces); a masked value matched whole
+        regex = "".join(
+            re.escape(text) + ("" if f is None else "(.+)" if sensitive(f) else "(.+?)")
+            for text, f, _, _ in parts
+        )
+        found = re.fullmatch(regex, key, re.S)
+        if found is None:
+            out.append(row | {"key": mask})
+            continue
+        shown = "".join(
+            text + ("" if f is None else mask if sensitive(f) else value)
+            for (text, f, _, _), value in zip(parts, _groups(parts, found.groups()), strict=True)
+        )
+        out.append(row | {"key": shown})
     return out
+
+
+def _groups(parts: list[Any], groups: tuple[str, ...]) -> list[str]:
+    """The matched values, one per part ("" for a part with no placeholder)."""
+    values = iter(groups)
+    return [next(values) if f is not None else "" for _, f, _, _ in parts]
+
+
+def mask_filled_key(key: Any, payload: Any, sensitive: Callable[[str], bool], mask: str) -> Any:
+    """A job's `limit_key` as shown where `sensitive` field names are masked: each value of
+    such a top-level payload field, as the key was filled with it (`fill_limit_key`: 1.0 as
+    1), replaced by `mask`, whatever its length."""
+    if not isinstance(key, str) or not isinstance(payload, dict):
+        return key
+    for f, value in payload.items():
+        if not isinstance(f, str) or not sensitive(f) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str | int | float | ObjectId) and str(value):
+            key = key.replace(str(value), mask)
+    return key

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .limits import mask_filled_key
 from .models import Event, Job
 from .sensitive_names import DEFAULT_SENSITIVE_FIELDS as DEFAULT_SENSITIVE_FIELDS
 from .sensitive_names import fields_forms, key_forms, name_is_sensitive
@@ -187,7 +188,8 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     (payload, checkpoint, result, errors, history, the exit hook's error). `carried`: what else
     the job's run saw and may echo (a delivery job's event payload): its secrets are masked."""
     data: dict[str, Any] = job.model_dump(mode="json")
-    secrets = masker.secrets(data.get("payload"), data.get("state"), job.result, *carried)
+    payload = data.get("payload")
+    secrets = masker.secrets(payload, data.get("state"), job.result, *carried)
     for field in ("payload", "state", "invalid_fields"):
         data[field] = masker.masked(data.get(field), secrets)
     if data.get("output"):
@@ -202,8 +204,8 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
         for h in masker.masked(data.get("history") or [], secrets)
     ]
     data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
-    # filled from the payload: a sensitive value there is masked here too
-    data["limit_key"] = masker.text(data.get("limit_key"), secrets)
+    # filled from the payload: a value of a field masked here is masked in it too
+    data["limit_key"] = mask_filled_key(data.get("limit_key"), payload, masker.sensitive, MASK)
     data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
     if isinstance(data.get("progress"), dict):
         progress = dict(data["progress"])

@@ -101,8 +101,7 @@ async def masked_overview(d: Dashboard, minutes: int) -> Overview:
     (`create_dashboard(sensitive_fields=...)` may mask more than a JobDef refuses there)."""
     admin = await d.admin()
     ov = await admin.overview(minutes=minutes)
-    templates = await admin.storage.definitions.limit_keys()
-    ov.limits = mask_limit_keys(ov.limits, templates, d.masker.sensitive, MASK)
+    ov.limits = mask_limit_keys(ov.limits, d.masker.sensitive, MASK)
     return ov
 
 

@@ -109,7 +109,7 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         _new_trace(scope, name)
         # after a web framework's own (run_job called in a request): its processor renames
         # every event after the route unless the name's source is a route or custom one
-        scope.add_event_processor(_named(name, _sdk.get_current_scope()))
+        scope.add_event_processor(_named(name))
         if not _streaming():
             transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
             transaction.__enter__()
@@ -127,19 +127,20 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         return None
 
 
-def _named(name: str, current: Any) -> Callable[[Any, Any], Any]:
+def _named(name: str) -> Callable[[Any, Any], Any]:
     """An event processor naming a run's events (its transaction too) after the run when a
     web framework's integration renamed them after its route (run_job called in a request):
-    the name the run's scope holds, the job's or one the handler gave it
-    (`set_transaction_name`); a name of the handler's own (source custom or task: its own
-    transaction) is kept."""
+    the name the scope the event is captured in holds (the run's, the job's unless the
+    handler set another, or a scope the handler opened itself), else the job's; a name of the
+    handler's own (source custom or task: its own transaction) is kept."""
 
     def named(event: Any, hint: Any) -> Any:
         if not isinstance(event, dict) or event.get("type") == "check_in":
             return event
         if (event.get("transaction_info") or {}).get("source") in ("custom", "task"):
             return event
-        given = getattr(current, "_transaction", None)  # set_transaction_name's, in the run
+        # processors run inside capture_event: the current scope is the capturing one
+        given = getattr(_sdk.get_current_scope(), "_transaction", None)
         event["transaction"] = given if isinstance(given, str) and given else name
         event["transaction_info"] = {"source": "task"}
         return event

@@ -144,19 +144,47 @@ def test_a_limit_key_filled_from_a_sensitive_field_is_refused() -> None:
 
 
 def test_limit_keys_filled_from_masked_fields_show_the_mask() -> None:
+    """Each per-value row is masked by its own template (top_usage gives it): the whole
+    masked value, whatever it holds, static limits and folded rows as they are."""
     from job_processor.core.limits import mask_limit_keys
 
+    def row(template: str, payload: dict[str, Any]) -> dict[str, Any]:
+        key = Limit(key=template, concurrency=1).key_for(payload)
+        return {"key": key, "template": template, "running": 1}
+
+    iban = {"iban": "DE89-3704-0044-0532-0130-00", "region": "eu"}
     rows = [
-        {"key": "acct:DE89:eu", "running": 1},
-        {"key": "tenant:acme", "running": 2},
-        {"key": "acct:{iban}:{region} (other keys)", "running": 0},
+        row("acct:{iban}:{region}", iban),
+        row("pay-{iban}-{region}", iban),  # the value holds the separator
+        row("acct-{iban}{region}", {"iban": "DE89370400440532013000", "region": "EU"}),
+        row("acct{{eu}}:{iban}", iban),  # escaped braces
+        row("acct:{user}:x", {"user": "bob"}),  # another template: not masked
+        {"key": "acct:global", "running": 0},  # a static limit
+        {"key": "acct:{iban}:{region} (other keys)", "template": "acct:{iban}:{region}", "keys": 3},
     ]
-    shown = mask_limit_keys(
-        rows, {"acct:{iban}:{region}", "tenant:{tenant_id}"}, lambda f: f == "iban", "***"
-    )
-    assert [r["key"] for r in shown] == [
+    shown = mask_limit_keys(rows, lambda f: f == "iban", "***")
+    # side by side, where one value ends is unknown: the masked one takes all it can
+    assert shown[2]["key"] == "acct-***U"
+    assert [r["key"] for r in shown[:2] + shown[3:]] == [
         "acct:***:eu",
-        "tenant:acme",
+        "pay-***-eu",
+        "acct{eu}:***",
+        "acct:bob:x",
+        "acct:global",
         "acct:{iban}:{region} (other keys)",
     ]
-    assert mask_limit_keys(rows, {"tenant:{tenant_id}"}, lambda f: f == "iban", "***") is rows
+    odd = mask_limit_keys([{"key": "x", "template": "acct:{iban}"}], lambda f: True, "***")
+    assert odd[0]["key"] == "***"  # a key its template does not read: the mask alone
+
+
+def test_a_jobs_limit_key_masks_the_values_of_masked_fields_whatever_their_length() -> None:
+    from job_processor.core.limits import mask_filled_key
+
+    def masked(f: str) -> bool:
+        return f in ("pin", "account_no")
+
+    assert mask_filled_key("card:042", {"pin": "042"}, masked, "***") == "card:***"
+    key = Limit(key="acct:{account_no}", concurrency=1).key_for({"account_no": 12345678.0})
+    assert mask_filled_key(key, {"account_no": 12345678.0}, masked, "***") == "acct:***"
+    plain = {"tenant_id": "acme"}
+    assert mask_filled_key("token-refresh:acme", plain, masked, "***") == "token-refresh:acme"

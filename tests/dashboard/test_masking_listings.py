@@ -167,3 +167,66 @@ async def test_a_limit_key_filled_from_a_dashboard_sensitive_field_is_not_shown(
     texts = {"overview": overview, "api_overview": api_overview, "api_job": api}
     assert [n for n, t in texts.items() if iban in t] == []
     assert "acct:••••••" in api_overview  # the limit is still listed, its value masked
+
+
+async def holding(db: Any, jobs: dict[str, Any], **options: Any) -> Any:
+    """A processor whose handlers hold their limit slots until released (`p.release`)."""
+    import asyncio
+
+    running: set[str] = set()
+    release = asyncio.Event()
+
+    async def hold(job: Job, signal: AbortSignal) -> None:
+        running.add(job.id)
+        await release.wait()
+
+    defs = {name: JobDef(handler=hold, limit=limit) for name, limit in jobs.items()}
+    p = await init_job_processor(db, jobs=defs, **FAST, **options)
+    p.running, p.release = running, release  # type: ignore[attr-defined]
+    return p
+
+
+async def test_masked_limit_keys_of_every_shape_on_the_overview_and_a_job(db: Any) -> None:
+    """The overview served 500 while a key with escaped braces was in use, showed a key of a
+    template no definition names any more in clear, and a job's limit_key showed a value
+    shorter than 4 characters or a float in clear, and masked a key of a plain field
+    (`token-refresh:acme`)."""
+    from job_processor import Limit
+
+    masked = [*DEFAULT_SENSITIVE_FIELDS, "iban", "pin", "account_no"]
+    old = await holding(db, {"pay": Limit(key="acct:{iban}", concurrency=5)})
+    p = await holding(
+        db,
+        {
+            "pay": Limit(key="account{{eu}}:{iban}", concurrency=5),  # renamed by a deploy
+            "card": Limit(key="card:{pin}", concurrency=5),
+            "acct": Limit(key="acct-no:{account_no}", concurrency=5),
+            "refresh": Limit(key="token-refresh:{tenant_id}", concurrency=5),
+        },
+        concurrency=4,
+    )
+    iban = "DE89370400440532013000"
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=masked)
+    async with old, p, client(app) as c:
+        await old.schedule_job("pay", {"iban": iban})  # the old version's, holding its slot
+        jobs = [
+            await p.schedule_job("pay", {"iban": iban}),
+            await p.schedule_job("card", {"pin": "042"}),
+            await p.schedule_job("acct", {"account_no": 12345678.0}),
+            await p.schedule_job("refresh", {"tenant_id": "acme"}),
+        ]
+        await wait_until(lambda: len(old.running) == 1 and len(p.running) == 4)
+        pages = [await c.get("/"), await c.get("/api/overview")]
+        keys = [(await c.get(f"/api/jobs/{j.id}")).json()["limit_key"] for j in jobs]
+        old.release.set()
+        p.release.set()
+    assert [r.status_code for r in pages] == [200, 200]
+    for page in pages:
+        assert iban not in page.text and "card:042" not in page.text
+        assert "acct-no:12345678" not in page.text
+    assert keys == [
+        "account{eu}:••••••",
+        "card:••••••",
+        "acct-no:••••••",
+        "token-refresh:acme",
+    ]

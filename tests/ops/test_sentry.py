@@ -782,3 +782,72 @@ async def test_a_handlers_set_transaction_name_is_kept_under_run_job_in_a_reques
     [event] = [e for e in items(captured, "event") if e["tags"].get("job.id") == job_id]
     roots = [r["name"] for r in run_roots(captured) if r["job.id"] == job_id]
     assert (event.get("transaction"), roots) == ("sync acme", ["sync acme"] if options else [])
+
+
+async def sync_new_scope(job: Job, signal: AbortSignal) -> str:
+    import sentry_sdk
+
+    with sentry_sdk.new_scope():
+        sentry_sdk.set_transaction_name("sync part")
+        sentry_sdk.capture_message("part synced")
+    return "ok"
+
+
+async def sync_isolation_scope(job: Job, signal: AbortSignal) -> str:
+    import sentry_sdk
+
+    with sentry_sdk.isolation_scope():
+        sentry_sdk.set_transaction_name("sync part")
+        sentry_sdk.capture_message("part synced")
+    return "ok"
+
+
+def sync_in_thread(job: Job, signal: Any) -> str:
+    import sentry_sdk
+
+    sentry_sdk.set_transaction_name(f"sync {job.payload['tenant']}")
+    sentry_sdk.capture_message("synced")
+    return "ok"
+
+
+async def sync_gathered(job: Job, signal: AbortSignal) -> str:
+    import asyncio
+
+    import sentry_sdk
+
+    async def part(i: int) -> None:
+        with sentry_sdk.new_scope():
+            sentry_sdk.set_transaction_name(f"sync part {i}")
+            await asyncio.sleep(0)
+            sentry_sdk.capture_message(f"part {i} synced")
+
+    await asyncio.gather(part(1), part(2))
+    return "ok"
+
+
+SCOPED_NAMES = {
+    "sync_new_scope": [("part synced", "sync part")],
+    "sync_isolation_scope": [("part synced", "sync part")],
+    "sync_gathered": [("part 1 synced", "sync part 1"), ("part 2 synced", "sync part 2")],
+    "sync_in_thread": [("synced", "sync acme")],
+}
+
+
+@THREE_MODES
+@pytest.mark.parametrize(
+    "handler", [sync_new_scope, sync_isolation_scope, sync_gathered, sync_in_thread]
+)
+async def test_a_name_set_in_a_handlers_own_scope_is_kept_under_run_job_in_a_request(
+    db: Any, options: dict[str, Any], handler: Any
+) -> None:
+    """A name the handler set in a scope of its own (new_scope, isolation_scope, gathered
+    sub-tasks) was replaced by the job's under run_job in a request: the name was read from
+    the run's scope, not the one the event was captured in."""
+    jobs = {"sync": JobDef(handler=handler)}
+    captured, job_id = await run_job_in_a_request(db, jobs, "sync", {"tenant": "acme"}, options)
+    got = sorted(
+        (e.get("message") or "", e.get("transaction"))
+        for e in items(captured, "event")
+        if e["tags"].get("job.id") == job_id
+    )
+    assert got == SCOPED_NAMES[handler.__name__]
