@@ -257,9 +257,18 @@ def mask_limit_keys(
         if found is None:
             out.append(row | {"key": mask})
             continue
-        shown = "".join(
-            text + ("" if f is None else mask if sensitive(f) else value)
+        pieces = [
+            (text, value, f is not None and sensitive(f))
             for (text, f, _, _), value in zip(parts, _groups(parts, found.groups()), strict=True)
+        ]
+        masked_at = [i for i, (_, _, hidden) in enumerate(pieces) if hidden]
+        first, last = masked_at[0], masked_at[-1]
+        # between two masked values where one ends is unknown: all of it is masked
+        shown = (
+            "".join(text + value for text, value, _ in pieces[:first])
+            + pieces[first][0]
+            + mask
+            + "".join(text + value for text, value, _ in pieces[last + 1 :])
         )
         out.append(row | {"key": shown})
     return out
@@ -277,11 +286,14 @@ def mask_filled_key(key: Any, payload: Any, sensitive: Callable[[str], bool], ma
     1), replaced by `mask`, whatever its length."""
     if not isinstance(key, str) or not isinstance(payload, dict):
         return key
+    values = []
     for f, value in payload.items():
         if not isinstance(f, str) or not sensitive(f) or isinstance(value, bool):
             continue
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, str | int | float | ObjectId) and str(value):
-            key = key.replace(str(value), mask)
+            values.append(str(value))
+    for value in sorted(values, key=len, reverse=True):  # a value inside another: the longer
+        key = key.replace(value, mask)
     return key

@@ -188,3 +188,24 @@ def test_a_jobs_limit_key_masks_the_values_of_masked_fields_whatever_their_lengt
     assert mask_filled_key(key, {"account_no": 12345678.0}, masked, "***") == "acct:***"
     plain = {"tenant_id": "acme"}
     assert mask_filled_key("token-refresh:acme", plain, masked, "***") == "token-refresh:acme"
+
+
+def test_masked_limit_keys_never_show_part_of_a_masked_value() -> None:
+    """Two masked placeholders around a plain one: where each value ends is unknown, so all
+    between them is masked (the greedy first match took the plain value and left the second
+    masked value's head in clear); a masked value inside another is replaced longest first."""
+    from job_processor.core.limits import mask_filled_key, mask_limit_keys
+
+    payload = {"iban": "DE89", "region": "eu", "pin": "SECRET-4711"}
+    template = "{iban}-{region}-{pin}"
+    key = Limit(key=template, concurrency=1).key_for(payload)
+    rows = [{"key": key, "template": template, "running": 1}]
+    shown = mask_limit_keys(rows, lambda f: f in ("iban", "pin"), "***")[0]["key"]
+    assert shown == "***"
+
+    def masked(f: str) -> bool:
+        return f in ("pin", "iban")
+
+    nested = {"pin": "37", "iban": "DE8937040044"}
+    key = Limit(key="{iban}/{pin}", concurrency=1).key_for(nested)
+    assert mask_filled_key(key, nested, masked, "***") == "***/***"

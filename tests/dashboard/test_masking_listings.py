@@ -10,7 +10,7 @@ from typing import Any
 
 from job_processor import AbortSignal, CronDef, Job, JobDef, JobStatus, init_job_processor
 from job_processor.dashboard import DEFAULT_SENSITIVE_FIELDS, create_dashboard
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_status
 
 from .harness import wait_until
 from .test_http import AUTH, client, token
@@ -230,3 +230,33 @@ async def test_masked_limit_keys_of_every_shape_on_the_overview_and_a_job(db: An
         "acct-no:••••••",
         "token-refresh:acme",
     ]
+
+
+async def test_a_jobs_limit_key_masks_a_secret_the_job_holds_elsewhere(db: Any) -> None:
+    """The payload field keying the limit repeats the session id the checkpoint holds: the
+    job's payload masks it (every value the job holds in a sensitive field is masked wherever
+    else it appears), and its limit_key must too."""
+    from job_processor import Limit
+
+    secret = "sess-8f3k2j9x7q"
+
+    async def sync(job: Job, signal: AbortSignal) -> None:
+        await job.checkpoint({"session": secret})
+        raise RuntimeError("upstream answered 503")
+
+    limit = Limit(key="resume:{resume_from}", concurrency=2)
+    p = await init_job_processor(
+        db,
+        jobs={"sync": JobDef(handler=sync, resumable=True, max_attempts=1, limit=limit)},
+        **FAST,
+    )
+    async with p:
+        job = await p.schedule_job("sync", {"resume_from": secret})
+        await wait_status(p, job.id, JobStatus.ERRORED)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        api_one = (await c.get(f"/api/jobs/{job.id}")).json()
+        api_list = (await c.get("/api/jobs")).text
+    assert api_one["payload"]["resume_from"] == "••••••"
+    assert api_one["limit_key"] == "resume:••••••"
+    assert secret not in api_list
