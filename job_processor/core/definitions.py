@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import inspect
+import math
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,7 +143,7 @@ def fill_limit_key(key: str, payload: Any) -> str:
             # would be a key "tenant:True")
             or isinstance(value, bool)
             or not isinstance(value, str | int | float | ObjectId)
-            or (isinstance(value, float) and value != value)
+            or (isinstance(value, float) and not math.isfinite(value))  # NaN, inf
             or str(value) == ""
         ):
             raise ValueError(

@@ -209,3 +209,12 @@ def test_masked_limit_keys_never_show_part_of_a_masked_value() -> None:
     nested = {"pin": "37", "iban": "DE8937040044"}
     key = Limit(key="{iban}/{pin}", concurrency=1).key_for(nested)
     assert mask_filled_key(key, nested, masked, "***") == "***/***"
+
+
+def test_a_limit_key_is_never_filled_from_infinity() -> None:
+    """NaN was refused, infinity not: another program's job (schedule_job refuses non-finite
+    payloads) got the key "acct:inf", shown in clear beside its masked field (JSON has no
+    infinity: the payload showed null)."""
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValueError, match="needs the payload field 'iban'"):
+            Limit(key="acct:{iban}", concurrency=1).key_for({"iban": value})
