@@ -183,11 +183,7 @@ def detached(create: Callable[[], T]) -> T:
             )
             stack.enter_context(scopes.use_scope(scopes.Scope(ty=scopes.ScopeType.CURRENT)))
         else:
-            isolation = stack.enter_context(sdk.isolation_scope())
-            current = sdk.get_current_scope()
-            current.span = None
-            isolation.set_new_propagation_context()
-            current.set_new_propagation_context()
+            _no_span_new_trace(sdk, stack.enter_context(sdk.isolation_scope()))
     except Exception:  # monitoring must never break the processor
         with contextlib.suppress(Exception):
             stack.close()  # the caller's scopes again, if one was entered
@@ -214,11 +210,17 @@ def _new_trace(isolation: Any, name: str) -> None:
     """A trace of the run's own, with no active span: not part of whatever the run was started
     in (`run_job` called in a request), nor shared by every run of the process (the events
     captured with tracing off take the scope's trace)."""
-    current = _sdk.get_current_scope()
+    _no_span_new_trace(_sdk, isolation).set_transaction_name(name, source="task")
+
+
+def _no_span_new_trace(sdk: Any, isolation: Any) -> Any:
+    """The current scope (returned) and `isolation` with no active span and a trace of their
+    own (forked scopes: the caller's are untouched)."""
+    current = sdk.get_current_scope()
     current.span = None
-    current.set_transaction_name(name, source="task")
     isolation.set_new_propagation_context()
     current.set_new_propagation_context()
+    return current
 
 
 def _set_status(trace: RunTrace, status: str) -> None:
