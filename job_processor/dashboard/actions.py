@@ -42,13 +42,17 @@ def confirm_page(
     lines: list[str],
     button: str,
     danger: bool = True,
+    pinned: dict[str, str] | None = None,
 ) -> Response:
+    """`pinned`: fields the confirmation adds, describing what the user saw (they replace
+    any of the same name the request sent)."""
+    pins = pinned or {}
     fields = [
         (k, v)
         for k, values in getattr(request.state, "form_lists", {}).items()
-        if k not in ("csrf_token", "confirm")
+        if k not in ("csrf_token", "confirm", *pins)
         for v in values
-    ]
+    ] + list(pins.items())
     return d.page(
         request,
         "confirm.html",
@@ -99,7 +103,11 @@ async def job_action(d: Dashboard, request: Request) -> Response:
             title=f"{verb.capitalize()} job {job.id}?",
             lines=[f"{job.name} · {job.status.value}.{running}"],
             button=f"{verb.capitalize()} job",
+            pinned={"seen_attempt": str(job.attempt)} if verb == "kill" else None,
         )
+    if verb == "kill" and (moved := await _ran_since(admin, job_id, _form(request))):
+        flash = {"kind": "warn", "title": "Kill: nothing changed", "lines": [moved]}
+        return d.redirect(request, back, flash)
     calls: dict[str, Callable[[], Awaitable[ActionResult]]] = {
         "retry": lambda: admin.retry([job_id], actor=actor),
         "kill": lambda: admin.kill([job_id], actor=actor),
@@ -115,6 +123,25 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     if deleted and back.startswith(f"/jobs/{job_id}"):  # its page is gone; a refusal stays
         response.headers["location"] = f"{root}/jobs"
     return response
+
+
+async def _ran_since(admin: Any, job_id: str, form: dict[str, str]) -> str | None:
+    """Why a confirmed kill is not made: the job has started another run since its
+    confirmation was shown (an automatic retry, or a retry by someone else), which the user
+    did not see. None when it has not (or when no attempt was pinned: a form of its own)."""
+    seen = form.get("seen_attempt")
+    if seen is None:
+        return None
+    try:
+        job = await admin.get_job(job_id)
+    except JobProcessorError:
+        return None  # the kill itself says what is wrong (not found, a bad id)
+    if str(job.attempt) == seen:
+        return None
+    return (
+        f"{job_id}: it has started another run since the confirmation was shown "
+        f"(attempt {job.attempt}, {job.status.value}); kill it again if you still mean to"
+    )
 
 
 async def selected(d: Dashboard, request: Request) -> Response:

@@ -274,6 +274,48 @@ async def test_destructive_actions_ask_for_confirmation_first(processor: Any) ->
         assert "It is running" not in resp.text
 
 
+async def test_a_confirmed_kill_is_not_made_when_the_job_has_run_again_since(
+    processor: Any,
+) -> None:
+    """The kill's confirmation pins the run the user saw: a job that started another run
+    between the confirmation and the click is not killed, and the flash says why."""
+    import asyncio
+
+    p, switches = processor
+    switches.hold = asyncio.Event()
+    later = await p.schedule_job("send-email", {"to": "later@example.com"}, delay=3600)
+    app = create_dashboard(p, auth=AUTH)
+    try:
+        async with client(app) as c:
+            csrf = token((await c.get(f"/jobs/{later.id}")).text)
+            resp = await c.post(f"/jobs/{later.id}/kill", data={"csrf_token": csrf})
+            assert "send-email · pending." in resp.text
+            confirmed = dict(
+                re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', resp.text)
+            )
+            assert confirmed["seen_attempt"] == "0" and confirmed["confirm"] == "yes"
+            # it starts while the user reads the page (run now, from another tab)
+            await c.post(f"/jobs/{later.id}/run-now", data={"csrf_token": csrf})
+            await wait_until(lambda: _status(p, later.id, S.RUNNING))
+            resp = await c.post(f"/jobs/{later.id}/kill", data=confirmed)
+            page = await c.get(resp.headers["location"])
+            assert "Kill: nothing changed" in page.text
+            assert "it has started another run since the confirmation was shown" in page.text
+            running = await p.get_job(later.id)
+            assert running.status == S.RUNNING and running.kill_requested_at is None
+            # confirmed again, on what it is now: killed
+            resp = await c.post(f"/jobs/{later.id}/kill", data={"csrf_token": csrf})
+            assert "It is running" in resp.text and 'name="seen_attempt" value="1"' in resp.text
+            confirmed = dict(
+                re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', resp.text)
+            )
+            resp = await c.post(f"/jobs/{later.id}/kill", data=confirmed)
+            assert "Kill: 1 changed" in (await c.get(resp.headers["location"])).text
+            assert (await p.get_job(later.id)).kill_requested_at is not None
+    finally:
+        switches.hold.set()
+
+
 async def test_a_refused_delete_returns_to_the_job_and_a_paused_names_new_job_says_so(
     processor: Any,
 ) -> None:
