@@ -126,6 +126,19 @@ def key_fields(key: str) -> tuple[str, ...]:
     return tuple(f for _, f, _, _ in string.Formatter().parse(key) if f)
 
 
+def key_separators(key: str) -> str:
+    """The characters a filled value of this limit key has escaped (a backslash before each):
+    those of the text between its placeholders, and the backslash; none for a key of one
+    placeholder. So two value pairs never fill one key: in `pair:{region}-{tenant}`,
+    ("eu-1", "acme") gives `pair:eu\\-1-acme` and ("eu", "1-acme") `pair:eu-1\\-acme`."""
+    parts = list(string.Formatter().parse(key))
+    placed = [i for i, (_, f, _, _) in enumerate(parts) if f]
+    if len(placed) < 2:
+        return ""
+    between = "".join(parts[i][0] for i in range(placed[0] + 1, placed[-1] + 1))
+    return "".join(sorted(set(between) | {"\\"}))
+
+
 def fill_limit_key(key: str, payload: Any) -> str:
     """A limit key with its placeholders filled from the payload (`"tenant:{tenant_id}"` ->
     `"tenant:acme"`); the key itself when it has none. A missing or empty field, or one that
@@ -154,6 +167,8 @@ def fill_limit_key(key: str, payload: Any) -> str:
         if isinstance(value, float) and value.is_integer():
             value = int(value)  # 1.0 and 1 are the same tenant: one key, "tenant:1"
         values[f] = str(value)
+    if escaped := key_separators(key):
+        values = {f: "".join("\\" + c if c in escaped else c for c in v) for f, v in values.items()}
     return key.format(**values)
 
 
@@ -186,6 +201,14 @@ class Limit(Checked):
             parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v)]
         except ValueError as exc:
             raise ValueError(f"key {v!r}: {exc} (placeholders are {{field}})") from None
+        for (text, f, _, _), (_, before, _, _) in zip(
+            list(string.Formatter().parse(v))[1:], string.Formatter().parse(v), strict=False
+        ):
+            if f and before and not text:  # "{a}{b}": where one value ends is unknown
+                raise ValueError(
+                    f"key {v!r}: placeholders {{{before}}} and {{{f}}} need text between "
+                    f"them, e.g. '{{{before}}}:{{{f}}}'"
+                )
         for f, spec, conv in parsed:
             if f is None:
                 continue

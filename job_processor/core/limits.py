@@ -27,7 +27,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from .definitions import JobDef, Limit
+from .definitions import JobDef, Limit, key_separators
 from .errors import InvalidDefinitionError
 
 Doc = dict[str, Any]
@@ -76,7 +76,11 @@ def taken(
 ) -> Doc:
     """The compare-and-set update that takes one slot per run id (and records their starts).
     `template`: the per-value limit's key this one was filled from (its document is removed
-    once idle: no run, no start left in its window, after `idle_after_ms`)."""
+    once idle: no run, no start left in its window, after `idle_after_ms`). A document a
+    per-value limit made is kept so by a static limit of its key too (`check_limits` lets
+    them share it only with the same settings): its starts are not removed with it."""
+    if template is None and isinstance(doc.get("template"), str):
+        template = doc["template"]
     fields: Doc = {
         "rev": int(doc.get("rev") or 0) + 1,
         "concurrency": limit.concurrency,
@@ -135,7 +139,9 @@ def created(
 
 
 def check_limits(definitions: Mapping[str, JobDef]) -> dict[str, Limit]:
-    """Definitions naming the same key must agree on it. Returns key -> Limit."""
+    """Definitions naming the same key must agree on it; so must two keys that can be filled
+    to the same text (`api:acme` and `api:{tenant}`: one document, one limit). Returns
+    key -> Limit."""
     out: dict[str, Limit] = {}
     for name, d in definitions.items():
         if d.limit is None:
@@ -147,6 +153,62 @@ def check_limits(definitions: Mapping[str, JobDef]) -> dict[str, Limit]:
                 f"({known.model_dump()} vs {d.limit.model_dump()}): declare it once, e.g. "
                 f"MAIL = Limit(key={d.limit.key!r}, ...), and use it in each JobDef"
             )
+    keys = sorted(out)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if _settings(out[a]) != _settings(out[b]) and could_meet(a, b):
+                raise InvalidDefinitionError(
+                    f"limits {a!r} and {b!r} can name the same key (a payload value may fill "
+                    f"one to the other's text), which would be one limit with two settings "
+                    f"({_settings(out[a])} vs {_settings(out[b])}): give them keys that "
+                    f"cannot meet (e.g. a different prefix), or the same settings"
+                )
+    return out
+
+
+def _settings(limit: Limit) -> dict[str, Any]:
+    return {"concurrency": limit.concurrency, "rate": limit.rate, "per_seconds": limit.per_seconds}
+
+
+def could_meet(a: str, b: str) -> bool:
+    """Whether limit keys `a` and `b` can be filled to the same text, a placeholder standing
+    for one character or more (a static key is one text). A walk of both keys at once, one
+    character at a time: a position is (token, inside a placeholder that took one already)."""
+    ta, tb = _tokens(a), _tokens(b)
+    State = tuple[int, bool]
+
+    def closure(state: State) -> list[State]:  # a placeholder that took one may end here
+        i, inside = state
+        return [state, (i + 1, False)] if inside else [state]
+
+    def moves(tok: list[str | None], state: State) -> list[tuple[str | None, State]]:
+        # (the character it takes, None: any; where it goes)
+        i, inside = state
+        if inside or (i < len(tok) and tok[i] is None):
+            return [(None, (i, True))]
+        return [(tok[i], (i + 1, False))] if i < len(tok) else []
+
+    todo: list[tuple[State, State]] = [((0, False), (0, False))]
+    seen: set[tuple[State, State]] = set()
+    while todo:
+        pair = todo.pop()
+        if pair in seen:
+            continue
+        seen.add(pair)
+        if pair == ((len(ta), False), (len(tb), False)):
+            return True
+        for ca, na in moves(ta, pair[0]):
+            for cb, nb in moves(tb, pair[1]):
+                if ca is None or cb is None or ca == cb:
+                    todo += [(x, y) for x in closure(na) for y in closure(nb)]
+    return False
+
+
+def _tokens(key: str) -> list[str | None]:
+    """A limit key's characters, None for each placeholder (`{{` and `}}` read as braces)."""
+    out: list[str | None] = []
+    for text, f, _, _ in string.Formatter().parse(key):
+        out += [*text, *([None] if f else [])]
     return out
 
 
@@ -248,9 +310,12 @@ def mask_limit_keys(
         if not any(sensitive(f) for f in fields):
             out.append(row)
             continue
-        # literal parts as written ({{ and }} read as braces); a masked value matched whole
+        # literal parts as written ({{ and }} read as braces); a masked value matched whole;
+        # in a key of several placeholders, a value holds its separators escaped
+        escaped = key_separators(template)
+        char = f"(?:\\\\.|[^{re.escape(escaped)}])" if escaped else "."
         regex = "".join(
-            re.escape(text) + ("" if f is None else "(.+)" if sensitive(f) else "(.+?)")
+            re.escape(text) + ("" if f is None else f"({char}+{'' if sensitive(f) else '?'})")
             for text, f, _, _ in parts
         )
         found = re.fullmatch(regex, key, re.S)
@@ -295,5 +360,6 @@ def mask_filled_key(key: Any, payload: Any, sensitive: Callable[[str], bool], ma
         if isinstance(value, str | int | float | ObjectId) and str(value):
             values.append(str(value))
     for value in sorted(values, key=len, reverse=True):  # a value inside another: the longer
-        key = key.replace(value, mask)
+        # as filled: in a key of several placeholders, any character may have been escaped
+        key = re.sub("".join("\\\\?" + re.escape(c) for c in value), lambda _: mask, key)
     return key

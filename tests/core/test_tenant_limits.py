@@ -156,7 +156,8 @@ def test_limit_keys_filled_from_masked_fields_show_the_mask() -> None:
     rows = [
         row("acct:{iban}:{region}", iban),
         row("pay-{iban}-{region}", iban),  # the value holds the separator
-        row("acct-{iban}{region}", {"iban": "DE89370400440532013000", "region": "EU"}),
+        # side by side: a template refused now, its keys stored by an older version
+        {"key": "acct-DE89370400440532013000EU", "template": "acct-{iban}{region}", "running": 1},
         row("acct{{eu}}:{iban}", iban),  # escaped braces
         row("acct:{user}:x", {"user": "bob"}),  # another template: not masked
         {"key": "acct:global", "running": 0},  # a static limit
@@ -188,6 +189,11 @@ def test_a_jobs_limit_key_masks_the_values_of_masked_fields_whatever_their_lengt
     assert mask_filled_key(key, {"account_no": 12345678.0}, masked, "***") == "acct:***"
     plain = {"tenant_id": "acme"}
     assert mask_filled_key("token-refresh:acme", plain, masked, "***") == "token-refresh:acme"
+    # a key of several placeholders holds its values' separators escaped: masked all the same
+    pair = {"account_no": "12-34\\5", "region": "eu-1"}
+    key = Limit(key="pair:{region}-{account_no}", concurrency=1).key_for(pair)
+    assert key == "pair:eu\\-1-12\\-34\\\\5"
+    assert mask_filled_key(key, pair, masked, "***") == "pair:eu\\-1-***"
 
 
 def test_masked_limit_keys_never_show_part_of_a_masked_value() -> None:
@@ -218,3 +224,66 @@ def test_a_limit_key_is_never_filled_from_infinity() -> None:
     for value in (float("inf"), float("-inf"), float("nan")):
         with pytest.raises(ValueError, match="needs the payload field 'iban'"):
             Limit(key="acct:{iban}", concurrency=1).key_for({"iban": value})
+
+
+def _quick(job: object, signal: object) -> None:
+    return None
+
+
+def test_a_static_limit_and_a_per_tenant_limit_that_fill_to_one_key_must_agree() -> None:
+    """`api:acme` and `api:{tenant}` (tenant "acme") are one document: one limit. With two
+    settings, the per-tenant one's sweep removed the static one's starts (its rate exceeded)."""
+    from job_processor.core.errors import InvalidDefinitionError
+    from job_processor.core.limits import check_limits
+
+    static = Limit(key="api:acme", rate=1, per_seconds=60)
+    for other in ("api:{tenant}", "{service}:{tenant}", "{service}:acme"):
+        defs = {
+            "report": JobDef(handler=_quick, limit=static),
+            "sync": JobDef(handler=_quick, limit=Limit(key=other, concurrency=2)),
+        }
+        with pytest.raises(InvalidDefinitionError, match="can name the same key") as err:
+            check_limits(defs)
+        assert "'api:acme'" in str(err.value) and repr(other) in str(err.value)
+    # two templates that meet, with two settings: refused too
+    defs = {
+        "a": JobDef(handler=_quick, limit=Limit(key="tenant:{tenant_id}", concurrency=1)),
+        "b": JobDef(handler=_quick, limit=Limit(key="tenant:{account}", concurrency=3)),
+    }
+    with pytest.raises(InvalidDefinitionError, match="can name the same key"):
+        check_limits(defs)
+    # the same settings: one limit, shared on purpose; keys that cannot meet: two limits
+    same = {"a": JobDef(handler=_quick, limit=Limit(key="api:{tenant}", rate=1, per_seconds=60))}
+    assert len(check_limits(same | {"report": JobDef(handler=_quick, limit=static)})) == 2
+    apart = {
+        "report": JobDef(handler=_quick, limit=static),
+        "sync": JobDef(handler=_quick, limit=Limit(key="sync:{tenant}", concurrency=2)),
+        "mail": JobDef(handler=_quick, limit=Limit(key="api:acme:{box}", concurrency=1)),
+    }
+    assert len(check_limits(apart)) == 3
+
+
+def test_a_static_take_keeps_a_shared_per_value_document_alive_while_its_starts_count() -> None:
+    """A static limit's slot taken on a document a per-value limit made moves its idle time
+    on, so the sweep does not remove it (and its starts) inside the rate window."""
+    limit = Limit(key="api:acme", rate=1, per_seconds=60)
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    doc = {"_id": "api:acme", "rev": 3, "template": "api:{tenant}", "idle_after_ms": 0}
+    update = taken(doc, limit, ["r1"], "w1", t0)
+    assert update["$set"]["template"] == "api:{tenant}"
+    assert update["$set"]["idle_after_ms"] == int(t0.timestamp() * 1000) + 60_000
+
+
+def test_two_value_pairs_never_fill_one_key() -> None:
+    """`pair:{region}-{tenant}`: ("eu-1", "acme") and ("eu", "1-acme") were one key, one
+    limit for two tenants. A value's separators are escaped in a key of several
+    placeholders; a key of one placeholder is filled as it is."""
+    per_pair = Limit(key="pair:{region}-{tenant}", concurrency=1)
+    a = per_pair.key_for({"region": "eu-1", "tenant": "acme"})
+    b = per_pair.key_for({"region": "eu", "tenant": "1-acme"})
+    assert a != b and (a, b) == ("pair:eu\\-1-acme", "pair:eu-1\\-acme")
+    tricky = per_pair.key_for({"region": "eu\\", "tenant": "-x"})
+    assert tricky != per_pair.key_for({"region": "eu\\-", "tenant": "x"})
+    assert Limit(key="tenant:{t}", concurrency=1).key_for({"t": "a-b\\c"}) == "tenant:a-b\\c"
+    with pytest.raises(ValueError, match=r"\{a\} and \{b\} need text between them"):
+        Limit(key="pair:{a}{b}", concurrency=1)

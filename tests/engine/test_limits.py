@@ -417,3 +417,22 @@ async def test_a_killed_handler_still_running_keeps_its_limit_slot(db: Any, kind
             assert overlap == [False]
     finally:
         let_first_end.set()
+
+
+async def test_init_refuses_a_static_and_a_per_tenant_limit_of_one_key_with_two_settings(
+    db: Any,
+) -> None:
+    """`api:acme` (rate 1 a minute) and `api:{tenant}` filled with "acme" were one document:
+    the per-tenant limit's idle sweep removed it, starts and all, and a second `report` ran
+    0.1 s after the first (an outside hunt). Refused at init now, naming both keys."""
+    from job_processor import InvalidDefinitionError
+
+    async def quick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    jobs = {
+        "report": JobDef(handler=quick, limit=Limit(key="api:acme", rate=1, per_seconds=60)),
+        "sync": JobDef(handler=quick, limit=Limit(key="api:{tenant}", concurrency=2)),
+    }
+    with pytest.raises(InvalidDefinitionError, match=r"'api:acme' and 'api:\{tenant\}' can name"):
+        await make(db, jobs)
