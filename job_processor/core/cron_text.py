@@ -15,6 +15,8 @@ from croniter import CroniterBadDateError, croniter
 
 #: A range part of a cron field, "a-b" or "a-b/n" (a, b numbers or names).
 _RANGE = re.compile(r"^(\w+)-(\w+)(/\d+)?$", re.ASCII)
+#: croniter's random value of a field: "R", "R(0-5)", "R/10".
+_RANDOM = re.compile(r"^R(\(.*\))?(/\d+)?$", re.ASCII | re.IGNORECASE)
 
 
 #: Names a month or a day of week field may use, as numbers (by field, minute = 0).
@@ -30,7 +32,7 @@ def croniter_form(cron_string: str) -> str:
     """The cron string as croniter is given it: a range whose two ends are the same value
     ("5-5", "05-5", "wed-wed", "sun-0", "jan-1", "7-7", "10-10/5") is that one value, as in
     cron(8) (croniter reads it as "*": every minute, hour, day or month); everything else as
-    written. (0 and 7, both Sunday, stay a range: "0-7" is every day.)"""
+    written. (0 and 7, both Sunday: "7-0" and "7-sun" are Sunday; "0-7" stays every day.)"""
     fields = cron_string.split()
     minute = len(fields) - 5  # the minute field's index (6 fields: seconds first)
 
@@ -41,6 +43,7 @@ def croniter_form(cron_string: str) -> str:
         names = _NAMES.get(i - minute, {})
         a, b = (names.get(x.lower(), x.lower()) for x in (m.group(1), m.group(2)))
         same = a == b or (a.isdigit() and b.isdigit() and int(a) == int(b))
+        same = same or (i - minute == 4 and {a, b} <= {"0", "7"} and a > b)  # 7-sun: Sunday
         return m.group(1) if same else p
 
     return " ".join(",".join(part(p, i) for p in f.split(",")) for i, f in enumerate(fields))
@@ -54,6 +57,13 @@ def check_cron_string(v: str) -> str:
             f"cron_string {v!r} must have 5 fields (minute hour day month weekday) "
             "or 6 with seconds first"
         )
+    for f in fields:  # croniter's "R": a value drawn again each time the string is read
+        if any(_RANDOM.match(p) for p in f.split(",")):
+            raise ValueError(
+                f"cron_string {v!r}: its field {f!r} uses 'R', a value drawn at random each "
+                "time the schedule is read (replicas, and each slot, would draw another): "
+                "write a fixed value"
+            )
     read = croniter_form(v)
     seconds_first = len(fields) == 6
     # both: what is written ("1-1/0" is no cron string, even if "1" is) and what is read

@@ -384,6 +384,21 @@ class CronDef(JobDef):
     def _tz(cls, v: str) -> str:
         return check_timezone(v)
 
+    @field_validator("payload_model")
+    @classmethod
+    def _task_payload(cls, v: Any) -> Any:
+        """A cron task's payload is always {}: a model that refuses it errors every task."""
+        if isinstance(v, type) and issubclass(v, BaseModel):
+            try:
+                v.model_validate({})
+            except ValidationError as exc:
+                raise ValueError(
+                    f"a cron task's payload is always {{}}, which {v.__name__} refuses "
+                    f"({field_errors(exc.errors())}): give each of its fields a default, or "
+                    "drop payload_model"
+                ) from None
+        return v
+
 
 def _shown(fields: list[tuple[str, str]]) -> list[str]:
     return [f"field {field!r}: {msg}" for field, msg in fields]

@@ -351,3 +351,30 @@ def test_a_question_mark_beside_l_w_or_hash_is_no_day_and_is_accepted(cron_strin
     """'?' is croniter's 'no specific value' (read as '*'): the Quartz idiom for the n-th
     weekday ('0 0 ? * fri#2', second Friday) runs right and stays accepted."""
     assert parse_crons({"c": {"cron_string": cron_string, "handler": handler}})
+
+
+def test_a_cron_whose_payload_model_refuses_an_empty_payload_is_refused() -> None:
+    """A cron task's payload is always {}: a model with a required field errored every task
+    ("payload does not match"), found only at the first slot."""
+    from pydantic import BaseModel
+
+    class Account(BaseModel):
+        account: str
+
+    class Defaulted(BaseModel):
+        account: str = "all"
+
+    def tick(job: object, signal: object) -> None:
+        return None
+
+    with pytest.raises(InvalidDefinitionError) as err:
+        parse_crons(
+            {"nightly": {"cron_string": "0 3 * * *", "handler": tick, "payload_model": Account}}
+        )
+    text = str(err.value)
+    assert "cron 'nightly': field 'payload_model'" in text and "field 'account'" in text
+    assert "give each of its fields a default" in text
+    ok = parse_crons(
+        {"n": {"cron_string": "0 3 * * *", "handler": tick, "payload_model": Defaulted}}
+    )
+    assert ok["n"].payload_model is Defaulted

@@ -154,6 +154,8 @@ def test_a_long_downtime_jump_ends_for_margins_and_times_finer_than_a_millisecon
         ("0 0 15-15 * *", [utc(2030, 1, 15), utc(2030, 2, 15), utc(2030, 3, 15)]),
         ("0 0 * * 3-3", [utc(2030, 1, 2), utc(2030, 1, 9), utc(2030, 1, 16)]),  # Wednesdays
         ("0 0 * * 7-7", [utc(2030, 1, 6), utc(2030, 1, 13), utc(2030, 1, 20)]),  # 7 is Sunday
+        ("0 0 * * 7-sun", [utc(2030, 1, 6), utc(2030, 1, 13), utc(2030, 1, 20)]),  # 7 to 0
+        ("0 0 * * 7-0", [utc(2030, 1, 6), utc(2030, 1, 13), utc(2030, 1, 20)]),
         ("0 0 * * wed-wed", [utc(2030, 1, 2), utc(2030, 1, 9), utc(2030, 1, 16)]),
         ("0 5-5 * * * *", [utc(2030, 1, 1, 0, 5), utc(2030, 1, 1, 1, 5), utc(2030, 1, 1, 2, 5)]),
         ("10-10/5 * * * *", [utc(2030, 1, 1, 0, 10), utc(2030, 1, 1, 1, 10)]),
@@ -205,3 +207,14 @@ def test_a_range_of_one_value_spelt_two_ways_matches_that_value_only(
 
 def test_sunday_as_0_and_7_stays_a_range_of_every_day() -> None:
     assert len(slots(Schedule("0 0 * * 0-7"), utc(2029, 12, 31, 23, 59), utc(2030, 1, 7, 1))) == 7
+
+
+@pytest.mark.parametrize("cron_string", ["R 3 * * *", "0 R * * *", "0 0 * * r", "R(0-5)/2 * * * *"])
+def test_a_random_R_field_is_refused_naming_it(cron_string: str) -> None:
+    """croniter's 'R' is drawn again each time a croniter is built (each call of next_after,
+    on each replica): '0 R * * *' never ran (each fire found its stored slot off schedule)."""
+    from job_processor.core.cron_text import check_cron_string
+
+    with pytest.raises(ValueError, match=r"uses 'R', a value drawn at random"):
+        check_cron_string(cron_string)
+    check_cron_string("0 0 * mar fri")  # names holding an R are names
