@@ -165,6 +165,9 @@ def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:
 #: An exclusive cron whose last slots were all skipped behind one job: past this many in a row
 #: behind a running job, monitoring turns red (a run that long looks hung).
 STUCK_CRON_SLOTS = 3
+#: How many of a cron's latest tasks are read to find its last STUCK_CRON_SLOTS slots: a
+#: manual trigger refused behind the same run is a task, not a slot.
+STUCK_CRON_READ = 10
 
 
 def skipped_in_a_row(
@@ -172,10 +175,13 @@ def skipped_in_a_row(
 ) -> int:
     """How many of a cron's latest tasks (newest first) were skipped behind `holder_id`. Given
     the `holder`, a skip made before its run started, or as it started (a catch-up's later
-    slots, created with it) does not count: it says nothing of a long run."""
+    slots, created with it) does not count: it says nothing of a long run; nor does a manual
+    trigger (`trigger_cron`, "Trigger now"): it is no slot."""
     started = (holder or {}).get("run_started_at") or (holder or {}).get("started_at")
     n = 0
     for t in recent:
+        if t.get("trigger") == "manual":
+            continue
         if t.get("skip_reason") != "exclusive" or t.get("conflicting_job_id") != holder_id:
             break
         made = t.get("created_at")

@@ -22,6 +22,7 @@ from ..core.definitions import CronDef
 from ..core.log import EventLog
 from ..core.retention import Retention
 from ..core.schedule import (
+    STUCK_CRON_READ,
     STUCK_CRON_SLOTS,
     Schedule,
     margin_of,
@@ -261,7 +262,7 @@ class CronScheduler:
         )
         running = holder_status == "running" or caught_up
         if holder_status == "running" and not caught_up:
-            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
+            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_READ)
             in_a_row = skipped_in_a_row(recent, task["conflicting_job_id"], holder)
             running = in_a_row < STUCK_CRON_SLOTS
         log = self.log.info if running else self.log.warning

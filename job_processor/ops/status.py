@@ -11,7 +11,13 @@ from ..core.definitions import CronDef, JobDef
 from ..core.limits import check_limits, top_usage
 from ..core.masking import task_error
 from ..core.models import ProcessorStatus, WorkerInfo
-from ..core.schedule import STUCK_CRON_SLOTS, local_time, skipped_in_a_row, task_slot
+from ..core.schedule import (
+    STUCK_CRON_READ,
+    STUCK_CRON_SLOTS,
+    local_time,
+    skipped_in_a_row,
+    task_slot,
+)
 from ..core.status import JobStatus
 from ..storage import Storage
 
@@ -100,7 +106,7 @@ async def cron_status(
         if isinstance(stored.get("cron_string"), str) and isinstance(stored.get("timezone"), str):
             cron_string, timezone = stored["cron_string"], stored["timezone"]  # as the scheduler
         next_slot = stored.get("next_slot")
-        recent = await storage.jobs.recent_tasks(name)
+        recent = await storage.jobs.recent_tasks(name, STUCK_CRON_READ)
         out.append(
             {
                 "name": name,
@@ -118,7 +124,7 @@ async def cron_status(
                         "skip_reason": t.get("skip_reason"),
                         "error": task_error(t, cron.sensitive_fields),
                     }
-                    for t in recent
+                    for t in recent[:5]
                 ],
             }
         )
@@ -149,8 +155,9 @@ async def stuck_cron_warning(storage: Storage, name: str, recent: list[Doc]) -> 
 
 
 async def stuck_behind(storage: Storage, recent: list[Doc]) -> Doc | None:
-    """The job an exclusive cron's last STUCK_CRON_SLOTS slots were all skipped behind."""
-    last = recent[:STUCK_CRON_SLOTS]
+    """The job an exclusive cron's last STUCK_CRON_SLOTS slots were all skipped behind (its
+    manual triggers are no slots)."""
+    last = [t for t in recent if t.get("trigger") != "manual"][:STUCK_CRON_SLOTS]
     if len(last) < STUCK_CRON_SLOTS:
         return None
     holder_id = last[0].get("conflicting_job_id")

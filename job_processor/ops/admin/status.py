@@ -10,7 +10,7 @@ from ...core.clock import as_utc
 from ...core.coverage import coverage, worker_warnings
 from ...core.limits import top_usage
 from ...core.models import ProcessorStatus, WorkerInfo
-from ...core.schedule import STUCK_CRON_SLOTS
+from ...core.schedule import STUCK_CRON_READ
 from ...core.status import JobStatus
 from ...events.queries import untargeted_warnings
 from ...events.webhooks import webhook_warnings
@@ -73,7 +73,7 @@ class StatusAdmin(CronsAdmin):
         warnings += await untargeted_warnings(self.storage, now)
         for cron in sorted(await self.storage.crons.docs(), key=lambda d: str(d["_id"])):
             name = str(cron["_id"])
-            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_SLOTS)
+            recent = await self.storage.jobs.recent_tasks(name, STUCK_CRON_READ)
             stuck = await stuck_cron_warning(self.storage, name, recent)
             if stuck is not None:
                 warnings.append(stuck)
