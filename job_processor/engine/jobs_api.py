@@ -61,6 +61,10 @@ REGISTRY_TTL = 60.0
 REGISTRY_MISS_TTL = 5.0
 
 
+def _a_cron(name: str) -> str:
+    return f"{name!r} is a cron, not a job: run a task of it now with trigger_cron({name!r})"
+
+
 class JobsAPI(JobWaits):
     jobs: dict[str, JobDef]
     open_names = False
@@ -111,7 +115,7 @@ class JobsAPI(JobWaits):
                 )
                 return Template()
             if row.get("kind") == "cron":
-                raise InvalidArgumentError(f"{name!r} is a cron, not a job")
+                raise InvalidArgumentError(_a_cron(name))
             return Template.registered(row)
 
         return template
@@ -121,6 +125,8 @@ class JobsAPI(JobWaits):
 
     def _definition(self, name: str) -> JobDef:
         if not isinstance(name, str) or name not in self.jobs:
+            if isinstance(name, str) and name in getattr(self, "crons", {}):
+                raise InvalidArgumentError(_a_cron(name))  # not "add it to jobs=": init refuses
             raise UnknownJobError(str(name), list(self.jobs), self.jobs_given_to)
         return self.jobs[name]
 

@@ -711,3 +711,16 @@ async def test_manual_triggers_skipped_behind_a_long_run_are_not_slots_in_a_row(
         sentry_sdk.init(dsn=None)
     assert [c["status"] for c in checkins][:2] == ["in_progress", "ok"]
     assert not [w for w in status.warnings if "skipped behind" in w], status.warnings
+
+
+async def test_scheduling_a_cron_name_as_a_job_says_it_is_a_cron(db: Any) -> None:
+    """schedule_job / run_job on a cron's name said "unknown job: add it to
+    init_job_processor(jobs={...})", a fix init then refuses (a name is a job or a cron)."""
+    from job_processor import InvalidArgumentError
+
+    processor = await make(db, {"daily": {"cron_string": "0 2 * * *", "handler": tick}})
+    for call in (processor.schedule_job, processor.run_job):
+        with pytest.raises(
+            InvalidArgumentError, match=r"'daily' is a cron, not a job: .*trigger_cron\('daily'\)"
+        ):
+            await call("daily", {})
