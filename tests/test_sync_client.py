@@ -444,3 +444,12 @@ def test_a_thread_interrupted_during_the_attempt_leaves_the_others_to_try_again(
     assert isinstance(errors[0], Interrupted)
     assert errors[1:] == [None, None]
     assert attempts == [2]
+
+
+def test_a_scheduled_for_outside_the_utc_range_is_an_invalid_argument(sync_db: Any) -> None:
+    import datetime as dt
+
+    when = dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    for client in (JobClient(sync_db, APP_JOBS), JobClient(sync_db)):
+        with pytest.raises(InvalidArgumentError, match="scheduled_for"):  # a bare OverflowError
+            client.schedule_job("anywhere", {}, scheduled_for=when)

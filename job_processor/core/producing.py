@@ -211,7 +211,13 @@ def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.da
             "aware datetime, e.g. datetime.now(UTC) + timedelta(hours=1) or "
             "datetime(2030, 1, 1, 9, tzinfo=ZoneInfo('Europe/Paris')), or delay=3600"
         )
-    return to_millis(scheduled_for)
+    try:
+        return to_millis(scheduled_for)
+    except OverflowError:  # aware, but its UTC instant is before year 1 or after year 9999
+        raise InvalidArgumentError(
+            f"job {name!r}: scheduled_for {scheduled_for.isoformat()} is outside the range a "
+            "datetime can hold in UTC (years 1 to 9999): give a time within it"
+        ) from None
 
 
 def new_job_doc(

@@ -8,11 +8,16 @@ from typing import Any
 
 from .definitions import Backoff
 
+#: The longest wait between two attempts: a year.
+MAX_DELAY_SECONDS = 365 * 24 * 3600
+
 
 def backoff_delay(
     backoff: Backoff, failures: int, rand: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait before the next attempt, after `failures` failed attempts (>= 1)."""
+    """Seconds to wait before the next attempt, after `failures` failed attempts (>= 1): at
+    most a year, `max_seconds=None` included (an exponential delay past year 9999 cannot be
+    written: the run was errored by an internal error, a crashed one never recovered)."""
     n = max(1, failures)
     if backoff.kind == "fixed":
         delay = backoff.base_seconds
@@ -22,6 +27,7 @@ def backoff_delay(
         delay = backoff.base_seconds * 2 ** min(n - 1, 60)
     if backoff.max_seconds is not None:
         delay = min(delay, backoff.max_seconds)
+    delay = min(delay, MAX_DELAY_SECONDS)
     if backoff.jitter:
         delay = delay / 2 + rand() * delay / 2
     return delay

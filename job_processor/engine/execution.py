@@ -125,6 +125,8 @@ MAX_ERROR_CHARS = 4000
 def describe_error(exc: BaseException) -> str:
     """`Type: message`, then the traceback's last 5 frames (of each chained or grouped
     exception), without those that only hand the call to the user's function."""
+    if isinstance(exc, ExitCalled) and exc.__cause__ is not None:
+        exc = exc.__cause__  # "SystemExit: 2" and where it was raised
     shown = traceback.TracebackException.from_exception(exc)
     _trim(shown, set())
     try:
@@ -265,16 +267,29 @@ async def call_maybe_async(
     so they never block the event loop, and one that outlives its timeout never keeps another
     from running. `on_late_return(name, seconds)` is called (from that thread) when a plain
     function that was given up returns after all. A coroutine returned by either (`return
-    helper()`, its await forgotten) is awaited: its result is what was meant, not its repr."""
-    if is_async(fn):
-        result = await fn(*args)
-        if inspect.iscoroutine(result):
+    helper()`, its await forgotten) is awaited: its result is what was meant, not its repr.
+    A SystemExit it raises (`sys.exit()`, argparse) is that call's failure (`ExitCalled`):
+    asyncio lets it end the event loop, and with it every job of the worker."""
+    try:
+        if is_async(fn):
+            result = await fn(*args)
+            if inspect.iscoroutine(result):
+                result = await result
+            return result
+        result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
+        if inspect.isawaitable(result):
             result = await result
         return result
-    result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    except SystemExit as exc:
+        raise ExitCalled(exc) from exc
+
+
+class ExitCalled(Exception):
+    """A user's function raised SystemExit: a failure of that call, described as the
+    SystemExit itself (`describe_error`)."""
+
+    def __init__(self, exc: SystemExit) -> None:
+        super().__init__(f"SystemExit: {exc.code}")
 
 
 def invalid_document(exc: Exception, definition: JobDef | None) -> str:

@@ -34,3 +34,19 @@ def test_history_is_bounded() -> None:
     assert len(h) == HISTORY_LIMIT
     assert h[-1] == {"attempt": 99}
     assert h[0] == {"attempt": 1}
+
+
+def test_an_uncapped_backoff_waits_a_year_at_most() -> None:
+    """Backoff(max_seconds=None): base * 2**(n-1) passed year 9999 after about 33 failures
+    (base 60 s): the retry's date could not be computed, the run was errored by an internal
+    error, and a crashed run's recovery failed at every sweep, the job left running."""
+    import datetime as dt
+
+    from job_processor.core.definitions import Backoff
+    from job_processor.core.retries import MAX_DELAY_SECONDS, backoff_delay
+
+    uncapped = Backoff(kind="exponential", base_seconds=60, max_seconds=None, jitter=False)
+    assert backoff_delay(uncapped, 33) == MAX_DELAY_SECONDS == 365 * 24 * 3600
+    assert backoff_delay(uncapped, 3) == 240
+    far = dt.datetime(2030, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=backoff_delay(uncapped, 99))
+    assert far.year == 2031

@@ -638,3 +638,68 @@ async def test_a_side_loop_whose_driver_errs_while_it_is_cancelled_is_cancelled_
 
     with pytest.raises(RuntimeError, match="a real bug"):
         await cancellable(broken())
+
+
+@pytest.mark.parametrize("kind", ["def", "async def"])
+async def test_a_handler_or_hook_raising_system_exit_fails_its_call_not_the_worker(
+    db: Any, mongo_url: str, kind: str
+) -> None:
+    """A handler that ends in SystemExit (argparse on a bad argument, a reused script's
+    sys.exit()) ended the worker process (asyncio lets SystemExit out of the loop), its job
+    left running, then recovered elsewhere and ending that worker too; a hook did the same.
+    Run in a process of its own: the failure would end the test run."""
+    import sys
+    import textwrap
+
+    from tests.conftest import url_with_db
+
+    script = textwrap.dedent(
+        f"""
+        import argparse, asyncio, sys
+        from pymongo import AsyncMongoClient
+        from job_processor import JobDef, init_job_processor
+
+        def parse(job, signal):
+            argparse.ArgumentParser(prog="export").parse_args(job.payload["argv"])
+
+        async def parse_async(job, signal):
+            parse(job, signal)
+
+        def exits(job):
+            sys.exit(4)
+
+        async def main():
+            client = AsyncMongoClient(sys.argv[1], tz_aware=True)
+            handler = parse if {kind!r} == "def" else parse_async
+            defs = {{"cli": JobDef(handler=handler, on_job_exited=exits)}}
+            p = await init_job_processor(
+                client.get_default_database(), jobs=defs,
+                poll_interval=0.2, heartbeat_interval=0.5, worker_timeout=2.0,
+            )
+            async with p:
+                job = await p.schedule_job("cli", {{"argv": ["--bogus"]}})
+                done = await p.wait_for(job.id, timeout=10)
+                for _ in range(100):
+                    hooked = await p.get_job(job.id)
+                    if hooked.exit_hook not in (None, "owed"):
+                        break
+                    await asyncio.sleep(0.05)
+            print("ENDED", done.status.value, hooked.exit_hook, (done.error or "").splitlines()[0])
+            await client.close()
+
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        url_with_db(mongo_url, db.name),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    out = stdout.decode()
+    assert proc.returncode == 0, (proc.returncode, out[-500:], stderr.decode()[-800:])
+    ended = out.split("ENDED ", 1)[1].strip()
+    assert ended == "errored failed SystemExit: 2", ended

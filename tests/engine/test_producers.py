@@ -728,3 +728,27 @@ async def test_a_resumed_blocking_stream_does_not_make_every_later_wait_poll(
     assert p.waker.blocking is not False, (
         "one resume of a blocking stream made every later wait_for of the process poll"
     )
+
+
+@pytest.mark.parametrize(
+    "when",
+    [  # aware, valid datetimes whose UTC instant is outside datetime's range
+        dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.datetime(1, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5))),
+    ],
+)
+async def test_scheduled_for_outside_the_utc_range_is_an_invalid_argument(
+    db: Any, when: dt.datetime
+) -> None:
+    """A bare OverflowError, naming neither the job nor the field (the delay= path said it)."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"n": JobDef(handler=noop)})
+    with pytest.raises(
+        InvalidArgumentError, match=r"job .n.: scheduled_for .* \(years 1 to 9999\)"
+    ):
+        await processor.schedule_job("n", {}, scheduled_for=when)
+    with pytest.raises(InvalidArgumentError, match="item 0"):
+        await processor.schedule_jobs([JobSpec("n", {}, scheduled_for=when)])
