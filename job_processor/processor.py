@@ -51,7 +51,13 @@ from .engine.jobs_api import JobsAPI
 from .events.api import EventsAPI
 from .events.bus import EventBus
 from .events.queries import untargeted_warnings
-from .events.webhooks import Format, WebhookOptions, load_secrets, webhook_warnings
+from .events.webhooks import (
+    Format,
+    WebhookOptions,
+    check_formats,
+    load_secrets,
+    webhook_warnings,
+)
 from .ops.status import build_status
 from .storage import PRODUCER_RETRY_SECONDS, Storage
 from .storage.connect import check_reachable
@@ -382,6 +388,7 @@ async def init_job_processor(
     retry_budget = check_retry_budget(producer_retry_seconds)
     subscriber_defs = parse_subscribers(subscribers)
     secrets = load_secrets(webhook_secrets)
+    formats = check_formats(webhook_formats)
     hook_options = _webhook_options(webhook_options)
     kept_events = check_keep_events(keep_events)
     deliveries = EventBus.delivery_names(subscriber_defs, hook_options.deliver)
@@ -422,7 +429,7 @@ async def init_job_processor(
         clock,
         log,
         secrets=secrets,
-        formats=webhook_formats,
+        formats=formats,
         options=hook_options,
         worker_timeout=settings.worker_timeout,
         instance_id=instance,

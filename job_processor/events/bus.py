@@ -244,7 +244,9 @@ class EventBus:
             targets=targets,
             expires_at=now + self.keep_events if self.keep_events is not None else None,
         )
-        stored = await produce(lambda retried: self.storage.events.insert(doc, retried=retried))
+        stored = await produce(
+            lambda retried: self.storage.events.insert(doc, retried=retried, now=now)
+        )
         fields = {"event_id": str(stored["_id"]), "event_name": name}
         created: list[Doc] = []
         made = stored.get("fanout") != "owed"  # whether every delivery was made by now

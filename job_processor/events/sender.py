@@ -111,7 +111,7 @@ class WebhookSender:
             request = self._request(endpoint, event)
         except WebhookError as exc:
             await self._record(job, {"error": str(exc)}, 0)
-            if final:
+            if final and signal.reason != "shutdown":  # else interrupted: counted when rerun
                 await self._failed_for_good(endpoint, fields, run)
             raise
         record, decision = await self._send(endpoint, request, signal)

@@ -23,16 +23,11 @@ This module holds the rules and the endpoint API; `webhook_sender.py` sends.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import datetime as dt
 import email.utils
-import hashlib
-import hmac
 import json
-import os
 import re
-import secrets as _secrets
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,11 +48,16 @@ from ..core.log import EventLog
 from ..core.models import Event, to_jsonable
 from ..core.values import is_utf8
 from ..storage import Storage
+from .secrets import SECRET_PREFIX as SECRET_PREFIX  # re-exported: their home before
+from .secrets import SECRETS_ENV as SECRETS_ENV  # events/secrets.py
+from .secrets import Secret as Secret
+from .secrets import generate_secret as generate_secret
+from .secrets import load_secrets as load_secrets
+from .secrets import parse_secret as parse_secret
+from .secrets import sign as sign
 
 Doc = dict[str, Any]
 
-SECRETS_ENV = "JOB_PROCESSOR_WEBHOOK_SECRETS"
-SECRET_PREFIX = "whsec_"
 #: Characters of the response body kept per attempt.
 EXCERPT_CHARS = 200
 #: Retry-After is honoured up to this many seconds.
@@ -94,87 +94,36 @@ class WebhookOptions(BaseModel):
     """False: this process never claims webhook deliveries (it can still emit and manage)."""
 
 
-# ---- secrets ---------------------------------------------------------------------------------
-
-
-class Secret:
-    """A webhook signing key. Its repr and str never show it."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    @property
-    def key(self) -> bytes:
-        return self._key
+class Unset:
+    """An argument not given (None is a value: `update(secret_ref=None)` removes it)."""
 
     def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
+        return "UNSET"
 
 
-def parse_secret(ref: str, value: Any) -> Secret:
-    """'whsec_' + base64 -> the key bytes. Errors name the ref, never the value."""
-    fix = (
-        f"webhook secret {ref!r} must be 'whsec_' followed by base64 (the value is not shown); "
-        "generate one with job_processor.webhooks.generate_secret()"
-    )
-    if not isinstance(value, str) or not value.startswith(SECRET_PREFIX):
-        raise InvalidDefinitionError(fix)
-    body = value[len(SECRET_PREFIX) :]
-    try:
-        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-    except (ValueError, TypeError):
-        raise InvalidDefinitionError(fix) from None
-    if len(key) < 16:
-        raise InvalidDefinitionError(
-            f"webhook secret {ref!r} is {len(key)} bytes once decoded: use at least 16 "
-            "(generate one with job_processor.webhooks.generate_secret())"
-        )
-    return Secret(key)
+UNSET = Unset()
 
 
-def load_secrets(
-    given: Mapping[str, str] | None, environ: Mapping[str, str] | None = None
-) -> dict[str, Secret]:
-    """`webhook_secrets=` when given, else the JSON object in JOB_PROCESSOR_WEBHOOK_SECRETS."""
-    source = "webhook_secrets"
+def check_formats(given: Any) -> dict[str, Format]:
+    """`webhook_formats=`, checked as `register_format` checks one: name -> function."""
     if given is None:
-        raw = (os.environ if environ is None else environ).get(SECRETS_ENV)
-        if not raw:
-            return {}
-        source = SECRETS_ENV
-        try:
-            given = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidDefinitionError(
-                f"{SECRETS_ENV} must be a JSON object of secret_ref -> 'whsec_...' "
-                f"(invalid JSON at character {exc.pos})"
-            ) from None
+        return {}
     if not isinstance(given, Mapping):
         raise InvalidDefinitionError(
-            f"{source} must be a mapping of secret_ref -> 'whsec_...', got {type(given).__name__}"
+            f"webhook_formats must be a dict of format name -> fn(event, endpoint), got "
+            f"{type(given).__name__}"
         )
-    out: dict[str, Secret] = {}
-    for ref, value in given.items():
-        if not isinstance(ref, str) or not ref:
-            raise InvalidDefinitionError(f"{source}: secret refs must be non-empty strings")
-        out[ref] = parse_secret(ref, value)
-    return out
-
-
-def generate_secret(nbytes: int = 32) -> str:
-    """A new random signing secret, "whsec_" + base64."""
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
-
-
-def sign(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value: "v1,<base64 HMAC-SHA256>" over
-    "{msg_id}.{timestamp}.{body}"."""
-    mac = hmac.new(secret.key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
-    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+    for name, fn in given.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidDefinitionError(
+                f"webhook_formats: format names must be non-empty strings, got {name!r}"
+            )
+        if not callable(fn):
+            raise InvalidDefinitionError(
+                f"webhook_formats: format {name!r} must be a function (event, endpoint), got "
+                f"{type(fn).__name__}"
+            )
+    return dict(given)
 
 
 # ---- endpoints -------------------------------------------------------------------------------
@@ -544,11 +493,12 @@ class Webhooks:
         url: str | None = None,
         events: Sequence[str] | None = None,
         format: str | None = None,
-        secret_ref: str | None = None,
+        secret_ref: str | Unset | None = UNSET,
         headers: Mapping[str, str] | None = None,
-        description: str | None = None,
+        description: str | Unset | None = UNSET,
     ) -> WebhookEndpoint:
-        """Change the given fields; deliveries not yet sent use the new configuration."""
+        """Change the given fields; deliveries not yet sent use the new configuration.
+        `secret_ref=None` makes the endpoint unsigned; `description=None` removes it."""
         fields: Doc = {"updated_at": self.clock.now()}
         if url is not None:
             fields["url"] = check_url(url)
@@ -556,11 +506,11 @@ class Webhooks:
             fields["events"] = _check_events(events)
         if format is not None:
             fields["format"] = self._check_format(format)
-        if secret_ref is not None:
+        if not isinstance(secret_ref, Unset):
             fields["secret_ref"] = self._check_secret_ref(secret_ref)
         if headers is not None:
             fields["headers"] = _check_headers(headers)
-        if description is not None:
+        if not isinstance(description, Unset):
             fields["description"] = _check_description(description)
         doc = await self.store.update(endpoint_id_of(endpoint_id), fields)
         endpoint = self._found(doc, endpoint_id)

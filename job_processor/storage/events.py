@@ -68,24 +68,34 @@ class EventStore:
     def name(self) -> str:
         return str(self.coll.name)
 
-    async def insert(self, doc: Doc, *, retried: bool = False) -> Doc:
+    async def insert(
+        self, doc: Doc, *, retried: bool = False, now: dt.datetime | None = None
+    ) -> Doc:
         """Store a new event. With a `dedup_key` already taken, the event holding it is
-        returned instead (compare `_id`): the unique index decides, race-free. `retried`: an
+        returned instead (compare `_id`): the unique index decides, race-free; an event past
+        its `expires_at` (at `now`) holds it no more: removed, the key is free again (the TTL
+        monitor removes it up to a minute later; nx-27017 at the next read). `retried`: an
         earlier attempt's reply was lost; a duplicate `_id` means it landed (returned as
         stored)."""
-        try:
-            await self.coll.insert_one(doc)
-            return doc
-        except DuplicateKeyError:
-            landed = await self.coll.find_one({"_id": doc["_id"]}) if retried else None
-            if landed is not None:
-                return decode(landed)
-            if "dedup_key" not in doc:
-                raise
-            same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
-            if same is None:  # expired (keep_events) between the insert and this read
-                raise
-            return decode(same)
+        for _ in range(5):
+            try:
+                await self.coll.insert_one(doc)
+                return doc
+            except DuplicateKeyError:
+                landed = await self.coll.find_one({"_id": doc["_id"]}) if retried else None
+                if landed is not None:
+                    return decode(landed)
+                if "dedup_key" not in doc:
+                    raise
+                same = await self.coll.find_one({"dedup_key": doc["dedup_key"]})
+                if same is None:  # expired and removed since the insert: free again
+                    continue
+                held = decode(same)
+                expires = held.get("expires_at")
+                if now is None or not isinstance(expires, dt.datetime) or expires > now:
+                    return held
+                await self.coll.delete_one({"_id": held["_id"], "expires_at": same["expires_at"]})
+        raise RuntimeError(f"could not store event {doc['_id']}: its key keeps being taken")
 
     async def fanout_done(self, event_id: ObjectId, now: dt.datetime) -> bool:
         res = await self.coll.update_one(

@@ -447,3 +447,38 @@ async def test_a_delivery_retried_by_hand_keeps_its_event_for_its_attempts(db: A
     admin = await Admin.open(db, p.storage.prefix)
     result = await admin.retry([second.deliveries[0].job_id], actor="ops")
     assert "its event is gone" in result.skipped[second.deliveries[0].job_id]
+
+
+async def test_a_key_is_free_again_once_its_event_has_expired(db: Any) -> None:
+    """docs/events.md: "once the first event has expired, the key is free again". The insert
+    met the expired event's dedup_key (nx-27017 removes it at the next read, MongoDB's TTL
+    monitor up to a minute later) and emit raised pymongo's raw DuplicateKeyError."""
+    from job_processor import FakeClock
+
+    clock = FakeClock(dt.datetime(2020, 1, 1, tzinfo=dt.UTC))  # expires_at already past
+    p = await make(db, None, clock=clock, keep_events=dt.timedelta(hours=1))
+    first = await p.emit("paid", {"order": 1}, key="order-1")
+    clock.advance(2 * 3600)  # past keep_events: the first event has expired
+    again = await p.emit("paid", {"order": 2}, key="order-1")
+    assert again.id != first.id
+    assert again.payload == {"order": 2}
+
+
+async def test_an_expired_event_not_yet_removed_holds_its_key_no_more(db: Any) -> None:
+    """On MongoDB the TTL monitor removes an expired event up to a minute late: until then an
+    emit with its key got the expired event back. Past its expires_at, it is removed then."""
+    p = await make(db, None)
+    now = dt.datetime.now(dt.UTC)
+    old = {
+        "_id": ObjectId(),
+        "name": "paid",
+        "dedup_key": "paid|k",
+        "expires_at": now + dt.timedelta(hours=1),
+    }
+    await p.storage.events.insert(dict(old))
+    new = {"_id": ObjectId(), "name": "paid", "dedup_key": "paid|k"}
+    held = await p.storage.events.insert(dict(new), now=now + dt.timedelta(minutes=30))
+    assert held["_id"] == old["_id"]  # kept: still its key's
+    stored = await p.storage.events.insert(dict(new), now=now + dt.timedelta(hours=2))
+    assert stored["_id"] == new["_id"]
+    assert await p.storage.events.coll.find_one({"_id": old["_id"]}) is None

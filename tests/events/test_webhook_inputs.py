@@ -186,3 +186,38 @@ async def test_a_description_mongodb_cannot_store_is_refused_as_an_argument(db: 
     with pytest.raises(InvalidArgumentError, match="description"):
         await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], description="\udcff")
     assert await p.webhooks.list() == []
+
+
+@pytest.mark.parametrize(
+    "formats",
+    [{"slack": "not a function"}, {"": lambda e, ep: {}}, {1: lambda e, ep: {}}, ["slack"]],
+    ids=["not-callable", "empty-name", "non-text-name", "a-list"],
+)
+async def test_webhook_formats_are_checked_by_init_as_register_format_checks_them(
+    db: Any, formats: Any
+) -> None:
+    """A format that is no function was accepted: every attempt then failed ("'str' object is
+    not callable"), retried, and counted toward disabling the endpoint."""
+    from job_processor import InvalidDefinitionError, init_job_processor
+    from tests.helpers import FAST
+
+    with pytest.raises(InvalidDefinitionError, match="webhook_formats"):
+        await init_job_processor(db, webhook_formats=formats, **FAST)
+
+
+async def test_an_endpoint_is_made_unsigned_again_by_secret_ref_none(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """update(secret_ref=None) was ignored (None read as "not given"): a signed endpoint could
+    be made unsigned only by removing it (a new id). None now removes it, as for description;
+    a field not given is kept."""
+    p = await make(db)
+    ep = await p.webhooks.add(
+        url=receiver.url("/x"), events=["e"], secret_ref="crm", description="CRM"
+    )
+    kept = await p.webhooks.update(ep.id, events=["e", "f"])
+    assert (kept.secret_ref, kept.description) == ("crm", "CRM")
+    updated = await p.webhooks.update(ep.id, secret_ref=None, description=None)
+    assert (updated.secret_ref, updated.description) == (None, None)
+    assert (await p.webhooks.get(ep.id)).secret_ref is None

@@ -156,3 +156,48 @@ async def test_a_2xx_whose_body_is_read_at_the_stop_is_delivered_not_sent_again(
         async with p2:
             await asyncio.sleep(1.5)  # what is checked is that nothing is sent again
     assert len(accepted) == 1
+
+
+async def test_an_unsendable_last_attempt_cut_by_the_stop_counts_the_delivery_once(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """The last attempt cannot be built (its format raises) after the stop's signal fired: the
+    sender counted it failed for good, the run ended interrupted, ran again after the restart
+    and was counted again: one delivery disabled an endpoint with disable_after=2."""
+    from job_processor import Event, WebhookEndpoint
+
+    def broken(event: Event, endpoint: WebhookEndpoint) -> Any:
+        raise ValueError("no template for this event")
+
+    async def service() -> JobProcessor:
+        return await init_job_processor(
+            db,
+            webhook_formats={"broken": broken},
+            webhook_options=WebhookOptions(
+                backoff=QUICK, max_attempts=1, disable_after=2, timeout=2.0
+            ),
+            **FAST,
+        )
+
+    p = await service()
+    ep = await p.webhooks.add(url=receiver.url("/r"), events=["e"], format="broken")
+    original = p.events.sender.deliver
+    claimed = asyncio.Event()
+
+    async def claimed_as_the_stop_begins(job: Any, signal: Any, event: Event) -> Any:
+        claimed.set()
+        await signal.wait()  # the stop begins right after the claim: the attempt runs in the grace
+        return await original(job, signal, event)
+
+    p.events.sender.deliver = claimed_as_the_stop_begins  # type: ignore[method-assign]
+    await p.start()
+    event = await p.emit("e", {})
+    await asyncio.wait_for(claimed.wait(), 10)
+    await p.stop()
+    assert (await delivery(p, event.id, ep)).status == "pending"  # interrupted, not failed
+    p2 = await service()
+    async with p2:
+        await wait_delivery(p2, event.id, ep, "errored")
+    got = await p2.webhooks.get(ep.id)
+    assert (got.consecutive_failures, got.enabled) == (1, True), got.disabled_reason
