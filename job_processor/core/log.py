@@ -16,7 +16,10 @@ _LEVELS = {
     "info": logging.INFO,
     "warning": logging.WARNING,
     "error": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
+#: The levels a logger given to the processor must have (`critical` falls back to `error`).
+_REQUIRED = ("debug", "info", "warning", "error")
 
 
 class EventLog:
@@ -60,7 +63,9 @@ class EventLog:
             else:
                 if exc:
                     merged["exc_info"] = True
-                getattr(self._target, level)(event, **merged)
+                method = getattr(self._target, level, None)
+                method = method if callable(method) else self._target.error  # no critical
+                method(event, **merged)
         except Exception as exc:  # count it; say it once where something may still read it
             EventLog.dropped += 1
             if EventLog.dropped == 1:
@@ -83,6 +88,10 @@ class EventLog:
     def error(self, event: str, **fields: Any) -> None:
         self._emit("error", event, fields)
 
+    def critical(self, event: str, **fields: Any) -> None:
+        """At CRITICAL (a job's `critical` log line); `error` on a logger without it."""
+        self._emit("critical", event, fields)
+
     def exception(self, event: str, **fields: Any) -> None:
         self._emit("error", event, fields, exc=True)
 
@@ -92,7 +101,7 @@ def make_log(logger: Any | None) -> EventLog:
         logger = structlog.get_logger("job_processor")
     if isinstance(logger, EventLog):
         return logger
-    if not all(callable(getattr(logger, level, None)) for level in _LEVELS):
+    if not all(callable(getattr(logger, level, None)) for level in _REQUIRED):
         name = logger if isinstance(logger, str) else "myapp"
         raise InvalidDefinitionError(
             f"logger must be a logging.Logger or a structlog logger, got "

@@ -196,10 +196,14 @@ def log_line(
     if _size({"m": text}) - 8 > room:
         line["cut"] = True  # readers mask a secret cut by the end of the message
         room = LINE_BYTES - _stored_size(line | {"message": ""})
-        cut = text[:room]
-        while cut and _size({"m": cut + "…"}) - 8 > room:
-            cut = cut[: max(len(cut) - max((_size({"m": cut}) - 8 - room), 16), 0)]
-        text = cut + "…"
+        # the longest prefix that fits escaped as JSON (a non-ASCII character takes 6 bytes
+        # there, an emoji 12: a cut by the bytes over left such a message empty)
+        lo, hi = 0, min(len(text), room)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            fits = _size({"m": text[:mid] + "…"}) - 8 <= room
+            lo, hi = (mid, hi) if fits else (lo, mid - 1)
+        text = text[:lo] + "…"
     line["message"] = text
     return line
 

@@ -329,6 +329,6 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-_METHODS = frozenset({"debug", "info", "warning", "error"})
+_METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
 #: The keys of a worker's log line that a job's log field must not overwrite.
 _ECHO_KEYS = frozenset({"event", "level", "message", "timestamp", "logger", "exc_info"})

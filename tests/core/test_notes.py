@@ -190,3 +190,18 @@ def test_folded_ascii_fields_with_newlines_are_cut_to_512_characters_as_document
     assert folded.endswith("…") and len(folded) == 512 + 1
     emoji = log_line(1, "info", "failed", {"e": "😀" * 1000}, NOW)["fields"]["fields"]
     assert 1 < len(emoji) < 512
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["é" * 700, "Ошибка соединения с базой данных. " * 60, "数据库连接失败，正在重试。" * 100],  # noqa: RUF001
+)
+def test_a_long_non_ascii_message_is_cut_to_fit_not_to_nothing(message: str) -> None:
+    """A message over the line's 2 KB is cut to fit: a non-ASCII one (6 bytes a character
+    escaped in JSON) was cut by the bytes over, as characters: to "…" alone."""
+    line = log_line(1, "error", message, {}, NOW)
+    assert len(json.dumps(line, default=str).encode()) <= LINE_BYTES
+    assert line["cut"] is True and line["message"].endswith("…")
+    kept = line["message"][:-1]
+    assert message.startswith(kept)
+    assert len(kept) >= 200, f"only {len(kept)} characters kept: {line['message']!r}"

@@ -461,3 +461,39 @@ async def test_a_secret_in_log_fields_over_1_kb_is_masked_where_shown(
         page = (await c.get(f"/jobs/{done.id}")).text
     assert part not in api["logs"][0]["fields"]["fields"]
     assert part not in page
+
+
+async def test_a_critical_line_is_echoed_to_the_workers_log_at_critical(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each `job.log()` line is echoed as `job_logged` "at its own level": a critical (or
+    `fatal`) line at CRITICAL, as the job keeps it, not downgraded to ERROR."""
+    import logging
+
+    async def disk(job: Job, signal: AbortSignal) -> None:
+        job.logger.critical("disk full", free=0)
+        job.logger.log("fatal", "giving up")
+
+    logger = logging.getLogger("test.notes.critical")
+    p = await make(db, {"disk": JobDef(handler=disk)}, logger=logger)
+    with caplog.at_level(logging.DEBUG, logger="test.notes.critical"):
+        done = await p.run_job("disk")
+    assert [line["level"] for line in done.logs] == ["critical", "critical"]  # as kept
+    echoed = [r for r in caplog.records if r.__dict__.get("event") == "job_logged"]
+    assert [r.levelno for r in echoed] == [logging.CRITICAL, logging.CRITICAL]
+
+
+async def test_a_long_non_ascii_log_message_keeps_its_text_on_the_job(db: Any) -> None:
+    """A handler's long message in Russian is cut to fit the line, not emptied to '…'."""
+    message = "Ошибка соединения с базой данных, повтор через 5 секунд. " * 20  # noqa: RUF001
+
+    async def sync_accounts(job: Job, signal: AbortSignal) -> None:
+        job.logger.error(message, attempt=1)
+
+    processor = await make(db, {"sync-accounts": JobDef(handler=sync_accounts)})
+    done = await processor.run_job("sync-accounts")
+    assert done.status == S.FINISHED
+    stored = (await processor.get_job(done.id)).logs[-1]
+    assert stored["level"] == "error" and stored["fields"] == {"attempt": 1}
+    assert message.startswith(stored["message"].rstrip("…"))
+    assert len(stored["message"]) > 200, f"the message was cut to {stored['message']!r}"
