@@ -211,9 +211,17 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
     if isinstance(data.get("progress"), dict):
         progress = dict(data["progress"])
-        progress["message"] = masker.text(progress.get("message"), secrets)
+        progress["message"] = progress_message(masker, progress, secrets)
         data["progress"] = progress
     return data
+
+
+def progress_message(masker: Masker, progress: dict[str, Any], secrets: Iterable[str]) -> Any:
+    """A progress message as shown: masked like an error, and, cut to its 500 characters, a
+    secret cut by its end masked too (as in a cut log line)."""
+    return masked_line(
+        masker, {"message": progress.get("message"), "cut": progress.get("cut")}, secrets
+    )["message"]
 
 
 def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
@@ -237,7 +245,7 @@ def masked_line(masker: Masker, line: dict[str, Any], secrets: Iterable[str]) ->
     return out
 
 
-def masked_folded(text: str, secrets: set[str]) -> str:
+def masked_folded(text: str, secrets: set[str], mask: str = MASK) -> str:
     """Fields folded into one cut JSON text (`core.notes.log_line`): the secrets also as JSON
     writes them (a quote, a backslash, or, in lines written before, any non-ASCII character
     escaped), and one cut by the end of the text ("...hunter2-ve…") masked."""
@@ -245,7 +253,7 @@ def masked_folded(text: str, secrets: set[str]) -> str:
     forms |= {json.dumps(s)[1:-1] for s in set(forms)} | {
         json.dumps(s, ensure_ascii=False)[1:-1] for s in set(forms)
     }
-    text = scrub(text, forms, MASK)
+    text = scrub(text, forms, mask)
     if text.endswith("…"):
         body = text[:-1]
         for form in sorted(forms, key=len, reverse=True):
@@ -258,7 +266,7 @@ def masked_folded(text: str, secrets: set[str]) -> str:
                 None,
             )
             if cut is not None:
-                return body[:-cut] + MASK + "…"
+                return body[:-cut] + mask + "…"
     return text
 
 
@@ -431,10 +439,28 @@ def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
         job.output.result = scrub(job.output.result, hidden)
     job.history = scrub(job.history, hidden)
     job.exit_hook_error = scrub(job.exit_hook_error, hidden)
-    job.logs = scrub(job.logs, hidden)
-    job.progress = scrub(job.progress, hidden)
+    job.logs = [_redacted_line(line, hidden) for line in job.logs]
+    job.progress = _redacted_line(job.progress, hidden)
     job.payload = scrub(job.payload, hidden)
     job.state = scrub(job.state, hidden)
+
+
+def _redacted_line(line: Any, hidden: set[str]) -> Any:
+    """A log line or a progress record with these values redacted, one cut by the end of its
+    message (`cut`) or of its folded fields too (`masked_folded`)."""
+    out = scrub(line, hidden)
+    if not isinstance(out, dict):
+        return out
+    if out.get("cut") and isinstance(out.get("message"), str):
+        out["message"] = masked_folded(out["message"], hidden, REDACTED)
+    folded = out.get("fields")
+    if (
+        isinstance(folded, dict)
+        and list(folded) == ["fields"]
+        and isinstance(folded["fields"], str)
+    ):
+        out["fields"] = {"fields": masked_folded(folded["fields"], hidden, REDACTED)}
+    return out
 
 
 #: Characters never printed as they are: C0 controls but the newline and the tab (an escape

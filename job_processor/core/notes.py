@@ -122,7 +122,8 @@ class JobLogger:
 
 def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
     """`{done, total, fraction, message, at}`; `fraction` is done / total (None without a
-    total; 1 for a total of 0: nothing to do), at most 1."""
+    total; 1 for a total of 0: nothing to do), at most 1; a message over MESSAGE_CHARS is cut
+    to them, ending in "…", with `cut: True`."""
     if not _number(done) or done < 0:
         raise ValueError(f"report_progress: done must be a number >= 0, got {done!r}")
     if total is not None and (not _number(total) or total < 0):
@@ -133,13 +134,17 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
         fraction: float | None = 1.0
     else:
         fraction = min(float(done) / float(total), 1.0) if total is not None else None
+    cut = False
+    if message is not None and len(message) > MESSAGE_CHARS:
+        cut = True  # readers mask a secret cut by its end, as in a cut log line
+        message = message[: MESSAGE_CHARS - 1] + "…"
     return {
         "done": _plain(done),
         "total": None if total is None else _plain(total),
         "fraction": fraction,
-        "message": storable_text(message[:MESSAGE_CHARS]) if message else None,
+        "message": storable_text(message) if message else None,
         "at": now,
-    }
+    } | ({"cut": True} if cut else {})
 
 
 def _level_of_name(name: str) -> str:

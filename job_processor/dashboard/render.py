@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..core.clock import as_utc
 from ..core.errors import InvalidArgumentError
-from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible, masked_line
+from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible, masked_line, progress_message
 from ..core.models import to_jsonable
 from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
@@ -217,6 +217,7 @@ def make_env(masker: Masker) -> Environment:
         "per_window": per_window,
         "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
+        "progress_message": lambda p, secrets=(): progress_message(masker, p, secrets),
         # a log line's message as every reader shows it (a secret cut by its end masked)
         "line_message": lambda line, secrets=(): masked_line(
             masker, {"message": line.get("message"), "cut": line.get("cut")}, secrets

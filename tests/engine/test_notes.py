@@ -497,3 +497,84 @@ async def test_a_long_non_ascii_log_message_keeps_its_text_on_the_job(db: Any) -
     assert stored["level"] == "error" and stored["fields"] == {"attempt": 1}
     assert message.startswith(stored["message"].rstrip("…"))
     assert len(stored["message"]) > 200, f"the message was cut to {stored['message']!r}"
+
+
+async def test_a_sensitive_field_value_cut_by_a_lines_end_is_hidden_where_shown(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value at a definition's `sensitive_fields` path that a log line quotes where the line
+    is cut (its message at 2 KB, its fields folded at 512 characters) is hidden where the line
+    is shown, as the worker's own log hides it, not shown up to the cut (the readers' scrub
+    matched whole values only)."""
+    import datetime as dt
+    import logging
+
+    import httpx2 as httpx
+
+    from job_processor.core.notes import log_line
+
+    iban = "DE89370400440532013000"
+    head = iban[:14]  # what is left of it before the cut
+    probe = log_line(1, "info", "a" * 5000, {}, dt.datetime.now(dt.UTC))["message"]
+    message = "a" * (len(probe) - 1 - len(head)) + iban + " rejected by the bank"
+
+    async def pay(job: Job, signal: AbortSignal) -> None:
+        job.log(message)
+        job.log("request", body="b" * (510 - len('{"body": "') - len(head)) + iban, pad="z" * 1500)
+
+    logger = logging.getLogger("test.notes.cut")
+    p = await make(
+        db, {"pay": JobDef(handler=pay, sensitive_fields=("account.iban",))}, logger=logger
+    )
+    with caplog.at_level(logging.INFO, logger="test.notes.cut"):
+        done = await p.run_job("pay", {"account": {"iban": iban}})
+    assert done.status == S.FINISHED
+    assert done.logs[0].get("cut") and head in done.logs[0]["message"]  # stored as logged
+    assert head in done.logs[1]["fields"]["fields"]
+    echoed = [
+        r.__dict__["fields"] for r in caplog.records if r.__dict__.get("event") == "job_logged"
+    ]
+    assert head not in str(echoed)  # the worker's own log hides it
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        api = (await c.get(f"/api/jobs/{done.id}")).json()
+        page = (await c.get(f"/jobs/{done.id}")).text
+    assert head not in api["logs"][0]["message"], api["logs"][0]["message"][-40:]
+    assert head not in api["logs"][1]["fields"]["fields"], api["logs"][1]["fields"]["fields"][-40:]
+    assert head not in page
+
+
+async def test_a_secret_cut_by_the_progress_messages_500_characters_is_hidden_where_shown(
+    db: Any,
+) -> None:
+    """A progress message is cut to 500 characters (now ending in '…', `cut`); a password it
+    quotes across the cut is hidden where it is shown (the dashboard, its API, `jobs show`),
+    as a cut log line's is, not shown up to the cut."""
+    import httpx2 as httpx
+
+    from job_processor.cli.common import MASKER
+    from job_processor.core.masking import mask_job
+
+    password = "hunter2-very-secret"
+    head = password[:8]
+
+    async def login(job: Job, signal: AbortSignal) -> None:
+        await job.report_progress(1, 2, "x" * 490 + job.payload["password"])
+
+    p = await make(db, {"login": JobDef(handler=login)})
+    done = await p.run_job("login", {"password": password})
+    assert done.status == S.FINISHED and head in done.progress["message"]  # stored as cut
+    assert done.progress["cut"] is True and len(done.progress["message"]) == 500
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        api = (await c.get(f"/api/jobs/{done.id}")).json()
+        page = (await c.get(f"/jobs/{done.id}")).text
+        listing = (await c.get("/jobs?name=login")).text
+    assert head not in api["progress"]["message"], api["progress"]["message"][-30:]
+    assert head not in page and head not in listing
+    shown = mask_job(MASKER, await p.get_job(done.id))  # what `jobs show` prints
+    assert head not in shown["progress"]["message"]
