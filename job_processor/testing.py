@@ -54,6 +54,7 @@ from .core.producing import stored_form
 from .core.protocols import ClaimingWorker
 from .core.settings import Settings
 from .engine.execution import (
+    ExitCalled,
     ResultTooLarge,
     build_job,
     call_maybe_async,
@@ -195,7 +196,10 @@ class JobHarness:
         log) fails the test: AssertionError."""
         self.stored_result = None
         self.job._loop = asyncio.get_running_loop()  # checkpoint_sync from a plain def handler
-        result = await call_maybe_async(handler, self.job, self.signal)
+        try:
+            result = await call_maybe_async(handler, self.job, self.signal)
+        except ExitCalled as exc:  # raised as the handler raised it: pytest.raises(SystemExit)
+            raise exc.__cause__ or exc from None
         forgotten = self.job.not_awaited()
         if forgotten:
             raise AssertionError(not_awaited_message(forgotten))

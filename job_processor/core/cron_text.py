@@ -43,7 +43,8 @@ def croniter_form(cron_string: str) -> str:
         names = _NAMES.get(i - minute, {})
         a, b = (names.get(x.lower(), x.lower()) for x in (m.group(1), m.group(2)))
         same = a == b or (a.isdigit() and b.isdigit() and int(a) == int(b))
-        same = same or (i - minute == 4 and {a, b} <= {"0", "7"} and a > b)  # 7-sun: Sunday
+        numbers = a.isdigit() and b.isdigit()  # 7-sun, 07-0: Sunday to Sunday
+        same = same or (i - minute == 4 and numbers and (int(a), int(b)) == (7, 0))
         return m.group(1) if same else p
 
     return " ".join(",".join(part(p, i) for p in f.split(",")) for i, f in enumerate(fields))

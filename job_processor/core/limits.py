@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,35 +171,55 @@ def _settings(limit: Limit) -> dict[str, Any]:
 
 
 def could_meet(a: str, b: str) -> bool:
-    """Whether limit keys `a` and `b` can be filled to the same text, a placeholder standing
-    for one character or more (a static key is one text). A walk of both keys at once, one
-    character at a time: a position is (token, inside a placeholder that took one already)."""
+    """Whether limit keys `a` and `b` can be filled to the same text (a static key is one
+    text). A placeholder stands for one value of one character or more; in a key of several
+    placeholders a value's separators (`key_separators`) come escaped, a backslash before
+    each: there it is a run of characters other than those, or of a backslash and one of
+    them. A walk of both keys at once, one character at a time, each character a constraint
+    ("one of", or "none of", a set); a position is (token, inside a value that has one
+    character already, just after a backslash)."""
     ta, tb = _tokens(a), _tokens(b)
-    State = tuple[int, bool]
+    ea, eb = frozenset(key_separators(a)), frozenset(key_separators(b))
+    State = tuple[int, bool, bool]
+    Char = tuple[bool, frozenset[str]]  # (True: one of, False: none of) the set
 
-    def closure(state: State) -> list[State]:  # a placeholder that took one may end here
-        i, inside = state
-        return [state, (i + 1, False)] if inside else [state]
+    def closure(state: State) -> list[State]:  # a value with a whole character may end here
+        i, inside, escaping = state
+        return [state, (i + 1, False, False)] if inside and not escaping else [state]
 
-    def moves(tok: list[str | None], state: State) -> list[tuple[str | None, State]]:
-        # (the character it takes, None: any; where it goes)
-        i, inside = state
+    def moves(
+        tok: list[str | None], seps: frozenset[str], state: State
+    ) -> list[tuple[Char, State]]:
+        i, inside, escaping = state
+        if escaping:  # the character a backslash escapes
+            return [((True, seps), (i, True, False))]
         if inside or (i < len(tok) and tok[i] is None):
-            return [(None, (i, True))]
-        return [(tok[i], (i + 1, False))] if i < len(tok) else []
+            out: list[tuple[Char, State]] = [((False, seps), (i, True, False))]
+            if seps:
+                out.append(((True, frozenset("\\")), (i, inside, True)))
+            return out
+        return [((True, frozenset(tok[i] or "")), (i + 1, False, False))] if i < len(tok) else []
 
-    todo: list[tuple[State, State]] = [((0, False), (0, False))]
+    def meet(x: Char, y: Char) -> bool:
+        (x_in, xs), (y_in, ys) = x, y
+        if x_in and y_in:
+            return bool(xs & ys)
+        if x_in or y_in:
+            return bool((xs - ys) if x_in else (ys - xs))
+        return True  # none of two finite sets: some character is in neither
+
+    todo: list[tuple[State, State]] = [((0, False, False), (0, False, False))]
     seen: set[tuple[State, State]] = set()
     while todo:
         pair = todo.pop()
         if pair in seen:
             continue
         seen.add(pair)
-        if pair == ((len(ta), False), (len(tb), False)):
+        if pair == ((len(ta), False, False), (len(tb), False, False)):
             return True
-        for ca, na in moves(ta, pair[0]):
-            for cb, nb in moves(tb, pair[1]):
-                if ca is None or cb is None or ca == cb:
+        for ca, na in moves(ta, ea, pair[0]):
+            for cb, nb in moves(tb, eb, pair[1]):
+                if meet(ca, cb):
                     todo += [(x, y) for x in closure(na) for y in closure(nb)]
     return False
 
@@ -345,12 +365,35 @@ def _groups(parts: list[Any], groups: tuple[str, ...]) -> list[str]:
     return [next(values) if f is not None else "" for _, f, _, _ in parts]
 
 
-def mask_filled_key(key: Any, payload: Any, sensitive: Callable[[str], bool], mask: str) -> Any:
+def mask_filled_key(
+    key: Any,
+    payload: Any,
+    sensitive: Callable[[str], bool],
+    mask: str,
+    held: Iterable[str] = (),
+) -> Any:
     """A job's `limit_key` as shown where `sensitive` field names are masked: each value of
     such a top-level payload field, as the key was filled with it (`fill_limit_key`: 1.0 as
-    1), replaced by `mask`, whatever its length."""
-    if not isinstance(key, str) or not isinstance(payload, dict):
+    1), and each of the `held` secrets (what the job holds elsewhere), replaced by `mask`,
+    whatever its length. In a key of several placeholders a value's separators are escaped:
+    it is found as escaped there (the characters the key shows escaped), then as it is."""
+    if not isinstance(key, str):
         return key
+    values = {str(v) for v in held if isinstance(v, str | int | float) and str(v)}
+    for f, value in payload.items() if isinstance(payload, dict) else ():
+        if not isinstance(f, str) or not sensitive(f) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str | int | float | ObjectId) and str(value):
+            values.add(str(value))
+    escaped = set(re.findall(r"\\(.)", key, re.S))  # what the key escapes: its separators
+    spelled = {"".join("\\" + c if c in escaped else c for c in v) for v in values}
+    # the escaped spellings first (the longer first: a value inside another), then as they are
+    ordered = sorted(spelled - values, key=len, reverse=True)
+    for value in [*ordered, *sorted(values, key=len, reverse=True)]:
+        key = key.replace(value, mask)
+    return key
     values = []
     for f, value in payload.items():
         if not isinstance(f, str) or not sensitive(f) or isinstance(value, bool):

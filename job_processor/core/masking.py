@@ -206,8 +206,9 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     data["exit_hook_error"] = masker.text(data.get("exit_hook_error"), secrets)
     # filled from the payload: a value of a field masked here is masked in it too
     # and a secret the job holds elsewhere (a checkpoint's session id repeated in a plain field)
-    filled = mask_filled_key(data.get("limit_key"), payload, masker.sensitive, MASK)
-    data["limit_key"] = scrub(filled, set(secrets), MASK)  # values only: no key=value pairs
+    data["limit_key"] = mask_filled_key(
+        data.get("limit_key"), payload, masker.sensitive, MASK, held=secrets
+    )
     data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
     if isinstance(data.get("progress"), dict):
         progress = dict(data["progress"])

@@ -269,7 +269,8 @@ async def call_maybe_async(
     function that was given up returns after all. A coroutine returned by either (`return
     helper()`, its await forgotten) is awaited: its result is what was meant, not its repr.
     A SystemExit it raises (`sys.exit()`, argparse) is that call's failure (`ExitCalled`):
-    asyncio lets it end the event loop, and with it every job of the worker."""
+    asyncio lets it end the event loop, and with it every job of the worker. (One raised in a
+    task the function creates still does: asyncio raises it out of the loop, documented.)"""
     try:
         if is_async(fn):
             result = await fn(*args)

@@ -287,3 +287,27 @@ def test_two_value_pairs_never_fill_one_key() -> None:
     assert Limit(key="tenant:{t}", concurrency=1).key_for({"t": "a-b\\c"}) == "tenant:a-b\\c"
     with pytest.raises(ValueError, match=r"\{a\} and \{b\} need text between them"):
         Limit(key="pair:{a}{b}", concurrency=1)
+
+
+def test_keys_whose_escaped_fills_cannot_meet_are_not_refused() -> None:
+    """A value's separators come escaped in a key of several placeholders: after `sync:`,
+    `{tenant}-{region}` always has one unescaped '-', `{tenant}-{region}-{shard}` two; they
+    never meet, and were refused as if they could."""
+    from job_processor.core.limits import check_limits, could_meet
+
+    two = Limit(key="sync:{tenant}-{region}", concurrency=2)
+    three = Limit(key="sync:{tenant}-{region}-{shard}", concurrency=1)
+    fills = {
+        two.key_for({"tenant": "a", "region": "b-c"}),
+        two.key_for({"tenant": "a-b", "region": "c"}),
+        three.key_for({"tenant": "a", "region": "b", "shard": "c"}),
+    }
+    assert len(fills) == 3
+    defs = {
+        "sync": JobDef(handler=_quick, limit=two),
+        "sync-shard": JobDef(handler=_quick, limit=three),
+    }
+    assert len(check_limits(defs)) == 2
+    assert not could_meet("pair:{r}-{t}", "pair:a-b-c")
+    assert could_meet("pair:{r}-{t}", "pair:a\\-b-c")  # ("a-b", "c")
+    assert could_meet("t:{a}-{b}", "t:{x}:{y}")  # ("p:q", "r") and ("p", "q-r")

@@ -260,3 +260,50 @@ async def test_a_jobs_limit_key_masks_a_secret_the_job_holds_elsewhere(db: Any) 
     assert api_one["payload"]["resume_from"] == "••••••"
     assert api_one["limit_key"] == "resume:••••••"
     assert secret not in api_list
+
+
+async def test_a_secret_held_elsewhere_is_masked_in_a_key_that_escapes_it(db: Any) -> None:
+    """In a key of several placeholders a value's separators are escaped
+    (`sess\\:8f3k2j9x7q`): a secret the job holds elsewhere (its checkpoint) was looked for
+    as it is, not found, and shown in clear in the job's limit_key."""
+    from job_processor import Limit
+
+    secret = "sess:8f3k2j9x7q"
+
+    async def sync(job: Job, signal: AbortSignal) -> None:
+        await job.checkpoint({"session": secret})
+        raise RuntimeError("upstream answered 503")
+
+    limit = Limit(key="resume:{region}:{resume_from}", concurrency=2)
+    p = await init_job_processor(
+        db,
+        jobs={"sync": JobDef(handler=sync, resumable=True, max_attempts=1, limit=limit)},
+        **FAST,
+    )
+    async with p:
+        job = await p.schedule_job("sync", {"region": "eu", "resume_from": secret})
+        await wait_status(p, job.id, JobStatus.ERRORED)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        api_one = (await c.get(f"/api/jobs/{job.id}")).json()
+        page = (await c.get(f"/jobs/{job.id}")).text
+    assert api_one["payload"]["resume_from"] == "••••••"
+    assert api_one["limit_key"] == "resume:eu:••••••"
+    assert "8f3k2j9x7q" not in page
+
+
+async def test_a_masked_value_escaped_in_a_key_is_masked_where_it_is(db: Any) -> None:
+    """An optional backslash before each character let a match start in the value before
+    (`pay:4242-4242\\-4242\\-4242` shown `pay:••••••\\-4242`: the tenant hidden, the card's
+    tail shown). The value is looked for as the key spells it."""
+    from job_processor import Limit
+
+    masked = [*DEFAULT_SENSITIVE_FIELDS, "card_no"]
+    p = await holding(db, {"pay": Limit(key="pay:{tenant_id}-{card_no}", concurrency=5)})
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=masked)
+    async with p, client(app) as c:
+        job = await p.schedule_job("pay", {"tenant_id": "4242", "card_no": "4242-4242-4242"})
+        await wait_until(lambda: len(p.running) == 1)
+        key = (await c.get(f"/api/jobs/{job.id}")).json()["limit_key"]
+        p.release.set()
+    assert key == "pay:4242-••••••"

@@ -311,3 +311,16 @@ async def test_run_until_idle_goes_on_to_until_past_many_slots_of_a_paused_cron(
         ran = await run_until_idle(processor, until=t0 + dt.timedelta(minutes=1200))
         assert [j.name for j in ran] == ["later"]
         assert (await processor.get_job(job.id)).status == S.FINISHED
+
+
+async def test_harness_run_raises_a_handlers_system_exit_as_it_is() -> None:
+    """A worker records a handler's SystemExit as its failure; the harness raises it as the
+    handler raised it, like any other exception (not the worker's internal wrapper)."""
+    import argparse
+
+    def cli(job: Job, signal: AbortSignal) -> None:
+        argparse.ArgumentParser(prog="export").parse_args(job.payload["argv"])
+
+    with pytest.raises(SystemExit) as exited:
+        await JobHarness(payload={"argv": ["--bogus"]}).run(cli)
+    assert exited.value.code == 2
