@@ -86,3 +86,47 @@ def test_demo_on_a_server_that_does_not_answer_says_so_in_one_line() -> None:
     done = demo_process(os.environ | {"MONGODB_URL": "http://localhost:27017"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: MONGODB_URL is not a MongoDB URL"), done.stderr
+
+
+def test_a_sigterm_stops_the_demo_and_its_throwaway_server(tmp_path: Path) -> None:
+    """SIGTERM killed the demo at once, by default, and left the throwaway nx-27017 it had
+    started (a session of its own) running. It now stops, the server with it: exit 130; a
+    SIGTERM repeated meanwhile is ignored."""
+    import re
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URL"} | {"PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "demo.log"
+    with out.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "job_processor", "demo"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            said := re.search(r"listening on mongodb://127\.0\.0\.1:(\d+)", out.read_text())
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        port = int(said[1])
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        assert proc.returncode == 130, (proc.returncode, out.read_text()[-2000:])
+        assert "demo stopped" in out.read_text()
+        deadline = time.monotonic() + 10
+        while True:  # the server it started is gone: nothing listens on its port
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, f"its server still listens on {port}"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -283,7 +283,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     # until serve() takes the signals over: a SIGTERM while it starts (its import, MongoDB's
     # ping, the metrics server) stops it, nothing started
-    with stop_on_signals(stop):
+    with stop_on_signals(stop, ignore_after=True):  # repeated while it exits: ignored
         building = asyncio.create_task(build_processor(args.target, args.tags))
         if not await unless_set(building, stop):
             print("stopped before it started (SIGTERM or SIGINT)", file=sys.stderr)

@@ -137,11 +137,11 @@ async def _run(data_dir: Path, port: int) -> int:
         flush=True,
     )
     stop = asyncio.Event()
-    try:
-        with stop_on_signals(stop):
+    with stop_on_signals(stop, ignore_after=True):  # a signal repeated while it stops: ignored
+        try:
             died = await _serve(server, stop)
-    finally:
-        await asyncio.to_thread(server.stop)
+        finally:
+            await asyncio.to_thread(server.stop)
     if died:
         print(f"error: the server stopped by itself (exit code {died}); its log is in {data_dir}")
         return 1

@@ -31,11 +31,13 @@ def stop_on_signals(
     signals: tuple[os_signal.Signals, ...] = (os_signal.SIGTERM, os_signal.SIGINT),
     *,
     then: asyncio.Event | None = None,
+    ignore_after: bool = False,
 ) -> Iterator[None]:
     """While inside, SIGTERM/SIGINT set `event` instead of killing the process; with `then`,
     a signal that finds `event` already set sets `then` (a second signal forces the stop).
     Nested or concurrent uses each get every signal; the default action comes back when the
-    last one leaves."""
+    last one leaves, unless `ignore_after` (a command whose stop is over: a signal repeated
+    while the process exits would kill it by the signal, an exit code no one documents)."""
     loop = asyncio.get_running_loop()
     listeners = _LISTENERS.setdefault(loop, {})
     pair = (event, then)
@@ -57,6 +59,8 @@ def stop_on_signals(
             pairs.remove(pair)
             if not pairs:
                 loop.remove_signal_handler(sig)
+                if ignore_after:
+                    os_signal.signal(sig, os_signal.SIG_IGN)
 
 
 async def unless_set(task: asyncio.Task[Any], event: asyncio.Event) -> bool:

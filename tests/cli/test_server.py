@@ -203,3 +203,31 @@ def test_the_servers_logs_are_capped_while_it_runs(tmp_path: Path) -> None:
             assert path.with_name(path.name + ".1").stat().st_size > 0
     finally:
         server.stop()
+
+
+def test_a_repeated_sigterm_stops_it_and_its_server_cleanly(tmp_path: Path) -> None:
+    """docs/operations.md: it "stops cleanly on Ctrl-C or SIGTERM". A SIGTERM repeated while it
+    stopped killed it by the signal (-15), and could leave nx-27017 running, orphaned, on the
+    port and the data folder, whose lock died with its holder."""
+    port = free_port()
+    data = tmp_path / "data"
+    proc, _ = start(data, port)
+    child = int((data / f"server-{port}.pid").read_text().split()[0])
+    try:
+        while proc.poll() is None:  # SIGTERM every millisecond until it has exited
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.001)
+        proc.communicate(timeout=20)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the server it started goes with it
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"nx-27017 (pid {child}) still runs on port {port}, orphaned")
+        assert proc.returncode == 0, proc.returncode
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -25,7 +25,7 @@ from job_processor.storage.local_server import LocalServer, start_local_server
 from tests.helpers import wait_status
 
 from .app import JOBS
-from .test_processes import ROOT, Worker, kill_all, wait_exit, wait_workers
+from .test_processes import ROOT, Worker, kill_all, spawn, wait_exit, wait_workers  # noqa: F401
 
 S = JobStatus
 pytestmark = pytest.mark.e2e
@@ -144,3 +144,18 @@ def free_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"mongodb://127.0.0.1:{port}/x"
+
+
+async def test_a_repeated_sigterm_never_ends_it_with_an_undocumented_code(
+    spawn: Callable[..., Worker],  # noqa: F811
+) -> None:
+    """A supervisor that sends SIGTERM again and again: the first stops it, the others, while
+    it stops and exits, are ignored (one after the stop's signal handlers were removed killed
+    it by the signal: exit -15, none of the documented 0, 130, 1)."""
+    worker = spawn("runner-1")
+    await _logged(worker, "worker_started")
+    while worker.proc.poll() is None:  # SIGTERM every few ms until it has exited
+        worker.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.005)
+    code = worker.proc.returncode
+    assert code in (0, 130), f"exit {code}:\n{worker.output()[-1500:]}"
