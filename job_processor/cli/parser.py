@@ -388,7 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-auth", action="store_true", help="no authentication (a proxy does it)")
     p.add_argument("--read-only", action="store_true", help="hide and refuse every action")
-    p.add_argument("--sensitive-fields", help="comma-separated fields never shown")
+    p.add_argument(
+        "--sensitive-fields",
+        help="comma-separated field names never shown, added to the default ones (password, "
+        "token, ...)",
+    )
     p.add_argument(
         "--root-path",
         type=root_path,

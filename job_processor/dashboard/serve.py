@@ -17,6 +17,7 @@ import socket
 from typing import Any
 
 from ..core.errors import JobProcessorError
+from ..core.masking import DEFAULT_SENSITIVE_FIELDS
 from ..storage.connect import MISSING_URL, URL_ENV, check_reachable, close_database, open_database
 from ..storage.local_server import bound_socket, free_port_near
 from .app import create_dashboard
@@ -84,11 +85,15 @@ async def run(args: argparse.Namespace) -> int:
             "the dashboard needs its extra: pip install 'job-processor[dashboard]'"
         ) from None
     auth = parse_auth(args.auth or os.environ.get(AUTH_ENV) or None, args.no_auth)
-    fields = (
-        [f.strip() for f in args.sensitive_fields.split(",") if f.strip()]
-        if args.sensitive_fields is not None
-        else None
-    )
+    fields = None  # the defaults; names given are added to them (never fewer masked)
+    if args.sensitive_fields is not None:
+        extra = [f.strip() for f in args.sensitive_fields.split(",") if f.strip()]
+        if not extra:
+            raise DashboardUsageError(
+                "--sensitive-fields names no field: give the names to mask beside the default "
+                "ones, e.g. --sensitive-fields iban,tax_id"
+            )
+        fields = [*DEFAULT_SENSITIVE_FIELDS, *extra]
     url = os.environ.get(URL_ENV)
     if not url:
         raise DashboardUsageError(MISSING_URL)

@@ -166,3 +166,37 @@ def test_port_0_serves_on_a_free_port_and_prints_it(mongo_url: str) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
     assert proc.returncode == 0
+
+
+async def test_sensitive_fields_adds_to_the_default_ones(db: Any, mongo_url: str) -> None:
+    """`--sensitive-fields iban` replaced the default names: the job's password was shown
+    (`jobs show` masks it); an empty value turned masking off. Names are added; none, refused."""
+    processor = await make_processor(db, Switches())
+    job = await processor.schedule_job(
+        "send-email", {"to": "a@b.c", "password": "hunter22secret", "iban": "DE89370400440532"}
+    )
+    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    proc = dashboard(env, "--port", "0", "--sensitive-fields", "iban")
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.to_thread(proc.stdout.readline)
+        said = re.match(r"job-processor dashboard on (http://127\.0\.0\.1:\d+)/ ", first)
+        assert said is not None, first
+        async with httpx.AsyncClient() as c:
+            page = await c.get(f"{said[1]}/jobs/{job.id}", timeout=10)
+        assert page.status_code == 200
+        assert "hunter22secret" not in page.text and "DE89370400440532" not in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.communicate, timeout=10)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, "dashboard", "--sensitive-fields", " , "],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "--sensitive-fields names no field" in out.stderr, out
