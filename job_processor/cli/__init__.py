@@ -16,13 +16,13 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TextIO
 
 from pymongo.errors import PyMongoError
 
 from ..core.clock import check_window
-from ..core.errors import InvalidArgumentError, JobProcessorError
+from ..core.errors import InvalidArgumentError, JobProcessorError, did_you_mean
 from . import common
 from .parser import build_parser, env_log_level, parse
 from .run import RunContext, checked_log_format, configure_logging
@@ -47,6 +47,35 @@ def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | No
         return _main(argv, commands, out, err)
     finally:
         sys.stdout, sys.stderr = out, err
+
+
+#: The environment variables job-processor reads under its prefix (the tests' own aside).
+KNOWN_VARIABLES = frozenset(
+    {
+        "JOB_PROCESSOR_WORKER_TAGS",
+        "JOB_PROCESSOR_LOG_FORMAT",
+        "JOB_PROCESSOR_WEBHOOK_SECRETS",
+        "JOB_PROCESSOR_DASHBOARD_AUTH",
+    }
+)
+
+
+def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
+    """What to say of variables that look meant for job-processor but are not read: another
+    JOB_PROCESSOR_ name (`JOB_PROCESSOR_WORKER_TAG`), LOG_FORMAT (LOG_LEVEL has no prefix,
+    the format has one)."""
+    said = []
+    for name in sorted(environ):
+        if not name.startswith("JOB_PROCESSOR_") or name in KNOWN_VARIABLES:
+            continue
+        if name.startswith("JOB_PROCESSOR_TEST_"):
+            continue
+        said.append(
+            f"{name} is not a variable job-processor reads{did_you_mean(name, KNOWN_VARIABLES)}"
+        )
+    if environ.get("LOG_FORMAT") and "JOB_PROCESSOR_LOG_FORMAT" not in environ:
+        said.append("LOG_FORMAT is not read: the log format is JOB_PROCESSOR_LOG_FORMAT")
+    return said
 
 
 def _main(
@@ -101,6 +130,9 @@ def _main(
             return common.BAD_INPUT
         log_format = "console"
     configure_logging(level, log_format)
+    if not probe:
+        for line in misspelt_variables(os.environ):
+            print(f"warning: {line}", file=sys.stderr)
     try:
         check_window(
             getattr(args, "since", None), getattr(args, "until", None), "--since", "--until"

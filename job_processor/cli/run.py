@@ -83,6 +83,17 @@ async def build_processor(target: str, tags: str | None) -> Runtime:
     url = os.environ.get("MONGODB_URL")
     if not url:
         raise UsageError(MISSING_URL)
+    env_tags = os.environ.get("JOB_PROCESSOR_WORKER_TAGS")
+    for name, value in (("--tags", tags), ("JOB_PROCESSOR_WORKER_TAGS", env_tags)):
+        # given, but naming no tag (a compose file's `--tags "$TAGS"`, its variable unset):
+        # no tags would be every tag's jobs, as init_job_processor refuses worker_tags=[]
+        if value is not None and not parse_tags(value) and (name == "--tags" or value.strip()):
+            raise UsageError(
+                f"{name} names no tag ({value!r}): give e.g. main,reports, or leave it out "
+                "to run every tag's jobs"
+            )
+        if name == "--tags" and value is not None:
+            break
     factory = load_factory(target)
     ctx = RunContext(
         mongodb_url=url,

@@ -211,3 +211,40 @@ async def test_an_unknown_log_format_variable_is_refused_naming_it(
         env["JOB_PROCESSOR_LOG_FORMAT"] = good
         ran = await run_cli("workers", "list", env=env)
         assert ran.returncode == 0, (good, ran.stderr[-300:])
+
+
+async def test_run_refuses_tags_that_name_no_tag(mongo_url: str, tmp_path: Path) -> None:
+    """`--tags ""` (a compose file's `--tags "$TAGS"`, its variable unset) read as no tags at
+    all: the worker ran every tag's jobs. Refused, as init_job_processor refuses worker_tags=[]
+    (an empty JOB_PROCESSOR_WORKER_TAGS stays unset; one of commas only is refused)."""
+    (tmp_path / "tagapp.py").write_text(
+        "import pathlib\n"
+        "async def make(ctx):\n"
+        "    pathlib.Path('called').write_text(repr(ctx.worker_tags))\n"
+        "    return None\n"
+    )
+    for given in ("--tags=", "--tags=,", "--tags= , "):
+        ran = await cli(mongo_url, "run", "tagapp:make", given, cwd=tmp_path)
+        assert not (tmp_path / "called").exists(), given
+        assert ran.returncode == 2 and "--tags names no tag" in ran.stderr, (given, ran.stderr)
+    env = {"MONGODB_URL": mongo_url, "JOB_PROCESSOR_WORKER_TAGS": " , "}
+    ran = await run_cli("run", "tagapp:make", env=env, cwd=tmp_path)
+    assert ran.returncode == 2 and "JOB_PROCESSOR_WORKER_TAGS names no tag" in ran.stderr
+    env["JOB_PROCESSOR_WORKER_TAGS"] = ""  # unset: the factory is called (it returns None)
+    ran = await run_cli("run", "tagapp:make", env=env, cwd=tmp_path)
+    assert (tmp_path / "called").read_text() == "None", ran.stderr
+
+
+async def test_run_names_a_misspelt_variable(mongo_url: str, tmp_path: Path) -> None:
+    """JOB_PROCESSOR_WORKER_TAG (no S) gave an untagged worker, LOG_FORMAT=json console lines,
+    without a word: each is named on stderr, with the variable meant."""
+    (tmp_path / "envapp.py").write_text("async def make(ctx):\n    return None\n")
+    for variable, meant in (
+        ("JOB_PROCESSOR_WORKER_TAG", "JOB_PROCESSOR_WORKER_TAGS"),
+        ("LOG_FORMAT", "JOB_PROCESSOR_LOG_FORMAT"),
+    ):
+        value = "json" if "FORMAT" in variable else "main"
+        env = {"MONGODB_URL": mongo_url, variable: value}
+        ran = await run_cli("run", "envapp:make", env=env, cwd=tmp_path)
+        warned = [line for line in ran.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warned) == 1 and variable in warned[0] and meant in warned[0], ran.stderr
