@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-host",
-        default="127.0.0.1",
+        default=None,
         help="default 127.0.0.1 (this machine only: the metrics have no auth); 0.0.0.0 in a "
         "container whose port a Prometheus on the network scrapes",
     )

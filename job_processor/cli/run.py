@@ -285,6 +285,12 @@ class CountingExecutor(ThreadPoolExecutor):
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    if args.metrics_host is not None and args.metrics_port is None:
+        raise UsageError(  # it serves nothing: said, not ignored
+            f"--metrics-host {args.metrics_host} needs --metrics-port (e.g. --metrics-port "
+            "9100): without it no metrics are served"
+        )
+    args.metrics_host = args.metrics_host or "127.0.0.1"
     threads = CountingExecutor()
     asyncio.get_running_loop().set_default_executor(threads)
     if args.metrics_port is not None:

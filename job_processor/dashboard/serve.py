@@ -148,9 +148,11 @@ async def run(args: argparse.Namespace) -> int:
         if auth is UNSET
         else ("no login: --no-auth" if auth is None else f"login {auth[0]}")
     )
+    # this socket's own address (the proxy in front strips --root-path before it gets here)
+    proxied = f", {args.root_path}/ through the proxy that strips it" if args.root_path else ""
     print(
-        f"job-processor dashboard on http://{shown(args.host)}:{port}{args.root_path}/ "
-        f"(database {db.name}, {access}{', read-only' if args.read_only else ''})",
+        f"job-processor dashboard on http://{shown(args.host)}:{port}/ "
+        f"(database {db.name}, {access}{', read-only' if args.read_only else ''}{proxied})",
         flush=True,
     )
     try:

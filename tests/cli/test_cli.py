@@ -503,7 +503,7 @@ def test_each_command_shows_only_its_own_options() -> None:
     before = parser.parse_args(["--prefix", "x_", "--actor", "ada", "kill", "abc"])
     assert (before.prefix, before.actor) == ("x_", "ada")  # still accepted before the command
     run = parser.parse_args(["run", "app:make", "--metrics-port", "9100"])
-    assert run.metrics_host == "127.0.0.1"  # metrics (no auth) stay on this machine by default
+    assert run.metrics_host is None  # resolved to 127.0.0.1 (this machine: no auth) by cmd_run
 
 
 async def test_a_window_that_cannot_hold_anything_is_refused() -> None:

@@ -248,3 +248,12 @@ async def test_run_names_a_misspelt_variable(mongo_url: str, tmp_path: Path) -> 
         ran = await run_cli("run", "envapp:make", env=env, cwd=tmp_path)
         warned = [line for line in ran.stderr.splitlines() if line.startswith("warning:")]
         assert len(warned) == 1 and variable in warned[0] and meant in warned[0], ran.stderr
+
+
+async def test_run_says_metrics_host_without_metrics_port_serves_nothing(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    """`run app:make --metrics-host 0.0.0.0` served no metrics and said nothing."""
+    (tmp_path / "hostapp.py").write_text("async def make(ctx):\n    return None\n")
+    ran = await cli(mongo_url, "run", "hostapp:make", "--metrics-host", "0.0.0.0", cwd=tmp_path)
+    assert ran.returncode == 2 and "needs --metrics-port" in ran.stderr, ran.stderr

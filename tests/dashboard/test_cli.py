@@ -200,3 +200,24 @@ async def test_sensitive_fields_adds_to_the_default_ones(db: Any, mongo_url: str
         timeout=30,
     )
     assert out.returncode == 2 and "--sensitive-fields names no field" in out.stderr, out
+
+
+async def test_the_url_printed_with_a_root_path_opens_the_dashboard(scratch_url: str) -> None:
+    """With --root-path /jobs it printed http://HOST:PORT/jobs/, which that socket answers
+    with a redirect to /jobs/jobs and "'jobs' is not a job id": the prefix is the proxy's."""
+    env = os.environ | {"MONGODB_URL": scratch_url}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    proc = dashboard(env, "--port", "0", "--root-path", "/jobs")
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.to_thread(proc.stdout.readline)
+        said = re.match(r"job-processor dashboard on (http://127\.0\.0\.1:\d+/\S*) ", first)
+        assert said is not None, first
+        assert "/jobs/ through the proxy that strips it" in first
+        async with httpx.AsyncClient(follow_redirects=True) as c:
+            page = await c.get(said[1], timeout=10)
+        assert page.status_code == 200, (said[1], str(page.url), page.status_code)
+        assert "is not a job id" not in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.communicate, timeout=10)
