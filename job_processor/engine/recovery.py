@@ -276,7 +276,14 @@ class Recovery:
     ) -> Doc | None:
         """A job the database says this live worker runs, but it does not: its final write
         failed (a lost attempt), or (`started=False`) it was claimed but never ran, `why`
-        (re-queued, no attempt used). A run this process gave up says why (`GAVE_UP`)."""
+        (re-queued, no attempt used). A run this process gave up says why (`GAVE_UP`).
+        A started run while this worker cannot trust its registration (its lease ran out: it
+        may be declared dead, and is giving its id up) is left alone: it writes nothing for
+        its runs then, and its sweep, once registered afresh, recovers it under the new id
+        (ended under the old one, its hook was recorded as owed by a dead worker, and so
+        called twice: by this worker, and by another's sweep)."""
+        if started and not self.worker.trusted():
+            return None
         run_id = str(doc.get("run_id"))
         gave_up = self.worker.gave_up.get(run_id) if started else None
         if gave_up is not None:

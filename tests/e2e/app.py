@@ -131,6 +131,7 @@ def stuck_plain(job: Job, signal: AbortSignal) -> None:
 
 
 JOBS["refused"] = JobDef(handler=refuse)
+JOBS["long-hooked"] = JobDef(handler=long_plain, on_job_exited=record_exit, on_job_exited_timeout=8)
 JOBS["stuck-plain"] = JobDef(handler=stuck_plain)
 JOBS["chatty"] = JobDef(handler=chatty, max_attempts=2)
 
