@@ -10,7 +10,9 @@ from .cli import main as cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(argv, commands={"demo": demo.command})
+    """The process's entry point: it exits with the code returned (a signal repeated as it
+    stops is ignored until then)."""
+    return cli_main(argv, commands={"demo": demo.command}, exiting=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TextIO
 
@@ -38,15 +40,28 @@ Command = Callable[..., Awaitable[int]]
 OWN_OUTPUT = frozenset({"run", "demo", "dashboard", "server"})
 
 
-def main(argv: Sequence[str] | None = None, *, commands: dict[str, Command] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    commands: dict[str, Command] | None = None,
+    exiting: bool = False,
+) -> int:
     """Run the command line. `commands`: the functions of the commands the parser declares
-    without one (the demo, given by the entry point)."""
+    without one (the demo, given by the entry point). `run`, `server` and `demo` ignore a
+    SIGTERM or SIGINT repeated once their stop is over; `exiting` (the entry point's process,
+    which exits with the code returned) keeps them ignored until the exit, else the caller's
+    handling of both comes back when this returns."""
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = common.VisibleStream(out), common.VisibleStream(err)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _main(argv, commands, out, err)
     finally:
         sys.stdout, sys.stderr = out, err
+        if not exiting and threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None and signal.getsignal(sig) is not handler:
+                    signal.signal(sig, handler)
 
 
 #: The environment variables job-processor reads under its prefix (the tests' own aside).

@@ -123,11 +123,19 @@ def lock_data_dir(data_dir: Path, port: int) -> TextIO:
 
 
 async def _run(data_dir: Path, port: int) -> int:
-    try:
-        server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port)
-    except LocalServerError as exc:
-        print(f"error: {exc}", flush=True)
-        return 1
+    stop = asyncio.Event()
+    # from the start: a SIGTERM while the server starts, or repeated while it stops, is no
+    # kill by the signal that leaves it running (a session of its own), orphaned
+    with stop_on_signals(stop, ignore_after=True):
+        try:
+            server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port)
+        except LocalServerError as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
+        return await _announced(server, data_dir, port, stop)
+
+
+async def _announced(server: LocalServer, data_dir: Path, port: int, stop: asyncio.Event) -> int:
     url = f"mongodb://127.0.0.1:{port}/{DEFAULT_DATABASE}"
     print(
         f"job-processor server: nx-27017 (MongoDB's wire protocol over SQLite, for development "
@@ -136,12 +144,10 @@ async def _run(data_dir: Path, port: int) -> int:
         "Ctrl-C stops it.",
         flush=True,
     )
-    stop = asyncio.Event()
-    with stop_on_signals(stop, ignore_after=True):  # a signal repeated while it stops: ignored
-        try:
-            died = await _serve(server, stop)
-        finally:
-            await asyncio.to_thread(server.stop)
+    try:
+        died = await _serve(server, stop)
+    finally:
+        await asyncio.to_thread(server.stop)
     if died:
         print(f"error: the server stopped by itself (exit code {died}); its log is in {data_dir}")
         return 1

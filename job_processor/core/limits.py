@@ -394,15 +394,3 @@ def mask_filled_key(
     for value in [*ordered, *sorted(values, key=len, reverse=True)]:
         key = key.replace(value, mask)
     return key
-    values = []
-    for f, value in payload.items():
-        if not isinstance(f, str) or not sensitive(f) or isinstance(value, bool):
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str | int | float | ObjectId) and str(value):
-            values.append(str(value))
-    for value in sorted(values, key=len, reverse=True):  # a value inside another: the longer
-        # as filled: in a key of several placeholders, any character may have been escaped
-        key = re.sub("".join("\\\\?" + re.escape(c) for c in value), lambda _: mask, key)
-    return key

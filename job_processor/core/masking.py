@@ -444,6 +444,8 @@ def hide_in_texts(job: Job[Any], hidden: set[str]) -> None:
     job.progress = _redacted_line(job.progress, hidden)
     job.payload = scrub(job.payload, hidden)
     job.state = scrub(job.state, hidden)
+    # a limit key filled from the payload: each hidden value as the key spells it (escaped)
+    job.limit_key = mask_filled_key(job.limit_key, None, lambda _: False, REDACTED, held=hidden)
 
 
 def _redacted_line(line: Any, hidden: set[str]) -> Any:

@@ -826,3 +826,28 @@ async def test_health_never_exits_2_for_a_bad_logging_variable(db: Any, mongo_ur
         assert (await cli(url, "health", env=env)).returncode == 0, env
         listing = await cli(url, "workers", "list", env=env)
         assert listing.returncode == 2 and next(iter(env)) in listing.stderr, listing.stderr
+
+
+def test_main_returning_leaves_sigterm_and_sigint_as_they_were() -> None:
+    """cli.main() is a function: once it returns, a process that called it (a script, a test
+    runner) still stops on SIGTERM and Ctrl-C. `run` left both ignored (SIG_IGN), even when
+    it only said a usage error (MONGODB_URL unset)."""
+    import subprocess
+
+    code = (
+        "import os, signal\n"
+        "from job_processor.cli import main\n"
+        "rc = main(['run', 'tests.e2e.app:make'])\n"
+        "print(rc, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,"
+        " signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.split() == ["2", "True", "True"], (done.stdout, done.stderr[-2000:])

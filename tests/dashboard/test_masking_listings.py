@@ -307,3 +307,32 @@ async def test_a_masked_value_escaped_in_a_key_is_masked_where_it_is(db: Any) ->
         key = (await c.get(f"/api/jobs/{job.id}")).json()["limit_key"]
         p.release.set()
     assert key == "pay:4242-••••••"
+
+
+async def test_a_definitions_sensitive_path_is_hidden_in_the_limit_key(db: Any) -> None:
+    """A JobDef's sensitive_fields path's value, repeated in a plain field that keys a limit:
+    the payload showed "[redacted]", the limit key the number in clear (API and page)."""
+    from job_processor import Limit
+
+    number = "4111111111111111"
+
+    async def pay(job: Job, signal: AbortSignal) -> None:
+        raise RuntimeError("declined")
+
+    definition = JobDef(
+        handler=pay,
+        max_attempts=1,
+        sensitive_fields=("card.number",),
+        limit=Limit(key="ref:{ref}", concurrency=2),
+    )
+    p = await init_job_processor(db, jobs={"pay": definition}, **FAST)
+    async with p:
+        job = await p.schedule_job("pay", {"card": {"number": number}, "ref": number})
+        await wait_status(p, job.id, JobStatus.ERRORED)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        api_one = (await c.get(f"/api/jobs/{job.id}")).json()
+        page = (await c.get(f"/jobs/{job.id}")).text
+    assert api_one["payload"]["ref"] == "[redacted]"
+    assert api_one["limit_key"] == "ref:[redacted]"
+    assert number not in page

@@ -1013,3 +1013,20 @@ def test_actions_of_two_forked_processes_in_one_millisecond_are_both_recorded(
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == {"results": {"a": "ok", "b": "ok"}, "audit": ["worker-a", "worker-b"]}
+
+
+async def test_admin_hides_a_sensitive_value_in_the_jobs_limit_key(env: Any) -> None:
+    """operations.md: Admin(sensitive_fields=[...]) hides those paths' values in every job it
+    returns (a value quoted elsewhere shows "[redacted]"); the limit key filled from it did
+    not (the dashboard's own masking came after, the value already replaced)."""
+    admin, storage, _ = env
+    iban = "DE89370400440532013000"
+    doc = await storage.jobs.insert(
+        D.new_job("email", {"iban": iban, "note": f"for {iban}"}, now=NOW, limit_key=f"acct:{iban}")
+    )
+    assert doc is not None
+    strict = await Admin.open(admin.storage.db, "t_", sensitive_fields=["iban"])
+    shown = await strict.get_job(str(doc["_id"]))
+    assert shown.payload == {"iban": "[redacted]", "note": "for [redacted]"}
+    assert shown.limit_key == "acct:[redacted]"
+    assert iban not in json.dumps(shown.model_dump(mode="json"), default=str)
