@@ -200,8 +200,10 @@ class Recovery:
             if doc.get("worker_id") == me and me:
                 if not self.worker.owns(doc):  # ours by the database, not running here
                     started = doc.get("run_id") not in self.worker.unstarted
-                    await self.reconcile(doc, started=started)
-                    requeued.add(str(doc.get("run_id")))
+                    written = await self.reconcile(doc, started=started)
+                    if written is not None or self.worker.trusted():  # else: left, with why
+                        requeued.add(str(doc.get("run_id")))  # it was given up, to a sweep
+                        # under the id registered afresh
                 continue
             if doc.get("worker_id") in live:
                 continue
