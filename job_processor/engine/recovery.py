@@ -201,9 +201,10 @@ class Recovery:
                 if not self.worker.owns(doc):  # ours by the database, not running here
                     started = doc.get("run_id") not in self.worker.unstarted
                     written = await self.reconcile(doc, started=started)
-                    if written is not None or self.worker.trusted():  # else: left, with why
-                        requeued.add(str(doc.get("run_id")))  # it was given up, to a sweep
-                        # under the id registered afresh
+                    # trust lost meanwhile: left to the sweep under the id registered
+                    # afresh, with the reason it was given up
+                    if written is not None or self.worker.trusted():
+                        requeued.add(str(doc.get("run_id")))
                 continue
             if doc.get("worker_id") in live:
                 continue
