@@ -306,6 +306,14 @@ async def run_until_idle(
                     if after is not None:
                         ran.append(Job.read(after))
                 continue
+            # a hook recorded with no owner (a job errored by its failed dependency): a
+            # worker's sweep calls it; no sweep runs here, so it is called here (it may
+            # schedule jobs: look again)
+            hook_at = clock.now() + dt.timedelta(milliseconds=1)  # recorded at `now`: owed
+            if await processor.hooks.recover(hook_at, set(), processor.settings.worker_timeout):
+                await processor.hooks.drain()
+                stalled += 1  # bounded, should a hook be taken again and again
+                continue
             if not (advance_clock and isinstance(clock, FakeClock)):
                 break
             names = [n for n in worker.names if n not in worker.paused]

@@ -391,7 +391,7 @@ def batch_items(
 def _batch_after(spec: JobSpec, docs: list[Doc], seen: dict[int, int]) -> list[ObjectId]:
     """A JobSpec's dependencies: earlier items (by index or the JobSpec itself, now marked as
     having dependents), or jobs that exist (ids or Jobs: checked before writing)."""
-    if not spec.after:
+    if spec.after is None:  # after=0 (item 0 without its brackets) is refused below
         return []
     if isinstance(spec.after, str | bytes | Mapping) or not isinstance(spec.after, Iterable):
         raise InvalidArgumentError(

@@ -767,3 +767,19 @@ async def test_a_purge_never_deletes_a_dependency_a_waiting_job_has_not_counted(
     assert done.status == S.FINISHED
     purged = await admin.purge(status="finished", older_than="7d")  # now counted: taken
     assert purged.count >= 1
+
+
+@pytest.mark.parametrize("bad", [0, False, ""])
+async def test_a_batch_item_whose_after_is_not_a_list_is_refused_even_when_falsy(
+    db: Any, bad: Any
+) -> None:
+    """`JobSpec("total", after=0)` (item 0 without its brackets) was written with no
+    dependency at all, and ran at once: `after=1` and schedule_job(after=0) were refused."""
+    p = await make(db, JOBS)
+    with pytest.raises(InvalidArgumentError, match="after must be a list"):
+        await p.schedule_jobs([JobSpec("part", {"n": 1}), JobSpec("total", after=1)])
+    with pytest.raises(InvalidArgumentError, match="after must be a list"):
+        await p.schedule_job("total", after=bad)
+    with pytest.raises(InvalidArgumentError, match=r"item 1: .*after must be a list"):
+        await p.schedule_jobs([JobSpec("part", {"n": 1}), JobSpec("total", after=bad)])
+    assert await p.list_jobs() == []  # nothing written

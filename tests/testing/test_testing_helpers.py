@@ -324,3 +324,40 @@ async def test_harness_run_raises_a_handlers_system_exit_as_it_is() -> None:
     with pytest.raises(SystemExit) as exited:
         await JobHarness(payload={"argv": ["--bogus"]}).run(cli)
     assert exited.value.code == 2
+
+
+exits_seen: list[tuple[str, str]] = []
+
+
+async def _child_fails(job: Job, signal: AbortSignal) -> None:
+    from job_processor import DoNotRetry
+
+    raise DoNotRetry("boom")
+
+
+async def _parent(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def _note_exit(job: Job) -> None:
+    exits_seen.append((job.name, job.status.value))
+
+
+async def test_run_until_idle_calls_the_hook_of_a_job_errored_by_its_failed_dependency() -> None:
+    """guide.md: on_job_exited is called for a job errored by a failed dependency
+    (on_dependency_failure="error"), by a worker's sweep; run_until_idle runs no sweep, and
+    the hook stayed owed for ever in a flow's test."""
+    exits_seen.clear()
+    jobs = {
+        "child": JobDef(handler=_child_fails, on_job_exited=_note_exit),
+        "parent": JobDef(handler=_parent, on_job_exited=_note_exit),
+    }
+    async with in_memory_processor(jobs=jobs) as processor:
+        child = await processor.schedule_job("child", {})
+        parent = await processor.schedule_job(
+            "parent", after=[child], on_dependency_failure="error"
+        )
+        await run_until_idle(processor)
+        done = await processor.get_job(parent.id)
+        assert done.status == S.ERRORED and done.exit_hook == "done"
+    assert sorted(exits_seen) == [("child", "errored"), ("parent", "errored")]
