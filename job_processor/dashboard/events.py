@@ -30,6 +30,7 @@ from ..storage import Storage
 from .actions import _confirmed, _form, confirm_page
 from .render import FLASH_LINES, filter_form
 from .state import Dashboard
+from .views import check_list_params
 
 PAGE_SIZES = (20, 50, 100, 200)
 DEFAULT_LIMIT = 50
@@ -116,6 +117,12 @@ def _targets_summary(event: ev.Event) -> str:
     return text
 
 
+#: The query parameters the events list reads, and other lists' words for them.
+EVENT_PARAMS = ("name", "since", "until", "limit", "before")
+_EVENT_SAME_AS = {"after": "since", "event": "name", "cursor": "before"}
+_EVENT_NOTE = " (since and until: emission times, ISO 8601)"
+
+
 async def events(d: Dashboard, request: Request) -> Response:
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in ("name", "since", "until")}
@@ -127,6 +134,7 @@ async def events(d: Dashboard, request: Request) -> Response:
     older: str | None = None
     cut = False
     try:
+        check_list_params(request, EVENT_PARAMS, _EVENT_SAME_AS, "the events list", _EVENT_NOTE)
         try:
             limit = int(limit_text or DEFAULT_LIMIT)
         except ValueError:
@@ -198,7 +206,9 @@ async def event(d: Dashboard, request: Request) -> Response:
         hosts[target] = url_host(str(doc["url"])) + about
     secrets = d.masker.secrets(found.payload, *[x.result for x in found.deliveries])
     replayable = await _replayable(d, admin.storage, found.name)
-    shown = found.deliveries[:DELIVERIES_SHOWN]  # an event replayed 150 times: 1,500 rows
+    # at most DELIVERIES_SHOWN jobs (an event replayed 150 times: 1,500), read so, then a row
+    # for each target without one (deleted by retention, or waiting): all shown, as counted
+    shown = found.deliveries
     return d.page(
         request,
         "event.html",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -52,19 +53,28 @@ def job_filters(request: Request) -> dict[str, str]:
     return filters
 
 
-def check_list_params(request: Request) -> None:
-    """InvalidArgumentError naming a query parameter the jobs list does not read, and the one
-    that was meant."""
+def check_list_params(
+    request: Request,
+    params: Sequence[str] = LIST_PARAMS,
+    same_as: Mapping[str, str] = _SAME_AS,
+    what: str = "the jobs list",
+    note: str = " (after and before: creation times, ISO 8601)",
+) -> None:
+    """InvalidArgumentError naming a query parameter a list does not read, and the one that
+    was meant; or one given twice (only one value would be applied, silently)."""
     for given in request.query_params:
-        if given in LIST_PARAMS:
+        if given in params:
+            if len(request.query_params.getlist(given)) > 1:
+                raise InvalidArgumentError(
+                    f"parameter {given!r} given more than once: {what} reads one value of it"
+                )
             continue
-        meant = _SAME_AS.get(given) or next(
-            iter(difflib.get_close_matches(given, LIST_PARAMS, n=1, cutoff=0.6)), None
+        meant = same_as.get(given) or next(
+            iter(difflib.get_close_matches(given, params, n=1, cutoff=0.6)), None
         )
         hint = f"did you mean {meant}? " if meant else ""
         raise InvalidArgumentError(
-            f"unknown parameter {given!r}: {hint}the jobs list reads {', '.join(LIST_PARAMS)} "
-            "(after and before: creation times, ISO 8601)"
+            f"unknown parameter {given!r}: {hint}{what} reads {', '.join(params)}{note}"
         )
 
 
@@ -275,16 +285,21 @@ async def names(d: Dashboard, request: Request) -> Response:
     )
 
 
+#: Audit entries a page shows.
+AUDIT_PAGE = 50
+
+
 async def audit(d: Dashboard, request: Request) -> Response:
     admin = await d.admin()
     before = request.query_params.get("before") or None
-    entries = await admin.audit_log(limit=50, before=before)
+    read = await admin.audit_log(limit=AUDIT_PAGE + 1, before=before)  # one more: is there
+    entries = read[:AUDIT_PAGE]  # an older page (exactly 50 led to an empty one)
     details = [d.masker.text(_detail_text(e.detail)) if e.detail else "" for e in entries]
     return d.page(
         request,
         "audit.html",
         entries=list(zip(entries, details, strict=True)),
-        next_before=entries[-1].id if len(entries) == 50 else None,
+        next_before=entries[-1].id if len(read) > AUDIT_PAGE else None,
         live=True,
     )
 

@@ -170,7 +170,9 @@ def url_host(url: str) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # an invalid port (refused by check_url): shown as written
         port = f":{parts.netloc.rpartition(':')[2]}"
-    return f"{parts.scheme}://{parts.hostname}{port}"
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, bracketed as in the URL
+    return f"{parts.scheme}://{host}{port}"
 
 
 def without_url_secrets(text: str, url: str, cut: bool = False) -> str:

@@ -114,3 +114,49 @@ async def test_a_job_page_whose_job_was_deleted_says_so_and_offers_no_action(
         await expect(page.locator("#live-toggle")).to_contain_text("Gone")
         await expect(page.locator("main")).to_contain_text(f"no job with id '{job.id}'")
         await expect(page.get_by_role("button", name=re.compile("Retry"))).to_have_count(0)
+
+
+async def test_a_clicked_checkbox_does_not_stop_the_live_refresh(db: Any, browser: Browser) -> None:
+    """Selected checkboxes are kept across refreshes and only typing in a field holds the swap;
+    a checkbox just clicked keeps the focus, and was taken for typing: the list froze (still
+    saying Live) until the user clicked elsewhere."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started: pending
+    first = await p.schedule_job("n", {"i": 0})
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs")
+        boxes = page.locator("table.jobs input[name=ids]")
+        await expect(boxes).to_have_count(1)
+        await boxes.first.check()  # selected, as before Retry / Kill
+        new = await p.schedule_job("n", {"i": 1})
+        await expect(boxes).to_have_count(2)  # the refresh shows the new job
+        await expect(boxes.first).to_have_attribute("value", new.id)
+        await expect(page.locator(f"input[name=ids][value='{first.id}']")).to_be_checked()
+
+
+async def test_an_opened_error_stays_open_across_a_live_refresh(
+    browser: Browser, processor: Any
+) -> None:
+    """A run's error is folded in a <details>: opened to read its traceback, the next refresh
+    (every refresh_seconds, an ended job's page too) folded it again."""
+    from .harness import wait_until
+    from .test_http import failed_email
+
+    p, _ = processor
+    failed = await failed_email(p)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/{failed}")
+        details = page.locator("#job-live details").first
+        await details.locator("summary").click()
+        await expect(details).to_have_attribute("open", "")
+        before = await page.evaluate("document.body.getAttribute('data-refreshed')")
+
+        async def refreshed() -> bool:
+            now = await page.evaluate("document.body.getAttribute('data-refreshed')")
+            return now is not None and now != before
+
+        await wait_until(refreshed)
+        await expect(details).to_have_attribute("open", "", timeout=1000)

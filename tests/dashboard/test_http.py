@@ -1005,3 +1005,70 @@ async def test_the_new_job_form_offers_only_names_it_accepts(processor: Any) -> 
                 "/jobs/new", data={"csrf_token": token(form.text), "name": name, "payload": "{}"}
             )
             assert "is an event delivery" not in resp.text, name
+
+
+async def test_the_crons_page_reads_a_task_of_a_status_this_version_does_not_know(
+    processor: Any,
+) -> None:
+    """A cron task another program (or a newer version, in a rolling deploy) stored with a
+    status of its own: the jobs list shows it as errored (invalid_fields); the crons page
+    answered 500 (ValueError: 'queued' is not a valid JobStatus)."""
+    import datetime as dt
+
+    p, _ = processor
+    doc = {
+        "name": "nightly-cleanup",
+        "status": "queued",
+        "payload": {},
+        "created_at": dt.datetime.now(dt.UTC),
+    }
+    odd = (await p.storage.jobs.coll.insert_one(doc)).inserted_id
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        assert (await c.get("/jobs?name=nightly-cleanup")).status_code == 200
+        page = await c.get("/crons")
+        assert page.status_code == 200
+        assert f"/jobs/{odd}" in page.text
+
+
+async def test_a_repeated_jobs_filter_is_refused_not_half_applied(processor: Any) -> None:
+    """`?status=errored&status=killed` answered 200 with the killed jobs only (the last)."""
+    p, _ = processor
+    await failed_email(p)
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        r = await c.get("/api/jobs?status=errored&status=killed")
+        assert r.status_code == 400 and "status" in r.text, (r.status_code, r.text)
+        page = await c.get("/jobs?name=a&name=b")
+        assert page.status_code == 400 and "name" in page.text
+
+
+async def test_the_events_list_refuses_a_parameter_it_does_not_read(processor: Any) -> None:
+    """`/events?after=...` (the jobs list's word) listed every event as if filtered."""
+    p, _ = processor
+    await p.emit("shipped", {"order": 1})
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        for query in ("after=2099-01-01T00:00:00", "event=nothing-by-that-name"):
+            r = await c.get(f"/events?{query}")
+            assert r.status_code == 400, (query, "listed every event as if filtered")
+        r = await c.get("/events?after=2099-01-01T00:00:00")
+        assert "since" in r.text  # the word this list uses
+        assert (await c.get("/events?name=shipped")).status_code == 200
+
+
+async def test_the_audit_log_offers_no_older_page_when_there_is_none(processor: Any) -> None:
+    """Exactly 50 entries: "Older »" opened a page saying "No action recorded yet."."""
+    from job_processor.ops.admin import Admin
+
+    p, _ = processor
+    admin = await Admin.open(p.storage.db, p.storage.prefix)
+    for _ in range(25):
+        await admin.pause("send-email", actor="cli")
+        await admin.resume("send-email", actor="cli")
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        first = await c.get("/audit")
+        assert first.text.count("<code>name_") == 50
+        assert not re.search(r'href="(/audit\?before=[0-9a-f]+)"', first.text)
+        await admin.pause("send-email", actor="cli")  # 51: an older page, with one entry
+        first = await c.get("/audit")
+        older = re.search(r'href="(/audit\?before=[0-9a-f]+)"', first.text)
+        assert older is not None
+        assert (await c.get(older.group(1))).text.count("<code>name_") == 1

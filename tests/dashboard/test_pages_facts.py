@@ -248,3 +248,52 @@ async def test_jobs_page_new_job_link_preselects_only_a_name_the_form_accepts(db
         "webhook-delivery": [""],
     }, linked
     assert "send-email" in choices
+
+
+async def test_an_event_page_past_its_shown_deliveries_counts_and_shows_every_row(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past DELIVERIES_SHOWN, the rows of targets without a job (deleted by retention,
+    waiting) were cut off while the status line counted them, and the heading counted the
+    rows read, not the deliveries."""
+    from bson import ObjectId
+
+    from job_processor.dashboard import events as dashboard_events
+
+    monkeypatch.setattr(dashboard_events, "DELIVERIES_SHOWN", 3)
+    p = await init_job_processor(  # not started: deliveries stay pending
+        db,
+        jobs={"n": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+    )
+    event = await p.emit("shipped", {"order": 1})
+    [own] = event.deliveries
+    for _ in range(4):
+        await p.replay_event(event.id)
+    removed = await p.storage.jobs.coll.delete_one({"_id": ObjectId(own.job_id)})  # retention
+    assert removed.deleted_count == 1
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get(f"/events/{event.id}")).text
+    assert "1 deleted" in page and "The first 3 of 5 deliveries" in page
+    heading = re.search(r'<h2>Deliveries <span class="count">(\d+)</span>', page)
+    assert heading is not None and heading.group(1) == "5", heading
+    assert "removed (retention or purge)" in page, "the counted deleted row is not shown"
+
+
+async def test_an_ipv6_webhook_endpoint_shows_its_host_in_brackets(db: Any) -> None:
+    """https://[2001:db8::1]:8443 was shown https://2001:db8::1:8443 (no URL; the port lost)."""
+    p = await init_job_processor(  # not started: deliveries stay pending
+        db,
+        jobs={"n": JobDef(handler=noop)},
+        subscribers={"shipped": [Subscriber("mail", handler=on_shipped)]},
+        webhook_secrets={"crm": generate_secret()},
+    )
+    hook = await p.webhooks.add(
+        url="https://[2001:db8::1]:8443/hooks/x", events=["shipped"], secret_ref="crm"
+    )
+    event = await p.emit("shipped", {"order": 1})
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get(f"/events/{event.id}")).text
+    row = re.search(rf'<tr [^>]*data-target="webhook:{hook.id}">.*?</tr>', page, re.S)
+    assert row is not None
+    assert "https://[2001:db8::1]:8443" in row.group(0)

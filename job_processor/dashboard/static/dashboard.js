@@ -41,10 +41,17 @@
   }
 
   function busy() {
-    // never swap what the user is typing in (checked boxes are carried over by refresh())
+    // never swap what the user is typing in (checked boxes are carried over by refresh(); a
+    // box just clicked keeps the focus, and is no typing)
     var a = document.activeElement;
-    if (a && a.closest && a.closest("[data-live]") && /INPUT|SELECT|TEXTAREA/.test(a.tagName)) return true;
-    return false;
+    if (!a || !a.closest || !a.closest("[data-live]")) return false;
+    if (a.tagName === "INPUT" && /^(checkbox|radio|button|submit|reset)$/i.test(a.type)) return false;
+    return /INPUT|SELECT|TEXTAREA/.test(a.tagName);
+  }
+
+  function detailsKey(x, i) {
+    // an opened error stays open: by its key (a run, a delivery), else by its place
+    return x.getAttribute("data-key") || "#" + i;
   }
 
   function refresh() {
@@ -83,8 +90,11 @@
           if (!fresh) return;
           var checked = {};
           el.querySelectorAll("input[type=checkbox]:checked").forEach(function (c) { checked[c.name + "=" + c.value] = true; });
+          var open = {};
+          el.querySelectorAll("details").forEach(function (x, i) { if (x.open) open[detailsKey(x, i)] = true; });
           el.innerHTML = fresh.innerHTML;
           el.querySelectorAll("input[type=checkbox]").forEach(function (c) { if (checked[c.name + "=" + c.value]) c.checked = true; });
+          el.querySelectorAll("details").forEach(function (x, i) { if (open[detailsKey(x, i)]) x.open = true; });
         });
         relTimes();
         lastOk = Date.now();

@@ -8,6 +8,7 @@ from typing import Any
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
 from ...core.masking import Masker, task_error
+from ...core.models import Job
 from ...core.schedule import local_time, task_slot
 from ...core.status import JobStatus
 from .base import AdminBase
@@ -44,7 +45,9 @@ class CronsAdmin(AdminBase):
                     id=str(t["_id"]),
                     slot=task_slot(t),
                     trigger=t.get("trigger"),
-                    status=S(t["status"]),
+                    # as every listing reads a stored job: a status this version does not
+                    # know (another program's, a newer version's) shows as errored
+                    status=Job.read(t).status,
                     skip_reason=t.get("skip_reason"),
                     error=task_error(t, [*self.sensitive_fields, *paths.get(name, [])], masker),
                     ended_at=t.get("ended_at"),
