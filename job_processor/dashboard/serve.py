@@ -74,6 +74,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
             f"cannot listen on {where} ({exc.strerror or exc}): check --host and --port"
         ) from None
     sock.set_inheritable(True)
+    # listening already: a connection made as soon as the URL is printed waits in the backlog
+    # for the server to start (bound only, it was refused: a flaky test on a loaded machine)
+    sock.listen(2048)
     return sock
 
 
