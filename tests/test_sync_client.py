@@ -453,3 +453,33 @@ def test_a_scheduled_for_outside_the_utc_range_is_an_invalid_argument(sync_db: A
     for client in (JobClient(sync_db, APP_JOBS), JobClient(sync_db)):
         with pytest.raises(InvalidArgumentError, match="scheduled_for"):  # a bare OverflowError
             client.schedule_job("anywhere", {}, scheduled_for=when)
+
+
+def test_list_jobs_refuses_a_name_that_is_not_a_string(sync_db: Database[Any]) -> None:
+    """`name` went into the query as given: a dict (a JSON body's `{"$ne": ...}`) was read as
+    query operators and listed every other name's jobs, an int listed nothing, a list raised
+    the driver's OperationFailure. Checked, as `limit` and `status` are."""
+    client = JobClient(sync_db, {"x": JobDef(handler=never), "payroll": JobDef(handler=never)})
+    client.schedule_job("x")
+    client.schedule_job("payroll")
+    assert [j.name for j in client.list_jobs(name="x")] == ["x"]
+    for bad in ({"$ne": "x"}, {"$regex": "^p"}, 3, ["x"]):
+        with pytest.raises(InvalidArgumentError, match="name must be a job name"):
+            client.list_jobs(name=bad)  # type: ignore[arg-type]
+
+
+def test_a_client_reading_raw_bson_documents_still_works(mongo_url: str) -> None:
+    """The collections kept the client's document class: MongoClient(document_class=
+    RawBSONDocument) failed the first call ('RawBSONDocument' object does not support item
+    assignment)."""
+    from bson.raw_bson import RawBSONDocument
+
+    mongo: MongoClient[Any] = MongoClient(mongo_url, document_class=RawBSONDocument)
+    name = f"jp_test_raw_{ObjectId()}"
+    try:
+        client = JobClient(mongo[name], {"x": JobDef(handler=never)})
+        job = client.schedule_job("x", {"a": 1})
+        assert client.get_job(job.id).payload == {"a": 1}
+    finally:
+        mongo.drop_database(name)
+        mongo.close()

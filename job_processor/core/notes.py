@@ -69,10 +69,10 @@ class JobLogger:
         self._sink = sink
         self._bound = dict(bound or {})
 
-    def bind(self, **fields: Any) -> JobLogger:
+    def bind(self, /, **fields: Any) -> JobLogger:
         return JobLogger(self._sink, self._bound | fields)
 
-    def new(self, **fields: Any) -> JobLogger:
+    def new(self, /, **fields: Any) -> JobLogger:
         return JobLogger(self._sink, fields)
 
     def log(self, level: str | int, event: Any, /, **fields: Any) -> None:

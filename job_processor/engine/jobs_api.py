@@ -364,6 +364,8 @@ class JobsAPI(JobWaits):
     ) -> list[Job[Any]]:
         """Most recent first. `status` is one of the JobStatus values."""
         wanted = parse_status(status) if status is not None else None
+        if name is not None and not isinstance(name, str):  # a dict would be query operators
+            raise InvalidArgumentError(f"name must be a job name (a str) or None, got {name!r}")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
         docs = await self.storage.producer.run(

@@ -331,4 +331,4 @@ def _now() -> float:
 
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
 #: The keys of a worker's log line that a job's log field must not overwrite.
-_ECHO_KEYS = frozenset({"event", "level", "message", "timestamp", "logger", "exc_info"})
+_ECHO_KEYS = frozenset({"event", "level", "message", "timestamp", "logger", "exc_info", "self"})

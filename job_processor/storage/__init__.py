@@ -84,7 +84,9 @@ class Storage:
         self.profile = profile or ServerProfile()
         # datetimes read back aware UTC wherever they are (a payload's, a result's), whatever
         # the client's tz_aware; the client's other codec options kept
-        codec = db.codec_options.with_options(tz_aware=True, tzinfo=None)  # None: UTC
+        # plain dicts (a client's RawBSONDocument or SON would break every write-back), aware
+        # datetimes in UTC (tzinfo None), the client's other options kept
+        codec = db.codec_options.with_options(document_class=dict, tz_aware=True, tzinfo=None)
 
         def coll(name: str, majority: bool = True) -> Any:
             concern = MAJORITY if majority else None

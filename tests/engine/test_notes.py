@@ -578,3 +578,37 @@ async def test_a_secret_cut_by_the_progress_messages_500_characters_is_hidden_wh
     assert head not in page and head not in listing
     shown = mask_job(MASKER, await p.get_job(done.id))  # what `jobs show` prints
     assert head not in shown["progress"]["message"]
+
+
+@pytest.mark.parametrize("logger_kind", ["stdlib", "structlog"])
+@pytest.mark.parametrize("call", ["job.log", "logger.info", "logger.log", "logger.bind"])
+async def test_a_log_field_named_self_is_a_field_and_never_fails_the_run(
+    db: Any, logger_kind: str, call: str
+) -> None:
+    """ "Any field name is a field" and "a log call never fails a run": a field named `self`
+    met EventLog.info's `self` (the echo to the worker's log) or JobLogger.bind's, and the
+    handler's TypeError errored the job."""
+    import logging
+
+    import structlog
+
+    async def handler(job: Job, signal: AbortSignal) -> str:
+        if call == "job.log":
+            job.log("fetched", self="row-7")
+        elif call == "logger.info":
+            job.logger.info("fetched", self="row-7")
+        elif call == "logger.log":
+            job.logger.log("info", "fetched", self="row-7")
+        else:
+            job.logger.bind(self="row-7").info("fetched")
+        return "ok"
+
+    logger = (
+        logging.getLogger("notes.self") if logger_kind == "stdlib" else structlog.get_logger("n")
+    )
+    processor = await make(db, {"h": JobDef(handler=handler)}, logger=logger)
+    done = await processor.run_job("h")
+    assert done.status == S.FINISHED, done.error
+    assert [(line["message"], line["fields"]) for line in done.logs] == [
+        ("fetched", {"self": "row-7"})
+    ]
