@@ -18,6 +18,7 @@ from ..core.models import Job
 from ..core.producing import ENDED, WaitPacing
 from ..core.status import JobStatus
 from ..storage import object_id
+from ..storage.compat import stream_waiters
 from .runtime import Runtime
 
 S = JobStatus
@@ -153,7 +154,8 @@ class JobWaits(Runtime):
         the wait's deadline, then the reads say the server is unreachable."""
         if self.waker.blocking is False or not self.settings.change_streams:
             return None
-        if self._waiters_on_streams >= STREAM_WAITERS:  # each holds a pooled connection: poll
+        # each holds a pooled connection (with Motor, one of its threads too): the rest poll
+        if self._waiters_on_streams >= stream_waiters(self.storage.db, STREAM_WAITERS):
             return None
         self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
         within = None if deadline is None else max(deadline - time.monotonic(), 0.5)

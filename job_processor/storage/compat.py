@@ -38,6 +38,7 @@ import contextlib
 import datetime as dt
 import inspect
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -225,6 +226,21 @@ class ServerProfile:
         if self.index_with_id or len(keys) == 1:
             return keys
         return [(k, d) for k, d in keys if k != "_id"]
+
+
+def stream_waiters(db: Any, most: int) -> int:
+    """How many change-stream waits a process may keep open on `db` at once: `most`; with
+    Motor, a quarter of its executor's threads at most (Motor runs every command on them, a
+    waiting getMore holds one for up to its max await: 10 waits on its 10 threads of a 2-core
+    machine stalled every other command of the process behind them)."""
+    if not type(db).__module__.startswith("motor."):
+        return most
+    framework = sys.modules.get("motor.frameworks.asyncio")  # loaded with Motor's database
+    try:
+        threads = int(framework._EXECUTOR._max_workers)  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        threads = 8  # a Motor laid out otherwise: 2 waits on streams, the others poll
+    return max(1, min(most, threads // 4))
 
 
 async def detect(db: Any) -> ServerProfile:

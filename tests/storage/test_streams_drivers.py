@@ -109,3 +109,83 @@ async def test_motor_stream_open_is_bounded_by_pymongo_timeout() -> None:
         assert took < 2.0, f"open_stream took {took:.1f}s under pymongo.timeout(0.3)"
     finally:
         client.close()
+
+
+@pytest.fixture
+def blocking_getmores(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Change streams that behave as a replica set's: a `getMore` waits up to the stream's
+    maxAwaitTimeMS for a change (nx-27017 answers at once). Returns [getMores in flight]."""
+    from pymongo.asynchronous.change_stream import AsyncChangeStream
+    from pymongo.synchronous.change_stream import ChangeStream
+
+    from job_processor.storage.compat import ServerProfile
+
+    in_flight = [0]
+    sync_next, async_next = ChangeStream.try_next, AsyncChangeStream.try_next
+
+    def max_await(stream: Any) -> float:
+        return (getattr(stream, "_max_await_time_ms", None) or 1000) / 1000
+
+    def blocking(self: Any) -> Any:  # Motor runs this on one of its threads
+        end = time.monotonic() + max_await(self)
+        in_flight[0] += 1
+        try:
+            while True:
+                change = sync_next(self)
+                if change is not None or time.monotonic() >= end:
+                    return change
+                time.sleep(0.02)
+        finally:
+            in_flight[0] -= 1
+
+    async def awaiting(self: Any) -> Any:
+        end = time.monotonic() + max_await(self)
+        in_flight[0] += 1
+        try:
+            while True:
+                change = await async_next(self)
+                if change is not None or time.monotonic() >= end:
+                    return change
+                await asyncio.sleep(0.02)
+        finally:
+            in_flight[0] -= 1
+
+    monkeypatch.setattr(ChangeStream, "try_next", blocking)
+    monkeypatch.setattr(AsyncChangeStream, "try_next", awaiting)
+    monkeypatch.setattr(ServerProfile, "stream_waits", property(lambda self: True))
+    return in_flight
+
+
+async def test_waits_on_streams_leave_the_processors_other_commands_prompt(
+    driver_db: Any, blocking_getmores: list[int]
+) -> None:
+    """With Motor each waiting getMore (up to 1 s on a replica set, simulated here) holds one
+    of Motor's executor threads (cpu_count() * 5: 10 on 2 cores): 10 `wait_for` on streams,
+    plus the worker's own stream, took them all, and every other command of the process
+    (reads, claims, final writes) queued behind a getMore. With Motor a quarter of its
+    threads wait on streams; the other waits poll."""
+
+    async def quick(job: Job, signal: AbortSignal) -> int:
+        return 1
+
+    p = await make(driver_db, {"quick": JobDef(handler=quick), "later": JobDef(handler=quick)})
+    async with p:
+        held = [await p.schedule_job("later", {}, delay=3600) for _ in range(10)]
+        waits = [asyncio.create_task(p.wait_for(j.id)) for j in held]
+        try:  # the waits that follow a stream are in their getMore
+            await wait_for(lambda: blocking_getmores[0] >= p._waiters_on_streams > 0)
+            reads = []
+            for _ in range(5):
+                began = time.monotonic()
+                await p.get_job(held[0].id)
+                reads.append(time.monotonic() - began)
+            began = time.monotonic()
+            job = await p.schedule_job("quick", {})
+            assert await p.result(job.id, timeout=30) == 1
+            ran_in = time.monotonic() - began
+            assert max(reads) < 0.5, f"one read took {max(reads):.2f}s"
+            assert ran_in < 1.0, f"a quick job was seen ended after {ran_in:.2f}s"
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
