@@ -29,6 +29,7 @@ from .compat import (
     ServerProfile,
     aggregate,
     all_docs,
+    counted_part,
     decode,
     decode_opt,
 )
@@ -247,6 +248,16 @@ class JobAdminStore:
         for doc in await all_docs(self.coll.find(query, {"_id": 0, "name": 1}).limit(10_000)):
             counts[str(doc.get("name"))] = counts.get(str(doc.get("name")), 0) + 1
         return counts
+
+    async def uncounted_dependencies(
+        self, status: JobStatus, ended_before: dt.datetime, name: str | None
+    ) -> int:
+        """How many of these jobs a purge leaves alone because jobs scheduled after them have
+        not all counted their end yet (counted up to 10,000 jobs)."""
+        query = self.ended_query(status, ended_before, name) | {"has_dependents": True}
+        fields = {"_id": 0, "has_dependents": 1, "dependents_settled": 1}
+        docs = await all_docs(self.coll.find(query, fields).limit(10_000))
+        return sum(1 for doc in docs if counted_part(doc) is None)
 
     # ---- numbers ----------------------------------------------------------------------------
 

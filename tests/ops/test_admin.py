@@ -1030,3 +1030,24 @@ async def test_admin_hides_a_sensitive_value_in_the_jobs_limit_key(env: Any) -> 
     assert shown.payload == {"iban": "[redacted]", "note": "for [redacted]"}
     assert shown.limit_key == "acct:[redacted]"
     assert iban not in json.dumps(shown.model_dump(mode="json"), default=str)
+
+
+async def test_a_purge_that_left_a_dependency_says_why(env: Any) -> None:
+    """A purge whose only match is a dependency its dependents have not all counted deletes
+    nothing (rightly) and said nothing: the audit log recorded no reason and the CLI printed
+    "nothing matched" (operations.md: an action that did nothing records why)."""
+    admin, storage, clock = env
+    job_id = await ended(storage, S.FINISHED)
+    await storage.jobs.coll.update_one(
+        {"_id": object_id(job_id)}, {"$set": {"has_dependents": True}}
+    )
+    clock.advance(8 * 86400)
+    purged = await admin.purge(status="finished", older_than="7d")
+    assert (await admin.get_job(job_id)).status == S.FINISHED  # kept, rightly
+    assert purged.count == 0
+    assert list(purged.skipped.values()) == [
+        "kept: jobs scheduled after them are not yet seen to have counted their end (a "
+        "worker's sweep sees it within worker_timeout / 2); purge again after that"
+    ]
+    entry = (await admin.audit_log(limit=1))[0]
+    assert entry.detail["kept_uncounted_dependents"] == 1 and entry.detail.get("skipped")

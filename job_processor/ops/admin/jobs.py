@@ -364,6 +364,13 @@ class JobsAdmin(AdminBase):
             result.skipped[f"{kept} job(s)"] = (
                 "kept: their on_job_exited has not run yet (a worker runs it shortly)"
             )
+        held = await self.storage.job_admin.uncounted_dependencies(wanted, cutoff, name or None)
+        if held:
+            detail["kept_uncounted_dependents"] = held
+            result.skipped[f"{held} job(s) waited on"] = (
+                "kept: jobs scheduled after them are not yet seen to have counted their end (a "
+                "worker's sweep sees it within worker_timeout / 2); purge again after that"
+            )
         await self._record(result, detail)
         return result
 
