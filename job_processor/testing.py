@@ -310,7 +310,13 @@ async def run_until_idle(
             # worker's sweep calls it; no sweep runs here, so it is called here (it may
             # schedule jobs: look again)
             hook_at = clock.now() + dt.timedelta(milliseconds=1)  # recorded at `now`: owed
-            if await processor.hooks.recover(hook_at, set(), processor.settings.worker_timeout):
+            ownerless = [  # only those: another processor's (live) hooks are its own
+                h
+                for h in await processor.storage.jobs.owed_hooks(hook_at)
+                if h.get("exit_hook_owner") is None
+            ]
+            timeout = processor.settings.worker_timeout
+            if ownerless and await processor.hooks.recover(hook_at, set(), timeout, ownerless):
                 await processor.hooks.drain()
                 stalled += 1  # bounded, should a hook be taken again and again
                 continue

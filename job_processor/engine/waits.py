@@ -28,6 +28,9 @@ Doc = dict[str, Any]
 #: once (a blocking `getMore` holds one of the client's pooled connections while it waits, and
 #: the worker needs them); the others poll.
 STREAM_WAITERS = 10
+#: Waits on streams this process holds on a driver whose threads are shared by the whole
+#: process (Motor's executor), against `stream_waiters`' bound.
+PROCESS_STREAM_WAITS = [0]
 #: How much longer than its wait a change stream read may take before it is given up (its
 #: getMore waits 1 s at most: past that, its connection has gone silent).
 STREAM_READ_MARGIN = 2.0
@@ -35,6 +38,7 @@ STREAM_READ_MARGIN = 2.0
 
 class JobWaits(Runtime):
     _waiters_on_streams = 0
+    _shared_stream = 0  # 1: this processor's waits on streams count in PROCESS_STREAM_WAITS
     """`wait_for` calls following their job on a change stream now (see STREAM_WAITERS)."""
 
     @keywords_checked
@@ -65,7 +69,7 @@ class JobWaits(Runtime):
             return await self._wait(oid, str(oid), timeout, deadline, stream)
         finally:
             if stream is not None:
-                self._waiters_on_streams -= 1
+                self._stream_given_back()
                 await _close(stream)
 
     async def _wait(
@@ -154,21 +158,29 @@ class JobWaits(Runtime):
         the wait's deadline, then the reads say the server is unreachable."""
         if self.waker.blocking is False or not self.settings.change_streams:
             return None
-        # each holds a pooled connection (with Motor, one of its threads too): the rest poll
-        if self._waiters_on_streams >= stream_waiters(self.storage.db, STREAM_WAITERS):
+        # each holds a pooled connection (with Motor, one of the threads of the process's
+        # executor too: counted for the whole process): the rest poll
+        most = stream_waiters(self.storage.db, STREAM_WAITERS)
+        if self._waiters_on_streams >= STREAM_WAITERS or PROCESS_STREAM_WAITS[0] >= most:
             return None
         self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
+        self._shared_stream = int(most < STREAM_WAITERS)
+        PROCESS_STREAM_WAITS[0] += self._shared_stream
         within = None if deadline is None else max(deadline - time.monotonic(), 0.5)
         try:
             return await self.storage.producer.run(
                 lambda _: self.storage.jobs.watch_one(oid, 1000), within=within
             )
         except (PyMongoError, NotImplementedError, AttributeError, TypeError):
-            self._waiters_on_streams -= 1
+            self._stream_given_back()
             return None  # a standalone server, mongomock: poll
         except BaseException:
-            self._waiters_on_streams -= 1
+            self._stream_given_back()
             raise
+
+    def _stream_given_back(self) -> None:
+        self._waiters_on_streams -= 1
+        PROCESS_STREAM_WAITS[0] -= self._shared_stream
 
     async def _next_change(
         self, stream: Any, wait: float, quick_before: bool = False

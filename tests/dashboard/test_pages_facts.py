@@ -297,3 +297,43 @@ async def test_an_ipv6_webhook_endpoint_shows_its_host_in_brackets(db: Any) -> N
     row = re.search(rf'<tr [^>]*data-target="webhook:{hook.id}">.*?</tr>', page, re.S)
     assert row is not None
     assert "https://[2001:db8::1]:8443" in row.group(0)
+
+
+async def test_a_runs_error_keeps_its_details_key_when_the_history_rotates(db: Any) -> None:
+    """The key an opened error is kept open by was the run's place in the history: once 20
+    runs are kept, each new run shifted every place, and the opened error folded."""
+    from bson import ObjectId
+
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started
+    job = await p.schedule_job("n", {})
+    now = dt.datetime.now(dt.UTC)
+
+    def run(i: int) -> dict[str, Any]:
+        at = now + dt.timedelta(seconds=i)
+        return {
+            "attempt": i,
+            "worker_id": "w",
+            "started_at": at,
+            "ended_at": at,
+            "status": "errored",
+            "error": f"RuntimeError: boom {i}",
+        }
+
+    def key_of(page: str, error: str) -> str:
+        found = re.search(
+            r'<details data-key="([^"]+)"><summary>[^<]*' + re.escape(error) + "<", page
+        )
+        assert found is not None, error
+        return found.group(1)
+
+    oid = ObjectId(job.id)
+    await p.storage.jobs.coll.update_one(
+        {"_id": oid}, {"$set": {"history": [run(i) for i in range(1, 21)]}}
+    )
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        opened = key_of((await c.get(f"/jobs/{job.id}")).text, "boom 20")
+        await p.storage.jobs.coll.update_one(  # one more run: the oldest falls off
+            {"_id": oid}, {"$set": {"history": [run(i) for i in range(2, 22)]}}
+        )
+        after = key_of((await c.get(f"/jobs/{job.id}")).text, "boom 20")
+    assert after == opened, f"the opened error's key changed: {opened} -> {after}"

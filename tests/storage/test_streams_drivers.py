@@ -189,3 +189,38 @@ async def test_waits_on_streams_leave_the_processors_other_commands_prompt(
             for w in waits:
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_waits_on_streams_of_several_processors_leave_motors_threads_free(
+    driver_db: Any, blocking_getmores: list[int]
+) -> None:
+    """Motor's executor is one per process, but the quarter of it that `wait_for` may hold on
+    streams was counted per processor: five processors of one process each held a quarter,
+    and together took every thread. Counted for the process now. (PyMongo's async client
+    waits on the event loop, holding no thread: each processor keeps its 10.)"""
+    from job_processor.engine.waits import PROCESS_STREAM_WAITS
+    from job_processor.storage.compat import stream_waiters
+
+    motor = type(driver_db).__module__.split(".")[0] == "motor"
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    quarter = stream_waiters(driver_db, 10)
+    expected = quarter if motor else 5 * 10
+    processors = [await make(driver_db, {"later": JobDef(handler=never)}) for _ in range(5)]
+    waits = []
+    try:
+        for p in processors:
+            held = [await p.schedule_job("later", {}, delay=3600) for _ in range(10)]
+            waits += [asyncio.create_task(p.wait_for(j.id)) for j in held]
+        await wait_for(lambda: blocking_getmores[0] >= expected)  # those on streams wait
+        assert sum(p._waiters_on_streams for p in processors) == expected
+        began = time.monotonic()
+        await processors[0].get_job(held[0].id)
+        assert time.monotonic() - began < 0.5
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    assert PROCESS_STREAM_WAITS[0] == 0  # all given back

@@ -361,3 +361,42 @@ async def test_run_until_idle_calls_the_hook_of_a_job_errored_by_its_failed_depe
         done = await processor.get_job(parent.id)
         assert done.status == S.ERRORED and done.exit_hook == "done"
     assert sorted(exits_seen) == [("child", "errored"), ("parent", "errored")]
+
+
+async def test_run_until_idle_never_calls_a_hook_a_live_worker_is_running() -> None:
+    """run_until_idle took every owed hook (no live worker given): a hook another processor
+    on the same database was calling right then was called again. Only owner-less hooks."""
+    import asyncio
+
+    from mongomock_motor import AsyncMongoMockClient
+
+    from job_processor import init_job_processor
+
+    calls: list[str] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(job: Job, signal: AbortSignal) -> int:
+        return 1
+
+    async def hook(job: Job) -> None:
+        calls.append(job.id)
+        started.set()
+        if len(calls) > 1:
+            release.set()  # called again: let both end
+        await release.wait()
+
+    jobs = {"j": JobDef(handler=handler, on_job_exited=hook, on_job_exited_timeout=30)}
+    client: Any = AsyncMongoMockClient(tz_aware=True)
+    worker = await init_job_processor(client["shared"], jobs=jobs, change_streams=False)
+    tester = await init_job_processor(client["shared"], jobs=jobs, change_streams=False)
+    await worker.start()
+    try:
+        await tester.schedule_job("j", {})
+        await asyncio.wait_for(started.wait(), 20)  # the live worker is calling the hook
+        await run_until_idle(tester)
+        assert len(calls) == 1, f"the live worker's hook was called {len(calls)} times"
+    finally:
+        release.set()
+        await worker.stop()
+        await tester.stop()
