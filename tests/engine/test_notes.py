@@ -445,7 +445,6 @@ async def test_a_secret_in_log_fields_over_1_kb_is_masked_where_shown(
     """Fields over about 1 KB are folded into one cut JSON text; readers looked for the
     secret's literal text there, which JSON escapes (non-ASCII, quotes, backslashes) or cuts:
     the password showed on the dashboard, its API and `jobs show --logs`."""
-    import httpx2 as httpx
 
     async def login(job: Job, signal: AbortSignal) -> None:
         job.log("request", body="x" * body, note=job.payload["password"], pad="z" * 1500)
@@ -453,12 +452,7 @@ async def test_a_secret_in_log_fields_over_1_kb_is_masked_where_shown(
     p = await make(db, {"login": JobDef(handler=login)})
     done = await p.run_job("login", {"password": password})
     assert done.status == JobStatus.FINISHED and list(done.logs[0]["fields"]) == ["fields"]
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        api = (await c.get(f"/api/jobs/{done.id}")).json()
-        page = (await c.get(f"/jobs/{done.id}")).text
+    api, page, _ = await shown_on_the_dashboard(p, done.id)
     assert part not in api["logs"][0]["fields"]["fields"]
     assert part not in page
 
@@ -509,8 +503,6 @@ async def test_a_sensitive_field_value_cut_by_a_lines_end_is_hidden_where_shown(
     import datetime as dt
     import logging
 
-    import httpx2 as httpx
-
     from job_processor.core.notes import log_line
 
     iban = "DE89370400440532013000"
@@ -535,12 +527,7 @@ async def test_a_sensitive_field_value_cut_by_a_lines_end_is_hidden_where_shown(
         r.__dict__["fields"] for r in caplog.records if r.__dict__.get("event") == "job_logged"
     ]
     assert head not in str(echoed)  # the worker's own log hides it
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        api = (await c.get(f"/api/jobs/{done.id}")).json()
-        page = (await c.get(f"/jobs/{done.id}")).text
+    api, page, _ = await shown_on_the_dashboard(p, done.id)
     assert head not in api["logs"][0]["message"], api["logs"][0]["message"][-40:]
     assert head not in api["logs"][1]["fields"]["fields"], api["logs"][1]["fields"]["fields"][-40:]
     assert head not in page
@@ -552,7 +539,6 @@ async def test_a_secret_cut_by_the_progress_messages_500_characters_is_hidden_wh
     """A progress message is cut to 500 characters (now ending in '…', `cut`); a password it
     quotes across the cut is hidden where it is shown (the dashboard, its API, `jobs show`),
     as a cut log line's is, not shown up to the cut."""
-    import httpx2 as httpx
 
     from job_processor.cli.common import MASKER
     from job_processor.core.masking import mask_job
@@ -567,13 +553,7 @@ async def test_a_secret_cut_by_the_progress_messages_500_characters_is_hidden_wh
     done = await p.run_job("login", {"password": password})
     assert done.status == S.FINISHED and head in done.progress["message"]  # stored as cut
     assert done.progress["cut"] is True and len(done.progress["message"]) == 500
-    app = create_dashboard(p, auth=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
-    ) as c:
-        api = (await c.get(f"/api/jobs/{done.id}")).json()
-        page = (await c.get(f"/jobs/{done.id}")).text
-        listing = (await c.get("/jobs?name=login")).text
+    api, page, listing = await shown_on_the_dashboard(p, done.id, "/jobs?name=login")
     assert head not in api["progress"]["message"], api["progress"]["message"][-30:]
     assert head not in page and head not in listing
     shown = mask_job(MASKER, await p.get_job(done.id))  # what `jobs show` prints
@@ -612,3 +592,20 @@ async def test_a_log_field_named_self_is_a_field_and_never_fails_the_run(
     assert [(line["message"], line["fields"]) for line in done.logs] == [
         ("fetched", {"self": "row-7"})
     ]
+
+
+async def shown_on_the_dashboard(
+    p: Any, job_id: str, also: str = "/jobs"
+) -> tuple[dict[str, Any], str, str]:
+    """The job as the dashboard shows it: its JSON API's answer, its page's HTML, and the HTML
+    of the page at `also` (a listing)."""
+    import httpx2 as httpx
+
+    app = create_dashboard(p, auth=None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as c:
+        api = (await c.get(f"/api/jobs/{job_id}")).json()
+        page = (await c.get(f"/jobs/{job_id}")).text
+        other = (await c.get(also)).text
+    return api, page, other
