@@ -48,6 +48,17 @@ REAL_SERVER = SERVER_KIND != "nx-27017"
 HAS_STREAMS = SERVER_KIND in ("replica set", "sharded")
 
 
+#: A developer's shell may export what a deployment sets (README, "Worker tags"): tests set
+#: their own, and a worker process a test starts must not inherit these.
+_DEPLOYMENT_VARIABLES = ("JOB_PROCESSOR_WORKER_TAGS", "INSTANCE_ID", "LOG_LEVEL")
+
+
+@pytest.fixture(autouse=True)
+def _no_deployment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _DEPLOYMENT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def needs_change_streams() -> None:
     """Skip, saying why, on a real standalone: it has no change streams (production runs on a
     replica set; point JOB_PROCESSOR_TEST_MONGODB_URL at one, e.g. ?replicaSet=rs0)."""

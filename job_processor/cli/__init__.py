@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from typing import TextIO
 from pymongo.errors import PyMongoError
 
 from ..core.clock import check_window
-from ..core.errors import InvalidArgumentError, JobProcessorError, did_you_mean
+from ..core.errors import InvalidArgumentError, JobProcessorError
 from . import common
 from .parser import build_parser, env_log_level, parse
 from .run import RunContext, checked_log_format, configure_logging
@@ -85,9 +86,9 @@ def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         if name.startswith("JOB_PROCESSOR_TEST_"):
             continue
-        said.append(
-            f"{name} is not a variable job-processor reads{did_you_mean(name, KNOWN_VARIABLES)}"
-        )
+        meant = difflib.get_close_matches(name, sorted(KNOWN_VARIABLES), n=1, cutoff=0.6)
+        hint = f" (did you mean {meant[0]!r}?)" if meant else ""
+        said.append(f"{name} is not a variable job-processor reads{hint}")
     if environ.get("LOG_FORMAT") and "JOB_PROCESSOR_LOG_FORMAT" not in environ:
         said.append("LOG_FORMAT is not read: the log format is JOB_PROCESSOR_LOG_FORMAT")
     return said

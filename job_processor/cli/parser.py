@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=log_level,
         default=argparse.SUPPRESS,
-        help="debug, info, warning, error (LOG_LEVEL)",
+        help="debug, info, warning, error, critical (LOG_LEVEL)",
     )
     common.add_argument(
         "--timeout",
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=log_level,
         default=argparse.SUPPRESS,
-        help="debug, info, warning, error (LOG_LEVEL)",
+        help="debug, info, warning, error, critical (LOG_LEVEL)",
     )
     refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
     refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=log_level,
         default=None,  # LOG_LEVEL, checked by main() (not for `health`: see env_log_level)
-        help="debug, info, warning, error (LOG_LEVEL)",
+        help="debug, info, warning, error, critical (LOG_LEVEL)",
     )
     # accepted before the command too, but shown only by the commands that take them
     parser.add_argument("--timeout", type=seconds, default=5.0, help=argparse.SUPPRESS)

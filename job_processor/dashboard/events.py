@@ -28,7 +28,7 @@ from ..ops.admin import ActionResult
 from ..ops.admin.inputs import parse_time
 from ..storage import Storage
 from .actions import _confirmed, _form, confirm_page
-from .render import FLASH_LINES, filter_form
+from .render import FLASH_LINES, error_line, filter_form
 from .state import Dashboard
 from .views import check_list_params
 
@@ -235,8 +235,7 @@ def _attempt(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _last_line(d: Dashboard, text: str | None, secrets: set[str]) -> str:
-    lines = [x for x in (d.masker.text(text, secrets) or "").splitlines() if x.strip()]
-    return lines[-1].strip() if lines else ""
+    return error_line(d.masker.text(text, secrets))
 
 
 async def replay(d: Dashboard, request: Request) -> Response:

@@ -134,6 +134,17 @@ def _title_shown(found: re.Match[str]) -> str:
     return found[1] + bidi_visible(found[2]) + found[3]
 
 
+def error_line(text: str | None) -> str:
+    """The line that says what an error is: the first ("ValueError: could not parse invoice
+    42", as a job's error is stored: "Type: message", then the traceback), or the last of a
+    bare traceback (another writer's), whose end names the exception. Not the last line of
+    any error: a multi-line message's last line is a fragment without the type."""
+    lines = [x for x in (text or "").splitlines() if x.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0]).strip()
+
+
 def make_env(masker: Masker) -> Environment:
     env = Environment(
         loader=PackageLoader("job_processor.dashboard", "templates"),
@@ -217,6 +228,7 @@ def make_env(masker: Masker) -> Environment:
         "per_window": per_window,
         "absolute": lambda v: absolute(v) if isinstance(v, dt.datetime) else "—",
         "mask_text": lambda v, secrets=(): masker.text(v, secrets),
+        "error_line": error_line,
         "progress_message": lambda p, secrets=(): progress_message(masker, p, secrets),
         # a log line's message as every reader shows it (a secret cut by its end masked)
         "line_message": lambda line, secrets=(): masked_line(

@@ -18,7 +18,7 @@ from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage, Overview
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
-from .render import STATUS_ORDER, filter_form
+from .render import STATUS_ORDER, error_line, filter_form
 from .state import Dashboard, health_response, json_response
 
 S = JobStatus
@@ -187,8 +187,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
 
 def last_error_line(d: Dashboard, job: Any, carried: dict[str, Any]) -> str:
     secrets = d.masker.secrets(job.payload, job.state, job.result, carried.get(job.id))
-    lines = [x for x in (d.masker.text(job.error, secrets) or "").splitlines() if x.strip()]
-    return lines[-1].strip() if lines else ""
+    return error_line(d.masker.text(job.error, secrets))
 
 
 async def job(d: Dashboard, request: Request) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
@@ -18,7 +19,7 @@ from ..core.models import Job
 from ..core.producing import ENDED, WaitPacing
 from ..core.status import JobStatus
 from ..storage import object_id
-from ..storage.compat import stream_waiters
+from ..storage.compat import is_motor, stream_waiters
 from .runtime import Runtime
 
 S = JobStatus
@@ -65,11 +66,18 @@ class JobWaits(Runtime):
         start = time.monotonic()
         deadline = None if timeout is None else start + float(timeout)
         stream = await self._open_stream(oid, deadline)  # before the first read: none missed
-        try:
-            return await self._wait(oid, str(oid), timeout, deadline, stream)
-        finally:
-            if stream is not None:
+        held = [stream is not None]  # its place among the waits on streams, given back once
+
+        def give_back() -> None:
+            if held[0]:
+                held[0] = False
                 self._stream_given_back()
+
+        try:
+            return await self._wait(oid, str(oid), timeout, deadline, stream, give_back)
+        finally:
+            give_back()
+            if stream is not None:
                 await _close(stream)
 
     async def _wait(
@@ -79,7 +87,10 @@ class JobWaits(Runtime):
         waited: float | None,
         deadline: float | None,
         stream: Any,
+        give_back: Callable[[], None] = lambda: None,
     ) -> Job[Any]:
+        """`give_back`: called when the stream is dropped (its read failed: the wait polls
+        from then on), its place among the waits on streams free again."""
         produce = self.storage.producer
         pacing = WaitPacing()
         last = False  # the read at the deadline: the job's status then decides
@@ -116,6 +127,8 @@ class JobWaits(Runtime):
                 changed, stream, quick = await self._next_change(
                     stream, until - time.monotonic(), quick
                 )
+                if stream is None:  # closed: this wait polls from now on
+                    give_back()
                 if changed or stream is None:
                     break
 
@@ -160,23 +173,34 @@ class JobWaits(Runtime):
             return None
         # each holds a pooled connection (with Motor, one of the threads of the process's
         # executor too: counted for the whole process): the rest poll
+        shared = is_motor(self.storage.db)  # its threads are the whole process's
         most = stream_waiters(self.storage.db, STREAM_WAITERS)
-        if self._waiters_on_streams >= STREAM_WAITERS or PROCESS_STREAM_WAITS[0] >= most:
+        if self._waiters_on_streams >= STREAM_WAITERS or (
+            shared and PROCESS_STREAM_WAITS[0] >= most
+        ):
             return None
         self._waiters_on_streams += 1  # taken before the await: wait_for gives it back
-        self._shared_stream = int(most < STREAM_WAITERS)
+        self._shared_stream = int(shared)
         PROCESS_STREAM_WAITS[0] += self._shared_stream
         within = None if deadline is None else max(deadline - time.monotonic(), 0.5)
         try:
-            return await self.storage.producer.run(
+            stream = await self.storage.producer.run(
                 lambda _: self.storage.jobs.watch_one(oid, 1000), within=within
             )
-        except (PyMongoError, NotImplementedError, AttributeError, TypeError):
+        except (PyMongoError, NotImplementedError, AttributeError, TypeError) as exc:
             self._stream_given_back()
+            if _cancelling():  # cancelled while the driver opened it, turned into its error
+                raise asyncio.CancelledError() from exc
             return None  # a standalone server, mongomock: poll
         except BaseException:
             self._stream_given_back()
             raise
+        if _cancelling():  # PyMongo's async watch() swallows a cancellation that comes while
+            # it opens the stream, and returns it: the wait went on polling for ever
+            self._stream_given_back()
+            await _close(stream)
+            raise asyncio.CancelledError()
+        return stream
 
     def _stream_given_back(self) -> None:
         self._waiters_on_streams -= 1
@@ -254,3 +278,10 @@ def _limit_full(usage: Doc) -> str:
     if isinstance(rate, int) and started >= rate:
         return f"{started} started in the last {usage['per_seconds']:g}s, its rate is {rate}"
     return ""
+
+
+def _cancelling() -> bool:
+    """Whether the running task was asked to cancel and has not finished cancelling (a driver
+    that swallowed the CancelledError leaves it so)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

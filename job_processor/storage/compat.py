@@ -228,12 +228,17 @@ class ServerProfile:
         return [(k, d) for k, d in keys if k != "_id"]
 
 
+def is_motor(db: Any) -> bool:
+    """A Motor database: its commands run on one thread pool of the whole process."""
+    return type(db).__module__.startswith("motor.")
+
+
 def stream_waiters(db: Any, most: int) -> int:
     """How many change-stream waits a process may keep open on `db` at once: `most`; with
     Motor, a quarter of its executor's threads at most (Motor runs every command on them, a
     waiting getMore holds one for up to its max await: 10 waits on its 10 threads of a 2-core
     machine stalled every other command of the process behind them)."""
-    if not type(db).__module__.startswith("motor."):
+    if not is_motor(db):
         return most
     framework = sys.modules.get("motor.frameworks.asyncio")  # loaded with Motor's database
     try:

@@ -1072,3 +1072,37 @@ async def test_the_audit_log_offers_no_older_page_when_there_is_none(processor: 
         older = re.search(r'href="(/audit\?before=[0-9a-f]+)"', first.text)
         assert older is not None
         assert (await c.get(older.group(1))).text.count("<code>name_") == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "could not parse invoice 42\nline 3: unexpected ','",  # an error quoting a reply
+        # pydantic's ValidationError ends with "For further information visit https://..."
+        "1 validation error for Invoice\namount\n  Input should be a valid integer\n"
+        "    For further information visit https://errors.pydantic.dev/2/v/int_parsing",
+    ],
+)
+async def test_the_error_line_is_the_errors_first_line_not_its_last(db: Any, message: str) -> None:
+    """The jobs list's error line (and a run's, a delivery's, a cron run's) took the LAST line
+    of the stored error: for a multi-line message a fragment of it, without the exception's
+    type; `jobs list` shows the first ("ValueError: could not parse invoice 42")."""
+    from job_processor import JobDef, init_job_processor
+    from job_processor.dashboard.render import error_line
+
+    async def parse(job: Any, signal: Any) -> None:
+        raise ValueError(message)
+
+    p = await init_job_processor(db, jobs={"parse": JobDef(handler=parse)}, poll_interval=0.2)
+    async with p:
+        job = await p.schedule_job("parse", {})
+        await wait_until(lambda: _status(p, job.id, S.ERRORED))
+        async with client(create_dashboard(p, auth=AUTH)) as c:
+            page = await c.get("/jobs", params={"status": "errored"})
+    assert page.status_code == 200
+    line = re.search(r'class="err-line" title="([^"]*)"', page.text)
+    assert line, page.text
+    first = "ValueError: " + message.splitlines()[0]
+    assert line.group(1).replace("&#39;", "'") == first
+    bare = "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'k'"
+    assert error_line(bare) == "KeyError: 'k'"  # another writer's bare traceback: its end

@@ -13,10 +13,11 @@ import gc
 import logging
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
-from job_processor import Job, JobDef, JobStatus
+from job_processor import Job, JobDef, JobStatus, init_job_processor
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
@@ -253,3 +254,35 @@ async def settled(p: Any, job_id: str) -> Any:
             break
         await asyncio.sleep(0.05)
     return stored
+
+
+async def test_a_cli_kill_of_a_job_without_a_hook_logs_no_recovered_hook(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CLI kill of a pending job of a name whose definition has no on_job_exited records the
+    hook as owed (the CLI cannot know); a worker's next sweep logged `on_job_exited_recovered`
+    for it, though there is no hook to call. It records "none", quietly."""
+
+    async def plain(job: Any, signal: Any) -> None:
+        return None
+
+    admin = Admin(db)
+    processor = await init_job_processor(
+        db,
+        jobs={"plain": JobDef(handler=plain)},  # no on_job_exited
+        heartbeat_interval=0.5,
+        worker_timeout=2.0,
+        logger=logging.getLogger("t_hookless"),
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    job = await processor.schedule_job("plain", {}, scheduled_for=later)
+    assert (await admin.kill([job.id])).changed == [job.id]  # the CLI's path
+    caplog.set_level(logging.INFO, logger="t_hookless")
+    async with processor:
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await admin.get_job(job.id)).exit_hook == "owed":
+            assert asyncio.get_running_loop().time() < deadline, "the sweep never ran"
+            await asyncio.sleep(0.1)
+    assert (await admin.get_job(job.id)).exit_hook == "none"
+    recovered = [r for r in caplog.records if "on_job_exited_recovered" in r.getMessage()]
+    assert recovered == [], "a hook that does not exist was logged as recovered"

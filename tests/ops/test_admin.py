@@ -1051,3 +1051,42 @@ async def test_a_purge_that_left_a_dependency_says_why(env: Any) -> None:
     ]
     entry = (await admin.audit_log(limit=1))[0]
     assert entry.detail["kept_uncounted_dependents"] == 1 and entry.detail.get("skipped")
+
+
+async def test_retry_many_retries_a_killed_bare_insert_without_crashing(env: Any) -> None:
+    """A bare insert (no status, no created_at) can be killed; retrying the killed jobs of its
+    name by filter retried it, then raised KeyError('created_at') computing the next page
+    (the CLI printed a traceback and exited 1: "did nothing")."""
+    admin, storage, _ = env
+    bare = await storage.jobs.coll.insert_one({"name": "email", "payload": {"n": 1}})
+    killed = await admin.kill(str(bare.inserted_id))
+    assert killed.changed == [str(bare.inserted_id)]
+    result = await admin.retry_many(name="email", status="killed")
+    assert result.changed == [str(bare.inserted_id)]
+    assert (await admin.get_job(str(bare.inserted_id))).status == S.PENDING
+
+
+async def test_a_bad_audit_cursor_is_named_as_such(env: Any) -> None:
+    """`before` is an audit entry id (the dashboard's /audit?before=...): a malformed one was
+    refused as "not a job id", naming no field."""
+    admin, _, _ = env
+    with pytest.raises(InvalidArgumentError, match="before 'nope' is not an audit entry id"):
+        await admin.audit_log(before="nope")
+
+
+async def test_a_purge_counts_each_job_it_kept_once(env: Any) -> None:
+    """A job kept both for its owed hook and for dependents not yet counted was reported
+    twice (two skipped lines: "2 kept" when 1 was)."""
+    admin, storage, clock = env
+    job_id = await ended(storage, S.FINISHED)
+    await storage.jobs.coll.update_one(
+        {"_id": object_id(job_id)},
+        {"$set": {"has_dependents": True, "exit_hook": "owed", "exit_hook_owner": None}},
+    )
+    clock.advance(8 * 86400)
+    purged = await admin.purge(status="finished", older_than="7d")
+    assert (await admin.get_job(job_id)).status == S.FINISHED  # kept, rightly
+    kept = purged.detail.get("kept_owing_hook", 0) + purged.detail.get(
+        "kept_uncounted_dependents", 0
+    )
+    assert kept == 1, f"1 job kept, reported as {kept}: {purged.skipped}"

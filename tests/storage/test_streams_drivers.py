@@ -224,3 +224,105 @@ async def test_waits_on_streams_of_several_processors_leave_motors_threads_free(
             w.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
     assert PROCESS_STREAM_WAITS[0] == 0  # all given back
+
+
+async def test_motor_stream_waits_are_counted_for_the_process_whatever_its_size(
+    driver_db: Any, blocking_getmores: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 40 threads or more (8 cores), a quarter reached STREAM_WAITERS and nothing was
+    counted for the process: five processors held 50 waits on Motor's 40 threads. Counted by
+    the driver's kind now; PyMongo's waits are not (no thread held), each processor keeps 10."""
+    import concurrent.futures
+
+    import motor.frameworks.asyncio as motor_asyncio
+
+    from job_processor.engine.waits import PROCESS_STREAM_WAITS
+
+    motor = type(driver_db).__module__.split(".")[0] == "motor"
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=40)  # cpu_count() * 5 on 8 cores
+    monkeypatch.setattr(motor_asyncio, "_EXECUTOR", pool)
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    processors = [await make(driver_db, {"later": JobDef(handler=never)}) for _ in range(5)]
+    waits: list[asyncio.Task[Any]] = []
+    try:
+        for p in processors:
+            held = [await p.schedule_job("later", {}, delay=3600) for _ in range(10)]
+            waits += [asyncio.create_task(p.wait_for(j.id)) for j in held]
+        expected = 40 // 4 if motor else 50
+        await wait_for(lambda: blocking_getmores[0] >= expected)  # those on streams wait
+        on_streams = sum(p._waiters_on_streams for p in processors)
+        assert on_streams == expected, on_streams
+        assert PROCESS_STREAM_WAITS[0] == (on_streams if motor else 0)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    assert PROCESS_STREAM_WAITS[0] == 0
+
+
+async def test_a_wait_whose_stream_broke_gives_its_stream_place_back(
+    driver_db: Any, blocking_getmores: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait whose stream read failed closed its stream and polled, but kept its place among
+    the waits on streams until it ended (for ever without a timeout): two such waits made
+    every later wait of a Motor process poll."""
+    from pymongo.asynchronous.change_stream import AsyncChangeStream
+    from pymongo.errors import AutoReconnect
+    from pymongo.synchronous.change_stream import ChangeStream
+
+    from job_processor.engine.waits import PROCESS_STREAM_WAITS
+
+    broke = [0]
+
+    def failing(self: Any) -> Any:
+        broke[0] += 1
+        raise AutoReconnect("connection reset")
+
+    async def failing_async(self: Any) -> Any:
+        return failing(self)
+
+    monkeypatch.setattr(ChangeStream, "try_next", failing)
+    monkeypatch.setattr(AsyncChangeStream, "try_next", failing_async)
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(driver_db, {"later": JobDef(handler=never)})
+    held = await p.schedule_job("later", {}, delay=3600)
+    waiting = asyncio.create_task(p.wait_for(held.id))  # no timeout: waits for ever
+    try:
+        await wait_for(lambda: broke[0] >= 1)  # its stream broke: it polls from now on
+        await wait_for(lambda: p._waiters_on_streams == 0, timeout=3)
+        assert PROCESS_STREAM_WAITS[0] == 0
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    assert p._waiters_on_streams == 0  # given back once, not twice
+
+
+async def test_a_wait_cancelled_while_it_opens_its_stream_ends_cancelled(
+    driver_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyMongo's async watch() swallows a cancellation that arrives while it opens the stream
+    and returns the stream: the cancelled wait_for went on, polling for ever (an
+    asyncio.wait_for around it, or a web request's cancellation, never ended it)."""
+    from job_processor.engine.waits import PROCESS_STREAM_WAITS
+    from job_processor.storage.compat import ServerProfile
+
+    monkeypatch.setattr(ServerProfile, "stream_waits", property(lambda self: True))
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(driver_db, {"later": JobDef(handler=never)})
+    held = await p.schedule_job("later", {}, delay=3600)
+    waiting = asyncio.create_task(p.wait_for(held.id))
+    await asyncio.sleep(0)  # it is opening its stream
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=10)
+    assert done, "the cancelled wait_for is still waiting"
+    assert waiting.cancelled()
+    assert p._waiters_on_streams == 0 and PROCESS_STREAM_WAITS[0] == 0

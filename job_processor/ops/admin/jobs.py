@@ -216,6 +216,8 @@ class JobsAdmin(AdminBase):
                 for doc in docs:
                     await self._retry_one(doc["_id"], result, cache, hookless, names)
                 seen += len(docs)
+                if "created_at" not in docs[-1]:  # undated (a bare insert) sorts last: no
+                    break  # position past it (it raised KeyError, the retry already made)
                 after = (docs[-1]["created_at"], docs[-1]["_id"])
         result.jobs = result.jobs[:20]
         await self._note_paused(result, names)

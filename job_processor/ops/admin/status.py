@@ -8,6 +8,7 @@ import datetime as dt
 from ...core import documents as D
 from ...core.clock import as_utc
 from ...core.coverage import coverage, worker_warnings
+from ...core.errors import InvalidArgumentError
 from ...core.limits import top_usage
 from ...core.models import ProcessorStatus, WorkerInfo
 from ...core.schedule import STUCK_CRON_READ
@@ -146,6 +147,12 @@ class StatusAdmin(CronsAdmin):
 
     async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
         """The latest recorded actions, newest first (`before`: an entry id, for the next page)."""
-        oid = ids_of(before)[0] if before else None
+        try:
+            oid = ids_of(before)[0] if before else None
+        except InvalidArgumentError:  # its message speaks of job ids
+            raise InvalidArgumentError(
+                f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
+                "audit_log returned: 24 hex characters)"
+            ) from None
         docs = await self.storage.audit.recent(limit_of(limit), oid)
         return [AuditEntry.model_validate(d | {"id": str(d["_id"])}) for d in docs]
