@@ -195,12 +195,7 @@ class JobWaits(Runtime):
         except BaseException:
             self._stream_given_back()
             raise
-        if _cancelling():  # PyMongo's async watch() swallows a cancellation that comes while
-            # it opens the stream, and returns it: the wait went on polling for ever
-            self._stream_given_back()
-            await _close(stream)
-            raise asyncio.CancelledError()
-        return stream
+        return stream  # a cancellation PyMongo swallowed while it opened it: raised there
 
     def _stream_given_back(self) -> None:
         self._waiters_on_streams -= 1

@@ -34,6 +34,7 @@ See docs/testing.md for what nx-27017 and mongomock get wrong.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -141,6 +142,12 @@ async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -
     stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
     if inspect.isawaitable(stream):  # PyMongo's async API
         stream = await stream
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() > 0:
+            # a cancellation that came while it opened the stream is swallowed, the stream
+            # returned: the caller (a wait_for, the worker's waker at a stop) went on
+            await stream.close()
+            raise asyncio.CancelledError()
     elif getattr(stream, "delegate", True) is None and hasattr(stream, "__aenter__"):
         # Motor's opens at its first read (a change made before it was missed, a refusal
         # taken for a broken stream): opened here, by Motor on its threads (with the caller's
