@@ -347,10 +347,10 @@ class HookRunner:
             mine = await self.jobs.take_hook(doc, me, now)
             if mine is None:
                 continue  # another worker took it
-            if definition.on_job_exited is None:  # none to call (a CLI's kill of such a
-                self.start(definition, mine)  # name): "none" recorded, nothing recovered
-                continue
             taken += 1
+            if definition.on_job_exited is None:  # none to call (a CLI's kill of such a
+                self.start(definition, mine)  # name): "none" recorded, nothing logged
+                continue
             # no owner: recorded by a process that does not call hooks (the CLI's kill, a
             # flow's policy, a worker that does not define the name): the usual way, not a
             # fault; an owner that is gone is one

@@ -131,6 +131,18 @@ class JobAdminStore:
             doc["created_at"] = created
         return doc
 
+    async def undated(self, query: JobQuery, before_id: Any, limit: int) -> list[Doc]:
+        """The jobs of this filter without `created_at` (bare inserts another program made, not
+        adopted yet: no creation-time position reaches them), by `_id`, newest first, from
+        before `before_id`. None when the filter bounds the creation time (they match none)."""
+        if query.created_after is not None or query.created_before is not None:
+            return []
+        extra: Doc = {"created_at": {"$exists": False}}
+        if before_id is not None:
+            extra["_id"] = {"$lt": before_id}
+        wanted = {"$and": [query.filter(), extra]}
+        return await all_docs(self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(limit))
+
     def page_cursor(self, query: JobQuery, after: Position | None) -> Any:
         """Listings leave each job's log lines out (up to 400 KB a job: read one job for them)."""
         return self.coll.find(self.page_query(query, after), {"logs": 0}).sort(LIST_SORT)

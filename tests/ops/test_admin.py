@@ -1090,3 +1090,22 @@ async def test_a_purge_counts_each_job_it_kept_once(env: Any) -> None:
         "kept_uncounted_dependents", 0
     )
     assert kept == 1, f"1 job kept, reported as {kept}: {purged.skipped}"
+
+
+async def test_retry_many_retries_every_killed_bare_insert_past_the_first_page(env: Any) -> None:
+    """Undated documents (bare inserts) ending a page stopped the loop: those past the first
+    page of 500 were silently not retried; and none behind a full page of dated jobs (no
+    creation-time position reaches them). They are retried by _id after the dated ones."""
+    admin, storage, _ = env
+    dated = [D.new_job("email", {"n": i}, now=NOW) | {"status": "killed"} for i in range(500)]
+    await storage.jobs.coll.insert_many(dated)
+    inserted = await storage.jobs.coll.insert_many(
+        [{"name": "email", "payload": {"n": -i}} for i in range(1, 502)]
+    )
+    ids = [str(x) for x in inserted.inserted_ids]
+    assert len((await admin.kill(ids)).changed) == 501
+    result = await admin.retry_many(name="email", status="killed")
+    left = await storage.jobs.coll.count_documents({"name": "email", "status": "killed"})
+    assert len(result.changed) == 1001 and left == 0, (len(result.changed), left)
+    capped = await admin.retry_many(name="email", status="killed", limit=10)
+    assert capped.changed == []  # nothing left to retry, and the cap holds

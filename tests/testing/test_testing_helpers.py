@@ -400,3 +400,22 @@ async def test_run_until_idle_never_calls_a_hook_a_live_worker_is_running() -> N
         release.set()
         await worker.stop()
         await tester.stop()
+
+
+async def test_run_until_idle_settles_the_owed_hook_of_a_hookless_job_it_ends_with() -> None:
+    """A hookless job errored by its failed dependency has its hook owed (no owner):
+    run_until_idle records "none" for it before it returns (it returned with it owed)."""
+    jobs = {
+        "child": JobDef(handler=_child_fails),  # no on_job_exited
+        "parent": JobDef(handler=_parent),  # no on_job_exited
+    }
+    async with in_memory_processor(jobs=jobs) as processor:
+        child = await processor.schedule_job("child", {})
+        parent = await processor.schedule_job(
+            "parent", after=[child], on_dependency_failure="error"
+        )
+        await run_until_idle(processor)
+        done = await processor.get_job(parent.id)
+        assert done.status == S.ERRORED
+        assert done.exit_hook == "none", done.exit_hook
+        assert processor.hooks.running() == 0

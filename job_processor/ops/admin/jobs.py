@@ -213,12 +213,24 @@ class JobsAdmin(AdminBase):
                 docs = await self.storage.job_admin.page(query, after, min(500, limit - seen))
                 if not docs:
                     break
+                # undated jobs (bare inserts) sort last and no creation-time position reaches
+                # them (it raised KeyError): they are retried below, by _id
+                dated = [d for d in docs if "created_at" in d]
+                for doc in dated:
+                    await self._retry_one(doc["_id"], result, cache, hookless, names)
+                seen += len(dated)
+                if len(dated) < len(docs) or not dated:
+                    break
+                after = (dated[-1]["created_at"], dated[-1]["_id"])
+            last = None
+            while seen < limit:
+                docs = await self.storage.job_admin.undated(query, last, min(500, limit - seen))
+                if not docs:
+                    break
                 for doc in docs:
                     await self._retry_one(doc["_id"], result, cache, hookless, names)
                 seen += len(docs)
-                if "created_at" not in docs[-1]:  # undated (a bare insert) sorts last: no
-                    break  # position past it (it raised KeyError, the retry already made)
-                after = (docs[-1]["created_at"], docs[-1]["_id"])
+                last = docs[-1]["_id"]
         result.jobs = result.jobs[:20]
         await self._note_paused(result, names)
         await self._record(result, {"filter": describe_query(query)})
