@@ -131,16 +131,15 @@ class JobAdminStore:
             doc["created_at"] = created
         return doc
 
-    async def undated(self, query: JobQuery, before_id: Any, limit: int) -> list[Doc]:
-        """The jobs of this filter without `created_at` (bare inserts another program made, not
-        adopted yet: no creation-time position reaches them), by `_id`, newest first, from
-        before `before_id`. None when the filter bounds the creation time (they match none)."""
+    async def untried(self, query: JobQuery, tried: list[Any], limit: int) -> list[Doc]:
+        """The jobs of this filter but those `tried` (of any `_id` type: `$lt` compares one
+        type only), newest `_id` first: how a bulk action reaches the undated ones (bare
+        inserts another program made: no creation-time position reaches them; told apart by
+        the caller, `created_at` missing or null, which nx-27017 does not filter alike). None
+        when the filter bounds the creation time (undated jobs match none)."""
         if query.created_after is not None or query.created_before is not None:
             return []
-        extra: Doc = {"created_at": {"$exists": False}}
-        if before_id is not None:
-            extra["_id"] = {"$lt": before_id}
-        wanted = {"$and": [query.filter(), extra]}
+        wanted = {"$and": [query.filter(), *([{"_id": {"$nin": tried}}] if tried else [])]}
         return await all_docs(self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(limit))
 
     def page_cursor(self, query: JobQuery, after: Position | None) -> Any:

@@ -1109,3 +1109,33 @@ async def test_retry_many_retries_every_killed_bare_insert_past_the_first_page(e
     assert len(result.changed) == 1001 and left == 0, (len(result.changed), left)
     capped = await admin.retry_many(name="email", status="killed", limit=10)
     assert capped.changed == []  # nothing left to retry, and the cap holds
+
+
+async def test_retry_many_retries_null_dated_jobs_behind_a_bare_insert(env: Any) -> None:
+    """500 killed jobs another program wrote with created_at: null, then one bare insert (no
+    created_at, the newest _id): every one of the 501 is retried, none silently left."""
+    admin, storage, _ = env
+    nulls = await storage.jobs.coll.insert_many(
+        [{"name": "email", "payload": {"n": i}, "created_at": None} for i in range(500)]
+    )
+    bare = await storage.jobs.coll.insert_one({"name": "email", "payload": {"n": -1}})
+    ids = [str(x) for x in nulls.inserted_ids] + [str(bare.inserted_id)]
+    assert len((await admin.kill(ids)).changed) == 501
+    result = await admin.retry_many(name="email", status="killed")
+    left = [d["_id"] async for d in storage.jobs.coll.find({"name": "email", "status": "killed"})]
+    assert len(result.changed) == 501 and left == [], (len(result.changed), left, result.skipped)
+
+
+async def test_retry_many_retries_undated_jobs_of_every_id_type_past_a_page(env: Any) -> None:
+    """Undated killed jobs past a full page: another program's non-ObjectId _id was not
+    reached (paged by `_id $lt`, which compares one type only)."""
+    admin, storage, _ = env
+    bare = [{"name": "email", "payload": {"n": i}} for i in range(500)]
+    bare.append({"_id": "ext-1", "name": "email", "payload": {"n": -1}})
+    inserted = await storage.jobs.coll.insert_many(bare)
+    ids = [str(x) for x in inserted.inserted_ids[:500]]
+    assert len((await admin.kill(ids)).changed) == 500
+    await storage.jobs.coll.update_one({"_id": "ext-1"}, {"$set": {"status": "killed"}})
+    result = await admin.retry_many(name="email", status="killed")
+    left = [d["_id"] async for d in storage.jobs.coll.find({"name": "email", "status": "killed"})]
+    assert left == [], (len(result.changed), left, result.skipped)

@@ -215,22 +215,23 @@ class JobsAdmin(AdminBase):
                     break
                 # undated jobs (bare inserts) sort last and no creation-time position reaches
                 # them (it raised KeyError): they are retried below, by _id
-                dated = [d for d in docs if "created_at" in d]
+                dated = [d for d in docs if d.get("created_at") is not None]
                 for doc in dated:
                     await self._retry_one(doc["_id"], result, cache, hookless, names)
                 seen += len(dated)
                 if len(dated) < len(docs) or not dated:
                     break
                 after = (dated[-1]["created_at"], dated[-1]["_id"])
-            last = None
+            tried: list[Any] = []  # a retried job leaves the filter; a skipped one stays in it
             while seen < limit:
-                docs = await self.storage.job_admin.undated(query, last, min(500, limit - seen))
+                docs = await self.storage.job_admin.untried(query, tried, 500)
                 if not docs:
                     break
                 for doc in docs:
-                    await self._retry_one(doc["_id"], result, cache, hookless, names)
-                seen += len(docs)
-                last = docs[-1]["_id"]
+                    tried.append(doc["_id"])
+                    if doc.get("created_at") is None and seen < limit:  # the dated: done above
+                        await self._retry_one(doc["_id"], result, cache, hookless, names)
+                        seen += 1
         result.jobs = result.jobs[:20]
         await self._note_paused(result, names)
         await self._record(result, {"filter": describe_query(query)})
