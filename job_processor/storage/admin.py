@@ -95,9 +95,18 @@ Position = tuple[dt.datetime, Any]
 def _before(doc: Doc, position: Position) -> bool:
     """Strictly after `position` in listing order (created_at desc, _id desc)."""
     created, oid = position
-    if doc["created_at"] != created:
-        return bool(doc["created_at"] < created)
+    if doc["created_at"] != created:  # another program's text or number: MongoDB's type order
+        return _created_order(doc["created_at"]) < _created_order(created)
     return _id_order(doc["_id"]) < _id_order(oid)
+
+
+def _created_order(value: Any) -> tuple[int, Any]:
+    """A `created_at` as MongoDB orders values across types: null first, a date last."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, dt.datetime):
+        return (9, value)
+    return _id_order(value)
 
 
 def _id_order(value: Any) -> tuple[int, Any]:

@@ -1139,3 +1139,19 @@ async def test_retry_many_retries_undated_jobs_of_every_id_type_past_a_page(env:
     result = await admin.retry_many(name="email", status="killed")
     left = [d["_id"] async for d in storage.jobs.coll.find({"name": "email", "status": "killed"})]
     assert left == [], (len(result.changed), left, result.skipped)
+
+
+async def test_retry_many_retries_a_job_with_a_text_created_at_past_a_full_page(env: Any) -> None:
+    """Another program's job whose created_at is text sorts after every dated job: past a full
+    page no creation-time position reached it, and the second pass took it for done (left,
+    silently, on mongomock; a TypeError comparing text with a date on nx-27017)."""
+    admin, storage, _ = env
+    dated = [D.new_job("email", {"n": i}, now=NOW) | {"status": "killed"} for i in range(500)]
+    await storage.jobs.coll.insert_many(dated)
+    other = await storage.jobs.coll.insert_one(
+        {"name": "email", "payload": {"n": -1}, "created_at": "2030-01-01T10:00:00Z"}
+    )
+    assert len((await admin.kill([str(other.inserted_id)])).changed) == 1
+    result = await admin.retry_many(name="email", status="killed")
+    left = [d["_id"] async for d in storage.jobs.coll.find({"name": "email", "status": "killed"})]
+    assert left == [] and len(result.changed) == 501, (len(result.changed), left, result.skipped)

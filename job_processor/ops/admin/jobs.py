@@ -208,6 +208,7 @@ class JobsAdmin(AdminBase):
         names: set[str] = set()
         after = None
         seen = 0
+        done: list[Any] = []  # the jobs the dated pass tried
         async with self._acting(result):
             while seen < limit:
                 docs = await self.storage.job_admin.page(query, after, min(500, limit - seen))
@@ -217,21 +218,23 @@ class JobsAdmin(AdminBase):
                 # them (it raised KeyError): they are retried below, by _id
                 dated = [d for d in docs if d.get("created_at") is not None]
                 for doc in dated:
+                    done.append(doc["_id"])
                     await self._retry_one(doc["_id"], result, cache, hookless, names)
                 seen += len(dated)
                 if len(dated) < len(docs) or not dated:
                     break
                 after = (dated[-1]["created_at"], dated[-1]["_id"])
-            tried: list[Any] = []  # a retried job leaves the filter; a skipped one stays in it
+            # then the rest no position reached: undated, or dated as another program wrote
+            # it (text sorts after every date), each once (a skipped one stays in the filter)
+            tried: list[Any] = list(done)
             while seen < limit:
-                docs = await self.storage.job_admin.untried(query, tried, 500)
+                docs = await self.storage.job_admin.untried(query, tried, min(500, limit - seen))
                 if not docs:
                     break
                 for doc in docs:
                     tried.append(doc["_id"])
-                    if doc.get("created_at") is None and seen < limit:  # the dated: done above
-                        await self._retry_one(doc["_id"], result, cache, hookless, names)
-                        seen += 1
+                    await self._retry_one(doc["_id"], result, cache, hookless, names)
+                seen += len(docs)
         result.jobs = result.jobs[:20]
         await self._note_paused(result, names)
         await self._record(result, {"filter": describe_query(query)})
