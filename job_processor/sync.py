@@ -50,6 +50,7 @@ from pymongo.database import Database
 from .core.clock import BlockingClock
 from .core.definitions import JobDef, parse_jobs
 from .core.errors import InvalidDatabaseError, JobProcessorError, keywords_checked
+from .core.log import make_log
 from .core.models import Event, Job
 from .core.producing import JobSpec
 from .core.settings import (
@@ -58,6 +59,7 @@ from .core.settings import (
     check_prefix,
     check_retry_budget,
 )
+from .events.bus import EventBus
 from .processor import JobProcessor, init_job_processor
 from .storage import PRODUCER_RETRY_SECONDS
 from .storage.sync_adapter import SyncDatabase, drive
@@ -86,7 +88,10 @@ class JobClient:
                 "MongoClient(url, tz_aware=True).get_default_database('job_processor') (the "
                 f"async API takes AsyncMongoClient's); got {type(database).__name__}"
             )
-        parse_jobs(jobs)  # the options are checked now, MongoDB is reached on the first call
+        # the options are checked now (as init_job_processor will: a logger that is none, a
+        # job named like the webhook deliveries), MongoDB is reached on the first call
+        EventBus.check_names(list(parse_jobs(jobs)), EventBus.delivery_names({}, True))
+        make_log(logger)
         check_keep_events(keep_events)
         check_retry_budget(producer_retry_seconds)
         check_prefix(prefix)

@@ -483,3 +483,18 @@ def test_a_client_reading_raw_bson_documents_still_works(mongo_url: str) -> None
     finally:
         mongo.drop_database(name)
         mongo.close()
+
+
+def test_every_option_is_checked_when_the_client_is_made(sync_db: Database[Any]) -> None:
+    """A logger that is none, and a job named like the webhook deliveries, passed construction
+    and failed every call (an app imported under gunicorn --preload answered 500s); jobs= as
+    a list raised a bare AttributeError."""
+    from job_processor import InvalidDefinitionError
+
+    with pytest.raises(InvalidDefinitionError, match="logger"):
+        JobClient(sync_db, logger=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidDefinitionError, match="taken by event deliveries"):
+        JobClient(sync_db, {"webhook-delivery": JobDef(handler=never)})
+    with pytest.raises(InvalidDefinitionError, match="jobs must be a dict of name"):
+        JobClient(sync_db, [JobDef(handler=never)])  # type: ignore[arg-type]
+    assert "job_processor_jobs" not in sync_db.list_collection_names()

@@ -213,3 +213,31 @@ def test_a_sync_call_cut_by_its_own_budget_between_two_commands_says_so(mongo_ur
         client.drop_database(coll.database.name)
         client.close()
     assert len(answered) >= 2, "commands were answered: the budget cut the call between two"
+
+
+async def test_an_open_client_refuses_to_schedule_an_event_delivery_by_hand(
+    mongo_url: str, db: Any
+) -> None:
+    """A delivery job ('<event>:<subscriber>', 'webhook-delivery') is made by emit() and
+    replays only: the async API and the admin refuse the name; a JobClient without jobs=
+    wrote it, and the worker failed it ("'None' is not an event id"), retrying it."""
+    from job_processor import InvalidArgumentError
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    worker = await init_job_processor(
+        db, subscribers={"paid": [Subscriber("audit", handler=audit)]}, **FAST
+    )
+    mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    client = JobClient(mongo[db.name])  # open names: the registry the workers keep
+    try:
+        async with worker:  # registers 'paid:audit' and 'webhook-delivery' (delivery: true)
+            for name in ("paid:audit", "webhook-delivery"):
+                with pytest.raises(InvalidArgumentError, match="event delivery"):
+                    await asyncio.to_thread(client.schedule_job, name, {"n": 1})
+                with pytest.raises(InvalidArgumentError, match="event delivery"):
+                    await asyncio.to_thread(client.schedule_jobs, [(name, {"n": 1})])
+        assert await db["job_processor_jobs"].count_documents({}) == 0
+    finally:
+        mongo.close()

@@ -434,9 +434,22 @@ def _explain(
     return InvalidDefinitionError(f"{kind} {name!r}: " + "; ".join(_parts(exc, model)))
 
 
+def _a_mapping(kind: str, value: Any, example: str) -> Mapping[str, Any]:
+    """`jobs=` / `crons=` as a dict of name -> definition (a list failed with AttributeError)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidDefinitionError(
+            f"{kind} must be a dict of name -> definition, got {type(value).__name__}: "
+            f"{kind}={example}"
+        )
+    return value
+
+
 def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:
     out: dict[str, JobDef] = {}
-    for name, value in (jobs or {}).items():
+    given = _a_mapping("jobs", jobs, "{'send-email': JobDef(handler=send_email)}")
+    for name, value in given.items():
         _check_name("job", name)
         if isinstance(value, CronDef):
             raise InvalidDefinitionError(f"job {name!r}: a CronDef belongs in crons={{...}}")
@@ -450,7 +463,8 @@ def parse_jobs(jobs: Mapping[str, Any] | None) -> dict[str, JobDef]:
 
 def parse_crons(crons: Mapping[str, Any] | None) -> dict[str, CronDef]:
     out: dict[str, CronDef] = {}
-    for name, value in (crons or {}).items():
+    given = _a_mapping("crons", crons, "{'nightly': CronDef(cron_string='0 3 * * *', ...)}")
+    for name, value in given.items():
         _check_name("cron", name)
         _refuse_bare_function("cron", name, value, 'CronDef(cron_string="0 3 * * *", handler={fn})')
         try:

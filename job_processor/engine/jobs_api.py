@@ -31,6 +31,7 @@ from ..core.errors import (
     did_you_mean,
     keywords_checked,
 )
+from ..core.event_documents import is_delivery
 from ..core.models import Job
 from ..core.producing import (
     Template,
@@ -116,6 +117,11 @@ class JobsAPI(JobWaits):
                 return Template()
             if row.get("kind") == "cron":
                 raise InvalidArgumentError(_a_cron(name))
+            if is_delivery(name, row):  # as the async API and the admin refuse it
+                raise InvalidArgumentError(
+                    f"{name!r} is an event delivery: its jobs are made by emit(); to deliver "
+                    "an event again, replay it (replay_event, job-processor events replay ID)"
+                )
             return Template.registered(row)
 
         return template
