@@ -20,7 +20,9 @@ listed like any other). This module decides which jobs exist and when:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -324,6 +326,12 @@ class EventBus:
             self._known_events = (at, names)
         return self._known_events[1]
 
+    def _left(self, deadline: dt.datetime, real_deadline: float) -> float:
+        """Seconds left of a sync wait: by the processor's clock, and by real time (the
+        in-memory processor's FakeClock does not move while emit waits)."""
+        by_clock = (deadline - self.clock.now()).total_seconds()
+        return min(by_clock, real_deadline - time.monotonic())
+
     async def _wait_sync(
         self, event: Event, targets: list[str], wait: float, made: bool = True
     ) -> None:
@@ -334,10 +342,11 @@ class EventBus:
         after): ended. Before, it is not made yet (a sweep completes the fan-out)."""
         keys = [E.delivery_key(event.id, t, None) for t in targets]
         deadline = self.clock.now() + dt.timedelta(seconds=wait)
+        real_deadline = time.monotonic() + wait  # a FakeClock nobody moves (in memory)
         delay = 0.02
         docs: list[Doc] = []
         while True:
-            remaining = (deadline - self.clock.now()).total_seconds()
+            remaining = self._left(deadline, real_deadline)
             try:
                 async with self.storage.producer.bounded(max(remaining, 0.05)):
                     # whether the fan-out is done is read first: one completed after the
@@ -352,10 +361,10 @@ class EventBus:
                 timed_out = isinstance(exc, TimeoutError) or getattr(exc, "timeout", False)
                 if not is_transient(exc) and not timed_out:  # a bounded read ran out: retried
                     raise
-            remaining = (deadline - self.clock.now()).total_seconds()
+            remaining = self._left(deadline, real_deadline)
             if remaining <= 0:
                 raise await self._timed_out(event, docs, targets, wait)
-            await self.clock.sleep(min(delay, remaining))
+            await _nap(self.clock, min(delay, remaining))
             delay = min(delay * 1.5, 0.5)
         ended = {d["delivery_key"]: Delivery.of_job(d) for d in docs}
         by_target = {d.target: d for d in ended.values()}
@@ -575,3 +584,17 @@ def _carries_chain(doc: Doc) -> bool:
     """A delivery whose end may create the next of a serial chain."""
     payload = doc.get("payload")
     return isinstance(payload, dict) and bool(payload.get("chain"))
+
+
+async def _nap(clock: Clock, seconds: float) -> None:
+    """A pause of `seconds`, by the processor's clock or by real time, whichever ends first
+    (a test's FakeClock moved by the test ends it; one nobody moves does not hold it)."""
+    naps = {
+        asyncio.ensure_future(clock.sleep(seconds)),
+        asyncio.ensure_future(asyncio.sleep(seconds)),
+    }
+    try:
+        await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for nap in naps:
+            nap.cancel()

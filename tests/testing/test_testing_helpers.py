@@ -419,3 +419,52 @@ async def test_run_until_idle_settles_the_owed_hook_of_a_hookless_job_it_ends_wi
         assert done.status == S.ERRORED
         assert done.exit_hook == "none", done.exit_hook
         assert processor.hooks.running() == 0
+
+
+async def test_a_sync_subscribers_emit_returns_once_its_delivery_ended_in_memory() -> None:
+    """On the in-memory processor (a FakeClock nobody moves while emit waits), emit() with a
+    sync subscriber never returned, though its delivery had ended."""
+    import asyncio
+
+    from job_processor import Event, Subscriber
+
+    ran: list[Any] = []
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        ran.append(event.payload)
+
+    subs = {"paid": [Subscriber("audit", handler=audit, mode="sync")]}
+    async with in_memory_processor(subscribers=subs) as processor:
+        await processor.start()
+        event = await asyncio.wait_for(processor.emit("paid", {"n": 1}, sync_timeout=5), 20)
+    assert ran == [{"n": 1}]
+    assert [(d.target, d.status) for d in event.deliveries] == [("audit", "finished")]
+
+
+async def test_a_sync_emit_no_worker_serves_raises_past_sync_timeout_in_memory() -> None:
+    """Past `sync_timeout` emit raises EventTimeoutError; in memory it waited for ever."""
+    import asyncio
+
+    from job_processor import Event, EventTimeoutError, Subscriber
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    subs = {"paid": [Subscriber("audit", handler=audit, mode="sync")]}
+    async with in_memory_processor(subscribers=subs) as processor:
+        with pytest.raises(EventTimeoutError):
+            await asyncio.wait_for(processor.emit("paid", {}, sync_timeout=1), 20)
+
+
+async def test_run_until_idle_says_it_stopped_at_max_runs_with_jobs_still_due() -> None:
+    """Past `max_runs` it returned as if idle, with due jobs still pending, saying nothing."""
+    from job_processor import JobSpec
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async with in_memory_processor(jobs={"part": JobDef(handler=noop)}) as processor:
+        await processor.schedule_jobs([JobSpec("part", {"n": n}) for n in range(12)])
+        with pytest.raises(RuntimeError, match="max_runs=10 runs with jobs still due"):
+            await run_until_idle(processor, max_runs=10)
+        assert len(await run_until_idle(processor, max_runs=10)) == 2  # the rest: idle, quiet
