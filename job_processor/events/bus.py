@@ -31,7 +31,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
-from ..core.clock import Clock, to_millis
+from ..core.clock import Clock, FakeClock, to_millis
 from ..core.definitions import (
     HOOK_RETRIED_MARK,
     HOOK_WHEN_MARK,
@@ -588,7 +588,11 @@ def _carries_chain(doc: Doc) -> bool:
 
 async def _nap(clock: Clock, seconds: float) -> None:
     """A pause of `seconds`, by the processor's clock or by real time, whichever ends first
-    (a test's FakeClock moved by the test ends it; one nobody moves does not hold it)."""
+    (a test's FakeClock moved by the test ends it; one nobody moves does not hold it). Any
+    other clock: its own sleep (the sync JobClient drives this without an event loop)."""
+    if not isinstance(clock, FakeClock):
+        await clock.sleep(seconds)
+        return
     naps = {
         asyncio.ensure_future(clock.sleep(seconds)),
         asyncio.ensure_future(asyncio.sleep(seconds)),
