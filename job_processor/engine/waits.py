@@ -19,7 +19,7 @@ from ..core.models import Job
 from ..core.producing import ENDED, WaitPacing
 from ..core.status import JobStatus
 from ..storage import object_id
-from ..storage.compat import is_motor, stream_waiters
+from ..storage.compat import cancelling, is_motor, stream_waiters
 from .runtime import Runtime
 
 S = JobStatus
@@ -189,7 +189,7 @@ class JobWaits(Runtime):
             )
         except (PyMongoError, NotImplementedError, AttributeError, TypeError) as exc:
             self._stream_given_back()
-            if _cancelling():  # cancelled while the driver opened it, turned into its error
+            if cancelling():  # cancelled while the driver opened it, turned into its error
                 raise asyncio.CancelledError() from exc
             return None  # a standalone server, mongomock: poll
         except BaseException:
@@ -273,10 +273,3 @@ def _limit_full(usage: Doc) -> str:
     if isinstance(rate, int) and started >= rate:
         return f"{started} started in the last {usage['per_seconds']:g}s, its rate is {rate}"
     return ""
-
-
-def _cancelling() -> bool:
-    """Whether the running task was asked to cancel and has not finished cancelling (a driver
-    that swallowed the CancelledError leaves it so)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

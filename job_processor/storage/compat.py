@@ -136,14 +136,20 @@ async def aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
     return [doc async for doc in cursor]
 
 
+def cancelling() -> bool:
+    """Whether the running task was asked to cancel and has not finished cancelling (a driver
+    that swallowed the CancelledError leaves it so)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -> Any:
     """A change stream, open on the server when this returns (changes made after it are
     seen; a server that refuses change streams raises here)."""
     stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
     if inspect.isawaitable(stream):  # PyMongo's async API
         stream = await stream
-        task = asyncio.current_task()
-        if task is not None and task.cancelling() > 0:
+        if cancelling():
             # a cancellation that came while it opened the stream is swallowed, the stream
             # returned: the caller (a wait_for, the worker's waker at a stop) went on
             await stream.close()
