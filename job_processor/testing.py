@@ -103,6 +103,9 @@ class JobHarness:
         now = FakeClock(now).now()  # an aware datetime (a naive one raises ValueError)
         if abort_after_checkpoints is not None:
             _check_abort_after(abort_after_checkpoints)
+        _check_counts(attempt, failures, max_attempts)
+        if state is not None:
+            state = _state_as_read_back(state)
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
             payload = stored_form(type(payload), payload)  # by alias where the model has them
@@ -129,7 +132,7 @@ class JobHarness:
         self.job._processor = processor
         self.job._notes = self
         if progress is not None:
-            self.job.progress = dict(progress)
+            self.job.progress = _progress_as_stored(progress, now)
         if dependencies is not None:
             deps = list(dependencies)
             self.job._given_dependencies = deps
@@ -220,6 +223,73 @@ def _as_read_back(name: str, payload: Mapping[str, Any] | None) -> dict[str, Any
     becomes a list)."""
     checked = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
     return bson.decode(bson.encode(checked), codec_options=CodecOptions(tz_aware=True))
+
+
+def _check_counts(attempt: Any, failures: Any, max_attempts: Any) -> None:
+    """The counts of a run a worker could start: attempt >= 1 (this run is one), failures
+    below both attempt (each failure was a run) and max_attempts (a job that used them all
+    has errored, it does not run again)."""
+    for field, value, least in (("attempt", attempt, 1), ("failures", failures, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidArgumentError(
+                f"JobHarness {field}= must be an integer >= {least}, got {value!r}"
+            )
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidArgumentError(
+            f"JobHarness max_attempts= must be an integer >= 1, got {max_attempts!r}"
+        )
+    if failures >= attempt:
+        raise InvalidArgumentError(
+            f"JobHarness failures={failures} with attempt={attempt}: each failure was an "
+            f"earlier run, so failures is at most attempt - 1 (pass attempt={failures + 1})"
+        )
+    if failures >= max_attempts:
+        raise InvalidArgumentError(
+            f"JobHarness failures={failures} with max_attempts={max_attempts}: a job that "
+            f"failed max_attempts times has errored and does not run again (pass "
+            f"max_attempts={failures + 1} or more)"
+        )
+
+
+def _state_as_read_back(state: Any) -> dict[str, Any]:
+    """A resumed run's state as the worker reads it back: refused as a checkpoint is (a naive
+    datetime, NaN, what BSON cannot hold: InvalidPayloadError), and through BSON (a tuple
+    becomes a list)."""
+    try:
+        check_state(state)
+    except InvalidPayloadError as exc:
+        raise InvalidPayloadError(f"JobHarness state=: {exc}") from None
+    return bson.decode(bson.encode(state), codec_options=CodecOptions(tz_aware=True))
+
+
+#: What a stored progress holds (`report_progress` writes them; `JobHarness(progress=)`).
+_PROGRESS_FIELDS = frozenset({"done", "total", "message", "fraction", "at", "cut"})
+
+
+def _progress_as_stored(progress: Any, now: dt.datetime) -> dict[str, Any]:
+    """A resumed run's progress as `report_progress(done, total, message)` stored it (its
+    fraction and time computed again)."""
+    if not isinstance(progress, Mapping) or "done" not in progress:
+        raise InvalidArgumentError(
+            "JobHarness progress= must be a mapping with done (and total, message), as "
+            f"report_progress stores it, e.g. {{'done': 3, 'total': 10}}; got {progress!r}"
+        )
+    unknown = sorted(str(k) for k in progress if k not in _PROGRESS_FIELDS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"JobHarness progress= has fields a progress does not: {', '.join(unknown)} "
+            f"(it holds {', '.join(sorted(_PROGRESS_FIELDS))})"
+        )
+    at = progress.get("at")
+    try:
+        return N.progress_of(
+            progress["done"],
+            progress.get("total"),
+            progress.get("message"),
+            at if isinstance(at, dt.datetime) and at.tzinfo is not None else now,
+        )
+    except ValueError as exc:
+        raise InvalidArgumentError(f"JobHarness progress=: {exc}") from None
 
 
 def _check_abort_after(abort_after: Any) -> None:

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from job_processor import AbortSignal, Job, JobAbortedError, JobDef, JobStatus, RetryLater
+from job_processor import (
+    AbortSignal,
+    InvalidArgumentError,
+    InvalidPayloadError,
+    Job,
+    JobAbortedError,
+    JobDef,
+    JobStatus,
+    RetryLater,
+)
 from job_processor.testing import JobHarness, in_memory_processor, run_until_idle
 
 S = JobStatus
@@ -257,8 +266,6 @@ async def test_the_harness_records_each_checkpoint_as_it_was_saved() -> None:
 async def test_the_harness_gives_the_handler_the_payload_a_worker_would() -> None:
     from decimal import Decimal
 
-    from job_processor import InvalidPayloadError
-
     async def kind(job: Job, signal: AbortSignal) -> str:
         return type(job.payload["ids"]).__name__
 
@@ -277,15 +284,11 @@ async def test_the_harness_gives_the_handler_the_payload_a_worker_would() -> Non
 
 @pytest.mark.parametrize("count", [0, -1, 1.5, True])
 def test_an_abort_after_checkpoints_that_could_never_fire_is_refused(count: Any) -> None:
-    from job_processor import InvalidArgumentError
-
     with pytest.raises(InvalidArgumentError, match=r"counts checkpoints from 1"):
         JobHarness(abort_after_checkpoints=(count, "shutdown"))
 
 
 def test_an_ended_dependency_with_a_status_that_is_not_an_end_is_refused() -> None:
-    from job_processor import InvalidArgumentError
-
     for status in ("finshed", "running"):  # a typo would make an *errored* dependency
         with pytest.raises(InvalidArgumentError, match=r"finished, errored, killed, skipped"):
             JobHarness.ended("part", status=status, result=3)
@@ -468,3 +471,49 @@ async def test_run_until_idle_says_it_stopped_at_max_runs_with_jobs_still_due() 
         with pytest.raises(RuntimeError, match="max_runs=10 runs with jobs still due"):
             await run_until_idle(processor, max_runs=10)
         assert len(await run_until_idle(processor, max_runs=10)) == 2  # the rest: idle, quiet
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"attempt": 0}, "attempt= must be an integer >= 1"),
+        ({"attempt": True}, "attempt= must be an integer >= 1"),
+        ({"failures": -1}, "failures= must be an integer >= 0"),
+        ({"max_attempts": 0}, "max_attempts= must be an integer >= 1"),
+        ({"attempt": 1, "failures": 1, "max_attempts": 3}, "pass attempt=2"),
+        ({"attempt": 4, "failures": 3, "max_attempts": 3}, "pass max_attempts=4"),
+        ({"progress": [1]}, "progress= must be a mapping with done"),
+        ({"progress": {"done": 1, "of": 2}}, "progress= has fields a progress does not: of"),
+        ({"progress": {"done": -1}}, "done must be a number >= 0"),
+    ],
+)
+def test_the_harness_refuses_counts_and_progress_no_worker_would_pass(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    """A run a worker starts is attempt 1 or more, each failure an earlier run, fewer failures
+    than max_attempts (else it errored); progress is what report_progress stored."""
+    with pytest.raises(InvalidArgumentError, match=named):
+        JobHarness({}, **kwargs)
+    assert JobHarness({}, attempt=3, failures=2, max_attempts=3).job.failures == 2
+
+
+@pytest.mark.parametrize(
+    ("state", "named"),
+    [
+        ({"at": dt.datetime(2030, 1, 1)}, "'at' is a datetime without a time zone"),
+        ({"ratio": float("nan")}, "'ratio' is nan"),
+        ([1], "must be a dict"),
+    ],
+)
+def test_the_harness_refuses_a_state_no_checkpoint_could_have_saved(state: Any, named: str) -> None:
+    with pytest.raises(InvalidPayloadError, match=f"JobHarness state=: .*{named}"):
+        JobHarness({}, state=state)
+
+
+async def test_the_harness_hands_a_resumed_state_as_read_back() -> None:
+    """Through BSON, as a worker reads a checkpoint back: a tuple as a list, a copy."""
+    saved = {"pair": (1, 2), "at": dt.datetime(2030, 1, 1, tzinfo=dt.UTC)}
+    harness = JobHarness({}, state=saved, attempt=2)
+    assert harness.job.state == {"pair": [1, 2], "at": saved["at"]}
+    harness.job.state["pair"].append(3)
+    assert saved["pair"] == (1, 2)
