@@ -257,26 +257,38 @@ class JobAdminStore:
                 deleted += int((await self.coll.delete_many(owed)).deleted_count)
         return deleted
 
+    def owing_hooks_cursor(
+        self, status: JobStatus, ended_before: dt.datetime, name: str | None
+    ) -> Any:
+        """The {status, ended_at} index (exposed for the explain() tests)."""
+        query = self.ended_query(status, ended_before, name) | {"exit_hook": "owed"}
+        return self.coll.find(query, {"_id": 0, "name": 1}).limit(10_000)
+
     async def owing_hooks(
         self, status: JobStatus, ended_before: dt.datetime, name: str | None
     ) -> dict[str, int]:
         """name -> how many jobs a purge of these leaves alone because their hook is still
         owed (counted up to 10,000 jobs)."""
-        query = self.ended_query(status, ended_before, name) | {"exit_hook": "owed"}
         # find, not count_documents: nx-27017 counts nothing with a range on a date ($set)
         counts: dict[str, int] = {}
-        for doc in await all_docs(self.coll.find(query, {"_id": 0, "name": 1}).limit(10_000)):
+        for doc in await all_docs(self.owing_hooks_cursor(status, ended_before, name)):
             counts[str(doc.get("name"))] = counts.get(str(doc.get("name")), 0) + 1
         return counts
+
+    def uncounted_dependencies_cursor(
+        self, status: JobStatus, ended_before: dt.datetime, name: str | None
+    ) -> Any:
+        """The {status, ended_at} index (exposed for the explain() tests)."""
+        query = self.ended_query(status, ended_before, name) | {"has_dependents": True}
+        fields = {"_id": 0, "has_dependents": 1, "dependents_settled": 1, "exit_hook": 1}
+        return self.coll.find(query, fields).limit(10_000)
 
     async def uncounted_dependencies(
         self, status: JobStatus, ended_before: dt.datetime, name: str | None
     ) -> int:
         """How many of these jobs a purge leaves alone because jobs scheduled after them have
         not all counted their end yet (counted up to 10,000 jobs)."""
-        query = self.ended_query(status, ended_before, name) | {"has_dependents": True}
-        fields = {"_id": 0, "has_dependents": 1, "dependents_settled": 1, "exit_hook": 1}
-        docs = await all_docs(self.coll.find(query, fields).limit(10_000))
+        docs = await all_docs(self.uncounted_dependencies_cursor(status, ended_before, name))
         # one kept for its owed hook is counted there (`owing_hooks`), not twice
         return sum(
             1 for doc in docs if counted_part(doc) is None and doc.get("exit_hook") != "owed"

@@ -211,6 +211,15 @@ async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
                 assert_indexed(plan)
 
 
+async def test_a_purges_counts_of_the_jobs_it_leaves_are_index_backed(storage: Storage) -> None:
+    """What a purge reports it left: jobs whose hook is owed, jobs whose dependents have not
+    all counted their end."""
+    for name in (None, "job-3"):
+        admin = storage.job_admin
+        assert_indexed(await admin.owing_hooks_cursor(S.FINISHED, NOW, name).explain())
+        assert_indexed(await admin.uncounted_dependencies_cursor(S.ERRORED, NOW, name).explain())
+
+
 async def test_the_probe_for_a_quiet_names_due_job_uses_the_claim_index(storage: Storage) -> None:
     """A busy worker's look for a due webhook delivery, once per poll_interval."""
     assert "IXSCAN" in assert_indexed(await storage.jobs.any_due_cursor(["job-1"], NOW).explain())
