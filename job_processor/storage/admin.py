@@ -140,16 +140,21 @@ class JobAdminStore:
             doc["created_at"] = created
         return doc
 
+    def untried_cursor(self, query: JobQuery, tried: list[Any], limit: int) -> Any:
+        """Unsorted, so the filter's own index serves it (sorted by `_id`, the planner could
+        walk every job by the `_id` index; exposed for the explain() tests)."""
+        wanted = {"$and": [query.filter(), *([{"_id": {"$nin": tried}}] if tried else [])]}
+        return self.coll.find(wanted, {"logs": 0}).limit(limit)
+
     async def untried(self, query: JobQuery, tried: list[Any], limit: int) -> list[Doc]:
         """The jobs of this filter but those `tried` (of any `_id` type: `$lt` compares one
-        type only), newest `_id` first: how a bulk action reaches the undated ones (bare
-        inserts another program made: no creation-time position reaches them; told apart by
-        the caller, `created_at` missing or null, which nx-27017 does not filter alike). None
-        when the filter bounds the creation time (undated jobs match none)."""
+        type only), in no set order: how a bulk action reaches the undated ones (bare inserts
+        another program made: no creation-time position reaches them; told apart by the
+        caller, `created_at` missing or null, which nx-27017 does not filter alike). None when
+        the filter bounds the creation time (undated jobs match none)."""
         if query.created_after is not None or query.created_before is not None:
             return []
-        wanted = {"$and": [query.filter(), *([{"_id": {"$nin": tried}}] if tried else [])]}
-        return await all_docs(self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(limit))
+        return await all_docs(self.untried_cursor(query, tried, limit))
 
     def page_cursor(self, query: JobQuery, after: Position | None) -> Any:
         """Listings leave each job's log lines out (up to 400 KB a job: read one job for them)."""

@@ -180,6 +180,18 @@ async def test_admin_pages_are_index_backed(storage: Storage, query: JobQuery, a
     assert_indexed(await storage.job_admin.page_cursor(query, after).limit(51).explain())
 
 
+@pytest.mark.parametrize(
+    "query", [JobQuery(status=S.ERRORED), JobQuery(name="job-3", status=S.KILLED)]
+)
+async def test_a_bulk_retrys_pass_over_the_jobs_no_page_reached_is_index_backed(
+    storage: Storage, query: JobQuery
+) -> None:
+    """retry_many's second pass (`JobAdminStore.untried`): the filter's index, no sort."""
+    tried = [ObjectId() for _ in range(3)]
+    winning = assert_indexed(await storage.job_admin.untried_cursor(query, tried, 500).explain())
+    assert "IXSCAN" in winning, winning
+
+
 async def test_ended_jobs_by_time_are_a_covered_index_scan(storage: Storage) -> None:
     plan = await storage.job_admin.ended_cursor(S.FINISHED, WHEN, 100).explain()
     winning = assert_indexed(plan)
