@@ -410,8 +410,8 @@ async def run_until_idle(
         worker.worker_id = ""
     if len(ran) >= max_runs:  # said, not returned as if idle with jobs left
         names = [n for n in worker.names if n not in worker.paused]
-        due = await processor.storage.jobs.next_due(names)
-        if due is not None and due <= clock.now():
+        # the claim's filter: a job waiting on a dependency keeps an old scheduled_for
+        if await processor.storage.jobs.any_due(names, clock.now()):
             raise RuntimeError(
                 f"run_until_idle stopped after max_runs={max_runs} runs with jobs still due: "
                 "pass a larger max_runs (run_until_idle(processor, max_runs=...))"

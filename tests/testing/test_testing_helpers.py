@@ -19,6 +19,7 @@ from job_processor import (
     JobStatus,
     RetryLater,
 )
+from job_processor.admin import Admin
 from job_processor.testing import JobHarness, in_memory_processor, run_until_idle
 
 S = JobStatus
@@ -517,3 +518,24 @@ async def test_the_harness_hands_a_resumed_state_as_read_back() -> None:
     assert harness.job.state == {"pair": [1, 2], "at": saved["at"]}
     harness.job.state["pair"].append(3)
     assert saved["pair"] == (1, 2)
+
+
+async def test_run_until_idle_at_max_runs_does_not_count_a_job_waiting_on_a_dependency() -> None:
+    """max_runs equal to the jobs that can run: the one left waits on a dependency of a paused
+    name (never due), yet its old scheduled_for made run_until_idle raise 'jobs still due'."""
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    defs = {n: JobDef(handler=noop) for n in ("x", "after-x", "part")}
+    async with in_memory_processor(jobs=defs) as processor:
+        await processor.start()  # registers the names, as any worker start does
+        await processor.stop()
+        await Admin(processor.storage.db, clock=processor.clock).pause("x")
+        dep = await processor.schedule_job("x")
+        waiting = await processor.schedule_job("after-x", after=[dep.id])
+        await processor.schedule_job("part")
+        ran = await run_until_idle(processor, max_runs=1)
+        assert [j.name for j in ran] == ["part"]
+        assert (await processor.get_job(waiting.id)).status == JobStatus.WAITING
+        assert await run_until_idle(processor) == []
