@@ -241,3 +241,35 @@ async def test_an_open_client_refuses_to_schedule_an_event_delivery_by_hand(
         assert await db["job_processor_jobs"].count_documents({}) == 0
     finally:
         mongo.close()
+
+
+async def test_an_open_client_refuses_a_delivery_registered_before_the_mark(
+    mongo_url: str, db: Any
+) -> None:
+    """A registry row of '<event>:<subscriber>' written by a worker of a version before the
+    `delivery` mark: the admin refuses it (it reads the subscribers); the open JobClient
+    wrote the job, which no emit made."""
+    from job_processor import InvalidArgumentError
+    from job_processor.admin import Admin
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    worker = await init_job_processor(
+        db, subscribers={"paid": [Subscriber("audit", handler=audit)]}, **FAST
+    )
+    async with worker:
+        pass  # registers 'paid:audit' and its subscriber
+    await db["job_processor_definitions"].update_one(
+        {"_id": "paid:audit"}, {"$unset": {"delivery": ""}}
+    )
+    with pytest.raises(InvalidArgumentError, match="event delivery"):
+        await Admin(db).new_job("paid:audit", {"n": 1})
+    mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    try:
+        client = JobClient(mongo[db.name])
+        with pytest.raises(InvalidArgumentError, match="event delivery"):
+            await asyncio.to_thread(client.schedule_job, "paid:audit", {"n": 1})
+        assert await db["job_processor_jobs"].count_documents({}) == 0
+    finally:
+        mongo.close()

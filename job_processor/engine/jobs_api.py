@@ -141,8 +141,22 @@ class JobsAPI(JobWaits):
         registry = self._registry  # read once: a JobClient's request threads share it
         if registry is None or at - registry[0] > max_age:
             docs = await self.storage.producer.run(lambda _: self.storage.definitions.all())
-            registry = self._registry = (at, {str(d["_id"]): d for d in docs})
+            rows = {str(d["_id"]): d for d in docs}
+            await self._mark_old_deliveries(rows)
+            registry = self._registry = (at, rows)
         return registry[1]
+
+    async def _mark_old_deliveries(self, rows: dict[str, Doc]) -> None:
+        """Rows a worker registered before the `delivery` mark: a subscriber's delivery
+        ('<event>:<subscriber>') is told by the subscribers collection, as the admin tells it
+        (marked here, in this client's copy)."""
+        unmarked = [n for n, r in rows.items() if "delivery" not in r and ":" in n]
+        if not unmarked:
+            return
+        subscribers = await self.storage.producer.run(lambda _: self.storage.subscribers.all())
+        subscriber_jobs = {str(r.get("job_name")) for r in subscribers}
+        for name in unmarked:
+            rows[name]["delivery"] = is_delivery(name, rows[name], subscriber_jobs)
 
     # ---- scheduling --------------------------------------------------------------------------
 
