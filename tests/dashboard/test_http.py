@@ -1106,3 +1106,23 @@ async def test_the_error_line_is_the_errors_first_line_not_its_last(db: Any, mes
     assert line.group(1).replace("&#39;", "'") == first
     bare = "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'k'"
     assert error_line(bare) == "KeyError: 'k'"  # another writer's bare traceback: its end
+
+
+async def test_crons_page_says_none_when_the_only_worker_cannot_claim_the_cron(db: Any) -> None:
+    """The crons page shows "N live" (else "none": "No live worker runs it") from
+    `list_crons().served_by`: a live worker whose worker_tags exclude the cron's tag fires
+    its slots but never claims them; the names page and `status` say no live worker runs it."""
+    from job_processor import AbortSignal, Job
+    from tests.helpers import make
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"nightly": {"cron_string": "0 3 * * *", "handler": tick, "tag": "main"}}
+    p = await make(db, {}, crons=crons, worker_tags=["secondary"])
+    async with p, client(create_dashboard(p, auth=AUTH)) as c:
+        page = await c.get("/crons")
+    assert page.status_code == 200
+    row = page.text[page.text.index("nightly") :]
+    row = row[: row.index("</tr>")]
+    assert "No live worker runs it" in row, row

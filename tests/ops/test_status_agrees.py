@@ -102,3 +102,43 @@ async def test_status_from_the_cli_warns_of_an_exclusive_cron_stuck_behind_a_job
     stuck = [w for w in status.warnings if "skipped behind" in w]
     assert stuck  # get_status() says it
     assert [w for w in from_cli.warnings if "skipped behind" in w] == stuck, from_cli.warnings
+
+
+async def test_crons_list_counts_no_worker_that_cannot_run_the_cron(db: Any) -> None:
+    """`crons list` (WORKERS) and the dashboard's crons page ("N live", else "none": "No live
+    worker runs it") count every live worker whose document lists the cron in `crons`, even
+    one that cannot run it: a worker whose claim loop and cron scheduler crashed (health: "it
+    claims nothing"; status: no longer serving its names), and a worker whose worker_tags
+    exclude the cron's tag (it fires the slots, never claims them). `names list` and `status`
+    say no live worker serves it."""
+    storage = Storage(db)
+    await storage.crons.coll.insert_one(
+        {"_id": "nightly", "cron_string": "0 3 * * *", "timezone": "UTC", "next_slot": NOW}
+    )
+    crashed = D.new_worker(NOW, None, "runner-1", 1, ["nightly"], 30, crons=["nightly"])
+    crashed["crashed"] = "RuntimeError: boom"
+    await storage.workers.register(crashed)
+    admin = Admin(db, clock=FakeClock(NOW))
+    names = {v.name: v for v in await admin.list_definitions()}
+    crons = {c.name: c for c in await admin.list_crons()}
+    assert "nightly" in (await admin.status()).unserved_names
+    assert names["nightly"].served_by == []
+    assert crons["nightly"].served_by == [], "crons list: a crashed worker serves it"
+
+
+async def test_crons_list_counts_no_worker_without_the_crons_tag(db: Any) -> None:
+    from job_processor import AbortSignal, Job
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"nightly": {"cron_string": "0 3 * * *", "handler": tick, "tag": "main"}}
+    processor = await make(db, {}, crons=crons, worker_tags=["secondary"])
+    admin = Admin(db)
+    async with processor:
+        names = {v.name: v for v in await admin.list_definitions()}
+        listed = {c.name: c for c in await admin.list_crons()}
+        status = await admin.status()
+    assert "nightly" in status.unserved_names  # "no live worker can run it"
+    assert names["nightly"].served_by == []
+    assert listed["nightly"].served_by == [], "crons list: a worker that never claims it"

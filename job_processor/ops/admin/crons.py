@@ -67,7 +67,7 @@ class CronsAdmin(AdminBase):
                     missed_recent=sum(1 for r in runs if r.skip_reason == "missed"),
                     running=[str(r["_id"]) for r in running if r["name"] == name],
                     paused=name in paused,
-                    served_by=[str(w["_id"]) for w in live if serves_cron(w, name)],
+                    served_by=[str(w["_id"]) for w in live if runs_cron(w, name)],
                 )
             )
         return out
@@ -121,3 +121,13 @@ def serves_cron(worker: dict[str, Any], name: str) -> bool:
     turned from a cron into a job is not served as a cron)."""
     crons = worker.get("crons")
     return name in (crons if isinstance(crons, list) else worker.get("names") or [])
+
+
+def runs_cron(worker: dict[str, Any], name: str) -> bool:
+    """Whether a live worker runs the cron: it defines it as a cron, claims its tasks (its
+    worker_tags include the cron's tag) and has not crashed (as `names list` and `status`)."""
+    return (
+        serves_cron(worker, name)
+        and name in (worker.get("names") or [])
+        and not worker.get("crashed")
+    )

@@ -110,6 +110,8 @@ class CronView(BaseModel):
     running: list[str] = []
     paused: bool = False
     served_by: list[str] = []
+    """The live workers that run it: they define it as a cron, claim its tasks (their tags
+    include its tag) and have not crashed (as `names list` and `status` count them)."""
 
 
 class QueueRow(BaseModel):
