@@ -113,8 +113,13 @@ class DatabaseCollector(Collector):
     async def _read(self, snap: Snapshot) -> None:
         now = self.clock.now()
         docs = await self.storage.workers.all()
-        alive = sum(1 for w in docs if worker_alive(w, now, self.worker_timeout))
-        snap.workers = {"alive": alive, "dead": len(docs) - alive}
+        live = [w for w in docs if worker_alive(w, now, self.worker_timeout)]
+        crashed = sum(1 for w in live if w.get("crashed"))  # its heartbeat on, claiming nothing
+        snap.workers = {
+            "alive": len(live) - crashed,
+            "crashed": crashed,
+            "dead": len(docs) - len(live),
+        }
         snap.paused = await self.storage.paused.names()
         defined = await self.storage.definitions.limit_keys()
         snap.limits = top_usage(await self.storage.limits.all(), now, defined)

@@ -182,6 +182,20 @@ async def test_a_paused_name_is_a_gauge(db: Any) -> None:
     assert ("job_processor_name_paused", (("name", "flaky"),)) not in got
 
 
+async def test_a_crashed_worker_is_not_counted_alive(db: Any) -> None:
+    """A worker whose claim loop crashed keeps its heartbeat and claims nothing (health exits
+    1): counted `crashed`, so the "no worker" alert on `alive` fires when it is the last."""
+    processor = await make(db, JOBS)
+    m = metrics.enable(processor)
+    crashed = D.new_worker(processor.clock.now(), None, "runner-1", 1, ["ok"], 30)
+    crashed["crashed"] = "RuntimeError: boom"
+    await processor.storage.workers.register(crashed)
+    got = samples((await metrics.render(m)).decode())
+    assert got[("job_processor_workers", (("state", "crashed"),))] == 1
+    assert got[("job_processor_workers", (("state", "alive"),))] == 0
+    assert got[("job_processor_workers", (("state", "dead"),))] == 0
+
+
 async def test_a_slot_no_worker_started_within_its_margin_counts_as_missed(db: Any) -> None:
     """The documented alert (`cron_slots_total{outcome="missed"}`) fires when the queue is
     blocked: the scheduler's refresh records the task missed, and counts it."""
