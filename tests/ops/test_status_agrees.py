@@ -124,6 +124,8 @@ async def test_crons_list_counts_no_worker_that_cannot_run_the_cron(db: Any) -> 
     assert "nightly" in (await admin.status()).unserved_names
     assert names["nightly"].served_by == []
     assert crons["nightly"].served_by == [], "crons list: a crashed worker serves it"
+    overview = await admin.overview(minutes=1)  # the dashboard's "workers alive"
+    assert (overview.workers_alive, overview.workers_crashed) == (0, 1)
 
 
 async def test_crons_list_counts_no_worker_without_the_crons_tag(db: Any) -> None:

@@ -147,6 +147,9 @@ class Overview(BaseModel):
     """More jobs ended than were read (THROUGHPUT_CAP per status): the figures are lower
     bounds."""
     workers_alive: int = 0
+    """Live workers claiming (heartbeat fresh, not crashed)."""
+    workers_crashed: int = 0
+    """Live workers whose claim loop or cron scheduler crashed: they claim nothing."""
     workers_dead: int = 0
     paused_names: list[str] = []
     unserved_names: list[str] = []
