@@ -125,9 +125,15 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
     total; 1 for a total of 0: nothing to do), at most 1; a message over MESSAGE_CHARS is cut
     to them, ending in "…", with `cut: True`."""
     if not _number(done) or done < 0:
-        raise ValueError(f"report_progress: done must be a number >= 0, got {done!r}")
+        raise ValueError(
+            "report_progress: done must be a finite number >= 0 (an integer within 64 bits, "
+            f"what MongoDB stores), got {done!r}"
+        )
     if total is not None and (not _number(total) or total < 0):
-        raise ValueError(f"report_progress: total must be a number >= 0 or None, got {total!r}")
+        raise ValueError(
+            "report_progress: total must be a finite number >= 0 (an integer within 64 bits, "
+            f"what MongoDB stores) or None, got {total!r}"
+        )
     if message is not None and not isinstance(message, str):
         raise ValueError(f"report_progress: message must be text or None, got {message!r}")
     if total == 0:  # nothing to do ("0 of 0"): done

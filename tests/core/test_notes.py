@@ -95,7 +95,7 @@ async def test_the_harness_records_progress_and_lines() -> None:
     assert harness.log_lines[0]["fields"] == {"index": "users", "batch": 0}
     assert harness.log_lines[-1]["fields"] == {"exception": "ValueError: disk full"}
     assert {x["run"] for x in harness.log_lines} == {2}
-    with pytest.raises(InvalidArgumentError, match="total must be a number >= 0"):
+    with pytest.raises(InvalidArgumentError, match="total must be a finite number >= 0"):
         await harness.job.report_progress(1, -1)
 
 
@@ -210,3 +210,9 @@ def test_a_long_non_ascii_message_is_cut_to_fit_not_to_nothing(message: str) -> 
     kept = line["message"][:-1]
     assert message.startswith(kept)
     assert len(kept) >= 200, f"only {len(kept)} characters kept: {line['message']!r}"
+
+
+def test_progress_past_64_bits_says_why_it_is_refused() -> None:
+    """2**63 is a number >= 0: the message names the 64-bit bound it is over."""
+    with pytest.raises(ValueError, match="within 64 bits"):
+        progress_of(2**63, None, None, NOW)

@@ -485,7 +485,7 @@ async def test_run_until_idle_says_it_stopped_at_max_runs_with_jobs_still_due() 
         ({"attempt": 4, "failures": 3, "max_attempts": 3}, "pass max_attempts=4"),
         ({"progress": [1]}, "progress= must be a mapping with done"),
         ({"progress": {"done": 1, "of": 2}}, "progress= has fields a progress does not: of"),
-        ({"progress": {"done": -1}}, "done must be a number >= 0"),
+        ({"progress": {"done": -1}}, "done must be a finite number >= 0"),
     ],
 )
 def test_the_harness_refuses_counts_and_progress_no_worker_would_pass(
