@@ -1126,3 +1126,23 @@ async def test_crons_page_says_none_when_the_only_worker_cannot_claim_the_cron(d
     row = page.text[page.text.index("nightly") :]
     row = row[: row.index("</tr>")]
     assert "No live worker runs it" in row, row
+
+
+async def test_the_overview_counts_a_crashed_worker_apart_from_the_alive(db: Any) -> None:
+    """A worker whose claim loop crashed keeps its heartbeat and claims nothing: "0 workers
+    alive", "1 crashed" (with the dead, if any)."""
+    from job_processor.core import documents as D
+    from tests.helpers import make
+
+    p = await make(db, {})
+    crashed = D.new_worker(p.clock.now(), None, "runner-1", 1, [], 30)
+    crashed["crashed"] = "RuntimeError: boom"
+    await p.storage.workers.register(crashed)
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = await c.get("/")
+    assert page.status_code == 200
+    stat = page.text[: page.text.index("workers alive")]
+    stat = stat[stat.rindex('<a class="stat"') :] + page.text[page.text.index("workers alive") :]
+    stat = stat[: stat.index("</a>")]
+    assert re.search(r'stat-n">0<', stat), stat
+    assert "1 crashed" in stat and "none dead" not in stat, stat
