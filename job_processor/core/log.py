@@ -42,10 +42,10 @@ class EventLog:
         return EventLog(self._target, {**self._context, **fields})
 
     def _emit(self, level: str, event: str, fields: dict[str, Any], exc: bool = False) -> None:
-        if self._stdlib and not self._target.isEnabledFor(_LEVELS[level]):
-            return  # below the logger's level: nothing is built (the worker's hot path)
-        merged = {**self._context, **fields}
         try:
+            if self._stdlib and not self._target.isEnabledFor(_LEVELS[level]):
+                return  # below the logger's level: nothing is built (the worker's hot path)
+            merged = {**self._context, **fields}
             if self._stdlib:
                 text = " ".join(f"{k}={v!r}" for k, v in merged.items())
                 extras: dict[str, Any] = {}
@@ -101,6 +101,15 @@ def make_log(logger: Any | None) -> EventLog:
         logger = structlog.get_logger("job_processor")
     if isinstance(logger, EventLog):
         return logger
+    inner = logger
+    while isinstance(inner, logging.LoggerAdapter):
+        inner = inner.logger
+    if inner is not logger and not isinstance(inner, logging.Logger):
+        raise InvalidDefinitionError(
+            f"logger: a logging.LoggerAdapter must wrap a logging.Logger, got one around "
+            f"{type(inner).__name__}: pass the structlog logger itself (structlog binds "
+            "context with .bind(...)), or wrap logging.getLogger('myapp')"
+        )
     if not all(callable(getattr(logger, level, None)) for level in _REQUIRED):
         name = logger if isinstance(logger, str) else "myapp"
         raise InvalidDefinitionError(

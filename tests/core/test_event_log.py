@@ -40,3 +40,30 @@ def test_a_stdlib_logger_whose_filter_raises_is_dropped_too() -> None:
     before = EventLog.dropped
     EventLog(logger).warning("job_errored", job_id="j1")
     assert EventLog.dropped == before + 1
+
+
+class _LevelCheckRaises(logging.Logger):
+    """A stdlib logger that raises where it is asked its level (a broken subclass)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        raise RuntimeError("logging backend down")
+
+
+@pytest.mark.drops_log_lines
+def test_a_stdlib_logger_whose_level_check_raises_is_dropped_too() -> None:
+    log = EventLog(_LevelCheckRaises("test.event_log.level_check"))
+    before = EventLog.dropped
+    log.info("job_finished", job_id="j1")  # raised RuntimeError out of EventLog
+    assert EventLog.dropped == before + 1
+
+
+def test_an_adapter_around_a_structlog_logger_is_refused_at_once() -> None:
+    """It has every level method, and had no isEnabledFor to answer the first line."""
+    import structlog
+
+    from job_processor import InvalidDefinitionError
+    from job_processor.core.log import make_log
+
+    with pytest.raises(InvalidDefinitionError, match="LoggerAdapter must wrap a logging"):
+        make_log(logging.LoggerAdapter(structlog.get_logger()))  # type: ignore[arg-type]
+    make_log(logging.LoggerAdapter(logging.getLogger("ok"), {"app": "x"}))
