@@ -39,10 +39,13 @@ from .core.retention import Keep, floor_of
 from .core.schedule import schedule_of
 from .core.settings import (
     Settings,
+    check_flag,
+    check_instance_id,
     check_keep_events,
     check_positive,
     check_prefix,
     check_retry_budget,
+    check_worker_tags,
     retention_of,
 )
 from .core.status import JobStatus
@@ -343,17 +346,15 @@ async def init_job_processor(
         raise InvalidDefinitionError(
             f"names used both as a job and a cron: {sorted(clash)}; give each a distinct name"
         )
-    if worker_tags is not None:
-        if isinstance(worker_tags, str) or not isinstance(worker_tags, list | tuple):
-            raise InvalidDefinitionError(
-                f"worker_tags must be a list of strings or None, got {worker_tags!r}"
-            )
-        if not worker_tags:
-            raise InvalidDefinitionError(
-                "worker_tags=[] would run no job: pass None to run every job, "
-                "or a list such as ['main']"
-            )
-        worker_tags = [str(t) for t in worker_tags]
+    worker_tags = check_worker_tags(worker_tags)
+    instance_id = check_instance_id(instance_id)
+    if clock is not None and not (
+        callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))
+    ):
+        raise InvalidDefinitionError(
+            f"clock must have now() and sleep() (job_processor.SystemClock(), or FakeClock() "
+            f"in tests), got {clock!r:.60}"
+        )
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise InvalidDefinitionError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     settings = Settings(
@@ -362,7 +363,7 @@ async def init_job_processor(
         heartbeat_interval=check_positive("heartbeat_interval", heartbeat_interval),
         worker_timeout=check_positive("worker_timeout", worker_timeout),
         shutdown_grace=check_positive("shutdown_grace", shutdown_grace),
-        change_streams=bool(change_streams),
+        change_streams=check_flag("change_streams", change_streams),
         change_stream_max_await=check_positive("change_stream_max_await", change_stream_max_await),
         idle_poll_interval=max(
             check_positive("idle_poll_interval", idle_poll_interval), float(poll_interval)
@@ -384,6 +385,7 @@ async def init_job_processor(
             f"({heartbeat_interval}s), or live workers would be declared dead"
         )
     check_prefix(collection_prefix)
+    strict = check_flag("strict_events", strict_events)
     check_positive("connect_timeout", connect_timeout)
     retry_budget = check_retry_budget(producer_retry_seconds)
     subscriber_defs = parse_subscribers(subscribers)
@@ -434,7 +436,7 @@ async def init_job_processor(
         worker_timeout=settings.worker_timeout,
         instance_id=instance,
         keep_events=_at_least(kept_events, settings.retention.floor),
-        strict_events=bool(strict_events),
+        strict_events=strict,
     )
     processor = JobProcessor(
         storage, job_defs, cron_defs, worker_tags, clock, log, settings, instance, bus

@@ -433,3 +433,73 @@ async def test_an_empty_instance_id_is_none_as_in_run(
     async with await init_job_processor(db, jobs=JOBS):
         [worker] = await Admin(db).list_workers()
     assert worker.instance_id is None
+
+
+class _FlakyLogger(logging.Logger):
+    """A stdlib logger that starts raising once `sick` is set (its backend went down)."""
+
+    sick = False
+
+    def isEnabledFor(self, level: int) -> bool:
+        if self.sick:
+            raise RuntimeError("logging backend down")
+        return super().isEnabledFor(level)
+
+
+@pytest.mark.drops_log_lines
+async def test_a_logger_that_raises_does_not_fail_schedule_job(db: Any) -> None:
+    """guide.md, Logging: a line the logger cannot write is dropped (the job was inserted:
+    the caller got an error for a job that exists, and a retry added a second)."""
+    logger = _FlakyLogger("test.api_errors.flaky1")
+    logger.setLevel(logging.INFO)
+    processor = await make(db, JOBS, logger=logger)
+    logger.sick = True
+    try:
+        await processor.schedule_job("send-email")
+    finally:
+        logger.sick = False
+    assert len(await processor.list_jobs()) == 1
+
+
+@pytest.mark.drops_log_lines
+async def test_a_logger_that_raises_does_not_strand_a_running_job(db: Any) -> None:
+    """guide.md, Logging: 'logging never stops a worker's loops' (the job that succeeded was
+    errored: 'its worker lost track of the run')."""
+    from tests.helpers import wait_status
+
+    logger = _FlakyLogger("test.api_errors.flaky2")
+    logger.setLevel(logging.INFO)
+    worker = await make(db, JOBS, logger=logger)
+    producer = await make(db, JOBS)
+    async with worker:
+        logger.sick = True
+        try:
+            job = await producer.schedule_job("send-email")
+            done = await wait_status(producer, job.id, JobStatus.FINISHED, timeout=10)
+        finally:
+            logger.sick = False
+    assert done.status == JobStatus.FINISHED
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"change_streams": "false"}, "change_streams must be True or False"),
+        ({"strict_events": "no"}, "strict_events must be True or False"),
+        ({"worker_tags": [""]}, "worker_tags entries must be non-empty strings"),
+        ({"worker_tags": [None]}, "worker_tags entries must be non-empty strings"),
+        ({"worker_tags": ["main", 3]}, "worker_tags entries must be non-empty strings"),
+        ({"clock": "not-a-clock"}, "clock must have now"),
+        ({"instance_id": 42}, "instance_id must be a string or None"),
+        ({"collection_prefix": "jp\x00"}, "collection_prefix"),
+    ],
+)
+async def test_more_invalid_options_are_refused_before_any_write(
+    db: Any, kwargs: dict[str, Any], needle: str
+) -> None:
+    """Each named, with the fix, before anything is written (they were taken as true, turned
+    into the tag "None", or raised a raw AttributeError/TypeError/InvalidName after the
+    collections and indexes were made)."""
+    with pytest.raises(InvalidDefinitionError, match=needle):
+        await init_job_processor(db, **({"jobs": JOBS} | kwargs))
+    assert await db.list_collection_names() == []  # nothing half-written

@@ -76,11 +76,54 @@ MAX_SETTING_SECONDS = 365 * 24 * 3600
 
 def check_prefix(prefix: Any) -> str:
     """`collection_prefix`: the start of every collection's name."""
-    if not isinstance(prefix, str) or not prefix or "." in prefix or "$" in prefix:
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in ".$\x00"):
         raise InvalidDefinitionError(
-            f"collection_prefix {prefix!r} must be a non-empty string, without '.' or '$'"
+            f"collection_prefix {prefix!r} must be a non-empty string, without '.', '$' or "
+            "a NUL character"
         )
     return prefix
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """An on/off option: True or False ("false" read from the environment is not False)."""
+    if not isinstance(value, bool):
+        raise InvalidDefinitionError(
+            f"{name} must be True or False, got {value!r}"
+            + (
+                " (a string: convert it, e.g. value.lower() == 'true')"
+                if isinstance(value, str)
+                else ""
+            )
+        )
+    return value
+
+
+def check_worker_tags(tags: Any) -> list[str] | None:
+    """`worker_tags`: None (every job), or a non-empty list of non-empty strings."""
+    if tags is None:
+        return None
+    if isinstance(tags, str) or not isinstance(tags, list | tuple):
+        raise InvalidDefinitionError(f"worker_tags must be a list of strings or None, got {tags!r}")
+    if not tags:
+        raise InvalidDefinitionError(
+            "worker_tags=[] would run no job: pass None to run every job, or a list such as "
+            "['main']"
+        )
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise InvalidDefinitionError(
+                f"worker_tags entries must be non-empty strings (a job's tag is one), got "
+                f"{tag!r} in {list(tags)!r}"
+            )
+    return list(tags)
+
+
+def check_instance_id(instance_id: Any) -> str | None:
+    if instance_id is not None and not isinstance(instance_id, str):
+        raise InvalidDefinitionError(
+            f"instance_id must be a string or None (INSTANCE_ID is read then), got {instance_id!r}"
+        )
+    return instance_id
 
 
 def check_positive(name: str, value: float) -> float:
