@@ -282,7 +282,7 @@ def _progress_as_stored(progress: Any, now: dt.datetime) -> dict[str, Any]:
         )
     at = progress.get("at")
     try:
-        return N.progress_of(
+        stored = N.progress_of(
             progress["done"],
             progress.get("total"),
             progress.get("message"),
@@ -290,6 +290,9 @@ def _progress_as_stored(progress: Any, now: dt.datetime) -> dict[str, Any]:
         )
     except ValueError as exc:
         raise InvalidArgumentError(f"JobHarness progress=: {exc}") from None
+    if progress.get("cut") is True and stored.get("message"):
+        stored["cut"] = True  # a message report_progress cut, as read back
+    return stored
 
 
 def _check_abort_after(abort_after: Any) -> None:

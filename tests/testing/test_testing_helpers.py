@@ -539,3 +539,14 @@ async def test_run_until_idle_at_max_runs_does_not_count_a_job_waiting_on_a_depe
         assert [j.name for j in ran] == ["part"]
         assert (await processor.get_job(waiting.id)).status == JobStatus.WAITING
         assert await run_until_idle(processor) == []
+
+
+async def test_a_resumed_progress_keeps_the_cut_mark_report_progress_stored() -> None:
+    """A long message is stored cut with `cut: True` (readers mask a secret cut by its end);
+    handed back to JobHarness as the worker reads it back, the mark was dropped."""
+    from job_processor.core import notes as N
+
+    stored = N.progress_of(3, 10, "x" * 600, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    assert stored.get("cut") is True
+    harness = JobHarness({}, attempt=2, progress=stored)
+    assert harness.job.progress == stored, harness.job.progress

@@ -193,7 +193,8 @@ class JobsAdmin(AdminBase):
         actor: str | None = None,
     ) -> ActionResult:
         """Retry every job matching the filter (status errored by default, or killed), at most
-        `limit` (capped at 10,000), newest first. Action "jobs_retried"."""
+        `limit` (capped at 10,000), newest first (those without a creation time, bare inserts
+        of another program, after the dated ones, in no set order). Action "jobs_retried"."""
         self._no_empty_filter(name=name, tag=tag, key=key)
         query = self._query(name, status, tag, key, created_after, created_before)
         await self._check_name(query.name)
