@@ -1146,3 +1146,8 @@ async def test_the_overview_counts_a_crashed_worker_apart_from_the_alive(db: Any
     stat = stat[: stat.index("</a>")]
     assert re.search(r'stat-n">0<', stat), stat
     assert "1 crashed" in stat and "none dead" not in stat, stat
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        workers = await c.get("/workers")
+    row = workers.text[workers.text.index("runner-1") :]
+    row = row[: row.index("</tr>")]
+    assert ">crashed<" in row and "RuntimeError: boom" in row and ">alive<" not in row, row
