@@ -20,7 +20,7 @@ async def workers_list(args: argparse.Namespace) -> int:
             ",".join(w.tags) if w.tags else "any",
             len(w.running_jobs),
             ago(w.seconds_since_heartbeat) + " ago",
-            "yes" if w.alive else "NO",
+            ("CRASHED" if w.crashed else "yes") if w.alive else "NO",  # crashed: claims nothing
         ]
 
     headers = ["ID", "HOST", "PID", "INSTANCE", "TAGS", "RUNNING", "HEARTBEAT", "ALIVE"]

@@ -45,10 +45,12 @@ def ago(now: dt.datetime, then: dt.datetime | None) -> str:
 
 def show_status(found: ProcessorStatus) -> None:
     """The status as a person reads it: workers, the queue, counts by name, crons, warnings."""
-    alive = [w for w in found.workers if w.alive]
+    live = [w for w in found.workers if w.alive]
+    crashed = sum(1 for w in live if w.crashed)  # heartbeat on, claiming nothing
     print(
-        f"workers: {len(alive)} alive"
-        + (f", {len(found.workers) - len(alive)} silent" if len(alive) < len(found.workers) else "")
+        f"workers: {len(live) - crashed} alive"
+        + (f", {crashed} crashed" if crashed else "")
+        + (f", {len(found.workers) - len(live)} silent" if len(live) < len(found.workers) else "")
     )
     if found.workers:
         table(
@@ -62,7 +64,9 @@ def show_status(found: ProcessorStatus) -> None:
                     ",".join(w.tags) if w.tags else "any",
                     w.concurrency,
                     len(w.running_jobs),
-                    ago(found.now, w.last_seen) + ("" if w.alive else " (silent)"),
+                    ago(found.now, w.last_seen)
+                    + ("" if w.alive else " (silent)")
+                    + (" (crashed)" if w.alive and w.crashed else ""),
                 ]
                 for w in found.workers
             ],

@@ -851,3 +851,23 @@ def test_main_returning_leaves_sigterm_and_sigint_as_they_were() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.stdout.split() == ["2", "True", "True"], (done.stdout, done.stderr[-2000:])
+
+
+async def test_status_and_workers_list_say_a_crashed_worker_is_not_claiming(
+    db: Any, mongo_url: str
+) -> None:
+    """Its heartbeat goes on, its claim loop crashed: 'alive' in both read as 'claiming'."""
+    from job_processor.core import documents as D
+    from job_processor.storage import Storage
+
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs=JOBS)
+    crashed = D.new_worker(processor.clock.now(), None, "runner-1", 1, ["anywhere"], 30)
+    crashed["crashed"] = "RuntimeError: boom"
+    await Storage(db).workers.register(crashed)
+    status, workers = await asyncio.gather(cli(url, "status"), cli(url, "workers", "list"))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == "workers: 0 alive, 1 crashed", status.stdout
+    assert "(crashed)" in status.stdout
+    row = next(line for line in workers.stdout.splitlines() if "runner-1" in line)
+    assert row.split()[-1] == "CRASHED", workers.stdout
