@@ -334,8 +334,7 @@ async def in_memory_processor(
         jobs=jobs,
         crons=crons,
         clock=clock or FakeClock(),
-        change_streams=False,
-        **options,
+        **({"change_streams": False} | options),  # mongomock has no change streams
     )
     try:
         yield processor

@@ -550,3 +550,11 @@ async def test_a_resumed_progress_keeps_the_cut_mark_report_progress_stored() ->
     assert stored.get("cut") is True
     harness = JobHarness({}, attempt=2, progress=stored)
     assert harness.job.progress == stored, harness.job.progress
+
+
+async def test_in_memory_processor_takes_change_streams_false() -> None:
+    """Naming the option (a shared fixture's `change_streams=False`) raised a raw TypeError
+    ('got multiple values for keyword argument')."""
+    jobs = {"noop": JobDef(handler=reindex)}
+    async with in_memory_processor(jobs=jobs, change_streams=False) as processor:
+        assert processor.settings.change_streams is False
