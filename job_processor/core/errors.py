@@ -164,10 +164,16 @@ class DatabaseUnreachableError(JobProcessorError, ConnectionError):
     For a `schedule_jobs` batch of more than 1,000 jobs cut midway: `written` holds the jobs of
     the chunks already written, `failed_at` the index of the first item that may not be, and
     `remaining` those items as JobSpecs to schedule again, their `after` references to the
-    items written turned into those jobs' ids (indexes shifted to the rest)."""
+    items written turned into those jobs' ids (indexes shifted to the rest).
+
+    The call did not complete, which is not "nothing was written": a server that hung (rather
+    than went away) may still run a write it had received before the call gave up. For
+    `schedule_job`, `job_id` is the id its job would have: `get_job(error.job_id)` says whether
+    it was written (or schedule with a `key`, which a second call cannot duplicate)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        self.job_id: str | None = None
         self.written: list[Any] = []
         self.failed_at: int | None = None
         self.remaining: list[Any] = []

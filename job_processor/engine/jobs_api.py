@@ -205,7 +205,11 @@ class JobsAPI(JobWaits):
             # on no purge, delete, count or expiry takes them (then checked: they exist)
             await self.flows.mark(deps)
             await self.flows.check_exist(deps, name)
-        stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
+        try:
+            stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
+        except DatabaseUnreachableError as exc:
+            exc.job_id = str(doc["_id"])  # a hung server may still run the insert it received
+            raise
         registered = deps and stored["_id"] == doc["_id"] and stored["status"] == S.WAITING
         if registered and await self._register(deps, [doc["_id"]], {doc["_id"]: deps}):
             stored = (await self._as_now([stored]))[0]

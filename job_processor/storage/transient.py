@@ -178,7 +178,8 @@ class ProducerRetry:
                     )
                     raise DatabaseUnreachableError(
                         f"{what}; the call did not complete (producer_retry_seconds="
-                        f"{self.budget:g} sets how long producer calls wait)"
+                        f"{self.budget:g} sets how long producer calls wait; a write the "
+                        "server had already received may still be applied)"
                     ) from exc
                 retried = True
             if self.sync:

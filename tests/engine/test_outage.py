@@ -228,6 +228,45 @@ async def test_a_schedule_that_raised_unreachable_is_not_written_later(
             restarted.stop()
 
 
+async def test_a_schedule_that_raised_during_a_hung_server_names_the_job_it_may_have_written(
+    own_server: LocalServer,
+) -> None:
+    """A server that hangs (SIGSTOP: a frozen VM, a partition whose packets arrive later)
+    rather than goes away may run the insert it had received once it resumes, after the call
+    raised DatabaseUnreachableError: the error names the id that job would have, so the caller
+    can tell (producers.md, "Short outages")."""
+    import signal as signals
+
+    from job_processor import JobNotFoundError
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(own_server.url, tz_aware=True)
+    try:
+        producer = await init_job_processor(  # a producer only: nothing claims
+            client["app"], jobs={"n": JobDef(handler=never_runs)}, producer_retry_seconds=1.0
+        )
+        os.killpg(own_server.process.pid, signals.SIGSTOP)
+        try:
+            with pytest.raises(DatabaseUnreachableError, match="may still be applied") as err:
+                await producer.schedule_job("n", {"order": 42})
+        finally:
+            os.killpg(own_server.process.pid, signals.SIGCONT)
+        assert err.value.job_id is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3  # a buffered insert lands within ms of the resume
+        while loop.time() < deadline:
+            try:
+                found = await producer.get_job(err.value.job_id)
+                break
+            except JobNotFoundError:
+                await asyncio.sleep(0.1)
+        else:
+            found = None
+        ids = [str(d["_id"]) for d in await client["app"]["job_processor_jobs"].find().to_list()]
+        assert ids == ([] if found is None else [err.value.job_id]), ids  # that job, or none
+    finally:
+        await client.close()
+
+
 async def never_runs(job: Job, signal: AbortSignal) -> None:
     raise AssertionError("nothing claims here")
 
