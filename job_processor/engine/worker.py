@@ -130,7 +130,9 @@ class Worker:
         self.cron_followed: Callable[[str, CronDef], CronDef] = lambda name, cron: cron
         """A cron as every replica follows it (`CronScheduler.followed`): its check-ins."""
         self._limited_first = False
-        self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
+        self.lease_left: Callable[[], float] = lambda: settings.worker_timeout
+        """Set by the heartbeat: seconds until others may declare this worker dead."""
+        self.finals = FinalWrites(storage.jobs, settings.worker_timeout, lambda: self.lease_left())
         self.limiter = Limiter(storage, definitions, self.names, log)
         self.paused: frozenset[str] = frozenset()
         """Names paused by an operator (read by the heartbeat): left out of claims."""
@@ -544,6 +546,8 @@ class Worker:
         fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close(self.settings.worker_timeout) if run.notes else None
+        if not run.lost and not self.trusted():  # the lease ended while its notes settled,
+            self.abandon_all("heartbeat_stale")  # before the lease watch said so
         if run.lost:  # given up while its writes settled: nothing more is written for it
             self.log.warning("job_lost", **self._lost_reason(), **fields)
             return None

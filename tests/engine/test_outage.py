@@ -388,3 +388,61 @@ async def test_a_stop_during_an_outage_ends_with_the_lease_when_a_notes_write_wa
         f"the stop took {marks['stopped'] - marks['down']:.1f}s after the outage began, "
         f"{marks['stopped'] - marks['abandoned']:.1f}s after the run was given up"
     )
+
+
+async def test_a_final_write_under_way_when_the_lease_ends_does_not_land_after_the_give_up(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """guide.md: a worker whose last heartbeat is worker_timeout old gives its runs up and
+    writes nothing more for them; the recovery's outcome stands. A handler returns during an
+    outage; its final write is being ridden out when the lease ends; MongoDB comes back after
+    that: the write was retried for a whole worker_timeout from its own start and landed
+    (`job_finished` after `job_abandoned` and `worker_declared_dead`), where it now stops
+    with the lease (an outside review's finding, failing before its fix)."""
+    from job_processor.engine.worker import Worker
+
+    loop = asyncio.get_running_loop()
+    abandoned = asyncio.Event()
+    original_abandon = Worker.abandon_all
+
+    def abandon_all(self: Worker, why: str) -> None:
+        if self.runs:
+            loop.call_soon(abandoned.set)
+        original_abandon(self, why)
+
+    monkeypatch.setattr(Worker, "abandon_all", abandon_all)
+    started, down = asyncio.Event(), asyncio.Event()
+
+    async def handler(job: Job, signal: AbortSignal) -> str:
+        started.set()
+        await down.wait()
+        await asyncio.sleep(3)  # returns during the outage: the final write starts then
+        return "done"
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        own_server.url, tz_aware=True, serverSelectionTimeoutMS=2000
+    )
+    restarted = None
+    try:
+        processor = await init_job_processor(
+            client["outage"],
+            jobs={"h": JobDef(handler=handler)},
+            poll_interval=0.2,
+            heartbeat_interval=1.5,
+            worker_timeout=6.0,
+        )
+        async with processor:
+            job = await processor.schedule_job("h")
+            await asyncio.wait_for(started.wait(), 10)
+            own_server.stop()
+            down.set()
+            await asyncio.wait_for(abandoned.wait(), 15)  # the lease ended: runs given up
+            restarted = start_local_server(own_server.data_dir, port=own_server.port)
+            ended = await wait_status(
+                processor, job.id, JobStatus.FINISHED, JobStatus.ERRORED, timeout=30
+            )
+    finally:
+        await client.close()
+        if restarted is not None:
+            restarted.stop()
+    assert ended.status == JobStatus.ERRORED, "the run given up still wrote its outcome"
