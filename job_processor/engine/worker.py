@@ -546,8 +546,6 @@ class Worker:
         fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close(self.settings.worker_timeout) if run.notes else None
-        if not run.lost and not self.trusted():  # the lease ended while its notes settled,
-            self.abandon_all("heartbeat_stale")  # before the lease watch said so
         if run.lost:  # given up while its writes settled: nothing more is written for it
             self.log.warning("job_lost", **self._lost_reason(), **fields)
             return None
