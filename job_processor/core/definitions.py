@@ -113,6 +113,11 @@ class Backoff(Checked):
     max_seconds: float | None = Field(default=600, gt=0, le=_YEAR_S, allow_inf_nan=False)
     jitter: bool = True
 
+    @field_validator("base_seconds", "max_seconds", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any, info: Any) -> Any:
+        return not_a_bool(v, info)
+
 
 def not_a_bool(v: Any, info: Any) -> Any:
     """A number field given True or False (pydantic would read 1 or 0): refused."""

@@ -218,7 +218,7 @@ def _seconds(value: Any) -> float | None:
         return None
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # complex
+    except (TypeError, ValueError, OverflowError):  # complex; an int past a float's range
         return None
 
 
@@ -235,7 +235,7 @@ class RetryLater(JobProcessorError):
         if seconds is None or not 0 <= seconds <= MAX_RETRY_DELAY:  # NaN fails this too
             raise ValueError(
                 f"RetryLater(delay=...) must be a number of seconds from 0 to {MAX_RETRY_DELAY} "
-                f"(a year), got {delay!r}"
+                f"(a year), got {delay!r:.60}"
             )
         self.delay = seconds
         self.reason = reason

@@ -21,6 +21,7 @@ from ..core.abort import AbortSignal
 from ..core.definitions import HOOK_WHEN_MARK, JobDef
 from ..core.errors import InvalidPayloadError, field_errors
 from ..core.models import Job
+from ..core.notes import storable_text
 from ..core.outcome import Policy
 from ..core.retention import Retention
 from ..core.values import (
@@ -133,7 +134,8 @@ def describe_error(exc: BaseException) -> str:
         said = str(exc)
     except Exception:  # its __str__ raised (a user's bug): said as the traceback module says it
         said = "<exception str() failed>"
-    text = f"{type(exc).__name__}: {said}\n{''.join(shown.format())}"
+    # BSON holds UTF-8 only: a lone surrogate (a file name that is not UTF-8) as its escape
+    text = storable_text(f"{type(exc).__name__}: {said}\n{''.join(shown.format())}")
     if len(text) <= MAX_ERROR_CHARS:
         return text
     head = MAX_ERROR_CHARS // 3

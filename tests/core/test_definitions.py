@@ -378,3 +378,14 @@ def test_a_cron_whose_payload_model_refuses_an_empty_payload_is_refused() -> Non
         {"n": {"cron_string": "0 3 * * *", "handler": tick, "payload_model": Defaulted}}
     )
     assert ok["n"].payload_model is Defaulted
+
+
+@pytest.mark.parametrize("field", ["base_seconds", "max_seconds"])
+@pytest.mark.parametrize("value", [True, False])
+def test_backoff_refuses_a_bool_for_a_number_of_seconds(field: str, value: bool) -> None:
+    """As JobDef's and Limit's numbers do (`not_a_bool`): Backoff(base_seconds=True) silently
+    meant 1 s, and False was refused as 'greater than 0'."""
+    from job_processor import Backoff, JobProcessorError
+
+    with pytest.raises(JobProcessorError, match=rf"field '{field}': {field} must be a number"):
+        Backoff(**{field: value})

@@ -203,3 +203,13 @@ def test_retry_later_refuses_a_delay_that_cannot_be_scheduled(delay: Any) -> Non
         RetryLater(delay)
     assert RetryLater(0).delay == 0.0 and RetryLater(365 * 24 * 3600).delay == 31536000.0
     assert RetryLater(Decimal("1.5")).delay == 1.5 and RetryLater(Fraction(1, 4)).delay == 0.25
+
+
+@pytest.mark.parametrize("delay", [10**400, Fraction(10**400, 1), -(10**400)])
+def test_retry_later_refuses_a_huge_exact_number_with_its_value_error(delay: Any) -> None:
+    """float() of an int or Fraction past a float's range raised OverflowError: RetryLater says
+    what the documented ValueError says (0 to a year)."""
+    from job_processor import RetryLater
+
+    with pytest.raises(ValueError, match=r"RetryLater\(delay=\.\.\.\) must be a number of seconds"):
+        RetryLater(delay)

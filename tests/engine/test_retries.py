@@ -406,3 +406,44 @@ async def test_refusal_names_the_dedup_key_when_its_holder_ended_meanwhile(db: A
     assert "dedup key 'k'" in message, message
     assert "exclusive" not in message, message
     assert (await p.storage.jobs.get(ObjectId(holder.id)))["status"] == "killed"
+
+
+async def test_an_error_text_holding_a_lone_surrogate_still_retries(db: Any) -> None:
+    """A non-UTF-8 file name (os.listdir's surrogateescape) in an exception's message: an
+    ordinary failed attempt, retried at its backoff time, its text kept (BSON refused the
+    final write, so the job errored for good with 'could not record the run's outcome')."""
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+    calls = 0
+
+    async def parse(job: Job, signal: AbortSignal) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError(f"cannot parse {name}")
+        return "parsed"
+
+    processor = await make(db, {"parse": JobDef(handler=parse, max_attempts=2, backoff=QUICK)})
+    async with processor:
+        job = await processor.schedule_job("parse")
+        done = await wait_status(processor, job.id, S.FINISHED, S.ERRORED)
+    assert done.status == S.FINISHED, done.error
+    assert done.failures == 1 and calls == 2
+    assert (done.history[0]["error"] or "").startswith("ValueError: cannot parse report-\\udcff")
+
+
+async def test_retry_later_with_a_lone_surrogate_in_its_reason_retries(db: Any) -> None:
+    name = b"host-\xff".decode("utf-8", "surrogateescape")
+    calls = 0
+
+    async def fetch(job: Job, signal: AbortSignal) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryLater(0.1, f"{name} is busy")
+        return "fetched"
+
+    processor = await make(db, {"fetch": JobDef(handler=fetch, max_attempts=2, backoff=QUICK)})
+    async with processor:
+        job = await processor.schedule_job("fetch")
+        done = await wait_status(processor, job.id, S.FINISHED, S.ERRORED)
+    assert done.status == S.FINISHED, done.error
