@@ -36,6 +36,7 @@ from ..core.values import (
     why_unstorable,
 )
 from ..storage.jobs import MAX_VALUE_BYTES
+from ..storage.transient import WriteStop
 from . import threads as threads_module
 from .threads import USER_THREADS
 
@@ -60,6 +61,8 @@ class Run:
     """What else the run holds (a delivery's event payload): its secrets are hidden in logs."""
     given_up: asyncio.Event = field(default_factory=asyncio.Event)
     """Set with `lost`: ends a shutdown grace under way (another worker may run it now)."""
+    writes_stop: WriteStop = field(default_factory=WriteStop)
+    """Set with `lost`: its final write's try under way is cut short, none follows."""
     still_running: asyncio.Future[Any] | None = None
     """Set when the run ended with its handler still going (a plain def's thread given up,
     an async handler that swallowed its cancellation): done once it returns. Its limit slot
@@ -71,6 +74,7 @@ class Run:
         """This process no longer owns the job: write nothing more, stop the handler now."""
         self.lost = True
         self.given_up.set()
+        self.writes_stop.set()
 
 
 def eligible_names(definitions: Mapping[str, JobDef], worker_tags: list[str] | None) -> list[str]:

@@ -10,20 +10,14 @@ nothing about who wins a race (see `JobStore.end_runs`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from ..storage.jobs import EndItem, EndWrite, JobStore
 
 
 class FinalWrites:
-    def __init__(
-        self, jobs: JobStore, budget: float, lease_left: Callable[[], float] | None = None
-    ) -> None:
+    def __init__(self, jobs: JobStore, budget: float) -> None:
         self.jobs = jobs
         self.budget = budget
-        self.lease_left = lease_left
-        """Seconds until other workers may recover this worker's runs: no write is retried
-        past them (one the recovery's outcome would meet, or land after)."""
         self._queue: list[tuple[EndItem, asyncio.Future[EndWrite]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._inline = False
@@ -43,7 +37,7 @@ class FinalWrites:
             self._inline = True
             self.flushes += 1
             try:
-                (result,) = await self.jobs.end_runs([item], self._budget())
+                (result,) = await self.jobs.end_runs([item], self.budget)
             finally:
                 self._inline = False
                 if self._queue:  # queued meanwhile: flushed together now
@@ -57,20 +51,13 @@ class FinalWrites:
             self._flusher = asyncio.create_task(self._flush(), name="final-writes")
         return await asyncio.shield(future)
 
-    def _budget(self) -> float:
-        """How long a write may be retried: `budget`, and no longer than the lease (at least
-        one try: a write is only made while the registration is trusted)."""
-        if self.lease_left is None:
-            return self.budget
-        return min(self.budget, max(self.lease_left(), 0.001))
-
     async def _flush(self) -> None:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
                 self.flushes += 1
                 try:
-                    results = await self.jobs.end_runs([item for item, _ in batch], self._budget())
+                    results = await self.jobs.end_runs([item for item, _ in batch], self.budget)
                 except Exception as exc:  # transient, past the budget: each caller decides
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):

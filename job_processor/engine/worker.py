@@ -130,9 +130,7 @@ class Worker:
         self.cron_followed: Callable[[str, CronDef], CronDef] = lambda name, cron: cron
         """A cron as every replica follows it (`CronScheduler.followed`): its check-ins."""
         self._limited_first = False
-        self.lease_left: Callable[[], float] = lambda: settings.worker_timeout
-        """Set by the heartbeat: seconds until others may declare this worker dead."""
-        self.finals = FinalWrites(storage.jobs, settings.worker_timeout, lambda: self.lease_left())
+        self.finals = FinalWrites(storage.jobs, settings.worker_timeout)
         self.limiter = Limiter(storage, definitions, self.names, log)
         self.paused: frozenset[str] = frozenset()
         """Names paused by an operator (read by the heartbeat): left out of claims."""
@@ -546,19 +544,30 @@ class Worker:
         fields = self._fields(run.doc)
         policy = policy_of(run.definition, run.doc, self.settings.retention)
         notes = await run.notes.close(self.settings.worker_timeout) if run.notes else None
-        if run.lost:  # given up while its writes settled: nothing more is written for it
-            self.log.warning("job_lost", **self._lost_reason(), **fields)
-            return None
         written = None
         for _ in range(4):  # at most: unrecordable, without its notes, a kill requested meanwhile
+            if run.lost:  # given up (its lease ended) while its writes settled: nothing more
+                self.log.warning("job_lost", **self._lost_reason(), **fields)  # is sent for it
+                return None
             now = self.clock.now()
             outcome = decide(run.doc, policy, end, now)
             try:
                 written = await self.finals.write(
-                    EndItem(run.doc, outcome, now, self.worker_id, duration_ms, notes),
+                    EndItem(
+                        run.doc,
+                        outcome,
+                        now,
+                        self.worker_id,
+                        duration_ms,
+                        notes,
+                        stop=run.writes_stop,  # no try once the run is given up
+                    ),
                     alone=len(self.runs) <= 1,
                 )
             except TRANSIENT as exc:  # unreachable past worker_timeout: recovery takes it
+                if run.lost:  # its retries stopped when the lease ended
+                    self.log.warning("job_lost", **self._lost_reason(), **fields)
+                    return None
                 run.give_up()
                 self.log.error(
                     "job_status_write_failed",

@@ -44,7 +44,7 @@ from .job_hooks import HookRecords
 from .job_inserts import JobInserts
 from .job_reads import JobReads
 from .job_strays import TYPE_MISMATCH, ForeignJobs
-from .transient import TRANSIENT, ride_out
+from .transient import TRANSIENT, WriteStop, ride_out
 
 #: A claim that raised one of these may have landed: read back by its run id.
 MAY_HAVE_LANDED: tuple[type[BaseException], ...] = (*TRANSIENT, WriteConcernError)
@@ -145,6 +145,7 @@ class EndItem:
     duration_ms: int | None = None
     notes: Doc | None = None
     """The run's pending progress and log lines, written with it."""
+    stop: WriteStop | None = None  # set when the writer gives the run up: no try after it
 
 
 @dataclass(frozen=True)
@@ -382,18 +383,18 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         duration_ms: int | None = None,
         end_id: str | None = None,
         notes: Doc | None = None,
+        stop: WriteStop | None = None,
     ) -> EndWrite:
         """Running -> outcome.status, only if this run still owns the job (and, for outcomes a
-        kill overrides, no kill was requested). Transient errors are retried within `budget`;
-        a write whose reply was lost is recognised by its `end_id` (given when retrying a write
-        that may have landed)."""
+        kill overrides, no kill was requested). Transient errors are retried within `budget`
+        (until `stop` is set); a lost reply is recognised by `end_id` (of a retried write)."""
         written = await self._end_run(
-            claimed, outcome, now, writer, budget, duration_ms, end_id, notes
+            claimed, outcome, now, writer, budget, duration_ms, end_id, notes, stop
         )
         if written.dependents:  # scheduled after it since its claim: write again, knowing it
             claimed = claimed | {"has_dependents": True}
             written = await self._end_run(
-                claimed, outcome, now, writer, budget, duration_ms, None, notes
+                claimed, outcome, now, writer, budget, duration_ms, None, notes, stop
             )
         return written
 
@@ -407,6 +408,7 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         duration_ms: int | None,
         end_id: str | None,
         notes: Doc | None,
+        stop: WriteStop | None = None,
     ) -> EndWrite:
         end_id = end_id or D.new_id()
         query = D.end_filter(claimed, outcome)
@@ -423,9 +425,10 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
 
         # no document comes back: the job after the write is computed here (one write, a
         # small reply); only a write that did not apply reads the job to tell why
-        if await ride_out(once, budget):
+        stops = (stop,) if stop else ()
+        if await ride_out(once, budget, stops=stops):
             return EndWrite(D.applied(claimed, update))
-        current = await ride_out(lambda: self.get(claimed["_id"]), budget)
+        current = await ride_out(lambda: self.get(claimed["_id"]), budget, stops=stops)
         return self._resolve(claimed, current, end_id, query)
 
     async def end_runs(self, items: list[EndItem], budget: float) -> list[EndWrite | Exception]:
@@ -436,6 +439,8 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         gets the error."""
         if len(items) == 1 or not self.profile.bulk_ok:
             return [await self._end_one(item, budget) for item in items]
+        stops = [i.stop for i in items if i.stop]  # sent while one writer still owns its run
+        stops = stops if len(stops) == len(items) else []  # (none for a writer without one)
         end_ids = [D.new_id() for _ in items]
         built = [
             (
@@ -456,7 +461,9 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         ]
         ops = [UpdateOne(q, u) for q, u in built]
         try:
-            res = await ride_out(lambda: self.coll.bulk_write(ops, ordered=False), budget)
+            res = await ride_out(
+                lambda: self.coll.bulk_write(ops, ordered=False), budget, stops=stops
+            )
         except TRANSIENT:
             raise
         except Exception:  # some writes may have landed (unordered): the same end ids tell
@@ -469,7 +476,8 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
                 EndWrite(D.applied(i.claimed, u)) for i, (_, u) in zip(items, built, strict=True)
             ]
         ids = [i.claimed["_id"] for i in items]
-        current = {d["_id"]: d for d in await ride_out(lambda: self.get_many(ids), budget)}
+        got = await ride_out(lambda: self.get_many(ids), budget, stops=stops)
+        current = {d["_id"]: d for d in got}
         out: list[EndWrite | Exception] = []
         for item, end_id, (query, _) in zip(items, end_ids, built, strict=True):
             written = self._resolve(item.claimed, current.get(item.claimed["_id"]), end_id, query)
@@ -496,6 +504,7 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
                 duration_ms=item.duration_ms,
                 end_id=end_id,
                 notes=item.notes,
+                stop=item.stop,
             )
         except Exception as exc:
             return exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import pymongo
@@ -35,17 +35,49 @@ TRANSIENT: tuple[type[BaseException], ...] = (AutoReconnect, ConnectionFailure, 
 RIDDEN_OUT: tuple[type[BaseException], ...] = (*TRANSIENT, OperationFailure)
 
 
+class GivenUp(AutoReconnect):
+    """Nothing more is sent: the writer no longer owns what it was writing (its `WriteStop`
+    was set: a worker gave its run up at the end of its lease). An outage's error too, as
+    callers treat it."""
+
+
+class WriteStop:
+    """Set when a writer no longer owns what it writes (a worker's run given up at the end of
+    its lease): the `ride_out` attempt under way is cut short (its timeout fires at once: a
+    command still in server selection is never sent) and none follows."""
+
+    __slots__ = ("_attempts", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._attempts: set[asyncio.Timeout] = set()
+
+    def set(self) -> None:
+        self.is_set = True
+        for attempt in list(self._attempts):
+            attempt.reschedule(asyncio.get_running_loop().time())
+
+
+def _stopped(stops: Sequence[WriteStop]) -> bool:
+    """Every writer of a write gave up (a batch goes on while one still owns its run)."""
+    return bool(stops) and all(s.is_set for s in stops)
+
+
 async def ride_out(
     op: Callable[[], Awaitable[T]],
     budget: float,
     *,
     on_retry: Callable[[BaseException, int], Awaitable[None] | None] | None = None,
+    stops: Sequence[WriteStop] = (),
 ) -> T:
     """Run `op()`; on a transient error (`is_transient`: a server error labelled
     `RetryableWriteError` too, as a failover answers), again after 0.1 s, 0.2 s, ... (at most
     2 s apart), until `budget` seconds have passed; then the last error, as one of `TRANSIENT`
     (a labelled server error as an AutoReconnect saying it), which callers treat as an outage.
-    Each attempt is itself bounded by what remains."""
+    Each attempt is itself bounded by what remains. `stops`: once all are set, the attempt
+    under way is cut short and no other is sent (GivenUp)."""
+    if _stopped(stops):
+        raise GivenUp("given up: nothing more is sent")
     if budget <= 0:  # one attempt (also what code driven without an event loop asks for)
         return await op()
     loop = asyncio.get_running_loop()
@@ -54,11 +86,21 @@ async def ride_out(
     attempt = 0
     while True:
         attempt += 1
+        if _stopped(stops):
+            raise GivenUp("given up: nothing more is sent")
         remaining = deadline - loop.time()
         try:
-            async with asyncio.timeout(max(remaining, 0.5)):
-                return await op()
+            async with asyncio.timeout(max(remaining, 0.5)) as bound:
+                for stop in stops:
+                    stop._attempts.add(bound)
+                try:
+                    return await op()
+                finally:
+                    for stop in stops:
+                        stop._attempts.discard(bound)
         except RIDDEN_OUT as exc:
+            if _stopped(stops):  # cut short: the writer gave up
+                raise GivenUp("given up: nothing more is sent") from exc
             if not is_transient(exc):
                 raise
             if loop.time() + delay >= deadline:

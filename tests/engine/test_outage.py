@@ -397,8 +397,9 @@ async def test_a_final_write_under_way_when_the_lease_ends_does_not_land_after_t
     writes nothing more for them; the recovery's outcome stands. A handler returns during an
     outage; its final write is being ridden out when the lease ends; MongoDB comes back after
     that: the write was retried for a whole worker_timeout from its own start and landed
-    (`job_finished` after `job_abandoned` and `worker_declared_dead`), where it now stops
-    with the lease (an outside review's finding, failing before its fix)."""
+    (`job_finished` after `job_abandoned` and `worker_declared_dead`); its try under way, in
+    server selection, is now cut short when the run is given up (an outside review's finding,
+    failing before its fix)."""
     from job_processor.engine.worker import Worker
 
     loop = asyncio.get_running_loop()

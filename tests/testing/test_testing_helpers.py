@@ -558,3 +558,49 @@ async def test_in_memory_processor_takes_change_streams_false() -> None:
     jobs = {"noop": JobDef(handler=reindex)}
     async with in_memory_processor(jobs=jobs, change_streams=False) as processor:
         assert processor.settings.change_streams is False
+
+
+async def test_run_until_idle_rides_out_a_transient_blip_of_a_final_write_after_a_clock_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A final write is retried on a transient error. run_until_idle runs no heartbeat loop
+    and moves the FakeClock past worker_timeout: a retry bounded by the lease got one try, and
+    a single blip lost the run's outcome (the job left running)."""
+    from pymongo.errors import AutoReconnect
+
+    from job_processor.storage.jobs import JobStore
+
+    failed: list[int] = []
+    original = JobStore._end_run
+
+    async def blip(self: Any, *args: Any, **kwargs: Any) -> Any:
+        coll = self.coll
+
+        class Once:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(coll, name)
+
+            async def update_one(self, *a: Any, **k: Any) -> Any:
+                if not failed:
+                    failed.append(1)
+                    raise AutoReconnect("connection reset (one blip)")
+                return await coll.update_one(*a, **k)
+
+        self.coll = Once()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            self.coll = coll
+
+    monkeypatch.setattr(JobStore, "_end_run", blip)
+
+    async def handler(job: Job, signal: AbortSignal) -> str:
+        return "done"
+
+    async with in_memory_processor({"h": JobDef(handler=handler)}) as processor:
+        job = await processor.schedule_job("h", delay=3600)  # run_until_idle moves 1 h
+        ran = await run_until_idle(processor)
+        after = await processor.get_job(job.id)
+    assert failed, "the blip was not injected"
+    assert after.status == JobStatus.FINISHED, f"the run's outcome was lost: {after.status}"
+    assert [r.status for r in ran] == [JobStatus.FINISHED]
