@@ -55,7 +55,8 @@ class WriteStop:
     def set(self) -> None:
         self.is_set = True
         for attempt in list(self._attempts):
-            attempt.reschedule(asyncio.get_running_loop().time())
+            if not attempt.expired():  # its own timeout fired already: cut short anyway
+                attempt.reschedule(asyncio.get_running_loop().time())
 
 
 def _stopped(stops: Sequence[WriteStop]) -> bool:

@@ -192,3 +192,35 @@ async def test_no_final_write_is_sent_after_the_lease_ended_and_the_run_was_give
     assert abandoned_at, "the lease did not end"
     late = [s - abandoned_at[0] for s in sent if s > abandoned_at[0]]
     assert not late, f"a final write was sent {late}s after the run was given up ({after.status})"
+
+
+async def test_a_run_given_up_as_its_tries_own_timeout_fires_is_given_up_without_raising() -> None:
+    """The lease ends (run.give_up() -> WriteStop.set()) in the loop turn in which the try's
+    own timeout fired (its Timeout expiring, the task not yet resumed): set() raised
+    RuntimeError, and abandon_all stopped half-way (later runs never given up)."""
+    from job_processor.storage.transient import GivenUp, WriteStop, ride_out
+
+    loop = asyncio.get_running_loop()
+    stop = WriteStop()
+    fired = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def hang() -> None:
+        (bound,) = stop._attempts
+
+        def lease_ends() -> None:
+            try:
+                stop.set()
+            except BaseException as exc:
+                errors.append(exc)
+            fired.set()
+
+        when = bound.when()
+        assert when is not None
+        loop.call_at(when, lease_ends)  # due with the try's own timeout
+        await asyncio.sleep(10)
+
+    with pytest.raises(GivenUp):
+        await ride_out(hang, 0.01, stops=(stop,))
+    assert fired.is_set()
+    assert errors == []

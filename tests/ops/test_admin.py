@@ -1155,3 +1155,19 @@ async def test_retry_many_retries_a_job_with_a_text_created_at_past_a_full_page(
     result = await admin.retry_many(name="email", status="killed")
     left = [d["_id"] async for d in storage.jobs.coll.find({"name": "email", "status": "killed"})]
     assert left == [] and len(result.changed) == 501, (len(result.changed), left, result.skipped)
+
+
+async def test_an_actor_with_a_lone_surrogate_is_audited_with_its_escape(env: Any) -> None:
+    """`--actor` from argv, or getpass.getuser() from $USER: a non-UTF-8 byte arrives as a
+    lone surrogate. The kill was applied, then bson refused the audit record (a raw
+    UnicodeEncodeError, no record of a done action); an actor that is not text is refused
+    before anything is done."""
+    admin, storage, _ = env
+    pending = str((await add(storage))["_id"])
+    with pytest.raises(InvalidArgumentError, match="actor must be text"):
+        await admin.kill(pending, actor=42)  # type: ignore[arg-type]
+    assert (await admin.get_job(pending)).status == S.PENDING
+    result = await admin.kill(pending, actor="bob\udcff")
+    assert result.changed == [pending]
+    entries = await storage.audit.recent()
+    assert entries[0]["action"] == "jobs_killed" and entries[0]["actor"] == "bob\\udcff"

@@ -24,6 +24,7 @@ from ...core.errors import (
 from ...core.log import EventLog, make_log
 from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
 from ...core.models import NOT_A_DOCUMENT, Job
+from ...core.notes import storable_text
 from ...core.status import JobStatus, parse_status
 from ...storage import JobQuery, Storage
 from ...storage.audit import entry_id as audit_entry_id
@@ -282,7 +283,13 @@ class AdminBase:
         )
 
     def _result(self, action: str, actor: str | None) -> ActionResult:
-        return ActionResult(action=action, actor=actor or self.actor, at=self.clock.now())
+        """Made before the action acts: an actor that is not text is refused then; one that
+        holds a lone surrogate (a non-UTF-8 byte of $USER or argv) is kept as its escape, so
+        the audit record of a done action is written."""
+        who = actor or self.actor
+        if not isinstance(who, str):
+            raise InvalidArgumentError(f"actor must be text, got {who!r:.60}")
+        return ActionResult(action=action, actor=storable_text(who), at=self.clock.now())
 
     async def _exclusive(self, name: str) -> bool:
         for doc in (
