@@ -37,7 +37,7 @@ from bson import ObjectId
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.clock import Clock, as_utc
-from ..core.definitions import Backoff
+from ..core.definitions import Backoff, check_event_name
 from ..core.errors import (
     InvalidArgumentError,
     InvalidDefinitionError,
@@ -255,6 +255,7 @@ def _check_events(events: Any) -> list[str]:
     for e in events:
         if not isinstance(e, str) or not e.strip():
             raise InvalidArgumentError(f"events must be non-empty strings, got {e!r}")
+        check_event_name(e)  # a name emit refuses ('|') could never be delivered
     return list(dict.fromkeys(events))
 
 

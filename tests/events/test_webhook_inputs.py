@@ -221,3 +221,17 @@ async def test_an_endpoint_is_made_unsigned_again_by_secret_ref_none(
     updated = await p.webhooks.update(ep.id, secret_ref=None, description=None)
     assert (updated.secret_ref, updated.description) == (None, None)
     assert (await p.webhooks.get(ep.id)).secret_ref is None
+
+
+async def test_endpoint_events_refuse_a_name_no_emit_can_carry(db: Any) -> None:
+    """emit refuses an event name holding '|', so an endpoint listening to one could never
+    receive anything (it was stored, listed enabled, and named among the known events)."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError):
+        await p.emit("order|placed", {})
+    with pytest.raises(InvalidArgumentError, match=r"\|"):
+        await p.webhooks.add(url="https://example.com/hooks", events=["order|placed"])
+    ep = await p.webhooks.add(url="https://example.com/hooks", events=["order_placed"])
+    with pytest.raises(InvalidArgumentError, match=r"\|"):
+        await p.webhooks.update(ep.id, events=["order|placed"])
+    assert (await p.webhooks.get(ep.id)).events == ["order_placed"]
