@@ -207,19 +207,23 @@ async def test_masked_limit_keys_of_every_shape_on_the_overview_and_a_job(db: An
     )
     iban = "DE89370400440532013000"
     app = create_dashboard(p, auth=AUTH, sensitive_fields=masked)
-    async with old, p, client(app) as c:
-        await old.schedule_job("pay", {"iban": iban})  # the old version's, holding its slot
-        jobs = [
-            await p.schedule_job("pay", {"iban": iban}),
-            await p.schedule_job("card", {"pin": "042"}),
-            await p.schedule_job("acct", {"account_no": 12345678.0}),
-            await p.schedule_job("refresh", {"tenant_id": "acme"}),
-        ]
-        await wait_until(lambda: len(old.running) == 1 and len(p.running) == 4)
-        pages = [await c.get("/"), await c.get("/api/overview")]
-        keys = [(await c.get(f"/api/jobs/{j.id}")).json()["limit_key"] for j in jobs]
-        old.release.set()
-        p.release.set()
+    async with old:
+        # the old version's, holding its slot (taken before the new version starts: either
+        # could claim a "pay" job, and the new one ran both while its "refresh" waited)
+        await old.schedule_job("pay", {"iban": iban})
+        await wait_until(lambda: len(old.running) == 1)
+        async with p, client(app) as c:
+            jobs = [
+                await p.schedule_job("pay", {"iban": iban}),
+                await p.schedule_job("card", {"pin": "042"}),
+                await p.schedule_job("acct", {"account_no": 12345678.0}),
+                await p.schedule_job("refresh", {"tenant_id": "acme"}),
+            ]
+            await wait_until(lambda: len(old.running) == 1 and len(p.running) == 4)
+            pages = [await c.get("/"), await c.get("/api/overview")]
+            keys = [(await c.get(f"/api/jobs/{j.id}")).json()["limit_key"] for j in jobs]
+            old.release.set()
+            p.release.set()
     assert [r.status_code for r in pages] == [200, 200]
     for page in pages:
         assert iban not in page.text and "card:042" not in page.text
