@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,6 +147,14 @@ async def stuck_cron_warning(storage: Storage, name: str, recent: list[Doc]) -> 
             f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
             f"{stuck['_id']}, running since {stuck.get('run_started_at')}: a long run or "
             "a hung one; give the cron a max_runtime_in_minutes, or kill that job"
+        )
+    holder = str(stuck.get("name"))
+    if holder in await storage.paused.names():  # read only when stuck: a rare path
+        return (
+            f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
+            f"{stuck['_id']} which is {stuck['status']} because {holder!r} is paused: "
+            f"nothing runs; resume it (job-processor names resume {shlex.quote(holder)}) or "
+            "kill that job"
         )
     return (
         f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "

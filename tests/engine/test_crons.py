@@ -724,3 +724,28 @@ async def test_scheduling_a_cron_name_as_a_job_says_it_is_a_cron(db: Any) -> Non
             InvalidArgumentError, match=r"'daily' is a cron, not a job: .*trigger_cron\('daily'\)"
         ):
             await call("daily", {})
+
+
+async def test_stuck_exclusive_cron_of_a_paused_name_says_resume_not_serve_its_tag(
+    db: Any,
+) -> None:
+    """An exclusive cron whose name is paused (`names pause`): its task stays pending and the
+    next slots skip behind it. A live worker serves its tag; what unblocks it is a resume
+    (the warning sent the operator to start a worker for the tag)."""
+    clock = FakeClock(T0)
+    crons = {
+        "report": {
+            "cron_string": "* * * * * *",
+            "handler": tick,
+            "concurrency": "exclusive",
+            "checkin_margin": 1,
+        }
+    }
+    processor = await make(db, crons, clock=clock)
+    await Admin(db, clock=clock).pause("report")
+    async with processor:
+        status = await three_skips(processor, clock, "pending")
+    assert not [w for w in status.warnings if "no live worker can run it" in w]  # served
+    (stuck,) = [w for w in status.warnings if "skipped behind" in w]
+    assert "start a worker that serves its tag" not in stuck, stuck
+    assert "job-processor names resume report" in stuck, stuck
