@@ -54,3 +54,30 @@ class CommandNames(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+def final_write_updates(monkeypatch: Any, update_one: Any) -> None:
+    """A run's final write (`JobStore._end_run`) sends its `update_one` through
+    `update_one(coll, *args, **kwargs)` (to fail it, time it, ...); the rest of the
+    collection as it is."""
+    from job_processor.storage.jobs import JobStore
+
+    original = JobStore._end_run
+
+    async def end_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        coll = self.coll
+
+        class Wrapped:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(coll, name)
+
+            async def update_one(self, *a: Any, **k: Any) -> Any:
+                return await update_one(coll, *a, **k)
+
+        self.coll = Wrapped()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            self.coll = coll
+
+    monkeypatch.setattr(JobStore, "_end_run", end_run)

@@ -14,6 +14,7 @@ from job_processor import JobDef, JobStatus, init_job_processor
 from job_processor.engine.worker import Worker
 from job_processor.storage.jobs import JobStore
 from job_processor.storage.workers import WorkerStore
+from tests.helpers import final_write_updates
 
 
 async def test_a_final_write_started_late_in_the_lease_rides_out_a_blip_once_the_lease_is_renewed(
@@ -33,30 +34,16 @@ async def test_a_final_write_started_late_in_the_lease_rides_out_a_blip_once_the
 
     monkeypatch.setattr(WorkerStore, "beat", beat)
     window: list[float] = []
-    original_end = JobStore._end_run
 
-    async def end_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        coll = self.coll
+    async def failover(coll: Any, *a: Any, **k: Any) -> Any:
+        if not window:
+            window.append(loop.time() + 1.5)  # writes fail for 1.5 s from the first
+            beats_ok.set()  # and the slow heartbeat lands: the lease is renewed
+        if loop.time() < window[0]:
+            raise AutoReconnect("not primary (an election)")
+        return await coll.update_one(*a, **k)
 
-        class Failover:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(coll, name)
-
-            async def update_one(self, *a: Any, **k: Any) -> Any:
-                if not window:
-                    window.append(loop.time() + 1.5)  # writes fail for 1.5 s from the first
-                    beats_ok.set()  # and the slow heartbeat lands: the lease is renewed
-                if loop.time() < window[0]:
-                    raise AutoReconnect("not primary (an election)")
-                return await coll.update_one(*a, **k)
-
-        self.coll = Failover()
-        try:
-            return await original_end(self, *args, **kwargs)
-        finally:
-            self.coll = coll
-
-    monkeypatch.setattr(JobStore, "_end_run", end_run)
+    final_write_updates(monkeypatch, failover)
 
     async def handler(job: Any, signal: Any) -> str:
         await finish.wait()
@@ -117,38 +104,25 @@ async def test_no_final_write_is_sent_after_the_lease_ended_and_the_run_was_give
     monkeypatch.setattr(Worker, "abandon_all", abandon_all)
     t: dict[str, float] = {}
     sent: list[float] = []
-    original_end, original_get = JobStore._end_run, JobStore.get
+    original_get = JobStore.get
 
     async def get(self: Any, *args: Any, **kwargs: Any) -> Any:
         if "read_until" in t and loop.time() < t["read_until"]:
             raise AutoReconnect("no answer")
         return await original_get(self, *args, **kwargs)
 
-    async def end_run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        coll = self.coll
+    async def flaky(coll: Any, *a: Any, **k: Any) -> Any:
+        if "t0" not in t:
+            t["t0"] = loop.time()
+            t["lease_end"] = loop.time() + processor.heartbeat.lease_left()
+        if loop.time() < t["t0"] + 1.5:
+            raise AutoReconnect("no answer")
+        sent.append(loop.time())
+        if len(sent) == 1:  # the read that follows fails until past the lease
+            t["read_until"] = t["lease_end"] + 0.3
+        return await coll.update_one(*a, **k)
 
-        class Flaky:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(coll, name)
-
-            async def update_one(self, *a: Any, **k: Any) -> Any:
-                if "t0" not in t:
-                    t["t0"] = loop.time()
-                    t["lease_end"] = loop.time() + processor.heartbeat.lease_left()
-                if loop.time() < t["t0"] + 1.5:
-                    raise AutoReconnect("no answer")
-                sent.append(loop.time())
-                if len(sent) == 1:  # the read that follows fails until past the lease
-                    t["read_until"] = t["lease_end"] + 0.3
-                return await coll.update_one(*a, **k)
-
-        self.coll = Flaky()
-        try:
-            return await original_end(self, *args, **kwargs)
-        finally:
-            self.coll = coll
-
-    monkeypatch.setattr(JobStore, "_end_run", end_run)
+    final_write_updates(monkeypatch, flaky)
     monkeypatch.setattr(JobStore, "get", get)
 
     async def handler(job: Any, signal: Any) -> str:

@@ -568,31 +568,17 @@ async def test_run_until_idle_rides_out_a_transient_blip_of_a_final_write_after_
     a single blip lost the run's outcome (the job left running)."""
     from pymongo.errors import AutoReconnect
 
-    from job_processor.storage.jobs import JobStore
+    from tests.helpers import final_write_updates
 
     failed: list[int] = []
-    original = JobStore._end_run
 
-    async def blip(self: Any, *args: Any, **kwargs: Any) -> Any:
-        coll = self.coll
+    async def blip(coll: Any, *a: Any, **k: Any) -> Any:
+        if not failed:
+            failed.append(1)
+            raise AutoReconnect("connection reset (one blip)")
+        return await coll.update_one(*a, **k)
 
-        class Once:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(coll, name)
-
-            async def update_one(self, *a: Any, **k: Any) -> Any:
-                if not failed:
-                    failed.append(1)
-                    raise AutoReconnect("connection reset (one blip)")
-                return await coll.update_one(*a, **k)
-
-        self.coll = Once()
-        try:
-            return await original(self, *args, **kwargs)
-        finally:
-            self.coll = coll
-
-    monkeypatch.setattr(JobStore, "_end_run", blip)
+    final_write_updates(monkeypatch, blip)
 
     async def handler(job: Job, signal: AbortSignal) -> str:
         return "done"
