@@ -14,7 +14,17 @@ from job_processor import JobDef, JobStatus, init_job_processor
 from job_processor.engine.worker import Worker
 from job_processor.storage.jobs import JobStore
 from job_processor.storage.workers import WorkerStore
-from tests.helpers import final_write_updates
+from tests.helpers import final_write_updates, wait_for, wait_status
+
+
+async def running_with_lease_below(processor: Any, hold: asyncio.Event, seconds: float) -> Any:
+    """Schedule an "h" job; once it runs, `hold` the heartbeats until the worker's lease has
+    less than `seconds` left."""
+    job = await processor.schedule_job("h")
+    await wait_status(processor, job.id, JobStatus.RUNNING, timeout=10)
+    hold.set()
+    await wait_for(lambda: processor.heartbeat.lease_left() <= seconds, timeout=10)
+    return job
 
 
 async def test_a_final_write_started_late_in_the_lease_rides_out_a_blip_once_the_lease_is_renewed(
@@ -57,15 +67,7 @@ async def test_a_final_write_started_late_in_the_lease_rides_out_a_blip_once_the
         worker_timeout=4.0,
     )
     async with processor:
-        job = await processor.schedule_job("h")
-        deadline = loop.time() + 10
-        while (await processor.get_job(job.id)).status != JobStatus.RUNNING:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.05)
-        hold.set()
-        while processor.heartbeat.lease_left() > 1.2:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.02)
+        job = await running_with_lease_below(processor, hold, 1.2)
         finish.set()
         deadline = loop.time() + 8
         while (after := await processor.get_job(job.id)).status == JobStatus.RUNNING:
@@ -138,15 +140,7 @@ async def test_no_final_write_is_sent_after_the_lease_ended_and_the_run_was_give
     )
     try:
         async with processor:
-            job = await processor.schedule_job("h")
-            deadline = loop.time() + 10
-            while (await processor.get_job(job.id)).status != JobStatus.RUNNING:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.05)
-            hold.set()
-            while processor.heartbeat.lease_left() > 2.0:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.02)
+            job = await running_with_lease_below(processor, hold, 2.0)
             finish.set()
             deadline = loop.time() + 10
             while "t0" not in t:  # the final write is being retried
