@@ -175,7 +175,10 @@ def _number(value: Any) -> bool:
         return False
     if isinstance(value, numbers.Integral):
         return -(2**63) <= int(value) < 2**63
-    return math.isfinite(float(value))
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, TypeError, ValueError):  # Fraction(10**400): no float holds it
+        return False
 
 
 def _plain(value: Any) -> int | float:

@@ -609,3 +609,28 @@ async def shown_on_the_dashboard(
         page = (await c.get(f"/jobs/{job_id}")).text
         other = (await c.get(also)).text
     return api, page, other
+
+
+async def test_a_progress_count_too_large_for_a_float_is_an_invalid_argument(db: Any) -> None:
+    """guide.md: `done` and `total` are finite real numbers; anything else raises
+    InvalidArgumentError in the handler. A Fraction no float can hold raised OverflowError."""
+    from fractions import Fraction
+
+    from job_processor import InvalidArgumentError
+
+    seen: list[BaseException] = []
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        for done, total in ((Fraction(10**400), None), (1, Fraction(10**400))):
+            try:
+                await job.report_progress(done, total)
+            except Exception as exc:
+                seen.append(exc)
+        return "ran"
+
+    p = await make(db, {"p": JobDef(handler=work)})
+    async with p:
+        job = await p.schedule_job("p")
+        done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
+    assert done.status == S.FINISHED, done.error
+    assert [type(e) for e in seen] == [InvalidArgumentError, InvalidArgumentError], seen

@@ -590,3 +590,14 @@ async def test_run_until_idle_rides_out_a_transient_blip_of_a_final_write_after_
     assert failed, "the blip was not injected"
     assert after.status == JobStatus.FINISHED, f"the run's outcome was lost: {after.status}"
     assert [r.status for r in ran] == [JobStatus.FINISHED]
+
+
+async def test_the_harness_refuses_a_progress_count_too_large_for_a_float() -> None:
+    """As a worker refuses it: InvalidArgumentError (it raised OverflowError)."""
+    from fractions import Fraction
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        await job.report_progress(Fraction(10**400), None)
+
+    with pytest.raises(InvalidArgumentError, match="done must be a finite number"):
+        await JobHarness().run(work)
