@@ -33,6 +33,7 @@ from .errors import (
 )
 from .retention import check_keep
 from .sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
+from .values import is_utf8
 
 Concurrency = Literal["concurrent", "exclusive"]
 #: How an event is delivered to a subscriber: see `Subscriber`.
@@ -630,4 +631,6 @@ def check_event_name(name: Any, error: type[Exception] = InvalidArgumentError) -
         raise error(f"event names must be non-empty strings, got {name!r}")
     if "|" in name:
         raise error(f"event name {name!r} may not contain '|'")
+    if not is_utf8(name):  # a lone surrogate (a non-UTF-8 argv or file name): bson refuses it
+        raise error(f"event name {name!r} is not valid text: it holds a lone surrogate")
     return name

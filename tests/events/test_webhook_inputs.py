@@ -235,3 +235,14 @@ async def test_endpoint_events_refuse_a_name_no_emit_can_carry(db: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"\|"):
         await p.webhooks.update(ep.id, events=["order|placed"])
     assert (await p.webhooks.get(ep.id)).events == ["order_placed"]
+
+
+async def test_an_event_name_bson_cannot_store_is_refused_with_a_clear_error(db: Any) -> None:
+    """A lone surrogate (an event name read from a non-UTF-8 argv or file name): emit and
+    webhooks.add raised a raw UnicodeEncodeError from bson, naming neither the event nor what
+    is wrong."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="event name"):
+        await p.emit("order\udcffplaced", {})
+    with pytest.raises(InvalidArgumentError, match="event name"):
+        await p.webhooks.add(url="https://example.com/hooks", events=["order\udcffplaced"])

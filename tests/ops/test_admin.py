@@ -1171,3 +1171,14 @@ async def test_an_actor_with_a_lone_surrogate_is_audited_with_its_escape(env: An
     assert result.changed == [pending]
     entries = await storage.audit.recent()
     assert entries[0]["action"] == "jobs_killed" and entries[0]["actor"] == "bob\\udcff"
+
+
+@pytest.mark.parametrize("actor", [0, False, b"", []])
+async def test_an_actor_that_is_not_text_is_refused_even_when_falsy(env: Any, actor: Any) -> None:
+    """`actor or self.actor` let a falsy non-text actor through: the kill was applied and
+    audited under the admin's default actor, as if none had been given."""
+    admin, storage, _ = env
+    pending = str((await add(storage))["_id"])
+    with pytest.raises(InvalidArgumentError, match="actor must be text"):
+        await admin.kill(pending, actor=actor)
+    assert (await admin.get_job(pending)).status == S.PENDING

@@ -286,7 +286,7 @@ class AdminBase:
         """Made before the action acts: an actor that is not text is refused then; one that
         holds a lone surrogate (a non-UTF-8 byte of $USER or argv) is kept as its escape, so
         the audit record of a done action is written."""
-        who = actor or self.actor
+        who = self.actor if actor is None or actor == "" else actor  # 0 or b"" are refused
         if not isinstance(who, str):
             raise InvalidArgumentError(f"actor must be text, got {who!r:.60}")
         return ActionResult(action=action, actor=storable_text(who), at=self.clock.now())
