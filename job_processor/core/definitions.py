@@ -559,6 +559,8 @@ class Subscriber(Checked):
     def _name(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("subscriber names must be non-empty strings")
+        if not is_utf8(v):
+            raise ValueError(f"subscriber name {v!r} is not valid text: it holds a lone surrogate")
         bad = [c for c in RESERVED_CHARS if c in v]
         if bad:
             raise ValueError(

@@ -125,6 +125,8 @@ class Dashboard:
                 self._metrics = metrics.enable(self.processor)
             else:
                 self._metrics = await metrics.for_database(self.db, self.prefix)
+            if self._metrics.database is not None:  # its limit keys masked as the overview's
+                self._metrics.database.sensitive = self.masker.sensitive
         return self._metrics
 
     def now(self) -> dt.datetime:

@@ -50,6 +50,7 @@ from ..core.errors import (
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
 from ..core.status import TERMINAL, JobStatus
+from ..core.values import is_utf8
 from ..engine.execution import call_maybe_async
 from ..engine.runtime import Runtime
 from ..storage import Storage
@@ -217,9 +218,9 @@ class EventBus:
     ) -> Event:
         check_event_name(name)
         body = check_payload(name, payload)
-        if key is not None and (not isinstance(key, str) or not key):
-            raise InvalidArgumentError(
-                f"event {name!r}: key must be a non-empty string, got {key!r}"
+        if key is not None and (not isinstance(key, str) or not key or not is_utf8(key)):
+            raise InvalidArgumentError(  # a lone surrogate (a non-UTF-8 argv): bson refuses it
+                f"event {name!r}: key must be a non-empty string of valid text, got {key!r}"
             )
         if (
             not isinstance(sync_timeout, int | float)

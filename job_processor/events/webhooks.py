@@ -132,6 +132,8 @@ def check_formats(given: Any) -> dict[str, Format]:
 def check_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
+    if not is_utf8(url):  # a lone surrogate (a non-UTF-8 argv): bson refuses it
+        raise InvalidArgumentError(f"url {url!r} is not valid text: it holds a lone surrogate")
     try:
         parts = urllib.parse.urlsplit(url)
         parts.hostname  # noqa: B018 (an unbalanced IPv6 bracket raises here on some Pythons)

@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,9 @@ from pymongo.errors import PyMongoError
 from ..core import documents as D
 from ..core.clock import Clock, SystemClock, as_utc
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
-from ..core.limits import top_usage
+from ..core.limits import mask_limit_keys, top_usage
+from ..core.masking import MASK
+from ..core.sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
 from ..core.status import TERMINAL, JobStatus
 from ..core.telemetry import CronOutcome
 from ..storage import Storage
@@ -55,6 +57,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Seconds: runs from 50 ms to an hour; start delays from 10 ms to 30 min.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)
+#: The default sensitive names' forms (a limit key's placeholder naming one is masked).
+_DEFAULTS = fields_forms(DEFAULT_SENSITIVE_FIELDS)
 
 
 @dataclass
@@ -92,6 +96,9 @@ class DatabaseCollector(Collector):
         self.loop = loop
         self._loop_thread = threading.get_ident()
         self.snapshot = Snapshot()
+        self.sensitive: Callable[[str], bool] = lambda name: name_is_sensitive(name, _DEFAULTS)
+        """Field names whose values a per-value limit's key shows masked (`key` label): the
+        default names; a dashboard's own list on its /metrics."""
 
     async def refresh(self) -> Snapshot:
         snap = Snapshot()
@@ -122,7 +129,8 @@ class DatabaseCollector(Collector):
         }
         snap.paused = await self.storage.paused.names()
         defined = await self.storage.definitions.limit_keys()
-        snap.limits = top_usage(await self.storage.limits.all(), now, defined)
+        usage = top_usage(await self.storage.limits.all(), now, defined)
+        snap.limits = mask_limit_keys(usage, self.sensitive, MASK)  # `acct:{iban}`: no IBAN
         waiting: set[str] = set()
         for status in (S.WAITING, S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():

@@ -340,3 +340,39 @@ async def test_a_definitions_sensitive_path_is_hidden_in_the_limit_key(db: Any) 
     assert api_one["payload"]["ref"] == "[redacted]"
     assert api_one["limit_key"] == "ref:[redacted]"
     assert number not in page
+
+
+async def test_the_dashboards_metrics_mask_a_limit_key_filled_from_a_sensitive_field(
+    db: Any,
+) -> None:
+    """The overview and /api/overview mask `acct:{iban}` with "iban" among the dashboard's
+    sensitive fields; the same dashboard's /metrics served the IBAN in its `key` label. (A
+    placeholder naming a default sensitive name is refused at init.)"""
+    import asyncio
+
+    from job_processor import Limit
+
+    iban = "DE89370400440532013000"
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def pay(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        await release.wait()
+
+    p = await init_job_processor(
+        db,
+        jobs={"pay": JobDef(handler=pay, limit=Limit(key="acct:{iban}", concurrency=1))},
+        **FAST,
+    )
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=[*DEFAULT_SENSITIVE_FIELDS, "iban"])
+    async with p, client(app) as c:
+        await p.schedule_job("pay", {"iban": iban})
+        await asyncio.wait_for(started.wait(), 10)
+        api_overview = (await c.get("/api/overview")).text
+        metrics = await c.get("/metrics")
+        release.set()
+    assert metrics.status_code == 200, metrics.text[:200]
+    assert iban not in api_overview  # the overview masks it
+    assert 'job_processor_limit_running{key="acct:••••••"} 1.0' in metrics.text
+    leaked = [line for line in metrics.text.splitlines() if iban in line]
+    assert leaked == [], leaked

@@ -246,3 +246,27 @@ async def test_an_event_name_bson_cannot_store_is_refused_with_a_clear_error(db:
         await p.emit("order\udcffplaced", {})
     with pytest.raises(InvalidArgumentError, match="event name"):
         await p.webhooks.add(url="https://example.com/hooks", events=["order\udcffplaced"])
+
+
+async def test_an_events_key_an_endpoints_url_and_a_subscriber_name_bson_cannot_store(
+    db: Any,
+) -> None:
+    """A lone surrogate in emit's key, an endpoint's url or a subscriber's name reached bson,
+    which raised a raw UnicodeEncodeError naming neither the argument nor the fix."""
+    from job_processor import InvalidDefinitionError, Subscriber, init_job_processor
+
+    p = await make(db)
+    async with p:
+        with pytest.raises(InvalidArgumentError, match="key"):
+            await p.emit("order_placed", {}, key="order-\udcff1")
+    with pytest.raises(InvalidArgumentError, match="url"):
+        await p.webhooks.add(url="https://example.com/hooks/\udcff", events=["order_placed"])
+    ep = await p.webhooks.add(url="https://example.com/hooks", events=["order_placed"])
+    with pytest.raises(InvalidArgumentError, match="url"):
+        await p.webhooks.update(ep.id, url="https://example.com/hooks/\udcff")
+
+    async def mail(event: Any, signal: Any) -> None:
+        return None
+
+    with pytest.raises(InvalidDefinitionError, match="subscriber name"):
+        await init_job_processor(db, subscribers={"order_placed": [Subscriber("mail\udcff", mail)]})

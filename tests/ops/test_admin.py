@@ -1182,3 +1182,13 @@ async def test_an_actor_that_is_not_text_is_refused_even_when_falsy(env: Any, ac
     with pytest.raises(InvalidArgumentError, match="actor must be text"):
         await admin.kill(pending, actor=actor)
     assert (await admin.get_job(pending)).status == S.PENDING
+
+
+@pytest.mark.parametrize("actor", [0, False, b"", []])
+async def test_an_admins_own_actor_that_is_not_text_is_refused_at_construction(
+    any_db: Any, actor: Any
+) -> None:
+    """`actor or default_actor()` swapped a falsy non-text actor for "user@host": its actions
+    were applied and audited under someone else's name."""
+    with pytest.raises(InvalidArgumentError, match="actor must be text"):
+        Admin(any_db, "t_", FakeClock(NOW), actor=actor)

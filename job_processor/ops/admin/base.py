@@ -71,6 +71,8 @@ class AdminBase:
         self.sensitive_fields = tuple(sensitive_fields)
         self.storage = storage or Storage(db, collection_prefix)
         self.clock = clock or SystemClock()
+        if actor is not None and not isinstance(actor, str):  # not 0 or b"" for the default
+            raise InvalidArgumentError(f"actor must be text, got {actor!r:.60}")
         self.actor = actor or default_actor()
         self.worker_timeout = worker_timeout
         self.log: EventLog = make_log(logger)
