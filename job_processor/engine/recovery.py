@@ -21,7 +21,7 @@ from pymongo.errors import AutoReconnect, ConnectionFailure, PyMongoError
 from ..core import retention as R
 from ..core.clock import Clock, as_utc, sleep_or_wake
 from ..core.coverage import recorded_timeout
-from ..core.definitions import JobDef
+from ..core.definitions import CronDef, JobDef
 from ..core.log import EventLog
 from ..core.outcome import Ending, Outcome, RunEnd, decide
 from ..core.settings import Settings
@@ -361,6 +361,11 @@ class Recovery:
             )
         if outcome is not missed:  # not a crash: the slot was never started
             sentry.recovered(doc, written.doc, self.worker.worker_id)
+            name = str(doc.get("name"))
+            if isinstance(definition, CronDef) and written.doc["status"] != S.PAUSED.value:
+                # the crashed attempt's check-in ends in error, as a failed attempt's does (a
+                # resumable task paused to resume used no attempt); its id died with the worker
+                sentry.checkin(name, self.worker.cron_followed(name, definition), "error")
         self.log.warning(
             event,
             job_id=str(doc["_id"]),

@@ -110,6 +110,7 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         # after a web framework's own (run_job called in a request): its processor renames
         # every event after the route unless the name's source is a route or custom one
         scope.add_event_processor(_named(name))
+        scope.add_event_processor(_no_internal_vars)
         if not _streaming():
             transaction = _sdk.start_transaction(op="queue.process", name=name, source="task")
             transaction.__enter__()
@@ -125,6 +126,18 @@ def start_run(doc: Doc, worker_id: str) -> RunTrace | None:
         return RunTrace(scope_cm, root, doc, streamed=True)
     except Exception:  # monitoring must never break a job
         return None
+
+
+def _no_internal_vars(event: Any, hint: Any) -> Any:
+    """No local variables of this package's own frames (sentry-sdk records each frame's by
+    default): a webhook endpoint's URL, whose path or query may hold a token, a job document
+    with its payload."""
+    if isinstance(event, dict):
+        for value in (event.get("exception") or {}).get("values") or []:
+            for frame in (value.get("stacktrace") or {}).get("frames") or []:
+                if str(frame.get("module") or "").startswith("job_processor."):
+                    frame.pop("vars", None)
+    return event
 
 
 def _named(name: str) -> Callable[[Any, Any], Any]:

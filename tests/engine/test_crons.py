@@ -15,6 +15,7 @@ from job_processor import (
     InvalidDefinitionError,
     Job,
     JobProcessor,
+    JobStatus,
     UnknownJobError,
     init_job_processor,
 )
@@ -749,3 +750,36 @@ async def test_stuck_exclusive_cron_of_a_paused_name_says_resume_not_serve_its_t
     (stuck,) = [w for w in status.warnings if "skipped behind" in w]
     assert "start a worker that serves its tag" not in stuck, stuck
     assert "job-processor names resume report" in stuck, stuck
+
+
+async def test_a_cron_task_recovered_after_its_worker_crashed_closes_its_check_in(db: Any) -> None:
+    """crons.md: each attempt of a cron task sends in_progress at its start and ok / error at
+    its end. An attempt whose worker died (recovered as a failed attempt) never sent its end."""
+    import sentry_sdk
+
+    from job_processor.core import documents as D
+
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons)
+        long_ago = processor.clock.now() - dt.timedelta(minutes=5)
+        task = D.cron_task(
+            "export",
+            slot=long_ago,
+            now=long_ago,
+            margin=dt.timedelta(minutes=5),
+            tag=None,
+            exclusive=False,
+            max_attempts=1,
+            resumable=False,
+        )
+        task = D.as_running(task, "dead-worker", long_ago)
+        await processor.storage.jobs.insert(task)
+        async with processor:
+            done = await wait_status(processor, str(task["_id"]), JobStatus.ERRORED)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert done.failures == 1  # a failed attempt
+    assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["error"]

@@ -297,3 +297,33 @@ async def test_a_delivery_retried_by_hand_that_fails_again_counts_again(
         got = await p.webhooks.get(ep.id)
     assert len(receiver.received("/bad")) == 4
     assert got.consecutive_failures == 2 and not got.enabled
+
+
+async def test_a_failed_delivery_sent_to_sentry_holds_no_url_path_token(db: Any) -> None:
+    """events.md: errors show an endpoint's scheme, host and port only, never its path or
+    query (they may hold a token). The Sentry event of a failed delivery (sentry-sdk's
+    default include_local_variables=True) had the full URL in its frames' variables."""
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    sent: list[str] = []
+
+    class Capture(Transport):
+        def capture_envelope(self, envelope: Any) -> None:
+            sent.extend(json.dumps(i.payload.json) for i in envelope.items if i.type == "event")
+
+    token = "tok_9f8e7d6c5b4a39281706"
+    sentry_sdk.init(dsn="https://key@sentry.invalid/1", transport=Capture)
+    try:
+        p = await make(db, max_attempts=1)
+        down = await p.webhooks.add(
+            url=closed_port_url(f"/hooks/{token}?key={token}"), events=["*"], secret_ref="crm"
+        )
+        async with p:
+            event = await p.emit("shipped", {"shipment_id": "s1"})
+            await wait_delivery(p, event.id, down, "errored")
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert sent  # the failed delivery was captured
+    assert not [s for s in sent if token in s]
