@@ -503,3 +503,18 @@ async def test_more_invalid_options_are_refused_before_any_write(
     with pytest.raises(InvalidDefinitionError, match=needle):
         await init_job_processor(db, **({"jobs": JOBS} | kwargs))
     assert await db.list_collection_names() == []  # nothing half-written
+
+
+async def test_the_refusal_of_a_client_suggests_a_call_that_works_without_a_database_in_the_url(
+    mongo_url: str,
+) -> None:
+    """README: a URL without a database name means the database `job_processor`. The refusal
+    sent such a user to client.get_default_database(), which raises ConfigurationError."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        with pytest.raises(InvalidDatabaseError) as err:
+            await init_job_processor(client, jobs=JOBS)
+        assert "get_default_database('job_processor')" in str(err.value)
+        assert client.get_default_database("job_processor").name
+    finally:
+        await client.close()

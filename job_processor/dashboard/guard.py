@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import EventNotFoundError, JobNotFoundError, JobProcessorError
+from ..storage.connect import said_plainly
 from . import csrf
 from .auth import Denied
 from .state import Dashboard, route_path
@@ -89,7 +90,7 @@ class Guard:
                 request,
                 503,
                 "MongoDB unavailable",
-                f"The database did not answer: {str(exc).split(',')[0]}",
+                f"The database did not answer: {said_plainly(str(exc))}",
             )
             await response(scope, receive, send)
 

@@ -64,7 +64,9 @@ def check_database(db: Any) -> None:
         "AsyncMongoMockClient",
     }:
         raise InvalidDatabaseError(
-            "db is a client, not a database: pass client['mydb'] (or client.get_default_database())"
+            "db is a client, not a database: pass client['mydb'] (or "
+            "client.get_default_database('job_processor'): its URL's database, that one when "
+            "the URL names none)"
         )
     if type(db).__name__ in _COLLECTIONS:  # its attributes are sub-collections: check it first
         database = str(getattr(getattr(db, "database", None), "name", "mydb"))
@@ -201,6 +203,18 @@ PLAIN_REASONS = {
 def plainly(text: str) -> str:
     """A driver's connection error, said plainly when it is a usual one."""
     return next((p for k, p in PLAIN_REASONS.items() if k in text), text)
+
+
+def said_plainly(error: str) -> str:
+    """A driver's error whole, short: its address and the reason said plainly when it is a
+    usual one ("127.0.0.1:27017: connection refused: nothing listens on that port"), without
+    the driver's timeouts and topology; another error's first line."""
+    text = error.split(" (configured timeouts")[0].split(", Timeout: ")[0].splitlines()[0]
+    plain = plainly(text)
+    if plain == text:
+        return text
+    where = text.split(": ", 1)[0] if ": [" in text else ""
+    return f"{where}: {plain}" if where else plain
 
 
 def why_unreachable(db: Any) -> str:

@@ -82,3 +82,29 @@ async def test_a_form_body_past_the_limit_is_refused_unread(
             content=b"--x\r\n",
         )
         assert broken.status_code == 400 and "The form could not be read" in broken.text
+
+
+async def test_mongodb_unavailable_page_names_the_cause_in_full() -> None:
+    """Nothing listens where the database is: the page says so plainly (it cut pymongo's
+    "host:port: [Errno 111] Connect call failed ('127.0.0.1', PORT) (...)" at its first
+    comma, an open parenthesis and no port)."""
+    import socket
+
+    from pymongo import AsyncMongoClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=300, tz_aware=True
+    )
+    try:
+        app = create_dashboard(client["jp_down"])  # loopback, no auth
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
+            page = await web.get("/")
+        assert page.status_code == 503
+        line = page.text.split("The database did not answer: ", 1)[1].split("</p>", 1)[0]
+        assert line == f"127.0.0.1:{port}: connection refused: nothing listens on that port"
+    finally:
+        await client.close()
