@@ -145,11 +145,11 @@ class JobProcessor(JobsAPI, EventsAPI):
                 doc = await self._insert(D.as_running(doc, me, now, run_id))
             except BaseException:
                 if run_id is not None:
-                    await self.worker.limiter.release(doc | {"run_id": run_id})
+                    await self.worker.limiter.release(doc | {"run_id": run_id}, started=False)
                 raise
             if doc["status"] == S.SKIPPED:
-                if run_id is not None:  # never ran: its slot goes back
-                    await self.worker.limiter.release(doc | {"run_id": run_id})
+                if run_id is not None:  # never ran: its slot and its start go back
+                    await self.worker.limiter.release(doc | {"run_id": run_id}, started=False)
                 return Job.read(doc)
             if not self.worker.may_claim(me):
                 # declared dead while it was written: never run under that id (its recovery
@@ -167,8 +167,8 @@ class JobProcessor(JobsAPI, EventsAPI):
                     only=doc["_id"],
                 )
                 if again is None:  # another worker took it: it ends there
-                    if run_id is not None:
-                        await self.worker.limiter.release(doc | {"run_id": run_id})
+                    if run_id is not None:  # this run never started: nor did its start
+                        await self.worker.limiter.release(doc | {"run_id": run_id}, started=False)
                     return await self.wait_for(str(doc["_id"]))
                 doc = again
             final = await self._awaited(self.worker.spawn(doc), str(doc["_id"]))

@@ -239,9 +239,13 @@ class Limiter:
         doc: Doc,
         worker: ClaimingWorker | None = None,
         until: asyncio.Future[Any] | None = None,
+        *,
+        started: bool = True,
     ) -> None:
         """Give back the slot of the run that just ended (once, whoever calls); `until`: once
-        its handler, still going after the run's end (a plain def given up), returns."""
+        its handler, still going after the run's end (a plain def given up), returns.
+        `started=False`: the run never started (skipped, put back unstarted), so its start
+        leaves the rate window too."""
         key, run_id = doc.get("limit_key"), doc.get("run_id")
         if not key or not run_id:
             return
@@ -249,7 +253,7 @@ class Limiter:
             self.held_on[str(run_id)] = asyncio.create_task(self._release_after(until, doc, worker))
             return
         try:
-            released = await self.storage.limits.release(key, run_id)
+            released = await self.storage.limits.release(key, run_id, started=started)
         except PyMongoError as exc:  # the dead-holder sweep or reconciliation gives it back
             self.log.warning("limit_release_failed", limit=key, error=describe(exc))
             return

@@ -345,7 +345,8 @@ class Recovery:
             end = replace(end, kill_requested=True)
         if written.doc is None:
             return None  # another sweeper (or the owner) got there first
-        await self.worker.limiter.release(doc, self.worker)  # its slot, in the same step
+        started = end.how is not Ending.UNSTARTED  # put back unstarted: its start goes too
+        await self.worker.limiter.release(doc, self.worker, started=started)  # in the same step
         if self.worker.on_ended is not None:  # the jobs waiting on it
             await self.worker.on_ended(written.doc)
         self.worker.telemetry.recovered(doc, written.doc)

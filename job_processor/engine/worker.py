@@ -504,7 +504,7 @@ class Worker:
         )
         if written.kill_requested:  # a kill landed first: it wins here too (never ran: killed)
             return await self._finish(run, RunEnd(Ending.UNSTARTED, kill_requested=True), None)
-        await self.limiter.release(run.doc, self)
+        await self.limiter.release(run.doc, self, started=False)  # never ran: no start
         if written.doc is not None:
             if self.on_ended is not None:  # the jobs waiting on it, at once (engine.flows)
                 await self.on_ended(written.doc)
@@ -607,7 +607,8 @@ class Worker:
         self.telemetry.run_ended(run.doc, final, duration_ms)
         if outcome.status == S.PENDING and outcome.retry_at is not None:
             self.wake_at(outcome.retry_at)
-        await self.limiter.release(run.doc, self, until=run.still_running)
+        started = end.how is not Ending.UNSTARTED  # a kill before its start: no start either
+        await self.limiter.release(run.doc, self, until=run.still_running, started=started)
         if self.on_ended is not None:  # the jobs waiting on it (engine.flows)
             await self.on_ended(final)
         await self.hooks.after_write(run.definition, final)

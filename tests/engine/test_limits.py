@@ -436,3 +436,31 @@ async def test_init_refuses_a_static_and_a_per_tenant_limit_of_one_key_with_two_
     }
     with pytest.raises(InvalidDefinitionError, match=r"'api:acme' and 'api:\{tenant\}' can name"):
         await make(db, jobs)
+
+
+async def test_a_run_job_skipped_by_its_exclusive_name_uses_no_start_of_the_rate(
+    db: Any,
+) -> None:
+    """run_job reserves a slot before its insert; when the insert comes back `skipped` (the
+    exclusive name is held) the job never ran, so its reservation leaves the rate window as
+    the claim path's unused ones do: the queued job holding the name waited a whole
+    `per_seconds` behind a start that never was."""
+    started = asyncio.Event()
+
+    async def export(job: Job, signal: AbortSignal) -> None:
+        started.set()
+
+    api = Limit(key="export-api", rate=1, per_seconds=60)
+    jobs = {"export": JobDef(handler=export, limit=api, concurrency="exclusive")}
+    p = await make(db, jobs, concurrency=2)
+    queued = await p.schedule_job("export")  # holds the exclusive name
+    skipped = await p.run_job("export")
+    assert skipped.status == JobStatus.SKIPPED  # never ran
+    limit_doc = await db["job_processor_limits"].find_one({"_id": "export-api"})
+    assert (limit_doc or {}).get("starts", {}) == {}, limit_doc  # no start was made
+    await p.start()
+    try:
+        await asyncio.wait_for(started.wait(), timeout=5)  # at once, not 60 s later
+        await wait_status(p, queued.id, JobStatus.FINISHED)
+    finally:
+        await p.stop()
