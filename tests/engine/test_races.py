@@ -301,10 +301,10 @@ async def test_a_sweep_during_a_final_write_never_calls_its_hook_a_second_time(d
     worker = await make(db, {"j": JobDef(handler=limited, on_job_exited=hook)})
     release = worker.worker.limiter.release
 
-    async def slow_release(doc: Any, owner: Any = None, until: Any = None) -> Any:
+    async def slow_release(doc: Any, owner: Any = None, until: Any = None, **kw: Any) -> Any:
         held.set()
         await gate.wait()  # a slow round trip, right after the final write
-        return await release(doc, owner, until)
+        return await release(doc, owner, until, **kw)
 
     worker.worker.limiter.release = slow_release  # type: ignore[method-assign]
     async with worker:
