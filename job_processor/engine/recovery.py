@@ -363,9 +363,11 @@ class Recovery:
         if outcome is not missed:  # not a crash: the slot was never started
             sentry.recovered(doc, written.doc, self.worker.worker_id)
             name = str(doc.get("name"))
-            if isinstance(definition, CronDef) and written.doc["status"] != S.PAUSED.value:
-                # the crashed attempt's check-in ends in error, as a failed attempt's does (a
-                # resumable task paused to resume used no attempt); its id died with the worker
+            paused = written.doc["status"] == S.PAUSED.value
+            if isinstance(definition, CronDef) and outcome.started and not paused:
+                # the crashed attempt's check-in ends in error, as a failed attempt's does (not
+                # a claim put back unstarted, nor a resumable task paused to resume: no attempt
+                # used); its id died with the worker
                 sentry.checkin(name, self.worker.cron_followed(name, definition), "error")
         self.log.warning(
             event,

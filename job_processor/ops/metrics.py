@@ -130,7 +130,7 @@ class DatabaseCollector(Collector):
         snap.paused = await self.storage.paused.names()
         defined = await self.storage.definitions.limit_keys()
         usage = top_usage(await self.storage.limits.all(), now, defined)
-        snap.limits = mask_limit_keys(usage, self.sensitive, MASK)  # `acct:{iban}`: no IBAN
+        snap.limits = _merged(mask_limit_keys(usage, self.sensitive, MASK))  # no IBAN shown
         waiting: set[str] = set()
         for status in (S.WAITING, S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():
@@ -215,6 +215,23 @@ class DatabaseCollector(Collector):
             "Time spent reading the database gauges",
             value=snap.duration,
         )
+
+
+def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key shown: keys masked alike (`acct:••••••` of two IBANs) add up, as a
+    folded row does (one series per label set: a duplicate is invalid exposition)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = str(row["key"])
+        if key not in out:
+            out[key] = dict(row)
+            continue
+        got = out[key]
+        got["keys"] = (got.get("keys") or 1) + (row.get("keys") or 1)
+        for total in ("running", "started_in_window", "concurrency", "rate"):
+            if got.get(total) is not None and row.get(total) is not None:
+                got[total] += row[total]
+    return list(out.values())
 
 
 def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -376,3 +376,49 @@ async def test_the_dashboards_metrics_mask_a_limit_key_filled_from_a_sensitive_f
     assert 'job_processor_limit_running{key="acct:••••••"} 1.0' in metrics.text
     leaked = [line for line in metrics.text.splitlines() if iban in line]
     assert leaked == [], leaked
+
+
+async def test_the_dashboards_metrics_keep_one_series_per_label_when_two_masked_keys_meet(
+    db: Any,
+) -> None:
+    """Two tenants' keys `acct:{iban}` both masked to `acct:••••••` on /metrics: one sample
+    per label set (a duplicate series is invalid exposition: Prometheus kept one), adding up
+    both keys' running slots and capacity, as a folded row does."""
+    import asyncio
+
+    from job_processor import Limit
+
+    ibans = ["DE89370400440532013000", "FR1420041010050500013M02606"]
+    started: list[str] = []
+    both, release = asyncio.Event(), asyncio.Event()
+
+    async def pay(job: Job, signal: AbortSignal) -> None:
+        started.append(job.payload["iban"])
+        if len(started) == 2:
+            both.set()
+        await release.wait()
+
+    p = await init_job_processor(
+        db,
+        jobs={"pay": JobDef(handler=pay, limit=Limit(key="acct:{iban}", concurrency=1))},
+        **(FAST | {"concurrency": 2}),
+    )
+    app = create_dashboard(p, auth=AUTH, sensitive_fields=[*DEFAULT_SENSITIVE_FIELDS, "iban"])
+    async with p, client(app) as c:
+        for iban in ibans:
+            await p.schedule_job("pay", {"iban": iban})
+        await asyncio.wait_for(both.wait(), 10)
+        metrics = await c.get("/metrics")
+        release.set()
+    assert metrics.status_code == 200, metrics.text[:200]
+    assert all(iban not in metrics.text for iban in ibans)
+    samples = [
+        line.rsplit(" ", 1)[0]
+        for line in metrics.text.splitlines()
+        if line.startswith("job_processor_limit_")
+    ]
+    duplicates = sorted({s for s in samples if samples.count(s) > 1})
+    assert duplicates == [], duplicates
+    assert 'job_processor_limit_running{key="acct:••••••"} 2.0' in metrics.text
+    assert 'job_processor_limit_capacity{key="acct:••••••"} 2.0' in metrics.text
+    assert 'job_processor_limit_keys{key="acct:••••••"} 2.0' in metrics.text

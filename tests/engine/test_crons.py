@@ -783,3 +783,39 @@ async def test_a_cron_task_recovered_after_its_worker_crashed_closes_its_check_i
         sentry_sdk.init(dsn=None)
     assert done.failures == 1  # a failed attempt
     assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["error"]
+
+
+async def test_a_cron_task_put_back_unstarted_sends_no_error_check_in(db: Any) -> None:
+    """An attempt whose worker died sends its `error` when recovered; a claim whose reply was
+    lost (put back unstarted: the handler never ran, no attempt used, no in_progress sent)
+    is no such attempt: it marked the monitor failed (error, in_progress, ok)."""
+    import sentry_sdk
+
+    from job_processor.core import documents as D
+
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons)
+        async with processor:
+            now = processor.clock.now()
+            task = D.cron_task(
+                "export",
+                slot=now,
+                now=now,
+                margin=dt.timedelta(minutes=5),
+                tag=None,
+                exclusive=False,
+                max_attempts=1,
+                resumable=False,
+            )
+            task = D.as_running(task, processor.worker.worker_id, now)
+            processor.worker.unstarted.add(task["run_id"])  # its claim's reply was lost
+            await processor.storage.jobs.insert(task)
+            done = await wait_status(processor, str(task["_id"]), JobStatus.FINISHED)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert done.failures == 0
+    statuses = [c["status"] for c in checkins if c["monitor_slug"] == "export"]
+    assert statuses == ["in_progress", "ok"], statuses
