@@ -228,9 +228,16 @@ def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         got = out[key]
         got["keys"] = (got.get("keys") or 1) + (row.get("keys") or 1)
-        for total in ("running", "started_in_window", "concurrency", "rate"):
-            if got.get(total) is not None and row.get(total) is not None:
-                got[total] += row[total]
+        got["running"] += row["running"]
+        if got.get("concurrency") is None or row.get("concurrency") is None:
+            got["concurrency"] = None  # one key without a concurrency: no capacity to say
+        else:
+            got["concurrency"] += row["concurrency"]
+        if got.get("rate") is not None and got.get("per_seconds") == row.get("per_seconds"):
+            got["rate"] += row["rate"]
+            got["started_in_window"] += row["started_in_window"]
+        else:  # no rate, or windows of different lengths: no one figure says it
+            got["rate"] = got["per_seconds"] = None
     return list(out.values())
 
 

@@ -209,7 +209,12 @@ def said_plainly(error: str) -> str:
     """A driver's error whole, short: its address and the reason said plainly when it is a
     usual one ("127.0.0.1:27017: connection refused: nothing listens on that port"), without
     the driver's timeouts and topology; another error's first line."""
-    text = error.split(" (configured timeouts")[0].split(", Timeout: ")[0].splitlines()[0]
+    head = error.split(", Timeout: ")[0].splitlines()[0] if error else ""
+    parts = [p.strip(" ,") for p in re.split(r" \(configured timeouts[^)]*\)", head)]
+    parts = [p for p in parts if p]
+    if len(parts) > 1:  # one part per server (several hosts): each said
+        return "; ".join(said_plainly(p) for p in parts)
+    text = parts[0] if parts else head
     plain = plainly(text)
     if plain == text:
         return text

@@ -108,3 +108,31 @@ async def test_mongodb_unavailable_page_names_the_cause_in_full() -> None:
         assert line == f"127.0.0.1:{port}: connection refused: nothing listens on that port"
     finally:
         await client.close()
+
+
+async def test_mongodb_unavailable_page_names_every_hosts_cause() -> None:
+    """A URL of two hosts, neither reachable for its own reason: the page said only the first
+    host's cause (the text was cut where the first server's part ends)."""
+    import socket
+
+    from pymongo import AsyncMongoClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{port},nosuchhost.invalid:27017/",
+        serverSelectionTimeoutMS=1500,
+        tz_aware=True,
+    )
+    try:
+        app = create_dashboard(client["jp_down"])  # loopback, no auth
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
+            page = await web.get("/")
+        assert page.status_code == 503
+        line = page.text.split("The database did not answer: ", 1)[1].split("</p>", 1)[0]
+        assert f"127.0.0.1:{port}: connection refused" in line, line
+        assert "nosuchhost.invalid:27017: host name not found" in line, line
+    finally:
+        await client.close()

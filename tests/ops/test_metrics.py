@@ -257,3 +257,35 @@ async def test_the_missed_slots_of_a_long_downtime_are_counted_as_recorded(db: A
         {"name": "minutely", "skip_reason": "missed"}
     )
     assert (run, missed, recorded) == (6, 50, 50)
+
+
+def test_merged_masked_limit_keys_do_not_depend_on_order_nor_mix_windows() -> None:
+    """Two templates masked alike (`pay:{iban}`, `pay:{card}`) meet in one row: its capacity
+    was the first row's when the other had none (order-dependent), and rates over different
+    windows (1 per 60 s, 100 per 1 s) were added under one window (101)."""
+    from job_processor.core.limits import mask_limit_keys
+    from job_processor.ops.metrics import _merged
+
+    a = {
+        "key": "pay:DE89370400440532013000",
+        "template": "pay:{iban}",
+        "running": 3,
+        "concurrency": None,
+        "started_in_window": 1,
+        "rate": 1,
+        "per_seconds": 60,
+    }
+    b = {
+        "key": "pay:4111111111111111",
+        "template": "pay:{card}",
+        "running": 1,
+        "concurrency": 2,
+        "started_in_window": 5,
+        "rate": 100,
+        "per_seconds": 1,
+    }
+    masked = mask_limit_keys([a, b], lambda f: f in {"iban", "card"}, "••••••")
+    assert {r["key"] for r in masked} == {"pay:••••••"}
+    for rows in (masked, masked[::-1]):  # whatever order the database listed them in
+        (row,) = _merged([dict(r) for r in rows])
+        assert (row["running"], row["concurrency"], row["rate"], row["keys"]) == (4, None, None, 2)
