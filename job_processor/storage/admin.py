@@ -88,8 +88,13 @@ class JobQuery:
         )
 
 
-Position = tuple[dt.datetime, Any]
-"""A listing's position: a creation time and an `_id` (an ObjectId, or another program's)."""
+Position = tuple[dt.datetime | None, Any]
+"""A listing's position: a creation time (None: among the jobs without one, which come last)
+and an `_id` (an ObjectId, or another program's)."""
+
+#: How many jobs without a creation time (bare inserts a worker's sweep has not adopted yet) a
+#: listing reads at once to page through them.
+UNDATED_READ = 10_000
 
 
 def _before(doc: Doc, position: Position) -> bool:
@@ -161,9 +166,33 @@ class JobAdminStore:
         return self.coll.find(self.page_query(query, after), {"logs": 0}).sort(LIST_SORT)
 
     async def page(self, query: JobQuery, after: Position | None, limit: int) -> list[Doc]:
-        """Up to `limit` jobs after `after`, newest first."""
+        """Up to `limit` jobs after `after`, newest first; those without a creation time last
+        (a page's range on `created_at` cannot reach them: read apart, by `_id`)."""
         if after is None:
             return await all_docs(self.page_cursor(query, None).limit(limit))
+        if after[0] is None:
+            return await self._undated(query, after[1], limit)
+        out = await self._dated(query, after, limit)
+        if len(out) < limit:  # the dated jobs ran out: the undated ones follow
+            out += await self._undated(query, None, limit - len(out))
+        return out
+
+    async def _undated(self, query: JobQuery, after_id: Any, limit: int) -> list[Doc]:
+        """The filter's jobs without a creation time (few: a worker's sweep adopts them), by
+        `_id` desc as MongoDB orders any type, after `after_id` (None: from the first)."""
+        if query.created_after is not None or query.created_before is not None:
+            return []
+        # `$eq: null` (missing or null), in an $and: nx-27017 reads a bare `None` beside other
+        # fields as "missing" only
+        wanted = {"$and": [query.filter(), {"created_at": {"$eq": None}}]}
+        cursor = self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(UNDATED_READ)
+        docs = [d for d in await all_docs(cursor) if d.get("created_at") is None]
+        docs.sort(key=lambda d: _id_order(d["_id"]), reverse=True)
+        if after_id is not None:
+            docs = [d for d in docs if _id_order(d["_id"]) < _id_order(after_id)]
+        return docs[:limit]
+
+    async def _dated(self, query: JobQuery, after: Position, limit: int) -> list[Doc]:
         # after a position, the jobs created in its instant (its second on nx-27017) that were
         # already shown are read again and dropped: read a few more than a page, and only when
         # that many were dropped (a burst created in one instant), read on without a limit

@@ -76,3 +76,39 @@ async def test_jobs_list_table_masks_the_event_secret_a_delivery_error_quotes(
     assert secret not in as_json.stdout
     assert "smtp refused" in table.stdout
     assert secret not in table.stdout  # fails: the ERROR column shows it
+
+
+async def test_jobs_list_pages_reach_every_bare_insert(db: Any, mongo_url: str) -> None:
+    """Jobs another program inserted without `created_at` (bare inserts, not yet adopted) are
+    listed on the first page, last; once a page ended before them, `--cursor` never reached
+    them again: paging with --limit lost them (here all three)."""
+    from bson import ObjectId
+
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"chatty": JobDef(handler=chatty)}, **FAST)
+    dated = [(await processor.schedule_job("chatty", {})).id for _ in range(2)]
+    bare = [ObjectId() for _ in range(3)]
+    for oid in bare:  # as another program inserts a job: no created_at until adopted
+        await db["job_processor_jobs"].insert_one(
+            {"_id": oid, "name": "chatty", "status": "pending", "payload": {}}
+        )
+    expected = sorted(dated + [str(b) for b in bare])
+
+    async def listed(*extra: str) -> list[str]:
+        seen: list[str] = []
+        cursor: list[str] = []
+        for _ in range(20):
+            run = await cli(url, "jobs", "list", "--json", *extra, *cursor)
+            assert run.returncode == 0, run.stderr
+            page = json.loads(run.stdout)
+            seen += [j["id"] for j in page["jobs"]]
+            if not page["next_cursor"]:
+                return seen
+            cursor = ["--cursor", page["next_cursor"]]
+        raise AssertionError("the pages never end")
+
+    one_page = await listed()
+    assert sorted(one_page) == expected
+    for size in ("1", "2", "4"):
+        paged = await listed("--limit", size)
+        assert paged == one_page, (size, paged)  # the same order, none lost nor repeated

@@ -88,12 +88,10 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
 
 def encode_cursor(doc: Doc) -> str:
     """The position after `doc` (its creation time and id). A document another program
-    inserted has no `created_at` until its first claim: it is sorted last, so no dated job comes
-    after it (the epoch); an `_id` of its own that is not an ObjectId is kept with its type
-    (`i:`, `f:` numbers, `s:` text)."""
+    inserted has no `created_at` until its first claim: it is sorted last, among the undated
+    jobs (`u`), which follow by `_id`; an `_id` of its own that is not an ObjectId is kept with
+    its type (`i:`, `f:` numbers, `s:` text)."""
     created = doc.get("created_at")
-    if not isinstance(created, dt.datetime):
-        created = dt.datetime.fromtimestamp(0, dt.UTC)
     oid = doc["_id"]
     if isinstance(oid, ObjectId):
         shown = str(oid)
@@ -101,18 +99,22 @@ def encode_cursor(doc: Doc) -> str:
         shown = f"{'i' if isinstance(oid, int) else 'f'}:{oid!r}"
     else:
         shown = f"s:{oid}"
-    raw = f"{D.epoch_ms(created)}.{shown}".encode()
+    at = D.epoch_ms(created) if isinstance(created, dt.datetime) else "u"
+    raw = f"{at}.{shown}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(token: str) -> tuple[dt.datetime, Any]:
+def decode_cursor(token: str) -> tuple[dt.datetime | None, Any]:
+    """A position: its creation time (None among the undated jobs) and its `_id`."""
     try:
         padded = token + "=" * (-len(token) % 4)
         ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".", 1)
-        created = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
         kinds: dict[str, Any] = {"s:": str, "i:": int, "f:": float}
         kind = kinds.get(oid[:2])
-        return to_millis(created), kind(oid[2:]) if kind else ObjectId(oid)
+        shown = kind(oid[2:]) if kind else ObjectId(oid)
+        if ms == "u":
+            return None, shown
+        return to_millis(dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)), shown
     except (
         ValueError,
         TypeError,
