@@ -200,12 +200,12 @@ class JobsAPI(JobWaits):
             after=deps,
             on_dependency_failure=on_dependency_failure,
         )
-        if deps:
-            # marked first: if settling after the insert fails, a sweep does; and from the mark
-            # on no purge, delete, count or expiry takes them (then checked: they exist)
-            await self.flows.mark(deps)
-            await self.flows.check_exist(deps, name)
         try:
+            if deps:
+                # marked first: if settling after the insert fails, a sweep does; and from the
+                # mark on no purge, delete, count or expiry takes them (then checked: they exist)
+                await self.flows.mark(deps)
+                await self.flows.check_exist(deps, name)
             stored = await self.storage.producer.run(lambda retried: self._insert(doc, retried))
         except DatabaseUnreachableError as exc:
             exc.job_id = str(doc["_id"])  # a hung server may still run the insert it received

@@ -447,3 +447,22 @@ async def test_a_final_write_under_way_when_the_lease_ends_does_not_land_after_t
         if restarted is not None:
             restarted.stop()
     assert ended.status == JobStatus.ERRORED, "the run given up still wrote its outcome"
+
+
+async def test_a_schedule_after_a_dependency_that_raised_unreachable_names_its_job(
+    own_server: LocalServer,
+) -> None:
+    """The marks and checks of its dependencies ran before the insert's own handler: the error
+    of a schedule_job(after=...) carried no job_id (the docs say to look it up)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(own_server.url, tz_aware=True)
+    try:
+        producer = await init_job_processor(
+            client["app"], jobs={"n": JobDef(handler=never_runs)}, producer_retry_seconds=1.0
+        )
+        first = await producer.schedule_job("n", {"order": 1})
+        own_server.stop()
+        with pytest.raises(DatabaseUnreachableError) as err:
+            await producer.schedule_job("n", {"order": 2}, after=[first.id])
+        assert err.value.job_id is not None, str(err.value)
+    finally:
+        await client.close()
