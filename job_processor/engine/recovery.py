@@ -363,12 +363,19 @@ class Recovery:
         if outcome is not missed:  # not a crash: the slot was never started
             sentry.recovered(doc, written.doc, self.worker.worker_id)
             name = str(doc.get("name"))
+            used = (written.doc.get("failures") or 0) > (doc.get("failures") or 0)
             paused = written.doc["status"] == S.PAUSED.value
-            if isinstance(definition, CronDef) and outcome.started and not paused:
-                # the crashed attempt's check-in ends in error, as a failed attempt's does (not
-                # a claim put back unstarted, nor a resumable task paused to resume: no attempt
-                # used); its id died with the worker
-                sentry.checkin(name, self.worker.cron_followed(name, definition), "error")
+            if doc.get("trigger") is not None and outcome.started and (used or not paused):
+                # a cron task's crashed attempt ends its check-in in error, as a failed
+                # attempt's does (a resumable one's too: paused to resume, its attempt used; not
+                # a claim put back unstarted), whichever worker recovers it, one that defines
+                # the cron or not (then without its monitor_config); its id died with the worker
+                cron = (
+                    self.worker.cron_followed(name, definition)
+                    if isinstance(definition, CronDef)
+                    else None
+                )
+                sentry.checkin(name, cron, "error")
         self.log.warning(
             event,
             job_id=str(doc["_id"]),

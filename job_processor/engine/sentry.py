@@ -350,7 +350,7 @@ def monitor_config(cron: CronDef) -> dict[str, Any] | None:
 
 def checkin(
     name: str,
-    cron: CronDef,
+    cron: CronDef | None,
     status: str,
     check_in_id: str | None = None,
     duration: float | None = None,
@@ -366,7 +366,7 @@ def checkin(
             check_in_id=check_in_id,
             status=status,
             duration=duration,
-            monitor_config=monitor_config(cron),  # type: ignore[arg-type]
+            monitor_config=monitor_config(cron) if cron is not None else None,  # type: ignore[arg-type]
         )
         return str(result) if result is not None else None
     except Exception:  # monitoring must never break a job

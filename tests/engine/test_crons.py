@@ -757,24 +757,11 @@ async def test_a_cron_task_recovered_after_its_worker_crashed_closes_its_check_i
     its end. An attempt whose worker died (recovered as a failed attempt) never sent its end."""
     import sentry_sdk
 
-    from job_processor.core import documents as D
-
     crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
     checkins = capture_checkins(sentry_sdk)
     try:
         processor = await make(db, crons)
-        long_ago = processor.clock.now() - dt.timedelta(minutes=5)
-        task = D.cron_task(
-            "export",
-            slot=long_ago,
-            now=long_ago,
-            margin=dt.timedelta(minutes=5),
-            tag=None,
-            exclusive=False,
-            max_attempts=1,
-            resumable=False,
-        )
-        task = D.as_running(task, "dead-worker", long_ago)
+        task = _crashed_task(processor.clock.now(), resumable=False, max_attempts=1)
         await processor.storage.jobs.insert(task)
         async with processor:
             done = await wait_status(processor, str(task["_id"]), JobStatus.ERRORED)
@@ -819,3 +806,63 @@ async def test_a_cron_task_put_back_unstarted_sends_no_error_check_in(db: Any) -
     assert done.failures == 0
     statuses = [c["status"] for c in checkins if c["monitor_slug"] == "export"]
     assert statuses == ["in_progress", "ok"], statuses
+
+
+def _crashed_task(now: dt.datetime, *, resumable: bool, max_attempts: int) -> dict[str, Any]:
+    """A cron task of "export" whose worker died while it ran, five minutes ago."""
+    from job_processor.core import documents as D
+
+    long_ago = now - dt.timedelta(minutes=5)
+    task = D.cron_task(
+        "export",
+        slot=long_ago,
+        now=long_ago,
+        margin=dt.timedelta(minutes=5),
+        tag=None,
+        exclusive=False,
+        max_attempts=max_attempts,
+        resumable=resumable,
+    )
+    return D.as_running(task, "dead-worker", long_ago)
+
+
+async def test_cron_attempt_recovered_by_a_worker_without_the_cron_closes_its_check_in(
+    db: Any,
+) -> None:
+    """The live worker that recovers a dead worker's cron task may serve other names only: it
+    sent nothing, and the monitor's in_progress stayed open."""
+    import sentry_sdk
+
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await init_job_processor(db, jobs={"other": {"handler": tick}}, **FAST)
+        task = _crashed_task(processor.clock.now(), resumable=False, max_attempts=1)
+        await processor.storage.jobs.insert(task)
+        async with processor:
+            done = await wait_status(processor, str(task["_id"]), JobStatus.ERRORED)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert done.failures == 1  # a failed attempt, recovered by this worker
+    assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["error"]
+
+
+async def test_resumable_cron_attempt_whose_worker_died_closes_its_check_in(db: Any) -> None:
+    """A resumable task's crash uses an attempt and is paused to resume: no error was sent for
+    the dead attempt, whose in_progress stayed open."""
+    import sentry_sdk
+
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick, "resumable": True}}
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        processor = await make(db, crons)
+        task = _crashed_task(processor.clock.now(), resumable=True, max_attempts=3)
+        await processor.storage.jobs.insert(task)
+        async with processor:
+            done = await wait_status(processor, str(task["_id"]), JobStatus.FINISHED)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    assert done.failures == 1  # the dead attempt counted
+    statuses = [c["status"] for c in checkins if c["monitor_slug"] == "export"]
+    assert statuses == ["error", "in_progress", "ok"], statuses
