@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.status import JobStatus, check_transition
+from .job_flows import with_expiry
 
 S = JobStatus
 Doc = dict[str, Any]
@@ -58,13 +59,11 @@ class CronTasks:
         check_transition(S.PENDING, S.SKIPPED)
         expired: dict[str, int] = {}
         for name, expires_at in expiry.items():
-            extra = {"expires_at": expires_at} if expires_at is not None else {}
-            res = await self.coll.update_many(
-                _missed_tasks(now) | {"name": name},
-                {"$set": _missed(now) | extra, "$unset": UNSET_MISSED},
-            )
-            if res.modified_count:
-                expired[name] = int(res.modified_count)
+            skip = {"$set": _missed(now), "$unset": UNSET_MISSED}
+            for query, update in with_expiry(_missed_tasks(now) | {"name": name}, skip, expires_at):
+                res = await self.coll.update_many(query, update)
+                if res.modified_count:
+                    expired[name] = expired.get(name, 0) + int(res.modified_count)
         return expired
 
     async def delete_pending_tasks_of(self, names: list[str]) -> int:

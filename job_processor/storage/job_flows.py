@@ -24,7 +24,7 @@ from pymongo import UpdateMany
 from ..core import documents as D
 from ..core import flows as F
 from ..core.status import JobStatus
-from .compat import ServerProfile, all_docs, decode
+from .compat import DEPENDENTS_COUNTED_PARTS, ServerProfile, all_docs, decode
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -36,6 +36,26 @@ CASCADE_LIMIT = 10_000
 
 #: Updates in one of a cascade level's bulk writes (three a failed dependency).
 BULK_UPDATES = 300
+
+
+#: A job some of whose dependents have not counted its end yet: its expiry is held back
+#: (`expires_after_settle`) until a sweep has seen them all settled (`mark_settled`).
+HELD: Doc = {"has_dependents": True, "dependents_settled": {"$exists": False}}
+
+
+def with_expiry(query: Doc, update: Doc, expires_at: dt.datetime | None) -> list[tuple[Doc, Doc]]:
+    """`update` over `query` with the jobs' expiry, held back where their dependents have not
+    all counted them (flows.md: a job with dependents is kept until they have), else set:
+    one (query, update) per case, equalities and `$exists` only (nx-27017 beside a date
+    range). Without an expiry, the update as it is."""
+    if expires_at is None:
+        return [(query, update)]
+
+    def plus(key: str) -> Doc:
+        return update | {"$set": {**update.get("$set", {}), key: expires_at}}
+
+    held = [(query | HELD, plus("expires_after_settle"))]
+    return held + [(query | part, plus("expires_at")) for part in DEPENDENTS_COUNTED_PARTS]
 
 
 class FlowRecords:
@@ -336,10 +356,9 @@ class FlowRecords:
 
     async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
         """Their retention applied (`None`: kept until purged, as the name's keep says)."""
-        update: Doc = {"$unset": {"expiry_pending": ""}}
-        if expires_at is not None:
-            update["$set"] = {"expires_at": expires_at}
-        await self.coll.update_many({"_id": {"$in": ids}, "expiry_pending": True}, update)
+        pending = {"_id": {"$in": ids}, "expiry_pending": True}
+        for query, update in with_expiry(pending, {"$unset": {"expiry_pending": ""}}, expires_at):
+            await self.coll.update_many(query, update)
 
     def stale_waiting_cursor(self, after_id: ObjectId | None, limit: int = 200) -> Any:
         """Waiting jobs in `_id` order from `after_id` (the slow pass for dependencies deleted

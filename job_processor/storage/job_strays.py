@@ -17,6 +17,7 @@ from ..core.documents import CLAIM_SORT
 from ..core.retention import Retention
 from ..core.status import JobStatus, check_transition
 from .compat import all_docs
+from .job_flows import with_expiry
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -30,9 +31,16 @@ class ForeignJobs:
     coll: Any
     retention_of: Callable[[str], Retention | None]
 
-    def _unclaimable(self, error: str, now: dt.datetime, name: str) -> Doc:
+    async def _error_unclaimable(self, query: Doc, error: str, now: dt.datetime, name: str) -> int:
+        """The job of `query` errored without running, with why; its expiry held back while
+        jobs waiting on it have not counted it. How many it errored (0 or 1)."""
         keep = self.retention_of(name)
-        return FD.unclaimable_update(error, now, keep.expires_at(S.ERRORED, now) if keep else None)
+        expires = keep.expires_at(S.ERRORED, now) if keep else None
+        for one, update in with_expiry(query, FD.unclaimable_update(error, now), expires):
+            res = await self.coll.update_one(one, update)
+            if res.modified_count:
+                return int(res.modified_count)
+        return 0
 
     async def error_uncountable(self, names: list[str], now: dt.datetime) -> int:
         """After a claim failed with TypeMismatch (another program wrote `attempt: "x"`; the
@@ -48,11 +56,8 @@ class ForeignJobs:
             why = FD.uncountable(doc)
             if why is None:
                 continue
-            res = await self.coll.update_one(
-                {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]},
-                self._unclaimable(why, now, str(doc["claim_name"])),
-            )
-            errored += res.modified_count
+            query = {"_id": doc["_id"], "claim_name": doc["claim_name"], "attempt": doc["attempt"]}
+            errored += await self._error_unclaimable(query, why, now, str(doc["claim_name"]))
         return errored
 
     async def complete(self, job_id: Any, run_id: str, fields: Doc) -> bool:
@@ -99,11 +104,13 @@ class ForeignJobs:
         for query in FD.undue_filters(names, inserted_before):
             fields = {"_id": 1, "claim_name": 1, "due_ms": 1}
             async for doc in self.coll.find(query, fields).limit(100):
-                res = await self.coll.update_one(
-                    {"_id": doc["_id"], "claim_name": doc["claim_name"], "due_ms": query["due_ms"]},
-                    self._unclaimable(FD.undue(doc.get("due_ms")), now, str(doc["claim_name"])),
-                )
-                errored += res.modified_count
+                one = {
+                    "_id": doc["_id"],
+                    "claim_name": doc["claim_name"],
+                    "due_ms": query["due_ms"],
+                }
+                why = FD.undue(doc.get("due_ms"))
+                errored += await self._error_unclaimable(one, why, now, str(doc["claim_name"]))
         return errored
 
     def bare_cursor(self, inserted_before: dt.datetime, limit: int = 100) -> Any:

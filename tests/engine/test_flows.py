@@ -783,3 +783,70 @@ async def test_a_batch_item_whose_after_is_not_a_list_is_refused_even_when_falsy
     with pytest.raises(InvalidArgumentError, match=r"item 1: .*after must be a list"):
         await p.schedule_jobs([JobSpec("part", {"n": 1}), JobSpec("total", after=bad)])
     assert await p.list_jobs() == []  # nothing written
+
+
+async def test_a_skipped_job_marked_by_a_job_being_scheduled_keeps_its_expiry_back(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flows.md, retention: a job scheduled after one that has already ended marks it, and
+    "the mark holds its expiry back ... nor the expiry removes it between that check and the
+    job's write". A job skipped by a failed dependency gets its expiry from the next sweep,
+    which wrote `expires_at` straight over such a fresh mark."""
+    keep = dt.timedelta(seconds=1)
+    p = await make(db, JOBS, keep_finished=keep, keep_failed=keep)
+    coll = p.storage.jobs.coll
+    bad = await p.schedule_job("part", {"n": 1, "fail": True})
+    skipped = await p.schedule_job("total", after=[bad])
+    async with p:
+        await wait_status(p, skipped.id, S.SKIPPED)
+    check_exist = p.flows.check_exist
+
+    async def a_sweep_meanwhile(ids: list[ObjectId], name: str) -> None:
+        await check_exist(ids, name)  # it exists: checked, the job not written yet
+        await p.flows.sweep(dt.datetime.now(dt.UTC))  # a worker's sweep, within MARK_GRACE
+        doc = await coll.find_one({"_id": ObjectId(skipped.id)}) or {}
+        assert "expires_at" not in doc, f"expiry written over a fresh mark: {doc['expires_at']}"
+        assert "expires_after_settle" in doc, doc  # held back, given back once counted
+
+    monkeypatch.setattr(p.flows, "check_exist", a_sweep_meanwhile)
+    late = await p.schedule_job("total", after=[skipped], on_dependency_failure="run")
+    assert late.deps[skipped.id] == "skipped"
+
+
+async def test_a_missed_cron_task_with_a_dependent_keeps_its_expiry_back(db: Any) -> None:
+    """flows.md, retention: "a job with dependents is kept until they have all counted it".
+    A cron task skipped "missed" by the one update over many jobs got `expires_at` straight;
+    removed before a sweep counted it, its dependent waited for the slow pass and read it as
+    deleted."""
+
+    async def tick(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"tick": {"cron_string": "0 0 1 1 *", "handler": tick, "checkin_margin": 1}}
+    p = await init_job_processor(db, jobs=JOBS, crons=crons, keep_finished=dt.timedelta(seconds=1))
+    now = p.clock.now()
+    slot = now - dt.timedelta(minutes=10)
+    task = D.cron_task(
+        "tick",
+        slot=slot,
+        now=slot,
+        margin=dt.timedelta(minutes=1),
+        tag=None,
+        exclusive=False,
+        max_attempts=1,
+        resumable=False,
+    )
+    await p.storage.jobs.insert(task)
+    waiting = await p.schedule_job("total", after=[task["_id"]], on_dependency_failure="run")
+    assert waiting.status == S.WAITING
+    expiry = now + dt.timedelta(seconds=1)
+    assert await p.storage.jobs.expire_missed_by_name(now, {"tick": expiry}) == {"tick": 1}
+    doc = await p.storage.jobs.coll.find_one({"_id": task["_id"]})
+    assert doc is not None and doc["status"] == "skipped"
+    assert "expires_at" not in doc and doc.get("expires_after_settle") is not None, doc
+    p.flows._sweeps = 1  # the sweep that follows (not the slow pass, every 5 minutes)
+    await p.flows.sweep(dt.datetime.now(dt.UTC) + AFTER_MARKS)
+    after = await p.get_job(waiting.id)
+    assert after.deps[str(task["_id"])] == "skipped" and after.status == S.PENDING, after.deps
+    settled = await p.storage.jobs.coll.find_one({"_id": task["_id"]})
+    assert settled is not None and settled.get("expires_at") is not None  # given back
