@@ -177,16 +177,21 @@ class JobAdminStore:
             out += await self._undated(query, None, limit - len(out))
         return out
 
+    def undated_cursor(self, query: JobQuery) -> Any:
+        """The listing index's `created_at: null` keys, in `_id` order (exposed for the
+        explain() tests). `$eq: null` (missing or null) in an $and: nx-27017 reads a bare
+        `None` beside other fields as "missing" only."""
+        wanted = {"$and": [query.filter(), {"created_at": {"$eq": None}}]}
+        return self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(UNDATED_READ)
+
     async def _undated(self, query: JobQuery, after_id: Any, limit: int) -> list[Doc]:
         """The filter's jobs without a creation time (few: a worker's sweep adopts them), by
         `_id` desc as MongoDB orders any type, after `after_id` (None: from the first)."""
         if query.created_after is not None or query.created_before is not None:
             return []
-        # `$eq: null` (missing or null), in an $and: nx-27017 reads a bare `None` beside other
-        # fields as "missing" only
-        wanted = {"$and": [query.filter(), {"created_at": {"$eq": None}}]}
-        cursor = self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(UNDATED_READ)
-        docs = [d for d in await all_docs(cursor) if d.get("created_at") is None]
+        docs = [
+            d for d in await all_docs(self.undated_cursor(query)) if d.get("created_at") is None
+        ]
         docs.sort(key=lambda d: _id_order(d["_id"]), reverse=True)
         if after_id is not None:
             docs = [d for d in docs if _id_order(d["_id"]) < _id_order(after_id)]

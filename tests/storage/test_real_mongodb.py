@@ -178,6 +178,9 @@ WHEN = NOW - dt.timedelta(hours=1)
 @pytest.mark.parametrize("after", [None, (NOW, ObjectId())])
 async def test_admin_pages_are_index_backed(storage: Storage, query: JobQuery, after: Any) -> None:
     assert_indexed(await storage.job_admin.page_cursor(query, after).limit(51).explain())
+    if after is None and query.created_after is None and query.created_before is None:
+        # the pages past the dated jobs: those without a creation time, by _id
+        assert_indexed(await storage.job_admin.undated_cursor(query).explain())
 
 
 @pytest.mark.parametrize(
