@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -92,10 +93,6 @@ Position = tuple[dt.datetime | None, Any]
 """A listing's position: a creation time (None: among the jobs without one, which come last)
 and an `_id` (an ObjectId, or another program's)."""
 
-#: How many jobs without a creation time (bare inserts a worker's sweep has not adopted yet) a
-#: listing reads at once to page through them.
-UNDATED_READ = 10_000
-
 
 def _before(doc: Doc, position: Position) -> bool:
     """Strictly after `position` in listing order (created_at desc, _id desc)."""
@@ -167,35 +164,51 @@ class JobAdminStore:
 
     async def page(self, query: JobQuery, after: Position | None, limit: int) -> list[Doc]:
         """Up to `limit` jobs after `after`, newest first; those without a creation time last
-        (a page's range on `created_at` cannot reach them: read apart, by `_id`)."""
-        if after is None:
-            return await all_docs(self.page_cursor(query, None).limit(limit))
-        if after[0] is None:
+        (a page's range on `created_at` cannot reach them: read apart, by `_id`, the first
+        page's too, so that every page orders them alike)."""
+        if after is not None and after[0] is None:
             return await self._undated(query, after[1], limit)
-        out = await self._dated(query, after, limit)
+        if after is None:
+            docs = await all_docs(self.page_cursor(query, None).limit(limit))
+            out = list(itertools.takewhile(lambda d: d.get("created_at") is not None, docs))
+        else:
+            out = await self._dated(query, after, limit)
         if len(out) < limit:  # the dated jobs ran out: the undated ones follow
             out += await self._undated(query, None, limit - len(out))
         return out
 
-    def undated_cursor(self, query: JobQuery) -> Any:
-        """The listing index's `created_at: null` keys, in `_id` order (exposed for the
-        explain() tests). `$eq: null` (missing or null) in an $and: nx-27017 reads a bare
-        `None` beside other fields as "missing" only."""
-        wanted = {"$and": [query.filter(), {"created_at": {"$eq": None}}]}
-        return self.coll.find(wanted, {"logs": 0}).sort("_id", -1).limit(UNDATED_READ)
+    def undated_cursor(self, query: JobQuery, bound: Doc) -> Any:
+        """The filter's jobs whose `created_at` is missing or null, of one `_id` type from
+        `bound` (`$lt` compares one type only), by `_id` desc: the listing index's
+        `created_at: null` keys (exposed for the explain() tests). `$eq: null` in an $and:
+        nx-27017 reads a bare `None` beside other fields as "missing" only."""
+        wanted = {"$and": [query.filter(), {"created_at": {"$eq": None}}, {"_id": bound}]}
+        return self.coll.find(wanted, {"logs": 0}).sort("_id", -1)
 
     async def _undated(self, query: JobQuery, after_id: Any, limit: int) -> list[Doc]:
-        """The filter's jobs without a creation time (few: a worker's sweep adopts them), by
-        `_id` desc as MongoDB orders any type, after `after_id` (None: from the first)."""
+        """The filter's jobs without a creation time, by `_id` desc as MongoDB orders types
+        (ObjectIds, then text, then numbers), after `after_id` (None: from the first): one
+        read per `_id` type, each bounded on the server. Other `_id` types are not listed."""
         if query.created_after is not None or query.created_before is not None:
             return []
-        docs = [
-            d for d in await all_docs(self.undated_cursor(query)) if d.get("created_at") is None
+        passes: list[Doc] = [
+            {"$lt": ObjectId("f" * 24)},  # every ObjectId (a bound brackets its type)
+            {"$type": "string"},
+            {"$type": "number"},
         ]
-        docs.sort(key=lambda d: _id_order(d["_id"]), reverse=True)
-        if after_id is not None:
-            docs = [d for d in docs if _id_order(d["_id"]) < _id_order(after_id)]
-        return docs[:limit]
+        kind = _id_order(after_id)[0] if after_id is not None else None
+        if kind is not None:
+            first = {7: 0, 2: 1, 1: 2}.get(kind)
+            if first is None:
+                return []
+            passes = [{"$lt": after_id}, *passes[first + 1 :]]
+        out: list[Doc] = []
+        for bound in passes:
+            cursor = self.undated_cursor(query, bound).limit(limit - len(out))
+            out += [d for d in await all_docs(cursor) if d.get("created_at") is None]
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     async def _dated(self, query: JobQuery, after: Position, limit: int) -> list[Doc]:
         # after a position, the jobs created in its instant (its second on nx-27017) that were

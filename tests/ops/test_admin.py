@@ -1192,3 +1192,61 @@ async def test_an_admins_own_actor_that_is_not_text_is_refused_at_construction(
     were applied and audited under someone else's name."""
     with pytest.raises(InvalidArgumentError, match="actor must be text"):
         Admin(any_db, "t_", FakeClock(NOW), actor=actor)
+
+
+async def _all_pages(admin: Any, limit: int) -> list[str]:
+    seen: list[str] = []
+    cursor = None
+    for _ in range(200):
+        page = await admin.list_jobs(limit=limit, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+    raise AssertionError("the pages never end")
+
+
+async def test_paging_reaches_every_undated_job_of_a_large_backlog(db: Any) -> None:
+    """Bare inserts are undated until claimed: a backlog of them (a paused name, no worker
+    for it) can be large. Their pages were read from one capped window, and ended silently
+    after 10,000; the bound is now on the server."""
+    storage = await Storage.open(db, "t_")
+    await storage.ensure_indexes()
+    await storage.definitions.register(DEFS, "w-setup", NOW)
+    admin = await Admin.open(db, "t_", FakeClock(NOW), actor="alice")
+    await add(storage)  # a dated one before them
+    n = 2_500
+    await storage.jobs.coll.insert_many([{"name": "email", "payload": {}} for _ in range(n)])
+    seen = await _all_pages(admin, 1000)
+    assert len(seen) == len(set(seen)) == n + 1, len(seen)
+
+
+async def test_paging_undated_jobs_with_mixed_id_types(env: Any) -> None:
+    """Another program's `_id`s of several types: every page orders them as MongoDB does
+    (ObjectIds, text, numbers), the first page too (nx-27017 sorted them its own way there,
+    and a job fell between two pages)."""
+    from bson import ObjectId
+
+    admin, storage, _ = env
+    await add(storage)
+    for oid in [7, 3.5, "abc", "zz", ObjectId(), 12]:
+        await storage.jobs.coll.insert_one({"_id": oid, "name": "email", "payload": {}})
+    one = await _all_pages(admin, 100)
+    assert len(one) == 7
+    for size in (1, 2, 3, 4):
+        paged = await _all_pages(admin, size)
+        assert paged == one, (size, paged)
+
+
+async def test_paging_goes_past_a_created_at_another_program_wrote_as_text(env: Any) -> None:
+    """A text `created_at` (another program's) sorts between the dates and the undated jobs:
+    a cursor after it went to the undated jobs below its own `_id` only (bare inserts made
+    after it were lost); now the undated jobs follow whole."""
+    admin, storage, _ = env
+    await add(storage)
+    await storage.jobs.coll.insert_one({"name": "email", "payload": {}, "created_at": "2020-01"})
+    for _ in range(2):
+        await storage.jobs.coll.insert_one({"name": "email", "payload": {}})
+    one = await _all_pages(admin, 100)
+    assert len(one) == 4
+    assert await _all_pages(admin, 2) == one

@@ -99,7 +99,12 @@ def encode_cursor(doc: Doc) -> str:
         shown = f"{'i' if isinstance(oid, int) else 'f'}:{oid!r}"
     else:
         shown = f"s:{oid}"
-    at = D.epoch_ms(created) if isinstance(created, dt.datetime) else "u"
+    if isinstance(created, dt.datetime):
+        at: int | str = D.epoch_ms(created)
+    elif created is None:  # among the undated jobs, by `_id`
+        at = "u"
+    else:  # another program's text or number (sorted between): the undated jobs follow
+        at = 0
     raw = f"{at}.{shown}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
