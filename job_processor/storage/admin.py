@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 from pymongo import DESCENDING, ReturnDocument
 
 from ..core import documents as D
@@ -116,6 +116,8 @@ def _id_order(value: Any) -> tuple[int, Any]:
     booleans), comparable here whatever another program used."""
     if isinstance(value, ObjectId):
         return (7, value.binary)
+    if isinstance(value, Decimal128):  # a number, as MongoDB orders it
+        return (1, float(value.to_decimal()))
     if isinstance(value, bool):
         return (8, value)
     if isinstance(value, int | float):
@@ -192,7 +194,7 @@ class JobAdminStore:
         if query.created_after is not None or query.created_before is not None:
             return []
         passes: list[Doc] = [
-            {"$lt": ObjectId("f" * 24)},  # every ObjectId (a bound brackets its type)
+            {"$lte": ObjectId("f" * 24)},  # every ObjectId (a bound brackets its type)
             {"$type": "string"},
             {"$type": "number"},
         ]

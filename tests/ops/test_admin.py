@@ -1250,3 +1250,28 @@ async def test_paging_goes_past_a_created_at_another_program_wrote_as_text(env: 
     one = await _all_pages(admin, 100)
     assert len(one) == 4
     assert await _all_pages(admin, 2) == one
+
+
+async def test_paging_lists_an_undated_job_whose_id_is_the_largest_objectid(env: Any) -> None:
+    """The ObjectId pass's bound left the largest ObjectId itself out."""
+    from bson import ObjectId
+
+    admin, storage, _ = env
+    await add(storage)
+    top = ObjectId("f" * 24)
+    await storage.jobs.coll.insert_one({"_id": top, "name": "email", "payload": {}})
+    await storage.jobs.coll.insert_one({"name": "email", "payload": {}})
+    seen = await _all_pages(admin, 100)
+    assert str(top) in seen and len(seen) == 3, seen
+    assert await _all_pages(admin, 1) == seen
+
+
+def test_a_cursor_keeps_a_decimal128_id() -> None:
+    """A Decimal128 `_id` is a number the number pass lists: its cursor made it text, and the
+    next page read every number again."""
+    from bson import Decimal128
+
+    from job_processor.ops.admin.inputs import encode_cursor
+
+    doc = {"_id": Decimal128("2.5"), "name": "email"}
+    assert decode_cursor(encode_cursor(doc)) == (None, Decimal128("2.5"))

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bson
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 
 from ...core import documents as D
 from ...core.clock import to_millis
@@ -90,13 +90,15 @@ def encode_cursor(doc: Doc) -> str:
     """The position after `doc` (its creation time and id). A document another program
     inserted has no `created_at` until its first claim: it is sorted last, among the undated
     jobs (`u`), which follow by `_id`; an `_id` of its own that is not an ObjectId is kept with
-    its type (`i:`, `f:` numbers, `s:` text)."""
+    its type (`i:`, `f:`, `d:` numbers, `s:` text)."""
     created = doc.get("created_at")
     oid = doc["_id"]
     if isinstance(oid, ObjectId):
         shown = str(oid)
     elif isinstance(oid, int | float) and not isinstance(oid, bool):  # its type kept
         shown = f"{'i' if isinstance(oid, int) else 'f'}:{oid!r}"
+    elif isinstance(oid, Decimal128):
+        shown = f"d:{oid}"
     else:
         shown = f"s:{oid}"
     if isinstance(created, dt.datetime):
@@ -114,7 +116,7 @@ def decode_cursor(token: str) -> tuple[dt.datetime | None, Any]:
     try:
         padded = token + "=" * (-len(token) % 4)
         ms, oid = base64.urlsafe_b64decode(padded.encode()).decode().split(".", 1)
-        kinds: dict[str, Any] = {"s:": str, "i:": int, "f:": float}
+        kinds: dict[str, Any] = {"s:": str, "i:": int, "f:": float, "d:": Decimal128}
         kind = kinds.get(oid[:2])
         shown = kind(oid[2:]) if kind else ObjectId(oid)
         if ms == "u":
