@@ -84,10 +84,9 @@ async def test_a_form_body_past_the_limit_is_refused_unread(
         assert broken.status_code == 400 and "The form could not be read" in broken.text
 
 
-async def test_mongodb_unavailable_page_names_the_cause_in_full() -> None:
-    """Nothing listens where the database is: the page says so plainly (it cut pymongo's
-    "host:port: [Errno 111] Connect call failed ('127.0.0.1', PORT) (...)" at its first
-    comma, an open parenthesis and no port)."""
+async def unavailable_page(url_of: Any, timeout_ms: int) -> tuple[int, str]:
+    """The dashboard's answer on a database nothing answers for (`url_of(port)`: a URL with a
+    local port nothing listens on): its status and the cause it says."""
     import socket
 
     from pymongo import AsyncMongoClient
@@ -96,43 +95,32 @@ async def test_mongodb_unavailable_page_names_the_cause_in_full() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=300, tz_aware=True
+        url_of(port), serverSelectionTimeoutMS=timeout_ms, tz_aware=True
     )
     try:
         app = create_dashboard(client["jp_down"])  # loopback, no auth
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
             page = await web.get("/")
-        assert page.status_code == 503
-        line = page.text.split("The database did not answer: ", 1)[1].split("</p>", 1)[0]
-        assert line == f"127.0.0.1:{port}: connection refused: nothing listens on that port"
     finally:
         await client.close()
+    assert page.status_code == 503, page.text[:200]
+    return port, page.text.split("The database did not answer: ", 1)[1].split("</p>", 1)[0]
+
+
+async def test_mongodb_unavailable_page_names_the_cause_in_full() -> None:
+    """Nothing listens where the database is: the page says so plainly (it cut pymongo's
+    "host:port: [Errno 111] Connect call failed ('127.0.0.1', PORT) (...)" at its first
+    comma, an open parenthesis and no port)."""
+    port, line = await unavailable_page(lambda port: f"mongodb://127.0.0.1:{port}", 300)
+    assert line == f"127.0.0.1:{port}: connection refused: nothing listens on that port"
 
 
 async def test_mongodb_unavailable_page_names_every_hosts_cause() -> None:
     """A URL of two hosts, neither reachable for its own reason: the page said only the first
     host's cause (the text was cut where the first server's part ends)."""
-    import socket
-
-    from pymongo import AsyncMongoClient
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        f"mongodb://127.0.0.1:{port},nosuchhost.invalid:27017/",
-        serverSelectionTimeoutMS=1500,
-        tz_aware=True,
+    port, line = await unavailable_page(
+        lambda port: f"mongodb://127.0.0.1:{port},nosuchhost.invalid:27017/", 1500
     )
-    try:
-        app = create_dashboard(client["jp_down"])  # loopback, no auth
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as web:
-            page = await web.get("/")
-        assert page.status_code == 503
-        line = page.text.split("The database did not answer: ", 1)[1].split("</p>", 1)[0]
-        assert f"127.0.0.1:{port}: connection refused" in line, line
-        assert "nosuchhost.invalid:27017: host name not found" in line, line
-    finally:
-        await client.close()
+    assert f"127.0.0.1:{port}: connection refused" in line, line
+    assert "nosuchhost.invalid:27017: host name not found" in line, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -755,57 +756,71 @@ async def test_stuck_exclusive_cron_of_a_paused_name_says_resume_not_serve_its_t
 async def test_a_cron_task_recovered_after_its_worker_crashed_closes_its_check_in(db: Any) -> None:
     """crons.md: each attempt of a cron task sends in_progress at its start and ok / error at
     its end. An attempt whose worker died (recovered as a failed attempt) never sent its end."""
-    import sentry_sdk
-
     crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
-    checkins = capture_checkins(sentry_sdk)
-    try:
-        processor = await make(db, crons)
-        task = _crashed_task(processor.clock.now(), resumable=False, max_attempts=1)
-        await processor.storage.jobs.insert(task)
-        async with processor:
-            done = await wait_status(processor, str(task["_id"]), JobStatus.ERRORED)
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
+    done, statuses = await recovered_checkins(
+        lambda: make(db, crons),
+        lambda p: _crashed_task(p.clock.now(), resumable=False, max_attempts=1),
+        JobStatus.ERRORED,
+    )
     assert done.failures == 1  # a failed attempt
-    assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["error"]
+    assert statuses == ["error"]
 
 
 async def test_a_cron_task_put_back_unstarted_sends_no_error_check_in(db: Any) -> None:
     """An attempt whose worker died sends its `error` when recovered; a claim whose reply was
     lost (put back unstarted: the handler never ran, no attempt used, no in_progress sent)
     is no such attempt: it marked the monitor failed (error, in_progress, ok)."""
-    import sentry_sdk
-
     from job_processor.core import documents as D
 
+    def lost_reply(p: JobProcessor) -> dict[str, Any]:
+        now = p.clock.now()
+        task = D.cron_task(
+            "export",
+            slot=now,
+            now=now,
+            margin=dt.timedelta(minutes=5),
+            tag=None,
+            exclusive=False,
+            max_attempts=1,
+            resumable=False,
+        )
+        task = D.as_running(task, p.worker.worker_id, now)
+        p.worker.unstarted.add(task["run_id"])  # its claim's reply was lost
+        return task
+
     crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
-    checkins = capture_checkins(sentry_sdk)
-    try:
-        processor = await make(db, crons)
-        async with processor:
-            now = processor.clock.now()
-            task = D.cron_task(
-                "export",
-                slot=now,
-                now=now,
-                margin=dt.timedelta(minutes=5),
-                tag=None,
-                exclusive=False,
-                max_attempts=1,
-                resumable=False,
-            )
-            task = D.as_running(task, processor.worker.worker_id, now)
-            processor.worker.unstarted.add(task["run_id"])  # its claim's reply was lost
-            await processor.storage.jobs.insert(task)
-            done = await wait_status(processor, str(task["_id"]), JobStatus.FINISHED)
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
+    done, statuses = await recovered_checkins(
+        lambda: make(db, crons), lost_reply, JobStatus.FINISHED
+    )
     assert done.failures == 0
-    statuses = [c["status"] for c in checkins if c["monitor_slug"] == "export"]
     assert statuses == ["in_progress", "ok"], statuses
+
+
+async def test_cron_attempt_recovered_by_a_worker_without_the_cron_closes_its_check_in(
+    db: Any,
+) -> None:
+    """The live worker that recovers a dead worker's cron task may serve other names only: it
+    sent nothing, and the monitor's in_progress stayed open."""
+    done, statuses = await recovered_checkins(
+        lambda: init_job_processor(db, jobs={"other": {"handler": tick}}, **FAST),
+        lambda p: _crashed_task(p.clock.now(), resumable=False, max_attempts=1),
+        JobStatus.ERRORED,
+    )
+    assert done.failures == 1  # a failed attempt, recovered by this worker
+    assert statuses == ["error"]
+
+
+async def test_resumable_cron_attempt_whose_worker_died_closes_its_check_in(db: Any) -> None:
+    """A resumable task's crash uses an attempt and is paused to resume: no error was sent for
+    the dead attempt, whose in_progress stayed open."""
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick, "resumable": True}}
+    done, statuses = await recovered_checkins(
+        lambda: make(db, crons),
+        lambda p: _crashed_task(p.clock.now(), resumable=True, max_attempts=3),
+        JobStatus.FINISHED,
+    )
+    assert done.failures == 1  # the dead attempt counted
+    assert statuses == ["error", "in_progress", "ok"], statuses
 
 
 def _crashed_task(now: dt.datetime, *, resumable: bool, max_attempts: int) -> dict[str, Any]:
@@ -826,43 +841,23 @@ def _crashed_task(now: dt.datetime, *, resumable: bool, max_attempts: int) -> di
     return D.as_running(task, "dead-worker", long_ago)
 
 
-async def test_cron_attempt_recovered_by_a_worker_without_the_cron_closes_its_check_in(
-    db: Any,
-) -> None:
-    """The live worker that recovers a dead worker's cron task may serve other names only: it
-    sent nothing, and the monitor's in_progress stayed open."""
+async def recovered_checkins(
+    make_processor: Callable[[], Awaitable[JobProcessor]],
+    task_of: Callable[[JobProcessor], dict[str, Any]],
+    status: JobStatus,
+) -> tuple[Job, list[str]]:
+    """The cron task `task_of(processor)` makes, inserted once the processor runs, waited for
+    until `status` with Sentry capturing: the job and its "export" monitor's check-ins."""
     import sentry_sdk
 
     checkins = capture_checkins(sentry_sdk)
     try:
-        processor = await init_job_processor(db, jobs={"other": {"handler": tick}}, **FAST)
-        task = _crashed_task(processor.clock.now(), resumable=False, max_attempts=1)
-        await processor.storage.jobs.insert(task)
+        processor = await make_processor()
         async with processor:
-            done = await wait_status(processor, str(task["_id"]), JobStatus.ERRORED)
+            task = task_of(processor)
+            await processor.storage.jobs.insert(task)
+            done = await wait_status(processor, str(task["_id"]), status)
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
-    assert done.failures == 1  # a failed attempt, recovered by this worker
-    assert [c["status"] for c in checkins if c["monitor_slug"] == "export"] == ["error"]
-
-
-async def test_resumable_cron_attempt_whose_worker_died_closes_its_check_in(db: Any) -> None:
-    """A resumable task's crash uses an attempt and is paused to resume: no error was sent for
-    the dead attempt, whose in_progress stayed open."""
-    import sentry_sdk
-
-    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick, "resumable": True}}
-    checkins = capture_checkins(sentry_sdk)
-    try:
-        processor = await make(db, crons)
-        task = _crashed_task(processor.clock.now(), resumable=True, max_attempts=3)
-        await processor.storage.jobs.insert(task)
-        async with processor:
-            done = await wait_status(processor, str(task["_id"]), JobStatus.FINISHED)
-        sentry_sdk.flush()
-    finally:
-        sentry_sdk.init(dsn=None)
-    assert done.failures == 1  # the dead attempt counted
-    statuses = [c["status"] for c in checkins if c["monitor_slug"] == "export"]
-    assert statuses == ["error", "in_progress", "ok"], statuses
+    return done, [c["status"] for c in checkins if c["monitor_slug"] == "export"]
