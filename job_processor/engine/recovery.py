@@ -365,7 +365,7 @@ class Recovery:
             name = str(doc.get("name"))
             used = (written.doc.get("failures") or 0) > (doc.get("failures") or 0)
             paused = written.doc["status"] == S.PAUSED.value
-            if doc.get("trigger") is not None and outcome.started and (used or not paused):
+            if doc.get("trigger") is not None and started and (used or not paused):
                 # a cron task's crashed attempt ends its check-in in error, as a failed
                 # attempt's does (a resumable one's too: paused to resume, its attempt used; not
                 # a claim put back unstarted), whichever worker recovers it, one that defines

@@ -770,27 +770,9 @@ async def test_a_cron_task_put_back_unstarted_sends_no_error_check_in(db: Any) -
     """An attempt whose worker died sends its `error` when recovered; a claim whose reply was
     lost (put back unstarted: the handler never ran, no attempt used, no in_progress sent)
     is no such attempt: it marked the monitor failed (error, in_progress, ok)."""
-    from job_processor.core import documents as D
-
-    def lost_reply(p: JobProcessor) -> dict[str, Any]:
-        now = p.clock.now()
-        task = D.cron_task(
-            "export",
-            slot=now,
-            now=now,
-            margin=dt.timedelta(minutes=5),
-            tag=None,
-            exclusive=False,
-            max_attempts=1,
-            resumable=False,
-        )
-        task = D.as_running(task, p.worker.worker_id, now)
-        p.worker.unstarted.add(task["run_id"])  # its claim's reply was lost
-        return task
-
     crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
     done, statuses = await recovered_checkins(
-        lambda: make(db, crons), lost_reply, JobStatus.FINISHED
+        lambda: make(db, crons), lambda p: _lost_reply(p, killed=False), JobStatus.FINISHED
     )
     assert done.failures == 0
     assert statuses == ["in_progress", "ok"], statuses
@@ -861,3 +843,40 @@ async def recovered_checkins(
     finally:
         sentry_sdk.init(dsn=None)
     return done, [c["status"] for c in checkins if c["monitor_slug"] == "export"]
+
+
+async def test_a_cron_task_put_back_unstarted_with_a_kill_sends_no_error_check_in(
+    db: Any,
+) -> None:
+    """A claim whose reply was lost (its handler never ran, no in_progress sent) and whose
+    kill was requested meanwhile ends killed on recovery: no attempt ran, so no check-in is
+    owed (the outcome, killed, counted as started: an error was sent)."""
+    crons = {"export": {"cron_string": "0 2 * * *", "handler": tick}}
+    done, statuses = await recovered_checkins(
+        lambda: make(db, crons), lambda p: _lost_reply(p, killed=True), JobStatus.KILLED
+    )
+    assert done.failures == 0
+    assert statuses == [], statuses
+
+
+def _lost_reply(p: JobProcessor, *, killed: bool) -> dict[str, Any]:
+    """A cron task of "export" claimed by `p` whose claim's reply was lost (never started),
+    its kill requested meanwhile when `killed`."""
+    from job_processor.core import documents as D
+
+    now = p.clock.now()
+    task = D.cron_task(
+        "export",
+        slot=now,
+        now=now,
+        margin=dt.timedelta(minutes=5),
+        tag=None,
+        exclusive=False,
+        max_attempts=1,
+        resumable=False,
+    )
+    task = D.as_running(task, p.worker.worker_id, now)
+    if killed:
+        task["kill_requested_at"] = now
+    p.worker.unstarted.add(task["run_id"])
+    return task
