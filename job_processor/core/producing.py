@@ -53,6 +53,11 @@ class JobSpec:
     or the JobSpec itself): a whole flow in one call."""
     on_dependency_failure: str = "skip"
 
+    def __post_init__(self) -> None:
+        after = self.after
+        if isinstance(after, Iterable) and not isinstance(after, Sequence | Mapping | str | bytes):
+            object.__setattr__(self, "after", tuple(after))  # a generator is read more than once
+
 
 @dataclass(frozen=True)
 class Template:

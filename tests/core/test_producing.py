@@ -229,3 +229,17 @@ def test_after_is_refused_past_max_after_and_read_in_linear_time() -> None:
     assert after_ids([*ids, *ids], "merge") == ids  # once each, in order
     with pytest.raises(InvalidArgumentError, match=r"after holds 10001 jobs, more than the 10000"):
         after_ids([*ids, ObjectId()], "merge")
+
+
+def test_a_jobspecs_after_given_as_a_generator_is_read_once_and_kept() -> None:
+    """`after` is read when the batch is checked, and again for the items of a batch cut
+    midway (`remaining_items`): a generator was empty the second time, so the items to
+    schedule again lost their dependencies."""
+    from job_processor.core.producing import remaining_items
+
+    first = JobSpec("a")
+    second = JobSpec("b", after=(ref for ref in [0, first]))
+    assert second.after == (0, first)
+    docs = [{"_id": "id-a"}, {"_id": "id-b"}]
+    (rest,) = remaining_items([first, second], docs, 1)
+    assert rest.after == ["id-a", "id-a"]
