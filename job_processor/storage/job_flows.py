@@ -24,7 +24,7 @@ from pymongo import UpdateMany
 from ..core import documents as D
 from ..core import flows as F
 from ..core.status import JobStatus
-from .compat import DEPENDENTS_COUNTED_PARTS, ServerProfile, all_docs, decode
+from .compat import ServerProfile, all_docs, decode
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -45,17 +45,18 @@ HELD: Doc = {"has_dependents": True, "dependents_settled": {"$exists": False}}
 
 def with_expiry(query: Doc, update: Doc, expires_at: dt.datetime | None) -> list[tuple[Doc, Doc]]:
     """`update` over `query` with the jobs' expiry, held back where their dependents have not
-    all counted them (flows.md: a job with dependents is kept until they have), else set:
-    one (query, update) per case, equalities and `$exists` only (nx-27017 beside a date
-    range). Without an expiry, the update as it is."""
+    all counted them (flows.md: a job with dependents is kept until they have), else set: two
+    (query, update) pairs, made in order, the held ones first. `update` must take a job out
+    of `query` (a status, a flag it unsets), so that the second pair finds only the others
+    (one marked meanwhile has its expiry renamed by `mark_dependents`). Without an expiry,
+    the update as it is."""
     if expires_at is None:
         return [(query, update)]
 
     def plus(key: str) -> Doc:
         return update | {"$set": {**update.get("$set", {}), key: expires_at}}
 
-    held = [(query | HELD, plus("expires_after_settle"))]
-    return held + [(query | part, plus("expires_at")) for part in DEPENDENTS_COUNTED_PARTS]
+    return [(query | HELD, plus("expires_after_settle")), (query, plus("expires_at"))]
 
 
 class FlowRecords:
