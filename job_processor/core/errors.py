@@ -158,6 +158,12 @@ class InvalidArgumentError(JobProcessorError, ValueError):
     """An argument of a JobProcessor method is invalid (a naive datetime, an unknown status)."""
 
 
+class JobArgumentError(InvalidArgumentError, InvalidPayloadError):
+    """A `schedule_job` argument beside the payload that is invalid (`priority`, `key`,
+    `max_attempts`): an `InvalidArgumentError`, and an `InvalidPayloadError` too, which versions
+    before 2026-12 raised for them, so that code catching that one keeps working."""
+
+
 class DatabaseUnreachableError(JobProcessorError, ConnectionError):
     """MongoDB did not answer within the connect timeout (or a producer call's budget).
 

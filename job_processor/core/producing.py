@@ -27,7 +27,13 @@ from . import flows as F
 from . import values as V
 from .clock import to_millis
 from .definitions import JobDef, fill_limit_key
-from .errors import InvalidArgumentError, InvalidPayloadError, JobProcessorError, field_errors
+from .errors import (
+    InvalidArgumentError,
+    InvalidPayloadError,
+    JobArgumentError,
+    JobProcessorError,
+    field_errors,
+)
 from .payload_fields import accepted_keys, misspelled
 
 Doc = dict[str, Any]
@@ -256,12 +262,12 @@ def new_job_doc(
     when = due_at(name, scheduled_for, delay, now)
     priority = 0 if priority is None else priority
     if not isinstance(priority, int) or isinstance(priority, bool) or not V.fits_int64(priority):
-        raise InvalidPayloadError(
+        raise JobArgumentError(
             f"job {name!r}: priority must be an integer within 64 bits (MongoDB's), got "
             f"{priority!r}"
         )
     if key is not None and (not isinstance(key, str) or not key):
-        raise InvalidPayloadError(f"job {name!r}: key must be a non-empty string, got {key!r}")
+        raise JobArgumentError(f"job {name!r}: key must be a non-empty string, got {key!r}")
     attempts = template.attempts if max_attempts is None else max_attempts
     if (
         not isinstance(attempts, int)
@@ -269,7 +275,7 @@ def new_job_doc(
         or attempts < 1
         or not V.fits_int64(attempts)
     ):
-        raise InvalidPayloadError(
+        raise JobArgumentError(
             f"job {name!r}: max_attempts must be an integer >= 1 within 64 bits, got "
             f"{max_attempts!r}"
         )

@@ -64,12 +64,17 @@ def test_a_job_document_is_validated_and_carries_its_definitions_rules() -> None
     assert doc["exclusive_key"] == "email" and doc["dedup_key"]
     with pytest.raises(InvalidPayloadError, match="field 'to'"):
         new_job_doc("email", EMAIL, {"to": 3}, now=NOW)
-    with pytest.raises(InvalidPayloadError, match="priority must be an integer"):
+    # arguments beside the payload: InvalidArgumentError, still an InvalidPayloadError as before
+    with pytest.raises(InvalidArgumentError, match="priority must be an integer") as bad:
         new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority="high")
-    with pytest.raises(InvalidPayloadError, match="priority must be an integer within 64 bits"):
+    assert isinstance(bad.value, InvalidPayloadError)
+    with pytest.raises(InvalidArgumentError, match="priority must be an integer within 64 bits"):
         new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority=2**70)
-    with pytest.raises(InvalidPayloadError, match="max_attempts must be an integer >= 1 within"):
+    with pytest.raises(InvalidArgumentError, match="max_attempts must be an integer >= 1 within"):
         new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, max_attempts=2**64)
+    with pytest.raises(InvalidArgumentError, match="key must be a non-empty string") as bad:
+        new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, key="")
+    assert isinstance(bad.value, InvalidPayloadError)
     assert new_job_doc("email", EMAIL, {"to": "a"}, now=NOW, priority=-(2**63))["priority"] == -(
         2**63
     )
