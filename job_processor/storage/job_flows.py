@@ -47,16 +47,19 @@ def with_expiry(query: Doc, update: Doc, expires_at: dt.datetime | None) -> list
     """`update` over `query` with the jobs' expiry, held back where their dependents have not
     all counted them (flows.md: a job with dependents is kept until they have), else set: two
     (query, update) pairs, made in order, the held ones first. `update` must take a job out
-    of `query` (a status, a flag it unsets), so that the second pair finds only the others
-    (one marked meanwhile has its expiry renamed by `mark_dependents`). Without an expiry,
-    the update as it is."""
+    of `query` (a status, a flag it unsets), so that the second pair finds only the others.
+    The second pair leaves out held jobs too: one that a job scheduled after it marked
+    between the two updates (`mark_dependents`) is matched by neither, and left for the
+    caller's next pass, never given an `expires_at` the TTL index would act on. Without an
+    expiry, the update as it is."""
     if expires_at is None:
         return [(query, update)]
 
     def plus(key: str) -> Doc:
         return update | {"$set": {**update.get("$set", {}), key: expires_at}}
 
-    return [(query | HELD, plus("expires_after_settle")), (query, plus("expires_at"))]
+    not_held = query | {"$nor": [*query.get("$nor", []), HELD]}
+    return [(query | HELD, plus("expires_after_settle")), (not_held, plus("expires_at"))]
 
 
 class FlowRecords:

@@ -156,3 +156,48 @@ async def test_advance_is_compare_and_set(storage: Storage) -> None:
     assert not await storage.crons.advance("a", at(1), at(3), NOW)
     (doc,) = await storage.crons.docs(["a"])
     assert doc["next_slot"] == at(2)
+
+
+async def test_a_missed_task_marked_between_the_two_updates_keeps_its_expiry_held(
+    storage: Storage,
+) -> None:
+    """with_expiry's second update must not set `expires_at` on a job that a job scheduled
+    after it marked (`mark_dependents`) once the first, held, update had passed it by:
+    flows.md, a job with dependents is kept until they have all counted it (the TTL index on
+    `expires_at` would delete it before)."""
+    late = await storage.jobs.insert(task("tick", cron(), at(0), NOW))
+    assert late is not None
+    coll = storage.jobs.coll
+    calls: list[dict[str, Any]] = []
+
+    class Interleaved:
+        """The jobs collection, with a job scheduled after `late` marking it right after the
+        missed-task pass's first update (what another process can do at that moment)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(coll, name)
+
+        async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
+            res = await coll.update_many(query, update)
+            calls.append(query)
+            if len(calls) == 1:
+                storage.jobs.coll = coll
+                await storage.jobs.mark_dependents([late["_id"]], at(120))
+                storage.jobs.coll = self
+            return res
+
+    storage.jobs.coll = Interleaved()
+    try:
+        first = await storage.jobs.expire_missed_by_name(at(120), {"tick": at(120)})
+    finally:
+        storage.jobs.coll = coll
+    # the scheduler's next refresh (a task the first pass left pending is expired then)
+    second = await storage.jobs.expire_missed_by_name(at(121), {"tick": at(121)})
+    assert first.get("tick", 0) + second.get("tick", 0) == 1
+    doc = await coll.find_one({"_id": late["_id"]})
+    assert doc is not None
+    assert (doc["status"], doc["has_dependents"]) == ("skipped", True)
+    assert "dependents_settled" not in doc
+    # held back until a sweep sees its dependents settled, never a TTL expiry meanwhile
+    assert "expires_at" not in doc, doc
+    assert "expires_after_settle" in doc, doc

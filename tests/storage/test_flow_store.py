@@ -226,3 +226,53 @@ async def test_a_level_of_150_failures_goes_in_bulk_writes_of_300_updates(
         assert sent == ["update", "update", "find", "update", "update", "update", "find"]
         got = await statuses(storage)
         assert {got[j][0] for j in middle + leaves} == {"skipped"}
+
+
+async def test_set_expiry_keeps_held_a_job_marked_between_its_two_updates(any_db: Any) -> None:
+    """A job skipped by a failed dependency gets its expiry from `set_expiry`; one that a job
+    scheduled after it marks (`mark_dependents`) while set_expiry runs gets it held back
+    (`expires_after_settle`), never a plain `expires_at` (flows.md, retention: kept until its
+    dependents have all counted it; the TTL index deletes on `expires_at`)."""
+    storage = await Storage.open(any_db, "t_")
+    await storage.ensure_indexes()
+    doc = D.new_job("j", {}, now=NOW) | {
+        "status": "skipped",
+        "ended_at": NOW,
+        "expiry_pending": True,
+    }
+    inserted = await storage.jobs.insert(doc)
+    assert inserted is not None
+    job_id = ObjectId(inserted["_id"])
+    coll = storage.jobs.coll
+    calls: list[dict[str, Any]] = []
+
+    class Interleaved:
+        """The jobs collection, a job scheduled after `job_id` marking it right after
+        set_expiry's first update (what another process may do at that moment)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(coll, name)
+
+        async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
+            res = await coll.update_many(query, update)
+            calls.append(query)
+            if len(calls) == 1:
+                storage.jobs.coll = coll
+                await storage.jobs.mark_dependents([job_id], NOW)
+                storage.jobs.coll = self
+            return res
+
+    expires = NOW + dt.timedelta(days=1)
+    storage.jobs.coll = Interleaved()
+    try:
+        await storage.jobs.set_expiry([job_id], expires)
+    finally:
+        storage.jobs.coll = coll
+    # a sweep's next pass (one the first left pending is given its expiry then)
+    await storage.jobs.set_expiry([job_id], expires)
+    got = await coll.find_one({"_id": job_id})  # its expiry is past: a plain one is a TTL delete
+    assert got is not None, "deleted by the TTL index while its dependents had not counted it"
+    assert got["has_dependents"] and "dependents_settled" not in got
+    assert "expiry_pending" not in got
+    assert "expires_at" not in got, got
+    assert "expires_after_settle" in got, got
