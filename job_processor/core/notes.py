@@ -136,7 +136,7 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
         )
     if message is not None and not isinstance(message, str):
         raise ValueError(f"report_progress: message must be text or None, got {message!r}")
-    if total == 0:  # nothing to do ("0 of 0"): done
+    if total is not None and float(total) == 0:  # "0 of 0", as stored (float): done
         fraction: float | None = 1.0
     else:
         fraction = min(float(done) / float(total), 1.0) if total is not None else None

@@ -216,3 +216,11 @@ def test_progress_past_64_bits_says_why_it_is_refused() -> None:
     """2**63 is a number >= 0: the message names the 64-bit bound it is over."""
     with pytest.raises(ValueError, match="within 64 bits"):
         progress_of(2**63, None, None, NOW)
+
+
+def test_a_total_whose_float_is_zero_reads_as_nothing_to_do_not_a_zero_division() -> None:
+    """A positive total no float holds (Fraction(1, 10**400), stored as 0.0) passed the checks,
+    then report_progress divided by its float and raised ZeroDivisionError, failing the handler
+    with an error naming neither the call nor the argument. What is stored, 0.0, reads as done."""
+    progress = progress_of(1, Fraction(1, 10**400), None, NOW)
+    assert progress["total"] == 0.0 and progress["fraction"] == 1.0
