@@ -298,6 +298,9 @@ def _refuse_event_loop(verb: str, waits: bool) -> None:
         ", and until its sync subscribers' deliveries end (up to sync_timeout: a worker in this "
         "loop cannot run them meanwhile)"
         if verb == "emit"
+        else ", and it is refused if the exit it retries still owes its on_job_exited (a worker "
+        "in this loop could not run it meanwhile)"
+        if verb == "retry_job"
         else ""
     )
     warnings.warn(

@@ -498,3 +498,32 @@ def test_every_option_is_checked_when_the_client_is_made(sync_db: Database[Any])
     with pytest.raises(InvalidDefinitionError, match="jobs must be a dict of name"):
         JobClient(sync_db, [JobDef(handler=never)])  # type: ignore[arg-type]
     assert "job_processor_jobs" not in sync_db.list_collection_names()
+
+
+async def _exited(job: Any) -> None: ...
+
+
+@pytest.mark.filterwarnings("ignore:JobClient.retry_job blocks:RuntimeWarning")
+async def test_in_an_async_function_a_retry_never_holds_the_loop_for_an_owed_hook(
+    sync_db: Database[Any],
+) -> None:
+    """retry_job of a job whose on_job_exited is still owed waits up to HOOK_WAIT (10 s),
+    polling with time.sleep, for a worker to run the hook. Called in a thread running an event
+    loop it only warned, then held the loop (every request, and a worker in that loop, the one
+    that would run the hook) for the whole 10 s, and was refused anyway: refused at once now,
+    saying to use the async API or a thread."""
+    client = JobClient(sync_db, {"hooked": JobDef(handler=never, on_job_exited=_exited)})
+    job = await asyncio.to_thread(client.schedule_job, "hooked", delay=3600)
+    await asyncio.to_thread(client.kill_job, job.id)  # the hook is owed, to a worker's sweep
+    stored = sync_db["job_processor_jobs"].find_one({"_id": ObjectId(job.id)})
+    assert stored is not None and stored["exit_hook"] == "owed"
+    began = time.monotonic()
+    with pytest.raises(JobProcessorError, match=r"event loop.*asyncio\.to_thread") as refused:
+        client.retry_job(job.id)
+    assert time.monotonic() - began < 5, "the event loop was held waiting for the hook"
+    assert "on_job_exited for the killed exit has not run yet" in str(refused.value)
+    with (
+        pytest.warns(RuntimeWarning, match=r"refused if the exit it retries still owes"),
+        pytest.raises(JobProcessorError),
+    ):
+        client.retry_job(job.id)

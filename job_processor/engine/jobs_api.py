@@ -10,6 +10,7 @@ is written twice).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -510,6 +511,15 @@ class JobsAPI(JobWaits):
                 )
             )
             return await self.storage.producer.run(lambda _: self.storage.jobs.get(stored["_id"]))
+        if self.storage.producer.sync and _in_event_loop():
+            raise JobProcessorError(
+                f"job {stored.get('name')!r} {stored['_id']}: its on_job_exited for the "
+                f"{stored.get('status')} exit has not run yet, and JobClient.retry_job was "
+                "called in a thread running an asyncio event loop: waiting for a worker to run "
+                f"it (up to {HOOK_WAIT:g}s) would block the loop, and a worker running in it; "
+                "use the async API (`await processor.retry_job(...)`) or run the call in a "
+                "thread (`await asyncio.to_thread(jobs.retry_job, ...)`)"
+            )
         pacing = WaitPacing()
         give_up = time.monotonic() + HOOK_WAIT
         current: Doc | None = stored
@@ -527,6 +537,15 @@ class JobsAPI(JobWaits):
 #: How long a retry made where hooks are not called waits for a worker to run the owed hook of
 #: the exit it retries, before it is refused (with why): a request thread is not held longer.
 HOOK_WAIT = 10.0
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (a JobClient call from an `async def` function)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _missing_after(docs: list[Doc], missing: list[ObjectId]) -> JobNotFoundError:
