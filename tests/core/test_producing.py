@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import AliasChoices, AliasPath, BaseModel, Field
 
 from job_processor import InvalidArgumentError, InvalidPayloadError, JobDef, UnknownJobError
 from job_processor.core.producing import (
@@ -17,6 +17,7 @@ from job_processor.core.producing import (
     Template,
     WaitPacing,
     batch_items,
+    checked_payload,
     due_at,
     new_job_doc,
 )
@@ -248,3 +249,37 @@ def test_a_jobspecs_after_given_as_a_generator_is_read_once_and_kept() -> None:
     docs = [{"_id": "id-a"}, {"_id": "id-b"}]
     (rest,) = remaining_items([first, second], docs, 1)
     assert rest.after == ["id-a", "id-a"]
+
+
+class _Nested(BaseModel):
+    a: int = Field(1, validation_alias=AliasPath("outer", "inner"))
+    b: str = "x"
+
+
+def test_a_payload_whose_field_is_read_through_an_alias_path_reads_back_as_given() -> None:
+    """guide.md "Typed payloads": stored in the form that reads back as the same value. A field
+    read through an AliasPath was stored under its name, read back as its default (1): the
+    handler got the wrong value, the job finished."""
+    for given in (_Nested(outer={"inner": 9}), {"outer": {"inner": 9}}):
+        stored = checked_payload("j", _Nested, given)
+        assert stored == {"outer": {"inner": 9}, "b": "x"}
+        assert _Nested.model_validate(stored) == _Nested(outer={"inner": 9})
+
+    class Choices(BaseModel):
+        a: int = Field(1, validation_alias=AliasChoices(AliasPath("p", "q"), "a2"))
+
+    assert checked_payload("j", Choices, {"a2": 4}) == {"p": {"q": 4}}
+
+
+def test_a_payload_no_stored_form_reads_back_is_refused_naming_the_field() -> None:
+    class Indexed(BaseModel):
+        a: int = Field(1, validation_alias=AliasPath("items", 0))
+
+    with pytest.raises(InvalidPayloadError, match=r"job 'j': payload Indexed .* 'a' would read"):
+        checked_payload("j", Indexed, {"items": [5]})
+
+    class Excluded(BaseModel):  # excluded from the dump: not stored, as documented
+        a: int = Field(1, alias="A", exclude=True)
+        b: int = Field(2, alias="B")
+
+    assert checked_payload("j", Excluded, {"A": 5, "B": 6}) == {"B": 6}

@@ -752,3 +752,22 @@ async def test_scheduled_for_outside_the_utc_range_is_an_invalid_argument(
         await processor.schedule_job("n", {}, scheduled_for=when)
     with pytest.raises(InvalidArgumentError, match="item 0"):
         await processor.schedule_jobs([JobSpec("n", {}, scheduled_for=when)])
+
+
+async def test_a_typed_payload_with_an_alias_path_reaches_the_handler_as_scheduled(
+    db: Any,
+) -> None:
+    """guide.md "Typed payloads": the payload is stored in the form that reads back as the
+    same value (a field read through an AliasPath reached the handler as its default)."""
+    from pydantic import AliasPath, BaseModel, Field
+
+    class Nested(BaseModel):
+        a: int = Field(1, validation_alias=AliasPath("outer", "inner"))
+
+    async def seen(job: Job[Nested], signal: AbortSignal) -> int:
+        return job.payload.a
+
+    p = await make(db, {"nested": JobDef(handler=seen, payload_model=Nested)})
+    job = await p.run_job("nested", Nested(outer={"inner": 9}))
+    assert job.status == JobStatus.FINISHED
+    assert job.output is not None and job.output.result == 9
