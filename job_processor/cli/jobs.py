@@ -99,8 +99,10 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
     if data.get("invalid_fields"):  # another program's values, shown as stored
         print(f"{'invalid fields:':<20}{json.dumps(data['invalid_fields'], default=str)}")
     if job.after:
-        # "waiting" in `deps`: not counted yet (the dependency has not ended, or just ended)
-        ended = [f"{d} ({'not ended' if s == 'waiting' else s})" for d, s in job.deps.items()]
+        # "waiting" in `deps`: not counted (the dependency has not ended, or just ended; a
+        # job ended by a failed dependency counts no other end: flows.md)
+        uncounted = "not ended" if job.status == "waiting" else "not counted"
+        ended = [f"{d} ({uncounted if s == 'waiting' else s})" for d, s in job.deps.items()]
         waiting = f"waiting for {job.waiting_on}; " if job.status == "waiting" else ""
         print(f"{'after:':<20}{waiting}{', '.join(ended)}")
         if job.failed_dependency:

@@ -850,3 +850,26 @@ async def test_a_missed_cron_task_with_a_dependent_keeps_its_expiry_back(db: Any
     assert after.deps[str(task["_id"])] == "skipped" and after.status == S.PENDING, after.deps
     settled = await p.storage.jobs.coll.find_one({"_id": task["_id"]})
     assert settled is not None and settled.get("expires_at") is not None  # given back
+
+
+async def test_a_job_skipped_by_a_failure_counts_no_other_end_and_says_so(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """flows.md: a job skipped by a failed dependency counts no other end: the other entry of
+    its `deps` stays "waiting" after that job has finished, and `jobs show` says "not
+    counted" there (it said "not ended", of a job that had); get_jobs(job.after) reads it."""
+    from job_processor.cli.jobs import show_job
+
+    p = await make(db, JOBS, concurrency=4)
+    later = await p.schedule_job("part", {"n": 1}, delay=1)
+    bad = await p.schedule_job("part", {"n": 2, "fail": True})
+    parent = await p.schedule_job("total", after=[later, bad])
+    async with p:
+        await wait_status(p, parent.id, S.SKIPPED)
+        await wait_status(p, later.id, S.FINISHED)
+    ended = await p.get_job(parent.id)
+    assert ended.deps == {later.id: "waiting", bad.id: "errored"}
+    assert [j.status for j in await p.get_jobs(ended.after)] == [S.FINISHED, S.ERRORED]
+    show_job(ended)
+    shown = capsys.readouterr().out
+    assert f"{later.id} (not counted)" in shown and "not ended" not in shown
