@@ -50,7 +50,7 @@ from .core.definitions import CronDef, JobDef
 from .core.documents import Doc
 from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor, not_awaited_message
-from .core.producing import stored_form
+from .core.payload_forms import stored_form
 from .core.protocols import ClaimingWorker
 from .core.settings import Settings
 from .engine.execution import (

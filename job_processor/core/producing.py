@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
-import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import documents as D
 from . import flows as F
@@ -36,6 +34,7 @@ from .errors import (
     field_errors,
 )
 from .payload_fields import accepted_keys, misspelled
+from .payload_forms import form_of, not_read_back
 
 Doc = dict[str, Any]
 
@@ -116,10 +115,13 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
-        payload, differing = _stored_form(model, value)
+        try:
+            payload, differing = form_of(model, value)
+        except InvalidPayloadError as exc:
+            raise InvalidPayloadError(f"job {name!r}: {exc}") from None
         stored = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
         if differing:  # after the checks that say why a value cannot be stored (NaN)
-            raise InvalidPayloadError(f"job {name!r}: {_not_read_back(model, differing)}")
+            raise InvalidPayloadError(f"job {name!r}: {not_read_back(model, differing)}")
         return stored
     return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
 
@@ -136,107 +138,6 @@ def _misspelled(model: type[BaseModel], payload: Any, exc: ValidationError) -> s
     ]
     ignored = [k for k in payload if isinstance(k, str) and k not in accepted]
     return misspelled(missing, ignored)
-
-
-@functools.cache
-def _has_aliases(model: type[BaseModel]) -> bool:
-    return any(f.alias or f.validation_alias for f in model.model_fields.values())
-
-
-def stored_form(model: type[BaseModel], value: BaseModel) -> dict[str, Any]:
-    """The payload as JSON that the model reads back as the same value (the worker validates
-    it again); InvalidPayloadError, naming the fields, when no form does."""
-    form, fields = _stored_form(model, value)
-    if fields:
-        raise _not_read_back(model, fields)
-    return form
-
-
-def _stored_form(model: type[BaseModel], value: BaseModel) -> tuple[dict[str, Any], list[str]]:
-    """The form that round-trips, and [] (or the best form, and the fields it does not read
-    back as given). By field name, or, for a model with aliases: by alias (a field with
-    `alias="customerId"` and no `populate_by_name` ignores `customer_id`, and an optional one
-    would silently take its default), else by name, else keyed by each field's first
-    validation alias, a path (`AliasPath("outer", "inner")`) nested."""
-    plain: dict[str, Any] = value.model_dump(mode="json")
-    if not _has_aliases(model):
-        return plain, []
-    by_alias: dict[str, Any] = value.model_dump(mode="json", by_alias=True)
-    paths = (_by_read_path(model, value, plain, nested) for nested in (False, True))
-    for form in itertools.chain((by_alias, plain), paths):  # each built only if needed
-        if form is not None and not _differing(model, value, form):
-            return form, []
-    return by_alias, _differing(model, value, by_alias)
-
-
-def _by_read_path(
-    model: type[BaseModel], value: BaseModel, plain: Doc, nested_by_alias: bool
-) -> Doc | None:
-    """Each field under the key, or nested along the path, the model reads it from first,
-    its value as dumped by name or, `nested_by_alias`, by alias (a nested model's own
-    aliases); None when a path has a list index: no form is built for it."""
-    out: Doc = {}
-    for name, item in plain.items():
-        info = model.model_fields.get(name)
-        if info is None:  # an extra field (extra="allow"): kept by its own name
-            out[name] = item
-            continue
-        if nested_by_alias:
-            dumped = value.model_dump(mode="json", by_alias=True, include={name})
-            item = next(iter(dumped.values()), item)
-        path = _read_path(info, name)
-        if path is None:
-            return None
-        at = out
-        for key in path[:-1]:
-            nested = at.setdefault(key, {})
-            if not isinstance(nested, dict):
-                return None
-            at = nested
-        at[path[-1]] = item
-    return out
-
-
-def _read_path(info: Any, name: str) -> list[str] | None:
-    """The keys the model reads a field from first: its validation alias (the first of its
-    choices, a path's keys), its alias, or its name; None for a path with a list index."""
-    alias = info.validation_alias
-    if isinstance(alias, AliasChoices) and alias.choices:
-        alias = alias.choices[0]
-    if isinstance(alias, str):
-        return [alias]
-    if isinstance(alias, AliasPath):
-        keys = alias.path
-        return [str(k) for k in keys] if keys and all(isinstance(k, str) for k in keys) else None
-    return [info.alias or name]
-
-
-def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]:
-    """The fields `form` does not read back as they are in `value` (a field excluded from
-    the model's dump, `Field(exclude=True)`, is not stored: it reads back as its default)."""
-    try:
-        read = model.model_validate(form)
-    except ValidationError as exc:
-        return sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")}) or ["(payload)"]
-    if read == value:
-        return []
-    names = [
-        n
-        for n, info in model.model_fields.items()
-        if not info.exclude and getattr(read, n, None) != getattr(value, n, None)
-    ]
-    if not names and read.model_extra != value.model_extra:
-        names = ["(extra fields)"]
-    return names
-
-
-def _not_read_back(model: type[BaseModel], fields: list[str]) -> InvalidPayloadError:
-    return InvalidPayloadError(
-        f"payload {model.__name__} cannot be stored in a form it reads back as given: "
-        f"{', '.join(repr(f) for f in fields)} would read back otherwise (a field read "
-        "through an AliasPath with a list index, or a validator that changes a value it is "
-        "given again): give such a field a plain alias, or populate_by_name=True"
-    )
 
 
 def due_at(name: str, scheduled_for: Any, delay: Any, now: dt.datetime) -> dt.datetime:

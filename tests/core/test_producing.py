@@ -283,3 +283,82 @@ def test_a_payload_no_stored_form_reads_back_is_refused_naming_the_field() -> No
         b: int = Field(2, alias="B")
 
     assert checked_payload("j", Excluded, {"A": 5, "B": 6}) == {"B": 6}
+
+
+class _Inner(BaseModel):
+    a: int = 1
+    secret: str = Field("d", exclude=True)
+
+
+def test_a_model_with_aliases_takes_what_one_without_them_takes() -> None:
+    """A field excluded from the dump one model down, free-form data whose JSON form is text
+    or a list: compared as stored, they read back as given (an alias on another field made
+    them refused)."""
+    from pydantic import ConfigDict
+
+    class Outer(BaseModel):
+        inner: _Inner = Field(alias="In")
+
+    assert checked_payload("j", Outer, Outer(In=_Inner(a=2, secret="s"))) == {"In": {"a": 2}}
+
+    class Meta(BaseModel):
+        model_config = ConfigDict(populate_by_name=True)
+        customer_id: str = Field(alias="customerId")
+        meta: dict[str, Any] = {}
+
+    when = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    stored = checked_payload("j", Meta, Meta(customerId="c", meta={"at": when, "t": (1, 2)}))
+    assert stored == {"customerId": "c", "meta": {"at": "2024-01-01T00:00:00Z", "t": [1, 2]}}
+
+
+def test_a_later_alias_choice_is_used_when_the_first_is_a_path_with_an_index() -> None:
+    class Choices(BaseModel):
+        v: int = Field(0, validation_alias=AliasChoices(AliasPath("a", 0), "b"))
+
+    stored = checked_payload("j", Choices, {"b": 5})
+    assert stored == {"b": 5} and Choices.model_validate(stored) == Choices(b=5)
+
+
+def test_a_nested_alias_only_field_is_stored_by_its_alias() -> None:
+    class Inner(BaseModel):
+        customer_id: str = Field("none", alias="customerId")
+
+    class Outer(BaseModel):  # no alias at the top: the nested one counts
+        inner: Inner
+
+    stored = checked_payload("j", Outer, {"inner": {"customerId": "c1"}})
+    assert Outer.model_validate(stored).inner.customer_id == "c1"
+
+
+def test_a_secret_in_a_payload_is_refused_naming_the_field() -> None:
+    """model_dump(mode="json") masks a secret: the handler got '**********'."""
+    from pydantic import SecretStr
+
+    class Login(BaseModel):
+        password: SecretStr
+
+    class Outer(BaseModel):
+        login: Login | None = None
+
+    for model, payload, field in (
+        (Login, {"password": "hunter2"}, "'password'"),
+        (Outer, {"login": {"password": "hunter2"}}, "'login.password'"),
+    ):
+        with pytest.raises(InvalidPayloadError, match=rf"job 'j': payload field {field} .* secret"):
+            checked_payload("j", model, payload)
+
+
+def test_a_computed_field_is_left_out_where_the_model_forbids_extra_keys() -> None:
+    from pydantic import ConfigDict, computed_field
+
+    class Doubled(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        x: int
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def double(self) -> int:
+            return self.x * 2
+
+    stored = checked_payload("j", Doubled, Doubled(x=2))
+    assert stored == {"x": 2} and Doubled.model_validate(stored).double == 4

@@ -771,3 +771,26 @@ async def test_a_typed_payload_with_an_alias_path_reaches_the_handler_as_schedul
     job = await p.run_job("nested", Nested(outer={"inner": 9}))
     assert job.status == JobStatus.FINISHED
     assert job.output is not None and job.output.result == 9
+
+
+async def test_a_computed_field_under_extra_forbid_is_not_stored(db: Any) -> None:
+    """The dump held the computed field; the worker, reading it back under extra="forbid",
+    errored the job it had accepted."""
+    from pydantic import BaseModel, ConfigDict, computed_field
+
+    class Doubled(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        x: int
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def double(self) -> int:
+            return self.x * 2
+
+    async def doubled(job: Job[Doubled], signal: AbortSignal) -> int:
+        return job.payload.double
+
+    p = await make(db, {"doubled": JobDef(handler=doubled, payload_model=Doubled)})
+    job = await p.run_job("doubled", Doubled(x=2))
+    assert job.status == JobStatus.FINISHED, (job.status, job.error)
+    assert job.output is not None and job.output.result == 4

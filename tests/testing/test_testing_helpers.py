@@ -601,3 +601,19 @@ async def test_the_harness_refuses_a_progress_count_too_large_for_a_float() -> N
 
     with pytest.raises(InvalidArgumentError, match="done must be a finite number"):
         await JobHarness().run(work)
+
+
+def test_job_harness_takes_a_model_with_aliases_and_a_nested_excluded_field() -> None:
+    from pydantic import BaseModel, Field
+
+    from job_processor.testing import JobHarness
+
+    class Inner(BaseModel):
+        a: int = 1
+        secret: str = Field("d", exclude=True)
+
+    class Outer(BaseModel):
+        inner: Inner = Field(alias="In")
+
+    harness = JobHarness(Outer(In=Inner(a=2, secret="s")))
+    assert harness.job.payload.inner.a == 2
