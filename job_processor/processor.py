@@ -393,13 +393,15 @@ async def init_job_processor(
     formats = check_formats(webhook_formats)
     hook_options = _webhook_options(webhook_options)
     kept_events = check_keep_events(keep_events)
-    deliveries = EventBus.delivery_names(subscriber_defs, hook_options.deliver)
+    # reserved whether or not this process delivers webhooks (another one does)
+    deliveries = EventBus.delivery_names(subscriber_defs, deliver=True)
     EventBus.check_names([*job_defs, *cron_defs], deliveries)  # all refused before any write
     Storage(db, collection_prefix)  # refuses a sync database or a client, before any I/O
     log = make_log(logger)
     await check_reachable(db, connect_timeout)
     storage = await Storage.open(db, collection_prefix)
     storage.producer.budget = retry_budget
+    await EventBus.check_registered(storage, [*job_defs, *cron_defs])
     await storage.ensure_indexes()
     clock = clock or SystemClock()
     now = clock.now()

@@ -155,6 +155,20 @@ class EventBus:
         return [*names, E.WEBHOOK_JOB] if deliver else names
 
     @staticmethod
+    async def check_registered(storage: Storage, jobs: Sequence[str]) -> None:
+        """Job names that a subscriber another process declared takes (its deliveries would be
+        claimed as these jobs, its handler never called): refused, naming who declared it."""
+        mine = set(jobs)
+        for row in await storage.subscribers.all():
+            if row.get("job_name") in mine:
+                raise InvalidDefinitionError(
+                    f"job or cron name {row['job_name']!r} is taken by the deliveries of a "
+                    f"subscriber declared by {row.get('declared_by') or 'another process'} "
+                    "(in the subscribers registry); rename the job, or, if that subscriber is "
+                    "gone, remove it with prune_subscribers() in the process that declared it"
+                )
+
+    @staticmethod
     def check_names(jobs: Sequence[str], deliveries: Sequence[str]) -> None:
         clash = sorted(set(jobs) & set(deliveries))
         if clash:
@@ -289,9 +303,8 @@ class EventBus:
     async def _untargeted(self, name: str) -> None:
         """An event nobody listens to: often a misspelt name. Warn with the closest known event
         names (or raise, with `strict_events=True`, before anything is stored)."""
-        known = await self.known_event_names()
-        if name not in known and self.strict_events:  # about to refuse: not on a stale read
-            known = await self.known_event_names(fresh=True)
+        # strict: refused or stored on a fresh read (a cached name may have lost its listener)
+        known = await self.known_event_names(fresh=self.strict_events)
         # not a typo: its only listeners are disabled webhook endpoints (naming it, or "*")
         if name in known or E.ANY_EVENT in known:
             self.log.warning(

@@ -134,6 +134,12 @@ def check_url(url: Any) -> str:
         raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
     if not is_utf8(url):  # a lone surrogate (a non-UTF-8 argv): bson refuses it
         raise InvalidArgumentError(f"url {url!r} is not valid text: it holds a lone surrogate")
+    control = next((c for c in url if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:  # urlsplit drops tabs and newlines; no request could be sent
+        raise InvalidArgumentError(
+            f"url {url!r} holds the control character {control!r} (a trailing newline from a "
+            "file or a variable?): remove it"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         parts.hostname  # noqa: B018 (an unbalanced IPv6 bracket raises here on some Pythons)

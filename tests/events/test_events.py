@@ -630,3 +630,54 @@ async def test_strict_emit_does_not_fail_once_the_catch_all_endpoint_is_disabled
     assert again.targets == []
     [warning] = [w for w in (await p.get_status()).warnings if "order.paid" in w]
     assert "the endpoints listening to it are disabled: enable one, then replay them" in warning
+
+
+async def test_a_job_named_webhook_delivery_is_refused_even_with_deliver_false(db: Any) -> None:
+    """With deliver=False the name was not reserved: the job claimed every webhook delivery
+    of the database, ran its own handler and ended them finished, no request sent."""
+    from job_processor import InvalidDefinitionError, JobDef, WebhookOptions
+
+    async def mine(job: Any, signal: AbortSignal) -> str:
+        return "my own job ran"
+
+    with pytest.raises(InvalidDefinitionError, match="taken by event deliveries"):
+        await init_job_processor(
+            db,
+            jobs={"webhook-delivery": JobDef(handler=mine)},
+            webhook_options=WebhookOptions(deliver=False),
+            **FAST,
+        )
+
+
+async def test_a_job_named_like_another_services_subscriber_is_refused(db: Any) -> None:
+    """A subscriber declared by another process (in the registry) takes its job name: a job
+    of that name claimed its deliveries and the subscriber never ran."""
+    from job_processor import InvalidDefinitionError, JobDef
+
+    async def ship(event: Event, signal: AbortSignal) -> None: ...
+
+    async def mine(job: Any, signal: AbortSignal) -> str:
+        return "my own job ran"
+
+    await make(db, {"order": [Subscriber("ship", handler=ship)]})
+    with pytest.raises(InvalidDefinitionError, match=r"'order:ship' is taken .* declared by"):
+        await init_job_processor(db, jobs={"order:ship": JobDef(handler=mine)}, **FAST)
+    assert await init_job_processor(db, jobs={"order-ship": JobDef(handler=mine)}, **FAST)
+
+
+async def test_strict_emit_refuses_a_name_whose_only_endpoint_was_removed(db: Any) -> None:
+    """The names known were cached a minute: a name whose only endpoint was removed was
+    still stored by a strict emit."""
+    from job_processor import InvalidArgumentError
+    from job_processor.events.webhooks import generate_secret
+
+    strict = await make(db, None, strict_events=True, webhook_secrets={"s": generate_secret()})
+    hook = await strict.webhooks.add(
+        url="https://hooks.example.com/paid", events=["order.paid"], secret_ref="s"
+    )
+    await strict.webhooks.disable(hook.id)
+    await strict.emit("order.paid", {"order": 1})  # stored: its only endpoint is disabled
+    await strict.webhooks.remove(hook.id)  # nothing knows the name any more
+    with pytest.raises(InvalidArgumentError, match="no subscriber and no webhook endpoint"):
+        await strict.emit("order.paid", {"order": 2})
+    assert len(await strict.list_events("order.paid")) == 1

@@ -270,3 +270,26 @@ async def test_an_events_key_an_endpoints_url_and_a_subscriber_name_bson_cannot_
 
     with pytest.raises(InvalidDefinitionError, match="subscriber name"):
         await init_job_processor(db, subscribers={"order_placed": [Subscriber("mail\udcff", mail)]})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/in\n",
+        "https://hooks.example.com/in\r\n",
+        "http://host\t/in",
+        "https://hooks.example.com/a\x7fb",
+    ],
+    ids=["trailing-newline", "trailing-crlf", "tab", "DEL"],
+)
+async def test_a_url_with_a_control_character_is_refused_when_added_or_updated(
+    db: Any, url: str
+) -> None:
+    """urlsplit drops tabs and newlines: such a URL was stored, and every attempt failed
+    (httpx refuses it), counting toward disabling the endpoint."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="control character"):
+        await p.webhooks.add(url=url, events=["e"])
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"])
+    with pytest.raises(InvalidArgumentError, match="control character"):
+        await p.webhooks.update(ep.id, url=url)
