@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.status import JobStatus, check_transition
+from .compat import ServerProfile
 from .job_flows import with_expiry
 
 S = JobStatus
@@ -34,6 +35,7 @@ def _missed(now: dt.datetime) -> Doc:
 
 class CronTasks:
     coll: Any
+    profile: ServerProfile
 
     async def expire_missed_cron_tasks(
         self, now: dt.datetime, expiry: Mapping[str, dt.datetime | None] | None = None
@@ -60,7 +62,9 @@ class CronTasks:
         expired: dict[str, int] = {}
         for name, expires_at in expiry.items():
             skip = {"$set": _missed(now), "$unset": UNSET_MISSED}
-            for query, update in with_expiry(_missed_tasks(now) | {"name": name}, skip, expires_at):
+            for query, update in with_expiry(
+                _missed_tasks(now) | {"name": name}, skip, expires_at, self.profile
+            ):
                 res = await self.coll.update_many(query, update)
                 if res.modified_count:
                     expired[name] = expired.get(name, 0) + int(res.modified_count)

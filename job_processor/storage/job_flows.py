@@ -24,7 +24,7 @@ from pymongo import UpdateMany
 from ..core import documents as D
 from ..core import flows as F
 from ..core.status import JobStatus
-from .compat import ServerProfile, all_docs, decode
+from .compat import DEPENDENTS_COUNTED_PARTS, ServerProfile, all_docs, decode
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -43,23 +43,27 @@ BULK_UPDATES = 300
 HELD: Doc = {"has_dependents": True, "dependents_settled": {"$exists": False}}
 
 
-def with_expiry(query: Doc, update: Doc, expires_at: dt.datetime | None) -> list[tuple[Doc, Doc]]:
+def with_expiry(
+    query: Doc, update: Doc, expires_at: dt.datetime | None, profile: ServerProfile
+) -> list[tuple[Doc, Doc]]:
     """`update` over `query` with the jobs' expiry, held back where their dependents have not
-    all counted them (flows.md: a job with dependents is kept until they have), else set: two
-    (query, update) pairs, made in order, the held ones first. `update` must take a job out
-    of `query` (a status, a flag it unsets), so that the second pair finds only the others.
-    The second pair leaves out held jobs too: one that a job scheduled after it marked
-    between the two updates (`mark_dependents`) is matched by neither, and left for the
-    caller's next pass, never given an `expires_at` the TTL index would act on. Without an
-    expiry, the update as it is."""
+    all counted them (flows.md: a job with dependents is kept until they have), else set:
+    (query, update) pairs made in order, the held ones first, then the others: in one filter
+    that leaves held jobs out (`$nor`), or, where the server cannot negate a filter on a
+    missing field (`profile.nor_ok`), one per part of "not held" (equalities and `$exists`).
+    A job marked between two updates (`mark_dependents`: a job scheduled after it) is matched
+    by none of the later ones: it is left for the caller's next pass, never given an
+    `expires_at` the TTL index would act on. Without an expiry, the update as it is."""
     if expires_at is None:
         return [(query, update)]
 
     def plus(key: str) -> Doc:
         return update | {"$set": {**update.get("$set", {}), key: expires_at}}
 
-    not_held = query | {"$nor": [*query.get("$nor", []), HELD]}
-    return [(query | HELD, plus("expires_after_settle")), (not_held, plus("expires_at"))]
+    held = [(query | HELD, plus("expires_after_settle"))]
+    if profile.nor_ok:
+        return [*held, (query | {"$nor": [*query.get("$nor", []), HELD]}, plus("expires_at"))]
+    return held + [(query | part, plus("expires_at")) for part in DEPENDENTS_COUNTED_PARTS]
 
 
 class FlowRecords:
@@ -361,7 +365,9 @@ class FlowRecords:
     async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
         """Their retention applied (`None`: kept until purged, as the name's keep says)."""
         pending = {"_id": {"$in": ids}, "expiry_pending": True}
-        for query, update in with_expiry(pending, {"$unset": {"expiry_pending": ""}}, expires_at):
+        for query, update in with_expiry(
+            pending, {"$unset": {"expiry_pending": ""}}, expires_at, self.profile
+        ):
             await self.coll.update_many(query, update)
 
     def stale_waiting_cursor(self, after_id: ObjectId | None, limit: int = 200) -> Any:

@@ -16,7 +16,7 @@ from ..core import foreign as FD
 from ..core.documents import CLAIM_SORT
 from ..core.retention import Retention
 from ..core.status import JobStatus, check_transition
-from .compat import all_docs
+from .compat import ServerProfile, all_docs
 from .job_flows import with_expiry
 
 Doc = dict[str, Any]
@@ -29,6 +29,7 @@ NAMED: dict[str, Any] = {"$type": "string", "$gt": ""}
 
 class ForeignJobs:
     coll: Any
+    profile: ServerProfile
     retention_of: Callable[[str], Retention | None]
 
     async def _error_unclaimable(self, query: Doc, error: str, now: dt.datetime, name: str) -> int:
@@ -36,7 +37,9 @@ class ForeignJobs:
         jobs waiting on it have not counted it. How many it errored (0 or 1)."""
         keep = self.retention_of(name)
         expires = keep.expires_at(S.ERRORED, now) if keep else None
-        for one, update in with_expiry(query, FD.unclaimable_update(error, now), expires):
+        for one, update in with_expiry(
+            query, FD.unclaimable_update(error, now), expires, self.profile
+        ):
             res = await self.coll.update_one(one, update)
             if res.modified_count:
                 return int(res.modified_count)
