@@ -401,7 +401,7 @@ async def init_job_processor(
     await check_reachable(db, connect_timeout)
     storage = await Storage.open(db, collection_prefix)
     storage.producer.budget = retry_budget
-    await EventBus.check_registered(storage, [*job_defs, *cron_defs])
+    await EventBus.check_registered(storage, [*job_defs, *cron_defs], deliveries)
     await storage.ensure_indexes()
     clock = clock or SystemClock()
     now = clock.now()

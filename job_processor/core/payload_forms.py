@@ -1,14 +1,16 @@
 """How a typed payload is stored: the JSON form its model reads back as the same value (the
 worker validates the stored payload again, and a handler must get what was scheduled): pure.
 
-- A model without aliases, computed fields or secrets, at any depth: its JSON dump, as it is
-  (no other work on the producer's path).
+- A model without aliases, computed fields or secrets, at any depth (models, pydantic and
+  standard dataclasses, TypedDicts): its JSON dump, as it is (no other work on the
+  producer's path).
 - A model with aliases: the first form that reads back as given: by alias (an alias-only
   field, even an optional one, is never read back as its default), by name, or keyed by the
   key, or nested along the `AliasPath`, each field is read from first.
-- A computed field is left out where the model forbids or keeps extra keys (read back, it
-  would be an extra key: refused, or kept beside the property).
-- A secret (`SecretStr`, `SecretBytes`, `Secret[...]`) is refused: its JSON form is the mask.
+- Computed fields are not stored (computed again when the job runs; read back, one would be an
+  extra key: refused under `extra="forbid"`, kept beside the property under "allow").
+- A secret (`SecretStr`, `SecretBytes`, `Secret[...]`) whose stored form is pydantic's mask
+  is refused (a serializer that writes its value, or a secret left out, is stored as it is).
 - A form that does not read back as given (an `AliasPath` with a list index, a validator that
   gives another value for its own output) is refused naming the fields: never stored to be
   read back as defaults.
@@ -16,6 +18,7 @@ worker validates the stored payload again, and a handler must get what was sched
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -23,6 +26,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+import typing_extensions
 from pydantic import AliasChoices, AliasPath, BaseModel, SecretBytes, SecretStr, ValidationError
 
 from .errors import InvalidPayloadError
@@ -36,54 +40,95 @@ try:  # pydantic 2.7+
 except ImportError:  # pragma: no cover - an older pydantic
     SECRET_TYPES = (SecretStr, SecretBytes)
 
+#: What pydantic's JSON form of a secret is.
+MASK = "**********"
+
 
 @dataclass(frozen=True)
 class Traits:
     """What storing a model's payloads needs, found once per model."""
 
-    checked: bool  # aliases or computed fields at some depth: the form is checked
+    checked: bool  # aliases, computed fields or secrets at some depth: the form is checked
     secrets: tuple[str, ...]  # the fields (dotted paths) holding a secret
-    exclude: set[str] | None  # computed fields left out of the dump (never changed)
+    computed: bool  # computed fields at some depth: left out of the dump
 
 
 @functools.cache
 def traits(model: type[BaseModel]) -> Traits:
-    checked, secrets = _walk(model, "", set())
-    computed = set(model.model_computed_fields)
-    keeps_extra = model.model_config.get("extra") in ("forbid", "allow")
-    return Traits(checked, tuple(secrets), computed if computed and keeps_extra else None)
+    found = _Walk()
+    found.walk(model, "")
+    return Traits(found.checked, tuple(found.secrets), found.computed)
 
 
-def _walk(model: type[BaseModel], prefix: str, seen: set[type]) -> tuple[bool, list[str]]:
-    """Whether `model` or a model in its fields has aliases or computed fields, and the
-    fields holding a secret."""
-    seen.add(model)
-    checked = bool(model.model_computed_fields)
-    secrets: list[str] = []
-    for name, info in model.model_fields.items():
-        checked = checked or bool(info.alias or info.validation_alias)
-        for kind in _classes(info.annotation):
-            if issubclass(kind, SECRET_TYPES):
-                secrets.append(prefix + name)
-            elif issubclass(kind, BaseModel) and kind not in seen:
-                inner, found = _walk(kind, f"{prefix}{name}.", seen)
-                checked, secrets = checked or inner, secrets + found
-    return checked, secrets
+class _Walk:
+    """The fields of a model and of the structured types in them, once each."""
+
+    def __init__(self) -> None:
+        self.seen: set[Any] = set()
+        self.checked = self.computed = False
+        self.secrets: list[str] = []
+
+    def walk(self, kind: Any, prefix: str) -> None:
+        if kind in self.seen:
+            return
+        self.seen.add(kind)
+        if getattr(kind, "__pydantic_computed_fields__", None):
+            self.checked = self.computed = True
+        for name, annotation, aliased in _fields_of(kind):
+            # a name not resolved here (a ForwardRef, a local class): the form is checked
+            classes, unresolved = _classes(annotation)
+            self.checked = self.checked or aliased or unresolved
+            for inner in classes:
+                if issubclass(inner, SECRET_TYPES):
+                    self.checked = True
+                    self.secrets.append(prefix + name)
+                elif _structured(inner):
+                    self.walk(inner, f"{prefix}{name}.")
 
 
-def _classes(annotation: Any) -> list[type]:
-    """The classes an annotation names, in its arguments too (`list[Inner] | None`)."""
+def _structured(kind: type) -> bool:
+    if issubclass(kind, BaseModel) or dataclasses.is_dataclass(kind):
+        return True
+    return typing_extensions.is_typeddict(kind)  # typing's and typing_extensions' alike
+
+
+def _fields_of(kind: Any) -> list[tuple[str, Any, bool]]:
+    """(name, annotation, has an alias) of each field of a model, a dataclass (pydantic's or
+    the standard one) or a TypedDict."""
+    infos = getattr(kind, "__pydantic_fields__", None)
+    if isinstance(infos, dict):  # a model, a pydantic dataclass
+        return [(n, f.annotation, bool(f.alias or f.validation_alias)) for n, f in infos.items()]
+    if dataclasses.is_dataclass(kind):
+        return [(f.name, f.type, False) for f in dataclasses.fields(kind)]
+    try:  # a TypedDict (an alias there is an Annotated Field: the form is checked)
+        hints = typing.get_type_hints(kind, include_extras=True)
+    except Exception:  # a name that does not resolve here (a local class): checked
+        return [(n, Any, True) for n in getattr(kind, "__annotations__", {})]
+    return [
+        (n, a, typing_extensions.get_origin(a) is typing_extensions.Annotated)
+        for n, a in hints.items()
+    ]
+
+
+def _classes(annotation: Any) -> tuple[list[type], bool]:
+    """The classes an annotation names, in its arguments too (`list[Inner] | None`), and
+    whether it holds a name not resolved here (a ForwardRef, a local class's name)."""
     found: list[type] = []
+    unresolved = False
     stack = [annotation]
     while stack:
         item = stack.pop()
+        if isinstance(item, (str, typing.ForwardRef)):
+            unresolved = True
+            continue
         origin = typing.get_origin(item)
         if inspect.isclass(item):
             found.append(item)
         elif inspect.isclass(origin):
             found.append(origin)
-        stack.extend(typing.get_args(item))
-    return found
+        if origin is not typing.Literal:  # a Literal's arguments are values
+            stack.extend(typing.get_args(item))
+    return found, unresolved
 
 
 def stored_form(model: type[BaseModel], value: BaseModel) -> Doc:
@@ -100,25 +145,48 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
     does not read back as given (the caller refuses it, after the checks that say why a
     value cannot be stored at all: a NaN)."""
     found = traits(model)
-    if found.secrets:
-        raise InvalidPayloadError(
-            f"payload field {found.secrets[0]!r} of {model.__name__} is a secret: its JSON "
-            "form is masked ('**********'), so the handler would get the mask; pass a "
-            "reference to the secret (a vault key, an environment variable's name), or make "
-            "it a str (the dashboard and the job's log mask fields named like secrets)"
-        )
-    plain: Doc = value.model_dump(mode="json", exclude=found.exclude)
     if not found.checked:
-        return plain, []
-    by_alias: Doc = value.model_dump(mode="json", by_alias=True, exclude=found.exclude)
-    paths = (_by_read_path(model, value, plain, nested) for nested in (False, True))
+        return value.model_dump(mode="json"), []
+    dump = functools.partial(value.model_dump, mode="json", exclude_computed_fields=found.computed)
+    plain: Doc = dump()
+    by_alias: Doc = dump(by_alias=True)
+    paths = (_by_read_path(model, value, plain, dump, nested) for nested in (False, True))
+    chosen: Doc = by_alias
+    differing: list[str] | None = None
     for form in itertools.chain((by_alias, plain), paths):  # each built only if needed
         if form is not None and not _differing(model, value, form):
-            return form, []
-    return by_alias, _differing(model, value, by_alias)
+            chosen, differing = form, []
+            break
+    if _holds(chosen, MASK) and _reads_otherwise(model, value, chosen):
+        field = repr(found.secrets[0]) if found.secrets else "(a secret)"
+        raise InvalidPayloadError(
+            f"payload field {field} of {model.__name__} is a secret stored as "
+            f"pydantic's mask ({MASK!r}), so the handler would get the mask; pass a reference "
+            "to the secret (a vault key, an environment variable's name), make it a str (the "
+            "dashboard and the job's log mask fields named like secrets), or give it a "
+            "field_serializer that writes its value"
+        )
+    return chosen, differing if differing is not None else _differing(model, value, by_alias)
 
 
-def _by_read_path(model: type[BaseModel], value: BaseModel, plain: Doc, by_alias: bool) -> Any:
+def _reads_otherwise(model: type[BaseModel], value: BaseModel, form: Doc) -> bool:
+    try:
+        return bool(model.model_validate(form) != value)
+    except ValidationError:
+        return True
+
+
+def _holds(value: Any, text: str) -> bool:
+    if isinstance(value, dict):
+        return any(_holds(v, text) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, text) for v in value)
+    return bool(value == text)
+
+
+def _by_read_path(
+    model: type[BaseModel], value: BaseModel, plain: Doc, dump: Any, by_alias: bool
+) -> Any:
     """Each field under the key, or nested along the path, the model reads it from first,
     its value dumped by name or (`by_alias`) by alias (a nested model's own aliases); None
     when a field is read only through a path with a list index."""
@@ -129,7 +197,7 @@ def _by_read_path(model: type[BaseModel], value: BaseModel, plain: Doc, by_alias
             out[name] = item
             continue
         if by_alias:
-            dumped = value.model_dump(mode="json", by_alias=True, include={name})
+            dumped = dump(by_alias=True, include={name})
             item = next(iter(dumped.values()), item)
         path = _read_path(info, name)
         if path is None:
@@ -176,8 +244,8 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
         return sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")}) or ["(payload)"]
     if read == value:
         return []
-    exclude = traits(model).exclude
-    now, was = (v.model_dump(mode="json", exclude=exclude) for v in (read, value))
+    computed = traits(model).computed
+    now, was = (v.model_dump(mode="json", exclude_computed_fields=computed) for v in (read, value))
     return sorted(k for k in now.keys() | was.keys() if now.get(k) != was.get(k))
 
 

@@ -155,9 +155,12 @@ class EventBus:
         return [*names, E.WEBHOOK_JOB] if deliver else names
 
     @staticmethod
-    async def check_registered(storage: Storage, jobs: Sequence[str]) -> None:
-        """Job names that a subscriber another process declared takes (its deliveries would be
-        claimed as these jobs, its handler never called): refused, naming who declared it."""
+    async def check_registered(
+        storage: Storage, jobs: Sequence[str], deliveries: Sequence[str]
+    ) -> None:
+        """Names another process took, either way round: a job named like a subscriber it
+        declared, or a subscriber named like a job it runs (the job's workers would claim the
+        deliveries, the subscriber's handler never called). Refused, naming who took it."""
         mine = set(jobs)
         for row in await storage.subscribers.all():
             if row.get("job_name") in mine:
@@ -165,7 +168,18 @@ class EventBus:
                     f"job or cron name {row['job_name']!r} is taken by the deliveries of a "
                     f"subscriber declared by {row.get('declared_by') or 'another process'} "
                     "(in the subscribers registry); rename the job, or, if that subscriber is "
-                    "gone, remove it with prune_subscribers() in the process that declared it"
+                    "gone, remove it: prune_subscribers() in a process that declares the "
+                    "subscribers that remain"
+                )
+        ours = set(deliveries) - {E.WEBHOOK_JOB}
+        for row in await storage.definitions.all():
+            if row["_id"] in ours and row.get("delivery") is not True:
+                raise InvalidDefinitionError(
+                    f"subscriber delivery name {row['_id']!r} ('<event>:<subscriber>') is a "
+                    f"job that {row.get('registered_by') or 'another process'} runs (in the "
+                    "names registry): its workers would claim the deliveries; rename the "
+                    "subscriber, or, if that job is gone, `job-processor names forget "
+                    f"{row['_id']}`"
                 )
 
     @staticmethod

@@ -362,3 +362,84 @@ def test_a_computed_field_is_left_out_where_the_model_forbids_extra_keys() -> No
 
     stored = checked_payload("j", Doubled, Doubled(x=2))
     assert stored == {"x": 2} and Doubled.model_validate(stored).double == 4
+
+
+def test_a_secret_whose_stored_form_is_not_the_mask_is_stored_as_it_was() -> None:
+    """A json field_serializer that writes the secret's value, a secret left out of the dump,
+    an optional one left empty: none stores the mask, all are stored as before."""
+    from pydantic import SecretStr, field_serializer
+
+    class Login(BaseModel):
+        password: SecretStr
+
+        @field_serializer("password", when_used="json")
+        def reveal(self, v: SecretStr) -> str:
+            return v.get_secret_value()
+
+    stored = checked_payload("j", Login, {"password": "hunter2"})
+    assert stored == {"password": "hunter2"}
+    assert Login.model_validate(stored).password.get_secret_value() == "hunter2"
+
+    class Excluded(BaseModel):
+        api_key: SecretStr = Field(SecretStr("from-env"), exclude=True)
+        token: SecretStr | None = None
+        n: int = 1
+
+    assert checked_payload("j", Excluded, {"n": 2}) == {"token": None, "n": 2}
+
+
+def test_a_nested_computed_field_is_not_stored() -> None:
+    from pydantic import ConfigDict, computed_field
+
+    class Doubled(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        x: int
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def double(self) -> int:
+            return self.x * 2
+
+    class Outer(BaseModel):
+        inner: Doubled
+        items: list[Doubled] = []
+
+    stored = checked_payload("j", Outer, {"inner": {"x": 2}, "items": [{"x": 3}]})
+    assert stored == {"inner": {"x": 2}, "items": [{"x": 3}]}
+    assert Outer.model_validate(stored) == Outer(inner=Doubled(x=2), items=[Doubled(x=3)])
+
+
+def test_a_secret_or_alias_in_a_nested_dataclass_or_typeddict_is_seen() -> None:
+    """Only models were followed: a SecretStr in a pydantic dataclass or a TypedDict was
+    stored as the mask, and an alias-only field of a nested dataclass read back as its
+    default."""
+    from pydantic import SecretStr
+    from pydantic.dataclasses import dataclass as pydantic_dataclass
+    from typing_extensions import TypedDict
+
+    @pydantic_dataclass
+    class Creds:
+        password: SecretStr
+
+    class Creds2(TypedDict):
+        password: SecretStr
+
+    class ViaDataclass(BaseModel):
+        creds: Creds
+
+    class ViaTypedDict(BaseModel):
+        creds: Creds2
+
+    for model in (ViaDataclass, ViaTypedDict):
+        with pytest.raises(InvalidPayloadError, match=r"secret stored as pydantic's mask"):
+            checked_payload("j", model, {"creds": {"password": "hunter2"}})
+
+    @pydantic_dataclass
+    class Customer:
+        customer_id: str = Field("none", alias="customerId")
+
+    class Order(BaseModel):
+        customer: Customer
+
+    stored = checked_payload("j", Order, {"customer": {"customerId": "c1"}})
+    assert Order.model_validate(stored).customer.customer_id == "c1"

@@ -681,3 +681,26 @@ async def test_strict_emit_refuses_a_name_whose_only_endpoint_was_removed(db: An
     with pytest.raises(InvalidArgumentError, match="no subscriber and no webhook endpoint"):
         await strict.emit("order.paid", {"order": 2})
     assert len(await strict.list_events("order.paid")) == 1
+
+
+async def test_a_subscriber_named_like_another_services_job_is_refused(db: Any) -> None:
+    """The reverse order of the registry check: the job's process started first (its name in
+    the names registry), then a process declaring the subscriber: the job claimed the
+    deliveries and the subscriber never ran."""
+    from job_processor import InvalidDefinitionError, JobDef
+
+    async def ship(event: Event, signal: AbortSignal) -> None: ...
+
+    async def mine(job: Any, signal: AbortSignal) -> str:
+        return "my own job ran"
+
+    other = await init_job_processor(db, jobs={"order:ship": JobDef(handler=mine)}, **FAST)
+    async with other:  # running: its name is registered
+        with pytest.raises(InvalidDefinitionError, match=r"'order:ship' .* is a job that"):
+            await make(db, {"order": [Subscriber("ship", handler=ship)]})
+    # a subscriber that already ran here restarts (its own delivery rows are not a clash)
+    await make(db, {"paid": [Subscriber("ship", handler=ship)]})
+    started = await make(db, {"paid": [Subscriber("ship", handler=ship)]})
+    async with started:
+        pass
+    assert await make(db, {"paid": [Subscriber("ship", handler=ship)]})
