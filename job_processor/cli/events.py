@@ -209,7 +209,9 @@ async def events_replay(args: argparse.Namespace) -> int:
     return await with_admin(args, run)
 
 
-_TOKEN_LIKE = re.compile(r"^(?=.*\d)(?=.*[A-Za-z])[\w.~%-]{20,}$|^[\w.~%-]{32,}$")
+#: A path segment that looks like a token, whatever punctuation it holds besides (a Telegram
+#: bot's `bot<id>:<token>`, a `;token=...` parameter).
+_TOKEN_LIKE = re.compile(r"^(?=.*\d)(?=.*[A-Za-z]).{20,}$|^.{32,}$")
 
 
 def display_url(url: str) -> str:

@@ -234,7 +234,7 @@ async def jobs_show(args: argparse.Namespace) -> int:
 async def jobs_retry(args: argparse.Namespace) -> int:
     if args.job_ids and (args.name or args.status):
         raise UsageError("give job ids, or --name/--status, not both")
-    if not args.job_ids and not (args.name or args.status):
+    if not args.job_ids and not args.name:  # --status alone retried every name's jobs
         raise UsageError("give job ids, or --name N --status errored to retry a name's jobs")
 
     async def run(admin: Admin) -> int:

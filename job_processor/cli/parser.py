@@ -78,7 +78,13 @@ def root_path(text: str) -> str:
 
 def iso_time(text: str) -> dt.datetime | None:
     """A date option (--at, --since, --until): ISO 8601, UTC when it has no offset; refused
-    before anything is sent, naming the option."""
+    before anything is sent, naming the option. An empty one (a script's unset variable) is
+    refused, not taken as not given (`--at ""` ran the job at once)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty (an unset variable?): give a date, e.g. 2030-01-31T09:00:00Z, or leave "
+            "the option out"
+        )
     try:
         value = parse_time(text, "date")
     except InvalidArgumentError as exc:
@@ -88,7 +94,18 @@ def iso_time(text: str) -> dt.datetime | None:
             f"{text!r} is not a date: use ISO 8601, e.g. 2030-01-31T09:00:00Z or 2030-01-31 "
             "(UTC when no offset is given)"
         ) from None
-    return value  # None for "": not given
+    return value
+
+
+def payload_text(text: str) -> str:
+    """--payload: a JSON object's text; an empty one (an unset variable) is refused, not taken
+    as {}."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            'is empty (an unset variable?): give a JSON object, e.g. \'{"to": "ada"}\', or '
+            "leave --payload out for {}"
+        )
+    return text
 
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
@@ -279,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "worker that defines it runs it.",
     )
     p.add_argument("name", help="the job's name, as given to init_job_processor(jobs={...})")
-    p.add_argument("--payload", default="{}", help="a JSON object")
+    p.add_argument("--payload", type=payload_text, default="{}", help="a JSON object")
     p.add_argument("--at", type=iso_time, help="scheduled for (ISO 8601; default now)")
     p.add_argument(
         "--priority", type=int, default=0, help="higher runs first among due jobs (default 0)"
@@ -423,7 +440,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     refused instead of the last one silently winning."""
     args, extras = parser.parse_known_args(argv)
     leaf, path = _leaf(parser, args)
-    _refuse_repeated(leaf, path[1:], argv)
+    _refuse_repeated(leaf, path[1:], argv, parser)
     after_dashes = set(argv[argv.index("--") + 1 :]) if "--" in argv else set()
     if not extras:
         return args
@@ -471,21 +488,32 @@ def _leaf(
         leaf = chosen
 
 
-def _refuse_repeated(leaf: argparse.ArgumentParser, path: list[str], argv: list[str]) -> None:
-    """An option of one value given twice after the subcommand. One also given before it (the
-    options every command accepts: `job-processor --timeout 5 jobs list --timeout 9`) is not
-    counted there: the later one wins, as for a wrapper or an alias that adds defaults."""
+def _refuse_repeated(
+    leaf: argparse.ArgumentParser,
+    path: list[str],
+    argv: list[str],
+    root: argparse.ArgumentParser,
+) -> None:
+    """An option of one value given twice after the subcommand, or twice before it
+    (`--actor alice --actor bob jobs run-now ID`). One given once before it and once after
+    (the options every command accepts: `job-processor --timeout 5 jobs list --timeout 9`)
+    is not refused: the later one wins, as for a wrapper or an alias that adds defaults."""
     words = argv[: argv.index("--")] if "--" in argv else argv
-    start = 0
+    start = first = 0
     for name in path:  # the subcommand's words, in order
         if name in words[start:]:
             start = words.index(name, start) + 1
-    words = words[start:]
-    for action in leaf._actions:
+            first = first or start
+    _once_each(leaf, words[start:])
+    _once_each(root, words[: max(first - 1, 0)])
+
+
+def _once_each(parser: argparse.ArgumentParser, words: list[str]) -> None:
+    for action in parser._actions:
         if not isinstance(action, argparse._StoreAction) or not action.option_strings:
             continue
         given = [w.split("=")[0] for w in words if w.split("=")[0] in action.option_strings]
         if len(given) > 1:
-            leaf.error(
+            parser.error(
                 f"{given[0]} was given {len(given)} times: it takes one value (give it once)"
             )

@@ -108,10 +108,31 @@ def _in_option(rest: str, at: int) -> bool:
 def address(db: Any) -> str:
     """host:port of the database's client, for error messages (never the credentials)."""
     with contextlib.suppress(Exception):
-        seeds = db.client.topology_description.server_descriptions()
+        seeds = db.client.topology_description.server_descriptions() or _seeds(db.client)
         if seeds:
-            return ", ".join(h if p is None else f"{h}:{p}" for h, p in seeds)
+            return ", ".join(h if p is None else f"{h}:{p}" for h, p in sorted(seeds, key=str))
     return "the configured address"
+
+
+def _seeds(client: Any) -> Any:
+    """The hosts the URL names (PyMongo drops a server that is not a member of the replica set
+    the URL names from the servers it describes)."""
+    if type(client).__module__.startswith("motor"):  # Motor wraps PyMongo's client
+        client = client.delegate
+    return getattr(client, "_seeds", None)  # a client's other attributes are databases
+
+
+def _not_in_set(db: Any) -> str | None:
+    """Why nothing answers when the URL names a replica set the server is not in: PyMongo
+    dropped every server it found (a typo in `replicaSet=`, or a standalone server)."""
+    with contextlib.suppress(Exception):
+        name = db.client.options.replica_set_name
+        if name and not db.client.topology_description.server_descriptions():
+            return (
+                f"the server answers but is not a member of replica set {name!r}: check "
+                "replicaSet= in MONGODB_URL, or leave it out for a standalone server"
+            )
+    return None
 
 
 async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = False) -> None:
@@ -223,7 +244,11 @@ def said_plainly(error: str) -> str:
 
 
 def why_unreachable(db: Any) -> str:
-    """What the driver last saw when connecting (refused, unknown host, ...), else "no answer"."""
+    """What the driver last saw when connecting (refused, unknown host, a replica set the
+    server is not in, ...), else "no answer"."""
+    not_in_set = _not_in_set(db)
+    if not_in_set is not None:
+        return not_in_set
     with contextlib.suppress(Exception):
         for (host, port), server in db.client.topology_description.server_descriptions().items():
             if server.error is not None:

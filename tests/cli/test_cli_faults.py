@@ -184,3 +184,85 @@ async def test_a_url_without_credentials_is_not_said_to_have_a_bad_password(
     said = await cli(url, "workers", "list")
     assert said.returncode == 2, (said.returncode, said.stderr)
     assert "authSorce" in said.stderr and "password" not in said.stderr, said.stderr
+
+
+async def test_retry_by_status_alone_does_not_retry_every_name(db: Any, mongo_url: str) -> None:
+    """operations.md: `jobs retry ID... | --name N --status errored` ("retries every errored job
+    of a name"); an empty --name is refused because "it would act on every name". Leaving
+    --name out did exactly that."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(
+        db,
+        jobs={
+            "a": JobDef(handler=fails, max_attempts=1),
+            "b": JobDef(handler=fails, max_attempts=1),
+        },
+    )
+    ended = [await processor.run_job(n) for n in ("a", "b")]
+    assert [j.status for j in ended] == ["errored", "errored"]
+    retry = await cli(url, "jobs", "retry", "--status", "errored")
+    statuses = [(await processor.get_job(j.id)).status for j in ended]
+    assert (retry.returncode, statuses) == (2, ["errored", "errored"]), retry.stdout
+    assert "--name N --status errored" in retry.stderr
+
+
+async def test_webhooks_list_hides_a_token_path_segment_that_holds_a_colon(
+    db: Any, mongo_url: str
+) -> None:
+    """operations.md: path segments that look like tokens are shown as `…`. A Telegram bot
+    URL's `bot<id>:<token>` was printed whole."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"tick": JobDef(handler=tick)})
+    token = "123456789:AAHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0"
+    await processor.webhooks.add(
+        url=f"https://api.telegram.org/bot{token}/sendMessage", events=["shipped"]
+    )
+    listing = await cli(url, "webhooks", "list")
+    as_json = await cli(url, "webhooks", "list", "--json")
+    assert listing.returncode == as_json.returncode == 0, (listing.stderr, as_json.stderr)
+    assert "AAHfiqksKZ8WmR2zSjiQ7" not in listing.stdout, listing.stdout
+    assert "AAHfiqksKZ8WmR2zSjiQ7" not in as_json.stdout, as_json.stdout
+    assert "api.telegram.org/…/sendMessage" in listing.stdout
+
+
+async def test_a_replica_set_name_the_server_does_not_have_is_said(db: Any, mongo_url: str) -> None:
+    """operations.md, exit 3: "cannot reach MongoDB at host:port ...; the reason is the
+    driver's, said plainly". A wrong ?replicaSet= got "at the configured address ... (no
+    answer)"."""
+    url = url_with_db(mongo_url, db.name)
+    hostport = url.split("://", 1)[1].split("/", 1)[0]
+    url = url + ("&" if "?" in url else "?") + "replicaSet=no-such-set"
+    said = await cli(url, "status", "--timeout", "1")
+    assert said.returncode == 3, said.stderr
+    assert hostport in said.stderr and "no answer" not in said.stderr, said.stderr
+    assert "not a member of replica set 'no-such-set'" in said.stderr
+
+
+async def test_jobs_new_with_an_empty_at_or_payload_is_refused(db: Any, mongo_url: str) -> None:
+    """`--at ""` (a script's unset variable) created a job due now; `--payload ""` one of {}."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"tick": JobDef(handler=tick)})
+    async with processor:  # a live worker registers the name
+        at = await cli(url, "jobs", "new", "tick", "--at", "")
+        payload = await cli(url, "jobs", "new", "tick", "--payload", " ")
+    made = await db["job_processor_jobs"].count_documents({"name": "tick"})
+    assert (at.returncode, payload.returncode, made) == (2, 2, 0), (at.stdout, payload.stdout)
+    assert "argument --at: is empty" in at.stderr
+    assert "argument --payload: is empty" in payload.stderr
+
+
+async def test_a_global_option_given_twice_before_the_subcommand_is_refused(
+    db: Any, mongo_url: str
+) -> None:
+    """Exit 2 for "an option of one value given twice": `--actor alice --actor bob` before the
+    subcommand was accepted, and the audit log recorded bob."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"tick": JobDef(handler=tick)})
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    job = await processor.schedule_job("tick", {}, scheduled_for=later)
+    said = await cli(url, "--actor", "alice", "--actor", "bob", "jobs", "run-now", job.id)
+    audit = await db["job_processor_audit"].find_one({"action": "jobs_run_now"})
+    assert said.returncode == 2 and audit is None, (said.returncode, audit, said.stderr)
+    assert "--actor was given 2 times" in said.stderr
+    once = await cli(url, "--actor", "alice", "jobs", "run-now", job.id, "--actor", "bob")
+    assert once.returncode == 0, once.stderr  # before and after: the later one wins
