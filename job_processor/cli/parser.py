@@ -500,12 +500,25 @@ def _refuse_repeated(
     is not refused: the later one wins, as for a wrapper or an alias that adds defaults."""
     words = argv[: argv.index("--")] if "--" in argv else argv
     start = first = 0
-    for name in path:  # the subcommand's words, in order
-        if name in words[start:]:
-            start = words.index(name, start) + 1
-            first = first or start
+    level: argparse.ArgumentParser | None = root
+    for name in path:  # the subcommand's words, in order, over the options' values
+        takes_value = {
+            o
+            for a in (level._actions if level else [])
+            if a.option_strings and a.nargs != 0
+            for o in a.option_strings
+        }  # `--prefix jobs jobs list`: the first "jobs" is a value
+        while start < len(words) and words[start] != name:
+            start += 2 if words[start] in takes_value else 1
+        start += 1
+        first = first or start
+        subs = [a for a in (level._actions if level else []) if isinstance(a, _SubParsers)]
+        level = subs[0].choices.get(name) if subs else None
     _once_each(leaf, words[start:])
     _once_each(root, words[: max(first - 1, 0)])
+
+
+_SubParsers = argparse._SubParsersAction
 
 
 def _once_each(parser: argparse.ArgumentParser, words: list[str]) -> None:

@@ -158,7 +158,8 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
             chosen, differing = form, []
             break
     if _holds(chosen, MASK) and _reads_otherwise(model, value, chosen):
-        field = repr(found.secrets[0]) if found.secrets else "(a secret)"
+        masked = _masked(chosen, "")
+        field = repr(masked[0]) if masked else "(a secret)"
         raise InvalidPayloadError(
             f"payload field {field} of {model.__name__} is a secret stored as "
             f"pydantic's mask ({MASK!r}), so the handler would get the mask; pass a reference "
@@ -174,6 +175,15 @@ def _reads_otherwise(model: type[BaseModel], value: BaseModel, form: Doc) -> boo
         return bool(model.model_validate(form) != value)
     except ValidationError:
         return True
+
+
+def _masked(value: Any, prefix: str) -> list[str]:
+    """The dotted paths where a stored form holds the mask (a list's items under its key)."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _masked(item, f"{prefix}{key}.")]
+    if isinstance(value, list):
+        return [p for item in value for p in _masked(item, prefix)]
+    return [prefix[:-1]] if value == MASK else []
 
 
 def _holds(value: Any, text: str) -> bool:

@@ -162,7 +162,8 @@ class EventBus:
         declared, or a subscriber named like a job it runs (the job's workers would claim the
         deliveries, the subscriber's handler never called). Refused, naming who took it."""
         mine = set(jobs)
-        for row in await storage.subscribers.all():
+        declared = await storage.subscribers.all()
+        for row in declared:
             if row.get("job_name") in mine:
                 raise InvalidDefinitionError(
                     f"job or cron name {row['job_name']!r} is taken by the deliveries of a "
@@ -172,8 +173,9 @@ class EventBus:
                     "subscribers that remain"
                 )
         ours = set(deliveries) - {E.WEBHOOK_JOB}
-        for row in await storage.definitions.all():
-            if row["_id"] in ours and row.get("delivery") is not True:
+        subscriber_jobs = {str(r.get("job_name")) for r in declared}
+        for row in await storage.definitions.all():  # a row from before the mark: is_delivery
+            if row["_id"] in ours and not E.is_delivery(row["_id"], row, subscriber_jobs):
                 raise InvalidDefinitionError(
                     f"subscriber delivery name {row['_id']!r} ('<event>:<subscriber>') is a "
                     f"job that {row.get('registered_by') or 'another process'} runs (in the "

@@ -266,3 +266,20 @@ async def test_a_global_option_given_twice_before_the_subcommand_is_refused(
     assert "--actor was given 2 times" in said.stderr
     once = await cli(url, "--actor", "alice", "jobs", "run-now", job.id, "--actor", "bob")
     assert once.returncode == 0, once.stderr  # before and after: the later one wins
+
+
+def test_a_repeated_global_option_whose_value_is_a_subcommand_name() -> None:
+    """The subcommand was found as the first word equal to its name: a global option's value
+    equal to it (`--actor status`, `--prefix jobs`) moved the split."""
+    import pytest
+
+    from job_processor.cli.parser import build_parser, parse
+
+    with pytest.raises(SystemExit) as twice:
+        parse(build_parser(), ["--actor", "status", "--actor", "bob", "status"])
+    assert twice.value.code == 2
+    with pytest.raises(SystemExit) as twice_prefix:
+        parse(build_parser(), ["--prefix", "jobs", "--prefix", "other_", "jobs", "list"])
+    assert twice_prefix.value.code == 2
+    argv = ["--actor", "status", "--timeout", "5", "status", "--timeout", "9"]
+    assert parse(build_parser(), argv).timeout == 9.0  # before and after: the later one wins

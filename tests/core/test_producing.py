@@ -443,3 +443,19 @@ def test_a_secret_or_alias_in_a_nested_dataclass_or_typeddict_is_seen() -> None:
 
     stored = checked_payload("j", Order, {"customer": {"customerId": "c1"}})
     assert Order.model_validate(stored).customer.customer_id == "c1"
+
+
+def test_the_refused_secret_named_is_the_one_stored_as_the_mask() -> None:
+    from pydantic import SecretStr, field_serializer
+
+    class Login(BaseModel):
+        api_key: SecretStr
+        password: SecretStr
+
+        @field_serializer("api_key", when_used="json")
+        def reveal(self, v: SecretStr) -> str:
+            return v.get_secret_value()
+
+    with pytest.raises(InvalidPayloadError) as refused:
+        checked_payload("j", Login, {"api_key": "k-1", "password": "hunter2"})
+    assert "'password'" in str(refused.value) and "'api_key'" not in str(refused.value)

@@ -704,3 +704,23 @@ async def test_a_subscriber_named_like_another_services_job_is_refused(db: Any) 
     async with started:
         pass
     assert await make(db, {"paid": [Subscriber("ship", handler=ship)]})
+
+
+async def test_a_subscriber_restarts_over_its_delivery_row_written_before_the_mark(
+    db: Any,
+) -> None:
+    """A names-registry row of a subscriber's delivery written by a version before the
+    `delivery` mark: the process declaring that subscriber restarts on this version (the
+    subscribers registry says the row is its delivery), not refused as another's job."""
+
+    async def ship(event: Event, signal: AbortSignal) -> None: ...
+
+    first = await make(db, {"paid": [Subscriber("ship", handler=ship)]})
+    async with first:  # its delivery 'paid:ship' registered, its subscriber declared
+        pass
+    await first.storage.definitions.coll.update_one(
+        {"_id": "paid:ship"}, {"$unset": {"delivery": ""}}
+    )
+    again = await make(db, {"paid": [Subscriber("ship", handler=ship)]})  # the upgrade
+    async with again:
+        pass
