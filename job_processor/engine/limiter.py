@@ -118,7 +118,7 @@ class Limiter:
         of its own key (see the module docstring). A few rounds at most: each learns which keys
         are full, none runs without a claim or a newly full key."""
         claimed = 0
-        known_full = await self._full_keys(limit, now)
+        known_full = await self._full_keys(limit, now, worker)
         for _ in range(4):
             if claimed >= free:
                 break
@@ -160,7 +160,9 @@ class Limiter:
                 break
         return claimed
 
-    async def _full_keys(self, limit: Limit, now: dt.datetime) -> set[str]:
+    async def _full_keys(
+        self, limit: Limit, now: dt.datetime, worker: ClaimingWorker | None = None
+    ) -> set[str]:
         """The keys of a per-value limit that allow no run now, from their documents (one
         indexed read: those at their concurrency, or whose rate is full past now, never every
         key's starts): the claim's candidates leave them out, so any number of full keys ahead in
@@ -169,7 +171,16 @@ class Limiter:
         rate = limit.rate is not None and limit.per_seconds is not None
         now_ms = int(now.timestamp() * 1000) if rate else None
         docs = await self.storage.limits.full_of_template(limit.key, limit.concurrency, now_ms)
-        return {str(doc["_id"]) for doc in docs if _full_now(doc, limit)}
+        full = {str(doc["_id"]) for doc in docs if _full_now(doc, limit)}
+        if worker is not None and now_ms is not None:  # a rate-full key: wake when it has room
+            untils = [
+                int(d.get("rate_full_ms") or 0)
+                for d in docs
+                if str(d["_id"]) in full and int(d.get("rate_full_ms") or 0) > now_ms
+            ]
+            if untils:
+                worker.wake_at(dt.datetime.fromtimestamp(min(untils) / 1000, tz=dt.UTC))
+        return full
 
     def _block(
         self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime
@@ -260,7 +271,9 @@ class Limiter:
         if released:
             self.blocked.pop(key, None)
             self.freed.set()
-            if worker is not None and (key in self.groups or key in self.template_of):
+            if worker is not None and (
+                key in self.groups or key in self.template_of or doc.get("name") in self.limited
+            ):
                 worker.wake.set()
 
     async def _release_after(

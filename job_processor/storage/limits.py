@@ -111,7 +111,14 @@ class LimitStore:
             if not limit.templated:
                 fields: dict[str, Any] = {"concurrency": limit.concurrency, "rate": limit.rate}
                 fields["per_seconds"] = limit.per_seconds
-                await self.coll.update_one({"_id": limit.key}, {"$set": fields})
+                # upserted: a limit no job has used yet is shown too (status, metrics)
+                fresh = {"rev": int(dt.datetime.now(dt.UTC).timestamp() * 1000), "running": 0}
+                with contextlib.suppress(DuplicateKeyError):  # an acquire created it meanwhile
+                    await self.coll.update_one(
+                        {"_id": limit.key},
+                        {"$set": fields, "$setOnInsert": fresh | {"holders": {}, "starts": {}}},
+                        upsert=True,
+                    )
 
     async def remove_idle(self, now_ms: int) -> int:
         """Per-value limits nobody uses any more: no run, no start in their window. One

@@ -464,3 +464,40 @@ async def test_a_run_job_skipped_by_its_exclusive_name_uses_no_start_of_the_rate
         await wait_status(p, queued.id, JobStatus.FINISHED)
     finally:
         await p.stop()
+
+
+async def test_a_per_tenant_slot_given_back_here_wakes_the_claim_loop_for_that_tenant(
+    db: Any,
+) -> None:
+    """scale.md: a full per-value key is left out "until a slot of it is given back in this
+    process or the next poll". A key found full by the claim's indexed read, never by a
+    refused take, did not wake the worker when its slot was given back here: on a clock that
+    never moves (no poll) the tenant's next job never started."""
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def sync_account(job: Job, signal: AbortSignal) -> None:
+        started.append(job.payload["n"])
+        if job.payload["n"] == 1:
+            await gate.wait()
+
+    per_tenant = Limit(key="tenant:{tenant_id}", concurrency=1)
+    processor = await make(
+        db,
+        {"sync": JobDef(handler=sync_account, limit=per_tenant)},
+        clock=FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC)),
+        concurrency=4,
+        change_streams=False,
+        worker_timeout=30.0,
+    )
+    async with processor:
+        await processor.schedule_job("sync", {"tenant_id": "acme", "n": 1})
+        await wait_for(lambda: started == [1], timeout=10)
+        await wait_for(lambda: processor.worker.idle.is_set(), timeout=10)
+        processor.worker.idle.clear()  # set again by the next claim round that finds nothing
+        # scheduled here: wakes the worker, whose claim finds "tenant:acme" full
+        second = await processor.schedule_job("sync", {"tenant_id": "acme", "n": 2})
+        await wait_for(lambda: processor.worker.idle.is_set(), timeout=10)
+        assert started == [1]
+        gate.set()  # the first run ends: its slot is given back in this very process
+        await wait_status(processor, second.id, JobStatus.FINISHED, timeout=10)

@@ -37,3 +37,14 @@ async def test_a_lowered_concurrency_is_shown_as_the_capacity(db: Any) -> None:
     async with new:  # nothing of "send" queued after the deploy
         [usage] = (await new.get_status()).limits
     assert usage["concurrency"] == 1, usage
+
+
+async def test_a_static_limit_is_shown_before_its_first_use(db: Any) -> None:
+    """scale.md: status and the metrics show every static limit; one no job had used yet had
+    no document, so it was shown nowhere."""
+    mail = Limit(key="mail-provider", concurrency=5, rate=100, per_seconds=60)
+    processor = await make(db, {"send": JobDef(handler=quick, limit=mail)})
+    async with processor:
+        shown = (await processor.get_status()).limits
+    assert [u["key"] for u in shown] == ["mail-provider"], shown
+    assert shown[0]["concurrency"] == 5 and shown[0]["running"] == 0, shown

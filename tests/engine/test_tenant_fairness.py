@@ -259,3 +259,37 @@ async def test_foreign_jobs_without_the_field_never_hold_back_the_other_keys(db:
         await until(lambda: running.get("B") == 1)
         release.set()
     assert running == {"None": 1, "B": 1}
+
+
+async def test_a_rate_full_tenant_wakes_the_worker_when_its_window_has_room(db: Any) -> None:
+    """scale.md: "A rate-limited key sleeps until the window allows a start". A per-value key
+    found rate-full by the claim's indexed read was left out with no wake-up at that time:
+    the tenant's next job waited for the next poll."""
+    started: list[int] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        started.append(job.payload["n"])
+
+    clock = FakeClock(T0)
+    limit = Limit(key="tenant:{tenant}", rate=1, per_seconds=5)
+    p = await init_job_processor(
+        db,
+        jobs={"sync": JobDef(handler=work, limit=limit)},
+        clock=clock,
+        concurrency=4,
+        poll_interval=60.0,  # no poll can explain the second start
+        change_streams=False,
+        worker_timeout=120.0,
+        heartbeat_interval=30.0,
+        shutdown_grace=1.0,
+    )
+    async with p:
+        await p.schedule_job("sync", {"tenant": "A", "n": 1})
+        await until(lambda: started == [1], timeout=10)
+        await until(lambda: p.worker.idle.is_set(), timeout=10)
+        p.worker.idle.clear()  # set again by the next claim round that finds nothing
+        await p.schedule_job("sync", {"tenant": "A", "n": 2})  # wakes the worker: no room yet
+        await until(lambda: p.worker.idle.is_set(), timeout=10)
+        assert started == [1]
+        clock.advance(5.5)  # the window has room again
+        await until(lambda: started == [1, 2], timeout=5)
