@@ -78,9 +78,13 @@ class DueTimes:
         return len(self._times)
 
     def add(self, when: dt.datetime) -> bool:
-        """Remember `when`; True if it is earlier than every time known before."""
+        """Remember `when` (once: a time asked for every claim round, a rate-full key's, must
+        not crowd out the others); True if it is earlier than every time known before."""
         earliest = self._times[0] if self._times else None
-        bisect.insort(self._times, when)
+        i = bisect.bisect_left(self._times, when)
+        if i < len(self._times) and self._times[i] == when:
+            return False
+        self._times.insert(i, when)
         del self._times[self.limit :]
         return earliest is None or when < earliest
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from job_processor.engine.wakeup import wakes_worker
+from job_processor.engine.wakeup import DueTimes, wakes_worker
 
 WHEN = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -38,8 +38,6 @@ def test_updates_wake_only_when_a_job_becomes_claimable() -> None:
 
 
 def test_due_times_keep_the_earliest_and_are_bounded() -> None:
-    from job_processor.engine.wakeup import DueTimes
-
     due = DueTimes(limit=3)
     sec = dt.timedelta(seconds=1)
     assert due.add(WHEN + 5 * sec) is True
@@ -220,3 +218,17 @@ def test_a_status_another_program_wrote_as_a_list_or_a_document_wakes_no_one() -
         }
         assert wakes_worker(insert) == (False, when)
         assert wakes_worker(update) == (False, None)
+
+
+def test_a_time_asked_for_again_and_again_never_crowds_out_the_others() -> None:
+    """A rate-full per-tenant key asks for its window's end at every claim round: each copy
+    was kept, and 1,000 of them dropped every later due time (a job scheduled for later then
+    waited for the next poll)."""
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    due = DueTimes()
+    assert due.add(t0 + dt.timedelta(seconds=7))
+    assert due.add(t0 + dt.timedelta(seconds=5))
+    for _ in range(2000):
+        assert not due.add(t0 + dt.timedelta(seconds=5))
+    assert len(due) == 2
+    assert due.next_after(t0 + dt.timedelta(seconds=5.5)) == t0 + dt.timedelta(seconds=7)
