@@ -447,3 +447,30 @@ async def test_a_list_with_a_refused_filter_is_not_live_and_never_says_offline(
             await expect(page.locator("body[data-refresh]")).to_have_count(0)
         await page.goto(f"{base}/jobs")  # a good list is live
         await expect(page.locator("body[data-refresh]")).to_have_count(1)
+
+
+async def test_a_listed_job_with_a_text_id_offers_no_link_nor_checkbox(
+    browser: Browser, processor: Any
+) -> None:
+    """Another program's bare insert whose `_id` is text is listed; its link led to a 400 and
+    its checkbox, under "select all", made the whole bulk Retry fail ("'ext-1' is not a job
+    id"), the ObjectId jobs selected beside it not retried."""
+    p, _ = processor
+    failed = await failed_email(p)
+    await p.storage.jobs.coll.insert_one(
+        {"_id": "ext-1", "name": "send-email", "status": "errored", "payload": {}}
+    )
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0)) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs?status=errored")
+        rows = page.locator("table.jobs tbody tr")
+        await expect(rows).to_have_count(2)
+        foreign = rows.filter(has_text="ext-1")
+        await expect(foreign.locator("a")).to_have_count(0)
+        await expect(foreign.locator("input[type=checkbox]")).to_have_count(0)
+        await page.get_by_label("select all").check()
+        await page.locator("#bulk").get_by_role("button", name="Retry").click()
+        await expect(page.locator("#flash")).to_be_visible()
+        flash = await page.locator("#flash").inner_text()
+        assert "Retry failed" not in flash, flash
+        assert (await p.get_job(failed)).status != S.ERRORED, flash
