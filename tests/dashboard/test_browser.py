@@ -472,5 +472,5 @@ async def test_a_listed_job_with_a_text_id_offers_no_link_nor_checkbox(
         await page.locator("#bulk").get_by_role("button", name="Retry").click()
         await expect(page.locator("#flash")).to_be_visible()
         flash = await page.locator("#flash").inner_text()
-        assert "Retry failed" not in flash, flash
-        assert (await p.get_job(failed)).status != S.ERRORED, flash
+        # the ObjectId job retried (it may have run and failed again since: not its status)
+        assert "Retry failed" not in flash and "1 changed" in flash and failed in flash, flash
