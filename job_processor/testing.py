@@ -108,6 +108,7 @@ class JobHarness:
             state = _state_as_read_back(state)
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
+            V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)  # naive datetimes
             payload = stored_form(type(payload), payload)  # by alias where the model has them
         doc = D.as_running(
             D.new_job(name, _as_read_back(name, payload), now=now, max_attempts=max_attempts),
@@ -296,6 +297,11 @@ def _progress_as_stored(progress: Any, now: dt.datetime) -> dict[str, Any]:
 
 
 def _check_abort_after(abort_after: Any) -> None:
+    if not isinstance(abort_after, tuple | list) or len(abort_after) != 2:
+        raise InvalidArgumentError(
+            "abort_after_checkpoints=(n, reason): a pair, e.g. (2, 'shutdown'), got "
+            f"{abort_after!r}"
+        )
     count, reason = abort_after
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InvalidArgumentError(
@@ -351,10 +357,21 @@ async def run_until_idle(
 ) -> list[Job[Any]]:
     """Run the jobs that are due, one at a time in this process, until none is left. With a
     FakeClock and `advance_clock`, move the clock to the next scheduled job (a retry's backoff,
-    a job scheduled for later) and go on; with `until`, also to each cron slot up to that time.
-    Returns each run's final Job, in order (a retried job appears once per attempt)."""
+    a job scheduled for later) and go on; with `until`, also to each cron slot up to that time
+    (without it, the cron slots the clock moves past are recorded as missed, as after a
+    downtime). Returns each run's final Job, in order (a retried job appears once per
+    attempt)."""
     if processor.started:
         raise RuntimeError("run_until_idle drives a processor that is not started")
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+        raise InvalidArgumentError(
+            f"run_until_idle max_runs= must be an integer >= 1, got {max_runs!r}"
+        )
+    if until is not None and (not isinstance(until, dt.datetime) or until.tzinfo is None):
+        raise InvalidArgumentError(
+            f"run_until_idle until= must be an aware datetime, got {until!r}: e.g. "
+            "datetime(2030, 1, 1, tzinfo=UTC) (a naive one is never taken as UTC silently)"
+        )
     worker = processor.worker
     clock = processor.clock
     ran: list[Job[Any]] = []
@@ -413,10 +430,16 @@ async def run_until_idle(
     if len(ran) >= max_runs:  # said, not returned as if idle with jobs left
         names = [n for n in worker.names if n not in worker.paused]
         # the claim's filter: a job waiting on a dependency keeps an old scheduled_for
-        if await processor.storage.jobs.any_due(names, clock.now()):
+        left = await processor.storage.jobs.any_due(names, clock.now())
+        if not left and advance_clock and isinstance(clock, FakeClock):  # one it would move to
+            ahead = _ahead([await processor.storage.jobs.next_due(names)], clock.now(), until)
+            left = bool(ahead)
+        if left:
             raise RuntimeError(
-                f"run_until_idle stopped after max_runs={max_runs} runs with jobs still due: "
-                "pass a larger max_runs (run_until_idle(processor, max_runs=...))"
+                f"run_until_idle stopped after max_runs={max_runs} runs with jobs still due "
+                "or to come (a retry's backoff, a job scheduled for later): pass a larger "
+                "max_runs (run_until_idle(processor, max_runs=...)), or a handler retries "
+                "for ever"
             )
     return ran
 

@@ -115,6 +115,9 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
+        naive = V.naive_datetime_at(value.model_dump())  # before the JSON form hides it
+        if naive is not None:
+            raise InvalidPayloadError(V.naive_message("job", name, *naive))
         try:
             payload, differing = form_of(model, value)
         except InvalidPayloadError as exc:

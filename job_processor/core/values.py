@@ -228,6 +228,9 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     if payload is None:
         return {}
     if isinstance(payload, BaseModel):
+        naive = naive_datetime_at(payload.model_dump())  # the JSON form has only text
+        if naive is not None:
+            raise InvalidPayloadError(naive_message(kind, name, *naive))
         payload = payload.model_dump(mode="json")
     if not isinstance(payload, Mapping):
         raise InvalidPayloadError(
@@ -240,12 +243,7 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     except RecursionError:
         raise InvalidPayloadError(f"{kind} {name!r}: payload {TOO_DEEP}") from None
     if naive is not None:
-        path, value = naive
-        raise InvalidPayloadError(
-            f"{kind} {name!r}: payload field {path!r} is a datetime without a time zone "
-            f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
-            "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
-        )
+        raise InvalidPayloadError(naive_message(kind, name, *naive))
     try:
         encoded = bson.encode(dict(payload))
     except ENCODING_ERRORS as exc:
@@ -261,3 +259,11 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
             "store the data elsewhere (GridFS, object storage) and pass a reference"
         )
     return dict(payload)
+
+
+def naive_message(kind: str, name: str, path: str, value: Any) -> str:
+    return (
+        f"{kind} {name!r}: payload field {path!r} is a datetime without a time zone "
+        f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
+        "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
+    )

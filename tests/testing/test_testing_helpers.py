@@ -617,3 +617,75 @@ def test_job_harness_takes_a_model_with_aliases_and_a_nested_excluded_field() ->
 
     harness = JobHarness(Outer(In=Inner(a=2, secret="s")))
     assert harness.job.payload.inner.a == 2
+
+
+class _Meeting(BaseModel):
+    at: dt.datetime
+
+
+async def test_a_typed_payloads_naive_datetime_is_refused_as_the_datetime_rule_says() -> None:
+    """guide.md: a naive datetime is refused anywhere in a payload; one a model carried was
+    checked only in its JSON form (text) and reached the handler naive. The harness refused
+    the dict and took the model."""
+    naive = dt.datetime(2030, 1, 1, 9, 0)
+    with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time zone"):
+        JobHarness({"at": naive}, payload_model=_Meeting)
+    with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time zone"):
+        JobHarness(_Meeting(at=naive))
+
+    async def meet(job: Job[_Meeting], signal: AbortSignal) -> None: ...
+
+    defs = {"meet": JobDef(handler=meet, payload_model=_Meeting), "any": JobDef(handler=meet)}
+    async with in_memory_processor(jobs=defs) as processor:
+        for name, payload in (("meet", {"at": naive}), ("meet", _Meeting(at=naive))):
+            with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time"):
+                await processor.schedule_job(name, payload)
+        with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time"):
+            await processor.schedule_job("any", _Meeting(at=naive))  # an untyped job's model
+        assert await processor.list_jobs() == []
+
+
+async def test_run_until_idle_says_it_stopped_at_max_runs_with_a_retry_still_to_come() -> None:
+    async def flaky(job: Job, signal: AbortSignal) -> None:
+        raise RetryLater(60)
+
+    async with in_memory_processor(jobs={"flaky": JobDef(handler=flaky, max_attempts=50)}) as p:
+        await p.schedule_job("flaky")
+        with pytest.raises(RuntimeError, match="max_runs=3"):
+            await run_until_idle(p, max_runs=3)
+
+
+async def test_run_until_idle_refuses_a_naive_until_and_a_max_runs_that_is_not_a_count() -> None:
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    async with in_memory_processor(jobs={"a": JobDef(handler=noop)}) as processor:
+        with pytest.raises(InvalidArgumentError, match="until= must be an aware datetime"):
+            await run_until_idle(processor, until=dt.datetime(2031, 1, 1))
+        await processor.schedule_job("a", delay=3600)
+        with pytest.raises(InvalidArgumentError, match="until= must be an aware datetime"):
+            await run_until_idle(processor, until=dt.datetime(2031, 1, 1))
+        for bad in ("5", None, 2.5, True, 0):
+            with pytest.raises(InvalidArgumentError, match="max_runs= must be an integer"):
+                await run_until_idle(processor, max_runs=bad)
+
+
+@pytest.mark.parametrize("bad", [1, (1,), "shutdown", (1, "shutdown", 2)])
+def test_an_abort_after_checkpoints_that_is_not_a_pair_is_refused_naming_the_form(bad: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"abort_after_checkpoints=\(n, reason\)"):
+        JobHarness(abort_after_checkpoints=bad)
+
+
+async def test_run_until_idle_without_until_records_the_slots_it_moves_past_as_missed() -> None:
+    """guide.md: without until=, the cron slots the clock moves past are recorded as missed."""
+    from job_processor import CronDef
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"tick": CronDef(handler=noop, cron_string="*/10 * * * *")}
+    async with in_memory_processor(jobs={"later": JobDef(handler=noop)}, crons=crons) as p:
+        await p.schedule_job("later", delay=3600)
+        ran = await run_until_idle(p)
+        assert "later" in [j.name for j in ran]
+        assert [j for j in await p.list_jobs() if j.skip_reason == "missed"]
