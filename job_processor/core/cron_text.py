@@ -110,7 +110,7 @@ def check_timezone(v: str) -> str:
         )
     try:
         zoneinfo.ZoneInfo(v)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # a folder, too long
         raise ValueError(
             f"unknown timezone {v!r}: use an IANA name such as 'Europe/Paris' or 'UTC'"
         ) from exc

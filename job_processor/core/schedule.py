@@ -158,7 +158,7 @@ def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:
         return None
     try:
         return Schedule(cron_string, tz).local(instant)
-    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed name
+    except (ValueError, KeyError, OSError):  # not found (a KeyError), malformed, a folder
         return None
 
 

@@ -880,3 +880,15 @@ def _lost_reply(p: JobProcessor, *, killed: bool) -> dict[str, Any]:
         task["kill_requested_at"] = now
     p.worker.unstarted.add(task["run_id"])
     return task
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America", "Etc", "Europe/" + "x" * 300])
+async def test_a_zone_folder_as_timezone_fails_at_init_naming_cron_and_field(
+    db: Any, zone: str
+) -> None:
+    """A folder of the tz database ("Europe") or a name too long for a file raised a raw
+    OSError naming a path inside tzdata."""
+    with pytest.raises(InvalidDefinitionError, match=r"cron 'export': field 'timezone'"):
+        await init_job_processor(
+            db, crons={"export": {"cron_string": "0 2 * * *", "handler": tick, "timezone": zone}}
+        )
