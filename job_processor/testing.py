@@ -51,6 +51,7 @@ from .core.documents import Doc
 from .core.errors import InvalidArgumentError, InvalidPayloadError
 from .core.models import Job, Processor, not_awaited_message
 from .core.payload_forms import stored_form
+from .core.producing import checked_payload as checked_job_payload
 from .core.protocols import ClaimingWorker
 from .core.settings import Settings
 from .engine.execution import (
@@ -108,7 +109,7 @@ class JobHarness:
             state = _state_as_read_back(state)
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
-            V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)  # naive datetimes
+            checked_job_payload(name, type(payload), payload)  # as schedule_job checks it
             payload = stored_form(type(payload), payload)  # by alias where the model has them
         doc = D.as_running(
             D.new_job(name, _as_read_back(name, payload), now=now, max_attempts=max_attempts),
@@ -432,8 +433,10 @@ async def run_until_idle(
         # the claim's filter: a job waiting on a dependency keeps an old scheduled_for
         left = await processor.storage.jobs.any_due(names, clock.now())
         if not left and advance_clock and isinstance(clock, FakeClock):  # one it would move to
-            ahead = _ahead([await processor.storage.jobs.next_due(names)], clock.now(), until)
-            left = bool(ahead)
+            upcoming = [await processor.storage.jobs.next_due(names)]
+            if until is not None:  # as the loop: it moves to cron slots up to `until` too
+                upcoming += [d["next_slot"] for d in await processor.storage.crons.docs()]
+            left = bool(_ahead(upcoming, clock.now(), until))
         if left:
             raise RuntimeError(
                 f"run_until_idle stopped after max_runs={max_runs} runs with jobs still due "

@@ -146,9 +146,8 @@ def _main(
             return common.BAD_INPUT
         log_format = "console"
     configure_logging(level, log_format)
-    if not probe:
-        for line in misspelt_variables(os.environ):
-            print(f"warning: {line}", file=sys.stderr)
+    for line in misspelt_variables(os.environ):  # health too: its exit code is unchanged
+        print(f"warning: {line}", file=sys.stderr)
     try:
         check_window(
             getattr(args, "since", None), getattr(args, "until", None), "--since", "--until"

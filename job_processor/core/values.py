@@ -17,7 +17,7 @@ import enum
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import bson
@@ -228,10 +228,9 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     if payload is None:
         return {}
     if isinstance(payload, BaseModel):
-        naive = naive_datetime_at(payload.model_dump())  # the JSON form has only text
-        if naive is not None:
-            raise InvalidPayloadError(naive_message(kind, name, *naive))
-        payload = payload.model_dump(mode="json")
+        model = type(payload)
+        check_model_datetimes(kind, name, payload, lambda form: _read_back(model, form))
+        payload = json_form(kind, name, payload)
     if not isinstance(payload, Mapping):
         raise InvalidPayloadError(
             f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"
@@ -267,3 +266,46 @@ def naive_message(kind: str, name: str, path: str, value: Any) -> str:
         f"({value.isoformat()}); it would be read back as UTC: pass an aware datetime, "
         "e.g. datetime.now(UTC) or value.replace(tzinfo=ZoneInfo('Europe/Paris'))"
     )
+
+
+def json_form(kind: str, name: str, value: BaseModel, **options: Any) -> Doc:
+    """A model's JSON form; its dump's own errors (a cycle, too deep) said as the payload's."""
+    try:
+        dumped: Doc = value.model_dump(mode="json", **options)
+    except RecursionError:
+        raise InvalidPayloadError(f"{kind} {name!r}: payload {TOO_DEEP}") from None
+    except ValueError as exc:  # pydantic: "Circular reference detected", a depth exceeded
+        raise InvalidPayloadError(f"{kind} {name!r}: payload cannot be stored: {exc}") from None
+    return dumped
+
+
+def check_model_datetimes(
+    kind: str, name: str, value: BaseModel, read_back: Callable[[Doc], Any]
+) -> None:
+    """A naive datetime a model carries is refused (its JSON form is text, which the naive
+    check cannot tell), unless what its consumer reads back holds none: a JSON serializer
+    that writes it aware, a computed field that is not stored. `read_back(form)`: the stored
+    form as its consumer reads it (None when it cannot)."""
+    try:
+        found = naive_datetime_at(value.model_dump())
+        if found is not None:
+            back = read_back(json_form(kind, name, value))
+            found = naive_datetime_at(back) if back is not None else None
+    except CyclicValue as exc:
+        raise InvalidPayloadError(cycle_message(f"{kind} {name!r}: payload", exc)) from None
+    except RecursionError:
+        raise InvalidPayloadError(f"{kind} {name!r}: payload {TOO_DEEP}") from None
+    except InvalidPayloadError:
+        raise
+    except ValueError as exc:  # pydantic's dump: "Circular reference detected", ...
+        raise InvalidPayloadError(f"{kind} {name!r}: payload cannot be stored: {exc}") from None
+    if found is not None:
+        raise InvalidPayloadError(naive_message(kind, name, *found))
+
+
+def _read_back(model: type[BaseModel], form: Doc) -> Any:
+    """The JSON form read back through the model, as its Python values (no computed field)."""
+    try:
+        return model.model_validate(form).model_dump(exclude_computed_fields=True)
+    except ValueError:  # a ValidationError: not read back (the consumer says why)
+        return None

@@ -257,3 +257,18 @@ async def test_run_says_metrics_host_without_metrics_port_serves_nothing(
     (tmp_path / "hostapp.py").write_text("async def make(ctx):\n    return None\n")
     ran = await cli(mongo_url, "run", "hostapp:make", "--metrics-host", "0.0.0.0", cwd=tmp_path)
     assert ran.returncode == 2 and "needs --metrics-port" in ran.stderr, ran.stderr
+
+
+async def test_health_names_a_misspelt_variable_as_every_command_does(scratch_url: str) -> None:
+    """operations.md: "Every command warns on stderr of a JOB_PROCESSOR_... variable it does not
+    know ... and of a LOG_FORMAT set without JOB_PROCESSOR_LOG_FORMAT": `health` (the compose
+    file's healthcheck) said nothing; its exit code stays what it was (1 here: no worker)."""
+    for variable, meant in (
+        ("JOB_PROCESSOR_WORKER_TAG", "JOB_PROCESSOR_WORKER_TAGS"),
+        ("LOG_FORMAT", "JOB_PROCESSOR_LOG_FORMAT"),
+    ):
+        env = {"MONGODB_URL": scratch_url, variable: "json" if "FORMAT" in variable else "main"}
+        ran = await run_cli("health", env=env)
+        assert ran.returncode == 1, ran.stderr
+        warned = [line for line in ran.stderr.splitlines() if line.startswith("warning:")]
+        assert len(warned) == 1 and variable in warned[0] and meant in warned[0], ran.stderr

@@ -7,7 +7,7 @@ import itertools
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field, field_serializer
 
 from job_processor import (
     AbortSignal,
@@ -689,3 +689,88 @@ async def test_run_until_idle_without_until_records_the_slots_it_moves_past_as_m
         ran = await run_until_idle(p)
         assert "later" in [j.name for j in ran]
         assert [j for j in await p.list_jobs() if j.skip_reason == "missed"]
+
+
+class _AwareInJson(BaseModel):
+    """A naive datetime the model writes as aware text: its JSON serializer adds UTC."""
+
+    at: dt.datetime
+
+    @field_serializer("at", when_used="json")
+    def _aware(self, v: dt.datetime) -> str:
+        return (v if v.tzinfo else v.replace(tzinfo=dt.UTC)).isoformat()
+
+
+class _WithComputedDay(BaseModel):
+    """A computed field is not stored: computed again when the job runs."""
+
+    n: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def day(self) -> dt.datetime:
+        return dt.datetime(2030, 1, self.n)  # naive, never stored
+
+
+@pytest.mark.parametrize(
+    ("payload", "seen"),
+    [
+        (_AwareInJson(at=dt.datetime(2030, 1, 1, 9)), dt.datetime(2030, 1, 1, 9, tzinfo=dt.UTC)),
+        (_WithComputedDay(n=2), 2),
+    ],
+    ids=["json-serializer-writes-aware-text", "computed-field-not-stored"],
+)
+async def test_a_naive_datetime_the_stored_form_does_not_hold_is_not_refused(
+    payload: BaseModel, seen: Any
+) -> None:
+    """The naive check reads what the handler gets back, not the model's Python dump."""
+    got: list[Any] = []
+
+    async def handler(job: Job[Any], signal: AbortSignal) -> None:
+        got.append(getattr(job.payload, "at", None) or job.payload.n)
+
+    defs = {"j": JobDef(handler=handler, payload_model=type(payload))}
+    async with in_memory_processor(jobs=defs) as processor:
+        await processor.schedule_job("j", payload)
+        await run_until_idle(processor)
+    assert got == [seen]
+    JobHarness(payload)  # the harness takes it as well
+
+
+async def test_run_until_idle_says_it_stopped_at_max_runs_with_cron_slots_still_to_come() -> None:
+    from job_processor import CronDef
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"tick": CronDef(handler=noop, cron_string="*/10 * * * *")}
+    async with in_memory_processor(crons=crons) as p:
+        until = p.clock.now() + dt.timedelta(hours=1)
+        with pytest.raises(RuntimeError, match="max_runs=2"):
+            await run_until_idle(p, until=until, max_runs=2)
+
+
+@pytest.mark.parametrize("inner", ["cycle", "deep"])
+async def test_a_model_payload_holding_a_cycle_or_too_deep_a_dict_is_refused_naming_the_job(
+    inner: str,
+) -> None:
+    class Holder(BaseModel):
+        data: Any
+
+    value: dict[str, Any] = {}
+    if inner == "cycle":
+        value["me"] = value
+    else:
+        cur = value
+        for _ in range(5000):
+            cur["a"] = {}
+            cur = cur["a"]
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    defs = {"typed": JobDef(handler=noop, payload_model=Holder), "any": JobDef(handler=noop)}
+    async with in_memory_processor(jobs=defs) as processor:
+        for name in defs:
+            with pytest.raises(InvalidPayloadError, match=f"job '{name}'"):
+                await processor.schedule_job(name, Holder(data=value))
