@@ -109,7 +109,7 @@ class JobHarness:
             state = _state_as_read_back(state)
         if isinstance(payload, BaseModel):
             payload_model = payload_model or type(payload)
-            checked_job_payload(name, type(payload), payload)  # as schedule_job checks it
+            checked_job_payload(name, payload_model, payload)  # as schedule_job checks it
             payload = stored_form(type(payload), payload)  # by alias where the model has them
         doc = D.as_running(
             D.new_job(name, _as_read_back(name, payload), now=now, max_attempts=max_attempts),

@@ -285,12 +285,13 @@ def check_model_datetimes(
     """A naive datetime a model carries is refused (its JSON form is text, which the naive
     check cannot tell), unless what its consumer reads back holds none: a JSON serializer
     that writes it aware, a computed field that is not stored. `read_back(form)`: the stored
-    form as its consumer reads it (None when it cannot)."""
+    form as its consumer reads it (None when it cannot: then the dump's is refused)."""
     try:
         found = naive_datetime_at(value.model_dump())
         if found is not None:
             back = read_back(json_form(kind, name, value))
-            found = naive_datetime_at(back) if back is not None else None
+            # not read back: what the dump holds is refused, as the stored text is naive
+            found = naive_datetime_at(back) if back is not None else found
     except CyclicValue as exc:
         raise InvalidPayloadError(cycle_message(f"{kind} {name!r}: payload", exc)) from None
     except RecursionError:

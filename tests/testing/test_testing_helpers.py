@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field, computed_field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from job_processor import (
     AbortSignal,
@@ -774,3 +775,66 @@ async def test_a_model_payload_holding_a_cycle_or_too_deep_a_dict_is_refused_nam
         for name in defs:
             with pytest.raises(InvalidPayloadError, match=f"job '{name}'"):
                 await processor.schedule_job(name, Holder(data=value))
+
+
+class _StrictAt(BaseModel):
+    """A strict model: it does not read its own JSON form (a datetime from text) back."""
+
+    model_config = ConfigDict(strict=True)
+    at: dt.datetime
+
+
+class _AliasedAt(BaseModel):
+    """An alias without populate_by_name: its by-name JSON form does not read back."""
+
+    at: dt.datetime = Field(alias="when")
+
+
+class _LooseAt(BaseModel):
+    at: dt.datetime
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [_StrictAt(at=dt.datetime(2030, 1, 1, 9)), _AliasedAt(when=dt.datetime(2030, 1, 1, 9))],
+    ids=["strict", "aliased"],
+)
+async def test_an_event_model_with_a_naive_datetime_is_refused_when_it_does_not_read_back(
+    payload: BaseModel,
+) -> None:
+    """events.md: a naive datetime is refused in an event's payload. A model whose JSON form
+    did not read back through itself skipped the check: a subscriber got it naive."""
+    from job_processor import Event, Subscriber
+
+    seen: list[dt.datetime] = []
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        seen.append(_LooseAt.model_validate(event.payload).at)
+
+    subs = {"paid": [Subscriber("audit", handler=audit, mode="sync")]}
+    async with in_memory_processor(subscribers=subs) as processor:
+        await processor.start()
+        with pytest.raises(InvalidPayloadError, match="without a time zone"):
+            await asyncio.wait_for(processor.emit("paid", payload, sync_timeout=5), 20)
+    assert seen == []
+
+
+async def test_schedule_job_refuses_a_naive_datetime_in_a_strict_payload_model() -> None:
+    async def noop(job: Job[Any], signal: AbortSignal) -> None:
+        return None
+
+    defs = {"j": JobDef(handler=noop, payload_model=_StrictAt)}
+    async with in_memory_processor(jobs=defs) as processor:
+        with pytest.raises(InvalidPayloadError, match="without a time zone"):
+            await processor.schedule_job("j", _StrictAt(at=dt.datetime(2030, 1, 1, 9)))
+        assert await processor.list_jobs() == []
+
+
+def test_job_harness_checks_a_model_payload_against_payload_model() -> None:
+    """schedule_job refuses a model of another class than the definition's."""
+
+    class Holder(BaseModel):
+        at: Any
+
+    with pytest.raises(InvalidPayloadError, match="payload must be a _LooseAt, got Holder"):
+        JobHarness(Holder(at=dt.datetime(2030, 1, 1, 9)), payload_model=_LooseAt)
