@@ -283,7 +283,10 @@ async def call_maybe_async(
             if inspect.iscoroutine(result):
                 result = await result
             return result
-        result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
+        try:
+            result = await USER_THREADS.run(fn, *args, on_late_return=on_late_return)
+        except KeyboardInterrupt as exc:  # raised on its thread by the function: no Ctrl-C
+            raise ExitCalled(exc) from exc
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -292,11 +295,13 @@ async def call_maybe_async(
 
 
 class ExitCalled(Exception):
-    """A user's function raised SystemExit: a failure of that call, described as the
-    SystemExit itself (`describe_error`)."""
+    """A user's function raised SystemExit (or a plain function KeyboardInterrupt, on its
+    thread): a failure of that call, described as that exception itself (`describe_error`),
+    never the end of the worker's process."""
 
-    def __init__(self, exc: SystemExit) -> None:
-        super().__init__(f"SystemExit: {exc.code}")
+    def __init__(self, exc: SystemExit | KeyboardInterrupt) -> None:
+        said = f"SystemExit: {exc.code}" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+        super().__init__(said)
 
 
 def invalid_document(exc: Exception, definition: JobDef | None) -> str:

@@ -108,6 +108,12 @@ def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
     """How the handler's task ended, as the outcome function reads it."""
     reason = run.signal.reason
     if handler.cancelled():
+        if reason is None:  # no signal fired: the handler's own code raised CancelledError
+            try:
+                handler.result()
+            except asyncio.CancelledError as raised:
+                own = raised.__context__ if raised.__context__ is not None else raised
+                return RunEnd(Ending.RAISED, error=describe_error(own))
         return RunEnd(Ending.CANCELLED, abort_reason=reason)
     exc = run.exc = handler.exception()
     if exc is None:

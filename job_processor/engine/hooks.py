@@ -197,7 +197,7 @@ class HookRunner:
             # the hook itself raised it (it awaited something cancelled): a failure as any
             error = "CancelledError raised by the hook (its task was not cancelled)"
             self.log.error("on_job_exited_failed", error=error, **fields)
-        except Exception as exc:
+        except BaseException as exc:  # an Exception, or another BaseException of the hook's
             error, transient = describe_error(exc), is_transient(exc) or unsure_write(exc)
             # its first line masked as job_errored's (the traceback is on the job, where readers
             # mask it: the log would show the payload's secrets, and rich's locals)

@@ -398,6 +398,9 @@ class Runtime:
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # its caller gave up (a TaskGroup, wait_for):
+                await self.stop()  # what it started stops too, gracefully
+                raise
             finally:
                 for w in waiters:
                     w.cancel()

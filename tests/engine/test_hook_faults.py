@@ -286,3 +286,44 @@ async def test_a_cli_kill_of_a_job_without_a_hook_logs_no_recovered_hook(
     assert (await admin.get_job(job.id)).exit_hook == "none"
     recovered = [r for r in caplog.records if "on_job_exited_recovered" in r.getMessage()]
     assert recovered == [], "a hook that does not exist was logged as recovered"
+
+
+class _Interrupt(BaseException):
+    """What some libraries raise (gevent.Timeout, pytest's outcomes, a framework's abort)."""
+
+
+@pytest.mark.parametrize("plain", [False, True])
+async def test_a_hook_raising_a_base_exception_is_recorded_failed_once(
+    db: Any, plain: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BaseException that is no Exception escaped the hook runner: the hook stayed owed and
+    the worker's own sweep called it again every few seconds."""
+    calls: list[str] = []
+
+    async def work(job: Job, signal: Any) -> str:
+        return "ok"
+
+    async def hook(job: Job) -> None:
+        calls.append(job.id)
+        raise _Interrupt("hook gave up")
+
+    def plain_hook(job: Job) -> None:
+        calls.append(job.id)
+        raise _Interrupt("hook gave up")
+
+    p = await make(db, {"w": JobDef(handler=work, on_job_exited=plain_hook if plain else hook)})
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        async with p:
+            job = await p.schedule_job("w")
+            await wait_status(p, job.id, S.FINISHED)
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await p.get_job(job.id)).exit_hook in (None, "owed"):
+                assert asyncio.get_running_loop().time() < deadline, "the hook stays owed"
+                await asyncio.sleep(0.05)
+        gc.collect()
+    ended = await p.get_job(job.id)
+    assert ended.exit_hook == "failed", (ended.exit_hook, len(calls))
+    assert (ended.exit_hook_error or "").startswith("_Interrupt: hook gave up")
+    assert calls == [job.id]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

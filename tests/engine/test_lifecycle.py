@@ -703,3 +703,81 @@ async def test_a_handler_or_hook_raising_system_exit_fails_its_call_not_the_work
     assert proc.returncode == 0, (proc.returncode, out[-500:], stderr.decode()[-800:])
     ended = out.split("ENDED ", 1)[1].strip()
     assert ended == "errored failed SystemExit: 2", ended
+
+
+async def test_a_handler_raising_cancelled_error_itself_says_so(db: Any) -> None:
+    """A handler that awaited a task someone else cancelled (its own task never was): the
+    error was the bare word "cancelled", with no type nor traceback."""
+
+    async def fetch(job: Job, signal: AbortSignal) -> str:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner
+        return "x"
+
+    p = await make(db, {"fetch": JobDef(handler=fetch)})
+    failed = await p.run_job("fetch")
+    assert failed.status == S.ERRORED
+    assert failed.error is not None and "CancelledError" in failed.error, failed.error
+
+
+@pytest.mark.parametrize("kind", ["def", "hook"])
+async def test_a_plain_handler_or_hook_raising_keyboard_interrupt_fails_its_call_not_the_worker(
+    db: Any, mongo_url: str, kind: str
+) -> None:
+    """Raised on a worker thread (never a Ctrl-C there), KeyboardInterrupt was passed back into
+    the event loop and ended the process, the job left running: a poison job, as SystemExit."""
+    import sys
+    import textwrap
+
+    from tests.conftest import url_with_db
+
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from pymongo import AsyncMongoClient
+        from job_processor import JobDef, init_job_processor
+
+        def plain(job, signal):
+            if {kind!r} != "hook":
+                raise KeyboardInterrupt
+            return "ok"
+
+        def hook(job):
+            if {kind!r} == "hook":
+                raise KeyboardInterrupt
+
+        async def main():
+            client = AsyncMongoClient(sys.argv[1], tz_aware=True)
+            defs = {{"w": JobDef(handler=plain, on_job_exited=hook)}}
+            p = await init_job_processor(
+                client.get_default_database(), jobs=defs,
+                poll_interval=0.2, heartbeat_interval=0.5, worker_timeout=2.0,
+            )
+            async with p:
+                job = await p.schedule_job("w")
+                done = await p.wait_for(job.id, timeout=10)
+                for _ in range(100):
+                    hooked = await p.get_job(job.id)
+                    if hooked.exit_hook not in (None, "owed"):
+                        break
+                    await asyncio.sleep(0.05)
+            print("ENDED", done.status.value, hooked.exit_hook)
+            await client.close()
+
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        url_with_db(mongo_url, db.name),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    out = stdout.decode()
+    assert proc.returncode == 0, (proc.returncode, out[-300:], stderr.decode()[-500:])
+    ended = out.split("ENDED ", 1)[1].strip()
+    assert ended == ("finished failed" if kind == "hook" else "errored done"), ended

@@ -292,3 +292,27 @@ async def test_concurrent_start_stop_start_stop_ends_stopped(db: Any) -> None:
         assert p._side_loops is None, "a heartbeat is beating after the last stop()"
     finally:
         await p.stop()
+
+
+async def test_a_cancelled_serve_stops_the_processor_it_started(db: Any) -> None:
+    """serve() is start(), a wait, then stop(): cancelled by its caller (a TaskGroup whose
+    sibling failed, wait_for), it left the processor started, claiming and running jobs."""
+    ran: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        ran.append(job.id)
+        return "ok"
+
+    p = await make(db, {"w": JobDef(handler=work)})
+    serving = asyncio.create_task(p.serve())
+    try:
+        await wait_for(lambda: p.started)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not p.started, "serve() was cancelled but its processor is still started"
+        job = await p.schedule_job("w")
+        await asyncio.sleep(1.0)  # five poll intervals: a started worker would have run it
+        assert ran == [] and (await p.get_job(job.id)).status == JobStatus.PENDING
+    finally:
+        await p.stop()
