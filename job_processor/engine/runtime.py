@@ -392,27 +392,44 @@ class Runtime:
         workers' recovery."""
         stop = stop or asyncio.Event()
         force = asyncio.Event()  # a signal once `stop` is set, even during start()
+        # its caller giving up (a TaskGroup, wait_for), at any point: what it started stops,
+        # gracefully, signals forcing that stop as any; the cancellation goes on after it
+        cancelled: asyncio.CancelledError | None = None
         with stop_on_signals(stop, then=force):
-            if not stop.is_set():  # a signal before the start: nothing was started
-                await self.start()
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.failed.wait())]
             try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:  # its caller gave up (a TaskGroup, wait_for):
-                await self.stop()  # what it started stops too, gracefully
-                raise
-            finally:
-                for w in waiters:
-                    w.cancel()
+                if not stop.is_set():  # a signal before the start: nothing was started
+                    await self.start()
+                waiters = [
+                    asyncio.create_task(stop.wait()),
+                    asyncio.create_task(self.failed.wait()),
+                ]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+            except asyncio.CancelledError as exc:
+                cancelled = exc
             stop.set()  # a crashed loop stops it too: any signal from now on forces the stop
             stopping = asyncio.create_task(self.stop(), name="graceful-stop")
-            if await unless_set(stopping, force):
-                await stopping  # its exception, if any
+            while True:
+                try:
+                    ended = await unless_set(stopping, force)
+                    break
+                except asyncio.CancelledError as exc:  # cancelled during the stop: it ends first
+                    cancelled = exc
+            if ended:
+                if cancelled is None:
+                    await stopping  # its exception, if any
+                elif not stopping.cancelled():
+                    stopping.exception()  # retrieved: the cancellation is what is raised
             else:
                 if self._stopping is not None:  # the stop every caller shares ends too
                     self._stopping.cancel()
                 self.stop_forced = True
                 self.log.warning("worker_stop_forced", worker_id=self.worker_id)
+        if cancelled is not None:
+            raise cancelled
         if self.failed.is_set():
             raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
 

@@ -316,3 +316,54 @@ async def test_a_cancelled_serve_stops_the_processor_it_started(db: Any) -> None
         assert ran == [] and (await p.get_job(job.id)).status == JobStatus.PENDING
     finally:
         await p.stop()
+
+
+async def test_a_serve_cancelled_as_its_start_completes_stops_the_processor(db: Any) -> None:
+    """The cancellation landing in serve()'s start(), in the loop turn the start completes,
+    left the processor started with nobody to stop it."""
+    p = await make(db, {"noop": JobDef(handler=quick)})
+    serving: asyncio.Task[None] | None = None
+    start = p._start
+
+    async def start_then_cancelled() -> None:
+        await start()
+        assert serving is not None
+        serving.cancel()  # its caller gives up just as the start ends (a TaskGroup sibling)
+
+    p._start = start_then_cancelled  # type: ignore[method-assign]
+    serving = asyncio.create_task(p.serve())
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not p.started, "serve() was cancelled but its processor is still started"
+    finally:
+        await p.stop()
+
+
+async def test_a_serve_cancelled_during_its_graceful_stop_waits_for_that_stop(db: Any) -> None:
+    """Cancelled once its stop had begun (a SIGTERM, then the caller's wait_for timeout),
+    serve() raised at once, the stop still going on behind it."""
+    began = asyncio.Event()
+
+    async def stubborn(job: Job, signal: AbortSignal) -> str:
+        began.set()
+        for _ in range(60):  # ignores the abort signal for 3 s
+            await asyncio.sleep(0.05)
+        return "late"
+
+    p = await make(db, {"stubborn": JobDef(handler=stubborn)}, shutdown_grace=6.0)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(p.serve(stop))
+    try:
+        await wait_for(lambda: p.started)
+        job = await p.schedule_job("stubborn")
+        await asyncio.wait_for(began.wait(), 15)
+        stop.set()  # what SIGTERM does
+        await wait_for(lambda: p._stopping is not None)
+        serving.cancel()  # then its caller gives up
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not p.started and p._stopping is None, "serve() returned mid-stop"
+        assert (await p.get_job(job.id)).status == JobStatus.FINISHED
+    finally:
+        await p.stop()

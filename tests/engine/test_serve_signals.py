@@ -57,3 +57,40 @@ async def test_one_signal_during_start_stops_gracefully(db: Any) -> None:
 
 async def test_a_second_signal_during_start_forces_the_stop(db: Any) -> None:
     assert await _serve_with_signals_during_start(db, 2) is True
+
+
+async def test_signals_during_the_stop_of_a_cancelled_serve_still_force_it(db: Any) -> None:
+    """serve(): "A second signal, during that stop ... ends the stop at once". A serve()
+    cancelled by its caller (a TaskGroup whose sibling failed) ran a graceful stop no signal
+    could cut short: the process ignored Ctrl-C / SIGTERM for the whole shutdown_grace."""
+    from job_processor.engine.signals import _LISTENERS
+    from tests.helpers import wait_for
+
+    started = asyncio.Event()
+
+    async def stubborn(job: Job, signal: AbortSignal) -> None:
+        started.set()
+        for _ in range(200):  # ignores the abort signal: only a cancel ends it
+            await asyncio.sleep(0.05)
+
+    p = await make(db, {"stubborn": JobDef(handler=stubborn)}, shutdown_grace=8.0)
+    loop = asyncio.get_running_loop()
+    serving = asyncio.create_task(p.serve())
+    try:
+        await wait_for(lambda: p.started)
+        await p.schedule_job("stubborn")
+        await asyncio.wait_for(started.wait(), 15)
+        serving.cancel()  # e.g. a TaskGroup sibling failed
+        await delivered()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the operator insists: force it
+            if serving.done():  # forced by the first: its handlers are gone (SIG_DFL)
+                break
+            assert _LISTENERS.get(loop, {}).get(sig), "serve() no longer handles signals"
+            os.kill(os.getpid(), sig)
+            await delivered()
+        done, _ = await asyncio.wait({serving}, timeout=4)
+        assert done, "two signals during a cancelled serve()'s stop did not end it"
+        assert p.stop_forced
+    finally:
+        await asyncio.wait({serving}, timeout=20)
+        await p.stop()
