@@ -414,7 +414,13 @@ class Runtime:
             stopping = asyncio.create_task(self.stop(), name="graceful-stop")
             while True:
                 try:
-                    ended = await unless_set(stopping, force)
+                    if stopping.cancelling():  # forced, the cancellation landing as it ended
+                        await asyncio.wait({stopping})
+                        if not stopping.cancelled():
+                            stopping.exception()
+                        ended = False
+                    else:
+                        ended = await unless_set(stopping, force)
                     break
                 except asyncio.CancelledError as exc:  # cancelled during the stop: it ends first
                     cancelled = exc

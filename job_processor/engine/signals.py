@@ -74,6 +74,8 @@ async def unless_set(task: asyncio.Task[Any], event: asyncio.Event) -> bool:
     if task.done():
         return True
     task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    # wait for its end, never swallowing the caller's own cancellation (it goes on)
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: a forced task's outcome is nobody's
     return False

@@ -94,3 +94,41 @@ async def test_signals_during_the_stop_of_a_cancelled_serve_still_force_it(db: A
     finally:
         await asyncio.wait({serving}, timeout=20)
         await p.stop()
+
+
+async def test_a_cancel_landing_as_a_signal_forces_the_stop_is_not_swallowed(db: Any) -> None:
+    """unless_set()'s last await swallowed every BaseException once a second signal forced
+    the stop: a cancel landing there (a wait_for expiring, a TaskGroup sibling failing) was
+    lost and serve() returned normally."""
+    from tests.helpers import wait_for
+
+    began = asyncio.Event()
+
+    async def stubborn(job: Job, signal: AbortSignal) -> None:
+        began.set()
+        for _ in range(200):  # ignores the abort signal: only a cancel ends it
+            await asyncio.sleep(0.05)
+
+    p = await make(db, {"stubborn": JobDef(handler=stubborn)}, shutdown_grace=8.0)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(p.serve(stop))
+    try:
+        await wait_for(lambda: p.started)
+        await p.schedule_job("stubborn")
+        await asyncio.wait_for(began.wait(), 15)
+        stop.set()  # the first SIGTERM: the graceful stop begins
+        await wait_for(lambda: any(t.get_name() == "graceful-stop" for t in asyncio.all_tasks()))
+        graceful = [t for t in asyncio.all_tasks() if t.get_name() == "graceful-stop"]
+        os.kill(os.getpid(), signal.SIGTERM)  # the second: forces it
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not graceful[0].cancelling():  # serve() is now cancelling its stop ...
+            assert loop.time() < deadline, "the second signal did not force the stop"
+            await asyncio.sleep(0)
+        serving.cancel()  # ... as its caller gives up (a wait_for timeout, a TaskGroup)
+        done, _ = await asyncio.wait({serving}, timeout=10)
+        assert done and p.stop_forced
+        assert serving.cancelled(), f"serve() returned normally ({serving.exception()!r})"
+    finally:
+        await asyncio.wait({serving}, timeout=20)
+        await p.stop()
