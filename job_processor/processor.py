@@ -251,7 +251,7 @@ class JobProcessor(JobsAPI, EventsAPI):
         gone = await self.storage.crons.names_other_than(list(self.crons))
         if gone:
             await self.storage.crons.remove(gone)
-            await self.storage.jobs.delete_pending_tasks_of(gone)
+            await self.storage.jobs.delete_pending_tasks_of(gone, self.clock.now())
             for name in gone:
                 self.log.info("cron_removed", job_name=name)
         return sorted(gone)

@@ -168,7 +168,7 @@ class CronScheduler:
         if await self.storage.crons.docs([name]):
             return  # another replica advanced it, or a deploy changed its schedule
         self._docs.pop(name, None)
-        withdrawn = await self.storage.jobs.delete_pending_tasks_of([name])
+        withdrawn = await self.storage.jobs.delete_pending_tasks_of([name], self.clock.now())
         self.log.info("cron_tasks_withdrawn", job_name=name, count=withdrawn)
 
     def followed(self, name: str, cron: CronDef) -> CronDef:

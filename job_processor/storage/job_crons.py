@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.status import JobStatus, check_transition
-from .compat import ServerProfile
-from .job_flows import with_expiry
+from .compat import ServerProfile, all_docs
+from .job_flows import FlowRecords, with_expiry
 
 S = JobStatus
 Doc = dict[str, Any]
@@ -33,7 +33,7 @@ def _missed(now: dt.datetime) -> Doc:
     return {"status": S.SKIPPED.value, "skip_reason": "missed", "ended_at": now, "updated_at": now}
 
 
-class CronTasks:
+class CronTasks(FlowRecords):
     coll: Any
     profile: ServerProfile
 
@@ -70,9 +70,12 @@ class CronTasks:
                     expired[name] = expired.get(name, 0) + int(res.modified_count)
         return expired
 
-    async def delete_pending_tasks_of(self, names: list[str]) -> int:
-        """Pending tasks of crons that were removed."""
-        res = await self.coll.delete_many(
-            {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
-        )
+    async def delete_pending_tasks_of(self, names: list[str], now: dt.datetime) -> int:
+        """Pending tasks of crons that were removed; the jobs scheduled after one of them see
+        it "deleted" at once (a failure: flows.md), not at a sweep's slow pass."""
+        query = {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
+        held = await all_docs(self.coll.find(query | {"has_dependents": True}, {"_id": 1}))
+        res = await self.coll.delete_many(query)
+        if held:
+            await self.settle_all([(d["_id"], "deleted") for d in held], now)
         return int(res.deleted_count)

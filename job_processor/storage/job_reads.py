@@ -160,17 +160,26 @@ class JobReads:
         self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
     ) -> Attention:
         """What the sweep acts on (`attention_cursor`), from one query. When that query fills
-        its limit (a backlog of flow records or bare inserts, say), the running jobs and the
-        owed hooks are read again on their own, so that such a backlog never delays a crashed
-        worker's recovery."""
+        its limit (a backlog of flow records or bare inserts, say, or long runs on live
+        workers), the running jobs, the owed hooks and the flows' records are read again on
+        their own, so that such a backlog never delays a crashed worker's recovery nor a
+        flow's settling."""
         docs = await all_docs(self.attention_cursor(cutoff, now, bare_before))
         full = len(docs) >= ATTENTION_LIMIT
         # another program's `_id` may be a string beside ObjectIds, or a document (unhashable):
         # ids are keyed with `id_key`, never sorted or hashed as they are
         if full:
             seen = {id_key(d["_id"]) for d in docs}
-            for branch in recovery_branches(cutoff, now):
-                more = await all_docs(self.coll.find(branch).limit(ATTENTION_LIMIT))
+            reads = [
+                self.coll.find(b).limit(ATTENTION_LIMIT) for b in recovery_branches(cutoff, now)
+            ]
+            # the flows' records too: long runs elsewhere (running past the cutoff on live
+            # workers) must not keep a flow's dependency held, nor a skipped job unexpired
+            reads.append(
+                self.coll.find({"$or": FlowRecords.flow_branches()}, LIGHT).limit(ATTENTION_LIMIT)
+            )
+            for cursor in reads:
+                more = await all_docs(cursor)
                 docs += [d for d in more if id_key(d["_id"]) not in seen]
                 seen |= {id_key(d["_id"]) for d in more}
         wanted = {

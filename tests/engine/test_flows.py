@@ -873,3 +873,67 @@ async def test_a_job_skipped_by_a_failure_counts_no_other_end_and_says_so(
     show_job(ended)
     shown = capsys.readouterr().out
     assert f"{later.id} (not counted)" in shown and "not ended" not in shown
+
+
+async def test_many_long_runs_elsewhere_do_not_starve_the_flows_sweep(db: Any) -> None:
+    """1,000 jobs running longer than worker_timeout on a live worker filled the recovery
+    sweep's one query every sweep, and only the running jobs and owed hooks were read again:
+    an ended dependency whose dependents had all counted it was never seen settled, its
+    expiry held for ever."""
+    keep = dt.timedelta(hours=1)
+    p = await make(db, JOBS, keep_finished=keep, keep_failed=keep)
+    coll = p.storage.jobs.coll
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    await db[f"{p.storage.prefix}workers"].insert_one(
+        {"_id": "busy-worker", "last_seen": dt.datetime.now(dt.UTC) + dt.timedelta(days=1)}
+    )
+    await coll.insert_many(
+        [
+            {
+                "name": "part",
+                "status": "running",
+                "worker_id": "busy-worker",
+                "run_id": f"run-{i}",
+                "run_started_at": long_ago,
+                "payload": {"n": i},
+                "attempt": 1,
+            }
+            for i in range(1000)
+        ]
+    )
+    child, parent = await p.schedule_jobs([JobSpec("part", {"n": 1}), JobSpec("total", after=[0])])
+    async with p:
+        await wait_status(p, parent.id, S.FINISHED)
+        # the child's end and its mark as if long ago: past GRACE and MARK_GRACE
+        await coll.update_one(
+            {"_id": ObjectId(child.id)},
+            {"$set": {"ended_at": long_ago, "marked_ms": D.epoch_ms(long_ago)}},
+        )
+        deadline = asyncio.get_running_loop().time() + 10  # sweeps run every second here
+        while True:
+            doc = await coll.find_one({"_id": ObjectId(child.id)})
+            assert doc is not None
+            if doc.get("dependents_settled"):
+                break
+            assert asyncio.get_running_loop().time() < deadline, doc.get("expires_after_settle")
+            await asyncio.sleep(0.2)
+    assert doc.get("expires_at") and "expires_after_settle" not in doc
+
+
+async def test_pruning_a_cron_settles_the_jobs_waiting_on_its_pending_task(db: Any) -> None:
+    """prune_crons (and `crons remove`) deleted a removed cron's pending tasks, leaving a job
+    scheduled after one of them waiting on a job that no longer exists until the slow pass
+    (every 20 sweeps, 200 waiting jobs a pass) found it "deleted"."""
+
+    async def nightly(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    task = await old.trigger_cron("nightly")  # pending: no worker has run it yet
+    parent = await old.schedule_job("total", after=[task])
+    assert parent.status == S.WAITING
+    new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
+    assert await new.prune_crons() == ["nightly"]
+    assert await new.get_jobs([task.id]) == []  # the task is gone
+    now = await new.get_job(parent.id)
+    assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"})

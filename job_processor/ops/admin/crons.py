@@ -107,7 +107,7 @@ class CronsAdmin(AdminBase):
                     "first, or they register it again"
                 )
             elif await self.storage.crons.remove([name]):
-                await self.storage.jobs.delete_pending_tasks_of([name])
+                await self.storage.jobs.delete_pending_tasks_of([name], self.clock.now())
                 result.changed.append(name)
             else:
                 result.skipped[name] = "removed meanwhile"
