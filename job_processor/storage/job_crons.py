@@ -74,8 +74,13 @@ class CronTasks(FlowRecords):
         """Pending tasks of crons that were removed; the jobs scheduled after one of them see
         it "deleted" at once (a failure: flows.md), not at a sweep's slow pass."""
         query = {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
-        held = await all_docs(self.coll.find(query | {"has_dependents": True}, {"_id": 1}))
+        # every pending one (a job may be scheduled after one before the delete), then those
+        # really gone: one claimed meanwhile runs, its dependents wait for its end
+        read = [d["_id"] for d in await all_docs(self.coll.find(query, {"_id": 1}))]
         res = await self.coll.delete_many(query)
-        if held:
-            await self.settle_all([(d["_id"], "deleted") for d in held], now)
+        if read:
+            left = await self.statuses(read)
+            gone = [i for i in read if i not in left]
+            if gone:
+                await self.settle_all([(i, "deleted") for i in gone], now)
         return int(res.deleted_count)

@@ -937,3 +937,81 @@ async def test_pruning_a_cron_settles_the_jobs_waiting_on_its_pending_task(db: A
     assert await new.get_jobs([task.id]) == []  # the task is gone
     now = await new.get_job(parent.id)
     assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"})
+
+
+async def test_a_cron_task_claimed_as_its_cron_is_pruned_does_not_fail_its_dependents(
+    db: Any,
+) -> None:
+    """A task a worker claimed between the read of the pending tasks and their delete is not
+    deleted and runs: its dependents were skipped for a dependency "deleted"."""
+
+    async def nightly(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    task = await old.trigger_cron("nightly")  # pending
+    parent = await old.schedule_job("total", after=[task])
+    new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
+    store = new.storage.jobs
+    real = store.coll
+
+    class ClaimBeforeDelete:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
+            await real.update_one(
+                {"_id": ObjectId(task.id), "status": "pending"},
+                {
+                    "$set": {
+                        "status": "running",
+                        "worker_id": "old-worker",
+                        "run_id": "run-claimed",
+                        "run_started_at": dt.datetime.now(dt.UTC),
+                    }
+                },
+            )
+            return await real.delete_many(query, *a, **kw)
+
+    store.coll = ClaimBeforeDelete()
+    try:
+        assert await new.prune_crons() == ["nightly"]
+    finally:
+        store.coll = real
+    assert (await new.get_job(task.id)).status == S.RUNNING  # claimed: not deleted, it runs
+    now = await new.get_job(parent.id)
+    assert (now.status, now.deps) == (S.WAITING, {task.id: "waiting"}), now.deps
+
+
+async def test_a_job_scheduled_after_a_cron_task_as_it_is_pruned_sees_it_deleted(
+    db: Any,
+) -> None:
+    """Only the tasks already marked were settled: a job scheduled after one between that read
+    and the delete was left waiting on a job that no longer exists until the slow pass."""
+
+    async def nightly(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    task = await old.trigger_cron("nightly")  # pending, no dependents yet
+    new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
+    store = new.storage.jobs
+    real = store.coll
+    late: list[Any] = []
+
+    class ScheduleBeforeDelete:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
+            late.append(await old.schedule_job("total", after=[task]))  # reads it pending
+            return await real.delete_many(query, *a, **kw)
+
+    store.coll = ScheduleBeforeDelete()
+    try:
+        assert await new.prune_crons() == ["nightly"]
+    finally:
+        store.coll = real
+    assert late and late[0].status == S.WAITING
+    now = await new.get_job(late[0].id)
+    assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"}), now.deps
