@@ -146,7 +146,11 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
     value cannot be stored at all: a NaN)."""
     found = traits(model)
     if not found.checked:
-        return value.model_dump(mode="json"), []
+        form: Doc = value.model_dump(mode="json")
+        # a secret no declared type shows (under an `Any` field, an extra key) is the mask
+        if not (_holds(form, MASK) and _reads_otherwise(model, value, form)):
+            return form, []
+        found = Traits(True, found.secrets, found.computed)
     dump = functools.partial(value.model_dump, mode="json", exclude_computed_fields=found.computed)
     plain: Doc = dump()
     by_alias: Doc = dump(by_alias=True)

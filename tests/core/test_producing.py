@@ -459,3 +459,26 @@ def test_the_refused_secret_named_is_the_one_stored_as_the_mask() -> None:
     with pytest.raises(InvalidPayloadError) as refused:
         checked_payload("j", Login, {"api_key": "k-1", "password": "hunter2"})
     assert "'password'" in str(refused.value) and "'api_key'" not in str(refused.value)
+
+
+def test_a_secret_under_a_field_of_no_declared_model_is_refused_as_stored_as_the_mask() -> None:
+    """A SecretStr held by an `Any` field, or an extra key of an extra="allow" model, was
+    stored as '**********' (the model's traits saw no secret type): the handler got the mask."""
+    from pydantic import ConfigDict, SecretStr
+
+    class Login(BaseModel):
+        password: SecretStr
+
+    class Loose(BaseModel):
+        login: Any
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        user: str
+
+    for model, value in (
+        (Loose, Loose(login=Login(password=SecretStr("hunter2")))),
+        (Open, Open(user="ada", token=SecretStr("hunter2"))),
+    ):
+        with pytest.raises(InvalidPayloadError, match="secret stored as pydantic's mask"):
+            checked_payload("j", model, value)
