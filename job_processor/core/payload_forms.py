@@ -162,7 +162,7 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
             chosen, differing = form, []
             break
     if _holds(chosen, MASK) and _reads_otherwise(model, value, chosen):
-        masked = _masked(chosen, "")
+        masked = masked_paths(chosen)
         field = repr(masked[0]) if masked else "(a secret)"
         raise InvalidPayloadError(
             f"payload field {field} of {model.__name__} is a secret stored as "
@@ -181,12 +181,12 @@ def _reads_otherwise(model: type[BaseModel], value: BaseModel, form: Doc) -> boo
         return True
 
 
-def _masked(value: Any, prefix: str) -> list[str]:
+def masked_paths(value: Any, prefix: str = "") -> list[str]:
     """The dotted paths where a stored form holds the mask (a list's items under its key)."""
     if isinstance(value, dict):
-        return [p for key, item in value.items() for p in _masked(item, f"{prefix}{key}.")]
+        return [p for key, item in value.items() for p in masked_paths(item, f"{prefix}{key}.")]
     if isinstance(value, list):
-        return [p for item in value for p in _masked(item, prefix)]
+        return [p for item in value for p in masked_paths(item, prefix)]
     return [prefix[:-1]] if value == MASK else []
 
 

@@ -24,6 +24,7 @@ import bson
 from pydantic import BaseModel
 
 from .errors import InvalidPayloadError
+from .payload_forms import MASK, masked_paths
 
 Doc = dict[str, Any]
 
@@ -230,7 +231,15 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
     if isinstance(payload, BaseModel):
         model = type(payload)
         check_model_datetimes(kind, name, payload, lambda form: _read_back(model, form))
-        payload = json_form(kind, name, payload)
+        form = json_form(kind, name, payload)
+        masked = masked_paths(form)
+        if masked and _read_back(model, form) != payload.model_dump(exclude_computed_fields=True):
+            raise InvalidPayloadError(
+                f"{kind} {name!r}: payload field {masked[0]!r} is a secret stored as pydantic's "
+                f"mask ({MASK!r}), so its consumer would get the mask; pass a reference to the "
+                "secret, or give it a field_serializer that writes its value"
+            )
+        payload = form
     if not isinstance(payload, Mapping):
         raise InvalidPayloadError(
             f"{kind} {name!r}: payload must be a dict, got {type(payload).__name__}"

@@ -482,3 +482,24 @@ def test_a_secret_under_a_field_of_no_declared_model_is_refused_as_stored_as_the
     ):
         with pytest.raises(InvalidPayloadError, match="secret stored as pydantic's mask"):
             checked_payload("j", model, value)
+
+
+def test_a_model_payload_of_an_untyped_job_or_event_holding_a_secret_is_refused() -> None:
+    """A model given to a job without payload_model (or to emit) is stored as its JSON form:
+    a SecretStr in it was stored as the mask."""
+    from pydantic import SecretStr
+
+    from job_processor.core.values import checked_payload as checked_any
+
+    class Login(BaseModel):
+        user: str
+        password: SecretStr
+
+    for kind in ("job", "event"):
+        with pytest.raises(InvalidPayloadError, match=rf"{kind} 'j': payload field 'password'"):
+            checked_any(kind, "j", Login(user="ada", password=SecretStr("x")), 1 << 20)
+
+    class Plain(BaseModel):
+        note: str
+
+    assert checked_any("job", "j", Plain(note="**********"), 1 << 20) == {"note": "**********"}
