@@ -148,7 +148,7 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
     if not found.checked:
         form: Doc = value.model_dump(mode="json")
         # a secret no declared type shows (under an `Any` field, an extra key) is the mask
-        if not (_holds(form, MASK) and _reads_otherwise(model, value, form)):
+        if not (_holds(form, MASK) and holds_secret(value.model_dump())):
             return form, []
         found = Traits(True, found.secrets, found.computed)
     dump = functools.partial(value.model_dump, mode="json", exclude_computed_fields=found.computed)
@@ -188,6 +188,17 @@ def masked_paths(value: Any, prefix: str = "") -> list[str]:
     if isinstance(value, list):
         return [p for item in value for p in masked_paths(item, prefix)]
     return [prefix[:-1]] if value == MASK else []
+
+
+def holds_secret(value: Any) -> bool:
+    """Whether a python-mode dump holds a secret object (under an Any field, an extra key)."""
+    if isinstance(value, SECRET_TYPES):
+        return True
+    if isinstance(value, dict):
+        return any(holds_secret(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(holds_secret(v) for v in value)
+    return False
 
 
 def _holds(value: Any, text: str) -> bool:

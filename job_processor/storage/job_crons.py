@@ -76,11 +76,15 @@ class CronTasks(FlowRecords):
         query = {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
         # every pending one (a job may be scheduled after one before the delete), then those
         # really gone: one claimed meanwhile runs, its dependents wait for its end
-        read = [d["_id"] for d in await all_docs(self.coll.find(query, {"_id": 1}))]
-        res = await self.coll.delete_many(query)
-        if read:
+        deleted = 0
+        for _ in range(10):  # a task inserted after a read (a replica firing it): next round
+            read = [d["_id"] for d in await all_docs(self.coll.find(query, {"_id": 1}))]
+            if not read:
+                break
+            res = await self.coll.delete_many(query | {"_id": {"$in": read}})
+            deleted += int(res.deleted_count)
             left = await self.statuses(read)
             gone = [i for i in read if i not in left]
             if gone:
                 await self.settle_all([(i, "deleted") for i in gone], now)
-        return int(res.deleted_count)
+        return deleted

@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from pydantic import AliasChoices, AliasPath, BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, Field, computed_field
 
 from job_processor import InvalidArgumentError, InvalidPayloadError, JobDef, UnknownJobError
 from job_processor.core.producing import (
@@ -503,3 +503,49 @@ def test_a_model_payload_of_an_untyped_job_or_event_holding_a_secret_is_refused(
         note: str
 
     assert checked_any("job", "j", Plain(note="**********"), 1 << 20) == {"note": "**********"}
+
+
+def test_a_plain_str_holding_the_mask_text_is_stored_when_no_secret_is_there() -> None:
+    """A str field whose value is '**********' is no secret: models without any secret whose
+    JSON form does not read back through them (strict, an alias, extra="forbid" with a
+    computed field, a set under Any) were refused as holding 'a secret stored as the mask'."""
+    from pydantic import ConfigDict
+
+    from job_processor.core.values import checked_payload as checked_any
+
+    mask = "**********"
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(strict=True)
+        note: str
+        at: dt.datetime
+
+    class Aliased(BaseModel):
+        note: str = Field(alias="Note")
+
+    class Forbid(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: str
+
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def size(self) -> int:
+            return len(self.note)
+
+    class Tagged(BaseModel):
+        notes: list[str]
+        tags: Any
+
+    for value in (
+        Strict(note=mask, at=NOW),
+        Aliased(Note=mask),
+        Forbid(note=mask),
+        Tagged(notes=[mask, mask], tags={1}),
+    ):
+        for kind in ("job", "event"):
+            stored = checked_any(kind, "j", value, 1 << 20)
+            assert mask in str(stored), (kind, type(value).__name__)
+    assert checked_payload("j", Tagged, Tagged(notes=[mask], tags={1})) == {
+        "notes": [mask],
+        "tags": [1],
+    }

@@ -1015,3 +1015,41 @@ async def test_a_job_scheduled_after_a_cron_task_as_it_is_pruned_sees_it_deleted
     assert late and late[0].status == S.WAITING
     now = await new.get_job(late[0].id)
     assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"}), now.deps
+
+
+async def test_a_job_after_a_cron_task_created_as_its_cron_is_pruned_sees_it_deleted(
+    db: Any,
+) -> None:
+    """A replica still firing the cron inserted a task after the prune's read, a job was
+    scheduled after it, and the prune's delete removed it too: only the tasks read were
+    settled, so that job waited on a task that no longer exists until the slow pass."""
+
+    async def nightly(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    await old.trigger_cron("nightly")  # pending: the prune reads this one
+    new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
+    store = new.storage.jobs
+    real = store.coll
+    late: list[Any] = []
+
+    class FireBeforeDelete:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
+            if not late:  # the old replica fires it meanwhile, once
+                task = await old.trigger_cron("nightly")
+                late.append((task, await old.schedule_job("total", after=[task])))
+            return await real.delete_many(query, *a, **kw)
+
+    store.coll = FireBeforeDelete()
+    try:
+        assert await new.prune_crons() == ["nightly"]
+    finally:
+        store.coll = real
+    task, parent = late[0]
+    assert await new.get_jobs([task.id]) == []  # deleted by the prune
+    now = await new.get_job(parent.id)
+    assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"}), (now.status, now.deps)
