@@ -648,7 +648,6 @@ async def test_a_handler_or_hook_raising_system_exit_fails_its_call_not_the_work
     sys.exit()) ended the worker process (asyncio lets SystemExit out of the loop), its job
     left running, then recovered elsewhere and ending that worker too; a hook did the same.
     Run in a process of its own: the failure would end the test run."""
-    import sys
     import textwrap
 
     from tests.conftest import url_with_db
@@ -690,18 +689,7 @@ async def test_a_handler_or_hook_raising_system_exit_fails_its_call_not_the_work
         asyncio.run(main())
         """
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        script,
-        url_with_db(mongo_url, db.name),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    out = stdout.decode()
-    assert proc.returncode == 0, (proc.returncode, out[-500:], stderr.decode()[-800:])
-    ended = out.split("ENDED ", 1)[1].strip()
+    ended = await ended_in_a_process(script, url_with_db(mongo_url, db.name))
     assert ended == "errored failed SystemExit: 2", ended
 
 
@@ -727,7 +715,6 @@ async def test_a_plain_handler_or_hook_raising_keyboard_interrupt_fails_its_call
 ) -> None:
     """Raised on a worker thread (never a Ctrl-C there), KeyboardInterrupt was passed back into
     the event loop and ended the process, the job left running: a poison job, as SystemExit."""
-    import sys
     import textwrap
 
     from tests.conftest import url_with_db
@@ -768,16 +755,25 @@ async def test_a_plain_handler_or_hook_raising_keyboard_interrupt_fails_its_call
         asyncio.run(main())
         """
     )
+    ended = await ended_in_a_process(script, url_with_db(mongo_url, db.name))
+    assert ended == ("finished failed" if kind == "hook" else "errored done"), ended
+
+
+async def ended_in_a_process(script: str, url: str) -> str:
+    """Run `script` (given the database's URL) in a Python process of its own, which must exit
+    0 (a worker's process not ended by what a handler raised), and return what it printed
+    after "ENDED "."""
+    import sys
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         script,
-        url_with_db(mongo_url, db.name),
+        url,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     out = stdout.decode()
-    assert proc.returncode == 0, (proc.returncode, out[-300:], stderr.decode()[-500:])
-    ended = out.split("ENDED ", 1)[1].strip()
-    assert ended == ("finished failed" if kind == "hook" else "errored done"), ended
+    assert proc.returncode == 0, (proc.returncode, out[-500:], stderr.decode()[-800:])
+    return out.split("ENDED ", 1)[1].strip()
