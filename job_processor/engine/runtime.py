@@ -246,7 +246,10 @@ class Runtime:
         # call them a second time
         self._sweeps_stop.set()
         if self._sweep_loop is not None:
-            await asyncio.wait({self._sweep_loop})
+            # bounded like the other steps: a read under way in an outage ends with the lease,
+            # not with the driver's serverSelectionTimeoutMS (each recovery is a
+            # compare-and-set: one cut short is the next sweep's, here or elsewhere)
+            await _within(self._sweep_loop, max(self.heartbeat.lease_left(), 1.0))
             self._sweep_loop = None
         await self.hooks.drain()
         self.heartbeat.stop_event.set()

@@ -220,7 +220,10 @@ async def test_a_run_lost_to_a_blocked_loop_says_why(db: Any) -> None:
         first = processor.worker_id
         job = await processor.schedule_job("stuck")
         await wait_for(lambda: lines.events("job_lost") and processor.worker_id != first)
-        await processor.recovery.sweep(clock.now())  # if its reconciliation has not yet
+        # its own sweep, once the new registration is trusted (a loaded machine takes longer
+        # to write it: a sweep before that does nothing), if its reconciliation has not yet
+        await wait_for(processor.worker.trusted)
+        await processor.recovery.sweep(clock.now())
         recovered = await processor.get_job(job.id)
     assert (recovered.status, recovered.error) == (S.ERRORED, GAVE_UP["event_loop_blocked"])
     why = lines.events("job_lost")[0]["reason"]

@@ -466,3 +466,68 @@ async def test_a_schedule_after_a_dependency_that_raised_unreachable_names_its_j
         assert err.value.job_id is not None, str(err.value)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(("driver", "outage"), [("pymongo", "down"), ("motor", "hung")])
+async def test_a_stop_during_an_outage_does_not_wait_out_a_sweep_under_way(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch, driver: str, outage: str
+) -> None:
+    """operations.md: with MongoDB unreachable, the steps of a stop wait only for what is left
+    of the worker's lease. A recovery sweep under way when MongoDB went away (stopped, or hung:
+    SIGSTOP, a frozen VM) was waited for until the driver gave its read up
+    (serverSelectionTimeoutMS, 15 s here; connectTimeoutMS for a hung server)."""
+    import signal as signals
+    import time
+
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    from job_processor.engine.recovery import Recovery
+
+    gone = asyncio.Event()
+    sweeping = asyncio.Event()  # a sweep began during the outage
+    original_sweep = Recovery.sweep
+
+    async def sweep(self: Recovery, *a: Any, **kw: Any) -> Any:
+        if gone.is_set():
+            sweeping.set()
+        return await original_sweep(self, *a, **kw)
+
+    monkeypatch.setattr(Recovery, "sweep", sweep)
+    kind: Any = AsyncMongoClient if driver == "pymongo" else AsyncIOMotorClient
+    client = kind(own_server.url, tz_aware=True, serverSelectionTimeoutMS=15_000)
+    lease = 3.0
+    processor = await init_job_processor(
+        client["outage"],
+        jobs={"n": JobDef(handler=never_runs)},
+        poll_interval=0.2,
+        heartbeat_interval=1.0,
+        worker_timeout=lease,
+        shutdown_grace=0.2,
+    )
+    paused = False
+    try:
+        await processor.start()
+        if outage == "hung":
+            os.killpg(own_server.process.pid, signals.SIGSTOP)
+            paused = True
+        else:
+            own_server.stop()
+        gone.set()
+        await asyncio.wait_for(sweeping.wait(), 2 * lease)  # sweeps run every lease / 2
+        await asyncio.sleep(0.2)  # its first read is sent
+        began = time.monotonic()
+        await asyncio.wait_for(processor.stop(), 60)
+        took = time.monotonic() - began
+    finally:
+        restarted = None
+        if paused:
+            os.killpg(own_server.process.pid, signals.SIGCONT)
+        elif gone.is_set():  # PyMongo's close() waits out server selection for endSessions
+            restarted = start_local_server(own_server.data_dir, port=own_server.port)
+        closed = client.close()
+        if hasattr(closed, "__await__"):
+            await closed
+        if restarted is not None:
+            restarted.stop()
+    # what is left of the lease (at most `lease`), then a second at most per step
+    assert took < 2 * lease, f"stop() took {took:.1f}s with worker_timeout={lease:g}"
