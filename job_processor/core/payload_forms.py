@@ -2,15 +2,16 @@
 worker validates the stored payload again, and a handler must get what was scheduled): pure.
 
 - A model without aliases, computed fields or secrets, at any depth (models, pydantic and
-  standard dataclasses, TypedDicts): its JSON dump, as it is (no other work on the
-  producer's path).
+  standard dataclasses, TypedDicts): its JSON dump, as it is (one walk of it for the mask
+  text, the only other work on the producer's path).
 - A model with aliases: the first form that reads back as given: by alias (an alias-only
   field, even an optional one, is never read back as its default), by name, or keyed by the
   key, or nested along the `AliasPath`, each field is read from first.
 - Computed fields are not stored (computed again when the job runs; read back, one would be an
   extra key: refused under `extra="forbid"`, kept beside the property under "allow").
-- A secret (`SecretStr`, `SecretBytes`, `Secret[...]`) whose stored form is pydantic's mask
-  is refused (a serializer that writes its value, or a secret left out, is stored as it is).
+- A secret (`SecretStr`, `SecretBytes`, `Secret[...]`, declared or under an `Any` field or an
+  extra key) whose stored form is pydantic's mask is refused (a serializer that writes its
+  value, a secret left out, a plain str reading '**********' are stored as they are).
 - A form that does not read back as given (an `AliasPath` with a list index, a validator that
   gives another value for its own output) is refused naming the fields: never stored to be
   read back as defaults.
@@ -23,6 +24,7 @@ import functools
 import inspect
 import itertools
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,15 +51,14 @@ class Traits:
     """What storing a model's payloads needs, found once per model."""
 
     checked: bool  # aliases, computed fields or secrets at some depth: the form is checked
-    secrets: tuple[str, ...]  # the fields (dotted paths) holding a secret
     computed: bool  # computed fields at some depth: left out of the dump
 
 
 @functools.cache
 def traits(model: type[BaseModel]) -> Traits:
     found = _Walk()
-    found.walk(model, "")
-    return Traits(found.checked, tuple(found.secrets), found.computed)
+    found.walk(model)
+    return Traits(found.checked, found.computed)
 
 
 class _Walk:
@@ -66,24 +67,21 @@ class _Walk:
     def __init__(self) -> None:
         self.seen: set[Any] = set()
         self.checked = self.computed = False
-        self.secrets: list[str] = []
 
-    def walk(self, kind: Any, prefix: str) -> None:
+    def walk(self, kind: Any) -> None:
         if kind in self.seen:
             return
         self.seen.add(kind)
         if getattr(kind, "__pydantic_computed_fields__", None):
             self.checked = self.computed = True
-        for name, annotation, aliased in _fields_of(kind):
-            # a name not resolved here (a ForwardRef, a local class): the form is checked
+        for _, annotation, aliased in _fields_of(kind):
             classes, unresolved = _classes(annotation)
             self.checked = self.checked or aliased or unresolved
             for inner in classes:
                 if issubclass(inner, SECRET_TYPES):
                     self.checked = True
-                    self.secrets.append(prefix + name)
                 elif _structured(inner):
-                    self.walk(inner, f"{prefix}{name}.")
+                    self.walk(inner)
 
 
 def _structured(kind: type) -> bool:
@@ -145,68 +143,52 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
     does not read back as given (the caller refuses it, after the checks that say why a
     value cannot be stored at all: a NaN)."""
     found = traits(model)
-    if not found.checked:
-        form: Doc = value.model_dump(mode="json")
-        # a secret no declared type shows (under an `Any` field, an extra key) is the mask
-        if not (_holds(form, MASK) and holds_secret(value.model_dump())):
-            return form, []
-        found = Traits(True, found.secrets, found.computed)
     dump = functools.partial(value.model_dump, mode="json", exclude_computed_fields=found.computed)
     plain: Doc = dump()
+    # a secret stored as the mask, whether its type is declared or not (an `Any`, an extra key)
+    masked = secret_stored_as_mask(value, plain, computed=found.computed)
+    if masked is not None:
+        raise InvalidPayloadError(secret_message(masked, model.__name__))
+    if not found.checked:
+        return plain, []
     by_alias: Doc = dump(by_alias=True)
+    first = _differing(model, value, by_alias)
+    if not first:
+        return by_alias, []
     paths = (_by_read_path(model, value, plain, dump, nested) for nested in (False, True))
-    chosen: Doc = by_alias
-    differing: list[str] | None = None
-    for form in itertools.chain((by_alias, plain), paths):  # each built only if needed
+    for form in itertools.chain((plain,), paths):  # each built only if needed
         if form is not None and not _differing(model, value, form):
-            chosen, differing = form, []
-            break
-    if _holds(chosen, MASK) and _reads_otherwise(model, value, chosen):
-        masked = masked_paths(chosen)
-        field = repr(masked[0]) if masked else "(a secret)"
-        raise InvalidPayloadError(
-            f"payload field {field} of {model.__name__} is a secret stored as "
-            f"pydantic's mask ({MASK!r}), so the handler would get the mask; pass a reference "
-            "to the secret (a vault key, an environment variable's name), make it a str (the "
-            "dashboard and the job's log mask fields named like secrets), or give it a "
-            "field_serializer that writes its value"
-        )
-    return chosen, differing if differing is not None else _differing(model, value, by_alias)
+            return form, []
+    return by_alias, first
 
 
-def _reads_otherwise(model: type[BaseModel], value: BaseModel, form: Doc) -> bool:
-    try:
-        return bool(model.model_validate(form) != value)
-    except ValidationError:
-        return True
+def secret_stored_as_mask(value: BaseModel, form: Doc, *, computed: bool) -> str | None:
+    """The first field of `form` (the JSON form, by field name) stored as pydantic's mask
+    that holds a secret object in `value` (a plain str reading '**********' is no secret)."""
+    masked = _paths(form, lambda v: v == MASK)
+    if not masked:  # the common case: one walk of the form, no other dump
+        return None
+    dumped = value.model_dump(exclude_computed_fields=computed)
+    secrets = set(_paths(dumped, lambda v: isinstance(v, SECRET_TYPES)))
+    return next((p for p in masked if p in secrets), None)
 
 
-def masked_paths(value: Any, prefix: str = "") -> list[str]:
-    """The dotted paths where a stored form holds the mask (a list's items under its key)."""
-    if isinstance(value, dict):
-        return [p for key, item in value.items() for p in masked_paths(item, f"{prefix}{key}.")]
-    if isinstance(value, list):
-        return [p for item in value for p in masked_paths(item, prefix)]
-    return [prefix[:-1]] if value == MASK else []
+def secret_message(path: str, owner: str) -> str:
+    return (
+        f"payload field {path!r} of {owner} is a secret stored as pydantic's mask ({MASK!r}), "
+        "so its consumer would get the mask; pass a reference to the secret (a vault key, an "
+        "environment variable's name), make it a str (the dashboard and the job's log mask "
+        "fields named like secrets), or give it a field_serializer that writes its value"
+    )
 
 
-def holds_secret(value: Any) -> bool:
-    """Whether a python-mode dump holds a secret object (under an Any field, an extra key)."""
-    if isinstance(value, SECRET_TYPES):
-        return True
-    if isinstance(value, dict):
-        return any(holds_secret(v) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(holds_secret(v) for v in value)
-    return False
-
-
-def _holds(value: Any, text: str) -> bool:
-    if isinstance(value, dict):
-        return any(_holds(v, text) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds(v, text) for v in value)
-    return bool(value == text)
+def _paths(value: Any, hit: Any, prefix: str = "") -> list[str]:
+    """The dotted paths of the values `hit` accepts (a sequence's items under its key)."""
+    if isinstance(value, Mapping):
+        return [p for key, item in value.items() for p in _paths(item, hit, f"{prefix}{key}.")]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [p for item in value for p in _paths(item, hit, prefix)]
+    return [prefix[:-1]] if hit(value) else []
 
 
 def _by_read_path(

@@ -24,7 +24,7 @@ import bson
 from pydantic import BaseModel
 
 from .errors import InvalidPayloadError
-from .payload_forms import MASK, holds_secret, masked_paths
+from .payload_forms import secret_message, secret_stored_as_mask
 
 Doc = dict[str, Any]
 
@@ -232,13 +232,9 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
         model = type(payload)
         check_model_datetimes(kind, name, payload, lambda form: _read_back(model, form))
         form = json_form(kind, name, payload)
-        masked = masked_paths(form)
-        if masked and holds_secret(payload.model_dump()):
-            raise InvalidPayloadError(
-                f"{kind} {name!r}: payload field {masked[0]!r} is a secret stored as pydantic's "
-                f"mask ({MASK!r}), so its consumer would get the mask; pass a reference to the "
-                "secret, or give it a field_serializer that writes its value"
-            )
+        masked = secret_stored_as_mask(payload, form, computed=False)
+        if masked is not None:
+            raise InvalidPayloadError(f"{kind} {name!r}: {secret_message(masked, model.__name__)}")
         payload = form
     if not isinstance(payload, Mapping):
         raise InvalidPayloadError(
