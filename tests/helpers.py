@@ -81,3 +81,29 @@ def final_write_updates(monkeypatch: Any, update_one: Any) -> None:
             self.coll = coll
 
     monkeypatch.setattr(JobStore, "_end_run", end_run)
+
+
+class Interposed:
+    """A collection whose `method` runs `meanwhile()` once, before or after the real call: what
+    another process may do at that moment, for a race test. Everything else is the
+    collection's own (calls made by `meanwhile` itself included)."""
+
+    def __init__(self, coll: Any, method: str, meanwhile: Any, *, after: bool = False) -> None:
+        self._coll, self._method, self._meanwhile, self._after = coll, method, meanwhile, after
+        self.done = False
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._coll, name)
+        if name != self._method or self.done:
+            return real
+
+        async def interposed(*args: Any, **kwargs: Any) -> Any:
+            self.done = True
+            if not self._after:
+                await self._meanwhile()
+            result = await real(*args, **kwargs)
+            if self._after:
+                await self._meanwhile()
+            return result
+
+        return interposed

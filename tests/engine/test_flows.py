@@ -21,6 +21,7 @@ from job_processor import (
     Job,
     JobDef,
     JobNotFoundError,
+    JobProcessor,
     JobSpec,
     JobStatus,
     init_job_processor,
@@ -29,7 +30,7 @@ from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.engine.flows import MARK_GRACE
 from job_processor.ops.admin import Admin
-from tests.helpers import CommandNames, make, wait_status
+from tests.helpers import CommandNames, Interposed, make, wait_status
 
 S = JobStatus
 #: Marks made before this (any): a settle that does not wait for a mark's grace.
@@ -920,15 +921,30 @@ async def test_many_long_runs_elsewhere_do_not_starve_the_flows_sweep(db: Any) -
     assert doc.get("expires_at") and "expires_after_settle" not in doc
 
 
+async def nightly(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+NIGHTLY = {"nightly": {"cron_string": "0 3 * * *", "handler": nightly}}
+
+
+async def prune_with(new: JobProcessor, meanwhile: Any) -> None:
+    """`new.prune_crons()` (it removes "nightly"), `meanwhile()` run just before its delete of
+    the pending tasks: what another process may do at that moment."""
+    store = new.storage.jobs
+    real = store.coll
+    store.coll = Interposed(real, "delete_many", meanwhile)
+    try:
+        assert await new.prune_crons() == ["nightly"]
+    finally:
+        store.coll = real
+
+
 async def test_pruning_a_cron_settles_the_jobs_waiting_on_its_pending_task(db: Any) -> None:
     """prune_crons (and `crons remove`) deleted a removed cron's pending tasks, leaving a job
     scheduled after one of them waiting on a job that no longer exists until the slow pass
     (every 20 sweeps, 200 waiting jobs a pass) found it "deleted"."""
-
-    async def nightly(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    old = await make(db, JOBS, crons=NIGHTLY)
     task = await old.trigger_cron("nightly")  # pending: no worker has run it yet
     parent = await old.schedule_job("total", after=[task])
     assert parent.status == S.WAITING
@@ -944,40 +960,19 @@ async def test_a_cron_task_claimed_as_its_cron_is_pruned_does_not_fail_its_depen
 ) -> None:
     """A task a worker claimed between the read of the pending tasks and their delete is not
     deleted and runs: its dependents were skipped for a dependency "deleted"."""
-
-    async def nightly(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    old = await make(db, JOBS, crons=NIGHTLY)
     task = await old.trigger_cron("nightly")  # pending
     parent = await old.schedule_job("total", after=[task])
     new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
-    store = new.storage.jobs
-    real = store.coll
 
-    class ClaimBeforeDelete:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
+    async def claimed() -> None:  # by a worker of the old deploy
+        running = {"status": "running", "worker_id": "old-worker", "run_id": "run-claimed"}
+        await new.storage.jobs.coll.update_one(
+            {"_id": ObjectId(task.id), "status": "pending"},
+            {"$set": running | {"run_started_at": dt.datetime.now(dt.UTC)}},
+        )
 
-        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
-            await real.update_one(
-                {"_id": ObjectId(task.id), "status": "pending"},
-                {
-                    "$set": {
-                        "status": "running",
-                        "worker_id": "old-worker",
-                        "run_id": "run-claimed",
-                        "run_started_at": dt.datetime.now(dt.UTC),
-                    }
-                },
-            )
-            return await real.delete_many(query, *a, **kw)
-
-    store.coll = ClaimBeforeDelete()
-    try:
-        assert await new.prune_crons() == ["nightly"]
-    finally:
-        store.coll = real
+    await prune_with(new, claimed)
     assert (await new.get_job(task.id)).status == S.RUNNING  # claimed: not deleted, it runs
     now = await new.get_job(parent.id)
     assert (now.status, now.deps) == (S.WAITING, {task.id: "waiting"}), now.deps
@@ -988,30 +983,15 @@ async def test_a_job_scheduled_after_a_cron_task_as_it_is_pruned_sees_it_deleted
 ) -> None:
     """Only the tasks already marked were settled: a job scheduled after one between that read
     and the delete was left waiting on a job that no longer exists until the slow pass."""
-
-    async def nightly(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    old = await make(db, JOBS, crons=NIGHTLY)
     task = await old.trigger_cron("nightly")  # pending, no dependents yet
     new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
-    store = new.storage.jobs
-    real = store.coll
     late: list[Any] = []
 
-    class ScheduleBeforeDelete:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
+    async def scheduled() -> None:  # reads it pending
+        late.append(await old.schedule_job("total", after=[task]))
 
-        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
-            late.append(await old.schedule_job("total", after=[task]))  # reads it pending
-            return await real.delete_many(query, *a, **kw)
-
-    store.coll = ScheduleBeforeDelete()
-    try:
-        assert await new.prune_crons() == ["nightly"]
-    finally:
-        store.coll = real
+    await prune_with(new, scheduled)
     assert late and late[0].status == S.WAITING
     now = await new.get_job(late[0].id)
     assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"}), now.deps
@@ -1023,32 +1003,16 @@ async def test_a_job_after_a_cron_task_created_as_its_cron_is_pruned_sees_it_del
     """A replica still firing the cron inserted a task after the prune's read, a job was
     scheduled after it, and the prune's delete removed it too: only the tasks read were
     settled, so that job waited on a task that no longer exists until the slow pass."""
-
-    async def nightly(job: Job, signal: AbortSignal) -> None:
-        return None
-
-    old = await make(db, JOBS, crons={"nightly": {"cron_string": "0 3 * * *", "handler": nightly}})
+    old = await make(db, JOBS, crons=NIGHTLY)
     await old.trigger_cron("nightly")  # pending: the prune reads this one
     new = await make(db, JOBS)  # the deploy that no longer defines "nightly"
-    store = new.storage.jobs
-    real = store.coll
     late: list[Any] = []
 
-    class FireBeforeDelete:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
+    async def fired() -> None:  # by the old replica, meanwhile
+        task = await old.trigger_cron("nightly")
+        late.append((task, await old.schedule_job("total", after=[task])))
 
-        async def delete_many(self, query: Any, *a: Any, **kw: Any) -> Any:
-            if not late:  # the old replica fires it meanwhile, once
-                task = await old.trigger_cron("nightly")
-                late.append((task, await old.schedule_job("total", after=[task])))
-            return await real.delete_many(query, *a, **kw)
-
-    store.coll = FireBeforeDelete()
-    try:
-        assert await new.prune_crons() == ["nightly"]
-    finally:
-        store.coll = real
+    await prune_with(new, fired)
     task, parent = late[0]
     assert await new.get_jobs([task.id]) == []  # deleted by the prune
     now = await new.get_job(parent.id)

@@ -14,6 +14,7 @@ from job_processor.core.outcome import Outcome
 from job_processor.core.schedule import margin_of
 from job_processor.core.status import JobStatus
 from job_processor.storage import Storage
+from tests.helpers import Interposed
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -168,25 +169,11 @@ async def test_a_missed_task_marked_between_the_two_updates_keeps_its_expiry_hel
     late = await storage.jobs.insert(task("tick", cron(), at(0), NOW))
     assert late is not None
     coll = storage.jobs.coll
-    calls: list[dict[str, Any]] = []
 
-    class Interleaved:
-        """The jobs collection, with a job scheduled after `late` marking it right after the
-        missed-task pass's first update (what another process can do at that moment)."""
+    async def marked() -> None:  # a job scheduled after `late`, right after the first update
+        await storage.jobs.mark_dependents([late["_id"]], at(120))
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(coll, name)
-
-        async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
-            res = await coll.update_many(query, update)
-            calls.append(query)
-            if len(calls) == 1:
-                storage.jobs.coll = coll
-                await storage.jobs.mark_dependents([late["_id"]], at(120))
-                storage.jobs.coll = self
-            return res
-
-    storage.jobs.coll = Interleaved()
+    storage.jobs.coll = Interposed(coll, "update_many", marked, after=True)
     try:
         first = await storage.jobs.expire_missed_by_name(at(120), {"tick": at(120)})
     finally:

@@ -18,7 +18,7 @@ from job_processor.core import documents as D
 from job_processor.core import flows as F
 from job_processor.storage import Storage
 from job_processor.storage.job_flows import FlowRecords
-from tests.helpers import CommandNames
+from tests.helpers import CommandNames, Interposed
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -244,26 +244,12 @@ async def test_set_expiry_keeps_held_a_job_marked_between_its_two_updates(any_db
     assert inserted is not None
     job_id = ObjectId(inserted["_id"])
     coll = storage.jobs.coll
-    calls: list[dict[str, Any]] = []
 
-    class Interleaved:
-        """The jobs collection, a job scheduled after `job_id` marking it right after
-        set_expiry's first update (what another process may do at that moment)."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(coll, name)
-
-        async def update_many(self, query: dict[str, Any], update: dict[str, Any]) -> Any:
-            res = await coll.update_many(query, update)
-            calls.append(query)
-            if len(calls) == 1:
-                storage.jobs.coll = coll
-                await storage.jobs.mark_dependents([job_id], NOW)
-                storage.jobs.coll = self
-            return res
+    async def marked() -> None:  # a job scheduled after it, right after the first update
+        await storage.jobs.mark_dependents([job_id], NOW)
 
     expires = NOW + dt.timedelta(days=1)
-    storage.jobs.coll = Interleaved()
+    storage.jobs.coll = Interposed(coll, "update_many", marked, after=True)
     try:
         await storage.jobs.set_expiry([job_id], expires)
     finally:
