@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job, visible
-from ..core.models import Job
+from ..core.models import Job, recorded
 from ..core.status import JobStatus
 from ..ops.admin import ActionResult, Admin
 from ..storage.connect import (
@@ -83,9 +83,11 @@ def emit_json(value: Any) -> None:
 
 
 def when(value: dt.datetime | None) -> str:
-    if value is None:
+    """A date of a table's row; "-" for none, or none recorded (another program's insert)."""
+    shown = recorded(value)
+    if shown is None:
         return "-"
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return shown.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def ago(seconds: float | None) -> str:

@@ -41,6 +41,15 @@ from .status import HOOKED, JobStatus
 S = JobStatus
 _HOOKED = {s.value for s in HOOKED}
 
+#: The creation date of a job another program inserted with neither `created_at` nor an
+#: ObjectId `_id` (nor a `due_ms`): no date was recorded. Readers show it as "—", not as 1970.
+UNRECORDED = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def recorded(value: dt.datetime | None) -> dt.datetime | None:
+    """A job's date as shown: none where it stands for a date no one recorded (`UNRECORDED`)."""
+    return None if value is None or value == UNRECORDED else value
+
 
 class JobOutput(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -91,7 +100,7 @@ def _derive_missing(doc: dict[str, Any]) -> None:
             doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
     # its insert time (an ObjectId's), else when it is due, else the epoch (a string _id)
     created = oid.generation_time if isinstance(oid, ObjectId) else doc.get("scheduled_for")
-    created = created or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    created = created or UNRECORDED
     doc.setdefault("scheduled_for", created)
     doc["created_at"] = created
     doc.setdefault("updated_at", created)

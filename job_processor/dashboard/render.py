@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ..core.clock import as_utc
 from ..core.errors import InvalidArgumentError
 from ..core.masking import BIDI_CONTROLS, Masker, bidi_visible, masked_line, progress_message
-from ..core.models import to_jsonable
+from ..core.models import recorded, to_jsonable
 from ..core.runs import run_outcome, runs_summary
 from ..ops.admin import ActionResult
 from ..ops.admin.inputs import parse_time
@@ -154,7 +154,7 @@ def make_env(masker: Masker) -> Environment:
     )
 
     def reltime(value: Any, now: dt.datetime | None = None) -> Markup:
-        if not isinstance(value, dt.datetime):
+        if not isinstance(value, dt.datetime) or recorded(value) is None:
             return Markup('<span class="muted">—</span>')
         now = now or dt.datetime.now(dt.UTC)
         iso = as_utc(value).isoformat()

@@ -112,3 +112,19 @@ async def test_jobs_list_pages_reach_every_bare_insert(db: Any, mongo_url: str) 
     for size in ("1", "2", "4"):
         paged = await listed("--limit", size)
         assert paged == one_page, (size, paged)  # the same order, none lost nor repeated
+
+
+async def test_a_job_with_no_recorded_date_shows_a_dash_not_1970(db: Any, mongo_url: str) -> None:
+    """Another program's insert with a text `_id`, no `created_at` and no `due_ms` has no
+    insert time: `jobs list` printed "1970-01-01 00:00:00" as its creation (and due) date; it
+    now prints "-", none recorded."""
+    url = url_with_db(mongo_url, db.name)
+    await init_job_processor(db, jobs={"chatty": JobDef(handler=chatty)}, **FAST)
+    await db["job_processor_jobs"].insert_one(
+        {"_id": "ext-7", "name": "chatty", "status": "errored", "payload": {}}
+    )
+    table = await cli(url, "jobs", "list")
+    assert table.returncode == 0, table.stderr
+    assert "1970" not in table.stdout, table.stdout
+    (row,) = [line for line in table.stdout.splitlines() if "ext-7" in line]
+    assert row.split()[3:5] == ["-", "-"], row  # CREATED, DUE/ENDED
