@@ -18,7 +18,12 @@ Doc = dict[str, Any]
 UNSET_MISSED = {"exclusive_key": "", "dedup_key": "", "claim_name": ""}
 
 
-def _missed_tasks(now: dt.datetime) -> Doc:
+def pending_tasks_of(names: list[str]) -> Doc:
+    """The pending tasks of these crons."""
+    return {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
+
+
+def missed_tasks(now: dt.datetime) -> Doc:
     """Cron tasks that never started and are past their start deadline (a retry of a task
     that did start is not one)."""
     return {
@@ -47,7 +52,7 @@ class CronTasks(FlowRecords):
         check_transition(S.PENDING, S.SKIPPED)
         if expiry is None:
             res = await self.coll.update_many(
-                _missed_tasks(now),
+                missed_tasks(now),
                 {"$set": _missed(now), "$unset": UNSET_MISSED},
             )
             return int(res.modified_count)
@@ -63,7 +68,7 @@ class CronTasks(FlowRecords):
         for name, expires_at in expiry.items():
             skip = {"$set": _missed(now), "$unset": UNSET_MISSED}
             for query, update in with_expiry(
-                _missed_tasks(now) | {"name": name}, skip, expires_at, self.profile
+                missed_tasks(now) | {"name": name}, skip, expires_at, self.profile
             ):
                 res = await self.coll.update_many(query, update)
                 if res.modified_count:
@@ -73,7 +78,7 @@ class CronTasks(FlowRecords):
     async def delete_pending_tasks_of(self, names: list[str], now: dt.datetime) -> int:
         """Pending tasks of crons that were removed; the jobs scheduled after one of them see
         it "deleted" at once (a failure: flows.md), not at a sweep's slow pass."""
-        query = {"type": "cron_task", "status": S.PENDING.value, "name": {"$in": names}}
+        query = pending_tasks_of(names)
         # every pending one (a job may be scheduled after one before the delete), then those
         # really gone: one claimed meanwhile runs, its dependents wait for its end
         deleted = 0

@@ -43,6 +43,11 @@ BULK_UPDATES = 300
 HELD: Doc = {"has_dependents": True, "dependents_settled": {"$exists": False}}
 
 
+def expiry_pending(ids: list[ObjectId]) -> Doc:
+    """These jobs, where their retention is yet to be applied (skipped by a failed dependency)."""
+    return {"_id": {"$in": ids}, "expiry_pending": True}
+
+
 def with_expiry(
     query: Doc, update: Doc, expires_at: dt.datetime | None, profile: ServerProfile
 ) -> list[tuple[Doc, Doc]]:
@@ -364,7 +369,7 @@ class FlowRecords:
 
     async def set_expiry(self, ids: list[ObjectId], expires_at: dt.datetime | None) -> None:
         """Their retention applied (`None`: kept until purged, as the name's keep says)."""
-        pending = {"_id": {"$in": ids}, "expiry_pending": True}
+        pending = expiry_pending(ids)
         for query, update in with_expiry(
             pending, {"$unset": {"expiry_pending": ""}}, expires_at, self.profile
         ):

@@ -17,6 +17,8 @@ from job_processor.core import foreign as FD
 from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 from job_processor.storage.compat import DEPENDENTS_COUNTED_PARTS, HOOK_NOT_OWED_PARTS
+from job_processor.storage.job_crons import missed_tasks, pending_tasks_of
+from job_processor.storage.job_flows import expiry_pending, with_expiry
 
 from ..conftest import REAL_SERVER
 
@@ -225,6 +227,38 @@ async def test_purge_is_index_backed(db: Any, storage: Storage) -> None:
                     verbosity="queryPlanner",
                 )
                 assert_indexed(plan)
+
+
+async def test_expiry_writes_and_a_removed_crons_pending_tasks_are_index_backed(
+    db: Any, storage: Storage
+) -> None:
+    """`with_expiry`'s updates (the jobs held back, then the others: a `$nor` on MongoDB) over
+    missed cron tasks and jobs whose retention is pending; a removed cron's pending tasks, read
+    and then deleted by id (`delete_pending_tasks_of`)."""
+    ids = [ObjectId(), ObjectId()]
+    later = NOW + dt.timedelta(days=1)
+    assert storage.profile.nor_ok  # MongoDB negates a filter on a missing field exactly
+    for query in (missed_tasks(NOW) | {"name": "job-1"}, expiry_pending(ids)):
+        pairs = with_expiry(query, {"$set": {"seen": True}}, later, storage.profile)
+        assert len(pairs) == 2, pairs
+        for q, u in pairs:
+            plan = await db.command(
+                "explain",
+                {"update": storage.jobs.name, "updates": [{"q": q, "u": u, "multi": True}]},
+                verbosity="queryPlanner",
+            )
+            assert_indexed(plan)
+    pending = pending_tasks_of(["job-1", "job-2"])
+    assert_indexed(await storage.jobs.coll.find(pending, {"_id": 1}).explain())
+    plan = await db.command(
+        "explain",
+        {
+            "delete": storage.jobs.name,
+            "deletes": [{"q": pending | {"_id": {"$in": ids}}, "limit": 0}],
+        },
+        verbosity="queryPlanner",
+    )
+    assert_indexed(plan)
 
 
 async def test_a_purges_counts_of_the_jobs_it_leaves_are_index_backed(storage: Storage) -> None:
