@@ -223,7 +223,8 @@ class Recovery:
         for run_id in requeued:
             self.worker.gave_up.pop(run_id, None)
         mine = {str(run.doc.get("run_id")) for run in self.worker.runs.values()}
-        await self.worker.limiter.release_strays(now, cutoff, live, mine, me)
+        if await self.worker.limiter.release_strays(now, cutoff, live, mine, me):
+            self.worker.wake.set()  # a job waiting for a slot given back starts now, not at a poll
         if found.bare or found.full:  # the same query found some (or could not list them all)
             await self.adopt_bare(now)
         if self._strays_checked is None or now - self._strays_checked >= STRAYS_EVERY:

@@ -501,3 +501,36 @@ async def test_a_per_tenant_slot_given_back_here_wakes_the_claim_loop_for_that_t
         assert started == [1]
         gate.set()  # the first run ends: its slot is given back in this very process
         await wait_status(processor, second.id, JobStatus.FINISHED, timeout=10)
+
+
+async def test_a_slot_recovered_from_a_dead_holder_wakes_the_claim_loop(db: Any) -> None:
+    """A slot a dead worker held, given back by the recovery sweep (`release_strays`), left a
+    job of that limit waiting for the next poll: on a clock that never moves (no poll) it never
+    started. The sweep now wakes the claim loop when it gives a slot back."""
+    started = asyncio.Event()
+
+    async def send(job: Job, signal: AbortSignal) -> None:
+        started.set()
+
+    mail = Limit(key="mail", concurrency=1)
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    processor = await make(
+        db,
+        {"send": JobDef(handler=send, limit=mail)},
+        clock=clock,
+        change_streams=False,
+        worker_timeout=30.0,
+    )
+    granted, _ = await processor.storage.limits.acquire(  # a worker that died holding it
+        mail.for_key("mail"), ["its-run"], "dead-worker", clock.now, "mail"
+    )
+    assert granted == ["its-run"]
+    async with processor:
+        await wait_for(lambda: processor.worker.idle.is_set(), timeout=10)
+        processor.worker.idle.clear()
+        await processor.schedule_job("send", {})  # wakes the worker: its claim finds "mail" full
+        await wait_for(lambda: processor.worker.idle.is_set(), timeout=10)
+        assert not started.is_set()
+        later = clock.now() + dt.timedelta(minutes=5)  # the holder is long gone
+        await processor.recovery.sweep(later)
+        await asyncio.wait_for(started.wait(), timeout=10)
