@@ -12,9 +12,11 @@ worker validates the stored payload again, and a handler must get what was sched
 - A secret (`SecretStr`, `SecretBytes`, `Secret[...]`, declared or under an `Any` field or an
   extra key) whose stored form is pydantic's mask is refused (a serializer that writes its
   value, a secret left out, a plain str reading '**********' are stored as they are).
-- A form that does not read back as given (an `AliasPath` with a list index, a validator that
-  gives another value for its own output) is refused naming the fields: never stored to be
-  read back as defaults.
+- Every form is read back through the model before it is stored (one validation): a form
+  that does not read back as given (strict mode or a `Json` field, which refuse their JSON
+  text; an `AliasPath` with a list index; a validator that gives another value for its own
+  output) is refused naming the fields: never stored to be read back as defaults or errored
+  at run time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import functools
 import inspect
 import itertools
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,13 +151,15 @@ def form_of(model: type[BaseModel], value: BaseModel) -> tuple[Doc, list[str]]:
     masked = secret_stored_as_mask(value, plain, computed=found.computed)
     if masked is not None:
         raise InvalidPayloadError(secret_message(masked, model.__name__))
-    if not found.checked:
+    # read back as the worker will (strict mode, a Json field, an alias the traits cannot
+    # see, behind a type alias or a TypedDict's alias generator, would not): one validation
+    if not found.checked and not _differing(model, value, plain):
         return plain, []
     by_alias: Doc = dump(by_alias=True)
     first = _differing(model, value, by_alias)
     if not first:
         return by_alias, []
-    paths = (_by_read_path(model, value, plain, dump, nested) for nested in (False, True))
+    paths = (_by_read_path(model, value, plain, nested, found.computed) for nested in (False, True))
     for form in itertools.chain((plain,), paths):  # each built only if needed
         if form is not None and not _differing(model, value, form):
             return form, []
@@ -169,8 +173,7 @@ def secret_stored_as_mask(value: BaseModel, form: Doc, *, computed: bool) -> str
     if not masked:  # the common case: one walk of the form, no other dump
         return None
     dumped = value.model_dump(exclude_computed_fields=computed)
-    secrets = set(_paths(dumped, lambda v: isinstance(v, SECRET_TYPES)))
-    return next((p for p in masked if p in secrets), None)
+    return next(_masked_secrets(form, dumped), None)
 
 
 def secret_message(path: str, owner: str) -> str:
@@ -191,20 +194,40 @@ def _paths(value: Any, hit: Any, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if hit(value) else []
 
 
+def _masked_secrets(form: Any, dumped: Any, prefix: str = "") -> Iterator[str]:
+    """The paths where `form` (the JSON form) holds the mask and `dumped` (the Python dump,
+    walked beside it: a key's JSON text may differ, an Enum's value, `true`) a secret."""
+    if isinstance(form, Mapping) and isinstance(dumped, Mapping):
+        for (key, item), inner in zip(form.items(), dumped.values(), strict=False):
+            yield from _masked_secrets(item, inner, f"{prefix}{key}.")
+    elif isinstance(form, list) and isinstance(dumped, list | tuple | set | frozenset):
+        for item, inner in zip(form, dumped, strict=False):
+            yield from _masked_secrets(item, inner, prefix)
+    elif form == MASK and isinstance(dumped, SECRET_TYPES):
+        yield prefix[:-1]
+
+
 def _by_read_path(
-    model: type[BaseModel], value: BaseModel, plain: Doc, dump: Any, by_alias: bool
+    model: type[BaseModel], value: BaseModel, plain: Doc, by_alias: bool, computed: bool
 ) -> Any:
-    """Each field under the key, or nested along the path, the model reads it from first,
-    its value dumped by name or (`by_alias`) by alias (a nested model's own aliases); None
-    when a field is read only through a path with a list index."""
+    """Each field under the key, or nested along the path, the model reads it from first (in
+    nested models too), its value dumped by name or (`by_alias`) by alias (a nested model's
+    own aliases); None when a field is read only through a path with a list index."""
     out: Doc = {}
     for name, item in plain.items():
         info = model.model_fields.get(name)
         if info is None:  # an extra key (extra="allow") or a computed field: by its name
             out[name] = item
             continue
-        if by_alias:
-            dumped = dump(by_alias=True, include={name})
+        inner = getattr(value, name, None)
+        if isinstance(inner, BaseModel) and isinstance(item, dict):
+            item = _by_read_path(type(inner), inner, item, by_alias, computed)
+            if item is None:
+                return None
+        elif by_alias:
+            dumped = value.model_dump(
+                mode="json", by_alias=True, include={name}, exclude_computed_fields=computed
+            )
             item = next(iter(dumped.values()), item)
         path = _read_path(info, name)
         if path is None:
@@ -259,7 +282,9 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
 def not_read_back(model: type[BaseModel], fields: list[str]) -> InvalidPayloadError:
     return InvalidPayloadError(
         f"payload {model.__name__} cannot be stored in a form it reads back as given: "
-        f"{', '.join(repr(f) for f in fields)} would read back otherwise (a field read only "
-        "through an AliasPath with a list index, or a validator that gives another value for "
-        "its own output): give such a field a plain alias, or populate_by_name=True"
+        f"{', '.join(repr(f) for f in fields)} would read back otherwise (strict mode or a "
+        "Json field, which refuse the JSON text they are stored as; a field read only through "
+        "an AliasPath with a list index; a validator that gives another value for its own "
+        "output): make such a field lax (no strict=True; a dict, not Json[...]), give it a "
+        "plain alias, or populate_by_name=True"
     )

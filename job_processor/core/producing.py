@@ -115,8 +115,6 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(
                 f"job {name!r}: payload does not match {model.__name__}: {fields}"
             ) from None
-        # what the handler reads back: the stored form through the model
-        V.check_model_datetimes("job", name, value, lambda _: _handler_reads(model, value))
         try:
             payload, differing = form_of(model, value)
         except InvalidPayloadError as exc:
@@ -125,21 +123,14 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(f"job {name!r}: payload {V.TOO_DEEP}") from None
         except ValueError as exc:  # pydantic's dump: "Circular reference detected", ...
             raise InvalidPayloadError(f"job {name!r}: payload cannot be stored: {exc}") from None
+        # what the handler reads back: the stored form through the model
+        back = None if differing else V.read_back(model, payload)
+        V.check_model_datetimes("job", name, value, back)
         stored = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
         if differing:  # after the checks that say why a value cannot be stored (NaN)
             raise InvalidPayloadError(f"job {name!r}: {not_read_back(model, differing)}")
         return stored
     return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
-
-
-def _handler_reads(model: type[BaseModel], value: BaseModel) -> Any:
-    """The payload's Python values as the handler gets them (None when the stored form does
-    not read back: form_of says why)."""
-    try:
-        form, _ = form_of(model, value)
-        return model.model_validate(form).model_dump(exclude_computed_fields=True)
-    except ValueError:
-        return None
 
 
 def _misspelled(model: type[BaseModel], payload: Any, exc: ValidationError) -> str:

@@ -17,7 +17,7 @@ import enum
 import math
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import bson
@@ -230,8 +230,8 @@ def checked_payload(kind: str, name: str, payload: Any, max_bytes: int) -> Doc:
         return {}
     if isinstance(payload, BaseModel):
         model = type(payload)
-        check_model_datetimes(kind, name, payload, lambda form: _read_back(model, form))
         form = json_form(kind, name, payload)
+        check_model_datetimes(kind, name, payload, read_back(model, form))
         masked = secret_stored_as_mask(payload, form, computed=False)
         if masked is not None:
             raise InvalidPayloadError(f"{kind} {name!r}: {secret_message(masked, model.__name__)}")
@@ -284,19 +284,14 @@ def json_form(kind: str, name: str, value: BaseModel, **options: Any) -> Doc:
     return dumped
 
 
-def check_model_datetimes(
-    kind: str, name: str, value: BaseModel, read_back: Callable[[Doc], Any]
-) -> None:
-    """A naive datetime a model carries is refused (its JSON form is text, which the naive
-    check cannot tell), unless what its consumer reads back holds none: a JSON serializer
-    that writes it aware, a computed field that is not stored. `read_back(form)`: the stored
-    form as its consumer reads it (None when it cannot: then the dump's is refused)."""
+def check_model_datetimes(kind: str, name: str, value: BaseModel, back: Any) -> None:
+    """A naive datetime its consumer would read back is refused (the JSON form is text, which
+    the naive check cannot tell): one the model carries, or one a JSON serializer writes
+    without its offset; not one a serializer writes aware, nor a computed field that is not
+    stored. `back`: the stored form as its consumer reads it (`read_back`; None when it cannot:
+    then the dump's naive datetimes are refused, as the stored text is naive)."""
     try:
-        found = naive_datetime_at(value.model_dump())
-        if found is not None:
-            back = read_back(json_form(kind, name, value))
-            # not read back: what the dump holds is refused, as the stored text is naive
-            found = naive_datetime_at(back) if back is not None else found
+        found = naive_datetime_at(back if back is not None else value.model_dump())
     except CyclicValue as exc:
         raise InvalidPayloadError(cycle_message(f"{kind} {name!r}: payload", exc)) from None
     except RecursionError:
@@ -309,7 +304,7 @@ def check_model_datetimes(
         raise InvalidPayloadError(naive_message(kind, name, *found))
 
 
-def _read_back(model: type[BaseModel], form: Doc) -> Any:
+def read_back(model: type[BaseModel], form: Doc) -> Any:
     """The JSON form read back through the model, as its Python values (no computed field)."""
     try:
         return model.model_validate(form).model_dump(exclude_computed_fields=True)

@@ -4,14 +4,16 @@ pure, no server."""
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import itertools
 import random
 from typing import Any
 
 import pytest
-from pydantic import AliasChoices, AliasPath, BaseModel, Field, computed_field
+from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr, computed_field
 
 from job_processor import InvalidArgumentError, InvalidPayloadError, JobDef, UnknownJobError
+from job_processor.core import values as V
 from job_processor.core.producing import (
     JobSpec,
     Template,
@@ -332,7 +334,6 @@ def test_a_nested_alias_only_field_is_stored_by_its_alias() -> None:
 
 def test_a_secret_in_a_payload_is_refused_naming_the_field() -> None:
     """model_dump(mode="json") masks a secret: the handler got '**********'."""
-    from pydantic import SecretStr
 
     class Login(BaseModel):
         password: SecretStr
@@ -413,7 +414,6 @@ def test_a_secret_or_alias_in_a_nested_dataclass_or_typeddict_is_seen() -> None:
     """Only models were followed: a SecretStr in a pydantic dataclass or a TypedDict was
     stored as the mask, and an alias-only field of a nested dataclass read back as its
     default."""
-    from pydantic import SecretStr
     from pydantic.dataclasses import dataclass as pydantic_dataclass
     from typing_extensions import TypedDict
 
@@ -446,7 +446,7 @@ def test_a_secret_or_alias_in_a_nested_dataclass_or_typeddict_is_seen() -> None:
 
 
 def test_the_refused_secret_named_is_the_one_stored_as_the_mask() -> None:
-    from pydantic import SecretStr, field_serializer
+    from pydantic import field_serializer
 
     class Login(BaseModel):
         api_key: SecretStr
@@ -549,3 +549,32 @@ def test_a_plain_str_holding_the_mask_text_is_stored_when_no_secret_is_there() -
         "notes": [mask],
         "tags": [1],
     }
+
+
+class _Provider(enum.Enum):
+    AWS = "aws"
+
+
+class _ApiKeys(BaseModel):
+    keys: dict[_Provider, SecretStr]
+
+
+class _Flags(BaseModel):
+    keys: dict[bool, SecretStr]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [_ApiKeys(keys={_Provider.AWS: SecretStr("AKIA-real")}), _Flags(keys={True: SecretStr("x")})],
+    ids=["enum-key", "bool-key"],
+)
+def test_a_secret_under_a_key_whose_json_text_differs_is_refused_not_stored_masked(
+    value: BaseModel,
+) -> None:
+    """The secret's path was matched as text: "keys.aws" (JSON) against "keys.Provider.AWS"
+    (the Python dump), "keys.true" against "keys.True": never equal, so the mask was stored."""
+    key = "aws" if isinstance(value, _ApiKeys) else "true"
+    with pytest.raises(InvalidPayloadError, match=rf"'keys\.{key}'.* secret stored as"):
+        checked_payload("keys", type(value), value)
+    with pytest.raises(InvalidPayloadError, match=rf"'keys\.{key}'.* secret stored as"):
+        V.checked_payload("event", "keys.rotated", value, 16 * 1024 * 1024)

@@ -1,0 +1,133 @@
+"""Typed payloads a handler gets as scheduled, or refused when scheduled: never accepted, then
+errored or read back otherwise at run time (strict models, `Json` fields, aliases behind a
+type alias or a TypedDict's alias generator, a nested model's AliasPath, a serializer that
+drops a datetime's offset)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import typing_extensions as te
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, Json, field_serializer
+from pydantic.alias_generators import to_camel
+
+from job_processor import AbortSignal, InvalidPayloadError, Job, JobDef, JobStatus
+from tests.helpers import make
+
+AT = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+class StrictWhen(BaseModel):
+    model_config = ConfigDict(strict=True)
+    at: dt.datetime
+
+
+class StrictField(BaseModel):
+    at: dt.datetime = Field(strict=True)
+
+
+class JsonField(BaseModel):
+    settings: Json[dict[str, int]]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [StrictWhen(at=AT), StrictField(at=AT), JsonField(settings='{"a": 1}')],  # type: ignore[arg-type]
+    ids=["strict-model", "strict-field", "json-field"],
+)
+async def test_a_model_whose_stored_form_does_not_read_back_is_refused_when_scheduled(
+    db: Any, value: BaseModel
+) -> None:
+    """Its JSON form (a datetime as text, a Json field's parsed dict) is refused by its own
+    validation at run time: the job was accepted, then errored ("invalid job document")."""
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> bool:
+        return bool(job.payload == value)
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=type(value))})
+    with pytest.raises(InvalidPayloadError, match="strict mode or a Json field") as exc:
+        await p.run_job("typed", value)
+    assert "'at'" in str(exc.value) or "'settings'" in str(exc.value)
+    assert await p.storage.jobs.coll.count_documents({}) == 0  # nothing half-written
+
+
+class Contact(BaseModel):
+    email: str = "none"
+    note: str = Field("none", alias="noteText")
+
+
+ContactAlias = te.TypeAliasType("ContactAlias", Contact)
+
+
+class ViaTypeAlias(BaseModel):
+    contact: ContactAlias  # type: ignore[valid-type]
+
+
+class CamelDict(te.TypedDict, total=False):
+    __pydantic_config__ = ConfigDict(alias_generator=to_camel)  # type: ignore[misc]
+    reply_to: str
+
+
+class ViaTypedDict(BaseModel):
+    headers: CamelDict
+
+
+class Point(BaseModel):
+    x: int = Field(0, validation_alias=AliasPath("pos", "x"))
+
+
+class Shape(BaseModel):
+    point: Point
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [
+        (
+            ViaTypeAlias(contact=Contact(email="a@b.c", noteText="VIP")),
+            lambda p: p.contact.note,
+        ),
+        (ViaTypedDict(headers={"replyTo": "VIP"}), lambda p: p.headers.get("reply_to", "none")),  # type: ignore[typeddict-unknown-key]
+        (Shape(point=Point.model_validate({"pos": {"x": "VIP".__len__()}})), lambda p: p.point.x),
+    ],
+    ids=["TypeAliasType", "TypedDict-alias_generator", "nested-AliasPath"],
+)
+async def test_an_alias_anywhere_is_read_back_as_given_not_as_its_default(
+    db: Any, value: BaseModel, read: Any
+) -> None:
+    """An alias the model's fields do not show (a nested model behind a TypeAliasType, a
+    TypedDict's alias generator) was stored by name and read back as its default (the job
+    finished with "none"); a nested model's AliasPath was refused though it reads back."""
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> Any:
+        return read(job.payload)
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=type(value))})
+    job = await p.run_job("typed", value)
+    assert job.status == JobStatus.FINISHED, (job.status, job.error)
+    assert job.output is not None and job.output.result == read(value)
+
+
+class LocalTime(BaseModel):
+    at: dt.datetime
+
+    @field_serializer("at", when_used="json")
+    def _text(self, value: dt.datetime) -> str:
+        return value.strftime("%Y-%m-%dT%H:%M:%S")  # the offset dropped
+
+
+async def test_a_serializer_that_drops_the_offset_is_refused_not_read_back_naive(
+    db: Any,
+) -> None:
+    """An aware datetime stored by a JSON serializer as naive text reached the handler naive,
+    its +01:00 silently dropped (the check looked only for naive datetimes in the dump)."""
+
+    async def seen(job: Job[LocalTime], signal: AbortSignal) -> bool:
+        return job.payload.at.utcoffset() is not None
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=LocalTime)})
+    paris = dt.timezone(dt.timedelta(hours=1))
+    with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time zone"):
+        await p.run_job("typed", LocalTime(at=dt.datetime(2030, 1, 1, 9, tzinfo=paris)))
