@@ -13,6 +13,12 @@ from .documents import Doc, S, misnamed, new_job
 from .status import check_transition
 
 
+def incomplete(doc: Doc) -> bool:
+    """Inserted by another program, its first claim: without the dates every job scheduled
+    here has (`created_at`, `scheduled_for`), which a minimal insert may give one of."""
+    return "created_at" not in doc or "scheduled_for" not in doc
+
+
 def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
     """The fields a job inserted by another program (the minimal `{name, claim_name, due_ms,
     payload}`) lacks, from its definition: written on its first claim, after which it is a job

@@ -91,7 +91,7 @@ def _derive_missing(doc: dict[str, Any]) -> None:
     pending job it is until a worker claims it and writes the rest (documents.completion)."""
     if not isinstance(doc.get("name"), str):  # shown as "" (its run is errored: no name)
         doc["name"] = str(doc["name"]) if doc.get("name") is not None else ""
-    if "created_at" in doc:
+    if "created_at" in doc and "scheduled_for" in doc:
         return
     oid = doc.get("_id")
     due = doc.get("due_ms")
@@ -100,10 +100,9 @@ def _derive_missing(doc: dict[str, Any]) -> None:
             doc["scheduled_for"] = dt.datetime.fromtimestamp(due / 1000, tz=dt.UTC)
     # its insert time (an ObjectId's), else when it is due, else the epoch (a string _id)
     created = oid.generation_time if isinstance(oid, ObjectId) else doc.get("scheduled_for")
-    created = created or UNRECORDED
-    doc.setdefault("scheduled_for", created)
-    doc["created_at"] = created
-    doc.setdefault("updated_at", created)
+    doc.setdefault("created_at", created or UNRECORDED)
+    doc.setdefault("scheduled_for", doc["created_at"])  # a minimal insert that gave created_at
+    doc.setdefault("updated_at", doc["created_at"])
     doc.setdefault("status", "pending" if doc.get("claim_name") else None)
 
 

@@ -419,7 +419,7 @@ class Worker:
                 final = await asyncio.shield(self._finish(run, end, None))
                 sentry.run_ended(trace, final, None)
                 return final
-            if "created_at" not in doc:  # inserted by another program: fill in the rest
+            if FD.incomplete(doc):  # inserted by another program: fill in the rest
                 missing = FD.completion(doc, run.definition, self.clock.now())
                 run.doc = doc = doc | missing
                 job_id, run_id, budget = doc["_id"], doc["run_id"], self.settings.worker_timeout

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import inspect
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -83,7 +82,6 @@ DATE_FIELDS = frozenset(
 #: Top-level flags: nx-27017 stores a top-level `$set` of True / False on an existing document
 #: (an upsert that updates, say) as 1 / 0.
 BOOL_FIELDS = frozenset({"has_exit_hook", "resumable", "delivery"})
-_DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?$")
 
 
 def decode(doc: Doc) -> Doc:
@@ -91,8 +89,10 @@ def decode(doc: Doc) -> Doc:
     server stored."""
     for key in DATE_FIELDS.intersection(doc):
         value = doc[key]
-        if isinstance(value, str) and _DATE_TEXT.match(value):
-            doc[key] = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+        if isinstance(value, str):
+            parsed = date_text(value)
+            if parsed is not None:
+                doc[key] = parsed
         elif isinstance(value, dt.datetime):
             doc[key] = as_utc(value)
     for key in BOOL_FIELDS.intersection(doc):
@@ -102,6 +102,18 @@ def decode(doc: Doc) -> Doc:
     if isinstance(logs, list) and any(isinstance(line, str) for line in logs):
         doc["logs"] = pushed_as_text(logs)
     return doc
+
+
+def date_text(value: str) -> dt.datetime | None:
+    """A date stored as ISO text, aware UTC (without an offset: UTC), or None for other text:
+    nx-27017's dates ("2030-01-01 09:00:00.123"), another program's JSON dates ("2030-01-02",
+    "2030-01-02T10:00", "...Z"), which pydantic would read naive."""
+    if len(value) < 10 or not value[:4].isdigit():
+        return None
+    try:
+        return as_utc(dt.datetime.fromisoformat(value))
+    except ValueError:
+        return None
 
 
 #: Extended JSON as nx-27017 writes it: dates without an offset are UTC.
