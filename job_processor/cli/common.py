@@ -145,13 +145,22 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    return one_line(value)
+
+
+def one_line(value: Any) -> str:
+    """A value on one line: a line break or a tab in it (a log line's message, a name another
+    program wrote) printed as its `\\uXXXX` escape, never as a line that reads as another
+    field of the output."""
     return str(value).replace("\n", "\\u000a").replace("\r", "\\u000d").replace("\t", "\\u0009")
 
 
-def first_line(text: str | None, width: int = 60) -> str:
-    if not text:
+def first_line(text: Any, width: int = 60) -> str:
+    """The first line of a text (an error), cut to `width`; anything else as its text."""
+    if text is None or text == "":
         return ""
-    line = text.splitlines()[0]
+    lines = str(text).splitlines()
+    line = lines[0] if lines else ""
     return line if len(line) <= width else line[: width - 1] + "…"
 
 

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from .common import (
     emit_json,
     first_line,
     masked,
+    one_line,
     report,
     reported,
     shown_json,
@@ -94,7 +96,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
     ):
         if data.get(key) is not None:
             value = shown_time(data[key]) if key in _TIMES else data[key]
-            print(f"{key + ':':<20}{value}")
+            print(f"{key + ':':<20}{one_line(value)}")
     print(f"{'runs:':<20}{runs_summary(job.attempt, job.failures, job.max_attempts, job.status)}")
     if data.get("invalid_fields"):  # another program's values, shown as stored
         print(f"{'invalid fields:':<20}{json.dumps(data['invalid_fields'], default=str)}")
@@ -144,9 +146,10 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         for line in lines:
             fields = line.get("fields")
             extra = f"  {json.dumps(fields, default=str, ensure_ascii=False)}" if fields else ""
+            level = one_line(line.get("level") or "")
             print(
-                f"  run {line.get('run')}  {shown_time(line.get('at'))}  {line.get('level', ''):<8}"
-                f"{line.get('message')}{extra}"
+                f"  run {line.get('run')}  {shown_time(line.get('at'))}  {level:<8}"
+                f"{one_line(line.get('message'))}{extra}"
             )
     elif data.get("logs"):
         print(f"{'log:':<20}{len(data['logs'])} lines (--logs shows them)")
@@ -155,13 +158,16 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
 def progress_text(progress: Mapping[str, Any]) -> str:
     """ "40% · 4 / 10 · indexing users" """
     parts = []
-    if progress.get("fraction") is not None:
-        parts.append(f"{round(progress['fraction'] * 100)}%")
+    fraction = progress.get("fraction")
+    if isinstance(fraction, int | float) and math.isfinite(fraction):
+        parts.append(f"{round(fraction * 100)}%")
+    elif fraction is not None:  # another program's: shown as it is
+        parts.append(repr(fraction))
     total = progress.get("total")
     parts.append(f"{progress.get('done')}" + (f" / {total}" if total else ""))
     if progress.get("message"):
         parts.append(str(progress["message"]))
-    return " · ".join(parts)
+    return one_line(" · ".join(parts))
 
 
 async def jobs_list(args: argparse.Namespace) -> int:

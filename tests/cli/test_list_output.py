@@ -128,3 +128,38 @@ async def test_a_job_with_no_recorded_date_shows_a_dash_not_1970(db: Any, mongo_
     assert "1970" not in table.stdout, table.stdout
     (row,) = [line for line in table.stdout.splitlines() if "ext-7" in line]
     assert row.split()[3:5] == ["-", "-"], row  # CREATED, DUE/ENDED
+
+
+async def test_jobs_show_reads_odd_nested_values_another_program_wrote(
+    db: Any, mongo_url: str
+) -> None:
+    """scale.md: reading a document another program wrote (`jobs show` among the readers)
+    "shows the wrong fields ... instead of failing", as the dashboard's job page does.
+    `jobs show` stopped with a traceback on a history entry whose error is a number, a log
+    line whose level is null and a progress whose fraction is text."""
+    import datetime as dt
+
+    url = url_with_db(mongo_url, db.name)
+    now = dt.datetime.now(dt.UTC)
+    base = {
+        "name": "import",
+        "status": "errored",
+        "payload": {},
+        "created_at": now,
+        "updated_at": now,
+        "scheduled_for": now,
+        "attempt": 1,
+        "failures": 1,
+        "max_attempts": 1,
+        "output": {"result": None, "error": "boom", "duration_ms": 5},
+    }
+    odd = {
+        "history": ([{"attempt": 1, "status": "errored", "error": 500}], "500"),
+        "logs": ([{"at": now, "run": 1, "level": None, "message": "started"}], "started"),
+        "progress": ({"done": 5, "total": 10, "fraction": "0.5"}, "'0.5' · 5 / 10"),
+    }
+    for field, (value, said) in odd.items():
+        oid = (await db["job_processor_jobs"].insert_one(base | {field: value})).inserted_id
+        shown = await cli(url, "jobs", "show", str(oid), "--logs")
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, (field, shown.stderr)
+        assert said in shown.stdout, (field, shown.stdout)

@@ -109,3 +109,29 @@ async def test_a_newline_in_a_name_another_program_wrote_cannot_forge_a_row(
     rows = listed.stdout.splitlines()
     assert len(rows) == 2, rows  # the header and the one job
     assert str(inserted) in rows[1] and "send\\u000a6b16" in rows[1]
+
+
+async def test_a_line_break_in_a_log_line_or_progress_message_cannot_forge_a_line_of_jobs_show(
+    db: Any, mongo_url: str
+) -> None:
+    """`jobs show` prints a job's error indented line by line and a table cell's line break as
+    its escape; a progress message or a log line holding a line break was printed as it is:
+    its second line read as a field of the job (a `result:` the job does not have)."""
+
+    async def h(job: Job, signal: AbortSignal) -> None:
+        job.log("fetched page\nstatus:             errored")
+        await job.report_progress(1, 2, "page 1\nresult:             42")
+
+    processor = await init_job_processor(db, jobs={"h": JobDef(handler=h)}, **FAST)
+    async with processor:
+        job = await processor.schedule_job("h", {})
+        await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    shown = await run_cli("jobs", "show", job.id, "--logs", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert not any(line.startswith("result:") for line in lines), shown.stdout  # none: None
+    assert [line for line in lines if line.startswith("status:")] == [
+        "status:             finished"
+    ], shown.stdout
+    assert "page 1\\u000aresult:" in shown.stdout  # shown, on its line
