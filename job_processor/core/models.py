@@ -106,6 +106,10 @@ def _derive_missing(doc: dict[str, Any]) -> None:
     doc.setdefault("status", "pending" if doc.get("claim_name") else None)
 
 
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
+
+
 PayloadT = TypeVar("PayloadT", default=dict[str, Any])
 
 #: The key a payload that is not a document is shown under (`{NOT_A_DOCUMENT: [...]}`).
@@ -373,8 +377,21 @@ class Job(BaseModel, Generic[PayloadT]):
                 "checkpoint() is only available inside a running handler; in a unit test, "
                 "build the job with job_processor.testing.JobHarness"
             )
-        await self._checkpointer(state)
+        await self._on_worker_loop(self._checkpointer(state))
         self.state = dict(state)
+
+    async def _on_worker_loop(self, call: Awaitable[Any]) -> Any:
+        """`call` awaited on the worker's event loop, where its database client lives, even
+        from another loop (an `asyncio.run()` in a plain def handler's thread), which cannot
+        use that client."""
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await call
+        if loop.is_closed() or not loop.is_running():  # the worker stopped: the run is over
+            if inspect.iscoroutine(call):
+                call.close()  # never started: not reported as forgotten
+            raise JobLostError(_LOOP_GONE)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(call), loop))
 
     @_async_method
     def report_progress(
@@ -393,7 +410,7 @@ class Job(BaseModel, Generic[PayloadT]):
                 "report_progress() is only available inside a running handler; in a unit test, "
                 "build the job with job_processor.testing.JobHarness"
             )
-        self.progress = await self._notes.progress(done, total, message)
+        self.progress = await self._on_worker_loop(self._notes.progress(done, total, message))
 
     def log(self, message: Any, /, **fields: Any) -> None:
         """Add a line to the job's own log (kept on the job: the last 200 lines, each at most
@@ -425,7 +442,7 @@ class Job(BaseModel, Generic[PayloadT]):
                 "job.dependencies() is only available inside a running handler; elsewhere, "
                 "read them with await processor.get_jobs(job.after)"
             )
-        return await self._processor.get_jobs(self.after)
+        return list(await self._on_worker_loop(self._processor.get_jobs(self.after)))
 
     @property
     def processor(self) -> Processor:

@@ -634,3 +634,31 @@ async def test_a_progress_count_too_large_for_a_float_is_an_invalid_argument(db:
         done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
     assert done.status == S.FINISHED, done.error
     assert [type(e) for e in seen] == [InvalidArgumentError, InvalidArgumentError], seen
+
+
+@pytest.mark.parametrize("reports", [1, 2])
+async def test_progress_a_checkpoint_and_dependencies_awaited_on_the_handlers_own_loop(
+    db: Any, reports: int
+) -> None:
+    """A plain def handler that runs its own async code (`asyncio.run(...)` on its thread) and
+    awaits `job.report_progress` there: the write ran on that loop, which cannot use the
+    worker's client: one report was lost silently, two made the handler's success an
+    "internal error: RuntimeError: Event loop is closed". They now run on the worker's loop."""
+
+    def handler(job: Job, signal: AbortSignal) -> str:
+        async def main() -> None:
+            await job.report_progress(1, 2, "first")
+            if reports == 2:
+                await asyncio.sleep(0)  # the coalesced write starts
+                await job.report_progress(2, 2, "second")
+            await job.checkpoint({"page": reports})
+            assert await job.dependencies() == []
+
+        asyncio.run(main())
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=handler)})
+    done = await p.run_job("h")
+    assert (done.status, done.error, done.result) == (S.FINISHED, None, "ok")
+    assert done.progress is not None and done.progress["done"] == reports, done.progress
+    assert done.state == {"page": reports}
