@@ -15,6 +15,7 @@ The job keeps the last `LOG_LIMIT` lines (`$push` with `$slice`), across its run
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import logging
 import math
@@ -124,6 +125,7 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
     """`{done, total, fraction, message, at}`; `fraction` is done / total (None without a
     total; 1 for a total of 0: nothing to do), at most 1; a message over MESSAGE_CHARS is cut
     to them, ending in "…", with `cut: True`."""
+    done, total = _from_decimal(done), _from_decimal(total)
     if not _number(done) or done < 0:
         raise ValueError(
             "report_progress: done must be a finite number >= 0 (an integer within 64 bits, "
@@ -163,9 +165,20 @@ def _level_of_name(name: str) -> str:
     if folded in _LEVEL_ALIASES:
         return _LEVEL_ALIASES[folded]
     number = logging.getLevelName(name)  # a registered name gives its number
+    if not isinstance(number, int):  # in any case: "alert" for addLevelName(35, "ALERT")
+        registered = {k.lower(): v for k, v in logging.getLevelNamesMapping().items()}
+        number = registered.get(folded)
     if isinstance(number, int):
         return _LEVEL_NAMES.get(number // 10 * 10, "critical" if number > 50 else "debug")
     return "info"
+
+
+def _from_decimal(value: Any) -> Any:
+    """A finite Decimal (amounts in billing code) as the int or float it is: it is no
+    `numbers.Real` (it does not mix with floats), and BSON stores neither as such."""
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
 
 
 def _number(value: Any) -> bool:

@@ -224,3 +224,31 @@ def test_a_total_whose_float_is_zero_reads_as_nothing_to_do_not_a_zero_division(
     with an error naming neither the call nor the argument. What is stored, 0.0, reads as done."""
     progress = progress_of(1, Fraction(1, 10**400), None, NOW)
     assert progress["total"] == 0.0 and progress["fraction"] == 1.0
+
+
+async def test_a_custom_stdlib_level_name_is_read_in_any_case() -> None:
+    """guide.md: `log(level, message)` takes a level name in any case, custom stdlib names
+    included. "ALERT" (addLevelName(35, ...)) was a warning, "alert" and "Alert" info."""
+    logging.addLevelName(35, "ALERT")
+
+    async def handler(job: Any, signal: Any) -> None:
+        job.logger.log("ALERT", "upper")
+        job.logger.log("alert", "lower")
+        job.logger.log("Alert", "title")
+
+    harness = JobHarness()
+    await harness.run(handler)
+    assert [x["level"] for x in harness.log_lines] == ["warning", "warning", "warning"]
+
+
+def test_a_decimal_progress_is_stored_as_the_number_it_is() -> None:
+    """guide.md: `done` and `total` are any finite real numbers. Decimal("5") (an amount in
+    billing code) was refused: "done must be a finite number >= 0 ..., got Decimal('5')"."""
+    from decimal import Decimal
+
+    shown = progress_of(Decimal("5"), Decimal("12.5"), None, NOW)
+    assert (shown["done"], shown["total"], shown["fraction"]) == (5, 12.5, 0.4)
+    assert type(shown["done"]) is int and type(shown["total"]) is float
+    for bad in (Decimal("NaN"), Decimal("Infinity"), Decimal("-1")):
+        with pytest.raises(ValueError, match="done must be a finite number"):
+            progress_of(bad, None, None, NOW)
