@@ -169,6 +169,11 @@ def limit_line(limit: dict[str, Any]) -> str:
             f", {limit.get('started_in_window')} of {limit['rate']} starts"
             f" per {limit.get('per_seconds'):g} s"
         )
+    elif "rate" in (limit.get("varies") or ()):  # a folded row of keys of different rates
+        line += f", {limit.get('started_in_window')} starts, each in its key's rate window"
     if limit.get("keys"):
-        line += f" (across {limit['keys']} keys)"
+        differ = "/".join(limit.get("varies") or ())
+        line += f" (across {limit['keys']} keys" + (
+            f", their {differ} settings differ)" if differ else ")"
+        )
     return line

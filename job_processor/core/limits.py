@@ -252,8 +252,8 @@ def top_usage(
     window: a limit a deploy removed), the `most` busiest keys of the per-value limits, and the
     rest of those folded into one row per template (`key` "tenant:{tenant_id} (other keys)",
     a fixed name: a metric label that does not change with the count; `keys`: how many). A
-    folded row adds its keys up: slots running, capacity (concurrency x keys), starts and
-    rate. The number of rows stays bounded."""
+    folded row adds its keys up (`added`), each with its own settings. The number of rows
+    stays bounded."""
     usages = [
         limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
         for d in docs
@@ -270,28 +270,55 @@ def top_usage(
     folded: dict[str, dict[str, Any]] = {}
     for u in values[most:]:
         name = str(u["template"])
-        row = folded.setdefault(
-            name,
-            {
-                "key": name,
-                "running": 0,
-                "concurrency": u["concurrency"],
-                "started_in_window": 0,
-                "rate": u["rate"],
-                "per_seconds": u["per_seconds"],
-                "template": name,
-                "keys": 0,
-            },
-        )
-        row["running"] += u["running"]
-        row["started_in_window"] += u["started_in_window"]
-        row["keys"] += 1
+        row = folded.get(name)
+        folded[name] = u | {"keys": 1, "varies": []} if row is None else added(row, u)
     for row in folded.values():
-        row["key"] = f"{row['key']} (other keys)"
-        for total in ("concurrency", "rate"):  # the capacity of all the keys folded
-            if row[total] is not None:
-                row[total] *= row["keys"]
+        row["key"] = f"{row['template']} (other keys)"
     return static + values[:most] + list(folded.values())
+
+
+def added(a: Doc, b: Doc) -> Doc:
+    """Two rows of limit usage as one (a folded row; keys the metrics mask alike), each key
+    with its own settings (a deploy that changed a per-value limit leaves keys of both):
+    slots running, starts (each key's in its own window) and `keys` add up; `concurrency` is
+    the sum of the keys' (None when one has none: no bound); `rate` the sum of theirs when
+    every key has one over the same window (`per_seconds`), else rate and per_seconds are
+    None; `varies` names the settings ("concurrency", "rate") that differ between the keys."""
+    ka, kb = int(a.get("keys") or 1), int(b.get("keys") or 1)
+    varies = set(a.get("varies") or ()) | set(b.get("varies") or ())
+    if _differ(a.get("concurrency"), ka, b.get("concurrency"), kb):
+        varies.add("concurrency")
+    if a.get("per_seconds") != b.get("per_seconds") or _differ(
+        a.get("rate"), ka, b.get("rate"), kb
+    ):
+        varies.add("rate")
+    one_window = (
+        a.get("rate") is not None
+        and b.get("rate") is not None
+        and a.get("per_seconds") == b.get("per_seconds")
+    )
+    concurrency = (
+        None
+        if a.get("concurrency") is None or b.get("concurrency") is None
+        else a["concurrency"] + b["concurrency"]
+    )
+    return a | {
+        "running": a["running"] + b["running"],
+        "concurrency": concurrency,
+        "started_in_window": a["started_in_window"] + b["started_in_window"],
+        "rate": a["rate"] + b["rate"] if one_window else None,
+        "per_seconds": a["per_seconds"] if one_window else None,
+        "keys": ka + kb,
+        "varies": sorted(varies),
+    }
+
+
+def _differ(x: Any, kx: int, y: Any, ky: int) -> bool:
+    """Whether a setting differs between two rows of `kx` and `ky` keys (`x`, `y`: the sums
+    over their keys, each row's keys alike)."""
+    if x is None or y is None:
+        return (x is None) != (y is None)
+    return bool(x * ky != y * kx)
 
 
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:

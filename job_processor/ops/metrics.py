@@ -43,7 +43,7 @@ from pymongo.errors import PyMongoError
 from ..core import documents as D
 from ..core.clock import Clock, SystemClock, as_utc
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
-from ..core.limits import mask_limit_keys, top_usage
+from ..core.limits import added, mask_limit_keys, top_usage
 from ..core.masking import MASK
 from ..core.sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
 from ..core.status import TERMINAL, JobStatus
@@ -218,26 +218,13 @@ class DatabaseCollector(Collector):
 
 
 def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per key shown: keys masked alike (`acct:••••••` of two IBANs) add up, as a
-    folded row does (one series per label set: a duplicate is invalid exposition)."""
+    """One row per key shown: keys masked alike (`acct:••••••` of two IBANs) add up as a
+    folded row does (`core.limits.added`; one series per label set: a duplicate is invalid
+    exposition)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = str(row["key"])
-        if key not in out:
-            out[key] = dict(row)
-            continue
-        got = out[key]
-        got["keys"] = (got.get("keys") or 1) + (row.get("keys") or 1)
-        got["running"] += row["running"]
-        if got.get("concurrency") is None or row.get("concurrency") is None:
-            got["concurrency"] = None  # one key without a concurrency: no capacity to say
-        else:
-            got["concurrency"] += row["concurrency"]
-        if got.get("rate") is not None and got.get("per_seconds") == row.get("per_seconds"):
-            got["rate"] += row["rate"]
-            got["started_in_window"] += row["started_in_window"]
-        else:  # no rate, or windows of different lengths: no one figure says it
-            got["rate"] = got["per_seconds"] = None
+        out[key] = dict(row) if key not in out else added(out[key], row)
     return list(out.values())
 
 

@@ -240,3 +240,10 @@ def test_status_shows_a_limits_starts_in_its_rate_window() -> None:
     assert limit_line(rate_only) == "limit partner-api: 0 of - running, 3 of 10 starts per 60 s"
     folded = {"key": "tenant:{t} (other keys)", "running": 5, "concurrency": 10, "keys": 5}
     assert limit_line(folded) == "limit tenant:{t} (other keys): 5 of 10 running (across 5 keys)"
+    # keys of two deploys (4 per key, 10 per 60 s; 2 per key, 100 per 1 s): no one window
+    mixed = folded | {"concurrency": 6, "keys": 2, "started_in_window": 2, "rate": None}
+    mixed |= {"per_seconds": None, "varies": ["concurrency", "rate"]}
+    assert limit_line(mixed) == (
+        "limit tenant:{t} (other keys): 5 of 6 running, 2 starts, each in its key's rate"
+        " window (across 2 keys, their concurrency/rate settings differ)"
+    )

@@ -70,6 +70,40 @@ def test_many_keys_are_shown_as_the_busiest_and_the_rest_folded() -> None:
     assert folded["running"] <= folded["concurrency"]
 
 
+def test_a_folded_row_sums_the_capacity_of_keys_written_under_two_deploys() -> None:
+    """scale.md: a folded row's capacity and rate are the sums over its keys. It took the
+    first key's settings times the key count: after a deploy that changed a per-tenant limit
+    (4 per key, 10 per 60 s, then 2 per key, 100 per 1 s), a capacity of 8 for 6, and a rate
+    of 20 per 60 s over starts counted in two windows."""
+    old = Limit(key="tenant:{t}", concurrency=4, rate=10, per_seconds=60)
+    new = Limit(key="tenant:{t}", concurrency=2, rate=100, per_seconds=1)
+    docs = []
+    for i in range(20):  # the 20 busiest keys, shown one by one
+        key = new.key_for({"t": f"busy{i:02d}"})
+        update = taken({}, new.for_key(key), ["r1", "r2"], "w", NOW, template=new.key)
+        docs.append({"_id": key, "running": 2} | update["$set"])
+    for t, limit in (("a-old", old), ("b-new", new)):  # folded: one key of each deploy
+        key = limit.key_for({"t": t})
+        update = taken({}, limit.for_key(key), ["r"], "w", NOW, template=limit.key)
+        docs.append({"_id": key, "running": 1} | update["$set"])
+    folded = top_usage(docs, NOW)[-1]
+    assert folded["key"] == "tenant:{t} (other keys)" and folded["keys"] == 2
+    assert folded["running"] == 2 and folded["started_in_window"] == 2
+    assert folded["concurrency"] == 4 + 2, folded
+    assert folded["rate"] is None and folded["per_seconds"] is None, folded  # no one window
+    assert folded["varies"] == ["concurrency", "rate"], folded
+    # the same window: the rates add up; a key without a concurrency: no capacity to say
+    same = Limit(key="tenant:{t}", rate=7, per_seconds=1)
+    key = same.key_for({"t": "c-same"})
+    update = taken({}, same.for_key(key), ["r"], "w", NOW, template=same.key)
+    docs = [d for d in docs if d["_id"] != "tenant:a-old"] + [
+        {"_id": key, "running": 1} | update["$set"]
+    ]
+    folded = top_usage(docs, NOW)[-1]
+    assert (folded["concurrency"], folded["rate"], folded["per_seconds"]) == (None, 107, 1)
+    assert folded["varies"] == ["concurrency", "rate"], folded
+
+
 @pytest.mark.parametrize("field", ["concurrency", "rate"])
 def test_a_limit_mongodb_cannot_store_is_refused_when_defined(field: str) -> None:
     """A concurrency or rate past BSON's 64-bit integers was accepted: a static limit made

@@ -21,6 +21,7 @@ from job_processor import (
     init_job_processor,
 )
 from job_processor.core.definitions import Limit
+from job_processor.core.limits import created
 from job_processor.dashboard import create_dashboard
 from job_processor.events.webhooks import generate_secret
 from tests.helpers import FAST, wait_status
@@ -189,6 +190,29 @@ async def test_the_folded_row_of_a_per_tenant_limit_states_the_per_key_limit(db:
     # Each of those keys allows at most 2 runs and 3 starts per minute: the page must say so.
     assert "across 5 quieter keys, each at most 2" in folded[0], folded[0]
     assert "each key at most 3 per minute" in folded[0], folded[0]
+
+
+async def test_the_folded_row_of_keys_with_different_settings_says_their_sum(db: Any) -> None:
+    """After a deploy that changed a per-tenant limit (2 per key, 3 per minute, then 4 per key,
+    10 per second), the folded row said "each at most" the first key's settings times the
+    count divided back: its capacity is the sum, and no one rate window holds."""
+    old = Limit(key="tenant:{t}", concurrency=2, rate=3, per_seconds=60)
+    new = Limit(key="tenant:{t}", concurrency=4, rate=10, per_seconds=1)
+    p = await init_job_processor(db, jobs={"sync": JobDef(handler=noop, limit=new)}, **FAST)
+    now = p.clock.now()
+    docs = [
+        created(new.key_for({"t": f"busy{i:02d}"}), new, ["r1", "r2"], "w", now, new.key)
+        for i in range(20)
+    ]
+    docs += [created(old.key_for({"t": "a-old"}), old, ["r"], "w", now, old.key)]
+    docs += [created(new.key_for({"t": "b-new"}), new, ["r"], "w", now, new.key)]
+    await db["job_processor_limits"].insert_many(docs)
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = (await c.get("/")).text
+    [folded] = [text(r) for r in rows(page, "limits") if "(other keys)" in r]
+    assert "across 2 quieter keys, at most 6 in all (their limits differ)" in folded, folded
+    assert "2 starts, each in its key's window" in folded, folded
+    assert "each at most" not in folded and "no rate limit" not in folded, folded
 
 
 async def with_a_subscriber(db: Any) -> Any:

@@ -289,3 +289,41 @@ def test_merged_masked_limit_keys_do_not_depend_on_order_nor_mix_windows() -> No
     for rows in (masked, masked[::-1]):  # whatever order the database listed them in
         (row,) = _merged([dict(r) for r in rows])
         assert (row["running"], row["concurrency"], row["rate"], row["keys"]) == (4, None, None, 2)
+
+
+def _limit_samples(rows: list[dict[str, Any]]) -> dict[Any, float]:
+    """The job_processor_limit_* samples of these rows, as a scrape shows them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from job_processor.ops.metrics import _limit_families
+
+    class Rows:
+        def collect(self) -> Any:
+            return _limit_families(rows)
+
+    registry = CollectorRegistry()
+    registry.register(Rows())  # type: ignore[arg-type]
+    return samples(generate_latest(registry).decode())
+
+
+def test_a_folded_row_of_keys_of_two_deploys_exports_their_sums_and_no_mixed_rate() -> None:
+    """A folded row's capacity was its first key's concurrency times the count (8 for keys
+    of 4 and 2), and its rate 20 per 60 s for keys of 10 per 60 s and 100 per 1 s."""
+    from job_processor.core.limits import created, top_usage
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    old = Limit(key="tenant:{t}", concurrency=4, rate=10, per_seconds=60)
+    new = Limit(key="tenant:{t}", concurrency=2, rate=100, per_seconds=1)
+    docs = [
+        created(new.key_for({"t": f"busy{i:02d}"}), new, ["r1", "r2"], "w", now, new.key)
+        for i in range(20)
+    ]
+    docs += [created(old.key_for({"t": "a-old"}), old, ["r"], "w", now, old.key)]
+    docs += [created(new.key_for({"t": "b-new"}), new, ["r"], "w", now, new.key)]
+    got = _limit_samples(top_usage(docs, now))
+    folded = (("key", "tenant:{t} (other keys)"),)
+    assert got[("job_processor_limit_capacity", folded)] == 6
+    assert got[("job_processor_limit_running", folded)] == 2
+    assert got[("job_processor_limit_keys", folded)] == 2
+    assert ("job_processor_limit_rate", folded) not in got
+    assert ("job_processor_limit_started_in_window", folded) not in got

@@ -158,8 +158,9 @@ class Overview(BaseModel):
     """Names of waiting jobs that no worker defines -> how many wait."""
     warnings: list[str] = []
     limits: list[dict[str, Any]] = []
-    """Cluster-wide limits (`status.limit_usage`): key, running, concurrency,
-    started_in_window, rate, per_seconds."""
+    """Cluster-wide limits (`core.limits.top_usage`): key, running, concurrency,
+    started_in_window, rate, per_seconds; a per-value key's template; a folded row's keys
+    and varies."""
 
 
 class AuditEntry(BaseModel):
