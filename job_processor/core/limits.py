@@ -27,7 +27,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from .definitions import JobDef, Limit, key_separators
+from .definitions import JobDef, Limit, key_fields, key_separators
 from .errors import InvalidDefinitionError
 
 Doc = dict[str, Any]
@@ -249,11 +249,12 @@ def top_usage(
 ) -> list[dict[str, Any]]:
     """The limits in use for people and metrics: every static limit (`defined`: the keys the
     registered definitions name; another key shows only while it has runs or starts in its
-    window: a limit a deploy removed), the `most` busiest keys of the per-value limits, and the
-    rest of those folded into one row per template (`key` "tenant:{tenant_id} (other keys)",
-    a fixed name: a metric label that does not change with the count; `keys`: how many). A
-    folded row adds its keys up (`added`), each with its own settings. The number of rows
-    stays bounded."""
+    window: a limit a deploy removed; a key named as it is shows as a static limit, even on a
+    document a per-value limit filled to it), the `most` busiest keys of the per-value
+    limits, and the rest of those folded into one row per template (`key` "tenant:{tenant_id}
+    (other keys)", a fixed name: a metric label that does not change with the count; `keys`:
+    how many). A folded row adds its keys up (`added`), each with its own settings. The
+    number of rows stays bounded."""
     usages = [
         limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
         for d in docs
@@ -265,6 +266,12 @@ def top_usage(
             if u.get("template") or u["key"] in defined or u["running"] or u["started_in_window"]
         ]
     usages.sort(key=lambda u: (-u["running"], -u["started_in_window"], str(u["key"])))
+    # a key a definition names as it is is a static limit, and always shown as one, even
+    # on a document a per-value limit of the same key made (`api:acme` and `api:{tenant}`)
+    named = {k for k in defined or () if not _templated(k)}
+    for u in usages:
+        if u["key"] in named:
+            u.pop("template", None)
     static = [u for u in usages if not u.get("template")]
     values = [u for u in usages if u.get("template")]
     folded: dict[str, dict[str, Any]] = {}
@@ -275,6 +282,13 @@ def top_usage(
     for row in folded.values():
         row["key"] = f"{row['template']} (other keys)"
     return static + values[:most] + list(folded.values())
+
+
+def _templated(key: str) -> bool:
+    try:
+        return bool(key_fields(key))
+    except ValueError:  # not a key a Limit accepts: no placeholder to fill
+        return False
 
 
 def added(a: Doc, b: Doc) -> Doc:

@@ -5,11 +5,15 @@ fix)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core.definitions import Limit
-from tests.helpers import make, wait_status
+from job_processor.ops import metrics
+from job_processor.ops.admin import Admin
+from tests.helpers import make, wait_for, wait_status
+from tests.ops.test_metrics import samples
 
 S = JobStatus
 
@@ -48,3 +52,40 @@ async def test_a_static_limit_is_shown_before_its_first_use(db: Any) -> None:
         shown = (await processor.get_status()).limits
     assert [u["key"] for u in shown] == ["mail-provider"], shown
     assert shown[0]["concurrency"] == 5 and shown[0]["running"] == 0, shown
+
+
+async def test_a_static_limit_sharing_a_per_tenant_key_is_still_shown(db: Any) -> None:
+    """scale.md: every static limit is shown. `api:acme` beside `api:{tenant}` is one
+    document; once a template job took a slot there it carried the template, and was folded
+    into "api:{tenant} (other keys)" behind 20 busier tenants: gone from status and metrics."""
+    release = asyncio.Event()
+
+    async def held(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    jobs: dict[str, Any] = {
+        "send": JobDef(handler=held, limit=Limit(key="api:{tenant}", concurrency=2)),
+        "send-acme": JobDef(handler=quick, limit=Limit(key="api:acme", concurrency=2)),
+    }
+    processor = await make(db, jobs, concurrency=41)
+    m = metrics.enable(processor)
+    async with processor:
+        acme = await processor.schedule_job("send", {"tenant": "acme"})
+        await wait_status(processor, acme.id, S.RUNNING)  # api:acme now holds its template
+        busy = [
+            await processor.schedule_job("send", {"tenant": f"busy{i:02d}"})
+            for i in range(20)
+            for _ in range(2)
+        ]
+        for job in busy:
+            await wait_status(processor, job.id, S.RUNNING)
+        shown = {u["key"]: u for u in (await processor.get_status()).limits}
+        got = samples((await metrics.render(m)).decode())
+        overview = [u["key"] for u in (await Admin(db).overview()).limits]  # CLI, dashboard
+        release.set()
+        await wait_for(lambda: not processor.worker.runs)
+    assert "api:acme" in shown, shown
+    assert (shown["api:acme"]["running"], shown["api:acme"]["concurrency"]) == (1, 2)
+    assert "api:{tenant} (other keys)" not in shown, shown  # 20 tenants: none folded
+    assert "api:acme" in overview, overview
+    assert got[("job_processor_limit_capacity", (("key", "api:acme"),))] == 2
