@@ -136,7 +136,9 @@ def key_separators(key: str) -> str:
     """The characters a filled value of this limit key has escaped (a backslash before each):
     those of the text between its placeholders, and the backslash; none for a key of one
     placeholder. So two value pairs never fill one key: in `pair:{region}-{tenant}`,
-    ("eu-1", "acme") gives `pair:eu\\-1-acme` and ("eu", "1-acme") `pair:eu-1\\-acme`."""
+    ("eu-1", "acme") gives `pair:eu\\-1-acme` and ("eu", "1-acme") `pair:eu-1\\-acme`. (`Limit`
+    refuses a backslash between placeholders: then every backslash there opens an escape,
+    and the unescaped separators are the texts between placeholders, each between two values.)"""
     parts = list(string.Formatter().parse(key))
     placed = [i for i, (_, f, _, _) in enumerate(parts) if f]
     if len(placed) < 2:
@@ -215,6 +217,14 @@ class Limit(Checked):
                     f"key {v!r}: placeholders {{{before}}} and {{{f}}} need text between "
                     f"them, e.g. '{{{before}}}:{{{f}}}'"
                 )
+        placed = [i for i, (f, _, _) in enumerate(parsed) if f]
+        parts = list(string.Formatter().parse(v))
+        if len(placed) > 1 and any("\\" in parts[i][0] for i in placed[1:]):
+            raise ValueError(
+                f"key {v!r}: a backslash between placeholders cannot be told from the "
+                f"escape of a value's separators (two value pairs would fill one key): "
+                f"use another separator, e.g. {v.replace(chr(92), '/')!r}"
+            )
         for f, spec, conv in parsed:
             if f is None:
                 continue

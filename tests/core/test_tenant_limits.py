@@ -323,6 +323,26 @@ def test_two_value_pairs_never_fill_one_key() -> None:
         Limit(key="pair:{a}{b}", concurrency=1)
 
 
+@pytest.mark.parametrize("key", ["share:{host}\\{share}", "p:{a}\\-{b}", "t:{a}-{b}:x\\{c}"])
+def test_a_backslash_between_placeholders_is_refused(key: str) -> None:
+    """scale.md: two value pairs never fill one key. A backslash in the text between two
+    placeholders reads as the escape of a value's separators: `share:{host}\\{share}` gave
+    one key for ("-", "\\-") and ("-\\", "-"), `p:{a}\\-{b}` for ("-", "--") and ("--", "-")."""
+    with pytest.raises(ValueError, match=r"field 'key': .*a backslash between placeholders") as err:
+        Limit(key=key, concurrency=1)
+    fixed = key.replace("\\", "/")
+    assert repr(fixed) in str(err.value), err.value  # the fix, spelled out
+    limit = Limit(key=fixed, concurrency=1)
+    a, b = limit.fields[:2]
+    rest = dict.fromkeys(limit.fields[2:], "x")
+    pairs = [("-", "\\-"), ("-\\", "-"), ("-", "--"), ("--", "-"), ("-/", "-"), ("-", "/-")]
+    assert len({limit.key_for({a: x, b: y} | rest) for x, y in pairs}) == len(pairs)
+    # before the first placeholder or after the last, a backslash is fixed text: kept
+    assert Limit(key="a\\b:{x}:{y}\\z", concurrency=1).key_for({"x": "1", "y": "2"}) == (
+        "a\\b:1:2\\z"
+    )
+
+
 def test_keys_whose_escaped_fills_cannot_meet_are_not_refused() -> None:
     """A value's separators come escaped in a key of several placeholders: after `sync:`,
     `{tenant}-{region}` always has one unescaped '-', `{tenant}-{region}-{shard}` two; they
