@@ -218,52 +218,56 @@ class DatabaseCollector(Collector):
 
 
 def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per key shown: keys masked alike (`acct:••••••` of two IBANs) add up as a
-    folded row does (`core.limits.added`; one series per label set: a duplicate is invalid
-    exposition)."""
-    out: dict[str, dict[str, Any]] = {}
+    """One row per series (key and template) shown: keys of one template masked alike
+    (`acct:••••••` of two IBANs) add up as a folded row does (`core.limits.added`; a
+    duplicate series is invalid exposition)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        key = str(row["key"])
-        out[key] = dict(row) if key not in out else added(out[key], row)
+        series = (str(row["key"]), str(row.get("template") or ""))
+        out[series] = dict(row) if series not in out else added(out[series], row)
     return list(out.values())
 
 
 def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The job_processor_limit_* families: labels `key`, and `template`, the per-value
+    limit's key it was filled from ("" for a static limit), so that a sum by template stays
+    one series while its busiest keys come and go."""
+    labels = ["key", "template"]
     running = GaugeMetricFamily(
         "job_processor_limit_running",
         "Slots of each cluster-wide limit held by running jobs (every worker)",
-        labels=["key"],
+        labels=labels,
     )
     capacity = GaugeMetricFamily(
         "job_processor_limit_capacity",
         "The concurrency of each cluster-wide limit that has one",
-        labels=["key"],
+        labels=labels,
     )
     started = GaugeMetricFamily(
         "job_processor_limit_started_in_window",
         "Starts within the rate window of each cluster-wide limit that has a rate",
-        labels=["key"],
+        labels=labels,
     )
     rate = GaugeMetricFamily(
         "job_processor_limit_rate",
         "Starts allowed per window (its length is the limit's per_seconds)",
-        labels=["key"],
+        labels=labels,
     )
     keys = GaugeMetricFamily(
         "job_processor_limit_keys",
         "How many keys of a per-value limit a folded row ('... (other keys)') adds up",
-        labels=["key"],
+        labels=labels,
     )
-    for usage in sorted(limits, key=lambda u: str(u["key"])):
-        key = str(usage["key"])
-        running.add_metric([key], usage["running"])
+    for usage in sorted(limits, key=lambda u: (str(u["key"]), str(u.get("template") or ""))):
+        series = [str(usage["key"]), str(usage.get("template") or "")]
+        running.add_metric(series, usage["running"])
         if usage.get("keys"):
-            keys.add_metric([key], usage["keys"])
+            keys.add_metric(series, usage["keys"])
         if usage.get("concurrency") is not None:
-            capacity.add_metric([key], usage["concurrency"])
+            capacity.add_metric(series, usage["concurrency"])
         if usage.get("rate") is not None and usage.get("per_seconds"):
-            started.add_metric([key], usage["started_in_window"])
-            rate.add_metric([key], usage["rate"])
+            started.add_metric(series, usage["started_in_window"])
+            rate.add_metric(series, usage["rate"])
     yield running
     yield capacity
     yield started

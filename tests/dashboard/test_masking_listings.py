@@ -169,7 +169,9 @@ async def test_a_limit_key_filled_from_a_dashboard_sensitive_field_is_not_shown(
     texts["metrics"] = metrics.text
     assert [n for n, t in texts.items() if iban in t] == []
     assert "acct:••••••" in api_overview  # the limit is still listed, its value masked
-    assert 'job_processor_limit_running{key="acct:••••••"} 1.0' in metrics.text
+    assert (
+        'job_processor_limit_running{key="acct:••••••",template="acct:{iban}"} 1.0' in metrics.text
+    )
 
 
 async def holding(db: Any, jobs: dict[str, Any], **options: Any) -> Any:
@@ -371,6 +373,10 @@ async def test_the_dashboards_metrics_keep_one_series_per_label_when_two_masked_
     ]
     duplicates = sorted({s for s in samples if samples.count(s) > 1})
     assert duplicates == [], duplicates
-    assert 'job_processor_limit_running{key="acct:••••••"} 2.0' in metrics.text
-    assert 'job_processor_limit_capacity{key="acct:••••••"} 2.0' in metrics.text
-    assert 'job_processor_limit_keys{key="acct:••••••"} 2.0' in metrics.text
+    assert (
+        'job_processor_limit_running{key="acct:••••••",template="acct:{iban}"} 2.0' in metrics.text
+    )
+    assert (
+        'job_processor_limit_capacity{key="acct:••••••",template="acct:{iban}"} 2.0' in metrics.text
+    )
+    assert 'job_processor_limit_keys{key="acct:••••••",template="acct:{iban}"} 2.0' in metrics.text

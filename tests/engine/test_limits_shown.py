@@ -88,4 +88,4 @@ async def test_a_static_limit_sharing_a_per_tenant_key_is_still_shown(db: Any) -
     assert (shown["api:acme"]["running"], shown["api:acme"]["concurrency"]) == (1, 2)
     assert "api:{tenant} (other keys)" not in shown, shown  # 20 tenants: none folded
     assert "api:acme" in overview, overview
-    assert got[("job_processor_limit_capacity", (("key", "api:acme"),))] == 2
+    assert got[("job_processor_limit_capacity", (("key", "api:acme"), ("template", "")))] == 2

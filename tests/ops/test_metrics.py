@@ -260,9 +260,10 @@ async def test_the_missed_slots_of_a_long_downtime_are_counted_as_recorded(db: A
 
 
 def test_merged_masked_limit_keys_do_not_depend_on_order_nor_mix_windows() -> None:
-    """Two templates masked alike (`pay:{iban}`, `pay:{card}`) meet in one row: its capacity
-    was the first row's when the other had none (order-dependent), and rates over different
-    windows (1 per 60 s, 100 per 1 s) were added under one window (101)."""
+    """Keys masked alike meet in one row: its capacity was the first row's when the other had
+    none (order-dependent), and rates over different windows (1 per 60 s, 100 per 1 s) were
+    added under one window (101). Two templates (`pay:{iban}`, `pay:{card}`) stay two series
+    (their `template` labels differ); two keys of one template, each of its own deploy, meet."""
     from job_processor.core.limits import mask_limit_keys
     from job_processor.ops.metrics import _merged
 
@@ -286,6 +287,12 @@ def test_merged_masked_limit_keys_do_not_depend_on_order_nor_mix_windows() -> No
     }
     masked = mask_limit_keys([a, b], lambda f: f in {"iban", "card"}, "••••••")
     assert {r["key"] for r in masked} == {"pay:••••••"}
+    assert sorted(r["template"] for r in _merged([dict(r) for r in masked])) == [
+        "pay:{card}",
+        "pay:{iban}",
+    ]
+    b["template"] = "pay:{iban}"  # the same template under another deploy's settings
+    masked = mask_limit_keys([a, b], lambda f: f == "iban", "••••••")
     for rows in (masked, masked[::-1]):  # whatever order the database listed them in
         (row,) = _merged([dict(r) for r in rows])
         assert (row["running"], row["concurrency"], row["rate"], row["keys"]) == (4, None, None, 2)
@@ -321,9 +328,54 @@ def test_a_folded_row_of_keys_of_two_deploys_exports_their_sums_and_no_mixed_rat
     docs += [created(old.key_for({"t": "a-old"}), old, ["r"], "w", now, old.key)]
     docs += [created(new.key_for({"t": "b-new"}), new, ["r"], "w", now, new.key)]
     got = _limit_samples(top_usage(docs, now))
-    folded = (("key", "tenant:{t} (other keys)"),)
+    folded = (("key", "tenant:{t} (other keys)"), ("template", "tenant:{t}"))
     assert got[("job_processor_limit_capacity", folded)] == 6
     assert got[("job_processor_limit_running", folded)] == 2
     assert got[("job_processor_limit_keys", folded)] == 2
     assert ("job_processor_limit_rate", folded) not in got
     assert ("job_processor_limit_started_in_window", folded) not in got
+
+
+async def test_limit_series_carry_their_template_for_a_stable_sum(db: Any) -> None:
+    """scale.md advises graphing the sum by template, but the series had only a `key`
+    label. Each has `template` now: the per-value limit's key, "" for a static one (every
+    sample of a family with the same label names)."""
+    release = asyncio.Event()
+
+    async def held(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    jobs: dict[str, Any] = {
+        "send": JobDef(handler=held, limit=Limit(key="mail", concurrency=2)),
+        "sync": JobDef(handler=held, limit=Limit(key="tenant:{t}", concurrency=1)),
+    }
+    processor = await make(db, jobs, concurrency=4)
+    m = metrics.enable(processor)
+    async with processor:
+        running = [
+            await processor.schedule_job("send", {}),
+            *[await processor.schedule_job("sync", {"t": t}) for t in ("acme", "globex")],
+        ]
+        for job in running:
+            await wait_status(processor, job.id, JobStatus.RUNNING)
+        text = (await metrics.render(m)).decode()
+        release.set()
+        await wait_for(lambda: not processor.worker.runs)
+    families = [
+        f for f in text_string_to_metric_families(text) if f.name.startswith("job_processor_limit_")
+    ]
+    assert {f.name for f in families} >= {
+        "job_processor_limit_running",
+        "job_processor_limit_capacity",
+    }
+    for family in families:
+        assert all(set(s.labels) == {"key", "template"} for s in family.samples), family
+    got = samples(text)
+    running_series = {
+        labels: v for (n, labels), v in got.items() if n == "job_processor_limit_running"
+    }
+    assert running_series == {
+        (("key", "mail"), ("template", "")): 1,
+        (("key", "tenant:acme"), ("template", "tenant:{t}")): 1,
+        (("key", "tenant:globex"), ("template", "tenant:{t}")): 1,
+    }
