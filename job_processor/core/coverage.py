@@ -97,9 +97,16 @@ def coverage(
 ) -> Coverage:
     """`known`: name -> what is known of its definition (registry document fields: kind, tag,
     last_seen; may be partial). `counts`: name -> status -> jobs. `due`: name -> jobs due now
-    (claimable), for the paused names: a pause holds those; jobs scheduled later are only
-    counted beside them (without `due`, every waiting job is taken as due)."""
+    (claimable), every name that has some: a pause holds those, jobs scheduled later are only
+    counted beside them (without `due`, every waiting job is taken as due); and a name's
+    queued jobs are at least its due ones (a job another program inserted has no status until
+    its first claim, docs/scale.md: no count by status holds it)."""
     out = Coverage()
+
+    def queued_of(name: str) -> int:
+        waiting = _waiting(counts.get(name, {}))
+        return max(waiting, due.get(name, 0)) if due is not None else waiting
+
     live = []
     for w in live_workers:
         if not w.get("crashed"):
@@ -121,7 +128,7 @@ def coverage(
         if out.served_by[name]:
             continue
         info = known[name]
-        waiting = _waiting(counts.get(name, {}))
+        waiting = queued_of(name)
         delivery = is_delivery(name, info)
         if delivery and not waiting:
             continue  # built in (or made by emit): worth a word only while deliveries wait
@@ -156,8 +163,8 @@ def coverage(
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
         out.warnings.append(f"{kind} {name!r}{tagged}: no live worker can run it{queued}; {fix}")
-    for name in sorted(counts):
-        waiting = _waiting(counts[name])
+    for name in sorted(set(counts) | set(due or {})):
+        waiting = queued_of(name)
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
             listed = f"job-processor jobs list --name {shlex.quote(name)}"
@@ -167,7 +174,7 @@ def coverage(
                 f"{listed}; then job-processor jobs kill ID...)"
             )
     for name in sorted(paused):
-        waiting = _waiting(counts.get(name, {}))
+        waiting = queued_of(name)
         held = min(waiting, due.get(name, 0)) if due is not None else waiting
         if held:
             later = waiting - held

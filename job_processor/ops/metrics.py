@@ -131,14 +131,13 @@ class DatabaseCollector(Collector):
         defined = await self.storage.definitions.limit_keys()
         usage = top_usage(await self.storage.limits.all(), now, defined)
         snap.limits = _merged(mask_limit_keys(usage, self.sensitive, MASK))  # no IBAN shown
-        waiting: set[str] = set()
         for status in (S.WAITING, S.PENDING, S.PAUSED, S.RUNNING, *sorted(TERMINAL)):
             for name, n in (await self.storage.jobs.counts_by_name(status)).items():
                 snap.jobs[(name, status.value)] = n
-                if status in (S.PENDING, S.PAUSED):
-                    waiting.add(name)
         now_ms = D.epoch_ms(now)
-        for name, (n, oldest) in (await self.storage.job_admin.due_by_name(waiting, now)).items():
+        # every name with due jobs: a job another program inserted has no status until its
+        # first claim (docs/scale.md), so no count above names it
+        for name, (n, oldest) in (await self.storage.job_admin.due_by_name(None, now)).items():
             snap.due[name] = n
             snap.oldest_due_age[name] = max(0.0, (now_ms - oldest) / 1000)
 

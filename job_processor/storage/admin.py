@@ -351,19 +351,28 @@ class JobAdminStore:
     # ---- numbers ----------------------------------------------------------------------------
 
     @staticmethod
-    def due_pipeline(names: list[str], now: dt.datetime) -> list[Doc]:
-        """Due claimable jobs per name with the earliest due time: the claim index, covered."""
+    def due_pipeline(names: list[str] | None, now: dt.datetime) -> list[Doc]:
+        """Due claimable jobs per name with the earliest due time: the claim index, covered.
+        `None`: of every name. A string `claim_name` bounds the scan to the claimable jobs (the
+        index holds the others under null, which `$exists` would keep in its bounds)."""
+        if names is None:
+            match: Doc = {"claim_name": {"$type": "string"}, "due_ms": {"$lte": D.epoch_ms(now)}}
+        else:
+            match = D.claim_filter(names, now)
         return [
-            {"$match": D.claim_filter(names, now)},
+            {"$match": match},
             {"$group": {"_id": "$claim_name", "n": {"$sum": 1}, "oldest": {"$min": "$due_ms"}}},
         ]
 
     async def due_by_name(
-        self, names: Iterable[str], now: dt.datetime
+        self, names: Iterable[str] | None, now: dt.datetime
     ) -> dict[str, tuple[int, int]]:
-        """name -> (due jobs, earliest due time in epoch ms)."""
-        wanted = sorted(set(names))
-        if not wanted:
+        """name -> (due jobs, earliest due time in epoch ms), for the names that have due jobs;
+        `None`: every such name, also one that only jobs inserted by another program with no
+        status yet (docs/scale.md's minimal document) are due under, which no count by status
+        finds."""
+        wanted = None if names is None else sorted(set(names))
+        if wanted == []:
             return {}
         rows = await aggregate(self.coll, self.due_pipeline(wanted, now))
         return {str(r["_id"]): (int(r["n"]), int(r["oldest"])) for r in rows}

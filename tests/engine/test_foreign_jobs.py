@@ -278,3 +278,22 @@ async def test_a_foreign_id_that_is_not_an_object_id_never_crashes_the_sweep(
             assert loop.time() < deadline + 15, "no sweep saw the long runs"
             await asyncio.sleep(0.05)
         assert not processor.failed.is_set(), "a sweep crashed the processor's loops"
+
+
+async def test_a_minimal_document_of_an_unknown_name_is_flagged_by_status(db: Any) -> None:
+    """A misspelt name's minimal document has no status until a claim: no status count held it,
+    so get_status() gave no warning and counted it in no queue."""
+    processor = await make(db, {"send-email": JobDef(handler=send)})
+    now_ms = int(time.time() * 1000)
+    await db["job_processor_jobs"].insert_one(
+        {
+            "name": "send-emial",
+            "claim_name": "send-emial",
+            "due_ms": now_ms - 10_000,
+            "payload": {"to": "ada@example.com"},
+        }
+    )
+    async with processor:
+        status = await processor.get_status()
+    assert any("send-emial" in w for w in status.warnings), status.warnings
+    assert status.queue["due"] == 1, status.queue

@@ -176,6 +176,25 @@ async def test_run_now_makes_a_later_job_due(env: Any) -> None:
     assert not again.done
 
 
+async def test_the_overview_and_status_count_a_due_minimal_foreign_insert(env: Any) -> None:
+    """docs/scale.md's minimal document has no status until its first claim: the overview's
+    names came from the counts by status and the registry, so a misspelt name's due job was
+    in no queue and got no warning (`job-processor status`, the dashboard)."""
+    admin, storage, _ = env
+    due_ms = D.epoch_ms(NOW - dt.timedelta(minutes=1))
+    for name in ("email", "emial"):
+        doc = {"name": name, "claim_name": name, "due_ms": due_ms, "payload": {}}
+        await storage.jobs.coll.insert_one(doc)
+    overview = await admin.overview()
+    for name in ("email", "emial"):
+        row = overview.queue[name]
+        assert (row.due, row.pending, row.oldest_due_age_seconds) == (1, 0, 60.0), row
+    assert overview.unknown_names == {"emial": 1}
+    assert any("unknown name 'emial'" in w for w in overview.warnings), overview.warnings
+    status = await admin.status()
+    assert status.queue["due"] == 2, status.queue
+
+
 async def test_a_bare_insert_or_an_unknown_status_never_breaks_a_listing(env: Any) -> None:
     """Documents another program wrote: one without a status (a bare insert, adopted within a
     minute) lists as pending; one with a status of its own ("queued", never claimed) lists as

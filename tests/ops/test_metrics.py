@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
+import time
 import urllib.request
 from typing import Any
 
@@ -103,6 +104,28 @@ async def test_a_scrape_over_budget_serves_what_it_has(db: Any) -> None:
     assert got[("job_processor_scrape_timeout", ())] == 0
     assert got[("job_processor_jobs_due", (("name", "ok"),))] == 1
     assert got[("job_processor_oldest_due_age_seconds", (("name", "ok"),))] >= 0
+
+
+async def test_a_due_minimal_foreign_insert_counts_among_the_due_jobs(db: Any) -> None:
+    """docs/scale.md's minimal document has no status until its first claim: it counted in no
+    status, and the due gauges were read only for names with a job counted pending or paused,
+    so a due one (its name's only job) had no job_processor_jobs_due series."""
+    processor = await make(db, {"ok": JobDef(handler=ok)})
+    m = metrics.enable(processor)
+    due_ms = int(time.time() * 1000) - 60_000
+    for name in ("ok", "not-defined"):  # a name no worker defines is counted too
+        await db["job_processor_jobs"].insert_one(
+            {"name": name, "claim_name": name, "due_ms": due_ms, "payload": {}}
+        )
+    assert await processor.storage.jobs.count_due(["ok"], processor.clock.now()) == 1  # due
+    dashboard = await metrics.for_database(db, budget=5)  # no processor: the database alone
+    for scraped in (m, dashboard):  # no worker started: nothing claims them
+        got = samples((await metrics.render(scraped)).decode())
+        for name in ("ok", "not-defined"):
+            assert got.get(("job_processor_jobs_due", (("name", name),))) == 1, got
+            age = got.get(("job_processor_oldest_due_age_seconds", (("name", name),)))
+            assert age is not None and age >= 59, got
+        assert not [k for k in got if k[0] == "job_processor_jobs" and k[1][0][1] == "ok"]
 
 
 async def test_served_over_http(db: Any) -> None:

@@ -49,8 +49,10 @@ class StatusAdmin(CronsAdmin):
             if w.alive
         ]
         paused = await self.storage.paused.names()
-        names = sorted(set(counts) | set(known))
-        due = await self.storage.job_admin.due_by_name(names, now)
+        # every name with due jobs: one another program inserted has no status until its
+        # first claim (docs/scale.md), so no count names it
+        due = await self.storage.job_admin.due_by_name(None, now)
+        names = sorted(set(counts) | set(known) | set(due))
         queue: dict[str, QueueRow] = {}
         now_ms = D.epoch_ms(now)
         for name in names:
