@@ -297,7 +297,8 @@ def task_error(
     """A cron task's error as the crons' listings show it (`status`, `crons list`,
     `get_status()`): masked as the worker's log masks it (default sensitive names, the task's
     payload's secrets), as the job's own page would."""
-    error = (doc.get("output") or {}).get("error")
+    output = doc.get("output")
+    error = output.get("error") if isinstance(output, dict) else None  # another program's
     if not isinstance(error, str):
         return None
     values = (doc.get("payload"), doc.get("state"))

@@ -139,16 +139,20 @@ def schedule_of(cron: CronDef) -> Schedule:
     return Schedule(cron.cron_string, cron.timezone)
 
 
-def task_slot(doc: dict[str, Any]) -> Any:
+def task_slot(doc: dict[str, Any]) -> dt.datetime | None:
     """A cron task's slot: the one its `cron_slot_key` names ("<cron>|<slot UTC>"; a retry
-    moves `scheduled_for`, never the slot), else (a manual run) when it was made."""
+    moves `scheduled_for`, never the slot), else (a manual run) when it was made; None when
+    the document says neither (another program's insert: see ops.status.task_row)."""
     key = doc.get("cron_slot_key")
     if isinstance(key, str) and "|" in key:
         try:
             return dt.datetime.fromisoformat(key.rsplit("|", 1)[1]).astimezone(dt.UTC)
         except ValueError:
             pass
-    return doc.get("created_at") or doc.get("scheduled_for")
+    for when in (doc.get("created_at"), doc.get("scheduled_for")):
+        if isinstance(when, dt.datetime):
+            return when
+    return None
 
 
 def local_time(cron_string: str, tz: str, instant: Any) -> dt.datetime | None:

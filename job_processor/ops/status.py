@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..core.coverage import coverage, worker_alive, worker_warnings
 from ..core.definitions import CronDef, JobDef
 from ..core.limits import check_limits, top_usage
-from ..core.masking import task_error
-from ..core.models import ProcessorStatus, WorkerInfo
+from ..core.masking import Masker, task_error
+from ..core.models import Job, ProcessorStatus, WorkerInfo
 from ..core.schedule import (
     STUCK_CRON_READ,
     STUCK_CRON_SLOTS,
@@ -117,14 +117,7 @@ async def cron_status(
                 "next_slot_local": local_time(cron_string, timezone, next_slot),
                 "running": [str(r["_id"]) for r in running if r["name"] == name],
                 "recent": [
-                    {
-                        "id": str(t["_id"]),
-                        "slot": task_slot(t),
-                        "trigger": t.get("trigger"),
-                        "status": t["status"],
-                        "skip_reason": t.get("skip_reason"),
-                        "error": task_error(t, cron.sensitive_fields),
-                    }
+                    {k: v for k, v in task_row(t, cron.sensitive_fields).items() if k != "ended_at"}
                     for t in recent[:5]
                 ],
             }
@@ -133,6 +126,26 @@ async def cron_status(
         if warning is not None:
             warnings.append(warning)
     return out, warnings
+
+
+def task_row(doc: Doc, paths: Sequence[str] = (), masker: Masker | None = None) -> dict[str, Any]:
+    """A cron's task as its listings show it (`get_status()`, `crons list`, `status`, the
+    dashboard): read as every listing reads a stored job (`Job.read`), so that one another
+    program inserted under the cron's name (a manual run from mongosh, with no status nor
+    created_at until its first claim) or with a field of the wrong type shows as that job's
+    page does: its status derived, a wrong field left out (in its `invalid_fields`), its
+    slot its creation time when it has no cron slot; a status this version does not know
+    shows as errored."""
+    job = Job.read(doc)
+    return {
+        "id": job.id,
+        "slot": task_slot(doc) or job.created_at,
+        "trigger": job.trigger,
+        "status": job.status,
+        "skip_reason": job.skip_reason,
+        "error": task_error(doc, paths, masker),
+        "ended_at": job.ended_at,
+    }
 
 
 async def stuck_cron_warning(storage: Storage, name: str, recent: list[Doc]) -> str | None:

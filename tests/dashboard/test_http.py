@@ -1030,6 +1030,28 @@ async def test_the_crons_page_reads_a_task_of_a_status_this_version_does_not_kno
         assert f"/jobs/{odd}" in page.text
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"name": "nightly-cleanup", "claim_name": "nightly-cleanup", "due_ms": 2**40},
+        {"name": "nightly-cleanup"},  # a bare insert, not adopted yet
+        {"name": "nightly-cleanup", "status": "errored", "output": "boom", "ended_at": "x"},
+    ],
+    ids=["minimal", "bare", "wrong-types"],
+)
+async def test_the_crons_page_reads_a_task_another_program_inserted(
+    processor: Any, doc: dict[str, Any]
+) -> None:
+    """A manual run of a cron inserted from mongosh (no status nor created_at: no slot), or a
+    task with an output or an end that is not one: the crons page answered 500."""
+    p, _ = processor
+    oid = (await p.storage.jobs.coll.insert_one(doc | {"payload": {}})).inserted_id
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        page = await c.get("/crons")
+        assert page.status_code == 200, page.text
+        assert f"/jobs/{oid}" in page.text
+
+
 async def test_a_repeated_jobs_filter_is_refused_not_half_applied(processor: Any) -> None:
     """`?status=errored&status=killed` answered 200 with the killed jobs only (the last)."""
     p, _ = processor

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, CronDef, Job, JobDef, JobStatus
 from tests.helpers import make, wait_status
 
 S = JobStatus
@@ -297,3 +297,27 @@ async def test_a_minimal_document_of_an_unknown_name_is_flagged_by_status(db: An
         status = await processor.get_status()
     assert any("send-emial" in w for w in status.warnings), status.warnings
     assert status.queue["due"] == 1, status.queue
+
+
+async def test_a_foreign_insert_under_a_cron_name_never_breaks_get_status(db: Any) -> None:
+    """A manual run of a cron inserted from mongosh has no status nor created_at: the cron's
+    recent tasks read it as stored (`t["status"]`: KeyError)."""
+    processor = await make(
+        db,
+        {"send-email": JobDef(handler=send)},
+        crons={"nightly": CronDef(handler=send, cron_string="0 3 * * *")},
+    )
+    later = int(time.time() * 1000) + 3_600_000
+    docs = [
+        {"name": "nightly", "claim_name": "nightly", "due_ms": later, "payload": {}},
+        {"name": "nightly", "payload": {}},  # a bare insert, not adopted yet
+        {"name": "nightly", "status": "errored", "output": "boom", "trigger": 7, "ended_at": "x"},
+    ]
+    ids = [str((await db["job_processor_jobs"].insert_one(doc)).inserted_id) for doc in docs]
+    status = await processor.get_status()
+    (nightly,) = [c for c in status.crons if c["name"] == "nightly"]
+    assert sorted(t["id"] for t in nightly["recent"]) == sorted(ids)
+    shown = {t["id"]: t for t in nightly["recent"]}
+    assert shown[ids[0]]["status"] == shown[ids[1]]["status"] == S.PENDING
+    assert shown[ids[2]]["status"] == S.ERRORED and shown[ids[2]]["trigger"] is None
+    assert shown[ids[0]]["slot"] == ObjectId(ids[0]).generation_time

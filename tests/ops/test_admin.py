@@ -195,6 +195,32 @@ async def test_the_overview_and_status_count_a_due_minimal_foreign_insert(env: A
     assert status.queue["due"] == 2, status.queue
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"name": "nightly", "claim_name": "nightly", "due_ms": 1_893_500_000_000, "payload": {}},
+        {"name": "nightly", "payload": {}},  # a bare insert, not adopted yet
+        {"name": "nightly", "status": "errored", "output": "boom", "trigger": 7, "ended_at": "x"},
+    ],
+    ids=["minimal", "bare", "wrong-types"],
+)
+async def test_a_foreign_insert_under_a_cron_name_never_breaks_the_cron_listings(
+    env: Any, doc: dict[str, Any]
+) -> None:
+    """A cron's recent tasks are read by name: a manual run inserted from mongosh (no status nor
+    created_at: no slot) or a task with fields of the wrong type failed list_crons (and with it
+    `crons list`, `status` and the dashboard's crons page)."""
+    admin, storage, _ = env
+    oid = (await storage.jobs.coll.insert_one(dict(doc))).inserted_id
+    (nightly,) = await admin.list_crons()
+    (run,) = [r for r in nightly.recent if r.id == str(oid)]
+    assert run.slot == oid.generation_time
+    assert run.status == (S.ERRORED if "status" in doc else S.PENDING)
+    assert run.trigger is None and run.ended_at is None and run.error is None
+    status = await admin.status()
+    assert [c["name"] for c in status.crons] == ["nightly"]
+
+
 async def test_a_bare_insert_or_an_unknown_status_never_breaks_a_listing(env: Any) -> None:
     """Documents another program wrote: one without a status (a bare insert, adopted within a
     minute) lists as pending; one with a status of its own ("queued", never claimed) lists as

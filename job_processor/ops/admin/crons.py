@@ -7,10 +7,10 @@ from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
-from ...core.masking import Masker, task_error
-from ...core.models import Job
-from ...core.schedule import local_time, task_slot
+from ...core.masking import Masker
+from ...core.schedule import local_time
 from ...core.status import JobStatus
+from ..status import task_row
 from .base import AdminBase
 from .inputs import limit_of
 from .results import ActionResult, CronRun, CronView
@@ -40,20 +40,8 @@ class CronsAdmin(AdminBase):
             tz = str(doc.get("timezone") or "UTC")
             next_slot = doc.get("next_slot")
             tasks = await self.storage.jobs.recent_tasks(name, recent)
-            runs = [
-                CronRun(
-                    id=str(t["_id"]),
-                    slot=task_slot(t),
-                    trigger=t.get("trigger"),
-                    # as every listing reads a stored job: a status this version does not
-                    # know (another program's, a newer version's) shows as errored
-                    status=Job.read(t).status,
-                    skip_reason=t.get("skip_reason"),
-                    error=task_error(t, [*self.sensitive_fields, *paths.get(name, [])], masker),
-                    ended_at=t.get("ended_at"),
-                )
-                for t in tasks
-            ]
+            sensitive = [*self.sensitive_fields, *paths.get(name, [])]
+            runs = [CronRun(**task_row(t, sensitive, masker)) for t in tasks]
             out.append(
                 CronView(
                     name=name,
