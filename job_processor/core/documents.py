@@ -544,6 +544,14 @@ def run_now_update(now: dt.datetime) -> Doc:
     return {"$set": {"scheduled_for": now, "due_ms": epoch_ms(now), "updated_at": now}}
 
 
+def run_now_foreign_update(now: dt.datetime) -> Doc:
+    """A job another program inserted as the minimal document (no status until its first
+    claim), due later, becomes due now. Only its due time: it stays minimal, so that its first
+    claim still fills in the rest (`foreign.completion`, which derives `scheduled_for` from
+    `due_ms`: one it was given, now past, goes)."""
+    return {"$set": {"due_ms": epoch_ms(now)}, "$unset": {"scheduled_for": ""}}
+
+
 def manual_cron_task(
     name: str,
     *,

@@ -242,12 +242,22 @@ class JobAdminStore:
     # ---- actions ----------------------------------------------------------------------------
 
     async def run_now(self, oid: ObjectId, now: dt.datetime) -> Doc | None:
-        """pending and scheduled later -> due now (compare-and-set); None if it was not."""
+        """pending and scheduled later -> due now (compare-and-set); None if it was not. A job
+        another program inserted as the minimal document (claimable, no status until its first
+        claim: docs/scale.md) is pending too: its own compare-and-set, which leaves it minimal
+        (`status: None` matches a missing status alike on every server)."""
+        later = {"_id": oid, "due_ms": {"$gt": D.epoch_ms(now)}}
         doc = await self.coll.find_one_and_update(
-            {"_id": oid, "status": S.PENDING.value, "due_ms": {"$gt": D.epoch_ms(now)}},
+            later | {"status": S.PENDING.value},
             D.run_now_update(now),
             return_document=ReturnDocument.AFTER,
         )
+        if doc is None:
+            doc = await self.coll.find_one_and_update(
+                later | {"status": None, "claim_name": {"$type": "string"}},
+                D.run_now_foreign_update(now),
+                return_document=ReturnDocument.AFTER,
+            )
         return decode_opt(doc)
 
     async def delete_ended(

@@ -176,6 +176,40 @@ async def test_run_now_makes_a_later_job_due(env: Any) -> None:
     assert not again.done
 
 
+async def test_run_now_makes_a_minimal_foreign_insert_due_now(env: Any) -> None:
+    """docs/scale.md's minimal document (no status until its first claim) reads as pending and
+    scheduled later, and is claimable as it is: run-now refused it as a bare insert."""
+    admin, storage, _ = env
+    later = D.epoch_ms(NOW + dt.timedelta(hours=1))
+    doc = {"name": "email", "claim_name": "email", "due_ms": later, "payload": {}}
+    oid = (await storage.jobs.coll.insert_one(doc)).inserted_id
+    shown = await admin.get_job(str(oid))
+    assert shown.status == S.PENDING and shown.scheduled_for > NOW  # what an operator sees
+    result = await admin.run_now([str(oid)])
+    assert result.skipped == {}, result.skipped
+    assert result.changed == [str(oid)]
+    assert result.jobs[0].scheduled_for == NOW
+    stored = await storage.jobs.coll.find_one({"_id": oid})
+    assert stored is not None and stored["due_ms"] <= D.epoch_ms(NOW)
+    assert "status" not in stored and "created_at" not in stored  # its first claim completes it
+    assert (await admin.get_job(str(oid))).scheduled_for == NOW
+    claimed = await storage.jobs.claim_next(["email"], "w1", NOW)
+    assert claimed is not None and claimed["_id"] == oid
+    # already due, and a bare insert (claimable once adopted), each said as it is
+    due = {"name": "email", "claim_name": "email", "due_ms": later - 7_200_000, "payload": {}}
+    due_id = str((await storage.jobs.coll.insert_one(due)).inserted_id)
+    bare_id = str(
+        (await storage.jobs.coll.insert_one({"name": "email", "payload": {}})).inserted_id
+    )
+    text = {"name": "email", "claim_name": "email", "due_ms": "x", "payload": {}}  # never due
+    text_id = str((await storage.jobs.coll.insert_one(text)).inserted_id)
+    again = await admin.run_now([due_id, bare_id, text_id])
+    assert again.changed == []
+    assert again.skipped[due_id] == "already due"
+    assert again.skipped[bare_id].startswith("a bare insert, pending once a worker adopts it")
+    assert again.skipped[text_id].startswith("invalid job document: due_ms is 'x' (str)")
+
+
 async def test_the_overview_and_status_count_a_due_minimal_foreign_insert(env: Any) -> None:
     """docs/scale.md's minimal document has no status until its first claim: the overview's
     names came from the counts by status and the registry, so a misspelt name's due job was

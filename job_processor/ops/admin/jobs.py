@@ -12,6 +12,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ...core import documents as D
 from ...core import flows as F
+from ...core import foreign as FD
 from ...core.definitions import fill_limit_key
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.models import Job
@@ -288,8 +289,15 @@ class JobsAdmin(AdminBase):
                 current = await self.storage.job_admin.by_id(oid)
                 if current is None:
                     result.skipped[str(oid)] = "not found"
-                elif current.get("status") == S.PENDING.value:
-                    result.skipped[str(oid)] = "already due"
+                elif current.get("status") == S.PENDING.value or is_minimal(current):
+                    due = current.get("due_ms")
+                    number = isinstance(due, int | float) and not isinstance(due, bool)
+                    result.skipped[str(oid)] = "already due" if number else FD.undue(due)
+                elif current.get("status") is None:
+                    result.skipped[str(oid)] = (
+                        "a bare insert, pending once a worker adopts it (within a minute of its "
+                        "insert): run it now then"
+                    )
                 else:
                     why = f"{stored_status(current)}: only pending jobs can be run now"
                     result.skipped[str(oid)] = why
@@ -524,7 +532,18 @@ def _limit_key(definition: dict[str, Any], payload: Any) -> str | None:
     return fill_limit_key(template, payload) if isinstance(template, str) else None
 
 
+def is_minimal(doc: Mapping[str, Any]) -> bool:
+    """A job another program inserted as the minimal document (docs/scale.md): claimable as it
+    is (`claim_name`), no status until its first claim."""
+    return doc.get("status") is None and isinstance(doc.get("claim_name"), str)
+
+
 def stored_status(doc: Mapping[str, Any]) -> str:
-    """A job document's status as an action's message says it: a bare insert has none yet."""
+    """A job document's status as an action's message says it: another program's insert has
+    none yet (the minimal document until its first claim, a bare one until it is adopted)."""
     status = doc.get("status")
-    return str(status) if status is not None else "a bare insert, pending once a worker adopts it"
+    if status is not None:
+        return str(status)
+    if is_minimal(doc):
+        return "pending (inserted by another program, not claimed yet)"
+    return "a bare insert, pending once a worker adopts it"
