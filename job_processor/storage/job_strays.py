@@ -16,7 +16,7 @@ from ..core import foreign as FD
 from ..core.documents import CLAIM_SORT
 from ..core.retention import Retention
 from ..core.status import JobStatus, check_transition
-from .compat import ServerProfile, all_docs
+from .compat import ServerProfile, all_docs, decode
 from .job_flows import with_expiry
 
 Doc = dict[str, Any]
@@ -142,7 +142,7 @@ class ForeignJobs:
         adopted = 0
         async for doc in self.bare_cursor(inserted_before, limit):
             name = str(doc["name"])
-            when = doc.get("scheduled_for")
+            when = decode(doc).get("scheduled_for")  # aware UTC; ISO text read as its date
             due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}},

@@ -81,3 +81,21 @@ async def test_minimal_documents_waiting_their_turn_never_hold_a_bare_insert_bac
     await processor.recovery.sweep(processor.clock.now())
     doc = await coll.find_one({"_id": bare})
     assert doc is not None and doc.get("status") == "pending", doc
+
+
+async def test_a_bare_insert_due_at_a_text_date_is_adopted_due_then(db: Any) -> None:
+    """scale.md: a bare insert is adopted "due at its scheduled_for if it has one", and "a date
+    written as ISO text ... reads as that date". A JSON producer's `scheduled_for` as text
+    read as 2030 (get_job), yet adoption made it due at its insert time: it ran at once."""
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    bare = oid_at(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    text = "2030-01-02T10:00:00+00:00"
+    await coll.insert_one({"_id": bare, "name": "send-email", "payload": {}, "scheduled_for": text})
+    read = await processor.get_job(str(bare))
+    assert read.scheduled_for == dt.datetime(2030, 1, 2, 10, tzinfo=dt.UTC)
+    await processor.recovery.sweep(processor.clock.now())
+    doc = await coll.find_one({"_id": bare})
+    assert doc is not None and doc.get("status") == "pending", doc
+    due = dt.datetime.fromtimestamp(doc["due_ms"] / 1000, tz=dt.UTC)
+    assert due == dt.datetime(2030, 1, 2, 10, tzinfo=dt.UTC), due
