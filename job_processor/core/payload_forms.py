@@ -22,6 +22,7 @@ worker validates the stored payload again, and a handler must get what was sched
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import inspect
 import itertools
@@ -276,7 +277,27 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
         return []
     computed = traits(model).computed
     now, was = (v.model_dump(mode="json", exclude_computed_fields=computed) for v in (read, value))
-    return sorted(k for k in now.keys() | was.keys() if now.get(k) != was.get(k))
+    # a subclass's own fields are not read by the model (the handler gets a `model`): only
+    # the fields read back are compared
+    keys = now.keys() | was.keys() if type(value) is model else now.keys()
+    differing = [k for k in keys if now.get(k) != was.get(k)]
+    if differing:  # the same values once a naive datetime is taken as UTC (a serializer that
+        # writes one with "Z": read back aware, written again "+00:00Z"; the naive check judges)
+        now, was = (
+            _naive_as_utc(v.model_dump(exclude_computed_fields=computed)) for v in (read, value)
+        )
+        differing = [k for k in differing if now.get(k) != was.get(k)]
+    return sorted(differing)
+
+
+def _naive_as_utc(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    if isinstance(value, Mapping):
+        return {k: _naive_as_utc(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_naive_as_utc(v) for v in value]
+    return value
 
 
 def not_read_back(model: type[BaseModel], fields: list[str]) -> InvalidPayloadError:

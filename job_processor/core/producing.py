@@ -127,6 +127,12 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
         back = None if differing else V.read_back(model, payload)
         V.check_model_datetimes("job", name, value, back)
         stored = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+        if differing and type(value) is not model:
+            raise InvalidPayloadError(
+                f"job {name!r}: payload is a {type(value).__name__}, a subclass of "
+                f"{model.__name__}, which does not read it back as given "
+                f"({', '.join(repr(f) for f in differing)}): pass a {model.__name__}"
+            )
         if differing:  # after the checks that say why a value cannot be stored (NaN)
             raise InvalidPayloadError(f"job {name!r}: {not_read_back(model, differing)}")
         return stored

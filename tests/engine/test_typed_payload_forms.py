@@ -131,3 +131,70 @@ async def test_a_serializer_that_drops_the_offset_is_refused_not_read_back_naive
     paris = dt.timezone(dt.timedelta(hours=1))
     with pytest.raises(InvalidPayloadError, match="'at' is a datetime without a time zone"):
         await p.run_job("typed", LocalTime(at=dt.datetime(2030, 1, 1, 9, tzinfo=paris)))
+
+
+class UtcStamp(BaseModel):
+    """A naive UTC datetime its JSON serializer writes aware: `isoformat() + "Z"`."""
+
+    at: dt.datetime
+
+    @field_serializer("at", when_used="json")
+    def _z(self, value: dt.datetime) -> str:
+        return value.isoformat() + "Z"
+
+
+async def test_a_naive_datetime_a_serializer_writes_with_z_is_stored_and_read_aware(
+    db: Any,
+) -> None:
+    """A naive datetime a serializer writes aware is not refused: stored as
+    "2030-01-01T09:00:00Z", the handler reads 09:00 UTC, aware. The read-back check refused it
+    ("a datetime without a time zone"): read back aware and written again, it is "+00:00Z"."""
+
+    async def seen(job: Job[UtcStamp], signal: AbortSignal) -> str:
+        return job.payload.at.isoformat()
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=UtcStamp)})
+    job = await p.run_job("typed", UtcStamp(at=dt.datetime(2030, 1, 1, 9)))
+    assert job.status == JobStatus.FINISHED, (job.status, job.error)
+    assert job.output is not None and job.output.result == "2030-01-01T09:00:00+00:00"
+
+
+class Order(BaseModel):
+    order_id: int
+
+
+class TrackedOrder(Order):
+    """A subclass the producer's code uses; the handler declares the base model."""
+
+    source: str = "web"
+
+
+class StrictOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order_id: int
+
+
+class TrackedStrictOrder(StrictOrder):
+    source: str = "web"
+
+
+async def test_an_instance_of_a_subclass_of_the_payload_model_is_scheduled(db: Any) -> None:
+    """`schedule_job(name, TrackedOrder(...))` for `payload_model=Order`: the handler gets
+    Order(order_id=7), as before the read-back check, which refused it naming 'source' with
+    reasons that did not fit; a base model that forbids extra keys says so."""
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> Any:
+        return [type(job.payload).__name__, job.payload.order_id]
+
+    p = await make(
+        db,
+        {
+            "typed": JobDef(handler=seen, payload_model=Order),
+            "strict": JobDef(handler=seen, payload_model=StrictOrder),
+        },
+    )
+    job = await p.run_job("typed", TrackedOrder(order_id=7))
+    assert job.status == JobStatus.FINISHED, (job.status, job.error)
+    assert job.output is not None and job.output.result == ["Order", 7]
+    with pytest.raises(InvalidPayloadError, match=r"a subclass of StrictOrder.*'source'"):
+        await p.schedule_job("strict", TrackedStrictOrder(order_id=7))
