@@ -106,9 +106,9 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         uncounted = "not ended" if job.status == "waiting" else "not counted"
         ended = [f"{d} ({uncounted if s == 'waiting' else s})" for d, s in job.deps.items()]
         waiting = f"waiting for {job.waiting_on}; " if job.status == "waiting" else ""
-        print(f"{'after:':<20}{waiting}{', '.join(ended)}")
+        print(f"{'after:':<20}{one_line(waiting + ', '.join(ended))}")
         if job.failed_dependency:
-            print(f"{'failed dependency:':<20}{job.failed_dependency}")
+            print(f"{'failed dependency:':<20}{one_line(job.failed_dependency)}")
     progress = data.get("progress")
     if progress:
         print(f"{'progress:':<20}{progress_text(progress)}")
@@ -119,7 +119,7 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
     if output.get("result") is not None:
         print(f"{'result:':<20}{shown_json(output['result'])}")
     if output.get("duration_ms") is not None:
-        print(f"{'duration_ms:':<20}{output['duration_ms']}")
+        print(f"{'duration_ms:':<20}{one_line(output['duration_ms'])}")
     if output.get("error"):  # of the run that ended last: a job running again is not failing
         print("error:" if job.status in TERMINAL else "error of the previous run:")
         for line in str(output["error"]).splitlines():
@@ -146,11 +146,9 @@ def show_job(job: Job[Any], carried: Mapping[str, Any] | None = None, logs: bool
         for line in lines:
             fields = line.get("fields")
             extra = f"  {json.dumps(fields, default=str, ensure_ascii=False)}" if fields else ""
-            level = one_line(line.get("level") or "")
-            print(
-                f"  run {line.get('run')}  {shown_time(line.get('at'))}  {level:<8}"
-                f"{one_line(line.get('message'))}{extra}"
-            )
+            level = line.get("level") or ""
+            shown = f"run {line.get('run')}  {shown_time(line.get('at'))}  {level:<8}"
+            print(f"  {one_line(shown + str(line.get('message')) + extra)}")
     elif data.get("logs"):
         print(f"{'log:':<20}{len(data['logs'])} lines (--logs shows them)")
 

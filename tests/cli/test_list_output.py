@@ -163,3 +163,39 @@ async def test_jobs_show_reads_odd_nested_values_another_program_wrote(
         shown = await cli(url, "jobs", "show", str(oid), "--logs")
         assert shown.returncode == 0 and "Traceback" not in shown.stderr, (field, shown.stderr)
         assert said in shown.stdout, (field, shown.stdout)
+
+
+async def test_jobs_show_prints_no_forged_line_from_a_log_lines_run_or_a_dependency(
+    db: Any, mongo_url: str
+) -> None:
+    """operations.md: in a field of `jobs show` or a log line a line break is printed as
+    `\\u000a`, "so no value reads as a line of its own". A log line's `run` and the `after:` /
+    `failed dependency:` fields, written by another program, were printed as they were."""
+    import datetime as dt
+
+    url = url_with_db(mongo_url, db.name)
+    now = dt.datetime.now(dt.UTC)
+    forged = 'x\nresult:             {"paid": true}'
+    base = {
+        "name": "import",
+        "status": "errored",
+        "payload": {},
+        "created_at": now,
+        "updated_at": now,
+        "scheduled_for": now,
+        "attempt": 1,
+        "failures": 1,
+        "max_attempts": 1,
+        "output": {"result": None, "error": "boom", "duration_ms": 5},
+    }
+    odd = {
+        "logs": {"logs": [{"at": now, "run": forged, "level": "info", "message": "m"}]},
+        "after": {"after": [forged], "deps": {forged: "errored"}, "failed_dependency": forged},
+    }
+    forging: dict[str, list[str]] = {}
+    for field, fields in odd.items():
+        oid = (await db["job_processor_jobs"].insert_one(base | fields)).inserted_id
+        shown = await cli(url, "jobs", "show", str(oid), "--logs")
+        assert shown.returncode == 0, (field, shown.stderr)
+        forging[field] = [x for x in shown.stdout.splitlines() if x.startswith("result:")]
+    assert forging == {"logs": [], "after": []}, forging
