@@ -391,7 +391,20 @@ class Job(BaseModel, Generic[PayloadT]):
             if inspect.iscoroutine(call):
                 call.close()  # never started: not reported as forgotten
             raise JobLostError(_LOOP_GONE)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(call), loop))
+        future = asyncio.run_coroutine_threadsafe(_awaited(call), loop)
+        waiting = asyncio.wrap_future(future)
+        try:
+            while True:  # as `_from_thread`: a worker loop that stops meanwhile ends the wait
+                done, _ = await asyncio.wait({waiting}, timeout=1.0)
+                if done:
+                    if waiting.cancelled():  # by the worker's loop, at its shutdown
+                        raise JobLostError(_LOOP_GONE)
+                    return waiting.result()
+                if loop.is_closed() or not loop.is_running():
+                    raise JobLostError(_LOOP_GONE)
+        finally:
+            if not future.done() and not loop.is_closed():
+                future.cancel()  # nothing more is sent (a closed loop runs nothing more)
 
     @_async_method
     def report_progress(

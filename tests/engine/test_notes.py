@@ -662,3 +662,54 @@ async def test_progress_a_checkpoint_and_dependencies_awaited_on_the_handlers_ow
     assert (done.status, done.error, done.result) == (S.FINISHED, None, "ok")
     assert done.progress is not None and done.progress["done"] == reports, done.progress
     assert done.state == {"page": reports}
+
+
+@pytest.mark.parametrize("then_close", [False, True])
+def test_an_await_on_the_handlers_own_loop_pending_when_the_worker_loop_stops_raises_job_lost(
+    then_close: bool,
+) -> None:
+    """guide.md: from a thread that outlived its run, once the worker's loop has stopped, the
+    calls raise JobLostError (checkpoint_sync polls the loop each second). A plain def
+    handler's `asyncio.run(...)` awaiting `job.checkpoint()` while its write was in flight on
+    the worker's loop, and that loop stopped: the thread waited forever."""
+    import threading
+
+    from bson import ObjectId
+
+    from job_processor import JobLostError
+
+    job = Job.read({"_id": ObjectId(), "name": "export", "status": "running"})
+    worker_loop = asyncio.new_event_loop()
+    in_flight = threading.Event()
+
+    async def save(state: dict[str, Any]) -> None:  # a write the server has not answered
+        in_flight.set()
+        await asyncio.Event().wait()
+
+    job._checkpointer = save
+    job._loop = worker_loop
+    worker = threading.Thread(target=worker_loop.run_forever, daemon=True)
+    worker.start()
+    errors: list[BaseException] = []
+
+    def handler_thread() -> None:
+        async def main() -> None:
+            await job.checkpoint({"page": 1})
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=handler_thread, daemon=True)
+    thread.start()
+    assert in_flight.wait(10)
+    worker_loop.call_soon_threadsafe(worker_loop.stop)  # the worker's process stops its loop
+    worker.join(10)
+    if then_close:
+        worker_loop.close()
+    thread.join(10)
+    if not then_close:
+        worker_loop.close()
+    assert not thread.is_alive(), "the handler's await never returned"
+    assert [type(e) for e in errors] == [JobLostError], errors
