@@ -471,6 +471,7 @@ async def test_a_listed_job_with_a_text_id_offers_no_link_nor_checkbox(
         # no date recorded (no created_at, a text _id, no due_ms): "—", not "20794 d ago"
         await expect(foreign).not_to_contain_text("ago")
         await expect(foreign).to_contain_text("—")
+        await expect(foreign).not_to_contain_text("due")  # ended: no due time, no end recorded
         await page.get_by_label("select all").check()
         await page.locator("#bulk").get_by_role("button", name="Retry").click()
         await expect(page.locator("#flash")).to_be_visible()
