@@ -112,7 +112,7 @@ def date_text(value: str) -> dt.datetime | None:
         return None
     try:
         return as_utc(dt.datetime.fromisoformat(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date, or one UTC cannot hold ("9999-...-05:00")
         return None
 
 

@@ -70,3 +70,24 @@ async def test_a_date_written_as_text_reads_as_aware_utc(db: Any, text: str) -> 
     async with processor:
         await wait_status(processor, str(inserted.inserted_id), S.FINISHED, S.ERRORED)
     assert seen == [expected] and seen[0].utcoffset() == dt.timedelta(0), seen
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+async def test_a_bare_insert_with_an_out_of_range_text_date_never_stops_a_worker(
+    db: Any, when: str
+) -> None:
+    """A bare insert whose scheduled_for is ISO text that parses but that UTC cannot hold:
+    reading it raised OverflowError, which the start's sweep did not catch: no worker could
+    start while it was there. Its date now stays as written (a datetime pydantic reads with its
+    offset), and the worker starts."""
+    from bson import ObjectId
+
+    processor = await make(db, {"send-email": JobDef(handler=send)})
+    old = ObjectId.from_datetime(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2))
+    coll = db["job_processor_jobs"]
+    await coll.insert_one({"_id": old, "name": "send-email", "payload": {}, "scheduled_for": when})
+    async with processor:
+        good = await processor.schedule_job("send-email", {"to": "bob@example.com"})
+        await wait_status(processor, good.id, S.FINISHED)
+    read = await processor.get_job(str(old))  # read, not failing
+    assert read.scheduled_for == dt.datetime.fromisoformat(when), read
