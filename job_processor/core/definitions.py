@@ -6,12 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import inspect
-import math
-import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from bson import ObjectId
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +28,7 @@ from .errors import (
     InvalidFieldsError,
     field_errors,
 )
+from .limit_keys import check_key, fill_limit_key, key_fields
 from .retention import check_keep
 from .sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
 from .values import is_utf8
@@ -127,59 +125,6 @@ def not_a_bool(v: Any, info: Any) -> Any:
     return v
 
 
-def key_fields(key: str) -> tuple[str, ...]:
-    """The `{field}` placeholders of a limit key."""
-    return tuple(f for _, f, _, _ in string.Formatter().parse(key) if f)
-
-
-def key_separators(key: str) -> str:
-    """The characters a filled value of this limit key has escaped (a backslash before each):
-    those of the text between its placeholders, and the backslash; none for a key of one
-    placeholder. So two value pairs never fill one key: in `pair:{region}-{tenant}`,
-    ("eu-1", "acme") gives `pair:eu\\-1-acme` and ("eu", "1-acme") `pair:eu-1\\-acme`. (`Limit`
-    refuses a backslash between placeholders: then every backslash there opens an escape,
-    and the unescaped separators are the texts between placeholders, each between two values.)"""
-    parts = list(string.Formatter().parse(key))
-    placed = [i for i, (_, f, _, _) in enumerate(parts) if f]
-    if len(placed) < 2:
-        return ""
-    between = "".join(parts[i][0] for i in range(placed[0] + 1, placed[-1] + 1))
-    return "".join(sorted(set(between) | {"\\"}))
-
-
-def fill_limit_key(key: str, payload: Any) -> str:
-    """A limit key with its placeholders filled from the payload (`"tenant:{tenant_id}"` ->
-    `"tenant:acme"`); the key itself when it has none. A missing or empty field, or one that
-    is not a text, a number or an ObjectId, raises ValueError naming it."""
-    fields = key_fields(key)
-    if not fields:
-        return key
-    values: dict[str, str] = {}
-    for f in fields:
-        value = payload.get(f) if isinstance(payload, Mapping) else None
-        if (
-            value is None
-            # a text, a number or an ObjectId only: a value read back the same from MongoDB
-            # (a tuple comes back a list, a datetime without its microseconds); no bool (True
-            # would be a key "tenant:True")
-            or isinstance(value, bool)
-            or not isinstance(value, str | int | float | ObjectId)
-            or (isinstance(value, float) and not math.isfinite(value))  # NaN, inf
-            or str(value) == ""
-        ):
-            raise ValueError(
-                f"limit key {key!r} needs the payload field {f!r}"
-                + (" (missing)" if value is None else f", got {value!r}")
-                + f": give every job of this limit a {f} (a text, a number or an ObjectId)"
-            )
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # 1.0 and 1 are the same tenant: one key, "tenant:1"
-        values[f] = str(value)
-    if escaped := key_separators(key):
-        values = {f: "".join("\\" + c if c in escaped else c for c in v) for f, v in values.items()}
-    return key.format(**values)
-
-
 class Limit(Checked):
     """A cluster-wide limit shared by every job whose JobDef names the same `key`: at most
     `concurrency` runs at once across all worker processes, and at most `rate` starts per
@@ -203,42 +148,7 @@ class Limit(Checked):
     @field_validator("key")
     @classmethod
     def _key(cls, v: str) -> str:
-        if not v.strip() or "." in v or v.startswith("$"):
-            raise ValueError("key must be a non-empty name without '.' or a leading '$'")
-        try:
-            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v)]
-        except ValueError as exc:
-            raise ValueError(f"key {v!r}: {exc} (placeholders are {{field}})") from None
-        for (text, f, _, _), (_, before, _, _) in zip(
-            list(string.Formatter().parse(v))[1:], string.Formatter().parse(v), strict=False
-        ):
-            if f and before and not text:  # "{a}{b}": where one value ends is unknown
-                raise ValueError(
-                    f"key {v!r}: placeholders {{{before}}} and {{{f}}} need text between "
-                    f"them, e.g. '{{{before}}}:{{{f}}}'"
-                )
-        placed = [i for i, (f, _, _) in enumerate(parsed) if f]
-        parts = list(string.Formatter().parse(v))
-        if len(placed) > 1 and any("\\" in parts[i][0] for i in placed[1:]):
-            raise ValueError(
-                f"key {v!r}: a backslash between placeholders cannot be told from the "
-                f"escape of a value's separators (two value pairs would fill one key): "
-                f"use another separator, e.g. {v.replace(chr(92), '/')!r}"
-            )
-        for f, spec, conv in parsed:
-            if f is None:
-                continue
-            if not f.isidentifier():
-                raise ValueError(
-                    f"key {v!r}: placeholder {{{f}}} must name a top-level payload field, "
-                    "e.g. 'tenant:{tenant_id}'"
-                )
-            if spec or conv:  # a format spec or a conversion: keys that fail or change silently
-                raise ValueError(
-                    f"key {v!r}: write the placeholder as {{{f}}}, without a '!' conversion "
-                    "or a ':' format (the value is used as it is)"
-                )
-        return v
+        return check_key(v)
 
     @property
     def fields(self) -> tuple[str, ...]:

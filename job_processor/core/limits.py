@@ -27,8 +27,9 @@ from typing import Any
 
 from bson import ObjectId
 
-from .definitions import JobDef, Limit, key_fields, key_separators
+from .definitions import JobDef, Limit
 from .errors import InvalidDefinitionError
+from .limit_keys import key_fields, key_separators
 
 Doc = dict[str, Any]
 

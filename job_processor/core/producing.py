@@ -25,7 +25,7 @@ from . import documents as D
 from . import flows as F
 from . import values as V
 from .clock import to_millis
-from .definitions import JobDef, fill_limit_key
+from .definitions import JobDef
 from .errors import (
     InvalidArgumentError,
     InvalidPayloadError,
@@ -33,6 +33,7 @@ from .errors import (
     JobProcessorError,
     field_errors,
 )
+from .limit_keys import fill_limit_key
 from .payload_fields import accepted_keys, misspelled
 from .payload_forms import form_of, not_read_back
 

@@ -4,6 +4,7 @@ missing, and what status pages show when there are many keys."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import pytest
@@ -323,12 +324,12 @@ def test_two_value_pairs_never_fill_one_key() -> None:
         Limit(key="pair:{a}{b}", concurrency=1)
 
 
-@pytest.mark.parametrize("key", ["share:{host}\\{share}", "p:{a}\\-{b}", "t:{a}-{b}:x\\{c}"])
+@pytest.mark.parametrize("key", ["share:{host}\\{share}", "p:{a}\\-{b}", "t:{a}-{b}\\:x{c}"])
 def test_a_backslash_between_placeholders_is_refused(key: str) -> None:
     """scale.md: two value pairs never fill one key. A backslash in the text between two
     placeholders reads as the escape of a value's separators: `share:{host}\\{share}` gave
     one key for ("-", "\\-") and ("-\\", "-"), `p:{a}\\-{b}` for ("-", "--") and ("--", "-")."""
-    with pytest.raises(ValueError, match=r"field 'key': .*a backslash between placeholders") as err:
+    with pytest.raises(ValueError, match=r"field 'key': .*a backslash that starts the text") as err:
         Limit(key=key, concurrency=1)
     fixed = key.replace("\\", "/")
     assert repr(fixed) in str(err.value), err.value  # the fix, spelled out
@@ -365,3 +366,27 @@ def test_keys_whose_escaped_fills_cannot_meet_are_not_refused() -> None:
     assert not could_meet("pair:{r}-{t}", "pair:a-b-c")
     assert could_meet("pair:{r}-{t}", "pair:a\\-b-c")  # ("a-b", "c")
     assert could_meet("t:{a}-{b}", "t:{x}:{y}")  # ("p:q", "r") and ("p", "q-r")
+
+
+def _pairs() -> list[tuple[str, str]]:
+    alphabet = ["-", ":", "\\", "{", "}", "x"]
+    values = ["".join(p) for n in range(1, 4) for p in itertools.product(alphabet, repeat=n)]
+    return [(a, b) for a in values for b in values]
+
+
+@pytest.mark.parametrize("key", ["lock:{drive}:\\{path}", "p:{a}-\\-{b}", "p:{a}:\\:{b}"])
+def test_a_backslash_that_cannot_be_read_as_an_escape_is_not_refused(key: str) -> None:
+    """The text between the placeholders starts with a character that is not a backslash: an
+    unescaped separator where the first value's escaped text ends, so no two value pairs fill
+    one key (every pair of 1-3 characters checked). Such keys were refused at startup."""
+    limit = Limit(key=key, concurrency=1)
+    a, b = limit.fields
+    assert len({limit.key_for({a: x, b: y}) for x, y in _pairs()}) == len(_pairs())
+
+
+@pytest.mark.parametrize("key", ["p:{a}\\{{{b}", "p:{a}\\}}{b}"])
+def test_a_backslash_before_a_literal_brace_is_refused_too(key: str) -> None:
+    """`\\{{` between two placeholders starts with a backslash: ("-", "{-") and ("-{", "-") fill
+    `p:-\\{\\{-` alike; the check read only the text before the literal brace."""
+    with pytest.raises(ValueError, match="a backslash that starts the text"):
+        Limit(key=key, concurrency=1)

@@ -13,8 +13,8 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core import flows as F
 from ...core import foreign as FD
-from ...core.definitions import fill_limit_key
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...core.limit_keys import fill_limit_key
 from ...core.models import Job
 from ...core.payload_fields import check_payload_fields
 from ...core.retries import RETRYABLE, retry_refusal
