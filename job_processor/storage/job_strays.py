@@ -85,10 +85,14 @@ class ForeignJobs:
     async def error_unknown(
         self, known: list[str], due_before: dt.datetime, now: dt.datetime
     ) -> int:
-        """Claimable jobs of names not in `known`, due before `due_before` (a grace period):
-        errored with the reason. At most 100 per call; one compare-and-set each."""
+        """Claimable jobs of names not in `known`, due and inserted before `due_before` (a
+        grace period: a job scheduled for a past time, by a new release's producer, waits for
+        its workers too): errored with the reason. At most 100 read per call; one
+        compare-and-set each."""
         errored = 0
         async for doc in self.unknown_cursor(known, due_before):
+            if isinstance(doc["_id"], ObjectId) and doc["_id"].generation_time >= due_before:
+                continue  # inserted within the grace: errored once it has passed
             name = doc["claim_name"]
             res = await self.coll.update_one(
                 {"_id": doc["_id"], "claim_name": name},

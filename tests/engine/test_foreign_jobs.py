@@ -3,6 +3,7 @@ any other; a malformed one is errored with the reason; nothing blocks a worker."
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -74,8 +75,14 @@ async def test_a_malformed_document_is_errored_with_the_reason(
 async def test_a_job_of_a_name_no_worker_defines_is_errored_after_the_grace(db: Any) -> None:
     processor = await make(db, {"send-email": JobDef(handler=send)}, unknown_name_grace=5)
     now_ms = int(time.time() * 1000)
-    typo = await db["job_processor_jobs"].insert_one(
-        {"name": "send-emial", "claim_name": "send-emial", "due_ms": now_ms - 10_000}
+    inserted = ObjectId.from_datetime(dt.datetime.fromtimestamp(now_ms / 1000 - 10, dt.UTC))
+    typo = await db["job_processor_jobs"].insert_one(  # inserted and due 10 s ago
+        {
+            "_id": inserted,
+            "name": "send-emial",
+            "claim_name": "send-emial",
+            "due_ms": now_ms - 10_000,
+        }
     )
     recent = await db["job_processor_jobs"].insert_one(
         {"name": "new-job", "claim_name": "new-job", "due_ms": now_ms}  # a deploy under way
@@ -321,3 +328,23 @@ async def test_a_foreign_insert_under_a_cron_name_never_breaks_get_status(db: An
     assert shown[ids[0]]["status"] == shown[ids[1]]["status"] == S.PENDING
     assert shown[ids[2]]["status"] == S.ERRORED and shown[ids[2]]["trigger"] is None
     assert shown[ids[0]]["slot"] == ObjectId(ids[0]).generation_time
+
+
+async def test_a_new_name_scheduled_for_a_past_time_is_not_errored_as_unknown_at_once(
+    db: Any,
+) -> None:
+    """A rolling deploy adds 'backfill'; the new release's web app schedules one for a time
+    already past before any new worker has started. A job of a name no worker defines waits
+    unknown_name_grace (scale.md: "so that a rolling deploy has time to start the workers that
+    define a new job"): the grace was counted from its due time only, and the old worker's
+    pass errored it at once."""
+    old_worker = await make(db, {"send-email": JobDef(handler=send)})
+    await old_worker.heartbeat.register()  # a live worker of the previous release
+    new_web_app = await make(
+        db, {"send-email": JobDef(handler=send), "backfill": JobDef(handler=send)}
+    )
+    now = dt.datetime.now(dt.UTC)
+    job = await new_web_app.schedule_job("backfill", {}, scheduled_for=now - dt.timedelta(hours=2))
+    await old_worker.recovery.error_unknown_names(dt.datetime.now(dt.UTC))  # its 5-minute pass
+    got = await new_web_app.get_job(job.id)
+    assert got.status == S.PENDING, (got.status, got.error)
