@@ -150,8 +150,8 @@ class Registry:
     ) -> bool:
         """`refresh`, at most every `every` seconds (warnings look at the last 24 hours), and
         also at a sweep that finds a worker gone since the last one (`live`: the sweep's live
-        workers), so that a row it wrote is written again within one sweep of it leaving.
-        Whether the periodic refresh ran."""
+        workers), so that a row it wrote is written again within one sweep of it leaving; and
+        the capacity of this process's static limits. Whether the periodic refresh ran."""
         ids = frozenset(str(w["_id"]) for w in live) if live is not None else None
         departed = ids is not None and self._live is not None and bool(self._live - ids)
         if ids is not None:
@@ -160,13 +160,15 @@ class Registry:
             else:
                 self.older &= ids
             self._live = ids
-        if self._refreshed is None or (now - self._refreshed).total_seconds() >= every:
+        periodic = self._refreshed is None or (now - self._refreshed).total_seconds() >= every
+        if periodic or departed:
             await self.refresh(now, live, worker_id)
+            # the static limits' capacity again: a gone replica of another release, taking a
+            # slot after this one started, wrote its own back (status showed it till next use)
+            await self.storage.limits.describe(check_limits(self.definitions).values())
+        if periodic:
             self._refreshed = now
-            return True
-        if departed:
-            await self.refresh(now, live, worker_id)
-        return False
+        return periodic
 
     async def paused_names(self) -> set[str]:
         """One query: every paused name (the collection pause/resume write first)."""

@@ -89,3 +89,31 @@ async def test_a_static_limit_sharing_a_per_tenant_key_is_still_shown(db: Any) -
     assert "api:{tenant} (other keys)" not in shown, shown  # 20 tenants: none folded
     assert "api:acme" in overview, overview
     assert got[("job_processor_limit_capacity", (("key", "api:acme"), ("template", "")))] == 2
+
+
+async def test_a_lowered_concurrency_is_shown_once_the_rolling_deploy_is_over(db: Any) -> None:
+    """A rolling deploy lowers the limit from 3 to 1: the new replica starts (writing its
+    capacity on the limit's document), an old replica still running takes a slot (its
+    compare-and-set writes its own capacity back), then stops. Status showed the gone
+    release's 3 until someone next took a slot; the new replica's sweep that sees the old one
+    gone writes its capacity again (scale.md: "a deploy that changed one shows it at once")."""
+    S = JobStatus
+    old = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=3))})
+    new = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=1))})
+    async with new:
+        async with old:
+            assert (await old.run_job("send")).status == S.FINISHED  # while the new one is live
+            # a sweep of the new replica has seen the old one live (a deploy takes longer)
+            await wait_for(
+                lambda: old.worker.worker_id in {w["_id"] for w in new.recovery.live or []}
+            )
+        shown: list[Any] = []
+
+        async def lowered() -> bool:
+            shown[:] = (await new.get_status()).limits
+            return bool(shown) and shown[0]["concurrency"] == 1
+
+        deadline = asyncio.get_running_loop().time() + 10  # the new replica's next sweeps
+        while not await lowered() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+    assert shown and shown[0]["concurrency"] == 1, shown
