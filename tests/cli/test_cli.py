@@ -242,7 +242,7 @@ async def test_operating_jobs_crons_workers_and_names(db: Any, mongo_url: str) -
         assert (await cli(url, "names", "resume", "fine")).returncode == 0
         served = await cli(url, "names", "forget", "fine")  # a live worker would register it again
         assert served.returncode == 1
-        assert "fine: nothing done: served by 1 live worker" in served.stdout
+        assert "fine: nothing done: served or defined by 1 live worker" in served.stdout
 
     # an operations command never changes definitions (no init_job_processor, no pruning)
     admin = Admin(db)

@@ -133,7 +133,7 @@ async def test_a_name_no_worker_defines_any_more_can_be_forgotten(db: Any) -> No
     serving = await make(db, {"other": JobDef(handler=quick)})
     async with serving:
         refused = await admin.forget("other")
-        assert refused.skipped["other"].startswith("served by 1 live worker(s)")
+        assert refused.skipped["other"].startswith("served or defined by 1 live worker(s)")
     assert (await admin.forget("other")).changed == ["other"]
 
 
@@ -634,3 +634,28 @@ async def test_a_cron_that_a_deploy_turned_into_a_job_can_be_removed(db: Any) ->
         assert cron.served_by == []
         result = await admin.remove_crons("cleanup")
         assert result.changed == ["cleanup"], result.skipped
+
+
+async def test_forget_refuses_a_name_a_live_worker_defines_without_claiming_it(db: Any) -> None:
+    """operations.md: a worker records every JobDef its process knows, not only the names it
+    claims; `names forget` is refused while a live worker serves a name ("it would register
+    it again"). A live replica defines 'report' (tag 'batch') but, with worker_tags ['web'],
+    claims it not: forget went through, nothing wrote the row back, and the job that replica
+    then queued was errored "no worker defines it" once the grace had passed."""
+    from job_processor import FakeClock, JobStatus
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC))
+    jobs = {"web": JobDef(handler=quick), "report": JobDef(handler=quick, tag="batch")}
+    web = await make(db, jobs, clock=clock, worker_tags=["web"])
+    await web.heartbeat.register()
+    other = await make(db, {"web": JobDef(handler=quick)}, clock=clock)
+    await other.heartbeat.register()
+    admin = await Admin.open(db, actor="ops", clock=clock)
+    refused = await admin.forget("report")
+    assert refused.changed == [], refused
+    assert refused.skipped["report"].startswith("served or defined by 1 live worker(s)")
+    job = await web.schedule_job("report")  # the live replica that defines it queues one
+    clock.advance(3700)  # past unknown_name_grace
+    await other.recovery.error_unknown_names(clock.now())
+    got = await web.get_job(job.id)
+    assert got.status == JobStatus.PENDING, (got.status, got.error)

@@ -74,6 +74,8 @@ class NamesAdmin(AdminBase):
             w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
         ]
         serving = coverage(known, live, {}, [], now).served_by.get(name, [])
+        # or defines it without claiming it (its worker_tags leave it out): it queues its jobs
+        serving = serving or [str(w["_id"]) for w in live if name in (w.get("definitions") or {})]
         active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (
@@ -83,8 +85,8 @@ class NamesAdmin(AdminBase):
             )
         elif serving:
             result.skipped[name] = (
-                f"served by {len(serving)} live worker(s) ({', '.join(serving)}): stop them "
-                "first, or they register it again"
+                f"served or defined by {len(serving)} live worker(s) ({', '.join(serving)}): "
+                "stop them first, or they register it again"
             )
         elif active:
             result.skipped[name] = (
