@@ -192,7 +192,11 @@ TAKES_A_BEAT = {
 def print_paused(result: ActionResult) -> None:
     """The names of the jobs the action queued that no worker runs until they are resumed."""
     for name in result.detail.get("paused") or []:
-        print(f"  {name!r} is paused: no worker runs it until `job-processor names resume {name}`")
+        print(
+            one_line(
+                f"  {name!r} is paused: no worker runs it until `job-processor names resume {name}`"
+            )
+        )
 
 
 def report(result: ActionResult, as_json: bool) -> int:
@@ -212,14 +216,16 @@ def report(result: ActionResult, as_json: bool) -> int:
         state = f"{made.status}, {when}" if when else str(made.status)
         if made.id in result.skipped and made.status != JobStatus.SKIPPED:  # a dedup key held
             print(
-                f"not created: job {made.name} {made.id} ({state}) holds the key "
-                f"{made.key!r} while it is active"
+                one_line(
+                    f"not created: job {made.name} {made.id} ({state}) holds the key "
+                    f"{made.key!r} while it is active"
+                )
             )
         else:
-            print(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({state})")
+            print(one_line(f"{ONE_NEW_JOB[result.action]} job {made.name} {made.id} ({state})"))
             print_paused(result)
             for why in result.skipped.values():
-                print(f"  {why}")
+                print(f"  {one_line(why)}")
     else:
         verb = result.action.replace("_", " ")
         requested = list(result.detail.get("requested", []))
@@ -231,9 +237,10 @@ def report(result: ActionResult, as_json: bool) -> int:
                 print(f"  {TAKES_A_BEAT[result.action]}")
             print_paused(result)
         for job_id in requested:  # one line per job: a running one is aborted by its worker
-            print(f"{job_id}: kill requested (its worker aborts it)")
+            print(one_line(f"{job_id}: kill requested (its worker aborts it)"))
         for key, why in result.skipped.items():
-            print(f"{key}: nothing done: {why}", file=sys.stderr if result.done else sys.stdout)
+            shown = one_line(f"{key}: nothing done: {why}")
+            print(shown, file=sys.stderr if result.done else sys.stdout)
         if not result.done and not result.skipped:
             print(f"{verb}: nothing matched")
     if (

@@ -20,6 +20,7 @@ from .common import (
     UsageError,
     emit_json,
     first_line,
+    one_line,
     shown_json,
     table,
     when,
@@ -100,7 +101,7 @@ def show_event(e: Event) -> None:
     ]
     for key, value in fields:
         if value is not None:
-            print(f"{key + ':':<20}{value}")
+            print(f"{key + ':':<20}{one_line(value)}")
     print(f"{'payload:':<20}{shown_json(masked['payload'])}")
     print("deliveries:")
     if not e.deliveries:
@@ -127,11 +128,11 @@ def show_event(e: Event) -> None:
     if cut:  # the column cut them: each in full (its first line; `jobs show JOB` has the rest)
         print("errors:")
         for target in cut:
-            print(f"  {target}: {shown[target]}")
+            print(f"  {one_line(f'{target}: {shown[target]}')}")
     for d in e.deliveries:
         if d.kind != "webhook" or not d.attempts:
             continue
-        print(f"webhook attempts of {d.target} (job {d.job_id}):")
+        print(one_line(f"webhook attempts of {d.target} (job {d.job_id}):"))
         table(
             ["AT", "HTTP", "DURATION", "RESPONSE / ERROR"],
             [

@@ -15,7 +15,7 @@ from ..core.status import JobStatus
 from ..ops import health as health_mod
 from ..ops.admin import Admin
 from ..storage.connect import close_database, open_database
-from .common import DONE, NOTHING, emit_json, mongodb_url, table, with_admin
+from .common import DONE, NOTHING, emit_json, mongodb_url, one_line, table, with_admin
 
 
 async def status(args: argparse.Namespace) -> int:
@@ -107,13 +107,13 @@ def show_status(found: ProcessorStatus) -> None:
         ("unserved names", found.unserved_names),
     ):
         if names:
-            print(f"{label}: {', '.join(names)}")
+            print(f"{label}: {one_line(', '.join(names))}")
     for limit in found.limits:
-        print(limit_line(limit))
+        print(one_line(limit_line(limit)))
     if found.warnings:
         print("warnings:")
         for warning in found.warnings:
-            print(f"  - {warning}")
+            print(f"  - {one_line(warning)}")
     else:
         print("warnings: none")
 
@@ -140,7 +140,7 @@ async def health(args: argparse.Namespace) -> int:
         if args.json:
             emit_json(result.model_dump(mode="json"))
         else:
-            print(f"unhealthy: {result.reason}")
+            print(f"unhealthy: {one_line(result.reason)}")
         return NOTHING
     try:
         result = await health_mod.check(
@@ -156,7 +156,7 @@ async def health(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result.model_dump(mode="json"))
     else:
-        print(("ok: " if result.ok else "unhealthy: ") + result.reason)
+        print(("ok: " if result.ok else "unhealthy: ") + one_line(result.reason))
     return DONE if result.ok else NOTHING
 
 

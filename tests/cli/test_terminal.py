@@ -135,3 +135,79 @@ async def test_a_line_break_in_a_log_line_or_progress_message_cannot_forge_a_lin
         "status:             finished"
     ], shown.stdout
     assert "page 1\\u000aresult:" in shown.stdout  # shown, on its line
+
+
+async def test_events_show_prints_no_forged_line_from_an_events_name_key_or_emitter(
+    db: Any, mongo_url: str
+) -> None:
+    """operations.md: a line break is printed as `\\u000a` in a table cell or a field, so no
+    value reads as a line of its own. `events show` printed an event's name and key (both
+    taken as given by `emit`) raw: their second line read as a field of the event."""
+    from job_processor import Event, Subscriber
+
+    async def noop(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    name = "order\nfanout:             owed"
+    processor = await init_job_processor(
+        db, jobs={}, subscribers={name: [Subscriber("mail", handler=noop)]}, **FAST
+    )
+    event = await processor.emit(name, {"o": 1}, key="k1\nreplays:            7")
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    shown = await run_cli("events", "show", event.id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert not any(line.startswith("replays:") for line in lines), shown.stdout
+    assert [line for line in lines if line.startswith("fanout:")] == ["fanout:             done"], (
+        shown.stdout
+    )
+    assert "order\\u000afanout:" in shown.stdout and "k1\\u000areplays:" in shown.stdout
+
+
+async def test_status_prints_no_forged_line_from_a_job_name(db: Any, mongo_url: str) -> None:
+    """`status` escaped a job name's line break in its tables but printed it raw on its
+    `paused names:` and `unserved names:` lines and in the command its warning suggests: the
+    rest of the name read as a line of its own (here a forged `warnings: none`)."""
+    from job_processor.admin import Admin
+
+    async def h(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    name = "send\nwarnings: none"
+    processor = await init_job_processor(db, jobs={name: JobDef(handler=h)}, **FAST)
+    async with processor:  # registers the name; stopped: served in the last 24 h, now unserved
+        pass
+    admin = await Admin.open(db, "job_processor_")
+    await admin.pause(name)
+    env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    shown = await run_cli("status", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "warnings: none" not in lines, shown.stdout  # there are warnings, and no such line
+    assert [line for line in lines if line.startswith("paused names:")] == [
+        "paused names: send\\u000awarnings: none"
+    ], shown.stdout
+
+
+async def test_status_prints_no_forged_line_from_a_limit_key_filled_from_a_payload(
+    db: Any, mongo_url: str
+) -> None:
+    """A per-value limit's key is filled from the job's payload as a producer sent it: a line
+    break in the tenant id forged a line of `status` (its limit line was printed raw)."""
+    from job_processor import Limit
+
+    async def h(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    limit = Limit(key="tenant:{tenant_id}", rate=10, per_seconds=60)
+    processor = await init_job_processor(db, jobs={"sync": JobDef(handler=h, limit=limit)}, **FAST)
+    async with processor:
+        job = await processor.schedule_job("sync", {"tenant_id": "acme\nwarnings: none"})
+        await wait_status(processor, job.id, "finished")  # type: ignore[arg-type]
+        env = {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+        shown = await run_cli("status", env=env)  # its start is in the rate window
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    limits = [line for line in lines if line.startswith("limit ")]
+    assert limits and limits[0].startswith("limit tenant:acme\\u000awarnings: none"), shown.stdout
+    assert "warnings: none" not in lines or lines.count("warnings: none") == 1, shown.stdout
