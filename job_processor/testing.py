@@ -137,6 +137,12 @@ class JobHarness:
             self.job.progress = _progress_as_stored(progress, now)
         if dependencies is not None:
             deps = list(dependencies)
+            bad = next((d for d in deps if not isinstance(d, Job)), None)
+            if bad is not None:
+                raise InvalidArgumentError(
+                    "JobHarness dependencies= takes the jobs themselves, e.g. "
+                    f"[JobHarness.ended('part', result=3)], got {bad!r:.60}"
+                )
             self.job._given_dependencies = deps
             self.job.after = [d.id for d in deps]
             self.job.deps = {d.id: d.status.value for d in deps}

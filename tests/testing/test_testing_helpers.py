@@ -838,3 +838,14 @@ def test_job_harness_checks_a_model_payload_against_payload_model() -> None:
 
     with pytest.raises(InvalidPayloadError, match="payload must be a _LooseAt, got Holder"):
         JobHarness(Holder(at=dt.datetime(2030, 1, 1, 9)), payload_model=_LooseAt)
+
+
+@pytest.mark.parametrize("given", [["65b2a0000000000000000000"], [{"status": "finished"}], [3]])
+def test_job_harness_refuses_dependencies_that_are_not_jobs_naming_the_argument(given: Any) -> None:
+    """guide.md: dependencies=[JobHarness.ended(...), ...]. Anything else (job ids, as `after=`
+    takes, a dict) is refused as the harness refuses its other arguments, naming it; it raised
+    AttributeError: 'str' object has no attribute 'id'."""
+    from job_processor import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="dependencies"):
+        JobHarness(dependencies=given)
