@@ -287,6 +287,13 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
             _naive_as_utc(v.model_dump(exclude_computed_fields=computed)) for v in (read, value)
         )
         differing = [k for k in differing if now.get(k) != was.get(k)]
+    if type(value) is not model:  # a subclass's serializers wrote the form: values compared
+        differing += [
+            k
+            for k in model.model_fields
+            if k not in differing
+            and _naive_as_utc(getattr(read, k, None)) != _naive_as_utc(getattr(value, k, None))
+        ]
     return sorted(differing)
 
 

@@ -128,7 +128,7 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
         back = None if differing else V.read_back(model, payload)
         V.check_model_datetimes("job", name, value, back)
         stored = V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
-        if differing and type(value) is not model:
+        if differing and type(value) is not model and not _model_differs(model, value):
             raise InvalidPayloadError(
                 f"job {name!r}: payload is a {type(value).__name__}, a subclass of "
                 f"{model.__name__}, which does not read it back as given "
@@ -138,6 +138,13 @@ def checked_payload(name: str, model: type[BaseModel] | None, payload: Any) -> D
             raise InvalidPayloadError(f"job {name!r}: {not_read_back(model, differing)}")
         return stored
     return V.checked_payload("job", name, payload, D.MAX_PAYLOAD_BYTES)
+
+
+def _model_differs(model: type[BaseModel], value: BaseModel) -> list[str]:
+    """What the model itself would not read back of the fields a subclass instance gives it
+    (strict mode, say): then the model is the cause, not the subclass."""
+    base = model.model_construct(**{k: getattr(value, k) for k in model.model_fields})
+    return form_of(model, base)[1]
 
 
 def _misspelled(model: type[BaseModel], payload: Any, exc: ValidationError) -> str:

@@ -11,6 +11,7 @@ its bytes).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import enum
@@ -305,8 +306,25 @@ def check_model_datetimes(kind: str, name: str, value: BaseModel, back: Any) -> 
 
 
 def read_back(model: type[BaseModel], form: Doc) -> Any:
-    """The JSON form read back through the model, as its Python values (no computed field)."""
+    """The JSON form read back through the model, as the consumer holds it: its attributes'
+    values (not its dump, which a serializer of every mode would write as text; no computed
+    field)."""
     try:
-        return model.model_validate(form).model_dump(exclude_computed_fields=True)
+        return held(model.model_validate(form))
     except ValueError:  # a ValidationError: not read back (the consumer says why)
         return None
+
+
+def held(value: Any) -> Any:
+    """A value as a handler holds it, in plain containers: a model's or a dataclass's fields
+    (a model's extra keys too) by name; lists, tuples and sets as lists."""
+    if isinstance(value, BaseModel):
+        fields = {k: getattr(value, k, None) for k in type(value).model_fields}
+        return {k: held(v) for k, v in (fields | (value.__pydantic_extra__ or {})).items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: held(getattr(value, f.name, None)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: held(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [held(v) for v in value]
+    return value

@@ -198,3 +198,70 @@ async def test_an_instance_of_a_subclass_of_the_payload_model_is_scheduled(db: A
     assert job.output is not None and job.output.result == ["Order", 7]
     with pytest.raises(InvalidPayloadError, match=r"a subclass of StrictOrder.*'source'"):
         await p.schedule_job("strict", TrackedStrictOrder(order_id=7))
+
+
+class Transfer(BaseModel):
+    account: str
+    amount: int
+
+
+class LoggedTransfer(Transfer):
+    """A producer-side subclass whose serializer shortens the account for its logs."""
+
+    source: str = "web"
+
+    @field_serializer("account")
+    def _last4(self, value: str) -> str:
+        return "****" + value[-4:]
+
+
+async def test_a_subclass_whose_serializer_changes_a_field_is_refused(db: Any) -> None:
+    """The subclass's serializers write the stored form: one that changes an inherited field
+    (redacts it) was taken, and the handler got '****3000' for the account scheduled."""
+
+    async def seen(job: Job[Transfer], signal: AbortSignal) -> str:
+        return job.payload.account
+
+    p = await make(db, {"transfer": JobDef(handler=seen, payload_model=Transfer)})
+    given = LoggedTransfer(account="DE89370400440532013000", amount=5)
+    with pytest.raises(InvalidPayloadError, match=r"a subclass of Transfer.*'account'"):
+        await p.run_job("transfer", given)
+
+
+class TrackedStrictWhen(StrictWhen):
+    source: str = "web"
+
+
+async def test_a_subclass_of_a_strict_model_is_refused_for_the_strict_field(db: Any) -> None:
+    """A subclass of a model that cannot store it anyway (strict mode) was refused blaming the
+    subclass ("pass a StrictWhen"), which is refused too: the model's own reason is given."""
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=StrictWhen)})
+    with pytest.raises(InvalidPayloadError, match="strict mode") as sub:
+        await p.schedule_job("typed", TrackedStrictWhen(at=AT))
+    assert "pass a StrictWhen" not in str(sub.value), str(sub.value)
+
+
+class IsoStamp(BaseModel):
+    at: dt.datetime
+
+    @field_serializer("at")  # every mode: model_dump() writes it as text too
+    def _iso(self, value: dt.datetime) -> str:
+        return value.isoformat()
+
+
+async def test_a_naive_datetime_behind_a_serializer_of_every_mode_is_refused(db: Any) -> None:
+    """The naive check read the consumer's values from model_dump(), where this serializer had
+    already written the datetime as text: the handler got a naive datetime."""
+
+    async def seen(job: Job[IsoStamp], signal: AbortSignal) -> Any:
+        return job.payload.at.tzinfo is None
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=IsoStamp)})
+    with pytest.raises(InvalidPayloadError, match="without a time zone"):
+        await p.run_job("typed", IsoStamp(at=dt.datetime(2030, 1, 1, 9)))
+    job = await p.run_job("typed", IsoStamp(at=dt.datetime(2030, 1, 1, 9, tzinfo=dt.UTC)))
+    assert job.status == JobStatus.FINISHED and job.result is False, (job.status, job.error)
