@@ -111,9 +111,15 @@ def date_text(value: str) -> dt.datetime | None:
     if len(value) < 10 or not value[:4].isdigit():
         return None
     try:
-        return as_utc(dt.datetime.fromisoformat(value))
-    except (ValueError, OverflowError):  # not a date, or one UTC cannot hold ("9999-...-05:00")
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
         return None
+    try:
+        return as_utc(parsed)
+    except OverflowError:  # a date UTC cannot hold ("9999-12-31T23:00-05:00"): the nearest one
+        return (dt.datetime.max if parsed.year == dt.MAXYEAR else dt.datetime.min).replace(
+            tzinfo=dt.UTC
+        )
 
 
 #: Extended JSON as nx-27017 writes it: dates without an offset are UTC.

@@ -199,3 +199,26 @@ async def test_jobs_show_prints_no_forged_line_from_a_log_lines_run_or_a_depende
         assert shown.returncode == 0, (field, shown.stderr)
         forging[field] = [x for x in shown.stdout.splitlines() if x.startswith("result:")]
     assert forging == {"logs": [], "after": []}, forging
+
+
+async def test_jobs_show_and_list_read_a_date_utc_cannot_hold(db: Any, mongo_url: str) -> None:
+    """Another program's text date that UTC cannot hold ("9999-12-31T23:00:00-05:00"), kept as
+    written, made `jobs list` (every job, not only that one) and `jobs show` stop with an
+    OverflowError; it now reads as the nearest date UTC holds."""
+    from bson import ObjectId
+
+    url = url_with_db(mongo_url, db.name)
+    oid = ObjectId()
+    await db["job_processor_jobs"].insert_one(
+        {
+            "_id": oid,
+            "name": "send-email",
+            "payload": {},
+            "scheduled_for": "9999-12-31T23:00:00-05:00",
+        }
+    )
+    shown = await cli(url, "jobs", "show", str(oid))
+    listed = await cli(url, "jobs", "list")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-600:]
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-600:]
+    assert "9999-12-31T23:59:59.999Z" in shown.stdout, shown.stdout

@@ -78,8 +78,9 @@ async def test_a_bare_insert_with_an_out_of_range_text_date_never_stops_a_worker
 ) -> None:
     """A bare insert whose scheduled_for is ISO text that parses but that UTC cannot hold:
     reading it raised OverflowError, which the start's sweep did not catch: no worker could
-    start while it was there. Its date now stays as written (a datetime pydantic reads with its
-    offset), and the worker starts."""
+    start while it was there (and, kept as written, it broke jobs list, jobs show and the
+    dashboard, and a bare insert due then ran at once). It reads as the nearest date UTC
+    holds: a job due "never" is not run."""
     from bson import ObjectId
 
     processor = await make(db, {"send-email": JobDef(handler=send)})
@@ -90,4 +91,8 @@ async def test_a_bare_insert_with_an_out_of_range_text_date_never_stops_a_worker
         good = await processor.schedule_job("send-email", {"to": "bob@example.com"})
         await wait_status(processor, good.id, S.FINISHED)
     read = await processor.get_job(str(old))  # read, not failing
-    assert read.scheduled_for == dt.datetime.fromisoformat(when), read
+    nearest = dt.datetime.max if when.startswith("9999") else dt.datetime.min
+    assert read.scheduled_for == nearest.replace(tzinfo=dt.UTC), read
+    if when.startswith("9999"):
+        assert read.status == S.PENDING, read  # adopted, due "never": not run
+    assert str(old) in [j.id for j in await processor.list_jobs()]
