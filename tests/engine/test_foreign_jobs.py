@@ -348,3 +348,34 @@ async def test_a_new_name_scheduled_for_a_past_time_is_not_errored_as_unknown_at
     await old_worker.recovery.error_unknown_names(dt.datetime.now(dt.UTC))  # its 5-minute pass
     got = await new_web_app.get_job(job.id)
     assert got.status == S.PENDING, (got.status, got.error)
+
+
+async def test_an_old_unknown_job_is_errored_behind_100_recent_ones(db: Any) -> None:
+    """The insert-time grace was applied to the pass's read of 100: once 100 recently inserted
+    past-due jobs of a new name filled it, an old typo's job behind them was never errored.
+    The bound is in the query now. A text `_id` (no insert time) is errored by its due time."""
+    worker = await make(db, {"send-email": JobDef(handler=send)}, unknown_name_grace=60)
+    now = dt.datetime.now(dt.UTC)
+    past_ms = int((now - dt.timedelta(hours=3)).timestamp() * 1000)
+    jobs = db["job_processor_jobs"]
+    await jobs.insert_many(
+        [{"name": "backfill", "claim_name": "backfill", "due_ms": past_ms} for _ in range(100)]
+    )
+    two_hours_ago = now - dt.timedelta(hours=2)
+    typo = await jobs.insert_one(
+        {
+            "_id": ObjectId.from_datetime(two_hours_ago),
+            "name": "send-emial",
+            "claim_name": "send-emial",
+            "due_ms": int(two_hours_ago.timestamp() * 1000),
+        }
+    )
+    await jobs.insert_one(
+        {"_id": "ext-9", "name": "send-emial", "claim_name": "send-emial", "due_ms": past_ms}
+    )
+    await worker.recovery.error_unknown_names(dt.datetime.now(dt.UTC))
+    got = await worker.get_job(str(typo.inserted_id))
+    assert got.status == S.ERRORED, (got.status, got.error)
+    text = await jobs.find_one({"_id": "ext-9"})
+    assert text is not None and text["status"] == "errored", text
+    assert await jobs.count_documents({"name": "backfill", "status": "errored"}) == 0
