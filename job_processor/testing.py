@@ -136,6 +136,11 @@ class JobHarness:
         if progress is not None:
             self.job.progress = _progress_as_stored(progress, now)
         if dependencies is not None:
+            if isinstance(dependencies, Job) or not isinstance(dependencies, Iterable):
+                raise InvalidArgumentError(
+                    "JobHarness dependencies= takes a list of jobs, e.g. "
+                    f"[JobHarness.ended('part', result=3)], got {dependencies!r:.60}"
+                )
             deps = list(dependencies)
             bad = next((d for d in deps if not isinstance(d, Job)), None)
             if bad is not None:

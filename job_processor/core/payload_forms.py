@@ -287,12 +287,20 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
             _naive_as_utc(v.model_dump(exclude_computed_fields=computed)) for v in (read, value)
         )
         differing = [k for k in differing if now.get(k) != was.get(k)]
-    if type(value) is not model:  # a subclass's serializers wrote the form: values compared
+    if type(value) is not model:  # a subclass's serializers wrote the form: what it reads
+        # back is compared with what the model's own form of the same values reads back as
+        base = model.model_construct(**{k: getattr(value, k) for k in model.model_fields})
+        try:
+            own = model.model_validate(
+                base.model_dump(mode="json", exclude_computed_fields=computed)
+            )
+        except ValidationError as exc:
+            return sorted({*differing, *(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))})
+        now, was = (
+            _naive_as_utc(v.model_dump(exclude_computed_fields=computed)) for v in (read, own)
+        )
         differing += [
-            k
-            for k in model.model_fields
-            if k not in differing
-            and _naive_as_utc(getattr(read, k, None)) != _naive_as_utc(getattr(value, k, None))
+            k for k in model.model_fields if k not in differing and now.get(k) != was.get(k)
         ]
     return sorted(differing)
 

@@ -18,7 +18,7 @@ import enum
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import bson
@@ -120,7 +120,10 @@ def naive_datetime_at(
         within = (*_within, value)
         if isinstance(value, Mapping):
             for key, item in value.items():
-                found = naive_datetime_at(item, f"{path}.{key}" if path else str(key), within)
+                at = f"{path}.{key}" if path else str(key)
+                if isinstance(key, dt.datetime) and key.utcoffset() is None:  # a model's dict key
+                    return (at, key)
+                found = naive_datetime_at(item, at, within)
                 if found is not None:
                     return found
         else:
@@ -325,6 +328,6 @@ def held(value: Any) -> Any:
         return {f.name: held(getattr(value, f.name, None)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {k: held(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [held(v) for v in value]
+    if isinstance(value, Collection) and not isinstance(value, str | bytes | bytearray):
+        return [held(v) for v in value]  # lists, tuples, sets, deques
     return value

@@ -71,19 +71,18 @@ class ForeignJobs:
         res = await self.coll.update_one({"_id": job_id, "run_id": run_id}, {"$set": fields})
         return bool(res.matched_count)
 
-    def unknown_cursor(
-        self, known: list[str], due_before: dt.datetime, text_ids: bool = False
-    ) -> Any:
+    def unknown_cursor(self, known: list[str], due_before: dt.datetime, ids: str = "") -> Any:
         """The claimable jobs of names not in `known` due and inserted before `due_before`, 100
         at most (the claim index, `_id` its last key; the real-server tier asserts it reads no
-        other job): a job scheduled for a past time waits the grace too. `text_ids`: those
-        whose `_id` is text instead (no insert time: by their due time). A string name: the
+        other job): a job scheduled for a past time waits the grace too. `ids` "string" or
+        "number": those whose `_id` of their own is text or a number instead (no insert time:
+        by their due time). A string name: the
         index holds every job that is not claimable under null, which `$exists` (or `$nin`
         alone) would keep in the scan's bounds, every ended job read at each pass."""
         query = {
             "claim_name": {"$type": "string", "$nin": known},
             "due_ms": {"$lt": D.epoch_ms(due_before)},
-            "_id": {"$type": "string"} if text_ids else {"$lt": ObjectId.from_datetime(due_before)},
+            "_id": {"$type": ids} if ids else {"$lt": ObjectId.from_datetime(due_before)},
         }
         return self.coll.find(query, {"_id": 1, "claim_name": 1}).limit(100)
 
@@ -95,8 +94,8 @@ class ForeignJobs:
         its workers too): errored with the reason. At most 100 per call and kind of `_id`; one
         compare-and-set each."""
         errored = 0
-        for text_ids in (False, True):
-            async for doc in self.unknown_cursor(known, due_before, text_ids):
+        for ids in ("", "string", "number"):  # other `_id` types (binData): only flagged
+            async for doc in self.unknown_cursor(known, due_before, ids):
                 name = doc["claim_name"]
                 res = await self.coll.update_one(
                     {"_id": doc["_id"], "claim_name": name},

@@ -379,3 +379,18 @@ async def test_an_old_unknown_job_is_errored_behind_100_recent_ones(db: Any) -> 
     text = await jobs.find_one({"_id": "ext-9"})
     assert text is not None and text["status"] == "errored", text
     assert await jobs.count_documents({"name": "backfill", "status": "errored"}) == 0
+
+
+@pytest.mark.parametrize("own_id", [4711, 2**40], ids=["int", "long"])
+async def test_an_unknown_name_job_with_a_numeric_id_is_errored(db: Any, own_id: Any) -> None:
+    """The pass read ObjectId and text _ids only: a minimal document whose own _id is a
+    number, of a name no worker defines, stayed pending for good."""
+    worker = await make(db, {"send-email": JobDef(handler=send)}, unknown_name_grace=60)
+    past_ms = int((dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)).timestamp() * 1000)
+    jobs = db["job_processor_jobs"]
+    await jobs.insert_one(
+        {"_id": own_id, "name": "send-emial", "claim_name": "send-emial", "due_ms": past_ms}
+    )
+    errored = await worker.recovery.error_unknown_names(dt.datetime.now(dt.UTC))
+    doc = await jobs.find_one({"_id": own_id})
+    assert doc is not None and doc.get("status") == "errored", (errored, doc)

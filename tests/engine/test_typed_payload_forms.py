@@ -5,12 +5,14 @@ drops a datetime's offset)."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import uuid
 from typing import Any
 
 import pytest
 import typing_extensions as te
-from pydantic import AliasPath, BaseModel, ConfigDict, Field, Json, field_serializer
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, Json, PrivateAttr, field_serializer
 from pydantic.alias_generators import to_camel
 
 from job_processor import AbortSignal, InvalidPayloadError, Job, JobDef, JobStatus
@@ -265,3 +267,86 @@ async def test_a_naive_datetime_behind_a_serializer_of_every_mode_is_refused(db:
         await p.run_job("typed", IsoStamp(at=dt.datetime(2030, 1, 1, 9)))
     job = await p.run_job("typed", IsoStamp(at=dt.datetime(2030, 1, 1, 9, tzinfo=dt.UTC)))
     assert job.status == JobStatus.FINISHED and job.result is False, (job.status, job.error)
+
+
+class Tagged(BaseModel):
+    order_id: int
+    meta: dict[str, Any] = {}
+
+
+class Audited(BaseModel):
+    order_id: int
+    dry_run: bool = Field(False, exclude=True)  # guide.md: not stored, reads back as default
+
+
+class Line(BaseModel):
+    sku: str
+    _seen_at: dt.datetime = PrivateAttr(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+class Basket(BaseModel):
+    lines: list[Line]
+
+
+class Second(BaseModel):
+    at: dt.datetime
+
+    @field_serializer("at")
+    def _to_the_second(self, value: dt.datetime) -> str:
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sub(model: type[BaseModel]) -> type[BaseModel]:
+    """A producer-side subclass with one field of its own."""
+    namespace = {"__annotations__": {"source": str}, "source": "web", "__module__": __name__}
+    return type(f"Tracked{model.__name__}", (model,), namespace)
+
+
+SUBCLASS_CASES: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
+    "any-datetime": (Tagged, {"order_id": 7, "meta": {"requested_at": AT}}),
+    "any-uuid": (Tagged, {"order_id": 7, "meta": {"trace": uuid.UUID(int=5)}}),
+    "excluded-field": (Audited, {"order_id": 7, "dry_run": True}),
+    "nested-private-attr": (Basket, {"lines": [{"sku": "a"}]}),
+    "serializer-to-the-second": (Second, {"at": dt.datetime(2030, 1, 1, 9, 0, 0, 123000, dt.UTC)}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUBCLASS_CASES))
+async def test_a_subclass_instance_is_taken_where_the_model_instance_is(db: Any, case: str) -> None:
+    """A subclass instance is taken unless the model forbids extra keys or the subclass's
+    serializers change a field the model reads: comparing raw attributes refused these
+    ('pass a <Model>') while the model's own instance with the same values was taken."""
+    model, values = SUBCLASS_CASES[case]
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> str:
+        return type(job.payload).__name__
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=model)})
+    plain = await p.run_job("typed", model(**values))
+    assert plain.status == JobStatus.FINISHED, (plain.status, plain.error)
+    sub = await p.run_job("typed", _sub(model)(**values))
+    assert sub.status == JobStatus.FINISHED and sub.result == model.__name__, sub.error
+
+
+class Recent(BaseModel):
+    seen: collections.deque[dt.datetime]
+
+
+class Slots(BaseModel):
+    booked: dict[dt.datetime, int]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [Recent(seen=[dt.datetime(2030, 1, 1, 9)]), Slots(booked={dt.datetime(2030, 1, 1, 9): 2})],  # type: ignore[arg-type]
+    ids=["deque", "dict-key"],
+)
+async def test_a_naive_datetime_in_a_deque_or_a_dict_key_is_refused(db: Any, value: Any) -> None:
+    """The handler got these naive: the check walked lists, tuples, sets and mapping values."""
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> bool:
+        return True
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=type(value))})
+    with pytest.raises(InvalidPayloadError, match="without a time zone"):
+        await p.run_job("typed", value)

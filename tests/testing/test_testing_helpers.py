@@ -849,3 +849,17 @@ def test_job_harness_refuses_dependencies_that_are_not_jobs_naming_the_argument(
 
     with pytest.raises(InvalidArgumentError, match="dependencies"):
         JobHarness(dependencies=given)
+
+
+@pytest.mark.parametrize(
+    "given", [3, None.__class__, JobHarness.ended("part")], ids=["int", "class", "one-job"]
+)
+def test_job_harness_refuses_dependencies_that_are_not_a_list_naming_the_argument(
+    given: Any,
+) -> None:
+    """`dependencies=3` raised a bare TypeError; one job, not in a list, was iterated as its
+    (field, value) pairs."""
+    from job_processor import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="dependencies= takes a list of jobs"):
+        JobHarness(dependencies=given)
