@@ -11,7 +11,7 @@ from typing import Any
 from ..core.masking import mask_event
 from ..core.models import Delivery, Event
 from ..events import queries as ev
-from ..events.webhooks import WebhookEndpoint
+from ..events.webhooks import readable_endpoint
 from ..ops.admin import Admin, parse_time
 from .common import (
     DONE,
@@ -232,7 +232,8 @@ def display_url(url: str) -> str:
 
 async def webhooks_list(args: argparse.Namespace) -> int:
     async def run(admin: Admin) -> int:
-        endpoints = [WebhookEndpoint.model_validate(d) for d in await admin.storage.webhooks.all()]
+        docs = await admin.storage.webhooks.all()
+        endpoints = [e for e in map(readable_endpoint, docs) if e is not None]
         rows = []
         for ep in endpoints:
             data = ep.model_dump(mode="json", exclude={"headers"})

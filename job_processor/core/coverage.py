@@ -18,6 +18,7 @@ from typing import Any
 
 from .clock import as_utc
 from .event_documents import WEBHOOK_JOB, is_delivery
+from .lenient import mapping, texts
 
 Doc = dict[str, Any]
 #: Used for worker documents that do not record their own worker_timeout.
@@ -119,7 +120,7 @@ def coverage(
         )
     paused = set(paused)
     for name in sorted(known):
-        out.served_by[name] = [str(w["_id"]) for w in live if name in (w.get("names") or [])]
+        out.served_by[name] = [str(w["_id"]) for w in live if name in texts(w.get("names"))]
     for name in sorted(known):
         disagreement = _disagreement(name, live)
         if disagreement:
@@ -191,7 +192,7 @@ def _disagreement(name: str, live: list[Doc]) -> str | None:
     `definitions` digests differ): two apps using one name, or a deploy under way."""
     by_version: dict[str, list[str]] = {}
     for w in live:
-        version = (w.get("definitions") or {}).get(name)
+        version = mapping(w.get("definitions")).get(name)
         if version is not None:
             by_version.setdefault(str(version), []).append(str(w.get("instance_id") or w["_id"]))
     if len(by_version) < 2:
@@ -212,7 +213,7 @@ def registrar(name: str, live: Iterable[Doc]) -> str | None:
     worker defines it."""
     oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
     defining = [
-        w for w in live if name in (w.get("definitions") or {}) or name in (w.get("names") or [])
+        w for w in live if name in mapping(w.get("definitions")) or name in texts(w.get("names"))
     ]
     if not defining:
         return None
@@ -235,7 +236,7 @@ def defined_differently(
     for w in live:
         if str(w["_id"]) == worker_id:
             continue
-        theirs = w.get("definitions") or {}
+        theirs = mapping(w.get("definitions"))
         for name, digest in mine.items():
             if theirs.get(name) is not None and str(theirs[name]) != digest:
                 out.setdefault(name, []).append(str(w["_id"]))

@@ -47,6 +47,7 @@ from ..core.errors import (
     InvalidDefinitionError,
     did_you_mean,
 )
+from ..core.lenient import texts
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
 from ..core.status import TERMINAL, JobStatus
@@ -352,7 +353,7 @@ class EventBus:
         if fresh or self._known_events is None or at - self._known_events[0] > 60:
             names = {str(r["event"]) for r in await self.storage.subscribers.all()}
             for endpoint in await self.storage.webhooks.all():
-                names |= {str(e) for e in endpoint.get("events") or []}
+                names |= set(texts(endpoint.get("events")))
             self._known_events = (at, names)
         return self._known_events[1]
 

@@ -20,7 +20,9 @@ from ..core import event_documents as E
 from ..core.clock import Clock, SystemClock, check_window, to_millis
 from ..core.definitions import check_event_name
 from ..core.errors import EventNotFoundError, InvalidArgumentError, did_you_mean
-from ..core.models import Delivery, Event, SubscriberInfo
+from ..core.lenient import read_leniently, texts
+from ..core.log import make_log
+from ..core.models import NOT_A_DOCUMENT, Delivery, Event, SubscriberInfo
 from ..core.status import JobStatus
 from ..core.values import checked_payload
 from ..storage import Storage
@@ -90,7 +92,29 @@ async def list_events(
         check_event_name(name)
     lo, hi = _check_window(since, until)
     docs = await storage.events.find(name, lo, hi, _check_limit(limit, LIST_LIMIT))
-    return [Event.model_validate(d) for d in docs]
+    return [e for e in map(readable_event, docs) if e is not None]
+
+
+#: The time an event without a readable one shows (its id's when it has one).
+_NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def readable_event(doc: Doc) -> Event | None:
+    """A stored event as the listings show it (`core.lenient`): a field another program wrote
+    with a wrong type (a hand edit, an older version) reads as its default; a name that is no
+    text as its text ("?" for none), an emitted_at that is no date as its id's time, a payload
+    that is no document as stored, under NOT_A_DOCUMENT. None, with a warning, for one that
+    cannot be read even so: the listing skips it."""
+    oid, name, payload = doc.get("_id"), doc.get("name"), doc.get("payload")
+    fallbacks = {
+        "name": "?" if name is None else str(name),
+        "emitted_at": oid.generation_time if isinstance(oid, ObjectId) else _NEVER,
+        "payload": {NOT_A_DOCUMENT: payload},
+    }
+    event = read_leniently(Event, doc, fallbacks)
+    if event is None:
+        make_log(None).warning("unreadable_document_skipped", collection="events", id=str(oid))
+    return event
 
 
 async def get_event(storage: Storage, event_id: str | ObjectId) -> Event:
@@ -110,7 +134,9 @@ async def event_summary(
     doc = await storage.events.get(oid)
     if doc is None:
         raise EventNotFoundError(f"no event with id {str(event_id)!r}")
-    event = Event.model_validate(doc)
+    event = readable_event(doc)
+    if event is None:
+        raise EventNotFoundError(f"event {str(event_id)!r} is stored unreadable")
     jobs = await storage.deliveries.for_event(event.id, shown)
     event.deliveries = [Delivery.of_job(j) for j in jobs]
     own = event.deliveries
@@ -286,7 +312,7 @@ async def untargeted_warnings(storage: Storage, now: dt.datetime, hours: float =
     known = {str(r["event"]) for r in await storage.subscribers.all()}
     enabled: set[str] = set(known)
     for endpoint in await storage.webhooks.all():
-        names = {str(e) for e in endpoint.get("events") or []}
+        names = set(texts(endpoint.get("events")))
         known |= names
         if endpoint.get("state", "enabled") == "enabled":
             enabled |= names

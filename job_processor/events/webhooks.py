@@ -44,7 +44,8 @@ from ..core.errors import (
     JobProcessorError,
     WebhookNotFoundError,
 )
-from ..core.log import EventLog
+from ..core.lenient import read_leniently, texts
+from ..core.log import EventLog, make_log
 from ..core.models import Event, to_jsonable
 from ..core.values import is_utf8
 from ..storage import Storage
@@ -536,7 +537,7 @@ class Webhooks:
         if doc is None:
             return self._found(await self.store.get(oid), endpoint_id)  # already disabled
         self.log.info("webhook_endpoint_disabled", endpoint_id=str(oid), reason=reason)
-        return WebhookEndpoint.model_validate(doc)
+        return self._found(doc, endpoint_id)
 
     async def enable(self, endpoint_id: str) -> WebhookEndpoint:
         """Enabled again (its failure count reset). Deliveries that failed while it was
@@ -552,7 +553,7 @@ class Webhooks:
         self.log.info("webhook_endpoint_removed", endpoint_id=str(endpoint_id))
 
     async def list(self) -> builtins.list[WebhookEndpoint]:
-        return [WebhookEndpoint.model_validate(d) for d in await self.store.all()]
+        return [e for e in map(readable_endpoint, await self.store.all()) if e is not None]
 
     async def get(self, endpoint_id: str) -> WebhookEndpoint:
         return self._found(await self.store.get(endpoint_id_of(endpoint_id)), endpoint_id)
@@ -561,14 +562,35 @@ class Webhooks:
     def _found(doc: Doc | None, endpoint_id: str) -> WebhookEndpoint:
         if doc is None:
             raise WebhookNotFoundError(f"no webhook endpoint with id {endpoint_id!r}")
-        return WebhookEndpoint.model_validate(doc)
+        endpoint = readable_endpoint(doc)
+        if endpoint is None:
+            raise WebhookNotFoundError(f"webhook endpoint {endpoint_id!r} is stored unreadable")
+        return endpoint
+
+
+def readable_endpoint(doc: Doc) -> WebhookEndpoint | None:
+    """A stored endpoint as the listings show it (`core.lenient`): a field another program
+    wrote with a wrong type (a hand edit, an older version) reads as its default; a url that is
+    no text as its text, events that are no list as none (its texts of a list). None, with a
+    warning, for one that cannot be read even so: the listing skips it. (A delivery reads its
+    endpoint strictly: events/sender.py.)"""
+    url = doc.get("url")
+    fallbacks = {"url": "" if url is None else str(url), "events": texts(doc.get("events"))}
+    endpoint = read_leniently(WebhookEndpoint, doc, fallbacks)
+    if endpoint is None:
+        make_log(None).warning(
+            "unreadable_document_skipped", collection="webhooks", id=str(doc.get("_id"))
+        )
+    return endpoint
 
 
 async def webhook_warnings(storage: Storage) -> list[str]:
     """For status pages: every disabled endpoint, with why and how to re-enable it."""
     out = []
     for doc in await storage.webhooks.disabled():
-        ep = WebhookEndpoint.model_validate(doc)
+        ep = readable_endpoint(doc)
+        if ep is None:
+            continue
         out.append(
             f"webhook endpoint {ep.id} ({url_host(ep.url)}) is disabled: "
             f"{ep.disabled_reason or 'no reason recorded'}; fix it, then "

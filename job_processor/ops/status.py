@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.coverage import coverage, worker_alive, worker_warnings
 from ..core.definitions import CronDef, JobDef
+from ..core.lenient import read_leniently
 from ..core.limits import check_limits, top_usage
 from ..core.masking import Masker, task_error
 from ..core.models import Job, ProcessorStatus, WorkerInfo
@@ -45,7 +46,9 @@ async def build_status(
     workers = []
     live: list[Doc] = []
     for w in await storage.workers.all():
-        info = WorkerInfo.model_validate(w)
+        info = read_leniently(WorkerInfo, w)  # a field of the wrong type: its default
+        if info is None:
+            continue
         info.alive = worker_alive(w, now, worker_timeout)  # by the worker's own timeout
         info.running_jobs = by_worker.get(info.id, [])
         workers.append(info)

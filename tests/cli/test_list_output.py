@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from tests.conftest import url_with_db
 from tests.forked_cli import Run, run_cli
@@ -222,3 +224,83 @@ async def test_jobs_show_and_list_read_a_date_utc_cannot_hold(db: Any, mongo_url
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-600:]
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-600:]
     assert "9999-12-31T23:59:59.999Z" in shown.stdout, shown.stdout
+
+
+ODD_FIELDS = [
+    ("workers", {"_id": "other-1"}, "names", None, ("status",)),
+    ("workers", {"_id": "other-1"}, "names", None, ("workers", "list")),
+    ("workers", {"_id": "other-1"}, "names", 3, ("crons", "list")),
+    ("workers", {"_id": "other-1"}, "definitions", None, ("status",)),
+    ("workers", {"_id": "other-1"}, "definitions", "x", ("names", "list")),
+    ("definitions", {"_id": "send"}, "sensitive_fields", None, ("names", "list")),
+    ("definitions", {"_id": "send"}, "sensitive_fields", 1, ("status",)),
+    ("definitions", {"_id": "send"}, "max_attempts", None, ("names", "list", "--json")),
+    ("crons", {"_id": "nightly"}, "next_slot", "soon", ("crons", "list")),
+    ("crons", {"_id": "nightly"}, "tag", 7, ("status", "--json")),
+    ("events", {}, "emitted_at", None, ("events", "list")),
+    ("events", {}, "name", None, ("events", "list", "--json")),
+    ("webhooks", {}, "format", None, ("webhooks", "list")),
+    ("webhooks", {}, "events", None, ("webhooks", "list", "--json")),
+]
+
+
+@pytest.mark.parametrize(
+    "coll,which,field,value,command",
+    ODD_FIELDS,
+    ids=[f"{c}.{f}={v!r}-{' '.join(cmd)}" for c, _, f, v, cmd in ODD_FIELDS],
+)
+async def test_read_commands_read_odd_values_another_program_wrote_without_a_traceback(
+    db: Any,
+    mongo_url: str,
+    coll: str,
+    which: dict[str, Any],
+    field: str,
+    value: Any,
+    command: tuple[str, ...],
+) -> None:
+    import datetime as dt
+
+    from job_processor import CronDef, Subscriber
+
+    async def noop(*args: Any) -> None:
+        return None
+
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=noop)},
+        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=noop)},
+        subscribers={"order_placed": [Subscriber("mail", handler=noop)]},
+        **FAST,
+    )
+    async with processor:  # registers its definitions
+        pass
+    await processor.emit("order_placed", {"o": 1})
+    await processor.webhooks.add(url="https://crm.example.com/hooks", events=["order_placed"])
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(  # a live worker of another host
+        {
+            "_id": "other-1",
+            "hostname": "other",
+            "pid": 1,
+            "instance_id": None,
+            "tags": None,
+            "concurrency": 1,
+            "names": ["send", "nightly"],
+            "started_at": now,
+            "last_seen": now,
+            "worker_timeout": 3600.0,
+            "paused": [],
+            "definitions": {},
+            "crons": ["nightly"],
+        }
+    )
+    url = url_with_db(mongo_url, db.name)
+    before = await cli(url, *command)
+    assert before.returncode == 0, before.stderr  # the same data, as job-processor writes it
+    found = await db[f"job_processor_{coll}"].find_one(which)
+    await db[f"job_processor_{coll}"].update_one({"_id": found["_id"]}, {"$set": {field: value}})
+    after = await cli(url, *command)
+    assert "Traceback" not in after.stderr, after.stderr
+    assert after.returncode == 0, after.stderr
+    if "--json" in command:
+        json.loads(after.stdout)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from bson import ObjectId
+from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
 from ...core import documents as D
@@ -21,6 +22,7 @@ from ...core.errors import (
     JobProcessorError,
     UnknownJobError,
 )
+from ...core.lenient import read_leniently, texts
 from ...core.log import EventLog, make_log
 from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
 from ...core.models import NOT_A_DOCUMENT, Job
@@ -33,6 +35,7 @@ from .results import ActionResult, WorkerView
 
 S = JobStatus
 Doc = dict[str, Any]
+M = TypeVar("M", bound=BaseModel)
 
 
 #: Where a name the registry lacks comes from (the registry is what operators' tools know).
@@ -126,7 +129,7 @@ class AdminBase:
             return jobs
         per_name: dict[str, list[str]] = {}
         for doc in await self.storage.definitions.all():
-            per_name[str(doc["_id"])] = [str(p) for p in doc.get("sensitive_fields") or []]
+            per_name[str(doc["_id"])] = texts(doc.get("sensitive_fields"))
         for job in jobs:
             paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
             if paths:
@@ -201,12 +204,28 @@ class AdminBase:
             )
         out = []
         for w in await self.storage.workers.all():
-            view = WorkerView.model_validate(w)
+            view = self._readable(WorkerView, w, "workers")
+            if view is None:
+                continue
             view.alive = worker_alive(w, now, self.worker_timeout)
             view.running_jobs = by_worker.get(view.id, [])
             view.seconds_since_heartbeat = max(0.0, (now - view.last_seen).total_seconds())
             out.append(view)
         return sorted(out, key=lambda v: (not v.alive, v.hostname, v.instance_id or "", v.pid))
+
+    def _readable(
+        self, model: type[M], doc: Doc, collection: str, fallbacks: Doc | None = None
+    ) -> M | None:
+        """A stored document read for display (`core.lenient.read_leniently`: a field of the
+        wrong type as its default); None, with a warning, when it cannot be read at all."""
+        read = read_leniently(model, doc, fallbacks)
+        if read is None:
+            self.log.warning(
+                "unreadable_document_skipped",
+                collection=self.storage.prefix + collection,
+                id=str(doc.get("_id")),
+            )
+        return read
 
     async def _known(self) -> dict[str, Doc]:
         """name -> registry document (and crons registered by init_job_processor)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
+from ...core.lenient import texts
 from ...core.masking import Masker
 from ...core.schedule import local_time
 from ...core.status import JobStatus
@@ -31,7 +32,7 @@ class CronsAdmin(AdminBase):
         paused = await self.storage.paused.names()
         running = await self.storage.jobs.running()
         paths = {
-            str(d["_id"]): [str(x) for x in d.get("sensitive_fields") or []]
+            str(d["_id"]): texts(d.get("sensitive_fields"))
             for d in await self.storage.definitions.all()
         }
         out = []
@@ -42,22 +43,27 @@ class CronsAdmin(AdminBase):
             tasks = await self.storage.jobs.recent_tasks(name, recent)
             sensitive = [*self.sensitive_fields, *paths.get(name, [])]
             runs = [CronRun(**task_row(t, sensitive, masker)) for t in tasks]
-            out.append(
-                CronView(
-                    name=name,
-                    cron_string=str(doc.get("cron_string")),
-                    timezone=tz,
-                    tag=doc.get("tag"),
-                    concurrency=str(doc.get("concurrency") or "concurrent"),
-                    next_slot_utc=next_slot,
-                    next_slot_local=local_time(str(doc.get("cron_string")), tz, next_slot),
-                    recent=runs,
-                    missed_recent=sum(1 for r in runs if r.skip_reason == "missed"),
-                    running=[str(r["_id"]) for r in running if r["name"] == name],
-                    paused=name in paused,
-                    served_by=[str(w["_id"]) for w in live if runs_cron(w, name)],
-                )
+            view = self._readable(
+                CronView,
+                {
+                    "_id": name,
+                    "name": name,
+                    "cron_string": str(doc.get("cron_string")),
+                    "timezone": tz,
+                    "tag": doc.get("tag"),
+                    "concurrency": str(doc.get("concurrency") or "concurrent"),
+                    "next_slot_utc": next_slot,
+                    "next_slot_local": local_time(str(doc.get("cron_string")), tz, next_slot),
+                    "recent": runs,
+                    "missed_recent": sum(1 for r in runs if r.skip_reason == "missed"),
+                    "running": [str(r["_id"]) for r in running if r["name"] == name],
+                    "paused": name in paused,
+                    "served_by": [str(w["_id"]) for w in live if runs_cron(w, name)],
+                },
+                "crons",
             )
+            if view is not None:
+                out.append(view)
         return out
 
     async def trigger_cron(self, name: str, *, actor: str | None = None) -> ActionResult:
@@ -108,7 +114,7 @@ def serves_cron(worker: dict[str, Any], name: str) -> bool:
     `crons`, or, for an older version's document without them, its names (a name a deploy
     turned from a cron into a job is not served as a cron)."""
     crons = worker.get("crons")
-    return name in (crons if isinstance(crons, list) else worker.get("names") or [])
+    return name in texts(crons if isinstance(crons, list) else worker.get("names"))
 
 
 def runs_cron(worker: dict[str, Any], name: str) -> bool:
@@ -116,6 +122,6 @@ def runs_cron(worker: dict[str, Any], name: str) -> bool:
     worker_tags include the cron's tag) and has not crashed (as `names list` and `status`)."""
     return (
         serves_cron(worker, name)
-        and name in (worker.get("names") or [])
+        and name in texts(worker.get("names"))
         and not worker.get("crashed")
     )

@@ -8,6 +8,7 @@ import json
 from ...core import event_documents as E
 from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
+from ...core.lenient import mapping
 from ...core.status import ACTIVE
 from .base import REGISTERED_BY, AdminBase
 from .results import ActionResult, DefinitionView, WorkerView
@@ -38,8 +39,13 @@ class NamesAdmin(AdminBase):
             doc = {k: v for k, v in known[name].items() if k != "_id"}
             schema = doc.get("payload_schema")
             if isinstance(schema, dict) and isinstance(schema.get("json"), str):
-                doc["payload_schema"] = json.loads(schema["json"])
-            view = DefinitionView.model_validate(doc | {"name": name})
+                try:
+                    doc["payload_schema"] = json.loads(schema["json"])
+                except ValueError:  # another program's text: read as no schema
+                    doc["payload_schema"] = None
+            view = self._readable(DefinitionView, doc | {"name": name, "_id": name}, "definitions")
+            if view is None:
+                continue
             view.served_by = cov.served_by.get(name, [])
             view.paused = name in paused
             view.delivery = view.kind == "job" and E.is_delivery(name, known[name], deliveries)
@@ -75,7 +81,7 @@ class NamesAdmin(AdminBase):
         ]
         serving = coverage(known, live, {}, [], now).served_by.get(name, [])
         # or defines it without claiming it (its worker_tags leave it out): it queues its jobs
-        serving = serving or [str(w["_id"]) for w in live if name in (w.get("definitions") or {})]
+        serving = serving or [str(w["_id"]) for w in live if name in mapping(w.get("definitions"))]
         active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (

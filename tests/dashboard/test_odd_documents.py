@@ -1,0 +1,78 @@
+"""The dashboard's pages over documents another program wrote with a field of the wrong type (a
+worker's names, a definition's sensitive_fields, a cron's next slot, an event's name, a webhook
+endpoint's events): each page shows the rest, that field as its default (docs/operations.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx2 as httpx
+from bson import ObjectId
+
+from job_processor import CronDef, JobDef, Subscriber, init_job_processor
+from job_processor.dashboard import create_dashboard
+from tests.helpers import FAST
+
+
+async def noop(*args: Any) -> None:
+    return None
+
+
+async def test_pages_show_documents_with_odd_fields_another_program_wrote(db: Any) -> None:
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=noop)},
+        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=noop)},
+        subscribers={"order_placed": [Subscriber("mail", handler=noop)]},
+        **FAST,
+    )
+    async with processor:  # registers its definitions
+        pass
+    event = await processor.emit("order_placed", {"o": 1})
+    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["*"])
+    await processor.webhooks.disable(endpoint.id, "receiver gone")  # the overview warns of it
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(
+        {
+            "_id": "other-1",
+            "hostname": "other-host",
+            "pid": 1,
+            "tags": None,
+            "concurrency": 1,
+            "names": None,  # each of these fields as another program may write it
+            "definitions": "x",
+            "crons": 3,
+            "started_at": now,
+            "last_seen": now,
+            "worker_timeout": 3600.0,
+        }
+    )
+    odd = {"sensitive_fields": 1, "max_attempts": None, "backoff": "fast"}
+    await db["job_processor_definitions"].update_one({"_id": "send"}, {"$set": odd})
+    await db["job_processor_crons"].update_one(
+        {"_id": "nightly"}, {"$set": {"next_slot": "soon", "tag": 7}}
+    )
+    await db["job_processor_events"].update_one(
+        {"_id": ObjectId(event.id)}, {"$set": {"name": None, "emitted_at": None, "key": 5}}
+    )
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(endpoint.id)}, {"$set": {"events": None, "format": None}}
+    )
+    app = create_dashboard(processor, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        pages = {
+            "/": ["send", "receiver gone"],  # the disabled endpoint's warning too
+            "/workers": ["other-host"],
+            "/crons": ["nightly", "0 3 * * *"],
+            "/names": ["send", "nightly"],
+            "/events": [event.id],
+            f"/events/{event.id}": [event.id, "mail"],
+            "/api/overview": ["send"],
+        }
+        for path, shown in pages.items():
+            resp = await client.get(path)
+            assert resp.status_code == 200, (path, resp.text[-500:])
+            for text in shown:
+                assert text in resp.text, (path, text)

@@ -1,0 +1,103 @@
+"""A worker, definition, cron, event or webhook document another program wrote with a field of
+the wrong type (a null, a number, a text): the status report, the admin listings and a worker's
+own passes read that field as its default, never failing as a whole (docs/operations.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, CronDef, Job, JobDef, Subscriber, init_job_processor
+from job_processor.ops.admin import Admin
+from tests.helpers import FAST
+
+
+async def quick(job: Job, signal: AbortSignal) -> str:
+    return job.name
+
+
+async def heard(*args: Any) -> None:
+    return None
+
+
+def other_worker(now: dt.datetime, **odd: Any) -> dict[str, Any]:
+    """A live worker of another host, as job-processor writes it, with `odd` fields."""
+    return {
+        "_id": "other-1",
+        "hostname": "other",
+        "pid": 1,
+        "instance_id": None,
+        "tags": None,
+        "concurrency": 1,
+        "names": ["send", "nightly"],
+        "started_at": now,
+        "last_seen": now,
+        "worker_timeout": 3600.0,
+        "paused": [],
+        "definitions": {},
+        "crons": ["nightly"],
+    } | odd
+
+
+async def test_status_and_the_admin_listings_read_odd_fields_as_their_defaults(db: Any) -> None:
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=quick)},
+        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=quick)},
+        subscribers={"order_placed": [Subscriber("mail", handler=heard)]},
+        **FAST,
+    )
+    async with processor:  # registers its definitions
+        pass
+    event = await processor.emit("order_placed", {"o": 1})
+    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["*"])
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(
+        other_worker(now, names=None, definitions="x", running_jobs=None, stuck_threads=None)
+    )
+    odd = {"sensitive_fields": 1, "max_attempts": None, "tag": 7, "last_seen": "yesterday"}
+    await db["job_processor_definitions"].update_one({"_id": "send"}, {"$set": odd})
+    await db["job_processor_crons"].update_one(
+        {"_id": "nightly"}, {"$set": {"next_slot": "soon", "tag": 7}}
+    )
+    await db["job_processor_events"].update_one(
+        {"_id": ObjectId(event.id)},
+        {"$set": {"name": None, "emitted_at": None, "payload": [1, 2], "targets": 3}},
+    )
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(endpoint.id)},
+        {"$set": {"format": None, "events": None, "consecutive_failures": "many"}},
+    )
+
+    status = await processor.get_status()
+    other = next(w for w in status.workers if w.id == "other-1")
+    assert other.alive and other.running_jobs == [] and other.stuck_threads == 0
+    admin = await Admin.open(db)
+    assert [w.stuck_threads for w in (await admin.status()).workers if w.id == "other-1"] == [0]
+    (worker,) = [w for w in await admin.list_workers() if w.id == "other-1"]
+    assert worker.names == [] and worker.definitions == {}  # read as the defaults
+    send = next(d for d in await admin.list_definitions() if d.name == "send")
+    assert (send.sensitive_fields, send.max_attempts, send.tag, send.last_seen) == (
+        [],
+        1,
+        None,
+        None,
+    )
+    (cron,) = await admin.list_crons()
+    assert (cron.name, cron.next_slot_utc, cron.tag) == ("nightly", None, None)
+    overview = await admin.overview()
+    assert "send" in overview.counts
+    (listed,) = await processor.list_events()
+    assert (listed.id, listed.name, listed.targets) == (event.id, "?", [])
+    assert listed.emitted_at == ObjectId(event.id).generation_time  # when it was stored
+    shown = await processor.get_event(event.id)
+    assert shown.payload == {"(not a document)": [1, 2]}  # as stored
+    (hook,) = await processor.webhooks.list()
+    assert (hook.id, hook.events, hook.format, hook.consecutive_failures) == (
+        endpoint.id,
+        [],
+        "standard",
+        0,
+    )
