@@ -243,6 +243,15 @@ def defined_differently(
     return {name: sorted(ids) for name, ids in sorted(out.items())}
 
 
+def misread(doc: Doc) -> list[str]:
+    """The fields of a live worker's document the registry reads (`names`, `definitions`)
+    that another program wrote with a wrong type: they are read as empty."""
+    kinds: dict[str, type | tuple[type, ...]] = {"names": list, "definitions": Mapping}
+    return [
+        k for k, kind in kinds.items() if doc.get(k) is not None and not isinstance(doc[k], kind)
+    ]
+
+
 def jobs(n: int, noun: str) -> str:
     """ "1 queued job", "3 queued jobs"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -23,7 +23,13 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.coverage import DEFAULT_WORKER_TIMEOUT, defined_differently, registrar, worker_alive
+from ..core.coverage import (
+    DEFAULT_WORKER_TIMEOUT,
+    defined_differently,
+    misread,
+    registrar,
+    worker_alive,
+)
 from ..core.definitions import CronDef, JobDef
 from ..core.documents import Doc
 from ..core.limits import check_limits
@@ -79,6 +85,14 @@ class Registry:
             return
         self._live = frozenset(str(w["_id"]) for w in live)
         self.older = older_workers(live)
+        for w in live:
+            if odd := misread(w):
+                self.log.warning(
+                    "worker_document_misread",
+                    other_worker=str(w["_id"]),
+                    fields=odd,
+                    hint="another program wrote them with a wrong type: read as empty",
+                )
         for name, others in defined_differently(self.fingerprints(), worker_id, live).items():
             self.log.warning(
                 "job_defined_differently",

@@ -354,6 +354,13 @@ class EventBus:
             names = {str(r["event"]) for r in await self.storage.subscribers.all()}
             for endpoint in await self.storage.webhooks.all():
                 names |= set(texts(endpoint.get("events")))
+                if not isinstance(endpoint.get("events"), list):
+                    self.log.warning(
+                        "webhook_endpoint_misread",
+                        endpoint_id=str(endpoint["_id"]),
+                        fields=["events"],
+                        hint="another program wrote it with a wrong type: read as none",
+                    )
             self._known_events = (at, names)
         return self._known_events[1]
 

@@ -5,13 +5,14 @@ own passes read that field as its default, never failing as a whole (docs/operat
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from bson import ObjectId
 
 from job_processor import AbortSignal, CronDef, Job, JobDef, Subscriber, init_job_processor
 from job_processor.ops.admin import Admin
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_status
 
 
 async def quick(job: Job, signal: AbortSignal) -> str:
@@ -101,3 +102,30 @@ async def test_status_and_the_admin_listings_read_odd_fields_as_their_defaults(d
         "standard",
         0,
     )
+
+
+async def test_a_worker_runs_beside_another_programs_odd_worker_and_endpoint_documents(
+    db: Any, caplog: Any
+) -> None:
+    """A live worker's document with `definitions` and `names` that are no mapping and no
+    list, and an endpoint whose `events` is no list: a worker that starts beside them runs its
+    jobs, and an event nobody listens to is stored with its warning; each is read as empty,
+    with a warning saying so."""
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(other_worker(now, names=3, definitions="x"))
+    processor = await init_job_processor(
+        db, jobs={"send": JobDef(handler=quick)}, logger=logging.getLogger("odd"), **FAST
+    )
+    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["a"])
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(endpoint.id)}, {"$set": {"events": 3}}
+    )
+    with caplog.at_level(logging.WARNING, logger="odd"):
+        async with processor:
+            job = await processor.schedule_job("send", {})
+            assert (await wait_status(processor, job.id, "finished")).result == "send"
+            stored = await processor.emit("nobody_listens", {})
+            assert (await processor.get_event(stored.id)).name == "nobody_listens"
+    text = caplog.text
+    assert "worker_document_misread" in text and "other-1" in text
+    assert "webhook_endpoint_misread" in text and endpoint.id in text
