@@ -40,7 +40,10 @@ def read_leniently(
 
 def texts(value: Any) -> list[str]:
     """The texts of a stored list of names or paths (a worker's `names`, a definition's
-    `sensitive_fields`, an endpoint's `events`); none when it is no list (null, a number)."""
+    `sensitive_fields`, an endpoint's `events`): a lone text is one (as MongoDB's `$in`
+    matches it); none when it is no list nor text (null, a number)."""
+    if isinstance(value, str):
+        return [value]
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 

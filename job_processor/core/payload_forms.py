@@ -290,12 +290,10 @@ def _differing(model: type[BaseModel], value: BaseModel, form: Doc) -> list[str]
     if type(value) is not model:  # a subclass's serializers wrote the form: what it reads
         # back is compared with what the model's own form of the same values reads back as
         base = model.model_construct(**{k: getattr(value, k) for k in model.model_fields})
-        try:
-            own = model.model_validate(
-                base.model_dump(mode="json", exclude_computed_fields=computed)
-            )
-        except ValidationError as exc:
-            return sorted({*differing, *(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))})
+        own_form, unread = form_of(model, base)  # the model's own form: by alias, by path
+        if unread:
+            return sorted({*differing, *unread})
+        own = model.model_validate(own_form)
         now, was = (
             _naive_as_utc(v.model_dump(exclude_computed_fields=computed)) for v in (read, own)
         )

@@ -194,7 +194,11 @@ async def current_targets(storage: Storage, name: str, webhook_attempts: int) ->
     """Who an event named `name` is for now: the registry's subscribers and the enabled
     webhook endpoints listening to it (two reads)."""
     rows = await storage.subscribers.for_event(name)
-    endpoints = [str(e["_id"]) for e in await storage.webhooks.matching(name)]
+    endpoints = [  # as the listings read them: `events` a list, or one text
+        str(e["_id"])
+        for e in await storage.webhooks.matching(name)
+        if {name, E.ANY_EVENT} & set(texts(e.get("events")))
+    ]
     return E.targets_of(rows, endpoints, webhook_attempts)
 
 
@@ -296,7 +300,9 @@ async def list_subscribers(
     now = (clock or SystemClock()).now()
     out: list[SubscriberInfo] = []
     for row in await storage.subscribers.all():
-        info = SubscriberInfo.model_validate(row)
+        info = read_leniently(SubscriberInfo, row, {"position": 0})
+        if info is None:  # no event or subscriber name: nothing to show it by
+            continue
         served = await storage.workers.serving(info.job_name, now, worker_timeout)
         info.live_workers = [str(w["_id"]) for w in served]
         out.append(info)

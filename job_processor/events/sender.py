@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
 from ..core.errors import DoNotRetry, InvalidArgumentError, RetryLater
+from ..core.lenient import texts
 from ..core.log import EventLog
 from ..core.models import Event, Job
 from ..storage import Storage
@@ -99,7 +101,14 @@ class WebhookSender:
         doc = await self.endpoints.get(endpoint_id_of(endpoint_id))
         if doc is None:
             raise DoNotRetry(f"webhook endpoint {endpoint_id} was removed")
-        endpoint = WebhookEndpoint.model_validate(doc)
+        try:  # `events` as the listings and emit read it (one text is one name): not sent
+            endpoint = WebhookEndpoint.model_validate(doc | {"events": texts(doc.get("events"))})
+        except ValidationError as exc:  # another program's write: said, not retried for ever
+            unread = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+            raise DoNotRetry(
+                f"webhook endpoint {endpoint_id} is stored unreadable ({unread}): fix it or "
+                "add it again, then replay the event"
+            ) from None
         if not endpoint.enabled:
             raise DoNotRetry(
                 f"webhook endpoint {endpoint_id} is disabled"

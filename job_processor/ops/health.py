@@ -104,7 +104,7 @@ async def check(
         "pid": best.get("pid"),
         "last_seen": as_utc(best["last_seen"]).isoformat(),
         "age_seconds": round(age, 3),
-        "stuck_threads": int(best.get("stuck_threads") or 0),
+        "stuck_threads": _count(best.get("stuck_threads")),
         "crashed": best.get("crashed"),
     }
     stuck = info["stuck_threads"]
@@ -137,3 +137,8 @@ async def check(
         checked_at=now,
         worker=info,
     )
+
+
+def _count(value: Any) -> int:
+    """A stored count (a worker's `stuck_threads`); 0 for anything else another program wrote."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

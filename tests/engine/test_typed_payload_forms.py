@@ -350,3 +350,39 @@ async def test_a_naive_datetime_in_a_deque_or_a_dict_key_is_refused(db: Any, val
     p = await make(db, {"typed": JobDef(handler=seen, payload_model=type(value))})
     with pytest.raises(InvalidPayloadError, match="without a time zone"):
         await p.run_job("typed", value)
+
+
+class ByAlias(BaseModel):
+    order_id: int = Field(alias="orderId")
+
+
+class ByGenerator(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel)
+    order_id: int
+
+
+class ByReadPath(BaseModel):
+    order_id: int = Field(validation_alias=AliasPath("order", "id"))
+
+
+ALIASED_CASES: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
+    "alias": (ByAlias, {"orderId": 7}),
+    "alias-generator": (ByGenerator, {"orderId": 7}),
+    "alias-path": (ByReadPath, {"order": {"id": 7}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALIASED_CASES))
+async def test_a_subclass_instance_of_an_aliased_model_is_taken(db: Any, case: str) -> None:
+    """The subclass check read back the model's own form dumped by field name, which a model
+    with an alias (or alias generator, or AliasPath) does not read: refused."""
+    model, values = ALIASED_CASES[case]
+
+    async def seen(job: Job[Any], signal: AbortSignal) -> int:
+        return int(job.payload.order_id)
+
+    p = await make(db, {"typed": JobDef(handler=seen, payload_model=model)})
+    plain = await p.run_job("typed", model(**values))
+    assert plain.status == JobStatus.FINISHED and plain.result == 7, plain.error
+    sub = await p.run_job("typed", _sub(model)(**values))
+    assert sub.status == JobStatus.FINISHED and sub.result == 7, sub.error

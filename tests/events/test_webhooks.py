@@ -327,3 +327,27 @@ async def test_a_failed_delivery_sent_to_sentry_holds_no_url_path_token(db: Any)
         sentry_sdk.init(dsn=None)
     assert sent  # the failed delivery was captured
     assert not [s for s in sent if token in s]
+
+
+async def test_an_endpoint_stored_oddly_is_delivered_to_or_said_unreadable(
+    db: Any, receiver: Receiver
+) -> None:
+    """`events` stored as one text: emit targets it (MongoDB's `$in` matches a scalar), and the
+    delivery failed the sender's strict read with a raw ValidationError, retried until its
+    attempts ran out. One text is one name now; an endpoint the sender cannot read at all
+    (a url that is no text) errors its delivery at once, saying so."""
+    from bson import ObjectId
+
+    p = await make(db)
+    good = await p.webhooks.add(url=receiver.url("/good"), events=["e"], secret_ref="crm")
+    bad = await p.webhooks.add(url=receiver.url("/bad"), events=["e"], secret_ref="crm")
+    hooks = db["job_processor_webhooks"]
+    await hooks.update_one({"_id": ObjectId(good.id)}, {"$set": {"events": "e"}})
+    await hooks.update_one({"_id": ObjectId(bad.id)}, {"$set": {"url": 7}})
+    async with p:
+        event = await p.emit("e", {"n": 1})
+        sent = await wait_delivery(p, event.id, good, "finished")
+        said = await wait_delivery(p, event.id, bad, "errored")
+    assert sent.status == "finished" and len(receiver.received("/good")) == 1
+    assert f"webhook endpoint {bad.id} is stored unreadable (url)" in (said.error or ""), said
+    assert said.failures == 1, said

@@ -70,3 +70,18 @@ async def test_a_processor_whose_claim_loop_crashed_is_unhealthy_while_it_beats(
                 break
             await asyncio.sleep(0.05)
         assert found.ok, found.reason
+
+
+async def test_a_worker_document_whose_stuck_threads_is_no_number_is_still_judged(
+    db: Any,
+) -> None:
+    """`int('x')` failed the check: a healthy worker's container was called unhealthy."""
+    clock = FakeClock(NOW)
+    storage = Storage(db)
+    me = D.new_worker(NOW, None, "runner-1", 1, ["a"], worker_timeout=10.0)
+    await storage.workers.register(me)
+    await db["job_processor_workers"].update_one(
+        {"_id": me["_id"]}, {"$set": {"stuck_threads": "x"}}
+    )
+    result = await health.check(db, instance_id="runner-1", clock=clock)
+    assert result.ok and result.worker is not None and result.worker["stuck_threads"] == 0

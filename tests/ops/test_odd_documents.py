@@ -129,3 +129,51 @@ async def test_a_worker_runs_beside_another_programs_odd_worker_and_endpoint_doc
     text = caplog.text
     assert "worker_document_misread" in text and "other-1" in text
     assert "webhook_endpoint_misread" in text and endpoint.id in text
+
+
+async def test_an_endpoint_whose_events_is_one_text_is_listed_as_emit_targets_it(db: Any) -> None:
+    """`events` stored as one text: the listings read it as listening to nothing, yet emit's
+    `$in` query matches a scalar, so the event was delivered to it (and the delivery failed
+    on the sender's strict read). A lone text is now that one name, for both."""
+    processor = await init_job_processor(db, jobs={}, **FAST)
+    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["a"])
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(endpoint.id)}, {"$set": {"events": "order.created"}}
+    )
+    (listed,) = await processor.webhooks.list()
+    event = await processor.emit("order.created", {"o": 1})
+    targeted = any(t.endpoint_id == endpoint.id for t in event.targets)
+    assert targeted and listed.events == ["order.created"], (targeted, listed.events)
+
+
+async def test_a_definition_whose_sensitive_fields_is_odd_still_hides_them(db: Any) -> None:
+    """`sensitive_fields` stored as one path, not a list, was read as none (the card number
+    shown in clear); one of another type hides the whole payload (fail closed)."""
+    processor = await init_job_processor(
+        db, jobs={"send": JobDef(handler=quick, sensitive_fields=("card",))}, **FAST
+    )
+    async with processor:  # registers its definitions
+        pass
+    job = await processor.schedule_job("send", {"card": "4111-1111-1111-1111", "n": 1})
+    admin = await Admin.open(db)
+    assert (await admin.get_job(job.id)).payload["card"] == "[redacted]"
+    defs = db["job_processor_definitions"]
+    await defs.update_one({"_id": "send"}, {"$set": {"sensitive_fields": "card"}})
+    assert (await admin.get_job(job.id)).payload == {"card": "[redacted]", "n": 1}
+    await defs.update_one({"_id": "send"}, {"$set": {"sensitive_fields": 7}})
+    shown = (await admin.get_job(job.id)).payload
+    assert "4111" not in str(shown) and "n" not in shown, shown
+
+
+async def test_list_subscribers_reads_a_subscriber_row_with_odd_fields(db: Any) -> None:
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=quick)},
+        subscribers={"order_placed": [Subscriber("mail", handler=heard)]},
+        **FAST,
+    )
+    async with processor:  # registers its subscribers
+        pass
+    await db["job_processor_subscribers"].update_one({}, {"$set": {"position": None, "tag": 7}})
+    (row,) = await processor.list_subscribers()
+    assert (row.event, row.subscriber, row.tag) == ("order_placed", "mail", None)

@@ -45,6 +45,12 @@ REGISTERED_BY = (
 )
 
 
+#: What is shown of a job whose definition's `sensitive_fields` no reader can read.
+SENSITIVE_UNREADABLE = (
+    "hidden: its definition's sensitive_fields is stored as neither a list nor a text"
+)
+
+
 class AdminBase:
     """Operator verbs on one job-processor database (see the module docstring).
 
@@ -128,9 +134,19 @@ class AdminBase:
         if not jobs:
             return jobs
         per_name: dict[str, list[str]] = {}
+        unreadable: set[str] = set()  # sensitive_fields neither a list nor a text: all hidden
         for doc in await self.storage.definitions.all():
-            per_name[str(doc["_id"])] = texts(doc.get("sensitive_fields"))
+            given = doc.get("sensitive_fields")
+            if given is not None and not isinstance(given, list | str):
+                unreadable.add(str(doc["_id"]))
+            per_name[str(doc["_id"])] = texts(given)
         for job in jobs:
+            if job.name in unreadable:  # what to hide is unknown: nothing is shown
+                job.payload = {"(hidden)": SENSITIVE_UNREADABLE}
+                job.state = {"(hidden)": SENSITIVE_UNREADABLE} if job.state is not None else None
+                job.invalid_fields = dict.fromkeys(job.invalid_fields, SENSITIVE_UNREADABLE)
+                hide_every_text(job, SENSITIVE_UNREADABLE)
+                continue
             paths = [*self.sensitive_fields, *per_name.get(job.name, [])]
             if paths:
                 odd = job.invalid_fields  # as stored, wrong types: payload or state among them
