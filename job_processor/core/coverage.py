@@ -246,7 +246,7 @@ def defined_differently(
 def misread(doc: Doc) -> list[str]:
     """The fields of a live worker's document the registry reads (`names`, `definitions`)
     that another program wrote with a wrong type: they are read as empty."""
-    kinds: dict[str, type | tuple[type, ...]] = {"names": list, "definitions": Mapping}
+    kinds: dict[str, type | tuple[type, ...]] = {"names": (list, str), "definitions": Mapping}
     return [
         k for k, kind in kinds.items() if doc.get(k) is not None and not isinstance(doc[k], kind)
     ]

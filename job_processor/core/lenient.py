@@ -47,6 +47,14 @@ def texts(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+def unreadable_texts(value: Any) -> bool:
+    """A stored list of paths that no reader can read (neither null, a text, nor a list of
+    texts): what it names is unknown (a definition's `sensitive_fields`: hide everything)."""
+    if value is None or isinstance(value, str):
+        return False
+    return not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+
+
 def mapping(value: Any) -> Mapping[str, Any]:
     """A stored mapping (a worker's `definitions` digests); empty when it is no mapping."""
     return value if isinstance(value, Mapping) else {}

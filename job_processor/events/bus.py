@@ -354,7 +354,7 @@ class EventBus:
             names = {str(r["event"]) for r in await self.storage.subscribers.all()}
             for endpoint in await self.storage.webhooks.all():
                 names |= set(texts(endpoint.get("events")))
-                if not isinstance(endpoint.get("events"), list):
+                if not isinstance(endpoint.get("events"), list | str):  # one text: one name
                     self.log.warning(
                         "webhook_endpoint_misread",
                         endpoint_id=str(endpoint["_id"]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 import socket
 from typing import Any
@@ -141,4 +142,6 @@ async def check(
 
 def _count(value: Any) -> int:
     """A stored count (a worker's `stuck_threads`); 0 for anything else another program wrote."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return max(0, int(value))  # a double another program's script wrote: 2.0 is 2

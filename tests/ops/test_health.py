@@ -85,3 +85,18 @@ async def test_a_worker_document_whose_stuck_threads_is_no_number_is_still_judge
     )
     result = await health.check(db, instance_id="runner-1", clock=clock)
     assert result.ok and result.worker is not None and result.worker["stuck_threads"] == 0
+
+
+async def test_a_stuck_threads_count_stored_as_a_double_is_still_reported(db: Any) -> None:
+    """A count written by another program's script as a double (2.0) was read as 0."""
+    clock = FakeClock(NOW)
+    storage = Storage(db)
+    me = D.new_worker(NOW, None, "runner-1", 1, ["a"], worker_timeout=10.0)
+    await storage.workers.register(me)
+    await db["job_processor_workers"].update_one(
+        {"_id": me["_id"]}, {"$set": {"stuck_threads": 2.0}}
+    )
+    result = await health.check(db, instance_id="runner-1", clock=clock)
+    assert result.ok and result.worker is not None
+    assert result.worker["stuck_threads"] == 2, result.worker
+    assert "2 plain-def handler" in result.reason, result.reason

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from job_processor import AbortSignal, CronDef, Job, JobDef, Subscriber, init_job_processor
@@ -177,3 +178,84 @@ async def test_list_subscribers_reads_a_subscriber_row_with_odd_fields(db: Any) 
     await db["job_processor_subscribers"].update_one({}, {"$set": {"position": None, "tag": 7}})
     (row,) = await processor.list_subscribers()
     assert (row.event, row.subscriber, row.tag) == ("order_placed", "mail", None)
+
+
+async def declines(job: Job, signal: AbortSignal) -> None:
+    await job.checkpoint({"card": "4111-1111-1111-1111"})
+    raise RuntimeError("card 4111-1111-1111-1111 declined")
+
+
+async def test_crons_list_hides_a_task_error_when_sensitive_fields_is_unreadable(
+    db: Any,
+) -> None:
+    """The job's own page hides every text of a job whose definition's sensitive_fields is
+    stored unreadable (fail closed); `crons list` (and the dashboard's crons page) showed the
+    same task's error in clear."""
+    from job_processor.core.status import JobStatus
+
+    processor = await init_job_processor(
+        db,
+        crons={
+            "nightly": CronDef(
+                cron_string="0 3 * * *",
+                handler=declines,
+                sensitive_fields=("card",),
+                max_attempts=1,
+            )
+        },
+        **FAST,
+    )
+    async with processor:
+        task = await processor.trigger_cron("nightly")
+        await wait_status(processor, task.id, JobStatus.ERRORED)
+    admin = await Admin.open(db)
+    (view,) = await admin.list_crons()
+    assert "4111" not in str(view.recent[0].error), view.recent[0].error  # masked: a list
+    await db["job_processor_definitions"].update_one(
+        {"_id": "nightly"}, {"$set": {"sensitive_fields": 7}}
+    )
+    page = await admin.get_job(task.id)
+    assert "4111" not in str(page.output), page.output  # the job's page: hidden whole
+    (view,) = await admin.list_crons()
+    assert "4111" not in str(view.recent[0].error), view.recent[0].error
+
+
+@pytest.mark.parametrize("stored", [[7], [["card"]], [{"path": "card"}], [None]])
+async def test_sensitive_fields_listing_no_text_fails_closed_too(db: Any, stored: Any) -> None:
+    """A list whose items are no texts is as unreadable as `7`, yet it was read as 'nothing
+    sensitive': the card number shown in clear."""
+    processor = await init_job_processor(
+        db, jobs={"send": JobDef(handler=quick, sensitive_fields=("card",))}, **FAST
+    )
+    async with processor:  # registers its definitions
+        pass
+    job = await processor.schedule_job("send", {"card": "4111-1111-1111-1111", "n": 1})
+    admin = await Admin.open(db)
+    await db["job_processor_definitions"].update_one(
+        {"_id": "send"}, {"$set": {"sensitive_fields": stored}}
+    )
+    shown = (await admin.get_job(job.id)).payload
+    assert "4111" not in str(shown), shown
+
+
+async def test_names_and_events_stored_as_one_text_are_not_warned_as_read_empty(
+    db: Any, caplog: Any
+) -> None:
+    """A worker's `names` and an endpoint's `events` stored as one text are read as that one
+    name, so the warnings saying they were 'read as empty' / 'read as none' were false."""
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(other_worker(now, names="send"))
+    processor = await init_job_processor(
+        db, jobs={"send": JobDef(handler=quick)}, logger=logging.getLogger("odd"), **FAST
+    )
+    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["a"])
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(endpoint.id)}, {"$set": {"events": "a"}}
+    )
+    with caplog.at_level(logging.WARNING, logger="odd"):
+        async with processor:
+            event = await processor.emit("a", {})
+            await processor.emit("nobody_listens", {})
+    assert any(t.endpoint_id == endpoint.id for t in event.targets)  # read as "a"
+    misread = [r.getMessage() for r in caplog.records if "misread" in r.getMessage()]
+    assert not misread, misread

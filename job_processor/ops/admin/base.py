@@ -22,7 +22,7 @@ from ...core.errors import (
     JobProcessorError,
     UnknownJobError,
 )
-from ...core.lenient import read_leniently, texts
+from ...core.lenient import read_leniently, texts, unreadable_texts
 from ...core.log import EventLog, make_log
 from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
 from ...core.models import NOT_A_DOCUMENT, Job
@@ -137,7 +137,7 @@ class AdminBase:
         unreadable: set[str] = set()  # sensitive_fields neither a list nor a text: all hidden
         for doc in await self.storage.definitions.all():
             given = doc.get("sensitive_fields")
-            if given is not None and not isinstance(given, list | str):
+            if unreadable_texts(given):
                 unreadable.add(str(doc["_id"]))
             per_name[str(doc["_id"])] = texts(given)
         for job in jobs:

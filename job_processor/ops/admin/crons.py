@@ -7,12 +7,12 @@ from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
-from ...core.lenient import texts
+from ...core.lenient import texts, unreadable_texts
 from ...core.masking import Masker
 from ...core.schedule import local_time
 from ...core.status import JobStatus
 from ..status import task_row
-from .base import AdminBase
+from .base import SENSITIVE_UNREADABLE, AdminBase
 from .inputs import limit_of
 from .results import ActionResult, CronRun, CronView
 
@@ -31,10 +31,9 @@ class CronsAdmin(AdminBase):
         ]
         paused = await self.storage.paused.names()
         running = await self.storage.jobs.running()
-        paths = {
-            str(d["_id"]): texts(d.get("sensitive_fields"))
-            for d in await self.storage.definitions.all()
-        }
+        defs = await self.storage.definitions.all()
+        paths = {str(d["_id"]): texts(d.get("sensitive_fields")) for d in defs}
+        unreadable = {str(d["_id"]) for d in defs if unreadable_texts(d.get("sensitive_fields"))}
         out = []
         for doc in sorted(await self.storage.crons.docs(), key=lambda d: str(d["_id"])):
             name = str(doc["_id"])
@@ -43,6 +42,8 @@ class CronsAdmin(AdminBase):
             tasks = await self.storage.jobs.recent_tasks(name, recent)
             sensitive = [*self.sensitive_fields, *paths.get(name, [])]
             runs = [CronRun(**task_row(t, sensitive, masker)) for t in tasks]
+            for run in runs if name in unreadable else ():  # what to hide is unknown: all
+                run.error = SENSITIVE_UNREADABLE if run.error is not None else None
             view = self._readable(
                 CronView,
                 {
