@@ -107,3 +107,49 @@ class Interposed:
             return result
 
         return interposed
+
+
+def other_worker(now: Any, **odd: Any) -> dict[str, Any]:
+    """A live worker document of another host, as job-processor writes it (serving "send"
+    and the cron "nightly" of `every_kind`), with `odd` fields."""
+    return {
+        "_id": "other-1",
+        "hostname": "other",
+        "pid": 1,
+        "instance_id": None,
+        "tags": None,
+        "concurrency": 1,
+        "names": ["send", "nightly"],
+        "started_at": now,
+        "last_seen": now,
+        "worker_timeout": 3600.0,
+        "paused": [],
+        "definitions": {},
+        "crons": ["nightly"],
+    } | odd
+
+
+async def every_kind(db: Any, events: list[str] | None = None) -> tuple[JobProcessor, Any, Any]:
+    """A processor with a document of every collection: a job "send", a cron "nightly" and a
+    subscriber of "order_placed" (registered: started and stopped), one event emitted and one
+    webhook endpoint (listening to `events`, every event by default). (processor, event,
+    endpoint)."""
+    from job_processor import CronDef, JobDef, Subscriber
+
+    async def noop(*args: Any) -> None:
+        return None
+
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=noop)},
+        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=noop)},
+        subscribers={"order_placed": [Subscriber("mail", handler=noop)]},
+        **FAST,
+    )
+    async with processor:  # registers its definitions
+        pass
+    event = await processor.emit("order_placed", {"o": 1})
+    endpoint = await processor.webhooks.add(
+        url="https://crm.example.com/hooks", events=events or ["*"]
+    )
+    return processor, event, endpoint

@@ -260,40 +260,11 @@ async def test_read_commands_read_odd_values_another_program_wrote_without_a_tra
 ) -> None:
     import datetime as dt
 
-    from job_processor import CronDef, Subscriber
+    from tests.helpers import every_kind, other_worker
 
-    async def noop(*args: Any) -> None:
-        return None
-
-    processor = await init_job_processor(
-        db,
-        jobs={"send": JobDef(handler=noop)},
-        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=noop)},
-        subscribers={"order_placed": [Subscriber("mail", handler=noop)]},
-        **FAST,
-    )
-    async with processor:  # registers its definitions
-        pass
-    await processor.emit("order_placed", {"o": 1})
-    await processor.webhooks.add(url="https://crm.example.com/hooks", events=["order_placed"])
+    await every_kind(db, events=["order_placed"])
     now = dt.datetime.now(dt.UTC)
-    await db["job_processor_workers"].insert_one(  # a live worker of another host
-        {
-            "_id": "other-1",
-            "hostname": "other",
-            "pid": 1,
-            "instance_id": None,
-            "tags": None,
-            "concurrency": 1,
-            "names": ["send", "nightly"],
-            "started_at": now,
-            "last_seen": now,
-            "worker_timeout": 3600.0,
-            "paused": [],
-            "definitions": {},
-            "crons": ["nightly"],
-        }
-    )
+    await db["job_processor_workers"].insert_one(other_worker(now))  # a live worker elsewhere
     url = url_with_db(mongo_url, db.name)
     before = await cli(url, *command)
     assert before.returncode == 0, before.stderr  # the same data, as job-processor writes it

@@ -10,9 +10,8 @@ from typing import Any
 import httpx2 as httpx
 from bson import ObjectId
 
-from job_processor import CronDef, JobDef, Subscriber, init_job_processor
 from job_processor.dashboard import create_dashboard
-from tests.helpers import FAST
+from tests.helpers import every_kind
 
 
 async def noop(*args: Any) -> None:
@@ -20,17 +19,7 @@ async def noop(*args: Any) -> None:
 
 
 async def test_pages_show_documents_with_odd_fields_another_program_wrote(db: Any) -> None:
-    processor = await init_job_processor(
-        db,
-        jobs={"send": JobDef(handler=noop)},
-        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=noop)},
-        subscribers={"order_placed": [Subscriber("mail", handler=noop)]},
-        **FAST,
-    )
-    async with processor:  # registers its definitions
-        pass
-    event = await processor.emit("order_placed", {"o": 1})
-    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["*"])
+    processor, event, endpoint = await every_kind(db)
     await processor.webhooks.disable(endpoint.id, "receiver gone")  # the overview warns of it
     now = dt.datetime.now(dt.UTC)
     await db["job_processor_workers"].insert_one(

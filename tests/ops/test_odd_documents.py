@@ -13,7 +13,7 @@ from bson import ObjectId
 
 from job_processor import AbortSignal, CronDef, Job, JobDef, Subscriber, init_job_processor
 from job_processor.ops.admin import Admin
-from tests.helpers import FAST, wait_status
+from tests.helpers import FAST, every_kind, other_worker, wait_status
 
 
 async def quick(job: Job, signal: AbortSignal) -> str:
@@ -24,37 +24,8 @@ async def heard(*args: Any) -> None:
     return None
 
 
-def other_worker(now: dt.datetime, **odd: Any) -> dict[str, Any]:
-    """A live worker of another host, as job-processor writes it, with `odd` fields."""
-    return {
-        "_id": "other-1",
-        "hostname": "other",
-        "pid": 1,
-        "instance_id": None,
-        "tags": None,
-        "concurrency": 1,
-        "names": ["send", "nightly"],
-        "started_at": now,
-        "last_seen": now,
-        "worker_timeout": 3600.0,
-        "paused": [],
-        "definitions": {},
-        "crons": ["nightly"],
-    } | odd
-
-
 async def test_status_and_the_admin_listings_read_odd_fields_as_their_defaults(db: Any) -> None:
-    processor = await init_job_processor(
-        db,
-        jobs={"send": JobDef(handler=quick)},
-        crons={"nightly": CronDef(cron_string="0 3 * * *", handler=quick)},
-        subscribers={"order_placed": [Subscriber("mail", handler=heard)]},
-        **FAST,
-    )
-    async with processor:  # registers its definitions
-        pass
-    event = await processor.emit("order_placed", {"o": 1})
-    endpoint = await processor.webhooks.add(url="https://crm.example.com/h", events=["*"])
+    processor, event, endpoint = await every_kind(db)
     now = dt.datetime.now(dt.UTC)
     await db["job_processor_workers"].insert_one(
         other_worker(now, names=None, definitions="x", running_jobs=None, stuck_threads=None)
