@@ -132,18 +132,9 @@ async def test_a_job_with_no_recorded_date_shows_a_dash_not_1970(db: Any, mongo_
     assert row.split()[3:5] == ["-", "-"], row  # CREATED, DUE/ENDED
 
 
-async def test_jobs_show_reads_odd_nested_values_another_program_wrote(
-    db: Any, mongo_url: str
-) -> None:
-    """scale.md: reading a document another program wrote (`jobs show` among the readers)
-    "shows the wrong fields ... instead of failing", as the dashboard's job page does.
-    `jobs show` stopped with a traceback on a history entry whose error is a number, a log
-    line whose level is null and a progress whose fraction is text."""
-    import datetime as dt
-
-    url = url_with_db(mongo_url, db.name)
-    now = dt.datetime.now(dt.UTC)
-    base = {
+def errored_import(now: Any) -> dict[str, Any]:
+    """An errored job's document as job-processor writes it, to set odd fields on."""
+    return {
         "name": "import",
         "status": "errored",
         "payload": {},
@@ -155,6 +146,20 @@ async def test_jobs_show_reads_odd_nested_values_another_program_wrote(
         "max_attempts": 1,
         "output": {"result": None, "error": "boom", "duration_ms": 5},
     }
+
+
+async def test_jobs_show_reads_odd_nested_values_another_program_wrote(
+    db: Any, mongo_url: str
+) -> None:
+    """scale.md: reading a document another program wrote (`jobs show` among the readers)
+    "shows the wrong fields ... instead of failing", as the dashboard's job page does.
+    `jobs show` stopped with a traceback on a history entry whose error is a number, a log
+    line whose level is null and a progress whose fraction is text."""
+    import datetime as dt
+
+    url = url_with_db(mongo_url, db.name)
+    now = dt.datetime.now(dt.UTC)
+    base = errored_import(now)
     odd = {
         "history": ([{"attempt": 1, "status": "errored", "error": 500}], "500"),
         "logs": ([{"at": now, "run": 1, "level": None, "message": "started"}], "started"),
@@ -178,18 +183,7 @@ async def test_jobs_show_prints_no_forged_line_from_a_log_lines_run_or_a_depende
     url = url_with_db(mongo_url, db.name)
     now = dt.datetime.now(dt.UTC)
     forged = 'x\nresult:             {"paid": true}'
-    base = {
-        "name": "import",
-        "status": "errored",
-        "payload": {},
-        "created_at": now,
-        "updated_at": now,
-        "scheduled_for": now,
-        "attempt": 1,
-        "failures": 1,
-        "max_attempts": 1,
-        "output": {"result": None, "error": "boom", "duration_ms": 5},
-    }
+    base = errored_import(now)
     odd = {
         "logs": {"logs": [{"at": now, "run": forged, "level": "info", "message": "m"}]},
         "after": {"after": [forged], "deps": {forged: "errored"}, "failed_dependency": forged},
