@@ -96,6 +96,7 @@ class JobWaits(Runtime):
         last = False  # the read at the deadline: the job's status then decides
         quick = False  # the stream's last answer was empty and at once
         while True:
+            _raise_if_cancelled()
             read_at = time.monotonic()  # paced by when each read starts
             # an outage is ridden out only until the deadline (and half a second for the last read)
             left = None if deadline is None else max(deadline - read_at, 0.5)
@@ -127,6 +128,7 @@ class JobWaits(Runtime):
                 changed, stream, quick = await self._next_change(
                     stream, until - time.monotonic(), quick
                 )
+                _raise_if_cancelled()
                 if stream is None:  # closed: this wait polls from now on
                     give_back()
                 if changed or stream is None:
@@ -251,6 +253,13 @@ def _still(shown: str, doc: Doc, waited: float | None, why: str = "") -> Timeout
         f"job {shown} ({doc.get('name')}) is still {doc.get('status')} after {waited:g}s"
         + (f": {why}" if why else "")
     )
+
+
+def _raise_if_cancelled() -> None:
+    """A cancellation the driver swallowed (PyMongo's async API does, in a read cut short):
+    the wait ends as cancelled, never waits on (a `wait_for` without a timeout, for ever)."""
+    if cancelling():
+        raise asyncio.CancelledError()
 
 
 async def _close(stream: Any) -> None:

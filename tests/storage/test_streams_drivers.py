@@ -16,6 +16,7 @@ Both pass with PyMongo's AsyncMongoClient and fail with Motor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -326,3 +327,36 @@ async def test_a_wait_cancelled_while_it_opens_its_stream_ends_cancelled(
     assert done, "the cancelled wait_for is still waiting"
     assert waiting.cancelled()
     assert p._waiters_on_streams == 0 and PROCESS_STREAM_WAITS[0] == 0
+
+
+async def test_a_wait_whose_stream_read_swallows_its_cancellation_ends_cancelled(
+    db: Any, blocking_getmores: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver that swallows a cancellation in a stream read (PyMongo's async API does, in a
+    read cut short) left the cancelled wait_for going on: without a timeout, for ever (a
+    full suite under load hung 120 s on such a wait)."""
+    from pymongo.asynchronous.change_stream import AsyncChangeStream
+
+    reading = asyncio.Event()
+
+    async def swallowing(self: Any) -> Any:
+        reading.set()
+        # swallowed: the task stays cancelling, no error reaches the wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.5)
+        return None
+
+    monkeypatch.setattr(AsyncChangeStream, "try_next", swallowing)
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"later": JobDef(handler=never)})
+    held = await p.schedule_job("later", {}, delay=3600)
+    waiting = asyncio.create_task(p.wait_for(held.id))  # no timeout
+    await asyncio.wait_for(reading.wait(), 10)
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=10)
+    assert done, "the cancelled wait went on"
+    assert waiting.cancelled()
+    assert p._waiters_on_streams == 0
