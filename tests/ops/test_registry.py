@@ -659,3 +659,31 @@ async def test_forget_refuses_a_name_a_live_worker_defines_without_claiming_it(d
     await other.recovery.error_unknown_names(clock.now())
     got = await web.get_job(job.id)
     assert got.status == JobStatus.PENDING, (got.status, got.error)
+
+
+async def charge_declined(job: Job, signal: AbortSignal) -> None:
+    raise RuntimeError(f"card {job.payload['card']} declined")
+
+
+async def test_forget_refuses_a_name_whose_ended_jobs_only_its_row_hides(db: Any) -> None:
+    """`names forget` dropped the registry row, the only place readers learn a definition's
+    sensitive_fields from: the name's ended jobs (which stay) were then shown in clear. It is
+    refused while such jobs remain; a name without sensitive fields is forgotten as before."""
+    processor = await make(
+        db,
+        {
+            "charge": JobDef(handler=charge_declined, sensitive_fields=("card",)),
+            "plain": JobDef(handler=quick),
+        },
+    )
+    async with processor:
+        job = await processor.schedule_job("charge", {"card": "4111-1111-1111-1111"})
+        await wait_status(processor, job.id, "errored")  # type: ignore[arg-type]
+        other = await processor.schedule_job("plain", {})
+        await wait_status(processor, other.id, "finished")  # type: ignore[arg-type]
+    admin = await Admin.open(db)
+    refused = await admin.forget("charge")
+    assert refused.changed == [] and "1 ended job(s)" in refused.skipped["charge"], refused
+    after = await admin.get_job(job.id)
+    assert "4111" not in str(after.payload) + str(after.output), after
+    assert (await admin.forget("plain")).changed == ["plain"]

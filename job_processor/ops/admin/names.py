@@ -82,7 +82,10 @@ class NamesAdmin(AdminBase):
         serving = coverage(known, live, {}, [], now).served_by.get(name, [])
         # or defines it without claiming it (its worker_tags leave it out): it queues its jobs
         serving = serving or [str(w["_id"]) for w in live if name in mapping(w.get("definitions"))]
-        active = sum(n for s, n in (await self._counts()).get(name, {}).items() if s in _ACTIVE)
+        counts = (await self._counts()).get(name, {})
+        active = sum(n for s, n in counts.items() if s in _ACTIVE)
+        # its row is what tells every reader which fields of its jobs to hide
+        hiding = sum(counts.values()) if known[name].get("sensitive_fields") else 0
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (
                 f"a cron still scheduled: job-processor crons remove {name} (or "
@@ -98,6 +101,12 @@ class NamesAdmin(AdminBase):
             result.skipped[name] = (
                 f"{active} active job(s) of it: kill them or let them end first "
                 f"(job-processor jobs list --name {name})"
+            )
+        elif hiding:
+            result.skipped[name] = (
+                f"{hiding} ended job(s) of it hold sensitive fields that only its registration "
+                f"hides: forgotten, they would be shown in clear; purge them first "
+                f"(job-processor jobs purge --name {name} --status S --older-than 1m, per status)"
             )
         elif await self.storage.definitions.forget(name, known[name].get("registered_by")):
             result.changed.append(name)
