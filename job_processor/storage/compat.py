@@ -156,8 +156,12 @@ async def aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
 
 def cancelling() -> bool:
     """Whether the running task was asked to cancel and has not finished cancelling (a driver
-    that swallowed the CancelledError leaves it so)."""
-    task = asyncio.current_task()
+    that swallowed the CancelledError leaves it so). False without a running loop (the sync
+    client drives its coroutines so: nothing there can be cancelled)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        return False
     return task is not None and task.cancelling() > 0
 
 
