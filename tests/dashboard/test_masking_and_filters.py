@@ -12,7 +12,7 @@ from typing import Any
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, JobStatus, init_job_processor
 from job_processor.admin import Admin
 from job_processor.dashboard import create_dashboard
-from tests.helpers import FAST
+from tests.helpers import FAST, wait_for
 
 from .harness import wait_until
 from .test_http import AUTH, client
@@ -180,6 +180,8 @@ async def test_retry_all_matching_keeps_the_sub_second_time_filter_the_page_list
     app = create_dashboard(p, auth=AUTH)
     # paused: the retried job stays pending (the started worker would run it, and fail it, again)
     await (await Admin.open(p.storage.db, p.storage.prefix)).pause("send-email")
+    # the worker claims nothing of it once it has seen the pause (its heartbeat reads it)
+    await wait_for(lambda: "send-email" in p.worker.paused)
     async with client(app) as c:
         page = await c.get("/jobs", params={"status": "errored", "id": job_id, "before": before})
         assert page.status_code == 200 and f'/jobs/{job_id}"' in page.text  # listed
