@@ -19,7 +19,7 @@ from ..core.models import Job
 from ..core.producing import ENDED, WaitPacing
 from ..core.status import JobStatus
 from ..storage import object_id
-from ..storage.compat import cancelling, is_motor, stream_waiters
+from ..storage.compat import cancel_count, cancelling, is_motor, stream_waiters
 from .runtime import Runtime
 
 S = JobStatus
@@ -63,9 +63,12 @@ class JobWaits(Runtime):
             raise InvalidArgumentError(
                 f"timeout must be a finite number of seconds >= 0 (None: no limit), got {timeout!r}"
             )
+        baseline = cancel_count()  # requests made before this wait are not its own
         start = time.monotonic()
         deadline = None if timeout is None else start + float(timeout)
-        stream = await self._open_stream(oid, deadline)  # before the first read: none missed
+        stream = await self._open_stream(
+            oid, deadline, baseline
+        )  # before the first read: none missed
         held = [stream is not None]  # its place among the waits on streams, given back once
 
         def give_back() -> None:
@@ -74,7 +77,7 @@ class JobWaits(Runtime):
                 self._stream_given_back()
 
         try:
-            return await self._wait(oid, str(oid), timeout, deadline, stream, give_back)
+            return await self._wait(oid, str(oid), timeout, deadline, stream, give_back, baseline)
         finally:
             give_back()
             if stream is not None:
@@ -88,6 +91,7 @@ class JobWaits(Runtime):
         deadline: float | None,
         stream: Any,
         give_back: Callable[[], None] = lambda: None,
+        baseline: int = 0,
     ) -> Job[Any]:
         """`give_back`: called when the stream is dropped (its read failed: the wait polls
         from then on), its place among the waits on streams free again."""
@@ -96,7 +100,7 @@ class JobWaits(Runtime):
         last = False  # the read at the deadline: the job's status then decides
         quick = False  # the stream's last answer was empty and at once
         while True:
-            _raise_if_cancelled()
+            _raise_if_cancelled(baseline)
             read_at = time.monotonic()  # paced by when each read starts
             # an outage is ridden out only until the deadline (and half a second for the last read)
             left = None if deadline is None else max(deadline - read_at, 0.5)
@@ -128,7 +132,7 @@ class JobWaits(Runtime):
                 changed, stream, quick = await self._next_change(
                     stream, until - time.monotonic(), quick
                 )
-                _raise_if_cancelled()
+                _raise_if_cancelled(baseline)
                 if stream is None:  # closed: this wait polls from now on
                     give_back()
                 if changed or stream is None:
@@ -167,7 +171,9 @@ class JobWaits(Runtime):
                 return f"its limit {key!r} is full: {full}"
         return "live workers claim it: they are busy with other jobs"
 
-    async def _open_stream(self, oid: ObjectId, deadline: float | None = None) -> Any:
+    async def _open_stream(
+        self, oid: ObjectId, deadline: float | None = None, baseline: int = 0
+    ) -> Any:
         """A change stream on the job when the server's streams block (learnt from this
         processor's waker, or tried here); None: poll. During an outage it is tried only until
         the wait's deadline, then the reads say the server is unreachable."""
@@ -187,11 +193,11 @@ class JobWaits(Runtime):
         within = None if deadline is None else max(deadline - time.monotonic(), 0.5)
         try:
             stream = await self.storage.producer.run(
-                lambda _: self.storage.jobs.watch_one(oid, 1000), within=within
+                lambda _: self.storage.jobs.watch_one(oid, 1000, baseline), within=within
             )
         except (PyMongoError, NotImplementedError, AttributeError, TypeError) as exc:
             self._stream_given_back()
-            if cancelling():  # cancelled while the driver opened it, turned into its error
+            if cancelling(baseline):  # cancelled while the driver opened it, turned into its error
                 raise asyncio.CancelledError() from exc
             return None  # a standalone server, mongomock: poll
         except BaseException:
@@ -255,10 +261,12 @@ def _still(shown: str, doc: Doc, waited: float | None, why: str = "") -> Timeout
     )
 
 
-def _raise_if_cancelled() -> None:
+def _raise_if_cancelled(baseline: int) -> None:
     """A cancellation the driver swallowed (PyMongo's async API does, in a read cut short):
-    the wait ends as cancelled, never waits on (a `wait_for` without a timeout, for ever)."""
-    if cancelling():
+    the wait ends as cancelled, never waits on (a `wait_for` without a timeout, for ever).
+    `baseline`: the task's cancel requests when the wait began (one a caller got before,
+    cleaning up, or a TaskGroup left counted on Python 3.11, is not the wait's own)."""
+    if cancelling(baseline):
         raise asyncio.CancelledError()
 
 

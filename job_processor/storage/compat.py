@@ -154,7 +154,16 @@ async def aggregate(collection: Any, pipeline: list[Doc]) -> list[Doc]:
     return [doc async for doc in cursor]
 
 
-def cancelling() -> bool:
+def cancel_count() -> int:
+    """The running task's pending cancellation requests (0 without a running loop)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return 0
+    return 0 if task is None else task.cancelling()
+
+
+def cancelling(baseline: int = 0) -> bool:
     """Whether the running task was asked to cancel and has not finished cancelling (a driver
     that swallowed the CancelledError leaves it so). False without a running loop (the sync
     client drives its coroutines so: nothing there can be cancelled)."""
@@ -162,16 +171,18 @@ def cancelling() -> bool:
         task = asyncio.current_task()
     except RuntimeError:  # no running event loop
         return False
-    return task is not None and task.cancelling() > 0
+    return task is not None and task.cancelling() > baseline
 
 
-async def open_stream(collection: Any, pipeline: list[Doc], max_await_ms: int) -> Any:
+async def open_stream(
+    collection: Any, pipeline: list[Doc], max_await_ms: int, baseline: int = 0
+) -> Any:
     """A change stream, open on the server when this returns (changes made after it are
     seen; a server that refuses change streams raises here)."""
     stream = collection.watch(pipeline, max_await_time_ms=max_await_ms)
     if inspect.isawaitable(stream):  # PyMongo's async API
         stream = await stream
-        if cancelling():
+        if cancelling(baseline):
             # a cancellation that came while it opened the stream is swallowed, the stream
             # returned: the caller (a wait_for, the worker's waker at a stop) went on
             await stream.close()

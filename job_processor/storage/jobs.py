@@ -222,9 +222,8 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         only: ObjectId | None = None,
     ) -> Doc | None:
         """Atomically take the best due job among `names` (pending or paused); `only`: that
-        job, if it is still claimable. A reply lost to a network error is read back by the
-        claim's run id (within `budget`); if even that fails, LostClaim says which run id may
-        hold a job."""
+        job, if still claimable. A reply lost to a network error is read back by the claim's
+        run id (within `budget`); if that fails too, LostClaim says which run id may hold one."""
         update = D.claim_update(worker_id, now, run_id, limit_key)
         names = list(names)
         if only is None:
@@ -627,9 +626,10 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         await self.register_waiting(deps, now, {doc["_id"]: deps})
         return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
-    def watch_one(self, job_id: ObjectId, max_await_ms: int) -> Any:
+    def watch_one(self, job_id: ObjectId, max_await_ms: int, baseline: int = 0) -> Any:
         """A change stream of one job's changes (`compat.open_stream` opens it)."""
-        return open_stream(self.coll, [{"$match": {"documentKey._id": job_id}}], max_await_ms)
+        match = [{"$match": {"documentKey._id": job_id}}]
+        return open_stream(self.coll, match, max_await_ms, baseline)
 
     # ---- a worker's own jobs, and recovery ----------------------------------------------------
 

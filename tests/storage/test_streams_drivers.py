@@ -360,3 +360,63 @@ async def test_a_wait_whose_stream_read_swallows_its_cancellation_ends_cancelled
     assert done, "the cancelled wait went on"
     assert waiting.cancelled()
     assert p._waiters_on_streams == 0
+
+
+async def _never_ends(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+@pytest.mark.parametrize("streams", [False, True])
+async def test_wait_for_after_a_task_group_whose_sibling_failed_late(
+    db: Any, streams: bool
+) -> None:
+    """On Python 3.11 a TaskGroup whose child fails while the parent waits in __aexit__
+    leaves the parent's cancelling() at 1 with no cancellation pending: every other await
+    goes on, and wait_for raised CancelledError at once, even for a job already ended."""
+    from job_processor import JobStatus
+
+    p = await make(db, {"later": JobDef(handler=_never_ends)}, change_streams=streams)
+    job = await p.schedule_job("later", {}, delay=3600)
+    await p.kill_job(job.id)  # ended: the wait only has to read it
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("sibling")
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fails())
+    await asyncio.sleep(0)  # ordinary awaits go on: nothing cancels this task
+    done = await p.wait_for(job.id, timeout=5)
+    assert done.status == JobStatus.KILLED
+
+
+@pytest.mark.parametrize("streams", [False, True])
+async def test_wait_for_in_a_cancellation_cleanup(db: Any, streams: bool) -> None:
+    """A caller cancelled while waiting kills its job and waits for it to end, then
+    re-raises: kill_job worked, the cleanup's wait_for raised CancelledError at once."""
+    from job_processor import JobStatus
+
+    p = await make(db, {"later": JobDef(handler=_never_ends)}, change_streams=streams)
+    job = await p.schedule_job("later", {}, delay=3600)
+    entered = asyncio.Event()
+    seen: list[Any] = []
+
+    async def caller() -> None:
+        try:
+            entered.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await p.kill_job(job.id)
+            try:
+                seen.append((await p.wait_for(job.id, timeout=5)).status)
+            except BaseException as exc:
+                seen.append(type(exc).__name__)
+            raise
+
+    task = asyncio.create_task(caller())
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done and task.cancelled()
+    assert seen == [JobStatus.KILLED]
