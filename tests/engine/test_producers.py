@@ -431,7 +431,7 @@ async def test_at_most_ten_waiters_of_a_processor_hold_a_change_stream(
 
         async def close(self) -> None: ...
 
-    async def watch_one(oid: Any, max_await_ms: int) -> Blocking:
+    async def watch_one(oid: Any, max_await_ms: int, baseline: int = 0) -> Blocking:
         nonlocal opened
         opened += 1
         return Blocking()
@@ -481,7 +481,7 @@ async def test_ten_waiters_follow_a_stream_the_others_poll_and_each_gives_its_st
 
         async def close(self) -> None: ...
 
-    async def watch_one(oid: ObjectId, max_await_ms: int) -> Stream:
+    async def watch_one(oid: ObjectId, max_await_ms: int, baseline: int = 0) -> Stream:
         streams.append(oid)
         return Stream(oid)
 
@@ -685,7 +685,7 @@ async def test_a_short_wait_does_not_spin_on_a_stream_that_answers_at_once(
 
         async def close(self) -> None: ...
 
-    async def watch_one(oid: ObjectId, max_await_ms: int) -> AnswersAtOnce:
+    async def watch_one(oid: ObjectId, max_await_ms: int, baseline: int = 0) -> AnswersAtOnce:
         return AnswersAtOnce()
 
     monkeypatch.setattr(p.storage.jobs, "watch_one", watch_one)
