@@ -118,16 +118,22 @@ async def test_an_endpoint_whose_events_is_one_text_is_listed_as_emit_targets_it
     assert targeted and listed.events == ["order.created"], (targeted, listed.events)
 
 
-async def test_a_definition_whose_sensitive_fields_is_odd_still_hides_them(db: Any) -> None:
-    """`sensitive_fields` stored as one path, not a list, was read as none (the card number
-    shown in clear); one of another type hides the whole payload (fail closed)."""
+async def card_job(db: Any) -> tuple[Any, Admin]:
+    """A job of "send" (sensitive field "card") with a card number, its name registered, and
+    an Admin to read it with."""
     processor = await init_job_processor(
         db, jobs={"send": JobDef(handler=quick, sensitive_fields=("card",))}, **FAST
     )
     async with processor:  # registers its definitions
         pass
     job = await processor.schedule_job("send", {"card": "4111-1111-1111-1111", "n": 1})
-    admin = await Admin.open(db)
+    return job, await Admin.open(db)
+
+
+async def test_a_definition_whose_sensitive_fields_is_odd_still_hides_them(db: Any) -> None:
+    """`sensitive_fields` stored as one path, not a list, was read as none (the card number
+    shown in clear); one of another type hides the whole payload (fail closed)."""
+    job, admin = await card_job(db)
     assert (await admin.get_job(job.id)).payload["card"] == "[redacted]"
     defs = db["job_processor_definitions"]
     await defs.update_one({"_id": "send"}, {"$set": {"sensitive_fields": "card"}})
@@ -195,13 +201,7 @@ async def test_crons_list_hides_a_task_error_when_sensitive_fields_is_unreadable
 async def test_sensitive_fields_listing_no_text_fails_closed_too(db: Any, stored: Any) -> None:
     """A list whose items are no texts is as unreadable as `7`, yet it was read as 'nothing
     sensitive': the card number shown in clear."""
-    processor = await init_job_processor(
-        db, jobs={"send": JobDef(handler=quick, sensitive_fields=("card",))}, **FAST
-    )
-    async with processor:  # registers its definitions
-        pass
-    job = await processor.schedule_job("send", {"card": "4111-1111-1111-1111", "n": 1})
-    admin = await Admin.open(db)
+    job, admin = await card_job(db)
     await db["job_processor_definitions"].update_one(
         {"_id": "send"}, {"$set": {"sensitive_fields": stored}}
     )

@@ -439,6 +439,7 @@ async def test_the_pass_for_unknown_names_reads_no_job_that_is_not_claimable(
         ended.append(doc)
     await storage.jobs.coll.insert_many(ended)
     known = [f"job-{i}" for i in range(150)]
-    plan = await storage.jobs.unknown_cursor(known, NOW).explain()
-    assert_indexed(plan)
-    assert plan["executionStats"]["totalDocsExamined"] == 0, plan["executionStats"]
+    for ids in ("", "string", "number"):  # ObjectIds by insert time; text and numbers by due
+        plan = await storage.jobs.unknown_cursor(known, NOW, ids).explain()
+        assert_indexed(plan)
+        assert plan["executionStats"]["totalDocsExamined"] == 0, (ids, plan["executionStats"])
