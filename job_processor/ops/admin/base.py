@@ -129,17 +129,19 @@ class AdminBase:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         return Job.read(doc)
 
+    async def _sensitive_paths(self) -> tuple[dict[str, list[str]], set[str]]:
+        """name -> its definition's sensitive paths (one read of the registry), and the names
+        whose `sensitive_fields` no reader can read (neither a text nor a list of texts:
+        what to hide is unknown, so everything is)."""
+        defs = await self.storage.definitions.all()
+        paths = {str(d["_id"]): texts(d.get("sensitive_fields")) for d in defs}
+        return paths, {str(d["_id"]) for d in defs if unreadable_texts(d.get("sensitive_fields"))}
+
     async def _redacted(self, jobs: list[Job[Any]]) -> list[Job[Any]]:
         """Hide the sensitive fields (the definitions' and this Admin's) of these jobs."""
         if not jobs:
             return jobs
-        per_name: dict[str, list[str]] = {}
-        unreadable: set[str] = set()  # sensitive_fields neither a list nor a text: all hidden
-        for doc in await self.storage.definitions.all():
-            given = doc.get("sensitive_fields")
-            if unreadable_texts(given):
-                unreadable.add(str(doc["_id"]))
-            per_name[str(doc["_id"])] = texts(given)
+        per_name, unreadable = await self._sensitive_paths()
         for job in jobs:
             if job.name in unreadable:  # what to hide is unknown: nothing is shown
                 job.payload = {"(hidden)": SENSITIVE_UNREADABLE}

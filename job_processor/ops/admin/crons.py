@@ -7,7 +7,7 @@ from typing import Any
 
 from ...core.coverage import worker_alive
 from ...core.errors import InvalidArgumentError
-from ...core.lenient import texts, unreadable_texts
+from ...core.lenient import texts
 from ...core.masking import Masker
 from ...core.schedule import local_time
 from ...core.status import JobStatus
@@ -31,9 +31,7 @@ class CronsAdmin(AdminBase):
         ]
         paused = await self.storage.paused.names()
         running = await self.storage.jobs.running()
-        defs = await self.storage.definitions.all()
-        paths = {str(d["_id"]): texts(d.get("sensitive_fields")) for d in defs}
-        unreadable = {str(d["_id"]) for d in defs if unreadable_texts(d.get("sensitive_fields"))}
+        paths, unreadable = await self._sensitive_paths()
         out = []
         for doc in sorted(await self.storage.crons.docs(), key=lambda d: str(d["_id"])):
             name = str(doc["_id"])
