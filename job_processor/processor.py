@@ -26,6 +26,7 @@ from .core.definitions import (
 )
 from .core.errors import (
     DatabaseUnreachableError,
+    InvalidArgumentError,
     InvalidDefinitionError,
     InvalidPayloadError,
     UnknownJobError,
@@ -226,6 +227,8 @@ class JobProcessor(JobsAPI, EventsAPI):
 
     async def trigger_cron(self, name: str) -> Job[Any]:
         """Run a cron once now, outside its schedule (recorded with trigger "manual")."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"name must be a cron name, got {name!r:.60}")
         if name not in self.crons:
             raise UnknownJobError.for_cron(name, sorted(self.crons))
         cron = self.crons[name]

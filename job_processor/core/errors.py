@@ -33,7 +33,9 @@ def field_errors(errors: list[Any], whole: str = "(value)") -> str:
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """ " (did you mean 'x'?)" naming the closest known name first, or "" when none is close
-    (the name itself is never suggested)."""
+    (the name itself is never suggested; nor any for a name that is no text)."""
+    if not isinstance(name, str):
+        return ""
     close = difflib.get_close_matches(name, sorted(set(known) - {name}), n=2, cutoff=0.6)
     if not close:
         return ""

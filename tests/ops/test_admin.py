@@ -1354,3 +1354,34 @@ def test_a_cursor_keeps_a_decimal128_id() -> None:
 
     doc = {"_id": Decimal128("2.5"), "name": "email"}
     assert decode_cursor(encode_cursor(doc)) == (None, Decimal128("2.5"))
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda a: a.kill(None), "job_ids"),
+        (lambda a: a.retry(7), "job_ids"),
+        (lambda a: a.run_now(None), "job_ids"),
+        (lambda a: a.delete(123), "job_ids"),
+        (lambda a: a.duplicate(None), "job_id"),
+        (lambda a: a.get_job(5), "job_id"),
+        (lambda a: a.dependents(None), "job_id"),
+        (lambda a: a.trigger_cron(None), "name"),
+        (lambda a: a.get_jobs("6b16db2641fef3cc665b2d9c"), "get_jobs takes a list"),
+        (lambda a: a.get_jobs(None), "get_jobs takes a list"),
+    ],
+)
+async def test_an_id_or_name_of_the_wrong_type_is_refused_naming_the_field(
+    db: Any, call: Any, field: str
+) -> None:
+    """Not a bare TypeError from deep inside (`list(None)`, difflib), nor a str split into its
+    characters ("'6' is not a job id")."""
+    admin = await Admin.open(db)
+    with pytest.raises(InvalidArgumentError) as caught:
+        await call(admin)
+    assert str(caught.value).startswith(field), str(caught.value)
+
+
+async def test_get_jobs_of_an_empty_list_is_an_empty_list(db: Any) -> None:
+    admin = await Admin.open(db)
+    assert await admin.get_jobs([]) == []

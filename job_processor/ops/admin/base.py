@@ -30,7 +30,7 @@ from ...core.notes import storable_text
 from ...core.status import JobStatus, parse_status
 from ...storage import JobQuery, Storage
 from ...storage.audit import entry_id as audit_entry_id
-from .inputs import default_actor, ids_of, parse_time
+from .inputs import default_actor, one_id, parse_time
 from .results import ActionResult, WorkerView
 
 S = JobStatus
@@ -124,7 +124,7 @@ class AdminBase:
         )
 
     async def _stored_job(self, job_id: str | ObjectId) -> Job[Any]:
-        doc = await self.storage.job_admin.by_id(ids_of(job_id)[0])
+        doc = await self.storage.job_admin.by_id(one_id(job_id))
         if doc is None:
             raise JobNotFoundError(f"no job with id {str(job_id)!r}")
         return Job.read(doc)
@@ -379,6 +379,10 @@ class AdminBase:
             result.changed.append(job.id)
 
     async def _trigger(self, name: str, actor: str | None, action: str) -> ActionResult:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(
+                f"name must be a cron name (see crons list), got {name!r:.60}"
+            )
         docs = await self.storage.crons.docs([name])
         if not docs:
             registered = (await self._known()).get(name)

@@ -10,7 +10,7 @@ import getpass
 import json
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import bson
@@ -19,6 +19,7 @@ from bson import Decimal128, ObjectId
 from ...core import documents as D
 from ...core.clock import to_millis
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...core.models import Job
 from ...core.values import TOO_DEEP, checked_payload
 from ...storage import JobQuery
 from ...storage.jobs import MAX_VALUE_BYTES, object_id
@@ -163,9 +164,22 @@ def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:
     return min(value, most)
 
 
-def ids_of(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]:
-    items = [job_ids] if isinstance(job_ids, str | ObjectId) else list(job_ids)
-    if not items:
+def ids_of(
+    job_ids: str | ObjectId | Sequence[str | ObjectId], *, empty_ok: bool = False
+) -> list[ObjectId]:
+    """Job ids as given: one (a str, an ObjectId, a Job) or an iterable of them (an empty one
+    refused unless `empty_ok`)."""
+    given: Any = job_ids
+    if isinstance(given, str | ObjectId | Job):
+        items: list[Any] = [given]
+    elif isinstance(given, Iterable) and not isinstance(given, bytes | Mapping):
+        items = list(given)
+    else:
+        raise InvalidArgumentError(
+            f"job_ids must be a job id (a str of 24 hex characters) or a list of them, got a "
+            f"{type(given).__name__}"
+        )
+    if not items and not empty_ok:
         raise InvalidArgumentError("give at least one job id")
     out = []
     for item in items:
@@ -174,6 +188,15 @@ def ids_of(job_ids: str | ObjectId | Sequence[str | ObjectId]) -> list[ObjectId]
         except JobNotFoundError as exc:
             raise InvalidArgumentError(str(exc)) from None
     return list(dict.fromkeys(out))  # an id given twice is acted on, and reported, once
+
+
+def one_id(job_id: str | ObjectId) -> ObjectId:
+    """One job id (a str, an ObjectId, a Job), or InvalidArgumentError."""
+    if not isinstance(job_id, str | ObjectId | Job):
+        raise InvalidArgumentError(
+            f"job_id must be a job id (a str of 24 hex characters), got a {type(job_id).__name__}"
+        )
+    return ids_of(job_id)[0]
 
 
 def default_actor() -> str:

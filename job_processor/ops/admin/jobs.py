@@ -4,7 +4,7 @@ purge, schedule, duplicate."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -31,6 +31,7 @@ from .inputs import (
     encode_cursor,
     ids_of,
     limit_of,
+    one_id,
     parse_duration,
     parse_time,
 )
@@ -70,7 +71,7 @@ class JobsAdmin(AdminBase):
         query = self._query(name, status, tag, key, created_after, created_before)
         limit = limit_of(limit)
         if id:
-            oid = ids_of(id)[0]
+            oid = one_id(id)
             doc = await self.storage.job_admin.by_id(oid)
             jobs = [Job.read(doc)] if doc is not None and query.matches(doc) else []
             return JobPage(jobs=await self._redacted(jobs))
@@ -107,19 +108,24 @@ class JobsAdmin(AdminBase):
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job[Any]]:
         """These jobs, in the order given (those that do not exist are left out)."""
-        ids = ids_of(list(job_ids)) if job_ids else []
+        if isinstance(job_ids, str | bytes | ObjectId | Job) or not isinstance(job_ids, Iterable):
+            raise InvalidArgumentError(
+                f"get_jobs takes a list of job ids, got a {type(job_ids).__name__}: "
+                "get_jobs([job_id]), or get_job(job_id) for one"
+            )
+        ids = ids_of(job_ids, empty_ok=True)
         by_id = {d["_id"]: d for d in await self.storage.jobs.get_many(ids)}
         return await self._redacted([Job.read(by_id[i]) for i in ids if i in by_id])
 
     async def dependents(self, job_id: str | ObjectId, limit: int = 100) -> list[Job[Any]]:
         """The jobs scheduled after this one (`after=[...]`), newest first."""
-        oid = ids_of(job_id)[0] if isinstance(job_id, str) else job_id
+        oid = one_id(job_id)
         docs = await self.storage.jobs.dependents_of(oid, limit)
         return await self._redacted([Job.read(d) for d in docs])
 
     async def count_dependents(self, job_id: str | ObjectId) -> int:
         """How many jobs were scheduled after this one."""
-        oid = ids_of(job_id)[0] if isinstance(job_id, str) else job_id
+        oid = one_id(job_id)
         return await self.storage.jobs.count_dependents(oid)
 
     async def retry(

@@ -17,7 +17,7 @@ from ...events.queries import untargeted_warnings
 from ...events.webhooks import webhook_warnings
 from ..status import stuck_cron_warning
 from .crons import CronsAdmin
-from .inputs import THROUGHPUT_CAP, ids_of, limit_of
+from .inputs import THROUGHPUT_CAP, limit_of, one_id
 from .results import AuditEntry, Overview, QueueRow, ThroughputRow
 
 S = JobStatus
@@ -151,7 +151,7 @@ class StatusAdmin(CronsAdmin):
     async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
         """The latest recorded actions, newest first (`before`: an entry id, for the next page)."""
         try:
-            oid = ids_of(before)[0] if before else None
+            oid = one_id(before) if before else None
         except InvalidArgumentError:  # its message speaks of job ids
             raise InvalidArgumentError(
                 f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
