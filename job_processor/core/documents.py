@@ -452,6 +452,18 @@ def hook_owed_fields(
 # ---- jobs: kill and retry ------------------------------------------------------------------
 
 
+def run_of(doc: Mapping[str, Any]) -> tuple[Any, Any]:
+    """A job document's status and attempt: what an action decided on (a bulk retry's
+    listing) and must find unchanged."""
+    return doc.get("status"), doc.get("attempt") or 0
+
+
+def at_attempt(attempt: int) -> Doc:
+    """A filter on the job's run being `attempt` (0: never claimed, `attempt` unset included:
+    a bare insert another program made)."""
+    return {"attempt": {"$in": [0, None]}} if attempt == 0 else {"attempt": attempt}
+
+
 def kill_update(now: dt.datetime, writer: str | None, kill_id: str | None = None) -> Doc:
     """pending | paused | waiting (or a bare insert not adopted yet) -> killed. `kill_id`
     (recorded as the job's `end_id` and hook id): a kill retried after a lost reply recognises

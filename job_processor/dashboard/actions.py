@@ -105,12 +105,10 @@ async def job_action(d: Dashboard, request: Request) -> Response:
             button=f"{verb.capitalize()} job",
             pinned={"seen_attempt": str(job.attempt)} if verb == "kill" else None,
         )
-    if verb == "kill" and (moved := await _ran_since(admin, job_id, _form(request))):
-        flash = {"kind": "warn", "title": "Kill: nothing changed", "lines": [moved]}
-        return d.redirect(request, back, flash)
+    seen = _form(request).get("seen_attempt")  # the run the confirmation showed
     calls: dict[str, Callable[[], Awaitable[ActionResult]]] = {
         "retry": lambda: admin.retry([job_id], actor=actor),
-        "kill": lambda: admin.kill([job_id], actor=actor),
+        "kill": lambda: admin.kill([job_id], actor=actor, seen_attempt=_attempt(seen)),
         "run-now": lambda: admin.run_now([job_id], actor=actor),
         "delete": lambda: admin.delete([job_id], actor=actor),
         "duplicate": lambda: admin.duplicate(job_id, actor=actor),
@@ -125,22 +123,12 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     return response
 
 
-async def _ran_since(admin: Any, job_id: str, form: dict[str, str]) -> str | None:
-    """Why a confirmed kill is not made: the job has started another run since its
-    confirmation was shown (an automatic retry, or a retry by someone else), which the user
-    did not see. None when it has not (or when no attempt was pinned: a form of its own)."""
-    seen = form.get("seen_attempt")
-    if seen is None:
-        return None
-    try:
-        job = await admin.get_job(job_id)
-    except JobProcessorError:
-        return None  # the kill itself says what is wrong (not found, a bad id)
-    if str(job.attempt) == seen:
-        return None
+def _attempt(seen: str | None) -> int | None:
+    """The attempt a kill's confirmation pinned (None: a form of its own, or not a number)."""
     return (
-        f"{job_id}: it has started another run since the confirmation was shown "
-        f"(attempt {job.attempt}, {job.status.value}); kill it again if you still mean to"
+        int(seen)
+        if seen is not None and seen.isascii() and seen.isdigit() and len(seen) < 10
+        else None
     )
 
 

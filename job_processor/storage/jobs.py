@@ -17,10 +17,9 @@ from typing import Any
 import bson
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import OperationFailure, PyMongoError, WriteConcernError
 
 from ..core import documents as D
-from ..core import flows as F
 from ..core import foreign as FD
 from ..core import notes as N
 from ..core.documents import CLAIM_SORT
@@ -34,10 +33,10 @@ from .compat import (
     ServerProfile,
     all_docs,
     decode,
-    decode_opt,
     not_in,
     open_stream,
 )
+from .job_actions import JobActions
 from .job_crons import CronTasks
 from .job_flows import FlowRecords
 from .job_hooks import HookRecords
@@ -160,7 +159,7 @@ class EndWrite:
     again, knowing it: `JobStore.end_run` does)."""
 
 
-class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, JobReads):
+class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, HookRecords, JobReads):
     """The domain verbs on jobs (see the module docstring); creation, those on documents other
     programs wrote, on on_job_exited records and the reads are in `job_inserts`, `job_strays`,
     `job_hooks`, `job_reads`."""
@@ -524,107 +523,6 @@ class JobStore(JobInserts, CronTasks, FlowRecords, ForeignJobs, HookRecords, Job
         if still_ours and current.get("has_dependents") and "has_dependents" in query:
             return EndWrite(None, dependents=True)
         return EndWrite(None, kill_requested=still_ours and bool(current.get("kill_requested_at")))
-
-    # ---- kill and retry ---------------------------------------------------------------------
-
-    async def kill(
-        self,
-        job_id: ObjectId,
-        now: dt.datetime,
-        writer: str | None,
-        *,
-        kill_id: str | None = None,
-        retried: bool = False,
-    ) -> tuple[str, Doc]:
-        """Returns ("killed", doc) if this call moved a pending/paused/waiting job (or a bare
-        insert not adopted yet) to killed (its
-        on_job_exited, or the record that it has none, is then owed by `writer`; None: by a
-        worker's sweep), ("requested", doc) if the job is running and its worker will abort
-        it, ("ended", doc) if it had already ended. `retried` after a lost reply: a job
-        killed by this call's `kill_id` is reported as killed by it."""
-        for _ in range(10):
-            doc = await self.coll.find_one_and_update(
-                {  # None: a bare insert another program made, not adopted yet
-                    "_id": job_id,
-                    "status": {"$in": [S.PENDING.value, S.PAUSED.value, S.WAITING.value, None]},
-                },
-                D.kill_update(now, writer, kill_id),
-                return_document=AFTER,
-            )
-            if doc is not None:
-                return "killed", decode(doc)
-            doc = await self.coll.find_one_and_update(
-                {"_id": job_id, "status": S.RUNNING.value},
-                {"$set": {"kill_requested_at": now, "updated_at": now}},
-                return_document=AFTER,
-            )
-            if doc is not None:
-                return "requested", decode(doc)
-            doc = await self.coll.find_one({"_id": job_id})
-            if doc is None:
-                raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-            active = {s.value for s in (S.PENDING, S.PAUSED, S.RUNNING, S.WAITING)}
-            if doc.get("status") not in active:
-                mine = retried and kill_id is not None and doc.get("end_id") == kill_id
-                return ("killed" if mine else "ended"), decode(doc)
-            # it moved between our two updates: try again
-        raise RuntimeError(f"could not kill job {job_id}: its status keeps changing")
-
-    async def retry(
-        self,
-        job_id: ObjectId,
-        now: dt.datetime,
-        exclusive: bool,
-        *,
-        retry_id: str | None = None,
-        retried: bool = False,
-    ) -> Doc | None:
-        """errored | killed -> pending now. Raises DuplicateKeyError when another active job
-        holds the exclusive / dedup key. Returns None when the job is not errored or killed, or
-        when its on_job_exited is still owed (each exit's hook runs with that exit's status:
-        settle it first, see `HookRunner.settle`). `retry_id` is recorded on the job: a call
-        `retried` after a lost reply recognises its own write by it."""
-        current = await self.coll.find_one({"_id": job_id}, {"payload": 0, "state": 0})
-        if current is None:
-            raise JobNotFoundError(f"no job with id {str(job_id)!r}")
-        if retried and retry_id is not None and current.get("retry_id") == retry_id:
-            return decode(await self.coll.find_one({"_id": job_id}) or current)
-        update = D.retry_update(decode(current), now, exclusive)
-        if retry_id is not None:
-            update["$set"]["retry_id"] = retry_id
-        query = {
-            "_id": job_id,
-            "status": {"$in": [S.ERRORED.value, S.KILLED.value]},
-            "exit_hook": {"$ne": "owed"},
-            # the run `current` describes is still the last (each claim increments the
-            # attempt): the update computed from it (history, deadlines) is right
-            "attempt": current.get("attempt"),
-        }
-        if update["$set"].get("status") == S.WAITING.value:  # killed while it waited: it waits
-            # again; its dependencies are marked first, as a new job's are (`mark_dependents`)
-            deps = [ObjectId(d) for d in F.uncounted_dependencies(current) if ObjectId.is_valid(d)]
-            await self.mark_dependents(deps, now)
-        result = await self.coll.find_one_and_update(query, update, return_document=AFTER)
-        if (
-            result is None
-            and self.profile.silent_duplicates
-            and (exclusive or current.get("key") is not None)  # it restores a unique key
-            and await self.coll.find_one(query, {"_id": 1}) is not None  # it matched: refused
-        ):
-            raise DuplicateKeyError("another active job holds a unique key of this job")
-        doc = decode_opt(result)
-        if doc is not None and doc.get("status") == S.WAITING.value:  # killed while waiting
-            doc = await self.count_ended_dependencies(doc, now)
-        return doc
-
-    async def count_ended_dependencies(self, doc: Doc, now: dt.datetime) -> Doc:
-        """A waiting job written by an admin path (a retry of a job killed while it waited, a
-        duplicate) waits for the dependencies it has not counted: registered on them, and
-        those that have ended counted now (it may be released, or skipped by its policy, at
-        once; one that no longer exists counts as "deleted")."""
-        deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
-        await self.register_waiting(deps, now, {doc["_id"]: deps})
-        return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
     def watch_one(self, job_id: ObjectId, max_await_ms: int, baseline: int = 0) -> Any:
         """A change stream of one job's changes (`compat.open_stream` opens it)."""

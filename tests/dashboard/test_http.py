@@ -316,6 +316,52 @@ async def test_a_confirmed_kill_is_not_made_when_the_job_has_run_again_since(
         switches.hold.set()
 
 
+async def test_a_confirmed_kill_is_not_made_when_the_job_starts_between_the_check_and_the_kill(
+    processor: Any, monkeypatch: Any
+) -> None:
+    """The pinned attempt is in the kill's own filter: a claim landing right before the kill's
+    write (after any read the dashboard made) does not get the kill the user never confirmed."""
+    import asyncio
+
+    from job_processor.core import documents as D
+    from job_processor.storage.jobs import JobStore
+
+    p, switches = processor
+    switches.hold = asyncio.Event()
+    later = await p.schedule_job("send-email", {"to": "later@example.com"}, delay=3600)
+    app = create_dashboard(p, auth=AUTH)
+    original = JobStore.kill
+    raced = False
+
+    async def kill(self: Any, job_id: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal raced
+        if not raced:  # the worker claims the job right before the kill's write
+            raced = True
+            await self.coll.update_one({"_id": job_id}, D.run_now_update(p.clock.now()))
+            await wait_until(lambda: _status(p, later.id, S.RUNNING))
+        return await original(self, job_id, *args, **kw)
+
+    try:
+        async with client(app) as c:
+            csrf = token((await c.get(f"/jobs/{later.id}")).text)
+            resp = await c.post(f"/jobs/{later.id}/kill", data={"csrf_token": csrf})
+            confirmed = dict(
+                re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', resp.text)
+            )
+            assert confirmed["seen_attempt"] == "0"
+            monkeypatch.setattr(JobStore, "kill", kill)
+            resp = await c.post(f"/jobs/{later.id}/kill", data=confirmed)
+            page = await c.get(resp.headers["location"])
+            assert raced
+            running = await p.get_job(later.id)
+            assert running.attempt == 1 and running.status == S.RUNNING
+            assert running.kill_requested_at is None, "the run the user never saw was killed"
+            assert "Kill: nothing changed" in page.text
+            assert "it has started another run since the confirmation was shown" in page.text
+    finally:
+        switches.hold.set()
+
+
 async def test_a_refused_delete_returns_to_the_job_and_a_paused_names_new_job_says_so(
     processor: Any,
 ) -> None:

@@ -344,3 +344,35 @@ async def test_a_hook_record_after_the_mark_does_not_hold_the_expiry(db: Any) ->
     # docs/flows.md: the mark holds the expiry back "the same way" until the sweep sees the
     # dependents settled, also "when the expiry is written by the job's on_job_exited record"
     assert "expires_at" not in doc, {k: doc.get(k) for k in ("expires_at", "expires_after_settle")}
+
+
+async def test_retry_many_never_retries_a_job_that_changed_since_it_was_listed(db: Any) -> None:
+    """A bulk retry of the killed jobs: another operator retries one of them between the
+    listing and its turn, and it runs and errors. It is no longer the killed job the filter
+    listed: skipped, saying so, not run a second time."""
+
+    async def fails(job: Job, signal: AbortSignal) -> None:
+        raise RuntimeError("boom")
+
+    processor = await make(db, {"a": JobDef(handler=fails)}, clock=FakeClock(NOW))
+    x = await processor.schedule_job("a", {}, delay=3600)
+    admin = await Admin.open(db, clock=processor.clock)
+    assert (await admin.kill([x.id], actor="ops")).changed == [x.id]
+    original = admin.storage.jobs.retry
+    raced = False
+
+    async def retry_after_another_operator(oid: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal raced
+        if not raced:  # between the listing (killed, never run) and this retry's write
+            raced = True
+            await processor.retry_job(str(oid))  # another operator
+            await run_until_idle(processor)  # it runs, and errors
+            assert (await processor.get_job(str(oid))).status == S.ERRORED
+        return await original(oid, *args, **kw)
+
+    admin.storage.jobs.retry = retry_after_another_operator  # type: ignore[method-assign]
+    result = await admin.retry_many(name="a", status="killed", actor="ops")
+    assert raced
+    job = await processor.get_job(x.id)
+    assert (result.changed, job.status, job.attempt) == ([], S.ERRORED, 1), result
+    assert result.skipped[x.id].startswith("changed since it was listed (now errored, attempt 1)")

@@ -1385,3 +1385,29 @@ async def test_an_id_or_name_of_the_wrong_type_is_refused_naming_the_field(
 async def test_get_jobs_of_an_empty_list_is_an_empty_list(db: Any) -> None:
     admin = await Admin.open(db)
     assert await admin.get_jobs([]) == []
+
+
+async def test_kill_with_a_seen_attempt_kills_only_that_run(env: Any) -> None:
+    """`seen_attempt` (the dashboard's confirmation pins it) is in the kill's own filter: the
+    run shown is killed, another is skipped saying so; a job another program inserted (no
+    `attempt` stored) is at attempt 0."""
+    admin, storage, _ = env
+    later = D.epoch_ms(NOW + dt.timedelta(hours=1))
+    minimal = {"name": "email", "claim_name": "email", "due_ms": later, "payload": {}}
+    foreign = str((await storage.jobs.coll.insert_one(minimal)).inserted_id)
+    assert (await admin.kill(foreign, seen_attempt=0)).changed == [foreign]
+    assert (await admin.get_job(foreign)).status == S.KILLED
+    doc = {"name": "email", "claim_name": "email", "due_ms": later, "payload": {}}
+    moved = str((await storage.jobs.coll.insert_one(doc)).inserted_id)
+    result = await admin.kill(moved, seen_attempt=1)  # shown running; it is pending again
+    assert result.changed == [], result
+    assert result.skipped[moved].startswith("it has started another run since"), result.skipped
+    job = await admin.get_job(moved)
+    assert job.status == S.PENDING and job.kill_requested_at is None
+    claimed = await storage.jobs.claim_next(["email"], "w1", NOW + dt.timedelta(hours=2))
+    assert claimed is not None and str(claimed["_id"]) == moved
+    result = await admin.kill(moved, seen_attempt=1)  # the run shown: requested
+    assert result.changed == [moved] and result.detail == {"requested": [moved]}, result
+    for bad in (-1, True, "1"):
+        with pytest.raises(InvalidArgumentError, match=r"^seen_attempt must be"):
+            await admin.kill(moved, seen_attempt=bad)

@@ -38,6 +38,7 @@ from .inputs import (
 from .results import ActionResult, JobPage
 
 S = JobStatus
+Doc = dict[str, Any]
 
 
 #: Why a job that jobs wait on (or are being scheduled after) is not deleted yet: they would
@@ -151,10 +152,15 @@ class JobsAdmin(AdminBase):
         cache: dict[str, bool],
         hookless: frozenset[str],
         names: set[str],
+        listed: Doc | None = None,
     ) -> None:
+        """`listed`: the job as a bulk retry's listing read it: retried only as it was then."""
         current = await self.storage.job_admin.by_id(oid)
         if current is None:
             result.skipped[str(oid)] = "not found"
+            return
+        if listed is not None and D.run_of(current) != D.run_of(listed):
+            result.skipped[str(oid)] = _changed(current)
             return
         name = current["name"]
         held = current.get("status") not in RETRYABLE or await self.storage.events.hold_for_retry(
@@ -171,7 +177,7 @@ class JobsAdmin(AdminBase):
                 oid, current["exit_hook_id"], "none", None, self.clock.now(), budget=5.0
             )
         try:
-            doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name])
+            doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name], expect=listed)
         except DuplicateKeyError:
             holder = await self.storage.jobs.key_holder(current, cache[name])
             result.skipped[str(oid)] = f"{holder}: retry it later"
@@ -180,7 +186,9 @@ class JobsAdmin(AdminBase):
             result.skipped[str(oid)] = "not found"
             return
         if doc is None:
-            result.skipped[str(oid)] = retry_refusal(await self.storage.job_admin.by_id(oid))
+            now = await self.storage.job_admin.by_id(oid)
+            moved = listed is not None and now is not None and D.run_of(now) != D.run_of(listed)
+            result.skipped[str(oid)] = _changed(now) if moved else retry_refusal(now)
             return
         result.changed.append(str(oid))
         names.add(str(name))
@@ -227,7 +235,7 @@ class JobsAdmin(AdminBase):
                 dated = [d for d in docs if d.get("created_at") is not None]
                 for doc in dated:
                     done.append(doc["_id"])
-                    await self._retry_one(doc["_id"], result, cache, hookless, names)
+                    await self._retry_one(doc["_id"], result, cache, hookless, names, doc)
                 seen += len(dated)
                 if len(dated) < len(docs) or not dated:
                     break
@@ -241,31 +249,53 @@ class JobsAdmin(AdminBase):
                     break
                 for doc in docs:
                     tried.append(doc["_id"])
-                    await self._retry_one(doc["_id"], result, cache, hookless, names)
+                    await self._retry_one(doc["_id"], result, cache, hookless, names, doc)
                 seen += len(docs)
         result.jobs = result.jobs[:20]
         await self._note_paused(result, names)
         await self._record(result, {"filter": describe_query(query)})
         return result
 
-    async def kill(self, job_ids: str | Sequence[str], *, actor: str | None = None) -> ActionResult:
+    async def kill(
+        self,
+        job_ids: str | Sequence[str],
+        *,
+        actor: str | None = None,
+        seen_attempt: int | None = None,
+    ) -> ActionResult:
         """Pending / paused -> killed at once; running -> kill requested (its worker aborts the
         handler within about one poll interval: the job stays running until then, and `changed`
         lists it with detail["requested"]). Ended jobs are skipped. The job's on_job_exited is
         recorded as owed and called by the next sweep of a worker that defines the job. The jobs
         waiting on a killed job count it at once (skipped, errored or released by their policy).
-        Action "jobs_killed"."""
+        `seen_attempt`: the run the caller decided on (`job.attempt` as it was shown); a job
+        that has started another since is skipped, saying so (in the kill's own filter: a
+        claim landing meanwhile is never killed in its place). Action "jobs_killed"."""
+        if seen_attempt is not None and (
+            not isinstance(seen_attempt, int) or isinstance(seen_attempt, bool) or seen_attempt < 0
+        ):
+            raise InvalidArgumentError(
+                f"seen_attempt must be an attempt number, got {seen_attempt!r}"
+            )
         result = self._result("jobs_killed", actor)
         requested: list[str] = []
         async with self._acting(result):
             for oid in ids_of(job_ids):
                 try:
-                    what, doc = await self.storage.jobs.kill(oid, self.clock.now(), None)
+                    what, doc = await self.storage.jobs.kill(
+                        oid, self.clock.now(), None, attempt=seen_attempt
+                    )
                 except JobNotFoundError:
                     result.skipped[str(oid)] = "not found"
                     continue
                 if what == "ended":
                     result.skipped[str(oid)] = f"already ended ({stored_status(doc)})"
+                elif what == "moved":
+                    result.skipped[str(oid)] = (
+                        f"it has started another run since the confirmation was shown (attempt "
+                        f"{doc.get('attempt')}, {stored_status(doc)}); kill it again if you still "
+                        "mean to"
+                    )
                 else:
                     result.changed.append(str(oid))
                     if what == "requested":
@@ -542,6 +572,17 @@ def is_minimal(doc: Mapping[str, Any]) -> bool:
     """A job another program inserted as the minimal document (docs/scale.md): claimable as it
     is (`claim_name`), no status until its first claim."""
     return doc.get("status") is None and isinstance(doc.get("claim_name"), str)
+
+
+def _changed(doc: Mapping[str, Any] | None) -> str:
+    """Why a bulk retry leaves a job it listed: it has changed since (retried by someone else,
+    run again)."""
+    if doc is None:
+        return "not found"
+    return (
+        f"changed since it was listed (now {stored_status(doc)}, attempt "
+        f"{doc.get('attempt') or 0}): not retried"
+    )
 
 
 def stored_status(doc: Mapping[str, Any]) -> str:
