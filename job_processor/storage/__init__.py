@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import WriteConcern
+from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import OperationFailure
 
 from ..core.documents import CLAIM_SORT
@@ -72,6 +72,11 @@ PRODUCER_RETRY_SECONDS = 10.0
 #: Writes that change a job's state must survive a replica-set failover.
 MAJORITY = WriteConcern("majority")
 
+#: Reads of state (a lost claim read back by its run id, a dedup key's holder, the sweep's
+#: liveness reads, wait_for) must see the writes acknowledged: never a lagging secondary,
+#: whatever the URL's readPreference says.
+PRIMARY = ReadPreference.PRIMARY
+
 
 class Storage:
     def __init__(
@@ -90,7 +95,9 @@ class Storage:
 
         def coll(name: str, majority: bool = True) -> Any:
             concern = MAJORITY if majority else None
-            return db.get_collection(prefix + name, codec_options=codec, write_concern=concern)
+            return db.get_collection(
+                prefix + name, codec_options=codec, write_concern=concern, read_preference=PRIMARY
+            )
 
         self.jobs = JobStore(coll("jobs"), self.profile)
         self.workers = WorkerStore(coll("workers", majority=False))

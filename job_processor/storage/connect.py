@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any
 
 import pymongo
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, ReadPreference
 from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, PyMongoError
@@ -439,7 +439,10 @@ async def holds_data(db: Any, prefix: str) -> bool:
     if f"{prefix}definitions" in names or f"{prefix}workers" in names:
         return True
     jobs = f"{prefix}jobs"
-    return jobs in names and await db[jobs].find_one({}, {"_id": 1}) is not None
+    if jobs not in names:
+        return False
+    coll = db.get_collection(jobs, read_preference=ReadPreference.PRIMARY)  # as Storage's
+    return await coll.find_one({}, {"_id": 1}) is not None
 
 
 async def databases_with_data(db: Any, prefix: str, limit: int = 20) -> list[str]:

@@ -99,6 +99,10 @@ class SyncCollection:
         return self._coll.write_concern
 
     @property
+    def read_preference(self) -> Any:
+        return self._coll.read_preference
+
+    @property
     def database(self) -> SyncDatabase:
         return SyncDatabase(self._coll.database)
 
