@@ -134,15 +134,18 @@ class ForeignJobs:
             # adopted, it must not fill the batch either
             "claim_name": {"$exists": False},
         }
-        return self.coll.find(old, {"_id": 1, "name": 1, "scheduled_for": 1}).limit(limit)
+        fields = {"_id": 1, "name": 1, "scheduled_for": 1, "priority": 1}
+        return self.coll.find(old, fields).limit(limit)
 
     async def adopt_bare(
         self, inserted_before: dt.datetime, now: dt.datetime, limit: int = 100
     ) -> int:
         """Jobs another program inserted as bare `{name, payload}` (no `status`, `claim_name`
         or `due_ms`), before `inserted_before`: made pending and claimable, due at their
-        `scheduled_for` if they have one, else at their insert time. Their first claim fills in
-        the rest (a missing `created_at` marks them as foreign, see `documents.completion`).
+        `scheduled_for` if they have one, else at their insert time, priority 0 if they have
+        none (the claim sorts a missing priority after every number, -1 included: a reader
+        shows 0). Their first claim fills in the rest (a missing `created_at` marks them as
+        foreign, see `documents.completion`).
         At most `limit` per call; one compare-and-set each (on the {status, ...} index: status
         missing reads as null)."""
         check_transition(None, S.PENDING)
@@ -151,15 +154,11 @@ class ForeignJobs:
             name = str(doc["name"])
             when = decode(doc).get("scheduled_for")  # aware UTC; ISO text read as its date
             due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
-            res = await self.coll.update_one(
-                {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}},
-                {
-                    "$set": {
-                        "status": S.PENDING.value,
-                        "claim_name": name,
-                        "due_ms": D.epoch_ms(due),
-                    }
-                },
-            )
+            query: Doc = {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}}
+            fields: Doc = {"status": S.PENDING.value, "claim_name": name, "due_ms": D.epoch_ms(due)}
+            if "priority" not in doc:  # still none when adopted, or adopted at the next sweep
+                query["priority"] = {"$exists": False}
+                fields["priority"] = 0
+            res = await self.coll.update_one(query, {"$set": fields})
             adopted += res.modified_count
         return adopted

@@ -12,6 +12,7 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from job_processor.core import documents as D
+from job_processor.core import foreign as FD
 from job_processor.core.errors import JobNotFoundError
 from job_processor.core.models import Job
 from job_processor.core.outcome import Outcome
@@ -688,3 +689,37 @@ async def test_an_index_of_ours_that_exists_with_other_options_is_said_plainly(
         await init_job_processor(any_db, jobs={"a": JobDef(handler=quick)})
     except JobProcessorError as exc:  # where the server compares options (mongomock, MongoDB)
         assert "'job_processor_jobs'" in str(exc) and "expires_at" in str(exc)
+
+
+async def test_a_bare_insert_without_a_priority_is_adopted_as_priority_0(storage: Storage) -> None:
+    """docs/scale.md: a bare `{name, payload}` is made claimable with priority 0 when it has
+    none (left missing, the claim would sort it after every job that has one, -1 included);
+    one that has a priority keeps it."""
+    low = await add(storage, priority=-1, scheduled_for=later(-10))
+    bare = {"name": "a", "payload": {}}
+    urgent = {"name": "a", "payload": {}, "priority": 3}
+    await storage.jobs.coll.insert_many([bare, urgent])
+    assert await storage.jobs.adopt_bare(NOW, NOW) == 2
+    assert Job.read(await storage.jobs.get(bare["_id"])).priority == 0
+    got = []
+    while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
+        got.append((doc["_id"], doc["priority"]))
+    assert got == [(urgent["_id"], 3), (bare["_id"], 0), (low["_id"], -1)]
+
+
+async def test_a_minimal_insert_without_a_priority_reads_as_0_but_is_claimed_last(
+    storage: Storage,
+) -> None:
+    """docs/scale.md: a minimal insert is claimable as it is, so nothing writes its priority
+    before the claim, whose index sorts a missing field after every number (-1 included): it
+    reads as priority 0 and is claimed after every job that has a priority; its first run
+    writes priority 0 with the other missing fields (a retry is then ordered as 0)."""
+    low = await add(storage, priority=-1, scheduled_for=later(-10))
+    minimal = {"name": "a", "claim_name": "a", "due_ms": D.epoch_ms(later(-60)), "payload": {}}
+    await storage.jobs.coll.insert_one(minimal)
+    assert Job.read(await storage.jobs.get(minimal["_id"])).priority == 0
+    got = []
+    while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
+        got.append(doc["_id"])
+    assert got == [low["_id"], minimal["_id"]]
+    assert FD.completion(minimal, None, NOW)["priority"] == 0  # written by its first run
