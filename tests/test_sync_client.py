@@ -527,3 +527,15 @@ async def test_in_an_async_function_a_retry_never_holds_the_loop_for_an_owed_hoo
         pytest.raises(JobProcessorError),
     ):
         client.retry_job(job.id)
+
+
+def test_a_long_timeout_without_retries_waits_instead_of_overflowing(
+    sync_db: Database[Any],
+) -> None:
+    """With producer_retry_seconds=0 each read was bounded by the whole wait: a timeout of
+    1e10 s made a socket timeout past what the platform's time_t holds (a bare
+    OverflowError, for a job long ended). Each read's bound is capped; the wait reads again."""
+    client = JobClient(sync_db, CHECKED, producer_retry_seconds=0)
+    job = client.schedule_job("ship", {"order_id": 1})
+    client.kill_job(job.id)
+    assert client.wait_for(job.id, timeout=1e10).status == S.KILLED

@@ -33,6 +33,11 @@ T = TypeVar("T")
 TRANSIENT: tuple[type[BaseException], ...] = (AutoReconnect, ConnectionFailure, TimeoutError)
 #: What `ride_out` looks at (a server error only when labelled retryable: `is_transient`).
 RIDDEN_OUT: tuple[type[BaseException], ...] = (*TRANSIENT, OperationFailure)
+#: The longest bound one attempt of a producer call gets (seconds). PyMongo turns its
+#: client-side timeout into each command's maxTimeMS, which MongoDB refuses above 2**31-1 ms
+#: (about 24.8 days) and which overflows 64 bits near 1e17 s, and into a socket timeout, which
+#: overflows the platform's time_t near 1e10 s: a longer call or wait attempts or reads again.
+COMMAND_BOUND = 3600.0
 
 
 class GivenUp(AutoReconnect):
@@ -164,8 +169,10 @@ class ProducerRetry:
 
     @contextlib.asynccontextmanager
     async def bounded(self, seconds: float) -> AsyncIterator[None]:
-        """`async with`: the reads inside end within `seconds` (TimeoutError, or PyMongo's own
-        timeout error when driven without an event loop, where asyncio.timeout cannot run)."""
+        """`async with`: the reads inside end within `seconds`, at most COMMAND_BOUND
+        (TimeoutError, or PyMongo's own timeout error when driven without an event loop, where
+        asyncio.timeout cannot run)."""
+        seconds = min(seconds, COMMAND_BOUND)
         if self.sync:
             with pymongo.timeout(max(seconds, 0.001)):
                 yield
@@ -174,15 +181,18 @@ class ProducerRetry:
                 yield
 
     async def run(self, op: Callable[[bool], Awaitable[T]], within: float | None = None) -> T:
-        """`within`: a shorter budget for this call (a wait with a deadline)."""
+        """`within`: a shorter budget for this call (a wait with a deadline). Each attempt is
+        bounded by what remains, at most COMMAND_BOUND: an attempt cut by that bound alone is
+        made again while the budget lasts."""
         budget = self.budget if within is None else min(self.budget, within)
         if self.budget <= 0:  # retries turned off: one attempt, raw errors, bounded only
             if within is None:  # by the driver's own timeouts, or by `within` when given
                 return await op(False)
-            with pymongo.timeout(max(within, 0.001)):
+            bound = min(within, COMMAND_BOUND)  # (a longer wait reads again)
+            with pymongo.timeout(max(bound, 0.001)):
                 if self.sync:
                     return await op(False)
-                async with asyncio.timeout(within):
+                async with asyncio.timeout(bound):
                     return await op(False)
         start = time.monotonic()
         deadline = start + budget
@@ -190,15 +200,16 @@ class ProducerRetry:
         retried = False
         while True:
             remaining = max(deadline - time.monotonic(), min(1.0, budget))
+            bound = min(remaining, COMMAND_BOUND)
             try:
                 # the driver's own bound too: an attempt Motor runs on its threads, which
                 # asyncio's timeout cannot stop, gives up with it (an insert abandoned in
                 # server selection was written once MongoDB came back, after the call had
                 # raised DatabaseUnreachableError)
-                with pymongo.timeout(remaining):
+                with pymongo.timeout(bound):
                     if self.sync:
                         return await op(retried)
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(bound):
                         return await op(retried)
             except (PyMongoError, TimeoutError) as exc:
                 # our own bound ran out: asyncio's, or pymongo.timeout's between two commands
@@ -210,7 +221,8 @@ class ProducerRetry:
                 )
                 if not own and not is_transient(exc):
                     raise
-                if own or time.monotonic() + delay >= deadline:
+                cut = own and bound < remaining  # by COMMAND_BOUND, not the budget: again
+                if (own and not cut) or time.monotonic() + delay >= deadline:
                     spent = time.monotonic() - start
                     what = (  # the call's commands took that long in all
                         f"the call's commands at MongoDB {self.where()} did not all complete "

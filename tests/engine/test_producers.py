@@ -31,6 +31,7 @@ from job_processor import (
     init_job_processor,
 )
 from job_processor.engine import waits
+from job_processor.storage import transient
 from tests.helpers import FAST, CommandNames, make, wait_for, wait_status
 
 S = JobStatus
@@ -794,3 +795,60 @@ async def test_a_computed_field_under_extra_forbid_is_not_stored(db: Any) -> Non
     job = await p.run_job("doubled", Doubled(x=2))
     assert job.status == JobStatus.FINISHED, (job.status, job.error)
     assert job.output is not None and job.output.result == 4
+
+
+async def test_a_long_timeout_without_retries_returns_an_ended_job(db: Any) -> None:
+    """With producer_retry_seconds=0 each read ran under the wait's whole timeout: 1e17 s made
+    a maxTimeMS past 64 bits (a bare OverflowError, for a job long ended)."""
+    p = await make(db, JOBS, producer_retry_seconds=0)
+    job = await p.schedule_job("echo", {"n": 1})
+    await p.kill_job(job.id)
+    assert (await p.wait_for(job.id, timeout=1e17)).status == S.KILLED
+    assert (await p.wait_for(job.id, timeout=1e300)).status == S.KILLED
+
+
+async def test_a_wait_longer_than_one_reads_bound_reads_again_until_the_job_ends(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read of a long wait is bounded by transient.COMMAND_BOUND, not by the whole wait:
+    without retries the wait polls on and returns the job once it ends; with them, a read that
+    hangs past that bound is made again (it ran until the call's whole budget was spent, then
+    raised DatabaseUnreachableError with the job long ended)."""
+    monkeypatch.setattr(transient, "COMMAND_BOUND", 0.3)
+    off = await make(db, JOBS, producer_retry_seconds=0)
+    off.waker.blocking = False  # polls
+    job = await off.schedule_job("echo")  # no worker: pending until killed
+    real = off.storage.jobs.get_light
+    reads = 0
+
+    async def counted(oid: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real(oid)
+
+    monkeypatch.setattr(off.storage.jobs, "get_light", counted)
+    waiting = asyncio.create_task(off.wait_for(job.id, timeout=1e17))
+    await wait_for(lambda: reads >= 2, timeout=10)
+    await off.kill_job(job.id)
+    async with asyncio.timeout(10):
+        assert (await waiting).status == S.KILLED
+
+    p = await make(db, JOBS, producer_retry_seconds=10)
+    p.waker.blocking = False
+    job = await p.schedule_job("echo")
+    hanging = asyncio.Event()
+    never = asyncio.Event()
+    real = p.storage.jobs.get_light
+
+    async def hangs_once(oid: Any) -> Any:
+        if not hanging.is_set():
+            hanging.set()
+            await never.wait()
+        return await real(oid)
+
+    monkeypatch.setattr(p.storage.jobs, "get_light", hangs_once)
+    waiting = asyncio.create_task(p.wait_for(job.id, timeout=1e17))
+    async with asyncio.timeout(5):  # without the bound: the 10 s budget, then an error
+        await hanging.wait()
+        await p.kill_job(job.id)
+        assert (await waiting).status == S.KILLED
