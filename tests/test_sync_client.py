@@ -24,6 +24,7 @@ from job_processor import (
     DatabaseUnreachableError,
     InvalidArgumentError,
     InvalidDatabaseError,
+    InvalidDefinitionError,
     InvalidPayloadError,
     JobDef,
     JobFailedError,
@@ -539,3 +540,9 @@ def test_a_long_timeout_without_retries_waits_instead_of_overflowing(
     job = client.schedule_job("ship", {"order_id": 1})
     client.kill_job(job.id)
     assert client.wait_for(job.id, timeout=1e10).status == S.KILLED
+
+
+def test_a_retry_budget_past_a_year_is_refused_naming_the_option(sync_db: Database[Any]) -> None:
+    """1e10 passed the check, then every call overflowed inside the driver's timeout."""
+    with pytest.raises(InvalidDefinitionError, match=r"producer_retry_seconds .*at most"):
+        JobClient(sync_db, CHECKED, producer_retry_seconds=1e10)

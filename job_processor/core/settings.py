@@ -56,22 +56,24 @@ def retention_of(
     return Retention(finished=finished, failed=failed, floor=floor)
 
 
+#: The longest interval or timeout a processor setting may hold: a year, in seconds.
+MAX_SETTING_SECONDS = 365 * 24 * 3600
+
+
 def check_retry_budget(value: Any) -> float:
-    """producer_retry_seconds: a number of seconds >= 0 (0 turns the retries off)."""
+    """producer_retry_seconds: a number of seconds >= 0 (0 turns the retries off), at most a
+    year like every other interval (1e10 passed, then every producer call overflowed in the
+    driver's timeout; 1e17 broke init_job_processor's retention floor, a timedelta)."""
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)
-        or not 0 <= value < float("inf")  # NaN fails this too
+        or not 0 <= value <= MAX_SETTING_SECONDS  # NaN fails this too
     ):
         raise InvalidDefinitionError(
-            "producer_retry_seconds must be a finite number of seconds >= 0 (0: no retry), "
-            f"got {value!r}"
+            "producer_retry_seconds must be a finite number of seconds >= 0 and at most "
+            f"{MAX_SETTING_SECONDS} (a year; 0: no retry), got {value!r}"
         )
     return float(value)
-
-
-#: The longest interval or timeout a processor setting may hold: a year, in seconds.
-MAX_SETTING_SECONDS = 365 * 24 * 3600
 
 
 def check_prefix(prefix: Any) -> str:

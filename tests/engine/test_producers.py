@@ -807,6 +807,13 @@ async def test_a_long_timeout_without_retries_returns_an_ended_job(db: Any) -> N
     assert (await p.wait_for(job.id, timeout=1e300)).status == S.KILLED
 
 
+async def test_a_retry_budget_past_a_year_is_refused_naming_the_option(db: Any) -> None:
+    """1e17 passed the check, then init_job_processor overflowed making a timedelta of it."""
+    for budget in (1e17, 1e10):
+        with pytest.raises(InvalidDefinitionError, match=r"producer_retry_seconds .*at most"):
+            await make(db, JOBS, producer_retry_seconds=budget)
+
+
 async def test_a_wait_longer_than_one_reads_bound_reads_again_until_the_job_ends(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
