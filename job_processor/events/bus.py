@@ -50,6 +50,7 @@ from ..core.errors import (
 from ..core.lenient import texts
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
+from ..core.settings import MAX_SETTING_SECONDS
 from ..core.status import TERMINAL, JobStatus
 from ..core.values import is_utf8
 from ..engine.execution import call_maybe_async
@@ -256,10 +257,11 @@ class EventBus:
         if (
             not isinstance(sync_timeout, int | float)
             or isinstance(sync_timeout, bool)
-            or not 0 < sync_timeout < float("inf")  # NaN fails this too
+            or not 0 < sync_timeout <= MAX_SETTING_SECONDS  # NaN fails this too
         ):
             raise InvalidArgumentError(
-                f"sync_timeout must be a finite positive number of seconds, got {sync_timeout!r}"
+                "sync_timeout must be a finite positive number of seconds, at most a year "
+                f"({MAX_SETTING_SECONDS}), got {sync_timeout!r}"
             )
         now = self.clock.now()
         produce = self.storage.producer.run  # short outages are ridden out (never twice)

@@ -29,6 +29,7 @@ from ..core.errors import (
 )
 from .driver_fixes import fix_cancelled_waits
 from .sync_adapter import is_sync
+from .transient import COMMAND_BOUND
 
 #: The database a MONGODB_URL without one names, for every command and example.
 DEFAULT_DATABASE = "job_processor"
@@ -146,14 +147,18 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
     fix_cancelled_waits()  # its timeout may cancel a ping waiting for a server: driver_fixes
     try:
         if is_sync(db):  # no event loop: the driver's own client-side timeout
-            with pymongo.timeout(wait):
+            with pymongo.timeout(min(wait, COMMAND_BOUND)):
                 await db.command("ping")
         else:
             # Motor pings on one of its threads, which asyncio's timeout cannot stop: the
             # driver's client-side timeout (a context variable Motor copies into the thread) ends
             # it with the wait, or a process exiting on the error would wait for the thread
             # (serverSelectionTimeoutMS, 30 s by default)
-            bounded = pymongo.timeout(wait) if _is_motor(db) else contextlib.nullcontext()
+            bounded = (
+                pymongo.timeout(min(wait, COMMAND_BOUND))
+                if _is_motor(db)
+                else contextlib.nullcontext()
+            )
             with bounded:
                 async with asyncio.timeout(wait):
                     if refused_is_final:

@@ -482,3 +482,19 @@ async def test_an_expired_event_not_yet_removed_holds_its_key_no_more(db: Any) -
     stored = await p.storage.events.insert(dict(new), now=now + dt.timedelta(hours=2))
     assert stored["_id"] == new["_id"]
     assert await p.storage.events.coll.find_one({"_id": old["_id"]}) is None
+
+
+@pytest.mark.parametrize("timeout", [1e300, 3.2e7])
+async def test_a_sync_timeout_past_a_year_is_refused_before_anything_is_written(
+    db: Any, timeout: float
+) -> None:
+    """It passed the check (any finite number) and then raised a bare OverflowError making the
+    wait's deadline (a timedelta), after the event was written."""
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"paid": [Subscriber("audit", handler=audit, mode="sync")]})
+    with pytest.raises(JobProcessorError, match=r"^sync_timeout must be .* at most a year"):
+        await p.emit("paid", {}, sync_timeout=timeout)
+    assert await p.storage.events.coll.count_documents({}) == 0
