@@ -295,6 +295,9 @@ class Runtime:
         try:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if starting.cancelled() and not (task is not None and task.cancelling()):
+                return  # cut short by serve()'s signal (`_cut_start`): nothing started
             # the last caller gave up (a timeout, a cancelled serve()): it was told the start
             # failed, so the start under way leaves nothing started behind its back
             if not starting.done() and self._start_waiters == 1:
@@ -302,6 +305,15 @@ class Runtime:
             raise
         finally:
             self._start_waiters -= 1
+
+    def _cut_start(self) -> None:
+        """A start under way that runs no worker loop yet ends now (serve() got a signal): the
+        command it waits for (MongoDB unreachable: the driver's `serverSelectionTimeoutMS`,
+        30 s, each) is cancelled and `_start` releases what it acquired, as when it fails. Its
+        callers' start() return, nothing started, as after a stop() called meanwhile."""
+        if self._starting is not None and not self.started:
+            self._stop_wanted, self._start_abandoned = True, False  # if it ends anyway
+            self._starting.cancel()
 
     async def _start(self) -> None:
         self.failed.clear()  # started again after a crash: a new run of the loops
@@ -390,9 +402,10 @@ class Runtime:
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """start(), block until SIGTERM/SIGINT (or a crashed loop, or `stop` set), then stop().
-        A second signal, during that stop or already during start(), ends the stop at once
-        (`worker_stop_forced`; `stop_forced` set): runs not written yet are left to the other
-        workers' recovery."""
+        A signal while start() still waits (MongoDB unreachable) cuts that start short, nothing
+        started (`_start_unless`). A second signal, during that stop or already during start(),
+        ends the stop at once (`worker_stop_forced`; `stop_forced` set): runs not written yet
+        are left to the other workers' recovery."""
         stop = stop or asyncio.Event()
         force = asyncio.Event()  # a signal once `stop` is set, even during start()
         # its caller giving up (a TaskGroup, wait_for), at any point: what it started stops,
@@ -401,7 +414,7 @@ class Runtime:
         with stop_on_signals(stop, then=force):
             try:
                 if not stop.is_set():  # a signal before the start: nothing was started
-                    await self.start()
+                    await self._start_unless(stop, force)
                 waiters = [
                     asyncio.create_task(stop.wait()),
                     asyncio.create_task(self.failed.wait()),
@@ -427,6 +440,10 @@ class Runtime:
                     break
                 except asyncio.CancelledError as exc:  # cancelled during the stop: it ends first
                     cancelled = exc
+            if ended and force.is_set() and (stopping.cancelled() or not stopping.exception()):
+                # a second signal that came as the stop ended (one with the first, while a
+                # start was cut short: no stop to speak of) counts: forced, as documented
+                ended = False
             if ended:
                 if cancelled is None:
                     await stopping  # its exception, if any
@@ -441,6 +458,23 @@ class Runtime:
             raise cancelled
         if self.failed.is_set():
             raise RuntimeError("a job-processor loop crashed; see the processor_loop_crashed log")
+
+    async def _start_unless(self, stop: asyncio.Event, force: asyncio.Event) -> None:
+        """serve()'s start(): a signal while it runs cuts it short (`_cut_start`), a second one
+        stops waiting for that start's release (the stop is then forced). Its error, without a
+        signal (MongoDB unreachable), is serve()'s."""
+        starting = asyncio.create_task(self.start(), name="serve-start")
+        try:
+            if not await _until(starting, stop):
+                self._cut_start()
+                if not await _until(starting, force):  # left to end in the background
+                    starting.add_done_callback(_retrieved)
+                    return
+        except asyncio.CancelledError:  # serve()'s caller gave up: so does this start()
+            starting.cancel()
+            starting.add_done_callback(_retrieved)
+            raise
+        await starting
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -463,6 +497,22 @@ def crash_text(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     text = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return text[:300]
+
+
+async def _until(task: asyncio.Task[Any], event: asyncio.Event) -> bool:
+    """Wait for `task` to end, or `event` to be set (`task` goes on). True when it ended."""
+    waiter = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return task.done()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A done callback: the outcome of a task no one awaits any more is nobody's."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _within(task: asyncio.Task[Any], seconds: float) -> None:

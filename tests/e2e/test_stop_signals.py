@@ -24,7 +24,7 @@ from job_processor import JobProcessor, JobStatus, init_job_processor
 from job_processor.storage.local_server import LocalServer, start_local_server
 from tests.helpers import wait_status
 
-from .app import JOBS
+from .app import JOBS, make
 from .test_processes import ROOT, Worker, kill_all, spawn, wait_exit, wait_workers  # noqa: F401
 
 S = JobStatus
@@ -41,13 +41,13 @@ def own_server() -> Iterator[LocalServer]:
     shutil.rmtree(data, ignore_errors=True)
 
 
-def _start(url: str, tmp_path: Path, **env: str) -> Worker:
+def _start(url: str, tmp_path: Path, target: str = "tests.e2e.app:make", **env: str) -> Worker:
     log = tmp_path / f"worker-{time.monotonic_ns()}.log"
     environ = os.environ | {"MONGODB_URL": url, "INSTANCE_ID": "runner-1", "PYTHONUNBUFFERED": "1"}
     environ.pop("JOB_PROCESSOR_WORKER_TAGS", None)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+            [sys.executable, "-m", "job_processor", "run", target],
             cwd=ROOT,
             env=environ | env,
             stdout=out,
@@ -60,8 +60,8 @@ def _start(url: str, tmp_path: Path, **env: str) -> Worker:
 def spawn_on(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def start(url: str, **env: str) -> Worker:
-        workers.append(_start(url, tmp_path, **env))
+    def start(url: str, target: str = "tests.e2e.app:make", **env: str) -> Worker:
+        workers.append(_start(url, tmp_path, target, **env))
         return workers[-1]
 
     yield start
@@ -159,3 +159,88 @@ async def test_a_repeated_sigterm_never_ends_it_with_an_undocumented_code(
         await asyncio.sleep(0.005)
     code = worker.proc.returncode
     assert code in (0, 130), f"exit {code}:\n{worker.output()[-1500:]}"
+
+
+def _mark(variable: str) -> None:
+    Path(os.environ[variable]).write_text(variable)
+
+
+def _taken(variable: str) -> bool:
+    """The file $variable names was there: it is removed."""
+    try:
+        Path(os.environ[variable]).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+async def make_paused_after_init(ctx: Any) -> JobProcessor:
+    """tests.e2e.app's processor, returned once the test says so (it stops the server first:
+    init_job_processor's ping answered, start() then waits for a MongoDB gone); its start()
+    writes $E2E_STARTING as it begins."""
+    processor = await make(ctx)
+    _mark("E2E_BUILT")
+    while not _taken("E2E_GO"):
+        await asyncio.sleep(0.02)
+    start = processor.start
+
+    async def starting() -> None:
+        _mark("E2E_STARTING")
+        await start()
+
+    processor.start = starting  # type: ignore[method-assign]
+    return processor
+
+
+async def _starting_with_mongodb_gone(
+    own_server: LocalServer, tmp_path: Path, spawn_on: Callable[..., Worker]
+) -> Worker:
+    """A `run` whose start() has begun, MongoDB gone since its init."""
+    built, go, starting = tmp_path / "built", tmp_path / "go", tmp_path / "starting"
+    url = own_server.url.rstrip("/") + "/startout"
+    worker = spawn_on(
+        url,
+        "tests.e2e.test_stop_signals:make_paused_after_init",
+        E2E_BUILT=str(built),
+        E2E_GO=str(go),
+        E2E_STARTING=str(starting),
+    )
+    deadline = asyncio.get_running_loop().time() + 30
+    for marker in (built, starting):
+        while not marker.exists():
+            assert asyncio.get_running_loop().time() < deadline, worker.output()[-3000:]
+            assert worker.proc.poll() is None, worker.output()[-3000:]
+            await asyncio.sleep(0.02)
+        if marker is built:
+            own_server.stop()
+            go.write_text("go")
+    return worker
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGTERM, signal.SIGINT)])
+async def test_signals_while_start_waits_for_an_unreachable_mongodb(
+    own_server: LocalServer,
+    tmp_path: Path,
+    spawn_on: Callable[..., Worker],
+    signals: tuple[signal.Signals, ...],
+) -> None:
+    """A SIGTERM while start() waits for MongoDB (the driver's 30 s for each command) stops it
+    at once, nothing started: exit 0; a second signal with it (one already received while
+    start() ran counts) is a forced stop: exit 130."""
+    worker = await _starting_with_mongodb_gone(own_server, tmp_path, spawn_on)
+    began = time.monotonic()
+    # stopped while they are sent: both arrive before it handles either (a supervisor's
+    # SIGTERM, then the operator's Ctrl-C), whatever the host's load
+    worker.proc.send_signal(signal.SIGSTOP)
+    for sig in signals:
+        worker.proc.send_signal(sig)
+    worker.proc.send_signal(signal.SIGCONT)
+    code = await wait_exit(worker, 60)
+    took = time.monotonic() - began
+    expected = 130 if len(signals) > 1 else 0
+    assert code == expected and took < 10, (
+        f"exit {code} after {took:.0f}s (expected {expected} within 10 s):\n"
+        f"{worker.output()[-2000:]}"
+    )
+    assert "Traceback" not in worker.output()
+    assert ("worker_stop_forced" in worker.output()) == (len(signals) > 1)
