@@ -25,9 +25,10 @@ import structlog
 from ..core.errors import did_you_mean
 from ..engine.runtime import Runtime
 from ..engine.signals import stop_on_signals, unless_set
-from ..storage.connect import MISSING_URL, open_database
+from ..storage.connect import MISSING_URL, address, close_database, open_database, why_unreachable
 from ..storage.local_server import bound_socket, free_port_near
-from .common import UsageError
+from ..storage.transient import is_transient
+from .common import UNREACHABLE, UsageError
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,21 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
         try:
             await processor.serve(stop)
-        except Exception:  # a crashed loop: said (processor_loop_crashed), non-zero
+        except Exception as exc:
+            if is_transient(exc) and not processor.started:  # gone since init: no start
+                db = processor.storage.db
+                print(
+                    f"error: cannot reach MongoDB at {address(db)} to start the worker "
+                    f"({why_unreachable(db)}; {type(exc).__name__}); check MONGODB_URL and that "
+                    "the server is running",
+                    file=sys.stderr,
+                )
+                # its monitor, cancelled by asyncio.run mid-connect, kept the exit ~10 s
+                with contextlib.suppress(Exception):
+                    await close_database(db)
+                exit_if_handlers_left(processor, UNREACHABLE, threads)
+                return UNREACHABLE
+            # a crashed loop: said (processor_loop_crashed), non-zero
             exit_if_handlers_left(processor, 1, threads)
             raise
         finally:

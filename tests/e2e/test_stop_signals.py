@@ -193,11 +193,11 @@ async def make_paused_after_init(ctx: Any) -> JobProcessor:
 
 
 async def _starting_with_mongodb_gone(
-    own_server: LocalServer, tmp_path: Path, spawn_on: Callable[..., Worker]
+    own_server: LocalServer, tmp_path: Path, spawn_on: Callable[..., Worker], query: str = ""
 ) -> Worker:
     """A `run` whose start() has begun, MongoDB gone since its init."""
     built, go, starting = tmp_path / "built", tmp_path / "go", tmp_path / "starting"
-    url = own_server.url.rstrip("/") + "/startout"
+    url = own_server.url.rstrip("/") + "/startout" + query
     worker = spawn_on(
         url,
         "tests.e2e.test_stop_signals:make_paused_after_init",
@@ -244,3 +244,21 @@ async def test_signals_while_start_waits_for_an_unreachable_mongodb(
     )
     assert "Traceback" not in worker.output()
     assert ("worker_stop_forced" in worker.output()) == (len(signals) > 1)
+
+
+async def test_a_start_that_cannot_reach_mongodb_exits_3_saying_so(
+    own_server: LocalServer, tmp_path: Path, spawn_on: Callable[..., Worker]
+) -> None:
+    """MongoDB gone between init_job_processor's ping and start(), no signal: the start fails
+    after the driver's server selection timeout (2 s here, 30 s by default), and `run` exits
+    3, as for MongoDB unreachable at init, with one line saying so (it exited 1 with a
+    traceback, or with no word at all when a thread of the loop's executor was still busy)."""
+    query = "?serverSelectionTimeoutMS=2000"
+    worker = await _starting_with_mongodb_gone(own_server, tmp_path, spawn_on, query)
+    began = time.monotonic()
+    code = await wait_exit(worker, 60)
+    took, output = time.monotonic() - began, worker.output()
+    assert code == 3 and took < 8, f"exit {code} after {took:.0f}s:\n{output[-3000:]}"
+    assert "Traceback" not in output
+    assert "error: cannot reach MongoDB at 127.0.0.1:" in output, output[-3000:]
+    assert "to start the worker (connection refused" in output, output[-3000:]
