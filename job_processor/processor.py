@@ -40,6 +40,7 @@ from .core.retention import Keep, floor_of
 from .core.schedule import schedule_of
 from .core.settings import (
     Settings,
+    check_concurrency,
     check_flag,
     check_instance_id,
     check_keep_events,
@@ -358,10 +359,8 @@ async def init_job_processor(
             f"clock must have now() and sleep() (job_processor.SystemClock(), or FakeClock() "
             f"in tests), got {clock!r:.60}"
         )
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise InvalidDefinitionError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     settings = Settings(
-        concurrency=concurrency,
+        concurrency=check_concurrency(concurrency),
         poll_interval=check_positive("poll_interval", poll_interval),
         heartbeat_interval=check_positive("heartbeat_interval", heartbeat_interval),
         worker_timeout=check_positive("worker_timeout", worker_timeout),

@@ -76,6 +76,23 @@ def check_retry_budget(value: Any) -> float:
     return float(value)
 
 
+#: The most jobs one process may run at once: each slot is a task (a thread for a synchronous
+#: handler), and a batch claim reads up to that many jobs in one find and claims them with one
+#: `$in` of their ids (2**63 was taken, then every start overflowed MongoDB's 8-byte int).
+MAX_CONCURRENCY = 10_000
+
+
+def check_concurrency(value: Any) -> int:
+    """`concurrency`: the jobs this process runs at once, an integer from 1 to MAX_CONCURRENCY
+    (past it: more processes, each with its share)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CONCURRENCY:
+        raise InvalidDefinitionError(
+            f"concurrency must be an integer >= 1 and at most {MAX_CONCURRENCY:,} (for more "
+            f"jobs at once, run more processes), got {value!r:.60}"
+        )
+    return value
+
+
 def check_prefix(prefix: Any) -> str:
     """`collection_prefix`: the start of every collection's name."""
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in ".$\x00"):
