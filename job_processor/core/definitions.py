@@ -461,6 +461,8 @@ class Subscriber(Checked):
         default=None, gt=0, le=_YEAR_MIN, allow_inf_nan=False
     )
 
+    _numbers = field_validator("max_attempts", "max_runtime_in_minutes", mode="before")(not_a_bool)
+
     def __init__(
         self, name: str | None = None, handler: Callable[..., Any] | None = None, /, **data: Any
     ) -> None:

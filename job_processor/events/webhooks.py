@@ -37,7 +37,7 @@ from bson import ObjectId
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.clock import Clock, as_utc
-from ..core.definitions import Backoff, check_event_name
+from ..core.definitions import Backoff, Checked, check_event_name, not_a_bool
 from ..core.errors import (
     InvalidArgumentError,
     InvalidDefinitionError,
@@ -78,8 +78,9 @@ class WebhookError(JobProcessorError):
     """A webhook attempt that failed and will be retried (with the backoff)."""
 
 
-class WebhookOptions(BaseModel):
-    """How this process delivers webhooks: `init_job_processor(webhook_options=...)`."""
+class WebhookOptions(Checked):
+    """How this process delivers webhooks: `init_job_processor(webhook_options=...)`. Built
+    directly, bad input raises InvalidDefinitionError naming the field (as JobDef does)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,6 +94,10 @@ class WebhookOptions(BaseModel):
     """Disable an endpoint after this many deliveries in a row failed for good (None: never)."""
     deliver: bool = True
     """False: this process never claims webhook deliveries (it can still emit and manage)."""
+
+    _numbers = field_validator("max_attempts", "timeout", "disable_after", mode="before")(
+        not_a_bool
+    )
 
 
 class Unset:

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from job_processor import CronDef, JobDef
+from job_processor import CronDef, JobDef, Subscriber, WebhookOptions
 from job_processor.core.definitions import parse_crons, parse_jobs
 from job_processor.core.errors import InvalidDefinitionError
 
@@ -389,3 +389,33 @@ def test_backoff_refuses_a_bool_for_a_number_of_seconds(field: str, value: bool)
 
     with pytest.raises(JobProcessorError, match=rf"field '{field}': {field} must be a number"):
         Backoff(**{field: value})
+
+
+async def event_handler(event: object, signal: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: WebhookOptions(max_attempts="x"), "max_attempts"),
+        (lambda: WebhookOptions(timeout=[]), "timeout"),
+        (lambda: WebhookOptions(backoff=7), "backoff"),
+        (lambda: WebhookOptions(max_attempts=True), "max_attempts"),
+        (lambda: WebhookOptions(timeout=True), "timeout"),
+        (lambda: WebhookOptions(disable_after=True), "disable_after"),
+        (lambda: Subscriber("s", event_handler, max_attempts=True), "max_attempts"),
+        (
+            lambda: Subscriber("s", event_handler, max_runtime_in_minutes=True),
+            "max_runtime_in_minutes",
+        ),
+    ],
+)
+def test_webhook_options_and_subscribers_refuse_bad_fields_as_jobdef_does(
+    build: object, field: str
+) -> None:
+    """WebhookOptions built directly raised pydantic's ValidationError (not a JobProcessorError),
+    and it and Subscriber read True as 1 (max_attempts=True: one attempt; timeout=True: 1 s)."""
+    assert callable(build)
+    with pytest.raises(InvalidDefinitionError, match=rf"^\w+\(\.\.\.\): field '{field}'"):
+        build()
