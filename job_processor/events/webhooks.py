@@ -447,6 +447,10 @@ class Webhooks:
         self.formats[name] = fn
 
     def _check_format(self, fmt: Any) -> str:
+        if not isinstance(fmt, str):  # before the look-up: a list is not even hashable
+            raise InvalidArgumentError(
+                f"format must be a format name (a string such as 'standard'), got {fmt!r:.60}"
+            )
         if fmt not in self.formats:
             known = ", ".join(sorted(self.formats))
             raise InvalidArgumentError(
@@ -458,6 +462,11 @@ class Webhooks:
     def _check_secret_ref(self, ref: Any) -> str | None:
         if ref is None:
             return None
+        if not isinstance(ref, str):  # before the look-up: a list is not even hashable
+            raise InvalidArgumentError(
+                f"secret_ref must be the name of a secret in webhook_secrets (a string) or "
+                f"None (unsigned), got {ref!r:.60}"
+            )
         if ref not in self.secrets:
             known = ", ".join(sorted(self.secrets)) or "none"
             raise InvalidArgumentError(
