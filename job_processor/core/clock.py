@@ -77,11 +77,18 @@ class FakeClock:
 
     def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
         """The wake-up time is fixed now, at the call (not when a task first runs it): a test
-        that moves the clock right after a loop decided to sleep never makes it oversleep."""
+        that moves the clock right after a loop decided to sleep never makes it oversleep.
+        `seconds`: an int or a float (0 or less: no wait; math.inf, or more than the clock can
+        count, waits until cancelled, as asyncio.sleep(math.inf) does)."""
+        seconds = _seconds("sleep", seconds)
         if seconds <= 0:
             return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + dt.timedelta(seconds=seconds), fut))
+        try:
+            due = self._mono + dt.timedelta(seconds=seconds)
+        except OverflowError:  # past what a timedelta holds: no advance() reaches it
+            due = dt.timedelta.max
+        self._sleepers.append((due, fut))
         return self._wait(fut)
 
     async def _wait(self, fut: asyncio.Future[None]) -> None:
@@ -106,11 +113,33 @@ class FakeClock:
                 fut.set_result(None)
 
     def advance(self, seconds: float) -> None:
-        self.set(self._now + dt.timedelta(seconds=seconds))
+        """Move the clock `seconds` (an int or a float; negative: back) and wake the sleepers
+        whose time has come."""
+        seconds = _seconds("advance", seconds)
+        try:
+            value = self._now + dt.timedelta(seconds=seconds)
+        except OverflowError:  # math.inf, or past year 9999
+            raise InvalidArgumentError(
+                f"FakeClock.advance({seconds!r}) moves the clock out of the datetimes Python "
+                f"can hold (from {self._now.isoformat()}): give a finite number of seconds, "
+                "or set() the clock to a datetime"
+            ) from None
+        self.set(value)
 
     @property
     def sleepers(self) -> int:
         return sum(1 for _, f in self._sleepers if not f.done())
+
+
+def _seconds(verb: str, seconds: Any) -> float:
+    """FakeClock's sleep() and advance() take a number of seconds: an int or a float (a
+    string, None, a bool or a NaN is refused, naming what it takes)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+        raise InvalidArgumentError(
+            f"FakeClock.{verb}() takes a number of seconds (an int or a float, e.g. "
+            f"{verb}(60)), got {seconds!r:.60}"
+        )
+    return seconds
 
 
 def monotonic_of(clock: Clock) -> float:

@@ -863,3 +863,62 @@ def test_job_harness_refuses_dependencies_that_are_not_a_list_naming_the_argumen
 
     with pytest.raises(InvalidArgumentError, match="dependencies= takes a list of jobs"):
         JobHarness(dependencies=given)
+
+
+@pytest.mark.parametrize("seconds", ["5", None, float("nan"), True, [1]])
+@pytest.mark.parametrize("verb", ["advance", "sleep"])
+async def test_the_fake_clock_refuses_what_is_not_a_number_of_seconds(
+    verb: str, seconds: Any
+) -> None:
+    """advance("5") and sleep(None) raised TypeError, NaN a ValueError from timedelta; True
+    moved the clock one second."""
+    from job_processor import FakeClock
+
+    clock = FakeClock()
+    with pytest.raises(InvalidArgumentError, match=rf"^FakeClock\.{verb}\(\) takes a number"):
+        getattr(clock, verb)(seconds)
+    assert (clock.now(), clock.sleepers) == (FakeClock().now(), 0)
+
+
+@pytest.mark.parametrize("seconds", [2**70, float("inf"), 10**12])
+async def test_the_fake_clock_refuses_to_advance_past_the_datetimes_python_holds(
+    seconds: float,
+) -> None:
+    """An OverflowError from timedelta or the datetime sum; the clock stays where it was."""
+    from job_processor import FakeClock
+
+    clock = FakeClock()
+    with pytest.raises(InvalidArgumentError, match=r"^FakeClock\.advance\(.*\) moves the clock"):
+        clock.advance(seconds)
+    assert clock.now() == FakeClock().now()
+
+
+@pytest.mark.parametrize("seconds", [2**70, float("inf")])
+async def test_a_fake_clock_sleep_longer_than_it_can_count_waits_until_cancelled(
+    seconds: float,
+) -> None:
+    """As asyncio.sleep(math.inf) does (it raised OverflowError at the call)."""
+    from job_processor import FakeClock
+
+    clock = FakeClock()
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    clock.advance(10 * 365 * 24 * 3600)
+    await asyncio.sleep(0)
+    assert not sleeper.done() and clock.sleepers == 1
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    assert clock.sleepers == 0
+
+
+async def test_the_fake_clock_still_takes_ints_floats_and_steps_back() -> None:
+    from job_processor import FakeClock
+
+    clock = FakeClock()
+    start = clock.now()
+    sleeper = asyncio.ensure_future(clock.sleep(1.5))
+    clock.advance(1)
+    clock.advance(0.5)
+    await sleeper
+    clock.advance(-2)
+    assert clock.now() == start - dt.timedelta(seconds=0.5)
