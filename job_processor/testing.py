@@ -168,6 +168,11 @@ class JobHarness:
                 f"JobHarness.ended: status must be one of {', '.join(_ENDED)} (a job that has "
                 f"ended), got {status!r}"
             )
+        if payload is not None and not isinstance(payload, Mapping):
+            raise InvalidArgumentError(
+                "JobHarness.ended: payload= takes the job's payload, a dict such as "
+                f"{{'order_id': 7}}, or None, got {payload!r:.60}"
+            )
         now = FakeClock().now()
         doc = D.new_job(name, dict(payload or {}), now=now) | {
             "status": status,
@@ -210,6 +215,11 @@ class JobHarness:
         InvalidPayloadError, as the worker would error the job. A checkpoint() or
         report_progress() called without `await` (nothing saved; a worker says so in the job's
         log) fails the test: AssertionError."""
+        if not callable(handler):
+            raise InvalidArgumentError(
+                "JobHarness.run takes the handler to call, a function (job, signal) such as "
+                f"run(reindex), got {handler!r:.60}"
+            )
         self.stored_result = None
         self.job._loop = asyncio.get_running_loop()  # checkpoint_sync from a plain def handler
         try:
@@ -373,6 +383,11 @@ async def run_until_idle(
     (without it, the cron slots the clock moves past are recorded as missed, as after a
     downtime). Returns each run's final Job, in order (a retried job appears once per
     attempt)."""
+    if not isinstance(processor, JobProcessor):
+        raise InvalidArgumentError(
+            "run_until_idle takes the JobProcessor to drive (from in_memory_processor or "
+            f"init_job_processor), got {processor!r:.60}"
+        )
     if processor.started:
         raise RuntimeError("run_until_idle drives a processor that is not started")
     if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:

@@ -922,3 +922,24 @@ async def test_the_fake_clock_still_takes_ints_floats_and_steps_back() -> None:
     await sleeper
     clock.advance(-2)
     assert clock.now() == start - dt.timedelta(seconds=0.5)
+
+
+@pytest.mark.parametrize("payload", [7, "x", ["a"]])
+def test_an_ended_dependency_refuses_a_payload_that_is_not_a_dict(payload: Any) -> None:
+    """dict(payload or {}): TypeError for 7, ValueError for "x"."""
+    with pytest.raises(InvalidArgumentError, match=r"^JobHarness\.ended: payload= takes"):
+        JobHarness.ended("part", payload=payload)
+
+
+@pytest.mark.parametrize("handler", [None, "reindex", 3])
+async def test_the_harness_run_refuses_what_is_not_a_handler(handler: Any) -> None:
+    """It raised TypeError: 'NoneType' object is not callable, from the engine's threads."""
+    with pytest.raises(InvalidArgumentError, match=r"^JobHarness\.run takes the handler"):
+        await JobHarness().run(handler)
+
+
+@pytest.mark.parametrize("given", [None, "processor", JobHarness])
+async def test_run_until_idle_refuses_what_is_not_a_processor(given: Any) -> None:
+    """run_until_idle(None) raised AttributeError: 'NoneType' object has no attribute 'started'."""
+    with pytest.raises(InvalidArgumentError, match=r"^run_until_idle takes the JobProcessor"):
+        await run_until_idle(given)
