@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from asyncio import FIRST_COMPLETED
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -241,7 +242,11 @@ class WebhookSender:
 
         async def read() -> None:
             size = 0
-            async for chunk in resp.aiter_bytes():
+            decode = _bounded_decoder(resp.headers.get("content-encoding"))
+            async for raw in resp.aiter_raw():  # as sent: httpx would inflate a chunk whole
+                chunk = decode(raw, EXCERPT_CHARS * 4 - size)
+                if chunk is None:  # it does not inflate: the excerpt ends there
+                    break
                 got.append(chunk)
                 size += len(chunk)
                 if size >= EXCERPT_CHARS * 4:
@@ -312,3 +317,22 @@ class WebhookSender:
         )
         if done is not None:
             self.log.warning("webhook_endpoint_disabled", reason=reason, **fields)
+
+
+def _bounded_decoder(encoding: str | None) -> Callable[[bytes, int], bytes | None]:
+    """fn(bytes as sent, at most) -> at most that many bytes of the body: one gzip or deflate
+    layer is inflated within the bound (a receiver's few compressed bytes may inflate to
+    gigabytes, layer upon layer); any other encoding, or several, is kept as sent. None: the
+    stream does not inflate (the excerpt ends there)."""
+    name = (encoding or "identity").strip().lower()
+    if name not in ("gzip", "x-gzip", "deflate"):
+        return lambda raw, most: raw[: max(most, 0)]
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+
+    def decode(raw: bytes, most: int) -> bytes | None:
+        try:
+            return inflate.decompress(inflate.unconsumed_tail + raw, max(most, 1))
+        except zlib.error:
+            return None
+
+    return decode

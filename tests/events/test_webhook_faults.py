@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
 import logging
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -37,6 +39,56 @@ async def test_a_2xx_whose_body_cannot_be_decoded_is_delivered_once(
         d = await wait_delivery(p, event.id, ep, "errored", "finished")
     assert d.status == "finished" and len(receiver.received("/gz")) == 1
     assert (await p.webhooks.get(ep.id)).consecutive_failures == 0
+
+
+@pytest.mark.parametrize(
+    ("encoding", "layers", "inflated"),
+    [("gzip", 1, 200_000_000), ("gzip, gzip", 2, 300_000_000)],
+    ids=["gzip: 200 KB on the wire", "gzip twice: 700 bytes on the wire"],
+)
+async def test_a_compressed_answer_is_not_inflated_past_the_excerpt(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    encoding: str,
+    layers: int,
+    inflated: int,
+) -> None:
+    """events.md: "at most the first 800 bytes of the body are read". A receiver answering
+    with a few compressed bytes made the worker inflate a network chunk whole, through every
+    Content-Encoding layer (616 MB for 700 bytes), to keep 200 characters."""
+    body = b"\0" * inflated
+    for _ in range(layers):
+        body = gzip.compress(body, compresslevel=9)
+    p = await make(db, max_attempts=1)
+    reply = Reply(200, {"Content-Encoding": encoding}, body=body)
+    ep = await p.webhooks.add(url=receiver.script("/z", reply), events=["e"])
+    del body
+    async with p:
+        tracemalloc.start()
+        try:
+            event = await p.emit("e", {})
+            d = await wait_delivery(p, event.id, ep, "errored", "finished")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert d.status == "finished"
+    assert peak < 10_000_000, f"{peak / 1e6:.0f} MB allocated to keep a 200-character excerpt"
+
+
+async def test_a_gzip_answer_is_excerpted_as_text(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """One gzip layer is still inflated (within the excerpt's bound): the excerpt is the text."""
+    p = await make(db, max_attempts=1)
+    text = "ok " + "x" * 5000
+    reply = Reply(200, {"Content-Encoding": "gzip"}, body=gzip.compress(text.encode()))
+    ep = await p.webhooks.add(url=receiver.script("/t", reply), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert d.status == "finished"
+    assert d.attempts[-1]["response_excerpt"].startswith("ok xxxx"), d.attempts
 
 
 def fails_once(real: Any, blips: list[int]) -> Any:
