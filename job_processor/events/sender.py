@@ -76,7 +76,8 @@ class WebhookSender:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.options.timeout),
                 follow_redirects=False,
-                headers={"user-agent": USER_AGENT},
+                # the encodings the excerpt inflates (`_bounded_decoder`), not httpx's br, zstd
+                headers={"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"},
                 transport=self.transport,
             )
         return self._client
