@@ -19,7 +19,7 @@ from .core.definitions import Backoff, JobDef, Subscriber
 from .core.errors import DatabaseUnreachableError, InvalidArgumentError
 from .core.models import Event, Job
 from .core.status import JobStatus
-from .engine.signals import stop_on_signals, unless_set
+from .engine.signals import STOP_OR_HANGUP, stop_on_signals, unless_set
 from .events.webhooks import generate_secret
 from .processor import JobProcessor, init_job_processor
 from .storage.connect import check_reachable, close_database, open_database, shown_url
@@ -345,13 +345,13 @@ async def _events(processor: JobProcessor) -> None:
 
 
 async def command(args: Any) -> int:
-    """`job-processor demo` (given to the command line by the entry point). SIGTERM or SIGINT
-    stops it (exit 130), its throwaway server with it: by default the signal would kill the
-    process and leave the server, a session of its own, running."""
+    """`job-processor demo` (given to the command line by the entry point). SIGTERM, SIGINT or
+    SIGHUP (its terminal closed) stops it (exit 130), its throwaway server with it: by default
+    the signal would kill the process and leave the server, a session of its own, running."""
     stop = asyncio.Event()
-    with stop_on_signals(stop, ignore_after=True):
+    with stop_on_signals(stop, STOP_OR_HANGUP, ignore_after=True):
         demo = asyncio.create_task(run_demo(os.environ.get("MONGODB_URL")))
         if await unless_set(demo, stop):
             return demo.result()
-    say_error("demo stopped (SIGTERM or SIGINT)")
+    say_error("demo stopped (SIGTERM, SIGINT or SIGHUP)")
     return 130

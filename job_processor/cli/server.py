@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import TextIO
 
-from ..engine.signals import stop_on_signals
+from ..engine.signals import STOP_OR_HANGUP, stop_on_signals
 from ..storage.connect import DEFAULT_DATABASE
 from ..storage.local_server import (
     LocalServer,
@@ -92,8 +92,8 @@ async def cmd_server(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         print(f"error: {exc}", flush=True)
         return 2
-    with lock:  # held until this server has stopped
-        return await _run(data_dir, port)
+    with lock:  # held until this server has stopped (and by the server: see _run)
+        return await _run(data_dir, port, lock.fileno())
 
 
 class DataDirInUse(Exception):
@@ -122,13 +122,15 @@ def lock_data_dir(data_dir: Path, port: int) -> TextIO:
     return lock
 
 
-async def _run(data_dir: Path, port: int) -> int:
+async def _run(data_dir: Path, port: int, lock_fd: int) -> int:
     stop = asyncio.Event()
-    # from the start: a SIGTERM while the server starts, or repeated while it stops, is no
-    # kill by the signal that leaves it running (a session of its own), orphaned
-    with stop_on_signals(stop, ignore_after=True):
+    # from the start: a SIGTERM while the server starts, or repeated while it stops, or its
+    # terminal closed (SIGHUP), is no kill by the signal that leaves it running (a session of
+    # its own), orphaned. nx-27017 holds the data folder's lock too (the same open file):
+    # this process killed (SIGKILL), the folder stays locked while the server serves it.
+    with stop_on_signals(stop, STOP_OR_HANGUP, ignore_after=True):
         try:
-            server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port)
+            server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port, (lock_fd,))
         except LocalServerError as exc:
             print(f"error: {exc}", flush=True)
             return 1

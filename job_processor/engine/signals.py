@@ -25,6 +25,11 @@ def _received(loop: asyncio.AbstractEventLoop, sig: int) -> None:
         event.set()
 
 
+#: What stops a command that owns a server running in a session of its own (`job-processor
+#: server`, the demo): a closed terminal (SIGHUP) too, or its server would stay, orphaned.
+STOP_OR_HANGUP = (os_signal.SIGTERM, os_signal.SIGINT, os_signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def stop_on_signals(
     event: asyncio.Event,

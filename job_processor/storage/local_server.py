@@ -150,11 +150,15 @@ def speaks_mongodb(port: int, wait: float = 1.0) -> bool:
 
 
 def start_local_server(
-    data_dir: Path | None = None, timeout: float = 20.0, port: int | None = None
+    data_dir: Path | None = None,
+    timeout: float = 20.0,
+    port: int | None = None,
+    keep_fds: tuple[int, ...] = (),
 ) -> LocalServer:
     """Start nx-27017 on a free port (or `port`, to restart a stopped one on its data) and wait
     until it answers ping. Raises LocalServerError (with the server's log) when it cannot start:
-    callers must fail loudly, never skip."""
+    callers must fail loudly, never skip. `keep_fds`: open files the server holds too (a data
+    folder's lock: held while it lives, whatever becomes of its parent)."""
     exe = _executable()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="job-processor-nx-"))
     last_log = ""
@@ -185,6 +189,7 @@ def start_local_server(
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
+                pass_fds=keep_fds,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:

@@ -231,3 +231,68 @@ def test_a_repeated_sigterm_stops_it_and_its_server_cleanly(tmp_path: Path) -> N
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def _orphan_pids(data: Path) -> list[int]:
+    """The nx-27017 processes still alive that a server on `data` started (their pid files)."""
+    pids = []
+    for pid_file in data.glob("server-*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+            pids.append(pid)
+    return pids
+
+
+def _answers(port: int) -> bool:
+    with MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=300
+    ) as client:
+        try:
+            client.admin.command("ping")
+            return True
+        except Exception:
+            return False
+
+
+def test_closing_its_terminal_sighup_stops_its_server_too(tmp_path: Path) -> None:
+    """A terminal closed (SIGHUP) ends `job-processor server`: its nx-27017, in a session of
+    its own, got no SIGHUP and stayed behind serving the data folder, orphaned."""
+    data = tmp_path / "data"
+    port = free_port()
+    proc, _ = start(data, port)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0, proc.returncode
+        assert not _answers(port) and not _orphan_pids(data), _orphan_pids(data)
+    finally:
+        for pid in _orphan_pids(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_data_folder_still_served_by_an_orphaned_server_is_refused(tmp_path: Path) -> None:
+    """`job-processor server` killed (SIGKILL, the OOM killer) while its nx-27017 goes on: the
+    server holds the data folder's lock too, so a second server on it is still refused."""
+    data = tmp_path / "data"
+    port = free_port()
+    proc, _ = start(data, port)
+    try:
+        proc.kill()
+        proc.communicate(timeout=20)
+        assert _answers(port) and _orphan_pids(data)  # it goes on, orphaned
+        second = subprocess.run(
+            [*SERVER, "--data-dir", str(data), "--port", str(free_port())],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "is in use by another job-processor server" in second.stdout, second.stdout
+    finally:
+        for pid in _orphan_pids(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
