@@ -30,6 +30,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor.core import documents as D
+from job_processor.storage.connect import shown_url
 from job_processor.storage.local_server import local_server
 
 
@@ -120,7 +121,7 @@ async def run(url: str, jobs: int, concurrency: int, idle_seconds: float, pickup
         progress = counts.pop("aggregate", 0) + counts.pop("count", 0)
         work = {k: v for k, v in counts.items() if k not in {"createIndexes"}}
         total = sum(work.values())
-        print(f"server: {url}  jobs: {jobs}  concurrency: {concurrency}")
+        print(f"server: {shown_url(url)}  jobs: {jobs}  concurrency: {concurrency}")
         print(f"throughput: {jobs / elapsed:.1f} jobs/s ({elapsed:.2f} s)")
         print(
             f"worker commands per job: {total / jobs:.2f}  by name: "

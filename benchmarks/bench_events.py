@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Counter
 
 from job_processor import AbortSignal, Event, JobProcessor, Subscriber, init_job_processor
+from job_processor.storage.connect import shown_url
 from job_processor.storage.local_server import local_server
 
 
@@ -142,7 +143,7 @@ async def run(url: str, events: int, poll_interval: float) -> None:
             )
             publisher = await init_job_processor(pub_client[name], **settings)
             await worker.start()
-            print(f"server: {url}  events per phase: {events}")
+            print(f"server: {shown_url(url)}  events per phase: {events}")
             await phase(
                 "async subscribers (2 per event)",
                 publisher,

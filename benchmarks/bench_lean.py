@@ -42,6 +42,7 @@ import bson
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
+from job_processor.storage.connect import shown_url
 from job_processor.storage.local_server import local_server
 
 OP_MSG_HEADER = 21  # message header (16) + flag bits (4) + section kind (1)
@@ -287,7 +288,7 @@ async def bench(
         await counted.close()
         await plain.close()
 
-    print(f"server: {url}  jobs: {jobs}  concurrency: {concurrency}  rounds: {rounds}")
+    print(f"server: {shown_url(url)}  jobs: {jobs}  concurrency: {concurrency}  rounds: {rounds}")
     print("median per job over the rounds (ratio: the median of each round's ratio)")
     print(f"{'per job':<16}{'minimal queue':>15}{'job-processor':>15}{'ratio':>8}")
     for key in ("jobs/s", "bytes", "server CPU ms", "worker CPU ms", "commands"):

@@ -29,6 +29,7 @@ from pymongo import AsyncMongoClient, MongoClient, monitoring
 
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor.core import documents as D
+from job_processor.storage.connect import shown_url
 from job_processor.storage.jobs import INDEXES as JOB_INDEXES
 from job_processor.storage.local_server import local_server
 from job_processor.sync import JobClient
@@ -165,7 +166,7 @@ def run(url: str, n: int, singles: int, wait_seconds: float) -> None:
     batch_rate = n / a["batch_seconds"]
     single_rate = 1 / a["single_seconds_per_job"]
     raw_rate = n / a["raw_seconds"]
-    print(f"server: {url.split('@')[-1]}  jobs: {n}")
+    print(f"server: {shown_url(url)}  jobs: {n}")
     batch_commands = a["batch_commands_per_job"]
     print(f"schedule_jobs     {batch_rate:9.0f} jobs/s  {batch_commands:.4f} commands/job")
     print(

@@ -33,6 +33,7 @@ from bench import Counter, server
 from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.definitions import Limit
+from job_processor.storage.connect import shown_url
 
 QUIET = logging.getLogger("bench_scale")  # warnings only: the figures are the output
 QUIET.setLevel(logging.WARNING)
@@ -185,7 +186,7 @@ async def retention_effect(url: str, jobs: int) -> None:
 
 
 async def run(url: str, jobs: int) -> None:
-    print(f"server: {url}")
+    print(f"server: {shown_url(url)}")
     for concurrency in (1, 8):
         await commands_per_job(url, jobs, concurrency)
     await limit_checks(url, max(30, jobs // 2))

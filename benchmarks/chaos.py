@@ -40,6 +40,8 @@ from pymongo import AsyncMongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import server
 
+from job_processor.storage.connect import shown_url
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -189,7 +191,7 @@ async def run(
         never = [i for i in ids if calls[i] == 0]
         twice = sum(1 for i in ids if calls[i] > 1)
         reruns = await jobs_coll.count_documents({"attempt": {"$gt": 1}})
-        print(f"server: {url}  database: {db_name}  logs: {log_dir}")
+        print(f"server: {shown_url(url)}  database: {db_name}  logs: {log_dir}")
         print(
             f"{jobs} jobs, {workers} worker processes, a kill every {every:g} s: "
             f"{kills['SIGKILL']} SIGKILL, {kills['SIGTERM']} SIGTERM, {elapsed:.1f} s"

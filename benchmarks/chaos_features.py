@@ -74,6 +74,7 @@ from chaos import Supervisor, url_with_db
 from chaos_features_checks import ACTIVE, SERIAL, Findings, check_all
 
 from job_processor import EventDeliveryError, EventTimeoutError, JobProcessorError, JobSpec
+from job_processor.storage.connect import shown_url
 
 
 @dataclass
@@ -549,7 +550,7 @@ async def run(url: str, db_name: str, log_dir: Path, opts: Options) -> int:
         for what, count in left.items():
             if count:
                 findings.violations.append(f"after {opts.settle:g} s of settling: {count} {what}")
-        print(f"server: {url}  database: {db_name}  logs: {log_dir}")
+        print(f"server: {shown_url(url)}  database: {db_name}  logs: {log_dir}")
         print(
             f"seed {opts.seed}, {opts.workers} workers x {opts.concurrency} slots, tenant limit "
             f"{opts.tenant_limit}, a kill every {opts.every:g} s "

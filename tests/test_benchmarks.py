@@ -109,3 +109,20 @@ def test_flows_benchmark_prints_its_figures(mongo_url: str) -> None:
     )
     for figure in ("progress + log lines", "flow of 1 parent and 20 children", "tenant limit"):
         assert figure in out, out
+
+
+def test_a_benchmark_never_prints_the_password_of_mongodb_url() -> None:
+    """The README invites `MONGODB_URL` "to use yours" (a real server, with credentials): the
+    benchmarks printed it whole as their first line."""
+    url = "mongodb://bob:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=300"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_scale.py", "--jobs", "10"],
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0  # nothing listens there
+    assert "s3cret-pw" not in done.stdout + done.stderr, done.stdout
+    assert "server: mongodb://bob:****@127.0.0.1:1/" in done.stdout, done.stdout
