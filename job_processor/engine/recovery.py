@@ -99,6 +99,10 @@ class Recovery:
         self.sweeps: list[Callable[[dt.datetime], Awaitable[int]]] = []
         """Extension point: more owed side effects to complete at each sweep, after the jobs
         and hooks (the event bus adds its owed fan-outs)."""
+        self.recovered: list[Callable[[Doc, Doc], Awaitable[None]]] = []
+        """Extension point: called with a job's running document and what its recovery wrote,
+        once the write is done (the webhook sender counts a delivery ended errored, its
+        worker dead or lost track of its last attempt, against its endpoint)."""
 
     async def loop(self, stop_event: asyncio.Event, after: Any = None, paused: Any = None) -> None:
         """The sweep every `worker_timeout / 2`, in its own loop (never inside the heartbeat:
@@ -394,4 +398,6 @@ class Recovery:
                 self.worker.wake.set()
         else:  # in the background: the sweep (and the heartbeat) never wait for a hook
             self.hooks.start(definition, written.doc)
+        for then in self.recovered:
+            await then(doc, written.doc)
         return written.doc

@@ -196,6 +196,7 @@ class EventBus:
             )
 
     def bind(self, runtime: Runtime, processor: Processor) -> None:
+        runtime.recovery.recovered.append(self.sender.recovered)  # crash-ended: counted too
         self.runtime = runtime
         self.processor = processor
 

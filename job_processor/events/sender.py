@@ -13,15 +13,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+from bson import ObjectId
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from ..core import event_documents as E
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
 from ..core.errors import DoNotRetry, InvalidArgumentError, RetryLater
 from ..core.lenient import texts
 from ..core.log import EventLog
 from ..core.models import Event, Job
+from ..core.status import JobStatus
 from ..storage import Storage
 from ..storage.transient import describe, ride_out
 from .webhooks import (
@@ -46,6 +49,12 @@ from .webhooks import (
 
 #: How long an endpoint's bookkeeping write rides out an outage (`WebhookSender._bookkeeping`).
 BOOKKEEPING_BUDGET = 10.0
+
+
+def run_key(job_id: object, run_id: object, attempt: object) -> str:
+    """A delivery's run, by which the endpoint's bookkeeping counts a failure (or disables)
+    once, whoever writes it and however often (the worker's attempt, the recovery sweep)."""
+    return f"{job_id}:{run_id or attempt}"
 
 
 class WebhookSender:
@@ -99,7 +108,7 @@ class WebhookSender:
         # this run of the delivery, by which the endpoint's bookkeeping counts a failure (or
         # disables) once however often its write is sent again; a retry of the delivery, by
         # hand, is a new run that counts again
-        run = f"{job.id}:{job.run_id or job.attempt}"
+        run = run_key(job.id, job.run_id, job.attempt)
         doc = await self.endpoints.get(endpoint_id_of(endpoint_id))
         if doc is None:
             raise DoNotRetry(f"webhook endpoint {endpoint_id} was removed")
@@ -123,7 +132,7 @@ class WebhookSender:
         except WebhookError as exc:
             await self._record(job, {"error": str(exc)}, 0)
             if final and signal.reason != "shutdown":  # else interrupted: counted when rerun
-                await self._failed_for_good(endpoint, fields, run)
+                await self._failed_for_good(endpoint.id, fields, run)
             raise
         record, decision = await self._send(endpoint, request, signal)
         fields |= {"url": url_host(endpoint.url), "status_code": record.get("status_code")}
@@ -141,14 +150,14 @@ class WebhookSender:
         self.log.warning("webhook_attempt_failed", attempt=job.attempt, error=what, **fields)
         if decision.verdict == "gone":
             await self._disable(
-                endpoint, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
+                endpoint.id, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
             )
             raise DoNotRetry(message + " (endpoint disabled)")
         # a retryable failure after the stop's signal is an interrupted run (no attempt used:
         # sent again after the restart), not the last attempt failing for good
         interrupted = signal.reason == "shutdown" and decision.verdict == "retry"
         if decision.verdict == "fail" or (final and not interrupted):
-            await self._failed_for_good(endpoint, fields, run)
+            await self._failed_for_good(endpoint.id, fields, run)
         if decision.verdict == "fail":
             raise DoNotRetry(message)
         if decision.verdict == "retry_later":
@@ -298,21 +307,40 @@ class WebhookSender:
         previous = list((job.state or {}).get("attempts") or [])
         await job.checkpoint({"attempts": [*previous, entry][-ATTEMPTS_KEPT:]})
 
-    async def _failed_for_good(
-        self, endpoint: WebhookEndpoint, fields: dict[str, Any], run: str
-    ) -> None:
+    async def recovered(self, doc: dict[str, Any], ended: dict[str, Any]) -> None:
+        """A delivery the recovery sweep ended errored (`Recovery.recovered`): its worker died
+        or lost track of it during its last attempt. It failed for good: counted toward
+        `disable_after` as `deliver` counts one, once per run (a count its worker wrote before
+        dying is not made twice). An endpoint removed since: nothing to count. Any other job,
+        or a delivery retried or killed, is not one."""
+        if doc.get("name") != E.WEBHOOK_JOB or ended.get("status") != JobStatus.ERRORED.value:
+            return
+        payload = doc.get("payload")
+        payload = payload if isinstance(payload, dict) else {}
+        endpoint_id = payload.get("endpoint_id")
+        if not isinstance(endpoint_id, str | ObjectId) or not ObjectId.is_valid(endpoint_id):
+            return  # another program's document: no endpoint to count against
+        fields = {
+            "job_id": str(doc["_id"]),
+            "event_id": str(payload.get("event_id")),
+            "endpoint_id": str(endpoint_id),
+        }
+        run = run_key(doc["_id"], doc.get("run_id"), doc.get("attempt"))
+        await self._failed_for_good(str(endpoint_id), fields, run)
+
+    async def _failed_for_good(self, endpoint_id: str, fields: dict[str, Any], run: str) -> None:
         limit = self.options.disable_after
-        oid, now = endpoint_id_of(endpoint.id), self.clock.now()
+        oid, now = endpoint_id_of(endpoint_id), self.clock.now()
         count = await self._bookkeeping(
             "failed_delivery", lambda: self.endpoints.failed_delivery(oid, now, run), fields
         )
         if limit is not None and count is not None and count >= limit:
-            await self._disable(endpoint, f"{count} consecutive failed deliveries", fields, run)
+            await self._disable(endpoint_id, f"{count} consecutive failed deliveries", fields, run)
 
     async def _disable(
-        self, endpoint: WebhookEndpoint, reason: str, fields: dict[str, Any], run: str
+        self, endpoint_id: str, reason: str, fields: dict[str, Any], run: str
     ) -> None:
-        oid, now = endpoint_id_of(endpoint.id), self.clock.now()
+        oid, now = endpoint_id_of(endpoint_id), self.clock.now()
         done = await self._bookkeeping(
             "disable", lambda: self.endpoints.disable(oid, reason, now, run), fields
         )

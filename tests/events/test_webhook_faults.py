@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gzip
 import itertools
 import logging
@@ -301,3 +302,134 @@ async def test_a_status_line_that_trickles_is_bounded_by_the_timeout(
                 break
             await asyncio.sleep(0.1)
     assert status == "errored", f"the delivery is still {status} 8 s after a 1 s timeout"
+
+
+def _claim_past() -> dt.datetime:
+    """A minute ago, in milliseconds (as stored)."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)
+    return past.replace(microsecond=past.microsecond // 1000 * 1000)
+
+
+async def _running_on(p: Any, job_id: str, worker_id: str, claimed: dt.datetime) -> None:
+    """The delivery as its worker left it mid-attempt (attempt 1, its claim at `claimed`)."""
+    running = {
+        "status": "running",
+        "worker_id": worker_id,
+        "run_id": str(ObjectId()),
+        "run_started_at": claimed,
+        "attempt": 1,
+    }
+    await p.storage.jobs.coll.update_one(
+        {"_id": ObjectId(job_id)}, {"$set": running, "$unset": {"claim_name": ""}}
+    )
+
+
+async def _died_during(p: Any, job_id: str) -> None:
+    """The delivery's worker died (SIGKILL, OOM) during its attempt 1: its document went stale
+    a minute ago."""
+    past = _claim_past()
+    worker = {"_id": "dead-worker", "hostname": "gone", "pid": 1}
+    await p.storage.workers.register(worker | {"started_at": past, "last_seen": past})
+    await _running_on(p, job_id, "dead-worker", past)
+
+
+async def test_a_delivery_whose_worker_died_on_its_last_attempt_counts_as_failed_for_good(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """events.md: an endpoint whose deliveries fail for good `disable_after` times in a row is
+    disabled. A delivery the recovery sweep ended errored (its worker died on the last
+    attempt) was never counted: such an endpoint stayed enabled for ever."""
+    p = await make(db, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    event = await p.emit("e", {})
+    [d] = event.deliveries
+    await _died_during(p, d.job_id)
+    async with p:
+        done = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert done.status == "errored" and done.failures == 1
+    got = await p.webhooks.get(ep.id)
+    assert got.consecutive_failures == 1 and not got.enabled
+    assert got.disabled_reason == "1 consecutive failed deliveries"
+    assert receiver.received("/h") == []
+
+
+async def test_a_delivery_whose_worker_lost_track_of_its_last_attempt_counts(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """The sweep of the live worker that ran it ends it errored ("its worker lost track of the
+    run"): counted as failed for good too."""
+    p = await make(db, max_attempts=1, disable_after=2)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    event = await p.emit("e", {})
+    [d] = event.deliveries
+    # held by a worker claiming it just now (not recovered by the start's sweep, not claimed)
+    await _running_on(p, d.job_id, "registering", dt.datetime.now(dt.UTC))
+    async with p:  # then this live worker's, by the database, its claim a minute old
+        await _running_on(p, d.job_id, p.worker.worker_id, _claim_past())
+        done = await wait_delivery(p, event.id, ep, "errored", "finished")
+        got = await p.webhooks.get(ep.id)
+    assert done.status == "errored" and "lost track" in (done.error or "")
+    assert got.consecutive_failures == 1 and got.enabled
+
+
+async def test_a_delivery_whose_worker_died_with_attempts_left_is_retried_not_counted(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """Attempt 1 of 2 crashed: the delivery is retried, and only its end counts (a 4xx: one
+    failure, the endpoint still enabled at disable_after=2)."""
+    p = await make(db, max_attempts=2, disable_after=2)
+    ep = await p.webhooks.add(url=receiver.script("/h", Reply(422)), events=["e"])
+    event = await p.emit("e", {})
+    [d] = event.deliveries
+    await _died_during(p, d.job_id)
+    async with p:
+        done = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert done.status == "errored" and done.failures == 2
+    assert len(receiver.received("/h")) == 1
+    got = await p.webhooks.get(ep.id)
+    assert got.consecutive_failures == 1 and got.enabled
+
+
+async def test_a_crashed_delivery_of_a_removed_endpoint_ends_without_error(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The endpoint was removed meanwhile: the delivery ends errored, nothing is counted,
+    created or said wrong."""
+    logger = logging.getLogger("test.webhooks.removed")
+    p = await make(db, logger=logger, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    event = await p.emit("e", {})
+    [d] = event.deliveries
+    await p.webhooks.remove(ep.id)
+    await _died_during(p, d.job_id)
+    with caplog.at_level(logging.WARNING, logger="test.webhooks.removed"):
+        async with p:
+            done = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert done.status == "errored"
+    assert await p.storage.webhooks.all() == []
+    said = {r.__dict__.get("event") for r in caplog.records}
+    assert "job_recovered" in said
+    assert not said & {"job_recovery_failed", "webhook_bookkeeping_failed"}
+
+
+async def test_a_success_after_a_crashed_delivery_resets_the_count(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """events.md: a successful delivery resets the count, one crash-ended included."""
+    p = await make(db, max_attempts=1, disable_after=2)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    first = await p.emit("e", {"n": 1})
+    await _died_during(p, first.deliveries[0].job_id)
+    async with p:
+        await wait_delivery(p, first.id, ep, "errored")
+        assert (await p.webhooks.get(ep.id)).consecutive_failures == 1
+        second = await p.emit("e", {"n": 2})
+        await wait_delivery(p, second.id, ep, "finished")
+        got = await p.webhooks.get(ep.id)
+    assert got.consecutive_failures == 0 and got.enabled
