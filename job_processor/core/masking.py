@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .errors import InvalidArgumentError
 from .limits import mask_filled_key
 from .models import Event, Job
 from .sensitive_names import DEFAULT_SENSITIVE_FIELDS as DEFAULT_SENSITIVE_FIELDS
@@ -36,9 +37,45 @@ MASK = "••••••"
 MIN_SECRET_LENGTH = 4
 
 
+def sensitive_list(value: Any, *, paths: bool = False) -> tuple[str, ...]:
+    """`sensitive_fields` as `Masker`, `Admin` and `create_dashboard` take it: a list (any
+    iterable but a mapping) of non-empty texts, returned as a tuple. A lone text is refused,
+    never read as its characters ("card" would hide fields named "c", "a", "r" and "d", and
+    show "card"); so is anything else that is not such a list, or an entry that is no text,
+    each with the fix (InvalidArgumentError). `paths`: dotted paths ("card.number"), no part
+    empty, as `JobDef(sensitive_fields=...)` takes them."""
+    kind, example = (
+        ("payload keys or dotted paths", "'card.number'") if paths else ("names", "'iban'")
+    )
+    if isinstance(value, str | bytes):
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        raise InvalidArgumentError(
+            f"sensitive_fields must be a list of {kind}, got the {type(value).__name__} "
+            f"{value!r:.60}, which would be read as its characters: use [{text!r:.60}]"
+        )
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(
+            f"sensitive_fields must be a list of {kind}, e.g. [{example}], got a "
+            f"{type(value).__name__}"
+        )
+    out = tuple(value)
+    for item in out:
+        if (
+            not isinstance(item, str)
+            or not item.strip()
+            or (paths and any(not part for part in item.split(".")))
+        ):
+            raise InvalidArgumentError(
+                f"sensitive_fields entries must be {kind} (non-empty strings) such as {example}, "
+                f"got {item!r:.60}"
+            )
+    return out
+
+
 class Masker:
     def __init__(self, fields: Iterable[str]) -> None:
-        self.fields = fields_forms(fields)
+        """`fields`: the sensitive names (`sensitive_list`: a lone text is refused)."""
+        self.fields = fields_forms(sensitive_list(fields))
         # "api_key" also reads "api-key", "X-Api-Key" (headers, command lines): a key holding
         # a sensitive name between separators (see `_pair_key`)
         self._delimited = tuple(f"_{f}_" for f in self.fields)

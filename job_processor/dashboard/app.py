@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..core.masking import DEFAULT_SENSITIVE_FIELDS
+from ..core.errors import InvalidArgumentError
+from ..core.masking import DEFAULT_SENSITIVE_FIELDS, sensitive_list
 from . import actions, views
 from . import events as event_pages
 from .auth import UNSET, DashboardConfigError, is_loopback
@@ -78,11 +79,14 @@ def create_dashboard(
         raise _refuse(host)
     if refresh_seconds < 0:
         raise DashboardConfigError(f"refresh_seconds must be >= 0, got {refresh_seconds!r}")
-    fields = DEFAULT_SENSITIVE_FIELDS if sensitive_fields is None else tuple(sensitive_fields)
-    if isinstance(sensitive_fields, str):
-        raise DashboardConfigError(
-            f"sensitive_fields must be a list of names, e.g. [{sensitive_fields!r}]"
+    try:  # a lone text is refused (it was read as its characters: "iban" masked no iban)
+        fields = (
+            DEFAULT_SENSITIVE_FIELDS
+            if sensitive_fields is None
+            else sensitive_list(sensitive_fields)
         )
+    except InvalidArgumentError as exc:
+        raise DashboardConfigError(str(exc)) from None
     d = Dashboard(
         processor_or_db,
         auth=auth,

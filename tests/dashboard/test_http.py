@@ -11,7 +11,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from job_processor import JobProcessor, JobStatus
+from job_processor import InvalidArgumentError, JobProcessor, JobStatus
 from job_processor.core.masking import Masker
 from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
 from job_processor.dashboard.render import make_env
@@ -1219,3 +1219,29 @@ async def test_the_overview_counts_a_crashed_worker_apart_from_the_alive(db: Any
     row = workers.text[workers.text.index("runner-1") :]
     row = row[: row.index("</tr>")]
     assert ">crashed<" in row and "RuntimeError: boom" in row and ">alive<" not in row, row
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (b"iban", DashboardConfigError),
+        (7, DashboardConfigError),
+        ({"iban": 1}, DashboardConfigError),
+        (["iban", 7], DashboardConfigError),
+        (["iban", ""], DashboardConfigError),
+        ("iban", InvalidArgumentError),  # a Masker made directly (create_dashboard refused it)
+    ],
+)
+async def test_sensitive_fields_that_are_no_list_of_names_are_refused(
+    processor: Any, fields: Any, error: type[Exception]
+) -> None:
+    """Named with the fix, before the app is made: a Masker read a str as its characters
+    (Masker("iban") masked fields named "i", "b", "a", "n" and showed the iban), a bytes as
+    its numbers; create_dashboard raised a bare AttributeError or TypeError, or took a mapping's
+    keys."""
+    p, _ = processor
+    with pytest.raises(error, match=r"^sensitive_fields (must be a|entries must)"):
+        if error is InvalidArgumentError:
+            Masker(fields)
+        else:
+            create_dashboard(p, auth=AUTH, sensitive_fields=fields)

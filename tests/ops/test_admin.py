@@ -1411,3 +1411,14 @@ async def test_kill_with_a_seen_attempt_kills_only_that_run(env: Any) -> None:
     for bad in (-1, True, "1"):
         with pytest.raises(InvalidArgumentError, match=r"^seen_attempt must be"):
             await admin.kill(moved, seen_attempt=bad)
+
+
+@pytest.mark.parametrize(
+    "fields", ["card", b"card", 7, None, {"card": 1}, ["card", 7], ["card", ""], ["card..number"]]
+)
+async def test_sensitive_fields_that_are_no_list_of_paths_are_refused(db: Any, fields: Any) -> None:
+    """A lone text was read as its characters: Admin(db, sensitive_fields="card") hid fields
+    named "c", "a", "r" and "d" and showed the card number to every reader built on it (the
+    CLI, the dashboard); other values raised a bare TypeError, or hid nothing."""
+    with pytest.raises(InvalidArgumentError, match=r"^sensitive_fields (must be a|entries must)"):
+        await Admin.open(db, sensitive_fields=fields)

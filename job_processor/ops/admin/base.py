@@ -24,7 +24,15 @@ from ...core.errors import (
 )
 from ...core.lenient import read_leniently, texts, unreadable_texts
 from ...core.log import EventLog, make_log
-from ...core.masking import hide_every_text, hide_in_texts, redact, redact_any, scrub, values_at
+from ...core.masking import (
+    hide_every_text,
+    hide_in_texts,
+    redact,
+    redact_any,
+    scrub,
+    sensitive_list,
+    values_at,
+)
 from ...core.models import NOT_A_DOCUMENT, Job
 from ...core.notes import storable_text
 from ...core.status import JobStatus, parse_status
@@ -61,8 +69,9 @@ class AdminBase:
     worker_timeout: liveness threshold for worker documents that do not record their own.
     logger: structlog or stdlib logger (default structlog "job_processor").
     sensitive_fields: payload / checkpoint keys (dotted paths) never shown for any job, on top of
-    each definition's own `JobDef(sensitive_fields=...)` (read from the registry). Every Job this
-    class returns is redacted; actions work on the stored values.
+    each definition's own `JobDef(sensitive_fields=...)` (read from the registry): a list of
+    them (a lone text is refused, never read as its characters). Every Job this class returns
+    is redacted; actions work on the stored values.
     """
 
     def __init__(
@@ -77,7 +86,7 @@ class AdminBase:
         sensitive_fields: Sequence[str] = (),
         storage: Storage | None = None,
     ) -> None:
-        self.sensitive_fields = tuple(sensitive_fields)
+        self.sensitive_fields = sensitive_list(sensitive_fields, paths=True)
         self.storage = storage or Storage(db, collection_prefix)
         self.clock = clock or SystemClock()
         if actor is not None and not isinstance(actor, str):  # not 0 or b"" for the default
