@@ -1422,3 +1422,19 @@ async def test_sensitive_fields_that_are_no_list_of_paths_are_refused(db: Any, f
     CLI, the dashboard); other values raised a bare TypeError, or hid nothing."""
     with pytest.raises(InvalidArgumentError, match=r"^sensitive_fields (must be a|entries must)"):
         await Admin.open(db, sensitive_fields=fields)
+
+
+@pytest.mark.parametrize("name", [[], ["email"], 2**70, {"$ne": "x"}])
+async def test_a_purge_by_a_name_that_is_not_text_is_refused_and_purges_nothing(
+    env: Any, name: Any
+) -> None:
+    """An empty list was "no name": every name's jobs were purged; a list raised a bare
+    TypeError (unhashable), a huge number an UnknownJobError naming it as a job."""
+    admin, storage, clock = env
+    kept = [await ended(storage, S.FINISHED), await ended(storage, S.FINISHED, "report")]
+    clock.advance(7200)
+    audited = len(await admin.audit_log())
+    with pytest.raises(InvalidArgumentError, match=r"^name must be text"):
+        await admin.purge(status="finished", older_than="1h", name=name)
+    assert [j.id for j in await admin.get_jobs(kept)] == kept  # nothing purged
+    assert len(await admin.audit_log()) == audited  # nothing recorded

@@ -195,8 +195,14 @@ class AdminBase:
     @staticmethod
     def _no_empty_filter(**filters: str | None) -> None:
         """A bulk action's filter given as "" (a script's unset variable) is refused: as "no
-        filter" it would act on every name, tag or key."""
+        filter" it would act on every name, tag or key; so is one that is not text (an empty
+        list was "no filter" too, a list or a number raised a bare TypeError)."""
         for field, value in filters.items():
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentError(
+                    f"{field} must be text (one {field}), got {value!r:.60}: give one {field}, "
+                    f"or leave it out (None) to act on every {field}"
+                )
             if value == "":
                 raise InvalidArgumentError(
                     f"{field} is empty: give a {field}, or leave it out (None) to act on "

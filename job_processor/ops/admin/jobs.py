@@ -397,7 +397,8 @@ class JobsAdmin(AdminBase):
     ) -> ActionResult:
         """Delete the jobs of an ended status (finished, errored, killed, skipped) that ended
         more than `older_than` ago ("7d", "12h", a timedelta, or seconds), optionally of one
-        name. Active statuses are refused, and jobs whose on_job_exited has not run yet are
+        name (a str; "" or another type is refused: as "no name" it would purge every name).
+        Active statuses are refused, and jobs whose on_job_exited has not run yet are
         kept (`detail["kept_owing_hook"]` counts them: a worker runs their hooks shortly).
         Action "jobs_purged" (with the count)."""
         wanted = parse_status(status)
