@@ -24,7 +24,7 @@ from ..core.lenient import read_leniently, texts
 from ..core.log import make_log
 from ..core.models import NOT_A_DOCUMENT, Delivery, Event, SubscriberInfo
 from ..core.status import JobStatus
-from ..core.values import checked_payload
+from ..core.values import INT64_MAX, checked_payload
 from ..storage import Storage
 from ..storage.jobs import MAX_VALUE_BYTES
 
@@ -212,6 +212,17 @@ async def complete_fanout(storage: Storage, event: Doc, now: dt.datetime) -> lis
     return docs
 
 
+def check_webhook_attempts(value: Any) -> int:
+    """A replay's `webhook_attempts` (the max_attempts of each webhook delivery it makes), as
+    `WebhookOptions.max_attempts` takes it: an integer from 1 to 2**63 - 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT64_MAX:
+        raise InvalidArgumentError(
+            f"webhook_attempts must be an integer from 1 to 2**63 - 1 (the attempts of each "
+            f"webhook delivery the replay makes; 10 by default), got {value!r:.60}"
+        )
+    return value
+
+
 def _select(targets: list[Doc], subscribers: Sequence[str] | None, event: str) -> list[Doc]:
     if subscribers is None:
         return targets
@@ -246,6 +257,7 @@ async def replay_event(
     and every enabled webhook endpoint listening to it; or a list of subscriber names and
     "webhook:<endpoint id>". Selected serial subscribers run one after another again."""
     clock = clock or SystemClock()
+    check_webhook_attempts(webhook_attempts)
     oid = event_id_of(event_id)
     doc = await storage.events.get(oid)
     if doc is None:
@@ -285,6 +297,7 @@ async def replay_events(
     check_event_name(name)
     lo, hi = _check_window(since, until)
     most = _check_limit(limit, REPLAY_LIMIT)
+    check_webhook_attempts(webhook_attempts)
     docs = await storage.events.find(name, lo, hi, most, oldest_first=True)
     targets = _select(await current_targets(storage, name, webhook_attempts), subscribers, name)
     out: list[Delivery] = []

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from job_processor import CronDef, FakeClock, JobDef
+from job_processor import CronDef, FakeClock, JobDef, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.errors import (
     InvalidArgumentError,
@@ -25,6 +25,7 @@ from job_processor.core.status import JobStatus
 from job_processor.ops.admin import Admin
 from job_processor.ops.admin.inputs import decode_cursor, parse_duration, parse_time
 from job_processor.storage import Storage, object_id
+from tests.helpers import FAST
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -1438,3 +1439,31 @@ async def test_a_purge_by_a_name_that_is_not_text_is_refused_and_purges_nothing(
         await admin.purge(status="finished", older_than="1h", name=name)
     assert [j.id for j in await admin.get_jobs(kept)] == kept  # nothing purged
     assert len(await admin.audit_log()) == audited  # nothing recorded
+
+
+async def written(db: Any, prefix: str = "job_processor_") -> dict[str, int]:
+    """How many documents the collections a replay writes hold."""
+    names = ("jobs", "events", "audit")
+    return {n: await db[prefix + n].count_documents({}) for n in names}
+
+
+@pytest.mark.parametrize("attempts", ["x", -1, 0, None, 1.5, True, 2**63])
+async def test_a_replay_with_webhook_attempts_that_are_no_attempt_count_is_refused(
+    db: Any, attempts: Any
+) -> None:
+    """Named with the bound, before anything is written: "x" raised a bare ValueError deep in
+    the fan-out, -1 or 0 stored a webhook delivery with max_attempts -1 or 0, None, 1.5 and
+    True one with no usable max_attempts; 2**63 one BSON cannot store."""
+    processor = await init_job_processor(db, jobs={}, **FAST)
+    await processor.webhooks.add(url="https://crm.example.com/h", events=["paid"])
+    event = await processor.emit("paid", {"n": 1})
+    admin = await Admin.open(db)
+    before = await written(db)
+    since = event.emitted_at - dt.timedelta(minutes=1)
+    for replay in (
+        lambda: admin.replay_event(event.id, webhook_attempts=attempts),
+        lambda: admin.replay_events("paid", since=since, webhook_attempts=attempts),
+    ):
+        with pytest.raises(InvalidArgumentError, match=r"^webhook_attempts must be an integer"):
+            await replay()
+    assert await written(db) == before
