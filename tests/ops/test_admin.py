@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from job_processor import CronDef, FakeClock, JobDef, init_job_processor
 from job_processor.core import documents as D
+from job_processor.core import flows as F
 from job_processor.core.errors import (
     InvalidArgumentError,
     InvalidPayloadError,
@@ -1443,7 +1444,7 @@ async def test_a_purge_by_a_name_that_is_not_text_is_refused_and_purges_nothing(
 
 async def written(db: Any, prefix: str = "job_processor_") -> dict[str, int]:
     """How many documents the collections a replay writes hold."""
-    names = ("jobs", "events", "audit")
+    names = ("jobs", "events", "audit", "crons")
     return {n: await db[prefix + n].count_documents({}) for n in names}
 
 
@@ -1467,3 +1468,44 @@ async def test_a_replay_with_webhook_attempts_that_are_no_attempt_count_is_refus
         with pytest.raises(InvalidArgumentError, match=r"^webhook_attempts must be an integer"):
             await replay()
     assert await written(db) == before
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda a, job: a.dependents(job, "10"), "limit"),
+        (lambda a, job: a.dependents(job, None), "limit"),
+        (lambda a, job: a.dependents(job, -1), "limit"),
+        (lambda a, job: a.dependents(job, True), "limit"),
+        (lambda a, job: a.remove_crons(None), "names"),
+        (lambda a, job: a.remove_crons(7), "names"),
+        (lambda a, job: a.remove_crons([["nightly"]]), "names"),
+        (lambda a, job: a.kill(job, seen_attempt=2**70), "seen_attempt"),
+        (lambda a, job: a.kill(job, seen_attempt=2**63), "seen_attempt"),
+    ],
+)
+async def test_a_limit_names_or_attempt_of_the_wrong_type_or_range_is_refused(
+    env: Any, call: Any, field: str
+) -> None:
+    """Named with the fix, before anything is written: not a bare TypeError or OverflowError
+    from the driver or BSON ("10", 2**70), a limit of None or -1 taken as no limit, a list of
+    lists raising "unhashable", nor a kill of an attempt no job can have recorded as skipped."""
+    admin, storage, _ = env
+    job = str((await add(storage))["_id"])
+    before = await written(storage.db, "t_")
+    with pytest.raises(InvalidArgumentError, match=f"^{field} must be"):
+        await call(admin, job)
+    assert await written(storage.db, "t_") == before
+    assert (await admin.get_job(job)).status == S.PENDING
+
+
+async def test_dependents_past_the_cap_are_capped_as_a_listing_is(db: Any) -> None:
+    """A limit above 1000 is read as 1000, as list_jobs reads it (2**70 raised an
+    OverflowError from BSON)."""
+    admin = await Admin.open(db)
+    job = await add(admin.storage)
+    waiting = D.new_job("email", {}, now=NOW) | F.waiting_fields([job["_id"]], "skip")
+    after = await admin.storage.jobs.insert(waiting)
+    assert after is not None
+    found = await admin.dependents(str(job["_id"]), 2**70)
+    assert [j.id for j in found] == [str(after["_id"])]

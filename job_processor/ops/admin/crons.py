@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ...core.coverage import worker_alive
@@ -81,9 +81,18 @@ class CronsAdmin(AdminBase):
         the registry. Skipped: a name that is no stored cron, and one a live worker serves
         (it registers it again when it starts). Their ended tasks stay. Action
         "crons_removed"."""
-        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
-        if not wanted or not all(isinstance(n, str) and n for n in wanted):
+        given: Any = names
+        if isinstance(given, str):
+            given = [given]
+        elif isinstance(given, bytes | Mapping) or not isinstance(given, Iterable):
+            raise InvalidArgumentError(
+                f"names must be a cron name or a list of them (see crons list), got a "
+                f"{type(given).__name__}"
+            )
+        items = list(given)
+        if not items or not all(isinstance(n, str) and n for n in items):
             raise InvalidArgumentError("names must be cron names (see crons list)")
+        wanted = list(dict.fromkeys(items))
         result = self._result("crons_removed", actor)
         stored = {str(d["_id"]) for d in await self.storage.crons.docs(wanted)}
         now = self.clock.now()

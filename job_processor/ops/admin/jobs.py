@@ -119,9 +119,10 @@ class JobsAdmin(AdminBase):
         return await self._redacted([Job.read(by_id[i]) for i in ids if i in by_id])
 
     async def dependents(self, job_id: str | ObjectId, limit: int = 100) -> list[Job[Any]]:
-        """The jobs scheduled after this one (`after=[...]`), newest first."""
+        """The jobs scheduled after this one (`after=[...]`), newest first: at most `limit` (a
+        positive integer, capped at 1000)."""
         oid = one_id(job_id)
-        docs = await self.storage.jobs.dependents_of(oid, limit)
+        docs = await self.storage.jobs.dependents_of(oid, limit_of(limit))
         return await self._redacted([Job.read(d) for d in docs])
 
     async def count_dependents(self, job_id: str | ObjectId) -> int:
@@ -272,10 +273,14 @@ class JobsAdmin(AdminBase):
         that has started another since is skipped, saying so (in the kill's own filter: a
         claim landing meanwhile is never killed in its place). Action "jobs_killed"."""
         if seen_attempt is not None and (
-            not isinstance(seen_attempt, int) or isinstance(seen_attempt, bool) or seen_attempt < 0
+            not isinstance(seen_attempt, int)
+            or isinstance(seen_attempt, bool)
+            or seen_attempt < 0
+            or not fits_int64(seen_attempt)
         ):
             raise InvalidArgumentError(
-                f"seen_attempt must be an attempt number, got {seen_attempt!r}"
+                f"seen_attempt must be an attempt number (an integer from 0 to 2**63 - 1: the "
+                f"job's attempt as it was shown), got {seen_attempt!r:.60}"
             )
         result = self._result("jobs_killed", actor)
         requested: list[str] = []
