@@ -518,3 +518,37 @@ async def test_the_refusal_of_a_client_suggests_a_call_that_works_without_a_data
         assert client.get_default_database("job_processor").name
     finally:
         await client.close()
+
+
+async def _counts(db: Any) -> dict[str, int]:
+    names = ("jobs", "events")
+    return {n: await db[f"job_processor_{n}"].count_documents({}) for n in names}
+
+
+@pytest.mark.parametrize("subscribers", [7, True, float("nan"), b"paid", {"x": 1}, [None]])
+async def test_a_replay_for_subscribers_that_are_no_list_of_names_is_refused(
+    db: Any, subscribers: Any
+) -> None:
+    """Named with the fix, before anything is written: a number raised a bare TypeError
+    (not iterable), a bytes or a mapping was read as its numbers or keys ("no subscriber
+    named 112"), a None among them as a name."""
+    processor = await make(db, JOBS)
+    await processor.webhooks.add(url="https://crm.example.com/h", events=["paid"])
+    event = await processor.emit("paid", {"n": 1})
+    before = await _counts(db)
+    since = event.emitted_at - dt.timedelta(minutes=1)
+    for replay in (
+        lambda: processor.replay_event(event.id, subscribers),
+        lambda: processor.replay_events("paid", since=since, subscribers=subscribers),
+    ):
+        with pytest.raises(InvalidArgumentError, match=r"^subscribers (must be|entries must)"):
+            await replay()
+    assert await _counts(db) == before
+
+
+async def test_list_jobs_refuses_a_limit_past_64_bits(db: Any) -> None:
+    """Named, not an OverflowError from BSON."""
+    processor = await make(db, JOBS)
+    with pytest.raises(InvalidArgumentError, match=r"^limit must be a positive integer"):
+        await processor.list_jobs(limit=2**70)
+    assert await processor.list_jobs(limit=2**63 - 1) == []

@@ -46,6 +46,7 @@ from ..core.producing import (
 )
 from ..core.retries import RETRYABLE, retry_refusal
 from ..core.status import JobStatus, parse_status
+from ..core.values import INT64_MAX
 from ..storage import object_id
 from .waits import STREAM_WAITERS, JobWaits
 
@@ -387,12 +388,15 @@ class JobsAPI(JobWaits):
     async def list_jobs(
         self, name: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Job[Any]]:
-        """Most recent first. `status` is one of the JobStatus values."""
+        """Most recent first, at most `limit` (a positive integer up to 2**63 - 1). `status`
+        is one of the JobStatus values."""
         wanted = parse_status(status) if status is not None else None
         if name is not None and not isinstance(name, str):  # a dict would be query operators
             raise InvalidArgumentError(f"name must be a job name (a str) or None, got {name!r}")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= INT64_MAX:
+            raise InvalidArgumentError(
+                f"limit must be a positive integer (at most 2**63 - 1), got {limit!r:.60}"
+            )
         docs = await self.storage.producer.run(
             lambda _: self.storage.jobs.find(name, wanted, limit)
         )

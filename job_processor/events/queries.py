@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import bson
@@ -223,14 +223,36 @@ def check_webhook_attempts(value: Any) -> int:
     return value
 
 
-def _select(targets: list[Doc], subscribers: Sequence[str] | None, event: str) -> list[Doc]:
+def check_subscribers(subscribers: Any) -> list[str] | None:
+    """A replay's `subscribers`: None (every target) or a list (any iterable but a mapping) of
+    subscriber names and "webhook:<endpoint id>", as a list; anything else is refused naming
+    the field (a lone text too: as an iterable it would be its characters)."""
+    if subscribers is None:
+        return None
+    if isinstance(subscribers, str | bytes):
+        raise InvalidArgumentError(
+            f"subscribers must be a list of names, got the "
+            f"{'string' if isinstance(subscribers, str) else 'bytes'} "
+            f"{subscribers!r:.60}: use [{subscribers!r:.60}]"
+        )
+    if isinstance(subscribers, Mapping) or not isinstance(subscribers, Iterable):
+        raise InvalidArgumentError(
+            f"subscribers must be a list of names (subscriber names, 'webhook:<endpoint id>'), "
+            f"or None for every one, got a {type(subscribers).__name__}"
+        )
+    chosen = list(subscribers)
+    for name in chosen:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(
+                f"subscribers entries must be subscriber names or 'webhook:<endpoint id>' "
+                f"(non-empty strings), got {name!r:.60}"
+            )
+    return chosen
+
+
+def _select(targets: list[Doc], subscribers: list[str] | None, event: str) -> list[Doc]:
     if subscribers is None:
         return targets
-    if isinstance(subscribers, str):
-        raise InvalidArgumentError(
-            f"subscribers must be a list of names, got the string {subscribers!r}: "
-            f"use [{subscribers!r}]"
-        )
     known = {t["target"]: t for t in targets}
     unknown = [s for s in subscribers if s not in known]
     if unknown:
@@ -258,12 +280,13 @@ async def replay_event(
     "webhook:<endpoint id>". Selected serial subscribers run one after another again."""
     clock = clock or SystemClock()
     check_webhook_attempts(webhook_attempts)
+    chosen = check_subscribers(subscribers)
     oid = event_id_of(event_id)
     doc = await storage.events.get(oid)
     if doc is None:
         raise EventNotFoundError(f"no event with id {str(event_id)!r}")
     targets = _select(
-        await current_targets(storage, doc["name"], webhook_attempts), subscribers, doc["name"]
+        await current_targets(storage, doc["name"], webhook_attempts), chosen, doc["name"]
     )
     return await _replay(storage, doc, targets, clock.now())
 
@@ -298,8 +321,9 @@ async def replay_events(
     lo, hi = _check_window(since, until)
     most = _check_limit(limit, REPLAY_LIMIT)
     check_webhook_attempts(webhook_attempts)
+    chosen = check_subscribers(subscribers)
     docs = await storage.events.find(name, lo, hi, most, oldest_first=True)
-    targets = _select(await current_targets(storage, name, webhook_attempts), subscribers, name)
+    targets = _select(await current_targets(storage, name, webhook_attempts), chosen, name)
     out: list[Delivery] = []
     for doc in docs:
         out += await _replay(storage, doc, targets, clock.now())

@@ -29,6 +29,7 @@ class EventsAdmin(AdminBase):
         Nothing to deliver to is reported in `skipped`. Action "event_replayed"."""
 
         result = self._result("event_replayed", actor)
+        subscribers = ev.check_subscribers(subscribers)  # a generator is read once
         created = await ev.replay_event(
             self.storage,
             event_id,
@@ -66,6 +67,7 @@ class EventsAdmin(AdminBase):
             )
         hi = parse_time(until, "until")
         result = self._result("events_replayed", actor)
+        subscribers = ev.check_subscribers(subscribers)  # a generator is read once
         created = await ev.replay_events(
             self.storage,
             name,
