@@ -22,6 +22,7 @@ from job_processor import (
     Job,
     JobDef,
     JobNotFoundError,
+    JobSpec,
     JobStatus,
     UnknownJobError,
     init_job_processor,
@@ -552,3 +553,28 @@ async def test_list_jobs_refuses_a_limit_past_64_bits(db: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^limit must be a positive integer"):
         await processor.list_jobs(limit=2**70)
     assert await processor.list_jobs(limit=2**63 - 1) == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: p.schedule_job(None),
+        lambda p: p.schedule_job(7, {}),
+        lambda p: p.schedule_job(""),
+        lambda p: p.schedule_job(["send-email"]),
+        lambda p: p.run_job(7),
+        lambda p: p.run_job(None),
+        lambda p: p.schedule_jobs([JobSpec(None)]),  # type: ignore[arg-type]
+        lambda p: p.schedule_jobs([("send-email", {}), (7, {})]),
+    ],
+)
+async def test_a_job_name_that_is_not_a_non_empty_string_is_refused_as_such(
+    db: Any, call: Any
+) -> None:
+    """Said as what it is, before anything is written: it was "unknown job 'None': add it to
+    init_job_processor(jobs={...})" (a list raised a bare TypeError, unhashable), as a
+    JobClient without jobs= already says."""
+    processor = await make(db, JOBS)
+    with pytest.raises(InvalidArgumentError, match=r"(^|: )a job name is a non-empty string"):
+        await call(processor)
+    assert await db["job_processor_jobs"].count_documents({}) == 0

@@ -64,6 +64,13 @@ REGISTRY_TTL = 60.0
 REGISTRY_MISS_TTL = 5.0
 
 
+def _check_job_name(name: Any) -> None:
+    """A job name given to a producer verb is a non-empty str: anything else is refused as
+    such (not "unknown job 'None'", which sent the caller to add it to the definitions)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"a job name is a non-empty string, got {name!r:.60}")
+
+
 def _a_cron(name: str) -> str:
     return f"{name!r} is a cron, not a job: run a task of it now with trigger_cron({name!r})"
 
@@ -95,8 +102,7 @@ class JobsAPI(JobWaits):
         warned: set[str] = set()
 
         def template(name: str) -> Template:
-            if not isinstance(name, str) or not name:
-                raise InvalidArgumentError(f"a job name is a non-empty string, got {name!r}")
+            _check_job_name(name)
             if KEY_SEPARATOR in name and name not in rows:  # no worker could define it
                 raise InvalidArgumentError(
                     f"job {name!r}: a job name may not contain {KEY_SEPARATOR!r} (no worker can "
@@ -132,10 +138,11 @@ class JobsAPI(JobWaits):
         return Template.of(self._definition(name))
 
     def _definition(self, name: str) -> JobDef:
-        if not isinstance(name, str) or name not in self.jobs:
-            if isinstance(name, str) and name in getattr(self, "crons", {}):
+        _check_job_name(name)
+        if name not in self.jobs:
+            if name in getattr(self, "crons", {}):
                 raise InvalidArgumentError(_a_cron(name))  # not "add it to jobs=": init refuses
-            raise UnknownJobError(str(name), list(self.jobs), self.jobs_given_to)
+            raise UnknownJobError(name, list(self.jobs), self.jobs_given_to)
         return self.jobs[name]
 
     async def _registry_rows(self, max_age: float = REGISTRY_TTL) -> dict[str, Doc]:
