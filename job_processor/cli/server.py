@@ -93,7 +93,7 @@ async def cmd_server(args: argparse.Namespace) -> int:
         print(f"error: {exc}", flush=True)
         return 2
     with lock:  # held until this server has stopped (and by the server: see _run)
-        return await _run(data_dir, port, lock.fileno())
+        return await _run(data_dir, port, lock)
 
 
 class DataDirInUse(Exception):
@@ -113,16 +113,22 @@ def lock_data_dir(data_dir: Path, port: int) -> TextIO:
         raise DataDirInUse(
             f"{data_dir} is in use by another job-processor server ({owner}); two servers on "
             "one data folder would corrupt it: use that server, or give this one its own "
-            "folder with --data-dir"
+            "folder with --data-dir (a job-processor server that was killed leaves its "
+            "nx-27017 serving the folder: stop it with kill and the nx-27017 pid named)"
         ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()}, port {port}\n")
-    lock.flush()
+    _holder(lock, f"pid {os.getpid()}, port {port}")
     return lock
 
 
-async def _run(data_dir: Path, port: int, lock_fd: int) -> int:
+def _holder(lock: TextIO, who: str) -> None:
+    """What a refused server says holds the folder (the lock file's one line)."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(who + "\n")
+    lock.flush()
+
+
+async def _run(data_dir: Path, port: int, lock: TextIO) -> int:
     stop = asyncio.Event()
     # from the start: a SIGTERM while the server starts, or repeated while it stops, or its
     # terminal closed (SIGHUP), is no kill by the signal that leaves it running (a session of
@@ -130,10 +136,13 @@ async def _run(data_dir: Path, port: int, lock_fd: int) -> int:
     # this process killed (SIGKILL), the folder stays locked while the server serves it.
     with stop_on_signals(stop, STOP_OR_HANGUP, ignore_after=True):
         try:
-            server = await asyncio.to_thread(start_local_server, data_dir, 20.0, port, (lock_fd,))
+            server = await asyncio.to_thread(
+                start_local_server, data_dir, 20.0, port, (lock.fileno(),)
+            )
         except LocalServerError as exc:
             print(f"error: {exc}", flush=True)
             return 1
+        _holder(lock, f"pid {os.getpid()}, nx-27017 pid {server.process.pid}, port {server.port}")
         return await _announced(server, data_dir, port, stop)
 
 

@@ -357,11 +357,24 @@ def _bounded_decoder(encoding: str | None) -> Callable[[bytes, int], bytes | Non
     if name not in ("gzip", "x-gzip", "deflate"):
         return lambda raw, most: raw[: max(most, 0)]
     inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+    first: list[bytes | None] = [b""]  # read so far while no output came (deflate may be raw)
 
     def decode(raw: bytes, most: int) -> bytes | None:
+        nonlocal inflate
         try:
-            return inflate.decompress(inflate.unconsumed_tail + raw, max(most, 1))
+            out = inflate.decompress(inflate.unconsumed_tail + raw, max(most, 1))
         except zlib.error:
-            return None
+            if name != "deflate" or first[0] is None:
+                return None
+            # "deflate" as many servers send it: raw, no zlib header (httpx reads both)
+            inflate, data, first[0] = zlib.decompressobj(-zlib.MAX_WBITS), first[0] + raw, None
+            try:
+                return inflate.decompress(data, max(most, 1))
+            except zlib.error:
+                return None
+        if first[0] is not None:  # kept for a raw deflate's retry only, and only so far
+            held = first[0] + raw
+            first[0] = None if out or name != "deflate" or len(held) > 65536 else held
+        return out
 
     return decode

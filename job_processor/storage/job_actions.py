@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from bson import ObjectId
+from pydantic import TypeAdapter, ValidationError
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -44,6 +45,14 @@ class JobActions(FlowRecords):
         `retried` after a lost reply: a job killed by this call's `kill_id` is reported as
         killed by it."""
         pin = {} if attempt is None else D.at_attempt(attempt)
+        if attempt is not None:  # an attempt another program stored as text reads as a number
+            # (or 0): pinned as stored when it reads as the attempt the caller saw (a claim's
+            # $inc cannot move it)
+            found = await self.coll.find_one({"_id": job_id}, {"attempt": 1}) or {}
+            stored = found.get("attempt")
+            text = stored is not None and not isinstance(stored, int | float)
+            if text and _shown_attempt(stored) == attempt:
+                pin = {"attempt": stored}
         for _ in range(10):
             doc = await self.coll.find_one_and_update(
                 {  # None: a bare insert another program made, not adopted yet
@@ -70,7 +79,7 @@ class JobActions(FlowRecords):
             if doc.get("status") not in active:
                 mine = retried and kill_id is not None and doc.get("end_id") == kill_id
                 return ("killed" if mine else "ended"), decode(doc)
-            if attempt is not None and (doc.get("attempt") or 0) != attempt:
+            if attempt is not None and _shown_attempt(doc.get("attempt")) != attempt:
                 return "moved", decode(doc)
             # it moved between our two updates: try again
         raise RuntimeError(f"could not kill job {job_id}: its status keeps changing")
@@ -138,3 +147,15 @@ class JobActions(FlowRecords):
         deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
         await self.register_waiting(deps, now, {doc["_id"]: deps})
         return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
+
+
+def _shown_attempt(value: Any) -> Any:
+    """A stored attempt as a job reads it (`Job.read`: text holding a number as that number,
+    anything else it cannot read, listed in invalid_fields, as 0)."""
+    try:
+        return _INT.validate_python(value)
+    except ValidationError:
+        return 0
+
+
+_INT: TypeAdapter[int] = TypeAdapter(int)

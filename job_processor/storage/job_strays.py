@@ -156,8 +156,8 @@ class ForeignJobs:
             due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
             query: Doc = {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}}
             fields: Doc = {"status": S.PENDING.value, "claim_name": name, "due_ms": D.epoch_ms(due)}
-            if "priority" not in doc:  # still none when adopted, or adopted at the next sweep
-                query["priority"] = {"$exists": False}
+            if doc.get("priority") is None:  # missing or null: still so when adopted, or
+                query["priority"] = {"$in": [None]}  # adopted at the next sweep
                 fields["priority"] = 0
             res = await self.coll.update_one(query, {"$set": fields})
             adopted += res.modified_count

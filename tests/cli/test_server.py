@@ -292,6 +292,8 @@ def test_a_data_folder_still_served_by_an_orphaned_server_is_refused(tmp_path: P
         )
         assert second.returncode == 2, second.stdout + second.stderr
         assert "is in use by another job-processor server" in second.stdout, second.stdout
+        named = re.search(r"nx-27017 pid (\d+)", second.stdout)  # the one to stop, alive
+        assert named and int(named.group(1)) in _orphan_pids(data), second.stdout
     finally:
         for pid in _orphan_pids(data):
             with contextlib.suppress(ProcessLookupError):

@@ -1245,3 +1245,39 @@ async def test_sensitive_fields_that_are_no_list_of_names_are_refused(
             Masker(fields)
         else:
             create_dashboard(p, auth=AUTH, sensitive_fields=fields)
+
+
+@pytest.mark.parametrize("attempt", ["1", "x"])
+async def test_a_confirmed_kill_kills_a_pending_foreign_job_whose_attempt_is_text(
+    processor: Any, attempt: str
+) -> None:
+    """docs/scale.md: a job another program wrote reads as pending and `kill` kills it as it
+    would a pending job; an `attempt` that is not a number is kept until a claim fails on it.
+    The confirmation pins the attempt it shows (the number the text reads as, or 0): the kill
+    finds that run, not "it has started another run" on every confirmation."""
+    import datetime as dt
+
+    from job_processor.core import documents as D
+
+    p, _ = processor
+    due = D.epoch_ms(p.clock.now() + dt.timedelta(hours=1))
+    doc = {
+        "name": "send-email",
+        "claim_name": "send-email",
+        "due_ms": due,
+        "payload": {"to": "x@example.com"},
+        "attempt": attempt,
+    }
+    job_id = str((await p.storage.jobs.coll.insert_one(doc)).inserted_id)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get(f"/jobs/{job_id}")).text)
+        resp = await c.post(f"/jobs/{job_id}/kill", data={"csrf_token": csrf})
+        confirmed = dict(
+            re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', resp.text)
+        )
+        resp = await c.post(f"/jobs/{job_id}/kill", data=confirmed)
+        page = await c.get(resp.headers["location"])
+        assert "it has started another run" not in page.text, confirmed
+        assert "Kill: 1 changed" in page.text
+    assert (await p.get_job(job_id)).status == S.KILLED

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -90,6 +91,26 @@ async def test_a_gzip_answer_is_excerpted_as_text(
         d = await wait_delivery(p, event.id, ep, "errored", "finished")
     assert d.status == "finished"
     assert d.attempts[-1]["response_excerpt"].startswith("ok xxxx"), d.attempts
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+async def test_a_deflate_answer_is_excerpted_as_text(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    wbits: int,
+) -> None:
+    """A `deflate` body is inflated (up to the excerpt) for the record; many servers send it
+    raw, without the zlib header (httpx, which read the body before, inflated both)."""
+    p = await make(db, max_attempts=1)
+    c = zlib.compressobj(wbits=wbits)
+    body = c.compress(b"quota exceeded " + b"x" * 3000) + c.flush()
+    reply = Reply(500, {"Content-Encoding": "deflate"}, body=body)
+    ep = await p.webhooks.add(url=receiver.script("/d", reply), events=["e"])
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+    assert d.status == "errored"
+    assert (d.attempts[-1]["response_excerpt"] or "").startswith("quota exceeded"), d.attempts
 
 
 def fails_once(real: Any, blips: list[int]) -> Any:

@@ -723,3 +723,18 @@ async def test_a_minimal_insert_without_a_priority_reads_as_0_but_is_claimed_las
         got.append(doc["_id"])
     assert got == [low["_id"], minimal["_id"]]
     assert FD.completion(minimal, None, NOW)["priority"] == 0  # written by its first run
+
+
+async def test_a_bare_insert_with_a_null_priority_is_adopted_as_priority_0(
+    storage: Storage,
+) -> None:
+    """A null priority (JSON, an optional field) sorts below every number too: adopted as 0."""
+    low = await add(storage, priority=-1, scheduled_for=later(-10))
+    bare = {"name": "a", "payload": {}, "priority": None}
+    await storage.jobs.coll.insert_one(bare)
+    assert await storage.jobs.adopt_bare(NOW, NOW) == 1
+    assert Job.read(await storage.jobs.get(bare["_id"])).priority == 0
+    got = []
+    while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
+        got.append(doc["_id"])
+    assert got == [bare["_id"], low["_id"]]
