@@ -168,16 +168,25 @@ class JobHarness:
                 f"JobHarness.ended: status must be one of {', '.join(_ENDED)} (a job that has "
                 f"ended), got {status!r}"
             )
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(
+                f"JobHarness.ended: name must be a job name (a non-empty str), got {name!r:.60}"
+            )
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidArgumentError(
                 "JobHarness.ended: payload= takes the job's payload, a dict such as "
                 f"{{'order_id': 7}}, or None, got {payload!r:.60}"
             )
         now = FakeClock().now()
-        doc = D.new_job(name, dict(payload or {}), now=now) | {
+        # as `dependencies()` reads a real one: its payload and result read back from MongoDB
+        try:
+            stored_result = storable(result)
+        except ResultTooLarge as exc:
+            raise InvalidArgumentError(f"JobHarness.ended: result= {exc}") from None
+        doc = D.new_job(name, _as_read_back(name, payload or {}), now=now) | {
             "status": status,
             "ended_at": now,
-            "output": {"result": result, "error": error},
+            "output": {"result": stored_result, "error": error},
         }
         doc.pop("claim_name", None)
         return Job.read(doc)

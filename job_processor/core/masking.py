@@ -51,7 +51,13 @@ def sensitive_list(value: Any, *, paths: bool = False) -> tuple[str, ...]:
         text = value.decode(errors="replace") if isinstance(value, bytes) else value
         raise InvalidArgumentError(
             f"sensitive_fields must be a list of {kind}, got the {type(value).__name__} "
-            f"{value!r:.60}, which would be read as its characters: use [{text!r:.60}]"
+            f"{value!r:.60}, which would be read as its characters: use "
+            + (
+                f"[{text!r:.60}]"
+                if paths  # added to the definitions' own paths
+                else f"[*DEFAULT_SENSITIVE_FIELDS, {text!r:.60}] (a list replaces the default "
+                "names, which would then be shown)"
+            )
         )
     if isinstance(value, Mapping) or not isinstance(value, Iterable):
         raise InvalidArgumentError(

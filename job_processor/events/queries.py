@@ -241,6 +241,11 @@ def check_subscribers(subscribers: Any) -> list[str] | None:
             f"or None for every one, got a {type(subscribers).__name__}"
         )
     chosen = list(subscribers)
+    if not chosen:  # it would replay nothing, saying no subscriber is registered
+        raise InvalidArgumentError(
+            "subscribers is an empty list: give at least one subscriber name (or "
+            "'webhook:<endpoint id>'), or None for every one"
+        )
     for name in chosen:
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(

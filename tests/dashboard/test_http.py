@@ -1281,3 +1281,12 @@ async def test_a_confirmed_kill_kills_a_pending_foreign_job_whose_attempt_is_tex
         assert "it has started another run" not in page.text, confirmed
         assert "Kill: 1 changed" in page.text
     assert (await p.get_job(job_id)).status == S.KILLED
+
+
+async def test_a_lone_string_sensitive_fields_fix_keeps_the_default_names(processor: Any) -> None:
+    """create_dashboard(sensitive_fields="iban") said "use ['iban']": a list replaces the
+    defaults, so that fix would show password, token, api_key, ..."""
+    p, _ = processor
+    with pytest.raises(DashboardConfigError) as info:
+        create_dashboard(p, auth=AUTH, sensitive_fields="iban")
+    assert "[*DEFAULT_SENSITIVE_FIELDS, 'iban']" in str(info.value), str(info.value)

@@ -1509,3 +1509,27 @@ async def test_dependents_past_the_cap_are_capped_as_a_listing_is(db: Any) -> No
     assert after is not None
     found = await admin.dependents(str(job["_id"]), 2**70)
     assert [j.id for j in found] == [str(after["_id"])]
+
+
+async def test_a_replay_to_an_empty_list_of_subscribers_is_refused_naming_subscribers(
+    db: Any,
+) -> None:
+    """subscribers=[] replayed nothing, the result saying "no subscriber is registered for
+    its name now" while one is: refused, naming the field, before anything is written."""
+    from job_processor import Subscriber
+
+    async def crm(event: Any, signal: Any) -> None:
+        return None
+
+    processor = await init_job_processor(
+        db, jobs={}, subscribers={"paid": [Subscriber("crm", crm)]}, **FAST
+    )
+    event = await processor.emit("paid", {"n": 1})
+    admin = await Admin.open(db)
+    before = await written(db)
+    since = event.emitted_at - dt.timedelta(minutes=1)
+    with pytest.raises(InvalidArgumentError, match=r"^subscribers is an empty list"):
+        await admin.replay_event(event.id, [])
+    with pytest.raises(InvalidArgumentError, match=r"^subscribers is an empty list"):
+        await admin.replay_events("paid", since=since, subscribers=[])
+    assert await written(db) == before

@@ -943,3 +943,27 @@ async def test_run_until_idle_refuses_what_is_not_a_processor(given: Any) -> Non
     """run_until_idle(None) raised AttributeError: 'NoneType' object has no attribute 'started'."""
     with pytest.raises(InvalidArgumentError, match=r"^run_until_idle takes the JobProcessor"):
         await run_until_idle(given)
+
+
+@pytest.mark.parametrize("payload", [{1: "x"}, {"tags": {"a", "b"}}, {"x": object()}])
+def test_an_ended_dependency_payload_is_refused_as_the_harness_refuses_its_own(
+    payload: Any,
+) -> None:
+    """JobHarness(payload) refuses what schedule_job refuses; ended() checked only the type:
+    {1: "x"} became {} silently, a set or an object stayed in the dependency's payload, which
+    no real dependency (read back from MongoDB) can hold."""
+    with pytest.raises(InvalidPayloadError):
+        JobHarness(payload)
+    with pytest.raises(InvalidPayloadError):
+        JobHarness.ended("part", payload=payload)
+
+
+def test_an_ended_dependency_reads_as_stored() -> None:
+    """What `await job.dependencies()` returns is read back from MongoDB: a tuple is a list
+    there, in the payload and in the result; a name that is no text is refused."""
+    assert JobHarness({"ids": (1, 2)}).job.payload == {"ids": [1, 2]}
+    ended = JobHarness.ended("part", payload={"ids": (1, 2)}, result=(3, 4))
+    assert (ended.payload, ended.result) == ({"ids": [1, 2]}, [3, 4])
+    for name in (None, 7, ""):
+        with pytest.raises(InvalidArgumentError, match="name must be a job name"):
+            JobHarness.ended(name)  # type: ignore[arg-type]
