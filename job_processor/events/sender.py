@@ -326,16 +326,21 @@ class WebhookSender:
             "endpoint_id": str(endpoint_id),
         }
         run = run_key(doc["_id"], doc.get("run_id"), doc.get("attempt"))
-        await self._failed_for_good(str(endpoint_id), fields, run)
+        # counted under the run's key (never twice), disabled under the sweep's own: a
+        # disabling the run's worker made (its count reached the limit, a 410) is not redone
+        await self._failed_for_good(str(endpoint_id), fields, run, f"{run}:recovered")
 
-    async def _failed_for_good(self, endpoint_id: str, fields: dict[str, Any], run: str) -> None:
+    async def _failed_for_good(
+        self, endpoint_id: str, fields: dict[str, Any], run: str, disabler: str | None = None
+    ) -> None:
         limit = self.options.disable_after
         oid, now = endpoint_id_of(endpoint_id), self.clock.now()
         count = await self._bookkeeping(
             "failed_delivery", lambda: self.endpoints.failed_delivery(oid, now, run), fields
         )
         if limit is not None and count is not None and count >= limit:
-            await self._disable(endpoint_id, f"{count} consecutive failed deliveries", fields, run)
+            reason = f"{count} consecutive failed deliveries"
+            await self._disable(endpoint_id, reason, fields, disabler or run)
 
     async def _disable(
         self, endpoint_id: str, reason: str, fields: dict[str, Any], run: str

@@ -122,6 +122,7 @@ class WebhookStore:
         update: Doc = {"$inc": {"consecutive_failures": 1}, "$set": {"last_failure_at": now}}
         if delivery is not None:
             where["failed_deliveries"] = {"$nin": [delivery]}
+            where["disabled_by"] = {"$nin": [delivery]}  # a run that disabled it (a 410): done
             update["$push"] = {
                 "failed_deliveries": {"$each": [delivery], "$slice": -FAILURES_NOTED}
             }

@@ -454,3 +454,47 @@ async def test_a_success_after_a_crashed_delivery_resets_the_count(
         await wait_delivery(p, second.id, ep, "finished")
         got = await p.webhooks.get(ep.id)
     assert got.consecutive_failures == 0 and got.enabled
+
+
+@pytest.mark.parametrize("status", [422, 410], ids=["4xx counted to the limit", "410 Gone"])
+async def test_a_disabling_its_run_made_is_not_made_again_when_the_run_is_reconciled(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+) -> None:
+    """The last attempt is answered 422 (disable_after=1 reached) or 410 Gone: the endpoint is
+    disabled, said once. Its final write is then refused for 2.5 s (an election longer than
+    worker_timeout): the worker reconciles the run ("lost track"), and the recovery's count of
+    that run made the disabling again: said twice, disabled_at moved, a 410's reason replaced."""
+    logger = logging.getLogger(f"test.webhooks.disabled_once.{status}")
+    p = await make(db, logger=logger, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.script("/h", Reply(status)), events=["e"])
+    coll = p.storage.jobs.coll
+    real = coll.update_one
+    loop = asyncio.get_running_loop()
+    election_ends: list[float] = []
+
+    async def election(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
+            if not election_ends:
+                election_ends.append(loop.time() + 2.5)
+            if loop.time() < election_ends[0]:
+                raise AutoReconnect("no primary")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", election)
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        async with p:
+            event = await p.emit("e", {})
+            deadline = loop.time() + 10
+            while (first := await p.webhooks.get(ep.id)).enabled:
+                assert loop.time() < deadline, "the endpoint was never disabled"
+                await asyncio.sleep(0.02)
+            done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
+    assert "lost track" in (done.error or "")  # reconciled by its own worker
+    got = await p.webhooks.get(ep.id)
+    said = [r.__dict__.get("event") for r in caplog.records]
+    assert said.count("webhook_endpoint_disabled") == 1, said
+    assert (got.disabled_reason, got.disabled_at) == (first.disabled_reason, first.disabled_at)
