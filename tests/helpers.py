@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import bson
 from pymongo import monitoring
 
 from job_processor import Job, JobProcessor, JobStatus, init_job_processor
@@ -51,6 +52,28 @@ class CommandNames(monitoring.CommandListener):
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+class ReplyBytes(monitoring.CommandListener):
+    """The bytes of the replies to the commands a client sends to one collection (its finds
+    and their getMores)."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self.ids: set[int] = set()
+        self.bytes = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        key = "collection" if event.command_name == "getMore" else event.command_name
+        if event.command.get(key) == self.collection:
+            self.ids.add(event.request_id)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if event.request_id in self.ids:
+            self.bytes += len(bson.encode(event.reply))
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass

@@ -78,9 +78,10 @@ async def check(
     who = f"host {host!r}" + (f", instance {instance!r}" if instance else "")
     try:
         async with asyncio.timeout(wait):
-            docs = await Storage(db, collection_prefix).workers.all()
+            docs = await Storage(db, collection_prefix).workers.heartbeats(host)
     except (TimeoutError, PyMongoError) as exc:
-        return Health(ok=False, mongodb=False, reason=f"cannot read workers: {exc}", checked_at=now)
+        why = f"no answer within {wait:g}s" if isinstance(exc, TimeoutError) else str(exc)
+        return Health(ok=False, mongodb=False, reason=f"cannot read workers: {why}", checked_at=now)
     mine = [
         d
         for d in docs

@@ -119,7 +119,7 @@ class DatabaseCollector(Collector):
 
     async def _read(self, snap: Snapshot) -> None:
         now = self.clock.now()
-        docs = await self.storage.workers.all()
+        docs = await self.storage.workers.heartbeats()
         live = [w for w in docs if worker_alive(w, now, self.worker_timeout)]
         crashed = sum(1 for w in live if w.get("crashed"))  # its heartbeat on, claiming nothing
         snap.workers = {
@@ -419,9 +419,17 @@ async def for_database(
     budget: float = 2.0,
     clock: Clock | None = None,
 ) -> Metrics:
-    """Database gauges only, for a process that runs no jobs (a dashboard)."""
+    """Database gauges only, for a process that runs no jobs (a dashboard). The server's kind
+    is asked within `budget` too (in an outage the driver would wait its server selection, 30 s
+    by default, before the first scrape's budget began): unanswered, MongoDB's, as when the
+    question fails (`compat.detect`)."""
     m = Metrics(registry)
-    m.watch_database(await Storage.open(db, collection_prefix), clock=clock, budget=budget)
+    try:
+        async with asyncio.timeout(budget):
+            storage = await Storage.open(db, collection_prefix)
+    except TimeoutError:
+        storage = Storage(db, collection_prefix)
+    m.watch_database(storage, clock=clock, budget=budget)
     return m
 
 

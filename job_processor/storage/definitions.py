@@ -171,7 +171,8 @@ class DefinitionStore:
     async def limit_keys(self) -> set[str]:
         """The limit keys the registered definitions name (status pages: a limit no definition
         names any more is shown only while in use)."""
-        docs = await all_docs(self.coll.find({}, {"limit_key": 1}))
+        query = {"limit_key": {"$type": "string"}}  # the limited names only (each scrape)
+        docs = await all_docs(self.coll.find(query, {"_id": 0, "limit_key": 1}))
         return {str(d["limit_key"]) for d in docs if d.get("limit_key")}
 
     async def get(self, name: str) -> Doc | None:

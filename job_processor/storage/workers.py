@@ -67,6 +67,16 @@ class WorkerStore:
     async def all(self) -> list[Doc]:
         return await all_docs(self.coll.find({}))
 
+    async def heartbeats(self, hostname: str | None = None) -> list[Doc]:
+        """Every worker document (`hostname`: of that host only), with only what a metrics
+        scrape and a health check read (not the names it claims nor the digests of its
+        definitions: ~175 KB a worker of 2,000 names)."""
+        fields = dict.fromkeys(
+            ("last_seen", "worker_timeout", "crashed", "hostname", "instance_id", "pid"), 1
+        ) | {"stuck_threads": 1}
+        query: Doc = {} if hostname is None else {"hostname": hostname}
+        return await all_docs(self.coll.find(query, fields))
+
     async def liveness(self, definitions: bool = False) -> list[Doc]:
         """Every worker document, with only what the sweep reads (its own `worker_timeout`,
         by which it is judged; not the names it claims nor the digests of its definitions,

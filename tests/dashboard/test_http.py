@@ -1290,3 +1290,30 @@ async def test_a_lone_string_sensitive_fields_fix_keeps_the_default_names(proces
     with pytest.raises(DashboardConfigError) as info:
         create_dashboard(p, auth=AUTH, sensitive_fields="iban")
     assert "[*DEFAULT_SENSITIVE_FIELDS, 'iban']" in str(info.value), str(info.value)
+
+
+async def test_the_first_metrics_scrape_in_an_outage_answers_within_the_budget() -> None:
+    """A dashboard's first /metrics builds its gauges with `metrics.for_database`, whose
+    `Storage.open` asked buildInfo with no bound: in an outage it waited the client's server
+    selection (30 s by default) before the scrape's budget (2 s) began, past Prometheus'
+    scrape timeout (10 s), instead of answering `job_processor_scrape_error` 1."""
+    import asyncio
+
+    from pymongo import AsyncMongoClient
+
+    from job_processor.storage.local_server import free_port
+    from tests.ops.test_metrics import samples
+
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{free_port()}/x", tz_aware=True
+    )
+    try:
+        async with client(create_dashboard(mongo["x"], auth=AUTH)) as c:
+            try:
+                resp = await asyncio.wait_for(c.get("/metrics"), timeout=10)
+            except TimeoutError:
+                raise AssertionError("/metrics did not answer within 10 s") from None
+    finally:
+        await mongo.close()
+    assert resp.status_code == 200, resp.text[:300]
+    assert samples(resp.text)[("job_processor_scrape_error", ())] == 1

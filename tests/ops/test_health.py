@@ -100,3 +100,75 @@ async def test_a_stuck_threads_count_stored_as_a_double_is_still_reported(db: An
     assert result.ok and result.worker is not None
     assert result.worker["stuck_threads"] == 2, result.worker
     assert "2 plain-def handler" in result.reason, result.reason
+
+
+async def test_health_reads_only_its_own_hosts_heartbeats(db: Any, mongo_url: str) -> None:
+    """`job-processor health` (every container, every 15 s) read every worker document of the
+    cluster whole (the names each claims, each definition's digest) to keep its own host's:
+    ~175 KB a worker of 2,000 names."""
+    from pymongo import AsyncMongoClient
+
+    from tests.helpers import ReplyBytes
+
+    storage = Storage(db)
+    names = [f"billing.invoice-reminder-{i:05d}" for i in range(2000)]
+    digests = dict.fromkeys(names, "0123456789abcdef0123456789abcdef")
+    now = dt.datetime.now(dt.UTC)
+    for i in range(5):  # the other containers' workers
+        other = D.new_worker(now, None, None, 4, names, 30.0, definitions=digests)
+        other["hostname"] = f"worker-{i}"
+        await storage.workers.register(other)
+    await storage.workers.register(
+        D.new_worker(now, None, None, 4, names, 30.0, definitions=digests)
+    )
+    listener = ReplyBytes("job_processor_workers")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[listener]
+    )
+    try:
+        found = await health.check(client[db.name])
+    finally:
+        await client.close()
+    assert found.ok, found.reason
+    assert listener.bytes < 20_000, f"a health check read {listener.bytes} B of worker documents"
+
+
+async def test_a_worker_read_past_the_wait_says_why() -> None:
+    """MongoDB answered the ping, then not the read of the worker documents (frozen here with
+    SIGSTOP: a failover, a stalled disk): the reason was "cannot read workers: " and nothing
+    after it (str(TimeoutError()) is "")."""
+    import os
+    import signal
+
+    from pymongo import AsyncMongoClient, monitoring
+
+    from job_processor.storage.local_server import local_server
+
+    class FreezeAtWorkersRead(monitoring.CommandListener):
+        def __init__(self, pid: int) -> None:
+            self.pid, self.frozen = pid, False
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "find" and event.command["find"] == "job_processor_workers":
+                os.kill(self.pid, signal.SIGSTOP)
+                self.frozen = True
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    with local_server() as server:  # a server of this test's own, to freeze
+        listener = FreezeAtWorkersRead(server.process.pid)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(
+            server.url, tz_aware=True, event_listeners=[listener]
+        )
+        try:
+            found = await health.check(client["x"], wait=0.5)
+        finally:
+            if listener.frozen:
+                os.kill(server.process.pid, signal.SIGCONT)
+            await client.close()
+    assert listener.frozen and not found.ok
+    assert found.reason == "cannot read workers: no answer within 0.5s", found.reason

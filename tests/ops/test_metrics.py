@@ -402,3 +402,33 @@ async def test_limit_series_carry_their_template_for_a_stable_sum(db: Any) -> No
         (("key", "tenant:acme"), ("template", "tenant:{t}")): 1,
         (("key", "tenant:globex"), ("template", "tenant:{t}")): 1,
     }
+
+
+async def test_a_scrape_does_not_read_every_name_of_every_worker(db: Any, mongo_url: str) -> None:
+    """Of each worker document a scrape needs its heartbeat, worker_timeout and `crashed`; it
+    read whole documents, with the names the worker claims and each definition's digest:
+    ~175 KB a worker a scrape at 2,000 names, times the workers, times the processes scraped;
+    and every definition for the limit keys."""
+    from pymongo import AsyncMongoClient
+
+    from tests.helpers import ReplyBytes
+
+    names = {f"billing.invoice-reminder-{i:05d}": JobDef(handler=ok) for i in range(2000)}
+    processor = await make(db, names)
+    workers, definitions = (
+        ReplyBytes("job_processor_workers"),
+        ReplyBytes("job_processor_definitions"),
+    )
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[workers, definitions]
+    )
+    try:
+        async with processor:
+            await wait_for(lambda: processor.worker.worker_id is not None)
+            m = await metrics.for_database(client[db.name], budget=30)
+            workers.bytes = definitions.bytes = 0
+            await metrics.render(m)
+    finally:
+        await client.close()
+    assert workers.bytes < 20_000, f"a scrape read {workers.bytes} B of worker documents"
+    assert definitions.bytes < 20_000, f"a scrape read {definitions.bytes} B of definitions"
