@@ -172,6 +172,11 @@ class JobHarness:
             raise InvalidArgumentError(
                 f"JobHarness.ended: name must be a job name (a non-empty str), got {name!r:.60}"
             )
+        if error is not None and not isinstance(error, str):  # read as no output at all
+            raise InvalidArgumentError(
+                f"JobHarness.ended: error= takes the error's text (a str) or None, got "
+                f"{error!r:.60}"
+            )
         if payload is not None and not isinstance(payload, Mapping):
             raise InvalidArgumentError(
                 "JobHarness.ended: payload= takes the job's payload, a dict such as "

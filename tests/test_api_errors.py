@@ -578,3 +578,20 @@ async def test_a_job_name_that_is_not_a_non_empty_string_is_refused_as_such(
     with pytest.raises(InvalidArgumentError, match=r"(^|: )a job name is a non-empty string"):
         await call(processor)
     assert await db["job_processor_jobs"].count_documents({}) == 0
+
+
+async def test_a_bare_naive_datetime_result_is_named_as_the_result(db: Any) -> None:
+    """A handler returning a naive datetime itself: the run errored with "result field
+    '(payload)' is a datetime ...", naming a payload field that does not exist."""
+    import datetime as dt
+
+    from job_processor import JobDef
+
+    async def stamps(job: Job, signal: AbortSignal) -> Any:
+        return dt.datetime(2030, 1, 1, 9, 0)
+
+    processor = await make(db, {"stamps": JobDef(handler=stamps)})
+    done = await processor.run_job("stamps")
+    assert done.status == "errored"
+    assert "payload" not in (done.error or ""), done.error
+    assert "the result is a datetime without a time zone" in (done.error or ""), done.error

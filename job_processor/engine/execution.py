@@ -208,7 +208,7 @@ def storable(value: Any) -> Any:
         return unencodable(value)
     if naive is not None:
         path, when = naive
-        where = f"result field {path!r}" if path else "the result"
+        where = f"result field {path!r}" if path and path != "(payload)" else "the result"
         raise ResultTooLarge(
             f"{where} is a datetime without a time zone ({when.isoformat()}); it would be read "
             "back as UTC: return an aware datetime, e.g. datetime.now(UTC)"

@@ -99,6 +99,9 @@ class DatabaseCollector(Collector):
         self.sensitive: Callable[[str], bool] = lambda name: name_is_sensitive(name, _DEFAULTS)
         """Field names whose values a per-value limit's key shows masked (`key` label): the
         default names; a dashboard's own list on its /metrics."""
+        self.undetected: tuple[Any, str] | None = None
+        """(db, collection prefix) while the server's kind is still to be asked: by the first
+        scrape that gets an answer, within its budget (`for_database`)."""
 
     async def refresh(self) -> Snapshot:
         snap = Snapshot()
@@ -118,6 +121,9 @@ class DatabaseCollector(Collector):
         return snap
 
     async def _read(self, snap: Snapshot) -> None:
+        if self.undetected is not None:  # asked again at the next scrape if unanswered
+            self.storage = await Storage.open(*self.undetected)
+            self.undetected = None
         now = self.clock.now()
         docs = await self.storage.workers.heartbeats()
         live = [w for w in docs if worker_alive(w, now, self.worker_timeout)]
@@ -420,16 +426,12 @@ async def for_database(
     clock: Clock | None = None,
 ) -> Metrics:
     """Database gauges only, for a process that runs no jobs (a dashboard). The server's kind
-    is asked within `budget` too (in an outage the driver would wait its server selection, 30 s
-    by default, before the first scrape's budget began): unanswered, MongoDB's, as when the
-    question fails (`compat.detect`)."""
+    is asked by the first scrape, within its budget (in an outage the driver would wait its
+    server selection, 30 s by default, before that scrape's budget began), and again by the
+    next one while unanswered."""
     m = Metrics(registry)
-    try:
-        async with asyncio.timeout(budget):
-            storage = await Storage.open(db, collection_prefix)
-    except TimeoutError:
-        storage = Storage(db, collection_prefix)
-    m.watch_database(storage, clock=clock, budget=budget)
+    collector = m.watch_database(Storage(db, collection_prefix), clock=clock, budget=budget)
+    collector.undetected = (db, collection_prefix)
     return m
 
 

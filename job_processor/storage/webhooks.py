@@ -75,19 +75,12 @@ class WebhookStore:
                     {"_id": endpoint_id, "disabled_by": by},
                 ]
             }
-        found = await self.coll.find_one_and_update(
-            where,
-            {
-                "$set": {
-                    "state": "disabled",
-                    "disabled_reason": reason,
-                    "disabled_at": now,
-                    "updated_at": now,
-                    "disabled_by": by,
-                }
-            },
-            return_document=AFTER,
-        )
+        fields = {"disabled_reason": reason, "disabled_at": now, "updated_at": now}
+        update: Doc = {"$set": {"state": "disabled", "disabled_by": by} | fields}
+        if by is not None:  # the run that disabled it (a 410) is never counted afterwards,
+            # even once the endpoint is enabled again (which clears `disabled_by`)
+            update["$push"] = {"failed_deliveries": {"$each": [by], "$slice": -FAILURES_NOTED}}
+        found = await self.coll.find_one_and_update(where, update, return_document=AFTER)
         return decode_opt(found)
 
     async def enable(self, endpoint_id: ObjectId, now: dt.datetime) -> Doc | None:

@@ -1317,3 +1317,28 @@ async def test_the_first_metrics_scrape_in_an_outage_answers_within_the_budget()
         await mongo.close()
     assert resp.status_code == 200, resp.text[:300]
     assert samples(resp.text)[("job_processor_scrape_error", ())] == 1
+
+
+async def test_the_first_metrics_scrape_in_an_outage_takes_one_budget_not_two() -> None:
+    """The server's kind is asked within the first scrape's own budget: `for_database` spent a
+    whole budget on it, then the scrape its own (about 4 s for a 2 s budget)."""
+    import asyncio
+
+    from pymongo import AsyncMongoClient
+
+    from job_processor.storage.local_server import free_port
+    from tests.ops.test_metrics import samples
+
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+        f"mongodb://127.0.0.1:{free_port()}/x", tz_aware=True
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        async with client(create_dashboard(mongo["x"], auth=AUTH)) as c:
+            started = loop.time()
+            resp = await asyncio.wait_for(c.get("/metrics"), timeout=10)
+            took = loop.time() - started
+    finally:
+        await mongo.close()
+    assert samples(resp.text)[("job_processor_scrape_error", ())] == 1
+    assert took < 2.0 + 0.75, f"the first scrape took {took:.2f}s, over its 2 s budget"

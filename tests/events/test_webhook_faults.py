@@ -498,3 +498,40 @@ async def test_a_disabling_its_run_made_is_not_made_again_when_the_run_is_reconc
     said = [r.__dict__.get("event") for r in caplog.records]
     assert said.count("webhook_endpoint_disabled") == 1, said
     assert (got.disabled_reason, got.disabled_at) == (first.disabled_reason, first.disabled_at)
+
+
+async def test_a_410_run_reconciled_after_the_endpoint_was_enabled_again_is_not_counted(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 410 disables the endpoint under the run's key; the operator enables it again (which
+    clears `disabled_by`) before the run is reconciled: the reconciliation counted the 410 run
+    against the endpoint just enabled, and with disable_after=1 disabled it again."""
+    p = await make(db, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.script("/h", Reply(410)), events=["e"])
+    coll = p.storage.jobs.coll
+    real = coll.update_one
+    loop = asyncio.get_running_loop()
+    election_ends: list[float] = []
+
+    async def election(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
+            if not election_ends:
+                election_ends.append(loop.time() + 2.5)
+            if loop.time() < election_ends[0]:
+                raise AutoReconnect("no primary")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", election)
+    async with p:
+        event = await p.emit("e", {})
+        deadline = loop.time() + 10
+        while (await p.webhooks.get(ep.id)).enabled:
+            assert loop.time() < deadline, "the endpoint was never disabled"
+            await asyncio.sleep(0.02)
+        await p.webhooks.enable(ep.id)  # the receiver fixed: enabled again
+        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
+    assert "lost track" in (done.error or "")  # reconciled by its own worker
+    got = await p.webhooks.get(ep.id)
+    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)

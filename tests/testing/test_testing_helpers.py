@@ -967,3 +967,10 @@ def test_an_ended_dependency_reads_as_stored() -> None:
     for name in (None, 7, ""):
         with pytest.raises(InvalidArgumentError, match="name must be a job name"):
             JobHarness.ended(name)  # type: ignore[arg-type]
+
+
+def test_ended_refuses_an_error_that_is_no_text() -> None:
+    """JobHarness.ended(status="errored", error=7, result=3) gave a job with no output at all
+    (neither the result nor an error), said nowhere: a worker stores an error as text."""
+    with pytest.raises(InvalidArgumentError, match="error= takes the error's text"):
+        JobHarness.ended("part", status="errored", error=7, result=3)  # type: ignore[arg-type]
