@@ -478,3 +478,54 @@ async def test_a_listed_job_with_a_text_id_offers_no_link_nor_checkbox(
         flash = await page.locator("#flash").inner_text()
         # the ObjectId job retried (it may have run and failed again since: not its status)
         assert "Retry failed" not in flash and "1 changed" in flash and failed in flash, flash
+
+
+async def test_select_all_is_offered_only_where_it_works(browser: Browser, db: Any) -> None:
+    """ "With JavaScript off every page and action works the same": the header's "select all"
+    box is ticked by the script only; with JavaScript off it ticked itself, and the bulk Run
+    now that followed said "Select at least one job first". It is shown by the script."""
+    from job_processor import Job, JobDef, init_job_processor
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started
+    ids = [(await p.schedule_job("n", {"i": i}, delay=3600)).id for i in range(3)]
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0)) as base:
+        page = await signed_in(browser, java_script_enabled=False)
+        await page.goto(f"{base}/jobs")
+        await expect(page.locator("table.jobs input[name=ids]")).to_have_count(3)
+        assert not await page.get_by_label("select all").is_visible()
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs")
+        await page.get_by_label("select all").check()
+        await page.locator("#bulk").get_by_role("button", name="Run now").click()
+        await expect(page.locator("#flash")).to_contain_text("Run now: 3 changed")
+        assert all(j.scheduled_for <= p.clock.now() for j in await p.get_jobs(ids))
+
+
+@pytest.mark.parametrize("path", ["/", "/names", "/jobs?name={name}", "/jobs/{id}"])
+async def test_a_300_character_job_name_does_not_widen_the_pages(
+    browser: Browser, db: Any, path: str
+) -> None:
+    """Names have no length limit: a 300-character name made the job page 4,340 px wide at
+    1,400, the overview's and the filtered list's tables pushed their counts and buttons far
+    to the right."""
+    from job_processor import Job, JobDef, init_job_processor
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    name = "reports." + "n" * 292
+    p = await init_job_processor(db, jobs={name: JobDef(handler=noop)})
+    job = await p.schedule_job(name, {"x": 1}, delay=3600)
+    async with serve(create_dashboard(p, auth=AUTH, refresh_seconds=0)) as base:
+        page = await signed_in(browser, viewport={"width": 1400, "height": 900})
+        await page.goto(base + path.format(name=name, id=job.id))
+        widths = await page.evaluate(
+            """() => ({page: document.documentElement.scrollWidth, window: window.innerWidth,
+                tables: [...document.querySelectorAll('.table-wrap')].map(
+                    w => w.scrollWidth - w.clientWidth)})"""
+        )
+        assert widths["page"] <= widths["window"], widths  # no horizontal scrolling
+        assert all(extra <= 0 for extra in widths["tables"]), widths  # nor inside a table

@@ -160,3 +160,57 @@ async def test_an_opened_error_stays_open_across_a_live_refresh(
 
         await wait_until(refreshed)
         await expect(details).to_have_attribute("open", "", timeout=1000)
+
+
+async def refreshed_once(page: Page) -> None:
+    """Wait (10 s at most) until the live script has swapped the page's live parts again."""
+    before = await page.evaluate("document.body.getAttribute('data-refreshed')")
+    await page.wait_for_function(
+        "before => { const now = document.body.getAttribute('data-refreshed');"
+        " return now !== null && now !== before; }",
+        arg=before,
+        timeout=10_000,
+    )
+
+
+async def test_a_scrolled_payload_keeps_its_scroll_position_across_a_live_refresh(
+    db: Any, browser: Browser
+) -> None:
+    """ "Scroll position ... kept": a payload, result or error longer than 420 px scrolls inside
+    its box; every refresh (an ended job's page too) put it back at the top."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    job = await p.schedule_job("n", {f"field_{i}": i for i in range(200)}, delay=3600)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/{job.id}")
+        payload = page.locator("#job-live pre.json").first
+        await expect(payload).to_contain_text("field_199")
+        await payload.evaluate("e => { e.scrollTop = 600; }")
+        assert await payload.evaluate("e => e.scrollTop") == 600
+        await refreshed_once(page)
+        assert await page.locator("#job-live pre.json").first.evaluate("e => e.scrollTop") == 600
+
+
+async def test_selected_jobs_stay_selected_when_a_live_refresh_pushes_them_off_the_page(
+    db: Any, browser: Browser
+) -> None:
+    """ "Selected checkboxes ... are kept": select all 20 jobs of the first page; 5 jobs created
+    meanwhile push 5 of them off it at the next refresh: their selection vanished with their
+    rows (the header box still ticked), and Run now acted on 15."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started
+    old = [(await p.schedule_job("n", {"i": i}, delay=3600)).id for i in range(20)]
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs?limit=20")
+        await expect(page.locator("table.jobs input[name=ids]")).to_have_count(20)
+        await page.get_by_label("select all").check()
+        await expect(page.locator("table.jobs input[name=ids]:checked")).to_have_count(20)
+        new = [(await p.schedule_job("n", {"new": i}, delay=3600)).id for i in range(5)]
+        await refreshed_once(page)
+        await refreshed_once(page)
+        await page.locator("#bulk").get_by_role("button", name="Run now").click()
+        await expect(page.locator("#flash")).to_contain_text("Run now:")
+        due_now = [j.id for j in await p.get_jobs(old + new) if j.scheduled_for <= p.clock.now()]
+        assert sorted(due_now) == sorted(old), await page.locator("#flash").inner_text()

@@ -88,12 +88,27 @@
         document.querySelectorAll("[data-live]").forEach(function (el) {
           var fresh = el.id && doc.getElementById(el.id);
           if (!fresh) return;
-          var checked = {};
-          el.querySelectorAll("input[type=checkbox]:checked").forEach(function (c) { checked[c.name + "=" + c.value] = true; });
+          var checked = {};  // ticked boxes, and selections carried from rows gone before
+          el.querySelectorAll("input[type=checkbox]:checked, input[data-carried]").forEach(function (c) { checked[c.name + "=" + c.value] = c; });
           var open = {};
           el.querySelectorAll("details").forEach(function (x, i) { if (x.open) open[detailsKey(x, i)] = true; });
+          var scrolled = [];  // scroll boxes (a long payload or traceback, a wide table)
+          el.querySelectorAll("pre, .table-wrap").forEach(function (x, i) { if (x.scrollTop || x.scrollLeft) scrolled.push([i, x.scrollTop, x.scrollLeft]); });
           el.innerHTML = fresh.innerHTML;
-          el.querySelectorAll("input[type=checkbox]").forEach(function (c) { if (checked[c.name + "=" + c.value]) c.checked = true; });
+          var boxes = el.querySelectorAll("pre, .table-wrap");
+          scrolled.forEach(function (s) { var x = boxes[s[0]]; if (x) { x.scrollTop = s[1]; x.scrollLeft = s[2]; } });
+          el.querySelectorAll("input[type=checkbox]").forEach(function (c) {
+            var key = c.name + "=" + c.value;
+            if (checked[key]) { c.checked = true; delete checked[key]; }
+          });
+          Object.keys(checked).forEach(function (key) {  // a selected row the refresh pushed off: still selected
+            var was = checked[key];
+            if (!was.name || !was.getAttribute("form")) return;
+            var keep = document.createElement("input");
+            keep.type = "hidden"; keep.name = was.name; keep.value = was.value;
+            keep.setAttribute("form", was.getAttribute("form")); keep.setAttribute("data-carried", "");
+            el.appendChild(keep);
+          });
           el.querySelectorAll("details").forEach(function (x, i) { if (open[detailsKey(x, i)]) x.open = true; });
         });
         relTimes();
@@ -132,6 +147,12 @@
       document.querySelectorAll('input[type=checkbox][name="' + name + '"]').forEach(function (c) { c.checked = t.checked; });
     }
   });
+
+  function offerCheckAll() {  // "select all" works with this script only: hidden without it
+    document.querySelectorAll("input[data-check-all][hidden]").forEach(function (c) { c.hidden = false; });
+  }
+  offerCheckAll();
+  new MutationObserver(offerCheckAll).observe(document.body, { childList: true, subtree: true });
 
   setInterval(function () { relTimes(); }, 5000);
 })();
