@@ -121,6 +121,8 @@ class WebhookSender:
                 "add it again, then replay the event"
             ) from None
         if not endpoint.enabled:
+            oid = endpoint_id_of(endpoint_id)
+            await self._bookkeeping("noted", lambda: self.endpoints.not_counted(oid, run), fields)
             raise DoNotRetry(
                 f"webhook endpoint {endpoint_id} is disabled"
                 + (f" ({endpoint.disabled_reason})" if endpoint.disabled_reason else "")
@@ -149,6 +151,8 @@ class WebhookSender:
             message += f": {record['response_excerpt'][:100]}"
         self.log.warning("webhook_attempt_failed", attempt=job.attempt, error=what, **fields)
         if decision.verdict == "gone":
+            oid = endpoint_id_of(endpoint_id)
+            await self._bookkeeping("noted", lambda: self.endpoints.not_counted(oid, run), fields)
             await self._disable(
                 endpoint.id, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
             )

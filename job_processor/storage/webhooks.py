@@ -77,9 +77,6 @@ class WebhookStore:
             }
         fields = {"disabled_reason": reason, "disabled_at": now, "updated_at": now}
         update: Doc = {"$set": {"state": "disabled", "disabled_by": by} | fields}
-        if by is not None:  # the run that disabled it (a 410) is never counted afterwards,
-            # even once the endpoint is enabled again (which clears `disabled_by`)
-            update["$push"] = {"failed_deliveries": {"$each": [by], "$slice": -FAILURES_NOTED}}
         found = await self.coll.find_one_and_update(where, update, return_document=AFTER)
         return decode_opt(found)
 
@@ -123,6 +120,14 @@ class WebhookStore:
         if found is None and delivery is not None:  # counted already: by an earlier send
             found = await self.coll.find_one({"_id": endpoint_id}, {"consecutive_failures": 1})
         return int((found or {}).get("consecutive_failures") or 0)
+
+    async def not_counted(self, endpoint_id: ObjectId, delivery: str) -> None:
+        """A run that ended without a count (a 410, refused as disabled): noted, so that its
+        reconciliation by the recovery sweep never counts it (`failed_delivery`)."""
+        await self.coll.update_one(
+            {"_id": endpoint_id},  # noted twice (sent again after a lost reply): harmless
+            {"$push": {"failed_deliveries": {"$each": [delivery], "$slice": -FAILURES_NOTED}}},
+        )
 
     async def delivered(self, endpoint_id: ObjectId) -> None:
         """A delivery succeeded: the run of consecutive failures is over."""

@@ -535,3 +535,84 @@ async def test_a_410_run_reconciled_after_the_endpoint_was_enabled_again_is_not_
     assert "lost track" in (done.error or "")  # reconciled by its own worker
     got = await p.webhooks.get(ep.id)
     assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
+
+
+async def test_a_410_on_an_endpoint_disabled_meanwhile_is_not_counted_once_enabled_again(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery is in flight when the operator disables its endpoint by hand; the receiver
+    answers 410 (the delivery's own disabling matches nothing: already disabled, so the run
+    is not noted). Its final write is refused for 2.5 s, the operator enables the endpoint
+    again, and the run's reconciliation counts the 410 (which a delivery never counts) and,
+    with disable_after=1, disables the endpoint it was just enabled again."""
+    p = await make(db, max_attempts=1, disable_after=1)
+    answer = threading.Event()
+    ep = await p.webhooks.add(url=receiver.script("/h", Reply(410, hold=answer)), events=["e"])
+    coll = p.storage.jobs.coll
+    real = coll.update_one
+    loop = asyncio.get_running_loop()
+    election_ends: list[float] = []
+
+    async def election(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
+            if not election_ends:
+                election_ends.append(loop.time() + 2.5)
+            if loop.time() < election_ends[0]:
+                raise AutoReconnect("no primary")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", election)
+    async with p:
+        event = await p.emit("e", {})
+        deadline = loop.time() + 10
+        while not receiver.received("/h"):  # the delivery is in flight
+            assert loop.time() < deadline, "the delivery was never sent"
+            await asyncio.sleep(0.02)
+        await p.webhooks.disable(ep.id, "receiver maintenance")
+        answer.set()  # 410 Gone
+        while not election_ends:  # the run's final write was tried
+            assert loop.time() < deadline, "the run never ended"
+            await asyncio.sleep(0.02)
+        await p.webhooks.enable(ep.id)  # maintenance over
+        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
+    assert "lost track" in (done.error or "")  # reconciled by its own worker
+    got = await p.webhooks.get(ep.id)
+    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
+
+
+async def test_a_delivery_refused_as_disabled_is_not_counted_once_enabled_again(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = await make(db, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    event = await p.emit("e", {})  # queued while enabled
+    await p.webhooks.disable(ep.id, "receiver maintenance")
+    coll = p.storage.jobs.coll
+    real = coll.update_one
+    loop = asyncio.get_running_loop()
+    election_ends: list[float] = []
+
+    async def election(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}):
+            if not election_ends:
+                election_ends.append(loop.time() + 2.5)
+            if loop.time() < election_ends[0]:
+                raise AutoReconnect("no primary")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", election)
+    async with p:
+        deadline = loop.time() + 10
+        while not election_ends:
+            assert loop.time() < deadline, "the run never ended"
+            await asyncio.sleep(0.02)
+        await p.webhooks.enable(ep.id)
+        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
+    assert "lost track" in (done.error or "")
+    assert not receiver.received("/h")
+    got = await p.webhooks.get(ep.id)
+    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
