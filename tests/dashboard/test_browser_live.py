@@ -214,3 +214,26 @@ async def test_selected_jobs_stay_selected_when_a_live_refresh_pushes_them_off_t
         await expect(page.locator("#flash")).to_contain_text("Run now:")
         due_now = [j.id for j in await p.get_jobs(old + new) if j.scheduled_for <= p.clock.now()]
         assert sorted(due_now) == sorted(old), await page.locator("#flash").inner_text()
+
+
+async def test_unselecting_all_also_unselects_the_jobs_a_refresh_pushed_off_the_page(
+    db: Any, browser: Browser
+) -> None:
+    """A selection carried past a refresh is dropped with "select all" unticked: a bulk action
+    then acts on nothing the user still sees as selected."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started
+    for i in range(20):
+        await p.schedule_job("n", {"i": i}, delay=3600)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs?limit=20")
+        await page.get_by_label("select all").check()
+        for i in range(5):
+            await p.schedule_job("n", {"new": i}, delay=3600)
+        await refreshed_once(page)
+        await refreshed_once(page)
+        assert await page.locator("input[data-carried]").count() == 5
+        await page.get_by_label("select all").uncheck()
+        await page.locator("#bulk").get_by_role("button", name="Run now").click()
+        await expect(page.locator("#flash")).to_contain_text("Select at least one job first")

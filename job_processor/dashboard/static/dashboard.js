@@ -145,6 +145,9 @@
     if (t && t.matches && t.matches("input[data-check-all]")) {
       var name = t.getAttribute("data-check-all");
       document.querySelectorAll('input[type=checkbox][name="' + name + '"]').forEach(function (c) { c.checked = t.checked; });
+      if (!t.checked) {  // unselected: the rows a refresh pushed off the page too
+        document.querySelectorAll('input[data-carried][name="' + name + '"]').forEach(function (c) { c.remove(); });
+      }
     }
   });
 
