@@ -146,6 +146,8 @@ class JobActions(FlowRecords):
         once; one that no longer exists counts as "deleted")."""
         deps = [ObjectId(d) for d in F.uncounted_dependencies(doc) if ObjectId.is_valid(d)]
         await self.register_waiting(deps, now, {doc["_id"]: deps})
+        if not deps:  # every one counted already (a duplicate's): released here
+            await self.coll.update_one(*F.released_where({"_id": doc["_id"]}, now))
         return decode(await self.coll.find_one({"_id": doc["_id"]}) or doc)
 
 

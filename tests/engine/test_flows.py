@@ -1017,3 +1017,51 @@ async def test_a_job_after_a_cron_task_created_as_its_cron_is_pruned_sees_it_del
     assert await new.get_jobs([task.id]) == []  # deleted by the prune
     now = await new.get_job(parent.id)
     assert (now.status, now.deps) == (S.SKIPPED, {task.id: "deleted"}), (now.status, now.deps)
+
+
+async def test_a_duplicate_of_a_waiting_job_counts_a_finished_dependency_retention_took(
+    db: Any,
+) -> None:
+    """flows.md: "a finished dependency never reads as deleted to a job waiting on it" and a
+    duplicate of a waiting job "waits for the same dependencies (those that have ended count
+    at once)". Once the original's finished children are seen settled, count retention may
+    delete one: the copy was skipped for a dependency "deleted" that had finished."""
+    jobs = {"part": JobDef(handler=part, keep_finished=1), "total": JobDef(handler=total)}
+    p = await make(db, jobs, concurrency=4)
+    admin = await Admin.open(db, clock=p.clock)
+    a, b = JobSpec("part", {"n": 1}), JobSpec("part", {"n": 2})
+    blocker = JobSpec("part", {"n": 3, "block": True})
+    flow = await p.schedule_jobs([a, b, blocker, JobSpec("total", after=[a, b, blocker])])
+    parent = flow[-1]
+    async with p:
+        await wait_status(p, flow[0].id, S.FINISHED)
+        await wait_status(p, flow[1].id, S.FINISHED)
+        await wait_status(p, flow[2].id, S.RUNNING)
+        later = p.clock.now() + dt.timedelta(minutes=10)
+        await p.flows.sweep(later)  # the parent counted a and b: seen settled
+        assert await p.trimmer.run(later) == 1  # keep_finished=1 takes the older child, a
+        original = await p.get_job(parent.id)
+        assert original.status == S.WAITING and original.deps[flow[0].id] == "finished"
+        copy = (await admin.duplicate(parent.id)).jobs[-1]
+        assert copy.status == S.WAITING, (copy.status, copy.deps)
+        assert copy.deps[flow[0].id] == "finished" and copy.waiting_on == 1
+        await p.kill_job(flow[2].id)  # the blocker: both are skipped by it now
+        await wait_status(p, copy.id, S.SKIPPED)
+    assert (await p.get_job(copy.id)).failed_dependency == flow[2].id
+
+
+async def test_a_duplicate_whose_dependencies_all_finished_is_released_at_once(db: Any) -> None:
+    """Every dependency counted by the original (finished): the copy waits on nothing and
+    runs, though retention deleted one of them."""
+    jobs = {"part": JobDef(handler=part, keep_finished=1), "total": JobDef(handler=total)}
+    p = await make(db, jobs, concurrency=4)
+    admin = await Admin.open(db, clock=p.clock)
+    a, b = JobSpec("part", {"n": 1}), JobSpec("part", {"n": 2})
+    flow = await p.schedule_jobs([a, b, JobSpec("total", after=[a, b])])
+    await admin.pause("total")
+    async with p:
+        await wait_status(p, flow[2].id, S.PENDING)  # released, held by the pause
+        copy_id = (await admin.duplicate(flow[2].id)).jobs[-1].id
+        await admin.resume("total")
+        await wait_status(p, copy_id, S.FINISHED)
+    assert (await p.get_job(copy_id)).result == {"sum": 3, "statuses": ["finished", "finished"]}

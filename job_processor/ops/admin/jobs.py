@@ -555,6 +555,16 @@ class JobsAdmin(AdminBase):
             if original.after:  # it waits for the same dependencies (those ended count now),
                 after = [ObjectId(a) for a in original.after if ObjectId.is_valid(a)]
                 doc |= F.waiting_fields(after, original.on_dependency_failure or "skip")
+                # those the original counted finished stay so (retention may have deleted
+                # them since: a finished dependency never reads as deleted, flows.md)
+                kept = {
+                    d: s
+                    for d, s in (original.deps or {}).items()
+                    if d in doc["deps"] and s == S.FINISHED.value
+                }
+                doc["deps"].update(kept)
+                doc["waiting_on"] -= len(kept)
+                after = [d for d in after if str(d) not in kept]
                 # marked first, as a new job's are: none is deleted before the copy is written
                 await self.storage.jobs.mark_dependents(after, result.at)
             await self._insert(result, doc)
