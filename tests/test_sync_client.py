@@ -546,3 +546,23 @@ def test_a_retry_budget_past_a_year_is_refused_naming_the_option(sync_db: Databa
     """1e10 passed the check, then every call overflowed inside the driver's timeout."""
     with pytest.raises(InvalidDefinitionError, match=r"producer_retry_seconds .*at most"):
         JobClient(sync_db, CHECKED, producer_retry_seconds=1e10)
+
+
+def test_a_first_call_to_a_server_that_never_answers_says_so_as_the_async_api_does() -> None:
+    """A port that accepts connections but never answers (another kind of server, a MongoDB
+    too busy): init_job_processor says "something listens there but does not answer as MongoDB
+    does"; the JobClient said only the driver's "(No servers found yet)"."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)  # accepts, never answers
+        port = sock.getsockname()[1]
+        mongo: MongoClient[Any] = MongoClient(f"mongodb://127.0.0.1:{port}/app", connect=False)
+        try:
+            client = JobClient(mongo.get_default_database(), CHECKED, connect_timeout=0.5)
+            with pytest.raises(DatabaseUnreachableError) as caught:
+                client.get_jobs([])
+        finally:
+            mongo.close()
+    assert "does not answer as MongoDB does" in str(caught.value), str(caught.value)

@@ -17,7 +17,7 @@ import pymongo
 from pymongo import AsyncMongoClient, MongoClient, ReadPreference
 from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError, ServerSelectionTimeoutError
 from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import split_options
 
@@ -171,13 +171,15 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             "MONGODB_URL and that the server is running"
         ) from None
     except (TimeoutError, PyMongoError) as exc:
-        reason = (
-            why_unreachable(db)
-            if isinstance(exc, TimeoutError)
-            else plainly(str(exc).split(",")[0])
+        # the sync client's bound is the driver's own: its server selection timing out
+        timed_out = isinstance(exc, TimeoutError) or (
+            is_sync(db) and isinstance(exc, ServerSelectionTimeoutError)
         )
+        reason = why_unreachable(db) if timed_out else plainly(str(exc).split(",")[0])
         if reason == "no answer" or reason.endswith("timed out"):
-            reason = await _why_silent(db, reason)
+            reason = (
+                _why_silent_blocking(db, reason) if is_sync(db) else await _why_silent(db, reason)
+            )
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {address(db)} within {wait:g}s ({reason}); check "
             "MONGODB_URL and that the server is running (connect_timeout= sets the wait)"
@@ -298,6 +300,25 @@ async def _why_silent(db: Any, reason: str) -> str:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+            return SILENT
+    return reason
+
+
+def _why_silent_blocking(db: Any, reason: str) -> str:
+    """`_why_silent` for the sync client, which has no event loop: a blocking connect."""
+    with contextlib.suppress(Exception):
+        topology = db.client.topology_description
+        if any(
+            sd.server_type != SERVER_TYPE.Unknown for sd in topology.server_descriptions().values()
+        ):
+            return reason if topology.has_writable_server() else NO_PRIMARY
+        for host, port in list(topology.server_descriptions())[:1]:
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+            except ConnectionRefusedError:
+                return PLAIN_REASONS["Errno 111"]
+            except OSError:
+                break
             return SILENT
     return reason
 
