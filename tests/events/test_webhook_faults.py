@@ -113,6 +113,26 @@ async def test_a_deflate_answer_is_excerpted_as_text(
     assert (d.attempts[-1]["response_excerpt"] or "").startswith("quota exceeded"), d.attempts
 
 
+def refuse_final_writes(p: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
+    """The jobs' final writes refused for `seconds` from the first (an election longer than
+    worker_timeout): the list holds when that ends, once one was tried."""
+    coll = p.storage.jobs.coll
+    real = coll.update_one
+    loop = asyncio.get_running_loop()
+    ends: list[float] = []
+
+    async def election(query: Any, update: Any, **kw: Any) -> Any:
+        if "end_id" in update.get("$set", {}):
+            if not ends:
+                ends.append(loop.time() + seconds)
+            if loop.time() < ends[0]:
+                raise AutoReconnect("no primary")
+        return await real(query, update, **kw)
+
+    monkeypatch.setattr(coll, "update_one", election)
+    return ends
+
+
 def fails_once(real: Any, blips: list[int]) -> Any:
     """`real`, except that its first call meets an outage (noted in `blips`) and writes
     nothing."""
@@ -471,20 +491,8 @@ async def test_a_disabling_its_run_made_is_not_made_again_when_the_run_is_reconc
     logger = logging.getLogger(f"test.webhooks.disabled_once.{status}")
     p = await make(db, logger=logger, max_attempts=1, disable_after=1)
     ep = await p.webhooks.add(url=receiver.script("/h", Reply(status)), events=["e"])
-    coll = p.storage.jobs.coll
-    real = coll.update_one
     loop = asyncio.get_running_loop()
-    election_ends: list[float] = []
-
-    async def election(query: Any, update: Any, **kw: Any) -> Any:
-        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
-            if not election_ends:
-                election_ends.append(loop.time() + 2.5)
-            if loop.time() < election_ends[0]:
-                raise AutoReconnect("no primary")
-        return await real(query, update, **kw)
-
-    monkeypatch.setattr(coll, "update_one", election)
+    refuse_final_writes(p, monkeypatch, 2.5)
     with caplog.at_level(logging.WARNING, logger=logger.name):
         async with p:
             event = await p.emit("e", {})
@@ -510,20 +518,8 @@ async def test_a_410_run_reconciled_after_the_endpoint_was_enabled_again_is_not_
     against the endpoint just enabled, and with disable_after=1 disabled it again."""
     p = await make(db, max_attempts=1, disable_after=1)
     ep = await p.webhooks.add(url=receiver.script("/h", Reply(410)), events=["e"])
-    coll = p.storage.jobs.coll
-    real = coll.update_one
     loop = asyncio.get_running_loop()
-    election_ends: list[float] = []
-
-    async def election(query: Any, update: Any, **kw: Any) -> Any:
-        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
-            if not election_ends:
-                election_ends.append(loop.time() + 2.5)
-            if loop.time() < election_ends[0]:
-                raise AutoReconnect("no primary")
-        return await real(query, update, **kw)
-
-    monkeypatch.setattr(coll, "update_one", election)
+    refuse_final_writes(p, monkeypatch, 2.5)
     async with p:
         event = await p.emit("e", {})
         deadline = loop.time() + 10
@@ -550,20 +546,8 @@ async def test_a_410_on_an_endpoint_disabled_meanwhile_is_not_counted_once_enabl
     p = await make(db, max_attempts=1, disable_after=1)
     answer = threading.Event()
     ep = await p.webhooks.add(url=receiver.script("/h", Reply(410, hold=answer)), events=["e"])
-    coll = p.storage.jobs.coll
-    real = coll.update_one
     loop = asyncio.get_running_loop()
-    election_ends: list[float] = []
-
-    async def election(query: Any, update: Any, **kw: Any) -> Any:
-        if "end_id" in update.get("$set", {}):  # final writes refused for 2.5 s
-            if not election_ends:
-                election_ends.append(loop.time() + 2.5)
-            if loop.time() < election_ends[0]:
-                raise AutoReconnect("no primary")
-        return await real(query, update, **kw)
-
-    monkeypatch.setattr(coll, "update_one", election)
+    election_ends = refuse_final_writes(p, monkeypatch, 2.5)
     async with p:
         event = await p.emit("e", {})
         deadline = loop.time() + 10
@@ -591,20 +575,8 @@ async def test_a_delivery_refused_as_disabled_is_not_counted_once_enabled_again(
     ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
     event = await p.emit("e", {})  # queued while enabled
     await p.webhooks.disable(ep.id, "receiver maintenance")
-    coll = p.storage.jobs.coll
-    real = coll.update_one
     loop = asyncio.get_running_loop()
-    election_ends: list[float] = []
-
-    async def election(query: Any, update: Any, **kw: Any) -> Any:
-        if "end_id" in update.get("$set", {}):
-            if not election_ends:
-                election_ends.append(loop.time() + 2.5)
-            if loop.time() < election_ends[0]:
-                raise AutoReconnect("no primary")
-        return await real(query, update, **kw)
-
-    monkeypatch.setattr(coll, "update_one", election)
+    election_ends = refuse_final_writes(p, monkeypatch, 2.5)
     async with p:
         deadline = loop.time() + 10
         while not election_ends:
