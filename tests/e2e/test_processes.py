@@ -523,7 +523,8 @@ async def test_a_frozen_worker_resumed_after_recovery_writes_nothing_over_it(
             ),
             timeout=30,
         )
-    assert "worker_declared_dead" in a.output()
+    # its next heartbeat says so (a blocked loop's check may give the runs up first)
+    await wait_for(lambda: "worker_declared_dead" in a.output(), timeout=30)
     done = await wait_status(client, resumable.id, S.FINISHED, timeout=30)
     assert done.result["instance_id"] == "runner-3", done
     assert done.state is not None and done.state["step"] == 60, done.state
