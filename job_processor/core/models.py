@@ -26,7 +26,7 @@ from pydantic import (
 )
 from typing_extensions import TypeVar
 
-from .errors import JobLostError
+from .errors import InvalidArgumentError, JobLostError
 from .notes import JobLogger, NoteSink
 from .reports import Delivery as Delivery
 from .reports import ProcessorStatus as ProcessorStatus
@@ -594,3 +594,14 @@ class Processor(Protocol):
     ) -> Event: ...
 
     async def get_event(self, event_id: str | ObjectId) -> Event: ...
+
+
+def id_list(job_ids: Any) -> Iterable[Any]:
+    """`get_jobs`'s argument: a list (any iterable) of job ids; one id given alone is refused,
+    never read as its characters."""
+    if isinstance(job_ids, str | bytes | ObjectId | Job) or not isinstance(job_ids, Iterable):
+        raise InvalidArgumentError(
+            f"get_jobs takes a list of job ids, got a {type(job_ids).__name__}: "
+            "get_jobs([job_id]), or get_job(job_id) for one"
+        )
+    return job_ids

@@ -33,7 +33,7 @@ from ..core.errors import (
     keywords_checked,
 )
 from ..core.event_documents import is_delivery
-from ..core.models import Job
+from ..core.models import Job, id_list
 from ..core.producing import (
     Template,
     WaitPacing,
@@ -374,12 +374,7 @@ class JobsAPI(JobWaits):
     async def get_jobs(self, job_ids: Iterable[str | ObjectId]) -> list[Job[Any]]:
         """These jobs, in the order given, in one query (those that do not exist are left
         out): e.g. a flow's children, `job.after`."""
-        if isinstance(job_ids, str | bytes | ObjectId | Job) or not isinstance(job_ids, Iterable):
-            raise InvalidArgumentError(
-                f"get_jobs takes a list of job ids, got a {type(job_ids).__name__}: "
-                "get_jobs([job_id]), or get_job(job_id) for one"
-            )
-        ids = [object_id(i) for i in job_ids]
+        ids = [object_id(i) for i in id_list(job_ids)]
         found = await self.storage.producer.run(lambda _: self.storage.jobs.get_many(ids))
         by_id = {d["_id"]: d for d in found}
         return [Job.read(by_id[i]) for i in ids if i in by_id]

@@ -121,8 +121,7 @@ class WebhookSender:
                 "add it again, then replay the event"
             ) from None
         if not endpoint.enabled:
-            oid = endpoint_id_of(endpoint_id)
-            await self._bookkeeping("noted", lambda: self.endpoints.not_counted(oid, run), fields)
+            await self._not_counted(endpoint_id, run, fields)
             raise DoNotRetry(
                 f"webhook endpoint {endpoint_id} is disabled"
                 + (f" ({endpoint.disabled_reason})" if endpoint.disabled_reason else "")
@@ -151,8 +150,7 @@ class WebhookSender:
             message += f": {record['response_excerpt'][:100]}"
         self.log.warning("webhook_attempt_failed", attempt=job.attempt, error=what, **fields)
         if decision.verdict == "gone":
-            oid = endpoint_id_of(endpoint_id)
-            await self._bookkeeping("noted", lambda: self.endpoints.not_counted(oid, run), fields)
+            await self._not_counted(endpoint_id, run, fields)
             await self._disable(
                 endpoint.id, f"HTTP 410 Gone from {url_host(endpoint.url)}", fields, run
             )
@@ -333,6 +331,12 @@ class WebhookSender:
         # counted under the run's key (never twice), disabled under the sweep's own: a
         # disabling the run's worker made (its count reached the limit, a 410) is not redone
         await self._failed_for_good(str(endpoint_id), fields, run, f"{run}:recovered")
+
+    async def _not_counted(self, endpoint_id: str, run: str, fields: dict[str, Any]) -> None:
+        """A run that ends without a count (a 410, refused as disabled): noted, so that the
+        recovery sweep never counts it (`recovered`) once the endpoint is enabled again."""
+        oid = endpoint_id_of(endpoint_id)
+        await self._bookkeeping("noted", lambda: self.endpoints.not_counted(oid, run), fields)
 
     async def _failed_for_good(
         self, endpoint_id: str, fields: dict[str, Any], run: str, disabler: str | None = None

@@ -276,51 +276,51 @@ NO_PRIMARY = (
 )
 
 
-async def _why_silent(db: Any, reason: str) -> str:
+def _first_silent(db: Any, reason: str) -> str | tuple[str, int]:
     """When the driver heard nothing: servers that answered without a primary are a replica
-    set with none; else whether something listens at the address at all (a connection
-    accepted but no MongoDB answer is another kind of server, or one too busy)."""
+    set with none (the reason said); else the first address, to see whether something listens
+    there at all (`_why_silent`)."""
     with contextlib.suppress(Exception):
         topology = db.client.topology_description
-        known = [
-            sd
-            for sd in topology.server_descriptions().values()
-            if sd.server_type != SERVER_TYPE.Unknown
-        ]
-        if known:
+        descriptions = topology.server_descriptions()
+        if any(sd.server_type != SERVER_TYPE.Unknown for sd in descriptions.values()):
             return reason if topology.has_writable_server() else NO_PRIMARY
-        for host, port in list(topology.server_descriptions())[:1]:
-            try:
-                async with asyncio.timeout(0.5):  # on top of the wait, only when it failed
-                    _, writer = await asyncio.open_connection(host, port)
-            except ConnectionRefusedError:
-                return PLAIN_REASONS["Errno 111"]
-            except (OSError, TimeoutError):
-                break
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return SILENT
+        for host, port in list(descriptions)[:1]:
+            return str(host), int(port)
     return reason
+
+
+async def _why_silent(db: Any, reason: str) -> str:
+    """The reason, once a connection is tried (0.5 s on top of the wait, only when it failed):
+    refused, or accepted with no MongoDB answer (another kind of server, or one too busy)."""
+    target = _first_silent(db, reason)
+    if isinstance(target, str):
+        return target
+    try:
+        async with asyncio.timeout(0.5):
+            _, writer = await asyncio.open_connection(*target)
+    except ConnectionRefusedError:
+        return PLAIN_REASONS["Errno 111"]
+    except Exception:  # unreachable, timed out: what the driver said stands
+        return reason
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return SILENT
 
 
 def _why_silent_blocking(db: Any, reason: str) -> str:
     """`_why_silent` for the sync client, which has no event loop: a blocking connect."""
-    with contextlib.suppress(Exception):
-        topology = db.client.topology_description
-        if any(
-            sd.server_type != SERVER_TYPE.Unknown for sd in topology.server_descriptions().values()
-        ):
-            return reason if topology.has_writable_server() else NO_PRIMARY
-        for host, port in list(topology.server_descriptions())[:1]:
-            try:
-                socket.create_connection((host, port), timeout=0.5).close()
-            except ConnectionRefusedError:
-                return PLAIN_REASONS["Errno 111"]
-            except OSError:
-                break
-            return SILENT
-    return reason
+    target = _first_silent(db, reason)
+    if isinstance(target, str):
+        return target
+    try:
+        socket.create_connection(target, timeout=0.5).close()
+    except ConnectionRefusedError:
+        return PLAIN_REASONS["Errno 111"]
+    except Exception:  # unreachable, timed out: what the driver said stands
+        return reason
+    return SILENT
 
 
 class _Refused(Exception):

@@ -10,7 +10,7 @@ import getpass
 import json
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import bson
@@ -165,7 +165,7 @@ def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:
 
 
 def ids_of(
-    job_ids: str | ObjectId | Sequence[str | ObjectId], *, empty_ok: bool = False
+    job_ids: str | ObjectId | Iterable[str | ObjectId], *, empty_ok: bool = False
 ) -> list[ObjectId]:
     """Job ids as given: one (a str, an ObjectId, a Job) or an iterable of them (an empty one
     refused unless `empty_ok`)."""

@@ -4,7 +4,7 @@ purge, schedule, duplicate."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -15,7 +15,7 @@ from ...core import flows as F
 from ...core import foreign as FD
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.limit_keys import fill_limit_key
-from ...core.models import Job
+from ...core.models import Job, id_list
 from ...core.payload_fields import check_payload_fields
 from ...core.retries import RETRYABLE, retry_refusal
 from ...core.status import TERMINAL, JobStatus, parse_status
@@ -109,12 +109,7 @@ class JobsAdmin(AdminBase):
 
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job[Any]]:
         """These jobs, in the order given (those that do not exist are left out)."""
-        if isinstance(job_ids, str | bytes | ObjectId | Job) or not isinstance(job_ids, Iterable):
-            raise InvalidArgumentError(
-                f"get_jobs takes a list of job ids, got a {type(job_ids).__name__}: "
-                "get_jobs([job_id]), or get_job(job_id) for one"
-            )
-        ids = ids_of(job_ids, empty_ok=True)
+        ids = ids_of(id_list(job_ids), empty_ok=True)
         by_id = {d["_id"]: d for d in await self.storage.jobs.get_many(ids)}
         return await self._redacted([Job.read(by_id[i]) for i in ids if i in by_id])
 
