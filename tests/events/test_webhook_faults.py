@@ -133,6 +133,15 @@ def refuse_final_writes(p: Any, monkeypatch: pytest.MonkeyPatch, seconds: float)
     return ends
 
 
+async def reconciled_uncounted(p: Any, event_id: str, ep: Any) -> None:
+    """The delivery ends errored by its own worker's reconciliation ("lost track"), and its
+    endpoint, enabled again meanwhile, stays enabled with no failure counted."""
+    done = await wait_delivery(p, event_id, ep, "errored", "finished", timeout=20)
+    assert "lost track" in (done.error or "")
+    got = await p.webhooks.get(ep.id)
+    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
+
+
 def fails_once(real: Any, blips: list[int]) -> Any:
     """`real`, except that its first call meets an outage (noted in `blips`) and writes
     nothing."""
@@ -527,10 +536,7 @@ async def test_a_410_run_reconciled_after_the_endpoint_was_enabled_again_is_not_
             assert loop.time() < deadline, "the endpoint was never disabled"
             await asyncio.sleep(0.02)
         await p.webhooks.enable(ep.id)  # the receiver fixed: enabled again
-        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
-    assert "lost track" in (done.error or "")  # reconciled by its own worker
-    got = await p.webhooks.get(ep.id)
-    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
+        await reconciled_uncounted(p, event.id, ep)
 
 
 async def test_a_410_on_an_endpoint_disabled_meanwhile_is_not_counted_once_enabled_again(
@@ -546,24 +552,15 @@ async def test_a_410_on_an_endpoint_disabled_meanwhile_is_not_counted_once_enabl
     p = await make(db, max_attempts=1, disable_after=1)
     answer = threading.Event()
     ep = await p.webhooks.add(url=receiver.script("/h", Reply(410, hold=answer)), events=["e"])
-    loop = asyncio.get_running_loop()
     election_ends = refuse_final_writes(p, monkeypatch, 2.5)
     async with p:
         event = await p.emit("e", {})
-        deadline = loop.time() + 10
-        while not receiver.received("/h"):  # the delivery is in flight
-            assert loop.time() < deadline, "the delivery was never sent"
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: receiver.received("/h"), timeout=10)  # in flight
         await p.webhooks.disable(ep.id, "receiver maintenance")
         answer.set()  # 410 Gone
-        while not election_ends:  # the run's final write was tried
-            assert loop.time() < deadline, "the run never ended"
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: election_ends, timeout=10)  # its final write was tried
         await p.webhooks.enable(ep.id)  # maintenance over
-        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
-    assert "lost track" in (done.error or "")  # reconciled by its own worker
-    got = await p.webhooks.get(ep.id)
-    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
+        await reconciled_uncounted(p, event.id, ep)
 
 
 async def test_a_delivery_refused_as_disabled_is_not_counted_once_enabled_again(
@@ -571,20 +568,16 @@ async def test_a_delivery_refused_as_disabled_is_not_counted_once_enabled_again(
     receiver: Receiver,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A delivery queued while enabled is refused ("is disabled"), sending nothing; its final
+    write is lost and the operator enables the endpoint: the reconciliation counted it and
+    disabled the endpoint again."""
     p = await make(db, max_attempts=1, disable_after=1)
     ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
     event = await p.emit("e", {})  # queued while enabled
     await p.webhooks.disable(ep.id, "receiver maintenance")
-    loop = asyncio.get_running_loop()
     election_ends = refuse_final_writes(p, monkeypatch, 2.5)
     async with p:
-        deadline = loop.time() + 10
-        while not election_ends:
-            assert loop.time() < deadline, "the run never ended"
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: election_ends, timeout=10)  # its final write was tried
         await p.webhooks.enable(ep.id)
-        done = await wait_delivery(p, event.id, ep, "errored", "finished", timeout=20)
-    assert "lost track" in (done.error or "")
+        await reconciled_uncounted(p, event.id, ep)
     assert not receiver.received("/h")
-    got = await p.webhooks.get(ep.id)
-    assert got.enabled and got.consecutive_failures == 0, (got.disabled_reason, got)
