@@ -243,6 +243,28 @@ def defined_differently(
     return {name: sorted(ids) for name, ids in sorted(out.items())}
 
 
+def zone_rules_differ(
+    mine: Iterable[list[str]], worker_id: str, live: Iterable[Doc]
+) -> dict[str, list[str]]:
+    """zone -> the other live workers ("<id> (<where it read them>)") whose digest of the
+    zone's rules differs from this worker's (`mine`: [zone, digest, source] rows, the worker
+    document's `zone_rules`; a row another program wrote in another shape is not read)."""
+    digests = {row[0]: row[1] for row in mine}
+    out: dict[str, list[str]] = {}
+    for w in live:
+        if str(w["_id"]) == worker_id or not isinstance(w.get("zone_rules"), list):
+            continue
+        for row in w["zone_rules"]:
+            if not (
+                isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)
+            ):
+                continue
+            zone, digest, source = row
+            if zone in digests and digest != digests[zone]:
+                out.setdefault(zone, []).append(f"{w['_id']} ({source})")
+    return {zone: sorted(ids) for zone, ids in sorted(out.items())}
+
+
 def misread(doc: Doc) -> list[str]:
     """The fields of a live worker's document the registry reads (`names`, `definitions`)
     that another program wrote with a wrong type: they are read as empty."""

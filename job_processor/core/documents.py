@@ -591,11 +591,13 @@ def new_worker(
     paused: list[str] | None = None,
     definitions: Mapping[str, str] | None = None,
     crons: list[str] | None = None,
+    zone_rules: list[list[str]] | None = None,
 ) -> Doc:
     """`worker_timeout` is recorded so that a process without the settings (the CLI, a
     dashboard) can tell whether this worker is alive; `definitions`, name -> the digest of its
     definition here, so that live workers that disagree on a name are seen; `crons`, the names
-    among `names` it defines as crons (it registers and fires those)."""
+    among `names` it defines as crons (it registers and fires those); `zone_rules`, their zones'
+    [zone, digest, source] (`engine.zone_rules`)."""
     host = socket.gethostname()
     return {
         "_id": f"{host}-{os.getpid()}-{ObjectId()}",  # unique per process start
@@ -612,4 +614,5 @@ def new_worker(
         "paused": sorted(paused or []),
         "definitions": dict(definitions or {}),
         "crons": sorted(crons or []),
+        "zone_rules": zone_rules or [],
     }

@@ -102,6 +102,7 @@ class Heartbeat:
             paused=sorted(before),
             definitions=self.registry.fingerprints() if self.registry is not None else None,
             crons=self.registry.cron_names() if self.registry is not None else None,
+            zone_rules=self.registry.zone_rules() if self.registry is not None else None,
         )
         await self.workers.register(doc)
         self._stuck_written = 0  # a new document: written again at the next beat if any

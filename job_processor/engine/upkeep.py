@@ -5,13 +5,14 @@
   replica's code is then known even while no "main" worker is up) in `<prefix>definitions` when
   it registers and refreshes their `last_seen` every few minutes, writing its definition again
   over a row whose writer is no longer live (see `refresh`); at start it warns about names a
-  live worker defines differently (`job_defined_differently`); the paused names it reads when
-  it registers, then with each heartbeat (pause/resume keep them on every worker document), so
-  that it stops claiming a paused name within about one `heartbeat_interval`; every few
-  minutes it also reads `<prefix>paused` itself (a pause whose update of the worker documents
-  failed), and at every heartbeat while a worker of an older version is live (`older`: its
-  document has no `definitions`; its version's pause and resume write only `<prefix>paused`,
-  which it read at every heartbeat). What the registry
+  live worker defines differently (`job_defined_differently`), and about its crons' zones whose
+  rules a live worker reads differently (`cron_zone_rules_differed`, `engine.zone_rules`); the
+  paused names it reads when it registers, then with each heartbeat (pause/resume keep them on
+  every worker document), so that it stops claiming a paused name within about one
+  `heartbeat_interval`; every few minutes it also reads `<prefix>paused` itself (a pause whose
+  update of the worker documents failed), and at every heartbeat while a worker of an older
+  version is live (`older`: its document has no `definitions`; its version's pause and resume
+  write only `<prefix>paused`, which it read at every heartbeat). What the registry
   tells an operator is `core.coverage`.
 - `Trimmer`, the bounded pass behind count retentions (`keep_finished=100`): see
   `core.retention` for the rules.
@@ -29,6 +30,7 @@ from ..core.coverage import (
     misread,
     registrar,
     worker_alive,
+    zone_rules_differ,
 )
 from ..core.definitions import CronDef, JobDef
 from ..core.documents import Doc
@@ -37,6 +39,7 @@ from ..core.log import EventLog
 from ..core.retention import Retention, of
 from ..storage import Storage
 from ..storage.definitions import fingerprints
+from .zone_rules import zone_rules
 
 
 class Registry:
@@ -72,6 +75,11 @@ class Registry:
         """The names this process defines as crons (on the worker document)."""
         return sorted(n for n, d in self.definitions.items() if isinstance(d, CronDef))
 
+    def zone_rules(self) -> list[list[str]]:
+        """[zone, digest of its rules, where they were read] per zone of this process's crons
+        (on the worker document: `engine.zone_rules`)."""
+        return zone_rules(d.timezone for d in self.definitions.values() if isinstance(d, CronDef))
+
     def fingerprints(self) -> dict[str, str]:
         """name -> the digest of its definition here (on the worker document)."""
         return fingerprints(self.definitions)
@@ -80,7 +88,8 @@ class Registry:
         """At start, with the live workers' documents the first sweep read (their digests
         among them): one `job_defined_differently` warning per name that another live worker
         defines differently (each worker runs the jobs it claims with its own definition, so
-        some of them fail here or there)."""
+        some of them fail here or there); one `cron_zone_rules_differed` per zone of this
+        process's crons whose rules a live worker reads differently."""
         if live is None:
             return
         self._live = frozenset(str(w["_id"]) for w in live)
@@ -100,6 +109,23 @@ class Registry:
                 worker_id=worker_id,
                 other_workers=others,
                 hint="rename one, or finish the deploy",
+            )
+        mine = self.zone_rules()
+        for zone, others in zone_rules_differ(mine, worker_id, live).items():
+            self.log.warning(
+                "cron_zone_rules_differed",
+                timezone=zone,
+                cron_names=sorted(
+                    n
+                    for n, d in self.definitions.items()
+                    if isinstance(d, CronDef) and d.timezone == zone
+                ),
+                worker_id=worker_id,
+                tz_source=next(row[2] for row in mine if row[0] == zone),
+                other_workers=others,
+                hint="these replicas place some of the zone's slots at different instants: one "
+                "may run twice or be skipped; give every replica the same rules (the same base "
+                "image, or PYTHONTZPATH= and one pinned tzdata package)",
             )
 
     async def refresh(

@@ -80,10 +80,10 @@ class WorkerStore:
     async def liveness(self, definitions: bool = False) -> list[Doc]:
         """Every worker document, with only what the sweep reads (its own `worker_timeout`,
         by which it is judged; not the names it claims nor the digests of its definitions,
-        unless `definitions`: then also `names`, `definitions` and `started_at`)."""
+        unless `definitions`: then also `names`, `definitions`, `zone_rules` and `started_at`)."""
         fields = {"last_seen": 1, "hostname": 1, "instance_id": 1, "worker_timeout": 1}
         if definitions:
-            fields |= {"names": 1, "definitions": 1, "started_at": 1}
+            fields |= {"names": 1, "definitions": 1, "zone_rules": 1, "started_at": 1}
         return await all_docs(self.coll.find({}, fields))
 
     async def delete_stale(self, worker_id: str, cutoff: dt.datetime) -> bool:
