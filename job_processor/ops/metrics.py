@@ -21,6 +21,7 @@ Two kinds of series (the full list, Grafana-ready, is in docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime as dt
 import threading
@@ -75,6 +76,13 @@ class Snapshot:
     timed_out: bool = False
     error: bool = False
     duration: float = 0.0
+
+
+#: The database gauges `render()` read, for the collector it renders them with (set in the
+#: context its thread runs in: concurrent renders each render their own).
+_RENDERED: contextvars.ContextVar[Snapshot | None] = contextvars.ContextVar(
+    "job_processor_rendered", default=None
+)
 
 
 class DatabaseCollector(Collector):
@@ -148,6 +156,9 @@ class DatabaseCollector(Collector):
             snap.oldest_due_age[name] = max(0.0, (now_ms - oldest) / 1000)
 
     def collect(self) -> Iterator[Metric]:
+        if (rendered := _RENDERED.get()) is not None:  # render() read it, on the loop
+            yield from self._families(rendered)
+            return
         if threading.get_ident() != self._loop_thread:
             # a scrape from the HTTP server's thread: compute on the processor's loop; when it
             # cannot (the loop is blocked past the budget, or no longer runs), the last values
@@ -163,7 +174,7 @@ class DatabaseCollector(Collector):
             if not fresh:
                 yield from self._families(dataclasses.replace(self.snapshot, timed_out=True))
                 return
-        # on the loop's own thread, render() refreshed just before
+        # on the loop's own thread (a `generate_latest` of the user's own): the last values
         yield from self._families(self.snapshot)
 
     @staticmethod
@@ -436,9 +447,15 @@ async def for_database(
 
 
 async def render(metrics: Metrics) -> bytes:
-    """The exposition text (`CONTENT_TYPE`), database gauges read now within their budget."""
-    await metrics.refresh()
-    return bytes(generate_latest(metrics.registry))
+    """The exposition text (`CONTENT_TYPE`), database gauges read now within their budget.
+    The text is made in a thread (`asyncio.to_thread`): with thousands of names it is megabytes,
+    seconds of CPU the event loop (a dashboard's, an app's) would otherwise spend blocked."""
+    snap = await metrics.database.refresh() if metrics.database is not None else None
+    token = _RENDERED.set(snap)  # copied into the thread's context
+    try:
+        return bytes(await asyncio.to_thread(generate_latest, metrics.registry))
+    finally:
+        _RENDERED.reset(token)
 
 
 class MetricsServer:

@@ -7,11 +7,13 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from job_processor.core import documents as D
@@ -432,3 +434,39 @@ async def test_a_scrape_does_not_read_every_name_of_every_worker(db: Any, mongo_
         await client.close()
     assert workers.bytes < 20_000, f"a scrape read {workers.bytes} B of worker documents"
     assert definitions.bytes < 20_000, f"a scrape read {definitions.bytes} B of definitions"
+
+
+async def test_render_makes_the_text_off_the_event_loop_from_the_gauges_it_read(db: Any) -> None:
+    """At thousands of names the text is megabytes, seconds of CPU: made on the event loop
+    (a dashboard's, an app's), it blocked every other request meanwhile. It is made in a
+    thread, with the gauges render() read (once: not again from that thread)."""
+    processor = await make(db, JOBS)
+    await processor.schedule_job("ok", {})
+    m = metrics.enable(processor, budget=5)
+    assert m.database is not None
+    loop = asyncio.get_running_loop()
+    reads = 0
+    read = m.database.refresh
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await read()
+
+    m.database.refresh = counted  # type: ignore[method-assign]
+    seen: list[bool] = []
+
+    class LoopStaysFree(Collector):
+        def collect(self) -> Any:
+            # the loop answers while the text is being made: it is not the one making it
+            answered = threading.Event()
+            loop.call_soon_threadsafe(answered.set)
+            seen.append(answered.wait(timeout=5))
+            return iter(())
+
+    m.registry.register(LoopStaysFree())
+    got = samples((await metrics.render(m)).decode())
+    assert seen == [True]
+    assert reads == 1
+    assert got[("job_processor_jobs_due", (("name", "ok"),))] == 1
+    assert got[("job_processor_scrape_timeout", ())] == 0
