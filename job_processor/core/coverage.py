@@ -125,6 +125,7 @@ def coverage(
         disagreement = _disagreement(name, live)
         if disagreement:
             out.warnings.append(disagreement)
+    out.warnings.extend(_zone_disagreements(known, live))
     for name in sorted(known):
         if out.served_by[name]:
             continue
@@ -205,6 +206,33 @@ def _disagreement(name: str, live: list[Doc]) -> str | None:
     )
 
 
+def _zone_disagreements(known: Mapping[str, Doc], live: list[Doc]) -> list[str]:
+    """A warning per zone whose rules live workers read differently (their documents'
+    `zone_rules` digests differ, `engine.zone_rules`): its crons' slots fall at different
+    instants on each side, and may run twice or be skipped."""
+    versions: dict[str, dict[str, list[str]]] = {}
+    for w in live:
+        for zone, digest, source in zone_rows(w):
+            who = f"{w.get('instance_id') or w['_id']} ({source})"
+            versions.setdefault(zone, {}).setdefault(digest, []).append(who)
+    out = []
+    for zone, by_digest in sorted(versions.items()):
+        if len(by_digest) < 2:
+            continue
+        groups = "; ".join(", ".join(ws) for ws in sorted(sorted(w) for w in by_digest.values()))
+        crons = sorted(
+            n for n, d in known.items() if d.get("kind") == "cron" and d.get("timezone") == zone
+        )
+        named = f" (crons {', '.join(map(repr, crons))})" if crons else ""
+        out.append(
+            f"time zone {zone!r}{named}: live workers read different rules for it "
+            f"({len(by_digest)} versions, one per group: {groups}): some slots fall at "
+            "different instants on each, and may run twice or be skipped; give every replica "
+            "the same rules (the same base image, or PYTHONTZPATH= and one pinned tzdata)"
+        )
+    return out
+
+
 def registrar(name: str, live: Iterable[Doc]) -> str | None:
     """The live worker whose definition of `name` the registry should show: of the live
     workers that define it (its digest on their document, or they claim it), the most recently
@@ -252,17 +280,23 @@ def zone_rules_differ(
     digests = {row[0]: row[1] for row in mine}
     out: dict[str, list[str]] = {}
     for w in live:
-        if str(w["_id"]) == worker_id or not isinstance(w.get("zone_rules"), list):
+        if str(w["_id"]) == worker_id:
             continue
-        for row in w["zone_rules"]:
-            if not (
-                isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)
-            ):
-                continue
-            zone, digest, source = row
+        for zone, digest, source in zone_rows(w):
             if zone in digests and digest != digests[zone]:
                 out.setdefault(zone, []).append(f"{w['_id']} ({source})")
     return {zone: sorted(ids) for zone, ids in sorted(out.items())}
+
+
+def zone_rows(doc: Doc) -> list[tuple[str, str, str]]:
+    """A worker document's `zone_rules` rows, [zone, digest, source]: none of an older version,
+    and no row another program wrote in another shape."""
+    rows = doc.get("zone_rules")
+    return [
+        (row[0], row[1], row[2])
+        for row in (rows if isinstance(rows, list) else [])
+        if isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)
+    ]
 
 
 def misread(doc: Doc) -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 
 from job_processor.core.coverage import zone_rules_differ
 from job_processor.engine.zone_rules import rules_digest, zone_digest, zone_rules, zone_source
+from job_processor.ops.admin import Admin
 from tests.helpers import make
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
@@ -162,8 +163,24 @@ async def test_a_worker_beside_a_replica_reading_other_rules_warns(
                     }
                 },
             )
+            assert not [w for w in (await older.get_status()).warnings if "time zone" in w]
             async with newer:
-                pass
+                # status pages say it while both are live, on every process
+                expected = (
+                    "time zone 'Europe/Paris' (crons 'paris-digest', 'paris-report'): live "
+                    "workers read different rules for it (2 versions, one per group: "
+                    f"newer ({zone_source('Europe/Paris')}); older (tzdata 2025a)): some slots "
+                    "fall at different instants on each, and may run twice or be skipped; give "
+                    "every replica the same rules (the same base image, or PYTHONTZPATH= and one "
+                    "pinned tzdata)"
+                )
+                admin = Admin(db)
+                for status in (
+                    await older.get_status(),
+                    await admin.overview(),
+                    await admin.status(),
+                ):
+                    assert [w for w in status.warnings if "time zone" in w] == [expected]
 
     said = [
         r.__dict__["fields"]

@@ -51,6 +51,9 @@ class WorkerView(WorkerInfo):
     definitions: dict[str, str] = {}
     """name -> a digest of its definition in that process (live workers that disagree on a
     name are warned about)."""
+    zone_rules: list[list[str]] = []
+    """[zone, digest of its rules, where that process read them] per zone of its crons (live
+    workers that disagree on a zone are warned about: `engine.zone_rules`)."""
 
 
 class DefinitionView(BaseModel):

@@ -41,6 +41,7 @@ class StatusAdmin(CronsAdmin):
                 "names": w.names,
                 "instance_id": w.instance_id,
                 "definitions": w.definitions,
+                "zone_rules": w.zone_rules,
                 "crashed": w.crashed,
                 "hostname": w.hostname,
                 "pid": w.pid,
