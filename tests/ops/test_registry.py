@@ -76,6 +76,28 @@ async def test_a_resume_wakes_the_claim_loop_at_the_heartbeat(db: Any) -> None:
     assert processor.worker.paused == frozenset() and processor.worker.wake.is_set()
 
 
+async def test_a_paused_name_s_warning_counts_due_jobs_inserted_without_a_status(
+    db: Any,
+) -> None:
+    """docs/scale.md's minimal insert has no status until its first claim: a pause holds it
+    like any due job, and the warning counts it (no count by status holds it)."""
+    processor = await make(db, JOBS)
+    admin = await Admin.open(db, actor="ops")
+    await processor.heartbeat.register()  # its names registered; no claim loop
+    assert (await admin.pause("anywhere")).done
+    due_ms = D.epoch_ms(processor.clock.now()) - 60_000
+    for _ in range(2):
+        await db["job_processor_jobs"].insert_one(
+            {"name": "anywhere", "claim_name": "anywhere", "due_ms": due_ms, "payload": {}}
+        )
+    expected = (
+        "'anywhere' is paused: 2 due jobs wait until it is resumed (job-processor names resume "
+        "anywhere)"
+    )
+    assert expected in (await processor.get_status()).warnings
+    assert expected in (await admin.overview()).warnings
+
+
 async def test_a_paused_name_is_not_claimed_until_resumed(db: Any) -> None:
     processor = await make(db, JOBS)
     admin = await Admin.open(db, actor="ops")
