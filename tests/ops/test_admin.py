@@ -3,6 +3,7 @@ operator sees and what each action does, from the database alone."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -1533,3 +1534,43 @@ async def test_a_replay_to_an_empty_list_of_subscribers_is_refused_naming_subscr
     with pytest.raises(InvalidArgumentError, match=r"^subscribers is an empty list"):
         await admin.replay_events("paid", since=since, subscribers=[])
     assert await written(db) == before
+
+
+async def test_an_action_cancelled_midway_is_still_in_the_audit_log(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during `jobs kill A B` (the CLI's task cancelled while it kills b): a is killed,
+    and the audit log says so, with the interruption (it recorded nothing: only an error, not
+    a cancellation, was recorded)."""
+    from job_processor import AbortSignal, Job
+    from tests.helpers import make
+
+    async def echo(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await make(db, {"echo": JobDef(handler=echo)})
+    a = await p.schedule_job("echo", delay=3600)
+    b = await p.schedule_job("echo", delay=3600)
+    admin = await Admin.open(db, actor="ops")
+    coll = admin.storage.jobs.coll
+    real, calls = coll.find_one_and_update, []
+    second = asyncio.Event()
+
+    async def second_hangs(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            second.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", second_hangs)
+    task = asyncio.ensure_future(admin.kill([a.id, b.id]))
+    await asyncio.wait_for(second.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.undo()
+    (entry,) = await admin.storage.audit.coll.find({}).to_list()
+    assert entry["action"] == "jobs_killed" and entry["ids"] == [a.id]
+    assert "cancelled" in entry["detail"]["interrupted"]
+    assert (await p.get_job(b.id)).status == "pending"

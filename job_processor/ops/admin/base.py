@@ -3,6 +3,7 @@ action, the registry read, and the redaction of sensitive fields in every job re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
@@ -278,15 +279,20 @@ class AdminBase:
 
     @contextlib.asynccontextmanager
     async def _acting(self, result: ActionResult) -> AsyncIterator[None]:
-        """Around an action's writes, one job after another: when an error (an outage) stops
-        it after it changed some, what it did is still recorded, with the error, before the
-        error goes on (the audit log never misses a change)."""
+        """Around an action's writes, one job after another: when an error (an outage) or a
+        cancellation (Ctrl-C in the CLI) stops it after it changed some, what it did is still
+        recorded, with why, before the error goes on (the audit log never misses a change)."""
         try:
             yield
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             if result.changed:
+                why = (
+                    "cancelled (Ctrl-C, or its caller stopped waiting)"
+                    if isinstance(exc, asyncio.CancelledError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 with contextlib.suppress(Exception):
-                    await self._record(result, {"interrupted": f"{type(exc).__name__}: {exc}"})
+                    await self._record(result, {"interrupted": why})
             raise
 
     async def _note_paused(self, result: ActionResult, names: set[str]) -> None:
