@@ -199,12 +199,18 @@ _READ_BACK: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True,
 
 def storable(value: Any) -> Any:
     """Return values go into MongoDB as-is when BSON can hold them, as repr() otherwise (NaN and
-    infinity, anywhere in it, as their text: 'nan', 'inf', '-inf').
+    infinity, anywhere in it, as their text: 'nan', 'inf', '-inf'; a cycle, a value nested too
+    deeply, a dict keyed by datetimes or a mapping that fails to iterate, as their repr()).
     Raises ResultTooLarge past MAX_VALUE_BYTES (checked here, whatever the server enforces), and
-    for a datetime without a time zone (it would be read back as UTC: never silently)."""
+    for a datetime without a time zone stored as a BSON date (it would be read back as UTC:
+    never silently; in a repr() it is text)."""
     try:
+        encoded = bson.encode({"v": value})
+    except Exception:  # what BSON cannot hold; its error message may call a failing __repr__
+        return unencodable(value)
+    try:  # encoded: no cycle, no key that is not text, every mapping iterable
         naive = naive_datetime_at(value)
-    except (CyclicValue, RecursionError):  # a cycle (its repr() works), or nested too deeply
+    except RecursionError:  # as deep as BSON goes, deeper than this walk may
         return unencodable(value)
     if naive is not None:
         path, when = naive
@@ -214,7 +220,6 @@ def storable(value: Any) -> Any:
             "back as UTC: return an aware datetime, e.g. datetime.now(UTC)"
         )
     try:
-        encoded = bson.encode({"v": value})
         if may_hold_non_finite(encoded):
             value = finite_or_text(value)
             encoded = bson.encode({"v": value})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -90,6 +92,64 @@ async def test_results_bson_cannot_hold_are_stored_as_text_even_cycles(db: Any) 
     done = await processor.run_job("deep")
     assert done.status == S.FINISHED
     assert done.result == "<list that BSON cannot hold and repr() failed on: nested too deeply>"
+
+
+async def test_results_bson_cannot_hold_are_stored_as_text_whatever_datetimes_they_hold(
+    db: Any,
+) -> None:
+    """A result BSON cannot hold is stored as its repr(), finished, even when it holds a naive
+    datetime (a dict keyed by day: its keys are text in the repr, never read back as UTC) or
+    walking it raises (a mapping whose iteration fails, a time zone whose utcoffset() does):
+    the first was errored for good ("return an aware datetime", whose repr is stored all the
+    same), the others "internal error"."""
+    exits = Calls()
+
+    class Broken(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise KeyError(key)
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("no iteration here")
+
+        def __len__(self) -> int:
+            return 1
+
+        def __repr__(self) -> str:
+            return "<Broken>"
+
+    class NoOffset(dt.tzinfo):
+        def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+            raise RuntimeError("no offset here")
+
+        def __repr__(self) -> str:
+            return "NoOffset()"
+
+    day = dt.datetime(2030, 1, 1)
+    results: dict[str, Any] = {
+        "by_day": {day: 5},
+        "mixed": {"at": day, "amount": Decimal("1.50")},
+        "broken": Broken(),
+        "zoned": {"at": dt.datetime(2030, 1, 1, tzinfo=NoOffset())},
+    }
+
+    async def returns(job: Job, signal: AbortSignal) -> Any:
+        return results[job.name]
+
+    processor = await make(
+        db, {name: JobDef(handler=returns, on_job_exited=exits) for name in results}
+    )
+    stored = {}
+    for name in results:
+        done = await processor.run_job(name)
+        assert done.status == S.FINISHED, done.error
+        stored[name] = done.result
+    assert stored == {
+        "by_day": "{datetime.datetime(2030, 1, 1, 0, 0): 5}",
+        "mixed": "{'at': datetime.datetime(2030, 1, 1, 0, 0), 'amount': Decimal('1.50')}",
+        "broken": "<Broken>",
+        "zoned": "{'at': datetime.datetime(2030, 1, 1, 0, 0, tzinfo=NoOffset())}",
+    }
+    assert exits.statuses == ["finished"] * 4
 
 
 async def test_a_cyclic_payload_or_checkpoint_is_refused_naming_the_field(db: Any) -> None:
