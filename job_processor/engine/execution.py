@@ -134,10 +134,7 @@ def describe_error(exc: BaseException) -> str:
         exc = exc.__cause__  # "SystemExit: 2" and where it was raised
     shown = traceback.TracebackException.from_exception(exc)
     _trim(shown, set())
-    try:
-        said = str(exc)
-    except Exception:  # its __str__ raised (a user's bug): said as the traceback module says it
-        said = "<exception str() failed>"
+    said = said_by(exc)
     # BSON holds UTF-8 only: a lone surrogate (a file name that is not UTF-8) as its escape
     text = storable_text(f"{type(exc).__name__}: {said}\n{''.join(shown.format())}")
     if len(text) <= MAX_ERROR_CHARS:
@@ -145,6 +142,14 @@ def describe_error(exc: BaseException) -> str:
     head = MAX_ERROR_CHARS // 3
     tail = MAX_ERROR_CHARS - head - 7
     return f"{text[:head]}\n[...]\n{text[-tail:]}"
+
+
+def said_by(exc: BaseException) -> str:
+    """str(exc), or what the traceback module says when its __str__ raises (a user's bug)."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
@@ -246,7 +251,7 @@ def unencodable(value: Any) -> str:
         why = (
             "nested too deeply"
             if isinstance(exc, RecursionError)
-            else f"{type(exc).__name__}: {str(exc)[:200]}"
+            else f"{type(exc).__name__}: {said_by(exc)[:200]}"
         )
         text = f"<{type(value).__name__} that BSON cannot hold and repr() failed on: {why}>"
     return str(within_limit(text, len(text)))

@@ -94,6 +94,33 @@ async def test_results_bson_cannot_hold_are_stored_as_text_even_cycles(db: Any) 
     assert done.result == "<list that BSON cannot hold and repr() failed on: nested too deeply>"
 
 
+async def test_a_result_whose_repr_raises_an_error_whose_str_raises_is_still_stored(
+    db: Any,
+) -> None:
+    """repr() failing with an exception whose own str() fails: the job ended errored as an
+    "internal error" of job-processor (and the worker logged job_execution_failed)."""
+
+    class Unsaid(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str here")
+
+    class Opaque:
+        def __repr__(self) -> str:
+            raise Unsaid
+
+    async def opaque(job: Job, signal: AbortSignal) -> Any:
+        return Opaque()
+
+    exits = Calls()
+    processor = await make(db, {"opaque": JobDef(handler=opaque, on_job_exited=exits)})
+    done = await processor.run_job("opaque")
+    assert (done.status, done.error) == (S.FINISHED, None)
+    assert done.result == (
+        "<Opaque that BSON cannot hold and repr() failed on: Unsaid: <exception str() failed>>"
+    )
+    assert exits.statuses == ["finished"]
+
+
 async def test_results_bson_cannot_hold_are_stored_as_text_whatever_datetimes_they_hold(
     db: Any,
 ) -> None:
