@@ -19,6 +19,17 @@ def incomplete(doc: Doc) -> bool:
     return "created_at" not in doc or "scheduled_for" not in doc
 
 
+def due_time(due_ms: Any) -> dt.datetime | None:
+    """The time a `due_ms` another program wrote stands for, as readers show it (`models`):
+    None for one that is no number (text, a date, a bool) or out of a datetime's range."""
+    if not isinstance(due_ms, int | float) or isinstance(due_ms, bool):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(due_ms / 1000, tz=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def completion(doc: Doc, definition: Any, now: dt.datetime) -> Doc:
     """The fields a job inserted by another program (the minimal `{name, claim_name, due_ms,
     payload}`) lacks, from its definition: written on its first claim, after which it is a job

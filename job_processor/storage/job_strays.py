@@ -134,7 +134,7 @@ class ForeignJobs:
             # adopted, it must not fill the batch either
             "claim_name": {"$exists": False},
         }
-        fields = {"_id": 1, "name": 1, "scheduled_for": 1, "priority": 1}
+        fields = {"_id": 1, "name": 1, "scheduled_for": 1, "due_ms": 1, "priority": 1}
         return self.coll.find(old, fields).limit(limit)
 
     async def adopt_bare(
@@ -142,10 +142,10 @@ class ForeignJobs:
     ) -> int:
         """Jobs another program inserted as bare `{name, payload}` (no `status`, `claim_name`
         or `due_ms`), before `inserted_before`: made pending and claimable, due at their
-        `scheduled_for` if they have one, else at their insert time, priority 0 if they have
-        none (the claim sorts a missing priority after every number, -1 included: a reader
-        shows 0). Their first claim fills in the rest (a missing `created_at` marks them as
-        foreign, see `documents.completion`).
+        `scheduled_for` if they have one, else at a numeric `due_ms` they carry, else at their
+        insert time, priority 0 if they have none (the claim sorts a missing priority after
+        every number, -1 included: a reader shows 0). Their first claim fills in the rest (a
+        missing `created_at` marks them as foreign, see `documents.completion`).
         At most `limit` per call; one compare-and-set each (on the {status, ...} index: status
         missing reads as null)."""
         check_transition(None, S.PENDING)
@@ -153,9 +153,14 @@ class ForeignJobs:
         async for doc in self.bare_cursor(inserted_before, limit):
             name = str(doc["name"])
             when = decode(doc).get("scheduled_for")  # aware UTC; ISO text read as its date
-            due = when if isinstance(when, dt.datetime) else doc["_id"].generation_time
+            if not isinstance(when, dt.datetime):  # a due_ms it carries (claim_name forgotten)
+                when = FD.due_time(doc.get("due_ms")) or doc["_id"].generation_time
             query: Doc = {"_id": doc["_id"], "status": None, "claim_name": {"$exists": False}}
-            fields: Doc = {"status": S.PENDING.value, "claim_name": name, "due_ms": D.epoch_ms(due)}
+            fields: Doc = {
+                "status": S.PENDING.value,
+                "claim_name": name,
+                "due_ms": D.epoch_ms(when),
+            }
             if doc.get("priority") is None:  # missing or null: still so when adopted, or
                 query["priority"] = {"$in": [None]}  # adopted at the next sweep
                 fields["priority"] = 0

@@ -99,3 +99,20 @@ async def test_a_bare_insert_due_at_a_text_date_is_adopted_due_then(db: Any) -> 
     assert doc is not None and doc.get("status") == "pending", doc
     due = dt.datetime.fromtimestamp(doc["due_ms"] / 1000, tz=dt.UTC)
     assert due == dt.datetime(2030, 1, 2, 10, tzinfo=dt.UTC), due
+
+
+async def test_a_bare_insert_with_a_due_ms_of_its_own_is_adopted_due_then(db: Any) -> None:
+    """A program that wrote `due_ms` (epoch ms) but forgot `claim_name`: get_job read it as due
+    then, yet adoption made it due at its insert time: a job due in 2030 ran at once."""
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    bare = oid_at(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    when = dt.datetime(2030, 1, 2, 10, tzinfo=dt.UTC)
+    due_ms = int(when.timestamp() * 1000)
+    await coll.insert_one({"_id": bare, "name": "send-email", "payload": {}, "due_ms": due_ms})
+    assert (await processor.get_job(str(bare))).scheduled_for == when
+    await processor.recovery.sweep(processor.clock.now())
+    doc = await coll.find_one({"_id": bare})
+    assert doc is not None and doc.get("status") == "pending", doc
+    assert doc["due_ms"] == due_ms
+    assert (await processor.get_job(str(bare))).scheduled_for == when
