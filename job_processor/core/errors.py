@@ -250,6 +250,13 @@ class RetryLater(JobProcessorError):
         super().__init__(f"retry in {self.delay:g}s" + (f": {reason}" if reason else ""))
 
 
+def retry_delay(exc: RetryLater) -> float | None:
+    """The delay a RetryLater asks for; None (the backoff's delay) from a subclass whose
+    `__init__` never called RetryLater's, or that set a `delay` out of its bounds."""
+    seconds = _seconds(getattr(exc, "delay", None))
+    return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_DELAY else None
+
+
 class DoNotRetry(JobProcessorError):
     """Raise from a handler to fail the job for good, whatever attempts are left."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.abort import AbortSignal
 from ..core.clock import Clock
-from ..core.errors import DoNotRetry, RetryLater
+from ..core.errors import DoNotRetry, RetryLater, retry_delay
 from ..core.log import EventLog
 from ..core.models import Job, not_awaited_message
 from ..core.outcome import Ending, RunEnd
@@ -127,7 +127,7 @@ def run_end(run: Run, handler: asyncio.Task[Any]) -> RunEnd:
         Ending.RAISED,
         abort_reason=reason,
         error=describe_error(exc),
-        retry_in=exc.delay if isinstance(exc, RetryLater) else None,
+        retry_in=retry_delay(exc) if isinstance(exc, RetryLater) else None,
         final=isinstance(exc, DoNotRetry),
     )
 

@@ -164,6 +164,36 @@ async def test_retry_later_and_do_not_retry(db: Any) -> None:
     assert never.calls == 1
 
 
+class RateLimited(RetryLater):
+    """A subclass whose __init__ does not call RetryLater's (no `delay` set)."""
+
+    def __init__(self, what: str) -> None:
+        Exception.__init__(self, f"{what} is rate limited")
+
+
+async def test_a_retry_later_subclass_that_set_no_delay_is_retried_on_the_backoff(
+    db: Any,
+) -> None:
+    """It was errored for good, as an internal error ("AttributeError: 'RateLimited' object
+    has no attribute 'delay'"), with attempts left: it is a failed attempt, retried after the
+    backoff's delay."""
+    clock = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    flaky = Flaky(1, RateLimited("the provider"))
+    backoff = Backoff(kind="fixed", base_seconds=30, jitter=False)
+    processor = await init_job_processor(
+        db,
+        jobs={"send": JobDef(handler=flaky, max_attempts=2, backoff=backoff)},
+        clock=clock,
+        **FAST | {"worker_timeout": 60},  # no heartbeat runs: its registration must hold
+    )
+    failed = await processor.run_job("send")
+    assert (failed.status, failed.failures) == (S.PENDING, 1)
+    assert failed.error is not None and failed.error.startswith(
+        "RateLimited: the provider is rate limited"
+    )
+    assert failed.scheduled_for == clock.now() + dt.timedelta(seconds=30)
+
+
 async def test_max_runtime_exceeded_is_a_failed_attempt(db: Any) -> None:
     calls = 0
 
