@@ -248,6 +248,12 @@ def next_in_chain(
     return delivery(event, chain[0], now=now, replay_id=replay_id, chain=chain[1:])
 
 
+def carries_chain(doc: Mapping[str, Any]) -> bool:
+    """A delivery whose end may create the next of a serial chain."""
+    payload = doc.get("payload")
+    return isinstance(payload, dict) and bool(payload.get("chain"))
+
+
 def chain_stopped(
     event: Mapping[str, Any],
     target: Mapping[str, Any],

@@ -57,7 +57,14 @@ from ..engine.execution import call_maybe_async
 from ..engine.runtime import Runtime
 from ..storage import Storage
 from ..storage.transient import is_transient
-from .queries import check_payload, complete_fanout, current_targets, event_id_of, get_event
+from .queries import (
+    check_payload,
+    complete_fanout,
+    complete_owed,
+    current_targets,
+    event_id_of,
+    get_event,
+)
 from .sender import WebhookSender
 from .webhooks import Format, Secret, WebhookOptions, Webhooks, standard_format
 
@@ -544,7 +551,7 @@ class EventBus:
 
         setattr(advance_chain, HOOK_RETRIED_MARK, True)
         if only_when_chained:
-            setattr(advance_chain, HOOK_WHEN_MARK, _carries_chain)
+            setattr(advance_chain, HOOK_WHEN_MARK, E.carries_chain)
         return advance_chain
 
     async def _advance_chain(self, job: Job[Any]) -> None:
@@ -602,11 +609,14 @@ class EventBus:
         """Complete the fan-outs still owed `worker_timeout` after their event was stored (its
         emitter died, or lost MongoDB, in between). Called by the periodic recovery sweep."""
         cutoff = to_millis(now - dt.timedelta(seconds=self.worker_timeout))
-        done = 0
+        done, damaged = 0, set[Any]()  # damaged: said once a sweep, left owed
         while done < OWED_PER_SWEEP:
             batch = await self.storage.events.owed(cutoff, OWED_BATCH)  # the oldest first
-            for doc in batch:
-                created = await complete_fanout(self.storage, doc, now)
+            before = done
+            for doc in (d for d in batch if d["_id"] not in damaged):
+                created = await complete_owed(self.storage, doc, now, self.log, damaged)
+                if created is None:
+                    continue
                 done += 1
                 self.log.warning(
                     "event_fanout_recovered",
@@ -616,15 +626,9 @@ class EventBus:
                     deliveries=len(created),
                 )
                 self._wake(created)
-            if len(batch) < OWED_BATCH:
+            if len(batch) < OWED_BATCH or done == before:  # a batch of damaged ones only
                 break
         return done
-
-
-def _carries_chain(doc: Doc) -> bool:
-    """A delivery whose end may create the next of a serial chain."""
-    payload = doc.get("payload")
-    return isinstance(payload, dict) and bool(payload.get("chain"))
 
 
 async def _nap(clock: Clock, seconds: float) -> None:

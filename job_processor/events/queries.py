@@ -21,7 +21,7 @@ from ..core.clock import Clock, SystemClock, check_window, to_millis
 from ..core.definitions import check_event_name
 from ..core.errors import EventNotFoundError, InvalidArgumentError, did_you_mean
 from ..core.lenient import read_leniently, texts
-from ..core.log import make_log
+from ..core.log import EventLog, make_log
 from ..core.models import NOT_A_DOCUMENT, Delivery, Event, SubscriberInfo
 from ..core.status import JobStatus
 from ..core.values import INT64_MAX, checked_payload
@@ -210,6 +210,27 @@ async def complete_fanout(storage: Storage, event: Doc, now: dt.datetime) -> lis
     if event.get("fanout") == "owed":
         await storage.events.fanout_done(event["_id"], now)
     return docs
+
+
+async def complete_owed(
+    storage: Storage, event: Doc, now: dt.datetime, log: EventLog, damaged: set[Any]
+) -> list[Doc] | None:
+    """`complete_fanout` for the recovery sweep. None, said, and its id added to `damaged`,
+    for an event whose targets are not as emit writes them (another program's damaged
+    document): its fan-out stays owed for a person to fix, and never crashes every sweep."""
+    try:
+        return await complete_fanout(storage, event, now)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        damaged.add(event["_id"])
+        log.error(
+            "event_fanout_unreadable",
+            event_id=str(event["_id"]),
+            event_name=str(event.get("name")),
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            hint="its targets are not as emit writes them: fix or delete the event "
+            "document (its fan-out stays owed until then)",
+        )
+        return None
 
 
 def check_webhook_attempts(value: Any) -> int:

@@ -498,3 +498,37 @@ async def test_a_sync_timeout_past_a_year_is_refused_before_anything_is_written(
     with pytest.raises(JobProcessorError, match=r"^sync_timeout must be .* at most a year"):
         await p.emit("paid", {}, sync_timeout=timeout)
     assert await p.storage.events.coll.count_documents({}) == 0
+
+
+async def test_a_damaged_owed_event_neither_stops_the_workers_nor_the_other_fan_outs(
+    db: Any,
+) -> None:
+    """An owed event whose targets another program wrote damaged (a hand edit, a migration):
+    the sweep raised KeyError on it, so every worker failed to start (its first sweep) or
+    stopped (processor_loop_crashed), and no fan-out behind it was completed any more."""
+    got: list[str] = []
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        got.append(event.id)
+
+    processor = await make(db, {"shipped": [Subscriber("audit", handler=audit)]})
+
+    async def died(stored: Any, now: Any) -> Any:  # the emitter died after the event insert
+        return [], False
+
+    processor.events._fan_out = died  # type: ignore[method-assign]
+    old = processor.clock.now() - dt.timedelta(minutes=5)
+    events = db["job_processor_events"]
+    for targets in ([{"target": "audit"}], "audit", [None]):  # damaged, oldest first
+        await events.insert_one(
+            {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": old,
+             "fanout": "owed", "fanout_owed_at": old, "targets": targets}
+        )  # fmt: skip
+    fine = await processor.emit("shipped", {"n": 1})
+    await events.update_one(
+        {"_id": ObjectId(fine.id)}, {"$set": {"fanout_owed_at": old + dt.timedelta(seconds=1)}}
+    )
+    async with processor:  # its first sweep completes the fan-out it can
+        await wait_for(lambda: got == [fine.id], timeout=15)
+    assert (await processor.get_event(fine.id)).fanout == "done"
+    assert await events.count_documents({"fanout": "owed"}) == 3  # left for a person to fix
