@@ -73,6 +73,15 @@ class HookRecords:
         )
         return decode_opt(result)
 
+    async def hook_owed_again(self, doc: Doc) -> None:
+        """A hook recorded as a formality ("none", no expiry) for a retry that then did not
+        happen: owed again as `doc` had it, so that a worker's sweep records it with the job's
+        retention (nothing else would give it one); unless the job changed since."""
+        unchanged = {"_id": doc["_id"], "exit_hook": "none", "exit_hook_id": doc["exit_hook_id"]}
+        unchanged |= {"status": doc["status"], "attempt": doc.get("attempt")}
+        fields = ("exit_hook", "exit_hook_at", "exit_hook_error")
+        await self.coll.update_one(unchanged, {"$set": {k: doc.get(k) for k in fields}})
+
     async def disown_hook(self, job_id: ObjectId, hook_id: str) -> None:
         """An owed hook whose owner cannot call it (it does not define the job): no owner."""
         await self.coll.update_one(

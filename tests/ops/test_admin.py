@@ -1574,3 +1574,22 @@ async def test_an_action_cancelled_midway_is_still_in_the_audit_log(
     assert entry["action"] == "jobs_killed" and entry["ids"] == [a.id]
     assert "cancelled" in entry["detail"]["interrupted"]
     assert (await p.get_job(b.id)).status == "pending"
+
+
+async def test_a_refused_retry_of_a_killed_hookless_job_leaves_its_exit_owed(env: Any) -> None:
+    """A job of a name without on_job_exited, killed from the CLI (its exit is owed, no owner):
+    a retry refused because another job holds its exclusive key leaves that exit owed, so a
+    worker's sweep records it with the name's keep_failed expiry (the retry recorded it as
+    settled with no expiry first: the killed job was kept for ever)."""
+    admin, storage, _ = env
+    killed = str((await add(storage, "report"))["_id"])
+    assert (await admin.kill([killed])).done
+    holder = await add(storage, "report", at=1, exclusive=True)  # holds the exclusive key now
+    refused = await admin.retry([killed])
+    assert refused.count == 0 and killed in refused.skipped
+    assert str(holder["_id"]) in refused.skipped[killed]
+    doc = await storage.jobs.get(object_id(killed))
+    assert doc["status"] == S.KILLED.value and doc["exit_hook"] == "owed"
+    await storage.jobs.coll.delete_one({"_id": holder["_id"]})  # the holder is gone: retried
+    retried = await admin.retry([killed])
+    assert retried.count == 1 and (await admin.get_job(killed)).status == S.PENDING

@@ -167,19 +167,24 @@ class JobsAdmin(AdminBase):
             return
         if name not in cache:
             cache[name] = await self._exclusive(name)
-        if current.get("exit_hook") == "owed" and name in hookless:
+        formality = current.get("exit_hook") == "owed" and name in hookless
+        if formality:
             # a kill recorded the hook as owed, but the definition has none: nothing to wait for
             await self.storage.jobs.hook_ended(
                 oid, current["exit_hook_id"], "none", None, self.clock.now(), budget=5.0
             )
+        doc = refused = None
         try:
             doc = await self.storage.jobs.retry(oid, self.clock.now(), cache[name], expect=listed)
         except DuplicateKeyError:
             holder = await self.storage.jobs.key_holder(current, cache[name])
-            result.skipped[str(oid)] = f"{holder}: retry it later"
-            return
+            refused = f"{holder}: retry it later"
         except JobNotFoundError:
-            result.skipped[str(oid)] = "not found"
+            refused = "not found"
+        if doc is None and formality:  # not retried: a worker records the exit, with its expiry
+            await self.storage.jobs.hook_owed_again(current)
+        if refused is not None:
+            result.skipped[str(oid)] = refused
             return
         if doc is None:
             now = await self.storage.job_admin.by_id(oid)
