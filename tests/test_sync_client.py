@@ -566,3 +566,23 @@ def test_a_first_call_to_a_server_that_never_answers_says_so_as_the_async_api_do
         finally:
             mongo.close()
     assert "does not answer as MongoDB does" in str(caught.value), str(caught.value)
+
+
+def test_a_refused_retry_of_a_killed_hookless_job_leaves_its_exit_owed(
+    sync_db: Database[Any],
+) -> None:
+    """A JobClient's kill leaves the exit owed to a worker (only a worker knows the retention
+    its record writes). A retry refused because another job holds the exclusive key leaves it
+    owed (it recorded it as settled, with no expiry, first: the killed job was kept for ever,
+    no sweep records an exit that is not owed); once the key is free the retry goes through."""
+    client = JobClient(sync_db, {"report": JobDef(handler=never, concurrency="exclusive")})
+    killed = client.schedule_job("report")
+    assert client.kill_job(killed.id).status == S.KILLED
+    holder = client.schedule_job("report")
+    assert holder.status == S.PENDING
+    with pytest.raises(JobProcessorError, match="cannot retry while"):
+        client.retry_job(killed.id)
+    doc = sync_db["job_processor_jobs"].find_one({"_id": ObjectId(killed.id)})
+    assert doc is not None and doc["status"] == "killed" and doc["exit_hook"] == "owed"
+    client.kill_job(holder.id)
+    assert client.retry_job(killed.id).status == S.PENDING

@@ -445,8 +445,20 @@ class JobsAPI(JobWaits):
         stored = await produce(lambda _: self.storage.jobs.get(oid))
         if stored is None:
             raise JobNotFoundError(f"no job with id {str(oid)!r}")
+        formal = None  # the owed exit, when this process records it as a formality (no expiry)
         if stored.get("exit_hook") == "owed" and stored.get("status") in RETRYABLE:
+            formal = None if self.hooks_here else stored
             stored = await self._settle_hook(stored) or stored
+        try:
+            return await self._retry_settled(oid, stored)
+        except Exception:
+            if formal is not None:  # not retried: owed again, a worker records it with its expiry
+                owed = formal
+                await produce(lambda _: self.storage.jobs.hook_owed_again(owed))
+            raise
+
+    async def _retry_settled(self, oid: ObjectId, stored: Doc) -> Job[Any]:
+        produce = self.storage.producer.run
         name = str(stored["name"])
         if stored.get("status") in RETRYABLE and not await produce(
             lambda _: self.storage.events.hold_for_retry(stored.get("event_id"), self.clock.now())

@@ -79,6 +79,7 @@ class HookRecords:
         retention (nothing else would give it one); unless the job changed since."""
         unchanged = {"_id": doc["_id"], "exit_hook": "none", "exit_hook_id": doc["exit_hook_id"]}
         unchanged |= {"status": doc["status"], "attempt": doc.get("attempt")}
+        unchanged |= {k: {"$exists": False} for k in ("expires_at", "expires_after_settle")}
         fields = ("exit_hook", "exit_hook_at", "exit_hook_error")
         await self.coll.update_one(unchanged, {"$set": {k: doc.get(k) for k in fields}})
 
