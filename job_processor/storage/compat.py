@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bson import json_util
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure
 
 from ..core.clock import as_utc
 
@@ -307,8 +307,10 @@ async def detect(db: Any) -> ServerProfile:
         return ServerProfile("mongomock")
     try:
         info = await db.command("buildInfo")
-    except (OperationFailure, PyMongoError):
+    except OperationFailure:  # refused (a user without the right): a real MongoDB
         return ServerProfile("mongodb")
+    # an outage's error goes to the caller, who asks again later: read as "a real MongoDB",
+    # it was kept for good (a dashboard opened during one treated nx-27017 as MongoDB after)
     if str(info.get("process", "")).startswith("nx"):
         return ServerProfile("nx-27017")
     return ServerProfile("mongodb")
