@@ -207,28 +207,46 @@ def _disagreement(name: str, live: list[Doc]) -> str | None:
 
 
 def _zone_disagreements(known: Mapping[str, Doc], live: list[Doc]) -> list[str]:
-    """A warning per zone whose rules live workers read differently (their documents'
-    `zone_rules` digests differ, `engine.zone_rules`): its crons' slots fall at different
-    instants on each side, and may run twice or be skipped."""
-    versions: dict[str, dict[str, list[str]]] = {}
-    for w in live:
-        for zone, digest, source in zone_rows(w):
-            who = f"{w.get('instance_id') or w['_id']} ({source})"
-            versions.setdefault(zone, {}).setdefault(digest, []).append(who)
+    """A warning per zone whose rules live workers that fire one of its crons (they define
+    it: `definitions`) read differently (their documents' `zone_rules` digests differ,
+    `engine.zone_rules`): that cron's slots fall at different instants on each side, and may
+    run twice or be skipped. Workers that share no cron of the zone (two apps on one
+    database) fire each slot alone: not a disagreement."""
+    zones: dict[str, list[str]] = {}
+    for n, d in sorted(known.items()):
+        if d.get("kind") == "cron" and isinstance(d.get("timezone"), str):
+            zones.setdefault(d["timezone"], []).append(n)
+    readers = [(w, {z: (dg, src) for z, dg, src in zone_rows(w)}) for w in live]
     out = []
-    for zone, by_digest in sorted(versions.items()):
-        if len(by_digest) < 2:
+    for zone, crons in sorted(zones.items()):
+        shared = [
+            c
+            for c in crons
+            if len(
+                {
+                    rows[zone][0]
+                    for w, rows in readers
+                    if zone in rows and c in mapping(w.get("definitions"))
+                }
+            )
+            > 1
+        ]
+        if not shared:
             continue
+        by_digest: dict[str, list[str]] = {}
+        for w, rows in readers:
+            defined = mapping(w.get("definitions"))
+            if zone in rows and any(c in defined for c in shared):
+                digest, source = rows[zone]
+                who = f"{w.get('instance_id') or w['_id']} ({source})"
+                by_digest.setdefault(digest, []).append(who)
         groups = "; ".join(", ".join(ws) for ws in sorted(sorted(w) for w in by_digest.values()))
-        crons = sorted(
-            n for n, d in known.items() if d.get("kind") == "cron" and d.get("timezone") == zone
-        )
-        named = f" (crons {', '.join(map(repr, crons))})" if crons else ""
         out.append(
-            f"time zone {zone!r}{named}: live workers read different rules for it "
-            f"({len(by_digest)} versions, one per group: {groups}): some slots fall at "
-            "different instants on each, and may run twice or be skipped; give every replica "
-            "the same rules (the same base image, or PYTHONTZPATH= and one pinned tzdata)"
+            f"time zone {zone!r} (crons {', '.join(map(repr, shared))}): live workers read "
+            f"different rules for it ({len(by_digest)} versions, one per group: {groups}): some "
+            "slots fall at different instants on each, and may run twice or be skipped; give "
+            "every replica the same rules (the same base image, or PYTHONTZPATH= and one "
+            "pinned tzdata)"
         )
     return out
 
@@ -272,20 +290,28 @@ def defined_differently(
 
 
 def zone_rules_differ(
-    mine: Iterable[list[str]], worker_id: str, live: Iterable[Doc]
-) -> dict[str, list[str]]:
-    """zone -> the other live workers ("<id> (<where it read them>)") whose digest of the
-    zone's rules differs from this worker's (`mine`: [zone, digest, source] rows, the worker
-    document's `zone_rules`; a row another program wrote in another shape is not read)."""
+    mine: Iterable[list[str]], crons: Mapping[str, list[str]], worker_id: str, live: Iterable[Doc]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """zone -> (the other live workers, "<id> (<where it read them>)", whose digest of the
+    zone's rules differs from this worker's, and the crons of `crons[zone]` they also define:
+    they fire those slots too). `mine`: [zone, digest, source] rows, the worker document's
+    `zone_rules`; `crons`: zone -> this worker's crons in it. A worker that defines none of
+    them (another app on the database) fires none of those slots: not counted."""
     digests = {row[0]: row[1] for row in mine}
-    out: dict[str, list[str]] = {}
+    out: dict[str, tuple[list[str], set[str]]] = {}
     for w in live:
         if str(w["_id"]) == worker_id:
             continue
+        defined = mapping(w.get("definitions"))
         for zone, digest, source in zone_rows(w):
-            if zone in digests and digest != digests[zone]:
-                out.setdefault(zone, []).append(f"{w['_id']} ({source})")
-    return {zone: sorted(ids) for zone, ids in sorted(out.items())}
+            if zone not in digests or digest == digests[zone]:
+                continue
+            shared = {c for c in crons.get(zone, []) if c in defined}
+            if shared:
+                others, names = out.setdefault(zone, ([], set()))
+                others.append(f"{w['_id']} ({source})")
+                names |= shared
+    return {zone: (sorted(ids), sorted(names)) for zone, (ids, names) in sorted(out.items())}
 
 
 def zone_rows(doc: Doc) -> list[tuple[str, str, str]]:

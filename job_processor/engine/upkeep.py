@@ -111,15 +111,15 @@ class Registry:
                 hint="rename one, or finish the deploy",
             )
         mine = self.zone_rules()
-        for zone, others in zone_rules_differ(mine, worker_id, live).items():
+        crons: dict[str, list[str]] = {}
+        for n, d in sorted(self.definitions.items()):
+            if isinstance(d, CronDef):
+                crons.setdefault(d.timezone, []).append(n)
+        for zone, (others, names) in zone_rules_differ(mine, crons, worker_id, live).items():
             self.log.warning(
                 "cron_zone_rules_differed",
                 timezone=zone,
-                cron_names=sorted(
-                    n
-                    for n, d in self.definitions.items()
-                    if isinstance(d, CronDef) and d.timezone == zone
-                ),
+                cron_names=names,
                 worker_id=worker_id,
                 tz_source=next(row[2] for row in mine if row[0] == zone),
                 other_workers=others,

@@ -7,7 +7,8 @@ that ends daylight saving time), and a slot's once-only key is its UTC instant: 
 read different rules for a zone, some of its slots have two instants, and may run twice or be
 skipped. Each worker document records, per zone of its crons, a digest of the zone's offsets
 (`rules_digest`) and where the rules came from (`zone_source`); a worker that starts beside a
-live one whose digest differs logs `cron_zone_rules_differed` (see `Registry.started`).
+live one that defines one of those crons too and whose digest differs logs
+`cron_zone_rules_differed` (see `Registry.started`).
 """
 
 from __future__ import annotations

@@ -112,16 +112,24 @@ def test_the_source_is_where_zoneinfo_reads_the_zone(tz_folder: Path) -> None:
 
 def test_zone_rules_differ_names_the_other_workers_and_their_source() -> None:
     mine = [["Europe/Paris", "aaa", "/usr/share/zoneinfo 2025b"], ["UTC", "u", "x"]]
+    crons = {"Europe/Paris": ["report", "digest"], "UTC": ["cleanup"]}
+    both = {"definitions": {"report": "d1", "cleanup": "d2"}}
     live: list[dict[str, Any]] = [
-        {"_id": "me", "zone_rules": [["Europe/Paris", "zzz", "?"]]},  # itself: not compared
-        {"_id": "w2", "zone_rules": [["Europe/Paris", "bbb", "tzdata 2026f"], ["UTC", "u", "y"]]},
-        {"_id": "w3", "zone_rules": [["Europe/Paris", "aaa", "/usr/share/zoneinfo 2025b"]]},
-        {"_id": "w4", "zone_rules": [["Asia/Tokyo", "t", "s"]]},  # a zone this one has not
-        {"_id": "w5"},  # an older version: no digests
-        {"_id": "w6", "zone_rules": {"Europe/Paris": "ccc"}},  # another program's shape
-        {"_id": "w7", "zone_rules": [["Europe/Paris", 1, "s"], "x", ["UTC"]]},
+        {"_id": "me", "zone_rules": [["Europe/Paris", "zzz", "?"]]} | both,  # itself
+        {"_id": "w2", "zone_rules": [["Europe/Paris", "bbb", "tzdata 2026f"], ["UTC", "u", "y"]]}
+        | both,
+        {"_id": "w3", "zone_rules": [["Europe/Paris", "aaa", "/usr/share/zoneinfo 2025b"]]} | both,
+        {"_id": "w4", "zone_rules": [["Asia/Tokyo", "t", "s"]]} | both,  # a zone this one has not
+        {"_id": "w5"} | both,  # an older version: no digests
+        {"_id": "w6", "zone_rules": {"Europe/Paris": "ccc"}} | both,  # another program's shape
+        {"_id": "w7", "zone_rules": [["Europe/Paris", 1, "s"], "x", ["UTC"]]} | both,
+        # another app: other rules for Paris, but none of this worker's crons (fires no slot)
+        {"_id": "w8", "zone_rules": [["Europe/Paris", "ddd", "s"]], "definitions": {"x": "d"}},
+        {"_id": "w9", "zone_rules": [["Europe/Paris", "eee", "s"]]},
     ]
-    assert zone_rules_differ(mine, "me", live) == {"Europe/Paris": ["w2 (tzdata 2026f)"]}
+    assert zone_rules_differ(mine, crons, "me", live) == {
+        "Europe/Paris": (["w2 (tzdata 2026f)"], ["report"])
+    }
 
 
 async def tick(job: Any, signal: Any) -> None:
@@ -199,3 +207,31 @@ async def test_a_worker_beside_a_replica_reading_other_rules_warns(
             "image, or PYTHONTZPATH= and one pinned tzdata package)",
         }
     ]
+
+
+async def test_apps_that_share_no_cron_of_a_zone_are_not_warned_about(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two apps on one database, each with its own cron in Europe/Paris, built from images
+    reading other rules: each slot is fired by one app only, so none runs twice; nothing to
+    say (the warning is about replicas firing the same cron)."""
+    logger = logging.getLogger("test.zone_rules.apps")
+    billing = await make(
+        db, {}, crons={"invoices": CRONS["paris-report"]}, instance_id="billing", logger=logger
+    )
+    mail = await make(
+        db, {}, crons={"newsletter": CRONS["paris-digest"]}, instance_id="mail", logger=logger
+    )
+    with caplog.at_level(logging.INFO, logger="test.zone_rules.apps"):
+        async with billing:
+            await db["job_processor_workers"].update_one(
+                {"_id": billing.worker_id},
+                {"$set": {"zone_rules": [["Europe/Paris", "0123456789ab", "tzdata 2025a"]]}},
+            )
+            async with mail:
+                for status in (
+                    await mail.get_status(),
+                    await Admin(db).overview(),
+                ):
+                    assert not [w for w in status.warnings if "time zone" in w]
+    assert not [r for r in caplog.records if r.__dict__.get("event") == "cron_zone_rules_differed"]
