@@ -54,9 +54,11 @@ def rules_digest(tz: dt.tzinfo, span: tuple[dt.datetime, dt.datetime] = SPAN) ->
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # unbounded: at most the ~600 IANA zones, a few bytes each
 def zone_digest(key: str) -> str:
-    """`rules_digest` of the zone `zoneinfo` loads for `key` (about 30 ms, once per zone)."""
+    """`rules_digest` of the zone `zoneinfo` loads for `key` (about 30 ms, once per zone and
+    process: a bounded cache smaller than the crons' zones computed them all again at each
+    registration)."""
     return rules_digest(zoneinfo.ZoneInfo(key))
 
 

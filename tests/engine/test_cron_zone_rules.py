@@ -235,3 +235,24 @@ async def test_apps_that_share_no_cron_of_a_zone_are_not_warned_about(
                 ):
                     assert not [w for w in status.warnings if "time zone" in w]
     assert not [r for r in caplog.records if r.__dict__.get("event") == "cron_zone_rules_differed"]
+
+
+def test_each_zone_is_digested_once_however_many_zones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest costs tens of ms on the event loop, and zone_rules() runs at registration and
+    again at start: with more zones than a small cache holds, every call computed them all
+    again (seconds at each start and re-registration of a worker with crons in 100 zones)."""
+    digested: list[str] = []
+
+    def counted(tz: dt.tzinfo, span: Any = None) -> str:
+        digested.append(str(tz))
+        return str(tz)
+
+    monkeypatch.setattr("job_processor.engine.zone_rules.rules_digest", counted)
+    zone_digest.cache_clear()
+    try:
+        zones = sorted(zoneinfo.available_timezones())[:100]
+        assert [row[1] for row in zone_rules(zones)] == zones
+        assert [row[1] for row in zone_rules(zones)] == zones
+        assert sorted(digested) == zones  # once each
+    finally:
+        zone_digest.cache_clear()
