@@ -89,7 +89,12 @@ class Heartbeat:
     async def register(self) -> str:
         """A new worker document carrying the paused names (read before and after it exists,
         so that a pause or resume made meanwhile is not missed: see
-        `WorkerStore.align_paused`)."""
+        `WorkerStore.align_paused`). The digests of its crons' zones' rules are computed
+        first, in a thread (tens of ms a zone, once per process: not on the event loop of the
+        app it runs in, and not between the time it records and its insert)."""
+        zone_rules = (
+            await asyncio.to_thread(self.registry.zone_rules) if self.registry is not None else None
+        )
         now, sent = self.clock.now(), monotonic_of(self.clock)
         before = await self.registry.paused_names() if self.registry is not None else set()
         doc = D.new_worker(
@@ -102,7 +107,7 @@ class Heartbeat:
             paused=sorted(before),
             definitions=self.registry.fingerprints() if self.registry is not None else None,
             crons=self.registry.cron_names() if self.registry is not None else None,
-            zone_rules=self.registry.zone_rules() if self.registry is not None else None,
+            zone_rules=zone_rules,
         )
         await self.workers.register(doc)
         self._stuck_written = 0  # a new document: written again at the next beat if any
