@@ -609,11 +609,11 @@ class EventBus:
         """Complete the fan-outs still owed `worker_timeout` after their event was stored (its
         emitter died, or lost MongoDB, in between). Called by the periodic recovery sweep."""
         cutoff = to_millis(now - dt.timedelta(seconds=self.worker_timeout))
-        done, damaged = 0, set[Any]()  # damaged: said once a sweep, left owed
+        done, damaged = 0, set[Any]()  # said once a sweep, left owed: skipped (come first)
         while done < OWED_PER_SWEEP:
-            batch = await self.storage.events.owed(cutoff, OWED_BATCH)  # the oldest first
-            before = done
-            for doc in (d for d in batch if d["_id"] not in damaged):
+            batch = await self.storage.events.owed(cutoff, OWED_BATCH, skip=len(damaged))
+            fresh = [d for d in batch if d["_id"] not in damaged]
+            for doc in fresh:
                 created = await complete_owed(self.storage, doc, now, self.log, damaged)
                 if created is None:
                     continue
@@ -626,7 +626,7 @@ class EventBus:
                     deliveries=len(created),
                 )
                 self._wake(created)
-            if len(batch) < OWED_BATCH or done == before:  # a batch of damaged ones only
+            if len(batch) < OWED_BATCH or not fresh:
                 break
         return done
 

@@ -104,13 +104,15 @@ class EventStore:
         )
         return bool(res.modified_count)
 
-    def owed_cursor(self, cutoff: dt.datetime, limit: int = 200) -> Any:
+    def owed_cursor(self, cutoff: dt.datetime, limit: int = 200, skip: int = 0) -> Any:
         owed = {"fanout_owed_at": {"$lt": cutoff}}
-        return self.coll.find(owed).sort("fanout_owed_at", 1).limit(limit)
+        # ties come in the index's (record) order, the same from one call to the next
+        return self.coll.find(owed).sort("fanout_owed_at", 1).skip(skip).limit(limit)
 
-    async def owed(self, cutoff: dt.datetime, limit: int = 200) -> list[Doc]:
-        """Events whose fan-out was recorded as owed before `cutoff` and not completed."""
-        return await all_docs(self.owed_cursor(cutoff, limit))
+    async def owed(self, cutoff: dt.datetime, limit: int = 200, skip: int = 0) -> list[Doc]:
+        """Events whose fan-out was recorded as owed before `cutoff` and not completed, the
+        oldest first, past the first `skip` (those a sweep left owed: damaged)."""
+        return await all_docs(self.owed_cursor(cutoff, limit, skip))
 
     async def get(self, event_id: ObjectId) -> Doc | None:
         return decode_opt(await self.coll.find_one({"_id": event_id}))

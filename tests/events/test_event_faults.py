@@ -532,3 +532,35 @@ async def test_a_damaged_owed_event_neither_stops_the_workers_nor_the_other_fan_
         await wait_for(lambda: got == [fine.id], timeout=15)
     assert (await processor.get_event(fine.id)).fanout == "done"
     assert await events.count_documents({"fanout": "owed"}) == 3  # left for a person to fix
+
+
+async def test_a_full_batch_of_damaged_owed_events_does_not_hide_the_fan_outs_behind_it(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that damaged a whole batch of owed events (OWED_BATCH, 200; 2 here): the
+    sweep stopped at that batch ("damaged ones only"), so every fan-out owed behind them was
+    never completed, sweep after sweep."""
+    from job_processor.events import bus
+
+    monkeypatch.setattr(bus, "OWED_BATCH", 2)
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    processor = await make(db, {"shipped": [Subscriber("audit", handler=audit)]})
+
+    async def died(stored: Any, now: Any) -> Any:  # the emitter died after the event insert
+        return [], False
+
+    processor.events._fan_out = died  # type: ignore[method-assign]
+    old = processor.clock.now() - dt.timedelta(minutes=5)
+    events = db["job_processor_events"]
+    for targets in ("audit", [None]):  # damaged, oldest first: a whole batch
+        await events.insert_one(
+            {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": old,
+             "fanout": "owed", "fanout_owed_at": old, "targets": targets}
+        )  # fmt: skip
+    fine = await processor.emit("shipped", {"n": 1})  # owed now, behind them
+    assert await processor.events.sweep(processor.clock.now() + dt.timedelta(hours=1)) == 1
+    assert (await processor.get_event(fine.id)).fanout == "done"
+    assert await events.count_documents({"fanout": "owed"}) == 2  # left for a person to fix
