@@ -586,3 +586,27 @@ def test_a_refused_retry_of_a_killed_hookless_job_leaves_its_exit_owed(
     assert doc is not None and doc["status"] == "killed" and doc["exit_hook"] == "owed"
     client.kill_job(holder.id)
     assert client.retry_job(killed.id).status == S.PENDING
+
+
+def test_a_retry_of_a_killed_hookless_job_interrupted_midway_leaves_its_exit_owed(
+    sync_db: Database[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (a KeyboardInterrupt, raised in the calling thread, inside the retry's own
+    write) after the retry recorded the exit as settled with no expiry: only an Exception
+    restored the owed exit, so the killed job was kept for ever."""
+    client = JobClient(sync_db, {"report": JobDef(handler=never)})
+    killed = client.schedule_job("report")
+    assert client.kill_job(killed.id).status == S.KILLED
+    made = client._made
+    assert made is not None
+
+    async def interrupted(*args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(made.storage.jobs, "retry", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        client.retry_job(killed.id)
+    monkeypatch.undo()
+    doc = sync_db["job_processor_jobs"].find_one({"_id": ObjectId(killed.id)})
+    assert doc is not None and doc["status"] == "killed" and doc["exit_hook"] == "owed", doc
+    assert client.retry_job(killed.id).status == S.PENDING

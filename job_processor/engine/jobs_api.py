@@ -451,7 +451,7 @@ class JobsAPI(JobWaits):
             stored = await self._settle_hook(stored) or stored
         try:
             return await self._retry_settled(oid, stored)
-        except Exception:
+        except BaseException:  # a refusal, an outage, Ctrl-C (a JobClient's KeyboardInterrupt)
             if formal is not None:  # not retried: owed again, a worker records it with its expiry
                 owed = formal
                 await produce(lambda _: self.storage.jobs.hook_owed_again(owed))

@@ -1593,3 +1593,34 @@ async def test_a_refused_retry_of_a_killed_hookless_job_leaves_its_exit_owed(env
     await storage.jobs.coll.delete_one({"_id": holder["_id"]})  # the holder is gone: retried
     retried = await admin.retry([killed])
     assert retried.count == 1 and (await admin.get_job(killed)).status == S.PENDING
+
+
+@pytest.mark.parametrize("stop", ["outage", "cancelled"])
+async def test_a_retry_of_a_killed_hookless_job_stopped_midway_leaves_its_exit_owed(
+    env: Any, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """The retry records the exit of a name without on_job_exited as settled (no expiry), then
+    retries: an outage on that second write, or Ctrl-C (the CLI's task cancelled) while it
+    waits, left the exit recorded as settled with no expiry and the job killed: kept for ever
+    (only a refusal restored the owed exit)."""
+    from pymongo.errors import AutoReconnect
+
+    admin, storage, _ = env
+    killed = str((await add(storage, "report"))["_id"])
+    assert (await admin.kill([killed])).done
+    retrying = asyncio.Event()
+
+    async def stopped(*args: Any, **kw: Any) -> Any:
+        retrying.set()
+        if stop == "outage":
+            raise AutoReconnect("connection reset (test)")
+        await asyncio.Event().wait()  # until cancelled
+
+    monkeypatch.setattr(admin.storage.jobs, "retry", stopped)
+    task = asyncio.ensure_future(admin.retry([killed]))
+    await asyncio.wait_for(retrying.wait(), 10)
+    task.cancel() if stop == "cancelled" else None
+    with pytest.raises(AutoReconnect if stop == "outage" else asyncio.CancelledError):
+        await task
+    doc = await storage.jobs.get(object_id(killed))
+    assert doc["status"] == S.KILLED.value and doc["exit_hook"] == "owed", doc

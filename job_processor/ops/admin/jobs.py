@@ -181,6 +181,10 @@ class JobsAdmin(AdminBase):
             refused = f"{holder}: retry it later"
         except JobNotFoundError:
             refused = "not found"
+        except BaseException:  # an outage, a cancellation (Ctrl-C): maybe not retried
+            if formality:
+                await self.storage.jobs.hook_owed_again(current)  # unless it was
+            raise
         if doc is None and formality:  # not retried: a worker records the exit, with its expiry
             await self.storage.jobs.hook_owed_again(current)
         if refused is not None:
