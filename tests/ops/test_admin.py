@@ -1624,3 +1624,27 @@ async def test_a_retry_of_a_killed_hookless_job_stopped_midway_leaves_its_exit_o
         await task
     doc = await storage.jobs.get(object_id(killed))
     assert doc["status"] == S.KILLED.value and doc["exit_hook"] == "owed", doc
+
+
+async def test_a_purge_stopped_after_its_delete_is_still_in_the_audit_log(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage on the read a purge makes after deleting (the jobs it kept as waited on): the
+    jobs were deleted, the purge raised, and the audit log never showed it (only an action
+    with changed ids was recorded when interrupted; a purge reports a count)."""
+    from pymongo.errors import AutoReconnect
+
+    admin, storage, clock = env
+    await ended(storage, S.FINISHED, at=0)
+    clock.advance(8 * 86400)
+
+    async def outage(*args: Any, **kw: Any) -> Any:
+        raise AutoReconnect("connection reset (test)")
+
+    monkeypatch.setattr(admin.storage.job_admin, "uncounted_dependencies", outage)
+    with pytest.raises(AutoReconnect):
+        await admin.purge(status="finished", older_than="7d")
+    assert await storage.jobs.coll.count_documents({"status": "finished"}) == 0
+    (entry,) = await admin.storage.audit.coll.find({}).to_list()
+    assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
+    assert "AutoReconnect" in entry["detail"]["interrupted"]

@@ -285,7 +285,7 @@ class AdminBase:
         try:
             yield
         except (Exception, asyncio.CancelledError) as exc:
-            if result.changed:
+            if result.changed or result.count:  # ids, or a purge's count
                 why = (
                     "cancelled (Ctrl-C, or its caller stopped waiting)"
                     if isinstance(exc, asyncio.CancelledError)

@@ -421,23 +421,26 @@ class JobsAdmin(AdminBase):
         await self._check_name(name)
         result = self._result("jobs_purged", actor)
         cutoff = result.at - age
-        result.count = await self.storage.job_admin.purge(
-            wanted, cutoff, name or None, await self._hookless()
-        )
-        kept = sum(
-            (await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)).values()
-        )
         detail: dict[str, Any] = {
             "status": wanted.value,
             "ended_before": cutoff.isoformat(),
             "name": name or "",
         }
+        result.detail |= detail  # said in the record of a purge the reads below interrupt
+        hookless = await self._hookless()
+        async with self._acting(result):
+            result.count = await self.storage.job_admin.purge(
+                wanted, cutoff, name or None, hookless
+            )
+            kept = sum(
+                (await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)).values()
+            )
+            held = await self.storage.job_admin.uncounted_dependencies(wanted, cutoff, name or None)
         if kept:
             detail["kept_owing_hook"] = kept
             result.skipped[f"{kept} job(s)"] = (
                 "kept: their on_job_exited has not run yet (a worker runs it shortly)"
             )
-        held = await self.storage.job_admin.uncounted_dependencies(wanted, cutoff, name or None)
         if held:
             detail["kept_uncounted_dependents"] = held
             result.skipped[f"{held} job(s) waited on"] = (
