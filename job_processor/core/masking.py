@@ -228,17 +228,17 @@ def _value_end(text: str, start: int) -> tuple[int, str]:
 
 def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     """A job as JSON with sensitive fields, and the secrets they hold, masked everywhere
-    (payload, checkpoint, result, errors, history, the exit hook's error). `carried`: what else
+    (payload, checkpoint, result, errors, history, the exit hook's error, and the fields
+    another program added to the output, the progress or a log line). `carried`: what else
     the job's run saw and may echo (a delivery job's event payload): its secrets are masked."""
     data: dict[str, Any] = job.model_dump(mode="json")
     payload = data.get("payload")
     secrets = masker.secrets(payload, data.get("state"), job.result, *carried)
     for field in ("payload", "state", "invalid_fields"):
         data[field] = masker.masked(data.get(field), secrets)
-    if data.get("output"):
-        out = dict(data["output"])
-        out["result"] = masker.masked(out.get("result"), secrets)
-        out["error"] = masker.text(out.get("error"), secrets)
+    if data.get("output"):  # every field: another program may have added its own
+        out = masker.masked(data["output"], secrets)
+        out["error"] = masker.text(data["output"].get("error"), secrets)
         data["output"] = out
     data["history"] = [
         {**h, "error": masker.text(h.get("error"), secrets)}
@@ -252,10 +252,15 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     data["limit_key"] = mask_filled_key(
         data.get("limit_key"), payload, masker.sensitive, MASK, held=secrets
     )
-    data["logs"] = [masked_line(masker, line, secrets) for line in data.get("logs") or []]
+    # a line's or the progress's other fields (another program's) masked as a payload's
+    data["logs"] = [
+        masked_line(masker, line, secrets)
+        | masker.masked({k: v for k, v in line.items() if k not in ("message", "fields")}, secrets)
+        for line in data.get("logs") or []
+    ]
     if isinstance(data.get("progress"), dict):
-        progress = dict(data["progress"])
-        progress["message"] = progress_message(masker, progress, secrets)
+        progress = masker.masked(data["progress"], secrets)
+        progress["message"] = progress_message(masker, data["progress"], secrets)
         data["progress"] = progress
     return data
 

@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+from bson import ObjectId
+
 from job_processor import AbortSignal, Job, JobDef, JobProcessor, JobStatus, init_job_processor
 from job_processor.admin import Admin
 from job_processor.dashboard import create_dashboard
@@ -253,3 +255,35 @@ async def test_a_refused_jobs_filter_offers_no_retry_all_of_everything(processor
         form = re.search(r'<form method="post" action="/jobs/retry-all".*?</form>', page.text, re.S)
         assert form is None, "Retry all offered on a refused filter"
     assert (await p.get_job(victim)).status == S.ERRORED
+
+
+async def test_the_json_views_mask_fields_another_program_added_to_output_progress_and_logs(
+    processor: Any,
+) -> None:
+    """A job's output, progress and log lines keep every field another program wrote there
+    (`output.details`, `output.traceback`): the JSON views mask them as they mask a payload."""
+    p, _ = processor
+    job_id = await errored_email(p)
+    secret = "hunter2-very-secret"
+    await p.storage.db["job_processor_jobs"].update_one(
+        {"_id": ObjectId(job_id)},
+        {
+            "$set": {
+                "output.details": {"password": secret + "-out"},
+                "output.traceback": f"login failed: token={secret}-trace",
+                "progress": {"done": 1, "total": 2, "message": "half", "api_key": secret + "-p"},
+                "logs": [{"level": "info", "message": "hello", "password": secret + "-log"}],
+            }
+        },
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in (f"/api/jobs/{job_id}", f"/api/jobs?id={job_id}", f"/jobs/{job_id}"):
+            resp = await c.get(path)
+            assert resp.status_code == 200, path
+            assert secret not in resp.text, path
+        shown = (await c.get(f"/api/jobs/{job_id}")).json()
+    assert shown["output"]["details"] == {"password": "••••••"}
+    assert shown["output"]["traceback"] == "login failed: token=••••••"
+    assert shown["progress"]["api_key"] == "••••••" and shown["progress"]["message"] == "half"
+    assert shown["logs"][0]["password"] == "••••••" and shown["logs"][0]["message"] == "hello"
