@@ -19,6 +19,7 @@ happens once however many processes try. Holders and starts are maps keyed by ru
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping
@@ -257,7 +258,8 @@ def top_usage(
     how many). A folded row adds its keys up (`added`), each with its own settings. The
     number of rows stays bounded."""
     usages = [
-        limit_usage(d, now) | ({"template": d["template"]} if d.get("template") else {})
+        limit_usage(d, now)
+        | ({"template": d["template"]} if isinstance(d.get("template"), str) else {})
         for d in docs
     ]
     if defined is not None:
@@ -337,18 +339,30 @@ def _differ(x: Any, kx: int, y: Any, ky: int) -> bool:
 
 
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
-    """What a limit document says, for people: slots in use and starts in the window."""
-    per = doc.get("per_seconds")
+    """What a limit document says, for people: slots in use and starts in the window. A field
+    another program wrote with a wrong type reads as missing (a page, never an error)."""
+    per = _count(doc.get("per_seconds"))
     since = (now.timestamp() - per) * 1000 if per else None
-    starts = doc.get("starts") or {}
+    starts = doc.get("starts")
+    stamps = [
+        t for t in (starts.values() if isinstance(starts, Mapping) else ()) if _count(t) is not None
+    ]
     return {
         "key": doc["_id"],
-        "running": int(doc.get("running") or 0),
-        "concurrency": doc.get("concurrency"),
-        "started_in_window": sum(1 for t in starts.values() if since is not None and t > since),
-        "rate": doc.get("rate"),
+        "running": int(_count(doc.get("running")) or 0),
+        "concurrency": _count(doc.get("concurrency")),
+        "started_in_window": sum(1 for t in stamps if since is not None and t > since),
+        "rate": _count(doc.get("rate")),
         "per_seconds": per,
     }
+
+
+def _count(value: Any) -> Any:
+    """A stored number as it is; None for anything else (text, a bool, NaN, infinity, a
+    document)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
 
 
 def mask_limit_keys(

@@ -117,3 +117,37 @@ async def test_a_lowered_concurrency_is_shown_once_the_rolling_deploy_is_over(db
         while not await lowered() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
     assert shown and shown[0]["concurrency"] == 1, shown
+
+
+async def test_a_limit_document_another_program_damaged_reads_as_missing_fields(
+    db: Any,
+) -> None:
+    """A limit document with fields of the wrong type (text, a bool, a list, a document) took
+    down the dashboard's overview, /api/overview, get_status and the metrics scrape
+    (`int("x")`): its fields read as missing; the other limits are shown as before."""
+    p = await make(db, {"send": JobDef(handler=quick, limit=Limit(key="api", concurrency=2))})
+    await p.heartbeat.register()  # its limit described, as at a start
+    limits = db["job_processor_limits"]
+    await limits.insert_one(
+        {
+            "_id": "damaged",
+            "running": "x",
+            "concurrency": {"n": 1},
+            "rate": True,
+            "per_seconds": "60",
+            "starts": ["not", "a", "document"],
+            "template": {"not": "text"},
+        }
+    )
+    await limits.insert_one(
+        {"_id": "odd-starts", "running": [1], "per_seconds": 60, "starts": {"a": "x"}}
+    )
+    admin = Admin(db)
+    for shown in ((await p.get_status()).limits, (await admin.overview()).limits):
+        rows = {u["key"]: u for u in shown}
+        assert rows["api"]["concurrency"] == 2
+        assert "damaged" not in rows  # nothing running nor started: as a removed limit is
+    m = await metrics.for_database(db, budget=5)
+    got = samples((await metrics.render(m)).decode())
+    assert got[("job_processor_scrape_timeout", ())] == 0
+    assert got[("job_processor_limit_capacity", (("key", "api"), ("template", "")))] == 2
