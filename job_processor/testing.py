@@ -417,6 +417,7 @@ async def run_until_idle(
     clock = processor.clock
     ran: list[Job[Any]] = []
     stalled = 0  # moves to a limit's wait in a row with no run: a limit that never frees
+    room_at: list[dt.datetime] = []  # when the limits' full keys have room (the last claim's)
     # a worker document, but no heartbeat loop: the test moves the clock in big steps
     await processor.heartbeat.register()
     try:
@@ -427,7 +428,7 @@ async def run_until_idle(
             doc = await worker.jobs.claim_next(
                 worker.claimable_names(), worker.worker_id, clock.now()
             )
-            docs = [doc] if doc is not None else await _claim_limited(processor)
+            docs = [doc] if doc is not None else await _claim_limited(processor, room_at)
             if docs:
                 stalled = 0
                 for claimed in docs:
@@ -457,7 +458,10 @@ async def run_until_idle(
             if until is not None:
                 upcoming += [d["next_slot"] for d in await processor.storage.crons.docs()]
             later = _ahead(upcoming, clock.now(), until)
-            waits = _ahead(worker.limiter.blocked.values(), clock.now(), until)  # a full limit
+            # a full limit: a key found full by this claim (blocked), or a per-value limit's
+            # keys known rate-full from their documents (only a worker wake-up says when)
+            full = [*worker.limiter.blocked.values(), *room_at]
+            waits = _ahead(full, clock.now(), until)
             if not later and not waits:
                 break
             step = min(later + waits)
@@ -497,13 +501,15 @@ def _ahead(
     return [t for t in times if t is not None and t > now and (until is None or t <= until)]
 
 
-async def _claim_limited(processor: JobProcessor) -> list[Doc]:
+async def _claim_limited(processor: JobProcessor, room_at: list[dt.datetime]) -> list[Doc]:
     """One job of a limited name, claimed through its limit as a worker claims it (a slot, a
-    rate), or none; the caller runs it."""
+    rate), or none; the caller runs it. `room_at` is set to the times the limiter would wake
+    a worker at (a full key's room)."""
     worker = processor.worker
+    room_at.clear()
     if not worker.limiter.groups:
         return []
-    taker = _Taker(worker)
+    taker = _Taker(worker, room_at)
     await worker.limiter.claim(taker, 1)
     return taker.taken
 
@@ -512,8 +518,9 @@ class _Taker:
     """The worker, as the limiter sees it, but the jobs it claims are handed back instead of
     started (run_until_idle runs them one at a time)."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Any, room_at: list[dt.datetime]) -> None:
         self.taken: list[Doc] = []
+        self.room_at = room_at
         self.worker_id: str = worker.worker_id
         self.paused: frozenset[str] = worker.paused
         self.clock = worker.clock
@@ -530,7 +537,9 @@ class _Taker:
         return bool(worker_id) and worker_id == self.worker_id
 
     def wake_at(self, when: dt.datetime) -> None:
-        """run_until_idle moves the clock to the limiter's `blocked` times itself."""
+        """Kept for run_until_idle, which moves the clock to it (a per-value limit's keys
+        found rate-full from their documents are not in the limiter's `blocked`)."""
+        self.room_at.append(when)
 
 
 _: type[ClaimingWorker] = _Taker  # the limiter's Protocol, checked by mypy

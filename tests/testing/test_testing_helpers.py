@@ -221,6 +221,34 @@ async def test_run_until_idle_keeps_a_rate_limit_as_a_worker_does() -> None:
     assert [b - a for a, b in itertools.pairwise(starts)] == [dt.timedelta(seconds=60)] * 2
 
 
+async def test_run_until_idle_keeps_a_per_tenant_rate_limit_and_runs_every_job() -> None:
+    """A per-value rate limit whose keys are all full: the clock moves to when one has room
+    (it returned as if idle, four jobs left pending)."""
+    from job_processor import Limit
+
+    starts: list[tuple[int, dt.datetime]] = []
+
+    async def call(job: Job, signal: AbortSignal) -> None:
+        starts.append((job.payload["tenant"], job.processor.clock.now()))
+
+    limit = Limit(key="tenant:{tenant}", rate=1, per_seconds=60)
+    async with in_memory_processor(jobs={"sync": JobDef(handler=call, limit=limit)}) as processor:
+        t0 = processor.clock.now()
+        for i in range(6):
+            await processor.schedule_job("sync", {"tenant": i % 2})
+        ran = await run_until_idle(processor)
+        assert [j.status for j in ran] == [S.FINISHED] * 6
+    # one start per tenant per 60 s: the clock moved to when each tenant's rate allowed it
+    assert sorted((t, (at - t0).total_seconds()) for t, at in starts) == [
+        (0, 0.0),
+        (0, 60.0),
+        (0, 120.0),
+        (1, 0.0),
+        (1, 60.0),
+        (1, 120.0),
+    ]
+
+
 async def test_run_until_idle_keeps_a_concurrency_limit_and_runs_every_job() -> None:
     from job_processor import Limit
 
