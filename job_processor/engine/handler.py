@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from typing import Any
 
 from ..core.abort import AbortSignal
@@ -50,8 +51,11 @@ async def run_handler(
     aborted = signal.future()
     timer: asyncio.Task[None] | None = None
     if definition.max_runtime_in_minutes is not None:
+        # counted from the run's start as claimed: a clock that moved since (a test's
+        # FakeClock, between the claim and now) is not lost
+        since = run.doc.get("run_started_at")
         timer = asyncio.create_task(
-            abort_after(clock, signal, definition.max_runtime_in_minutes * 60)
+            abort_after(clock, signal, definition.max_runtime_in_minutes * 60, since)
         )
     try:
         await asyncio.wait({handler, aborted}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,7 +151,10 @@ async def grace(handler: asyncio.Task[Any], run: Run, seconds: float) -> None:
         given_up.cancel()
 
 
-async def abort_after(clock: Clock, signal: AbortSignal, seconds: float) -> None:
-    """Max runtime: the abort signal fires with reason "timeout" after `seconds`."""
+async def abort_after(clock: Clock, signal: AbortSignal, seconds: float, since: Any = None) -> None:
+    """Max runtime: the abort signal fires with reason "timeout" `seconds` after `since` (the
+    run's start, an aware datetime; else now)."""
+    if isinstance(since, dt.datetime) and since.tzinfo is not None:
+        seconds -= max(0.0, (clock.now() - since).total_seconds())
     await clock.sleep(seconds)
     signal.abort("timeout")

@@ -249,6 +249,31 @@ async def test_run_until_idle_keeps_a_per_tenant_rate_limit_and_runs_every_job()
     ]
 
 
+async def test_max_runtime_counts_from_the_claim_when_the_test_moves_the_fake_clock() -> None:
+    """A test that sees the job running, then moves the FakeClock past its max runtime: the
+    run is aborted "timeout" (the timer counted from when the handler's task first ran, so a
+    move made between the claim and then was lost: the job ran for ever)."""
+    reasons: list[str | None] = []
+
+    async def stuck(job: Job, signal: AbortSignal) -> None:
+        await signal.wait()
+        reasons.append(signal.reason)
+        signal.raise_if_aborted()
+
+    jobs = {"stuck": JobDef(handler=stuck, max_runtime_in_minutes=1)}
+    # a worker_timeout past the move: a jump longer than it would declare the worker dead
+    async with in_memory_processor(jobs=jobs, worker_timeout=3600) as processor:
+        job = await processor.schedule_job("stuck")
+        await processor.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await processor.get_job(job.id)).status != S.RUNNING:
+            assert asyncio.get_running_loop().time() < deadline, "never claimed"
+            await asyncio.sleep(0)
+        processor.clock.advance(61)
+        done = await processor.wait_for(job.id, timeout=10)
+    assert (done.status, done.error, reasons) == (S.ERRORED, "max runtime exceeded", ["timeout"])
+
+
 async def test_run_until_idle_keeps_a_concurrency_limit_and_runs_every_job() -> None:
     from job_processor import Limit
 
