@@ -1,5 +1,5 @@
 """The ASGI middleware in front of every page: allowed hosts, authentication, CSRF on POST,
-read-only refusal, error pages."""
+read-only refusal, error pages (a 500 for an unexpected error, logged once)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import EventNotFoundError, JobNotFoundError, JobProcessorError
+from ..core.log import describe
 from ..storage.connect import said_plainly
 from . import csrf
 from .auth import Denied
@@ -54,7 +55,14 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_security_headers(send)
+        started: list[bool] = []  # the response's start sent (then no other can be)
+        send = _with_security_headers(send, started)
+        try:
+            await self._http(scope, receive, send)
+        except Exception as exc:  # a bug, a damaged document, an auth callable that raised
+            await self._failed(scope, receive, send, exc, bool(started))
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         d = self.dashboard
         path = route_path(scope)
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -93,6 +101,30 @@ class Guard:
                 f"The database did not answer: {said_plainly(str(exc))}",
             )
             await response(scope, receive, send)
+
+    async def _failed(
+        self, scope: Scope, receive: Receive, send: Send, exc: Exception, started: bool
+    ) -> None:
+        """An unexpected error: logged once (`dashboard_request_failed`, with its traceback),
+        answered with a 500 that says no more than its type (JSON under /api/, a page
+        otherwise, with the security headers as every response)."""
+        d = self.dashboard
+        path = str(scope.get("path", ""))
+        d.log.exception(
+            "dashboard_request_failed", method=scope.get("method"), path=path, error=describe(exc)
+        )
+        if started:  # part of the answer is sent already: the connection ends short
+            return
+        request = Request(scope, receive)
+        message = (
+            f"The dashboard failed to answer this request ({type(exc).__name__}). The error is "
+            "in the server's log (dashboard_request_failed)."
+        )
+        try:
+            response = d.error_page(request, 500, "Internal error", message)
+        except Exception:  # the page itself fails (the layout is what broke; /api/'s cannot)
+            response = PlainTextResponse(message, status_code=500)
+        await response(scope, receive, send)
 
     async def _checked_form(
         self, request: Request, scope: Scope, receive: Receive
@@ -172,9 +204,13 @@ async def _refuse_host(dashboard: Dashboard, scope: Scope, receive: Receive, sen
     return True
 
 
-def _with_security_headers(send: Send) -> Send:
+def _with_security_headers(send: Send, started: list[bool]) -> Send:
+    """`send` with SECURITY_HEADERS added to the response's start (`started` gets an item
+    once it is sent)."""
+
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
+            started.append(True)
             headers = list(message.get("headers", []))
             present = {name.lower() for name, _ in headers}
             headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]

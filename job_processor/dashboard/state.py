@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import Scope
 
+from ..core.log import make_log
 from ..core.masking import Masker, mask_job
 from ..core.models import Job, to_jsonable
 from ..engine.runtime import Runtime
@@ -79,6 +80,8 @@ class Dashboard:
             check_database(target)
             self.db = target
             self.prefix = collection_prefix or "job_processor_"
+        # the processor's logger (the one its app configured), else job_processor's default
+        self.log = make_log(self.processor.log if self.processor is not None else None)
         self.auth = Authenticator(auth)
         # without credentials (auth not given, or None) a page of another site whose name
         # resolves to this address (DNS rebinding) must not reach it: loopback names only
