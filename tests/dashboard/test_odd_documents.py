@@ -65,3 +65,22 @@ async def test_pages_show_documents_with_odd_fields_another_program_wrote(db: An
             assert resp.status_code == 200, (path, resp.text[-500:])
             for text in shown:
                 assert text in resp.text, (path, text)
+
+
+async def test_the_audit_page_shows_entries_another_program_wrote_with_odd_fields(db: Any) -> None:
+    processor, _event, _endpoint = await every_kind(db)
+    app = create_dashboard(processor, auth=None)
+    admin = await app.state.dashboard.admin()
+    await admin.pause("send", actor="ops@example")  # a real entry, before the odd ones
+    odd = {"at": "not a date", "actor": None, "action": 5, "ids": 7, "count": "x", "detail": "z"}
+    await db["job_processor_audit"].insert_one({"_id": ObjectId(), **odd})
+    await db["job_processor_audit"].insert_one({"_id": ObjectId(), "action": "hand_fix"})
+    entries = await admin.audit_log()
+    assert [e.action for e in entries] == ["hand_fix", "5", "name_paused"]
+    assert entries[1].actor == "?" and entries[1].ids == [] and entries[1].detail == {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        resp = await client.get("/audit")
+    assert resp.status_code == 200, resp.text[-500:]
+    for shown in ("ops@example", "name_paused", "hand_fix"):
+        assert shown in resp.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from bson import ObjectId
+
 from ...core import documents as D
 from ...core.clock import as_utc
 from ...core.coverage import coverage, worker_warnings
@@ -159,4 +161,27 @@ class StatusAdmin(CronsAdmin):
                 "audit_log returned: 24 hex characters)"
             ) from None
         docs = await self.storage.audit.recent(limit_of(limit), oid)
-        return [AuditEntry.model_validate(d | {"id": str(d["_id"])}) for d in docs]
+        entries = []
+        for doc in docs:  # a field another program wrote with a wrong type: its default
+            read, fallbacks = audit_fallbacks(doc)
+            entry = self._readable(AuditEntry, read, "audit", fallbacks)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+
+#: The time of an audit entry without a readable one nor an ObjectId id.
+_NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def audit_fallbacks(doc: D.Doc) -> tuple[D.Doc, D.Doc]:
+    """An audit document with its id, and what its required fields read as when another
+    program wrote them with a wrong type or none (`core.lenient`): `at` as its id's time, the
+    actor and action as their text ("?" for none); other fields as their defaults."""
+    oid, actor, action = doc.get("_id"), doc.get("actor"), doc.get("action")
+    fallbacks = {
+        "at": oid.generation_time if isinstance(oid, ObjectId) else _NEVER,
+        "actor": "?" if actor is None else str(actor),
+        "action": "?" if action is None else str(action),
+    }
+    return doc | {"id": str(oid)}, fallbacks
