@@ -235,13 +235,16 @@ def make_env(masker: Masker) -> Environment:
             masker, {"message": line.get("message"), "cut": line.get("cut")}, secrets
         )["message"],
     }
-    # an audit entry's ids are job ids or names (a 24-character name is no job id)
-    env.tests["job_id"] = lambda v: (
-        isinstance(v, str) and re.fullmatch(r"[0-9a-f]{24}", v) is not None
-    )
+    env.tests["job_id"] = is_job_id
     env.globals["STATUS_ORDER"] = STATUS_ORDER
     env.globals["runs_summary"] = runs_summary
     return env
+
+
+def is_job_id(value: Any) -> bool:
+    """A job id as the dashboard writes them (an audit entry's ids are job ids or names, a
+    24-character name is no job id; a dependency another program wrote may be neither)."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{24}", value) is not None
 
 
 def filter_form(

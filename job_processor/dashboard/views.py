@@ -18,7 +18,7 @@ from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage, Overview
 from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
-from .render import STATUS_ORDER, error_line, filter_form
+from .render import STATUS_ORDER, error_line, filter_form, is_job_id
 from .state import Dashboard, health_response, json_response
 
 S = JobStatus
@@ -200,7 +200,10 @@ async def job(d: Dashboard, request: Request) -> Response:
     after = found.after[:FLOW_SHOWN]
     if found.failed_dependency and found.failed_dependency not in after:
         after = [*after, found.failed_dependency]
-    dependencies = await admin.get_jobs(after) if after else []
+    # a dependency another program wrote that is no job id is listed as such, not looked up
+    # (its lookup refused the whole page)
+    listed = [a for a in after if is_job_id(a)]
+    dependencies = await admin.get_jobs(listed) if listed else []
     dependents = await admin.dependents(found.id, FLOW_SHOWN) if found.has_dependents else []
     dependents_count = len(dependents)
     if dependents_count == FLOW_SHOWN:

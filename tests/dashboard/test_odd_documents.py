@@ -84,3 +84,28 @@ async def test_the_audit_page_shows_entries_another_program_wrote_with_odd_field
     assert resp.status_code == 200, resp.text[-500:]
     for shown in ("ops@example", "name_paused", "hand_fix"):
         assert shown in resp.text
+
+
+async def test_a_job_page_shows_a_job_whose_dependencies_another_program_wrote_wrong(
+    db: Any,
+) -> None:
+    processor, _event, _endpoint = await every_kind(db)
+    first = await processor.schedule_job("send", {"n": 1})
+    odd = ObjectId()
+    await db["job_processor_jobs"].insert_one(
+        {
+            "_id": odd,
+            "name": "send",
+            "status": "pending",
+            "created_at": dt.datetime.now(dt.UTC),
+            "after": [first.id, "job-42"],  # a hand edit: one of them is no job id
+        }
+    )
+    app = create_dashboard(processor, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        resp = await client.get(f"/jobs/{odd}")
+        assert resp.status_code == 200, resp.text[-500:]
+        assert f"/jobs/{first.id}" in resp.text  # the dependency that exists, linked
+        assert "job-42" in resp.text and "not a job id" in resp.text
+        assert (await client.get(f"/api/jobs/{odd}")).status_code == 200
