@@ -48,14 +48,26 @@ def recent_starts(doc: Doc, limit: Limit, now: dt.datetime) -> dict[str, int]:
     if limit.rate is None or limit.per_seconds is None:
         return {}
     since = _ms(now) - int(limit.per_seconds * 1000)
-    return {k: int(t) for k, t in (doc.get("starts") or {}).items() if int(t) > since}
+    starts = doc.get("starts")
+    stamps = starts.items() if isinstance(starts, Mapping) else ()
+    return {str(k): int(t) for k, t in stamps if stored_number(t) is not None and int(t) > since}
+
+
+def running(doc: Doc) -> int:
+    """The slots a limit document says are held. Another program's damaged `running` (text,
+    a document) reads as the number of its holders, as its slots are given back one by one."""
+    held = stored_number(doc.get("running"))
+    if held is not None:
+        return int(held)
+    holders = doc.get("holders")
+    return len(holders) if isinstance(holders, Mapping) else 0
 
 
 def plan(doc: Doc, limit: Limit, want: int, now: dt.datetime) -> Grant:
     """How many of `want` slots the limit allows now (pure)."""
     free = want
     if limit.concurrency is not None:
-        free = min(free, limit.concurrency - int(doc.get("running") or 0))
+        free = min(free, limit.concurrency - running(doc))
     retry_at = None
     if limit.rate is not None and limit.per_seconds is not None:
         starts = sorted(recent_starts(doc, limit, now).values())
@@ -84,7 +96,7 @@ def taken(
     if template is None and isinstance(doc.get("template"), str):
         template = doc["template"]
     fields: Doc = {
-        "rev": int(doc.get("rev") or 0) + 1,
+        "rev": int(stored_number(doc.get("rev")) or 0) + 1,
         "concurrency": limit.concurrency,
         "rate": limit.rate,
         "per_seconds": limit.per_seconds,
@@ -97,8 +109,14 @@ def taken(
         fields["starts"] = starts
         if template is not None:  # found without reading the starts (`rate_full_ms`)
             fields["rate_full_ms"] = rate_full_ms(starts, limit)
-    for rid in run_ids:
-        fields[f"holders.{rid}"] = {"worker_id": worker_id, "at_ms": _ms(now)}
+    holders = {rid: {"worker_id": worker_id, "at_ms": _ms(now)} for rid in run_ids}
+    if not isinstance(doc.get("holders", {}), Mapping):  # another program's damage: replaced
+        fields["holders"] = holders
+    else:
+        fields |= {f"holders.{rid}": holder for rid, holder in holders.items()}
+    if stored_number(doc.get("running")) is None:  # not a number: $inc would fail, set it (the rev
+        fields["running"] = running(doc) + len(run_ids)  # compare-and-set makes it safe)
+        return {"$set": fields}
     return {"$set": fields, "$inc": {"running": len(run_ids)}}
 
 
@@ -341,23 +359,25 @@ def _differ(x: Any, kx: int, y: Any, ky: int) -> bool:
 def limit_usage(doc: Doc, now: dt.datetime) -> dict[str, Any]:
     """What a limit document says, for people: slots in use and starts in the window. A field
     another program wrote with a wrong type reads as missing (a page, never an error)."""
-    per = _count(doc.get("per_seconds"))
+    per = stored_number(doc.get("per_seconds"))
     since = (now.timestamp() - per) * 1000 if per else None
     starts = doc.get("starts")
     stamps = [
-        t for t in (starts.values() if isinstance(starts, Mapping) else ()) if _count(t) is not None
+        t
+        for t in (starts.values() if isinstance(starts, Mapping) else ())
+        if stored_number(t) is not None
     ]
     return {
         "key": doc["_id"],
-        "running": int(_count(doc.get("running")) or 0),
-        "concurrency": _count(doc.get("concurrency")),
+        "running": int(stored_number(doc.get("running")) or 0),
+        "concurrency": stored_number(doc.get("concurrency")),
         "started_in_window": sum(1 for t in stamps if since is not None and t > since),
-        "rate": _count(doc.get("rate")),
+        "rate": stored_number(doc.get("rate")),
         "per_seconds": per,
     }
 
 
-def _count(value: Any) -> Any:
+def stored_number(value: Any) -> Any:
     """A stored number as it is; None for anything else (text, a bool, NaN, infinity, a
     document)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core.definitions import JobDef, Limit
-from ..core.limits import check_limits
+from ..core.limits import check_limits, running, stored_number
 from ..core.log import EventLog
 from ..core.protocols import ClaimingWorker
 from ..storage import Storage
@@ -174,9 +174,9 @@ class Limiter:
         full = {str(doc["_id"]) for doc in docs if _full_now(doc, limit)}
         if worker is not None and now_ms is not None:  # a rate-full key: wake when it has room
             untils = [
-                int(d.get("rate_full_ms") or 0)
+                int(stored_number(d.get("rate_full_ms")) or 0)
                 for d in docs
-                if str(d["_id"]) in full and int(d.get("rate_full_ms") or 0) > now_ms
+                if str(d["_id"]) in full and (stored_number(d.get("rate_full_ms")) or 0) > now_ms
             ]
             if untils:
                 worker.wake_at(dt.datetime.fromtimestamp(min(untils) / 1000, tz=dt.UTC))
@@ -302,11 +302,13 @@ class Limiter:
         cutoff_ms = int(cutoff.timestamp() * 1000)
         held: set[str] = set()  # keys this process holds a slot of: their release wakes it
         for doc in await self.storage.limits.holding():
-            for run_id, holder in (doc.get("holders") or {}).items():
-                owner = holder.get("worker_id")
+            holders = doc.get("holders")  # another program's damage: no holder, or a stray
+            for run_id, holder in holders.items() if isinstance(holders, Mapping) else ():
+                owner = holder.get("worker_id") if isinstance(holder, Mapping) else None
                 if owner == me:
                     held.add(str(doc["_id"]))
-                if int(holder.get("at_ms") or 0) >= cutoff_ms:
+                at_ms = holder.get("at_ms") if isinstance(holder, Mapping) else None
+                if (stored_number(at_ms) or 0) >= cutoff_ms:
                     continue
                 # this worker's runs, and its runs ended with their handler still going
                 ours = run_id in mine or run_id in self.held_on
@@ -336,6 +338,6 @@ def _full_now(doc: Doc, limit: Limit) -> bool:
     """A key `full_of_template` found: at this limit's concurrency, or rate-full by the rate
     this limit has (a `rate_full_ms` written under another rate, before a deploy changed it,
     is not trusted: the claim's rounds learn whether the key has room)."""
-    if limit.concurrency is not None and int(doc.get("running") or 0) >= limit.concurrency:
+    if limit.concurrency is not None and running(doc) >= limit.concurrency:
         return True
     return doc.get("rate") == limit.rate and doc.get("per_seconds") == limit.per_seconds

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, WriteError
 
 from ..core import limits as L
 from ..core.definitions import Limit
@@ -96,7 +96,7 @@ class LimitStore:
                 return [], grant.retry_at
             ids = run_ids[: grant.slots]
             res = await self.coll.update_one(
-                {"_id": limit.key, "rev": doc.get("rev", 0)},
+                {"_id": limit.key, "rev": {"$eq": doc.get("rev", 0)}},
                 L.taken(doc, limit, ids, worker_id, at, template),
             )
             if res.modified_count:
@@ -140,7 +140,19 @@ class LimitStore:
         if not started:  # a start less: the rate may have room again (learnt at the next take)
             unset[f"starts.{run_id}"] = ""
             update["$set"] = {"rate_full_ms": 0}
-        res = await self.coll.update_one(
-            {"_id": key, f"holders.{run_id}": {"$exists": True}}, update
-        )
+        held = {"_id": key, f"holders.{run_id}": {"$exists": True}}
+        try:
+            res = await self.coll.update_one(held, update)
+        except WriteError:  # another program's damage: a `rev` or `running` that is no number
+            doc = await self.get(key)
+            if doc is None:
+                return False
+            fixed = update.get("$set", {}) | {
+                "rev": int(L.stored_number(doc.get("rev")) or 0) + 1,
+                "running": max(L.running(doc) - 1, 0),
+            }
+            # a compare-and-set on the damaged rev read: still once however many try
+            res = await self.coll.update_one(
+                held | {"rev": {"$eq": doc.get("rev")}}, {"$set": fixed, "$unset": unset}
+            )
         return bool(res.modified_count)
