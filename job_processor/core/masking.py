@@ -237,8 +237,9 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     for field in ("payload", "state", "invalid_fields"):
         data[field] = masker.masked(data.get(field), secrets)
     if data.get("output"):  # every field: another program may have added its own
-        out = masker.masked(data["output"], secrets)
-        out["error"] = masker.text(data["output"].get("error"), secrets)
+        out = _masked_extra(masker, data["output"], OUTPUT_OWN, secrets)
+        out["result"] = masker.masked(out.get("result"), secrets)
+        out["error"] = masker.text(out.get("error"), secrets)
         data["output"] = out
     data["history"] = [
         {**h, "error": masker.text(h.get("error"), secrets)}
@@ -254,15 +255,30 @@ def mask_job(masker: Masker, job: Job[Any], *carried: Any) -> dict[str, Any]:
     )
     # a line's or the progress's other fields (another program's) masked as a payload's
     data["logs"] = [
-        masked_line(masker, line, secrets)
-        | masker.masked({k: v for k, v in line.items() if k not in ("message", "fields")}, secrets)
+        masked_line(masker, _masked_extra(masker, line, LINE_OWN, secrets), secrets)
         for line in data.get("logs") or []
     ]
     if isinstance(data.get("progress"), dict):
-        progress = masker.masked(data["progress"], secrets)
+        progress = _masked_extra(masker, data["progress"], PROGRESS_OWN, secrets)
         progress["message"] = progress_message(masker, data["progress"], secrets)
         data["progress"] = progress
     return data
+
+
+#: The fields job-processor writes in a job's output, log lines and progress: numbers,
+#: times and levels shown as they are (the job page shows them so), or masked on their own.
+#: Any other field (another program's) is masked as a payload is.
+OUTPUT_OWN = frozenset({"result", "error", "duration_ms"})
+LINE_OWN = frozenset({"at", "run", "level", "message", "fields", "cut"})
+PROGRESS_OWN = frozenset({"done", "total", "fraction", "message", "at", "cut"})
+
+
+def _masked_extra(
+    masker: Masker, value: dict[str, Any], own: frozenset[str], secrets: Iterable[str]
+) -> dict[str, Any]:
+    """`value` with the fields another program added (not in `own`) masked as a payload."""
+    extra = masker.masked({k: v for k, v in value.items() if k not in own}, secrets)
+    return {k: (v if k in own else extra[k]) for k, v in value.items()}
 
 
 def progress_message(masker: Masker, progress: dict[str, Any], secrets: Iterable[str]) -> Any:

@@ -266,3 +266,32 @@ def test_an_uncut_message_ending_with_an_ellipsis_is_not_masked_where_no_secret_
         }
     )
     assert mask_job(M, job)["logs"][0]["message"] == "deploying to prod…"
+
+
+def test_the_json_views_show_a_jobs_own_numbers_and_times_whatever_its_secrets() -> None:
+    """24cab26 masked every field of the output, the progress and the log lines as a
+    payload: a secret the payload holds that is also one of those numbers or a part of those
+    times (a PIN "1500", "2030") masked output.duration_ms, progress.done/total and each
+    line's `at` in /api/jobs and the CLI's JSON (a text where a number is expected), which
+    the job page shows as they are. Only the fields another program added are masked so."""
+    at = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+    job = Job.read(
+        {
+            "_id": ObjectId(),
+            "name": "mail",
+            "status": "finished",
+            "payload": {"password": "1500", "pin": "x", "api_key": "2030"},
+            "created_at": at,
+            "output": {"result": "ok", "error": None, "duration_ms": 1500, "note": 1500},
+            "progress": {"done": 1500, "total": 3000, "fraction": 0.5, "message": "m", "at": at},
+            "logs": [{"at": at, "run": 1, "level": "info", "message": "hi", "extra": "2030"}],
+        }
+    )
+    shown = mask_job(M, job)
+    assert shown["output"]["duration_ms"] == 1500
+    assert shown["output"]["note"] == MASK  # another program's field: masked as before
+    assert shown["progress"]["done"] == 1500 and shown["progress"]["total"] == 3000
+    assert shown["progress"]["at"] == job.model_dump(mode="json")["progress"]["at"]
+    line = shown["logs"][0]
+    assert line["at"] == job.model_dump(mode="json")["logs"][0]["at"], line
+    assert line["level"] == "info" and line["run"] == 1 and line["extra"] == MASK
