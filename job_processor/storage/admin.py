@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,24 +301,33 @@ class JobAdminStore:
         ended_before: dt.datetime,
         name: str | None,
         hookless: frozenset[str] = frozenset(),
+        on_deleted: Callable[[int], None] | None = None,
     ) -> int:
         """Delete the jobs of `ended_query` that owe no on_job_exited, and those that owe only
         the record of a hook their definition does not have (names in `hookless`); never one
         whose dependents have not all counted its end (a sweep does it, then a purge takes it).
-        Returns how many."""
+        Returns how many; `on_deleted` is told each command's count as it returns (several
+        commands: one stopped by an outage or a cancellation leaves the earlier ones done)."""
         query = self.ended_query(status, ended_before, name)
         deleted = 0
+
+        async def delete(part: Doc) -> int:
+            n = int((await self.coll.delete_many(part)).deleted_count)
+            if on_deleted is not None and n:
+                on_deleted(n)
+            return n
+
         for counted in DEPENDENTS_COUNTED_PARTS:  # never a dependency not yet counted
             for not_owed in HOOK_NOT_OWED_PARTS:  # two filters each: see storage/compat.py
-                part = query | not_owed | counted
-                deleted += int((await self.coll.delete_many(part)).deleted_count)
+                deleted += await delete(query | not_owed | counted)
         # the hook-less names that do have such jobs, one delete each, by equality: beside the
         # date range nx-27017 matches nothing for an `$in` (see HOOK_NOT_OWED_PARTS)
         owing = await self.owing_hooks(status, ended_before, name) if hookless else {}
         for hookless_name in sorted(hookless & owing.keys()):
             for counted in DEPENDENTS_COUNTED_PARTS:
-                owed = query | {"exit_hook": "owed", "name": hookless_name} | counted
-                deleted += int((await self.coll.delete_many(owed)).deleted_count)
+                deleted += await delete(
+                    query | {"exit_hook": "owed", "name": hookless_name} | counted
+                )
         return deleted
 
     def owing_hooks_cursor(

@@ -1648,3 +1648,35 @@ async def test_a_purge_stopped_after_its_delete_is_still_in_the_audit_log(
     (entry,) = await admin.storage.audit.coll.find({}).to_list()
     assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
     assert "AutoReconnect" in entry["detail"]["interrupted"]
+
+
+async def test_a_purge_stopped_between_its_deletes_is_still_in_the_audit_log(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge deletes in several commands (one per filter part): an outage (or Ctrl-C) on
+    a later one, after one had deleted the jobs, raised with no audit entry (the count
+    was known only once every delete had returned)."""
+    from pymongo.errors import AutoReconnect
+
+    admin, storage, clock = env
+    await ended(storage, S.FINISHED, at=0)
+    clock.advance(8 * 86400)
+    coll = admin.storage.job_admin.coll
+    real = coll.delete_many
+    deleted: list[int] = []
+
+    async def next_fails(*args: Any, **kw: Any) -> Any:
+        if deleted:  # the delete after the one that deleted the job
+            raise AutoReconnect("connection reset (test)")
+        res = await real(*args, **kw)
+        if res.deleted_count:
+            deleted.append(res.deleted_count)
+        return res
+
+    monkeypatch.setattr(coll, "delete_many", next_fails)
+    with pytest.raises(AutoReconnect):
+        await admin.purge(status="finished", older_than="7d")
+    assert await storage.jobs.coll.count_documents({"status": "finished"}) == 0
+    (entry,) = await admin.storage.audit.coll.find({}).to_list()
+    assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
+    assert "AutoReconnect" in entry["detail"]["interrupted"]

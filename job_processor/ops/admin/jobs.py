@@ -428,10 +428,12 @@ class JobsAdmin(AdminBase):
         }
         result.detail |= detail  # said in the record of a purge the reads below interrupt
         hookless = await self._hookless()
+
+        def deleted(n: int) -> None:  # counted as each delete returns: an interrupted
+            result.count += n  # purge's audit entry says what the earlier ones deleted
+
         async with self._acting(result):
-            result.count = await self.storage.job_admin.purge(
-                wanted, cutoff, name or None, hookless
-            )
+            await self.storage.job_admin.purge(wanted, cutoff, name or None, hookless, deleted)
             kept = sum(
                 (await self.storage.job_admin.owing_hooks(wanted, cutoff, name or None)).values()
             )
