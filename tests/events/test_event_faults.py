@@ -500,6 +500,28 @@ async def test_a_sync_timeout_past_a_year_is_refused_before_anything_is_written(
     assert await p.storage.events.coll.count_documents({}) == 0
 
 
+async def with_damaged_owed_events(
+    db: Any, handler: Any, damaged: list[Any]
+) -> tuple[Any, dt.datetime, Any]:
+    """A processor whose fan-outs are left owed (its emitter dies after the event insert), and
+    owed events 5 minutes old whose targets another program damaged (`damaged`, oldest
+    first): (the processor, their time, the events collection)."""
+    processor = await make(db, {"shipped": [Subscriber("audit", handler=handler)]})
+
+    async def died(stored: Any, now: Any) -> Any:
+        return [], False
+
+    processor.events._fan_out = died  # type: ignore[method-assign]
+    old = processor.clock.now() - dt.timedelta(minutes=5)
+    events = db["job_processor_events"]
+    for targets in damaged:
+        await events.insert_one(
+            {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": old,
+             "fanout": "owed", "fanout_owed_at": old, "targets": targets}
+        )  # fmt: skip
+    return processor, old, events
+
+
 async def test_a_damaged_owed_event_neither_stops_the_workers_nor_the_other_fan_outs(
     db: Any,
 ) -> None:
@@ -511,19 +533,8 @@ async def test_a_damaged_owed_event_neither_stops_the_workers_nor_the_other_fan_
     async def audit(event: Event, signal: AbortSignal) -> None:
         got.append(event.id)
 
-    processor = await make(db, {"shipped": [Subscriber("audit", handler=audit)]})
-
-    async def died(stored: Any, now: Any) -> Any:  # the emitter died after the event insert
-        return [], False
-
-    processor.events._fan_out = died  # type: ignore[method-assign]
-    old = processor.clock.now() - dt.timedelta(minutes=5)
-    events = db["job_processor_events"]
-    for targets in ([{"target": "audit"}], "audit", [None]):  # damaged, oldest first
-        await events.insert_one(
-            {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": old,
-             "fanout": "owed", "fanout_owed_at": old, "targets": targets}
-        )  # fmt: skip
+    damaged = [[{"target": "audit"}], "audit", [None]]
+    processor, old, events = await with_damaged_owed_events(db, audit, damaged)
     fine = await processor.emit("shipped", {"n": 1})
     await events.update_one(
         {"_id": ObjectId(fine.id)}, {"$set": {"fanout_owed_at": old + dt.timedelta(seconds=1)}}
@@ -547,19 +558,8 @@ async def test_a_full_batch_of_damaged_owed_events_does_not_hide_the_fan_outs_be
     async def audit(event: Event, signal: AbortSignal) -> None:
         return None
 
-    processor = await make(db, {"shipped": [Subscriber("audit", handler=audit)]})
-
-    async def died(stored: Any, now: Any) -> Any:  # the emitter died after the event insert
-        return [], False
-
-    processor.events._fan_out = died  # type: ignore[method-assign]
-    old = processor.clock.now() - dt.timedelta(minutes=5)
-    events = db["job_processor_events"]
-    for targets in ("audit", [None]):  # damaged, oldest first: a whole batch
-        await events.insert_one(
-            {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": old,
-             "fanout": "owed", "fanout_owed_at": old, "targets": targets}
-        )  # fmt: skip
+    # a whole batch of damaged ones, the oldest
+    processor, _, events = await with_damaged_owed_events(db, audit, ["audit", [None]])
     fine = await processor.emit("shipped", {"n": 1})  # owed now, behind them
     assert await processor.events.sweep(processor.clock.now() + dt.timedelta(hours=1)) == 1
     assert (await processor.get_event(fine.id)).fanout == "done"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
+from pymongo.errors import AutoReconnect
 
 from job_processor import CronDef, FakeClock, JobDef, init_job_processor
 from job_processor.core import documents as D
@@ -27,7 +28,7 @@ from job_processor.core.status import JobStatus
 from job_processor.ops.admin import Admin
 from job_processor.ops.admin.inputs import decode_cursor, parse_duration, parse_time
 from job_processor.storage import Storage, object_id
-from tests.helpers import FAST
+from tests.helpers import FAST, make
 
 S = JobStatus
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -711,19 +712,16 @@ async def test_a_cron_tasks_error_is_masked_in_the_crons_listings(db: Any) -> No
         assert "SECRET1234" not in error and "p4ss" not in error
 
 
-async def test_an_action_an_outage_stops_midway_is_still_in_the_audit_log(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`kill([a, b])`: a is killed, then MongoDB stops answering: the error goes on to the
-    operator, and the audit log says what was done (a), with the error (it said nothing)."""
-    from pymongo.errors import AutoReconnect
+async def echo(job: Any, signal: Any) -> None:
+    return None
 
-    from job_processor import AbortSignal, Job
-    from tests.helpers import make
 
-    async def echo(job: Job, signal: AbortSignal) -> None:
-        return None
-
+async def killing_two_stopped_at_the_second(
+    db: Any, monkeypatch: pytest.MonkeyPatch, second: Any
+) -> tuple[Any, Admin, str, str]:
+    """Two pending jobs a and b, and an Admin whose second `find_one_and_update` (the kill of
+    b) first awaits `second()` (which raises, or waits to be cancelled): (the processor, the
+    Admin, a's id, b's id)."""
     p = await make(db, {"echo": JobDef(handler=echo)})
     a = await p.schedule_job("echo", delay=3600)
     b = await p.schedule_job("echo", delay=3600)
@@ -731,18 +729,31 @@ async def test_an_action_an_outage_stops_midway_is_still_in_the_audit_log(
     coll = admin.storage.jobs.coll
     real, calls = coll.find_one_and_update, []
 
-    async def second_fails(*args: Any, **kw: Any) -> Any:
+    async def stopped_at_the_second(*args: Any, **kw: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
-            raise AutoReconnect("connection reset (test)")
+            await second()
         return await real(*args, **kw)
 
-    monkeypatch.setattr(coll, "find_one_and_update", second_fails)
+    monkeypatch.setattr(coll, "find_one_and_update", stopped_at_the_second)
+    return p, admin, a.id, b.id
+
+
+async def test_an_action_an_outage_stops_midway_is_still_in_the_audit_log(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill([a, b])`: a is killed, then MongoDB stops answering: the error goes on to the
+    operator, and the audit log says what was done (a), with the error (it said nothing)."""
+
+    async def fails() -> None:
+        raise AutoReconnect("connection reset (test)")
+
+    _, admin, a, b = await killing_two_stopped_at_the_second(db, monkeypatch, fails)
     with pytest.raises(AutoReconnect):
-        await admin.kill([a.id, b.id])
+        await admin.kill([a, b])
     monkeypatch.undo()
     (entry,) = await admin.storage.audit.coll.find({}).to_list()
-    assert entry["action"] == "jobs_killed" and entry["ids"] == [a.id]
+    assert entry["action"] == "jobs_killed" and entry["ids"] == [a]
     assert "AutoReconnect" in entry["detail"]["interrupted"]
 
 
@@ -1542,38 +1553,23 @@ async def test_an_action_cancelled_midway_is_still_in_the_audit_log(
     """Ctrl-C during `jobs kill A B` (the CLI's task cancelled while it kills b): a is killed,
     and the audit log says so, with the interruption (it recorded nothing: only an error, not
     a cancellation, was recorded)."""
-    from job_processor import AbortSignal, Job
-    from tests.helpers import make
+    reached = asyncio.Event()
 
-    async def echo(job: Job, signal: AbortSignal) -> None:
-        return None
+    async def hangs() -> None:
+        reached.set()
+        await asyncio.Event().wait()  # until cancelled
 
-    p = await make(db, {"echo": JobDef(handler=echo)})
-    a = await p.schedule_job("echo", delay=3600)
-    b = await p.schedule_job("echo", delay=3600)
-    admin = await Admin.open(db, actor="ops")
-    coll = admin.storage.jobs.coll
-    real, calls = coll.find_one_and_update, []
-    second = asyncio.Event()
-
-    async def second_hangs(*args: Any, **kw: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            second.set()
-            await asyncio.Event().wait()  # until cancelled
-        return await real(*args, **kw)
-
-    monkeypatch.setattr(coll, "find_one_and_update", second_hangs)
-    task = asyncio.ensure_future(admin.kill([a.id, b.id]))
-    await asyncio.wait_for(second.wait(), 10)
+    p, admin, a, b = await killing_two_stopped_at_the_second(db, monkeypatch, hangs)
+    task = asyncio.ensure_future(admin.kill([a, b]))
+    await asyncio.wait_for(reached.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     monkeypatch.undo()
     (entry,) = await admin.storage.audit.coll.find({}).to_list()
-    assert entry["action"] == "jobs_killed" and entry["ids"] == [a.id]
+    assert entry["action"] == "jobs_killed" and entry["ids"] == [a]
     assert "cancelled" in entry["detail"]["interrupted"]
-    assert (await p.get_job(b.id)).status == "pending"
+    assert (await p.get_job(b)).status == "pending"
 
 
 async def test_a_refused_retry_of_a_killed_hookless_job_leaves_its_exit_owed(env: Any) -> None:
@@ -1626,6 +1622,17 @@ async def test_a_retry_of_a_killed_hookless_job_stopped_midway_leaves_its_exit_o
     assert doc["status"] == S.KILLED.value and doc["exit_hook"] == "owed", doc
 
 
+async def purge_audited_though_stopped(admin: Admin, storage: Any) -> None:
+    """A purge of the finished job older than 7 days that an outage stops: the job deleted,
+    the error raised, and the audit log says so (count 1, interrupted)."""
+    with pytest.raises(AutoReconnect):
+        await admin.purge(status="finished", older_than="7d")
+    assert await storage.jobs.coll.count_documents({"status": "finished"}) == 0
+    (entry,) = await admin.storage.audit.coll.find({}).to_list()
+    assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
+    assert "AutoReconnect" in entry["detail"]["interrupted"]
+
+
 async def test_a_purge_stopped_after_its_delete_is_still_in_the_audit_log(
     env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1642,12 +1649,7 @@ async def test_a_purge_stopped_after_its_delete_is_still_in_the_audit_log(
         raise AutoReconnect("connection reset (test)")
 
     monkeypatch.setattr(admin.storage.job_admin, "uncounted_dependencies", outage)
-    with pytest.raises(AutoReconnect):
-        await admin.purge(status="finished", older_than="7d")
-    assert await storage.jobs.coll.count_documents({"status": "finished"}) == 0
-    (entry,) = await admin.storage.audit.coll.find({}).to_list()
-    assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
-    assert "AutoReconnect" in entry["detail"]["interrupted"]
+    await purge_audited_though_stopped(admin, storage)
 
 
 async def test_a_purge_stopped_between_its_deletes_is_still_in_the_audit_log(
@@ -1674,9 +1676,4 @@ async def test_a_purge_stopped_between_its_deletes_is_still_in_the_audit_log(
         return res
 
     monkeypatch.setattr(coll, "delete_many", next_fails)
-    with pytest.raises(AutoReconnect):
-        await admin.purge(status="finished", older_than="7d")
-    assert await storage.jobs.coll.count_documents({"status": "finished"}) == 0
-    (entry,) = await admin.storage.audit.coll.find({}).to_list()
-    assert (entry["action"], entry["count"]) == ("jobs_purged", 1)
-    assert "AutoReconnect" in entry["detail"]["interrupted"]
+    await purge_audited_though_stopped(admin, storage)
