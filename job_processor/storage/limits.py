@@ -95,8 +95,10 @@ class LimitStore:
             if grant.slots == 0:
                 return [], grant.retry_at
             ids = run_ids[: grant.slots]
+            # the rev read, as read: a missing one (another program's damage) is None, which
+            # matches a missing field (0 would match nothing, and no take would ever succeed)
             res = await self.coll.update_one(
-                {"_id": limit.key, "rev": {"$eq": doc.get("rev", 0)}},
+                {"_id": limit.key, "rev": {"$eq": doc.get("rev")}},
                 L.taken(doc, limit, ids, worker_id, at, template),
             )
             if res.modified_count:

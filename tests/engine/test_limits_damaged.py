@@ -23,6 +23,9 @@ DAMAGED: list[dict[str, Any]] = [
     {"running": "x", "rev": "r", "starts": ["not", "a", "map"], "holders": ["x"]},
     {"running": 0, "rev": 3, "starts": {"a": "x", "b": None}, "holders": {"r1": "x"}},
     {"running": 1.5, "rev": "7", "starts": "text", "holders": {"r1": {"at_ms": "x"}}},
+    # no rev at all: the take's compare-and-set on rev 0 matched nothing, ten times over, at
+    # every claim: the limit admitted no job, for ever
+    {"running": 0, "holders": {}, "starts": {}},
 ]
 
 
