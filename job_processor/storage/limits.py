@@ -38,8 +38,13 @@ class LimitStore:
 
     def holding_cursor(self) -> Any:
         """The keys with slots held, with their holders (the {running} index: a per-value
-        limit's idle keys are not read). A slot's holder and `running` change in one write."""
-        return self.coll.find({"running": {"$gt": 0}}, {"holders": 1})
+        limit's idle keys are not read). A slot's holder and `running` change in one write.
+        A `running` another program wrote as no number (read as its holders' count) is
+        asked for too: `$gt: 0` matches no text, document or null on MongoDB (one `$type` per
+        branch, and `$in` for null: what nx-27017 answers right)."""
+        damaged = [{"running": {"$type": t}} for t in ("string", "object", "array", "bool")]
+        query = {"$or": [{"running": {"$gt": 0}}, {"running": {"$in": [None]}}, *damaged]}
+        return self.coll.find(query, {"holders": 1})
 
     async def holding(self) -> list[Doc]:
         return await all_docs(self.holding_cursor())

@@ -105,3 +105,24 @@ async def test_a_new_rate_limited_key_records_its_starts(storage: Storage) -> No
     assert doc["starts"] == {"a": ms, "b": ms}
     none, retry_at = await storage.limits.acquire(limit, ["d"], "w", NOW)
     assert (none, retry_at) == ([], NOW + dt.timedelta(seconds=10))
+
+
+@pytest.mark.parametrize("running", ["x", {"n": 1}, None])
+async def test_a_full_key_with_a_damaged_running_is_still_swept(
+    storage: Storage, running: Any, request: pytest.FixtureRequest
+) -> None:
+    """A key whose `running` another program wrote as no number reads as its holders' count
+    (full here): the sweep's `holding` asked only for `running > 0`, which on MongoDB (and, for
+    a null, on nx-27017) matches no text, document or null, so a dead worker's slot was never
+    given back and the key admitted no job again, for ever."""
+    holder = {"worker_id": "dead", "at_ms": 0}
+    await storage.limits.coll.insert_one(
+        {"_id": "api", "rev": 1, "running": running, "holders": {"r1": holder}}
+    )
+    limit = Limit(key="api", concurrency=1)
+    assert (await storage.limits.acquire(limit, ["a"], "w", NOW))[0] == []  # full
+    assert [d["_id"] for d in await storage.limits.holding()] == ["api"]
+    if "mongomock" in request.node.callspec.id:
+        return  # its $inc on a non-number raises a TypeError, not MongoDB's WriteError
+    assert await storage.limits.release("api", "r1")
+    assert (await storage.limits.acquire(limit, ["a"], "w", NOW))[0] == ["a"]
