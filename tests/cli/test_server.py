@@ -82,14 +82,18 @@ def test_it_keeps_its_data_prints_the_url_and_stops_on_ctrl_c_or_sigterm(tmp_pat
     stop(proc, signal.SIGTERM)
 
 
-def refused_start(data: Path, port: int) -> subprocess.CompletedProcess[str]:
-    """`job-processor server` on a port it cannot take: it exits at once, saying why."""
+def refused_start(
+    data: Path, port: int, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`job-processor server` on a port or a data folder it cannot take: it exits at once,
+    saying why."""
     return subprocess.run(
         [*SERVER, "--data-dir", str(data), "--port", str(port)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -124,13 +128,7 @@ def test_a_data_folder_in_use_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc, _ = start(data, free_port())
     try:
-        second = subprocess.run(
-            [*SERVER, "--data-dir", str(data), "--port", str(free_port())],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = refused_start(data, free_port())
         assert second.returncode == 2
         assert f"{data} is in use by another job-processor server (pid {proc.pid}" in second.stdout
         assert "--data-dir" in second.stdout
@@ -282,14 +280,8 @@ def test_a_data_folder_still_served_by_an_orphaned_server_is_refused(tmp_path: P
         proc.kill()
         proc.communicate(timeout=20)
         assert _answers(port) and _orphan_pids(data)  # it goes on, orphaned
-        second = subprocess.run(
-            [*SERVER, "--data-dir", str(data), "--port", str(free_port())],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        second = refused_start(data, free_port(), timeout=60, env=env)
         assert second.returncode == 2, second.stdout + second.stderr
         assert "is in use by another job-processor server" in second.stdout, second.stdout
         named = re.search(r"nx-27017 pid (\d+)", second.stdout)  # the one to stop, alive
