@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..core.errors import JobProcessorError
+from ..core.errors import InvalidArgumentError, JobProcessorError
 from ..ops.admin import ActionResult, Admin
 from .common import ago, listed, report, reported, when, with_admin
 
@@ -66,8 +66,13 @@ async def names_forget(args: argparse.Namespace) -> int:
                 results.append(await admin.forget(name))
             except JobProcessorError as exc:  # unknown, or not a name: said, the others done
                 refused[name] = exc
-        if not results:  # none could be: bad input, as for one
-            raise next(iter(refused.values()))
+        if not results:  # none could be: bad input, as for one, each one named
+            first = next(iter(refused.values()))
+            if len(refused) == 1:
+                raise first
+            raise InvalidArgumentError(
+                "; ".join(f"{name}: {exc}" for name, exc in refused.items())
+            ) from first
         merged = results[0].model_copy(
             update={
                 "changed": [n for r in results for n in r.changed],

@@ -93,6 +93,10 @@ async def test_names_forget_takes_several_names(db: Any, mongo_url: str) -> None
     assert said in forgot.stderr
     names = {n["name"] for n in json.loads((await cli(url, "names", "list", "--json")).stdout)}
     assert "anywhere" not in names and "hooked" not in names and "limited" in names
+    none = await cli(url, "names", "forget", "no-such-name", "nor-this")  # none known: each said
+    assert none.returncode == 2, none.stderr
+    assert "no-such-name: 'no-such-name' is not a registered" in none.stderr, none.stderr
+    assert "nor-this: 'nor-this' is not a registered" in none.stderr, none.stderr
 
 
 async def test_crons_remove_then_names_forget_clears_a_cron_no_worker_defines(
