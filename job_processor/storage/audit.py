@@ -54,10 +54,15 @@ class AuditStore:
                 raise
         return doc
 
-    def recent_cursor(self, limit: int = 50, before: ObjectId | None = None) -> Any:
-        """The latest actions, newest first, from `before` (the `_id` index)."""
+    def recent_cursor(self, limit: int = 50, before: ObjectId | str | None = None) -> Any:
+        """The latest actions, newest first, from `before` (the `_id` index): after a text
+        `_id` (another program's entry), the text ids below it."""
         query: Doc = {} if before is None else {"_id": {"$lt": before}}
         return self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit)
 
-    async def recent(self, limit: int = 50, before: ObjectId | None = None) -> list[Doc]:
+    async def recent(self, limit: int = 50, before: ObjectId | str | None = None) -> list[Doc]:
         return await all_docs(self.recent_cursor(limit, before))
+
+    async def holds(self, entry_id: str) -> bool:
+        """Whether an entry has this text `_id` (another program's)."""
+        return await self.coll.find_one({"_id": entry_id}, {"_id": 1}) is not None

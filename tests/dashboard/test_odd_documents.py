@@ -5,11 +5,14 @@ endpoint's events): each page shows the rest, that field as its default (docs/op
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 from bson import ObjectId
 
+from job_processor import InvalidArgumentError
 from job_processor.dashboard import create_dashboard
 from tests.helpers import every_kind
 
@@ -109,3 +112,31 @@ async def test_a_job_page_shows_a_job_whose_dependencies_another_program_wrote_w
         assert f"/jobs/{first.id}" in resp.text  # the dependency that exists, linked
         assert "job-42" in resp.text and "not a job id" in resp.text
         assert (await client.get(f"/api/jobs/{odd}")).status_code == 200
+
+
+async def test_the_audit_pages_go_on_past_entries_whose_ids_another_program_wrote_as_text(
+    db: Any,
+) -> None:
+    """The "Older" link after a page ending on a text `_id` (another program's entries) led to
+    a 400: it now leads to the older text ids, each entry shown once."""
+    processor, _event, _endpoint = await every_kind(db)
+    app = create_dashboard(processor, auth=None)
+    admin = await app.state.dashboard.admin()
+    await db["job_processor_audit"].insert_many(
+        [{"_id": f"hand-{i:03}", "action": "hand_fix", "actor": f"hand {i:03}"} for i in range(60)]
+    )
+    transport = httpx.ASGITransport(app=app)
+    shown: list[str] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        path = "/audit"
+        for _ in range(5):
+            resp = await client.get(path)
+            assert resp.status_code == 200, (path, resp.text[-500:])
+            shown += re.findall(r"hand \d{3}", resp.text)
+            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
+            if found is None:
+                break
+            path = found.group(1)
+    assert sorted(shown) == [f"hand {i:03}" for i in range(60)]
+    with pytest.raises(InvalidArgumentError, match="before 'nope' is not an audit entry id"):
+        await admin.audit_log(before="nope")  # a text no entry has: still refused

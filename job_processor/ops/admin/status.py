@@ -4,6 +4,7 @@ report, the audit log."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from bson import ObjectId
 
@@ -153,14 +154,19 @@ class StatusAdmin(CronsAdmin):
 
     async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
         """The latest recorded actions, newest first (`before`: an entry id, for the next page)."""
+        key: Any = None
         try:
-            oid = one_id(before) if before else None
+            key = one_id(before) if before else None
         except InvalidArgumentError:  # its message speaks of job ids
-            raise InvalidArgumentError(
-                f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
-                "audit_log returned: 24 hex characters)"
-            ) from None
-        docs = await self.storage.audit.recent(limit_of(limit), oid)
+            # an entry another program wrote with a text `_id` (shown after every ObjectId
+            # one): the page goes on from it, among the text ids
+            if not isinstance(before, str) or not await self.storage.audit.holds(before):
+                raise InvalidArgumentError(
+                    f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
+                    "audit_log returned: 24 hex characters)"
+                ) from None
+            key = before
+        docs = await self.storage.audit.recent(limit_of(limit), key)
         entries = []
         for doc in docs:  # a field another program wrote with a wrong type: its default
             read, fallbacks = audit_fallbacks(doc)
