@@ -40,6 +40,12 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+def _unavailable(d: Dashboard, request: Request, exc: PyMongoError) -> Response:
+    """The 503 page (JSON under /api/) of a request MongoDB did not answer."""
+    said = f"The database did not answer: {said_plainly(str(exc))}"
+    return d.error_page(request, 503, "MongoDB unavailable", said)
+
+
 class Guard:
     """ASGI middleware: allowed hosts, authentication, CSRF on POST, read-only refusal, error
     pages."""
@@ -72,7 +78,12 @@ class Guard:
             return
         scope.setdefault("state", {})
         request = Request(scope, receive)
-        verdict = await d.auth.check(request)
+        try:
+            verdict = await d.auth.check(request)
+        except PyMongoError as exc:  # an auth callable that reads users from MongoDB
+            scope["state"]["user"] = None
+            await _unavailable(d, request, exc)(scope, receive, send)
+            return
         if isinstance(verdict, Denied):
             scope["state"]["user"] = None
             title = DENIED_TITLES.get(verdict.status, "Not signed in")
@@ -94,13 +105,7 @@ class Guard:
         try:
             await self.app(scope, receive, send)
         except PyMongoError as exc:
-            response = d.error_page(
-                request,
-                503,
-                "MongoDB unavailable",
-                f"The database did not answer: {said_plainly(str(exc))}",
-            )
-            await response(scope, receive, send)
+            await _unavailable(d, request, exc)(scope, receive, send)
 
     async def _failed(
         self, scope: Scope, receive: Receive, send: Send, exc: Exception, started: bool

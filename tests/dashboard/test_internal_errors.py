@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
 
 from job_processor import JobDef, init_job_processor
 from job_processor.dashboard import create_dashboard
@@ -68,6 +69,31 @@ async def test_an_auth_callable_that_raises_is_a_500_with_headers_logged_once(
             assert_internal_error(await c.get("/"), api=False)
             assert_internal_error(await c.get("/api/jobs"), api=True)
     assert failures(caplog) == ["/", "/api/jobs"]
+
+
+async def test_an_auth_callable_that_cannot_reach_mongodb_is_the_503_page(
+    db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An auth callable reading its users from MongoDB during an outage: the 503 every page
+    gives then (it was a 500 "Internal error"), with the headers, JSON under /api/."""
+    logger = logging.getLogger(LOGGER)
+    processor = await init_job_processor(db, logger=logger, jobs={"send": JobDef(handler=noop)})
+
+    async def auth(request: Any) -> bool:
+        raise ServerSelectionTimeoutError("users-db:27017: [Errno 111] Connection refused")
+
+    app = create_dashboard(processor, auth=auth)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        async with client(app) as c:
+            page, api = await c.get("/"), await c.get("/api/jobs")
+    for resp in (page, api):
+        assert resp.status_code == 503, resp.text
+        for name, value in SECURITY.items():
+            assert resp.headers.get(name) == value, (name, resp.headers)
+    assert "MongoDB unavailable" in page.text and "connection refused" in page.text
+    assert api.headers["content-type"] == "application/json"
+    assert "connection refused" in api.json()["error"]
+    assert failures(caplog) == []
 
 
 async def test_a_page_that_fails_is_a_500_page_and_the_api_json(
