@@ -207,8 +207,10 @@ async def complete_fanout(storage: Storage, event: Doc, now: dt.datetime) -> lis
     fan-out as done. Returns the deliveries as stored."""
     targets = list(event.get("targets") or [])
     docs = await storage.deliveries.create(E.fanout(event, targets, now=now))
-    if event.get("fanout") == "owed":
-        await storage.events.fanout_done(event["_id"], now)
+    # owed; or an owed time another program left beside another `fanout` (else each sweep
+    # would make this fan-out again)
+    if event.get("fanout") == "owed" or "fanout_owed_at" in event:
+        await storage.events.fanout_done(event["_id"], now, event.get("fanout"))
     return docs
 
 

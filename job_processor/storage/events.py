@@ -97,9 +97,11 @@ class EventStore:
                 await self.coll.delete_one({"_id": held["_id"], "expires_at": same["expires_at"]})
         raise RuntimeError(f"could not store event {doc['_id']}: its key keeps being taken")
 
-    async def fanout_done(self, event_id: ObjectId, now: dt.datetime) -> bool:
+    async def fanout_done(self, event_id: ObjectId, now: dt.datetime, was: Any = "owed") -> bool:
+        """Record an event's fan-out as done, if its `fanout` is still `was` ("owed"; or
+        what another program left beside an owed time)."""
         res = await self.coll.update_one(
-            {"_id": event_id, "fanout": "owed"},
+            {"_id": event_id, "fanout": was},
             {"$set": {"fanout": "done", "fanout_done_at": now}, "$unset": {"fanout_owed_at": ""}},
         )
         return bool(res.modified_count)

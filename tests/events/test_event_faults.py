@@ -564,3 +564,25 @@ async def test_a_full_batch_of_damaged_owed_events_does_not_hide_the_fan_outs_be
     assert await processor.events.sweep(processor.clock.now() + dt.timedelta(hours=1)) == 1
     assert (await processor.get_event(fine.id)).fanout == "done"
     assert await events.count_documents({"fanout": "owed"}) == 2  # left for a person to fix
+
+
+async def test_an_event_owed_by_its_time_only_is_fanned_out_once_not_at_every_sweep(
+    db: Any,
+) -> None:
+    """An event another program left with an old `fanout_owed_at` but a `fanout` other than
+    "owed" (a hand edit, a migration): each sweep made its fan-out again (no duplicate: the
+    delivery keys are unique) and logged it recovered, for ever. Once made, it is done."""
+    got: list[str] = []
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        got.append(event.id)
+
+    processor, _old, events = await with_damaged_owed_events(db, audit, [])
+    event = await processor.emit("shipped", {"n": 1})
+    await events.update_one({"_id": ObjectId(event.id)}, {"$set": {"fanout": None}})
+    later = processor.clock.now() + dt.timedelta(hours=1)
+    assert await processor.events.sweep(later) == 1
+    assert await processor.events.sweep(later) == 0  # it was 1 at every sweep
+    stored = await events.find_one({"_id": ObjectId(event.id)})
+    assert stored is not None and stored["fanout"] == "done" and "fanout_owed_at" not in stored
+    assert len((await processor.get_event(event.id)).deliveries) == 1
