@@ -20,18 +20,15 @@ listed like any other). This module decides which jobs exist and when:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import PyMongoError
 
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
-from ..core.clock import Clock, FakeClock, to_millis
+from ..core.clock import Clock, to_millis
 from ..core.definitions import (
     HOOK_RETRIED_MARK,
     HOOK_WHEN_MARK,
@@ -41,8 +38,6 @@ from ..core.definitions import (
 )
 from ..core.errors import (
     DoNotRetry,
-    EventDeliveryError,
-    EventTimeoutError,
     InvalidArgumentError,
     InvalidDefinitionError,
     did_you_mean,
@@ -51,12 +46,11 @@ from ..core.lenient import texts
 from ..core.log import EventLog
 from ..core.models import Delivery, Event, Job, Processor
 from ..core.settings import MAX_SETTING_SECONDS
-from ..core.status import TERMINAL, JobStatus
+from ..core.status import JobStatus
 from ..core.values import is_utf8
 from ..engine.execution import call_maybe_async
 from ..engine.runtime import Runtime
 from ..storage import Storage
-from ..storage.transient import is_transient
 from .queries import (
     check_payload,
     complete_fanout,
@@ -66,22 +60,17 @@ from .queries import (
     get_event,
 )
 from .sender import WebhookSender
+from .sync_wait import SyncWait, first_line
 from .webhooks import Format, Secret, WebhookOptions, Webhooks, standard_format
 
 Doc = dict[str, Any]
 S = JobStatus
-ENDED = frozenset(s.value for s in TERMINAL)
-FAILED = frozenset({S.ERRORED.value, S.KILLED.value})
 #: Seconds a serial chain's hook may take; recovery takes over a dead owner's hook after
 #: worker_timeout + this.
 CHAIN_HOOK_TIMEOUT = 10.0
 #: Owed fan-outs completed per read, and at most per sweep (a larger backlog: the next sweeps).
 OWED_BATCH = 200
 OWED_PER_SWEEP = 2000
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "").splitlines()[0][:300] if text else ""
 
 
 class EventBus:
@@ -111,6 +100,7 @@ class EventBus:
         self.log = log
         self.options = options
         self.worker_timeout = worker_timeout
+        self.sync_wait = SyncWait(storage, clock, worker_timeout)
         self.instance_id = instance_id
         self.formats: dict[str, Format] = {"standard": standard_format, **(formats or {})}
         self.sender = WebhookSender(storage, secrets, self.formats, options, clock, log)
@@ -307,7 +297,7 @@ class EventBus:
             self.log.info("event_emitted", deliveries=len(created), **fields)
         sync = [t.target for t in event.targets if t.mode == "sync"]
         if sync:
-            await self._wait_sync(event, sync, float(sync_timeout), made)
+            await self.sync_wait.wait(event, sync, float(sync_timeout), made)
         return event
 
     async def _fan_out(self, stored: Doc, now: dt.datetime) -> tuple[list[Doc], bool]:
@@ -373,108 +363,6 @@ class EventBus:
                     )
             self._known_events = (at, names)
         return self._known_events[1]
-
-    def _left(self, deadline: dt.datetime, real_deadline: float) -> float:
-        """Seconds left of a sync wait: by the processor's clock, and by real time (the
-        in-memory processor's FakeClock does not move while emit waits)."""
-        by_clock = (deadline - self.clock.now()).total_seconds()
-        return min(by_clock, real_deadline - time.monotonic())
-
-    async def _wait_sync(
-        self, event: Event, targets: list[str], wait: float, made: bool = True
-    ) -> None:
-        """Until every sync delivery has ended (polling, 20 ms growing to 0.5 s), within `wait`
-        seconds in all: each read is bounded by what remains, and one that meets an outage
-        counts as "not yet". Once the fan-out is complete (`made`, or the event says so), a
-        delivery not found was deleted (retention: an event emitted again under its key long
-        after): ended. Before, it is not made yet (a sweep completes the fan-out)."""
-        keys = [E.delivery_key(event.id, t, None) for t in targets]
-        deadline = self.clock.now() + dt.timedelta(seconds=wait)
-        real_deadline = time.monotonic() + wait  # a FakeClock nobody moves (in memory)
-        delay = 0.02
-        docs: list[Doc] = []
-        while True:
-            remaining = self._left(deadline, real_deadline)
-            try:
-                async with self.storage.producer.bounded(max(remaining, 0.05)):
-                    # whether the fan-out is done is read first: one completed after the
-                    # read of the deliveries would make a delivery that read missed look deleted
-                    done_before = made or await self._fanned_out(event.id)
-                    docs = await self.storage.deliveries.by_keys(keys)
-                    made = done_before
-                pending = [d for d in docs if d["status"] not in ENDED]
-                if not pending and (made or len(docs) == len(keys)):
-                    break
-            except (PyMongoError, TimeoutError) as exc:
-                timed_out = isinstance(exc, TimeoutError) or getattr(exc, "timeout", False)
-                if not is_transient(exc) and not timed_out:  # a bounded read ran out: retried
-                    raise
-            remaining = self._left(deadline, real_deadline)
-            if remaining <= 0:
-                raise await self._timed_out(event, docs, targets, wait)
-            await _nap(self.clock, min(delay, remaining))
-            delay = min(delay * 1.5, 0.5)
-        ended = {d["delivery_key"]: Delivery.of_job(d) for d in docs}
-        by_target = {d.target: d for d in ended.values()}
-        shown = {d.target for d in event.deliveries}  # and those a sweep made meanwhile
-        event.deliveries = [by_target.get(d.target, d) for d in event.deliveries] + [
-            d for d in by_target.values() if d.target not in shown
-        ]
-        failed = [d for d in ended.values() if d.status in FAILED]
-        if failed:
-            parts = [
-                f"{d.target!r} {d.status} after {d.attempt} attempt(s): {_first_line(d.error)}"
-                for d in failed
-            ]
-            raise EventDeliveryError(
-                f"event {event.name!r} {event.id}: sync subscriber "
-                + "; ".join(parts)
-                + " (recorded on its delivery job; replay with replay_event(event_id, "
-                "subscribers=[...]) once fixed)",
-                event.id,
-                list(failed),
-            )
-
-    async def _fanned_out(self, event_id: str) -> bool:
-        """Whether the event's fan-out is complete (an event removed meanwhile: nothing left
-        to make)."""
-        stored = await self.storage.events.get(event_id_of(event_id))
-        return stored is None or stored.get("fanout") != "owed"
-
-    async def _timed_out(
-        self, event: Event, docs: list[Doc], targets: list[str], wait: float
-    ) -> EventTimeoutError:
-        now = self.clock.now()
-        by_target = {(d.get("payload") or {}).get("target"): d for d in docs}
-        parts = []
-        waiting: list[object] = []
-        for target in targets:
-            d = by_target.get(target)
-            if d is not None and d["status"] in ENDED:
-                continue
-            job_name = E.delivery_job_name(event.name, target)
-            try:  # a hint only: never a wait past the timeout, nor an outage's error
-                async with self.storage.producer.bounded(1.0):
-                    served: list[Doc] | None = await self.storage.workers.serving(
-                        job_name, now, self.worker_timeout
-                    )
-            except (PyMongoError, TimeoutError):
-                served = None
-            status = d["status"] if d is not None else "not known (MongoDB did not answer)"
-            hint = (
-                ""
-                if served is None or served
-                else f"; no live worker serves {job_name!r}: start one that declares it"
-            )
-            parts.append(f"{target!r} is {status}{hint}")
-            if d is not None:
-                waiting.append(Delivery.of_job(d))
-        return EventTimeoutError(
-            f"event {event.name!r} {event.id}: sync subscriber did not finish within "
-            f"{wait:g}s: " + "; ".join(parts) + " (the delivery goes on; see get_event)",
-            event.id,
-            waiting,
-        )
 
     # ---- reads and replays (the events module's functions, with this process's settings) ----
 
@@ -586,7 +474,7 @@ class EventBus:
         expires_at = keep.expires_at(S.SKIPPED, now) if keep is not None else None
         reason = (
             f"not run: serial subscriber {payload['target']!r} before it ended {job.status.value}"
-            + (f" ({_first_line(job.error)})" if job.error else "")
+            + (f" ({first_line(job.error)})" if job.error else "")
         )
         docs = [
             E.chain_stopped(
@@ -629,21 +517,3 @@ class EventBus:
             if len(batch) < OWED_BATCH or not fresh:
                 break
         return done
-
-
-async def _nap(clock: Clock, seconds: float) -> None:
-    """A pause of `seconds`, by the processor's clock or by real time, whichever ends first
-    (a test's FakeClock moved by the test ends it; one nobody moves does not hold it). Any
-    other clock: its own sleep (the sync JobClient drives this without an event loop)."""
-    if not isinstance(clock, FakeClock):
-        await clock.sleep(seconds)
-        return
-    naps = {
-        asyncio.ensure_future(clock.sleep(seconds)),
-        asyncio.ensure_future(asyncio.sleep(seconds)),
-    }
-    try:
-        await asyncio.wait(naps, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for nap in naps:
-            nap.cancel()
