@@ -111,8 +111,15 @@ class SyncWait:
         by_target = {(d.get("payload") or {}).get("target"): d for d in docs}
         parts = []
         waiting: list[object] = []
+        failed = []  # those that failed for good meanwhile: said first
         for target in targets:
             d = by_target.get(target)
+            if d is not None and d["status"] in FAILED:
+                ended = Delivery.of_job(d)
+                failed.append(
+                    f"{target!r} {ended.status} after {ended.attempt} attempt(s): "
+                    f"{first_line(ended.error)}"
+                )
             if d is not None and d["status"] in ENDED:
                 continue
             job_name = E.delivery_job_name(event.name, target)
@@ -134,7 +141,7 @@ class SyncWait:
                 waiting.append(Delivery.of_job(d))
         return EventTimeoutError(
             f"event {event.name!r} {event.id}: sync subscriber did not finish within "
-            f"{wait:g}s: " + "; ".join(parts) + " (the delivery goes on; see get_event)",
+            f"{wait:g}s: " + "; ".join(failed + parts) + " (the delivery goes on; see get_event)",
             event.id,
             waiting,
         )

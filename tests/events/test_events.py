@@ -207,6 +207,38 @@ async def test_a_sync_emit_times_out_when_no_worker_serves_the_subscriber(db: An
     ]
 
 
+async def test_a_sync_timeout_also_names_a_sync_subscriber_that_failed_meanwhile(
+    db: Any,
+) -> None:
+    """Two sync subscribers, one failed for good and one still running at the timeout: the
+    error named only the running one, so the failure was found only on get_event."""
+    release = asyncio.Event()
+
+    async def audit(event: Event, signal: AbortSignal) -> None:
+        raise DoNotRetry("audit rejected it")
+
+    async def ledger(event: Event, signal: AbortSignal) -> None:
+        await release.wait()
+
+    subs = {
+        "paid": [
+            Subscriber("audit", handler=audit, mode="sync"),
+            Subscriber("ledger", handler=ledger, mode="sync"),
+        ]
+    }
+    p = await make(db, subs, concurrency=2)
+    async with p:
+        try:
+            with pytest.raises(EventTimeoutError) as late:
+                await p.emit("paid", {}, sync_timeout=1.0)
+        finally:
+            release.set()
+    said = str(late.value)
+    assert "'audit' errored after 1 attempt(s): DoNotRetry: audit rejected it" in said, said
+    assert "'ledger' is running" in said or "'ledger' is pending" in said, said
+    assert [d.target for d in late.value.deliveries] == ["ledger"]  # those under way
+
+
 async def test_a_key_deduplicates_emits(db: Any) -> None:
     calls: list[str] = []
 
