@@ -521,6 +521,23 @@ async def test_the_refusal_of_a_client_suggests_a_call_that_works_without_a_data
         await client.close()
 
 
+async def test_a_database_name_the_server_refuses_is_said_so_not_unreachable(
+    mongo_url: str,
+) -> None:
+    """A database name too long for MongoDB (one that fits in a URL) was "cannot reach MongoDB
+    at host within 10s (Invalid database name: ...)": the server answered, and no wait helps."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    name = "jobs_of_the_billing_service_in_the_europe_west_region_production_blue"
+    try:
+        with pytest.raises(InvalidDatabaseError) as err:
+            await init_job_processor(client[name], jobs=JOBS, connect_timeout=5)
+    finally:
+        await client.close()
+    said = str(err.value)
+    assert f"database name {name!r}" in said and "shorter" in said, said
+    assert "cannot reach" not in said, said
+
+
 async def _counts(db: Any) -> dict[str, int]:
     names = ("jobs", "events")
     return {n: await db[f"job_processor_{n}"].count_documents({}) for n in names}

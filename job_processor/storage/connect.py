@@ -17,7 +17,12 @@ import pymongo
 from pymongo import AsyncMongoClient, MongoClient, ReadPreference
 from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import (
+    ConfigurationError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import split_options
 
@@ -171,6 +176,12 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             "MONGODB_URL and that the server is running"
         ) from None
     except (TimeoutError, PyMongoError) as exc:
+        if isinstance(exc, OperationFailure) and _refuses_the_name(exc):  # it answered
+            raise InvalidDatabaseError(
+                f"MongoDB at {address(db)} refuses the database name {db.name!r} "
+                f"({_errmsg(exc)}): name a shorter one, under 64 characters (e.g. "
+                f"mongodb://host:27017/{DEFAULT_DATABASE} in MONGODB_URL)"
+            ) from None
         # the sync client's bound is the driver's own: its server selection timing out
         timed_out = isinstance(exc, TimeoutError) or (
             is_sync(db) and isinstance(exc, ServerSelectionTimeoutError)
@@ -197,6 +208,17 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             f"cannot reach MongoDB at {address(db)} ({reason}); check MONGODB_URL and that the "
             "server is running (connect_timeout= sets the wait)"
         ) from exc
+
+
+def _refuses_the_name(exc: OperationFailure) -> bool:
+    """The server answered that the database's name is not one it takes (too long: a URL
+    accepts it): InvalidNamespace, or its text where a server gives no code."""
+    text = _errmsg(exc).lower()
+    return exc.code == 73 or "database name" in text or "db name" in text
+
+
+def _errmsg(exc: OperationFailure) -> str:
+    return str((exc.details or {}).get("errmsg") or exc).splitlines()[0][:300]
 
 
 def _is_motor(db: Any) -> bool:

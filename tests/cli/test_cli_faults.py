@@ -238,6 +238,16 @@ async def test_a_replica_set_name_the_server_does_not_have_is_said(db: Any, mong
     assert "not a member of replica set 'no-such-set'" in said.stderr
 
 
+async def test_a_database_name_the_server_refuses_is_bad_input(mongo_url: str) -> None:
+    """A MONGODB_URL naming a database MongoDB refuses (too long) exited 3, "cannot reach
+    MongoDB ... (--timeout sets the wait)": the server answered, and the URL is what to fix."""
+    name = "jobs_of_the_billing_service_in_the_europe_west_region_production_blue"
+    said = await cli(url_with_db(mongo_url, name), "status", "--timeout", "5")
+    assert said.returncode == 2, (said.returncode, said.stderr)
+    assert f"database name {name!r}" in said.stderr and "MONGODB_URL" in said.stderr
+    assert "cannot reach" not in said.stderr and "Traceback" not in said.stderr, said.stderr
+
+
 async def test_jobs_new_with_an_empty_at_or_payload_is_refused(db: Any, mongo_url: str) -> None:
     """`--at ""` (a script's unset variable) created a job due now; `--payload ""` one of {}."""
     url = url_with_db(mongo_url, db.name)
