@@ -7,6 +7,7 @@ import datetime as dt
 import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
@@ -61,6 +62,13 @@ def _check_callable(value: Any, field: str, params: str) -> Any:
         return value
     if not callable(value):
         raise ValueError(f"{field} must be a function (async def or plain def), got {value!r}")
+    call = value if inspect.isroutine(value) or isinstance(value, partial) else value.__call__
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        raise ValueError(
+            f"{field} {getattr(value, '__name__', value)!r} is a generator function (it "
+            "yields): calling it runs none of its body, so it would end at once, done; return "
+            "the value instead of yielding it"
+        )
     try:
         signature = inspect.signature(value)
     except (TypeError, ValueError):  # some builtins have no signature: trust them

@@ -124,6 +124,30 @@ def test_handlers_with_the_wrong_parameters_are_refused() -> None:
     parse_jobs({"x": {"handler": lambda *args: None}})  # *args can take them
 
 
+def test_generator_functions_are_refused_as_handlers_and_hooks() -> None:
+    """A handler with a `yield` (async or not) was accepted: calling it runs none of its body,
+    so its job was recorded `finished`, its result the generator's repr, and nothing ran."""
+
+    async def agen(job: object, signal: object) -> object:
+        yield 1
+
+    def gen(job: object, signal: object) -> object:
+        yield 1
+
+    async def hook(job: object) -> object:
+        yield 1
+
+    for bad in (agen, gen):
+        with pytest.raises(InvalidDefinitionError, match=r"field 'handler': .* generator"):
+            parse_jobs({"x": {"handler": bad}})
+        with pytest.raises(InvalidDefinitionError, match=r"field 'handler': .* generator"):
+            CronDef(handler=bad, cron_string="* * * * *")
+        with pytest.raises(InvalidDefinitionError, match=r"field 'handler': .* generator"):
+            Subscriber("audit", bad)
+    with pytest.raises(InvalidDefinitionError, match=r"field 'on_job_exited': .* generator"):
+        JobDef(handler=handler, on_job_exited=hook)
+
+
 def test_unknown_job_keys_list_job_keys_and_point_cron_keys_to_crons() -> None:
     with pytest.raises(InvalidDefinitionError) as err:
         parse_jobs({"x": {"handler": lambda job, signal: None, "cron_string": "* * * * *"}})
