@@ -173,6 +173,16 @@ async def test_what_is_not_a_logger_is_refused_with_the_fix(db: Any, logger: Any
         await init_job_processor(db, logger=logger, jobs=JOBS)
 
 
+async def test_definitions_given_by_position_are_said_to_go_in_jobs(db: Any) -> None:
+    """`init_job_processor(db, {"send-email": JobDef(...)})` (the definitions second, as in
+    other queues) was told to pass logging.getLogger('myapp'): the second parameter is
+    `logger`. The error says to name them, jobs={...}, and nothing is written."""
+    with pytest.raises(InvalidDefinitionError, match=re.escape("jobs={...}")) as err:
+        await init_job_processor(db, JOBS)
+    assert "getLogger" not in str(err.value), err.value
+    assert await db.list_collection_names() == []
+
+
 async def test_stdlib_logger_gets_structured_events(
     db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -101,6 +102,13 @@ def make_log(logger: Any | None) -> EventLog:
         logger = structlog.get_logger("job_processor")
     if isinstance(logger, EventLog):
         return logger
+    if isinstance(logger, Mapping):  # init_job_processor(db, {...}): its second is the logger
+        raise InvalidDefinitionError(
+            f"logger must be a logging.Logger or a structlog logger, got a dict "
+            f"({', '.join(map(repr, list(logger)[:3]))}): definitions go by name, "
+            "init_job_processor(db, jobs={...}) (crons={...} for crons): its second "
+            "parameter is the logger"
+        )
     inner = logger
     while isinstance(inner, logging.LoggerAdapter):
         inner = inner.logger
