@@ -358,8 +358,23 @@ def _fields(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str
             msg = f"unknown key{hint}; allowed keys are {', '.join(model.model_fields)}"
             if model is JobDef and err["loc"] and err["loc"][0] in CronDef.model_fields:
                 msg += f" ({err['loc'][0]!r} belongs to a CronDef: declare it in crons={{...}})"
+        elif isinstance(err.get("input"), dt.timedelta) and err["loc"]:
+            msg += _a_number_of(str(err["loc"][-1]))
         parts.append((field, msg))
     return parts
+
+
+#: The durations a definition takes as a number of minutes (the others: seconds).
+_IN_MINUTES = frozenset({"checkin_margin", "max_runtime_in_minutes"})
+
+
+def _a_number_of(field: str) -> str:
+    """The fix for a timedelta given to a duration field that takes a number."""
+    if field in _IN_MINUTES:
+        return " (a number of minutes, not a timedelta: td.total_seconds() / 60)"
+    if field.endswith(("_seconds", "timeout")):
+        return " (a number of seconds, not a timedelta: td.total_seconds())"
+    return ""
 
 
 def _explain(

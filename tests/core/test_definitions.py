@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
@@ -146,6 +147,20 @@ def test_generator_functions_are_refused_as_handlers_and_hooks() -> None:
             Subscriber("audit", bad)
     with pytest.raises(InvalidDefinitionError, match=r"field 'on_job_exited': .* generator"):
         JobDef(handler=handler, on_job_exited=hook)
+
+
+def test_a_timedelta_for_a_duration_in_numbers_says_the_unit() -> None:
+    """`checkin_margin=timedelta(minutes=5)` (keep_finished takes a timedelta) was refused with
+    pydantic's "Input should be a valid number": neither the unit nor the fix."""
+    five = dt.timedelta(minutes=5)
+    for kwargs, said in (
+        ({"checkin_margin": five}, "a number of minutes"),
+        ({"max_runtime_in_minutes": five}, "a number of minutes"),
+        ({"on_job_exited_timeout": five}, "a number of seconds"),
+        ({"backoff": {"base_seconds": five}}, "a number of seconds"),
+    ):
+        with pytest.raises(InvalidDefinitionError, match=re.escape(said)):
+            CronDef(handler=handler, cron_string="* * * * *", **kwargs)
 
 
 def test_unknown_job_keys_list_job_keys_and_point_cron_keys_to_crons() -> None:
