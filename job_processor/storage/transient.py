@@ -148,8 +148,9 @@ def describe(exc: BaseException) -> str:
 class ProducerRetry:
     """Producer calls (schedule, kill, retry, emit; async or driven synchronously) ride out
     short outages: a transient error is retried with backoff (0.1 s doubling, at most 2 s
-    apart) within `budget` seconds, each attempt bounded by what remains; past it, one
-    DatabaseUnreachableError naming the server and the time spent. `budget` 0: one attempt.
+    apart) within `budget` seconds (the last try at its end), each attempt bounded by what
+    remains; past it, one DatabaseUnreachableError naming the server and the time spent.
+    `budget` 0: one attempt.
 
     `op(retried)` is told whether an earlier attempt failed on the network: a write whose
     reply was lost may have landed, and the op recognises it (a duplicate of the `_id` it
@@ -222,7 +223,7 @@ class ProducerRetry:
                 if not own and not is_transient(exc):
                     raise
                 cut = own and bound < remaining  # by COMMAND_BOUND, not the budget: again
-                if (own and not cut) or time.monotonic() + delay >= deadline:
+                if (own and not cut) or time.monotonic() >= deadline:
                     spent = time.monotonic() - start
                     what = (  # the call's commands took that long in all
                         f"the call's commands at MongoDB {self.where()} did not all complete "
@@ -237,8 +238,11 @@ class ProducerRetry:
                         "server had already received may still be applied)"
                     ) from exc
                 retried = True
+            # the last try at the budget's end: a backoff step past it gave up early (at 1.5 s
+            # of a 3 s budget), failing a call whose outage ended within the budget
+            pause = max(min(delay, deadline - time.monotonic()), 0.0)
             if self.sync:
-                time.sleep(delay)  # noqa: ASYNC251 - driven without an event loop (sync_adapter)
+                time.sleep(pause)  # noqa: ASYNC251 - driven without an event loop (sync_adapter)
             else:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
             delay = min(delay * 2, 2.0)

@@ -28,6 +28,7 @@ from pymongo.errors import AutoReconnect
 from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_job_processor
 from job_processor.core import documents as D
 from job_processor.core.errors import DatabaseUnreachableError
+from job_processor.storage.sync_adapter import drive
 from job_processor.storage.transient import ProducerRetry
 from tests.helpers import wait_for, wait_status
 
@@ -236,6 +237,26 @@ async def test_a_producer_call_gives_up_within_its_budget_plus_the_last_trys_sec
     assert len(tries) >= 2 and last < 1.0  # every try starts within the budget
     assert elapsed > 1.0  # the budget is overrun by the try under way ...
     assert elapsed - last < 1.0 + 0.25  # ... which is given a second (here it needs it all)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_a_producer_call_rides_out_an_outage_that_ends_within_its_budget(sync: bool) -> None:
+    """producers.md: transient errors are retried for up to `producer_retry_seconds`. The
+    backoff's next step (1.6 s here) ran past the 2 s budget, so the call gave up at 1.5 s:
+    an outage over at 1.7 s failed the call (a 3 s budget rode out 1.5 s). The last try is
+    made at the budget's end."""
+    retry = ProducerRetry(2.0, sync=sync, where=lambda: "db.example:27017")
+    tries: list[float] = []
+    began = time.monotonic()
+
+    async def op(retried: bool) -> str:
+        tries.append(time.monotonic() - began)
+        if tries[-1] < 1.7:  # the server is back 1.7 s into the 2 s budget
+            raise AutoReconnect("connection refused")
+        return "written"
+
+    assert (drive(retry.run(op)) if sync else await retry.run(op)) == "written"
+    assert tries[-1] < 2.0 + 0.25  # the last try at the budget's end, not past it
 
 
 def _due_at(clock: FakeClock, at: dt.datetime) -> list[asyncio.Future[None]]:
