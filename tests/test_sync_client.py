@@ -316,6 +316,21 @@ def test_a_client_reaches_mongodb_on_its_first_call_not_when_made() -> None:
         mongo.close()
 
 
+def test_a_closed_mongo_client_is_said_as_such_at_the_first_call_too(mongo_url: str) -> None:
+    """A MongoClient the app closed (a shutdown hook, a test's teardown) is a programming
+    error, raised as the driver says it on every call: the first call called it an outage,
+    "cannot reach MongoDB ... within 10s ... check MONGODB_URL and that the server is
+    running", at once, with the server up."""
+    from pymongo.errors import InvalidOperation
+
+    mongo: MongoClient[Any] = MongoClient(mongo_url, tz_aware=True)
+    client = JobClient(mongo["app"], CHECKED)
+    mongo.close()
+    for _ in range(2):  # the first call (which checks MongoDB answers), then another
+        with pytest.raises(InvalidOperation, match="after close"):
+            client.schedule_job("ship", {"order_id": 1})
+
+
 async def test_in_an_async_function_it_refuses_to_wait_and_warns_on_other_calls(
     sync_db: Database[Any],
 ) -> None:

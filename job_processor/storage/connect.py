@@ -19,6 +19,7 @@ from pymongo.common import URI_OPTIONS_ALIAS_MAP, URI_OPTIONS_VALIDATOR_MAP
 from pymongo.database import Database
 from pymongo.errors import (
     ConfigurationError,
+    InvalidOperation,
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
@@ -175,6 +176,8 @@ async def check_reachable(db: Any, wait: float, *, refused_is_final: bool = Fals
             f"cannot reach MongoDB at {address(db)} ({PLAIN_REASONS['Errno 111']}); check "
             "MONGODB_URL and that the server is running"
         ) from None
+    except InvalidOperation:  # a client the app closed: a programming error, not an outage
+        raise
     except (TimeoutError, PyMongoError) as exc:
         if isinstance(exc, OperationFailure) and _refuses_the_name(exc):  # it answered
             raise InvalidDatabaseError(
