@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -46,10 +47,16 @@ from typing import Any
 from bson import ObjectId
 from pydantic import BaseModel
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from .core.clock import BlockingClock
 from .core.definitions import JobDef, parse_jobs
-from .core.errors import InvalidDatabaseError, JobProcessorError, keywords_checked
+from .core.errors import (
+    DatabaseUnreachableError,
+    InvalidDatabaseError,
+    JobProcessorError,
+    keywords_checked,
+)
 from .core.log import make_log
 from .core.models import Event, Job
 from .core.producing import JobSpec
@@ -62,7 +69,9 @@ from .core.settings import (
 from .events.bus import EventBus
 from .processor import JobProcessor, init_job_processor
 from .storage import PRODUCER_RETRY_SECONDS
+from .storage.connect import address
 from .storage.sync_adapter import SyncDatabase, drive
+from .storage.transient import describe, is_transient
 
 __all__ = ["JobClient", "JobSpec"]
 
@@ -93,10 +102,11 @@ class JobClient:
         EventBus.check_names(list(parse_jobs(jobs)), EventBus.delivery_names({}, True))
         make_log(logger)
         check_keep_events(keep_events)
-        check_retry_budget(producer_retry_seconds)
+        retry_seconds = check_retry_budget(producer_retry_seconds)
         check_prefix(prefix)
         check_positive("connect_timeout", connect_timeout)
         self._database = database
+        self._retry_seconds = retry_seconds
         self._init = functools.partial(
             init_job_processor,
             SyncDatabase(database),
@@ -149,7 +159,7 @@ class JobClient:
     def _attempt(self, making: tuple[int, Future[JobProcessor]]) -> JobProcessor:
         attempt = making[1]
         try:
-            made = drive(self._init())
+            made = self._make()
             made.open_names = self._open_names
             made.hooks_here = False
             made.jobs_given_to = "the jobs= given to JobClient(database, jobs={...})"
@@ -163,6 +173,29 @@ class JobClient:
             with self._lock:
                 if self._making is making:  # (a thread may have begun another since)
                     self._making = None
+
+    def _make(self) -> JobProcessor:
+        """The processor, made again after a transient error while producer_retry_seconds
+        lasts (0: the driver's error): MongoDB answered the first ping, then went away (a
+        restart, a failover) during the setup after it (indexes, registry reads), which a
+        producer call rides out as it rides out its own commands."""
+        began, delay = time.monotonic(), 0.1
+        while True:
+            try:
+                return drive(self._init())
+            except PyMongoError as exc:
+                spent = time.monotonic() - began
+                if self._retry_seconds <= 0 or not is_transient(exc):
+                    raise
+                if spent >= self._retry_seconds:
+                    raise DatabaseUnreachableError(
+                        f"MongoDB at {address(self._database)} did not answer for {spent:.1f}s "
+                        f"({describe(exc)}) while the client set up its collections; the call "
+                        f"did not complete (producer_retry_seconds={self._retry_seconds:g} sets "
+                        "how long producer calls wait)"
+                    ) from exc
+            time.sleep(min(delay, self._retry_seconds - spent))  # the last try at its end
+            delay = min(delay * 2, 2.0)
 
     def __copy__(self) -> JobClient:
         return self  # one client per process: a copy is the same client (Django's test data)

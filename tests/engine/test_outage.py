@@ -160,6 +160,47 @@ def test_producers_ride_out_a_restarted_server_without_losing_or_doubling_a_job(
     assert sorted(stored) == sorted(returned)  # none lost, none written twice
 
 
+def test_a_job_clients_first_call_rides_out_a_server_restarted_during_its_setup(
+    own_server: LocalServer,
+) -> None:
+    """producers.md: every JobClient method rides out a short outage. Its first call checks
+    that MongoDB answers, then creates the indexes: a server restarted between the two (a
+    failover, a deploy) made that call raise the driver's AutoReconnect at once, a request's
+    500. The setup is made again while producer_retry_seconds lasts."""
+    from pymongo import MongoClient, monitoring
+
+    from job_processor.sync import JobClient
+
+    async def never(job: Job, signal: AbortSignal) -> None:
+        raise AssertionError("not run here")
+
+    servers = [own_server]
+
+    class RestartAtFirstIndex(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "createIndexes" and len(servers) == 1:
+                own_server.stop()  # its connections die with it
+                servers.append(start_local_server(own_server.data_dir, port=own_server.port))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    mongo: MongoClient[Any] = MongoClient(
+        own_server.url, tz_aware=True, event_listeners=[RestartAtFirstIndex()]
+    )
+    try:
+        client = JobClient(mongo["first"], {"send": JobDef(handler=never)})
+        job = client.schedule_job("send", {"n": 1})
+        assert len(servers) == 2, "the server was restarted during the setup"
+        assert client.get_job(job.id).status == JobStatus.PENDING
+    finally:
+        mongo.close()
+        servers[-1].stop()
+
+
 async def test_a_final_write_refused_with_a_retryable_label_is_ridden_out(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
