@@ -89,10 +89,17 @@ class Limiter:
             if names and (limit.templated or self.blocked.get(key, now) <= now):
                 eligible[key] = names
         plan = [(key, free) for key in eligible]
+        full: dict[str, set[str]] = {}  # a per-value limit -> its keys full now (read once)
         if len(eligible) > 1:
             key_of = {n: key for key, names in eligible.items() for n in names}
-            best = await self.storage.jobs.due_names(list(key_of), now, free)
-            share = Counter(key_of[n] for n in best if n in key_of)
+            for key in eligible:
+                if self.limits[key].templated:
+                    full[key] = await self._full_keys(self.limits[key], now, worker)
+            # the jobs of full keys cannot be claimed: left out, or a full tenant's backlog
+            # gave its limit every slot, run on its other tenants' younger jobs
+            skip = {k for keys in full.values() for k in keys} | self._blocked_values(now)
+            best = await self.storage.jobs.due_names(list(key_of), now, free, sorted(skip))
+            share = self._share(best, key_of)
             plan = list(share.items()) + [(k, free) for k in eligible if k not in share]
         for key, most in plan:
             if free - got <= 0:
@@ -100,10 +107,28 @@ class Limiter:
             limit, names = self.limits[key], eligible[key]
             n = min(most, free - got)
             if limit.templated:
-                got += await self._claim_values(worker, me, limit, names, n, now)
+                got += await self._claim_values(worker, me, limit, names, n, now, full.get(key))
             else:
                 got += await self._claim_key(worker, me, limit, names, n, now)
         return got
+
+    def _share(self, best: list[tuple[str, Any]], key_of: Mapping[str, str]) -> Counter[str]:
+        """How many of the best due jobs (name, limit key) each limit has, counting at most a
+        per-value limit's concurrency of one of its keys (a tenant's backlog takes no more
+        slots of the claim than that tenant may start)."""
+        share: Counter[str] = Counter()
+        per_value: Counter[str] = Counter()
+        for name, value in best:
+            key = key_of.get(name)
+            if key is None:
+                continue
+            limit = self.limits[key]
+            if limit.templated and limit.concurrency is not None and isinstance(value, str):
+                per_value[value] += 1
+                if per_value[value] > limit.concurrency:
+                    continue
+            share[key] += 1
+        return share
 
     async def _claim_values(
         self,
@@ -113,17 +138,19 @@ class Limiter:
         names: list[str],
         free: int,
         now: dt.datetime,
+        known_full: set[str] | None = None,
     ) -> int:
         """A per-value limit: the best due jobs of keys not known to be full, each under a slot
         of its own key (see the module docstring). A few rounds at most: each learns which keys
-        are full, none runs without a claim or a newly full key."""
+        are full, none runs without a claim or a newly full key. `known_full`: its full keys,
+        when this claim has read them already."""
         claimed = 0
-        known_full = await self._full_keys(limit, now, worker)
+        if known_full is None:
+            known_full = await self._full_keys(limit, now, worker)
         for _ in range(4):
             if claimed >= free:
                 break
-            full = [k for k, t in self.blocked.items() if t > now and k in self.template_of]
-            full = sorted(known_full.union(full))
+            full = sorted(known_full | self._blocked_values(now))
             candidates = await self.storage.jobs.due_by_key(names, now, full, free - claimed)
             by_key: dict[str, list[Doc]] = {}
             for doc in candidates:
@@ -181,6 +208,10 @@ class Limiter:
             if untils:
                 worker.wake_at(dt.datetime.fromtimestamp(min(untils) / 1000, tz=dt.UTC))
         return full
+
+    def _blocked_values(self, now: dt.datetime) -> set[str]:
+        """The per-value keys this process found full, until a time still ahead."""
+        return {k for k, t in self.blocked.items() if t > now and k in self.template_of}
 
     def _block(
         self, worker: ClaimingWorker, key: str, retry_at: dt.datetime | None, now: dt.datetime

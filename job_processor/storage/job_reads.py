@@ -4,6 +4,7 @@ wakes idle workers. A mixin of `JobStore`."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,15 +249,23 @@ class JobReads:
         said = " or ".join(what for _, what in keys) or "one of its unique keys"
         return f"another active job held {said}"  # it ended meanwhile
 
-    async def due_names(self, names: list[str], now: dt.datetime, n: int) -> list[str]:
-        """The names of the best `n` jobs of these names claimable now, in claim order (the
-        claim index: `claim_name` is all it returns)."""
-        cursor = self.due_names_cursor(names, now, n)
-        return [str(d.get("claim_name")) for d in await all_docs(cursor)]
+    async def due_names(
+        self, names: list[str], now: dt.datetime, n: int, skip_keys: Sequence[str] = ()
+    ) -> list[tuple[str, Any]]:
+        """The names and limit keys of the best `n` jobs of these names claimable now, in
+        claim order (the claim index), leaving out those whose limit key is one of `skip_keys`
+        (a per-value limit's keys found full: their jobs cannot be claimed)."""
+        cursor = self.due_names_cursor(names, now, n, skip_keys)
+        return [(str(d.get("claim_name")), d.get("limit_key")) for d in await all_docs(cursor)]
 
-    def due_names_cursor(self, names: list[str], now: dt.datetime, n: int) -> Any:
+    def due_names_cursor(
+        self, names: list[str], now: dt.datetime, n: int, skip_keys: Sequence[str] = ()
+    ) -> Any:
         query = D.claim_filter(names, now)
-        return self.coll.find(query, {"_id": 0, "claim_name": 1}).sort(D.CLAIM_SORT).limit(n)
+        if skip_keys:
+            query["limit_key"] = {"$nin": sorted(skip_keys)}
+        fields = {"_id": 0, "claim_name": 1, "limit_key": 1}
+        return self.coll.find(query, fields).sort(D.CLAIM_SORT).limit(n)
 
     async def next_due(self, names: list[str]) -> dt.datetime | None:
         """When the earliest claimable job of these names is due (tests, `testing`)."""

@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, Job, JobDef, JobSpec, JobStatus
 from job_processor.core.definitions import Limit
 from tests.engine.test_limits import max_overlap
 from tests.helpers import make, wait_status
@@ -84,3 +84,32 @@ async def test_jobs_queued_under_a_static_limit_obey_the_per_tenant_limit_that_r
     keys = {(await new.get_job(j)).limit_key for j in backlog}
     assert max_overlap(spans["acme"]) == 1, (spans, keys)  # measured by the handlers
     assert keys == {"tenant:acme", "tenant:globex"}, keys
+
+
+async def test_a_full_tenants_backlog_does_not_hand_its_slots_to_younger_tenants_first(
+    db: Any,
+) -> None:
+    # the best due jobs across the limits were read without leaving out a per-value limit's
+    # full keys: a full tenant's backlog at the head of the queue gave that limit every free
+    # slot, and its other tenants' younger jobs ran before an older job under another limit
+    starts: list[str] = []
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        starts.append(job.name)
+        await asyncio.sleep(0.05)
+
+    jobs = {
+        "sync": JobDef(handler=work, limit=Limit(key="tenant:{tenant_id}", concurrency=1)),
+        "report": JobDef(handler=work, limit=Limit(key="report-api", concurrency=10)),
+    }
+    p = await make(db, jobs, concurrency=2)
+    now = dt.datetime.now(dt.UTC)
+    early, before = now - dt.timedelta(minutes=2), now - dt.timedelta(minutes=1)
+    big = JobSpec("sync", {"tenant_id": "big"}, scheduled_for=early)
+    await p.schedule_jobs([big] * 30)
+    report = await p.schedule_job("report", {}, scheduled_for=before)  # older than the others
+    await p.schedule_jobs([("sync", {"tenant_id": t}) for t in "bcdefghijk" for _ in range(2)])
+    async with p:
+        await wait_status(p, report.id, S.FINISHED, timeout=30)
+    # the big tenant's first run, one of another tenant (they filled the first claim), then it
+    assert "report" in starts[:4], f"report started #{starts.index('report') + 1}"
