@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -147,18 +148,22 @@ class Runtime:
         return self.worker_id or self.client_id
 
     def wake_for(self, docs: list[Doc]) -> None:
-        """Wake the claim loop if one of these new documents is a pending job it claims."""
+        """Wake the claim loop if one of these new documents is a pending job it claims: at
+        once, or at its due time for a job scheduled for later (as `schedule_job` does)."""
         if not self.started:
             return
         mine = [
-            str(d["name"])
+            d
             for d in docs
             if d.get("status") == JobStatus.PENDING.value and d.get("name") in self.worker.names
         ]
-        for name in mine:
+        for name in {str(d["name"]) for d in mine}:
             self.worker.expect(name)
-        if mine:
-            self.worker.wake.set()
+        for when in {d.get("scheduled_for") for d in mine}:
+            if isinstance(when, dt.datetime):
+                self.worker.wake_at(when)
+            else:
+                self.worker.wake.set()
 
     def _on_cron_task(self, task: Doc) -> None:
         if task["status"] == JobStatus.PENDING and task["name"] in self.worker.names:

@@ -150,3 +150,21 @@ async def test_jobs_scheduled_far_ahead_cost_one_timer_per_worker(db: Any) -> No
         for job in jobs:
             await processor.kill_job(job.id)
     assert len(processor.worker.due) == 1  # killed jobs leave an inert entry, no timers
+
+
+async def test_a_batch_of_jobs_due_soon_runs_on_time_though_the_next_poll_is_far(db: Any) -> None:
+    """`schedule_jobs` with delays woke the worker at once, found nothing due, and left the
+    jobs to the next poll (up to `poll_interval` late), where `schedule_job` records the due
+    time and wakes the worker then."""
+    import datetime as dt
+
+    from job_processor import JobSpec
+
+    processor = await make(db, JOBS, poll_interval=30, idle_poll_interval=30, change_streams=False)
+    async with processor:  # its next poll is 30 s away
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+        first, second = await processor.schedule_jobs(
+            [JobSpec("n", scheduled_for=soon), JobSpec("n", delay=1.5)]
+        )
+        await wait_status(processor, first.id, "finished", timeout=5)  # type: ignore[arg-type]
+        await wait_status(processor, second.id, "finished", timeout=5)  # type: ignore[arg-type]
