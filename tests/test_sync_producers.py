@@ -167,6 +167,18 @@ def test_a_batch_of_an_unregistered_name_warns_once(
     assert caplog.text.count("job_name_not_registered") == 1
 
 
+def test_a_tag_for_an_unregistered_name_is_said_so(sync_db: Database[Any]) -> None:
+    """It said the tag "differs from its definition's (None)" for a name with no definition
+    known at all; nothing is written."""
+    from job_processor import InvalidArgumentError, JobSpec
+
+    client = JobClient(sync_db)
+    said = r"^item 0: job 'new-name': tag 'gpu' given for a name no worker has registered"
+    with pytest.raises(InvalidArgumentError, match=said):
+        client.schedule_jobs([JobSpec("new-name", {}, tag="gpu")])
+    assert sync_db["job_processor_jobs"].count_documents({}) == 0
+
+
 def test_a_batchs_errors_name_the_item(sync_db: Database[Any]) -> None:
     from job_processor import InvalidArgumentError, JobDef, JobNotFoundError, JobSpec
 

@@ -76,6 +76,8 @@ class Template:
     resumable: bool = False
     limit_key: str | None = None
     payload_model: type[BaseModel] | None = None
+    known: bool = True
+    """False for a name no worker has registered (a JobClient without jobs= writes it as is)."""
 
     @classmethod
     def of(cls, definition: JobDef) -> Template:
@@ -267,6 +269,12 @@ def new_job_doc(
         raise JobArgumentError(
             f"job {name!r}: max_attempts must be an integer >= 1 within 64 bits, got "
             f"{max_attempts!r}"
+        )
+    if tag is not None and tag != template.tag and not template.known:
+        raise InvalidArgumentError(
+            f"job {name!r}: tag {tag!r} given for a name no worker has registered: the "
+            "definition's tag decides which workers run its jobs, and it is not known here; "
+            "leave tag out (or pass jobs= to JobClient, or start a worker that defines it first)"
         )
     if tag is not None and tag != template.tag:
         raise InvalidArgumentError(

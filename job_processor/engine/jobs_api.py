@@ -113,7 +113,7 @@ class JobsAPI(JobWaits):
             row = rows.get(name)
             if row is None:
                 if name in warned:
-                    return Template()
+                    return Template(known=False)
                 warned.add(name)
                 self.log.warning(
                     "job_name_not_registered",
@@ -122,7 +122,7 @@ class JobsAPI(JobWaits):
                     f"{did_you_mean(name, list(rows))}; it is written as is, and a worker that "
                     "defines it runs it (pass jobs= to JobClient to check names here)",
                 )
-                return Template()
+                return Template(known=False)
             if row.get("kind") == "cron":
                 raise InvalidArgumentError(_a_cron(name))
             if is_delivery(name, row):  # as the async API and the admin refuse it
