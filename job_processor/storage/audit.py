@@ -18,6 +18,8 @@ Doc = dict[str, Any]
 INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
 #: Ids recorded per entry; an action on more jobs records the count and the first ones.
 MAX_IDS = 1000
+#: The least ObjectId: `{"$gte": it}` matches the ObjectId ids only.
+_LEAST_OBJECT_ID = ObjectId(b"\0" * 12)
 
 
 def entry_id(at: dt.datetime) -> ObjectId:
@@ -61,7 +63,25 @@ class AuditStore:
         return self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit)
 
     async def recent(self, limit: int = 50, before: ObjectId | str | None = None) -> list[Doc]:
-        return await all_docs(self.recent_cursor(limit, before))
+        """`recent_cursor`'s entries; where those of `before`'s kind of `_id` run out, the
+        other kind's (ObjectId or text), when the server sorts them after it: `$lt` compares
+        within one BSON type, and MongoDB sorts text ids below ObjectIds, nx-27017 above."""
+        docs = await all_docs(self.recent_cursor(limit, before))
+        if before is None or len(docs) >= limit:
+            return docs
+        other = "" if isinstance(before, ObjectId) else _LEAST_OBJECT_ID  # its least value
+        kind = {"_id": {"$gte": other}}
+        top = await self.coll.find_one(kind, {"_id": 1}, sort=[("_id", DESCENDING)])
+        if top is None:
+            return docs
+        mine = docs[-1]["_id"] if docs else before
+        first = await self.coll.find_one(
+            {"_id": {"$in": [mine, top["_id"]]}}, {"_id": 1}, sort=[("_id", DESCENDING)]
+        )
+        if first is None or first["_id"] == top["_id"]:  # sorted before: shown already
+            return docs
+        cursor = self.coll.find(kind).sort([("_id", DESCENDING)]).limit(limit - len(docs))
+        return docs + await all_docs(cursor)
 
     async def holds(self, entry_id: str) -> bool:
         """Whether an entry has this text `_id` (another program's)."""

@@ -140,3 +140,34 @@ async def test_the_audit_pages_go_on_past_entries_whose_ids_another_program_wrot
     assert sorted(shown) == [f"hand {i:03}" for i in range(60)]
     with pytest.raises(InvalidArgumentError, match="before 'nope' is not an audit entry id"):
         await admin.audit_log(before="nope")  # a text no entry has: still refused
+
+
+async def test_the_audit_pages_show_every_entry_across_object_and_text_ids(db: Any) -> None:
+    """A page ending on one kind of `_id` led on among that kind only (`$lt` compares within
+    one BSON type): past a page of ObjectId entries, the text ids another program wrote were
+    never shown (MongoDB sorts them below ObjectIds), and past a page of text ids, the
+    ObjectId entries (nx-27017 sorts them below text). Every entry is shown once."""
+    processor, _event, _endpoint = await every_kind(db)
+    app = create_dashboard(processor, auth=None)
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    await db["job_processor_audit"].insert_many(
+        [{"_id": f"hand-{i:03}", "action": "hand_fix", "actor": f"hand {i:03}"} for i in range(60)]
+        + [
+            {"_id": ObjectId(), "at": at, "action": "own_fix", "actor": f"own {i:03}"}
+            for i in range(60)
+        ]
+    )
+    transport = httpx.ASGITransport(app=app)
+    shown: list[str] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        path = "/audit"
+        for _ in range(6):
+            resp = await client.get(path)
+            assert resp.status_code == 200, (path, resp.text[-500:])
+            shown += re.findall(r"(?:hand|own) \d{3}", resp.text)
+            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
+            if found is None:
+                break
+            path = found.group(1)
+    every = [f"{who} {i:03}" for who in ("hand", "own") for i in range(60)]
+    assert sorted(shown) == every

@@ -70,3 +70,23 @@ async def test_audit_entries_newest_first(storage: Storage) -> None:
     assert first["ids_truncated"] and len(first["ids"]) == 1000
     assert [d["action"] for d in await storage.audit.recent()] == ["b", "a"]
     assert [d["action"] for d in await storage.audit.recent(before=second["_id"])] == ["a"]
+
+
+async def test_audit_pages_go_on_from_object_ids_to_text_ids_and_back(storage: Storage) -> None:
+    """`$lt` compares within one BSON type: a page from an ObjectId missed the text ids
+    another program wrote (MongoDB and mongomock sort them below), one from a text id the
+    ObjectIds (nx-27017 sorts them below). Paged through, each entry comes once."""
+    for n in range(4):
+        await storage.audit.record({"at": NOW, "action": f"own-{n}", "ids": []})
+    await storage.audit.coll.insert_many(
+        [{"_id": f"hand-{n}", "action": f"hand-{n}"} for n in range(4)]
+    )
+    seen: list[str] = []
+    before = None
+    for _ in range(8):
+        page = await storage.audit.recent(3, before)
+        seen += [d["action"] for d in page]
+        if len(page) < 3:
+            break
+        before = page[-1]["_id"]
+    assert sorted(seen) == [f"{who}-{n}" for who in ("hand", "own") for n in range(4)]

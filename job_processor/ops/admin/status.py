@@ -158,8 +158,8 @@ class StatusAdmin(CronsAdmin):
         try:
             key = one_id(before) if before else None
         except InvalidArgumentError:  # its message speaks of job ids
-            # an entry another program wrote with a text `_id` (shown after every ObjectId
-            # one): the page goes on from it, among the text ids
+            # an entry another program wrote with a text `_id`: the page goes on from it (the
+            # text ids below it, then the ObjectId ones where the server sorts them below)
             if not isinstance(before, str) or not await self.storage.audit.holds(before):
                 raise InvalidArgumentError(
                     f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
