@@ -78,8 +78,9 @@ async def ride_out(
 ) -> T:
     """Run `op()`; on a transient error (`is_transient`: a server error labelled
     `RetryableWriteError` too, as a failover answers), again after 0.1 s, 0.2 s, ... (at most
-    2 s apart), until `budget` seconds have passed; then the last error, as one of `TRANSIENT`
-    (a labelled server error as an AutoReconnect saying it), which callers treat as an outage.
+    2 s apart), until `budget` seconds have passed (the last try at its end); then the last
+    error, as one of `TRANSIENT` (a labelled server error as an AutoReconnect saying it), which
+    callers treat as an outage.
     Each attempt is itself bounded by what remains. `stops`: once all are set, the attempt
     under way is cut short and no other is sent (GivenUp)."""
     if _stopped(stops):
@@ -109,7 +110,7 @@ async def ride_out(
                 raise GivenUp("given up: nothing more is sent") from exc
             if not is_transient(exc):
                 raise
-            if loop.time() + delay >= deadline:
+            if loop.time() >= deadline:
                 if isinstance(exc, TRANSIENT):
                     raise
                 raise AutoReconnect(describe(exc)) from exc
@@ -117,7 +118,9 @@ async def ride_out(
                 maybe = on_retry(exc, attempt)
                 if maybe is not None:
                     await maybe
-        await asyncio.sleep(delay)
+        # the last try at the budget's end: a backoff step past it gave up early (at 1.5 s of
+        # 3 s, 9.1 s of 10), failing a write whose outage ended within the budget
+        await asyncio.sleep(max(min(delay, deadline - loop.time()), 0.0))
         delay = min(delay * 2, 2.0)
 
 

@@ -29,7 +29,7 @@ from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus, init_j
 from job_processor.core import documents as D
 from job_processor.core.errors import DatabaseUnreachableError
 from job_processor.storage.sync_adapter import drive
-from job_processor.storage.transient import ProducerRetry
+from job_processor.storage.transient import ProducerRetry, ride_out
 from tests.helpers import wait_for, wait_status
 
 S = JobStatus
@@ -257,6 +257,24 @@ async def test_a_producer_call_rides_out_an_outage_that_ends_within_its_budget(s
 
     assert (drive(retry.run(op)) if sync else await retry.run(op)) == "written"
     assert tries[-1] < 2.0 + 0.25  # the last try at the budget's end, not past it
+
+
+async def test_a_workers_write_rides_out_an_outage_that_ends_within_its_budget() -> None:
+    """guide.md: a worker's checkpoints, final writes and hook records ride out outages up to
+    `worker_timeout`. `ride_out` gave up as soon as its next backoff step would pass the
+    budget, as producer calls did: at 1.5 s of 3 s (9.1 s of 10), so an outage over at 2.5 s
+    failed the write. The last try is made at the budget's end."""
+    tries: list[float] = []
+    began = time.monotonic()
+
+    async def op() -> str:
+        tries.append(time.monotonic() - began)
+        if tries[-1] < 2.5:  # the server is back 2.5 s into the 3 s budget
+            raise AutoReconnect("connection refused")
+        return "written"
+
+    assert await ride_out(op, 3.0) == "written"
+    assert tries[-1] < 3.0 + 0.25  # the last try at the budget's end, not past it
 
 
 def _due_at(clock: FakeClock, at: dt.datetime) -> list[asyncio.Future[None]]:
