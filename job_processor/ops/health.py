@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from ..core.clock import Clock, SystemClock, as_utc
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, recorded_timeout
-from ..core.errors import DatabaseUnreachableError
+from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
 from ..storage import Storage
 from ..storage.connect import check_reachable
 
@@ -45,12 +45,15 @@ async def ready(
     db: Any, wait: float = 2.0, clock: Clock | None = None, *, refused_is_final: bool = False
 ) -> Health:
     """ok when MongoDB answers a ping within `wait` seconds (`refused_is_final`: a refused
-    connection is said at once, as the CLI's commands say it)."""
+    connection is said at once, as the CLI's commands say it). A database name MongoDB
+    refuses (64 characters or more) is not ok either, said so: MongoDB answered."""
     now = (clock or SystemClock()).now()
     try:
         await check_reachable(db, wait, refused_is_final=refused_is_final)
     except DatabaseUnreachableError as exc:
         return Health(ok=False, mongodb=False, reason=str(exc).split(";")[0], checked_at=now)
+    except InvalidDatabaseError as exc:
+        return Health(ok=False, mongodb=True, reason=str(exc), checked_at=now)
     return Health(ok=True, mongodb=True, reason="MongoDB answers", checked_at=now)
 
 

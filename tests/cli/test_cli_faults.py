@@ -293,3 +293,17 @@ def test_a_repeated_global_option_whose_value_is_a_subcommand_name() -> None:
     assert twice_prefix.value.code == 2
     argv = ["--actor", "status", "--timeout", "5", "status", "--timeout", "9"]
     assert parse(build_parser(), argv).timeout == 9.0  # before and after: the later one wins
+
+
+async def test_health_of_a_database_name_mongodb_refuses_exits_1(mongo_url: str) -> None:
+    """operations.md: `health` exits 0 or 1 (Docker reserves exit 2), a malformed MONGODB_URL
+    included; a database name MongoDB refuses (64 characters or more) exited 2 with
+    `error: ...` and no `unhealthy:` line (nor JSON with --json)."""
+    url = url_with_db(mongo_url, "x" * 70)
+    said = await cli(url, "health")
+    assert said.returncode == 1, (said.returncode, said.stdout, said.stderr)
+    assert said.stdout.startswith("unhealthy: "), said.stdout
+    assert "refuses the database name" in said.stdout, said.stdout
+    as_json = await cli(url, "health", "--json")
+    assert as_json.returncode == 1, (as_json.stdout, as_json.stderr)
+    assert '"ok": false' in as_json.stdout, as_json.stdout

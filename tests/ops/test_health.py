@@ -172,3 +172,23 @@ async def test_a_worker_read_past_the_wait_says_why() -> None:
             await client.close()
     assert listener.frozen and not found.ok
     assert found.reason == "cannot read workers: no answer within 0.5s", found.reason
+
+
+async def test_a_database_name_mongodb_refuses_is_unhealthy_not_an_error(mongo_url: str) -> None:
+    """A database name of 64 characters or more: MongoDB answers the ping with a refusal.
+    `ready` and `check` (a dashboard's /readyz and /healthz) raised InvalidDatabaseError (an
+    error 500) instead of returning a Health that says why."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        db = client["x" * 70]
+        for found in (
+            await health.ready(db),
+            await health.check(db, worker=False),
+            await health.check(db),
+        ):
+            assert not found.ok and found.mongodb, found
+            assert "refuses the database name" in found.reason, found.reason
+    finally:
+        await client.close()
