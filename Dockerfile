@@ -7,4 +7,5 @@ RUN pip install --no-cache-dir '.[motor,metrics]'
 COPY examples ./examples
 ENV PYTHONUNBUFFERED=1
 STOPSIGNAL SIGTERM
+# Run it with an init as PID 1 (`docker run --init`, compose `init: true`): see docs/operations.md.
 CMD ["job-processor", "run", "examples.tagged_workers:make"]

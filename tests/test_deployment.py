@@ -51,3 +51,14 @@ def test_main_jobs_have_exactly_one_worker_and_the_rest_are_replicated() -> None
     assert rest["environment"]["JOB_PROCESSOR_WORKER_TAGS"] != "main"
     assert rest["deploy"]["replicas"] >= 2
     assert s["mongodb"]["command"][:3] == ["mongod", "--replSet", "rs0"]
+
+
+def test_each_worker_runs_under_an_init_so_an_early_sigterm_is_not_lost() -> None:
+    """`job-processor run` was PID 1 of its container: the kernel drops a signal PID 1 has no
+    handler for, so a SIGTERM in its first half second (Python still loading job-processor,
+    documented as ending the process, exit 143) was lost, and the worker started and ran
+    until Docker's SIGKILL, stop_grace_period later. An init (Docker's tini) is PID 1 and
+    passes the signal on."""
+    for name, service in services().items():
+        if service.get("command", [None])[0] == "job-processor":
+            assert service.get("init") is True, name
