@@ -176,7 +176,19 @@ class Guard:
         d = self.dashboard
         connection = HTTPConnection(scope)
         scope.setdefault("state", {})
-        verdict = await d.auth.check(connection)
+        try:
+            verdict = await d.auth.check(connection)
+        except Exception as exc:  # refused unaccepted, as a page's 503 or 500 says it
+            outage = isinstance(exc, PyMongoError)
+            if not outage:  # logged once, as a page's
+                path = str(scope.get("path", ""))
+                d.log.exception(
+                    "dashboard_request_failed", method="WEBSOCKET", path=path, error=describe(exc)
+                )
+            await receive()  # websocket.connect
+            # 1013 "try again later": MongoDB did not answer; 1011: an internal error
+            await send({"type": "websocket.close", "code": 1013 if outage else 1011})
+            return
         host = connection.headers.get("host")
         origin = connection.headers.get("origin")
         if origin is None:  # not a browser: the auth decides

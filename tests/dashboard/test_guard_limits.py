@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
 from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -52,6 +53,30 @@ def test_a_websocket_of_an_extra_route_needs_the_same_auth_host_and_origin(db: A
                 client.websocket_connect("/ws", headers=refused_headers),
             ):
                 pass
+
+
+def test_a_websocket_whose_auth_callable_raises_is_closed_unaccepted_and_logged(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error went out of the app to the ASGI server, not logged as the dashboard's:
+    an outage (a PyMongoError) closes it with 1013 (try again later), another error with 1011,
+    logged once as dashboard_request_failed."""
+    errors = [ServerSelectionTimeoutError("users-db:27017: timed out"), KeyError("do-not-show")]
+
+    def auth(request: Any) -> bool:
+        raise errors.pop(0)
+
+    app = create_dashboard(db, auth=auth, extra_routes=[WebSocketRoute("/ws", echo)])
+    codes = []
+    with TestClient(app) as client:
+        for _ in range(2):
+            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws"):
+                pass
+            codes.append(refused.value.code)
+    assert codes == [1013, 1011]
+    logged = capsys.readouterr().out  # the dashboard's default log (structlog's)
+    assert logged.count("dashboard_request_failed") == 1, logged
+    assert "KeyError" in logged  # (the outage: not logged as a failure)
 
 
 async def test_a_form_body_past_the_limit_is_refused_unread(
