@@ -294,7 +294,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     args.metrics_host = args.metrics_host or "127.0.0.1"
     threads = CountingExecutor()
     asyncio.get_running_loop().set_default_executor(threads)
+    metrics: Any = None
     if args.metrics_port is not None:
+        try:  # said before anything starts (it waited for MongoDB first: exit 3 in an outage)
+            from ..ops import metrics
+        except ImportError:
+            raise UsageError(
+                "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
+            ) from None
         busy = _metrics_port_in_use(args.metrics_host, args.metrics_port)
         if busy is not None:
             raise UsageError(busy)
@@ -308,13 +315,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             return 0
         processor = building.result()
         server = None
-        if args.metrics_port is not None:
-            try:
-                from ..ops import metrics
-            except ImportError:
-                raise UsageError(
-                    "--metrics-port needs prometheus-client: pip install 'job-processor[metrics]'"
-                ) from None
+        if metrics is not None:
             try:
                 server = metrics.serve(
                     metrics.enable(processor), args.metrics_port, args.metrics_host

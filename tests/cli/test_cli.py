@@ -621,6 +621,27 @@ async def test_run_on_a_busy_metrics_port_fails_with_the_flag_named(
     assert b"job_processor_initialized" not in err  # said before anything was registered
 
 
+async def test_run_with_a_metrics_port_without_the_metrics_extra_says_so_before_anything(
+    tmp_path: Any,
+) -> None:
+    """Said only once init_job_processor had run: with MongoDB unreachable, exit 3 after
+    waiting for it (10 s) instead of naming the missing extra at once, exit 2."""
+    (tmp_path / "prometheus_client.py").write_text("raise ImportError('not installed')\n")
+    unreachable = "mongodb://127.0.0.1:9/x?serverSelectionTimeoutMS=60000"
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "job_processor", "run", "tests.e2e.app:make"],
+        *["--metrics-port", "0"],
+        cwd=ROOT,
+        env=os.environ | {"MONGODB_URL": unreachable, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2, err
+    assert b"--metrics-port needs prometheus-client" in err, err
+    assert b"cannot reach MongoDB" not in err
+
+
 async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str) -> None:
     async def send_email(event: Event, signal: AbortSignal) -> dict[str, str]:
         return {"sent": event.payload["shipment_id"]}
