@@ -174,6 +174,52 @@ async def test_a_worker_read_past_the_wait_says_why() -> None:
     assert found.reason == "cannot read workers: no answer within 0.5s", found.reason
 
 
+async def test_the_ping_and_the_workers_read_share_one_wait() -> None:
+    """A slow ping (0.6 s of a 1 s wait) then a stalled read of the worker documents: each
+    had the whole wait, 1.6 s in all for `--timeout 1` (a compose healthcheck's timeout)."""
+    import os
+    import signal
+    import time
+
+    from pymongo import AsyncMongoClient, monitoring
+
+    from job_processor.storage.local_server import local_server
+
+    class SlowPingThenFreeze(monitoring.CommandListener):
+        def __init__(self, pid: int) -> None:
+            self.pid, self.frozen = pid, False
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name == "ping":
+                time.sleep(0.6)  # the ping's answer comes 0.6 s late
+            if event.command_name == "find" and event.command["find"] == "job_processor_workers":
+                os.kill(self.pid, signal.SIGSTOP)
+                self.frozen = True
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    with local_server() as server:
+        listener = SlowPingThenFreeze(server.process.pid)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(
+            server.url, tz_aware=True, event_listeners=[listener]
+        )
+        began = time.monotonic()
+        try:
+            found = await health.check(client["x"], wait=1.0)
+        finally:
+            took = time.monotonic() - began
+            if listener.frozen:
+                os.kill(server.process.pid, signal.SIGCONT)
+            await client.close()
+    assert listener.frozen and not found.ok
+    assert found.reason == "cannot read workers: no answer within 1s", found.reason
+    assert took < 1.45, took  # 1.6 s before
+
+
 async def test_a_database_name_mongodb_refuses_is_unhealthy_not_an_error(mongo_url: str) -> None:
     """A database name of 64 characters or more: MongoDB answers the ping with a refusal.
     `ready` and `check` (a dashboard's /readyz and /healthz) raised InvalidDatabaseError (an
