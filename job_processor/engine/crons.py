@@ -63,6 +63,9 @@ class CronScheduler:
         self._refresh_at: dt.datetime | None = None
         self._differs: dict[str, tuple[Any, Any]] = {}
         """Crons whose stored schedule differs from this process's (said once each)."""
+        self._left: set[str] = set()
+        """Crons whose stored schedule this process cannot evaluate, left to the other replicas
+        until the next refresh (their documents stay: `followed` declares them to Sentry)."""
         self.telemetry = Telemetry()
 
     async def loop(self) -> None:
@@ -79,10 +82,11 @@ class CronScheduler:
     async def tick(self) -> float:
         """Handle what is due; return the seconds until the next slot (or the next refresh)."""
         now = self.clock.now()
-        due = [d for d in self._docs.values() if d["next_slot"] <= now]
+        due = [d for d in self._fired_docs() if d["next_slot"] <= now]
         if due or self._refresh_at is None or now >= self._refresh_at:
             docs = await self.storage.crons.docs(list(self.crons))
             self._docs = {d["_id"]: d for d in docs}
+            self._left.clear()
             self._refresh_at = now + dt.timedelta(seconds=self.refresh_interval)
             expired = await self.storage.jobs.expire_missed_by_name(
                 now, {name: self._skip_expiry(cron, now) for name, cron in self.crons.items()}
@@ -91,12 +95,16 @@ class CronScheduler:
                 for _ in range(count):
                     self.telemetry.cron_slot(name, "missed")
                 self.log.warning("cron_tasks_missed", job_name=name, count=count)
-        for doc in list(self._docs.values()):
+        for doc in self._fired_docs():
             if doc["next_slot"] <= now and doc["_id"] in self.crons:
                 await self.fire(doc, now)
-        upcoming = [d["next_slot"] for d in self._docs.values()] + [self._refresh_at]
+        upcoming = [d["next_slot"] for d in self._fired_docs()] + [self._refresh_at]
         wait: float = (min(upcoming) - self.clock.now()).total_seconds()
         return max(0.0, wait)
+
+    def _fired_docs(self) -> list[dict[str, Any]]:
+        """The cron documents this scheduler fires (not those it leaves to the others)."""
+        return [d for d in self._docs.values() if d["_id"] not in self._left]
 
     def task_doc(self, name: str, slot: dt.datetime, now: dt.datetime) -> dict[str, Any]:
         cron = self.crons[name]
@@ -116,7 +124,7 @@ class CronScheduler:
         cron = self.crons[name]
         schedule = self._schedule(name, cron, doc)
         if schedule is None:  # left to the replicas that can evaluate it, until the refresh
-            self._docs.pop(name, None)
+            self._left.add(name)  # its document stays: what `followed` declares to Sentry
             return
         first = on_schedule(schedule, doc["next_slot"])
         if first != doc["next_slot"]:  # an older release's replica moved it to its own slot

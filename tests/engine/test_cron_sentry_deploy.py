@@ -108,3 +108,46 @@ async def test_an_old_replica_declares_the_stored_margin_and_max_runtime(db: Any
         assert config["schedule"]["value"] == "0 * * * *"
         # fails: checkin_margin 5 and no max_runtime, the old definition's
         assert (config["checkin_margin"], config.get("max_runtime")) == (30, 60), config
+
+
+async def test_an_old_replica_declares_the_unusable_stored_schedule_at_its_slot(db: Any) -> None:
+    """At a slot of a stored schedule this process cannot evaluate, its scheduler leaves the
+    cron to the other replicas; the task one of them creates, run here, still declares the
+    stored schedule, not this process's own."""
+    import sentry_sdk
+
+    clock = FakeClock(T0)
+    checkins = capture_checkins(sentry_sdk)
+    try:
+        old = await init_job_processor(
+            db, crons={"c": {"cron_string": "*/5 * * * *", "handler": tick}}, clock=clock, **FAST
+        )
+        # a newer version registered a schedule in a zone this process's tzdata lacks
+        slot = T0 + dt.timedelta(hours=1)
+        await db["job_processor_crons"].update_one(
+            {"_id": "c"},
+            {
+                "$set": {
+                    "cron_string": "0 * * * *",
+                    "timezone": "Nowhere/Newzone",
+                    "next_slot": slot,
+                }
+            },
+        )
+        async with old:
+            clock.set(slot)  # its slot: this scheduler reads it, and leaves it to the others
+            await old.scheduler.tick()
+            task = await old.trigger_cron("c")  # a task (say, the one a new replica created)
+
+            async def finished() -> bool:
+                return (await old.get_job(task.id)).status == "finished"
+
+            await until(finished)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.init(dsn=None)
+    declared = {
+        c["monitor_config"]["schedule"]["value"] for c in checkins if c.get("monitor_config")
+    }
+    assert checkins, "no check-in sent"
+    assert declared == {"0 * * * *"}, declared
