@@ -19,6 +19,21 @@ async def tick(job: Any, signal: Any) -> None:
     return None
 
 
+async def run_a_task(processor: Any) -> None:
+    """A task of cron "c" triggered here, run to its end."""
+    task = await processor.trigger_cron("c")
+
+    async def finished() -> bool:
+        return (await processor.get_job(task.id)).status == "finished"
+
+    await until(finished)
+
+
+def declared_schedules(checkins: list[dict[str, Any]]) -> set[str]:
+    """The schedules the check-ins declared to Sentry."""
+    return {c["monitor_config"]["schedule"]["value"] for c in checkins if c.get("monitor_config")}
+
+
 async def test_an_old_replica_reports_the_schedule_it_follows_to_sentry(db: Any) -> None:
     import sentry_sdk
 
@@ -38,10 +53,7 @@ async def test_an_old_replica_reports_the_schedule_it_follows_to_sentry(db: Any)
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
-    configs = {
-        c["monitor_config"]["schedule"]["value"] for c in checkins if c.get("monitor_config")
-    }
-    assert configs == {"0 * * * *"}
+    assert declared_schedules(checkins) == {"0 * * * *"}
 
 
 async def test_an_old_replica_does_not_declare_its_own_schedule_when_the_stored_is_unusable(
@@ -61,18 +73,11 @@ async def test_an_old_replica_does_not_declare_its_own_schedule_when_the_stored_
         )
         async with old:
             await old.scheduler.tick()  # reads the stored schedule
-            task = await old.trigger_cron("c")  # a task (say, one a new replica created)
-
-            async def finished() -> bool:
-                return (await old.get_job(task.id)).status == "finished"
-
-            await until(finished)
+            await run_a_task(old)  # a task (say, one a new replica created)
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
-    declared = {
-        c["monitor_config"]["schedule"]["value"] for c in checkins if c.get("monitor_config")
-    }
+    declared = declared_schedules(checkins)
     assert checkins, "no check-in sent"
     assert "*/5 * * * *" not in declared, declared  # fails: the old schedule is declared
 
@@ -137,17 +142,10 @@ async def test_an_old_replica_declares_the_unusable_stored_schedule_at_its_slot(
         async with old:
             clock.set(slot)  # its slot: this scheduler reads it, and leaves it to the others
             await old.scheduler.tick()
-            task = await old.trigger_cron("c")  # a task (say, the one a new replica created)
-
-            async def finished() -> bool:
-                return (await old.get_job(task.id)).status == "finished"
-
-            await until(finished)
+            await run_a_task(old)  # a task (say, the one a new replica created)
         sentry_sdk.flush()
     finally:
         sentry_sdk.init(dsn=None)
-    declared = {
-        c["monitor_config"]["schedule"]["value"] for c in checkins if c.get("monitor_config")
-    }
+    declared = declared_schedules(checkins)
     assert checkins, "no check-in sent"
     assert declared == {"0 * * * *"}, declared

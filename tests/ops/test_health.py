@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import socket
+import time
 from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
 
 from job_processor import FakeClock
 from job_processor.core import documents as D
 from job_processor.ops import health
 from job_processor.storage import Storage
+from job_processor.storage.local_server import local_server
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -133,89 +139,60 @@ async def test_health_reads_only_its_own_hosts_heartbeats(db: Any, mongo_url: st
     assert listener.bytes < 20_000, f"a health check read {listener.bytes} B of worker documents"
 
 
-async def test_a_worker_read_past_the_wait_says_why() -> None:
-    """MongoDB answered the ping, then not the read of the worker documents (frozen here with
-    SIGSTOP: a failover, a stalled disk): the reason was "cannot read workers: " and nothing
-    after it (str(TimeoutError()) is "")."""
-    import os
-    import signal
+class FreezeAtWorkersRead(monitoring.CommandListener):
+    """Freezes the server (SIGSTOP: a failover, a stalled disk) at the read of the worker
+    documents, after answering the ping `ping_late` seconds late."""
 
-    from pymongo import AsyncMongoClient, monitoring
+    def __init__(self, pid: int, ping_late: float = 0.0) -> None:
+        self.pid, self.ping_late, self.frozen = pid, ping_late, False
 
-    from job_processor.storage.local_server import local_server
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "ping" and self.ping_late:
+            time.sleep(self.ping_late)
+        if event.command_name == "find" and event.command["find"] == "job_processor_workers":
+            os.kill(self.pid, signal.SIGSTOP)
+            self.frozen = True
 
-    class FreezeAtWorkersRead(monitoring.CommandListener):
-        def __init__(self, pid: int) -> None:
-            self.pid, self.frozen = pid, False
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
 
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name == "find" and event.command["find"] == "job_processor_workers":
-                os.kill(self.pid, signal.SIGSTOP)
-                self.frozen = True
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
 
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    with local_server() as server:  # a server of this test's own, to freeze
-        listener = FreezeAtWorkersRead(server.process.pid)
+async def checked_frozen(wait: float, ping_late: float = 0.0) -> tuple[health.Health, float]:
+    """health.check on a server of its own frozen at the workers' read: what it said, and how
+    long it took."""
+    with local_server() as server:
+        listener = FreezeAtWorkersRead(server.process.pid, ping_late)
         client: AsyncMongoClient[Any] = AsyncMongoClient(
             server.url, tz_aware=True, event_listeners=[listener]
         )
+        began = time.monotonic()
         try:
-            found = await health.check(client["x"], wait=0.5)
+            found = await health.check(client["x"], wait=wait)
         finally:
+            took = time.monotonic() - began
             if listener.frozen:
                 os.kill(server.process.pid, signal.SIGCONT)
             await client.close()
-    assert listener.frozen and not found.ok
+    assert listener.frozen
+    return found, took
+
+
+async def test_a_worker_read_past_the_wait_says_why() -> None:
+    """MongoDB answered the ping, then not the read of the worker documents: the reason was
+    "cannot read workers: " and nothing after it (str(TimeoutError()) is "")."""
+    found, _ = await checked_frozen(0.5)
+    assert not found.ok
     assert found.reason == "cannot read workers: no answer within 0.5s", found.reason
 
 
 async def test_the_ping_and_the_workers_read_share_one_wait() -> None:
     """A slow ping (0.6 s of a 1 s wait) then a stalled read of the worker documents: each
     had the whole wait, 1.6 s in all for `--timeout 1` (a compose healthcheck's timeout)."""
-    import os
-    import signal
-    import time
-
-    from pymongo import AsyncMongoClient, monitoring
-
-    from job_processor.storage.local_server import local_server
-
-    class SlowPingThenFreeze(monitoring.CommandListener):
-        def __init__(self, pid: int) -> None:
-            self.pid, self.frozen = pid, False
-
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name == "ping":
-                time.sleep(0.6)  # the ping's answer comes 0.6 s late
-            if event.command_name == "find" and event.command["find"] == "job_processor_workers":
-                os.kill(self.pid, signal.SIGSTOP)
-                self.frozen = True
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    with local_server() as server:
-        listener = SlowPingThenFreeze(server.process.pid)
-        client: AsyncMongoClient[Any] = AsyncMongoClient(
-            server.url, tz_aware=True, event_listeners=[listener]
-        )
-        began = time.monotonic()
-        try:
-            found = await health.check(client["x"], wait=1.0)
-        finally:
-            took = time.monotonic() - began
-            if listener.frozen:
-                os.kill(server.process.pid, signal.SIGCONT)
-            await client.close()
-    assert listener.frozen and not found.ok
+    found, took = await checked_frozen(1.0, ping_late=0.6)
+    assert not found.ok
     assert found.reason == "cannot read workers: no answer within 1s", found.reason
     assert took < 1.45, took  # 1.6 s before
 
