@@ -275,7 +275,8 @@ def _text(value: Any) -> str:
 def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> Any:
     """A field as it is shown: JSON's own types kept, anything else as text (NaN and infinity,
     which JSON has not, and integers over MongoDB's 64 bits included); a container holding
-    itself, or nested past FIELD_DEPTH, as text too (a log call never fails a run)."""
+    itself, nested past FIELD_DEPTH, or failing to iterate, as text too (a log call never
+    fails a run)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -288,9 +289,12 @@ def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> 
         if id(value) in within or depth >= FIELD_DEPTH:
             return "<cycle>" if id(value) in within else f"<nested deeper than {FIELD_DEPTH}>"
         inner = within | {id(value)}
-        if isinstance(value, Mapping):
-            return {_key(k): _shown(v, depth + 1, inner) for k, v in value.items()}
-        return [_shown(v, depth + 1, inner) for v in value]
+        try:
+            if isinstance(value, Mapping):
+                return {_key(k): _shown(v, depth + 1, inner) for k, v in value.items()}
+            return [_shown(v, depth + 1, inner) for v in value]
+        except Exception:  # one that fails to iterate (a closed shelf): its text, or its type
+            return storable_text(_cut(_text(value)))
     if isinstance(value, dt.datetime):
         return value.isoformat()
     return storable_text(_cut(_text(value)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -230,6 +231,45 @@ async def test_a_handler_logging_a_cyclic_field_is_not_failed_by_it(db: Any) -> 
         job = await p.schedule_job("h")
         done = await wait_status(p, job.id, S.FINISHED, S.ERRORED)
     assert done.status == S.FINISHED, done.error  # was: errored, "RecursionError: ..."
+
+
+class _ClosedShelf(Mapping[str, Any]):
+    """A mapping whose data is gone (a `shelve` after close(): "invalid operation on closed
+    shelf")."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise ValueError("invalid operation on closed shelf")
+
+    def __iter__(self) -> Iterator[str]:
+        raise ValueError("invalid operation on closed shelf")
+
+    def __len__(self) -> int:
+        return 1
+
+
+class _ClosedRows(list[Any]):
+    def __iter__(self) -> Iterator[Any]:
+        raise ValueError("cursor closed")
+
+
+async def test_a_log_field_that_fails_to_iterate_is_kept_as_text_and_never_fails_the_run(
+    db: Any,
+) -> None:
+    """guide.md: "a log call never fails a run". A mapping or a list whose iteration raises
+    was: the handler's job.log() raised ValueError, and the run errored."""
+
+    async def h(job: Job, signal: AbortSignal) -> str:
+        job.log("cached", cache=_ClosedShelf(), rows=_ClosedRows([1]), nested={"c": _ClosedShelf()})
+        return "ok"
+
+    p = await make(db, {"h": JobDef(handler=h)})
+    done = await p.run_job("h")
+    assert (done.status, done.error, done.result) == (S.FINISHED, None, "ok")
+    (line,) = done.logs
+    assert line["message"] == "cached"
+    fields = line["fields"]
+    assert isinstance(fields["cache"], str) and isinstance(fields["rows"], str)
+    assert isinstance(fields["nested"]["c"], str)
 
 
 # ---- a handler cancelled (max runtime) while its checkpoint is under way -----------------------
