@@ -20,8 +20,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
+    model_serializer,
     model_validator,
 )
 from typing_extensions import TypeVar
@@ -33,7 +35,7 @@ from .reports import ProcessorStatus as ProcessorStatus
 from .reports import SubscriberInfo as SubscriberInfo
 from .reports import Target as Target
 from .reports import WorkerInfo as WorkerInfo
-from .reports import aware_utc, from_document
+from .reports import aware_utc, from_document, jsonable_inside
 from .reports import to_jsonable as to_jsonable
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
@@ -57,6 +59,16 @@ class JobOutput(BaseModel):
     result: Any = None
     error: str | None = None
     duration_ms: int | None = None
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _json_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """The fields another program added made JSON-friendly too (an ObjectId there failed
+        every JSON view of the job), its dates kept as the job's own."""
+        extra = self.__pydantic_extra__
+        if extra:
+            shown = {k: jsonable_inside(v) for k, v in extra.items()}
+            return handler(self.model_copy(update=shown))
+        return handler(self)
 
     @field_serializer("result", when_used="json")
     def _json_result(self, value: Any) -> Any:
@@ -274,6 +286,10 @@ class Job(BaseModel, Generic[PayloadT]):
     @field_serializer("payload", "state", "history", "invalid_fields", when_used="json")
     def _json_values(self, value: Any) -> Any:
         return to_jsonable(value)
+
+    @field_serializer("progress", "logs", when_used="json")
+    def _json_notes(self, value: Any) -> Any:
+        return jsonable_inside(value)  # another program's fields there (an ObjectId)
 
     @classmethod
     def read(cls, doc: dict[str, Any]) -> Job[Any]:

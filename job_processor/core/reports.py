@@ -58,6 +58,17 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def jsonable_inside(value: Any) -> Any:
+    """`to_jsonable`, its datetimes kept (a model writes them as it writes its own dates): the
+    fields another program wrote in a job's progress, log lines or output (an ObjectId, bytes)
+    never fail `model_dump(mode="json")`, nor the JSON views and `jobs show` built on it."""
+    if isinstance(value, dict):
+        return {str(k): jsonable_inside(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable_inside(v) for v in value]
+    return value if isinstance(value, dt.datetime) else to_jsonable(value)
+
+
 #: The other values a stored document can hold that JSON has no type for.
 _OTHER_BSON = (Regex, re.Pattern, Timestamp, MinKey, MaxKey, DBRef, Code)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from bson import ObjectId
 
 from job_processor import InvalidArgumentError, JobProcessor, JobStatus
 from job_processor.core.masking import Masker
@@ -580,6 +581,37 @@ async def test_a_progress_written_by_another_program_never_breaks_the_pages(
     async with client(app) as c:
         for path in ("/jobs", f"/jobs/{job.id}", f"/api/jobs/{job.id}", "/api/jobs"):
             assert (await c.get(path)).status_code == 200, path
+
+
+async def test_bson_values_another_program_wrote_in_progress_logs_or_output_are_shown_as_text(
+    processor: Any,
+) -> None:
+    """An ObjectId or bytes another program wrote in a job's progress, a log line or its
+    output made `model_dump(mode="json")` raise: `/api/jobs` (the whole page) and the job's
+    `/api/jobs/{id}` answered 500, and `jobs show` (text and --json) exited 1 with a
+    traceback. They are shown as text, as in a payload or a result."""
+    p, _ = processor
+    job = await p.schedule_job("send-email", {"to": "a@b.c"}, delay=3600)
+    ref = ObjectId()
+    await p.storage.jobs.coll.update_one(
+        {"_id": object_id(job.id)},
+        {
+            "$set": {
+                "progress": {"done": 1, "total": 2, "batch": ref},
+                "logs": [{"level": "info", "message": "hello", "doc": ref, "raw": b"\xff"}],
+                "output": {"result": None, "error": None, "ref": ref},
+            }
+        },
+    )
+    shown = (await p.get_job(job.id)).model_dump(mode="json")
+    assert shown["progress"]["batch"] == str(ref) and shown["output"]["ref"] == str(ref)
+    assert shown["logs"][0]["doc"] == str(ref) and shown["logs"][0]["raw"] == "/w=="
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/jobs", f"/jobs/{job.id}", f"/api/jobs/{job.id}", "/api/jobs"):
+            assert (await c.get(path)).status_code == 200, path
+        api = (await c.get(f"/api/jobs/{job.id}")).json()
+    assert api["progress"]["batch"] == str(ref) and api["logs"][0]["doc"] == str(ref)
 
 
 async def test_a_forged_flash_cookie_is_ignored(processor: Any) -> None:
