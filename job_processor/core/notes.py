@@ -284,7 +284,7 @@ def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> 
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, int):
-        return value if fits_int64(value) else str(value)
+        return value if fits_int64(value) else _text(value)  # past 4,300 digits: `<int>`
     if isinstance(value, list | tuple | Mapping):
         if id(value) in within or depth >= FIELD_DEPTH:
             return "<cycle>" if id(value) in within else f"<nested deeper than {FIELD_DEPTH}>"

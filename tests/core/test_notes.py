@@ -252,3 +252,18 @@ def test_a_decimal_progress_is_stored_as_the_number_it_is() -> None:
     for bad in (Decimal("NaN"), Decimal("Infinity"), Decimal("-1")):
         with pytest.raises(ValueError, match="done must be a finite number"):
             progress_of(bad, None, None, NOW)
+
+
+async def test_a_log_field_with_an_integer_of_5000_digits_never_fails_the_call() -> None:
+    """guide.md: integers over 64 bits are kept as text, "a log call never fails a run". One
+    over 4,300 digits (Python's limit for int-to-str) made job.log() raise ValueError ("Exceeds
+    the limit (4300 digits) ..."), failing the handler; it is kept as `<int>`."""
+    harness = JobHarness({})
+
+    async def handler(job: Any, signal: Any) -> str:
+        job.log("computed", modulus=10**5000, nested={"n": [10**5000]})
+        return "ok"
+
+    assert await harness.run(handler) == "ok"
+    (line,) = harness.log_lines
+    assert line["fields"] == {"modulus": "<int>", "nested": {"n": ["<int>"]}}
