@@ -129,15 +129,15 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
     if not _number(done) or done < 0:
         raise ValueError(
             "report_progress: done must be a finite number >= 0 (an integer within 64 bits, "
-            f"what MongoDB stores), got {done!r}"
+            f"what MongoDB stores), got {_said(done)}"
         )
     if total is not None and (not _number(total) or total < 0):
         raise ValueError(
             "report_progress: total must be a finite number >= 0 (an integer within 64 bits, "
-            f"what MongoDB stores) or None, got {total!r}"
+            f"what MongoDB stores) or None, got {_said(total)}"
         )
     if message is not None and not isinstance(message, str):
-        raise ValueError(f"report_progress: message must be text or None, got {message!r}")
+        raise ValueError(f"report_progress: message must be text or None, got {_said(message)}")
     if total is not None and float(total) == 0:  # "0 of 0", as stored (float): done
         fraction: float | None = 1.0
     else:
@@ -153,6 +153,17 @@ def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:
         "message": storable_text(message) if message else None,
         "at": now,
     } | ({"cut": True} if cut else {})
+
+
+def _said(value: Any) -> str:
+    """A refused argument as an error quotes it: its repr(), an integer past Python's 4,300
+    digits for text by its size, anything else whose repr() raises by its type."""
+    if isinstance(value, int) and not fits_int64(value):
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def _level_of_name(name: str) -> str:

@@ -267,3 +267,12 @@ async def test_a_log_field_with_an_integer_of_5000_digits_never_fails_the_call()
     assert await harness.run(handler) == "ok"
     (line,) = harness.log_lines
     assert line["fields"] == {"modulus": "<int>", "nested": {"n": ["<int>"]}}
+
+
+def test_progress_of_5000_digits_says_it_is_over_64_bits() -> None:
+    """Its message quoted the value: repr() of an integer over 4,300 digits raised ValueError,
+    and report_progress said "Exceeds the limit (4300 digits) for integer string conversion;
+    use sys.set_int_max_str_digits() to increase the limit" (a limit raised would not help)."""
+    for done, total in ((10**5000, None), (1, 10**5000)):
+        with pytest.raises(ValueError, match=r"within 64 bits.*got an integer of 16610 bits"):
+            progress_of(done, total, None, NOW)
