@@ -441,11 +441,11 @@ class Job(BaseModel, Generic[PayloadT]):
             )
         self.progress = await self._on_worker_loop(self._notes.progress(done, total, message))
 
-    def log(self, message: Any, /, **fields: Any) -> None:
+    def log(self, message: Any, /, *args: Any, **fields: Any) -> None:
         """Add a line to the job's own log (kept on the job: the last 200 lines, each at most
         2 KB; written with the next progress, checkpoint or final write, at most once a second;
-        masked like errors where shown)."""
-        self.logger.info(message, **fields)
+        masked like errors where shown). `args`: %-style arguments, as the stdlib's."""
+        self.logger.info(message, *args, **fields)
 
     @property
     def logger(self) -> JobLogger:

@@ -76,10 +76,10 @@ class JobLogger:
     def new(self, /, **fields: Any) -> JobLogger:
         return JobLogger(self._sink, fields)
 
-    def log(self, level: str | int, event: Any, /, **fields: Any) -> None:
+    def log(self, level: str | int, event: Any, /, *args: Any, **fields: Any) -> None:
         """`level`: a name ("info") or a stdlib number (logging.INFO); the message and the
         level are positional, so that any field name (`level=`, `event=`, `message=`) is a
-        field."""
+        field. `args`: the stdlib's %-style arguments of the message (`"rows %s", 40`)."""
         if isinstance(level, int) and not isinstance(level, bool):
             level = _LEVEL_NAMES.get(level // 10 * 10, "critical" if level > 50 else "debug")
         elif isinstance(level, str):
@@ -94,31 +94,43 @@ class JobLogger:
                 "job.log() and job.logger are only available inside a running handler; in a "
                 "unit test, build the job with job_processor.testing.JobHarness"
             )
+        if args:
+            event = _formatted(event, args)
         self._sink.line(str(level), event, self._bound | fields)
 
-    def debug(self, event: Any, /, **fields: Any) -> None:
-        self.log("debug", event, **fields)
+    def debug(self, event: Any, /, *args: Any, **fields: Any) -> None:
+        self.log("debug", event, *args, **fields)
 
-    def info(self, event: Any, /, **fields: Any) -> None:
-        self.log("info", event, **fields)
+    def info(self, event: Any, /, *args: Any, **fields: Any) -> None:
+        self.log("info", event, *args, **fields)
 
-    def warning(self, event: Any, /, **fields: Any) -> None:
-        self.log("warning", event, **fields)
+    def warning(self, event: Any, /, *args: Any, **fields: Any) -> None:
+        self.log("warning", event, *args, **fields)
 
     warn = warning
 
-    def error(self, event: Any, /, **fields: Any) -> None:
-        self.log("error", event, **fields)
+    def error(self, event: Any, /, *args: Any, **fields: Any) -> None:
+        self.log("error", event, *args, **fields)
 
-    def critical(self, event: Any, /, **fields: Any) -> None:
-        self.log("critical", event, **fields)
+    def critical(self, event: Any, /, *args: Any, **fields: Any) -> None:
+        self.log("critical", event, *args, **fields)
 
-    def exception(self, event: Any, /, **fields: Any) -> None:
+    def exception(self, event: Any, /, *args: Any, **fields: Any) -> None:
         """An error line with the exception being handled (its type and message)."""
         exc = sys.exc_info()[1]
         if exc is not None:
             fields = fields | {"exception": f"{type(exc).__name__}: {_text(exc)}"}
-        self.log("error", event, **fields)
+        self.log("error", event, *args, **fields)
+
+
+def _formatted(event: Any, args: tuple[Any, ...]) -> str:
+    """A message with the stdlib's %-style arguments (one mapping: by name); one they do not
+    fit is kept with the arguments after it (a log call never fails a run)."""
+    one = args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else None
+    try:
+        return _text(event) % (one if one is not None else args)
+    except Exception:
+        return " ".join([_text(event), *(_text(a) for a in args)])
 
 
 def progress_of(done: Any, total: Any, message: Any, now: dt.datetime) -> Doc:

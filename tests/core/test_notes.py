@@ -114,6 +114,32 @@ async def test_any_field_name_is_a_field_and_a_stdlib_level_is_understood() -> N
     ]
 
 
+async def test_stdlib_style_arguments_are_formatted_into_the_message() -> None:
+    """`job.logger.info("rows %s", 40)` (the stdlib's way) raised TypeError and failed the
+    run; arguments the message does not fit are kept after it."""
+
+    async def handler(job: Any, signal: Any) -> None:
+        job.logger.info("rows %s of %d", "a", 40, batch=3)
+        job.log("by %(who)s", {"who": "name"})
+        job.logger.warning("no placeholder", 1, 2)
+        job.logger.log(logging.ERROR, "%d bad", "x")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            job.logger.exception("failed at %s", "step 2")
+
+    harness = JobHarness()
+    await harness.run(handler)
+    assert [(x["level"], x["message"]) for x in harness.log_lines] == [
+        ("info", "rows a of 40"),
+        ("info", "by name"),
+        ("warning", "no placeholder 1 2"),
+        ("error", "%d bad x"),
+        ("error", "failed at step 2"),
+    ]
+    assert harness.log_lines[0]["fields"] == {"batch": 3}
+
+
 async def test_a_level_name_in_any_case_or_an_alias_keeps_its_level() -> None:
     """ "WARNING" (stdlib's name, logging.getLevelName(30)) and "warn" were stored as info."""
 
