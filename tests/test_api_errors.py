@@ -622,3 +622,29 @@ async def test_a_bare_naive_datetime_result_is_named_as_the_result(db: Any) -> N
     assert done.status == "errored"
     assert "payload" not in (done.error or ""), done.error
     assert "the result is a datetime without a time zone" in (done.error or ""), done.error
+
+
+async def test_a_job_deleted_while_waited_for_is_said_deleted_not_unknown(db: Any) -> None:
+    """`crons remove` (or any delete) of a pending job a wait was on: the wait said "no job with
+    id", as for an id that never was one."""
+
+    async def send(job: Job, signal: Any) -> None:
+        return None
+
+    processor = await make(db, {"send-email": JobDef(handler=send)})
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    job = await processor.schedule_job("send-email", {}, scheduled_for=later)
+    store = processor.storage.jobs
+    real_get_light, reads = store.get_light, [0]
+
+    async def get_light(oid: Any) -> Any:
+        reads[0] += 1
+        if reads[0] == 2:  # after the wait's first read: deleted
+            await db["job_processor_jobs"].delete_one({"_id": oid})
+        return await real_get_light(oid)
+
+    store.get_light = get_light  # type: ignore[method-assign]
+    with pytest.raises(JobNotFoundError, match=f"job '{job.id}' was deleted while waited for"):
+        await processor.wait_for(job.id, timeout=30)
+    with pytest.raises(JobNotFoundError, match="no job with id"):  # never a job: as before
+        await processor.wait_for("0123456789ab0123456789ab", timeout=1)

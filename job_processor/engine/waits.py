@@ -99,6 +99,7 @@ class JobWaits(Runtime):
         pacing = WaitPacing()
         last = False  # the read at the deadline: the job's status then decides
         quick = False  # the stream's last answer was empty and at once
+        seen = False  # the job was read once: gone after, it was deleted during the wait
         while True:
             _raise_if_cancelled(baseline)
             read_at = time.monotonic()  # paced by when each read starts
@@ -110,7 +111,13 @@ class JobWaits(Runtime):
             if doc is not None and doc.get("status") in ENDED:
                 doc = await produce.run(lambda _: self.storage.jobs.get(oid), within=left)
             if doc is None:
+                if seen:
+                    raise JobNotFoundError(
+                        f"job {shown!r} was deleted while waited for, before it ended (a "
+                        "delete, or a cron removed with its pending tasks)"
+                    )
                 raise JobNotFoundError(f"no job with id {shown!r}")
+            seen = True
             if doc.get("status") in ENDED:
                 return Job.read(doc)
             now = time.monotonic()
