@@ -237,3 +237,24 @@ async def test_unselecting_all_also_unselects_the_jobs_a_refresh_pushed_off_the_
         await page.get_by_label("select all").uncheck()
         await page.locator("#bulk").get_by_role("button", name="Run now").click()
         await expect(page.locator("#flash")).to_contain_text("Select at least one job first")
+
+
+async def test_a_live_page_stops_refreshing_once_its_auth_callable_refuses(
+    db: Any, browser: Browser
+) -> None:
+    """A callable `auth` that no longer allows the user (a session that expired) answers 403:
+    the tab said "Offline", as if the server were down, and went on asking every period."""
+    allowed = {"now": True}
+
+    def staff_only(request: Any) -> str | bool:
+        return "ada" if allowed["now"] else False
+
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    app = create_dashboard(p, auth=staff_only, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await (await browser.new_context()).new_page()
+        await page.goto(f"{base}/jobs")
+        live = page.locator("#live-toggle .live-text")
+        await expect(live).to_have_text("Live")
+        allowed["now"] = False
+        await expect(live).to_have_text("Signed out: reload")

@@ -59,9 +59,10 @@
     inflight = true;
     fetch(location.href, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
-        if (r.status === 401 || r.status === 429) {
-          // signed out (the password changed) or throttled: refreshing again would only add
-          // failed logins; a reload asks for the password
+        if (r.status === 401 || r.status === 403 || r.status === 429) {
+          // signed out (the password changed, or an auth callable no longer allows the user:
+          // 403) or throttled: refreshing again would only add failed logins; a reload asks
+          // for the password (a 403 is no outage: "Offline" would say the server is down)
           stopped = true;
           if (timer) clearInterval(timer);
           label("Signed out: reload", "offline");
