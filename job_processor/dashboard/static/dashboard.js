@@ -130,6 +130,7 @@
 
   if (toggle && period) {
     toggle.addEventListener("click", function () {
+      if (stopped) return;  // signed out or gone: it says so until a reload, never "Live"
       paused = !paused;
       try { localStorage.setItem(KEY, paused ? "1" : "0"); } catch (e) { /* ignore */ }
       label(paused ? "Paused" : "Live", paused ? "paused" : "");
