@@ -148,7 +148,11 @@ class Dashboard:
     ) -> HTMLResponse:
         root = root_of(request)
         token, new = csrf.token_for(request)
-        flash = read_flash(request)
+        # an action's message is for a signed-in page: the 401 a browser gets before it sends
+        # its credentials to a path it has not logged in at yet must not take it (and drop its
+        # cookie), or the page shown after the login says nothing of the action
+        user = getattr(request.state, "user", None)
+        flash = read_flash(request) if user is not None else None
         path = route_path(request.scope)
         here = path + (f"?{request.url.query}" if request.url.query else "")
         ctx = {
@@ -164,7 +168,7 @@ class Dashboard:
             ),
             "csrf_token": token,
             "flash": flash,
-            "user": getattr(request.state, "user", None),
+            "user": user,
             "title": self.title,
             "refresh_seconds": self.refresh_seconds,
             "now": self.now(),

@@ -529,3 +529,27 @@ async def test_a_300_character_job_name_does_not_widen_the_pages(
         )
         assert widths["page"] <= widths["window"], widths  # no horizontal scrolling
         assert all(extra <= 0 for extra in widths["tables"]), widths  # nor inside a table
+
+
+async def test_an_action_s_message_survives_the_login_challenge_of_the_page_it_leads_to(
+    browser: Browser, db: Any
+) -> None:
+    """A browser sends its basic-auth credentials unasked only below the path it first logged
+    in at: a job page opened from a link, its job deleted, led to /jobs, where the browser
+    first got the 401 challenge. That page took the action's message (and dropped its
+    cookie), and the page shown after the login said nothing of the delete."""
+    from job_processor import Job, JobDef, init_job_processor
+
+    async def noop(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    job = await p.schedule_job("n", {"i": 1})
+    await p.kill_job(job.id)
+    async with serve(host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0))) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/jobs/{job.id}")  # the first page: a link to the job
+        await page.get_by_role("button", name="Delete…").click()
+        await page.get_by_role("button", name="Delete job").click()
+        await expect(page).to_have_url(f"{base}/jobs/jobs")
+        await expect(page.locator("#flash")).to_contain_text("Delete: 1 changed")
