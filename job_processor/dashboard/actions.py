@@ -117,8 +117,12 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     root = str(request.scope.get("root_path", "")).rstrip("/")
     if verb == "duplicate" and result is not None and result.jobs:
         response.headers["location"] = f"{root}/jobs/{result.jobs[0].id}"
-    deleted = verb == "delete" and result is not None and bool(result.changed)
-    if deleted and back.startswith(f"/jobs/{job_id}"):  # its page is gone; a refusal stays
+    # its page is gone: deleted now, or before this click (another tab, a second submit of
+    # the confirmation); a refusal stays on it
+    gone = result is not None and (
+        (verb == "delete" and bool(result.changed)) or "not found" in result.skipped.values()
+    )
+    if gone and back.startswith(f"/jobs/{job_id}"):
         response.headers["location"] = f"{root}/jobs"
     return response
 

@@ -280,3 +280,28 @@ async def test_the_live_button_of_a_stopped_page_does_not_say_live_again(
         await expect(live).to_have_text("Gone")
         await page.locator("#live-toggle").click()
         await expect(live).to_have_text("Gone")
+
+
+async def test_a_delete_confirmed_once_the_job_is_gone_lands_on_the_jobs_list(
+    db: Any, browser: Browser
+) -> None:
+    """A delete confirmed on a confirmation page left open while the job was deleted elsewhere
+    (or confirmed twice: Enter pressed again on its focused button): it went back to the job's
+    page, a 404 "Not found" under "Delete: nothing changed", as if the delete had failed."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    job = await p.schedule_job("n", {"i": 1})
+    await p.kill_job(job.id)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/{job.id}")
+        await page.get_by_role("button", name="Delete…").click()
+        await expect(page.get_by_role("heading", name=f"Delete job {job.id}?")).to_be_visible()
+        await (await Admin.open(db, p.storage.prefix)).delete([job.id], actor="cli")
+        async with page.expect_navigation() as went:
+            await page.get_by_role("button", name="Delete job").click()
+        response = await went.value
+        assert response is not None and response.status == 200
+        await expect(page).to_have_url(f"{base}/jobs")
+        await expect(page.locator("#flash")).to_contain_text(f"{job.id}: not found")
+        await expect(page.get_by_role("heading", name="Not found")).to_have_count(0)
