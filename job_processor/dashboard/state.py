@@ -150,9 +150,11 @@ class Dashboard:
         token, new = csrf.token_for(request)
         # an action's message is for a signed-in page: the 401 a browser gets before it sends
         # its credentials to a path it has not logged in at yet must not take it (and drop its
-        # cookie), or the page shown after the login says nothing of the action
+        # cookie), or the page shown after the login says nothing of the action; nor may a
+        # live refresh (another tab's), which never shows it
         user = getattr(request.state, "user", None)
-        flash = read_flash(request) if user is not None else None
+        refresh = request.headers.get("x-requested-with") == "fetch"
+        flash = read_flash(request) if user is not None and not refresh else None
         path = route_path(request.scope)
         here = path + (f"?{request.url.query}" if request.url.query else "")
         ctx = {

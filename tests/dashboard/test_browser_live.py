@@ -305,3 +305,30 @@ async def test_a_delete_confirmed_once_the_job_is_gone_lands_on_the_jobs_list(
         await expect(page).to_have_url(f"{base}/jobs")
         await expect(page.locator("#flash")).to_contain_text(f"{job.id}: not found")
         await expect(page.get_by_role("heading", name="Not found")).to_have_count(0)
+
+
+async def test_a_live_refresh_in_another_tab_does_not_take_an_action_s_message(
+    db: Any, browser: Browser
+) -> None:
+    """An action's message waits in a cookie for the page its redirect leads to; a live page
+    open in another tab that refreshed in between read it (and dropped its cookie) though a
+    refresh never shows it: the action's own page then said nothing of what it did."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})
+    job = await p.schedule_job("n", {"i": 1}, delay=3600)
+    app = create_dashboard(p, auth=AUTH, refresh_seconds=0.3)
+    async with serve(app) as base:
+        watching = await signed_in(browser)
+        await watching.goto(f"{base}/jobs")
+        acting = await watching.context.new_page()
+        await acting.goto(f"{base}/jobs/{job.id}")
+        token = await acting.locator("input[name=csrf_token]").first.input_value()
+        sent = await acting.request.post(  # the form's POST, its redirect not followed yet
+            f"{base}/jobs/{job.id}/run-now",
+            form={"csrf_token": token, "next": f"/jobs/{job.id}"},
+            headers={"origin": base},
+            max_redirects=0,
+        )
+        assert sent.status == 303
+        await refreshed_once(watching)
+        await acting.goto(f"{base}/jobs/{job.id}")
+        await expect(acting.locator("#flash")).to_contain_text("Run now: 1 changed")
