@@ -178,8 +178,13 @@ def check_url(url: Any) -> str:
 
 def url_host(url: str) -> str:
     """What logs and errors show of a URL: scheme, host and port (a path or query may hold a
-    token)."""
-    parts = urllib.parse.urlsplit(url)
+    token). A url Python cannot split (another program's write: an unbalanced IPv6 bracket)
+    is "(invalid URL)", as the CLI's listing shows it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.hostname  # noqa: B018 (an unbalanced IPv6 bracket raises here on some Pythons)
+    except ValueError:
+        return "(invalid URL)"
     try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # an invalid port (refused by check_url): shown as written

@@ -351,3 +351,25 @@ async def test_an_endpoint_stored_oddly_is_delivered_to_or_said_unreadable(
     assert sent.status == "finished" and len(receiver.received("/good")) == 1
     assert f"webhook endpoint {bad.id} is stored unreadable (url)" in (said.error or ""), said
     assert said.failures == 1, said
+
+
+async def test_a_disabled_endpoint_stored_with_a_malformed_url_is_still_warned_about(
+    db: Any, receiver: Receiver
+) -> None:
+    """A url another program stored (a hand edit, an older version) that Python cannot even
+    split (an unbalanced IPv6 bracket): its deliveries fail, saying so, and the endpoint is
+    disabled; then `url_host` raised ValueError in `webhook_warnings`, so `get_status()` (the
+    `status` command, the dashboard's overview) failed for every caller, as long as it stayed."""
+    from bson import ObjectId
+
+    p = await make(db, max_attempts=1, disable_after=1)
+    ep = await p.webhooks.add(url=receiver.url("/ok"), events=["e"])
+    hooks = db["job_processor_webhooks"]
+    await hooks.update_one({"_id": ObjectId(ep.id)}, {"$set": {"url": "https://[::1/hooks"}})
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored")
+    assert "not a valid URL" in (d.error or "")
+    assert not (await p.webhooks.get(ep.id)).enabled
+    warnings = (await p.get_status()).warnings
+    assert any(ep.id in w and "is disabled" in w for w in warnings), warnings
