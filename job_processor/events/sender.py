@@ -175,7 +175,7 @@ class WebhookSender:
     ) -> tuple[str, bytes, dict[str, str]]:
         """URL, body and headers of this attempt (config and secret read now)."""
         try:
-            check_url(endpoint.url)
+            check_url(endpoint.url, shown=f"{url_host(endpoint.url)} (its path not shown)")
         except InvalidArgumentError as exc:
             raise WebhookError(f"endpoint {endpoint.id}: {exc}") from None
         fmt = self.formats.get(endpoint.format)

@@ -135,15 +135,19 @@ def check_formats(given: Any) -> dict[str, Format]:
 # ---- endpoints -------------------------------------------------------------------------------
 
 
-def check_url(url: Any) -> str:
+def check_url(url: Any, shown: str | None = None) -> str:
+    """`url` if it is an http(s) URL a request can be sent to, else InvalidArgumentError.
+    `shown`: how its messages name the url (default: as given; the sender checks a stored url
+    again at send time and names it by its scheme, host and port: a path may hold a token)."""
+    name = repr(url) if shown is None else shown
     if not isinstance(url, str) or not url:
         raise InvalidArgumentError(f"url must be an http(s) URL string, got {url!r}")
     if not is_utf8(url):  # a lone surrogate (a non-UTF-8 argv): bson refuses it
-        raise InvalidArgumentError(f"url {url!r} is not valid text: it holds a lone surrogate")
+        raise InvalidArgumentError(f"url {name} is not valid text: it holds a lone surrogate")
     control = next((c for c in url if ord(c) < 0x20 or ord(c) == 0x7F), None)
     if control is not None:  # urlsplit drops tabs and newlines; no request could be sent
         raise InvalidArgumentError(
-            f"url {url!r} holds the control character {control!r} (a trailing newline from a "
+            f"url {name} holds the control character {control!r} (a trailing newline from a "
             "file or a variable?): remove it"
         )
     try:
@@ -161,7 +165,7 @@ def check_url(url: Any) -> str:
         )
     if not parts.hostname:
         raise InvalidArgumentError(
-            f"url {url!r} has no host: give one, e.g. https://hooks.example.com/path"
+            f"url {name} has no host: give one, e.g. https://hooks.example.com/path"
         )
     try:
         port = parts.port

@@ -293,3 +293,32 @@ async def test_a_url_with_a_control_character_is_refused_when_added_or_updated(
     ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"])
     with pytest.raises(InvalidArgumentError, match="control character"):
         await p.webhooks.update(ep.id, url=url)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [f"https://hooks.example.com/hooks/{TOKEN}?key={TOKEN}\n", f"https:///hooks/{TOKEN}"],
+    ids=["trailing-newline", "no-host"],
+)
+async def test_a_stored_url_refused_at_send_time_keeps_its_token_out_of_errors_and_logs(
+    db: Any, capsys: Any, stored: str
+) -> None:
+    """events.md: the URL is checked again at send time, and errors show an endpoint's
+    scheme, host and port only. A url another program stored (or one stored before add
+    refused control characters) failed that check with check_url's message, which quotes the
+    whole url: its path and query token went into the delivery's error, its attempt record
+    and the worker's log."""
+    from bson import ObjectId
+
+    p = await make(db, max_attempts=1)
+    ep = await p.webhooks.add(url="https://hooks.example.com/x", events=["e"])
+    await db["job_processor_webhooks"].update_one(
+        {"_id": ObjectId(ep.id)}, {"$set": {"url": stored}}
+    )
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored")
+    assert "control character" in (d.error or "") or "has no host" in (d.error or ""), d.error
+    logged = [line for line in capsys.readouterr().out.splitlines() if TOKEN in line]
+    shown = [TOKEN in (d.error or ""), [a for a in d.attempts if TOKEN in str(a)], logged]
+    assert shown == [False, [], []], (d.error or "").splitlines()[0]
