@@ -72,6 +72,8 @@ RESERVED_HEADERS = frozenset(
     {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length"}
 )
 USER_AGENT = "job-processor-webhooks/0.1"
+#: A header name HTTP can carry (RFC 9110's token).
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 
 
 class WebhookError(JobProcessorError):
@@ -334,6 +336,21 @@ def _check_headers(headers: Any) -> dict[str, str]:
         if k.lower() in RESERVED_HEADERS:
             raise InvalidArgumentError(
                 f"header {k!r} is set by the webhook delivery itself and cannot be overridden"
+            )
+        if not HEADER_NAME.fullmatch(k):
+            raise InvalidArgumentError(
+                f"header name {k!r:.60} is not one HTTP can carry: letters, digits and "
+                "!#$%&'*+-.^_`|~ only (no space, no colon)"
+            )
+        control = next((c for c in v if (ord(c) < 0x20 and c != "\t") or c == "\x7f"), None)
+        if control is not None or v != v.strip(" \t"):  # the value is not shown: a credential?
+            what = (
+                f"the control character {control!r} (a trailing newline from a file or a variable?)"
+                if control
+                else "a leading or trailing space or tab"
+            )
+            raise InvalidArgumentError(
+                f"header {k!r} has a value holding {what}: no request could carry it; remove it"
             )
         out[k] = v
     return out

@@ -322,3 +322,56 @@ async def test_a_stored_url_refused_at_send_time_keeps_its_token_out_of_errors_a
     logged = [line for line in capsys.readouterr().out.splitlines() if TOKEN in line]
     shown = [TOKEN in (d.error or ""), [a for a in d.attempts if TOKEN in str(a)], logged]
     assert shown == [False, [], []], (d.error or "").splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {TOKEN}\n"},
+        {"X-Team": "ops\r\nX-Injected: 1"},
+        {"X-Team": " ops"},
+        {"X-Team": "o\x00ps"},
+        {"X Team": "ops"},
+        {"": "ops"},
+        {"X-Team:": "ops"},
+    ],
+    ids=[
+        "trailing-newline",
+        "crlf",
+        "leading-space",
+        "nul",
+        "space-in-name",
+        "empty-name",
+        "colon",
+    ],
+)
+async def test_a_header_no_request_can_carry_is_refused_when_added_or_updated(
+    db: Any, headers: dict[str, str]
+) -> None:
+    """A header HTTP cannot carry (a value with a trailing newline read from a file, a name
+    with a space) was stored, and every attempt failed before anything was sent, retried with
+    the backoff and counted toward disabling the endpoint, its error quoting the value (a
+    credential, often). Refused as a url with a control character is, without the value."""
+    p = await make(db)
+    with pytest.raises(InvalidArgumentError, match="header") as raised:
+        await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], headers=headers)
+    assert TOKEN not in str(raised.value)
+    assert await p.webhooks.list() == []
+    ep = await p.webhooks.add(url="http://127.0.0.1:9/h", events=["e"], headers={"X-A": "1"})
+    with pytest.raises(InvalidArgumentError, match="header"):
+        await p.webhooks.update(ep.id, headers=headers)
+    assert (await p.webhooks.get(ep.id)).headers == {"X-A": "1"}
+
+
+async def test_headers_http_carries_are_sent_as_given(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    p = await make(db)
+    headers = {"X-Team": "ops and\tdev", "X-Empty": "", "X-Odd_Name!": "v"}
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"], headers=headers)
+    async with p:
+        event = await p.emit("e", {})
+        await wait_delivery(p, event.id, ep, "finished")
+    got = receiver.received("/h")[0].headers
+    assert [got.get(k.lower()) for k in headers] == list(headers.values())
