@@ -155,10 +155,10 @@ def check_url(url: Any, shown: str | None = None) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         parts.hostname  # noqa: B018 (an unbalanced IPv6 bracket raises here on some Pythons)
-    except ValueError as exc:  # "Invalid IPv6 URL"
+    except ValueError as exc:  # "Invalid IPv6 URL", or a netloc NFKC changes (a full-width ':')
+        hint = "an IPv6 host is written in brackets, e.g. https://[2001:db8::1]:8443/path"
         raise InvalidArgumentError(
-            f"url is not a valid URL ({exc}): an IPv6 host is written in brackets, "
-            "e.g. https://[2001:db8::1]:8443/path"
+            f"url is not a valid URL ({exc})" + (f": {hint}" if "IPv6" in str(exc) else "")
         ) from None
     if parts.scheme not in ("http", "https"):
         raise InvalidArgumentError(

@@ -172,3 +172,13 @@ def test_webhook_options_refuse_a_timeout_that_cannot_be_waited_for(timeout: flo
 
     with pytest.raises(ValueError, match="timeout"):
         WebhookOptions(timeout=timeout)
+
+
+def test_a_url_python_cannot_split_is_refused_with_a_hint_that_fits() -> None:
+    """The IPv6 hint was given for every ValueError of urlsplit, a full-width colon typed in a
+    host among them (NFKC makes it a ':'), where brackets have nothing to do with it."""
+    with pytest.raises(InvalidArgumentError, match="IPv6 host is written in brackets"):
+        check_url("https://[2001:db8::1/hook")
+    with pytest.raises(InvalidArgumentError, match="NFKC") as raised:
+        check_url("https://hooks.example.com\uff1a8443/hook")
+    assert "IPv6" not in str(raised.value)
