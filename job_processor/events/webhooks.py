@@ -69,7 +69,9 @@ ATTEMPTS_KEPT = 20
 MOST_DESCRIPTION = 1000
 #: Headers we set; an endpoint's own headers may not override them.
 RESERVED_HEADERS = frozenset(
-    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length"}
+    # and the body's framing: a receiver read `chunked` framing as the body (signatures failed)
+    {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    | {"content-type", "content-length", "transfer-encoding"}
 )
 USER_AGENT = "job-processor-webhooks/0.1"
 #: A header name HTTP can carry (RFC 9110's token).
