@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import documents as D
 from ..core.definitions import JobDef, Limit
-from ..core.limits import check_limits, running, stored_number
+from ..core.limits import EMPTY, check_limits, plan, running, stored_number
 from ..core.log import EventLog
 from ..core.protocols import ClaimingWorker
 from ..storage import Storage
@@ -98,8 +98,7 @@ class Limiter:
             # the jobs of full keys cannot be claimed: left out, or a full tenant's backlog
             # gave its limit every slot, run on its other tenants' younger jobs
             skip = {k for keys in full.values() for k in keys} | self._blocked_values(now)
-            best = await self.storage.jobs.due_names(list(key_of), now, free, sorted(skip))
-            share = self._share(best, key_of)
+            share = await self._share(key_of, now, free, skip)
             plan = list(share.items()) + [(k, free) for k in eligible if k not in share]
         for key, most in plan:
             if free - got <= 0:
@@ -112,23 +111,53 @@ class Limiter:
                 got += await self._claim_key(worker, me, limit, names, n, now)
         return got
 
-    def _share(self, best: list[tuple[str, Any]], key_of: Mapping[str, str]) -> Counter[str]:
-        """How many of the best due jobs (name, limit key) each limit has, counting at most a
-        per-value limit's concurrency of one of its keys (a tenant's backlog takes no more
-        slots of the claim than that tenant may start)."""
+    async def _share(
+        self, key_of: Mapping[str, str], now: dt.datetime, free: int, skip: set[str]
+    ) -> Counter[str]:
+        """How many of the best `free` due jobs of these names (`key_of`: name -> limit key;
+        `skip`: full per-value keys) each limit has, a per-value limit's key counting for at
+        most the runs it has room for now (`_rooms`): a tenant's backlog takes no more slots
+        of the claim than that tenant may start, and the jobs after it are read on (its key
+        left out of the next read: a few reads at most)."""
+        rooms: dict[str, int] = {}
+        capped: dict[str, tuple[str, int]] = {}  # a key whose room is all counted: its limit
         share: Counter[str] = Counter()
-        per_value: Counter[str] = Counter()
-        for name, value in best:
-            key = key_of.get(name)
-            if key is None:
-                continue
-            limit = self.limits[key]
-            if limit.templated and limit.concurrency is not None and isinstance(value, str):
-                per_value[value] += 1
-                if per_value[value] > limit.concurrency:
+        for _ in range(3):
+            leave_out = sorted(skip | capped.keys())
+            best = await self.storage.jobs.due_names(list(key_of), now, free, leave_out)
+            values = {v: key_of[n] for n, v in best if n in key_of and isinstance(v, str)}
+            values = {v: k for v, k in values.items() if self.limits[k].templated}
+            rooms |= await self._rooms({v: k for v, k in values.items() if v not in rooms}, now)
+            share = Counter()
+            for of, room in capped.values():
+                share[of] += room
+            left, per_value, more = free - sum(share.values()), Counter[str](), False
+            for name, value in best:
+                key = key_of.get(name)
+                if key is None or left <= 0:
                     continue
-            share[key] += 1
-        return share
+                if isinstance(value, str) and value in rooms:
+                    per_value[value] += 1
+                    if per_value[value] > rooms[value]:  # its room is taken: read on past it
+                        capped[value], more = (key, rooms[value]), True
+                        continue
+                share[key] += 1
+                left -= 1
+            if not more or left <= 0 or len(best) < free:
+                break
+        return +share
+
+    async def _rooms(self, values: Mapping[str, str], now: dt.datetime) -> dict[str, int]:
+        """The runs each of these per-value keys (-> its limit's key) has room for now, by
+        its concurrency and rate less what it runs and started (one read of their documents;
+        a key without one has its limit's whole room)."""
+        if not values:
+            return {}
+        docs = {str(d["_id"]): d for d in await self.storage.limits.rooms_of(sorted(values))}
+        return {
+            value: plan(docs.get(value, EMPTY), self.limits[key], 2**31, now).slots
+            for value, key in values.items()
+        }
 
     async def _claim_values(
         self,

@@ -71,6 +71,13 @@ class LimitStore:
         query: Doc = branches[0] if len(branches) == 1 else {"$or": branches}
         return self.coll.find(query, {"running": 1, "rate_full_ms": 1, "rate": 1, "per_seconds": 1})
 
+    async def rooms_of(self, keys: list[str]) -> list[Doc]:
+        """The documents of these keys, as much as `plan` needs of them to tell how many runs
+        each has room for now (the claim's share of the best due jobs under several limits):
+        their running count, holders and starts (at most `rate` of them)."""
+        fields = {"running": 1, "holders": 1, "starts": 1}
+        return await all_docs(self.coll.find({"_id": {"$in": keys}}, fields))
+
     async def acquire(
         self,
         limit: Limit,

@@ -113,3 +113,76 @@ async def test_a_full_tenants_backlog_does_not_hand_its_slots_to_younger_tenants
         await wait_status(p, report.id, S.FINISHED, timeout=30)
     # the big tenant's first run, one of another tenant (they filled the first claim), then it
     assert "report" in starts[:4], f"report started #{starts.index('report') + 1}"
+
+
+async def test_a_tenant_with_room_for_one_run_takes_one_slot_of_the_claim_not_its_concurrency(
+    db: Any,
+) -> None:
+    # a key of a per-value limit counted for up to its concurrency among the best due jobs,
+    # whatever it already ran: a tenant with one run of two going and a backlog at the head
+    # of the queue gave its limit two slots, the second filled with another tenant's younger
+    # job before an older job under another limit
+    starts: list[str] = []
+    hold = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        starts.append(job.payload.get("tenant_id") or job.name)
+        if job.payload.get("hold"):
+            await hold.wait()
+        await asyncio.sleep(0.05)
+
+    jobs = {
+        "sync": JobDef(handler=work, limit=Limit(key="tenant:{tenant_id}", concurrency=2)),
+        "report": JobDef(handler=work, limit=Limit(key="report-api", concurrency=10)),
+    }
+    p = await make(db, jobs, concurrency=3)
+    async with p:
+        long = await p.schedule_job("sync", {"tenant_id": "big", "hold": True})
+        await wait_status(p, long.id, S.RUNNING)  # "big" has room for one more run
+        now = dt.datetime.now(dt.UTC)
+        early, before = now - dt.timedelta(minutes=2), now - dt.timedelta(minutes=1)
+        big = JobSpec("sync", {"tenant_id": "big"}, scheduled_for=early)
+        report = JobSpec("report", {}, scheduled_for=before)  # older than the other tenants'
+        others = [JobSpec("sync", {"tenant_id": t}) for t in "cdefg" for _ in range(2)]
+        ids = [j.id for j in await p.schedule_jobs([*[big] * 4, report, *others])]
+        for job_id in ids:
+            await wait_status(p, job_id, S.FINISHED, timeout=30)
+        hold.set()
+    younger = [i for i, who in enumerate(starts) if who in "cdefg"]
+    assert starts.index("report") < min(younger), starts
+
+
+async def test_the_jobs_behind_a_tenants_backlog_keep_their_turn_against_another_limit(
+    db: Any,
+) -> None:
+    # the other side of the test above: a tenant with room for one run counted once, the jobs
+    # of its limit behind its backlog are read on, so another tenant's job older than the
+    # job under another limit starts first (the best due jobs were read once: the slot the
+    # backlog did not take went to the other limit's younger job)
+    starts: list[str] = []
+    hold = asyncio.Event()
+
+    async def work(job: Job, signal: AbortSignal) -> None:
+        starts.append(job.payload.get("tenant_id") or job.name)
+        if job.payload.get("hold"):
+            await hold.wait()
+        await asyncio.sleep(0.05)
+
+    jobs = {
+        "sync": JobDef(handler=work, limit=Limit(key="tenant:{tenant_id}", concurrency=2)),
+        "report": JobDef(handler=work, limit=Limit(key="report-api", concurrency=10)),
+    }
+    p = await make(db, jobs, concurrency=3)
+    async with p:
+        long = await p.schedule_job("sync", {"tenant_id": "big", "hold": True})
+        await wait_status(p, long.id, S.RUNNING)  # "big" has room for one more run
+        now = dt.datetime.now(dt.UTC)
+        at = [now - dt.timedelta(minutes=m) for m in (3, 2, 1)]
+        big = JobSpec("sync", {"tenant_id": "big"}, scheduled_for=at[0])
+        older = JobSpec("sync", {"tenant_id": "c"}, scheduled_for=at[1])  # older than report
+        report = JobSpec("report", {}, scheduled_for=at[2])
+        ids = [j.id for j in await p.schedule_jobs([*[big] * 4, older, report])]
+        for job_id in ids:
+            await wait_status(p, job_id, S.FINISHED, timeout=30)
+        hold.set()
+    assert starts.index("c") < starts.index("report"), starts
