@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.errors import InvalidPayloadError, JobProcessorError
+from ..core.status import TERMINAL
 from ..ops.admin import ActionResult
 from .render import flash_from_result
 from .state import Dashboard, safe_next
@@ -92,11 +93,12 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     back = _form(request).get("next") or f"/jobs/{job_id}"
     if verb in CONFIRM and not _confirmed(request):
         job = await admin.get_job(job_id)
-        running = (
-            " It is running: its worker aborts the handler."
-            if verb == "kill" and job.status.value == "running"
-            else ""
-        )
+        running = ""
+        if verb == "kill" and job.status.value == "running":
+            running = " It is running: its worker aborts the handler."
+        elif verb == "kill" and job.status in TERMINAL:
+            running = " It has already ended: a kill changes nothing."
+
         return confirm_page(
             d,
             request,

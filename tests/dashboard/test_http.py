@@ -273,6 +273,9 @@ async def test_destructive_actions_ask_for_confirmation_first(processor: Any) ->
         resp = await c.post(f"/jobs/{later.id}/kill", data={"csrf_token": csrf})
         assert f"Kill job {later.id}?" in resp.text and "send-email · pending." in resp.text
         assert "It is running" not in resp.text
+        # and that there is nothing to kill in one that has ended (it offered the kill as is)
+        resp = await c.post(f"/jobs/{finished.id}/kill", data={"csrf_token": csrf})
+        assert "send-email · finished. It has already ended: a kill changes nothing." in resp.text
 
 
 async def test_a_confirmed_kill_is_not_made_when_the_job_has_run_again_since(
