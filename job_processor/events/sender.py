@@ -38,6 +38,7 @@ from .webhooks import (
     WebhookEndpoint,
     WebhookError,
     WebhookOptions,
+    check_headers,
     check_url,
     classify,
     encode_body,
@@ -176,6 +177,9 @@ class WebhookSender:
         """URL, body and headers of this attempt (config and secret read now)."""
         try:
             check_url(endpoint.url, shown=f"{url_host(endpoint.url)} (its path not shown)")
+            # stored before add checked them, or by another program: refused unsent, its
+            # value unquoted (httpx's error quotes it: a credential, often)
+            check_headers(endpoint.headers)
         except InvalidArgumentError as exc:
             raise WebhookError(f"endpoint {endpoint.id}: {exc}") from None
         fmt = self.formats.get(endpoint.format)

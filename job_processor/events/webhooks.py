@@ -326,7 +326,11 @@ def _check_enabled(enabled: Any) -> bool:
     return enabled
 
 
-def _check_headers(headers: Any) -> dict[str, str]:
+def check_headers(headers: Any) -> dict[str, str]:
+    """`headers` if every one is a header a request can carry and not one the delivery sets,
+    else InvalidArgumentError naming the header, never its value (a credential, often). The
+    sender checks a stored endpoint's again at send time (one stored before add checked them,
+    or by another program)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
@@ -521,7 +525,7 @@ class Webhooks:
             "events": _check_events(events),
             "format": self._check_format(format),
             "secret_ref": self._check_secret_ref(secret_ref),
-            "headers": _check_headers(headers),
+            "headers": check_headers(headers),
             "state": "enabled" if _check_enabled(enabled) else "disabled",
             "description": _check_description(description),
             "created_at": now,
@@ -563,7 +567,7 @@ class Webhooks:
         if not isinstance(secret_ref, Unset):
             fields["secret_ref"] = self._check_secret_ref(secret_ref)
         if headers is not None:
-            fields["headers"] = _check_headers(headers)
+            fields["headers"] = check_headers(headers)
         if not isinstance(description, Unset):
             fields["description"] = _check_description(description)
         doc = await self.store.update(endpoint_id_of(endpoint_id), fields)

@@ -375,3 +375,42 @@ async def test_headers_http_carries_are_sent_as_given(
         await wait_delivery(p, event.id, ep, "finished")
     got = receiver.received("/h")[0].headers
     assert [got.get(k.lower()) for k in headers] == list(headers.values())
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [{"Authorization": f"Bearer {TOKEN}\n"}, {"Transfer-Encoding": "chunked"}],
+    ids=["trailing-newline", "transfer-encoding"],
+)
+async def test_a_header_stored_before_add_refused_it_is_refused_at_send_time_unquoted(
+    db: Any,
+    receiver: Receiver,  # noqa: F811
+    capsys: Any,
+    stored: dict[str, str],
+) -> None:
+    """An endpoint an older version stored (before add and update checked headers) or another
+    program wrote: the sender did not check its headers again, as it checks its url. A value
+    with a newline failed every attempt with httpx's error quoting it ("Illegal header value
+    b'Bearer tok_...'"): the credential went into the delivery's error, its attempt record
+    and the worker's log; a stored Transfer-Encoding was sent, its receiver reading a chunked
+    framing (with no end) as the body. Both are now the attempt's error, naming the header,
+    not its value; nothing is sent. The endpoint can still be listed, updated and removed."""
+    from bson import ObjectId
+
+    p = await make(db, max_attempts=1)
+    ep = await p.webhooks.add(url=receiver.url("/h"), events=["e"])
+    hooks = db["job_processor_webhooks"]
+    await hooks.update_one({"_id": ObjectId(ep.id)}, {"$set": {"headers": stored}})
+    async with p:
+        event = await p.emit("e", {})
+        d = await wait_delivery(p, event.id, ep, "errored", "finished")
+    name = next(iter(stored))
+    assert d.status == "errored" and f"header {name!r}" in (d.error or ""), d.error
+    assert receiver.received("/h") == []
+    logged = [line for line in capsys.readouterr().out.splitlines() if TOKEN in line]
+    shown = [TOKEN in (d.error or ""), [a for a in d.attempts if TOKEN in str(a)], logged]
+    assert shown == [False, [], []], (d.error or "").splitlines()[0]
+    assert [e.headers for e in await p.webhooks.list()] == [stored]
+    assert (await p.webhooks.update(ep.id, description="old")).headers == stored
+    assert (await p.webhooks.update(ep.id, headers={"X-A": "1"})).headers == {"X-A": "1"}
+    await p.webhooks.remove(ep.id)
