@@ -349,11 +349,13 @@ def check_headers(headers: Any) -> dict[str, str]:
                 "!#$%&'*+-.^_`|~ only (no space, no colon)"
             )
         control = next((c for c in v if (ord(c) < 0x20 and c != "\t") or c == "\x7f"), None)
-        if control is not None or v != v.strip(" \t"):  # the value is not shown: a credential?
+        if control is not None or v != v.strip(" \t") or not v.isascii():  # value not shown
             what = (
                 f"the control character {control!r} (a trailing newline from a file or a variable?)"
                 if control
                 else "a leading or trailing space or tab"
+                if v != v.strip(" \t")
+                else "a character that is not ASCII (percent-encode it, or send it in the body)"
             )
             raise InvalidArgumentError(
                 f"header {k!r} has a value holding {what}: no request could carry it; remove it"

@@ -334,6 +334,7 @@ async def test_a_stored_url_refused_at_send_time_keeps_its_token_out_of_errors_a
         {"X Team": "ops"},
         {"": "ops"},
         {"X-Team:": "ops"},
+        {"X-Team": "caf\u00e9"},  # httpx sends ASCII only: UnicodeEncodeError, every attempt
     ],
     ids=[
         "trailing-newline",
@@ -343,6 +344,7 @@ async def test_a_stored_url_refused_at_send_time_keeps_its_token_out_of_errors_a
         "space-in-name",
         "empty-name",
         "colon",
+        "non-ascii-value",
     ],
 )
 async def test_a_header_no_request_can_carry_is_refused_when_added_or_updated(
