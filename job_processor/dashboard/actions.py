@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..core.errors import InvalidPayloadError, JobProcessorError
+from ..core.errors import InvalidPayloadError, JobNotFoundError, JobProcessorError
 from ..core.status import TERMINAL
 from ..ops.admin import ActionResult
 from .render import flash_from_result
@@ -74,12 +74,13 @@ async def _run(
     what: str,
     call: Callable[[], Awaitable[ActionResult]],
     back: str,
-) -> tuple[ActionResult | None, Response]:
+) -> tuple[ActionResult | JobProcessorError, Response]:
+    """The action's result, or the error it was refused with, and the redirect saying it."""
     try:
         result = await call()
     except JobProcessorError as exc:
         flash = {"kind": "error", "title": f"{what} failed", "lines": [d.masker.text(str(exc))]}
-        return None, d.redirect(request, back, flash)
+        return exc, d.redirect(request, back, flash)
     return result, d.redirect(request, back, flash_from_result(result, d.masker))
 
 
@@ -117,12 +118,13 @@ async def job_action(d: Dashboard, request: Request) -> Response:
     }
     result, response = await _run(d, request, verb.capitalize(), calls[verb], back)
     root = str(request.scope.get("root_path", "")).rstrip("/")
-    if verb == "duplicate" and result is not None and result.jobs:
+    if verb == "duplicate" and isinstance(result, ActionResult) and result.jobs:
         response.headers["location"] = f"{root}/jobs/{result.jobs[0].id}"
     # its page is gone: deleted now, or before this click (another tab, a second submit of
-    # the confirmation); a refusal stays on it
-    gone = result is not None and (
-        (verb == "delete" and bool(result.changed)) or "not found" in result.skipped.values()
+    # the confirmation; a duplicate says so by raising); a refusal stays on it
+    gone = isinstance(result, JobNotFoundError) or (
+        isinstance(result, ActionResult)
+        and ((verb == "delete" and bool(result.changed)) or "not found" in result.skipped.values())
     )
     if gone and back.startswith(f"/jobs/{job_id}"):
         response.headers["location"] = f"{root}/jobs"

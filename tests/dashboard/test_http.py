@@ -1377,3 +1377,28 @@ async def test_the_first_metrics_scrape_in_an_outage_takes_one_budget_not_two() 
         await mongo.close()
     assert samples(resp.text)[("job_processor_scrape_error", ())] == 1
     assert took < 2.0 + 0.75, f"the first scrape took {took:.2f}s, over its 2 s budget"
+
+
+async def test_a_duplicate_of_a_job_gone_meanwhile_lands_on_the_jobs_list(processor: Any) -> None:
+    """83dd0bd sent an action on a job page whose job is gone to the jobs list with its
+    message, but only for the verbs that report it skipped: a duplicate raises
+    JobNotFoundError instead, and went back to the job's page, a 404 "Not found" under
+    "Duplicate failed"."""
+    import datetime as dt
+
+    p, _ = processor
+    later = await p.schedule_job(
+        "send-email",
+        {"to": "later@example.com"},
+        scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+    )
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get(f"/jobs/{later.id}")).text)
+        await p.storage.db["job_processor_jobs"].delete_one({"_id": ObjectId(later.id)})
+        form = {"csrf_token": csrf, "next": f"/jobs/{later.id}"}
+        resp = await c.post(f"/jobs/{later.id}/duplicate", data=form)
+        assert resp.status_code == 303 and resp.headers["location"] == "/jobs"
+        page = await c.get(resp.headers["location"])
+        assert page.status_code == 200 and "Duplicate failed" in page.text
+        assert f"no job with id &#39;{later.id}&#39;" in page.text
