@@ -118,11 +118,19 @@ async def run(args: argparse.Namespace) -> int:
         host=args.host,
         allowed_hosts=allowed,
     )
+    # the port before MongoDB: a busy one is said at once (exit 2), not after an outage's wait
+    # as "cannot reach MongoDB" (exit 3)
+    try:
+        sock = listening_socket(args.host, args.port)  # before the URL is printed: never dead
+    except DashboardUsageError:
+        await close_database(db)
+        raise
     # Once the arguments are checked: a wrong MONGODB_URL fails now (exit 3), not as a slow
     # 503 on every page.
     try:
         await check_reachable(db, wait, refused_is_final=True)
     except JobProcessorError:
+        sock.close()
         await close_database(db)
         raise
     config = uvicorn.Config(
@@ -144,7 +152,6 @@ async def run(args: argparse.Namespace) -> int:
             self.should_exit = True
 
     server = Server(config)
-    sock = listening_socket(args.host, args.port)  # before the URL is printed: never a dead one
     port = sock.getsockname()[1]  # the one the system chose for --port 0
     access = (
         "no login: loopback only"

@@ -150,6 +150,33 @@ def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
     assert "job-processor dashboard on" not in out.stdout
 
 
+def test_a_busy_port_is_said_before_mongodb_is_reached() -> None:
+    """The port was bound only once MongoDB had answered: with MongoDB unreachable too, the
+    dashboard said "cannot reach MongoDB" (exit 3, after up to --timeout in an outage), and
+    the busy port only on the next try, as `run --metrics-port` did before fd8b825."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = os.environ | {"MONGODB_URL": "mongodb://127.0.0.1:1/x"}
+    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
+    try:
+        out = subprocess.run(
+            [*CLI, "dashboard", "--port", str(port), "--timeout", "60"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        taken.close()
+    assert out.returncode == 2, out
+    assert f"127.0.0.1:{port} is already in use by another program" in out.stderr, out.stderr
+    assert "cannot reach MongoDB" not in out.stderr
+
+
 def test_port_0_serves_on_a_free_port_and_prints_it(mongo_url: str) -> None:
     env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, "jp_port_zero")}
     env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
