@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from .. import events as ev
 from ..core.clock import as_utc
-from ..core.errors import InvalidArgumentError, JobProcessorError
+from ..core.errors import EventNotFoundError, InvalidArgumentError, JobProcessorError
 from ..events.api import EventsAPI
 from ..events.webhooks import url_host
 from ..ops.admin import ActionResult
@@ -274,7 +274,9 @@ async def replay(d: Dashboard, request: Request) -> Response:
         )
     except JobProcessorError as exc:
         flash = {"kind": "error", "title": "Replay failed", "lines": [d.masker.text(str(exc))]}
-        return d.redirect(request, back, flash)
+        # its page is gone (expired or deleted since the confirmation): the list says so
+        gone = isinstance(exc, EventNotFoundError)
+        return d.redirect(request, "/events" if gone else back, flash)
     return d.redirect(request, back, replay_flash(result))
 
 

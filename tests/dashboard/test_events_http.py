@@ -329,3 +329,25 @@ async def test_a_delivery_that_outlives_its_event_hides_what_it_wrote(
     from job_processor.core.event_documents import delivery_event_id
 
     assert delivery_event_id({"event_id": event.id, "to": "x"}) is None  # a user's own job
+
+
+async def test_a_replay_confirmed_once_the_event_is_gone_lands_on_the_events_list(
+    processor: tuple[JobProcessor, WebhookEndpoint],
+) -> None:
+    """83dd0bd's defect on the events pages: a replay confirmed on a confirmation page left
+    open while its event expired (events are kept for their retention only) or was deleted went
+    back to the event's page, a 404 "Not found" under "Replay failed"."""
+    from bson import ObjectId
+
+    p, _ = processor
+    event = await settled(p, (await p.emit("shipped", {"to": "ada@example.com"})).id)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        csrf = token((await c.get(f"/events/{event.id}")).text)
+        await p.storage.db["job_processor_events"].delete_one({"_id": ObjectId(event.id)})
+        done = await c.post(
+            f"/events/{event.id}/replay", data={"csrf_token": csrf, "confirm": "yes"}
+        )
+        assert done.status_code == 303 and done.headers["location"] == "/events"
+        page = await c.get(done.headers["location"])
+        assert page.status_code == 200 and "Replay failed" in page.text
