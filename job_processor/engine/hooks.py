@@ -324,6 +324,7 @@ class HookRunner:
         live: set[str],
         worker_timeout: float,
         owed: list[Doc] | None = None,
+        trusted: Callable[[], bool] | None = None,
     ) -> int:
         """Call the hooks owed by processes that are gone. Returns how many were taken.
 
@@ -331,10 +332,15 @@ class HookRunner:
         recovers its jobs, `worker_timeout` to 1.5 x `worker_timeout` after its last heartbeat).
         A hook owned by a process without a worker document (a client: its liveness cannot be
         read) is taken over once it has had time to finish: `worker_timeout` plus the hook's
-        timeout after it was recorded. One with no owner (a kill from the CLI) is taken at once."""
+        timeout after it was recorded. One with no owner (a kill from the CLI) is taken at once.
+        `trusted`: whether this worker's registration still holds; none is taken once it does
+        not (its lease ran out meanwhile: taken under the id it is giving up, a hook would be
+        taken over again, and called a second time, by every other worker's next sweep)."""
         me = self.worker_id()
         taken = 0
         for doc in owed if owed is not None else await self.jobs.owed_hooks(now):
+            if trusted is not None and not trusted():
+                break  # left to the sweep under the id it registers afresh
             owner = doc.get("exit_hook_owner")
             definition = self.definitions.get(str(doc.get("name")))
             if definition is None or (owner in live and owner != me):

@@ -141,9 +141,11 @@ class Recovery:
     async def sweep(self, now: dt.datetime, definitions: bool = False) -> int:
         """Delete stale worker documents, recover their running jobs and owed hooks. Not while
         this worker may itself have been declared dead: it would record itself, under an id
-        it is giving up, as the owner of what it recovers. With `definitions` (at start), the
-        live workers' documents in `self.live` also carry their names and definitions'
-        digests (the same read, more fields)."""
+        it is giving up, as the owner of what it recovers (asked again before each recovery
+        and each hook taken: a lease that runs out mid-sweep, a freeze or an outage, leaves the
+        rest to the next sweep). With `definitions` (at start), the live workers' documents in
+        `self.live` also carry their names and definitions' digests (the same read, more
+        fields)."""
         self.live = None
         if not self.worker.trusted():
             return 0
@@ -212,6 +214,8 @@ class Recovery:
                 continue
             if doc.get("worker_id") in live:
                 continue
+            if not self.worker.trusted():  # its lease ran out mid-sweep (a freeze, an outage):
+                break  # left to the sweep under the id it registers afresh, as at the start
             kill = bool(doc.get("kill_requested_at"))
             why = self.worker.gave_up.get(str(doc.get("run_id")))
             if why is not None:  # this process gave the run up: it knows why
@@ -234,7 +238,7 @@ class Recovery:
         if self._strays_checked is None or now - self._strays_checked >= STRAYS_EVERY:
             self._strays_checked = now
             await self.error_unknown_names(now)
-        await self.hooks.recover(now, live, self.worker_timeout, owed)
+        await self.hooks.recover(now, live, self.worker_timeout, owed, self.worker.trusted)
         try:
             for extra in self.sweeps:
                 await extra(now)

@@ -1,0 +1,78 @@
+"""A sweep during which its worker's lease runs out (a freeze, an outage in the middle of the
+sweep: SIGSTOP then SIGCONT) recovers nothing more under the registration it is giving up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from bson import ObjectId
+
+from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.core import documents as D
+from tests.engine.test_recovery import plant_dead_worker_job
+from tests.helpers import make
+
+S = JobStatus
+
+
+async def noop(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_more(
+    db: Any,
+) -> None:
+    """guide.md: a worker whose lease ran out sends no more writes and registers afresh; the
+    sweep says it never runs while its worker may have been declared dead (it would record
+    itself, under an id it is giving up, as the owner of what it recovers). A sweep that
+    began trusted went on after its worker gave its runs up during one of its reads: it
+    recovered a dead worker's job, and took over a dead worker's hook, under the id "" (the
+    heartbeat empties it until it registers afresh), so every other worker's next sweep
+    took that hook over again (its owner is no live worker) and called it a second time."""
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(str(job.id))
+
+    p = await make(db, {"send": JobDef(handler=noop, on_job_exited=hook)})
+    running = await plant_dead_worker_job(p, "send")
+    past = p.clock.now() - dt.timedelta(seconds=60)
+    ended = D.new_job("send", {}, now=past)
+    ended |= {"status": "finished", "ended_at": past, "end_id": D.new_id()}
+    ended |= D.hook_owed_fields(S.FINISHED, True, ended["end_id"], "dead-worker", past)
+    ended.pop("claim_name")
+    await p.storage.jobs.coll.insert_one(ended)  # as the dead worker left it, mid-hook
+    await p.heartbeat.register()
+    me = p.worker.worker_id
+    jobs = p.storage.jobs
+    read = jobs.needing_attention
+
+    async def gives_up_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        found = await read(*args, **kwargs)
+        p.worker.worker_id = ""  # the heartbeat gave the runs up during the read
+        return found
+
+    jobs.needing_attention = gives_up_meanwhile  # type: ignore[method-assign]
+    try:
+        await p.recovery.sweep(p.clock.now())
+        await p.hooks.drain()
+    finally:
+        jobs.needing_attention = read  # type: ignore[method-assign]
+    stored = await jobs.get(ObjectId(running))
+    assert stored is not None and stored["status"] == "running"  # left to the next sweep
+    hooked = await jobs.get(ended["_id"])
+    assert hooked is not None and hooked["exit_hook_owner"] == "dead-worker", hooked
+    assert calls == []
+    p.worker.worker_id = me  # registered (again): the next sweep recovers both, under it
+    try:
+        await p.recovery.sweep(p.clock.now())
+        await p.hooks.drain()
+    finally:
+        await p.heartbeat.unregister()
+    stored = await jobs.get(ObjectId(running))
+    assert stored is not None and stored["status"] == "errored"
+    assert stored["exit_hook_owner"] == me and stored["exit_hook"] == "done"
+    hooked = await jobs.get(ended["_id"])
+    assert hooked is not None and (hooked["exit_hook"], hooked["exit_hook_owner"]) == ("done", me)
+    assert sorted(calls) == sorted([running, str(ended["_id"])])
