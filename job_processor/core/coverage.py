@@ -109,7 +109,8 @@ def coverage(
         return max(waiting, due.get(name, 0)) if due is not None else waiting
 
     live = []
-    for w in live_workers:
+    everyone = list(live_workers)
+    for w in everyone:
         if not w.get("crashed"):
             live.append(w)
             continue
@@ -156,8 +157,13 @@ def coverage(
             if after:
                 fix += f" ({jobs(after, 'job')} of it waiting for other jobs)"
             # nothing active: maybe removed from the code on purpose (`names forget` refuses a
-            # name with waiting or running jobs)
-            if not waiting and not after and not int(by_status.get("running", 0)):
+            # name with waiting or running jobs, and one a live worker defines: its worker_tags
+            # leave it out, or its claim loop crashed; so do `crons remove` and a restart)
+            defined = any(
+                name in mapping(w.get("definitions")) or name in texts(w.get("names"))
+                for w in everyone
+            )
+            if not waiting and not after and not int(by_status.get("running", 0)) and not defined:
                 forget = f"job-processor names forget {shlex.quote(name)}"
                 if kind == "cron":  # its schedule is stored: removed first, explicitly
                     forget = f"job-processor crons remove {shlex.quote(name)}, then {forget}"

@@ -144,3 +144,40 @@ async def test_crons_list_counts_no_worker_without_the_crons_tag(db: Any) -> Non
     assert "nightly" in status.unserved_names  # "no live worker can run it"
     assert names["nightly"].served_by == []
     assert listed["nightly"].served_by == [], "crons list: a worker that never claims it"
+
+
+async def test_status_never_advises_forgetting_a_name_a_live_worker_defines(db: Any) -> None:
+    """A name a live worker defines but cannot run (its worker_tags leave it out, or its
+    claim loop crashed) is refused by `names forget` and `crons remove`; status advised
+    both, "if it is gone from the code", though the live worker's code has it."""
+    from job_processor import AbortSignal, Job, JobDef
+
+    async def ok(job: Job, signal: AbortSignal) -> None:
+        return None
+
+    crons = {"nightly": {"cron_string": "0 3 * * *", "handler": ok, "tag": "main"}}
+    jobs = {"report": JobDef(handler=ok, tag="main")}
+    processor = await make(db, jobs, crons=crons, worker_tags=["secondary"])
+    admin = Admin(db)
+    async with processor:
+        status = await admin.status()
+        from_processor = await processor.get_status()
+        forgotten = await admin.forget("report")
+        removed = await admin.remove_crons(["nightly"])
+    assert forgotten.changed == [] and removed.changed == []  # both refused
+    for warnings in (status.warnings, from_processor.warnings):
+        said = [w for w in warnings if w.startswith(("job 'report'", "cron 'nightly'"))]
+        assert len(said) == 2, warnings
+        assert not any("forget" in w or "crons remove" in w for w in said), said
+        assert all("with worker_tags that include 'main'" in w for w in said), said
+
+    # a crashed worker that defines a name: restart it, never forget the name
+    storage = Storage(db)
+    crashed = D.new_worker(NOW, None, "runner-1", 1, ["solo"], 30, definitions={"solo": "x"})
+    crashed["crashed"] = "RuntimeError: boom"
+    await storage.workers.register(crashed)
+    await storage.definitions.coll.insert_one({"_id": "solo", "kind": "job", "last_seen": NOW})
+    warnings = (await Admin(db, clock=FakeClock(NOW)).status()).warnings
+    [said] = [w for w in warnings if w.startswith("job 'solo'")]
+    assert "forget" not in said, said
+    assert any("claim loop crashed" in w for w in warnings), warnings
