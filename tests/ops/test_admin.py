@@ -451,6 +451,21 @@ async def test_pause_resume_and_the_audit_log(env: Any) -> None:
     ]
 
 
+async def test_pause_a_name_only_another_programs_jobs_have(env: Any) -> None:
+    """A name only jobs another program inserted have (no status before their first claim,
+    docs/scale.md) is listed by the overview with its queued jobs and a Pause button, and a
+    name with jobs may be paused; pause() refused it as an unknown job."""
+    admin, storage, _ = env
+    due = D.epoch_ms(NOW) - 1000
+    await storage.jobs.coll.insert_one(
+        {"name": "imported", "payload": {}, "claim_name": "imported", "due_ms": due}
+    )
+    assert (await admin.overview()).unknown_names == {"imported": 1}
+    assert (await admin.pause("imported")).done
+    assert await storage.paused.names() == {"imported"}
+    assert (await admin.overview()).paused_names == ["imported"]
+
+
 async def test_overview_numbers_and_warnings(env: Any) -> None:
     admin, storage, _ = env
     await add(storage, at=-120)

@@ -10,7 +10,7 @@ from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
 from ...core.lenient import mapping
 from ...core.status import ACTIVE
-from .base import REGISTERED_BY, AdminBase
+from .base import AdminBase
 from .results import ActionResult, DefinitionView, WorkerView
 
 _ACTIVE = frozenset(s.value for s in ACTIVE)
@@ -139,9 +139,8 @@ class NamesAdmin(AdminBase):
             raise InvalidArgumentError("name must be a job or cron name")
         result = self._result("name_paused" if pause else "name_resumed", actor)
         if pause:
-            known = await self._known()
-            if name not in known and name not in await self._counts():
-                raise UnknownJobError(name, list(known), REGISTERED_BY)
+            # a registered name, or one jobs have (another program's too, with no status yet)
+            await self._check_name(name)
             changed = await self.storage.paused.pause(name, result.actor, result.at)
         else:
             changed = await self.storage.paused.resume(name)
