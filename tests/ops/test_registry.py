@@ -709,3 +709,22 @@ async def test_forget_refuses_a_name_whose_ended_jobs_only_its_row_hides(db: Any
     after = await admin.get_job(job.id)
     assert "4111" not in str(after.payload) + str(after.output), after
     assert (await admin.forget("plain")).changed == ["plain"]
+
+
+async def test_forget_refuses_a_name_whose_queued_jobs_another_program_inserted(db: Any) -> None:
+    """A job another program inserted (docs/scale.md's minimal document) has no status until
+    its first claim, yet it is queued: status counts it ("(1 queued)"). `names forget`, refused
+    while jobs of a name are active, counted statuses only, and forgot the name: its queued job
+    became one of an unknown name, which a worker errors after unknown_name_grace."""
+    gone = await make(db, {"imported": JobDef(handler=quick)})
+    async with gone:  # registers it, then stops: no live worker serves it
+        pass
+    due = D.epoch_ms(gone.clock.now() + dt.timedelta(days=1))
+    await gone.storage.jobs.coll.insert_one(
+        {"name": "imported", "payload": {}, "claim_name": "imported", "due_ms": due}
+    )
+    admin = await Admin.open(db)
+    refused = await admin.forget("imported")
+    assert refused.changed == [], refused
+    assert refused.skipped["imported"].startswith("1 active job(s) of it"), refused
+    assert "imported" in {d.name for d in await admin.list_definitions()}

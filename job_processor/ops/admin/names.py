@@ -3,6 +3,7 @@ worker documents."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from ...core import event_documents as E
@@ -14,6 +15,8 @@ from .base import AdminBase
 from .results import ActionResult, DefinitionView, WorkerView
 
 _ACTIVE = frozenset(s.value for s in ACTIVE)
+#: A due time past every job's: the claimable jobs due at any time.
+_EVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 
 
 class NamesAdmin(AdminBase):
@@ -84,6 +87,10 @@ class NamesAdmin(AdminBase):
         serving = serving or [str(w["_id"]) for w in live if name in mapping(w.get("definitions"))]
         counts = (await self._counts()).get(name, {})
         active = sum(n for s, n in counts.items() if s in _ACTIVE)
+        # jobs another program inserted have no status before their first claim (scale.md),
+        # queued all the same: the claim index holds them beside the pending and paused ones
+        claimable = (await self.storage.job_admin.due_by_name([name], _EVER)).get(name, (0, 0))
+        active += max(0, claimable[0] - counts.get("pending", 0) - counts.get("paused", 0))
         # its row is what tells every reader which fields of its jobs to hide
         hiding = sum(counts.values()) if known[name].get("sensitive_fields") else 0
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
