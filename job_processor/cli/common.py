@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import sys
 import sysconfig
 import traceback
@@ -192,11 +193,8 @@ TAKES_A_BEAT = {
 def print_paused(result: ActionResult) -> None:
     """The names of the jobs the action queued that no worker runs until they are resumed."""
     for name in result.detail.get("paused") or []:
-        print(
-            one_line(
-                f"  {name!r} is paused: no worker runs it until `job-processor names resume {name}`"
-            )
-        )
+        resume = f"job-processor names resume {shlex.quote(name)}"
+        print(one_line(f"  {name!r} is paused: no worker runs it until `{resume}`"))
 
 
 def report(result: ActionResult, as_json: bool) -> int:

@@ -189,7 +189,7 @@ def coverage(
             more = f"; {later} more scheduled later" if later else ""
             out.warnings.append(
                 f"{name!r} is paused: {jobs(held, 'due job')} {'waits' if held == 1 else 'wait'} "
-                f"until it is resumed{more} (job-processor names resume {name})"
+                f"until it is resumed{more} (job-processor names resume {shlex.quote(name)})"
             )
     return out
 

@@ -115,6 +115,17 @@ def test_a_job_created_for_a_paused_name_says_it_waits_for_the_resume(
     ]
 
 
+def test_the_resume_command_of_a_paused_name_quotes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A name with a space: the command said to run was two arguments."""
+    result = ActionResult(action="jobs_retried", actor="cli", at=NOW, changed=["x"], count=1)
+    result.detail["paused"] = ["send email"]
+    assert report(result, as_json=False) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "  'send email' is paused: no worker runs it until "
+        "`job-processor names resume 'send email'`"
+    )
+
+
 def test_a_job_running_again_shows_its_last_error_as_the_previous_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

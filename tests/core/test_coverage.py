@@ -69,3 +69,20 @@ def test_a_starting_worker_names_the_live_workers_that_define_its_names_differen
     ]
     mine = {"report": "aaa", "mail": "mmm", "new": "nnn"}
     assert defined_differently(mine, "me", live) == {"report": ["w0", "w1"]}
+
+
+def test_the_resume_command_of_a_paused_name_can_be_run_as_it_is_shown() -> None:
+    """Any non-empty text is a job name ("send email", an event's "order placed:mail"): the
+    paused warning's command left it unquoted, so `job-processor names resume send email`, run
+    as shown, failed (two arguments); the other warnings' commands quote their names."""
+    known = {"send email": SEEN}
+    live = [{"_id": "w1", "names": ["send email"]}]
+    found = coverage(known, live, {"send email": {"pending": 1}}, ["send email"], NOW, {})
+    assert found.warnings == []  # nothing due: nothing held
+    held = coverage(
+        known, live, {"send email": {"pending": 1}}, ["send email"], NOW, {"send email": 1}
+    )
+    assert held.warnings == [
+        "'send email' is paused: 1 due job waits until it is resumed "
+        "(job-processor names resume 'send email')"
+    ]
