@@ -859,3 +859,14 @@ async def test_a_wait_longer_than_one_reads_bound_reads_again_until_the_job_ends
         await hanging.wait()
         await p.kill_job(job.id)
         assert (await waiting).status == S.KILLED
+
+
+async def test_a_wait_on_a_paused_name_gives_a_resume_command_that_runs_as_shown(
+    db: Any,
+) -> None:
+    """`names resume send email` (unquoted) resumes nothing: the shell splits it."""
+    producer = await make(db, {"send email": JobDef(handler=echo)})
+    job = await producer.schedule_job("send email", {"n": 1})
+    await producer.storage.paused.pause("send email", "ops", producer.clock.now())
+    with pytest.raises(TimeoutError, match=r"\(job-processor names resume 'send email'\)"):
+        await producer.wait_for(job.id, timeout=0.1)
