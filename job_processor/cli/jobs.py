@@ -162,7 +162,7 @@ def progress_text(progress: Mapping[str, Any]) -> str:
     elif fraction is not None:  # another program's: shown as it is
         parts.append(repr(fraction))
     total = progress.get("total")
-    parts.append(f"{progress.get('done')}" + (f" / {total}" if total else ""))
+    parts.append(f"{progress.get('done')}" + (f" / {total}" if total is not None else ""))
     if progress.get("message"):
         parts.append(str(progress["message"]))
     return one_line(" · ".join(parts))

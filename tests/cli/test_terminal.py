@@ -211,3 +211,11 @@ async def test_status_prints_no_forged_line_from_a_limit_key_filled_from_a_paylo
     limits = [line for line in lines if line.startswith("limit ")]
     assert limits and limits[0].startswith("limit tenant:acme\\u000awarnings: none"), shown.stdout
     assert "warnings: none" not in lines or lines.count("warnings: none") == 1, shown.stdout
+
+
+def test_a_progress_of_nothing_to_do_shows_its_total_of_0() -> None:
+    """ "0 of 0" read "100% · 0", the "/ 0" left out (a total of 0 is no total)."""
+    from job_processor.cli.jobs import progress_text
+
+    assert progress_text({"done": 0, "total": 0, "fraction": 1.0}) == "100% · 0 / 0"
+    assert progress_text({"done": 3, "total": None, "fraction": None}) == "3"

@@ -146,3 +146,20 @@ async def test_the_audit_pages_show_every_entry_across_object_and_text_ids(db: A
     admin = await app.state.dashboard.admin()
     with pytest.raises(InvalidArgumentError, match="before 'nope' is not an audit entry id"):
         await admin.audit_log(before="nope")  # a text no entry has: still refused
+
+
+async def test_a_progress_of_nothing_to_do_shows_its_total_of_0(db: Any) -> None:
+    """report_progress(0, 0): the page read "100% · 0", the "/ 0" left out, as `jobs show`."""
+    processor, _event, _endpoint = await every_kind(db)
+    job = await processor.schedule_job("send", {"n": 1})
+    now = dt.datetime.now(dt.UTC)
+    progress = {"done": 0, "total": 0, "fraction": 1.0, "message": None, "at": now}
+    await db["job_processor_jobs"].update_one(
+        {"_id": ObjectId(job.id)}, {"$set": {"progress": progress}}
+    )
+    app = create_dashboard(processor, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        page = await client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200
+    assert "100% · 0 / 0" in page.text and 'title="0 of 0"' in page.text
