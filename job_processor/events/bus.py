@@ -21,6 +21,7 @@ listed like any other). This module decides which jobs exist and when:
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -180,7 +181,7 @@ class EventBus:
                     f"job that {row.get('registered_by') or 'another process'} runs (in the "
                     "names registry): its workers would claim the deliveries; rename the "
                     "subscriber, or, if that job is gone, `job-processor names forget "
-                    f"{row['_id']}`"
+                    f"{shlex.quote(str(row['_id']))}`"
                 )
 
     @staticmethod

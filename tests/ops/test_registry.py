@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from job_processor import AbortSignal, Job, JobDef
 from job_processor.core import documents as D
-from job_processor.core.errors import InvalidPayloadError, UnknownJobError
+from job_processor.core.errors import InvalidArgumentError, InvalidPayloadError, UnknownJobError
 from job_processor.ops.admin import Admin
 from tests.helpers import make, wait_for, wait_status
 
@@ -728,3 +728,25 @@ async def test_forget_refuses_a_name_whose_queued_jobs_another_program_inserted(
     assert refused.changed == [], refused
     assert refused.skipped["imported"].startswith("1 active job(s) of it"), refused
     assert "imported" in {d.name for d in await admin.list_definitions()}
+
+
+async def test_the_commands_a_refusal_gives_quote_the_name(db: Any) -> None:
+    """Any non-empty text is a job or cron name ("send email"): the commands forget, new_job
+    and trigger_cron give when they refuse one left it unquoted, so run as shown they failed
+    (two arguments), as the paused name's resume command did (087549b)."""
+    cron = {"nightly report": {"cron_string": "0 2 * * *", "handler": quick}}
+    gone = await make(db, {"send email": JobDef(handler=quick)}, crons=cron)
+    async with gone:  # registers both, then stops: no live worker serves them
+        pass
+    admin = await Admin.open(db, actor="ops")
+    await gone.schedule_job("send email")
+    refused = await admin.forget("send email")
+    assert refused.skipped["send email"].endswith(
+        "(job-processor jobs list --name 'send email')"
+    ), refused
+    refused = await admin.forget("nightly report")
+    assert "job-processor crons remove 'nightly report' (or" in refused.skipped["nightly report"]
+    with pytest.raises(InvalidArgumentError, match=r"crons trigger 'nightly report'\)"):
+        await admin.new_job("nightly report", {})
+    with pytest.raises(InvalidArgumentError, match=r"jobs new 'send email'\)"):
+        await admin.trigger_cron("send email")

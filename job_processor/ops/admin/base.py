@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import shlex
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, TypeVar
 
@@ -415,7 +416,7 @@ class AdminBase:
             if (registered or {}).get("kind", "cron") == "job":
                 raise InvalidArgumentError(
                     f"{name!r} is a job, not a cron: schedule one with new_job({name!r}) "
-                    f"(job-processor jobs new {name})"
+                    f"(job-processor jobs new {shlex.quote(name)})"
                 )
             known = sorted(str(d["_id"]) for d in await self.storage.crons.docs())
             raise UnknownJobError.for_cron(name, known)

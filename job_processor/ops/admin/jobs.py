@@ -4,6 +4,7 @@ purge, schedule, duplicate."""
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -477,7 +478,7 @@ class JobsAdmin(AdminBase):
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(
                 f"{name!r} is a cron, not a job: run a task of it now with trigger_cron({name!r}) "
-                f"(job-processor crons trigger {name})"
+                f"(job-processor crons trigger {shlex.quote(name)})"
             )
         if await self._is_delivery(name, definition):
             raise InvalidArgumentError(
