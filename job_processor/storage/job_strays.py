@@ -137,6 +137,12 @@ class ForeignJobs:
         fields = {"_id": 1, "name": 1, "scheduled_for": 1, "due_ms": 1, "priority": 1}
         return self.coll.find(old, fields).limit(limit)
 
+    async def count_bare(self, name: str) -> int:
+        """The bare inserts of `name` not adopted yet (as `bare_cursor` finds them, whatever
+        their age): queued, though neither a status nor the claim index holds them."""
+        query = {"status": None, "name": name, "claim_name": {"$exists": False}}
+        return int(await self.coll.count_documents(query))
+
     async def adopt_bare(
         self, inserted_before: dt.datetime, now: dt.datetime, limit: int = 100
     ) -> int:

@@ -750,3 +750,20 @@ async def test_the_commands_a_refusal_gives_quote_the_name(db: Any) -> None:
         await admin.new_job("nightly report", {})
     with pytest.raises(InvalidArgumentError, match=r"jobs new 'send email'\)"):
         await admin.trigger_cron("send email")
+
+
+async def test_forget_refuses_a_name_whose_bare_inserts_wait_to_be_adopted(db: Any) -> None:
+    """A bare `{name, payload}` another program inserted (docs/scale.md) reads as pending and
+    is adopted by a worker's sweep (never while no worker is up): forget counted statuses and
+    the claim index, which hold neither, and forgot the name, turning the job, once adopted,
+    into one of an unknown name that a worker errors after unknown_name_grace."""
+    gone = await make(db, {"imported": JobDef(handler=quick)})
+    async with gone:  # registers it, then stops: no live worker serves it
+        pass
+    inserted = await gone.storage.jobs.coll.insert_one({"name": "imported", "payload": {}})
+    assert (await gone.get_job(str(inserted.inserted_id))).status == "pending"
+    admin = await Admin.open(db)
+    refused = await admin.forget("imported")
+    assert refused.changed == [], refused
+    assert refused.skipped["imported"].startswith("1 active job(s) of it"), refused
+    assert "imported" in {d.name for d in await admin.list_definitions()}

@@ -92,6 +92,8 @@ class NamesAdmin(AdminBase):
         # queued all the same: the claim index holds them beside the pending and paused ones
         claimable = (await self.storage.job_admin.due_by_name([name], _EVER)).get(name, (0, 0))
         active += max(0, claimable[0] - counts.get("pending", 0) - counts.get("paused", 0))
+        # and a bare insert, until a worker's sweep adopts it (never while none is up)
+        active += await self.storage.jobs.count_bare(name)
         # its row is what tells every reader which fields of its jobs to hide
         hiding = sum(counts.values()) if known[name].get("sensitive_fields") else 0
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
