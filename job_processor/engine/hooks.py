@@ -334,12 +334,15 @@ class HookRunner:
         read) is taken over once it has had time to finish: `worker_timeout` plus the hook's
         timeout after it was recorded. One with no owner (a kill from the CLI) is taken at once.
         `trusted`: whether this worker's registration still holds; none is taken once it does
-        not (its lease ran out meanwhile: taken under the id it is giving up, a hook would be
-        taken over again, and called a second time, by every other worker's next sweep)."""
+        not, nor once it registered afresh under another id (its lease ran out meanwhile:
+        taken under the id it gave up, a hook would be taken over again, and called a second
+        time, by every other worker's next sweep)."""
         me = self.worker_id()
         taken = 0
         for doc in owed if owed is not None else await self.jobs.owed_hooks(now):
-            if trusted is not None and not trusted():
+            # registered afresh meanwhile (trusted again, under a new id): taken under the
+            # id read above, whose document is gone, it would be taken over again too
+            if (trusted is not None and not trusted()) or self.worker_id() != me:
                 break  # left to the sweep under the id it registers afresh
             owner = doc.get("exit_hook_owner")
             definition = self.definitions.get(str(doc.get("name")))

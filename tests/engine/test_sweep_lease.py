@@ -76,3 +76,64 @@ async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_mo
     hooked = await jobs.get(ended["_id"])
     assert hooked is not None and (hooked["exit_hook"], hooked["exit_hook_owner"]) == ("done", me)
     assert sorted(calls) == sorted([running, str(ended["_id"])])
+
+
+async def test_a_sweep_whose_worker_registers_afresh_midway_takes_no_hook_under_its_old_id(
+    db: Any,
+) -> None:
+    """The test above, with the worker registered afresh while the sweep takes its hooks (an
+    outage during the take of one, over once the heartbeat has given its runs up and
+    registered again): trusted again, under a new id, the sweep took the next dead worker's
+    hook under the id it read when it began taking them, whose document the heartbeat had
+    removed, so every other worker's next sweep took that hook over again and called it a
+    second time."""
+    calls: list[str] = []
+
+    async def hook(job: Job) -> None:
+        calls.append(str(job.id))
+
+    p = await make(db, {"send": JobDef(handler=noop, on_job_exited=hook)})
+    past = p.clock.now() - dt.timedelta(seconds=60)
+    owed = []
+    for _ in range(2):
+        ended = D.new_job("send", {}, now=past)
+        ended |= {"status": "finished", "ended_at": past, "end_id": D.new_id()}
+        ended |= D.hook_owed_fields(S.FINISHED, True, ended["end_id"], "dead-worker", past)
+        ended.pop("claim_name")
+        await p.storage.jobs.coll.insert_one(ended)  # as the dead worker left it, mid-hook
+        owed.append(ended["_id"])
+    await p.heartbeat.register()
+    old = p.worker.worker_id
+    jobs = p.storage.jobs
+    take = jobs.take_hook
+
+    async def registers_afresh_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        taken = await take(*args, **kwargs)
+        if p.worker.worker_id == old:  # as the heartbeat does: gives it up, registers again
+            p.worker.worker_id = ""
+            await p.storage.workers.unregister(old)
+            await p.heartbeat.register()
+        return taken
+
+    jobs.take_hook = registers_afresh_meanwhile  # type: ignore[method-assign]
+    try:
+        await p.recovery.sweep(p.clock.now())
+        await p.hooks.drain()
+    finally:
+        jobs.take_hook = take  # type: ignore[method-assign]
+    new = p.worker.worker_id
+    assert new not in ("", old) and p.heartbeat.trusted()
+    stored = [await jobs.get(job_id) for job_id in owed]
+    # the first, taken under the old id before it was given up: as any hook a dead worker
+    # took (called here; another worker's sweep may call it again, guide.md)
+    owners = {d["_id"]: d["exit_hook_owner"] for d in stored if d is not None}
+    assert sorted(owners.values()) == sorted([old, "dead-worker"]), owners
+    left = next(job_id for job_id, owner in owners.items() if owner == "dead-worker")
+    try:
+        await p.recovery.sweep(p.clock.now())  # under the new registration
+        await p.hooks.drain()
+    finally:
+        await p.heartbeat.unregister()
+    second = await jobs.get(left)
+    assert second is not None and (second["exit_hook"], second["exit_hook_owner"]) == ("done", new)
+    assert calls.count(str(left)) == 1, calls
