@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import email.utils
 import json
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from bson import ObjectId
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -49,6 +47,11 @@ from ..core.log import EventLog, make_log
 from ..core.models import Event, to_jsonable
 from ..core.values import is_utf8
 from ..storage import Storage
+from .answers import RETRY_AFTER_CAP as RETRY_AFTER_CAP
+from .answers import Decision as Decision
+from .answers import Verdict as Verdict
+from .answers import classify as classify
+from .answers import retry_after_seconds as retry_after_seconds
 from .secrets import SECRET_PREFIX as SECRET_PREFIX  # re-exported: their home before
 from .secrets import SECRETS_ENV as SECRETS_ENV  # events/secrets.py
 from .secrets import Secret as Secret
@@ -61,8 +64,6 @@ Doc = dict[str, Any]
 
 #: Characters of the response body kept per attempt.
 EXCERPT_CHARS = 200
-#: Retry-After is honoured up to this many seconds.
-RETRY_AFTER_CAP = 3600.0
 #: Attempt records kept on a delivery.
 ATTEMPTS_KEPT = 20
 #: An endpoint's description, at most (characters).
@@ -399,56 +400,6 @@ def encode_body(value: Any) -> bytes:
         to_jsonable(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     return dumped.encode()
-
-
-# ---- answers ---------------------------------------------------------------------------------
-
-Verdict = Literal["delivered", "retry", "retry_later", "fail", "gone"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    verdict: Verdict
-    delay: float | None = None
-
-
-def retry_after_seconds(value: str | None, now: dt.datetime) -> float | None:
-    """Retry-After as seconds (a number of seconds, or an HTTP date), capped; None if absent
-    or unreadable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - now).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-
-def classify(status: int, retry_after: str | None, now: dt.datetime) -> Decision:
-    """What an HTTP status means for the delivery (the issue's list, in order)."""
-    if 200 <= status < 300:
-        return Decision("delivered")
-    if status == 410:
-        return Decision("gone")
-    if status in (429, 503):
-        delay = retry_after_seconds(retry_after, now)
-        if delay is not None:
-            return Decision("retry_later", delay)
-        return Decision("retry")
-    if status in (408, 425):
-        return Decision("retry")
-    if 400 <= status < 500:
-        return Decision("fail")
-    return Decision("retry")  # 5xx, 3xx (redirects are not followed), 1xx
 
 
 # ---- the admin API: processor.webhooks --------------------------------------------------------
