@@ -32,7 +32,7 @@ async def save_checkpoint(
     run: Run,
     state: dict[str, Any],
 ) -> None:
-    check_state(state)
+    state = check_state(state)  # as saved now: the handler may go on changing its dict
     ok = False
     notes: dict[str, Any] = {}
     if not run.lost:

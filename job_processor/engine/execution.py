@@ -164,9 +164,11 @@ def _trim(shown: traceback.TracebackException, seen: set[int]) -> None:
             _trim(chained, seen)
 
 
-def check_state(state: Any) -> None:
+def check_state(state: Any) -> dict[str, Any]:
     """A checkpoint's state as a worker stores it: InvalidPayloadError naming what is wrong (not
-    a dict, a naive datetime, what BSON cannot hold, NaN or infinity, over the size limit)."""
+    a dict, a naive datetime, what BSON cannot hold, NaN or infinity, over the size limit).
+    Returns it as it is read back (a copy: a tuple as a list), which the handler's later
+    changes to its own dict do not reach."""
     if not isinstance(state, dict):
         raise InvalidPayloadError(f"checkpoint state must be a dict, got {type(state).__name__}")
     try:
@@ -193,6 +195,12 @@ def check_state(state: Any) -> None:
             f"{MAX_VALUE_BYTES / MIB:.0f} MiB a job can hold: keep large data elsewhere and "
             "checkpoint a reference"
         )
+    try:
+        return bson.decode(encoded, _READ_BACK)
+    except Exception as exc:  # encodes, but is not read back (a bson.DatetimeMS past 9999)
+        raise InvalidPayloadError(
+            f"checkpoint state could not be read back from MongoDB: {exc}"
+        ) from None
 
 
 class ResultTooLarge(ValueError):
