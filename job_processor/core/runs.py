@@ -29,6 +29,10 @@ INTERRUPTED = "interrupted"
 #: (Before, "worker crashed": still read as a crashed run.)
 WORKER_SILENT = "worker stopped heartbeating (crashed, lost MongoDB, or its event loop was blocked)"
 
+#: How the error of a claim put back unstarted ends (its reply was lost, or came while its
+#: worker was stopping or being declared dead): no attempt used, the run never began.
+NOT_RUN = ": not run"
+
 #: A run's outcome, from the record the final write keeps in `history`.
 OUTCOMES = ("finished", "failed", "crashed", "killed", "interrupted", "paused", "missed")
 
@@ -52,7 +56,9 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return "interrupted"  # a graceful stop: not the job's fault, no attempt used
     if status == "paused" and not error:
         return "paused"  # a resumable job stopped gracefully: resumes from its checkpoint
-    if status == "pending" and error.startswith("its claim's reply was lost"):
+    if status == "pending" and (
+        error.startswith("its claim's reply was lost") or error.endswith(NOT_RUN)
+    ):
         return "not started"
     return "failed"
 

@@ -24,6 +24,7 @@ from ..core.coverage import recorded_timeout
 from ..core.definitions import CronDef, JobDef
 from ..core.log import EventLog
 from ..core.outcome import Ending, Outcome, RunEnd, decide
+from ..core.runs import NOT_RUN
 from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..storage import Storage
@@ -303,7 +304,7 @@ class Recovery:
         elif started:
             error = "its worker lost track of the run (the final write failed or a reply was lost)"
         else:
-            error = f"{why}: not run"
+            error = f"{why}{NOT_RUN}"
         end = RunEnd(
             Ending.LOST_TRACK if started else Ending.UNSTARTED,
             kill_requested=bool(doc.get("kill_requested_at")),

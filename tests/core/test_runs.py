@@ -59,3 +59,17 @@ def test_runs_failures_and_attempts_add_up() -> None:
     assert runs_summary(6, 1, 3) == "run 6 · 1 of 3 failures used"
     assert runs_summary(0, 0, 1) == "not run yet · 0 of 1 failure used"
     assert runs_summary(0, 0, 1, "skipped") == "never ran · 0 of 1 failure used"
+
+
+def test_a_claim_put_back_unstarted_reads_as_not_started_whatever_put_it_back() -> None:
+    """A claim whose reply came while its worker was stopping, or being declared dead, is
+    put back with no attempt used, as one whose reply was lost: its run never started, it
+    did not fail."""
+    for why in (
+        "its claim's reply was lost",
+        "claimed while its worker was stopping",
+        "claimed while its worker was being declared dead",
+    ):
+        record, outcome = entry(RunEnd(Ending.UNSTARTED, error=f"{why}: not run"), resumable=True)
+        assert outcome.failures == 0
+        assert run_outcome(record) == "not started", why
