@@ -74,5 +74,7 @@ async def save_checkpoint(
     run.signal.abort("shutdown")
     raise JobLostError(
         f"job {run.doc['name']!r} {run.doc['_id']} is no longer owned by this worker "
-        "(recovered elsewhere, or MongoDB unreachable for longer than worker_timeout)"
+        "(its worker stopped and put it back, paused or pending: a graceful stop past its "
+        "grace; or it was recovered elsewhere, MongoDB unreachable for longer than "
+        "worker_timeout)"
     )
