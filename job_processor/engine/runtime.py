@@ -141,6 +141,8 @@ class Runtime:
         self._start_abandoned = False  # _stop_wanted set by a caller giving up, not by stop()
         self._stopping: asyncio.Task[None] | None = None
         self._stop_wanted = False
+        self._stop_called = asyncio.Event()
+        """Set by stop(), cleared by start(): a serve() waiting for a signal stops waiting."""
 
     @property
     def identity(self) -> str:
@@ -273,6 +275,7 @@ class Runtime:
         (MongoDB unreachable), nothing is left behind and it can be called again."""
         self._calls += 1
         call = self._calls
+        self._stop_called.clear()
         if self._stopping is not None:  # a stop under way ends first; then this starts again
             try:
                 await asyncio.shield(self._stopping)
@@ -361,6 +364,7 @@ class Runtime:
         Returns when every final status is written and every owed hook has run (or timed out)."""
         self._calls += 1
         self._last_stop = self._calls  # the last of start() and stop() called has its way
+        self._stop_called.set()  # a serve() under way returns once this stop is over
         if self._stopping is None:
             if self._starting is None and not self.started:
                 return
@@ -406,7 +410,8 @@ class Runtime:
             await closing()
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
-        """start(), block until SIGTERM/SIGINT (or a crashed loop, or `stop` set), then stop().
+        """start(), block until SIGTERM/SIGINT (or a crashed loop, `stop` set, or a stop() called
+        elsewhere), then stop().
         A signal while start() still waits (MongoDB unreachable) cuts that start short, nothing
         started (`_start_unless`). A second signal, during that stop or already during start(),
         ends the stop at once (`worker_stop_forced`; `stop_forced` set): runs not written yet
@@ -423,6 +428,8 @@ class Runtime:
                 waiters = [
                     asyncio.create_task(stop.wait()),
                     asyncio.create_task(self.failed.wait()),
+                    # a stop() called elsewhere (a handler; the last call has its way)
+                    asyncio.create_task(self._stop_called.wait()),
                 ]
                 try:
                     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

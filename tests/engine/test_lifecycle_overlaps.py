@@ -367,3 +367,47 @@ async def test_a_serve_cancelled_during_its_graceful_stop_waits_for_that_stop(db
         assert (await p.get_job(job.id)).status == JobStatus.FINISHED
     finally:
         await p.stop()
+
+
+async def test_a_stop_called_elsewhere_ends_serve(db: Any) -> None:
+    """serve() is start(), a wait, then stop(): a stop() called by other code meanwhile (a
+    handler, an admin endpoint; the last call has its way) stopped the processor, but serve()
+    went on waiting for a signal for ever, `job-processor run` a process that claimed nothing,
+    heartbeated no more and never exited. It now returns once that stop is over; so it does
+    when the stop() comes while its start() is still under way (nothing is started)."""
+    ran: list[str] = []
+
+    async def shut_down(job: Job, signal: AbortSignal) -> str:
+        ran.append(job.id)
+        asyncio.create_task(box["p"].stop())  # noqa: RUF006 (the stop holds itself)
+        return "stopping"
+
+    box: dict[str, Any] = {}
+    p = box["p"] = await make(db, {"shut-down": JobDef(handler=shut_down)})
+    serving = asyncio.create_task(p.serve())
+    try:
+        await wait_for(lambda: p.started)
+        await p.schedule_job("shut-down")
+        done, _ = await asyncio.wait({serving}, timeout=10)
+        assert done, "serve() still waits after its processor was stopped"
+        await serving  # returned, no error
+        assert len(ran) == 1 and not p.started
+        assert [w["_id"] for w in await p.storage.workers.all()] == []
+
+        # a stop() while serve()'s start() is under way: nothing starts, serve() returns
+        start = p._start
+
+        async def start_then_stopped() -> None:
+            box["stop"] = asyncio.ensure_future(p.stop())  # runs while this start is under way
+            await start()
+
+        p._start = start_then_stopped  # type: ignore[method-assign]
+        serving = asyncio.create_task(p.serve())
+        done, _ = await asyncio.wait({serving}, timeout=10)
+        assert done, "serve() still waits after a stop() during its start()"
+        await serving
+        assert not p.started
+    finally:
+        serving.cancel()
+        await asyncio.wait({serving})
+        await p.stop()
