@@ -167,11 +167,24 @@ def _what(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+#: What every LogRecord has (and what formatting adds): any other attribute came from an
+#: `extra` (a LoggerAdapter's context, a line's own `extra=`), shown as structlog shows a
+#: bound context.
+_RECORD_KEYS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: The attributes job-processor's own lines carry their structure in (`core.log.EventLog`).
+_OWN_EXTRA = ("event", "fields")
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_KEYS and k not in _OWN_EXTRA}
+
+
 class StdlibFormatter(logging.Formatter):
     """The lines of stdlib loggers (an app's `init_job_processor(logger=logging.getLogger(...))`
     and its own) as structlog's are: a UTC timestamp and the level, or one JSON object a line
     with JOB_PROCESSOR_LOG_FORMAT=json (the event and its fields from `record.event` /
-    `record.fields`, as job-processor's events carry them)."""
+    `record.fields`, as job-processor's events carry them); a record's `extra` (a
+    LoggerAdapter's) is shown too, as structlog shows a bound context."""
 
     def __init__(self, json_lines: bool) -> None:
         super().__init__()
@@ -181,16 +194,18 @@ class StdlibFormatter(logging.Formatter):
         at = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="microseconds")
         timestamp = at.replace("+00:00", "Z")
         event, fields = getattr(record, "event", None), getattr(record, "fields", None)
+        extras = _extras(record)
         if not self.json_lines:
             line = f"{timestamp} [{record.levelname.lower():<9}] {record.name}: "
             line += record.getMessage()
+            line += "".join(f" {k}={v!r}" for k, v in extras.items())
             if record.exc_info:
                 line += "\n" + self.formatException(record.exc_info)
             return line
         if isinstance(event, str) and isinstance(fields, dict):  # one of job-processor's
-            data: dict[str, Any] = {**fields, "event": event}
+            data: dict[str, Any] = {**extras, **fields, "event": event}
         else:  # the app's own line
-            data = {"event": record.getMessage()}
+            data = {**extras, "event": record.getMessage()}
         data |= {"level": record.levelname.lower(), "logger": record.name, "timestamp": timestamp}
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
