@@ -212,11 +212,14 @@ class JobHarness:
     def carry(self, value: Any) -> None:
         """Nothing is logged here: nothing to hide."""
 
-    async def _save(self, state: dict[str, Any]) -> None:
-        check_state(state)  # refused as a worker refuses it (naive datetime, NaN, Decimal, ...)
-        self.checkpoints.append(copy.deepcopy(state))  # as saved then, not as the handler goes on
+    async def _save(self, state: dict[str, Any]) -> dict[str, Any]:
+        # refused as a worker refuses it (naive datetime, NaN, Decimal, ...), kept as a worker
+        # saves it (a tuple as a list), not as the handler goes on changing its dict
+        saved = check_state(state)
+        self.checkpoints.append(saved)
         if self._abort_after is not None and len(self.checkpoints) == self._abort_after[0]:
             self.signal.abort(self._abort_after[1])
+        return copy.deepcopy(saved)  # job.state: the handler's to change
 
     def abort(self, reason: AbortReason = "shutdown") -> None:
         _check_reason(reason)

@@ -240,7 +240,10 @@ class Job(BaseModel, Generic[PayloadT]):
     """The handler's own log lines (`job.log`, `job.logger`), the last 200 across its runs:
     at, run (the attempt that wrote it), level, message, fields."""
 
-    _checkpointer: Callable[[dict[str, Any]], Awaitable[None]] | None = PrivateAttr(default=None)
+    _checkpointer: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = PrivateAttr(
+        default=None
+    )
+    """Saves a checkpoint, returning the state as saved (a copy, read back through BSON)."""
     _processor: Processor | None = PrivateAttr(default=None)
     _notes: NoteSink | None = PrivateAttr(default=None)
     _given_dependencies: list[Job[Any]] | None = PrivateAttr(default=None)
@@ -393,8 +396,8 @@ class Job(BaseModel, Generic[PayloadT]):
                 "checkpoint() is only available inside a running handler; in a unit test, "
                 "build the job with job_processor.testing.JobHarness"
             )
-        await self._on_worker_loop(self._checkpointer(state))
-        self.state = dict(state)
+        # as saved (a tuple as a list), not the dict the handler may go on changing
+        self.state = await self._on_worker_loop(self._checkpointer(state))
 
     async def _on_worker_loop(self, call: Awaitable[Any]) -> Any:
         """`call` awaited on the worker's event loop, where its database client lives, even

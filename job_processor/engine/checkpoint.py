@@ -12,6 +12,7 @@ whether it did (`RunNotes.settle_later`). A save that could not reach MongoDB wi
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 from ..core import notes as N
@@ -31,7 +32,8 @@ async def save_checkpoint(
     fields: dict[str, Any],
     run: Run,
     state: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
+    """Returns the state as saved, a copy for the handler's `job.state`."""
     state = check_state(state)  # as saved now: the handler may go on changing its dict
     ok = False
     notes: dict[str, Any] = {}
@@ -69,7 +71,7 @@ async def save_checkpoint(
             run.notes.checkpoints += 1
             if notes:
                 run.notes.written(notes)
-        return
+        return copy.deepcopy(state)  # job.state: the handler may change it, not the run's
     run.give_up()
     run.signal.abort("shutdown")
     raise JobLostError(

@@ -526,10 +526,10 @@ class Worker:
         cron = self.cron_followed(name, run.definition)
         return sentry.checkin(name, cron, status, check_in_id, duration)
 
-    async def _checkpoint(self, run: Run, state: dict[str, Any]) -> None:
+    async def _checkpoint(self, run: Run, state: dict[str, Any]) -> dict[str, Any]:
         fields = self._fields(run.doc)
         budget = self.settings.worker_timeout
-        await save_checkpoint(self.jobs, self.clock, self.log, budget, fields, run, state)
+        return await save_checkpoint(self.jobs, self.clock, self.log, budget, fields, run, state)
 
     async def _finish(self, run: Run, end: RunEnd, duration_ms: int | None) -> Doc | None:
         """Decide the outcome and write it. A write that cannot be stored is replaced by an

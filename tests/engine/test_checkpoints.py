@@ -21,11 +21,14 @@ async def test_the_final_job_and_its_hook_hold_the_state_as_saved_not_as_changed
     """The handler goes on changing the dict it checkpointed (a list in it): the job `run_job`
     returns and the one on_job_exited gets hold the state MongoDB holds, as saved then."""
     hooked: list[Any] = []
+    seen: list[Any] = []
 
     async def index(job: Job, signal: AbortSignal) -> str:
         state: dict[str, Any] = {"done": [1], "pair": (1, 2)}
         await job.checkpoint(state)
         state["done"].append(2)  # not saved
+        seen.append(job.state)  # the handler's view: as saved too
+        job.state["done"].append(3)  # its own copy: not the run's either
         return "ok"
 
     async def hook(job: Job) -> None:
@@ -40,6 +43,7 @@ async def test_the_final_job_and_its_hook_hold_the_state_as_saved_not_as_changed
     assert stored.state == {"done": [1], "pair": [1, 2]}
     assert done.state == stored.state
     assert hooked == [stored.state]
+    assert seen == [{"done": [1, 3], "pair": [1, 2]}]
 
 
 def test_a_state_that_would_not_be_read_back_is_refused_with_why() -> None:

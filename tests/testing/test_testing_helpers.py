@@ -318,6 +318,36 @@ async def test_the_harness_records_each_checkpoint_as_it_was_saved() -> None:
     assert harness.checkpoints == [{"done": [0]}, {"done": [0, 1]}, {"done": [0, 1, 2]}]
 
 
+async def test_the_harness_keeps_a_checkpoint_as_a_worker_saves_it_and_job_state_is_it() -> None:
+    """A tuple is saved as a list (BSON has no tuple), a date in UTC; `job.state` is the last
+    checkpoint as saved, which the handler's later changes to its own dict do not reach, from
+    an async handler and from a plain one (checkpoint_sync) alike."""
+    two_hours = dt.timezone(dt.timedelta(hours=2))
+    at = dt.datetime(2026, 1, 1, 12, tzinfo=two_hours)
+    seen: list[Any] = []
+
+    async def pairs(job: Job, signal: AbortSignal) -> None:
+        state: dict[str, Any] = {"done": [1], "pair": (1, 2), "at": at}
+        await job.checkpoint(state)
+        state["done"].append(2)  # not saved
+        seen.append(job.state)
+
+    def plain(job: Job, signal: AbortSignal) -> None:
+        state: dict[str, Any] = {"done": [1], "pair": (1, 2), "at": at}
+        job.checkpoint_sync(state)
+        state["done"].append(2)  # not saved
+        seen.append(job.state)
+
+    for handler in (pairs, plain):
+        seen.clear()
+        harness = JobHarness()
+        await harness.run(handler)
+        assert harness.checkpoints == [{"done": [1], "pair": [1, 2], "at": at}], handler
+        assert harness.checkpoints[0]["at"].utcoffset() == dt.timedelta(0)
+        assert seen == harness.checkpoints, handler
+        assert harness.job.state == harness.checkpoints[-1]
+
+
 async def test_the_harness_gives_the_handler_the_payload_a_worker_would() -> None:
     from decimal import Decimal
 
