@@ -191,14 +191,15 @@ def make_env(masker: Masker) -> Environment:
     def shown_progress(value: Any) -> dict[str, Any] | None:
         """A job's `progress` as the bar shows it: written by report_progress it is shown as it
         is; one another program wrote (a fraction that is text, infinite or missing) never
-        breaks the page: its fraction is a finite number from 0 to 1, or none."""
+        breaks the page: its fraction is a finite number from 0 to 1, or none; a total it
+        left out is none (no total), not an empty one."""
         if not isinstance(value, dict):
             return None
         given = value.get("fraction")
         fraction = None
         if isinstance(given, int | float) and not isinstance(given, bool) and math.isfinite(given):
             fraction = min(max(float(given), 0.0), 1.0)
-        return value | {"fraction": fraction}
+        return value | {"fraction": fraction, "total": value.get("total")}
 
     def segment(value: Any) -> str:
         """A name as one segment of a URL's path, "/" escaped too: a name holding "/../" cannot

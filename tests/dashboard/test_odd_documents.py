@@ -163,3 +163,19 @@ async def test_a_progress_of_nothing_to_do_shows_its_total_of_0(db: Any) -> None
         page = await client.get(f"/jobs/{job.id}")
     assert page.status_code == 200
     assert "100% · 0 / 0" in page.text and 'title="0 of 0"' in page.text
+
+
+async def test_a_progress_another_program_wrote_without_a_total_shows_none(db: Any) -> None:
+    """A progress with no total field (another program's, `{"done": 3}`) read "3 / " and
+    "3 of " once a total of 0 was shown: a missing total is no total."""
+    processor, _event, _endpoint = await every_kind(db)
+    job = await processor.schedule_job("send", {"n": 1})
+    await db["job_processor_jobs"].update_one(
+        {"_id": ObjectId(job.id)}, {"$set": {"progress": {"done": 3}}}
+    )
+    app = create_dashboard(processor, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        page = await client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200
+    assert 'title="3"' in page.text and '<span class="small">3</span>' in page.text
