@@ -56,7 +56,17 @@ def main(
     sys.stdout, sys.stderr = common.VisibleStream(out), common.VisibleStream(err)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _main(argv, commands, out, err)
+        code = _main(argv, commands, out, err)
+        out.flush()  # a closed pipe is met here, not by the flush at exit (exit 120)
+        return code
+    except SystemExit:  # --help, a usage error: what argparse printed is flushed too
+        try:
+            out.flush()
+        except BrokenPipeError:
+            raise SystemExit(output_closed()) from None
+        raise
+    except BrokenPipeError:
+        return output_closed()
     finally:
         sys.stdout, sys.stderr = out, err
         if not exiting and threading.current_thread() is threading.main_thread():

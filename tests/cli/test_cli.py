@@ -832,6 +832,45 @@ async def test_a_reader_that_stops_early_gets_no_traceback(db: Any, mongo_url: s
     assert (code, stderr) == (141, "")
 
 
+@pytest.mark.parametrize(
+    "args", [("jobs", "list", "--json"), ("status",), ("jobs", "list", "--help")]
+)
+async def test_a_reader_gone_before_a_short_output_is_written_gets_no_traceback(
+    db: Any, mongo_url: str, args: tuple[str, ...]
+) -> None:
+    """`jobs list --json | head -1`, output under a pipe's buffer: Python (without
+    PYTHONUNBUFFERED, as a shell runs it) holds what the command printed until it exits, and
+    the flush at exit met the closed pipe: exit 120 and "Exception ignored ... BrokenPipeError"
+    on stderr, where operations.md promises 141, quietly (the help text too)."""
+    import subprocess
+
+    processor = await init_job_processor(db, jobs=JOBS)
+    await processor.schedule_job("anywhere", {})
+    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, db.name)}
+    env.pop("PYTHONUNBUFFERED", None)  # a shell's python buffers its stdout to a pipe
+
+    def closed_reader() -> tuple[int, str]:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the command writes anything
+        try:
+            with subprocess.Popen(
+                [sys.executable, "-m", "job_processor", *args],
+                env=env,
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as proc:
+                os.close(write)
+                write = -1
+                assert proc.stderr is not None
+                return proc.wait(timeout=30), proc.stderr.read()
+        finally:
+            if write != -1:
+                os.close(write)
+
+    assert await asyncio.to_thread(closed_reader) == (141, "")
+
+
 async def test_health_never_exits_2_for_a_bad_logging_variable(db: Any, mongo_url: str) -> None:
     """operations.md: health exits 0 or 1 (Docker reserves exit 2). A LOG_LEVEL or
     JOB_PROCESSOR_LOG_FORMAT it does not use made it exit 2 before it ran; every other command
