@@ -11,6 +11,7 @@ import shlex
 import sys
 import sysconfig
 import traceback
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -136,17 +137,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """One line per row: a line break or a tab inside a cell (a name another program wrote)
     is printed as its `\\uXXXX` escape, never as a row of its own."""
     cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    widths = [max(columns(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        line = "  ".join(c + " " * (w - columns(c)) for c, w in zip(r, widths, strict=True))
+        print(line.rstrip())
     if not rows:
         print("(none)")
 
 
 def _cell(value: Any) -> str:
+    """A cell as printed: its control characters as the escapes the stream writes (measured
+    as such)."""
     if value is None:
         return "-"
-    return one_line(value)
+    return visible(one_line(value))
+
+
+#: Characters a terminal draws over the one before: combining marks, format characters (a
+#: zero-width joiner).
+_ZERO_WIDTH = frozenset({"Mn", "Me", "Cf"})
+
+
+def columns(text: str) -> int:
+    """The columns a terminal gives `text`: two for a wide character (日本語, most emoji),
+    none for one drawn over the previous (an accent given as a combining mark)."""
+    return sum(
+        0
+        if unicodedata.category(c) in _ZERO_WIDTH
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in text
+    )
 
 
 def one_line(value: Any) -> str:

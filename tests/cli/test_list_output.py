@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -269,3 +270,40 @@ async def test_read_commands_read_odd_values_another_program_wrote_without_a_tra
     assert after.returncode == 0, after.stderr
     if "--json" in command:
         json.loads(after.stdout)
+
+
+def _columns(line: str) -> int:
+    """The terminal columns `line` takes (a wide character two, a combining one none)."""
+    return sum(
+        0
+        if unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in line
+    )
+
+
+async def test_table_columns_line_up_under_wide_and_escaped_text(db: Any, mongo_url: str) -> None:
+    """A table's column was as wide as its longest text counted in characters, not in the
+    columns the terminal gives it: a name of wide characters (日本語, an emoji) takes two
+    columns each, and a control or bidi character is printed as its 6-character `\\uXXXX`
+    escape, so every cell after such a name stood off its header (here STATUS)."""
+    import time
+
+    from bson import ObjectId
+
+    url = url_with_db(mongo_url, db.name)
+    now = int(time.time() * 1000)
+    for name in ("レポート🎉", "ok\u202eevil", "e\u0301té", "plain"):  # é as e + a combining accent
+        await db["job_processor_jobs"].insert_one(
+            {"_id": ObjectId(), "name": name, "claim_name": name, "due_ms": now}
+        )
+    listed = await cli(url, "jobs", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert len(rows) == 4, rows
+    at = _columns(header[: header.index("STATUS")])
+    for row in rows:
+        status = row.index("pending")
+        assert _columns(row[:status]) == at, (row, header)
