@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from job_processor import AbortSignal, InvalidDefinitionError, Job, JobDef, init_job_processor
+from job_processor.cli.parser import iso_time
 from job_processor.core.settings import check_prefix
 from job_processor.storage.local_server import free_port
 from tests.conftest import url_with_db
@@ -272,3 +273,13 @@ async def test_health_names_a_misspelt_variable_as_every_command_does(scratch_ur
         assert ran.returncode == 1, ran.stderr
         warned = [line for line in ran.stderr.splitlines() if line.startswith("warning:")]
         assert len(warned) == 1 and variable in warned[0] and meant in warned[0], ran.stderr
+
+
+@pytest.mark.parametrize(
+    "text", ["2030-01-31T09:00:00z", "2030-01-31t09:00:00z", "2030-01-31 09:00z", "2030-01-31T09Z"]
+)
+def test_a_utc_time_with_a_lower_case_z_is_a_date(text: str) -> None:
+    """--since/--until/--at take ISO 8601 (RFC 3339: "T" and "Z" may be lower case). A lower
+    case "t" was read, a lower case "z" refused ("is not a date: use ISO 8601"), though it
+    says UTC as "Z" does."""
+    assert iso_time(text) == dt.datetime(2030, 1, 31, 9, tzinfo=dt.UTC)

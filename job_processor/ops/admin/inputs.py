@@ -69,7 +69,8 @@ def parse_time(value: str | dt.datetime | None, field: str) -> dt.datetime | Non
         return None
     if isinstance(value, str):
         try:
-            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            # RFC 3339: "Z", as "T", may be lower case
+            value = dt.datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
         except ValueError:
             raise InvalidArgumentError(
                 f"{field} {value!r} is not a date: use ISO 8601, e.g. 2030-01-31T09:00:00Z"
