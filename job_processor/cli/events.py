@@ -9,7 +9,7 @@ import urllib.parse
 from typing import Any
 
 from ..core.masking import mask_event
-from ..core.models import Delivery, Event
+from ..core.models import Delivery, Event, recorded
 from ..events import queries as ev
 from ..events.webhooks import readable_endpoint
 from ..ops.admin import Admin, parse_time
@@ -26,6 +26,7 @@ from .common import (
     when,
     with_admin,
 )
+from .jobs import shown_time
 
 
 def _event_row(e: Event) -> list[Any]:
@@ -86,6 +87,13 @@ def _at(value: Any) -> str:
     return str(value)[:19].replace("T", " ") if value else "-"
 
 
+def _time(value: dt.datetime | None) -> str:
+    """A time of `events show` as `jobs show` writes one: 2030-01-31T09:00:00.123Z (UTC); "-"
+    for none recorded."""
+    at = recorded(value)
+    return "-" if at is None else str(shown_time(at))
+
+
 def show_event(e: Event) -> None:
     masked = mask_event(MASKER, e)
     secrets = MASKER.secrets(e.payload, *[d.result for d in e.deliveries])
@@ -93,11 +101,11 @@ def show_event(e: Event) -> None:
         ("id", e.id),
         ("name", e.name),
         ("key", e.key),
-        ("emitted_at", when(e.emitted_at)),
+        ("emitted_at", _time(e.emitted_at)),
         ("emitted_by", e.emitted_by),
         ("instance_id", e.instance_id),
         ("fanout", e.fanout),
-        ("replays", f"{e.replays} (last {when(e.last_replayed_at)})" if e.replays else None),
+        ("replays", f"{e.replays} (last {_time(e.last_replayed_at)})" if e.replays else None),
     ]
     for key, value in fields:
         if value is not None:
@@ -134,7 +142,7 @@ def show_event(e: Event) -> None:
             continue
         print(one_line(f"webhook attempts of {d.target} (job {d.job_id}):"))
         table(
-            ["AT", "HTTP", "DURATION", "RESPONSE / ERROR"],
+            ["AT (UTC)", "HTTP", "DURATION", "RESPONSE / ERROR"],
             [
                 [
                     _at(a.get("at")),

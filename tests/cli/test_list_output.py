@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import unicodedata
 from typing import Any
@@ -307,3 +308,24 @@ async def test_table_columns_line_up_under_wide_and_escaped_text(db: Any, mongo_
     for row in rows:
         status = row.index("pending")
         assert _columns(row[:status]) == at, (row, header)
+
+
+async def test_events_show_says_its_times_are_utc(db: Any, mongo_url: str) -> None:
+    """`events show` printed `emitted_at: 2030-01-31 09:00:00`, a time with no zone that reads
+    as the operator's local time, where `jobs show` prints `2030-01-31T09:00:00.123Z` and every
+    listing's header says (UTC); it now prints its times as `jobs show` does."""
+    from job_processor import Event, Subscriber
+
+    async def notify(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(
+        db, jobs={}, subscribers={"order.paid": [Subscriber("notify", handler=notify)]}, **FAST
+    )
+    event = await processor.emit("order.paid", {"order": 7})
+    shown = await cli(url, "events", "show", event.id)
+    assert shown.returncode == 0, shown.stderr
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("emitted_at:")]
+    at = event.emitted_at.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    assert line.split() == ["emitted_at:", at.replace("+00:00", "Z")]
