@@ -249,13 +249,15 @@ class Recovery:
 
     async def adopt_bare(self, now: dt.datetime) -> int:
         """Bare inserts (`{name, payload}`) `BARE_AGE` old, made claimable (the sweep's query
-        finds them): in batches of `BARE_BATCH` while batches come back full, up to
-        `BARE_PER_SWEEP` a sweep (a burst waits for the next sweep beyond that)."""
-        bare = 0
-        while bare < BARE_PER_SWEEP:
-            batch = await self.storage.jobs.adopt_bare(now - BARE_AGE, now, BARE_BATCH)
-            bare += batch
-            if batch < BARE_BATCH:
+        finds them): in batches of `BARE_BATCH` while batches are read full, up to
+        `BARE_PER_SWEEP` read a sweep (a burst waits for the next sweep beyond that). A batch
+        that other workers' sweeps adopted in part meanwhile is no end: more may follow it."""
+        bare = read = 0
+        while read < BARE_PER_SWEEP:
+            found, adopted = await self.storage.jobs.adopt_bare(now - BARE_AGE, now, BARE_BATCH)
+            read += found
+            bare += adopted
+            if found < BARE_BATCH:
                 break
         if bare:
             self.log.warning("bare_jobs_adopted", count=bare, by=self.worker.worker_id)

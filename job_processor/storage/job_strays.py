@@ -145,7 +145,7 @@ class ForeignJobs:
 
     async def adopt_bare(
         self, inserted_before: dt.datetime, now: dt.datetime, limit: int = 100
-    ) -> int:
+    ) -> tuple[int, int]:
         """Jobs another program inserted as bare `{name, payload}` (no `status`, `claim_name`
         or `due_ms`), before `inserted_before`: made pending and claimable, due at their
         `scheduled_for` if they have one, else at a numeric `due_ms` they carry, else at their
@@ -153,10 +153,12 @@ class ForeignJobs:
         every number, -1 included: a reader shows 0). Their first claim fills in the rest (a
         missing `created_at` marks them as foreign, see `documents.completion`).
         At most `limit` per call; one compare-and-set each (on the {status, ...} index: status
-        missing reads as null)."""
+        missing reads as null). Returns how many were read and how many adopted here (fewer
+        when another worker's sweep adopted some of them first)."""
         check_transition(None, S.PENDING)
-        adopted = 0
+        read = adopted = 0
         async for doc in self.bare_cursor(inserted_before, limit):
+            read += 1
             name = str(doc["name"])
             when = decode(doc).get("scheduled_for")  # aware UTC; ISO text read as its date
             if not isinstance(when, dt.datetime):  # a due_ms it carries (claim_name forgotten)
@@ -172,4 +174,4 @@ class ForeignJobs:
                 fields["priority"] = 0
             res = await self.coll.update_one(query, {"$set": fields})
             adopted += res.modified_count
-        return adopted
+        return read, adopted

@@ -4,6 +4,7 @@ never hold the others back (docs/scale.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from bson import ObjectId
 
 from job_processor import AbortSignal, Job, JobDef
-from tests.helpers import make
+from tests.helpers import Interposed, make
 
 
 def oid_at(t: dt.datetime) -> ObjectId:
@@ -32,6 +33,44 @@ async def test_a_burst_of_bare_inserts_is_adopted_by_one_sweep(db: Any) -> None:
     )
     await processor.recovery.sweep(processor.clock.now())  # one sweep, as the loop makes it
     assert await coll.count_documents({"status": "pending"}) == 250
+
+
+async def test_a_batch_another_sweep_adopted_in_part_does_not_end_the_sweep(db: Any) -> None:
+    """The sweep went on while batches came back fully adopted by it: one job of the first
+    batch adopted by another worker's sweep meanwhile ended it after 99, the other 150 left
+    to a later sweep (15 s at the defaults, and again while sweeps overlapped)."""
+    processor = await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0)
+    coll = db["job_processor_jobs"]
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=31)
+    await coll.insert_many(
+        [{"_id": oid_at(at), "name": "send-email", "payload": {"n": n}} for n in range(250)]
+    )
+    first = await coll.find_one({"status": None})
+    assert first is not None
+
+    async def adopted_elsewhere() -> None:
+        fields = {"status": "pending", "claim_name": "send-email", "due_ms": 0, "priority": 0}
+        await coll.update_one({"_id": first["_id"]}, {"$set": fields})
+
+    processor.storage.jobs.coll = Interposed(coll, "update_one", adopted_elsewhere)
+    await processor.recovery.sweep(processor.clock.now())
+    assert await coll.count_documents({"status": "pending"}) == 250
+
+
+async def test_workers_sweeping_at_once_adopt_a_whole_burst(db: Any) -> None:
+    """Two workers' sweeps at the same moment shared the first batch, each adopting about half
+    of it, and each stopped there: 200 of 1,000 adopted; the rest waited for later sweeps."""
+    coll = db["job_processor_jobs"]
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=31)
+    await coll.insert_many(
+        [{"_id": oid_at(at), "name": "send-email", "payload": {"n": n}} for n in range(1000)]
+    )
+    one, two = [
+        await make(db, {"send-email": JobDef(handler=send)}, worker_timeout=30.0) for _ in "12"
+    ]
+    now = one.clock.now()
+    await asyncio.gather(one.recovery.sweep(now), two.recovery.sweep(now))
+    assert await coll.count_documents({"status": "pending"}) == 1000
 
 
 async def test_documents_with_no_usable_name_never_hold_a_bare_insert_back(db: Any) -> None:

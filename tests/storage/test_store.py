@@ -699,7 +699,7 @@ async def test_a_bare_insert_without_a_priority_is_adopted_as_priority_0(storage
     bare = {"name": "a", "payload": {}}
     urgent = {"name": "a", "payload": {}, "priority": 3}
     await storage.jobs.coll.insert_many([bare, urgent])
-    assert await storage.jobs.adopt_bare(NOW, NOW) == 2
+    assert await storage.jobs.adopt_bare(NOW, NOW) == (2, 2)
     assert Job.read(await storage.jobs.get(bare["_id"])).priority == 0
     got = []
     while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
@@ -732,7 +732,7 @@ async def test_a_bare_insert_with_a_null_priority_is_adopted_as_priority_0(
     low = await add(storage, priority=-1, scheduled_for=later(-10))
     bare = {"name": "a", "payload": {}, "priority": None}
     await storage.jobs.coll.insert_one(bare)
-    assert await storage.jobs.adopt_bare(NOW, NOW) == 1
+    assert await storage.jobs.adopt_bare(NOW, NOW) == (1, 1)
     assert Job.read(await storage.jobs.get(bare["_id"])).priority == 0
     got = []
     while (doc := await storage.jobs.claim_next(["a"], "w1", NOW)) is not None:
