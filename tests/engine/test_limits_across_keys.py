@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from job_processor import AbortSignal, Job, JobDef, JobSpec, JobStatus
@@ -115,13 +116,12 @@ async def test_a_full_tenants_backlog_does_not_hand_its_slots_to_younger_tenants
     assert "report" in starts[:4], f"report started #{starts.index('report') + 1}"
 
 
-async def test_a_tenant_with_room_for_one_run_takes_one_slot_of_the_claim_not_its_concurrency(
-    db: Any,
-) -> None:
-    # a key of a per-value limit counted for up to its concurrency among the best due jobs,
-    # whatever it already ran: a tenant with one run of two going and a backlog at the head
-    # of the queue gave its limit two slots, the second filled with another tenant's younger
-    # job before an older job under another limit
+async def starts_beside_a_busy_tenant(
+    db: Any, specs: Callable[[dt.datetime], list[JobSpec]]
+) -> list[str]:
+    """A worker of 3 slots; tenants under a per-value limit of 2, `report` under a limit of its
+    own; tenant "big" has one run going (room for one more) when `specs(now)` are scheduled.
+    The order their runs started (by tenant, or name)."""
     starts: list[str] = []
     hold = asyncio.Event()
 
@@ -138,16 +138,29 @@ async def test_a_tenant_with_room_for_one_run_takes_one_slot_of_the_claim_not_it
     p = await make(db, jobs, concurrency=3)
     async with p:
         long = await p.schedule_job("sync", {"tenant_id": "big", "hold": True})
-        await wait_status(p, long.id, S.RUNNING)  # "big" has room for one more run
-        now = dt.datetime.now(dt.UTC)
+        await wait_status(p, long.id, S.RUNNING)
+        ids = [j.id for j in await p.schedule_jobs(specs(dt.datetime.now(dt.UTC)))]
+        for job_id in ids:
+            await wait_status(p, job_id, S.FINISHED, timeout=30)
+        hold.set()
+    return starts
+
+
+async def test_a_tenant_with_room_for_one_run_takes_one_slot_of_the_claim_not_its_concurrency(
+    db: Any,
+) -> None:
+    # a key of a per-value limit counted for up to its concurrency among the best due jobs,
+    # whatever it already ran: a tenant with one run of two going and a backlog at the head
+    # of the queue gave its limit two slots, the second filled with another tenant's younger
+    # job before an older job under another limit
+    def specs(now: dt.datetime) -> list[JobSpec]:
         early, before = now - dt.timedelta(minutes=2), now - dt.timedelta(minutes=1)
         big = JobSpec("sync", {"tenant_id": "big"}, scheduled_for=early)
         report = JobSpec("report", {}, scheduled_for=before)  # older than the other tenants'
         others = [JobSpec("sync", {"tenant_id": t}) for t in "cdefg" for _ in range(2)]
-        ids = [j.id for j in await p.schedule_jobs([*[big] * 4, report, *others])]
-        for job_id in ids:
-            await wait_status(p, job_id, S.FINISHED, timeout=30)
-        hold.set()
+        return [*[big] * 4, report, *others]
+
+    starts = await starts_beside_a_busy_tenant(db, specs)
     younger = [i for i, who in enumerate(starts) if who in "cdefg"]
     assert starts.index("report") < min(younger), starts
 
@@ -159,30 +172,11 @@ async def test_the_jobs_behind_a_tenants_backlog_keep_their_turn_against_another
     # of its limit behind its backlog are read on, so another tenant's job older than the
     # job under another limit starts first (the best due jobs were read once: the slot the
     # backlog did not take went to the other limit's younger job)
-    starts: list[str] = []
-    hold = asyncio.Event()
-
-    async def work(job: Job, signal: AbortSignal) -> None:
-        starts.append(job.payload.get("tenant_id") or job.name)
-        if job.payload.get("hold"):
-            await hold.wait()
-        await asyncio.sleep(0.05)
-
-    jobs = {
-        "sync": JobDef(handler=work, limit=Limit(key="tenant:{tenant_id}", concurrency=2)),
-        "report": JobDef(handler=work, limit=Limit(key="report-api", concurrency=10)),
-    }
-    p = await make(db, jobs, concurrency=3)
-    async with p:
-        long = await p.schedule_job("sync", {"tenant_id": "big", "hold": True})
-        await wait_status(p, long.id, S.RUNNING)  # "big" has room for one more run
-        now = dt.datetime.now(dt.UTC)
+    def specs(now: dt.datetime) -> list[JobSpec]:
         at = [now - dt.timedelta(minutes=m) for m in (3, 2, 1)]
         big = JobSpec("sync", {"tenant_id": "big"}, scheduled_for=at[0])
         older = JobSpec("sync", {"tenant_id": "c"}, scheduled_for=at[1])  # older than report
-        report = JobSpec("report", {}, scheduled_for=at[2])
-        ids = [j.id for j in await p.schedule_jobs([*[big] * 4, older, report])]
-        for job_id in ids:
-            await wait_status(p, job_id, S.FINISHED, timeout=30)
-        hold.set()
+        return [*[big] * 4, older, JobSpec("report", {}, scheduled_for=at[2])]
+
+    starts = await starts_beside_a_busy_tenant(db, specs)
     assert starts.index("c") < starts.index("report"), starts
