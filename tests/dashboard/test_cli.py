@@ -118,20 +118,19 @@ async def test_serves_the_dashboard_from_mongodb_url_with_basic_auth(
         assert "pa55word" not in out + err
 
 
-def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
-    mongo_url: str,
-) -> None:
+def dashboard_on_a_busy_port(url: str, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`job-processor dashboard --port P ARGS` with P taken by another program."""
     import socket
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    env = os.environ | {"MONGODB_URL": url_with_db(mongo_url, "jp_busy_port")}
+    env = os.environ | {"MONGODB_URL": url}
     env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
     try:
         out = subprocess.run(
-            [*CLI, "dashboard", "--port", str(port)],
+            [*CLI, "dashboard", "--port", str(port), *args],
             env=env,
             capture_output=True,
             text=True,
@@ -139,6 +138,13 @@ def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
         )
     finally:
         taken.close()
+    return out, port
+
+
+def test_a_busy_port_fails_at_start_with_the_fix_never_printing_a_dead_url(
+    mongo_url: str,
+) -> None:
+    out, port = dashboard_on_a_busy_port(url_with_db(mongo_url, "jp_busy_port"))
     assert out.returncode == 2, out
     said = re.fullmatch(
         rf"error: 127\.0\.0\.1:{port} is already in use by another program: pick another port, "
@@ -154,24 +160,7 @@ def test_a_busy_port_is_said_before_mongodb_is_reached() -> None:
     """The port was bound only once MongoDB had answered: with MongoDB unreachable too, the
     dashboard said "cannot reach MongoDB" (exit 3, after up to --timeout in an outage), and
     the busy port only on the next try, as `run --metrics-port` did before fd8b825."""
-    import socket
-
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
-    env = os.environ | {"MONGODB_URL": "mongodb://127.0.0.1:1/x"}
-    env.pop("JOB_PROCESSOR_DASHBOARD_AUTH", None)
-    try:
-        out = subprocess.run(
-            [*CLI, "dashboard", "--port", str(port), "--timeout", "60"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    finally:
-        taken.close()
+    out, port = dashboard_on_a_busy_port("mongodb://127.0.0.1:1/x", "--timeout", "60")
     assert out.returncode == 2, out
     assert f"127.0.0.1:{port} is already in use by another program" in out.stderr, out.stderr
     assert "cannot reach MongoDB" not in out.stderr
