@@ -53,6 +53,8 @@ async def events_list(args: argparse.Namespace) -> int:
             until=parse_time(args.until, "until"),
             limit=args.limit,
         )
+        if not events:  # a misspelt name is named, as `jobs list --name` names it
+            await ev.check_listed_name(admin.storage, args.name or None)
         if args.json:
             skip = {"deliveries", "delivery"}
             emit_json(

@@ -99,6 +99,29 @@ async def list_events(
 _NEVER = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
+async def check_listed_name(storage: Storage, name: str | None) -> None:
+    """A name filter of an empty listing that no subscriber, webhook endpoint or stored event
+    has is a typo: InvalidArgumentError naming it, with the closest known names (those of the
+    subscribers, the endpoints and the newest events nobody listened to), instead of an empty
+    listing. An endpoint listening to every event ("*") names none."""
+    if not name or await storage.events.find(name, limit=1):
+        return
+    known = {str(r.get("event")) for r in await storage.subscribers.all()}
+    for endpoint in await storage.webhooks.all():
+        known |= set(texts(endpoint.get("events")))
+    known.discard(E.ANY_EVENT)
+    if name in known:
+        return
+    known |= set(await storage.events.untargeted(_NEVER))
+    hint = did_you_mean(name, known)
+    shown = sorted(known)
+    listing = ", ".join(shown[:20]) + (f", ... ({len(shown)} in all)" if len(shown) > 20 else "")
+    raise InvalidArgumentError(
+        f"unknown event {name!r}{hint}: no subscriber, webhook endpoint or stored event has "
+        f"it; check the name (known events: {listing or 'none'})"
+    )
+
+
 def readable_event(doc: Doc) -> Event | None:
     """A stored event as the listings show it (`core.lenient`): a field another program wrote
     with a wrong type (a hand edit, an older version) reads as its default; a name that is no

@@ -801,6 +801,44 @@ async def test_events_show_list_replay_and_webhooks_list(db: Any, mongo_url: str
     assert len(audit["events_replayed"].ids) == 6
 
 
+async def test_events_list_names_a_misspelt_event_name(db: Any, mongo_url: str) -> None:
+    """`events list --name` of a name that no subscriber, webhook endpoint or stored event has
+    exits 2 with a did-you-mean, as `jobs list --name` does; a known name with nothing in the
+    listing is an empty table (exit 0)."""
+
+    async def send_email(event: Event, signal: AbortSignal) -> None:
+        return None
+
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(
+        db, subscribers={"shipped": [Subscriber("send-email", handler=send_email)]}
+    )
+    await processor.webhooks.add(url="https://crm.example/hooks", events=["invoiced"])
+    await processor.webhooks.add(url="https://all.example/hooks", events=["*"], enabled=False)
+    await processor.emit("refunded", {"order": "o1"})  # stored, nobody listening
+    later = ["--since", "2099-01-01"]
+    *typos, as_json, hooked, stored, everything = await asyncio.gather(
+        cli(url, "events", "list", "--name", "shiped"),
+        cli(url, "events", "list", "--name", "invoicd", *later),
+        cli(url, "events", "list", "--name", "refundd"),
+        cli(url, "events", "list", "--name", "nothing-like-it"),
+        cli(url, "events", "list", "--name", "shiped", "--json"),
+        cli(url, "events", "list", "--name", "invoiced"),
+        cli(url, "events", "list", "--name", "refunded", *later),
+        cli(url, "events", "list", "--name", "shipped"),
+    )
+    assert [t.returncode for t in typos] == [2, 2, 2, 2], [t.stderr for t in typos]
+    assert "unknown event 'shiped' (did you mean 'shipped'?)" in typos[0].stderr
+    assert "unknown event 'invoicd' (did you mean 'invoiced'?)" in typos[1].stderr
+    assert "unknown event 'refundd' (did you mean 'refunded'?)" in typos[2].stderr
+    assert "unknown event 'nothing-like-it': no subscriber" in typos[3].stderr  # "*" names none
+    assert typos[0].stdout == "" and as_json.stdout == ""
+    assert as_json.returncode == 2 and "did you mean 'shipped'?" in as_json.stderr
+    for known in (hooked, stored, everything):  # known names: an empty listing is an answer
+        assert known.returncode == 0, known.stderr
+        assert known.stdout.splitlines()[-1] == "(none)"
+
+
 def when_cells(value: dt.datetime) -> list[str]:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S").split()
 
