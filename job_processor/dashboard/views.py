@@ -17,7 +17,7 @@ from ..core.masking import MASK
 from ..core.models import Job
 from ..core.status import ACTIVE, TERMINAL, JobStatus
 from ..ops.admin import JobPage, Overview
-from ..ops.admin.inputs import DEFAULT_LIMIT, parse_time
+from ..ops.admin.inputs import DEFAULT_LIMIT, MAX_LIMIT, parse_time
 from .render import STATUS_ORDER, error_line, filter_form, is_job_id
 from .state import Dashboard, health_response, json_response
 
@@ -158,7 +158,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
     hidden = {
         j.id: d.masker.secrets(j.payload, j.state, j.result, carried.get(j.id)) for j in page.jobs
     }
-    limit = request.query_params.get("limit") or ""
+    limit = applied_limit(request.query_params.get("limit") or "")
     active = {k: v for k, v in filters.items() if v}
     shown, sizes = filter_form(filters, ("after", "before"), limit, PAGE_SIZES)
     return d.page(
@@ -183,6 +183,14 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         TERMINAL={s.value for s in TERMINAL},
         live=error is None,  # a refused filter: nothing to refresh (and not "Offline")
     )
+
+
+def applied_limit(text: str) -> str:
+    """The page size the jobs list applies for `?limit=` as given: over MAX_LIMIT, MAX_LIMIT
+    (Admin.list_jobs' cap), which the per-page box and the page's links then show."""
+    if text.isascii() and text.isdigit() and int(text) > MAX_LIMIT:
+        return str(MAX_LIMIT)
+    return text
 
 
 def last_error_line(d: Dashboard, job: Any, carried: dict[str, Any]) -> str:

@@ -361,3 +361,22 @@ async def test_a_runs_error_keeps_its_details_key_when_the_history_rotates(db: A
         )
         after = key_of((await c.get(f"/jobs/{job.id}")).text, "boom 20")
     assert after == opened, f"the opened error's key changed: {opened} -> {after}"
+
+
+async def test_a_jobs_page_size_over_the_cap_shows_the_size_it_applied(db: Any) -> None:
+    """`/jobs?limit=5000` lists at most 1,000 jobs (Admin.list_jobs' cap): the per-page box
+    and the page's links say 1000, not the 5000 asked for (they said 5000 over 1,000 rows)."""
+    p = await init_job_processor(db, jobs={"n": JobDef(handler=noop)})  # not started
+    for i in range(2):
+        await p.schedule_job("n", {"i": i})
+    async with client(create_dashboard(p, auth=AUTH)) as c:
+        first = (await c.get("/jobs", params={"limit": 1})).text
+        cursor = re.search(r'href="/jobs\?cursor=([^&"]+)', first)
+        assert cursor is not None, "no next page link"
+        resp = await c.get("/jobs", params={"limit": 5000, "cursor": cursor.group(1)})
+    assert resp.status_code == 200
+    box = re.search(r'<select name="limit">(.*?)</select>', resp.text, re.S)
+    assert box is not None
+    assert re.findall(r"<option selected>(\d+)</option>", box.group(1)) == ["1000"]
+    assert "5000" not in box.group(1)
+    assert 'href="/jobs?limit=1000"' in resp.text  # « Newest keeps the size applied
