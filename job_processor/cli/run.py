@@ -22,10 +22,15 @@ from typing import Any
 
 import structlog
 
-from ..core.errors import did_you_mean
+from ..core.errors import DatabaseUnreachableError, did_you_mean
 from ..engine.runtime import Runtime
 from ..engine.signals import stop_on_signals, unless_set
-from ..storage.connect import MISSING_URL, address, close_database, open_database, why_unreachable
+from ..storage.connect import (
+    MISSING_URL,
+    close_database,
+    open_database,
+    unreachable_at_start,
+)
 from ..storage.local_server import bound_socket, free_port_near
 from ..storage.transient import is_transient
 from .common import UNREACHABLE, UsageError
@@ -347,14 +352,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
         try:
             await processor.serve(stop)
         except Exception as exc:
-            if is_transient(exc) and not processor.started:  # gone since init: no start
+            unreachable = isinstance(exc, DatabaseUnreachableError) or is_transient(exc)
+            if unreachable and not processor.started:  # gone since init: no start
                 db = processor.storage.db
-                print(
-                    f"error: cannot reach MongoDB at {address(db)} to start the worker "
-                    f"({why_unreachable(db)}; {type(exc).__name__}); check MONGODB_URL and that "
-                    "the server is running",
-                    file=sys.stderr,
-                )
+                said = exc if isinstance(exc, DatabaseUnreachableError) else None
+                print(f"error: {said or unreachable_at_start(db, exc)}", file=sys.stderr)
                 # its monitor, cancelled by asyncio.run mid-connect, kept the exit ~10 s
                 with contextlib.suppress(Exception):
                     await close_database(db)

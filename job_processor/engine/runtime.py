@@ -27,6 +27,8 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
+from ..storage.connect import unreachable_at_start
+from ..storage.transient import is_transient
 from . import sentry
 from .crons import CronScheduler
 from .flows import Flows
@@ -272,7 +274,8 @@ class Runtime:
 
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
-        (MongoDB unreachable), nothing is left behind and it can be called again."""
+        (MongoDB unreachable: DatabaseUnreachableError naming the server, the driver's error as
+        its cause), nothing is left behind and it can be called again."""
         self._calls += 1
         call = self._calls
         self._stop_called.clear()
@@ -310,6 +313,10 @@ class Runtime:
             # failed, so the start under way leaves nothing started behind its back
             if not starting.done() and self._start_waiters == 1:
                 self._stop_wanted = self._start_abandoned = True
+            raise
+        except Exception as exc:  # MongoDB gone since init: said as init says it
+            if is_transient(exc):
+                raise unreachable_at_start(self.storage.db, exc) from exc
             raise
         finally:
             self._start_waiters -= 1

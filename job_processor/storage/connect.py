@@ -275,6 +275,17 @@ def said_plainly(error: str) -> str:
     return f"{where}: {plain}" if where else plain
 
 
+def unreachable_at_start(db: Any, exc: BaseException) -> DatabaseUnreachableError:
+    """What a processor's start says when MongoDB, which answered init_job_processor, stopped
+    answering before its worker started (`exc`, the driver's error, is its cause)."""
+    error = DatabaseUnreachableError(
+        f"cannot reach MongoDB at {address(db)} to start the worker ({why_unreachable(db)}; "
+        f"{type(exc).__name__}); check MONGODB_URL and that the server is running"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def why_unreachable(db: Any) -> str:
     """What the driver last saw when connecting (refused, unknown host, a replica set the
     server is not in, ...), else "no answer"."""

@@ -15,7 +15,7 @@ from bson import ObjectId
 from pydantic import BaseModel
 from pymongo.errors import AutoReconnect
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, DatabaseUnreachableError, Job, JobDef, JobStatus
 from job_processor.core import documents as D
 from job_processor.core.runs import WORKER_SILENT
 from job_processor.ops.admin import Admin
@@ -344,8 +344,9 @@ async def test_a_failed_start_leaves_nothing_behind(
         raise AutoReconnect("connection refused")
 
     monkeypatch.setattr(processor.recovery, "sweep", broken_sweep)
-    with pytest.raises(AutoReconnect):
+    with pytest.raises(DatabaseUnreachableError) as raised:
         await processor.start()
+    assert isinstance(raised.value.__cause__, AutoReconnect)
     assert not processor.started
     assert (await processor.get_status()).workers == []  # no worker document left
     await processor.stop()  # a no-op, not an error

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, DatabaseUnreachableError, Job, JobDef, JobStatus
 from job_processor.engine.signals import _LISTENERS
 from tests.helpers import make, wait_for, wait_status
 
@@ -136,8 +136,9 @@ async def test_a_start_that_fails_midway_leaves_no_worker_document(db: Any) -> N
         return await register(*args, **kwargs)
 
     p.registry.register = flaky  # type: ignore[method-assign]
-    with pytest.raises(AutoReconnect):
+    with pytest.raises(DatabaseUnreachableError) as raised:
         await p.start()
+    assert isinstance(raised.value.__cause__, AutoReconnect)
     assert not p.started
     assert [w.id for w in (await p.get_status()).workers] == []
     assert [w["_id"] for w in await p.storage.workers.all()] == []
