@@ -14,6 +14,7 @@ from bson import ObjectId
 
 from job_processor import InvalidArgumentError
 from job_processor.dashboard import create_dashboard
+from job_processor.storage.audit import entry_id
 from tests.helpers import every_kind
 
 
@@ -76,8 +77,11 @@ async def test_the_audit_page_shows_entries_another_program_wrote_with_odd_field
     admin = await app.state.dashboard.admin()
     await admin.pause("send", actor="ops@example")  # a real entry, before the odd ones
     odd = {"at": "not a date", "actor": None, "action": 5, "ids": 7, "count": "x", "detail": "z"}
-    await db["job_processor_audit"].insert_one({"_id": ObjectId(), **odd})
-    await db["job_processor_audit"].insert_one({"_id": ObjectId(), "action": "hand_fix"})
+    # ids ordered after the real entry's (a plain ObjectId() of the same second sorts by its
+    # random bytes: either side of it)
+    later = [entry_id(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=s)) for s in (1, 2)]
+    await db["job_processor_audit"].insert_one({"_id": later[0], **odd})
+    await db["job_processor_audit"].insert_one({"_id": later[1], "action": "hand_fix"})
     entries = await admin.audit_log()
     assert [e.action for e in entries] == ["hand_fix", "5", "name_paused"]
     assert entries[1].actor == "?" and entries[1].ids == [] and entries[1].detail == {}
