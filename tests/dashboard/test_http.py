@@ -5,6 +5,7 @@ actions and their flash messages, mounting under a prefix, metrics and probes.""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import re
 from typing import Any
 
@@ -399,15 +400,16 @@ async def test_a_refused_delete_returns_to_the_job_and_a_paused_names_new_job_sa
         switches.hold.set()
 
 
+async def due_tomorrow(p: Any) -> Any:
+    """A send-email job scheduled for this time tomorrow."""
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    return await p.schedule_job("send-email", {"to": "later@example.com"}, scheduled_for=later)
+
+
 async def test_run_a_scheduled_job_now_and_duplicate_a_job(processor: Any) -> None:
-    import datetime as dt
 
     p, _ = processor
-    later = await p.schedule_job(
-        "send-email",
-        {"to": "later@example.com"},
-        scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
-    )
+    later = await due_tomorrow(p)
     app = create_dashboard(p, auth=AUTH)
     async with client(app) as c:
         page = await c.get(f"/jobs/{later.id}")
@@ -1384,14 +1386,9 @@ async def test_a_duplicate_of_a_job_gone_meanwhile_lands_on_the_jobs_list(proces
     message, but only for the verbs that report it skipped: a duplicate raises
     JobNotFoundError instead, and went back to the job's page, a 404 "Not found" under
     "Duplicate failed"."""
-    import datetime as dt
 
     p, _ = processor
-    later = await p.schedule_job(
-        "send-email",
-        {"to": "later@example.com"},
-        scheduled_for=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
-    )
+    later = await due_tomorrow(p)
     app = create_dashboard(p, auth=AUTH)
     async with client(app) as c:
         csrf = token((await c.get(f"/jobs/{later.id}")).text)

@@ -16,6 +16,18 @@ from tests.helpers import make
 S = JobStatus
 
 
+async def sweep_with(p: Any, store: Any, method: str, stand_in: Any) -> None:
+    """One sweep of `p` (its hooks run to their end) with `store.method` replaced by
+    `stand_in` (which calls the real one), put back after."""
+    real = getattr(store, method)
+    setattr(store, method, stand_in)
+    try:
+        await p.recovery.sweep(p.clock.now())
+        await p.hooks.drain()
+    finally:
+        setattr(store, method, real)
+
+
 async def noop(job: Job, signal: AbortSignal) -> None:
     return None
 
@@ -53,12 +65,7 @@ async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_mo
         p.worker.worker_id = ""  # the heartbeat gave the runs up during the read
         return found
 
-    jobs.needing_attention = gives_up_meanwhile  # type: ignore[method-assign]
-    try:
-        await p.recovery.sweep(p.clock.now())
-        await p.hooks.drain()
-    finally:
-        jobs.needing_attention = read  # type: ignore[method-assign]
+    await sweep_with(p, jobs, "needing_attention", gives_up_meanwhile)
     stored = await jobs.get(ObjectId(running))
     assert stored is not None and stored["status"] == "running"  # left to the next sweep
     hooked = await jobs.get(ended["_id"])
@@ -115,12 +122,7 @@ async def test_a_sweep_whose_worker_registers_afresh_midway_takes_no_hook_under_
             await p.heartbeat.register()
         return taken
 
-    jobs.take_hook = registers_afresh_meanwhile  # type: ignore[method-assign]
-    try:
-        await p.recovery.sweep(p.clock.now())
-        await p.hooks.drain()
-    finally:
-        jobs.take_hook = take  # type: ignore[method-assign]
+    await sweep_with(p, jobs, "take_hook", registers_afresh_meanwhile)
     new = p.worker.worker_id
     assert new not in ("", old) and p.heartbeat.trusted()
     stored = [await jobs.get(job_id) for job_id in owed]
