@@ -495,16 +495,19 @@ async def close_database(db: Any) -> None:
 
 async def holds_data(db: Any, prefix: str) -> bool:
     """Whether job-processor was used in this database: a worker registered its names there,
-    or a job was scheduled there (an empty collection does not count: a read of a mistyped
-    database creates one on some servers)."""
+    or a job was scheduled, an event emitted or a webhook endpoint added there (an events-only
+    program writes only the last two; an empty collection does not count: a read of a
+    mistyped database creates one on some servers)."""
     names = {str(n) for n in await db.list_collection_names()}
     if f"{prefix}definitions" in names or f"{prefix}workers" in names:
         return True
-    jobs = f"{prefix}jobs"
-    if jobs not in names:
-        return False
-    coll = db.get_collection(jobs, read_preference=ReadPreference.PRIMARY)  # as Storage's
-    return await coll.find_one({}, {"_id": 1}) is not None
+    for kept in ("jobs", "events", "webhooks"):
+        if f"{prefix}{kept}" not in names:
+            continue
+        coll = db.get_collection(f"{prefix}{kept}", read_preference=ReadPreference.PRIMARY)
+        if await coll.find_one({}, {"_id": 1}) is not None:  # read as Storage reads
+            return True
+    return False
 
 
 async def databases_with_data(db: Any, prefix: str, limit: int = 20) -> list[str]:

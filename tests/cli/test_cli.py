@@ -322,6 +322,38 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
     assert "unknown job 'fien' (did you mean 'fine'?): check the name" in typo.stderr
 
 
+async def test_a_database_of_events_or_webhook_endpoints_only_holds_data(
+    db: Any, mongo_url: str
+) -> None:
+    """An events-only program (it emits, or keeps webhook endpoints, and runs no worker nor
+    job) writes only `events` and `webhooks`: the CLI warned that such a database 'holds no
+    job-processor data', as if MONGODB_URL named the wrong one."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db)
+    event = await processor.emit("shipped", {"n": 1})
+    await processor.webhooks.add(url="https://example.com/hook", events=["shipped"])
+    for name in await db.list_collection_names():
+        if name not in ("job_processor_events", "job_processor_webhooks"):
+            await db.drop_collection(name)
+    await db.drop_collection("job_processor_webhooks")  # an event, and nothing else
+    assert await db.list_collection_names() == ["job_processor_events"]
+    listed = await cli(url, "events", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [e["id"] for e in json.loads(listed.stdout)] == [event.id]
+    assert "holds no job-processor data" not in listed.stderr, listed.stderr
+    await db.drop_collection("job_processor_events")  # a webhook endpoint, and nothing else
+    await processor.webhooks.add(url="https://example.com/hook", events=["shipped"])
+    assert await db.list_collection_names() == ["job_processor_webhooks"]
+    hooks = await cli(url, "webhooks", "list")
+    assert hooks.returncode == 0, hooks.stderr
+    assert "holds no job-processor data" not in hooks.stderr, hooks.stderr
+    await db["job_processor_webhooks"].delete_many({})  # empty collections still do not count
+    await db["job_processor_events"].insert_one({"x": 1})
+    await db["job_processor_events"].delete_many({})
+    empty = await cli(url, "webhooks", "list")
+    assert "holds no job-processor data" in empty.stderr, empty.stderr
+
+
 def _hang_up(listening: socket.socket, stop: threading.Event) -> None:
     """Accept and close every connection at once, until `stop`."""
     listening.settimeout(0.05)
