@@ -7,7 +7,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import sys
 import sysconfig
 import traceback
@@ -19,6 +18,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
+from ..core.commands import command
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job, visible
 from ..core.models import Job, recorded
@@ -215,7 +215,7 @@ TAKES_A_BEAT = {
 def print_paused(result: ActionResult) -> None:
     """The names of the jobs the action queued that no worker runs until they are resumed."""
     for name in result.detail.get("paused") or []:
-        resume = f"job-processor names resume {shlex.quote(name)}"
+        resume = command("names resume", name)
         print(one_line(f"  {name!r} is paused: no worker runs it until `{resume}`"))
 
 

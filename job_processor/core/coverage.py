@@ -11,12 +11,12 @@ registry (recording definitions, reading paused names) is `engine.upkeep.Registr
 from __future__ import annotations
 
 import datetime as dt
-import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import as_utc
+from .commands import command, option
 from .event_documents import WEBHOOK_JOB, is_delivery
 from .lenient import mapping, texts
 
@@ -164,9 +164,9 @@ def coverage(
                 for w in everyone
             )
             if not waiting and not after and not int(by_status.get("running", 0)) and not defined:
-                forget = f"job-processor names forget {shlex.quote(name)}"
+                forget = command("names forget", name)
                 if kind == "cron":  # its schedule is stored: removed first, explicitly
-                    forget = f"job-processor crons remove {shlex.quote(name)}, then {forget}"
+                    forget = f"{command('crons remove', name)}, then {forget}"
                 fix += f", or, if it is gone from the code, {forget}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""
@@ -175,7 +175,7 @@ def coverage(
         waiting = queued_of(name)
         if name not in known and waiting:
             out.unknown_waiting[name] = waiting
-            listed = f"job-processor jobs list --name {shlex.quote(name)}"
+            listed = f"job-processor jobs list {option('--name', name)}"
             out.warnings.append(
                 f"{jobs(waiting, 'queued job')} of unknown name {name!r}: no worker defines it "
                 "(a typo, or a job removed from the code); define it, or kill them (their ids: "
@@ -189,7 +189,7 @@ def coverage(
             more = f"; {later} more scheduled later" if later else ""
             out.warnings.append(
                 f"{name!r} is paused: {jobs(held, 'due job')} {'waits' if held == 1 else 'wait'} "
-                f"until it is resumed{more} (job-processor names resume {shlex.quote(name)})"
+                f"until it is resumed{more} ({command('names resume', name)})"
             )
     return out
 

@@ -6,7 +6,6 @@ each poll reads the job without what can be large, the whole job once it has end
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from ..core.commands import command
 from ..core.errors import InvalidArgumentError, JobFailedError, JobNotFoundError, keywords_checked
 from ..core.limits import limit_usage
 from ..core.models import Job
@@ -164,7 +164,7 @@ class JobWaits(Runtime):
             return ""
         produce = self.storage.producer
         if name in await produce.run(lambda _: self.storage.paused.names(), within=0.5):
-            return f"{name!r} is paused (job-processor names resume {shlex.quote(name)})"
+            return f"{name!r} is paused ({command('names resume', name)})"
         timeout = self.settings.worker_timeout  # for worker documents that record none
         serving = self.storage.workers.serving
         if not await produce.run(lambda _: serving(name, now, timeout), within=0.5):

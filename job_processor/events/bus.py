@@ -21,7 +21,6 @@ listed like any other). This module decides which jobs exist and when:
 from __future__ import annotations
 
 import datetime as dt
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from bson import ObjectId
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
 from ..core.clock import Clock, to_millis
+from ..core.commands import command
 from ..core.definitions import (
     HOOK_RETRIED_MARK,
     HOOK_WHEN_MARK,
@@ -180,8 +180,8 @@ class EventBus:
                     f"subscriber delivery name {row['_id']!r} ('<event>:<subscriber>') is a "
                     f"job that {row.get('registered_by') or 'another process'} runs (in the "
                     "names registry): its workers would claim the deliveries; rename the "
-                    "subscriber, or, if that job is gone, `job-processor names forget "
-                    f"{shlex.quote(str(row['_id']))}`"
+                    "subscriber, or, if that job is gone, "
+                    f"`{command('names forget', str(row['_id']))}`"
                 )
 
     @staticmethod

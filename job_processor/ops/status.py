@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.commands import command
 from ..core.coverage import coverage, worker_alive, worker_warnings
 from ..core.definitions import CronDef, JobDef
 from ..core.lenient import read_leniently
@@ -169,7 +169,7 @@ async def stuck_cron_warning(storage: Storage, name: str, recent: list[Doc]) -> 
         return (
             f"cron {name!r}: its last {STUCK_CRON_SLOTS} slots were skipped behind job "
             f"{stuck['_id']} which is {stuck['status']} because {holder!r} is paused: "
-            f"nothing runs; resume it (job-processor names resume {shlex.quote(holder)}) or "
+            f"nothing runs; resume it ({command('names resume', holder)}) or "
             "kill that job"
         )
     return (

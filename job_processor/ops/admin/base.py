@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import shlex
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, TypeVar
 
@@ -17,6 +16,7 @@ from pymongo.errors import PyMongoError
 from ...core import documents as D
 from ...core import event_documents as E
 from ...core.clock import Clock, SystemClock, check_window
+from ...core.commands import command
 from ...core.coverage import DEFAULT_WORKER_TIMEOUT, worker_alive
 from ...core.errors import (
     InvalidArgumentError,
@@ -416,7 +416,7 @@ class AdminBase:
             if (registered or {}).get("kind", "cron") == "job":
                 raise InvalidArgumentError(
                     f"{name!r} is a job, not a cron: schedule one with new_job({name!r}) "
-                    f"(job-processor jobs new {shlex.quote(name)})"
+                    f"({command('jobs new', name)})"
                 )
             known = sorted(str(d["_id"]) for d in await self.storage.crons.docs())
             raise UnknownJobError.for_cron(name, known)

@@ -4,7 +4,6 @@ purge, schedule, duplicate."""
 from __future__ import annotations
 
 import datetime as dt
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core import flows as F
 from ...core import foreign as FD
+from ...core.commands import command
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.limit_keys import fill_limit_key
 from ...core.models import Job, id_list
@@ -478,7 +478,7 @@ class JobsAdmin(AdminBase):
         if definition.get("kind") == "cron":
             raise InvalidArgumentError(
                 f"{name!r} is a cron, not a job: run a task of it now with trigger_cron({name!r}) "
-                f"(job-processor crons trigger {shlex.quote(name)})"
+                f"({command('crons trigger', name)})"
             )
         if await self._is_delivery(name, definition):
             raise InvalidArgumentError(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shlex
 
 from ...core import event_documents as E
+from ...core.commands import command, option
 from ...core.coverage import coverage, worker_alive
 from ...core.errors import InvalidArgumentError, UnknownJobError
 from ...core.lenient import mapping
@@ -98,7 +98,7 @@ class NamesAdmin(AdminBase):
         hiding = sum(counts.values()) if known[name].get("sensitive_fields") else 0
         if known[name].get("kind") == "cron" and await self.storage.crons.docs([name]):
             result.skipped[name] = (
-                f"a cron still scheduled: job-processor crons remove {shlex.quote(name)} (or "
+                f"a cron still scheduled: {command('crons remove', name)} (or "
                 "processor.prune_crons() in a process that does not define it) removes it and "
                 "its pending tasks; then forget it"
             )
@@ -110,13 +110,13 @@ class NamesAdmin(AdminBase):
         elif active:
             result.skipped[name] = (
                 f"{active} active job(s) of it: kill them or let them end first "
-                f"(job-processor jobs list --name {shlex.quote(name)})"
+                f"(job-processor jobs list {option('--name', name)})"
             )
         elif hiding:
             result.skipped[name] = (
                 f"{hiding} ended job(s) of it hold sensitive fields that only its registration "
                 f"hides: forgotten, they would be shown in clear; purge them first "
-                f"(job-processor jobs purge --name {shlex.quote(name)} --status S --older-than 1m, "
+                f"(job-processor jobs purge {option('--name', name)} --status S --older-than 1m, "
                 "per status)"
             )
         elif await self.storage.definitions.forget(name, known[name].get("registered_by")):
