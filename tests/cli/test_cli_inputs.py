@@ -283,3 +283,27 @@ def test_a_utc_time_with_a_lower_case_z_is_a_date(text: str) -> None:
     case "t" was read, a lower case "z" refused ("is not a date: use ISO 8601"), though it
     says UTC as "Z" does."""
     assert iso_time(text) == dt.datetime(2030, 1, 31, 9, tzinfo=dt.UTC)
+
+
+async def test_a_payload_integer_of_thousands_of_digits_names_its_field(
+    db: Any, mongo_url: str
+) -> None:
+    """`jobs new NAME --payload '{"n": <5000 digits>}'` gave Python's own ValueError ("Exceeds
+    the limit (4300 digits) for integer string conversion") as a traceback: now a usage error
+    naming the field and MongoDB's 64-bit limit, exit 2, nothing written."""
+    url = url_with_db(mongo_url, db.name)
+    async with await init_job_processor(db, jobs={"fine": JobDef(handler=tick)}, **FAST):
+        pass  # registered its name
+    digits = "7" * 5000
+    for payload, field in (
+        (f'{{"n": {digits}}}', "'n'"),
+        (f'{{"a": {{"n": [1, -{digits}]}}}}', "'a.n[1]'"),
+    ):
+        ran = await cli(url, "jobs", "new", "fine", "--payload", payload)
+        assert ran.returncode == 2, ran.stderr
+        assert "Traceback" not in ran.stderr and "sys.set_int_max_str_digits" not in ran.stderr
+        assert ran.stderr.startswith(
+            f"error: job 'fine': payload field {field} is an integer of 5000 digits: "
+            "MongoDB's integers have 64 bits (19 digits at most): store it as a string"
+        ), ran.stderr
+    assert await db["job_processor_jobs"].count_documents({}) == 0

@@ -249,6 +249,24 @@ async def test_new_job_from_json_with_a_clear_error_on_bad_json(processor: Any) 
     await wait_until(lambda: _status(p, job_id, S.FINISHED))
 
 
+async def test_new_job_with_an_integer_of_thousands_of_digits_is_a_form_error(
+    processor: Any,
+) -> None:
+    """A payload integer past Python's 4,300 digits failed the form with a server error (the
+    ValueError of int max str digits): the form says which field, and the limit."""
+    p, _ = processor
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        form = await c.get("/jobs/new")
+        payload = '{"to": "a@b.c", "n": ' + "9" * 5000 + "}"
+        data = {"csrf_token": token(form.text), "name": "send-email", "payload": payload}
+        resp = await c.post("/jobs/new", data=data)
+        assert resp.status_code == 400, resp.text[:300]
+        assert "payload field &#39;n&#39; is an integer of 5000 digits" in resp.text
+        assert "64 bits" in resp.text
+    assert await p.list_jobs(name="send-email") == []  # nothing written
+
+
 async def test_destructive_actions_ask_for_confirmation_first(processor: Any) -> None:
     p, _ = processor
     job_id = await failed_email(p)

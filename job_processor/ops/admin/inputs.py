@@ -144,7 +144,7 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
         return {}
     if isinstance(payload, str | bytes):
         try:
-            payload = json.loads(payload)
+            payload = json.loads(payload, parse_int=_json_int)
         except RecursionError:
             raise InvalidPayloadError(f"job {name!r}: payload {TOO_DEEP}") from None
         except json.JSONDecodeError as exc:
@@ -152,11 +152,53 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
                 f"job {name!r}: payload is not valid JSON ({exc.msg} at line {exc.lineno} "
                 f'column {exc.colno}); give a JSON object such as {{"to": "a@b.c"}}'
             ) from None
+        try:
+            long = _long_integer_at(payload)
+        except RecursionError:
+            raise InvalidPayloadError(f"job {name!r}: payload {TOO_DEEP}") from None
+        if long is not None:
+            where, digits = long
+            field = f"payload field {where!r}" if where else "payload"
+            raise InvalidPayloadError(
+                f"job {name!r}: {field} is an integer of {digits} digits: MongoDB's integers "
+                "have 64 bits (19 digits at most): store it as a string"
+            )
     if not isinstance(payload, Mapping):
         raise InvalidPayloadError(
             f"job {name!r}: payload must be a JSON object ({{...}}), got {type(payload).__name__}"
         )
     return checked_payload("job", name, payload, MAX_VALUE_BYTES)
+
+
+class _LongInteger:
+    """An integer of a JSON text longer than Python reads (`sys.get_int_max_str_digits()`,
+    4,300 digits): kept as its number of digits, to be refused naming its field."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _json_int(text: str) -> int | _LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # past the digits Python converts: no int64 anyway
+        return _LongInteger(len(text.lstrip("-")))
+
+
+def _long_integer_at(value: Any, path: str = "") -> tuple[str, int] | None:
+    """Where a payload read from JSON holds an integer too long to read, and its digits."""
+    if isinstance(value, _LongInteger):
+        return path, value.digits
+    items: Iterable[tuple[str, Any]] = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for where, item in items:
+        found = _long_integer_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:
