@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import sys
 import urllib.parse
 from typing import Any
 
 from ..core.masking import mask_event
 from ..core.models import Delivery, Event, recorded
 from ..events import queries as ev
+from ..events.pages import TIES_MAX, decode_cursor, event_page
 from ..events.webhooks import readable_endpoint
 from ..ops.admin import Admin, parse_time
 from .common import (
@@ -46,20 +48,28 @@ def _event_row(e: Event) -> list[Any]:
 async def events_list(args: argparse.Namespace) -> int:
 
     async def run(admin: Admin) -> int:
-        events = await ev.list_events(
+        events, more, cut = await event_page(
             admin.storage,
             args.name or None,
-            since=parse_time(args.since, "since"),
-            until=parse_time(args.until, "until"),
-            limit=args.limit,
+            parse_time(args.since, "since"),
+            parse_time(args.until, "until"),
+            args.limit,
+            decode_cursor(args.cursor) if args.cursor else None,
         )
         if not events:  # a misspelt name is named, as `jobs list --name` names it
             await ev.check_listed_name(admin.storage, args.name or None)
+        if cut:
+            print(
+                f"note: more than {TIES_MAX} events were emitted within one second: this page "
+                "stops short of them",
+                file=sys.stderr,
+            )
         if args.json:
             skip = {"deliveries", "delivery"}
-            emit_json(
-                [{k: v for k, v in mask_event(MASKER, e).items() if k not in skip} for e in events]
-            )
+            shown = [
+                {k: v for k, v in mask_event(MASKER, e).items() if k not in skip} for e in events
+            ]
+            emit_json({"events": shown, "next_cursor": more})  # as jobs list's page
             return DONE
         table(
             [
@@ -74,6 +84,8 @@ async def events_list(args: argparse.Namespace) -> int:
             ],
             [_event_row(e) for e in events],
         )
+        if more:
+            print(f"more: add --cursor {more}", file=sys.stderr)
         return DONE
 
     return await with_admin(args, run)

@@ -361,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=iso_time, help="emitted at or after (ISO 8601, UTC by default)")
     p.add_argument("--until", type=iso_time, help="emitted before (ISO 8601)")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
     p.set_defaults(func=events_cli.events_list)
     p = events.add_parser("show", parents=[reading], help="one event with its deliveries")
     p.add_argument("event_id")

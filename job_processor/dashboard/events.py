@@ -9,13 +9,10 @@ A delivery links to its job page, where it is killed or retried like any job.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 from typing import Any
 
-from bson import ObjectId
-from bson.errors import InvalidId
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,6 +20,7 @@ from .. import events as ev
 from ..core.clock import as_utc
 from ..core.errors import EventNotFoundError, InvalidArgumentError, JobProcessorError
 from ..events.api import EventsAPI
+from ..events.pages import decode_cursor, event_page
 from ..events.webhooks import url_host
 from ..ops.admin import ActionResult
 from ..ops.admin.inputs import parse_time
@@ -34,78 +32,11 @@ from .views import check_list_params
 
 PAGE_SIZES = (20, 50, 100, 200)
 DEFAULT_LIMIT = 50
-#: Past a cursor, the events of the cursor's second are read again and those already shown
-#: dropped (nx-27017 compares dates to the second): read this many more, growing up to
-#: TIES_MAX when a burst was emitted within that second.
-TIES_SLACK = 100
-TIES_MAX = 10_000
 #: Attempts of a replayed webhook delivery when the dashboard has no processor to ask
 #: (WebhookOptions' default).
 WEBHOOK_ATTEMPTS = 10
 #: Deliveries an event page lists (the counts above them count every one).
 DELIVERIES_SHOWN = 200
-
-
-# ---- cursor pages over list_events --------------------------------------------------------------
-
-Position = tuple[dt.datetime, str]
-
-
-def encode_cursor(event: ev.Event) -> str:
-    ms = int(as_utc(event.emitted_at).timestamp() * 1000)
-    return base64.urlsafe_b64encode(f"{ms}.{event.id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> Position:
-    try:
-        raw = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()).decode()
-        ms, oid = raw.split(".")
-        at = dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC)
-        if at.year >= 9999:  # the page reads up to the end of its second: one more must fit
-            raise ValueError(at)
-        return at, str(ObjectId(oid))
-    except (ValueError, TypeError, InvalidId, UnicodeDecodeError, OverflowError, OSError):
-        raise InvalidArgumentError(
-            f"cursor {token!r} is not an events page cursor: follow the page's Older link"
-        ) from None
-
-
-def _older(event: ev.Event, position: Position) -> bool:
-    """After `position` in listing order (emitted_at desc, id desc)."""
-    at = as_utc(event.emitted_at)
-    return at < position[0] or (at == position[0] and event.id < position[1])
-
-
-async def event_page(
-    storage: Storage,
-    name: str | None,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    limit: int,
-    before: Position | None,
-) -> tuple[list[ev.Event], str | None, bool]:
-    """One page of events newest first, the next page's cursor, and whether a burst of more than
-    TIES_MAX events in one second cut the page short."""
-    want = limit + 1
-    if before is None:
-        found = await ev.list_events(storage, name, since=since, until=until, limit=want)
-        cut = False
-    else:
-        # list_events' `until` is exclusive, and nx-27017 compares to the second: bound the
-        # read by the end of the cursor's second and drop what was already shown
-        bound = before[0].replace(microsecond=0) + dt.timedelta(seconds=1)
-        hi = bound if until is None else min(until, bound)
-        n = want + TIES_SLACK
-        while True:
-            got = await ev.list_events(storage, name, since=since, until=hi, limit=n)
-            found = [e for e in got if _older(e, before)]
-            cut = len(got) == n and n >= TIES_MAX
-            if len(found) >= want or len(got) < n or cut:
-                break
-            n = min(n * 4, TIES_MAX)
-    page = found[:limit]
-    more = len(found) > limit
-    return page, encode_cursor(page[-1]) if more and page else None, cut and len(found) < want
 
 
 def _targets_summary(event: ev.Event) -> str:

@@ -673,8 +673,8 @@ async def test_out_of_range_dates_cursors_and_durations_are_400s_not_500s(proces
             ("/jobs", {"before": "0001-01-01T00:00:00+01:00"}, "is out of range"),
             ("/jobs", {"cursor": far}, "is not a cursor of a job listing"),
             ("/events", {"since": "0001-01-01T00:00:00+01:00"}, "is out of range"),
-            ("/events", {"before": far}, "is not an events page cursor"),
-            ("/events", {"before": end.rstrip("=")}, "is not an events page cursor"),
+            ("/events", {"before": far}, "is not a cursor of an events listing"),
+            ("/events", {"before": end.rstrip("=")}, "is not a cursor of an events listing"),
         ):
             answer = await c.get(path, params=params)
             assert answer.status_code == 400, (path, params)

@@ -1,0 +1,67 @@
+"""`events list` pages past --limit as `jobs list` does: `--cursor` takes the next-page cursor
+that the previous page printed (on stderr after the table; `next_cursor` in its JSON), in a
+stable order (emitted_at desc, then id desc) even when events share their time. It had no
+way past --limit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from job_processor import init_job_processor
+from job_processor.core.clock import FakeClock
+from tests.conftest import url_with_db
+from tests.forked_cli import Run, run_cli
+
+
+async def cli(url: str, *args: str) -> Run:
+    return await run_cli(*args, env={"MONGODB_URL": url})
+
+
+def _more(run: Run) -> str | None:
+    """The cursor a text page printed ("more: add --cursor TOKEN"), if any."""
+    lines = [line for line in run.stderr.splitlines() if line.startswith("more: add --cursor ")]
+    return lines[0].split()[-1] if lines else None
+
+
+async def test_events_list_pages_with_a_cursor(db: Any, mongo_url: str) -> None:
+    url = url_with_db(mongo_url, db.name)
+    clock = FakeClock(dt.datetime(2030, 1, 31, 9, 0, 0, 500000, tzinfo=dt.UTC))
+    processor = await init_job_processor(db, clock=clock)
+    first = [(await processor.emit("shipped", {"n": n})).id for n in range(2)]
+    clock.advance(1.5)  # a newer one, between them
+    newer = (await processor.emit("shipped", {"n": 2})).id
+    clock.advance(-1.5)  # then back: five events at the same time, in all
+    same = first + [(await processor.emit("shipped", {"n": n})).id for n in range(3, 6)]
+    expected = [newer, *sorted(same, reverse=True)]  # emitted_at desc, then id desc
+    seen: list[str] = []  # text pages of 2, each following the printed cursor
+    args = ["events", "list", "--limit", "2"]
+    cursor: str | None = None
+    for _ in range(10):
+        page = await cli(url, *args, *(["--cursor", cursor] if cursor else []))
+        assert page.returncode == 0, page.stderr
+        rows = page.stdout.splitlines()[1:]
+        seen += [row.split()[0] for row in rows if row != "(none)"]
+        cursor = _more(page)
+        if cursor is None:
+            break
+    assert seen == expected
+
+    seen = []  # JSON pages of 4: the events and the next page's cursor
+    cursor = None
+    for _ in range(10):
+        page = await cli(
+            url, *args[:2], "--limit", "4", "--json", *(["--cursor", cursor] if cursor else [])
+        )
+        assert page.returncode == 0, page.stderr
+        data = json.loads(page.stdout)
+        seen += [e["id"] for e in data["events"]]
+        cursor = data["next_cursor"]
+        assert _more(page) is None  # said in the JSON, as jobs list says it
+        if cursor is None:
+            break
+    assert seen == expected
+
+    bad = await cli(url, "events", "list", "--cursor", "nope")
+    assert bad.returncode == 2 and "is not a cursor of an events listing" in bad.stderr, bad.stderr
