@@ -69,21 +69,21 @@ async def events_list(args: argparse.Namespace) -> int:
             shown = [
                 {k: v for k, v in mask_event(MASKER, e).items() if k not in skip} for e in events
             ]
-            emit_json({"events": shown, "next_cursor": more})  # as jobs list's page
-            return DONE
-        table(
-            [
-                "ID",
-                "NAME",
-                "EMITTED (UTC)",
-                "KEY",
-                "SUBSCRIBERS",
-                "WEBHOOKS",
-                "REPLAYS",
-                "EMITTED BY",
-            ],
-            [_event_row(e) for e in events],
-        )
+            emit_json(shown)  # a list, as before paging: the cursor goes to stderr
+        else:
+            table(
+                [
+                    "ID",
+                    "NAME",
+                    "EMITTED (UTC)",
+                    "KEY",
+                    "SUBSCRIBERS",
+                    "WEBHOOKS",
+                    "REPLAYS",
+                    "EMITTED BY",
+                ],
+                [_event_row(e) for e in events],
+            )
         if more:
             print(f"more: add --cursor {more}", file=sys.stderr)
         return DONE

@@ -14,7 +14,7 @@ from ..core.clock import as_utc
 from ..core.errors import InvalidArgumentError
 from ..core.models import Event
 from ..storage import Storage
-from .queries import LIST_LIMIT, list_events
+from .queries import LIST_LIMIT, check_limit, read_events
 
 #: Past a cursor, the events of the cursor's second are read again and those already shown
 #: dropped (nx-27017 compares dates to the second): read this many more, growing up to
@@ -61,11 +61,9 @@ async def event_page(
 ) -> tuple[list[Event], str | None, bool]:
     """One page of events newest first, the next page's cursor, and whether a burst of more than
     TIES_MAX events in one second cut the page short."""
-    if isinstance(limit, int) and limit >= LIST_LIMIT:  # one more is read: is there more?
-        raise InvalidArgumentError(f"limit must be at most {LIST_LIMIT - 1}, got {limit}")
-    want = limit + 1
+    want = check_limit(limit, LIST_LIMIT) + 1  # one more is read: is there more?
     if before is None:
-        found = await list_events(storage, name, since=since, until=until, limit=want)
+        found = await read_events(storage, name, since, until, want)
         cut = False
     else:
         # list_events' `until` is exclusive, and nx-27017 compares to the second: bound the
@@ -74,7 +72,7 @@ async def event_page(
         hi = bound if until is None else min(until, bound)
         n = want + TIES_SLACK
         while True:
-            got = await list_events(storage, name, since=since, until=hi, limit=n)
+            got = await read_events(storage, name, since, hi, n)
             found = [e for e in got if _older(e, before)]
             cut = len(got) == n and n >= TIES_MAX
             if len(found) >= want or len(got) < n or cut:

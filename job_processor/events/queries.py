@@ -70,7 +70,7 @@ def _check_window(since: Any, until: Any) -> tuple[dt.datetime | None, dt.dateti
     return out[0], out[1]
 
 
-def _check_limit(limit: Any, most: int | None = None) -> int:
+def check_limit(limit: Any, most: int | None = None) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}")
     if most is not None and limit > most:
@@ -88,10 +88,22 @@ async def list_events(
 ) -> list[Event]:
     """Newest first, optionally one event name and a window of `emitted_at` (since inclusive,
     until exclusive). Deliveries are not filled in (use get_event)."""
+    return await read_events(storage, name, since, until, check_limit(limit, LIST_LIMIT))
+
+
+async def read_events(
+    storage: Storage,
+    name: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    limit: int,
+) -> list[Event]:
+    """`list_events` for a limit already checked (a page reads one more than LIST_LIMIT to know
+    whether there is more)."""
     if name is not None:
         check_event_name(name)
     lo, hi = _check_window(since, until)
-    docs = await storage.events.find(name, lo, hi, _check_limit(limit, LIST_LIMIT))
+    docs = await storage.events.find(name, lo, hi, limit)
     return [e for e in map(readable_event, docs) if e is not None]
 
 
@@ -370,7 +382,7 @@ async def replay_events(
     clock = clock or SystemClock()
     check_event_name(name)
     lo, hi = _check_window(since, until)
-    most = _check_limit(limit, REPLAY_LIMIT)
+    most = check_limit(limit, REPLAY_LIMIT)
     check_webhook_attempts(webhook_attempts)
     chosen = check_subscribers(subscribers)
     docs = await storage.events.find(name, lo, hi, most, oldest_first=True)
