@@ -19,7 +19,9 @@ Rules, first match wins:
 - the shutdown signal, then the handler raised or was cancelled: paused if resumable, else
   pending at once ("interrupted"); neither consumes an attempt;
 - the handler raised: a failed attempt (the backoff sets the retry time);
-- the claim's reply was lost and the handler never ran: pending again at once, no attempt used.
+- the claim was put back unstarted (its reply was lost, or came once a stop had begun) and the
+  handler never ran: back as it was at once, no attempt used (`paused` if it was paused before
+  the claim, its checkpoint kept; else `pending`).
 
 A failed attempt goes back to pending (retry at the backoff's time) while `failures <
 max_attempts`, else errored. A job paused or put back at once is due from that moment (its
@@ -40,7 +42,7 @@ from .abort import AbortReason
 from .definitions import Backoff
 from .retention import Retention
 from .retries import backoff_delay
-from .runs import INTERRUPTED, WORKER_SILENT
+from .runs import INTERRUPTED, WORKER_SILENT, paused_before_claim
 from .status import HOOKED, JobStatus
 
 S = JobStatus
@@ -195,7 +197,8 @@ def _decide(
         errored = c.ended(S.ERRORED, end.error)  # a failed attempt, the last one
         return replace(errored, failures=c.failures + 1)
     if end.how == Ending.UNSTARTED and not end.kill_requested:  # never ran: no attempt used
-        return Outcome(S.PENDING, error=end.error, failures=c.failures, retry_at=now, started=False)
+        was = S.PAUSED if paused_before_claim(doc) else S.PENDING  # back as it was
+        return Outcome(was, error=end.error, failures=c.failures, retry_at=now, started=False)
     if end.how == Ending.CRASHED:
         why = "killed (its worker stopped heartbeating)"
     elif end.how == Ending.LOST_TRACK:

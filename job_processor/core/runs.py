@@ -56,11 +56,21 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
         return "interrupted"  # a graceful stop: not the job's fault, no attempt used
     if status == "paused" and not error:
         return "paused"  # a resumable job stopped gracefully: resumes from its checkpoint
-    if status == "pending" and (
+    if status in ("pending", "paused") and (
         error.startswith("its claim's reply was lost") or error.endswith(NOT_RUN)
     ):
-        return "not started"
+        return "not started"  # put back as it was before its claim (`paused_before_claim`)
     return "failed"
+
+
+def paused_before_claim(doc: Mapping[str, Any]) -> bool:
+    """Whether the claimed job `doc` was `paused` when it was claimed (a resumable job paused
+    by a graceful stop or a crash, or such a job put back unstarted since): its last run's
+    record, the last of `history`, says `paused`. The claim's reply leaves the status out, and
+    a claim read back after a lost reply is already `running`: the record tells either."""
+    history = doc.get("history")
+    latest = history[-1] if isinstance(history, list) and history else None
+    return isinstance(latest, Mapping) and latest.get("status") == "paused"
 
 
 def runs_summary(attempt: Any, failures: Any, max_attempts: Any, status: Any = None) -> str:

@@ -73,3 +73,17 @@ def test_a_claim_put_back_unstarted_reads_as_not_started_whatever_put_it_back() 
         record, outcome = entry(RunEnd(Ending.UNSTARTED, error=f"{why}: not run"), resumable=True)
         assert outcome.failures == 0
         assert run_outcome(record) == "not started", why
+
+
+def test_a_paused_job_put_back_unstarted_is_paused_again() -> None:
+    """A claim put back unstarted leaves the job as it was before the claim: a resumable job
+    that was paused (its last run's record says so) is paused again, not pending; one that
+    was pending (never run, or retried after a failure) is pending."""
+    put_back = RunEnd(Ending.UNSTARTED, error="claimed while its worker was stopping: not run")
+    for before, after in (("paused", "paused"), ("pending", "pending"), (None, "pending")):
+        claimed = D.as_running(D.new_job("x", {}, now=NOW, resumable=True), "w", NOW)
+        if before is not None:
+            claimed["history"] = [{"attempt": 1, "status": before, "error": None}]
+        outcome = decide(claimed, Policy(resumable=True), put_back, NOW)
+        assert (outcome.status, outcome.failures, outcome.started) == (after, 0, False), before
+        assert run_outcome(D.history_entry(claimed, outcome, NOW)) == "not started"

@@ -14,7 +14,10 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor.admin import Admin
+from job_processor.core.runs import run_outcome
 from job_processor.storage.compat import decode
+from job_processor.testing import run_until_idle
 from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
@@ -275,3 +278,48 @@ async def test_the_run_after_a_claim_put_back_unstarted_is_in_the_history(db: An
         retried = await after.retry_job(job.id)  # moves the errored run into the history
         runs = [(r.get("attempt"), r.get("status")) for r in retried.history]
         assert (1, "errored") in runs
+
+
+async def test_a_paused_job_claimed_while_the_worker_stops_is_put_back_paused(db: Any) -> None:
+    """A resumable job paused by a graceful stop (its checkpoint saved), claimed again by a
+    worker that had not seen its name paused yet, whose stop began before the claim's reply
+    came: it is put back as it was, `paused` (it was put back `pending`), and no worker runs it
+    while its name is paused; once resumed, it resumes from its checkpoint."""
+    seen: list[Any] = []
+    started = asyncio.Event()
+
+    async def index(job: Job, signal: AbortSignal) -> str:
+        seen.append(job.state)
+        if job.state is None:
+            await job.checkpoint({"done": 5})
+            started.set()
+            await signal.wait()
+        return "indexed"
+
+    jobs = {"index": JobDef(handler=index, resumable=True)}
+    p = await make(db, jobs, poll_interval=30, change_streams=False)
+    async with p:
+        job = await p.schedule_job("index")
+        await asyncio.wait_for(started.wait(), 10)
+    assert (await p.get_job(job.id)).status == S.PAUSED  # the graceful stop paused it
+    landed, reply = await _held_claim(p)
+    await p.start()
+    await asyncio.wait_for(landed.wait(), 10)  # claimed again: running
+    await Admin(db).pause("index")  # the operator pauses the name: not seen by this worker yet
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    reply.set()  # the reply comes once the stop has begun: put back unstarted
+    await asyncio.wait_for(stopping, 20)
+    put_back = await p.get_job(job.id)
+    assert (put_back.status, put_back.attempt, put_back.failures) == (S.PAUSED, 1, 0)
+    assert put_back.state == {"done": 5}
+    assert [run_outcome(r) for r in put_back.history] == ["paused", "not started"]
+    assert seen == [None]
+
+    after = await make(db, jobs)  # the next worker
+    assert await run_until_idle(after) == []  # its name is paused: not claimed
+    assert (await after.get_job(job.id)).status == S.PAUSED
+    await Admin(db).resume("index")
+    [done] = await run_until_idle(after)
+    assert (done.status, done.result, done.attempt) == (S.FINISHED, "indexed", 2)
+    assert seen == [None, {"done": 5}]  # resumed from its checkpoint
