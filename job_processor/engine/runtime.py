@@ -145,6 +145,9 @@ class Runtime:
         self._stop_wanted = False
         self._stop_called = asyncio.Event()
         """Set by stop(), cleared by start(): a serve() waiting for a signal stops waiting."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop this processor first ran in (`start()`, `run_job`, `run_until_idle`):
+        its events, locks and tasks are bound to it (`bind_loop`)."""
 
     @property
     def identity(self) -> str:
@@ -183,8 +186,27 @@ class Runtime:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
+    def bind_loop(self) -> None:
+        """Ties this processor to the running event loop, the first time it runs; refuses
+        another loop after that (a second `asyncio.run()` with the same processor): the claim
+        loop, the heartbeat and the wake-ups wait on events bound to the first one, and the
+        claim loop would crash at its first wait (`processor_loop_crashed`), nothing claimed."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "this JobProcessor already ran in another event loop (asyncio.run() called "
+                "again with the same processor?): its claim loop, heartbeat and wake-ups "
+                "belong to that loop. Make a processor in each event loop: call "
+                "init_job_processor(...) (or in_memory_processor(...)) inside the "
+                "asyncio.run() that starts it (on the in-memory backend, give it the same "
+                "AsyncMongoMockClient's database to keep the jobs)"
+            )
+
     async def _acquire_runtime(self) -> None:
         """Worker document + heartbeat + kill delivery, held while started or running run_job."""
+        self.bind_loop()
         async with self._runtime_lock:
             if self._teardown is not None:  # a release its caller stopped waiting for
                 with contextlib.suppress(Exception):
@@ -275,7 +297,9 @@ class Runtime:
     async def start(self) -> None:
         """Start claiming and running jobs in the background; returns at once. If it fails
         (MongoDB unreachable: DatabaseUnreachableError naming the server, the driver's error as
-        its cause), nothing is left behind and it can be called again."""
+        its cause), nothing is left behind and it can be called again. RuntimeError in an event
+        loop other than the one it first ran in (`bind_loop`)."""
+        self.bind_loop()
         self._calls += 1
         call = self._calls
         self._stop_called.clear()

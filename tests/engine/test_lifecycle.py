@@ -777,3 +777,41 @@ async def ended_in_a_process(script: str, url: str) -> str:
     out = stdout.decode()
     assert proc.returncode == 0, (proc.returncode, out[-500:], stderr.decode()[-800:])
     return out.split("ENDED ", 1)[1].strip()
+
+
+def test_a_processor_started_again_in_another_event_loop_is_refused_at_start() -> None:
+    """The same in-memory processor, started, stopped, then started in another event loop (a
+    second `asyncio.run()`): start() returned and the claim loop crashed at its first wait
+    (its events were bound to the first loop), nothing claimed. start() now refuses, naming
+    the fix, and the processor is left as it was (not started); a processor made in the new
+    loop on the same database runs the job."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        return "done"
+
+    client: Any = AsyncMongoMockClient(tz_aware=True)
+    jobs = {"work": JobDef(handler=work)}
+
+    async def first_loop() -> Any:
+        p = await make(client["app"], jobs, change_streams=False)
+        async with p:
+            job = await p.schedule_job("work")
+            assert (await p.wait_for(job.id, timeout=10)).status == S.FINISHED
+        return p
+
+    p = asyncio.run(first_loop())
+
+    async def second_loop() -> JobStatus:
+        job = await p.schedule_job("work")  # a producer's call still works here
+        with pytest.raises(RuntimeError, match=r"another event loop.*init_job_processor"):
+            await p.start()
+        assert not p.started and not p.failed.is_set()
+        with pytest.raises(RuntimeError, match="another event loop"):
+            await p.run_job("work")
+        await p.stop()  # nothing to stop
+        fresh = await make(client["app"], jobs, change_streams=False)
+        async with fresh:
+            return (await fresh.wait_for(job.id, timeout=10)).status
+
+    assert asyncio.run(second_loop()) == S.FINISHED
