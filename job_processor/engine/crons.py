@@ -147,9 +147,13 @@ class CronScheduler:
         if plan.more_missed:
             self.log.warning("cron_slots_missed_not_listed", job_name=name, until=now.isoformat())
         for slot in plan.run:
-            task = await self.storage.jobs.insert(
-                self.task_doc(name, slot, now), self._skip_expiry(cron, now)
-            )
+            new = self.task_doc(name, slot, now)
+            if cron.concurrency == "exclusive" and slot == plan.run[0] and len(plan.run) > 1:
+                # a catch-up's oldest late slot stands for the later ones, which skip behind
+                # it: it may start until the last one's margin ends (missed at its own, the
+                # nearest, none of them would run: a worker busy for a while is enough)
+                new["start_deadline"] = plan.run[-1] + margin_of(cron)
+            task = await self.storage.jobs.insert(new, self._skip_expiry(cron, now))
             if task is None:
                 continue  # another replica created this slot's task
             if task["status"] == "skipped":

@@ -15,6 +15,7 @@ from job_processor import (
     FakeClock,
     InvalidDefinitionError,
     Job,
+    JobDef,
     JobProcessor,
     JobStatus,
     UnknownJobError,
@@ -175,6 +176,50 @@ async def test_an_exclusive_crons_catch_up_runs_the_oldest_late_slot_and_stays_g
         ("skipped", "exclusive"),
     ]
     assert "error" not in [c["status"] for c in checkins if c["monitor_slug"] == "slow"]
+
+
+async def test_an_exclusive_crons_catch_up_runs_when_a_busy_worker_frees_up_in_its_margin(
+    db: Any,
+) -> None:
+    """The oldest late slot of an exclusive cron's catch-up stands for the later ones (skipped
+    behind it): it may start until the last late slot's margin ends. Its own deadline (its
+    slot plus the margin, the nearest of the catch-up) passed while the only worker was busy:
+    it was recorded missed, and nothing of the catch-up ran, although the later slots it had
+    made skip were still within their margin."""
+    minute = 60 * SECOND
+    release = asyncio.Event()
+
+    async def busy(job: Job, signal: AbortSignal) -> None:
+        await release.wait()
+
+    clock = FakeClock(T0)
+    crons = {"sync": {"cron_string": "* * * * *", "handler": tick, "concurrency": "exclusive"}}
+    processor = await make(
+        db,
+        crons,
+        jobs={"busy": JobDef(handler=busy)},
+        clock=clock,
+        concurrency=1,
+        worker_timeout=3600,
+    )
+    async with processor:
+        blocker = await processor.schedule_job("busy")
+        await wait_status(processor, blocker.id, JobStatus.RUNNING)
+        clock.set(T0 + 5 * minute + 30 * SECOND)  # slots 1 to 5 are late (margin: 5 minutes)
+        await slot_done(processor, "sync", T0 + 5 * minute, "skipped")
+        clock.set(T0 + 6 * minute + 30 * SECOND)  # past slot 1's own margin, the worker busy
+        await slot_done(processor, "sync", T0 + 6 * minute, "skipped")
+        oldest = (await tasks(processor, "sync"))[0]
+        assert (oldest.scheduled_for, oldest.status) == (T0 + minute, "pending")
+        assert oldest.start_deadline == T0 + 10 * minute  # slot 5's: the catch-up's last
+        release.set()  # the worker frees up within the catch-up's margin: it runs
+        await slot_done(processor, "sync", T0 + minute, "finished")
+    got = await tasks(processor, "sync")
+    assert [(j.status.value, j.skip_reason) for j in got] == [
+        ("finished", None),
+        *[("skipped", "exclusive")] * 5,
+    ]
+    assert {j.conflicting_job_id for j in got[1:]} == {got[0].id}
 
 
 async def three_skips(processor: JobProcessor, clock: FakeClock, first: str) -> Any:
