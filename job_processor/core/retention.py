@@ -2,8 +2,9 @@
 
 A retention is one of:
 - a `timedelta`: kept that long after it ended (an `expires_at` field, under a TTL index);
-- an `int` n: the n most recently created of that name are kept, and those ended within the
-  floor (a bounded trimming pass deletes older);
+- an `int` n: the n most recently created of that name are kept (those created within the
+  floor among them), and those created or ended within the floor (a bounded trimming pass
+  deletes older);
 - `False`: deleted at once: after the floor (below; MongoDB's TTL monitor runs every 60 s);
 - `True`: kept forever.
 

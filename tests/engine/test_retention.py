@@ -185,7 +185,9 @@ async def test_event_deliveries_follow_the_processor_defaults(db: Any) -> None:
 
 async def test_a_count_keeps_every_job_within_the_floor_and_trims_the_older_ones(db: Any) -> None:
     """A name ending jobs fast: the pass still deletes the older ones past the count (it does
-    not stall on the recent ones), and keeps every one created within the floor."""
+    not stall on the recent ones), and keeps every one created within the floor; those count
+    among the 10 most recent, so none of the older ones is kept by the count (it kept their
+    10 newest besides)."""
     from job_processor.core import documents as D
 
     processor = await make(db, {"a": JobDef(handler=ok, keep_finished=10)})
@@ -201,8 +203,8 @@ async def test_a_count_keeps_every_job_within_the_floor_and_trims_the_older_ones
     await processor.storage.jobs.coll.insert_many(
         [ended(old) for _ in range(30)] + [ended(now) for _ in range(50)]
     )
-    assert await processor.trimmer.run(now) == 20  # the 30 older ones, but their 10 newest
-    assert len(await processor.list_jobs("a", limit=200)) == 60
+    assert await processor.trimmer.run(now) == 30  # the 30 older ones
+    assert len(await processor.list_jobs("a", limit=200)) == 50
 
 
 async def test_a_job_a_client_kills_gets_its_retention_from_a_worker_sweep(db: Any) -> None:
@@ -381,6 +383,31 @@ async def test_a_count_never_deletes_a_job_that_has_just_ended(db: Any) -> None:
     await processor.trimmer.run(clock.now())
     left = await processor.list_jobs("report")
     assert later.id not in [j.id for j in left] and len(left) == 3
+
+
+async def test_a_count_keeps_n_jobs_in_all_not_n_beyond_those_within_the_floor(db: Any) -> None:
+    """scale.md: the n most recently created are kept, and every one created or ended within
+    the floor. Once as many as n were created within the floor, none older is kept by the
+    count: it kept n more of the older ones besides (keep_finished=3 kept 7 jobs here, 3 of
+    them past the floor)."""
+    from job_processor import FakeClock
+    from job_processor.testing import run_until_idle
+
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    processor = await make(db, {"report": JobDef(handler=ok, keep_finished=3)}, clock=clock)
+    for n in range(5):
+        await processor.schedule_job("report", {"n": n})
+    await run_until_idle(processor, advance_clock=False)
+    clock.advance(3600)  # an hour later, past the floor (60 s)
+    recent = [await processor.schedule_job("report", {"n": n}) for n in range(5, 9)]
+    await run_until_idle(processor, advance_clock=False)
+    assert await processor.trimmer.run(clock.now()) == 5  # every older one
+    left = await processor.list_jobs("report", limit=100)
+    assert sorted(j.id for j in left) == sorted(j.id for j in recent)  # within the floor
+    clock.advance(3600)  # those too are past the floor now: the count alone
+    assert await processor.trimmer.run(clock.now()) == 1
+    left = await processor.list_jobs("report", limit=100)
+    assert sorted(j.id for j in left) == sorted(j.id for j in recent[-3:])
 
 
 async def test_a_count_trims_a_steady_flow_of_jobs_created_long_before_they_end(db: Any) -> None:
