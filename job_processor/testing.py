@@ -416,7 +416,6 @@ async def run_until_idle(
             f"run_until_idle until= must be an aware datetime, got {until!r}: e.g. "
             "datetime(2030, 1, 1, tzinfo=UTC) (a naive one is never taken as UTC silently)"
         )
-    processor.bind_loop()  # its worker's events are bound to the loop it first ran in
     worker = processor.worker
     clock = processor.clock
     ran: list[Job[Any]] = []

@@ -146,8 +146,8 @@ class Runtime:
         self._stop_called = asyncio.Event()
         """Set by stop(), cleared by start(): a serve() waiting for a signal stops waiting."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        """The event loop this processor first ran in (`start()`, `run_job`, `run_until_idle`):
-        its events, locks and tasks are bound to it (`bind_loop`)."""
+        """The event loop this processor was first started in: its claim loop's events are
+        bound to it (`bind_loop`)."""
 
     @property
     def identity(self) -> str:
@@ -187,10 +187,12 @@ class Runtime:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def bind_loop(self) -> None:
-        """Ties this processor to the running event loop, the first time it runs; refuses
-        another loop after that (a second `asyncio.run()` with the same processor): the claim
-        loop, the heartbeat and the wake-ups wait on events bound to the first one, and the
-        claim loop would crash at its first wait (`processor_loop_crashed`), nothing claimed."""
+        """Ties this processor to the running event loop, the first time it is started; refuses
+        a start in another loop after that (a second `asyncio.run()` with the same processor):
+        the claim loop, the heartbeat and the wake-ups wait on events bound to the first one,
+        and the claim loop would crash at its first wait (`processor_loop_crashed`), nothing
+        claimed. `run_job` and `run_until_idle` are not tied: they ran in one loop per test
+        before, and still do."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -206,7 +208,6 @@ class Runtime:
 
     async def _acquire_runtime(self) -> None:
         """Worker document + heartbeat + kill delivery, held while started or running run_job."""
-        self.bind_loop()
         async with self._runtime_lock:
             if self._teardown is not None:  # a release its caller stopped waiting for
                 with contextlib.suppress(Exception):
@@ -298,7 +299,7 @@ class Runtime:
         """Start claiming and running jobs in the background; returns at once. If it fails
         (MongoDB unreachable: DatabaseUnreachableError naming the server, the driver's error as
         its cause), nothing is left behind and it can be called again. RuntimeError in an event
-        loop other than the one it first ran in (`bind_loop`)."""
+        loop other than the one it was first started in (`bind_loop`)."""
         self.bind_loop()
         self._calls += 1
         call = self._calls

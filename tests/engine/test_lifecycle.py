@@ -807,11 +807,31 @@ def test_a_processor_started_again_in_another_event_loop_is_refused_at_start() -
         with pytest.raises(RuntimeError, match=r"another event loop.*init_job_processor"):
             await p.start()
         assert not p.started and not p.failed.is_set()
-        with pytest.raises(RuntimeError, match="another event loop"):
-            await p.run_job("work")
         await p.stop()  # nothing to stop
         fresh = await make(client["app"], jobs, change_streams=False)
         async with fresh:
             return (await fresh.wait_for(job.id, timeout=10)).status
 
     assert asyncio.run(second_loop()) == S.FINISHED
+
+
+def test_run_job_and_run_until_idle_serve_one_loop_per_test() -> None:
+    """`run_job` and `run_until_idle` with one processor in several event loops (a test
+    framework's loop per test) keep working: only `start()` is tied to its first loop."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    from job_processor.testing import run_until_idle
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        return "done"
+
+    client: Any = AsyncMongoMockClient(tz_aware=True)
+    p = asyncio.run(make(client["app"], {"work": JobDef(handler=work)}, change_streams=False))
+
+    async def one_test() -> list[JobStatus]:
+        await p.schedule_job("work")
+        ran = await run_until_idle(p)
+        return [j.status for j in ran] + [(await p.run_job("work")).status]
+
+    for _ in range(3):
+        assert asyncio.run(one_test()) == [S.FINISHED, S.FINISHED]
