@@ -21,6 +21,7 @@ from ..core.clock import as_utc
 from ..core.errors import EventNotFoundError, InvalidArgumentError, JobProcessorError
 from ..events.api import EventsAPI
 from ..events.pages import decode_cursor, event_page
+from ..events.queries import check_listed_name
 from ..events.webhooks import url_host
 from ..ops.admin import ActionResult
 from ..ops.admin.inputs import parse_time
@@ -80,6 +81,8 @@ async def events(d: Dashboard, request: Request) -> Response:
             limit,
             decode_cursor(cursor) if cursor else None,
         )
+        if not page and not cursor:  # a misspelt name is named, as the jobs page names it
+            await check_listed_name(admin.storage, filters["name"] or None)
     except InvalidArgumentError as exc:
         error = str(exc)
     names = sorted({str(r["event"]) for r in await admin.storage.subscribers.all()})

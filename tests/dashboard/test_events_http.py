@@ -351,3 +351,30 @@ async def test_a_replay_confirmed_once_the_event_is_gone_lands_on_the_events_lis
         assert done.status_code == 303 and done.headers["location"] == "/events"
         page = await c.get(done.headers["location"])
         assert page.status_code == 200 and "Replay failed" in page.text
+
+
+async def test_an_events_name_that_nothing_has_is_named_with_a_did_you_mean(
+    processor: tuple[JobProcessor, WebhookEndpoint],
+) -> None:
+    """As the jobs page names a typo in its name filter (and `events list --name` does), not
+    "No event matches." as if there were none."""
+    p, _ = processor
+    await p.emit("invoiced", {"amount": 12})  # a stored event that nothing listens to
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        typo = await c.get("/events", params={"name": "shiped"})
+        assert typo.status_code == 400
+        said = html.unescape(typo.text)
+        assert "Cannot list events" in said and "No event matches." in said
+        assert "unknown event 'shiped' (did you mean 'shipped'?)" in said
+        stored = html.unescape((await c.get("/events", params={"name": "invoicd"})).text)
+        assert "unknown event 'invoicd' (did you mean 'invoiced'?)" in stored
+        # a known name with nothing in the window is an empty listing, as before
+        for name in ("shipped", "invoiced"):
+            empty = await c.get(
+                "/events",
+                params={"name": name, "since": "2000-01-01T00:00:00", "until": "2000-01-02"},
+            )
+            assert empty.status_code == 200 and "No event matches." in empty.text
+        listed = await c.get("/events", params={"name": "invoiced"})
+        assert listed.status_code == 200 and "Cannot list events" not in listed.text
