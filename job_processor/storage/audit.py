@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from typing import Any
 
 from bson import ObjectId
@@ -18,8 +20,15 @@ Doc = dict[str, Any]
 INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = []
 #: Ids recorded per entry; an action on more jobs records the count and the first ones.
 MAX_IDS = 1000
-#: The least ObjectId: `{"$gte": it}` matches the ObjectId ids only.
-_LEAST_OBJECT_ID = ObjectId(b"\0" * 12)
+#: The kinds of `_id` an audit page goes through, in this order, each greatest first: the
+#: entries' own ObjectIds, then the text ids and the numbers other programs (or older versions)
+#: wrote. Each as its least value: `{"$gte": it}` matches that kind only, as `{"$lt": id}`
+#: compares within one BSON type (MongoDB, mongomock and nx-27017 alike); the servers sort the
+#: kinds against each other differently (MongoDB: numbers, text, ObjectIds; nx-27017: numbers
+#: among text, as their digits, and text above ObjectIds), so no page relies on that order.
+_KINDS: tuple[Any, ...] = (ObjectId(b"\0" * 12), "", -math.inf)
+#: A number as `str()` writes it (`AuditEntry.id` of a numeric `_id`).
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 
 def entry_id(at: dt.datetime) -> ObjectId:
@@ -56,33 +65,59 @@ class AuditStore:
                 raise
         return doc
 
-    def recent_cursor(self, limit: int = 50, before: ObjectId | str | None = None) -> Any:
-        """The latest actions, newest first, from `before` (the `_id` index): after a text
-        `_id` (another program's entry), the text ids below it."""
-        query: Doc = {} if before is None else {"_id": {"$lt": before}}
-        return self.coll.find(query).sort([("_id", DESCENDING)]).limit(limit)
+    def recent_cursor(self, limit: int = 50, before: Any = None) -> Any:
+        """The latest entries of `before`'s kind of `_id` (ObjectId, text or number; ObjectId
+        for None) below it, newest first, on the `_id` index: a page's first read."""
+        kind = _kind(before)
+        bound = {"$gte": _KINDS[kind]} if before is None else {"$lt": before}
+        return self.coll.find({"_id": bound}).sort([("_id", DESCENDING)]).limit(limit)
 
-    async def recent(self, limit: int = 50, before: ObjectId | str | None = None) -> list[Doc]:
-        """`recent_cursor`'s entries; where those of `before`'s kind of `_id` run out, the
-        other kind's (ObjectId or text), when the server sorts them after it: `$lt` compares
-        within one BSON type, and MongoDB sorts text ids below ObjectIds, nx-27017 above."""
+    async def recent(self, limit: int = 50, before: Any = None) -> list[Doc]:
+        """The latest actions, newest first, from `before` (a stored `_id`): `recent_cursor`'s
+        entries, then, where those of its kind run out, each later kind's in `_KINDS` order
+        (one query per kind reached). Paged through from None, every ObjectId, text and numeric
+        id comes once, in the same order on every server."""
+        start = _kind(before)
         docs = await all_docs(self.recent_cursor(limit, before))
-        if before is None or len(docs) >= limit:
-            return docs
-        other = "" if isinstance(before, ObjectId) else _LEAST_OBJECT_ID  # its least value
-        kind = {"_id": {"$gte": other}}
-        top = await self.coll.find_one(kind, {"_id": 1}, sort=[("_id", DESCENDING)])
-        if top is None:
-            return docs
-        mine = docs[-1]["_id"] if docs else before
-        first = await self.coll.find_one(
-            {"_id": {"$in": [mine, top["_id"]]}}, {"_id": 1}, sort=[("_id", DESCENDING)]
-        )
-        if first is None or first["_id"] == top["_id"]:  # sorted before: shown already
-            return docs
-        cursor = self.coll.find(kind).sort([("_id", DESCENDING)]).limit(limit - len(docs))
-        return docs + await all_docs(cursor)
+        for kind in range(start + 1, len(_KINDS)):
+            if len(docs) >= limit:
+                break
+            cursor = (
+                self.coll.find({"_id": {"$gte": _KINDS[kind]}})
+                .sort([("_id", DESCENDING)])
+                .limit(limit - len(docs))
+            )
+            docs += await all_docs(cursor)
+        return docs
 
-    async def holds(self, entry_id: str) -> bool:
-        """Whether an entry has this text `_id` (another program's)."""
-        return await self.coll.find_one({"_id": entry_id}, {"_id": 1}) is not None
+    async def stored_id(self, text: str) -> Any:
+        """The `_id` of the entry another program wrote that `text` names (an `AuditEntry.id`):
+        the number it spells, else that text; None when no entry has it. As stored: nx-27017
+        matches a number's id as its text too, and an int's never as a float's."""
+        number = _number(text)
+        if number is not None:
+            doc = await self.coll.find_one({"_id": number}, {"_id": 1})
+            if doc is not None:
+                return doc["_id"]
+        doc = await self.coll.find_one({"_id": text}, {"_id": 1})
+        return None if doc is None else doc["_id"]
+
+
+def _kind(entry_id: Any) -> int:
+    """Where an `_id` is in `_KINDS` (None: the first)."""
+    if isinstance(entry_id, str):
+        return 1
+    if isinstance(entry_id, int | float) and not isinstance(entry_id, bool):
+        return 2
+    return 0
+
+
+def _number(text: str) -> int | float | None:
+    """The number `text` spells as `str()` writes one; None for none, or an int past BSON's
+    int64 (no stored id is that int; the driver cannot send it)."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    if any(c in text for c in ".eE"):
+        return float(text)
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None

@@ -152,6 +152,45 @@ async def test_the_audit_pages_show_every_entry_across_object_and_text_ids(db: A
         await admin.audit_log(before="nope")  # a text no entry has: still refused
 
 
+async def test_the_audit_pages_show_entries_with_numeric_ids_in_a_stable_order(db: Any) -> None:
+    """Entries another program (or an older version) wrote with a number as `_id` dropped out
+    past the first page: a page ending on a number led to a 400 ("not an audit entry id") or
+    back among the text ids. Paged through, a mix of ObjectId, text and numeric ids is shown
+    once each, in one order: ObjectIds newest first, then text ids, then numbers."""
+    processor, _event, _endpoint = await every_kind(db)
+    app = create_dashboard(processor, auth=None)
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    own = [
+        {"_id": entry_id(at + dt.timedelta(seconds=i)), "at": at, "actor": f"own {i:03}"}
+        for i in range(40)
+    ]
+    hand = [{"_id": f"hand-{i:03}", "actor": f"hand {i:03}"} for i in range(40)]
+    # ints and floats: 0, 1.5, 3, 4.5, ...
+    numbers = [{"_id": i * 1.5 if i % 2 else i * 3 // 2, "actor": f"num {i:03}"} for i in range(40)]
+    await db["job_processor_audit"].insert_many(
+        [d | {"action": "hand_fix"} for d in own + hand + numbers]
+    )
+    transport = httpx.ASGITransport(app=app)
+    shown: list[str] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        path = "/audit"
+        for _ in range(6):
+            resp = await client.get(path)
+            assert resp.status_code == 200, (path, resp.text[-500:])
+            shown += re.findall(r"(?:hand|own|num) \d{3}", resp.text)
+            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
+            if found is None:
+                break
+            path = found.group(1).replace("&amp;", "&")
+    expected = [d["actor"] for part in (own, hand, numbers) for d in reversed(part)]
+    assert shown == expected
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        for wrong in ("9" * 20, "-1", "1e999", "nope"):  # no entry's id: a 400 that says so
+            refused = await client.get("/audit", params={"before": wrong})
+            assert refused.status_code == 400, (wrong, refused.text[-500:])
+            assert "is not an audit entry id" in refused.text
+
+
 async def test_a_progress_of_nothing_to_do_shows_its_total_of_0(db: Any) -> None:
     """report_progress(0, 0): the page read "100% · 0", the "/ 0" left out, as `jobs show`."""
     processor, _event, _endpoint = await every_kind(db)

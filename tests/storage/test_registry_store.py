@@ -90,3 +90,33 @@ async def test_audit_pages_go_on_from_object_ids_to_text_ids_and_back(storage: S
             break
         before = page[-1]["_id"]
     assert sorted(seen) == [f"{who}-{n}" for who in ("hand", "own") for n in range(4)]
+
+
+async def test_audit_pages_cover_numeric_ids_in_a_stable_order(storage: Storage) -> None:
+    """Entries another program wrote with a number as `_id` were never reached past the first
+    page (a page went from ObjectIds to text ids only). Every kind is paged through in one
+    order on every backend: the ObjectIds newest first, then the text ids, then the numbers,
+    each greatest first; each entry once."""
+    own = [await storage.audit.record({"at": NOW, "action": f"own-{n}"}) for n in range(4)]
+    texts = [f"hand-{n}" for n in range(4)]
+    numbers: list[Any] = [-2, 3.5, 7, 40, 2**40]
+    await storage.audit.coll.insert_many(
+        [{"_id": t, "action": t} for t in texts] + [{"_id": n, "action": n} for n in numbers]
+    )
+    seen: list[Any] = []
+    before = None
+    for _ in range(10):
+        page = await storage.audit.recent(3, before)
+        seen += [d["_id"] for d in page]
+        if len(page) < 3:
+            break
+        before = page[-1]["_id"]
+    assert seen == [d["_id"] for d in reversed(own)] + texts[::-1] + numbers[::-1]
+    # a page's last id as the dashboard and audit_log give it (text): the stored id it names
+    assert await storage.audit.stored_id("40") == 40
+    assert await storage.audit.stored_id("3.5") == 3.5
+    assert await storage.audit.stored_id(str(2**40)) == 2**40
+    assert await storage.audit.stored_id("hand-1") == "hand-1"
+    assert await storage.audit.stored_id("41") is None
+    assert await storage.audit.stored_id("nope") is None
+    assert await storage.audit.stored_id("9" * 20) is None  # past BSON's int64: no number

@@ -153,19 +153,22 @@ class StatusAdmin(CronsAdmin):
         )
 
     async def audit_log(self, limit: int = 50, before: str | None = None) -> list[AuditEntry]:
-        """The latest recorded actions, newest first (`before`: an entry id, for the next page)."""
+        """The latest recorded actions, newest first (`before`: an entry id, for the next page).
+        Entries other programs wrote with a text or numeric `_id` come after the ObjectId
+        ones: text ids, then numbers, each greatest first."""
         key: Any = None
         try:
             key = one_id(before) if before else None
         except InvalidArgumentError:  # its message speaks of job ids
-            # an entry another program wrote with a text `_id`: the page goes on from it (the
-            # text ids below it, then the ObjectId ones where the server sorts them below)
-            if not isinstance(before, str) or not await self.storage.audit.holds(before):
+            # an entry another program wrote with a text or numeric `_id`: the page goes on
+            # from it (the ids of its kind below it, then those of the kinds listed after it)
+            if isinstance(before, str):
+                key = await self.storage.audit.stored_id(before)
+            if key is None:
                 raise InvalidArgumentError(
                     f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
                     "audit_log returned: 24 hex characters)"
                 ) from None
-            key = before
         docs = await self.storage.audit.recent(limit_of(limit), key)
         entries = []
         for doc in docs:  # a field another program wrote with a wrong type: its default
