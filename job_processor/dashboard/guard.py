@@ -27,7 +27,7 @@ OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 BASIC_CHALLENGE = 'Basic realm="job-processor", charset="UTF-8"'
 DENIED_TITLES = {401: "Not signed in", 403: "Access denied", 429: "Too many attempts"}
-#: The largest form body read (a new job's payload: MongoDB's 16 MiB document and some).
+#: The largest form body read, and form field (a new job's payload: up to 15 MiB, and some).
 MAX_FORM_BYTES = 17 * 2**20
 #: Sent with every response (unless the route set its own): no page of another origin may
 #: frame the dashboard (clickjacking: a same-site page, another port of localhost or a
@@ -147,8 +147,8 @@ class Guard:
             limit = f"A form of the dashboard is at most {MAX_FORM_BYTES // 2**20} MiB."
             return receive, d.error_page(request, 413, "Request too large", limit)
         receive = _replaying(body, receive)  # what runs after us may read the body again
-        try:
-            form = await request.form()
+        try:  # a field as large as the body (Starlette's default: 1 MiB, "Malformed form")
+            form = await request.form(max_part_size=MAX_FORM_BYTES)
         except Exception as exc:  # a multipart body with no boundary, a part too large
             why = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             said = f"The form could not be read: {why}."
