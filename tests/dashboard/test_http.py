@@ -697,8 +697,15 @@ async def test_out_of_range_dates_cursors_and_durations_are_400s_not_500s(proces
     app = create_dashboard(p, auth=AUTH)
     far = base64.urlsafe_b64encode(f"{'9' * 20}.{'ab' * 12}".encode()).decode().rstrip("=")
     end = base64.urlsafe_b64encode(f"253402300799999.{'ab' * 12}".encode()).decode()
+    # a Decimal128 id that is none, or past its range: a 500 (InvalidOperation, Overflow)
+    odd = [base64.urlsafe_b64encode(f"u.d:{x}".encode()).decode() for x in ("abc", "1e9999")]
     async with client(app) as c:
         for path, params, said in (
+            *[
+                (path, {"cursor": x}, "is not a cursor of a job listing")
+                for x in odd
+                for path in ("/jobs", "/api/jobs")
+            ],
             ("/api/jobs", {"after": "0001-01-01T00:00:00+23:59"}, "is out of range"),
             ("/api/jobs", {"until": "9999-12-31T23:59:59-01:00"}, "is out of range"),
             ("/api/jobs", {"cursor": far}, "is not a cursor of a job listing"),

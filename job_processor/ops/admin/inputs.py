@@ -130,6 +130,7 @@ def decode_cursor(token: str) -> tuple[dt.datetime | None, Any]:
         bson.errors.InvalidId,
         UnicodeDecodeError,
         OverflowError,  # a time past year 9999
+        ArithmeticError,  # a `d:` id that is no Decimal128, or past its range
         OSError,  # a time the platform's C library cannot convert
     ):
         raise InvalidArgumentError(
