@@ -254,8 +254,10 @@ class JobProcessor(JobsAPI, EventsAPI):
         replica restarting during a rolling deploy must not delete the new crons)."""
         gone = await self.storage.crons.names_other_than(list(self.crons))
         if gone:
-            await self.storage.crons.remove(gone)
+            # their pending tasks first: an outage between leaves the crons stored, so a
+            # second call finishes (the other way round, their tasks stayed for ever)
             await self.storage.jobs.delete_pending_tasks_of(gone, self.clock.now())
+            await self.storage.crons.remove(gone)
             for name in gone:
                 self.log.info("cron_removed", job_name=name)
         return sorted(gone)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from job_processor import (
     AbortSignal,
@@ -383,6 +384,31 @@ async def test_crons_are_pruned_only_when_asked(db: Any) -> None:
     assert {d["_id"] for d in await old.storage.crons.docs()} == {"a", "b"}  # ...and kept b
     assert await old.prune_crons() == ["b"]
     assert {d["_id"] for d in await old.storage.crons.docs()} == {"a"}
+
+
+async def test_a_prune_an_outage_stops_finishes_when_called_again(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prune_crons removed the crons, then MongoDB stopped answering before their pending
+    tasks were deleted: called again it found nothing to prune, and the tasks stayed pending
+    for ever. Their tasks go first: called again, it finishes."""
+    both = {
+        "a": {"cron_string": "0 2 * * *", "handler": tick},
+        "b": {"cron_string": "0 3 * * *", "handler": tick},
+    }
+    task = await (await make(db, both)).trigger_cron("b")  # pending: no worker runs it
+    old = await make(db, {"a": both["a"]})
+    real = old.storage.jobs.delete_pending_tasks_of
+
+    async def outage(names: list[str], now: dt.datetime) -> int:
+        raise AutoReconnect("connection reset (test)")
+
+    monkeypatch.setattr(old.storage.jobs, "delete_pending_tasks_of", outage)
+    with pytest.raises(AutoReconnect):
+        await old.prune_crons()
+    monkeypatch.setattr(old.storage.jobs, "delete_pending_tasks_of", real)
+    assert await old.prune_crons() == ["b"]
+    assert await old.get_jobs([task.id]) == []
 
 
 async def test_trigger_cron_runs_now_recorded_as_manual(db: Any) -> None:

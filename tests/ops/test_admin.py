@@ -806,6 +806,30 @@ async def test_list_crons_survives_a_stored_time_zone_this_process_lacks(env: An
     assert view.next_slot_utc is not None and view.next_slot_local is None
 
 
+async def test_crons_remove_an_outage_stops_can_be_run_again_to_the_end(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crons remove nightly` removed the cron, then MongoDB stopped answering before its
+    pending tasks were deleted: run again, it said "not a stored cron" and the pending task
+    stayed for ever (no worker defines it; `names forget` refused it as an active job). The
+    tasks go first, then the cron: run again, it finishes the removal."""
+    admin, storage, _ = env
+    task = (await admin.trigger_cron("nightly")).jobs[0]
+    real = admin.storage.jobs.delete_pending_tasks_of
+
+    async def outage(names: list[str], now: dt.datetime) -> int:
+        raise AutoReconnect("connection reset (test)")
+
+    monkeypatch.setattr(admin.storage.jobs, "delete_pending_tasks_of", outage)
+    with pytest.raises(AutoReconnect):
+        await admin.remove_crons(["nightly"])
+    monkeypatch.setattr(admin.storage.jobs, "delete_pending_tasks_of", real)
+    again = await admin.remove_crons(["nightly"])
+    assert again.changed == ["nightly"], again.skipped
+    assert await storage.crons.docs(["nightly"]) == []
+    assert await storage.job_admin.by_id(object_id(task.id)) is None
+
+
 async def test_a_cron_gone_from_the_code_is_forgotten_once_pruned(env: Any) -> None:
     """A cron no worker defines any more: status says to prune it, then forget it. `forget`
     used to refuse any cron, pruned or not, so the warning could not be cleared."""

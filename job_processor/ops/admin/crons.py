@@ -99,20 +99,25 @@ class CronsAdmin(AdminBase):
         live = [
             w for w in await self.storage.workers.all() if worker_alive(w, now, self.worker_timeout)
         ]
-        for name in wanted:
-            serving = [str(w["_id"]) for w in live if serves_cron(w, name)]
-            if name not in stored:
-                result.skipped[name] = "not a stored cron (see crons list)"
-            elif serving:
-                result.skipped[name] = (
-                    f"served by {len(serving)} live worker(s) ({', '.join(serving)}): stop them "
-                    "first, or they register it again"
-                )
-            elif await self.storage.crons.remove([name]):
-                await self.storage.jobs.delete_pending_tasks_of([name], self.clock.now())
-                result.changed.append(name)
-            else:
-                result.skipped[name] = "removed meanwhile"
+        async with self._acting(result):  # one removed before an outage is still recorded
+            for name in wanted:
+                serving = [str(w["_id"]) for w in live if serves_cron(w, name)]
+                if name not in stored:
+                    result.skipped[name] = "not a stored cron (see crons list)"
+                elif serving:
+                    result.skipped[name] = (
+                        f"served by {len(serving)} live worker(s) ({', '.join(serving)}): stop "
+                        "them first, or they register it again"
+                    )
+                else:
+                    # its pending tasks first: an outage before the cron's own removal leaves
+                    # it stored, so running this again finishes (the other way round, it was
+                    # "not a stored cron" then, and its pending tasks stayed for ever)
+                    await self.storage.jobs.delete_pending_tasks_of([name], self.clock.now())
+                    if await self.storage.crons.remove([name]):
+                        result.changed.append(name)
+                    else:
+                        result.skipped[name] = "removed meanwhile"
         await self._record(result, {"names": wanted})
         return result
 
