@@ -1326,6 +1326,45 @@ async def test_an_admins_own_actor_that_is_not_text_is_refused_at_construction(
         Admin(any_db, "t_", FakeClock(NOW), actor=actor)
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("worker_timeout", "30"),
+        ("worker_timeout", None),
+        ("worker_timeout", float("nan")),
+        ("worker_timeout", 1e300),
+        ("worker_timeout", -5),
+        ("worker_timeout", True),
+        ("collection_prefix", 5),
+        ("collection_prefix", ""),
+        ("collection_prefix", "a.b"),
+        ("clock", "now"),
+    ],
+)
+async def test_an_admins_options_of_the_wrong_type_or_range_are_refused_at_construction(
+    db: Any, option: str, value: Any
+) -> None:
+    """Admin(db, worker_timeout="30") (or None, NaN, 1e300) was taken: `workers list`, `status`
+    and the overview then raised a bare TypeError, ValueError or OverflowError as soon as a
+    worker document recorded no timeout of its own (an older version's); -5 showed every such
+    worker dead, True gave it one second. A prefix of 5 raised a bare TypeError, "" read the
+    collections of no processor (init_job_processor refuses both), "a.b" failed at the first
+    read; a clock without now() raised AttributeError at the first action. Each is refused,
+    naming the option, before anything is read."""
+    now = dt.datetime.now(dt.UTC)
+    await db["job_processor_workers"].insert_one(
+        {"_id": "old", "hostname": "h", "pid": 1, "started_at": now, "last_seen": now}
+    )
+    kw: dict[str, Any] = {option: value}
+    prefix = kw.pop("collection_prefix", "job_processor_")
+    with pytest.raises(InvalidArgumentError, match=rf"^{option} "):
+        await Admin.open(db, prefix, **kw)
+    with pytest.raises(InvalidArgumentError, match=rf"^{option} "):
+        Admin(db, prefix, **kw)
+    (worker,) = await Admin(db, worker_timeout=60).list_workers()  # a good one: as before
+    assert worker.alive
+
+
 async def _all_pages(admin: Any, limit: int) -> list[str]:
     seen: list[str] = []
     cursor = None

@@ -40,7 +40,7 @@ from ...core.notes import storable_text
 from ...core.status import JobStatus, parse_status
 from ...storage import JobQuery, Storage
 from ...storage.audit import entry_id as audit_entry_id
-from .inputs import default_actor, one_id, parse_time
+from .inputs import check_options, default_actor, one_id, parse_time
 from .results import ActionResult, WorkerView
 
 S = JobStatus
@@ -88,6 +88,7 @@ class AdminBase:
         sensitive_fields: Sequence[str] = (),
         storage: Storage | None = None,
     ) -> None:
+        check_options(collection_prefix, clock, worker_timeout)
         self.sensitive_fields = sensitive_list(sensitive_fields, paths=True)
         self.storage = storage or Storage(db, collection_prefix)
         self.clock = clock or SystemClock()
@@ -107,6 +108,7 @@ class AdminBase:
     ) -> Self:
         """Like the constructor, after detecting the server (nx-27017 and mongomock need a few
         workarounds). Does not create indexes or touch definitions."""
+        check_options(collection_prefix, clock, kw.get("worker_timeout", DEFAULT_WORKER_TIMEOUT))
         storage = await Storage.open(db, collection_prefix)
         return cls(db, collection_prefix, clock, storage=storage, **kw)
 

@@ -18,8 +18,14 @@ from bson import Decimal128, ObjectId
 
 from ...core import documents as D
 from ...core.clock import to_millis
-from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
+from ...core.errors import (
+    InvalidArgumentError,
+    InvalidDefinitionError,
+    InvalidPayloadError,
+    JobNotFoundError,
+)
 from ...core.models import Job
+from ...core.settings import check_positive, check_prefix
 from ...core.values import TOO_DEEP, checked_payload
 from ...storage import JobQuery
 from ...storage.jobs import MAX_VALUE_BYTES, object_id
@@ -241,6 +247,25 @@ def one_id(job_id: str | ObjectId) -> ObjectId:
             f"job_id must be a job id (a str of 24 hex characters), got a {type(job_id).__name__}"
         )
     return ids_of(job_id)[0]
+
+
+def check_options(collection_prefix: Any, clock: Any, worker_timeout: Any) -> None:
+    """An Admin's options, refused as init_job_processor refuses them (InvalidArgumentError
+    naming the option): a wrong one surfaced later as a bare TypeError (a worker_timeout of
+    "30" at the first worker document without its own timeout) or read the wrong collections
+    (a prefix of "")."""
+    try:
+        check_prefix(collection_prefix)
+        check_positive("worker_timeout", worker_timeout)
+    except InvalidDefinitionError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    if clock is not None and not (
+        callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))
+    ):
+        raise InvalidArgumentError(
+            f"clock must have now() and sleep() (job_processor.SystemClock(), or FakeClock() "
+            f"in tests), got {clock!r:.60}"
+        )
 
 
 def default_actor() -> str:
