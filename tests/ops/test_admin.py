@@ -1589,6 +1589,33 @@ async def test_a_limit_names_or_attempt_of_the_wrong_type_or_range_is_refused(
     assert (await admin.get_job(job)).status == S.PENDING
 
 
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda a: a.list_jobs(id=[]), "id"),
+        (lambda a: a.list_jobs(id=0), "id"),
+        (lambda a: a.list_jobs(cursor=[]), "cursor"),
+        (lambda a: a.list_jobs(cursor=0), "cursor"),
+        (lambda a: a.list_jobs(status=[]), "status"),
+        (lambda a: a.list_jobs(status=False), "status"),
+        (lambda a: a.audit_log(before=[]), "before"),
+        (lambda a: a.audit_log(before=0), "before"),
+    ],
+)
+async def test_a_listing_filter_that_is_empty_but_not_text_is_refused(
+    env: Any, call: Any, field: str
+) -> None:
+    """list_jobs(id=[]) listed every job, as if no id had been given (so did cursor=[], a
+    status of [] or False, and audit_log(before=[]) gave the first page): only None and ""
+    mean "no filter" (the docstring); any other value is read as the filter, and one of the
+    wrong type is refused naming it, as a non-empty one of that type is."""
+    admin, storage, _ = env
+    await add(storage)
+    with pytest.raises(InvalidArgumentError) as raised:
+        await call(admin)
+    assert field in str(raised.value)
+
+
 async def test_dependents_past_the_cap_are_capped_as_a_listing_is(db: Any) -> None:
     """A limit above 1000 is read as 1000, as list_jobs reads it (2**70 raised an
     OverflowError from BSON)."""

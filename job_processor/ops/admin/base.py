@@ -129,7 +129,7 @@ class AdminBase:
         check_window(after, before, "created_after", "created_before")
         return JobQuery(
             name=name or None,
-            status=parse_status(status) if status else None,
+            status=parse_status(status) if status is not None and status != "" else None,
             tag=tag or None,
             key=key or None,
             created_after=after,

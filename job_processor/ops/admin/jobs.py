@@ -68,16 +68,18 @@ class JobsAdmin(AdminBase):
         """Jobs newest first (created_at, then id), filtered by any of: name, status, tag, dedup
         key, creation time (`created_after` inclusive, `created_before` exclusive; aware
         datetimes or ISO text, UTC when no offset), and `id` (that one job, if it matches the
-        other filters). Empty strings count as "no filter". `limit` is capped at 1000.
+        other filters). None and empty strings count as "no filter" (another empty value, [] or
+        0, is refused as a value of the wrong type). `limit` is capped at 1000.
         `cursor`: the previous page's `next_cursor`."""
         query = self._query(name, status, tag, key, created_after, created_before)
         limit = limit_of(limit)
-        if id:
+        # only None and "" are no filter: [] or 0 is refused, never read as "every job"
+        if id is not None and id != "":
             oid = one_id(id)
             doc = await self.storage.job_admin.by_id(oid)
             jobs = [Job.read(doc)] if doc is not None and query.matches(doc) else []
             return JobPage(jobs=await self._redacted(jobs))
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor is not None and cursor != "" else None
         docs = await self.storage.job_admin.page(query, after, limit + 1)
         if not docs and after is None:
             await self._check_name(query.name)  # a typo is named, with a did-you-mean

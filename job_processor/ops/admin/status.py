@@ -158,7 +158,7 @@ class StatusAdmin(CronsAdmin):
         ones: text ids, then numbers, each greatest first."""
         key: Any = None
         try:
-            key = one_id(before) if before else None
+            key = one_id(before) if before is not None and before != "" else None
         except InvalidArgumentError:  # its message speaks of job ids
             # an entry another program wrote with a text or numeric `_id`: the page goes on
             # from it (the ids of its kind below it, then those of the kinds listed after it)
