@@ -516,6 +516,33 @@ async def test_more_invalid_options_are_refused_before_any_write(
     assert await db.list_collection_names() == []  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"worker_tags": ["main "]}, "worker_tags entries"),
+        ({"worker_tags": [" main"]}, "worker_tags entries"),
+        ({"worker_tags": ["main,reports"]}, "worker_tags entries"),
+        ({"jobs": {"x": {"handler": noop, "tag": "main "}}}, "job 'x': field 'tag'"),
+        ({"jobs": {"x": {"handler": noop, "tag": "main,reports"}}}, "job 'x': field 'tag'"),
+        (
+            {"crons": {"c": {"handler": noop, "cron_string": "0 3 * * *", "tag": " main"}}},
+            "field 'tag'",
+        ),
+    ],
+)
+async def test_a_tag_no_run_tags_can_match_is_refused_before_any_write(
+    db: Any, kwargs: dict[str, Any], needle: str
+) -> None:
+    """`job-processor run --tags main` (and JOB_PROCESSOR_WORKER_TAGS) strips each tag and
+    splits them at commas: a JobDef(tag="main ") or tag="main,reports" was taken and its jobs
+    waited for ever behind workers started with --tags main; worker_tags=["main "] claimed no
+    job tagged "main". Such a tag is refused, saying how to write it."""
+    with pytest.raises(InvalidDefinitionError, match=needle) as err:
+        await init_job_processor(db, **({"jobs": JOBS} | kwargs))
+    assert "space" in str(err.value) or "comma" in str(err.value)
+    assert await db.list_collection_names() == []  # nothing half-written
+
+
 async def test_the_refusal_of_a_client_suggests_a_call_that_works_without_a_database_in_the_url(
     mongo_url: str,
 ) -> None:

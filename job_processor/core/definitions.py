@@ -32,6 +32,7 @@ from .errors import (
 from .limit_keys import check_key, fill_limit_key, key_fields
 from .retention import check_keep
 from .sensitive_names import DEFAULT_SENSITIVE_FIELDS, fields_forms, name_is_sensitive
+from .settings import tag_problem
 from .values import is_utf8
 
 Concurrency = Literal["concurrent", "exclusive"]
@@ -276,6 +277,9 @@ class JobDef(Checked):
     def _tag(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("tag must be a non-empty string, or None for 'any worker'")
+        problem = None if v is None else tag_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -524,6 +528,9 @@ class Subscriber(Checked):
     def _tag(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("tag must be a non-empty string, or None for 'any worker'")
+        problem = None if v is None else tag_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 

@@ -117,6 +117,24 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
+def tag_problem(tag: str) -> str | None:
+    """Why a tag (a definition's, or one of worker_tags) could never be matched by a worker
+    started with `job-processor run --tags` or JOB_PROCESSOR_WORKER_TAGS, which strip each tag
+    and split them at commas; None when it can."""
+    if tag != tag.strip():
+        return (
+            f"tag {tag!r} has spaces around it: `run --tags` and JOB_PROCESSOR_WORKER_TAGS "
+            f"strip them, so no worker started that way would match it; write {tag.strip()!r}"
+        )
+    if "," in tag:
+        return (
+            f"tag {tag!r} holds a comma: `run --tags` and JOB_PROCESSOR_WORKER_TAGS split tags "
+            "at commas, so no worker started that way would match it; a job has one tag (a "
+            "worker may have several: worker_tags=['main', 'reports'])"
+        )
+    return None
+
+
 def check_worker_tags(tags: Any) -> list[str] | None:
     """`worker_tags`: None (every job), or a non-empty list of non-empty strings."""
     if tags is None:
@@ -134,6 +152,9 @@ def check_worker_tags(tags: Any) -> list[str] | None:
                 f"worker_tags entries must be non-empty strings (a job's tag is one), got "
                 f"{tag!r} in {list(tags)!r}"
             )
+        problem = tag_problem(tag)
+        if problem is not None:
+            raise InvalidDefinitionError(f"worker_tags entries: {problem}")
     return list(tags)
 
 
