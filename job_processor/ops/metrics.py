@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import dataclasses
 import datetime as dt
 import threading
@@ -291,13 +292,38 @@ def _limit_families(limits: list[dict[str, Any]]) -> Iterator[Metric]:
     yield keys
 
 
+class WithoutCreated(Collector):
+    """The families of `registry` without their `_created` samples: prometheus_client adds
+    one (the time each labelled child was made) to every counter and histogram, served as a
+    `<name>_created` gauge family in the text format, one series per name and label set
+    beside each counter's (not in the documented series, docs/operations.md). OpenMetrics
+    makes them optional; Prometheus' increase() and rate() do not read them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.inner = registry
+
+    def describe(self) -> list[Metric]:
+        return list(self.inner.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            kept = [s for s in family.samples if not s.name.endswith("_created")]
+            if len(kept) != len(family.samples):
+                family = copy.copy(family)
+                family.samples = kept
+            yield family
+
+
 class Metrics:
     """Prometheus series of one process in their own registry (`self.registry`). It is a
     telemetry observer: attach it with `enable(processor)`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        # the counters and histograms live in a registry of their own, served through
+        # `WithoutCreated` (no `<name>_created` series: see there)
+        r = CollectorRegistry()
+        self.registry.register(WithoutCreated(r))
         self.ended = Counter(
             "job_processor_jobs_ended",
             "Runs this process ended, by name and final status (finished, errored, killed)",
