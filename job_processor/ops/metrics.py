@@ -163,18 +163,19 @@ class DatabaseCollector(Collector):
         if threading.get_ident() != self._loop_thread:
             # a scrape from the HTTP server's thread: compute on the processor's loop; when it
             # cannot (the loop is blocked past the budget, or no longer runs), the last values
-            # are served marked as such (`job_processor_scrape_timeout` 1), never as fresh
-            fresh = False
+            # are served marked as such (`job_processor_scrape_timeout` 1), never as fresh;
+            # a fresh read is served as read (a concurrent scrape's may land meanwhile)
+            read: Snapshot | None = None
             if self.loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
                 try:
-                    future.result(timeout=self.budget + 1)
-                    fresh = True
+                    read = future.result(timeout=self.budget + 1)
                 except Exception:
                     future.cancel()
-            if not fresh:
-                yield from self._families(dataclasses.replace(self.snapshot, timed_out=True))
-                return
+            if read is None:
+                read = dataclasses.replace(self.snapshot, timed_out=True)
+            yield from self._families(read)
+            return
         # on the loop's own thread (a `generate_latest` of the user's own): the last values
         yield from self._families(self.snapshot)
 

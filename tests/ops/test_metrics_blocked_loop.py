@@ -46,3 +46,31 @@ async def test_a_scrape_that_could_not_read_the_database_says_so(db: Any) -> Non
     pending = got.get(("job_processor_jobs", (("name", "ok"), ("status", "pending"))))
     timed_out = got[("job_processor_scrape_timeout", ())]
     assert pending is None and timed_out == 1, (pending, timed_out)
+
+
+async def test_a_scrape_serves_the_gauges_it_read_not_a_concurrent_scrapes(db: Any) -> None:
+    """Two scrapes at once from the metrics server's threads (two Prometheus replicas): each
+    read the gauges on the loop, then served `self.snapshot`, whichever refresh landed last,
+    e.g. the other one's, cut short by its budget (`job_processor_scrape_timeout 1`, partial
+    values) while its own read was whole."""
+    p = await make(db, {"ok": JobDef(handler=ok)})
+    await p.schedule_job("ok", {})
+    m = metrics.enable(p, budget=5)
+    assert m.database is not None
+    collector = m.database
+    read = collector.refresh
+
+    async def then_another_lands() -> metrics.Snapshot:
+        snap = await read()
+        collector.snapshot = metrics.Snapshot(timed_out=True)  # the other scrape's, partial
+        return snap
+
+    collector.refresh = then_another_lands  # type: ignore[method-assign]
+    server = metrics.serve(m, port=0)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        got = samples(await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode()))
+    finally:
+        server.close()
+    assert got[("job_processor_scrape_timeout", ())] == 0
+    assert got[("job_processor_jobs", (("name", "ok"), ("status", "pending")))] == 1
