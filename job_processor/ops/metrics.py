@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -54,8 +53,10 @@ from ..storage import Storage
 
 S = JobStatus
 Doc = dict[str, Any]
-#: `Content-Type` of `render()`'s body.
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: `Content-Type` of `render()`'s body: the text format 0.0.4, which `generate_latest` makes
+#: (what prometheus_client's own server, `serve()`, announces for it; its CONTENT_TYPE_LATEST
+#: is `version=1.0.0` since 0.26, the UTF-8 names format).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Seconds: runs from 50 ms to an hour; start delays from 10 ms to 30 min.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800)

@@ -774,6 +774,7 @@ async def test_mounted_under_a_prefix_links_and_redirects_stay_inside(processor:
         metrics = await c.get("/jobs/metrics")
         assert metrics.status_code == 200
         assert 'job_processor_jobs{name="send-email"' in metrics.text
+        assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         # the JSON API under the prefix: its errors are JSON, naming the mounted paths
         bad = await c.get("/jobs/api/jobs/nope")
         assert bad.status_code == 400 and "not a job id" in bad.json()["error"]

@@ -517,3 +517,29 @@ async def test_every_series_served_is_documented_and_none_is_a_created_timestamp
     created = [line for line in openmetrics.splitlines() if "_created{" in line]
     assert created == [], created[:3]
     assert 'job_processor_jobs_ended_total{name="ok",status="finished"} 1.0' in openmetrics
+
+
+async def test_render_s_content_type_names_the_format_of_its_text(db: Any) -> None:
+    """render() makes the 0.0.4 text (prometheus_client's generate_latest, names escaped to
+    underscores), but CONTENT_TYPE was prometheus_client's CONTENT_TYPE_LATEST, which became
+    `version=1.0.0` (the UTF-8 names format, whose escaping it did not say) in 0.26: the
+    dashboard's /metrics announced a format other than the one it served, and other than
+    `serve()` (prometheus_client's own server) announces for the same text."""
+    processor = await make(db, JOBS)
+    m = metrics.enable(processor)
+    served = metrics.serve(m, port=0)
+    try:
+
+        def fetch() -> str:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{served.port}/metrics",
+                headers={"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(response.headers["Content-Type"])
+
+        theirs = await asyncio.to_thread(fetch)
+    finally:
+        served.close()
+    assert theirs == "text/plain; version=0.0.4; charset=utf-8"
+    assert theirs == metrics.CONTENT_TYPE
