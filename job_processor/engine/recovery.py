@@ -267,9 +267,10 @@ class Recovery:
         """Jobs other programs inserted, every five minutes: those under a name no worker
         defines (none in the registry, nor here) are errored with the reason once
         `unknown_name_grace` has passed (time for a rolling deploy to start the workers that
-        define a new job), and those whose due time can never come are errored with the
-        reason; an on_job_exited owed that long by a job of such a name is given up (recorded
-        as failed, saying why)."""
+        define a new job), and those of the names this process defines whose due time can
+        never come are errored with the reason (and their `keep_failed`); an on_job_exited
+        owed that long by a job of such a name is given up (recorded as failed, saying
+        why)."""
         known = {str(d["_id"]) for d in await self.storage.definitions.all()}
         known |= set(self.definitions)
         grace = dt.timedelta(seconds=self.worker.settings.unknown_name_grace)
@@ -281,7 +282,9 @@ class Recovery:
         if hooks:  # e.g. a typo's job killed from the CLI: its hook would hold it for ever
             self.log.warning("unknown_hooks_given_up", count=hooks, by=self.worker.worker_id)
         minute = now - dt.timedelta(minutes=1)  # a program inserting in two steps has finished
-        undue = await self.storage.jobs.error_undue(sorted(known), minute, now)
+        # of the names defined here: errored with their retention (a name another worker
+        # defines is left to its pass, which knows it: errored here, it would be kept for ever)
+        undue = await self.storage.jobs.error_undue(sorted(self.definitions), minute, now)
         if undue:
             self.log.warning("undue_jobs_errored", count=undue, by=self.worker.worker_id)
         return errored + undue

@@ -394,3 +394,27 @@ async def test_an_unknown_name_job_with_a_numeric_id_is_errored(db: Any, own_id:
     errored = await worker.recovery.error_unknown_names(dt.datetime.now(dt.UTC))
     doc = await jobs.find_one({"_id": own_id})
     assert doc is not None and doc.get("status") == "errored", (errored, doc)
+
+
+async def test_a_never_due_job_is_errored_with_the_retention_of_its_name(db: Any) -> None:
+    """A `due_ms` another program got wrong, under a name another worker defines (its own
+    service, with `keep_failed` of an hour): the pass of a worker that knows the name from
+    the registry only errored it first, without an expiry (it does not know the retention),
+    and nothing gives one later: kept for ever (scale.md: such jobs "follow their name's
+    keep_failed"). A worker errors such jobs of the names it defines: the name's own
+    worker does, with its retention."""
+    owner = await make(db, {"report": JobDef(handler=send, keep_failed=dt.timedelta(hours=1))})
+    await owner.heartbeat.register()  # its definitions in the registry
+    other = await make(db, {"send-email": JobDef(handler=send)})
+    now = dt.datetime.now(dt.UTC)
+    coll = db["job_processor_jobs"]
+    stray = {"name": "report", "claim_name": "report", "payload": {}, "due_ms": "now"}
+    stray["_id"] = ObjectId.from_datetime(now - dt.timedelta(minutes=5))
+    await coll.insert_one(stray)
+    await other.recovery.error_unknown_names(now)  # the first of their 5-minute passes
+    await owner.recovery.error_unknown_names(now)
+    job = await owner.get_job(str(stray["_id"]))
+    assert job.status == S.ERRORED
+    assert job.error is not None and "due_ms is 'now' (str)" in job.error
+    assert job.ended_at is not None and job.expires_at is not None, job.expires_at
+    assert job.expires_at - job.ended_at == dt.timedelta(hours=1)
