@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
+from ..core.clock import iso_utc
 from ..core.commands import command
 from ..core.errors import DatabaseUnreachableError, JobProcessorError
 from ..core.masking import DEFAULT_SENSITIVE_FIELDS, Masker, mask_job, visible
@@ -81,7 +82,13 @@ async def warn_if_empty(db: Any, prefix: str) -> None:
 
 
 def emit_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    """A `--json` output: its dates (a model's, `to_jsonable`'s, or one given as it is) as
+    `iso_utc` writes them, UTC ending in Z."""
+    print(json.dumps(value, indent=2, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    return iso_utc(value) if isinstance(value, dt.datetime) else str(value)
 
 
 def when(value: dt.datetime | None) -> str:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ..core.clock import iso_utc
 from ..core.models import Job
 from ..core.runs import run_outcome, runs_summary
 from ..core.status import TERMINAL
@@ -214,8 +215,7 @@ def shown_time(value: Any) -> Any:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
             value = parsed if parsed.tzinfo is not None else value
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
-        return text.replace("+00:00", "Z")
+        return iso_utc(value, "milliseconds")
     return value
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from ..core.clock import iso_utc
 from ..core.errors import DatabaseUnreachableError, did_you_mean
 from ..engine.runtime import Runtime
 from ..engine.signals import stop_on_signals, unless_set
@@ -196,8 +197,7 @@ class StdlibFormatter(logging.Formatter):
         self.json_lines = json_lines
 
     def format(self, record: logging.LogRecord) -> str:
-        at = dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="microseconds")
-        timestamp = at.replace("+00:00", "Z")
+        timestamp = iso_utc(dt.datetime.fromtimestamp(record.created, dt.UTC), "microseconds")
         event, fields = getattr(record, "event", None), getattr(record, "fields", None)
         extras = _extras(record)
         if not self.json_lines:

@@ -167,6 +167,24 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def iso_utc(value: dt.datetime, timespec: str = "auto") -> str:
+    """A date as every JSON output writes one (pydantic writes the models' own dates so): ISO
+    8601 in UTC ending in Z, e.g. 2030-01-31T09:00:00.123000Z; a naive one is taken as UTC."""
+    return as_utc(value).isoformat(timespec=timespec).removesuffix("+00:00") + "Z"
+
+
+def utc_text(value: Any) -> Any:
+    """A date kept as text (a webhook attempt's `at`, "...+00:00" as written before) as
+    `iso_utc` writes it; any other value, and a text that is no date with a zone, as it is."""
+    if not isinstance(value, str) or len(value) < 19 or value[10:11] not in ("T", "t", " "):
+        return value
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return value if parsed.tzinfo is None else iso_utc(parsed)
+
+
 def check_window(
     start: dt.datetime | None, end: dt.datetime | None, start_name: str, end_name: str
 ) -> None:

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FieldSerializationInfo,
     PrivateAttr,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -29,13 +30,14 @@ from pydantic import (
 from typing_extensions import TypeVar
 
 from .errors import InvalidArgumentError, JobLostError
+from .event_documents import WEBHOOK_JOB
 from .notes import JobLogger, NoteSink
 from .reports import Delivery as Delivery
 from .reports import ProcessorStatus as ProcessorStatus
 from .reports import SubscriberInfo as SubscriberInfo
 from .reports import Target as Target
 from .reports import WorkerInfo as WorkerInfo
-from .reports import aware_utc, from_document, jsonable_inside
+from .reports import attempt_in_utc, aware_utc, from_document, jsonable_inside
 from .reports import to_jsonable as to_jsonable
 from .runs import with_last_run
 from .status import HOOKED, JobStatus
@@ -287,8 +289,20 @@ class Job(BaseModel, Generic[PayloadT]):
         return doc
 
     @field_serializer("payload", "state", "history", "invalid_fields", when_used="json")
-    def _json_values(self, value: Any) -> Any:
-        return to_jsonable(value)
+    def _json_values(self, value: Any, info: FieldSerializationInfo) -> Any:
+        shown = to_jsonable(value)
+        if info.field_name == "state" and self.name == WEBHOOK_JOB and isinstance(shown, dict):
+            attempts = shown.get("attempts")  # its HTTP attempts, their `at` kept as text
+            if isinstance(attempts, list):
+                shown["attempts"] = [attempt_in_utc(a) for a in attempts]
+        return shown
+
+    @field_serializer("output", mode="wrap", when_used="json")
+    def _json_output(self, value: Any, handler: SerializerFunctionWrapHandler) -> Any:
+        shown = handler(value)
+        if self.name == WEBHOOK_JOB and isinstance(shown, dict):  # its last HTTP attempt
+            shown["result"] = attempt_in_utc(shown.get("result"))
+        return shown
 
     @field_serializer("progress", "logs", when_used="json")
     def _json_notes(self, value: Any) -> Any:

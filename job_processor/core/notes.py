@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import bson
 
+from .clock import iso_utc
 from .errors import InvalidArgumentError
 from .values import fits_int64, is_utf8
 
@@ -318,8 +319,8 @@ def _shown(value: Any, depth: int = 0, within: frozenset[int] = frozenset()) -> 
             return [_shown(v, depth + 1, inner) for v in value]
         except Exception:  # one that fails to iterate (a closed shelf): its text, or its type
             return storable_text(_cut(_text(value)))
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
+    if isinstance(value, dt.datetime):  # as the JSON outputs write dates; naive: zone unknown
+        return value.isoformat() if value.tzinfo is None else iso_utc(value)
     return storable_text(_cut(_text(value)))
 
 

@@ -28,21 +28,24 @@ from bson import (
 )
 from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
 
-from .clock import as_utc
+from .clock import as_utc, iso_utc, utc_text
 from .definitions import Mode
 from .status import JobStatus
 
 S = JobStatus
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any, *, dates: Literal["Z", "+00:00"] = "Z") -> Any:
     """BSON values that JSON has no type for, made JSON-friendly: ObjectId and UUID as text,
-    bytes as base64, Decimal128 as text, datetimes as ISO 8601 (aware UTC), any other BSON value
-    (a regular expression, a timestamp, MinKey, a DBRef, code) as Extended JSON."""
+    bytes as base64, Decimal128 as text, datetimes as ISO 8601 in UTC ending in Z (`iso_utc`,
+    as the models write their own dates), any other BSON value (a regular expression, a
+    timestamp, MinKey, a DBRef, code) as Extended JSON. `dates="+00:00"`: datetimes end in
+    +00:00 instead (webhook bodies: what receivers have always been sent, which Python before
+    3.11 reads with `fromisoformat`)."""
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v, dates=dates) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, dates=dates) for v in value]
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, ObjectId | uuid.UUID):
@@ -52,7 +55,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Decimal128 | Decimal):
         return str(value)
     if isinstance(value, dt.datetime):
-        return as_utc(value).isoformat()
+        return iso_utc(value) if dates == "Z" else as_utc(value).isoformat()
     if isinstance(value, _OTHER_BSON):  # as MongoDB's (relaxed) Extended JSON writes it
         return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
     return value
@@ -137,9 +140,14 @@ class Delivery(BaseModel):
     """The delivery job's on_job_exited record ("owed" until a serial chain's next step is
     written)."""
 
-    @field_serializer("result", "attempts", when_used="json")
-    def _json(self, value: Any) -> Any:
-        return to_jsonable(value)
+    @field_serializer("result", when_used="json")
+    def _json_result(self, value: Any) -> Any:
+        shown = to_jsonable(value)
+        return attempt_in_utc(shown) if self.kind == "webhook" else shown
+
+    @field_serializer("attempts", when_used="json")
+    def _json_attempts(self, value: list[dict[str, Any]]) -> Any:
+        return [attempt_in_utc(a) for a in to_jsonable(value)]
 
     @classmethod
     def of_job(cls, doc: Mapping[str, Any]) -> Delivery:
@@ -181,6 +189,15 @@ class Delivery(BaseModel):
             mode=target.mode,
             status=status,
         )
+
+
+def attempt_in_utc(record: Any) -> Any:
+    """A webhook attempt's record (in its delivery job's state, and its result) as the JSON
+    outputs show it: its `at`, kept as text, written as `iso_utc` writes a date (records
+    stored before it was ended "+00:00")."""
+    if isinstance(record, dict) and "at" in record:
+        return record | {"at": utc_text(record["at"])}
+    return record
 
 
 class SubscriberInfo(BaseModel):

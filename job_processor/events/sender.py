@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from ..core import event_documents as E
 from ..core.abort import AbortSignal
-from ..core.clock import Clock
+from ..core.clock import Clock, iso_utc
 from ..core.errors import DoNotRetry, InvalidArgumentError, RetryLater
 from ..core.lenient import texts
 from ..core.log import EventLog
@@ -169,7 +169,7 @@ class WebhookSender:
         raise WebhookError(message)
 
     def _now(self) -> str:
-        return self.clock.now().isoformat()
+        return iso_utc(self.clock.now())  # kept as text, written as the JSON outputs write dates
 
     def _request(
         self, endpoint: WebhookEndpoint, event: Event

@@ -29,12 +29,12 @@ import json
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from bson import ObjectId
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..core.clock import Clock, as_utc
+from ..core.clock import Clock, as_utc, iso_utc
 from ..core.definitions import Backoff, Checked, check_event_name, not_a_bool
 from ..core.errors import (
     InvalidArgumentError,
@@ -383,12 +383,19 @@ Format = Callable[["Event", WebhookEndpoint], Any]
 
 
 def standard_format(event: Event, endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """The Standard Webhooks payload shape: type, timestamp (the event's), data."""
+    """The Standard Webhooks payload shape: type, timestamp (the event's), data (its dates
+    end in +00:00, as receivers have always been sent them: see `encode_body`)."""
     return {
         "type": event.name,
-        "timestamp": as_utc(event.emitted_at).isoformat().replace("+00:00", "Z"),
-        "data": to_jsonable(event.payload),
+        "timestamp": iso_utc(event.emitted_at),
+        "data": to_jsonable(event.payload, dates=WEBHOOK_DATES),
     }
+
+
+#: How a webhook body writes the datetimes of its data: "+00:00", as it always has (a receiver
+#: on Python before 3.11 reads that with `fromisoformat`, not a "Z"); the JSON outputs of the CLI
+#: and the dashboard write "Z".
+WEBHOOK_DATES: Literal["+00:00"] = "+00:00"
 
 
 def encode_body(value: Any) -> bytes:
@@ -397,7 +404,10 @@ def encode_body(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
     dumped = json.dumps(
-        to_jsonable(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        to_jsonable(value, dates=WEBHOOK_DATES),
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
     )
     return dumped.encode()
 

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
-from ..core.clock import Clock, SystemClock, as_utc
+from ..core.clock import Clock, SystemClock, as_utc, iso_utc
 from ..core.coverage import DEFAULT_WORKER_TIMEOUT, recorded_timeout
 from ..core.errors import DatabaseUnreachableError, InvalidDatabaseError
 from ..storage import Storage
@@ -109,7 +109,7 @@ async def check(
         "hostname": best.get("hostname"),
         "instance_id": best.get("instance_id"),
         "pid": best.get("pid"),
-        "last_seen": as_utc(best["last_seen"]).isoformat(),
+        "last_seen": iso_utc(best["last_seen"]),
         "age_seconds": round(age, 3),
         "stuck_threads": _count(best.get("stuck_threads")),
         "crashed": best.get("crashed"),

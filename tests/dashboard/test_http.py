@@ -669,6 +669,22 @@ async def test_bson_values_another_program_wrote_in_progress_logs_or_output_are_
     assert api["progress"]["batch"] == str(ref) and api["logs"][0]["doc"] == str(ref)
 
 
+async def test_the_json_api_writes_every_date_in_utc_with_a_z(processor: Any) -> None:
+    """/api/jobs and /api/jobs/{id} share the CLI's JSON: a job's history and the dates in its
+    payload were written "...+00:00" where its own fields end in Z."""
+    p, _ = processor
+    when = dt.datetime(2030, 1, 31, 9, 0, tzinfo=dt.UTC)
+    job_id = await failed_email(p, when=when)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        answers = [await c.get(path) for path in (f"/api/jobs/{job_id}", "/api/jobs")]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert not [a.text for a in answers if "+00:00" in a.text]
+    job = answers[0].json()
+    assert job["payload"]["when"] == "2030-01-31T09:00:00Z"
+    assert job["history"][0]["started_at"].endswith("Z") and job["created_at"].endswith("Z")
+
+
 async def test_a_forged_flash_cookie_is_ignored(processor: Any) -> None:
     """A page of the same site (another port of the host, a sibling subdomain) can set the
     dashboard's cookies: a flash cookie it made is shown as text or ignored, never a 500 on

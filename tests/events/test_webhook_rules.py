@@ -14,7 +14,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from job_processor import Subscriber
 from job_processor.core.definitions import parse_subscribers
 from job_processor.core.errors import InvalidArgumentError, InvalidDefinitionError
-from job_processor.core.models import Event
+from job_processor.core.models import Event, to_jsonable
 from job_processor.events.webhooks import (
     Decision,
     WebhookEndpoint,
@@ -141,6 +141,24 @@ def test_the_standard_format() -> None:
         "timestamp": "2030-01-01T12:00:00Z",
         "data": {"at": "2030-01-01T12:00:00+00:00", "n": 1},
     }
+
+
+def test_webhook_bodies_keep_their_dates_as_receivers_have_always_had_them() -> None:
+    """The CLI's and the dashboard's JSON write dates with a Z; a webhook body does not change:
+    its data's dates end in +00:00 (a receiver on Python before 3.11 reads them with
+    fromisoformat), in the standard format and in a format of the app's own."""
+    event = Event(id="65f0c0ffee0000000000abcd", name="shipped", payload={}, emitted_at=NOW)
+    own = {"at": NOW, "runs": [{"ended": NOW + dt.timedelta(microseconds=123000)}]}
+    assert json.loads(encode_body(own)) == {
+        "at": "2030-01-01T12:00:00+00:00",
+        "runs": [{"ended": "2030-01-01T12:00:00.123000+00:00"}],
+    }
+    assert to_jsonable(own)["at"] == "2030-01-01T12:00:00Z"  # what the JSON outputs show
+    endpoint = WebhookEndpoint(id="e", url="http://x", events=["*"])
+    body = json.loads(
+        encode_body(standard_format(event.model_copy(update={"payload": own}), endpoint))
+    )
+    assert body["data"]["at"] == "2030-01-01T12:00:00+00:00"
 
 
 async def handler(event: Any, signal: Any) -> None:

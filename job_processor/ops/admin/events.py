@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from ...core.clock import iso_utc
 from ...core.errors import InvalidArgumentError
 from ...events import queries as ev
 from .base import AdminBase
@@ -78,7 +79,7 @@ class EventsAdmin(AdminBase):
             webhook_attempts=webhook_attempts,
             clock=self.clock,
         )
-        window = {"name": name, "since": lo.isoformat(), "until": hi.isoformat() if hi else ""}
+        window = {"name": name, "since": iso_utc(lo), "until": iso_utc(hi) if hi else ""}
         nothing = (
             f"nothing to deliver to: no event named {name!r} in the window, or no subscriber "
             "registered for it now and no enabled webhook endpoint listening to it"

@@ -17,7 +17,7 @@ import bson
 from bson import Decimal128, ObjectId
 
 from ...core import documents as D
-from ...core.clock import to_millis
+from ...core.clock import iso_utc, to_millis
 from ...core.errors import (
     InvalidArgumentError,
     InvalidDefinitionError,
@@ -286,5 +286,5 @@ def describe_query(query: JobQuery) -> dict[str, Any]:
     for field in ("created_after", "created_before"):
         value = getattr(query, field)
         if value is not None:
-            out[field] = value.isoformat()
+            out[field] = iso_utc(value)
     return out

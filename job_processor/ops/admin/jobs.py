@@ -13,6 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from ...core import documents as D
 from ...core import flows as F
 from ...core import foreign as FD
+from ...core.clock import iso_utc
 from ...core.commands import command
 from ...core.errors import InvalidArgumentError, InvalidPayloadError, JobNotFoundError
 from ...core.limit_keys import fill_limit_key
@@ -426,7 +427,7 @@ class JobsAdmin(AdminBase):
         cutoff = result.at - age
         detail: dict[str, Any] = {
             "status": wanted.value,
-            "ended_before": cutoff.isoformat(),
+            "ended_before": iso_utc(cutoff),
             "name": name or "",
         }
         result.detail |= detail  # said in the record of a purge the reads below interrupt
