@@ -539,6 +539,10 @@ class _Taker:
         clock in big steps."""
         return bool(worker_id) and worker_id == self.worker_id
 
+    def claim_bound(self) -> float | None:
+        """No lease: the driver's own timeouts bound its claims."""
+        return None
+
     def wake_at(self, when: dt.datetime) -> None:
         """Kept for run_until_idle, which moves the clock to it (a per-value limit's keys
         found rate-full from their documents are not in the limiter's `blocked`)."""

@@ -67,6 +67,7 @@ class Heartbeat:
         before and landed after would otherwise keep the id, with its jobs left running)."""
         worker.trusted = self.trusted
         worker.claimable = self.claimable
+        worker.lease_left = self.lease_left
         worker.claims.release = self._release_unstarted
         self._stuck_written = 0
         """The count of stuck plain-def calls on the worker document (`engine.threads`)."""

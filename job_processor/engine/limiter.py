@@ -39,7 +39,7 @@ from ..core.limits import EMPTY, check_limits, plan, running, stored_number
 from ..core.log import EventLog
 from ..core.protocols import ClaimingWorker
 from ..storage import Storage
-from ..storage.transient import describe
+from ..storage.transient import describe, driver_bound
 
 Doc = dict[str, Any]
 
@@ -195,9 +195,10 @@ class Limiter:
                 ids = [D.new_id() for _ in docs]
                 if not worker.may_claim(me):
                     return claimed
-                granted, retry_at = await self.storage.limits.acquire(
-                    limit.for_key(key), ids, me, worker.clock.now, limit.key
-                )
+                with driver_bound(worker.claim_bound()):
+                    granted, retry_at = await self.storage.limits.acquire(
+                        limit.for_key(key), ids, me, worker.clock.now, limit.key
+                    )
                 if len(granted) < len(docs):  # full now: left out of the next round
                     self._block(worker, key, retry_at, now)
                     self.template_of[key] = limit.key
@@ -206,7 +207,13 @@ class Limiter:
                     got = None
                     if worker.may_claim(me):
                         got = await self.storage.jobs.claim_next(
-                            names, me, now, run_id=run_id, limit_key=key, only=doc["_id"]
+                            names,
+                            me,
+                            now,
+                            run_id=run_id,
+                            limit_key=key,
+                            only=doc["_id"],
+                            bound=worker.claim_bound(),
                         )
                     if got is None:  # another worker took it meanwhile, or this one gave up me
                         await self.storage.limits.release(key, run_id, started=False)
@@ -264,7 +271,8 @@ class Limiter:
         ids = [D.new_id() for _ in range(due)]
         if not worker.may_claim(me):
             return 0
-        granted, retry_at = await self.storage.limits.acquire(limit, ids, me, worker.clock.now)
+        with driver_bound(worker.claim_bound()):
+            granted, retry_at = await self.storage.limits.acquire(limit, ids, me, worker.clock.now)
         now = worker.clock.now()
         if not granted:
             self._block(worker, limit.key, retry_at, now)
@@ -274,7 +282,7 @@ class Limiter:
             if not worker.may_claim(me):
                 break
             doc = await self.storage.jobs.claim_next(
-                names, me, now, run_id=run_id, limit_key=limit.key
+                names, me, now, run_id=run_id, limit_key=limit.key, bound=worker.claim_bound()
             )
             if doc is None:
                 break

@@ -120,6 +120,8 @@ class Worker:
         self.claimable: Callable[[], bool] = lambda: True
         """`trusted` with a margin before the lease's end (`Heartbeat.claimable`): what claims
         and starts go by."""
+        self.lease_left: Callable[[], float] = lambda: settings.worker_timeout
+        """Set by the heartbeat: seconds until others may declare this worker dead."""
         self.loop_blocked: Callable[[], str | None] = lambda: None
         """Set by the heartbeat: why runs were probably lost ("event loop blocked for N s:
         heartbeat missed"), said by `job_lost` and `job_abandoned`; None if nothing explains it."""
@@ -243,6 +245,12 @@ class Worker:
     def may_claim(self, worker_id: str) -> bool:
         return bool(worker_id) and worker_id == self.worker_id and self.claimable()
 
+    def claim_bound(self) -> float:
+        """Seconds a claim's commands may take: until the lease ends (a second at least, as a
+        stop waits for the claim loop), the driver's own bound too (a claim a stop cut short
+        was sent later by Motor's thread, once MongoDB was back: `storage.driver_bound`)."""
+        return max(self.lease_left(), 1.0)
+
     def start_claimed(self, doc: Doc) -> bool:
         """Start a job the claim loop took; False when it is not started (see `trusted`), nor
         once a stop has begun (a claim whose reply came after stop(): no new run starts)."""
@@ -272,7 +280,11 @@ class Worker:
         if not names or not self.may_claim(me) or self.stopping.is_set():
             return None
         doc = await self.jobs.claim_next(
-            names, me, self.clock.now(), budget=self.settings.worker_timeout
+            names,
+            me,
+            self.clock.now(),
+            budget=self.settings.worker_timeout,
+            bound=self.claim_bound(),
         )
         return doc if doc is not None and self.start_claimed(doc) else None
 
@@ -315,6 +327,7 @@ class Worker:
                     self.clock.now(),
                     free - 1,
                     budget=self.settings.worker_timeout,
+                    bound=self.claim_bound(),
                 )
                 got += sum(self.start_claimed(other) for other in more)
             self._backlog = True

@@ -43,7 +43,7 @@ from .job_hooks import HookRecords
 from .job_inserts import JobInserts
 from .job_reads import JobReads
 from .job_strays import TYPE_MISMATCH, ForeignJobs
-from .transient import TRANSIENT, WriteStop, ride_out
+from .transient import TRANSIENT, WriteStop, driver_bound, ride_out
 
 #: A claim that raised one of these may have landed: read back by its run id.
 MAY_HAVE_LANDED: tuple[type[BaseException], ...] = (*TRANSIENT, WriteConcernError)
@@ -219,10 +219,13 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
         limit_key: str | None = None,
         budget: float = 30.0,
         only: ObjectId | None = None,
+        bound: float | None = None,
     ) -> Doc | None:
         """Atomically take the best due job among `names` (pending or paused); `only`: that
         job, if still claimable. A reply lost to a network error is read back by the claim's
-        run id (within `budget`); if that fails too, LostClaim says which run id may hold one."""
+        run id (within `budget`); if that fails too, LostClaim says which run id may hold one.
+        `bound`: seconds within which the driver sends the claim or gives it up (`driver_bound`:
+        the worker's lease), whoever waits for it."""
         update = D.claim_update(worker_id, now, run_id, limit_key)
         names = list(names)
         if only is None:
@@ -232,12 +235,13 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
             query = D.claim_filter(names, now) | {"_id": only}
         for _ in range(3):
             try:
-                result: Doc | None = await self.coll.find_one_and_update(
-                    query,
-                    update,
-                    sort=CLAIM_SORT,
-                    projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
-                )
+                with driver_bound(bound):  # the claim alone: a read-back has its own budget
+                    result: Doc | None = await self.coll.find_one_and_update(
+                        query,
+                        update,
+                        sort=CLAIM_SORT,
+                        projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
+                    )
             except MAY_HAVE_LANDED:  # it may have landed: read it back
                 found = await self._read_back(update["$set"]["run_id"], budget)
                 if found and found[0].get("name") not in names:  # claimed under another name:
@@ -264,13 +268,21 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
         return self.coll.find(D.claim_filter(names, now), {"logs": 0}).sort(CLAIM_SORT).limit(k)
 
     async def claim_more(
-        self, names: list[str], worker_id: str, now: dt.datetime, k: int, budget: float = 30.0
+        self,
+        names: list[str],
+        worker_id: str,
+        now: dt.datetime,
+        k: int,
+        budget: float = 30.0,
+        bound: float | None = None,
     ) -> list[Doc]:
         """Up to `k` more due jobs, in order, in two commands: find the best `k`, then claim
         those still claimable AND unchanged since (the same `end_id`: any write that makes a
         job claimable again sets a new one) with one update_many; they share its run id. Only
-        when another worker took some meanwhile are the ones claimed here read back."""
-        candidates = await all_docs(self.claim_more_cursor(names, now, k))
+        when another worker took some meanwhile are the ones claimed here read back. `bound`:
+        as for `claim_next`, over the two commands."""
+        with driver_bound(bound):
+            candidates = await all_docs(self.claim_more_cursor(names, now, k))
         unclaimable = [c for c in candidates if FD.uncountable(c)]
         if unclaimable:  # no claim could take these (another program wrote them): error them
             await self._error_uncountable_docs(unclaimable, now)
@@ -284,7 +296,8 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
         query = {"_id": {"$in": ids}, "end_id": {"$in": seen}} | D.claim_filter(names, now)
         mismatch = False
         try:
-            res = await self.coll.update_many(query, update)
+            with driver_bound(bound):
+                res = await self.coll.update_many(query, update)
         except MAY_HAVE_LANDED:  # it may have landed: take what carries our run id
             res = None
         except OperationFailure as exc:

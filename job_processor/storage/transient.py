@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pymongo
 from pymongo.errors import (
@@ -122,6 +122,17 @@ async def ride_out(
         # 3 s, 9.1 s of 10), failing a write whose outage ended within the budget
         await asyncio.sleep(max(min(delay, deadline - loop.time()), 0.0))
         delay = min(delay * 2, 2.0)
+
+
+def driver_bound(seconds: float | None) -> contextlib.AbstractContextManager[Any]:
+    """The driver's own client-side timeout (`pymongo.timeout`, at most COMMAND_BOUND) over the
+    commands made inside; None: none. What an asyncio timeout or a cancellation cuts short,
+    Motor goes on with on one of its threads, sending the command once a server answers (a
+    claim that a stop cut in an outage landed after it, once MongoDB was back): this ends that
+    thread's command too, as PyMongo's async client ends its own with the cut."""
+    if seconds is None:
+        return contextlib.nullcontext()
+    return pymongo.timeout(min(max(seconds, 0.001), COMMAND_BOUND))
 
 
 def is_transient(exc: BaseException) -> bool:

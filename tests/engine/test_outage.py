@@ -572,3 +572,66 @@ async def test_a_stop_during_an_outage_does_not_wait_out_a_sweep_under_way(
             restarted.stop()
     # what is left of the lease (at most `lease`), then a second at most per step
     assert took < 2 * lease, f"stop() took {took:.1f}s with worker_timeout={lease:g}"
+
+
+@pytest.mark.parametrize("driver", ["pymongo", "motor"])
+async def test_a_claim_cut_by_a_stop_in_an_outage_does_not_land_once_mongodb_is_back(
+    own_server: LocalServer, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    """runtime's stop: a claim still in flight when the lease ends (MongoDB unreachable) is
+    cut. With Motor the claim ran on one of its threads, which the cut does not stop: once
+    MongoDB was back (within the driver's serverSelectionTimeoutMS, 30 s by default) it
+    landed, the job `running` on the stopped worker, which other workers then recover as a
+    crashed run (an attempt used, errored when it had one) though it never ran; with PyMongo's
+    async client it stayed pending. Failing with Motor before its fix."""
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    kind: Any = AsyncMongoClient if driver == "pymongo" else AsyncIOMotorClient
+    client = kind(own_server.url, tz_aware=True)
+    jobs = {"n": JobDef(handler=never_runs)}
+    worker = await init_job_processor(
+        client["app"],
+        jobs=jobs,
+        poll_interval=60.0,  # idle until woken below
+        heartbeat_interval=1.0,
+        worker_timeout=3.0,
+        change_streams=False,
+    )
+    coll = worker.storage.jobs.coll
+    real = coll.find_one_and_update
+    armed, sent = False, asyncio.Event()
+
+    async def claim(*a: Any, **kw: Any) -> Any:
+        if not armed:  # found nothing, while the job is scheduled
+            return None
+        sent.set()
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(coll, "find_one_and_update", claim)
+    restarted = None
+    try:
+        producer = await init_job_processor(client["app"], jobs=jobs, producer_retry_seconds=0.5)
+        await worker.start()
+        job = await producer.schedule_job("n")
+        own_server.stop()
+        with pytest.raises(DatabaseUnreachableError):  # the client has seen the server go:
+            await producer.get_job(job.id)  # the claim waits to select one (not a closed socket)
+        armed = True
+        worker.worker.wake.set()  # its next claim, in the outage
+        await asyncio.wait_for(sent.wait(), 10)
+        await asyncio.wait_for(worker.stop(), 30)  # cuts the claim at the lease's end
+        restarted = start_local_server(own_server.data_dir, port=own_server.port)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3  # a claim left to a thread lands within ~1 s of the restart
+        while loop.time() < deadline:
+            found = await producer.get_job(job.id)
+            assert found.status == JobStatus.PENDING, (
+                f"the cut claim landed after the stop: {found.status} on {found.worker_id}"
+            )
+            await asyncio.sleep(0.2)
+    finally:
+        closed = client.close()
+        if hasattr(closed, "__await__"):
+            await closed
+        if restarted is not None:
+            restarted.stop()
