@@ -66,11 +66,15 @@ def run_outcome(entry: Mapping[str, Any]) -> str:
 def paused_before_claim(doc: Mapping[str, Any]) -> bool:
     """Whether the claimed job `doc` was `paused` when it was claimed (a resumable job paused
     by a graceful stop or a crash, or such a job put back unstarted since): its last run's
-    record, the last of `history`, says `paused`. The claim's reply leaves the status out, and
-    a claim read back after a lost reply is already `running`: the record tells either."""
+    record, the last of `history`, says `paused`, and the `output` that write left is still
+    there. The claim's reply leaves the status out, and a claim read back after a lost reply
+    is already `running`: the record tells either. A job killed while paused, then retried, is
+    `pending` though its last run's record says `paused` (a kill while paused is no run): the
+    retry removed its `output`, which every write that pauses a job sets."""
     history = doc.get("history")
     latest = history[-1] if isinstance(history, list) and history else None
-    return isinstance(latest, Mapping) and latest.get("status") == "paused"
+    paused = isinstance(latest, Mapping) and latest.get("status") == "paused"
+    return paused and doc.get("output") is not None
 
 
 def runs_summary(attempt: Any, failures: Any, max_attempts: Any, status: Any = None) -> str:

@@ -84,6 +84,25 @@ def test_a_paused_job_put_back_unstarted_is_paused_again() -> None:
         claimed = D.as_running(D.new_job("x", {}, now=NOW, resumable=True), "w", NOW)
         if before is not None:
             claimed["history"] = [{"attempt": 1, "status": before, "error": None}]
+            claimed["output"] = {"result": None, "duration_ms": 5}  # its last end's
         outcome = decide(claimed, Policy(resumable=True), put_back, NOW)
         assert (outcome.status, outcome.failures, outcome.started) == (after, 0, False), before
         assert run_outcome(D.history_entry(claimed, outcome, NOW)) == "not started"
+
+
+def test_a_job_retried_after_a_kill_while_paused_is_put_back_pending() -> None:
+    """A resumable job killed while paused, then retried (errored | killed -> pending): its
+    last run's record still says `paused` (the kill was no run), but it was `pending` when
+    claimed, so a claim put back unstarted leaves it `pending`."""
+    put_back = RunEnd(Ending.UNSTARTED, error="claimed while its worker was stopping: not run")
+    job = D.new_job("x", {}, now=NOW, resumable=True)
+    job["history"] = [{"attempt": 1, "status": "paused", "error": None}]
+    job["output"] = {"result": None, "error": None, "duration_ms": 5}  # the paused run's
+    killed = D.applied(job, D.kill_update(NOW, None))
+    retried = D.applied(killed, D.retry_update(killed | {"_id": 1}, NOW, exclusive=False))
+    claimed = D.as_running(retried, "w", NOW)
+    outcome = decide(claimed, Policy(resumable=True), put_back, NOW)
+    assert (outcome.status, outcome.failures, outcome.started) == ("pending", 0, False)
+    # a paused job claimed as it was is paused again
+    paused = D.as_running(job, "w", NOW)
+    assert decide(paused, Policy(resumable=True), put_back, NOW).status == "paused"

@@ -323,3 +323,38 @@ async def test_a_paused_job_claimed_while_the_worker_stops_is_put_back_paused(db
     [done] = await run_until_idle(after)
     assert (done.status, done.result, done.attempt) == (S.FINISHED, "indexed", 2)
     assert seen == [None, {"done": 5}]  # resumed from its checkpoint
+
+
+async def test_a_job_killed_while_paused_then_retried_is_put_back_pending(db: Any) -> None:
+    """A resumable job paused by a graceful stop, killed while paused, then retried by hand:
+    it is `pending` (its last run's record in `history` still says `paused`: a kill while
+    paused is no run). Claimed again and put back unstarted (the reply came once the stop
+    began), it is back as it was before that claim, `pending`, not `paused`."""
+    started = asyncio.Event()
+
+    async def index(job: Job, signal: AbortSignal) -> str:
+        if job.state is None:
+            await job.checkpoint({"done": 5})
+            started.set()
+            await signal.wait()
+        return "indexed"
+
+    jobs = {"index": JobDef(handler=index, resumable=True)}
+    p = await make(db, jobs, poll_interval=30, change_streams=False)
+    async with p:
+        job = await p.schedule_job("index")
+        await asyncio.wait_for(started.wait(), 10)
+    assert (await p.get_job(job.id)).status == S.PAUSED
+    assert (await p.kill_job(job.id)).status == S.KILLED  # killed while paused
+    retried = await p.retry_job(job.id)
+    assert retried.status == S.PENDING
+    landed, reply = await _held_claim(p)
+    await p.start()
+    await asyncio.wait_for(landed.wait(), 10)  # claimed again: running
+    stopping = asyncio.create_task(p.stop())
+    await wait_for(lambda: p.worker.stopping.is_set())
+    reply.set()  # the reply comes once the stop has begun: put back unstarted
+    await asyncio.wait_for(stopping, 20)
+    put_back = await p.get_job(job.id)
+    assert (put_back.status, put_back.failures) == (S.PENDING, 0)
+    assert run_outcome(put_back.history[-1]) == "not started"
