@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from bson import ObjectId
+from bson import Decimal128, ObjectId
 from pymongo import DESCENDING
 from pymongo.errors import DuplicateKeyError
 
@@ -90,6 +90,12 @@ class AuditStore:
             docs += await all_docs(cursor)
         return docs
 
+    async def holds_object_id(self, entry_id: ObjectId) -> bool:
+        """Whether an entry has this ObjectId as `_id` (as stored: nx-27017 also matches an
+        ObjectId's text kept as text)."""
+        doc = await self.coll.find_one({"_id": entry_id}, {"_id": 1})
+        return doc is not None and isinstance(doc["_id"], ObjectId)
+
     async def stored_id(self, text: str) -> Any:
         """The `_id` of the entry another program wrote that `text` names (an `AuditEntry.id`):
         the number it spells, else that text; None when no entry has it. As stored: nx-27017
@@ -107,8 +113,8 @@ def _kind(entry_id: Any) -> int:
     """Where an `_id` is in `_KINDS` (None: the first)."""
     if isinstance(entry_id, str):
         return 1
-    if isinstance(entry_id, int | float) and not isinstance(entry_id, bool):
-        return 2
+    if isinstance(entry_id, int | float | Decimal128) and not isinstance(entry_id, bool):
+        return 2  # a Decimal128 too: `$lt` compares it with every number (MongoDB)
     return 0
 
 

@@ -191,6 +191,36 @@ async def test_the_audit_pages_show_entries_with_numeric_ids_in_a_stable_order(d
             assert "is not an audit entry id" in refused.text
 
 
+async def test_audit_pages_end_on_a_text_id_of_24_hex_digits(db: Any) -> None:
+    """A page ending on an entry another program wrote with an ObjectId's text as its `_id`
+    (an id kept as text) went on among the ObjectIds below that value (the text read as one),
+    then every text id again: entries shown twice, the Older link never ending. Paged through,
+    each entry comes once."""
+    processor, _event, _endpoint = await every_kind(db)
+    app = create_dashboard(processor, auth=None)
+    admin = await app.state.dashboard.admin()
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    own = [{"_id": entry_id(at + dt.timedelta(seconds=i)), "at": at} for i in range(3)]
+    hand: list[Any] = [str(ObjectId()), "hand-1", "hand-2"]  # an ObjectId kept as text
+    numbers: list[Any] = [2.5, 1, 7]
+    await db["job_processor_audit"].insert_many(
+        [d | {"action": "own_fix"} for d in own]
+        + [{"_id": i, "action": "hand_fix"} for i in hand + numbers]
+    )
+    shown: list[str] = []
+    before = None
+    for _ in range(12):
+        page = await admin.audit_log(limit=2, before=before)
+        shown += [e.id for e in page]
+        if len(page) < 2:
+            break
+        before = page[-1].id
+    stored = [str(d["_id"]) async for d in db["job_processor_audit"].find({}, {"_id": 1})]
+    assert len(shown) == len(set(shown))  # each once
+    assert sorted(shown) == sorted(stored)
+    assert shown[-6:] == [*sorted(hand, reverse=True), "7", "2.5", "1"]
+
+
 async def test_a_progress_of_nothing_to_do_shows_its_total_of_0(db: Any) -> None:
     """report_progress(0, 0): the page read "100% · 0", the "/ 0" left out, as `jobs show`."""
     processor, _event, _endpoint = await every_kind(db)

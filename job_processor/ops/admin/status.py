@@ -159,6 +159,15 @@ class StatusAdmin(CronsAdmin):
         key: Any = None
         try:
             key = one_id(before) if before is not None and before != "" else None
+            if (
+                isinstance(before, str)
+                and key is not None
+                and not await self.storage.audit.holds_object_id(key)
+            ):
+                # no entry has that ObjectId: one another program wrote with its text as `_id`
+                # (an id kept as text) goes on among the text ids, not the ObjectIds
+                text = await self.storage.audit.stored_id(before)
+                key = key if text is None else text
         except InvalidArgumentError:  # its message speaks of job ids
             # an entry another program wrote with a text or numeric `_id`: the page goes on
             # from it (the ids of its kind below it, then those of the kinds listed after it)
