@@ -31,6 +31,7 @@ from ..core.settings import Settings
 from ..core.status import JobStatus
 from ..core.telemetry import Telemetry
 from ..storage import Storage
+from ..storage.compat import is_motor
 from ..storage.jobs import EndItem, LostClaim
 from ..storage.transient import TRANSIENT, describe, ride_out
 from . import sentry
@@ -78,6 +79,8 @@ class Worker:
     ) -> None:
         self.storage = storage
         self.jobs = storage.jobs
+        self._threaded = is_motor(storage.db)
+        """Motor runs each command on a thread that a cut does not stop (`claim_bound`)."""
         self.definitions = definitions
         self.names = eligible_names(definitions, worker_tags)
         self.clock = clock
@@ -245,11 +248,13 @@ class Worker:
     def may_claim(self, worker_id: str) -> bool:
         return bool(worker_id) and worker_id == self.worker_id and self.claimable()
 
-    def claim_bound(self) -> float:
-        """Seconds a claim's commands may take: until the lease ends (a second at least, as a
-        stop waits for the claim loop), the driver's own bound too (a claim a stop cut short
-        was sent later by Motor's thread, once MongoDB was back: `storage.driver_bound`)."""
-        return max(self.lease_left(), 1.0)
+    def claim_bound(self) -> float | None:
+        """Seconds a claim's commands may take on Motor: until the lease ends (a second at
+        least, as a stop waits for the claim loop), the driver's own bound (a claim a stop cut
+        short was sent later by Motor's thread, once MongoDB was back: `storage.driver_bound`).
+        None on PyMongo's async client, whose cut ends the command itself: no `maxTimeMS`
+        added to every claim (bytes on the hot path)."""
+        return max(self.lease_left(), 1.0) if self._threaded else None
 
     def start_claimed(self, doc: Doc) -> bool:
         """Start a job the claim loop took; False when it is not started (see `trusted`), nor

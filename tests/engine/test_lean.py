@@ -78,6 +78,7 @@ async def test_one_job_is_an_insert_a_projected_claim_and_a_final_update(
     assert not {"status", "worker_id", "run_id", "run_started_at"} & set(returned)
     assert returned["claim_name"] == "echo"  # a job named other than its claim name is errored
     assert len(claim["command"]["update"]["$set"]["run_id"]) < 24, "a short run id"
+    assert "maxTimeMS" not in claim["command"], "no driver bound on PyMongo (Motor's only)"
 
     finals = [
         u
