@@ -451,6 +451,32 @@ async def test_pause_resume_and_the_audit_log(env: Any) -> None:
     ]
 
 
+@pytest.mark.parametrize("action", ["pause", "resume"])
+async def test_a_pause_or_resume_an_outage_stops_after_its_write_is_in_the_audit_log(
+    env: Any, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """pause('email') saved the pause, then MongoDB stopped answering while the worker
+    documents were updated: the error went on and the audit log said nothing of a pause that
+    holds. As the job actions do, what was done is recorded with why (detail.interrupted)."""
+    admin, storage, _ = env
+    if action == "resume":
+        await admin.pause("email")
+
+    async def outage(name: str) -> None:
+        raise AutoReconnect("connection reset (test)")
+
+    where = "pause_everywhere" if action == "pause" else "resume_everywhere"
+    monkeypatch.setattr(admin.storage.workers, where, outage)
+    with pytest.raises(AutoReconnect):
+        await getattr(admin, action)("email")
+    monkeypatch.undo()
+    assert await storage.paused.names() == ({"email"} if action == "pause" else set())
+    entry = (await admin.storage.audit.recent())[0]
+    assert entry["action"] == f"name_{action}d" and entry["ids"] == ["email"]
+    assert entry["detail"]["name"] == "email"
+    assert "AutoReconnect" in entry["detail"]["interrupted"]
+
+
 async def test_pause_a_name_only_another_programs_jobs_have(env: Any) -> None:
     """A name only jobs another program inserted have (no status before their first claim,
     docs/scale.md) is listed by the overview with its queued jobs and a Pause button, and a

@@ -152,13 +152,18 @@ class NamesAdmin(AdminBase):
         if pause:
             # a registered name, or one jobs have (another program's too, with no status yet)
             await self._check_name(name)
-            changed = await self.storage.paused.pause(name, result.actor, result.at)
-        else:
-            changed = await self.storage.paused.resume(name)
-        await self._spread(name)
-        if changed:
-            result.changed.append(name)
-        else:
-            result.skipped[name] = "already paused" if pause else "not paused"
-        await self._record(result, {"name": name})
+        result.detail["name"] = name  # said in the record of an interrupted one too
+        # an outage (or Ctrl-C) after the write, while the workers are told, leaves the
+        # pause saved: what was done is recorded, with why, before the error goes on
+        async with self._acting(result):
+            if pause:
+                changed = await self.storage.paused.pause(name, result.actor, result.at)
+            else:
+                changed = await self.storage.paused.resume(name)
+            if changed:
+                result.changed.append(name)
+            else:
+                result.skipped[name] = "already paused" if pause else "not paused"
+            await self._spread(name)
+        await self._record(result)
         return result
