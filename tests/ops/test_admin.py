@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pydantic import BaseModel, ConfigDict
 from pymongo.errors import AutoReconnect
 
@@ -26,7 +27,7 @@ from job_processor.core.masking import redact
 from job_processor.core.outcome import Outcome
 from job_processor.core.status import JobStatus
 from job_processor.ops.admin import Admin
-from job_processor.ops.admin.inputs import decode_cursor, parse_duration, parse_time
+from job_processor.ops.admin.inputs import MAX_BULK, decode_cursor, parse_duration, parse_time
 from job_processor.storage import Storage, object_id
 from tests.helpers import FAST, make
 
@@ -1503,6 +1504,28 @@ async def test_an_id_or_name_of_the_wrong_type_is_refused_naming_the_field(
 async def test_get_jobs_of_an_empty_list_is_an_empty_list(db: Any) -> None:
     admin = await Admin.open(db)
     assert await admin.get_jobs([]) == []
+
+
+@pytest.mark.parametrize(
+    ("action", "instead"),
+    [("retry", "retry_many"), ("kill", "batches"), ("run_now", "batches"), ("delete", "purge")],
+)
+async def test_an_action_on_more_ids_than_max_bulk_is_refused_doing_nothing(
+    env: Any, action: str, instead: str
+) -> None:
+    """retry / kill / run_now / delete of a list of ids had no cap (MAX_BULK applied to
+    retry_many alone): each id a round trip, the audit entry keeping the first 1,000. More
+    than MAX_BULK is refused before anything is done, naming the argument and what to do."""
+    admin, storage, _ = env
+    later = await add(storage, scheduled_for=NOW + dt.timedelta(hours=3))
+    ids = [str(later["_id"])] + [str(ObjectId()) for _ in range(MAX_BULK)]
+    with pytest.raises(InvalidArgumentError) as raised:
+        await getattr(admin, action)(ids)
+    message = str(raised.value)
+    assert message.startswith(f"job_ids holds {MAX_BULK + 1:,} ids") and instead in message
+    assert (await admin.get_job(str(later["_id"]))).status == S.PENDING
+    assert await storage.audit.recent() == []
+    await getattr(admin, action)(ids[:3])  # fewer: taken
 
 
 async def test_kill_with_a_seen_attempt_kills_only_that_run(env: Any) -> None:

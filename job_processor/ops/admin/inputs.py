@@ -215,10 +215,15 @@ def limit_of(value: Any, field: str = "limit", most: int = MAX_LIMIT) -> int:
 
 
 def ids_of(
-    job_ids: str | ObjectId | Iterable[str | ObjectId], *, empty_ok: bool = False
+    job_ids: str | ObjectId | Iterable[str | ObjectId],
+    *,
+    empty_ok: bool = False,
+    most: int | None = None,
+    instead: str = "",
 ) -> list[ObjectId]:
     """Job ids as given: one (a str, an ObjectId, a Job) or an iterable of them (an empty one
-    refused unless `empty_ok`)."""
+    refused unless `empty_ok`). An action's ids (`most`: MAX_BULK) are refused past that many,
+    before anything is done, naming `instead` (what acts on more)."""
     given: Any = job_ids
     if isinstance(given, str | ObjectId | Job):
         items: list[Any] = [given]
@@ -237,7 +242,14 @@ def ids_of(
             out.append(object_id(item))
         except JobNotFoundError as exc:
             raise InvalidArgumentError(str(exc)) from None
-    return list(dict.fromkeys(out))  # an id given twice is acted on, and reported, once
+    unique = list(dict.fromkeys(out))  # an id given twice is acted on, and reported, once
+    if most is not None and len(unique) > most:
+        # each id is a round trip, and the audit entry lists the first 1,000 only
+        raise InvalidArgumentError(
+            f"job_ids holds {len(unique):,} ids: an action takes at most {most:,} (MAX_BULK); "
+            f"nothing was done: give them in batches of {most:,}{instead}"
+        )
+    return unique
 
 
 def one_id(job_id: str | ObjectId) -> ObjectId:

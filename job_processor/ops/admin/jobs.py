@@ -52,6 +52,13 @@ UNCOUNTED = (
 )
 
 
+#: What acts on more jobs than an action's ids may name (MAX_BULK), by a filter.
+_BY_FILTER = {
+    "retry": ", or retry them by a filter: retry_many(name=..., status=..., ...)",
+    "delete": ", or delete them by a filter: purge(status=..., older_than=..., name=...)",
+}
+
+
 class JobsAdmin(AdminBase):
     async def list_jobs(
         self,
@@ -133,13 +140,15 @@ class JobsAdmin(AdminBase):
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
         """errored | killed -> pending now, keeping history and checkpoint (attempts count
-        afresh). Action "jobs_retried"."""
+        afresh). At most MAX_BULK (10,000) ids, as for kill, run_now and delete: more are refused
+        before anything is done (retry_many retries by a filter). Action "jobs_retried"."""
         result = self._result("jobs_retried", actor)
         cache: dict[str, bool] = {}
         hookless = await self._hookless()
         names: set[str] = set()
+        oids = ids_of(job_ids, most=MAX_BULK, instead=_BY_FILTER["retry"])
         async with self._acting(result):
-            for oid in ids_of(job_ids):
+            for oid in oids:
                 await self._retry_one(oid, result, cache, hookless, names)
         await self._note_paused(result, names)
         await self._record(result)
@@ -279,7 +288,8 @@ class JobsAdmin(AdminBase):
         waiting on a killed job count it at once (skipped, errored or released by their policy).
         `seen_attempt`: the run the caller decided on (`job.attempt` as it was shown); a job
         that has started another since is skipped, saying so (in the kill's own filter: a
-        claim landing meanwhile is never killed in its place). Action "jobs_killed"."""
+        claim landing meanwhile is never killed in its place). At most MAX_BULK (10,000) ids.
+        Action "jobs_killed"."""
         if seen_attempt is not None and (
             not isinstance(seen_attempt, int)
             or isinstance(seen_attempt, bool)
@@ -292,8 +302,9 @@ class JobsAdmin(AdminBase):
             )
         result = self._result("jobs_killed", actor)
         requested: list[str] = []
+        oids = ids_of(job_ids, most=MAX_BULK)
         async with self._acting(result):
-            for oid in ids_of(job_ids):
+            for oid in oids:
                 try:
                     what, doc = await self.storage.jobs.kill(
                         oid, self.clock.now(), None, attempt=seen_attempt
@@ -324,11 +335,13 @@ class JobsAdmin(AdminBase):
         self, job_ids: str | Sequence[str], *, actor: str | None = None
     ) -> ActionResult:
         """A pending job scheduled for later becomes due now (its scheduled_for is set to now);
-        jobs already due or not pending are skipped. Action "jobs_run_now"."""
+        jobs already due or not pending are skipped. At most MAX_BULK (10,000) ids. Action
+        "jobs_run_now"."""
         result = self._result("jobs_run_now", actor)
         names: set[str] = set()
+        oids = ids_of(job_ids, most=MAX_BULK)
         async with self._acting(result):
-            for oid in ids_of(job_ids):
+            for oid in oids:
                 doc = await self.storage.job_admin.run_now(oid, self.clock.now())
                 if doc is not None:
                     result.changed.append(str(oid))
@@ -360,11 +373,13 @@ class JobsAdmin(AdminBase):
         """Delete ended jobs (finished, errored, killed, skipped). Active jobs (pending,
         running, paused) are refused: kill them first; so are jobs whose on_job_exited has not
         run yet (it would be lost): a worker runs it shortly; and jobs that jobs scheduled
-        after them are not yet seen to have counted (`UNCOUNTED`). Action "jobs_deleted"."""
+        after them are not yet seen to have counted (`UNCOUNTED`). At most MAX_BULK (10,000)
+        ids (purge deletes by a filter). Action "jobs_deleted"."""
         result = self._result("jobs_deleted", actor)
+        oids = ids_of(job_ids, most=MAX_BULK, instead=_BY_FILTER["delete"])
         hookless = await self._hookless()
         async with self._acting(result):
-            for oid in ids_of(job_ids):
+            for oid in oids:
                 if await self.storage.jobs.has_waiting_dependents(oid):
                     result.skipped[str(oid)] = UNCOUNTED
                     continue
