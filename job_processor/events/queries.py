@@ -46,11 +46,19 @@ def check_payload(name: str, payload: Any) -> dict[str, Any]:
 
 
 def event_id_of(event_id: str | ObjectId) -> ObjectId:
+    """An event id as given (a str of 24 hex characters or an ObjectId). Another type (5,
+    [], True, None, bytes) is a wrong argument, InvalidArgumentError naming it, not an id no
+    event has (None made a new ObjectId, 12 bytes were read as one)."""
     if isinstance(event_id, ObjectId):
         return event_id
+    if not isinstance(event_id, str):
+        raise InvalidArgumentError(
+            f"event_id must be an event id (a str of 24 hex characters, event.id, or an "
+            f"ObjectId), got a {type(event_id).__name__}"
+        )
     try:
         return ObjectId(event_id)
-    except (bson.errors.InvalidId, TypeError):
+    except bson.errors.InvalidId:
         raise EventNotFoundError(f"{event_id!r} is not an event id (24 hex characters)") from None
 
 

@@ -1609,6 +1609,24 @@ async def test_a_replay_with_webhook_attempts_that_are_no_attempt_count_is_refus
     assert await written(db) == before
 
 
+@pytest.mark.parametrize("event_id", [5, [], True, None, b"abcdefghijkl"])
+async def test_a_replay_of_an_event_id_of_the_wrong_type_is_refused_naming_it(
+    db: Any, event_id: Any
+) -> None:
+    """replay_event(5) (or [] or True) raised EventNotFoundError, "5 is not an event id", as
+    if it were an id no event has: a wrong argument, named with the type it takes, before
+    anything is written (12 bytes were even read as an ObjectId)."""
+    processor = await init_job_processor(db, jobs={}, **FAST)
+    await processor.emit("paid", {"n": 1})
+    admin = await Admin.open(db)
+    before = await written(db)
+    for replay in (admin.replay_event, processor.replay_event):
+        with pytest.raises(InvalidArgumentError, match=r"^event_id must be an event id") as raised:
+            await replay(event_id)
+        assert "a str of 24 hex characters" in str(raised.value)
+    assert await written(db) == before
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [
