@@ -270,7 +270,7 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
     jobs: dict[str, Any] = {
         "pay": JobDef(handler=leaky, sensitive_fields=("card.number",)),
         "echo": JobDef(handler=echo, sensitive_fields=("card.number",)),
-        "fine": JobDef(handler=tick),
+        "fine": JobDef(handler=tick, tag="main"),
     }
     processor = await init_job_processor(db, jobs=jobs, **FAST)
     payload = {"to": "a@b.c", "password": "hunter2-secret", "card": {"number": "4111222233334444"}}
@@ -314,12 +314,18 @@ async def test_secrets_are_never_printed_and_the_other_job_verbs(db: Any, mongo_
         out = await cli(url, *listing, "--json", "--log-level=error")
         assert out.returncode == 0, out.stderr
         assert isinstance(json.loads(out.stdout), list)
-    empty, typo = await asyncio.gather(
-        cli(url, "jobs", "list", "--status", "paused"), cli(url, "jobs", "list", "--name", "fien")
+    empty, typo, tag, tagged = await asyncio.gather(
+        cli(url, "jobs", "list", "--status", "paused"),
+        cli(url, "jobs", "list", "--name", "fien"),
+        cli(url, "jobs", "list", "--tag", "mian"),
+        cli(url, "jobs", "list", "--tag", "main"),  # a definition's tag, no job of it
     )
     assert empty.returncode == 0 and empty.stdout.splitlines()[-1] == "(none)"
     assert typo.returncode == 2  # a misspelt name is named, not an empty table
     assert "unknown job 'fien' (did you mean 'fine'?): check the name" in typo.stderr
+    assert tag.returncode == 2  # so is a misspelt tag
+    assert "unknown tag 'mian' (did you mean 'main'?)" in tag.stderr
+    assert tagged.returncode == 0 and tagged.stdout.splitlines()[-1] == "(none)"
 
 
 async def test_a_database_of_events_or_webhook_endpoints_only_holds_data(

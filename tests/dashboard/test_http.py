@@ -16,6 +16,7 @@ import pytest
 from bson import ObjectId
 
 from job_processor import InvalidArgumentError, JobProcessor, JobStatus
+from job_processor.core import documents as D
 from job_processor.core.masking import Masker
 from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
 from job_processor.dashboard.render import make_env
@@ -575,6 +576,28 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert "text/html" in (await c.get("/nope")).headers["content-type"]
         late = await c.get("/api/jobs", params={"before": "tomorrow"})
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
+
+
+async def test_a_misspelt_tag_filter_is_refused_with_a_did_you_mean(processor: Any) -> None:
+    """/jobs?tag=reprots listed no job, as a tag with no job yet does, while a misspelt name
+    is a 400 naming it: the tag is checked the same way (definitions, live workers' tags,
+    stored jobs), on the page and the API."""
+    p, _ = processor
+    now = dt.datetime.now(dt.UTC)
+    worker = D.new_worker(now, ["reports"], None, 1, ["send-email"], worker_timeout=600)
+    await p.storage.workers.coll.insert_one(worker)  # a live worker run with --tags reports
+    job = await p.schedule_job("send-email", {"to": "ada@example.com"})
+    await p.storage.jobs.coll.update_one({"_id": object_id(job.id)}, {"$set": {"tag": "legacy"}})
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        api = await c.get("/api/jobs", params={"tag": "reprots"})
+        assert api.status_code == 400
+        assert api.json()["error"].startswith("unknown tag 'reprots' (did you mean 'reports'?)")
+        page = await c.get("/jobs", params={"tag": "reprots"})
+        assert page.status_code == 400 and "did you mean &#39;reports&#39;?" in page.text
+        assert (await c.get("/api/jobs", params={"tag": "reports"})).json()["jobs"] == []
+        listed = (await c.get("/api/jobs", params={"tag": "legacy"})).json()["jobs"]
+        assert [j["id"] for j in listed] == [job.id]  # a tag only a stored job has
 
 
 async def test_every_response_refuses_framing_by_another_origin(processor: Any) -> None:

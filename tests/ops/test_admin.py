@@ -128,6 +128,32 @@ async def test_filters(env: Any) -> None:
         await admin.list_jobs(created_after="2030-01-02", created_before="2030-01-01")
 
 
+async def test_a_tag_filter_no_definition_worker_or_job_has_is_named_with_a_did_you_mean(
+    env: Any,
+) -> None:
+    """list_jobs(tag='mian') listed nothing, as a tag with no job yet does, while a misspelt
+    name is named with a did-you-mean: a tag no definition, no live worker's worker_tags and
+    no job has is refused the same way (the CLI's jobs list --tag and the dashboard's filter
+    read it from here), and so is retry_many's."""
+    admin, storage, clock = env
+    with pytest.raises(
+        InvalidArgumentError, match=r"^unknown tag 'mian' \(did you mean 'main'\?\)"
+    ):
+        await admin.list_jobs(tag="mian")
+    with pytest.raises(InvalidArgumentError, match="did you mean 'main'"):
+        await admin.retry_many(tag="mian")
+    assert (await admin.list_jobs(tag="main")).jobs == []  # a definition's: no job yet
+    worker = D.new_worker(NOW, ["gpu"], None, 1, ["email"], worker_timeout=60)
+    await storage.workers.coll.insert_one(worker)
+    assert (await admin.list_jobs(tag="gpu")).jobs == []  # a live worker's
+    clock.advance(3600)  # that worker is dead: its tags are no longer known
+    with pytest.raises(InvalidArgumentError, match="unknown tag 'gpu'"):
+        await admin.list_jobs(tag="gpu")
+    legacy = await add(storage, tag="legacy")  # a tag only a stored job has
+    assert [j.id for j in (await admin.list_jobs(tag="legacy")).jobs] == [str(legacy["_id"])]
+    assert (await admin.list_jobs(tag="legacy", status="errored")).jobs == []
+
+
 async def test_retry_one_and_many_and_what_cannot_be_retried(env: Any) -> None:
     admin, storage, _ = env
     a = await ended(storage, S.ERRORED)

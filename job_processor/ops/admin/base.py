@@ -23,6 +23,7 @@ from ...core.errors import (
     JobNotFoundError,
     JobProcessorError,
     UnknownJobError,
+    did_you_mean,
 )
 from ...core.lenient import read_leniently, texts, unreadable_texts
 from ...core.log import EventLog, make_log
@@ -222,6 +223,23 @@ class AdminBase:
         if name in known or await self.storage.job_admin.page(JobQuery(name=name), None, 1):
             return
         raise UnknownJobError(name, list(known), REGISTERED_BY)
+
+    async def _check_tag(self, tag: str | None) -> None:
+        """A tag filter that no definition (nor cron) has, no live worker's worker_tags and
+        no job is a typo, as a name is (`_check_name`): said, with the closest known tags."""
+        if not tag:
+            return
+        now = self.clock.now()
+        known = {str(d["tag"]) for d in (await self._known()).values() if d.get("tag")}
+        for worker in await self.storage.workers.all():
+            if worker_alive(worker, now, self.worker_timeout):
+                known |= set(texts(worker.get("tags")))
+        if tag in known or await self.storage.job_admin.page(JobQuery(tag=tag), None, 1):
+            return
+        raise InvalidArgumentError(
+            f"unknown tag {tag!r}{did_you_mean(tag, known)}: no definition, live worker "
+            f"(worker_tags) or job has it (known tags: {', '.join(sorted(known)) or 'none'})"
+        )
 
     async def _hookless(self) -> frozenset[str]:
         """Names whose registered definition has no on_job_exited (an owed record of one is a

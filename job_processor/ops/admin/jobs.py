@@ -91,6 +91,7 @@ class JobsAdmin(AdminBase):
         docs = await self.storage.job_admin.page(query, after, limit + 1)
         if not docs and after is None:
             await self._check_name(query.name)  # a typo is named, with a did-you-mean
+            await self._check_tag(query.tag)
         more = len(docs) > limit
         docs = docs[:limit]
         return JobPage(
@@ -231,6 +232,7 @@ class JobsAdmin(AdminBase):
         self._no_empty_filter(name=name, tag=tag, key=key)
         query = self._query(name, status, tag, key, created_after, created_before)
         await self._check_name(query.name)
+        await self._check_tag(query.tag)
         if query.status not in (S.ERRORED, S.KILLED):
             raise InvalidArgumentError(
                 f"status must be errored or killed to retry, got {query.status}"
