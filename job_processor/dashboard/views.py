@@ -73,9 +73,8 @@ def check_list_params(
             iter(difflib.get_close_matches(given, params, n=1, cutoff=0.6)), None
         )
         hint = f"did you mean {meant}? " if meant else ""
-        raise InvalidArgumentError(
-            f"unknown parameter {given!r}: {hint}{what} reads {', '.join(params)}{note}"
-        )
+        reads = f"reads {', '.join(params)}{note}" if params else "reads no parameter"
+        raise InvalidArgumentError(f"unknown parameter {given!r}: {hint}{what} {reads}")
 
 
 async def list_page(d: Dashboard, request: Request, filters: dict[str, str]) -> JobPage:
@@ -271,17 +270,20 @@ async def render_new_job(
 
 
 async def crons(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "the crons page")  # a parameter is never ignored
     admin = await d.admin()
     crons = await admin.list_crons(recent=10, masker=d.masker)
     return d.page(request, "crons.html", crons=crons, live=True)
 
 
 async def workers(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "the workers page")
     admin = await d.admin()
     return d.page(request, "workers.html", workers=await admin.list_workers(), live=True)
 
 
 async def names(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "the names page")
     admin = await d.admin()
     ov = await admin.overview(minutes=1)
     return d.page(
@@ -295,21 +297,34 @@ async def names(d: Dashboard, request: Request) -> Response:
     )
 
 
-#: Audit entries a page shows.
+#: Audit entries a page shows unless `?limit=` says (1 to AUDIT_MAX).
 AUDIT_PAGE = 50
+AUDIT_MAX = 1000
+AUDIT_PARAMS = ("limit", "before")
 
 
 async def audit(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, AUDIT_PARAMS, {"cursor": "before"}, "the audit log", "")
+    given = request.query_params.get("limit") or ""
+    try:
+        limit = int(given or AUDIT_PAGE)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"limit must be a whole number, e.g. 50, got {given!r}"
+        ) from None
+    if not 1 <= limit <= AUDIT_MAX:
+        raise InvalidArgumentError(f"limit must be between 1 and {AUDIT_MAX:,}, got {limit}")
     admin = await d.admin()
     before = request.query_params.get("before") or None
-    read = await admin.audit_log(limit=AUDIT_PAGE + 1, before=before)  # one more: is there
-    entries = read[:AUDIT_PAGE]  # an older page (exactly 50 led to an empty one)
+    read = await admin.audit_log(limit=limit + 1, before=before)  # one more: is there
+    entries = read[:limit]  # an older page (exactly a page led to an empty one)
     details = [d.masker.text(_detail_text(e.detail)) if e.detail else "" for e in entries]
     return d.page(
         request,
         "audit.html",
         entries=list(zip(entries, details, strict=True)),
-        next_before=entries[-1].id if len(read) > AUDIT_PAGE else None,
+        next_before=entries[-1].id if len(read) > limit else None,
+        limit=limit if given else None,  # kept by the Older link when given
         live=True,
     )
 

@@ -16,6 +16,7 @@ import pytest
 from bson import ObjectId
 
 from job_processor import InvalidArgumentError, JobProcessor, JobStatus
+from job_processor.admin import Admin
 from job_processor.core import documents as D
 from job_processor.core.masking import Masker
 from job_processor.dashboard import MASK, DashboardConfigError, create_dashboard
@@ -576,6 +577,38 @@ async def test_jobs_filters_and_cursor_pages(processor: Any) -> None:
         assert "text/html" in (await c.get("/nope")).headers["content-type"]
         late = await c.get("/api/jobs", params={"before": "tomorrow"})
         assert late.json()["error"].startswith("before 'tomorrow' is not a date")
+
+
+async def test_the_other_pages_refuse_unknown_parameters_and_the_audit_takes_a_limit(
+    processor: Any,
+) -> None:
+    """/audit, /workers, /crons and /names ignored any query parameter (/audit?limit=5 showed
+    50 entries), while /jobs and /events refuse one they do not read with a did-you-mean: the
+    same refusal here; /audit reads `limit` (1 to 1,000) and `before`, the others nothing."""
+    p, _ = processor
+    admin = Admin(p.storage.db, p.storage.prefix)
+    for _ in range(7):
+        await admin.pause("send-email")
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        five = await c.get("/audit", params={"limit": 5})
+        assert five.status_code == 200 and five.text.count("<code>name_paused</code>") == 5
+        older = re.search(r'href="(/audit\?[^"]+)"', five.text)
+        assert older and "limit=5" in older.group(1)  # the next page keeps its size
+        rest = await c.get(html.unescape(older.group(1)))
+        assert rest.text.count("<code>name_paused</code>") == 2
+        for bad in ("0", "1001", "five"):
+            refused = await c.get("/audit", params={"limit": bad})
+            assert refused.status_code == 400 and "limit must be" in refused.text
+        typo = await c.get("/audit", params={"limt": 5})
+        assert typo.status_code == 400
+        assert "unknown parameter &#39;limt&#39;: did you mean limit?" in typo.text
+        for path in ("/workers", "/crons", "/names"):
+            answer = await c.get(path, params={"limit": 5})
+            assert answer.status_code == 400, path
+            assert "unknown parameter &#39;limit&#39;" in answer.text, path
+            assert "reads no parameter" in answer.text, path
+            assert (await c.get(path)).status_code == 200, path
 
 
 async def test_a_misspelt_tag_filter_is_refused_with_a_did_you_mean(processor: Any) -> None:
