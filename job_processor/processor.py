@@ -119,7 +119,12 @@ class JobProcessor(JobsAPI, EventsAPI):
         self, name: str, payload: Mapping[str, Any] | BaseModel | None = None
     ) -> Job[Any]:
         """Run a job now in this process (recorded in MongoDB like any other) and return the
-        final Job. The process heartbeats meanwhile, so a crash here is recovered as usual."""
+        final Job. The process heartbeats meanwhile, so a crash here is recovered as usual.
+
+        An explicit call: the first attempt runs here even when this processor's worker_tags
+        leave the job's tag out or its name is paused (a pause stops workers claiming, not
+        this call). A retry it leaves `pending` is claimed as any job is: by a worker whose
+        tags include it, once the name is not paused."""
         definition = self._definition(name)
         body = checked_payload(name, definition.payload_model, payload)
         limit, limit_key = definition.limit, None

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from job_processor import AbortSignal, Job, JobDef, JobStatus
+from job_processor import AbortSignal, FakeClock, Job, JobDef, JobStatus
+from job_processor.ops.admin import Admin
+from job_processor.testing import run_until_idle
 from tests.helpers import make, wait_for, wait_status
 
 S = JobStatus
@@ -308,6 +310,34 @@ async def test_worker_tags_choose_who_runs_what(db: Any) -> None:
         await wait_status(reports, ids[2], S.FINISHED)
     assert ran_by["main-only"] == main.worker_id
     assert ran_by["reports"] == reports.worker_id
+
+
+async def test_run_job_runs_here_whatever_the_worker_tags_and_a_pause_say(db: Any) -> None:
+    """run_job is an explicit call: it runs the job's first attempt in the calling process
+    even when this processor's worker_tags leave the job's tag out or its name is paused (as
+    docs/guide.md says); a retry it leaves `pending` is claimed as any job is: only by a
+    worker whose tags include it, and not while the name is paused."""
+    attempts: list[int] = []
+
+    async def flaky(job: Job, signal: AbortSignal) -> str:
+        attempts.append(job.attempt)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    clock = FakeClock(dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC))
+    jobs = {"reports": JobDef(handler=flaky, tag="reports", max_attempts=3)}
+    main = await make(db, jobs, worker_tags=["main"], clock=clock)
+    await main.storage.paused.pause("reports", "ops", clock.now())  # paused before any run
+    first = await main.run_job("reports")
+    assert first.status == S.PENDING and attempts == [1]  # run here all the same
+    assert (await main.run_job("reports")).status == S.FINISHED
+    reports = await make(db, jobs, worker_tags=["reports"], clock=clock)
+    assert await run_until_idle(reports) == []  # its retry: not while paused
+    await (await Admin.open(db, clock=clock)).resume("reports")
+    assert await run_until_idle(main) == []  # nor by a worker whose tags leave it out
+    assert [j.id for j in await run_until_idle(reports)] == [first.id]
+    assert (await reports.get_job(first.id)).status == S.FINISHED
 
 
 async def test_concurrency_overlaps_jobs(db: Any) -> None:
