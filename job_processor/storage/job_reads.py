@@ -378,12 +378,17 @@ class JobReads:
         self, name: str, statuses: list[JobStatus], since: dt.datetime | None, most: int
     ) -> int:
         """How many of the jobs a count ranks (`trim_query`) were created at or after `since`
-        (the retention floor), up to `most`: ids read on the {status, name, created_at, _id}
-        index, no document (not count_documents: nx-27017 miscounts after a date match)."""
-        if since is None:
+        (the retention floor), up to `most`: counted on the server (`count_documents`, an
+        aggregate `$match`, `$limit` `most`, `$group`), one small reply whatever `most` is.
+        The range is read on the {status, name, created_at, _id} index, each job in it fetched
+        to check `exit_hook` (not in that index), the scan ending at the `most`-th match.
+        (A `$count` stage, or an aggregate's `$match` alone, ignores a date range on nx-27017;
+        `count_documents` with a date written at insert, as `created_at` is, is right there:
+        docs/testing.md.)"""
+        if since is None or most < 1:  # a limit of 0 would count them all
             return 0
         query = self.trim_query(name, statuses) | {"created_at": {"$gte": since}}
-        return len(await all_docs(self.coll.find(query, {"_id": 1}).limit(most)))
+        return int(await self.coll.count_documents(query, limit=most))
 
     @staticmethod
     def counts_pipeline(status: JobStatus) -> list[Doc]:

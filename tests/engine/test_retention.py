@@ -483,3 +483,34 @@ async def test_a_trim_pass_reads_a_bounded_number_of_jobs_and_still_reaches_the_
         assert read["n"] <= 10 * trimmer.batch
         passes += 1
     assert await processor.storage.jobs.coll.count_documents({"name": "a"}) == 600
+
+
+async def test_a_large_count_is_counted_on_the_server_not_read_as_ids(
+    db: Any, mongo_url: str
+) -> None:
+    """keep_finished=1,000,000: a pass counted the jobs created within the floor by reading up
+    to a million ids into the worker at every sweep (memory and bytes growing with the count);
+    it is a count on the server, a reply of a few bytes, and the jobs are still all kept."""
+    from pymongo import AsyncMongoClient
+
+    from job_processor.core import documents as D
+    from tests.helpers import ReplyBytes
+
+    listener = ReplyBytes("job_processor_jobs")
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[listener]
+    )
+    try:
+        processor = await make(client[db.name], {"a": JobDef(handler=ok, keep_finished=10**6)})
+        now = processor.clock.now()
+        recent = {"status": "finished", "ended_at": now}
+        docs = [D.new_job("a", {}, now=now) | recent for _ in range(1000)]
+        for doc in docs:
+            doc.pop("claim_name")
+        await processor.storage.jobs.coll.insert_many(docs)
+        listener.bytes = 0
+        assert await processor.trimmer.run(now + dt.timedelta(seconds=30)) == 0
+        assert listener.bytes < 2_000, f"a pass read {listener.bytes} B of jobs to count them"
+        assert await processor.storage.jobs.coll.count_documents({"name": "a"}) == 1000
+    finally:
+        await client.close()
