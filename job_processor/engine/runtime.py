@@ -146,6 +146,8 @@ class Runtime:
         self._stop_called = asyncio.Event()
         """Set by stop(), cleared by start(): a serve() waiting for a signal stops waiting."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._runtime_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the side loops (heartbeat, ownership, sweeps) last ran in."""
         """The event loop this processor was first started in: its claim loop's events are
         bound to it (`bind_loop`)."""
 
@@ -187,16 +189,21 @@ class Runtime:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def bind_loop(self) -> None:
-        """Ties this processor to the running event loop, the first time it is started; refuses
-        a start in another loop after that (a second `asyncio.run()` with the same processor):
-        the claim loop, the heartbeat and the wake-ups wait on events bound to the first one,
-        and the claim loop would crash at its first wait (`processor_loop_crashed`), nothing
-        claimed. `run_job` and `run_until_idle` are not tied: they ran in one loop per test
-        before, and still do."""
+        """Ties this processor to the running event loop once a start has succeeded (its
+        worker loops running: `_start`); `check_loop` then refuses a start in another loop (a
+        second `asyncio.run()` with the same processor): the claim loop, the heartbeat and the
+        wake-ups wait on events bound to the first one, and the claim loop would crash at its
+        first wait (`processor_loop_crashed`), nothing claimed. A start that failed (MongoDB
+        unreachable) ties nothing: it can be tried again in another loop. `run_job` and
+        `run_until_idle` are not tied: they ran in one loop per test before, and still do."""
+        self.check_loop()
+        self._loop = asyncio.get_running_loop()
+
+    def check_loop(self) -> None:
+        """RuntimeError, naming the fix, in an event loop other than the one a start of this
+        processor succeeded in (`bind_loop`)."""
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
+        if self._loop is not None and self._loop is not loop:
             raise RuntimeError(
                 "this JobProcessor already ran in another event loop (asyncio.run() called "
                 "again with the same processor?): its claim loop, heartbeat and wake-ups "
@@ -216,6 +223,15 @@ class Runtime:
             self._users += 1
             if self._users > 1:
                 return
+            loop = asyncio.get_running_loop()
+            if self._runtime_loop is not loop:
+                # a run_job, or a start that failed, in another event loop left these bound to
+                # it (an asyncio.Event is, once waited on): each wait here would fail at once,
+                # the side loops spinning. Nothing waits on them now: new ones
+                self.heartbeat.stop_event = asyncio.Event()
+                self.ownership.stop_event = asyncio.Event()
+                self._sweeps_stop = asyncio.Event()
+                self._runtime_loop = loop
             self.heartbeat.stop_event.clear()
             self.ownership.stop_event.clear()
             self._sweeps_stop.clear()
@@ -299,8 +315,8 @@ class Runtime:
         """Start claiming and running jobs in the background; returns at once. If it fails
         (MongoDB unreachable: DatabaseUnreachableError naming the server, the driver's error as
         its cause), nothing is left behind and it can be called again. RuntimeError in an event
-        loop other than the one it was first started in (`bind_loop`)."""
-        self.bind_loop()
+        loop other than the one a start of it succeeded in (`bind_loop`)."""
+        self.check_loop()
         self._calls += 1
         call = self._calls
         self._stop_called.clear()
@@ -373,6 +389,7 @@ class Runtime:
         if self._stop_wanted:  # stop() was called meanwhile: nothing starts
             await self._release_runtime()
             return
+        self.bind_loop()  # started: tied to this loop from now on
         self._worker_loops = asyncio.create_task(self._run_worker_loops(), name="worker-loops")
 
     async def _run_worker_loops(self) -> None:

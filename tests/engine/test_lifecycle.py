@@ -845,6 +845,69 @@ def test_a_processor_started_again_in_another_event_loop_is_refused_at_start() -
     assert asyncio.run(second_loop()) == S.FINISHED
 
 
+def test_a_start_that_failed_can_be_retried_in_another_event_loop() -> None:
+    """start()'s docstring: a start that fails (MongoDB unreachable) leaves nothing behind and
+    can be called again. It tied the processor to its event loop before failing, so a retry
+    in a new `asyncio.run()` (a supervisor's restart, a test's loop) was refused ('already ran
+    in another event loop') though nothing ever ran. Only a start that succeeded ties it."""
+    from mongomock_motor import AsyncMongoMockClient
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    from job_processor import DatabaseUnreachableError
+
+    async def work(job: Job, signal: AbortSignal) -> str:
+        return "done"
+
+    client: Any = AsyncMongoMockClient(tz_aware=True)
+    jobs = {"work": JobDef(handler=work)}
+    p = asyncio.run(make(client["app"], jobs, change_streams=False))
+    sweep = p.recovery.sweep
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        # the heartbeat registered, then MongoDB went: its side loops are waiting in this loop
+        while not beats:
+            await asyncio.sleep(0)
+        raise ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused")
+
+    beats: list[None] = []
+    tick = p.heartbeat.tick
+
+    async def counted() -> None:
+        beats.append(None)
+        await tick()
+
+    p.heartbeat.tick = counted  # type: ignore[method-assign]
+
+    async def first_loop() -> None:
+        p.recovery.sweep = unreachable  # type: ignore[method-assign]
+        with pytest.raises(DatabaseUnreachableError):
+            await p.start()
+        assert not p.started
+
+    asyncio.run(first_loop())
+    p.recovery.sweep = sweep  # type: ignore[method-assign]
+
+    async def second_loop() -> JobStatus:
+        async with p:  # MongoDB back: the retry starts
+            job = await p.schedule_job("work")
+            status = (await p.wait_for(job.id, timeout=10)).status
+            beats.clear()
+            for _ in range(200):  # far less than a heartbeat interval
+                await asyncio.sleep(0)
+            # its side loops wait on events of this loop (those of the first one failed at
+            # once: the heartbeat wrote at every turn of the loop, a core busy)
+            assert len(beats) <= 1, len(beats)
+            return status
+
+    assert asyncio.run(second_loop()) == S.FINISHED
+
+    async def third_loop() -> None:  # it ran in the second loop: tied to it now
+        with pytest.raises(RuntimeError, match="another event loop"):
+            await p.start()
+
+    asyncio.run(third_loop())
+
+
 def test_run_job_and_run_until_idle_serve_one_loop_per_test() -> None:
     """`run_job` and `run_until_idle` with one processor in several event loops (a test
     framework's loop per test) keep working: only `start()` is tied to its first loop."""
