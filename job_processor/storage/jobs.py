@@ -47,6 +47,16 @@ from .transient import TRANSIENT, WriteStop, driver_bound, ride_out
 
 #: A claim that raised one of these may have landed: read back by its run id.
 MAY_HAVE_LANDED: tuple[type[BaseException], ...] = (*TRANSIENT, WriteConcernError)
+#: MaxTimeMSExpired: a claim's driver bound (`driver_bound`) ran out on the server. A
+#: multi-update keeps the documents it updated before (as a command error or a write error);
+#: a single one may have committed as it ran out: read back too.
+TIME_LIMIT = 50
+
+
+def timed_out(exc: OperationFailure) -> bool:
+    """A claim cut by its time limit (`TIME_LIMIT`): it may have landed, in part."""
+    return exc.code == TIME_LIMIT
+
 
 Doc = dict[str, Any]
 AFTER = ReturnDocument.AFTER
@@ -243,17 +253,23 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
                         projection=dict(D.CLAIM_PROJECTION),  # a copy: mongomock alters it
                     )
             except MAY_HAVE_LANDED:  # it may have landed: read it back
-                found = await self._read_back(update["$set"]["run_id"], budget)
-                if found and found[0].get("name") not in names:  # claimed under another name:
-                    was = names[0] if len(names) == 1 else "one of the names claimed"
-                    return found[0] | {"claim_name": was}  # misnamed: errored, not run
-                return found[0] if found else None
+                return await self._claim_read_back(update, names, budget)
             except OperationFailure as exc:
+                if timed_out(exc):  # it may have landed: read it back (never sent: nothing)
+                    return await self._claim_read_back(update, names, budget)
                 if exc.code != TYPE_MISMATCH or not await self.error_uncountable(names, now):
                     raise
                 continue  # the document no claim could take is errored: claim again
             return None if result is None else D.claimed_doc(decode(result), update)
         return None
+
+    async def _claim_read_back(self, update: Doc, names: list[str], budget: float) -> Doc | None:
+        """The job a claim whose outcome is unknown took, if it landed."""
+        found = await self._read_back(update["$set"]["run_id"], budget)
+        if found and found[0].get("name") not in names:  # claimed under another name:
+            was = names[0] if len(names) == 1 else "one of the names claimed"
+            return found[0] | {"claim_name": was}  # misnamed: errored, not run
+        return found[0] if found else None
 
     async def _read_back(self, run_id: str, budget: float) -> list[Doc]:
         """The jobs a claim under `run_id` took, when its reply was lost."""
@@ -303,10 +319,11 @@ class JobStore(JobInserts, CronTasks, JobActions, FlowRecords, ForeignJobs, Hook
         except OperationFailure as exc:
             # changed since read (another program): MongoDB stops a multi-update at the first
             # document it cannot apply to and keeps the ones before; take those, error the cause
-            if exc.code != TYPE_MISMATCH:
+            # (cut by its time limit: it keeps those too, taken by their run id)
+            if exc.code != TYPE_MISMATCH and not timed_out(exc):
                 raise
             res = None
-            mismatch = True
+            mismatch = exc.code == TYPE_MISMATCH
         if res is not None and res.modified_count == len(ids):
             return [D.claimed_doc(c, update) for c in candidates]
         if res is not None and res.modified_count == 0:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pymongo.errors import AutoReconnect, WriteConcernError
+from pymongo.errors import AutoReconnect, ExecutionTimeout, WriteConcernError, WriteError
 
 from job_processor import AbortSignal, Job, JobDef, JobStatus
 from tests.helpers import make, wait_status
@@ -136,6 +136,52 @@ async def test_a_single_claim_landed_with_a_write_concern_error_is_not_an_attemp
     async with p:
         await asyncio.wait_for(hit.wait(), 10)
         await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
+    await work.each_ran_once(p, [job.id])
+
+
+#: What MongoDB answers when a command's maxTimeMS (the driver bound Motor's claims carry,
+#: `storage.transient.driver_bound`) runs out midway: as a command error, or as the write error
+#: of a multi-update, the documents it updated before staying updated.
+TIMED_OUT = [
+    ExecutionTimeout("operation exceeded time limit", 50, {"ok": 0, "code": 50}),
+    WriteError("operation exceeded time limit", 50, {"code": 50}),
+]
+
+
+@pytest.mark.parametrize("error", TIMED_OUT, ids=["command", "write error"])
+async def test_a_batch_claim_cut_by_its_time_limit_after_some_landed_is_read_back(
+    db: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """A batch claim's update_many whose maxTimeMS ran out after it had claimed some jobs
+    raised, logged 'claim_failed', and those jobs stayed 'running' on a live worker that never
+    ran them (nothing recovers a live worker's jobs). They are read back by run id and run."""
+    work = Counted(0.3)
+    p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
+    hit, took = claim_lands_then_raises(
+        monkeypatch, p.storage.jobs.coll, "update_many", error, lambda r: r.modified_count > 0
+    )
+    jobs = [(await p.schedule_job("w")).id for _ in range(4)]
+    async with p:
+        await asyncio.wait_for(hit.wait(), 10)
+        for job_id in jobs:
+            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=10)
+    assert took
+    await work.each_ran_once(p, jobs)
+
+
+@pytest.mark.parametrize("error", TIMED_OUT[:1], ids=["command"])
+async def test_a_single_claim_cut_by_its_time_limit_is_read_back(
+    db: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    work = Counted()
+    p = await make(db, {"w": JobDef(handler=work)})
+    hit, _ = claim_lands_then_raises(
+        monkeypatch, p.storage.jobs.coll, "find_one_and_update", error, lambda r: r is not None
+    )
+    job = await p.schedule_job("w")
+    async with p:
+        await asyncio.wait_for(hit.wait(), 10)
+        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=10)
     await work.each_ran_once(p, [job.id])
 
 
