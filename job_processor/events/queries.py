@@ -108,11 +108,18 @@ async def read_events(
 ) -> list[Event]:
     """`list_events` for a limit already checked (a page reads one more than LIST_LIMIT to know
     whether there is more)."""
-    if name is not None:
-        check_event_name(name)
-    lo, hi = _check_window(since, until)
+    lo, hi = listing_window(name, since, until)
     docs = await storage.events.find(name, lo, hi, limit)
     return [e for e in map(readable_event, docs) if e is not None]
+
+
+def listing_window(
+    name: str | None, since: Any, until: Any
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """A listing's filters checked (the name, the window's datetimes): the window to read."""
+    if name is not None:
+        check_event_name(name)
+    return _check_window(since, until)
 
 
 #: The time an event without a readable one shows (its id's when it has one).

@@ -5,8 +5,9 @@ one store per collection holding its domain verbs (`jobs.claim_next`, `jobs.end_
 `workers.beat`, ...). The same code serves PyMongo's AsyncMongoClient, motor and
 mongomock-motor. `connect` opens databases from a URL and checks that MongoDB answers;
 `compat` names every workaround for the test servers, `driver_fixes` those for the drivers'
-own bugs; `local_server` starts the embedded server (nx-27017) for the demo, development and
-the tests.
+own bugs; `kinds` pages a listing through values of several BSON types (the audit log's
+`_id`, the events' `emitted_at`) one type at a time; `local_server` starts the embedded server
+(nx-27017) for the demo, development and the tests.
 
 May import: `core` (documents are built there), the drivers. Nothing above.
 """

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Decimal128, ObjectId
+from bson import ObjectId
 from pymongo import DESCENDING, ReturnDocument
 
 from ..core import documents as D
@@ -35,6 +35,7 @@ from .compat import (
     decode_opt,
 )
 from .job_reads import LIST_SORT
+from .kinds import id_order
 
 Doc = dict[str, Any]
 S = JobStatus
@@ -99,7 +100,7 @@ def _before(doc: Doc, position: Position) -> bool:
     created, oid = position
     if doc["created_at"] != created:  # another program's text or number: MongoDB's type order
         return _created_order(doc["created_at"]) < _created_order(created)
-    return _id_order(doc["_id"]) < _id_order(oid)
+    return id_order(doc["_id"]) < id_order(oid)
 
 
 def _created_order(value: Any) -> tuple[int, Any]:
@@ -108,23 +109,7 @@ def _created_order(value: Any) -> tuple[int, Any]:
         return (0, 0)
     if isinstance(value, dt.datetime):
         return (9, value)
-    return _id_order(value)
-
-
-def _id_order(value: Any) -> tuple[int, Any]:
-    """An `_id` as MongoDB orders them across types (numbers, text, documents, ObjectIds,
-    booleans), comparable here whatever another program used."""
-    if isinstance(value, ObjectId):
-        return (7, value.binary)
-    if isinstance(value, Decimal128):  # a number, as MongoDB orders it
-        return (1, float(value.to_decimal()))
-    if isinstance(value, bool):
-        return (8, value)
-    if isinstance(value, int | float):
-        return (1, value)
-    if isinstance(value, str):
-        return (2, value)
-    return (3, repr(value))
+    return id_order(value)
 
 
 class JobAdminStore:
@@ -198,7 +183,7 @@ class JobAdminStore:
             {"$type": "string"},
             {"$type": "number"},
         ]
-        kind = _id_order(after_id)[0] if after_id is not None else None
+        kind = id_order(after_id)[0] if after_id is not None else None
         if kind is not None:
             first = {7: 0, 2: 1, 1: 2}.get(kind)
             if first is None:

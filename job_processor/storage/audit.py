@@ -7,11 +7,12 @@ import math
 import re
 from typing import Any
 
-from bson import Decimal128, ObjectId
+from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from .compat import IndexKeys, all_docs
+from .kinds import is_number, through_kinds
 
 Doc = dict[str, Any]
 
@@ -78,17 +79,18 @@ class AuditStore:
         (one query per kind reached). Paged through from None, every ObjectId, text and numeric
         id comes once, in the same order on every server."""
         start = _kind(before)
-        docs = await all_docs(self.recent_cursor(limit, before))
-        for kind in range(start + 1, len(_KINDS)):
-            if len(docs) >= limit:
-                break
+
+        async def read(kind: int, wanted: int) -> tuple[list[Doc], bool]:
+            if kind == start:
+                return await all_docs(self.recent_cursor(wanted, before)), False
             cursor = (
                 self.coll.find({"_id": {"$gte": _KINDS[kind]}})
                 .sort([("_id", DESCENDING)])
-                .limit(limit - len(docs))
+                .limit(wanted)
             )
-            docs += await all_docs(cursor)
-        return docs
+            return await all_docs(cursor), False
+
+        return (await through_kinds(read, start, len(_KINDS), limit))[0]
 
     async def holds_object_id(self, entry_id: ObjectId) -> bool:
         """Whether an entry has this ObjectId as `_id` (as stored: nx-27017 also matches an
@@ -113,7 +115,7 @@ def _kind(entry_id: Any) -> int:
     """Where an `_id` is in `_KINDS` (None: the first)."""
     if isinstance(entry_id, str):
         return 1
-    if isinstance(entry_id, int | float | Decimal128) and not isinstance(entry_id, bool):
+    if is_number(entry_id):
         return 2  # a Decimal128 too: `$lt` compares it with every number (MongoDB)
     return 0
 

@@ -22,6 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..core.clock import as_utc
 from .compat import IndexKeys, aggregate, all_docs, decode, decode_opt
+from .kinds import is_number
 
 Doc = dict[str, Any]
 
@@ -58,6 +59,35 @@ DELIVERY_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
     # hold every job, since each has `created_at`)
     ([("event_id", 1), ("created_at", 1), ("_id", 1)], {}),
 ]
+
+
+#: The kinds of `emitted_at` an events listing pages through, in this order (`kinds`): the
+#: dates emit writes, newest first; the text and the numbers another program wrote, each
+#: greatest first (ties by `_id` desc, as for dates); then any other value (none, null, a
+#: boolean, a document, a list...) by `_id` desc. Each is read apart, bounded on the server to
+#: its kind (`$lt` compares within one BSON type; the servers order types differently).
+DATED, TEXT, NUMBER, OTHER = range(4)
+EMITTED_KINDS = ("date", "text", "number", "other")
+#: The least date a listing reads (a bound on the index brackets the dates).
+_DATE_MIN = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+#: Each kind's condition: `$type` for text and numbers (nx-27017 compares a range with values of
+#: other types), a range for dates (nx-27017 matches no `$type: "date"`).
+_KIND_FILTERS: dict[int, Doc] = {
+    DATED: {"emitted_at": {"$gte": _DATE_MIN}},
+    TEXT: {"emitted_at": {"$type": "string"}},
+    NUMBER: {"emitted_at": {"$type": "number"}},
+}
+#: A list matches the others' conditions by its elements (MongoDB, mongomock): it is "other".
+_LISTS: Doc = {"emitted_at": {"$type": "array"}}
+
+
+def emitted_kind(value: Any) -> int:
+    """Which of `EMITTED_KINDS` a stored `emitted_at` is."""
+    if isinstance(value, dt.datetime):
+        return DATED
+    if isinstance(value, str):
+        return TEXT
+    return NUMBER if is_number(value) else OTHER
 
 
 class EventStore:
@@ -161,6 +191,55 @@ class EventStore:
         """Newest first (oldest first with `oldest_first`: the `limit` earliest); `since`
         inclusive, `until` exclusive."""
         return await all_docs(self.find_cursor(name, since, until, limit, oldest_first))
+
+    def kind_cursor(
+        self,
+        kind: int,
+        name: str | None,
+        window: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
+        upto: Any = None,
+    ) -> Any:
+        """The events of one kind of `emitted_at` (`EMITTED_KINDS`), in listing order, on the
+        listing indexes: dates in `window` (since inclusive, until exclusive) and below `upto`
+        (exclusive); text or numbers up to `upto` (inclusive: the caller drops the ties
+        already shown); any other value by `_id` below `upto` (an `_id`). A superset on some
+        servers (nx-27017 compares dates with text that looks like one; MongoDB and mongomock
+        match a list by its elements): `kind_page` keeps only the kind's own."""
+        query: Doc = {} if name is None else {"name": name}
+        if kind == OTHER:
+            odd = {"$or": [{"$nor": [_KIND_FILTERS[k] for k in (DATED, TEXT, NUMBER)]}, _LISTS]}
+            bound = [] if upto is None else [{"_id": {"$lt": upto}}]
+            return self.coll.find({"$and": [query, odd, *bound]}).sort("_id", DESCENDING)
+        when = dict(_KIND_FILTERS[kind]["emitted_at"])
+        if kind == DATED:
+            since, until = window
+            when["$gte"] = max(since, _DATE_MIN) if since is not None else _DATE_MIN
+            ends = [t for t in (until, upto) if t is not None]
+            if ends:
+                when["$lt"] = min(ends)
+        elif upto is not None:
+            when["$lte"] = upto
+        return self.coll.find({**query, "emitted_at": when}).sort(EVENT_SORT)
+
+    async def kind_page(
+        self,
+        kind: int,
+        name: str | None,
+        window: tuple[dt.datetime | None, dt.datetime | None],
+        upto: Any,
+        limit: int,
+    ) -> tuple[list[tuple[Any, Doc]], int]:
+        """`kind_cursor`'s first `limit` events, those of the kind only, each with its
+        `emitted_at` as stored (before `decode`, which reads a date's text as a date); and how
+        many were read (fewer than `limit`: the kind has no more)."""
+        read = 0
+        out: list[tuple[Any, Doc]] = []
+        async for doc in self.kind_cursor(kind, name, window, upto).limit(limit):
+            read += 1
+            value = doc.get("emitted_at")
+            if emitted_kind(value) == kind:
+                out.append((value, decode(doc)))
+        return out, read
 
     def untargeted_cursor(self, since: dt.datetime, limit: int = 1000) -> Any:
         query = {"no_targets": True, "emitted_at": {"$gte": since}}

@@ -3,6 +3,7 @@ and mongomock-motor."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 
@@ -13,6 +14,7 @@ from job_processor import events as ev
 from job_processor.core import event_documents as E
 from job_processor.core.clock import FakeClock
 from job_processor.core.errors import EventNotFoundError, InvalidArgumentError
+from job_processor.events.pages import decode_cursor, event_page
 from job_processor.storage import Storage
 
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -318,3 +320,60 @@ async def test_an_own_serial_delivery_made_after_replays_is_not_shown_as_deleted
     rows_b = [d for d in summary.deliveries if d.target == "b"]
     assert [d.status for d in rows_b] == [], rows_b  # own "b" exists: no row without a job
     assert "deleted" not in counts and "waiting" not in counts, counts
+
+
+async def test_event_pages_reach_every_event_once_whatever_its_emitted_at(
+    storage: Storage,
+) -> None:
+    """Events another program wrote with an `emitted_at` that is no date were lost by the pages
+    past the first: a page from a cursor read `emitted_at < bound`, which no text matches
+    (nx-27017: never shown at all; MongoDB sorts them after the dates, and the cursor of a page
+    ending on one, its id's time, led back to dated events already shown). Each kind is paged
+    apart, in one order on every backend: the dates newest first, the text, the numbers (each
+    greatest first, ties by id desc), then any other value by id desc; each event once."""
+    dated = [(await emit(storage, at=i))[1]["_id"] for i in range(3)]
+    await emit(storage, "other", at=5)  # another name: not listed under "shipped"
+
+    async def odd(*values: Any, missing: bool = False) -> list[ObjectId]:
+        docs = [{"_id": ObjectId(), "name": "shipped", "payload": {}} for _ in values]
+        for doc, value in zip(docs, values, strict=True):
+            if not missing:
+                doc["emitted_at"] = value
+        await storage.events.coll.insert_many(docs)
+        return [d["_id"] for d in docs]
+
+    yesterday = await odd("yesterday", "yesterday")
+    texts = [*yesterday[::-1], *await odd("2030-01-01T12:00:03+00:00", "")]
+    big, five, five_again, negative = await odd(10**12, 5, 5.0, -2.5)
+    numbers = [big, five_again, five, negative]
+    others = [
+        *await odd(None, True, {"a": 1}, ["x", 3], [later(1)], [], ObjectId()),
+        *await odd(None, missing=True),
+    ]
+    expected = [*dated[::-1], *texts, *numbers, *others[::-1]]
+
+    async def pages(name: str | None, size: int, **window: Any) -> list[str]:
+        seen: list[str] = []
+        before = None
+        for _ in range(30):
+            page, more, cut = await event_page(
+                storage, name, window.get("since"), window.get("until"), size, before
+            )
+            assert not cut
+            seen += [e.id for e in page]
+            if more is None:
+                return seen
+            before = decode_cursor(more)
+        raise AssertionError(f"pages never end: {seen}")
+
+    shown = [str(i) for i in expected]
+    for size in (1, 2, 5, 100):
+        assert await pages("shipped", size) == shown, size
+    assert len(await pages(None, 3)) == len(shown) + 1
+    # a window is on the time of emit: the dated events only
+    assert await pages("shipped", 2, since=NOW) == shown[:3]
+    # a cursor made before the kinds were paged apart (ms.id) still reads as a dated one
+    old = base64.urlsafe_b64encode(f"{int(later(1).timestamp() * 1000)}.{dated[1]}".encode())
+    position = decode_cursor(old.decode().rstrip("="))
+    page, _, _ = await event_page(storage, "shipped", None, None, 2, position)
+    assert [e.id for e in page] == shown[2:4]

@@ -17,6 +17,7 @@ from job_processor.core import foreign as FD
 from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 from job_processor.storage.compat import DEPENDENTS_COUNTED_PARTS, HOOK_NOT_OWED_PARTS
+from job_processor.storage.events import DATED, NUMBER, TEXT
 from job_processor.storage.job_crons import missed_tasks, pending_tasks_of
 from job_processor.storage.job_flows import expiry_pending, with_expiry
 
@@ -369,6 +370,12 @@ async def test_event_queries_are_index_backed(storage: Storage) -> None:
     assert_indexed(await storage.events.find_cursor("e1", NOW, later, 50, True).explain())
     assert_indexed(await storage.events.find_cursor(None, NOW, later).explain())
     assert_indexed(await storage.events.owed_cursor(later).explain())
+    # the events pages (events.pages): each kind of emitted_at, first page and past a cursor
+    for kind, upto in ((DATED, later), (TEXT, "yesterday"), (NUMBER, 5)):
+        for name in (None, "e1"):
+            assert_indexed(await storage.events.kind_cursor(kind, name).explain())
+            assert_indexed(await storage.events.kind_cursor(kind, name, upto=upto).explain())
+    assert_indexed(await storage.events.kind_cursor(DATED, "e1", (NOW, later)).explain())
 
 
 async def test_mongodb_refuses_to_claim_a_non_numeric_attempt_and_the_cause_is_errored(
