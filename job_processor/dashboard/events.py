@@ -123,6 +123,7 @@ async def _replayable(d: Dashboard, storage: Storage, name: str) -> list[str]:
 
 
 async def event(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "an event's page")  # a parameter is never ignored
     admin = await d.admin()
     found, counts = await ev.event_summary(
         admin.storage, request.path_params["event_id"], DELIVERIES_SHOWN

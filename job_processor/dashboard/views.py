@@ -115,6 +115,7 @@ async def masked_overview(d: Dashboard, minutes: int) -> Overview:
 
 
 async def overview(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "the overview")  # a parameter is never ignored
     admin = await d.admin()
     ov = await masked_overview(d, 30)
     workers = await admin.list_workers()
@@ -198,6 +199,7 @@ def last_error_line(d: Dashboard, job: Any, carried: dict[str, Any]) -> str:
 
 
 async def job(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "a job's page")
     admin = await d.admin()
     found = await admin.get_job(request.path_params["job_id"])
     carried = (await admin.carried([found])).get(found.id)  # a delivery's event payload
@@ -243,7 +245,12 @@ def is_delivery(job: Job[Any]) -> bool:
     return delivery_event_id(job.payload) is not None
 
 
+#: What the new-job form reads: the name it chooses (the New job links of /jobs and /names).
+NEW_JOB_PARAMS = ("name",)
+
+
 async def new_job_form(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, NEW_JOB_PARAMS, {"job": "name"}, "the new-job form", "")
     return await render_new_job(d, request, {})
 
 

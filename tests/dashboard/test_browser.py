@@ -553,3 +553,28 @@ async def test_an_action_s_message_survives_the_login_challenge_of_the_page_it_l
         await page.get_by_role("button", name="Delete job").click()
         await expect(page).to_have_url(f"{base}/jobs/jobs")
         await expect(page.locator("#flash")).to_contain_text("Delete: 1 changed")
+
+
+async def test_a_names_new_job_link_opens_the_form_and_lands_on_the_new_jobs_live_page(
+    browser: Browser, processor: Any
+) -> None:
+    """The pages that read no query parameter refuse one (/jobs/new reads `name`): the links
+    and redirects the dashboard builds to them still open them, live."""
+    p, switches = processor
+    switches.hold = asyncio.Event()
+    app = host_app(create_dashboard(p, auth=AUTH, refresh_seconds=0.3))
+    async with serve(app) as base:
+        page = await signed_in(browser)
+        await page.goto(f"{base}/jobs/names")
+        row = page.locator("tr", has=page.get_by_text("send-email", exact=True))
+        await row.get_by_role("link", name="New job").click()
+        await expect(page).to_have_url(f"{base}/jobs/jobs/new?name=send-email")
+        await expect(page.get_by_label("Name")).to_have_value("send-email")
+        await page.get_by_label("Payload").fill('{"to": "ada@example.com"}')
+        await page.get_by_role("button", name="Create job").click()
+        await expect(page.locator("#flash")).to_contain_text("New job: 1 changed")
+        await expect(page.locator("#job-status")).to_have_text(re.compile("pending|running"))
+        switches.hold.set()
+        await expect(page.locator("#job-status")).to_have_text("finished")  # live, not refused
+        refused = await page.request.get(f"{base}/jobs/?name=send-email")
+        assert refused.status == 400 and "reads no parameter" in await refused.text()

@@ -611,6 +611,46 @@ async def test_the_other_pages_refuse_unknown_parameters_and_the_audit_takes_a_l
             assert (await c.get(path)).status_code == 200, path
 
 
+async def test_the_overview_new_job_job_and_event_pages_refuse_unknown_parameters(
+    processor: Any,
+) -> None:
+    """/, /jobs/new, /jobs/{id} and /events/{id} accepted any query parameter silently (/?foo=1
+    was a 200) while the lists refuse one they do not read: the same refusal (the new-job form
+    reads `name`, which chooses the name; the others nothing). The links and redirects the
+    dashboard builds to them still open them."""
+    p, _ = processor
+    later = await due_tomorrow(p)
+    event = await p.emit("shipped", {"n": 1})
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/", f"/jobs/{later.id}", f"/events/{event.id}", "/jobs/new"):
+            answer = await c.get(path, params={"foo": 1})
+            assert answer.status_code == 400, path
+            assert "unknown parameter &#39;foo&#39;" in answer.text, path
+            reads = "reads name" if path == "/jobs/new" else "reads no parameter"
+            assert reads in answer.text, path
+            assert (await c.get(path)).status_code == 200, path
+        typo = await c.get("/jobs/new", params={"nmae": "send-email"})
+        assert typo.status_code == 400 and "did you mean name?" in typo.text
+        # the New job links of the jobs list (filtered by a name) and of the names page
+        for listing in ("/jobs?name=send-email", "/names"):
+            link = re.search(r'href="(/jobs/new\?name=send-email)"', (await c.get(listing)).text)
+            assert link, listing
+            form = await c.get(html.unescape(link.group(1)))
+            assert form.status_code == 200 and '<option value="send-email" selected>' in form.text
+        # an action on a job page returns to it (next=here), a new job opens its own page
+        page = await c.get(f"/jobs/{later.id}")
+        assert f'name="next" value="/jobs/{later.id}"' in page.text
+        form = {"csrf_token": token(page.text), "next": f"/jobs/{later.id}"}
+        resp = await c.post(f"/jobs/{later.id}/run-now", data=form)
+        back = await c.get(resp.headers["location"])
+        assert back.status_code == 200 and "Run now: 1 changed" in back.text
+        form = {"csrf_token": token(page.text), "name": "send-email", "payload": "{}"}
+        resp = await c.post("/jobs/new", data=form)
+        assert resp.status_code == 303, resp.text
+        assert (await c.get(resp.headers["location"])).status_code == 200
+
+
 async def test_a_misspelt_tag_filter_is_refused_with_a_did_you_mean(processor: Any) -> None:
     """/jobs?tag=reprots listed no job, as a tag with no job yet does, while a misspelt name
     is a 400 naming it: the tag is checked the same way (definitions, live workers' tags,
