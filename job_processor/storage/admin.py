@@ -129,6 +129,18 @@ class JobAdminStore:
             doc["created_at"] = created
         return doc
 
+    @staticmethod
+    def tags_pipeline(most: int) -> list[Doc]:
+        """The stored jobs' distinct tags, at most `most` (with None, jobs without one): on
+        MongoDB a DISTINCT_SCAN of the `{tag, created_at, _id}` listing index, one seek per
+        tag, never a job read (asserted in the real-server tier)."""
+        return [{"$sort": {"tag": 1}}, {"$group": {"_id": "$tag"}}, {"$limit": most}]
+
+    async def stored_tags(self, most: int) -> set[str]:
+        """Up to `most` tags the stored jobs have (any other program's included)."""
+        rows = await aggregate(self.coll, self.tags_pipeline(most + 1))
+        return {r["_id"] for r in rows if isinstance(r["_id"], str) and r["_id"]}
+
     def untried_cursor(self, query: JobQuery, tried: list[Any], limit: int) -> Any:
         """Unsorted, so the filter's own index serves it (sorted by `_id`, the planner could
         walk every job by the `_id` index; exposed for the explain() tests)."""

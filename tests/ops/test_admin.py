@@ -152,6 +152,13 @@ async def test_a_tag_filter_no_definition_worker_or_job_has_is_named_with_a_did_
     legacy = await add(storage, tag="legacy")  # a tag only a stored job has
     assert [j.id for j in (await admin.list_jobs(tag="legacy")).jobs] == [str(legacy["_id"])]
     assert (await admin.list_jobs(tag="legacy", status="errored")).jobs == []
+    # ... is known to the did-you-mean too (read from the tag index): it listed only the
+    # definitions' and live workers' tags, so that a misspelt stored tag had no suggestion
+    with pytest.raises(
+        InvalidArgumentError, match=r"^unknown tag 'legcy' \(did you mean 'legacy'\?\)"
+    ) as refused:
+        await admin.list_jobs(tag="legcy")
+    assert "known tags: legacy, main)" in str(refused.value)
 
 
 async def test_retry_one_and_many_and_what_cannot_be_retried(env: Any) -> None:

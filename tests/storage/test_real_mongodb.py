@@ -155,6 +155,27 @@ async def test_counts_by_name_is_a_covered_index_scan(db: Any, storage: Storage)
     assert {"IXSCAN", "DISTINCT_SCAN", "COUNT_SCAN"} & set(winning), winning
 
 
+async def test_the_stored_tags_are_a_distinct_scan_of_the_tag_index(
+    db: Any, storage: Storage
+) -> None:
+    """An unknown tag's did-you-mean reads the stored jobs' tags (Admin.list_jobs(tag=)): one
+    index seek per tag, never a job."""
+    for i in range(20):
+        await storage.jobs.insert(D.new_job("email", {}, now=NOW, tag=f"t{i % 3}"))
+    assert await storage.job_admin.stored_tags(10) == {"t0", "t1", "t2"}
+    plan = await db.command(
+        "explain",
+        {
+            "aggregate": storage.jobs.name,
+            "pipeline": storage.job_admin.tags_pipeline(10),
+            "cursor": {},
+        },
+        verbosity="executionStats",
+    )
+    assert "DISTINCT_SCAN" in assert_indexed(plan)
+    assert set(docs_examined(plan)) == {0}, plan
+
+
 async def test_writes_use_majority(storage: Storage) -> None:
     assert storage.jobs.coll.write_concern.document == {"w": "majority"}
 

@@ -55,6 +55,8 @@ REGISTERED_BY = (
     "when a worker that defines it starts)"
 )
 
+#: The stored jobs' tags an unknown tag's did-you-mean reads at most (one index seek each).
+TAGS_READ = 1000
 
 #: What is shown of a job whose definition's `sensitive_fields` no reader can read.
 SENSITIVE_UNREADABLE = (
@@ -236,9 +238,14 @@ class AdminBase:
                 known |= set(texts(worker.get("tags")))
         if tag in known or await self.storage.job_admin.page(JobQuery(tag=tag), None, 1):
             return
+        known |= await self.storage.job_admin.stored_tags(TAGS_READ)  # another program's too
+        shown = sorted(known)
+        listing = ", ".join(shown[:20]) + (
+            f", ... ({len(shown)} in all)" if len(shown) > 20 else ""
+        )
         raise InvalidArgumentError(
             f"unknown tag {tag!r}{did_you_mean(tag, known)}: no definition, live worker "
-            f"(worker_tags) or job has it (known tags: {', '.join(sorted(known)) or 'none'})"
+            f"(worker_tags) or job has it (known tags: {listing or 'none'})"
         )
 
     async def _hookless(self) -> frozenset[str]:
