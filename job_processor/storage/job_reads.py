@@ -31,8 +31,15 @@ Doc = dict[str, Any]
 S = JobStatus
 #: The most documents the sweep's one query reads (`attention_cursor`).
 ATTENTION_LIMIT = 1000
-#: A job read without the fields that can hold megabytes (`get_light`).
-LIGHT = {"payload": 0, "state": 0, "output": 0, "logs": 0}
+
+
+def light() -> Doc:
+    """A job read without the fields that can hold megabytes (`get_light`): a new dict at each
+    call, as mongomock adds `_id: 1` to the one it is given (a shared one then read only `_id`
+    on nx-27017, for every later read of the process)."""
+    return {"payload": 0, "state": 0, "output": 0, "logs": 0}
+
+
 #: Listing order: newest first.
 LIST_SORT = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
@@ -117,7 +124,7 @@ class JobReads:
     async def get_light(self, job_id: ObjectId) -> Doc | None:
         """The job without what can be large (payload, checkpoint state, output, log lines):
         what a wait's polls read (status, name, where it runs, when it is due)."""
-        return decode_opt(await self.coll.find_one({"_id": job_id}, LIGHT))
+        return decode_opt(await self.coll.find_one({"_id": job_id}, light()))
 
     def find_cursor(
         self, name: str | None = None, status: JobStatus | None = None, limit: int = 50
@@ -155,7 +162,7 @@ class JobReads:
             branches.append({"status": None})
         # without what can be megabytes (a flow's ended jobs: their results, read at every
         # sweep until seen settled); the few running jobs and owed hooks are read whole after
-        return self.coll.find({"$or": branches}, LIGHT).limit(ATTENTION_LIMIT)
+        return self.coll.find({"$or": branches}, light()).limit(ATTENTION_LIMIT)
 
     async def needing_attention(
         self, cutoff: dt.datetime, now: dt.datetime, bare_before: dt.datetime | None = None
@@ -177,7 +184,7 @@ class JobReads:
             # the flows' records too: long runs elsewhere (running past the cutoff on live
             # workers) must not keep a flow's dependency held, nor a skipped job unexpired
             reads.append(
-                self.coll.find({"$or": FlowRecords.flow_branches()}, LIGHT).limit(ATTENTION_LIMIT)
+                self.coll.find({"$or": FlowRecords.flow_branches()}, light()).limit(ATTENTION_LIMIT)
             )
             for cursor in reads:
                 more = await all_docs(cursor)

@@ -870,3 +870,22 @@ async def test_a_wait_on_a_paused_name_gives_a_resume_command_that_runs_as_shown
     await producer.storage.paused.pause("send email", "ops", producer.clock.now())
     with pytest.raises(TimeoutError, match=r"\(job-processor names resume 'send email'\)"):
         await producer.wait_for(job.id, timeout=0.1)
+
+
+async def test_a_wait_on_the_in_memory_backend_leaves_later_waits_on_a_server_whole(
+    db: Any,
+) -> None:
+    """A wait on an in-memory processor (mongomock adds `_id: 1` to the projection it is
+    given) made every later wait of the process read only the job's `_id` on the server: a
+    job "(None) is still None"."""
+    from job_processor.testing import in_memory_processor
+
+    async with in_memory_processor({"echo": JobDef(handler=echo)}) as memory:
+        job = await memory.schedule_job("echo", {"n": 1})
+        assert (await memory.get_job(job.id)).status == JobStatus.PENDING
+        with pytest.raises(TimeoutError):
+            await memory.wait_for(job.id, timeout=0.1)
+    producer = await make(db, {"echo": JobDef(handler=echo)})
+    job = await producer.schedule_job("echo", {"n": 2})
+    with pytest.raises(TimeoutError, match=r"is still pending"):
+        await producer.wait_for(job.id, timeout=0.1)
