@@ -133,18 +133,7 @@ async def test_the_audit_pages_show_every_entry_across_object_and_text_ids(db: A
             for i in range(60)
         ]
     )
-    transport = httpx.ASGITransport(app=app)
-    shown: list[str] = []
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        path = "/audit"
-        for _ in range(6):
-            resp = await client.get(path)
-            assert resp.status_code == 200, (path, resp.text[-500:])
-            shown += re.findall(r"(?:hand|own) \d{3}", resp.text)
-            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
-            if found is None:
-                break
-            path = found.group(1)
+    shown = await audit_pages(app, r"(?:hand|own) \d{3}")
     every = [f"{who} {i:03}" for who in ("hand", "own") for i in range(60)]
     assert sorted(shown) == every  # (a text id ending a page led to a 400 before a60b159)
     admin = await app.state.dashboard.admin()
@@ -170,21 +159,12 @@ async def test_the_audit_pages_show_entries_with_numeric_ids_in_a_stable_order(d
     await db["job_processor_audit"].insert_many(
         [d | {"action": "hand_fix"} for d in own + hand + numbers]
     )
-    transport = httpx.ASGITransport(app=app)
-    shown: list[str] = []
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        path = "/audit"
-        for _ in range(6):
-            resp = await client.get(path)
-            assert resp.status_code == 200, (path, resp.text[-500:])
-            shown += re.findall(r"(?:hand|own|num) \d{3}", resp.text)
-            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
-            if found is None:
-                break
-            path = found.group(1).replace("&amp;", "&")
+    shown = await audit_pages(app, r"(?:hand|own|num) \d{3}")
     expected = [d["actor"] for part in (own, hand, numbers) for d in reversed(part)]
     assert shown == expected
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as client:
         for wrong in ("9" * 20, "-1", "1e999", "nope"):  # no entry's id: a 400 that says so
             refused = await client.get("/audit", params={"before": wrong})
             assert refused.status_code == 400, (wrong, refused.text[-500:])
@@ -252,3 +232,20 @@ async def test_a_progress_another_program_wrote_without_a_total_shows_none(db: A
         page = await client.get(f"/jobs/{job.id}")
     assert page.status_code == 200
     assert 'title="3"' in page.text and '<span class="small">3</span>' in page.text
+
+
+async def audit_pages(app: Any, actors: str) -> list[str]:
+    """The actors matching `actors` on the audit pages, following each page's Older link."""
+    transport = httpx.ASGITransport(app=app)
+    shown: list[str] = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        path = "/audit"
+        for _ in range(6):
+            resp = await client.get(path)
+            assert resp.status_code == 200, (path, resp.text[-500:])
+            shown += re.findall(actors, resp.text)
+            found = re.search(r'href="(/audit\?before=[^"]+)"', resp.text)
+            if found is None:
+                break
+            path = found.group(1).replace("&amp;", "&")
+    return shown

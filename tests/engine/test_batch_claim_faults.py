@@ -108,37 +108,6 @@ async def test_every_job_of_a_lost_batch_claim_is_requeued_unstarted(
     await work.each_ran_once(p, jobs)
 
 
-async def test_a_batch_claim_landed_with_a_write_concern_error_is_not_an_attempt(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    work = Counted(0.3)
-    p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
-    hit, _ = claim_lands_then_raises(
-        monkeypatch, p.storage.jobs.coll, "update_many", WCE, lambda r: r.modified_count > 0
-    )
-    jobs = [(await p.schedule_job("w")).id for _ in range(4)]
-    async with p:
-        await asyncio.wait_for(hit.wait(), 10)
-        for job_id in jobs:
-            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=20)
-    await work.each_ran_once(p, jobs)
-
-
-async def test_a_single_claim_landed_with_a_write_concern_error_is_not_an_attempt(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    work = Counted()
-    p = await make(db, {"w": JobDef(handler=work)})
-    hit, _ = claim_lands_then_raises(
-        monkeypatch, p.storage.jobs.coll, "find_one_and_update", WCE, lambda r: r is not None
-    )
-    job = await p.schedule_job("w")
-    async with p:
-        await asyncio.wait_for(hit.wait(), 10)
-        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
-    await work.each_ran_once(p, [job.id])
-
-
 #: What MongoDB answers when a command's maxTimeMS (the driver bound Motor's claims carry,
 #: `storage.transient.driver_bound`) runs out midway: as a command error, or as the write error
 #: of a multi-update, the documents it updated before staying updated.
@@ -148,13 +117,16 @@ TIMED_OUT = [
 ]
 
 
-@pytest.mark.parametrize("error", TIMED_OUT, ids=["command", "write error"])
-async def test_a_batch_claim_cut_by_its_time_limit_after_some_landed_is_read_back(
+@pytest.mark.parametrize(
+    "error", [WCE, *TIMED_OUT], ids=["write concern", "time limit", "time limit write error"]
+)
+async def test_a_batch_claim_that_landed_in_part_and_raised_is_read_back_not_an_attempt(
     db: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    """A batch claim's update_many whose maxTimeMS ran out after it had claimed some jobs
-    raised, logged 'claim_failed', and those jobs stayed 'running' on a live worker that never
-    ran them (nothing recovers a live worker's jobs). They are read back by run id and run."""
+    """A batch claim's update_many that raised after it had claimed some jobs (a write concern
+    error; its maxTimeMS running out: it raised, logged 'claim_failed', and those jobs stayed
+    'running' on a live worker that never ran them, nothing recovering a live worker's jobs):
+    they are read back by run id and run, no attempt used."""
     work = Counted(0.3)
     p = await make(db, {"w": JobDef(handler=work)}, concurrency=4)
     hit, took = claim_lands_then_raises(
@@ -164,13 +136,13 @@ async def test_a_batch_claim_cut_by_its_time_limit_after_some_landed_is_read_bac
     async with p:
         await asyncio.wait_for(hit.wait(), 10)
         for job_id in jobs:
-            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=10)
+            await wait_status(p, job_id, S.FINISHED, S.ERRORED, timeout=20)
     assert took
     await work.each_ran_once(p, jobs)
 
 
-@pytest.mark.parametrize("error", TIMED_OUT[:1], ids=["command"])
-async def test_a_single_claim_cut_by_its_time_limit_is_read_back(
+@pytest.mark.parametrize("error", [WCE, TIMED_OUT[0]], ids=["write concern", "time limit"])
+async def test_a_single_claim_that_landed_and_raised_is_read_back_not_an_attempt(
     db: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     work = Counted()
@@ -181,7 +153,7 @@ async def test_a_single_claim_cut_by_its_time_limit_is_read_back(
     job = await p.schedule_job("w")
     async with p:
         await asyncio.wait_for(hit.wait(), 10)
-        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=10)
+        await wait_status(p, job.id, S.FINISHED, S.ERRORED, timeout=20)
     await work.each_ran_once(p, [job.id])
 
 

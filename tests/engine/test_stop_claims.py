@@ -280,11 +280,9 @@ async def test_the_run_after_a_claim_put_back_unstarted_is_in_the_history(db: An
         assert (1, "errored") in runs
 
 
-async def test_a_paused_job_claimed_while_the_worker_stops_is_put_back_paused(db: Any) -> None:
-    """A resumable job paused by a graceful stop (its checkpoint saved), claimed again by a
-    worker that had not seen its name paused yet, whose stop began before the claim's reply
-    came: it is put back as it was, `paused` (it was put back `pending`), and no worker runs it
-    while its name is paused; once resumed, it resumes from its checkpoint."""
+async def _paused_by_a_stop(db: Any) -> tuple[Any, Job, dict[str, JobDef], list[Any]]:
+    """A resumable job paused by a graceful stop, its checkpoint saved: the processor, the job,
+    the definitions and the states its runs saw."""
     seen: list[Any] = []
     started = asyncio.Event()
 
@@ -302,15 +300,35 @@ async def test_a_paused_job_claimed_while_the_worker_stops_is_put_back_paused(db
         job = await p.schedule_job("index")
         await asyncio.wait_for(started.wait(), 10)
     assert (await p.get_job(job.id)).status == S.PAUSED  # the graceful stop paused it
+    return p, job, jobs, seen
+
+
+async def _put_back_at_a_stop(p: Any, job_id: str, meanwhile: Any = None) -> Job:
+    """The job claimed again, the claim's reply held until the stop has begun: put back
+    unstarted. `meanwhile`: awaited once it is claimed (running), before the stop."""
     landed, reply = await _held_claim(p)
     await p.start()
     await asyncio.wait_for(landed.wait(), 10)  # claimed again: running
-    await Admin(db).pause("index")  # the operator pauses the name: not seen by this worker yet
+    if meanwhile is not None:
+        await meanwhile()
     stopping = asyncio.create_task(p.stop())
     await wait_for(lambda: p.worker.stopping.is_set())
     reply.set()  # the reply comes once the stop has begun: put back unstarted
     await asyncio.wait_for(stopping, 20)
-    put_back = await p.get_job(job.id)
+    return await p.get_job(job_id)
+
+
+async def test_a_paused_job_claimed_while_the_worker_stops_is_put_back_paused(db: Any) -> None:
+    """A resumable job paused by a graceful stop (its checkpoint saved), claimed again by a
+    worker that had not seen its name paused yet, whose stop began before the claim's reply
+    came: it is put back as it was, `paused` (it was put back `pending`), and no worker runs it
+    while its name is paused; once resumed, it resumes from its checkpoint."""
+    p, job, jobs, seen = await _paused_by_a_stop(db)
+
+    async def operator_pauses() -> None:  # the name: not seen by this worker yet
+        await Admin(db).pause("index")
+
+    put_back = await _put_back_at_a_stop(p, job.id, operator_pauses)
     assert (put_back.status, put_back.attempt, put_back.failures) == (S.PAUSED, 1, 0)
     assert put_back.state == {"done": 5}
     assert [run_outcome(r) for r in put_back.history] == ["paused", "not started"]
@@ -330,31 +348,10 @@ async def test_a_job_killed_while_paused_then_retried_is_put_back_pending(db: An
     it is `pending` (its last run's record in `history` still says `paused`: a kill while
     paused is no run). Claimed again and put back unstarted (the reply came once the stop
     began), it is back as it was before that claim, `pending`, not `paused`."""
-    started = asyncio.Event()
-
-    async def index(job: Job, signal: AbortSignal) -> str:
-        if job.state is None:
-            await job.checkpoint({"done": 5})
-            started.set()
-            await signal.wait()
-        return "indexed"
-
-    jobs = {"index": JobDef(handler=index, resumable=True)}
-    p = await make(db, jobs, poll_interval=30, change_streams=False)
-    async with p:
-        job = await p.schedule_job("index")
-        await asyncio.wait_for(started.wait(), 10)
-    assert (await p.get_job(job.id)).status == S.PAUSED
+    p, job, _jobs, _seen = await _paused_by_a_stop(db)
     assert (await p.kill_job(job.id)).status == S.KILLED  # killed while paused
     retried = await p.retry_job(job.id)
     assert retried.status == S.PENDING
-    landed, reply = await _held_claim(p)
-    await p.start()
-    await asyncio.wait_for(landed.wait(), 10)  # claimed again: running
-    stopping = asyncio.create_task(p.stop())
-    await wait_for(lambda: p.worker.stopping.is_set())
-    reply.set()  # the reply comes once the stop has begun: put back unstarted
-    await asyncio.wait_for(stopping, 20)
-    put_back = await p.get_job(job.id)
+    put_back = await _put_back_at_a_stop(p, job.id)
     assert (put_back.status, put_back.failures) == (S.PENDING, 0)
     assert run_outcome(put_back.history[-1]) == "not started"
