@@ -195,10 +195,9 @@ class Limiter:
                 ids = [D.new_id() for _ in docs]
                 if not worker.may_claim(me):
                     return claimed
-                with driver_bound(worker.claim_bound()):
-                    granted, retry_at = await self.storage.limits.acquire(
-                        limit.for_key(key), ids, me, worker.clock.now, limit.key
-                    )
+                granted, retry_at = await self._acquire(
+                    limit.for_key(key), ids, me, worker.clock.now, worker.claim_bound(), limit.key
+                )
                 if len(granted) < len(docs):  # full now: left out of the next round
                     self._block(worker, key, retry_at, now)
                     self.template_of[key] = limit.key
@@ -271,8 +270,9 @@ class Limiter:
         ids = [D.new_id() for _ in range(due)]
         if not worker.may_claim(me):
             return 0
-        with driver_bound(worker.claim_bound()):
-            granted, retry_at = await self.storage.limits.acquire(limit, ids, me, worker.clock.now)
+        granted, retry_at = await self._acquire(
+            limit, ids, me, worker.clock.now, worker.claim_bound()
+        )
         now = worker.clock.now()
         if not granted:
             self._block(worker, limit.key, retry_at, now)
@@ -292,14 +292,43 @@ class Limiter:
             await self.storage.limits.release(limit.key, run_id, started=False)
         return claimed
 
+    async def _acquire(
+        self,
+        limit: Limit,
+        run_ids: list[str],
+        worker_id: str,
+        now: Any,
+        bound: float | None,
+        template: str | None = None,
+    ) -> tuple[list[str], dt.datetime | None]:
+        """`LimitStore.acquire` within the driver's `bound`. A take that failed may have
+        applied with its reply cut (a NetworkTimeout, the bound running out on the server):
+        its slots would stay held under run ids no job carries until the sweep found them
+        stray, `worker_timeout` later (their starts kept in a rate's window). Each is given
+        back at once, unstarted (a compare-and-set on its holder: nothing if it did not
+        land), within a bound of its own; the error goes on. A give-back that fails too is
+        left to that sweep."""
+        try:
+            with driver_bound(bound):
+                return await self.storage.limits.acquire(limit, run_ids, worker_id, now, template)
+        except PyMongoError:
+            for run_id in run_ids:
+                try:
+                    with driver_bound(bound):
+                        await self.storage.limits.release(limit.key, run_id, started=False)
+                except PyMongoError as exc:  # the outage goes on: the sweep gives it back
+                    self.log.warning("limit_release_failed", limit=limit.key, error=describe(exc))
+                    break
+            raise
+
     async def reserve(
         self, limit: Limit, worker_id: str, clock: Any, poll: float, template: str | None = None
     ) -> str:
         """One slot for run_job, waiting (without spinning) until the limit allows it."""
         while True:
             run_id = D.new_id()
-            granted, retry_at = await self.storage.limits.acquire(
-                limit, [run_id], worker_id, clock.now, template
+            granted, retry_at = await self._acquire(
+                limit, [run_id], worker_id, clock.now, None, template
             )
             if granted:
                 return run_id

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import NetworkTimeout
 
 from job_processor import AbortSignal, FakeClock, InvalidPayloadError, Job, JobDef, JobStatus
 from job_processor.core import documents as D
@@ -534,3 +535,50 @@ async def test_a_slot_recovered_from_a_dead_holder_wakes_the_claim_loop(db: Any)
         later = clock.now() + dt.timedelta(minutes=5)  # the holder is long gone
         await processor.recovery.sweep(later)
         await asyncio.wait_for(started.wait(), timeout=10)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        Limit(key="mail", concurrency=1),
+        Limit(key="mail", rate=1, per_seconds=3600),
+        Limit(key="mail:{tenant}", concurrency=1),
+    ],
+    ids=["concurrency", "rate", "per-value"],
+)
+async def test_a_slot_taken_with_its_reply_cut_is_given_back_at_once(
+    driver_db: Any, limit: Limit
+) -> None:
+    """The take of a slot (`LimitStore.acquire`, under the driver's bound on Motor) applied but
+    its reply cut (NetworkTimeout): the slot stayed held under a run id no job carries until
+    the sweep gave it back as a stray, `worker_timeout` later (its start kept in a rate's
+    window: an hour here), the limit's jobs pending meanwhile. The run ids taken are now given
+    back at once, unstarted, and the job runs at the next claim."""
+
+    async def send(job: Job, signal: AbortSignal) -> str:
+        return "sent"
+
+    processor = await make(
+        driver_db, {"send": JobDef(handler=send, limit=limit)}, worker_timeout=30.0
+    )
+    coll = processor.storage.limits.coll
+    cut: list[str] = []
+
+    def cut_once(real: Any) -> Any:
+        async def write(*args: Any, **kw: Any) -> Any:
+            result = await real(*args, **kw)
+            if not cut and ("rev" in args[0] or real.__name__ == "insert_one"):
+                cut.append(real.__name__)  # the take applied, its reply lost
+                raise NetworkTimeout("reply cut")
+            return result
+
+        return write
+
+    coll.update_one, coll.insert_one = cut_once(coll.update_one), cut_once(coll.insert_one)
+    async with processor:
+        job = await processor.schedule_job("send", {"tenant": "acme"})
+        done = await wait_status(processor, job.id, S.FINISHED, timeout=10)
+    assert cut and done.result == "sent"
+    key = limit.key_for({"tenant": "acme"})
+    doc = await processor.storage.limits.get(key)
+    assert doc is not None and (doc["running"], doc["holders"]) == (0, {})
