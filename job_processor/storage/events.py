@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from bson import ObjectId
@@ -79,6 +80,21 @@ _KIND_FILTERS: dict[int, Doc] = {
 }
 #: A list matches the others' conditions by its elements (MongoDB, mongomock): it is "other".
 _LISTS: Doc = {"emitted_at": {"$type": "array"}}
+#: The kinds of `_id` the events of the kind "other" are paged through, in this order, each
+#: greatest first, each as its least value (`{"$gte": it}` matches that kind only), as the
+#: audit log pages its ids: `{"$lt": id}` compares within one BSON type, so one read below an
+#: ObjectId never reaches the text or numeric ids another program gave its events. An id of
+#: any other type (a document, a boolean) is not listed in that kind.
+_ID_KINDS: tuple[Any, ...] = (ObjectId(b"\0" * 12), "", -math.inf)
+
+
+def id_kind(value: Any) -> int | None:
+    """Where an `_id` is in `_ID_KINDS` (None: none of them)."""
+    if isinstance(value, ObjectId):
+        return 0
+    if isinstance(value, str):
+        return 1
+    return 2 if is_number(value) else None
 
 
 def emitted_kind(value: Any) -> int:
@@ -198,18 +214,20 @@ class EventStore:
         name: str | None,
         window: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
         upto: Any = None,
+        ids: int = 0,
     ) -> Any:
         """The events of one kind of `emitted_at` (`EMITTED_KINDS`), in listing order, on the
         listing indexes: dates in `window` (since inclusive, until exclusive) and below `upto`
         (exclusive); text or numbers up to `upto` (inclusive: the caller drops the ties
-        already shown); any other value by `_id` below `upto` (an `_id`). A superset on some
+        already shown); any other value by `_id`, those of `upto`'s kind of id below it (an
+        `_id`), or with no `upto` those of the kind `ids` (`_ID_KINDS`). A superset on some
         servers (nx-27017 compares dates with text that looks like one; MongoDB and mongomock
         match a list by its elements): `kind_page` keeps only the kind's own."""
         query: Doc = {} if name is None else {"name": name}
         if kind == OTHER:
             odd = {"$or": [{"$nor": [_KIND_FILTERS[k] for k in (DATED, TEXT, NUMBER)]}, _LISTS]}
-            bound = [] if upto is None else [{"_id": {"$lt": upto}}]
-            return self.coll.find({"$and": [query, odd, *bound]}).sort("_id", DESCENDING)
+            bound = {"$gte": _ID_KINDS[ids]} if upto is None else {"$lt": upto}
+            return self.coll.find({"$and": [query, odd, {"_id": bound}]}).sort("_id", DESCENDING)
         when = dict(_KIND_FILTERS[kind]["emitted_at"])
         if kind == DATED:
             since, until = window
@@ -231,14 +249,21 @@ class EventStore:
     ) -> tuple[list[tuple[Any, Doc]], int]:
         """`kind_cursor`'s first `limit` events, those of the kind only, each with its
         `emitted_at` as stored (before `decode`, which reads a date's text as a date); and how
-        many were read (fewer than `limit`: the kind has no more)."""
+        many were read (fewer than `limit`: the kind has no more). The kind "other" reads its
+        kinds of `_id` in turn, from `upto`'s (one read per kind of id reached)."""
         read = 0
         out: list[tuple[Any, Doc]] = []
-        async for doc in self.kind_cursor(kind, name, window, upto).limit(limit):
-            read += 1
-            value = doc.get("emitted_at")
-            if emitted_kind(value) == kind:
-                out.append((value, decode(doc)))
+        first = (id_kind(upto) or 0) if kind == OTHER and upto is not None else 0
+        for ids in range(first, len(_ID_KINDS)) if kind == OTHER else (0,):
+            bound = upto if ids == first else None
+            cursor = self.kind_cursor(kind, name, window, bound, ids).limit(limit - read)
+            async for doc in cursor:
+                read += 1
+                value = doc.get("emitted_at")
+                if emitted_kind(value) == kind and (kind != OTHER or id_kind(doc["_id"]) == ids):
+                    out.append((value, decode(doc)))
+            if read >= limit:
+                break
         return out, read
 
     def untargeted_cursor(self, since: dt.datetime, limit: int = 1000) -> Any:

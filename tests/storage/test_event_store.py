@@ -377,3 +377,35 @@ async def test_event_pages_reach_every_event_once_whatever_its_emitted_at(
     position = decode_cursor(old.decode().rstrip("="))
     page, _, _ = await event_page(storage, "shipped", None, None, 2, position)
     assert [e.id for e in page] == shown[2:4]
+
+
+async def test_event_pages_reach_events_with_no_date_whatever_their_ids(
+    storage: Storage,
+) -> None:
+    """The events with no date in `emitted_at` are listed by `_id` desc; past a page ending on
+    one, the next read was `_id < that id`, which compares within one BSON type: a page ending
+    on an ObjectId never reached those another program gave a text or numeric id (nor one
+    ending on a text id the numeric ones). Their kinds of id are paged apart, as the audit
+    log's: ObjectIds, text, then numbers, each greatest first; each event on one page."""
+    oids = [ObjectId() for _ in range(2)]
+    docs: list[dict[str, Any]] = [
+        {"_id": oids[0], "name": "shipped", "payload": {}},
+        {"_id": "evt-b", "name": "shipped", "payload": {}, "emitted_at": None},
+        {"_id": 7, "name": "shipped", "payload": {}, "emitted_at": True},
+        {"_id": oids[1], "name": "shipped", "payload": {}, "emitted_at": {"at": 1}},
+        {"_id": "evt-a", "name": "shipped", "payload": {}},
+        {"_id": 12.5, "name": "shipped", "payload": {}},
+    ]
+    await storage.events.coll.insert_many(docs)
+    dated = (await emit(storage))[1]["_id"]
+    expected = [str(dated), str(oids[1]), str(oids[0]), "evt-b", "evt-a", "12.5", "7"]
+    for size in (1, 2, 3, 100):
+        seen: list[str] = []
+        before = None
+        for _ in range(10):
+            page, more, _ = await event_page(storage, "shipped", None, None, size, before)
+            seen += [e.id for e in page]
+            if more is None:
+                break
+            before = decode_cursor(more)
+        assert seen == expected, size
