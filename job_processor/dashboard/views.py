@@ -344,6 +344,7 @@ def _detail_text(detail: dict[str, Any]) -> str:
 
 
 async def api_overview(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "the overview")  # as the page it mirrors
     admin = await d.admin()
     ov = await masked_overview(d, 30)
     workers = await admin.list_workers()
@@ -368,6 +369,7 @@ async def api_jobs(d: Dashboard, request: Request) -> Response:
 
 
 async def api_job(d: Dashboard, request: Request) -> Response:
+    check_list_params(request, (), {}, "a job's page")
     admin = await d.admin()
     found = await admin.get_job(request.path_params["job_id"])
     return json_response(d.mask_job(found, await admin.carried([found])))

@@ -651,6 +651,22 @@ async def test_the_overview_new_job_job_and_event_pages_refuse_unknown_parameter
         assert (await c.get(resp.headers["location"])).status_code == 200
 
 
+async def test_the_overview_and_job_apis_refuse_unknown_parameters(processor: Any) -> None:
+    """/api/overview and /api/jobs/{id}, the JSON of the overview and a job's page, took any
+    query parameter silently (/api/overview?minutes=60 answered the 30 minutes' figures with a
+    200) while /api/jobs and the pages they mirror refuse one: the same refusal, as JSON."""
+    p, _ = processor
+    later = await due_tomorrow(p)
+    app = create_dashboard(p, auth=AUTH)
+    async with client(app) as c:
+        for path in ("/api/overview", f"/api/jobs/{later.id}"):
+            answer = await c.get(path, params={"minutes": 60})
+            assert answer.status_code == 400, path
+            assert "unknown parameter 'minutes'" in answer.json()["error"], path
+            assert "reads no parameter" in answer.json()["error"], path
+            assert (await c.get(path)).status_code == 200, path
+
+
 async def test_a_misspelt_tag_filter_is_refused_with_a_did_you_mean(processor: Any) -> None:
     """/jobs?tag=reprots listed no job, as a tag with no job yet does, while a misspelt name
     is a 400 naming it: the tag is checked the same way (definitions, live workers' tags,
