@@ -64,9 +64,10 @@ DELIVERY_INDEXES: list[tuple[IndexKeys, dict[str, Any]]] = [
 
 #: The kinds of `emitted_at` an events listing pages through, in this order (`kinds`): the
 #: dates emit writes, newest first; the text and the numbers another program wrote, each
-#: greatest first (ties by `_id` desc, as for dates); then any other value (none, null, a
-#: boolean, a document, a list...) by `_id` desc. Each is read apart, bounded on the server to
-#: its kind (`$lt` compares within one BSON type; the servers order types differently).
+#: greatest first (ties by `_id` desc, as for dates); then none or null, by `_id` desc (an
+#: `emitted_at` of another type, a boolean, a document..., is not listed: no index bounds it).
+#: Each is read apart, bounded on the server to its kind (`$lt` compares within one BSON type;
+#: the servers order types differently).
 DATED, TEXT, NUMBER, OTHER = range(4)
 EMITTED_KINDS = ("date", "text", "number", "other")
 #: The least date a listing reads (a bound on the index brackets the dates).
@@ -78,8 +79,9 @@ _KIND_FILTERS: dict[int, Doc] = {
     TEXT: {"emitted_at": {"$type": "string"}},
     NUMBER: {"emitted_at": {"$type": "number"}},
 }
-#: A list matches the others' conditions by its elements (MongoDB, mongomock): it is "other".
-_LISTS: Doc = {"emitted_at": {"$type": "array"}}
+#: `emitted_at` none or null. Test-server workaround: nx-27017's `{field: null}` misses a field
+#: that is not there; `$in: [null]` matches both there, and MongoDB reads it as the equality.
+NONE_OR_NULL: Doc = {"$in": [None]}
 #: The kinds of `_id` the events of the kind "other" are paged through, in this order, each
 #: greatest first, each as its least value (`{"$gte": it}` matches that kind only), as the
 #: audit log pages its ids: `{"$lt": id}` compares within one BSON type, so one read below an
@@ -219,15 +221,17 @@ class EventStore:
         """The events of one kind of `emitted_at` (`EMITTED_KINDS`), in listing order, on the
         listing indexes: dates in `window` (since inclusive, until exclusive) and below `upto`
         (exclusive); text or numbers up to `upto` (inclusive: the caller drops the ties
-        already shown); any other value by `_id`, those of `upto`'s kind of id below it (an
+        already shown); none or null by `_id`, those of `upto`'s kind of id below it (an
         `_id`), or with no `upto` those of the kind `ids` (`_ID_KINDS`). A superset on some
         servers (nx-27017 compares dates with text that looks like one; MongoDB and mongomock
         match a list by its elements): `kind_page` keeps only the kind's own."""
         query: Doc = {} if name is None else {"name": name}
         if kind == OTHER:
-            odd = {"$or": [{"$nor": [_KIND_FILTERS[k] for k in (DATED, TEXT, NUMBER)]}, _LISTS]}
             bound = {"$gte": _ID_KINDS[ids]} if upto is None else {"$lt": upto}
-            return self.coll.find({"$and": [query, odd, {"_id": bound}]}).sort("_id", DESCENDING)
+            # none or null only: a point on the listing indexes, then their `_id` (the other
+            # types' `$nor` walked the whole `_id` index on MongoDB, at every short page)
+            only = query | {"emitted_at": NONE_OR_NULL, "_id": bound}
+            return self.coll.find(only).sort("_id", DESCENDING)
         when = dict(_KIND_FILTERS[kind]["emitted_at"])
         if kind == DATED:
             since, until = window

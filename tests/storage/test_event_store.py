@@ -330,7 +330,7 @@ async def test_event_pages_reach_every_event_once_whatever_its_emitted_at(
     (nx-27017: never shown at all; MongoDB sorts them after the dates, and the cursor of a page
     ending on one, its id's time, led back to dated events already shown). Each kind is paged
     apart, in one order on every backend: the dates newest first, the text, the numbers (each
-    greatest first, ties by id desc), then any other value by id desc; each event once."""
+    greatest first, ties by id desc), then none or null by id desc; each event once."""
     dated = [(await emit(storage, at=i))[1]["_id"] for i in range(3)]
     await emit(storage, "other", at=5)  # another name: not listed under "shipped"
 
@@ -346,10 +346,10 @@ async def test_event_pages_reach_every_event_once_whatever_its_emitted_at(
     texts = [*yesterday[::-1], *await odd("2030-01-01T12:00:03+00:00", "")]
     big, five, five_again, negative = await odd(10**12, 5, 5.0, -2.5)
     numbers = [big, five_again, five, negative]
-    others = [
-        *await odd(None, True, {"a": 1}, ["x", 3], [later(1)], [], ObjectId()),
-        *await odd(None, missing=True),
-    ]
+    others = [*await odd(None), *await odd(None, missing=True)]
+    # an emitted_at of another type is not listed (no index bounds it: the `$nor` of the
+    # other kinds walked the whole `_id` index on MongoDB at every short page)
+    await odd(True, {"a": 1}, ["x", 3], [later(1)], [], ObjectId())
     expected = [*dated[::-1], *texts, *numbers, *others[::-1]]
 
     async def pages(name: str | None, size: int, **window: Any) -> list[str]:
@@ -398,7 +398,8 @@ async def test_event_pages_reach_events_with_no_date_whatever_their_ids(
     ]
     await storage.events.coll.insert_many(docs)
     dated = (await emit(storage))[1]["_id"]
-    expected = [str(dated), str(oids[1]), str(oids[0]), "evt-b", "evt-a", "12.5", "7"]
+    # `emitted_at` True and {"at": 1} are not listed: none or null only
+    expected = [str(dated), str(oids[0]), "evt-b", "evt-a", "12.5"]
     for size in (1, 2, 3, 100):
         seen: list[str] = []
         before = None

@@ -17,7 +17,7 @@ from job_processor.core import foreign as FD
 from job_processor.core.status import JobStatus
 from job_processor.storage import CLAIM_SORT, JobQuery, Storage
 from job_processor.storage.compat import DEPENDENTS_COUNTED_PARTS, HOOK_NOT_OWED_PARTS
-from job_processor.storage.events import DATED, NUMBER, TEXT
+from job_processor.storage.events import DATED, NUMBER, OTHER, TEXT
 from job_processor.storage.job_crons import missed_tasks, pending_tasks_of
 from job_processor.storage.job_flows import expiry_pending, with_expiry
 
@@ -397,6 +397,11 @@ async def test_event_queries_are_index_backed(storage: Storage) -> None:
             assert_indexed(await storage.events.kind_cursor(kind, name).explain())
             assert_indexed(await storage.events.kind_cursor(kind, name, upto=upto).explain())
     assert_indexed(await storage.events.kind_cursor(DATED, "e1", (NOW, later)).explain())
+    for name in (None, "e1"):  # none or null, by each kind of `_id`, and past a cursor
+        for ids in range(3):
+            assert_indexed(await storage.events.kind_cursor(OTHER, name, ids=ids).explain())
+        upto = ObjectId()
+        assert_indexed(await storage.events.kind_cursor(OTHER, name, upto=upto).explain())
 
 
 async def test_mongodb_refuses_to_claim_a_non_numeric_attempt_and_the_cause_is_errored(
