@@ -146,10 +146,10 @@ class Runtime:
         self._stop_called = asyncio.Event()
         """Set by stop(), cleared by start(): a serve() waiting for a signal stops waiting."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runtime_loop: asyncio.AbstractEventLoop | None = None
-        """The event loop the side loops (heartbeat, ownership, sweeps) last ran in."""
         """The event loop this processor was first started in: its claim loop's events are
         bound to it (`bind_loop`)."""
+        self._runtime_loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the side loops (heartbeat, ownership, sweeps) last ran in."""
 
     @property
     def identity(self) -> str:
