@@ -1,9 +1,9 @@
 """Pages of `list_events` past a cursor, for the CLI's `events list --cursor` and the
 dashboard's Events page. The order is stable even when events share their time: the events
 whose `emitted_at` is a date (what emit writes) newest first, then those another program wrote
-with text there, then with a number (each greatest first), then with anything else (none, a
-boolean, a document...) by id (ObjectIds, text, then numbers: `storage.events.kind_page`);
-within a kind, ties by id desc (`storage.events.EMITTED_KINDS`).
+with text there, then with a number (each greatest first), then with none or null (a boolean,
+a document, a list is not listed) by id (ObjectIds, text, then numbers:
+`storage.events.kind_page`); within a kind, ties by id desc (`storage.events.EMITTED_KINDS`).
 A listing with a time window (since / until) lists dated events only. The cursor is the last
 event shown: its kind, its `emitted_at` as stored (a date to the ms) and its id."""
 

@@ -264,7 +264,9 @@ class EventStore:
             async for doc in cursor:
                 read += 1
                 value = doc.get("emitted_at")
-                if emitted_kind(value) == kind and (kind != OTHER or id_kind(doc["_id"]) == ids):
+                # none or null only: `$in: [null]` matches a list holding a null too
+                other = value is None and id_kind(doc["_id"]) == ids
+                if emitted_kind(value) == kind and (kind != OTHER or other):
                     out.append((value, decode(doc)))
             if read >= limit:
                 break

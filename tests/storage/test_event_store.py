@@ -410,3 +410,28 @@ async def test_event_pages_reach_events_with_no_date_whatever_their_ids(
                 break
             before = decode_cursor(more)
         assert seen == expected, size
+
+
+async def test_event_pages_list_no_list_holding_null_in_emitted_at(storage: Storage) -> None:
+    """The last kind is none or null only; `emitted_at: {"$in": [null]}` also matches a list
+    that holds a null (MongoDB, mongomock and nx-27017 alike): `[null]` or `[1, null]` was
+    listed there while every other list (`[]`, `["x", 3]`) is not. Each is left out."""
+    docs: list[dict[str, Any]] = [
+        {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": [None]},
+        {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": [1, None]},
+        {"_id": ObjectId(), "name": "shipped", "payload": {}, "emitted_at": None},
+        {"_id": "evt-a", "name": "shipped", "payload": {}, "emitted_at": [None]},
+        {"_id": "evt-b", "name": "shipped", "payload": {}},
+    ]
+    await storage.events.coll.insert_many(docs)
+    expected = [str(docs[2]["_id"]), "evt-b"]
+    for size in (1, 2, 100):
+        seen: list[str] = []
+        before = None
+        for _ in range(10):
+            page, more, _ = await event_page(storage, "shipped", None, None, size, before)
+            seen += [e.id for e in page]
+            if more is None:
+                break
+            before = decode_cursor(more)
+        assert seen == expected, size
