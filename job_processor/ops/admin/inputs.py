@@ -225,31 +225,31 @@ def ids_of(
     refused unless `empty_ok`). An action's ids (`most`: MAX_BULK) are refused past that many,
     before anything is done, naming `instead` (what acts on more)."""
     given: Any = job_ids
+    items: Iterable[Any]
     if isinstance(given, str | ObjectId | Job):
-        items: list[Any] = [given]
+        items = [given]
     elif isinstance(given, Iterable) and not isinstance(given, bytes | Mapping):
-        items = list(given)
+        items = given
     else:
         raise InvalidArgumentError(
             f"job_ids must be a job id (a str of 24 hex characters) or a list of them, got a "
             f"{type(given).__name__}"
         )
-    if not items and not empty_ok:
-        raise InvalidArgumentError("give at least one job id")
-    out = []
-    for item in items:
+    unique: dict[ObjectId, None] = {}  # an id given twice is acted on, and reported, once
+    for item in items:  # read only up to one past `most`: a huge generator is not built
         try:
-            out.append(object_id(item))
+            unique[object_id(item)] = None
         except JobNotFoundError as exc:
             raise InvalidArgumentError(str(exc)) from None
-    unique = list(dict.fromkeys(out))  # an id given twice is acted on, and reported, once
-    if most is not None and len(unique) > most:
-        # each id is a round trip, and the audit entry lists the first 1,000 only
-        raise InvalidArgumentError(
-            f"job_ids holds {len(unique):,} ids: an action takes at most {most:,} (MAX_BULK); "
-            f"nothing was done: give them in batches of {most:,}{instead}"
-        )
-    return unique
+        if most is not None and len(unique) > most:
+            # each id is a round trip, and the audit entry lists the first 1,000 only
+            raise InvalidArgumentError(
+                f"job_ids holds more than {most:,} ids: an action takes at most {most:,} "
+                f"(MAX_BULK); nothing was done: give them in batches of {most:,}{instead}"
+            )
+    if not unique and not empty_ok:
+        raise InvalidArgumentError("give at least one job id")
+    return list(unique)
 
 
 def one_id(job_id: str | ObjectId) -> ObjectId:
