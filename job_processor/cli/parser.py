@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import difflib
+import itertools
 import os
+import re
 import shlex
+from contextvars import ContextVar
+from typing import NoReturn
 
 from ..core.errors import InvalidArgumentError, InvalidDefinitionError
 from ..core.settings import check_prefix
@@ -117,9 +121,55 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(sub)
 
 
+#: The words `parse` reads, for a refusal's hint (unset: a parser used on its own).
+_ARGV: ContextVar[list[str] | None] = ContextVar("job_processor_cli_argv", default=None)
+
+_EXPECTED = re.compile(r"argument (\S+): expected one argument")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose refusal says so when a value that starts
+    with '-' was read as an option (`names pause -x`: "the following arguments are required:
+    name"), with the command that takes it, as the hints of core.commands write it."""
+
+    def error(self, message: str) -> NoReturn:
+        argv = _ARGV.get()
+        hint = _dash_hint(self, message, argv) if argv is not None else None
+        super().error(f"{message} ({hint})" if hint else message)
+
+
+def _dash_hint(parser: argparse.ArgumentParser, message: str, argv: list[str]) -> str | None:
+    """How to give the value `argv` holds that `parser` read as an option: after `--` for an
+    argument, joined to its option (`--name=-x`) for an option's value."""
+    if "--" in argv:
+        return None
+    options = {o for a in parser._actions for o in a.option_strings}
+    expected = _EXPECTED.fullmatch(message)
+    if expected:
+        flags = expected.group(1).split("/")
+        for i, (flag, value) in enumerate(itertools.pairwise(argv)):
+            if flag in flags and value.startswith("-") and value.split("=")[0] not in options:
+                fixed = [*argv[:i], f"{flag}={value}", *argv[i + 2 :]]
+                return (
+                    f"{value!r} was read as an option: join it to {flag}, "
+                    f"`job-processor {shlex.join(fixed)}`"
+                )
+        return None
+    if not message.startswith("the following arguments are required"):
+        return None
+    for i, word in enumerate(argv):
+        if len(word) > 1 and word.startswith("-") and word.split("=")[0] not in options:
+            fixed = [*argv[:i], *argv[i + 1 :], "--", word]
+            return (
+                f"{word!r} was read as an option: a value that starts with '-' goes after --, "
+                f"`job-processor {shlex.join(fixed)}`"
+            )
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     # accepted before or after the subcommand: subparsers only set what was given
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--log-level",
         type=log_level,
@@ -140,27 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # run and demo: --timeout and --prefix are the app factory's (init_job_processor), so they
     # are not shown; main() explains that when they are given
-    logging_only = argparse.ArgumentParser(add_help=False)
+    logging_only = Parser(add_help=False)
     logging_only.add_argument(
         "--log-level",
         type=log_level,
         default=argparse.SUPPRESS,
         help="debug, info, warning, error, critical (LOG_LEVEL)",
     )
-    refused = argparse.ArgumentParser(add_help=False, parents=[logging_only])
+    refused = Parser(add_help=False, parents=[logging_only])
     refused.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     refused.add_argument("--prefix", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     # the commands that act record --actor in the audit log; those that only read accept it
     # (scripts pass it everywhere) without offering it
-    opt = argparse.ArgumentParser(add_help=False, parents=[common])
+    opt = Parser(add_help=False, parents=[common])
     opt.add_argument("--json", action="store_true", help="machine-readable output")
-    reading = argparse.ArgumentParser(add_help=False, parents=[opt])
+    reading = Parser(add_help=False, parents=[opt])
     opt.add_argument(
         "--actor", default=argparse.SUPPRESS, help="who to record in the audit log (user@host)"
     )
     reading.add_argument("--actor", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="job-processor",
         description="Run a job processor, or operate one from MONGODB_URL alone "
         "(exit codes: 0 done, 1 nothing done, 2 bad input, 3 MongoDB unreachable).",
@@ -439,7 +489,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     (`job-processor --json jobs list`: --json goes after the subcommand), or a JSON payload
     given without `--payload`; an option of one value given twice (`--key a --key b`) is
     refused instead of the last one silently winning."""
-    args, extras = parser.parse_known_args(argv)
+    token = _ARGV.set(argv)
+    try:
+        args, extras = parser.parse_known_args(argv)
+    finally:
+        _ARGV.reset(token)
     leaf, path = _leaf(parser, args)
     _refuse_repeated(leaf, path[1:], argv, parser)
     after_dashes = set(argv[argv.index("--") + 1 :]) if "--" in argv else set()

@@ -127,3 +127,27 @@ async def test_a_hint_in_a_subscriber_clash_runs_as_printed(db: Any, mongo_url: 
         raise AssertionError("the clash was not refused")
     (forgot,) = await run_hint(url, text, clash)
     assert forgot.returncode == 0, forgot.stderr
+
+
+async def test_a_dash_name_typed_as_an_option_is_told_how_to_give_it(
+    db: Any, mongo_url: str
+) -> None:
+    """`names pause -x` said only "the following arguments are required: name", and `jobs list
+    --name -x` "argument --name: expected one argument": the name was there, read as an
+    option. The refusal now says so, with the command that takes it, which runs as printed."""
+    url = url_with_db(mongo_url, db.name)
+    async with await init_job_processor(db, jobs={"-x": JobDef(handler=tick)}, **FAST):
+        pass
+    typed = await cli(url, "names", "pause", "-x")
+    assert typed.returncode == 2, typed.stderr
+    assert "'-x' was read as an option" in typed.stderr, typed.stderr
+    (paused,) = await run_hint(url, typed.stderr, "-x")
+    assert paused.returncode == 0 and "name paused: 1 (-x)" in paused.stdout, paused.stdout
+    listed = await cli(url, "jobs", "list", "--name", "-x", "--limit", "5")
+    assert listed.returncode == 2, listed.stderr
+    assert "'-x' was read as an option" in listed.stderr, listed.stderr
+    (listing,) = await run_hint(url, listed.stderr, "-x")
+    assert listing.returncode == 0, listing.stderr
+    typed_new = await cli(url, "jobs", "new", "-x", "--payload", "{}")
+    (made,) = await run_hint(url, typed_new.stderr, "-x")
+    assert made.returncode == 0 and "created job -x" in made.stdout, made.stdout
