@@ -219,6 +219,15 @@ TAKES_A_BEAT = {
 }
 
 
+def print_more(cursor: str, given: str | None) -> None:
+    """The next page's cursor, on stderr: added to the command for the first page, in place
+    of the `--cursor` given past it (added, the option would be given twice: refused)."""
+    if given:
+        print(f"more: in place of this page's cursor, --cursor {cursor}", file=sys.stderr)
+    else:
+        print(f"more: add --cursor {cursor}", file=sys.stderr)
+
+
 def print_paused(result: ActionResult) -> None:
     """The names of the jobs the action queued that no worker runs until they are resumed."""
     for name in result.detail.get("paused") or []:

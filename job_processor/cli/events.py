@@ -23,6 +23,7 @@ from .common import (
     emit_json,
     first_line,
     one_line,
+    print_more,
     shown_json,
     table,
     when,
@@ -85,7 +86,7 @@ async def events_list(args: argparse.Namespace) -> int:
                 [_event_row(e) for e in events],
             )
         if more:
-            print(f"more: add --cursor {more}", file=sys.stderr)
+            print_more(more, args.cursor)
         return DONE
 
     return await with_admin(args, run)

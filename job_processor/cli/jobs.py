@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import json
 import math
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from .common import (
     first_line,
     masked,
     one_line,
+    print_more,
     report,
     reported,
     shown_json,
@@ -195,7 +195,7 @@ async def jobs_list(args: argparse.Namespace) -> int:
             job_rows(page.jobs, carried),
         )
         if page.next_cursor:
-            print(f"more: add --cursor {page.next_cursor}", file=sys.stderr)
+            print_more(page.next_cursor, args.cursor)
         return DONE
 
     return await with_admin(args, run)

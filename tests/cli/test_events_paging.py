@@ -9,7 +9,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from job_processor import init_job_processor
+from job_processor import AbortSignal, Job, JobDef, init_job_processor
 from job_processor.core.clock import FakeClock
 from tests.conftest import url_with_db
 from tests.forked_cli import Run, run_cli
@@ -20,9 +20,51 @@ async def cli(url: str, *args: str) -> Run:
 
 
 def _more(run: Run) -> str | None:
-    """The cursor a text page printed ("more: add --cursor TOKEN"), if any."""
-    lines = [line for line in run.stderr.splitlines() if line.startswith("more: add --cursor ")]
+    """The cursor a page printed ("more: add --cursor TOKEN", or past the first page "more: in
+    place of this page's cursor, --cursor TOKEN"), if any."""
+    lines = [line for line in run.stderr.splitlines() if line.startswith("more: ")]
     return lines[0].split()[-1] if lines else None
+
+
+async def _idle(job: Job, signal: AbortSignal) -> None:
+    return None
+
+
+def _follow(argv: list[str], run: Run) -> list[str] | None:
+    """The next page's command, made as the printed line says (None: no more)."""
+    lines = [line for line in run.stderr.splitlines() if line.startswith("more: ")]
+    if not lines:
+        return None
+    words = lines[0].split()
+    token = words[-1]
+    assert words[-2] == "--cursor", lines[0]
+    if words[1] == "add":
+        return [*argv, "--cursor", token]
+    assert lines[0].startswith("more: in place of this page's cursor, --cursor "), lines[0]
+    at = argv.index("--cursor")
+    return [*argv[: at + 1], token, *argv[at + 2 :]]
+
+
+async def test_the_printed_next_page_runs_as_said_past_the_second_page(
+    db: Any, mongo_url: str
+) -> None:
+    """A page read with --cursor said "more: add --cursor TOKEN": added as said, the command
+    had two (`--cursor was given 2 times`, exit 2). Past the first page the line says the
+    cursor goes in place of the one given; followed as said, each page runs, to the last."""
+    url = url_with_db(mongo_url, db.name)
+    processor = await init_job_processor(db, jobs={"send": JobDef(handler=_idle)})
+    for n in range(5):
+        await processor.emit("shipped", {"n": n})
+        await processor.schedule_job("send", {"n": n}, delay=3600)
+    for argv in (["events", "list", "--limit", "2"], ["jobs", "list", "--limit", "2"]):
+        pages: list[list[str]] = []
+        next_argv: list[str] | None = argv
+        while next_argv is not None and len(pages) < 10:
+            page = await cli(url, *next_argv)
+            assert page.returncode == 0, (next_argv, page.stderr)
+            pages.append(page.stdout.splitlines()[1:])
+            next_argv = _follow(next_argv, page)
+        assert [len(rows) for rows in pages] == [2, 2, 1], (argv, pages)
 
 
 async def test_events_list_pages_with_a_cursor(db: Any, mongo_url: str) -> None:
