@@ -139,6 +139,10 @@ async def test_the_audit_pages_show_every_entry_across_object_and_text_ids(db: A
     admin = await app.state.dashboard.admin()
     with pytest.raises(InvalidArgumentError, match="before 'nope' is not an audit entry id"):
         await admin.audit_log(before="nope")  # a text no entry has: still refused
+    # said as it is: a text id ('hand-001') is one, so the refusal is not "24 hex characters"
+    with pytest.raises(InvalidArgumentError, match="no entry has that id") as refused:
+        await admin.audit_log(before="nope")
+    assert "24 hex" not in str(refused.value), refused.value
 
 
 async def test_the_audit_pages_show_entries_with_numeric_ids_in_a_stable_order(db: Any) -> None:

@@ -175,8 +175,8 @@ class StatusAdmin(CronsAdmin):
                 key = await self.storage.audit.stored_id(before)
             if key is None:
                 raise InvalidArgumentError(
-                    f"before {str(before)[:40]!r} is not an audit entry id (the id of an entry "
-                    "audit_log returned: 24 hex characters)"
+                    f"before {str(before)[:40]!r} is not an audit entry id: no entry has that "
+                    "id (give the id of an entry audit_log returned, as the Older link does)"
                 ) from None
         docs = await self.storage.audit.recent(limit_of(limit), key)
         entries = []
