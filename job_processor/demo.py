@@ -260,7 +260,7 @@ async def _demo(db: Any) -> None:
     delivered = await _wait(processor, hook.id, JobStatus.FINISHED)
     show(delivered)
     for h in delivered.history:
-        say(f"      attempt {h['attempt']}: {h['status']:<8} {h['error'] or ''}")
+        say(f"      attempt {h['attempt']}: {h['status']:<8} {h['error'] or ''}".rstrip())
 
     say("\n3. long-import is killed while running (kill_job works from any process):")
     await _wait(processor, imp.id, JobStatus.RUNNING)
