@@ -352,26 +352,12 @@ async def test_event_pages_reach_every_event_once_whatever_its_emitted_at(
     await odd(True, {"a": 1}, ["x", 3], [later(1)], [], ObjectId())
     expected = [*dated[::-1], *texts, *numbers, *others[::-1]]
 
-    async def pages(name: str | None, size: int, **window: Any) -> list[str]:
-        seen: list[str] = []
-        before = None
-        for _ in range(30):
-            page, more, cut = await event_page(
-                storage, name, window.get("since"), window.get("until"), size, before
-            )
-            assert not cut
-            seen += [e.id for e in page]
-            if more is None:
-                return seen
-            before = decode_cursor(more)
-        raise AssertionError(f"pages never end: {seen}")
-
     shown = [str(i) for i in expected]
     for size in (1, 2, 5, 100):
-        assert await pages("shipped", size) == shown, size
-    assert len(await pages(None, 3)) == len(shown) + 1
+        assert await all_pages(storage, "shipped", size) == shown, size
+    assert len(await all_pages(storage, None, 3)) == len(shown) + 1
     # a window is on the time of emit: the dated events only
-    assert await pages("shipped", 2, since=NOW) == shown[:3]
+    assert await all_pages(storage, "shipped", 2, since=NOW) == shown[:3]
     # a cursor made before the kinds were paged apart (ms.id) still reads as a dated one
     old = base64.urlsafe_b64encode(f"{int(later(1).timestamp() * 1000)}.{dated[1]}".encode())
     position = decode_cursor(old.decode().rstrip("="))
@@ -401,15 +387,7 @@ async def test_event_pages_reach_events_with_no_date_whatever_their_ids(
     # `emitted_at` True and {"at": 1} are not listed: none or null only
     expected = [str(dated), str(oids[0]), "evt-b", "evt-a", "12.5"]
     for size in (1, 2, 3, 100):
-        seen: list[str] = []
-        before = None
-        for _ in range(10):
-            page, more, _ = await event_page(storage, "shipped", None, None, size, before)
-            seen += [e.id for e in page]
-            if more is None:
-                break
-            before = decode_cursor(more)
-        assert seen == expected, size
+        assert await all_pages(storage, "shipped", size) == expected, size
 
 
 async def test_event_pages_list_no_list_holding_null_in_emitted_at(storage: Storage) -> None:
@@ -426,12 +404,20 @@ async def test_event_pages_list_no_list_holding_null_in_emitted_at(storage: Stor
     await storage.events.coll.insert_many(docs)
     expected = [str(docs[2]["_id"]), "evt-b"]
     for size in (1, 2, 100):
-        seen: list[str] = []
-        before = None
-        for _ in range(10):
-            page, more, _ = await event_page(storage, "shipped", None, None, size, before)
-            seen += [e.id for e in page]
-            if more is None:
-                break
-            before = decode_cursor(more)
-        assert seen == expected, size
+        assert await all_pages(storage, "shipped", size) == expected, size
+
+
+async def all_pages(
+    storage: Storage, name: str | None, size: int, since: Any = None, until: Any = None
+) -> list[str]:
+    """The ids of every events page of `size`, each from the cursor the previous one gave."""
+    seen: list[str] = []
+    before = None
+    for _ in range(30):
+        page, more, cut = await event_page(storage, name, since, until, size, before)
+        assert not cut
+        seen += [e.id for e in page]
+        if more is None:
+            return seen
+        before = decode_cursor(more)
+    raise AssertionError(f"pages never end: {seen}")
