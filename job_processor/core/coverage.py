@@ -163,10 +163,14 @@ def coverage(
                 name in mapping(w.get("definitions")) or name in texts(w.get("names"))
                 for w in everyone
             )
-            if not waiting and not after and not int(by_status.get("running", 0)) and not defined:
+            running = int(by_status.get("running", 0))
+            if not running and not defined:
                 forget = command("names forget", name)
                 if kind == "cron":  # its schedule is stored: removed first, explicitly
                     forget = f"{command('crons remove', name)}, then {forget}"
+                if waiting or after:  # `names forget` refuses while jobs of it are queued
+                    listed = f"job-processor jobs list {option('--name', name)}"
+                    forget = f"kill its queued jobs ({listed}, then jobs kill ID...), then {forget}"
                 fix += f", or, if it is gone from the code, {forget}"
         queued = f" ({waiting} queued)" if waiting else ""
         tagged = f" (tag {tag!r})" if tag is not None else ""

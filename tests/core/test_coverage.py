@@ -86,3 +86,15 @@ def test_the_resume_command_of_a_paused_name_can_be_run_as_it_is_shown() -> None
         "'send email' is paused: 1 due job waits until it is resumed "
         "(job-processor names resume 'send email')"
     ]
+
+
+def test_a_name_gone_from_the_code_with_queued_jobs_is_given_a_way_out() -> None:
+    """Queued jobs of a name no worker defines: the warning said only "start a worker that
+    defines it" (`names forget` refuses while jobs of it are queued): it also says how to end
+    them first, with commands that run as printed."""
+    (warning,) = coverage({"-dash": SEEN}, [], {"-dash": {"pending": 2}}, [], NOW).warnings
+    assert warning == (
+        "job '-dash': no live worker can run it (2 queued); start a worker that defines it, "
+        "or, if it is gone from the code, kill its queued jobs (job-processor jobs list "
+        "--name=-dash, then jobs kill ID...), then job-processor names forget -- -dash"
+    )

@@ -65,7 +65,8 @@ async def test_get_status_judges_liveness_by_the_workers_own_timeout(db: Any) ->
 
 async def test_status_never_advises_a_forget_that_is_refused(db: Any) -> None:
     """status advised `names forget child` for a name whose only job waits for another job,
-    and `names forget` refuses a name with waiting (or running) jobs."""
+    and `names forget` refuses a name with waiting (or running) jobs: the advice kills its
+    queued jobs first."""
     from job_processor import AbortSignal, Job, JobDef
 
     async def ok(job: Job, signal: AbortSignal) -> None:
@@ -80,10 +81,14 @@ async def test_status_never_advises_a_forget_that_is_refused(db: Any) -> None:
     assert (await processor.get_job(child.id)).status == "waiting"
     admin = await Admin.open(db)
     [advice] = [w for w in (await admin.status()).warnings if w.startswith("job 'child'")]
-    assert "names forget" not in advice, advice
+    # a forget only once its queued jobs are killed (it is refused before: the advice says so)
+    assert "kill its queued jobs" in advice, advice
+    assert advice.index("kill its queued jobs") < advice.index("names forget"), advice
     assert "1 job of it waiting for other jobs" in advice, advice
     forgotten = await admin.forget("child")
-    assert forgotten.changed == [], forgotten  # refused, as the advice no longer says
+    assert forgotten.changed == [], forgotten  # refused while its job waits
+    assert (await processor.kill_job(child.id)).status == "killed"
+    assert (await admin.forget("child")).changed == ["child"]  # then taken, as advised
 
 
 async def test_status_from_the_cli_warns_of_an_exclusive_cron_stuck_behind_a_job(db: Any) -> None:
