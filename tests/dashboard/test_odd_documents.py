@@ -207,35 +207,17 @@ async def test_audit_pages_end_on_a_text_id_of_24_hex_digits(db: Any) -> None:
 
 async def test_a_progress_of_nothing_to_do_shows_its_total_of_0(db: Any) -> None:
     """report_progress(0, 0): the page read "100% · 0", the "/ 0" left out, as `jobs show`."""
-    processor, _event, _endpoint = await every_kind(db)
-    job = await processor.schedule_job("send", {"n": 1})
     now = dt.datetime.now(dt.UTC)
     progress = {"done": 0, "total": 0, "fraction": 1.0, "message": None, "at": now}
-    await db["job_processor_jobs"].update_one(
-        {"_id": ObjectId(job.id)}, {"$set": {"progress": progress}}
-    )
-    app = create_dashboard(processor, auth=None)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        page = await client.get(f"/jobs/{job.id}")
-    assert page.status_code == 200
-    assert "100% · 0 / 0" in page.text and 'title="0 of 0"' in page.text
+    text = await job_page_with_progress(db, progress)
+    assert "100% · 0 / 0" in text and 'title="0 of 0"' in text
 
 
 async def test_a_progress_another_program_wrote_without_a_total_shows_none(db: Any) -> None:
     """A progress with no total field (another program's, `{"done": 3}`) read "3 / " and
     "3 of " once a total of 0 was shown: a missing total is no total."""
-    processor, _event, _endpoint = await every_kind(db)
-    job = await processor.schedule_job("send", {"n": 1})
-    await db["job_processor_jobs"].update_one(
-        {"_id": ObjectId(job.id)}, {"$set": {"progress": {"done": 3}}}
-    )
-    app = create_dashboard(processor, auth=None)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        page = await client.get(f"/jobs/{job.id}")
-    assert page.status_code == 200
-    assert 'title="3"' in page.text and '<span class="small">3</span>' in page.text
+    text = await job_page_with_progress(db, {"done": 3})
+    assert 'title="3"' in text and '<span class="small">3</span>' in text
 
 
 async def audit_pages(app: Any, actors: str) -> list[str]:
@@ -253,3 +235,18 @@ async def audit_pages(app: Any, actors: str) -> list[str]:
                 break
             path = found.group(1).replace("&amp;", "&")
     return shown
+
+
+async def job_page_with_progress(db: Any, progress: dict[str, Any]) -> str:
+    """A job's page once its stored progress is `progress` (as another program may write it)."""
+    processor, _event, _endpoint = await every_kind(db)
+    job = await processor.schedule_job("send", {"n": 1})
+    await db["job_processor_jobs"].update_one(
+        {"_id": ObjectId(job.id)}, {"$set": {"progress": progress}}
+    )
+    app = create_dashboard(processor, auth=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        page = await client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200
+    return page.text

@@ -50,11 +50,7 @@ async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_mo
     p = await make(db, {"send": JobDef(handler=noop, on_job_exited=hook)})
     running = await plant_dead_worker_job(p, "send")
     past = p.clock.now() - dt.timedelta(seconds=60)
-    ended = D.new_job("send", {}, now=past)
-    ended |= {"status": "finished", "ended_at": past, "end_id": D.new_id()}
-    ended |= D.hook_owed_fields(S.FINISHED, True, ended["end_id"], "dead-worker", past)
-    ended.pop("claim_name")
-    await p.storage.jobs.coll.insert_one(ended)  # as the dead worker left it, mid-hook
+    ended_id = await plant_owed_hook(p, past)
     await p.heartbeat.register()
     me = p.worker.worker_id
     jobs = p.storage.jobs
@@ -68,7 +64,7 @@ async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_mo
     await sweep_with(p, jobs, "needing_attention", gives_up_meanwhile)
     stored = await jobs.get(ObjectId(running))
     assert stored is not None and stored["status"] == "running"  # left to the next sweep
-    hooked = await jobs.get(ended["_id"])
+    hooked = await jobs.get(ended_id)
     assert hooked is not None and hooked["exit_hook_owner"] == "dead-worker", hooked
     assert calls == []
     p.worker.worker_id = me  # registered (again): the next sweep recovers both, under it
@@ -80,9 +76,9 @@ async def test_a_sweep_whose_worker_gives_its_runs_up_midway_recovers_nothing_mo
     stored = await jobs.get(ObjectId(running))
     assert stored is not None and stored["status"] == "errored"
     assert stored["exit_hook_owner"] == me and stored["exit_hook"] == "done"
-    hooked = await jobs.get(ended["_id"])
+    hooked = await jobs.get(ended_id)
     assert hooked is not None and (hooked["exit_hook"], hooked["exit_hook_owner"]) == ("done", me)
-    assert sorted(calls) == sorted([running, str(ended["_id"])])
+    assert sorted(calls) == sorted([running, str(ended_id)])
 
 
 async def test_a_sweep_whose_worker_registers_afresh_midway_takes_no_hook_under_its_old_id(
@@ -101,14 +97,7 @@ async def test_a_sweep_whose_worker_registers_afresh_midway_takes_no_hook_under_
 
     p = await make(db, {"send": JobDef(handler=noop, on_job_exited=hook)})
     past = p.clock.now() - dt.timedelta(seconds=60)
-    owed = []
-    for _ in range(2):
-        ended = D.new_job("send", {}, now=past)
-        ended |= {"status": "finished", "ended_at": past, "end_id": D.new_id()}
-        ended |= D.hook_owed_fields(S.FINISHED, True, ended["end_id"], "dead-worker", past)
-        ended.pop("claim_name")
-        await p.storage.jobs.coll.insert_one(ended)  # as the dead worker left it, mid-hook
-        owed.append(ended["_id"])
+    owed = [await plant_owed_hook(p, past) for _ in range(2)]
     await p.heartbeat.register()
     old = p.worker.worker_id
     jobs = p.storage.jobs
@@ -139,3 +128,13 @@ async def test_a_sweep_whose_worker_registers_afresh_midway_takes_no_hook_under_
     second = await jobs.get(left)
     assert second is not None and (second["exit_hook"], second["exit_hook_owner"]) == ("done", new)
     assert calls.count(str(left)) == 1, calls
+
+
+async def plant_owed_hook(p: Any, past: dt.datetime) -> Any:
+    """A job a dead worker finished at `past`, its exit hook owed (as it left it, mid-hook)."""
+    ended = D.new_job("send", {}, now=past)
+    ended |= {"status": "finished", "ended_at": past, "end_id": D.new_id()}
+    ended |= D.hook_owed_fields(S.FINISHED, True, ended["end_id"], "dead-worker", past)
+    ended.pop("claim_name")
+    await p.storage.jobs.coll.insert_one(ended)
+    return ended["_id"]
