@@ -96,20 +96,10 @@ async def list_events(
 ) -> list[Event]:
     """Newest first, optionally one event name and a window of `emitted_at` (since inclusive,
     until exclusive). Deliveries are not filled in (use get_event)."""
-    return await read_events(storage, name, since, until, check_limit(limit, LIST_LIMIT))
-
-
-async def read_events(
-    storage: Storage,
-    name: str | None,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    limit: int,
-) -> list[Event]:
-    """`list_events` for a limit already checked (a page reads one more than LIST_LIMIT to know
-    whether there is more)."""
-    lo, hi = listing_window(name, since, until)
-    docs = await storage.events.find(name, lo, hi, limit)
+    if name is not None:
+        check_event_name(name)
+    lo, hi = _check_window(since, until)
+    docs = await storage.events.find(name, lo, hi, check_limit(limit, LIST_LIMIT))
     return [e for e in map(readable_event, docs) if e is not None]
 
 
