@@ -192,8 +192,11 @@ async def test_a_scrolled_payload_keeps_its_scroll_position_across_a_live_refres
         await page.goto(f"{base}/jobs/{job.id}")
         payload = page.locator("#job-live pre.json").first
         await expect(payload).to_contain_text("field_199")
+        await pause_live(page)  # a refresh under way would replace the box as it is scrolled
         await payload.evaluate("e => { e.scrollTop = 600; }")
         assert await payload.evaluate("e => e.scrollTop") == 600
+        await page.locator("#live-toggle").click()  # live again: the refreshes keep it
+        await expect(page.locator("#live-toggle .live-text")).to_have_text("Live")
         await refreshed_once(page)
         assert await page.locator("#job-live pre.json").first.evaluate("e => e.scrollTop") == 600
 
